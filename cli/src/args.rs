@@ -1,0 +1,110 @@
+//! Command-line arguments (clap). `--home` and `--json` are global: they work before
+//! or after the command's name.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hearth",
+    version,
+    about = "Hearth: a personal data vault on your own devices",
+    long_about = "Hearth keeps your data (contacts, calendar, notes, files...) encrypted on your own \
+                  devices. `hearth up` runs the node; the other commands talk to the running node \
+                  through its local API (the address is in HOME/api.addr, the owner token in \
+                  HOME/owner.token).",
+    after_help = "Quick start:\n  hearth up                               run the node (creates the vault on first run)\n  hearth put contacts '{\"name\":\"Ada\"}'    store a record\n  hearth ls contacts                      read them back"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The vault's home directory [default: $HEARTH_HOME, else the platform data dir]
+    #[arg(long, global = true, env = "HEARTH_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Print one JSON value on stdout instead of text for people
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PassphraseArgs {
+    /// Read the vault passphrase from this file (else $HEARTH_PASSPHRASE; else none)
+    #[arg(long, value_name = "F")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a vault in HOME (refuses if HOME already has one)
+    Init {
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
+    /// Run the node in the foreground; creates the vault first if HOME has none
+    Up {
+        /// Address of the local HTTP API (port 0 picks a free port)
+        #[arg(long, value_name = "ADDR", default_value = hearth_node::DEFAULT_API_ADDR)]
+        api: SocketAddr,
+        /// Allow the API on a non-loopback address (anyone who reaches it can try tokens)
+        #[arg(long)]
+        api_public: bool,
+        /// Do not use mDNS to find devices on the LAN (the mesh is not built yet: there is
+        /// no mDNS to turn off; accepted so scripts written for the mesh keep working)
+        #[arg(long)]
+        no_mdns: bool,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
+    /// This device, its vault, the API address and the collections
+    Status,
+    /// Create or replace a record: `put COLLECTION [ID] JSON|@FILE|-`
+    Put {
+        collection: String,
+        /// `[ID] DATA`: the record id (optional; else the body's "id" or a new one) and the
+        /// record as JSON, @FILE for a file, or - for stdin
+        #[arg(num_args = 1..=2, required = true, value_name = "[ID] JSON|@FILE|-")]
+        rest: Vec<String>,
+    },
+    /// Print a record
+    Get { collection: String, id: String },
+    /// Merge fields into a record (JSON Merge Patch: null removes a field)
+    Patch {
+        collection: String,
+        id: String,
+        /// The fields as JSON, @FILE for a file, or - for stdin
+        #[arg(value_name = "JSON|@FILE|-")]
+        data: String,
+    },
+    /// List the records of a collection
+    Ls { collection: String },
+    /// Remove a record
+    Rm { collection: String, id: String },
+    /// List collections with their record counts
+    Collections,
+    /// Store or fetch blobs (photos, documents: large or binary content)
+    Blob {
+        #[command(subcommand)]
+        command: BlobCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BlobCommand {
+    /// Store a file (- for stdin) and print its id
+    Put { file: PathBuf },
+    /// Fetch a blob by id, to stdout or to a file
+    Get {
+        id: String,
+        /// Write to this file instead of stdout
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}

@@ -1,0 +1,409 @@
+//! The commands. Each prints text for people, or with `--json` one JSON value.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use futures::TryStreamExt;
+use hearth_node::home::Home;
+use hearth_node::keys::{self, Passphrase};
+use hearth_node::{Node, NodeConfig};
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+
+use crate::args::{BlobCommand, Cli, Command, PassphraseArgs};
+use crate::client::{Client, read_data_arg};
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let home = Home::new(resolve_home(cli.global.home)?);
+    let json = cli.global.json;
+    match cli.command {
+        Command::Init { passphrase } => init(&home, json, passphrase),
+        Command::Up {
+            api,
+            api_public,
+            no_mdns: _,
+            passphrase,
+        } => up(home, json, api, api_public, passphrase).await,
+        command => client_command(&home, json, command).await,
+    }
+}
+
+fn resolve_home(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match flag {
+        Some(home) => Ok(home),
+        None => dirs::data_dir()
+            .map(|d| d.join("hearth"))
+            .context("no --home, no HEARTH_HOME and no platform data directory; give --home DIR"),
+    }
+}
+
+fn passphrase(args: PassphraseArgs) -> anyhow::Result<Option<Passphrase>> {
+    if let Some(file) = args.passphrase_file {
+        return Ok(Some(Passphrase::from_file(&file)?));
+    }
+    match std::env::var("HEARTH_PASSPHRASE") {
+        Ok(text) => Ok(Some(Passphrase::new(text).context("HEARTH_PASSPHRASE")?)),
+        Err(_) => Ok(None),
+    }
+}
+
+fn init(home: &Home, json: bool, args: PassphraseArgs) -> anyhow::Result<()> {
+    let passphrase = passphrase(args)?;
+    let made = keys::init(home, passphrase.as_ref())?;
+    let root = home.root().display().to_string();
+    if json {
+        println!(
+            "{}",
+            json!({"home": root, "peer_id": made.keys.peer_id().to_string(),
+                   "vault_id": made.keys.vault_id_hex(), "passphrase": made.passphrase})
+        );
+    } else {
+        println!("Created a vault in {root}");
+        println!("  device (peer id): {}", made.keys.peer_id());
+        println!("  owner token:      {}", home.owner_token().display());
+        if made.passphrase {
+            println!(
+                "  secrets:          {} (wrapped by your passphrase)",
+                home.keys().display()
+            );
+        } else {
+            println!(
+                "  secrets:          {} (no passphrase: anyone who can read this file can open the vault;\n                    set one with --passphrase-file or HEARTH_PASSPHRASE at init)",
+                home.keys().display()
+            );
+        }
+        println!("Run the node with: hearth --home {root} up");
+    }
+    Ok(())
+}
+
+async fn up(
+    home: Home,
+    json: bool,
+    api: std::net::SocketAddr,
+    api_public: bool,
+    args: PassphraseArgs,
+) -> anyhow::Result<()> {
+    init_tracing();
+    let mut config = NodeConfig::new(home.root());
+    config.api_addr = api;
+    config.allow_public_api = api_public;
+    config.passphrase = passphrase(args)?;
+    let had_passphrase = config.passphrase.is_some();
+    let node = Node::start(config).await?;
+    let root = home.root().display().to_string();
+    if json {
+        println!(
+            "{}",
+            json!({"home": root, "api_addr": node.api_addr().to_string(),
+                   "peer_id": node.peer_id().to_string(), "vault_id": node.vault_id(),
+                   "created": node.created_vault()})
+        );
+    } else {
+        if node.created_vault() {
+            println!("Created a new vault in {root}");
+            if !had_passphrase {
+                println!(
+                    "  (no passphrase: its secrets are in {}, mode 0600)",
+                    home.keys().display()
+                );
+            }
+        }
+        println!("Hearth node running");
+        println!("  data:    {root}");
+        println!("  api:     http://{}", node.api_addr());
+        println!("  peer id: {}", node.peer_id());
+        println!("Stop with Ctrl-C.");
+    }
+    wait_for_signal().await?;
+    node.shutdown()
+        .await
+        .context("flushing the store on shutdown")?;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("cannot listen for SIGINT")?,
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping");
+    Ok(())
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Result<()> {
+    let client = Client::connect(home)?;
+    match command {
+        Command::Status => {
+            let status = client
+                .json(home, client.request(Method::GET, "/v1/status"))
+                .await?;
+            if json {
+                println!("{status}");
+            } else {
+                print_status(&status);
+            }
+        }
+        Command::Put { collection, rest } => {
+            let (id, data) = match rest.as_slice() {
+                [data] => (None, data),
+                [id, data] => (Some(id), data),
+                _ => bail!("put takes COLLECTION [ID] JSON|@FILE|-"),
+            };
+            let body = read_data_arg(data)?;
+            let request = match id {
+                Some(id) => client.request(Method::PUT, &record_path(&collection, id)?),
+                None => client.request(
+                    Method::POST,
+                    &format!("/v1/collections/{}/records", seg(&collection)),
+                ),
+            };
+            let answer = client
+                .json(
+                    home,
+                    request
+                        .header("content-type", "application/json")
+                        .body(body),
+                )
+                .await?;
+            if json {
+                println!("{answer}");
+            } else {
+                println!("{}", answer["id"].as_str().unwrap_or_default());
+            }
+        }
+        Command::Get { collection, id } => {
+            let record = client
+                .json(
+                    home,
+                    client.request(Method::GET, &record_path(&collection, &id)?),
+                )
+                .await?;
+            print_value(json, &record, true);
+        }
+        Command::Patch {
+            collection,
+            id,
+            data,
+        } => {
+            let body = read_data_arg(&data)?;
+            let request = client
+                .request(Method::PATCH, &record_path(&collection, &id)?)
+                .header("content-type", "application/merge-patch+json")
+                .body(body);
+            let record = client.json(home, request).await?;
+            print_value(json, &record, true);
+        }
+        Command::Ls { collection } => {
+            let path = format!("/v1/collections/{}/records", seg(&collection));
+            let records = client
+                .json(home, client.request(Method::GET, &path))
+                .await?;
+            if json {
+                println!("{records}");
+            } else {
+                for record in records.as_array().into_iter().flatten() {
+                    println!("{record}");
+                }
+            }
+        }
+        Command::Rm { collection, id } => {
+            client
+                .send(
+                    home,
+                    client.request(Method::DELETE, &record_path(&collection, &id)?),
+                )
+                .await?;
+            if json {
+                println!("{}", json!({"id": id, "removed": true}));
+            } else {
+                println!("removed {collection}/{id}");
+            }
+        }
+        Command::Collections => {
+            let list = client
+                .json(home, client.request(Method::GET, "/v1/collections"))
+                .await?;
+            if json {
+                println!("{list}");
+            } else {
+                for c in list.as_array().into_iter().flatten() {
+                    println!(
+                        "{}\t{}",
+                        c["name"].as_str().unwrap_or_default(),
+                        c["records"]
+                    );
+                }
+            }
+        }
+        Command::Blob { command } => blob(home, json, &client, command).await?,
+        Command::Init { .. } | Command::Up { .. } => unreachable!("handled in run"),
+    }
+    Ok(())
+}
+
+async fn blob(
+    home: &Home,
+    json: bool,
+    client: &Client,
+    command: BlobCommand,
+) -> anyhow::Result<()> {
+    match command {
+        BlobCommand::Put { file } => {
+            let body = if file.as_os_str() == "-" {
+                reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(tokio::io::stdin()))
+            } else {
+                let f = tokio::fs::File::open(&file)
+                    .await
+                    .with_context(|| format!("cannot open {}", file.display()))?;
+                reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f))
+            };
+            let info = client
+                .json(home, client.request(Method::POST, "/v1/blobs").body(body))
+                .await?;
+            if json {
+                println!("{info}");
+            } else {
+                println!("{}", info["id"].as_str().unwrap_or_default());
+            }
+        }
+        BlobCommand::Get { id, output } => {
+            if json && output.is_none() {
+                bail!("with --json, give -o FILE (the blob's bytes are not JSON)");
+            }
+            let response = client
+                .send(
+                    home,
+                    client.request(Method::GET, &format!("/v1/blobs/{}", seg(&id))),
+                )
+                .await?;
+            let mut stream = response.bytes_stream();
+            let mut size = 0u64;
+            match &output {
+                Some(path) => {
+                    // Written beside the target and renamed, so a failed transfer leaves
+                    // no partial file under the name asked for.
+                    let tmp = path.with_extension("hearth-partial");
+                    let result: anyhow::Result<()> = async {
+                        let mut out = tokio::fs::File::create(&tmp)
+                            .await
+                            .with_context(|| format!("cannot create {}", tmp.display()))?;
+                        while let Some(chunk) = stream
+                            .try_next()
+                            .await
+                            .context("the transfer broke off (the blob may be corrupt)")?
+                        {
+                            size += chunk.len() as u64;
+                            out.write_all(&chunk).await?;
+                        }
+                        out.flush().await?;
+                        out.sync_all().await?;
+                        tokio::fs::rename(&tmp, path).await?;
+                        Ok(())
+                    }
+                    .await;
+                    if let Err(e) = result {
+                        let _ = tokio::fs::remove_file(&tmp).await;
+                        return Err(e.context(format!("blob {id} is corrupt or unreadable")));
+                    }
+                    if json {
+                        println!(
+                            "{}",
+                            json!({"id": id, "size": size, "path": path.display().to_string()})
+                        );
+                    } else {
+                        eprintln!("wrote {size} bytes to {}", path.display());
+                    }
+                }
+                None => {
+                    let mut out = tokio::io::stdout();
+                    while let Some(chunk) = stream.try_next().await.with_context(|| {
+                        format!("blob {id} is corrupt or unreadable: the transfer broke off")
+                    })? {
+                        out.write_all(&chunk).await?;
+                    }
+                    out.flush().await?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_value(json: bool, value: &Value, pretty: bool) {
+    if json || !pretty {
+        println!("{value}");
+    } else {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+        );
+    }
+}
+
+fn print_status(status: &Value) {
+    let s = |k: &str| status[k].as_str().unwrap_or_default().to_owned();
+    println!("vault    {}", s("vault_id"));
+    println!("device   {}", s("peer_id"));
+    println!("home     {}", s("home"));
+    println!("api      http://{}", s("api_addr"));
+    let collections: Vec<String> = status["collections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            format!(
+                "{} ({})",
+                c["name"].as_str().unwrap_or_default(),
+                c["records"]
+            )
+        })
+        .collect();
+    if collections.is_empty() {
+        println!("collections  none yet");
+    } else {
+        println!("collections  {}", collections.join(", "));
+    }
+    println!("blobs    {}", status["blobs"]);
+    println!("devices  this one only (the mesh is not built yet)");
+}
+
+fn record_path(collection: &str, id: &str) -> anyhow::Result<String> {
+    // URL normalisation would turn the ids "." and ".." into another route: refuse
+    // them here, in the node's words (no valid id starts with '.').
+    if id.starts_with('.') {
+        hearth_protocol::RecordId::parse(id)?;
+    }
+    Ok(format!(
+        "/v1/collections/{}/records/{}",
+        seg(collection),
+        seg(id)
+    ))
+}
+
+/// Percent-encodes a path segment, so a bad name reaches the node (which explains
+/// what is wrong) instead of changing the route.
+fn seg(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

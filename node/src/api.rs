@@ -1,0 +1,465 @@
+//! The local HTTP API (axum), as documented in docs/API.md.
+//!
+//! In: HTTP requests with a bearer token. Out: JSON answers, or JSON errors whose
+//! status follows from their code. This is the only module that parses request bodies;
+//! everything below it gets validated names and JSON objects. Store work runs on the
+//! blocking pool; a write is answered only after it is committed to disk.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use futures::StreamExt;
+use hearth_protocol::api::{ErrorBody, ErrorCode, ErrorDetail, PutResponse, StatusResponse};
+use hearth_protocol::{BlobId, CollectionName, RecordId};
+use rand::RngCore;
+use serde_json::{Map, Value};
+
+use crate::Vault;
+use crate::blobs::BlobError;
+use crate::collections::CollectionError;
+use crate::store::StoreError;
+
+type AppState = Arc<Vault>;
+
+pub fn router(vault: Arc<Vault>) -> Router {
+    let limit = vault.limits.max_concurrent_requests;
+    let owner = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/collections", get(list_collections))
+        .route(
+            "/v1/collections/{collection}/records",
+            get(list_records).post(create_record),
+        )
+        .route(
+            "/v1/collections/{collection}/records/{id}",
+            get(get_record)
+                .put(put_record)
+                .patch(patch_record)
+                .delete(delete_record),
+        )
+        .route("/v1/blobs", get(list_blobs).post(put_blob))
+        .route("/v1/blobs/{id}", get(get_blob))
+        .route_layer(middleware::from_fn_with_state(vault.clone(), require_owner));
+    owner
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(tower::limit::ConcurrencyLimitLayer::new(limit))
+        .with_state(vault)
+}
+
+/// An error answer: a code (which fixes the status) and a message for people.
+#[derive(Debug)]
+pub struct ApiError {
+    code: ErrorCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(code = self.code.as_str(), message = %self.message, "request failed");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.as_str().to_owned(),
+                message: self.message,
+            },
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let code = match e {
+            StoreError::Corrupt { .. } | StoreError::Malformed(_) | StoreError::Version { .. } => {
+                ErrorCode::Corrupt
+            }
+            StoreError::Closed => ErrorCode::Unavailable,
+            _ => ErrorCode::Storage,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<CollectionError> for ApiError {
+    fn from(e: CollectionError) -> Self {
+        match e {
+            CollectionError::Store(e) => e.into(),
+            CollectionError::Document { .. } => ApiError::new(ErrorCode::Corrupt, e.to_string()),
+            other => ApiError::new(ErrorCode::Internal, other.to_string()),
+        }
+    }
+}
+
+impl From<BlobError> for ApiError {
+    fn from(e: BlobError) -> Self {
+        match e {
+            BlobError::Store(e) => e.into(),
+            BlobError::NotFound(_) => ApiError::new(ErrorCode::NotFound, e.to_string()),
+            BlobError::TooLarge { .. } => ApiError::new(ErrorCode::TooLarge, e.to_string()),
+            BlobError::Body(_) => ApiError::new(ErrorCode::BadRequest, e.to_string()),
+            BlobError::Corrupt { .. } => ApiError::new(ErrorCode::Corrupt, e.to_string()),
+            other => ApiError::new(ErrorCode::Storage, other.to_string()),
+        }
+    }
+}
+
+async fn require_owner(
+    State(vault): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::MissingToken,
+                "no Authorization header; send `Authorization: Bearer <token>`",
+            )
+        })?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::MissingToken,
+                "the Authorization header is not `Bearer <token>`",
+            )
+        })?;
+    if !vault.keys.is_owner_token(token.as_bytes()) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidToken,
+            "the token is not this vault's owner token",
+        ));
+    }
+    Ok(next.run(request).await)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route; see docs/API.md")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this route does not take that method",
+    )
+}
+
+async fn status(State(vault): State<AppState>) -> Result<Json<StatusResponse>, ApiError> {
+    let (collections, blobs) = blocking(&vault, |v| {
+        Ok((v.collections.list()?, v.blobs.count() as u64))
+    })
+    .await?;
+    Ok(Json(StatusResponse {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        vault_id: vault.keys.vault_id_hex(),
+        peer_id: vault.keys.peer_id().to_string(),
+        home: vault.home.root().display().to_string(),
+        api_addr: vault.api_addr.to_string(),
+        collections,
+        blobs,
+        devices: Vec::new(),
+    }))
+}
+
+async fn list_collections(State(vault): State<AppState>) -> Result<Response, ApiError> {
+    let list = blocking(&vault, |v| Ok(v.collections.list()?)).await?;
+    Ok(Json(list).into_response())
+}
+
+async fn list_records(
+    State(vault): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let collection = collection_name(&path_param(path)?)?;
+    Ok(Json(
+        blocking(&vault, move |v| Ok(v.collections.records(&collection)?)).await?,
+    ))
+}
+
+async fn get_record(
+    State(vault): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let (collection, id) = record_path(path)?;
+    blocking(&vault, move |v| {
+        v.collections
+            .get(&collection, &id)?
+            .ok_or_else(|| record_not_found(&collection, &id))
+    })
+    .await
+    .map(Json)
+}
+
+async fn create_record(
+    State(vault): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let collection = writable(collection_name(&path_param(path)?)?)?;
+    let mut record = read_record_body(&vault, body).await?;
+    let id = match record.remove("id") {
+        Some(Value::String(id)) => {
+            RecordId::parse(&id).map_err(|e| ApiError::new(ErrorCode::InvalidId, e.to_string()))?
+        }
+        Some(_) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidId,
+                "the record's \"id\" field must be a string",
+            ));
+        }
+        None => {
+            let mut bytes = [0u8; 16];
+            rand::rngs::OsRng.fill_bytes(&mut bytes);
+            RecordId::from_random(bytes)
+        }
+    };
+    write_record(vault, collection, id, record).await
+}
+
+async fn put_record(
+    State(vault): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (collection, id) = record_path(path)?;
+    let collection = writable(collection)?;
+    let mut record = read_record_body(&vault, body).await?;
+    check_body_id(&mut record, &id)?;
+    write_record(vault, collection, id, record).await
+}
+
+async fn write_record(
+    vault: AppState,
+    collection: CollectionName,
+    id: RecordId,
+    record: Map<String, Value>,
+) -> Result<Response, ApiError> {
+    let (created, id) = blocking(&vault, move |v| {
+        Ok((v.collections.put(&collection, &id, &record)?, id))
+    })
+    .await?;
+    vault.store.commit().await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(PutResponse {
+            id: id.to_string(),
+            created,
+        }),
+    )
+        .into_response())
+}
+
+async fn patch_record(
+    State(vault): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let (collection, id) = record_path(path)?;
+    let collection = writable(collection)?;
+    let mut patch = read_record_body(&vault, body).await?;
+    check_body_id(&mut patch, &id)?;
+    let record = blocking(&vault, move |v| {
+        v.collections
+            .patch(&collection, &id, &patch)?
+            .ok_or_else(|| record_not_found(&collection, &id))
+    })
+    .await?;
+    vault.store.commit().await?;
+    Ok(Json(record))
+}
+
+async fn delete_record(
+    State(vault): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let (collection, id) = record_path(path)?;
+    let collection = writable(collection)?;
+    blocking(&vault, move |v| {
+        if v.collections.remove(&collection, &id)? {
+            Ok(())
+        } else {
+            Err(record_not_found(&collection, &id))
+        }
+    })
+    .await?;
+    vault.store.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_blobs(State(vault): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(blocking(&vault, |v| Ok(v.blobs.list()?)).await?).into_response())
+}
+
+async fn put_blob(State(vault): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    let max = vault.limits.max_blob_bytes;
+    let info = vault.blobs.put(body.into_data_stream(), max).await?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+async fn get_blob(
+    State(vault): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = BlobId::parse(&path_param(path)?)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidBlobId, e.to_string()))?;
+    let mut reader = vault.blobs.open_blob(id)?;
+    let size = reader.size();
+    // The first chunk is read before answering, so a corrupt blob gets an error
+    // status, not a 200 that breaks off. A later bad chunk aborts the transfer.
+    let first = match reader.next_chunk().await {
+        Some(chunk) => Some(chunk?),
+        None => None,
+    };
+    let rest = reader.into_stream().map(|chunk| {
+        chunk.map_err(|e| {
+            tracing::error!(error = %e, "blob read failed mid-transfer; aborting it");
+            std::io::Error::other(e.to_string())
+        })
+    });
+    let stream = futures::stream::iter(first.map(Ok::<Bytes, std::io::Error>)).chain(rest);
+    let mut response = Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    Ok(response)
+}
+
+/// Runs store work on the blocking pool.
+async fn blocking<R, F>(vault: &AppState, f: F) -> Result<R, ApiError>
+where
+    R: Send + 'static,
+    F: FnOnce(&Vault) -> Result<R, ApiError> + Send + 'static,
+{
+    let vault = vault.clone();
+    tokio::task::spawn_blocking(move || f(&vault))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("store task failed: {e}")))?
+}
+
+async fn read_record_body(vault: &AppState, body: Body) -> Result<Map<String, Value>, ApiError> {
+    let limit = vault.limits.max_record_bytes;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit");
+        if too_large {
+            ApiError::new(
+                ErrorCode::TooLarge,
+                format!("the body is larger than the limit of {limit} bytes"),
+            )
+        } else {
+            ApiError::new(ErrorCode::BadRequest, format!("cannot read the body: {e}"))
+        }
+    })?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(ApiError::new(
+            ErrorCode::NotAnObject,
+            format!("a record must be a JSON object, not {}", json_kind(&other)),
+        )),
+        Err(e) => Err(ApiError::new(
+            ErrorCode::BadJson,
+            format!("the body is not valid JSON: {e}"),
+        )),
+    }
+}
+
+/// A body may carry the record's id as `"id"`; it must then match the path.
+fn check_body_id(record: &mut Map<String, Value>, id: &RecordId) -> Result<(), ApiError> {
+    match record.remove("id") {
+        None => Ok(()),
+        Some(Value::String(body_id)) if body_id == id.as_str() => Ok(()),
+        Some(_) => Err(ApiError::new(
+            ErrorCode::InvalidId,
+            format!("the body's \"id\" field does not match the record id {id:?} in the path"),
+        )),
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn path_param<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+    path.map(|Path(p)| p).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!("bad path: {}", e.body_text()),
+        )
+    })
+}
+
+fn collection_name(name: &str) -> Result<CollectionName, ApiError> {
+    CollectionName::parse(name)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidCollection, e.to_string()))
+}
+
+fn record_path(
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(CollectionName, RecordId), ApiError> {
+    let (collection, id) = path_param(path)?;
+    let collection = collection_name(&collection)?;
+    let id =
+        RecordId::parse(&id).map_err(|e| ApiError::new(ErrorCode::InvalidId, e.to_string()))?;
+    Ok((collection, id))
+}
+
+fn writable(collection: CollectionName) -> Result<CollectionName, ApiError> {
+    if collection.is_system() {
+        return Err(ApiError::new(
+            ErrorCode::Reserved,
+            format!(
+                "collection {collection} belongs to the system and cannot be written through this route"
+            ),
+        ));
+    }
+    Ok(collection)
+}
+
+fn record_not_found(collection: &CollectionName, id: &RecordId) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("no record {id} in collection {collection}"),
+    )
+}

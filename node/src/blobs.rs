@@ -1,0 +1,333 @@
+//! Blobs: large or binary content, chunked, each chunk sealed in its own file.
+//!
+//! In: a stream of bytes. Out: a [`BlobId`] (keyed BLAKE3 of the content, so equal
+//! content has one id in a vault and an outsider learns nothing from it), and later a
+//! stream of verified chunks. Chunks live in `HOME/blobs/xx/yyyy…`, named by the keyed
+//! hash of their plaintext (equal chunks are stored once), sealed with binding
+//! `("blob-chunk", hash)`; manifests (`hearth_protocol::blob`) live sealed in tree
+//! `blobs` under the blob id. Neither direction holds more than one chunk in memory.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use data_encoding::HEXLOWER;
+use futures::{Stream, StreamExt};
+use hearth_protocol::BlobId;
+use hearth_protocol::api::BlobInfo;
+use hearth_protocol::blob::{CHUNK_SIZE, Manifest};
+use hearth_protocol::seal::{Binding, NONCE_LEN};
+use rand::RngCore;
+
+use crate::home::sync_dir;
+use crate::keys::VaultKeys;
+use crate::store::{SealedTree, Store, StoreError};
+
+const CHUNK_DOMAIN: &[u8] = b"blob-chunk";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlobError {
+    #[error("no blob with id {0}")]
+    NotFound(BlobId),
+    #[error("blob is larger than the limit of {max} bytes")]
+    TooLarge { max: u64 },
+    #[error("reading the uploaded content failed: {0}")]
+    Body(String),
+    #[error("blob {blob} is corrupt: {what}")]
+    Corrupt { blob: BlobId, what: String },
+    #[error("blob storage error at {path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct Blobs {
+    dir: PathBuf,
+    manifests: SealedTree,
+    keys: Arc<VaultKeys>,
+    store: Arc<Store>,
+}
+
+impl Blobs {
+    pub fn open(dir: PathBuf, store: Arc<Store>, keys: Arc<VaultKeys>) -> Result<Self, BlobError> {
+        fs::create_dir_all(&dir).map_err(|source| io_error(&dir, source))?;
+        Ok(Self {
+            manifests: store.tree("blobs")?,
+            dir,
+            keys,
+            store,
+        })
+    }
+
+    /// Stores the content of `body` (at most `max` bytes) and returns its id once it
+    /// is durable.
+    pub async fn put<S, E>(&self, mut body: S, max: u64) -> Result<BlobInfo, BlobError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut id_hasher = blake3::Hasher::new_keyed(&self.keys.derived.blob_ids);
+        let mut buffer = BytesMut::with_capacity(CHUNK_SIZE);
+        let mut chunks = Vec::new();
+        let mut dirs = HashSet::new();
+        let mut size = 0u64;
+        while let Some(piece) = body.next().await {
+            let piece = piece.map_err(|e| BlobError::Body(e.to_string()))?;
+            size += piece.len() as u64;
+            if size > max {
+                return Err(BlobError::TooLarge { max });
+            }
+            id_hasher.update(&piece);
+            buffer.extend_from_slice(&piece);
+            while buffer.len() >= CHUNK_SIZE {
+                let chunk = buffer.split_to(CHUNK_SIZE).freeze();
+                chunks.push(self.write_chunk(chunk, &mut dirs).await?);
+            }
+        }
+        if !buffer.is_empty() {
+            chunks.push(self.write_chunk(buffer.freeze(), &mut dirs).await?);
+        }
+        let id = BlobId(*id_hasher.finalize().as_bytes());
+
+        // Chunk files are fsynced; make their directory entries durable too.
+        let dirs: Vec<PathBuf> = dirs.into_iter().collect();
+        tokio::task::spawn_blocking(move || {
+            dirs.iter()
+                .try_for_each(|d| sync_dir(d).map_err(|e| io_error(d, e)))
+        })
+        .await
+        .map_err(|e| BlobError::Body(format!("sync task failed: {e}")))??;
+
+        if !self.manifests.contains_key(&id.0)? {
+            let manifest = Manifest {
+                size,
+                chunk_size: CHUNK_SIZE as u32,
+                chunks,
+            };
+            self.manifests.insert(&id.0, &manifest.encode())?;
+        }
+        self.store.commit().await?;
+        tracing::debug!(size, "stored a blob");
+        Ok(BlobInfo {
+            id: id.to_string(),
+            size,
+        })
+    }
+
+    /// Opens a blob for reading; chunks are verified as they are read.
+    pub fn open_blob(&self, id: BlobId) -> Result<BlobReader, BlobError> {
+        let manifest = self.manifest(id)?.ok_or(BlobError::NotFound(id))?;
+        Ok(BlobReader {
+            id,
+            manifest,
+            next: 0,
+            dir: self.dir.clone(),
+            keys: self.keys.clone(),
+        })
+    }
+
+    pub fn list(&self) -> Result<Vec<BlobInfo>, BlobError> {
+        let mut out = Vec::new();
+        for entry in self.manifests.scan_prefix(&[]) {
+            let (key, value) = entry?;
+            let id = BlobId(
+                key.as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::Malformed("a blob key is malformed".into()))?,
+            );
+            let manifest = Manifest::decode(&value).map_err(|e| BlobError::Corrupt {
+                blob: id,
+                what: e.to_string(),
+            })?;
+            out.push(BlobInfo {
+                id: id.to_string(),
+                size: manifest.size,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn count(&self) -> usize {
+        self.manifests.len()
+    }
+
+    /// Removes chunk files no manifest refers to: what an upload interrupted by a crash
+    /// or a broken connection left behind. Runs before the API serves, so no upload is
+    /// in progress. If any manifest cannot be read, removes nothing.
+    pub fn sweep_orphans(&self) -> Result<usize, BlobError> {
+        let mut live = HashSet::new();
+        for entry in self.manifests.scan_prefix(&[]) {
+            let (key, value) = entry?;
+            let id = BlobId(key.as_slice().try_into().unwrap_or([0; 32]));
+            let manifest = Manifest::decode(&value).map_err(|e| BlobError::Corrupt {
+                blob: id,
+                what: e.to_string(),
+            })?;
+            live.extend(manifest.chunks.iter().map(|c| HEXLOWER.encode(c)));
+        }
+        let mut removed = 0;
+        for shard in read_dir(&self.dir)? {
+            if !shard.is_dir() {
+                continue;
+            }
+            let prefix = shard
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            for file in read_dir(&shard)? {
+                let name = file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if !live.contains(&format!("{prefix}{name}")) {
+                    fs::remove_file(&file).map_err(|e| io_error(&file, e))?;
+                    removed += 1;
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "removed blob chunks left by interrupted uploads");
+        }
+        Ok(removed)
+    }
+
+    fn manifest(&self, id: BlobId) -> Result<Option<Manifest>, BlobError> {
+        match self.manifests.get(&id.0)? {
+            Some(bytes) => Manifest::decode(&bytes)
+                .map(Some)
+                .map_err(|e| BlobError::Corrupt {
+                    blob: id,
+                    what: e.to_string(),
+                }),
+            None => Ok(None),
+        }
+    }
+
+    /// Seals and writes one chunk, unless an equal chunk is already stored.
+    async fn write_chunk(
+        &self,
+        chunk: Bytes,
+        dirs: &mut HashSet<PathBuf>,
+    ) -> Result<[u8; 32], BlobError> {
+        let keys = self.keys.clone();
+        let base = self.dir.clone();
+        let (hash, dir) = tokio::task::spawn_blocking(move || -> Result<_, BlobError> {
+            let hash = *blake3::keyed_hash(&keys.derived.chunk_ids, &chunk).as_bytes();
+            let path = chunk_path(&base, &hash);
+            let dir = path
+                .parent()
+                .expect("chunk paths have a shard directory")
+                .to_path_buf();
+            if path.exists() {
+                return Ok((hash, None));
+            }
+            fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+            let mut nonce = [0u8; NONCE_LEN];
+            rand::rngs::OsRng.fill_bytes(&mut nonce);
+            let sealed = keys
+                .derived
+                .seal
+                .seal(Binding::new(CHUNK_DOMAIN, &hash), &chunk, nonce);
+            let tmp = path.with_extension(format!("tmp{}", rand::random::<u32>()));
+            let written = (|| {
+                let mut file = fs::File::create(&tmp)?;
+                file.write_all(&sealed)?;
+                file.sync_all()?;
+                fs::rename(&tmp, &path)
+            })();
+            if let Err(e) = written {
+                let _ = fs::remove_file(&tmp);
+                return Err(io_error(&path, e));
+            }
+            Ok((hash, Some(dir)))
+        })
+        .await
+        .map_err(|e| BlobError::Body(format!("chunk task failed: {e}")))??;
+        if let Some(dir) = dir {
+            dirs.insert(dir);
+        }
+        Ok(hash)
+    }
+}
+
+/// Reads a blob chunk by chunk, verifying each against its name and the manifest.
+pub struct BlobReader {
+    id: BlobId,
+    manifest: Manifest,
+    next: usize,
+    dir: PathBuf,
+    keys: Arc<VaultKeys>,
+}
+
+impl BlobReader {
+    pub fn size(&self) -> u64 {
+        self.manifest.size
+    }
+
+    /// The next chunk, or `None` at the end.
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, BlobError>> {
+        let index = self.next;
+        let hash = *self.manifest.chunks.get(index)?;
+        self.next += 1;
+        let expected_len = self.manifest.chunk_len(index);
+        let keys = self.keys.clone();
+        let path = chunk_path(&self.dir, &hash);
+        let id = self.id;
+        let result = tokio::task::spawn_blocking(move || -> Result<Bytes, BlobError> {
+            let corrupt = |what: String| BlobError::Corrupt { blob: id, what };
+            let sealed = match fs::read(&path) {
+                Ok(sealed) => sealed,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(corrupt(format!("chunk {index} is missing")));
+                }
+                Err(e) => return Err(io_error(&path, e)),
+            };
+            let plain = keys
+                .derived
+                .seal
+                .open(Binding::new(CHUNK_DOMAIN, &hash), &sealed)
+                .map_err(|e| corrupt(format!("chunk {index}: {e}")))?;
+            let actual = blake3::keyed_hash(&keys.derived.chunk_ids, &plain);
+            if plain.len() != expected_len || actual.as_bytes() != &hash {
+                return Err(corrupt(format!("chunk {index} does not match its hash")));
+            }
+            Ok(Bytes::copy_from_slice(&plain))
+        })
+        .await
+        .unwrap_or_else(|e| Err(BlobError::Body(format!("read task failed: {e}"))));
+        if result.is_err() {
+            // Nothing after a bad chunk is served.
+            self.next = self.manifest.chunks.len();
+        }
+        Some(result)
+    }
+
+    pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, BlobError>> + Send {
+        futures::stream::unfold(self, |mut reader| async move {
+            let chunk = reader.next_chunk().await?;
+            Some((chunk, reader))
+        })
+    }
+}
+
+fn chunk_path(base: &Path, hash: &[u8; 32]) -> PathBuf {
+    let hex = HEXLOWER.encode(hash);
+    base.join(&hex[..2]).join(&hex[2..])
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, BlobError> {
+    fs::read_dir(dir)
+        .and_then(|entries| entries.map(|e| e.map(|e| e.path())).collect())
+        .map_err(|e| io_error(dir, e))
+}
+
+fn io_error(path: &Path, source: io::Error) -> BlobError {
+    BlobError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}

@@ -1,0 +1,305 @@
+//! Collections: one Automerge document per collection, persisted sealed in the store.
+//!
+//! In: validated collection names, record ids and JSON objects. Out: JSON records.
+//! On disk (tree `docs`), a collection is a snapshot plus the incremental changes made
+//! since, under keys `name_key || kind || seq` (kind 0 = snapshot, 1 = change), so
+//! neither the collection's name nor any record is visible. Tree `collections` maps
+//! `name_key` to the sealed name, to list collections. After [`COMPACT_AFTER`] changes
+//! the document is saved whole and the changes dropped, in one atomic batch.
+//!
+//! Calls here are synchronous and may take milliseconds on large collections; async
+//! callers run them on the blocking pool and then await [`Store::commit`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use automerge::{ActorId, AutoCommit, AutomergeError, ChangeHash};
+use hearth_protocol::api::CollectionInfo;
+use hearth_protocol::{CollectionName, RecordId};
+use serde_json::{Map, Value as Json};
+
+use crate::records;
+use crate::store::{SealedBatch, SealedTree, Store, StoreError};
+
+/// Changes kept beside a snapshot before the collection is compacted.
+pub const COMPACT_AFTER: u64 = 256;
+const KIND_SNAPSHOT: u8 = 0;
+const KIND_CHANGE: u8 = 1;
+const NAME_DOMAIN: &str = "collection";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CollectionError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("collection {collection} is corrupt: {reason}")]
+    Document { collection: String, reason: String },
+    #[error("record operation failed in collection {collection}: {reason}")]
+    Automerge { collection: String, reason: String },
+}
+
+pub struct Collections {
+    store: Arc<Store>,
+    names: SealedTree,
+    docs: SealedTree,
+    actor: ActorId,
+    open: Mutex<HashMap<CollectionName, Arc<Mutex<Collection>>>>,
+}
+
+struct Collection {
+    name: CollectionName,
+    key: [u8; 32],
+    doc: AutoCommit,
+    /// Heads covered by what is on disk; the next change saved is everything after.
+    persisted_heads: Vec<ChangeHash>,
+    /// Whether the name is in the `collections` tree (a collection only read is not).
+    listed: bool,
+    next_seq: u64,
+    changes_since_snapshot: u64,
+}
+
+impl Collections {
+    /// `actor` identifies this device's edits in every document.
+    pub fn open(store: Arc<Store>, actor: [u8; 16]) -> Result<Self, StoreError> {
+        Ok(Self {
+            names: store.tree("collections")?,
+            docs: store.tree("docs")?,
+            store,
+            actor: ActorId::from(actor),
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Every collection that has ever been written, sorted by name, with record counts.
+    pub fn list(&self) -> Result<Vec<CollectionInfo>, CollectionError> {
+        let mut names = Vec::new();
+        for entry in self.names.scan_prefix(&[]) {
+            let (_, name) = entry?;
+            let name = std::str::from_utf8(&name)
+                .ok()
+                .and_then(|n| CollectionName::parse(n).ok())
+                .ok_or_else(|| {
+                    StoreError::Malformed("a stored collection name is not valid".into())
+                })?;
+            names.push(name);
+        }
+        names.sort();
+        names
+            .into_iter()
+            .map(|name| {
+                let records = self.with(&name, |c| Ok(records::record_count(&c.doc)))? as u64;
+                Ok(CollectionInfo {
+                    name: name.to_string(),
+                    records,
+                })
+            })
+            .collect()
+    }
+
+    /// All records of a collection, each with its `"id"`, sorted by id.
+    pub fn records(&self, name: &CollectionName) -> Result<Vec<Json>, CollectionError> {
+        self.with(name, |c| {
+            let mut out = Vec::new();
+            for id in records::record_ids(&c.doc) {
+                if let Some(record) =
+                    records::read_record(&c.doc, &id).map_err(|e| c.automerge(e))?
+                {
+                    out.push(with_id(&id, record));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn get(
+        &self,
+        name: &CollectionName,
+        id: &RecordId,
+    ) -> Result<Option<Json>, CollectionError> {
+        self.with(name, |c| {
+            Ok(records::read_record(&c.doc, id.as_str())
+                .map_err(|e| c.automerge(e))?
+                .map(|record| with_id(id.as_str(), record)))
+        })
+    }
+
+    /// Creates or replaces a record; returns whether it was created. Durable only
+    /// after [`Store::commit`].
+    pub fn put(
+        &self,
+        name: &CollectionName,
+        id: &RecordId,
+        record: &Map<String, Json>,
+    ) -> Result<bool, CollectionError> {
+        self.mutate(name, |doc| records::put_record(doc, id.as_str(), record))
+    }
+
+    /// Merges `patch` into a record (RFC 7396); `None` if there is no such record.
+    pub fn patch(
+        &self,
+        name: &CollectionName,
+        id: &RecordId,
+        patch: &Map<String, Json>,
+    ) -> Result<Option<Json>, CollectionError> {
+        let found = self.mutate(name, |doc| records::patch_record(doc, id.as_str(), patch))?;
+        if found { self.get(name, id) } else { Ok(None) }
+    }
+
+    pub fn remove(&self, name: &CollectionName, id: &RecordId) -> Result<bool, CollectionError> {
+        self.mutate(name, |doc| records::remove_record(doc, id.as_str()))
+    }
+
+    fn with<R>(
+        &self,
+        name: &CollectionName,
+        f: impl FnOnce(&mut Collection) -> Result<R, CollectionError>,
+    ) -> Result<R, CollectionError> {
+        let collection = self.load(name)?;
+        let mut collection = collection
+            .lock()
+            .expect("collection lock is never poisoned");
+        f(&mut collection)
+    }
+
+    fn mutate<R>(
+        &self,
+        name: &CollectionName,
+        change: impl FnOnce(&mut AutoCommit) -> Result<R, AutomergeError>,
+    ) -> Result<R, CollectionError> {
+        self.with(name, |c| {
+            let result = match change(&mut c.doc) {
+                Ok(result) => result,
+                Err(e) => {
+                    c.doc.rollback();
+                    return Err(c.automerge(e));
+                }
+            };
+            if let Err(e) = self.persist(c) {
+                // Memory is ahead of the disk now: forget it, the next use reloads.
+                self.open
+                    .lock()
+                    .expect("open-collections lock is never poisoned")
+                    .remove(&c.name);
+                return Err(e);
+            }
+            Ok(result)
+        })
+    }
+
+    /// Writes the changes made since the last persist.
+    fn persist(&self, c: &mut Collection) -> Result<(), CollectionError> {
+        let bytes = c.doc.save_after(&c.persisted_heads);
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if !c.listed {
+            self.names.insert(&c.key, c.name.as_str().as_bytes())?;
+            c.listed = true;
+        }
+        self.docs
+            .insert(&doc_key(&c.key, KIND_CHANGE, c.next_seq), &bytes)?;
+        c.next_seq += 1;
+        c.changes_since_snapshot += 1;
+        c.persisted_heads = c.doc.get_heads();
+        if c.changes_since_snapshot >= COMPACT_AFTER {
+            // Failing to compact loses nothing: the changes stay; try again later.
+            if let Err(e) = self.compact(c) {
+                tracing::warn!(error = %e, "compaction failed; will retry");
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces snapshot and changes by one new snapshot, atomically.
+    fn compact(&self, c: &mut Collection) -> Result<(), CollectionError> {
+        let snapshot = c.doc.save();
+        let mut batch = SealedBatch::default();
+        self.docs
+            .batch_insert(&mut batch, &doc_key(&c.key, KIND_SNAPSHOT, 0), &snapshot);
+        let mut change_prefix = c.key.to_vec();
+        change_prefix.push(KIND_CHANGE);
+        for key in self.docs.keys_with_prefix(&change_prefix) {
+            self.docs.batch_remove(&mut batch, &key?);
+        }
+        self.docs.apply(batch)?;
+        c.changes_since_snapshot = 0;
+        tracing::debug!(bytes = snapshot.len(), "compacted a collection");
+        Ok(())
+    }
+
+    fn load(&self, name: &CollectionName) -> Result<Arc<Mutex<Collection>>, CollectionError> {
+        let mut open = self
+            .open
+            .lock()
+            .expect("open-collections lock is never poisoned");
+        if let Some(c) = open.get(name) {
+            return Ok(c.clone());
+        }
+        let key = self.store.name_key(NAME_DOMAIN, name.as_str());
+        let listed = self.names.contains_key(&key)?;
+        let corrupt = |e: AutomergeError| CollectionError::Document {
+            collection: name.to_string(),
+            reason: e.to_string(),
+        };
+        let mut doc = AutoCommit::new();
+        let mut next_seq = 0;
+        let mut changes_since_snapshot = 0;
+        for entry in self.docs.scan_prefix(&key) {
+            let (entry_key, bytes) = entry?;
+            let (kind, seq) = parse_doc_key(&key, &entry_key).ok_or_else(|| {
+                StoreError::Malformed(format!("a document key of collection {name} is malformed"))
+            })?;
+            if kind == KIND_SNAPSHOT {
+                doc = AutoCommit::load(&bytes).map_err(corrupt)?;
+            } else {
+                doc.load_incremental(&bytes).map_err(corrupt)?;
+                next_seq = seq + 1;
+                changes_since_snapshot += 1;
+            }
+        }
+        doc.set_actor(self.actor.clone());
+        let persisted_heads = doc.get_heads();
+        let collection = Arc::new(Mutex::new(Collection {
+            name: name.clone(),
+            key,
+            doc,
+            persisted_heads,
+            listed,
+            next_seq,
+            changes_since_snapshot,
+        }));
+        open.insert(name.clone(), collection.clone());
+        Ok(collection)
+    }
+}
+
+impl Collection {
+    fn automerge(&self, e: AutomergeError) -> CollectionError {
+        CollectionError::Automerge {
+            collection: self.name.to_string(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+fn with_id(id: &str, record: Map<String, Json>) -> Json {
+    let mut out = Map::with_capacity(record.len() + 1);
+    out.insert("id".to_owned(), Json::String(id.to_owned()));
+    out.extend(record);
+    Json::Object(out)
+}
+
+fn doc_key(collection: &[u8; 32], kind: u8, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(41);
+    key.extend_from_slice(collection);
+    key.push(kind);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn parse_doc_key(collection: &[u8; 32], key: &[u8]) -> Option<(u8, u64)> {
+    if key.len() != 41 || &key[..32] != collection || key[32] > KIND_CHANGE {
+        return None;
+    }
+    Some((key[32], u64::from_be_bytes(key[33..41].try_into().ok()?)))
+}

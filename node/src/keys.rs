@@ -1,0 +1,394 @@
+//! Keys: creating and opening a vault's secrets in HOME.
+//!
+//! In: a HOME and, optionally, a passphrase. Out: [`VaultKeys`] — the device identity
+//! (a libp2p Ed25519 keypair), the storage key and the keys derived from it, the
+//! vault signing key, and the hash of the owner token. Secrets are zeroized on drop
+//! and have no `Debug`. The key file format is in `hearth_protocol::keyfile`.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use argon2::{Algorithm, Argon2, Params, Version};
+use data_encoding::{BASE64, BASE64URL_NOPAD, HEXLOWER};
+use hearth_protocol::keyfile::{
+    Argon2Params, KeyFile, KeyFileError, Protection, SECRETS_DOMAIN, SECRETS_KEY, SecretsBlob,
+};
+use hearth_protocol::seal::{Binding, SealKey};
+use libp2p::PeerId;
+use libp2p::identity::Keypair;
+use rand::RngCore;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::home::{Home, write_file_atomic};
+
+/// Argon2id cost for new key files: 64 MiB, 3 passes (OWASP's recommended floor is
+/// 19 MiB / 2 passes); about a quarter of a second on a laptop.
+const ARGON2_M_COST_KIB: u32 = 64 * 1024;
+const ARGON2_T_COST: u32 = 3;
+const ARGON2_P_COST: u32 = 1;
+const OWNER_TOKEN_PREFIX: &str = "hearth_owner_";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeysError {
+    #[error("{0} already holds a vault; refusing to overwrite it")]
+    AlreadyInitialized(String),
+    #[error(
+        "{0} is not a Hearth vault (no key file); create one with `hearth init` or `hearth up`"
+    )]
+    NotAVault(String),
+    #[error(
+        "this vault is protected by a passphrase; give it with --passphrase-file or HEARTH_PASSPHRASE"
+    )]
+    PassphraseRequired,
+    #[error("wrong passphrase for this vault")]
+    WrongPassphrase,
+    #[error("the passphrase is empty")]
+    EmptyPassphrase,
+    #[error("key file {path}: {source}")]
+    KeyFile { path: String, source: KeyFileError },
+    #[error("key file {0} holds an invalid device key")]
+    DeviceKey(String),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        source: io::Error,
+    },
+}
+
+/// A passphrase. Zeroized on drop, never printed.
+pub struct Passphrase(Zeroizing<String>);
+
+impl Passphrase {
+    pub fn new(text: String) -> Result<Self, KeysError> {
+        let text = Zeroizing::new(text);
+        // A file written by an editor ends with a newline that is not part of it.
+        let trimmed = text.trim_end_matches(['\n', '\r']);
+        if trimmed.is_empty() {
+            return Err(KeysError::EmptyPassphrase);
+        }
+        Ok(Self(Zeroizing::new(trimmed.to_owned())))
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, KeysError> {
+        let text = fs::read_to_string(path).map_err(|source| KeysError::Io {
+            what: "cannot read passphrase file",
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::new(text)
+    }
+}
+
+/// The owner's API token. Zeroized on drop, never printed.
+pub struct OwnerToken(Zeroizing<String>);
+
+impl OwnerToken {
+    fn generate() -> Self {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(&mut *bytes);
+        Self(Zeroizing::new(format!(
+            "{OWNER_TOKEN_PREFIX}{}",
+            BASE64URL_NOPAD.encode(&*bytes)
+        )))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn token_hash(token: &[u8]) -> [u8; 32] {
+    *blake3::hash(token).as_bytes()
+}
+
+/// Keys derived from the storage key, one per purpose, so no two uses share a key.
+pub struct DerivedKeys {
+    /// Seals every value in the store and every blob chunk.
+    pub seal: SealKey,
+    /// Keys the hash that names collections in sled.
+    pub names: Zeroizing<[u8; 32]>,
+    /// Keys the hash that makes blob ids.
+    pub blob_ids: Zeroizing<[u8; 32]>,
+    /// Keys the hash that names blob chunks.
+    pub chunk_ids: Zeroizing<[u8; 32]>,
+}
+
+/// Everything a node needs from its key file.
+pub struct VaultKeys {
+    pub vault_id: [u8; 16],
+    pub device: Keypair,
+    pub derived: DerivedKeys,
+    #[allow(dead_code)] // Grants are signed with it (the grants issue).
+    signing_key: Zeroizing<[u8; 32]>,
+    owner_token_hash: [u8; 32],
+}
+
+impl VaultKeys {
+    pub fn peer_id(&self) -> PeerId {
+        self.device.public().to_peer_id()
+    }
+
+    pub fn vault_id_hex(&self) -> String {
+        HEXLOWER.encode(&self.vault_id)
+    }
+
+    /// Whether `presented` is the owner token, in constant time.
+    pub fn is_owner_token(&self, presented: &[u8]) -> bool {
+        bool::from(token_hash(presented).ct_eq(&self.owner_token_hash))
+    }
+
+    fn from_blob(blob: &SecretsBlob, keys_path: &Path) -> Result<Self, KeysError> {
+        let mut device_secret = Zeroizing::new(*blob.device_key);
+        let device = Keypair::ed25519_from_bytes(&mut *device_secret)
+            .map_err(|_| KeysError::DeviceKey(keys_path.display().to_string()))?;
+        let derive =
+            |context: &str| Zeroizing::new(blake3::derive_key(context, &*blob.storage_key));
+        let seal_key = derive("hearth 2026-11 store seal v1");
+        Ok(Self {
+            vault_id: blob.vault_id,
+            device,
+            derived: DerivedKeys {
+                seal: SealKey::from_bytes(*seal_key),
+                names: derive("hearth 2026-11 name hash v1"),
+                blob_ids: derive("hearth 2026-11 blob id v1"),
+                chunk_ids: derive("hearth 2026-11 chunk id v1"),
+            },
+            signing_key: Zeroizing::new(*blob.signing_key),
+            owner_token_hash: blob.owner_token_hash,
+        })
+    }
+}
+
+/// What `init` made.
+pub struct Initialized {
+    pub keys: VaultKeys,
+    pub passphrase: bool,
+}
+
+/// Creates a new vault's secrets in `home`: refuses, changing nothing, if one exists.
+///
+/// The owner token is written first and the key file last, so a crash in between
+/// leaves a HOME without a vault that `init` can simply run on again.
+pub fn init(home: &Home, passphrase: Option<&Passphrase>) -> Result<Initialized, KeysError> {
+    let root = home.root();
+    if home.has_vault() || home.store_dir().exists() {
+        return Err(KeysError::AlreadyInitialized(root.display().to_string()));
+    }
+    fs::create_dir_all(root).map_err(|source| KeysError::Io {
+        what: "cannot create home directory",
+        path: root.display().to_string(),
+        source,
+    })?;
+
+    let mut rng = rand::rngs::OsRng;
+    let token = OwnerToken::generate();
+    let mut blob = SecretsBlob {
+        vault_id: [0; 16],
+        storage_key: Zeroizing::new([0; 32]),
+        signing_key: Zeroizing::new([0; 32]),
+        owner_token_hash: token_hash(token.as_str().as_bytes()),
+        device_key: Zeroizing::new([0; 32]),
+    };
+    rng.fill_bytes(&mut blob.vault_id);
+    rng.fill_bytes(&mut *blob.storage_key);
+    rng.fill_bytes(&mut *blob.signing_key);
+    rng.fill_bytes(&mut *blob.device_key);
+    let keys = VaultKeys::from_blob(&blob, &home.keys())?;
+
+    let plain = blob.encode();
+    let file = match passphrase {
+        None => KeyFile::new(Protection::None, &plain),
+        Some(passphrase) => {
+            let mut salt = [0u8; 16];
+            rng.fill_bytes(&mut salt);
+            let params = Argon2Params {
+                salt: BASE64.encode(&salt),
+                m_cost_kib: ARGON2_M_COST_KIB,
+                t_cost: ARGON2_T_COST,
+                p_cost: ARGON2_P_COST,
+            };
+            let kek = derive_kek(passphrase, &params)?;
+            let mut nonce = [0u8; 24];
+            rng.fill_bytes(&mut nonce);
+            let sealed = kek.seal(Binding::new(SECRETS_DOMAIN, SECRETS_KEY), &plain, nonce);
+            KeyFile::new(Protection::Argon2id(params), &sealed)
+        }
+    };
+
+    let io_err = |what: &'static str, path: &Path| {
+        let path = path.display().to_string();
+        move |source| KeysError::Io { what, path, source }
+    };
+    let mut token_line = Zeroizing::new(token.as_str().as_bytes().to_vec());
+    token_line.push(b'\n');
+    write_file_atomic(&home.owner_token(), &token_line, 0o600)
+        .map_err(io_err("cannot write owner token", &home.owner_token()))?;
+    write_file_atomic(&home.keys(), &file.to_json(), 0o600)
+        .map_err(io_err("cannot write key file", &home.keys()))?;
+    Ok(Initialized {
+        keys,
+        passphrase: passphrase.is_some(),
+    })
+}
+
+/// Opens the secrets of the vault in `home`.
+pub fn open(home: &Home, passphrase: Option<&Passphrase>) -> Result<VaultKeys, KeysError> {
+    let path = home.keys();
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(KeysError::NotAVault(home.root().display().to_string()));
+        }
+        Err(source) => {
+            return Err(KeysError::Io {
+                what: "cannot read key file",
+                path: path.display().to_string(),
+                source,
+            });
+        }
+    };
+    let keyfile_err = |source| KeysError::KeyFile {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = KeyFile::parse(&bytes).map_err(keyfile_err)?;
+    let stored = file.secrets_bytes().map_err(keyfile_err)?;
+    let plain = match &file.protection {
+        // A passphrase given for a vault that has none is harmless: ignore it.
+        Protection::None => stored,
+        Protection::Argon2id(params) => {
+            let passphrase = passphrase.ok_or(KeysError::PassphraseRequired)?;
+            let kek = derive_kek(passphrase, params)?;
+            kek.open(Binding::new(SECRETS_DOMAIN, SECRETS_KEY), &stored)
+                .map_err(|_| KeysError::WrongPassphrase)?
+        }
+    };
+    let blob = SecretsBlob::decode(&plain).map_err(keyfile_err)?;
+    VaultKeys::from_blob(&blob, &path)
+}
+
+/// Whether the vault in `home` needs a passphrase to open.
+pub fn needs_passphrase(home: &Home) -> bool {
+    fs::read(home.keys())
+        .ok()
+        .and_then(|bytes| KeyFile::parse(&bytes).ok())
+        .is_some_and(|f| matches!(f.protection, Protection::Argon2id(_)))
+}
+
+fn derive_kek(passphrase: &Passphrase, params: &Argon2Params) -> Result<SealKey, KeysError> {
+    let bad_params = |e: argon2::Error| KeysError::KeyFile {
+        path: "keys".into(),
+        source: KeyFileError::Params(e.to_string()),
+    };
+    let salt = params.salt_bytes().map_err(|source| KeysError::KeyFile {
+        path: "keys".into(),
+        source,
+    })?;
+    let argon = Argon2::new(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        Params::new(params.m_cost_kib, params.t_cost, params.p_cost, Some(32))
+            .map_err(bad_params)?,
+    );
+    let mut kek = Zeroizing::new([0u8; 32]);
+    argon
+        .hash_password_into(passphrase.0.as_bytes(), &salt, &mut *kek)
+        .map_err(bad_params)?;
+    Ok(SealKey::from_bytes(*kek))
+}
+
+/// Reads the owner token a client presents (`HOME/owner.token`).
+pub fn read_owner_token(home: &Home) -> io::Result<OwnerToken> {
+    let text = Zeroizing::new(fs::read_to_string(home.owner_token())?);
+    Ok(OwnerToken(Zeroizing::new(text.trim().to_owned())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn init_then_open_without_passphrase() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path().join("h"));
+        let made = init(&home, None).unwrap();
+        assert!(!made.passphrase);
+        let opened = open(&home, None).unwrap();
+        assert_eq!(opened.peer_id(), made.keys.peer_id());
+        assert_eq!(opened.vault_id, made.keys.vault_id);
+        let token = read_owner_token(&home).unwrap();
+        assert!(opened.is_owner_token(token.as_str().as_bytes()));
+        assert!(!opened.is_owner_token(b"hearth_owner_wrong"));
+        for f in [home.keys(), home.owner_token()] {
+            assert_eq!(
+                fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+    }
+
+    #[test]
+    fn init_refuses_existing_vault_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        init(&home, None).unwrap();
+        let before = (
+            fs::read(home.keys()).unwrap(),
+            fs::read(home.owner_token()).unwrap(),
+        );
+        assert!(matches!(
+            init(&home, None),
+            Err(KeysError::AlreadyInitialized(_))
+        ));
+        let after = (
+            fs::read(home.keys()).unwrap(),
+            fs::read(home.owner_token()).unwrap(),
+        );
+        assert_eq!(before, after);
+    }
+
+    #[test]
+    fn passphrase_protects_and_wrong_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        let pass = Passphrase::new("correct horse\n".into()).unwrap();
+        let made = init(&home, Some(&pass)).unwrap();
+        assert!(needs_passphrase(&home));
+        assert!(matches!(
+            open(&home, None),
+            Err(KeysError::PassphraseRequired)
+        ));
+        let wrong = Passphrase::new("incorrect horse".into()).unwrap();
+        assert!(matches!(
+            open(&home, Some(&wrong)),
+            Err(KeysError::WrongPassphrase)
+        ));
+        let opened = open(
+            &home,
+            Some(&Passphrase::new("correct horse".into()).unwrap()),
+        )
+        .unwrap();
+        assert_eq!(opened.peer_id(), made.keys.peer_id());
+        // The key file holds no secret in clear.
+        let file = fs::read(home.keys()).unwrap();
+        assert!(!String::from_utf8_lossy(&file).contains("correct horse"));
+        assert!(matches!(
+            Passphrase::new("\n".into()),
+            Err(KeysError::EmptyPassphrase)
+        ));
+    }
+
+    #[test]
+    fn missing_and_corrupt_key_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        assert!(matches!(open(&home, None), Err(KeysError::NotAVault(_))));
+        fs::write(home.keys(), b"{garbage").unwrap();
+        assert!(matches!(open(&home, None), Err(KeysError::KeyFile { .. })));
+    }
+}

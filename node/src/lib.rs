@@ -1,0 +1,254 @@
+//! The Hearth node as a library.
+//!
+//! [`Node::start`] opens (or creates) the vault in a HOME, opens the encrypted store,
+//! and serves the local HTTP API; the returned [`NodeHandle`] says where, and shuts it
+//! all down. The modules, outermost first:
+//!
+//! - [`api`]: the local HTTP API (axum); the only module that knows HTTP and JSON bodies.
+//! - [`collections`] and [`records`]: Automerge documents of JSON records.
+//! - [`blobs`]: chunked, sealed, content-addressed blobs.
+//! - [`store`]: sealed sled trees and group commit; the only module that talks to sled.
+//! - [`keys`]: the device's secrets; [`home`]: the files of a HOME.
+
+pub mod api;
+pub mod blobs;
+pub mod collections;
+pub mod home;
+pub mod keys;
+pub mod records;
+pub mod store;
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::PeerId;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::blobs::{BlobError, Blobs};
+use crate::collections::Collections;
+use crate::home::{Home, write_file_atomic};
+use crate::keys::{KeysError, Passphrase, VaultKeys};
+use crate::store::{Store, StoreError};
+
+pub use libp2p::PeerId as DevicePeerId;
+
+/// The default address of the local API.
+pub const DEFAULT_API_ADDR: &str = "127.0.0.1:7780";
+/// How long shutdown waits for requests in flight before cutting them off.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Size limits and bounds of the local API.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest record (or patch) body accepted, in bytes.
+    pub max_record_bytes: usize,
+    /// Largest blob accepted, in bytes.
+    pub max_blob_bytes: u64,
+    /// Requests served at once; more wait.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_record_bytes: 1024 * 1024,
+            max_blob_bytes: 64 * 1024 * 1024 * 1024,
+            max_concurrent_requests: 256,
+        }
+    }
+}
+
+pub struct NodeConfig {
+    pub home: PathBuf,
+    pub api_addr: SocketAddr,
+    /// Serve the API on a non-loopback address. Off by default: anyone who can reach
+    /// the port could try tokens.
+    pub allow_public_api: bool,
+    pub passphrase: Option<Passphrase>,
+    pub limits: Limits,
+}
+
+impl NodeConfig {
+    pub fn new(home: impl Into<PathBuf>) -> Self {
+        Self {
+            home: home.into(),
+            api_addr: DEFAULT_API_ADDR
+                .parse()
+                .expect("the default API address parses"),
+            allow_public_api: false,
+            passphrase: None,
+            limits: Limits::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error(transparent)]
+    Keys(#[from] KeysError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Blobs(#[from] BlobError),
+    #[error("cannot listen for the API on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error(
+        "refusing to serve the API on {0}, which is not a loopback address (allow it explicitly to do so)"
+    )]
+    PublicApi(SocketAddr),
+    #[error("cannot write {path}: {source}")]
+    WriteAddr { path: String, source: io::Error },
+}
+
+/// What a running node shares between its parts.
+pub struct Vault {
+    pub home: Home,
+    pub keys: Arc<VaultKeys>,
+    pub store: Arc<Store>,
+    pub collections: Collections,
+    pub blobs: Blobs,
+    pub limits: Limits,
+    pub api_addr: SocketAddr,
+}
+
+pub struct Node;
+
+impl Node {
+    /// Opens the vault in `config.home` (creating it if HOME has none) and serves the
+    /// API. Must run inside a tokio runtime.
+    pub async fn start(config: NodeConfig) -> Result<NodeHandle, StartError> {
+        let home = Home::new(config.home);
+        let created = !home.has_vault();
+        let keys = if created {
+            keys::init(&home, config.passphrase.as_ref())?.keys
+        } else {
+            keys::open(&home, config.passphrase.as_ref())?
+        };
+        drop(config.passphrase);
+        let keys = Arc::new(keys);
+        let peer_id = keys.peer_id();
+
+        if !config.api_addr.ip().is_loopback() && !config.allow_public_api {
+            return Err(StartError::PublicApi(config.api_addr));
+        }
+        let store = Arc::new(Store::open(&home.store_dir(), keys.clone())?);
+        let actor: [u8; 16] = blake3::hash(&peer_id.to_bytes()).as_bytes()[..16]
+            .try_into()
+            .expect("a BLAKE3 hash has 32 bytes");
+        let collections = Collections::open(store.clone(), actor)?;
+        let blobs = Blobs::open(home.blobs_dir(), store.clone(), keys.clone())?;
+        blobs.sweep_orphans()?;
+
+        let listener = tokio::net::TcpListener::bind(config.api_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.api_addr,
+                source,
+            })?;
+        let api_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.api_addr,
+            source,
+        })?;
+        let vault = Arc::new(Vault {
+            home: home.clone(),
+            keys,
+            store,
+            collections,
+            blobs,
+            limits: config.limits,
+            api_addr,
+        });
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let app = api::router(vault.clone());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stop_rx.await;
+                })
+                .await
+        });
+        // Written only once the API accepts connections, so a client that finds the
+        // file can use it.
+        write_file_atomic(&home.api_addr(), format!("{api_addr}\n").as_bytes(), 0o644).map_err(
+            |source| StartError::WriteAddr {
+                path: home.api_addr().display().to_string(),
+                source,
+            },
+        )?;
+        tracing::info!(%api_addr, %peer_id, home = %home.root().display(), created, "node started");
+        Ok(NodeHandle {
+            vault,
+            peer_id,
+            created,
+            stop_tx: Some(stop_tx),
+            server: Some(server),
+        })
+    }
+}
+
+/// A running node. Dropping it without [`NodeHandle::shutdown`] leaves the server
+/// task running until the runtime ends; call `shutdown` to flush and stop.
+pub struct NodeHandle {
+    vault: Arc<Vault>,
+    peer_id: PeerId,
+    created: bool,
+    stop_tx: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl NodeHandle {
+    pub fn api_addr(&self) -> SocketAddr {
+        self.vault.api_addr
+    }
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+    pub fn vault_id(&self) -> String {
+        self.vault.keys.vault_id_hex()
+    }
+    pub fn home(&self) -> &std::path::Path {
+        self.vault.home.root()
+    }
+    /// Whether this start created the vault.
+    pub fn created_vault(&self) -> bool {
+        self.created
+    }
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
+    }
+
+    /// Stops serving (requests in flight get a grace period), flushes the store and
+    /// removes `HOME/api.addr`.
+    pub async fn shutdown(mut self) -> Result<(), StoreError> {
+        if let Some(stop) = self.stop_tx.take() {
+            let _ = stop.send(());
+        }
+        if let Some(mut server) = self.server.take() {
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "API server ended with an error"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "API server task failed"),
+                Err(_) => {
+                    tracing::warn!(
+                        "requests still in flight after the grace period; cutting them off"
+                    );
+                    server.abort();
+                }
+            }
+        }
+        let flushed = self.vault.store.shutdown().await;
+        let addr_file = self.vault.home.api_addr();
+        if std::fs::read_to_string(&addr_file)
+            .is_ok_and(|a| a.trim() == self.vault.api_addr.to_string())
+        {
+            let _ = std::fs::remove_file(&addr_file);
+        }
+        tracing::info!("node stopped");
+        flushed
+    }
+}

@@ -1,0 +1,399 @@
+//! Records as Automerge values: the mapping between JSON objects and the maps of a
+//! collection document.
+//!
+//! A collection document's root is a map from record id to record; a record is an
+//! Automerge map. JSON objects map to maps, arrays to lists, strings to string scalars,
+//! integers to `Int`/`Uint`, other numbers to `F64`, booleans and null to themselves.
+//! Writes change only what differs, so two devices that edit different fields of one
+//! record both keep their edit when they merge.
+
+use automerge::transaction::Transactable;
+use automerge::{
+    AutoCommit, AutomergeError, ObjId, ObjType, Prop, ROOT, ReadDoc, ScalarValue, Value,
+};
+use serde_json::{Map, Number, Value as Json};
+
+/// Reads the record `id`, or `None` if there is none.
+pub fn read_record(
+    doc: &AutoCommit,
+    id: &str,
+) -> Result<Option<Map<String, Json>>, AutomergeError> {
+    match doc.get(ROOT, id)? {
+        Some((Value::Object(ObjType::Map), obj)) => Ok(Some(read_map(doc, &obj)?)),
+        // Anything else at a record's key was not written by Hearth; show nothing
+        // rather than guess.
+        _ => Ok(None),
+    }
+}
+
+/// The ids of all records, sorted.
+pub fn record_ids(doc: &AutoCommit) -> Vec<String> {
+    doc.keys(ROOT).collect()
+}
+
+/// Makes record `id` equal to `record`. Returns whether it was created.
+pub fn put_record(
+    doc: &mut AutoCommit,
+    id: &str,
+    record: &Map<String, Json>,
+) -> Result<bool, AutomergeError> {
+    match doc.get(ROOT, id)? {
+        Some((Value::Object(ObjType::Map), obj)) => {
+            reconcile_map(doc, &obj, record)?;
+            Ok(false)
+        }
+        _ => {
+            let obj = doc.put_object(ROOT, id, ObjType::Map)?;
+            fill_map(doc, &obj, record)?;
+            Ok(true)
+        }
+    }
+}
+
+/// Applies a JSON Merge Patch (RFC 7396) to record `id`. Returns `false` if there is
+/// no such record.
+pub fn patch_record(
+    doc: &mut AutoCommit,
+    id: &str,
+    patch: &Map<String, Json>,
+) -> Result<bool, AutomergeError> {
+    match doc.get(ROOT, id)? {
+        Some((Value::Object(ObjType::Map), obj)) => {
+            merge_patch(doc, &obj, patch)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Deletes record `id`. Returns whether it existed.
+pub fn remove_record(doc: &mut AutoCommit, id: &str) -> Result<bool, AutomergeError> {
+    if doc.get(ROOT, id)?.is_none() {
+        return Ok(false);
+    }
+    doc.delete(ROOT, id)?;
+    Ok(true)
+}
+
+pub fn record_count(doc: &AutoCommit) -> usize {
+    doc.length(ROOT)
+}
+
+fn read_map(doc: &AutoCommit, obj: &ObjId) -> Result<Map<String, Json>, AutomergeError> {
+    let mut out = Map::new();
+    for key in doc.keys(obj) {
+        if let Some((value, child)) = doc.get(obj, key.as_str())? {
+            out.insert(key, read_value(doc, value, &child)?);
+        }
+    }
+    Ok(out)
+}
+
+fn read_value(doc: &AutoCommit, value: Value<'_>, obj: &ObjId) -> Result<Json, AutomergeError> {
+    Ok(match value {
+        Value::Object(ObjType::Map | ObjType::Table) => Json::Object(read_map(doc, obj)?),
+        Value::Object(ObjType::List) => {
+            let len = doc.length(obj);
+            let mut items = Vec::with_capacity(len);
+            for index in 0..len {
+                match doc.get(obj, index)? {
+                    Some((value, child)) => items.push(read_value(doc, value, &child)?),
+                    None => items.push(Json::Null),
+                }
+            }
+            Json::Array(items)
+        }
+        Value::Object(ObjType::Text) => Json::String(doc.text(obj)?),
+        Value::Scalar(scalar) => scalar_to_json(&scalar),
+    })
+}
+
+fn scalar_to_json(scalar: &ScalarValue) -> Json {
+    match scalar {
+        ScalarValue::Str(s) => Json::String(s.to_string()),
+        ScalarValue::Int(i) => Json::Number((*i).into()),
+        ScalarValue::Uint(u) => Json::Number((*u).into()),
+        ScalarValue::F64(f) => Number::from_f64(*f).map_or(Json::Null, Json::Number),
+        ScalarValue::Counter(c) => Json::Number(i64::from(c).into()),
+        ScalarValue::Timestamp(t) => Json::Number((*t).into()),
+        ScalarValue::Boolean(b) => Json::Bool(*b),
+        ScalarValue::Null => Json::Null,
+        ScalarValue::Bytes(bytes) => Json::String(data_encoding::BASE64.encode(bytes)),
+        ScalarValue::Unknown { .. } => Json::Null,
+    }
+}
+
+/// The scalar for a JSON value that is not an object or array.
+fn json_to_scalar(value: &Json) -> ScalarValue {
+    match value {
+        Json::Null => ScalarValue::Null,
+        Json::Bool(b) => ScalarValue::Boolean(*b),
+        Json::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                ScalarValue::Int(i)
+            } else if let Some(u) = n.as_u64() {
+                ScalarValue::Uint(u)
+            } else {
+                ScalarValue::F64(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        Json::String(s) => ScalarValue::Str(s.as_str().into()),
+        Json::Array(_) | Json::Object(_) => unreachable!("callers pass only scalars"),
+    }
+}
+
+fn fill_map(
+    doc: &mut AutoCommit,
+    obj: &ObjId,
+    map: &Map<String, Json>,
+) -> Result<(), AutomergeError> {
+    for (key, value) in map {
+        put_new(doc, obj, key.as_str().into(), value)?;
+    }
+    Ok(())
+}
+
+/// Puts `value` at `prop` of `obj` as a fresh value.
+fn put_new(
+    doc: &mut AutoCommit,
+    obj: &ObjId,
+    prop: Prop,
+    value: &Json,
+) -> Result<(), AutomergeError> {
+    match value {
+        Json::Object(map) => {
+            let child = doc.put_object(obj, prop, ObjType::Map)?;
+            fill_map(doc, &child, map)
+        }
+        Json::Array(items) => {
+            let child = doc.put_object(obj, prop, ObjType::List)?;
+            fill_list(doc, &child, items)
+        }
+        scalar => doc.put(obj, prop, json_to_scalar(scalar)),
+    }
+}
+
+fn fill_list(doc: &mut AutoCommit, list: &ObjId, items: &[Json]) -> Result<(), AutomergeError> {
+    for (index, item) in items.iter().enumerate() {
+        match item {
+            Json::Object(map) => {
+                let child = doc.insert_object(list, index, ObjType::Map)?;
+                fill_map(doc, &child, map)?;
+            }
+            Json::Array(inner) => {
+                let child = doc.insert_object(list, index, ObjType::List)?;
+                fill_list(doc, &child, inner)?;
+            }
+            scalar => doc.insert(list, index, json_to_scalar(scalar))?,
+        }
+    }
+    Ok(())
+}
+
+/// Makes the map `obj` equal to `map`, touching only what differs.
+fn reconcile_map(
+    doc: &mut AutoCommit,
+    obj: &ObjId,
+    map: &Map<String, Json>,
+) -> Result<(), AutomergeError> {
+    let stale: Vec<String> = doc.keys(obj).filter(|k| !map.contains_key(k)).collect();
+    for key in stale {
+        doc.delete(obj, key.as_str())?;
+    }
+    for (key, value) in map {
+        set_value(doc, obj, key, value)?;
+    }
+    Ok(())
+}
+
+/// Sets field `key` of map `obj` to `value`, recursing into maps and leaving equal
+/// scalars alone (an unchanged field must not win a merge it did not take part in).
+fn set_value(
+    doc: &mut AutoCommit,
+    obj: &ObjId,
+    key: &str,
+    value: &Json,
+) -> Result<(), AutomergeError> {
+    let existing = doc.get(obj, key)?.map(|(v, id)| (v.into_owned(), id));
+    match (value, existing) {
+        (Json::Object(map), Some((Value::Object(ObjType::Map), child))) => {
+            reconcile_map(doc, &child, map)
+        }
+        (Json::Array(_) | Json::Object(_), _) => put_new(doc, obj, key.into(), value),
+        (scalar, Some((Value::Scalar(current), _))) if same_scalar(&current, scalar) => Ok(()),
+        (scalar, _) => doc.put(obj, key, json_to_scalar(scalar)),
+    }
+}
+
+fn same_scalar(current: &ScalarValue, value: &Json) -> bool {
+    let wanted = json_to_scalar(value);
+    match (current, &wanted) {
+        // NaN never comes from JSON; equality on the bits is what "unchanged" means.
+        (ScalarValue::F64(a), ScalarValue::F64(b)) => a.to_bits() == b.to_bits(),
+        _ => *current == wanted,
+    }
+}
+
+fn merge_patch(
+    doc: &mut AutoCommit,
+    obj: &ObjId,
+    patch: &Map<String, Json>,
+) -> Result<(), AutomergeError> {
+    for (key, value) in patch {
+        match value {
+            Json::Null => {
+                if doc.get(obj, key.as_str())?.is_some() {
+                    doc.delete(obj, key.as_str())?;
+                }
+            }
+            Json::Object(inner) => match doc
+                .get(obj, key.as_str())?
+                .map(|(v, id)| (v.into_owned(), id))
+            {
+                Some((Value::Object(ObjType::Map), child)) => merge_patch(doc, &child, inner)?,
+                _ => {
+                    let child = doc.put_object(obj, key.as_str(), ObjType::Map)?;
+                    merge_patch(doc, &child, inner)?;
+                }
+            },
+            other => set_value(doc, obj, key, other)?,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn obj(v: Json) -> Map<String, Json> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn put_get_patch_remove() {
+        let mut doc = AutoCommit::new();
+        let rec = obj(
+            json!({"name": "Ada", "age": 36, "tags": ["math", {"x": 1.5}], "addr": {"city": "London"}, "ok": true, "none": null, "neg": -4, "big": u64::MAX}),
+        );
+        assert!(put_record(&mut doc, "ada", &rec).unwrap());
+        assert_eq!(read_record(&doc, "ada").unwrap().unwrap(), rec);
+        assert!(!put_record(&mut doc, "ada", &obj(json!({"name": "Ada L."}))).unwrap());
+        assert_eq!(
+            read_record(&doc, "ada").unwrap().unwrap(),
+            obj(json!({"name": "Ada L."}))
+        );
+        assert!(
+            patch_record(
+                &mut doc,
+                "ada",
+                &obj(json!({"addr": {"city": "Paris"}, "name": null, "n": 1}))
+            )
+            .unwrap()
+        );
+        assert_eq!(
+            read_record(&doc, "ada").unwrap().unwrap(),
+            obj(json!({"addr": {"city": "Paris"}, "n": 1}))
+        );
+        assert!(!patch_record(&mut doc, "nobody", &obj(json!({"a": 1}))).unwrap());
+        assert_eq!(record_ids(&doc), vec!["ada".to_string()]);
+        assert!(remove_record(&mut doc, "ada").unwrap());
+        assert!(!remove_record(&mut doc, "ada").unwrap());
+        assert_eq!(read_record(&doc, "ada").unwrap(), None);
+    }
+
+    #[test]
+    fn unchanged_fields_write_nothing() {
+        let mut doc = AutoCommit::new();
+        let rec = obj(json!({"a": 1, "b": {"c": "d"}}));
+        put_record(&mut doc, "r", &rec).unwrap();
+        doc.commit();
+        let heads = doc.get_heads();
+        put_record(&mut doc, "r", &rec).unwrap();
+        doc.commit();
+        assert_eq!(doc.get_heads(), heads);
+    }
+
+    #[test]
+    fn concurrent_edits_to_different_fields_merge() {
+        let mut a = AutoCommit::new();
+        put_record(&mut a, "r", &obj(json!({"x": 1, "y": 1}))).unwrap();
+        let mut b = a.fork();
+        put_record(&mut a, "r", &obj(json!({"x": 2, "y": 1}))).unwrap();
+        patch_record(&mut b, "r", &obj(json!({"y": 3}))).unwrap();
+        a.merge(&mut b).unwrap();
+        assert_eq!(
+            read_record(&a, "r").unwrap().unwrap(),
+            obj(json!({"x": 2, "y": 3}))
+        );
+    }
+
+    fn json_leaf() -> impl Strategy<Value = Json> {
+        prop_oneof![
+            Just(Json::Null),
+            any::<bool>().prop_map(Json::Bool),
+            any::<i64>().prop_map(|i| json!(i)),
+            any::<u64>().prop_map(|u| json!(u)),
+            (-1e12f64..1e12).prop_map(|f| json!(f)),
+            ".{0,12}".prop_map(Json::String),
+        ]
+    }
+
+    fn json_value() -> impl Strategy<Value = Json> {
+        json_leaf().prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Json::Array),
+                proptest::collection::btree_map("[a-z_]{1,8}", inner, 0..6)
+                    .prop_map(|m| Json::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn json_record() -> impl Strategy<Value = Map<String, Json>> {
+        proptest::collection::btree_map("[a-zA-Z0-9_ ]{1,10}", json_value(), 0..8)
+            .prop_map(|m| m.into_iter().collect())
+    }
+
+    proptest! {
+        #[test]
+        fn records_round_trip_through_save_and_load(first in json_record(), second in json_record()) {
+            let mut doc = AutoCommit::new();
+            put_record(&mut doc, "r", &first).unwrap();
+            prop_assert_eq!(read_record(&doc, "r").unwrap().unwrap(), first);
+            put_record(&mut doc, "r", &second).unwrap();
+            let loaded = AutoCommit::load(&doc.save()).unwrap();
+            prop_assert_eq!(read_record(&loaded, "r").unwrap().unwrap(), second);
+        }
+
+        #[test]
+        fn merge_patch_matches_rfc7396(base in json_record(), patch in json_record()) {
+            let mut doc = AutoCommit::new();
+            put_record(&mut doc, "r", &base).unwrap();
+            patch_record(&mut doc, "r", &patch).unwrap();
+            let mut expected = Json::Object(base);
+            json_merge_patch(&mut expected, &Json::Object(patch));
+            prop_assert_eq!(Json::Object(read_record(&doc, "r").unwrap().unwrap()), expected);
+        }
+    }
+
+    /// RFC 7396, section 2, as written.
+    fn json_merge_patch(target: &mut Json, patch: &Json) {
+        if let Json::Object(patch) = patch {
+            if !target.is_object() {
+                *target = Json::Object(Map::new());
+            }
+            let map = target.as_object_mut().unwrap();
+            for (key, value) in patch {
+                if value.is_null() {
+                    map.remove(key);
+                } else {
+                    json_merge_patch(map.entry(key.clone()).or_insert(Json::Null), value);
+                }
+            }
+        } else {
+            *target = patch.clone();
+        }
+    }
+}

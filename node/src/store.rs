@@ -1,0 +1,329 @@
+//! The encrypted store: sled trees whose every value is sealed, and group commit.
+//!
+//! In: byte keys and plaintext values from the subsystems above (collections, blobs).
+//! Out: values opened and authenticated, or [`StoreError::Corrupt`] naming what failed —
+//! a value that does not authenticate is never returned. Keys that carry user meaning
+//! are made opaque by the caller with [`Store::name_key`]. Durability: an insert is
+//! durable once [`Store::commit`] returns; concurrent committers share one fsync.
+//!
+//! This module is the only one that talks to sled, so storage faults can be injected
+//! here (reliability issue).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use data_encoding::HEXLOWER;
+use hearth_protocol::seal::{Binding, NONCE_LEN, OpenError};
+use rand::RngCore;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use zeroize::Zeroizing;
+
+use crate::keys::VaultKeys;
+
+/// Version of the store's layout (tree names, key shapes, value encodings).
+pub const STORE_FORMAT_VERSION: u32 = 1;
+const META_FORMAT_KEY: &[u8] = b"format";
+/// Commit requests waiting for the flusher; writers beyond this wait for room.
+const COMMIT_QUEUE: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("the store is in use by another process (is a node already running on this HOME?)")]
+    Locked,
+    #[error("storage error: {0}")]
+    Storage(String),
+    #[error("stored data is corrupt: {what}: {source}")]
+    Corrupt { what: String, source: OpenError },
+    #[error("stored data is corrupt: {0}")]
+    Malformed(String),
+    #[error(
+        "the store has format version {found}; this Hearth reads version {STORE_FORMAT_VERSION}"
+    )]
+    Version { found: u32 },
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Storage(e.to_string())
+    }
+}
+
+/// Counters that show group commit at work.
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    /// Commit requests answered.
+    pub commits: AtomicU64,
+    /// fsyncs issued for them.
+    pub flushes: AtomicU64,
+}
+
+type CommitReply = oneshot::Sender<Result<(), String>>;
+
+pub struct Store {
+    db: sled::Db,
+    keys: Arc<VaultKeys>,
+    commit_tx: mpsc::Sender<CommitReply>,
+    flusher: std::sync::Mutex<Option<JoinHandle<()>>>,
+    stats: Arc<CommitStats>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`. Must run inside a tokio runtime: it
+    /// spawns the flusher task.
+    pub fn open(dir: &std::path::Path, keys: Arc<VaultKeys>) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(64 * 1024 * 1024)
+            // Durability comes from explicit commits; the background flush only bounds
+            // how much unacknowledged work a crash may drop.
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    StoreError::Locked
+                }
+                sled::Error::Io(ref io) if io.to_string().contains("lock") => StoreError::Locked,
+                other => StoreError::from(other),
+            })?;
+        let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
+        let stats = Arc::new(CommitStats::default());
+        let flusher = tokio::spawn(run_flusher(db.clone(), commit_rx, stats.clone()));
+        let store = Self {
+            db,
+            keys,
+            commit_tx,
+            flusher: std::sync::Mutex::new(Some(flusher)),
+            stats,
+        };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    fn check_format(&self) -> Result<(), StoreError> {
+        let meta = self.tree("meta")?;
+        match meta.get(META_FORMAT_KEY)? {
+            Some(value) => {
+                let bytes: [u8; 4] = value.as_slice().try_into().map_err(|_| {
+                    StoreError::Malformed("store format marker has the wrong length".into())
+                })?;
+                let found = u32::from_be_bytes(bytes);
+                if found != STORE_FORMAT_VERSION {
+                    return Err(StoreError::Version { found });
+                }
+            }
+            None => {
+                meta.insert(META_FORMAT_KEY, &STORE_FORMAT_VERSION.to_be_bytes())?;
+                self.db.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A tree whose values are sealed, bound to the tree's name and each key.
+    pub fn tree(&self, name: &'static str) -> Result<SealedTree, StoreError> {
+        Ok(SealedTree {
+            tree: self.db.open_tree(name)?,
+            name,
+            keys: self.keys.clone(),
+        })
+    }
+
+    /// An opaque sled key for a user-chosen name: a keyed hash, so the disk shows
+    /// neither the name nor (without the vault key) which name it is.
+    pub fn name_key(&self, domain: &str, name: &str) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new_keyed(&self.keys.derived.names);
+        hasher.update(domain.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(name.as_bytes());
+        *hasher.finalize().as_bytes()
+    }
+
+    /// Returns once everything inserted before the call is on disk (fsynced).
+    /// Concurrent callers share one flush.
+    pub async fn commit(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.commit_tx
+            .send(tx)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(StoreError::Storage(message)),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+
+    pub fn stats(&self) -> &CommitStats {
+        &self.stats
+    }
+
+    /// Flushes everything and stops the flusher. Commits after this fail with `Closed`.
+    pub async fn shutdown(&self) -> Result<(), StoreError> {
+        let flusher = self
+            .flusher
+            .lock()
+            .expect("flusher lock is never poisoned")
+            .take();
+        if let Some(flusher) = flusher {
+            flusher.abort();
+            let _ = flusher.await;
+        }
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Storage(format!("flush task failed: {e}")))??;
+        Ok(())
+    }
+}
+
+/// The group-commit loop: take every waiting request, fsync once, answer them all.
+/// A request queued during a flush waits for the next one, because its write may have
+/// missed the flush in progress.
+async fn run_flusher(db: sled::Db, mut rx: mpsc::Receiver<CommitReply>, stats: Arc<CommitStats>) {
+    let mut waiters = Vec::new();
+    while let Some(first) = rx.recv().await {
+        waiters.push(first);
+        while waiters.len() < COMMIT_QUEUE {
+            match rx.try_recv() {
+                Ok(waiter) => waiters.push(waiter),
+                Err(_) => break,
+            }
+        }
+        let flushing = db.clone();
+        let result = match tokio::task::spawn_blocking(move || flushing.flush()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("flush task failed: {e}")),
+        };
+        if let Err(message) = &result {
+            tracing::error!(error = %message, "flush to disk failed; writes are not acknowledged");
+        }
+        stats.flushes.fetch_add(1, Ordering::Relaxed);
+        stats
+            .commits
+            .fetch_add(waiters.len() as u64, Ordering::Relaxed);
+        for waiter in waiters.drain(..) {
+            let _ = waiter.send(result.clone());
+        }
+    }
+}
+
+/// A sled tree whose values are sealed with the vault's storage key.
+#[derive(Clone)]
+pub struct SealedTree {
+    tree: sled::Tree,
+    name: &'static str,
+    keys: Arc<VaultKeys>,
+}
+
+/// A set of inserts and removes on one tree, applied atomically.
+#[derive(Default)]
+pub struct SealedBatch {
+    batch: sled::Batch,
+}
+
+impl SealedTree {
+    pub fn get(&self, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        match self.tree.get(key)? {
+            Some(sealed) => self.open(key, &sealed).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn insert(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.tree.insert(key, self.seal(key, value))?;
+        Ok(())
+    }
+
+    pub fn remove(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.tree.remove(key)?;
+        Ok(())
+    }
+
+    pub fn contains_key(&self, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.tree.contains_key(key)?)
+    }
+
+    pub fn batch_insert(&self, batch: &mut SealedBatch, key: &[u8], value: &[u8]) {
+        batch.batch.insert(key, self.seal(key, value));
+    }
+
+    pub fn batch_remove(&self, batch: &mut SealedBatch, key: &[u8]) {
+        batch.batch.remove(key);
+    }
+
+    pub fn apply(&self, batch: SealedBatch) -> Result<(), StoreError> {
+        self.tree.apply_batch(batch.batch)?;
+        Ok(())
+    }
+
+    /// Entries whose key starts with `prefix`, in key order, each opened.
+    pub fn scan_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Zeroizing<Vec<u8>>), StoreError>> + '_ {
+        self.tree.scan_prefix(prefix).map(move |entry| {
+            let (key, sealed) = entry?;
+            let value = self.open(&key, &sealed)?;
+            Ok((key.to_vec(), value))
+        })
+    }
+
+    /// Keys starting with `prefix`, without opening values.
+    pub fn keys_with_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<Vec<u8>, StoreError>> + '_ {
+        self.tree
+            .scan_prefix(prefix)
+            .keys()
+            .map(|k| k.map(|k| k.to_vec()).map_err(StoreError::from))
+    }
+
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+
+    fn seal(&self, key: &[u8], value: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        self.keys
+            .derived
+            .seal
+            .seal(Binding::new(self.name.as_bytes(), key), value, nonce)
+    }
+
+    fn open(&self, key: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        self.keys
+            .derived
+            .seal
+            .open(Binding::new(self.name.as_bytes(), key), sealed)
+            .map_err(|source| StoreError::Corrupt {
+                what: format!("value in tree `{}` at key {}", self.name, short_hex(key)),
+                source,
+            })
+    }
+
+    /// Test hook: the raw sealed bytes, so tests can tamper with them.
+    #[cfg(test)]
+    pub(crate) fn raw(&self) -> &sled::Tree {
+        &self.tree
+    }
+}
+
+fn short_hex(key: &[u8]) -> String {
+    let hex = HEXLOWER.encode(key);
+    if hex.len() > 24 {
+        format!("{}…", &hex[..24])
+    } else {
+        hex
+    }
+}

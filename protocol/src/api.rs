@@ -1,0 +1,114 @@
+//! JSON types of the local HTTP API (see docs/API.md). The node serves them; the CLI
+//! and services read them.
+
+use serde::{Deserialize, Serialize};
+
+/// Every error answer: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+/// Machine-readable error codes; the HTTP status follows from the code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    BadJson,
+    NotAnObject,
+    InvalidCollection,
+    InvalidId,
+    InvalidBlobId,
+    BadRequest,
+    MissingToken,
+    InvalidToken,
+    Reserved,
+    NotFound,
+    MethodNotAllowed,
+    Conflict,
+    TooLarge,
+    Corrupt,
+    Storage,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadJson => "bad_json",
+            Self::NotAnObject => "not_an_object",
+            Self::InvalidCollection => "invalid_collection",
+            Self::InvalidId => "invalid_id",
+            Self::InvalidBlobId => "invalid_blob_id",
+            Self::BadRequest => "bad_request",
+            Self::MissingToken => "missing_token",
+            Self::InvalidToken => "invalid_token",
+            Self::Reserved => "reserved",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Conflict => "conflict",
+            Self::TooLarge => "too_large",
+            Self::Corrupt => "corrupt",
+            Self::Storage => "storage",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::BadJson
+            | Self::NotAnObject
+            | Self::InvalidCollection
+            | Self::InvalidId
+            | Self::InvalidBlobId
+            | Self::BadRequest => 400,
+            Self::MissingToken | Self::InvalidToken => 401,
+            Self::Reserved => 403,
+            Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::Conflict => 409,
+            Self::TooLarge => 413,
+            Self::Unavailable => 503,
+            Self::Corrupt | Self::Storage | Self::Internal => 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutResponse {
+    pub id: String,
+    pub created: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionInfo {
+    pub name: String,
+    pub records: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobInfo {
+    pub id: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusResponse {
+    /// Version of the node software.
+    pub version: String,
+    pub vault_id: String,
+    pub peer_id: String,
+    pub home: String,
+    pub api_addr: String,
+    pub collections: Vec<CollectionInfo>,
+    pub blobs: u64,
+    /// Devices of this vault and whether they are online (filled once the mesh exists).
+    pub devices: Vec<serde_json::Value>,
+}

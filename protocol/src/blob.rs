@@ -1,0 +1,128 @@
+//! Blob manifests: which chunks, in which order, make a blob.
+//!
+//! A blob's content is split into chunks of [`CHUNK_SIZE`] bytes (the last may be
+//! shorter, an empty blob has none). Each chunk is named by its keyed hash and stored
+//! sealed on its own; the manifest, stored sealed under the blob id, lists them:
+//!
+//! ```text
+//! 0        version (1)
+//! 1..9     total size in bytes, u64 big-endian
+//! 9..13    chunk size in bytes, u32 big-endian
+//! 13..     32-byte chunk hashes, ceil(size / chunk size) of them
+//! ```
+
+pub const MANIFEST_VERSION: u8 = 1;
+pub const CHUNK_SIZE: usize = 1024 * 1024;
+const HEADER_LEN: usize = 13;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    #[error("blob manifest is truncated")]
+    Truncated,
+    #[error("blob manifest has unknown version {0}")]
+    Version(u8),
+    #[error("blob manifest is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub size: u64,
+    pub chunk_size: u32,
+    pub chunks: Vec<[u8; 32]>,
+}
+
+impl Manifest {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + 32 * self.chunks.len());
+        out.push(MANIFEST_VERSION);
+        out.extend_from_slice(&self.size.to_be_bytes());
+        out.extend_from_slice(&self.chunk_size.to_be_bytes());
+        for chunk in &self.chunks {
+            out.extend_from_slice(chunk);
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, ManifestError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(ManifestError::Truncated);
+        }
+        if bytes[0] != MANIFEST_VERSION {
+            return Err(ManifestError::Version(bytes[0]));
+        }
+        let size = u64::from_be_bytes(bytes[1..9].try_into().expect("slice of 8"));
+        let chunk_size = u32::from_be_bytes(bytes[9..13].try_into().expect("slice of 4"));
+        let body = &bytes[HEADER_LEN..];
+        if chunk_size == 0 || body.len() % 32 != 0 {
+            return Err(ManifestError::Inconsistent(format!(
+                "chunk size {chunk_size}, {} bytes of hashes",
+                body.len()
+            )));
+        }
+        let expected = size.div_ceil(u64::from(chunk_size));
+        if expected != (body.len() / 32) as u64 {
+            return Err(ManifestError::Inconsistent(format!(
+                "{} chunks listed, {expected} needed for {size} bytes",
+                body.len() / 32
+            )));
+        }
+        let chunks = body
+            .chunks_exact(32)
+            .map(|c| c.try_into().expect("chunks_exact(32)"))
+            .collect();
+        Ok(Self {
+            size,
+            chunk_size,
+            chunks,
+        })
+    }
+
+    /// Length of chunk `index`, from the total size.
+    pub fn chunk_len(&self, index: usize) -> usize {
+        let start = index as u64 * u64::from(self.chunk_size);
+        (self.size - start).min(u64::from(self.chunk_size)) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn round_trip(size in 0u64..10_000, chunk_size in 1u32..3000) {
+            let n = size.div_ceil(u64::from(chunk_size)) as usize;
+            let m = Manifest { size, chunk_size, chunks: (0..n).map(|i| [i as u8; 32]).collect() };
+            let back = Manifest::decode(&m.encode()).unwrap();
+            prop_assert_eq!(&back, &m);
+            let total: u64 = (0..n).map(|i| back.chunk_len(i) as u64).sum();
+            prop_assert_eq!(total, size);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Manifest::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn rejects_inconsistent() {
+        let m = Manifest {
+            size: 10,
+            chunk_size: 4,
+            chunks: vec![[0; 32]; 3],
+        };
+        let mut bytes = m.encode();
+        bytes.truncate(bytes.len() - 32);
+        assert!(matches!(
+            Manifest::decode(&bytes),
+            Err(ManifestError::Inconsistent(_))
+        ));
+        let mut zero = m.encode();
+        zero[9..13].copy_from_slice(&0u32.to_be_bytes());
+        assert!(Manifest::decode(&zero).is_err());
+    }
+}

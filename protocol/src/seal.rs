@@ -1,0 +1,197 @@
+//! The sealed-value envelope: how every value Hearth writes to disk is encrypted.
+//!
+//! ```text
+//! byte 0        version (1)
+//! bytes 1..25   nonce: 24 random bytes (XChaCha20)
+//! bytes 25..    ciphertext, then the 16-byte Poly1305 tag
+//! ```
+//!
+//! The associated data binds a value to where it is stored:
+//! `"hearth/seal/v1" || u32be(len(domain)) || domain || key`, where `domain` names the
+//! tree (or file kind) and `key` is the value's key in it. A ciphertext moved to another
+//! key or tree therefore fails to open, as does any flipped or truncated byte.
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use zeroize::Zeroizing;
+
+pub const SEAL_VERSION: u8 = 1;
+pub const NONCE_LEN: usize = 24;
+pub const TAG_LEN: usize = 16;
+/// Bytes a sealed value has beyond its plaintext.
+pub const SEAL_OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
+
+const AD_PREFIX: &[u8] = b"hearth/seal/v1";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    #[error("sealed value has unknown format version {0}")]
+    UnknownVersion(u8),
+    #[error("sealed value is truncated ({0} bytes, at least {SEAL_OVERHEAD} needed)")]
+    Truncated(usize),
+    #[error("sealed value failed authentication (tampered, truncated, or moved from elsewhere)")]
+    Authentication,
+}
+
+/// Where a sealed value lives; bound into its associated data.
+#[derive(Debug, Clone, Copy)]
+pub struct Binding<'a> {
+    pub domain: &'a [u8],
+    pub key: &'a [u8],
+}
+
+impl<'a> Binding<'a> {
+    pub fn new(domain: &'a [u8], key: &'a [u8]) -> Self {
+        Self { domain, key }
+    }
+
+    fn associated_data(&self) -> Vec<u8> {
+        let mut ad = Vec::with_capacity(AD_PREFIX.len() + 4 + self.domain.len() + self.key.len());
+        ad.extend_from_slice(AD_PREFIX);
+        let domain_len =
+            u32::try_from(self.domain.len()).expect("domain names are short constants");
+        ad.extend_from_slice(&domain_len.to_be_bytes());
+        ad.extend_from_slice(self.domain);
+        ad.extend_from_slice(self.key);
+        ad
+    }
+}
+
+/// A 256-bit XChaCha20-Poly1305 key. Zeroized on drop; never printed.
+pub struct SealKey {
+    cipher: XChaCha20Poly1305,
+    // Kept only so the key material is zeroized with the value.
+    _bytes: Zeroizing<[u8; 32]>,
+}
+
+impl SealKey {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        let bytes = Zeroizing::new(bytes);
+        let cipher = XChaCha20Poly1305::new((&*bytes).into());
+        Self {
+            cipher,
+            _bytes: bytes,
+        }
+    }
+
+    /// Seals `plaintext` bound to `binding`. The caller supplies a fresh random nonce
+    /// (this crate does no I/O, randomness included).
+    pub fn seal(&self, binding: Binding<'_>, plaintext: &[u8], nonce: [u8; NONCE_LEN]) -> Vec<u8> {
+        let ad = binding.associated_data();
+        let ciphertext = self
+            .cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &ad,
+                },
+            )
+            .expect("XChaCha20-Poly1305 encryption only fails for plaintexts over 256 GiB");
+        let mut out = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
+        out.push(SEAL_VERSION);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ciphertext);
+        out
+    }
+
+    /// Opens a sealed value, checking that it was sealed under this key for `binding`.
+    pub fn open(
+        &self,
+        binding: Binding<'_>,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+        if sealed.len() < SEAL_OVERHEAD {
+            return Err(OpenError::Truncated(sealed.len()));
+        }
+        if sealed[0] != SEAL_VERSION {
+            return Err(OpenError::UnknownVersion(sealed[0]));
+        }
+        let nonce = XNonce::from_slice(&sealed[1..1 + NONCE_LEN]);
+        let ad = binding.associated_data();
+        self.cipher
+            .decrypt(
+                nonce,
+                Payload {
+                    msg: &sealed[1 + NONCE_LEN..],
+                    aad: &ad,
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| OpenError::Authentication)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key() -> SealKey {
+        SealKey::from_bytes([7; 32])
+    }
+
+    #[test]
+    fn binds_to_domain_and_key() {
+        let k = key();
+        let sealed = k.seal(Binding::new(b"docs", b"k1"), b"hello", [1; NONCE_LEN]);
+        assert_eq!(
+            &*k.open(Binding::new(b"docs", b"k1"), &sealed).unwrap(),
+            b"hello"
+        );
+        assert_eq!(
+            k.open(Binding::new(b"docs", b"k2"), &sealed),
+            Err(OpenError::Authentication)
+        );
+        assert_eq!(
+            k.open(Binding::new(b"names", b"k1"), &sealed),
+            Err(OpenError::Authentication)
+        );
+        // Domain/key boundary is unambiguous: ("ab","c") differs from ("a","bc").
+        let s2 = k.seal(Binding::new(b"ab", b"c"), b"x", [2; NONCE_LEN]);
+        assert!(k.open(Binding::new(b"a", b"bc"), &s2).is_err());
+        assert!(
+            SealKey::from_bytes([8; 32])
+                .open(Binding::new(b"docs", b"k1"), &sealed)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn rejects_truncation_and_unknown_versions() {
+        let k = key();
+        let b = Binding::new(b"d", b"k");
+        let sealed = k.seal(b, b"", [0; NONCE_LEN]);
+        assert_eq!(sealed.len(), SEAL_OVERHEAD);
+        assert_eq!(k.open(b, &sealed[..10]), Err(OpenError::Truncated(10)));
+        let mut v2 = sealed.clone();
+        v2[0] = 2;
+        assert_eq!(k.open(b, &v2), Err(OpenError::UnknownVersion(2)));
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(plain in proptest::collection::vec(any::<u8>(), 0..2048), nonce in any::<[u8; 24]>()) {
+            let k = key();
+            let b = Binding::new(b"t", b"key");
+            let sealed = k.seal(b, &plain, nonce);
+            prop_assert_eq!(&*k.open(b, &sealed).unwrap(), &plain[..]);
+        }
+
+        #[test]
+        fn any_flipped_bit_is_rejected(plain in proptest::collection::vec(any::<u8>(), 0..256), pos in any::<usize>(), bit in 0u8..8) {
+            let k = key();
+            let b = Binding::new(b"t", b"key");
+            let mut sealed = k.seal(b, &plain, [3; NONCE_LEN]);
+            let i = pos % sealed.len();
+            sealed[i] ^= 1 << bit;
+            prop_assert!(k.open(b, &sealed).is_err());
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let _ = key().open(Binding::new(b"t", b"k"), &bytes);
+        }
+    }
+}
