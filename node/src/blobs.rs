@@ -331,3 +331,144 @@ fn io_error(path: &Path, source: io::Error) -> BlobError {
         source,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TestVault;
+
+    fn body(
+        data: &[u8],
+        piece: usize,
+    ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin {
+        let pieces: Vec<_> = data
+            .chunks(piece.max(1))
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        futures::stream::iter(pieces)
+    }
+
+    fn blobs(vault: &TestVault) -> Blobs {
+        Blobs::open(
+            vault.home().blobs_dir(),
+            vault.store.clone(),
+            vault.keys.clone(),
+        )
+        .unwrap()
+    }
+
+    async fn read_all(blobs: &Blobs, id: &str) -> Result<Vec<u8>, BlobError> {
+        let mut reader = blobs.open_blob(BlobId::parse(id).unwrap())?;
+        let mut out = Vec::new();
+        while let Some(chunk) = reader.next_chunk().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out)
+    }
+
+    fn chunk_files(dir: &Path) -> Vec<PathBuf> {
+        read_dir(dir)
+            .unwrap()
+            .into_iter()
+            .filter(|d| d.is_dir())
+            .flat_map(|d| read_dir(&d).unwrap())
+            .collect()
+    }
+
+    /// Bytes that never repeat a chunk (xorshift).
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(seed);
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn round_trip_dedup_and_empty() {
+        let vault = TestVault::new();
+        let blobs = blobs(&vault);
+        let data = pattern(CHUNK_SIZE * 3 + 12345, 1);
+        let info = blobs.put(body(&data, 70_000), u64::MAX).await.unwrap();
+        assert_eq!(info.size, data.len() as u64);
+        assert_eq!(read_all(&blobs, &info.id).await.unwrap(), data);
+        assert_eq!(chunk_files(&vault.home().blobs_dir()).len(), 4);
+
+        // Same content in different pieces: same id, nothing new on disk.
+        let again = blobs.put(body(&data, 1 << 20), u64::MAX).await.unwrap();
+        assert_eq!(again, info);
+        assert_eq!(chunk_files(&vault.home().blobs_dir()).len(), 4);
+        assert_eq!(blobs.count(), 1);
+
+        let empty = blobs.put(body(&[], 1), u64::MAX).await.unwrap();
+        assert_eq!(empty.size, 0);
+        assert!(read_all(&blobs, &empty.id).await.unwrap().is_empty());
+        assert_ne!(empty.id, info.id);
+    }
+
+    #[tokio::test]
+    async fn ids_depend_on_the_vault_key() {
+        let (a, b) = (TestVault::new(), TestVault::new());
+        let data = b"same content in two vaults";
+        let ia = blobs(&a).put(body(data, 5), u64::MAX).await.unwrap();
+        let ib = blobs(&b).put(body(data, 5), u64::MAX).await.unwrap();
+        assert_ne!(ia.id, ib.id);
+        assert_ne!(ia.id, blake3::hash(data).to_hex().to_string());
+    }
+
+    #[tokio::test]
+    async fn tampered_missing_and_oversized() {
+        let vault = TestVault::new();
+        let blobs = blobs(&vault);
+        let data = pattern(CHUNK_SIZE + 10, 2);
+        let info = blobs.put(body(&data, 4096), u64::MAX).await.unwrap();
+        let files = chunk_files(&vault.home().blobs_dir());
+        let mut sealed = fs::read(&files[0]).unwrap();
+        let middle = sealed.len() / 2;
+        sealed[middle] ^= 0x80;
+        fs::write(&files[0], &sealed).unwrap();
+        let err = read_all(&blobs, &info.id).await.unwrap_err();
+        assert!(matches!(err, BlobError::Corrupt { .. }), "{err}");
+        fs::remove_file(&files[0]).unwrap();
+        let err = read_all(&blobs, &info.id).await.unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+
+        let missing = BlobId([9; 32]);
+        assert!(matches!(
+            blobs.open_blob(missing),
+            Err(BlobError::NotFound(_))
+        ));
+        let err = blobs.put(body(&data, 1000), 1000).await.unwrap_err();
+        assert!(matches!(err, BlobError::TooLarge { max: 1000 }));
+    }
+
+    #[tokio::test]
+    async fn interrupted_uploads_leave_nothing_after_a_sweep() {
+        let vault = TestVault::new();
+        let blobs = blobs(&vault);
+        let kept = blobs
+            .put(body(&pattern(5000, 3), 1000), u64::MAX)
+            .await
+            .unwrap();
+        let data = pattern(CHUNK_SIZE * 2 + 1, 4);
+        let mut pieces: Vec<Result<Bytes, std::io::Error>> = data
+            .chunks(CHUNK_SIZE)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        pieces.truncate(2);
+        pieces.push(Err(std::io::Error::other("connection reset")));
+        let err = blobs
+            .put(futures::stream::iter(pieces), u64::MAX)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BlobError::Body(_)));
+        assert_eq!(chunk_files(&vault.home().blobs_dir()).len(), 3);
+        assert_eq!(blobs.sweep_orphans().unwrap(), 2);
+        assert_eq!(chunk_files(&vault.home().blobs_dir()).len(), 1);
+        assert_eq!(read_all(&blobs, &kept.id).await.unwrap(), pattern(5000, 3));
+    }
+}

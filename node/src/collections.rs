@@ -303,3 +303,152 @@ fn parse_doc_key(collection: &[u8; 32], key: &[u8]) -> Option<(u8, u64)> {
     }
     Some((key[32], u64::from_be_bytes(key[33..41].try_into().ok()?)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TestVault;
+    use serde_json::json;
+
+    fn name(n: &str) -> CollectionName {
+        CollectionName::parse(n).unwrap()
+    }
+    fn id(i: &str) -> RecordId {
+        RecordId::parse(i).unwrap()
+    }
+    fn obj(v: Json) -> Map<String, Json> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn records_survive_a_restart_and_compaction() {
+        let vault = TestVault::new();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let contacts = name("contacts");
+        let total = COMPACT_AFTER + 10;
+        for i in 0..total {
+            c.put(
+                &contacts,
+                &id(&format!("r{i}")),
+                &obj(json!({"n": i, "s": "x"})),
+            )
+            .unwrap();
+        }
+        c.patch(&contacts, &id("r0"), &obj(json!({"s": null, "t": true})))
+            .unwrap();
+        assert!(c.remove(&contacts, &id("r1")).unwrap());
+        vault.store.commit().await.unwrap();
+
+        // One snapshot and the changes made after it.
+        let docs = vault.store.tree("docs").unwrap();
+        let keys: Vec<_> = docs.keys_with_prefix(&[]).map(|k| k.unwrap()).collect();
+        assert_eq!(keys.iter().filter(|k| k[32] == KIND_SNAPSHOT).count(), 1);
+        assert_eq!(
+            keys.iter().filter(|k| k[32] == KIND_CHANGE).count() as u64,
+            total + 2 - COMPACT_AFTER
+        );
+        drop((c, docs));
+
+        let vault = vault.reopen().await;
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let records = c.records(&contacts).unwrap();
+        assert_eq!(records.len() as u64, total - 1);
+        assert_eq!(
+            c.get(&contacts, &id("r0")).unwrap().unwrap(),
+            json!({"id": "r0", "n": 0, "t": true})
+        );
+        assert_eq!(c.get(&contacts, &id("r1")).unwrap(), None);
+        assert_eq!(
+            c.get(&contacts, &id("r5")).unwrap().unwrap(),
+            json!({"id": "r5", "n": 5, "s": "x"})
+        );
+        let list = c.list().unwrap();
+        assert_eq!(
+            list,
+            vec![CollectionInfo {
+                name: "contacts".into(),
+                records: total - 1
+            }]
+        );
+        // Writing after a reload continues the sequence instead of overwriting it.
+        c.put(&contacts, &id("late"), &obj(json!({"a": 1})))
+            .unwrap();
+        vault.store.commit().await.unwrap();
+        drop(c);
+        let vault = vault.reopen().await;
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        assert_eq!(c.records(&contacts).unwrap().len() as u64, total);
+    }
+
+    #[tokio::test]
+    async fn reading_an_unknown_collection_creates_nothing() {
+        let vault = TestVault::new();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        assert!(c.records(&name("nothing")).unwrap().is_empty());
+        assert_eq!(c.get(&name("nothing"), &id("x")).unwrap(), None);
+        assert!(c.list().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_tampered_or_moved_value_is_corruption_not_data() {
+        let vault = TestVault::new();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        c.put(&name("notes"), &id("a"), &obj(json!({"text": "first"})))
+            .unwrap();
+        c.put(&name("diary"), &id("b"), &obj(json!({"text": "second"})))
+            .unwrap();
+        vault.store.commit().await.unwrap();
+        drop(c);
+
+        let docs = vault.store.tree("docs").unwrap();
+        let entries: Vec<_> = docs.raw().iter().map(|e| e.unwrap()).collect();
+        assert_eq!(entries.len(), 2);
+
+        // Flip one byte of the first value.
+        let (key, value) = &entries[0];
+        let mut flipped = value.to_vec();
+        let middle = flipped.len() / 2;
+        flipped[middle] ^= 0x01;
+        docs.raw().insert(key, flipped).unwrap();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let results = [c.records(&name("notes")), c.records(&name("diary"))];
+        let corrupt = results
+            .iter()
+            .filter(|r| matches!(r, Err(CollectionError::Store(StoreError::Corrupt { .. }))))
+            .count();
+        assert_eq!(
+            corrupt, 1,
+            "exactly the tampered collection is reported corrupt"
+        );
+        let message = results
+            .iter()
+            .find_map(|r| r.as_ref().err())
+            .unwrap()
+            .to_string();
+        assert!(message.contains("failed authentication"), "{message}");
+
+        // Swap the two (authentic) values between their keys.
+        docs.raw()
+            .insert(&entries[0].0, entries[1].1.clone())
+            .unwrap();
+        docs.raw()
+            .insert(&entries[1].0, entries[0].1.clone())
+            .unwrap();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        assert!(c.records(&name("notes")).is_err());
+        assert!(c.records(&name("diary")).is_err());
+
+        // Truncation too.
+        docs.raw()
+            .insert(&entries[0].0, &entries[0].1[..10])
+            .unwrap();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let err = [c.records(&name("notes")), c.records(&name("diary"))]
+            .into_iter()
+            .filter_map(Result::err)
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(err.contains("truncated"), "{err}");
+    }
+}

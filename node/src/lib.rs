@@ -252,3 +252,49 @@ impl NodeHandle {
         flushed
     }
 }
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use std::sync::Arc;
+
+    use crate::home::Home;
+    use crate::keys::{self, VaultKeys};
+    use crate::store::Store;
+
+    /// A vault's keys and an open store in a fresh temporary HOME.
+    pub struct TestVault {
+        pub dir: tempfile::TempDir,
+        pub keys: Arc<VaultKeys>,
+        pub store: Arc<Store>,
+    }
+
+    impl TestVault {
+        pub fn new() -> Self {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let home = Home::new(dir.path());
+            let keys = Arc::new(keys::init(&home, None).expect("init").keys);
+            let store = Arc::new(Store::open(&home.store_dir(), keys.clone()).expect("open store"));
+            Self { dir, keys, store }
+        }
+
+        pub fn home(&self) -> Home {
+            Home::new(self.dir.path())
+        }
+
+        /// Closes the store and opens it again, as a restart would.
+        pub async fn reopen(self) -> Self {
+            let TestVault {
+                dir,
+                keys: _,
+                store,
+            } = self;
+            store.shutdown().await.expect("shutdown");
+            drop(store);
+            let home = Home::new(dir.path());
+            let keys = Arc::new(keys::open(&home, None).expect("reopen keys"));
+            let store =
+                Arc::new(Store::open(&home.store_dir(), keys.clone()).expect("reopen store"));
+            Self { dir, keys, store }
+        }
+    }
+}

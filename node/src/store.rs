@@ -327,3 +327,64 @@ fn short_hex(key: &[u8]) -> String {
         hex
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TestVault;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_commits_share_flushes() {
+        let vault = TestVault::new();
+        let tree = vault.store.tree("test").unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200u32 {
+            let store = vault.store.clone();
+            let tree = tree.clone();
+            tasks.push(tokio::spawn(async move {
+                tree.insert(&i.to_be_bytes(), b"value").unwrap();
+                store.commit().await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let stats = vault.store.stats();
+        let commits = stats.commits.load(Ordering::Relaxed);
+        let flushes = stats.flushes.load(Ordering::Relaxed);
+        assert_eq!(commits, 200);
+        assert!(flushes < commits, "{flushes} flushes for {commits} commits");
+        drop(tree);
+        let vault = vault.reopen().await;
+        let tree = vault.store.tree("test").unwrap();
+        assert_eq!(tree.len(), 200);
+        assert_eq!(&*tree.get(&7u32.to_be_bytes()).unwrap().unwrap(), b"value");
+    }
+
+    #[tokio::test]
+    async fn a_second_open_is_refused_while_the_first_runs() {
+        let vault = TestVault::new();
+        let err = Store::open(&vault.home().store_dir(), vault.keys.clone())
+            .err()
+            .unwrap();
+        assert!(matches!(err, StoreError::Locked), "{err}");
+    }
+
+    #[tokio::test]
+    async fn name_keys_are_keyed_and_distinct() {
+        let a = TestVault::new();
+        let b = TestVault::new();
+        assert_ne!(
+            a.store.name_key("collection", "contacts"),
+            b.store.name_key("collection", "contacts")
+        );
+        assert_ne!(
+            a.store.name_key("collection", "contacts"),
+            a.store.name_key("collection", "notes")
+        );
+        assert_ne!(
+            a.store.name_key("collection", "x"),
+            a.store.name_key("record", "x")
+        );
+    }
+}

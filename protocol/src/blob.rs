@@ -55,7 +55,7 @@ impl Manifest {
         let size = u64::from_be_bytes(bytes[1..9].try_into().expect("slice of 8"));
         let chunk_size = u32::from_be_bytes(bytes[9..13].try_into().expect("slice of 4"));
         let body = &bytes[HEADER_LEN..];
-        if chunk_size == 0 || body.len() % 32 != 0 {
+        if chunk_size == 0 || !body.len().is_multiple_of(32) {
             return Err(ManifestError::Inconsistent(format!(
                 "chunk size {chunk_size}, {} bytes of hashes",
                 body.len()
