@@ -13,10 +13,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use automerge::sync::{self, SyncDoc};
 use automerge::{ActorId, AutoCommit, AutomergeError, ChangeHash};
 use hearth_protocol::api::CollectionInfo;
 use hearth_protocol::{CollectionName, RecordId};
 use serde_json::{Map, Value as Json};
+use tokio::sync::broadcast;
 
 use crate::records;
 use crate::store::{SealedBatch, SealedTree, Store, StoreError};
@@ -36,7 +38,13 @@ pub enum CollectionError {
     Document { collection: String, reason: String },
     #[error("record operation failed in collection {collection}: {reason}")]
     Automerge { collection: String, reason: String },
+    #[error("a sync message for collection {collection} is malformed: {reason}")]
+    BadSyncMessage { collection: String, reason: String },
 }
+
+/// Collections changed (locally or by sync) are announced here, so sync sessions can
+/// push them to other devices. A receiver that lags should resync every collection.
+const CHANGE_CHANNEL: usize = 1024;
 
 pub struct Collections {
     store: Arc<Store>,
@@ -44,6 +52,7 @@ pub struct Collections {
     docs: SealedTree,
     actor: ActorId,
     open: Mutex<HashMap<CollectionName, Arc<Mutex<Collection>>>>,
+    changes: broadcast::Sender<CollectionName>,
 }
 
 struct Collection {
@@ -67,6 +76,64 @@ impl Collections {
             store,
             actor: ActorId::from(actor),
             open: Mutex::new(HashMap::new()),
+            changes: broadcast::channel(CHANGE_CHANNEL).0,
+        })
+    }
+
+    /// Names of collections that changed from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<CollectionName> {
+        self.changes.subscribe()
+    }
+
+    /// Every collection that has ever been written, the system's included, sorted.
+    pub fn names(&self) -> Result<Vec<CollectionName>, CollectionError> {
+        let mut names = Vec::new();
+        for entry in self.names.scan_prefix(&[]) {
+            let (_, name) = entry?;
+            let name = std::str::from_utf8(&name)
+                .ok()
+                .and_then(|n| CollectionName::parse(n).ok())
+                .ok_or_else(|| {
+                    StoreError::Malformed("a stored collection name is not valid".into())
+                })?;
+            names.push(name);
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// The next Automerge sync message for a peer whose sync state is `state`, if
+    /// there is anything to say.
+    pub fn generate_sync(
+        &self,
+        name: &CollectionName,
+        state: &mut sync::State,
+    ) -> Result<Option<Vec<u8>>, CollectionError> {
+        self.with(name, |c| {
+            Ok(c.doc
+                .sync()
+                .generate_sync_message(state)
+                .map(sync::Message::encode))
+        })
+    }
+
+    /// Applies a sync message from a peer and persists what it brought. Returns
+    /// whether the document changed. Durable only after [`Store::commit`].
+    pub fn receive_sync(
+        &self,
+        name: &CollectionName,
+        state: &mut sync::State,
+        message: &[u8],
+    ) -> Result<bool, CollectionError> {
+        let message =
+            sync::Message::decode(message).map_err(|e| CollectionError::BadSyncMessage {
+                collection: name.to_string(),
+                reason: e.to_string(),
+            })?;
+        self.mutate(name, |doc| {
+            let before = doc.get_heads();
+            doc.sync().receive_sync_message(state, message)?;
+            Ok(doc.get_heads() != before)
         })
     }
 
@@ -174,23 +241,28 @@ impl Collections {
                     return Err(c.automerge(e));
                 }
             };
-            if let Err(e) = self.persist(c) {
-                // Memory is ahead of the disk now: forget it, the next use reloads.
-                self.open
-                    .lock()
-                    .expect("open-collections lock is never poisoned")
-                    .remove(&c.name);
-                return Err(e);
+            match self.persist(c) {
+                // Nobody listening is fine: nothing is syncing.
+                Ok(true) => drop(self.changes.send(c.name.clone())),
+                Ok(false) => {}
+                Err(e) => {
+                    // Memory is ahead of the disk now: forget it, the next use reloads.
+                    self.open
+                        .lock()
+                        .expect("open-collections lock is never poisoned")
+                        .remove(&c.name);
+                    return Err(e);
+                }
             }
             Ok(result)
         })
     }
 
-    /// Writes the changes made since the last persist.
-    fn persist(&self, c: &mut Collection) -> Result<(), CollectionError> {
+    /// Writes the changes made since the last persist; returns whether there were any.
+    fn persist(&self, c: &mut Collection) -> Result<bool, CollectionError> {
         let bytes = c.doc.save_after(&c.persisted_heads);
         if bytes.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         if !c.listed {
             self.names.insert(&c.key, c.name.as_str().as_bytes())?;
@@ -207,7 +279,7 @@ impl Collections {
                 tracing::warn!(error = %e, "compaction failed; will retry");
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Replaces snapshot and changes by one new snapshot, atomically.

@@ -7,8 +7,10 @@
 
 pub mod api;
 pub mod blob;
+pub mod invite;
 pub mod keyfile;
 pub mod names;
 pub mod seal;
+pub mod sync;
 
 pub use names::{BlobId, CollectionName, NameError, RecordId};
