@@ -56,10 +56,19 @@ pub enum Command {
         /// Allow the API on a non-loopback address (anyone who reaches it can try tokens)
         #[arg(long)]
         api_public: bool,
-        /// Do not use mDNS to find devices on the LAN (the mesh is not built yet: there is
-        /// no mDNS to turn off; accepted so scripts written for the mesh keep working)
+        /// Where to listen for the vault's other devices (repeatable)
+        /// [default: /ip4/0.0.0.0/tcp/0 and /ip4/0.0.0.0/udp/0/quic-v1]
+        #[arg(long, value_name = "MULTIADDR")]
+        listen: Vec<hearth_node::Multiaddr>,
+        /// A device to dial, e.g. a home server: /ip4/203.0.113.5/tcp/4001/p2p/12D3... (repeatable)
+        #[arg(long, value_name = "MULTIADDR")]
+        peer: Vec<hearth_node::Multiaddr>,
+        /// Do not use mDNS to find the vault's devices on the LAN
         #[arg(long)]
         no_mdns: bool,
+        /// Run without the mesh: no other device can reach or join this one
+        #[arg(long)]
+        no_mesh: bool,
         #[command(flatten)]
         passphrase: PassphraseArgs,
     },
@@ -89,6 +98,23 @@ pub enum Command {
     Rm { collection: String, id: String },
     /// List collections with their record counts
     Collections,
+    /// Print a one-time invite code for a new device (valid 10 minutes, works once)
+    Pair,
+    /// Make HOME (with no vault yet) a new device of the inviter's vault; then `hearth up`
+    Join {
+        /// The code `hearth pair` printed on a device of the vault
+        code: String,
+        /// A name for this device in the device list [default: the host name]
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
+    /// List the vault's devices, or remove one
+    Devices {
+        #[command(subcommand)]
+        command: Option<DevicesCommand>,
+    },
     /// Store or fetch blobs (photos, documents: large or binary content)
     Blob {
         #[command(subcommand)]
@@ -106,5 +132,14 @@ pub enum BlobCommand {
         /// Write to this file instead of stdout
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevicesCommand {
+    /// Remove a device: it gets nothing written from now on, on every device
+    Remove {
+        /// The device's PeerId (see `hearth devices`)
+        peer_id: String,
     },
 }

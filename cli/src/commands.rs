@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
-use crate::args::{BlobCommand, Cli, Command, PassphraseArgs};
+use crate::args::{BlobCommand, Cli, Command, DevicesCommand, PassphraseArgs};
 use crate::client::{Client, read_data_arg};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -22,9 +22,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up {
             api,
             api_public,
-            no_mdns: _,
+            listen,
+            peer,
+            no_mdns,
+            no_mesh,
             passphrase,
-        } => up(home, json, api, api_public, passphrase).await,
+        } => {
+            let mesh = (!no_mesh).then(|| {
+                let mut mesh = hearth_node::mesh::MeshConfig::default();
+                if !listen.is_empty() {
+                    mesh.listen = listen;
+                }
+                mesh.peers = peer;
+                mesh.mdns = !no_mdns;
+                mesh
+            });
+            up(home, json, api, api_public, mesh, passphrase).await
+        }
+        Command::Join {
+            code,
+            name,
+            passphrase,
+        } => join(&home, json, &code, name, passphrase).await,
         command => client_command(&home, json, command).await,
     }
 }
@@ -83,12 +102,14 @@ async fn up(
     json: bool,
     api: std::net::SocketAddr,
     api_public: bool,
+    mesh: Option<hearth_node::mesh::MeshConfig>,
     args: PassphraseArgs,
 ) -> anyhow::Result<()> {
     init_tracing();
     let mut config = NodeConfig::new(home.root());
     config.api_addr = api;
     config.allow_public_api = api_public;
+    config.mesh = mesh;
     config.passphrase = passphrase(args)?;
     let had_passphrase = config.passphrase.is_some();
     let node = Node::start(config).await?;
@@ -114,12 +135,47 @@ async fn up(
         println!("  data:    {root}");
         println!("  api:     http://{}", node.api_addr());
         println!("  peer id: {}", node.peer_id());
+        if let Some(mesh) = node.vault().mesh() {
+            for addr in mesh.handle.listen_addrs().await.unwrap_or_default() {
+                println!("  mesh:    {addr}/p2p/{}", node.peer_id());
+            }
+        }
         println!("Stop with Ctrl-C.");
     }
     wait_for_signal().await?;
     node.shutdown()
         .await
         .context("flushing the store on shutdown")?;
+    Ok(())
+}
+
+async fn join(
+    home: &Home,
+    json: bool,
+    code: &str,
+    name: Option<String>,
+    args: PassphraseArgs,
+) -> anyhow::Result<()> {
+    let passphrase = passphrase(args)?;
+    let name = name.unwrap_or_else(hearth_node::mesh::devices::default_device_name);
+    let joined = hearth_node::mesh::pairing::join(home, code, passphrase.as_ref(), &name).await?;
+    let root = home.root().display().to_string();
+    if json {
+        println!(
+            "{}",
+            json!({"home": root, "peer_id": joined.peer_id.to_string(),
+                   "vault_id": joined.vault_id, "inviter": joined.inviter.to_string()})
+        );
+    } else {
+        println!(
+            "This device ({}) joined the vault {}",
+            joined.peer_id, joined.vault_id
+        );
+        println!(
+            "Start it with: hearth --home {root} up   (it will sync with {})",
+            joined.inviter
+        );
+    }
     Ok(())
 }
 
@@ -249,8 +305,50 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
                 }
             }
         }
+        Command::Pair => {
+            let invite = client
+                .json(home, client.request(Method::POST, "/v1/devices/invite"))
+                .await?;
+            let code = invite["code"].as_str().unwrap_or_default();
+            if json {
+                println!("{invite}");
+            } else {
+                println!("{code}");
+                eprintln!();
+                eprintln!("On the new device, with an empty HOME:  hearth join {code}");
+                eprintln!("The code works once, within 10 minutes. Treat it like a password.");
+                print_qr(code);
+            }
+        }
+        Command::Devices { command: None } => {
+            let devices = client
+                .json(home, client.request(Method::GET, "/v1/devices"))
+                .await?;
+            if json {
+                println!("{devices}");
+            } else {
+                print_devices(&devices);
+            }
+        }
+        Command::Devices {
+            command: Some(DevicesCommand::Remove { peer_id }),
+        } => {
+            client
+                .send(
+                    home,
+                    client.request(Method::DELETE, &format!("/v1/devices/{}", seg(&peer_id))),
+                )
+                .await?;
+            if json {
+                println!("{}", json!({"id": peer_id, "removed": true}));
+            } else {
+                println!("removed device {peer_id}; it receives nothing written from now on");
+            }
+        }
         Command::Blob { command } => blob(home, json, &client, command).await?,
-        Command::Init { .. } | Command::Up { .. } => unreachable!("handled in run"),
+        Command::Init { .. } | Command::Up { .. } | Command::Join { .. } => {
+            unreachable!("handled in run")
+        }
     }
     Ok(())
 }
@@ -354,6 +452,45 @@ fn print_value(json: bool, value: &Value, pretty: bool) {
     }
 }
 
+fn print_devices(devices: &Value) {
+    for d in devices.as_array().into_iter().flatten() {
+        let state = if d["removed_at"].is_u64() {
+            "removed"
+        } else if d["this_device"] == true {
+            "this device"
+        } else if d["online"] == true {
+            "online"
+        } else {
+            "offline"
+        };
+        let synced = match d["last_sync"].as_u64() {
+            Some(t) => format!(
+                "last sync {}s ago",
+                hearth_node::mesh::devices::now_unix().saturating_sub(t)
+            ),
+            None => String::new(),
+        };
+        println!(
+            "{}\t{}\t{}\t{}",
+            d["id"].as_str().unwrap_or_default(),
+            d["name"].as_str().unwrap_or_default(),
+            state,
+            synced
+        );
+    }
+}
+
+/// The invite as a QR code on stderr, for a phone's camera.
+fn print_qr(code: &str) {
+    if let Ok(qr) = qrcode::QrCode::new(code.to_ascii_uppercase().as_bytes()) {
+        let text = qr
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .quiet_zone(true)
+            .build();
+        eprintln!("{text}");
+    }
+}
+
 fn print_status(status: &Value) {
     let s = |k: &str| status[k].as_str().unwrap_or_default().to_owned();
     println!("vault    {}", s("vault_id"));
@@ -378,7 +515,11 @@ fn print_status(status: &Value) {
         println!("collections  {}", collections.join(", "));
     }
     println!("blobs    {}", status["blobs"]);
-    println!("devices  this one only (the mesh is not built yet)");
+    for addr in status["listen_addrs"].as_array().into_iter().flatten() {
+        println!("listen   {}", addr.as_str().unwrap_or_default());
+    }
+    println!("devices");
+    print_devices(&status["devices"]);
 }
 
 fn record_path(collection: &str, id: &str) -> anyhow::Result<String> {

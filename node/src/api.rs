@@ -45,6 +45,9 @@ pub fn router(vault: Arc<Vault>) -> Router {
                 .patch(patch_record)
                 .delete(delete_record),
         )
+        .route("/v1/devices", get(list_devices))
+        .route("/v1/devices/invite", axum::routing::post(create_invite))
+        .route("/v1/devices/{peer}", axum::routing::delete(remove_device))
         .route("/v1/blobs", get(list_blobs).post(put_blob))
         .route("/v1/blobs/{id}", get(get_blob))
         .route_layer(middleware::from_fn_with_state(vault.clone(), require_owner));
@@ -175,6 +178,18 @@ async fn status(State(vault): State<AppState>) -> Result<Json<StatusResponse>, A
         Ok((v.collections.list()?, v.blobs.count() as u64))
     })
     .await?;
+    let devices = devices_view(&vault).await?;
+    let listen_addrs = match vault.mesh() {
+        Some(mesh) => mesh
+            .handle
+            .listen_addrs()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
+        None => Vec::new(),
+    };
     Ok(Json(StatusResponse {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         vault_id: vault.keys.vault_id_hex(),
@@ -183,8 +198,95 @@ async fn status(State(vault): State<AppState>) -> Result<Json<StatusResponse>, A
         api_addr: vault.api_addr.to_string(),
         collections,
         blobs,
-        devices: Vec::new(),
+        listen_addrs,
+        devices,
     }))
+}
+
+/// The device list with what this node knows of each: online, last sync.
+async fn devices_view(vault: &AppState) -> Result<Vec<Value>, ApiError> {
+    let mut list = blocking(vault, |v| Ok(crate::mesh::devices::list(&v.collections)?)).await?;
+    let (online, last_sync) = match vault.mesh() {
+        Some(mesh) => (
+            mesh.handle.connected_peers().await.unwrap_or_default(),
+            mesh.sync.last_sync(),
+        ),
+        None => (Vec::new(), Default::default()),
+    };
+    let me = vault.keys.peer_id().to_string();
+    for device in &mut list {
+        let Some(obj) = device.as_object_mut() else {
+            continue;
+        };
+        let id = obj
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let peer: Option<libp2p::PeerId> = id.parse().ok();
+        let this = id == me;
+        let is_online = this || peer.is_some_and(|p| online.contains(&p));
+        let synced = peer
+            .and_then(|p| last_sync.get(&p).copied())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs());
+        obj.insert("online".into(), Value::Bool(is_online));
+        obj.insert("last_sync".into(), synced.map_or(Value::Null, Value::from));
+        obj.insert("this_device".into(), Value::Bool(this));
+    }
+    Ok(list)
+}
+
+async fn list_devices(State(vault): State<AppState>) -> Result<Json<Vec<Value>>, ApiError> {
+    Ok(Json(devices_view(&vault).await?))
+}
+
+async fn create_invite(State(vault): State<AppState>) -> Result<Response, ApiError> {
+    let mesh = vault.mesh().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Unavailable,
+            "this node runs without the mesh, so no device can join it",
+        )
+    })?;
+    let (code, expires_at) = mesh
+        .pairing
+        .invite(crate::mesh::pairing::DEFAULT_INVITE_TTL)
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()))?;
+    let body = hearth_protocol::api::InviteResponse {
+        code: code.to_string(),
+        expires_at,
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn remove_device(
+    State(vault): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let raw = path_param(path)?;
+    let peer: libp2p::PeerId = raw
+        .parse()
+        .map_err(|_| ApiError::new(ErrorCode::InvalidId, format!("{raw:?} is not a PeerId")))?;
+    if peer == vault.keys.peer_id() {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "a device cannot remove itself; remove it from another device",
+        ));
+    }
+    blocking(&vault, move |v| {
+        if crate::mesh::devices::remove(&v.collections, &peer)? {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("no device {peer} in this vault"),
+            ))
+        }
+    })
+    .await?;
+    vault.store.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_collections(State(vault): State<AppState>) -> Result<Response, ApiError> {

@@ -102,6 +102,21 @@ impl Collections {
         Ok(names)
     }
 
+    /// The whole document of a collection, as Automerge saves it.
+    pub fn save_document(&self, name: &CollectionName) -> Result<Vec<u8>, CollectionError> {
+        self.with(name, |c| Ok(c.doc.save()))
+    }
+
+    /// Merges a whole saved document (from another device) into a collection.
+    /// Durable only after [`Store::commit`].
+    pub fn merge_document(
+        &self,
+        name: &CollectionName,
+        bytes: &[u8],
+    ) -> Result<(), CollectionError> {
+        self.mutate(name, |doc| doc.load_incremental(bytes).map(drop))
+    }
+
     /// The next Automerge sync message for a peer whose sync state is `state`, if
     /// there is anything to say.
     pub fn generate_sync(

@@ -122,7 +122,8 @@ pub struct VaultKeys {
     pub vault_id: [u8; 16],
     pub device: Keypair,
     pub derived: DerivedKeys,
-    #[allow(dead_code)] // Grants are signed with it (the grants issue).
+    /// Handed to a new device at pairing; grants will be signed with the signing key.
+    storage_key: Zeroizing<[u8; 32]>,
     signing_key: Zeroizing<[u8; 32]>,
     owner_token_hash: [u8; 32],
 }
@@ -134,6 +135,15 @@ impl VaultKeys {
 
     pub fn vault_id_hex(&self) -> String {
         HEXLOWER.encode(&self.vault_id)
+    }
+
+    /// The secrets every device of the vault shares, to hand to a device joining it.
+    pub fn shared_secrets(&self) -> SharedSecrets {
+        SharedSecrets {
+            vault_id: self.vault_id,
+            storage_key: self.storage_key.clone(),
+            signing_key: self.signing_key.clone(),
+        }
     }
 
     /// Whether `presented` is the owner token, in constant time.
@@ -157,10 +167,18 @@ impl VaultKeys {
                 blob_ids: derive("hearth 2026-11 blob id v1"),
                 chunk_ids: derive("hearth 2026-11 chunk id v1"),
             },
+            storage_key: Zeroizing::new(*blob.storage_key),
             signing_key: Zeroizing::new(*blob.signing_key),
             owner_token_hash: blob.owner_token_hash,
         })
     }
+}
+
+/// What all devices of one vault share (each has its own identity and owner token).
+pub struct SharedSecrets {
+    pub vault_id: [u8; 16],
+    pub storage_key: Zeroizing<[u8; 32]>,
+    pub signing_key: Zeroizing<[u8; 32]>,
 }
 
 /// What `init` made.
@@ -174,6 +192,35 @@ pub struct Initialized {
 /// The owner token is written first and the key file last, so a crash in between
 /// leaves a HOME without a vault that `init` can simply run on again.
 pub fn init(home: &Home, passphrase: Option<&Passphrase>) -> Result<Initialized, KeysError> {
+    init_with(home, passphrase, None)
+}
+
+/// Like [`init`], but for a device joining an existing vault: the shared secrets come
+/// from the inviter, the device identity was made for the pairing (the inviter knows
+/// its PeerId), and the owner token is new.
+pub fn init_joined(
+    home: &Home,
+    passphrase: Option<&Passphrase>,
+    shared: SharedSecrets,
+    device_secret: Zeroizing<[u8; 32]>,
+) -> Result<Initialized, KeysError> {
+    init_with_device(home, passphrase, Some(shared), Some(device_secret))
+}
+
+fn init_with(
+    home: &Home,
+    passphrase: Option<&Passphrase>,
+    shared: Option<SharedSecrets>,
+) -> Result<Initialized, KeysError> {
+    init_with_device(home, passphrase, shared, None)
+}
+
+fn init_with_device(
+    home: &Home,
+    passphrase: Option<&Passphrase>,
+    shared: Option<SharedSecrets>,
+    device_secret: Option<Zeroizing<[u8; 32]>>,
+) -> Result<Initialized, KeysError> {
     let root = home.root();
     if home.has_vault() || home.store_dir().exists() {
         return Err(KeysError::AlreadyInitialized(root.display().to_string()));
@@ -193,10 +240,22 @@ pub fn init(home: &Home, passphrase: Option<&Passphrase>) -> Result<Initialized,
         owner_token_hash: token_hash(token.as_str().as_bytes()),
         device_key: Zeroizing::new([0; 32]),
     };
-    rng.fill_bytes(&mut blob.vault_id);
-    rng.fill_bytes(&mut *blob.storage_key);
-    rng.fill_bytes(&mut *blob.signing_key);
-    rng.fill_bytes(&mut *blob.device_key);
+    match shared {
+        Some(shared) => {
+            blob.vault_id = shared.vault_id;
+            blob.storage_key = shared.storage_key;
+            blob.signing_key = shared.signing_key;
+        }
+        None => {
+            rng.fill_bytes(&mut blob.vault_id);
+            rng.fill_bytes(&mut *blob.storage_key);
+            rng.fill_bytes(&mut *blob.signing_key);
+        }
+    }
+    match device_secret {
+        Some(secret) => blob.device_key = secret,
+        None => rng.fill_bytes(&mut *blob.device_key),
+    }
     let keys = VaultKeys::from_blob(&blob, &home.keys())?;
 
     let plain = blob.encode();

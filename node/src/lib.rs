@@ -15,6 +15,7 @@ pub mod blobs;
 pub mod collections;
 pub mod home;
 pub mod keys;
+pub mod mesh;
 pub mod records;
 pub mod store;
 
@@ -24,7 +25,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use libp2p::PeerId;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -34,7 +34,7 @@ use crate::home::{Home, write_file_atomic};
 use crate::keys::{KeysError, Passphrase, VaultKeys};
 use crate::store::{Store, StoreError};
 
-pub use libp2p::PeerId as DevicePeerId;
+pub use libp2p::{Multiaddr, PeerId};
 
 /// The default address of the local API.
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:7780";
@@ -70,6 +70,8 @@ pub struct NodeConfig {
     pub allow_public_api: bool,
     pub passphrase: Option<Passphrase>,
     pub limits: Limits,
+    /// The mesh to other devices; `None` runs the node alone.
+    pub mesh: Option<mesh::MeshConfig>,
 }
 
 impl NodeConfig {
@@ -82,6 +84,7 @@ impl NodeConfig {
             allow_public_api: false,
             passphrase: None,
             limits: Limits::default(),
+            mesh: Some(mesh::MeshConfig::default()),
         }
     }
 }
@@ -103,6 +106,10 @@ pub enum StartError {
     PublicApi(SocketAddr),
     #[error("cannot write {path}: {source}")]
     WriteAddr { path: String, source: io::Error },
+    #[error(transparent)]
+    Mesh(#[from] mesh::MeshError),
+    #[error("cannot register this device in the device list: {0}")]
+    Devices(#[from] collections::CollectionError),
 }
 
 /// What a running node shares between its parts.
@@ -114,6 +121,23 @@ pub struct Vault {
     pub blobs: Blobs,
     pub limits: Limits,
     pub api_addr: SocketAddr,
+    /// Set while the mesh runs (never, for a node started without one). Cleared at
+    /// shutdown: the mesh holds the vault, so this would otherwise be a cycle.
+    mesh: std::sync::RwLock<Option<mesh::MeshState>>,
+}
+
+impl Vault {
+    /// The running mesh, if any.
+    pub fn mesh(&self) -> Option<mesh::MeshState> {
+        self.mesh
+            .read()
+            .expect("mesh lock is never poisoned")
+            .clone()
+    }
+
+    fn set_mesh(&self, state: Option<mesh::MeshState>) {
+        *self.mesh.write().expect("mesh lock is never poisoned") = state;
+    }
 }
 
 pub struct Node;
@@ -137,10 +161,14 @@ impl Node {
             return Err(StartError::PublicApi(config.api_addr));
         }
         let store = Arc::new(Store::open(&home.store_dir(), keys.clone())?);
-        let actor: [u8; 16] = blake3::hash(&peer_id.to_bytes()).as_bytes()[..16]
-            .try_into()
-            .expect("a BLAKE3 hash has 32 bytes");
-        let collections = Collections::open(store.clone(), actor)?;
+        let collections = Collections::open(store.clone(), mesh::actor_for(&peer_id))?;
+        if mesh::devices::add(
+            &collections,
+            &peer_id,
+            &mesh::devices::default_device_name(),
+        )? {
+            store.commit().await?;
+        }
         let blobs = Blobs::open(home.blobs_dir(), store.clone(), keys.clone())?;
         blobs.sweep_orphans()?;
 
@@ -162,7 +190,16 @@ impl Node {
             blobs,
             limits: config.limits,
             api_addr,
+            mesh: std::sync::RwLock::new(None),
         });
+        let mesh = match config.mesh {
+            Some(mesh_config) => {
+                let mesh = mesh::Mesh::start(vault.clone(), mesh_config).await?;
+                vault.set_mesh(Some(mesh.state().clone()));
+                Some(mesh)
+            }
+            None => None,
+        };
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let app = api::router(vault.clone());
         let server = tokio::spawn(async move {
@@ -187,6 +224,7 @@ impl Node {
             created,
             stop_tx: Some(stop_tx),
             server: Some(server),
+            mesh,
         })
     }
 }
@@ -199,6 +237,7 @@ pub struct NodeHandle {
     created: bool,
     stop_tx: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<io::Result<()>>>,
+    mesh: Option<mesh::Mesh>,
 }
 
 impl NodeHandle {
@@ -225,6 +264,10 @@ impl NodeHandle {
     /// Stops serving (requests in flight get a grace period), flushes the store and
     /// removes `HOME/api.addr`.
     pub async fn shutdown(mut self) -> Result<(), StoreError> {
+        self.vault.set_mesh(None);
+        if let Some(mesh) = self.mesh.take() {
+            mesh.shutdown().await;
+        }
         if let Some(stop) = self.stop_tx.take() {
             let _ = stop.send(());
         }

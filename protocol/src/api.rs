@@ -109,6 +109,16 @@ pub struct StatusResponse {
     pub api_addr: String,
     pub collections: Vec<CollectionInfo>,
     pub blobs: u64,
-    /// Devices of this vault and whether they are online (filled once the mesh exists).
+    /// Where this device listens for the other devices of the vault.
+    pub listen_addrs: Vec<String>,
+    /// The vault's devices: `{"id" (PeerId), "name", "added_at", "removed_at"?, "online",
+    /// "last_sync" (Unix seconds or null), "this_device"}`.
     pub devices: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteResponse {
+    pub code: String,
+    /// Unix seconds.
+    pub expires_at: u64,
 }

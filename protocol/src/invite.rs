@@ -130,6 +130,105 @@ pub fn pairing_proof(secret: &[u8; 32], inviter_peer_id: &[u8], joiner_peer_id: 
     *hasher.finalize().as_bytes()
 }
 
+/// The joiner's request on `/hearth/pair/1`: `0x01 ‖ proof (32) ‖ u8 len ‖ device name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairRequest {
+    pub proof: [u8; 32],
+    pub device_name: String,
+}
+
+/// The inviter's answer:
+/// `0x02 ‖ vault id (16) ‖ storage key (32) ‖ signing key (32) ‖ device list document`
+/// or `0x03 ‖ reason (UTF-8)`.
+pub enum PairResponse {
+    Accept {
+        vault_id: [u8; 16],
+        storage_key: Zeroizing<[u8; 32]>,
+        signing_key: Zeroizing<[u8; 32]>,
+        /// The `_devices` Automerge document, so the new device knows its peers.
+        devices_doc: Vec<u8>,
+    },
+    Reject {
+        reason: String,
+    },
+}
+
+impl PairRequest {
+    pub fn encode(&self) -> Vec<u8> {
+        let name = truncate_name(&self.device_name);
+        let mut out = vec![1];
+        out.extend_from_slice(&self.proof);
+        out.push(name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, InviteError> {
+        let mut r = Reader(bytes);
+        if r.u8()? != 1 {
+            return Err(InviteError::Malformed);
+        }
+        let proof = r.take(32)?.try_into().expect("took 32");
+        let len = usize::from(r.u8()?);
+        let device_name = std::str::from_utf8(r.take(len)?)
+            .map_err(|_| InviteError::Malformed)?
+            .to_owned();
+        if !r.0.is_empty() {
+            return Err(InviteError::Malformed);
+        }
+        Ok(Self { proof, device_name })
+    }
+}
+
+impl PairResponse {
+    pub fn encode(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::new());
+        match self {
+            PairResponse::Accept {
+                vault_id,
+                storage_key,
+                signing_key,
+                devices_doc,
+            } => {
+                out.push(2);
+                out.extend_from_slice(vault_id);
+                out.extend_from_slice(&**storage_key);
+                out.extend_from_slice(&**signing_key);
+                out.extend_from_slice(devices_doc);
+            }
+            PairResponse::Reject { reason } => {
+                out.push(3);
+                out.extend_from_slice(reason.as_bytes());
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, InviteError> {
+        let mut r = Reader(bytes);
+        match r.u8()? {
+            2 => Ok(PairResponse::Accept {
+                vault_id: r.take(16)?.try_into().expect("took 16"),
+                storage_key: Zeroizing::new(r.take(32)?.try_into().expect("took 32")),
+                signing_key: Zeroizing::new(r.take(32)?.try_into().expect("took 32")),
+                devices_doc: r.0.to_vec(),
+            }),
+            3 => Ok(PairResponse::Reject {
+                reason: String::from_utf8_lossy(r.0).chars().take(200).collect(),
+            }),
+            _ => Err(InviteError::Malformed),
+        }
+    }
+}
+
+fn truncate_name(name: &str) -> &str {
+    let mut end = name.len().min(64);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
@@ -190,10 +289,43 @@ mod tests {
         assert_ne!(p, pairing_proof(&[2; 32], b"inviter", b"joiner"));
     }
 
+    #[test]
+    fn pair_messages_round_trip() {
+        let req = PairRequest {
+            proof: [3; 32],
+            device_name: "laptop".into(),
+        };
+        assert_eq!(PairRequest::decode(&req.encode()).unwrap(), req);
+        let accept = PairResponse::Accept {
+            vault_id: [1; 16],
+            storage_key: Zeroizing::new([2; 32]),
+            signing_key: Zeroizing::new([3; 32]),
+            devices_doc: vec![9, 9],
+        };
+        match PairResponse::decode(&accept.encode()).unwrap() {
+            PairResponse::Accept {
+                vault_id,
+                storage_key,
+                devices_doc,
+                ..
+            } => {
+                assert_eq!(
+                    (vault_id, *storage_key, devices_doc),
+                    ([1; 16], [2; 32], vec![9, 9])
+                );
+            }
+            PairResponse::Reject { .. } => panic!("expected accept"),
+        }
+        assert!(PairResponse::decode(&[2, 1]).is_err());
+        assert!(PairRequest::decode(&[1, 2, 3]).is_err());
+    }
+
     proptest! {
         #[test]
-        fn garbage_never_panics(s in "hearth1[a-z2-7]{0,120}") {
+        fn garbage_never_panics(s in "hearth1[a-z2-7]{0,120}", bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
             let _ = Invite::decode(&s);
+            let _ = PairRequest::decode(&bytes);
+            let _ = PairResponse::decode(&bytes);
         }
     }
 }

@@ -1,0 +1,137 @@
+//! Membership: the vault's device list, the system collection `_devices`.
+//!
+//! One record per device, keyed by its PeerId: `{"name", "added_at", "removed_at"?}`.
+//! A device is a member while its record exists without `removed_at`. Removal is a
+//! tombstone rather than a delete, so a concurrent edit cannot bring a removed device
+//! back. The list syncs like any collection, so what one device decides holds on all.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hearth_protocol::{CollectionName, RecordId};
+use libp2p::PeerId;
+use serde_json::{Map, Value, json};
+
+use crate::collections::{CollectionError, Collections};
+
+pub const DEVICES: &str = "_devices";
+
+pub fn collection() -> CollectionName {
+    CollectionName::parse(DEVICES).expect("_devices is a valid system collection name")
+}
+
+fn record_id(peer: &PeerId) -> RecordId {
+    RecordId::parse(&peer.to_string()).expect("a PeerId in base58 is a valid record id")
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub fn is_member(collections: &Collections, peer: &PeerId) -> bool {
+    match collections.get(&collection(), &record_id(peer)) {
+        Ok(Some(record)) => record.get("removed_at").is_none_or(Value::is_null),
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the device list; refusing the peer");
+            false
+        }
+    }
+}
+
+/// Every device record, each with its `"id"` (the PeerId).
+pub fn list(collections: &Collections) -> Result<Vec<Value>, CollectionError> {
+    collections.records(&collection())
+}
+
+pub fn members(collections: &Collections) -> Vec<PeerId> {
+    list(collections)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| d.get("removed_at").is_none_or(Value::is_null))
+        .filter_map(|d| {
+            d.get("id")
+                .and_then(Value::as_str)
+                .and_then(|id| id.parse().ok())
+        })
+        .collect()
+}
+
+/// Where each other member device last said it listens.
+pub fn member_addresses(
+    collections: &Collections,
+    me: &PeerId,
+) -> Vec<(PeerId, Vec<libp2p::Multiaddr>)> {
+    list(collections)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| d.get("removed_at").is_none_or(Value::is_null))
+        .filter_map(|d| {
+            let peer: PeerId = d.get("id")?.as_str()?.parse().ok()?;
+            let addrs = d
+                .get("addrs")?
+                .as_array()?
+                .iter()
+                .filter_map(|a| a.as_str()?.parse().ok())
+                .collect();
+            (peer != *me).then_some((peer, addrs))
+        })
+        .collect()
+}
+
+/// Records where this device listens, so the others can find it after a restart.
+/// Returns whether anything changed (then the store must commit).
+pub fn set_addresses(
+    collections: &Collections,
+    me: &PeerId,
+    addrs: &[libp2p::Multiaddr],
+) -> Result<bool, CollectionError> {
+    let id = record_id(me);
+    let wanted: Vec<Value> = addrs.iter().map(|a| Value::String(a.to_string())).collect();
+    match collections.get(&collection(), &id)? {
+        Some(record) if record.get("addrs") == Some(&Value::Array(wanted.clone())) => Ok(false),
+        Some(_) => {
+            let mut patch = Map::new();
+            patch.insert("addrs".into(), Value::Array(wanted));
+            collections.patch(&collection(), &id, &patch)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Adds a device, unless it is already listed (a removed device stays removed).
+/// Durable only after the store commits.
+pub fn add(collections: &Collections, peer: &PeerId, name: &str) -> Result<bool, CollectionError> {
+    let id = record_id(peer);
+    if collections.get(&collection(), &id)?.is_some() {
+        return Ok(false);
+    }
+    let record = json!({"name": name, "added_at": now_unix()});
+    collections.put(
+        &collection(),
+        &id,
+        record.as_object().expect("a JSON object"),
+    )?;
+    Ok(true)
+}
+
+/// Marks a device removed; `false` if it is not listed.
+pub fn remove(collections: &Collections, peer: &PeerId) -> Result<bool, CollectionError> {
+    let mut patch = Map::new();
+    patch.insert("removed_at".into(), json!(now_unix()));
+    Ok(collections
+        .patch(&collection(), &record_id(peer), &patch)?
+        .is_some())
+}
+
+/// This machine's name, for the device list.
+pub fn default_device_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "device".to_owned())
+}

@@ -1,0 +1,434 @@
+//! The mesh: the libp2p swarm that connects the devices of one vault.
+//!
+//! In: listen addresses, known peer addresses, the vault (for membership and data).
+//! Out: sync sessions with every member device that is reachable, a [`MeshHandle`] to
+//! ask the swarm things. One task owns the `Swarm`; everything else talks to it through
+//! bounded commands with `oneshot` replies. Protocol work (sync, pairing) runs as plain
+//! async code on `libp2p-stream` streams, outside the swarm task.
+//!
+//! Transports: TCP and QUIC, Noise, Yamux. Behaviours: identify, ping, mDNS (optional),
+//! Kademlia, circuit-relay client, DCUtR, AutoNAT, and streams.
+
+pub mod devices;
+pub mod frames;
+pub mod pairing;
+pub mod sync;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, dcutr, identify, kad, mdns, noise, ping,
+    relay, tcp, yamux,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::Vault;
+
+/// Commands waiting for the swarm task; senders beyond this wait.
+const COMMAND_QUEUE: usize = 64;
+/// How often known but unconnected devices are redialled.
+const REDIAL_EVERY: Duration = Duration::from_secs(15);
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    pub listen: Vec<Multiaddr>,
+    /// Addresses dialled at start and whenever the connection is lost.
+    pub peers: Vec<Multiaddr>,
+    pub mdns: bool,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr"),
+                "/ip4/0.0.0.0/udp/0/quic-v1"
+                    .parse()
+                    .expect("valid multiaddr"),
+            ],
+            peers: Vec::new(),
+            mdns: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MeshError {
+    #[error("cannot set up the network transport: {0}")]
+    Transport(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("the mesh has stopped")]
+    Stopped,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    relay: relay::client::Behaviour,
+    dcutr: dcutr::Behaviour,
+    autonat: autonat::Behaviour,
+    streams: libp2p_stream::Behaviour,
+}
+
+enum Command {
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    Connected(oneshot::Sender<Vec<PeerId>>),
+    Dial(Multiaddr),
+    Stop(oneshot::Sender<()>),
+}
+
+/// A clonable handle to the swarm task.
+#[derive(Clone)]
+pub struct MeshHandle {
+    commands: mpsc::Sender<Command>,
+    streams: libp2p_stream::Control,
+    local_peer_id: PeerId,
+}
+
+impl MeshHandle {
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, MeshError> {
+        self.ask(Command::ListenAddrs).await
+    }
+
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, MeshError> {
+        self.ask(Command::Connected).await
+    }
+
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), MeshError> {
+        self.commands
+            .send(Command::Dial(addr))
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
+    /// A control to open and accept protocol streams.
+    pub fn streams(&self) -> libp2p_stream::Control {
+        self.streams.clone()
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, MeshError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| MeshError::Stopped)?;
+        rx.await.map_err(|_| MeshError::Stopped)
+    }
+}
+
+/// The Automerge actor id of a device: derived from its PeerId, so each device's edits
+/// are its own and stay so across restarts.
+pub fn actor_for(peer: &PeerId) -> [u8; 16] {
+    blake3::hash(&peer.to_bytes()).as_bytes()[..16]
+        .try_into()
+        .expect("a BLAKE3 hash has 32 bytes")
+}
+
+/// What the rest of the node may ask of a running mesh.
+#[derive(Clone)]
+pub struct MeshState {
+    pub handle: MeshHandle,
+    pub sync: Arc<sync::SyncService>,
+    pub pairing: Arc<pairing::Pairing>,
+}
+
+/// The running mesh: the swarm task and the tasks accepting sync and pairing streams.
+pub struct Mesh {
+    state: MeshState,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Mesh {
+    pub async fn start(vault: Arc<Vault>, config: MeshConfig) -> Result<Self, MeshError> {
+        let keypair = vault.keys.device.clone();
+        let local_peer_id = keypair.public().to_peer_id();
+        let mdns_enabled = config.mdns;
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+            .map_err(|e| MeshError::Transport(e.to_string()))?
+            .with_quic()
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| MeshError::Transport(e.to_string()))?
+            .with_behaviour(|key, relay| {
+                let peer_id = key.public().to_peer_id();
+                let mdns = if mdns_enabled {
+                    match mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id) {
+                        Ok(m) => Some(m),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "mDNS is unavailable; devices on the LAN must be given with --peer");
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                let mut kad = kad::Behaviour::new(peer_id, kad::store::MemoryStore::new(peer_id));
+                kad.set_mode(Some(kad::Mode::Server));
+                Behaviour {
+                    identify: identify::Behaviour::new(identify::Config::new("/hearth/id/1".into(), key.public())),
+                    ping: ping::Behaviour::default(),
+                    mdns: Toggle::from(mdns),
+                    kad,
+                    relay,
+                    dcutr: dcutr::Behaviour::new(peer_id),
+                    autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
+                    streams: libp2p_stream::Behaviour::new(),
+                }
+            })
+            .map_err(|e| MeshError::Transport(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+            .build();
+
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| MeshError::Listen {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        let mut streams = swarm.behaviour().streams.new_control();
+        let incoming = streams
+            .accept(StreamProtocol::new(hearth_protocol::sync::SYNC_PROTOCOL))
+            .expect("the sync protocol is registered once");
+        let incoming_pairs = streams
+            .accept(StreamProtocol::new(hearth_protocol::invite::PAIR_PROTOCOL))
+            .expect("the pairing protocol is registered once");
+        let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+        let handle = MeshHandle {
+            commands: commands_tx,
+            streams,
+            local_peer_id,
+        };
+
+        let sync = Arc::new(sync::SyncService::new(vault.clone(), handle.clone()));
+        let accept_task = tokio::spawn(sync.clone().accept_loop(incoming));
+        let pairing = Arc::new(pairing::Pairing::new(vault.clone(), handle.clone()));
+        let pair_task = tokio::spawn(pairing.clone().accept_loop(incoming_pairs));
+        let swarm_task = tokio::spawn(
+            SwarmTask {
+                swarm,
+                commands: commands_rx,
+                sync: sync.clone(),
+                known: config.peers,
+                listen_addrs: HashSet::new(),
+            }
+            .run(),
+        );
+        // Wait until the swarm listens, so the addresses can be reported.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while handle.listen_addrs().await?.len() < config.listen.len()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let addrs: Vec<Multiaddr> = handle
+            .listen_addrs()
+            .await?
+            .into_iter()
+            .filter(|a| {
+                !a.iter().any(
+                    |p| matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_unspecified()),
+                )
+            })
+            .collect();
+        match devices::set_addresses(&vault.collections, &local_peer_id, &addrs) {
+            Ok(true) => {
+                if let Err(e) = vault.store.commit().await {
+                    tracing::warn!(error = %e, "cannot record this device's addresses");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot record this device's addresses"),
+        }
+        let state = MeshState {
+            handle,
+            sync,
+            pairing,
+        };
+        Ok(Self {
+            state,
+            tasks: vec![swarm_task, accept_task, pair_task],
+        })
+    }
+
+    pub fn state(&self) -> &MeshState {
+        &self.state
+    }
+
+    pub async fn shutdown(self) {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .state
+            .handle
+            .commands
+            .send(Command::Stop(tx))
+            .await
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+        for task in self.tasks {
+            task.abort();
+            let _ = task.await;
+        }
+        // After the swarm and accept loops, so nothing starts a new session meanwhile.
+        self.state.sync.shutdown().await;
+    }
+}
+
+struct SwarmTask {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    sync: Arc<sync::SyncService>,
+    known: Vec<Multiaddr>,
+    listen_addrs: HashSet<Multiaddr>,
+}
+
+impl SwarmTask {
+    async fn run(mut self) {
+        for addr in self.known.clone() {
+            self.dial(addr);
+        }
+        self.dial_members();
+        let mut redial = tokio::time::interval(REDIAL_EVERY);
+        redial.tick().await;
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(Command::ListenAddrs(reply)) => {
+                        let _ = reply.send(self.listen_addrs.iter().cloned().collect());
+                    }
+                    Some(Command::Connected(reply)) => {
+                        let _ = reply.send(self.swarm.connected_peers().copied().collect());
+                    }
+                    Some(Command::Dial(addr)) => {
+                        self.known.push(addr.clone());
+                        self.dial(addr);
+                    }
+                    Some(Command::Stop(reply)) => {
+                        let _ = reply.send(());
+                        break;
+                    }
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.on_event(event),
+                _ = redial.tick() => self.redial(),
+            }
+        }
+        tracing::debug!("swarm task stopped");
+    }
+
+    fn dial(&mut self, addr: Multiaddr) {
+        if let Err(e) = self.swarm.dial(addr.clone()) {
+            tracing::debug!(%addr, error = %e, "dial failed");
+        }
+    }
+
+    /// Redials known addresses whose device is not connected (with backoff given by the
+    /// interval); device addresses learnt from identify are in Kademlia.
+    fn redial(&mut self) {
+        let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
+        self.sync
+            .ensure_sessions(&connected.iter().copied().collect::<Vec<_>>());
+        for addr in self.known.clone() {
+            let peer = addr.iter().find_map(|p| match p {
+                libp2p::multiaddr::Protocol::P2p(peer) => Some(peer),
+                _ => None,
+            });
+            if peer.is_none_or(|p| !connected.contains(&p)) {
+                self.dial(addr);
+            }
+        }
+        self.dial_members();
+    }
+
+    /// Dials every member device that is not connected, at the addresses it recorded
+    /// and those learnt from identify and mDNS.
+    fn dial_members(&mut self) {
+        let me = *self.swarm.local_peer_id();
+        for (peer, addrs) in self.sync.member_addresses(&me) {
+            if self.swarm.is_connected(&peer) {
+                continue;
+            }
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, error = %e, "cannot dial a device");
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                self.listen_addrs.insert(address);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.remove(&address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                endpoint,
+                ..
+            } => {
+                tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
+                if num_established.get() == 1 {
+                    self.sync.on_connected(peer_id);
+                }
+            }
+            // A session ends by itself when its stream does.
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                tracing::debug!(%peer_id, "disconnected");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                let mut seen = HashMap::new();
+                for (peer, addr) in found {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    seen.entry(peer).or_insert(addr);
+                }
+                for (peer, _) in seen {
+                    if !self.swarm.is_connected(&peer) && self.sync.is_member(&peer) {
+                        let _ = self.swarm.dial(peer);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            _ => {}
+        }
+    }
+}

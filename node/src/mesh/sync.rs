@@ -1,0 +1,294 @@
+//! Sync sessions: the `/hearth/sync/1` protocol with one member device.
+//!
+//! In: a stream to a peer that is on the device list; local change notifications.
+//! Out: the peer's changes applied and committed locally, and ours sent to it.
+//! One session per peer: the device with the smaller PeerId opens the stream when a
+//! connection is established, the other accepts it; a newer session to the same peer
+//! replaces the older one. Every received frame is checked before it is used, and any
+//! bad frame ends only this session.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use automerge::sync::State;
+use futures::{AsyncReadExt, StreamExt};
+use hearth_protocol::CollectionName;
+use hearth_protocol::sync::{SYNC_PROTOCOL, SYNC_VERSION, SyncFrame};
+use libp2p::{PeerId, Stream, StreamProtocol};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::{AbortHandle, JoinSet};
+
+use super::frames::{FrameReadError, read_frame, write_frame};
+use super::{MeshHandle, devices};
+use crate::Vault;
+use crate::collections::CollectionError;
+
+/// Frames waiting to be written to one peer.
+const OUTBOX: usize = 64;
+/// Sync sessions at once (one per device; a bound against a large device list).
+const MAX_SESSIONS: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("stream: {0}")]
+    Read(#[from] FrameReadError),
+    #[error("stream: {0}")]
+    Write(std::io::Error),
+    #[error("bad frame: {0}")]
+    Frame(#[from] hearth_protocol::sync::FrameError),
+    #[error("the peer did not start with Hello")]
+    NoHello,
+    #[error("the peer belongs to another vault")]
+    OtherVault,
+    #[error("the peer speaks sync version {0}")]
+    Version(u8),
+    #[error("the peer is no longer a device of this vault")]
+    Removed,
+    #[error("{0}")]
+    Collection(#[from] CollectionError),
+    #[error("the store refused the change: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+pub struct SyncService {
+    vault: Arc<Vault>,
+    mesh: MeshHandle,
+    sessions: Mutex<HashMap<PeerId, AbortHandle>>,
+    /// Every task this service started, so shutdown can stop and await them all.
+    tasks: Mutex<JoinSet<()>>,
+    last_sync: Mutex<HashMap<PeerId, SystemTime>>,
+}
+
+impl SyncService {
+    pub(super) fn new(vault: Arc<Vault>, mesh: MeshHandle) -> Self {
+        Self {
+            vault,
+            mesh,
+            sessions: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(JoinSet::new()),
+            last_sync: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn is_member(&self, peer: &PeerId) -> bool {
+        devices::is_member(&self.vault.collections, peer)
+    }
+
+    pub fn member_addresses(&self, me: &PeerId) -> Vec<(PeerId, Vec<libp2p::Multiaddr>)> {
+        devices::member_addresses(&self.vault.collections, me)
+    }
+
+    /// When each peer last exchanged sync messages with this device.
+    pub fn last_sync(&self) -> HashMap<PeerId, SystemTime> {
+        self.last_sync
+            .lock()
+            .expect("last-sync lock is never poisoned")
+            .clone()
+    }
+
+    pub(super) fn on_connected(self: &Arc<Self>, peer: PeerId) {
+        if self.mesh.local_peer_id() >= peer || !self.is_member(&peer) {
+            return;
+        }
+        let this = self.clone();
+        self.spawn(async move {
+            let mut control = this.mesh.streams();
+            match control
+                .open_stream(peer, StreamProtocol::new(SYNC_PROTOCOL))
+                .await
+            {
+                Ok(stream) => this.start_session(peer, stream),
+                Err(e) => tracing::debug!(%peer, error = %e, "cannot open a sync stream"),
+            }
+        });
+    }
+
+    /// Opens a session to each connected member that should have one and has none
+    /// (a session can end while its connection stays up, e.g. after a bad frame).
+    pub(super) fn ensure_sessions(self: &Arc<Self>, connected: &[PeerId]) {
+        let missing: Vec<PeerId> = {
+            let sessions = self
+                .sessions
+                .lock()
+                .expect("sessions lock is never poisoned");
+            connected
+                .iter()
+                .filter(|p| sessions.get(p).is_none_or(AbortHandle::is_finished))
+                .copied()
+                .collect()
+        };
+        for peer in missing {
+            self.on_connected(peer);
+        }
+    }
+
+    pub(super) async fn accept_loop(self: Arc<Self>, mut incoming: libp2p_stream::IncomingStreams) {
+        while let Some((peer, stream)) = incoming.next().await {
+            if !self.is_member(&peer) {
+                // Refused before any vault data moves: dropping the stream resets it.
+                tracing::info!(%peer, "refused sync from a peer that is not a device of this vault");
+                continue;
+            }
+            self.start_session(peer, stream);
+        }
+    }
+
+    fn start_session(self: &Arc<Self>, peer: PeerId, stream: Stream) {
+        let mut sessions = self
+            .sessions
+            .lock()
+            .expect("sessions lock is never poisoned");
+        if sessions.len() >= MAX_SESSIONS && !sessions.contains_key(&peer) {
+            tracing::warn!(%peer, "too many sync sessions; refusing one more");
+            return;
+        }
+        let this = self.clone();
+        let task = self.spawn(async move {
+            match this.run_session(peer, stream).await {
+                Ok(()) => tracing::debug!(%peer, "sync session ended"),
+                Err(e) => tracing::info!(%peer, error = %e, "sync session closed"),
+            }
+        });
+        if let Some(old) = sessions.insert(peer, task) {
+            old.abort();
+        }
+    }
+
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) -> AbortHandle {
+        let mut tasks = self.tasks.lock().expect("tasks lock is never poisoned");
+        // Reap finished tasks so the set stays as small as what runs.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task)
+    }
+
+    /// Stops every session and waits until they are gone.
+    pub(super) async fn shutdown(&self) {
+        let mut tasks =
+            std::mem::take(&mut *self.tasks.lock().expect("tasks lock is never poisoned"));
+        tasks.shutdown().await;
+        self.sessions
+            .lock()
+            .expect("sessions lock is never poisoned")
+            .clear();
+    }
+
+    async fn run_session(&self, peer: PeerId, stream: Stream) -> Result<(), SessionError> {
+        let (mut reader, mut writer) = stream.split();
+        let (outbox, mut outgoing) = mpsc::channel::<Vec<u8>>(OUTBOX);
+        let writer_task = tokio::spawn(async move {
+            while let Some(frame) = outgoing.recv().await {
+                write_frame(&mut writer, &frame).await?;
+            }
+            Ok::<_, std::io::Error>(())
+        });
+        let result = self.converse(peer, &mut reader, &outbox).await;
+        drop(outbox);
+        // Let queued frames go out, but do not wait on a peer that stopped reading.
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+        result
+    }
+
+    async fn converse<R: futures::AsyncRead + Unpin>(
+        &self,
+        peer: PeerId,
+        reader: &mut R,
+        outbox: &mpsc::Sender<Vec<u8>>,
+    ) -> Result<(), SessionError> {
+        let send = |frame: SyncFrame| async move {
+            outbox.send(frame.encode()).await.map_err(|_| closed())
+        };
+        send(SyncFrame::Hello {
+            version: SYNC_VERSION,
+            vault_id: self.vault.keys.vault_id,
+        })
+        .await?;
+        let first = read_frame(reader).await?.ok_or(SessionError::NoHello)?;
+        match SyncFrame::decode(&first)? {
+            SyncFrame::Hello { version, vault_id } => {
+                if vault_id != self.vault.keys.vault_id {
+                    return Err(SessionError::OtherVault);
+                }
+                if version != SYNC_VERSION {
+                    return Err(SessionError::Version(version));
+                }
+            }
+            SyncFrame::Doc { .. } => return Err(SessionError::NoHello),
+        }
+        tracing::debug!(%peer, "sync session started");
+
+        let mut changes = self.vault.collections.subscribe();
+        let mut states: HashMap<CollectionName, State> = HashMap::new();
+        for name in self.vault.collections.names()? {
+            self.offer(&name, &mut states, outbox).await?;
+        }
+        loop {
+            tokio::select! {
+                frame = read_frame(reader) => {
+                    let Some(frame) = frame? else { return Ok(()) };
+                    if !self.is_member(&peer) {
+                        return Err(SessionError::Removed);
+                    }
+                    let SyncFrame::Doc { collection, message } = SyncFrame::decode(&frame)? else {
+                        return Err(SessionError::NoHello);
+                    };
+                    let mut state = states.remove(&collection).unwrap_or_default();
+                    let vault = self.vault.clone();
+                    let name = collection.clone();
+                    let (changed, state) = tokio::task::spawn_blocking(move || {
+                        let changed = vault.collections.receive_sync(&name, &mut state, &message);
+                        (changed, state)
+                    })
+                    .await
+                    .map_err(|e| SessionError::Write(std::io::Error::other(e.to_string())))?;
+                    states.insert(collection.clone(), state);
+                    if changed? {
+                        self.vault.store.commit().await?;
+                        tracing::debug!(%peer, "applied changes from a device");
+                    }
+                    self.last_sync.lock().expect("last-sync lock is never poisoned").insert(peer, SystemTime::now());
+                    self.offer(&collection, &mut states, outbox).await?;
+                }
+                changed = changes.recv() => {
+                    if !self.is_member(&peer) {
+                        return Err(SessionError::Removed);
+                    }
+                    match changed {
+                        Ok(name) => self.offer(&name, &mut states, outbox).await?,
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            for name in self.vault.collections.names()? {
+                                self.offer(&name, &mut states, outbox).await?;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the next sync message for `name`, if the sync state has one.
+    async fn offer(
+        &self,
+        name: &CollectionName,
+        states: &mut HashMap<CollectionName, State>,
+        outbox: &mpsc::Sender<Vec<u8>>,
+    ) -> Result<(), SessionError> {
+        let state = states.entry(name.clone()).or_default();
+        if let Some(message) = self.vault.collections.generate_sync(name, state)? {
+            let frame = SyncFrame::Doc {
+                collection: name.clone(),
+                message,
+            };
+            outbox.send(frame.encode()).await.map_err(|_| closed())?;
+        }
+        Ok(())
+    }
+}
+
+fn closed() -> SessionError {
+    SessionError::Write(std::io::Error::new(
+        std::io::ErrorKind::BrokenPipe,
+        "the stream's writer stopped",
+    ))
+}

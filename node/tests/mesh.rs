@@ -1,0 +1,299 @@
+//! Several in-process nodes on 127.0.0.1: pairing, convergence, partitions, and that
+//! non-members and removed devices get nothing.
+
+use std::path::Path;
+use std::time::Duration;
+
+use hearth_node::mesh::{MeshConfig, devices, pairing};
+use hearth_node::{Node, NodeConfig, NodeHandle};
+use hearth_protocol::{CollectionName, RecordId};
+use libp2p::Multiaddr;
+use serde_json::{Value, json};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn mesh_config(peers: Vec<Multiaddr>) -> MeshConfig {
+    MeshConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        peers,
+        mdns: false,
+    }
+}
+
+async fn start(home: &Path, peers: Vec<Multiaddr>) -> NodeHandle {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let mut config = NodeConfig::new(home);
+    config.api_addr = "127.0.0.1:0".parse().unwrap();
+    config.mesh = Some(mesh_config(peers));
+    Node::start(config).await.expect("node starts")
+}
+
+async fn addrs(node: &NodeHandle) -> Vec<Multiaddr> {
+    let mesh = node.vault().mesh().unwrap();
+    let peer = node.peer_id();
+    mesh.handle
+        .listen_addrs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.with(libp2p::multiaddr::Protocol::P2p(peer)))
+        .collect()
+}
+
+/// Pairs a new HOME with `inviter` and starts it, dialling the inviter.
+async fn join(inviter: &NodeHandle, home: &Path) -> NodeHandle {
+    let (code, _) = inviter
+        .vault()
+        .mesh()
+        .unwrap()
+        .pairing
+        .invite(Duration::from_secs(60))
+        .await
+        .unwrap();
+    pairing::join(
+        &hearth_node::home::Home::new(home),
+        &code,
+        None,
+        "test device",
+    )
+    .await
+    .expect("join");
+    start(home, addrs(inviter).await).await
+}
+
+fn coll(name: &str) -> CollectionName {
+    CollectionName::parse(name).unwrap()
+}
+
+async fn put(node: &NodeHandle, collection: &str, id: &str, value: Value) {
+    let v = node.vault();
+    v.collections
+        .put(
+            &coll(collection),
+            &RecordId::parse(id).unwrap(),
+            value.as_object().unwrap(),
+        )
+        .unwrap();
+    v.store.commit().await.unwrap();
+}
+
+async fn patch(node: &NodeHandle, collection: &str, id: &str, value: Value) {
+    let v = node.vault();
+    v.collections
+        .patch(
+            &coll(collection),
+            &RecordId::parse(id).unwrap(),
+            value.as_object().unwrap(),
+        )
+        .unwrap();
+    v.store.commit().await.unwrap();
+}
+
+fn get(node: &NodeHandle, collection: &str, id: &str) -> Option<Value> {
+    node.vault()
+        .collections
+        .get(&coll(collection), &RecordId::parse(id).unwrap())
+        .unwrap()
+}
+
+/// Waits until `check` holds, or fails after the deadline with `what`.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !check() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_devices_converge_and_heal_after_a_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(&dir.path().join("a"), vec![]).await;
+    let b = join(&a, &dir.path().join("b")).await;
+    let c = join(&a, &dir.path().join("c")).await;
+    assert_eq!(a.vault_id(), b.vault_id());
+    assert_eq!(a.vault_id(), c.vault_id());
+
+    put(
+        &a,
+        "contacts",
+        "ada",
+        json!({"name": "Ada", "city": "London"}),
+    )
+    .await;
+    put(&b, "notes", "n1", json!({"text": "from b"})).await;
+    put(&c, "calendar", "e1", json!({"at": "09:00"})).await;
+    for node in [&a, &b, &c] {
+        eventually("every record on every device", || {
+            get(node, "contacts", "ada").is_some()
+                && get(node, "notes", "n1").is_some()
+                && get(node, "calendar", "e1").is_some()
+        })
+        .await;
+    }
+    // All three know each other.
+    for node in [&a, &b, &c] {
+        eventually("device lists converge", || {
+            devices::members(&node.vault().collections).len() == 3
+        })
+        .await;
+    }
+
+    // Concurrent edits to different fields of one record both survive.
+    patch(&b, "contacts", "ada", json!({"email": "ada@example.org"})).await;
+    patch(&c, "contacts", "ada", json!({"city": "Paris"})).await;
+    let want = json!({"id": "ada", "name": "Ada", "city": "Paris", "email": "ada@example.org"});
+    for node in [&a, &b, &c] {
+        eventually("concurrent field edits merge", || {
+            get(node, "contacts", "ada") == Some(want.clone())
+        })
+        .await;
+    }
+
+    // Partition: C stops; A and B go on; C comes back and catches up, and its own
+    // offline edit reaches the others.
+    let c_home = c.home().to_path_buf();
+    c.shutdown().await.unwrap();
+    put(&a, "notes", "while-c-was-away", json!({"text": "missed"})).await;
+    put(
+        &b,
+        "notes",
+        "n1",
+        json!({"text": "changed while c was away"}),
+    )
+    .await;
+    let c = start(&c_home, addrs(&a).await).await;
+    put(&c, "notes", "c-back", json!({"text": "hello again"})).await;
+    for node in [&a, &b, &c] {
+        eventually("partition heals", || {
+            get(node, "notes", "while-c-was-away").is_some()
+                && get(node, "notes", "c-back").is_some()
+                && get(node, "notes", "n1")
+                    == Some(json!({"id": "n1", "text": "changed while c was away"}))
+        })
+        .await;
+    }
+    for node in [a, b, c] {
+        node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_outside_the_vault_gets_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(&dir.path().join("a"), vec![]).await;
+    put(
+        &a,
+        "contacts",
+        "secret",
+        json!({"name": "Not for strangers"}),
+    )
+    .await;
+    // A different vault dials A: the connection may open, but no sync session does.
+    let stranger = start(&dir.path().join("stranger"), addrs(&a).await).await;
+    put(
+        &stranger,
+        "contacts",
+        "theirs",
+        json!({"name": "stranger data"}),
+    )
+    .await;
+    eventually("the stranger connects", || {
+        futures::executor::block_on(stranger.vault().mesh().unwrap().handle.connected_peers())
+            .unwrap()
+            .contains(&a.peer_id())
+    })
+    .await;
+    // Give a would-be sync ample time, with a positive control: a member in the same
+    // time does receive A's data.
+    let b = join(&a, &dir.path().join("b")).await;
+    eventually("a member syncs meanwhile", || {
+        get(&b, "contacts", "secret").is_some()
+    })
+    .await;
+    assert_eq!(get(&stranger, "contacts", "secret"), None);
+    assert_eq!(get(&a, "contacts", "theirs"), None);
+    assert!(!devices::is_member(
+        &a.vault().collections,
+        &stranger.peer_id()
+    ));
+    for node in [a, b, stranger] {
+        node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_device_receives_nothing_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(&dir.path().join("a"), vec![]).await;
+    let b = join(&a, &dir.path().join("b")).await;
+    let c = join(&a, &dir.path().join("c")).await;
+    put(&a, "notes", "before", json!({"text": "shared"})).await;
+    for node in [&b, &c] {
+        eventually("first sync", || get(node, "notes", "before").is_some()).await;
+    }
+    assert!(devices::remove(&a.vault().collections, &c.peer_id()).unwrap());
+    a.vault().store.commit().await.unwrap();
+    eventually("the removal reaches B", || {
+        !devices::is_member(&b.vault().collections, &c.peer_id())
+    })
+    .await;
+
+    put(&a, "notes", "after", json!({"text": "not for c"})).await;
+    put(&b, "notes", "after-b", json!({"text": "not for c either"})).await;
+    eventually("members still sync", || {
+        get(&b, "notes", "after").is_some() && get(&a, "notes", "after-b").is_some()
+    })
+    .await;
+    // C is still running and connected or redialling; it must not get either record.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(get(&c, "notes", "after"), None);
+    assert_eq!(get(&c, "notes", "after-b"), None);
+    // And what C writes now does not reach the vault.
+    put(&c, "notes", "from-removed", json!({"text": "ignored"})).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(get(&a, "notes", "from-removed"), None);
+    for node in [a, b, c] {
+        node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_works_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(&dir.path().join("a"), vec![]).await;
+    let (code, _) = a
+        .vault()
+        .mesh()
+        .unwrap()
+        .pairing
+        .invite(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let home = |n: &str| hearth_node::home::Home::new(dir.path().join(n));
+    pairing::join(&home("b"), &code, None, "b").await.unwrap();
+    let err = pairing::join(&home("c"), &code, None, "c")
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("wrong, expired or already used"),
+        "{err}"
+    );
+    assert!(!home("c").has_vault());
+    let err = pairing::join(&home("b"), &code, None, "b")
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("already holds a vault"), "{err}");
+    let err = pairing::join(&home("d"), "hearth1garbage", None, "d")
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("damaged"), "{err}");
+    assert_eq!(devices::members(&a.vault().collections).len(), 2);
+    a.shutdown().await.unwrap();
+}
