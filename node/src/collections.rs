@@ -152,22 +152,12 @@ impl Collections {
         })
     }
 
-    /// Every collection that has ever been written, sorted by name, with record counts.
+    /// Every user collection that has ever been written, sorted by name, with record
+    /// counts. System collections (`_devices`, ...) have their own routes.
     pub fn list(&self) -> Result<Vec<CollectionInfo>, CollectionError> {
-        let mut names = Vec::new();
-        for entry in self.names.scan_prefix(&[]) {
-            let (_, name) = entry?;
-            let name = std::str::from_utf8(&name)
-                .ok()
-                .and_then(|n| CollectionName::parse(n).ok())
-                .ok_or_else(|| {
-                    StoreError::Malformed("a stored collection name is not valid".into())
-                })?;
-            names.push(name);
-        }
-        names.sort();
-        names
+        self.names()?
             .into_iter()
+            .filter(|name| !name.is_system())
             .map(|name| {
                 let records = self.with(&name, |c| Ok(records::record_count(&c.doc)))? as u64;
                 Ok(CollectionInfo {

@@ -401,7 +401,11 @@ impl SwarmTask {
                 }
             }
             // A session ends by itself when its stream does.
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
                 tracing::debug!(%peer_id, "disconnected");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
