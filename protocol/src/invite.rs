@@ -31,7 +31,7 @@ pub enum InviteError {
     Encoding,
     #[error("the invite code is damaged (truncated or malformed); copy it again")]
     Malformed,
-    #[error("the invite code has version {0}, which this Hearth does not read")]
+    #[error("the invite code is damaged or from an incompatible Hearth (format version {0})")]
     Version(u8),
 }
 

@@ -1,0 +1,98 @@
+//! Two real `hearth` processes of one vault on loopback, without mDNS: pair, join, up,
+//! and records flow both ways; an invite works once.
+
+use hearth_tests::*;
+use serde_json::json;
+
+#[test]
+fn pair_join_up_and_records_flow_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn_node(&dir.path().join("a"), &[]);
+    let invite = a.json(&["pair"]);
+    let code = invite["code"].as_str().unwrap().to_owned();
+    assert!(code.starts_with("hearth1"));
+
+    let b_home = dir.path().join("b");
+    let joined = hearth_json(&b_home, &["join", &code]);
+    assert_eq!(joined["inviter"], a.peer_id.as_str());
+    // The invite worked once.
+    let err = one_line_error(&hearth(&[
+        "--home",
+        dir.path().join("c").to_str().unwrap(),
+        "join",
+        &code,
+    ]));
+    assert!(err.contains("wrong, expired or already used"), "{err}");
+    assert!(!dir.path().join("c").join("keys").exists());
+
+    // B finds A through the device list (no --peer, no mDNS).
+    let b = spawn_node(&b_home, &[]);
+    assert_eq!(
+        b.json(&["status"])["vault_id"],
+        a.json(&["status"])["vault_id"]
+    );
+    a.json(&["put", "contacts", "ada", r#"{"name": "Ada"}"#]);
+    b.json(&["put", "notes", "n1", r#"{"text": "from b"}"#]);
+    eventually("A's record on B", || {
+        b.run(&["get", "contacts", "ada"])
+            .status
+            .success()
+            .then_some(())
+    });
+    eventually("B's record on A", || {
+        a.run(&["get", "notes", "n1"])
+            .status
+            .success()
+            .then_some(())
+    });
+    assert_eq!(
+        b.json(&["get", "contacts", "ada"]),
+        json!({"id": "ada", "name": "Ada"})
+    );
+
+    let devices = a.json(&["devices"]);
+    let b_entry = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == b.peer_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(b_entry["online"], true);
+
+    // B restarts and still syncs (its recorded addresses, not the invite, find A).
+    b.stop();
+    a.json(&["put", "contacts", "bob", r#"{"name": "Bob"}"#]);
+    let b = spawn_node(&b_home, &[]);
+    eventually("catch-up after restart", || {
+        b.run(&["get", "contacts", "bob"])
+            .status
+            .success()
+            .then_some(())
+    });
+
+    // Removing B on A: B gets nothing new.
+    a.json(&["devices", "remove", &b.peer_id]);
+    a.json(&["put", "contacts", "carol", r#"{"name": "Carol"}"#]);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(!b.run(&["get", "contacts", "carol"]).status.success());
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn join_refuses_bad_codes_and_homes_with_a_vault() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("x");
+    let h = home.to_str().unwrap();
+    let err = one_line_error(&hearth(&["--home", h, "join", "not-a-code"]));
+    assert!(err.contains("not a Hearth invite code"), "{err}");
+    let err = one_line_error(&hearth(&["--home", h, "join", "hearth1aaaa"]));
+    assert!(err.contains("damaged"), "{err}");
+    hearth_json(&home, &["init"]);
+    let a = spawn_node(&dir.path().join("a"), &[]);
+    let code = a.json(&["pair"])["code"].as_str().unwrap().to_owned();
+    let err = one_line_error(&hearth(&["--home", h, "join", &code]));
+    assert!(err.contains("already holds a vault"), "{err}");
+    a.stop();
+}
