@@ -426,6 +426,15 @@ async fn list_blobs(State(vault): State<AppState>) -> Result<Response, ApiError>
 async fn put_blob(State(vault): State<AppState>, body: Body) -> Result<Response, ApiError> {
     let max = vault.limits.max_blob_bytes;
     let info = vault.blobs.put(body.into_data_stream(), max).await?;
+    // Listed in `_blobs`, so the vault's other devices fetch it.
+    let (id, size) = (info.id.clone(), info.size);
+    if blocking(&vault, move |v| {
+        Ok(crate::mesh::blobsync::announce(&v.collections, &id, size)?)
+    })
+    .await?
+    {
+        vault.store.commit().await?;
+    }
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 

@@ -126,3 +126,101 @@ mod tests {
         assert!(Manifest::decode(&zero).is_err());
     }
 }
+
+/// The blob protocol, `/hearth/blobs/1`: a device asks a member for what it lacks, one
+/// request at a time on a stream, each frame as in [`crate::sync`]:
+///
+/// ```text
+/// 0x01 GetManifest ‖ blob id (32)      ->  0x11 Manifest ‖ manifest  |  0x13 NotFound
+/// 0x02 GetChunk ‖ chunk hash (32)      ->  0x12 Chunk ‖ plaintext    |  0x13 NotFound
+/// ```
+///
+/// The receiver checks every chunk against its keyed hash (the same on every device
+/// of the vault) before storing it; chunks it already has are not asked for again, so
+/// an interrupted transfer resumes where it stopped.
+pub const BLOB_PROTOCOL: &str = "/hearth/blobs/1";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobRequest {
+    GetManifest([u8; 32]),
+    GetChunk([u8; 32]),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobResponse {
+    Manifest(Vec<u8>),
+    Chunk(Vec<u8>),
+    NotFound,
+}
+
+impl BlobRequest {
+    pub fn encode(&self) -> Vec<u8> {
+        let (tag, id) = match self {
+            BlobRequest::GetManifest(id) => (1, id),
+            BlobRequest::GetChunk(hash) => (2, hash),
+        };
+        let mut out = vec![tag];
+        out.extend_from_slice(id);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, ManifestError> {
+        if bytes.len() != 33 {
+            return Err(ManifestError::Truncated);
+        }
+        let id: [u8; 32] = bytes[1..].try_into().expect("length checked");
+        match bytes[0] {
+            1 => Ok(BlobRequest::GetManifest(id)),
+            2 => Ok(BlobRequest::GetChunk(id)),
+            other => Err(ManifestError::Inconsistent(format!(
+                "unknown blob request {other}"
+            ))),
+        }
+    }
+}
+
+impl BlobResponse {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            BlobResponse::Manifest(bytes) => [&[0x11][..], bytes].concat(),
+            BlobResponse::Chunk(bytes) => [&[0x12][..], bytes].concat(),
+            BlobResponse::NotFound => vec![0x13],
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, ManifestError> {
+        let (&tag, rest) = bytes.split_first().ok_or(ManifestError::Truncated)?;
+        match tag {
+            0x11 => Ok(BlobResponse::Manifest(rest.to_vec())),
+            0x12 => Ok(BlobResponse::Chunk(rest.to_vec())),
+            0x13 if rest.is_empty() => Ok(BlobResponse::NotFound),
+            other => Err(ManifestError::Inconsistent(format!(
+                "unknown blob response {other}"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod protocol_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn messages_round_trip(id in any::<[u8; 32]>(), body in proptest::collection::vec(any::<u8>(), 0..100)) {
+            for r in [BlobRequest::GetManifest(id), BlobRequest::GetChunk(id)] {
+                prop_assert_eq!(BlobRequest::decode(&r.encode()).unwrap(), r);
+            }
+            for r in [BlobResponse::Manifest(body.clone()), BlobResponse::Chunk(body), BlobResponse::NotFound] {
+                prop_assert_eq!(BlobResponse::decode(&r.encode()).unwrap(), r);
+            }
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let _ = BlobRequest::decode(&bytes);
+            let _ = BlobResponse::decode(&bytes);
+        }
+    }
+}

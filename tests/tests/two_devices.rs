@@ -96,3 +96,46 @@ fn join_refuses_bad_codes_and_homes_with_a_vault() {
     assert!(err.contains("already holds a vault"), "{err}");
     a.stop();
 }
+
+#[test]
+fn a_blob_of_several_mib_arrives_intact_on_the_other_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn_node(&dir.path().join("a"), &[]);
+    let code = a.json(&["pair"])["code"].as_str().unwrap().to_owned();
+    let b_home = dir.path().join("b");
+    hearth_json(&b_home, &["join", &code]);
+    let b = spawn_node(&b_home, &[]);
+
+    let content: Vec<u8> = (0..6_500_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let file = dir.path().join("photo.bin");
+    std::fs::write(&file, &content).unwrap();
+    let id = a.json(&["blob", "put", file.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = dir.path().join("copy.bin");
+    eventually("the blob reaches B", || {
+        b.run(&["blob", "get", &id, "-o", out.to_str().unwrap()])
+            .status
+            .success()
+            .then_some(())
+    });
+    assert_eq!(std::fs::read(&out).unwrap(), content);
+    // And a blob stored on B reaches A.
+    std::fs::write(&file, b"small note from b").unwrap();
+    let id_b = b.json(&["blob", "put", file.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eventually("B's blob reaches A", || {
+        a.run(&["blob", "get", &id_b, "-o", out.to_str().unwrap()])
+            .status
+            .success()
+            .then_some(())
+    });
+    assert_eq!(std::fs::read(&out).unwrap(), b"small note from b");
+    a.stop();
+    b.stop();
+}

@@ -9,6 +9,7 @@
 //! Transports: TCP and QUIC, Noise, Yamux. Behaviours: identify, ping, mDNS (optional),
 //! Kademlia, circuit-relay client, DCUtR, AutoNAT, and streams.
 
+pub mod blobsync;
 pub mod devices;
 pub mod frames;
 pub mod pairing;
@@ -211,6 +212,9 @@ impl Mesh {
         let incoming = streams
             .accept(StreamProtocol::new(hearth_protocol::sync::SYNC_PROTOCOL))
             .expect("the sync protocol is registered once");
+        let incoming_blobs = streams
+            .accept(StreamProtocol::new(hearth_protocol::blob::BLOB_PROTOCOL))
+            .expect("the blob protocol is registered once");
         let incoming_pairs = streams
             .accept(StreamProtocol::new(hearth_protocol::invite::PAIR_PROTOCOL))
             .expect("the pairing protocol is registered once");
@@ -225,6 +229,9 @@ impl Mesh {
         let accept_task = tokio::spawn(sync.clone().accept_loop(incoming));
         let pairing = Arc::new(pairing::Pairing::new(vault.clone(), handle.clone()));
         let pair_task = tokio::spawn(pairing.clone().accept_loop(incoming_pairs));
+        let blob_sync = Arc::new(blobsync::BlobSync::new(vault.clone(), handle.clone()));
+        let blob_serve_task = tokio::spawn(blob_sync.clone().serve_loop(incoming_blobs));
+        let blob_fetch_task = tokio::spawn(blob_sync.fetch_loop());
         let swarm_task = tokio::spawn(
             SwarmTask {
                 swarm,
@@ -268,7 +275,13 @@ impl Mesh {
         };
         Ok(Self {
             state,
-            tasks: vec![swarm_task, accept_task, pair_task],
+            tasks: vec![
+                swarm_task,
+                accept_task,
+                pair_task,
+                blob_serve_task,
+                blob_fetch_task,
+            ],
         })
     }
 
