@@ -63,10 +63,16 @@ pub struct CommitStats {
 
 type CommitReply = oneshot::Sender<Result<(), String>>;
 
+enum FlusherMessage {
+    Commit(CommitReply),
+    /// Finish what is queued, then stop.
+    Stop,
+}
+
 pub struct Store {
     db: sled::Db,
     keys: Arc<VaultKeys>,
-    commit_tx: mpsc::Sender<CommitReply>,
+    commit_tx: mpsc::Sender<FlusherMessage>,
     flusher: std::sync::Mutex<Option<JoinHandle<()>>>,
     stats: Arc<CommitStats>,
 }
@@ -147,7 +153,7 @@ impl Store {
     pub async fn commit(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         self.commit_tx
-            .send(tx)
+            .send(FlusherMessage::Commit(tx))
             .await
             .map_err(|_| StoreError::Closed)?;
         match rx.await {
@@ -169,7 +175,9 @@ impl Store {
             .expect("flusher lock is never poisoned")
             .take();
         if let Some(flusher) = flusher {
-            flusher.abort();
+            // A graceful stop, not an abort: an abort could leave a flush running on
+            // the blocking pool, holding the database open after shutdown returns.
+            let _ = self.commit_tx.send(FlusherMessage::Stop).await;
             let _ = flusher.await;
         }
         let db = self.db.clone();
@@ -183,13 +191,25 @@ impl Store {
 /// The group-commit loop: take every waiting request, fsync once, answer them all.
 /// A request queued during a flush waits for the next one, because its write may have
 /// missed the flush in progress.
-async fn run_flusher(db: sled::Db, mut rx: mpsc::Receiver<CommitReply>, stats: Arc<CommitStats>) {
+async fn run_flusher(
+    db: sled::Db,
+    mut rx: mpsc::Receiver<FlusherMessage>,
+    stats: Arc<CommitStats>,
+) {
     let mut waiters = Vec::new();
-    while let Some(first) = rx.recv().await {
-        waiters.push(first);
+    let mut stopping = false;
+    while !stopping {
+        match rx.recv().await {
+            Some(FlusherMessage::Commit(first)) => waiters.push(first),
+            Some(FlusherMessage::Stop) | None => break,
+        }
         while waiters.len() < COMMIT_QUEUE {
             match rx.try_recv() {
-                Ok(waiter) => waiters.push(waiter),
+                Ok(FlusherMessage::Commit(waiter)) => waiters.push(waiter),
+                Ok(FlusherMessage::Stop) => {
+                    stopping = true;
+                    break;
+                }
                 Err(_) => break,
             }
         }

@@ -1,0 +1,287 @@
+//! Hostile peers: a stranger and a member that sends garbage. Each can close its own
+//! streams, never harm the node or get data.
+
+use std::time::Duration;
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use hearth_node::home::Home;
+use hearth_node::mesh::{MeshConfig, pairing};
+use hearth_node::{Node, NodeConfig, NodeHandle};
+use hearth_protocol::blob::{BLOB_PROTOCOL, BlobRequest, BlobResponse};
+use hearth_protocol::invite::PAIR_PROTOCOL;
+use hearth_protocol::sync::{SYNC_PROTOCOL, SYNC_VERSION, SyncFrame};
+use hearth_protocol::{CollectionName, RecordId};
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, noise, tcp, yamux};
+use serde_json::json;
+
+async fn start(home: &std::path::Path) -> NodeHandle {
+    let mut config = NodeConfig::new(home);
+    config.api_addr = "127.0.0.1:0".parse().unwrap();
+    config.mesh = Some(MeshConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        peers: vec![],
+        mdns: false,
+    });
+    Node::start(config).await.unwrap()
+}
+
+/// A bare libp2p peer with `identity` that can open any stream to `target`.
+async fn raw_peer(
+    identity: Keypair,
+    target: &NodeHandle,
+) -> (libp2p_stream::Control, PeerId, tokio::task::JoinHandle<()>) {
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(identity)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    let control = swarm.behaviour().new_control();
+    let addrs: Vec<Multiaddr> = target
+        .vault()
+        .mesh()
+        .unwrap()
+        .handle
+        .listen_addrs()
+        .await
+        .unwrap();
+    let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(target.peer_id())
+        .addresses(addrs)
+        .build();
+    swarm.dial(opts).unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    (control, target.peer_id(), task)
+}
+
+async fn open(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    protocol: &'static str,
+) -> Option<Stream> {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        control.open_stream(peer, StreamProtocol::new(protocol)),
+    )
+    .await
+    .expect("opening a stream does not hang")
+    .ok()
+}
+
+/// Reads until the stream ends; returns what arrived (bounded by a timeout).
+async fn drain(stream: &mut Stream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    out
+}
+
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+async fn still_serves(node: &NodeHandle) {
+    let v = node.vault();
+    let coll = CollectionName::parse("contacts").unwrap();
+    assert!(
+        v.collections
+            .get(&coll, &RecordId::parse("ada").unwrap())
+            .unwrap()
+            .is_some()
+    );
+    v.collections
+        .put(
+            &coll,
+            &RecordId::parse("probe").unwrap(),
+            json!({"ok": true}).as_object().unwrap(),
+        )
+        .unwrap();
+    v.store.commit().await.unwrap();
+    let reply = reqwest::Client::new()
+        .get(format!("http://{}/v1/status", node.api_addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 401, "the API still answers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_gets_nothing_on_any_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(&dir.path().join("a")).await;
+    let v = a.vault();
+    v.collections
+        .put(
+            &CollectionName::parse("contacts").unwrap(),
+            &RecordId::parse("ada").unwrap(),
+            json!({"name": "Ada"}).as_object().unwrap(),
+        )
+        .unwrap();
+    v.store.commit().await.unwrap();
+    let (mut control, peer, task) = raw_peer(Keypair::generate_ed25519(), &a).await;
+
+    for protocol in [SYNC_PROTOCOL, BLOB_PROTOCOL] {
+        if let Some(mut stream) = open(&mut control, peer, protocol).await {
+            let hello = SyncFrame::Hello {
+                version: SYNC_VERSION,
+                vault_id: [0; 16],
+            }
+            .encode();
+            let _ = stream.write_all(&frame(&hello)).await;
+            let _ = stream
+                .write_all(&frame(&BlobRequest::GetManifest([1; 32]).encode()))
+                .await;
+            assert!(
+                drain(&mut stream).await.is_empty(),
+                "{protocol} sent data to a stranger"
+            );
+        }
+    }
+    // Pairing with a made-up proof is refused and changes nothing.
+    if let Some(mut stream) = open(&mut control, peer, PAIR_PROTOCOL).await {
+        let request = hearth_protocol::invite::PairRequest {
+            proof: [7; 32],
+            device_name: "evil".into(),
+        };
+        let _ = stream.write_all(&frame(&request.encode())).await;
+        let answer = drain(&mut stream).await;
+        assert!(answer.len() > 4, "a refusal comes back");
+        assert!(matches!(
+            hearth_protocol::invite::PairResponse::decode(&answer[4..]),
+            Ok(hearth_protocol::invite::PairResponse::Reject { .. })
+        ));
+    }
+    assert_eq!(hearth_node::mesh::devices::members(&v.collections).len(), 1);
+    still_serves(&a).await;
+    task.abort();
+    a.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_sending_garbage_only_closes_its_own_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(&dir.path().join("a")).await;
+    let v = a.vault();
+    v.collections
+        .put(
+            &CollectionName::parse("contacts").unwrap(),
+            &RecordId::parse("ada").unwrap(),
+            json!({"name": "Ada"}).as_object().unwrap(),
+        )
+        .unwrap();
+    v.store.commit().await.unwrap();
+    // A real member: joined with an invite; we hold its identity.
+    let (code, _) = a
+        .vault()
+        .mesh()
+        .unwrap()
+        .pairing
+        .invite(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let m_home = Home::new(dir.path().join("m"));
+    pairing::join(&m_home, &code, None, "mallory")
+        .await
+        .unwrap();
+    let identity = hearth_node::keys::open(&m_home, None)
+        .unwrap()
+        .device
+        .clone();
+    let vault_id = hearth_node::keys::open(&m_home, None).unwrap().vault_id;
+    let (mut control, peer, task) = raw_peer(identity, &a).await;
+
+    let attacks: Vec<Vec<u8>> = vec![
+        b"definitely not a frame at all, just bytes".to_vec(),
+        u32::MAX.to_be_bytes().to_vec(), // oversized length
+        frame(&[9, 9, 9]),               // unknown frame type
+        frame(
+            &SyncFrame::Hello {
+                version: 99,
+                vault_id,
+            }
+            .encode(),
+        ), // unknown version
+        frame(
+            &SyncFrame::Hello {
+                version: SYNC_VERSION,
+                vault_id: [1; 16],
+            }
+            .encode(),
+        ), // other vault
+    ];
+    for attack in attacks {
+        let mut stream = open(&mut control, peer, SYNC_PROTOCOL)
+            .await
+            .expect("a member may open a stream");
+        let _ = stream.write_all(&attack).await;
+        let _ = stream.flush().await;
+        drain(&mut stream).await; // the node closes it
+    }
+    // A correct Hello followed by a garbage Automerge message.
+    let mut stream = open(&mut control, peer, SYNC_PROTOCOL).await.unwrap();
+    stream
+        .write_all(&frame(
+            &SyncFrame::Hello {
+                version: SYNC_VERSION,
+                vault_id,
+            }
+            .encode(),
+        ))
+        .await
+        .unwrap();
+    let bad = SyncFrame::Doc {
+        collection: CollectionName::parse("contacts").unwrap(),
+        message: vec![0x42, 0xff, 0x00],
+    };
+    stream.write_all(&frame(&bad.encode())).await.unwrap();
+    drain(&mut stream).await;
+
+    // Blob protocol: garbage request closes the stream; an unknown chunk is NotFound.
+    let mut stream = open(&mut control, peer, BLOB_PROTOCOL).await.unwrap();
+    stream
+        .write_all(&frame(&BlobRequest::GetChunk([3; 32]).encode()))
+        .await
+        .unwrap();
+    let mut prefix = [0u8; 4];
+    stream.read_exact(&mut prefix).await.unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
+    stream.read_exact(&mut body).await.unwrap();
+    assert_eq!(BlobResponse::decode(&body).unwrap(), BlobResponse::NotFound);
+    stream.write_all(&frame(b"\x07garbage")).await.unwrap();
+    drain(&mut stream).await;
+
+    // The node is unharmed: data intact, API up, and a well-behaved session still works.
+    still_serves(&a).await;
+    let mut stream = open(&mut control, peer, SYNC_PROTOCOL).await.unwrap();
+    stream
+        .write_all(&frame(
+            &SyncFrame::Hello {
+                version: SYNC_VERSION,
+                vault_id,
+            }
+            .encode(),
+        ))
+        .await
+        .unwrap();
+    let mut prefix = [0u8; 4];
+    stream.read_exact(&mut prefix).await.unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
+    stream.read_exact(&mut body).await.unwrap();
+    assert!(matches!(
+        SyncFrame::decode(&body).unwrap(),
+        SyncFrame::Hello { .. }
+    ));
+    task.abort();
+    a.shutdown().await.unwrap();
+}
