@@ -15,6 +15,8 @@ pub mod frames;
 pub mod pairing;
 pub mod sync;
 
+pub use libp2p::multiaddr::Protocol;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
