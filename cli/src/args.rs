@@ -66,6 +66,10 @@ pub enum Command {
         /// Do not use mDNS to find the vault's devices on the LAN
         #[arg(long)]
         no_mdns: bool,
+        /// Relay connections between this vault's devices (for a home server with a
+        /// public address); other peers are disconnected when they try
+        #[arg(long)]
+        relay: bool,
         /// Run without the mesh: no other device can reach or join this one
         #[arg(long)]
         no_mesh: bool,

@@ -25,6 +25,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             peer,
             no_mdns,
+            relay,
             no_mesh,
             passphrase,
         } => {
@@ -35,6 +36,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 mesh.peers = peer;
                 mesh.mdns = !no_mdns;
+                mesh.relay_server = relay;
                 mesh
             });
             up(home, json, api, api_public, mesh, passphrase).await

@@ -22,6 +22,7 @@ async fn start(home: &std::path::Path) -> NodeHandle {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         peers: vec![],
         mdns: false,
+        relay_server: false,
     });
     Node::start(config).await.unwrap()
 }

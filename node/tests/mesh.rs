@@ -17,6 +17,7 @@ fn mesh_config(peers: Vec<Multiaddr>) -> MeshConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         peers,
         mdns: false,
+        relay_server: false,
     }
 }
 

@@ -7,7 +7,7 @@ use serde_json::json;
 #[test]
 fn pair_join_up_and_records_flow_both_ways() {
     let dir = tempfile::tempdir().unwrap();
-    let a = spawn_node(&dir.path().join("a"), &[]);
+    let a = spawn_node(&dir.path().join("a"), &["--relay"]);
     let invite = a.json(&["pair"]);
     let code = invite["code"].as_str().unwrap().to_owned();
     assert!(code.starts_with("hearth1"));

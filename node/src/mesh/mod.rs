@@ -45,6 +45,9 @@ pub struct MeshConfig {
     /// Addresses dialled at start and whenever the connection is lost.
     pub peers: Vec<Multiaddr>,
     pub mdns: bool,
+    /// Relay connections between this vault's own devices (for a home server with a
+    /// public address). Peers that are not devices are disconnected when they try.
+    pub relay_server: bool,
 }
 
 impl Default for MeshConfig {
@@ -58,6 +61,7 @@ impl Default for MeshConfig {
             ],
             peers: Vec::new(),
             mdns: true,
+            relay_server: false,
         }
     }
 }
@@ -80,6 +84,7 @@ struct Behaviour {
     mdns: Toggle<mdns::tokio::Behaviour>,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     relay: relay::client::Behaviour,
+    relay_server: Toggle<relay::Behaviour>,
     dcutr: dcutr::Behaviour,
     autonat: autonat::Behaviour,
     streams: libp2p_stream::Behaviour,
@@ -165,6 +170,7 @@ impl Mesh {
         let keypair = vault.keys.device.clone();
         let local_peer_id = keypair.public().to_peer_id();
         let mdns_enabled = config.mdns;
+        let relay_server = config.relay_server;
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
@@ -193,6 +199,9 @@ impl Mesh {
                     mdns: Toggle::from(mdns),
                     kad,
                     relay,
+                    relay_server: Toggle::from(
+                        relay_server.then(|| relay::Behaviour::new(peer_id, relay::Config::default())),
+                    ),
                     dcutr: dcutr::Behaviour::new(peer_id),
                     autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
                     streams: libp2p_stream::Behaviour::new(),
@@ -395,6 +404,16 @@ impl SwarmTask {
         }
     }
 
+    /// The relay serves the vault's devices only: anyone else who uses it is cut off.
+    fn relay_only_for_members(&mut self, peers: &[PeerId]) {
+        for peer in peers {
+            if !self.sync.is_member(peer) {
+                tracing::info!(%peer, "disconnecting a peer that is not a device of this vault from the relay");
+                let _ = self.swarm.disconnect_peer_id(*peer);
+            }
+        }
+    }
+
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
@@ -438,6 +457,15 @@ impl SwarmTask {
                     }
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayServer(
+                relay::Event::ReservationReqAccepted { src_peer_id, .. },
+            )) => self.relay_only_for_members(&[src_peer_id]),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayServer(
+                relay::Event::CircuitReqAccepted {
+                    src_peer_id,
+                    dst_peer_id,
+                },
+            )) => self.relay_only_for_members(&[src_peer_id, dst_peer_id]),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
