@@ -93,14 +93,7 @@ impl Blobs {
         }
         let id = BlobId(*id_hasher.finalize().as_bytes());
 
-        // Chunk files are fsynced; make their directory entries durable too.
-        let dirs: Vec<PathBuf> = dirs.into_iter().collect();
-        tokio::task::spawn_blocking(move || {
-            dirs.iter()
-                .try_for_each(|d| sync_dir(d).map_err(|e| io_error(d, e)))
-        })
-        .await
-        .map_err(|e| BlobError::Body(format!("sync task failed: {e}")))??;
+        sync_dirs(dirs).await?;
 
         if !self.manifests.contains_key(&id.0)? {
             let manifest = Manifest {
@@ -197,13 +190,7 @@ impl Blobs {
                 "a chunk from a peer does not match its hash".into(),
             ));
         }
-        let dirs: Vec<PathBuf> = dirs.into_iter().collect();
-        tokio::task::spawn_blocking(move || {
-            dirs.iter()
-                .try_for_each(|d| sync_dir(d).map_err(|e| io_error(d, e)))
-        })
-        .await
-        .map_err(|e| BlobError::Body(format!("sync task failed: {e}")))??;
+        sync_dirs(dirs).await?;
         Ok(())
     }
 
@@ -383,6 +370,16 @@ impl BlobReader {
             Some((chunk, reader))
         })
     }
+}
+
+/// Makes new chunk files' directory entries durable (the files are fsynced already).
+async fn sync_dirs(dirs: HashSet<PathBuf>) -> Result<(), BlobError> {
+    tokio::task::spawn_blocking(move || {
+        dirs.iter()
+            .try_for_each(|d| sync_dir(d).map_err(|e| io_error(d, e)))
+    })
+    .await
+    .map_err(|e| BlobError::Body(format!("sync task failed: {e}")))?
 }
 
 fn chunk_path(base: &Path, hash: &[u8; 32]) -> PathBuf {

@@ -92,6 +92,14 @@ fn frame(body: &[u8]) -> Vec<u8> {
     out
 }
 
+async fn read_one_frame(stream: &mut Stream) -> Vec<u8> {
+    let mut prefix = [0u8; 4];
+    stream.read_exact(&mut prefix).await.unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
+    stream.read_exact(&mut body).await.unwrap();
+    body
+}
+
 async fn still_serves(node: &NodeHandle) {
     let v = node.vault();
     let coll = CollectionName::parse("contacts").unwrap();
@@ -254,10 +262,7 @@ async fn a_member_sending_garbage_only_closes_its_own_streams() {
         .write_all(&frame(&BlobRequest::GetChunk([3; 32]).encode()))
         .await
         .unwrap();
-    let mut prefix = [0u8; 4];
-    stream.read_exact(&mut prefix).await.unwrap();
-    let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
-    stream.read_exact(&mut body).await.unwrap();
+    let body = read_one_frame(&mut stream).await;
     assert_eq!(BlobResponse::decode(&body).unwrap(), BlobResponse::NotFound);
     stream.write_all(&frame(b"\x07garbage")).await.unwrap();
     drain(&mut stream).await;
@@ -275,10 +280,7 @@ async fn a_member_sending_garbage_only_closes_its_own_streams() {
         ))
         .await
         .unwrap();
-    let mut prefix = [0u8; 4];
-    stream.read_exact(&mut prefix).await.unwrap();
-    let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
-    stream.read_exact(&mut body).await.unwrap();
+    let body = read_one_frame(&mut stream).await;
     assert!(matches!(
         SyncFrame::decode(&body).unwrap(),
         SyncFrame::Hello { .. }
