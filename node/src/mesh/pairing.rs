@@ -140,20 +140,34 @@ impl Pairing {
             true => {
                 let vault = self.vault.clone();
                 let name = request.device_name.clone();
-                let doc = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, PairError> {
-                    devices::add(&vault.collections, &peer, &name)?;
-                    Ok(vault.collections.save_document(&devices::collection())?)
-                })
-                .await
-                .map_err(|e| PairError::Protocol(e.to_string()))??;
+                let doc =
+                    tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, PairError> {
+                        devices::add(&vault.collections, &peer, &name)?;
+                        // A removed device stays removed, even with a valid invite.
+                        if !devices::is_member(&vault.collections, &peer) {
+                            return Ok(None);
+                        }
+                        Ok(Some(
+                            vault.collections.save_document(&devices::collection())?,
+                        ))
+                    })
+                    .await
+                    .map_err(|e| PairError::Protocol(e.to_string()))??;
                 self.vault.store.commit().await?;
-                tracing::info!(%peer, "a new device joined the vault");
-                let shared = self.vault.keys.shared_secrets();
-                PairResponse::Accept {
-                    vault_id: shared.vault_id,
-                    storage_key: shared.storage_key,
-                    signing_key: shared.signing_key,
-                    devices_doc: doc,
+                match doc {
+                    None => PairResponse::Reject {
+                        reason: "this device was removed from the vault".into(),
+                    },
+                    Some(doc) => {
+                        tracing::info!(%peer, "a new device joined the vault");
+                        let shared = self.vault.keys.shared_secrets();
+                        PairResponse::Accept {
+                            vault_id: shared.vault_id,
+                            storage_key: shared.storage_key,
+                            signing_key: shared.signing_key,
+                            devices_doc: doc,
+                        }
+                    }
                 }
             }
         };

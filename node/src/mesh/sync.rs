@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use automerge::sync::State;
 use futures::{AsyncReadExt, StreamExt};
+
 use hearth_protocol::CollectionName;
 use hearth_protocol::sync::{SYNC_PROTOCOL, SYNC_VERSION, SyncFrame};
 use libp2p::{PeerId, Stream, StreamProtocol};
@@ -24,8 +25,9 @@ use super::{MeshHandle, devices};
 use crate::Vault;
 use crate::collections::CollectionError;
 
-/// Frames waiting to be written to one peer.
-const OUTBOX: usize = 64;
+/// Frames waiting to be written to one peer, or read from it and not yet handled.
+const OUTBOX: usize = 16;
+const INBOX: usize = 4;
 /// Sync sessions at once (one per device; a bound against a large device list).
 const MAX_SESSIONS: usize = 64;
 
@@ -182,17 +184,30 @@ impl SyncService {
             }
             Ok::<_, std::io::Error>(())
         });
-        let result = self.converse(peer, &mut reader, &outbox).await;
+        // Reading has its own task: a frame read must never be dropped half-way, which
+        // a `select!` against local changes would do.
+        let (inbox_tx, mut inbox) = mpsc::channel(INBOX);
+        let reader_task = tokio::spawn(async move {
+            loop {
+                let frame = read_frame(&mut reader).await;
+                let last = !matches!(frame, Ok(Some(_)));
+                if inbox_tx.send(frame).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        let result = self.converse(peer, &mut inbox, &outbox).await;
+        reader_task.abort();
         drop(outbox);
         // Let queued frames go out, but do not wait on a peer that stopped reading.
         let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
         result
     }
 
-    async fn converse<R: futures::AsyncRead + Unpin>(
+    async fn converse(
         &self,
         peer: PeerId,
-        reader: &mut R,
+        inbox: &mut mpsc::Receiver<Result<Option<Vec<u8>>, FrameReadError>>,
         outbox: &mpsc::Sender<Vec<u8>>,
     ) -> Result<(), SessionError> {
         let send = |frame: SyncFrame| async move {
@@ -203,7 +218,12 @@ impl SyncService {
             vault_id: self.vault.keys.vault_id,
         })
         .await?;
-        let first = read_frame(reader).await?.ok_or(SessionError::NoHello)?;
+        let first = inbox
+            .recv()
+            .await
+            .transpose()?
+            .flatten()
+            .ok_or(SessionError::NoHello)?;
         match SyncFrame::decode(&first)? {
             SyncFrame::Hello { version, vault_id } => {
                 if vault_id != self.vault.keys.vault_id {
@@ -224,8 +244,8 @@ impl SyncService {
         }
         loop {
             tokio::select! {
-                frame = read_frame(reader) => {
-                    let Some(frame) = frame? else { return Ok(()) };
+                frame = inbox.recv() => {
+                    let Some(frame) = frame.transpose()?.flatten() else { return Ok(()) };
                     if !self.is_member(&peer) {
                         return Err(SessionError::Removed);
                     }
