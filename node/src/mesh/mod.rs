@@ -191,7 +191,11 @@ impl Mesh {
                 } else {
                     None
                 };
-                let mut kad = kad::Behaviour::new(peer_id, kad::store::MemoryStore::new(peer_id));
+                // Only device addresses live in this DHT, and they are added as learnt: no
+                // periodic bootstrap (with no public bootstrap peers it only logs failures).
+                let mut kad_config = kad::Config::new(StreamProtocol::new("/hearth/kad/1"));
+                kad_config.set_periodic_bootstrap_interval(None);
+                let mut kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
                 kad.set_mode(Some(kad::Mode::Server));
                 Behaviour {
                     identify: identify::Behaviour::new(identify::Config::new("/hearth/id/1".into(), key.public())),
