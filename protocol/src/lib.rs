@@ -10,6 +10,7 @@ pub mod blob;
 pub mod invite;
 pub mod keyfile;
 pub mod names;
+pub mod scope;
 pub mod seal;
 pub mod sync;
 
