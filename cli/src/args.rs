@@ -119,6 +119,42 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<DevicesCommand>,
     },
+    /// Grant a service a view: these collections, these fields, these records, until then
+    Grant {
+        /// The service's name, as you will see it in `hearth grants` and the audit log
+        service: String,
+        /// What it may read: comma-separated COLLECTION or COLLECTION.FIELD[.FIELD]
+        #[arg(long, value_name = "SCOPES")]
+        read: Option<String>,
+        /// What it may write: comma-separated COLLECTION or COLLECTION.FIELD
+        #[arg(long, value_name = "SCOPES")]
+        write: Option<String>,
+        /// Only records whose FIELD equals VALUE (or, for a list, contains it); repeatable
+        #[arg(long = "where", value_name = "FIELD=VALUE")]
+        filters: Vec<String>,
+        /// How long it lasts: e.g. 30d, 12h, 90m, or never [default: 30d]
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+        /// Why: shown in `hearth grants` and the audit log
+        #[arg(long, value_name = "TEXT")]
+        purpose: Option<String>,
+        /// Bind the grant to a remote service's PeerId
+        #[arg(long, value_name = "PEER_ID")]
+        to: Option<String>,
+    },
+    /// List grants: service, scope, purpose, issued, expires, last used, status
+    Grants,
+    /// Revoke a grant at once, and show what the service already saw
+    Revoke { grant_id: String },
+    /// Show the audit log of service accesses, or verify its hash chains
+    Audit {
+        /// Only this grant's accesses
+        #[arg(long, value_name = "GRANT_ID")]
+        grant: Option<String>,
+        /// Check every entry's hash chain; fails naming the first entry that does not verify
+        #[arg(long)]
+        verify: bool,
+    },
     /// Store or fetch blobs (photos, documents: large or binary content)
     Blob {
         #[command(subcommand)]

@@ -347,6 +347,172 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
                 println!("removed device {peer_id}; it receives nothing written from now on");
             }
         }
+        Command::Grant {
+            service,
+            read,
+            write,
+            filters,
+            expires,
+            purpose,
+            to,
+        } => {
+            let request = hearth_protocol::api::GrantRequest {
+                service,
+                read,
+                write,
+                filters,
+                expires,
+                purpose,
+                to,
+            };
+            let created = client
+                .json(
+                    home,
+                    client.request(Method::POST, "/v1/grants").json(&request),
+                )
+                .await?;
+            if json {
+                println!("{created}");
+            } else {
+                let expires = match created["expires_at"].as_u64() {
+                    Some(t) => format!(
+                        "expires in {}",
+                        human_duration(t.saturating_sub(hearth_node::access::now_unix()))
+                    ),
+                    None => "never expires".to_owned(),
+                };
+                println!(
+                    "grant {} ({expires})",
+                    created["id"].as_str().unwrap_or_default()
+                );
+                println!("token: {}", created["token"].as_str().unwrap_or_default());
+                eprintln!(
+                    "Give the token to the service; it reads with `Authorization: Bearer <token>` at /v1/view."
+                );
+            }
+        }
+        Command::Grants => {
+            let grants = client
+                .json(home, client.request(Method::GET, "/v1/grants"))
+                .await?;
+            if json {
+                println!("{grants}");
+            } else {
+                for g in grants.as_array().into_iter().flatten() {
+                    let scope: Vec<String> = g["scope"]["collections"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(name, c)| {
+                            let ops = match (c["read"] == true, c["write"] == true) {
+                                (true, true) => "rw",
+                                (false, true) => "w",
+                                _ => "r",
+                            };
+                            let fields = match &c["fields"] {
+                                Value::Object(o) => o
+                                    .get("only")
+                                    .and_then(Value::as_array)
+                                    .map(|f| {
+                                        f.iter()
+                                            .filter_map(Value::as_str)
+                                            .collect::<Vec<_>>()
+                                            .join("+")
+                                    })
+                                    .unwrap_or_default(),
+                                _ => "*".to_owned(),
+                            };
+                            format!("{name}.{fields}({ops})")
+                        })
+                        .collect();
+                    println!(
+                        "{}\t{}\t{}\t{}\tpurpose: {}\tlast used: {}",
+                        g["id"].as_str().unwrap_or_default(),
+                        g["service"].as_str().unwrap_or_default(),
+                        g["status"].as_str().unwrap_or_default(),
+                        scope.join(" "),
+                        g["purpose"].as_str().unwrap_or_default(),
+                        g["last_used"]
+                            .as_u64()
+                            .map_or("never".to_owned(), |t| format!(
+                                "{}s ago",
+                                hearth_node::access::now_unix().saturating_sub(t)
+                            )),
+                    );
+                }
+            }
+        }
+        Command::Revoke { grant_id } => {
+            let path = format!("/v1/grants/{}/revoke", seg(&grant_id));
+            let answer = client
+                .json(home, client.request(Method::POST, &path))
+                .await?;
+            if json {
+                println!("{answer}");
+            } else {
+                let seen = &answer["seen"];
+                println!(
+                    "revoked grant {grant_id}: its next request is refused here, and on your other devices once they sync."
+                );
+                println!(
+                    "What {} already saw ({} accesses):",
+                    answer["grant"]["service"].as_str().unwrap_or_default(),
+                    seen["accesses"]
+                );
+                for c in seen["collections"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {}: {} record reads, fields {}",
+                        c["collection"].as_str().unwrap_or_default(),
+                        c["record_reads"],
+                        c["fields"]
+                    );
+                }
+                println!("Revocation cannot take back what was already sent.");
+            }
+        }
+        Command::Audit { grant, verify } => {
+            if verify {
+                let answer = client
+                    .json(home, client.request(Method::GET, "/v1/audit/verify"))
+                    .await?;
+                if answer["ok"] != true {
+                    bail!(
+                        "the audit log does not verify at entry {}: {}",
+                        answer["entry"].as_str().unwrap_or("?"),
+                        answer["reason"].as_str().unwrap_or("?")
+                    );
+                }
+                if json {
+                    println!("{answer}");
+                } else {
+                    println!("the audit log verifies: {} entries", answer["entries"]);
+                }
+            } else {
+                let path = match &grant {
+                    Some(g) => format!("/v1/audit?grant={}", seg(g)),
+                    None => "/v1/audit".to_owned(),
+                };
+                let entries = client
+                    .json(home, client.request(Method::GET, &path))
+                    .await?;
+                if json {
+                    println!("{entries}");
+                } else {
+                    for e in entries.as_array().into_iter().flatten() {
+                        println!(
+                            "{}\t{}\t{}\t{} {}\t{} records\tfields {}",
+                            e["at"],
+                            e["grant"].as_str().unwrap_or_default(),
+                            e["service"].as_str().unwrap_or_default(),
+                            e["operation"].as_str().unwrap_or_default(),
+                            e["collection"].as_str().unwrap_or_default(),
+                            e["records"],
+                            e["fields"]
+                        );
+                    }
+                }
+            }
+        }
         Command::Blob { command } => blob(home, json, &client, command).await?,
         Command::Init { .. } | Command::Up { .. } | Command::Join { .. } => {
             unreachable!("handled in run")
@@ -451,6 +617,14 @@ fn print_value(json: bool, value: &Value, pretty: bool) {
             "{}",
             serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
         );
+    }
+}
+
+fn human_duration(secs: u64) -> String {
+    match secs {
+        s if s >= 86_400 => format!("{} days", s / 86_400),
+        s if s >= 3600 => format!("{} hours", s / 3600),
+        s => format!("{} minutes", s / 60),
     }
 }
 

@@ -23,6 +23,7 @@ use rand::RngCore;
 use serde_json::{Map, Value};
 
 use crate::Vault;
+use crate::access::{self, AccessError, AccessRecord, Grant};
 use crate::blobs::BlobError;
 use crate::collections::CollectionError;
 use crate::store::StoreError;
@@ -50,8 +51,20 @@ pub fn router(vault: Arc<Vault>) -> Router {
         .route("/v1/devices/{peer}", axum::routing::delete(remove_device))
         .route("/v1/blobs", get(list_blobs).post(put_blob))
         .route("/v1/blobs/{id}", get(get_blob))
+        .route("/v1/grants", get(list_grants).post(create_grant))
+        .route("/v1/grants/{id}/revoke", axum::routing::post(revoke_grant))
+        .route("/v1/audit", get(list_audit))
+        .route("/v1/audit/verify", get(verify_audit))
         .route_layer(middleware::from_fn_with_state(vault.clone(), require_owner));
+    let service = Router::new()
+        .route("/v1/view", get(view_all))
+        .route(
+            "/v1/view/{collection}",
+            get(view_collection).post(view_write),
+        )
+        .route("/v1/view/{collection}/{id}", get(view_record));
     owner
+        .merge(service)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower::limit::ConcurrencyLimitLayer::new(limit))
@@ -111,6 +124,24 @@ impl From<CollectionError> for ApiError {
             CollectionError::Document { .. } => ApiError::new(ErrorCode::Corrupt, e.to_string()),
             other => ApiError::new(ErrorCode::Internal, other.to_string()),
         }
+    }
+}
+
+impl From<AccessError> for ApiError {
+    fn from(e: AccessError) -> Self {
+        let code = match &e {
+            AccessError::InvalidToken => ErrorCode::InvalidToken,
+            AccessError::Revoked => ErrorCode::Revoked,
+            AccessError::Expired => ErrorCode::Expired,
+            AccessError::OutOfScope(_) => ErrorCode::OutOfScope,
+            AccessError::BadRequest(_) => ErrorCode::BadRequest,
+            AccessError::NotFound(_) => ErrorCode::NotFound,
+            AccessError::Collection(_) | AccessError::Token(_) => ErrorCode::Internal,
+        };
+        if let AccessError::Collection(inner) = e {
+            return inner.into();
+        }
+        ApiError::new(code, e.to_string())
     }
 }
 
@@ -573,4 +604,341 @@ fn record_not_found(collection: &CollectionName, id: &RecordId) -> ApiError {
         ErrorCode::NotFound,
         format!("no record {id} in collection {collection}"),
     )
+}
+
+// ---- Grants (owner) ----
+
+async fn create_grant(State(vault): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    let bytes = axum::body::to_bytes(body, vault.limits.max_record_bytes)
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("cannot read the body: {e}")))?;
+    let request: hearth_protocol::api::GrantRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::new(ErrorCode::BadJson, format!("not a grant request: {e}")))?;
+    let scope = hearth_protocol::scope::Scope::parse(
+        request.read.as_deref(),
+        request.write.as_deref(),
+        &request.filters,
+    )
+    .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
+    let expires = match request.expires.as_deref() {
+        Some(text) => access::parse_duration(text)?,
+        None => Some(access::DEFAULT_EXPIRY),
+    };
+    if let Some(to) = &request.to {
+        to.parse::<libp2p::PeerId>().map_err(|_| {
+            ApiError::new(
+                ErrorCode::BadRequest,
+                format!("--to {to:?} is not a PeerId"),
+            )
+        })?;
+    }
+    let (grant, token) = blocking(&vault, move |v| {
+        Ok(access::create_grant(
+            &v.collections,
+            &v.keys,
+            &request.service,
+            scope,
+            request.purpose.as_deref().unwrap_or(""),
+            expires,
+            request.to.clone(),
+        )?)
+    })
+    .await?;
+    vault.store.commit().await?;
+    let body = hearth_protocol::api::GrantCreated {
+        id: grant.id,
+        token,
+        expires_at: grant.expires_at,
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn list_grants(State(vault): State<AppState>) -> Result<Json<Vec<Value>>, ApiError> {
+    blocking(&vault, |v| {
+        let grants = access::list_grants(&v.collections)?;
+        let entries = access::audit_entries(&v.collections, None)?;
+        let now = access::now_unix();
+        Ok(grants
+            .into_iter()
+            .map(|g| {
+                let last_used = entries
+                    .iter()
+                    .filter(|e| e["grant"] == g.id.as_str())
+                    .filter_map(|e| e["at"].as_u64())
+                    .max();
+                let status = g.status(now);
+                let mut value = serde_json::to_value(&g).expect("a grant serializes");
+                value["status"] = Value::from(status);
+                value["last_used"] = last_used.map_or(Value::Null, Value::from);
+                value
+            })
+            .collect())
+    })
+    .await
+    .map(Json)
+}
+
+async fn revoke_grant(
+    State(vault): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = path_param(path)?;
+    let (grant, seen) = blocking(&vault, move |v| {
+        let grant = access::revoke(&v.collections, &id)?;
+        let seen = access::seen_by(&v.collections, &id)?;
+        Ok((grant, seen))
+    })
+    .await?;
+    vault.store.commit().await?;
+    Ok(Json(serde_json::json!({"grant": grant, "seen": seen})))
+}
+
+#[derive(serde::Deserialize)]
+struct AuditQuery {
+    grant: Option<String>,
+}
+
+async fn list_audit(
+    State(vault): State<AppState>,
+    query: axum::extract::Query<AuditQuery>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let grant = query.0.grant;
+    blocking(&vault, move |v| {
+        Ok(access::audit_entries(&v.collections, grant.as_deref())?)
+    })
+    .await
+    .map(Json)
+}
+
+async fn verify_audit(State(vault): State<AppState>) -> Result<Json<Value>, ApiError> {
+    blocking(&vault, |v| {
+        Ok(match access::verify_audit(&v.collections) {
+            Ok(entries) => serde_json::json!({"ok": true, "entries": entries}),
+            Err((entry, reason)) => {
+                serde_json::json!({"ok": false, "entry": entry, "reason": reason})
+            }
+        })
+    })
+    .await
+    .map(Json)
+}
+
+// ---- Views (services) ----
+
+/// The grant behind a service's request, checked now.
+async fn service_grant(
+    vault: &AppState,
+    headers: &axum::http::HeaderMap,
+) -> Result<Grant, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::MissingToken,
+                "send the grant's token as `Authorization: Bearer <token>`",
+            )
+        })?
+        .to_owned();
+    let grant = blocking(vault, move |v| {
+        Ok(access::authorize(&v.collections, &v.keys, &token)?)
+    })
+    .await?;
+    if let Some(peer) = &grant.to {
+        return Err(ApiError::new(
+            ErrorCode::OutOfScope,
+            format!(
+                "this grant is bound to the remote service {peer} and is not valid on the local API"
+            ),
+        ));
+    }
+    Ok(grant)
+}
+
+fn readable<'a>(
+    grant: &'a Grant,
+    collection: &str,
+) -> Result<&'a hearth_protocol::scope::CollectionScope, ApiError> {
+    grant
+        .scope
+        .collection(collection)
+        .filter(|c| c.read)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::OutOfScope,
+                format!("the grant does not include reading {collection}"),
+            )
+        })
+}
+
+/// Projects records through a collection scope and records the access.
+fn project_and_audit(
+    v: &crate::Vault,
+    grant: &Grant,
+    collection: &str,
+    records: Vec<Value>,
+) -> Result<Vec<Value>, ApiError> {
+    let scope = readable(grant, collection)?;
+    let mut fields = Vec::new();
+    let view: Vec<Value> = records
+        .into_iter()
+        .filter_map(|r| r.as_object().cloned())
+        .filter_map(|r| {
+            let projected = scope.project(&r)?;
+            fields.extend(scope.field_names(&r));
+            Some(Value::Object(projected))
+        })
+        .collect();
+    v.audit.append(
+        &v.collections,
+        AccessRecord {
+            grant,
+            operation: "read",
+            collection,
+            records: view.len(),
+            fields,
+        },
+    )?;
+    Ok(view)
+}
+
+async fn view_all(
+    State(vault): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let grant = service_grant(&vault, &headers).await?;
+    let (view, grant) = blocking(&vault, move |v| {
+        let mut out = Map::new();
+        for (name, scope) in &grant.scope.collections {
+            if !scope.read {
+                continue;
+            }
+            let collection = collection_name(name)?;
+            let records = v.collections.records(&collection)?;
+            out.insert(
+                name.clone(),
+                Value::Array(project_and_audit(v, &grant, name, records)?),
+            );
+        }
+        Ok((out, grant))
+    })
+    .await?;
+    vault.store.commit().await?;
+    Ok(Json(
+        serde_json::json!({"grant": grant.id, "service": grant.service, "collections": view}),
+    ))
+}
+
+async fn view_collection(
+    State(vault): State<AppState>,
+    headers: axum::http::HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let collection = collection_name(&path_param(path)?)?;
+    let grant = service_grant(&vault, &headers).await?;
+    readable(&grant, collection.as_str())?;
+    let view = blocking(&vault, move |v| {
+        let records = v.collections.records(&collection)?;
+        project_and_audit(v, &grant, collection.as_str(), records)
+    })
+    .await?;
+    vault.store.commit().await?;
+    Ok(Json(view))
+}
+
+async fn view_record(
+    State(vault): State<AppState>,
+    headers: axum::http::HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let (collection, id) = record_path(path)?;
+    let grant = service_grant(&vault, &headers).await?;
+    readable(&grant, collection.as_str())?;
+    let view = blocking(&vault, move |v| {
+        let records: Vec<Value> = v.collections.get(&collection, &id)?.into_iter().collect();
+        // A record the filter hides is as absent as one that does not exist.
+        project_and_audit(v, &grant, collection.as_str(), records)?
+            .pop()
+            .ok_or_else(|| record_not_found(&collection, &id))
+    })
+    .await?;
+    vault.store.commit().await?;
+    Ok(Json(view))
+}
+
+async fn view_write(
+    State(vault): State<AppState>,
+    headers: axum::http::HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let collection = collection_name(&path_param(path)?)?;
+    let grant = service_grant(&vault, &headers).await?;
+    let mut record = read_record_body(&vault, body).await?;
+    let scope = grant.scope.collection(collection.as_str()).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::OutOfScope,
+            format!("the grant does not include {collection}"),
+        )
+    })?;
+    scope
+        .check_write(&record)
+        .map_err(|e| ApiError::new(ErrorCode::OutOfScope, e))?;
+    let id = match record.remove("id") {
+        Some(Value::String(id)) => {
+            RecordId::parse(&id).map_err(|e| ApiError::new(ErrorCode::InvalidId, e.to_string()))?
+        }
+        Some(_) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidId,
+                "the record's \"id\" field must be a string",
+            ));
+        }
+        None => {
+            let mut bytes = [0u8; 16];
+            rand::rngs::OsRng.fill_bytes(&mut bytes);
+            RecordId::from_random(bytes)
+        }
+    };
+    let (created, id) = blocking(&vault, move |v| {
+        // A service changes only what it was granted: an existing record is merged
+        // into, never replaced, so fields outside the grant stay as they are.
+        let created = match v.collections.patch(&collection, &id, &record)? {
+            Some(_) => false,
+            None => {
+                v.collections.put(&collection, &id, &record)?;
+                true
+            }
+        };
+        let fields = record.keys().cloned().collect();
+        v.audit.append(
+            &v.collections,
+            AccessRecord {
+                grant: &grant,
+                operation: "write",
+                collection: collection.as_str(),
+                records: 1,
+                fields,
+            },
+        )?;
+        Ok((created, id))
+    })
+    .await?;
+    vault.store.commit().await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(PutResponse {
+            id: id.to_string(),
+            created,
+        }),
+    )
+        .into_response())
 }

@@ -146,6 +146,11 @@ impl VaultKeys {
         }
     }
 
+    /// The seed of the vault's signing key: grants' tokens are signed with it.
+    pub(crate) fn signing_seed(&self) -> &[u8; 32] {
+        &self.signing_key
+    }
+
     /// Whether `presented` is the owner token, in constant time.
     pub fn is_owner_token(&self, presented: &[u8]) -> bool {
         bool::from(token_hash(presented).ct_eq(&self.owner_token_hash))

@@ -10,6 +10,7 @@
 //! - [`store`]: sealed sled trees and group commit; the only module that talks to sled.
 //! - [`keys`]: the device's secrets; [`home`]: the files of a HOME.
 
+pub mod access;
 pub mod api;
 pub mod blobs;
 pub mod collections;
@@ -121,6 +122,8 @@ pub struct Vault {
     pub blobs: Blobs,
     pub limits: Limits,
     pub api_addr: SocketAddr,
+    /// This device's audit chain.
+    pub audit: access::AuditLog,
     /// Set while the mesh runs (never, for a node started without one). Cleared at
     /// shutdown: the mesh holds the vault, so this would otherwise be a cycle.
     mesh: std::sync::RwLock<Option<mesh::MeshState>>,
@@ -190,6 +193,7 @@ impl Node {
             blobs,
             limits: config.limits,
             api_addr,
+            audit: access::AuditLog::new(peer_id.to_string()),
             mesh: std::sync::RwLock::new(None),
         });
         let mesh = match config.mesh {

@@ -28,6 +28,9 @@ pub enum ErrorCode {
     MissingToken,
     InvalidToken,
     Reserved,
+    Revoked,
+    Expired,
+    OutOfScope,
     NotFound,
     MethodNotAllowed,
     Conflict,
@@ -50,6 +53,9 @@ impl ErrorCode {
             Self::MissingToken => "missing_token",
             Self::InvalidToken => "invalid_token",
             Self::Reserved => "reserved",
+            Self::Revoked => "revoked",
+            Self::Expired => "expired",
+            Self::OutOfScope => "out_of_scope",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",
@@ -70,7 +76,7 @@ impl ErrorCode {
             | Self::InvalidBlobId
             | Self::BadRequest => 400,
             Self::MissingToken | Self::InvalidToken => 401,
-            Self::Reserved => 403,
+            Self::Reserved | Self::Revoked | Self::Expired | Self::OutOfScope => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::Conflict => 409,
@@ -121,4 +127,31 @@ pub struct InviteResponse {
     pub code: String,
     /// Unix seconds.
     pub expires_at: u64,
+}
+
+/// `POST /v1/grants`: what the owner grants. Scopes are parsed by the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRequest {
+    pub service: String,
+    #[serde(default)]
+    pub read: Option<String>,
+    #[serde(default)]
+    pub write: Option<String>,
+    #[serde(default, rename = "where")]
+    pub filters: Vec<String>,
+    /// A duration like `30d`, `12h`, `90m`, or `never`; default 30 days.
+    #[serde(default)]
+    pub expires: Option<String>,
+    #[serde(default)]
+    pub purpose: Option<String>,
+    /// For a remote service: the PeerId its requests must come from.
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantCreated {
+    pub id: String,
+    pub token: String,
+    pub expires_at: Option<u64>,
 }

@@ -1,0 +1,216 @@
+//! A service's view through a grant, as the README walks through it: grant, read,
+//! audit, revoke, refused.
+
+use hearth_tests::*;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+fn service_get(node: &NodeProcess, token: &str, path: &str) -> (u16, Value) {
+    let api = Api::new(node);
+    api.send(api.raw(Method::GET, path).bearer_auth(token))
+}
+
+#[test]
+fn grant_view_audit_revoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = spawn_node(&dir.path().join("v"), &[]);
+    node.json(&["put", "contacts", "ada", r#"{"name": "Ada", "email": "ada@x.org", "tag": ["work"], "address": {"city": "London", "street": "1 Main"}}"#]);
+    node.json(&[
+        "put",
+        "contacts",
+        "bob",
+        r#"{"name": "Bob", "email": "bob@x.org", "tag": ["home"]}"#,
+    ]);
+    node.json(&["put", "notes", "n1", r#"{"text": "private"}"#]);
+
+    let grant = node.json(&[
+        "grant",
+        "newsletter",
+        "--read",
+        "contacts.name,contacts.address.city",
+        "--where",
+        "tag=work",
+        "--purpose",
+        "monthly letter",
+    ]);
+    let token = grant["token"].as_str().unwrap().to_owned();
+    let id = grant["id"].as_str().unwrap().to_owned();
+    assert!(
+        grant["expires_at"].as_u64().is_some(),
+        "grants expire by default"
+    );
+
+    // Only the granted fields of the matching records.
+    let (status, view) = service_get(&node, &token, "/v1/view/contacts");
+    assert_eq!(
+        (status, view),
+        (
+            200,
+            json!([{"id": "ada", "name": "Ada", "address": {"city": "London"}}])
+        )
+    );
+    let (status, all) = service_get(&node, &token, "/v1/view");
+    assert_eq!(status, 200);
+    assert_eq!(
+        all["collections"],
+        json!({"contacts": [{"id": "ada", "name": "Ada", "address": {"city": "London"}}]})
+    );
+    assert_eq!(
+        service_get(&node, &token, "/v1/view/contacts/bob").0,
+        404,
+        "filtered out is absent"
+    );
+    let (status, body) = service_get(&node, &token, "/v1/view/notes");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("out_of_scope"))
+    );
+    let api = Api::new(&node);
+    let (status, body) = api.send(api.raw(Method::GET, "/v1/view/contacts"));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("missing_token"))
+    );
+    let (status, _) = service_get(&node, &node.owner_token(), "/v1/view/contacts");
+    assert_eq!(status, 401, "the owner token is no grant");
+    let (status, _) = service_get(&node, "hearth_owner_x", "/v1/grants");
+    assert_eq!(status, 401, "a grant's token is not the owner's");
+    let (status, _) = service_get(&node, &token, "/v1/grants");
+    assert_eq!(status, 401);
+
+    // Listed, audited, verifiable.
+    let grants = node.json(&["grants"]);
+    assert_eq!(grants[0]["service"], "newsletter");
+    assert_eq!(grants[0]["purpose"], "monthly letter");
+    assert_eq!(grants[0]["status"], "active");
+    assert!(grants[0]["last_used"].as_u64().is_some());
+    let audit = node.json(&["audit", "--grant", &id]);
+    assert!(audit.as_array().unwrap().len() >= 3);
+    assert_eq!(audit[0]["collection"], "contacts");
+    assert_eq!(audit[0]["fields"], json!(["address.city", "name"]));
+    assert!(
+        node.json(&["audit", "--verify"])["entries"]
+            .as_u64()
+            .unwrap()
+            >= 3
+    );
+
+    // Revoke: the next request is refused, and the owner learns what was seen.
+    let revoked = node.json(&["revoke", &id]);
+    assert_eq!(revoked["seen"]["collections"][0]["collection"], "contacts");
+    assert_eq!(
+        revoked["seen"]["collections"][0]["fields"],
+        json!(["address.city", "name"])
+    );
+    let (status, body) = service_get(&node, &token, "/v1/view/contacts");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("revoked"))
+    );
+    assert_eq!(node.json(&["grants"])[0]["status"], "revoked");
+
+    // A tampered token is no token.
+    let mut tampered = token.clone();
+    tampered.insert(tampered.len() / 2, 'x');
+    assert_eq!(service_get(&node, &tampered, "/v1/view/contacts").0, 401);
+    node.stop();
+}
+
+#[test]
+fn writes_land_only_in_granted_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = spawn_node(&dir.path().join("v"), &[]);
+    node.json(&[
+        "put",
+        "tasks",
+        "t1",
+        r#"{"title": "old", "owner": "me", "secret": "keep"}"#,
+    ]);
+    let grant = node.json(&[
+        "grant",
+        "todo-app",
+        "--read",
+        "tasks.title",
+        "--write",
+        "tasks.title,tasks.done",
+        "--expires",
+        "2h",
+    ]);
+    let token = grant["token"].as_str().unwrap();
+    let api = Api::new(&node);
+
+    let (status, body) = api.send(
+        api.raw(Method::POST, "/v1/view/tasks")
+            .bearer_auth(token)
+            .json(&json!({"id": "t1", "title": "new", "done": true})),
+    );
+    assert_eq!((status, body), (200, json!({"id": "t1", "created": false})));
+    assert_eq!(
+        node.json(&["get", "tasks", "t1"]),
+        json!({"id": "t1", "title": "new", "done": true, "owner": "me", "secret": "keep"})
+    );
+    let (status, body) = api.send(
+        api.raw(Method::POST, "/v1/view/tasks")
+            .bearer_auth(token)
+            .json(&json!({"title": "fresh"})),
+    );
+    assert_eq!(status, 201);
+    assert!(body["id"].as_str().is_some());
+
+    let (status, body) = api.send(
+        api.raw(Method::POST, "/v1/view/tasks")
+            .bearer_auth(token)
+            .json(&json!({"id": "t1", "secret": "stolen"})),
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("out_of_scope"))
+    );
+    let (status, _) = api.send(
+        api.raw(Method::POST, "/v1/view/notes")
+            .bearer_auth(token)
+            .json(&json!({"title": "x"})),
+    );
+    assert_eq!(status, 403);
+    assert_eq!(node.json(&["get", "tasks", "t1"])["secret"], "keep");
+
+    // Bad grant requests.
+    for (args, needle) in [
+        (vec!["grant", "svc"], "grants nothing"),
+        (vec!["grant", "svc", "--read", "Bad"], "invalid"),
+        (vec!["grant", "svc", "--read", "_access"], "system"),
+        (
+            vec!["grant", "svc", "--read", "tasks", "--expires", "soon"],
+            "duration",
+        ),
+        (
+            vec!["grant", "svc", "--read", "tasks", "--where", "novalue"],
+            "FIELD=VALUE",
+        ),
+        (
+            vec!["grant", "svc", "--read", "tasks", "--to", "nobody"],
+            "PeerId",
+        ),
+        (vec!["revoke", "nosuchgrant"], "no grant"),
+    ] {
+        let err = one_line_error(&node.run(&args));
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let never = node.json(&["grant", "svc", "--read", "tasks", "--expires", "never"]);
+    assert!(never["expires_at"].is_null());
+    node.stop();
+}
+
+#[test]
+fn an_expired_grant_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = spawn_node(&dir.path().join("v"), &[]);
+    node.json(&["put", "contacts", "ada", r#"{"name": "Ada"}"#]);
+    let grant = node.json(&["grant", "brief", "--read", "contacts", "--expires", "1s"]);
+    let token = grant["token"].as_str().unwrap().to_owned();
+    eventually("the grant expires", || {
+        let (status, body) = service_get(&node, &token, "/v1/view/contacts");
+        (status == 403 && body["error"]["code"] == "expired").then_some(())
+    });
+    node.stop();
+}
