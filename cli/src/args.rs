@@ -155,6 +155,11 @@ pub enum Command {
         #[arg(long)]
         verify: bool,
     },
+    /// Work with grant tokens (as a service: needs no vault)
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Store or fetch blobs (photos, documents: large or binary content)
     Blob {
         #[command(subcommand)]
@@ -181,5 +186,19 @@ pub enum DevicesCommand {
     Remove {
         /// The device's PeerId (see `hearth devices`)
         peer_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a narrower token: only these reads, only until then. Nothing can widen a token.
+    Attenuate {
+        token: String,
+        /// What the new token may read: COLLECTION or COLLECTION.FIELD, comma-separated
+        #[arg(long, value_name = "SCOPES")]
+        read: String,
+        /// Expire sooner, e.g. 1h
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
     },
 }

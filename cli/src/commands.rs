@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
-use crate::args::{BlobCommand, Cli, Command, DevicesCommand, PassphraseArgs};
+use crate::args::{BlobCommand, Cli, Command, DevicesCommand, PassphraseArgs, TokenCommand};
 use crate::client::{Client, read_data_arg};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -40,6 +40,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 mesh
             });
             up(home, json, api, api_public, mesh, passphrase).await
+        }
+        Command::Token {
+            command:
+                TokenCommand::Attenuate {
+                    token,
+                    read,
+                    expires,
+                },
+        } => {
+            let expires = match expires.as_deref() {
+                Some(text) => hearth_node::access::parse_duration(text)?,
+                None => None,
+            };
+            let narrower = hearth_node::access::attenuate(&token, &read, expires)?;
+            if json {
+                println!("{}", json!({"token": narrower}));
+            } else {
+                println!("{narrower}");
+            }
+            Ok(())
         }
         Command::Join {
             code,
@@ -514,7 +534,10 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
             }
         }
         Command::Blob { command } => blob(home, json, &client, command).await?,
-        Command::Init { .. } | Command::Up { .. } | Command::Join { .. } => {
+        Command::Init { .. }
+        | Command::Up { .. }
+        | Command::Join { .. }
+        | Command::Token { .. } => {
             unreachable!("handled in run")
         }
     }

@@ -20,8 +20,9 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use biscuit_auth::builder::Algorithm;
+use biscuit_auth::builder::BlockBuilder;
 use biscuit_auth::builder_ext::BuilderExt;
-use biscuit_auth::{AuthorizerBuilder, Biscuit, KeyPair, PrivateKey};
+use biscuit_auth::{AuthorizerBuilder, Biscuit, KeyPair, PrivateKey, UnverifiedBiscuit};
 use hearth_protocol::scope::Scope;
 use hearth_protocol::{CollectionName, RecordId};
 use rand::RngCore;
@@ -215,13 +216,94 @@ pub fn revoke(collections: &Collections, id: &str) -> Result<Grant, AccessError>
     get_grant(collections, id)?.ok_or_else(|| AccessError::NotFound(id.to_owned()))
 }
 
+/// Narrows a token offline (a service can do it without the vault): the new token may
+/// only read `read` (COLLECTION or COLLECTION.FIELD, comma-separated), and only until
+/// `expires` if given. Appended blocks only ever add checks, so nothing can widen it.
+pub fn attenuate(
+    token: &str,
+    read: &str,
+    expires: Option<Duration>,
+) -> Result<String, AccessError> {
+    let scope =
+        Scope::parse(Some(read), None, &[]).map_err(|e| AccessError::BadRequest(e.to_string()))?;
+    let mut collections = Vec::new();
+    let mut resources = Vec::new();
+    for (name, c) in &scope.collections {
+        match &c.fields {
+            hearth_protocol::scope::Fields::All => collections.push(format!("{name:?}")),
+            hearth_protocol::scope::Fields::Only(paths) => {
+                resources.extend(paths.iter().map(|p| format!("\"{name}.{p}\"")));
+            }
+        }
+    }
+    let mut alternatives = Vec::new();
+    if !collections.is_empty() {
+        alternatives.push(format!(
+            "collection($c), [{}].contains($c)",
+            collections.join(", ")
+        ));
+    }
+    if !resources.is_empty() {
+        alternatives.push(format!(
+            "resource($r), [{}].contains($r)",
+            resources.join(", ")
+        ));
+    }
+    let mut block = BlockBuilder::new()
+        .check("check if operation(\"read\")")
+        .and_then(|b| b.check(format!("check if {}", alternatives.join(" or ")).as_str()))
+        .map_err(|e| AccessError::Token(e.to_string()))?;
+    if let Some(expires) = expires {
+        block = block.check_expiration_date(SystemTime::now() + expires);
+    }
+    UnverifiedBiscuit::from_base64(token.trim())
+        .map_err(|_| AccessError::BadRequest("that is not a Hearth token".into()))?
+        .append(block)
+        .and_then(|t| t.to_base64())
+        .map_err(|e| AccessError::Token(e.to_string()))
+}
+
+/// A request's checked grant, with the token, whose appended blocks may narrow it.
+pub struct Authorized {
+    pub grant: Grant,
+    token: Biscuit,
+}
+
+impl Authorized {
+    /// Whether the token has been narrowed since the vault issued it.
+    pub fn is_attenuated(&self) -> bool {
+        self.token.block_count() > 1
+    }
+
+    /// Whether the token's checks allow `operation` on `collection` (and `field`, a
+    /// dotted path, if given). The grant's own scope is checked separately.
+    pub fn allows(&self, operation: &str, collection: &str, field: Option<&str>) -> bool {
+        if !self.is_attenuated() {
+            return true;
+        }
+        let resource = match field {
+            Some(f) => format!("{collection}.{f}"),
+            None => collection.to_owned(),
+        };
+        let built = AuthorizerBuilder::new()
+            .time()
+            .fact(format!("operation({operation:?})").as_str())
+            .and_then(|b| b.fact(format!("collection({collection:?})").as_str()))
+            .and_then(|b| b.fact(format!("resource({resource:?})").as_str()))
+            .and_then(|b| b.policy("allow if true"))
+            .and_then(|b| b.build(&self.token));
+        built.and_then(|mut a| a.authorize()).is_ok()
+    }
+}
+
 /// Checks a service's token: signature, vault, expiry, and the grant in `_access`
-/// (exists, not revoked, not expired). Returns the grant.
+/// (exists, not revoked, not expired). Returns the grant with the token, whose
+/// narrowing (if any) is checked per request with [`Authorized::allows`].
 pub fn authorize(
     collections: &Collections,
     keys: &VaultKeys,
     token: &str,
-) -> Result<Grant, AccessError> {
+) -> Result<Authorized, AccessError> {
     let biscuit = Biscuit::from_base64(token.trim(), root_key(keys).public())
         .map_err(|_| AccessError::InvalidToken)?;
     let mut authorizer = AuthorizerBuilder::new()
@@ -248,9 +330,20 @@ pub fn authorize(
     if grant.expires_at.is_some_and(|e| e <= now_unix()) {
         return Err(AccessError::Expired);
     }
-    // The token's own checks (expiry, and any narrowing appended to it).
-    authorizer.authorize().map_err(|_| AccessError::Expired)?;
-    Ok(grant)
+    // The token's own expiry. Narrowing checks need the request, see `Authorized::allows`.
+    let mut expiry = AuthorizerBuilder::new()
+        .time()
+        .policy("allow if true")
+        .and_then(|b| b.build(&biscuit))
+        .map_err(|_| AccessError::InvalidToken)?;
+    if expiry.authorize().is_err() && biscuit.block_count() == 1 {
+        return Err(AccessError::Expired);
+    }
+    drop(authorizer);
+    Ok(Authorized {
+        grant,
+        token: biscuit,
+    })
 }
 
 /// One access, as the audit log records it.
@@ -554,7 +647,10 @@ mod chain_tests {
             None,
         )
         .unwrap();
-        assert_eq!(authorize(&c, &vault.keys, &token).unwrap().id, grant.id);
+        assert_eq!(
+            authorize(&c, &vault.keys, &token).unwrap().grant.id,
+            grant.id
+        );
 
         // Tampered: flip a character in the middle.
         let mut bytes = token.clone().into_bytes();

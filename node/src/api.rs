@@ -23,10 +23,11 @@ use rand::RngCore;
 use serde_json::{Map, Value};
 
 use crate::Vault;
-use crate::access::{self, AccessError, AccessRecord, Grant};
+use crate::access::{self, AccessError, AccessRecord, Authorized, Grant};
 use crate::blobs::BlobError;
 use crate::collections::CollectionError;
 use crate::store::StoreError;
+use hearth_protocol::scope::{CollectionScope, FieldPath, Fields};
 
 type AppState = Arc<Vault>;
 
@@ -729,7 +730,7 @@ async fn verify_audit(State(vault): State<AppState>) -> Result<Json<Value>, ApiE
 async fn service_grant(
     vault: &AppState,
     headers: &axum::http::HeaderMap,
-) -> Result<Grant, ApiError> {
+) -> Result<Authorized, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
@@ -743,11 +744,11 @@ async fn service_grant(
             )
         })?
         .to_owned();
-    let grant = blocking(vault, move |v| {
+    let auth = blocking(vault, move |v| {
         Ok(access::authorize(&v.collections, &v.keys, &token)?)
     })
     .await?;
-    if let Some(peer) = &grant.to {
+    if let Some(peer) = &auth.grant.to {
         return Err(ApiError::new(
             ErrorCode::OutOfScope,
             format!(
@@ -755,7 +756,7 @@ async fn service_grant(
             ),
         ));
     }
-    Ok(grant)
+    Ok(auth)
 }
 
 fn readable<'a>(
@@ -774,14 +775,54 @@ fn readable<'a>(
         })
 }
 
-/// Projects records through a collection scope and records the access.
+/// The scope a request actually has on `collection`: the grant's, narrowed by any
+/// checks appended to the token. `None` if the token allows nothing there.
+fn effective_scope(
+    auth: &Authorized,
+    collection: &str,
+    records: &[Value],
+) -> Result<Option<CollectionScope>, ApiError> {
+    let scope = readable(&auth.grant, collection)?.clone();
+    if !auth.is_attenuated() || auth.allows("read", collection, None) {
+        return Ok(Some(scope));
+    }
+    let candidates: std::collections::BTreeSet<FieldPath> = match &scope.fields {
+        Fields::Only(paths) => paths.clone(),
+        Fields::All => records
+            .iter()
+            .filter_map(Value::as_object)
+            .flat_map(|r| r.keys())
+            .filter(|k| *k != "id")
+            .filter_map(|k| FieldPath::parse(k))
+            .collect(),
+    };
+    let allowed: std::collections::BTreeSet<FieldPath> = candidates
+        .into_iter()
+        .filter(|p| auth.allows("read", collection, Some(&p.to_string())))
+        .collect();
+    if allowed.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(CollectionScope {
+        fields: Fields::Only(allowed),
+        ..scope
+    }))
+}
+
+/// Projects records through the request's scope and records the access.
 fn project_and_audit(
     v: &crate::Vault,
-    grant: &Grant,
+    auth: &Authorized,
     collection: &str,
     records: Vec<Value>,
 ) -> Result<Vec<Value>, ApiError> {
-    let scope = readable(grant, collection)?;
+    let scope = effective_scope(auth, collection, &records)?.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::OutOfScope,
+            format!("the token does not include reading {collection}"),
+        )
+    })?;
+    let grant = &auth.grant;
     let mut fields = Vec::new();
     let view: Vec<Value> = records
         .into_iter()
@@ -809,21 +850,25 @@ async fn view_all(
     State(vault): State<AppState>,
     headers: axum::http::HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let grant = service_grant(&vault, &headers).await?;
+    let auth = service_grant(&vault, &headers).await?;
     let (view, grant) = blocking(&vault, move |v| {
         let mut out = Map::new();
-        for (name, scope) in &grant.scope.collections {
+        for (name, scope) in &auth.grant.scope.collections {
             if !scope.read {
                 continue;
             }
             let collection = collection_name(name)?;
             let records = v.collections.records(&collection)?;
+            // A collection the token was narrowed away from is left out, not an error.
+            if effective_scope(&auth, name, &records)?.is_none() {
+                continue;
+            }
             out.insert(
                 name.clone(),
-                Value::Array(project_and_audit(v, &grant, name, records)?),
+                Value::Array(project_and_audit(v, &auth, name, records)?),
             );
         }
-        Ok((out, grant))
+        Ok((out, auth.grant))
     })
     .await?;
     vault.store.commit().await?;
@@ -838,11 +883,11 @@ async fn view_collection(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let collection = collection_name(&path_param(path)?)?;
-    let grant = service_grant(&vault, &headers).await?;
-    readable(&grant, collection.as_str())?;
+    let auth = service_grant(&vault, &headers).await?;
+    readable(&auth.grant, collection.as_str())?;
     let view = blocking(&vault, move |v| {
         let records = v.collections.records(&collection)?;
-        project_and_audit(v, &grant, collection.as_str(), records)
+        project_and_audit(v, &auth, collection.as_str(), records)
     })
     .await?;
     vault.store.commit().await?;
@@ -855,12 +900,12 @@ async fn view_record(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let (collection, id) = record_path(path)?;
-    let grant = service_grant(&vault, &headers).await?;
-    readable(&grant, collection.as_str())?;
+    let auth = service_grant(&vault, &headers).await?;
+    readable(&auth.grant, collection.as_str())?;
     let view = blocking(&vault, move |v| {
         let records: Vec<Value> = v.collections.get(&collection, &id)?.into_iter().collect();
         // A record the filter hides is as absent as one that does not exist.
-        project_and_audit(v, &grant, collection.as_str(), records)?
+        project_and_audit(v, &auth, collection.as_str(), records)?
             .pop()
             .ok_or_else(|| record_not_found(&collection, &id))
     })
@@ -876,7 +921,14 @@ async fn view_write(
     body: Body,
 ) -> Result<Response, ApiError> {
     let collection = collection_name(&path_param(path)?)?;
-    let grant = service_grant(&vault, &headers).await?;
+    let auth = service_grant(&vault, &headers).await?;
+    if !auth.allows("write", collection.as_str(), None) {
+        return Err(ApiError::new(
+            ErrorCode::OutOfScope,
+            "this token was narrowed to reading only",
+        ));
+    }
+    let grant = auth.grant;
     let mut record = read_record_body(&vault, body).await?;
     let scope = grant.scope.collection(collection.as_str()).ok_or_else(|| {
         ApiError::new(

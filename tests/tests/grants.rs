@@ -214,3 +214,104 @@ fn an_expired_grant_is_refused() {
     });
     node.stop();
 }
+
+#[test]
+fn attenuation_narrows_and_nothing_widens() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = spawn_node(&dir.path().join("v"), &[]);
+    node.json(&[
+        "put",
+        "contacts",
+        "ada",
+        r#"{"name": "Ada", "email": "ada@x.org", "phone": "123"}"#,
+    ]);
+    node.json(&["put", "notes", "n1", r#"{"text": "private"}"#]);
+    let grant = node.json(&["grant", "crm", "--read", "contacts", "--write", "contacts"]);
+    let token = grant["token"].as_str().unwrap().to_owned();
+
+    // Run as a service would: no vault, no home.
+    let empty = dir.path().join("service-home");
+    let narrow = hearth_json(
+        &empty,
+        &[
+            "token",
+            "attenuate",
+            &token,
+            "--read",
+            "contacts.name,contacts.email",
+        ],
+    );
+    let narrow = narrow["token"].as_str().unwrap().to_owned();
+    assert!(!empty.join("keys").exists());
+
+    let (status, view) = service_get(&node, &narrow, "/v1/view/contacts");
+    assert_eq!(
+        (status, view),
+        (
+            200,
+            json!([{"id": "ada", "name": "Ada", "email": "ada@x.org"}])
+        )
+    );
+    let api = Api::new(&node);
+    let (status, _) = api.send(
+        api.raw(Method::POST, "/v1/view/contacts")
+            .bearer_auth(&narrow)
+            .json(&json!({"name": "x"})),
+    );
+    assert_eq!(status, 403, "attenuated tokens read only");
+
+    // Narrowing further works; "widening" an attenuated token does not.
+    let narrower = hearth_json(
+        &empty,
+        &["token", "attenuate", &narrow, "--read", "contacts.name"],
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        service_get(&node, &narrower, "/v1/view/contacts").1,
+        json!([{"id": "ada", "name": "Ada"}])
+    );
+    let wider = hearth_json(
+        &empty,
+        &["token", "attenuate", &narrower, "--read", "contacts,notes"],
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        service_get(&node, &wider, "/v1/view/contacts").1,
+        json!([{"id": "ada", "name": "Ada"}])
+    );
+    assert_eq!(
+        service_get(&node, &wider, "/v1/view/notes").0,
+        403,
+        "outside the grant stays outside"
+    );
+    let elsewhere =
+        hearth_json(&empty, &["token", "attenuate", &token, "--read", "notes"])["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    assert_eq!(service_get(&node, &elsewhere, "/v1/view/notes").0, 403);
+    assert_eq!(service_get(&node, &elsewhere, "/v1/view/contacts").0, 403);
+
+    // The original is untouched, and revoking the grant stops every derived token.
+    assert_eq!(
+        service_get(&node, &token, "/v1/view/contacts").1[0]["phone"],
+        "123"
+    );
+    node.json(&["revoke", grant["id"].as_str().unwrap()]);
+    assert_eq!(service_get(&node, &narrow, "/v1/view/contacts").0, 403);
+    let err = one_line_error(&hearth(&[
+        "--home",
+        empty.to_str().unwrap(),
+        "token",
+        "attenuate",
+        "garbage",
+        "--read",
+        "contacts",
+    ]));
+    assert!(err.contains("not a Hearth token"), "{err}");
+    node.stop();
+}
