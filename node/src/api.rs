@@ -59,6 +59,7 @@ pub fn router(vault: Arc<Vault>) -> Router {
         .route_layer(middleware::from_fn_with_state(vault.clone(), require_owner));
     let service = Router::new()
         .route("/v1/view", get(view_all))
+        .route("/v1/view/events", get(view_events))
         .route(
             "/v1/view/{collection}",
             get(view_collection).post(view_write),
@@ -731,7 +732,11 @@ async fn service_grant(
     vault: &AppState,
     headers: &axum::http::HeaderMap,
 ) -> Result<Authorized, ApiError> {
-    let token = headers
+    authorize_token(vault, bearer_token(headers)?).await
+}
+
+fn bearer_token(headers: &axum::http::HeaderMap) -> Result<String, ApiError> {
+    Ok(headers
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "))
@@ -743,7 +748,10 @@ async fn service_grant(
                 "send the grant's token as `Authorization: Bearer <token>`",
             )
         })?
-        .to_owned();
+        .to_owned())
+}
+
+async fn authorize_token(vault: &AppState, token: String) -> Result<Authorized, ApiError> {
     let auth = blocking(vault, move |v| {
         Ok(access::authorize(&v.collections, &v.keys, &token)?)
     })
@@ -992,5 +1000,144 @@ async fn view_write(
             created,
         }),
     )
+        .into_response())
+}
+
+/// Projected records of one collection, by id.
+type Snapshot = std::collections::BTreeMap<String, Value>;
+
+fn snapshot(v: &crate::Vault, auth: &Authorized, collection: &str) -> Result<Snapshot, ApiError> {
+    let name = collection_name(collection)?;
+    let records = v.collections.records(&name)?;
+    let Some(scope) = effective_scope(auth, collection, &records)? else {
+        return Ok(Snapshot::new());
+    };
+    Ok(records
+        .into_iter()
+        .filter_map(|r| r.as_object().and_then(|r| scope.project(r)))
+        .filter_map(|r| Some((r.get("id")?.as_str()?.to_owned(), Value::Object(r))))
+        .collect())
+}
+
+/// `GET /v1/view/events`: server-sent events of changes inside the scope, projected.
+/// `upsert` carries `{"collection", "record"}`, `remove` carries `{"collection", "id"}`;
+/// a change outside the scope sends nothing. The grant is checked again at every
+/// change: once revoked or expired, an `error` event is sent and the stream ends.
+async fn view_events(
+    State(vault): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let token = bearer_token(&headers)?;
+    let auth = authorize_token(&vault, token.clone()).await?;
+    let collections: Vec<String> = auth
+        .grant
+        .scope
+        .collections
+        .iter()
+        .filter(|(_, c)| c.read)
+        .map(|(name, _)| name.clone())
+        .collect();
+    let mut changes = vault.collections.subscribe();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
+    let state = vault.clone();
+    tokio::spawn(async move {
+        let vault = state;
+        let mut stopping = vault.stopping.subscribe();
+        let names = collections.clone();
+        let auth_for_snap = std::sync::Arc::new(auth);
+        let a = auth_for_snap.clone();
+        let Ok(mut snapshots) = blocking(&vault, move |v| {
+            names
+                .iter()
+                .map(|c| Ok((c.clone(), snapshot(v, &a, c)?)))
+                .collect::<Result<std::collections::BTreeMap<_, _>, ApiError>>()
+        })
+        .await
+        else {
+            return;
+        };
+        loop {
+            let changed: Vec<String> = tokio::select! {
+                _ = tx.closed() => return,
+                _ = stopping.changed() => return,
+                change = changes.recv() => match change {
+                    Ok(name) if collections.iter().any(|c| c == name.as_str()) => vec![name.to_string()],
+                    Ok(_) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => collections.clone(),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            // Checked again at every change: revocation ends the stream.
+            let auth = match authorize_token(&vault, token.clone()).await {
+                Ok(auth) => std::sync::Arc::new(auth),
+                Err(e) => {
+                    let body = serde_json::json!({"code": e.code.as_str(), "message": e.message});
+                    let _ = tx
+                        .send(Event::default().event("error").data(body.to_string()))
+                        .await;
+                    return;
+                }
+            };
+            for collection in changed {
+                let (a, c) = (auth.clone(), collection.clone());
+                let Ok(now) = blocking(&vault, move |v| snapshot(v, &a, &c)).await else {
+                    return;
+                };
+                let before = snapshots.remove(&collection).unwrap_or_default();
+                let mut events = Vec::new();
+                let mut fields = Vec::new();
+                for (id, record) in &now {
+                    if before.get(id) != Some(record) {
+                        if let Some(obj) = record.as_object() {
+                            fields.extend(obj.keys().filter(|k| *k != "id").cloned());
+                        }
+                        let body = serde_json::json!({"collection": collection, "record": record});
+                        events.push(Event::default().event("upsert").data(body.to_string()));
+                    }
+                }
+                for id in before.keys().filter(|id| !now.contains_key(*id)) {
+                    let body = serde_json::json!({"collection": collection, "id": id});
+                    events.push(Event::default().event("remove").data(body.to_string()));
+                }
+                snapshots.insert(collection.clone(), now);
+                if events.is_empty() {
+                    continue;
+                }
+                let count = events.len();
+                let (a, c) = (auth.clone(), collection.clone());
+                let audited = blocking(&vault, move |v| {
+                    v.audit.append(
+                        &v.collections,
+                        AccessRecord {
+                            grant: &a.grant,
+                            operation: "subscribe",
+                            collection: &c,
+                            records: count,
+                            fields,
+                        },
+                    )?;
+                    Ok(())
+                })
+                .await;
+                if audited.is_err() || vault.store.commit().await.is_err() {
+                    // Nothing is sent that the audit log does not show.
+                    return;
+                }
+                for event in events {
+                    if tx.send(event).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|e| (Ok::<_, std::convert::Infallible>(e), rx))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
         .into_response())
 }

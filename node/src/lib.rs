@@ -124,6 +124,8 @@ pub struct Vault {
     pub api_addr: SocketAddr,
     /// This device's audit chain.
     pub audit: access::AuditLog,
+    /// Turns true when the node stops, so long-lived responses (event streams) end.
+    pub stopping: tokio::sync::watch::Sender<bool>,
     /// Set while the mesh runs (never, for a node started without one). Cleared at
     /// shutdown: the mesh holds the vault, so this would otherwise be a cycle.
     mesh: std::sync::RwLock<Option<mesh::MeshState>>,
@@ -194,6 +196,7 @@ impl Node {
             limits: config.limits,
             api_addr,
             audit: access::AuditLog::new(peer_id.to_string()),
+            stopping: tokio::sync::watch::Sender::new(false),
             mesh: std::sync::RwLock::new(None),
         });
         let mesh = match config.mesh {
@@ -269,6 +272,7 @@ impl NodeHandle {
     /// removes `HOME/api.addr`.
     pub async fn shutdown(mut self) -> Result<(), StoreError> {
         self.vault.set_mesh(None);
+        self.vault.stopping.send_replace(true);
         if let Some(mesh) = self.mesh.take() {
             mesh.shutdown().await;
         }

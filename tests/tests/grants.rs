@@ -315,3 +315,116 @@ fn attenuation_narrows_and_nothing_widens() {
     assert!(err.contains("not a Hearth token"), "{err}");
     node.stop();
 }
+
+/// Reads server-sent events (event name, data) from a response on a thread.
+fn sse_events(response: reqwest::blocking::Response) -> std::sync::mpsc::Receiver<(String, Value)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut event = String::new();
+        for line in std::io::BufReader::new(response).lines() {
+            let Ok(line) = line else { return };
+            if let Some(name) = line.strip_prefix("event:") {
+                event = name.trim().to_owned();
+            } else if let Some(data) = line.strip_prefix("data:") {
+                let value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
+                if tx.send((std::mem::take(&mut event), value)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn events_stream_only_projected_in_scope_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = spawn_node(&dir.path().join("v"), &[]);
+    node.json(&[
+        "put",
+        "contacts",
+        "ada",
+        r#"{"name": "Ada", "email": "a@x", "tag": "work"}"#,
+    ]);
+    let grant = node.json(&[
+        "grant",
+        "live",
+        "--read",
+        "contacts.name",
+        "--where",
+        "tag=work",
+    ]);
+    let token = grant["token"].as_str().unwrap().to_owned();
+    let api = Api::new(&node);
+    let response = api
+        .raw(Method::GET, "/v1/view/events")
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let events = sse_events(response);
+    let next = || {
+        events
+            .recv_timeout(std::time::Duration::from_secs(15))
+            .expect("an event")
+    };
+
+    // Out of scope: another field, a record the filter hides, another collection.
+    node.json(&["patch", "contacts", "ada", r#"{"email": "new@x"}"#]);
+    node.json(&[
+        "put",
+        "contacts",
+        "bob",
+        r#"{"name": "Bob", "tag": "home"}"#,
+    ]);
+    node.json(&["put", "notes", "n1", r#"{"text": "t"}"#]);
+    // In scope: sent, projected.
+    node.json(&["patch", "contacts", "ada", r#"{"name": "Ada L."}"#]);
+    assert_eq!(
+        next(),
+        (
+            "upsert".to_owned(),
+            json!({"collection": "contacts", "record": {"id": "ada", "name": "Ada L."}})
+        )
+    );
+    node.json(&[
+        "put",
+        "contacts",
+        "cy",
+        r#"{"name": "Cy", "tag": "work", "email": "c@x"}"#,
+    ]);
+    assert_eq!(
+        next(),
+        (
+            "upsert".to_owned(),
+            json!({"collection": "contacts", "record": {"id": "cy", "name": "Cy"}})
+        )
+    );
+    node.json(&["rm", "contacts", "cy"]);
+    assert_eq!(
+        next(),
+        (
+            "remove".to_owned(),
+            json!({"collection": "contacts", "id": "cy"})
+        )
+    );
+
+    // Revocation ends the stream at the next change.
+    node.json(&["revoke", grant["id"].as_str().unwrap()]);
+    node.json(&["patch", "contacts", "ada", r#"{"name": "Ada"}"#]);
+    let (event, body) = next();
+    assert_eq!(
+        (event.as_str(), body["code"].as_str()),
+        ("error", Some("revoked"))
+    );
+    let audit = node.json(&["audit", "--grant", grant["id"].as_str().unwrap()]);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["operation"] == "subscribe")
+    );
+    node.stop();
+}
