@@ -141,6 +141,9 @@ pub enum Command {
         /// Bind the grant to a remote service's PeerId
         #[arg(long, value_name = "PEER_ID")]
         to: Option<String>,
+        /// At most N requests a minute (per device), e.g. 60/min
+        #[arg(long, value_name = "N/min")]
+        rate: Option<String>,
     },
     /// List grants: service, scope, purpose, issued, expires, last used, status
     Grants,

@@ -375,6 +375,7 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
             expires,
             purpose,
             to,
+            rate,
         } => {
             let request = hearth_protocol::api::GrantRequest {
                 service,
@@ -384,6 +385,7 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
                 expires,
                 purpose,
                 to,
+                rate,
             };
             let created = client
                 .json(

@@ -73,6 +73,9 @@ pub struct Grant {
     pub to: Option<String>,
     #[serde(default)]
     pub revoked_at: Option<u64>,
+    /// Requests a minute this grant may make, if limited.
+    #[serde(default)]
+    pub rate_per_minute: Option<u32>,
 }
 
 impl Grant {
@@ -92,6 +95,39 @@ pub fn now_unix() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Parses a rate like `60/min`.
+pub fn parse_rate(text: &str) -> Result<u32, AccessError> {
+    let bad =
+        || AccessError::BadRequest(format!("rate {text:?} is invalid: use N/min, e.g. 60/min"));
+    let n = text.trim().strip_suffix("/min").ok_or_else(bad)?;
+    n.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(bad)
+}
+
+/// Counts requests per grant per minute on this device.
+#[derive(Default)]
+pub struct RateLimiter {
+    windows: Mutex<std::collections::HashMap<String, (u64, u32)>>,
+}
+
+impl RateLimiter {
+    /// Whether one more request of `grant` fits in its rate now.
+    pub fn admit(&self, grant: &Grant) -> bool {
+        let Some(limit) = grant.rate_per_minute else {
+            return true;
+        };
+        let minute = now_unix() / 60;
+        let mut windows = self.windows.lock().expect("rate lock is never poisoned");
+        // Bound memory: forget windows from earlier minutes.
+        windows.retain(|_, (m, _)| *m == minute);
+        let slot = windows.entry(grant.id.clone()).or_insert((minute, 0));
+        if slot.1 >= limit {
+            return false;
+        }
+        slot.1 += 1;
+        true
+    }
 }
 
 /// Parses `30d`, `12h`, `90m`, `45s`, `2w`, or `never` (`None`).
@@ -137,16 +173,45 @@ fn root_key(keys: &VaultKeys) -> KeyPair {
     KeyPair::from(&private)
 }
 
+/// What the owner grants.
+pub struct NewGrant {
+    pub service: String,
+    pub scope: Scope,
+    pub purpose: String,
+    /// `None`: never expires.
+    pub expires: Option<Duration>,
+    pub to: Option<String>,
+    pub rate_per_minute: Option<u32>,
+}
+
+impl NewGrant {
+    /// A grant of `scope` to `service` with the defaults (30 days, no purpose).
+    pub fn new(service: &str, scope: Scope) -> Self {
+        Self {
+            service: service.to_owned(),
+            scope,
+            purpose: String::new(),
+            expires: Some(DEFAULT_EXPIRY),
+            to: None,
+            rate_per_minute: None,
+        }
+    }
+}
+
 /// Creates a grant and its token. Durable only after the store commits.
 pub fn create_grant(
     collections: &Collections,
     keys: &VaultKeys,
-    service: &str,
-    scope: Scope,
-    purpose: &str,
-    expires: Option<Duration>,
-    to: Option<String>,
+    new: NewGrant,
 ) -> Result<(Grant, String), AccessError> {
+    let NewGrant {
+        service,
+        scope,
+        purpose,
+        expires,
+        to,
+        rate_per_minute,
+    } = new;
     let service = service.trim();
     if service.is_empty() || service.len() > 200 {
         return Err(AccessError::BadRequest(
@@ -161,11 +226,12 @@ pub fn create_grant(
         id: id.to_string(),
         service: service.to_owned(),
         scope,
-        purpose: purpose.to_owned(),
+        purpose,
         issued_at,
         expires_at: expires.map(|d| issued_at + d.as_secs()),
         to,
         revoked_at: None,
+        rate_per_minute,
     };
     let mut builder = Biscuit::builder()
         .fact(format!("grant(\"{}\")", grant.id).as_str())
@@ -551,17 +617,9 @@ mod chain_tests {
 
     fn grant_for_tests(collections: &Collections, keys: &VaultKeys) -> Grant {
         let scope = Scope::parse(Some("contacts"), None, &[]).unwrap();
-        create_grant(
-            collections,
-            keys,
-            "svc",
-            scope,
-            "testing",
-            Some(DEFAULT_EXPIRY),
-            None,
-        )
-        .unwrap()
-        .0
+        create_grant(collections, keys, NewGrant::new("svc", scope))
+            .unwrap()
+            .0
     }
 
     #[tokio::test]
@@ -637,16 +695,8 @@ mod chain_tests {
         let vault = TestVault::new();
         let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
         let scope = Scope::parse(Some("contacts"), None, &[]).unwrap();
-        let (grant, token) = create_grant(
-            &c,
-            &vault.keys,
-            "svc",
-            scope.clone(),
-            "",
-            Some(DEFAULT_EXPIRY),
-            None,
-        )
-        .unwrap();
+        let (grant, token) =
+            create_grant(&c, &vault.keys, NewGrant::new("svc", scope.clone())).unwrap();
         assert_eq!(
             authorize(&c, &vault.keys, &token).unwrap().grant.id,
             grant.id
@@ -669,8 +719,15 @@ mod chain_tests {
         // Foreign: a token of another vault.
         let other = TestVault::new();
         let oc = Collections::open(other.store.clone(), [2; 16]).unwrap();
-        let (_, foreign) =
-            create_grant(&oc, &other.keys, "svc", scope.clone(), "", None, None).unwrap();
+        let (_, foreign) = create_grant(
+            &oc,
+            &other.keys,
+            NewGrant {
+                expires: None,
+                ..NewGrant::new("svc", scope.clone())
+            },
+        )
+        .unwrap();
         assert!(matches!(
             authorize(&c, &vault.keys, &foreign),
             Err(AccessError::InvalidToken)
@@ -684,16 +741,11 @@ mod chain_tests {
         ));
 
         // Expired: the registry's expiry and the token's own check.
-        let (short, short_token) = create_grant(
-            &c,
-            &vault.keys,
-            "svc",
-            scope,
-            "",
-            Some(Duration::from_secs(1)),
-            None,
-        )
-        .unwrap();
+        let short_lived = NewGrant {
+            expires: Some(Duration::from_secs(1)),
+            ..NewGrant::new("svc", scope)
+        };
+        let (short, short_token) = create_grant(&c, &vault.keys, short_lived).unwrap();
         assert!(authorize(&c, &vault.keys, &short_token).is_ok());
         let mut patch = Map::new();
         patch.insert("expires_at".into(), json!(now_unix() - 1));

@@ -626,6 +626,11 @@ async fn create_grant(State(vault): State<AppState>, body: Body) -> Result<Respo
         Some(text) => access::parse_duration(text)?,
         None => Some(access::DEFAULT_EXPIRY),
     };
+    let rate = request
+        .rate
+        .as_deref()
+        .map(access::parse_rate)
+        .transpose()?;
     if let Some(to) = &request.to {
         to.parse::<libp2p::PeerId>().map_err(|_| {
             ApiError::new(
@@ -638,11 +643,14 @@ async fn create_grant(State(vault): State<AppState>, body: Body) -> Result<Respo
         Ok(access::create_grant(
             &v.collections,
             &v.keys,
-            &request.service,
-            scope,
-            request.purpose.as_deref().unwrap_or(""),
-            expires,
-            request.to.clone(),
+            access::NewGrant {
+                service: request.service.clone(),
+                scope,
+                purpose: request.purpose.clone().unwrap_or_default(),
+                expires,
+                to: request.to.clone(),
+                rate_per_minute: rate,
+            },
         )?)
     })
     .await?;
@@ -756,6 +764,15 @@ async fn authorize_token(vault: &AppState, token: String) -> Result<Authorized, 
         Ok(access::authorize(&v.collections, &v.keys, &token)?)
     })
     .await?;
+    if !vault.rates.admit(&auth.grant) {
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "this grant allows {} requests a minute",
+                auth.grant.rate_per_minute.unwrap_or(0)
+            ),
+        ));
+    }
     if let Some(peer) = &auth.grant.to {
         return Err(ApiError::new(
             ErrorCode::OutOfScope,

@@ -124,6 +124,8 @@ pub struct Vault {
     pub api_addr: SocketAddr,
     /// This device's audit chain.
     pub audit: access::AuditLog,
+    /// Per-grant request rates on this device.
+    pub rates: access::RateLimiter,
     /// Turns true when the node stops, so long-lived responses (event streams) end.
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// Set while the mesh runs (never, for a node started without one). Cleared at
@@ -196,6 +198,7 @@ impl Node {
             limits: config.limits,
             api_addr,
             audit: access::AuditLog::new(peer_id.to_string()),
+            rates: access::RateLimiter::default(),
             stopping: tokio::sync::watch::Sender::new(false),
             mesh: std::sync::RwLock::new(None),
         });

@@ -31,6 +31,7 @@ pub enum ErrorCode {
     Revoked,
     Expired,
     OutOfScope,
+    RateLimited,
     NotFound,
     MethodNotAllowed,
     Conflict,
@@ -56,6 +57,7 @@ impl ErrorCode {
             Self::Revoked => "revoked",
             Self::Expired => "expired",
             Self::OutOfScope => "out_of_scope",
+            Self::RateLimited => "rate_limited",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",
@@ -80,6 +82,7 @@ impl ErrorCode {
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::Conflict => 409,
+            Self::RateLimited => 429,
             Self::TooLarge => 413,
             Self::Unavailable => 503,
             Self::Corrupt | Self::Storage | Self::Internal => 500,
@@ -147,6 +150,9 @@ pub struct GrantRequest {
     /// For a remote service: the PeerId its requests must come from.
     #[serde(default)]
     pub to: Option<String>,
+    /// At most this many requests a minute, as `N/min`.
+    #[serde(default)]
+    pub rate: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

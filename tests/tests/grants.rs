@@ -428,3 +428,28 @@ fn events_stream_only_projected_in_scope_changes() {
     );
     node.stop();
 }
+
+#[test]
+fn over_rate_requests_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = spawn_node(&dir.path().join("v"), &[]);
+    node.json(&["put", "contacts", "ada", r#"{"name": "Ada"}"#]);
+    let grant = node.json(&["grant", "poller", "--read", "contacts", "--rate", "3/min"]);
+    let token = grant["token"].as_str().unwrap().to_owned();
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| service_get(&node, &token, "/v1/view/contacts").0)
+        .collect();
+    // A minute boundary may fall inside the loop; at most 3 pass per minute either way.
+    assert!(statuses.iter().filter(|s| **s == 200).count() >= 3);
+    let (status, body) = service_get(&node, &token, "/v1/view/contacts");
+    if status != 200 {
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (429, Some("rate_limited"))
+        );
+    }
+    assert!(statuses.contains(&429) || status == 429);
+    let err = one_line_error(&node.run(&["grant", "x", "--read", "contacts", "--rate", "lots"]));
+    assert!(err.contains("N/min"), "{err}");
+    node.stop();
+}
