@@ -739,8 +739,30 @@ async fn verify_audit(State(vault): State<AppState>) -> Result<Json<Value>, ApiE
 async fn service_grant(
     vault: &AppState,
     headers: &axum::http::HeaderMap,
+    remote: &Remote,
 ) -> Result<Authorized, ApiError> {
-    authorize_token(vault, bearer_token(headers)?).await
+    authorize_token(vault, bearer_token(headers)?, remote).await
+}
+
+/// The Noise-authenticated PeerId of a request that came over `/hearth/view/1`;
+/// `None` for the local HTTP API. Set only by the mesh, in the request's extensions,
+/// which no HTTP client can reach.
+#[derive(Debug, Clone, Copy)]
+pub struct Remote(pub Option<libp2p::PeerId>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Remote {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<Remote>()
+            .copied()
+            .unwrap_or(Remote(None)))
+    }
 }
 
 fn bearer_token(headers: &axum::http::HeaderMap) -> Result<String, ApiError> {
@@ -759,7 +781,11 @@ fn bearer_token(headers: &axum::http::HeaderMap) -> Result<String, ApiError> {
         .to_owned())
 }
 
-async fn authorize_token(vault: &AppState, token: String) -> Result<Authorized, ApiError> {
+async fn authorize_token(
+    vault: &AppState,
+    token: String,
+    remote: &Remote,
+) -> Result<Authorized, ApiError> {
     let auth = blocking(vault, move |v| {
         Ok(access::authorize(&v.collections, &v.keys, &token)?)
     })
@@ -773,13 +799,18 @@ async fn authorize_token(vault: &AppState, token: String) -> Result<Authorized, 
             ),
         ));
     }
-    if let Some(peer) = &auth.grant.to {
-        return Err(ApiError::new(
-            ErrorCode::OutOfScope,
-            format!(
-                "this grant is bound to the remote service {peer} and is not valid on the local API"
-            ),
-        ));
+    if let Some(audience) = &auth.grant.to {
+        // A grant bound to a service's PeerId works only from that PeerId, as the
+        // Noise handshake of its connection proved it.
+        let caller = remote.0.map(|p| p.to_string());
+        if caller.as_deref() != Some(audience.as_str()) {
+            return Err(ApiError::new(
+                ErrorCode::OutOfScope,
+                format!(
+                    "this grant is bound to the remote service {audience}; use it over the mesh from that peer"
+                ),
+            ));
+        }
     }
     Ok(auth)
 }
@@ -874,8 +905,9 @@ fn project_and_audit(
 async fn view_all(
     State(vault): State<AppState>,
     headers: axum::http::HeaderMap,
+    remote: Remote,
 ) -> Result<Json<Value>, ApiError> {
-    let auth = service_grant(&vault, &headers).await?;
+    let auth = service_grant(&vault, &headers, &remote).await?;
     let (view, grant) = blocking(&vault, move |v| {
         let mut out = Map::new();
         for (name, scope) in &auth.grant.scope.collections {
@@ -905,10 +937,11 @@ async fn view_all(
 async fn view_collection(
     State(vault): State<AppState>,
     headers: axum::http::HeaderMap,
+    remote: Remote,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let collection = collection_name(&path_param(path)?)?;
-    let auth = service_grant(&vault, &headers).await?;
+    let auth = service_grant(&vault, &headers, &remote).await?;
     readable(&auth.grant, collection.as_str())?;
     let view = blocking(&vault, move |v| {
         let records = v.collections.records(&collection)?;
@@ -922,10 +955,11 @@ async fn view_collection(
 async fn view_record(
     State(vault): State<AppState>,
     headers: axum::http::HeaderMap,
+    remote: Remote,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let (collection, id) = record_path(path)?;
-    let auth = service_grant(&vault, &headers).await?;
+    let auth = service_grant(&vault, &headers, &remote).await?;
     readable(&auth.grant, collection.as_str())?;
     let view = blocking(&vault, move |v| {
         let records: Vec<Value> = v.collections.get(&collection, &id)?.into_iter().collect();
@@ -942,11 +976,12 @@ async fn view_record(
 async fn view_write(
     State(vault): State<AppState>,
     headers: axum::http::HeaderMap,
+    remote: Remote,
     path: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let collection = collection_name(&path_param(path)?)?;
-    let auth = service_grant(&vault, &headers).await?;
+    let auth = service_grant(&vault, &headers, &remote).await?;
     if !auth.allows("write", collection.as_str(), None) {
         return Err(ApiError::new(
             ErrorCode::OutOfScope,
@@ -1043,10 +1078,11 @@ fn snapshot(v: &crate::Vault, auth: &Authorized, collection: &str) -> Result<Sna
 async fn view_events(
     State(vault): State<AppState>,
     headers: axum::http::HeaderMap,
+    remote: Remote,
 ) -> Result<Response, ApiError> {
     use axum::response::sse::{Event, KeepAlive, Sse};
     let token = bearer_token(&headers)?;
-    let auth = authorize_token(&vault, token.clone()).await?;
+    let auth = authorize_token(&vault, token.clone(), &remote).await?;
     let collections: Vec<String> = auth
         .grant
         .scope
@@ -1086,7 +1122,7 @@ async fn view_events(
                 },
             };
             // Checked again at every change: revocation ends the stream.
-            let auth = match authorize_token(&vault, token.clone()).await {
+            let auth = match authorize_token(&vault, token.clone(), &remote).await {
                 Ok(auth) => std::sync::Arc::new(auth),
                 Err(e) => {
                     let body = serde_json::json!({"code": e.code.as_str(), "message": e.message});

@@ -13,5 +13,6 @@ pub mod names;
 pub mod scope;
 pub mod seal;
 pub mod sync;
+pub mod view;
 
 pub use names::{BlobId, CollectionName, NameError, RecordId};

@@ -1,11 +1,12 @@
 //! The shared helper of the process-level tests: real `hearth` processes on 127.0.0.1,
 //! each in its own temporary HOME, driven through the CLI and the HTTP API. Waits are
-//! on conditions with deadlines, never bare sleeps.
+//! on conditions with deadlines, never bare sleeps; a process that hangs fails the test
+//! with what it printed instead of hanging the suite.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -32,42 +33,150 @@ pub fn hearth_bin() -> PathBuf {
     bin
 }
 
+/// A temporary directory holding a HOME (`dir/vault`, not created: `init` or `up`
+/// makes it) and room beside it for passphrase files, inputs and outputs.
+pub struct TestHome {
+    dir: tempfile::TempDir,
+    home: PathBuf,
+}
+
+impl TestHome {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let home = dir.path().join("vault");
+        Self { dir, home }
+    }
+
+    /// The HOME itself.
+    pub fn path(&self) -> &Path {
+        &self.home
+    }
+
+    /// The HOME as a string, for argument lists.
+    pub fn as_str(&self) -> &str {
+        self.home.to_str().expect("temporary paths are UTF-8")
+    }
+
+    /// The directory around HOME, for files that are not the vault's.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `contents` to `name` beside HOME and returns its path.
+    pub fn file(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).expect("write a test file");
+        path
+    }
+}
+
+impl Default for TestHome {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Runs `cmd` to completion (stdin from `stdin`, or empty), failing the test if it
+/// takes longer than [`DEADLINE`].
+pub fn run_with_deadline(mut cmd: Command, stdin: Option<Vec<u8>>) -> Output {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("run hearth");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("piped stdin");
+        // A writer thread: a child that does not read its stdin must not block us.
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+    }
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(DEADLINE) {
+        Ok(output) => output.expect("collect hearth's output"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            let output = rx.recv_timeout(DEADLINE).ok().and_then(Result::ok);
+            panic!(
+                "{cmd:?} did not finish within {DEADLINE:?}; stderr: {}",
+                output
+                    .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                    .unwrap_or_default()
+            );
+        }
+    }
+}
+
+fn hearth_command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(hearth_bin());
+    cmd.args(args)
+        .env_remove("HEARTH_HOME")
+        .env_remove("HEARTH_PASSPHRASE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
 /// Runs `hearth` with `args` (give `--home` yourself), without inherited Hearth variables.
 pub fn hearth(args: &[&str]) -> Output {
     hearth_with_env(args, &[])
 }
 
 pub fn hearth_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(hearth_bin());
-    cmd.args(args)
-        .env_remove("HEARTH_HOME")
-        .env_remove("HEARTH_PASSPHRASE")
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run hearth")
+    run_with_deadline(hearth_command(args, env), None)
+}
+
+/// Runs `hearth` with `args`, feeding `input` on stdin.
+pub fn hearth_with_stdin(args: &[&str], input: &[u8]) -> Output {
+    run_with_deadline(hearth_command(args, &[]), Some(input.to_vec()))
+}
+
+/// Runs `hearth --home HOME ARGS`.
+pub fn cli(home: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["--home", home.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
+    hearth(&all)
+}
+
+/// Runs `hearth --home HOME --json ARGS`, asserts success, and parses stdout.
+pub fn cli_json(home: &Path, args: &[&str]) -> Value {
+    hearth_json(home, args)
 }
 
 /// Runs `hearth --home HOME --json ARGS`, asserts success, and parses stdout.
 pub fn hearth_json(home: &Path, args: &[&str]) -> Value {
     let mut all = vec!["--home", home.to_str().expect("utf-8 path"), "--json"];
     all.extend_from_slice(args);
-    let out = hearth(&all);
+    parse_json_output(args, &hearth(&all))
+}
+
+/// Asserts `out` is a success that printed one JSON value, and returns it.
+pub fn parse_json_output(what: &[&str], out: &Output) -> Value {
     assert!(
         out.status.success(),
-        "hearth {args:?} failed: {}",
+        "hearth {what:?} failed ({}): {}",
+        out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
-            "hearth {args:?} printed no JSON ({e}): {}",
+            "hearth {what:?} printed no JSON ({e}): {}",
             String::from_utf8_lossy(&out.stdout)
         )
     })
 }
 
-/// Asserts a failed run with exactly one line on stderr, and returns that line.
+/// Asserts a failed run with exactly one non-empty line on stderr, and returns that line.
 pub fn one_line_error(out: &Output) -> String {
     assert!(
         !out.status.success(),
@@ -76,16 +185,31 @@ pub fn one_line_error(out: &Output) -> String {
     );
     let err = String::from_utf8_lossy(&out.stderr).trim_end().to_owned();
     assert_eq!(err.lines().count(), 1, "one line on stderr, got: {err:?}");
-    assert!(!err.is_empty());
+    assert!(!err.trim().is_empty(), "an empty line on stderr");
     err
 }
 
-/// A running `hearth up` process.
+/// A running `hearth up` process. Dropping it SIGKILLs the process.
 pub struct NodeProcess {
     pub home: PathBuf,
     pub api_addr: String,
     pub peer_id: String,
     child: Option<Child>,
+    /// Everything the process printed after its ready line, and on stderr.
+    stdout_rest: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    pipes_closed: mpsc::Receiver<()>,
+}
+
+/// The short name the brief uses.
+pub type Node = NodeProcess;
+
+/// What a node printed in its life, after it exited.
+#[derive(Debug)]
+pub struct Exited {
+    /// What came on stdout after the ready line.
+    pub stdout_rest: String,
+    pub stderr: String,
 }
 
 /// Starts `hearth up` on `home` (loopback API on a free port, no mDNS, mesh on
@@ -120,30 +244,76 @@ pub fn spawn_node_with_env(home: &Path, extra: &[&str], env: &[(&str, &str)]) ->
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("spawn hearth up");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = match rx.recv_timeout(DEADLINE) {
+
+    // Both pipes are drained for the whole life of the process: a full pipe would
+    // block the node, and a closed one would make its next print fail.
+    let (closed_tx, pipes_closed) = mpsc::channel();
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    {
+        let mut pipe = child.stderr.take().expect("piped stderr");
+        let stderr = stderr.clone();
+        let closed_tx = closed_tx.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                stderr.lock().expect("stderr buffer").extend_from_slice(&buf[..n]);
+            }
+            let _ = closed_tx.send(());
+        });
+    }
+    let stdout_rest = Arc::new(Mutex::new(Vec::new()));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    {
+        let stdout = child.stdout.take().expect("piped stdout");
+        let rest = stdout_rest.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = ready_tx.send(line);
+            let _ = reader.read_to_end(&mut rest.lock().expect("stdout buffer"));
+            let _ = closed_tx.send(());
+        });
+    }
+
+    let line = match ready_rx.recv_timeout(DEADLINE) {
         Ok(line) if !line.trim().is_empty() => line,
-        _ => {
+        outcome => {
             let _ = child.kill();
-            let out = child.wait_with_output().expect("collect output");
+            let status = child.wait().expect("reap hearth up");
+            // Both pipes close once the process is gone.
+            let _ = pipes_closed.recv_timeout(Duration::from_secs(5));
+            let _ = pipes_closed.recv_timeout(Duration::from_secs(5));
             panic!(
-                "hearth up did not start: {}",
-                String::from_utf8_lossy(&out.stderr)
+                "hearth up on {} did not start ({}; {status}); stderr: {}",
+                home.display(),
+                if outcome.is_ok() {
+                    "it exited without a ready line"
+                } else {
+                    "no ready line in time"
+                },
+                String::from_utf8_lossy(&stderr.lock().expect("stderr buffer"))
             );
         }
     };
-    let ready: Value = serde_json::from_str(&line).expect("hearth up --json prints one JSON line");
+    let ready: Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("hearth up --json printed {line:?}, not one JSON line: {e}"));
+    let api_addr = ready["api_addr"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no api_addr in the ready line {ready}"))
+        .to_owned();
+    let peer_id = ready["peer_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no peer_id in the ready line {ready}"))
+        .to_owned();
     NodeProcess {
         home: home.to_path_buf(),
-        api_addr: ready["api_addr"].as_str().expect("api_addr").to_owned(),
-        peer_id: ready["peer_id"].as_str().expect("peer_id").to_owned(),
+        api_addr,
+        peer_id,
         child: Some(child),
+        stdout_rest,
+        stderr,
+        pipes_closed,
     }
 }
 
@@ -170,37 +340,64 @@ impl NodeProcess {
         self.child.as_ref().expect("running").id()
     }
 
-    /// SIGTERM, then wait for a clean exit (status 0).
-    pub fn stop(mut self) {
+    /// What the node has printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().expect("stderr buffer")).into_owned()
+    }
+
+    /// SIGTERM, then wait for a clean exit: status 0 and `HOME/api.addr` removed.
+    pub fn stop(mut self) -> Exited {
         let mut child = self.child.take().expect("running");
         let status = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
             .expect("kill");
-        assert!(status.success());
+        assert!(status.success(), "kill -TERM failed");
         let start = Instant::now();
-        loop {
+        let status = loop {
             if let Some(status) = child.try_wait().expect("wait") {
-                let mut err = String::new();
-                if let Some(mut stderr) = child.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
-                }
-                assert!(status.success(), "hearth up exited with {status}: {err}");
-                return;
+                break status;
             }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "hearth up did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            if start.elapsed() > DEADLINE {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "hearth up did not stop within {DEADLINE:?} of SIGTERM; stderr: {}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let exited = self.collect_output();
+        assert!(
+            status.success(),
+            "hearth up exited with {status} on SIGTERM; stderr: {}",
+            exited.stderr
+        );
+        assert!(
+            !self.home.join("api.addr").exists(),
+            "a clean shutdown leaves HOME/api.addr behind"
+        );
+        exited
     }
 
     /// SIGKILL: no chance to flush anything.
-    pub fn kill9(mut self) {
+    pub fn kill9(mut self) -> Exited {
         let mut child = self.child.take().expect("running");
         child.kill().expect("SIGKILL");
         let _ = child.wait();
+        self.collect_output()
+    }
+
+    fn collect_output(&self) -> Exited {
+        for _ in 0..2 {
+            let _ = self.pipes_closed.recv_timeout(Duration::from_secs(5));
+        }
+        Exited {
+            stdout_rest: String::from_utf8_lossy(&self.stdout_rest.lock().expect("stdout"))
+                .into_owned(),
+            stderr: self.stderr(),
+        }
     }
 
     /// `hearth --home HOME --json ARGS` against this node.
@@ -208,10 +405,9 @@ impl NodeProcess {
         hearth_json(&self.home, args)
     }
 
+    /// `hearth --home HOME ARGS` against this node.
     pub fn run(&self, args: &[&str]) -> Output {
-        let mut all = vec!["--home", self.home.to_str().expect("utf-8 path")];
-        all.extend_from_slice(args);
-        hearth(&all)
+        cli(&self.home, args)
     }
 
     /// The node's mesh addresses with its PeerId, for `--peer`.
@@ -254,11 +450,20 @@ pub struct Api {
     token: String,
 }
 
+/// A whole answer: status, content type and body bytes.
+#[derive(Debug)]
+pub struct RawAnswer {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+}
+
 impl Api {
     pub fn new(node: &NodeProcess) -> Self {
         Self {
             http: reqwest::blocking::Client::builder()
                 .no_proxy()
+                .timeout(DEADLINE)
                 .build()
                 .expect("http client"),
             base: node.base_url(),
@@ -266,6 +471,7 @@ impl Api {
         }
     }
 
+    /// A request with the owner token.
     pub fn request(
         &self,
         method: reqwest::Method,
@@ -276,20 +482,39 @@ impl Api {
             .bearer_auth(&self.token)
     }
 
+    /// A request without any token.
     pub fn raw(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
         self.http.request(method, format!("{}{path}", self.base))
     }
 
     /// Sends and returns (status, JSON body or Null).
     pub fn send(&self, request: reqwest::blocking::RequestBuilder) -> (u16, Value) {
+        let answer = self.send_raw(request);
+        (
+            answer.status,
+            serde_json::from_slice(&answer.body).unwrap_or(Value::Null),
+        )
+    }
+
+    /// Sends and returns the whole answer, failing if the body does not arrive whole.
+    pub fn send_raw(&self, request: reqwest::blocking::RequestBuilder) -> RawAnswer {
         let response = request.send().expect("the node answers");
         let status = response.status().as_u16();
-        let text = response.text().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response.bytes().expect("the whole body").to_vec();
+        RawAnswer {
+            status,
+            content_type,
+            body,
+        }
     }
 }
 
-/// Every file under `dir`, recursively.
+/// Every file under `dir`, recursively (not the directories themselves).
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -303,5 +528,19 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
             }
         }
     }
+    out.sort();
     out
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A loopback address where nothing listens (a port just bound and released).
+pub fn dead_loopback_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let addr = listener.local_addr().expect("local addr");
+    drop(listener);
+    addr.to_string()
 }

@@ -14,6 +14,7 @@ pub mod devices;
 pub mod frames;
 pub mod pairing;
 pub mod sync;
+pub mod view;
 
 pub use libp2p::multiaddr::Protocol;
 
@@ -230,6 +231,9 @@ impl Mesh {
         let incoming_blobs = streams
             .accept(StreamProtocol::new(hearth_protocol::blob::BLOB_PROTOCOL))
             .expect("the blob protocol is registered once");
+        let incoming_views = streams
+            .accept(StreamProtocol::new(hearth_protocol::view::VIEW_PROTOCOL))
+            .expect("the view protocol is registered once");
         let incoming_pairs = streams
             .accept(StreamProtocol::new(hearth_protocol::invite::PAIR_PROTOCOL))
             .expect("the pairing protocol is registered once");
@@ -247,6 +251,7 @@ impl Mesh {
         let blob_sync = Arc::new(blobsync::BlobSync::new(vault.clone(), handle.clone()));
         let blob_serve_task = tokio::spawn(blob_sync.clone().serve_loop(incoming_blobs));
         let blob_fetch_task = tokio::spawn(blob_sync.fetch_loop());
+        let view_task = tokio::spawn(view::serve_loop(vault.clone(), incoming_views));
         let swarm_task = tokio::spawn(
             SwarmTask {
                 swarm,
@@ -296,6 +301,7 @@ impl Mesh {
                 pair_task,
                 blob_serve_task,
                 blob_fetch_task,
+                view_task,
             ],
         })
     }
