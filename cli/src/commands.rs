@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use futures::TryStreamExt;
 use hearth_node::home::Home;
-use hearth_node::keys::{self, Passphrase};
+use hearth_node::keys::Passphrase;
 use hearth_node::{Node, NodeConfig};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -18,7 +18,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let home = Home::new(resolve_home(cli.global.home)?);
     let json = cli.global.json;
     match cli.command {
-        Command::Init { passphrase } => init(&home, json, passphrase),
+        Command::Init { passphrase } => init(&home, json, passphrase).await,
         Command::Up {
             api,
             api_public,
@@ -89,19 +89,19 @@ fn passphrase(args: PassphraseArgs) -> anyhow::Result<Option<Passphrase>> {
     }
 }
 
-fn init(home: &Home, json: bool, args: PassphraseArgs) -> anyhow::Result<()> {
+async fn init(home: &Home, json: bool, args: PassphraseArgs) -> anyhow::Result<()> {
     let passphrase = passphrase(args)?;
-    let made = keys::init(home, passphrase.as_ref())?;
+    let made = hearth_node::init_vault(home, passphrase.as_ref()).await?;
     let root = home.root().display().to_string();
     if json {
         println!(
             "{}",
-            json!({"home": root, "peer_id": made.keys.peer_id().to_string(),
-                   "vault_id": made.keys.vault_id_hex(), "passphrase": made.passphrase})
+            json!({"home": root, "peer_id": made.peer_id.to_string(),
+                   "vault_id": made.vault_id, "passphrase": made.passphrase})
         );
     } else {
         println!("Created a vault in {root}");
-        println!("  device (peer id): {}", made.keys.peer_id());
+        println!("  device (peer id): {}", made.peer_id);
         println!("  owner token:      {}", home.owner_token().display());
         if made.passphrase {
             println!(

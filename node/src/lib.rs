@@ -149,6 +149,42 @@ impl Vault {
 
 pub struct Node;
 
+/// Creates a vault in `home` — keys, owner token, the store with this device in its
+/// device list, the blob directory — without running a node. Refuses, changing
+/// nothing, if `home` holds one. Must run inside a tokio runtime.
+pub async fn init_vault(
+    home: &Home,
+    passphrase: Option<&Passphrase>,
+) -> Result<InitReport, StartError> {
+    let made = keys::init(home, passphrase)?;
+    let report = InitReport {
+        peer_id: made.keys.peer_id(),
+        vault_id: made.keys.vault_id_hex(),
+        passphrase: made.passphrase,
+    };
+    let keys = Arc::new(made.keys);
+    let store = Arc::new(Store::open(&home.store_dir(), keys.clone())?);
+    let collections = Collections::open(store.clone(), mesh::actor_for(&keys.peer_id()))?;
+    mesh::devices::add(
+        &collections,
+        &keys.peer_id(),
+        &mesh::devices::default_device_name(),
+    )?;
+    Blobs::open(home.blobs_dir(), store.clone(), keys.clone())?;
+    store.commit().await?;
+    drop(collections);
+    store.shutdown().await?;
+    Ok(report)
+}
+
+/// What [`init_vault`] made.
+pub struct InitReport {
+    pub peer_id: PeerId,
+    pub vault_id: String,
+    /// Whether the secrets are wrapped by a passphrase.
+    pub passphrase: bool,
+}
+
 impl Node {
     /// Opens the vault in `config.home` (creating it if HOME has none) and serves the
     /// API. Must run inside a tokio runtime.

@@ -256,7 +256,10 @@ pub fn spawn_node_with_env(home: &Path, extra: &[&str], env: &[(&str, &str)]) ->
         std::thread::spawn(move || {
             let mut buf = [0u8; 8192];
             while let Ok(n @ 1..) = pipe.read(&mut buf) {
-                stderr.lock().expect("stderr buffer").extend_from_slice(&buf[..n]);
+                stderr
+                    .lock()
+                    .expect("stderr buffer")
+                    .extend_from_slice(&buf[..n]);
             }
             let _ = closed_tx.send(());
         });

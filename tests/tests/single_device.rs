@@ -1,28 +1,104 @@
-//! One device, driven as a user would: init, up, records through the CLI and HTTP,
-//! restart, passphrases.
+//! One device, driven as a user would: init, up, records and blobs through the CLI and
+//! HTTP, a clean stop and a restart, global flags, passphrases, file modes.
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use hearth_tests::*;
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
+
+/// Every JSON shape a record can hold, with values that break lossy encodings.
+fn rich_record() -> Value {
+    json!({
+        "name": "Ada Lovelace",
+        "age": 36,
+        "neg": -7,
+        "zero": 0,
+        "i64_min": i64::MIN,
+        "u64_max": u64::MAX,
+        "pi": 3.25,
+        "neg_f": -0.125,
+        "tiny": 1e-7,
+        "huge": 1.5e300,
+        "whole_f": 3.0,
+        "ok": true,
+        "no": false,
+        "none": null,
+        "empty_s": "",
+        "empty_o": {},
+        "empty_a": [],
+        "unicode": "héllo wörld ✓ 日本語 😀",
+        "escapes": "quote\" backslash\\ newline\n tab\t nul\u{0} bell\u{7}",
+        "tags": ["math", 1, -2.5, true, null, {"nested": [1, [2, [3]]]}],
+        "addr": {"city": "London", "geo": {"lat": 51.5072, "lon": -0.1276}, "lines": []},
+    })
+}
+
+fn with_id(record: &Value, id: &str) -> Value {
+    let mut record = record.clone();
+    record["id"] = json!(id);
+    record
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn no_node_error(home: &Path, args: &[&str]) {
+    let err = one_line_error(&cli(home, args));
+    assert!(err.contains("no Hearth node is running"), "{args:?}: {err}");
+    assert!(
+        err.contains("hearth up") || err.contains(" up`"),
+        "{args:?}: {err}"
+    );
+}
 
 #[test]
-fn records_through_cli_and_http_survive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("vault");
-    let made = hearth_json(&home, &["init"]);
-    assert_eq!(made["passphrase"], false);
-    for f in ["keys", "owner.token"] {
-        let mode = std::fs::metadata(home.join(f))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
-        assert_eq!(mode, 0o600, "{f}");
+fn init_creates_a_vault_with_private_key_files() {
+    let t = TestHome::new();
+    let made = cli_json(t.path(), &["init"]);
+    assert_eq!(made["passphrase"], false, "{made}");
+    for field in ["home", "peer_id", "vault_id"] {
+        assert!(
+            made[field].as_str().is_some_and(|s| !s.is_empty()),
+            "init --json lacks {field}: {made}"
+        );
     }
-    let node = spawn_node(&home, &[]);
+    assert_eq!(
+        Path::new(made["home"].as_str().unwrap())
+            .canonicalize()
+            .unwrap(),
+        t.path().canonicalize().unwrap()
+    );
+    for f in ["keys", "owner.token"] {
+        assert!(t.path().join(f).is_file(), "{f} is missing");
+        assert_eq!(mode(&t.path().join(f)), 0o600, "{f}");
+    }
+    assert!(t.path().join("store").is_dir(), "store/ is missing");
+    assert!(t.path().join("blobs").is_dir(), "blobs/ is missing");
+    let token = std::fs::read_to_string(t.path().join("owner.token")).unwrap();
+    assert!(!token.trim().is_empty());
+
+    // The node runs the vault init made.
+    let node = spawn_node(t.path(), &[]);
     assert_eq!(node.peer_id, made["peer_id"]);
+    let status = node.json(&["status"]);
+    assert_eq!(status["vault_id"], made["vault_id"], "{status}");
+    assert_eq!(status["peer_id"], made["peer_id"], "{status}");
+    node.stop();
+}
+
+#[test]
+fn records_and_blobs_through_the_cli_survive_a_restart() {
+    let t = TestHome::new();
+    let home = t.path();
+    cli_json(home, &["init"]);
+    let node = spawn_node(home, &[]);
     assert_eq!(
         std::fs::read_to_string(home.join("api.addr"))
             .unwrap()
@@ -30,184 +106,552 @@ fn records_through_cli_and_http_survive_a_restart() {
         node.api_addr
     );
 
-    // CLI: --home/--json before and after the command; HEARTH_HOME.
-    let h = home.to_str().unwrap();
-    let rich = json!({"name": "Ada", "age": 36, "neg": -7, "pi": 3.25, "ok": true, "none": null,
-                      "tags": ["math", {"nested": [1, 2]}], "addr": {"city": "London"}});
-    let put = hearth_json(&home, &["put", "contacts", "ada", &rich.to_string()]);
+    // put with an id, get it back exactly.
+    let rich = rich_record();
+    let put = cli_json(home, &["put", "contacts", "ada", &rich.to_string()]);
     assert_eq!(put, json!({"id": "ada", "created": true}));
-    let mut want = rich.clone();
-    want["id"] = json!("ada");
-    assert_eq!(hearth_json(&home, &["get", "contacts", "ada"]), want);
-    let out = hearth(&["get", "contacts", "ada", "--home", h, "--json"]);
     assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
-        want
+        cli_json(home, &["get", "contacts", "ada"]),
+        with_id(&rich, "ada"),
+        "the record does not round-trip exactly through put/get"
     );
-    let out = hearth_with_env(&["--json", "ls", "contacts"], &[("HEARTH_HOME", h)]);
+    // Replacing says so.
+    let put = cli_json(home, &["put", "contacts", "ada", &rich.to_string()]);
+    assert_eq!(put, json!({"id": "ada", "created": false}));
+
+    // The id from the body; a generated id; @FILE; stdin; human output prints the id.
+    let put = cli_json(home, &["put", "contacts", r#"{"id": "from-body", "n": 1}"#]);
+    assert_eq!(put["id"], "from-body");
+    assert_eq!(
+        cli_json(home, &["get", "contacts", "from-body"]),
+        json!({"id": "from-body", "n": 1})
+    );
+    let generated = cli_json(home, &["put", "contacts", r#"{"name": "Bob"}"#]);
+    assert_eq!(generated["created"], true);
+    let bob = generated["id"].as_str().expect("a generated id").to_owned();
+    assert!(!bob.is_empty());
+    assert_eq!(
+        cli_json(home, &["get", "contacts", &bob]),
+        json!({"id": bob, "name": "Bob"})
+    );
+    let file = t.file("carol.json", r#"{"name": "Carol", "tags": ["x"]}"#);
+    cli_json(
+        home,
+        &["put", "contacts", "carol", &format!("@{}", file.display())],
+    );
+    let out = hearth_with_stdin(
+        &["--home", t.as_str(), "put", "contacts", "dave", "-"],
+        br#"{"name": "Dave"}"#,
+    );
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("dave"),
+        "human put prints the id: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        cli_json(home, &["get", "contacts", "dave"]),
+        json!({"id": "dave", "name": "Dave"})
+    );
 
-    let patched = hearth_json(
-        &home,
+    // patch: merge patch, nested, null removes, arrays replaced; --json prints the result.
+    let patched = cli_json(
+        home,
         &[
             "patch",
             "contacts",
             "ada",
-            r#"{"age": null, "email": "ada@example.org"}"#,
+            r#"{"age": null, "email": "ada@example.org", "addr": {"city": null, "zip": "N1"}, "tags": [0]}"#,
         ],
     );
-    assert_eq!(patched["email"], "ada@example.org");
-    assert!(patched.get("age").is_none());
-    let generated = hearth_json(&home, &["put", "contacts", r#"{"name": "Bob"}"#]);
-    let bob = generated["id"].as_str().unwrap().to_owned();
-    let listed = hearth_json(&home, &["ls", "contacts"]);
-    assert_eq!(listed.as_array().unwrap().len(), 2);
-    let file = dir.path().join("carol.json");
-    std::fs::write(&file, r#"{"name": "Carol"}"#).unwrap();
-    hearth_json(
-        &home,
-        &["put", "contacts", "carol", &format!("@{}", file.display())],
+    let mut ada = with_id(&rich, "ada");
+    ada.as_object_mut().unwrap().remove("age");
+    ada["email"] = json!("ada@example.org");
+    ada["addr"].as_object_mut().unwrap().remove("city");
+    ada["addr"]["zip"] = json!("N1");
+    ada["tags"] = json!([0]);
+    assert_eq!(patched, ada);
+    assert_eq!(cli_json(home, &["get", "contacts", "ada"]), ada);
+    let patch_file = t.file("patch.json", r#"{"tags": ["y", "z"]}"#);
+    let carol = cli_json(
+        home,
+        &[
+            "patch",
+            "contacts",
+            "carol",
+            &format!("@{}", patch_file.display()),
+        ],
     );
     assert_eq!(
-        hearth_json(&home, &["rm", "contacts", &bob]),
-        json!({"id": bob, "removed": true})
-    );
-    assert_eq!(
-        hearth_json(&home, &["collections"]),
-        json!([{"name": "contacts", "records": 2}])
+        carol,
+        json!({"id": "carol", "name": "Carol", "tags": ["y", "z"]})
     );
 
-    // HTTP: the same operations.
+    // ls is sorted by id; rm; collections.
+    for id in ["zeta", "m9", "alpha", "m10"] {
+        cli_json(home, &["put", "sorted", id, &format!(r#"{{"v": "{id}"}}"#)]);
+    }
+    let ids: Vec<_> = cli_json(home, &["ls", "sorted"])
+        .as_array()
+        .expect("ls --json prints an array")
+        .iter()
+        .map(|r| r["id"].as_str().expect("each record has its id").to_owned())
+        .collect();
+    assert_eq!(ids, ["alpha", "m10", "m9", "zeta"]);
+    assert_eq!(
+        cli_json(home, &["rm", "contacts", &bob]),
+        json!({"id": bob, "removed": true})
+    );
+    one_line_error(&cli(home, &["get", "contacts", &bob]));
+    assert_eq!(cli_json(home, &["ls", "nothing-here"]), json!([]));
+    assert_eq!(
+        cli_json(home, &["collections"]),
+        json!([{"name": "contacts", "records": 4}, {"name": "sorted", "records": 4}])
+    );
+
+    // Blobs: put a file, get it to a file and to stdout.
+    let blob: Vec<u8> = (0..1_300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let blob_file = t.file("photo.bin", &blob);
+    let stored = cli_json(home, &["blob", "put", blob_file.to_str().unwrap()]);
+    let blob_id = stored["id"].as_str().expect("blob id").to_owned();
+    assert_eq!(blob_id.len(), 64, "{stored}");
+    assert!(
+        blob_id
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
+        "{stored}"
+    );
+    assert_eq!(stored["size"], blob.len() as u64);
+    let again = cli_json(home, &["blob", "put", blob_file.to_str().unwrap()]);
+    assert_eq!(again["id"], blob_id.as_str(), "same content, same id");
+    let out_file = t.dir().join("photo.out");
+    let got = cli_json(
+        home,
+        &["blob", "get", &blob_id, "-o", out_file.to_str().unwrap()],
+    );
+    assert_eq!(got["id"], blob_id.as_str(), "{got}");
+    assert_eq!(got["size"], blob.len() as u64, "{got}");
+    assert!(got["path"].is_string(), "{got}");
+    assert!(std::fs::read(&out_file).unwrap() == blob);
+    let out = cli(home, &["blob", "get", &blob_id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == blob, "blob get to stdout: wrong bytes");
+
+    let status = cli_json(home, &["status"]);
+    for field in ["peer_id", "vault_id", "api_addr", "collections", "blobs"] {
+        assert!(
+            status.get(field).is_some(),
+            "status lacks {field}: {status}"
+        );
+    }
+    assert_eq!(status["api_addr"], node.api_addr.as_str());
+    assert_eq!(status["collections"], cli_json(home, &["collections"]));
+    assert_eq!(status["blobs"], 1, "{status}");
+
+    // A clean stop: exit 0, one line on stdout in all, api.addr gone, clients say so.
+    let exited = node.stop();
+    assert_eq!(
+        exited.stdout_rest.trim(),
+        "",
+        "hearth up --json printed more than its ready line"
+    );
+    assert!(!home.join("api.addr").exists());
+    no_node_error(home, &["ls", "contacts"]);
+
+    // Start again: everything is there.
+    let node = spawn_node(home, &[]);
+    assert_eq!(cli_json(home, &["get", "contacts", "ada"]), ada);
+    assert_eq!(cli_json(home, &["get", "contacts", "carol"]), carol);
+    assert_eq!(
+        cli_json(home, &["ls", "contacts"]),
+        json!([
+            ada,
+            carol,
+            {"id": "dave", "name": "Dave"},
+            {"id": "from-body", "n": 1},
+        ])
+    );
+    assert_eq!(
+        cli_json(home, &["collections"]),
+        json!([{"name": "contacts", "records": 4}, {"name": "sorted", "records": 4}])
+    );
+    let out = cli(home, &["blob", "get", &blob_id]);
+    assert!(
+        out.status.success() && out.stdout == blob,
+        "the blob after a restart"
+    );
+    node.stop();
+}
+
+#[test]
+fn records_and_blobs_through_http_follow_the_api() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
     let api = Api::new(&node);
+    let rich = rich_record();
+
     let (status, body) = api.send(
         api.request(Method::PUT, "/v1/collections/notes/records/n1")
             .json(&json!({"text": "hi"})),
     );
     assert_eq!((status, body), (201, json!({"id": "n1", "created": true})));
-    let (status, _) = api.send(
+    let (status, body) = api.send(
         api.request(Method::PUT, "/v1/collections/notes/records/n1")
-            .json(&json!({"text": "hello"})),
+            .json(&json!({"text": "hello", "id": "n1"})),
     );
+    assert_eq!((status, body), (200, json!({"id": "n1", "created": false})));
+    let (status, body) = api.send(api.request(Method::GET, "/v1/collections/notes/records/n1"));
+    assert_eq!((status, body), (200, json!({"id": "n1", "text": "hello"})));
+
+    let (status, body) = api.send(
+        api.request(Method::PUT, "/v1/collections/notes/records/rich")
+            .json(&rich),
+    );
+    assert_eq!(
+        (status, body),
+        (201, json!({"id": "rich", "created": true}))
+    );
+    let (status, body) = api.send(api.request(Method::GET, "/v1/collections/notes/records/rich"));
     assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        with_id(&rich, "rich"),
+        "the record does not round-trip exactly over HTTP"
+    );
+
+    // POST: a new random id, or the body's.
     let (status, body) = api.send(
         api.request(Method::POST, "/v1/collections/notes/records")
             .json(&json!({"text": "new"})),
     );
-    assert_eq!(status, 201);
-    let n2 = body["id"].as_str().unwrap().to_owned();
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["created"], true);
+    let n2 = body["id"].as_str().expect("an id").to_owned();
     let (status, body) = api.send(
-        api.request(Method::PATCH, "/v1/collections/notes/records/n1")
-            .json(&json!({"pinned": true})),
+        api.request(Method::POST, "/v1/collections/notes/records")
+            .json(&json!({"id": "chosen", "text": "mine"})),
     );
     assert_eq!(
         (status, body),
-        (200, json!({"id": "n1", "text": "hello", "pinned": true}))
+        (201, json!({"id": "chosen", "created": true}))
     );
-    let (status, _) = api.send(api.request(
+    let (status, body) =
+        api.send(api.request(Method::GET, &format!("/v1/collections/notes/records/{n2}")));
+    assert_eq!((status, body), (200, json!({"id": n2, "text": "new"})));
+
+    // PATCH: RFC 7396.
+    let (status, body) = api.send(
+        api.request(Method::PATCH, "/v1/collections/notes/records/n1")
+            .json(&json!({"pinned": true, "meta": {"a": 1, "b": {"c": 2}}})),
+    );
+    assert_eq!(
+        (status, body),
+        (
+            200,
+            json!({"id": "n1", "text": "hello", "pinned": true, "meta": {"a": 1, "b": {"c": 2}}})
+        )
+    );
+    let (status, body) = api.send(
+        api.request(Method::PATCH, "/v1/collections/notes/records/n1")
+            .json(&json!({"pinned": null, "meta": {"b": {"c": null, "d": [1]}}})),
+    );
+    let n1 = json!({"id": "n1", "text": "hello", "meta": {"a": 1, "b": {"d": [1]}}});
+    assert_eq!((status, body), (200, n1.clone()));
+
+    // DELETE, then the list and the counts.
+    let answer = api.send_raw(api.request(
         Method::DELETE,
         &format!("/v1/collections/notes/records/{n2}"),
     ));
-    assert_eq!(status, 204);
+    assert_eq!(answer.status, 204);
+    assert!(answer.body.is_empty(), "204 has no body");
+    let (status, _) =
+        api.send(api.request(Method::GET, &format!("/v1/collections/notes/records/{n2}")));
+    assert_eq!(status, 404);
+    let (status, _) = api.send(
+        api.request(Method::PUT, "/v1/collections/amber/records/a")
+            .json(&json!({})),
+    );
+    assert_eq!(status, 201);
+    let listed = json!([
+        {"id": "chosen", "text": "mine"},
+        n1,
+        with_id(&rich, "rich"),
+    ]);
     let (status, body) = api.send(api.request(Method::GET, "/v1/collections/notes/records"));
+    assert_eq!((status, body), (200, listed.clone()));
+    let (status, body) = api.send(api.request(Method::GET, "/v1/collections/unknown/records"));
+    assert_eq!((status, body), (200, json!([])));
+    let collections = json!([{"name": "amber", "records": 1}, {"name": "notes", "records": 3}]);
+    let (status, body) = api.send(api.request(Method::GET, "/v1/collections"));
+    assert_eq!((status, body), (200, collections.clone()));
+
+    // Blobs.
+    let blob: Vec<u8> = (0..2_500_000u32).map(|i| (i % 251) as u8).collect();
+    let (status, info) = api.send(api.request(Method::POST, "/v1/blobs").body(blob.clone()));
+    assert_eq!(status, 201, "{info}");
+    assert_eq!(info["size"], blob.len() as u64);
+    let blob_id = info["id"].as_str().expect("blob id").to_owned();
+    assert_eq!(blob_id.len(), 64);
+    let (status, again) = api.send(api.request(Method::POST, "/v1/blobs").body(blob.clone()));
+    assert!(status == 201 || status == 200, "{status}");
+    assert_eq!(again["id"], blob_id.as_str(), "same content, same id");
+    let response = api
+        .request(Method::GET, &format!("/v1/blobs/{blob_id}"))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/octet-stream"
+    );
+    assert_eq!(
+        response.headers()["content-length"],
+        blob.len().to_string().as_str()
+    );
+    assert!(response.bytes().unwrap().as_ref() == blob.as_slice());
+    let (status, body) = api.send(api.request(Method::GET, "/v1/blobs"));
     assert_eq!(
         (status, body),
-        (200, json!([{"id": "n1", "text": "hello", "pinned": true}]))
+        (200, json!([{"id": blob_id, "size": blob.len()}]))
     );
+
     let (status, body) = api.send(api.request(Method::GET, "/v1/status"));
     assert_eq!(status, 200);
+    for field in [
+        "version",
+        "vault_id",
+        "peer_id",
+        "home",
+        "api_addr",
+        "collections",
+        "blobs",
+        "devices",
+    ] {
+        assert!(body.get(field).is_some(), "status lacks {field}: {body}");
+    }
     assert_eq!(body["peer_id"], node.peer_id.as_str());
+    assert_eq!(body["api_addr"], node.api_addr.as_str());
+    assert_eq!(body["collections"], collections);
+    assert_eq!(body["blobs"], 1);
 
-    // Stop cleanly, start again: everything is there.
+    // Stop, start: the same answers.
     node.stop();
-    assert!(!home.join("api.addr").exists());
-    let node = spawn_node(&home, &[]);
-    let mut ada = want.clone();
-    ada.as_object_mut().unwrap().remove("age");
-    ada["email"] = json!("ada@example.org");
-    assert_eq!(node.json(&["get", "contacts", "ada"]), ada);
+    let node = spawn_node(t.path(), &[]);
+    let api = Api::new(&node);
+    let (status, body) = api.send(api.request(Method::GET, "/v1/collections/notes/records"));
+    assert_eq!((status, body), (200, listed));
+    let (status, body) = api.send(api.request(Method::GET, "/v1/collections"));
+    assert_eq!((status, body), (200, collections));
+    let answer = api.send_raw(api.request(Method::GET, &format!("/v1/blobs/{blob_id}")));
+    assert_eq!(answer.status, 200);
+    assert!(answer.body == blob, "the blob after a restart");
+    node.stop();
+}
+
+#[test]
+fn home_and_json_work_before_and_after_the_command_and_from_the_environment() {
+    let t = TestHome::new();
+    let h = t.as_str();
+    let node = spawn_node(t.path(), &[]);
+    cli_json(t.path(), &["put", "contacts", "ada", r#"{"name": "Ada"}"#]);
+    let want = json!({"id": "ada", "name": "Ada"});
+
+    let placements: [&[&str]; 4] = [
+        &["--home", h, "--json", "get", "contacts", "ada"],
+        &["get", "contacts", "ada", "--home", h, "--json"],
+        &["--home", h, "get", "contacts", "ada", "--json"],
+        &["--json", "get", "--home", h, "contacts", "ada"],
+    ];
+    for args in placements {
+        assert_eq!(parse_json_output(args, &hearth(args)), want, "{args:?}");
+    }
+    let args = [
+        "put",
+        "--json",
+        "contacts",
+        "bob",
+        r#"{"name": "Bob"}"#,
+        "--home",
+        h,
+    ];
     assert_eq!(
-        node.json(&["get", "contacts", "carol"]),
-        json!({"id": "carol", "name": "Carol"})
+        parse_json_output(&args, &hearth(&args)),
+        json!({"id": "bob", "created": true})
     );
+
+    // HEARTH_HOME when there is no --home; --home wins over it.
+    let args = ["--json", "get", "contacts", "ada"];
+    let out = hearth_with_env(&args, &[("HEARTH_HOME", h)]);
+    assert_eq!(parse_json_output(&args, &out), want);
+    let args = ["ls", "contacts", "--json"];
+    let out = hearth_with_env(&args, &[("HEARTH_HOME", h)]);
     assert_eq!(
-        node.json(&["ls", "notes"]),
-        json!([{"id": "n1", "text": "hello", "pinned": true}])
+        parse_json_output(&args, &out),
+        json!([want, {"id": "bob", "name": "Bob"}])
     );
+    let elsewhere = t.dir().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let args = ["--json", "--home", h, "get", "contacts", "ada"];
+    let out = hearth_with_env(&args, &[("HEARTH_HOME", elsewhere.to_str().unwrap())]);
+    assert_eq!(
+        parse_json_output(&args, &out),
+        want,
+        "--home beats HEARTH_HOME"
+    );
+
+    // Without --json the output is not required to be JSON, but it succeeds.
+    let out = cli(t.path(), &["get", "contacts", "ada"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Ada"));
     node.stop();
 }
 
 #[test]
 fn init_refuses_an_existing_vault_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("v");
-    hearth_json(&home, &["init"]);
-    let before = (
-        std::fs::read(home.join("keys")).unwrap(),
-        std::fs::read(home.join("owner.token")).unwrap(),
+    let t = TestHome::new();
+    let home = t.path();
+    cli_json(home, &["init"]);
+    let snapshot = || {
+        (
+            std::fs::read(home.join("keys")).unwrap(),
+            std::fs::read(home.join("owner.token")).unwrap(),
+        )
+    };
+    let before = snapshot();
+    let err = one_line_error(&cli(home, &["init"]));
+    assert!(err.contains("already"), "{err}");
+    let pass = t.file("pass", "a new passphrase\n");
+    one_line_error(&cli(
+        home,
+        &[
+            "--json",
+            "init",
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+        ],
+    ));
+    one_line_error(&hearth_with_env(
+        &["--home", t.as_str(), "init"],
+        &[("HEARTH_PASSPHRASE", "another")],
+    ));
+    assert!(
+        before == snapshot(),
+        "a refused init changed keys or owner.token"
     );
-    let err = one_line_error(&hearth(&["--home", home.to_str().unwrap(), "init"]));
-    assert!(err.contains("already holds a vault"), "{err}");
-    let after = (
-        std::fs::read(home.join("keys")).unwrap(),
-        std::fs::read(home.join("owner.token")).unwrap(),
-    );
-    assert_eq!(before, after);
+    assert_eq!(mode(&home.join("keys")), 0o600);
+    assert_eq!(mode(&home.join("owner.token")), 0o600);
+
+    // And the vault still works with no passphrase.
+    let node = spawn_node(home, &[]);
+    node.json(&["put", "c", "x", "{}"]);
+    node.stop();
+    assert!(before == snapshot());
 }
 
 #[test]
 fn a_passphrase_protects_the_vault_and_a_wrong_one_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("v");
-    let h = home.to_str().unwrap();
-    let pass = dir.path().join("pass");
-    std::fs::write(&pass, "correct horse battery\n").unwrap();
-    let made = hearth_json(
-        &home,
-        &["init", "--passphrase-file", pass.to_str().unwrap()],
-    );
+    let t = TestHome::new();
+    let home = t.path();
+    let h = t.as_str();
+    let pass = t.file("pass", "correct horse battery\n");
+    let made = cli_json(home, &["init", "--passphrase-file", pass.to_str().unwrap()]);
     assert_eq!(made["passphrase"], true);
-    assert!(
-        !String::from_utf8_lossy(&std::fs::read(home.join("keys")).unwrap())
-            .contains("correct horse")
-    );
+    assert_eq!(mode(&home.join("keys")), 0o600);
+    assert_eq!(mode(&home.join("owner.token")), 0o600);
+    for file in files_under(home) {
+        assert!(
+            !contains_bytes(&std::fs::read(&file).unwrap(), b"correct horse"),
+            "{} holds the passphrase",
+            file.display()
+        );
+    }
 
-    let node = spawn_node(&home, &["--passphrase-file", pass.to_str().unwrap()]);
-    node.json(&["put", "diary", "d1", r#"{"text": "kept"}"#]);
+    let node = spawn_node(home, &["--passphrase-file", pass.to_str().unwrap()]);
+    node.json(&["put", "diary", "d1", r#"{"text": "kept", "n": [1, 2.5]}"#]);
     node.stop();
+    let keys_before = std::fs::read(home.join("keys")).unwrap();
 
-    let wrong = hearth_with_env(
-        &["--home", h, "up", "--api", "127.0.0.1:0", "--no-mesh"],
-        &[("HEARTH_PASSPHRASE", "wrong")],
-    );
-    let err = one_line_error(&wrong);
+    // Wrong passphrases, every way they can come: each fails and names the passphrase.
+    // (These runs must fail fast; a node that started anyway would hit the deadline.)
+    let up = [
+        "--home",
+        h,
+        "up",
+        "--api",
+        "127.0.0.1:0",
+        "--no-mdns",
+        "--no-mesh",
+    ];
+    let err = one_line_error(&hearth_with_env(&up, &[("HEARTH_PASSPHRASE", "wrong")]));
     assert!(err.contains("passphrase"), "{err}");
-    let none = hearth(&["--home", h, "up", "--api", "127.0.0.1:0", "--no-mesh"]);
-    assert!(one_line_error(&none).contains("passphrase"));
-
-    let node = spawn_node_with_env(
-        &home,
-        &[],
-        &[("HEARTH_PASSPHRASE", "correct horse battery")],
+    let wrong_file = t.file("wrong", "correct horse battery staple\n");
+    let mut with_file = up.to_vec();
+    with_file.extend(["--passphrase-file", wrong_file.to_str().unwrap()]);
+    let err = one_line_error(&hearth(&with_file));
+    assert!(err.contains("passphrase"), "{err}");
+    let err = one_line_error(&hearth(&up));
+    assert!(err.contains("passphrase"), "no passphrase given: {err}");
+    assert!(!home.join("api.addr").exists());
+    assert!(
+        keys_before == std::fs::read(home.join("keys")).unwrap(),
+        "a failed unlock changed the keys"
     );
+
+    // The right one, from the environment this time: the data is intact.
+    let node = spawn_node_with_env(home, &[], &[("HEARTH_PASSPHRASE", "correct horse battery")]);
     assert_eq!(
         node.json(&["get", "diary", "d1"]),
-        json!({"id": "d1", "text": "kept"})
+        json!({"id": "d1", "text": "kept", "n": [1, 2.5]})
     );
+    node.stop();
+}
+
+#[test]
+fn init_reads_the_passphrase_from_the_environment() {
+    let t = TestHome::new();
+    let out = hearth_with_env(
+        &["--home", t.as_str(), "--json", "init"],
+        &[("HEARTH_PASSPHRASE", "from the environment")],
+    );
+    assert_eq!(parse_json_output(&["init"], &out)["passphrase"], true);
+    let err = one_line_error(&hearth(&[
+        "--home",
+        t.as_str(),
+        "up",
+        "--api",
+        "127.0.0.1:0",
+        "--no-mdns",
+        "--no-mesh",
+    ]));
+    assert!(err.contains("passphrase"), "{err}");
+    let pass = t.file("pass", "from the environment");
+    let node = spawn_node(t.path(), &["--passphrase-file", pass.to_str().unwrap()]);
     node.stop();
 }
 
 #[test]
 fn up_creates_a_vault_in_an_empty_home() {
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("fresh");
-    let node = spawn_node(&home, &[]);
-    assert!(home.join("keys").exists());
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    assert!(t.path().join("keys").exists());
+    assert_eq!(mode(&t.path().join("keys")), 0o600);
+    assert_eq!(mode(&t.path().join("owner.token")), 0o600);
     let status = node.json(&["status"]);
+    assert_eq!(status["peer_id"], node.peer_id.as_str());
     assert_eq!(status["devices"].as_array().unwrap().len(), 1);
     assert_eq!(status["devices"][0]["this_device"], true);
     node.stop();
+    // It is a vault now: init refuses it.
+    one_line_error(&cli(t.path(), &["init"]));
 }
