@@ -572,6 +572,7 @@ async fn blob(
             }
         }
         BlobCommand::Get { id, output } => {
+            hearth_protocol::BlobId::parse(&id)?;
             if json && output.is_none() {
                 bail!("with --json, give -o FILE (the blob's bytes are not JSON)");
             }
