@@ -26,6 +26,8 @@ pub const STORE_FORMAT_VERSION: u32 = 1;
 const META_FORMAT_KEY: &[u8] = b"format";
 /// Commit requests waiting for the flusher; writers beyond this wait for room.
 const COMMIT_QUEUE: usize = 4096;
+/// How long opening waits for another handle's lock to go (see `Store::open`).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -81,20 +83,31 @@ impl Store {
     /// Opens (or creates) the store in `dir`. Must run inside a tokio runtime: it
     /// spawns the flusher task.
     pub fn open(dir: &std::path::Path, keys: Arc<VaultKeys>) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(64 * 1024 * 1024)
             // Durability comes from explicit commits; the background flush only bounds
             // how much unacknowledged work a crash may drop.
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                    StoreError::Locked
+            .flush_every_ms(Some(1000));
+        // sled releases its file lock from its own flusher thread, a moment after the
+        // last handle of a previous open is dropped: wait that moment out, briefly.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(e) => {
+                    let locked = matches!(&e, sled::Error::Io(io)
+                        if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock"));
+                    if !locked {
+                        return Err(StoreError::from(e));
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        return Err(StoreError::Locked);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
                 }
-                sled::Error::Io(ref io) if io.to_string().contains("lock") => StoreError::Locked,
-                other => StoreError::from(other),
-            })?;
+            }
+        };
         let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
         let stats = Arc::new(CommitStats::default());
         let flusher = tokio::spawn(run_flusher(db.clone(), commit_rx, stats.clone()));
