@@ -47,6 +47,10 @@ pub fn router(vault: Arc<Vault>) -> Router {
                 .patch(patch_record)
                 .delete(delete_record),
         )
+        .route(
+            "/v1/collections/{collection}/records/{id}/conflicts",
+            get(record_conflicts),
+        )
         .route("/v1/devices", get(list_devices))
         .route("/v1/devices/invite", axum::routing::post(create_invite))
         .route("/v1/devices/{peer}", axum::routing::delete(remove_device))
@@ -450,6 +454,20 @@ async fn delete_record(
     .await?;
     vault.store.commit().await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn record_conflicts(
+    State(vault): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let (collection, id) = record_path(path)?;
+    blocking(&vault, move |v| {
+        v.collections
+            .conflicts(&collection, &id)?
+            .ok_or_else(|| record_not_found(&collection, &id))
+    })
+    .await
+    .map(Json)
 }
 
 async fn list_blobs(State(vault): State<AppState>) -> Result<Response, ApiError> {

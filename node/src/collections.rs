@@ -195,6 +195,28 @@ impl Collections {
         })
     }
 
+    /// Fields of a record in conflict after concurrent edits, with every competing
+    /// value (the one shown first); `None` if there is no such record.
+    pub fn conflicts(
+        &self,
+        name: &CollectionName,
+        id: &RecordId,
+    ) -> Result<Option<Json>, CollectionError> {
+        self.with(name, |c| {
+            if records::read_record(&c.doc, id.as_str())
+                .map_err(|e| c.automerge(e))?
+                .is_none()
+            {
+                return Ok(None);
+            }
+            let conflicts =
+                records::record_conflicts(&c.doc, id.as_str()).map_err(|e| c.automerge(e))?;
+            Ok(Some(
+                serde_json::json!({"id": id.as_str(), "conflicts": conflicts}),
+            ))
+        })
+    }
+
     /// Creates or replaces a record; returns whether it was created. Durable only
     /// after [`Store::commit`].
     pub fn put(

@@ -26,6 +26,27 @@ pub fn read_record(
     }
 }
 
+/// Fields of record `id` that concurrent edits left in conflict: for each, every
+/// competing value (the first is the one `read_record` shows, Automerge's
+/// deterministic winner). Empty when there is no conflict or no record.
+pub fn record_conflicts(doc: &AutoCommit, id: &str) -> Result<Map<String, Json>, AutomergeError> {
+    let mut out = Map::new();
+    let Some((Value::Object(ObjType::Map), obj)) = doc.get(ROOT, id)? else {
+        return Ok(out);
+    };
+    for key in doc.keys(&obj) {
+        let values = doc.get_all(&obj, key.as_str())?;
+        if values.len() > 1 {
+            let mut all = Vec::with_capacity(values.len());
+            for (value, child) in values.into_iter().rev() {
+                all.push(read_value(doc, value, &child)?);
+            }
+            out.insert(key, Json::Array(all));
+        }
+    }
+    Ok(out)
+}
+
 /// The ids of all records, sorted.
 pub fn record_ids(doc: &AutoCommit) -> Vec<String> {
     doc.keys(ROOT).collect()
@@ -314,6 +335,32 @@ mod tests {
         put_record(&mut doc, "r", &rec).unwrap();
         doc.commit();
         assert_eq!(doc.get_heads(), heads);
+    }
+
+    #[test]
+    fn concurrent_edits_of_one_field_keep_a_winner_and_show_the_conflict() {
+        let mut a = AutoCommit::new();
+        put_record(&mut a, "r", &obj(json!({"city": "London", "n": 1}))).unwrap();
+        let mut b = a.fork();
+        patch_record(&mut a, "r", &obj(json!({"city": "Paris"}))).unwrap();
+        patch_record(&mut b, "r", &obj(json!({"city": "Rome"}))).unwrap();
+        a.merge(&mut b).unwrap();
+        b.merge(&mut a).unwrap();
+        let winner = read_record(&a, "r").unwrap().unwrap()["city"].clone();
+        assert_eq!(
+            read_record(&b, "r").unwrap().unwrap()["city"],
+            winner,
+            "deterministic"
+        );
+        let conflicts = record_conflicts(&a, "r").unwrap();
+        let values = conflicts["city"].as_array().unwrap();
+        assert_eq!(values.len(), 2);
+        assert_eq!(values[0], winner, "the first is the one shown");
+        assert!(values.contains(&json!("Paris")) && values.contains(&json!("Rome")));
+        assert!(!conflicts.contains_key("n"));
+        // Writing the field again resolves it.
+        patch_record(&mut a, "r", &obj(json!({"city": "Oslo"}))).unwrap();
+        assert!(record_conflicts(&a, "r").unwrap().is_empty());
     }
 
     #[test]

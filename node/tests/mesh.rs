@@ -298,3 +298,58 @@ async fn an_invite_works_once() {
     assert_eq!(devices::members(&a.vault().collections).len(), 2);
     a.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_edited_on_two_devices_apart_keeps_a_winner_and_shows_the_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(&dir.path().join("a"), vec![]).await;
+    let b = join(&a, &dir.path().join("b")).await;
+    put(
+        &a,
+        "contacts",
+        "ada",
+        json!({"name": "Ada", "city": "London"}),
+    )
+    .await;
+    eventually("first sync", || get(&b, "contacts", "ada").is_some()).await;
+
+    // B goes offline (no mesh) and edits the city; A edits it too.
+    let b_home = b.home().to_path_buf();
+    b.shutdown().await.unwrap();
+    let mut offline = NodeConfig::new(&b_home);
+    offline.api_addr = "127.0.0.1:0".parse().unwrap();
+    offline.mesh = None;
+    let b = Node::start(offline).await.unwrap();
+    patch(&b, "contacts", "ada", json!({"city": "Rome"})).await;
+    b.shutdown().await.unwrap();
+    patch(&a, "contacts", "ada", json!({"city": "Paris"})).await;
+
+    let b = start(&b_home, addrs(&a).await).await;
+    let id = RecordId::parse("ada").unwrap();
+    for node in [&a, &b] {
+        eventually("the edits meet", || {
+            node.vault()
+                .collections
+                .conflicts(&coll("contacts"), &id)
+                .unwrap()
+                .unwrap()["conflicts"]
+                .get("city")
+                .is_some()
+        })
+        .await;
+    }
+    let shown = |n: &NodeHandle| get(n, "contacts", "ada").unwrap()["city"].clone();
+    assert_eq!(shown(&a), shown(&b), "both devices show the same winner");
+    let conflict = a
+        .vault()
+        .collections
+        .conflicts(&coll("contacts"), &id)
+        .unwrap()
+        .unwrap();
+    let values = conflict["conflicts"]["city"].as_array().unwrap().clone();
+    assert_eq!(values[0], shown(&a));
+    assert!(values.contains(&json!("Paris")) && values.contains(&json!("Rome")));
+    for node in [a, b] {
+        node.shutdown().await.unwrap();
+    }
+}
