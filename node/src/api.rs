@@ -362,22 +362,7 @@ async fn create_record(
 ) -> Result<Response, ApiError> {
     let collection = writable(collection_name(&path_param(path)?)?)?;
     let mut record = read_record_body(&vault, body).await?;
-    let id = match record.remove("id") {
-        Some(Value::String(id)) => {
-            RecordId::parse(&id).map_err(|e| ApiError::new(ErrorCode::InvalidId, e.to_string()))?
-        }
-        Some(_) => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidId,
-                "the record's \"id\" field must be a string",
-            ));
-        }
-        None => {
-            let mut bytes = [0u8; 16];
-            rand::rngs::OsRng.fill_bytes(&mut bytes);
-            RecordId::from_random(bytes)
-        }
-    };
+    let id = id_from_body(&mut record)?;
     write_record(vault, collection, id, record).await
 }
 
@@ -404,19 +389,7 @@ async fn write_record(
     })
     .await?;
     vault.store.commit().await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((
-        status,
-        Json(PutResponse {
-            id: id.to_string(),
-            created,
-        }),
-    )
-        .into_response())
+    Ok(put_response(created, &id))
 }
 
 async fn patch_record(
@@ -518,6 +491,41 @@ async fn get_blob(
     );
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
     Ok(response)
+}
+
+/// `201` for a new record, `200` for a changed one, with `{"id", "created"}`.
+fn put_response(created: bool, id: &RecordId) -> Response {
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        Json(PutResponse {
+            id: id.to_string(),
+            created,
+        }),
+    )
+        .into_response()
+}
+
+/// The record id a create names in its body (`"id"`), or a new random one.
+fn id_from_body(record: &mut Map<String, Value>) -> Result<RecordId, ApiError> {
+    match record.remove("id") {
+        Some(Value::String(id)) => {
+            RecordId::parse(&id).map_err(|e| ApiError::new(ErrorCode::InvalidId, e.to_string()))
+        }
+        Some(_) => Err(ApiError::new(
+            ErrorCode::InvalidId,
+            "the record's \"id\" field must be a string",
+        )),
+        None => {
+            let mut bytes = [0u8; 16];
+            rand::rngs::OsRng.fill_bytes(&mut bytes);
+            Ok(RecordId::from_random(bytes))
+        }
+    }
 }
 
 /// Runs store work on the blocking pool.
@@ -1017,22 +1025,7 @@ async fn view_write(
     scope
         .check_write(&record)
         .map_err(|e| ApiError::new(ErrorCode::OutOfScope, e))?;
-    let id = match record.remove("id") {
-        Some(Value::String(id)) => {
-            RecordId::parse(&id).map_err(|e| ApiError::new(ErrorCode::InvalidId, e.to_string()))?
-        }
-        Some(_) => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidId,
-                "the record's \"id\" field must be a string",
-            ));
-        }
-        None => {
-            let mut bytes = [0u8; 16];
-            rand::rngs::OsRng.fill_bytes(&mut bytes);
-            RecordId::from_random(bytes)
-        }
-    };
+    let id = id_from_body(&mut record)?;
     let (created, id) = blocking(&vault, move |v| {
         // A service changes only what it was granted: an existing record is merged
         // into, never replaced, so fields outside the grant stay as they are.
@@ -1058,19 +1051,7 @@ async fn view_write(
     })
     .await?;
     vault.store.commit().await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((
-        status,
-        Json(PutResponse {
-            id: id.to_string(),
-            created,
-        }),
-    )
-        .into_response())
+    Ok(put_response(created, &id))
 }
 
 /// Projected records of one collection, by id.
