@@ -637,11 +637,12 @@ fn record_not_found(collection: &CollectionName, id: &RecordId) -> ApiError {
 // ---- Grants (owner) ----
 
 async fn create_grant(State(vault): State<AppState>, body: Body) -> Result<Response, ApiError> {
-    let bytes = axum::body::to_bytes(body, vault.limits.max_record_bytes)
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("cannot read the body: {e}")))?;
-    let request: hearth_protocol::api::GrantRequest = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::new(ErrorCode::BadJson, format!("not a grant request: {e}")))?;
+    // Same limits and errors as a record body (413 too_large, 400 bad_json, ...).
+    let body = read_record_body(&vault, body).await?;
+    let request: hearth_protocol::api::GrantRequest = serde_json::from_value(Value::Object(body))
+        .map_err(|e| {
+        ApiError::new(ErrorCode::BadRequest, format!("not a grant request: {e}"))
+    })?;
     let scope = hearth_protocol::scope::Scope::parse(
         request.read.as_deref(),
         request.write.as_deref(),
@@ -692,16 +693,20 @@ async fn create_grant(State(vault): State<AppState>, body: Body) -> Result<Respo
 async fn list_grants(State(vault): State<AppState>) -> Result<Json<Vec<Value>>, ApiError> {
     blocking(&vault, |v| {
         let grants = access::list_grants(&v.collections)?;
-        let entries = access::audit_entries(&v.collections, None)?;
+        // One pass over the log, not one per grant.
+        let mut last_used: std::collections::HashMap<String, u64> =
+            std::collections::HashMap::new();
+        for entry in access::audit_entries(&v.collections, None)? {
+            if let (Some(grant), Some(at)) = (entry["grant"].as_str(), entry["at"].as_u64()) {
+                let slot = last_used.entry(grant.to_owned()).or_default();
+                *slot = (*slot).max(at);
+            }
+        }
         let now = access::now_unix();
         Ok(grants
             .into_iter()
             .map(|g| {
-                let last_used = entries
-                    .iter()
-                    .filter(|e| e["grant"] == g.id.as_str())
-                    .filter_map(|e| e["at"].as_u64())
-                    .max();
+                let last_used = last_used.get(&g.id).copied();
                 let status = g.status(now);
                 let mut value = serde_json::to_value(&g).expect("a grant serializes");
                 value["status"] = Value::from(status);
