@@ -11,7 +11,7 @@
 //! tree (or file kind) and `key` is the value's key in it. A ciphertext moved to another
 //! key or tree therefore fails to open, as does any flipped or truncated byte.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use zeroize::Zeroizing;
 
@@ -79,20 +79,16 @@ impl SealKey {
     /// (this crate does no I/O, randomness included).
     pub fn seal(&self, binding: Binding<'_>, plaintext: &[u8], nonce: [u8; NONCE_LEN]) -> Vec<u8> {
         let ad = binding.associated_data();
-        let ciphertext = self
-            .cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: &ad,
-                },
-            )
-            .expect("XChaCha20-Poly1305 encryption only fails for plaintexts over 256 GiB");
+        // One allocation: version and nonce, then the plaintext encrypted in place.
         let mut out = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
         out.push(SEAL_VERSION);
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ciphertext);
+        out.extend_from_slice(plaintext);
+        let tag = self
+            .cipher
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &ad, &mut out[1 + NONCE_LEN..])
+            .expect("XChaCha20-Poly1305 encryption only fails for plaintexts over 256 GiB");
+        out.extend_from_slice(&tag);
         out
     }
 
