@@ -16,7 +16,6 @@ use data_encoding::HEXLOWER;
 use hearth_protocol::seal::{Binding, NONCE_LEN, OpenError};
 use rand::RngCore;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
 use crate::keys::VaultKeys;
@@ -75,13 +74,12 @@ pub struct Store {
     db: sled::Db,
     keys: Arc<VaultKeys>,
     commit_tx: mpsc::Sender<FlusherMessage>,
-    flusher: std::sync::Mutex<Option<JoinHandle<()>>>,
+    flusher: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     stats: Arc<CommitStats>,
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`. Must run inside a tokio runtime: it
-    /// spawns the flusher task.
+    /// Opens (or creates) the store in `dir`, with its flusher thread.
     pub fn open(dir: &std::path::Path, keys: Arc<VaultKeys>) -> Result<Self, StoreError> {
         let config = sled::Config::new()
             .path(dir)
@@ -110,7 +108,13 @@ impl Store {
         };
         let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
         let stats = Arc::new(CommitStats::default());
-        let flusher = tokio::spawn(run_flusher(db.clone(), commit_rx, stats.clone()));
+        let flusher = {
+            let (db, stats) = (db.clone(), stats.clone());
+            std::thread::Builder::new()
+                .name("hearth-flusher".into())
+                .spawn(move || run_flusher(db, commit_rx, stats))
+                .map_err(|e| StoreError::Storage(format!("cannot start the flusher thread: {e}")))?
+        };
         let store = Self {
             db,
             keys,
@@ -191,7 +195,7 @@ impl Store {
             // A graceful stop, not an abort: an abort could leave a flush running on
             // the blocking pool, holding the database open after shutdown returns.
             let _ = self.commit_tx.send(FlusherMessage::Stop).await;
-            let _ = flusher.await;
+            let _ = tokio::task::spawn_blocking(move || flusher.join()).await;
         }
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.flush())
@@ -203,16 +207,13 @@ impl Store {
 
 /// The group-commit loop: take every waiting request, fsync once, answer them all.
 /// A request queued during a flush waits for the next one, because its write may have
-/// missed the flush in progress.
-async fn run_flusher(
-    db: sled::Db,
-    mut rx: mpsc::Receiver<FlusherMessage>,
-    stats: Arc<CommitStats>,
-) {
+/// missed the flush in progress. It runs on its own thread so that a commit costs one
+/// wake-up each way, not a trip through the blocking pool.
+fn run_flusher(db: sled::Db, mut rx: mpsc::Receiver<FlusherMessage>, stats: Arc<CommitStats>) {
     let mut waiters = Vec::new();
     let mut stopping = false;
     while !stopping {
-        match rx.recv().await {
+        match rx.blocking_recv() {
             Some(FlusherMessage::Commit(first)) => waiters.push(first),
             Some(FlusherMessage::Stop) | None => break,
         }
@@ -226,12 +227,7 @@ async fn run_flusher(
                 Err(_) => break,
             }
         }
-        let flushing = db.clone();
-        let result = match tokio::task::spawn_blocking(move || flushing.flush()).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(format!("flush task failed: {e}")),
-        };
+        let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
         if let Err(message) = &result {
             tracing::error!(error = %message, "flush to disk failed; writes are not acknowledged");
         }
