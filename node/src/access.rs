@@ -15,8 +15,9 @@
 //! one before), so devices append without coordinating and any altered, removed or
 //! reordered entry breaks its chain.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use biscuit_auth::builder::Algorithm;
@@ -165,6 +166,62 @@ fn access() -> CollectionName {
 
 fn audit() -> CollectionName {
     CollectionName::parse(AUDIT).expect("valid system collection name")
+}
+
+/// Entries per device in one audit document. The log is split so that appending costs
+/// the same after years of accesses as on the first day: entry `seq` of any device
+/// lives in `_audit` (the first 4096) or `_audit-N`.
+#[cfg(not(test))]
+const AUDIT_SHARD_ENTRIES: u64 = 4096;
+/// Small in unit tests, so they cross document boundaries.
+#[cfg(test)]
+const AUDIT_SHARD_ENTRIES: u64 = 8;
+
+fn audit_shard(seq: u64) -> CollectionName {
+    match seq.saturating_sub(1) / AUDIT_SHARD_ENTRIES {
+        0 => audit(),
+        n => CollectionName::parse(&format!("{AUDIT}-{n}")).expect("valid system collection name"),
+    }
+}
+
+fn is_audit_shard(name: &CollectionName) -> bool {
+    let name = name.as_str();
+    name == AUDIT
+        || name
+            .strip_prefix(AUDIT)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The field of an audit record holding the entry as canonical JSON text. Records
+/// written before it (entries as plain maps) are read as they are.
+const ENTRY_FIELD: &str = "entry";
+
+/// Every audit entry of every device, from all of the log's documents.
+fn audit_records(collections: &Collections) -> Result<Vec<Value>, CollectionError> {
+    let mut entries = Vec::new();
+    for name in collections.names()? {
+        if is_audit_shard(&name) {
+            entries.extend(collections.records(&name)?.into_iter().map(unpack_entry));
+        }
+    }
+    Ok(entries)
+}
+
+fn unpack_entry(record: Value) -> Value {
+    let Some(Value::String(text)) = record.get(ENTRY_FIELD) else {
+        return record;
+    };
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(mut entry)) => {
+            if let Some(id) = record.get("id") {
+                entry.insert("id".into(), id.clone());
+            }
+            Value::Object(entry)
+        }
+        // Left as it is: verification then names it as altered.
+        _ => record,
+    }
 }
 
 fn root_key(keys: &VaultKeys) -> KeyPair {
@@ -332,7 +389,7 @@ pub fn attenuate(
 /// A request's checked grant, with the token, whose appended blocks may narrow it.
 pub struct Authorized {
     pub grant: Grant,
-    token: Biscuit,
+    token: Arc<Biscuit>,
 }
 
 impl Authorized {
@@ -365,15 +422,91 @@ impl Authorized {
 /// Checks a service's token: signature, vault, expiry, and the grant in `_access`
 /// (exists, not revoked, not expired). Returns the grant with the token, whose
 /// narrowing (if any) is checked per request with [`Authorized::allows`].
+///
+/// A token's signature is verified once and remembered (by a hash of the token and
+/// the vault); its time checks are re-run at most once a second, since they only
+/// change from one second to the next. The grant is re-read whenever `_access`
+/// changed, so a revocation applies to the very next request.
 pub fn authorize(
     collections: &Collections,
     keys: &VaultKeys,
     token: &str,
 ) -> Result<Authorized, AccessError> {
-    let biscuit = Biscuit::from_base64(token.trim(), root_key(keys).public())
+    let token = token.trim();
+    let verified = VERIFIED.get_or_verify(keys, token)?;
+    let grant = GRANTS.get(collections, &verified.grant_id)?;
+    if grant.revoked_at.is_some() {
+        return Err(AccessError::Revoked);
+    }
+    let now = now_unix();
+    if grant.expires_at.is_some_and(|e| e <= now) {
+        return Err(AccessError::Expired);
+    }
+    // The token's own expiry. Narrowing checks need the request, see `Authorized::allows`.
+    if verified.time_checked.load(Ordering::Relaxed) != now {
+        let expired = AuthorizerBuilder::new()
+            .time()
+            .policy("allow if true")
+            .and_then(|b| b.build(&verified.token))
+            .and_then(|mut a| a.authorize())
+            .is_err();
+        if expired && verified.token.block_count() == 1 {
+            return Err(AccessError::Expired);
+        }
+        verified.time_checked.store(now, Ordering::Relaxed);
+    }
+    Ok(Authorized {
+        grant,
+        token: verified.token.clone(),
+    })
+}
+
+/// A token whose signature and vault were checked.
+struct Verified {
+    grant_id: String,
+    token: Arc<Biscuit>,
+    /// The second (UNIX time) in which the token's time checks last passed.
+    time_checked: AtomicU64,
+}
+
+/// Verified tokens, bounded: when full it starts over (a miss only costs a check).
+struct VerifiedTokens(Mutex<HashMap<[u8; 32], Arc<Verified>>>);
+
+const MAX_CACHED: usize = 4096;
+
+static VERIFIED: LazyLock<VerifiedTokens> =
+    LazyLock::new(|| VerifiedTokens(Mutex::new(HashMap::new())));
+
+impl VerifiedTokens {
+    fn get_or_verify(&self, keys: &VaultKeys, token: &str) -> Result<Arc<Verified>, AccessError> {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(keys.vault_id_hex().as_bytes());
+        hasher.update(&[0]);
+        hasher.update(token.as_bytes());
+        let key = *hasher.finalize().as_bytes();
+        if let Some(v) = self
+            .0
+            .lock()
+            .expect("token cache lock is never poisoned")
+            .get(&key)
+        {
+            return Ok(v.clone());
+        }
+        let verified = Arc::new(verify(keys, token)?);
+        let mut cache = self.0.lock().expect("token cache lock is never poisoned");
+        if cache.len() >= MAX_CACHED {
+            cache.clear();
+        }
+        cache.insert(key, verified.clone());
+        Ok(verified)
+    }
+}
+
+/// Verifies a token's signature chain against the vault's key and reads its grant.
+fn verify(keys: &VaultKeys, token: &str) -> Result<Verified, AccessError> {
+    let biscuit = Biscuit::from_base64(token, root_key(keys).public())
         .map_err(|_| AccessError::InvalidToken)?;
     let mut authorizer = AuthorizerBuilder::new()
-        .time()
         .policy("allow if true")
         .and_then(|b| b.build(&biscuit))
         .map_err(|_| AccessError::InvalidToken)?;
@@ -389,27 +522,41 @@ pub fn authorize(
     if *vault != keys.vault_id_hex() {
         return Err(AccessError::InvalidToken);
     }
-    let grant = get_grant(collections, id)?.ok_or(AccessError::InvalidToken)?;
-    if grant.revoked_at.is_some() {
-        return Err(AccessError::Revoked);
-    }
-    if grant.expires_at.is_some_and(|e| e <= now_unix()) {
-        return Err(AccessError::Expired);
-    }
-    // The token's own expiry. Narrowing checks need the request, see `Authorized::allows`.
-    let mut expiry = AuthorizerBuilder::new()
-        .time()
-        .policy("allow if true")
-        .and_then(|b| b.build(&biscuit))
-        .map_err(|_| AccessError::InvalidToken)?;
-    if expiry.authorize().is_err() && biscuit.block_count() == 1 {
-        return Err(AccessError::Expired);
-    }
-    drop(authorizer);
-    Ok(Authorized {
-        grant,
-        token: biscuit,
+    Ok(Verified {
+        grant_id: id.clone(),
+        token: Arc::new(biscuit),
+        time_checked: AtomicU64::new(0),
     })
+}
+
+/// Grants as last read, each with the heads of `_access` it was read at.
+struct GrantCache(Mutex<HashMap<String, (Vec<automerge::ChangeHash>, Grant)>>);
+
+static GRANTS: LazyLock<GrantCache> = LazyLock::new(|| GrantCache(Mutex::new(HashMap::new())));
+
+impl GrantCache {
+    fn get(&self, collections: &Collections, id: &str) -> Result<Grant, AccessError> {
+        let heads = collections.heads(&access())?;
+        // Equal heads mean an identical history, so the same grant, whichever vault.
+        let key = id.to_owned();
+        let cached = self
+            .0
+            .lock()
+            .expect("grant cache lock is never poisoned")
+            .get(&key)
+            .filter(|(at, _)| *at == heads)
+            .map(|(_, grant)| grant.clone());
+        if let Some(grant) = cached {
+            return Ok(grant);
+        }
+        let grant = get_grant(collections, id)?.ok_or(AccessError::InvalidToken)?;
+        let mut cache = self.0.lock().expect("grant cache lock is never poisoned");
+        if cache.len() >= MAX_CACHED {
+            cache.clear();
+        }
+        cache.insert(key, (heads, grant.clone()));
+        Ok(grant)
+    }
 }
 
 /// One access, as the audit log records it.
@@ -466,7 +613,11 @@ impl AuditLog {
         entry["hash"] = json!(hash);
         let id = RecordId::parse(&format!("{}-{seq:012}", self.device))
             .expect("PeerId and digits make a valid id");
-        collections.put(&audit(), &id, entry.as_object().expect("an object"))?;
+        // Stored as one string: a dozen map fields would cost a dozen Automerge
+        // operations per access, and entries are never edited field by field.
+        let mut record = Map::new();
+        record.insert(ENTRY_FIELD.into(), Value::String(entry.to_string()));
+        collections.put(&audit_shard(seq), &id, &record)?;
         *state = Some((seq, hash));
         Ok(())
     }
@@ -486,7 +637,7 @@ fn entry_hash(entry: &Value) -> String {
 
 fn last_of_chain(collections: &Collections, device: &str) -> Result<(u64, String), AccessError> {
     let mut last = (0, GENESIS.to_owned());
-    for entry in collections.records(&audit())? {
+    for entry in audit_records(collections)? {
         if entry["device"] == device {
             let seq = entry["seq"].as_u64().unwrap_or(0);
             if seq > last.0 {
@@ -502,8 +653,7 @@ pub fn audit_entries(
     collections: &Collections,
     grant: Option<&str>,
 ) -> Result<Vec<Value>, AccessError> {
-    let mut entries: Vec<Value> = collections
-        .records(&audit())?
+    let mut entries: Vec<Value> = audit_records(collections)?
         .into_iter()
         .filter(|e| grant.is_none_or(|g| e["grant"] == g))
         .collect();
@@ -519,9 +669,7 @@ pub fn audit_entries(
 
 /// Verifies every device's chain; `Err` names the first entry that does not verify.
 pub fn verify_audit(collections: &Collections) -> Result<usize, (String, String)> {
-    let entries = collections
-        .records(&audit())
-        .map_err(|e| ("(log)".to_owned(), e.to_string()))?;
+    let entries = audit_records(collections).map_err(|e| ("(log)".to_owned(), e.to_string()))?;
     let mut chains: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for entry in entries {
         chains
@@ -628,7 +776,8 @@ mod chain_tests {
         let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
         let grant = grant_for_tests(&c, &vault.keys);
         let log = AuditLog::new("devA".into());
-        for i in 0..5 {
+        // More entries than one audit document holds in tests (8): the chain spans three.
+        for i in 0..20 {
             let record = AccessRecord {
                 grant: &grant,
                 operation: "read",
@@ -652,12 +801,39 @@ mod chain_tests {
                 },
             )
             .unwrap();
-        assert_eq!(verify_audit(&c), Ok(6));
+        assert_eq!(verify_audit(&c), Ok(21));
+        let shards: Vec<String> = c
+            .names()
+            .unwrap()
+            .into_iter()
+            .filter(is_audit_shard)
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(shards, ["_audit", "_audit-1", "_audit-2"]);
+        // A restarted node finds the end of its chain in the last document.
+        let restarted = AuditLog::new("devA".into());
+        restarted
+            .append(
+                &c,
+                AccessRecord {
+                    grant: &grant,
+                    operation: "read",
+                    collection: "contacts",
+                    records: 1,
+                    fields: vec![],
+                },
+            )
+            .unwrap();
+        assert_eq!(verify_audit(&c), Ok(22));
+        assert_eq!(audit_entries(&c, None).unwrap().len(), 22);
 
         // Alter one entry's record count.
         let id = RecordId::parse("devA-000000000003").unwrap();
+        let stored = c.get(&audit(), &id).unwrap().unwrap();
+        let mut entry: Value = serde_json::from_str(stored["entry"].as_str().unwrap()).unwrap();
+        entry["records"] = json!(999);
         let mut patch = Map::new();
-        patch.insert("records".into(), json!(999));
+        patch.insert("entry".into(), json!(entry.to_string()));
         c.patch(&audit(), &id, &patch).unwrap();
         let (entry, reason) = verify_audit(&c).unwrap_err();
         assert_eq!(entry, "devA-000000000003");

@@ -4,8 +4,10 @@
 //! On disk (tree `docs`), a collection is a snapshot plus the incremental changes made
 //! since, under keys `name_key || kind || seq` (kind 0 = snapshot, 1 = change), so
 //! neither the collection's name nor any record is visible. Tree `collections` maps
-//! `name_key` to the sealed name, to list collections. After [`COMPACT_AFTER`] changes
-//! the document is saved whole and the changes dropped, in one atomic batch.
+//! `name_key` to the sealed name, to list collections. After [`COMPACT_AFTER`] changes,
+//! once they add up to half the last snapshot's size, the document is saved whole and
+//! the changes dropped, in one atomic batch — so saving a large document is paid for
+//! by as many bytes of changes, not every 256 small ones.
 //!
 //! Calls here are synchronous and may take milliseconds on large collections; async
 //! callers run them on the blocking pool and then await [`Store::commit`].
@@ -19,6 +21,7 @@ use hearth_protocol::api::CollectionInfo;
 use hearth_protocol::{CollectionName, RecordId};
 use serde_json::{Map, Value as Json};
 use tokio::sync::broadcast;
+use zeroize::Zeroizing;
 
 use crate::records;
 use crate::store::{SealedBatch, SealedTree, Store, StoreError};
@@ -40,6 +43,8 @@ pub enum CollectionError {
     Automerge { collection: String, reason: String },
     #[error("a sync message for collection {collection} is malformed: {reason}")]
     BadSyncMessage { collection: String, reason: String },
+    #[error("{0}")]
+    BadEdit(String),
 }
 
 /// Collections changed (locally or by sync) are announced here, so sync sessions can
@@ -65,6 +70,9 @@ struct Collection {
     listed: bool,
     next_seq: u64,
     changes_since_snapshot: u64,
+    /// Bytes of those changes, and of the snapshot they follow.
+    change_bytes: usize,
+    snapshot_bytes: usize,
 }
 
 impl Collections {
@@ -159,13 +167,26 @@ impl Collections {
             .into_iter()
             .filter(|name| !name.is_system())
             .map(|name| {
-                let records = self.with(&name, |c| Ok(records::record_count(&c.doc)))? as u64;
+                let records = self.count(&name)? as u64;
                 Ok(CollectionInfo {
                     name: name.to_string(),
                     records,
                 })
             })
             .collect()
+    }
+
+    /// The heads of a collection's document: equal heads, equal content.
+    pub fn heads(
+        &self,
+        name: &CollectionName,
+    ) -> Result<Vec<automerge::ChangeHash>, CollectionError> {
+        self.with(name, |c| Ok(c.doc.get_heads()))
+    }
+
+    /// How many records a collection holds (0 for one never written).
+    pub fn count(&self, name: &CollectionName) -> Result<usize, CollectionError> {
+        self.with(name, |c| Ok(records::record_count(&c.doc)))
     }
 
     /// All records of a collection, each with its `"id"`, sorted by id.
@@ -239,6 +260,33 @@ impl Collections {
         if found { self.get(name, id) } else { Ok(None) }
     }
 
+    /// Applies text edits to one field of a record, as one change; `false` if there
+    /// is no such record. Durable only after [`Store::commit`].
+    pub fn edit_text(
+        &self,
+        name: &CollectionName,
+        id: &RecordId,
+        field: &str,
+        edits: &[records::TextEdit],
+    ) -> Result<bool, CollectionError> {
+        let mut refused = None;
+        let found = self.mutate(name, |doc| {
+            match records::edit_text(doc, id.as_str(), field, edits) {
+                Ok(found) => Ok(found),
+                Err(records::TextEditError::Automerge(e)) => Err(e),
+                Err(e) => {
+                    refused = Some(e.to_string());
+                    // Undo the edits applied before the bad one: all or nothing.
+                    Err(AutomergeError::Fail)
+                }
+            }
+        });
+        match (refused, found) {
+            (Some(reason), _) => Err(CollectionError::BadEdit(reason)),
+            (None, found) => found,
+        }
+    }
+
     pub fn remove(&self, name: &CollectionName, id: &RecordId) -> Result<bool, CollectionError> {
         self.mutate(name, |doc| records::remove_record(doc, id.as_str()))
     }
@@ -299,8 +347,9 @@ impl Collections {
             .insert(&doc_key(&c.key, KIND_CHANGE, c.next_seq), &bytes)?;
         c.next_seq += 1;
         c.changes_since_snapshot += 1;
+        c.change_bytes += bytes.len();
         c.persisted_heads = c.doc.get_heads();
-        if c.changes_since_snapshot >= COMPACT_AFTER {
+        if c.changes_since_snapshot >= COMPACT_AFTER && c.change_bytes >= c.snapshot_bytes / 2 {
             // Failing to compact loses nothing: the changes stay; try again later.
             if let Err(e) = self.compact(c) {
                 tracing::warn!(error = %e, "compaction failed; will retry");
@@ -322,6 +371,8 @@ impl Collections {
         }
         self.docs.apply(batch)?;
         c.changes_since_snapshot = 0;
+        c.change_bytes = 0;
+        c.snapshot_bytes = snapshot.len();
         tracing::debug!(bytes = snapshot.len(), "compacted a collection");
         Ok(())
     }
@@ -343,6 +394,8 @@ impl Collections {
         let mut doc = AutoCommit::new();
         let mut next_seq = 0;
         let mut changes_since_snapshot = 0;
+        let (mut change_bytes, mut snapshot_bytes) = (0, 0);
+        let mut changes = Zeroizing::new(Vec::new());
         for entry in self.docs.scan_prefix(&key) {
             let (entry_key, bytes) = entry?;
             let (kind, seq) = parse_doc_key(&key, &entry_key).ok_or_else(|| {
@@ -350,11 +403,18 @@ impl Collections {
             })?;
             if kind == KIND_SNAPSHOT {
                 doc = AutoCommit::load(&bytes).map_err(corrupt)?;
+                snapshot_bytes = bytes.len();
             } else {
-                doc.load_incremental(&bytes).map_err(corrupt)?;
+                // Applied together below: one call for all the changes is much faster
+                // than one call per change on a large document.
+                changes.extend_from_slice(&bytes);
                 next_seq = seq + 1;
                 changes_since_snapshot += 1;
+                change_bytes += bytes.len();
             }
+        }
+        if !changes.is_empty() {
+            doc.load_incremental(&changes).map_err(corrupt)?;
         }
         doc.set_actor(self.actor.clone());
         let persisted_heads = doc.get_heads();
@@ -366,6 +426,8 @@ impl Collections {
             listed,
             next_seq,
             changes_since_snapshot,
+            change_bytes,
+            snapshot_bytes,
         }));
         open.insert(name.clone(), collection.clone());
         Ok(collection)
@@ -417,6 +479,57 @@ mod tests {
     }
     fn obj(v: Json) -> Map<String, Json> {
         v.as_object().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn text_edits_apply_all_or_nothing_and_survive_a_restart() {
+        use crate::records::TextEdit;
+        let edit = |position, delete, insert: &str| TextEdit {
+            position,
+            delete,
+            insert: insert.into(),
+        };
+        let vault = TestVault::new();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let notes = name("notes");
+        c.put(&notes, &id("n1"), &obj(json!({"body": "Hello", "n": 1})))
+            .unwrap();
+        // A string field becomes collaborative text holding the same characters.
+        let edits = [edit(5, 0, " world"), edit(0, 1, "J")];
+        assert!(c.edit_text(&notes, &id("n1"), "body", &edits).unwrap());
+        assert_eq!(
+            c.get(&notes, &id("n1")).unwrap().unwrap()["body"],
+            "Jello world"
+        );
+        // One bad edit refuses the whole call and changes nothing.
+        let bad = [edit(0, 0, "X"), edit(100, 1, "")];
+        let e = c.edit_text(&notes, &id("n1"), "body", &bad).unwrap_err();
+        assert!(matches!(e, CollectionError::BadEdit(_)), "{e}");
+        assert!(e.to_string().contains("out of range"), "{e}");
+        let e = c.edit_text(&notes, &id("n1"), "n", &edits).unwrap_err();
+        assert!(e.to_string().contains("not text"), "{e}");
+        assert!(!c.edit_text(&notes, &id("nope"), "body", &edits).unwrap());
+        // A put with a new string edits the text rather than replacing it.
+        c.put(
+            &notes,
+            &id("n1"),
+            &obj(json!({"body": "Jello, world", "n": 1})),
+        )
+        .unwrap();
+        vault.store.commit().await.unwrap();
+        drop(c);
+        let vault = vault.reopen().await;
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let record = c.get(&notes, &id("n1")).unwrap().unwrap();
+        assert_eq!(record, json!({"id": "n1", "body": "Jello, world", "n": 1}));
+        assert!(
+            c.edit_text(&notes, &id("n1"), "body", &[edit(12, 0, "!")])
+                .unwrap()
+        );
+        assert_eq!(
+            c.get(&notes, &id("n1")).unwrap().unwrap()["body"],
+            "Jello, world!"
+        );
     }
 
     #[tokio::test]

@@ -71,6 +71,88 @@ pub fn put_record(
     }
 }
 
+/// One splice of a text field: at character `position`, delete `delete` characters,
+/// then insert `insert`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextEdit {
+    pub position: usize,
+    pub delete: usize,
+    pub insert: String,
+}
+
+/// Why a text edit could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum TextEditError {
+    #[error("field {0} holds a {1}, not text")]
+    NotText(String, &'static str),
+    #[error(
+        "edit {index} is out of range: position {position} + delete {delete} > length {length}"
+    )]
+    OutOfRange {
+        index: usize,
+        position: usize,
+        delete: usize,
+        length: usize,
+    },
+    #[error(transparent)]
+    Automerge(#[from] AutomergeError),
+}
+
+/// Applies `edits` in order to text field `field` of record `id`, as collaborative
+/// text (concurrent edits from other devices merge character by character). A string
+/// field becomes text holding the same characters; a missing field starts empty.
+/// Returns `false` if there is no such record.
+pub fn edit_text(
+    doc: &mut AutoCommit,
+    id: &str,
+    field: &str,
+    edits: &[TextEdit],
+) -> Result<bool, TextEditError> {
+    let Some((Value::Object(ObjType::Map), record)) = doc.get(ROOT, id)? else {
+        return Ok(false);
+    };
+    let text = match doc.get(&record, field)?.map(|(v, id)| (v.into_owned(), id)) {
+        Some((Value::Object(ObjType::Text), text)) => text,
+        Some((Value::Scalar(s), _)) if matches!(s.as_ref(), ScalarValue::Str(_)) => {
+            let ScalarValue::Str(current) = s.as_ref() else {
+                unreachable!("matched a string just above")
+            };
+            let current = current.to_string();
+            let text = doc.put_object(&record, field, ObjType::Text)?;
+            doc.splice_text(&text, 0, 0, &current)?;
+            text
+        }
+        None => doc.put_object(&record, field, ObjType::Text)?,
+        Some((other, _)) => {
+            let kind = match other {
+                Value::Object(ObjType::Map | ObjType::Table) => "object",
+                Value::Object(ObjType::List) => "list",
+                _ => "value that is not a string",
+            };
+            return Err(TextEditError::NotText(field.to_owned(), kind));
+        }
+    };
+    let mut length = doc.length(&text);
+    for (index, edit) in edits.iter().enumerate() {
+        if edit
+            .position
+            .checked_add(edit.delete)
+            .is_none_or(|end| end > length)
+        {
+            return Err(TextEditError::OutOfRange {
+                index,
+                position: edit.position,
+                delete: edit.delete,
+                length,
+            });
+        }
+        let delete = isize::try_from(edit.delete).expect("checked against the text's length");
+        doc.splice_text(&text, edit.position, delete, &edit.insert)?;
+        length = doc.length(&text);
+    }
+    Ok(true)
+}
+
 /// Applies a JSON Merge Patch (RFC 7396) to record `id`. Returns `false` if there is
 /// no such record.
 pub fn patch_record(
@@ -241,6 +323,8 @@ fn set_value(
             reconcile_map(doc, &child, map)
         }
         (Json::Array(_) | Json::Object(_), _) => put_new(doc, obj, key.into(), value),
+        // Collaborative text stays text: only the characters that differ change.
+        (Json::String(s), Some((Value::Object(ObjType::Text), text))) => doc.update_text(&text, s),
         (scalar, Some((Value::Scalar(current), _))) if same_scalar(&current, scalar) => Ok(()),
         (scalar, _) => doc.put(obj, key, json_to_scalar(scalar)),
     }
