@@ -30,6 +30,12 @@ pub const BLOBS: &str = "_blobs";
 const MAX_SERVING: usize = 8;
 /// How often missing blobs are looked for even without a change.
 const RETRY_EVERY: Duration = Duration::from_secs(30);
+/// Chunk requests sent ahead of the answers (each answer is up to one chunk).
+const REQUESTS_IN_FLIGHT: usize = 4;
+/// Answers a device's stream prepares ahead of the one being sent.
+const ANSWERS_AHEAD: usize = 4;
+/// Received chunks being sealed and written at once.
+const CHUNKS_BEING_WRITTEN: usize = 4;
 /// A peer that does not answer one request in this time is given up for this round.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -103,36 +109,47 @@ impl BlobSync {
         }
     }
 
-    async fn serve(&self, peer: PeerId, mut stream: libp2p::Stream) -> Result<(), FetchError> {
-        loop {
-            let frame = match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut stream)).await {
-                Ok(Ok(Some(frame))) => frame,
-                Ok(Ok(None)) | Err(_) => return Ok(()),
-                Ok(Err(e)) => return Err(FetchError::Stream(e.to_string())),
-            };
-            if !devices::is_member(&self.vault.collections, &peer) {
-                return Err(FetchError::Protocol(
-                    "the peer is no longer a device of this vault".into(),
-                ));
-            }
-            let request =
-                BlobRequest::decode(&frame).map_err(|e| FetchError::Protocol(e.to_string()))?;
-            let response = match request {
-                BlobRequest::GetManifest(id) => {
-                    match self.vault.blobs.manifest_bytes(BlobId(id))? {
-                        Some(bytes) => BlobResponse::Manifest(bytes),
-                        None => BlobResponse::NotFound,
-                    }
+    /// Answers one device's requests in order, reading and opening the next chunks
+    /// while the current one is being sent.
+    async fn serve(&self, peer: PeerId, stream: libp2p::Stream) -> Result<(), FetchError> {
+        let (mut reader, mut writer) = futures::AsyncReadExt::split(stream);
+        let (answers, mut pending) = tokio::sync::mpsc::channel(ANSWERS_AHEAD);
+        let vault = self.vault.clone();
+        let reading = async move {
+            loop {
+                let frame =
+                    match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut reader)).await {
+                        Ok(Ok(Some(frame))) => frame,
+                        Ok(Ok(None)) | Err(_) => return Ok(()),
+                        Ok(Err(e)) => return Err(FetchError::Stream(e.to_string())),
+                    };
+                if !devices::is_member(&vault.collections, &peer) {
+                    return Err(FetchError::Protocol(
+                        "the peer is no longer a device of this vault".into(),
+                    ));
                 }
-                BlobRequest::GetChunk(hash) => match self.vault.blobs.read_chunk(hash).await? {
-                    Some(bytes) => BlobResponse::Chunk(bytes.to_vec()),
-                    None => BlobResponse::NotFound,
-                },
-            };
-            write_frame(&mut stream, &response.encode())
-                .await
-                .map_err(|e| FetchError::Stream(e.to_string()))?;
-        }
+                let request =
+                    BlobRequest::decode(&frame).map_err(|e| FetchError::Protocol(e.to_string()))?;
+                let vault = vault.clone();
+                let answer = tokio::spawn(async move { answer(&vault, request).await });
+                if answers.send(answer).await.is_err() {
+                    return Ok(());
+                }
+            }
+        };
+        let writing = async move {
+            while let Some(answer) = pending.recv().await {
+                let response = answer
+                    .await
+                    .map_err(|e| FetchError::Stream(format!("reading a chunk failed: {e}")))??;
+                write_frame(&mut writer, &response.encode())
+                    .await
+                    .map_err(|e| FetchError::Stream(e.to_string()))?;
+            }
+            Ok::<_, FetchError>(())
+        };
+        tokio::try_join!(reading, writing)?;
+        Ok(())
     }
 
     /// Fetches missing blobs whenever `_blobs` changes, and every [`RETRY_EVERY`].
@@ -212,30 +229,61 @@ impl BlobSync {
         };
         let total = manifest.chunks.len();
         tracing::info!(blob = %id, size = manifest.size, chunks = total, %peer, "fetching a blob");
-        for (index, hash) in manifest.chunks.iter().enumerate() {
-            if self.vault.blobs.has_chunk(hash) {
-                continue;
-            }
-            match ask(&mut stream, BlobRequest::GetChunk(*hash)).await? {
-                BlobResponse::Chunk(bytes) => {
-                    if bytes.len() != manifest.chunk_len(index) {
-                        return Err(FetchError::Protocol(format!(
-                            "chunk {index} has the wrong length"
-                        )));
-                    }
-                    self.vault
-                        .blobs
-                        .store_chunk(*hash, Bytes::from(bytes))
-                        .await?;
-                }
+        // Chunks already here (a resumed transfer, or shared content) are not asked for.
+        let needed: Vec<(usize, [u8; 32])> = manifest
+            .chunks
+            .iter()
+            .enumerate()
+            .filter(|(_, hash)| !self.vault.blobs.has_chunk(hash))
+            .map(|(index, hash)| (index, *hash))
+            .collect();
+        // Requests are pipelined (the peer answers them in order) and each chunk is
+        // sealed and written while the next ones travel: a round trip and a write per
+        // chunk in series would leave the link idle most of the time.
+        let mut asked = 0;
+        while asked < needed.len().min(REQUESTS_IN_FLIGHT) {
+            send(&mut stream, BlobRequest::GetChunk(needed[asked].1)).await?;
+            asked += 1;
+        }
+        let writing = Arc::new(Semaphore::new(CHUNKS_BEING_WRITTEN));
+        let mut writes = JoinSet::new();
+        for (done, &(index, hash)) in needed.iter().enumerate() {
+            let bytes = match receive(&mut stream).await? {
+                BlobResponse::Chunk(bytes) => bytes,
                 BlobResponse::NotFound => return Err(FetchError::NotFound),
                 BlobResponse::Manifest(_) => {
                     return Err(FetchError::Protocol(
                         "a manifest where a chunk was due".into(),
                     ));
                 }
+            };
+            if bytes.len() != manifest.chunk_len(index) {
+                return Err(FetchError::Protocol(format!(
+                    "chunk {index} has the wrong length"
+                )));
             }
-            tracing::debug!(blob = %id, done = index + 1, total, "blob chunk stored");
+            if asked < needed.len() {
+                send(&mut stream, BlobRequest::GetChunk(needed[asked].1)).await?;
+                asked += 1;
+            }
+            let permit = writing
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let vault = self.vault.clone();
+            writes.spawn(async move {
+                let stored = vault.blobs.store_chunk(hash, Bytes::from(bytes)).await;
+                drop(permit);
+                stored
+            });
+            while let Some(written) = writes.try_join_next() {
+                written.map_err(|e| FetchError::Stream(format!("a chunk write failed: {e}")))??;
+            }
+            tracing::debug!(blob = %id, done = done + 1, needed = needed.len(), total, "blob chunk received");
+        }
+        while let Some(written) = writes.join_next().await {
+            written.map_err(|e| FetchError::Stream(format!("a chunk write failed: {e}")))??;
         }
         self.vault.blobs.store_manifest(id, &manifest).await?;
         tracing::info!(blob = %id, "blob arrived");
@@ -243,13 +291,34 @@ impl BlobSync {
     }
 }
 
+async fn answer(vault: &Vault, request: BlobRequest) -> Result<BlobResponse, FetchError> {
+    Ok(match request {
+        BlobRequest::GetManifest(id) => match vault.blobs.manifest_bytes(BlobId(id))? {
+            Some(bytes) => BlobResponse::Manifest(bytes),
+            None => BlobResponse::NotFound,
+        },
+        BlobRequest::GetChunk(hash) => match vault.blobs.read_chunk(hash).await? {
+            Some(bytes) => BlobResponse::Chunk(bytes.to_vec()),
+            None => BlobResponse::NotFound,
+        },
+    })
+}
+
 async fn ask(
     stream: &mut libp2p::Stream,
     request: BlobRequest,
 ) -> Result<BlobResponse, FetchError> {
+    send(stream, request).await?;
+    receive(stream).await
+}
+
+async fn send(stream: &mut libp2p::Stream, request: BlobRequest) -> Result<(), FetchError> {
     write_frame(stream, &request.encode())
         .await
-        .map_err(|e| FetchError::Stream(e.to_string()))?;
+        .map_err(|e| FetchError::Stream(e.to_string()))
+}
+
+async fn receive(stream: &mut libp2p::Stream) -> Result<BlobResponse, FetchError> {
     let frame = tokio::time::timeout(REQUEST_TIMEOUT, read_frame(stream))
         .await
         .map_err(|_| FetchError::Stream("timed out".into()))?
