@@ -1,0 +1,138 @@
+//! hearth-bench: Hearth's scenarios measured side by side with the baseline each should
+//! approach, in the same run, on this machine. Ratios are what count; absolute times
+//! move with the machine.
+//!
+//!     cargo run --release -p hearth-tests --bin hearth-bench -- [--quick] [--json] [--only NAME,...]
+//!
+//! Scenario names for `--only`: put, trace, view, sync (new device, one edit,
+//! revocation, blob sync), cold, seal.
+
+mod cold;
+mod nodes;
+mod put;
+mod report;
+mod sync;
+mod trace;
+mod view;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use report::Report;
+
+#[derive(Parser)]
+#[command(about = "Measure Hearth against its baselines, side by side")]
+struct Args {
+    /// A shorter run (under 2 minutes on 2 cores): smaller blobs, shorter load phases.
+    #[arg(long)]
+    quick: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Only these scenarios (comma-separated): put, trace, view, sync, cold, seal.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Where vaults and baselines write (the disk being measured).
+    #[arg(long, env = "TMPDIR", default_value = "/tmp")]
+    dir: PathBuf,
+    /// Internal: run one side of a scenario in this process.
+    #[arg(hide = true, trailing_var_arg = true)]
+    child: Vec<String>,
+}
+
+pub struct Opts {
+    pub quick: bool,
+    pub dir: PathBuf,
+}
+
+impl Opts {
+    /// How long each load phase runs.
+    pub fn duration(&self) -> Duration {
+        if self.quick {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(8)
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    match args
+        .child
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [] => {}
+        ["child-edit-trace", side, batch, trace, dir] => {
+            return trace::child(side, batch.parse()?, trace.as_ref(), dir.as_ref());
+        }
+        ["child-cold-start", home] => return cold::child(home.as_ref()),
+        other => anyhow::bail!("unexpected arguments: {other:?}"),
+    }
+    let opts = Opts {
+        quick: args.quick,
+        dir: args.dir,
+    };
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    let started = Instant::now();
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut reports: Vec<Report> = Vec::new();
+    let mut show = |r: Report| {
+        if !args.json {
+            r.print();
+        }
+        reports.push(r);
+    };
+    if !args.json {
+        println!(
+            "hearth-bench ({}) on {}",
+            if opts.quick { "quick" } else { "full" },
+            report::machine()
+        );
+    }
+    if wanted("put") {
+        show(runtime.block_on(put::durable_put(&opts))?);
+    }
+    if wanted("trace") {
+        show(trace::edit_trace(&opts)?);
+    }
+    if wanted("view") {
+        show(runtime.block_on(view::view_reads(&opts))?);
+    }
+    if wanted("sync") {
+        for r in runtime.block_on(sync::two_devices(&opts))? {
+            show(r);
+        }
+    }
+    if wanted("cold") {
+        show(runtime.block_on(cold::cold_start(&opts))?);
+    }
+    if wanted("seal") {
+        show(runtime.block_on(put::sealing(&opts))?);
+    }
+    let elapsed = started.elapsed();
+    if args.json {
+        let out = serde_json::json!({
+            "quick": opts.quick,
+            "machine": report::machine(),
+            "seconds": elapsed.as_secs_f64().round(),
+            "scenarios": reports.iter().map(Report::to_json).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        let missed: Vec<&str> = reports
+            .iter()
+            .filter(|r| r.verdict == report::Verdict::Missed)
+            .map(|r| r.name)
+            .collect();
+        println!(
+            "\n{} scenarios in {elapsed:.1?}; targets missed: {missed:?}",
+            reports.len()
+        );
+    }
+    Ok(())
+}

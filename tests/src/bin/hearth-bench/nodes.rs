@@ -1,0 +1,124 @@
+//! Nodes started in this process on 127.0.0.1, and an HTTP load generator.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hearth_node::mesh::{MeshConfig, Protocol, pairing};
+use hearth_node::{Node, NodeConfig, NodeHandle};
+
+/// Starts a node on `home`, alone or on the mesh (TCP on 127.0.0.1, no mDNS).
+pub async fn start(
+    home: &Path,
+    mesh: bool,
+    peers: Vec<hearth_node::Multiaddr>,
+) -> anyhow::Result<NodeHandle> {
+    let mut config = NodeConfig::new(home);
+    config.api_addr = "127.0.0.1:0".parse()?;
+    config.mesh = if mesh {
+        Some(MeshConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+            peers,
+            mdns: false,
+            relay_server: false,
+        })
+    } else {
+        None
+    };
+    Ok(Node::start(config).await?)
+}
+
+/// Pairs a new device with `a` and starts it, dialling `a`.
+pub async fn join(a: &NodeHandle, home: &Path) -> anyhow::Result<NodeHandle> {
+    let mesh = a.vault().mesh().context("A runs the mesh")?;
+    let (code, _) = mesh.pairing.invite(Duration::from_secs(60)).await?;
+    let b_home = hearth_node::home::Home::new(home);
+    pairing::join(&b_home, &code, None, "bench-b").await?;
+    let peer = a.peer_id();
+    let addrs = mesh
+        .handle
+        .listen_addrs()
+        .await?
+        .into_iter()
+        .map(|x| x.with(Protocol::P2p(peer)))
+        .collect();
+    start(b_home.root(), true, addrs).await
+}
+
+pub fn owner_token(node: &NodeHandle) -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string(node.home().join("owner.token"))?
+        .trim()
+        .to_owned())
+}
+
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(256)
+        .build()?)
+}
+
+/// What a load run measured.
+pub struct Load {
+    pub per_second: f64,
+    /// Sorted.
+    pub latencies: Vec<Duration>,
+}
+
+/// Runs `connections` clients in a loop for `duration`, each sending the request
+/// `make(i)` builds; every answer must be a success.
+pub async fn http_load<F>(connections: usize, duration: Duration, make: F) -> anyhow::Result<Load>
+where
+    F: Fn(usize) -> reqwest::RequestBuilder + Send + Sync + 'static,
+{
+    let make = Arc::new(make);
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for worker in 0..connections {
+        let make = make.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut i = worker;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let answer = make(i).send().await?;
+                let status = answer.status();
+                let body = answer.bytes().await?;
+                anyhow::ensure!(
+                    status.is_success(),
+                    "{status}: {}",
+                    String::from_utf8_lossy(&body)
+                );
+                latencies.push(t.elapsed());
+                i += connections;
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let elapsed = start.elapsed();
+    latencies.sort();
+    Ok(Load {
+        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+        latencies,
+    })
+}
+
+/// Waits until `check` holds, polling every 200 µs; an error after `limit`.
+pub async fn until(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> bool,
+) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    while !check() {
+        anyhow::ensure!(start.elapsed() < limit, "{what}: not done after {limit:?}");
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    Ok(start.elapsed())
+}
