@@ -51,6 +51,10 @@ pub fn router(vault: Arc<Vault>) -> Router {
             "/v1/collections/{collection}/records/{id}/conflicts",
             get(record_conflicts),
         )
+        .route(
+            "/v1/collections/{collection}/records/{id}/text",
+            axum::routing::post(edit_text),
+        )
         .route("/v1/devices", get(list_devices))
         .route("/v1/devices/invite", axum::routing::post(create_invite))
         .route("/v1/devices/{peer}", axum::routing::delete(remove_device))
@@ -428,6 +432,73 @@ async fn delete_record(
     .await?;
     vault.store.commit().await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `{"field": NAME, "edits": [{"at": N, "delete"?: N, "insert"?: TEXT}, ...]}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TextEditRequest {
+    field: String,
+    edits: Vec<TextEditBody>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TextEditBody {
+    at: usize,
+    #[serde(default)]
+    delete: usize,
+    #[serde(default)]
+    insert: String,
+}
+
+/// Applies character edits to a text field as one change, so that devices editing
+/// the same text apart merge character by character instead of one replacing the other.
+async fn edit_text(
+    State(vault): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let (collection, id) = record_path(path)?;
+    let collection = writable(collection)?;
+    let body = read_record_body(&vault, body).await?;
+    let request: TextEditRequest = serde_json::from_value(Value::Object(body)).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "expected {{\"field\": NAME, \"edits\": [{{\"at\", \"delete\", \"insert\"}}]}}: {e}"
+            ),
+        )
+    })?;
+    if request.field.is_empty() || request.field == "id" {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "field must name a text field of the record (not \"id\")",
+        ));
+    }
+    let edits: Vec<crate::records::TextEdit> = request
+        .edits
+        .into_iter()
+        .map(|e| crate::records::TextEdit {
+            position: e.at,
+            delete: e.delete,
+            insert: e.insert,
+        })
+        .collect();
+    let record = inline(&vault, move |v| {
+        if !v
+            .collections
+            .edit_text(&collection, &id, &request.field, &edits)?
+        {
+            return Err(record_not_found(&collection, &id));
+        }
+        v.collections
+            .get(&collection, &id)?
+            .ok_or_else(|| record_not_found(&collection, &id))
+    })
+    .await?;
+    vault.store.commit().await?;
+    Ok(Json(record))
 }
 
 async fn record_conflicts(

@@ -353,3 +353,58 @@ async fn a_field_edited_on_two_devices_apart_keeps_a_winner_and_shows_the_confli
         node.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_edited_on_two_devices_apart_merges_character_by_character() {
+    use hearth_node::records::TextEdit;
+    let edit = |position, insert: &str| TextEdit {
+        position,
+        delete: 0,
+        insert: insert.into(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(&dir.path().join("a"), vec![]).await;
+    let b = join(&a, &dir.path().join("b")).await;
+    put(&a, "notes", "n1", json!({"body": "milk"})).await;
+    eventually("first sync", || get(&b, "notes", "n1").is_some()).await;
+    let (notes, id) = (coll("notes"), RecordId::parse("n1").unwrap());
+    a.vault()
+        .collections
+        .edit_text(&notes, &id, "body", &[edit(4, " eggs")])
+        .unwrap();
+    a.vault().store.commit().await.unwrap();
+    eventually("text sync", || {
+        get(&b, "notes", "n1").is_some_and(|r| r["body"] == "milk eggs")
+    })
+    .await;
+
+    // B goes offline and adds at the start; A adds at the end.
+    let b_home = b.home().to_path_buf();
+    b.shutdown().await.unwrap();
+    let mut offline = NodeConfig::new(&b_home);
+    offline.api_addr = "127.0.0.1:0".parse().unwrap();
+    offline.mesh = None;
+    let b = Node::start(offline).await.unwrap();
+    b.vault()
+        .collections
+        .edit_text(&notes, &id, "body", &[edit(0, "bread ")])
+        .unwrap();
+    b.vault().store.commit().await.unwrap();
+    b.shutdown().await.unwrap();
+    a.vault()
+        .collections
+        .edit_text(&notes, &id, "body", &[edit(9, " tea")])
+        .unwrap();
+    a.vault().store.commit().await.unwrap();
+
+    let b = start(&b_home, addrs(&a).await).await;
+    for node in [&a, &b] {
+        eventually("both edits on both devices", || {
+            get(node, "notes", "n1").is_some_and(|r| r["body"] == "bread milk eggs tea")
+        })
+        .await;
+    }
+    for node in [a, b] {
+        node.shutdown().await.unwrap();
+    }
+}

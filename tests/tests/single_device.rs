@@ -655,3 +655,68 @@ fn up_creates_a_vault_in_an_empty_home() {
     // It is a vault now: init refuses it.
     one_line_error(&cli(t.path(), &["init"]));
 }
+
+#[test]
+fn text_edits_through_http_apply_in_order_and_bad_ones_change_nothing() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let api = Api::new(&node);
+    let path = "/v1/collections/notes/records/n1/text";
+    let (status, _) = api.send(
+        api.request(Method::PUT, "/v1/collections/notes/records/n1")
+            .json(&json!({"body": "Hello", "pinned": true})),
+    );
+    assert_eq!(status, 201);
+    let (status, body) = api.send(api.request(Method::POST, path).json(&json!({
+        "field": "body",
+        "edits": [{"at": 5, "insert": " world"}, {"at": 0, "delete": 1, "insert": "J"}],
+    })));
+    assert_eq!(
+        (status, body),
+        (
+            200,
+            json!({"id": "n1", "body": "Jello world", "pinned": true})
+        )
+    );
+    for (bad, code, says) in [
+        (
+            json!({"field": "body", "edits": [{"at": 99, "delete": 1}]}),
+            "bad_request",
+            "out of range",
+        ),
+        (
+            json!({"field": "pinned", "edits": [{"at": 0, "insert": "x"}]}),
+            "bad_request",
+            "not text",
+        ),
+        (json!({"field": "id", "edits": []}), "bad_request", "field"),
+        (
+            json!({"field": "body", "edits": [{"at": -1}]}),
+            "bad_request",
+            "edits",
+        ),
+        (
+            json!({"field": "body", "edits": "x"}),
+            "bad_request",
+            "edits",
+        ),
+        (json!([1, 2]), "not_an_object", "object"),
+    ] {
+        let (status, body) = api.send(api.request(Method::POST, path).json(&bad));
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], code, "{bad}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{bad}: {message}");
+    }
+    let (status, body) = api.send(
+        api.request(Method::POST, "/v1/collections/notes/records/nope/text")
+            .json(&json!({"field": "body", "edits": []})),
+    );
+    assert_eq!(status, 404, "{body}");
+    let (_, body) = api.send(api.request(Method::GET, "/v1/collections/notes/records/n1"));
+    assert_eq!(
+        body,
+        json!({"id": "n1", "body": "Jello world", "pinned": true})
+    );
+    node.stop();
+}
