@@ -63,6 +63,29 @@ pub async fn view_reads(opts: &Opts) -> anyhow::Result<Report> {
             async move { ([("content-type", "application/json")], (*bytes).clone()) }
         }),
     );
+    // A second baseline makes one durable write per request, as the audit log does:
+    // the same answer after a sled insert + flush of an entry-sized value.
+    let baseline_dir = tempfile::tempdir_in(&opts.dir)?;
+    let db = sled::open(baseline_dir.path().join("sled"))?;
+    let durable_bytes = Arc::new(sample.clone());
+    let app = app.route(
+        "/durable/{id}",
+        axum::routing::get(move || {
+            let (db, bytes) = (db.clone(), durable_bytes.clone());
+            async move {
+                let written = tokio::task::spawn_blocking(move || {
+                    let key = db.generate_id()?.to_be_bytes();
+                    db.insert(key, vec![0x61u8; 400])?;
+                    db.flush()
+                })
+                .await;
+                match written {
+                    Ok(Ok(_)) => Ok(([("content-type", "application/json")], (*bytes).clone())),
+                    _ => Err(axum::http::StatusCode::INTERNAL_SERVER_ERROR),
+                }
+            }
+        }),
+    );
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
     let mut ok = Vec::new();
@@ -80,6 +103,23 @@ pub async fn view_reads(opts: &Opts) -> anyhow::Result<Report> {
                 .bearer_auth(&t)
         })
         .await?;
+        if connections == 1 {
+            let (h, t) = (http.clone(), token.clone());
+            let b = format!("http://{baseline_addr}");
+            let durable = http_load(1, opts.duration(), move |i| {
+                h.get(format!("{b}/durable/r{}", i % 1000)).bearer_auth(&t)
+            })
+            .await?;
+            report.baseline.push(fig(
+                "1 conn: bare axum + sled insert+flush per request",
+                durable.per_second,
+                "req/s",
+            ));
+            report.notes.push(format!(
+                "1 connection: {:.2}x a handler that makes one durable write per request",
+                hearth.per_second / durable.per_second
+            ));
+        }
         let ratio = hearth.per_second / bare.per_second;
         let p99 = percentile_ms(&hearth.latencies, 99);
         report.figures.extend([
