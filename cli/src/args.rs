@@ -114,6 +114,19 @@ pub enum Command {
         #[command(flatten)]
         passphrase: PassphraseArgs,
     },
+    /// Set, change or remove the passphrase that wraps this device's key file (the old
+    /// one from --passphrase-file or $HEARTH_PASSPHRASE; an interruption leaves the old
+    /// one working)
+    Passphrase {
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+        /// Read the new passphrase from this file (else $HEARTH_NEW_PASSPHRASE)
+        #[arg(long, value_name = "F", conflicts_with = "remove")]
+        new_passphrase_file: Option<PathBuf>,
+        /// Remove the passphrase: the key file is then protected only by its permissions
+        #[arg(long)]
+        remove: bool,
+    },
     /// List the vault's devices, or remove one
     Devices {
         #[command(subcommand)]

@@ -66,6 +66,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             passphrase,
         } => join(&home, json, &code, name, passphrase).await,
+        Command::Passphrase {
+            passphrase: old,
+            new_passphrase_file,
+            remove,
+        } => change_passphrase(&home, json, old, new_passphrase_file, remove),
         command => client_command(&home, json, command).await,
     }
 }
@@ -87,6 +92,38 @@ fn passphrase(args: PassphraseArgs) -> anyhow::Result<Option<Passphrase>> {
         Ok(text) => Ok(Some(Passphrase::new(text).context("HEARTH_PASSPHRASE")?)),
         Err(_) => Ok(None),
     }
+}
+
+fn change_passphrase(
+    home: &Home,
+    json: bool,
+    old: PassphraseArgs,
+    new_file: Option<PathBuf>,
+    remove: bool,
+) -> anyhow::Result<()> {
+    let old = passphrase(old)?;
+    let new = match (new_file, remove) {
+        (_, true) => None,
+        (Some(file), false) => Some(Passphrase::from_file(&file)?),
+        (None, false) => match std::env::var("HEARTH_NEW_PASSPHRASE") {
+            Ok(text) => Some(Passphrase::new(text).context("HEARTH_NEW_PASSPHRASE")?),
+            Err(_) => anyhow::bail!(
+                "give the new passphrase with --new-passphrase-file F or HEARTH_NEW_PASSPHRASE, or --remove"
+            ),
+        },
+    };
+    hearth_node::keys::change_passphrase(home, old.as_ref(), new.as_ref())?;
+    let keys = home.keys().display().to_string();
+    if json {
+        println!("{}", json!({"keys": keys, "passphrase": new.is_some()}));
+    } else if new.is_some() {
+        println!("The key file {keys} is now wrapped by the new passphrase.");
+    } else {
+        println!(
+            "The key file {keys} has no passphrase now: anyone who can read it can open the vault."
+        );
+    }
+    Ok(())
 }
 
 async fn init(home: &Home, json: bool, args: PassphraseArgs) -> anyhow::Result<()> {
@@ -539,6 +576,7 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
         Command::Init { .. }
         | Command::Up { .. }
         | Command::Join { .. }
+        | Command::Passphrase { .. }
         | Command::Token { .. } => {
             unreachable!("handled in run")
         }

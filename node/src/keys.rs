@@ -264,24 +264,7 @@ fn init_with_device(
     let keys = VaultKeys::from_blob(&blob, &home.keys())?;
 
     let plain = blob.encode();
-    let file = match passphrase {
-        None => KeyFile::new(Protection::None, &plain),
-        Some(passphrase) => {
-            let mut salt = [0u8; 16];
-            rng.fill_bytes(&mut salt);
-            let params = Argon2Params {
-                salt: BASE64.encode(&salt),
-                m_cost_kib: ARGON2_M_COST_KIB,
-                t_cost: ARGON2_T_COST,
-                p_cost: ARGON2_P_COST,
-            };
-            let kek = derive_kek(passphrase, &params)?;
-            let mut nonce = [0u8; 24];
-            rng.fill_bytes(&mut nonce);
-            let sealed = kek.seal(Binding::new(SECRETS_DOMAIN, SECRETS_KEY), &plain, nonce);
-            KeyFile::new(Protection::Argon2id(params), &sealed)
-        }
-    };
+    let file = protect(&plain, passphrase)?;
 
     let io_err = |what: &'static str, path: &Path| {
         let path = path.display().to_string();
@@ -299,8 +282,54 @@ fn init_with_device(
     })
 }
 
-/// Opens the secrets of the vault in `home`.
-pub fn open(home: &Home, passphrase: Option<&Passphrase>) -> Result<VaultKeys, KeysError> {
+/// A key file holding `plain`, wrapped by `passphrase` (Argon2id) if there is one.
+fn protect(plain: &[u8], passphrase: Option<&Passphrase>) -> Result<KeyFile, KeysError> {
+    let Some(passphrase) = passphrase else {
+        return Ok(KeyFile::new(Protection::None, plain));
+    };
+    let mut rng = rand::rngs::OsRng;
+    let mut salt = [0u8; 16];
+    rng.fill_bytes(&mut salt);
+    let params = Argon2Params {
+        salt: BASE64.encode(&salt),
+        m_cost_kib: ARGON2_M_COST_KIB,
+        t_cost: ARGON2_T_COST,
+        p_cost: ARGON2_P_COST,
+    };
+    let kek = derive_kek(passphrase, &params)?;
+    let mut nonce = [0u8; 24];
+    rng.fill_bytes(&mut nonce);
+    let sealed = kek.seal(Binding::new(SECRETS_DOMAIN, SECRETS_KEY), plain, nonce);
+    Ok(KeyFile::new(Protection::Argon2id(params), &sealed))
+}
+
+/// Sets, changes or removes (`new` = `None`) the passphrase of the vault in `home`.
+/// The secrets stay the same; only their wrapping changes. The new key file replaces
+/// the old one by an atomic rename after it is on disk, so an interruption at any
+/// moment leaves either the old passphrase or the new one working, never neither.
+/// A running node is unaffected (it read the file when it started).
+pub fn change_passphrase(
+    home: &Home,
+    old: Option<&Passphrase>,
+    new: Option<&Passphrase>,
+) -> Result<(), KeysError> {
+    let path = home.keys();
+    let file = read_key_file(home)?;
+    let plain = unwrap_secrets(&file, old, &path)?;
+    // Proves the secrets decode before anything is written.
+    SecretsBlob::decode(&plain).map_err(|source| KeysError::KeyFile {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let replacement = protect(&plain, new)?;
+    write_file_atomic(&path, &replacement.to_json(), 0o600).map_err(|source| KeysError::Io {
+        what: "cannot write key file",
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn read_key_file(home: &Home) -> Result<KeyFile, KeysError> {
     let path = home.keys();
     let bytes = match fs::read(&path) {
         Ok(bytes) => bytes,
@@ -315,23 +344,43 @@ pub fn open(home: &Home, passphrase: Option<&Passphrase>) -> Result<VaultKeys, K
             });
         }
     };
-    let keyfile_err = |source| KeysError::KeyFile {
+    KeyFile::parse(&bytes).map_err(|source| KeysError::KeyFile {
         path: path.display().to_string(),
         source,
-    };
-    let file = KeyFile::parse(&bytes).map_err(keyfile_err)?;
-    let stored = file.secrets_bytes().map_err(keyfile_err)?;
-    let plain = match &file.protection {
+    })
+}
+
+/// The secrets blob of a key file, unwrapped with `passphrase` if it has one.
+fn unwrap_secrets(
+    file: &KeyFile,
+    passphrase: Option<&Passphrase>,
+    path: &Path,
+) -> Result<Zeroizing<Vec<u8>>, KeysError> {
+    let stored = file.secrets_bytes().map_err(|source| KeysError::KeyFile {
+        path: path.display().to_string(),
+        source,
+    })?;
+    match &file.protection {
         // A passphrase given for a vault that has none is harmless: ignore it.
-        Protection::None => stored,
+        Protection::None => Ok(stored),
         Protection::Argon2id(params) => {
             let passphrase = passphrase.ok_or(KeysError::PassphraseRequired)?;
             let kek = derive_kek(passphrase, params)?;
             kek.open(Binding::new(SECRETS_DOMAIN, SECRETS_KEY), &stored)
-                .map_err(|_| KeysError::WrongPassphrase)?
+                .map_err(|_| KeysError::WrongPassphrase)
         }
-    };
-    let blob = SecretsBlob::decode(&plain).map_err(keyfile_err)?;
+    }
+}
+
+/// Opens the secrets of the vault in `home`.
+pub fn open(home: &Home, passphrase: Option<&Passphrase>) -> Result<VaultKeys, KeysError> {
+    let path = home.keys();
+    let file = read_key_file(home)?;
+    let plain = unwrap_secrets(&file, passphrase, &path)?;
+    let blob = SecretsBlob::decode(&plain).map_err(|source| KeysError::KeyFile {
+        path: path.display().to_string(),
+        source,
+    })?;
     VaultKeys::from_blob(&blob, &path)
 }
 
@@ -445,6 +494,56 @@ mod tests {
             Passphrase::new("\n".into()),
             Err(KeysError::EmptyPassphrase)
         ));
+    }
+
+    #[test]
+    fn a_passphrase_is_set_changed_and_removed_and_a_wrong_one_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        let pass = |p: &str| Passphrase::new(p.into()).unwrap();
+        let made = init(&home, None).unwrap();
+        let peer = made.keys.peer_id();
+
+        change_passphrase(&home, None, Some(&pass("first"))).unwrap();
+        assert!(matches!(
+            open(&home, None),
+            Err(KeysError::PassphraseRequired)
+        ));
+        assert_eq!(open(&home, Some(&pass("first"))).unwrap().peer_id(), peer);
+
+        // A wrong old passphrase is refused and the file stays byte for byte.
+        let before = fs::read(home.keys()).unwrap();
+        assert!(matches!(
+            change_passphrase(&home, Some(&pass("nope")), Some(&pass("second"))),
+            Err(KeysError::WrongPassphrase)
+        ));
+        assert!(matches!(
+            change_passphrase(&home, None, Some(&pass("second"))),
+            Err(KeysError::PassphraseRequired)
+        ));
+        assert_eq!(fs::read(home.keys()).unwrap(), before);
+
+        // An interrupted change (the new file written, not yet renamed) leaves the
+        // old passphrase working and the leftover harmless.
+        fs::write(dir.path().join(".keys.tmp-999999"), b"{partial").unwrap();
+        assert_eq!(open(&home, Some(&pass("first"))).unwrap().peer_id(), peer);
+
+        change_passphrase(&home, Some(&pass("first")), Some(&pass("second"))).unwrap();
+        assert!(matches!(
+            open(&home, Some(&pass("first"))),
+            Err(KeysError::WrongPassphrase)
+        ));
+        let reopened = open(&home, Some(&pass("second"))).unwrap();
+        assert_eq!(reopened.peer_id(), peer);
+        assert_eq!(reopened.vault_id_hex(), made.keys.vault_id_hex());
+        assert_eq!(
+            fs::metadata(home.keys()).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+
+        change_passphrase(&home, Some(&pass("second")), None).unwrap();
+        assert!(!needs_passphrase(&home));
+        assert_eq!(open(&home, None).unwrap().peer_id(), peer);
     }
 
     #[test]
