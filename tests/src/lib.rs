@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod torture;
+
 /// How long any one wait may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
