@@ -121,6 +121,7 @@ impl From<StoreError> for ApiError {
                 ErrorCode::Corrupt
             }
             StoreError::Closed => ErrorCode::Unavailable,
+            StoreError::DiskFull => ErrorCode::InsufficientStorage,
             _ => ErrorCode::Storage,
         };
         ApiError::new(code, e.to_string())
@@ -164,6 +165,9 @@ impl From<BlobError> for ApiError {
             BlobError::TooLarge { .. } => ApiError::new(ErrorCode::TooLarge, e.to_string()),
             BlobError::Body(_) => ApiError::new(ErrorCode::BadRequest, e.to_string()),
             BlobError::Corrupt { .. } => ApiError::new(ErrorCode::Corrupt, e.to_string()),
+            BlobError::Io { ref source, .. } if source.raw_os_error() == Some(28) => {
+                ApiError::new(ErrorCode::InsufficientStorage, e.to_string())
+            }
             other => ApiError::new(ErrorCode::Storage, other.to_string()),
         }
     }

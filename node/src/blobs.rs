@@ -269,6 +269,7 @@ impl Blobs {
         chunk: Bytes,
         dirs: &mut HashSet<PathBuf>,
     ) -> Result<[u8; 32], BlobError> {
+        self.store.check_write()?;
         let keys = self.keys.clone();
         let base = self.dir.clone();
         let (hash, dir) = tokio::task::spawn_blocking(move || -> Result<_, BlobError> {

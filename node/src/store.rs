@@ -45,11 +45,96 @@ pub enum StoreError {
     Version { found: u32 },
     #[error("the store is shutting down")]
     Closed,
+    #[error("the disk is full: nothing was written")]
+    DiskFull,
+    #[error(
+        "an earlier write to disk failed ({0}); to keep what is stored intact this node accepts no more writes: restart it"
+    )]
+    Failed(String),
 }
 
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
-        StoreError::Storage(e.to_string())
+        match &e {
+            sled::Error::Io(io) if io.raw_os_error() == Some(libc_enospc()) => StoreError::DiskFull,
+            _ => StoreError::Storage(e.to_string()),
+        }
+    }
+}
+
+/// ENOSPC on Linux and the BSDs alike.
+const fn libc_enospc() -> i32 {
+    28
+}
+
+/// Injected I/O failures, so tests can see what the node does when its disk fails: a
+/// write error, a full disk, a failed fsync. Every write and every flush of the store
+/// checks it first (one atomic load). Nothing sets it outside tests.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// 0: none; 1: writes fail with an I/O error; 2: writes fail as if the disk were full.
+    writes: std::sync::atomic::AtomicU8,
+    flushes: std::sync::atomic::AtomicBool,
+}
+
+/// One kind of injected failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    WriteError,
+    DiskFull,
+    FlushError,
+}
+
+impl Faults {
+    /// From now on, fail this way (until [`Faults::clear`]).
+    pub fn inject(&self, fault: Fault) {
+        match fault {
+            Fault::WriteError => self.writes.store(1, Ordering::SeqCst),
+            Fault::DiskFull => self.writes.store(2, Ordering::SeqCst),
+            Fault::FlushError => self.flushes.store(true, Ordering::SeqCst),
+        }
+    }
+
+    pub fn clear(&self) {
+        self.writes.store(0, Ordering::SeqCst);
+        self.flushes.store(false, Ordering::SeqCst);
+    }
+
+    /// The error an injected write failure gives, if one is set.
+    pub fn check_write(&self) -> Result<(), StoreError> {
+        match self.writes.load(Ordering::Relaxed) {
+            0 => Ok(()),
+            2 => Err(StoreError::DiskFull),
+            _ => Err(StoreError::Storage("injected write error".into())),
+        }
+    }
+
+    fn check_flush(&self) -> Result<(), String> {
+        if self.flushes.load(Ordering::Relaxed) {
+            Err("injected fsync failure".into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Once a flush has failed, the kernel may have dropped pages it could not write while
+/// still reporting later flushes as successful ("fsyncgate"): from then on the store
+/// refuses every write, and a restart re-reads what is really on disk.
+#[derive(Debug, Default)]
+struct Poisoned(std::sync::Mutex<Option<String>>);
+
+impl Poisoned {
+    fn check(&self) -> Result<(), StoreError> {
+        match &*self.0.lock().expect("poison lock is never poisoned") {
+            None => Ok(()),
+            Some(reason) => Err(StoreError::Failed(reason.clone())),
+        }
+    }
+
+    fn set(&self, reason: &str) {
+        let mut state = self.0.lock().expect("poison lock is never poisoned");
+        state.get_or_insert_with(|| reason.to_owned());
     }
 }
 
@@ -76,6 +161,8 @@ pub struct Store {
     commit_tx: mpsc::Sender<FlusherMessage>,
     flusher: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     stats: Arc<CommitStats>,
+    faults: Arc<Faults>,
+    poisoned: Arc<Poisoned>,
 }
 
 impl Store {
@@ -108,11 +195,14 @@ impl Store {
         };
         let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
         let stats = Arc::new(CommitStats::default());
+        let faults = Arc::new(Faults::default());
+        let poisoned = Arc::new(Poisoned::default());
         let flusher = {
             let (db, stats) = (db.clone(), stats.clone());
+            let (faults, poisoned) = (faults.clone(), poisoned.clone());
             std::thread::Builder::new()
                 .name("hearth-flusher".into())
-                .spawn(move || run_flusher(db, commit_rx, stats))
+                .spawn(move || run_flusher(db, commit_rx, stats, &faults, &poisoned))
                 .map_err(|e| StoreError::Storage(format!("cannot start the flusher thread: {e}")))?
         };
         let store = Self {
@@ -121,6 +211,8 @@ impl Store {
             commit_tx,
             flusher: std::sync::Mutex::new(Some(flusher)),
             stats,
+            faults,
+            poisoned,
         };
         store.check_format()?;
         Ok(store)
@@ -152,7 +244,20 @@ impl Store {
             tree: self.db.open_tree(name)?,
             name,
             keys: self.keys.clone(),
+            faults: self.faults.clone(),
+            poisoned: self.poisoned.clone(),
         })
+    }
+
+    /// The store's fault injector (tests only set it).
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
+    /// Refuses a write if a fault is injected or an earlier flush failed.
+    pub fn check_write(&self) -> Result<(), StoreError> {
+        self.poisoned.check()?;
+        self.faults.check_write()
     }
 
     /// An opaque sled key for a user-chosen name: a keyed hash, so the disk shows
@@ -168,6 +273,7 @@ impl Store {
     /// Returns once everything inserted before the call is on disk (fsynced).
     /// Concurrent callers share one flush.
     pub async fn commit(&self) -> Result<(), StoreError> {
+        self.poisoned.check()?;
         let (tx, rx) = oneshot::channel();
         self.commit_tx
             .send(FlusherMessage::Commit(tx))
@@ -175,7 +281,7 @@ impl Store {
             .map_err(|_| StoreError::Closed)?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(StoreError::Storage(message)),
+            Ok(Err(message)) => Err(StoreError::Failed(message)),
             Err(_) => Err(StoreError::Closed),
         }
     }
@@ -209,7 +315,13 @@ impl Store {
 /// A request queued during a flush waits for the next one, because its write may have
 /// missed the flush in progress. It runs on its own thread so that a commit costs one
 /// wake-up each way, not a trip through the blocking pool.
-fn run_flusher(db: sled::Db, mut rx: mpsc::Receiver<FlusherMessage>, stats: Arc<CommitStats>) {
+fn run_flusher(
+    db: sled::Db,
+    mut rx: mpsc::Receiver<FlusherMessage>,
+    stats: Arc<CommitStats>,
+    faults: &Faults,
+    poisoned: &Poisoned,
+) {
     let mut waiters = Vec::new();
     let mut stopping = false;
     while !stopping {
@@ -227,9 +339,12 @@ fn run_flusher(db: sled::Db, mut rx: mpsc::Receiver<FlusherMessage>, stats: Arc<
                 Err(_) => break,
             }
         }
-        let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+        let result = faults
+            .check_flush()
+            .and_then(|()| db.flush().map(|_| ()).map_err(|e| e.to_string()));
         if let Err(message) = &result {
-            tracing::error!(error = %message, "flush to disk failed; writes are not acknowledged");
+            tracing::error!(error = %message, "flush to disk failed; writes are not acknowledged and no more are accepted");
+            poisoned.set(message);
         }
         stats.flushes.fetch_add(1, Ordering::Relaxed);
         stats
@@ -247,6 +362,8 @@ pub struct SealedTree {
     tree: sled::Tree,
     name: &'static str,
     keys: Arc<VaultKeys>,
+    faults: Arc<Faults>,
+    poisoned: Arc<Poisoned>,
 }
 
 /// A set of inserts and removes on one tree, applied atomically.
@@ -264,13 +381,20 @@ impl SealedTree {
     }
 
     pub fn insert(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.writable()?;
         self.tree.insert(key, self.seal(key, value))?;
         Ok(())
     }
 
     pub fn remove(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.writable()?;
         self.tree.remove(key)?;
         Ok(())
+    }
+
+    fn writable(&self) -> Result<(), StoreError> {
+        self.poisoned.check()?;
+        self.faults.check_write()
     }
 
     pub fn contains_key(&self, key: &[u8]) -> Result<bool, StoreError> {
@@ -286,6 +410,7 @@ impl SealedTree {
     }
 
     pub fn apply(&self, batch: SealedBatch) -> Result<(), StoreError> {
+        self.writable()?;
         self.tree.apply_batch(batch.batch)?;
         Ok(())
     }

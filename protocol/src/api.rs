@@ -38,6 +38,7 @@ pub enum ErrorCode {
     TooLarge,
     Corrupt,
     Storage,
+    InsufficientStorage,
     Unavailable,
     Internal,
 }
@@ -64,6 +65,7 @@ impl ErrorCode {
             Self::TooLarge => "too_large",
             Self::Corrupt => "corrupt",
             Self::Storage => "storage",
+            Self::InsufficientStorage => "insufficient_storage",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }
@@ -86,6 +88,7 @@ impl ErrorCode {
             Self::TooLarge => 413,
             Self::Unavailable => 503,
             Self::Corrupt | Self::Storage | Self::Internal => 500,
+            Self::InsufficientStorage => 507,
         }
     }
 }
