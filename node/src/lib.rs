@@ -18,6 +18,7 @@ pub mod home;
 pub mod keys;
 pub mod mesh;
 pub mod records;
+pub mod server;
 pub mod store;
 
 use std::io;
@@ -249,11 +250,7 @@ impl Node {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let app = api::router(vault.clone());
         let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stop_rx.await;
-                })
-                .await
+            server::serve(listener, app, stop_rx).await
         });
         // Written only once the API accepts connections, so a client that finds the
         // file can use it.
