@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod netns;
 pub mod torture;
 
 /// How long any one wait may take before the test fails.
@@ -221,7 +222,25 @@ pub fn spawn_node(home: &Path, extra: &[&str]) -> NodeProcess {
 }
 
 pub fn spawn_node_with_env(home: &Path, extra: &[&str], env: &[(&str, &str)]) -> NodeProcess {
-    let mut cmd = Command::new(hearth_bin());
+    spawn_node_wrapped(&[], home, extra, env)
+}
+
+/// Like [`spawn_node_with_env`], run through `wrapper` (e.g. `ip netns exec NS`).
+pub fn spawn_node_wrapped(
+    wrapper: &[&str],
+    home: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> NodeProcess {
+    let bin = hearth_bin();
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(&bin);
+            cmd
+        }
+        None => Command::new(&bin),
+    };
     cmd.args([
         "--home",
         home.to_str().expect("utf-8 path"),
