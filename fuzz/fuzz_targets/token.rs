@@ -1,0 +1,13 @@
+#![no_main]
+//! Tokens as a service presents them: parsing and attenuating arbitrary text never
+//! panics, and never yields a token from garbage.
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = hearth_node::access::attenuate(text, "contacts.name", None);
+    let _ = hearth_node::access::parse_duration(text);
+    let _ = hearth_node::access::parse_rate(text);
+});
