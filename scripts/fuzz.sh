@@ -13,7 +13,7 @@ targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
     mapfile -t targets < <(cargo +nightly fuzz list)
 fi
-cargo +nightly fuzz build -O "${targets[@]}" >/dev/null
+cargo +nightly fuzz build -O >/dev/null
 printf '%-14s %8s %14s %10s %s\n' target seconds executions exec/s result
 for target in "${targets[@]}"; do
     log="$(mktemp)"
