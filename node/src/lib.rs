@@ -249,9 +249,7 @@ impl Node {
         };
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let app = api::router(vault.clone());
-        let server = tokio::spawn(async move {
-            server::serve(listener, app, stop_rx).await
-        });
+        let server = tokio::spawn(async move { server::serve(listener, app, stop_rx).await });
         // Written only once the API accepts connections, so a client that finds the
         // file can use it.
         write_file_atomic(&home.api_addr(), format!("{api_addr}\n").as_bytes(), 0o644).map_err(

@@ -60,10 +60,12 @@ struct Expected {
 #[derive(Default)]
 struct Model {
     records: BTreeMap<String, Expected>,
-    /// Blob id → BLAKE3 of its bytes, acknowledged.
-    blobs: BTreeMap<String, String>,
+    /// (blob id, BLAKE3 of its bytes), acknowledged, oldest first.
+    blobs: Vec<(String, String)>,
     /// Writes acknowledged, records and blobs.
     acks: usize,
+    /// Blobs (in `blobs`' order) read back at least once already.
+    blobs_checked_upto: usize,
 }
 
 /// Runs the torture in `dir` and returns what it saw; panics, naming the seed, on the
@@ -111,6 +113,9 @@ pub fn run(dir: &Path, config: &Config) -> Report {
             converged(&node, b);
         }
         check(&node, &model, &mut report, config.seed, round);
+        if (round + 1) % 25 == 0 {
+            eprintln!("torture: {} kills survived; {report:?}", round + 1);
+        }
     }
     let m = model.lock().expect("model");
     report.acknowledged_blobs = m.blobs.len();
@@ -139,7 +144,7 @@ fn write_until_stopped(
     while !stop.load(Ordering::SeqCst) {
         n += 1;
         if rng.gen_ratio(1, 40) {
-            let size = rng.gen_range(1..3 * 1024 * 1024);
+            let size = rng.gen_range(1..1536 * 1024);
             let mut bytes = vec![0u8; size];
             rng.fill(&mut bytes[..]);
             let hash = blake3::hash(&bytes).to_hex().to_string();
@@ -154,7 +159,7 @@ fn write_until_stopped(
             };
             let id = body["id"].as_str().expect("a blob id").to_owned();
             let mut m = model.lock().expect("model");
-            m.blobs.insert(id, hash);
+            m.blobs.push((id, hash));
             m.acks += 1;
             continue;
         }
@@ -243,7 +248,20 @@ fn check(node: &NodeProcess, model: &Mutex<Model>, report: &mut Report, seed: u6
         }
     }
     report.acknowledged_writes = m.acks;
-    for (id, hash) in &m.blobs {
+    // Blobs acknowledged since the last check, and a sample of older ones: reading
+    // every blob after every kill would make a long run quadratic.
+    let newest = m.blobs_checked_upto;
+    let total = m.blobs.len();
+    let mut pick = StdRng::seed_from_u64(seed ^ round as u64);
+    let sample: Vec<(String, String)> = m
+        .blobs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i >= newest || pick.gen_ratio(4, (total as u32).max(4)))
+        .map(|(_, blob)| blob.clone())
+        .collect();
+    m.blobs_checked_upto = total;
+    for (id, hash) in &sample {
         let answer = api.send_raw(api.request(Method::GET, &format!("/v1/blobs/{id}")));
         assert_eq!(
             answer.status, 200,
