@@ -228,3 +228,94 @@ async fn random_write_faults_never_lose_or_alter_acknowledged_records() {
     }
     node.shutdown().await.unwrap();
 }
+
+/// A real full disk: the vault on a small tmpfs (root only; says so otherwise), filled
+/// with blobs until the kernel answers ENOSPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_full_disk_is_refused_cleanly_and_what_was_stored_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .arg(dir.path())
+        .output();
+    match mounted {
+        Ok(out) if out.status.success() => {}
+        other => {
+            eprintln!(
+                "\n*** SKIPPED: cannot mount a tmpfs here ({other:?}); the real full-disk test needs root ***\n"
+            );
+            return;
+        }
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(dir.path());
+    let home = dir.path().join("vault");
+    let node = start(&home).await;
+    let api = Client::new(&node);
+    assert_eq!(
+        api.put("kept", json!({"v": "before the disk filled"}))
+            .await
+            .0,
+        201
+    );
+    let mut full = None;
+    for i in 0..40u32 {
+        let bytes: Vec<u8> = (0..1024 * 1024u32)
+            .map(|j| (j.wrapping_mul(2_654_435_761).wrapping_add(i) >> 7) as u8)
+            .collect();
+        let answer = api
+            .http
+            .post(format!("{}/v1/blobs", api.base))
+            .bearer_auth(&api.token)
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status().as_u16();
+        if status != 201 {
+            full = Some((
+                i,
+                status,
+                answer.json::<Value>().await.unwrap_or(Value::Null),
+            ));
+            break;
+        }
+    }
+    let (after, status, body) = full.expect("24 MiB of tmpfs never filled");
+    eprintln!("the disk filled after {after} blobs of 1 MiB: {status} {body}");
+    assert!(
+        status == 507 || status == 500,
+        "a full disk answered {status}: {body}"
+    );
+    assert!(body["error"]["code"].is_string(), "{body}");
+    // What was acknowledged is still served, and the node still answers.
+    assert_eq!(
+        api.get("kept").await,
+        Some(json!({"id": "kept", "v": "before the disk filled"}))
+    );
+    let (status, _) = api.send(reqwest::Method::GET, "/v1/status", None).await;
+    assert_eq!(status, 200);
+    node.shutdown().await.ok();
+    // The vault reopens on the full disk, with everything acknowledged.
+    let node = start(&home).await;
+    let api = Client::new(&node);
+    assert_eq!(
+        api.get("kept").await,
+        Some(json!({"id": "kept", "v": "before the disk filled"}))
+    );
+    let (_, blobs) = api.send(reqwest::Method::GET, "/v1/blobs", None).await;
+    assert_eq!(
+        blobs.as_array().map(Vec::len),
+        Some(after as usize),
+        "{blobs}"
+    );
+    node.shutdown().await.ok();
+}
