@@ -408,3 +408,61 @@ async fn text_edited_on_two_devices_apart_merges_character_by_character() {
         node.shutdown().await.unwrap();
     }
 }
+
+/// A device that crashed after another device received its last change (but before
+/// that change reached its own disk) goes on writing, and both keep syncing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_lost_a_change_the_other_has_keeps_syncing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a_home = dir.path().join("a");
+    let a = start(&a_home, vec![]).await;
+    let b = join(&a, &dir.path().join("b")).await;
+    put(&a, "notes", "n1", json!({"v": 1})).await;
+    eventually("first sync", || get(&b, "notes", "n1").is_some()).await;
+
+    // A's disk as it is now; then a change that B receives; then A "loses" it by
+    // going back to the copy (what a crash before the fsync does).
+    a.shutdown().await.unwrap();
+    let saved = dir.path().join("a-saved");
+    copy_dir(&a_home, &saved);
+    let a = start(&a_home, addrs(&b).await).await;
+    put(&a, "notes", "n2", json!({"v": "lost on A"})).await;
+    eventually("B has A's change", || get(&b, "notes", "n2").is_some()).await;
+    a.shutdown().await.unwrap();
+    std::fs::remove_dir_all(&a_home).unwrap();
+    copy_dir(&saved, &a_home);
+
+    // A writes again before hearing from B, then they meet.
+    let mut offline = NodeConfig::new(&a_home);
+    offline.api_addr = "127.0.0.1:0".parse().unwrap();
+    offline.mesh = None;
+    let a = Node::start(offline).await.unwrap();
+    put(&a, "notes", "n3", json!({"v": "after the crash"})).await;
+    a.shutdown().await.unwrap();
+    let a = start(&a_home, addrs(&b).await).await;
+    put(&b, "notes", "n4", json!({"v": "from B"})).await;
+    for node in [&a, &b] {
+        eventually("all four records on both devices", || {
+            ["n1", "n2", "n3", "n4"]
+                .iter()
+                .all(|id| get(node, "notes", id).is_some())
+        })
+        .await;
+    }
+    for node in [a, b] {
+        node.shutdown().await.unwrap();
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}

@@ -144,10 +144,16 @@ impl MeshHandle {
     }
 }
 
-/// The Automerge actor id of a device: derived from its PeerId, so each device's edits
-/// are its own and stay so across restarts.
+/// The Automerge actor id of a device for one run of the node: derived from its PeerId
+/// and a random value drawn at each start. Never the same across runs, because a crash
+/// can lose a change this device had already sent to another one; reusing the actor
+/// would then give its next change the same (actor, seq) as the lost one, and the other
+/// device would refuse it — that document would stop syncing between them for good.
 pub fn actor_for(peer: &PeerId) -> [u8; 16] {
-    blake3::hash(&peer.to_bytes()).as_bytes()[..16]
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&peer.to_bytes());
+    hasher.update(&rand::random::<[u8; 16]>());
+    hasher.finalize().as_bytes()[..16]
         .try_into()
         .expect("a BLAKE3 hash has 32 bytes")
 }
