@@ -165,7 +165,7 @@ impl From<BlobError> for ApiError {
             BlobError::TooLarge { .. } => ApiError::new(ErrorCode::TooLarge, e.to_string()),
             BlobError::Body(_) => ApiError::new(ErrorCode::BadRequest, e.to_string()),
             BlobError::Corrupt { .. } => ApiError::new(ErrorCode::Corrupt, e.to_string()),
-            BlobError::Io { ref source, .. } if source.raw_os_error() == Some(28) => {
+            BlobError::Io { ref source, .. } if crate::store::is_disk_full(source) => {
                 ApiError::new(ErrorCode::InsufficientStorage, e.to_string())
             }
             other => ApiError::new(ErrorCode::Storage, other.to_string()),

@@ -56,15 +56,15 @@ pub enum StoreError {
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
         match &e {
-            sled::Error::Io(io) if io.raw_os_error() == Some(libc_enospc()) => StoreError::DiskFull,
+            sled::Error::Io(io) if is_disk_full(io) => StoreError::DiskFull,
             _ => StoreError::Storage(e.to_string()),
         }
     }
 }
 
-/// ENOSPC on Linux and the BSDs alike.
-const fn libc_enospc() -> i32 {
-    28
+/// Whether an I/O error is the disk being full (ENOSPC, 28 on Linux and the BSDs).
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(28)
 }
 
 /// Injected I/O failures, so tests can see what the node does when its disk fails: a
@@ -122,19 +122,19 @@ impl Faults {
 /// still reporting later flushes as successful ("fsyncgate"): from then on the store
 /// refuses every write, and a restart re-reads what is really on disk.
 #[derive(Debug, Default)]
-struct Poisoned(std::sync::Mutex<Option<String>>);
+struct Poisoned(std::sync::OnceLock<String>);
 
 impl Poisoned {
     fn check(&self) -> Result<(), StoreError> {
-        match &*self.0.lock().expect("poison lock is never poisoned") {
+        match self.0.get() {
             None => Ok(()),
             Some(reason) => Err(StoreError::Failed(reason.clone())),
         }
     }
 
+    /// Keeps the first failure's reason.
     fn set(&self, reason: &str) {
-        let mut state = self.0.lock().expect("poison lock is never poisoned");
-        state.get_or_insert_with(|| reason.to_owned());
+        let _ = self.0.set(reason.to_owned());
     }
 }
 
