@@ -139,10 +139,14 @@ pub enum Command {
         /// What it may read: comma-separated COLLECTION or COLLECTION.FIELD[.FIELD]
         #[arg(long, value_name = "SCOPES")]
         read: Option<String>,
-        /// What it may write: comma-separated COLLECTION or COLLECTION.FIELD
+        /// What it may create or change: comma-separated COLLECTION or COLLECTION.FIELD
+        /// (separate from --read: `--read contacts.name --write contacts.note` reads only
+        /// the name and changes only the note)
         #[arg(long, value_name = "SCOPES")]
         write: Option<String>,
-        /// Only records whose FIELD equals VALUE (or, for a list, contains it); repeatable
+        /// Only records whose FIELD equals VALUE (or, for a list, contains it), for reading
+        /// and writing alike; VALUE `3` or `true` also matches the text "3"/"true", a
+        /// quoted "3" only the text; repeatable
         #[arg(long = "where", value_name = "FIELD=VALUE")]
         filters: Vec<String>,
         /// How long it lasts: e.g. 30d, 12h, 90m, or never [default: 30d]
@@ -207,12 +211,16 @@ pub enum DevicesCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Print a narrower token: only these reads, only until then. Nothing can widen a token.
+    /// Print a narrower token: only these reads (and writes), only until then. Nothing
+    /// can widen a token.
     Attenuate {
         token: String,
         /// What the new token may read: COLLECTION or COLLECTION.FIELD, comma-separated
         #[arg(long, value_name = "SCOPES")]
         read: String,
+        /// What it may still write (same form); without it the new token cannot write
+        #[arg(long, value_name = "SCOPES")]
+        write: Option<String>,
         /// Expire sooner, e.g. 1h
         #[arg(long, value_name = "DURATION")]
         expires: Option<String>,

@@ -1,14 +1,17 @@
-//! A client of a running node's local API: finds it through `HOME/api.addr`, presents
-//! `HOME/owner.token`, and turns JSON errors into one-line messages.
+//! A client of a running node's local API: finds it through `HOME/api.addr`, checks
+//! that what answers there is this HOME's node, then presents `HOME/owner.token`, and
+//! turns JSON errors into one-line messages.
 
 use std::path::Path;
 
 use anyhow::{Context, anyhow, bail};
 use hearth_node::home::Home;
 use hearth_node::keys::{self, OwnerToken};
-use hearth_protocol::api::ErrorBody;
+use hearth_protocol::api::{ErrorBody, HelloRequest, HelloResponse, identity_proof};
+use rand::RngCore;
 use reqwest::{Method, RequestBuilder, Response};
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
 
 pub struct Client {
     http: reqwest::Client,
@@ -17,7 +20,10 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn connect(home: &Home) -> anyhow::Result<Self> {
+    /// Connects to the node of `home`, and checks it is that node before the owner
+    /// token is ever sent: after a crash `api.addr` may name a port another process
+    /// now holds.
+    pub async fn connect(home: &Home) -> anyhow::Result<Self> {
         let root = home.root().display();
         if !home.has_vault() {
             bail!(
@@ -36,11 +42,55 @@ impl Client {
             .no_proxy()
             .build()
             .context("cannot set up the HTTP client")?;
-        Ok(Self {
+        let client = Self {
             http,
             base: format!("http://{addr}"),
             token,
-        })
+        };
+        client.check_identity(home).await?;
+        Ok(client)
+    }
+
+    /// Asks the node to prove it holds the hash of this HOME's owner token.
+    async fn check_identity(&self, home: &Home) -> anyhow::Result<()> {
+        let mut challenge = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut challenge);
+        let request = HelloRequest {
+            challenge: data_encoding::HEXLOWER.encode(&challenge),
+        };
+        let impostor = || {
+            anyhow!(
+                "the process answering at {} is not the node of {} (it cannot prove it); the owner token was not sent. Is a node running? Start one with `hearth --home {} up`",
+                self.base,
+                home.root().display(),
+                home.root().display()
+            )
+        };
+        let response = self
+            .http
+            .post(format!("{}/v1/hello", self.base))
+            .json(&request)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    no_node(home, Some(&self.base))
+                } else {
+                    impostor()
+                }
+            })?;
+        if !response.status().is_success() {
+            return Err(impostor());
+        }
+        let answer: HelloResponse = response.json().await.map_err(|_| impostor())?;
+        let expected = identity_proof(&keys::token_hash(self.token.as_str().as_bytes()), &challenge);
+        let proof = data_encoding::HEXLOWER_PERMISSIVE
+            .decode(answer.proof.as_bytes())
+            .map_err(|_| impostor())?;
+        if !bool::from(proof.as_slice().ct_eq(&expected)) {
+            return Err(impostor());
+        }
+        Ok(())
     }
 
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
@@ -69,12 +119,17 @@ impl Client {
         }
     }
 
-    pub async fn json(&self, home: &Home, request: RequestBuilder) -> anyhow::Result<Value> {
+    /// Sends the request and reads the answer as `T`.
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        home: &Home,
+        request: RequestBuilder,
+    ) -> anyhow::Result<T> {
         let response = self.send(home, request).await?;
         response
             .json()
             .await
-            .context("the node's answer is not JSON")
+            .context("the node's answer is not what this version of the CLI expects")
     }
 }
 

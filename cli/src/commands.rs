@@ -1,5 +1,7 @@
 //! The commands. Each prints text for people, or with `--json` one JSON value.
 
+use std::fmt::Display;
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -7,12 +9,43 @@ use futures::TryStreamExt;
 use hearth_node::home::Home;
 use hearth_node::keys::Passphrase;
 use hearth_node::{Node, NodeConfig};
+use hearth_protocol::api::{
+    AuditEntry, BlobInfo, BlobWritten, CollectionInfo, DeviceInfo, GrantCreated, GrantInfo,
+    GrantRequest, InitReport, InviteResponse, JoinReport, PassphraseReport, PutResponse, Removed,
+    RevokeResponse, StatusResponse, TokenResponse, UpReport, VerifyResponse,
+};
+use hearth_protocol::scope::{Fields, Narrowing, Scope};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use crate::args::{BlobCommand, Cli, Command, DevicesCommand, PassphraseArgs, TokenCommand};
 use crate::client::{Client, read_data_arg};
+
+/// Standard output was closed by its reader (`hearth audit | head`): not a failure.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output was closed")]
+pub struct StdoutClosed;
+
+/// Prints one line on stdout; a closed stdout ends the command quietly.
+fn out(line: impl Display) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        other => Ok(other?),
+    }
+}
+
+/// Prints one JSON value on stdout.
+fn out_json(value: &impl Serialize) -> anyhow::Result<()> {
+    out(serde_json::to_string(value).context("cannot encode the answer as JSON")?)
+}
+
+/// Prints a line for people on stderr (a closed stderr is ignored).
+fn note(line: impl Display) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let home = Home::new(resolve_home(cli.global.home)?);
@@ -46,6 +79,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 TokenCommand::Attenuate {
                     token,
                     read,
+                    write,
                     expires,
                 },
         } => {
@@ -53,13 +87,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(text) => hearth_node::access::parse_duration(text)?,
                 None => None,
             };
-            let narrower = hearth_node::access::attenuate(&token, &read, expires)?;
+            let narrowing = Narrowing::parse(Some(&read), write.as_deref())?;
+            let token = hearth_node::access::attenuate(&token, &narrowing, expires)?;
             if json {
-                println!("{}", json!({"token": narrower}));
+                out_json(&TokenResponse { token })
             } else {
-                println!("{narrower}");
+                out(token)
             }
-            Ok(())
         }
         Command::Join {
             code,
@@ -115,15 +149,17 @@ fn change_passphrase(
     hearth_node::keys::change_passphrase(home, old.as_ref(), new.as_ref())?;
     let keys = home.keys().display().to_string();
     if json {
-        println!("{}", json!({"keys": keys, "passphrase": new.is_some()}));
+        out_json(&PassphraseReport {
+            keys,
+            passphrase: new.is_some(),
+        })
     } else if new.is_some() {
-        println!("The key file {keys} is now wrapped by the new passphrase.");
+        out(format!("The key file {keys} is now wrapped by the new passphrase."))
     } else {
-        println!(
+        out(format!(
             "The key file {keys} has no passphrase now: anyone who can read it can open the vault."
-        );
+        ))
     }
-    Ok(())
 }
 
 async fn init(home: &Home, json: bool, args: PassphraseArgs) -> anyhow::Result<()> {
@@ -131,29 +167,28 @@ async fn init(home: &Home, json: bool, args: PassphraseArgs) -> anyhow::Result<(
     let made = hearth_node::init_vault(home, passphrase.as_ref()).await?;
     let root = home.root().display().to_string();
     if json {
-        println!(
-            "{}",
-            json!({"home": root, "peer_id": made.peer_id.to_string(),
-                   "vault_id": made.vault_id, "passphrase": made.passphrase})
-        );
-    } else {
-        println!("Created a vault in {root}");
-        println!("  device (peer id): {}", made.peer_id);
-        println!("  owner token:      {}", home.owner_token().display());
-        if made.passphrase {
-            println!(
-                "  secrets:          {} (wrapped by your passphrase)",
-                home.keys().display()
-            );
-        } else {
-            println!(
-                "  secrets:          {} (no passphrase: anyone who can read this file can open the vault;\n                    set one with --passphrase-file or HEARTH_PASSPHRASE at init)",
-                home.keys().display()
-            );
-        }
-        println!("Run the node with: hearth --home {root} up");
+        return out_json(&InitReport {
+            home: root,
+            peer_id: made.peer_id.to_string(),
+            vault_id: made.vault_id,
+            passphrase: made.passphrase,
+        });
     }
-    Ok(())
+    out(format!("Created a vault in {root}"))?;
+    out(format!("  device (peer id): {}", made.peer_id))?;
+    out(format!("  owner token:      {}", home.owner_token().display()))?;
+    if made.passphrase {
+        out(format!(
+            "  secrets:          {} (wrapped by your passphrase)",
+            home.keys().display()
+        ))?;
+    } else {
+        out(format!(
+            "  secrets:          {} (no passphrase: anyone who can read this file can open the vault;\n                    set one with --passphrase-file or HEARTH_PASSPHRASE at init)",
+            home.keys().display()
+        ))?;
+    }
+    out(format!("Run the node with: hearth --home {root} up"))
 }
 
 async fn up(
@@ -173,39 +208,53 @@ async fn up(
     let had_passphrase = config.passphrase.is_some();
     let node = Node::start(config).await?;
     let root = home.root().display().to_string();
-    if json {
-        println!(
-            "{}",
-            json!({"home": root, "api_addr": node.api_addr().to_string(),
-                   "peer_id": node.peer_id().to_string(), "vault_id": node.vault_id(),
-                   "created": node.created_vault()})
-        );
+    // The node keeps running even if whoever started it stops reading its output.
+    let printed = if json {
+        out_json(&UpReport {
+            home: root.clone(),
+            api_addr: node.api_addr().to_string(),
+            peer_id: node.peer_id().to_string(),
+            vault_id: node.vault_id(),
+            created: node.created_vault(),
+        })
     } else {
-        if node.created_vault() {
-            println!("Created a new vault in {root}");
-            if !had_passphrase {
-                println!(
-                    "  (no passphrase: its secrets are in {}, mode 0600)",
-                    home.keys().display()
-                );
-            }
-        }
-        println!("Hearth node running");
-        println!("  data:    {root}");
-        println!("  api:     http://{}", node.api_addr());
-        println!("  peer id: {}", node.peer_id());
-        if let Some(mesh) = node.vault().mesh() {
-            for addr in mesh.handle.listen_addrs().await.unwrap_or_default() {
-                println!("  mesh:    {addr}/p2p/{}", node.peer_id());
-            }
-        }
-        println!("Stop with Ctrl-C.");
+        print_started(&node, &home, &root, had_passphrase).await
+    };
+    if let Err(e) = printed {
+        tracing::debug!(error = %e, "cannot print the start banner");
     }
     wait_for_signal().await?;
     node.shutdown()
         .await
         .context("flushing the store on shutdown")?;
     Ok(())
+}
+
+async fn print_started(
+    node: &hearth_node::NodeHandle,
+    home: &Home,
+    root: &str,
+    had_passphrase: bool,
+) -> anyhow::Result<()> {
+    if node.created_vault() {
+        out(format!("Created a new vault in {root}"))?;
+        if !had_passphrase {
+            out(format!(
+                "  (no passphrase: its secrets are in {}, mode 0600)",
+                home.keys().display()
+            ))?;
+        }
+    }
+    out("Hearth node running")?;
+    out(format!("  data:    {root}"))?;
+    out(format!("  api:     http://{}", node.api_addr()))?;
+    out(format!("  peer id: {}", node.peer_id()))?;
+    if let Some(mesh) = node.vault().mesh() {
+        for addr in mesh.handle.listen_addrs().await.unwrap_or_default() {
+            out(format!("  mesh:    {addr}/p2p/{}", node.peer_id()))?;
+        }
+    }
+    out("Stop with Ctrl-C.")
 }
 
 async fn join(
@@ -216,26 +265,25 @@ async fn join(
     args: PassphraseArgs,
 ) -> anyhow::Result<()> {
     let passphrase = passphrase(args)?;
-    let name = name.unwrap_or_else(hearth_node::mesh::devices::default_device_name);
+    let name = name.unwrap_or_else(hearth_node::devices::default_device_name);
     let joined = hearth_node::mesh::pairing::join(home, code, passphrase.as_ref(), &name).await?;
     let root = home.root().display().to_string();
     if json {
-        println!(
-            "{}",
-            json!({"home": root, "peer_id": joined.peer_id.to_string(),
-                   "vault_id": joined.vault_id, "inviter": joined.inviter.to_string()})
-        );
-    } else {
-        println!(
-            "This device ({}) joined the vault {}",
-            joined.peer_id, joined.vault_id
-        );
-        println!(
-            "Start it with: hearth --home {root} up   (it will sync with {})",
-            joined.inviter
-        );
+        return out_json(&JoinReport {
+            home: root,
+            peer_id: joined.peer_id.to_string(),
+            vault_id: joined.vault_id,
+            inviter: joined.inviter.to_string(),
+        });
     }
-    Ok(())
+    out(format!(
+        "This device ({}) joined the vault {}",
+        joined.peer_id, joined.vault_id
+    ))?;
+    out(format!(
+        "Start it with: hearth --home {root} up   (it will sync with {})",
+        joined.inviter
+    ))
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
@@ -260,16 +308,16 @@ fn init_tracing() {
 }
 
 async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Result<()> {
-    let client = Client::connect(home)?;
+    let client = Client::connect(home).await?;
     match command {
         Command::Status => {
-            let status = client
+            let status: StatusResponse = client
                 .json(home, client.request(Method::GET, "/v1/status"))
                 .await?;
             if json {
-                println!("{status}");
+                out_json(&status)?;
             } else {
-                print_status(&status);
+                print_status(&status)?;
             }
         }
         Command::Put { collection, rest } => {
@@ -286,7 +334,7 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
                     &format!("/v1/collections/{}/records", seg(&collection)),
                 ),
             };
-            let answer = client
+            let answer: PutResponse = client
                 .json(
                     home,
                     request
@@ -295,19 +343,19 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
                 )
                 .await?;
             if json {
-                println!("{answer}");
+                out_json(&answer)?;
             } else {
-                println!("{}", answer["id"].as_str().unwrap_or_default());
+                out(answer.id)?;
             }
         }
         Command::Get { collection, id } => {
-            let record = client
+            let record: Value = client
                 .json(
                     home,
                     client.request(Method::GET, &record_path(&collection, &id)?),
                 )
                 .await?;
-            print_value(json, &record, true);
+            print_value(json, &record)?;
         }
         Command::Patch {
             collection,
@@ -319,19 +367,19 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
                 .request(Method::PATCH, &record_path(&collection, &id)?)
                 .header("content-type", "application/merge-patch+json")
                 .body(body);
-            let record = client.json(home, request).await?;
-            print_value(json, &record, true);
+            let record: Value = client.json(home, request).await?;
+            print_value(json, &record)?;
         }
         Command::Ls { collection } => {
             let path = format!("/v1/collections/{}/records", seg(&collection));
-            let records = client
+            let records: Vec<Value> = client
                 .json(home, client.request(Method::GET, &path))
                 .await?;
             if json {
-                println!("{records}");
+                out_json(&records)?;
             } else {
-                for record in records.as_array().into_iter().flatten() {
-                    println!("{record}");
+                for record in records {
+                    out(record)?;
                 }
             }
         }
@@ -343,50 +391,48 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
                 )
                 .await?;
             if json {
-                println!("{}", json!({"id": id, "removed": true}));
+                out_json(&Removed { id, removed: true })?;
             } else {
-                println!("removed {collection}/{id}");
+                out(format!("removed {collection}/{id}"))?;
             }
         }
         Command::Collections => {
-            let list = client
+            let list: Vec<CollectionInfo> = client
                 .json(home, client.request(Method::GET, "/v1/collections"))
                 .await?;
             if json {
-                println!("{list}");
+                out_json(&list)?;
             } else {
-                for c in list.as_array().into_iter().flatten() {
-                    println!(
-                        "{}\t{}",
-                        c["name"].as_str().unwrap_or_default(),
-                        c["records"]
-                    );
+                for c in list {
+                    out(format!("{}\t{}", c.name, c.records))?;
                 }
             }
         }
         Command::Pair => {
-            let invite = client
+            let invite: InviteResponse = client
                 .json(home, client.request(Method::POST, "/v1/devices/invite"))
                 .await?;
-            let code = invite["code"].as_str().unwrap_or_default();
             if json {
-                println!("{invite}");
+                out_json(&invite)?;
             } else {
-                println!("{code}");
-                eprintln!();
-                eprintln!("On the new device, with an empty HOME:  hearth join {code}");
-                eprintln!("The code works once, within 10 minutes. Treat it like a password.");
-                print_qr(code);
+                out(&invite.code)?;
+                note("");
+                note(format!(
+                    "On the new device, with an empty HOME:  hearth join {}",
+                    invite.code
+                ));
+                note("The code works once, within 10 minutes. Treat it like a password.");
+                print_qr(&invite.code);
             }
         }
         Command::Devices { command: None } => {
-            let devices = client
+            let devices: Vec<DeviceInfo> = client
                 .json(home, client.request(Method::GET, "/v1/devices"))
                 .await?;
             if json {
-                println!("{devices}");
+                out_json(&devices)?;
             } else {
-                print_devices(&devices);
+                print_devices(&devices)?;
             }
         }
         Command::Devices {
@@ -399,9 +445,14 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
                 )
                 .await?;
             if json {
-                println!("{}", json!({"id": peer_id, "removed": true}));
+                out_json(&Removed {
+                    id: peer_id,
+                    removed: true,
+                })?;
             } else {
-                println!("removed device {peer_id}; it receives nothing written from now on");
+                out(format!(
+                    "removed device {peer_id}; it receives nothing written from now on"
+                ))?;
             }
         }
         Command::Grant {
@@ -414,7 +465,7 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
             to,
             rate,
         } => {
-            let request = hearth_protocol::api::GrantRequest {
+            let request = GrantRequest {
                 service,
                 read,
                 write,
@@ -424,150 +475,84 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
                 to,
                 rate,
             };
-            let created = client
+            let created: GrantCreated = client
                 .json(
                     home,
                     client.request(Method::POST, "/v1/grants").json(&request),
                 )
                 .await?;
             if json {
-                println!("{created}");
+                out_json(&created)?;
             } else {
-                let expires = match created["expires_at"].as_u64() {
-                    Some(t) => format!(
-                        "expires in {}",
-                        human_duration(t.saturating_sub(hearth_node::access::now_unix()))
-                    ),
+                // The token first: it is shown once, and a reader that stops early
+                // (`| head -1`) must still get it.
+                out(format!("token: {}", created.token))?;
+                let expires = match created.expires_at {
+                    Some(t) => format!("expires {}", when(t)),
                     None => "never expires".to_owned(),
                 };
-                println!(
-                    "grant {} ({expires})",
-                    created["id"].as_str().unwrap_or_default()
-                );
-                println!("token: {}", created["token"].as_str().unwrap_or_default());
-                eprintln!(
-                    "Give the token to the service; it reads with `Authorization: Bearer <token>` at /v1/view."
+                out(format!("grant {} ({expires})", created.id))?;
+                note(
+                    "Give the token to the service; it reads with `Authorization: Bearer <token>` at /v1/view.",
                 );
             }
         }
         Command::Grants => {
-            let grants = client
+            let grants: Vec<GrantInfo> = client
                 .json(home, client.request(Method::GET, "/v1/grants"))
                 .await?;
             if json {
-                println!("{grants}");
+                out_json(&grants)?;
             } else {
-                for g in grants.as_array().into_iter().flatten() {
-                    let scope: Vec<String> = g["scope"]["collections"]
-                        .as_object()
-                        .into_iter()
-                        .flatten()
-                        .map(|(name, c)| {
-                            let ops = match (c["read"] == true, c["write"] == true) {
-                                (true, true) => "rw",
-                                (false, true) => "w",
-                                _ => "r",
-                            };
-                            let fields = match &c["fields"] {
-                                Value::Object(o) => o
-                                    .get("only")
-                                    .and_then(Value::as_array)
-                                    .map(|f| {
-                                        f.iter()
-                                            .filter_map(Value::as_str)
-                                            .collect::<Vec<_>>()
-                                            .join("+")
-                                    })
-                                    .unwrap_or_default(),
-                                _ => "*".to_owned(),
-                            };
-                            format!("{name}.{fields}({ops})")
-                        })
-                        .collect();
-                    println!(
-                        "{}\t{}\t{}\t{}\tpurpose: {}\tlast used: {}",
-                        g["id"].as_str().unwrap_or_default(),
-                        g["service"].as_str().unwrap_or_default(),
-                        g["status"].as_str().unwrap_or_default(),
-                        scope.join(" "),
-                        g["purpose"].as_str().unwrap_or_default(),
-                        g["last_used"]
-                            .as_u64()
-                            .map_or("never".to_owned(), |t| format!(
-                                "{}s ago",
-                                hearth_node::access::now_unix().saturating_sub(t)
-                            )),
-                    );
+                for g in &grants {
+                    print_grant(g)?;
                 }
             }
         }
         Command::Revoke { grant_id } => {
             let path = format!("/v1/grants/{}/revoke", seg(&grant_id));
-            let answer = client
+            let answer: RevokeResponse = client
                 .json(home, client.request(Method::POST, &path))
                 .await?;
             if json {
-                println!("{answer}");
+                out_json(&answer)?;
             } else {
-                let seen = &answer["seen"];
-                println!(
-                    "revoked grant {grant_id}: its next request is refused here, and on your other devices once they sync."
-                );
-                println!(
-                    "What {} already saw ({} accesses):",
-                    answer["grant"]["service"].as_str().unwrap_or_default(),
-                    seen["accesses"]
-                );
-                for c in seen["collections"].as_array().into_iter().flatten() {
-                    println!(
-                        "  {}: {} record reads, fields {}",
-                        c["collection"].as_str().unwrap_or_default(),
-                        c["record_reads"],
-                        c["fields"]
-                    );
-                }
-                println!("Revocation cannot take back what was already sent.");
+                print_revoked(&grant_id, &answer)?;
             }
         }
         Command::Audit { grant, verify } => {
             if verify {
-                let answer = client
+                let answer: VerifyResponse = client
                     .json(home, client.request(Method::GET, "/v1/audit/verify"))
                     .await?;
-                if answer["ok"] != true {
+                if !answer.ok {
                     bail!(
                         "the audit log does not verify at entry {}: {}",
-                        answer["entry"].as_str().unwrap_or("?"),
-                        answer["reason"].as_str().unwrap_or("?")
+                        answer.entry.as_deref().unwrap_or("?"),
+                        answer.reason.as_deref().unwrap_or("?")
                     );
                 }
                 if json {
-                    println!("{answer}");
+                    out_json(&answer)?;
                 } else {
-                    println!("the audit log verifies: {} entries", answer["entries"]);
+                    out(format!(
+                        "the audit log verifies: {} entries",
+                        answer.entries.unwrap_or(0)
+                    ))?;
                 }
             } else {
                 let path = match &grant {
                     Some(g) => format!("/v1/audit?grant={}", seg(g)),
                     None => "/v1/audit".to_owned(),
                 };
-                let entries = client
+                let entries: Vec<AuditEntry> = client
                     .json(home, client.request(Method::GET, &path))
                     .await?;
                 if json {
-                    println!("{entries}");
+                    out_json(&entries)?;
                 } else {
-                    for e in entries.as_array().into_iter().flatten() {
-                        println!(
-                            "{}\t{}\t{}\t{} {}\t{} records\tfields {}",
-                            e["at"],
-                            e["grant"].as_str().unwrap_or_default(),
-                            e["service"].as_str().unwrap_or_default(),
-                            e["operation"].as_str().unwrap_or_default(),
-                            e["collection"].as_str().unwrap_or_default(),
-                            e["records"],
-                            e["fields"]
-                        );
+                    for e in &entries {
+                        print_audit_entry(e)?;
                     }
                 }
             }
@@ -600,13 +585,13 @@ async fn blob(
                     .with_context(|| format!("cannot open {}", file.display()))?;
                 reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f))
             };
-            let info = client
+            let info: BlobInfo = client
                 .json(home, client.request(Method::POST, "/v1/blobs").body(body))
                 .await?;
             if json {
-                println!("{info}");
+                out_json(&info)?;
             } else {
-                println!("{}", info["id"].as_str().unwrap_or_default());
+                out(info.id)?;
             }
         }
         BlobCommand::Get { id, output } => {
@@ -628,7 +613,7 @@ async fn blob(
                     // no partial file under the name asked for.
                     let tmp = path.with_extension("hearth-partial");
                     let result: anyhow::Result<()> = async {
-                        let mut out = tokio::fs::File::create(&tmp)
+                        let mut file = tokio::fs::File::create(&tmp)
                             .await
                             .with_context(|| format!("cannot create {}", tmp.display()))?;
                         while let Some(chunk) = stream
@@ -637,10 +622,10 @@ async fn blob(
                             .context("the transfer broke off (the blob may be corrupt)")?
                         {
                             size += chunk.len() as u64;
-                            out.write_all(&chunk).await?;
+                            file.write_all(&chunk).await?;
                         }
-                        out.flush().await?;
-                        out.sync_all().await?;
+                        file.flush().await?;
+                        file.sync_all().await?;
                         tokio::fs::rename(&tmp, path).await?;
                         Ok(())
                     }
@@ -650,22 +635,28 @@ async fn blob(
                         return Err(e.context(format!("blob {id} is corrupt or unreadable")));
                     }
                     if json {
-                        println!(
-                            "{}",
-                            json!({"id": id, "size": size, "path": path.display().to_string()})
-                        );
+                        out_json(&BlobWritten {
+                            id,
+                            size,
+                            path: path.display().to_string(),
+                        })?;
                     } else {
-                        eprintln!("wrote {size} bytes to {}", path.display());
+                        note(format!("wrote {size} bytes to {}", path.display()));
                     }
                 }
                 None => {
-                    let mut out = tokio::io::stdout();
+                    let mut stdout = tokio::io::stdout();
                     while let Some(chunk) = stream.try_next().await.with_context(|| {
                         format!("blob {id} is corrupt or unreadable: the transfer broke off")
                     })? {
-                        out.write_all(&chunk).await?;
+                        match stdout.write_all(&chunk).await {
+                            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                                return Err(StdoutClosed.into());
+                            }
+                            other => other?,
+                        }
                     }
-                    out.flush().await?;
+                    stdout.flush().await?;
                 }
             }
         }
@@ -673,51 +664,152 @@ async fn blob(
     Ok(())
 }
 
-fn print_value(json: bool, value: &Value, pretty: bool) {
-    if json || !pretty {
-        println!("{value}");
+fn print_value(json: bool, value: &Value) -> anyhow::Result<()> {
+    if json {
+        out(value)
     } else {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
-        );
+        out(serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()))
+    }
+}
+
+/// A moment relative to now, for people: "in 29 days", "3 minutes ago".
+fn when(unix: u64) -> String {
+    let now = hearth_node::access::now_unix();
+    if unix >= now {
+        format!("in {}", human_duration(unix - now))
+    } else {
+        format!("{} ago", human_duration(now - unix))
     }
 }
 
 fn human_duration(secs: u64) -> String {
     match secs {
-        s if s >= 86_400 => format!("{} days", s / 86_400),
-        s if s >= 3600 => format!("{} hours", s / 3600),
-        s => format!("{} minutes", s / 60),
+        s if s >= 2 * 86_400 => format!("{} days", s / 86_400),
+        s if s >= 2 * 3600 => format!("{} hours", s / 3600),
+        s if s >= 120 => format!("{} minutes", s / 60),
+        s => format!("{s} seconds"),
     }
 }
 
-fn print_devices(devices: &Value) {
-    for d in devices.as_array().into_iter().flatten() {
-        let state = if d["removed_at"].is_u64() {
+/// `contacts.name, contacts.email` or `notes` (all fields).
+fn describe_fields(scope: &Scope, write: bool) -> String {
+    let mut parts = Vec::new();
+    for (name, c) in &scope.collections {
+        let fields = if write { &c.write } else { &c.read };
+        match fields {
+            None => {}
+            Some(Fields::All) => parts.push(name.clone()),
+            Some(Fields::Only(paths)) => {
+                parts.extend(paths.iter().map(|p| format!("{name}.{p}")));
+            }
+        }
+    }
+    if parts.is_empty() {
+        "nothing".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn print_grant(g: &GrantInfo) -> anyhow::Result<()> {
+    let expires = match g.expires_at {
+        Some(t) if t <= hearth_node::access::now_unix() => format!("expired {}", when(t)),
+        Some(t) => format!("expires {}", when(t)),
+        None => "never expires".to_owned(),
+    };
+    let used = g
+        .last_used
+        .map_or("never used".to_owned(), |t| format!("last used {}", when(t)));
+    out(format!(
+        "{}\t{}\t{}\t{expires}\t{used}",
+        g.id,
+        g.service,
+        g.status.as_str()
+    ))?;
+    out(format!("    read:  {}", describe_fields(&g.scope, false)))?;
+    out(format!("    write: {}", describe_fields(&g.scope, true)))?;
+    let filters: std::collections::BTreeSet<String> = g
+        .scope
+        .collections
+        .values()
+        .flat_map(|c| c.filter.iter().map(ToString::to_string))
+        .collect();
+    if !filters.is_empty() {
+        out(format!(
+            "    where: {}",
+            filters.into_iter().collect::<Vec<_>>().join(" and ")
+        ))?;
+    }
+    if let Some(to) = &g.to {
+        out(format!("    only from: {to}"))?;
+    }
+    if !g.purpose.is_empty() {
+        out(format!("    purpose: {}", g.purpose))?;
+    }
+    Ok(())
+}
+
+fn print_revoked(grant_id: &str, answer: &RevokeResponse) -> anyhow::Result<()> {
+    let seen = &answer.seen;
+    out(format!(
+        "revoked grant {grant_id}: its next request is refused here, and on your other devices once they sync."
+    ))?;
+    out(format!(
+        "What {} already saw and did ({} audited accesses):",
+        answer.grant.service, seen.accesses
+    ))?;
+    for c in &seen.collections {
+        out(format!(
+            "  {}: {} record reads, {} records pushed by events, fields {:?}",
+            c.collection, c.record_reads, c.deliveries, c.fields
+        ))?;
+        if c.writes > 0 {
+            out(format!(
+                "  {}: {} writes, fields {:?}, records {:?}",
+                c.collection, c.writes, c.written_fields, c.written_ids
+            ))?;
+        }
+    }
+    if seen.refused > 0 {
+        out(format!("  {} requests refused", seen.refused))?;
+    }
+    out("Revocation cannot take back what was already sent.")
+}
+
+fn print_audit_entry(e: &AuditEntry) -> anyhow::Result<()> {
+    let mut line = format!(
+        "{}\t{}\t{}\t{} {}\t{} records\tfields {:?}",
+        e.at, e.grant, e.service, e.operation, e.collection, e.records, e.fields
+    );
+    if !e.ids.is_empty() {
+        line.push_str(&format!("\tids {:?}", e.ids));
+    }
+    if let Some(reason) = &e.reason {
+        line.push_str(&format!("\treason {reason}"));
+    }
+    if let Some(count) = e.count {
+        line.push_str(&format!(" ×{count}"));
+    }
+    out(line)
+}
+
+fn print_devices(devices: &[DeviceInfo]) -> anyhow::Result<()> {
+    for d in devices {
+        let state = if d.removed_at.is_some() {
             "removed"
-        } else if d["this_device"] == true {
+        } else if d.this_device {
             "this device"
-        } else if d["online"] == true {
+        } else if d.online {
             "online"
         } else {
             "offline"
         };
-        let synced = match d["last_sync"].as_u64() {
-            Some(t) => format!(
-                "last sync {}s ago",
-                hearth_node::mesh::devices::now_unix().saturating_sub(t)
-            ),
-            None => String::new(),
-        };
-        println!(
-            "{}\t{}\t{}\t{}",
-            d["id"].as_str().unwrap_or_default(),
-            d["name"].as_str().unwrap_or_default(),
-            state,
-            synced
-        );
+        let synced = d
+            .last_sync
+            .map_or(String::new(), |t| format!("last sync {}", when(t)));
+        out(format!("{}\t{}\t{state}\t{synced}", d.id, d.name))?;
     }
+    Ok(())
 }
 
 /// The invite as a QR code on stderr, for a phone's camera.
@@ -727,39 +819,31 @@ fn print_qr(code: &str) {
             .render::<qrcode::render::unicode::Dense1x2>()
             .quiet_zone(true)
             .build();
-        eprintln!("{text}");
+        note(text);
     }
 }
 
-fn print_status(status: &Value) {
-    let s = |k: &str| status[k].as_str().unwrap_or_default().to_owned();
-    println!("vault    {}", s("vault_id"));
-    println!("device   {}", s("peer_id"));
-    println!("home     {}", s("home"));
-    println!("api      http://{}", s("api_addr"));
-    let collections: Vec<String> = status["collections"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| {
-            format!(
-                "{} ({})",
-                c["name"].as_str().unwrap_or_default(),
-                c["records"]
-            )
-        })
+fn print_status(status: &StatusResponse) -> anyhow::Result<()> {
+    out(format!("vault    {}", status.vault_id))?;
+    out(format!("device   {}", status.peer_id))?;
+    out(format!("home     {}", status.home))?;
+    out(format!("api      http://{}", status.api_addr))?;
+    let collections: Vec<String> = status
+        .collections
+        .iter()
+        .map(|c| format!("{} ({})", c.name, c.records))
         .collect();
     if collections.is_empty() {
-        println!("collections  none yet");
+        out("collections  none yet")?;
     } else {
-        println!("collections  {}", collections.join(", "));
+        out(format!("collections  {}", collections.join(", ")))?;
     }
-    println!("blobs    {}", status["blobs"]);
-    for addr in status["listen_addrs"].as_array().into_iter().flatten() {
-        println!("listen   {}", addr.as_str().unwrap_or_default());
+    out(format!("blobs    {}", status.blobs))?;
+    for addr in &status.listen_addrs {
+        out(format!("listen   {addr}"))?;
     }
-    println!("devices");
-    print_devices(&status["devices"]);
+    out("devices")?;
+    print_devices(&status.devices)
 }
 
 fn record_path(collection: &str, id: &str) -> anyhow::Result<String> {

@@ -18,6 +18,10 @@ fn main() -> std::process::ExitCode {
     };
     match runtime.block_on(commands::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // The reader of our output went away (`hearth audit | head`): nothing failed.
+        Err(e) if e.downcast_ref::<commands::StdoutClosed>().is_some() => {
+            std::process::ExitCode::SUCCESS
+        }
         Err(e) => fail(&e),
     }
 }
@@ -25,6 +29,6 @@ fn main() -> std::process::ExitCode {
 /// One line on stderr, as the interface contract asks.
 fn fail(e: &anyhow::Error) -> std::process::ExitCode {
     let line = format!("{e:#}").replace(['\n', '\r'], " ");
-    eprintln!("error: {line}");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("error: {line}\n").as_bytes());
     std::process::ExitCode::FAILURE
 }

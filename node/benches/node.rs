@@ -7,9 +7,9 @@ use std::hint::black_box;
 
 use automerge::AutoCommit;
 use criterion::{Criterion, criterion_group, criterion_main};
-use hearth_node::access::{self, NewGrant};
+use hearth_node::access::{self, Credentials, NewGrant};
 use hearth_node::{Node, NodeConfig, records};
-use hearth_protocol::scope::Scope;
+use hearth_protocol::scope::{Narrowing, Scope};
 use serde_json::{Map, Value, json};
 
 fn contact(i: usize) -> Map<String, Value> {
@@ -68,17 +68,22 @@ fn token_check(c: &mut Criterion) {
     let scope = Scope::parse(Some("contacts.name,contacts.email"), None, &[]).expect("scope");
     let (_, token) = access::create_grant(&v.collections, &v.keys, NewGrant::new("bench", scope))
         .expect("grant");
-    let narrowed = access::attenuate(&token, "contacts.name", None).expect("attenuates");
+    let narrowing = Narrowing::parse(Some("contacts.name"), None).expect("a narrowing");
+    let narrowed = access::attenuate(&token, &narrowing, None).expect("attenuates");
     let mut group = c.benchmark_group("token");
-    group.bench_function("authorize a vault-issued token", |b| {
-        b.iter(|| access::authorize(&v.collections, &v.keys, black_box(&token)).expect("valid"))
+    group.bench_function("admit a vault-issued token", |b| {
+        b.iter(|| {
+            v.door
+                .admit(&Credentials::local(black_box(&token)))
+                .expect("valid")
+        })
     });
-    group.bench_function("authorize an attenuated token", |b| {
-        b.iter(|| access::authorize(&v.collections, &v.keys, black_box(&narrowed)).expect("valid"))
-    });
-    let auth = access::authorize(&v.collections, &v.keys, &narrowed).expect("valid");
-    group.bench_function("check one field of an attenuated token", |b| {
-        b.iter(|| auth.allows("read", "contacts", Some(black_box("email"))))
+    group.bench_function("admit an attenuated token (scope narrowed)", |b| {
+        b.iter(|| {
+            v.door
+                .admit(&Credentials::local(black_box(&narrowed)))
+                .expect("valid")
+        })
     });
     group.finish();
     runtime.block_on(node.shutdown()).expect("the node stops");

@@ -1,9 +1,11 @@
 //! The local HTTP API (axum), as documented in docs/API.md.
 //!
-//! In: HTTP requests with a bearer token. Out: JSON answers, or JSON errors whose
-//! status follows from their code. This is the only module that parses request bodies;
-//! everything below it gets validated names and JSON objects. Store work runs on the
-//! blocking pool; a write is answered only after it is committed to disk.
+//! In: HTTP requests with a bearer token. Out: JSON answers (types of
+//! `hearth_protocol::api`), or JSON errors whose status follows from their code. This
+//! is the only module that knows HTTP and parses request bodies. Owner routes work on
+//! the vault directly; service routes (`/v1/view…`) only hand the service's
+//! credentials to the access door ([`crate::access::Door`]) and render its answer — no
+//! access rule lives here. A write is answered only after it is committed to disk.
 
 use std::sync::Arc;
 
@@ -12,22 +14,28 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use futures::StreamExt;
-use hearth_protocol::api::{ErrorBody, ErrorCode, ErrorDetail, PutResponse, StatusResponse};
+use hearth_protocol::api::{
+    AuditEntry, BlobInfo, CollectionInfo, ConflictsResponse, DeviceInfo, ErrorBody, ErrorCode,
+    ErrorDetail, GrantCreated, GrantInfo, GrantRequest, HelloRequest, HelloResponse,
+    InviteResponse, PutResponse, RevokeResponse, StatusResponse, TextEditRequest, VerifyResponse,
+    ViewAll, ViewRemove, ViewUpsert,
+};
 use hearth_protocol::{BlobId, CollectionName, RecordId};
 use rand::RngCore;
 use serde_json::{Map, Value};
 
 use crate::Vault;
-use crate::access::{self, AccessError, AccessRecord, Authorized, Grant};
+use crate::access::events::{StreamItem, ViewEvent};
+use crate::access::{self, AccessError, Credentials};
 use crate::blobs::BlobError;
 use crate::collections::CollectionError;
 use crate::store::StoreError;
-use hearth_protocol::scope::{CollectionScope, FieldPath, Fields};
 
 type AppState = Arc<Vault>;
 
@@ -53,15 +61,15 @@ pub fn router(vault: Arc<Vault>) -> Router {
         )
         .route(
             "/v1/collections/{collection}/records/{id}/text",
-            axum::routing::post(edit_text),
+            post(edit_text),
         )
         .route("/v1/devices", get(list_devices))
-        .route("/v1/devices/invite", axum::routing::post(create_invite))
+        .route("/v1/devices/invite", post(create_invite))
         .route("/v1/devices/{peer}", axum::routing::delete(remove_device))
         .route("/v1/blobs", get(list_blobs).post(put_blob))
         .route("/v1/blobs/{id}", get(get_blob))
         .route("/v1/grants", get(list_grants).post(create_grant))
-        .route("/v1/grants/{id}/revoke", axum::routing::post(revoke_grant))
+        .route("/v1/grants/{id}/revoke", post(revoke_grant))
         .route("/v1/audit", get(list_audit))
         .route("/v1/audit/verify", get(verify_audit))
         .route_layer(middleware::from_fn_with_state(vault.clone(), require_owner));
@@ -72,12 +80,17 @@ pub fn router(vault: Arc<Vault>) -> Router {
             "/v1/view/{collection}",
             get(view_collection).post(view_write),
         )
-        .route("/v1/view/{collection}/{id}", get(view_record));
+        .route(
+            "/v1/view/{collection}/{id}",
+            get(view_record).delete(view_remove),
+        );
     owner
         .merge(service)
+        .route("/v1/hello", post(hello))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower::limit::ConcurrencyLimitLayer::new(limit))
+        .layer(middleware::from_fn_with_state(vault.clone(), allowed_host))
         .with_state(vault)
 }
 
@@ -116,60 +129,79 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        let code = match e {
-            StoreError::Corrupt { .. } | StoreError::Malformed(_) | StoreError::Version { .. } => {
-                ErrorCode::Corrupt
-            }
-            StoreError::Closed => ErrorCode::Unavailable,
-            StoreError::DiskFull => ErrorCode::InsufficientStorage,
-            _ => ErrorCode::Storage,
-        };
-        ApiError::new(code, e.to_string())
+        ApiError::new(e.code(), e.to_string())
     }
 }
 
 impl From<CollectionError> for ApiError {
     fn from(e: CollectionError) -> Self {
-        match e {
-            CollectionError::Store(e) => e.into(),
-            CollectionError::Document { .. } => ApiError::new(ErrorCode::Corrupt, e.to_string()),
-            CollectionError::BadEdit(reason) => ApiError::new(ErrorCode::BadRequest, reason),
-            other => ApiError::new(ErrorCode::Internal, other.to_string()),
-        }
+        ApiError::new(e.code(), e.to_string())
     }
 }
 
 impl From<AccessError> for ApiError {
     fn from(e: AccessError) -> Self {
-        let code = match &e {
-            AccessError::InvalidToken => ErrorCode::InvalidToken,
-            AccessError::Revoked => ErrorCode::Revoked,
-            AccessError::Expired => ErrorCode::Expired,
-            AccessError::OutOfScope(_) => ErrorCode::OutOfScope,
-            AccessError::BadRequest(_) => ErrorCode::BadRequest,
-            AccessError::NotFound(_) => ErrorCode::NotFound,
-            AccessError::Collection(_) | AccessError::Token(_) => ErrorCode::Internal,
-        };
-        if let AccessError::Collection(inner) = e {
-            return inner.into();
-        }
-        ApiError::new(code, e.to_string())
+        ApiError::new(e.code(), e.to_string())
     }
 }
 
 impl From<BlobError> for ApiError {
     fn from(e: BlobError) -> Self {
-        match e {
-            BlobError::Store(e) => e.into(),
-            BlobError::NotFound(_) => ApiError::new(ErrorCode::NotFound, e.to_string()),
-            BlobError::TooLarge { .. } => ApiError::new(ErrorCode::TooLarge, e.to_string()),
-            BlobError::Body(_) => ApiError::new(ErrorCode::BadRequest, e.to_string()),
-            BlobError::Corrupt { .. } => ApiError::new(ErrorCode::Corrupt, e.to_string()),
-            BlobError::Io { ref source, .. } if crate::store::is_disk_full(source) => {
-                ApiError::new(ErrorCode::InsufficientStorage, e.to_string())
+        ApiError::new(e.code(), e.to_string())
+    }
+}
+
+/// Refuses requests whose `Host` is not this node's: a web page that made its own
+/// name resolve to 127.0.0.1 (DNS rebinding) gets nothing.
+async fn allowed_host(
+    State(vault): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .ok_or_else(|| ApiError::new(ErrorCode::BadHost, "the request has no Host header"))?;
+    if !vault.hosts.allows(host) {
+        return Err(ApiError::new(
+            ErrorCode::BadHost,
+            "this node does not answer to that host name (allowed: loopback names and its configured addresses)",
+        ));
+    }
+    Ok(next.run(request).await)
+}
+
+/// The host names the API answers to: loopback names, the address it is bound to,
+/// and any configured name (for an API served beyond loopback).
+#[derive(Debug, Clone)]
+pub struct HostAllowlist(Vec<String>);
+
+impl HostAllowlist {
+    pub fn new(bound: std::net::SocketAddr, extra: &[String]) -> Self {
+        let mut names: Vec<String> = ["localhost", "127.0.0.1", "::1"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        names.push(bound.ip().to_string());
+        names.extend(extra.iter().map(|n| n.to_ascii_lowercase()));
+        Self(names)
+    }
+
+    /// Whether `host` (a Host header: a name or address, with an optional port) is one
+    /// of this node's names.
+    pub fn allows(&self, host: &str) -> bool {
+        let host = host.trim().to_ascii_lowercase();
+        let name = if let Some(rest) = host.strip_prefix('[') {
+            rest.split_once(']').map_or(rest, |(ip, _)| ip)
+        } else {
+            match host.rsplit_once(':') {
+                Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+                _ => host.as_str(),
             }
-            other => ApiError::new(ErrorCode::Storage, other.to_string()),
-        }
+        };
+        let name = name.strip_suffix('.').unwrap_or(name);
+        self.0.iter().any(|allowed| allowed == name)
     }
 }
 
@@ -178,16 +210,24 @@ async fn require_owner(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let header = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::MissingToken,
-                "no Authorization header; send `Authorization: Bearer <token>`",
-            )
-        })?;
-    let token = header
+    let token = bearer_token(request.headers())?;
+    if !vault.keys.is_owner_token(token.as_bytes()) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidToken,
+            "the token is not this vault's owner token",
+        ));
+    }
+    Ok(next.run(request).await)
+}
+
+fn bearer_token(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
+    let header = headers.get(header::AUTHORIZATION).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::MissingToken,
+            "no Authorization header; send `Authorization: Bearer <token>`",
+        )
+    })?;
+    header
         .to_str()
         .ok()
         .and_then(|h| h.strip_prefix("Bearer "))
@@ -198,14 +238,7 @@ async fn require_owner(
                 ErrorCode::MissingToken,
                 "the Authorization header is not `Bearer <token>`",
             )
-        })?;
-    if !vault.keys.is_owner_token(token.as_bytes()) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidToken,
-            "the token is not this vault's owner token",
-        ));
-    }
-    Ok(next.run(request).await)
+        })
 }
 
 async fn not_found() -> ApiError {
@@ -217,6 +250,22 @@ async fn method_not_allowed() -> ApiError {
         ErrorCode::MethodNotAllowed,
         "this route does not take that method",
     )
+}
+
+/// `POST /v1/hello`: proves this node holds the hash of this HOME's owner token,
+/// before the CLI sends the token itself (a process that took over the port after a
+/// crash cannot answer).
+async fn hello(State(vault): State<AppState>, body: Body) -> Result<Json<HelloResponse>, ApiError> {
+    let request: HelloRequest = read_typed_body(&vault, body).await?;
+    let challenge = data_encoding::HEXLOWER_PERMISSIVE
+        .decode(request.challenge.as_bytes())
+        .ok()
+        .filter(|c| c.len() == 32)
+        .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, "the challenge must be 32 bytes in hex"))?;
+    let proof = vault.keys.identity_proof(&challenge);
+    Ok(Json(HelloResponse {
+        proof: data_encoding::HEXLOWER.encode(&proof),
+    }))
 }
 
 async fn status(State(vault): State<AppState>) -> Result<Json<StatusResponse>, ApiError> {
@@ -250,8 +299,8 @@ async fn status(State(vault): State<AppState>) -> Result<Json<StatusResponse>, A
 }
 
 /// The device list with what this node knows of each: online, last sync.
-async fn devices_view(vault: &AppState) -> Result<Vec<Value>, ApiError> {
-    let mut list = blocking(vault, |v| Ok(crate::mesh::devices::list(&v.collections)?)).await?;
+async fn devices_view(vault: &AppState) -> Result<Vec<DeviceInfo>, ApiError> {
+    let list = blocking(vault, |v| Ok(crate::devices::devices(&v.collections)?)).await?;
     let (online, last_sync) = match vault.mesh() {
         Some(mesh) => (
             mesh.handle.connected_peers().await.unwrap_or_default(),
@@ -260,30 +309,31 @@ async fn devices_view(vault: &AppState) -> Result<Vec<Value>, ApiError> {
         None => (Vec::new(), Default::default()),
     };
     let me = vault.keys.peer_id().to_string();
-    for device in &mut list {
-        let Some(obj) = device.as_object_mut() else {
-            continue;
-        };
-        let id = obj
-            .get("id")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        let peer: Option<libp2p::PeerId> = id.parse().ok();
-        let this = id == me;
-        let is_online = this || peer.is_some_and(|p| online.contains(&p));
-        let synced = peer
-            .and_then(|p| last_sync.get(&p).copied())
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_secs());
-        obj.insert("online".into(), Value::Bool(is_online));
-        obj.insert("last_sync".into(), synced.map_or(Value::Null, Value::from));
-        obj.insert("this_device".into(), Value::Bool(this));
-    }
-    Ok(list)
+    Ok(list
+        .into_iter()
+        .map(|device| {
+            let peer: Option<libp2p::PeerId> = device.id.parse().ok();
+            let this_device = device.id == me;
+            let online = this_device || peer.is_some_and(|p| online.contains(&p));
+            let last_sync = peer
+                .and_then(|p| last_sync.get(&p).copied())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs());
+            DeviceInfo {
+                id: device.id,
+                name: device.name,
+                added_at: device.added_at,
+                removed_at: device.removed_at,
+                addrs: device.addrs,
+                online,
+                last_sync,
+                this_device,
+            }
+        })
+        .collect())
 }
 
-async fn list_devices(State(vault): State<AppState>) -> Result<Json<Vec<Value>>, ApiError> {
+async fn list_devices(State(vault): State<AppState>) -> Result<Json<Vec<DeviceInfo>>, ApiError> {
     Ok(Json(devices_view(&vault).await?))
 }
 
@@ -299,7 +349,7 @@ async fn create_invite(State(vault): State<AppState>) -> Result<Response, ApiErr
         .invite(crate::mesh::pairing::DEFAULT_INVITE_TTL)
         .await
         .map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()))?;
-    let body = hearth_protocol::api::InviteResponse {
+    let body = InviteResponse {
         code: code.to_string(),
         expires_at,
     };
@@ -321,7 +371,7 @@ async fn remove_device(
         ));
     }
     blocking(&vault, move |v| {
-        if crate::mesh::devices::remove(&v.collections, &peer)? {
+        if crate::devices::remove(&v.collections, &peer)? {
             Ok(())
         } else {
             Err(ApiError::new(
@@ -335,9 +385,10 @@ async fn remove_device(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_collections(State(vault): State<AppState>) -> Result<Response, ApiError> {
-    let list = blocking(&vault, |v| Ok(v.collections.list()?)).await?;
-    Ok(Json(list).into_response())
+async fn list_collections(
+    State(vault): State<AppState>,
+) -> Result<Json<Vec<CollectionInfo>>, ApiError> {
+    Ok(Json(blocking(&vault, |v| Ok(v.collections.list()?)).await?))
 }
 
 async fn list_records(
@@ -355,13 +406,11 @@ async fn get_record(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let (collection, id) = record_path(path)?;
-    inline(&vault, move |v| {
-        v.collections
-            .get(&collection, &id)?
-            .ok_or_else(|| record_not_found(&collection, &id))
-    })
-    .await
-    .map(Json)
+    vault
+        .collections
+        .get(&collection, &id)?
+        .ok_or_else(|| record_not_found(&collection, &id))
+        .map(Json)
 }
 
 async fn create_record(
@@ -393,12 +442,13 @@ async fn write_record(
     id: RecordId,
     record: Map<String, Value>,
 ) -> Result<Response, ApiError> {
-    let (created, id) = inline(&vault, move |v| {
-        Ok((v.collections.put(&collection, &id, &record)?, id))
-    })
-    .await?;
+    // One record takes tens of microseconds: done on the request's task.
+    let created = vault.collections.put(&collection, &id, &record)?;
     vault.store.commit().await?;
-    Ok(put_response(created, &id))
+    Ok(put_response(PutResponse {
+        id: id.to_string(),
+        created,
+    }))
 }
 
 async fn patch_record(
@@ -410,12 +460,10 @@ async fn patch_record(
     let collection = writable(collection)?;
     let mut patch = read_record_body(&vault, body).await?;
     check_body_id(&mut patch, &id)?;
-    let record = inline(&vault, move |v| {
-        v.collections
-            .patch(&collection, &id, &patch)?
-            .ok_or_else(|| record_not_found(&collection, &id))
-    })
-    .await?;
+    let record = vault
+        .collections
+        .patch(&collection, &id, &patch)?
+        .ok_or_else(|| record_not_found(&collection, &id))?;
     vault.store.commit().await?;
     Ok(Json(record))
 }
@@ -426,34 +474,11 @@ async fn delete_record(
 ) -> Result<StatusCode, ApiError> {
     let (collection, id) = record_path(path)?;
     let collection = writable(collection)?;
-    inline(&vault, move |v| {
-        if v.collections.remove(&collection, &id)? {
-            Ok(())
-        } else {
-            Err(record_not_found(&collection, &id))
-        }
-    })
-    .await?;
+    if !vault.collections.remove(&collection, &id)? {
+        return Err(record_not_found(&collection, &id));
+    }
     vault.store.commit().await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// `{"field": NAME, "edits": [{"at": N, "delete"?: N, "insert"?: TEXT}, ...]}`.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TextEditRequest {
-    field: String,
-    edits: Vec<TextEditBody>,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TextEditBody {
-    at: usize,
-    #[serde(default)]
-    delete: usize,
-    #[serde(default)]
-    insert: String,
 }
 
 /// Applies character edits to a text field as one change, so that devices editing
@@ -465,12 +490,12 @@ async fn edit_text(
 ) -> Result<Json<Value>, ApiError> {
     let (collection, id) = record_path(path)?;
     let collection = writable(collection)?;
-    let body = read_record_body(&vault, body).await?;
-    let request: TextEditRequest = serde_json::from_value(Value::Object(body)).map_err(|e| {
+    let request: TextEditRequest = read_typed_body(&vault, body).await.map_err(|e| {
         ApiError::new(
-            ErrorCode::BadRequest,
+            e.code,
             format!(
-                "expected {{\"field\": NAME, \"edits\": [{{\"at\", \"delete\", \"insert\"}}]}}: {e}"
+                "expected {{\"field\": NAME, \"edits\": [{{\"at\", \"delete\", \"insert\"}}]}}: {}",
+                e.message
             ),
         )
     })?;
@@ -489,18 +514,16 @@ async fn edit_text(
             insert: e.insert,
         })
         .collect();
-    let record = inline(&vault, move |v| {
-        if !v
-            .collections
-            .edit_text(&collection, &id, &request.field, &edits)?
-        {
-            return Err(record_not_found(&collection, &id));
-        }
-        v.collections
-            .get(&collection, &id)?
-            .ok_or_else(|| record_not_found(&collection, &id))
-    })
-    .await?;
+    if !vault
+        .collections
+        .edit_text(&collection, &id, &request.field, &edits)?
+    {
+        return Err(record_not_found(&collection, &id));
+    }
+    let record = vault
+        .collections
+        .get(&collection, &id)?
+        .ok_or_else(|| record_not_found(&collection, &id))?;
     vault.store.commit().await?;
     Ok(Json(record))
 }
@@ -508,28 +531,30 @@ async fn edit_text(
 async fn record_conflicts(
     State(vault): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ConflictsResponse>, ApiError> {
     let (collection, id) = record_path(path)?;
-    inline(&vault, move |v| {
-        v.collections
-            .conflicts(&collection, &id)?
-            .ok_or_else(|| record_not_found(&collection, &id))
-    })
-    .await
-    .map(Json)
+    let conflicts = vault
+        .collections
+        .conflicts(&collection, &id)?
+        .ok_or_else(|| record_not_found(&collection, &id))?;
+    Ok(Json(ConflictsResponse {
+        id: id.to_string(),
+        conflicts,
+    }))
 }
 
-async fn list_blobs(State(vault): State<AppState>) -> Result<Response, ApiError> {
-    Ok(Json(blocking(&vault, |v| Ok(v.blobs.list()?)).await?).into_response())
+async fn list_blobs(State(vault): State<AppState>) -> Result<Json<Vec<BlobInfo>>, ApiError> {
+    Ok(Json(blocking(&vault, |v| Ok(v.blobs.list()?)).await?))
 }
 
 async fn put_blob(State(vault): State<AppState>, body: Body) -> Result<Response, ApiError> {
     let max = vault.limits.max_blob_bytes;
     let info = vault.blobs.put(body.into_data_stream(), max).await?;
     // Listed in `_blobs`, so the vault's other devices fetch it.
-    let (id, size) = (info.id.clone(), info.size);
+    let id = BlobId::parse(&info.id).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    let size = info.size;
     if blocking(&vault, move |v| {
-        Ok(crate::mesh::blobsync::announce(&v.collections, &id, size)?)
+        Ok(crate::blobs::announce(&v.collections, &id, size)?)
     })
     .await?
     {
@@ -570,20 +595,13 @@ async fn get_blob(
 }
 
 /// `201` for a new record, `200` for a changed one, with `{"id", "created"}`.
-fn put_response(created: bool, id: &RecordId) -> Response {
-    let status = if created {
+fn put_response(answer: PutResponse) -> Response {
+    let status = if answer.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    (
-        status,
-        Json(PutResponse {
-            id: id.to_string(),
-            created,
-        }),
-    )
-        .into_response()
+    (status, Json(answer)).into_response()
 }
 
 /// The record id a create names in its body (`"id"`), or a new random one.
@@ -604,7 +622,7 @@ fn id_from_body(record: &mut Map<String, Value>) -> Result<RecordId, ApiError> {
     }
 }
 
-/// Runs store work on the blocking pool.
+/// Runs whole-collection store work on the blocking pool.
 async fn blocking<R, F>(vault: &AppState, f: F) -> Result<R, ApiError>
 where
     R: Send + 'static,
@@ -616,18 +634,9 @@ where
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("store task failed: {e}")))?
 }
 
-/// Runs a single-record operation on the request's own task: it takes tens of
-/// microseconds, less than a hop to the blocking pool and back would cost.
-async fn inline<R, F>(vault: &AppState, f: F) -> Result<R, ApiError>
-where
-    F: FnOnce(&Vault) -> Result<R, ApiError>,
-{
-    f(vault)
-}
-
-async fn read_record_body(vault: &AppState, body: Body) -> Result<Map<String, Value>, ApiError> {
+async fn read_body(vault: &AppState, body: Body) -> Result<Bytes, ApiError> {
     let limit = vault.limits.max_record_bytes;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
         let too_large = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
             || e.to_string().contains("length limit");
@@ -639,7 +648,11 @@ async fn read_record_body(vault: &AppState, body: Body) -> Result<Map<String, Va
         } else {
             ApiError::new(ErrorCode::BadRequest, format!("cannot read the body: {e}"))
         }
-    })?;
+    })
+}
+
+async fn read_record_body(vault: &AppState, body: Body) -> Result<Map<String, Value>, ApiError> {
+    let bytes = read_body(vault, body).await?;
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(other) => Err(ApiError::new(
@@ -651,6 +664,17 @@ async fn read_record_body(vault: &AppState, body: Body) -> Result<Map<String, Va
             format!("the body is not valid JSON: {e}"),
         )),
     }
+}
+
+/// A request body of a typed request, with the record body's limits and errors
+/// (413 too_large, 400 bad_json, ...).
+async fn read_typed_body<T: serde::de::DeserializeOwned>(
+    vault: &AppState,
+    body: Body,
+) -> Result<T, ApiError> {
+    let body = read_record_body(vault, body).await?;
+    serde_json::from_value(Value::Object(body))
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("not a valid request: {e}")))
 }
 
 /// A body may carry the record's id as `"id"`; it must then match the path.
@@ -722,12 +746,7 @@ fn record_not_found(collection: &CollectionName, id: &RecordId) -> ApiError {
 // ---- Grants (owner) ----
 
 async fn create_grant(State(vault): State<AppState>, body: Body) -> Result<Response, ApiError> {
-    // Same limits and errors as a record body (413 too_large, 400 bad_json, ...).
-    let body = read_record_body(&vault, body).await?;
-    let request: hearth_protocol::api::GrantRequest = serde_json::from_value(Value::Object(body))
-        .map_err(|e| {
-        ApiError::new(ErrorCode::BadRequest, format!("not a grant request: {e}"))
-    })?;
+    let request: GrantRequest = read_typed_body(&vault, body).await?;
     let scope = hearth_protocol::scope::Scope::parse(
         request.read.as_deref(),
         request.write.as_deref(),
@@ -756,18 +775,18 @@ async fn create_grant(State(vault): State<AppState>, body: Body) -> Result<Respo
             &v.collections,
             &v.keys,
             access::NewGrant {
-                service: request.service.clone(),
+                service: request.service,
                 scope,
-                purpose: request.purpose.clone().unwrap_or_default(),
+                purpose: request.purpose.unwrap_or_default(),
                 expires,
-                to: request.to.clone(),
+                to: request.to,
                 rate_per_minute: rate,
             },
         )?)
     })
     .await?;
     vault.store.commit().await?;
-    let body = hearth_protocol::api::GrantCreated {
+    let body = GrantCreated {
         id: grant.id,
         token,
         expires_at: grant.expires_at,
@@ -775,28 +794,37 @@ async fn create_grant(State(vault): State<AppState>, body: Body) -> Result<Respo
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-async fn list_grants(State(vault): State<AppState>) -> Result<Json<Vec<Value>>, ApiError> {
+fn grant_info(grant: access::Grant, last_used: Option<u64>) -> GrantInfo {
+    GrantInfo {
+        status: grant.status(access::now_unix()),
+        id: grant.id,
+        service: grant.service,
+        scope: grant.scope,
+        purpose: grant.purpose,
+        issued_at: grant.issued_at,
+        expires_at: grant.expires_at,
+        to: grant.to,
+        revoked_at: grant.revoked_at,
+        rate_per_minute: grant.rate_per_minute,
+        last_used,
+    }
+}
+
+async fn list_grants(State(vault): State<AppState>) -> Result<Json<Vec<GrantInfo>>, ApiError> {
     blocking(&vault, |v| {
         let grants = access::list_grants(&v.collections)?;
         // One pass over the log, not one per grant.
         let mut last_used: std::collections::HashMap<String, u64> =
             std::collections::HashMap::new();
         for entry in access::audit_entries(&v.collections, None)? {
-            if let (Some(grant), Some(at)) = (entry["grant"].as_str(), entry["at"].as_u64()) {
-                let slot = last_used.entry(grant.to_owned()).or_default();
-                *slot = (*slot).max(at);
-            }
+            let slot = last_used.entry(entry.grant).or_default();
+            *slot = (*slot).max(entry.at);
         }
-        let now = access::now_unix();
         Ok(grants
             .into_iter()
             .map(|g| {
-                let last_used = last_used.get(&g.id).copied();
-                let status = g.status(now);
-                let mut value = serde_json::to_value(&g).expect("a grant serializes");
-                value["status"] = Value::from(status);
-                value["last_used"] = last_used.map_or(Value::Null, Value::from);
-                value
+                let used = last_used.get(&g.id).copied();
+                grant_info(g, used)
             })
             .collect())
     })
@@ -807,16 +835,20 @@ async fn list_grants(State(vault): State<AppState>) -> Result<Json<Vec<Value>>, 
 async fn revoke_grant(
     State(vault): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RevokeResponse>, ApiError> {
     let id = path_param(path)?;
-    let (grant, seen) = blocking(&vault, move |v| {
+    let answer = blocking(&vault, move |v| {
         let grant = access::revoke(&v.collections, &id)?;
         let seen = access::seen_by(&v.collections, &id)?;
-        Ok((grant, seen))
+        let last_used = seen.last_access;
+        Ok(RevokeResponse {
+            grant: grant_info(grant, last_used),
+            seen,
+        })
     })
     .await?;
     vault.store.commit().await?;
-    Ok(Json(serde_json::json!({"grant": grant, "seen": seen})))
+    Ok(Json(answer))
 }
 
 #[derive(serde::Deserialize)]
@@ -827,7 +859,7 @@ struct AuditQuery {
 async fn list_audit(
     State(vault): State<AppState>,
     query: axum::extract::Query<AuditQuery>,
-) -> Result<Json<Vec<Value>>, ApiError> {
+) -> Result<Json<Vec<AuditEntry>>, ApiError> {
     let grant = query.0.grant;
     blocking(&vault, move |v| {
         Ok(access::audit_entries(&v.collections, grant.as_deref())?)
@@ -836,450 +868,170 @@ async fn list_audit(
     .map(Json)
 }
 
-async fn verify_audit(State(vault): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn verify_audit(State(vault): State<AppState>) -> Result<Json<VerifyResponse>, ApiError> {
     blocking(&vault, |v| {
         Ok(match access::verify_audit(&v.collections) {
-            Ok(entries) => serde_json::json!({"ok": true, "entries": entries}),
-            Err((entry, reason)) => {
-                serde_json::json!({"ok": false, "entry": entry, "reason": reason})
-            }
+            Ok(entries) => VerifyResponse {
+                ok: true,
+                entries: Some(entries as u64),
+                entry: None,
+                reason: None,
+            },
+            Err((entry, reason)) => VerifyResponse {
+                ok: false,
+                entries: None,
+                entry: Some(entry),
+                reason: Some(reason),
+            },
         })
     })
     .await
     .map(Json)
 }
 
-// ---- Views (services) ----
+// ---- Views (services): parse, call the door, render ----
 
-/// The grant behind a service's request, checked now.
-async fn service_grant(
-    vault: &AppState,
-    headers: &axum::http::HeaderMap,
-    remote: &Remote,
-) -> Result<Authorized, ApiError> {
-    authorize_token(vault, bearer_token(headers)?, remote).await
-}
-
-/// The Noise-authenticated PeerId of a request that came over `/hearth/view/1`;
-/// `None` for the local HTTP API. Set only by the mesh, in the request's extensions,
-/// which no HTTP client can reach.
-#[derive(Debug, Clone, Copy)]
-pub struct Remote(pub Option<libp2p::PeerId>);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Remote {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<Remote>()
-            .copied()
-            .unwrap_or(Remote(None)))
-    }
-}
-
-fn bearer_token(headers: &axum::http::HeaderMap) -> Result<String, ApiError> {
-    Ok(headers
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
+fn credentials(headers: &axum::http::HeaderMap) -> Result<Credentials, ApiError> {
+    bearer_token(headers)
+        .map(Credentials::local)
+        .map_err(|_| {
             ApiError::new(
                 ErrorCode::MissingToken,
                 "send the grant's token as `Authorization: Bearer <token>`",
             )
-        })?
-        .to_owned())
-}
-
-async fn authorize_token(
-    vault: &AppState,
-    token: String,
-    remote: &Remote,
-) -> Result<Authorized, ApiError> {
-    let auth = inline(vault, move |v| {
-        Ok(access::authorize(&v.collections, &v.keys, &token)?)
-    })
-    .await?;
-    if !vault.rates.admit(&auth.grant) {
-        return Err(ApiError::new(
-            ErrorCode::RateLimited,
-            format!(
-                "this grant allows {} requests a minute",
-                auth.grant.rate_per_minute.unwrap_or(0)
-            ),
-        ));
-    }
-    if let Some(audience) = &auth.grant.to {
-        // A grant bound to a service's PeerId works only from that PeerId, as the
-        // Noise handshake of its connection proved it.
-        let caller = remote.0.map(|p| p.to_string());
-        if caller.as_deref() != Some(audience.as_str()) {
-            return Err(ApiError::new(
-                ErrorCode::OutOfScope,
-                format!(
-                    "this grant is bound to the remote service {audience}; use it over the mesh from that peer"
-                ),
-            ));
-        }
-    }
-    Ok(auth)
-}
-
-fn readable<'a>(
-    grant: &'a Grant,
-    collection: &str,
-) -> Result<&'a hearth_protocol::scope::CollectionScope, ApiError> {
-    grant
-        .scope
-        .collection(collection)
-        .filter(|c| c.read)
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::OutOfScope,
-                format!("the grant does not include reading {collection}"),
-            )
         })
-}
-
-/// The scope a request actually has on `collection`: the grant's, narrowed by any
-/// checks appended to the token. `None` if the token allows nothing there.
-fn effective_scope(
-    auth: &Authorized,
-    collection: &str,
-    records: &[Value],
-) -> Result<Option<CollectionScope>, ApiError> {
-    let scope = readable(&auth.grant, collection)?.clone();
-    if !auth.is_attenuated() || auth.allows("read", collection, None) {
-        return Ok(Some(scope));
-    }
-    let candidates: std::collections::BTreeSet<FieldPath> = match &scope.fields {
-        Fields::Only(paths) => paths.clone(),
-        Fields::All => records
-            .iter()
-            .filter_map(Value::as_object)
-            .flat_map(|r| r.keys())
-            .filter(|k| *k != "id")
-            .filter_map(|k| FieldPath::parse(k))
-            .collect(),
-    };
-    let allowed: std::collections::BTreeSet<FieldPath> = candidates
-        .into_iter()
-        .filter(|p| auth.allows("read", collection, Some(&p.to_string())))
-        .collect();
-    if allowed.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(CollectionScope {
-        fields: Fields::Only(allowed),
-        ..scope
-    }))
-}
-
-/// Projects records through the request's scope and records the access.
-fn project_and_audit(
-    v: &crate::Vault,
-    auth: &Authorized,
-    collection: &str,
-    records: Vec<Value>,
-) -> Result<Vec<Value>, ApiError> {
-    let scope = effective_scope(auth, collection, &records)?.ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::OutOfScope,
-            format!("the token does not include reading {collection}"),
-        )
-    })?;
-    let grant = &auth.grant;
-    let mut fields = Vec::new();
-    let view: Vec<Value> = records
-        .into_iter()
-        .filter_map(|r| r.as_object().cloned())
-        .filter_map(|r| {
-            let projected = scope.project(&r)?;
-            fields.extend(scope.field_names(&r));
-            Some(Value::Object(projected))
-        })
-        .collect();
-    v.audit.append(
-        &v.collections,
-        AccessRecord {
-            grant,
-            operation: "read",
-            collection,
-            records: view.len(),
-            fields,
-        },
-    )?;
-    Ok(view)
 }
 
 async fn view_all(
     State(vault): State<AppState>,
     headers: axum::http::HeaderMap,
-    remote: Remote,
-) -> Result<Json<Value>, ApiError> {
-    let auth = service_grant(&vault, &headers, &remote).await?;
-    let (view, grant) = blocking(&vault, move |v| {
-        let mut out = Map::new();
-        for (name, scope) in &auth.grant.scope.collections {
-            if !scope.read {
-                continue;
-            }
-            let collection = collection_name(name)?;
-            let records = v.collections.records(&collection)?;
-            // A collection the token was narrowed away from is left out, not an error.
-            if effective_scope(&auth, name, &records)?.is_none() {
-                continue;
-            }
-            out.insert(
-                name.clone(),
-                Value::Array(project_and_audit(v, &auth, name, records)?),
-            );
-        }
-        Ok((out, auth.grant))
-    })
-    .await?;
-    vault.store.commit().await?;
-    Ok(Json(
-        serde_json::json!({"grant": grant.id, "service": grant.service, "collections": view}),
-    ))
+) -> Result<Json<ViewAll>, ApiError> {
+    Ok(Json(vault.door.read_all(&credentials(&headers)?).await?))
 }
 
 async fn view_collection(
     State(vault): State<AppState>,
     headers: axum::http::HeaderMap,
-    remote: Remote,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let collection = collection_name(&path_param(path)?)?;
-    let auth = service_grant(&vault, &headers, &remote).await?;
-    readable(&auth.grant, collection.as_str())?;
-    let view = blocking(&vault, move |v| {
-        let records = v.collections.records(&collection)?;
-        project_and_audit(v, &auth, collection.as_str(), records)
-    })
-    .await?;
-    vault.store.commit().await?;
-    Ok(Json(view))
+    let credentials = credentials(&headers)?;
+    Ok(Json(vault.door.read_collection(&credentials, &collection).await?))
 }
 
 async fn view_record(
     State(vault): State<AppState>,
     headers: axum::http::HeaderMap,
-    remote: Remote,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let (collection, id) = record_path(path)?;
-    let auth = service_grant(&vault, &headers, &remote).await?;
-    readable(&auth.grant, collection.as_str())?;
-    let view = inline(&vault, move |v| {
-        let records: Vec<Value> = v.collections.get(&collection, &id)?.into_iter().collect();
-        // A record the filter hides is as absent as one that does not exist.
-        project_and_audit(v, &auth, collection.as_str(), records)?
-            .pop()
-            .ok_or_else(|| record_not_found(&collection, &id))
-    })
-    .await?;
-    vault.store.commit().await?;
-    Ok(Json(view))
+    let credentials = credentials(&headers)?;
+    Ok(Json(vault.door.read_record(&credentials, &collection, &id).await?))
 }
 
 async fn view_write(
     State(vault): State<AppState>,
     headers: axum::http::HeaderMap,
-    remote: Remote,
     path: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let collection = collection_name(&path_param(path)?)?;
-    let auth = service_grant(&vault, &headers, &remote).await?;
-    if !auth.allows("write", collection.as_str(), None) {
-        return Err(ApiError::new(
-            ErrorCode::OutOfScope,
-            "this token was narrowed to reading only",
-        ));
-    }
-    let grant = auth.grant;
-    let mut record = read_record_body(&vault, body).await?;
-    let scope = grant.scope.collection(collection.as_str()).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::OutOfScope,
-            format!("the grant does not include {collection}"),
-        )
-    })?;
-    scope
-        .check_write(&record)
-        .map_err(|e| ApiError::new(ErrorCode::OutOfScope, e))?;
-    let id = id_from_body(&mut record)?;
-    let (created, id) = inline(&vault, move |v| {
-        // A service changes only what it was granted: an existing record is merged
-        // into, never replaced, so fields outside the grant stay as they are.
-        let created = match v.collections.patch(&collection, &id, &record)? {
-            Some(_) => false,
-            None => {
-                v.collections.put(&collection, &id, &record)?;
-                true
-            }
-        };
-        let fields = record.keys().cloned().collect();
-        v.audit.append(
-            &v.collections,
-            AccessRecord {
-                grant: &grant,
-                operation: "write",
-                collection: collection.as_str(),
-                records: 1,
-                fields,
-            },
-        )?;
-        Ok((created, id))
-    })
-    .await?;
-    vault.store.commit().await?;
-    Ok(put_response(created, &id))
+    let credentials = credentials(&headers)?;
+    let record = read_record_body(&vault, body).await?;
+    let answer = vault.door.write(&credentials, &collection, record).await?;
+    Ok(put_response(answer))
 }
 
-/// Projected records of one collection, by id.
-type Snapshot = std::collections::BTreeMap<String, Value>;
-
-fn snapshot(v: &crate::Vault, auth: &Authorized, collection: &str) -> Result<Snapshot, ApiError> {
-    let name = collection_name(collection)?;
-    let records = v.collections.records(&name)?;
-    let Some(scope) = effective_scope(auth, collection, &records)? else {
-        return Ok(Snapshot::new());
-    };
-    Ok(records
-        .into_iter()
-        .filter_map(|r| r.as_object().and_then(|r| scope.project(r)))
-        .filter_map(|r| Some((r.get("id")?.as_str()?.to_owned(), Value::Object(r))))
-        .collect())
+async fn view_remove(
+    State(vault): State<AppState>,
+    headers: axum::http::HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let (collection, id) = record_path(path)?;
+    let credentials = credentials(&headers)?;
+    vault.door.remove(&credentials, &collection, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
-/// `GET /v1/view/events`: server-sent events of changes inside the scope, projected.
-/// `upsert` carries `{"collection", "record"}`, `remove` carries `{"collection", "id"}`;
-/// a change outside the scope sends nothing. The grant is checked again at every
-/// change: once revoked or expired, an `error` event is sent and the stream ends.
+/// `GET /v1/view/events`: server-sent events of changes inside the scope, projected:
+/// `upsert` (`ViewUpsert`), `remove` (`ViewRemove`), and `error` (`ErrorDetail`) just
+/// before the stream ends (revoked, expired, fallen behind).
 async fn view_events(
     State(vault): State<AppState>,
     headers: axum::http::HeaderMap,
-    remote: Remote,
 ) -> Result<Response, ApiError> {
-    use axum::response::sse::{Event, KeepAlive, Sse};
-    let token = bearer_token(&headers)?;
-    let auth = authorize_token(&vault, token.clone(), &remote).await?;
-    let collections: Vec<String> = auth
-        .grant
-        .scope
-        .collections
-        .iter()
-        .filter(|(_, c)| c.read)
-        .map(|(name, _)| name.clone())
-        .collect();
-    let mut changes = vault.collections.subscribe();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
-    let state = vault.clone();
-    tokio::spawn(async move {
-        let vault = state;
-        let mut stopping = vault.stopping.subscribe();
-        let names = collections.clone();
-        let auth_for_snap = std::sync::Arc::new(auth);
-        let a = auth_for_snap.clone();
-        let Ok(mut snapshots) = blocking(&vault, move |v| {
-            names
-                .iter()
-                .map(|c| Ok((c.clone(), snapshot(v, &a, c)?)))
-                .collect::<Result<std::collections::BTreeMap<_, _>, ApiError>>()
-        })
-        .await
-        else {
-            return;
-        };
-        loop {
-            let changed: Vec<String> = tokio::select! {
-                _ = tx.closed() => return,
-                _ = stopping.changed() => return,
-                change = changes.recv() => match change {
-                    Ok(name) if collections.iter().any(|c| c == name.as_str()) => vec![name.to_string()],
-                    Ok(_) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => collections.clone(),
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                },
-            };
-            // Checked again at every change: revocation ends the stream.
-            let auth = match authorize_token(&vault, token.clone(), &remote).await {
-                Ok(auth) => std::sync::Arc::new(auth),
-                Err(e) => {
-                    let body = serde_json::json!({"code": e.code.as_str(), "message": e.message});
-                    let _ = tx
-                        .send(Event::default().event("error").data(body.to_string()))
-                        .await;
-                    return;
-                }
-            };
-            for collection in changed {
-                let (a, c) = (auth.clone(), collection.clone());
-                let Ok(now) = blocking(&vault, move |v| snapshot(v, &a, &c)).await else {
-                    return;
+    let subscription = vault.door.subscribe(&credentials(&headers)?)?;
+    let stream = futures::stream::unfold(Some(subscription), |state| async move {
+        let mut subscription = state?;
+        let item = subscription.next().await?;
+        Some(match item {
+            StreamItem::Events(batch) => (batch.iter().map(sse_event).collect(), Some(subscription)),
+            StreamItem::End { code, message } => {
+                let detail = ErrorDetail {
+                    code: code.as_str().to_owned(),
+                    message,
                 };
-                let before = snapshots.remove(&collection).unwrap_or_default();
-                let mut events = Vec::new();
-                let mut fields = Vec::new();
-                for (id, record) in &now {
-                    if before.get(id) != Some(record) {
-                        if let Some(obj) = record.as_object() {
-                            fields.extend(obj.keys().filter(|k| *k != "id").cloned());
-                        }
-                        let body = serde_json::json!({"collection": collection, "record": record});
-                        events.push(Event::default().event("upsert").data(body.to_string()));
-                    }
-                }
-                for id in before.keys().filter(|id| !now.contains_key(*id)) {
-                    let body = serde_json::json!({"collection": collection, "id": id});
-                    events.push(Event::default().event("remove").data(body.to_string()));
-                }
-                snapshots.insert(collection.clone(), now);
-                if events.is_empty() {
-                    continue;
-                }
-                let count = events.len();
-                let (a, c) = (auth.clone(), collection.clone());
-                let audited = blocking(&vault, move |v| {
-                    v.audit.append(
-                        &v.collections,
-                        AccessRecord {
-                            grant: &a.grant,
-                            operation: "subscribe",
-                            collection: &c,
-                            records: count,
-                            fields,
-                        },
-                    )?;
-                    Ok(())
-                })
-                .await;
-                if audited.is_err() || vault.store.commit().await.is_err() {
-                    // Nothing is sent that the audit log does not show.
-                    return;
-                }
-                for event in events {
-                    if tx.send(event).await.is_err() {
-                        return;
-                    }
-                }
+                let event = Event::default()
+                    .event("error")
+                    .json_data(&detail)
+                    .expect("an error detail serializes");
+                (vec![event], None)
             }
-        }
-    });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|e| (Ok::<_, std::convert::Infallible>(e), rx))
+        })
+    })
+    .flat_map(|events: Vec<Event>| {
+        futures::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>))
     });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+fn sse_event(event: &ViewEvent) -> Event {
+    let built = match event {
+        ViewEvent::Upsert { collection, record } => Event::default().event("upsert").json_data(
+            ViewUpsert {
+                collection: collection.clone(),
+                record: record.clone(),
+            },
+        ),
+        ViewEvent::Remove { collection, id } => Event::default().event("remove").json_data(
+            ViewRemove {
+                collection: collection.clone(),
+                id: id.clone(),
+            },
+        ),
+    };
+    built.expect("a view event serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HostAllowlist;
+
+    #[test]
+    fn only_this_nodes_names_are_allowed_hosts() {
+        let hosts = HostAllowlist::new("127.0.0.1:7780".parse().unwrap(), &["vault.lan".into()]);
+        for good in [
+            "127.0.0.1:7780",
+            "localhost:7780",
+            "LOCALHOST",
+            "localhost.",
+            "[::1]:7780",
+            "vault.lan:7780",
+            "127.0.0.1",
+        ] {
+            assert!(hosts.allows(good), "{good}");
+        }
+        for bad in [
+            "evil.example:7780",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example",
+            "",
+            "[::2]:7780",
+            "192.168.1.10:7780",
+        ] {
+            assert!(!hosts.allows(bad), "{bad}");
+        }
+    }
 }

@@ -16,12 +16,13 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use data_encoding::HEXLOWER;
 use futures::{Stream, StreamExt};
-use hearth_protocol::BlobId;
+use hearth_protocol::{BlobId, CollectionName, RecordId};
 use hearth_protocol::api::BlobInfo;
 use hearth_protocol::blob::{CHUNK_SIZE, Manifest};
 use hearth_protocol::seal::{Binding, NONCE_LEN};
 use rand::RngCore;
 
+use crate::collections::{CollectionError, Collections};
 use crate::home::sync_dir;
 use crate::keys::VaultKeys;
 use crate::store::{SealedTree, Store, StoreError};
@@ -43,6 +44,65 @@ pub enum BlobError {
     Io { path: String, source: io::Error },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The system collection listing the vault's blobs (`{"size"}` under each blob id). It
+/// syncs like any collection, so every device learns of every blob and fetches what
+/// it lacks (`mesh::blobsync`).
+pub const BLOB_LIST: &str = "_blobs";
+
+pub fn blob_list() -> CollectionName {
+    CollectionName::parse(BLOB_LIST).expect("_blobs is a valid system collection name")
+}
+
+/// A blob's entry in [`BLOB_LIST`].
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Listing {
+    size: u64,
+}
+
+/// Lists a blob in `_blobs` so the other devices fetch it. Returns whether it was new
+/// (then the store must commit).
+pub fn announce(collections: &Collections, id: &BlobId, size: u64) -> Result<bool, CollectionError> {
+    let record_id = RecordId::parse(&id.to_string()).expect("a blob id in hex is a valid record id");
+    if collections.get(&blob_list(), &record_id)?.is_some() {
+        return Ok(false);
+    }
+    let serde_json::Value::Object(record) =
+        serde_json::to_value(Listing { size }).expect("a listing serializes")
+    else {
+        unreachable!("a struct serializes to an object")
+    };
+    collections.put(&blob_list(), &record_id, &record)?;
+    Ok(true)
+}
+
+/// The ids of every blob listed in `_blobs` (entries that are not blob ids are skipped).
+pub fn listed(collections: &Collections) -> Result<Vec<BlobId>, CollectionError> {
+    Ok(collections
+        .records(&blob_list())?
+        .iter()
+        .filter_map(|r| r.get("id").and_then(serde_json::Value::as_str))
+        .filter_map(|id| BlobId::parse(id).ok())
+        .collect())
+}
+
+impl BlobError {
+    /// The API error code this failure is answered with.
+    pub fn code(&self) -> hearth_protocol::api::ErrorCode {
+        use hearth_protocol::api::ErrorCode;
+        match self {
+            BlobError::Store(e) => e.code(),
+            BlobError::NotFound(_) => ErrorCode::NotFound,
+            BlobError::TooLarge { .. } => ErrorCode::TooLarge,
+            BlobError::Body(_) => ErrorCode::BadRequest,
+            BlobError::Corrupt { .. } => ErrorCode::Corrupt,
+            BlobError::Io { source, .. } if crate::store::is_disk_full(source) => {
+                ErrorCode::InsufficientStorage
+            }
+            BlobError::Io { .. } => ErrorCode::Storage,
+        }
+    }
 }
 
 pub struct Blobs {

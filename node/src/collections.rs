@@ -47,6 +47,21 @@ pub enum CollectionError {
     BadEdit(String),
 }
 
+impl CollectionError {
+    /// The API error code this failure is answered with.
+    pub fn code(&self) -> hearth_protocol::api::ErrorCode {
+        use hearth_protocol::api::ErrorCode;
+        match self {
+            CollectionError::Store(e) => e.code(),
+            CollectionError::Document { .. } => ErrorCode::Corrupt,
+            CollectionError::BadEdit(_) => ErrorCode::BadRequest,
+            CollectionError::Automerge { .. } | CollectionError::BadSyncMessage { .. } => {
+                ErrorCode::Internal
+            }
+        }
+    }
+}
+
 /// Collections changed (locally or by sync) are announced here, so sync sessions can
 /// push them to other devices. A receiver that lags should resync every collection.
 const CHANGE_CHANNEL: usize = 1024;
@@ -73,6 +88,54 @@ struct Collection {
     /// Bytes of those changes, and of the snapshot they follow.
     change_bytes: usize,
     snapshot_bytes: usize,
+    /// Set when persisting a change failed: memory is ahead of the disk, so this copy
+    /// must not be used again (a writer waiting on its lock reloads from disk instead).
+    stale: bool,
+}
+
+/// A record before and after some changes, each with its `"id"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordChange {
+    pub id: String,
+    pub before: Option<Map<String, Json>>,
+    pub after: Option<Map<String, Json>>,
+}
+
+/// What a checked write does to a record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordWrite {
+    /// Merge a patch (RFC 7396) into the existing record.
+    Patch(Map<String, Json>),
+    /// Create the record with these fields.
+    Put(Map<String, Json>),
+    /// Remove the record.
+    Remove,
+}
+
+/// Why a change to a document was abandoned: Automerge failed, or the caller refused.
+enum Abandon<E> {
+    Automerge(AutomergeError),
+    Refused(E),
+}
+
+impl<E> From<AutomergeError> for Abandon<E> {
+    fn from(e: AutomergeError) -> Self {
+        Abandon::Automerge(e)
+    }
+}
+
+/// The Automerge actor id of a device for one run of the node: derived from its PeerId
+/// and a random value drawn at each start. Never the same across runs, because a crash
+/// can lose a change this device had already sent to another one; reusing the actor
+/// would then give its next change the same (actor, seq) as the lost one, and the other
+/// device would refuse it — that document would stop syncing between them for good.
+pub fn actor_for(peer: &libp2p::PeerId) -> [u8; 16] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&peer.to_bytes());
+    hasher.update(&rand::random::<[u8; 16]>());
+    hasher.finalize().as_bytes()[..16]
+        .try_into()
+        .expect("a BLAKE3 hash has 32 bytes")
 }
 
 impl Collections {
@@ -222,7 +285,7 @@ impl Collections {
         &self,
         name: &CollectionName,
         id: &RecordId,
-    ) -> Result<Option<Json>, CollectionError> {
+    ) -> Result<Option<Map<String, Json>>, CollectionError> {
         self.with(name, |c| {
             if records::read_record(&c.doc, id.as_str())
                 .map_err(|e| c.automerge(e))?
@@ -232,9 +295,7 @@ impl Collections {
             }
             let conflicts =
                 records::record_conflicts(&c.doc, id.as_str()).map_err(|e| c.automerge(e))?;
-            Ok(Some(
-                serde_json::json!({"id": id.as_str(), "conflicts": conflicts}),
-            ))
+            Ok(Some(conflicts))
         })
     }
 
@@ -269,22 +330,99 @@ impl Collections {
         field: &str,
         edits: &[records::TextEdit],
     ) -> Result<bool, CollectionError> {
-        let mut refused = None;
-        let found = self.mutate(name, |doc| {
-            match records::edit_text(doc, id.as_str(), field, edits) {
-                Ok(found) => Ok(found),
-                Err(records::TextEditError::Automerge(e)) => Err(e),
-                Err(e) => {
-                    refused = Some(e.to_string());
-                    // Undo the edits applied before the bad one: all or nothing.
-                    Err(AutomergeError::Fail)
+        // All or nothing: a bad edit rolls back the ones applied before it.
+        self.try_mutate(name, |doc| {
+            records::edit_text(doc, id.as_str(), field, edits).map_err(|e| match e {
+                records::TextEditError::Automerge(e) => Abandon::Automerge(e),
+                other => Abandon::Refused(other.to_string()),
+            })
+        })?
+        .map_err(CollectionError::BadEdit)
+    }
+
+    /// Creates or replaces several records as one change. Durable only after
+    /// [`Store::commit`].
+    pub fn put_many(
+        &self,
+        name: &CollectionName,
+        entries: &[(RecordId, Map<String, Json>)],
+    ) -> Result<(), CollectionError> {
+        self.mutate(name, |doc| {
+            for (id, record) in entries {
+                records::put_record(doc, id.as_str(), record)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Reads record `id` (without its `"id"`) and, under the same lock, lets `decide`
+    /// say what to write — so a check and the change it allows see the same record.
+    /// Returns whether the record existed, or `decide`'s refusal (nothing written).
+    /// Durable only after [`Store::commit`].
+    pub fn write_checked<E>(
+        &self,
+        name: &CollectionName,
+        id: &RecordId,
+        decide: impl FnOnce(Option<&Map<String, Json>>) -> Result<RecordWrite, E>,
+    ) -> Result<Result<bool, E>, CollectionError> {
+        self.try_mutate(name, |doc| {
+            let before = records::read_record(doc, id.as_str())?;
+            let existed = before.is_some();
+            match decide(before.as_ref()).map_err(Abandon::Refused)? {
+                RecordWrite::Patch(patch) => {
+                    records::patch_record(doc, id.as_str(), &patch)?;
+                }
+                RecordWrite::Put(record) => {
+                    records::put_record(doc, id.as_str(), &record)?;
+                }
+                RecordWrite::Remove => {
+                    records::remove_record(doc, id.as_str())?;
                 }
             }
-        });
-        match (refused, found) {
-            (Some(reason), _) => Err(CollectionError::BadEdit(reason)),
-            (None, found) => found,
-        }
+            Ok(existed)
+        })
+    }
+
+    /// Starts indexing a collection's changes so that [`Collections::changes_since`]
+    /// its current heads costs what the changes cost, not what the collection does.
+    /// Returns those heads.
+    pub fn track_changes(&self, name: &CollectionName) -> Result<Vec<ChangeHash>, CollectionError> {
+        self.with(name, |c| {
+            c.doc.update_diff_cursor();
+            Ok(c.doc.get_heads())
+        })
+    }
+
+    /// The records that changed since `since` (heads of this document), each as it
+    /// was then and as it is now, and the heads now.
+    pub fn changes_since(
+        &self,
+        name: &CollectionName,
+        since: &[ChangeHash],
+    ) -> Result<(Vec<ChangeHash>, Vec<RecordChange>), CollectionError> {
+        self.with(name, |c| {
+            let heads = c.doc.get_heads();
+            if heads == since {
+                return Ok((heads, Vec::new()));
+            }
+            // Indexed (cheap) when `since` is where the diff cursor stands; a document
+            // reloaded since then is diffed by a scan.
+            let patches = c.doc.diff(since, &heads);
+            c.doc.update_diff_cursor();
+            let mut changes = Vec::new();
+            for id in records::touched_records(&patches) {
+                let before = records::read_record_at(&c.doc, &id, since)
+                    .map_err(|e| c.automerge(e))?
+                    .map(|r| with_id_map(&id, r));
+                let after = records::read_record(&c.doc, &id)
+                    .map_err(|e| c.automerge(e))?
+                    .map(|r| with_id_map(&id, r));
+                if before != after {
+                    changes.push(RecordChange { id, before, after });
+                }
+            }
+            Ok((heads, changes))
+        })
     }
 
     pub fn remove(&self, name: &CollectionName, id: &RecordId) -> Result<bool, CollectionError> {
@@ -296,11 +434,18 @@ impl Collections {
         name: &CollectionName,
         f: impl FnOnce(&mut Collection) -> Result<R, CollectionError>,
     ) -> Result<R, CollectionError> {
-        let collection = self.load(name)?;
-        let mut collection = collection
-            .lock()
-            .expect("collection lock is never poisoned");
-        f(&mut collection)
+        loop {
+            let collection = self.load(name)?;
+            let mut collection = collection
+                .lock()
+                .expect("collection lock is never poisoned");
+            // A copy whose change failed to persist was dropped from `open` while we
+            // waited for its lock: the next `load` reads the disk again.
+            if collection.stale {
+                continue;
+            }
+            return f(&mut collection);
+        }
     }
 
     fn mutate<R>(
@@ -308,10 +453,27 @@ impl Collections {
         name: &CollectionName,
         change: impl FnOnce(&mut AutoCommit) -> Result<R, AutomergeError>,
     ) -> Result<R, CollectionError> {
+        self.try_mutate(name, |doc| {
+            change(doc).map_err(Abandon::<std::convert::Infallible>::Automerge)
+        })?
+        .map_err(|never| match never {})
+    }
+
+    /// Runs `change` on the document and persists what it did; if it refuses (or
+    /// Automerge fails), everything it did is rolled back and nothing is persisted.
+    fn try_mutate<R, E>(
+        &self,
+        name: &CollectionName,
+        change: impl FnOnce(&mut AutoCommit) -> Result<R, Abandon<E>>,
+    ) -> Result<Result<R, E>, CollectionError> {
         self.with(name, |c| {
             let result = match change(&mut c.doc) {
                 Ok(result) => result,
-                Err(e) => {
+                Err(Abandon::Refused(e)) => {
+                    c.doc.rollback();
+                    return Ok(Err(e));
+                }
+                Err(Abandon::Automerge(e)) => {
                     c.doc.rollback();
                     return Err(c.automerge(e));
                 }
@@ -322,6 +484,7 @@ impl Collections {
                 Ok(false) => {}
                 Err(e) => {
                     // Memory is ahead of the disk now: forget it, the next use reloads.
+                    c.stale = true;
                     self.open
                         .lock()
                         .expect("open-collections lock is never poisoned")
@@ -329,7 +492,7 @@ impl Collections {
                     return Err(e);
                 }
             }
-            Ok(result)
+            Ok(Ok(result))
         })
     }
 
@@ -428,6 +591,7 @@ impl Collections {
             changes_since_snapshot,
             change_bytes,
             snapshot_bytes,
+            stale: false,
         }));
         open.insert(name.clone(), collection.clone());
         Ok(collection)
@@ -444,10 +608,14 @@ impl Collection {
 }
 
 fn with_id(id: &str, record: Map<String, Json>) -> Json {
+    Json::Object(with_id_map(id, record))
+}
+
+fn with_id_map(id: &str, record: Map<String, Json>) -> Map<String, Json> {
     let mut out = Map::with_capacity(record.len() + 1);
     out.insert("id".to_owned(), Json::String(id.to_owned()));
     out.extend(record);
-    Json::Object(out)
+    out
 }
 
 fn doc_key(collection: &[u8; 32], kind: u8, seq: u64) -> Vec<u8> {

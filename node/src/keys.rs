@@ -101,7 +101,8 @@ impl OwnerToken {
     }
 }
 
-fn token_hash(token: &[u8]) -> [u8; 32] {
+/// The hash the node keeps of its owner token (the key of the hello proof).
+pub fn token_hash(token: &[u8]) -> [u8; 32] {
     *blake3::hash(token).as_bytes()
 }
 
@@ -149,6 +150,12 @@ impl VaultKeys {
     /// The seed of the vault's signing key: grants' tokens are signed with it.
     pub(crate) fn signing_seed(&self) -> &[u8; 32] {
         &self.signing_key
+    }
+
+    /// The answer to a CLI's hello `challenge`: proves this node holds the hash of
+    /// this HOME's owner token, without revealing it.
+    pub fn identity_proof(&self, challenge: &[u8]) -> [u8; 32] {
+        hearth_protocol::api::identity_proof(&self.owner_token_hash, challenge)
     }
 
     /// Whether `presented` is the owner token, in constant time.

@@ -14,6 +14,7 @@ pub mod access;
 pub mod api;
 pub mod blobs;
 pub mod collections;
+pub mod devices;
 pub mod home;
 pub mod keys;
 pub mod mesh;
@@ -70,6 +71,9 @@ pub struct NodeConfig {
     /// Serve the API on a non-loopback address. Off by default: anyone who can reach
     /// the port could try tokens.
     pub allow_public_api: bool,
+    /// Host names the API answers to besides loopback names and its own address (for
+    /// an API served beyond loopback under a name).
+    pub api_hosts: Vec<String>,
     pub passphrase: Option<Passphrase>,
     pub limits: Limits,
     /// The mesh to other devices; `None` runs the node alone.
@@ -84,6 +88,7 @@ impl NodeConfig {
                 .parse()
                 .expect("the default API address parses"),
             allow_public_api: false,
+            api_hosts: Vec::new(),
             passphrase: None,
             limits: Limits::default(),
             mesh: Some(mesh::MeshConfig::default()),
@@ -119,16 +124,14 @@ pub struct Vault {
     pub home: Home,
     pub keys: Arc<VaultKeys>,
     pub store: Arc<Store>,
-    pub collections: Collections,
+    pub collections: Arc<Collections>,
     pub blobs: Blobs,
     pub limits: Limits,
     pub api_addr: SocketAddr,
-    /// This device's audit chain.
-    pub audit: access::AuditLog,
-    /// Per-grant request rates on this device.
-    pub rates: access::RateLimiter,
-    /// Turns true when the node stops, so long-lived responses (event streams) end.
-    pub stopping: tokio::sync::watch::Sender<bool>,
+    /// The host names the API answers to.
+    pub hosts: api::HostAllowlist,
+    /// The one door to vault data for services (every view front end goes through it).
+    pub door: access::Door,
     /// Set while the mesh runs (never, for a node started without one). Cleared at
     /// shutdown: the mesh holds the vault, so this would otherwise be a cycle.
     mesh: std::sync::RwLock<Option<mesh::MeshState>>,
@@ -165,11 +168,11 @@ pub async fn init_vault(
     };
     let keys = Arc::new(made.keys);
     let store = Arc::new(Store::open(&home.store_dir(), keys.clone())?);
-    let collections = Collections::open(store.clone(), mesh::actor_for(&keys.peer_id()))?;
-    mesh::devices::add(
+    let collections = Collections::open(store.clone(), collections::actor_for(&keys.peer_id()))?;
+    devices::add(
         &collections,
         &keys.peer_id(),
-        &mesh::devices::default_device_name(),
+        &devices::default_device_name(),
     )?;
     Blobs::open(home.blobs_dir(), store.clone(), keys.clone())?;
     store.commit().await?;
@@ -205,11 +208,14 @@ impl Node {
             return Err(StartError::PublicApi(config.api_addr));
         }
         let store = Arc::new(Store::open(&home.store_dir(), keys.clone())?);
-        let collections = Collections::open(store.clone(), mesh::actor_for(&peer_id))?;
-        if mesh::devices::add(
+        let collections = Arc::new(Collections::open(
+            store.clone(),
+            collections::actor_for(&peer_id),
+        )?);
+        if devices::add(
             &collections,
             &peer_id,
-            &mesh::devices::default_device_name(),
+            &devices::default_device_name(),
         )? {
             store.commit().await?;
         }
@@ -226,6 +232,13 @@ impl Node {
             addr: config.api_addr,
             source,
         })?;
+        let door = access::Door::new(
+            collections.clone(),
+            keys.clone(),
+            store.clone(),
+            peer_id.to_string(),
+        );
+        door.start();
         let vault = Arc::new(Vault {
             home: home.clone(),
             keys,
@@ -234,9 +247,8 @@ impl Node {
             blobs,
             limits: config.limits,
             api_addr,
-            audit: access::AuditLog::new(peer_id.to_string()),
-            rates: access::RateLimiter::default(),
-            stopping: tokio::sync::watch::Sender::new(false),
+            hosts: api::HostAllowlist::new(api_addr, &config.api_hosts),
+            door,
             mesh: std::sync::RwLock::new(None),
         });
         let mesh = match config.mesh {
@@ -306,7 +318,8 @@ impl NodeHandle {
     /// removes `HOME/api.addr`.
     pub async fn shutdown(mut self) -> Result<(), StoreError> {
         self.vault.set_mesh(None);
-        self.vault.stopping.send_replace(true);
+        // Event streams end first, so the server's drain does not wait on them.
+        self.vault.door.shutdown().await;
         if let Some(mesh) = self.mesh.take() {
             mesh.shutdown().await;
         }

@@ -9,7 +9,8 @@
 
 use automerge::transaction::Transactable;
 use automerge::{
-    AutoCommit, AutomergeError, ObjId, ObjType, Prop, ROOT, ReadDoc, ScalarValue, Value,
+    AutoCommit, AutomergeError, ChangeHash, ObjId, ObjType, Prop, ROOT, ReadDoc, ScalarValue,
+    Value,
 };
 use serde_json::{Map, Number, Value as Json};
 
@@ -24,6 +25,81 @@ pub fn read_record(
         // rather than guess.
         _ => Ok(None),
     }
+}
+
+/// Reads the record `id` as it was at `heads` (a point in the document's history), or
+/// `None` if there was none then.
+pub fn read_record_at(
+    doc: &AutoCommit,
+    id: &str,
+    heads: &[ChangeHash],
+) -> Result<Option<Map<String, Json>>, AutomergeError> {
+    match doc.get_at(ROOT, id, heads)? {
+        Some((Value::Object(ObjType::Map), obj)) => Ok(Some(read_map_at(doc, &obj, heads)?)),
+        _ => Ok(None),
+    }
+}
+
+fn read_map_at(
+    doc: &AutoCommit,
+    obj: &ObjId,
+    heads: &[ChangeHash],
+) -> Result<Map<String, Json>, AutomergeError> {
+    let mut out = Map::new();
+    for key in doc.keys_at(obj, heads) {
+        if let Some((value, child)) = doc.get_at(obj, key.as_str(), heads)? {
+            out.insert(key, read_value_at(doc, value, &child, heads)?);
+        }
+    }
+    Ok(out)
+}
+
+fn read_value_at(
+    doc: &AutoCommit,
+    value: Value<'_>,
+    obj: &ObjId,
+    heads: &[ChangeHash],
+) -> Result<Json, AutomergeError> {
+    Ok(match value {
+        Value::Object(ObjType::Map | ObjType::Table) => Json::Object(read_map_at(doc, obj, heads)?),
+        Value::Object(ObjType::List) => {
+            let len = doc.length_at(obj, heads);
+            let mut items = Vec::with_capacity(len);
+            for index in 0..len {
+                match doc.get_at(obj, index, heads)? {
+                    Some((value, child)) => items.push(read_value_at(doc, value, &child, heads)?),
+                    None => items.push(Json::Null),
+                }
+            }
+            Json::Array(items)
+        }
+        Value::Object(ObjType::Text) => Json::String(doc.text_at(obj, heads)?),
+        Value::Scalar(scalar) => scalar_to_json(&scalar),
+    })
+}
+
+/// The ids of the records a diff's patches touch.
+pub fn touched_records(patches: &[automerge::Patch]) -> std::collections::BTreeSet<String> {
+    use automerge::PatchAction;
+    let mut ids = std::collections::BTreeSet::new();
+    for patch in patches {
+        match patch.path.first() {
+            Some((_, Prop::Map(id))) => {
+                ids.insert(id.clone());
+            }
+            Some(_) => {}
+            None => match &patch.action {
+                PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => {
+                    ids.insert(key.clone());
+                }
+                PatchAction::Conflict { prop: Prop::Map(key) } => {
+                    ids.insert(key.clone());
+                }
+                _ => {}
+            },
+        }
+    }
+    ids
 }
 
 /// Fields of record `id` that concurrent edits left in conflict: for each, every

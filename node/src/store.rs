@@ -53,6 +53,21 @@ pub enum StoreError {
     Failed(String),
 }
 
+impl StoreError {
+    /// The API error code this failure is answered with.
+    pub fn code(&self) -> hearth_protocol::api::ErrorCode {
+        use hearth_protocol::api::ErrorCode;
+        match self {
+            StoreError::Corrupt { .. } | StoreError::Malformed(_) | StoreError::Version { .. } => {
+                ErrorCode::Corrupt
+            }
+            StoreError::Closed => ErrorCode::Unavailable,
+            StoreError::DiskFull => ErrorCode::InsufficientStorage,
+            _ => ErrorCode::Storage,
+        }
+    }
+}
+
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
         match &e {

@@ -171,7 +171,7 @@ async fn a_stranger_gets_nothing_on_any_protocol() {
             Ok(hearth_protocol::invite::PairResponse::Reject { .. })
         ));
     }
-    assert_eq!(hearth_node::mesh::devices::members(&v.collections).len(), 1);
+    assert_eq!(hearth_node::devices::members(&v.collections).len(), 1);
     still_serves(&a).await;
     task.abort();
     a.shutdown().await.unwrap();

@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use hearth_node::mesh::{MeshConfig, devices, pairing};
+use hearth_node::devices;
+use hearth_node::mesh::{MeshConfig, pairing};
 use hearth_node::{Node, NodeConfig, NodeHandle};
 use hearth_protocol::{CollectionName, RecordId};
 use libp2p::Multiaddr;
@@ -332,7 +333,7 @@ async fn a_field_edited_on_two_devices_apart_keeps_a_winner_and_shows_the_confli
                 .collections
                 .conflicts(&coll("contacts"), &id)
                 .unwrap()
-                .unwrap()["conflicts"]
+                .unwrap()
                 .get("city")
                 .is_some()
         })
@@ -346,7 +347,7 @@ async fn a_field_edited_on_two_devices_apart_keeps_a_winner_and_shows_the_confli
         .conflicts(&coll("contacts"), &id)
         .unwrap()
         .unwrap();
-    let values = conflict["conflicts"]["city"].as_array().unwrap().clone();
+    let values = conflict["city"].as_array().unwrap().clone();
     assert_eq!(values[0], shown(&a));
     assert!(values.contains(&json!("Paris")) && values.contains(&json!("Rome")));
     for node in [a, b] {

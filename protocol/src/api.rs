@@ -27,11 +27,13 @@ pub enum ErrorCode {
     BadRequest,
     MissingToken,
     InvalidToken,
+    BadHost,
     Reserved,
     Revoked,
     Expired,
     OutOfScope,
     RateLimited,
+    TooManyStreams,
     NotFound,
     MethodNotAllowed,
     Conflict,
@@ -54,11 +56,13 @@ impl ErrorCode {
             Self::BadRequest => "bad_request",
             Self::MissingToken => "missing_token",
             Self::InvalidToken => "invalid_token",
+            Self::BadHost => "bad_host",
             Self::Reserved => "reserved",
             Self::Revoked => "revoked",
             Self::Expired => "expired",
             Self::OutOfScope => "out_of_scope",
             Self::RateLimited => "rate_limited",
+            Self::TooManyStreams => "too_many_streams",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",
@@ -83,8 +87,9 @@ impl ErrorCode {
             Self::Reserved | Self::Revoked | Self::Expired | Self::OutOfScope => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
+            Self::BadHost => 421,
             Self::Conflict => 409,
-            Self::RateLimited => 429,
+            Self::RateLimited | Self::TooManyStreams => 429,
             Self::TooLarge => 413,
             Self::Unavailable => 503,
             Self::Corrupt | Self::Storage | Self::Internal => 500,
@@ -123,9 +128,8 @@ pub struct StatusResponse {
     pub blobs: u64,
     /// Where this device listens for the other devices of the vault.
     pub listen_addrs: Vec<String>,
-    /// The vault's devices: `{"id" (PeerId), "name", "added_at", "removed_at"?, "online",
-    /// "last_sync" (Unix seconds or null), "this_device"}`.
-    pub devices: Vec<serde_json::Value>,
+    /// The vault's devices, with what this node knows of each.
+    pub devices: Vec<DeviceInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,4 +167,280 @@ pub struct GrantCreated {
     pub id: String,
     pub token: String,
     pub expires_at: Option<u64>,
+}
+
+/// One device of the vault, as `GET /v1/devices` and `GET /v1/status` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// The device's PeerId.
+    pub id: String,
+    pub name: String,
+    /// Unix seconds.
+    pub added_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_at: Option<u64>,
+    /// Where the device last said it listens for the other devices.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addrs: Vec<String>,
+    pub online: bool,
+    /// When this node last exchanged sync messages with it (Unix seconds).
+    pub last_sync: Option<u64>,
+    pub this_device: bool,
+}
+
+/// `DELETE` answers of the CLI's `--json` output (`rm`, `devices remove`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removed {
+    pub id: String,
+    pub removed: bool,
+}
+
+/// `POST /v1/collections/{c}/records/{id}/text`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextEditRequest {
+    pub field: String,
+    pub edits: Vec<TextEditBody>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextEditBody {
+    pub at: usize,
+    #[serde(default)]
+    pub delete: usize,
+    #[serde(default)]
+    pub insert: String,
+}
+
+/// `GET /v1/collections/{c}/records/{id}/conflicts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictsResponse {
+    pub id: String,
+    /// Field name → every competing value, the one the record shows first.
+    pub conflicts: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Whether a grant is in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantStatus {
+    Active,
+    Expired,
+    Revoked,
+    /// Issued by a Hearth that did not bind grants to their tokens: refused, because a
+    /// removed device could forge its token. Grant it again.
+    Unbound,
+}
+
+impl GrantStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+            Self::Unbound => "unbound",
+        }
+    }
+}
+
+/// One grant as `GET /v1/grants` lists it: also the consent record (who, what, why,
+/// until when).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantInfo {
+    pub id: String,
+    pub service: String,
+    pub scope: crate::scope::Scope,
+    pub purpose: String,
+    pub issued_at: u64,
+    pub expires_at: Option<u64>,
+    /// For a remote service: the PeerId its requests must come from.
+    pub to: Option<String>,
+    pub revoked_at: Option<u64>,
+    pub rate_per_minute: Option<u32>,
+    pub status: GrantStatus,
+    /// The last audited access (Unix seconds).
+    pub last_used: Option<u64>,
+}
+
+/// `POST /v1/grants/{id}/revoke`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeResponse {
+    pub grant: GrantInfo,
+    /// What the service already saw and did, from the audit log.
+    pub seen: SeenReport,
+}
+
+/// What a grant's service saw and did, from the audit log: the "what it already saw"
+/// report of a revocation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenReport {
+    /// Audit entries of this grant (reads, deliveries, writes and refusals).
+    pub accesses: u64,
+    pub first_access: Option<u64>,
+    pub last_access: Option<u64>,
+    pub collections: Vec<SeenCollection>,
+    /// Requests of this grant that were refused.
+    pub refused: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenCollection {
+    pub collection: String,
+    /// Records returned by reads.
+    pub record_reads: u64,
+    /// Records pushed by event streams.
+    pub deliveries: u64,
+    /// Fields the service received (by reads or events).
+    pub fields: Vec<String>,
+    /// Records the service created, changed or removed.
+    pub writes: u64,
+    pub written_fields: Vec<String>,
+    pub written_ids: Vec<String>,
+}
+
+/// One entry of the audit log. Entries are hash-chained per device: `prev` is the
+/// `hash` of the entry before in the same chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: String,
+    /// Unix seconds.
+    pub at: u64,
+    pub grant: String,
+    pub service: String,
+    /// `read`, `subscribe` (an event batch delivered), `write`, `create`, `remove`, or
+    /// `refused`.
+    pub operation: String,
+    /// Empty when the access was not about one collection (a refused token).
+    #[serde(default)]
+    pub collection: String,
+    pub records: u64,
+    pub fields: Vec<String>,
+    /// The records touched by a write (and read by a single-record read).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<String>,
+    /// Why a refused request was refused (an error code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// For `refused`: how many requests this entry stands for (refusals of one grant
+    /// are recorded at most once a second).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Which event stream of the grant received a batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<u64>,
+    /// The chain: the device that wrote it, its number in that chain.
+    pub device: String,
+    pub seq: u64,
+    pub prev: String,
+    pub hash: String,
+}
+
+/// `GET /v1/audit/verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyResponse {
+    pub ok: bool,
+    /// Entries verified (when ok).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<u64>,
+    /// The first entry that does not verify, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `GET /v1/view`: every readable collection of the grant, projected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViewAll {
+    pub grant: String,
+    pub service: String,
+    pub collections: std::collections::BTreeMap<String, Vec<serde_json::Value>>,
+}
+
+/// An `upsert` event of `GET /v1/view/events`: a record entered the view or changed
+/// inside it (projected).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViewUpsert {
+    pub collection: String,
+    pub record: serde_json::Value,
+}
+
+/// A `remove` event: a record left the view (removed, or no longer matching).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewRemove {
+    pub collection: String,
+    pub id: String,
+}
+
+/// `POST /v1/hello`: the CLI's challenge, so it learns it talks to this HOME's node
+/// before it presents the owner token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloRequest {
+    /// 32 random bytes, hex.
+    pub challenge: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloResponse {
+    /// `keyed_hash(derive_key(IDENTITY_CONTEXT, blake3(owner token)), challenge)`, hex.
+    pub proof: String,
+}
+
+/// The key-derivation context of [`HelloResponse::proof`].
+pub const IDENTITY_CONTEXT: &str = "hearth 2026-11 api identity v1";
+
+/// The proof a node answers to a hello `challenge`, from the hash of its owner token.
+pub fn identity_proof(owner_token_hash: &[u8; 32], challenge: &[u8]) -> [u8; 32] {
+    let key = blake3::derive_key(IDENTITY_CONTEXT, owner_token_hash);
+    *blake3::keyed_hash(&key, challenge).as_bytes()
+}
+
+/// `hearth token attenuate --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub token: String,
+}
+
+/// `hearth init --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitReport {
+    pub home: String,
+    pub peer_id: String,
+    pub vault_id: String,
+    pub passphrase: bool,
+}
+
+/// `hearth up --json` (printed once the node serves).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpReport {
+    pub home: String,
+    pub api_addr: String,
+    pub peer_id: String,
+    pub vault_id: String,
+    pub created: bool,
+}
+
+/// `hearth join --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinReport {
+    pub home: String,
+    pub peer_id: String,
+    pub vault_id: String,
+    pub inviter: String,
+}
+
+/// `hearth passphrase --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassphraseReport {
+    pub keys: String,
+    pub passphrase: bool,
+}
+
+/// `hearth blob get -o FILE --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobWritten {
+    pub id: String,
+    pub size: u64,
+    pub path: String,
 }

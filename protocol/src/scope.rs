@@ -1,10 +1,17 @@
-//! Grant scopes: what a service may see and change, and how a record is projected into
-//! its view. Pure functions, so the rules are the same wherever they are checked.
+//! Grant scopes: what a service may read and change, how a record is projected into
+//! its view, and which writes it may make. Pure functions, so the rules are the same
+//! wherever they are checked (the node's access door calls them for every front end).
 //!
-//! A scope lists collections; for each: the fields granted (all, or a set of dotted
-//! paths such as `address.city`), an optional record filter (every `FIELD=VALUE` must
-//! match), and whether it may read and write. From the command line:
-//! `--read contacts.name,contacts.email,calendar --write notes --where tag=work`.
+//! A scope lists collections; for each: the fields it may **read** (all, or a set of
+//! dotted paths such as `address.city`), the fields it may **write** (separately: a
+//! grant may read `name` and change only `note`), and an optional record filter (every
+//! `FIELD=VALUE` must match). From the command line:
+//! `--read contacts.name,contacts.email,calendar --write contacts.note --where tag=work`.
+//!
+//! The filter bounds writes as it bounds reads: a service changes only records that
+//! match before and after its change, creates only records that match, and cannot
+//! tell a record the filter hides from one that does not exist
+//! ([`WriteRefusal::Hidden`] is answered exactly like a missing record).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,13 +31,15 @@ pub enum ScopeError {
     Collection(String, String),
     #[error("collection {0} belongs to the system and cannot be granted")]
     System(String),
-    #[error("filter {0:?} is invalid: use FIELD=VALUE")]
+    #[error("filter {0:?} is invalid: use FIELD=VALUE (VALUE as text, a number, true/false, or a \"quoted string\")")]
     Filter(String),
     #[error("the scope grants nothing: give --read or --write")]
     Empty,
+    #[error("a token's narrowing is not readable: {0}")]
+    Narrowing(String),
 }
 
-/// A dotted path to a field, e.g. `address.city`. Never empty.
+/// A dotted path to a field, e.g. `address.city`. Never empty, never `id`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct FieldPath(Vec<String>);
@@ -55,6 +64,10 @@ impl FieldPath {
     pub fn within(&self, other: &FieldPath) -> bool {
         self.0.starts_with(&other.0)
     }
+
+    fn from_parts(parts: &[String]) -> Self {
+        Self(parts.to_vec())
+    }
 }
 
 impl TryFrom<String> for FieldPath {
@@ -76,8 +89,8 @@ impl std::fmt::Display for FieldPath {
     }
 }
 
-/// Which fields of a record are granted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Which fields of a record are granted (for reading, or for writing).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Fields {
     All,
@@ -93,6 +106,25 @@ impl Fields {
         }
     }
 
+    /// The fields both grant: a path is in the result exactly when both cover it.
+    pub fn intersect(&self, other: &Fields) -> Fields {
+        match (self, other) {
+            (Fields::All, x) | (x, Fields::All) => x.clone(),
+            (Fields::Only(a), Fields::Only(b)) => Fields::Only(
+                a.iter()
+                    .filter(|p| other.covers(p))
+                    .chain(b.iter().filter(|p| self.covers(p)))
+                    .cloned()
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Whether nothing at all is granted.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Fields::Only(set) if set.is_empty())
+    }
+
     fn union(&mut self, other: Fields) {
         match (&mut *self, other) {
             (Fields::All, _) => {}
@@ -100,14 +132,49 @@ impl Fields {
             (Fields::Only(a), Fields::Only(b)) => a.extend(b),
         }
     }
+
+    /// The shortest granted path that `path` lies within (`None` for all fields).
+    fn grant_of(&self, path: &FieldPath) -> Option<&FieldPath> {
+        match self {
+            Fields::All => None,
+            Fields::Only(set) => set
+                .iter()
+                .filter(|g| path.within(g))
+                .min_by_key(|g| g.parts().len()),
+        }
+    }
 }
 
-/// `FIELD=VALUE`: the record's field equals VALUE (or, for an array, contains it).
-/// VALUE is compared as JSON when it parses as JSON (`n=3`, `done=true`), else as text.
+impl std::fmt::Display for Fields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fields::All => f.write_str("*"),
+            Fields::Only(set) => {
+                let names: Vec<String> = set.iter().map(FieldPath::to_string).collect();
+                f.write_str(&names.join(","))
+            }
+        }
+    }
+}
+
+/// `FIELD=VALUE`: the record's field equals VALUE (or, for a list, contains it).
+///
+/// VALUE is typed as the command line suggests: `n=3` and `done=true` compare as a
+/// number and a boolean *and* as the text `"3"` / `"true"` (so `tag=3` matches both
+/// `3` and `"3"`); `tag="3"` (a JSON string) matches only the text; anything else is
+/// text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Filter {
     pub field: FieldPath,
     pub value: Value,
+    /// Also match the value's text (`tag=3` matches `"3"`). Absent in filters stored
+    /// before typed matching, which compared the JSON value only.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub or_text: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Filter {
@@ -117,29 +184,284 @@ impl Filter {
             .ok_or_else(|| ScopeError::Filter(text.to_owned()))?;
         let field =
             FieldPath::parse(field.trim()).ok_or_else(|| ScopeError::Filter(text.to_owned()))?;
-        let value = match serde_json::from_str::<Value>(value) {
-            Ok(v @ (Value::Number(_) | Value::Bool(_) | Value::Null)) => v,
-            _ => Value::String(value.to_owned()),
+        let (value, or_text) = match serde_json::from_str::<Value>(value) {
+            Ok(v @ (Value::Number(_) | Value::Bool(_) | Value::Null)) => (v, true),
+            Ok(v @ Value::String(_)) => (v, false),
+            _ => (Value::String(value.to_owned()), false),
         };
-        Ok(Self { field, value })
+        Ok(Self {
+            field,
+            value,
+            or_text,
+        })
     }
 
     pub fn matches(&self, record: &Map<String, Value>) -> bool {
         match lookup(record, &self.field) {
-            Some(Value::Array(items)) => items.contains(&self.value),
-            Some(found) => *found == self.value,
+            Some(Value::Array(items)) => items.iter().any(|item| self.equals(item)),
+            Some(found) => self.equals(found),
             None => false,
+        }
+    }
+
+    fn equals(&self, found: &Value) -> bool {
+        if *found == self.value {
+            return true;
+        }
+        match found {
+            Value::String(text) if self.or_text => *text == self.value.to_string(),
+            _ => false,
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+impl std::fmt::Display for Filter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.value {
+            Value::String(text) if !self.or_text => {
+                // Text that would read back as a number or a boolean is quoted.
+                let ambiguous = serde_json::from_str::<Value>(text)
+                    .is_ok_and(|v| !matches!(v, Value::String(_)));
+                if ambiguous {
+                    write!(f, "{}={}", self.field, self.value)
+                } else {
+                    write!(f, "{}={text}", self.field)
+                }
+            }
+            other => write!(f, "{}={other}", self.field),
+        }
+    }
+}
+
+/// What a grant allows in one collection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CollectionScope {
-    pub fields: Fields,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Fields the service may read (and receive in events); `None`: no reading.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read: Option<Fields>,
+    /// Fields the service may create or change; `None`: no writing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write: Option<Fields>,
+    /// Only records matching every filter are seen or changed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub filter: Vec<Filter>,
-    pub read: bool,
-    pub write: bool,
+}
+
+/// The stored shapes of a collection scope: today's, and the one written before read
+/// and write fields were separate (one field set with read/write flags, which granted
+/// the union of both lists for both operations).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredCollectionScope {
+    Current {
+        #[serde(default)]
+        read: Option<Fields>,
+        #[serde(default)]
+        write: Option<Fields>,
+        #[serde(default)]
+        filter: Vec<Filter>,
+    },
+    Merged {
+        fields: Fields,
+        #[serde(default)]
+        filter: Vec<Filter>,
+        read: bool,
+        write: bool,
+    },
+}
+
+impl<'de> Deserialize<'de> for CollectionScope {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(match StoredCollectionScope::deserialize(deserializer)? {
+            StoredCollectionScope::Current {
+                read,
+                write,
+                filter,
+            } => CollectionScope {
+                read,
+                write,
+                filter,
+            },
+            StoredCollectionScope::Merged {
+                fields,
+                filter,
+                read,
+                write,
+            } => CollectionScope {
+                read: read.then(|| fields.clone()),
+                write: write.then_some(fields),
+                filter,
+            },
+        })
+    }
+}
+
+/// Why a service's write is refused. [`WriteRefusal::Hidden`] and
+/// [`WriteRefusal::Missing`] must be answered identically.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteRefusal {
+    #[error("the grant does not allow writing collection {0}")]
+    NotWritable(String),
+    #[error("field {0} is outside what the grant may write")]
+    FieldOutside(FieldPath),
+    #[error(
+        "field {0} holds a value that is not an object, and writing inside it would replace it; the grant does not cover {0} itself"
+    )]
+    ParentNotObject(FieldPath),
+    #[error("the record does not exist")]
+    Missing,
+    /// The record exists but the grant's filter hides it: answered as [`Self::Missing`].
+    #[error("the record does not exist")]
+    Hidden,
+    #[error("after this change the record would not match the grant's filter ({0})")]
+    NoMatchAfter(String),
+    #[error("removing a record needs a grant that may write all of its fields")]
+    DeleteNeedsAllFields,
+}
+
+impl WriteRefusal {
+    /// Whether this refusal must look like "no such record" to the service.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, WriteRefusal::Missing | WriteRefusal::Hidden)
+    }
+}
+
+impl CollectionScope {
+    /// Whether the filter lets this record be seen or changed at all.
+    pub fn visible(&self, record: &Map<String, Value>) -> bool {
+        self.filter.iter().all(|f| f.matches(record))
+    }
+
+    /// The record as this scope reads it, or `None` if the scope does not read or the
+    /// filter hides it. `"id"` is kept; every other field only if readable (nested
+    /// paths keep their subtree).
+    pub fn project(&self, record: &Map<String, Value>) -> Option<Map<String, Value>> {
+        let read = self.read.as_ref()?;
+        if !self.visible(record) {
+            return None;
+        }
+        let mut out = Map::new();
+        if let Some(id) = record.get("id") {
+            out.insert("id".into(), id.clone());
+        }
+        match read {
+            Fields::All => out.extend(
+                record
+                    .iter()
+                    .filter(|(k, _)| *k != "id")
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            ),
+            Fields::Only(paths) => {
+                for path in paths {
+                    if let Some(value) = lookup(record, path) {
+                        insert_at(&mut out, path.parts(), value.clone());
+                    }
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// The readable fields a projection of `record` shows (dotted paths; top-level
+    /// names where all fields are readable).
+    pub fn field_names(&self, record: &Map<String, Value>) -> Vec<String> {
+        match &self.read {
+            None => Vec::new(),
+            Some(Fields::All) => record.keys().filter(|k| *k != "id").cloned().collect(),
+            Some(Fields::Only(paths)) => paths
+                .iter()
+                .filter(|p| lookup(record, p).is_some())
+                .map(|p| p.to_string())
+                .collect(),
+        }
+    }
+
+    /// Checks a service's write and computes the record it leaves: `patch` (a JSON
+    /// merge patch, RFC 7396: `null` removes a field) applied to `before` (`None` for a
+    /// record that does not exist). Refused unless the scope may write every field the
+    /// patch touches, the record is visible before (when it exists), no ungranted
+    /// parent of a granted path would be replaced, and the result is visible.
+    ///
+    /// Checks that depend only on the patch come first, so a refusal for a hidden
+    /// record is the same as for a missing one. `create` says whether a missing
+    /// record may be created; else a missing record is [`WriteRefusal::Missing`].
+    pub fn check_write(
+        &self,
+        collection: &str,
+        before: Option<&Map<String, Value>>,
+        patch: &Map<String, Value>,
+        create: bool,
+    ) -> Result<Map<String, Value>, WriteRefusal> {
+        let write = self
+            .write
+            .as_ref()
+            .ok_or_else(|| WriteRefusal::NotWritable(collection.to_owned()))?;
+        let mut leaves = Vec::new();
+        leaf_paths(patch, &mut Vec::new(), &mut leaves);
+        let leaves: Vec<FieldPath> = leaves
+            .into_iter()
+            .filter(|p| p.parts() != ["id"])
+            .collect();
+        if let Some(outside) = leaves.iter().find(|p| !write.covers(p)) {
+            return Err(WriteRefusal::FieldOutside(outside.clone()));
+        }
+        match before {
+            None if !create => return Err(WriteRefusal::Missing),
+            Some(record) if !self.visible(record) => return Err(WriteRefusal::Hidden),
+            _ => {}
+        }
+        if let Some(record) = before {
+            for leaf in &leaves {
+                let Some(granted) = write.grant_of(leaf) else {
+                    continue;
+                };
+                // Every parent above the granted path must be an object or absent:
+                // writing inside a scalar would replace what the grant does not cover.
+                for depth in 1..granted.parts().len() {
+                    let parent = FieldPath::from_parts(&granted.parts()[..depth]);
+                    if lookup(record, &parent).is_some_and(|v| !v.is_object()) {
+                        return Err(WriteRefusal::ParentNotObject(parent));
+                    }
+                }
+            }
+        }
+        let mut after = before.cloned().unwrap_or_default();
+        after.remove("id");
+        let mut body = patch.clone();
+        body.remove("id");
+        merge_patch(&mut after, &body);
+        if !self.visible(&after) {
+            let filters: Vec<String> = self.filter.iter().map(Filter::to_string).collect();
+            return Err(WriteRefusal::NoMatchAfter(filters.join(", ")));
+        }
+        Ok(after)
+    }
+
+    /// Checks that a service may remove `before` (a record that exists or not).
+    pub fn check_delete(&self, before: Option<&Map<String, Value>>) -> Result<(), WriteRefusal> {
+        if self.write != Some(Fields::All) {
+            return Err(WriteRefusal::DeleteNeedsAllFields);
+        }
+        match before {
+            None => Err(WriteRefusal::Missing),
+            Some(record) if !self.visible(record) => Err(WriteRefusal::Hidden),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// This scope, further limited by a token's narrowing of one collection.
+    fn narrowed(&self, read: Option<&Fields>, write: Option<&Fields>) -> CollectionScope {
+        let limit = |mine: &Option<Fields>, theirs: Option<&Fields>| match (mine, theirs) {
+            (Some(a), Some(b)) => Some(a.intersect(b)).filter(|f| !f.is_empty()),
+            _ => None,
+        };
+        CollectionScope {
+            read: limit(&self.read, read),
+            write: limit(&self.write, write),
+            filter: self.filter.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,39 +489,23 @@ impl Scope {
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
             {
-                let (collection, field) = match item.split_once('.') {
-                    Some((c, f)) => (
-                        c,
-                        Some(
-                            FieldPath::parse(f)
-                                .ok_or_else(|| ScopeError::Malformed(item.to_owned()))?,
-                        ),
-                    ),
-                    None => (item, None),
-                };
-                let name = CollectionName::parse(collection)
-                    .map_err(|e| ScopeError::Collection(item.to_owned(), e.to_string()))?;
-                if name.is_system() {
-                    return Err(ScopeError::System(name.to_string()));
-                }
-                let fields = match field {
-                    Some(path) => Fields::Only(BTreeSet::from([path])),
-                    None => Fields::All,
-                };
+                let (name, fields) = parse_item(item)?;
                 let entry = scope
                     .collections
-                    .entry(name.to_string())
+                    .entry(name)
                     .or_insert_with(|| CollectionScope {
-                        fields: Fields::Only(BTreeSet::new()),
+                        read: None,
+                        write: None,
                         filter: filter.clone(),
-                        read: false,
-                        write: false,
                     });
-                entry.fields.union(fields);
-                if is_write {
-                    entry.write = true;
+                let slot = if is_write {
+                    &mut entry.write
                 } else {
-                    entry.read = true;
+                    &mut entry.read
+                };
+                match slot {
+                    Some(existing) => existing.union(fields),
+                    None => *slot = Some(fields),
                 }
             }
         }
@@ -212,70 +518,145 @@ impl Scope {
     pub fn collection(&self, name: &str) -> Option<&CollectionScope> {
         self.collections.get(name)
     }
-}
 
-impl CollectionScope {
-    /// The record as this scope sees it, or `None` if the filter hides it. The `"id"`
-    /// is kept; every other field only if granted (nested paths keep their subtree).
-    pub fn project(&self, record: &Map<String, Value>) -> Option<Map<String, Value>> {
-        if !self.filter.iter().all(|f| f.matches(record)) {
-            return None;
-        }
-        let mut out = Map::new();
-        if let Some(id) = record.get("id") {
-            out.insert("id".into(), id.clone());
-        }
-        match &self.fields {
-            Fields::All => out.extend(
-                record
-                    .iter()
-                    .filter(|(k, _)| *k != "id")
-                    .map(|(k, v)| (k.clone(), v.clone())),
-            ),
-            Fields::Only(paths) => {
-                for path in paths {
-                    if let Some(value) = lookup(record, path) {
-                        insert_at(&mut out, path.parts(), value.clone());
-                    }
-                }
-            }
-        }
-        Some(out)
+    /// The collections this scope may read, in name order.
+    pub fn readable(&self) -> impl Iterator<Item = (&String, &CollectionScope)> {
+        self.collections.iter().filter(|(_, c)| c.read.is_some())
     }
 
-    /// The fields (as dotted paths, top level where the whole is granted) a projection shows.
-    pub fn field_names(&self, record: &Map<String, Value>) -> Vec<String> {
-        match &self.fields {
-            Fields::All => record.keys().filter(|k| *k != "id").cloned().collect(),
-            Fields::Only(paths) => paths
+    /// This scope limited by a token's narrowing: what both allow. A collection the
+    /// narrowing does not name is neither read nor written.
+    pub fn narrowed(&self, narrowing: &Narrowing) -> Scope {
+        Scope {
+            collections: self
+                .collections
                 .iter()
-                .filter(|p| lookup(record, p).is_some())
-                .map(|p| p.to_string())
+                .map(|(name, c)| {
+                    (
+                        name.clone(),
+                        c.narrowed(narrowing.read.get(name), narrowing.write.get(name)),
+                    )
+                })
+                .filter(|(_, c)| c.read.is_some() || c.write.is_some())
                 .collect(),
         }
     }
+}
 
-    /// Checks that a write (a record or a merge patch) touches only granted fields.
-    /// Returns the first field outside the scope.
-    pub fn check_write(&self, body: &Map<String, Value>) -> Result<(), String> {
-        if !self.write {
-            return Err("the grant does not allow writing this collection".into());
-        }
-        let mut leaves = Vec::new();
-        leaf_paths(body, &mut Vec::new(), &mut leaves);
-        for path in leaves {
-            if path.parts().first().is_some_and(|p| p == "id") {
-                continue;
+fn parse_item(item: &str) -> Result<(String, Fields), ScopeError> {
+    let (collection, field) = match item.split_once('.') {
+        Some((c, f)) => (
+            c,
+            Some(FieldPath::parse(f).ok_or_else(|| ScopeError::Malformed(item.to_owned()))?),
+        ),
+        None => (item, None),
+    };
+    let name = CollectionName::parse(collection)
+        .map_err(|e| ScopeError::Collection(item.to_owned(), e.to_string()))?;
+    if name.is_system() {
+        return Err(ScopeError::System(name.to_string()));
+    }
+    let fields = match field {
+        Some(path) => Fields::Only(BTreeSet::from([path])),
+        None => Fields::All,
+    };
+    Ok((name.to_string(), fields))
+}
+
+/// Version of [`Narrowing`]'s encoding in a token block.
+pub const NARROWING_VERSION: u8 = 1;
+
+/// What one attenuation of a token allows, carried (signed) in the block it appends:
+/// per collection, the fields that may still be read and written. A token's scope is
+/// its grant's scope limited by every narrowing in it; a narrowing can only take away.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Narrowing {
+    pub v: u8,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub read: BTreeMap<String, Fields>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub write: BTreeMap<String, Fields>,
+}
+
+/// Marks a token block's context as a Hearth narrowing.
+const NARROWING_PREFIX: &str = "hearth-narrowing:";
+
+impl Narrowing {
+    /// From `--read` / `--write` lists, as `hearth token attenuate` takes them.
+    pub fn parse(read: Option<&str>, write: Option<&str>) -> Result<Self, ScopeError> {
+        let scope = Scope::parse(read, write, &[])?;
+        let mut narrowing = Narrowing {
+            v: NARROWING_VERSION,
+            ..Narrowing::default()
+        };
+        for (name, c) in scope.collections {
+            if let Some(read) = c.read {
+                narrowing.read.insert(name.clone(), read);
             }
-            if !self.fields.covers(&path) {
-                return Err(format!("field {path} is outside the grant"));
+            if let Some(write) = c.write {
+                narrowing.write.insert(name, write);
             }
         }
-        Ok(())
+        Ok(narrowing)
+    }
+
+    /// The text stored in the token block's context.
+    pub fn encode(&self) -> String {
+        format!(
+            "{NARROWING_PREFIX}{}",
+            serde_json::to_string(self).expect("a narrowing serializes")
+        )
+    }
+
+    pub fn decode(text: &str) -> Result<Self, ScopeError> {
+        let json = text
+            .strip_prefix(NARROWING_PREFIX)
+            .ok_or_else(|| ScopeError::Narrowing("the block is not a Hearth narrowing".into()))?;
+        let narrowing: Narrowing =
+            serde_json::from_str(json).map_err(|e| ScopeError::Narrowing(e.to_string()))?;
+        if narrowing.v != NARROWING_VERSION {
+            return Err(ScopeError::Narrowing(format!(
+                "version {} (this Hearth reads {NARROWING_VERSION})",
+                narrowing.v
+            )));
+        }
+        for name in narrowing.read.keys().chain(narrowing.write.keys()) {
+            CollectionName::parse(name)
+                .map_err(|e| ScopeError::Narrowing(format!("{name:?}: {e}")))?;
+        }
+        Ok(narrowing)
     }
 }
 
-fn lookup<'a>(record: &'a Map<String, Value>, path: &FieldPath) -> Option<&'a Value> {
+/// Applies a JSON merge patch (RFC 7396) to `target`: `null` removes a field, an
+/// object merges into an object (replacing anything else), any other value replaces.
+pub fn merge_patch(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
+    for (key, value) in patch {
+        match value {
+            Value::Null => {
+                target.remove(key);
+            }
+            Value::Object(inner) => {
+                let slot = target
+                    .entry(key.clone())
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if !slot.is_object() {
+                    *slot = Value::Object(Map::new());
+                }
+                if let Value::Object(map) = slot {
+                    merge_patch(map, inner);
+                }
+            }
+            other => {
+                target.insert(key.clone(), other.clone());
+            }
+        }
+    }
+}
+
+/// The value at `path` in `record`, if any.
+pub fn lookup<'a>(record: &'a Map<String, Value>, path: &FieldPath) -> Option<&'a Value> {
     let (first, rest) = path.parts().split_first()?;
     let mut value = record.get(first)?;
     for part in rest {
@@ -301,8 +682,9 @@ fn insert_at(out: &mut Map<String, Value>, parts: &[String], value: Value) {
     }
 }
 
-/// Paths of the leaves of a JSON object (an object value that is empty is a leaf).
-fn leaf_paths(map: &Map<String, Value>, prefix: &mut Vec<String>, out: &mut Vec<FieldPath>) {
+/// Paths of the leaves of a JSON object (an empty object, a list, `null` and every
+/// scalar are leaves).
+pub fn leaf_paths(map: &Map<String, Value>, prefix: &mut Vec<String>, out: &mut Vec<FieldPath>) {
     for (key, value) in map {
         prefix.push(key.clone());
         match value {
@@ -323,46 +705,36 @@ mod tests {
         v.as_object().unwrap().clone()
     }
 
+    fn only(paths: &[&str]) -> Fields {
+        Fields::Only(paths.iter().map(|p| FieldPath::parse(p).unwrap()).collect())
+    }
+
     #[test]
-    fn parses_scopes() {
+    fn parses_scopes_with_separate_read_and_write() {
         let s = Scope::parse(
             Some("contacts.name,contacts.address.city,calendar"),
-            Some("notes"),
+            Some("notes,contacts.note"),
             &["tag=work".into()],
         )
         .unwrap();
         let contacts = s.collection("contacts").unwrap();
-        assert!(contacts.read && !contacts.write);
-        assert_eq!(
-            contacts.fields,
-            Fields::Only(BTreeSet::from([
-                FieldPath::parse("name").unwrap(),
-                FieldPath::parse("address.city").unwrap()
-            ]))
-        );
-        assert_eq!(s.collection("calendar").unwrap().fields, Fields::All);
+        assert_eq!(contacts.read, Some(only(&["name", "address.city"])));
+        assert_eq!(contacts.write, Some(only(&["note"])));
+        assert_eq!(s.collection("calendar").unwrap().read, Some(Fields::All));
+        assert_eq!(s.collection("calendar").unwrap().write, None);
         let notes = s.collection("notes").unwrap();
-        assert!(notes.write && !notes.read);
-        assert_eq!(
-            notes.filter,
-            vec![Filter {
-                field: FieldPath::parse("tag").unwrap(),
-                value: json!("work")
-            }]
-        );
+        assert_eq!((notes.read.clone(), notes.write.clone()), (None, Some(Fields::All)));
+        assert_eq!(notes.filter, vec![Filter::parse("tag=work").unwrap()]);
         assert_eq!(
             Scope::parse(Some("contacts,contacts.name"), None, &[])
                 .unwrap()
                 .collection("contacts")
                 .unwrap()
-                .fields,
-            Fields::All
+                .read,
+            Some(Fields::All)
         );
 
-        assert!(matches!(
-            Scope::parse(None, None, &[]),
-            Err(ScopeError::Empty)
-        ));
+        assert!(matches!(Scope::parse(None, None, &[]), Err(ScopeError::Empty)));
         assert!(matches!(
             Scope::parse(Some("Bad"), None, &[]),
             Err(ScopeError::Collection(..))
@@ -379,8 +751,63 @@ mod tests {
             Scope::parse(Some("contacts"), None, &["nofilter".into()]),
             Err(ScopeError::Filter(_))
         ));
-        assert_eq!(Filter::parse("n=3").unwrap().value, json!(3));
-        assert_eq!(Filter::parse("done=true").unwrap().value, json!(true));
+    }
+
+    /// The finding that started the separation: `--read contacts.name --write
+    /// contacts.note` must neither read `note` nor write `name`, and `--read
+    /// contacts.name --write contacts` must not read every field.
+    #[test]
+    fn reading_and_writing_do_not_lend_each_other_fields() {
+        let s = Scope::parse(Some("contacts.name"), Some("contacts.note"), &[]).unwrap();
+        let c = s.collection("contacts").unwrap();
+        let rec = obj(json!({"id": "a", "name": "Ada", "note": "secret", "email": "e"}));
+        assert_eq!(c.project(&rec).unwrap(), obj(json!({"id": "a", "name": "Ada"})));
+        assert_eq!(
+            c.check_write("contacts", Some(&rec), &obj(json!({"name": "X"})), false),
+            Err(WriteRefusal::FieldOutside(FieldPath::parse("name").unwrap()))
+        );
+        assert!(
+            c.check_write("contacts", Some(&rec), &obj(json!({"note": "n"})), false)
+                .is_ok()
+        );
+        let w = Scope::parse(Some("contacts.name"), Some("contacts"), &[]).unwrap();
+        let c = w.collection("contacts").unwrap();
+        assert_eq!(c.project(&rec).unwrap(), obj(json!({"id": "a", "name": "Ada"})));
+        assert!(
+            c.check_write("contacts", Some(&rec), &obj(json!({"email": "x"})), false)
+                .is_ok()
+        );
+        let r = Scope::parse(Some("tasks"), None, &[]).unwrap();
+        assert_eq!(
+            r.collection("tasks").unwrap().check_write(
+                "tasks",
+                None,
+                &obj(json!({"title": "x"})),
+                true
+            ),
+            Err(WriteRefusal::NotWritable("tasks".into()))
+        );
+    }
+
+    #[test]
+    fn filters_are_typed_and_quoted_text_stays_text() {
+        let three = Filter::parse("tag=3").unwrap();
+        assert!(three.matches(&obj(json!({"tag": 3}))));
+        assert!(three.matches(&obj(json!({"tag": "3"}))));
+        assert!(three.matches(&obj(json!({"tag": ["x", "3"]}))));
+        assert!(!three.matches(&obj(json!({"tag": "4"}))));
+        let text = Filter::parse("tag=\"3\"").unwrap();
+        assert!(text.matches(&obj(json!({"tag": "3"}))));
+        assert!(!text.matches(&obj(json!({"tag": 3}))));
+        let yes = Filter::parse("done=true").unwrap();
+        assert!(yes.matches(&obj(json!({"done": true}))));
+        assert!(yes.matches(&obj(json!({"done": "true"}))));
+        assert_eq!(Filter::parse("tag=work").unwrap().to_string(), "tag=work");
+        assert_eq!(text.to_string(), "tag=\"3\"");
+        assert_eq!(three.to_string(), "tag=3");
+        // A filter stored before typed matching compares the JSON value only.
+        let old: Filter = serde_json::from_value(json!({"field": "n", "value": 3})).unwrap();
+        assert!(!old.matches(&obj(json!({"n": "3"}))));
     }
 
     #[test]
@@ -402,37 +829,125 @@ mod tests {
         let other = obj(json!({"id": "b", "name": "Bob", "tag": "home"}));
         assert_eq!(c.project(&other), None);
         let missing = obj(json!({"id": "c", "name": "Cy"}));
+        assert_eq!(c.project(&missing), None, "a filter on a missing field matches nothing");
+    }
+
+    #[test]
+    fn writes_respect_the_filter_before_and_after() {
+        let s = Scope::parse(Some("notes"), Some("notes"), &["tag=work".into()]).unwrap();
+        let c = s.collection("notes").unwrap();
+        let work = obj(json!({"tag": "work", "t": 1}));
+        let home = obj(json!({"tag": "home", "t": 1}));
+        assert!(c.check_write("notes", Some(&work), &obj(json!({"t": 2})), false).is_ok());
         assert_eq!(
-            c.project(&missing),
-            None,
-            "a filter on a missing field matches nothing"
+            c.check_write("notes", Some(&home), &obj(json!({"t": 2})), false),
+            Err(WriteRefusal::Hidden)
+        );
+        assert_eq!(
+            c.check_write("notes", Some(&home), &obj(json!({"tag": "work"})), false),
+            Err(WriteRefusal::Hidden),
+            "a hidden record cannot be pulled into the view"
+        );
+        assert!(matches!(
+            c.check_write("notes", Some(&work), &obj(json!({"tag": "home"})), false),
+            Err(WriteRefusal::NoMatchAfter(_))
+        ));
+        assert!(matches!(
+            c.check_write("notes", None, &obj(json!({"t": 1})), true),
+            Err(WriteRefusal::NoMatchAfter(_))
+        ));
+        assert!(c.check_write("notes", None, &obj(json!({"tag": "work"})), true).is_ok());
+        assert_eq!(
+            c.check_write("notes", None, &obj(json!({"t": 1})), false),
+            Err(WriteRefusal::Missing)
+        );
+        assert!(WriteRefusal::Hidden.is_not_found() && WriteRefusal::Missing.is_not_found());
+        assert_eq!(c.check_delete(Some(&home)), Err(WriteRefusal::Hidden));
+        assert_eq!(c.check_delete(Some(&work)), Ok(()));
+        let narrow = Scope::parse(None, Some("notes.t"), &[]).unwrap();
+        assert_eq!(
+            narrow.collection("notes").unwrap().check_delete(Some(&work)),
+            Err(WriteRefusal::DeleteNeedsAllFields)
         );
     }
 
     #[test]
-    fn writes_stay_inside_the_fields() {
-        let s = Scope::parse(Some("notes"), Some("notes.title,notes.meta.color"), &[]).unwrap();
-        let n = s.collection("notes").unwrap();
-        // Reading all of notes also grants writing all of notes here (fields union).
-        assert!(n.check_write(&obj(json!({"body": "x"}))).is_ok());
-        let w = Scope::parse(None, Some("tasks.title,tasks.meta.color"), &[]).unwrap();
-        let t = w.collection("tasks").unwrap();
-        assert!(
-            t.check_write(&obj(json!({"title": "x", "meta": {"color": "red"}})))
-                .is_ok()
+    fn a_nested_write_grant_never_replaces_an_ungranted_parent() {
+        let s = Scope::parse(None, Some("notes.title,notes.meta.color"), &[]).unwrap();
+        let c = s.collection("notes").unwrap();
+        let patch = obj(json!({"meta": {"color": "x"}}));
+        let scalar = obj(json!({"meta": "keep me"}));
+        assert_eq!(
+            c.check_write("notes", Some(&scalar), &patch, false),
+            Err(WriteRefusal::ParentNotObject(FieldPath::parse("meta").unwrap()))
+        );
+        let list = obj(json!({"meta": [1, 2]}));
+        assert!(c.check_write("notes", Some(&list), &patch, false).is_err());
+        let object = obj(json!({"meta": {"size": 1}}));
+        assert_eq!(
+            c.check_write("notes", Some(&object), &patch, false).unwrap(),
+            obj(json!({"meta": {"size": 1, "color": "x"}}))
+        );
+        let absent = obj(json!({"title": "t"}));
+        assert!(c.check_write("notes", Some(&absent), &patch, false).is_ok());
+        assert_eq!(
+            c.check_write("notes", Some(&object), &obj(json!({"meta": {"size": 2}})), false),
+            Err(WriteRefusal::FieldOutside(FieldPath::parse("meta.size").unwrap()))
         );
         assert_eq!(
-            t.check_write(&obj(json!({"meta": {"size": 1}}))),
-            Err("field meta.size is outside the grant".into())
+            c.check_write("notes", Some(&object), &obj(json!({"meta": null})), false),
+            Err(WriteRefusal::FieldOutside(FieldPath::parse("meta").unwrap()))
         );
-        assert!(t.check_write(&obj(json!({"secret": 1}))).is_err());
-        let r = Scope::parse(Some("tasks"), None, &[]).unwrap();
-        assert!(
-            r.collection("tasks")
-                .unwrap()
-                .check_write(&obj(json!({"title": "x"})))
-                .is_err()
-        );
+    }
+
+    #[test]
+    fn narrowing_only_takes_away() {
+        let grant = Scope::parse(
+            Some("contacts.name,contacts.address,notes"),
+            Some("notes.title"),
+            &["tag=work".into()],
+        )
+        .unwrap();
+        let n = Narrowing::parse(Some("contacts.address.city,contacts.email,calendar"), None)
+            .unwrap();
+        let narrowed = grant.narrowed(&Narrowing::decode(&n.encode()).unwrap());
+        let c = narrowed.collection("contacts").unwrap();
+        assert_eq!(c.read, Some(only(&["address.city"])));
+        assert_eq!(c.write, None);
+        assert_eq!(c.filter, grant.collection("contacts").unwrap().filter);
+        assert!(narrowed.collection("notes").is_none(), "not named: gone");
+        assert!(narrowed.collection("calendar").is_none(), "never granted: not added");
+        let write = Narrowing::parse(Some("notes"), Some("notes")).unwrap();
+        let notes = grant.narrowed(&write);
+        assert_eq!(notes.collection("notes").unwrap().write, Some(only(&["title"])));
+        for bad in [
+            "",
+            "hearth-narrowing:{}",
+            "hearth-narrowing:{\"v\":2}",
+            "hearth-narrowing:{\"v\":1,\"read\":{\"Bad\":\"all\"}}",
+            "hearth-narrowing:{\"v\":1,\"extra\":1}",
+            "something else",
+        ] {
+            assert!(Narrowing::decode(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn scopes_stored_before_the_separation_still_read() {
+        let old = json!({"collections": {"contacts": {"fields": {"only": ["name"]}, "filter": [{"field": "tag", "value": "work"}], "read": true, "write": false}}});
+        let scope: Scope = serde_json::from_value(old).unwrap();
+        let c = scope.collection("contacts").unwrap();
+        assert_eq!((c.read.clone(), c.write.clone()), (Some(only(&["name"])), None));
+        assert_eq!(c.filter.len(), 1);
+        let round: Scope = serde_json::from_value(serde_json::to_value(&scope).unwrap()).unwrap();
+        assert_eq!(round, scope);
+    }
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        let mut target = obj(json!({"a": "b", "c": {"d": "e", "f": "g"}, "s": 1}));
+        merge_patch(&mut target, &obj(json!({"a": "z", "c": {"f": null}, "s": {"x": 1}})));
+        assert_eq!(target, obj(json!({"a": "z", "c": {"d": "e"}, "s": {"x": 1}})));
     }
 
     fn field() -> impl Strategy<Value = String> {
@@ -471,6 +986,14 @@ mod tests {
         )
     }
 
+    fn fields_of(whole: bool, paths: &[String]) -> Fields {
+        if whole || paths.is_empty() {
+            Fields::All
+        } else {
+            Fields::Only(paths.iter().map(|p| FieldPath::parse(p).unwrap()).collect())
+        }
+    }
+
     proptest! {
         /// A view never shows a field outside the grant or a record the filter rejects,
         /// and always shows every granted field of every matching record.
@@ -480,21 +1003,20 @@ mod tests {
             let filters: Vec<String> = filter.iter().map(|f| f.to_string()).collect();
             let scope = Scope::parse(Some(&read), None, &filters).unwrap();
             let c = scope.collection("col").unwrap();
+            let fields = c.read.clone().unwrap();
             let matches = filters.iter().all(|f| Filter::parse(f).unwrap().matches(&rec));
             match c.project(&rec) {
                 None => prop_assert!(!matches),
                 Some(view) => {
                     prop_assert!(matches);
-                    // Nothing outside: every leaf of the view is granted and equals the record's.
                     let mut leaves = Vec::new();
                     leaf_paths(&view, &mut Vec::new(), &mut leaves);
                     for leaf in &leaves {
                         if leaf.parts() == ["id"] { continue; }
-                        prop_assert!(c.fields.covers(leaf), "{leaf} leaked");
+                        prop_assert!(fields.covers(leaf), "{leaf} leaked");
                         prop_assert_eq!(lookup(&view, leaf), lookup(&rec, leaf));
                     }
-                    // Everything inside: every granted path present in the record is shown.
-                    if let Fields::Only(set) = &c.fields {
+                    if let Fields::Only(set) = &fields {
                         for path in set {
                             if let Some(v) = lookup(&rec, path) {
                                 prop_assert_eq!(lookup(&view, path), Some(v));
@@ -507,9 +1029,42 @@ mod tests {
             }
         }
 
+        /// Intersection covers exactly what both sides cover.
+        #[test]
+        fn intersection_is_exact(a in paths(), wa in any::<bool>(), b in paths(), wb in any::<bool>(), probe in paths()) {
+            let (fa, fb) = (fields_of(wa, &a), fields_of(wb, &b));
+            let both = fa.intersect(&fb);
+            for p in probe.iter().chain(a.iter()).chain(b.iter()) {
+                let p = FieldPath::parse(p).unwrap();
+                prop_assert_eq!(both.covers(&p), fa.covers(&p) && fb.covers(&p), "{}", p);
+            }
+        }
+
+        /// An accepted write changes nothing outside the write fields, and leaves a
+        /// record the filter shows.
+        #[test]
+        fn accepted_writes_stay_inside(before in record(), patch in record(), granted in paths(), whole in any::<bool>(), filter in proptest::option::of(prop_oneof![Just("tag=work"), Just("a=1")])) {
+            let write = if whole || granted.is_empty() { "col".to_owned() } else { granted.iter().map(|p| format!("col.{p}")).collect::<Vec<_>>().join(",") };
+            let filters: Vec<String> = filter.iter().map(|f| f.to_string()).collect();
+            let scope = Scope::parse(None, Some(&write), &filters).unwrap();
+            let c = scope.collection("col").unwrap();
+            let fields = c.write.clone().unwrap();
+            if let Ok(after) = c.check_write("col", Some(&before), &patch, false) {
+                prop_assert!(c.visible(&before) && c.visible(&after));
+                let mut old = before.clone();
+                old.remove("id");
+                let mut leaves = Vec::new();
+                leaf_paths(&old, &mut Vec::new(), &mut leaves);
+                for leaf in leaves.iter().filter(|l| !fields.covers(l)) {
+                    prop_assert_eq!(lookup(&after, leaf), lookup(&old, leaf), "{} changed", leaf);
+                }
+            }
+        }
+
         #[test]
         fn parsing_never_panics(read in ".{0,40}", filter in ".{0,20}") {
             let _ = Scope::parse(Some(&read), Some(&read), &[filter]);
+            let _ = Narrowing::decode(&read);
         }
     }
 }

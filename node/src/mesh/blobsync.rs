@@ -15,17 +15,14 @@ use futures::StreamExt;
 use hearth_protocol::BlobId;
 use hearth_protocol::blob::{BLOB_PROTOCOL, BlobRequest, BlobResponse, Manifest};
 use libp2p::{PeerId, StreamProtocol};
-use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::frames::{read_frame, write_frame};
-use super::{MeshHandle, devices};
+use super::MeshHandle;
+use crate::devices;
 use crate::Vault;
-use crate::collections::{CollectionError, Collections};
-use hearth_protocol::{CollectionName, RecordId};
 
-pub const BLOBS: &str = "_blobs";
 /// Peers served at once.
 const MAX_SERVING: usize = 8;
 /// How often missing blobs are looked for even without a change.
@@ -38,26 +35,6 @@ const ANSWERS_AHEAD: usize = 4;
 const CHUNKS_BEING_WRITTEN: usize = 4;
 /// A peer that does not answer one request in this time is given up for this round.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-pub fn collection() -> CollectionName {
-    CollectionName::parse(BLOBS).expect("_blobs is a valid system collection name")
-}
-
-/// Lists a blob in `_blobs` so the other devices fetch it. Returns whether it was new
-/// (then the store must commit).
-pub fn announce(collections: &Collections, id: &str, size: u64) -> Result<bool, CollectionError> {
-    let record_id = RecordId::parse(id).expect("a blob id in hex is a valid record id");
-    if collections.get(&collection(), &record_id)?.is_some() {
-        return Ok(false);
-    }
-    let record = json!({"size": size});
-    collections.put(
-        &collection(),
-        &record_id,
-        record.as_object().expect("a JSON object"),
-    )?;
-    Ok(true)
-}
 
 #[derive(Debug, thiserror::Error)]
 enum FetchError {
@@ -86,10 +63,20 @@ impl BlobSync {
         }
     }
 
-    pub(super) async fn serve_loop(self: Arc<Self>, mut incoming: libp2p_stream::IncomingStreams) {
-        // Dropping the set (when this loop is stopped) stops every transfer in it.
+    pub(super) async fn serve_loop(
+        self: Arc<Self>,
+        mut incoming: libp2p_stream::IncomingStreams,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut serving = JoinSet::new();
-        while let Some((peer, stream)) = incoming.next().await {
+        loop {
+            let (peer, stream) = tokio::select! {
+                _ = stop.changed() => break,
+                next = incoming.next() => match next {
+                    Some(next) => next,
+                    None => break,
+                },
+            };
             while serving.try_join_next().is_some() {}
             if !devices::is_member(&self.vault.collections, &peer) {
                 tracing::info!(%peer, "refused a blob request from a peer that is not a device of this vault");
@@ -107,6 +94,7 @@ impl BlobSync {
                 drop(permit);
             });
         }
+        serving.shutdown().await;
     }
 
     /// Answers one device's requests in order, reading and opening the next chunks
@@ -153,25 +141,29 @@ impl BlobSync {
     }
 
     /// Fetches missing blobs whenever `_blobs` changes, and every [`RETRY_EVERY`].
-    pub(super) async fn fetch_loop(self: Arc<Self>) {
+    pub(super) async fn fetch_loop(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut changes = self.vault.collections.subscribe();
         let mut retry = tokio::time::interval(RETRY_EVERY);
         loop {
             tokio::select! {
+                _ = stop.changed() => return,
                 changed = changes.recv() => match changed {
-                    Ok(name) if name.as_str() == BLOBS => {}
+                    Ok(name) if name.as_str() == crate::blobs::BLOB_LIST => {}
                     Ok(_) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
                 _ = retry.tick() => {}
             }
-            self.fetch_missing().await;
+            tokio::select! {
+                _ = stop.changed() => return,
+                () = self.fetch_missing() => {}
+            }
         }
     }
 
     async fn fetch_missing(&self) {
-        let listed = match self.vault.collections.records(&collection()) {
+        let listed = match crate::blobs::listed(&self.vault.collections) {
             Ok(listed) => listed,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the blob list");
@@ -179,12 +171,7 @@ impl BlobSync {
             }
         };
         let missing: Vec<BlobId> = listed
-            .iter()
-            .filter_map(|r| {
-                r.get("id")
-                    .and_then(Value::as_str)
-                    .and_then(|id| BlobId::parse(id).ok())
-            })
+            .into_iter()
             .filter(|id| !self.vault.blobs.has_blob(*id).unwrap_or(true))
             .collect();
         if missing.is_empty() {

@@ -10,7 +10,6 @@
 //! Kademlia, circuit-relay client, DCUtR, AutoNAT, and streams.
 
 pub mod blobsync;
-pub mod devices;
 pub mod frames;
 pub mod pairing;
 pub mod sync;
@@ -29,10 +28,11 @@ use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, autonat, dcutr, identify, kad, mdns, noise, ping,
     relay, tcp, yamux,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::Vault;
+use crate::devices;
 
 /// Commands waiting for the swarm task; senders beyond this wait.
 const COMMAND_QUEUE: usize = 64;
@@ -144,20 +144,6 @@ impl MeshHandle {
     }
 }
 
-/// The Automerge actor id of a device for one run of the node: derived from its PeerId
-/// and a random value drawn at each start. Never the same across runs, because a crash
-/// can lose a change this device had already sent to another one; reusing the actor
-/// would then give its next change the same (actor, seq) as the lost one, and the other
-/// device would refuse it — that document would stop syncing between them for good.
-pub fn actor_for(peer: &PeerId) -> [u8; 16] {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&peer.to_bytes());
-    hasher.update(&rand::random::<[u8; 16]>());
-    hasher.finalize().as_bytes()[..16]
-        .try_into()
-        .expect("a BLAKE3 hash has 32 bytes")
-}
-
 /// What the rest of the node may ask of a running mesh.
 #[derive(Clone)]
 pub struct MeshState {
@@ -169,8 +155,12 @@ pub struct MeshState {
 /// The running mesh: the swarm task and the tasks accepting sync and pairing streams.
 pub struct Mesh {
     state: MeshState,
+    stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
+
+/// How long shutdown waits for a mesh task to stop by itself before aborting it.
+const TASK_STOP_GRACE: Duration = Duration::from_secs(5);
 
 impl Mesh {
     pub async fn start(vault: Arc<Vault>, config: MeshConfig) -> Result<Self, MeshError> {
@@ -250,14 +240,21 @@ impl Mesh {
             local_peer_id,
         };
 
+        // Every loop below stops when told, stopping and awaiting what it started.
+        let (stop, stopped) = watch::channel(false);
         let sync = Arc::new(sync::SyncService::new(vault.clone(), handle.clone()));
-        let accept_task = tokio::spawn(sync.clone().accept_loop(incoming));
+        let accept_task = tokio::spawn(sync.clone().accept_loop(incoming, stopped.clone()));
         let pairing = Arc::new(pairing::Pairing::new(vault.clone(), handle.clone()));
-        let pair_task = tokio::spawn(pairing.clone().accept_loop(incoming_pairs));
+        let pair_task = tokio::spawn(pairing.clone().accept_loop(incoming_pairs, stopped.clone()));
         let blob_sync = Arc::new(blobsync::BlobSync::new(vault.clone(), handle.clone()));
-        let blob_serve_task = tokio::spawn(blob_sync.clone().serve_loop(incoming_blobs));
-        let blob_fetch_task = tokio::spawn(blob_sync.fetch_loop());
-        let view_task = tokio::spawn(view::serve_loop(vault.clone(), incoming_views));
+        let blob_serve_task =
+            tokio::spawn(blob_sync.clone().serve_loop(incoming_blobs, stopped.clone()));
+        let blob_fetch_task = tokio::spawn(blob_sync.fetch_loop(stopped.clone()));
+        let view_task = tokio::spawn(view::serve_loop(
+            vault.door.clone(),
+            incoming_views,
+            stopped.clone(),
+        ));
         let swarm_task = tokio::spawn(
             SwarmTask {
                 swarm,
@@ -301,6 +298,7 @@ impl Mesh {
         };
         Ok(Self {
             state,
+            stop,
             tasks: vec![
                 swarm_task,
                 accept_task,
@@ -328,9 +326,13 @@ impl Mesh {
         {
             let _ = rx.await;
         }
-        for task in self.tasks {
-            task.abort();
-            let _ = task.await;
+        let _ = self.stop.send(true);
+        for mut task in self.tasks {
+            if tokio::time::timeout(TASK_STOP_GRACE, &mut task).await.is_err() {
+                tracing::warn!("a mesh task did not stop in time; aborting it");
+                task.abort();
+                let _ = task.await;
+            }
         }
         // After the swarm and accept loops, so nothing starts a new session meanwhile.
         self.state.sync.shutdown().await;

@@ -23,7 +23,8 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use super::frames::{read_frame, write_frame};
-use super::{MeshHandle, devices};
+use super::MeshHandle;
+use crate::devices;
 use crate::Vault;
 use crate::collections::{CollectionError, Collections};
 use crate::home::Home;
@@ -34,6 +35,11 @@ use crate::store::{Store, StoreError};
 const MAX_PENDING: usize = 16;
 /// How long a pairing exchange may take once the stream is open.
 const PAIR_TIMEOUT: Duration = Duration::from_secs(30);
+/// A pairing stream must carry its request within this time.
+pub const FIRST_FRAME: Duration = Duration::from_secs(5);
+/// Pairing exchanges at once, all peers together, and per peer.
+pub const MAX_EXCHANGES: usize = 64;
+pub const MAX_PER_PEER: usize = 2;
 pub const DEFAULT_INVITE_TTL: Duration = Duration::from_secs(10 * 60);
 
 #[derive(Debug, thiserror::Error)]
@@ -116,20 +122,62 @@ impl Pairing {
         Ok((invite.encode(), expires_unix))
     }
 
-    pub(super) async fn accept_loop(self: Arc<Self>, mut incoming: libp2p_stream::IncomingStreams) {
-        // One exchange at a time: pairing is rare, and this bounds what a flood costs.
-        while let Some((peer, mut stream)) = incoming.next().await {
-            match tokio::time::timeout(PAIR_TIMEOUT, self.answer(peer, &mut stream)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::info!(%peer, error = %e, "pairing attempt failed"),
-                Err(_) => tracing::info!(%peer, "pairing attempt timed out"),
+    /// Answers pairing attempts, several at once: an idle or slow peer holds only its
+    /// own stream (each must send its request within [`FIRST_FRAME`]), at most
+    /// [`MAX_PER_PEER`] per peer and [`MAX_EXCHANGES`] in all.
+    pub(super) async fn accept_loop(
+        self: Arc<Self>,
+        mut incoming: libp2p_stream::IncomingStreams,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut exchanges = tokio::task::JoinSet::new();
+        let per_peer: Arc<Mutex<std::collections::HashMap<PeerId, usize>>> = Arc::default();
+        loop {
+            let (peer, mut stream) = tokio::select! {
+                _ = stop.changed() => break,
+                next = incoming.next() => match next {
+                    Some(next) => next,
+                    None => break,
+                },
+            };
+            while exchanges.try_join_next().is_some() {}
+            if exchanges.len() >= MAX_EXCHANGES {
+                tracing::warn!(%peer, "too many pairing attempts at once; refusing one more");
+                continue;
             }
+            {
+                let mut counts = per_peer.lock().expect("per-peer lock is never poisoned");
+                let count = counts.entry(peer).or_default();
+                if *count >= MAX_PER_PEER {
+                    tracing::info!(%peer, "this peer has too many pairing attempts open; refusing one more");
+                    continue;
+                }
+                *count += 1;
+            }
+            let this = self.clone();
+            let per_peer = per_peer.clone();
+            exchanges.spawn(async move {
+                match tokio::time::timeout(PAIR_TIMEOUT, this.answer(peer, &mut stream)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "pairing attempt failed"),
+                    Err(_) => tracing::info!(%peer, "pairing attempt timed out"),
+                }
+                let mut counts = per_peer.lock().expect("per-peer lock is never poisoned");
+                if let Some(count) = counts.get_mut(&peer) {
+                    *count -= 1;
+                    if *count == 0 {
+                        counts.remove(&peer);
+                    }
+                }
+            });
         }
+        exchanges.shutdown().await;
     }
 
     async fn answer(&self, peer: PeerId, stream: &mut libp2p::Stream) -> Result<(), PairError> {
-        let frame = read_frame(stream)
+        let frame = tokio::time::timeout(FIRST_FRAME, read_frame(stream))
             .await
+            .map_err(|_| PairError::Protocol("no pairing request in time".into()))?
             .map_err(|e| PairError::Protocol(e.to_string()))?
             .ok_or_else(|| PairError::Protocol("the peer closed the stream".into()))?;
         let request = PairRequest::decode(&frame)?;
@@ -260,7 +308,7 @@ pub async fn join(
     let made = keys::init_joined(home, passphrase, shared, device_secret)?;
     let keys = Arc::new(made.keys);
     let store = Arc::new(Store::open(&home.store_dir(), keys.clone())?);
-    let collections = Collections::open(store.clone(), super::actor_for(&joiner))?;
+    let collections = Collections::open(store.clone(), crate::collections::actor_for(&joiner))?;
     collections.merge_document(&devices::collection(), &devices_doc)?;
     store.commit().await?;
     store.shutdown().await?;

@@ -21,7 +21,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::frames::{FrameReadError, read_frame, write_frame};
-use super::{MeshHandle, devices};
+use super::MeshHandle;
+use crate::devices;
 use crate::Vault;
 use crate::collections::CollectionError;
 
@@ -125,8 +126,19 @@ impl SyncService {
         }
     }
 
-    pub(super) async fn accept_loop(self: Arc<Self>, mut incoming: libp2p_stream::IncomingStreams) {
-        while let Some((peer, stream)) = incoming.next().await {
+    pub(super) async fn accept_loop(
+        self: Arc<Self>,
+        mut incoming: libp2p_stream::IncomingStreams,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            let (peer, stream) = tokio::select! {
+                _ = stop.changed() => return,
+                next = incoming.next() => match next {
+                    Some(next) => next,
+                    None => return,
+                },
+            };
             if !self.is_member(&peer) {
                 // Refused before any vault data moves: dropping the stream resets it.
                 tracing::info!(%peer, "refused sync from a peer that is not a device of this vault");

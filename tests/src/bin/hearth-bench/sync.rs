@@ -8,7 +8,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use hearth_node::NodeHandle;
-use hearth_node::access::{self, AccessError, NewGrant};
+use hearth_node::access::{self, AccessError, Credentials, NewGrant};
 use hearth_protocol::scope::Scope;
 use hearth_protocol::{BlobId, CollectionName, RecordId};
 use libp2p::{StreamProtocol, Swarm, noise, tcp, yamux};
@@ -126,7 +126,7 @@ async fn revocation(a: &NodeHandle, b: &NodeHandle, opts: &Opts) -> anyhow::Resu
         let b_vault = b.vault().clone();
         let t = token.clone();
         until("the grant reaches B", Duration::from_secs(30), || {
-            access::authorize(&b_vault.collections, &b_vault.keys, &t).is_ok()
+            b_vault.door.admit(&Credentials::local(&t)).is_ok()
         })
         .await?;
         let started = Instant::now();
@@ -137,7 +137,7 @@ async fn revocation(a: &NodeHandle, b: &NodeHandle, opts: &Opts) -> anyhow::Resu
             Duration::from_secs(30),
             || {
                 matches!(
-                    access::authorize(&b_vault.collections, &b_vault.keys, &token),
+                    b_vault.door.admit(&Credentials::local(&token)),
                     Err(AccessError::Revoked)
                 )
             },

@@ -46,6 +46,29 @@ pub fn list(collections: &Collections) -> Result<Vec<Value>, CollectionError> {
     collections.records(&collection())
 }
 
+/// A device's record in `_devices`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Device {
+    /// The PeerId.
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub added_at: u64,
+    #[serde(default)]
+    pub removed_at: Option<u64>,
+    #[serde(default)]
+    pub addrs: Vec<String>,
+}
+
+/// Every device of the device list (records that are not readable are skipped).
+pub fn devices(collections: &Collections) -> Result<Vec<Device>, CollectionError> {
+    Ok(list(collections)?
+        .into_iter()
+        .filter_map(|d| serde_json::from_value(d).ok())
+        .collect())
+}
+
 pub fn members(collections: &Collections) -> Vec<PeerId> {
     list(collections)
         .unwrap_or_default()

@@ -1,0 +1,490 @@
+//! The audit log: every access of a service, append-only and hash-chained.
+//!
+//! One chain per device (`CHAIN-SEQ` ids, each entry hashing the one before), so
+//! devices append without coordinating and any altered, removed or reordered entry
+//! breaks its chain. Each entry is stored as one canonical-JSON string, in documents of
+//! [`AUDIT_SHARD_ENTRIES`] entries per chain (`_audit`, `_audit-1`, …), so an append
+//! costs the same after years as on the first day. The log syncs like any collection.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use hearth_protocol::api::{AuditEntry, SeenCollection, SeenReport};
+use hearth_protocol::{CollectionName, RecordId};
+use serde_json::{Map, Value};
+
+use super::Grant;
+use crate::collections::{CollectionError, Collections};
+
+pub const AUDIT: &str = "_audit";
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Entries per chain in one audit document.
+#[cfg(not(test))]
+const AUDIT_SHARD_ENTRIES: u64 = 4096;
+/// Small in unit tests, so they cross document boundaries.
+#[cfg(test)]
+const AUDIT_SHARD_ENTRIES: u64 = 8;
+
+fn audit() -> CollectionName {
+    CollectionName::parse(AUDIT).expect("valid system collection name")
+}
+
+fn audit_shard(seq: u64) -> CollectionName {
+    match seq.saturating_sub(1) / AUDIT_SHARD_ENTRIES {
+        0 => audit(),
+        n => CollectionName::parse(&format!("{AUDIT}-{n}")).expect("valid system collection name"),
+    }
+}
+
+pub(crate) fn is_audit_shard(name: &CollectionName) -> bool {
+    let name = name.as_str();
+    name == AUDIT
+        || name
+            .strip_prefix(AUDIT)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The field of an audit record holding the entry as canonical JSON text. Records
+/// written before it (entries as plain maps) are read as they are.
+const ENTRY_FIELD: &str = "entry";
+
+/// What a service did, as one audit entry records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// Records returned by a read.
+    Read,
+    /// A batch of events delivered to one stream.
+    Subscribe,
+    /// An existing record changed.
+    Write,
+    /// A new record.
+    Create,
+    /// A record removed.
+    Remove,
+    /// A request of this grant that was refused.
+    Refused,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Read => "read",
+            Operation::Subscribe => "subscribe",
+            Operation::Write => "write",
+            Operation::Create => "create",
+            Operation::Remove => "remove",
+            Operation::Refused => "refused",
+        }
+    }
+}
+
+/// One access, as the audit log records it.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    pub grant: String,
+    pub service: String,
+    pub operation: Operation,
+    pub collection: String,
+    pub records: usize,
+    pub fields: Vec<String>,
+    pub ids: Vec<String>,
+    pub reason: Option<String>,
+    pub count: Option<u64>,
+    pub stream: Option<u64>,
+}
+
+impl AuditEvent {
+    pub fn new(grant: &Grant, operation: Operation, collection: &str) -> Self {
+        Self {
+            grant: grant.id.clone(),
+            service: grant.service.clone(),
+            operation,
+            collection: collection.to_owned(),
+            records: 0,
+            fields: Vec::new(),
+            ids: Vec::new(),
+            reason: None,
+            count: None,
+            stream: None,
+        }
+    }
+}
+
+/// Appends to one chain. One writer at a time per chain.
+pub struct AuditLog {
+    chain: String,
+    state: Mutex<Option<(u64, String)>>,
+}
+
+impl AuditLog {
+    /// `chain` names this device's chain: its PeerId (or, after an accepted rollback,
+    /// the PeerId with the rollback's number, so no sequence number is reused).
+    pub fn new(chain: String) -> Self {
+        Self {
+            chain,
+            state: Mutex::new(None),
+        }
+    }
+
+    /// Appends one entry. Durable only after the store commits.
+    pub fn append(&self, collections: &Collections, event: AuditEvent) -> Result<(), CollectionError> {
+        self.append_many(collections, vec![event])
+    }
+
+    /// Appends entries in order, each document touched changed once. Durable only after
+    /// the store commits.
+    pub fn append_many(
+        &self,
+        collections: &Collections,
+        events: Vec<AuditEvent>,
+    ) -> Result<(), CollectionError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut state = self.state.lock().expect("audit lock is never poisoned");
+        if state.is_none() {
+            *state = Some(last_of_chain(collections, &self.chain)?);
+        }
+        let (mut seq, mut prev) = state.clone().expect("set above");
+        let mut shards: BTreeMap<CollectionName, Vec<(RecordId, Map<String, Value>)>> =
+            BTreeMap::new();
+        let at = super::now_unix();
+        for event in events {
+            seq += 1;
+            let entry = self.entry(event, at, seq, &prev);
+            let hash = entry_hash(&entry);
+            let mut entry = entry;
+            entry.insert("hash".into(), Value::String(hash.clone()));
+            let id = RecordId::parse(&format!("{}-{seq:012}", self.chain))
+                .expect("a chain name and digits make a valid id");
+            // Stored as one string: a dozen map fields would cost a dozen Automerge
+            // operations per access, and entries are never edited field by field.
+            let mut record = Map::new();
+            record.insert(ENTRY_FIELD.into(), Value::String(Value::Object(entry).to_string()));
+            shards.entry(audit_shard(seq)).or_default().push((id, record));
+            prev = hash;
+        }
+        for (shard, records) in &shards {
+            collections.put_many(shard, records)?;
+        }
+        *state = Some((seq, prev));
+        Ok(())
+    }
+
+    fn entry(&self, event: AuditEvent, at: u64, seq: u64, prev: &str) -> Map<String, Value> {
+        let mut fields = event.fields;
+        fields.sort();
+        fields.dedup();
+        let mut entry = Map::new();
+        entry.insert("at".into(), at.into());
+        entry.insert("grant".into(), event.grant.into());
+        entry.insert("service".into(), event.service.into());
+        entry.insert("operation".into(), event.operation.as_str().into());
+        entry.insert("collection".into(), event.collection.into());
+        entry.insert("records".into(), (event.records as u64).into());
+        entry.insert("fields".into(), fields.into());
+        // Optional fields only when present: entries written before them hash as before.
+        if !event.ids.is_empty() {
+            let mut ids = event.ids;
+            ids.sort();
+            ids.dedup();
+            entry.insert("ids".into(), ids.into());
+        }
+        if let Some(reason) = event.reason {
+            entry.insert("reason".into(), reason.into());
+        }
+        if let Some(count) = event.count {
+            entry.insert("count".into(), count.into());
+        }
+        if let Some(stream) = event.stream {
+            entry.insert("stream".into(), stream.into());
+        }
+        entry.insert("device".into(), self.chain.clone().into());
+        entry.insert("seq".into(), seq.into());
+        entry.insert("prev".into(), prev.into());
+        entry
+    }
+}
+
+fn entry_hash(entry: &Map<String, Value>) -> String {
+    let mut body = entry.clone();
+    body.remove("hash");
+    body.remove("id");
+    // serde_json's maps are sorted: the encoding is canonical.
+    blake3::hash(Value::Object(body).to_string().as_bytes())
+        .to_hex()
+        .to_string()
+}
+
+/// Every audit entry of every device, from all of the log's documents, as stored.
+fn audit_records(collections: &Collections) -> Result<Vec<Value>, CollectionError> {
+    let mut entries = Vec::new();
+    for name in collections.names()? {
+        if is_audit_shard(&name) {
+            entries.extend(collections.records(&name)?.into_iter().map(unpack_entry));
+        }
+    }
+    Ok(entries)
+}
+
+fn unpack_entry(record: Value) -> Value {
+    let Some(Value::String(text)) = record.get(ENTRY_FIELD) else {
+        return record;
+    };
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(mut entry)) => {
+            if let Some(id) = record.get("id") {
+                entry.insert("id".into(), id.clone());
+            }
+            Value::Object(entry)
+        }
+        // Left as it is: verification then names it as altered.
+        _ => record,
+    }
+}
+
+fn last_of_chain(collections: &Collections, chain: &str) -> Result<(u64, String), CollectionError> {
+    let mut last = (0, GENESIS.to_owned());
+    for entry in audit_records(collections)? {
+        if entry["device"] == chain {
+            let seq = entry["seq"].as_u64().unwrap_or(0);
+            if seq > last.0 {
+                last = (seq, entry["hash"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    }
+    Ok(last)
+}
+
+/// Audit entries, oldest first, optionally of one grant. Entries that are not
+/// readable as entries are left out here (`verify_audit` names them).
+pub fn audit_entries(
+    collections: &Collections,
+    grant: Option<&str>,
+) -> Result<Vec<AuditEntry>, CollectionError> {
+    let mut entries: Vec<AuditEntry> = audit_records(collections)?
+        .into_iter()
+        .filter(|e| grant.is_none_or(|g| e["grant"] == g))
+        .filter_map(|e| serde_json::from_value(e).ok())
+        .collect();
+    entries.sort_by(|a, b| (a.at, &a.device, a.seq).cmp(&(b.at, &b.device, b.seq)));
+    Ok(entries)
+}
+
+/// Verifies every chain; `Err` names the first entry that does not verify.
+pub fn verify_audit(collections: &Collections) -> Result<usize, (String, String)> {
+    let entries = audit_records(collections).map_err(|e| ("(log)".to_owned(), e.to_string()))?;
+    let mut chains: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for entry in entries {
+        chains
+            .entry(entry["device"].as_str().unwrap_or_default().to_owned())
+            .or_default()
+            .push(entry);
+    }
+    let mut count = 0;
+    for (device, mut chain) in chains {
+        chain.sort_by_key(|e| e["seq"].as_u64().unwrap_or(0));
+        let mut prev = GENESIS.to_owned();
+        for (index, entry) in chain.iter().enumerate() {
+            let id = entry["id"].as_str().unwrap_or("?").to_owned();
+            let expected_seq = index as u64 + 1;
+            if entry["seq"].as_u64() != Some(expected_seq) {
+                return Err((
+                    id,
+                    format!("entry {expected_seq} of device {device}'s chain is missing"),
+                ));
+            }
+            if id != format!("{device}-{expected_seq:012}") {
+                return Err((id, "the entry is stored under the wrong id".into()));
+            }
+            if entry["prev"].as_str() != Some(prev.as_str()) {
+                return Err((id, "it does not follow the entry before it".into()));
+            }
+            let hash = entry.as_object().map(entry_hash).unwrap_or_default();
+            if entry["hash"].as_str() != Some(hash.as_str()) {
+                return Err((id, "its content does not match its hash (altered)".into()));
+            }
+            prev = hash;
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+/// What a grant's service saw and did, from the audit log.
+pub fn seen_by(collections: &Collections, grant: &str) -> Result<SeenReport, CollectionError> {
+    let entries = audit_entries(collections, Some(grant))?;
+    #[derive(Default)]
+    struct Tally {
+        reads: u64,
+        deliveries: u64,
+        fields: BTreeSet<String>,
+        writes: u64,
+        written_fields: BTreeSet<String>,
+        written_ids: BTreeSet<String>,
+    }
+    let mut per_collection: BTreeMap<String, Tally> = BTreeMap::new();
+    let mut refused = 0;
+    for e in &entries {
+        if e.operation == Operation::Refused.as_str() {
+            refused += e.count.unwrap_or(1);
+            continue;
+        }
+        let tally = per_collection.entry(e.collection.clone()).or_default();
+        match e.operation.as_str() {
+            "read" => {
+                tally.reads += e.records;
+                tally.fields.extend(e.fields.iter().cloned());
+            }
+            "subscribe" => {
+                tally.deliveries += e.records;
+                tally.fields.extend(e.fields.iter().cloned());
+            }
+            "write" | "create" | "remove" => {
+                tally.writes += e.records;
+                tally.written_fields.extend(e.fields.iter().cloned());
+                tally.written_ids.extend(e.ids.iter().cloned());
+            }
+            _ => {}
+        }
+    }
+    Ok(SeenReport {
+        accesses: entries.len() as u64,
+        first_access: entries.first().map(|e| e.at),
+        last_access: entries.last().map(|e| e.at),
+        collections: per_collection
+            .into_iter()
+            .map(|(collection, t)| SeenCollection {
+                collection,
+                record_reads: t.reads,
+                deliveries: t.deliveries,
+                fields: t.fields.into_iter().collect(),
+                writes: t.writes,
+                written_fields: t.written_fields.into_iter().collect(),
+                written_ids: t.written_ids.into_iter().collect(),
+            })
+            .collect(),
+        refused,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TestVault;
+    use hearth_protocol::scope::Scope;
+
+    fn grant_for_tests() -> Grant {
+        Grant {
+            id: "g1".into(),
+            service: "svc".into(),
+            scope: Scope::parse(Some("contacts"), None, &[]).unwrap(),
+            purpose: String::new(),
+            issued_at: 0,
+            expires_at: None,
+            to: None,
+            revoked_at: None,
+            rate_per_minute: None,
+            token_id: Some("t".into()),
+        }
+    }
+
+    fn read(grant: &Grant, records: usize) -> AuditEvent {
+        AuditEvent {
+            records,
+            fields: vec!["name".into()],
+            ..AuditEvent::new(grant, Operation::Read, "contacts")
+        }
+    }
+
+    #[tokio::test]
+    async fn the_audit_chain_detects_altered_and_removed_entries() {
+        let vault = TestVault::new();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let grant = grant_for_tests();
+        let log = AuditLog::new("devA".into());
+        // More entries than one audit document holds in tests (8): the chain spans three.
+        for i in 0..15 {
+            log.append(&c, read(&grant, i)).unwrap();
+        }
+        log.append_many(&c, (0..5).map(|i| read(&grant, i)).collect()).unwrap();
+        // A second device's chain interleaves without coordination.
+        AuditLog::new("devB".into()).append(&c, read(&grant, 1)).unwrap();
+        assert_eq!(verify_audit(&c), Ok(21));
+        let shards: Vec<String> = c
+            .names()
+            .unwrap()
+            .into_iter()
+            .filter(is_audit_shard)
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(shards, ["_audit", "_audit-1", "_audit-2"]);
+        // A restarted node finds the end of its chain in the last document.
+        AuditLog::new("devA".into()).append(&c, read(&grant, 1)).unwrap();
+        assert_eq!(verify_audit(&c), Ok(22));
+        assert_eq!(audit_entries(&c, None).unwrap().len(), 22);
+
+        // Alter one entry's record count.
+        let id = RecordId::parse("devA-000000000003").unwrap();
+        let stored = c.get(&audit(), &id).unwrap().unwrap();
+        let mut entry: Value = serde_json::from_str(stored["entry"].as_str().unwrap()).unwrap();
+        entry["records"] = Value::from(999);
+        let mut patch = Map::new();
+        patch.insert("entry".into(), Value::String(entry.to_string()));
+        c.patch(&audit(), &id, &patch).unwrap();
+        let (entry, reason) = verify_audit(&c).unwrap_err();
+        assert_eq!(entry, "devA-000000000003");
+        assert!(reason.contains("altered"), "{reason}");
+
+        // Remove an entry instead.
+        let vault2 = TestVault::new();
+        let c2 = Collections::open(vault2.store.clone(), [1; 16]).unwrap();
+        let log2 = AuditLog::new("devA".into());
+        for _ in 0..3 {
+            log2.append(&c2, read(&grant, 1)).unwrap();
+        }
+        assert!(
+            c2.remove(&audit(), &RecordId::parse("devA-000000000002").unwrap())
+                .unwrap()
+        );
+        let (entry, reason) = verify_audit(&c2).unwrap_err();
+        assert_eq!(entry, "devA-000000000003");
+        assert!(reason.contains("missing"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn the_report_counts_reads_deliveries_writes_and_refusals() {
+        let vault = TestVault::new();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let grant = grant_for_tests();
+        let log = AuditLog::new("devA".into());
+        log.append(&c, read(&grant, 2)).unwrap();
+        let delivery = AuditEvent {
+            records: 3,
+            fields: vec!["email".into()],
+            stream: Some(1),
+            ..AuditEvent::new(&grant, Operation::Subscribe, "contacts")
+        };
+        let write = AuditEvent {
+            records: 1,
+            fields: vec!["note".into()],
+            ids: vec!["ada".into()],
+            ..AuditEvent::new(&grant, Operation::Write, "contacts")
+        };
+        let refused = AuditEvent {
+            reason: Some("rate_limited".into()),
+            count: Some(5),
+            ..AuditEvent::new(&grant, Operation::Refused, "")
+        };
+        log.append_many(&c, vec![delivery, write, refused]).unwrap();
+        let seen = seen_by(&c, "g1").unwrap();
+        assert_eq!((seen.accesses, seen.refused), (4, 5));
+        let contacts = &seen.collections[0];
+        assert_eq!((contacts.record_reads, contacts.deliveries, contacts.writes), (2, 3, 1));
+        assert_eq!(contacts.fields, ["email", "name"]);
+        assert_eq!(contacts.written_ids, ["ada"]);
+        assert_eq!(verify_audit(&c), Ok(4));
+    }
+}

@@ -1,0 +1,582 @@
+//! The door itself: authorize → scope → read or change → audit → commit.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use automerge::ChangeHash;
+use hearth_protocol::api::{PutResponse, ViewAll};
+use hearth_protocol::scope::{CollectionScope, Scope, WriteRefusal, leaf_paths};
+use hearth_protocol::{CollectionName, RecordId};
+use libp2p::PeerId;
+use rand::RngCore;
+use serde_json::{Map, Value};
+use zeroize::Zeroizing;
+
+use super::audit::{AuditEvent, AuditLog, Operation};
+use super::events::{Hub, Subscription};
+use super::grants::{self, Grant};
+use super::tokens::{TokenCache, Verified};
+use super::{AccessError, RateLimiter, now_unix};
+use crate::collections::{Collections, RecordWrite};
+use crate::keys::VaultKeys;
+use crate::store::Store;
+
+/// Event streams one grant may have open at once (on one device).
+pub const MAX_STREAMS_PER_GRANT: usize = 128;
+
+/// How a service proved itself: its token, and for a request that came over the mesh,
+/// the PeerId its connection's Noise handshake authenticated.
+pub struct Credentials {
+    token: Zeroizing<String>,
+    peer: Option<PeerId>,
+}
+
+impl Credentials {
+    /// A request on the local HTTP API (no authenticated peer).
+    pub fn local(token: &str) -> Self {
+        Self {
+            token: Zeroizing::new(token.trim().to_owned()),
+            peer: None,
+        }
+    }
+
+    /// A request from `peer` over the mesh.
+    pub fn remote(token: &str, peer: PeerId) -> Self {
+        Self {
+            token: Zeroizing::new(token.trim().to_owned()),
+            peer: Some(peer),
+        }
+    }
+}
+
+/// A request that passed authorization: its grant, and what it may do — the grant's
+/// scope narrowed by the token's attenuations.
+#[derive(Clone)]
+pub struct Caller {
+    pub grant: Grant,
+    pub scope: Scope,
+    pub(super) verified: Arc<Verified>,
+}
+
+/// The one door to vault data for services. Cheap to clone.
+#[derive(Clone)]
+pub struct Door(pub(super) Arc<Inner>);
+
+pub(super) struct Inner {
+    pub collections: Arc<Collections>,
+    pub keys: Arc<VaultKeys>,
+    pub store: Arc<Store>,
+    pub audit: AuditLog,
+    rates: RateLimiter,
+    refusals: Refusals,
+    tokens: TokenCache,
+    grants: GrantCache,
+    pub hub: Hub,
+}
+
+impl Door {
+    /// The door of a vault; `chain` names this device's audit chain.
+    pub fn new(
+        collections: Arc<Collections>,
+        keys: Arc<VaultKeys>,
+        store: Arc<Store>,
+        chain: String,
+    ) -> Self {
+        Door(Arc::new(Inner {
+            collections,
+            keys,
+            store,
+            audit: AuditLog::new(chain),
+            rates: RateLimiter::default(),
+            refusals: Refusals::default(),
+            tokens: TokenCache::default(),
+            grants: GrantCache::default(),
+            hub: Hub::default(),
+        }))
+    }
+
+    /// Starts the task that feeds event streams (and ends them on revocation). Must
+    /// run inside a tokio runtime; stopped by [`Door::shutdown`].
+    pub fn start(&self) {
+        self.0.hub.start(self.clone());
+    }
+
+    /// Ends every event stream and stops the door's tasks, waiting for them.
+    pub async fn shutdown(&self) {
+        self.0.hub.shutdown().await;
+        self.flush_refusals();
+    }
+
+    /// Authorizes a request: see the module documentation for the steps and their
+    /// order. Refusals of a known grant are audited.
+    pub fn admit(&self, credentials: &Credentials) -> Result<Caller, AccessError> {
+        let inner = &self.0;
+        let verified = inner.tokens.get_or_verify(&inner.keys, &credentials.token)?;
+        let grant = inner
+            .grants
+            .get(&inner.collections, &verified.grant_id)?
+            .ok_or_else(|| AccessError::InvalidToken("the token names no grant of this vault".into()))?;
+        let refuse = |e: AccessError| self.refused(&grant, "", e);
+        match &grant.token_id {
+            None => {
+                return Err(refuse(AccessError::InvalidToken(format!(
+                    "grant {} was made by an earlier Hearth whose tokens a removed device could forge; it is refused: grant it again",
+                    grant.id
+                ))));
+            }
+            Some(bound) if *bound != verified.binding => {
+                return Err(refuse(AccessError::InvalidToken(
+                    "this token was not issued for its grant".into(),
+                )));
+            }
+            Some(_) => {}
+        }
+        self.check_standing(&grant, &verified).map_err(refuse)?;
+        if let Some(audience) = &grant.to {
+            // Checked before the rate: a stolen bound token must not spend the real
+            // service's budget.
+            if credentials.peer.map(|p| p.to_string()).as_deref() != Some(audience.as_str()) {
+                return Err(refuse(AccessError::WrongPeer(audience.clone())));
+            }
+        }
+        if !inner.rates.admit(&grant) {
+            return Err(refuse(AccessError::RateLimited(
+                grant.rate_per_minute.unwrap_or(0),
+            )));
+        }
+        let scope = verified
+            .narrowings
+            .iter()
+            .fold(grant.scope.clone(), |scope, n| scope.narrowed(n));
+        Ok(Caller {
+            grant,
+            scope,
+            verified,
+        })
+    }
+
+    /// Whether a grant and token are still in force: not revoked, not expired, and the
+    /// token's own expiry not passed.
+    fn check_standing(&self, grant: &Grant, verified: &Verified) -> Result<(), AccessError> {
+        if grant.revoked_at.is_some() {
+            return Err(AccessError::Revoked);
+        }
+        let now = now_unix();
+        if grant.expires_at.is_some_and(|e| e <= now) {
+            return Err(AccessError::Expired);
+        }
+        verified.check_time(now)
+    }
+
+    /// Checks again that an admitted caller (an open event stream) is still in force.
+    pub(super) fn recheck(&self, caller: &Caller) -> Result<(), AccessError> {
+        let inner = &self.0;
+        let grant = inner
+            .grants
+            .get(&inner.collections, &caller.grant.id)?
+            .ok_or(AccessError::Revoked)?;
+        self.check_standing(&grant, &caller.verified)
+    }
+
+    /// Records a refusal of `grant` (at most one entry a second per grant and reason,
+    /// with a count) and returns the error.
+    fn refused(&self, grant: &Grant, collection: &str, error: AccessError) -> AccessError {
+        if let Some(event) = self
+            .0
+            .refusals
+            .record(grant, collection, &error.audit_reason())
+        {
+            // Not awaited: a refusal discloses nothing, so it need not be durable before
+            // the answer; it rides the next commit (or sled's own flush within a second).
+            if let Err(e) = self.0.audit.append(&self.0.collections, event) {
+                tracing::warn!(error = %e, "cannot audit a refused request");
+            }
+        }
+        error
+    }
+
+    /// Audits refusals that were counted but not yet written.
+    pub(super) fn flush_refusals(&self) {
+        let events = self.0.refusals.flush();
+        if let Err(e) = self.0.audit.append_many(&self.0.collections, events) {
+            tracing::warn!(error = %e, "cannot audit refused requests");
+        }
+    }
+
+    fn readable<'a>(
+        &self,
+        caller: &'a Caller,
+        collection: &str,
+    ) -> Result<&'a CollectionScope, AccessError> {
+        caller
+            .scope
+            .collection(collection)
+            .filter(|c| c.read.is_some())
+            .ok_or_else(|| {
+                self.refused(
+                    &caller.grant,
+                    collection,
+                    AccessError::OutOfScope(format!("the grant does not include reading {collection}")),
+                )
+            })
+    }
+
+    /// `GET /v1/view`: every collection the caller may read, projected.
+    pub async fn read_all(&self, credentials: &Credentials) -> Result<ViewAll, AccessError> {
+        let caller = self.admit(credentials)?;
+        let view = self
+            .blocking(move |inner| {
+                let mut collections = std::collections::BTreeMap::new();
+                let mut events = Vec::new();
+                for (name, scope) in caller.scope.readable() {
+                    let name = CollectionName::parse(name)
+                        .map_err(|e| AccessError::BadRequest(e.to_string()))?;
+                    let records = inner.collections.records(&name)?;
+                    let (view, event) = project(&caller.grant, scope, name.as_str(), records);
+                    events.push(event);
+                    collections.insert(name.to_string(), view);
+                }
+                inner.audit.append_many(&inner.collections, events)?;
+                Ok(ViewAll {
+                    grant: caller.grant.id.clone(),
+                    service: caller.grant.service.clone(),
+                    collections,
+                })
+            })
+            .await?;
+        self.0.store.commit().await?;
+        Ok(view)
+    }
+
+    /// `GET /v1/view/{c}`: the matching records of a collection, projected.
+    pub async fn read_collection(
+        &self,
+        credentials: &Credentials,
+        collection: &CollectionName,
+    ) -> Result<Vec<Value>, AccessError> {
+        let caller = self.admit(credentials)?;
+        let scope = self.readable(&caller, collection.as_str())?.clone();
+        let name = collection.clone();
+        let view = self
+            .blocking(move |inner| {
+                let records = inner.collections.records(&name)?;
+                let (view, event) = project(&caller.grant, &scope, name.as_str(), records);
+                inner.audit.append(&inner.collections, event)?;
+                Ok(view)
+            })
+            .await?;
+        self.0.store.commit().await?;
+        Ok(view)
+    }
+
+    /// `GET /v1/view/{c}/{id}`: one record, projected. A record the filter hides is
+    /// answered exactly as one that does not exist.
+    pub async fn read_record(
+        &self,
+        credentials: &Credentials,
+        collection: &CollectionName,
+        id: &RecordId,
+    ) -> Result<Value, AccessError> {
+        let caller = self.admit(credentials)?;
+        let scope = self.readable(&caller, collection.as_str())?;
+        let inner = &self.0;
+        // One record takes microseconds: done on the request's task.
+        let records: Vec<Value> = inner.collections.get(collection, id)?.into_iter().collect();
+        let (mut view, mut event) = project(&caller.grant, scope, collection.as_str(), records);
+        let Some(record) = view.pop() else {
+            return Err(not_found(collection, id));
+        };
+        event.ids = vec![id.to_string()];
+        inner.audit.append(&inner.collections, event)?;
+        inner.store.commit().await?;
+        Ok(record)
+    }
+
+    /// `POST /v1/view/{c}`: a service creates or changes a record inside its scope.
+    ///
+    /// Without `"id"` the record is new (a fresh id). With an `"id"`: for a grant
+    /// without a filter, the record is changed if it exists and created if not; for a
+    /// grant with a filter, only a visible existing record is changed, and an id that
+    /// does not exist and one the filter hides both get `404` with no record made (so
+    /// the service cannot learn which ids it cannot see). An existing record is merged
+    /// into (RFC 7396), never replaced, so fields outside the grant stay as they are.
+    pub async fn write(
+        &self,
+        credentials: &Credentials,
+        collection: &CollectionName,
+        mut body: Map<String, Value>,
+    ) -> Result<PutResponse, AccessError> {
+        let caller = self.admit(credentials)?;
+        let scope = self.writable(&caller, collection.as_str())?.clone();
+        let (id, create) = match body.remove("id") {
+            Some(Value::String(id)) => (
+                RecordId::parse(&id).map_err(|e| AccessError::InvalidId(e.to_string()))?,
+                scope.filter.is_empty(),
+            ),
+            Some(_) => {
+                return Err(AccessError::InvalidId(
+                    "the record's \"id\" field must be a string".into(),
+                ));
+            }
+            None => {
+                let mut bytes = [0u8; 16];
+                rand::rngs::OsRng.fill_bytes(&mut bytes);
+                (RecordId::from_random(bytes), true)
+            }
+        };
+        let inner = &self.0;
+        let outcome = inner.collections.write_checked(collection, &id, |before| {
+            let after = scope.check_write(collection.as_str(), before, &body, create)?;
+            // An existing record takes the patch (only what it names changes, so a
+            // concurrent edit of another field on another device still merges).
+            Ok(match before {
+                Some(_) => RecordWrite::Patch(body.clone()),
+                None => RecordWrite::Put(after),
+            })
+        })?;
+        let existed = match outcome {
+            Ok(existed) => existed,
+            Err(refusal) => return Err(self.write_refused(&caller, collection, &id, refusal)),
+        };
+        let mut fields = Vec::new();
+        leaf_paths(&body, &mut Vec::new(), &mut fields);
+        let operation = if existed {
+            Operation::Write
+        } else {
+            Operation::Create
+        };
+        let event = AuditEvent {
+            records: 1,
+            fields: fields.iter().map(ToString::to_string).collect(),
+            ids: vec![id.to_string()],
+            ..AuditEvent::new(&caller.grant, operation, collection.as_str())
+        };
+        inner.audit.append(&inner.collections, event)?;
+        inner.store.commit().await?;
+        Ok(PutResponse {
+            id: id.to_string(),
+            created: !existed,
+        })
+    }
+
+    /// A service removes a record: it needs write access to every field of the
+    /// collection, and the record must be visible to it.
+    pub async fn remove(
+        &self,
+        credentials: &Credentials,
+        collection: &CollectionName,
+        id: &RecordId,
+    ) -> Result<(), AccessError> {
+        let caller = self.admit(credentials)?;
+        let scope = self.writable(&caller, collection.as_str())?.clone();
+        let inner = &self.0;
+        let outcome = inner
+            .collections
+            .write_checked(collection, id, |before| {
+                scope.check_delete(before).map(|()| RecordWrite::Remove)
+            })?;
+        if let Err(refusal) = outcome {
+            return Err(self.write_refused(&caller, collection, id, refusal));
+        }
+        let event = AuditEvent {
+            records: 1,
+            ids: vec![id.to_string()],
+            ..AuditEvent::new(&caller.grant, Operation::Remove, collection.as_str())
+        };
+        inner.audit.append(&inner.collections, event)?;
+        inner.store.commit().await?;
+        Ok(())
+    }
+
+    /// `GET /v1/view/events`: a stream of the changes inside the caller's scope.
+    pub fn subscribe(&self, credentials: &Credentials) -> Result<Subscription, AccessError> {
+        let caller = self.admit(credentials)?;
+        let grant = caller.grant.clone();
+        self.0.hub.subscribe(self, caller).map_err(|e| match e {
+            AccessError::TooManyStreams(_) => self.refused(&grant, "", e),
+            other => other,
+        })
+    }
+
+    fn writable<'a>(
+        &self,
+        caller: &'a Caller,
+        collection: &str,
+    ) -> Result<&'a CollectionScope, AccessError> {
+        caller
+            .scope
+            .collection(collection)
+            .filter(|c| c.write.is_some())
+            .ok_or_else(|| {
+                self.refused(
+                    &caller.grant,
+                    collection,
+                    AccessError::OutOfScope(format!(
+                        "the grant (or this token) does not allow writing {collection}"
+                    )),
+                )
+            })
+    }
+
+    fn write_refused(
+        &self,
+        caller: &Caller,
+        collection: &CollectionName,
+        id: &RecordId,
+        refusal: WriteRefusal,
+    ) -> AccessError {
+        let error = if refusal.is_not_found() {
+            not_found(collection, id)
+        } else {
+            AccessError::OutOfScope(refusal.to_string())
+        };
+        self.refused(&caller.grant, collection.as_str(), error)
+    }
+
+    /// Runs whole-collection work on the blocking pool.
+    pub(super) async fn blocking<R, F>(&self, f: F) -> Result<R, AccessError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Inner) -> Result<R, AccessError> + Send + 'static,
+    {
+        let inner = self.0.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| AccessError::Internal(e.to_string()))?
+    }
+}
+
+fn not_found(collection: &CollectionName, id: &RecordId) -> AccessError {
+    AccessError::NotFound {
+        collection: collection.to_string(),
+        id: id.to_string(),
+    }
+}
+
+/// Projects records through a scope; returns the view and the audit event of reading it.
+fn project(
+    grant: &Grant,
+    scope: &CollectionScope,
+    collection: &str,
+    records: Vec<Value>,
+) -> (Vec<Value>, AuditEvent) {
+    let mut fields = Vec::new();
+    let view: Vec<Value> = records
+        .into_iter()
+        .filter_map(|r| match r {
+            Value::Object(map) => Some(map),
+            _ => None,
+        })
+        .filter_map(|r| {
+            let projected = scope.project(&r)?;
+            fields.extend(scope.field_names(&r));
+            Some(Value::Object(projected))
+        })
+        .collect();
+    let event = AuditEvent {
+        records: view.len(),
+        fields,
+        ..AuditEvent::new(grant, Operation::Read, collection)
+    };
+    (view, event)
+}
+
+/// Grants as last read, each with the heads of `_access` it was read at: equal heads
+/// mean an identical history, so the same grant; a revocation changes the heads and
+/// applies to the very next request.
+#[derive(Default)]
+struct GrantCache(Mutex<HashMap<String, (Vec<ChangeHash>, Grant)>>);
+
+const MAX_CACHED_GRANTS: usize = 4096;
+
+impl GrantCache {
+    fn get(&self, collections: &Collections, id: &str) -> Result<Option<Grant>, AccessError> {
+        let heads = collections.heads(&grants::access())?;
+        let cached = self
+            .0
+            .lock()
+            .expect("grant cache lock is never poisoned")
+            .get(id)
+            .filter(|(at, _)| *at == heads)
+            .map(|(_, grant)| grant.clone());
+        if let Some(grant) = cached {
+            return Ok(Some(grant));
+        }
+        let Some(grant) = grants::get_grant(collections, id)? else {
+            return Ok(None);
+        };
+        let mut cache = self.0.lock().expect("grant cache lock is never poisoned");
+        if cache.len() >= MAX_CACHED_GRANTS {
+            cache.clear();
+        }
+        cache.insert(id.to_owned(), (heads, grant.clone()));
+        Ok(Some(grant))
+    }
+}
+
+/// Refusals of known grants, counted per grant and reason: the first in a second is
+/// audited at once, the rest of that second in one entry with their count.
+#[derive(Default)]
+struct Refusals(Mutex<HashMap<(String, String), Window>>);
+
+struct Window {
+    second: u64,
+    suppressed: u64,
+    service: String,
+    collection: String,
+}
+
+impl Refusals {
+    fn record(&self, grant: &Grant, collection: &str, reason: &str) -> Option<AuditEvent> {
+        let now = now_unix();
+        let mut windows = self.0.lock().expect("refusals lock is never poisoned");
+        let key = (grant.id.clone(), reason.to_owned());
+        if let Some(window) = windows.get_mut(&key).filter(|w| w.second == now) {
+            window.suppressed += 1;
+            return None;
+        }
+        let earlier = windows.insert(
+            key,
+            Window {
+                second: now,
+                suppressed: 0,
+                service: grant.service.clone(),
+                collection: collection.to_owned(),
+            },
+        );
+        let count = 1 + earlier.map_or(0, |w| w.suppressed);
+        Some(refusal_event(&grant.id, &grant.service, collection, reason, count))
+    }
+
+    /// Entries for counted refusals of seconds that are over.
+    fn flush(&self) -> Vec<AuditEvent> {
+        let now = now_unix();
+        let mut windows = self.0.lock().expect("refusals lock is never poisoned");
+        let mut events = Vec::new();
+        windows.retain(|(grant, reason), w| {
+            if w.second >= now {
+                return true;
+            }
+            if w.suppressed > 0 {
+                events.push(refusal_event(grant, &w.service, &w.collection, reason, w.suppressed));
+            }
+            false
+        });
+        events
+    }
+}
+
+fn refusal_event(grant: &str, service: &str, collection: &str, reason: &str, count: u64) -> AuditEvent {
+    AuditEvent {
+        grant: grant.to_owned(),
+        service: service.to_owned(),
+        operation: Operation::Refused,
+        collection: collection.to_owned(),
+        records: 0,
+        fields: Vec::new(),
+        ids: Vec::new(),
+        reason: Some(reason.to_owned()),
+        count: Some(count),
+        stream: None,
+    }
+}

@@ -1,0 +1,520 @@
+//! Event streams of views: what changed inside a grant's scope, pushed as it happens.
+//!
+//! One pump task follows the collections' change broadcast. For a collection that some
+//! stream reads, it works out once per change which records changed (from the
+//! document's history since the heads it last saw, not by re-reading the collection)
+//! and projects each of them once per feed — a feed is one grant with one effective
+//! scope, shared by all of its open streams. A feed's task then delivers what piled up
+//! as one batch: it reserves room in every stream's queue, appends one audit entry per
+//! stream (per collection in the batch) in a single change, waits for the commit, and
+//! only then sends. A stream whose queue is full is too slow and is ended, never
+//! waited for. Grants are re-checked whenever `_access` changes and every second, so a
+//! revoked or expired grant's streams end within a second of the revocation reaching
+//! this node.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use automerge::ChangeHash;
+use hearth_protocol::CollectionName;
+use hearth_protocol::api::ErrorCode;
+use hearth_protocol::scope::CollectionScope;
+use serde_json::Value;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::audit::{AuditEvent, Operation};
+use super::door::{Caller, Door, MAX_STREAMS_PER_GRANT};
+use super::grants::ACCESS;
+use super::tokens::Verified;
+use super::{AccessError, now_unix};
+
+/// Batches a stream may have waiting; a stream that falls further behind is ended.
+const STREAM_QUEUE: usize = 16;
+/// Events a feed may have waiting for delivery; beyond that its streams are ended.
+const MAX_PENDING: usize = 10_000;
+/// Streams open at once on this node, all grants together.
+pub const MAX_STREAMS: usize = 1024;
+/// How often grants and token expiries are checked without a change to `_access`.
+const RECHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// One change inside a view.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ViewEvent {
+    /// The record (projected) entered the view or changed inside it.
+    Upsert { collection: String, record: Value },
+    /// The record left the view: removed, or no longer matching the filter.
+    Remove { collection: String, id: String },
+}
+
+/// What a stream receives.
+#[derive(Debug, Clone)]
+pub enum StreamItem {
+    /// A batch of events, already audited.
+    Events(Arc<Vec<ViewEvent>>),
+    /// The stream ends, and why (revoked, expired, fell behind).
+    End { code: ErrorCode, message: String },
+}
+
+/// An open stream. Dropping it closes the stream.
+pub struct Subscription {
+    rx: mpsc::Receiver<StreamItem>,
+    guard: StreamGuard,
+}
+
+impl Subscription {
+    /// The next batch, or the end (`None` once the stream is over).
+    pub async fn next(&mut self) -> Option<StreamItem> {
+        self.rx.recv().await
+    }
+
+    /// This stream's number in the audit log.
+    pub fn id(&self) -> u64 {
+        self.guard.slot
+    }
+}
+
+struct StreamGuard {
+    door: Door,
+    feed: Arc<Feed>,
+    slot: u64,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.door.0.hub.leave(&self.feed, self.slot);
+    }
+}
+
+#[derive(Default)]
+pub struct Hub {
+    state: Mutex<State>,
+    tasks: Mutex<JoinSet<()>>,
+    next_stream: AtomicU64,
+    stop: Mutex<Option<watch::Sender<bool>>>,
+}
+
+#[derive(Default)]
+struct State {
+    feeds: HashMap<(String, String), Arc<Feed>>,
+    /// Heads each followed collection was last diffed at.
+    tracked: HashMap<CollectionName, Vec<ChangeHash>>,
+    per_grant: HashMap<String, usize>,
+    streams: usize,
+}
+
+struct Feed {
+    key: (String, String),
+    caller: Caller,
+    collections: Vec<(CollectionName, CollectionScope)>,
+    slots: Mutex<Vec<Slot>>,
+    pending: Mutex<Pending>,
+    wake: Notify,
+    closed: AtomicBool,
+}
+
+struct Slot {
+    id: u64,
+    tx: mpsc::Sender<StreamItem>,
+    verified: Arc<Verified>,
+}
+
+#[derive(Default)]
+struct Pending {
+    events: Vec<ViewEvent>,
+    overflowed: bool,
+}
+
+impl Feed {
+    fn reads(&self, name: &CollectionName) -> Option<&CollectionScope> {
+        self.collections
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s)
+    }
+
+    /// Ends every stream of this feed with `error`.
+    fn end(&self, code: ErrorCode, message: &str) {
+        self.closed.store(true, Ordering::SeqCst);
+        let slots = std::mem::take(&mut *self.slots.lock().expect("slots lock is never poisoned"));
+        for slot in slots {
+            // A full queue cannot take the reason; dropping the sender ends it anyway.
+            let _ = slot.tx.try_send(StreamItem::End {
+                code,
+                message: message.to_owned(),
+            });
+        }
+        self.wake.notify_one();
+    }
+}
+
+impl Hub {
+    pub(super) fn start(&self, door: Door) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        *self.stop.lock().expect("stop lock is never poisoned") = Some(stop_tx);
+        self.tasks
+            .lock()
+            .expect("tasks lock is never poisoned")
+            .spawn(pump(door, stop_rx));
+    }
+
+    pub(super) async fn shutdown(&self) {
+        if let Some(stop) = self.stop.lock().expect("stop lock is never poisoned").take() {
+            let _ = stop.send(true);
+        }
+        let feeds: Vec<Arc<Feed>> = {
+            let mut state = self.state.lock().expect("hub lock is never poisoned");
+            state.tracked.clear();
+            state.feeds.drain().map(|(_, f)| f).collect()
+        };
+        for feed in feeds {
+            feed.end(ErrorCode::Unavailable, "the node is stopping");
+        }
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().expect("tasks lock is never poisoned"));
+        tasks.shutdown().await;
+    }
+
+    pub(super) fn subscribe(&self, door: &Door, caller: Caller) -> Result<Subscription, AccessError> {
+        let mut state = self.state.lock().expect("hub lock is never poisoned");
+        let open = state.per_grant.get(&caller.grant.id).copied().unwrap_or(0);
+        if open >= MAX_STREAMS_PER_GRANT {
+            return Err(AccessError::TooManyStreams(open));
+        }
+        if state.streams >= MAX_STREAMS {
+            return Err(AccessError::TooManyStreams(open));
+        }
+        let scope_key = serde_json::to_string(&caller.scope).expect("a scope serializes");
+        let key = (caller.grant.id.clone(), scope_key);
+        let feed = match state.feeds.get(&key) {
+            Some(feed) => feed.clone(),
+            None => {
+                let mut collections = Vec::new();
+                for (name, scope) in caller.scope.readable() {
+                    let name = CollectionName::parse(name)
+                        .map_err(|e| AccessError::BadRequest(e.to_string()))?;
+                    collections.push((name, scope.clone()));
+                }
+                let feed = Arc::new(Feed {
+                    key: key.clone(),
+                    caller: caller.clone(),
+                    collections,
+                    slots: Mutex::new(Vec::new()),
+                    pending: Mutex::new(Pending::default()),
+                    wake: Notify::new(),
+                    closed: AtomicBool::new(false),
+                });
+                for (name, _) in &feed.collections {
+                    if !state.tracked.contains_key(name) {
+                        let heads = door.0.collections.track_changes(name)?;
+                        state.tracked.insert(name.clone(), heads);
+                    }
+                }
+                state.feeds.insert(key, feed.clone());
+                self.tasks
+                    .lock()
+                    .expect("tasks lock is never poisoned")
+                    .spawn(deliver(door.clone(), feed.clone()));
+                feed
+            }
+        };
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        feed.slots
+            .lock()
+            .expect("slots lock is never poisoned")
+            .push(Slot {
+                id,
+                tx,
+                verified: caller.verified.clone(),
+            });
+        *state.per_grant.entry(caller.grant.id.clone()).or_default() += 1;
+        state.streams += 1;
+        Ok(Subscription {
+            rx,
+            guard: StreamGuard {
+                door: door.clone(),
+                feed,
+                slot: id,
+            },
+        })
+    }
+
+    /// A stream closed: forget it, and its feed once no stream is left.
+    fn leave(&self, feed: &Arc<Feed>, slot: u64) {
+        let mut state = self.state.lock().expect("hub lock is never poisoned");
+        let grant = &feed.key.0;
+        if let Some(count) = state.per_grant.get_mut(grant) {
+            *count -= 1;
+            if *count == 0 {
+                state.per_grant.remove(grant);
+            }
+        }
+        state.streams = state.streams.saturating_sub(1);
+        let mut slots = feed.slots.lock().expect("slots lock is never poisoned");
+        slots.retain(|s| s.id != slot);
+        let last = slots.is_empty();
+        drop(slots);
+        let is_current = state
+            .feeds
+            .get(&feed.key)
+            .is_some_and(|f| Arc::ptr_eq(f, feed));
+        if last && is_current {
+            state.feeds.remove(&feed.key);
+            feed.closed.store(true, Ordering::SeqCst);
+            feed.wake.notify_one();
+            let followed: BTreeSet<CollectionName> = state
+                .feeds
+                .values()
+                .flat_map(|f| f.collections.iter().map(|(n, _)| n.clone()))
+                .collect();
+            state.tracked.retain(|name, _| followed.contains(name));
+        }
+    }
+
+    fn feeds(&self) -> Vec<Arc<Feed>> {
+        self.state
+            .lock()
+            .expect("hub lock is never poisoned")
+            .feeds
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Removes a feed whose grant no longer stands.
+    fn close(&self, feed: &Arc<Feed>, code: ErrorCode, message: &str) {
+        let mut state = self.state.lock().expect("hub lock is never poisoned");
+        if state
+            .feeds
+            .get(&feed.key)
+            .is_some_and(|f| Arc::ptr_eq(f, feed))
+        {
+            state.feeds.remove(&feed.key);
+        }
+        drop(state);
+        feed.end(code, message);
+    }
+}
+
+async fn pump(door: Door, mut stop: watch::Receiver<bool>) {
+    let mut changes = door.0.collections.subscribe();
+    let mut tick = tokio::time::interval(RECHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            change = changes.recv() => match change {
+                Ok(name) => on_change(&door, name).await,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    let followed: Vec<CollectionName> = door.0.hub.state.lock()
+                        .expect("hub lock is never poisoned").tracked.keys().cloned().collect();
+                    for name in followed {
+                        on_change(&door, name).await;
+                    }
+                    recheck_feeds(&door);
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            _ = tick.tick() => {
+                recheck_feeds(&door);
+                door.flush_refusals();
+            }
+        }
+    }
+}
+
+async fn on_change(door: &Door, name: CollectionName) {
+    if name.as_str() == ACCESS {
+        recheck_feeds(door);
+        return;
+    }
+    let Some(since) = door
+        .0
+        .hub
+        .state
+        .lock()
+        .expect("hub lock is never poisoned")
+        .tracked
+        .get(&name)
+        .cloned()
+    else {
+        return;
+    };
+    let collection = name.clone();
+    let changed = door
+        .blocking(move |inner| Ok(inner.collections.changes_since(&collection, &since)?))
+        .await;
+    let (heads, changes) = match changed {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot work out what changed for event streams");
+            return;
+        }
+    };
+    let feeds: Vec<Arc<Feed>> = {
+        let mut state = door.0.hub.state.lock().expect("hub lock is never poisoned");
+        match state.tracked.get_mut(&name) {
+            Some(tracked) => *tracked = heads,
+            None => return,
+        }
+        state
+            .feeds
+            .values()
+            .filter(|f| f.reads(&name).is_some())
+            .cloned()
+            .collect()
+    };
+    if changes.is_empty() {
+        return;
+    }
+    for feed in feeds {
+        let scope = feed.reads(&name).expect("filtered on reading it");
+        let mut events = Vec::new();
+        for change in &changes {
+            let before = change.before.as_ref().and_then(|r| scope.project(r));
+            let after = change.after.as_ref().and_then(|r| scope.project(r));
+            if before == after {
+                continue;
+            }
+            events.push(match after {
+                Some(record) => ViewEvent::Upsert {
+                    collection: name.to_string(),
+                    record: Value::Object(record),
+                },
+                None => ViewEvent::Remove {
+                    collection: name.to_string(),
+                    id: change.id.clone(),
+                },
+            });
+        }
+        if events.is_empty() {
+            continue;
+        }
+        let mut pending = feed.pending.lock().expect("pending lock is never poisoned");
+        if pending.events.len() + events.len() > MAX_PENDING {
+            pending.overflowed = true;
+            pending.events.clear();
+        } else {
+            pending.events.extend(events);
+        }
+        drop(pending);
+        feed.wake.notify_one();
+    }
+}
+
+/// Ends the streams of grants that no longer stand, and streams whose own token
+/// expired.
+fn recheck_feeds(door: &Door) {
+    let now = now_unix();
+    for feed in door.0.hub.feeds() {
+        if let Err(e) = door.recheck(&feed.caller) {
+            door.0.hub.close(&feed, e.code(), &e.to_string());
+            continue;
+        }
+        let mut slots = feed.slots.lock().expect("slots lock is never poisoned");
+        slots.retain(|slot| match slot.verified.check_time(now) {
+            Ok(()) => true,
+            Err(e) => {
+                let _ = slot.tx.try_send(StreamItem::End {
+                    code: e.code(),
+                    message: e.to_string(),
+                });
+                false
+            }
+        });
+    }
+}
+
+/// Delivers a feed's batches until it closes.
+async fn deliver(door: Door, feed: Arc<Feed>) {
+    loop {
+        feed.wake.notified().await;
+        if feed.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let Pending { events, overflowed } =
+            std::mem::take(&mut *feed.pending.lock().expect("pending lock is never poisoned"));
+        if overflowed {
+            door.0.hub.close(
+                &feed,
+                ErrorCode::Unavailable,
+                "the stream fell too far behind the changes; open it again",
+            );
+            return;
+        }
+        if events.is_empty() {
+            continue;
+        }
+        let batch = Arc::new(events);
+        let mut permits = Vec::new();
+        {
+            let mut slots = feed.slots.lock().expect("slots lock is never poisoned");
+            // A stream whose queue is full is too slow: it is ended, not waited for.
+            slots.retain(|slot| match slot.tx.clone().try_reserve_owned() {
+                Ok(permit) => {
+                    permits.push((slot.id, permit));
+                    true
+                }
+                Err(_) => false,
+            });
+        }
+        if permits.is_empty() {
+            continue;
+        }
+        let audit = audit_batch(&feed, &batch, permits.iter().map(|(id, _)| *id));
+        let audited = match door
+            .blocking(move |inner| Ok(inner.audit.append_many(&inner.collections, audit)?))
+            .await
+        {
+            Ok(()) => door.0.store.commit().await.map_err(AccessError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = audited {
+            // Nothing is sent that the audit log does not show.
+            tracing::warn!(error = %e, "cannot audit an event batch; ending its streams");
+            door.0.hub.close(&feed, e.code(), &e.to_string());
+            return;
+        }
+        for (_, permit) in permits {
+            permit.send(StreamItem::Events(batch.clone()));
+        }
+    }
+}
+
+/// One audit entry per stream and collection of the batch.
+fn audit_batch(
+    feed: &Feed,
+    batch: &[ViewEvent],
+    streams: impl Iterator<Item = u64>,
+) -> Vec<AuditEvent> {
+    let mut per_collection: BTreeMap<&str, (usize, BTreeSet<String>)> = BTreeMap::new();
+    for event in batch {
+        match event {
+            ViewEvent::Upsert { collection, record } => {
+                let slot = per_collection.entry(collection).or_default();
+                slot.0 += 1;
+                if let (Some(record), Some((_, scope))) = (
+                    record.as_object(),
+                    feed.collections.iter().find(|(n, _)| n.as_str() == collection),
+                ) {
+                    slot.1.extend(scope.field_names(record));
+                }
+            }
+            ViewEvent::Remove { collection, .. } => per_collection.entry(collection).or_default().0 += 1,
+        }
+    }
+    let mut events = Vec::new();
+    for stream in streams {
+        for (collection, (records, fields)) in &per_collection {
+            events.push(AuditEvent {
+                records: *records,
+                fields: fields.iter().cloned().collect(),
+                stream: Some(stream),
+                ..AuditEvent::new(&feed.caller.grant, Operation::Subscribe, collection)
+            });
+        }
+    }
+    events
+}

@@ -1,0 +1,148 @@
+//! Access for services: the one door to vault data for anything that is not the
+//! owner.
+//!
+//! Every front end — the HTTP view routes, their event stream, the mesh's view
+//! protocol, and later DAV and the dashboard's previews — hands a service's
+//! [`Credentials`] to the [`Door`] and renders what it answers; none of them decides
+//! who may see or change what. The door runs every request through the same steps:
+//!
+//! 1. **authorize** — the token's signatures and vault, its binding to the grant's
+//!    issued token, the grant in `_access` (exists, not revoked, not expired), the
+//!    token's own expiry, the caller's PeerId for grants bound with `--to`, then the
+//!    grant's rate (in that order, so a stolen bound token cannot spend the real
+//!    service's budget);
+//! 2. **scope** — the grant's scope narrowed by the token's attenuations: read fields,
+//!    write fields, and the filter, which bounds writes as it bounds reads;
+//! 3. **read or change** the data, under the collection's lock for a write, so the
+//!    checks and the change see the same record;
+//! 4. **audit** — an entry per access (refusals of a known grant too, at most one a
+//!    second per grant and reason) appended before the answer;
+//! 5. **commit** — the audit entry (and a write) durable before anything is answered.
+//!
+//! Grants live in `_access` ([`grants`]), the audit log in `_audit*` ([`audit`]),
+//! tokens are biscuits ([`tokens`]), event streams are fed by one hub ([`events`]).
+
+pub mod audit;
+mod door;
+pub mod events;
+pub mod grants;
+pub mod tokens;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hearth_protocol::api::ErrorCode;
+
+pub use audit::{AuditEvent, AuditLog, Operation, audit_entries, seen_by, verify_audit};
+pub use door::{Caller, Credentials, Door, MAX_STREAMS_PER_GRANT};
+pub use grants::{
+    ACCESS, DEFAULT_EXPIRY, Grant, NewGrant, create_grant, get_grant, list_grants, parse_duration,
+    parse_rate, revoke,
+};
+pub use tokens::attenuate;
+
+use crate::collections::CollectionError;
+use crate::store::StoreError;
+
+/// Why a service's request is refused (or failed).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AccessError {
+    #[error("{0}")]
+    InvalidToken(String),
+    #[error("this grant was revoked")]
+    Revoked,
+    #[error("this grant has expired")]
+    Expired,
+    #[error("{0}")]
+    OutOfScope(String),
+    #[error(
+        "this grant is bound to the remote service {0}; it works only over the mesh, from that peer"
+    )]
+    WrongPeer(String),
+    #[error("this grant allows {0} requests a minute")]
+    RateLimited(u32),
+    #[error(
+        "this grant has {0} event streams open, the most one grant may have; close one first"
+    )]
+    TooManyStreams(usize),
+    /// A record that does not exist, or that the grant's filter hides: the same answer.
+    #[error("no record {id} in collection {collection}")]
+    NotFound { collection: String, id: String },
+    #[error("no grant {0}")]
+    NoGrant(String),
+    #[error("{0}")]
+    InvalidId(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Collection(#[from] CollectionError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot make a token: {0}")]
+    Token(String),
+    #[error("an internal task failed: {0}")]
+    Internal(String),
+}
+
+impl AccessError {
+    /// The API error code (and so the HTTP status) of this refusal.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AccessError::InvalidToken(_) => ErrorCode::InvalidToken,
+            AccessError::Revoked => ErrorCode::Revoked,
+            AccessError::Expired => ErrorCode::Expired,
+            AccessError::OutOfScope(_) | AccessError::WrongPeer(_) => ErrorCode::OutOfScope,
+            AccessError::RateLimited(_) => ErrorCode::RateLimited,
+            AccessError::TooManyStreams(_) => ErrorCode::TooManyStreams,
+            AccessError::NotFound { .. } | AccessError::NoGrant(_) => ErrorCode::NotFound,
+            AccessError::InvalidId(_) => ErrorCode::InvalidId,
+            AccessError::BadRequest(_) => ErrorCode::BadRequest,
+            AccessError::Collection(e) => e.code(),
+            AccessError::Store(e) => e.code(),
+            AccessError::Token(_) | AccessError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The reason recorded in the audit log for a refusal.
+    fn audit_reason(&self) -> String {
+        match self {
+            AccessError::WrongPeer(_) => "wrong_peer".to_owned(),
+            AccessError::InvalidToken(_) => "invalid_token".to_owned(),
+            other => other.code().as_str().to_owned(),
+        }
+    }
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Counts requests per grant per minute on this device.
+#[derive(Default)]
+pub struct RateLimiter {
+    windows: Mutex<HashMap<String, (u64, u32)>>,
+}
+
+impl RateLimiter {
+    /// Whether one more request of `grant` fits in its rate now.
+    pub fn admit(&self, grant: &Grant) -> bool {
+        let Some(limit) = grant.rate_per_minute else {
+            return true;
+        };
+        let minute = now_unix() / 60;
+        let mut windows = self.windows.lock().expect("rate lock is never poisoned");
+        // Bound memory: forget windows from earlier minutes.
+        windows.retain(|_, (m, _)| *m == minute);
+        let slot = windows.entry(grant.id.clone()).or_insert((minute, 0));
+        if slot.1 >= limit {
+            return false;
+        }
+        slot.1 += 1;
+        true
+    }
+}
