@@ -151,13 +151,24 @@ impl From<BlobError> for ApiError {
     }
 }
 
-/// Refuses requests whose `Host` is not this node's: a web page that made its own
-/// name resolve to 127.0.0.1 (DNS rebinding) gets nothing.
+/// Checks every request's head before anything else: at most
+/// [`crate::server::MAX_HEAD_BYTES`] (the server's read buffer alone lets a head that
+/// arrives in one piece through), and a `Host` that is this node's — a web page that
+/// made its own name resolve to 127.0.0.1 (DNS rebinding) gets nothing.
 async fn allowed_host(
     State(vault): State<AppState>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    if head_size(&request) > crate::server::MAX_HEAD_BYTES {
+        return Err(ApiError::new(
+            ErrorCode::HeadTooLarge,
+            format!(
+                "the request's head is larger than {} bytes",
+                crate::server::MAX_HEAD_BYTES
+            ),
+        ));
+    }
     let host = request
         .headers()
         .get(header::HOST)
@@ -170,6 +181,15 @@ async fn allowed_host(
         ));
     }
     Ok(next.run(request).await)
+}
+
+/// The size of a request's head as it came on the wire (request line and header
+/// lines, each with its CRLF).
+fn head_size(request: &Request) -> usize {
+    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    request.headers().iter().fold(line + 2, |size, (name, value)| {
+        size + name.as_str().len() + value.len() + 4
+    })
 }
 
 /// The host names the API answers to: loopback names, the address it is bound to,

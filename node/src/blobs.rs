@@ -44,6 +44,8 @@ pub enum BlobError {
     Io { path: String, source: io::Error },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("an internal task failed: {0}")]
+    Internal(String),
 }
 
 /// The system collection listing the vault's blobs (`{"size"}` under each blob id). It
@@ -101,6 +103,7 @@ impl BlobError {
                 ErrorCode::InsufficientStorage
             }
             BlobError::Io { .. } => ErrorCode::Storage,
+            BlobError::Internal(_) => ErrorCode::Internal,
         }
     }
 }
@@ -114,7 +117,7 @@ pub struct Blobs {
 
 impl Blobs {
     pub fn open(dir: PathBuf, store: Arc<Store>, keys: Arc<VaultKeys>) -> Result<Self, BlobError> {
-        fs::create_dir_all(&dir).map_err(|source| io_error(&dir, source))?;
+        crate::home::create_private_dir(&dir).map_err(|source| io_error(&dir, source))?;
         Ok(Self {
             manifests: store.tree("blobs")?,
             dir,
@@ -340,9 +343,12 @@ impl Blobs {
                 .expect("chunk paths have a shard directory")
                 .to_path_buf();
             if path.exists() {
-                return Ok((hash, None));
+                // Its directory entry may not be durable yet (an upload that wrote it
+                // may have stopped before its directory fsync): sync it with ours, or a
+                // crash could lose a chunk a committed manifest names.
+                return Ok((hash, dir));
             }
-            fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+            crate::home::create_private_dir(&dir).map_err(|e| io_error(&dir, e))?;
             let mut nonce = [0u8; NONCE_LEN];
             rand::rngs::OsRng.fill_bytes(&mut nonce);
             let sealed = keys
@@ -360,13 +366,11 @@ impl Blobs {
                 let _ = fs::remove_file(&tmp);
                 return Err(io_error(&path, e));
             }
-            Ok((hash, Some(dir)))
+            Ok((hash, dir))
         })
         .await
-        .map_err(|e| BlobError::Body(format!("chunk task failed: {e}")))??;
-        if let Some(dir) = dir {
-            dirs.insert(dir);
-        }
+        .map_err(|e| BlobError::Internal(format!("chunk task failed: {e}")))??;
+        dirs.insert(dir);
         Ok(hash)
     }
 }
@@ -417,7 +421,7 @@ impl BlobReader {
             Ok(Bytes::copy_from_slice(&plain))
         })
         .await
-        .unwrap_or_else(|e| Err(BlobError::Body(format!("read task failed: {e}"))));
+        .unwrap_or_else(|e| Err(BlobError::Internal(format!("read task failed: {e}"))));
         if result.is_err() {
             // Nothing after a bad chunk is served.
             self.next = self.manifest.chunks.len();
@@ -440,7 +444,7 @@ async fn sync_dirs(dirs: HashSet<PathBuf>) -> Result<(), BlobError> {
             .try_for_each(|d| sync_dir(d).map_err(|e| io_error(d, e)))
     })
     .await
-    .map_err(|e| BlobError::Body(format!("sync task failed: {e}")))?
+    .map_err(|e| BlobError::Internal(format!("sync task failed: {e}")))?
 }
 
 fn chunk_path(base: &Path, hash: &[u8; 32]) -> PathBuf {

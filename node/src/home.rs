@@ -79,6 +79,22 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()>
     result
 }
 
+/// Creates `dir` (and missing parents) readable by this user only (0700). An existing
+/// directory that others can enter is narrowed to 0700: a HOME made by an earlier
+/// version was 0755.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode & 0o700))?;
+    }
+    Ok(())
+}
+
 /// Makes a rename or create in `dir` durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

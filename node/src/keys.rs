@@ -237,7 +237,7 @@ fn init_with_device(
     if home.has_vault() || home.store_dir().exists() {
         return Err(KeysError::AlreadyInitialized(root.display().to_string()));
     }
-    fs::create_dir_all(root).map_err(|source| KeysError::Io {
+    crate::home::create_private_dir(root).map_err(|source| KeysError::Io {
         what: "cannot create home directory",
         path: root.display().to_string(),
         source,

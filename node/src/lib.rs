@@ -195,6 +195,13 @@ impl Node {
     pub async fn start(config: NodeConfig) -> Result<NodeHandle, StartError> {
         let home = Home::new(config.home);
         let created = !home.has_vault();
+        if !created {
+            // Narrows a HOME that an earlier version made readable by others.
+            home::create_private_dir(home.root()).map_err(|source| StartError::WriteAddr {
+                path: home.root().display().to_string(),
+                source,
+            })?;
+        }
         let keys = if created {
             keys::init(&home, config.passphrase.as_ref())?.keys
         } else {

@@ -183,6 +183,8 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store in `dir`, with its flusher thread.
     pub fn open(dir: &std::path::Path, keys: Arc<VaultKeys>) -> Result<Self, StoreError> {
+        crate::home::create_private_dir(dir)
+            .map_err(|e| StoreError::Storage(format!("cannot create {}: {e}", dir.display())))?;
         let config = sled::Config::new()
             .path(dir)
             .cache_capacity(64 * 1024 * 1024)
