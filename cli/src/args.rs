@@ -73,6 +73,10 @@ pub enum Command {
         /// Run without the mesh: no other device can reach or join this one
         #[arg(long)]
         no_mesh: bool,
+        /// Start even though the store went back in time (you restored an older copy
+        /// of it on purpose): what it lost comes back from the vault's other devices
+        #[arg(long)]
+        accept_rollback: bool,
         #[command(flatten)]
         passphrase: PassphraseArgs,
     },

@@ -83,7 +83,10 @@ impl Client {
             return Err(impostor());
         }
         let answer: HelloResponse = response.json().await.map_err(|_| impostor())?;
-        let expected = identity_proof(&keys::token_hash(self.token.as_str().as_bytes()), &challenge);
+        let expected = identity_proof(
+            &keys::token_hash(self.token.as_str().as_bytes()),
+            &challenge,
+        );
         let proof = data_encoding::HEXLOWER_PERMISSIVE
             .decode(answer.proof.as_bytes())
             .map_err(|_| impostor())?;

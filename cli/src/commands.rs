@@ -60,6 +60,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             no_mdns,
             relay,
             no_mesh,
+            accept_rollback,
             passphrase,
         } => {
             let mesh = (!no_mesh).then(|| {
@@ -72,7 +73,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 mesh.relay_server = relay;
                 mesh
             });
-            up(home, json, api, api_public, mesh, passphrase).await
+            let options = UpOptions {
+                api,
+                api_public,
+                accept_rollback,
+            };
+            up(home, json, options, mesh, passphrase).await
         }
         Command::Token {
             command:
@@ -154,7 +160,9 @@ fn change_passphrase(
             passphrase: new.is_some(),
         })
     } else if new.is_some() {
-        out(format!("The key file {keys} is now wrapped by the new passphrase."))
+        out(format!(
+            "The key file {keys} is now wrapped by the new passphrase."
+        ))
     } else {
         out(format!(
             "The key file {keys} has no passphrase now: anyone who can read it can open the vault."
@@ -176,7 +184,10 @@ async fn init(home: &Home, json: bool, args: PassphraseArgs) -> anyhow::Result<(
     }
     out(format!("Created a vault in {root}"))?;
     out(format!("  device (peer id): {}", made.peer_id))?;
-    out(format!("  owner token:      {}", home.owner_token().display()))?;
+    out(format!(
+        "  owner token:      {}",
+        home.owner_token().display()
+    ))?;
     if made.passphrase {
         out(format!(
             "  secrets:          {} (wrapped by your passphrase)",
@@ -191,18 +202,25 @@ async fn init(home: &Home, json: bool, args: PassphraseArgs) -> anyhow::Result<(
     out(format!("Run the node with: hearth --home {root} up"))
 }
 
+/// What `up` takes besides the mesh and the passphrase.
+struct UpOptions {
+    api: std::net::SocketAddr,
+    api_public: bool,
+    accept_rollback: bool,
+}
+
 async fn up(
     home: Home,
     json: bool,
-    api: std::net::SocketAddr,
-    api_public: bool,
+    options: UpOptions,
     mesh: Option<hearth_node::mesh::MeshConfig>,
     args: PassphraseArgs,
 ) -> anyhow::Result<()> {
     init_tracing();
     let mut config = NodeConfig::new(home.root());
-    config.api_addr = api;
-    config.allow_public_api = api_public;
+    config.api_addr = options.api;
+    config.allow_public_api = options.api_public;
+    config.accept_rollback = options.accept_rollback;
     config.mesh = mesh;
     config.passphrase = passphrase(args)?;
     let had_passphrase = config.passphrase.is_some();
@@ -717,9 +735,9 @@ fn print_grant(g: &GrantInfo) -> anyhow::Result<()> {
         Some(t) => format!("expires {}", when(t)),
         None => "never expires".to_owned(),
     };
-    let used = g
-        .last_used
-        .map_or("never used".to_owned(), |t| format!("last used {}", when(t)));
+    let used = g.last_used.map_or("never used".to_owned(), |t| {
+        format!("last used {}", when(t))
+    });
     out(format!(
         "{}\t{}\t{}\t{expires}\t{used}",
         g.id,

@@ -29,6 +29,9 @@ fn main() -> std::process::ExitCode {
 /// One line on stderr, as the interface contract asks.
 fn fail(e: &anyhow::Error) -> std::process::ExitCode {
     let line = format!("{e:#}").replace(['\n', '\r'], " ");
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("error: {line}\n").as_bytes());
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("error: {line}\n").as_bytes(),
+    );
     std::process::ExitCode::FAILURE
 }

@@ -187,9 +187,12 @@ async fn allowed_host(
 /// lines, each with its CRLF).
 fn head_size(request: &Request) -> usize {
     let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
-    request.headers().iter().fold(line + 2, |size, (name, value)| {
-        size + name.as_str().len() + value.len() + 4
-    })
+    request
+        .headers()
+        .iter()
+        .fold(line + 2, |size, (name, value)| {
+            size + name.as_str().len() + value.len() + 4
+        })
 }
 
 /// The host names the API answers to: loopback names, the address it is bound to,
@@ -281,7 +284,12 @@ async fn hello(State(vault): State<AppState>, body: Body) -> Result<Json<HelloRe
         .decode(request.challenge.as_bytes())
         .ok()
         .filter(|c| c.len() == 32)
-        .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, "the challenge must be 32 bytes in hex"))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::BadRequest,
+                "the challenge must be 32 bytes in hex",
+            )
+        })?;
     let proof = vault.keys.identity_proof(&challenge);
     Ok(Json(HelloResponse {
         proof: data_encoding::HEXLOWER.encode(&proof),
@@ -571,7 +579,8 @@ async fn put_blob(State(vault): State<AppState>, body: Body) -> Result<Response,
     let max = vault.limits.max_blob_bytes;
     let info = vault.blobs.put(body.into_data_stream(), max).await?;
     // Listed in `_blobs`, so the vault's other devices fetch it.
-    let id = BlobId::parse(&info.id).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    let id =
+        BlobId::parse(&info.id).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     let size = info.size;
     if blocking(&vault, move |v| {
         Ok(crate::blobs::announce(&v.collections, &id, size)?)
@@ -912,14 +921,12 @@ async fn verify_audit(State(vault): State<AppState>) -> Result<Json<VerifyRespon
 // ---- Views (services): parse, call the door, render ----
 
 fn credentials(headers: &axum::http::HeaderMap) -> Result<Credentials, ApiError> {
-    bearer_token(headers)
-        .map(Credentials::local)
-        .map_err(|_| {
-            ApiError::new(
-                ErrorCode::MissingToken,
-                "send the grant's token as `Authorization: Bearer <token>`",
-            )
-        })
+    bearer_token(headers).map(Credentials::local).map_err(|_| {
+        ApiError::new(
+            ErrorCode::MissingToken,
+            "send the grant's token as `Authorization: Bearer <token>`",
+        )
+    })
 }
 
 async fn view_all(
@@ -936,7 +943,12 @@ async fn view_collection(
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let collection = collection_name(&path_param(path)?)?;
     let credentials = credentials(&headers)?;
-    Ok(Json(vault.door.read_collection(&credentials, &collection).await?))
+    Ok(Json(
+        vault
+            .door
+            .read_collection(&credentials, &collection)
+            .await?,
+    ))
 }
 
 async fn view_record(
@@ -946,7 +958,12 @@ async fn view_record(
 ) -> Result<Json<Value>, ApiError> {
     let (collection, id) = record_path(path)?;
     let credentials = credentials(&headers)?;
-    Ok(Json(vault.door.read_record(&credentials, &collection, &id).await?))
+    Ok(Json(
+        vault
+            .door
+            .read_record(&credentials, &collection, &id)
+            .await?,
+    ))
 }
 
 async fn view_write(
@@ -985,7 +1002,9 @@ async fn view_events(
         let mut subscription = state?;
         let item = subscription.next().await?;
         Some(match item {
-            StreamItem::Events(batch) => (batch.iter().map(sse_event).collect(), Some(subscription)),
+            StreamItem::Events(batch) => {
+                (batch.iter().map(sse_event).collect(), Some(subscription))
+            }
             StreamItem::End { code, message } => {
                 let detail = ErrorDetail {
                     code: code.as_str().to_owned(),
@@ -1009,18 +1028,18 @@ async fn view_events(
 
 fn sse_event(event: &ViewEvent) -> Event {
     let built = match event {
-        ViewEvent::Upsert { collection, record } => Event::default().event("upsert").json_data(
-            ViewUpsert {
+        ViewEvent::Upsert { collection, record } => {
+            Event::default().event("upsert").json_data(ViewUpsert {
                 collection: collection.clone(),
                 record: record.clone(),
-            },
-        ),
-        ViewEvent::Remove { collection, id } => Event::default().event("remove").json_data(
-            ViewRemove {
+            })
+        }
+        ViewEvent::Remove { collection, id } => {
+            Event::default().event("remove").json_data(ViewRemove {
                 collection: collection.clone(),
                 id: id.clone(),
-            },
-        ),
+            })
+        }
     };
     built.expect("a view event serializes")
 }

@@ -16,10 +16,10 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use data_encoding::HEXLOWER;
 use futures::{Stream, StreamExt};
-use hearth_protocol::{BlobId, CollectionName, RecordId};
 use hearth_protocol::api::BlobInfo;
 use hearth_protocol::blob::{CHUNK_SIZE, Manifest};
 use hearth_protocol::seal::{Binding, NONCE_LEN};
+use hearth_protocol::{BlobId, CollectionName, RecordId};
 use rand::RngCore;
 
 use crate::collections::{CollectionError, Collections};
@@ -65,8 +65,13 @@ struct Listing {
 
 /// Lists a blob in `_blobs` so the other devices fetch it. Returns whether it was new
 /// (then the store must commit).
-pub fn announce(collections: &Collections, id: &BlobId, size: u64) -> Result<bool, CollectionError> {
-    let record_id = RecordId::parse(&id.to_string()).expect("a blob id in hex is a valid record id");
+pub fn announce(
+    collections: &Collections,
+    id: &BlobId,
+    size: u64,
+) -> Result<bool, CollectionError> {
+    let record_id =
+        RecordId::parse(&id.to_string()).expect("a blob id in hex is a valid record id");
     if collections.get(&blob_list(), &record_id)?.is_some() {
         return Ok(false);
     }

@@ -23,6 +23,7 @@ use serde_json::{Map, Value as Json};
 use tokio::sync::broadcast;
 use zeroize::Zeroizing;
 
+use crate::commits::MarkCheck;
 use crate::records;
 use crate::store::{SealedBatch, SealedTree, Store, StoreError};
 
@@ -512,6 +513,9 @@ impl Collections {
         c.changes_since_snapshot += 1;
         c.change_bytes += bytes.len();
         c.persisted_heads = c.doc.get_heads();
+        self.store
+            .ledger()
+            .note(c.key, c.next_seq, &c.persisted_heads);
         if c.changes_since_snapshot >= COMPACT_AFTER && c.change_bytes >= c.snapshot_bytes / 2 {
             // Failing to compact loses nothing: the changes stay; try again later.
             if let Err(e) = self.compact(c) {
@@ -521,17 +525,20 @@ impl Collections {
         Ok(true)
     }
 
-    /// Replaces snapshot and changes by one new snapshot, atomically.
+    /// Replaces snapshot and changes by one new snapshot, atomically. The snapshot is
+    /// keyed by the number of changes it covers, so the collection's generation (its
+    /// changes ever persisted) survives the compaction.
     fn compact(&self, c: &mut Collection) -> Result<(), CollectionError> {
         let snapshot = c.doc.save();
         let mut batch = SealedBatch::default();
-        self.docs
-            .batch_insert(&mut batch, &doc_key(&c.key, KIND_SNAPSHOT, 0), &snapshot);
-        let mut change_prefix = c.key.to_vec();
-        change_prefix.push(KIND_CHANGE);
-        for key in self.docs.keys_with_prefix(&change_prefix) {
+        for key in self.docs.keys_with_prefix(&c.key) {
             self.docs.batch_remove(&mut batch, &key?);
         }
+        self.docs.batch_insert(
+            &mut batch,
+            &doc_key(&c.key, KIND_SNAPSHOT, c.next_seq),
+            &snapshot,
+        );
         self.docs.apply(batch)?;
         c.changes_since_snapshot = 0;
         c.change_bytes = 0;
@@ -565,8 +572,15 @@ impl Collections {
                 StoreError::Malformed(format!("a document key of collection {name} is malformed"))
             })?;
             if kind == KIND_SNAPSHOT {
+                if snapshot_bytes > 0 {
+                    return Err(StoreError::Malformed(format!(
+                        "collection {name} has two snapshots"
+                    ))
+                    .into());
+                }
                 doc = AutoCommit::load(&bytes).map_err(corrupt)?;
                 snapshot_bytes = bytes.len();
+                next_seq = seq;
             } else {
                 // Applied together below: one call for all the changes is much faster
                 // than one call per change on a large document.
@@ -581,6 +595,23 @@ impl Collections {
         }
         doc.set_actor(self.actor.clone());
         let persisted_heads = doc.get_heads();
+        // Checked against the commit record: a collection that lost committed changes
+        // (or holds others) is refused, never served.
+        match self.store.ledger().check(&key, next_seq, &persisted_heads) {
+            MarkCheck::Ok => {}
+            MarkCheck::Behind { committed, found } => {
+                return Err(StoreError::Diverged(format!(
+                    "collection {name} has {found} changes on disk, but {committed} were committed"
+                ))
+                .into());
+            }
+            MarkCheck::Differs => {
+                return Err(StoreError::Diverged(format!(
+                    "collection {name} on disk is not the one committed"
+                ))
+                .into());
+            }
+        }
         let collection = Arc::new(Mutex::new(Collection {
             name: name.clone(),
             key,
@@ -758,6 +789,105 @@ mod tests {
         let vault = vault.reopen().await;
         let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
         assert_eq!(c.records(&contacts).unwrap().len() as u64, total);
+    }
+
+    /// A store whose counter is intact but one collection lost its last committed
+    /// change (a key removed, say) refuses that collection instead of serving it.
+    #[tokio::test]
+    async fn a_collection_behind_its_commit_record_is_refused() {
+        let vault = TestVault::new();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let access = name("grants");
+        c.put(&access, &id("g"), &obj(json!({"revoked": false})))
+            .unwrap();
+        vault.store.commit().await.unwrap();
+        c.patch(&access, &id("g"), &obj(json!({"revoked": true})))
+            .unwrap();
+        vault.store.commit().await.unwrap();
+        c.put(&name("other"), &id("x"), &obj(json!({"a": 1})))
+            .unwrap();
+        vault.store.commit().await.unwrap();
+        drop(c);
+        let docs = vault.store.tree("docs").unwrap();
+        let key = vault.store.name_key(NAME_DOMAIN, "grants");
+        let last = docs
+            .keys_with_prefix(&key)
+            .map(|k| k.unwrap())
+            .max()
+            .unwrap();
+        docs.raw().remove(&last).unwrap();
+        drop(docs);
+        let vault = vault.reopen().await;
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let e = c.get(&access, &id("g")).unwrap_err();
+        assert!(e.to_string().contains("were committed"), "{e}");
+        assert_eq!(c.get(&name("other"), &id("x")).unwrap().unwrap()["a"], 1);
+    }
+
+    /// A change refused because persisting it failed never reaches the disk, even
+    /// when another writer was already waiting for the same collection (it must not
+    /// persist the refused change along with its own).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_change_never_rides_along_with_a_waiting_writer() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let vault = TestVault::new();
+        let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        let faults = vault.store.faults().clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let toggler = {
+            let (faults, stop) = (faults.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut on = false;
+                while !stop.load(Ordering::Relaxed) {
+                    on = !on;
+                    if on {
+                        faults.inject(crate::store::Fault::WriteError);
+                    } else {
+                        faults.clear();
+                    }
+                    std::thread::sleep(std::time::Duration::from_micros(150));
+                }
+                faults.clear();
+            })
+        };
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    (0..100)
+                        .map(|i| {
+                            let key = format!("w{w}-{i}");
+                            let ok = c
+                                .put(&name("race"), &id(&key), &obj(json!({"n": i})))
+                                .is_ok();
+                            (key, ok)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let outcomes: Vec<(String, bool)> = writers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect();
+        stop.store(true, Ordering::Relaxed);
+        toggler.join().unwrap();
+        vault.store.commit().await.unwrap();
+        let refused = outcomes.iter().filter(|(_, ok)| !ok).count();
+        assert!(
+            refused > 0 && refused < outcomes.len(),
+            "faults hit some writes: {refused}"
+        );
+        drop(c);
+        let vault = vault.reopen().await;
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        for (key, ok) in &outcomes {
+            let found = c.get(&name("race"), &id(key)).unwrap().is_some();
+            assert_eq!(
+                found, *ok,
+                "record {key}: acknowledged {ok}, on disk {found}"
+            );
+        }
     }
 
     #[tokio::test]

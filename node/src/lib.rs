@@ -14,6 +14,7 @@ pub mod access;
 pub mod api;
 pub mod blobs;
 pub mod collections;
+pub mod commits;
 pub mod devices;
 pub mod home;
 pub mod keys;
@@ -75,6 +76,9 @@ pub struct NodeConfig {
     /// an API served beyond loopback under a name).
     pub api_hosts: Vec<String>,
     pub passphrase: Option<Passphrase>,
+    /// Start even if the store went back in time (an older copy restored on purpose):
+    /// see [`StoreError::RolledBack`].
+    pub accept_rollback: bool,
     pub limits: Limits,
     /// The mesh to other devices; `None` runs the node alone.
     pub mesh: Option<mesh::MeshConfig>,
@@ -90,6 +94,7 @@ impl NodeConfig {
             allow_public_api: false,
             api_hosts: Vec::new(),
             passphrase: None,
+            accept_rollback: false,
             limits: Limits::default(),
             mesh: Some(mesh::MeshConfig::default()),
         }
@@ -214,16 +219,16 @@ impl Node {
         if !config.api_addr.ip().is_loopback() && !config.allow_public_api {
             return Err(StartError::PublicApi(config.api_addr));
         }
-        let store = Arc::new(Store::open(&home.store_dir(), keys.clone())?);
+        let store = Arc::new(Store::open_with(
+            &home.store_dir(),
+            keys.clone(),
+            config.accept_rollback,
+        )?);
         let collections = Arc::new(Collections::open(
             store.clone(),
             collections::actor_for(&peer_id),
         )?);
-        if devices::add(
-            &collections,
-            &peer_id,
-            &devices::default_device_name(),
-        )? {
+        if devices::add(&collections, &peer_id, &devices::default_device_name())? {
             store.commit().await?;
         }
         let blobs = Blobs::open(home.blobs_dir(), store.clone(), keys.clone())?;
@@ -239,12 +244,13 @@ impl Node {
             addr: config.api_addr,
             source,
         })?;
-        let door = access::Door::new(
-            collections.clone(),
-            keys.clone(),
-            store.clone(),
-            peer_id.to_string(),
-        );
+        // This device's audit chain; after an accepted rollback it continues under a
+        // new name, so no entry number it may already have given out is used again.
+        let chain = match store.chain_epoch()? {
+            0 => peer_id.to_string(),
+            epoch => format!("{peer_id}-r{epoch}"),
+        };
+        let door = access::Door::new(collections.clone(), keys.clone(), store.clone(), chain);
         door.start();
         let vault = Arc::new(Vault {
             home: home.clone(),

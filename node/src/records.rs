@@ -9,8 +9,7 @@
 
 use automerge::transaction::Transactable;
 use automerge::{
-    AutoCommit, AutomergeError, ChangeHash, ObjId, ObjType, Prop, ROOT, ReadDoc, ScalarValue,
-    Value,
+    AutoCommit, AutomergeError, ChangeHash, ObjId, ObjType, Prop, ROOT, ReadDoc, ScalarValue, Value,
 };
 use serde_json::{Map, Number, Value as Json};
 
@@ -92,7 +91,9 @@ pub fn touched_records(patches: &[automerge::Patch]) -> std::collections::BTreeS
                 PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => {
                     ids.insert(key.clone());
                 }
-                PatchAction::Conflict { prop: Prop::Map(key) } => {
+                PatchAction::Conflict {
+                    prop: Prop::Map(key),
+                } => {
                     ids.insert(key.clone());
                 }
                 _ => {}

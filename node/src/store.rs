@@ -18,11 +18,22 @@ use rand::RngCore;
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
+use std::collections::BTreeMap;
+
+use hearth_protocol::commit::CollectionMark;
+
+use crate::commits::{Found, Ledger, RecordFiles};
 use crate::keys::VaultKeys;
 
 /// Version of the store's layout (tree names, key shapes, value encodings).
 pub const STORE_FORMAT_VERSION: u32 = 1;
 const META_FORMAT_KEY: &[u8] = b"format";
+/// The number of the last commit whose flush succeeded (the commit record's number).
+const META_COMMIT_KEY: &[u8] = b"commit";
+/// Present once a commit record exists for this store.
+const META_RECORD_KEY: &[u8] = b"record";
+/// How many rollbacks were accepted (`Store::chain_epoch`).
+const META_EPOCH_KEY: &[u8] = b"epoch";
 /// Commit requests waiting for the flusher; writers beyond this wait for room.
 const COMMIT_QUEUE: usize = 4096;
 /// How long opening waits for another handle's lock to go (see `Store::open`).
@@ -51,6 +62,22 @@ pub enum StoreError {
         "an earlier write to disk failed ({0}); to keep what is stored intact this node accepts no more writes: restart it"
     )]
     Failed(String),
+    #[error(
+        "the store went back in time: it holds commit {store}, but this device had committed {record} (an older copy of store/ was restored, or its log was truncated or damaged). Refusing to start rather than silently forget acknowledged writes (a revocation, audit entries). If you restored it on purpose, start once with `hearth up --accept-rollback`: the node then gets back what it lost from the vault's other devices"
+    )]
+    RolledBack { store: u64, record: u64 },
+    #[error(
+        "{0}: the store went back in time or was tampered with; refusing it (see `hearth up --accept-rollback`)"
+    )]
+    Diverged(String),
+    #[error(
+        "the commit record (HOME/commit.0 and commit.1) is damaged ({0}); the store cannot be checked against it (see `hearth up --accept-rollback`)"
+    )]
+    RecordDamaged(String),
+    #[error(
+        "the commit record (HOME/commit.0 and commit.1) is missing, but this store had one; the store cannot be checked (see `hearth up --accept-rollback`)"
+    )]
+    RecordMissing,
 }
 
 impl StoreError {
@@ -58,9 +85,13 @@ impl StoreError {
     pub fn code(&self) -> hearth_protocol::api::ErrorCode {
         use hearth_protocol::api::ErrorCode;
         match self {
-            StoreError::Corrupt { .. } | StoreError::Malformed(_) | StoreError::Version { .. } => {
-                ErrorCode::Corrupt
-            }
+            StoreError::Corrupt { .. }
+            | StoreError::Malformed(_)
+            | StoreError::Version { .. }
+            | StoreError::RolledBack { .. }
+            | StoreError::Diverged(_)
+            | StoreError::RecordDamaged(_)
+            | StoreError::RecordMissing => ErrorCode::Corrupt,
             StoreError::Closed => ErrorCode::Unavailable,
             StoreError::DiskFull => ErrorCode::InsufficientStorage,
             _ => ErrorCode::Storage,
@@ -178,11 +209,25 @@ pub struct Store {
     stats: Arc<CommitStats>,
     faults: Arc<Faults>,
     poisoned: Arc<Poisoned>,
+    ledger: Arc<Ledger>,
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`, with its flusher thread.
+    /// Opens (or creates) the store in `dir`, with its flusher thread, and checks it
+    /// against this device's commit record (`HOME/commit.*`, beside `dir`).
     pub fn open(dir: &std::path::Path, keys: Arc<VaultKeys>) -> Result<Self, StoreError> {
+        Self::open_with(dir, keys, false)
+    }
+
+    /// Like [`Store::open`]; with `accept_rollback`, a store that went back in time
+    /// (see [`StoreError::RolledBack`]) is taken as it is: the record starts over from
+    /// it, and this device's audit chain continues under a new name (see
+    /// [`Store::chain_epoch`]) so no entry number is used twice.
+    pub fn open_with(
+        dir: &std::path::Path,
+        keys: Arc<VaultKeys>,
+        accept_rollback: bool,
+    ) -> Result<Self, StoreError> {
         crate::home::create_private_dir(dir)
             .map_err(|e| StoreError::Storage(format!("cannot create {}: {e}", dir.display())))?;
         let config = sled::Config::new()
@@ -210,19 +255,38 @@ impl Store {
                 }
             }
         };
-        let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
-        let stats = Arc::new(CommitStats::default());
         let faults = Arc::new(Faults::default());
         let poisoned = Arc::new(Poisoned::default());
+        let meta = SealedTree {
+            tree: db.open_tree("meta")?,
+            name: "meta",
+            keys: keys.clone(),
+            faults: faults.clone(),
+            poisoned: poisoned.clone(),
+        };
+        check_format(&db, &meta)?;
+        let records = RecordFiles::beside(dir, keys.clone());
+        let (baseline, commit) = check_record(&db, &meta, &records, accept_rollback)?;
+        let ledger = Arc::new(Ledger::new(baseline));
+        let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
+        let stats = Arc::new(CommitStats::default());
         let flusher = {
-            let (db, stats) = (db.clone(), stats.clone());
-            let (faults, poisoned) = (faults.clone(), poisoned.clone());
+            let flusher = Flusher {
+                db: db.clone(),
+                meta,
+                records,
+                commit,
+                ledger: ledger.clone(),
+                stats: stats.clone(),
+                faults: faults.clone(),
+                poisoned: poisoned.clone(),
+            };
             std::thread::Builder::new()
                 .name("hearth-flusher".into())
-                .spawn(move || run_flusher(db, commit_rx, stats, &faults, &poisoned))
+                .spawn(move || flusher.run(commit_rx))
                 .map_err(|e| StoreError::Storage(format!("cannot start the flusher thread: {e}")))?
         };
-        let store = Self {
+        Ok(Self {
             db,
             keys,
             commit_tx,
@@ -230,29 +294,23 @@ impl Store {
             stats,
             faults,
             poisoned,
-        };
-        store.check_format()?;
-        Ok(store)
+            ledger,
+        })
     }
 
-    fn check_format(&self) -> Result<(), StoreError> {
+    /// Where collections note how far they have persisted, for the commit record.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// How many rollbacks of this store were accepted: this device's audit chain
+    /// continues under a name with this number, so no entry number is used twice.
+    pub fn chain_epoch(&self) -> Result<u64, StoreError> {
         let meta = self.tree("meta")?;
-        match meta.get(META_FORMAT_KEY)? {
-            Some(value) => {
-                let bytes: [u8; 4] = value.as_slice().try_into().map_err(|_| {
-                    StoreError::Malformed("store format marker has the wrong length".into())
-                })?;
-                let found = u32::from_be_bytes(bytes);
-                if found != STORE_FORMAT_VERSION {
-                    return Err(StoreError::Version { found });
-                }
-            }
-            None => {
-                meta.insert(META_FORMAT_KEY, &STORE_FORMAT_VERSION.to_be_bytes())?;
-                self.db.flush()?;
-            }
-        }
-        Ok(())
+        Ok(meta
+            .get(META_EPOCH_KEY)?
+            .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
     }
 
     /// A tree whose values are sealed, bound to the tree's name and each key.
@@ -328,47 +386,166 @@ impl Store {
     }
 }
 
-/// The group-commit loop: take every waiting request, fsync once, answer them all.
-/// A request queued during a flush waits for the next one, because its write may have
-/// missed the flush in progress. It runs on its own thread so that a commit costs one
-/// wake-up each way, not a trip through the blocking pool.
-fn run_flusher(
-    db: sled::Db,
-    mut rx: mpsc::Receiver<FlusherMessage>,
-    stats: Arc<CommitStats>,
-    faults: &Faults,
-    poisoned: &Poisoned,
-) {
-    let mut waiters = Vec::new();
-    let mut stopping = false;
-    while !stopping {
-        match rx.blocking_recv() {
-            Some(FlusherMessage::Commit(first)) => waiters.push(first),
-            Some(FlusherMessage::Stop) | None => break,
-        }
-        while waiters.len() < COMMIT_QUEUE {
-            match rx.try_recv() {
-                Ok(FlusherMessage::Commit(waiter)) => waiters.push(waiter),
-                Ok(FlusherMessage::Stop) => {
-                    stopping = true;
-                    break;
-                }
-                Err(_) => break,
+fn check_format(db: &sled::Db, meta: &SealedTree) -> Result<(), StoreError> {
+    match meta.get(META_FORMAT_KEY)? {
+        Some(value) => {
+            let bytes: [u8; 4] = value.as_slice().try_into().map_err(|_| {
+                StoreError::Malformed("store format marker has the wrong length".into())
+            })?;
+            let found = u32::from_be_bytes(bytes);
+            if found != STORE_FORMAT_VERSION {
+                return Err(StoreError::Version { found });
             }
         }
-        let result = faults
-            .check_flush()
-            .and_then(|()| db.flush().map(|_| ()).map_err(|e| e.to_string()));
-        if let Err(message) = &result {
-            tracing::error!(error = %message, "flush to disk failed; writes are not acknowledged and no more are accepted");
-            poisoned.set(message);
+        None => {
+            meta.insert(META_FORMAT_KEY, &STORE_FORMAT_VERSION.to_be_bytes())?;
+            db.flush()?;
         }
-        stats.flushes.fetch_add(1, Ordering::Relaxed);
-        stats
-            .commits
-            .fetch_add(waiters.len() as u64, Ordering::Relaxed);
-        for waiter in waiters.drain(..) {
-            let _ = waiter.send(result.clone());
+    }
+    Ok(())
+}
+
+fn meta_u64(meta: &SealedTree, key: &[u8]) -> Result<Option<u64>, StoreError> {
+    match meta.get(key)? {
+        None => Ok(None),
+        Some(value) => {
+            let bytes: [u8; 8] = value.as_slice().try_into().map_err(|_| {
+                StoreError::Malformed(format!(
+                    "store marker {} has the wrong length",
+                    String::from_utf8_lossy(key)
+                ))
+            })?;
+            Ok(Some(u64::from_be_bytes(bytes)))
+        }
+    }
+}
+
+/// Compares the store with the commit record; returns the marks every collection is
+/// checked against when it loads, and the commit number to continue from.
+fn check_record(
+    db: &sled::Db,
+    meta: &SealedTree,
+    records: &RecordFiles,
+    accept_rollback: bool,
+) -> Result<(BTreeMap<[u8; 32], CollectionMark>, u64), StoreError> {
+    let stored = meta_u64(meta, META_COMMIT_KEY)?.unwrap_or(0);
+    let had_record = meta.get(META_RECORD_KEY)?.is_some();
+    let (baseline, commit, rolled_back) = match records.read() {
+        Found::Record(record) if record.commit > stored => {
+            if !accept_rollback {
+                return Err(StoreError::RolledBack {
+                    store: stored,
+                    record: record.commit,
+                });
+            }
+            (BTreeMap::new(), record.commit, true)
+        }
+        Found::Record(record) => (record.collections, stored, false),
+        Found::Nothing if had_record => {
+            if !accept_rollback {
+                return Err(StoreError::RecordMissing);
+            }
+            (BTreeMap::new(), stored, true)
+        }
+        Found::Nothing => (BTreeMap::new(), stored, false),
+        Found::Damaged(why) => {
+            if !accept_rollback {
+                return Err(StoreError::RecordDamaged(why));
+            }
+            (BTreeMap::new(), stored, true)
+        }
+    };
+    if rolled_back {
+        let epoch = meta_u64(meta, META_EPOCH_KEY)?.unwrap_or(0) + 1;
+        meta.insert(META_EPOCH_KEY, &epoch.to_be_bytes())?;
+        tracing::warn!(
+            store = stored,
+            "the store went back in time and this was accepted (--accept-rollback); what it lost comes back from the vault's other devices"
+        );
+    }
+    if !had_record || rolled_back {
+        meta.insert(META_RECORD_KEY, &[1])?;
+        db.flush()?;
+    }
+    Ok((baseline, commit))
+}
+
+/// The group-commit loop's state: the database, and the commit record it keeps.
+struct Flusher {
+    db: sled::Db,
+    meta: SealedTree,
+    records: RecordFiles,
+    /// The number of the last commit.
+    commit: u64,
+    ledger: Arc<Ledger>,
+    stats: Arc<CommitStats>,
+    faults: Arc<Faults>,
+    poisoned: Arc<Poisoned>,
+}
+
+impl Flusher {
+    /// The group-commit loop: take every waiting request, fsync once, answer them all.
+    /// A request queued during a flush waits for the next one, because its write may
+    /// have missed the flush in progress. It runs on its own thread so that a commit
+    /// costs one wake-up each way, not a trip through the blocking pool. After each
+    /// flush the commit record is written (and synced) with the number the store now
+    /// holds, so the record never claims more than the disk has.
+    fn run(mut self, mut rx: mpsc::Receiver<FlusherMessage>) {
+        let mut waiters = Vec::new();
+        let mut stopping = false;
+        let mut home_synced = false;
+        while !stopping {
+            match rx.blocking_recv() {
+                Some(FlusherMessage::Commit(first)) => waiters.push(first),
+                Some(FlusherMessage::Stop) | None => break,
+            }
+            while waiters.len() < COMMIT_QUEUE {
+                match rx.try_recv() {
+                    Ok(FlusherMessage::Commit(waiter)) => waiters.push(waiter),
+                    Ok(FlusherMessage::Stop) => {
+                        stopping = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let next = self.commit + 1;
+            // Taken before the flush: every mark in it belongs to a write already made.
+            let marks = self.ledger.snapshot();
+            let numbered = self
+                .meta
+                .insert(META_COMMIT_KEY, &next.to_be_bytes())
+                .is_ok();
+            let result = self
+                .faults
+                .check_flush()
+                .and_then(|()| self.db.flush().map(|_| ()).map_err(|e| e.to_string()));
+            match &result {
+                Err(message) => {
+                    tracing::error!(error = %message, "flush to disk failed; writes are not acknowledged and no more are accepted");
+                    self.poisoned.set(message);
+                }
+                // Without its number in the store (a full disk, say) the record stays
+                // where it was: it must never claim more than the store holds.
+                Ok(()) if numbered => {
+                    self.commit = next;
+                    match self.records.write(next, marks) {
+                        Ok(()) if !home_synced => {
+                            home_synced = self.records.sync_home().is_ok();
+                        }
+                        Ok(()) => {}
+                        Err(e) => tracing::error!(error = %e, "cannot write the commit record"),
+                    }
+                }
+                Ok(()) => {}
+            }
+            self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .commits
+                .fetch_add(waiters.len() as u64, Ordering::Relaxed);
+            for waiter in waiters.drain(..) {
+                let _ = waiter.send(result.clone());
+            }
         }
     }
 }

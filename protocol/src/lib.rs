@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod blob;
+pub mod commit;
 pub mod invite;
 pub mod keyfile;
 pub mod names;

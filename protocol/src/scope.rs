@@ -31,7 +31,9 @@ pub enum ScopeError {
     Collection(String, String),
     #[error("collection {0} belongs to the system and cannot be granted")]
     System(String),
-    #[error("filter {0:?} is invalid: use FIELD=VALUE (VALUE as text, a number, true/false, or a \"quoted string\")")]
+    #[error(
+        "filter {0:?} is invalid: use FIELD=VALUE (VALUE as text, a number, true/false, or a \"quoted string\")"
+    )]
     Filter(String),
     #[error("the scope grants nothing: give --read or --write")]
     Empty,
@@ -399,10 +401,7 @@ impl CollectionScope {
             .ok_or_else(|| WriteRefusal::NotWritable(collection.to_owned()))?;
         let mut leaves = Vec::new();
         leaf_paths(patch, &mut Vec::new(), &mut leaves);
-        let leaves: Vec<FieldPath> = leaves
-            .into_iter()
-            .filter(|p| p.parts() != ["id"])
-            .collect();
+        let leaves: Vec<FieldPath> = leaves.into_iter().filter(|p| p.parts() != ["id"]).collect();
         if let Some(outside) = leaves.iter().find(|p| !write.covers(p)) {
             return Err(WriteRefusal::FieldOutside(outside.clone()));
         }
@@ -723,7 +722,10 @@ mod tests {
         assert_eq!(s.collection("calendar").unwrap().read, Some(Fields::All));
         assert_eq!(s.collection("calendar").unwrap().write, None);
         let notes = s.collection("notes").unwrap();
-        assert_eq!((notes.read.clone(), notes.write.clone()), (None, Some(Fields::All)));
+        assert_eq!(
+            (notes.read.clone(), notes.write.clone()),
+            (None, Some(Fields::All))
+        );
         assert_eq!(notes.filter, vec![Filter::parse("tag=work").unwrap()]);
         assert_eq!(
             Scope::parse(Some("contacts,contacts.name"), None, &[])
@@ -734,7 +736,10 @@ mod tests {
             Some(Fields::All)
         );
 
-        assert!(matches!(Scope::parse(None, None, &[]), Err(ScopeError::Empty)));
+        assert!(matches!(
+            Scope::parse(None, None, &[]),
+            Err(ScopeError::Empty)
+        ));
         assert!(matches!(
             Scope::parse(Some("Bad"), None, &[]),
             Err(ScopeError::Collection(..))
@@ -761,10 +766,15 @@ mod tests {
         let s = Scope::parse(Some("contacts.name"), Some("contacts.note"), &[]).unwrap();
         let c = s.collection("contacts").unwrap();
         let rec = obj(json!({"id": "a", "name": "Ada", "note": "secret", "email": "e"}));
-        assert_eq!(c.project(&rec).unwrap(), obj(json!({"id": "a", "name": "Ada"})));
+        assert_eq!(
+            c.project(&rec).unwrap(),
+            obj(json!({"id": "a", "name": "Ada"}))
+        );
         assert_eq!(
             c.check_write("contacts", Some(&rec), &obj(json!({"name": "X"})), false),
-            Err(WriteRefusal::FieldOutside(FieldPath::parse("name").unwrap()))
+            Err(WriteRefusal::FieldOutside(
+                FieldPath::parse("name").unwrap()
+            ))
         );
         assert!(
             c.check_write("contacts", Some(&rec), &obj(json!({"note": "n"})), false)
@@ -772,7 +782,10 @@ mod tests {
         );
         let w = Scope::parse(Some("contacts.name"), Some("contacts"), &[]).unwrap();
         let c = w.collection("contacts").unwrap();
-        assert_eq!(c.project(&rec).unwrap(), obj(json!({"id": "a", "name": "Ada"})));
+        assert_eq!(
+            c.project(&rec).unwrap(),
+            obj(json!({"id": "a", "name": "Ada"}))
+        );
         assert!(
             c.check_write("contacts", Some(&rec), &obj(json!({"email": "x"})), false)
                 .is_ok()
@@ -829,7 +842,11 @@ mod tests {
         let other = obj(json!({"id": "b", "name": "Bob", "tag": "home"}));
         assert_eq!(c.project(&other), None);
         let missing = obj(json!({"id": "c", "name": "Cy"}));
-        assert_eq!(c.project(&missing), None, "a filter on a missing field matches nothing");
+        assert_eq!(
+            c.project(&missing),
+            None,
+            "a filter on a missing field matches nothing"
+        );
     }
 
     #[test]
@@ -838,7 +855,10 @@ mod tests {
         let c = s.collection("notes").unwrap();
         let work = obj(json!({"tag": "work", "t": 1}));
         let home = obj(json!({"tag": "home", "t": 1}));
-        assert!(c.check_write("notes", Some(&work), &obj(json!({"t": 2})), false).is_ok());
+        assert!(
+            c.check_write("notes", Some(&work), &obj(json!({"t": 2})), false)
+                .is_ok()
+        );
         assert_eq!(
             c.check_write("notes", Some(&home), &obj(json!({"t": 2})), false),
             Err(WriteRefusal::Hidden)
@@ -856,7 +876,10 @@ mod tests {
             c.check_write("notes", None, &obj(json!({"t": 1})), true),
             Err(WriteRefusal::NoMatchAfter(_))
         ));
-        assert!(c.check_write("notes", None, &obj(json!({"tag": "work"})), true).is_ok());
+        assert!(
+            c.check_write("notes", None, &obj(json!({"tag": "work"})), true)
+                .is_ok()
+        );
         assert_eq!(
             c.check_write("notes", None, &obj(json!({"t": 1})), false),
             Err(WriteRefusal::Missing)
@@ -866,7 +889,10 @@ mod tests {
         assert_eq!(c.check_delete(Some(&work)), Ok(()));
         let narrow = Scope::parse(None, Some("notes.t"), &[]).unwrap();
         assert_eq!(
-            narrow.collection("notes").unwrap().check_delete(Some(&work)),
+            narrow
+                .collection("notes")
+                .unwrap()
+                .check_delete(Some(&work)),
             Err(WriteRefusal::DeleteNeedsAllFields)
         );
     }
@@ -879,24 +905,36 @@ mod tests {
         let scalar = obj(json!({"meta": "keep me"}));
         assert_eq!(
             c.check_write("notes", Some(&scalar), &patch, false),
-            Err(WriteRefusal::ParentNotObject(FieldPath::parse("meta").unwrap()))
+            Err(WriteRefusal::ParentNotObject(
+                FieldPath::parse("meta").unwrap()
+            ))
         );
         let list = obj(json!({"meta": [1, 2]}));
         assert!(c.check_write("notes", Some(&list), &patch, false).is_err());
         let object = obj(json!({"meta": {"size": 1}}));
         assert_eq!(
-            c.check_write("notes", Some(&object), &patch, false).unwrap(),
+            c.check_write("notes", Some(&object), &patch, false)
+                .unwrap(),
             obj(json!({"meta": {"size": 1, "color": "x"}}))
         );
         let absent = obj(json!({"title": "t"}));
         assert!(c.check_write("notes", Some(&absent), &patch, false).is_ok());
         assert_eq!(
-            c.check_write("notes", Some(&object), &obj(json!({"meta": {"size": 2}})), false),
-            Err(WriteRefusal::FieldOutside(FieldPath::parse("meta.size").unwrap()))
+            c.check_write(
+                "notes",
+                Some(&object),
+                &obj(json!({"meta": {"size": 2}})),
+                false
+            ),
+            Err(WriteRefusal::FieldOutside(
+                FieldPath::parse("meta.size").unwrap()
+            ))
         );
         assert_eq!(
             c.check_write("notes", Some(&object), &obj(json!({"meta": null})), false),
-            Err(WriteRefusal::FieldOutside(FieldPath::parse("meta").unwrap()))
+            Err(WriteRefusal::FieldOutside(
+                FieldPath::parse("meta").unwrap()
+            ))
         );
     }
 
@@ -908,18 +946,24 @@ mod tests {
             &["tag=work".into()],
         )
         .unwrap();
-        let n = Narrowing::parse(Some("contacts.address.city,contacts.email,calendar"), None)
-            .unwrap();
+        let n =
+            Narrowing::parse(Some("contacts.address.city,contacts.email,calendar"), None).unwrap();
         let narrowed = grant.narrowed(&Narrowing::decode(&n.encode()).unwrap());
         let c = narrowed.collection("contacts").unwrap();
         assert_eq!(c.read, Some(only(&["address.city"])));
         assert_eq!(c.write, None);
         assert_eq!(c.filter, grant.collection("contacts").unwrap().filter);
         assert!(narrowed.collection("notes").is_none(), "not named: gone");
-        assert!(narrowed.collection("calendar").is_none(), "never granted: not added");
+        assert!(
+            narrowed.collection("calendar").is_none(),
+            "never granted: not added"
+        );
         let write = Narrowing::parse(Some("notes"), Some("notes")).unwrap();
         let notes = grant.narrowed(&write);
-        assert_eq!(notes.collection("notes").unwrap().write, Some(only(&["title"])));
+        assert_eq!(
+            notes.collection("notes").unwrap().write,
+            Some(only(&["title"]))
+        );
         for bad in [
             "",
             "hearth-narrowing:{}",
@@ -937,7 +981,10 @@ mod tests {
         let old = json!({"collections": {"contacts": {"fields": {"only": ["name"]}, "filter": [{"field": "tag", "value": "work"}], "read": true, "write": false}}});
         let scope: Scope = serde_json::from_value(old).unwrap();
         let c = scope.collection("contacts").unwrap();
-        assert_eq!((c.read.clone(), c.write.clone()), (Some(only(&["name"])), None));
+        assert_eq!(
+            (c.read.clone(), c.write.clone()),
+            (Some(only(&["name"])), None)
+        );
         assert_eq!(c.filter.len(), 1);
         let round: Scope = serde_json::from_value(serde_json::to_value(&scope).unwrap()).unwrap();
         assert_eq!(round, scope);
@@ -946,8 +993,14 @@ mod tests {
     #[test]
     fn merge_patch_follows_rfc_7396() {
         let mut target = obj(json!({"a": "b", "c": {"d": "e", "f": "g"}, "s": 1}));
-        merge_patch(&mut target, &obj(json!({"a": "z", "c": {"f": null}, "s": {"x": 1}})));
-        assert_eq!(target, obj(json!({"a": "z", "c": {"d": "e"}, "s": {"x": 1}})));
+        merge_patch(
+            &mut target,
+            &obj(json!({"a": "z", "c": {"f": null}, "s": {"x": 1}})),
+        );
+        assert_eq!(
+            target,
+            obj(json!({"a": "z", "c": {"d": "e"}, "s": {"x": 1}}))
+        );
     }
 
     fn field() -> impl Strategy<Value = String> {

@@ -90,7 +90,12 @@ impl ViewRoute {
         }
     }
 
-    fn with_method(method: &str, wanted: &str, path: &str, route: Self) -> Result<Self, RouteError> {
+    fn with_method(
+        method: &str,
+        wanted: &str,
+        path: &str,
+        route: Self,
+    ) -> Result<Self, RouteError> {
         if method == wanted {
             Ok(route)
         } else {

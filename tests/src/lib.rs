@@ -568,3 +568,45 @@ pub fn dead_loopback_addr() -> String {
     drop(listener);
     addr.to_string()
 }
+
+/// Copies a directory tree (a HOME, a store) file by file.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create the copy's directory");
+    for entry in std::fs::read_dir(from).expect("read a directory to copy") {
+        let entry = entry.expect("a directory entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("a file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy a file");
+        }
+    }
+}
+
+/// Runs `hearth up` on `home` expecting it to refuse to start; returns the one line
+/// it printed on stderr.
+pub fn up_refused(home: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "--home",
+        home.to_str().expect("utf-8 path"),
+        "up",
+        "--api",
+        "127.0.0.1:0",
+        "--no-mdns",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+    ];
+    args.extend_from_slice(extra);
+    let out = hearth(&args);
+    assert!(
+        !out.status.success(),
+        "hearth up on {} started, but it should have refused",
+        home.display()
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    err.lines()
+        .rev()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line from hearth up: {err}"))
+        .to_owned()
+}

@@ -129,7 +129,11 @@ impl AuditLog {
     }
 
     /// Appends one entry. Durable only after the store commits.
-    pub fn append(&self, collections: &Collections, event: AuditEvent) -> Result<(), CollectionError> {
+    pub fn append(
+        &self,
+        collections: &Collections,
+        event: AuditEvent,
+    ) -> Result<(), CollectionError> {
         self.append_many(collections, vec![event])
     }
 
@@ -162,8 +166,14 @@ impl AuditLog {
             // Stored as one string: a dozen map fields would cost a dozen Automerge
             // operations per access, and entries are never edited field by field.
             let mut record = Map::new();
-            record.insert(ENTRY_FIELD.into(), Value::String(Value::Object(entry).to_string()));
-            shards.entry(audit_shard(seq)).or_default().push((id, record));
+            record.insert(
+                ENTRY_FIELD.into(),
+                Value::String(Value::Object(entry).to_string()),
+            );
+            shards
+                .entry(audit_shard(seq))
+                .or_default()
+                .push((id, record));
             prev = hash;
         }
         for (shard, records) in &shards {
@@ -409,9 +419,12 @@ mod tests {
         for i in 0..15 {
             log.append(&c, read(&grant, i)).unwrap();
         }
-        log.append_many(&c, (0..5).map(|i| read(&grant, i)).collect()).unwrap();
+        log.append_many(&c, (0..5).map(|i| read(&grant, i)).collect())
+            .unwrap();
         // A second device's chain interleaves without coordination.
-        AuditLog::new("devB".into()).append(&c, read(&grant, 1)).unwrap();
+        AuditLog::new("devB".into())
+            .append(&c, read(&grant, 1))
+            .unwrap();
         assert_eq!(verify_audit(&c), Ok(21));
         let shards: Vec<String> = c
             .names()
@@ -422,7 +435,9 @@ mod tests {
             .collect();
         assert_eq!(shards, ["_audit", "_audit-1", "_audit-2"]);
         // A restarted node finds the end of its chain in the last document.
-        AuditLog::new("devA".into()).append(&c, read(&grant, 1)).unwrap();
+        AuditLog::new("devA".into())
+            .append(&c, read(&grant, 1))
+            .unwrap();
         assert_eq!(verify_audit(&c), Ok(22));
         assert_eq!(audit_entries(&c, None).unwrap().len(), 22);
 
@@ -482,7 +497,10 @@ mod tests {
         let seen = seen_by(&c, "g1").unwrap();
         assert_eq!((seen.accesses, seen.refused), (4, 5));
         let contacts = &seen.collections[0];
-        assert_eq!((contacts.record_reads, contacts.deliveries, contacts.writes), (2, 3, 1));
+        assert_eq!(
+            (contacts.record_reads, contacts.deliveries, contacts.writes),
+            (2, 3, 1)
+        );
         assert_eq!(contacts.fields, ["email", "name"]);
         assert_eq!(contacts.written_ids, ["ada"]);
         assert_eq!(verify_audit(&c), Ok(4));

@@ -111,11 +111,15 @@ impl Door {
     /// order. Refusals of a known grant are audited.
     pub fn admit(&self, credentials: &Credentials) -> Result<Caller, AccessError> {
         let inner = &self.0;
-        let verified = inner.tokens.get_or_verify(&inner.keys, &credentials.token)?;
+        let verified = inner
+            .tokens
+            .get_or_verify(&inner.keys, &credentials.token)?;
         let grant = inner
             .grants
             .get(&inner.collections, &verified.grant_id)?
-            .ok_or_else(|| AccessError::InvalidToken("the token names no grant of this vault".into()))?;
+            .ok_or_else(|| {
+                AccessError::InvalidToken("the token names no grant of this vault".into())
+            })?;
         let refuse = |e: AccessError| self.refused(&grant, "", e);
         match &grant.token_id {
             None => {
@@ -216,7 +220,9 @@ impl Door {
                 self.refused(
                     &caller.grant,
                     collection,
-                    AccessError::OutOfScope(format!("the grant does not include reading {collection}")),
+                    AccessError::OutOfScope(format!(
+                        "the grant does not include reading {collection}"
+                    )),
                 )
             })
     }
@@ -370,11 +376,9 @@ impl Door {
         let caller = self.admit(credentials)?;
         let scope = self.writable(&caller, collection.as_str())?.clone();
         let inner = &self.0;
-        let outcome = inner
-            .collections
-            .write_checked(collection, id, |before| {
-                scope.check_delete(before).map(|()| RecordWrite::Remove)
-            })?;
+        let outcome = inner.collections.write_checked(collection, id, |before| {
+            scope.check_delete(before).map(|()| RecordWrite::Remove)
+        })?;
         if let Err(refusal) = outcome {
             return Err(self.write_refused(&caller, collection, id, refusal));
         }
@@ -545,7 +549,13 @@ impl Refusals {
             },
         );
         let count = 1 + earlier.map_or(0, |w| w.suppressed);
-        Some(refusal_event(&grant.id, &grant.service, collection, reason, count))
+        Some(refusal_event(
+            &grant.id,
+            &grant.service,
+            collection,
+            reason,
+            count,
+        ))
     }
 
     /// Entries for counted refusals of seconds that are over.
@@ -558,7 +568,13 @@ impl Refusals {
                 return true;
             }
             if w.suppressed > 0 {
-                events.push(refusal_event(grant, &w.service, &w.collection, reason, w.suppressed));
+                events.push(refusal_event(
+                    grant,
+                    &w.service,
+                    &w.collection,
+                    reason,
+                    w.suppressed,
+                ));
             }
             false
         });
@@ -566,7 +582,13 @@ impl Refusals {
     }
 }
 
-fn refusal_event(grant: &str, service: &str, collection: &str, reason: &str, count: u64) -> AuditEvent {
+fn refusal_event(
+    grant: &str,
+    service: &str,
+    collection: &str,
+    reason: &str,
+    count: u64,
+) -> AuditEvent {
     AuditEvent {
         grant: grant.to_owned(),
         service: service.to_owned(),

@@ -161,7 +161,12 @@ impl Hub {
     }
 
     pub(super) async fn shutdown(&self) {
-        if let Some(stop) = self.stop.lock().expect("stop lock is never poisoned").take() {
+        if let Some(stop) = self
+            .stop
+            .lock()
+            .expect("stop lock is never poisoned")
+            .take()
+        {
             let _ = stop.send(true);
         }
         let feeds: Vec<Arc<Feed>> = {
@@ -172,11 +177,16 @@ impl Hub {
         for feed in feeds {
             feed.end(ErrorCode::Unavailable, "the node is stopping");
         }
-        let mut tasks = std::mem::take(&mut *self.tasks.lock().expect("tasks lock is never poisoned"));
+        let mut tasks =
+            std::mem::take(&mut *self.tasks.lock().expect("tasks lock is never poisoned"));
         tasks.shutdown().await;
     }
 
-    pub(super) fn subscribe(&self, door: &Door, caller: Caller) -> Result<Subscription, AccessError> {
+    pub(super) fn subscribe(
+        &self,
+        door: &Door,
+        caller: Caller,
+    ) -> Result<Subscription, AccessError> {
         let mut state = self.state.lock().expect("hub lock is never poisoned");
         let open = state.per_grant.get(&caller.grant.id).copied().unwrap_or(0);
         if open >= MAX_STREAMS_PER_GRANT {
@@ -497,12 +507,16 @@ fn audit_batch(
                 slot.0 += 1;
                 if let (Some(record), Some((_, scope))) = (
                     record.as_object(),
-                    feed.collections.iter().find(|(n, _)| n.as_str() == collection),
+                    feed.collections
+                        .iter()
+                        .find(|(n, _)| n.as_str() == collection),
                 ) {
                     slot.1.extend(scope.field_names(record));
                 }
             }
-            ViewEvent::Remove { collection, .. } => per_collection.entry(collection).or_default().0 += 1,
+            ViewEvent::Remove { collection, .. } => {
+                per_collection.entry(collection).or_default().0 += 1
+            }
         }
     }
     let mut events = Vec::new();

@@ -63,9 +63,7 @@ pub enum AccessError {
     WrongPeer(String),
     #[error("this grant allows {0} requests a minute")]
     RateLimited(u32),
-    #[error(
-        "this grant has {0} event streams open, the most one grant may have; close one first"
-    )]
+    #[error("this grant has {0} event streams open, the most one grant may have; close one first")]
     TooManyStreams(usize),
     /// A record that does not exist, or that the grant's filter hides: the same answer.
     #[error("no record {id} in collection {collection}")]

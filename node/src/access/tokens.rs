@@ -108,7 +108,9 @@ impl Verified {
             return Err(if passes_at(UNIX_EPOCH) {
                 AccessError::Expired
             } else {
-                AccessError::InvalidToken("the token carries checks this vault cannot satisfy".into())
+                AccessError::InvalidToken(
+                    "the token carries checks this vault cannot satisfy".into(),
+                )
             });
         }
         self.time_checked.store(now, Ordering::Relaxed);
@@ -124,9 +126,18 @@ pub(crate) struct TokenCache(Mutex<HashMap<[u8; 32], Arc<Verified>>>);
 const MAX_CACHED: usize = 4096;
 
 impl TokenCache {
-    pub fn get_or_verify(&self, keys: &VaultKeys, token: &str) -> Result<Arc<Verified>, AccessError> {
+    pub fn get_or_verify(
+        &self,
+        keys: &VaultKeys,
+        token: &str,
+    ) -> Result<Arc<Verified>, AccessError> {
         let key = *blake3::hash(token.as_bytes()).as_bytes();
-        if let Some(v) = self.0.lock().expect("token cache lock is never poisoned").get(&key) {
+        if let Some(v) = self
+            .0
+            .lock()
+            .expect("token cache lock is never poisoned")
+            .get(&key)
+        {
             return Ok(v.clone());
         }
         let verified = Arc::new(verify(keys, token)?);
@@ -152,8 +163,12 @@ fn verify(keys: &VaultKeys, token: &str) -> Result<Verified, AccessError> {
         .and_then(|b| b.build(&biscuit))
         .map_err(|_| invalid())?;
     // Queries see only the authority block's facts: an appended block cannot add a grant.
-    let ids: Vec<(String,)> = authorizer.query("data($id) <- grant($id)").map_err(|_| invalid())?;
-    let vaults: Vec<(String,)> = authorizer.query("data($v) <- vault($v)").map_err(|_| invalid())?;
+    let ids: Vec<(String,)> = authorizer
+        .query("data($id) <- grant($id)")
+        .map_err(|_| invalid())?;
+    let vaults: Vec<(String,)> = authorizer
+        .query("data($v) <- vault($v)")
+        .map_err(|_| invalid())?;
     let ([(id,)], [(vault,)]) = (ids.as_slice(), vaults.as_slice()) else {
         return Err(invalid());
     };

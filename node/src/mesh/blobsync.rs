@@ -18,10 +18,10 @@ use libp2p::{PeerId, StreamProtocol};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::frames::{read_frame, write_frame};
 use super::MeshHandle;
-use crate::devices;
+use super::frames::{read_frame, write_frame};
 use crate::Vault;
+use crate::devices;
 
 /// Peers served at once.
 const MAX_SERVING: usize = 8;

@@ -247,8 +247,11 @@ impl Mesh {
         let pairing = Arc::new(pairing::Pairing::new(vault.clone(), handle.clone()));
         let pair_task = tokio::spawn(pairing.clone().accept_loop(incoming_pairs, stopped.clone()));
         let blob_sync = Arc::new(blobsync::BlobSync::new(vault.clone(), handle.clone()));
-        let blob_serve_task =
-            tokio::spawn(blob_sync.clone().serve_loop(incoming_blobs, stopped.clone()));
+        let blob_serve_task = tokio::spawn(
+            blob_sync
+                .clone()
+                .serve_loop(incoming_blobs, stopped.clone()),
+        );
         let blob_fetch_task = tokio::spawn(blob_sync.fetch_loop(stopped.clone()));
         let view_task = tokio::spawn(view::serve_loop(
             vault.door.clone(),
@@ -328,7 +331,10 @@ impl Mesh {
         }
         let _ = self.stop.send(true);
         for mut task in self.tasks {
-            if tokio::time::timeout(TASK_STOP_GRACE, &mut task).await.is_err() {
+            if tokio::time::timeout(TASK_STOP_GRACE, &mut task)
+                .await
+                .is_err()
+            {
                 tracing::warn!("a mesh task did not stop in time; aborting it");
                 task.abort();
                 let _ = task.await;

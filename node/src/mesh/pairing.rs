@@ -22,11 +22,11 @@ use rand::RngCore;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use super::frames::{read_frame, write_frame};
 use super::MeshHandle;
-use crate::devices;
+use super::frames::{read_frame, write_frame};
 use crate::Vault;
 use crate::collections::{CollectionError, Collections};
+use crate::devices;
 use crate::home::Home;
 use crate::keys::{self, KeysError, Passphrase, SharedSecrets};
 use crate::store::{Store, StoreError};

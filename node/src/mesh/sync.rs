@@ -20,11 +20,11 @@ use libp2p::{PeerId, Stream, StreamProtocol};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 
-use super::frames::{FrameReadError, read_frame, write_frame};
 use super::MeshHandle;
-use crate::devices;
+use super::frames::{FrameReadError, read_frame, write_frame};
 use crate::Vault;
 use crate::collections::CollectionError;
+use crate::devices;
 
 /// Frames waiting to be written to one peer, or read from it and not yet handled.
 const OUTBOX: usize = 16;

@@ -121,7 +121,10 @@ async fn answer(door: &Door, peer: PeerId, request: ViewRequest, route: ViewRout
             let body = match request.body {
                 Some(Value::Object(map)) => map,
                 Some(_) => {
-                    return error_response(ErrorCode::NotAnObject, "a record must be a JSON object".into());
+                    return error_response(
+                        ErrorCode::NotAnObject,
+                        "a record must be a JSON object".into(),
+                    );
                 }
                 None => {
                     return error_response(ErrorCode::BadRequest, "a write needs a body".into());
