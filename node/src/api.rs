@@ -23,8 +23,8 @@ use futures::StreamExt;
 use hearth_protocol::api::{
     AuditEntry, BlobInfo, CollectionInfo, ConflictsResponse, DeviceInfo, ErrorBody, ErrorCode,
     ErrorDetail, GrantCreated, GrantInfo, GrantRequest, HelloRequest, HelloResponse,
-    InviteResponse, PutResponse, RevokeResponse, StatusResponse, TextEditRequest, VerifyResponse,
-    ViewAll, ViewRemove, ViewUpsert,
+    InviteResponse, PutResponse, RevokeResponse, StatusResponse, StreamReady, TextEditRequest,
+    VerifyResponse, ViewAll,
 };
 use hearth_protocol::{BlobId, CollectionName, RecordId};
 use rand::RngCore;
@@ -991,20 +991,30 @@ async fn view_remove(
 }
 
 /// `GET /v1/view/events`: server-sent events of changes inside the scope, projected:
-/// `upsert` (`ViewUpsert`), `remove` (`ViewRemove`), and `error` (`ErrorDetail`) just
-/// before the stream ends (revoked, expired, fallen behind).
+/// first `ready` (`StreamReady`), then `upsert` (`ViewUpsert`), `remove` (`ViewRemove`),
+/// and `error` (`ErrorDetail`) just before the stream ends (revoked, expired, fallen
+/// behind, the node stopping).
 async fn view_events(
     State(vault): State<AppState>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    let subscription = vault.door.subscribe(&credentials(&headers)?)?;
-    let stream = futures::stream::unfold(Some(subscription), |state| async move {
+    let subscription = vault.door.subscribe(&credentials(&headers)?).await?;
+    // The first event says the stream is live (changes from now on will arrive) and
+    // which stream it is in the audit log.
+    let ready = Event::default()
+        .event("ready")
+        .json_data(StreamReady {
+            stream: subscription.id(),
+        })
+        .expect("a ready event serializes");
+    let events = futures::stream::unfold(Some(subscription), |state| async move {
         let mut subscription = state?;
         let item = subscription.next().await?;
         Some(match item {
-            StreamItem::Events(batch) => {
-                (batch.iter().map(sse_event).collect(), Some(subscription))
-            }
+            StreamItem::Events { batch, from } => (
+                batch[from..].iter().map(sse_event).collect(),
+                Some(subscription),
+            ),
             StreamItem::End { code, message } => {
                 let detail = ErrorDetail {
                     code: code.as_str().to_owned(),
@@ -1017,31 +1027,20 @@ async fn view_events(
                 (vec![event], None)
             }
         })
-    })
-    .flat_map(|events: Vec<Event>| {
-        futures::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>))
     });
+    let stream = futures::stream::once(async { vec![ready] })
+        .chain(events)
+        .flat_map(|events: Vec<Event>| {
+            futures::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>))
+        });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
 }
 
+/// An event's SSE frame; its JSON was encoded once for every stream.
 fn sse_event(event: &ViewEvent) -> Event {
-    let built = match event {
-        ViewEvent::Upsert { collection, record } => {
-            Event::default().event("upsert").json_data(ViewUpsert {
-                collection: collection.clone(),
-                record: record.clone(),
-            })
-        }
-        ViewEvent::Remove { collection, id } => {
-            Event::default().event("remove").json_data(ViewRemove {
-                collection: collection.clone(),
-                id: id.clone(),
-            })
-        }
-    };
-    built.expect("a view event serializes")
+    Event::default().event(event.kind()).data(&*event.json)
 }
 
 #[cfg(test)]

@@ -341,21 +341,6 @@ impl Collections {
         .map_err(CollectionError::BadEdit)
     }
 
-    /// Creates or replaces several records as one change. Durable only after
-    /// [`Store::commit`].
-    pub fn put_many(
-        &self,
-        name: &CollectionName,
-        entries: &[(RecordId, Map<String, Json>)],
-    ) -> Result<(), CollectionError> {
-        self.mutate(name, |doc| {
-            for (id, record) in entries {
-                records::put_record(doc, id.as_str(), record)?;
-            }
-            Ok(())
-        })
-    }
-
     /// Reads record `id` (without its `"id"`) and, under the same lock, lets `decide`
     /// say what to write — so a check and the change it allows see the same record.
     /// Returns whether the record existed, or `decide`'s refusal (nothing written).

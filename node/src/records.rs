@@ -77,27 +77,26 @@ fn read_value_at(
     })
 }
 
-/// The ids of the records a diff's patches touch.
-pub fn touched_records(patches: &[automerge::Patch]) -> std::collections::BTreeSet<String> {
+/// The ids of the records a diff's patches touch, each once. (Patches come grouped by
+/// object, not in the order the changes were made: so do the ids.)
+pub fn touched_records(patches: &[automerge::Patch]) -> Vec<String> {
     use automerge::PatchAction;
-    let mut ids = std::collections::BTreeSet::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut ids = Vec::new();
     for patch in patches {
-        match patch.path.first() {
-            Some((_, Prop::Map(id))) => {
-                ids.insert(id.clone());
-            }
-            Some(_) => {}
+        let id = match patch.path.first() {
+            Some((_, Prop::Map(id))) => Some(id),
+            Some(_) => None,
             None => match &patch.action {
-                PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => {
-                    ids.insert(key.clone());
-                }
+                PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => Some(key),
                 PatchAction::Conflict {
                     prop: Prop::Map(key),
-                } => {
-                    ids.insert(key.clone());
-                }
-                _ => {}
+                } => Some(key),
+                _ => None,
             },
+        };
+        if let Some(id) = id.filter(|id| seen.insert((*id).clone())) {
+            ids.push(id.clone());
         }
     }
     ids

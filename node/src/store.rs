@@ -274,7 +274,7 @@ impl Store {
             let flusher = Flusher {
                 db: db.clone(),
                 meta,
-                records,
+                records: RecordWriter::start(records)?,
                 commit,
                 ledger: ledger.clone(),
                 stats: stats.clone(),
@@ -474,7 +474,8 @@ fn check_record(
 struct Flusher {
     db: sled::Db,
     meta: SealedTree,
-    records: RecordFiles,
+    /// Writes the commit record in the background (see `RecordWriter`).
+    records: RecordWriter,
     /// The number of the last commit.
     commit: u64,
     ledger: Arc<Ledger>,
@@ -493,7 +494,6 @@ impl Flusher {
     fn run(mut self, mut rx: mpsc::Receiver<FlusherMessage>) {
         let mut waiters = Vec::new();
         let mut stopping = false;
-        let mut home_synced = false;
         while !stopping {
             match rx.blocking_recv() {
                 Some(FlusherMessage::Commit(first)) => waiters.push(first),
@@ -529,13 +529,7 @@ impl Flusher {
                 // where it was: it must never claim more than the store holds.
                 Ok(()) if numbered => {
                     self.commit = next;
-                    match self.records.write(next, marks) {
-                        Ok(()) if !home_synced => {
-                            home_synced = self.records.sync_home().is_ok();
-                        }
-                        Ok(()) => {}
-                        Err(e) => tracing::error!(error = %e, "cannot write the commit record"),
-                    }
+                    self.records.post(next, marks);
                 }
                 Ok(()) => {}
             }
@@ -546,6 +540,77 @@ impl Flusher {
             for waiter in waiters.drain(..) {
                 let _ = waiter.send(result.clone());
             }
+        }
+        self.records.finish();
+    }
+}
+
+/// Writes the commit record on its own thread, after the flush it describes, so a
+/// commit is acknowledged as soon as the store's own fsync is done. The record thus
+/// trails the store by at most the time of one record write (a few milliseconds; a
+/// store ahead of its record is fine, and the next write catches up), and it never
+/// claims more than the store holds. Records waiting while one is written collapse
+/// into the newest.
+struct RecordWriter {
+    shared: Arc<(std::sync::Mutex<RecordSlot>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct RecordSlot {
+    pending: Option<(u64, BTreeMap<[u8; 32], CollectionMark>)>,
+    stopping: bool,
+}
+
+impl RecordWriter {
+    fn start(mut files: RecordFiles) -> Result<Self, StoreError> {
+        let shared: Arc<(std::sync::Mutex<RecordSlot>, std::sync::Condvar)> = Arc::default();
+        let inbox = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("hearth-record".into())
+            .spawn(move || {
+                let mut home_synced = false;
+                loop {
+                    let next = {
+                        let (slot, ready) = &*inbox;
+                        let mut slot = slot.lock().expect("record lock is never poisoned");
+                        while slot.pending.is_none() && !slot.stopping {
+                            slot = ready.wait(slot).expect("record lock is never poisoned");
+                        }
+                        match slot.pending.take() {
+                            Some(next) => next,
+                            None => return,
+                        }
+                    };
+                    let (commit, marks) = next;
+                    match files.write(commit, marks) {
+                        Ok(()) if !home_synced => home_synced = files.sync_home().is_ok(),
+                        Ok(()) => {}
+                        Err(e) => tracing::error!(error = %e, "cannot write the commit record"),
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Storage(format!("cannot start the record thread: {e}")))?;
+        Ok(Self {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks for commit `commit` (already on disk) to be recorded.
+    fn post(&self, commit: u64, marks: BTreeMap<[u8; 32], CollectionMark>) {
+        let (slot, ready) = &*self.shared;
+        slot.lock().expect("record lock is never poisoned").pending = Some((commit, marks));
+        ready.notify_one();
+    }
+
+    /// Writes what is pending and stops the thread.
+    fn finish(&mut self) {
+        let (slot, ready) = &*self.shared;
+        slot.lock().expect("record lock is never poisoned").stopping = true;
+        ready.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }

@@ -434,6 +434,26 @@ async fn read_events(
     }
 }
 
+/// The complete events already received.
+fn drain_events(buffer: &mut String) -> Vec<(String, Value)> {
+    let mut events = Vec::new();
+    while let Some(end) = buffer.find("\n\n") {
+        let block: String = buffer.drain(..end + 2).collect();
+        let (mut name, mut data) = (String::new(), String::new());
+        for line in block.lines() {
+            if let Some(n) = line.strip_prefix("event:") {
+                name = n.trim().to_owned();
+            } else if let Some(d) = line.strip_prefix("data:") {
+                data.push_str(d.trim());
+            }
+        }
+        if !name.is_empty() {
+            events.push((name, serde_json::from_str(&data).unwrap()));
+        }
+    }
+    events
+}
+
 async fn run_case(records: Vec<Option<Record>>, grant: GrantSpec, ops: Vec<Op>) {
     let dir = tempfile::tempdir().unwrap();
     let node = start(&dir.path().join("v")).await;
@@ -565,9 +585,9 @@ async fn run_case(records: Vec<Option<Record>>, grant: GrantSpec, ops: Vec<Op>) 
                 assert_eq!(response.status().as_u16(), 200, "{context}");
                 let mut stream = response.bytes_stream();
                 let mut buffer = String::new();
-                // The stream is live once the node sends its first bytes; a change
-                // made before could be missed, so wait for the keep-alive's headers.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Live once it says so: changes from then on arrive.
+                let ready = read_events(&mut stream, &mut buffer, |_| true).await;
+                assert_eq!(ready[0].0, "ready", "{context}");
                 let id = IDS[i];
                 let before = model.records.get(id).and_then(|r| model.project(id, r));
                 owner_change(&svc, &mut model, id, &patch).await;
@@ -581,10 +601,6 @@ async fn run_case(records: Vec<Option<Record>>, grant: GrantSpec, ops: Vec<Op>) 
                     .project(&marker_id, &marker)
                     .expect("markers are visible");
                 model.records.insert(marker_id.clone(), marker);
-                let events = read_events(&mut stream, &mut buffer, |(name, data)| {
-                    name == "upsert" && data["record"]["id"] == marker_id
-                })
-                .await;
                 let mut expected = Vec::new();
                 if before != after {
                     expected.push(match after {
@@ -602,6 +618,21 @@ async fn run_case(records: Vec<Option<Record>>, grant: GrantSpec, ops: Vec<Op>) 
                     "upsert".to_owned(),
                     json!({"collection": COLLECTION, "record": marker_view}),
                 ));
+                // Changes that reach the node together arrive as one batch, in no
+                // particular order between records: wait for every expected event
+                // (a missing one times out), and take whatever else came with them.
+                let mut events = Vec::new();
+                let mut waiting = expected.clone();
+                while !waiting.is_empty() {
+                    let got = read_events(&mut stream, &mut buffer, |_| true).await;
+                    for event in got {
+                        waiting.retain(|w| *w != event);
+                        events.push(event);
+                    }
+                }
+                events.extend(drain_events(&mut buffer));
+                events.sort_by_key(|e| e.1.to_string());
+                expected.sort_by_key(|e| e.1.to_string());
                 assert_eq!(events, expected, "{context}");
             }
         }

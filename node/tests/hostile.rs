@@ -288,3 +288,146 @@ async fn a_member_sending_garbage_only_closes_its_own_streams() {
     task.abort();
     a.shutdown().await.unwrap();
 }
+
+/// Idle streams cannot shut others out: a peer that opens pairing and view streams and
+/// sends nothing holds only its own few, each for a few seconds, while a new device
+/// still joins and a service still reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_streams_shut_no_one_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&dir.path().join("a")).await;
+    let v = node.vault().clone();
+    v.collections
+        .put(
+            &CollectionName::parse("contacts").unwrap(),
+            &RecordId::parse("ada").unwrap(),
+            json!({"name": "Ada"}).as_object().unwrap(),
+        )
+        .unwrap();
+    let scope = hearth_protocol::scope::Scope::parse(Some("contacts"), None, &[]).unwrap();
+    let (_, token) = hearth_node::access::create_grant(
+        &v.collections,
+        &v.keys,
+        hearth_node::access::NewGrant::new("svc", scope),
+    )
+    .unwrap();
+    v.store.commit().await.unwrap();
+
+    let (mut control, peer, task) = raw_peer(Keypair::generate_ed25519(), &node).await;
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        if let Some(s) = open(&mut control, peer, PAIR_PROTOCOL).await {
+            idle.push(s);
+        }
+    }
+    for _ in 0..40 {
+        if let Some(s) = open(&mut control, peer, hearth_protocol::view::VIEW_PROTOCOL).await {
+            idle.push(s);
+        }
+    }
+    let opened = std::time::Instant::now();
+
+    // A new device joins while they sit there.
+    let (code, _) = v
+        .mesh()
+        .unwrap()
+        .pairing
+        .invite(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let joined = tokio::time::timeout(
+        Duration::from_secs(10),
+        pairing::join(&Home::new(dir.path().join("b")), &code, None, "new"),
+    )
+    .await
+    .expect("the join is not held up by idle streams");
+    joined.expect("the join succeeds");
+    assert!(
+        opened.elapsed() < Duration::from_secs(5),
+        "it did not wait for the idle streams to time out"
+    );
+
+    // A service reads its view over the mesh at the same moment.
+    let (mut service, _, service_task) = raw_peer(Keypair::generate_ed25519(), &node).await;
+    let mut stream = open(&mut service, peer, hearth_protocol::view::VIEW_PROTOCOL)
+        .await
+        .expect("a service gets a view stream");
+    let request = hearth_protocol::view::ViewRequest {
+        method: "GET".into(),
+        path: "/v1/view/contacts".into(),
+        token,
+        body: None,
+    };
+    stream
+        .write_all(&frame(&serde_json::to_vec(&request).unwrap()))
+        .await
+        .unwrap();
+    let answer: hearth_protocol::view::ViewResponse =
+        serde_json::from_slice(&read_one_frame(&mut stream).await).unwrap();
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+
+    // The idle streams are closed once their first-request time is up.
+    let mut closed = 0;
+    for mut s in idle {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut byte)).await;
+        if matches!(read, Ok(Ok(0)) | Ok(Err(_))) {
+            closed += 1;
+        }
+    }
+    assert!(closed > 0, "idle streams are closed by the node");
+    task.abort();
+    service_task.abort();
+    node.shutdown().await.unwrap();
+}
+
+/// Only Noise-encrypted connections are spoken to: a peer that asks for the sync
+/// protocol in the clear gets no vault byte, and the node carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_noise_gets_nothing() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&dir.path().join("a")).await;
+    node.vault()
+        .collections
+        .put(
+            &CollectionName::parse("contacts").unwrap(),
+            &RecordId::parse("ada").unwrap(),
+            json!({"name": "a distinctive secret name"})
+                .as_object()
+                .unwrap(),
+        )
+        .unwrap();
+    node.vault().store.commit().await.unwrap();
+    let addr = node
+        .vault()
+        .mesh()
+        .unwrap()
+        .handle
+        .listen_addrs()
+        .await
+        .unwrap();
+    let port = addr[0]
+        .iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .unwrap();
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    socket
+        .write_all(b"\x13/multistream/1.0.0\n\x0f/hearth/sync/1\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut got)).await;
+    assert!(
+        !got.windows(8).any(|w| w == b"distinct") && !got.windows(6).any(|w| w == b"/hearth"),
+        "the node spoke a Hearth protocol in the clear: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    still_serves(&node).await;
+    node.shutdown().await.unwrap();
+}

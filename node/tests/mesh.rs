@@ -467,3 +467,95 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A removed device still holds the vault's signing key. It must not be able to mint a
+/// token that any device accepts: a token counts only if it descends from the one
+/// issued for its grant, so a fresh one for an existing grant is refused everywhere —
+/// on the local API and over the mesh — and the audit log shows a refusal, not an
+/// access by the innocent service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_device_cannot_mint_a_token() {
+    use biscuit_auth::builder::Algorithm;
+    use biscuit_auth::{Biscuit, KeyPair, PrivateKey};
+    use hearth_node::access::{self, Credentials, NewGrant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(&dir.path().join("a"), vec![]).await;
+    let b = join(&a, &dir.path().join("b")).await;
+    put(
+        &a,
+        "contacts",
+        "ada",
+        json!({"name": "Ada", "email": "ada@x"}),
+    )
+    .await;
+    let scope = hearth_protocol::scope::Scope::parse(Some("contacts"), None, &[]).unwrap();
+    let (grant, token) = access::create_grant(
+        &a.vault().collections,
+        &a.vault().keys,
+        NewGrant::new("crm", scope),
+    )
+    .unwrap();
+    a.vault().store.commit().await.unwrap();
+    eventually("the grant reaches B", || {
+        b.vault().door.admit(&Credentials::local(&token)).is_ok()
+    })
+    .await;
+
+    assert!(devices::remove(&a.vault().collections, &b.peer_id()).unwrap());
+    a.vault().store.commit().await.unwrap();
+
+    // What B holds: the vault's signing key, and the grant record it synced.
+    let secrets = b.vault().keys.shared_secrets();
+    let private = PrivateKey::from_bytes(&secrets.signing_key[..], Algorithm::Ed25519).unwrap();
+    let forged = Biscuit::builder()
+        .fact(format!("grant({:?})", grant.id).as_str())
+        .unwrap()
+        .fact(format!("vault({:?})", b.vault_id()).as_str())
+        .unwrap()
+        .build(&KeyPair::from(&private))
+        .unwrap()
+        .to_base64()
+        .unwrap();
+    assert!(matches!(
+        a.vault().door.admit(&Credentials::local(&forged)),
+        Err(access::AccessError::InvalidToken(_))
+    ));
+    let stranger = libp2p::identity::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id();
+    assert!(matches!(
+        a.vault()
+            .door
+            .admit(&Credentials::remote(&forged, stranger)),
+        Err(access::AccessError::InvalidToken(_))
+    ));
+    let http = reqwest::Client::new();
+    let reply = http
+        .get(format!("http://{}/v1/view/contacts", a.api_addr()))
+        .bearer_auth(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 401);
+    // The service's own token still works, and the log blames no one for the forgery.
+    let reply = http
+        .get(format!("http://{}/v1/view/contacts", a.api_addr()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 200);
+    let entries = access::audit_entries(&a.vault().collections, Some(&grant.id)).unwrap();
+    let reads = entries.iter().filter(|e| e.operation == "read").count();
+    assert_eq!(reads, 1, "only the genuine read is an access");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.operation == "refused" && e.reason.as_deref() == Some("invalid_token")),
+        "the forgery is on record as refused"
+    );
+    for node in [a, b] {
+        node.shutdown().await.unwrap();
+    }
+}

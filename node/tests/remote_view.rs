@@ -143,3 +143,45 @@ async fn a_to_grant_works_only_from_its_peer() {
     );
     node.shutdown().await.unwrap();
 }
+
+/// A stolen bound token cannot spend the real service's budget: the peer is checked
+/// before the rate is charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thief_cannot_drain_a_bound_grants_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&dir.path().join("v")).await;
+    let v = node.vault();
+    v.collections
+        .put(
+            &CollectionName::parse("contacts").unwrap(),
+            &RecordId::parse("ada").unwrap(),
+            json!({"name": "Ada"}).as_object().unwrap(),
+        )
+        .unwrap();
+    let service = Keypair::generate_ed25519();
+    let scope = Scope::parse(Some("contacts"), None, &[]).unwrap();
+    let new = NewGrant {
+        to: Some(service.public().to_peer_id().to_string()),
+        rate_per_minute: Some(2),
+        ..NewGrant::new("remote-crm", scope)
+    };
+    let (_, token) = access::create_grant(&v.collections, &v.keys, new).unwrap();
+    v.store.commit().await.unwrap();
+    let request = ViewRequest {
+        method: "GET".into(),
+        path: "/v1/view/contacts".into(),
+        token,
+        body: None,
+    };
+    for _ in 0..4 {
+        let stolen = ask(Keypair::generate_ed25519(), &node, request.clone()).await;
+        assert_eq!(stolen.status, 403, "{:?}", stolen.body);
+    }
+    for _ in 0..2 {
+        let answer = ask(service.clone(), &node, request.clone()).await;
+        assert_eq!(answer.status, 200, "the service's own budget is intact");
+    }
+    let over = ask(service, &node, request).await;
+    assert_eq!(over.status, 429);
+    node.shutdown().await.unwrap();
+}

@@ -369,6 +369,13 @@ pub struct ViewUpsert {
     pub record: serde_json::Value,
 }
 
+/// The first event of `GET /v1/view/events`: the stream is live, and its number in the
+/// audit log (each delivered batch is an entry with this `stream`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamReady {
+    pub stream: u64,
+}
+
 /// A `remove` event: a record left the view (removed, or no longer matching).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ViewRemove {

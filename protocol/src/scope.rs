@@ -211,7 +211,8 @@ impl Filter {
             return true;
         }
         match found {
-            Value::String(text) if self.or_text => *text == self.value.to_string(),
+            // `3` and `true` also match their text (`"3"`, `"true"`).
+            Value::String(text) if self.or_text => self.value.to_string().as_str() == text,
             _ => false,
         }
     }

@@ -479,6 +479,7 @@ pub struct Api {
 pub struct RawAnswer {
     pub status: u16,
     pub content_type: Option<String>,
+    pub headers: reqwest::header::HeaderMap,
     pub body: Vec<u8>,
 }
 
@@ -529,10 +530,12 @@ impl Api {
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let headers = response.headers().clone();
         let body = response.bytes().expect("the whole body").to_vec();
         RawAnswer {
             status,
             content_type,
+            headers,
             body,
         }
     }

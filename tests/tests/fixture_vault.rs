@@ -10,19 +10,6 @@ use hearth_tests::*;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn a_vault_written_by_an_earlier_version_opens_and_reads_whole() {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/vault-v1");

@@ -46,9 +46,14 @@ pub(crate) fn is_audit_shard(name: &CollectionName) -> bool {
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// The field of an audit record holding the entry as canonical JSON text. Records
+/// The field of an audit record holding one entry as canonical JSON text. Records
 /// written before it (entries as plain maps) are read as they are.
 const ENTRY_FIELD: &str = "entry";
+/// The field of an audit record holding several consecutive entries of one chain (one
+/// append of many, such as an event batch delivered to many streams) as a JSON array
+/// of canonical entries. The record is stored under the first entry's id; each entry
+/// keeps its own id, sequence number and hash.
+const ENTRIES_FIELD: &str = "entries";
 
 /// What a service did, as one audit entry records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,8 +157,9 @@ impl AuditLog {
             *state = Some(last_of_chain(collections, &self.chain)?);
         }
         let (mut seq, mut prev) = state.clone().expect("set above");
-        let mut shards: BTreeMap<CollectionName, Vec<(RecordId, Map<String, Value>)>> =
-            BTreeMap::new();
+        // Entries grouped by the document their first one belongs in; each group is
+        // one record, so an append of many costs one Automerge record, not one each.
+        let mut groups: BTreeMap<CollectionName, (u64, Vec<Value>)> = BTreeMap::new();
         let at = super::now_unix();
         for event in events {
             seq += 1;
@@ -161,23 +167,29 @@ impl AuditLog {
             let hash = entry_hash(&entry);
             let mut entry = entry;
             entry.insert("hash".into(), Value::String(hash.clone()));
-            let id = RecordId::parse(&format!("{}-{seq:012}", self.chain))
+            groups
+                .entry(audit_shard(seq))
+                .or_insert_with(|| (seq, Vec::new()))
+                .1
+                .push(Value::Object(entry));
+            prev = hash;
+        }
+        for (shard, (first, mut entries)) in groups {
+            let id = RecordId::parse(&format!("{}-{first:012}", self.chain))
                 .expect("a chain name and digits make a valid id");
             // Stored as one string: a dozen map fields would cost a dozen Automerge
             // operations per access, and entries are never edited field by field.
             let mut record = Map::new();
-            record.insert(
-                ENTRY_FIELD.into(),
-                Value::String(Value::Object(entry).to_string()),
-            );
-            shards
-                .entry(audit_shard(seq))
-                .or_default()
-                .push((id, record));
-            prev = hash;
-        }
-        for (shard, records) in &shards {
-            collections.put_many(shard, records)?;
+            if entries.len() == 1 {
+                let entry = entries.pop().expect("one entry");
+                record.insert(ENTRY_FIELD.into(), Value::String(entry.to_string()));
+            } else {
+                record.insert(
+                    ENTRIES_FIELD.into(),
+                    Value::String(Value::Array(entries).to_string()),
+                );
+            }
+            collections.put(&shard, &id, &record)?;
         }
         *state = Some((seq, prev));
         Ok(())
@@ -233,25 +245,52 @@ fn audit_records(collections: &Collections) -> Result<Vec<Value>, CollectionErro
     let mut entries = Vec::new();
     for name in collections.names()? {
         if is_audit_shard(&name) {
-            entries.extend(collections.records(&name)?.into_iter().map(unpack_entry));
+            for record in collections.records(&name)? {
+                unpack_record(record, &mut entries);
+            }
         }
     }
     Ok(entries)
 }
 
-fn unpack_entry(record: Value) -> Value {
+/// The entries a record holds, each with its own id (`CHAIN-SEQ`). What cannot be read
+/// as entries is passed on as it is: verification then names it as altered.
+fn unpack_record(record: Value, out: &mut Vec<Value>) {
+    if let Some(Value::String(text)) = record.get(ENTRIES_FIELD) {
+        let entries = match serde_json::from_str::<Value>(text) {
+            Ok(Value::Array(entries)) if entries.iter().all(Value::is_object) => entries,
+            _ => {
+                out.push(record);
+                return;
+            }
+        };
+        for entry in entries {
+            let Value::Object(mut entry) = entry else {
+                continue;
+            };
+            let device = entry.get("device").and_then(Value::as_str);
+            let seq = entry.get("seq").and_then(Value::as_u64);
+            let id = match (device, seq) {
+                (Some(device), Some(seq)) => format!("{device}-{seq:012}"),
+                _ => "?".to_owned(),
+            };
+            entry.insert("id".into(), Value::String(id));
+            out.push(Value::Object(entry));
+        }
+        return;
+    }
     let Some(Value::String(text)) = record.get(ENTRY_FIELD) else {
-        return record;
+        out.push(record);
+        return;
     };
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(mut entry)) => {
             if let Some(id) = record.get("id") {
                 entry.insert("id".into(), id.clone());
             }
-            Value::Object(entry)
+            out.push(Value::Object(entry));
         }
-        // Left as it is: verification then names it as altered.
-        _ => record,
+        _ => out.push(record),
     }
 }
 
@@ -467,6 +506,24 @@ mod tests {
         let (entry, reason) = verify_audit(&c2).unwrap_err();
         assert_eq!(entry, "devA-000000000003");
         assert!(reason.contains("missing"), "{reason}");
+
+        // Several entries appended at once share a record; each is still checked.
+        let vault3 = TestVault::new();
+        let c3 = Collections::open(vault3.store.clone(), [1; 16]).unwrap();
+        let log3 = AuditLog::new("devC".into());
+        log3.append_many(&c3, (1..=4).map(|i| read(&grant, i)).collect())
+            .unwrap();
+        assert_eq!(verify_audit(&c3), Ok(4));
+        let first = RecordId::parse("devC-000000000001").unwrap();
+        let stored = c3.get(&audit(), &first).unwrap().unwrap();
+        let mut entries: Value = serde_json::from_str(stored["entries"].as_str().unwrap()).unwrap();
+        entries[2]["records"] = Value::from(999);
+        let mut patch = Map::new();
+        patch.insert("entries".into(), Value::String(entries.to_string()));
+        c3.patch(&audit(), &first, &patch).unwrap();
+        let (entry, reason) = verify_audit(&c3).unwrap_err();
+        assert_eq!(entry, "devC-000000000003");
+        assert!(reason.contains("altered"), "{reason}");
     }
 
     #[tokio::test]

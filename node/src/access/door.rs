@@ -392,11 +392,12 @@ impl Door {
         Ok(())
     }
 
-    /// `GET /v1/view/events`: a stream of the changes inside the caller's scope.
-    pub fn subscribe(&self, credentials: &Credentials) -> Result<Subscription, AccessError> {
+    /// `GET /v1/view/events`: a stream of the changes inside the caller's scope made
+    /// from now on.
+    pub async fn subscribe(&self, credentials: &Credentials) -> Result<Subscription, AccessError> {
         let caller = self.admit(credentials)?;
         let grant = caller.grant.clone();
-        self.0.hub.subscribe(self, caller).map_err(|e| match e {
+        self.0.hub.subscribe(caller).await.map_err(|e| match e {
             AccessError::TooManyStreams(_) => self.refused(&grant, "", e),
             other => other,
         })

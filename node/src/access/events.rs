@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use automerge::ChangeHash;
 use hearth_protocol::CollectionName;
-use hearth_protocol::api::ErrorCode;
+use hearth_protocol::api::{ErrorCode, ViewRemove, ViewUpsert};
 use hearth_protocol::scope::CollectionScope;
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc, watch};
@@ -42,18 +42,59 @@ const RECHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// One change inside a view.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ViewEvent {
+pub enum ViewChange {
     /// The record (projected) entered the view or changed inside it.
     Upsert { collection: String, record: Value },
     /// The record left the view: removed, or no longer matching the filter.
     Remove { collection: String, id: String },
 }
 
+/// A change with its JSON (`ViewUpsert` or `ViewRemove`), encoded once for all the
+/// streams that receive it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewEvent {
+    pub change: ViewChange,
+    pub json: Arc<str>,
+}
+
+impl ViewEvent {
+    fn new(change: ViewChange) -> Self {
+        let json = match &change {
+            ViewChange::Upsert { collection, record } => serde_json::to_string(&ViewUpsert {
+                collection: collection.clone(),
+                record: record.clone(),
+            }),
+            ViewChange::Remove { collection, id } => serde_json::to_string(&ViewRemove {
+                collection: collection.clone(),
+                id: id.clone(),
+            }),
+        }
+        .expect("a view event serializes");
+        Self {
+            change,
+            json: json.into(),
+        }
+    }
+
+    /// `upsert` or `remove`.
+    pub fn kind(&self) -> &'static str {
+        match self.change {
+            ViewChange::Upsert { .. } => "upsert",
+            ViewChange::Remove { .. } => "remove",
+        }
+    }
+}
+
 /// What a stream receives.
 #[derive(Debug, Clone)]
 pub enum StreamItem {
-    /// A batch of events, already audited.
-    Events(Arc<Vec<ViewEvent>>),
+    /// A batch of events, already audited: those of the shared batch from index
+    /// `from` on (a stream that joined while the batch was being gathered gets only the
+    /// changes made after it joined).
+    Events {
+        batch: Arc<Vec<ViewEvent>>,
+        from: usize,
+    },
     /// The stream ends, and why (revoked, expired, fell behind).
     End { code: ErrorCode, message: String },
 }
@@ -94,12 +135,24 @@ pub struct Hub {
     tasks: Mutex<JoinSet<()>>,
     next_stream: AtomicU64,
     stop: Mutex<Option<watch::Sender<bool>>>,
+    /// Joins go through the pump, so that it first catches up on every change made
+    /// before the join: a stream gets exactly the changes made after it is live.
+    joins: Mutex<Option<mpsc::Sender<Join>>>,
 }
+
+/// A request to open a stream, answered by the pump.
+struct Join {
+    caller: Caller,
+    reply: tokio::sync::oneshot::Sender<Result<Subscription, AccessError>>,
+}
+
+/// Joins waiting for the pump; more wait for room.
+const JOIN_QUEUE: usize = 64;
 
 #[derive(Default)]
 struct State {
     feeds: HashMap<(String, String), Arc<Feed>>,
-    /// Heads each followed collection was last diffed at.
+    /// Heads each followed collection was last diffed at. Changed only by the pump.
     tracked: HashMap<CollectionName, Vec<ChangeHash>>,
     per_grant: HashMap<String, usize>,
     streams: usize,
@@ -110,6 +163,9 @@ struct Feed {
     caller: Caller,
     collections: Vec<(CollectionName, CollectionScope)>,
     slots: Mutex<Vec<Slot>>,
+    /// How many streams have joined this feed: each pending event carries the count
+    /// at the moment it was worked out, each stream the count it joined at.
+    joins: AtomicU64,
     pending: Mutex<Pending>,
     wake: Notify,
     closed: AtomicBool,
@@ -117,13 +173,16 @@ struct Feed {
 
 struct Slot {
     id: u64,
+    /// Gets the events worked out from this join on.
+    since: u64,
     tx: mpsc::Sender<StreamItem>,
     verified: Arc<Verified>,
 }
 
 #[derive(Default)]
 struct Pending {
-    events: Vec<ViewEvent>,
+    /// Each with the feed's join count when it was worked out (never decreasing).
+    events: Vec<(u64, ViewEvent)>,
     overflowed: bool,
 }
 
@@ -153,11 +212,13 @@ impl Feed {
 impl Hub {
     pub(super) fn start(&self, door: Door) {
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (join_tx, join_rx) = mpsc::channel(JOIN_QUEUE);
         *self.stop.lock().expect("stop lock is never poisoned") = Some(stop_tx);
+        *self.joins.lock().expect("joins lock is never poisoned") = Some(join_tx);
         self.tasks
             .lock()
             .expect("tasks lock is never poisoned")
-            .spawn(pump(door, stop_rx));
+            .spawn(pump(door, stop_rx, join_rx));
     }
 
     pub(super) async fn shutdown(&self) {
@@ -182,17 +243,28 @@ impl Hub {
         tasks.shutdown().await;
     }
 
-    pub(super) fn subscribe(
-        &self,
-        door: &Door,
-        caller: Caller,
-    ) -> Result<Subscription, AccessError> {
+    /// Opens a stream for `caller`: asks the pump, which catches up on what changed
+    /// before it registers the stream.
+    pub(super) async fn subscribe(&self, caller: Caller) -> Result<Subscription, AccessError> {
+        let joins = self
+            .joins
+            .lock()
+            .expect("joins lock is never poisoned")
+            .clone()
+            .ok_or_else(stopping)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        joins
+            .send(Join { caller, reply })
+            .await
+            .map_err(|_| stopping())?;
+        answer.await.map_err(|_| stopping())?
+    }
+
+    /// Registers a stream (on the pump's task, after catching up).
+    fn register(&self, door: &Door, caller: Caller) -> Result<Subscription, AccessError> {
         let mut state = self.state.lock().expect("hub lock is never poisoned");
         let open = state.per_grant.get(&caller.grant.id).copied().unwrap_or(0);
-        if open >= MAX_STREAMS_PER_GRANT {
-            return Err(AccessError::TooManyStreams(open));
-        }
-        if state.streams >= MAX_STREAMS {
+        if open >= MAX_STREAMS_PER_GRANT || state.streams >= MAX_STREAMS {
             return Err(AccessError::TooManyStreams(open));
         }
         let scope_key = serde_json::to_string(&caller.scope).expect("a scope serializes");
@@ -200,27 +272,16 @@ impl Hub {
         let feed = match state.feeds.get(&key) {
             Some(feed) => feed.clone(),
             None => {
-                let mut collections = Vec::new();
-                for (name, scope) in caller.scope.readable() {
-                    let name = CollectionName::parse(name)
-                        .map_err(|e| AccessError::BadRequest(e.to_string()))?;
-                    collections.push((name, scope.clone()));
-                }
                 let feed = Arc::new(Feed {
                     key: key.clone(),
+                    collections: readable(&caller)?,
                     caller: caller.clone(),
-                    collections,
                     slots: Mutex::new(Vec::new()),
+                    joins: AtomicU64::new(0),
                     pending: Mutex::new(Pending::default()),
                     wake: Notify::new(),
                     closed: AtomicBool::new(false),
                 });
-                for (name, _) in &feed.collections {
-                    if !state.tracked.contains_key(name) {
-                        let heads = door.0.collections.track_changes(name)?;
-                        state.tracked.insert(name.clone(), heads);
-                    }
-                }
                 state.feeds.insert(key, feed.clone());
                 self.tasks
                     .lock()
@@ -231,11 +292,13 @@ impl Hub {
         };
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let since = feed.joins.fetch_add(1, Ordering::SeqCst) + 1;
         feed.slots
             .lock()
             .expect("slots lock is never poisoned")
             .push(Slot {
                 id,
+                since,
                 tx,
                 verified: caller.verified.clone(),
             });
@@ -271,15 +334,10 @@ impl Hub {
             .get(&feed.key)
             .is_some_and(|f| Arc::ptr_eq(f, feed));
         if last && is_current {
+            // Collections nobody follows any more are forgotten by the pump.
             state.feeds.remove(&feed.key);
             feed.closed.store(true, Ordering::SeqCst);
             feed.wake.notify_one();
-            let followed: BTreeSet<CollectionName> = state
-                .feeds
-                .values()
-                .flat_map(|f| f.collections.iter().map(|(n, _)| n.clone()))
-                .collect();
-            state.tracked.retain(|name, _| followed.contains(name));
         }
     }
 
@@ -308,13 +366,38 @@ impl Hub {
     }
 }
 
-async fn pump(door: Door, mut stop: watch::Receiver<bool>) {
+fn stopping() -> AccessError {
+    AccessError::Store(crate::store::StoreError::Closed)
+}
+
+fn readable(caller: &Caller) -> Result<Vec<(CollectionName, CollectionScope)>, AccessError> {
+    caller
+        .scope
+        .readable()
+        .map(|(name, scope)| {
+            CollectionName::parse(name)
+                .map(|n| (n, scope.clone()))
+                .map_err(|e| AccessError::BadRequest(e.to_string()))
+        })
+        .collect()
+}
+
+/// The one task that turns collection changes into feed events and registers new
+/// streams: everything it does happens in order.
+async fn pump(door: Door, mut stop: watch::Receiver<bool>, mut joins: mpsc::Receiver<Join>) {
     let mut changes = door.0.collections.subscribe();
     let mut tick = tokio::time::interval(RECHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.changed() => return,
+            join = joins.recv() => match join {
+                Some(join) => {
+                    let answer = join_feed(&door, join.caller).await;
+                    let _ = join.reply.send(answer);
+                }
+                None => return,
+            },
             change = changes.recv() => match change {
                 Ok(name) => on_change(&door, name).await,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
@@ -329,13 +412,65 @@ async fn pump(door: Door, mut stop: watch::Receiver<bool>) {
             },
             _ = tick.tick() => {
                 recheck_feeds(&door);
+                forget_unfollowed(&door);
                 door.flush_refusals();
             }
         }
     }
 }
 
+/// Catches up on what changed in the collections `caller` reads (for the streams
+/// already open), starts following the ones nobody followed, then registers the new
+/// stream: it gets exactly the changes made after this.
+async fn join_feed(door: &Door, caller: Caller) -> Result<Subscription, AccessError> {
+    for (name, _) in readable(&caller)? {
+        let followed = door
+            .0
+            .hub
+            .state
+            .lock()
+            .expect("hub lock is never poisoned")
+            .tracked
+            .contains_key(&name);
+        if followed {
+            on_change(door, name).await;
+        } else {
+            let collection = name.clone();
+            let heads = door
+                .blocking(move |inner| Ok(inner.collections.track_changes(&collection)?))
+                .await?;
+            door.0
+                .hub
+                .state
+                .lock()
+                .expect("hub lock is never poisoned")
+                .tracked
+                .insert(name, heads);
+        }
+    }
+    door.0.hub.register(door, caller)
+}
+
+/// Stops following collections no open stream reads.
+fn forget_unfollowed(door: &Door) {
+    let mut state = door.0.hub.state.lock().expect("hub lock is never poisoned");
+    let followed: BTreeSet<CollectionName> = state
+        .feeds
+        .values()
+        .flat_map(|f| f.collections.iter().map(|(n, _)| n.clone()))
+        .collect();
+    state.tracked.retain(|name, _| followed.contains(name));
+}
+
 async fn on_change(door: &Door, name: CollectionName) {
+    let t0 = std::time::Instant::now();
+    on_change_inner(door, name.clone()).await;
+    if name.as_str() == "contacts" {
+        eprintln!("DBG on_change {:?}", t0.elapsed());
+    }
+}
+
+async fn on_change_inner(door: &Door, name: CollectionName) {
     if name.as_str() == ACCESS {
         recheck_feeds(door);
         return;
@@ -388,26 +523,29 @@ async fn on_change(door: &Door, name: CollectionName) {
             if before == after {
                 continue;
             }
-            events.push(match after {
-                Some(record) => ViewEvent::Upsert {
+            events.push(ViewEvent::new(match after {
+                Some(record) => ViewChange::Upsert {
                     collection: name.to_string(),
                     record: Value::Object(record),
                 },
-                None => ViewEvent::Remove {
+                None => ViewChange::Remove {
                     collection: name.to_string(),
                     id: change.id.clone(),
                 },
-            });
+            }));
         }
         if events.is_empty() {
             continue;
         }
+        let epoch = feed.joins.load(Ordering::SeqCst);
         let mut pending = feed.pending.lock().expect("pending lock is never poisoned");
         if pending.events.len() + events.len() > MAX_PENDING {
             pending.overflowed = true;
             pending.events.clear();
         } else {
-            pending.events.extend(events);
+            pending
+                .events
+                .extend(events.into_iter().map(|e| (epoch, e)));
         }
         drop(pending);
         feed.wake.notify_one();
@@ -457,52 +595,95 @@ async fn deliver(door: Door, feed: Arc<Feed>) {
         if events.is_empty() {
             continue;
         }
-        let batch = Arc::new(events);
+        let epochs: Vec<u64> = events.iter().map(|(epoch, _)| *epoch).collect();
+        let batch: Arc<Vec<ViewEvent>> = Arc::new(events.into_iter().map(|(_, e)| e).collect());
+        // Each stream's share: the events worked out since it joined (a suffix).
         let mut permits = Vec::new();
         {
             let mut slots = feed.slots.lock().expect("slots lock is never poisoned");
             // A stream whose queue is full is too slow: it is ended, not waited for.
-            slots.retain(|slot| match slot.tx.clone().try_reserve_owned() {
-                Ok(permit) => {
-                    permits.push((slot.id, permit));
-                    true
+            slots.retain(|slot| {
+                let from = epochs.partition_point(|&e| e < slot.since);
+                if from == batch.len() {
+                    return true;
                 }
-                Err(_) => false,
+                match slot.tx.clone().try_reserve_owned() {
+                    Ok(permit) => {
+                        permits.push((slot.id, from, permit));
+                        true
+                    }
+                    Err(_) => false,
+                }
             });
         }
         if permits.is_empty() {
             continue;
         }
-        let audit = audit_batch(&feed, &batch, permits.iter().map(|(id, _)| *id));
-        let audited = match door
+        let audit = audit_batch(
+            &feed,
+            &batch,
+            permits.iter().map(|(id, from, _)| (*id, *from)),
+        );
+        let t0 = std::time::Instant::now();
+        let n = audit.len();
+        let a = door
             .blocking(move |inner| Ok(inner.audit.append_many(&inner.collections, audit)?))
-            .await
-        {
+            .await;
+        let t1 = t0.elapsed();
+        let audited = match a {
             Ok(()) => door.0.store.commit().await.map_err(AccessError::from),
             Err(e) => Err(e),
         };
+        eprintln!(
+            "DBG audit {n} entries {:?} commit {:?}",
+            t1,
+            t0.elapsed() - t1
+        );
         if let Err(e) = audited {
             // Nothing is sent that the audit log does not show.
             tracing::warn!(error = %e, "cannot audit an event batch; ending its streams");
             door.0.hub.close(&feed, e.code(), &e.to_string());
             return;
         }
-        for (_, permit) in permits {
-            permit.send(StreamItem::Events(batch.clone()));
+        for (_, from, permit) in permits {
+            permit.send(StreamItem::Events {
+                batch: batch.clone(),
+                from,
+            });
         }
     }
 }
 
-/// One audit entry per stream and collection of the batch.
+/// One audit entry per stream and collection of its share of the batch.
 fn audit_batch(
     feed: &Feed,
     batch: &[ViewEvent],
-    streams: impl Iterator<Item = u64>,
+    streams: impl Iterator<Item = (u64, usize)>,
 ) -> Vec<AuditEvent> {
+    let mut shares: BTreeMap<usize, BTreeMap<&str, (usize, BTreeSet<String>)>> = BTreeMap::new();
+    let mut events = Vec::new();
+    for (stream, from) in streams {
+        let per_collection = shares
+            .entry(from)
+            .or_insert_with(|| tally(feed, &batch[from..]));
+        for (collection, (records, fields)) in per_collection.iter() {
+            events.push(AuditEvent {
+                records: *records,
+                fields: fields.iter().cloned().collect(),
+                stream: Some(stream),
+                ..AuditEvent::new(&feed.caller.grant, Operation::Subscribe, collection)
+            });
+        }
+    }
+    events
+}
+
+/// Per collection: how many records the events carry, and which fields.
+fn tally<'a>(feed: &Feed, events: &'a [ViewEvent]) -> BTreeMap<&'a str, (usize, BTreeSet<String>)> {
     let mut per_collection: BTreeMap<&str, (usize, BTreeSet<String>)> = BTreeMap::new();
-    for event in batch {
-        match event {
-            ViewEvent::Upsert { collection, record } => {
+    for event in events {
+        match &event.change {
+            ViewChange::Upsert { collection, record } => {
                 let slot = per_collection.entry(collection).or_default();
                 slot.0 += 1;
                 if let (Some(record), Some((_, scope))) = (
@@ -514,21 +695,10 @@ fn audit_batch(
                     slot.1.extend(scope.field_names(record));
                 }
             }
-            ViewEvent::Remove { collection, .. } => {
+            ViewChange::Remove { collection, .. } => {
                 per_collection.entry(collection).or_default().0 += 1
             }
         }
     }
-    let mut events = Vec::new();
-    for stream in streams {
-        for (collection, (records, fields)) in &per_collection {
-            events.push(AuditEvent {
-                records: *records,
-                fields: fields.iter().cloned().collect(),
-                stream: Some(stream),
-                ..AuditEvent::new(&feed.caller.grant, Operation::Subscribe, collection)
-            });
-        }
-    }
-    events
+    per_collection
 }
