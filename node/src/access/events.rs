@@ -463,14 +463,6 @@ fn forget_unfollowed(door: &Door) {
 }
 
 async fn on_change(door: &Door, name: CollectionName) {
-    let t0 = std::time::Instant::now();
-    on_change_inner(door, name.clone()).await;
-    if name.as_str() == "contacts" {
-        eprintln!("DBG on_change {:?}", t0.elapsed());
-    }
-}
-
-async fn on_change_inner(door: &Door, name: CollectionName) {
     if name.as_str() == ACCESS {
         recheck_feeds(door);
         return;
@@ -624,21 +616,13 @@ async fn deliver(door: Door, feed: Arc<Feed>) {
             &batch,
             permits.iter().map(|(id, from, _)| (*id, *from)),
         );
-        let t0 = std::time::Instant::now();
-        let n = audit.len();
-        let a = door
+        let audited = match door
             .blocking(move |inner| Ok(inner.audit.append_many(&inner.collections, audit)?))
-            .await;
-        let t1 = t0.elapsed();
-        let audited = match a {
+            .await
+        {
             Ok(()) => door.0.store.commit().await.map_err(AccessError::from),
             Err(e) => Err(e),
         };
-        eprintln!(
-            "DBG audit {n} entries {:?} commit {:?}",
-            t1,
-            t0.elapsed() - t1
-        );
         if let Err(e) = audited {
             // Nothing is sent that the audit log does not show.
             tracing::warn!(error = %e, "cannot audit an event batch; ending its streams");
