@@ -546,15 +546,19 @@ impl Flusher {
 }
 
 /// Writes the commit record on its own thread, after the flush it describes, so a
-/// commit is acknowledged as soon as the store's own fsync is done. The record thus
-/// trails the store by at most the time of one record write (a few milliseconds; a
-/// store ahead of its record is fine, and the next write catches up), and it never
-/// claims more than the store holds. Records waiting while one is written collapse
-/// into the newest.
+/// commit is acknowledged as soon as the store's own fsync is done, and at most once
+/// every [`RECORD_EVERY`], so that a busy store pays for a record sync a few dozen
+/// times a second rather than once per commit. The record thus trails the store by at
+/// most that interval plus one write (a store ahead of its record is fine, and the next
+/// write catches up), and never claims more than the store holds. Records waiting in
+/// the meantime collapse into the newest; at shutdown the newest is written at once.
 struct RecordWriter {
     shared: Arc<(std::sync::Mutex<RecordSlot>, std::sync::Condvar)>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
+
+/// The least time between two writes of the commit record.
+const RECORD_EVERY: std::time::Duration = std::time::Duration::from_millis(25);
 
 #[derive(Default)]
 struct RecordSlot {
@@ -570,7 +574,18 @@ impl RecordWriter {
             .name("hearth-record".into())
             .spawn(move || {
                 let mut home_synced = false;
+                let mut last_write: Option<std::time::Instant> = None;
                 loop {
+                    if let Some(at) = last_write {
+                        let stopping = inbox
+                            .0
+                            .lock()
+                            .expect("record lock is never poisoned")
+                            .stopping;
+                        if !stopping {
+                            std::thread::sleep(RECORD_EVERY.saturating_sub(at.elapsed()));
+                        }
+                    }
                     let next = {
                         let (slot, ready) = &*inbox;
                         let mut slot = slot.lock().expect("record lock is never poisoned");
@@ -583,6 +598,7 @@ impl RecordWriter {
                         }
                     };
                     let (commit, marks) = next;
+                    last_write = Some(std::time::Instant::now());
                     match files.write(commit, marks) {
                         Ok(()) if !home_synced => home_synced = files.sync_home().is_ok(),
                         Ok(()) => {}
