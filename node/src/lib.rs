@@ -19,6 +19,7 @@ pub mod devices;
 pub mod home;
 pub mod keys;
 pub mod mesh;
+pub mod pim;
 pub mod records;
 pub mod server;
 pub mod store;

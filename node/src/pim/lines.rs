@@ -1,0 +1,298 @@
+//! Content lines of vCard and iCalendar text, kept exactly as they came.
+//!
+//! Both formats are a sequence of *content lines* (`[group.]NAME[;params]:value`), long
+//! ones folded onto continuation lines that start with a space or a tab (and, in vCard
+//! 2.1, quoted-printable values continued by a trailing `=`). This module only cuts
+//! text into such lines and reads each line's name and group — it interprets no value
+//! (that is `calcard`'s job) — so that a record can keep its original text and change
+//! only the lines of the fields that changed, leaving every other line byte for byte.
+
+/// One content line: its bytes as they were (folded, with their line ending) and where
+/// it started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub raw: String,
+    /// 1-based line number in the text it came from.
+    pub number: usize,
+}
+
+impl Line {
+    /// The line unfolded: continuation breaks removed, no line ending.
+    pub fn unfolded(&self) -> String {
+        let mut out = String::with_capacity(self.raw.len());
+        let mut rest = self.raw.as_str();
+        while let Some(pos) = rest.find('\n') {
+            let (head, tail) = rest.split_at(pos);
+            out.push_str(head.strip_suffix('\r').unwrap_or(head));
+            rest = &tail[1..];
+            if let Some(cont) = rest.strip_prefix([' ', '\t']) {
+                rest = cont;
+            } else if out.ends_with('=') && is_quoted_printable(&out) {
+                // A quoted-printable soft break: the `=` and the break both go.
+                out.pop();
+            }
+        }
+        out.push_str(rest.strip_suffix('\r').unwrap_or(rest));
+        out
+    }
+
+    /// The property name, upper case (`EMAIL`, `BEGIN`, `X-ABLABEL`).
+    pub fn name(&self) -> String {
+        let unfolded = self.unfolded();
+        let head = head_of(&unfolded);
+        let name = head.rsplit_once('.').map_or(head, |(_, n)| n);
+        name.to_ascii_uppercase()
+    }
+
+    /// The group (`item1` of `item1.EMAIL`), if any, as written.
+    pub fn group(&self) -> Option<String> {
+        let unfolded = self.unfolded();
+        head_of(&unfolded)
+            .rsplit_once('.')
+            .map(|(g, _)| g.to_owned())
+    }
+
+    /// The value after the first unquoted `:`, unfolded (for BEGIN/END lines).
+    pub fn value(&self) -> String {
+        let unfolded = self.unfolded();
+        let mut quoted = false;
+        for (i, c) in unfolded.char_indices() {
+            match c {
+                '"' => quoted = !quoted,
+                ':' if !quoted => return unfolded[i + 1..].to_owned(),
+                _ => {}
+            }
+        }
+        String::new()
+    }
+
+    /// Whether this is a content line at all (`NAME...:` before any value).
+    pub fn is_content(&self) -> bool {
+        let unfolded = self.unfolded();
+        let mut quoted = false;
+        for c in unfolded.chars() {
+            match c {
+                '"' => quoted = !quoted,
+                ':' if !quoted => return !head_of(&unfolded).is_empty(),
+                _ => {}
+            }
+        }
+        false
+    }
+}
+
+/// `[group.]NAME` of an unfolded line: up to the first `;` or `:`.
+fn head_of(unfolded: &str) -> &str {
+    let end = unfolded.find([';', ':']).unwrap_or(unfolded.len());
+    unfolded[..end].trim()
+}
+
+fn is_quoted_printable(unfolded: &str) -> bool {
+    let upper = unfolded.to_ascii_uppercase();
+    let params = &upper[..upper.find(':').unwrap_or(upper.len())];
+    params.contains("QUOTED-PRINTABLE")
+        || params.contains("ENCODING=Q;")
+        || params.ends_with("ENCODING=Q")
+}
+
+/// Cuts `text` into content lines (blank lines are dropped). The bytes of all the lines
+/// together are the text without its blank lines.
+pub fn split(text: &str) -> Vec<Line> {
+    let mut lines: Vec<Line> = Vec::new();
+    let mut number = 0;
+    for physical in text.split_inclusive('\n') {
+        number += 1;
+        let continues = physical.starts_with([' ', '\t'])
+            || lines.last().is_some_and(|l| {
+                let unfolded = l.unfolded();
+                unfolded.ends_with('=') && is_quoted_printable(&unfolded)
+            });
+        match lines.last_mut() {
+            Some(last) if continues && !physical.trim().is_empty() => last.raw.push_str(physical),
+            _ if physical.trim().is_empty() => {}
+            _ => lines.push(Line {
+                raw: physical.to_owned(),
+                number,
+            }),
+        }
+    }
+    // The last line may lack its line ending; later edits append after it.
+    if let Some(last) = lines.last_mut() {
+        if !last.raw.ends_with('\n') {
+            last.raw.push_str("\r\n");
+        }
+    }
+    lines
+}
+
+/// One object (`BEGIN:KIND` ... `END:KIND`) found in a text of many.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    pub lines: Vec<Line>,
+    /// 1-based position among the file's objects.
+    pub index: usize,
+}
+
+impl Object {
+    pub fn text(&self) -> String {
+        self.lines.iter().map(|l| l.raw.as_str()).collect()
+    }
+
+    pub fn first_line(&self) -> usize {
+        self.lines.first().map_or(0, |l| l.number)
+    }
+}
+
+/// Why a text is not a sequence of objects.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SplitError {
+    #[error("line {line}: {found:?} is outside any BEGIN:{kind} ... END:{kind}")]
+    Outside {
+        line: usize,
+        kind: String,
+        found: String,
+    },
+    #[error("entry {index} (line {line}) has no END:{kind}")]
+    Unterminated {
+        index: usize,
+        line: usize,
+        kind: String,
+    },
+    #[error("entry {index}, line {line}: {found:?} is not a content line (NAME:value)")]
+    NotContent {
+        index: usize,
+        line: usize,
+        found: String,
+    },
+    #[error("the text holds no BEGIN:{0}")]
+    Empty(String),
+}
+
+/// Cuts a text of many objects of `kind` (`VCARD`, `VCALENDAR`) into one per object,
+/// each with its lines as they were. Nested components (`BEGIN:VEVENT` inside a
+/// calendar) stay inside their object.
+pub fn objects(text: &str, kind: &str) -> Result<Vec<Object>, SplitError> {
+    let mut out = Vec::new();
+    let mut current: Option<Object> = None;
+    let mut depth = 0usize;
+    for line in split(text.strip_prefix('\u{feff}').unwrap_or(text)) {
+        let name = line.name();
+        let value = line.value().trim().to_ascii_uppercase();
+        match current.as_mut() {
+            None => {
+                if name == "BEGIN" && value == kind {
+                    depth = 1;
+                    current = Some(Object {
+                        lines: vec![line],
+                        index: out.len() + 1,
+                    });
+                } else {
+                    return Err(SplitError::Outside {
+                        line: line.number,
+                        kind: kind.to_owned(),
+                        found: preview(&line.unfolded()),
+                    });
+                }
+            }
+            Some(object) => {
+                if !line.is_content() {
+                    return Err(SplitError::NotContent {
+                        index: object.index,
+                        line: line.number,
+                        found: preview(&line.unfolded()),
+                    });
+                }
+                if name == "BEGIN" {
+                    depth += 1;
+                } else if name == "END" {
+                    depth -= 1;
+                }
+                object.lines.push(line);
+                if depth == 0 {
+                    out.push(current.take().expect("an object is open"));
+                }
+            }
+        }
+    }
+    if let Some(object) = current {
+        return Err(SplitError::Unterminated {
+            index: object.index,
+            line: object.first_line(),
+            kind: kind.to_owned(),
+        });
+    }
+    if out.is_empty() {
+        return Err(SplitError::Empty(kind.to_owned()));
+    }
+    Ok(out)
+}
+
+fn preview(text: &str) -> String {
+    let mut shown: String = text.chars().take(60).collect();
+    if shown.len() < text.len() {
+        shown.push('…');
+    }
+    shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_unfold_and_keep_their_bytes() {
+        let text = "BEGIN:VCARD\r\nVERSION:3.0\r\nitem1.EMAIL;type=INTERNET:ada@exa\r\n mple.org\r\nNOTE;ENCODING=QUOTED-PRINTABLE:one=\r\ntwo\r\n\r\nEND:VCARD";
+        let lines = split(text);
+        assert_eq!(lines.len(), 5);
+        assert_eq!(
+            lines[2].unfolded(),
+            "item1.EMAIL;type=INTERNET:ada@example.org"
+        );
+        assert_eq!(lines[2].name(), "EMAIL");
+        assert_eq!(lines[2].group().as_deref(), Some("item1"));
+        assert_eq!(lines[3].unfolded(), "NOTE;ENCODING=QUOTED-PRINTABLE:onetwo");
+        assert_eq!(lines[4].number, 8);
+        assert_eq!(lines[4].raw, "END:VCARD\r\n");
+        let joined: String = lines.iter().map(|l| l.raw.as_str()).collect();
+        assert_eq!(joined, text.replace("\r\n\r\n", "\r\n").to_owned() + "\r\n");
+    }
+
+    #[test]
+    fn objects_are_cut_and_bad_texts_named() {
+        let two = "BEGIN:VCARD\nFN:A\nEND:VCARD\nBEGIN:VCARD\nFN:B\nEND:VCARD\n";
+        let objects = objects(two, "VCARD").unwrap();
+        assert_eq!(objects.len(), 2);
+        assert_eq!(objects[1].first_line(), 4);
+        assert_eq!(objects[1].text(), "BEGIN:VCARD\nFN:B\nEND:VCARD\n");
+        assert!(matches!(
+            super::objects("BEGIN:VCARD\nFN:A\n", "VCARD"),
+            Err(SplitError::Unterminated {
+                index: 1,
+                line: 1,
+                ..
+            })
+        ));
+        assert!(matches!(
+            super::objects("hello\nBEGIN:VCARD\nEND:VCARD\n", "VCARD"),
+            Err(SplitError::Outside { line: 1, .. })
+        ));
+        assert!(matches!(
+            super::objects("BEGIN:VCARD\nFN:A\nnonsense\nEND:VCARD\n", "VCARD"),
+            Err(SplitError::NotContent {
+                index: 1,
+                line: 3,
+                ..
+            })
+        ));
+        assert!(matches!(
+            super::objects("", "VCARD"),
+            Err(SplitError::Empty(_))
+        ));
+        let nested = "BEGIN:VCALENDAR\nBEGIN:VEVENT\nUID:1\nEND:VEVENT\nEND:VCALENDAR\n";
+        assert_eq!(
+            super::objects(nested, "VCALENDAR").unwrap()[0].lines.len(),
+            5
+        );
+    }
+}

@@ -1,0 +1,349 @@
+//! vCard and iCalendar files as phones and mail programs export them (written to look
+//! like Apple's, Google's and Outlook's: grouped labels, embedded photos, non-ASCII,
+//! folded lines, quoted-printable, time zones, all-day events, recurrences with
+//! exceptions and an override, attendees, alarms) read into records and written back:
+//! unchanged records come back byte for byte, a changed field changes only its lines.
+
+use std::path::PathBuf;
+
+use hearth_node::pim::{self, Kind, calendar, contacts};
+use serde_json::{Map, Value, json};
+
+fn fixture(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/pim")
+        .join(name);
+    std::fs::read_to_string(path).unwrap()
+}
+
+fn records(kind: Kind, file: &str) -> Vec<Map<String, Value>> {
+    let (imported, skipped) = pim::read_file(kind, &fixture(file)).unwrap();
+    assert!(skipped.is_empty(), "{file}: {skipped:?}");
+    imported.into_iter().map(|i| i.record).collect()
+}
+
+fn by_name<'a>(records: &'a [Map<String, Value>], name: &str) -> &'a Map<String, Value> {
+    records
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no {name}"))
+}
+
+#[test]
+fn contacts_read_as_people_wrote_them() {
+    let apple = records(Kind::Contacts, "apple.vcf");
+    assert_eq!(apple.len(), 2);
+    let ada = by_name(&apple, "Ada Lovelace");
+    assert_eq!(ada["uid"], "4E1A2B3C-1111-2222-3333-444455556666");
+    assert_eq!(
+        ada["emails"],
+        json!([
+            {"value": "ada@example.org", "label": "Work", "pref": true},
+            {"value": "ada.home@example.org", "label": "Home office"}
+        ])
+    );
+    assert_eq!(ada["email"], "ada@example.org");
+    assert_eq!(ada["phones"][0]["types"], json!(["cell", "voice"]));
+    assert_eq!(ada["addresses"][0]["locality"], "London");
+    assert_eq!(ada["addresses"][0]["street"], "12 St James's Square");
+    assert_eq!(ada["birthday"], "1815-12-10");
+    assert_eq!(ada["groups"], json!(["math", "friends"]));
+    assert_eq!(ada["name_parts"]["family"], "Lovelace");
+    assert!(
+        ada["notes"]
+            .as_str()
+            .unwrap()
+            .contains("algorithm, for the Analytical Engine.\nLoved")
+    );
+    let (_, photo) = contacts::fields(&contacts::parse(ada["vcard"].as_str().unwrap()).unwrap());
+    let photo = photo.expect("the embedded photo is handed over for the blob store");
+    assert!(
+        photo.bytes.starts_with(b"\x89PNG"),
+        "{:?}",
+        &photo.bytes[..8]
+    );
+    let karel = by_name(&apple, "Karel Čapek");
+    assert_eq!(karel["phones"][0]["label"], "Písárna");
+    assert!(
+        karel["notes"]
+            .as_str()
+            .unwrap()
+            .ends_with("musela zalomit."),
+        "{}",
+        karel["notes"]
+    );
+
+    let google = records(Kind::Contacts, "google.vcf");
+    assert_eq!(google.len(), 2);
+    let grace = by_name(&google, "Grace Hopper");
+    assert!(
+        grace["uid"].as_str().unwrap().starts_with("hearth-import-"),
+        "no UID: one from the content"
+    );
+    assert_eq!(grace["addresses"][0]["label"], "Resting place");
+    assert_eq!(
+        grace["urls"],
+        json!(["https://en.wikipedia.org/wiki/Grace_Hopper"])
+    );
+
+    let outlook = records(Kind::Contacts, "outlook.vcf");
+    let emmy = by_name(&outlook, "Emmy Noether");
+    assert_eq!(emmy["addresses"][0]["street"], "Bunsenstraße 3-5");
+    assert_eq!(emmy["addresses"][0]["locality"], "Göttingen");
+    assert_eq!(emmy["email"], "emmy@uni-goettingen.example.de");
+    assert!(
+        emmy["notes"]
+            .as_str()
+            .unwrap()
+            .contains("symmetry and conservation laws.")
+    );
+
+    let v4 = records(Kind::Contacts, "v4.vcf");
+    assert_eq!(
+        v4[0]["uid"],
+        "urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6"
+    );
+    assert_eq!(v4[0]["phone"], "+1-555-555-0100");
+    assert_eq!(v4[0]["emails"][0]["pref"], true);
+}
+
+#[test]
+fn unchanged_contacts_come_back_byte_for_byte() {
+    for file in ["apple.vcf", "google.vcf", "outlook.vcf", "v4.vcf"] {
+        let exported = pim::export(Kind::Contacts, &records(Kind::Contacts, file)).unwrap();
+        assert_eq!(exported, fixture(file), "{file}");
+    }
+}
+
+/// The lines of `after` that are not in `before`, and those of `before` not in `after`.
+fn changed_lines(before: &str, after: &str) -> (Vec<String>, Vec<String>) {
+    let b: Vec<String> = pim::lines::split(before)
+        .iter()
+        .map(|l| l.raw.clone())
+        .collect();
+    let a: Vec<String> = pim::lines::split(after)
+        .iter()
+        .map(|l| l.raw.clone())
+        .collect();
+    (
+        a.iter().filter(|l| !b.contains(l)).cloned().collect(),
+        b.iter().filter(|l| !a.contains(l)).cloned().collect(),
+    )
+}
+
+#[test]
+fn a_changed_field_changes_only_its_lines() {
+    let apple = records(Kind::Contacts, "apple.vcf");
+    let before = by_name(&apple, "Ada Lovelace").clone();
+    let mut after = before.clone();
+    after.insert("name".into(), json!("Ada King"));
+    after.insert("email".into(), json!("countess@example.org"));
+    pim::prepare(Kind::Contacts, Some(&before), &mut after).unwrap();
+    let (added, removed) = changed_lines(
+        before["vcard"].as_str().unwrap(),
+        after["vcard"].as_str().unwrap(),
+    );
+    assert_eq!(
+        removed,
+        [
+            "FN:Ada Lovelace\r\n",
+            "item1.EMAIL;type=INTERNET;type=pref:ada@example.org\r\n",
+            "item1.X-ABLabel:_$!<Work>!$_\r\n",
+            "item2.EMAIL;type=INTERNET:ada.home@example.org\r\n",
+            "item2.X-ABLabel:Home office\r\n",
+        ]
+    );
+    assert_eq!(added.len(), 5, "{added:?}");
+    assert!(added.contains(&"FN:Ada King\r\n".to_owned()), "{added:?}");
+    // Read back, the record says what was changed and nothing else moved.
+    let reread = contacts::fields(&contacts::parse(after["vcard"].as_str().unwrap()).unwrap()).0;
+    assert_eq!(reread["name"], "Ada King");
+    assert_eq!(reread["email"], "countess@example.org");
+    assert_eq!(reread["emails"][0]["label"], "Work");
+    assert_eq!(reread["emails"][1]["value"], "ada.home@example.org");
+    assert_eq!(reread["addresses"], before["addresses"]);
+
+    // A record made from fields alone gets a whole vCard 4.0, with a UID.
+    let mut fresh =
+        json!({"name": "New Person", "emails": [{"value": "new@example.org", "types": ["work"]}]})
+            .as_object()
+            .unwrap()
+            .clone();
+    pim::prepare(Kind::Contacts, None, &mut fresh).unwrap();
+    let text = fresh["vcard"].as_str().unwrap();
+    assert!(text.starts_with("BEGIN:VCARD\r\nVERSION:4.0\r\n"), "{text}");
+    let reread = contacts::fields(&contacts::parse(text).unwrap()).0;
+    assert_eq!(reread["email"], "new@example.org");
+    assert_eq!(reread["uid"], fresh["uid"]);
+
+    // A new text given whole is read: its fields win.
+    let mut replaced = before.clone();
+    replaced.insert("vcard".into(), json!(fixture("v4.vcf")));
+    pim::prepare(Kind::Contacts, Some(&before), &mut replaced).unwrap();
+    assert_eq!(replaced["name"], "Hedy Lamarr");
+    assert!(replaced.get("addresses").is_none());
+}
+
+#[test]
+fn calendars_read_split_by_uid_and_come_back() {
+    let google = records(Kind::Calendar, "google.ics");
+    assert_eq!(
+        google.len(),
+        2,
+        "two UIDs: the recurring standup (with its override) and the holidays"
+    );
+    let standup = google
+        .iter()
+        .find(|r| r["uid"] == "standup-1234@google.com")
+        .unwrap();
+    assert_eq!(standup["summary"], "Standup");
+    assert_eq!(standup["start"], "2026-11-02T09:00:00");
+    assert_eq!(standup["start_tz"], "Europe/Paris");
+    assert_eq!(standup["rrule"], "FREQ=WEEKLY;COUNT=10;BYDAY=MO");
+    assert_eq!(standup["exdates"], json!(["2026-11-16T09:00:00"]));
+    assert_eq!(standup["overrides"], json!(["2026-11-09T09:00:00"]));
+    assert_eq!(standup["location"], "Salle Lovelace, 3e étage");
+    assert_eq!(standup["attendees"][0]["name"], "Grace Hopper");
+    assert_eq!(standup["organizer"]["email"], "ada@example.org");
+    assert_eq!(standup["alarms"][0]["action"], "DISPLAY");
+    assert!(
+        standup["ical"]
+            .as_str()
+            .unwrap()
+            .contains("BEGIN:VTIMEZONE"),
+        "its time zone comes along"
+    );
+    let holidays = google
+        .iter()
+        .find(|r| r["uid"] == "holidays-5678@google.com")
+        .unwrap();
+    assert_eq!(
+        (holidays["all_day"].clone(), holidays["start"].clone()),
+        (json!(true), json!("2026-12-24"))
+    );
+    assert!(
+        !holidays["ical"].as_str().unwrap().contains("VTIMEZONE"),
+        "only the zones it uses"
+    );
+
+    let task = &records(Kind::Calendar, "apple.ics")[0];
+    assert_eq!(
+        (task["kind"].clone(), task["due"].clone()),
+        (json!("task"), json!("2026-11-30"))
+    );
+    let outlook = &records(Kind::Calendar, "outlook.ics")[0];
+    assert_eq!(outlook["start_tz"], "W. Europe Standard Time");
+    assert_eq!(outlook["summary"], "Budget review");
+
+    // Every component comes back byte for byte in one calendar file.
+    for file in ["google.ics", "outlook.ics", "apple.ics"] {
+        let exported = pim::export(Kind::Calendar, &records(Kind::Calendar, file)).unwrap();
+        calendar::parse(&exported).unwrap();
+        let (zones, body) = calendar::components_text(&fixture(file));
+        assert!(exported.contains(&body), "{file}: components changed");
+        for (_, zone) in zones {
+            assert_eq!(exported.matches(&zone).count(), 1, "{file}: each zone once");
+        }
+    }
+}
+
+#[test]
+fn a_changed_event_changes_only_its_lines_and_keeps_its_override() {
+    let google = records(Kind::Calendar, "google.ics");
+    let before = google
+        .iter()
+        .find(|r| r["uid"] == "standup-1234@google.com")
+        .unwrap()
+        .clone();
+    let mut after = before.clone();
+    after.insert("summary".into(), json!("Stand-up, shorter"));
+    after.insert("start".into(), json!("2026-11-02T09:15:00"));
+    pim::prepare(Kind::Calendar, Some(&before), &mut after).unwrap();
+    let (added, removed) = changed_lines(
+        before["ical"].as_str().unwrap(),
+        after["ical"].as_str().unwrap(),
+    );
+    assert_eq!(
+        removed,
+        [
+            "DTSTART;TZID=Europe/Paris:20261102T090000\r\n",
+            "SUMMARY:Standup\r\n"
+        ]
+    );
+    assert_eq!(
+        added,
+        [
+            "DTSTART;TZID=Europe/Paris:20261102T091500\r\n",
+            "SUMMARY:Stand-up\\, shorter\r\n"
+        ]
+    );
+    let reread = calendar::fields(&calendar::parse(after["ical"].as_str().unwrap()).unwrap());
+    assert_eq!(reread["summary"], "Stand-up, shorter");
+    assert_eq!(reread["overrides"], before["overrides"]);
+}
+
+#[test]
+fn time_ranges_see_recurrences_exceptions_and_overrides() {
+    let google = records(Kind::Calendar, "google.ics");
+    let ical = |uid: &str| {
+        let r = google.iter().find(|r| r["uid"] == uid).unwrap();
+        calendar::parse(r["ical"].as_str().unwrap()).unwrap()
+    };
+    let standup = ical("standup-1234@google.com");
+    let utc = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp();
+    // Third Monday (Nov 16) is an exception; Nov 23 takes place (08:00 UTC).
+    assert!(!calendar::overlaps(
+        &standup,
+        utc("2026-11-16T07:00:00Z"),
+        utc("2026-11-16T10:00:00Z")
+    ));
+    assert!(calendar::overlaps(
+        &standup,
+        utc("2026-11-23T08:00:00Z"),
+        utc("2026-11-23T08:10:00Z")
+    ));
+    // Nov 9 was moved to 10:00 Paris (09:00 UTC).
+    assert!(!calendar::overlaps(
+        &standup,
+        utc("2026-11-09T08:00:00Z"),
+        utc("2026-11-09T08:30:00Z")
+    ));
+    assert!(calendar::overlaps(
+        &standup,
+        utc("2026-11-09T09:00:00Z"),
+        utc("2026-11-09T09:10:00Z")
+    ));
+    // After the tenth occurrence, nothing.
+    assert!(!calendar::overlaps(
+        &standup,
+        utc("2027-02-01T00:00:00Z"),
+        utc("2027-12-31T00:00:00Z")
+    ));
+    let holidays = ical("holidays-5678@google.com");
+    assert!(calendar::overlaps(
+        &holidays,
+        utc("2026-12-25T12:00:00Z"),
+        utc("2026-12-25T13:00:00Z")
+    ));
+    assert!(!calendar::overlaps(
+        &holidays,
+        utc("2026-12-27T00:00:00Z"),
+        utc("2026-12-28T00:00:00Z")
+    ));
+}
+
+#[test]
+fn a_bad_file_names_the_entry_and_line_and_yields_nothing() {
+    let mut broken = fixture("google.vcf");
+    broken.push_str("BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Half a card\r\n");
+    let e = pim::read_file(Kind::Contacts, &broken).unwrap_err();
+    assert_eq!(e.to_string(), "entry 3 (line 22) has no END:VCARD");
+    let garbage = "BEGIN:VCARD\r\nVERSION:3.0\r\nthis is not a property\r\nEND:VCARD\r\n";
+    let e = pim::read_file(Kind::Contacts, garbage).unwrap_err();
+    assert!(e.to_string().contains("entry 1, line 3"), "{e}");
+    let e = pim::read_file(Kind::Calendar, &fixture("google.vcf")).unwrap_err();
+    assert!(e.to_string().contains("line 1"), "{e}");
+    let no_uid = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nSUMMARY:x\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
+    let e = pim::read_file(Kind::Calendar, no_uid).unwrap_err();
+    assert!(e.to_string().contains("without a UID"), "{e}");
+}
