@@ -189,10 +189,10 @@ pub fn fields(ical: &ICalendar) -> Map<String, Value> {
             .is_some_and(|d| d.hour.is_none());
         out.insert("all_day".into(), Value::Bool(all_day));
     }
-    if let Some(rule) = main.property(&ICalendarProperty::Rrule) {
-        if let Some(ICalendarValue::RecurrenceRule(r)) = rule.values.first() {
-            out.insert("rrule".into(), Value::String(r.to_string()));
-        }
+    if let Some(rule) = main.property(&ICalendarProperty::Rrule)
+        && let Some(ICalendarValue::RecurrenceRule(r)) = rule.values.first()
+    {
+        out.insert("rrule".into(), Value::String(r.to_string()));
     }
     let exdates: Vec<Value> = main
         .properties(&ICalendarProperty::Exdate)
@@ -232,17 +232,17 @@ pub fn fields(ical: &ICalendar) -> Map<String, Value> {
     if !attendees.is_empty() {
         out.insert("attendees".into(), Value::Array(attendees));
     }
-    if let Some(o) = main.property(&ICalendarProperty::Organizer) {
-        if let Some(email) = o.calendar_address() {
-            let mut organizer = json!({ "email": email });
-            if let Some(name) = o
-                .parameter(&ICalendarParameterName::Cn)
-                .and_then(|v| v.as_text())
-            {
-                organizer["name"] = json!(name);
-            }
-            out.insert("organizer".into(), organizer);
+    if let Some(o) = main.property(&ICalendarProperty::Organizer)
+        && let Some(email) = o.calendar_address()
+    {
+        let mut organizer = json!({ "email": email });
+        if let Some(name) = o
+            .parameter(&ICalendarParameterName::Cn)
+            .and_then(|v| v.as_text())
+        {
+            organizer["name"] = json!(name);
         }
+        out.insert("organizer".into(), organizer);
     }
     let main_index = ical
         .components
@@ -346,14 +346,14 @@ fn main_range(lines: &[Line]) -> Option<(usize, usize)> {
                 candidate = Some(i);
             }
         } else if name == "END" {
-            if depth == 2 {
-                if let Some(start) = candidate.take() {
-                    let is_override = lines[start..i].iter().any(|l| l.name() == "RECURRENCE-ID");
-                    if !is_override {
-                        return Some((start, i));
-                    }
-                    fallback.get_or_insert((start, i));
+            if depth == 2
+                && let Some(start) = candidate.take()
+            {
+                let is_override = lines[start..i].iter().any(|l| l.name() == "RECURRENCE-ID");
+                if !is_override {
+                    return Some((start, i));
                 }
+                fallback.get_or_insert((start, i));
             }
             depth -= 1;
         }
@@ -673,13 +673,13 @@ pub fn components_text(text: &str) -> (Vec<(String, String)>, String) {
             text.push_str(&line.raw);
         }
         if name == "END" {
-            if depth == 2 {
-                if let Some((is_zone, tzid, text)) = current.take() {
-                    if is_zone {
-                        zones.push((tzid, text));
-                    } else {
-                        body.push_str(&text);
-                    }
+            if depth == 2
+                && let Some((is_zone, tzid, text)) = current.take()
+            {
+                if is_zone {
+                    zones.push((tzid, text));
+                } else {
+                    body.push_str(&text);
                 }
             }
             depth -= 1;

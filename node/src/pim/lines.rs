@@ -27,7 +27,7 @@ impl Line {
             rest = &tail[1..];
             if let Some(cont) = rest.strip_prefix([' ', '\t']) {
                 rest = cont;
-            } else if out.ends_with('=') && is_quoted_printable(&out) {
+            } else if !rest.is_empty() && out.ends_with('=') && is_quoted_printable(&out) {
                 // A quoted-printable soft break: the `=` and the break both go.
                 out.pop();
             }
@@ -99,9 +99,8 @@ fn is_quoted_printable(unfolded: &str) -> bool {
 /// together are the text without its blank lines.
 pub fn split(text: &str) -> Vec<Line> {
     let mut lines: Vec<Line> = Vec::new();
-    let mut number = 0;
-    for physical in text.split_inclusive('\n') {
-        number += 1;
+    for (index, physical) in text.split_inclusive('\n').enumerate() {
+        let number = index + 1;
         let continues = physical.starts_with([' ', '\t'])
             || lines.last().is_some_and(|l| {
                 let unfolded = l.unfolded();
@@ -117,10 +116,10 @@ pub fn split(text: &str) -> Vec<Line> {
         }
     }
     // The last line may lack its line ending; later edits append after it.
-    if let Some(last) = lines.last_mut() {
-        if !last.raw.ends_with('\n') {
-            last.raw.push_str("\r\n");
-        }
+    if let Some(last) = lines.last_mut()
+        && !last.raw.ends_with('\n')
+    {
+        last.raw.push_str("\r\n");
     }
     lines
 }
