@@ -165,6 +165,11 @@ pub enum Command {
         /// At most N requests a minute (per device), e.g. 60/min
         #[arg(long, value_name = "N/min")]
         rate: Option<String>,
+        /// Also issue a short password for this grant (shown once), for apps that log in
+        /// with a user name and password, such as contacts and calendar apps (CardDAV,
+        /// CalDAV at /dav/); any user name works
+        #[arg(long)]
+        app_password: bool,
     },
     /// List grants: service, scope, purpose, issued, expires, last used, status
     Grants,
@@ -184,11 +189,52 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Import a vCard (.vcf) or iCalendar (.ics) file: every entry, or nothing if one
+    /// cannot be read; importing again updates (by UID) instead of duplicating
+    Import {
+        /// What the file holds
+        #[arg(value_enum)]
+        kind: PimKind,
+        /// The file (- for stdin)
+        file: PathBuf,
+        /// Into this collection instead of `contacts` / `calendar` (its name must start
+        /// with contacts- or calendar-)
+        #[arg(long, value_name = "COLLECTION")]
+        into: Option<String>,
+    },
+    /// Export contacts as one vCard file, or the calendar as one iCalendar file
+    Export {
+        /// What to export
+        #[arg(value_enum)]
+        kind: PimKind,
+        /// Write to this file instead of stdout
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// From this collection instead of `contacts` / `calendar`
+        #[arg(long, value_name = "COLLECTION")]
+        from: Option<String>,
+    },
     /// Store or fetch blobs (photos, documents: large or binary content)
     Blob {
         #[command(subcommand)]
         command: BlobCommand,
     },
+}
+
+/// Contacts (vCard) or calendar (iCalendar).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PimKind {
+    Contacts,
+    Calendar,
+}
+
+impl PimKind {
+    pub fn collection(self) -> &'static str {
+        match self {
+            PimKind::Contacts => "contacts",
+            PimKind::Calendar => "calendar",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -22,6 +22,8 @@ use tokio::io::AsyncWriteExt;
 
 use crate::args::{BlobCommand, Cli, Command, DevicesCommand, PassphraseArgs, TokenCommand};
 use crate::client::{Client, read_data_arg};
+use futures::StreamExt;
+use hearth_node::pim::ImportReport;
 
 /// Standard output was closed by its reader (`hearth audit | head`): not a failure.
 #[derive(Debug, thiserror::Error)]
@@ -482,6 +484,7 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
             purpose,
             to,
             rate,
+            app_password,
         } => {
             let request = GrantRequest {
                 service,
@@ -492,6 +495,7 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
                 purpose,
                 to,
                 rate,
+                app_password,
             };
             let created: GrantCreated = client
                 .json(
@@ -505,6 +509,9 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
                 // The token first: it is shown once, and a reader that stops early
                 // (`| head -1`) must still get it.
                 out(format!("token: {}", created.token))?;
+                if let Some(password) = &created.password {
+                    out(format!("app password: {password}"))?;
+                }
                 let expires = match created.expires_at {
                     Some(t) => format!("expires {}", when(t)),
                     None => "never expires".to_owned(),
@@ -575,6 +582,48 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
                 }
             }
         }
+        Command::Import { kind, file, into } => {
+            let collection = into.unwrap_or_else(|| kind.collection().to_owned());
+            import(home, json, &client, &collection, &file).await?;
+        }
+        Command::Export { kind, output, from } => {
+            let collection = from.unwrap_or_else(|| kind.collection().to_owned());
+            let path = format!("/v1/export/{}", seg(&collection));
+            let text = client
+                .send(home, client.request(Method::GET, &path))
+                .await?
+                .text()
+                .await
+                .context("the export broke off")?;
+            match output {
+                Some(file) => {
+                    hearth_node::home::write_file_atomic(&file, text.as_bytes(), 0o600)
+                        .with_context(|| format!("cannot write {}", file.display()))?;
+                    if json {
+                        out_json(&Exported {
+                            collection,
+                            path: file.display().to_string(),
+                            bytes: text.len() as u64,
+                        })?;
+                    } else {
+                        note(format!("wrote {} bytes to {}", text.len(), file.display()));
+                    }
+                }
+                None if json => bail!("with --json, give -o FILE (the export is not JSON)"),
+                None => {
+                    let mut stdout = std::io::stdout().lock();
+                    match stdout
+                        .write_all(text.as_bytes())
+                        .and_then(|()| stdout.flush())
+                    {
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                            return Err(StdoutClosed.into());
+                        }
+                        other => other?,
+                    }
+                }
+            }
+        }
         Command::Blob { command } => blob(home, json, &client, command).await?,
         Command::Init { .. }
         | Command::Up { .. }
@@ -585,6 +634,84 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
         }
     }
     Ok(())
+}
+
+/// `hearth export --json`.
+#[derive(serde::Serialize)]
+struct Exported {
+    collection: String,
+    path: String,
+    bytes: u64,
+}
+
+/// Sends a file to `POST /v1/import/{c}`, with a progress bar on a terminal.
+async fn import(
+    home: &Home,
+    json: bool,
+    client: &Client,
+    collection: &str,
+    file: &std::path::Path,
+) -> anyhow::Result<()> {
+    let bytes = if file.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).context("cannot read stdin")?;
+        buf
+    } else {
+        std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    let bar = progress(json, bytes.len() as u64, "sending");
+    let chunks: Vec<bytes::Bytes> = bytes::Bytes::from(bytes)
+        .chunks(64 * 1024)
+        .map(bytes::Bytes::copy_from_slice)
+        .collect();
+    let counted = bar.clone();
+    let body = futures::stream::iter(chunks).map(move |chunk| {
+        if let Some(bar) = &counted {
+            bar.inc(chunk.len() as u64);
+        }
+        Ok::<_, std::convert::Infallible>(chunk)
+    });
+    let path = format!("/v1/import/{}", seg(collection));
+    if let Some(bar) = &bar {
+        bar.set_message("sending");
+    }
+    let request = client
+        .request(Method::POST, &path)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(reqwest::Body::wrap_stream(body));
+    let report: ImportReport = client.json(home, request).await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if json {
+        return out_json(&report);
+    }
+    out(format!(
+        "{} new, {} updated, {} unchanged in {collection}",
+        report.imported, report.updated, report.unchanged
+    ))?;
+    for skipped in &report.skipped {
+        note(format!(
+            "skipped entry {} (line {}): {}",
+            skipped.entry, skipped.line, skipped.reason
+        ));
+    }
+    Ok(())
+}
+
+/// A progress bar on stderr when it is a terminal and the output is for people.
+fn progress(json: bool, total: u64, what: &str) -> Option<indicatif::ProgressBar> {
+    if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:10} [{bar:40}] {bytes}/{total_bytes} {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    Some(bar)
 }
 
 async fn blob(

@@ -68,6 +68,7 @@ fn token_check(c: &mut Criterion) {
     let scope = Scope::parse(Some("contacts.name,contacts.email"), None, &[]).expect("scope");
     let (_, token) = access::create_grant(&v.collections, &v.keys, NewGrant::new("bench", scope))
         .expect("grant");
+    let token = token.token;
     let narrowing = Narrowing::parse(Some("contacts.name"), None).expect("a narrowing");
     let narrowed = access::attenuate(&token, &narrowing, None).expect("attenuates");
     let mut group = c.benchmark_group("token");

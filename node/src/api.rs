@@ -35,6 +35,7 @@ use crate::access::events::{StreamItem, ViewEvent};
 use crate::access::{self, AccessError, Credentials};
 use crate::blobs::BlobError;
 use crate::collections::CollectionError;
+use crate::pim;
 use crate::store::StoreError;
 
 type AppState = Arc<Vault>;
@@ -70,6 +71,8 @@ pub fn router(vault: Arc<Vault>) -> Router {
         .route("/v1/blobs/{id}", get(get_blob))
         .route("/v1/grants", get(list_grants).post(create_grant))
         .route("/v1/grants/{id}/revoke", post(revoke_grant))
+        .route("/v1/import/{collection}", post(import))
+        .route("/v1/export/{collection}", get(export))
         .route("/v1/audit", get(list_audit))
         .route("/v1/audit/verify", get(verify_audit))
         .route_layer(middleware::from_fn_with_state(vault.clone(), require_owner));
@@ -471,12 +474,26 @@ async fn write_record(
     record: Map<String, Value>,
 ) -> Result<Response, ApiError> {
     // One record takes tens of microseconds: done on the request's task.
-    let created = vault.collections.put(&collection, &id, &record)?;
+    let (existed, _) = owner_write(&vault, &collection, &id, pim::Change::Replace(record))?;
     vault.store.commit().await?;
     Ok(put_response(PutResponse {
         id: id.to_string(),
-        created,
+        created: !existed,
     }))
+}
+
+/// An owner's write, with contacts and calendar records kept in step with their text.
+fn owner_write(
+    vault: &Vault,
+    collection: &CollectionName,
+    id: &RecordId,
+    change: pim::Change,
+) -> Result<(bool, Map<String, Value>), ApiError> {
+    pim::owner_write(&vault.collections, collection, id, change).map_err(|e| match e {
+        pim::WriteError::Missing => record_not_found(collection, id),
+        pim::WriteError::Pim(e) => ApiError::new(ErrorCode::BadRequest, e.to_string()),
+        pim::WriteError::Collection(e) => e.into(),
+    })
 }
 
 async fn patch_record(
@@ -488,9 +505,10 @@ async fn patch_record(
     let collection = writable(collection)?;
     let mut patch = read_record_body(&vault, body).await?;
     check_body_id(&mut patch, &id)?;
+    owner_write(&vault, &collection, &id, pim::Change::Merge(patch))?;
     let record = vault
         .collections
-        .patch(&collection, &id, &patch)?
+        .get(&collection, &id)?
         .ok_or_else(|| record_not_found(&collection, &id))?;
     vault.store.commit().await?;
     Ok(Json(record))
@@ -547,6 +565,10 @@ async fn edit_text(
         .edit_text(&collection, &id, &request.field, &edits)?
     {
         return Err(record_not_found(&collection, &id));
+    }
+    if pim::Kind::of(collection.as_str()).is_some() {
+        // The vCard or iCalendar text follows the edited field.
+        owner_write(&vault, &collection, &id, pim::Change::Merge(Map::new()))?;
     }
     let record = vault
         .collections
@@ -772,6 +794,89 @@ fn record_not_found(collection: &CollectionName, id: &RecordId) -> ApiError {
     )
 }
 
+// ---- Import and export (owner) ----
+
+/// The kind of a collection that holds contacts or calendar objects.
+fn pim_kind(collection: &CollectionName) -> Result<pim::Kind, ApiError> {
+    pim::Kind::of(collection.as_str()).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "collection {collection} holds neither contacts nor a calendar: name it contacts (or contacts-…) or calendar (or calendar-…)"
+            ),
+        )
+    })
+}
+
+/// `POST /v1/import/{c}`: a vCard or iCalendar file, all or nothing.
+async fn import(
+    State(vault): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Json<pim::ImportReport>, ApiError> {
+    let collection = writable(collection_name(&path_param(path)?)?)?;
+    let kind = pim_kind(&collection)?;
+    let limit = vault.limits.max_import_bytes;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            ErrorCode::TooLarge,
+            format!("the file is larger than the limit of {limit} bytes (or broke off)"),
+        )
+    })?;
+    let text = String::from_utf8(bytes.to_vec()).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "the file is not UTF-8 text (byte {})",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })?;
+    let report = pim::import(&vault, &collection, kind, &text)
+        .await
+        .map_err(|e| match e {
+            pim::ImportError::Read(e) => ApiError::new(ErrorCode::BadRequest, e.to_string()),
+            pim::ImportError::Collection(e) => e.into(),
+            pim::ImportError::Store(e) => e.into(),
+            pim::ImportError::Blob(e) => e.into(),
+            pim::ImportError::Internal(e) => ApiError::new(ErrorCode::Internal, e),
+        })?;
+    Ok(Json(report))
+}
+
+/// `GET /v1/export/{c}`: every record as one vCard or iCalendar file.
+async fn export(
+    State(vault): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let collection = collection_name(&path_param(path)?)?;
+    let kind = pim_kind(&collection)?;
+    let text = blocking(&vault, move |v| {
+        let records: Vec<(String, Map<String, Value>)> = v
+            .collections
+            .records(&collection)?
+            .into_iter()
+            .filter_map(|r| match r {
+                Value::Object(mut r) => {
+                    let id = r.remove("id")?.as_str()?.to_owned();
+                    Some((id, r))
+                }
+                _ => None,
+            })
+            .collect();
+        pim::export(kind, &records).map_err(|e| ApiError::new(ErrorCode::Corrupt, e.to_string()))
+    })
+    .await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(kind.media_type()),
+        )],
+        text,
+    )
+        .into_response())
+}
+
 // ---- Grants (owner) ----
 
 async fn create_grant(State(vault): State<AppState>, body: Body) -> Result<Response, ApiError> {
@@ -799,7 +904,7 @@ async fn create_grant(State(vault): State<AppState>, body: Body) -> Result<Respo
             )
         })?;
     }
-    let (grant, token) = blocking(&vault, move |v| {
+    let (grant, issued) = blocking(&vault, move |v| {
         Ok(access::create_grant(
             &v.collections,
             &v.keys,
@@ -810,6 +915,7 @@ async fn create_grant(State(vault): State<AppState>, body: Body) -> Result<Respo
                 expires,
                 to: request.to,
                 rate_per_minute: rate,
+                app_password: request.app_password,
             },
         )?)
     })
@@ -817,8 +923,9 @@ async fn create_grant(State(vault): State<AppState>, body: Body) -> Result<Respo
     vault.store.commit().await?;
     let body = GrantCreated {
         id: grant.id,
-        token,
+        token: issued.token,
         expires_at: grant.expires_at,
+        password: issued.password.map(|p| p.to_string()),
     };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
@@ -835,6 +942,7 @@ fn grant_info(grant: access::Grant, last_used: Option<u64>) -> GrantInfo {
         to: grant.to,
         revoked_at: grant.revoked_at,
         rate_per_minute: grant.rate_per_minute,
+        app_password: grant.password_hash.is_some(),
         last_used,
     }
 }

@@ -341,6 +341,31 @@ impl Collections {
         .map_err(CollectionError::BadEdit)
     }
 
+    /// Applies writes to several records as one change: all of them are persisted
+    /// together, or none. Durable only after [`Store::commit`].
+    pub fn write_many(
+        &self,
+        name: &CollectionName,
+        writes: &[(RecordId, RecordWrite)],
+    ) -> Result<(), CollectionError> {
+        self.mutate(name, |doc| {
+            for (id, write) in writes {
+                match write {
+                    RecordWrite::Patch(patch) => {
+                        records::patch_record(doc, id.as_str(), patch)?;
+                    }
+                    RecordWrite::Put(record) => {
+                        records::put_record(doc, id.as_str(), record)?;
+                    }
+                    RecordWrite::Remove => {
+                        records::remove_record(doc, id.as_str())?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Reads record `id` (without its `"id"`) and, under the same lock, lets `decide`
     /// say what to write — so a check and the change it allows see the same record.
     /// Returns whether the record existed, or `decide`'s refusal (nothing written).

@@ -53,6 +53,8 @@ pub struct Limits {
     pub max_record_bytes: usize,
     /// Largest blob accepted, in bytes.
     pub max_blob_bytes: u64,
+    /// Largest vCard or iCalendar file accepted for import, in bytes.
+    pub max_import_bytes: usize,
     /// Requests served at once; more wait.
     pub max_concurrent_requests: usize,
 }
@@ -62,6 +64,7 @@ impl Default for Limits {
         Self {
             max_record_bytes: 1024 * 1024,
             max_blob_bytes: 64 * 1024 * 1024 * 1024,
+            max_import_bytes: 256 * 1024 * 1024,
             max_concurrent_requests: 256,
         }
     }

@@ -116,6 +116,7 @@ async fn a_hundred_streams_of_one_grant_cost_little_and_end_on_revocation() {
     let scope = Scope::parse(Some("contacts.name"), None, &[]).unwrap();
     let (grant, token) =
         access::create_grant(&v.collections, &v.keys, NewGrant::new("live", scope)).unwrap();
+    let token = token.token;
     v.store.commit().await.unwrap();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
@@ -260,6 +261,7 @@ async fn a_stream_gets_exactly_the_changes_after_it_is_live() {
     .unwrap();
     let (_, token) =
         access::create_grant(&v.collections, &v.keys, NewGrant::new("x", scope)).unwrap();
+    let token = token.token;
     v.store.commit().await.unwrap();
     let http = reqwest::Client::new();
     let mut unread = Vec::new();

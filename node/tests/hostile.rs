@@ -311,6 +311,7 @@ async fn idle_streams_shut_no_one_out() {
         hearth_node::access::NewGrant::new("svc", scope),
     )
     .unwrap();
+    let token = token.token;
     v.store.commit().await.unwrap();
 
     let (mut control, peer, task) = raw_peer(Keypair::generate_ed25519(), &node).await;

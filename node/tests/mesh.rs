@@ -496,6 +496,7 @@ async fn a_removed_device_cannot_mint_a_token() {
         NewGrant::new("crm", scope),
     )
     .unwrap();
+    let token = token.token;
     a.vault().store.commit().await.unwrap();
     eventually("the grant reaches B", || {
         b.vault().door.admit(&Credentials::local(&token)).is_ok()

@@ -102,6 +102,7 @@ async fn a_to_grant_works_only_from_its_peer() {
         ..NewGrant::new("remote-crm", scope)
     };
     let (_, token) = access::create_grant(&v.collections, &v.keys, new).unwrap();
+    let token = token.token;
     v.store.commit().await.unwrap();
 
     let request = ViewRequest {
@@ -166,6 +167,7 @@ async fn a_thief_cannot_drain_a_bound_grants_rate() {
         ..NewGrant::new("remote-crm", scope)
     };
     let (_, token) = access::create_grant(&v.collections, &v.keys, new).unwrap();
+    let token = token.token;
     v.store.commit().await.unwrap();
     let request = ViewRequest {
         method: "GET".into(),

@@ -163,6 +163,9 @@ pub struct GrantRequest {
     /// At most this many requests a minute, as `N/min`.
     #[serde(default)]
     pub rate: Option<String>,
+    /// Also issue a short password for HTTP Basic auth (DAV clients).
+    #[serde(default)]
+    pub app_password: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,6 +173,9 @@ pub struct GrantCreated {
     pub id: String,
     pub token: String,
     pub expires_at: Option<u64>,
+    /// The app password, when asked for: shown once, never stored in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
 }
 
 /// One device of the vault, as `GET /v1/devices` and `GET /v1/status` show it.
@@ -261,6 +267,9 @@ pub struct GrantInfo {
     pub to: Option<String>,
     pub revoked_at: Option<u64>,
     pub rate_per_minute: Option<u32>,
+    /// Whether the grant has an app password.
+    #[serde(default)]
+    pub app_password: bool,
     pub status: GrantStatus,
     /// The last audited access (Unix seconds).
     pub last_used: Option<u64>,

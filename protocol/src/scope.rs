@@ -655,6 +655,30 @@ pub fn merge_patch(target: &mut Map<String, Value>, patch: &Map<String, Value>) 
     }
 }
 
+/// The merge patch (RFC 7396) that turns `before` into `after`: changed and new
+/// fields, `null` for removed ones, objects recursed into. Empty when they are equal.
+pub fn diff_patch(before: &Map<String, Value>, after: &Map<String, Value>) -> Map<String, Value> {
+    let mut patch = Map::new();
+    for (key, new) in after {
+        match (before.get(key), new) {
+            (Some(old), new) if old == new => {}
+            (Some(Value::Object(old)), Value::Object(new)) => {
+                let inner = diff_patch(old, new);
+                if !inner.is_empty() {
+                    patch.insert(key.clone(), Value::Object(inner));
+                }
+            }
+            _ => {
+                patch.insert(key.clone(), new.clone());
+            }
+        }
+    }
+    for key in before.keys().filter(|k| !after.contains_key(*k)) {
+        patch.insert(key.clone(), Value::Null);
+    }
+    patch
+}
+
 /// The value at `path` in `record`, if any.
 pub fn lookup<'a>(record: &'a Map<String, Value>, path: &FieldPath) -> Option<&'a Value> {
     let (first, rest) = path.parts().split_first()?;
@@ -989,6 +1013,21 @@ mod tests {
         assert_eq!(c.filter.len(), 1);
         let round: Scope = serde_json::from_value(serde_json::to_value(&scope).unwrap()).unwrap();
         assert_eq!(round, scope);
+    }
+
+    #[test]
+    fn diff_patch_turns_before_into_after() {
+        let before = obj(json!({"a": 1, "b": {"c": 2, "d": 3}, "gone": true, "e": {"x": 1}}));
+        let after = obj(json!({"a": 1, "b": {"c": 5, "d": 3}, "new": [1], "e": {}}));
+        let patch = diff_patch(&before, &after);
+        assert_eq!(
+            patch,
+            obj(json!({"b": {"c": 5}, "new": [1], "gone": null, "e": {"x": null}}))
+        );
+        let mut applied = before.clone();
+        merge_patch(&mut applied, &patch);
+        assert_eq!(applied, after);
+        assert!(diff_patch(&after, &after).is_empty());
     }
 
     #[test]

@@ -437,6 +437,7 @@ mod tests {
             revoked_at: None,
             rate_per_minute: None,
             token_id: Some("t".into()),
+            password_hash: None,
         }
     }
 

@@ -16,6 +16,7 @@ use super::audit::{AuditEvent, AuditLog, Operation};
 use super::events::{Hub, Subscription};
 use super::grants::{self, Grant};
 use super::tokens::{TokenCache, Verified};
+
 use super::{AccessError, RateLimiter, now_unix};
 use crate::collections::{Collections, RecordWrite};
 use crate::keys::VaultKeys;
@@ -27,15 +28,15 @@ pub const MAX_STREAMS_PER_GRANT: usize = 128;
 /// How a service proved itself: its token, and for a request that came over the mesh,
 /// the PeerId its connection's Noise handshake authenticated.
 pub struct Credentials {
-    token: Zeroizing<String>,
+    secret: Zeroizing<String>,
     peer: Option<PeerId>,
 }
 
 impl Credentials {
-    /// A request on the local HTTP API (no authenticated peer).
+    /// A request on the local HTTP API (no authenticated peer) with a grant's token.
     pub fn local(token: &str) -> Self {
         Self {
-            token: Zeroizing::new(token.trim().to_owned()),
+            secret: Zeroizing::new(token.trim().to_owned()),
             peer: None,
         }
     }
@@ -43,8 +44,31 @@ impl Credentials {
     /// A request from `peer` over the mesh.
     pub fn remote(token: &str, peer: PeerId) -> Self {
         Self {
-            token: Zeroizing::new(token.trim().to_owned()),
+            secret: Zeroizing::new(token.trim().to_owned()),
             peer: Some(peer),
+        }
+    }
+
+    /// The password of HTTP Basic auth (a DAV client): a grant's app password, or its
+    /// token.
+    pub fn basic(password: &str) -> Self {
+        Self::local(password)
+    }
+}
+
+/// How a caller proved its grant: a token (whose own expiry and narrowings count), or
+/// the grant's app password.
+#[derive(Clone)]
+pub(super) enum Proof {
+    Token(Arc<Verified>),
+    Password,
+}
+
+impl Proof {
+    pub(super) fn check_time(&self, now: u64) -> Result<(), AccessError> {
+        match self {
+            Proof::Token(verified) => verified.check_time(now),
+            Proof::Password => Ok(()),
         }
     }
 }
@@ -55,7 +79,7 @@ impl Credentials {
 pub struct Caller {
     pub grant: Grant,
     pub scope: Scope,
-    pub(super) verified: Arc<Verified>,
+    pub(super) proof: Proof,
 }
 
 /// The one door to vault data for services. Cheap to clone.
@@ -71,6 +95,7 @@ pub(super) struct Inner {
     refusals: Refusals,
     tokens: TokenCache,
     grants: GrantCache,
+    passwords: PasswordIndex,
     pub hub: Hub,
 }
 
@@ -91,6 +116,7 @@ impl Door {
             refusals: Refusals::default(),
             tokens: TokenCache::default(),
             grants: GrantCache::default(),
+            passwords: PasswordIndex::default(),
             hub: Hub::default(),
         }))
     }
@@ -110,32 +136,13 @@ impl Door {
     /// Authorizes a request: see the module documentation for the steps and their
     /// order. Refusals of a known grant are audited.
     pub fn admit(&self, credentials: &Credentials) -> Result<Caller, AccessError> {
-        let inner = &self.0;
-        let verified = inner
-            .tokens
-            .get_or_verify(&inner.keys, &credentials.token)?;
-        let grant = inner
-            .grants
-            .get(&inner.collections, &verified.grant_id)?
-            .ok_or_else(|| {
-                AccessError::InvalidToken("the token names no grant of this vault".into())
-            })?;
+        let (grant, proof) = if grants::looks_like_password(&credentials.secret) {
+            self.by_password(&credentials.secret)?
+        } else {
+            self.by_token(&credentials.secret)?
+        };
         let refuse = |e: AccessError| self.refused(&grant, "", e);
-        match &grant.token_id {
-            None => {
-                return Err(refuse(AccessError::InvalidToken(format!(
-                    "grant {} was made by an earlier Hearth whose tokens a removed device could forge; it is refused: grant it again",
-                    grant.id
-                ))));
-            }
-            Some(bound) if *bound != verified.binding => {
-                return Err(refuse(AccessError::InvalidToken(
-                    "this token was not issued for its grant".into(),
-                )));
-            }
-            Some(_) => {}
-        }
-        self.check_standing(&grant, &verified).map_err(refuse)?;
+        self.check_standing(&grant, &proof).map_err(refuse)?;
         if let Some(audience) = &grant.to {
             // Checked before the rate: a stolen bound token must not spend the real
             // service's budget.
@@ -143,25 +150,70 @@ impl Door {
                 return Err(refuse(AccessError::WrongPeer(audience.clone())));
             }
         }
-        if !inner.rates.admit(&grant) {
+        if !self.0.rates.admit(&grant) {
             return Err(refuse(AccessError::RateLimited(
                 grant.rate_per_minute.unwrap_or(0),
             )));
         }
-        let scope = verified
-            .narrowings
-            .iter()
-            .fold(grant.scope.clone(), |scope, n| scope.narrowed(n));
+        let scope = match &proof {
+            Proof::Token(verified) => verified
+                .narrowings
+                .iter()
+                .fold(grant.scope.clone(), |scope, n| scope.narrowed(n)),
+            Proof::Password => grant.scope.clone(),
+        };
         Ok(Caller {
             grant,
             scope,
-            verified,
+            proof,
         })
+    }
+
+    /// The grant a token was issued for: signature, vault, binding.
+    fn by_token(&self, token: &str) -> Result<(Grant, Proof), AccessError> {
+        let inner = &self.0;
+        let verified = inner.tokens.get_or_verify(&inner.keys, token)?;
+        let grant = inner
+            .grants
+            .get(&inner.collections, &verified.grant_id)?
+            .ok_or_else(|| {
+                AccessError::InvalidToken("the token names no grant of this vault".into())
+            })?;
+        match &grant.token_id {
+            None => Err(self.refused(
+                &grant,
+                "",
+                AccessError::InvalidToken(format!(
+                    "grant {} was made by an earlier Hearth whose tokens a removed device could forge; it is refused: grant it again",
+                    grant.id
+                )),
+            )),
+            Some(bound) if *bound != verified.binding => Err(self.refused(
+                &grant,
+                "",
+                AccessError::InvalidToken("this token was not issued for its grant".into()),
+            )),
+            Some(_) => Ok((grant, Proof::Token(verified))),
+        }
+    }
+
+    /// The grant an app password belongs to.
+    fn by_password(&self, password: &str) -> Result<(Grant, Proof), AccessError> {
+        let inner = &self.0;
+        let id = inner
+            .passwords
+            .grant_of(&inner.collections, &grants::password_hash(password))?
+            .ok_or_else(|| AccessError::InvalidToken("wrong password".into()))?;
+        let grant = inner
+            .grants
+            .get(&inner.collections, &id)?
+            .ok_or_else(|| AccessError::InvalidToken("wrong password".into()))?;
+        Ok((grant, Proof::Password))
     }
 
     /// Whether a grant and token are still in force: not revoked, not expired, and the
     /// token's own expiry not passed.
-    fn check_standing(&self, grant: &Grant, verified: &Verified) -> Result<(), AccessError> {
+    fn check_standing(&self, grant: &Grant, proof: &Proof) -> Result<(), AccessError> {
         if grant.revoked_at.is_some() {
             return Err(AccessError::Revoked);
         }
@@ -169,7 +221,7 @@ impl Door {
         if grant.expires_at.is_some_and(|e| e <= now) {
             return Err(AccessError::Expired);
         }
-        verified.check_time(now)
+        proof.check_time(now)
     }
 
     /// Checks again that an admitted caller (an open event stream) is still in force.
@@ -179,7 +231,7 @@ impl Door {
             .grants
             .get(&inner.collections, &caller.grant.id)?
             .ok_or(AccessError::Revoked)?;
-        self.check_standing(&grant, &caller.verified)
+        self.check_standing(&grant, &caller.proof)
     }
 
     /// Records a refusal of `grant` (at most one entry a second per grant and reason,
@@ -516,6 +568,35 @@ impl GrantCache {
         }
         cache.insert(id.to_owned(), (heads, grant.clone()));
         Ok(Some(grant))
+    }
+}
+
+/// App passwords' hashes → their grants, rebuilt whenever `_access` changes.
+#[derive(Default)]
+struct PasswordIndex(Mutex<Option<PasswordTable>>);
+
+/// The `_access` heads the table was built at, and password hash → grant id.
+type PasswordTable = (Vec<ChangeHash>, HashMap<String, String>);
+
+impl PasswordIndex {
+    fn grant_of(
+        &self,
+        collections: &Collections,
+        hash: &str,
+    ) -> Result<Option<String>, AccessError> {
+        let heads = collections.heads(&grants::access())?;
+        let mut index = self
+            .0
+            .lock()
+            .expect("password index lock is never poisoned");
+        if index.as_ref().is_none_or(|(at, _)| *at != heads) {
+            let map = grants::list_grants(collections)?
+                .into_iter()
+                .filter_map(|g| Some((g.password_hash?, g.id)))
+                .collect();
+            *index = Some((heads, map));
+        }
+        Ok(index.as_ref().and_then(|(_, map)| map.get(hash).cloned()))
     }
 }
 

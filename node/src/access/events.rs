@@ -26,9 +26,8 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::audit::{AuditEvent, Operation};
-use super::door::{Caller, Door, MAX_STREAMS_PER_GRANT};
+use super::door::{Caller, Door, MAX_STREAMS_PER_GRANT, Proof};
 use super::grants::ACCESS;
-use super::tokens::Verified;
 use super::{AccessError, now_unix};
 
 /// Batches a stream may have waiting; a stream that falls further behind is ended.
@@ -176,7 +175,7 @@ struct Slot {
     /// Gets the events worked out from this join on.
     since: u64,
     tx: mpsc::Sender<StreamItem>,
-    verified: Arc<Verified>,
+    proof: Proof,
 }
 
 #[derive(Default)]
@@ -300,7 +299,7 @@ impl Hub {
                 id,
                 since,
                 tx,
-                verified: caller.verified.clone(),
+                proof: caller.proof.clone(),
             });
         *state.per_grant.entry(caller.grant.id.clone()).or_default() += 1;
         state.streams += 1;
@@ -554,7 +553,7 @@ fn recheck_feeds(door: &Door) {
             continue;
         }
         let mut slots = feed.slots.lock().expect("slots lock is never poisoned");
-        slots.retain(|slot| match slot.verified.check_time(now) {
+        slots.retain(|slot| match slot.proof.check_time(now) {
             Ok(()) => true,
             Err(e) => {
                 let _ = slot.tx.try_send(StreamItem::End {

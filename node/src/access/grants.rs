@@ -49,6 +49,10 @@ pub struct Grant {
     /// tokens were bound, which are refused.
     #[serde(default)]
     pub token_id: Option<String>,
+    /// BLAKE3 (hex) of the grant's app password, if it has one (for HTTP Basic auth
+    /// from DAV clients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
 }
 
 impl Grant {
@@ -81,6 +85,8 @@ pub struct NewGrant {
     pub expires: Option<Duration>,
     pub to: Option<String>,
     pub rate_per_minute: Option<u32>,
+    /// Also issue a short password bound to the grant.
+    pub app_password: bool,
 }
 
 impl NewGrant {
@@ -93,8 +99,47 @@ impl NewGrant {
             expires: Some(DEFAULT_EXPIRY),
             to: None,
             rate_per_minute: None,
+            app_password: false,
         }
     }
+}
+
+/// What creating a grant hands out once: the token, and the app password if asked.
+pub struct Issued {
+    pub token: String,
+    pub password: Option<zeroize::Zeroizing<String>>,
+}
+
+/// A new app password: 100 random bits as five groups of four letters and digits
+/// (`k3vd-9q2w-…`), easy to type into a phone.
+fn new_password() -> zeroize::Zeroizing<String> {
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
+    let mut bytes = zeroize::Zeroizing::new([0u8; 20]);
+    rand::rngs::OsRng.fill_bytes(&mut *bytes);
+    let mut out = zeroize::Zeroizing::new(String::with_capacity(24));
+    for (i, b) in bytes.iter().enumerate() {
+        if i > 0 && i % 4 == 0 {
+            out.push('-');
+        }
+        out.push(ALPHABET[(*b as usize) % ALPHABET.len()] as char);
+    }
+    out
+}
+
+/// Whether `text` has the shape of an app password.
+pub fn looks_like_password(text: &str) -> bool {
+    let groups: Vec<&str> = text.split('-').collect();
+    groups.len() == 5
+        && groups.iter().all(|g| {
+            g.len() == 4
+                && g.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+}
+
+/// The stored form of an app password.
+pub fn password_hash(password: &str) -> String {
+    blake3::hash(password.as_bytes()).to_hex().to_string()
 }
 
 /// Creates a grant and its token. Durable only after the store commits.
@@ -102,7 +147,7 @@ pub fn create_grant(
     collections: &Collections,
     keys: &VaultKeys,
     new: NewGrant,
-) -> Result<(Grant, String), AccessError> {
+) -> Result<(Grant, Issued), AccessError> {
     let NewGrant {
         service,
         scope,
@@ -110,6 +155,7 @@ pub fn create_grant(
         expires,
         to,
         rate_per_minute,
+        app_password,
     } = new;
     let service = service.trim();
     if service.is_empty() || service.len() > 200 {
@@ -128,6 +174,7 @@ pub fn create_grant(
     let issued_at = super::now_unix();
     let expires_at = expires.map(|d| issued_at + d.as_secs());
     let (token, token_id) = tokens::mint(keys, id.as_str(), expires_at)?;
+    let password = app_password.then(new_password);
     let grant = Grant {
         id: id.to_string(),
         service: service.to_owned(),
@@ -139,9 +186,10 @@ pub fn create_grant(
         revoked_at: None,
         rate_per_minute,
         token_id: Some(token_id),
+        password_hash: password.as_ref().map(|p| password_hash(p)),
     };
     collections.put(&access(), &id, &record_of(&grant))?;
-    Ok((grant, token))
+    Ok((grant, Issued { token, password }))
 }
 
 fn record_of(grant: &Grant) -> Map<String, Value> {

@@ -97,23 +97,27 @@ pub enum PimError {
 }
 
 /// Brings a record of a contacts or calendar collection into step before it is
-/// stored: if its text changed, the fields are read from the new text; else if fields
-/// changed, the text is written anew from them (only the changed lines). A record
-/// without a UID gets one. `before` is the record as stored (if any).
+/// stored: if its text changed, the fields are read from the new text; else the text
+/// is written anew from the fields (only the lines of fields that differ from what the
+/// text says change). A record without a UID gets one. `before` is the record as
+/// stored (if any).
 pub fn prepare(
     kind: Kind,
     before: Option<&Map<String, Value>>,
     record: &mut Map<String, Value>,
 ) -> Result<(), PimError> {
     let text_field = kind.text_field();
-    let text_changed = record.get(text_field).is_some()
-        && before.and_then(|b| b.get(text_field)) != record.get(text_field);
+    // A record without text is a plain record: its text is made when it is asked for
+    // (export, DAV), not kept.
+    let Some(text) = record.get(text_field) else {
+        return Ok(());
+    };
+    let text = text
+        .as_str()
+        .ok_or_else(|| PimError::Unreadable(format!("{text_field} must be text")))?
+        .to_owned();
+    let text_changed = before.and_then(|b| b.get(text_field)) != record.get(text_field);
     if text_changed {
-        let text = record
-            .get(text_field)
-            .and_then(Value::as_str)
-            .ok_or_else(|| PimError::Unreadable(format!("{text_field} must be text")))?
-            .to_owned();
         let fields = match kind {
             Kind::Contacts => contacts::fields(&contacts::parse(&text)?).0,
             Kind::Calendar => calendar::fields(&calendar::parse(&text)?),
@@ -132,33 +136,20 @@ pub fn prepare(
                 }
             }
         }
-    } else {
-        if kind == Kind::Contacts {
-            let old = before.cloned().unwrap_or_default();
-            contacts::settle(&old, record);
-        }
-        let unchanged =
-            before.is_some_and(|b| kind.fields().iter().all(|f| b.get(*f) == record.get(*f)));
-        if !unchanged || record.get(text_field).is_none() {
-            if record.get("uid").is_none() {
-                record.insert("uid".into(), Value::String(new_uid()));
-            }
-            let text = match kind {
-                Kind::Contacts => contacts::render(record)?,
-                Kind::Calendar => calendar::render(record)?,
-            };
-            record.insert(text_field.into(), Value::String(text));
-        }
+    } else if kind == Kind::Contacts {
+        let old = before.cloned().unwrap_or_default();
+        contacts::settle(&old, record);
     }
     if record.get("uid").is_none() {
-        // A text without a UID: give it one, in the text too.
         record.insert("uid".into(), Value::String(new_uid()));
-        let text = match kind {
-            Kind::Contacts => contacts::render(record)?,
-            Kind::Calendar => calendar::render(record)?,
-        };
-        record.insert(text_field.into(), Value::String(text));
     }
+    // Written anew from the fields: lines whose field did not change stay as they are,
+    // so an unchanged record keeps its text byte for byte.
+    let text = match kind {
+        Kind::Contacts => contacts::render(record)?,
+        Kind::Calendar => calendar::render(record)?,
+    };
+    record.insert(text_field.into(), Value::String(text));
     Ok(())
 }
 
@@ -322,24 +313,24 @@ fn split_calendar(object: &lines::Object) -> Result<Vec<(String, String)>, PimEr
             None => {}
         }
         if name == "END" {
-            if depth == 2 {
-                if let Some((kind, text, uid, number)) = current.take() {
-                    match (kind.as_str(), uid) {
-                        ("VTIMEZONE", Some(tzid)) => {
-                            zones.push((tzid.trim_start_matches("tz:").to_owned(), text));
-                        }
-                        (_, Some(uid)) => match groups.iter_mut().find(|(u, _)| *u == uid) {
-                            Some((_, body)) => body.push_str(&text),
-                            None => groups.push((uid, text)),
-                        },
-                        (kind, None) if kind == "VTIMEZONE" => {}
-                        (kind, None) => {
-                            return Err(PimError::Entry {
-                                index: object.index,
-                                line: number,
-                                reason: format!("a {kind} without a UID"),
-                            });
-                        }
+            if depth == 2
+                && let Some((kind, text, uid, number)) = current.take()
+            {
+                match (kind.as_str(), uid) {
+                    ("VTIMEZONE", Some(tzid)) => {
+                        zones.push((tzid.trim_start_matches("tz:").to_owned(), text));
+                    }
+                    (_, Some(uid)) => match groups.iter_mut().find(|(u, _)| *u == uid) {
+                        Some((_, body)) => body.push_str(&text),
+                        None => groups.push((uid, text)),
+                    },
+                    ("VTIMEZONE", None) => {}
+                    (kind, None) => {
+                        return Err(PimError::Entry {
+                            index: object.index,
+                            line: number,
+                            reason: format!("a {kind} without a UID"),
+                        });
                     }
                 }
             }
@@ -365,32 +356,38 @@ fn split_calendar(object: &lines::Object) -> Result<Vec<(String, String)>, PimEr
         .collect())
 }
 
-/// The text of a record of `kind` (stored, or written from its fields).
-pub fn text_of(kind: Kind, record: &Map<String, Value>) -> Result<String, PimError> {
-    match record.get(kind.text_field()).and_then(Value::as_str) {
-        Some(text) => Ok(text.to_owned()),
-        None => match kind {
-            Kind::Contacts => contacts::render(record),
-            Kind::Calendar => calendar::render(record),
-        },
+/// The text of record `id` of `kind`: stored, or written from its fields (a record
+/// without a UID is given one made from its id, the same every time).
+pub fn text_of(kind: Kind, id: &str, record: &Map<String, Value>) -> Result<String, PimError> {
+    if let Some(text) = record.get(kind.text_field()).and_then(Value::as_str) {
+        return Ok(text.to_owned());
+    }
+    let mut record = record.clone();
+    if record.get("uid").is_none() {
+        record.insert("uid".into(), Value::String(format!("hearth-{id}")));
+    }
+    match kind {
+        Kind::Contacts => contacts::render(&record),
+        Kind::Calendar => calendar::render(&record),
     }
 }
 
 /// One file of many records: vCards one after the other, or one calendar with every
 /// event and task and each time zone once.
-pub fn export(kind: Kind, records: &[Map<String, Value>]) -> Result<String, PimError> {
+pub fn export(kind: Kind, records: &[(String, Map<String, Value>)]) -> Result<String, PimError> {
     let mut out = String::new();
     match kind {
         Kind::Contacts => {
-            for record in records {
-                out.push_str(&text_of(kind, record)?);
+            for (id, record) in records {
+                out.push_str(&text_of(kind, id, record)?);
             }
         }
         Kind::Calendar => {
             let mut zones: Vec<(String, String)> = Vec::new();
             let mut body = String::new();
-            for record in records {
-                let (record_zones, components) = calendar::components_text(&text_of(kind, record)?);
+            for (id, record) in records {
+                let (record_zones, components) =
+                    calendar::components_text(&text_of(kind, id, record)?);
                 for (tzid, zone) in record_zones {
                     if !zones.iter().any(|(t, _)| *t == tzid) {
                         zones.push((tzid, zone));
@@ -416,4 +413,184 @@ pub fn default_collection(kind: Kind) -> CollectionName {
         Kind::Calendar => "calendar",
     })
     .expect("valid collection names")
+}
+
+/// What the owner asks of one record.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Make the record exactly this (created if missing).
+    Replace(Map<String, Value>),
+    /// Merge this patch (RFC 7396) into the existing record.
+    Merge(Map<String, Value>),
+}
+
+/// Why an owner's write did nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    #[error("no such record")]
+    Missing,
+    #[error(transparent)]
+    Pim(#[from] PimError),
+    #[error(transparent)]
+    Collection(#[from] crate::collections::CollectionError),
+}
+
+/// The owner's write of one record: for a contacts or calendar collection, its text and
+/// fields are kept in step (see [`prepare`]), under the collection's lock. Returns
+/// whether the record existed and the record now. Durable only after the store commits.
+pub fn owner_write(
+    collections: &crate::collections::Collections,
+    name: &CollectionName,
+    id: &RecordId,
+    change: Change,
+) -> Result<(bool, Map<String, Value>), WriteError> {
+    use crate::collections::RecordWrite;
+    let kind = Kind::of(name.as_str());
+    let mut written = Map::new();
+    let outcome = collections.write_checked(name, id, |before| {
+        let mut after = match (&change, before) {
+            (Change::Replace(record), _) => record.clone(),
+            (Change::Merge(patch), Some(before)) => {
+                let mut after = before.clone();
+                hearth_protocol::scope::merge_patch(&mut after, patch);
+                after
+            }
+            (Change::Merge(_), None) => return Err(WriteError::Missing),
+        };
+        after.remove("id");
+        if let Some(kind) = kind {
+            prepare(kind, before, &mut after)?;
+        }
+        written = after.clone();
+        Ok(match (before, &change) {
+            // Only what differs is written: an unchanged field must not win a merge
+            // with another device it took no part in.
+            (Some(before), _) if kind.is_some() => {
+                RecordWrite::Patch(hearth_protocol::scope::diff_patch(before, &after))
+            }
+            (_, Change::Merge(patch)) => RecordWrite::Patch(patch.clone()),
+            (_, Change::Replace(_)) => RecordWrite::Put(after),
+        })
+    })?;
+    let existed = outcome?;
+    Ok((existed, written))
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImportReport {
+    /// New records.
+    pub imported: u64,
+    /// Records that were there (same UID) and changed.
+    pub updated: u64,
+    /// Records that were there and are the same.
+    pub unchanged: u64,
+    /// Entries left out, and why.
+    pub skipped: Vec<Skipped>,
+}
+
+/// Imports a vCard or iCalendar file into a collection, all or nothing: every entry
+/// is read before anything is written, then all records are written as one change.
+/// An entry whose UID a record already has updates that record (its other fields
+/// stay); the others become new records. Photos given inside vCards become blobs.
+pub async fn import(
+    vault: &crate::Vault,
+    collection: &CollectionName,
+    kind: Kind,
+    text: &str,
+) -> Result<ImportReport, ImportError> {
+    use crate::collections::RecordWrite;
+    let (entries, skipped) = read_file(kind, text)?;
+    let mut photos = HashMap::new();
+    for entry in &entries {
+        if let Some(photo) = &entry.photo {
+            let bytes = bytes::Bytes::from(photo.bytes.clone());
+            let stream = futures::stream::iter([Ok::<_, std::convert::Infallible>(bytes)]);
+            let info = vault.blobs.put(stream, vault.limits.max_blob_bytes).await?;
+            let id = hearth_protocol::BlobId::parse(&info.id)
+                .map_err(|e| ImportError::Internal(e.to_string()))?;
+            crate::blobs::announce(&vault.collections, &id, info.size)?;
+            photos.insert(entry.uid.clone(), (info.id, photo.media_type.clone()));
+        }
+    }
+    let existing: Vec<Value> = vault.collections.records(collection)?;
+    let mut by_uid: HashMap<String, (String, Map<String, Value>)> = HashMap::new();
+    let mut taken = std::collections::HashSet::new();
+    for record in existing {
+        let Value::Object(mut record) = record else {
+            continue;
+        };
+        let Some(Value::String(id)) = record.remove("id") else {
+            continue;
+        };
+        taken.insert(id.clone());
+        if let Some(uid) = record.get("uid").and_then(Value::as_str) {
+            by_uid.insert(uid.to_owned(), (id, record));
+        }
+    }
+    let mut report = ImportReport {
+        skipped,
+        ..ImportReport::default()
+    };
+    let mut writes = Vec::new();
+    for entry in entries {
+        let mut fields = entry.record;
+        if let Some((blob, media_type)) = photos.get(&entry.uid) {
+            fields.insert(
+                "photo".into(),
+                serde_json::json!({ "blob": blob, "media_type": media_type }),
+            );
+        }
+        match by_uid.get(&entry.uid) {
+            Some((id, before)) => {
+                let mut after = before.clone();
+                for field in kind.fields() {
+                    after.remove(*field);
+                }
+                after.extend(fields);
+                if after == *before {
+                    report.unchanged += 1;
+                    continue;
+                }
+                report.updated += 1;
+                let id = RecordId::parse(id).map_err(|e| ImportError::Internal(e.to_string()))?;
+                writes.push((
+                    id,
+                    RecordWrite::Patch(hearth_protocol::scope::diff_patch(before, &after)),
+                ));
+            }
+            None => {
+                let mut id = id_for_uid(&entry.uid);
+                if taken.contains(id.as_str()) {
+                    let bytes: [u8; 16] = rand::random();
+                    id = RecordId::from_random(bytes);
+                }
+                taken.insert(id.to_string());
+                report.imported += 1;
+                writes.push((id, RecordWrite::Put(fields)));
+            }
+        }
+    }
+    if !writes.is_empty() {
+        vault.collections.write_many(collection, &writes)?;
+    }
+    vault.store.commit().await?;
+    Ok(report)
+}
+
+/// Why an import wrote nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImportError {
+    #[error(transparent)]
+    Read(#[from] PimError),
+    #[error(transparent)]
+    Collection(#[from] crate::collections::CollectionError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Blob(#[from] crate::blobs::BlobError),
+    #[error("{0}")]
+    Internal(String),
 }

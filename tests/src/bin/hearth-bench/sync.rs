@@ -122,6 +122,7 @@ async fn revocation(a: &NodeHandle, b: &NodeHandle, opts: &Opts) -> anyhow::Resu
             &a.vault().keys,
             NewGrant::new(&format!("service-{round}"), scope),
         )?;
+        let token = token.token;
         a.vault().store.commit().await?;
         let b_vault = b.vault().clone();
         let t = token.clone();

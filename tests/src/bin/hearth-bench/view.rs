@@ -40,6 +40,7 @@ pub async fn view_reads(opts: &Opts) -> anyhow::Result<Report> {
         &[],
     )?;
     let (_, token) = access::create_grant(&v.collections, &v.keys, NewGrant::new("bench", scope))?;
+    let token = token.token;
     v.store.commit().await?;
     let base = format!("http://{}", node.api_addr());
     let http = http_client()?;
