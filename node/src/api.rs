@@ -89,6 +89,7 @@ pub fn router(vault: Arc<Vault>) -> Router {
         );
     owner
         .merge(service)
+        .merge(crate::dav::routes())
         .route("/v1/hello", post(hello))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -436,6 +436,48 @@ impl Collections {
         })
     }
 
+    /// Like [`Collections::changes_since`] but leaves the diff cursor where it is (for
+    /// readers with their own old heads, such as a DAV sync token, which must not make
+    /// the event pump's next diff a scan). Costs a scan of the document.
+    pub fn changes_between(
+        &self,
+        name: &CollectionName,
+        since: &[ChangeHash],
+    ) -> Result<(Vec<ChangeHash>, Vec<RecordChange>), CollectionError> {
+        self.with(name, |c| {
+            let heads = c.doc.get_heads();
+            if heads == since {
+                return Ok((heads, Vec::new()));
+            }
+            let patches = c.doc.diff(since, &heads);
+            let mut changes = Vec::new();
+            for id in records::touched_records(&patches) {
+                let before = records::read_record_at(&c.doc, &id, since)
+                    .map_err(|e| c.automerge(e))?
+                    .map(|r| with_id_map(&id, r));
+                let after = records::read_record(&c.doc, &id)
+                    .map_err(|e| c.automerge(e))?
+                    .map(|r| with_id_map(&id, r));
+                if before != after {
+                    changes.push(RecordChange { id, before, after });
+                }
+            }
+            Ok((heads, changes))
+        })
+    }
+
+    /// Whether every one of `heads` is a change this collection has (a sync token
+    /// from this collection's history, not a made-up or foreign one).
+    pub fn knows(
+        &self,
+        name: &CollectionName,
+        heads: &[ChangeHash],
+    ) -> Result<bool, CollectionError> {
+        self.with(name, |c| {
+            Ok(heads.iter().all(|h| c.doc.get_change_by_hash(h).is_some()))
+        })
+    }
+
     pub fn remove(&self, name: &CollectionName, id: &RecordId) -> Result<bool, CollectionError> {
         self.mutate(name, |doc| records::remove_record(doc, id.as_str()))
     }

@@ -15,6 +15,7 @@ pub mod api;
 pub mod blobs;
 pub mod collections;
 pub mod commits;
+pub mod dav;
 pub mod devices;
 pub mod home;
 pub mod keys;

@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use automerge::ChangeHash;
 use hearth_protocol::api::{PutResponse, ViewAll};
-use hearth_protocol::scope::{CollectionScope, Scope, WriteRefusal, leaf_paths};
+use hearth_protocol::scope::{CollectionScope, Scope, WriteRefusal, diff_patch, leaf_paths};
+
+use super::dav::Refusal;
 use hearth_protocol::{CollectionName, RecordId};
 use libp2p::PeerId;
 use rand::RngCore;
@@ -259,7 +261,7 @@ impl Door {
         }
     }
 
-    fn readable<'a>(
+    pub(super) fn readable<'a>(
         &self,
         caller: &'a Caller,
         collection: &str,
@@ -383,18 +385,48 @@ impl Door {
             }
         };
         let inner = &self.0;
+        let kind = crate::pim::Kind::of(collection.as_str());
         let outcome = inner.collections.write_checked(collection, &id, |before| {
-            let after = scope.check_write(collection.as_str(), before, &body, create)?;
-            // An existing record takes the patch (only what it names changes, so a
-            // concurrent edit of another field on another device still merges).
+            let mut after = scope.check_write(collection.as_str(), before, &body, create)?;
+            let Some(kind) = kind else {
+                // An existing record takes the patch (only what it names changes, so a
+                // concurrent edit of another field on another device still merges).
+                return Ok(match before {
+                    Some(_) => RecordWrite::Patch(body.clone()),
+                    None => RecordWrite::Put(after),
+                });
+            };
+            // Contacts and calendars keep their text and fields in step.
+            crate::pim::prepare(kind, before, &mut after).map_err(Refusal::Unreadable)?;
+            let change = diff_patch(&before.cloned().unwrap_or_default(), &after);
+            if body.contains_key(kind.text_field()) {
+                // A new text changes the fields it says: those must be writable too.
+                let mut leaves = Vec::new();
+                leaf_paths(&change, &mut Vec::new(), &mut leaves);
+                let write = scope.write.as_ref().expect("checked writable");
+                if let Some(outside) = leaves.into_iter().find(|p| !write.covers(p)) {
+                    return Err(Refusal::Scope(WriteRefusal::FieldOutside(outside)));
+                }
+            }
+            if !scope.visible(&after) {
+                let filters: Vec<String> = scope.filter.iter().map(ToString::to_string).collect();
+                return Err(Refusal::Scope(WriteRefusal::NoMatchAfter(
+                    filters.join(", "),
+                )));
+            }
             Ok(match before {
-                Some(_) => RecordWrite::Patch(body.clone()),
+                Some(_) => RecordWrite::Patch(change),
                 None => RecordWrite::Put(after),
             })
         })?;
         let existed = match outcome {
             Ok(existed) => existed,
-            Err(refusal) => return Err(self.write_refused(&caller, collection, &id, refusal)),
+            Err(Refusal::Scope(refusal)) => {
+                return Err(self.write_refused(&caller, collection, &id, refusal));
+            }
+            Err(Refusal::Unreadable(e)) => return Err(AccessError::BadRequest(e.to_string())),
+            Err(Refusal::Precondition) => return Err(AccessError::PreconditionFailed),
+            Err(Refusal::Access(e)) => return Err(e),
         };
         let mut fields = Vec::new();
         leaf_paths(&body, &mut Vec::new(), &mut fields);
@@ -455,7 +487,7 @@ impl Door {
         })
     }
 
-    fn writable<'a>(
+    pub(super) fn writable<'a>(
         &self,
         caller: &'a Caller,
         collection: &str,
@@ -475,7 +507,7 @@ impl Door {
             })
     }
 
-    fn write_refused(
+    pub(super) fn write_refused(
         &self,
         caller: &Caller,
         collection: &CollectionName,

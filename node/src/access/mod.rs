@@ -23,6 +23,7 @@
 //! tokens are biscuits ([`tokens`]), event streams are fed by one hub ([`events`]).
 
 pub mod audit;
+pub mod dav;
 mod door;
 pub mod events;
 pub mod grants;
@@ -74,6 +75,15 @@ pub enum AccessError {
     InvalidId(String),
     #[error("{0}")]
     BadRequest(String),
+    /// The thing to make exists already.
+    #[error("{0}")]
+    Conflict(String),
+    /// An `If-Match` / `If-None-Match` condition did not hold.
+    #[error("the resource is not in the state the request's condition names")]
+    PreconditionFailed,
+    /// A DAV sync token that is not from this collection's history.
+    #[error("{0}")]
+    InvalidSyncToken(String),
     #[error(transparent)]
     Collection(#[from] CollectionError),
     #[error(transparent)]
@@ -96,7 +106,9 @@ impl AccessError {
             AccessError::TooManyStreams(_) => ErrorCode::TooManyStreams,
             AccessError::NotFound { .. } | AccessError::NoGrant(_) => ErrorCode::NotFound,
             AccessError::InvalidId(_) => ErrorCode::InvalidId,
-            AccessError::BadRequest(_) => ErrorCode::BadRequest,
+            AccessError::BadRequest(_) | AccessError::InvalidSyncToken(_) => ErrorCode::BadRequest,
+            AccessError::PreconditionFailed => ErrorCode::PreconditionFailed,
+            AccessError::Conflict(_) => ErrorCode::Conflict,
             AccessError::Collection(e) => e.code(),
             AccessError::Store(e) => e.code(),
             AccessError::Token(_) | AccessError::Internal(_) => ErrorCode::Internal,

@@ -280,7 +280,7 @@ pub fn read_file(kind: Kind, text: &str) -> Result<(Vec<Imported>, Vec<Skipped>)
 
 /// Cuts one `VCALENDAR` of many events into one calendar object per UID, each with the
 /// calendar's own properties and the time zones it uses.
-fn split_calendar(object: &lines::Object) -> Result<Vec<(String, String)>, PimError> {
+pub(crate) fn split_calendar(object: &lines::Object) -> Result<Vec<(String, String)>, PimError> {
     let mut header = String::new();
     let mut zones: Vec<(String, String)> = Vec::new();
     let mut groups: Vec<(String, String)> = Vec::new();

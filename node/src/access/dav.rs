@@ -1,0 +1,825 @@
+//! The door's side of CardDAV/CalDAV: the records of contacts and calendar collections
+//! as named resources with strong ETags and sync tokens, for a caller the door
+//! admitted. The DAV front end (`crate::dav`) only speaks HTTP and XML; every rule is
+//! here and in the scope.
+//!
+//! What a client sees of a record is its text as the grant reads it: the stored text if
+//! the grant reads the text field, else a text written from the fields it may read (with
+//! a UID made from the record id if it may not read the UID). Its ETag is a hash of
+//! exactly that text. A PUT is turned into a patch: the fields of the new text are
+//! compared with the fields of the text the client was served, and only what differs is
+//! written, through the same scope check as any service write. A name the client picks
+//! becomes the record id when it is a free, valid id; otherwise (an invalid id, or the
+//! id of a record the grant's filter hides) the record gets a fresh id and the name is
+//! remembered in `_dav`, so a hidden record is never touched or revealed.
+
+use std::collections::HashMap;
+
+use automerge::ChangeHash;
+use hearth_protocol::scope::{CollectionScope, FieldPath, WriteRefusal, diff_patch};
+use hearth_protocol::{CollectionName, RecordId};
+use serde_json::{Map, Value, json};
+
+use super::AccessError;
+use super::audit::{AuditEvent, Operation};
+use super::door::{Caller, Door};
+use crate::collections::RecordWrite;
+use crate::pim::{self, Kind, PimError};
+
+/// The collection that keeps DAV metadata: per collection, its display name, colour,
+/// description, and the names clients gave records that are not their ids.
+pub const META: &str = "_dav";
+
+const SYNC_PREFIX: &str = "urn:hearth:sync:";
+
+/// A contacts or calendar collection as a DAV client sees it.
+#[derive(Debug, Clone)]
+pub struct Book {
+    pub collection: CollectionName,
+    pub kind: Kind,
+    /// Whether the grant may write in it at all.
+    pub writable: bool,
+    pub display_name: Option<String>,
+    pub color: Option<String>,
+    pub description: Option<String>,
+    /// The sync token (and CTag): the collection's heads.
+    pub token: String,
+}
+
+/// One record as a resource.
+#[derive(Debug, Clone)]
+pub struct Object {
+    /// The last segment of its URL.
+    pub name: String,
+    /// A strong ETag, quoted.
+    pub etag: String,
+    /// Its vCard or iCalendar text, as the grant reads it.
+    pub text: String,
+}
+
+/// `If-Match` / `If-None-Match: *` of a request.
+#[derive(Debug, Clone, Default)]
+pub struct Condition {
+    pub if_match: Option<String>,
+    pub if_none_match_any: bool,
+}
+
+/// What changed since a sync token.
+#[derive(Debug, Clone)]
+pub struct Changes {
+    pub token: String,
+    pub changed: Vec<Object>,
+    /// Names of resources the client saw that are gone (removed, or no longer matching
+    /// the filter).
+    pub removed: Vec<String>,
+}
+
+/// Properties a client may set on a collection (`None`: leave as is).
+#[derive(Debug, Clone, Default)]
+pub struct BookProps {
+    pub display_name: Option<Option<String>>,
+    pub color: Option<Option<String>>,
+    pub description: Option<Option<String>>,
+}
+
+fn meta() -> CollectionName {
+    CollectionName::parse(META).expect("valid system collection name")
+}
+
+fn meta_id(collection: &CollectionName) -> RecordId {
+    RecordId::parse(collection.as_str()).expect("a collection name is a valid record id")
+}
+
+/// The sync token of a collection's heads.
+pub fn sync_token(heads: &[ChangeHash]) -> String {
+    let mut hex: Vec<String> = heads.iter().map(|h| h.to_string()).collect();
+    hex.sort();
+    if hex.is_empty() {
+        format!("{SYNC_PREFIX}0")
+    } else {
+        format!("{SYNC_PREFIX}{}", hex.join("."))
+    }
+}
+
+fn parse_token(token: &str) -> Result<Vec<ChangeHash>, AccessError> {
+    let bad =
+        || AccessError::InvalidSyncToken(format!("{token:.80} is not a sync token of Hearth"));
+    let body = token.trim().strip_prefix(SYNC_PREFIX).ok_or_else(bad)?;
+    if body == "0" {
+        return Ok(Vec::new());
+    }
+    body.split('.')
+        .map(|h| h.parse::<ChangeHash>().map_err(|_| bad()))
+        .collect()
+}
+
+fn etag_of(text: &str) -> String {
+    let hash = blake3::hash(text.as_bytes());
+    format!("\"{}\"", &hash.to_hex()[..32])
+}
+
+/// The DAV metadata of a collection.
+#[derive(Debug, Clone, Default)]
+struct Meta {
+    display_name: Option<String>,
+    color: Option<String>,
+    description: Option<String>,
+    made: bool,
+    /// Client name → record id.
+    names: HashMap<String, String>,
+}
+
+impl Meta {
+    fn from_record(record: Option<Value>) -> Meta {
+        let Some(Value::Object(r)) = record else {
+            return Meta::default();
+        };
+        let text = |k: &str| r.get(k).and_then(Value::as_str).map(str::to_owned);
+        Meta {
+            display_name: text("display_name"),
+            color: text("color"),
+            description: text("description"),
+            made: r.get("made").and_then(Value::as_bool).unwrap_or(false),
+            names: r
+                .get("names")
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The name a record is shown under.
+    fn name_of(&self, reverse: &HashMap<&str, &str>, kind: Kind, id: &str) -> String {
+        if let Some(name) = reverse.get(id) {
+            return (*name).to_owned();
+        }
+        let ext = kind.extension();
+        if id.ends_with(&format!(".{ext}")) {
+            id.to_owned()
+        } else {
+            format!("{id}.{ext}")
+        }
+    }
+
+    fn reverse(&self) -> HashMap<&str, &str> {
+        self.names
+            .iter()
+            .map(|(n, id)| (id.as_str(), n.as_str()))
+            .collect()
+    }
+}
+
+/// The fields a text says (as this node reads it), for comparing two texts.
+fn fields_of(kind: Kind, text: &str) -> Result<Map<String, Value>, PimError> {
+    Ok(match kind {
+        Kind::Contacts => pim::contacts::fields(&pim::contacts::parse(text)?).0,
+        Kind::Calendar => pim::calendar::fields(&pim::calendar::parse(text)?),
+    })
+}
+
+/// Checks that a text is one object of the collection's kind (for a calendar: the
+/// components of one UID).
+fn check_object(kind: Kind, text: &str) -> Result<(), AccessError> {
+    let bad = |why: String| AccessError::BadRequest(why);
+    let wanted = match kind {
+        Kind::Contacts => "VCARD",
+        Kind::Calendar => "VCALENDAR",
+    };
+    let objects = pim::lines::objects(text, wanted).map_err(|e| bad(e.to_string()))?;
+    let [object] = objects.as_slice() else {
+        return Err(bad(format!(
+            "one resource is one {wanted} object; the body holds {}",
+            objects.len()
+        )));
+    };
+    if kind == Kind::Calendar {
+        let uids = pim::split_calendar(object).map_err(|e| bad(e.to_string()))?;
+        if uids.len() != 1 {
+            return Err(bad(format!(
+                "one calendar resource holds the components of one UID; this one holds {}",
+                uids.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What the caller is served of a record (with its `"id"`), or `None` if it may not
+/// see it.
+fn serve(
+    kind: Kind,
+    scope: &CollectionScope,
+    meta: &Meta,
+    reverse: &HashMap<&str, &str>,
+    record: &Map<String, Value>,
+) -> Result<Option<Object>, AccessError> {
+    let Some(mut projected) = scope.project(record) else {
+        return Ok(None);
+    };
+    let id = match projected.remove("id") {
+        Some(Value::String(id)) => id,
+        _ => return Ok(None),
+    };
+    let text = pim::text_of(kind, &id, &projected).map_err(|e| {
+        AccessError::Internal(format!("record {id} cannot be written as text: {e}"))
+    })?;
+    Ok(Some(Object {
+        name: meta.name_of(reverse, kind, &id),
+        etag: etag_of(&text),
+        text,
+    }))
+}
+
+/// Why a write of a contacts or calendar record did nothing.
+pub(super) enum Refusal {
+    Precondition,
+    Scope(WriteRefusal),
+    Unreadable(PimError),
+    Access(AccessError),
+}
+
+impl From<WriteRefusal> for Refusal {
+    fn from(e: WriteRefusal) -> Self {
+        Refusal::Scope(e)
+    }
+}
+
+impl Door {
+    fn kind_of(&self, collection: &CollectionName) -> Result<Kind, AccessError> {
+        Kind::of(collection.as_str()).ok_or_else(|| AccessError::NotFound {
+            collection: collection.to_string(),
+            id: String::new(),
+        })
+    }
+
+    fn meta_of(&self, collection: &CollectionName) -> Result<Meta, AccessError> {
+        let record = self.0.collections.get(&meta(), &meta_id(collection))?;
+        Ok(Meta::from_record(record))
+    }
+
+    /// The contacts (or calendar) collections the caller may read.
+    pub fn dav_books(&self, caller: &Caller, kind: Kind) -> Result<Vec<Book>, AccessError> {
+        let mut books = Vec::new();
+        for (name, scope) in caller.scope.readable() {
+            if Kind::of(name) != Some(kind) {
+                continue;
+            }
+            let collection =
+                CollectionName::parse(name).map_err(|e| AccessError::BadRequest(e.to_string()))?;
+            books.push(self.book(&collection, kind, scope)?);
+        }
+        Ok(books)
+    }
+
+    /// One collection the caller may read.
+    pub fn dav_book(
+        &self,
+        caller: &Caller,
+        collection: &CollectionName,
+    ) -> Result<Book, AccessError> {
+        let kind = self.kind_of(collection)?;
+        let scope = self.readable(caller, collection.as_str())?;
+        self.book(collection, kind, scope)
+    }
+
+    fn book(
+        &self,
+        collection: &CollectionName,
+        kind: Kind,
+        scope: &CollectionScope,
+    ) -> Result<Book, AccessError> {
+        let meta = self.meta_of(collection)?;
+        let heads = self.0.collections.heads(collection)?;
+        Ok(Book {
+            collection: collection.clone(),
+            kind,
+            writable: scope.write.is_some(),
+            display_name: meta.display_name,
+            color: meta.color,
+            description: meta.description,
+            token: sync_token(&heads),
+        })
+    }
+
+    /// Every resource of a collection the caller may see (PROPFIND, calendar-query),
+    /// with the collection's sync token. Audited as one read.
+    pub async fn dav_list(
+        &self,
+        caller: &Caller,
+        collection: &CollectionName,
+    ) -> Result<(String, Vec<Object>), AccessError> {
+        let kind = self.kind_of(collection)?;
+        let scope = self.readable(caller, collection.as_str())?.clone();
+        let name = collection.clone();
+        let grant = caller.grant.clone();
+        let (token, objects) = self
+            .blocking(move |inner| {
+                let heads = inner.collections.heads(&name)?;
+                let records = inner.collections.records(&name)?;
+                let meta = Meta::from_record(inner.collections.get(&meta(), &meta_id(&name))?);
+                let reverse = meta.reverse();
+                let mut objects = Vec::new();
+                let mut fields = Vec::new();
+                for record in records {
+                    let Value::Object(record) = record else {
+                        continue;
+                    };
+                    if let Some(object) = serve(kind, &scope, &meta, &reverse, &record)? {
+                        fields.extend(scope.field_names(&record));
+                        objects.push(object);
+                    }
+                }
+                fields.sort();
+                fields.dedup();
+                let event = AuditEvent {
+                    records: objects.len(),
+                    fields,
+                    ..AuditEvent::new(&grant, Operation::Read, name.as_str())
+                };
+                inner.audit.append(&inner.collections, event)?;
+                Ok((sync_token(&heads), objects))
+            })
+            .await?;
+        self.0.store.commit().await?;
+        Ok((token, objects))
+    }
+
+    /// The resources of these names (GET, multiget); `None` for a name that does not
+    /// exist or that the caller may not see. Audited with the ids served.
+    pub async fn dav_get(
+        &self,
+        caller: &Caller,
+        collection: &CollectionName,
+        names: &[String],
+    ) -> Result<Vec<(String, Option<Object>)>, AccessError> {
+        let kind = self.kind_of(collection)?;
+        let scope = self.readable(caller, collection.as_str())?;
+        let meta = self.meta_of(collection)?;
+        let reverse = meta.reverse();
+        let mut out = Vec::with_capacity(names.len());
+        let mut ids = Vec::new();
+        let mut fields = Vec::new();
+        for name in names {
+            let mut found = None;
+            if let Some(record) = self.resolve(collection, kind, scope, &meta, name)? {
+                if let Some(object) = serve(kind, scope, &meta, &reverse, &record)? {
+                    fields.extend(scope.field_names(&record));
+                    if let Some(Value::String(id)) = record.get("id") {
+                        ids.push(id.clone());
+                    }
+                    found = Some(object);
+                }
+            }
+            out.push((name.clone(), found));
+        }
+        if !ids.is_empty() {
+            fields.sort();
+            fields.dedup();
+            let event = AuditEvent {
+                records: ids.len(),
+                fields,
+                ids,
+                ..AuditEvent::new(&caller.grant, Operation::Read, collection.as_str())
+            };
+            self.0.audit.append(&self.0.collections, event)?;
+            self.0.store.commit().await?;
+        }
+        Ok(out)
+    }
+
+    /// The record a name stands for, if it exists and the caller may see it (with its
+    /// `"id"`).
+    fn resolve(
+        &self,
+        collection: &CollectionName,
+        kind: Kind,
+        scope: &CollectionScope,
+        meta: &Meta,
+        name: &str,
+    ) -> Result<Option<Map<String, Value>>, AccessError> {
+        let mut candidates = Vec::new();
+        if let Some(id) = meta.names.get(name) {
+            candidates.push(id.clone());
+        } else {
+            candidates.push(name.to_owned());
+            let ext = format!(".{}", kind.extension());
+            if let Some(stem) = name.strip_suffix(&ext) {
+                candidates.push(stem.to_owned());
+            }
+        }
+        for candidate in candidates {
+            let Ok(id) = RecordId::parse(&candidate) else {
+                continue;
+            };
+            if let Some(Value::Object(record)) = self.0.collections.get(collection, &id)? {
+                if scope.project(&record).is_some() {
+                    // A record shown under another name is not this one.
+                    if meta.name_of(&meta.reverse(), kind, id.as_str()) == name
+                        || meta.names.get(name).map(String::as_str) == Some(id.as_str())
+                    {
+                        return Ok(Some(record));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Creates or replaces the resource `name` with `text` (PUT). Returns whether it
+    /// was created, and its new ETag.
+    pub async fn dav_put(
+        &self,
+        caller: &Caller,
+        collection: &CollectionName,
+        name: &str,
+        text: &str,
+        condition: &Condition,
+    ) -> Result<(bool, String), AccessError> {
+        let kind = self.kind_of(collection)?;
+        let scope = self.writable(caller, collection.as_str())?.clone();
+        check_object(kind, text)?;
+        let new_fields =
+            fields_of(kind, text).map_err(|e| AccessError::BadRequest(e.to_string()))?;
+        let meta = self.meta_of(collection)?;
+        let visible = self.resolve(collection, kind, &scope, &meta, name)?;
+        // The record the name stands for; a new name becomes the id if it is a valid,
+        // free one (taken by a record the caller cannot see counts as not free).
+        let (id, remember) = match &visible {
+            Some(record) => (
+                RecordId::parse(record.get("id").and_then(Value::as_str).unwrap_or_default())
+                    .map_err(|e| AccessError::Internal(e.to_string()))?,
+                false,
+            ),
+            None => match RecordId::parse(name) {
+                Ok(id)
+                    if self.0.collections.get(collection, &id)?.is_none()
+                        && !meta.names.values().any(|v| v == id.as_str()) =>
+                {
+                    (id, false)
+                }
+                _ => {
+                    let bytes: [u8; 16] = rand::random();
+                    (RecordId::from_random(bytes), true)
+                }
+            },
+        };
+        let text_path = FieldPath::parse(kind.text_field()).expect("valid field name");
+        let keeps_text = scope.read.as_ref().is_some_and(|r| r.covers(&text_path))
+            && scope.write.as_ref().is_some_and(|w| w.covers(&text_path));
+        let uid_path = FieldPath::parse("uid").expect("valid field name");
+        let reads_uid = scope.read.as_ref().is_some_and(|r| r.covers(&uid_path));
+        let writes_uid = scope.write.as_ref().is_some_and(|w| w.covers(&uid_path));
+        let reverse = meta.reverse();
+        let mut etag = String::new();
+        let inner = &self.0;
+        let outcome = inner.collections.write_checked(collection, &id, |before| {
+            let with_id = |r: &Map<String, Value>| {
+                let mut r = r.clone();
+                r.insert("id".into(), Value::String(id.to_string()));
+                r
+            };
+            let seen = match before {
+                Some(b) => {
+                    serve(kind, &scope, &meta, &reverse, &with_id(b)).map_err(Refusal::Access)?
+                }
+                None => None,
+            };
+            // A hidden record answers as a missing one: its id was not chosen above.
+            if condition.if_none_match_any && seen.is_some() {
+                return Err(Refusal::Precondition);
+            }
+            if let Some(tag) = &condition.if_match {
+                let matches = seen.as_ref().is_some_and(|s| tag == "*" || *tag == s.etag);
+                if !matches {
+                    return Err(Refusal::Precondition);
+                }
+            }
+            if before.is_some() && seen.is_none() {
+                // Only possible when the record became hidden since the name was
+                // resolved (a concurrent change): answer as for a missing record.
+                return Err(Refusal::Precondition);
+            }
+            let seen_fields = match &seen {
+                Some(s) => fields_of(kind, &s.text).map_err(Refusal::Unreadable)?,
+                None => Map::new(),
+            };
+            let mut patch = diff_patch(&seen_fields, &new_fields);
+            if (before.is_some() && !reads_uid) || (before.is_none() && !writes_uid) {
+                // The UID the client saw was made from the id; the record keeps its own.
+                patch.remove("uid");
+            }
+            if keeps_text
+                && before
+                    .and_then(|b| b.get(kind.text_field()))
+                    .and_then(Value::as_str)
+                    != Some(text)
+            {
+                patch.insert(kind.text_field().to_owned(), Value::String(text.to_owned()));
+            }
+            let mut after = scope.check_write(collection.as_str(), before, &patch, true)?;
+            pim::prepare(kind, before, &mut after).map_err(Refusal::Unreadable)?;
+            if !scope.visible(&after) {
+                return Err(Refusal::Scope(WriteRefusal::NoMatchAfter(
+                    scope
+                        .filter
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )));
+            }
+            let served =
+                serve(kind, &scope, &meta, &reverse, &with_id(&after)).map_err(Refusal::Access)?;
+            etag = served.map(|s| s.etag).unwrap_or_default();
+            Ok(match before {
+                Some(before) => RecordWrite::Patch(diff_patch(before, &after)),
+                None => RecordWrite::Put(after),
+            })
+        })?;
+        let existed = match outcome {
+            Ok(existed) => existed,
+            Err(refusal) => return Err(self.dav_refused(caller, collection, &id, refusal)),
+        };
+        if remember {
+            self.remember(collection, name, Some(id.as_str()))?;
+        }
+        let fields: Vec<String> = {
+            let mut v: Vec<String> = new_fields.keys().cloned().collect();
+            v.sort();
+            v
+        };
+        let event = AuditEvent {
+            records: 1,
+            fields,
+            ids: vec![id.to_string()],
+            ..AuditEvent::new(
+                &caller.grant,
+                if existed {
+                    Operation::Write
+                } else {
+                    Operation::Create
+                },
+                collection.as_str(),
+            )
+        };
+        inner.audit.append(&inner.collections, event)?;
+        inner.store.commit().await?;
+        Ok((!existed, etag))
+    }
+
+    /// Removes the resource `name` (DELETE): the caller must see it and may write all
+    /// of its fields.
+    pub async fn dav_delete(
+        &self,
+        caller: &Caller,
+        collection: &CollectionName,
+        name: &str,
+        condition: &Condition,
+    ) -> Result<(), AccessError> {
+        let kind = self.kind_of(collection)?;
+        let scope = self.writable(caller, collection.as_str())?.clone();
+        let meta = self.meta_of(collection)?;
+        let reverse = meta.reverse();
+        let Some(record) = self.resolve(collection, kind, &scope, &meta, name)? else {
+            return Err(AccessError::NotFound {
+                collection: collection.to_string(),
+                id: name.to_owned(),
+            });
+        };
+        let id = RecordId::parse(record.get("id").and_then(Value::as_str).unwrap_or_default())
+            .map_err(|e| AccessError::Internal(e.to_string()))?;
+        let inner = &self.0;
+        let outcome = inner.collections.write_checked(collection, &id, |before| {
+            if let Some(tag) = &condition.if_match {
+                let seen = match before {
+                    Some(b) => {
+                        let mut b = b.clone();
+                        b.insert("id".into(), Value::String(id.to_string()));
+                        serve(kind, &scope, &meta, &reverse, &b).map_err(Refusal::Access)?
+                    }
+                    None => None,
+                };
+                if !seen.is_some_and(|s| tag == "*" || *tag == s.etag) {
+                    return Err(Refusal::Precondition);
+                }
+            }
+            scope.check_delete(before)?;
+            Ok(RecordWrite::Remove)
+        })?;
+        if let Err(refusal) = outcome {
+            return Err(self.dav_refused(caller, collection, &id, refusal));
+        }
+        if meta.names.get(name).is_some() {
+            self.remember(collection, name, None)?;
+        }
+        let event = AuditEvent {
+            records: 1,
+            ids: vec![id.to_string()],
+            ..AuditEvent::new(&caller.grant, Operation::Remove, collection.as_str())
+        };
+        inner.audit.append(&inner.collections, event)?;
+        inner.store.commit().await?;
+        Ok(())
+    }
+
+    /// What changed since `token` (sync-collection, RFC 6578): resources changed or
+    /// made, and those the caller saw then and cannot see now. No token: everything.
+    pub async fn dav_changes(
+        &self,
+        caller: &Caller,
+        collection: &CollectionName,
+        token: Option<&str>,
+    ) -> Result<Changes, AccessError> {
+        let Some(token) = token.filter(|t| !t.trim().is_empty()) else {
+            let (token, changed) = self.dav_list(caller, collection).await?;
+            return Ok(Changes {
+                token,
+                changed,
+                removed: Vec::new(),
+            });
+        };
+        let kind = self.kind_of(collection)?;
+        let scope = self.readable(caller, collection.as_str())?.clone();
+        let since = parse_token(token)?;
+        if !self.0.collections.knows(collection, &since)? {
+            return Err(AccessError::InvalidSyncToken(
+                "the sync token is not from this collection's history".into(),
+            ));
+        }
+        let name = collection.clone();
+        let grant = caller.grant.clone();
+        let changes = self
+            .blocking(move |inner| {
+                let (heads, changes) = inner.collections.changes_between(&name, &since)?;
+                let meta = Meta::from_record(inner.collections.get(&meta(), &meta_id(&name))?);
+                let reverse = meta.reverse();
+                let mut changed = Vec::new();
+                let mut removed = Vec::new();
+                let mut ids = Vec::new();
+                let mut fields = Vec::new();
+                for change in changes {
+                    let now = match &change.after {
+                        Some(after) => serve(kind, &scope, &meta, &reverse, after)?,
+                        None => None,
+                    };
+                    match now {
+                        Some(object) => {
+                            if let Some(after) = &change.after {
+                                fields.extend(scope.field_names(after));
+                            }
+                            ids.push(change.id.clone());
+                            changed.push(object);
+                        }
+                        None => {
+                            let was_seen = change
+                                .before
+                                .as_ref()
+                                .is_some_and(|b| scope.project(b).is_some());
+                            if was_seen {
+                                removed.push(meta.name_of(&reverse, kind, &change.id));
+                            }
+                        }
+                    }
+                }
+                if !ids.is_empty() {
+                    fields.sort();
+                    fields.dedup();
+                    let event = AuditEvent {
+                        records: ids.len(),
+                        fields,
+                        ids,
+                        ..AuditEvent::new(&grant, Operation::Read, name.as_str())
+                    };
+                    inner.audit.append(&inner.collections, event)?;
+                }
+                Ok(Changes {
+                    token: sync_token(&heads),
+                    changed,
+                    removed,
+                })
+            })
+            .await?;
+        self.0.store.commit().await?;
+        Ok(changes)
+    }
+
+    /// Sets a collection's display name, colour or description (PROPPATCH); with
+    /// `make`, first checks that the collection is new (MKCOL, MKCALENDAR). Needs a
+    /// grant that may write in the collection.
+    pub async fn dav_set_props(
+        &self,
+        caller: &Caller,
+        collection: &CollectionName,
+        props: &BookProps,
+        make: bool,
+    ) -> Result<(), AccessError> {
+        self.kind_of(collection)?;
+        self.writable(caller, collection.as_str())?;
+        let inner = &self.0;
+        if make {
+            let meta = self.meta_of(collection)?;
+            if meta.made || inner.collections.count(collection)? > 0 {
+                return Err(AccessError::Conflict(format!(
+                    "collection {collection} already exists"
+                )));
+            }
+        }
+        let mut patch = Map::new();
+        let mut fields = Vec::new();
+        let mut set = |key: &str, value: &Option<Option<String>>| {
+            if let Some(value) = value {
+                patch.insert(
+                    key.to_owned(),
+                    value.clone().map_or(Value::Null, Value::String),
+                );
+                fields.push(format!("{META}.{key}"));
+            }
+        };
+        set("display_name", &props.display_name);
+        set("color", &props.color);
+        set("description", &props.description);
+        if make {
+            patch.insert("made".into(), Value::Bool(true));
+        }
+        inner
+            .collections
+            .write_checked(&meta(), &meta_id(collection), |_| {
+                Ok::<_, std::convert::Infallible>(RecordWrite::Patch(patch))
+            })?
+            .unwrap_or_else(|never| match never {});
+        let event = AuditEvent {
+            fields,
+            ..AuditEvent::new(&caller.grant, Operation::Write, collection.as_str())
+        };
+        inner.audit.append(&inner.collections, event)?;
+        inner.store.commit().await?;
+        Ok(())
+    }
+
+    /// Records (or forgets) the id a client's name stands for.
+    fn remember(
+        &self,
+        collection: &CollectionName,
+        name: &str,
+        id: Option<&str>,
+    ) -> Result<(), AccessError> {
+        let patch = json!({ "names": { name: id } });
+        let Value::Object(patch) = patch else {
+            unreachable!("a JSON object literal")
+        };
+        self.0
+            .collections
+            .write_checked(&meta(), &meta_id(collection), |_| {
+                Ok::<_, std::convert::Infallible>(RecordWrite::Patch(patch))
+            })?
+            .unwrap_or_else(|never| match never {});
+        Ok(())
+    }
+
+    fn dav_refused(
+        &self,
+        caller: &Caller,
+        collection: &CollectionName,
+        id: &RecordId,
+        refusal: Refusal,
+    ) -> AccessError {
+        match refusal {
+            Refusal::Precondition => AccessError::PreconditionFailed,
+            Refusal::Access(e) => e,
+            Refusal::Unreadable(e) => AccessError::BadRequest(e.to_string()),
+            Refusal::Scope(refusal) => self.write_refused(caller, collection, id, refusal),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_tokens_round_trip_and_refuse_junk() {
+        let a = ChangeHash([1; 32]);
+        let b = ChangeHash([2; 32]);
+        let token = sync_token(&[b, a]);
+        let mut back = parse_token(&token).unwrap();
+        back.sort();
+        assert_eq!(back, vec![a, b]);
+        assert_eq!(
+            parse_token(&sync_token(&[])).unwrap(),
+            Vec::<ChangeHash>::new()
+        );
+        assert!(parse_token("urn:hearth:sync:zz").is_err());
+        assert!(parse_token("http://example.org/sync/1").is_err());
+    }
+
+    #[test]
+    fn etags_are_strong_and_follow_the_text() {
+        let a = etag_of("BEGIN:VCARD\r\nEND:VCARD\r\n");
+        assert!(a.starts_with('"') && a.ends_with('"') && !a.starts_with("W/"));
+        assert_ne!(a, etag_of("BEGIN:VCARD\r\nFN:x\r\nEND:VCARD\r\n"));
+    }
+}

@@ -1,0 +1,1276 @@
+//! CardDAV and CalDAV (RFC 6352, 4791, 6578, 4918) on the API listener, under `/dav/`.
+//!
+//! In: WebDAV requests with HTTP Basic auth (any user name; the password is a grant's
+//! app password or token). Out: multistatus XML, vCard and iCalendar text. This module
+//! only speaks HTTP and XML: every request is admitted by the access door and every
+//! read or change goes through it ([`crate::access::dav`]), so a DAV client sees and
+//! changes exactly what its grant allows, and all it does is audited.
+//!
+//! Layout: `/dav/` is the principal; `/dav/contacts/` and `/dav/calendars/` are the
+//! homes; `/dav/contacts/{collection}/` is one address book per contacts collection the
+//! grant reads, `/dav/calendars/{collection}/` one calendar per calendar collection;
+//! a resource is `/dav/{home}/{collection}/{name}`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use hearth_protocol::CollectionName;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use quick_xml::escape::escape;
+use quick_xml::events::Event;
+use quick_xml::name::ResolveResult;
+
+use crate::Vault;
+use crate::access::dav::{Book, BookProps, Condition, Object};
+use crate::access::{AccessError, Caller, Credentials};
+use crate::pim::{self, Kind};
+
+const DAV: &str = "DAV:";
+const CARD: &str = "urn:ietf:params:xml:ns:carddav";
+const CAL: &str = "urn:ietf:params:xml:ns:caldav";
+const CS: &str = "http://calendarserver.org/ns/";
+const ICAL: &str = "http://apple.com/ns/ical/";
+
+const ROOT: &str = "/dav/";
+const DAV_HEADER: &str = "1, 3, addressbook, calendar-access, extended-mkcol";
+const ALLOW: &str =
+    "OPTIONS, GET, HEAD, PUT, DELETE, PROPFIND, PROPPATCH, REPORT, MKCOL, MKCALENDAR";
+
+/// Characters of a name written into a URL path as they are.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'@')
+    .remove(b'+');
+
+/// Deepest XML nesting a request body may have.
+const MAX_XML_DEPTH: usize = 32;
+
+type AppState = Arc<Vault>;
+
+/// The DAV routes, to be merged into the API router (whose Host check and request
+/// limits apply to them).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/.well-known/carddav", any(well_known))
+        .route("/.well-known/caldav", any(well_known))
+        .route("/dav", any(handle))
+        .route("/dav/", any(handle))
+        .route("/dav/{*path}", any(handle))
+}
+
+async fn well_known() -> Response {
+    (
+        StatusCode::MOVED_PERMANENTLY,
+        [(header::LOCATION, HeaderValue::from_static(ROOT))],
+    )
+        .into_response()
+}
+
+/// Where a request points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    Root,
+    Home(Kind),
+    Book(Kind, CollectionName),
+    Object(Kind, CollectionName, String),
+}
+
+fn home_segment(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Contacts => "contacts",
+        Kind::Calendar => "calendars",
+    }
+}
+
+fn href_of(target: &Target) -> String {
+    match target {
+        Target::Root => ROOT.to_owned(),
+        Target::Home(kind) => format!("{ROOT}{}/", home_segment(*kind)),
+        Target::Book(kind, c) => format!("{ROOT}{}/{c}/", home_segment(*kind)),
+        Target::Object(kind, c, name) => format!(
+            "{ROOT}{}/{c}/{}",
+            home_segment(*kind),
+            utf8_percent_encode(name, SEGMENT)
+        ),
+    }
+}
+
+/// Reads a path or a full URL (as hrefs in a REPORT may be) into a target.
+fn parse_target(href: &str) -> Result<Target, DavError> {
+    let path = match href.find("://") {
+        Some(i) => {
+            let rest = &href[i + 3..];
+            rest.find('/').map_or("/", |j| &rest[j..])
+        }
+        None => href,
+    };
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let Some(rest) = path.strip_prefix("/dav") else {
+        return Err(DavError::NotFound);
+    };
+    let mut segments = Vec::new();
+    for raw in rest.split('/').filter(|s| !s.is_empty()) {
+        let decoded = percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| DavError::BadRequest("a path segment is not UTF-8".into()))?;
+        segments.push(decoded.into_owned());
+    }
+    let kind = |s: &str| match s {
+        "contacts" => Some(Kind::Contacts),
+        "calendars" => Some(Kind::Calendar),
+        _ => None,
+    };
+    let collection = |kind: Kind, name: &str| {
+        CollectionName::parse(name)
+            .ok()
+            .filter(|c| !c.is_system() && Kind::of(c.as_str()) == Some(kind))
+            .ok_or(DavError::NotFound)
+    };
+    match segments.as_slice() {
+        [] => Ok(Target::Root),
+        [home] => kind(home).map(Target::Home).ok_or(DavError::NotFound),
+        [home, c] => {
+            let kind = kind(home).ok_or(DavError::NotFound)?;
+            Ok(Target::Book(kind, collection(kind, c)?))
+        }
+        [home, c, name] => {
+            let kind = kind(home).ok_or(DavError::NotFound)?;
+            Ok(Target::Object(kind, collection(kind, c)?, name.clone()))
+        }
+        _ => Err(DavError::NotFound),
+    }
+}
+
+/// Why a DAV request failed.
+#[derive(Debug)]
+enum DavError {
+    Unauthorized(String),
+    Forbidden(String),
+    NotFound,
+    BadRequest(String),
+    Precondition,
+    InvalidSyncToken(String),
+    NotAllowed(String),
+    TooLarge,
+    TooMany(String),
+    Internal(String),
+}
+
+impl From<AccessError> for DavError {
+    fn from(e: AccessError) -> Self {
+        match e {
+            AccessError::InvalidToken(m) => DavError::Unauthorized(m),
+            AccessError::Revoked | AccessError::Expired => DavError::Unauthorized(e.to_string()),
+            AccessError::OutOfScope(_) | AccessError::WrongPeer(_) => {
+                DavError::Forbidden(e.to_string())
+            }
+            AccessError::NotFound { .. } | AccessError::NoGrant(_) => DavError::NotFound,
+            AccessError::PreconditionFailed => DavError::Precondition,
+            AccessError::InvalidSyncToken(m) => DavError::InvalidSyncToken(m),
+            AccessError::Conflict(m) => DavError::NotAllowed(m),
+            AccessError::RateLimited(_) | AccessError::TooManyStreams(_) => {
+                DavError::TooMany(e.to_string())
+            }
+            AccessError::InvalidId(m) | AccessError::BadRequest(m) => DavError::BadRequest(m),
+            other => DavError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for DavError {
+    fn into_response(self) -> Response {
+        let text = |status: StatusCode, message: String| {
+            (
+                status,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                message + "\n",
+            )
+                .into_response()
+        };
+        match self {
+            DavError::Unauthorized(m) => {
+                let mut r = text(StatusCode::UNAUTHORIZED, m);
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"Hearth\", charset=\"UTF-8\""),
+                );
+                r
+            }
+            DavError::Forbidden(m) => text(StatusCode::FORBIDDEN, m),
+            DavError::NotFound => text(StatusCode::NOT_FOUND, "no such resource".into()),
+            DavError::BadRequest(m) => text(StatusCode::BAD_REQUEST, m),
+            DavError::Precondition => text(
+                StatusCode::PRECONDITION_FAILED,
+                "the resource is not in the state the request's condition names".into(),
+            ),
+            DavError::InvalidSyncToken(m) => {
+                tracing::debug!(reason = %m, "sync token refused");
+                (
+                    StatusCode::FORBIDDEN,
+                    [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
+                    format!(
+                        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<d:error xmlns:d=\"DAV:\"><d:valid-sync-token/></d:error>\n"
+                    ),
+                )
+                    .into_response()
+            }
+            DavError::NotAllowed(m) => {
+                let mut r = text(StatusCode::METHOD_NOT_ALLOWED, m);
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(ALLOW));
+                r
+            }
+            DavError::TooLarge => text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is too large".into(),
+            ),
+            DavError::TooMany(m) => text(StatusCode::TOO_MANY_REQUESTS, m),
+            DavError::Internal(m) => {
+                tracing::error!(message = %m, "DAV request failed");
+                text(StatusCode::INTERNAL_SERVER_ERROR, m)
+            }
+        }
+    }
+}
+
+/// The credentials of a request: HTTP Basic (the password; the user name is not
+/// checked) or a bearer token.
+fn credentials(headers: &HeaderMap) -> Result<Credentials, DavError> {
+    let missing = || DavError::Unauthorized("this needs the grant's app password".into());
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(missing)?;
+    if let Some(token) = value.strip_prefix("Bearer ") {
+        return Ok(Credentials::local(token));
+    }
+    let encoded = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))
+        .ok_or_else(missing)?;
+    let decoded = data_encoding::BASE64
+        .decode(encoded.trim().as_bytes())
+        .map_err(|_| DavError::Unauthorized("the Basic credentials are not base64".into()))?;
+    let decoded = String::from_utf8(decoded)
+        .map_err(|_| DavError::Unauthorized("the Basic credentials are not UTF-8".into()))?;
+    let (_, password) = decoded
+        .split_once(':')
+        .ok_or_else(|| DavError::Unauthorized("the Basic credentials have no password".into()))?;
+    if password.is_empty() {
+        return Err(missing());
+    }
+    Ok(Credentials::basic(password))
+}
+
+async fn handle(State(vault): State<AppState>, request: Request) -> Response {
+    let method = request.method().clone();
+    match serve(vault, request).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::debug!(%method, error = ?e, "DAV request refused");
+            e.into_response()
+        }
+    }
+}
+
+async fn serve(vault: AppState, request: Request) -> Result<Response, DavError> {
+    let (parts, body) = request.into_parts();
+    let method = parts.method.clone();
+    if method == Method::OPTIONS {
+        return Ok((
+            StatusCode::OK,
+            [
+                (header::HeaderName::from_static("dav"), DAV_HEADER),
+                (header::ALLOW, ALLOW),
+            ],
+        )
+            .into_response());
+    }
+    let target = parse_target(parts.uri.path())?;
+    let door = &vault.door;
+    let caller = door.admit(&credentials(&parts.headers)?)?;
+    let limit = vault.limits.max_record_bytes;
+    let body = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| DavError::TooLarge)?;
+    let depth = match parts.headers.get("depth").and_then(|v| v.to_str().ok()) {
+        Some("0") => 0,
+        _ => 1,
+    };
+    let dav = Dav {
+        vault: &vault,
+        caller: &caller,
+    };
+    match method.as_str() {
+        "PROPFIND" => dav.propfind(&target, depth, &body).await,
+        "REPORT" => dav.report(&target, &body).await,
+        "GET" | "HEAD" => dav.get(&target, method == Method::HEAD).await,
+        "PUT" => dav.put(&target, &parts.headers, &body).await,
+        "DELETE" => dav.delete(&target, &parts.headers).await,
+        "PROPPATCH" => dav.proppatch(&target, &body).await,
+        "MKCOL" | "MKCALENDAR" => dav.mkcol(&target, &body).await,
+        _ => Err(DavError::NotAllowed(format!(
+            "{method} is not a method of this server"
+        ))),
+    }
+}
+
+/// A property name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Prop {
+    ns: String,
+    name: String,
+}
+
+impl Prop {
+    fn new(ns: &str, name: &str) -> Prop {
+        Prop {
+            ns: ns.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    fn is(&self, ns: &str, name: &str) -> bool {
+        self.ns == ns && self.name == name
+    }
+
+    /// The element's opening name (with a namespace declaration for unknown ones).
+    fn open(&self) -> String {
+        match prefix(&self.ns) {
+            Some(p) => format!("{p}:{}", self.name),
+            None => format!("x:{} xmlns:x=\"{}\"", self.name, escape(self.ns.as_str())),
+        }
+    }
+
+    fn close(&self) -> String {
+        match prefix(&self.ns) {
+            Some(p) => format!("{p}:{}", self.name),
+            None => format!("x:{}", self.name),
+        }
+    }
+
+    fn element(&self, inner: &str) -> String {
+        if inner.is_empty() {
+            format!("<{}/>", self.open())
+        } else {
+            format!("<{}>{inner}</{}>", self.open(), self.close())
+        }
+    }
+}
+
+fn prefix(ns: &str) -> Option<&'static str> {
+    Some(match ns {
+        DAV => "d",
+        CARD => "card",
+        CAL => "cal",
+        CS => "cs",
+        ICAL => "ical",
+        _ => return None,
+    })
+}
+
+/// A parsed XML element: name, attributes, text and children.
+#[derive(Debug, Default)]
+struct Element {
+    ns: String,
+    name: String,
+    attributes: Vec<(String, String)>,
+    text: String,
+    children: Vec<Element>,
+}
+
+impl Element {
+    fn is(&self, ns: &str, name: &str) -> bool {
+        self.ns == ns && self.name == name
+    }
+
+    fn child(&self, ns: &str, name: &str) -> Option<&Element> {
+        self.children.iter().find(|c| c.is(ns, name))
+    }
+
+    fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn find(&self, ns: &str, name: &str) -> Option<&Element> {
+        if self.is(ns, name) {
+            return Some(self);
+        }
+        self.children.iter().find_map(|c| c.find(ns, name))
+    }
+}
+
+/// Reads a request body into its root element; `None` for an empty body.
+fn parse_xml(body: &[u8]) -> Result<Option<Element>, DavError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| DavError::BadRequest("the XML body is not UTF-8".into()))?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    let bad = |e: String| DavError::BadRequest(format!("the XML body is malformed: {e}"));
+    let mut reader = quick_xml::NsReader::from_str(text);
+    let mut stack: Vec<Element> = Vec::new();
+    let mut root = None;
+    loop {
+        let (resolved, event) = reader
+            .read_resolved_event()
+            .map_err(|e| bad(e.to_string()))?;
+        let ns = match resolved {
+            ResolveResult::Bound(ns) => ns.into_inner().to_owned(),
+            _ => String::new(),
+        };
+        match event {
+            Event::Start(e) | Event::Empty(e) if stack.len() >= MAX_XML_DEPTH => {
+                let _ = e;
+                return Err(bad("nested too deeply".into()));
+            }
+            Event::Start(e) => stack.push(element_of(&e, ns).map_err(bad)?),
+            Event::Empty(e) => {
+                stack.push(element_of(&e, ns).map_err(bad)?);
+                close(&mut stack, &mut root);
+            }
+            Event::End(_) => close(&mut stack, &mut root),
+            Event::Text(t) => {
+                if let Some(top) = stack.last_mut() {
+                    top.text.push_str(&t.xml10_content());
+                }
+            }
+            Event::CData(t) => {
+                if let Some(top) = stack.last_mut() {
+                    top.text.push_str(&t);
+                }
+            }
+            Event::GeneralRef(r) => {
+                if let Some(top) = stack.last_mut() {
+                    if let Ok(Some(c)) = r.resolve_char_ref() {
+                        top.text.push(c);
+                    } else if let Some(s) = quick_xml::escape::resolve_predefined_entity(&r) {
+                        top.text.push_str(s);
+                    } else {
+                        return Err(bad(format!("unknown entity &{};", &*r)));
+                    }
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    if !stack.is_empty() {
+        return Err(bad("an element is not closed".into()));
+    }
+    root.map(Some).ok_or_else(|| bad("no root element".into()))
+}
+
+fn element_of(e: &quick_xml::events::BytesStart, ns: String) -> Result<Element, String> {
+    let mut element = Element {
+        ns,
+        name: e.local_name().as_ref().to_owned(),
+        ..Element::default()
+    };
+    for attribute in e.attributes() {
+        let attribute = attribute.map_err(|e| e.to_string())?;
+        let value = attribute
+            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+            .map_err(|e| e.to_string())?
+            .into_owned();
+        element
+            .attributes
+            .push((attribute.key.local_name().as_ref().to_owned(), value));
+    }
+    Ok(element)
+}
+
+fn close(stack: &mut Vec<Element>, root: &mut Option<Element>) {
+    if let Some(done) = stack.pop() {
+        match stack.last_mut() {
+            Some(parent) => parent.children.push(done),
+            None => *root = Some(done),
+        }
+    }
+}
+
+/// Which properties a PROPFIND or REPORT asks for.
+enum Wanted {
+    All,
+    Names,
+    These(Vec<Prop>),
+}
+
+fn wanted_of(root: Option<&Element>) -> Wanted {
+    let Some(root) = root else {
+        return Wanted::All;
+    };
+    if root.child(DAV, "propname").is_some() {
+        return Wanted::Names;
+    }
+    match root.child(DAV, "prop") {
+        Some(prop) => Wanted::These(
+            prop.children
+                .iter()
+                .map(|c| Prop::new(&c.ns, &c.name))
+                .collect(),
+        ),
+        None => Wanted::All,
+    }
+}
+
+/// The multistatus body being written.
+struct Multistatus(String);
+
+impl Multistatus {
+    fn new() -> Self {
+        Multistatus(format!(
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<d:multistatus xmlns:d=\"{DAV}\" xmlns:card=\"{CARD}\" xmlns:cal=\"{CAL}\" xmlns:cs=\"{CS}\" xmlns:ical=\"{ICAL}\">\n"
+        ))
+    }
+
+    /// One resource with the properties found and those not.
+    fn response(&mut self, href: &str, found: &[(Prop, String)], missing: &[Prop]) {
+        self.0.push_str("<d:response><d:href>");
+        self.0.push_str(&escape(href));
+        self.0.push_str("</d:href>");
+        if !found.is_empty() {
+            self.0.push_str("<d:propstat><d:prop>");
+            for (prop, value) in found {
+                self.0.push_str(&prop.element(value));
+            }
+            self.0
+                .push_str("</d:prop><d:status>HTTP/1.1 200 OK</d:status></d:propstat>");
+        }
+        if !missing.is_empty() {
+            self.0.push_str("<d:propstat><d:prop>");
+            for prop in missing {
+                self.0.push_str(&prop.element(""));
+            }
+            self.0
+                .push_str("</d:prop><d:status>HTTP/1.1 404 Not Found</d:status></d:propstat>");
+        }
+        self.0.push_str("</d:response>\n");
+    }
+
+    fn status(&mut self, href: &str, status: &str) {
+        self.0.push_str("<d:response><d:href>");
+        self.0.push_str(&escape(href));
+        self.0.push_str("</d:href><d:status>HTTP/1.1 ");
+        self.0.push_str(status);
+        self.0.push_str("</d:status></d:response>\n");
+    }
+
+    fn finish(mut self, sync_token: Option<&str>) -> Response {
+        if let Some(token) = sync_token {
+            self.0.push_str("<d:sync-token>");
+            self.0.push_str(&escape(token));
+            self.0.push_str("</d:sync-token>\n");
+        }
+        self.0.push_str("</d:multistatus>\n");
+        (
+            StatusCode::MULTI_STATUS,
+            [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
+            self.0,
+        )
+            .into_response()
+    }
+}
+
+/// A resource being described.
+enum Resource<'a> {
+    Root,
+    Home(Kind),
+    Book(&'a Book),
+    Object(Kind, &'a Object),
+}
+
+fn href(inner: &str) -> String {
+    format!("<d:href>{}</d:href>", escape(inner))
+}
+
+/// One request's work, for an admitted caller.
+struct Dav<'a> {
+    vault: &'a Vault,
+    caller: &'a Caller,
+}
+
+impl Dav<'_> {
+    fn privileges(&self, writable: bool) -> String {
+        let mut out = String::from(
+            "<d:privilege><d:read/></d:privilege><d:privilege><d:read-current-user-privilege-set/></d:privilege>",
+        );
+        if writable {
+            out.push_str("<d:privilege><d:write/></d:privilege><d:privilege><d:write-content/></d:privilege><d:privilege><d:write-properties/></d:privilege><d:privilege><d:bind/></d:privilege><d:privilege><d:unbind/></d:privilege>");
+        }
+        out
+    }
+
+    /// A property's value (inner XML), or `None` if the resource has no such property.
+    fn value(&self, resource: &Resource, prop: &Prop) -> Option<String> {
+        let principal = || Some(href(ROOT));
+        match (prop.ns.as_str(), prop.name.as_str()) {
+            (DAV, "current-user-principal") | (DAV, "principal-URL") | (DAV, "owner") => {
+                return principal();
+            }
+            (CARD, "addressbook-home-set") => {
+                return Some(href(&href_of(&Target::Home(Kind::Contacts))));
+            }
+            (CAL, "calendar-home-set") => {
+                return Some(href(&href_of(&Target::Home(Kind::Calendar))));
+            }
+            _ => {}
+        }
+        match resource {
+            Resource::Root => match (prop.ns.as_str(), prop.name.as_str()) {
+                (DAV, "resourcetype") => Some("<d:collection/><d:principal/>".into()),
+                (DAV, "displayname") => Some(escape(self.caller.grant.service.as_str()).into()),
+                (DAV, "current-user-privilege-set") => Some(self.privileges(false)),
+                (DAV, "principal-collection-set") => principal(),
+                _ => None,
+            },
+            Resource::Home(kind) => match (prop.ns.as_str(), prop.name.as_str()) {
+                (DAV, "resourcetype") => Some("<d:collection/>".into()),
+                (DAV, "displayname") => Some(
+                    match kind {
+                        Kind::Contacts => "Address books",
+                        Kind::Calendar => "Calendars",
+                    }
+                    .into(),
+                ),
+                (DAV, "current-user-privilege-set") => Some(self.privileges(false)),
+                _ => None,
+            },
+            Resource::Book(book) => self.book_value(book, prop),
+            Resource::Object(kind, object) => match (prop.ns.as_str(), prop.name.as_str()) {
+                (DAV, "resourcetype") => Some(String::new()),
+                (DAV, "getetag") => Some(escape(object.etag.as_str()).into()),
+                (DAV, "getcontenttype") => Some(kind.media_type().into()),
+                (DAV, "getcontentlength") => Some(object.text.len().to_string()),
+                (CARD, "address-data") if *kind == Kind::Contacts => {
+                    Some(escape(object.text.as_str()).into())
+                }
+                (CAL, "calendar-data") if *kind == Kind::Calendar => {
+                    Some(escape(object.text.as_str()).into())
+                }
+                _ => None,
+            },
+        }
+    }
+
+    fn book_value(&self, book: &Book, prop: &Prop) -> Option<String> {
+        let is_contacts = book.kind == Kind::Contacts;
+        Some(match (prop.ns.as_str(), prop.name.as_str()) {
+            (DAV, "resourcetype") => {
+                if is_contacts {
+                    "<d:collection/><card:addressbook/>".into()
+                } else {
+                    "<d:collection/><cal:calendar/>".into()
+                }
+            }
+            (DAV, "displayname") => {
+                escape(book.display_name.as_deref().unwrap_or(book.collection.as_str())).into()
+            }
+            (CS, "getctag") | (DAV, "sync-token") => escape(book.token.as_str()).into(),
+            (DAV, "current-user-privilege-set") => self.privileges(book.writable),
+            (DAV, "supported-report-set") => {
+                let reports: &[&str] = if is_contacts {
+                    &["card:addressbook-multiget", "card:addressbook-query", "d:sync-collection"]
+                } else {
+                    &["cal:calendar-multiget", "cal:calendar-query", "d:sync-collection"]
+                };
+                reports
+                    .iter()
+                    .map(|r| format!("<d:supported-report><d:report><{r}/></d:report></d:supported-report>"))
+                    .collect()
+            }
+            (CARD, "addressbook-description") if is_contacts => {
+                escape(book.description.as_deref()?).into()
+            }
+            (CAL, "calendar-description") if !is_contacts => {
+                escape(book.description.as_deref()?).into()
+            }
+            (ICAL, "calendar-color") if !is_contacts => escape(book.color.as_deref()?).into(),
+            (CARD, "supported-address-data") if is_contacts => {
+                "<card:address-data-type content-type=\"text/vcard\" version=\"3.0\"/><card:address-data-type content-type=\"text/vcard\" version=\"4.0\"/>".into()
+            }
+            (CAL, "supported-calendar-component-set") if !is_contacts => {
+                "<cal:comp name=\"VEVENT\"/><cal:comp name=\"VTODO\"/>".into()
+            }
+            (CAL, "supported-calendar-data") if !is_contacts => {
+                "<cal:calendar-data content-type=\"text/calendar\" version=\"2.0\"/>".into()
+            }
+            (CARD, "max-resource-size") | (CAL, "max-resource-size") => {
+                self.vault.limits.max_record_bytes.to_string()
+            }
+            _ => return None,
+        })
+    }
+
+    /// The properties `allprop` shows for a resource.
+    fn all_props(resource: &Resource) -> Vec<Prop> {
+        let mut props = vec![
+            Prop::new(DAV, "resourcetype"),
+            Prop::new(DAV, "displayname"),
+        ];
+        match resource {
+            Resource::Object(..) => {
+                props = vec![
+                    Prop::new(DAV, "resourcetype"),
+                    Prop::new(DAV, "getetag"),
+                    Prop::new(DAV, "getcontenttype"),
+                    Prop::new(DAV, "getcontentlength"),
+                ];
+            }
+            Resource::Book(book) => {
+                props.push(Prop::new(CS, "getctag"));
+                props.push(Prop::new(DAV, "sync-token"));
+                if book.kind == Kind::Calendar {
+                    props.push(Prop::new(ICAL, "calendar-color"));
+                }
+            }
+            _ => props.push(Prop::new(DAV, "current-user-principal")),
+        }
+        props
+    }
+
+    fn describe(&self, out: &mut Multistatus, href: &str, resource: &Resource, wanted: &Wanted) {
+        let props = match wanted {
+            Wanted::These(props) => props.clone(),
+            Wanted::All | Wanted::Names => Self::all_props(resource),
+        };
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        for prop in props {
+            match self.value(resource, &prop) {
+                Some(_) if matches!(wanted, Wanted::Names) => found.push((prop, String::new())),
+                Some(value) => found.push((prop, value)),
+                None if matches!(wanted, Wanted::These(_)) => missing.push(prop),
+                None => {}
+            }
+        }
+        out.response(href, &found, &missing);
+    }
+
+    async fn propfind(
+        &self,
+        target: &Target,
+        depth: u8,
+        body: &[u8],
+    ) -> Result<Response, DavError> {
+        let root = parse_xml(body)?;
+        if let Some(root) = &root {
+            if !root.is(DAV, "propfind") {
+                return Err(DavError::BadRequest(
+                    "a PROPFIND body is a DAV:propfind".into(),
+                ));
+            }
+        }
+        let wanted = wanted_of(root.as_ref());
+        let door = &self.vault.door;
+        let mut out = Multistatus::new();
+        match target {
+            Target::Root => {
+                out_describe(self, &mut out, target, &Resource::Root, &wanted);
+                if depth > 0 {
+                    for kind in [Kind::Contacts, Kind::Calendar] {
+                        let home = Target::Home(kind);
+                        out_describe(self, &mut out, &home, &Resource::Home(kind), &wanted);
+                    }
+                }
+            }
+            Target::Home(kind) => {
+                out_describe(self, &mut out, target, &Resource::Home(*kind), &wanted);
+                if depth > 0 {
+                    for book in door.dav_books(self.caller, *kind)? {
+                        let t = Target::Book(*kind, book.collection.clone());
+                        out_describe(self, &mut out, &t, &Resource::Book(&book), &wanted);
+                    }
+                }
+            }
+            Target::Book(kind, collection) => {
+                let book = door.dav_book(self.caller, collection)?;
+                out_describe(self, &mut out, target, &Resource::Book(&book), &wanted);
+                if depth > 0 {
+                    let (_, objects) = door.dav_list(self.caller, collection).await?;
+                    for object in &objects {
+                        let t = Target::Object(*kind, collection.clone(), object.name.clone());
+                        out_describe(
+                            self,
+                            &mut out,
+                            &t,
+                            &Resource::Object(*kind, object),
+                            &wanted,
+                        );
+                    }
+                }
+            }
+            Target::Object(kind, collection, name) => {
+                let object = self.one(collection, name).await?;
+                out_describe(
+                    self,
+                    &mut out,
+                    target,
+                    &Resource::Object(*kind, &object),
+                    &wanted,
+                );
+            }
+        }
+        Ok(out.finish(None))
+    }
+
+    async fn one(&self, collection: &CollectionName, name: &str) -> Result<Object, DavError> {
+        let mut found = self
+            .vault
+            .door
+            .dav_get(self.caller, collection, &[name.to_owned()])
+            .await?;
+        found.pop().and_then(|(_, o)| o).ok_or(DavError::NotFound)
+    }
+
+    async fn get(&self, target: &Target, head: bool) -> Result<Response, DavError> {
+        let Target::Object(kind, collection, name) = target else {
+            return Err(DavError::NotAllowed(
+                "GET reads one contact or event; use PROPFIND or REPORT on a collection".into(),
+            ));
+        };
+        let object = self.one(collection, name).await?;
+        let etag =
+            HeaderValue::from_str(&object.etag).map_err(|e| DavError::Internal(e.to_string()))?;
+        let body = if head {
+            Body::empty()
+        } else {
+            Body::from(object.text)
+        };
+        Ok((
+            StatusCode::OK,
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(kind.media_type()),
+                ),
+                (header::ETAG, etag),
+            ],
+            body,
+        )
+            .into_response())
+    }
+
+    async fn put(
+        &self,
+        target: &Target,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Response, DavError> {
+        let Target::Object(_, collection, name) = target else {
+            return Err(DavError::NotAllowed(
+                "PUT writes one contact or event".into(),
+            ));
+        };
+        let text = std::str::from_utf8(body)
+            .map_err(|_| DavError::BadRequest("the body is not UTF-8 text".into()))?;
+        let condition = condition(headers);
+        let (created, etag) = self
+            .vault
+            .door
+            .dav_put(self.caller, collection, name, text, &condition)
+            .await?;
+        let status = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::NO_CONTENT
+        };
+        let mut response = status.into_response();
+        if let Ok(etag) = HeaderValue::from_str(&etag) {
+            response.headers_mut().insert(header::ETAG, etag);
+        }
+        Ok(response)
+    }
+
+    async fn delete(&self, target: &Target, headers: &HeaderMap) -> Result<Response, DavError> {
+        let Target::Object(_, collection, name) = target else {
+            return Err(DavError::Forbidden(
+                "collections are not deleted over DAV; remove their records, or revoke the grant"
+                    .into(),
+            ));
+        };
+        self.vault
+            .door
+            .dav_delete(self.caller, collection, name, &condition(headers))
+            .await?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+
+    async fn report(&self, target: &Target, body: &[u8]) -> Result<Response, DavError> {
+        let root =
+            parse_xml(body)?.ok_or_else(|| DavError::BadRequest("a REPORT needs a body".into()))?;
+        let Target::Book(kind, collection) = target else {
+            return Err(DavError::Forbidden(
+                "reports are answered on an address book or a calendar".into(),
+            ));
+        };
+        let kind = *kind;
+        let wanted = wanted_of(Some(&root));
+        let door = &self.vault.door;
+        let mut out = Multistatus::new();
+        let object_href =
+            |name: &str| href_of(&Target::Object(kind, collection.clone(), name.to_owned()));
+        let multiget = root.is(CARD, "addressbook-multiget") || root.is(CAL, "calendar-multiget");
+        if multiget {
+            let mut names = Vec::new();
+            let mut elsewhere = Vec::new();
+            for h in root.children.iter().filter(|c| c.is(DAV, "href")) {
+                match parse_target(h.text.trim()) {
+                    Ok(Target::Object(k, c, name)) if k == kind && c == *collection => {
+                        names.push(name)
+                    }
+                    _ => elsewhere.push(h.text.trim().to_owned()),
+                }
+            }
+            for (name, object) in door.dav_get(self.caller, collection, &names).await? {
+                match object {
+                    Some(object) => out_describe(
+                        self,
+                        &mut out,
+                        &Target::Object(kind, collection.clone(), name),
+                        &Resource::Object(kind, &object),
+                        &wanted,
+                    ),
+                    None => out.status(&object_href(&name), "404 Not Found"),
+                }
+            }
+            for h in elsewhere {
+                out.status(&h, "404 Not Found");
+            }
+            return Ok(out.finish(None));
+        }
+        if root.is(DAV, "sync-collection") {
+            let token = root
+                .child(DAV, "sync-token")
+                .map(|t| t.text.trim().to_owned());
+            let changes = door
+                .dav_changes(self.caller, collection, token.as_deref())
+                .await?;
+            for object in &changes.changed {
+                out_describe(
+                    self,
+                    &mut out,
+                    &Target::Object(kind, collection.clone(), object.name.clone()),
+                    &Resource::Object(kind, object),
+                    &wanted,
+                );
+            }
+            for name in &changes.removed {
+                out.status(&object_href(name), "404 Not Found");
+            }
+            return Ok(out.finish(Some(&changes.token)));
+        }
+        if root.is(CARD, "addressbook-query") || root.is(CAL, "calendar-query") {
+            let filter = QueryFilter::of(&root)?;
+            let (_, objects) = door.dav_list(self.caller, collection).await?;
+            for object in objects.iter().filter(|o| filter.admits(kind, &o.text)) {
+                out_describe(
+                    self,
+                    &mut out,
+                    &Target::Object(kind, collection.clone(), object.name.clone()),
+                    &Resource::Object(kind, object),
+                    &wanted,
+                );
+            }
+            return Ok(out.finish(None));
+        }
+        Err(DavError::Forbidden(format!(
+            "the report {}:{} is not supported here",
+            root.ns, root.name
+        )))
+    }
+
+    async fn proppatch(&self, target: &Target, body: &[u8]) -> Result<Response, DavError> {
+        let Target::Book(_, collection) = target else {
+            return Err(DavError::Forbidden(
+                "only an address book's or calendar's properties can be changed".into(),
+            ));
+        };
+        let root = parse_xml(body)?
+            .filter(|r| r.is(DAV, "propertyupdate"))
+            .ok_or_else(|| {
+                DavError::BadRequest("a PROPPATCH body is a DAV:propertyupdate".into())
+            })?;
+        let mut props = BookProps::default();
+        let mut touched = Vec::new();
+        let mut refused = Vec::new();
+        for action in &root.children {
+            let set = action.is(DAV, "set");
+            if !set && !action.is(DAV, "remove") {
+                continue;
+            }
+            for prop in action
+                .children
+                .iter()
+                .filter(|c| c.is(DAV, "prop"))
+                .flat_map(|p| &p.children)
+            {
+                let value = set.then(|| prop.text.trim().to_owned());
+                let name = Prop::new(&prop.ns, &prop.name);
+                if !apply_prop(&mut props, &name, value) {
+                    refused.push(name);
+                } else {
+                    touched.push(name);
+                }
+            }
+        }
+        let mut out = Multistatus::new();
+        let href = href_of(target);
+        if refused.is_empty() {
+            self.vault
+                .door
+                .dav_set_props(self.caller, collection, &props, false)
+                .await?;
+            let found: Vec<(Prop, String)> =
+                touched.into_iter().map(|p| (p, String::new())).collect();
+            out.response(&href, &found, &[]);
+        } else {
+            // All or nothing (RFC 4918 9.2): the others fail because these do.
+            out.0.push_str("<d:response><d:href>");
+            out.0.push_str(&escape(href.as_str()));
+            out.0.push_str("</d:href><d:propstat><d:prop>");
+            for p in &refused {
+                out.0.push_str(&p.element(""));
+            }
+            out.0
+                .push_str("</d:prop><d:status>HTTP/1.1 403 Forbidden</d:status></d:propstat>");
+            if !touched.is_empty() {
+                out.0.push_str("<d:propstat><d:prop>");
+                for p in &touched {
+                    out.0.push_str(&p.element(""));
+                }
+                out.0.push_str(
+                    "</d:prop><d:status>HTTP/1.1 424 Failed Dependency</d:status></d:propstat>",
+                );
+            }
+            out.0.push_str("</d:response>\n");
+        }
+        Ok(out.finish(None))
+    }
+
+    async fn mkcol(&self, target: &Target, body: &[u8]) -> Result<Response, DavError> {
+        let Target::Book(kind, collection) = target else {
+            return Err(DavError::Forbidden(
+                "address books are made under /dav/contacts/, calendars under /dav/calendars/"
+                    .into(),
+            ));
+        };
+        let mut props = BookProps::default();
+        if let Some(root) = parse_xml(body)? {
+            if let Some(types) = root.find(DAV, "resourcetype") {
+                let wanted = match kind {
+                    Kind::Contacts => types.child(CARD, "addressbook").is_some(),
+                    Kind::Calendar => types.child(CAL, "calendar").is_some(),
+                };
+                if !wanted {
+                    return Err(DavError::Forbidden(
+                        "only address books (under contacts) and calendars (under calendars) can be made".into(),
+                    ));
+                }
+            }
+            for set in root.children.iter().filter(|c| c.is(DAV, "set")) {
+                for prop in set
+                    .children
+                    .iter()
+                    .filter(|c| c.is(DAV, "prop"))
+                    .flat_map(|p| &p.children)
+                {
+                    if prop.is(DAV, "resourcetype") {
+                        continue;
+                    }
+                    // Other properties (a time zone, components) are not kept.
+                    apply_prop(
+                        &mut props,
+                        &Prop::new(&prop.ns, &prop.name),
+                        Some(prop.text.trim().to_owned()),
+                    );
+                }
+            }
+        }
+        self.vault
+            .door
+            .dav_set_props(self.caller, collection, &props, true)
+            .await?;
+        Ok(StatusCode::CREATED.into_response())
+    }
+}
+
+fn out_describe(
+    dav: &Dav,
+    out: &mut Multistatus,
+    target: &Target,
+    resource: &Resource,
+    wanted: &Wanted,
+) {
+    dav.describe(out, &href_of(target), resource, wanted);
+}
+
+/// Puts a property into a collection's changes; false if it cannot be set.
+fn apply_prop(props: &mut BookProps, prop: &Prop, value: Option<String>) -> bool {
+    let value = value.filter(|v| !v.is_empty());
+    if prop.is(DAV, "displayname") {
+        props.display_name = Some(value);
+    } else if prop.is(ICAL, "calendar-color") {
+        props.color = Some(value);
+    } else if prop.is(CARD, "addressbook-description") || prop.is(CAL, "calendar-description") {
+        props.description = Some(value);
+    } else {
+        return false;
+    }
+    true
+}
+
+fn condition(headers: &HeaderMap) -> Condition {
+    let text = |name: header::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_owned())
+    };
+    Condition {
+        if_match: text(header::IF_MATCH),
+        if_none_match_any: text(header::IF_NONE_MATCH).as_deref() == Some("*"),
+    }
+}
+
+/// The part of an addressbook-query or calendar-query this server applies: the
+/// component (VEVENT or VTODO) and a time range, recurrences included. Property
+/// filters of an addressbook-query are not applied (every contact is returned, which
+/// clients accept as a superset).
+struct QueryFilter {
+    component: Option<String>,
+    range: Option<(i64, i64)>,
+}
+
+impl QueryFilter {
+    fn of(root: &Element) -> Result<QueryFilter, DavError> {
+        let mut filter = QueryFilter {
+            component: None,
+            range: None,
+        };
+        let Some(top) = root
+            .child(CAL, "filter")
+            .and_then(|f| f.child(CAL, "comp-filter"))
+        else {
+            return Ok(filter);
+        };
+        if let Some(inner) = top.child(CAL, "comp-filter") {
+            filter.component = inner.attribute("name").map(str::to_ascii_uppercase);
+            if let Some(range) = inner.child(CAL, "time-range") {
+                let at = |name: &str, default: i64| match range.attribute(name) {
+                    Some(text) => parse_utc(text).ok_or_else(|| {
+                        DavError::BadRequest(format!(
+                            "time-range {name}=\"{text}\" is not a UTC date-time"
+                        ))
+                    }),
+                    None => Ok(default),
+                };
+                filter.range = Some((at("start", i64::MIN / 2)?, at("end", i64::MAX / 2)?));
+            }
+        }
+        Ok(filter)
+    }
+
+    fn admits(&self, kind: Kind, text: &str) -> bool {
+        if kind != Kind::Calendar {
+            return true;
+        }
+        if let Some(component) = &self.component {
+            if !text.contains(&format!("BEGIN:{component}")) {
+                return false;
+            }
+        }
+        match self.range {
+            None => true,
+            Some((start, end)) => match pim::calendar::parse(text) {
+                Ok(ical) => pim::calendar::overlaps(&ical, start, end),
+                // A text this node cannot read is shown rather than hidden.
+                Err(_) => true,
+            },
+        }
+    }
+}
+
+/// `20240101T000000Z` as seconds since 1970.
+fn parse_utc(text: &str) -> Option<i64> {
+    chrono::NaiveDateTime::parse_from_str(text.trim(), "%Y%m%dT%H%M%SZ")
+        .ok()
+        .map(|t| t.and_utc().timestamp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_read_from_paths_and_urls() {
+        let c = CollectionName::parse("contacts").unwrap();
+        assert_eq!(parse_target("/dav/").unwrap(), Target::Root);
+        assert_eq!(parse_target("/dav").unwrap(), Target::Root);
+        assert_eq!(
+            parse_target("/dav/contacts/contacts/a%20b.vcf").unwrap(),
+            Target::Object(Kind::Contacts, c.clone(), "a b.vcf".into())
+        );
+        assert_eq!(
+            parse_target("http://127.0.0.1:7000/dav/contacts/contacts/").unwrap(),
+            Target::Book(Kind::Contacts, c)
+        );
+        assert!(parse_target("/dav/contacts/calendar/").is_err());
+        assert!(parse_target("/dav/calendars/_access/").is_err());
+        assert!(parse_target("/dav/contacts/contacts/x/y").is_err());
+        let name = "odd name/@é.vcf";
+        let href = href_of(&Target::Object(
+            Kind::Contacts,
+            CollectionName::parse("contacts").unwrap(),
+            name.into(),
+        ));
+        assert_eq!(
+            parse_target(&href).unwrap(),
+            Target::Object(
+                Kind::Contacts,
+                CollectionName::parse("contacts").unwrap(),
+                name.into()
+            )
+        );
+    }
+
+    #[test]
+    fn xml_bodies_are_read_with_namespaces_and_refused_when_broken() {
+        let body = br#"<?xml version="1.0"?><D:propfind xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:carddav"><D:prop><D:getetag/><C:address-data/></D:prop></D:propfind>"#;
+        let root = parse_xml(body).unwrap().unwrap();
+        assert!(root.is(DAV, "propfind"));
+        let Wanted::These(props) = wanted_of(Some(&root)) else {
+            panic!("props expected")
+        };
+        assert_eq!(
+            props,
+            vec![Prop::new(DAV, "getetag"), Prop::new(CARD, "address-data")]
+        );
+        assert!(parse_xml(b"<D:propfind xmlns:D=\"DAV:\"><D:prop>").is_err());
+        assert!(parse_xml(b"<a><b></a>").is_err());
+        assert!(parse_xml(b"").unwrap().is_none());
+        let deep = "<a>".repeat(100) + &"</a>".repeat(100);
+        assert!(parse_xml(deep.as_bytes()).is_err());
+        let text = parse_xml(b"<d:href xmlns:d=\"DAV:\">/a&amp;b&#33;</d:href>")
+            .unwrap()
+            .unwrap();
+        assert_eq!(text.text, "/a&b!");
+    }
+
+    #[test]
+    fn time_ranges_are_utc() {
+        assert_eq!(parse_utc("19700101T000100Z"), Some(60));
+        assert_eq!(parse_utc("2024-01-01"), None);
+    }
+}
