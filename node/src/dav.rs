@@ -216,9 +216,7 @@ impl IntoResponse for DavError {
                 (
                     StatusCode::FORBIDDEN,
                     [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
-                    format!(
-                        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<d:error xmlns:d=\"DAV:\"><d:valid-sync-token/></d:error>\n"
-                    ),
+                    "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<d:error xmlns:d=\"DAV:\"><d:valid-sync-token/></d:error>\n".to_string(),
                 )
                     .into_response()
             }
@@ -765,12 +763,12 @@ impl Dav<'_> {
         body: &[u8],
     ) -> Result<Response, DavError> {
         let root = parse_xml(body)?;
-        if let Some(root) = &root {
-            if !root.is(DAV, "propfind") {
-                return Err(DavError::BadRequest(
-                    "a PROPFIND body is a DAV:propfind".into(),
-                ));
-            }
+        if let Some(root) = &root
+            && !root.is(DAV, "propfind")
+        {
+            return Err(DavError::BadRequest(
+                "a PROPFIND body is a DAV:propfind".into(),
+            ));
         }
         let wanted = wanted_of(root.as_ref());
         let door = &self.vault.door;
@@ -836,9 +834,22 @@ impl Dav<'_> {
 
     async fn get(&self, target: &Target, head: bool) -> Result<Response, DavError> {
         let Target::Object(kind, collection, name) = target else {
-            return Err(DavError::NotAllowed(
-                "GET reads one contact or event; use PROPFIND or REPORT on a collection".into(),
-            ));
+            // A person who opens the address in a browser learns what it is for.
+            let text = format!(
+                "Hearth CardDAV/CalDAV for {}. Point a contacts or calendar app at this address (see the README).\n",
+                self.caller.grant.service
+            );
+            let body = if head {
+                Body::empty()
+            } else {
+                Body::from(text)
+            };
+            return Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                body,
+            )
+                .into_response());
         };
         let object = self.one(collection, name).await?;
         let etag =
@@ -1186,10 +1197,10 @@ impl QueryFilter {
         if kind != Kind::Calendar {
             return true;
         }
-        if let Some(component) = &self.component {
-            if !text.contains(&format!("BEGIN:{component}")) {
-                return false;
-            }
+        if let Some(component) = &self.component
+            && !text.contains(&format!("BEGIN:{component}"))
+        {
+            return false;
         }
         match self.range {
             None => true,

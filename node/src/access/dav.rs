@@ -173,6 +173,18 @@ impl Meta {
     }
 }
 
+/// A change of a collection's DAV metadata (made if it has none yet).
+fn meta_write(before: Option<&Map<String, Value>>, patch: Map<String, Value>) -> RecordWrite {
+    match before {
+        Some(_) => RecordWrite::Patch(patch),
+        None => {
+            let mut record = Map::new();
+            hearth_protocol::scope::merge_patch(&mut record, &patch);
+            RecordWrite::Put(record)
+        }
+    }
+}
+
 /// The fields a text says (as this node reads it), for comparing two texts.
 fn fields_of(kind: Kind, text: &str) -> Result<Map<String, Value>, PimError> {
     Ok(match kind {
@@ -224,9 +236,18 @@ fn serve(
         Some(Value::String(id)) => id,
         _ => return Ok(None),
     };
-    let text = pim::text_of(kind, &id, &projected).map_err(|e| {
+    let mut text = pim::text_of(kind, &id, &projected).map_err(|e| {
         AccessError::Internal(format!("record {id} cannot be written as text: {e}"))
     })?;
+    if kind == Kind::Contacts {
+        // A card imported without a UID is given the record's: clients tell cards
+        // apart by UID, and one without would change identity with every edit.
+        let uid = projected
+            .get("uid")
+            .and_then(Value::as_str)
+            .map_or_else(|| format!("hearth-{id}"), str::to_owned);
+        text = pim::contacts::with_uid(&text, &uid);
+    }
     Ok(Some(Object {
         name: meta.name_of(reverse, kind, &id),
         etag: etag_of(&text),
@@ -365,14 +386,14 @@ impl Door {
         let mut fields = Vec::new();
         for name in names {
             let mut found = None;
-            if let Some(record) = self.resolve(collection, kind, scope, &meta, name)? {
-                if let Some(object) = serve(kind, scope, &meta, &reverse, &record)? {
-                    fields.extend(scope.field_names(&record));
-                    if let Some(Value::String(id)) = record.get("id") {
-                        ids.push(id.clone());
-                    }
-                    found = Some(object);
+            if let Some(record) = self.resolve(collection, kind, scope, &meta, name)?
+                && let Some(object) = serve(kind, scope, &meta, &reverse, &record)?
+            {
+                fields.extend(scope.field_names(&record));
+                if let Some(Value::String(id)) = record.get("id") {
+                    ids.push(id.clone());
                 }
+                found = Some(object);
             }
             out.push((name.clone(), found));
         }
@@ -415,14 +436,14 @@ impl Door {
             let Ok(id) = RecordId::parse(&candidate) else {
                 continue;
             };
-            if let Some(Value::Object(record)) = self.0.collections.get(collection, &id)? {
-                if scope.project(&record).is_some() {
-                    // A record shown under another name is not this one.
-                    if meta.name_of(&meta.reverse(), kind, id.as_str()) == name
-                        || meta.names.get(name).map(String::as_str) == Some(id.as_str())
-                    {
-                        return Ok(Some(record));
-                    }
+            if let Some(Value::Object(record)) = self.0.collections.get(collection, &id)?
+                && scope.project(&record).is_some()
+            {
+                // A record shown under another name is not this one.
+                if meta.name_of(&meta.reverse(), kind, id.as_str()) == name
+                    || meta.names.get(name).map(String::as_str) == Some(id.as_str())
+                {
+                    return Ok(Some(record));
                 }
             }
         }
@@ -454,18 +475,25 @@ impl Door {
                     .map_err(|e| AccessError::Internal(e.to_string()))?,
                 false,
             ),
-            None => match RecordId::parse(name) {
-                Ok(id)
-                    if self.0.collections.get(collection, &id)?.is_none()
-                        && !meta.names.values().any(|v| v == id.as_str()) =>
-                {
-                    (id, false)
+            None => {
+                // `name.vcf` becomes record `name`, shown again as `name.vcf`.
+                let ext = format!(".{}", kind.extension());
+                let stem = name
+                    .strip_suffix(&ext)
+                    .filter(|s| !s.ends_with(&ext))
+                    .unwrap_or(name);
+                let free = |id: &RecordId| -> Result<bool, AccessError> {
+                    Ok(self.0.collections.get(collection, id)?.is_none()
+                        && !meta.names.values().any(|v| v == id.as_str()))
+                };
+                match RecordId::parse(stem) {
+                    Ok(id) if stem != name && free(&id)? => (id, false),
+                    _ => {
+                        let bytes: [u8; 16] = rand::random();
+                        (RecordId::from_random(bytes), true)
+                    }
                 }
-                _ => {
-                    let bytes: [u8; 16] = rand::random();
-                    (RecordId::from_random(bytes), true)
-                }
-            },
+            }
         };
         let text_path = FieldPath::parse(kind.text_field()).expect("valid field name");
         let keeps_text = scope.read.as_ref().is_some_and(|r| r.covers(&text_path))
@@ -613,7 +641,7 @@ impl Door {
         if let Err(refusal) = outcome {
             return Err(self.dav_refused(caller, collection, &id, refusal));
         }
-        if meta.names.get(name).is_some() {
+        if meta.names.contains_key(name) {
             self.remember(collection, name, None)?;
         }
         let event = AuditEvent {
@@ -747,8 +775,8 @@ impl Door {
         }
         inner
             .collections
-            .write_checked(&meta(), &meta_id(collection), |_| {
-                Ok::<_, std::convert::Infallible>(RecordWrite::Patch(patch))
+            .write_checked(&meta(), &meta_id(collection), |before| {
+                Ok::<_, std::convert::Infallible>(meta_write(before, patch))
             })?
             .unwrap_or_else(|never| match never {});
         let event = AuditEvent {
@@ -773,8 +801,8 @@ impl Door {
         };
         self.0
             .collections
-            .write_checked(&meta(), &meta_id(collection), |_| {
-                Ok::<_, std::convert::Infallible>(RecordWrite::Patch(patch))
+            .write_checked(&meta(), &meta_id(collection), |before| {
+                Ok::<_, std::convert::Infallible>(meta_write(before, patch))
             })?
             .unwrap_or_else(|never| match never {});
         Ok(())

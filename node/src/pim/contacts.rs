@@ -656,3 +656,17 @@ fn parse_date(text: &str) -> Option<calcard::common::PartialDateTime> {
 pub fn version_of(card: &VCard) -> VCardVersion {
     card.version().unwrap_or(VCardVersion::V4_0)
 }
+
+/// `text` (one vCard) with a `UID` line if it has none.
+pub fn with_uid(text: &str, uid: &str) -> String {
+    let mut lines = lines::split(text);
+    if lines.iter().any(|l| l.name() == "UID") {
+        return text.to_owned();
+    }
+    replace(
+        &mut lines,
+        &["UID"],
+        vec![entry_line(text_entry(VCardProperty::Uid, uid), false)],
+    );
+    lines.iter().map(|l| l.raw.as_str()).collect()
+}

@@ -366,6 +366,11 @@ pub fn text_of(kind: Kind, id: &str, record: &Map<String, Value>) -> Result<Stri
     if record.get("uid").is_none() {
         record.insert("uid".into(), Value::String(format!("hearth-{id}")));
     }
+    if kind == Kind::Contacts {
+        // A plain record may have only `email`/`phone`: the lists the text is written
+        // from follow them.
+        contacts::settle(&Map::new(), &mut record);
+    }
     match kind {
         Kind::Contacts => contacts::render(&record),
         Kind::Calendar => calendar::render(&record),
@@ -593,4 +598,20 @@ pub enum ImportError {
     Blob(#[from] crate::blobs::BlobError),
     #[error("{0}")]
     Internal(String),
+}
+
+#[cfg(test)]
+mod prepare_tests {
+    use super::*;
+
+    #[test]
+    fn a_text_without_uid_gets_one_in_fields_and_text() {
+        let text = "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Alan Turing\r Changed\nN:Turing;Alan;;;\r\nEND:VCARD\r\n";
+        let mut record = Map::new();
+        record.insert("vcard".into(), Value::String(text.into()));
+        prepare(Kind::Contacts, None, &mut record).unwrap();
+        let uid = record["uid"].as_str().unwrap().to_owned();
+        let text = record["vcard"].as_str().unwrap();
+        assert!(text.contains(&format!("UID:{uid}")), "{text}");
+    }
 }
