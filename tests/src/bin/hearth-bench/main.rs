@@ -5,10 +5,11 @@
 //!     cargo run --release -p hearth-tests --bin hearth-bench -- [--quick] [--json] [--only NAME,...]
 //!
 //! Scenario names for `--only`: put, trace, view, sync (new device, one edit,
-//! revocation, blob sync), cold, seal.
+//! revocation, blob sync), pim (import, CardDAV sync), cold, seal.
 
 mod cold;
 mod nodes;
+mod pim;
 mod put;
 mod report;
 mod sync;
@@ -30,7 +31,7 @@ struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
-    /// Only these scenarios (comma-separated): put, trace, view, sync, cold, seal.
+    /// Only these scenarios (comma-separated): put, trace, view, sync, pim, cold, seal.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where vaults and baselines write (the disk being measured).
@@ -105,6 +106,11 @@ fn main() -> anyhow::Result<()> {
     }
     if wanted("sync") {
         for r in runtime.block_on(sync::two_devices(&opts))? {
+            show(r);
+        }
+    }
+    if wanted("pim") {
+        for r in runtime.block_on(pim::contacts_and_calendars(&opts))? {
             show(r);
         }
     }
