@@ -56,6 +56,10 @@ pub enum Command {
         /// Allow the API on a non-loopback address (anyone who reaches it can try tokens)
         #[arg(long)]
         api_public: bool,
+        /// Also serve the API and CardDAV/CalDAV on the LAN, over TLS only, for phones
+        /// and other computers (`hearth status` shows the certificate's fingerprint)
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = hearth_node::DEFAULT_LAN_ADDR)]
+        lan: Option<SocketAddr>,
         /// Where to listen for the vault's other devices (repeatable)
         /// [default: /ip4/0.0.0.0/tcp/0 and /ip4/0.0.0.0/udp/0/quic-v1]
         #[arg(long, value_name = "MULTIADDR")]

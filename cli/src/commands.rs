@@ -57,6 +57,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Up {
             api,
             api_public,
+            lan,
             listen,
             peer,
             no_mdns,
@@ -78,6 +79,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let options = UpOptions {
                 api,
                 api_public,
+                lan,
                 accept_rollback,
             };
             up(home, json, options, mesh, passphrase).await
@@ -208,6 +210,7 @@ async fn init(home: &Home, json: bool, args: PassphraseArgs) -> anyhow::Result<(
 struct UpOptions {
     api: std::net::SocketAddr,
     api_public: bool,
+    lan: Option<std::net::SocketAddr>,
     accept_rollback: bool,
 }
 
@@ -222,6 +225,7 @@ async fn up(
     let mut config = NodeConfig::new(home.root());
     config.api_addr = options.api;
     config.allow_public_api = options.api_public;
+    config.lan_addr = options.lan;
     config.accept_rollback = options.accept_rollback;
     config.mesh = mesh;
     config.passphrase = passphrase(args)?;
@@ -269,6 +273,10 @@ async fn print_started(
     out(format!("  data:    {root}"))?;
     out(format!("  api:     http://{}", node.api_addr()))?;
     out(format!("  peer id: {}", node.peer_id()))?;
+    if let Some(lan) = &node.vault().lan {
+        out(format!("  lan:     https://{} (TLS only)", lan.addr))?;
+        out(format!("  tls sha-256 fingerprint: {}", lan.fingerprint))?;
+    }
     if let Some(mesh) = node.vault().mesh() {
         for addr in mesh.handle.listen_addrs().await.unwrap_or_default() {
             out(format!("  mesh:    {addr}/p2p/{}", node.peer_id()))?;
@@ -973,6 +981,13 @@ fn print_status(status: &StatusResponse) -> anyhow::Result<()> {
     out(format!("device   {}", status.peer_id))?;
     out(format!("home     {}", status.home))?;
     out(format!("api      http://{}", status.api_addr))?;
+    if let Some(lan) = &status.lan {
+        out(format!(
+            "lan      {} (TLS; certificate in HOME/tls.pem)",
+            lan.url
+        ))?;
+        out(format!("         sha-256 fingerprint {}", lan.fingerprint))?;
+    }
     let collections: Vec<String> = status
         .collections
         .iter()

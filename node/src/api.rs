@@ -327,6 +327,14 @@ async fn status(State(vault): State<AppState>) -> Result<Json<StatusResponse>, A
         blobs,
         listen_addrs,
         devices,
+        lan: vault
+            .lan
+            .as_ref()
+            .map(|lan| hearth_protocol::api::LanStatus {
+                url: format!("https://{}/", lan.addr),
+                fingerprint: lan.fingerprint.clone(),
+                names: lan.names.clone(),
+            }),
     }))
 }
 

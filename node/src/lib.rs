@@ -19,6 +19,7 @@ pub mod dav;
 pub mod devices;
 pub mod home;
 pub mod keys;
+pub mod lan;
 pub mod mesh;
 pub mod pim;
 pub mod records;
@@ -42,8 +43,12 @@ use crate::store::{Store, StoreError};
 
 pub use libp2p::{Multiaddr, PeerId};
 
+/// Where `hearth up --lan` serves the API over TLS unless told otherwise.
+pub const DEFAULT_LAN_ADDR: &str = "0.0.0.0:7743";
+
 /// The default address of the local API.
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:7780";
+
 /// How long shutdown waits for requests in flight before cutting them off.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -80,6 +85,8 @@ pub struct NodeConfig {
     /// Host names the API answers to besides loopback names and its own address (for
     /// an API served beyond loopback under a name).
     pub api_hosts: Vec<String>,
+    /// Also serve the API (and DAV) on this address, over TLS only (`hearth up --lan`).
+    pub lan_addr: Option<SocketAddr>,
     pub passphrase: Option<Passphrase>,
     /// Start even if the store went back in time (an older copy restored on purpose):
     /// see [`StoreError::RolledBack`].
@@ -98,6 +105,7 @@ impl NodeConfig {
                 .expect("the default API address parses"),
             allow_public_api: false,
             api_hosts: Vec::new(),
+            lan_addr: None,
             passphrase: None,
             accept_rollback: false,
             limits: Limits::default(),
@@ -125,8 +133,20 @@ pub enum StartError {
     WriteAddr { path: String, source: io::Error },
     #[error(transparent)]
     Mesh(#[from] mesh::MeshError),
+    #[error(transparent)]
+    Lan(#[from] lan::LanError),
     #[error("cannot register this device in the device list: {0}")]
     Devices(#[from] collections::CollectionError),
+}
+
+/// Where the API is served on the LAN, and the certificate's fingerprint.
+#[derive(Debug, Clone)]
+pub struct LanInfo {
+    pub addr: SocketAddr,
+    /// SHA-256 of the TLS certificate, `AB:CD:…`.
+    pub fingerprint: String,
+    /// Names and addresses the certificate covers.
+    pub names: Vec<String>,
 }
 
 /// What a running node shares between its parts.
@@ -142,6 +162,8 @@ pub struct Vault {
     pub hosts: api::HostAllowlist,
     /// The one door to vault data for services (every view front end goes through it).
     pub door: access::Door,
+    /// The TLS listener on the LAN, if one runs: its address and certificate.
+    pub lan: Option<LanInfo>,
     /// Set while the mesh runs (never, for a node started without one). Cleared at
     /// shutdown: the mesh holds the vault, so this would otherwise be a cycle.
     mesh: std::sync::RwLock<Option<mesh::MeshState>>,
@@ -257,6 +279,25 @@ impl Node {
         };
         let door = access::Door::new(collections.clone(), keys.clone(), store.clone(), chain);
         door.start();
+        // The LAN listener: TLS only, with this device's certificate.
+        let lan = match config.lan_addr {
+            Some(addr) => {
+                let tls = lan::load_or_make(&home, &store, &lan::names_for(addr.ip()))?;
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                Some((listener, tls, bound))
+            }
+            None => None,
+        };
+        let mut hosts = config.api_hosts.clone();
+        if let Some((_, tls, bound)) = &lan {
+            hosts.extend(tls.names.iter().cloned());
+            hosts.push(bound.ip().to_string());
+        }
         let vault = Arc::new(Vault {
             home: home.clone(),
             keys,
@@ -265,8 +306,13 @@ impl Node {
             blobs,
             limits: config.limits,
             api_addr,
-            hosts: api::HostAllowlist::new(api_addr, &config.api_hosts),
+            hosts: api::HostAllowlist::new(api_addr, &hosts),
             door,
+            lan: lan.as_ref().map(|(_, tls, bound)| LanInfo {
+                addr: *bound,
+                fingerprint: tls.fingerprint.clone(),
+                names: tls.names.clone(),
+            }),
             mesh: std::sync::RwLock::new(None),
         });
         let mesh = match config.mesh {
@@ -279,6 +325,15 @@ impl Node {
         };
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let app = api::router(vault.clone());
+        let lan_server = lan.map(|(listener, tls, bound)| {
+            let (stop, stop_rx) = oneshot::channel::<()>();
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
+            let app = app.clone();
+            tracing::info!(lan_addr = %bound, fingerprint = %tls.fingerprint, "serving the API on the LAN over TLS");
+            let task =
+                tokio::spawn(async move { server::serve_tls(listener, app, stop_rx, acceptor).await });
+            (stop, task)
+        });
         let server = tokio::spawn(async move { server::serve(listener, app, stop_rx).await });
         // Written only once the API accepts connections, so a client that finds the
         // file can use it.
@@ -295,6 +350,7 @@ impl Node {
             created,
             stop_tx: Some(stop_tx),
             server: Some(server),
+            lan_server,
             mesh,
         })
     }
@@ -308,6 +364,7 @@ pub struct NodeHandle {
     created: bool,
     stop_tx: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<io::Result<()>>>,
+    lan_server: Option<(oneshot::Sender<()>, JoinHandle<io::Result<()>>)>,
     mesh: Option<mesh::Mesh>,
 }
 
@@ -343,6 +400,12 @@ impl NodeHandle {
         }
         if let Some(stop) = self.stop_tx.take() {
             let _ = stop.send(());
+        }
+        if let Some((stop, server)) = self.lan_server.take() {
+            let _ = stop.send(());
+            if tokio::time::timeout(SHUTDOWN_GRACE, server).await.is_err() {
+                tracing::warn!("LAN connections still open after the grace period");
+            }
         }
         if let Some(mut server) = self.server.take() {
             match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {

@@ -32,6 +32,26 @@ pub async fn serve(
     app: axum::Router,
     stop: oneshot::Receiver<()>,
 ) -> std::io::Result<()> {
+    serve_with(listener, app, stop, None).await
+}
+
+/// Serves `app` over TLS only: a connection whose TLS handshake does not finish
+/// within [`HEADER_TIMEOUT`] is dropped (plain HTTP gets no answer).
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: axum::Router,
+    stop: oneshot::Receiver<()>,
+    tls: tokio_rustls::TlsAcceptor,
+) -> std::io::Result<()> {
+    serve_with(listener, app, stop, Some(tls)).await
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    app: axum::Router,
+    stop: oneshot::Receiver<()>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -60,10 +80,32 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let Some(tls) = &tls else {
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(%peer, error = %e, "API connection ended");
+                }
+                drop(slot);
+            });
+            continue;
+        };
+        let (tls, builder, watcher) = (tls.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let stream = match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(%peer, error = %e, "API connection ended");
             }
             drop(slot);

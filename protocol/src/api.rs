@@ -137,6 +137,20 @@ pub struct StatusResponse {
     pub listen_addrs: Vec<String>,
     /// The vault's devices, with what this node knows of each.
     pub devices: Vec<DeviceInfo>,
+    /// The API on the LAN over TLS (`hearth up --lan`), if served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lan: Option<LanStatus>,
+}
+
+/// Where the API and DAV are served on the LAN, and how to check the certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LanStatus {
+    /// `https://ADDR/`.
+    pub url: String,
+    /// SHA-256 of the TLS certificate (`AB:CD:…`): compare it with what a phone shows.
+    pub fingerprint: String,
+    /// Names and addresses the certificate is valid for.
+    pub names: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -568,6 +568,129 @@ fn a_change_from_another_device_appears_in_the_next_sync_report() {
     assert!(!xml.contains("ada.vcf"), "only what changed: {xml}");
 }
 
+/// The certificate in `HOME/tls.pem`, as DER.
+fn certificate(home: &Path) -> Vec<u8> {
+    let pem = std::fs::read_to_string(home.join("tls.pem")).unwrap();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    data_encoding::BASE64.decode(body.as_bytes()).unwrap()
+}
+
+/// One request over TLS to `addr`, trusting only `der`; the answer's head and body.
+fn tls_request(addr: &str, der: &[u8], request: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(der.to_vec()))
+        .map_err(|e| e.to_string())?;
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let ip: std::net::IpAddr = addr.rsplit_once(':').unwrap().0.parse().unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(ip.into());
+    let mut connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+        .map_err(|e| e.to_string())?;
+    let mut socket = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut stream = rustls::Stream::new(&mut connection, &mut socket);
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer) {
+        Ok(_) => {}
+        // The server may close without close_notify after `Connection: close`.
+        Err(e) if !answer.is_empty() => {
+            let _ = e;
+        }
+        Err(e) => return Err(e.to_string()),
+    }
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// `hearth up --lan`: the API and DAV are served over TLS only, with the certificate
+/// whose fingerprint `hearth status` shows; plain HTTP gets no answer; the key is not
+/// on disk in the clear, and stays the same across restarts.
+#[test]
+fn the_lan_listener_speaks_only_tls_with_the_certificate_status_shows() {
+    use sha2::Digest;
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &["--lan", "127.0.0.1:0"]);
+    let (_, password) = grant_with_password(&node, &["--read", "contacts"]);
+    let status = node.json(&["status"]);
+    let url = status["lan"]["url"].as_str().unwrap().to_owned();
+    let addr = url
+        .strip_prefix("https://")
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    let der = certificate(t.path());
+    let fingerprint: Vec<String> = sha2::Sha256::digest(&der)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    assert_eq!(status["lan"]["fingerprint"], fingerprint.join(":"));
+
+    let auth = data_encoding::BASE64.encode(format!("phone:{password}").as_bytes());
+    let request = format!(
+        "PROPFIND /dav/ HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {auth}\r\nDepth: 0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let answer = tls_request(&addr, &der, &request).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 207"), "{answer}");
+    assert!(answer.contains("/dav/"), "{answer}");
+
+    // Another certificate is not accepted in its place: a client that pins this one
+    // refuses a server with any other (here: a client trusting a different one).
+    let other = TestHome::new();
+    let other_node = spawn_node(other.path(), &["--lan", "127.0.0.1:0"]);
+    let other_der = certificate(other.path());
+    assert_ne!(other_der, der);
+    assert!(tls_request(&addr, &other_der, &request).is_err());
+    drop(other_node);
+
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    {
+        use std::io::{Read, Write};
+        let mut plain = std::net::TcpStream::connect(&addr).unwrap();
+        plain
+            .set_read_timeout(Some(std::time::Duration::from_secs(15)))
+            .unwrap();
+        plain
+            .write_all(format!("GET /v1/status HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = plain.read_to_end(&mut answer);
+        assert!(
+            !answer.starts_with(b"HTTP/"),
+            "plain HTTP answered: {answer:?}"
+        );
+    }
+
+    // The private key is nowhere on disk in the clear.
+    for file in files_under(t.path()) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !contains_bytes(&bytes, b"PRIVATE KEY"),
+            "{} holds a private key",
+            file.display()
+        );
+    }
+
+    // A restart keeps the certificate (a phone that trusted it keeps working).
+    node.stop();
+    let node = spawn_node(t.path(), &["--lan", "127.0.0.1:0"]);
+    assert_eq!(certificate(t.path()), der);
+    assert_eq!(
+        node.json(&["status"])["lan"]["fingerprint"],
+        fingerprint.join(":")
+    );
+}
+
 /// The DAV tools .ci/run installs (`$HEARTH_DAV_TOOLS/bin`).
 fn tool(name: &str) -> PathBuf {
     let dir = std::env::var_os("HEARTH_DAV_TOOLS")
@@ -888,4 +1011,54 @@ fn vdirsyncer_khal_and_khard_sync_both_ways() {
     assert!(!ok, "the upload must fail: {out}");
     assert!(out.contains("403"), "{out}");
     assert_eq!(node.json(&["ls", "contacts"]), before);
+}
+
+/// vdirsyncer over the LAN listener, pinning the certificate's fingerprint as a phone
+/// would: the right fingerprint syncs, a wrong one is refused by the client.
+#[test]
+#[ignore = "needs vdirsyncer: run by .ci/run, which installs it"]
+fn vdirsyncer_over_tls_pins_the_fingerprint() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &["--lan", "127.0.0.1:0"]);
+    node.json(&["import", "contacts", fixture("apple.vcf").to_str().unwrap()]);
+    let (_, password) = grant_with_password(&node, &["--read", "contacts"]);
+    let status = node.json(&["status"]);
+    let url = status["lan"]["url"].as_str().unwrap();
+    let fingerprint = status["lan"]["fingerprint"].as_str().unwrap();
+    let config = |dir: &Path, fingerprint: &str| {
+        std::fs::create_dir_all(dir).unwrap();
+        let text = format!(
+            "[general]\nstatus_path = \"{dir}/status/\"\n\n[pair contacts]\na = \"local\"\nb = \"remote\"\ncollections = [\"from b\"]\n\n[storage local]\ntype = \"filesystem\"\npath = \"{dir}/contacts/\"\nfileext = \".vcf\"\n\n[storage remote]\ntype = \"carddav\"\nurl = \"{url}\"\nusername = \"phone\"\npassword = \"{password}\"\nverify_fingerprint = \"{fingerprint}\"\n",
+            dir = dir.display()
+        );
+        let path = dir.join("config");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let good = t.dir().join("good");
+    let path = config(&good, fingerprint);
+    let path = path.to_str().unwrap();
+    let (ok, out) = run_tool("vdirsyncer", &["-c", path, "discover"], Some("y\n"));
+    assert!(ok, "discover over TLS: {out}");
+    let (ok, out) = run_tool("vdirsyncer", &["-c", path, "sync"], None);
+    assert!(ok, "sync over TLS: {out}");
+    assert_eq!(files(&good.join("contacts/contacts")).len(), 2, "{out}");
+
+    let wrong = fingerprint.replacen(
+        &fingerprint[..2],
+        if &fingerprint[..2] == "00" {
+            "11"
+        } else {
+            "00"
+        },
+        1,
+    );
+    let bad = t.dir().join("bad");
+    let path = config(&bad, &wrong);
+    let (ok, out) = run_tool(
+        "vdirsyncer",
+        &["-c", path.to_str().unwrap(), "discover"],
+        Some("y\n"),
+    );
+    assert!(!ok, "a wrong fingerprint must be refused: {out}");
 }
