@@ -449,9 +449,13 @@ impl Collections {
             if heads == since {
                 return Ok((heads, Vec::new()));
             }
-            let patches = c.doc.diff(since, &heads);
+            // From the changes' own operations when each can be placed; else a diff.
+            let touched = match records::records_touched_since(&mut c.doc, since) {
+                Some(ids) => ids,
+                None => records::touched_records(&c.doc.diff(since, &heads)),
+            };
             let mut changes = Vec::new();
-            for id in records::touched_records(&patches) {
+            for id in touched {
                 let before = records::read_record_at(&c.doc, &id, since)
                     .map_err(|e| c.automerge(e))?
                     .map(|r| with_id_map(&id, r));
@@ -474,7 +478,9 @@ impl Collections {
         heads: &[ChangeHash],
     ) -> Result<bool, CollectionError> {
         self.with(name, |c| {
-            Ok(heads.iter().all(|h| c.doc.get_change_by_hash(h).is_some()))
+            // The change graph answers this; fetching the changes would rebuild them.
+            let missing = c.doc.get_missing_deps(heads);
+            Ok(!missing.iter().any(|h| heads.contains(h)))
         })
     }
 
@@ -730,6 +736,52 @@ mod tests {
     }
     fn obj(v: Json) -> Map<String, Json> {
         v.as_object().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn changes_between_names_exactly_the_records_changed_since_old_heads() {
+        let vault = TestVault::new();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let contacts = name("contacts");
+        for i in 0..50 {
+            c.put(
+                &contacts,
+                &id(&format!("r{i}")),
+                &obj(json!({"name": format!("P{i}"), "address": {"city": "Lyon", "lines": ["a", "b"]}})),
+            )
+            .unwrap();
+        }
+        let since = c.heads(&contacts).unwrap();
+        // A nested change, a top-level one, a removal, a new record, and one changed
+        // and changed back.
+        c.patch(
+            &contacts,
+            &id("r3"),
+            &obj(json!({"address": {"city": "Paris"}})),
+        )
+        .unwrap();
+        c.patch(&contacts, &id("r7"), &obj(json!({"name": "Seven"})))
+            .unwrap();
+        c.remove(&contacts, &id("r9")).unwrap();
+        c.put(&contacts, &id("new"), &obj(json!({"name": "New"})))
+            .unwrap();
+        c.patch(&contacts, &id("r11"), &obj(json!({"name": "x"})))
+            .unwrap();
+        c.patch(&contacts, &id("r11"), &obj(json!({"name": "P11"})))
+            .unwrap();
+        let (heads, changes) = c.changes_between(&contacts, &since).unwrap();
+        assert_eq!(heads, c.heads(&contacts).unwrap());
+        let mut ids: Vec<&str> = changes.iter().map(|ch| ch.id.as_str()).collect();
+        ids.sort();
+        assert_eq!(ids, ["new", "r3", "r7", "r9"]);
+        let r9 = changes.iter().find(|ch| ch.id == "r9").unwrap();
+        assert!(r9.before.is_some() && r9.after.is_none());
+        // The same as a full diff says.
+        let (_, by_diff) = c.changes_since(&contacts, &since).unwrap();
+        let mut diff_ids: Vec<&str> = by_diff.iter().map(|ch| ch.id.as_str()).collect();
+        diff_ids.sort();
+        assert_eq!(ids, diff_ids);
+        assert!(c.changes_between(&contacts, &heads).unwrap().1.is_empty());
     }
 
     #[tokio::test]

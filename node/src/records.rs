@@ -102,6 +102,48 @@ pub fn touched_records(patches: &[automerge::Patch]) -> Vec<String> {
     ids
 }
 
+/// The records the changes after `since` touched, found from those changes' operations
+/// (so the cost follows the changes, not the document), or `None` if an operation's
+/// object cannot be placed (then a caller falls back to a diff).
+pub fn records_touched_since(
+    doc: &mut AutoCommit,
+    since: &[automerge::ChangeHash],
+) -> Option<Vec<String>> {
+    use automerge::legacy::{Key, ObjectId};
+    let changes: Vec<automerge::ExpandedChange> =
+        doc.get_changes(since).iter().map(|c| c.decode()).collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut ids = Vec::new();
+    let mut placed: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for change in &changes {
+        for op in &change.operations {
+            let id = match (&op.obj, &op.key) {
+                (ObjectId::Root, Key::Map(key)) => key.to_string(),
+                (ObjectId::Root, Key::Seq(_)) => return None,
+                (ObjectId::Id(opid), _) => {
+                    let name = opid.to_string();
+                    if let Some(id) = placed.get(&name) {
+                        id.clone()
+                    } else {
+                        let obj = doc.import_obj(&name).ok()?;
+                        let parents = doc.parents(&obj).ok()?;
+                        let top = parents.last()?;
+                        let Prop::Map(id) = top.prop else {
+                            return None;
+                        };
+                        placed.insert(name, id.clone());
+                        id
+                    }
+                }
+            };
+            if seen.insert(id.clone()) {
+                ids.push(id);
+            }
+        }
+    }
+    Some(ids)
+}
+
 /// Fields of record `id` that concurrent edits left in conflict: for each, every
 /// competing value (the first is the one `read_record` shows, Automerge's
 /// deterministic winner). Empty when there is no conflict or no record.

@@ -240,7 +240,7 @@ pub async fn contacts_and_calendars(opts: &Opts) -> anyhow::Result<Vec<Report>> 
     report.ratio = Some(("full sync / JSON view".into(), full_ratio));
     report
         .notes
-        .push(format!("incremental / full sync: {incremental_ratio:.3}"));
+        .push(format!("incremental / full sync: {incremental_ratio:.5}"));
     report.judge(&[full_ratio <= 3.0, incremental_ratio <= 0.1]);
     reports.push(report);
     node.shutdown().await?;
