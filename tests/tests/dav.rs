@@ -160,8 +160,17 @@ fn a_dav_client_discovers_reads_writes_and_syncs_with_an_app_password() {
         401
     );
 
-    // Discovery: well-known → principal → homes → one address book.
+    // A web page that made its own name resolve to 127.0.0.1 (DNS rebinding) is
+    // refused before the password is even looked at.
     let dav = Dav::new(&node, &password);
+    let (status, _, _) = dav.send(
+        dav.request("PROPFIND", "/dav/")
+            .header("Host", "evil.example:7780")
+            .header("Depth", "0"),
+    );
+    assert_eq!(status, 421, "a foreign Host must be refused");
+
+    // Discovery: well-known → principal → homes → one address book.
     let (status, text, _) = dav.send(dav.request("GET", "/.well-known/carddav"));
     assert_eq!(status, 200, "redirected to /dav/: {text}");
     assert!(text.contains("Hearth CardDAV/CalDAV for phone"), "{text}");
