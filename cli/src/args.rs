@@ -239,6 +239,26 @@ impl PimKind {
             PimKind::Calendar => "calendar",
         }
     }
+
+    /// The collection to use: the default one, or `chosen` if it holds this kind
+    /// (`contacts…` for contacts, `calendar…` for calendars).
+    pub fn collection_or(self, chosen: Option<String>) -> anyhow::Result<String> {
+        let Some(chosen) = chosen else {
+            return Ok(self.collection().to_owned());
+        };
+        let base = self.collection();
+        if chosen == base
+            || chosen
+                .strip_prefix(base)
+                .is_some_and(|r| r.len() > 1 && r.starts_with('-'))
+        {
+            Ok(chosen)
+        } else {
+            anyhow::bail!(
+                "collection {chosen:?} cannot hold {base}: its name must be {base} or start with {base}-"
+            )
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -591,11 +591,11 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
             }
         }
         Command::Import { kind, file, into } => {
-            let collection = into.unwrap_or_else(|| kind.collection().to_owned());
+            let collection = kind.collection_or(into)?;
             import(home, json, &client, &collection, &file).await?;
         }
         Command::Export { kind, output, from } => {
-            let collection = from.unwrap_or_else(|| kind.collection().to_owned());
+            let collection = kind.collection_or(from)?;
             let path = format!("/v1/export/{}", seg(&collection));
             let text = client
                 .send(home, client.request(Method::GET, &path))

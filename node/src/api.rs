@@ -575,9 +575,15 @@ async fn edit_text(
     {
         return Err(record_not_found(&collection, &id));
     }
-    if pim::Kind::of(collection.as_str()).is_some() {
-        // The vCard or iCalendar text follows the edited field.
-        owner_write(&vault, &collection, &id, pim::Change::Merge(Map::new()))?;
+    if let Some(kind) = pim::Kind::of(collection.as_str()) {
+        // The fields follow an edit of the vCard or iCalendar text; the text follows
+        // an edit of any other text field.
+        let change = if request.field == kind.text_field() {
+            pim::Change::TextEdited
+        } else {
+            pim::Change::Merge(Map::new())
+        };
+        owner_write(&vault, &collection, &id, change)?;
     }
     let record = vault
         .collections
@@ -809,7 +815,7 @@ fn record_not_found(collection: &CollectionName, id: &RecordId) -> ApiError {
 fn pim_kind(collection: &CollectionName) -> Result<pim::Kind, ApiError> {
     pim::Kind::of(collection.as_str()).ok_or_else(|| {
         ApiError::new(
-            ErrorCode::BadRequest,
+            ErrorCode::InvalidCollection,
             format!(
                 "collection {collection} holds neither contacts nor a calendar: name it contacts (or contacts-…) or calendar (or calendar-…)"
             ),

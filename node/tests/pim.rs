@@ -359,3 +359,20 @@ fn a_bad_file_names_the_entry_and_line_and_yields_nothing() {
     let e = pim::read_file(Kind::Calendar, no_uid).unwrap_err();
     assert!(e.to_string().contains("without a UID"), "{e}");
 }
+
+/// An event made from fields (no stored text, or a grant that cannot read it) is the
+/// same bytes every time: a DAV client's strong ETag must not change with the clock.
+#[test]
+fn an_event_made_from_fields_is_the_same_every_time() {
+    let record = json!({
+        "uid": "u-1", "kind": "event", "summary": "Dentist",
+        "start": "2026-12-03T09:00:00", "start_tz": "Europe/Paris",
+        "end": "2026-12-03T10:00:00", "end_tz": "Europe/Paris",
+    });
+    let record = record.as_object().unwrap();
+    let first = calendar::render(record).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(calendar::render(record).unwrap(), first);
+    assert!(first.contains("SUMMARY:Dentist\r\n"), "{first}");
+    assert!(first.contains("DTSTAMP:"), "{first}");
+}

@@ -375,6 +375,42 @@ fn dav_goes_through_the_door() {
     let (status, _, _) = dav.send(dav.request("DELETE", "/dav/contacts/contacts/ada.vcf"));
     assert_eq!(status, 403);
 
+    // A grant that reads and writes `email` but not the list `emails`: changing the
+    // address in the card changes the preferred one in the list, and the next card
+    // served shows it.
+    node.json(&[
+        "put",
+        "contacts",
+        "carol",
+        r#"{"name": "Carol", "email": "carol@old.org", "emails": [{"value": "carol@old.org", "pref": true}, {"value": "carol@work.org"}]}"#,
+    ]);
+    let (_, password) = grant_with_password(
+        &node,
+        &[
+            "--read",
+            "contacts.name,contacts.email",
+            "--write",
+            "contacts.email",
+        ],
+    );
+    let mailer = Dav::new(&node, &password);
+    let (status, text, _) = mailer.get("/dav/contacts/contacts/carol.vcf");
+    assert_eq!(status, 200);
+    assert!(!text.contains("carol@work.org"), "{text}");
+    let moved = text.replace("carol@old.org", "carol@new.org");
+    assert_eq!(
+        mailer
+            .put("/dav/contacts/contacts/carol.vcf", &moved, None)
+            .0,
+        204
+    );
+    let carol = node.json(&["get", "contacts", "carol"]);
+    assert_eq!(carol["email"], "carol@new.org", "{carol}");
+    assert_eq!(carol["emails"][0]["value"], "carol@new.org", "{carol}");
+    assert_eq!(carol["emails"][1]["value"], "carol@work.org", "{carol}");
+    let (_, text, _) = mailer.get("/dav/contacts/contacts/carol.vcf");
+    assert!(text.contains("carol@new.org"), "{text}");
+
     // A filter: only friends are seen; a hidden card answers as a missing one, and a
     // PUT under its name makes a new card without touching it.
     let (_, password) = grant_with_password(
@@ -479,7 +515,8 @@ fn dav_goes_through_the_door() {
             .body("<d:propfind xmlns:d=\"DAV:\"><d:prop>"),
     );
     assert_eq!(status, 400);
-    assert_eq!(node.json(&["ls", "contacts"]).as_array().unwrap().len(), 3);
+    // ada, bob, carol and Mallory's card.
+    assert_eq!(node.json(&["ls", "contacts"]).as_array().unwrap().len(), 4);
 }
 
 /// Calendars: a time-range query sees recurrences; MKCALENDAR and PROPPATCH keep a
@@ -493,6 +530,17 @@ fn calendars_answer_time_ranges_and_keep_their_names() {
         "calendar",
         fixture("google.ics").to_str().unwrap(),
     ]);
+    // The kind named and the collection chosen must agree.
+    let wrong = node.run(&[
+        "import",
+        "contacts",
+        fixture("google.ics").to_str().unwrap(),
+        "--into",
+        "calendar-x",
+    ]);
+    assert!(!wrong.status.success());
+    let said = String::from_utf8_lossy(&wrong.stderr);
+    assert!(said.contains("cannot hold contacts"), "{said}");
     let (_, password) = grant_with_password(
         &node,
         &[

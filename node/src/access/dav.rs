@@ -540,6 +540,21 @@ impl Door {
                 // The UID the client saw was made from the id; the record keeps its own.
                 patch.remove("uid");
             }
+            if kind == Kind::Contacts {
+                // A card served to a grant that reads only one side of a pair (`email`
+                // or `emails`) was written from that side: its lines change that side,
+                // and `prepare` brings the other into line.
+                for (one, many) in pim::contacts::PAIRS {
+                    for (unread, other) in [(one, many), (many, one)] {
+                        let path = FieldPath::parse(unread).expect("valid field name");
+                        if !scope.read.as_ref().is_some_and(|r| r.covers(&path))
+                            && patch.contains_key(other)
+                        {
+                            patch.remove(unread);
+                        }
+                    }
+                }
+            }
             if keeps_text
                 && before
                     .and_then(|b| b.get(kind.text_field()))

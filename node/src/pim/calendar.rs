@@ -43,7 +43,7 @@ pub const FIELDS: &[&str] = &[
 ];
 
 /// Fields written from the text only (changing them in a record changes nothing).
-const DERIVED: &[&str] = &["kind", "all_day", "overrides"];
+pub(crate) const DERIVED: &[&str] = &["kind", "all_day", "overrides"];
 
 fn properties_of(field: &str) -> &'static [&'static str] {
     match field {
@@ -300,8 +300,7 @@ pub fn render(record: &Map<String, Value>) -> Result<String, PimError> {
                 _ => "VEVENT",
             };
             let text = format!(
-                "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//Hearth//Hearth//EN\r\nBEGIN:{kind}\r\nDTSTAMP:{}\r\nEND:{kind}\r\nEND:VCALENDAR\r\n",
-                utc_stamp()
+                "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//Hearth//Hearth//EN\r\nBEGIN:{kind}\r\nDTSTAMP:{FIELDS_STAMP}\r\nEND:{kind}\r\nEND:VCALENDAR\r\n"
             );
             (lines::split(&text), Map::new())
         }
@@ -570,10 +569,11 @@ fn date_line(name: &str, value: &str, tz: Option<&str>) -> Line {
     content_line(name, &params, &compact)
 }
 
-fn utc_stamp() -> String {
-    let now = chrono::Utc::now();
-    now.format("%Y%m%dT%H%M%SZ").to_string()
-}
+/// The `DTSTAMP` of an object made from fields (a record without text, or a grant that
+/// cannot read the text). It must not be the clock: the same record must give the same
+/// bytes every time it is served, or its strong ETag would change every second and DAV
+/// clients would see it changed (and their `If-Match` fail) at every request.
+const FIELDS_STAMP: &str = "19700101T000000Z";
 
 /// RFC 5545 TEXT escaping.
 fn escape(text: &str) -> String {

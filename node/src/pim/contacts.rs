@@ -361,10 +361,20 @@ fn primary(items: &[Value]) -> Option<Value> {
         .map(|i| i["value"].clone())
 }
 
+/// The fields that say one thing twice: the preferred address or number, and the list.
+pub const PAIRS: [(&str, &str); 2] = [("email", "emails"), ("phone", "phones")];
+
 /// Brings `email`/`phone` and their lists into line after a change: a changed `email`
-/// (with `emails` unchanged) replaces the preferred address in the list.
-pub fn settle(old: &Map<String, Value>, new: &mut Map<String, Value>) {
-    for (one, many) in [("email", "emails"), ("phone", "phones")] {
+/// (with `emails` unchanged) replaces the preferred address in the list. With
+/// `add_lists` false, only a record that has both sides is brought into line (a plain
+/// record written with `email` alone, or `emails` alone, stays as it was written).
+pub fn settle(old: &Map<String, Value>, new: &mut Map<String, Value>, add_lists: bool) {
+    for (one, many) in PAIRS {
+        if !add_lists
+            && (new.get(many).is_none() || (new.get(one).is_none() && old.get(one).is_none()))
+        {
+            continue;
+        }
         let one_changed = old.get(one) != new.get(one);
         let many_changed = old.get(many) != new.get(many);
         if one_changed && !many_changed {

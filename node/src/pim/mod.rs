@@ -110,6 +110,12 @@ pub fn prepare(
     // A record without text is a plain record: its text is made when it is asked for
     // (export, DAV), not kept.
     let Some(text) = record.get(text_field) else {
+        if kind == Kind::Contacts {
+            // A changed `email` moves into `emails` if the record has the list, or the
+            // text made from it later would bring the old address back.
+            let old = before.cloned().unwrap_or_default();
+            contacts::settle(&old, record, false);
+        }
         return Ok(());
     };
     let text = text
@@ -138,10 +144,16 @@ pub fn prepare(
         }
     } else if kind == Kind::Contacts {
         let old = before.cloned().unwrap_or_default();
-        contacts::settle(&old, record);
+        contacts::settle(&old, record, true);
     }
     if record.get("uid").is_none() {
-        record.insert("uid".into(), Value::String(new_uid()));
+        // A new text without a UID keeps the record's identity.
+        let uid = before
+            .and_then(|b| b.get("uid"))
+            .filter(|u| u.is_string())
+            .cloned()
+            .unwrap_or_else(|| Value::String(new_uid()));
+        record.insert("uid".into(), uid);
     }
     // Written anew from the fields: lines whose field did not change stay as they are,
     // so an unchanged record keeps its text byte for byte.
@@ -149,6 +161,16 @@ pub fn prepare(
         Kind::Contacts => contacts::render(record)?,
         Kind::Calendar => calendar::render(record)?,
     };
+    if kind == Kind::Calendar && !text_changed {
+        // `kind`, `all_day` and `overrides` are what the text says, whatever was written.
+        let fields = calendar::fields(&calendar::parse(&text)?);
+        for field in calendar::DERIVED {
+            match fields.get(*field) {
+                Some(value) => record.insert((*field).to_owned(), value.clone()),
+                None => record.remove(*field),
+            };
+        }
+    }
     record.insert(text_field.into(), Value::String(text));
     Ok(())
 }
@@ -369,7 +391,7 @@ pub fn text_of(kind: Kind, id: &str, record: &Map<String, Value>) -> Result<Stri
     if kind == Kind::Contacts {
         // A plain record may have only `email`/`phone`: the lists the text is written
         // from follow them.
-        contacts::settle(&Map::new(), &mut record);
+        contacts::settle(&Map::new(), &mut record, true);
     }
     match kind {
         Kind::Contacts => contacts::render(&record),
@@ -427,6 +449,9 @@ pub enum Change {
     Replace(Map<String, Value>),
     /// Merge this patch (RFC 7396) into the existing record.
     Merge(Map<String, Value>),
+    /// The record's vCard or iCalendar text was edited in place (character edits):
+    /// its fields are read again from the text.
+    TextEdited,
 }
 
 /// Why an owner's write did nothing.
@@ -461,11 +486,21 @@ pub fn owner_write(
                 hearth_protocol::scope::merge_patch(&mut after, patch);
                 after
             }
-            (Change::Merge(_), None) => return Err(WriteError::Missing),
+            (Change::TextEdited, Some(before)) => before.clone(),
+            (Change::Merge(_) | Change::TextEdited, None) => return Err(WriteError::Missing),
         };
         after.remove("id");
         if let Some(kind) = kind {
-            prepare(kind, before, &mut after)?;
+            match (&change, before) {
+                // The text already holds the edit: prepare as if it had just been
+                // written, so the fields follow the text (and not the other way round).
+                (Change::TextEdited, Some(before)) => {
+                    let mut without_text = before.clone();
+                    without_text.remove(kind.text_field());
+                    prepare(kind, Some(&without_text), &mut after)?;
+                }
+                _ => prepare(kind, before, &mut after)?,
+            }
         }
         written = after.clone();
         Ok(match (before, &change) {
@@ -475,7 +510,7 @@ pub fn owner_write(
                 RecordWrite::Patch(hearth_protocol::scope::diff_patch(before, &after))
             }
             (_, Change::Merge(patch)) => RecordWrite::Patch(patch.clone()),
-            (_, Change::Replace(_)) => RecordWrite::Put(after),
+            (_, Change::Replace(_) | Change::TextEdited) => RecordWrite::Put(after),
         })
     })?;
     let existed = outcome?;
@@ -606,12 +641,111 @@ mod prepare_tests {
 
     #[test]
     fn a_text_without_uid_gets_one_in_fields_and_text() {
-        let text = "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Alan Turing\r Changed\nN:Turing;Alan;;;\r\nEND:VCARD\r\n";
+        let text =
+            "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Alan Turing\r\nN:Turing;Alan;;;\r\nEND:VCARD\r\n";
         let mut record = Map::new();
         record.insert("vcard".into(), Value::String(text.into()));
         prepare(Kind::Contacts, None, &mut record).unwrap();
         let uid = record["uid"].as_str().unwrap().to_owned();
         let text = record["vcard"].as_str().unwrap();
         assert!(text.contains(&format!("UID:{uid}")), "{text}");
+    }
+
+    /// `kind`, `all_day` and `overrides` follow the text; a new text without a UID
+    /// keeps the record's.
+    #[test]
+    fn read_only_calendar_fields_follow_the_text_and_a_uid_is_kept() {
+        let text = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:x\r\nBEGIN:VEVENT\r\nUID:e-1\r\nDTSTAMP:20260101T000000Z\r\nDTSTART;VALUE=DATE:20261203\r\nSUMMARY:Holiday\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
+        let mut before = Map::new();
+        before.insert("ical".into(), Value::String(text.into()));
+        prepare(Kind::Calendar, None, &mut before).unwrap();
+        assert_eq!(before["kind"], "event");
+        assert_eq!(before["all_day"], true);
+        let mut after = before.clone();
+        after.insert("kind".into(), Value::String("task".into()));
+        after.insert("all_day".into(), Value::Bool(false));
+        after.insert("summary".into(), Value::String("Long holiday".into()));
+        prepare(Kind::Calendar, Some(&before), &mut after).unwrap();
+        assert_eq!(after["kind"], "event", "{after:?}");
+        assert_eq!(after["all_day"], true, "{after:?}");
+        assert_eq!(after["summary"], "Long holiday");
+        assert!(
+            after["ical"]
+                .as_str()
+                .unwrap()
+                .contains("SUMMARY:Long holiday\r\n")
+        );
+
+        // A card re-written without its UID keeps the record's.
+        let mut card = Map::new();
+        card.insert(
+            "vcard".into(),
+            Value::String(
+                "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:c-1\r\nFN:Ada\r\nEND:VCARD\r\n".into(),
+            ),
+        );
+        prepare(Kind::Contacts, None, &mut card).unwrap();
+        let mut again = card.clone();
+        again.insert(
+            "vcard".into(),
+            Value::String("BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Ada King\r\nEND:VCARD\r\n".into()),
+        );
+        prepare(Kind::Contacts, Some(&card), &mut again).unwrap();
+        assert_eq!(again["uid"], "c-1", "{again:?}");
+        assert!(again["vcard"].as_str().unwrap().contains("UID:c-1"));
+    }
+
+    /// Character edits of the vCard text change the fields it holds (and stay in the
+    /// text); edits of another text field change the text's lines.
+    #[test]
+    fn the_fields_follow_an_edit_of_the_text_and_the_text_follows_other_fields() {
+        use crate::collections::Collections;
+        use crate::records::TextEdit;
+        let vault = crate::testutil::TestVault::new();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let contacts = CollectionName::parse("contacts").unwrap();
+        let id = RecordId::parse("alan").unwrap();
+        let text = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:u-alan\r\nFN:Alan Turing\r\nN:Turing;Alan;;;\r\nNOTE:Bletchley\r\nX-VENDOR:kept\r\nEND:VCARD\r\n";
+        let mut record = Map::new();
+        record.insert("vcard".into(), Value::String(text.into()));
+        owner_write(&c, &contacts, &id, Change::Replace(record)).unwrap();
+        let stored = c.get(&contacts, &id).unwrap().unwrap();
+        assert_eq!(stored["name"], "Alan Turing");
+
+        // "Alan Turing" -> "Alan M. Turing" inside the text.
+        let at = text.find("FN:Alan ").unwrap() + "FN:Alan ".len();
+        let edit = TextEdit {
+            position: at,
+            delete: 0,
+            insert: "M. ".into(),
+        };
+        assert!(c.edit_text(&contacts, &id, "vcard", &[edit]).unwrap());
+        owner_write(&c, &contacts, &id, Change::TextEdited).unwrap();
+        let stored = c.get(&contacts, &id).unwrap().unwrap();
+        assert_eq!(stored["name"], "Alan M. Turing", "{stored:?}");
+        let vcard = stored["vcard"].as_str().unwrap();
+        assert!(vcard.contains("FN:Alan M. Turing\r\n"), "{vcard}");
+        assert!(vcard.contains("X-VENDOR:kept\r\n"), "{vcard}");
+
+        // An edit of the `notes` field: the NOTE line follows.
+        let edit = TextEdit {
+            position: 0,
+            delete: 0,
+            insert: "At ".into(),
+        };
+        assert!(c.edit_text(&contacts, &id, "notes", &[edit]).unwrap());
+        owner_write(&c, &contacts, &id, Change::Merge(Map::new())).unwrap();
+        let stored = c.get(&contacts, &id).unwrap().unwrap();
+        assert_eq!(stored["notes"], "At Bletchley", "{stored:?}");
+        let vcard = stored["vcard"].as_str().unwrap();
+        assert!(vcard.contains("NOTE:At Bletchley\r\n"), "{vcard}");
+        assert!(vcard.contains("FN:Alan M. Turing\r\n"), "{vcard}");
+
+        // A record that is not there.
+        let missing = RecordId::parse("nobody").unwrap();
+        assert!(matches!(
+            owner_write(&c, &contacts, &missing, Change::TextEdited),
+            Err(WriteError::Missing)
+        ));
     }
 }
