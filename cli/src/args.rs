@@ -206,6 +206,8 @@ pub enum Command {
         #[arg(long, value_name = "COLLECTION")]
         into: Option<String>,
     },
+    /// Print a one-time login link to the web dashboard (it works once, for 10 minutes)
+    Dashboard,
     /// Export contacts as one vCard file, or the calendar as one iCalendar file
     Export {
         /// What to export

@@ -282,6 +282,7 @@ async fn print_started(
             out(format!("  mesh:    {addr}/p2p/{}", node.peer_id()))?;
         }
     }
+    out("Web dashboard: run `hearth dashboard` for a one-time login link.")?;
     out("Stop with Ctrl-C.")
 }
 
@@ -338,6 +339,18 @@ fn init_tracing() {
 async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Result<()> {
     let client = Client::connect(home).await?;
     match command {
+        Command::Dashboard => {
+            let link: Value = client
+                .json(home, client.request(Method::POST, "/v1/dashboard/login"))
+                .await?;
+            if json {
+                out_json(&link)?;
+            } else {
+                let url = link["url"].as_str().unwrap_or_default();
+                out(url.to_owned())?;
+                note("Open it in a browser on this device; it works once, for 10 minutes.");
+            }
+        }
         Command::Status => {
             let status: StatusResponse = client
                 .json(home, client.request(Method::GET, "/v1/status"))

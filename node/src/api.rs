@@ -75,6 +75,7 @@ pub fn router(vault: Arc<Vault>) -> Router {
         .route("/v1/export/{collection}", get(export))
         .route("/v1/audit", get(list_audit))
         .route("/v1/audit/verify", get(verify_audit))
+        .route("/v1/dashboard/login", post(crate::dashboard::login_link))
         .route_layer(middleware::from_fn_with_state(vault.clone(), require_owner));
     let service = Router::new()
         .route("/v1/view", get(view_all))
@@ -90,6 +91,7 @@ pub fn router(vault: Arc<Vault>) -> Router {
     owner
         .merge(service)
         .merge(crate::dav::routes())
+        .merge(crate::dashboard::routes())
         .route("/v1/hello", post(hello))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -106,6 +108,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// What went wrong, for people.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
@@ -301,11 +308,16 @@ async fn hello(State(vault): State<AppState>, body: Body) -> Result<Json<HelloRe
 }
 
 async fn status(State(vault): State<AppState>) -> Result<Json<StatusResponse>, ApiError> {
-    let (collections, blobs) = blocking(&vault, |v| {
+    status_of(&vault).await.map(Json)
+}
+
+/// What `GET /v1/status` answers (also the dashboard's overview).
+pub(crate) async fn status_of(vault: &AppState) -> Result<StatusResponse, ApiError> {
+    let (collections, blobs) = blocking(vault, |v| {
         Ok((v.collections.list()?, v.blobs.count() as u64))
     })
     .await?;
-    let devices = devices_view(&vault).await?;
+    let devices = devices_view(vault).await?;
     let listen_addrs = match vault.mesh() {
         Some(mesh) => mesh
             .handle
@@ -317,7 +329,7 @@ async fn status(State(vault): State<AppState>) -> Result<Json<StatusResponse>, A
             .collect(),
         None => Vec::new(),
     };
-    Ok(Json(StatusResponse {
+    Ok(StatusResponse {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         vault_id: vault.keys.vault_id_hex(),
         peer_id: vault.keys.peer_id().to_string(),
@@ -335,11 +347,11 @@ async fn status(State(vault): State<AppState>) -> Result<Json<StatusResponse>, A
                 fingerprint: lan.fingerprint.clone(),
                 names: lan.names.clone(),
             }),
-    }))
+    })
 }
 
 /// The device list with what this node knows of each: online, last sync.
-async fn devices_view(vault: &AppState) -> Result<Vec<DeviceInfo>, ApiError> {
+pub(crate) async fn devices_view(vault: &AppState) -> Result<Vec<DeviceInfo>, ApiError> {
     let list = blocking(vault, |v| Ok(crate::devices::devices(&v.collections)?)).await?;
     let (online, last_sync) = match vault.mesh() {
         Some(mesh) => (
@@ -378,6 +390,12 @@ async fn list_devices(State(vault): State<AppState>) -> Result<Json<Vec<DeviceIn
 }
 
 async fn create_invite(State(vault): State<AppState>) -> Result<Response, ApiError> {
+    let body = invite(&vault).await?;
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// A new one-time invite code for a device to join.
+pub(crate) async fn invite(vault: &AppState) -> Result<InviteResponse, ApiError> {
     let mesh = vault.mesh().ok_or_else(|| {
         ApiError::new(
             ErrorCode::Unavailable,
@@ -389,18 +407,22 @@ async fn create_invite(State(vault): State<AppState>) -> Result<Response, ApiErr
         .invite(crate::mesh::pairing::DEFAULT_INVITE_TTL)
         .await
         .map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()))?;
-    let body = InviteResponse {
+    Ok(InviteResponse {
         code: code.to_string(),
         expires_at,
-    };
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    })
 }
 
 async fn remove_device(
     State(vault): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let raw = path_param(path)?;
+    device_remove(&vault, &path_param(path)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes a device (by its PeerId) from the vault.
+pub(crate) async fn device_remove(vault: &AppState, raw: &str) -> Result<(), ApiError> {
     let peer: libp2p::PeerId = raw
         .parse()
         .map_err(|_| ApiError::new(ErrorCode::InvalidId, format!("{raw:?} is not a PeerId")))?;
@@ -410,7 +432,7 @@ async fn remove_device(
             "a device cannot remove itself; remove it from another device",
         ));
     }
-    blocking(&vault, move |v| {
+    blocking(vault, move |v| {
         if crate::devices::remove(&v.collections, &peer)? {
             Ok(())
         } else {
@@ -422,7 +444,7 @@ async fn remove_device(
     })
     .await?;
     vault.store.commit().await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 async fn list_collections(
@@ -492,7 +514,7 @@ async fn write_record(
 }
 
 /// An owner's write, with contacts and calendar records kept in step with their text.
-fn owner_write(
+pub(crate) fn owner_write(
     vault: &Vault,
     collection: &CollectionName,
     id: &RecordId,
@@ -689,7 +711,7 @@ fn id_from_body(record: &mut Map<String, Value>) -> Result<RecordId, ApiError> {
 }
 
 /// Runs whole-collection store work on the blocking pool.
-async fn blocking<R, F>(vault: &AppState, f: F) -> Result<R, ApiError>
+pub(crate) async fn blocking<R, F>(vault: &AppState, f: F) -> Result<R, ApiError>
 where
     R: Send + 'static,
     F: FnOnce(&Vault) -> Result<R, ApiError> + Send + 'static,
@@ -896,6 +918,15 @@ async fn export(
 
 async fn create_grant(State(vault): State<AppState>, body: Body) -> Result<Response, ApiError> {
     let request: GrantRequest = read_typed_body(&vault, body).await?;
+    let body = grant_new(&vault, request).await?;
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Creates a grant and issues its token (and app password, if asked for).
+pub(crate) async fn grant_new(
+    vault: &AppState,
+    request: GrantRequest,
+) -> Result<GrantCreated, ApiError> {
     let scope = hearth_protocol::scope::Scope::parse(
         request.read.as_deref(),
         request.write.as_deref(),
@@ -919,7 +950,7 @@ async fn create_grant(State(vault): State<AppState>, body: Body) -> Result<Respo
             )
         })?;
     }
-    let (grant, issued) = blocking(&vault, move |v| {
+    let (grant, issued) = blocking(vault, move |v| {
         Ok(access::create_grant(
             &v.collections,
             &v.keys,
@@ -936,13 +967,12 @@ async fn create_grant(State(vault): State<AppState>, body: Body) -> Result<Respo
     })
     .await?;
     vault.store.commit().await?;
-    let body = GrantCreated {
+    Ok(GrantCreated {
         id: grant.id,
         token: issued.token,
         expires_at: grant.expires_at,
         password: issued.password.map(|p| p.to_string()),
-    };
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    })
 }
 
 fn grant_info(grant: access::Grant, last_used: Option<u64>) -> GrantInfo {
@@ -963,7 +993,12 @@ fn grant_info(grant: access::Grant, last_used: Option<u64>) -> GrantInfo {
 }
 
 async fn list_grants(State(vault): State<AppState>) -> Result<Json<Vec<GrantInfo>>, ApiError> {
-    blocking(&vault, |v| {
+    grants(&vault).await.map(Json)
+}
+
+/// Every grant, with when it was last used.
+pub(crate) async fn grants(vault: &AppState) -> Result<Vec<GrantInfo>, ApiError> {
+    blocking(vault, |v| {
         let grants = access::list_grants(&v.collections)?;
         // One pass over the log, not one per grant.
         let mut last_used: std::collections::HashMap<String, u64> =
@@ -981,15 +1016,18 @@ async fn list_grants(State(vault): State<AppState>) -> Result<Json<Vec<GrantInfo
             .collect())
     })
     .await
-    .map(Json)
 }
 
 async fn revoke_grant(
     State(vault): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<RevokeResponse>, ApiError> {
-    let id = path_param(path)?;
-    let answer = blocking(&vault, move |v| {
+    grant_revoke(&vault, path_param(path)?).await.map(Json)
+}
+
+/// Revokes a grant; what its service already saw and did.
+pub(crate) async fn grant_revoke(vault: &AppState, id: String) -> Result<RevokeResponse, ApiError> {
+    let answer = blocking(vault, move |v| {
         let grant = access::revoke(&v.collections, &id)?;
         let seen = access::seen_by(&v.collections, &id)?;
         let last_used = seen.last_access;
@@ -1000,7 +1038,7 @@ async fn revoke_grant(
     })
     .await?;
     vault.store.commit().await?;
-    Ok(Json(answer))
+    Ok(answer)
 }
 
 #[derive(serde::Deserialize)]
@@ -1012,16 +1050,27 @@ async fn list_audit(
     State(vault): State<AppState>,
     query: axum::extract::Query<AuditQuery>,
 ) -> Result<Json<Vec<AuditEntry>>, ApiError> {
-    let grant = query.0.grant;
-    blocking(&vault, move |v| {
+    audit(&vault, query.0.grant).await.map(Json)
+}
+
+/// The audit log, or one grant's part of it.
+pub(crate) async fn audit(
+    vault: &AppState,
+    grant: Option<String>,
+) -> Result<Vec<AuditEntry>, ApiError> {
+    blocking(vault, move |v| {
         Ok(access::audit_entries(&v.collections, grant.as_deref())?)
     })
     .await
-    .map(Json)
 }
 
 async fn verify_audit(State(vault): State<AppState>) -> Result<Json<VerifyResponse>, ApiError> {
-    blocking(&vault, |v| {
+    audit_verify(&vault).await.map(Json)
+}
+
+/// Checks the audit log's hash chains.
+pub(crate) async fn audit_verify(vault: &AppState) -> Result<VerifyResponse, ApiError> {
+    blocking(vault, |v| {
         Ok(match access::verify_audit(&v.collections) {
             Ok(entries) => VerifyResponse {
                 ok: true,
@@ -1038,7 +1087,6 @@ async fn verify_audit(State(vault): State<AppState>) -> Result<Json<VerifyRespon
         })
     })
     .await
-    .map(Json)
 }
 
 // ---- Views (services): parse, call the door, render ----

@@ -15,6 +15,7 @@ pub mod api;
 pub mod blobs;
 pub mod collections;
 pub mod commits;
+pub mod dashboard;
 pub mod dav;
 pub mod devices;
 pub mod home;
@@ -164,6 +165,8 @@ pub struct Vault {
     pub door: access::Door,
     /// The TLS listener on the LAN, if one runs: its address and certificate.
     pub lan: Option<LanInfo>,
+    /// The web dashboard's login links and sessions.
+    pub dashboard: dashboard::Sessions,
     /// Set while the mesh runs (never, for a node started without one). Cleared at
     /// shutdown: the mesh holds the vault, so this would otherwise be a cycle.
     mesh: std::sync::RwLock<Option<mesh::MeshState>>,
@@ -313,6 +316,7 @@ impl Node {
                 fingerprint: tls.fingerprint.clone(),
                 names: tls.names.clone(),
             }),
+            dashboard: dashboard::Sessions::default(),
             mesh: std::sync::RwLock::new(None),
         });
         let mesh = match config.mesh {

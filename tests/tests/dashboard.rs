@@ -1,0 +1,563 @@
+//! The web dashboard in a real browser (headless Chromium through chromedriver), against
+//! a real `hearth` node: a one-time login link from the CLI opens a session (and works
+//! once); a grant is previewed, created, used by a service and revoked; the audit log
+//! verifies; a record is edited and the edit reaches a second device paired from the
+//! dashboard; requests without a session, from a foreign Host or from a cross-site form
+//! change nothing; logging out ends the session. The pages are saved as screenshots in
+//! docs/screenshots. Ignored by `cargo test` (it needs Chromium); `.ci/run` installs
+//! Chromium and chromedriver and runs it.
+
+use std::fs::File;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::elements::Element;
+use fantoccini::{Client, ClientBuilder, Locator};
+use hearth_tests::*;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::runtime::Runtime;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// How long the browser may take to show what a step expects.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A chromedriver process on a free loopback port. Dropping it kills its process group:
+/// chromedriver and any browser it started, also when the test panics.
+struct ChromeDriver {
+    child: Child,
+    url: String,
+}
+
+impl ChromeDriver {
+    fn start(log: &Path) -> Self {
+        for bin in [CHROMIUM, CHROMEDRIVER] {
+            assert!(
+                Path::new(bin).exists(),
+                "{bin} is missing: install Debian's chromium and chromium-driver (.ci/run does)"
+            );
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(log).expect("chromedriver's log file"))
+            .process_group(0)
+            .spawn()
+            .expect("start chromedriver");
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let exited = child.try_wait().expect("chromedriver's status");
+            if exited.is_some() || start.elapsed() > WAIT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "chromedriver did not listen on port {port} ({exited:?}): {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ChromeDriver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One browser session with a fresh profile, driven synchronously: every call runs to
+/// completion on `rt`, so the test in between can use the blocking helpers.
+struct Browser<'a> {
+    rt: &'a Runtime,
+    client: Client,
+    base: String,
+    _profile: tempfile::TempDir,
+}
+
+impl<'a> Browser<'a> {
+    fn open(rt: &'a Runtime, driver: &ChromeDriver, base: &str) -> Self {
+        let profile = tempfile::tempdir().expect("a browser profile directory");
+        let Value::Object(capabilities) = json!({"goog:chromeOptions": {
+            "binary": CHROMIUM,
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--disable-dev-shm-usage", "--no-proxy-server",
+                "--window-size=1280,900",
+                format!("--user-data-dir={}", profile.path().display())],
+        }}) else {
+            unreachable!("an object")
+        };
+        let mut builder = ClientBuilder::rustls().expect("the WebDriver client");
+        builder.capabilities(capabilities);
+        let client = rt
+            .block_on(builder.connect(&driver.url))
+            .unwrap_or_else(|e| panic!("chromedriver opened no browser session: {e}"));
+        Browser {
+            rt,
+            client,
+            base: base.to_owned(),
+            _profile: profile,
+        }
+    }
+
+    /// Opens a path of the node (`/grants`) or a whole URL.
+    fn goto(&self, path: &str) {
+        let url = if path.starts_with('/') {
+            format!("{}{path}", self.base)
+        } else {
+            path.to_owned()
+        };
+        self.rt
+            .block_on(self.client.goto(&url))
+            .unwrap_or_else(|e| panic!("open {url}: {e}"));
+    }
+
+    fn url(&self) -> String {
+        let url = self.rt.block_on(self.client.current_url());
+        url.expect("the current URL").to_string()
+    }
+
+    fn source(&self) -> String {
+        let source = self.rt.block_on(self.client.source());
+        source.expect("the page source")
+    }
+
+    /// The first element matching `css`, waiting up to [`WAIT`] for it to appear.
+    fn find(&self, css: &str) -> Element {
+        let wait = self.client.wait().at_most(WAIT);
+        match self.rt.block_on(wait.for_element(Locator::Css(css))) {
+            Ok(element) => element,
+            Err(e) => panic!(
+                "no {css} on {} ({e}); the page: {}",
+                self.url(),
+                self.source().chars().take(4000).collect::<String>()
+            ),
+        }
+    }
+
+    /// Whether `css` matches something on the page now, without waiting.
+    fn exists(&self, css: &str) -> bool {
+        match self.rt.block_on(self.client.find(Locator::Css(css))) {
+            Ok(_) => true,
+            Err(e) if e.is_no_such_element() => false,
+            Err(e) => panic!("look for {css}: {e}"),
+        }
+    }
+
+    fn text(&self, css: &str) -> String {
+        let element = self.find(css);
+        let text = self.rt.block_on(element.text());
+        text.unwrap_or_else(|e| panic!("the text of {css}: {e}"))
+    }
+
+    /// The current value of a form field.
+    fn value(&self, css: &str) -> String {
+        let element = self.find(css);
+        let value = self.rt.block_on(element.prop("value"));
+        value.expect("a value").unwrap_or_default()
+    }
+
+    /// Clicks `css` (a submit button: the click returns once the next page has loaded).
+    fn click(&self, css: &str) {
+        let element = self.find(css);
+        let clicked = self.rt.block_on(element.click());
+        clicked.unwrap_or_else(|e| panic!("click {css}: {e}"));
+    }
+
+    /// Replaces what the field `css` holds with `text`, typed.
+    fn fill(&self, css: &str, text: &str) {
+        let element = self.find(css);
+        let cleared = self.rt.block_on(element.clear());
+        cleared.unwrap_or_else(|e| panic!("clear {css}: {e}"));
+        let typed = self.rt.block_on(element.send_keys(text));
+        typed.unwrap_or_else(|e| panic!("type into {css}: {e}"));
+    }
+
+    /// Waits until the text of `css` contains `needle` (any case); returns the text.
+    fn wait_text(&self, css: &str, needle: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let text = self.text(css);
+            if text.to_lowercase().contains(&needle.to_lowercase()) {
+                return text;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "{css} never showed {needle:?}: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until the browser is at a URL starting with `prefix`.
+    fn wait_url(&self, prefix: &str) {
+        let start = Instant::now();
+        while !self.url().starts_with(prefix) {
+            assert!(
+                start.elapsed() < WAIT,
+                "never got to {prefix}: {}",
+                self.url()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Saves the page as docs/screenshots/`name`.
+    fn screenshot(&self, name: &str) {
+        let png = self.rt.block_on(self.client.screenshot());
+        let png = png.unwrap_or_else(|e| panic!("screenshot {name}: {e}"));
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
+        std::fs::create_dir_all(&dir).expect("create docs/screenshots");
+        std::fs::write(dir.join(name), png).expect("write a screenshot");
+    }
+
+    fn close(self) {
+        let closed = self.rt.block_on(self.client.close());
+        closed.expect("close the browser session");
+    }
+}
+
+/// Replaces record `contacts/id` with `json` in its dashboard page, and waits until the
+/// page shows `name`.
+fn edit_record(browser: &Browser<'_>, id: &str, json: &str, name: &str) {
+    browser.goto(&format!("/data/contacts/{id}"));
+    browser.find("#record-json");
+    browser.fill("#edit-record textarea[name=json]", json);
+    browser.click("#save-button");
+    browser.wait_text("#record-json", name);
+}
+
+/// `text` with every byte but letters and digits percent-encoded, for a `data:` URL.
+fn percent_encoded(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs chromium and chromedriver: run by .ci/run, which installs them"]
+fn the_dashboard_in_a_browser() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    node.json(&[
+        "put",
+        "contacts",
+        "ada",
+        r#"{"name":"Ada","email":"ada@example.org","tags":["math"]}"#,
+    ]);
+    node.json(&[
+        "put",
+        "contacts",
+        "bob",
+        r#"{"name":"Bob","tags":["work"]}"#,
+    ]);
+    let base = node.base_url();
+    let api = Api::new(&node);
+    let view = |token: &str| api.send(api.raw(Method::GET, "/v1/view/contacts").bearer_auth(token));
+
+    // rustls is built here with both ring and aws-lc-rs (hyper-rustls, under the
+    // WebDriver client, asks for the latter), so it picks no provider by itself.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let driver = ChromeDriver::start(&t.dir().join("chromedriver.log"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let browser = Browser::open(&rt, &driver, &base);
+
+    // A one-time login link from the CLI: the overview, and no owner token in the page.
+    let login = node.json(&["dashboard"]);
+    let login_url = login["url"].as_str().expect("a url").to_owned();
+    assert!(login_url.starts_with(&format!("{base}/login/")), "{login}");
+    browser.goto(&login_url);
+    browser.find("#this-device");
+    assert_eq!(
+        browser.url(),
+        format!("{base}/"),
+        "redirected to the overview"
+    );
+    assert_eq!(browser.text("h1").trim(), "Overview");
+    browser.screenshot("overview.png");
+    assert!(
+        !browser.source().contains(&node.owner_token()),
+        "the owner token is in the page"
+    );
+
+    // The link works once; another browser has no session.
+    let other = Browser::open(&rt, &driver, &base);
+    other.goto(&login_url);
+    other.find("#login-failed");
+    other.goto("/grants");
+    other.find("#login-needed");
+    other.close();
+
+    // A grant: previewed (only Ada matches), created, and the service sees what it allows.
+    browser.goto("/grants");
+    for (name, value) in [
+        ("service", "newsletter"),
+        ("purpose", "monthly letter"),
+        ("read", "contacts.name,contacts.email"),
+        ("where", "tags=math"),
+    ] {
+        browser.fill(&format!("#new-grant [name={name}]"), value);
+    }
+    assert_eq!(browser.value("#new-grant [name=expires]"), "30d");
+    browser.click("#preview-button");
+    let preview = browser.text("#grant-preview");
+    assert!(
+        preview.contains("name") && preview.contains("email"),
+        "{preview}"
+    );
+    let records = browser.text("#preview-records");
+    assert!(
+        records.contains("Ada") && !records.contains("Bob"),
+        "{records}"
+    );
+    browser.screenshot("grants-preview.png");
+    browser.click("#confirm-button");
+    let token = browser.text("#grant-token").trim().to_owned();
+    let grant = browser.text("#grant-id").trim().to_owned();
+    browser.screenshot("grant-created.png");
+    let (status, seen) = view(&token);
+    assert_eq!(status, 200, "{seen}");
+    let seen = seen.as_array().expect("a list of records");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0]["name"], "Ada");
+    assert!(seen[0].get("tags").is_none(), "{seen:?}");
+
+    // Revoked from its row: the report names the service, the token is refused.
+    browser.goto("/grants");
+    let row = format!(r#"tr[data-grant="{grant}"]"#);
+    browser.find(&row);
+    browser.screenshot("grants.png");
+    browser.click(&format!("{row} form.revoke button"));
+    let report = browser.text("#revoke-report");
+    assert!(report.contains("newsletter"), "{report}");
+    browser.screenshot("revoke.png");
+    assert_eq!(view(&token).0, 403);
+
+    // The audit log shows the service's reads and verifies.
+    browser.goto("/audit");
+    let audit = browser.text("#audit");
+    assert!(audit.contains("newsletter"), "{audit}");
+    browser.click("#verify-button");
+    browser.wait_text("#verify-result", "intact");
+    browser.screenshot("audit.png");
+
+    // A record edited in the page is the record the CLI reads.
+    browser.goto("/data/contacts/ada");
+    browser.wait_text("#record-json", "Ada");
+    let ada_king = r#"{"name":"Ada King","email":"ada@example.org","tags":["math"]}"#;
+    edit_record(&browser, "ada", ada_king, "Ada King");
+    assert_eq!(node.json(&["get", "contacts", "ada"])["name"], "Ada King");
+    browser.screenshot("record.png");
+    browser.goto("/data");
+    assert!(
+        browser.source().contains("contacts"),
+        "/data lists contacts"
+    );
+    browser.goto("/data/contacts");
+    assert!(browser.source().to_lowercase().contains("bob"), "no bob");
+    browser.screenshot("data.png");
+
+    // Pairing from the dashboard: the code (and its QR) joins B, B shows online, and an
+    // edit in the dashboard reaches B.
+    browser.goto("/devices");
+    browser.click("#pair-button");
+    let code = browser.text("#invite-code").trim().to_owned();
+    assert!(code.starts_with("hearth1"), "{code}");
+    browser.find("#invite-qr svg");
+    browser.screenshot("devices-pair.png");
+    let b_home = TestHome::new();
+    let joined = hearth_json(b_home.path(), &["join", &code]);
+    assert_eq!(joined["inviter"], node.peer_id.as_str());
+    let b = spawn_node(b_home.path(), &[]);
+    let state = format!(r#"tr[data-peer="{}"] .state"#, b.peer_id);
+    let start = Instant::now();
+    loop {
+        browser.goto("/devices");
+        if browser.exists(&state) && browser.text(&state).trim().eq_ignore_ascii_case("online") {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "B never online: {}",
+            browser.source()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let ada_byron = r#"{"name":"Ada Byron","email":"ada@example.org","tags":["math"]}"#;
+    edit_record(&browser, "ada", ada_byron, "Ada Byron");
+    eventually("the dashboard's edit on B", || {
+        let out = b.run(&["--json", "get", "contacts", "ada"]);
+        let record: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (out.status.success() && record["name"] == "Ada Byron").then_some(())
+    });
+
+    // No session, a foreign Host, a cross-site form: refused, no grant made.
+    let grants = || node.json(&["grants"]).as_array().expect("grants").clone();
+    let before = grants().len();
+    let form = [
+        ("service", "outsider"),
+        ("read", "contacts"),
+        ("expires", "30d"),
+        ("csrf", "guessed"),
+    ];
+    let answer = api.send_raw(api.raw(Method::POST, "/grants").form(&form[..]));
+    assert!(matches!(answer.status, 401 | 403), "{}", answer.status);
+    assert_eq!(grants().len(), before, "a grant without a session");
+    let answer = api.send_raw(api.raw(Method::GET, "/").header("Host", "evil.example"));
+    assert_eq!(answer.status, 421, "a foreign Host must be refused");
+    let attack = format!(
+        "<form method=post action={base}/grants><input name=service value=evil>\
+         <input name=read value=contacts><button id=x>go</button></form>"
+    );
+    browser.goto(&format!("data:text/html,{}", percent_encoded(&attack)));
+    browser.click("#x");
+    browser.wait_url(&format!("{base}/"));
+    let after = grants();
+    assert!(after.iter().all(|g| g["service"] != "evil"), "{after:?}");
+    assert_eq!(after.len(), before);
+
+    // Logging out ends the session.
+    browser.goto("/");
+    browser.click("#logout-button");
+    browser.goto("/grants");
+    browser.find("#login-needed");
+    browser.close();
+    b.stop();
+    node.stop();
+}
+
+/// Without a browser: the login link sets an HttpOnly, SameSite=Strict cookie and works
+/// once; a logged-in POST without the session's CSRF token is refused and changes
+/// nothing; every page carries a Content-Security-Policy that allows no script; a
+/// foreign Host gets nothing; logout ends the session on the server.
+#[test]
+fn sessions_csrf_and_headers_hold_without_a_browser() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let base = node.base_url();
+    let http = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = node.json(&["dashboard"])["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(url.starts_with(&format!("{base}/login/")), "{url}");
+
+    let answer = http.get(&url).send().unwrap();
+    assert_eq!(answer.status(), 303);
+    let set = answer.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="] {
+        assert!(set.contains(attribute), "{set}");
+    }
+    let cookie = set.split(';').next().unwrap().to_owned();
+    assert_eq!(
+        http.get(&url).send().unwrap().status(),
+        403,
+        "a link works once"
+    );
+
+    let page = http
+        .get(format!("{base}/grants"))
+        .header("Cookie", &cookie)
+        .send()
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("script-src"),
+        "{csp}"
+    );
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    let html = page.text().unwrap();
+    assert!(!html.contains("<script"), "no script on a page");
+    assert!(!html.contains(&node.owner_token()));
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a CSRF token in the page")
+        .to_owned();
+
+    let grants = || node.json(&["grants"]).as_array().unwrap().len();
+    let form = |token: &str| {
+        vec![
+            ("service", "sneaky".to_owned()),
+            ("read", "contacts".to_owned()),
+            ("csrf", token.to_owned()),
+        ]
+    };
+    for token in ["", "x", &csrf[..csrf.len() - 1]] {
+        let answer = http
+            .post(format!("{base}/grants"))
+            .header("Cookie", &cookie)
+            .form(&form(token))
+            .send()
+            .unwrap();
+        assert_eq!(answer.status(), 403, "CSRF token {token:?}");
+    }
+    assert_eq!(grants(), 0, "no grant without the CSRF token");
+    let answer = http
+        .post(format!("{base}/grants"))
+        .header("Cookie", &cookie)
+        .form(&form(&csrf))
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(answer.text().unwrap().contains("id=\"grant-token\""));
+    assert_eq!(grants(), 1);
+
+    let foreign = http
+        .get(format!("{base}/grants"))
+        .header("Cookie", &cookie)
+        .header("Host", "evil.example")
+        .send()
+        .unwrap();
+    assert_eq!(foreign.status(), 421);
+
+    let out = http
+        .post(format!("{base}/logout"))
+        .header("Cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .unwrap();
+    assert_eq!(out.status(), 200);
+    let after = http
+        .get(format!("{base}/grants"))
+        .header("Cookie", &cookie)
+        .send()
+        .unwrap();
+    assert_eq!(after.status(), 401, "the session ended on the server");
+    node.stop();
+}
