@@ -655,8 +655,13 @@ async fn get_blob(
     State(vault): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let id = BlobId::parse(&path_param(path)?)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidBlobId, e.to_string()))?;
+    blob_response(&vault, &path_param(path)?).await
+}
+
+/// A blob's bytes as a streamed answer (also the dashboard's downloads).
+pub(crate) async fn blob_response(vault: &AppState, id: &str) -> Result<Response, ApiError> {
+    let id =
+        BlobId::parse(id).map_err(|e| ApiError::new(ErrorCode::InvalidBlobId, e.to_string()))?;
     let mut reader = vault.blobs.open_blob(id)?;
     let size = reader.size();
     // The first chunk is read before answering, so a corrupt blob gets an error

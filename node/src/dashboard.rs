@@ -43,6 +43,8 @@ const SESSION_TTL_SECS: u64 = 12 * 3600;
 /// At most this many live sessions and unused links; the oldest go first.
 const MAX_SESSIONS: usize = 64;
 const COOKIE: &str = "hearth_session";
+/// The largest .vcf or .ics file the import form takes.
+const MAX_UPLOAD: usize = 64 * 1024 * 1024;
 /// A device not seen for this long is worth a warning.
 const QUIET_DEVICE_SECS: u64 = 14 * 24 * 3600;
 /// A grant expiring this soon is worth a warning.
@@ -164,6 +166,11 @@ pub fn routes() -> Router<AppState> {
         .route("/audit", get(audit_page))
         .route("/audit/verify", post(verify_audit))
         .route("/data", get(data_page))
+        .route(
+            "/data/import",
+            post(import).layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD)),
+        )
+        .route("/data/blobs/{id}", get(download_blob))
         .route("/data/{collection}", get(collection_page))
         .route(
             "/data/{collection}/{id}",
@@ -1116,6 +1123,9 @@ struct BlobRow {
 struct DataPage {
     csrf: String,
     collections: Vec<(String, u64)>,
+    /// Where a .vcf or .ics file can go: `contacts`, `calendar`, and the `contacts-…`
+    /// and `calendar-…` collections there are.
+    pim_collections: Vec<String>,
     blobs: Vec<BlobRow>,
 }
 
@@ -1129,8 +1139,15 @@ async fn data_page(State(vault): State<AppState>, headers: HeaderMap) -> Respons
         Err(e) => return failed(e.into()),
     };
     let blobs = vault.blobs.list().unwrap_or_default();
+    let mut pim_collections: Vec<String> = vec!["contacts".into(), "calendar".into()];
+    for c in &collections {
+        if crate::pim::Kind::of(&c.name).is_some() && !pim_collections.contains(&c.name) {
+            pim_collections.push(c.name.clone());
+        }
+    }
     page(&DataPage {
         csrf: visit.csrf,
+        pim_collections,
         collections: collections
             .into_iter()
             .filter(|c| !c.name.starts_with('_'))
@@ -1144,6 +1161,117 @@ async fn data_page(State(vault): State<AppState>, headers: HeaderMap) -> Respons
             })
             .collect(),
     })
+}
+
+/// A blob, as a download.
+async fn download_blob(
+    State(vault): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = visit(&vault, &headers) {
+        return r;
+    }
+    match api::blob_response(&vault, &id).await {
+        Ok(mut response) => {
+            // `id` is 64 hex digits once `blob_response` accepted it.
+            if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{id}\"")) {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_DISPOSITION, value);
+            }
+            response
+        }
+        Err(e) => failed(e),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "imported.html")]
+struct ImportedPage {
+    csrf: String,
+    collection: String,
+    report: crate::pim::ImportReport,
+}
+
+/// A .vcf or .ics file from the import form (multipart: `csrf`, `collection`, `file`).
+async fn import(
+    State(vault): State<AppState>,
+    headers: HeaderMap,
+    mut multipart: axum::extract::Multipart,
+) -> Response {
+    let mut fields: HashMap<String, String> = HashMap::new();
+    loop {
+        match multipart.next_field().await {
+            Ok(Some(field)) => {
+                let name = field.name().unwrap_or_default().to_owned();
+                match field.text().await {
+                    Ok(text) => {
+                        fields.insert(name, text);
+                    }
+                    Err(e) => {
+                        return message(
+                            StatusCode::BAD_REQUEST,
+                            "Not imported",
+                            &format!(
+                                "The upload broke off or is not UTF-8 text ({e}). Nothing was changed."
+                            ),
+                        );
+                    }
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return message(
+                    StatusCode::BAD_REQUEST,
+                    "Not imported",
+                    &format!(
+                        "The upload could not be read ({e}); files up to {} MiB. Nothing was changed.",
+                        MAX_UPLOAD >> 20
+                    ),
+                );
+            }
+        }
+    }
+    let visit = match posted(&vault, &headers, &fields) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let name = fields
+        .get("collection")
+        .map(|c| c.trim())
+        .unwrap_or_default();
+    let collection = match CollectionName::parse(name) {
+        Ok(c) => c,
+        Err(e) => return message(StatusCode::BAD_REQUEST, "Not imported", &e.to_string()),
+    };
+    let Some(kind) = crate::pim::Kind::of(collection.as_str()) else {
+        return message(
+            StatusCode::BAD_REQUEST,
+            "Not imported",
+            "Contacts go into a collection named contacts (or contacts-…), calendars into calendar (or calendar-…).",
+        );
+    };
+    let text = fields.get("file").map(String::as_str).unwrap_or_default();
+    if text.trim().is_empty() {
+        return message(
+            StatusCode::BAD_REQUEST,
+            "Not imported",
+            "Choose a .vcf or .ics file.",
+        );
+    }
+    match crate::pim::import(&vault, &collection, kind, text).await {
+        Ok(report) => page(&ImportedPage {
+            csrf: visit.csrf,
+            collection: collection.to_string(),
+            report,
+        }),
+        Err(e) => message(
+            StatusCode::BAD_REQUEST,
+            "Not imported",
+            &format!("{e}. Nothing was changed."),
+        ),
+    }
 }
 
 struct RecordRow {
@@ -1438,8 +1566,14 @@ async fn resolve_conflict(
     }
     let mut patch = Map::new();
     patch.insert(field.clone(), value);
-    if let Err(e) = api::owner_write(&vault, &name, &id, crate::pim::Change::Merge(patch)) {
+    // The owner's write keeps a contact's or event's text in step; it writes nothing
+    // when the chosen value is the one that already wins, so the value is then written
+    // once more directly, which ends the conflict.
+    if let Err(e) = api::owner_write(&vault, &name, &id, crate::pim::Change::Merge(patch.clone())) {
         return failed(e);
+    }
+    if let Err(e) = vault.collections.patch(&name, &id, &patch) {
+        return failed(e.into());
     }
     if let Err(e) = vault.store.commit().await {
         return failed(e.into());

@@ -443,7 +443,13 @@ fn set_value(
         (Json::Array(_) | Json::Object(_), _) => put_new(doc, obj, key.into(), value),
         // Collaborative text stays text: only the characters that differ change.
         (Json::String(s), Some((Value::Object(ObjType::Text), text))) => doc.update_text(&text, s),
-        (scalar, Some((Value::Scalar(current), _))) if same_scalar(&current, scalar) => Ok(()),
+        // Unless the field is in conflict: writing the value that happens to win then
+        // is how a person chooses it, and must end the conflict.
+        (scalar, Some((Value::Scalar(current), _)))
+            if same_scalar(&current, scalar) && doc.get_all(obj, key)?.len() <= 1 =>
+        {
+            Ok(())
+        }
         (scalar, _) => doc.put(obj, key, json_to_scalar(scalar)),
     }
 }
@@ -493,6 +499,30 @@ mod tests {
 
     fn obj(v: Json) -> Map<String, Json> {
         v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn writing_the_winning_value_of_a_conflict_ends_it() {
+        let mut a = AutoCommit::new();
+        put_record(&mut a, "r", &obj(json!({"email": "x"}))).unwrap();
+        let mut b = a.fork();
+        patch_record(&mut a, "r", &obj(json!({"email": "from a"}))).unwrap();
+        patch_record(&mut b, "r", &obj(json!({"email": "from b"}))).unwrap();
+        a.merge(&mut b).unwrap();
+        let Some((_, record)) = a.get(ROOT, "r").unwrap() else {
+            panic!("no record")
+        };
+        assert_eq!(a.get_all(&record, "email").unwrap().len(), 2);
+        let winner = read_record(&a, "r").unwrap().unwrap()["email"].clone();
+        let mut choice = Map::new();
+        choice.insert("email".into(), winner.clone());
+        patch_record(&mut a, "r", &choice).unwrap();
+        assert_eq!(a.get_all(&record, "email").unwrap().len(), 1);
+        assert_eq!(read_record(&a, "r").unwrap().unwrap()["email"], winner);
+        // Without a conflict, an equal value still writes nothing.
+        let heads = a.get_heads();
+        patch_record(&mut a, "r", &choice).unwrap();
+        assert_eq!(a.get_heads(), heads);
     }
 
     #[test]

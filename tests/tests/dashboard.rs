@@ -190,11 +190,28 @@ impl<'a> Browser<'a> {
         typed.unwrap_or_else(|e| panic!("type into {css}: {e}"));
     }
 
+    /// Chooses `path` in the file input `css`.
+    fn attach(&self, css: &str, path: &Path) {
+        let element = self.find(css);
+        let typed = self
+            .rt
+            .block_on(element.send_keys(path.to_str().expect("a UTF-8 path")));
+        typed.unwrap_or_else(|e| panic!("choose a file in {css}: {e}"));
+    }
+
     /// Waits until the text of `css` contains `needle` (any case); returns the text.
     fn wait_text(&self, css: &str, needle: &str) -> String {
         let start = Instant::now();
         loop {
-            let text = self.text(css);
+            // The page may be replaced between finding the element and reading it (a
+            // form's answer still loading): that is "not yet", not a failure.
+            let text = self
+                .rt
+                .block_on(async {
+                    let element = self.client.find(Locator::Css(css)).await.ok()?;
+                    element.text().await.ok()
+                })
+                .unwrap_or_default();
             if text.to_lowercase().contains(&needle.to_lowercase()) {
                 return text;
             }
@@ -381,6 +398,18 @@ fn the_dashboard_in_a_browser() {
     );
     browser.goto("/data/contacts");
     assert!(browser.source().to_lowercase().contains("bob"), "no bob");
+    // A .vcf file imported from the data page.
+    browser.goto("/data");
+    let vcf = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pim/apple.vcf");
+    browser.attach("#import input[name=file]", &vcf);
+    browser.click("#import-button");
+    browser.wait_text("#import-report", "new");
+    browser.goto("/data/contacts");
+    assert!(
+        browser.source().contains("Lovelace"),
+        "the imported cards are listed"
+    );
+    browser.goto("/data");
     browser.screenshot("data.png");
 
     // Pairing from the dashboard: the code (and its QR) joins B, B shows online, and an
@@ -417,6 +446,47 @@ fn the_dashboard_in_a_browser() {
         (out.status.success() && record["name"] == "Ada Byron").then_some(())
     });
 
+    // Edits made apart: with B stopped, A and then B (alone, without the mesh) change
+    // the same field; once B is back, A's dashboard marks the conflict with both values,
+    // and the value chosen there ends it on both devices.
+    b.stop();
+    node.json(&["patch", "contacts", "ada", r#"{"email":"ada@a.example"}"#]);
+    let alone = spawn_node(b_home.path(), &["--no-mesh"]);
+    alone.json(&["patch", "contacts", "ada", r#"{"email":"ada@b.example"}"#]);
+    alone.stop();
+    let b = spawn_node(b_home.path(), &[]);
+    eventually("the conflict on A", || {
+        let (status, body) = api.send(api.request(
+            Method::GET,
+            "/v1/collections/contacts/records/ada/conflicts",
+        ));
+        (status == 200 && body["conflicts"]["email"].is_array()).then_some(())
+    });
+    browser.goto("/data/contacts/ada");
+    let conflicts = browser.text("#conflicts");
+    assert!(
+        conflicts.contains("ada@a.example") && conflicts.contains("ada@b.example"),
+        "{conflicts}"
+    );
+    browser.screenshot("conflict.png");
+    browser.click(r#"#conflicts form.resolve:has(input[value='"ada@b.example"']) button"#);
+    browser.wait_text("#record-json", "ada@b.example");
+    let start = Instant::now();
+    while browser.exists("#conflicts") {
+        assert!(
+            start.elapsed() < WAIT,
+            "the conflict stayed: {}",
+            browser.source()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        browser.goto("/data/contacts/ada");
+    }
+    eventually("the choice on B", || {
+        let out = b.run(&["--json", "get", "contacts", "ada"]);
+        let record: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (record["email"] == "ada@b.example").then_some(())
+    });
+
     // No session, a foreign Host, a cross-site form: refused, no grant made.
     let grants = || node.json(&["grants"]).as_array().expect("grants").clone();
     let before = grants().len();
@@ -445,6 +515,7 @@ fn the_dashboard_in_a_browser() {
     // Logging out ends the session.
     browser.goto("/");
     browser.click("#logout-button");
+    browser.wait_text("#message", "logged out");
     browser.goto("/grants");
     browser.find("#login-needed");
     browser.close();
@@ -537,6 +608,33 @@ fn sessions_csrf_and_headers_hold_without_a_browser() {
     assert_eq!(answer.status(), 200);
     assert!(answer.text().unwrap().contains("id=\"grant-token\""));
     assert_eq!(grants(), 1);
+
+    // A file, downloaded with the session (and not without it).
+    let file = t.path().join("portrait.bin");
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &bytes).unwrap();
+    let blob = node.json(&["blob", "put", file.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let download = http
+        .get(format!("{base}/data/blobs/{blob}"))
+        .header("Cookie", &cookie)
+        .send()
+        .unwrap();
+    assert_eq!(download.status(), 200);
+    assert!(
+        download.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment")
+    );
+    assert_eq!(download.bytes().unwrap().as_ref(), &bytes[..]);
+    let anonymous = http
+        .get(format!("{base}/data/blobs/{blob}"))
+        .send()
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
 
     let foreign = http
         .get(format!("{base}/grants"))
