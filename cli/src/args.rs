@@ -280,8 +280,16 @@ pub enum BlobCommand {
 pub enum DevicesCommand {
     /// Remove a device: it gets nothing written from now on, on every device
     Remove {
-        /// The device's PeerId (see `hearth devices`)
-        peer_id: String,
+        /// The device: its PeerId, a unique start of it, or its name if no other device
+        /// has it (see `hearth devices`)
+        device: String,
+    },
+    /// Give a device a name (every device shows it once it syncs)
+    Rename {
+        /// The device: its PeerId, a unique start of it, or its unique name
+        device: String,
+        /// The new name (1 to 64 characters)
+        name: String,
     },
 }
 

@@ -286,6 +286,38 @@ async fn print_started(
     out("Stop with Ctrl-C.")
 }
 
+/// The PeerId of the device a person named: a whole PeerId, a start of one that only
+/// one device has, or a name that only one device has.
+async fn device_id(home: &Home, client: &Client, given: &str) -> anyhow::Result<String> {
+    let devices: Vec<DeviceInfo> = client
+        .json(home, client.request(Method::GET, "/v1/devices"))
+        .await?;
+    if devices.iter().any(|d| d.id == given) {
+        return Ok(given.to_owned());
+    }
+    let by_prefix: Vec<&DeviceInfo> = devices.iter().filter(|d| d.id.starts_with(given)).collect();
+    let by_name: Vec<&DeviceInfo> = devices.iter().filter(|d| d.name == given).collect();
+    let found = if given.len() >= 4 && !by_prefix.is_empty() {
+        by_prefix
+    } else {
+        by_name
+    };
+    match found.as_slice() {
+        [one] => Ok(one.id.clone()),
+        [] => anyhow::bail!(
+            "no device of this vault is called {given:?} or has a PeerId starting with it (see `hearth devices`)"
+        ),
+        many => anyhow::bail!(
+            "{given:?} could be any of {} devices: {}; give more of the PeerId",
+            many.len(),
+            many.iter()
+                .map(|d| d.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 async fn join(
     home: &Home,
     json: bool,
@@ -477,8 +509,27 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
             }
         }
         Command::Devices {
-            command: Some(DevicesCommand::Remove { peer_id }),
+            command: Some(DevicesCommand::Rename { device, name }),
         } => {
+            let peer_id = device_id(home, &client, &device).await?;
+            client
+                .send(
+                    home,
+                    client
+                        .request(Method::PATCH, &format!("/v1/devices/{}", seg(&peer_id)))
+                        .json(&serde_json::json!({ "name": name })),
+                )
+                .await?;
+            if json {
+                out_json(&serde_json::json!({ "id": peer_id, "name": name.trim() }))?;
+            } else {
+                out(format!("device {peer_id} is now called {:?}", name.trim()))?;
+            }
+        }
+        Command::Devices {
+            command: Some(DevicesCommand::Remove { device }),
+        } => {
+            let peer_id = device_id(home, &client, &device).await?;
             client
                 .send(
                     home,

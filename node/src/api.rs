@@ -66,7 +66,10 @@ pub fn router(vault: Arc<Vault>) -> Router {
         )
         .route("/v1/devices", get(list_devices))
         .route("/v1/devices/invite", post(create_invite))
-        .route("/v1/devices/{peer}", axum::routing::delete(remove_device))
+        .route(
+            "/v1/devices/{peer}",
+            axum::routing::delete(remove_device).patch(rename_device),
+        )
         .route("/v1/blobs", get(list_blobs).post(put_blob))
         .route("/v1/blobs/{id}", get(get_blob))
         .route("/v1/grants", get(list_grants).post(create_grant))
@@ -434,6 +437,46 @@ pub(crate) async fn device_remove(vault: &AppState, raw: &str) -> Result<(), Api
     }
     blocking(vault, move |v| {
         if crate::devices::remove(&v.collections, &peer)? {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("no device {peer} in this vault"),
+            ))
+        }
+    })
+    .await?;
+    vault.store.commit().await?;
+    Ok(())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenameRequest {
+    name: String,
+}
+
+async fn rename_device(
+    State(vault): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let raw = path_param(path)?;
+    let request: RenameRequest = read_typed_body(&vault, body).await?;
+    device_rename(&vault, &raw, &request.name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Gives a device (by its PeerId) a new name.
+pub(crate) async fn device_rename(vault: &AppState, raw: &str, name: &str) -> Result<(), ApiError> {
+    let peer: libp2p::PeerId = raw
+        .parse()
+        .map_err(|_| ApiError::new(ErrorCode::InvalidId, format!("{raw:?} is not a PeerId")))?;
+    let name = crate::devices::valid_name(name)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, e))?
+        .to_owned();
+    blocking(vault, move |v| {
+        if crate::devices::rename(&v.collections, &peer, &name)? {
             Ok(())
         } else {
             Err(ApiError::new(

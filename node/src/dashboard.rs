@@ -160,6 +160,7 @@ pub fn routes() -> Router<AppState> {
         .route("/devices", get(devices_page))
         .route("/devices/pair", post(pair))
         .route("/devices/{peer}/remove", post(remove_device))
+        .route("/devices/{peer}/rename", post(rename_device))
         .route("/grants", get(grants_page).post(create_grant))
         .route("/grants/preview", post(preview_grant))
         .route("/grants/{id}/revoke", post(revoke_grant))
@@ -595,6 +596,22 @@ async fn remove_device(
         return r;
     }
     match api::device_remove(&vault, &peer).await {
+        Ok(()) => Redirect::to("/devices").into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+async fn rename_device(
+    State(vault): State<AppState>,
+    headers: HeaderMap,
+    Path(peer): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = posted(&vault, &headers, &form) {
+        return r;
+    }
+    let name = form.get("name").map(String::as_str).unwrap_or_default();
+    match api::device_rename(&vault, &peer, name).await {
         Ok(()) => Redirect::to("/devices").into_response(),
         Err(e) => failed(e),
     }

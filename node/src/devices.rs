@@ -141,6 +141,40 @@ pub fn add(collections: &Collections, peer: &PeerId, name: &str) -> Result<bool,
     Ok(true)
 }
 
+/// The longest device name, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+
+/// Checks a device name a person chose: 1 to 64 characters, no control characters,
+/// not only spaces. Returns it trimmed.
+pub fn valid_name(name: &str) -> Result<&str, String> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err("a device name cannot be empty".into());
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(format!(
+            "a device name has at most {MAX_NAME_CHARS} characters"
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("a device name cannot hold control characters".into());
+    }
+    Ok(name)
+}
+
+/// Renames a device; `false` if it is not listed. Durable only after the store commits.
+pub fn rename(
+    collections: &Collections,
+    peer: &PeerId,
+    name: &str,
+) -> Result<bool, CollectionError> {
+    let mut patch = Map::new();
+    patch.insert("name".into(), json!(name));
+    Ok(collections
+        .patch(&collection(), &record_id(peer), &patch)?
+        .is_some())
+}
+
 /// Marks a device removed; `false` if it is not listed.
 pub fn remove(collections: &Collections, peer: &PeerId) -> Result<bool, CollectionError> {
     let mut patch = Map::new();

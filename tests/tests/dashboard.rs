@@ -245,6 +245,12 @@ impl<'a> Browser<'a> {
         std::fs::write(dir.join(name), png).expect("write a screenshot");
     }
 
+    /// Makes the window `width` × `height` CSS pixels (a phone: 390 × 844).
+    fn resize(&self, width: u32, height: u32) {
+        let resized = self.rt.block_on(self.client.set_window_size(width, height));
+        resized.unwrap_or_else(|e| panic!("resize the window: {e}"));
+    }
+
     fn close(self) {
         let closed = self.rt.block_on(self.client.close());
         closed.expect("close the browser session");
@@ -438,6 +444,23 @@ fn the_dashboard_in_a_browser() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+    // Both devices get names of their own from the page.
+    for (peer, name) in [(&node.peer_id, "home server"), (&b.peer_id, "laptop")] {
+        let form = format!(r#"form.rename[action="/devices/{peer}/rename"]"#);
+        browser.fill(&format!("{form} input[name=name]"), name);
+        browser.click(&format!("{form} button"));
+        browser.wait_text(&format!(r#"tr[data-peer="{peer}"]"#), name);
+    }
+    browser.screenshot("devices.png");
+    eventually("the new names on B", || {
+        let devices = b.json(&["devices"]);
+        let names: Vec<&str> = devices
+            .as_array()?
+            .iter()
+            .filter_map(|d| d["name"].as_str())
+            .collect();
+        (names.contains(&"home server") && names.contains(&"laptop")).then_some(())
+    });
     let ada_byron = r#"{"name":"Ada Byron","email":"ada@example.org","tags":["math"]}"#;
     edit_record(&browser, "ada", ada_byron, "Ada Byron");
     eventually("the dashboard's edit on B", || {
@@ -511,6 +534,14 @@ fn the_dashboard_in_a_browser() {
     let after = grants();
     assert!(after.iter().all(|g| g["service"] != "evil"), "{after:?}");
     assert_eq!(after.len(), before);
+
+    // On a phone's screen.
+    browser.resize(390, 844);
+    browser.goto("/grants");
+    browser.screenshot("phone-grants.png");
+    browser.goto("/");
+    browser.screenshot("phone-overview.png");
+    browser.resize(1280, 900);
 
     // Logging out ends the session.
     browser.goto("/");

@@ -720,3 +720,31 @@ fn text_edits_through_http_apply_in_order_and_bad_ones_change_nothing() {
     );
     node.stop();
 }
+
+/// `hearth devices rename` finds a device by a unique start of its PeerId or by its
+/// name, trims the new name, and refuses an empty, over-long or control-character name
+/// (changing nothing).
+#[test]
+fn a_device_is_renamed_by_a_start_of_its_peer_id_or_by_its_name() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let name = || node.json(&["devices"])[0]["name"].clone();
+    node.json(&["devices", "rename", &node.peer_id[..12], "home server"]);
+    assert_eq!(name(), "home server");
+    node.json(&["devices", "rename", "home server", "  attic  "]);
+    assert_eq!(name(), "attic");
+    let long = "x".repeat(65);
+    for (args, needle) in [
+        (vec!["devices", "rename", "attic", " "], "empty"),
+        (vec!["devices", "rename", "attic", long.as_str()], "64"),
+        (vec!["devices", "rename", "attic", "a\u{7}b"], "control"),
+        (vec!["devices", "rename", "cellar", "x"], "no device"),
+    ] {
+        let out = node.run(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains(needle), "{args:?}: {said}");
+    }
+    assert_eq!(name(), "attic");
+    node.stop();
+}
