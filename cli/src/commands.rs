@@ -1063,6 +1063,16 @@ fn print_status(status: &StatusResponse) -> anyhow::Result<()> {
         out(format!("collections  {}", collections.join(", ")))?;
     }
     out(format!("blobs    {}", status.blobs))?;
+    if !status.arriving.is_empty() {
+        let size: u64 = status.arriving.iter().map(|a| a.size).sum();
+        let received: u64 = status.arriving.iter().map(|a| a.received).sum();
+        out(format!(
+            "arriving {} blobs from other devices: {} of {} bytes here",
+            status.arriving.len(),
+            received,
+            size
+        ))?;
+    }
     for addr in &status.listen_addrs {
         out(format!("listen   {addr}"))?;
     }

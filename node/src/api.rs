@@ -316,8 +316,12 @@ async fn status(State(vault): State<AppState>) -> Result<Json<StatusResponse>, A
 
 /// What `GET /v1/status` answers (also the dashboard's overview).
 pub(crate) async fn status_of(vault: &AppState) -> Result<StatusResponse, ApiError> {
-    let (collections, blobs) = blocking(vault, |v| {
-        Ok((v.collections.list()?, v.blobs.count() as u64))
+    let (collections, blobs, arriving) = blocking(vault, |v| {
+        Ok((
+            v.collections.list()?,
+            v.blobs.count() as u64,
+            v.blobs.arriving(&v.collections)?,
+        ))
     })
     .await?;
     let devices = devices_view(vault).await?;
@@ -342,6 +346,7 @@ pub(crate) async fn status_of(vault: &AppState) -> Result<StatusResponse, ApiErr
         blobs,
         listen_addrs,
         devices,
+        arriving,
         lan: vault
             .lan
             .as_ref()
@@ -426,17 +431,34 @@ async fn remove_device(
 
 /// Removes a device (by its PeerId) from the vault.
 pub(crate) async fn device_remove(vault: &AppState, raw: &str) -> Result<(), ApiError> {
-    let peer: libp2p::PeerId = raw
-        .parse()
-        .map_err(|_| ApiError::new(ErrorCode::InvalidId, format!("{raw:?} is not a PeerId")))?;
+    let peer = peer_of(raw)?;
     if peer == vault.keys.peer_id() {
         return Err(ApiError::new(
             ErrorCode::Conflict,
             "a device cannot remove itself; remove it from another device",
         ));
     }
+    change_device(vault, peer, crate::devices::remove).await
+}
+
+fn peer_of(raw: &str) -> Result<libp2p::PeerId, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::new(ErrorCode::InvalidId, format!("{raw:?} is not a PeerId")))
+}
+
+/// Applies `change` to a device of the list and commits; `404` if it is not listed.
+async fn change_device(
+    vault: &AppState,
+    peer: libp2p::PeerId,
+    change: impl FnOnce(
+        &crate::collections::Collections,
+        &libp2p::PeerId,
+    ) -> Result<bool, CollectionError>
+    + Send
+    + 'static,
+) -> Result<(), ApiError> {
     blocking(vault, move |v| {
-        if crate::devices::remove(&v.collections, &peer)? {
+        if change(&v.collections, &peer)? {
             Ok(())
         } else {
             Err(ApiError::new(
@@ -469,25 +491,11 @@ async fn rename_device(
 
 /// Gives a device (by its PeerId) a new name.
 pub(crate) async fn device_rename(vault: &AppState, raw: &str, name: &str) -> Result<(), ApiError> {
-    let peer: libp2p::PeerId = raw
-        .parse()
-        .map_err(|_| ApiError::new(ErrorCode::InvalidId, format!("{raw:?} is not a PeerId")))?;
+    let peer = peer_of(raw)?;
     let name = crate::devices::valid_name(name)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, e))?
         .to_owned();
-    blocking(vault, move |v| {
-        if crate::devices::rename(&v.collections, &peer, &name)? {
-            Ok(())
-        } else {
-            Err(ApiError::new(
-                ErrorCode::NotFound,
-                format!("no device {peer} in this vault"),
-            ))
-        }
-    })
-    .await?;
-    vault.store.commit().await?;
-    Ok(())
+    change_device(vault, peer, move |c, p| crate::devices::rename(c, p, &name)).await
 }
 
 async fn list_collections(
@@ -705,7 +713,23 @@ async fn get_blob(
 pub(crate) async fn blob_response(vault: &AppState, id: &str) -> Result<Response, ApiError> {
     let id =
         BlobId::parse(id).map_err(|e| ApiError::new(ErrorCode::InvalidBlobId, e.to_string()))?;
-    let mut reader = vault.blobs.open_blob(id)?;
+    let mut reader = match vault.blobs.open_blob(id) {
+        Ok(reader) => reader,
+        Err(BlobError::NotFound(_)) => {
+            let listed = blocking(vault, |v| Ok(v.blobs.arriving(&v.collections)?)).await?;
+            return Err(match listed.iter().find(|a| a.id == id.to_string()) {
+                Some(a) => ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "blob {id} is still arriving from another device of the vault ({} of {} bytes here)",
+                        a.received, a.size
+                    ),
+                ),
+                None => BlobError::NotFound(id).into(),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
     let size = reader.size();
     // The first chunk is read before answering, so a corrupt blob gets an error
     // status, not a 200 that breaks off. A later bad chunk aborts the transfer.

@@ -114,6 +114,8 @@ impl BlobError {
 }
 
 pub struct Blobs {
+    /// Blobs being fetched from another device: bytes here so far, of how many.
+    fetching: std::sync::Mutex<std::collections::HashMap<BlobId, (u64, u64)>>,
     dir: PathBuf,
     manifests: SealedTree,
     keys: Arc<VaultKeys>,
@@ -124,6 +126,7 @@ impl Blobs {
     pub fn open(dir: PathBuf, store: Arc<Store>, keys: Arc<VaultKeys>) -> Result<Self, BlobError> {
         crate::home::create_private_dir(&dir).map_err(|source| io_error(&dir, source))?;
         Ok(Self {
+            fetching: Default::default(),
             manifests: store.tree("blobs")?,
             dir,
             keys,
@@ -208,6 +211,63 @@ impl Blobs {
             out.push(BlobInfo {
                 id: id.to_string(),
                 size: manifest.size,
+            });
+        }
+        Ok(out)
+    }
+
+    fn fetching(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<BlobId, (u64, u64)>> {
+        // Plain counters: a panic elsewhere cannot leave them inconsistent.
+        self.fetching.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes that `received` of a blob's `size` bytes are here (a fetch in progress).
+    pub fn note_fetching(&self, id: BlobId, received: u64, size: u64) {
+        self.fetching().insert(id, (received.min(size), size));
+    }
+
+    /// Adds `bytes` to a fetch in progress.
+    pub fn note_received(&self, id: BlobId, bytes: u64) {
+        if let Some((received, size)) = self.fetching().get_mut(&id) {
+            *received = (*received + bytes).min(*size);
+        }
+    }
+
+    /// The fetch of `id` ended (whole, or broken off: then it starts again later).
+    pub fn fetch_ended(&self, id: BlobId) {
+        self.fetching().remove(&id);
+    }
+
+    /// Blobs listed in `_blobs` (by any device) that are not here whole, with how much
+    /// of each has arrived.
+    pub fn arriving(
+        &self,
+        collections: &Collections,
+    ) -> Result<Vec<hearth_protocol::api::ArrivingBlob>, BlobError> {
+        let mut out = Vec::new();
+        for record in collections
+            .records(&blob_list())
+            .map_err(|e| BlobError::Internal(e.to_string()))?
+        {
+            let Some(id) = record
+                .get("id")
+                .and_then(serde_json::Value::as_str)
+                .and_then(|id| BlobId::parse(id).ok())
+            else {
+                continue;
+            };
+            if self.has_blob(id)? {
+                continue;
+            }
+            let listed = record
+                .get("size")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            let (received, size) = self.fetching().get(&id).copied().unwrap_or((0, listed));
+            out.push(hearth_protocol::api::ArrivingBlob {
+                id: id.to_string(),
+                size,
+                received,
             });
         }
         Ok(out)
@@ -502,6 +562,39 @@ mod tests {
             out.extend_from_slice(&chunk?);
         }
         Ok(out)
+    }
+
+    /// A blob another device listed is "arriving" until it is here whole, with the
+    /// progress of its fetch; a blob that is here is not.
+    #[tokio::test]
+    async fn blobs_listed_elsewhere_arrive_with_their_progress() {
+        let vault = TestVault::new();
+        let blobs = blobs(&vault);
+        let collections = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let here = blobs
+            .put(body(&pattern(5000, 1), 1000), u64::MAX)
+            .await
+            .unwrap();
+        let here_id = BlobId::parse(&here.id).unwrap();
+        announce(&collections, &here_id, here.size).unwrap();
+        let away = BlobId([7; 32]);
+        announce(&collections, &away, 3 << 20).unwrap();
+        let arriving = blobs.arriving(&collections).unwrap();
+        assert_eq!(arriving.len(), 1, "{arriving:?}");
+        assert_eq!(arriving[0].id, away.to_string());
+        assert_eq!((arriving[0].received, arriving[0].size), (0, 3 << 20));
+        blobs.note_fetching(away, 1 << 20, 3 << 20);
+        blobs.note_received(away, 1 << 20);
+        let arriving = blobs.arriving(&collections).unwrap();
+        assert_eq!(arriving[0].received, 2 << 20);
+        blobs.note_received(away, 5 << 20);
+        assert_eq!(
+            blobs.arriving(&collections).unwrap()[0].received,
+            3 << 20,
+            "never past the size"
+        );
+        blobs.fetch_ended(away);
+        assert_eq!(blobs.arriving(&collections).unwrap()[0].received, 0);
     }
 
     fn chunk_files(dir: &Path) -> Vec<PathBuf> {

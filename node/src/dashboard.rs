@@ -453,7 +453,15 @@ struct OverviewPage {
     records: u64,
     blobs: usize,
     blob_bytes: String,
+    arriving: Vec<ArrivingRow>,
     warnings: Vec<String>,
+}
+
+struct ArrivingRow {
+    id: String,
+    received: u64,
+    size: u64,
+    words: String,
 }
 
 async fn overview(State(vault): State<AppState>, headers: HeaderMap) -> Response {
@@ -523,6 +531,16 @@ async fn overview(State(vault): State<AppState>, headers: HeaderMap) -> Response
         records: status.collections.iter().map(|c| c.records).sum(),
         blobs,
         blob_bytes: bytes(blob_bytes),
+        arriving: status
+            .arriving
+            .iter()
+            .map(|a| ArrivingRow {
+                id: a.id.clone(),
+                received: a.received,
+                size: a.size.max(1),
+                words: format!("{} of {}", bytes(a.received), bytes(a.size)),
+            })
+            .collect(),
         warnings,
     })
 }

@@ -123,6 +123,15 @@ pub struct BlobInfo {
     pub size: u64,
 }
 
+/// A blob another device listed that this device does not hold whole yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArrivingBlob {
+    pub id: String,
+    pub size: u64,
+    /// Bytes already here (0 until a device that has it is connected).
+    pub received: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusResponse {
     /// Version of the node software.
@@ -137,6 +146,9 @@ pub struct StatusResponse {
     pub listen_addrs: Vec<String>,
     /// The vault's devices, with what this node knows of each.
     pub devices: Vec<DeviceInfo>,
+    /// Blobs listed by other devices and still arriving here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub arriving: Vec<ArrivingBlob>,
     /// The API on the LAN over TLS (`hearth up --lan`), if served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lan: Option<LanStatus>,

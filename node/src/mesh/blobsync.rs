@@ -216,6 +216,22 @@ impl BlobSync {
         };
         let total = manifest.chunks.len();
         tracing::info!(blob = %id, size = manifest.size, chunks = total, %peer, "fetching a blob");
+        let fetched = self.fetch_chunks(&mut stream, id, &manifest).await;
+        self.vault.blobs.fetch_ended(id);
+        fetched?;
+        self.vault.blobs.store_manifest(id, &manifest).await?;
+        tracing::info!(blob = %id, "blob arrived");
+        Ok(())
+    }
+
+    /// Fetches the chunks of `manifest` this device lacks, noting the progress.
+    async fn fetch_chunks(
+        &self,
+        stream: &mut libp2p::Stream,
+        id: BlobId,
+        manifest: &Manifest,
+    ) -> Result<(), FetchError> {
+        let total = manifest.chunks.len();
         // Chunks already here (a resumed transfer, or shared content) are not asked for.
         let needed: Vec<(usize, [u8; 32])> = manifest
             .chunks
@@ -224,18 +240,25 @@ impl BlobSync {
             .filter(|(_, hash)| !self.vault.blobs.has_chunk(hash))
             .map(|(index, hash)| (index, *hash))
             .collect();
+        let missing: u64 = needed
+            .iter()
+            .map(|(index, _)| manifest.chunk_len(*index) as u64)
+            .sum();
+        self.vault
+            .blobs
+            .note_fetching(id, manifest.size.saturating_sub(missing), manifest.size);
         // Requests are pipelined (the peer answers them in order) and each chunk is
         // sealed and written while the next ones travel: a round trip and a write per
         // chunk in series would leave the link idle most of the time.
         let mut asked = 0;
         while asked < needed.len().min(REQUESTS_IN_FLIGHT) {
-            send(&mut stream, BlobRequest::GetChunk(needed[asked].1)).await?;
+            send(stream, BlobRequest::GetChunk(needed[asked].1)).await?;
             asked += 1;
         }
         let writing = Arc::new(Semaphore::new(CHUNKS_BEING_WRITTEN));
         let mut writes = JoinSet::new();
         for (done, &(index, hash)) in needed.iter().enumerate() {
-            let bytes = match receive(&mut stream).await? {
+            let bytes = match receive(stream).await? {
                 BlobResponse::Chunk(bytes) => bytes,
                 BlobResponse::NotFound => return Err(FetchError::NotFound),
                 BlobResponse::Manifest(_) => {
@@ -250,7 +273,7 @@ impl BlobSync {
                 )));
             }
             if asked < needed.len() {
-                send(&mut stream, BlobRequest::GetChunk(needed[asked].1)).await?;
+                send(stream, BlobRequest::GetChunk(needed[asked].1)).await?;
                 asked += 1;
             }
             let permit = writing
@@ -259,9 +282,13 @@ impl BlobSync {
                 .await
                 .expect("the semaphore is never closed");
             let vault = self.vault.clone();
+            let len = bytes.len() as u64;
             writes.spawn(async move {
                 let stored = vault.blobs.store_chunk(hash, Bytes::from(bytes)).await;
                 drop(permit);
+                if stored.is_ok() {
+                    vault.blobs.note_received(id, len);
+                }
                 stored
             });
             while let Some(written) = writes.try_join_next() {
@@ -272,8 +299,6 @@ impl BlobSync {
         while let Some(written) = writes.join_next().await {
             written.map_err(|e| FetchError::Stream(format!("a chunk write failed: {e}")))??;
         }
-        self.vault.blobs.store_manifest(id, &manifest).await?;
-        tracing::info!(blob = %id, "blob arrived");
         Ok(())
     }
 }
