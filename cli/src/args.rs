@@ -94,8 +94,21 @@ pub enum Command {
         #[arg(num_args = 1..=2, required = true, value_name = "[ID] JSON|@FILE|-")]
         rest: Vec<String>,
     },
-    /// Print a record
+    /// Print a record (and say which of its fields were edited on two devices at once)
     Get { collection: String, id: String },
+    /// List records with fields edited differently on two devices while they were apart
+    Conflicts {
+        /// Only this collection (default: every collection)
+        collection: Option<String>,
+    },
+    /// Choose the value of a field in conflict (it becomes the value on every device)
+    Resolve {
+        collection: String,
+        id: String,
+        field: String,
+        /// The value: JSON (`"text"`, 3, true, {...}), or else taken as text
+        value: String,
+    },
     /// Merge fields into a record (JSON Merge Patch: null removes a field)
     Patch {
         collection: String,

@@ -10,9 +10,9 @@ use hearth_node::home::Home;
 use hearth_node::keys::Passphrase;
 use hearth_node::{Node, NodeConfig};
 use hearth_protocol::api::{
-    AuditEntry, BlobInfo, BlobWritten, CollectionInfo, DeviceInfo, GrantCreated, GrantInfo,
-    GrantRequest, InitReport, InviteResponse, JoinReport, PassphraseReport, PutResponse, Removed,
-    RevokeResponse, StatusResponse, TokenResponse, UpReport, VerifyResponse,
+    AuditEntry, BlobInfo, BlobWritten, CollectionInfo, ConflictsResponse, DeviceInfo, GrantCreated,
+    GrantInfo, GrantRequest, InitReport, InviteResponse, JoinReport, PassphraseReport, PutResponse,
+    Removed, RevokeResponse, StatusResponse, TokenResponse, UpReport, VerifyResponse,
 };
 use hearth_protocol::scope::{Fields, Narrowing, Scope};
 use reqwest::Method;
@@ -426,6 +426,91 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
                 .json(
                     home,
                     client.request(Method::GET, &record_path(&collection, &id)?),
+                )
+                .await?;
+            print_value(json, &record)?;
+            if !json {
+                let path = format!("{}/conflicts", record_path(&collection, &id)?);
+                let conflicts: ConflictsResponse = client
+                    .json(home, client.request(Method::GET, &path))
+                    .await?;
+                if !conflicts.conflicts.is_empty() {
+                    let fields: Vec<&str> =
+                        conflicts.conflicts.keys().map(String::as_str).collect();
+                    note(format!(
+                        "edited on two devices at once: {} (see `hearth conflicts {collection}`)",
+                        fields.join(", ")
+                    ));
+                }
+            }
+        }
+        Command::Conflicts { collection } => {
+            let names: Vec<String> = match collection {
+                Some(name) => vec![name],
+                None => {
+                    let all: Vec<CollectionInfo> = client
+                        .json(home, client.request(Method::GET, "/v1/collections"))
+                        .await?;
+                    all.into_iter()
+                        .map(|c| c.name)
+                        .filter(|n| !n.starts_with('_'))
+                        .collect()
+                }
+            };
+            let mut found = Vec::new();
+            for name in names {
+                let path = format!("/v1/collections/{}/conflicts", seg(&name));
+                let records: Vec<ConflictsResponse> = client
+                    .json(home, client.request(Method::GET, &path))
+                    .await?;
+                for record in records {
+                    found.push(serde_json::json!({
+                        "collection": name,
+                        "id": record.id,
+                        "conflicts": record.conflicts,
+                    }));
+                }
+            }
+            if json {
+                out_json(&found)?;
+            } else if found.is_empty() {
+                note("no record has conflicting edits");
+            } else {
+                for record in &found {
+                    out(format!(
+                        "{}/{}",
+                        record["collection"].as_str().unwrap_or_default(),
+                        record["id"].as_str().unwrap_or_default()
+                    ))?;
+                    if let Some(fields) = record["conflicts"].as_object() {
+                        for (field, values) in fields {
+                            let values: Vec<String> = values
+                                .as_array()
+                                .map(|v| v.iter().map(Value::to_string).collect())
+                                .unwrap_or_default();
+                            out(format!("  {field}: {}", values.join("  |  ")))?;
+                        }
+                    }
+                }
+                note(
+                    "choose with `hearth resolve COLLECTION ID FIELD VALUE` (the first value is the one shown now)",
+                );
+            }
+        }
+        Command::Resolve {
+            collection,
+            id,
+            field,
+            value,
+        } => {
+            let value: Value = serde_json::from_str(&value).unwrap_or(Value::String(value));
+            let path = format!("{}/resolve", record_path(&collection, &id)?);
+            let record: Value = client
+                .json(
+                    home,
+                    client
+                        .request(Method::POST, &path)
+                        .json(&serde_json::json!({ "field": field, "value": value })),
                 )
                 .await?;
             print_value(json, &record)?;

@@ -61,6 +61,14 @@ pub fn router(vault: Arc<Vault>) -> Router {
             get(record_conflicts),
         )
         .route(
+            "/v1/collections/{collection}/records/{id}/resolve",
+            post(resolve_record),
+        )
+        .route(
+            "/v1/collections/{collection}/conflicts",
+            get(collection_conflicts),
+        )
+        .route(
             "/v1/collections/{collection}/records/{id}/text",
             post(edit_text),
         )
@@ -679,6 +687,72 @@ async fn record_conflicts(
         id: id.to_string(),
         conflicts,
     }))
+}
+
+async fn collection_conflicts(
+    State(vault): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Vec<ConflictsResponse>>, ApiError> {
+    let collection = collection_name(&path_param(path)?)?;
+    let all = blocking(&vault, move |v| {
+        Ok(v.collections.all_conflicts(&collection)?)
+    })
+    .await?;
+    Ok(Json(
+        all.into_iter()
+            .map(|(id, conflicts)| ConflictsResponse { id, conflicts })
+            .collect(),
+    ))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveRequest {
+    field: String,
+    value: Value,
+}
+
+async fn resolve_record(
+    State(vault): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let (collection, id) = record_path(path)?;
+    let collection = writable(collection)?;
+    let request: ResolveRequest = read_typed_body(&vault, body).await?;
+    resolve(&vault, &collection, &id, &request.field, request.value).await?;
+    vault
+        .collections
+        .get(&collection, &id)?
+        .ok_or_else(|| record_not_found(&collection, &id))
+        .map(Json)
+}
+
+/// Writes the value a person chose for a field in conflict, which ends the conflict
+/// (also when it is the value that wins already). A contact's or event's text follows.
+pub(crate) async fn resolve(
+    vault: &AppState,
+    collection: &CollectionName,
+    id: &RecordId,
+    field: &str,
+    value: Value,
+) -> Result<(), ApiError> {
+    if field.is_empty() || field == "id" {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "field must name a field of the record (not \"id\")",
+        ));
+    }
+    let mut patch = Map::new();
+    patch.insert(field.to_owned(), value);
+    // The owner's write keeps text and fields in step but writes nothing for a value
+    // equal to the winning one; writing the field directly as well ends the conflict.
+    owner_write(vault, collection, id, pim::Change::Merge(patch.clone()))?;
+    if vault.collections.patch(collection, id, &patch)?.is_none() {
+        return Err(record_not_found(collection, id));
+    }
+    vault.store.commit().await?;
+    Ok(())
 }
 
 async fn list_blobs(State(vault): State<AppState>) -> Result<Json<Vec<BlobInfo>>, ApiError> {

@@ -67,6 +67,9 @@ impl CollectionError {
 /// push them to other devices. A receiver that lags should resync every collection.
 const CHANGE_CHANNEL: usize = 1024;
 
+/// A record's id and its fields in conflict, each with every competing value.
+pub type RecordConflicts = (String, Map<String, Json>);
+
 pub struct Collections {
     store: Arc<Store>,
     names: SealedTree,
@@ -297,6 +300,25 @@ impl Collections {
             let conflicts =
                 records::record_conflicts(&c.doc, id.as_str()).map_err(|e| c.automerge(e))?;
             Ok(Some(conflicts))
+        })
+    }
+
+    /// Every record of a collection with fields in conflict, by id, with the competing
+    /// values of each such field (as [`Collections::conflicts`]).
+    pub fn all_conflicts(
+        &self,
+        name: &CollectionName,
+    ) -> Result<Vec<RecordConflicts>, CollectionError> {
+        self.with(name, |c| {
+            let mut out = Vec::new();
+            for id in records::record_ids(&c.doc) {
+                let conflicts =
+                    records::record_conflicts(&c.doc, &id).map_err(|e| c.automerge(e))?;
+                if !conflicts.is_empty() {
+                    out.push((id, conflicts));
+                }
+            }
+            Ok(out)
         })
     }
 

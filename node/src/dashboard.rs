@@ -185,8 +185,16 @@ pub fn routes() -> Router<AppState> {
 /// `POST /v1/dashboard/login` (owner): a one-time login link.
 pub async fn login_link(State(vault): State<AppState>) -> axum::Json<Value> {
     let code = vault.dashboard.new_link();
+    // An API bound to every address (`--api-public`) is reached on loopback here.
+    let mut addr = vault.api_addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
     axum::Json(serde_json::json!({
-        "url": format!("http://{}/login/{code}", vault.api_addr),
+        "url": format!("http://{addr}/login/{code}"),
     }))
 }
 
@@ -803,6 +811,20 @@ struct GrantPreviewPage {
     collections: Vec<PreviewCollection>,
 }
 
+/// "every field", or "the fields a, b" / "the field a".
+fn field_words(fields: &hearth_protocol::scope::Fields) -> String {
+    match fields {
+        hearth_protocol::scope::Fields::All => "every field".to_owned(),
+        hearth_protocol::scope::Fields::Only(set) => {
+            let names: Vec<String> = set.iter().map(ToString::to_string).collect();
+            match names.as_slice() {
+                [one] => format!("the field {one}"),
+                _ => format!("the fields {}", names.join(", ")),
+            }
+        }
+    }
+}
+
 /// At most this many projected records per collection in a preview.
 const PREVIEW_RECORDS: usize = 20;
 
@@ -867,22 +889,14 @@ async fn preview_grant(
             words.push(format!(
                 "{} will see {} of {filter} in {name}.",
                 form.service,
-                if read.to_string() == "*" {
-                    "every field".to_owned()
-                } else {
-                    format!("the fields {read}")
-                }
+                field_words(read)
             ));
         }
         if let Some(write) = &c.write {
             words.push(format!(
                 "{} may change {} of {filter} in {name}, and create records there.",
                 form.service,
-                if write.to_string() == "*" {
-                    "every field".to_owned()
-                } else {
-                    format!("the fields {write}")
-                }
+                field_words(write)
             ));
         }
         if c.read.is_some() {
@@ -1592,26 +1606,8 @@ async fn resolve_conflict(
             "That value is not JSON.",
         );
     };
-    if field == "id" || field.is_empty() {
-        return message(
-            StatusCode::FORBIDDEN,
-            "Refused",
-            "That field cannot be written here.",
-        );
-    }
-    let mut patch = Map::new();
-    patch.insert(field.clone(), value);
-    // The owner's write keeps a contact's or event's text in step; it writes nothing
-    // when the chosen value is the one that already wins, so the value is then written
-    // once more directly, which ends the conflict.
-    if let Err(e) = api::owner_write(&vault, &name, &id, crate::pim::Change::Merge(patch.clone())) {
+    if let Err(e) = api::resolve(&vault, &name, &id, field, value).await {
         return failed(e);
-    }
-    if let Err(e) = vault.collections.patch(&name, &id, &patch) {
-        return failed(e.into());
-    }
-    if let Err(e) = vault.store.commit().await {
-        return failed(e.into());
     }
     Redirect::to(&format!("/data/{name}/{id}")).into_response()
 }

@@ -133,8 +133,12 @@ async fn a_hundred_streams_of_one_grant_cost_little_and_end_on_revocation() {
     }
     let watched = owner_write_p50(&http, &base, &owner, 40, "b").await;
     eprintln!("owner write p50: {alone:?} alone, {watched:?} with {STREAMS} streams");
+    // The bound is loose on purpose: the cost it guards against (every stream
+    // re-projecting and auditing on every change) took writes from milliseconds to
+    // seconds, while a machine busy with other tests moves these medians by a few
+    // milliseconds.
     assert!(
-        watched <= alone * 2 + Duration::from_millis(1),
+        watched <= alone * 4 + Duration::from_millis(10),
         "owner writes slowed from {alone:?} to {watched:?} by {STREAMS} streams"
     );
 

@@ -139,3 +139,61 @@ fn a_blob_of_several_mib_arrives_intact_on_the_other_device() {
     a.stop();
     b.stop();
 }
+
+/// The same field changed on two devices while apart (one of them running without the
+/// mesh): `hearth conflicts` lists the record with both values, `get` says so, and
+/// `hearth resolve` ends the conflict on both devices — also when the value chosen is
+/// the one already shown.
+#[test]
+fn conflicting_edits_are_listed_and_resolved_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn_node(&dir.path().join("a"), &[]);
+    let code = a.json(&["pair"])["code"].as_str().unwrap().to_owned();
+    let b_home = dir.path().join("b");
+    hearth_json(&b_home, &["join", &code]);
+    let b = spawn_node(&b_home, &[]);
+    a.json(&["put", "notes", "n1", r#"{"title": "plan", "n": 1}"#]);
+    eventually("n1 on B", || {
+        b.run(&["get", "notes", "n1"])
+            .status
+            .success()
+            .then_some(())
+    });
+    b.stop();
+    a.json(&["patch", "notes", "n1", r#"{"title": "plan A"}"#]);
+    let alone = spawn_node(&b_home, &["--no-mesh"]);
+    alone.json(&["patch", "notes", "n1", r#"{"title": "plan B"}"#]);
+    alone.stop();
+    let b = spawn_node(&b_home, &[]);
+    let listed = eventually("the conflict on A", || {
+        let listed = a.json(&["conflicts"]);
+        (listed.as_array()?.len() == 1).then_some(listed)
+    });
+    assert_eq!(listed[0]["collection"], "notes");
+    assert_eq!(listed[0]["id"], "n1");
+    let values = listed[0]["conflicts"]["title"].as_array().unwrap().clone();
+    assert_eq!(values.len(), 2, "{listed}");
+    assert!(values.contains(&json!("plan A")) && values.contains(&json!("plan B")));
+    let said = a.run(&["get", "notes", "n1"]);
+    assert!(
+        String::from_utf8_lossy(&said.stderr).contains("edited on two devices at once: title"),
+        "{}",
+        String::from_utf8_lossy(&said.stderr)
+    );
+    // Choose the value that is shown now: the conflict still ends.
+    let shown = a.json(&["get", "notes", "n1"])["title"].clone();
+    a.json(&["resolve", "notes", "n1", "title", shown.as_str().unwrap()]);
+    assert_eq!(a.json(&["conflicts", "notes"]), json!([]));
+    eventually("the choice on B, without a conflict", || {
+        let record = b.json(&["get", "notes", "n1"]);
+        let clear = b.json(&["conflicts", "notes"]) == json!([]);
+        (record["title"] == shown && clear).then_some(())
+    });
+    // A value that is not JSON is text; a record that does not exist is an error.
+    b.json(&["resolve", "notes", "n1", "n", "2"]);
+    assert_eq!(b.json(&["get", "notes", "n1"])["n"], 2);
+    let err = one_line_error(&b.run(&["resolve", "notes", "nobody", "n", "2"]));
+    assert!(err.contains("nobody"), "{err}");
+    a.stop();
+    b.stop();
+}
