@@ -350,9 +350,19 @@ async fn join(
 async fn wait_for_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("cannot listen for SIGINT")?,
-        _ = term.recv() => {}
+    // A closed terminal sends SIGHUP: it must not stop the vault.
+    let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    loop {
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => {
+                result.context("cannot listen for SIGINT")?;
+                break;
+            }
+            _ = term.recv() => break,
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: the node keeps running (there is no configuration file to reload yet)");
+            }
+        }
     }
     tracing::info!("stopping");
     Ok(())

@@ -748,3 +748,22 @@ fn a_device_is_renamed_by_a_start_of_its_peer_id_or_by_its_name() {
     assert_eq!(name(), "attic");
     node.stop();
 }
+
+/// Closing the terminal (SIGHUP) does not stop the node; SIGTERM still stops it cleanly
+/// (api.addr removed).
+#[test]
+fn a_hangup_does_not_stop_the_node() {
+    let t = TestHome::new();
+    let node = spawn_node_with_env(t.path(), &[], &[("RUST_LOG", "info")]);
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &node.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(node.json(&["status"])["peer_id"], node.peer_id.as_str());
+    eventually("the hangup in the log", || {
+        node.stderr().contains("SIGHUP").then_some(())
+    });
+    node.stop();
+}
