@@ -50,9 +50,10 @@ pub enum Command {
     },
     /// Run the node in the foreground; creates the vault first if HOME has none
     Up {
-        /// Address of the local HTTP API (port 0 picks a free port)
-        #[arg(long, value_name = "ADDR", default_value = hearth_node::DEFAULT_API_ADDR)]
-        api: SocketAddr,
+        /// Address of the local HTTP API (port 0 picks a free port) [default: 127.0.0.1:7780].
+        /// Every flag of `up` can also be set in HOME/hearth.toml; a flag overrides it
+        #[arg(long, value_name = "ADDR")]
+        api: Option<SocketAddr>,
         /// Allow the API on a non-loopback address (anyone who reaches it can try tokens)
         #[arg(long)]
         api_public: bool,

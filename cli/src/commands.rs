@@ -66,21 +66,44 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             accept_rollback,
             passphrase,
         } => {
-            let mesh = (!no_mesh).then(|| {
+            // HOME/hearth.toml first; a flag given on the command line wins.
+            let file = crate::config::Config::load(home.root())?;
+            let listen = if listen.is_empty() {
+                file.listen()
+            } else {
+                listen
+            };
+            let peer = if peer.is_empty() { file.peers() } else { peer };
+            let mesh = (!no_mesh && file.mesh != Some(false)).then(|| {
                 let mut mesh = hearth_node::mesh::MeshConfig::default();
                 if !listen.is_empty() {
                     mesh.listen = listen;
                 }
                 mesh.peers = peer;
-                mesh.mdns = !no_mdns;
-                mesh.relay_server = relay;
+                mesh.mdns = !no_mdns && file.mdns != Some(false);
+                mesh.relay_server = relay || file.relay == Some(true);
                 mesh
             });
+            let default_api: std::net::SocketAddr = hearth_node::DEFAULT_API_ADDR
+                .parse()
+                .expect("the default API address parses");
+            let default_lan: std::net::SocketAddr = hearth_node::DEFAULT_LAN_ADDR
+                .parse()
+                .expect("the default LAN address parses");
             let options = UpOptions {
-                api,
-                api_public,
-                lan,
+                api: api.or(file.api).unwrap_or(default_api),
+                api_public: api_public || file.api_public == Some(true),
+                lan: lan.or(match file.lan {
+                    Some(crate::config::Lan::At(addr)) => Some(addr),
+                    Some(crate::config::Lan::On(true)) => Some(default_lan),
+                    Some(crate::config::Lan::On(false)) | None => None,
+                }),
                 accept_rollback,
+                name: file.name,
+                log: file.log,
+            };
+            let passphrase = PassphraseArgs {
+                passphrase_file: passphrase.passphrase_file.or(file.passphrase_file),
             };
             up(home, json, options, mesh, passphrase).await
         }
@@ -212,6 +235,10 @@ struct UpOptions {
     api_public: bool,
     lan: Option<std::net::SocketAddr>,
     accept_rollback: bool,
+    /// This device's name, from hearth.toml.
+    name: Option<String>,
+    /// The log filter, from hearth.toml (`RUST_LOG` wins).
+    log: Option<String>,
 }
 
 async fn up(
@@ -221,7 +248,7 @@ async fn up(
     mesh: Option<hearth_node::mesh::MeshConfig>,
     args: PassphraseArgs,
 ) -> anyhow::Result<()> {
-    init_tracing();
+    init_tracing(options.log.as_deref());
     let mut config = NodeConfig::new(home.root());
     config.api_addr = options.api;
     config.allow_public_api = options.api_public;
@@ -231,6 +258,9 @@ async fn up(
     config.passphrase = passphrase(args)?;
     let had_passphrase = config.passphrase.is_some();
     let node = Node::start(config).await?;
+    if let Some(name) = &options.name {
+        name_this_device(&node, name).await?;
+    }
     let root = home.root().display().to_string();
     // The node keeps running even if whoever started it stops reading its output.
     let printed = if json {
@@ -368,9 +398,29 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Gives this device the name hearth.toml asks for, if it has another.
+async fn name_this_device(node: &hearth_node::NodeHandle, name: &str) -> anyhow::Result<()> {
+    let vault = node.vault();
+    let me = node.peer_id();
+    let name = hearth_node::devices::valid_name(name)
+        .map_err(|e| anyhow::anyhow!("{}: name: {e}", crate::config::FILE))?;
+    let current = hearth_node::devices::devices(&vault.collections)?
+        .into_iter()
+        .find(|d| d.id == me.to_string())
+        .map(|d| d.name);
+    if current.as_deref() != Some(name) {
+        hearth_node::devices::rename(&vault.collections, &me, name)?;
+        vault.store.commit().await?;
+    }
+    Ok(())
+}
+
+fn init_tracing(configured: Option<&str>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        configured
+            .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+            .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"))
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -767,3 +767,34 @@ fn a_hangup_does_not_stop_the_node() {
     });
     node.stop();
 }
+
+/// `HOME/hearth.toml` sets what `up` takes as flags, a flag overrides it, and a bad file
+/// stops `up` with the file, the line and what was wrong.
+#[test]
+fn hearth_toml_configures_up_and_a_bad_one_names_its_line() {
+    let t = TestHome::new();
+    std::fs::create_dir_all(t.path()).unwrap();
+    let file = t.path().join("hearth.toml");
+    // Port 1 cannot be bound by a test: the flag the harness passes must win.
+    std::fs::write(
+        &file,
+        "api = \"127.0.0.1:1\"\nname = \"attic\"\nmdns = false\nlog = \"info\"\n",
+    )
+    .unwrap();
+    let node = spawn_node(t.path(), &[]);
+    let devices = node.json(&["devices"]);
+    assert_eq!(devices[0]["name"], "attic", "{devices}");
+    node.stop();
+
+    std::fs::write(&file, "name = \"attic\"\nmdns = \"yes\"\n").unwrap();
+    let out = hearth(&["--home", t.as_str(), "up", "--api", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    let err = one_line_error(&out);
+    assert!(
+        err.contains("hearth.toml") && err.contains("line 2") && err.contains("bool"),
+        "{err}"
+    );
+    std::fs::write(&file, "apii = \"127.0.0.1:0\"\n").unwrap();
+    let err = one_line_error(&hearth(&["--home", t.as_str(), "up"]));
+    assert!(err.contains("line 1") && err.contains("apii"), "{err}");
+}

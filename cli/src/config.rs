@@ -1,0 +1,156 @@
+//! `HOME/hearth.toml`: what `hearth up` takes as flags, for a node run as a service.
+//! A flag given on the command line overrides the file. A file that cannot be read is
+//! an error naming the line, and the node does not start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+/// The file's name in HOME.
+pub const FILE: &str = "hearth.toml";
+
+/// Every key the file may hold; anything else is refused (a typo must not be ignored).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The local HTTP API's address (`--api`).
+    pub api: Option<SocketAddr>,
+    /// Allow the API on a non-loopback address (`--api-public`).
+    pub api_public: Option<bool>,
+    /// Serve the API and DAV on the LAN over TLS: `true` for the default address, or
+    /// an address (`--lan`).
+    pub lan: Option<Lan>,
+    /// Where to listen for the vault's other devices (`--listen`).
+    pub listen: Option<Vec<String>>,
+    /// Devices to dial (`--peer`).
+    pub peers: Option<Vec<String>>,
+    /// Find the vault's devices on the LAN by mDNS (`--no-mdns` is `false`).
+    pub mdns: Option<bool>,
+    /// Relay for the vault's devices (`--relay`).
+    pub relay: Option<bool>,
+    /// Run the mesh at all (`--no-mesh` is `false`).
+    pub mesh: Option<bool>,
+    /// This device's name in the device list.
+    pub name: Option<String>,
+    /// A file holding the vault passphrase (`--passphrase-file`), e.g. a systemd
+    /// credential.
+    pub passphrase_file: Option<PathBuf>,
+    /// The log filter (`info`, `debug`, `hearth_node=debug`…); `RUST_LOG` overrides it.
+    pub log: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Lan {
+    On(bool),
+    At(SocketAddr),
+}
+
+impl Config {
+    /// Reads `HOME/hearth.toml`; no file is an empty configuration.
+    pub fn load(home: &Path) -> anyhow::Result<Self> {
+        let path = home.join(FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read {}", path.display()));
+            }
+        };
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    /// Reads the file's text; the error names the line and what was wrong.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: Self = toml::from_str(text).map_err(|e| one_paragraph(&e))?;
+        if let Some(name) = &config.name {
+            hearth_node::devices::valid_name(name).map_err(|e| format!("name: {e}"))?;
+        }
+        if let Some(filter) = &config.log {
+            tracing_subscriber::EnvFilter::try_new(filter)
+                .map_err(|e| format!("log: {filter:?} is not a log filter ({e})"))?;
+        }
+        for (key, list) in [("listen", &config.listen), ("peers", &config.peers)] {
+            for addr in list.iter().flatten() {
+                addr.parse::<hearth_node::Multiaddr>()
+                    .map_err(|e| format!("{key}: {addr:?} is not a multiaddr ({e})"))?;
+            }
+        }
+        Ok(config)
+    }
+
+    pub fn listen(&self) -> Vec<hearth_node::Multiaddr> {
+        multiaddrs(&self.listen)
+    }
+
+    pub fn peers(&self) -> Vec<hearth_node::Multiaddr> {
+        multiaddrs(&self.peers)
+    }
+}
+
+fn multiaddrs(list: &Option<Vec<String>>) -> Vec<hearth_node::Multiaddr> {
+    // Checked in `parse`.
+    list.iter()
+        .flatten()
+        .filter_map(|a| a.parse().ok())
+        .collect()
+}
+
+/// toml's error on one line: "line N, column M: what was wrong".
+fn one_paragraph(e: &toml::de::Error) -> String {
+    let full = e.to_string();
+    let place = full
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("TOML parse error at "))
+        .unwrap_or_default();
+    if place.is_empty() {
+        e.message().to_owned()
+    } else {
+        format!("{place}: {}", e.message())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_whole_file_is_read() {
+        let config = Config::parse(
+            r#"
+api = "127.0.0.1:7781"
+lan = true
+listen = ["/ip4/0.0.0.0/tcp/4001"]
+peers = []
+mdns = false
+name = "home server"
+passphrase_file = "/run/credentials/hearth.service/passphrase"
+log = "hearth_node=debug,info"
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.api, Some("127.0.0.1:7781".parse().unwrap()));
+        assert!(matches!(config.lan, Some(Lan::On(true))));
+        assert_eq!(config.listen().len(), 1);
+        assert_eq!(config.mdns, Some(false));
+        let lan = Config::parse("lan = \"0.0.0.0:8443\"").unwrap();
+        assert!(matches!(lan.lan, Some(Lan::At(_))));
+    }
+
+    #[test]
+    fn a_bad_file_names_the_line() {
+        for (text, needle) in [
+            ("api = \"127.0.0.1:7781\"\nmdns = \"yes\"\n", "line 2"),
+            ("api = \"not an address\"\n", "line 1"),
+            ("\n\nlisten = [\"nonsense\"]\n", "listen"),
+            ("apii = \"127.0.0.1:1\"\n", "line 1"),
+            ("name = \"\"\n", "name"),
+            ("[api\n", "line 1"),
+        ] {
+            let err = Config::parse(text).unwrap_err();
+            assert!(err.contains(needle), "{text:?}: {err}");
+        }
+    }
+}
