@@ -277,7 +277,19 @@ async fn up(
     if let Err(e) = printed {
         tracing::debug!(error = %e, "cannot print the start banner");
     }
+    // Under systemd (Type=notify): ready once the API answers.
+    let api_line = format!("serving the API on {}", node.api_addr());
+    let ready = [
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&api_line),
+    ];
+    if let Err(e) = sd_notify::notify(&ready) {
+        tracing::warn!(error = %e, "cannot tell the service manager that the node is ready");
+    }
     wait_for_signal().await?;
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
+        tracing::debug!(error = %e, "cannot tell the service manager that the node stops");
+    }
     node.shutdown()
         .await
         .context("flushing the store on shutdown")?;

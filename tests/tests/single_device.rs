@@ -798,3 +798,26 @@ fn hearth_toml_configures_up_and_a_bad_one_names_its_line() {
     let err = one_line_error(&hearth(&["--home", t.as_str(), "up"]));
     assert!(err.contains("line 1") && err.contains("apii"), "{err}");
 }
+
+/// Under a service manager (`NOTIFY_SOCKET`), the node says READY=1 once its API answers
+/// and STOPPING=1 when it stops.
+#[test]
+fn the_node_tells_systemd_when_it_is_ready_and_when_it_stops() {
+    let t = TestHome::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let node = spawn_node_with_env(t.path(), &[], &[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+    let mut buf = [0u8; 1024];
+    let n = socket.recv(&mut buf).expect("a READY message");
+    let said = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(said.lines().any(|l| l == "READY=1"), "{said}");
+    assert!(said.contains(&node.api_addr), "{said}");
+    assert_eq!(node.json(&["status"])["peer_id"], node.peer_id.as_str());
+    node.stop();
+    let n = socket.recv(&mut buf).expect("a STOPPING message");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+}
