@@ -78,6 +78,12 @@ pub enum Command {
         /// Run without the mesh: no other device can reach or join this one
         #[arg(long)]
         no_mesh: bool,
+        /// Log more: -v for Hearth's details, -vv for everything (RUST_LOG overrides)
+        #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+        verbose: u8,
+        /// Log only problems
+        #[arg(short, long)]
+        quiet: bool,
         /// Start even though the store went back in time (you restored an older copy
         /// of it on purpose): what it lost comes back from the vault's other devices
         #[arg(long)]
@@ -281,12 +287,15 @@ impl PimKind {
 pub enum BlobCommand {
     /// Store a file (- for stdin) and print its id
     Put { file: PathBuf },
-    /// Fetch a blob by id, to stdout or to a file
+    /// Fetch a blob by id, to a file or to stdout (not to a terminal)
     Get {
         id: String,
         /// Write to this file instead of stdout
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// Replace FILE if it exists
+        #[arg(long)]
+        force: bool,
     },
 }
 

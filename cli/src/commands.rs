@@ -64,6 +64,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             relay,
             no_mesh,
             accept_rollback,
+            verbose,
+            quiet,
             passphrase,
         } => {
             // HOME/hearth.toml first; a flag given on the command line wins.
@@ -100,7 +102,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }),
                 accept_rollback,
                 name: file.name,
-                log: file.log,
+                log: match (verbose, quiet) {
+                    (0, false) => file.log,
+                    (_, true) => Some("error".into()),
+                    (1, _) => Some(format!("{DEFAULT_LOG},hearth_node=debug,hearth=debug")),
+                    _ => Some("debug".into()),
+                },
             };
             let passphrase = PassphraseArgs {
                 passphrase_file: passphrase.passphrase_file.or(file.passphrase_file),
@@ -427,11 +434,15 @@ async fn name_this_device(node: &hearth_node::NodeHandle, name: &str) -> anyhow:
     Ok(())
 }
 
+/// What a person wants to read by default: Hearth's own events (devices connecting,
+/// blobs arriving, grants revoked…), and only the libraries' warnings.
+const DEFAULT_LOG: &str = "warn,hearth_node=info,hearth=info";
+
 fn init_tracing(configured: Option<&str>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         configured
             .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
-            .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"))
+            .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(DEFAULT_LOG))
     });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -951,27 +962,60 @@ async fn blob(
 ) -> anyhow::Result<()> {
     match command {
         BlobCommand::Put { file } => {
+            let mut bar = None;
             let body = if file.as_os_str() == "-" {
                 reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(tokio::io::stdin()))
             } else {
                 let f = tokio::fs::File::open(&file)
                     .await
                     .with_context(|| format!("cannot open {}", file.display()))?;
-                reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f))
+                let size = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+                bar = progress(json, size, "sending");
+                let shown = bar.clone();
+                let stream = tokio_util::io::ReaderStream::new(f).inspect_ok(move |chunk| {
+                    if let Some(bar) = &shown {
+                        bar.inc(chunk.len() as u64);
+                    }
+                });
+                reqwest::Body::wrap_stream(stream)
             };
             let info: BlobInfo = client
                 .json(home, client.request(Method::POST, "/v1/blobs").body(body))
                 .await?;
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
             if json {
                 out_json(&info)?;
             } else {
                 out(info.id)?;
             }
         }
-        BlobCommand::Get { id, output } => {
+        BlobCommand::Get { id, output, force } => {
             hearth_protocol::BlobId::parse(&id)?;
             if json && output.is_none() {
                 bail!("with --json, give -o FILE (the blob's bytes are not JSON)");
+            }
+            if output.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                bail!("a blob's bytes would go to the terminal: give -o FILE, or redirect stdout");
+            }
+            if let Some(path) = &output
+                && let Ok(meta) = std::fs::symlink_metadata(path)
+            {
+                // The blob is written beside FILE and renamed onto it: only a regular
+                // file may be replaced that way.
+                if !meta.is_file() {
+                    bail!(
+                        "{} exists and is not a regular file: give a file name",
+                        path.display()
+                    );
+                }
+                if !force {
+                    bail!(
+                        "{} exists: give --force to replace it, or another name",
+                        path.display()
+                    );
+                }
             }
             let response = client
                 .send(
@@ -979,7 +1023,16 @@ async fn blob(
                     client.request(Method::GET, &format!("/v1/blobs/{}", seg(&id))),
                 )
                 .await?;
-            let mut stream = response.bytes_stream();
+            let bar = match (&output, response.content_length()) {
+                (Some(_), Some(total)) => progress(json, total, "receiving"),
+                _ => None,
+            };
+            let shown = bar.clone();
+            let mut stream = response.bytes_stream().inspect_ok(move |chunk| {
+                if let Some(bar) = &shown {
+                    bar.inc(chunk.len() as u64);
+                }
+            });
             let mut size = 0u64;
             match &output {
                 Some(path) => {
@@ -1007,6 +1060,9 @@ async fn blob(
                     if let Err(e) = result {
                         let _ = tokio::fs::remove_file(&tmp).await;
                         return Err(e.context(format!("blob {id} is corrupt or unreadable")));
+                    }
+                    if let Some(bar) = &bar {
+                        bar.finish_and_clear();
                     }
                     if json {
                         out_json(&BlobWritten {

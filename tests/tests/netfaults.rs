@@ -169,12 +169,18 @@ fn partitions_heal_lossy_links_deliver_and_a_cut_blob_transfer_resumes() {
     link.cut();
     let got_before_cut = count_files(&chunks_dir);
     std::thread::sleep(Duration::from_secs(3));
+    let early = dir.path().join("early.bin");
     assert!(
-        !Link::cli_raw(&link.b, &b_home, &["blob", "get", &id, "-o", "/dev/null"])
-            .status
-            .success(),
+        !Link::cli_raw(
+            &link.b,
+            &b_home,
+            &["blob", "get", &id, "-o", early.to_str().unwrap()],
+        )
+        .status
+        .success(),
         "the blob was complete before the cut: the test cut nothing"
     );
+    assert!(!early.exists(), "a failed get leaves no file");
     link.unshape();
     link.heal();
     let out = dir.path().join("back.bin");

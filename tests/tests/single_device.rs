@@ -821,3 +821,29 @@ fn the_node_tells_systemd_when_it_is_ready_and_when_it_stops() {
     let n = socket.recv(&mut buf).expect("a STOPPING message");
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
 }
+
+/// `blob get -o FILE` does not replace an existing file without `--force`.
+#[test]
+fn blob_get_does_not_overwrite_a_file_without_force() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let input = t.path().join("in.bin");
+    std::fs::write(&input, b"the blob's bytes").unwrap();
+    let id = node.json(&["blob", "put", input.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = t.path().join("out.bin");
+    std::fs::write(&out, b"precious").unwrap();
+    let err = one_line_error(&node.run(&["blob", "get", &id, "-o", out.to_str().unwrap()]));
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"precious");
+    node.json(&["blob", "get", &id, "-o", out.to_str().unwrap(), "--force"]);
+    assert_eq!(std::fs::read(&out).unwrap(), b"the blob's bytes");
+    // Never renamed onto something that is not a regular file, even with --force.
+    for path in ["/dev/null", t.path().to_str().unwrap()] {
+        let err = one_line_error(&node.run(&["blob", "get", &id, "-o", path, "--force"]));
+        assert!(err.contains("not a regular file"), "{path}: {err}");
+    }
+    node.stop();
+}

@@ -129,13 +129,14 @@ fn a_blob_of_several_mib_arrives_intact_on_the_other_device() {
         .as_str()
         .unwrap()
         .to_owned();
+    let out_b = dir.path().join("copy-b.bin");
     eventually("B's blob reaches A", || {
-        a.run(&["blob", "get", &id_b, "-o", out.to_str().unwrap()])
+        a.run(&["blob", "get", &id_b, "-o", out_b.to_str().unwrap()])
             .status
             .success()
             .then_some(())
     });
-    assert_eq!(std::fs::read(&out).unwrap(), b"small note from b");
+    assert_eq!(std::fs::read(&out_b).unwrap(), b"small note from b");
     a.stop();
     b.stop();
 }

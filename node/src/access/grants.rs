@@ -227,6 +227,7 @@ pub fn revoke(collections: &Collections, id: &str) -> Result<Grant, AccessError>
         patch.insert("revoked_at".into(), Value::from(super::now_unix()));
         let record_id = RecordId::parse(id).map_err(|_| AccessError::NoGrant(id.to_owned()))?;
         collections.patch(&access(), &record_id, &patch)?;
+        tracing::info!(grant = %id, service = %grant.service, "grant revoked");
     }
     get_grant(collections, id)?.ok_or_else(|| AccessError::NoGrant(id.to_owned()))
 }

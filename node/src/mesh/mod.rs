@@ -455,6 +455,9 @@ impl SwarmTask {
             } => {
                 tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
                 if num_established.get() == 1 {
+                    if self.sync.is_member(&peer_id) {
+                        tracing::info!(%peer_id, addr = %endpoint.get_remote_address(), "device connected");
+                    }
                     self.sync.on_connected(peer_id);
                 }
             }
@@ -464,7 +467,11 @@ impl SwarmTask {
                 num_established: 0,
                 ..
             } => {
-                tracing::debug!(%peer_id, "disconnected");
+                if self.sync.is_member(&peer_id) {
+                    tracing::info!(%peer_id, "device disconnected");
+                } else {
+                    tracing::debug!(%peer_id, "disconnected");
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 let mut seen = HashMap::new();
