@@ -376,6 +376,7 @@ pub(crate) async fn devices_view(vault: &AppState) -> Result<Vec<DeviceInfo>, Ap
         ),
         None => (Vec::new(), Default::default()),
     };
+    let recorded = blocking(vault, |v| Ok(crate::devices::recorded_syncs(&v.store))).await?;
     let me = vault.keys.peer_id().to_string();
     Ok(list
         .into_iter()
@@ -383,10 +384,12 @@ pub(crate) async fn devices_view(vault: &AppState) -> Result<Vec<DeviceInfo>, Ap
             let peer: Option<libp2p::PeerId> = device.id.parse().ok();
             let this_device = device.id == me;
             let online = this_device || peer.is_some_and(|p| online.contains(&p));
-            let last_sync = peer
+            let now_known = peer
                 .and_then(|p| last_sync.get(&p).copied())
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map(|d| d.as_secs());
+            // Since this run, or as recorded before it.
+            let last_sync = now_known.or_else(|| peer.and_then(|p| recorded.get(&p).copied()));
             DeviceInfo {
                 id: device.id,
                 name: device.name,

@@ -184,6 +184,48 @@ pub fn remove(collections: &Collections, peer: &PeerId) -> Result<bool, Collecti
         .is_some())
 }
 
+/// Where this device keeps when it last synced with each other device: its own
+/// knowledge, not vault data, so it is not synced. Keys are keyed hashes of the PeerId;
+/// each value (sealed) holds the PeerId and the time.
+const LAST_SYNC_TREE: &str = "last_sync";
+
+/// Records that this device synced with `peer` at `at` (Unix seconds); durable with the
+/// store's next commit.
+pub fn record_sync(
+    store: &crate::store::Store,
+    peer: &PeerId,
+    at: u64,
+) -> Result<(), crate::store::StoreError> {
+    let peer = peer.to_string();
+    let key = store.name_key(LAST_SYNC_TREE, &peer);
+    let value =
+        serde_json::to_vec(&json!({ "peer": peer, "at": at })).expect("a JSON object serializes");
+    store.tree(LAST_SYNC_TREE)?.insert(&key, &value)
+}
+
+/// When this device last synced with each device, as recorded (across restarts).
+pub fn recorded_syncs(store: &crate::store::Store) -> std::collections::HashMap<PeerId, u64> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(tree) = store.tree(LAST_SYNC_TREE) else {
+        return out;
+    };
+    for entry in tree.scan_prefix(&[]) {
+        let Ok((_, value)) = entry else {
+            continue;
+        };
+        let Ok(record) = serde_json::from_slice::<Value>(&value) else {
+            continue;
+        };
+        if let (Some(peer), Some(at)) = (
+            record["peer"].as_str().and_then(|p| p.parse().ok()),
+            record["at"].as_u64(),
+        ) {
+            out.insert(peer, at);
+        }
+    }
+    out
+}
+
 /// This machine's name, for the device list.
 pub fn default_device_name() -> String {
     std::fs::read_to_string("/etc/hostname")

@@ -198,3 +198,49 @@ fn conflicting_edits_are_listed_and_resolved_from_the_cli() {
     a.stop();
     b.stop();
 }
+
+/// When a device last synced with another survives a restart (even one without the
+/// mesh, when nothing can sync).
+#[test]
+fn last_sync_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let a_home = dir.path().join("a");
+    let a = spawn_node(&a_home, &[]);
+    let code = a.json(&["pair"])["code"].as_str().unwrap().to_owned();
+    let b_home = dir.path().join("b");
+    hearth_json(&b_home, &["join", &code]);
+    let b = spawn_node(&b_home, &[]);
+    let b_peer = b.peer_id.clone();
+    a.json(&["put", "notes", "n1", r#"{"text": "hello"}"#]);
+    let synced = eventually("A has synced with B", || {
+        let devices = a.json(&["devices"]);
+        let entry = devices
+            .as_array()?
+            .iter()
+            .find(|d| d["id"] == b_peer.as_str())?
+            .clone();
+        entry["last_sync"].as_u64()
+    });
+    b.stop();
+    a.stop();
+    let alone = spawn_node(&a_home, &["--no-mesh"]);
+    let devices = alone.json(&["devices"]);
+    let entry = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == b_peer.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(entry["online"], false);
+    let recorded = entry["last_sync"]
+        .as_u64()
+        .expect("a last sync after the restart");
+    // Written at most every 30 s while syncing: never newer than what A showed, never
+    // more than that much older.
+    assert!(
+        recorded <= synced && synced - recorded <= 31,
+        "recorded {recorded}, shown before {synced}"
+    );
+    alone.stop();
+}

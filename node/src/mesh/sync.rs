@@ -54,6 +54,9 @@ enum SessionError {
     Store(#[from] crate::store::StoreError),
 }
 
+/// How often the time of the last sync with a device is written to disk.
+const RECORD_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub struct SyncService {
     vault: Arc<Vault>,
     mesh: MeshHandle,
@@ -88,6 +91,31 @@ impl SyncService {
             .lock()
             .expect("last-sync lock is never poisoned")
             .clone()
+    }
+
+    /// Notes a sync message from `peer`: in memory every time, on disk at most every
+    /// [`RECORD_SYNC_EVERY`] (so "last sync" survives a restart without a write per
+    /// message).
+    fn note_sync(&self, peer: PeerId) {
+        let now = SystemTime::now();
+        let previous = self
+            .last_sync
+            .lock()
+            .expect("last-sync lock is never poisoned")
+            .insert(peer, now);
+        let stale = previous
+            .and_then(|p| now.duration_since(p).ok())
+            .is_none_or(|age| age >= RECORD_SYNC_EVERY);
+        let first = previous.is_none();
+        if first || stale {
+            let at = now
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            if let Err(e) = devices::record_sync(&self.vault.store, &peer, at) {
+                tracing::debug!(%peer, error = %e, "cannot record the time of a sync");
+            }
+        }
     }
 
     pub(super) fn on_connected(self: &Arc<Self>, peer: PeerId) {
@@ -278,7 +306,7 @@ impl SyncService {
                         self.vault.store.commit().await?;
                         tracing::debug!(%peer, "applied changes from a device");
                     }
-                    self.last_sync.lock().expect("last-sync lock is never poisoned").insert(peer, SystemTime::now());
+                    self.note_sync(peer);
                     self.offer(&collection, &mut states, outbox).await?;
                 }
                 changed = changes.recv() => {
