@@ -747,11 +747,11 @@ pub(crate) async fn resolve(
         ));
     }
     let mut patch = Map::new();
-    patch.insert(field.to_owned(), value);
-    // The owner's write keeps text and fields in step but writes nothing for a value
-    // equal to the winning one; writing the field directly as well ends the conflict.
-    owner_write(vault, collection, id, pim::Change::Merge(patch.clone()))?;
-    if vault.collections.patch(collection, id, &patch)?.is_none() {
+    patch.insert(field.to_owned(), value.clone());
+    // The owner's write keeps a contact's or event's text in step; like every ordinary
+    // write it leaves an equal value alone, so the choice is then written as such.
+    owner_write(vault, collection, id, pim::Change::Merge(patch))?;
+    if !vault.collections.choose(collection, id, field, &value)? {
         return Err(record_not_found(collection, id));
     }
     vault.store.commit().await?;

@@ -303,6 +303,19 @@ impl Collections {
         })
     }
 
+    /// Writes the value a person chose for a field in conflict, which ends the
+    /// conflict (see [`records::choose`]); `false` if there is no such record. Durable
+    /// only after [`Store::commit`].
+    pub fn choose(
+        &self,
+        name: &CollectionName,
+        id: &RecordId,
+        field: &str,
+        value: &Json,
+    ) -> Result<bool, CollectionError> {
+        self.mutate(name, |doc| records::choose(doc, id.as_str(), field, value))
+    }
+
     /// Every record of a collection with fields in conflict, by id, with the competing
     /// values of each such field (as [`Collections::conflicts`]).
     pub fn all_conflicts(

@@ -287,6 +287,31 @@ pub fn patch_record(
     }
 }
 
+/// Writes `value` (`null`: removes it) into field `field` of record `id` even when it
+/// equals what is shown, which ends a conflict on that field: how a person chooses
+/// between competing values. (Ordinary writes leave equal values alone, so that a
+/// field they did not change cannot win a merge it took no part in.) Returns `false`
+/// if there is no such record.
+pub fn choose(
+    doc: &mut AutoCommit,
+    id: &str,
+    field: &str,
+    value: &Json,
+) -> Result<bool, AutomergeError> {
+    let Some((Value::Object(ObjType::Map), obj)) = doc.get(ROOT, id)? else {
+        return Ok(false);
+    };
+    match value {
+        Json::Null => {
+            if doc.get(&obj, field)?.is_some() {
+                doc.delete(&obj, field)?;
+            }
+        }
+        value => put_new(doc, &obj, field.into(), value)?,
+    }
+    Ok(true)
+}
+
 /// Deletes record `id`. Returns whether it existed.
 pub fn remove_record(doc: &mut AutoCommit, id: &str) -> Result<bool, AutomergeError> {
     if doc.get(ROOT, id)?.is_none() {
@@ -443,13 +468,7 @@ fn set_value(
         (Json::Array(_) | Json::Object(_), _) => put_new(doc, obj, key.into(), value),
         // Collaborative text stays text: only the characters that differ change.
         (Json::String(s), Some((Value::Object(ObjType::Text), text))) => doc.update_text(&text, s),
-        // Unless the field is in conflict: writing the value that happens to win then
-        // is how a person chooses it, and must end the conflict.
-        (scalar, Some((Value::Scalar(current), _)))
-            if same_scalar(&current, scalar) && doc.get_all(obj, key)?.len() <= 1 =>
-        {
-            Ok(())
-        }
+        (scalar, Some((Value::Scalar(current), _))) if same_scalar(&current, scalar) => Ok(()),
         (scalar, _) => doc.put(obj, key, json_to_scalar(scalar)),
     }
 }
@@ -516,13 +535,16 @@ mod tests {
         let winner = read_record(&a, "r").unwrap().unwrap()["email"].clone();
         let mut choice = Map::new();
         choice.insert("email".into(), winner.clone());
-        patch_record(&mut a, "r", &choice).unwrap();
-        assert_eq!(a.get_all(&record, "email").unwrap().len(), 1);
-        assert_eq!(read_record(&a, "r").unwrap().unwrap()["email"], winner);
-        // Without a conflict, an equal value still writes nothing.
+        // An ordinary write of the equal value writes nothing, and the conflict stays.
         let heads = a.get_heads();
         patch_record(&mut a, "r", &choice).unwrap();
         assert_eq!(a.get_heads(), heads);
+        assert_eq!(a.get_all(&record, "email").unwrap().len(), 2);
+        // Choosing it ends the conflict.
+        assert!(choose(&mut a, "r", "email", &winner).unwrap());
+        assert_eq!(a.get_all(&record, "email").unwrap().len(), 1);
+        assert_eq!(read_record(&a, "r").unwrap().unwrap()["email"], winner);
+        assert!(!choose(&mut a, "nobody", "email", &winner).unwrap());
     }
 
     #[test]

@@ -181,8 +181,13 @@ fn conflicting_edits_are_listed_and_resolved_from_the_cli() {
         "{}",
         String::from_utf8_lossy(&said.stderr)
     );
-    // Choose the value that is shown now: the conflict still ends.
+    // Writing the whole record back with another field changed (as an editor that
+    // saves everything does) does not choose for the person: the conflict stays.
     let shown = a.json(&["get", "notes", "n1"])["title"].clone();
+    let whole = json!({"title": shown, "n": 5}).to_string();
+    a.json(&["put", "notes", "n1", &whole]);
+    assert_eq!(a.json(&["conflicts", "notes"]).as_array().unwrap().len(), 1);
+    // Choose the value that is shown now: the conflict ends.
     a.json(&["resolve", "notes", "n1", "title", shown.as_str().unwrap()]);
     assert_eq!(a.json(&["conflicts", "notes"]), json!([]));
     eventually("the choice on B, without a conflict", || {
