@@ -280,6 +280,37 @@ fn posted(
     Ok(visit)
 }
 
+/// A page request with a live session (else the "log in first" page).
+impl axum::extract::FromRequestParts<AppState> for Visit {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        vault: &AppState,
+    ) -> Result<Self, Response> {
+        visit(vault, &parts.headers)
+    }
+}
+
+/// A form POST with a live session and the session's CSRF token, and its fields.
+struct Posted {
+    visit: Visit,
+    form: HashMap<String, String>,
+}
+
+impl axum::extract::FromRequest<AppState> for Posted {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, vault: &AppState) -> Result<Self, Response> {
+        let headers = request.headers().clone();
+        let Form(form) = Form::<HashMap<String, String>>::from_request(request, vault)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let visit = posted(vault, &headers, &form)?;
+        Ok(Posted { visit, form })
+    }
+}
+
 #[derive(Template)]
 #[template(path = "message.html")]
 struct MessagePage<'a> {
@@ -346,15 +377,7 @@ async fn login(State(vault): State<AppState>, Path(code): Path<String>) -> Respo
     response
 }
 
-async fn logout(
-    State(vault): State<AppState>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let visit = match posted(&vault, &headers, &form) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+async fn logout(State(vault): State<AppState>, Posted { visit, .. }: Posted) -> Response {
     vault.dashboard.end(&visit.id);
     let mut response = message(
         StatusCode::OK,
@@ -472,11 +495,7 @@ struct ArrivingRow {
     words: String,
 }
 
-async fn overview(State(vault): State<AppState>, headers: HeaderMap) -> Response {
-    let visit = match visit(&vault, &headers) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+async fn overview(State(vault): State<AppState>, visit: Visit) -> Response {
     let status = match api::status_of(&vault).await {
         Ok(s) => s,
         Err(e) => return failed(e),
@@ -562,11 +581,7 @@ struct DevicesPage {
     mesh: bool,
 }
 
-async fn devices_page(State(vault): State<AppState>, headers: HeaderMap) -> Response {
-    let visit = match visit(&vault, &headers) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+async fn devices_page(State(vault): State<AppState>, visit: Visit) -> Response {
     render_devices(&vault, visit, None).await
 }
 
@@ -583,15 +598,7 @@ async fn render_devices(vault: &AppState, visit: Visit, invite: Option<Invite>) 
     })
 }
 
-async fn pair(
-    State(vault): State<AppState>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let visit = match posted(&vault, &headers, &form) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+async fn pair(State(vault): State<AppState>, Posted { visit, .. }: Posted) -> Response {
     let invite = match api::invite(&vault).await {
         Ok(i) => i,
         Err(e) => return failed(e),
@@ -614,13 +621,9 @@ async fn pair(
 
 async fn remove_device(
     State(vault): State<AppState>,
-    headers: HeaderMap,
     Path(peer): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    _: Posted,
 ) -> Response {
-    if let Err(r) = posted(&vault, &headers, &form) {
-        return r;
-    }
     match api::device_remove(&vault, &peer).await {
         Ok(()) => Redirect::to("/devices").into_response(),
         Err(e) => failed(e),
@@ -629,13 +632,9 @@ async fn remove_device(
 
 async fn rename_device(
     State(vault): State<AppState>,
-    headers: HeaderMap,
     Path(peer): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    Posted { form, .. }: Posted,
 ) -> Response {
-    if let Err(r) = posted(&vault, &headers, &form) {
-        return r;
-    }
     let name = form.get("name").map(String::as_str).unwrap_or_default();
     match api::device_rename(&vault, &peer, name).await {
         Ok(()) => Redirect::to("/devices").into_response(),
@@ -707,11 +706,7 @@ struct GrantsPage {
     grants: Vec<GrantRow>,
 }
 
-async fn grants_page(State(vault): State<AppState>, headers: HeaderMap) -> Response {
-    let visit = match visit(&vault, &headers) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+async fn grants_page(State(vault): State<AppState>, visit: Visit) -> Response {
     let grants = match api::grants(&vault).await {
         Ok(g) => g,
         Err(e) => return failed(e),
@@ -777,13 +772,8 @@ impl GrantForm {
     }
 }
 
-/// The grant form of a logged-in POST with its CSRF token.
-fn grant_form(
-    vault: &Vault,
-    headers: &HeaderMap,
-    form: &HashMap<String, String>,
-) -> Result<(Visit, GrantForm), Response> {
-    let visit = posted(vault, headers, form)?;
+/// The grant form's fields; a grant needs a service.
+fn grant_form(form: &HashMap<String, String>) -> Result<GrantForm, Response> {
     let form = GrantForm::of(form);
     if form.service.is_empty() {
         return Err(message(
@@ -792,7 +782,7 @@ fn grant_form(
             "Name the service or app the grant is for.",
         ));
     }
-    Ok((visit, form))
+    Ok(form)
 }
 
 struct PreviewCollection {
@@ -828,13 +818,9 @@ fn field_words(fields: &hearth_protocol::scope::Fields) -> String {
 /// At most this many projected records per collection in a preview.
 const PREVIEW_RECORDS: usize = 20;
 
-async fn preview_grant(
-    State(vault): State<AppState>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let (visit, form) = match grant_form(&vault, &headers, &form) {
-        Ok(both) => both,
+async fn preview_grant(State(vault): State<AppState>, Posted { visit, form }: Posted) -> Response {
+    let form = match grant_form(&form) {
+        Ok(form) => form,
         Err(r) => return r,
     };
     let scope = match Scope::parse(
@@ -948,13 +934,9 @@ struct GrantCreatedPage {
     api_addr: String,
 }
 
-async fn create_grant(
-    State(vault): State<AppState>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let (visit, form) = match grant_form(&vault, &headers, &form) {
-        Ok(both) => both,
+async fn create_grant(State(vault): State<AppState>, Posted { visit, form }: Posted) -> Response {
+    let form = match grant_form(&form) {
+        Ok(form) => form,
         Err(r) => return r,
     };
     match api::grant_new(&vault, form.request()).await {
@@ -984,14 +966,9 @@ struct RevokedPage {
 
 async fn revoke_grant(
     State(vault): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    Posted { visit, .. }: Posted,
 ) -> Response {
-    let visit = match posted(&vault, &headers, &form) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     match api::grant_revoke(&vault, id).await {
         Ok(answer) => page(&RevokedPage {
             csrf: visit.csrf,
@@ -1051,13 +1028,9 @@ const AUDIT_ROWS: usize = 500;
 
 async fn audit_page(
     State(vault): State<AppState>,
-    headers: HeaderMap,
     Query(query): Query<AuditQuery>,
+    visit: Visit,
 ) -> Response {
-    let visit = match visit(&vault, &headers) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
     render_audit(&vault, visit, query, None).await
 }
 
@@ -1121,15 +1094,7 @@ async fn render_audit(
     })
 }
 
-async fn verify_audit(
-    State(vault): State<AppState>,
-    headers: HeaderMap,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let visit = match posted(&vault, &headers, &form) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+async fn verify_audit(State(vault): State<AppState>, Posted { visit, .. }: Posted) -> Response {
     let (ok, text) = match api::audit_verify(&vault).await {
         Ok(v) if v.ok => (
             true,
@@ -1178,11 +1143,7 @@ struct DataPage {
     blobs: Vec<BlobRow>,
 }
 
-async fn data_page(State(vault): State<AppState>, headers: HeaderMap) -> Response {
-    let visit = match visit(&vault, &headers) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+async fn data_page(State(vault): State<AppState>, visit: Visit) -> Response {
     let collections = match vault.collections.list() {
         Ok(c) => c,
         Err(e) => return failed(e.into()),
@@ -1215,12 +1176,9 @@ async fn data_page(State(vault): State<AppState>, headers: HeaderMap) -> Respons
 /// A blob, as a download.
 async fn download_blob(
     State(vault): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
+    _visit: Visit,
 ) -> Response {
-    if let Err(r) = visit(&vault, &headers) {
-        return r;
-    }
     match api::blob_response(&vault, &id).await {
         Ok(mut response) => {
             // `id` is 64 hex digits once `blob_response` accepted it.
@@ -1355,38 +1313,25 @@ fn summary(record: &Map<String, Value>) -> String {
     keys.join(", ")
 }
 
-fn names(
-    collection: &str,
-    id: Option<&str>,
-) -> Result<(CollectionName, Option<RecordId>), Response> {
-    let name = CollectionName::parse(collection).map_err(|e| {
+fn collection_of(collection: &str) -> Result<CollectionName, Response> {
+    CollectionName::parse(collection).map_err(|e| {
         message(
             StatusCode::BAD_REQUEST,
             "No such collection",
             &e.to_string(),
         )
-    })?;
-    let id = id
-        .map(RecordId::parse)
-        .transpose()
-        .map_err(|e| message(StatusCode::BAD_REQUEST, "No such record", &e.to_string()))?;
-    Ok((name, id))
+    })
 }
 
-/// The collection and record of a form that changes a record: a live session, its
-/// CSRF token, valid names, and not a system collection.
-fn writable_record(
-    vault: &Vault,
-    headers: &HeaderMap,
-    form: &HashMap<String, String>,
-    collection: &str,
-    id: &str,
-) -> Result<(CollectionName, RecordId), Response> {
-    posted(vault, headers, form)?;
-    let (name, id) = match names(collection, Some(id))? {
-        (name, Some(id)) => (name, id),
-        (_, None) => return Err(message(StatusCode::BAD_REQUEST, "No such record", "no id")),
-    };
+fn record_of(collection: &str, id: &str) -> Result<(CollectionName, RecordId), Response> {
+    let id = RecordId::parse(id)
+        .map_err(|e| message(StatusCode::BAD_REQUEST, "No such record", &e.to_string()))?;
+    Ok((collection_of(collection)?, id))
+}
+
+/// The collection and record a form changes: valid names, not a system collection.
+fn writable_record(collection: &str, id: &str) -> Result<(CollectionName, RecordId), Response> {
+    let (name, id) = record_of(collection, id)?;
     if name.is_system() {
         return Err(message(
             StatusCode::FORBIDDEN,
@@ -1399,14 +1344,10 @@ fn writable_record(
 
 async fn collection_page(
     State(vault): State<AppState>,
-    headers: HeaderMap,
     Path(collection): Path<String>,
+    visit: Visit,
 ) -> Response {
-    let visit = match visit(&vault, &headers) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let (name, _) = match names(&collection, None) {
+    let name = match collection_of(&collection) {
         Ok(n) => n,
         Err(r) => return r,
     };
@@ -1450,16 +1391,11 @@ struct RecordPage {
 
 async fn record_page(
     State(vault): State<AppState>,
-    headers: HeaderMap,
     Path((collection, id)): Path<(String, String)>,
+    visit: Visit,
 ) -> Response {
-    let visit = match visit(&vault, &headers) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let (name, id) = match names(&collection, Some(&id)) {
-        Ok((n, Some(i))) => (n, i),
-        Ok(_) => return message(StatusCode::BAD_REQUEST, "No such record", "no id"),
+    let (name, id) = match record_of(&collection, &id) {
+        Ok(names) => names,
         Err(r) => return r,
     };
     render_record(&vault, visit, &name, &id)
@@ -1512,11 +1448,10 @@ fn render_record(vault: &Vault, visit: Visit, name: &CollectionName, id: &Record
 
 async fn save_record(
     State(vault): State<AppState>,
-    headers: HeaderMap,
     Path((collection, id)): Path<(String, String)>,
-    Form(form): Form<HashMap<String, String>>,
+    Posted { form, .. }: Posted,
 ) -> Response {
-    let (name, id) = match writable_record(&vault, &headers, &form, &collection, &id) {
+    let (name, id) = match writable_record(&collection, &id) {
         Ok(names) => names,
         Err(r) => return r,
     };
@@ -1560,11 +1495,10 @@ async fn save_record(
 
 async fn delete_record(
     State(vault): State<AppState>,
-    headers: HeaderMap,
     Path((collection, id)): Path<(String, String)>,
-    Form(form): Form<HashMap<String, String>>,
+    _: Posted,
 ) -> Response {
-    let (name, id) = match writable_record(&vault, &headers, &form, &collection, &id) {
+    let (name, id) = match writable_record(&collection, &id) {
         Ok(names) => names,
         Err(r) => return r,
     };
@@ -1588,11 +1522,10 @@ async fn delete_record(
 /// Chooses one of a field's competing values: writing it ends the conflict.
 async fn resolve_conflict(
     State(vault): State<AppState>,
-    headers: HeaderMap,
     Path((collection, id)): Path<(String, String)>,
-    Form(form): Form<HashMap<String, String>>,
+    Posted { form, .. }: Posted,
 ) -> Response {
-    let (name, id) = match writable_record(&vault, &headers, &form, &collection, &id) {
+    let (name, id) = match writable_record(&collection, &id) {
         Ok(names) => names,
         Err(r) => return r,
     };
