@@ -793,8 +793,11 @@ pub(crate) async fn blob_response(vault: &AppState, id: &str) -> Result<Response
     let mut reader = match vault.blobs.open_blob(id) {
         Ok(reader) => reader,
         Err(BlobError::NotFound(_)) => {
-            let listed = blocking(vault, |v| Ok(v.blobs.arriving(&v.collections)?)).await?;
-            return Err(match listed.iter().find(|a| a.id == id.to_string()) {
+            let listed = blocking(vault, move |v| {
+                Ok(v.blobs.arriving_one(&v.collections, id)?)
+            })
+            .await?;
+            return Err(match listed {
                 Some(a) => ApiError::new(
                     ErrorCode::Unavailable,
                     format!(

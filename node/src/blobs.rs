@@ -256,21 +256,46 @@ impl Blobs {
             else {
                 continue;
             };
-            if self.has_blob(id)? {
-                continue;
+            if !self.has_blob(id)? {
+                out.push(self.arrival(id, &record));
             }
-            let listed = record
-                .get("size")
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(0);
-            let (received, size) = self.fetching().get(&id).copied().unwrap_or((0, listed));
-            out.push(hearth_protocol::api::ArrivingBlob {
-                id: id.to_string(),
-                size,
-                received,
-            });
         }
         Ok(out)
+    }
+
+    /// Blob `id` if another device listed it and it is not here whole yet.
+    pub fn arriving_one(
+        &self,
+        collections: &Collections,
+        id: BlobId,
+    ) -> Result<Option<hearth_protocol::api::ArrivingBlob>, BlobError> {
+        if self.has_blob(id)? {
+            return Ok(None);
+        }
+        let record_id =
+            RecordId::parse(&id.to_string()).expect("a blob id in hex is a valid record id");
+        let listing = collections
+            .get(&blob_list(), &record_id)
+            .map_err(|e| BlobError::Internal(e.to_string()))?;
+        Ok(listing.map(|record| self.arrival(id, &record)))
+    }
+
+    /// A listed blob's size and how much of it is here.
+    fn arrival(
+        &self,
+        id: BlobId,
+        listing: &serde_json::Value,
+    ) -> hearth_protocol::api::ArrivingBlob {
+        let listed = listing
+            .get("size")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        let (received, size) = self.fetching().get(&id).copied().unwrap_or((0, listed));
+        hearth_protocol::api::ArrivingBlob {
+            id: id.to_string(),
+            size,
+            received,
+        }
     }
 
     pub fn has_blob(&self, id: BlobId) -> Result<bool, BlobError> {
@@ -595,6 +620,21 @@ mod tests {
         );
         blobs.fetch_ended(away);
         assert_eq!(blobs.arriving(&collections).unwrap()[0].received, 0);
+        // One blob, asked for by id.
+        assert_eq!(
+            blobs
+                .arriving_one(&collections, away)
+                .unwrap()
+                .map(|a| a.size),
+            Some(3 << 20)
+        );
+        assert!(blobs.arriving_one(&collections, here_id).unwrap().is_none());
+        assert!(
+            blobs
+                .arriving_one(&collections, BlobId([9; 32]))
+                .unwrap()
+                .is_none()
+        );
     }
 
     fn chunk_files(dir: &Path) -> Vec<PathBuf> {

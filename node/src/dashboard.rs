@@ -57,6 +57,9 @@ const STYLE: &str = include_str!("../templates/hearth.css");
 #[derive(Default)]
 pub struct Sessions {
     inner: Mutex<SessionsInner>,
+    /// The last verification of the audit log: when, and what it found. The overview
+    /// shows a failure without walking the whole log on every page view.
+    verified: Mutex<Option<(u64, Verified)>>,
 }
 
 #[derive(Default)]
@@ -528,17 +531,12 @@ async fn overview(State(vault): State<AppState>, visit: Visit) -> Response {
             }
         }
     }
-    match api::audit_verify(&vault).await {
-        Ok(v) if !v.ok => warnings.push(format!(
-            "The audit log failed verification at entry {}: {}",
-            v.entry.unwrap_or_default(),
-            v.reason.unwrap_or_default()
-        )),
-        Ok(_) => {}
-        Err(e) => warnings.push(format!(
-            "The audit log could not be verified: {}",
-            e.message()
-        )),
+    let verified = match vault.dashboard.last_verified() {
+        Some(recent) => recent,
+        None => verify(&vault).await,
+    };
+    if !verified.ok {
+        warnings.push(verified.text);
     }
     let (blobs, blob_bytes) = match vault.blobs.list() {
         Ok(list) => (list.len(), list.iter().map(|b| b.size).sum::<u64>()),
@@ -1010,6 +1008,7 @@ struct AuditPage {
     verified: Option<Verified>,
 }
 
+#[derive(Clone)]
 struct Verified {
     ok: bool,
     text: String,
@@ -1094,8 +1093,23 @@ async fn render_audit(
     })
 }
 
-async fn verify_audit(State(vault): State<AppState>, Posted { visit, .. }: Posted) -> Response {
-    let (ok, text) = match api::audit_verify(&vault).await {
+/// How long the overview trusts the last verification of the audit log.
+const VERIFIED_FOR_SECS: u64 = 300;
+
+impl Sessions {
+    /// The last verification of the audit log, if it is recent.
+    fn last_verified(&self) -> Option<Verified> {
+        let now = crate::access::now_unix();
+        let last = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        last.as_ref()
+            .filter(|(at, _)| now.saturating_sub(*at) < VERIFIED_FOR_SECS)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+/// Verifies the audit log's hash chains, and remembers the result for the overview.
+async fn verify(vault: &AppState) -> Verified {
+    let (ok, text) = match api::audit_verify(vault).await {
         Ok(v) if v.ok => (
             true,
             format!(
@@ -1116,13 +1130,18 @@ async fn verify_audit(State(vault): State<AppState>, Posted { visit, .. }: Poste
             format!("The audit log could not be read: {}", e.message()),
         ),
     };
-    render_audit(
-        &vault,
-        visit,
-        AuditQuery::default(),
-        Some(Verified { ok, text }),
-    )
-    .await
+    let verified = Verified { ok, text };
+    *vault
+        .dashboard
+        .verified
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some((crate::access::now_unix(), verified.clone()));
+    verified
+}
+
+async fn verify_audit(State(vault): State<AppState>, Posted { visit, .. }: Posted) -> Response {
+    let verified = verify(&vault).await;
+    render_audit(&vault, visit, AuditQuery::default(), Some(verified)).await
 }
 
 // ---- Data ----

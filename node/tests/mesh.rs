@@ -560,3 +560,57 @@ async fn a_removed_device_cannot_mint_a_token() {
         node.shutdown().await.unwrap();
     }
 }
+
+/// A blob another device listed but this one does not hold yet answers `503` saying it
+/// is still arriving (and how much is here), not `404`; `GET /v1/status` lists it; a
+/// blob nobody listed is still `404`.
+#[tokio::test]
+async fn a_blob_still_arriving_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = NodeConfig::new(dir.path().join("a"));
+    config.api_addr = "127.0.0.1:0".parse().unwrap();
+    config.mesh = None;
+    let node = Node::start(config).await.unwrap();
+    let vault = node.vault().clone();
+    let away = hearth_protocol::BlobId([7; 32]);
+    hearth_node::blobs::announce(&vault.collections, &away, 3 << 20).unwrap();
+    vault.store.commit().await.unwrap();
+    let owner = std::fs::read_to_string(node.home().join("owner.token")).unwrap();
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", node.api_addr());
+    let answer = http
+        .get(format!("{base}/v1/blobs/{away}"))
+        .bearer_auth(owner.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 503);
+    let body: Value = answer.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("still arriving") && message.contains("0 of 3145728"),
+        "{message}"
+    );
+    let status: Value = http
+        .get(format!("{base}/v1/status"))
+        .bearer_auth(owner.trim())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        status["arriving"],
+        json!([{"id": away.to_string(), "size": 3 << 20, "received": 0}])
+    );
+    let nobody = hearth_protocol::BlobId([8; 32]);
+    let answer = http
+        .get(format!("{base}/v1/blobs/{nobody}"))
+        .bearer_auth(owner.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 404);
+    node.shutdown().await.unwrap();
+}
