@@ -409,7 +409,7 @@ async fn wait_for_signal() -> anyhow::Result<()> {
             }
             _ = term.recv() => break,
             _ = hangup.recv() => {
-                tracing::info!("SIGHUP: the node keeps running (there is no configuration file to reload yet)");
+                tracing::info!("SIGHUP: the node keeps running (hearth.toml is read at start only; restart to apply changes)");
             }
         }
     }

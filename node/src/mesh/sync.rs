@@ -103,11 +103,11 @@ impl SyncService {
             .lock()
             .expect("last-sync lock is never poisoned")
             .insert(peer, now);
-        let stale = previous
+        // The first message since start, or the first after the interval.
+        let due = previous
             .and_then(|p| now.duration_since(p).ok())
             .is_none_or(|age| age >= RECORD_SYNC_EVERY);
-        let first = previous.is_none();
-        if first || stale {
+        if due {
             let at = now
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
