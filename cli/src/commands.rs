@@ -939,6 +939,22 @@ async fn import(
     Ok(())
 }
 
+/// `stream`, moving `bar` (if there is one) by the bytes that pass.
+fn counted<S, E>(
+    stream: S,
+    bar: &Option<indicatif::ProgressBar>,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, E>> + use<S, E>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>>,
+{
+    let bar = bar.clone();
+    stream.inspect_ok(move |chunk| {
+        if let Some(bar) = &bar {
+            bar.inc(chunk.len() as u64);
+        }
+    })
+}
+
 /// A progress bar on stderr when it is a terminal and the output is for people.
 fn progress(json: bool, total: u64, what: &str) -> Option<indicatif::ProgressBar> {
     if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -971,13 +987,7 @@ async fn blob(
                     .with_context(|| format!("cannot open {}", file.display()))?;
                 let size = f.metadata().await.map(|m| m.len()).unwrap_or(0);
                 bar = progress(json, size, "sending");
-                let shown = bar.clone();
-                let stream = tokio_util::io::ReaderStream::new(f).inspect_ok(move |chunk| {
-                    if let Some(bar) = &shown {
-                        bar.inc(chunk.len() as u64);
-                    }
-                });
-                reqwest::Body::wrap_stream(stream)
+                reqwest::Body::wrap_stream(counted(tokio_util::io::ReaderStream::new(f), &bar))
             };
             let info: BlobInfo = client
                 .json(home, client.request(Method::POST, "/v1/blobs").body(body))
@@ -1027,12 +1037,7 @@ async fn blob(
                 (Some(_), Some(total)) => progress(json, total, "receiving"),
                 _ => None,
             };
-            let shown = bar.clone();
-            let mut stream = response.bytes_stream().inspect_ok(move |chunk| {
-                if let Some(bar) = &shown {
-                    bar.inc(chunk.len() as u64);
-                }
-            });
+            let mut stream = counted(response.bytes_stream(), &bar);
             let mut size = 0u64;
             match &output {
                 Some(path) => {
