@@ -341,6 +341,18 @@ pub fn spawn_node_wrapped(
     }
 }
 
+/// A second device of `inviter`'s vault: paired with a fresh invite, joined in the
+/// empty `home`, and started.
+pub fn join_and_spawn(inviter: &NodeProcess, home: &Path) -> NodeProcess {
+    let code = inviter.json(&["pair"])["code"]
+        .as_str()
+        .expect("an invite code")
+        .to_owned();
+    let joined = hearth_json(home, &["join", &code]);
+    assert_eq!(joined["inviter"], inviter.peer_id.as_str());
+    spawn_node(home, &[])
+}
+
 /// Starts `n` nodes, each on its own vault, in HOMEs under `dir`.
 pub fn spawn_nodes(dir: &Path, n: usize) -> Vec<NodeProcess> {
     (0..n)

@@ -600,10 +600,7 @@ fn calendars_answer_time_ranges_and_keep_their_names() {
 fn a_change_from_another_device_appears_in_the_next_sync_report() {
     let dir = tempfile::tempdir().unwrap();
     let a = spawn_node(&dir.path().join("a"), &[]);
-    let invite = a.json(&["pair"]);
-    let b_home = dir.path().join("b");
-    hearth_json(&b_home, &["join", invite["code"].as_str().unwrap()]);
-    let b = spawn_node(&b_home, &[]);
+    let b = join_and_spawn(&a, &dir.path().join("b"));
     a.json(&["put", "contacts", "ada", r#"{"name": "Ada"}"#]);
     eventually("ada on B", || {
         b.run(&["get", "contacts", "ada"])

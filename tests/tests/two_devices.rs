@@ -101,10 +101,8 @@ fn join_refuses_bad_codes_and_homes_with_a_vault() {
 fn a_blob_of_several_mib_arrives_intact_on_the_other_device() {
     let dir = tempfile::tempdir().unwrap();
     let a = spawn_node(&dir.path().join("a"), &[]);
-    let code = a.json(&["pair"])["code"].as_str().unwrap().to_owned();
     let b_home = dir.path().join("b");
-    hearth_json(&b_home, &["join", &code]);
-    let b = spawn_node(&b_home, &[]);
+    let b = join_and_spawn(&a, &b_home);
 
     let content: Vec<u8> = (0..6_500_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
@@ -149,10 +147,8 @@ fn a_blob_of_several_mib_arrives_intact_on_the_other_device() {
 fn conflicting_edits_are_listed_and_resolved_from_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let a = spawn_node(&dir.path().join("a"), &[]);
-    let code = a.json(&["pair"])["code"].as_str().unwrap().to_owned();
     let b_home = dir.path().join("b");
-    hearth_json(&b_home, &["join", &code]);
-    let b = spawn_node(&b_home, &[]);
+    let b = join_and_spawn(&a, &b_home);
     a.json(&["put", "notes", "n1", r#"{"title": "plan", "n": 1}"#]);
     eventually("n1 on B", || {
         b.run(&["get", "notes", "n1"])
@@ -211,10 +207,8 @@ fn last_sync_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let a_home = dir.path().join("a");
     let a = spawn_node(&a_home, &[]);
-    let code = a.json(&["pair"])["code"].as_str().unwrap().to_owned();
     let b_home = dir.path().join("b");
-    hearth_json(&b_home, &["join", &code]);
-    let b = spawn_node(&b_home, &[]);
+    let b = join_and_spawn(&a, &b_home);
     let b_peer = b.peer_id.clone();
     a.json(&["put", "notes", "n1", r#"{"text": "hello"}"#]);
     let synced = eventually("A has synced with B", || {
