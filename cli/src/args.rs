@@ -268,14 +268,14 @@ impl PimKind {
         let Some(chosen) = chosen else {
             return Ok(self.collection().to_owned());
         };
-        let base = self.collection();
-        if chosen == base
-            || chosen
-                .strip_prefix(base)
-                .is_some_and(|r| r.len() > 1 && r.starts_with('-'))
-        {
+        let wanted = match self {
+            PimKind::Contacts => hearth_node::pim::Kind::Contacts,
+            PimKind::Calendar => hearth_node::pim::Kind::Calendar,
+        };
+        if hearth_node::pim::Kind::of(&chosen) == Some(wanted) {
             Ok(chosen)
         } else {
+            let base = self.collection();
             anyhow::bail!(
                 "collection {chosen:?} cannot hold {base}: its name must be {base} or start with {base}-"
             )

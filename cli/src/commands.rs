@@ -417,20 +417,13 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Gives this device the name hearth.toml asks for, if it has another.
+/// Gives this device the name hearth.toml asks for (an equal name writes nothing).
 async fn name_this_device(node: &hearth_node::NodeHandle, name: &str) -> anyhow::Result<()> {
     let vault = node.vault();
-    let me = node.peer_id();
     let name = hearth_node::devices::valid_name(name)
         .map_err(|e| anyhow::anyhow!("{}: name: {e}", crate::config::FILE))?;
-    let current = hearth_node::devices::devices(&vault.collections)?
-        .into_iter()
-        .find(|d| d.id == me.to_string())
-        .map(|d| d.name);
-    if current.as_deref() != Some(name) {
-        hearth_node::devices::rename(&vault.collections, &me, name)?;
-        vault.store.commit().await?;
-    }
+    hearth_node::devices::rename(&vault.collections, &node.peer_id(), name)?;
+    vault.store.commit().await?;
     Ok(())
 }
 

@@ -38,6 +38,11 @@ pub struct Config {
     pub passphrase_file: Option<PathBuf>,
     /// The log filter (`info`, `debug`, `hearth_node=debug`…); `RUST_LOG` overrides it.
     pub log: Option<String>,
+    /// `listen` and `peers`, parsed.
+    #[serde(skip)]
+    listen_addrs: Vec<hearth_node::Multiaddr>,
+    #[serde(skip)]
+    peer_addrs: Vec<hearth_node::Multiaddr>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -63,7 +68,7 @@ impl Config {
 
     /// Reads the file's text; the error names the line and what was wrong.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let config: Self = toml::from_str(text).map_err(|e| one_paragraph(&e))?;
+        let mut config: Self = toml::from_str(text).map_err(|e| one_paragraph(&e))?;
         if let Some(name) = &config.name {
             hearth_node::devices::valid_name(name).map_err(|e| format!("name: {e}"))?;
         }
@@ -71,29 +76,30 @@ impl Config {
             tracing_subscriber::EnvFilter::try_new(filter)
                 .map_err(|e| format!("log: {filter:?} is not a log filter ({e})"))?;
         }
-        for (key, list) in [("listen", &config.listen), ("peers", &config.peers)] {
-            for addr in list.iter().flatten() {
-                addr.parse::<hearth_node::Multiaddr>()
-                    .map_err(|e| format!("{key}: {addr:?} is not a multiaddr ({e})"))?;
-            }
-        }
+        config.listen_addrs = multiaddrs("listen", &config.listen)?;
+        config.peer_addrs = multiaddrs("peers", &config.peers)?;
         Ok(config)
     }
 
     pub fn listen(&self) -> Vec<hearth_node::Multiaddr> {
-        multiaddrs(&self.listen)
+        self.listen_addrs.clone()
     }
 
     pub fn peers(&self) -> Vec<hearth_node::Multiaddr> {
-        multiaddrs(&self.peers)
+        self.peer_addrs.clone()
     }
 }
 
-fn multiaddrs(list: &Option<Vec<String>>) -> Vec<hearth_node::Multiaddr> {
-    // Checked in `parse`.
+fn multiaddrs(
+    key: &str,
+    list: &Option<Vec<String>>,
+) -> Result<Vec<hearth_node::Multiaddr>, String> {
     list.iter()
         .flatten()
-        .filter_map(|a| a.parse().ok())
+        .map(|addr| {
+            addr.parse()
+                .map_err(|e| format!("{key}: {addr:?} is not a multiaddr ({e})"))
+        })
         .collect()
 }
 
