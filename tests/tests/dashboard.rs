@@ -587,6 +587,26 @@ fn sessions_csrf_and_headers_hold_without_a_browser() {
         "a link works once"
     );
 
+    // The overview warns of a grant about to expire, and says nothing of one that is not.
+    node.json(&["grant", "soon", "--read", "contacts", "--expires", "1d"]);
+    node.json(&["grant", "later", "--read", "contacts", "--expires", "30d"]);
+    let overview = http
+        .get(format!("{base}/"))
+        .header("Cookie", &cookie)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        overview.contains("The grant for soon expires"),
+        "{overview}"
+    );
+    assert!(!overview.contains("The grant for later"), "{overview}");
+    assert!(
+        !overview.contains("audit log"),
+        "no audit warning: {overview}"
+    );
+
     let page = http
         .get(format!("{base}/grants"))
         .header("Cookie", &cookie)
@@ -613,6 +633,7 @@ fn sessions_csrf_and_headers_hold_without_a_browser() {
         .to_owned();
 
     let grants = || node.json(&["grants"]).as_array().unwrap().len();
+    let before = grants();
     let form = |token: &str| {
         vec![
             ("service", "sneaky".to_owned()),
@@ -629,7 +650,7 @@ fn sessions_csrf_and_headers_hold_without_a_browser() {
             .unwrap();
         assert_eq!(answer.status(), 403, "CSRF token {token:?}");
     }
-    assert_eq!(grants(), 0, "no grant without the CSRF token");
+    assert_eq!(grants(), before, "no grant without the CSRF token");
     let answer = http
         .post(format!("{base}/grants"))
         .header("Cookie", &cookie)
@@ -638,7 +659,7 @@ fn sessions_csrf_and_headers_hold_without_a_browser() {
         .unwrap();
     assert_eq!(answer.status(), 200);
     assert!(answer.text().unwrap().contains("id=\"grant-token\""));
-    assert_eq!(grants(), 1);
+    assert_eq!(grants(), before + 1);
 
     // A file, downloaded with the session (and not without it).
     let file = t.path().join("portrait.bin");
