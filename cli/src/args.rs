@@ -52,7 +52,7 @@ pub enum Command {
     Up {
         /// Address of the local HTTP API (port 0 picks a free port) [default: 127.0.0.1:7780].
         /// Every flag of `up` can also be set in HOME/hearth.toml; a flag overrides it
-        #[arg(long, value_name = "ADDR")]
+        #[arg(long, value_name = "ADDR", value_parser = crate::config::parse_api_addr, overrides_with = "api")]
         api: Option<SocketAddr>,
         /// Allow the API on a non-loopback address (anyone who reaches it can try tokens)
         #[arg(long)]
@@ -240,6 +240,13 @@ pub enum Command {
         #[arg(long, value_name = "COLLECTION")]
         from: Option<String>,
     },
+    /// Print shell completions: `hearth completions bash > ~/.local/share/bash-completion/completions/hearth`
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `hearth man > ~/.local/share/man/man1/hearth.1`
+    Man,
     /// Store or fetch blobs (photos, documents: large or binary content)
     Blob {
         #[command(subcommand)]

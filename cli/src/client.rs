@@ -13,6 +13,14 @@ use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
+/// The node refused a request: its error code and message.
+#[derive(Debug, thiserror::Error)]
+#[error("{message} ({code})")]
+pub struct NodeAnswered {
+    pub code: String,
+    pub message: String,
+}
+
 pub struct Client {
     http: reqwest::Client,
     base: String,
@@ -117,7 +125,11 @@ impl Client {
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(body) => bail!("{} ({})", body.error.message, body.error.code),
+            Ok(body) => Err(NodeAnswered {
+                code: body.error.code,
+                message: body.error.message,
+            }
+            .into()),
             Err(_) => bail!("the node answered {status}"),
         }
     }

@@ -32,8 +32,13 @@ pub struct StdoutClosed;
 
 /// Prints one line on stdout; a closed stdout ends the command quietly.
 fn out(line: impl Display) -> anyhow::Result<()> {
+    write_stdout(format!("{line}\n").as_bytes())
+}
+
+/// Writes bytes to stdout as they are; a closed stdout ends the command quietly.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
-    match writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
         other => Ok(other?),
     }
@@ -140,6 +145,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             passphrase,
         } => join(&home, json, &code, name, passphrase).await,
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut command, "hearth", &mut text);
+            write_stdout(&text)
+        }
+        Command::Man => {
+            let mut text = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut text)
+                .context("cannot render the manual page")?;
+            write_stdout(&text)
+        }
         Command::Passphrase {
             passphrase: old,
             new_passphrase_file,
@@ -158,14 +176,66 @@ fn resolve_home(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     }
 }
 
-fn passphrase(args: PassphraseArgs) -> anyhow::Result<Option<Passphrase>> {
+/// When a passphrase is asked for on a terminal (with no file, no environment
+/// variable and no systemd credential).
+enum Ask<'a> {
+    /// To open this HOME's key file, if it is wrapped.
+    Unlock(&'a Home),
+    /// For a new key file: may be left empty (no passphrase).
+    Choose,
+}
+
+/// The passphrase: `--passphrase-file`, else `$HEARTH_PASSPHRASE`, else the systemd
+/// credential `passphrase`, else asked on the terminal.
+fn passphrase(args: PassphraseArgs, ask: Ask) -> anyhow::Result<Option<Passphrase>> {
     if let Some(file) = args.passphrase_file {
         return Ok(Some(Passphrase::from_file(&file)?));
     }
-    match std::env::var("HEARTH_PASSPHRASE") {
-        Ok(text) => Ok(Some(Passphrase::new(text).context("HEARTH_PASSPHRASE")?)),
-        Err(_) => Ok(None),
+    if let Ok(text) = std::env::var("HEARTH_PASSPHRASE") {
+        return Ok(Some(Passphrase::new(text).context("HEARTH_PASSPHRASE")?));
     }
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        let file = PathBuf::from(dir).join("passphrase");
+        if file.exists() {
+            return Ok(Some(Passphrase::from_file(&file)?));
+        }
+    }
+    if !on_terminal() {
+        return Ok(None);
+    }
+    match ask {
+        Ask::Unlock(home) if hearth_node::keys::needs_passphrase(home) => {
+            let text = prompt(&format!(
+                "Passphrase of the vault in {}: ",
+                home.root().display()
+            ))?;
+            Ok(Some(Passphrase::new(text)?))
+        }
+        Ask::Unlock(_) => Ok(None),
+        Ask::Choose => new_passphrase("Passphrase for the new key file (empty for none): "),
+    }
+}
+
+fn on_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+}
+
+fn prompt(question: &str) -> anyhow::Result<String> {
+    rpassword::prompt_password(question).context("cannot read the passphrase from the terminal")
+}
+
+/// Asks twice for a new passphrase; empty is none.
+fn new_passphrase(question: &str) -> anyhow::Result<Option<Passphrase>> {
+    let first = zeroize::Zeroizing::new(prompt(question)?);
+    if first.is_empty() {
+        return Ok(None);
+    }
+    let again = zeroize::Zeroizing::new(prompt("The same again: ")?);
+    if *first != *again {
+        bail!("the two passphrases differ; nothing was changed");
+    }
+    Ok(Some(Passphrase::new(first.to_string())?))
 }
 
 fn change_passphrase(
@@ -175,12 +245,16 @@ fn change_passphrase(
     new_file: Option<PathBuf>,
     remove: bool,
 ) -> anyhow::Result<()> {
-    let old = passphrase(old)?;
+    let old = passphrase(old, Ask::Unlock(home))?;
     let new = match (new_file, remove) {
         (_, true) => None,
         (Some(file), false) => Some(Passphrase::from_file(&file)?),
         (None, false) => match std::env::var("HEARTH_NEW_PASSPHRASE") {
             Ok(text) => Some(Passphrase::new(text).context("HEARTH_NEW_PASSPHRASE")?),
+            Err(_) if on_terminal() => match new_passphrase("New passphrase: ")? {
+                Some(new) => Some(new),
+                None => bail!("an empty passphrase is none: to remove it, use --remove"),
+            },
             Err(_) => anyhow::bail!(
                 "give the new passphrase with --new-passphrase-file F or HEARTH_NEW_PASSPHRASE, or --remove"
             ),
@@ -205,7 +279,13 @@ fn change_passphrase(
 }
 
 async fn init(home: &Home, json: bool, args: PassphraseArgs) -> anyhow::Result<()> {
-    let passphrase = passphrase(args)?;
+    if home.has_vault() {
+        bail!(
+            "{} already holds a vault; refusing to overwrite it",
+            home.root().display()
+        );
+    }
+    let passphrase = passphrase(args, Ask::Choose)?;
     let made = hearth_node::init_vault(home, passphrase.as_ref()).await?;
     let root = home.root().display().to_string();
     if json {
@@ -262,7 +342,7 @@ async fn up(
     config.lan_addr = options.lan;
     config.accept_rollback = options.accept_rollback;
     config.mesh = mesh;
-    config.passphrase = passphrase(args)?;
+    config.passphrase = passphrase(args, Ask::Unlock(&home))?;
     let had_passphrase = config.passphrase.is_some();
     let node = Node::start(config).await?;
     if let Some(name) = &options.name {
@@ -374,7 +454,7 @@ async fn join(
     name: Option<String>,
     args: PassphraseArgs,
 ) -> anyhow::Result<()> {
-    let passphrase = passphrase(args)?;
+    let passphrase = passphrase(args, Ask::Choose)?;
     let name = name.unwrap_or_else(hearth_node::devices::default_device_name);
     let joined = hearth_node::mesh::pairing::join(home, code, passphrase.as_ref(), &name).await?;
     let root = home.root().display().to_string();
@@ -843,18 +923,7 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
                     }
                 }
                 None if json => bail!("with --json, give -o FILE (the export is not JSON)"),
-                None => {
-                    let mut stdout = std::io::stdout().lock();
-                    match stdout
-                        .write_all(text.as_bytes())
-                        .and_then(|()| stdout.flush())
-                    {
-                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                            return Err(StdoutClosed.into());
-                        }
-                        other => other?,
-                    }
-                }
+                None => write_stdout(text.as_bytes())?,
             }
         }
         Command::Blob { command } => blob(home, json, &client, command).await?,
@@ -862,6 +931,8 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
         | Command::Up { .. }
         | Command::Join { .. }
         | Command::Passphrase { .. }
+        | Command::Completions { .. }
+        | Command::Man
         | Command::Token { .. } => {
             unreachable!("handled in run")
         }

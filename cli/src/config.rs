@@ -14,7 +14,9 @@ pub const FILE: &str = "hearth.toml";
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// The local HTTP API's address (`--api`).
+    /// The local HTTP API's address (`--api`): `127.0.0.1:7781`, `localhost:7781`
+    /// or a port alone.
+    #[serde(default, deserialize_with = "api_addr")]
     pub api: Option<SocketAddr>,
     /// Allow the API on a non-loopback address (`--api-public`).
     pub api_public: Option<bool>,
@@ -90,6 +92,33 @@ impl Config {
     }
 }
 
+/// An address for the API as a person writes it: `127.0.0.1:7781`, `[::1]:7781`,
+/// `localhost:7781`, or a port alone (`7781`, on 127.0.0.1).
+pub fn parse_api_addr(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    if let Some(port) = text.strip_prefix("localhost:") {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("{port:?} is not a port number (0 to 65535)"))?;
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse().map_err(|_| {
+        format!(
+            "{text:?} is not an address: write IP:PORT (127.0.0.1:7781), localhost:PORT or a port"
+        )
+    })
+}
+
+fn api_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(d)?;
+    parse_api_addr(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
 fn multiaddrs(
     key: &str,
     list: &Option<Vec<String>>,
@@ -141,6 +170,19 @@ log = "hearth_node=debug,info"
         assert!(matches!(config.lan, Some(Lan::On(true))));
         assert_eq!(config.listen().len(), 1);
         assert_eq!(config.mdns, Some(false));
+        for (text, addr) in [
+            ("7781", "127.0.0.1:7781"),
+            ("localhost:7781", "127.0.0.1:7781"),
+            ("[::1]:7781", "[::1]:7781"),
+            ("0.0.0.0:80", "0.0.0.0:80"),
+        ] {
+            assert_eq!(parse_api_addr(text), Ok(addr.parse().unwrap()), "{text}");
+            let config = Config::parse(&format!("api = \"{text}\"")).unwrap();
+            assert_eq!(config.api, Some(addr.parse().unwrap()));
+        }
+        for bad in ["localhost:http", "70000", "example.com:80", ""] {
+            assert!(parse_api_addr(bad).is_err(), "{bad}");
+        }
         let lan = Config::parse("lan = \"0.0.0.0:8443\"").unwrap();
         assert!(matches!(lan.lan, Some(Lan::At(_))));
     }

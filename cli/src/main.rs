@@ -9,13 +9,22 @@ mod config;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = args::Cli::parse();
+    let cli = match args::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return bad_usage(e),
+    };
+    let json = cli.global.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
-        Err(e) => return fail(&anyhow::anyhow!("cannot start the async runtime: {e}")),
+        Err(e) => {
+            return fail(
+                json,
+                &anyhow::anyhow!("cannot start the async runtime: {e}"),
+            );
+        }
     };
     match runtime.block_on(commands::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -23,16 +32,96 @@ fn main() -> std::process::ExitCode {
         Err(e) if e.downcast_ref::<commands::StdoutClosed>().is_some() => {
             std::process::ExitCode::SUCCESS
         }
-        Err(e) => fail(&e),
+        Err(e) => fail(json, &e),
     }
 }
 
-/// One line on stderr, as the interface contract asks.
-fn fail(e: &anyhow::Error) -> std::process::ExitCode {
-    let line = format!("{e:#}").replace(['\n', '\r'], " ");
+/// Help and version as clap prints them; a mistake in the arguments as one line (the
+/// usage block dropped, a tip kept).
+fn bad_usage(e: clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let line = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+        })
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let json = std::env::args().skip(1).any(|a| a == "--json");
+    fail(json, &anyhow::anyhow!("{line} (see `hearth --help`)"))
+}
+
+/// One line on stderr, as the interface contract asks; with `--json` also
+/// `{"error": {"code", "message"}}` on stdout (the node's code when it answered with one).
+fn fail(json: bool, e: &anyhow::Error) -> std::process::ExitCode {
+    let line = one_line(e);
+    if json {
+        let code = e
+            .chain()
+            .find_map(|cause| cause.downcast_ref::<client::NodeAnswered>())
+            .map_or("failed", |answer| answer.code.as_str());
+        let body = serde_json::json!({ "error": { "code": code, "message": line } });
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), format!("{body}\n").as_bytes());
+    }
     let _ = std::io::Write::write_all(
         &mut std::io::stderr(),
         format!("error: {line}\n").as_bytes(),
     );
     std::process::ExitCode::FAILURE
+}
+
+/// The error and its causes on one line, each cause once: an error that already
+/// quotes its source (`cannot write x: No space left on device`) is not followed by
+/// that source again.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string().replace(['\n', '\r'], " ");
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Like the node's storage errors: the message quotes the source it also returns.
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot open x: {source}")]
+    struct Quoting {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_already_quoted_is_not_repeated() {
+        let os = || std::io::Error::from_raw_os_error(2);
+        let quoted = anyhow::Error::new(Quoting { source: os() }).context("reading the config");
+        assert_eq!(
+            one_line(&quoted),
+            "reading the config: cannot open x: No such file or directory (os error 2)"
+        );
+        let chained = anyhow::Error::new(os()).context("cannot open y");
+        assert_eq!(
+            one_line(&chained),
+            "cannot open y: No such file or directory (os error 2)"
+        );
+    }
 }

@@ -847,3 +847,118 @@ fn blob_get_does_not_overwrite_a_file_without_force() {
     }
     node.stop();
 }
+
+/// `hearth completions bash` loads in bash and completes commands; the man page is roff.
+#[test]
+fn completions_load_in_bash_and_the_man_page_renders() {
+    let out = hearth(&["completions", "bash"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("hearth.bash");
+    std::fs::write(&script, &out.stdout).unwrap();
+    // Complete `hearth bl` and `hearth blob ` the way bash's programmable completion does.
+    let probe = format!(
+        "source {}\n\
+         COMP_WORDS=(hearth bl); COMP_CWORD=1; COMP_LINE='hearth bl'; COMP_POINT=9\n\
+         _hearth hearth bl hearth; echo \"one:${{COMPREPLY[*]}}\"\n\
+         COMP_WORDS=(hearth blob ''); COMP_CWORD=2; COMP_LINE='hearth blob '; COMP_POINT=12\n\
+         _hearth hearth '' blob; echo \"two:${{COMPREPLY[*]}}\"\n",
+        script.display()
+    );
+    let run = std::process::Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", &probe])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(said.contains("one:blob"), "{said}");
+    let two = said.lines().find(|l| l.starts_with("two:")).unwrap();
+    for sub in ["put", "get"] {
+        assert!(
+            two.split_whitespace().any(|w| w.ends_with(sub)),
+            "{sub}: {two}"
+        );
+    }
+    for shell in ["zsh", "fish"] {
+        let out = hearth(&["completions", shell]);
+        assert!(out.status.success() && out.stdout.len() > 1000, "{shell}");
+    }
+    let err = one_line_error(&hearth(&["completions", "tcsh"]));
+    assert!(err.contains("tcsh"), "{err}");
+
+    let man = hearth(&["man"]);
+    assert!(man.status.success());
+    let man = String::from_utf8(man.stdout).unwrap();
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH hearth"),
+        "{}",
+        &man[..200]
+    );
+    assert!(man.contains("completions") && man.contains("grant"));
+}
+
+/// With `--json`, a failure prints `{"error": {"code", "message"}}` on stdout as well as
+/// its one line on stderr; the node's code is kept; the API takes a port alone.
+#[test]
+fn json_errors_and_a_port_alone_for_the_api() {
+    let t = TestHome::new();
+    // A port alone, and localhost:PORT, are addresses on 127.0.0.1.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let node = spawn_node(t.path(), &["--api", &port.to_string()]);
+    assert_eq!(node.api_addr, format!("127.0.0.1:{port}"));
+    node.stop();
+    let node = spawn_node(t.path(), &["--api", &format!("localhost:{port}")]);
+    assert_eq!(node.api_addr, format!("127.0.0.1:{port}"));
+    let err = one_line_error(&hearth(&[
+        "--home",
+        t.as_str(),
+        "up",
+        "--api",
+        "localhost:web",
+    ]));
+    assert!(
+        err.contains("localhost:web") && err.contains("port"),
+        "{err}"
+    );
+
+    let out = node.run(&["--json", "get", "contacts", "nobody"]);
+    let line = one_line_error(&out);
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["error"]["code"], "not_found", "{answer}");
+    assert!(
+        line.contains(answer["error"]["message"].as_str().unwrap()),
+        "{line} {answer}"
+    );
+    // A failure of the CLI itself, not the node's.
+    let fresh = TestHome::new();
+    let out = cli(
+        fresh.path(),
+        &["init", "--passphrase-file", "/nonexistent/file", "--json"],
+    );
+    let line = one_line_error(&out);
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["error"]["code"], "failed");
+    // The OS's reason once, not twice.
+    assert_eq!(
+        line.matches("No such file or directory").count(),
+        1,
+        "{line}"
+    );
+    // Without --json, nothing on stdout.
+    let out = node.run(&["get", "contacts", "nobody"]);
+    one_line_error(&out);
+    assert!(out.stdout.is_empty());
+    node.stop();
+}
