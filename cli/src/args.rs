@@ -292,8 +292,23 @@ impl PimKind {
 
 #[derive(Debug, Subcommand)]
 pub enum BlobCommand {
-    /// Store a file (- for stdin) and print its id
-    Put { file: PathBuf },
+    /// Store a file (- for stdin) and print its id; it keeps the file's name and type
+    Put {
+        file: PathBuf,
+        /// The name to keep [default: the file's name]
+        #[arg(long)]
+        name: Option<String>,
+        /// The content type, e.g. image/jpeg [default: guessed from the name]
+        #[arg(long = "type", value_name = "TYPE")]
+        content_type: Option<String>,
+    },
+    /// List the vault's blobs: id, size, type, name (and those still arriving here)
+    Ls,
+    /// Remove a blob from every device of the vault and free its space
+    Rm {
+        /// The blob's id (see `hearth blob ls`)
+        id: String,
+    },
     /// Fetch a blob by id, to a file or to stdout (not to a terminal)
     Get {
         id: String,

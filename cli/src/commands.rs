@@ -10,9 +10,10 @@ use hearth_node::home::Home;
 use hearth_node::keys::Passphrase;
 use hearth_node::{Node, NodeConfig};
 use hearth_protocol::api::{
-    AuditEntry, BlobInfo, BlobWritten, CollectionInfo, ConflictsResponse, DeviceInfo, GrantCreated,
-    GrantInfo, GrantRequest, InitReport, InviteResponse, JoinReport, PassphraseReport, PutResponse,
-    Removed, RevokeResponse, StatusResponse, TokenResponse, UpReport, VerifyResponse,
+    AuditEntry, BlobInfo, BlobRemoved, BlobWritten, CollectionInfo, ConflictsResponse, DeviceInfo,
+    GrantCreated, GrantInfo, GrantRequest, InitReport, InviteResponse, JoinReport,
+    PassphraseReport, PutResponse, Removed, RevokeResponse, StatusResponse, TokenResponse,
+    UpReport, VerifyResponse,
 };
 use hearth_protocol::scope::{Fields, Narrowing, Scope};
 use reqwest::Method;
@@ -1041,7 +1042,23 @@ async fn blob(
     command: BlobCommand,
 ) -> anyhow::Result<()> {
     match command {
-        BlobCommand::Put { file } => {
+        BlobCommand::Put {
+            file,
+            name,
+            content_type,
+        } => {
+            let name = name.or_else(|| {
+                (file.as_os_str() != "-")
+                    .then(|| file.file_name())
+                    .flatten()
+                    .map(|n| n.to_string_lossy().into_owned())
+            });
+            let content_type = content_type.or_else(|| {
+                let name = name.as_deref()?;
+                mime_guess::from_path(name)
+                    .first()
+                    .map(|m| m.essence_str().to_owned())
+            });
             let mut bar = None;
             let body = if file.as_os_str() == "-" {
                 reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(tokio::io::stdin()))
@@ -1053,9 +1070,14 @@ async fn blob(
                 bar = progress(json, size, "sending");
                 reqwest::Body::wrap_stream(counted(tokio_util::io::ReaderStream::new(f), &bar))
             };
-            let info: BlobInfo = client
-                .json(home, client.request(Method::POST, "/v1/blobs").body(body))
-                .await?;
+            let mut request = client.request(Method::POST, "/v1/blobs").body(body);
+            if let Some(name) = &name {
+                request = request.query(&[("name", name)]);
+            }
+            if let Some(content_type) = &content_type {
+                request = request.header("content-type", content_type);
+            }
+            let info: BlobInfo = client.json(home, request).await?;
             if let Some(bar) = bar {
                 bar.finish_and_clear();
             }
@@ -1063,6 +1085,45 @@ async fn blob(
                 out_json(&info)?;
             } else {
                 out(info.id)?;
+            }
+        }
+        BlobCommand::Ls => {
+            let blobs: Vec<BlobInfo> = client
+                .json(home, client.request(Method::GET, "/v1/blobs"))
+                .await?;
+            if json {
+                out_json(&blobs)?;
+            } else {
+                for b in &blobs {
+                    let mut line = format!(
+                        "{}\t{}\t{}\t{}",
+                        b.id,
+                        b.size,
+                        b.content_type.as_deref().unwrap_or("-"),
+                        b.name.as_deref().unwrap_or("-")
+                    );
+                    if !b.here {
+                        line.push_str("\t(still arriving)");
+                    }
+                    out(line)?;
+                }
+            }
+        }
+        BlobCommand::Rm { id } => {
+            hearth_protocol::BlobId::parse(&id)?;
+            let removed: BlobRemoved = client
+                .json(
+                    home,
+                    client.request(Method::DELETE, &format!("/v1/blobs/{}", seg(&id))),
+                )
+                .await?;
+            if json {
+                out_json(&removed)?;
+            } else {
+                out(format!(
+                    "removed blob {id} from every device; freed {} bytes here",
+                    removed.bytes
+                ))?;
             }
         }
         BlobCommand::Get { id, output, force } => {

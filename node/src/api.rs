@@ -21,8 +21,8 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use futures::StreamExt;
 use hearth_protocol::api::{
-    AuditEntry, BlobInfo, CollectionInfo, ConflictsResponse, DeviceInfo, ErrorBody, ErrorCode,
-    ErrorDetail, GrantCreated, GrantInfo, GrantRequest, HelloRequest, HelloResponse,
+    AuditEntry, BlobInfo, BlobRemoved, CollectionInfo, ConflictsResponse, DeviceInfo, ErrorBody,
+    ErrorCode, ErrorDetail, GrantCreated, GrantInfo, GrantRequest, HelloRequest, HelloResponse,
     InviteResponse, PutResponse, RevokeResponse, StatusResponse, StreamReady, TextEditRequest,
     VerifyResponse, ViewAll,
 };
@@ -79,7 +79,7 @@ pub fn router(vault: Arc<Vault>) -> Router {
             axum::routing::delete(remove_device).patch(rename_device),
         )
         .route("/v1/blobs", get(list_blobs).post(put_blob))
-        .route("/v1/blobs/{id}", get(get_blob))
+        .route("/v1/blobs/{id}", get(get_blob).delete(remove_blob))
         .route("/v1/grants", get(list_grants).post(create_grant))
         .route("/v1/grants/{id}/revoke", post(revoke_grant))
         .route("/v1/import/{collection}", post(import))
@@ -759,24 +759,88 @@ pub(crate) async fn resolve(
 }
 
 async fn list_blobs(State(vault): State<AppState>) -> Result<Json<Vec<BlobInfo>>, ApiError> {
-    Ok(Json(blocking(&vault, |v| Ok(v.blobs.list()?)).await?))
+    Ok(Json(
+        blocking(&vault, |v| Ok(v.blobs.list(&v.collections)?)).await?,
+    ))
 }
 
-async fn put_blob(State(vault): State<AppState>, body: Body) -> Result<Response, ApiError> {
+/// `POST /v1/blobs[?name=FILE_NAME]`: the body is the content; its `Content-Type`
+/// is kept as the blob's type.
+#[derive(serde::Deserialize)]
+struct BlobUpload {
+    name: Option<String>,
+}
+
+async fn put_blob(
+    State(vault): State<AppState>,
+    query: Result<axum::extract::Query<BlobUpload>, axum::extract::rejection::QueryRejection>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let query = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let content_type = match headers.get(header::CONTENT_TYPE) {
+        Some(value) => Some(value.to_str().map_err(|_| {
+            ApiError::new(ErrorCode::BadRequest, "the Content-Type header is not text")
+        })?),
+        None => None,
+    };
+    let described = crate::blobs::Described::new(query.name.as_deref(), content_type)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, e))?;
     let max = vault.limits.max_blob_bytes;
-    let info = vault.blobs.put(body.into_data_stream(), max).await?;
+    let stored = vault.blobs.put(body.into_data_stream(), max).await?;
     // Listed in `_blobs`, so the vault's other devices fetch it.
-    let id =
-        BlobId::parse(&info.id).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-    let size = info.size;
-    if blocking(&vault, move |v| {
-        Ok(crate::blobs::announce(&v.collections, &id, size)?)
+    let (id, size) = (stored.id, stored.size);
+    let (changed, listing) = blocking(&vault, move |v| {
+        let changed = crate::blobs::announce(&v.collections, &id, size, &described)?;
+        Ok((changed, crate::blobs::listing(&v.collections, &id)?))
     })
-    .await?
-    {
+    .await?;
+    if changed {
         vault.store.commit().await?;
     }
-    Ok((StatusCode::CREATED, Json(info)).into_response())
+    drop(stored.pinned);
+    let listing = listing
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "a blob just listed is not listed"))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(BlobInfo {
+            id: id.to_string(),
+            size,
+            name: listing.name,
+            content_type: listing.content_type,
+            added: listing.added,
+            here: true,
+        }),
+    )
+        .into_response())
+}
+
+/// `DELETE /v1/blobs/{id}`: removed on every device (they drop it when the removal
+/// reaches them); here its chunks are freed at once.
+async fn remove_blob(
+    State(vault): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<BlobRemoved>, ApiError> {
+    let id = path_param(path)?;
+    let id =
+        BlobId::parse(&id).map_err(|e| ApiError::new(ErrorCode::InvalidBlobId, e.to_string()))?;
+    let (unlisted, freed) = blocking(&vault, move |v| {
+        let freed = v.blobs.own_chunks(id)?;
+        Ok((crate::blobs::unlist(&v.collections, &id)?, freed))
+    })
+    .await?;
+    if !unlisted {
+        return Err(BlobError::NotFound(id).into());
+    }
+    vault.store.commit().await?;
+    // The mesh's blob service may collect first (it sees the removal too).
+    vault.collect_blob_garbage().await?;
+    Ok(Json(BlobRemoved {
+        id: id.to_string(),
+        removed: true,
+        chunks: freed.chunks,
+        bytes: freed.bytes,
+    }))
 }
 
 async fn get_blob(
@@ -811,6 +875,10 @@ pub(crate) async fn blob_response(vault: &AppState, id: &str) -> Result<Response
         Err(e) => return Err(e.into()),
     };
     let size = reader.size();
+    let listing = blocking(vault, move |v| {
+        Ok(crate::blobs::listing(&v.collections, &id)?)
+    })
+    .await?;
     // The first chunk is read before answering, so a corrupt blob gets an error
     // status, not a 200 that breaks off. A later bad chunk aborts the transfer.
     let first = match reader.next_chunk().await {
@@ -826,12 +894,49 @@ pub(crate) async fn blob_response(vault: &AppState, id: &str) -> Result<Response
     let stream = futures::stream::iter(first.map(Ok::<Bytes, std::io::Error>)).chain(rest);
     let mut response = Body::from_stream(stream).into_response();
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
+    let content_type = listing
+        .as_ref()
+        .and_then(|l| l.content_type.as_deref())
+        .and_then(|t| HeaderValue::from_str(t).ok())
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    headers.insert(header::CONTENT_TYPE, content_type);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    // Whatever the type, a browser must not run it as a page of this origin.
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox; default-src 'none'"),
+    );
+    if let Some(name) = listing.as_ref().and_then(|l| l.name.as_deref())
+        && let Ok(value) = HeaderValue::from_str(&content_disposition("inline", name))
+    {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
     Ok(response)
+}
+
+/// `inline; filename*=UTF-8''…` (RFC 6266, 8187): any name, safely quoted.
+pub(crate) fn content_disposition(kind: &str, name: &str) -> String {
+    const ATTR: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'!')
+        .remove(b'#')
+        .remove(b'$')
+        .remove(b'&')
+        .remove(b'+')
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'^')
+        .remove(b'_')
+        .remove(b'`')
+        .remove(b'|')
+        .remove(b'~');
+    format!(
+        "{kind}; filename*=UTF-8''{}",
+        percent_encoding::utf8_percent_encode(name, ATTR)
+    )
 }
 
 /// `201` for a new record, `200` for a changed one, with `{"id", "created"}`.

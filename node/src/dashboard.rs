@@ -538,7 +538,7 @@ async fn overview(State(vault): State<AppState>, visit: Visit) -> Response {
     if !verified.ok {
         warnings.push(verified.text);
     }
-    let (blobs, blob_bytes) = match vault.blobs.list() {
+    let (blobs, blob_bytes) = match vault.blobs.list(&vault.collections) {
         Ok(list) => (list.len(), list.iter().map(|b| b.size).sum::<u64>()),
         Err(_) => (status.blobs as usize, 0),
     };
@@ -1148,7 +1148,10 @@ async fn verify_audit(State(vault): State<AppState>, Posted { visit, .. }: Poste
 
 struct BlobRow {
     id: String,
+    name: String,
+    content_type: String,
     size: String,
+    here: bool,
 }
 
 #[derive(Template)]
@@ -1167,7 +1170,7 @@ async fn data_page(State(vault): State<AppState>, visit: Visit) -> Response {
         Ok(c) => c,
         Err(e) => return failed(e.into()),
     };
-    let blobs = vault.blobs.list().unwrap_or_default();
+    let blobs = vault.blobs.list(&vault.collections).unwrap_or_default();
     let mut pim_collections: Vec<String> = vec!["contacts".into(), "calendar".into()];
     for c in &collections {
         if crate::pim::Kind::of(&c.name).is_some() && !pim_collections.contains(&c.name) {
@@ -1185,8 +1188,11 @@ async fn data_page(State(vault): State<AppState>, visit: Visit) -> Response {
         blobs: blobs
             .into_iter()
             .map(|b| BlobRow {
+                name: b.name.unwrap_or_else(|| b.id.clone()),
+                content_type: b.content_type.unwrap_or_default(),
                 id: b.id,
                 size: bytes(b.size),
+                here: b.here,
             })
             .collect(),
     })
@@ -1200,8 +1206,18 @@ async fn download_blob(
 ) -> Response {
     match api::blob_response(&vault, &id).await {
         Ok(mut response) => {
-            // `id` is 64 hex digits once `blob_response` accepted it.
-            if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{id}\"")) {
+            // A download, never shown as a page of the dashboard's origin.
+            let value = match response.headers().get(header::CONTENT_DISPOSITION) {
+                Some(inline) => {
+                    inline
+                        .to_str()
+                        .unwrap_or_default()
+                        .replacen("inline", "attachment", 1)
+                }
+                // `id` is 64 hex digits once `blob_response` accepted it.
+                None => format!("attachment; filename=\"{id}\""),
+            };
+            if let Ok(value) = HeaderValue::from_str(&value) {
                 response
                     .headers_mut()
                     .insert(header::CONTENT_DISPOSITION, value);

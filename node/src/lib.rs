@@ -173,6 +173,39 @@ pub struct Vault {
 }
 
 impl Vault {
+    /// Frees the space of removed blobs on this device: drops their manifests, makes
+    /// that durable, then deletes every chunk no blob here uses (see
+    /// [`blobs::Blobs::delete_unused_chunks`] for why this is safe while uploads and
+    /// fetches run).
+    pub async fn collect_blob_garbage(
+        self: &Arc<Self>,
+    ) -> Result<blobs::Collected, blobs::BlobError> {
+        let task = |e: tokio::task::JoinError| blobs::BlobError::Internal(e.to_string());
+        let vault = self.clone();
+        let dropped =
+            tokio::task::spawn_blocking(move || vault.blobs.drop_removed(&vault.collections))
+                .await
+                .map_err(task)??;
+        if dropped > 0 {
+            self.store.commit().await?;
+        }
+        let vault = self.clone();
+        let mut collected =
+            tokio::task::spawn_blocking(move || vault.blobs.delete_unused_chunks(false))
+                .await
+                .map_err(task)??;
+        collected.blobs = dropped;
+        if dropped > 0 || collected.chunks > 0 {
+            tracing::info!(
+                blobs = dropped,
+                chunks = collected.chunks,
+                bytes = collected.bytes,
+                "freed the space of removed blobs"
+            );
+        }
+        Ok(collected)
+    }
+
     /// The running mesh, if any.
     pub fn mesh(&self) -> Option<mesh::MeshState> {
         self.mesh
@@ -262,6 +295,10 @@ impl Node {
             store.commit().await?;
         }
         let blobs = Blobs::open(home.blobs_dir(), store.clone(), keys.clone())?;
+        // Removed blobs whose removal arrived while the node was stopping go first.
+        if blobs.drop_removed(&collections)? > 0 {
+            store.commit().await?;
+        }
         blobs.sweep_orphans()?;
 
         let listener = tokio::net::TcpListener::bind(config.api_addr)

@@ -573,7 +573,7 @@ async fn a_blob_still_arriving_says_so() {
     let node = Node::start(config).await.unwrap();
     let vault = node.vault().clone();
     let away = hearth_protocol::BlobId([7; 32]);
-    hearth_node::blobs::announce(&vault.collections, &away, 3 << 20).unwrap();
+    hearth_node::blobs::announce(&vault.collections, &away, 3 << 20, &Default::default()).unwrap();
     vault.store.commit().await.unwrap();
     let owner = std::fs::read_to_string(node.home().join("owner.token")).unwrap();
     let http = reqwest::Client::new();

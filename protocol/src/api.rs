@@ -121,6 +121,27 @@ pub struct CollectionInfo {
 pub struct BlobInfo {
     pub id: String,
     pub size: u64,
+    /// The name it was uploaded with (a file name), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Its content type (`image/jpeg`), if the upload said.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// When it was added (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added: Option<u64>,
+    /// Whether the whole blob is on this device (else it is still arriving).
+    pub here: bool,
+}
+
+/// `DELETE /v1/blobs/{id}`: the blob is removed on every device; this one freed
+/// `chunks` files (`bytes` on disk) no other blob uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRemoved {
+    pub id: String,
+    pub removed: bool,
+    pub chunks: usize,
+    pub bytes: u64,
 }
 
 /// A blob another device listed that this device does not hold whole yet.

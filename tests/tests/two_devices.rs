@@ -243,3 +243,120 @@ fn last_sync_survives_a_restart() {
     );
     alone.stop();
 }
+
+/// A blob keeps the name and type it was stored with (the CLI takes them from the
+/// file), `blob ls` lists it on both devices, and `blob rm` removes it everywhere: its
+/// chunks are freed on both devices, while a large blob that is moving between them at
+/// that moment arrives whole.
+#[test]
+fn blobs_have_names_and_removing_one_frees_it_on_every_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn_node(&dir.path().join("a"), &[]);
+    let b_home = dir.path().join("b");
+    let b = join_and_spawn(&a, &b_home);
+    let pattern = |len: u32, seed: u32| -> Vec<u8> {
+        (0..len)
+            .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect()
+    };
+    let photo = dir.path().join("sunset at the lake.jpg");
+    std::fs::write(&photo, pattern(300_000, 1)).unwrap();
+    let put = a.json(&["blob", "put", photo.to_str().unwrap()]);
+    assert_eq!(put["name"], "sunset at the lake.jpg", "{put}");
+    assert_eq!(put["type"], "image/jpeg", "{put}");
+    let photo_id = put["id"].as_str().unwrap().to_owned();
+    let note = a.json(&["blob", "put", "-", "--name", "note.txt"]);
+    assert_eq!(note["name"], "note.txt");
+
+    let api = Api::new(&a);
+    let got = api.send_raw(api.request(reqwest::Method::GET, &format!("/v1/blobs/{photo_id}")));
+    assert_eq!(got.status, 200);
+    assert_eq!(got.content_type.as_deref(), Some("image/jpeg"));
+    let disposition = got.headers["content-disposition"].to_str().unwrap();
+    assert!(
+        disposition.contains("sunset%20at%20the%20lake.jpg"),
+        "{disposition}"
+    );
+    assert_eq!(got.headers["x-content-type-options"], "nosniff");
+    let (status, body) = api.send(
+        api.request(reqwest::Method::POST, "/v1/blobs?name=../../etc/passwd")
+            .body("x"),
+    );
+    assert_eq!(status, 400, "{body}");
+
+    let listed_on = |node: &NodeProcess, id: &str| -> Option<serde_json::Value> {
+        node.json(&["blob", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["id"] == id)
+            .cloned()
+    };
+    eventually("the photo reaches B with its name", || {
+        listed_on(&b, &photo_id)
+            .filter(|b| b["here"] == true && b["name"] == "sunset at the lake.jpg")
+    });
+    let text = String::from_utf8(b.run(&["blob", "ls"]).stdout).unwrap();
+    assert!(
+        text.contains("sunset at the lake.jpg") && text.contains("image/jpeg"),
+        "{text}"
+    );
+
+    // A large blob starts moving to B; the photo is removed meanwhile.
+    let big_content = pattern(24 << 20, 7);
+    let big = dir.path().join("film.mkv");
+    std::fs::write(&big, &big_content).unwrap();
+    let big_id = a.json(&["blob", "put", big.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let chunks_on = |home: &std::path::Path| files_under(&home.join("blobs")).len();
+    let before = chunks_on(&a.home);
+    let removed = a.json(&["blob", "rm", &photo_id]);
+    assert_eq!(removed["removed"], true);
+    assert!(removed["chunks"].as_u64().unwrap() >= 1, "{removed}");
+    assert_eq!(
+        chunks_on(&a.home),
+        before - removed["chunks"].as_u64().unwrap() as usize
+    );
+    assert!(listed_on(&a, &photo_id).is_none());
+    let err = one_line_error(&a.run(&["blob", "rm", &photo_id]));
+    assert!(err.contains("no blob"), "{err}");
+    let err = one_line_error(&a.run(&["blob", "rm", "not-a-blob"]));
+    assert!(err.contains("blob id"), "{err}");
+
+    let out = dir.path().join("film-copy.mkv");
+    eventually("the large blob reaches B whole", || {
+        b.run(&[
+            "blob",
+            "get",
+            &big_id,
+            "-o",
+            out.to_str().unwrap(),
+            "--force",
+        ])
+        .status
+        .success()
+        .then_some(())
+    });
+    assert!(
+        std::fs::read(&out).unwrap() == big_content,
+        "the large blob arrived altered"
+    );
+    eventually("B drops the removed photo", || {
+        (listed_on(&b, &photo_id).is_none() && chunks_on(&b_home) == chunks_on(&a.home))
+            .then_some(())
+    });
+    let err = one_line_error(&b.run(&["blob", "get", &photo_id, "-o", "/tmp/never-written"]));
+    assert!(err.contains("no blob"), "{err}");
+    // Every blob still listed reads whole on A after both collections.
+    let copy = dir.path().join("film-a.mkv");
+    a.json(&["blob", "get", &big_id, "-o", copy.to_str().unwrap()]);
+    assert!(std::fs::read(&copy).unwrap() == big_content);
+    // A restart does not bring the photo back.
+    b.stop();
+    let b = spawn_node(&b_home, &[]);
+    assert!(listed_on(&b, &photo_id).is_none());
+    a.stop();
+    b.stop();
+}

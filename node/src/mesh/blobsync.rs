@@ -159,6 +159,16 @@ impl BlobSync {
                 _ = stop.changed() => return,
                 () = self.fetch_missing() => {}
             }
+            // A blob removed on another device: free its space here too.
+            if self
+                .vault
+                .blobs
+                .holds_removed(&self.vault.collections)
+                .unwrap_or(false)
+                && let Err(e) = self.vault.collect_blob_garbage().await
+            {
+                tracing::warn!(error = %e, "cannot free the space of removed blobs");
+            }
         }
     }
 
@@ -216,10 +226,13 @@ impl BlobSync {
         };
         let total = manifest.chunks.len();
         tracing::info!(blob = %id, size = manifest.size, chunks = total, %peer, "fetching a blob");
+        // Safe from garbage collection until the manifest names them.
+        let pinned = self.vault.blobs.pin_fetch(id, &manifest);
         let fetched = self.fetch_chunks(&mut stream, id, &manifest).await;
         self.vault.blobs.fetch_ended(id);
         fetched?;
         self.vault.blobs.store_manifest(id, &manifest).await?;
+        drop(pinned);
         tracing::info!(blob = %id, "blob arrived");
         Ok(())
     }

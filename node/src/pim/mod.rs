@@ -543,15 +543,21 @@ pub async fn import(
     use crate::collections::RecordWrite;
     let (entries, skipped) = read_file(kind, text)?;
     let mut photos = HashMap::new();
+    // Each photo stays pinned (safe from blob garbage collection) until it is listed.
+    let mut pins = Vec::new();
     for entry in &entries {
         if let Some(photo) = &entry.photo {
             let bytes = bytes::Bytes::from(photo.bytes.clone());
             let stream = futures::stream::iter([Ok::<_, std::convert::Infallible>(bytes)]);
-            let info = vault.blobs.put(stream, vault.limits.max_blob_bytes).await?;
-            let id = hearth_protocol::BlobId::parse(&info.id)
-                .map_err(|e| ImportError::Internal(e.to_string()))?;
-            crate::blobs::announce(&vault.collections, &id, info.size)?;
-            photos.insert(entry.uid.clone(), (info.id, photo.media_type.clone()));
+            let stored = vault.blobs.put(stream, vault.limits.max_blob_bytes).await?;
+            let described =
+                crate::blobs::Described::new(None, Some(&photo.media_type)).unwrap_or_default();
+            crate::blobs::announce(&vault.collections, &stored.id, stored.size, &described)?;
+            photos.insert(
+                entry.uid.clone(),
+                (stored.id.to_string(), photo.media_type.clone()),
+            );
+            pins.push(stored.pinned);
         }
     }
     let existing: Vec<Value> = vault.collections.records(collection)?;
