@@ -240,6 +240,9 @@ pub enum Command {
         #[arg(long, value_name = "COLLECTION")]
         from: Option<String>,
     },
+    /// Read back and verify everything on this device: every sealed value of the store,
+    /// every collection, every chunk of every blob, the audit log's hash chains
+    Check,
     /// Print shell completions: `hearth completions bash > ~/.local/share/bash-completion/completions/hearth`
     Completions {
         #[arg(value_enum)]

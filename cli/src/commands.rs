@@ -10,8 +10,8 @@ use hearth_node::home::Home;
 use hearth_node::keys::Passphrase;
 use hearth_node::{Node, NodeConfig};
 use hearth_protocol::api::{
-    AuditEntry, BlobInfo, BlobRemoved, BlobWritten, CollectionInfo, ConflictsResponse, DeviceInfo,
-    GrantCreated, GrantInfo, GrantRequest, InitReport, InviteResponse, JoinReport,
+    AuditEntry, BlobInfo, BlobRemoved, BlobWritten, CheckReport, CollectionInfo, ConflictsResponse,
+    DeviceInfo, GrantCreated, GrantInfo, GrantRequest, InitReport, InviteResponse, JoinReport,
     PassphraseReport, PutResponse, Removed, RevokeResponse, StatusResponse, TokenResponse,
     UpReport, VerifyResponse,
 };
@@ -30,6 +30,12 @@ use hearth_node::pim::ImportReport;
 #[derive(Debug, thiserror::Error)]
 #[error("standard output was closed")]
 pub struct StdoutClosed;
+
+/// A failure whose details are already on stdout (with `--json`, as the one JSON
+/// value): only its line on stderr remains to be printed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Reported(pub String);
 
 /// Prints one line on stdout; a closed stdout ends the command quietly.
 fn out(line: impl Display) -> anyhow::Result<()> {
@@ -928,6 +934,30 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
             }
         }
         Command::Blob { command } => blob(home, json, &client, command).await?,
+        Command::Check => {
+            let report: CheckReport = client
+                .json(home, client.request(Method::GET, "/v1/check"))
+                .await?;
+            if json {
+                out_json(&report)?;
+            } else {
+                for problem in &report.problems {
+                    out(problem)?;
+                }
+                out(format!(
+                    "checked {} sealed values, {} collections, {} blobs (every chunk), {} audit entries",
+                    report.values, report.collections, report.blobs, report.audit_entries
+                ))?;
+            }
+            if !report.ok {
+                return Err(Reported(format!(
+                    "the check found {} problem(s); the first: {}",
+                    report.problems.len(),
+                    report.problems.first().map_or("?", String::as_str)
+                ))
+                .into());
+            }
+        }
         Command::Init { .. }
         | Command::Up { .. }
         | Command::Join { .. }

@@ -66,7 +66,7 @@ fn bad_usage(e: clap::Error) -> std::process::ExitCode {
 /// `{"error": {"code", "message"}}` on stdout (the node's code when it answered with one).
 fn fail(json: bool, e: &anyhow::Error) -> std::process::ExitCode {
     let line = one_line(e);
-    if json {
+    if json && e.downcast_ref::<commands::Reported>().is_none() {
         let code = e
             .chain()
             .find_map(|cause| cause.downcast_ref::<client::NodeAnswered>())

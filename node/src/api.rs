@@ -21,10 +21,10 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use futures::StreamExt;
 use hearth_protocol::api::{
-    AuditEntry, BlobInfo, BlobRemoved, CollectionInfo, ConflictsResponse, DeviceInfo, ErrorBody,
-    ErrorCode, ErrorDetail, GrantCreated, GrantInfo, GrantRequest, HelloRequest, HelloResponse,
-    InviteResponse, PutResponse, RevokeResponse, StatusResponse, StreamReady, TextEditRequest,
-    VerifyResponse, ViewAll,
+    AuditEntry, BlobInfo, BlobRemoved, CheckReport, CollectionInfo, ConflictsResponse, DeviceInfo,
+    ErrorBody, ErrorCode, ErrorDetail, GrantCreated, GrantInfo, GrantRequest, HelloRequest,
+    HelloResponse, InviteResponse, PutResponse, RevokeResponse, StatusResponse, StreamReady,
+    TextEditRequest, VerifyResponse, ViewAll,
 };
 use hearth_protocol::{BlobId, CollectionName, RecordId};
 use rand::RngCore;
@@ -86,6 +86,7 @@ pub fn router(vault: Arc<Vault>) -> Router {
         .route("/v1/export/{collection}", get(export))
         .route("/v1/audit", get(list_audit))
         .route("/v1/audit/verify", get(verify_audit))
+        .route("/v1/check", get(check))
         .route("/v1/dashboard/login", post(crate::dashboard::login_link))
         .route_layer(middleware::from_fn_with_state(vault.clone(), require_owner));
     let service = Router::new()
@@ -1344,6 +1345,61 @@ pub(crate) async fn audit_verify(vault: &AppState) -> Result<VerifyResponse, Api
         })
     })
     .await
+}
+
+/// Reads back and verifies everything on this device: every sealed value of the
+/// store, every collection document, every chunk of every blob, the audit chains.
+async fn check(State(vault): State<AppState>) -> Result<Json<CheckReport>, ApiError> {
+    let (values, collections, mut problems) = blocking(&vault, |v| {
+        let (values, mut problems) = v.store.verify_all()?;
+        let mut loaded = 0;
+        for name in v.collections.names()? {
+            match v.collections.count(&name) {
+                Ok(_) => loaded += 1,
+                Err(e) => problems.push(format!("collection {name}: {e}")),
+            }
+        }
+        Ok((values, loaded, problems))
+    })
+    .await?;
+    let manifests = blocking(&vault, |v| Ok(v.blobs.stored()?)).await;
+    let mut blobs = 0;
+    match manifests {
+        Ok(ids) => {
+            for id in ids {
+                match read_whole(&vault, id).await {
+                    Ok(()) => blobs += 1,
+                    Err(e) => problems.push(format!("blob {id}: {e}")),
+                }
+            }
+        }
+        Err(e) => problems.push(format!("blobs: {}", e.message)),
+    }
+    let audit = audit_verify(&vault).await?;
+    if !audit.ok {
+        problems.push(format!(
+            "audit log: entry {} does not verify: {}",
+            audit.entry.as_deref().unwrap_or("?"),
+            audit.reason.as_deref().unwrap_or("?")
+        ));
+    }
+    Ok(Json(CheckReport {
+        ok: problems.is_empty(),
+        values,
+        collections,
+        blobs,
+        audit_entries: audit.entries.unwrap_or(0),
+        problems,
+    }))
+}
+
+/// Reads a blob through, verifying every chunk.
+async fn read_whole(vault: &AppState, id: BlobId) -> Result<(), BlobError> {
+    let mut reader = vault.blobs.open_blob(id)?;
+    while let Some(chunk) = reader.next_chunk().await {
+        chunk?;
+    }
+    Ok(())
 }
 
 // ---- Views (services): parse, call the door, render ----

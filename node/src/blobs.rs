@@ -493,6 +493,19 @@ impl Blobs {
         }
     }
 
+    /// The ids of every blob whole on this device.
+    pub fn stored(&self) -> Result<Vec<BlobId>, BlobError> {
+        self.manifests
+            .keys_with_prefix(&[])
+            .map(|key| {
+                let key = key?;
+                Ok(BlobId(key.as_slice().try_into().map_err(|_| {
+                    StoreError::Malformed("a blob key is malformed".into())
+                })?))
+            })
+            .collect()
+    }
+
     pub fn has_blob(&self, id: BlobId) -> Result<bool, BlobError> {
         Ok(self.manifests.contains_key(&id.0)?)
     }

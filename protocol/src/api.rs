@@ -134,6 +134,23 @@ pub struct BlobInfo {
     pub here: bool,
 }
 
+/// `GET /v1/check` (`hearth check`): everything on this device read back and verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckReport {
+    /// Nothing is wrong.
+    pub ok: bool,
+    /// Sealed values in the store, each opened and authenticated.
+    pub values: u64,
+    /// Collection documents loaded.
+    pub collections: u64,
+    /// Blobs read whole, every chunk verified.
+    pub blobs: u64,
+    /// Audit entries whose hash chains verify.
+    pub audit_entries: u64,
+    /// What is wrong, one line each.
+    pub problems: Vec<String>,
+}
+
 /// `DELETE /v1/blobs/{id}`: the blob is removed on every device; this one freed
 /// `chunks` files (`bytes` on disk) no other blob uses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -425,7 +425,10 @@ fn records_and_blobs_through_http_follow_the_api() {
     assert!(body[0]["added"].as_u64().is_some(), "{body}");
     body[0].as_object_mut().unwrap().remove("added");
     // No name and no type: the upload gave none.
-    assert_eq!(body, json!([{"id": blob_id, "size": blob.len(), "here": true}]));
+    assert_eq!(
+        body,
+        json!([{"id": blob_id, "size": blob.len(), "here": true}])
+    );
 
     let (status, body) = api.send(api.request(Method::GET, "/v1/status"));
     assert_eq!(status, 200);
@@ -961,5 +964,42 @@ fn json_errors_and_a_port_alone_for_the_api() {
     let out = node.run(&["get", "contacts", "nobody"]);
     one_line_error(&out);
     assert!(out.stdout.is_empty());
+    node.stop();
+}
+
+/// `hearth check` reads everything back: a healthy vault passes; one flipped bit in a
+/// blob chunk on disk is found and named, and the command fails.
+#[test]
+fn check_finds_a_damaged_chunk() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    node.json(&["put", "notes", "n1", r#"{"text":"kept"}"#]);
+    let file = t.file("photo.bin", vec![7u8; 300_000]);
+    let id = node.json(&["blob", "put", file.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let report = node.json(&["check"]);
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["blobs"], 1);
+    assert!(report["values"].as_u64().unwrap() > 0);
+    let chunk = files_under(&t.path().join("blobs"))
+        .into_iter()
+        .next()
+        .unwrap();
+    let mut bytes = std::fs::read(&chunk).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&chunk, bytes).unwrap();
+    let out = node.run(&["check"]);
+    let err = one_line_error(&out);
+    assert!(err.contains("1 problem") && err.contains(&id), "{err}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains(&format!("blob {id}")), "{said}");
+    // With --json: the report, not an error object, on stdout.
+    let out = node.run(&["check", "--json"]);
+    assert!(!out.status.success());
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["problems"].as_array().unwrap().len(), 1);
     node.stop();
 }
