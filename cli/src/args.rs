@@ -228,13 +228,20 @@ pub enum Command {
     },
     /// Print a one-time login link to the web dashboard (it works once, for 10 minutes)
     Dashboard,
-    /// Export contacts as one vCard file, or the calendar as one iCalendar file
+    /// Export contacts as one vCard file or the calendar as one iCalendar file; or,
+    /// with --all, everything into a directory, readable without Hearth
+    #[command(group = clap::ArgGroup::new("what").required(true).args(["kind", "all"]))]
     Export {
         /// What to export
         #[arg(value_enum)]
-        kind: PimKind,
-        /// Write to this file instead of stdout
-        #[arg(short, long, value_name = "FILE")]
+        kind: Option<PimKind>,
+        /// Everything, at one moment, into the directory -o DIR (new or empty): records
+        /// as JSON, contacts as vCard, calendars as iCalendar, blobs as files with
+        /// their names, devices, grants and the audit log as JSON
+        #[arg(long, requires = "output", conflicts_with = "from")]
+        all: bool,
+        /// Write to this file (with --all: this directory) instead of stdout
+        #[arg(short, long, value_name = "FILE|DIR")]
         output: Option<PathBuf>,
         /// From this collection instead of `contacts` / `calendar`
         #[arg(long, value_name = "COLLECTION")]

@@ -38,7 +38,7 @@ pub struct StdoutClosed;
 pub struct Reported(pub String);
 
 /// Prints one line on stdout; a closed stdout ends the command quietly.
-fn out(line: impl Display) -> anyhow::Result<()> {
+pub(crate) fn out(line: impl Display) -> anyhow::Result<()> {
     write_stdout(format!("{line}\n").as_bytes())
 }
 
@@ -52,12 +52,12 @@ fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// Prints one JSON value on stdout.
-fn out_json(value: &impl Serialize) -> anyhow::Result<()> {
+pub(crate) fn out_json(value: &impl Serialize) -> anyhow::Result<()> {
     out(serde_json::to_string(value).context("cannot encode the answer as JSON")?)
 }
 
 /// Prints a line for people on stderr (a closed stderr is ignored).
-fn note(line: impl Display) {
+pub(crate) fn note(line: impl Display) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
@@ -906,7 +906,16 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
             let collection = kind.collection_or(into)?;
             import(home, json, &client, &collection, &file).await?;
         }
-        Command::Export { kind, output, from } => {
+        Command::Export {
+            all: true, output, ..
+        } => {
+            let dir = output.context("--all needs -o DIR")?;
+            crate::export::everything(home, json, &client, &dir).await?;
+        }
+        Command::Export {
+            kind, output, from, ..
+        } => {
+            let kind = kind.context("say what to export: contacts, calendar, or --all")?;
             let collection = kind.collection_or(from)?;
             let path = format!("/v1/export/{}", seg(&collection));
             let text = client
@@ -1035,7 +1044,7 @@ async fn import(
 }
 
 /// `stream`, moving `bar` (if there is one) by the bytes that pass.
-fn counted<S, E>(
+pub(crate) fn counted<S, E>(
     stream: S,
     bar: &Option<indicatif::ProgressBar>,
 ) -> impl futures::Stream<Item = Result<bytes::Bytes, E>> + use<S, E>
@@ -1051,7 +1060,7 @@ where
 }
 
 /// A progress bar on stderr when it is a terminal and the output is for people.
-fn progress(json: bool, total: u64, what: &str) -> Option<indicatif::ProgressBar> {
+pub(crate) fn progress(json: bool, total: u64, what: &str) -> Option<indicatif::ProgressBar> {
     if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         return None;
     }

@@ -5,6 +5,7 @@ mod args;
 mod client;
 mod commands;
 mod config;
+mod export;
 
 use clap::Parser;
 

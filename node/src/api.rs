@@ -24,7 +24,7 @@ use hearth_protocol::api::{
     AuditEntry, BlobInfo, BlobRemoved, CheckReport, CollectionInfo, ConflictsResponse, DeviceInfo,
     ErrorBody, ErrorCode, ErrorDetail, GrantCreated, GrantInfo, GrantRequest, HelloRequest,
     HelloResponse, InviteResponse, PutResponse, RevokeResponse, StatusResponse, StreamReady,
-    TextEditRequest, VerifyResponse, ViewAll,
+    TextEditRequest, VaultExport, VerifyResponse, ViewAll,
 };
 use hearth_protocol::{BlobId, CollectionName, RecordId};
 use rand::RngCore;
@@ -83,6 +83,7 @@ pub fn router(vault: Arc<Vault>) -> Router {
         .route("/v1/grants", get(list_grants).post(create_grant))
         .route("/v1/grants/{id}/revoke", post(revoke_grant))
         .route("/v1/import/{collection}", post(import))
+        .route("/v1/export", get(export_all))
         .route("/v1/export/{collection}", get(export))
         .route("/v1/audit", get(list_audit))
         .route("/v1/audit/verify", get(verify_audit))
@@ -1345,6 +1346,78 @@ pub(crate) async fn audit_verify(vault: &AppState) -> Result<VerifyResponse, Api
         })
     })
     .await
+}
+
+/// The whole vault at one moment (see [`VaultExport`]).
+async fn export_all(State(vault): State<AppState>) -> Result<Json<VaultExport>, ApiError> {
+    blocking(&vault, |v| {
+        use crate::collections::RecordSource;
+        let snapshot = v.collections.snapshot()?;
+        let at = access::now_unix();
+        let mut collections = std::collections::BTreeMap::new();
+        let mut texts = std::collections::BTreeMap::new();
+        for name in snapshot.collection_names()? {
+            if name.as_str().starts_with('_') {
+                continue;
+            }
+            let records = snapshot.collection_records(&name)?;
+            if let Some(kind) = pim::Kind::of(name.as_str()) {
+                let pairs: Vec<(String, Map<String, Value>)> = records
+                    .iter()
+                    .filter_map(|r| {
+                        let mut r = r.as_object()?.clone();
+                        let id = r.remove("id")?.as_str()?.to_owned();
+                        Some((id, r))
+                    })
+                    .collect();
+                let text = pim::export(kind, &pairs).map_err(|e| {
+                    ApiError::new(ErrorCode::Corrupt, format!("collection {name}: {e}"))
+                })?;
+                texts.insert(name.to_string(), text);
+            }
+            collections.insert(name.to_string(), records);
+        }
+        let devices = snapshot.collection_records(&crate::devices::collection())?;
+        let mut blobs = Vec::new();
+        for (id, listing) in crate::blobs::listings(&snapshot)? {
+            if !listing.removed {
+                blobs.push(BlobInfo {
+                    id: id.to_string(),
+                    size: listing.size,
+                    name: listing.name,
+                    content_type: listing.content_type,
+                    added: listing.added,
+                    here: v.blobs.has_blob(id)?,
+                });
+            }
+        }
+        let audit = access::audit_entries(&snapshot, None)?;
+        let mut last_used: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+        for entry in &audit {
+            let slot = last_used.entry(entry.grant.as_str()).or_default();
+            *slot = (*slot).max(entry.at);
+        }
+        let grants = access::list_grants(&snapshot)?
+            .into_iter()
+            .map(|g| {
+                let used = last_used.get(g.id.as_str()).copied();
+                grant_info(g, used)
+            })
+            .collect();
+        Ok(VaultExport {
+            at,
+            vault_id: v.keys.vault_id_hex(),
+            device: v.keys.peer_id().to_string(),
+            collections,
+            pim: texts,
+            devices,
+            blobs,
+            grants,
+            audit,
+        })
+    })
+    .await
+    .map(Json)
 }
 
 /// Reads back and verifies everything on this device: every sealed value of the

@@ -204,9 +204,11 @@ pub fn unlist(collections: &Collections, id: &BlobId) -> Result<bool, Collection
 }
 
 /// Every listed blob (removed ones included), by id.
-pub fn listings(collections: &Collections) -> Result<Vec<(BlobId, Listing)>, CollectionError> {
+pub fn listings(
+    collections: &impl crate::collections::RecordSource,
+) -> Result<Vec<(BlobId, Listing)>, CollectionError> {
     Ok(collections
-        .records(&blob_list())?
+        .collection_records(&blob_list())?
         .into_iter()
         .filter_map(|record| {
             let id = BlobId::parse(record.get("id")?.as_str()?).ok()?;

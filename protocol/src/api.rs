@@ -134,6 +134,27 @@ pub struct BlobInfo {
     pub here: bool,
 }
 
+/// `GET /v1/export`: the whole vault at one moment, for `hearth export --all`. Blob
+/// contents are not in it: they are fetched by id (`GET /v1/blobs/{id}`) afterwards,
+/// and cannot have changed (a blob's id is its content).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VaultExport {
+    /// The moment of the snapshot (Unix seconds).
+    pub at: u64,
+    pub vault_id: String,
+    /// The device it was taken on.
+    pub device: String,
+    /// Every collection's records (the system's own `_` collections apart), by name.
+    pub collections: std::collections::BTreeMap<String, Vec<serde_json::Value>>,
+    /// Contacts collections as vCard, calendar collections as iCalendar, by name.
+    pub pim: std::collections::BTreeMap<String, String>,
+    /// The vault's devices (their records).
+    pub devices: Vec<serde_json::Value>,
+    pub blobs: Vec<BlobInfo>,
+    pub grants: Vec<GrantInfo>,
+    pub audit: Vec<AuditEntry>,
+}
+
 /// `GET /v1/check` (`hearth check`): everything on this device read back and verified.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckReport {

@@ -1003,3 +1003,167 @@ fn check_finds_a_damaged_chunk() {
     assert_eq!(report["problems"].as_array().unwrap().len(), 1);
     node.stop();
 }
+
+/// A vault with something of everything, exported with `export --all`: returns the
+/// export's directory and the blobs' contents by name.
+fn exported_vault(
+    t: &TestHome,
+    node: &NodeProcess,
+) -> (std::path::PathBuf, Vec<(String, Vec<u8>)>) {
+    node.json(&["put", "notes", "n1", r#"{"text":"first", "tags":["a"]}"#]);
+    node.json(&["put", "notes", "n2", r#"{"text":"second ✓"}"#]);
+    let vcf = t.file(
+        "people.vcf",
+        "BEGIN:VCARD\r\nVERSION:4.0\r\nUID:ada\r\nFN:Ada Lovelace\r\nEMAIL:ada@example.org\r\nEND:VCARD\r\n",
+    );
+    node.json(&["import", "contacts", vcf.to_str().unwrap()]);
+    let ics = t.file(
+        "events.ics",
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//t//EN\r\nBEGIN:VEVENT\r\nUID:e1\r\nDTSTAMP:20260101T000000Z\r\nDTSTART:20261224T180000Z\r\nSUMMARY:Dinner\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n",
+    );
+    node.json(&["import", "calendar", ics.to_str().unwrap()]);
+    let mut blobs = Vec::new();
+    for (name, content) in [
+        ("photo.jpg", vec![1u8; 200_000]),
+        (
+            "report.pdf",
+            (0..3_000_000u32).map(|i| (i % 251) as u8).collect(),
+        ),
+    ] {
+        let file = t.file(name, &content);
+        node.json(&["blob", "put", file.to_str().unwrap()]);
+        blobs.push((name.to_owned(), content));
+    }
+    // The same name again, other content: kept apart in the export.
+    let other = t.dir().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let again = other.join("photo.jpg");
+    std::fs::write(&again, b"another photo").unwrap();
+    node.json(&["blob", "put", again.to_str().unwrap()]);
+    blobs.push(("photo (2).jpg".to_owned(), b"another photo".to_vec()));
+    let token = node.json(&["grant", "reader", "--read", "notes"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let api = Api::new(node);
+    let (status, _) = api.send(api.raw(Method::GET, "/v1/view/notes").bearer_auth(&token));
+    assert_eq!(status, 200);
+
+    let dir = t.dir().join("export");
+    let summary = node.json(&["export", "--all", "-o", dir.to_str().unwrap()]);
+    assert_eq!(summary["records"], 4, "{summary}");
+    assert_eq!(summary["blobs"], 3, "{summary}");
+    (dir, blobs)
+}
+
+/// `hearth export --all -o DIR` writes everything in open formats: JSON, vCard,
+/// iCalendar, blobs as files under their names; into a new or empty directory only.
+#[test]
+fn export_all_writes_everything_in_open_formats() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let (dir, blobs) = exported_vault(&t, &node);
+    let read = |p: &str| std::fs::read(dir.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    let json = |p: &str| -> Value { serde_json::from_slice(&read(p)).unwrap() };
+    let notes = json("records/notes.json");
+    assert_eq!(notes.as_array().unwrap().len(), 2);
+    assert_eq!(notes[1]["text"], "second ✓");
+    let vcf = String::from_utf8(read("vcard/contacts.vcf")).unwrap();
+    assert!(
+        vcf.contains("FN:Ada Lovelace") && vcf.contains("UID:ada"),
+        "{vcf}"
+    );
+    let ics = String::from_utf8(read("icalendar/calendar.ics")).unwrap();
+    assert!(ics.contains("SUMMARY:Dinner"), "{ics}");
+    for (name, content) in &blobs {
+        assert!(read(&format!("blobs/{name}")) == *content, "{name} differs");
+    }
+    let listed = json("blobs.json");
+    assert_eq!(listed.as_array().unwrap().len(), 3);
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["type"] == "application/pdf")
+    );
+    let grants = json("grants.json");
+    assert_eq!(grants[0]["service"], "reader");
+    assert!(!String::from_utf8_lossy(&read("grants.json")).contains("token"));
+    let audit = json("audit.json");
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["service"] == "reader")
+    );
+    assert_eq!(json("devices.json").as_array().unwrap().len(), 1);
+    assert_eq!(json("export.json")["format"], "hearth-export-1");
+    assert!(!t.dir().join("export.partial").exists());
+    // Never into a directory that holds something.
+    let err = one_line_error(&node.run(&["export", "--all", "-o", dir.to_str().unwrap()]));
+    assert!(err.contains("not empty"), "{err}");
+    let err = one_line_error(&node.run(&["export", "--all"]));
+    assert!(err.contains("--output"), "{err}");
+    node.stop();
+}
+
+/// The export is readable by plain tools: jq and Python read every JSON file, `cmp`
+/// finds each blob equal to what was stored. Needs jq, python3 and cmp (`.ci/run`
+/// installs jq when missing).
+#[test]
+#[ignore = "needs jq and python3; run by .ci/run"]
+fn export_all_is_readable_by_plain_tools() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let (dir, blobs) = exported_vault(&t, &node);
+    node.stop();
+    let run = |program: &str, args: &[&str]| {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap_or_else(|e| panic!("{program} cannot run ({e}): install it"));
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for file in files_under(&dir)
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "json"))
+    {
+        run("python3", &["-m", "json.tool", file.to_str().unwrap()]);
+    }
+    assert_eq!(
+        run("jq", &["-r", ".[1].text", "records/notes.json"]).trim(),
+        "second ✓"
+    );
+    assert_eq!(
+        run("jq", &["-r", ".[0].service", "grants.json"]).trim(),
+        "reader"
+    );
+    assert_eq!(
+        run(
+            "jq",
+            &[
+                "-r",
+                "[.[] | select(.type == \"application/pdf\") | .file][0]",
+                "blobs.json"
+            ]
+        )
+        .trim(),
+        "report.pdf"
+    );
+    for (name, content) in &blobs {
+        let original = t.dir().join("original.bin");
+        std::fs::write(&original, content).unwrap();
+        run(
+            "cmp",
+            &[original.to_str().unwrap(), &format!("blobs/{name}")],
+        );
+    }
+}

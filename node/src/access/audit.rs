@@ -241,11 +241,13 @@ fn entry_hash(entry: &Map<String, Value>) -> String {
 }
 
 /// Every audit entry of every device, from all of the log's documents, as stored.
-fn audit_records(collections: &Collections) -> Result<Vec<Value>, CollectionError> {
+fn audit_records(
+    collections: &impl crate::collections::RecordSource,
+) -> Result<Vec<Value>, CollectionError> {
     let mut entries = Vec::new();
-    for name in collections.names()? {
+    for name in collections.collection_names()? {
         if is_audit_shard(&name) {
-            for record in collections.records(&name)? {
+            for record in collections.collection_records(&name)? {
                 unpack_record(record, &mut entries);
             }
         }
@@ -310,7 +312,7 @@ fn last_of_chain(collections: &Collections, chain: &str) -> Result<(u64, String)
 /// Audit entries, oldest first, optionally of one grant. Entries that are not
 /// readable as entries are left out here (`verify_audit` names them).
 pub fn audit_entries(
-    collections: &Collections,
+    collections: &impl crate::collections::RecordSource,
     grant: Option<&str>,
 ) -> Result<Vec<AuditEntry>, CollectionError> {
     let mut entries: Vec<AuditEntry> = audit_records(collections)?

@@ -200,9 +200,11 @@ fn record_of(grant: &Grant) -> Map<String, Value> {
 }
 
 /// Every grant, newest first.
-pub fn list_grants(collections: &Collections) -> Result<Vec<Grant>, AccessError> {
+pub fn list_grants(
+    collections: &impl crate::collections::RecordSource,
+) -> Result<Vec<Grant>, AccessError> {
     let mut grants: Vec<Grant> = collections
-        .records(&access())?
+        .collection_records(&access())?
         .into_iter()
         .filter_map(Grant::from_record)
         .collect();
