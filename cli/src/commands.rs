@@ -87,6 +87,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 listen
             };
+            // On SIGHUP, peers and log level are read again unless a flag set them.
+            let reloads = Reloads {
+                peers: peer.is_empty(),
+                log: verbose == 0 && !quiet && rust_log().is_none(),
+            };
             let peer = if peer.is_empty() { file.peers() } else { peer };
             let mesh = (!no_mesh && file.mesh != Some(false)).then(|| {
                 let mut mesh = hearth_node::mesh::MeshConfig::default();
@@ -113,6 +118,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     Some(crate::config::Lan::On(false)) | None => None,
                 }),
                 accept_rollback,
+                reloads,
                 name: file.name,
                 log: match (verbose, quiet) {
                     (0, false) => file.log,
@@ -323,12 +329,21 @@ async fn init(home: &Home, json: bool, args: PassphraseArgs) -> anyhow::Result<(
     out(format!("Run the node with: hearth --home {root} up"))
 }
 
+/// What SIGHUP reloads from hearth.toml: what no flag (or `RUST_LOG`) fixed at start.
+#[derive(Clone, Copy)]
+struct Reloads {
+    peers: bool,
+    log: bool,
+}
+
 /// What `up` takes besides the mesh and the passphrase.
 struct UpOptions {
     api: std::net::SocketAddr,
     api_public: bool,
     lan: Option<std::net::SocketAddr>,
     accept_rollback: bool,
+    /// What a SIGHUP may change.
+    reloads: Reloads,
     /// This device's name, from hearth.toml.
     name: Option<String>,
     /// The log filter, from hearth.toml (`RUST_LOG` wins).
@@ -342,7 +357,7 @@ async fn up(
     mesh: Option<hearth_node::mesh::MeshConfig>,
     args: PassphraseArgs,
 ) -> anyhow::Result<()> {
-    init_tracing(options.log.as_deref());
+    let log_reload = init_tracing(options.log.as_deref());
     let mut config = NodeConfig::new(home.root());
     config.api_addr = options.api;
     config.allow_public_api = options.api_public;
@@ -380,7 +395,7 @@ async fn up(
     if let Err(e) = sd_notify::notify(&ready) {
         tracing::warn!(error = %e, "cannot tell the service manager that the node is ready");
     }
-    wait_for_signal().await?;
+    wait_for_signal(|| reload_config(&home, options.reloads, &node, &log_reload)).await?;
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
         tracing::debug!(error = %e, "cannot tell the service manager that the node stops");
     }
@@ -483,10 +498,15 @@ async fn join(
     ))
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+async fn wait_for_signal<F, R>(mut on_hangup: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> R,
+    R: std::future::Future<Output = ()>,
+{
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    // A closed terminal sends SIGHUP: it must not stop the vault.
+    // A closed terminal sends SIGHUP: it must not stop the vault. It reloads what can
+    // be reloaded instead.
     let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
     loop {
         tokio::select! {
@@ -495,13 +515,55 @@ async fn wait_for_signal() -> anyhow::Result<()> {
                 break;
             }
             _ = term.recv() => break,
-            _ = hangup.recv() => {
-                tracing::info!("SIGHUP: the node keeps running (hearth.toml is read at start only; restart to apply changes)");
-            }
+            _ = hangup.recv() => on_hangup().await,
         }
     }
     tracing::info!("stopping");
     Ok(())
+}
+
+/// SIGHUP: reads hearth.toml again and applies the log level and the peers (unless a
+/// flag fixed them at start). A file that cannot be read changes nothing.
+async fn reload_config(
+    home: &Home,
+    reloads: Reloads,
+    node: &hearth_node::NodeHandle,
+    log_reload: &LogReload,
+) {
+    let file = match crate::config::Config::load(home.root()) {
+        Ok(file) => file,
+        Err(e) => {
+            tracing::warn!("SIGHUP: {e:#}; the node keeps its settings");
+            return;
+        }
+    };
+    let mut applied = Vec::new();
+    if reloads.log {
+        let filter = file.log.as_deref().unwrap_or(DEFAULT_LOG);
+        match log_reload(filter) {
+            Ok(()) => applied.push(format!("log = {filter:?}")),
+            Err(e) => tracing::warn!(error = %e, "SIGHUP: cannot change the log level"),
+        }
+    }
+    if reloads.peers
+        && let Some(mesh) = node.vault().mesh()
+    {
+        let peers = file.peers();
+        let count = peers.len();
+        match mesh.handle.set_peers(peers).await {
+            Ok(()) => applied.push(format!("{count} peer(s)")),
+            Err(e) => tracing::warn!(error = %e, "SIGHUP: cannot change the peers"),
+        }
+    }
+    tracing::info!(
+        "SIGHUP: reloaded {} from {} (the other settings apply at the next start)",
+        if applied.is_empty() {
+            "nothing".to_owned()
+        } else {
+            applied.join(", ")
+        },
+        crate::config::FILE
+    );
 }
 
 /// Gives this device the name hearth.toml asks for (an equal name writes nothing).
@@ -518,17 +580,32 @@ async fn name_this_device(node: &hearth_node::NodeHandle, name: &str) -> anyhow:
 /// blobs arriving, grants revoked…), and only the libraries' warnings.
 const DEFAULT_LOG: &str = "warn,hearth_node=info,hearth=info";
 
-fn init_tracing(configured: Option<&str>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        configured
-            .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
-            .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(DEFAULT_LOG))
-    });
-    let _ = tracing_subscriber::fmt()
+/// Changes the log filter of the running node (SIGHUP with a new `log` in hearth.toml).
+type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// `RUST_LOG`, unless it is unset or empty.
+fn rust_log() -> Option<String> {
+    std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+}
+
+fn init_tracing(configured: Option<&str>) -> LogReload {
+    let filter = rust_log()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .or_else(|| configured.and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok()))
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_filter_reloading();
+    let handle = builder.reload_handle();
+    let _ = builder.try_init();
+    Box::new(move |text: &str| {
+        let filter = tracing_subscriber::EnvFilter::try_new(text).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }
 
 async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Result<()> {

@@ -755,20 +755,46 @@ fn a_device_is_renamed_by_a_start_of_its_peer_id_or_by_its_name() {
 
 /// Closing the terminal (SIGHUP) does not stop the node; SIGTERM still stops it cleanly
 /// (api.addr removed).
+/// SIGHUP never stops the node: it reads hearth.toml again and applies the log level
+/// (a bad file changes nothing and says so).
 #[test]
-fn a_hangup_does_not_stop_the_node() {
+fn a_hangup_reloads_the_log_level_and_does_not_stop_the_node() {
     let t = TestHome::new();
-    let node = spawn_node_with_env(t.path(), &[], &[("RUST_LOG", "info")]);
-    let sent = std::process::Command::new("kill")
-        .args(["-HUP", &node.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    std::fs::create_dir_all(t.path()).unwrap();
+    let file = t.path().join("hearth.toml");
+    std::fs::write(&file, "log = \"error\"\n").unwrap();
+    // No RUST_LOG: the file's level applies.
+    let node = spawn_node_with_env(t.path(), &[], &[("RUST_LOG", "")]);
+    let hangup = || {
+        let sent = std::process::Command::new("kill")
+            .args(["-HUP", &node.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    hangup();
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(node.json(&["status"])["peer_id"], node.peer_id.as_str());
-    eventually("the hangup in the log", || {
-        node.stderr().contains("SIGHUP").then_some(())
+    assert!(
+        !node.stderr().contains("SIGHUP"),
+        "at level error: {}",
+        node.stderr()
+    );
+
+    std::fs::write(&file, "log = \"info\"\npeers = []\n").unwrap();
+    hangup();
+    eventually("the reload in the log", || {
+        node.stderr()
+            .contains("SIGHUP: reloaded log = \"info\"")
+            .then_some(())
     });
+    std::fs::write(&file, "log = 3\n").unwrap();
+    hangup();
+    eventually("the bad file in the log", || {
+        let said = node.stderr();
+        (said.contains("line 1") && said.contains("keeps its settings")).then_some(())
+    });
+    assert_eq!(node.json(&["status"])["peer_id"], node.peer_id.as_str());
     node.stop();
 }
 

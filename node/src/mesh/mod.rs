@@ -95,6 +95,7 @@ enum Command {
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     Connected(oneshot::Sender<Vec<PeerId>>),
     Dial(Multiaddr),
+    SetPeers(Vec<Multiaddr>),
     Stop(oneshot::Sender<()>),
 }
 
@@ -122,6 +123,15 @@ impl MeshHandle {
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), MeshError> {
         self.commands
             .send(Command::Dial(addr))
+            .await
+            .map_err(|_| MeshError::Stopped)
+    }
+
+    /// Replaces the configured peers (`--peer`, `peers` in hearth.toml): they are
+    /// dialled now and whenever they are not connected.
+    pub async fn set_peers(&self, peers: Vec<Multiaddr>) -> Result<(), MeshError> {
+        self.commands
+            .send(Command::SetPeers(peers))
             .await
             .map_err(|_| MeshError::Stopped)
     }
@@ -373,6 +383,17 @@ impl SwarmTask {
                     Some(Command::Dial(addr)) => {
                         self.known.push(addr.clone());
                         self.dial(addr);
+                    }
+                    Some(Command::SetPeers(peers)) => {
+                        let new: Vec<Multiaddr> = peers
+                            .iter()
+                            .filter(|p| !self.known.contains(p))
+                            .cloned()
+                            .collect();
+                        self.known = peers;
+                        for addr in new {
+                            self.dial(addr);
+                        }
                     }
                     Some(Command::Stop(reply)) => {
                         let _ = reply.send(());
