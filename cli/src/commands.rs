@@ -1348,6 +1348,17 @@ fn print_value(json: bool, value: &Value) -> anyhow::Result<()> {
     }
 }
 
+/// A moment in local time, for people: `2026-12-02 14:05:09`.
+fn local_time(unix: u64) -> String {
+    use chrono::TimeZone;
+    match chrono::Local.timestamp_opt(unix as i64, 0) {
+        chrono::LocalResult::Single(t) | chrono::LocalResult::Ambiguous(t, _) => {
+            t.format("%Y-%m-%d %H:%M:%S").to_string()
+        }
+        chrono::LocalResult::None => unix.to_string(),
+    }
+}
+
 /// A moment relative to now, for people: "in 29 days", "3 minutes ago".
 fn when(unix: u64) -> String {
     let now = hearth_node::access::now_unix();
@@ -1389,12 +1400,14 @@ fn describe_fields(scope: &Scope, write: bool) -> String {
 
 fn print_grant(g: &GrantInfo) -> anyhow::Result<()> {
     let expires = match g.expires_at {
-        Some(t) if t <= hearth_node::access::now_unix() => format!("expired {}", when(t)),
-        Some(t) => format!("expires {}", when(t)),
+        Some(t) if t <= hearth_node::access::now_unix() => {
+            format!("expired {} ({})", local_time(t), when(t))
+        }
+        Some(t) => format!("expires {} ({})", local_time(t), when(t)),
         None => "never expires".to_owned(),
     };
     let used = g.last_used.map_or("never used".to_owned(), |t| {
-        format!("last used {}", when(t))
+        format!("last used {} ({})", local_time(t), when(t))
     });
     out(format!(
         "{}\t{}\t{}\t{expires}\t{used}",
@@ -1455,7 +1468,13 @@ fn print_revoked(grant_id: &str, answer: &RevokeResponse) -> anyhow::Result<()> 
 fn print_audit_entry(e: &AuditEntry) -> anyhow::Result<()> {
     let mut line = format!(
         "{}\t{}\t{}\t{} {}\t{} records\tfields {:?}",
-        e.at, e.grant, e.service, e.operation, e.collection, e.records, e.fields
+        local_time(e.at),
+        e.grant,
+        e.service,
+        e.operation,
+        e.collection,
+        e.records,
+        e.fields
     );
     if !e.ids.is_empty() {
         line.push_str(&format!("\tids {:?}", e.ids));
@@ -1500,6 +1519,13 @@ fn print_qr(code: &str) {
 }
 
 fn print_status(status: &StatusResponse) -> anyhow::Result<()> {
+    if let Some(at) = status.removed_at {
+        out(format!(
+            "REMOVED  this device was removed from the vault {} ({}): it no longer syncs; its data stays here (`hearth export --all`)",
+            when(at),
+            local_time(at)
+        ))?;
+    }
     out(format!("vault    {}", status.vault_id))?;
     out(format!("device   {}", status.peer_id))?;
     out(format!("home     {}", status.home))?;

@@ -505,6 +505,12 @@ async fn overview(State(vault): State<AppState>, visit: Visit) -> Response {
     };
     let now = crate::access::now_unix();
     let mut warnings = Vec::new();
+    if let Some(at) = status.removed_at {
+        warnings.push(format!(
+            "This device was removed from the vault on {}: it no longer syncs with the other devices. Its data stays here.",
+            local_time(at)
+        ));
+    }
     for d in &status.devices {
         if d.this_device || d.removed_at.is_some() || d.online {
             continue;

@@ -177,11 +177,30 @@ pub fn rename(
 
 /// Marks a device removed; `false` if it is not listed.
 pub fn remove(collections: &Collections, peer: &PeerId) -> Result<bool, CollectionError> {
+    mark_removed(collections, peer, now_unix())
+}
+
+/// Marks a device removed as of `at`; `false` if it is not listed.
+pub fn mark_removed(
+    collections: &Collections,
+    peer: &PeerId,
+    at: u64,
+) -> Result<bool, CollectionError> {
     let mut patch = Map::new();
-    patch.insert("removed_at".into(), json!(now_unix()));
+    patch.insert("removed_at".into(), json!(at));
     Ok(collections
         .patch(&collection(), &record_id(peer), &patch)?
         .is_some())
+}
+
+/// When a device was removed, if it was.
+pub fn removed_at(collections: &Collections, peer: &PeerId) -> Option<u64> {
+    collections
+        .get(&collection(), &record_id(peer))
+        .ok()
+        .flatten()?
+        .get("removed_at")?
+        .as_u64()
 }
 
 /// Where this device keeps when it last synced with each other device: its own

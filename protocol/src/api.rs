@@ -211,6 +211,10 @@ pub struct StatusResponse {
     /// The API on the LAN over TLS (`hearth up --lan`), if served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lan: Option<LanStatus>,
+    /// When this device was removed from the vault (Unix seconds), if it was: it no
+    /// longer syncs with the other devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_at: Option<u64>,
 }
 
 /// Where the API and DAV are served on the LAN, and how to check the certificate.

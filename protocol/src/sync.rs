@@ -123,6 +123,28 @@ pub fn frame_len(prefix: [u8; 4]) -> Result<usize, FrameError> {
     Ok(len)
 }
 
+/// `/hearth/removed/1`: a device of the vault tells a device it removed that it was
+/// removed, so that one says so instead of writing into the void. One message, then
+/// the stream ends: `vault id (16) ‖ removed_at u64be` (Unix seconds). Accepted only
+/// from a device the receiver counts as a member of the same vault.
+pub const REMOVED_PROTOCOL: &str = "/hearth/removed/1";
+pub const REMOVED_NOTICE_LEN: usize = 24;
+
+pub fn encode_removed(vault_id: &[u8; 16], removed_at: u64) -> [u8; REMOVED_NOTICE_LEN] {
+    let mut out = [0u8; REMOVED_NOTICE_LEN];
+    out[..16].copy_from_slice(vault_id);
+    out[16..].copy_from_slice(&removed_at.to_be_bytes());
+    out
+}
+
+pub fn decode_removed(bytes: &[u8; REMOVED_NOTICE_LEN]) -> ([u8; 16], u64) {
+    let mut vault = [0u8; 16];
+    vault.copy_from_slice(&bytes[..16]);
+    let mut at = [0u8; 8];
+    at.copy_from_slice(&bytes[16..]);
+    (vault, u64::from_be_bytes(at))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

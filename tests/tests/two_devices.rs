@@ -360,3 +360,72 @@ fn blobs_have_names_and_removing_one_frees_it_on_every_device() {
     a.stop();
     b.stop();
 }
+
+/// A device removed from the vault is told (it was connected at the time): its status
+/// and its log say so. A device that stops answering without closing its connections
+/// (here: suspended with SIGSTOP) shows offline within seconds; one killed at once.
+#[test]
+fn a_removed_device_is_told_and_a_silent_one_shows_offline_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn_node(&dir.path().join("a"), &[]);
+    let b = join_and_spawn(&a, &dir.path().join("b"));
+    let c = join_and_spawn(&a, &dir.path().join("c"));
+    let online = |node: &NodeProcess, peer: &str| -> bool {
+        node.json(&["devices"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["id"] == peer && d["online"] == true)
+    };
+    eventually("B and C online on A", || {
+        (online(&a, &b.peer_id) && online(&a, &c.peer_id)).then_some(())
+    });
+
+    a.json(&["devices", "remove", &b.peer_id[..12]]);
+    let status = eventually("B learns it was removed", || {
+        let status = b.json(&["status"]);
+        status["removed_at"].as_u64().map(|_| status)
+    });
+    assert!(status["removed_at"].as_u64().unwrap() > 0);
+    let text = String::from_utf8(b.run(&["status"]).stdout).unwrap();
+    assert!(text.starts_with("REMOVED"), "{text}");
+    eventually("B's log says so", || {
+        b.stderr()
+            .contains("this device was removed from the vault")
+            .then_some(())
+    });
+
+    // Suspended: its sockets stay open, it answers nothing.
+    let signal = |sig: &str, pid: u32| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal("-STOP", c.pid());
+    let stopped = std::time::Instant::now();
+    eventually("C offline on A", || (!online(&a, &c.peer_id)).then_some(()));
+    let took = stopped.elapsed();
+    signal("-CONT", c.pid());
+    assert!(
+        took < std::time::Duration::from_secs(15),
+        "C showed offline after {took:?}"
+    );
+    eventually("C back online", || online(&a, &c.peer_id).then_some(()));
+    let c_id = c.peer_id.clone();
+    c.kill9();
+    let killed = std::time::Instant::now();
+    eventually("C offline after a kill", || {
+        (!online(&a, &c_id)).then_some(())
+    });
+    assert!(
+        killed.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        killed.elapsed()
+    );
+    a.stop();
+    b.stop();
+}

@@ -12,6 +12,7 @@
 pub mod blobsync;
 pub mod frames;
 pub mod pairing;
+mod removal;
 pub mod sync;
 pub mod view;
 
@@ -39,6 +40,12 @@ const COMMAND_QUEUE: usize = 64;
 /// How often known but unconnected devices are redialled.
 const REDIAL_EVERY: Duration = Duration::from_secs(15);
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often each connection is pinged, and how long an answer may take.
+const PING_INTERVAL: Duration = Duration::from_secs(2);
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// A connection that answered no ping for this long is closed (see
+/// `SwarmTask::close_silent`).
+const SILENT_AFTER: Duration = Duration::from_secs(7);
 
 #[derive(Debug, Clone)]
 pub struct MeshConfig {
@@ -206,7 +213,13 @@ impl Mesh {
                 kad.set_mode(Some(kad::Mode::Server));
                 Behaviour {
                     identify: identify::Behaviour::new(identify::Config::new("/hearth/id/1".into(), key.public())),
-                    ping: ping::Behaviour::default(),
+                    // Frequent pings: a connection that stops answering them is
+                    // closed (`SwarmTask::close_silent`).
+                    ping: ping::Behaviour::new(
+                        ping::Config::new()
+                            .with_interval(PING_INTERVAL)
+                            .with_timeout(PING_TIMEOUT),
+                    ),
                     mdns: Toggle::from(mdns),
                     kad,
                     relay,
@@ -240,6 +253,9 @@ impl Mesh {
         let incoming_views = streams
             .accept(StreamProtocol::new(hearth_protocol::view::VIEW_PROTOCOL))
             .expect("the view protocol is registered once");
+        let incoming_notices = streams
+            .accept(StreamProtocol::new(hearth_protocol::sync::REMOVED_PROTOCOL))
+            .expect("the removal notice protocol is registered once");
         let incoming_pairs = streams
             .accept(StreamProtocol::new(hearth_protocol::invite::PAIR_PROTOCOL))
             .expect("the pairing protocol is registered once");
@@ -254,6 +270,11 @@ impl Mesh {
         let (stop, stopped) = watch::channel(false);
         let sync = Arc::new(sync::SyncService::new(vault.clone(), handle.clone()));
         let accept_task = tokio::spawn(sync.clone().accept_loop(incoming, stopped.clone()));
+        let notice_task = tokio::spawn(removal::accept_loop(
+            vault.clone(),
+            incoming_notices,
+            stopped.clone(),
+        ));
         let pairing = Arc::new(pairing::Pairing::new(vault.clone(), handle.clone()));
         let pair_task = tokio::spawn(pairing.clone().accept_loop(incoming_pairs, stopped.clone()));
         let blob_sync = Arc::new(blobsync::BlobSync::new(vault.clone(), handle.clone()));
@@ -275,6 +296,7 @@ impl Mesh {
                 sync: sync.clone(),
                 known: config.peers,
                 listen_addrs: HashSet::new(),
+                last_pong: HashMap::new(),
             }
             .run(),
         );
@@ -315,6 +337,7 @@ impl Mesh {
             tasks: vec![
                 swarm_task,
                 accept_task,
+                notice_task,
                 pair_task,
                 blob_serve_task,
                 blob_fetch_task,
@@ -361,6 +384,9 @@ struct SwarmTask {
     sync: Arc<sync::SyncService>,
     known: Vec<Multiaddr>,
     listen_addrs: HashSet<Multiaddr>,
+    /// When each connection last answered a ping (connections to peers without ping,
+    /// like the joining side of pairing, are not in it).
+    last_pong: HashMap<libp2p::swarm::ConnectionId, tokio::time::Instant>,
 }
 
 impl SwarmTask {
@@ -371,8 +397,10 @@ impl SwarmTask {
         self.dial_members();
         let mut redial = tokio::time::interval(REDIAL_EVERY);
         redial.tick().await;
+        let mut silence = tokio::time::interval(PING_INTERVAL / 2);
         loop {
             tokio::select! {
+                _ = silence.tick() => self.close_silent(),
                 command = self.commands.recv() => match command {
                     Some(Command::ListenAddrs(reply)) => {
                         let _ = reply.send(self.listen_addrs.iter().cloned().collect());
@@ -417,6 +445,10 @@ impl SwarmTask {
     /// Redials known addresses whose device is not connected (with backoff given by the
     /// interval); device addresses learnt from identify are in Kademlia.
     fn redial(&mut self) {
+        // A device removed from the vault has nobody to sync with.
+        if !self.sync.is_member(self.swarm.local_peer_id()) {
+            return;
+        }
         let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
         self.sync
             .ensure_sessions(&connected.iter().copied().collect::<Vec<_>>());
@@ -449,6 +481,25 @@ impl SwarmTask {
         }
     }
 
+    /// Closes every connection whose peer has answered no ping for [`SILENT_AFTER`]:
+    /// a device that stopped without closing its connections (power cut, suspended,
+    /// network gone) shows offline within seconds. (libp2p's ping reports only its
+    /// second failure, and a stalled negotiation takes 10 s to fail: too slow.)
+    fn close_silent(&mut self) {
+        let now = tokio::time::Instant::now();
+        let silent: Vec<libp2p::swarm::ConnectionId> = self
+            .last_pong
+            .iter()
+            .filter(|(_, at)| now.duration_since(**at) > SILENT_AFTER)
+            .map(|(id, _)| *id)
+            .collect();
+        for connection in silent {
+            self.last_pong.remove(&connection);
+            tracing::debug!(?connection, "no answer to pings; closing the connection");
+            self.swarm.close_connection(connection);
+        }
+    }
+
     /// The relay serves the vault's devices only: anyone else who uses it is cut off.
     fn relay_only_for_members(&mut self, peers: &[PeerId]) {
         for peer in peers {
@@ -470,10 +521,13 @@ impl SwarmTask {
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 num_established,
                 endpoint,
                 ..
             } => {
+                self.last_pong
+                    .insert(connection_id, tokio::time::Instant::now());
                 tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
                 if num_established.get() == 1 {
                     if self.sync.is_member(&peer_id) {
@@ -484,16 +538,38 @@ impl SwarmTask {
             }
             // A session ends by itself when its stream does.
             SwarmEvent::ConnectionClosed {
+                connection_id,
+                num_established,
+                ..
+            } if num_established > 0 => {
+                self.last_pong.remove(&connection_id);
+            }
+            SwarmEvent::ConnectionClosed {
                 peer_id,
+                connection_id,
                 num_established: 0,
                 ..
             } => {
+                self.last_pong.remove(&connection_id);
                 if self.sync.is_member(&peer_id) {
                     tracing::info!(%peer_id, "device disconnected");
                 } else {
                     tracing::debug!(%peer_id, "disconnected");
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                connection, result, ..
+            })) => match result {
+                Ok(_) => {
+                    self.last_pong
+                        .insert(connection, tokio::time::Instant::now());
+                }
+                // A peer without ping (the joining side of pairing) is not watched.
+                Err(ping::Failure::Unsupported) => {
+                    self.last_pong.remove(&connection);
+                }
+                Err(_) => {}
+            },
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 let mut seen = HashMap::new();
                 for (peer, addr) in found {

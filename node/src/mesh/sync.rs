@@ -119,7 +119,11 @@ impl SyncService {
     }
 
     pub(super) fn on_connected(self: &Arc<Self>, peer: PeerId) {
-        if self.mesh.local_peer_id() >= peer || !self.is_member(&peer) {
+        if !self.is_member(&peer) {
+            super::removal::tell_if_removed(&self.vault, &self.mesh, peer);
+            return;
+        }
+        if self.mesh.local_peer_id() >= peer {
             return;
         }
         let this = self.clone();
@@ -146,6 +150,7 @@ impl SyncService {
             connected
                 .iter()
                 .filter(|p| sessions.get(p).is_none_or(AbortHandle::is_finished))
+                .filter(|p| self.is_member(p))
                 .copied()
                 .collect()
         };
@@ -189,6 +194,10 @@ impl SyncService {
         let task = self.spawn(async move {
             match this.run_session(peer, stream).await {
                 Ok(()) => tracing::debug!(%peer, "sync session ended"),
+                Err(SessionError::Removed) => {
+                    tracing::info!(%peer, "stopped syncing with a device removed from the vault");
+                    super::removal::tell_if_removed(&this.vault, &this.mesh, peer);
+                }
                 Err(e) => tracing::info!(%peer, error = %e, "sync session closed"),
             }
         });
