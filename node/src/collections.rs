@@ -142,6 +142,25 @@ pub fn actor_for(peer: &libp2p::PeerId) -> [u8; 16] {
         .expect("a BLAKE3 hash has 32 bytes")
 }
 
+/// Merges the text fields two devices made apart ([`crate::textmerge`]) in the
+/// records changed since `before`.
+fn merge_texts_since(doc: &mut AutoCommit, before: &[ChangeHash]) -> Result<(), AutomergeError> {
+    let heads = doc.get_heads();
+    let touched = match records::records_touched_since(doc, before) {
+        Some(ids) => ids,
+        None => records::touched_records(&doc.diff(before, &heads)),
+    };
+    for id in touched {
+        if crate::textmerge::merge_record(doc, &id)? {
+            tracing::info!(
+                record = id,
+                "merged a text field edited apart on two devices"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Where records can be read from: the live collections, or a [`Snapshot`] of them.
 pub trait RecordSource {
     /// Every collection's name, sorted.
@@ -280,7 +299,11 @@ impl Collections {
         name: &CollectionName,
         bytes: &[u8],
     ) -> Result<(), CollectionError> {
-        self.mutate(name, |doc| doc.load_incremental(bytes).map(drop))
+        self.mutate(name, |doc| {
+            let before = doc.get_heads();
+            doc.load_incremental(bytes)?;
+            merge_texts_since(doc, &before)
+        })
     }
 
     /// The next Automerge sync message for a peer whose sync state is `state`, if
@@ -314,7 +337,11 @@ impl Collections {
         self.mutate(name, |doc| {
             let before = doc.get_heads();
             doc.sync().receive_sync_message(state, message)?;
-            Ok(doc.get_heads() != before)
+            if doc.get_heads() == before {
+                return Ok(false);
+            }
+            merge_texts_since(doc, &before)?;
+            Ok(true)
         })
     }
 

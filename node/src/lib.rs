@@ -26,6 +26,7 @@ pub mod pim;
 pub mod records;
 pub mod server;
 pub mod store;
+pub mod textmerge;
 
 use std::io;
 use std::net::SocketAddr;

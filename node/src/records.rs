@@ -154,7 +154,12 @@ pub fn record_conflicts(doc: &AutoCommit, id: &str) -> Result<Map<String, Json>,
     };
     for key in doc.keys(&obj) {
         let values = doc.get_all(&obj, key.as_str())?;
-        if values.len() > 1 {
+        // Texts against texts are merged when they meet (`textmerge`), not a person's
+        // choice.
+        let all_text = values
+            .iter()
+            .all(|(v, _)| matches!(v, Value::Object(ObjType::Text)));
+        if values.len() > 1 && !all_text {
             let mut all = Vec::with_capacity(values.len());
             for (value, child) in values.into_iter().rev() {
                 all.push(read_value(doc, value, &child)?);
@@ -238,9 +243,17 @@ pub fn edit_text(
             let current = current.to_string();
             let text = doc.put_object(&record, field, ObjType::Text)?;
             doc.splice_text(&text, 0, 0, &current)?;
+            // The conversion is a change of its own: if another device converts the
+            // same string while apart, the merge (`textmerge`) finds what both
+            // started from in it.
+            doc.commit();
             text
         }
-        None => doc.put_object(&record, field, ObjType::Text)?,
+        None => {
+            let text = doc.put_object(&record, field, ObjType::Text)?;
+            doc.commit();
+            text
+        }
         Some((other, _)) => {
             let kind = match other {
                 Value::Object(ObjType::Map | ObjType::Table) => "object",

@@ -429,3 +429,62 @@ fn a_removed_device_is_told_and_a_silent_one_shows_offline_within_seconds() {
     a.stop();
     b.stop();
 }
+
+/// Two devices each turn the same plain string into collaborative text while apart
+/// (one runs without the mesh) and edit it: when they meet, both edits are kept, on
+/// both devices, and nothing is left for a person to resolve.
+#[test]
+fn a_string_made_text_on_two_devices_apart_keeps_both_edits() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn_node(&dir.path().join("a"), &[]);
+    let b_home = dir.path().join("b");
+    let b = join_and_spawn(&a, &b_home);
+    a.json(&["put", "notes", "n1", r#"{"body": "buy milk", "n": 1}"#]);
+    eventually("n1 on B", || {
+        b.run(&["get", "notes", "n1"])
+            .status
+            .success()
+            .then_some(())
+    });
+    b.stop();
+    let edit = |node: &NodeProcess, at: usize, insert: &str| {
+        let api = Api::new(node);
+        let (status, body) = api.send(
+            api.request(
+                reqwest::Method::POST,
+                "/v1/collections/notes/records/n1/text",
+            )
+            .json(&json!({"field": "body", "edits": [{"at": at, "insert": insert}]})),
+        );
+        assert_eq!(status, 200, "{body}");
+    };
+    edit(&a, 0, "please ");
+    let alone = spawn_node(&b_home, &["--no-mesh"]);
+    edit(&alone, 8, " and eggs");
+    alone.stop();
+    let b = spawn_node(&b_home, &[]);
+    let expected = "please buy milk and eggs";
+    for node in [&a, &b] {
+        eventually("both edits on both devices", || {
+            (node.json(&["get", "notes", "n1"])["body"] == expected).then_some(())
+        });
+    }
+    assert_eq!(a.json(&["conflicts"]), json!([]));
+    // Still one collaborative text: edits on both sides go on merging.
+    edit(&a, 0, "1. ");
+    // At the end of B's text as it is now (A's edit may be there already).
+    let now = b.json(&["get", "notes", "n1"])["body"]
+        .as_str()
+        .unwrap()
+        .chars()
+        .count();
+    edit(&b, now, "!");
+    for node in [&a, &b] {
+        eventually("the next edits on both devices", || {
+            (node.json(&["get", "notes", "n1"])["body"] == "1. please buy milk and eggs!")
+                .then_some(())
+        });
+    }
+    a.stop();
+    b.stop();
+}
