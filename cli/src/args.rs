@@ -126,8 +126,11 @@ pub enum Command {
     },
     /// List the records of a collection
     Ls { collection: String },
-    /// Remove a record
-    Rm { collection: String, id: String },
+    /// Remove a record; or, without ID, an empty collection (from every device's list)
+    Rm {
+        collection: String,
+        id: Option<String>,
+    },
     /// List collections with their record counts
     Collections,
     /// Print a one-time invite code for a new device (valid 10 minutes, works once)

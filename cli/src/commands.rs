@@ -773,6 +773,20 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
             let records: Vec<Value> = client
                 .json(home, client.request(Method::GET, &path))
                 .await?;
+            if records.is_empty() {
+                let all: Vec<CollectionInfo> = client
+                    .json(home, client.request(Method::GET, "/v1/collections"))
+                    .await?;
+                if !all.iter().any(|c| c.name == collection) {
+                    note(format!(
+                        "warning: no collection is called {collection:?}{}",
+                        hearth_node::api::did_you_mean(
+                            &collection,
+                            all.iter().map(|c| c.name.as_str())
+                        )
+                    ));
+                }
+            }
             if json {
                 out_json(&records)?;
             } else {
@@ -781,7 +795,29 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
                 }
             }
         }
-        Command::Rm { collection, id } => {
+        Command::Rm {
+            collection,
+            id: None,
+        } => {
+            client
+                .send(
+                    home,
+                    client.request(
+                        Method::DELETE,
+                        &format!("/v1/collections/{}", seg(&collection)),
+                    ),
+                )
+                .await?;
+            if json {
+                out_json(&serde_json::json!({ "collection": collection, "removed": true }))?;
+            } else {
+                out(format!("removed the empty collection {collection}"))?;
+            }
+        }
+        Command::Rm {
+            collection,
+            id: Some(id),
+        } => {
             client
                 .send(
                     home,
@@ -900,6 +936,9 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
                     client.request(Method::POST, "/v1/grants").json(&request),
                 )
                 .await?;
+            for warning in &created.warnings {
+                note(format!("warning: {warning}"));
+            }
             if json {
                 out_json(&created)?;
             } else {

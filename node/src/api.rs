@@ -46,6 +46,10 @@ pub fn router(vault: Arc<Vault>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/collections", get(list_collections))
         .route(
+            "/v1/collections/{collection}",
+            axum::routing::delete(drop_collection),
+        )
+        .route(
             "/v1/collections/{collection}/records",
             get(list_records).post(create_record),
         )
@@ -519,6 +523,43 @@ async fn list_collections(
     State(vault): State<AppState>,
 ) -> Result<Json<Vec<CollectionInfo>>, ApiError> {
     Ok(Json(blocking(&vault, |v| Ok(v.collections.list()?)).await?))
+}
+
+/// `DELETE /v1/collections/{c}`: an empty collection leaves the listings (on every
+/// device); one that holds records is refused (`409`).
+async fn drop_collection(
+    State(vault): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let collection = collection_name(&path_param(path)?)?;
+    if collection.is_system() {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("{collection} is the vault's own collection"),
+        ));
+    }
+    let shown = collection.clone();
+    let dropped = blocking(&vault, move |v| {
+        if !v.collections.names()?.contains(&collection) {
+            return Ok(None);
+        }
+        Ok(Some(v.collections.drop_empty(&collection)?))
+    })
+    .await?;
+    match dropped {
+        None => Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("no collection is called {shown}"),
+        )),
+        Some(false) => Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("collection {shown} still holds records: remove them first"),
+        )),
+        Some(true) => {
+            vault.store.commit().await?;
+            Ok(StatusCode::NO_CONTENT)
+        }
+    }
 }
 
 async fn list_records(
@@ -1213,6 +1254,10 @@ pub(crate) async fn grant_new(
             )
         })?;
     }
+    let checked = scope.clone();
+    let warnings = blocking(vault, move |v| Ok(scope_warnings(&v.collections, &checked)))
+        .await
+        .unwrap_or_default();
     let (grant, issued) = blocking(vault, move |v| {
         Ok(access::create_grant(
             &v.collections,
@@ -1235,7 +1280,94 @@ pub(crate) async fn grant_new(
         token: issued.token,
         expires_at: grant.expires_at,
         password: issued.password.map(|p| p.to_string()),
+        warnings,
     })
+}
+
+/// What in a scope names nothing there is: a collection no device has written, a
+/// field or filter field no record has (with a near name when there is one).
+pub(crate) fn scope_warnings(
+    collections: &crate::collections::Collections,
+    scope: &hearth_protocol::scope::Scope,
+) -> Vec<String> {
+    use hearth_protocol::scope::Fields;
+    let mut warnings = Vec::new();
+    let names: Vec<String> = collections
+        .list()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    for (name, c) in &scope.collections {
+        if !names.contains(name) {
+            warnings.push(format!(
+                "no collection is called {name:?} yet{}",
+                did_you_mean(name, names.iter().map(String::as_str))
+            ));
+            continue;
+        }
+        let Ok(parsed) = CollectionName::parse(name) else {
+            continue;
+        };
+        let records = collections.records(&parsed).unwrap_or_default();
+        let fields: std::collections::BTreeSet<&str> = records
+            .iter()
+            .filter_map(Value::as_object)
+            .flat_map(|r| r.keys().map(String::as_str))
+            .filter(|k| *k != "id")
+            .collect();
+        let mut named: Vec<&str> = Vec::new();
+        for f in [&c.read, &c.write].into_iter().flatten() {
+            if let Fields::Only(paths) = f {
+                named.extend(
+                    paths
+                        .iter()
+                        .filter_map(|p| p.parts().first().map(String::as_str)),
+                );
+            }
+        }
+        named.extend(
+            c.filter
+                .iter()
+                .filter_map(|f| f.field.parts().first().map(String::as_str)),
+        );
+        named.sort_unstable();
+        named.dedup();
+        for field in named {
+            if !records.is_empty() && !fields.contains(field) {
+                warnings.push(format!(
+                    "no record of {name} has a field {field:?}{}",
+                    did_you_mean(field, fields.iter().copied())
+                ));
+            }
+        }
+    }
+    warnings
+}
+
+/// `" (did you mean contacts?)"` for the nearest of `known` within two edits, else "".
+pub fn did_you_mean<'a>(given: &str, known: impl Iterator<Item = &'a str>) -> String {
+    known
+        .map(|k| (edit_distance(given, k), k))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map_or(String::new(), |(_, k)| format!(" (did you mean {k}?)"))
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 fn grant_info(grant: access::Grant, last_used: Option<u64>) -> GrantInfo {

@@ -161,6 +161,11 @@ fn merge_texts_since(doc: &mut AutoCommit, before: &[ChangeHash]) -> Result<(), 
     Ok(())
 }
 
+/// Empty collections a person removed (`hearth rm COLLECTION`), by name.
+fn dropped_list() -> CollectionName {
+    CollectionName::parse("_dropped").expect("_dropped is a valid system collection name")
+}
+
 /// Where records can be read from: the live collections, or a [`Snapshot`] of them.
 pub trait RecordSource {
     /// Every collection's name, sorted.
@@ -348,17 +353,45 @@ impl Collections {
     /// Every user collection that has ever been written, sorted by name, with record
     /// counts. System collections (`_devices`, ...) have their own routes.
     pub fn list(&self) -> Result<Vec<CollectionInfo>, CollectionError> {
-        self.names()?
-            .into_iter()
-            .filter(|name| !name.is_system())
-            .map(|name| {
-                let records = self.count(&name)? as u64;
-                Ok(CollectionInfo {
-                    name: name.to_string(),
-                    records,
-                })
-            })
-            .collect()
+        let mut out = Vec::new();
+        for name in self.names()? {
+            if name.is_system() {
+                continue;
+            }
+            let records = self.count(&name)? as u64;
+            // An empty collection a person removed is not shown (it shows again once
+            // it holds a record).
+            if records == 0 && self.dropped(&name)? {
+                continue;
+            }
+            out.push(CollectionInfo {
+                name: name.to_string(),
+                records,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Removes an empty collection from the listings, on every device (the system
+    /// collection `_dropped` records it). `Ok(false)`: it still holds records.
+    pub fn drop_empty(&self, name: &CollectionName) -> Result<bool, CollectionError> {
+        if self.count(name)? > 0 {
+            return Ok(false);
+        }
+        let Ok(id) = RecordId::parse(name.as_str()) else {
+            return Ok(false);
+        };
+        let mut record = Map::new();
+        record.insert("dropped_at".into(), Json::from(crate::access::now_unix()));
+        self.put(&dropped_list(), &id, &record)?;
+        Ok(true)
+    }
+
+    fn dropped(&self, name: &CollectionName) -> Result<bool, CollectionError> {
+        let Ok(id) = RecordId::parse(name.as_str()) else {
+            return Ok(false);
+        };
+        Ok(self.get(&dropped_list(), &id)?.is_some())
     }
 
     /// The heads of a collection's document: equal heads, equal content.

@@ -269,6 +269,10 @@ pub struct GrantCreated {
     /// The app password, when asked for: shown once, never stored in clear.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+    /// What looks mistaken (a collection or field no record has, e.g. `tag` where the
+    /// records have `tags`): the grant is made anyway, since data may come later.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// One device of the vault, as `GET /v1/devices` and `GET /v1/status` show it.

@@ -1193,3 +1193,81 @@ fn export_all_is_readable_by_plain_tools() {
         );
     }
 }
+
+/// Names that point at nothing get a warning: `ls` of an unknown collection, a grant
+/// on a field no record has (the README's old `tag` for `tags`). An emptied collection
+/// can be removed; one with records cannot.
+#[test]
+fn unknown_names_are_warned_about_and_an_empty_collection_can_be_removed() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    node.json(&[
+        "put",
+        "contacts",
+        "c1",
+        r#"{"name":"Ada","tags":["friend"]}"#,
+    ]);
+    let out = node.run(&["ls", "contact"]);
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("did you mean contacts?"), "{said}");
+    let out = node.run(&[
+        "grant",
+        "app",
+        "--read",
+        "contacts.name",
+        "--where",
+        "tag=friend",
+    ]);
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("\"tag\"") && said.contains("did you mean tags?"),
+        "{said}"
+    );
+    let created = node.json(&["grant", "app", "--read", "contacs"]);
+    assert!(
+        created["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("contacts"),
+        "{created}"
+    );
+    // A right grant says nothing.
+    let out = node.run(&[
+        "grant",
+        "app",
+        "--read",
+        "contacts.name",
+        "--where",
+        "tags=friend",
+    ]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
+
+    let err = one_line_error(&node.run(&["rm", "contacts"]));
+    assert!(err.contains("still holds records"), "{err}");
+    node.json(&["rm", "contacts", "c1"]);
+    node.json(&["rm", "contacts"]);
+    let listed = node.json(&["collections"]);
+    assert!(
+        !listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "contacts"),
+        "{listed}"
+    );
+    let err = one_line_error(&node.run(&["rm", "nothing-here"]));
+    assert!(err.contains("no collection"), "{err}");
+    node.json(&["put", "contacts", "c2", r#"{"name":"Bob"}"#]);
+    let listed = node.json(&["collections"]);
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "contacts"),
+        "{listed}"
+    );
+    node.stop();
+}
