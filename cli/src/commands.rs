@@ -578,7 +578,8 @@ async fn name_this_device(node: &hearth_node::NodeHandle, name: &str) -> anyhow:
 
 /// What a person wants to read by default: Hearth's own events (devices connecting,
 /// blobs arriving, grants revoked…), and only the libraries' warnings.
-const DEFAULT_LOG: &str = "warn,hearth_node=info,hearth=info";
+/// (Kademlia warns at every start that it has no bootstrap peers: Hearth uses none.)
+const DEFAULT_LOG: &str = "warn,libp2p_kad=error,hearth_node=info,hearth=info";
 
 /// Changes the log filter of the running node (SIGHUP with a new `log` in hearth.toml).
 type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;

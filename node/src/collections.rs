@@ -327,13 +327,13 @@ impl Collections {
     }
 
     /// Applies a sync message from a peer and persists what it brought. Returns
-    /// whether the document changed. Durable only after [`Store::commit`].
+    /// how many changes it brought. Durable only after [`Store::commit`].
     pub fn receive_sync(
         &self,
         name: &CollectionName,
         state: &mut sync::State,
         message: &[u8],
-    ) -> Result<bool, CollectionError> {
+    ) -> Result<usize, CollectionError> {
         let message =
             sync::Message::decode(message).map_err(|e| CollectionError::BadSyncMessage {
                 collection: name.to_string(),
@@ -343,10 +343,11 @@ impl Collections {
             let before = doc.get_heads();
             doc.sync().receive_sync_message(state, message)?;
             if doc.get_heads() == before {
-                return Ok(false);
+                return Ok(0);
             }
+            let received = doc.get_changes(&before).len();
             merge_texts_since(doc, &before)?;
-            Ok(true)
+            Ok(received)
         })
     }
 

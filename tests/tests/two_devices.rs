@@ -488,3 +488,72 @@ fn a_string_made_text_on_two_devices_apart_keeps_both_edits() {
     a.stop();
     b.stop();
 }
+
+/// At the default log level the log tells a person what happens (a device connected,
+/// changes synced, a grant used for the first time, a revocation, a device gone) and
+/// nothing of the libraries' internals.
+#[test]
+fn the_default_log_says_what_a_person_wants_to_know() {
+    let dir = tempfile::tempdir().unwrap();
+    // No RUST_LOG: the default level.
+    let a = spawn_node_with_env(&dir.path().join("a"), &[], &[("RUST_LOG", "")]);
+    let code = a.json(&["pair"])["code"].as_str().unwrap().to_owned();
+    let b_home = dir.path().join("b");
+    hearth_json(&b_home, &["join", &code]);
+    let b = spawn_node_with_env(&b_home, &[], &[("RUST_LOG", "")]);
+    a.json(&["put", "notes", "n1", r#"{"text":"hello"}"#]);
+    eventually("n1 on B", || {
+        b.run(&["get", "notes", "n1"])
+            .status
+            .success()
+            .then_some(())
+    });
+    let token = a.json(&["grant", "reader", "--read", "notes"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let api = Api::new(&a);
+    for _ in 0..2 {
+        let (status, _) = api.send(
+            api.raw(reqwest::Method::GET, "/v1/view/notes")
+                .bearer_auth(&token),
+        );
+        assert_eq!(status, 200);
+    }
+    let grant = a.json(&["grants"])[0]["id"].as_str().unwrap().to_owned();
+    a.json(&["revoke", &grant]);
+    let b_id = b.peer_id.clone();
+    let log_b = b.stop().stderr;
+    assert!(
+        log_b.contains("synced 1 change(s) from a device"),
+        "B's log:\n{log_b}"
+    );
+    assert!(log_b.contains("device connected"), "B's log:\n{log_b}");
+    eventually("B's departure in A's log", || {
+        a.stderr().contains("device disconnected").then_some(())
+    });
+    let log_a = a.stop().stderr;
+    for said in [
+        "device connected",
+        "a grant was used for the first time",
+        "grant revoked",
+        "device disconnected",
+    ] {
+        assert!(
+            log_a.contains(said),
+            "{said:?} missing from A's log:\n{log_a}"
+        );
+    }
+    assert!(log_a.contains(&b_id));
+    assert_eq!(
+        log_a.matches("used for the first time").count(),
+        1,
+        "{log_a}"
+    );
+    for line in log_a.lines().chain(log_b.lines()) {
+        assert!(
+            line.contains("hearth"),
+            "a line that is not Hearth's own at the default level: {line}"
+        );
+    }
+}

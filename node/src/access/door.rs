@@ -99,6 +99,8 @@ pub(super) struct Inner {
     grants: GrantCache,
     passwords: PasswordIndex,
     pub hub: Hub,
+    /// Grants admitted since the node started (to log a grant's first use ever once).
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Door {
@@ -120,6 +122,7 @@ impl Door {
             grants: GrantCache::default(),
             passwords: PasswordIndex::default(),
             hub: Hub::default(),
+            seen: Default::default(),
         }))
     }
 
@@ -157,6 +160,7 @@ impl Door {
                 grant.rate_per_minute.unwrap_or(0),
             )));
         }
+        self.note_first_use(&grant);
         let scope = match &proof {
             Proof::Token(verified) => verified
                 .narrowings
@@ -169,6 +173,22 @@ impl Door {
             scope,
             proof,
         })
+    }
+
+    /// Logs a grant's first use ever (once a run, its audit entries are looked at).
+    fn note_first_use(&self, grant: &Grant) {
+        let first_this_run = self
+            .0
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(grant.id.clone());
+        if first_this_run
+            && super::audit_entries(&self.0.collections, Some(&grant.id))
+                .is_ok_and(|entries| entries.is_empty())
+        {
+            tracing::info!(grant = %grant.id, service = %grant.service, "a grant was used for the first time");
+        }
     }
 
     /// The grant a token was issued for: signature, vault, binding.

@@ -311,9 +311,14 @@ impl SyncService {
                     .await
                     .map_err(|e| SessionError::Write(std::io::Error::other(e.to_string())))?;
                     states.insert(collection.clone(), state);
-                    if changed? {
+                    let received = changed?;
+                    if received > 0 {
                         self.vault.store.commit().await?;
-                        tracing::debug!(%peer, "applied changes from a device");
+                        if collection.is_system() {
+                            tracing::debug!(%peer, %collection, received, "synced changes");
+                        } else {
+                            tracing::info!(%peer, %collection, "synced {received} change(s) from a device");
+                        }
                     }
                     self.note_sync(peer);
                     self.offer(&collection, &mut states, outbox).await?;
