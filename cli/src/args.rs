@@ -92,7 +92,17 @@ pub enum Command {
         passphrase: PassphraseArgs,
     },
     /// This device, its vault, the API address and the collections
-    Status,
+    Status {
+        /// Keep watching (on a terminal): devices, syncs and blobs still arriving, with
+        /// a progress bar, until Ctrl-C; with --until-synced, until this device has
+        /// caught up (synced with a device and nothing left to arrive)
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: stop once caught up (also without a terminal: then it only
+        /// waits, and exits 0)
+        #[arg(long, requires = "watch")]
+        until_synced: bool,
+    },
     /// Create or replace a record: `put COLLECTION [ID] JSON|@FILE|-`
     Put {
         collection: String,

@@ -624,7 +624,11 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
                 note("Open it in a browser on this device; it works once, for 10 minutes.");
             }
         }
-        Command::Status => {
+        Command::Status {
+            watch: true,
+            until_synced,
+        } => watch_status(home, json, &client, until_synced).await?,
+        Command::Status { .. } => {
             let status: StatusResponse = client
                 .json(home, client.request(Method::GET, "/v1/status"))
                 .await?;
@@ -1555,6 +1559,92 @@ fn print_qr(code: &str) {
             .quiet_zone(true)
             .build();
         note(text);
+    }
+}
+
+/// `hearth status --watch`: a line of what this device knows and a progress bar of
+/// the blobs still arriving, redrawn every second (nothing drawn without a terminal or
+/// with --json).
+async fn watch_status(
+    home: &Home,
+    json: bool,
+    client: &Client,
+    until_synced: bool,
+) -> anyhow::Result<()> {
+    let draw = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if !draw && !until_synced {
+        bail!(
+            "--watch draws on a terminal: without one (or with --json), add --until-synced to wait for the first sync"
+        );
+    }
+    let bars = indicatif::MultiProgress::new();
+    let line = bars.add(indicatif::ProgressBar::new_spinner());
+    let bar = bars.add(indicatif::ProgressBar::new(0));
+    if draw {
+        line.set_style(indicatif::ProgressStyle::with_template("{spinner} {msg}")?);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "  blobs arriving [{bar:40}] {bytes}/{total_bytes} {eta}",
+            )?
+            .progress_chars("=> "),
+        );
+    } else {
+        bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    // Caught up for two looks in a row: a first sync may name blobs a moment later.
+    let mut settled = 0;
+    loop {
+        let status: StatusResponse = client
+            .json(home, client.request(Method::GET, "/v1/status"))
+            .await?;
+        let others: Vec<&DeviceInfo> = status
+            .devices
+            .iter()
+            .filter(|d| !d.this_device && d.removed_at.is_none())
+            .collect();
+        let online = others.iter().filter(|d| d.online).count();
+        let last = others.iter().filter_map(|d| d.last_sync).max();
+        let records: u64 = status.collections.iter().map(|c| c.records).sum();
+        let (received, size) = status
+            .arriving
+            .iter()
+            .fold((0, 0), |(r, s), a| (r + a.received, s + a.size));
+        let caught_up = last.is_some() && status.arriving.is_empty();
+        line.set_message(format!(
+            "{online} of {} other device(s) online · last sync {} · {records} records in {} collections{}",
+            others.len(),
+            last.map_or("never".to_owned(), when),
+            status.collections.len(),
+            if caught_up { " · caught up" } else { "" }
+        ));
+        line.tick();
+        bar.set_length(size);
+        bar.set_position(received);
+        if status.arriving.is_empty() {
+            bar.set_length(0);
+        }
+        settled = if caught_up { settled + 1 } else { 0 };
+        if until_synced && settled >= 2 {
+            line.finish();
+            bar.finish_and_clear();
+            if json {
+                out_json(&status)?;
+            } else if !draw {
+                out(format!(
+                    "caught up: {records} records, last sync {}",
+                    last.map_or("never".to_owned(), when)
+                ))?;
+            }
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                line.finish();
+                bar.finish_and_clear();
+                return Ok(());
+            }
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
     }
 }
 

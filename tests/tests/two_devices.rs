@@ -113,13 +113,13 @@ fn a_blob_of_several_mib_arrives_intact_on_the_other_device() {
         .as_str()
         .unwrap()
         .to_owned();
+    // The new device waits until it has caught up: then the blob is there.
+    let caught_up = b.json(&["status", "--watch", "--until-synced"]);
+    assert!(caught_up["arriving"].is_null(), "{caught_up}");
+    let err = one_line_error(&b.run(&["status", "--watch"]));
+    assert!(err.contains("terminal"), "{err}");
     let out = dir.path().join("copy.bin");
-    eventually("the blob reaches B", || {
-        b.run(&["blob", "get", &id, "-o", out.to_str().unwrap()])
-            .status
-            .success()
-            .then_some(())
-    });
+    b.json(&["blob", "get", &id, "-o", out.to_str().unwrap()]);
     assert_eq!(std::fs::read(&out).unwrap(), content);
     // And a blob stored on B reaches A.
     std::fs::write(&file, b"small note from b").unwrap();
