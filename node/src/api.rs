@@ -104,7 +104,9 @@ pub fn router(vault: Arc<Vault>) -> Router {
         .route(
             "/v1/view/{collection}/{id}",
             get(view_record).delete(view_remove),
-        );
+        )
+        // A static segment: it wins over `{collection}` (and `_blobs` is no user's).
+        .route("/v1/view/_blobs/{id}", get(view_blob));
     owner
         .merge(service)
         .merge(crate::dav::routes())
@@ -1642,6 +1644,20 @@ async fn view_collection(
             .read_collection(&credentials, &collection)
             .await?,
     ))
+}
+
+/// `GET /v1/view/_blobs/{id}`: a blob that a record the grant can read names.
+async fn view_blob(
+    State(vault): State<AppState>,
+    headers: axum::http::HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = path_param(path)?;
+    let credentials = credentials(&headers)?;
+    let blob =
+        BlobId::parse(&id).map_err(|e| ApiError::new(ErrorCode::InvalidBlobId, e.to_string()))?;
+    vault.door.read_blob(&credentials, &blob).await?;
+    blob_response(&vault, &id).await
 }
 
 async fn view_record(

@@ -453,3 +453,104 @@ fn over_rate_requests_are_refused() {
     assert!(err.contains("N/min"), "{err}");
     node.stop();
 }
+
+/// A grant covers the blobs its records name: a photo app granted the holiday photos
+/// reads those photos' bytes and no other blob (hidden, unnamed and ungranted blobs
+/// all answer like missing ones); each read is audited with the record that named it,
+/// and revocation ends it.
+#[test]
+fn a_grant_reads_the_blobs_its_records_name_and_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = spawn_node(&dir.path().join("v"), &[]);
+    let blob = |name: &str, bytes: &[u8]| -> String {
+        let file = dir.path().join(name);
+        std::fs::write(&file, bytes).unwrap();
+        node.json(&["blob", "put", file.to_str().unwrap()])["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let beach = blob("beach.jpg", b"the beach photo");
+    let private = blob("private.jpg", b"a private photo");
+    let unnamed = blob("scan.pdf", b"no record names this");
+    node.json(&[
+        "put",
+        "photos",
+        "p1",
+        &json!({"album": "holiday", "title": "Beach", "file": {"blob": beach}}).to_string(),
+    ]);
+    node.json(&[
+        "put",
+        "photos",
+        "p2",
+        &json!({"album": "private", "title": "Me", "file": {"blob": private}}).to_string(),
+    ]);
+
+    let token = node.json(&[
+        "grant",
+        "gallery",
+        "--read",
+        "photos",
+        "--where",
+        "album=holiday",
+    ])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let api = Api::new(&node);
+    let get = |token: &str, id: &str| {
+        api.send_raw(
+            api.raw(Method::GET, &format!("/v1/view/_blobs/{id}"))
+                .bearer_auth(token),
+        )
+    };
+    let answer = get(&token, &beach);
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, b"the beach photo");
+    assert_eq!(answer.content_type.as_deref(), Some("image/jpeg"));
+    let nothing = "0".repeat(64);
+    let missing = get(&token, &nothing);
+    assert_eq!(missing.status, 404);
+    let missing_text = String::from_utf8(missing.body).unwrap();
+    for hidden in [&private, &unnamed] {
+        let answer = get(&token, hidden);
+        assert_eq!(answer.status, 404, "{hidden}");
+        // Word for word what a blob that does not exist gets.
+        assert_eq!(
+            String::from_utf8(answer.body).unwrap(),
+            missing_text.replace(&nothing, hidden)
+        );
+    }
+    // A grant without the field that names the blob does not reach it.
+    let titles = node.json(&["grant", "titles", "--read", "photos.title"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(get(&titles, &beach).status, 404);
+    assert_eq!(get("not-a-token", &beach).status, 401);
+    assert_eq!(get(&token, "not-an-id").status, 400);
+
+    let audit = node.json(&["audit"]);
+    let reads: Vec<&Value> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["operation"] == "read_blob")
+        .collect();
+    assert_eq!(reads.len(), 1, "{audit}");
+    assert_eq!(reads[0]["collection"], "photos");
+    assert_eq!(reads[0]["ids"], json!(["p1"]));
+    let grant = node
+        .json(&["grants"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["service"] == "gallery")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    node.json(&["revoke", &grant]);
+    assert_eq!(get(&token, &beach).status, 403);
+    node.stop();
+}

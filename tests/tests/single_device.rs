@@ -1031,7 +1031,8 @@ fn check_finds_a_damaged_chunk() {
 }
 
 /// A vault with something of everything, exported with `export --all`: returns the
-/// export's directory and the blobs' contents by name.
+/// export's directory and each blob's file there with the content it must have (two
+/// blobs share a name: `blobs.json` says which file is which).
 fn exported_vault(
     t: &TestHome,
     node: &NodeProcess,
@@ -1048,7 +1049,7 @@ fn exported_vault(
         "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//t//EN\r\nBEGIN:VEVENT\r\nUID:e1\r\nDTSTAMP:20260101T000000Z\r\nDTSTART:20261224T180000Z\r\nSUMMARY:Dinner\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n",
     );
     node.json(&["import", "calendar", ics.to_str().unwrap()]);
-    let mut blobs = Vec::new();
+    let mut stored = Vec::new();
     for (name, content) in [
         ("photo.jpg", vec![1u8; 200_000]),
         (
@@ -1057,16 +1058,16 @@ fn exported_vault(
         ),
     ] {
         let file = t.file(name, &content);
-        node.json(&["blob", "put", file.to_str().unwrap()]);
-        blobs.push((name.to_owned(), content));
+        let id = node.json(&["blob", "put", file.to_str().unwrap()])["id"].clone();
+        stored.push((id, content));
     }
     // The same name again, other content: kept apart in the export.
     let other = t.dir().join("other");
     std::fs::create_dir_all(&other).unwrap();
     let again = other.join("photo.jpg");
     std::fs::write(&again, b"another photo").unwrap();
-    node.json(&["blob", "put", again.to_str().unwrap()]);
-    blobs.push(("photo (2).jpg".to_owned(), b"another photo".to_vec()));
+    let id = node.json(&["blob", "put", again.to_str().unwrap()])["id"].clone();
+    stored.push((id, b"another photo".to_vec()));
     let token = node.json(&["grant", "reader", "--read", "notes"])["token"]
         .as_str()
         .unwrap()
@@ -1079,6 +1080,23 @@ fn exported_vault(
     let summary = node.json(&["export", "--all", "-o", dir.to_str().unwrap()]);
     assert_eq!(summary["records"], 4, "{summary}");
     assert_eq!(summary["blobs"], 3, "{summary}");
+    let listed: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("blobs.json")).unwrap()).unwrap();
+    let blobs = stored
+        .into_iter()
+        .map(|(id, content)| {
+            let entry = listed
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|b| b["id"] == id)
+                .unwrap_or_else(|| panic!("{id} not in blobs.json: {listed}"));
+            (entry["file"].as_str().unwrap().to_owned(), content)
+        })
+        .collect::<Vec<_>>();
+    let mut files: Vec<&str> = blobs.iter().map(|(f, _)| f.as_str()).collect();
+    files.sort_unstable();
+    assert_eq!(files, ["photo (2).jpg", "photo.jpg", "report.pdf"]);
     (dir, blobs)
 }
 

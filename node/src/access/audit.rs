@@ -70,6 +70,8 @@ pub enum Operation {
     Remove,
     /// A request of this grant that was refused.
     Refused,
+    /// A blob's bytes, read because a record the grant can read names it.
+    ReadBlob,
 }
 
 impl Operation {
@@ -81,6 +83,7 @@ impl Operation {
             Operation::Create => "create",
             Operation::Remove => "remove",
             Operation::Refused => "refused",
+            Operation::ReadBlob => "read_blob",
         }
     }
 }

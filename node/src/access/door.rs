@@ -328,6 +328,65 @@ impl Door {
         Ok(view)
     }
 
+    /// `GET /v1/view/blobs/{id}`: may this grant read blob `id`? Only if a record it can
+    /// read names the blob (its id is the value of a granted field, at any depth, as
+    /// a photo's `{"blob": ID}` is): a photo app granted `photos` gets those photos and
+    /// no other blob. Audited (`read_blob`, with the record that names it) before the
+    /// caller sends a byte. A blob no visible record names answers like a missing one.
+    pub async fn read_blob(
+        &self,
+        credentials: &Credentials,
+        blob: &hearth_protocol::BlobId,
+    ) -> Result<(), AccessError> {
+        let caller = self.admit(credentials)?;
+        let wanted = blob.to_string();
+        let scope = caller.scope.clone();
+        let looked_for = wanted.clone();
+        let found = self
+            .blocking(move |inner| {
+                let wanted = looked_for;
+                for (name, c) in &scope.collections {
+                    if c.read.is_none() {
+                        continue;
+                    }
+                    let Ok(collection) = CollectionName::parse(name) else {
+                        continue;
+                    };
+                    for record in inner.collections.records(&collection)? {
+                        let Value::Object(record) = record else {
+                            continue;
+                        };
+                        let Some(projected) = c.project(&record) else {
+                            continue;
+                        };
+                        if names_blob(&Value::Object(projected), &wanted) {
+                            let id = record
+                                .get("id")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default()
+                                .to_owned();
+                            return Ok(Some((name.clone(), id)));
+                        }
+                    }
+                }
+                Ok(None)
+            })
+            .await?;
+        let Some((collection, record)) = found else {
+            return Err(AccessError::NoBlob(wanted));
+        };
+        let inner = &self.0;
+        let event = AuditEvent {
+            records: 1,
+            ids: vec![record],
+            fields: vec![wanted],
+            ..AuditEvent::new(&caller.grant, Operation::ReadBlob, &collection)
+        };
+        inner.audit.append(&inner.collections, event)?;
+        inner.store.commit().await?;
+        Ok(())
+    }
+
     /// `GET /v1/view/{c}`: the matching records of a collection, projected.
     pub async fn read_collection(
         &self,
@@ -552,6 +611,16 @@ impl Door {
         tokio::task::spawn_blocking(move || f(&inner))
             .await
             .map_err(|e| AccessError::Internal(e.to_string()))?
+    }
+}
+
+/// Whether `blob` (an id) is a string value somewhere in `value`.
+fn names_blob(value: &Value, blob: &str) -> bool {
+    match value {
+        Value::String(s) => s == blob,
+        Value::Array(items) => items.iter().any(|v| names_blob(v, blob)),
+        Value::Object(map) => map.values().any(|v| names_blob(v, blob)),
+        _ => false,
     }
 }
 

@@ -69,6 +69,9 @@ pub enum AccessError {
     /// A record that does not exist, or that the grant's filter hides: the same answer.
     #[error("no record {id} in collection {collection}")]
     NotFound { collection: String, id: String },
+    /// A blob no record the grant can read names, or no blob at all: the same answer.
+    #[error("no blob {0} in this view")]
+    NoBlob(String),
     #[error("no grant {0}")]
     NoGrant(String),
     #[error("{0}")]
@@ -104,7 +107,9 @@ impl AccessError {
             AccessError::OutOfScope(_) | AccessError::WrongPeer(_) => ErrorCode::OutOfScope,
             AccessError::RateLimited(_) => ErrorCode::RateLimited,
             AccessError::TooManyStreams(_) => ErrorCode::TooManyStreams,
-            AccessError::NotFound { .. } | AccessError::NoGrant(_) => ErrorCode::NotFound,
+            AccessError::NotFound { .. } | AccessError::NoBlob(_) | AccessError::NoGrant(_) => {
+                ErrorCode::NotFound
+            }
             AccessError::InvalidId(_) => ErrorCode::InvalidId,
             AccessError::BadRequest(_) | AccessError::InvalidSyncToken(_) => ErrorCode::BadRequest,
             AccessError::PreconditionFailed => ErrorCode::PreconditionFailed,
