@@ -112,11 +112,82 @@ pub fn router(vault: Arc<Vault>) -> Router {
         .merge(crate::dav::routes())
         .merge(crate::dashboard::routes())
         .route("/v1/hello", post(hello))
+        .route("/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower::limit::ConcurrencyLimitLayer::new(limit))
         .layer(middleware::from_fn_with_state(vault.clone(), allowed_host))
         .with_state(vault)
+}
+
+/// The OpenAPI document of the local API, made from the handlers' annotations and the
+/// protocol crate's types (`GET /v1/openapi.json`; a copy is docs/openapi.json). CardDAV,
+/// CalDAV and the dashboard's pages are not in it (docs/API.md).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Hearth local API",
+        description = "Owner routes (tag owner) take `Authorization: Bearer` with HOME/owner.token; service routes (tag service) a grant's token (or its app password with HTTP Basic). Errors are `{\"error\": {\"code\", \"message\"}}`; docs/API.md says more."
+    ),
+    paths(
+        hello,
+        status,
+        list_collections,
+        drop_collection,
+        list_records,
+        create_record,
+        get_record,
+        put_record,
+        patch_record,
+        delete_record,
+        record_conflicts,
+        resolve_record,
+        collection_conflicts,
+        edit_text,
+        list_devices,
+        create_invite,
+        remove_device,
+        rename_device,
+        list_blobs,
+        put_blob,
+        get_blob,
+        remove_blob,
+        list_grants,
+        create_grant,
+        revoke_grant,
+        import,
+        export_all,
+        export,
+        list_audit,
+        verify_audit,
+        check,
+        view_all,
+        view_events,
+        view_collection,
+        view_write,
+        view_record,
+        view_remove,
+        view_blob,
+        openapi,
+        crate::dashboard::login_link
+    ),
+    tags(
+        (name = "owner", description = "the vault's owner: the CLI, the dashboard, scripts"),
+        (name = "service", description = "a service reading and writing through its grant"),
+        (name = "cli", description = "the CLI's check that it talks to this HOME's node")
+    )
+)]
+pub struct ApiDoc;
+
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "cli",
+    summary = "This document",
+    responses((status = 200, description = "the OpenAPI document", body = serde_json::Value))
+)]
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(<ApiDoc as utoipa::OpenApi>::openapi())
 }
 
 /// An error answer: a code (which fixes the status) and a message for people.
@@ -308,6 +379,14 @@ async fn method_not_allowed() -> ApiError {
 /// `POST /v1/hello`: proves this node holds the hash of this HOME's owner token,
 /// before the CLI sends the token itself (a process that took over the port after a
 /// crash cannot answer).
+#[utoipa::path(
+    post,
+    path = "/v1/hello",
+    tag = "cli",
+    summary = "The node proves it holds this HOME's owner token (the CLI asks before sending it)",
+    request_body = HelloRequest,
+    responses((status = 200, description = "ok", body = HelloResponse), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn hello(State(vault): State<AppState>, body: Body) -> Result<Json<HelloResponse>, ApiError> {
     let request: HelloRequest = read_typed_body(&vault, body).await?;
     let challenge = data_encoding::HEXLOWER_PERMISSIVE
@@ -326,6 +405,13 @@ async fn hello(State(vault): State<AppState>, body: Body) -> Result<Json<HelloRe
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/status",
+    tag = "owner",
+    summary = "This device, its vault, collections, devices, blobs arriving",
+    responses((status = 200, description = "ok", body = StatusResponse), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn status(State(vault): State<AppState>) -> Result<Json<StatusResponse>, ApiError> {
     status_of(&vault).await.map(Json)
 }
@@ -416,10 +502,24 @@ pub(crate) async fn devices_view(vault: &AppState) -> Result<Vec<DeviceInfo>, Ap
         .collect())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/devices",
+    tag = "owner",
+    summary = "The vault's devices",
+    responses((status = 200, description = "ok", body = Vec<DeviceInfo>), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn list_devices(State(vault): State<AppState>) -> Result<Json<Vec<DeviceInfo>>, ApiError> {
     Ok(Json(devices_view(&vault).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/devices/invite",
+    tag = "owner",
+    summary = "A one-time invite code for a new device",
+    responses((status = 201, description = "ok", body = InviteResponse), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn create_invite(State(vault): State<AppState>) -> Result<Response, ApiError> {
     let body = invite(&vault).await?;
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -444,6 +544,14 @@ pub(crate) async fn invite(vault: &AppState) -> Result<InviteResponse, ApiError>
     })
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/devices/{peer}",
+    tag = "owner",
+    summary = "Remove a device from the vault",
+    params(("peer" = String, Path, description = "a device's PeerId")),
+    responses((status = 204, description = "removed"), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn remove_device(
     State(vault): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -501,6 +609,15 @@ struct RenameRequest {
     name: String,
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/devices/{peer}",
+    tag = "owner",
+    summary = "Name a device: {\"name\"}",
+    params(("peer" = String, Path, description = "a device's PeerId")),
+    request_body = serde_json::Value,
+    responses((status = 204, description = "renamed"), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn rename_device(
     State(vault): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -521,6 +638,13 @@ pub(crate) async fn device_rename(vault: &AppState, raw: &str, name: &str) -> Re
     change_device(vault, peer, move |c, p| crate::devices::rename(c, p, &name)).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/collections",
+    tag = "owner",
+    summary = "Collections with their record counts",
+    responses((status = 200, description = "ok", body = Vec<CollectionInfo>), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn list_collections(
     State(vault): State<AppState>,
 ) -> Result<Json<Vec<CollectionInfo>>, ApiError> {
@@ -529,6 +653,14 @@ async fn list_collections(
 
 /// `DELETE /v1/collections/{c}`: an empty collection leaves the listings (on every
 /// device); one that holds records is refused (`409`).
+#[utoipa::path(
+    delete,
+    path = "/v1/collections/{collection}",
+    tag = "owner",
+    summary = "Remove an empty collection from every device's list",
+    params(("collection" = String, Path, description = "a collection name")),
+    responses((status = 204, description = "removed"), (status = 409, description = "it still holds records"), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn drop_collection(
     State(vault): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -564,6 +696,14 @@ async fn drop_collection(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/collections/{collection}/records",
+    tag = "owner",
+    summary = "Every record of a collection, sorted by id",
+    params(("collection" = String, Path, description = "a collection name")),
+    responses((status = 200, description = "ok", body = Vec<serde_json::Value>), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn list_records(
     State(vault): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -574,6 +714,14 @@ async fn list_records(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/collections/{collection}/records/{id}",
+    tag = "owner",
+    summary = "One record",
+    params(("collection" = String, Path, description = "a collection name"), ("id" = String, Path, description = "a record id")),
+    responses((status = 200, description = "ok", body = serde_json::Value), (status = 404, description = "no such record"), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn get_record(
     State(vault): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -586,6 +734,15 @@ async fn get_record(
         .map(Json)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/collections/{collection}/records",
+    tag = "owner",
+    summary = "Create a record (id from the body, else a new one)",
+    params(("collection" = String, Path, description = "a collection name")),
+    request_body = serde_json::Value,
+    responses((status = 201, description = "ok", body = PutResponse), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn create_record(
     State(vault): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -597,6 +754,15 @@ async fn create_record(
     write_record(vault, collection, id, record).await
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/collections/{collection}/records/{id}",
+    tag = "owner",
+    summary = "Create or replace a record",
+    params(("collection" = String, Path, description = "a collection name"), ("id" = String, Path, description = "a record id")),
+    request_body = serde_json::Value,
+    responses((status = 200, description = "replaced", body = PutResponse), (status = 201, description = "created", body = PutResponse), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn put_record(
     State(vault): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -638,6 +804,15 @@ pub(crate) fn owner_write(
     })
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/collections/{collection}/records/{id}",
+    tag = "owner",
+    summary = "Merge fields into a record (RFC 7396)",
+    params(("collection" = String, Path, description = "a collection name"), ("id" = String, Path, description = "a record id")),
+    request_body = serde_json::Value,
+    responses((status = 200, description = "ok", body = serde_json::Value), (status = 404, description = "no such record"), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn patch_record(
     State(vault): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -656,6 +831,14 @@ async fn patch_record(
     Ok(Json(record))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/collections/{collection}/records/{id}",
+    tag = "owner",
+    summary = "Remove a record",
+    params(("collection" = String, Path, description = "a collection name"), ("id" = String, Path, description = "a record id")),
+    responses((status = 204, description = "removed"), (status = 404, description = "no such record"), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn delete_record(
     State(vault): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -671,6 +854,15 @@ async fn delete_record(
 
 /// Applies character edits to a text field as one change, so that devices editing
 /// the same text apart merge character by character instead of one replacing the other.
+#[utoipa::path(
+    post,
+    path = "/v1/collections/{collection}/records/{id}/text",
+    tag = "owner",
+    summary = "Character edits of a collaborative text field, as one change",
+    params(("collection" = String, Path, description = "a collection name"), ("id" = String, Path, description = "a record id")),
+    request_body = TextEditRequest,
+    responses((status = 200, description = "ok", body = serde_json::Value), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn edit_text(
     State(vault): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -726,6 +918,14 @@ async fn edit_text(
     Ok(Json(record))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/collections/{collection}/records/{id}/conflicts",
+    tag = "owner",
+    summary = "Fields of a record changed concurrently on two devices",
+    params(("collection" = String, Path, description = "a collection name"), ("id" = String, Path, description = "a record id")),
+    responses((status = 200, description = "ok", body = ConflictsResponse), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn record_conflicts(
     State(vault): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -741,6 +941,14 @@ async fn record_conflicts(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/collections/{collection}/conflicts",
+    tag = "owner",
+    summary = "Every record of a collection with fields in conflict",
+    params(("collection" = String, Path, description = "a collection name")),
+    responses((status = 200, description = "ok", body = Vec<ConflictsResponse>), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn collection_conflicts(
     State(vault): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -764,6 +972,15 @@ struct ResolveRequest {
     value: Value,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/collections/{collection}/records/{id}/resolve",
+    tag = "owner",
+    summary = "Choose the value of a field in conflict: {\"field\", \"value\"}",
+    params(("collection" = String, Path, description = "a collection name"), ("id" = String, Path, description = "a record id")),
+    request_body = serde_json::Value,
+    responses((status = 200, description = "ok", body = serde_json::Value), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn resolve_record(
     State(vault): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -807,6 +1024,13 @@ pub(crate) async fn resolve(
     Ok(())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/blobs",
+    tag = "owner",
+    summary = "The vault's blobs",
+    responses((status = 200, description = "ok", body = Vec<BlobInfo>), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn list_blobs(State(vault): State<AppState>) -> Result<Json<Vec<BlobInfo>>, ApiError> {
     Ok(Json(
         blocking(&vault, |v| Ok(v.blobs.list(&v.collections)?)).await?,
@@ -820,6 +1044,15 @@ struct BlobUpload {
     name: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/blobs",
+    tag = "owner",
+    summary = "Store a blob (the body's Content-Type is kept as its type)",
+    params(("name" = Option<String>, Query, description = "the blob's file name")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, description = "ok", body = BlobInfo), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn put_blob(
     State(vault): State<AppState>,
     query: Result<axum::extract::Query<BlobUpload>, axum::extract::rejection::QueryRejection>,
@@ -866,6 +1099,14 @@ async fn put_blob(
 
 /// `DELETE /v1/blobs/{id}`: removed on every device (they drop it when the removal
 /// reaches them); here its chunks are freed at once.
+#[utoipa::path(
+    delete,
+    path = "/v1/blobs/{id}",
+    tag = "owner",
+    summary = "Remove a blob from every device and free its space",
+    params(("id" = String, Path, description = "a blob id (64 hex digits)")),
+    responses((status = 200, description = "ok", body = BlobRemoved), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn remove_blob(
     State(vault): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -892,6 +1133,14 @@ async fn remove_blob(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/blobs/{id}",
+    tag = "owner",
+    summary = "A blob's bytes, verified chunk by chunk",
+    params(("id" = String, Path, description = "a blob id (64 hex digits)")),
+    responses((status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>), (status = 503, description = "still arriving from another device"), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn get_blob(
     State(vault): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -1152,6 +1401,15 @@ fn pim_kind(collection: &CollectionName) -> Result<pim::Kind, ApiError> {
 }
 
 /// `POST /v1/import/{c}`: a vCard or iCalendar file, all or nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/import/{collection}",
+    tag = "owner",
+    summary = "Import a vCard or iCalendar file, all or nothing",
+    params(("collection" = String, Path, description = "a collection name")),
+    request_body(content = String, content_type = "text/plain"),
+    responses((status = 200, description = "{\"imported\", \"updated\", \"unchanged\", \"skipped\"}", body = serde_json::Value), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn import(
     State(vault): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -1188,6 +1446,14 @@ async fn import(
 }
 
 /// `GET /v1/export/{c}`: every record as one vCard or iCalendar file.
+#[utoipa::path(
+    get,
+    path = "/v1/export/{collection}",
+    tag = "owner",
+    summary = "A contacts or calendar collection as one vCard or iCalendar file",
+    params(("collection" = String, Path, description = "a collection name")),
+    responses((status = 200, description = "text/vcard or text/calendar", content_type = "text/plain", body = String), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn export(
     State(vault): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -1222,6 +1488,14 @@ async fn export(
 
 // ---- Grants (owner) ----
 
+#[utoipa::path(
+    post,
+    path = "/v1/grants",
+    tag = "owner",
+    summary = "Grant a service a view",
+    request_body = GrantRequest,
+    responses((status = 201, description = "ok", body = GrantCreated), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn create_grant(State(vault): State<AppState>, body: Body) -> Result<Response, ApiError> {
     let request: GrantRequest = read_typed_body(&vault, body).await?;
     let body = grant_new(&vault, request).await?;
@@ -1389,6 +1663,13 @@ fn grant_info(grant: access::Grant, last_used: Option<u64>) -> GrantInfo {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/grants",
+    tag = "owner",
+    summary = "Grants, with their scope, status and last use",
+    responses((status = 200, description = "ok", body = Vec<GrantInfo>), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn list_grants(State(vault): State<AppState>) -> Result<Json<Vec<GrantInfo>>, ApiError> {
     grants(&vault).await.map(Json)
 }
@@ -1415,6 +1696,14 @@ pub(crate) async fn grants(vault: &AppState) -> Result<Vec<GrantInfo>, ApiError>
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/grants/{id}/revoke",
+    tag = "owner",
+    summary = "Revoke a grant, and report what the service saw",
+    params(("id" = String, Path, description = "a grant id")),
+    responses((status = 200, description = "ok", body = RevokeResponse), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn revoke_grant(
     State(vault): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -1443,6 +1732,14 @@ struct AuditQuery {
     grant: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    tag = "owner",
+    summary = "The audit log of service accesses",
+    params(("grant" = Option<String>, Query, description = "only this grant's entries")),
+    responses((status = 200, description = "ok", body = Vec<AuditEntry>), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn list_audit(
     State(vault): State<AppState>,
     query: axum::extract::Query<AuditQuery>,
@@ -1461,6 +1758,13 @@ pub(crate) async fn audit(
     .await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/audit/verify",
+    tag = "owner",
+    summary = "Verify the audit log's hash chains",
+    responses((status = 200, description = "ok", body = VerifyResponse), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn verify_audit(State(vault): State<AppState>) -> Result<Json<VerifyResponse>, ApiError> {
     audit_verify(&vault).await.map(Json)
 }
@@ -1487,6 +1791,13 @@ pub(crate) async fn audit_verify(vault: &AppState) -> Result<VerifyResponse, Api
 }
 
 /// The whole vault at one moment (see [`VaultExport`]).
+#[utoipa::path(
+    get,
+    path = "/v1/export",
+    tag = "owner",
+    summary = "The whole vault at one moment",
+    responses((status = 200, description = "ok", body = VaultExport), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn export_all(State(vault): State<AppState>) -> Result<Json<VaultExport>, ApiError> {
     blocking(&vault, |v| {
         use crate::collections::RecordSource;
@@ -1560,6 +1871,13 @@ async fn export_all(State(vault): State<AppState>) -> Result<Json<VaultExport>, 
 
 /// Reads back and verifies everything on this device: every sealed value of the
 /// store, every collection document, every chunk of every blob, the audit chains.
+#[utoipa::path(
+    get,
+    path = "/v1/check",
+    tag = "owner",
+    summary = "Read back and verify everything on this device",
+    responses((status = 200, description = "ok", body = CheckReport), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn check(State(vault): State<AppState>) -> Result<Json<CheckReport>, ApiError> {
     let (values, collections, mut problems) = blocking(&vault, |v| {
         let (values, mut problems) = v.store.verify_all()?;
@@ -1624,6 +1942,13 @@ fn credentials(headers: &axum::http::HeaderMap) -> Result<Credentials, ApiError>
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/view",
+    tag = "service",
+    summary = "Every readable collection of the grant, projected",
+    responses((status = 200, description = "ok", body = ViewAll), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn view_all(
     State(vault): State<AppState>,
     headers: axum::http::HeaderMap,
@@ -1631,6 +1956,14 @@ async fn view_all(
     Ok(Json(vault.door.read_all(&credentials(&headers)?).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/view/{collection}",
+    tag = "service",
+    summary = "The readable fields of the matching records",
+    params(("collection" = String, Path, description = "a collection name")),
+    responses((status = 200, description = "ok", body = Vec<serde_json::Value>), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn view_collection(
     State(vault): State<AppState>,
     headers: axum::http::HeaderMap,
@@ -1647,6 +1980,14 @@ async fn view_collection(
 }
 
 /// `GET /v1/view/_blobs/{id}`: a blob that a record the grant can read names.
+#[utoipa::path(
+    get,
+    path = "/v1/view/_blobs/{id}",
+    tag = "service",
+    summary = "A blob that a record the grant can read names",
+    params(("id" = String, Path, description = "a blob id (64 hex digits)")),
+    responses((status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn view_blob(
     State(vault): State<AppState>,
     headers: axum::http::HeaderMap,
@@ -1660,6 +2001,14 @@ async fn view_blob(
     blob_response(&vault, &id).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/view/{collection}/{id}",
+    tag = "service",
+    summary = "One record, projected (hidden ones are 404)",
+    params(("collection" = String, Path, description = "a collection name"), ("id" = String, Path, description = "a record id")),
+    responses((status = 200, description = "ok", body = serde_json::Value), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn view_record(
     State(vault): State<AppState>,
     headers: axum::http::HeaderMap,
@@ -1675,6 +2024,15 @@ async fn view_record(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/view/{collection}",
+    tag = "service",
+    summary = "Create or change a record within the write scope",
+    params(("collection" = String, Path, description = "a collection name")),
+    request_body = serde_json::Value,
+    responses((status = 200, description = "changed", body = PutResponse), (status = 201, description = "created", body = PutResponse), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn view_write(
     State(vault): State<AppState>,
     headers: axum::http::HeaderMap,
@@ -1688,6 +2046,14 @@ async fn view_write(
     Ok(put_response(answer))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/view/{collection}/{id}",
+    tag = "service",
+    summary = "Remove a record (needs every field writable)",
+    params(("collection" = String, Path, description = "a collection name"), ("id" = String, Path, description = "a record id")),
+    responses((status = 204, description = "removed"), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn view_remove(
     State(vault): State<AppState>,
     headers: axum::http::HeaderMap,
@@ -1703,6 +2069,13 @@ async fn view_remove(
 /// first `ready` (`StreamReady`), then `upsert` (`ViewUpsert`), `remove` (`ViewRemove`),
 /// and `error` (`ErrorDetail`) just before the stream ends (revoked, expired, fallen
 /// behind, the node stopping).
+#[utoipa::path(
+    get,
+    path = "/v1/view/events",
+    tag = "service",
+    summary = "Server-sent events: ready, upsert, remove, error",
+    responses((status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+)]
 async fn view_events(
     State(vault): State<AppState>,
     headers: axum::http::HeaderMap,
@@ -1780,5 +2153,81 @@ mod tests {
         ] {
             assert!(!hosts.allows(bad), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod openapi_tests {
+    use super::ApiDoc;
+    use utoipa::OpenApi;
+
+    /// Every route the router declares (its source, read here) with every method it
+    /// takes, as `(path, method)`; DAV and the dashboard's pages live in other modules.
+    fn declared_routes() -> Vec<(String, String)> {
+        let source = include_str!("api.rs");
+        let start = source.find("pub fn router(").expect("the router");
+        let end = start + source[start..].find("\n}\n").expect("the router's end");
+        let body = &source[start..end];
+        let mut routes = Vec::new();
+        for piece in body.split(".route(").skip(1) {
+            let path = piece.split('"').nth(1).expect("a path").to_owned();
+            let handlers = piece.split(".route(").next().unwrap_or_default();
+            let handlers = handlers.split(".route_layer").next().unwrap_or_default();
+            for method in ["get", "post", "put", "patch", "delete"] {
+                let found = handlers.contains(&format!("{method}("));
+                if found {
+                    routes.push((path.clone(), method.to_owned()));
+                }
+            }
+        }
+        routes
+    }
+
+    #[test]
+    fn every_route_is_in_the_openapi_document() {
+        let doc = ApiDoc::openapi();
+        let routes = declared_routes();
+        assert!(
+            routes.len() > 35,
+            "the parse found too few routes: {routes:?}"
+        );
+        let mut missing = Vec::new();
+        for (path, method) in &routes {
+            let item = doc.paths.paths.get(path);
+            let has = item.is_some_and(|item| match method.as_str() {
+                "get" => item.get.is_some(),
+                "post" => item.post.is_some(),
+                "put" => item.put.is_some(),
+                "patch" => item.patch.is_some(),
+                "delete" => item.delete.is_some(),
+                _ => false,
+            });
+            if !has {
+                missing.push(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "routes missing from the OpenAPI document: {missing:?}"
+        );
+    }
+
+    /// docs/openapi.json is the document the node serves. To write it again:
+    /// `HEARTH_WRITE_OPENAPI=1 cargo test -p hearth-node openapi`.
+    #[test]
+    fn the_document_in_docs_is_current() {
+        let made = ApiDoc::openapi()
+            .to_pretty_json()
+            .expect("the document serializes")
+            + "\n";
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json");
+        if std::env::var_os("HEARTH_WRITE_OPENAPI").is_some() {
+            std::fs::write(path, &made).expect("write docs/openapi.json");
+        }
+        let saved = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            saved == made,
+            "docs/openapi.json is not the current document: run HEARTH_WRITE_OPENAPI=1 cargo test -p hearth-node openapi"
+        );
     }
 }

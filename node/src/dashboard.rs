@@ -186,6 +186,13 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// `POST /v1/dashboard/login` (owner): a one-time login link.
+#[utoipa::path(
+    post,
+    path = "/v1/dashboard/login",
+    tag = "owner",
+    summary = "A one-time login link to the web dashboard (10 minutes, works once)",
+    responses((status = 200, description = "{\"url\"}", body = serde_json::Value))
+)]
 pub async fn login_link(State(vault): State<AppState>) -> axum::Json<Value> {
     let code = vault.dashboard.new_link();
     // An API bound to every address (`--api-public`) is reached on loopback here.

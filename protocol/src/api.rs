@@ -4,12 +4,12 @@
 use serde::{Deserialize, Serialize};
 
 /// Every error answer: `{"error": {"code": "...", "message": "..."}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
@@ -105,19 +105,19 @@ impl ErrorCode {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PutResponse {
     pub id: String,
     pub created: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CollectionInfo {
     pub name: String,
     pub records: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BlobInfo {
     pub id: String,
     pub size: u64,
@@ -137,7 +137,7 @@ pub struct BlobInfo {
 /// `GET /v1/export`: the whole vault at one moment, for `hearth export --all`. Blob
 /// contents are not in it: they are fetched by id (`GET /v1/blobs/{id}`) afterwards,
 /// and cannot have changed (a blob's id is its content).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VaultExport {
     /// The moment of the snapshot (Unix seconds).
     pub at: u64,
@@ -156,7 +156,7 @@ pub struct VaultExport {
 }
 
 /// `GET /v1/check` (`hearth check`): everything on this device read back and verified.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckReport {
     /// Nothing is wrong.
     pub ok: bool,
@@ -174,7 +174,7 @@ pub struct CheckReport {
 
 /// `DELETE /v1/blobs/{id}`: the blob is removed on every device; this one freed
 /// `chunks` files (`bytes` on disk) no other blob uses.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BlobRemoved {
     pub id: String,
     pub removed: bool,
@@ -183,7 +183,7 @@ pub struct BlobRemoved {
 }
 
 /// A blob another device listed that this device does not hold whole yet.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ArrivingBlob {
     pub id: String,
     pub size: u64,
@@ -191,7 +191,7 @@ pub struct ArrivingBlob {
     pub received: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusResponse {
     /// Version of the node software.
     pub version: String,
@@ -218,7 +218,7 @@ pub struct StatusResponse {
 }
 
 /// Where the API and DAV are served on the LAN, and how to check the certificate.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LanStatus {
     /// `https://ADDR/`.
     pub url: String,
@@ -228,7 +228,7 @@ pub struct LanStatus {
     pub names: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InviteResponse {
     pub code: String,
     /// Unix seconds.
@@ -236,7 +236,7 @@ pub struct InviteResponse {
 }
 
 /// `POST /v1/grants`: what the owner grants. Scopes are parsed by the node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GrantRequest {
     pub service: String,
     #[serde(default)]
@@ -261,7 +261,7 @@ pub struct GrantRequest {
     pub app_password: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GrantCreated {
     pub id: String,
     pub token: String,
@@ -276,7 +276,7 @@ pub struct GrantCreated {
 }
 
 /// One device of the vault, as `GET /v1/devices` and `GET /v1/status` show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeviceInfo {
     /// The device's PeerId.
     pub id: String,
@@ -295,21 +295,21 @@ pub struct DeviceInfo {
 }
 
 /// `DELETE` answers of the CLI's `--json` output (`rm`, `devices remove`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Removed {
     pub id: String,
     pub removed: bool,
 }
 
 /// `POST /v1/collections/{c}/records/{id}/text`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TextEditRequest {
     pub field: String,
     pub edits: Vec<TextEditBody>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TextEditBody {
     pub at: usize,
@@ -320,7 +320,7 @@ pub struct TextEditBody {
 }
 
 /// `GET /v1/collections/{c}/records/{id}/conflicts`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConflictsResponse {
     pub id: String,
     /// Field name → every competing value, the one the record shows first.
@@ -328,7 +328,7 @@ pub struct ConflictsResponse {
 }
 
 /// Whether a grant is in force.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum GrantStatus {
     Active,
@@ -352,7 +352,7 @@ impl GrantStatus {
 
 /// One grant as `GET /v1/grants` lists it: also the consent record (who, what, why,
 /// until when).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GrantInfo {
     pub id: String,
     pub service: String,
@@ -373,7 +373,7 @@ pub struct GrantInfo {
 }
 
 /// `POST /v1/grants/{id}/revoke`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RevokeResponse {
     pub grant: GrantInfo,
     /// What the service already saw and did, from the audit log.
@@ -382,7 +382,7 @@ pub struct RevokeResponse {
 
 /// What a grant's service saw and did, from the audit log: the "what it already saw"
 /// report of a revocation.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SeenReport {
     /// Audit entries of this grant (reads, deliveries, writes and refusals).
     pub accesses: u64,
@@ -393,7 +393,7 @@ pub struct SeenReport {
     pub refused: u64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SeenCollection {
     pub collection: String,
     /// Records returned by reads.
@@ -410,7 +410,7 @@ pub struct SeenCollection {
 
 /// One entry of the audit log. Entries are hash-chained per device: `prev` is the
 /// `hash` of the entry before in the same chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: String,
     /// Unix seconds.
@@ -446,7 +446,7 @@ pub struct AuditEntry {
 }
 
 /// `GET /v1/audit/verify`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VerifyResponse {
     pub ok: bool,
     /// Entries verified (when ok).
@@ -460,7 +460,7 @@ pub struct VerifyResponse {
 }
 
 /// `GET /v1/view`: every readable collection of the grant, projected.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ViewAll {
     pub grant: String,
     pub service: String,
@@ -469,7 +469,7 @@ pub struct ViewAll {
 
 /// An `upsert` event of `GET /v1/view/events`: a record entered the view or changed
 /// inside it (projected).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ViewUpsert {
     pub collection: String,
     pub record: serde_json::Value,
@@ -477,13 +477,13 @@ pub struct ViewUpsert {
 
 /// The first event of `GET /v1/view/events`: the stream is live, and its number in the
 /// audit log (each delivered batch is an entry with this `stream`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StreamReady {
     pub stream: u64,
 }
 
 /// A `remove` event: a record left the view (removed, or no longer matching).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ViewRemove {
     pub collection: String,
     pub id: String,
@@ -491,13 +491,13 @@ pub struct ViewRemove {
 
 /// `POST /v1/hello`: the CLI's challenge, so it learns it talks to this HOME's node
 /// before it presents the owner token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HelloRequest {
     /// 32 random bytes, hex.
     pub challenge: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HelloResponse {
     /// `keyed_hash(derive_key(IDENTITY_CONTEXT, blake3(owner token)), challenge)`, hex.
     pub proof: String,
@@ -513,13 +513,13 @@ pub fn identity_proof(owner_token_hash: &[u8; 32], challenge: &[u8]) -> [u8; 32]
 }
 
 /// `hearth token attenuate --json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenResponse {
     pub token: String,
 }
 
 /// `hearth init --json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InitReport {
     pub home: String,
     pub peer_id: String,
@@ -528,7 +528,7 @@ pub struct InitReport {
 }
 
 /// `hearth up --json` (printed once the node serves).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UpReport {
     pub home: String,
     pub api_addr: String,
@@ -538,7 +538,7 @@ pub struct UpReport {
 }
 
 /// `hearth join --json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JoinReport {
     pub home: String,
     pub peer_id: String,
@@ -547,14 +547,14 @@ pub struct JoinReport {
 }
 
 /// `hearth passphrase --json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PassphraseReport {
     pub keys: String,
     pub passphrase: bool,
 }
 
 /// `hearth blob get -o FILE --json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BlobWritten {
     pub id: String,
     pub size: u64,

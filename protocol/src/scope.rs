@@ -46,6 +46,15 @@ pub enum ScopeError {
 #[serde(try_from = "String", into = "String")]
 pub struct FieldPath(Vec<String>);
 
+/// In JSON a field path is its text: `address.city`.
+impl utoipa::PartialSchema for FieldPath {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <String as utoipa::PartialSchema>::schema()
+    }
+}
+
+impl utoipa::ToSchema for FieldPath {}
+
 impl FieldPath {
     pub fn parse(path: &str) -> Option<Self> {
         let parts: Vec<String> = path.split('.').map(str::to_owned).collect();
@@ -92,7 +101,7 @@ impl std::fmt::Display for FieldPath {
 }
 
 /// Which fields of a record are granted (for reading, or for writing).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Fields {
     All,
@@ -165,7 +174,7 @@ impl std::fmt::Display for Fields {
 /// number and a boolean *and* as the text `"3"` / `"true"` (so `tag=3` matches both
 /// `3` and `"3"`); `tag="3"` (a JSON string) matches only the text; anything else is
 /// text.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Filter {
     pub field: FieldPath,
     pub value: Value,
@@ -237,7 +246,7 @@ impl std::fmt::Display for Filter {
 }
 
 /// What a grant allows in one collection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CollectionScope {
     /// Fields the service may read (and receive in events); `None`: no reading.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -464,7 +473,7 @@ impl CollectionScope {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Scope {
     pub collections: BTreeMap<String, CollectionScope>,
 }

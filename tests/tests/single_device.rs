@@ -990,6 +990,12 @@ fn json_errors_and_a_port_alone_for_the_api() {
     let out = node.run(&["get", "contacts", "nobody"]);
     one_line_error(&out);
     assert!(out.stdout.is_empty());
+    // The OpenAPI document, for anyone on the API (it holds no data).
+    let api = Api::new(&node);
+    let (status, doc) = api.send(api.raw(Method::GET, "/v1/openapi.json"));
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    assert!(doc["paths"]["/v1/view/{collection}"]["get"].is_object());
     node.stop();
 }
 
