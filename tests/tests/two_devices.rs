@@ -94,7 +94,17 @@ fn join_refuses_bad_codes_and_homes_with_a_vault() {
     let code = a.json(&["pair"])["code"].as_str().unwrap().to_owned();
     let err = one_line_error(&hearth(&["--home", h, "join", &code]));
     assert!(err.contains("already holds a vault"), "{err}");
+    // The inviter stopped (or restarted elsewhere): the code leads nowhere, and the
+    // error says what to do, with the reason once.
     a.stop();
+    let fresh = dir.path().join("y");
+    let err = one_line_error(&hearth(&["--home", fresh.to_str().unwrap(), "join", &code]));
+    assert!(
+        err.contains("cannot reach the inviting device")
+            && err.contains("run `hearth pair` there again"),
+        "{err}"
+    );
+    assert_eq!(err.matches("refused").count(), 1, "{err}");
 }
 
 #[test]

@@ -51,7 +51,9 @@ pub enum PairError {
     Expired,
     #[error("{0} already holds a vault; join with an empty HOME")]
     AlreadyAVault(String),
-    #[error("cannot reach the inviting device at any of its addresses ({0})")]
+    #[error(
+        "cannot reach the inviting device ({0}). Is its node still running? If it restarted, its addresses may have changed: run `hearth pair` there again for a new code"
+    )]
     Unreachable(String),
     #[error("the inviting device refused: {0}")]
     Refused(String),
@@ -376,10 +378,37 @@ async fn exchange(
             result = &mut talk => return result,
             event = swarm.select_next_some() => {
                 if let SwarmEvent::OutgoingConnectionError { error, .. } = event {
-                    return Err(PairError::Unreachable(error.to_string()));
+                    return Err(PairError::Unreachable(dial_reason(&error)));
                 }
             }
             _ = &mut deadline => return Err(PairError::Unreachable("timed out".into())),
         }
+    }
+}
+
+/// What a failed dial comes to, in a few words: the first address and the innermost
+/// reason ("127.0.0.1:4001: Connection refused (os error 111)"), not libp2p's nested
+/// list of every address with each cause repeated.
+fn dial_reason(error: &libp2p::swarm::DialError) -> String {
+    fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+        let mut e = e;
+        while let Some(next) = e.source() {
+            e = next;
+        }
+        e.to_string()
+    }
+    match error {
+        libp2p::swarm::DialError::Transport(errors) => match errors.first() {
+            Some((addr, e)) => {
+                let place: String = addr
+                    .iter()
+                    .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+                    .map(|p| p.to_string())
+                    .collect();
+                format!("{place}: {}", innermost(e))
+            }
+            None => "no address to dial".into(),
+        },
+        other => innermost(other),
     }
 }
