@@ -1039,12 +1039,25 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
             let kind = kind.context("say what to export: contacts, calendar, or --all")?;
             let collection = kind.collection_or(from)?;
             let path = format!("/v1/export/{}", seg(&collection));
-            let text = client
+            let response = client
                 .send(home, client.request(Method::GET, &path))
-                .await?
-                .text()
+                .await?;
+            // A bar while a large export arrives into a file (not when it goes to stdout).
+            let bar = match (&output, response.content_length()) {
+                (Some(_), Some(total)) => progress(json, total, "receiving"),
+                _ => None,
+            };
+            let text: Vec<u8> = counted(response.bytes_stream(), &bar)
+                .try_fold(Vec::new(), |mut all, chunk| async move {
+                    all.extend_from_slice(&chunk);
+                    Ok(all)
+                })
                 .await
                 .context("the export broke off")?;
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            let text = String::from_utf8(text).context("the export is not UTF-8 text")?;
             match output {
                 Some(file) => {
                     hearth_node::home::write_file_atomic(&file, text.as_bytes(), 0o600)
