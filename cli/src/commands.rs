@@ -1622,7 +1622,12 @@ async fn watch_status(
             .arriving
             .iter()
             .fold((0, 0), |(r, s), a| (r + a.received, s + a.size));
-        let caught_up = last.is_some() && status.arriving.is_empty();
+        if until_synced && others.is_empty() {
+            bail!("this vault has no other device to catch up with (add one with `hearth pair`)");
+        }
+        // Caught up: another device is connected now, this one has synced, and no blob
+        // is still on its way (a sync starts as soon as a device connects).
+        let caught_up = online > 0 && last.is_some() && status.arriving.is_empty();
         line.set_message(format!(
             "{online} of {} other device(s) online · last sync {} · {records} records in {} collections{}",
             others.len(),

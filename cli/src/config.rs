@@ -113,7 +113,19 @@ pub fn parse_api_addr(text: &str) -> Result<SocketAddr, String> {
 }
 
 fn api_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
-    let text = <String as serde::Deserialize>::deserialize(d)?;
+    /// `api = "127.0.0.1:7781"`, or a port as a number: `api = 7781`.
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Port(u16),
+        Text(String),
+    }
+    let text = match <Given as serde::Deserialize>::deserialize(d).map_err(|_| {
+        serde::de::Error::custom("api: give an address (\"127.0.0.1:7781\") or a port (7781)")
+    })? {
+        Given::Port(port) => port.to_string(),
+        Given::Text(text) => text,
+    };
     parse_api_addr(&text)
         .map(Some)
         .map_err(serde::de::Error::custom)
@@ -180,6 +192,9 @@ log = "hearth_node=debug,info"
             let config = Config::parse(&format!("api = \"{text}\"")).unwrap();
             assert_eq!(config.api, Some(addr.parse().unwrap()));
         }
+        let numeric = Config::parse("api = 7781").unwrap();
+        assert_eq!(numeric.api, Some("127.0.0.1:7781".parse().unwrap()));
+        assert!(Config::parse("api = 70000").unwrap_err().contains("line 1"));
         for bad in ["localhost:http", "70000", "example.com:80", ""] {
             assert!(parse_api_addr(bad).is_err(), "{bad}");
         }

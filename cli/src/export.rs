@@ -237,7 +237,12 @@ async fn fetch_blob(
         Err(e) => return Err(e),
     };
     let mut stream = counted(response.bytes_stream(), bar);
-    let mut file = tokio::fs::File::create(path)
+    // Never over another blob's file (a file system that folds names could make two
+    // names one).
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
         .await
         .with_context(|| format!("cannot create {}", path.display()))?;
     let mut size = 0;

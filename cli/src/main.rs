@@ -59,7 +59,7 @@ fn bad_usage(e: clap::Error) -> std::process::ExitCode {
         .map(|l| l.strip_prefix("error: ").unwrap_or(l))
         .collect::<Vec<_>>()
         .join("; ");
-    let json = std::env::args().skip(1).any(|a| a == "--json");
+    let json = std::env::args_os().skip(1).any(|a| a == "--json");
     fail(json, &anyhow::anyhow!("{line} (see `hearth --help`)"))
 }
 

@@ -447,10 +447,7 @@ pub(crate) async fn status_of(vault: &AppState) -> Result<StatusResponse, ApiErr
         collections,
         blobs,
         listen_addrs,
-        removed_at: devices
-            .iter()
-            .find(|d| d.this_device)
-            .and_then(|d| d.removed_at),
+        removed_at: vault.removed_at(),
         devices,
         arriving,
         lan: vault

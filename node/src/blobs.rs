@@ -305,6 +305,8 @@ pub struct Collected {
 
 pub struct Blobs {
     pins: Pins,
+    /// One garbage collection at a time (`Vault::collect_blob_garbage`).
+    pub(crate) collecting: tokio::sync::Mutex<()>,
     /// Blobs being fetched from another device: bytes here so far, of how many.
     fetching: std::sync::Mutex<std::collections::HashMap<BlobId, (u64, u64)>>,
     dir: PathBuf,
@@ -318,6 +320,7 @@ impl Blobs {
         crate::home::create_private_dir(&dir).map_err(|source| io_error(&dir, source))?;
         Ok(Self {
             pins: Default::default(),
+            collecting: tokio::sync::Mutex::new(()),
             fetching: Default::default(),
             manifests: store.tree("blobs")?,
             dir,
@@ -604,7 +607,12 @@ impl Blobs {
         let pins = lock_pins(&self.pins);
         let mut dropped = 0;
         for id in removed {
-            if !pins.contains_key(&id.0) && self.manifests.contains_key(&id.0)? {
+            // Read again under the lock: an upload of the same content may have listed
+            // it again (and dropped its pin) since the list above was read.
+            let still_removed = listing(collections, &id)
+                .map_err(|e| BlobError::Internal(e.to_string()))?
+                .is_some_and(|l| l.removed);
+            if still_removed && !pins.contains_key(&id.0) && self.manifests.contains_key(&id.0)? {
                 self.manifests.remove(&id.0)?;
                 dropped += 1;
             }
@@ -728,17 +736,19 @@ impl Blobs {
         self.store.check_write()?;
         let keys = self.keys.clone();
         let base = self.dir.clone();
-        let pins = self.pins.clone();
-        let (hash, written) = tokio::task::spawn_blocking(move || {
+        let mut pin = self.pinned();
+        let (hash, mut pin, written) = tokio::task::spawn_blocking(move || {
             let hash = *blake3::keyed_hash(&keys.derived.chunk_ids, &chunk).as_bytes();
             // Pinned before looking for it: a collection cannot delete it between the
-            // look and the manifest that will name it.
-            *lock_pins(&pins).entry(hash).or_default() += 1;
-            (hash, write_sealed(&keys, &base, hash, &chunk))
+            // look and the manifest that will name it. The pin travels in the task's
+            // result, so a caller that stops waiting drops it with that result.
+            pin.add(hash);
+            let written = write_sealed(&keys, &base, hash, &chunk);
+            (hash, pin, written)
         })
         .await
         .map_err(|e| BlobError::Internal(format!("chunk task failed: {e}")))?;
-        pinned.held.push(hash);
+        pinned.held.append(&mut pin.held);
         dirs.insert(written?);
         Ok(hash)
     }

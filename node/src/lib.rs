@@ -168,12 +168,29 @@ pub struct Vault {
     pub lan: Option<LanInfo>,
     /// The web dashboard's login links and sessions.
     pub dashboard: dashboard::Sessions,
+    /// When a member told this device it was removed (see `mesh::removal`).
+    removed: std::sync::Mutex<Option<u64>>,
     /// Set while the mesh runs (never, for a node started without one). Cleared at
     /// shutdown: the mesh holds the vault, so this would otherwise be a cycle.
     mesh: std::sync::RwLock<Option<mesh::MeshState>>,
 }
 
 impl Vault {
+    /// When another device last told this one it was removed from the vault (in
+    /// memory; see `mesh::removal`). `Some(at)` sets it, `None` clears it (a sync with
+    /// a member showed it is not). Returns whether it changed.
+    pub fn removal_notice(&self, at: Option<u64>) -> bool {
+        let mut notice = self.removed.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = notice.is_some() != at.is_some();
+        *notice = at;
+        changed
+    }
+
+    /// See [`Vault::removal_notice`].
+    pub fn removed_at(&self) -> Option<u64> {
+        *self.removed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Frees the space of removed blobs on this device: drops their manifests, makes
     /// that durable, then deletes every chunk no blob here uses (see
     /// [`blobs::Blobs::delete_unused_chunks`] for why this is safe while uploads and
@@ -182,6 +199,9 @@ impl Vault {
         self: &Arc<Self>,
     ) -> Result<blobs::Collected, blobs::BlobError> {
         let task = |e: tokio::task::JoinError| blobs::BlobError::Internal(e.to_string());
+        // One at a time: another's deletions must not run between this one's manifest
+        // drop and its commit.
+        let _one = self.blobs.collecting.lock().await;
         let vault = self.clone();
         let dropped =
             tokio::task::spawn_blocking(move || vault.blobs.drop_removed(&vault.collections))
@@ -355,6 +375,7 @@ impl Node {
                 names: tls.names.clone(),
             }),
             dashboard: dashboard::Sessions::default(),
+            removed: std::sync::Mutex::new(None),
             mesh: std::sync::RwLock::new(None),
         });
         let mesh = match config.mesh {

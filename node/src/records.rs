@@ -154,12 +154,18 @@ pub fn record_conflicts(doc: &AutoCommit, id: &str) -> Result<Map<String, Json>,
     };
     for key in doc.keys(&obj) {
         let values = doc.get_all(&obj, key.as_str())?;
-        // Texts against texts are merged when they meet (`textmerge`), not a person's
-        // choice.
-        let all_text = values
+        // Equal texts left by two devices merging at once (`textmerge`) are no
+        // conflict; texts that differ still are a person's to see.
+        let equal_texts = values
             .iter()
-            .all(|(v, _)| matches!(v, Value::Object(ObjType::Text)));
-        if values.len() > 1 && !all_text {
+            .all(|(v, _)| matches!(v, Value::Object(ObjType::Text)))
+            && values
+                .iter()
+                .map(|(_, obj)| doc.text(obj).unwrap_or_default())
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                == 1;
+        if values.len() > 1 && !equal_texts {
             let mut all = Vec::with_capacity(values.len());
             for (value, child) in values.into_iter().rev() {
                 all.push(read_value(doc, value, &child)?);
@@ -241,6 +247,9 @@ pub fn edit_text(
                 unreachable!("matched a string just above")
             };
             let current = current.to_string();
+            // Tried first on a scratch text: a refused edit must leave the field as it
+            // was, and the conversion below is committed before the edits.
+            try_edits(&current, edits)?;
             let text = doc.put_object(&record, field, ObjType::Text)?;
             doc.splice_text(&text, 0, 0, &current)?;
             // The conversion is a change of its own: if another device converts the
@@ -250,6 +259,7 @@ pub fn edit_text(
             text
         }
         None => {
+            try_edits("", edits)?;
             let text = doc.put_object(&record, field, ObjType::Text)?;
             doc.commit();
             text
@@ -263,7 +273,17 @@ pub fn edit_text(
             return Err(TextEditError::NotText(field.to_owned(), kind));
         }
     };
-    let mut length = doc.length(&text);
+    apply_edits(doc, &text, edits)?;
+    Ok(true)
+}
+
+/// Applies `edits` in order to a text object, each checked against the length it meets.
+fn apply_edits(
+    doc: &mut AutoCommit,
+    text: &ObjId,
+    edits: &[TextEdit],
+) -> Result<(), TextEditError> {
+    let mut length = doc.length(text);
     for (index, edit) in edits.iter().enumerate() {
         if edit
             .position
@@ -278,10 +298,19 @@ pub fn edit_text(
             });
         }
         let delete = isize::try_from(edit.delete).expect("checked against the text's length");
-        doc.splice_text(&text, edit.position, delete, &edit.insert)?;
-        length = doc.length(&text);
+        doc.splice_text(text, edit.position, delete, &edit.insert)?;
+        length = doc.length(text);
     }
-    Ok(true)
+    Ok(())
+}
+
+/// Applies `edits` to a scratch text holding `current`: an error says what a real
+/// application would refuse, before anything is written.
+fn try_edits(current: &str, edits: &[TextEdit]) -> Result<(), TextEditError> {
+    let mut scratch = AutoCommit::new();
+    let text = scratch.put_object(ROOT, "text", ObjType::Text)?;
+    scratch.splice_text(&text, 0, 0, current)?;
+    apply_edits(&mut scratch, &text, edits)
 }
 
 /// Applies a JSON Merge Patch (RFC 7396) to record `id`. Returns `false` if there is

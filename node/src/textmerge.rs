@@ -221,4 +221,29 @@ mod tests {
         let _ = c.get_all(&record, "note").unwrap();
         assert!(!merge_record(&mut c, "r1").unwrap());
     }
+
+    /// An edit refused (out of range) leaves a string field a string: the conversion
+    /// to text is committed on its own, so it must not happen before the edits pass.
+    #[test]
+    fn a_refused_edit_leaves_a_string_a_string() {
+        let mut doc = AutoCommit::new();
+        let record = doc.put_object(ROOT, "r1", ObjType::Map).unwrap();
+        doc.put(&record, "note", "abc").unwrap();
+        doc.commit();
+        let heads = doc.get_heads();
+        let bad = [crate::records::TextEdit {
+            position: 9,
+            delete: 0,
+            insert: "x".into(),
+        }];
+        assert!(crate::records::edit_text(&mut doc, "r1", "note", &bad).is_err());
+        assert!(crate::records::edit_text(&mut doc, "r1", "missing", &bad).is_err());
+        doc.rollback();
+        assert!(matches!(
+            doc.get(&record, "note").unwrap().unwrap().0,
+            Value::Scalar(_)
+        ));
+        assert!(doc.get(&record, "missing").unwrap().is_none());
+        assert_eq!(doc.get_heads(), heads);
+    }
 }

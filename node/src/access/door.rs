@@ -359,7 +359,10 @@ impl Door {
                         let Some(projected) = c.project(&record) else {
                             continue;
                         };
-                        if names_blob(&Value::Object(projected), &wanted) {
+                        // The record's own id is not a reference to a blob.
+                        let mut fields = projected;
+                        fields.remove("id");
+                        if names_blob(&Value::Object(fields), &wanted) {
                             let id = record
                                 .get("id")
                                 .and_then(Value::as_str)

@@ -45,7 +45,7 @@ const PING_INTERVAL: Duration = Duration::from_secs(2);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// A connection that answered no ping for this long is closed (see
 /// `SwarmTask::close_silent`).
-const SILENT_AFTER: Duration = Duration::from_secs(7);
+const SILENT_AFTER: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct MeshConfig {
@@ -398,9 +398,27 @@ impl SwarmTask {
         let mut redial = tokio::time::interval(REDIAL_EVERY);
         redial.tick().await;
         let mut silence = tokio::time::interval(PING_INTERVAL / 2);
+        silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_check = tokio::time::Instant::now();
         loop {
+            // Swarm events (ping answers among them) before the silence check, so a
+            // check never runs ahead of answers already waiting.
             tokio::select! {
-                _ = silence.tick() => self.close_silent(),
+                biased;
+                event = self.swarm.select_next_some() => self.on_event(event),
+                _ = silence.tick() => {
+                    let now = tokio::time::Instant::now();
+                    // This task itself stalled (a busy machine): the peers were not
+                    // silent, it was not listening. Start counting again.
+                    if now.duration_since(last_check) > PING_INTERVAL {
+                        for at in self.last_pong.values_mut() {
+                            *at = now;
+                        }
+                    } else {
+                        self.close_silent();
+                    }
+                    last_check = now;
+                }
                 command = self.commands.recv() => match command {
                     Some(Command::ListenAddrs(reply)) => {
                         let _ = reply.send(self.listen_addrs.iter().cloned().collect());
@@ -429,7 +447,6 @@ impl SwarmTask {
                     }
                     None => break,
                 },
-                event = self.swarm.select_next_some() => self.on_event(event),
                 _ = redial.tick() => self.redial(),
             }
         }
@@ -445,10 +462,6 @@ impl SwarmTask {
     /// Redials known addresses whose device is not connected (with backoff given by the
     /// interval); device addresses learnt from identify are in Kademlia.
     fn redial(&mut self) {
-        // A device removed from the vault has nobody to sync with.
-        if !self.sync.is_member(self.swarm.local_peer_id()) {
-            return;
-        }
         let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
         self.sync
             .ensure_sessions(&connected.iter().copied().collect::<Vec<_>>());

@@ -3,8 +3,9 @@
 //! The vault's devices stop syncing with a removed device at once, but it cannot learn
 //! of its removal through sync (nobody syncs with it any more). So whenever it connects,
 //! a member sends it the notice; it checks the sender is a member of its own list, of
-//! the same vault, marks itself removed (`status`, `devices`, the dashboard say so) and
-//! logs it once.
+//! the same vault, notes that it was removed (`status` and the dashboard say so) and
+//! logs it once. The notice is kept in memory only (see `accept_loop`): a sync
+//! with any member clears it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,22 +74,17 @@ pub(super) async fn accept_loop(
         if vault_id != vault.keys.vault_id {
             continue;
         }
-        let me = vault.keys.peer_id();
-        if devices::removed_at(&vault.collections, &me).is_some() {
-            continue;
-        }
-        match devices::mark_removed(&vault.collections, &me, removed_at) {
-            Ok(_) => {
-                if let Err(e) = vault.store.commit().await {
-                    tracing::warn!(error = %e, "cannot record that this device was removed");
-                }
-                tracing::warn!(
-                    by = %peer,
-                    removed_at,
-                    "this device was removed from the vault: it no longer syncs with the vault's other devices. Its data stays here (`hearth export --all` takes it out)"
-                );
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot record that this device was removed"),
+        // Kept in memory only, never written to the (synced) device list: a removed
+        // device that still holds the keys could otherwise tell a healthy device it
+        // was removed, and that lie would spread. A real removal is told again at
+        // every connection; a lie ends at the next sync with a member.
+        let first = vault.removal_notice(Some(removed_at));
+        if first {
+            tracing::warn!(
+                by = %peer,
+                removed_at,
+                "this device was removed from the vault: it no longer syncs with the vault's other devices. Its data stays here (`hearth export --all` takes it out)"
+            );
         }
     }
 }

@@ -97,6 +97,10 @@ impl SyncService {
     /// [`RECORD_SYNC_EVERY`] (so "last sync" survives a restart without a write per
     /// message).
     fn note_sync(&self, peer: PeerId) {
+        // A member syncs with this device: whoever said it was removed was wrong.
+        if self.vault.removal_notice(None) {
+            tracing::warn!(%peer, "a device said this one was removed from the vault, but the vault's devices still sync with it: ignored");
+        }
         let now = SystemTime::now();
         let previous = self
             .last_sync
