@@ -2,9 +2,10 @@
 # One edit from device A to device B, measured from outside with release `hearth`
 # processes: N records on A (default 10,000), B joins and catches up, then 200 times a
 # PATCH on A and GETs on B until it shows. Build first: cargo build --release -p hearth-cli.
-# Usage: scripts/one-change.py [N]   (WAIT=S waits S seconds after the catch-up)
+# Usage: scripts/one-change.py [N]   (WAIT=S waits S seconds after the catch-up;
+# HEARTH_BIN=PATH runs another build)
 import json, os, subprocess, sys, time, urllib.request, shutil, statistics
-B = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "release", "hearth")
+B = os.environ.get("HEARTH_BIN") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target", "release", "hearth")
 root = os.path.join(os.environ.get("TMPDIR", "/tmp"), "hearth-one-change"); shutil.rmtree(root, ignore_errors=True); os.makedirs(root)
 def up(home):
     p = subprocess.Popen([B, "--home", home, "--json", "up", "--api", "127.0.0.1:0", "--no-mdns",
