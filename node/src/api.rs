@@ -171,6 +171,7 @@ pub fn router(vault: Arc<Vault>) -> Router {
         openapi,
         crate::dashboard::login_link
     ),
+    components(responses(Failure)),
     tags(
         (name = "owner", description = "the vault's owner: the CLI, the dashboard, scripts"),
         (name = "service", description = "a service reading and writing through its grant"),
@@ -178,6 +179,38 @@ pub fn router(vault: Arc<Vault>) -> Router {
     )
 )]
 pub struct ApiDoc;
+
+/// An error: `{"error": {"code", "message"}}` (docs/API.md lists the codes).
+#[derive(utoipa::ToResponse)]
+#[allow(dead_code)] // Describes the answer `ApiError` renders; never built.
+struct Failure(ErrorBody);
+
+/// The path parameters of the OpenAPI document, named once.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct InCollection {
+    /// A collection name.
+    collection: String,
+}
+
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct AtRecord {
+    /// A collection name.
+    collection: String,
+    /// A record id.
+    id: String,
+}
+
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct AtBlob {
+    /// A blob id (64 hex digits).
+    id: String,
+}
 
 #[utoipa::path(
     get,
@@ -385,7 +418,7 @@ async fn method_not_allowed() -> ApiError {
     tag = "cli",
     summary = "The node proves it holds this HOME's owner token (the CLI asks before sending it)",
     request_body = HelloRequest,
-    responses((status = 200, description = "ok", body = HelloResponse), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    responses((status = 200, description = "ok", body = HelloResponse), (status = "default", response = Failure))
 )]
 async fn hello(State(vault): State<AppState>, body: Body) -> Result<Json<HelloResponse>, ApiError> {
     let request: HelloRequest = read_typed_body(&vault, body).await?;
@@ -410,7 +443,7 @@ async fn hello(State(vault): State<AppState>, body: Body) -> Result<Json<HelloRe
     path = "/v1/status",
     tag = "owner",
     summary = "This device, its vault, collections, devices, blobs arriving",
-    responses((status = 200, description = "ok", body = StatusResponse), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    responses((status = 200, description = "ok", body = StatusResponse), (status = "default", response = Failure))
 )]
 async fn status(State(vault): State<AppState>) -> Result<Json<StatusResponse>, ApiError> {
     status_of(&vault).await.map(Json)
@@ -504,7 +537,7 @@ pub(crate) async fn devices_view(vault: &AppState) -> Result<Vec<DeviceInfo>, Ap
     path = "/v1/devices",
     tag = "owner",
     summary = "The vault's devices",
-    responses((status = 200, description = "ok", body = Vec<DeviceInfo>), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    responses((status = 200, description = "ok", body = Vec<DeviceInfo>), (status = "default", response = Failure))
 )]
 async fn list_devices(State(vault): State<AppState>) -> Result<Json<Vec<DeviceInfo>>, ApiError> {
     Ok(Json(devices_view(&vault).await?))
@@ -515,7 +548,7 @@ async fn list_devices(State(vault): State<AppState>) -> Result<Json<Vec<DeviceIn
     path = "/v1/devices/invite",
     tag = "owner",
     summary = "A one-time invite code for a new device",
-    responses((status = 201, description = "ok", body = InviteResponse), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    responses((status = 201, description = "ok", body = InviteResponse), (status = "default", response = Failure))
 )]
 async fn create_invite(State(vault): State<AppState>) -> Result<Response, ApiError> {
     let body = invite(&vault).await?;
@@ -547,7 +580,7 @@ pub(crate) async fn invite(vault: &AppState) -> Result<InviteResponse, ApiError>
     tag = "owner",
     summary = "Remove a device from the vault",
     params(("peer" = String, Path, description = "a device's PeerId")),
-    responses((status = 204, description = "removed"), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    responses((status = 204, description = "removed"), (status = "default", response = Failure))
 )]
 async fn remove_device(
     State(vault): State<AppState>,
@@ -613,7 +646,7 @@ struct RenameRequest {
     summary = "Name a device: {\"name\"}",
     params(("peer" = String, Path, description = "a device's PeerId")),
     request_body = serde_json::Value,
-    responses((status = 204, description = "renamed"), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    responses((status = 204, description = "renamed"), (status = "default", response = Failure))
 )]
 async fn rename_device(
     State(vault): State<AppState>,
@@ -640,7 +673,7 @@ pub(crate) async fn device_rename(vault: &AppState, raw: &str, name: &str) -> Re
     path = "/v1/collections",
     tag = "owner",
     summary = "Collections with their record counts",
-    responses((status = 200, description = "ok", body = Vec<CollectionInfo>), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    responses((status = 200, description = "ok", body = Vec<CollectionInfo>), (status = "default", response = Failure))
 )]
 async fn list_collections(
     State(vault): State<AppState>,
@@ -655,8 +688,8 @@ async fn list_collections(
     path = "/v1/collections/{collection}",
     tag = "owner",
     summary = "Remove an empty collection from every device's list",
-    params(("collection" = String, Path, description = "a collection name")),
-    responses((status = 204, description = "removed"), (status = 409, description = "it still holds records"), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    params(InCollection),
+    responses((status = 204, description = "removed"), (status = 409, description = "it still holds records"), (status = "default", response = Failure))
 )]
 async fn drop_collection(
     State(vault): State<AppState>,
@@ -698,8 +731,8 @@ async fn drop_collection(
     path = "/v1/collections/{collection}/records",
     tag = "owner",
     summary = "Every record of a collection, sorted by id",
-    params(("collection" = String, Path, description = "a collection name")),
-    responses((status = 200, description = "ok", body = Vec<serde_json::Value>), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    params(InCollection),
+    responses((status = 200, description = "ok", body = Vec<serde_json::Value>), (status = "default", response = Failure))
 )]
 async fn list_records(
     State(vault): State<AppState>,
@@ -716,8 +749,8 @@ async fn list_records(
     path = "/v1/collections/{collection}/records/{id}",
     tag = "owner",
     summary = "One record",
-    params(("collection" = String, Path, description = "a collection name"), ("id" = String, Path, description = "a record id")),
-    responses((status = 200, description = "ok", body = serde_json::Value), (status = 404, description = "no such record"), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    params(AtRecord),
+    responses((status = 200, description = "ok", body = serde_json::Value), (status = 404, description = "no such record"), (status = "default", response = Failure))
 )]
 async fn get_record(
     State(vault): State<AppState>,
@@ -736,9 +769,9 @@ async fn get_record(
     path = "/v1/collections/{collection}/records",
     tag = "owner",
     summary = "Create a record (id from the body, else a new one)",
-    params(("collection" = String, Path, description = "a collection name")),
+    params(InCollection),
     request_body = serde_json::Value,
-    responses((status = 201, description = "ok", body = PutResponse), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    responses((status = 201, description = "ok", body = PutResponse), (status = "default", response = Failure))
 )]
 async fn create_record(
     State(vault): State<AppState>,
@@ -756,9 +789,9 @@ async fn create_record(
     path = "/v1/collections/{collection}/records/{id}",
     tag = "owner",
     summary = "Create or replace a record",
-    params(("collection" = String, Path, description = "a collection name"), ("id" = String, Path, description = "a record id")),
+    params(AtRecord),
     request_body = serde_json::Value,
-    responses((status = 200, description = "replaced", body = PutResponse), (status = 201, description = "created", body = PutResponse), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    responses((status = 200, description = "replaced", body = PutResponse), (status = 201, description = "created", body = PutResponse), (status = "default", response = Failure))
 )]
 async fn put_record(
     State(vault): State<AppState>,
@@ -806,9 +839,9 @@ pub(crate) fn owner_write(
     path = "/v1/collections/{collection}/records/{id}",
     tag = "owner",
     summary = "Merge fields into a record (RFC 7396)",
-    params(("collection" = String, Path, description = "a collection name"), ("id" = String, Path, description = "a record id")),
+    params(AtRecord),
     request_body = serde_json::Value,
-    responses((status = 200, description = "ok", body = serde_json::Value), (status = 404, description = "no such record"), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    responses((status = 200, description = "ok", body = serde_json::Value), (status = 404, description = "no such record"), (status = "default", response = Failure))
 )]
 async fn patch_record(
     State(vault): State<AppState>,
@@ -833,8 +866,8 @@ async fn patch_record(
     path = "/v1/collections/{collection}/records/{id}",
     tag = "owner",
     summary = "Remove a record",
-    params(("collection" = String, Path, description = "a collection name"), ("id" = String, Path, description = "a record id")),
-    responses((status = 204, description = "removed"), (status = 404, description = "no such record"), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    params(AtRecord),
+    responses((status = 204, description = "removed"), (status = 404, description = "no such record"), (status = "default", response = Failure))
 )]
 async fn delete_record(
     State(vault): State<AppState>,
@@ -856,9 +889,9 @@ async fn delete_record(
     path = "/v1/collections/{collection}/records/{id}/text",
     tag = "owner",
     summary = "Character edits of a collaborative text field, as one change",
-    params(("collection" = String, Path, description = "a collection name"), ("id" = String, Path, description = "a record id")),
+    params(AtRecord),
     request_body = TextEditRequest,
-    responses((status = 200, description = "ok", body = serde_json::Value), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    responses((status = 200, description = "ok", body = serde_json::Value), (status = "default", response = Failure))
 )]
 async fn edit_text(
     State(vault): State<AppState>,
@@ -920,8 +953,8 @@ async fn edit_text(
     path = "/v1/collections/{collection}/records/{id}/conflicts",
     tag = "owner",
     summary = "Fields of a record changed concurrently on two devices",
-    params(("collection" = String, Path, description = "a collection name"), ("id" = String, Path, description = "a record id")),
-    responses((status = 200, description = "ok", body = ConflictsResponse), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    params(AtRecord),
+    responses((status = 200, description = "ok", body = ConflictsResponse), (status = "default", response = Failure))
 )]
 async fn record_conflicts(
     State(vault): State<AppState>,
@@ -943,8 +976,8 @@ async fn record_conflicts(
     path = "/v1/collections/{collection}/conflicts",
     tag = "owner",
     summary = "Every record of a collection with fields in conflict",
-    params(("collection" = String, Path, description = "a collection name")),
-    responses((status = 200, description = "ok", body = Vec<ConflictsResponse>), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    params(InCollection),
+    responses((status = 200, description = "ok", body = Vec<ConflictsResponse>), (status = "default", response = Failure))
 )]
 async fn collection_conflicts(
     State(vault): State<AppState>,
@@ -974,9 +1007,9 @@ struct ResolveRequest {
     path = "/v1/collections/{collection}/records/{id}/resolve",
     tag = "owner",
     summary = "Choose the value of a field in conflict: {\"field\", \"value\"}",
-    params(("collection" = String, Path, description = "a collection name"), ("id" = String, Path, description = "a record id")),
+    params(AtRecord),
     request_body = serde_json::Value,
-    responses((status = 200, description = "ok", body = serde_json::Value), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    responses((status = 200, description = "ok", body = serde_json::Value), (status = "default", response = Failure))
 )]
 async fn resolve_record(
     State(vault): State<AppState>,
@@ -1026,7 +1059,7 @@ pub(crate) async fn resolve(
     path = "/v1/blobs",
     tag = "owner",
     summary = "The vault's blobs",
-    responses((status = 200, description = "ok", body = Vec<BlobInfo>), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    responses((status = 200, description = "ok", body = Vec<BlobInfo>), (status = "default", response = Failure))
 )]
 async fn list_blobs(State(vault): State<AppState>) -> Result<Json<Vec<BlobInfo>>, ApiError> {
     Ok(Json(
@@ -1036,8 +1069,10 @@ async fn list_blobs(State(vault): State<AppState>) -> Result<Json<Vec<BlobInfo>>
 
 /// `POST /v1/blobs[?name=FILE_NAME]`: the body is the content; its `Content-Type`
 /// is kept as the blob's type.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct BlobUpload {
+    /// The blob's file name.
     name: Option<String>,
 }
 
@@ -1046,9 +1081,9 @@ struct BlobUpload {
     path = "/v1/blobs",
     tag = "owner",
     summary = "Store a blob (the body's Content-Type is kept as its type)",
-    params(("name" = Option<String>, Query, description = "the blob's file name")),
+    params(BlobUpload),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 201, description = "ok", body = BlobInfo), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    responses((status = 201, description = "ok", body = BlobInfo), (status = "default", response = Failure))
 )]
 async fn put_blob(
     State(vault): State<AppState>,
@@ -1101,8 +1136,8 @@ async fn put_blob(
     path = "/v1/blobs/{id}",
     tag = "owner",
     summary = "Remove a blob from every device and free its space",
-    params(("id" = String, Path, description = "a blob id (64 hex digits)")),
-    responses((status = 200, description = "ok", body = BlobRemoved), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    params(AtBlob),
+    responses((status = 200, description = "ok", body = BlobRemoved), (status = "default", response = Failure))
 )]
 async fn remove_blob(
     State(vault): State<AppState>,
@@ -1135,8 +1170,8 @@ async fn remove_blob(
     path = "/v1/blobs/{id}",
     tag = "owner",
     summary = "A blob's bytes, verified chunk by chunk",
-    params(("id" = String, Path, description = "a blob id (64 hex digits)")),
-    responses((status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>), (status = 503, description = "still arriving from another device"), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    params(AtBlob),
+    responses((status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>), (status = 503, description = "still arriving from another device"), (status = "default", response = Failure))
 )]
 async fn get_blob(
     State(vault): State<AppState>,
@@ -1403,9 +1438,9 @@ fn pim_kind(collection: &CollectionName) -> Result<pim::Kind, ApiError> {
     path = "/v1/import/{collection}",
     tag = "owner",
     summary = "Import a vCard or iCalendar file, all or nothing",
-    params(("collection" = String, Path, description = "a collection name")),
+    params(InCollection),
     request_body(content = String, content_type = "text/plain"),
-    responses((status = 200, description = "{\"imported\", \"updated\", \"unchanged\", \"skipped\"}", body = serde_json::Value), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    responses((status = 200, description = "{\"imported\", \"updated\", \"unchanged\", \"skipped\"}", body = serde_json::Value), (status = "default", response = Failure))
 )]
 async fn import(
     State(vault): State<AppState>,
@@ -1448,8 +1483,8 @@ async fn import(
     path = "/v1/export/{collection}",
     tag = "owner",
     summary = "A contacts or calendar collection as one vCard or iCalendar file",
-    params(("collection" = String, Path, description = "a collection name")),
-    responses((status = 200, description = "text/vcard or text/calendar", content_type = "text/plain", body = String), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    params(InCollection),
+    responses((status = 200, description = "text/vcard or text/calendar", content_type = "text/plain", body = String), (status = "default", response = Failure))
 )]
 async fn export(
     State(vault): State<AppState>,
@@ -1491,7 +1526,7 @@ async fn export(
     tag = "owner",
     summary = "Grant a service a view",
     request_body = GrantRequest,
-    responses((status = 201, description = "ok", body = GrantCreated), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    responses((status = 201, description = "ok", body = GrantCreated), (status = "default", response = Failure))
 )]
 async fn create_grant(State(vault): State<AppState>, body: Body) -> Result<Response, ApiError> {
     let request: GrantRequest = read_typed_body(&vault, body).await?;
@@ -1665,7 +1700,7 @@ fn grant_info(grant: access::Grant, last_used: Option<u64>) -> GrantInfo {
     path = "/v1/grants",
     tag = "owner",
     summary = "Grants, with their scope, status and last use",
-    responses((status = 200, description = "ok", body = Vec<GrantInfo>), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    responses((status = 200, description = "ok", body = Vec<GrantInfo>), (status = "default", response = Failure))
 )]
 async fn list_grants(State(vault): State<AppState>) -> Result<Json<Vec<GrantInfo>>, ApiError> {
     grants(&vault).await.map(Json)
@@ -1699,7 +1734,7 @@ pub(crate) async fn grants(vault: &AppState) -> Result<Vec<GrantInfo>, ApiError>
     tag = "owner",
     summary = "Revoke a grant, and report what the service saw",
     params(("id" = String, Path, description = "a grant id")),
-    responses((status = 200, description = "ok", body = RevokeResponse), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    responses((status = 200, description = "ok", body = RevokeResponse), (status = "default", response = Failure))
 )]
 async fn revoke_grant(
     State(vault): State<AppState>,
@@ -1724,8 +1759,10 @@ pub(crate) async fn grant_revoke(vault: &AppState, id: String) -> Result<RevokeR
     Ok(answer)
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AuditQuery {
+    /// Only this grant's entries.
     grant: Option<String>,
 }
 
@@ -1734,8 +1771,8 @@ struct AuditQuery {
     path = "/v1/audit",
     tag = "owner",
     summary = "The audit log of service accesses",
-    params(("grant" = Option<String>, Query, description = "only this grant's entries")),
-    responses((status = 200, description = "ok", body = Vec<AuditEntry>), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    params(AuditQuery),
+    responses((status = 200, description = "ok", body = Vec<AuditEntry>), (status = "default", response = Failure))
 )]
 async fn list_audit(
     State(vault): State<AppState>,
@@ -1760,7 +1797,7 @@ pub(crate) async fn audit(
     path = "/v1/audit/verify",
     tag = "owner",
     summary = "Verify the audit log's hash chains",
-    responses((status = 200, description = "ok", body = VerifyResponse), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    responses((status = 200, description = "ok", body = VerifyResponse), (status = "default", response = Failure))
 )]
 async fn verify_audit(State(vault): State<AppState>) -> Result<Json<VerifyResponse>, ApiError> {
     audit_verify(&vault).await.map(Json)
@@ -1793,7 +1830,7 @@ pub(crate) async fn audit_verify(vault: &AppState) -> Result<VerifyResponse, Api
     path = "/v1/export",
     tag = "owner",
     summary = "The whole vault at one moment",
-    responses((status = 200, description = "ok", body = VaultExport), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    responses((status = 200, description = "ok", body = VaultExport), (status = "default", response = Failure))
 )]
 async fn export_all(State(vault): State<AppState>) -> Result<Json<VaultExport>, ApiError> {
     blocking(&vault, |v| {
@@ -1873,7 +1910,7 @@ async fn export_all(State(vault): State<AppState>) -> Result<Json<VaultExport>, 
     path = "/v1/check",
     tag = "owner",
     summary = "Read back and verify everything on this device",
-    responses((status = 200, description = "ok", body = CheckReport), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    responses((status = 200, description = "ok", body = CheckReport), (status = "default", response = Failure))
 )]
 async fn check(State(vault): State<AppState>) -> Result<Json<CheckReport>, ApiError> {
     let (values, collections, mut problems) = blocking(&vault, |v| {
@@ -1944,7 +1981,7 @@ fn credentials(headers: &axum::http::HeaderMap) -> Result<Credentials, ApiError>
     path = "/v1/view",
     tag = "service",
     summary = "Every readable collection of the grant, projected",
-    responses((status = 200, description = "ok", body = ViewAll), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    responses((status = 200, description = "ok", body = ViewAll), (status = "default", response = Failure))
 )]
 async fn view_all(
     State(vault): State<AppState>,
@@ -1958,8 +1995,8 @@ async fn view_all(
     path = "/v1/view/{collection}",
     tag = "service",
     summary = "The readable fields of the matching records",
-    params(("collection" = String, Path, description = "a collection name")),
-    responses((status = 200, description = "ok", body = Vec<serde_json::Value>), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    params(InCollection),
+    responses((status = 200, description = "ok", body = Vec<serde_json::Value>), (status = "default", response = Failure))
 )]
 async fn view_collection(
     State(vault): State<AppState>,
@@ -1982,8 +2019,8 @@ async fn view_collection(
     path = "/v1/view/_blobs/{id}",
     tag = "service",
     summary = "A blob that a record the grant can read names",
-    params(("id" = String, Path, description = "a blob id (64 hex digits)")),
-    responses((status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    params(AtBlob),
+    responses((status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>), (status = "default", response = Failure))
 )]
 async fn view_blob(
     State(vault): State<AppState>,
@@ -2003,8 +2040,8 @@ async fn view_blob(
     path = "/v1/view/{collection}/{id}",
     tag = "service",
     summary = "One record, projected (hidden ones are 404)",
-    params(("collection" = String, Path, description = "a collection name"), ("id" = String, Path, description = "a record id")),
-    responses((status = 200, description = "ok", body = serde_json::Value), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    params(AtRecord),
+    responses((status = 200, description = "ok", body = serde_json::Value), (status = "default", response = Failure))
 )]
 async fn view_record(
     State(vault): State<AppState>,
@@ -2026,9 +2063,9 @@ async fn view_record(
     path = "/v1/view/{collection}",
     tag = "service",
     summary = "Create or change a record within the write scope",
-    params(("collection" = String, Path, description = "a collection name")),
+    params(InCollection),
     request_body = serde_json::Value,
-    responses((status = 200, description = "changed", body = PutResponse), (status = 201, description = "created", body = PutResponse), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    responses((status = 200, description = "changed", body = PutResponse), (status = 201, description = "created", body = PutResponse), (status = "default", response = Failure))
 )]
 async fn view_write(
     State(vault): State<AppState>,
@@ -2048,8 +2085,8 @@ async fn view_write(
     path = "/v1/view/{collection}/{id}",
     tag = "service",
     summary = "Remove a record (needs every field writable)",
-    params(("collection" = String, Path, description = "a collection name"), ("id" = String, Path, description = "a record id")),
-    responses((status = 204, description = "removed"), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    params(AtRecord),
+    responses((status = 204, description = "removed"), (status = "default", response = Failure))
 )]
 async fn view_remove(
     State(vault): State<AppState>,
@@ -2071,7 +2108,7 @@ async fn view_remove(
     path = "/v1/view/events",
     tag = "service",
     summary = "Server-sent events: ready, upsert, remove, error",
-    responses((status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String), (status = "default", description = "an error: {\"error\": {\"code\", \"message\"}} (docs/API.md lists the codes)", body = ErrorBody))
+    responses((status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String), (status = "default", response = Failure))
 )]
 async fn view_events(
     State(vault): State<AppState>,
