@@ -1115,18 +1115,7 @@ async fn put_blob(
     drop(stored.pinned);
     let listing = listing
         .ok_or_else(|| ApiError::new(ErrorCode::Internal, "a blob just listed is not listed"))?;
-    Ok((
-        StatusCode::CREATED,
-        Json(BlobInfo {
-            id: id.to_string(),
-            size,
-            name: listing.name,
-            content_type: listing.content_type,
-            added: listing.added,
-            here: true,
-        }),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, Json(listing.info(id, true))).into_response())
 }
 
 /// `DELETE /v1/blobs/{id}`: removed on every device (they drop it when the removal
@@ -1861,19 +1850,7 @@ async fn export_all(State(vault): State<AppState>) -> Result<Json<VaultExport>, 
             collections.insert(name.to_string(), records);
         }
         let devices = snapshot.collection_records(&crate::devices::collection())?;
-        let mut blobs = Vec::new();
-        for (id, listing) in crate::blobs::listings(&snapshot)? {
-            if !listing.removed {
-                blobs.push(BlobInfo {
-                    id: id.to_string(),
-                    size: listing.size,
-                    name: listing.name,
-                    content_type: listing.content_type,
-                    added: listing.added,
-                    here: v.blobs.has_blob(id)?,
-                });
-            }
-        }
+        let blobs = v.blobs.list(&snapshot)?;
         let audit = access::audit_entries(&snapshot, None)?;
         let mut last_used: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
         for entry in &audit {

@@ -73,6 +73,20 @@ pub struct Listing {
     pub removed: bool,
 }
 
+impl Listing {
+    /// The blob as the API shows it; `here`: whole on this device.
+    pub fn info(self, id: BlobId, here: bool) -> BlobInfo {
+        BlobInfo {
+            id: id.to_string(),
+            size: self.size,
+            name: self.name,
+            content_type: self.content_type,
+            added: self.added,
+            here,
+        }
+    }
+}
+
 /// What a person says of a blob when uploading it: a name and a content type.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Described {
@@ -412,22 +426,18 @@ impl Blobs {
 
     /// The vault's blobs (not the removed ones), with name, type and whether the
     /// whole blob is on this device.
-    pub fn list(&self, collections: &Collections) -> Result<Vec<BlobInfo>, BlobError> {
+    pub fn list(
+        &self,
+        collections: &impl crate::collections::RecordSource,
+    ) -> Result<Vec<BlobInfo>, BlobError> {
         let mut out = Vec::new();
         for (id, listing) in
             listings(collections).map_err(|e| BlobError::Internal(e.to_string()))?
         {
-            if listing.removed {
-                continue;
+            if !listing.removed {
+                let here = self.has_blob(id)?;
+                out.push(listing.info(id, here));
             }
-            out.push(BlobInfo {
-                id: id.to_string(),
-                size: listing.size,
-                name: listing.name,
-                content_type: listing.content_type,
-                added: listing.added,
-                here: self.has_blob(id)?,
-            });
         }
         Ok(out)
     }
