@@ -149,6 +149,32 @@ fn a_blob_of_several_mib_arrives_intact_on_the_other_device() {
     b.stop();
 }
 
+/// Record `notes/n1` = `record` written on A and synced to B; then B stops, `on_a`
+/// changes A, B runs alone (without the mesh) while `on_b` changes it, and B starts
+/// again with the mesh: the devices meet. Returns the new B.
+fn apart(
+    a: &NodeProcess,
+    b: NodeProcess,
+    record: &str,
+    on_a: impl FnOnce(&NodeProcess),
+    on_b: impl FnOnce(&NodeProcess),
+) -> NodeProcess {
+    a.json(&["put", "notes", "n1", record]);
+    eventually("n1 on B", || {
+        b.run(&["get", "notes", "n1"])
+            .status
+            .success()
+            .then_some(())
+    });
+    let b_home = b.home.clone();
+    b.stop();
+    on_a(a);
+    let alone = spawn_node(&b_home, &["--no-mesh"]);
+    on_b(&alone);
+    alone.stop();
+    spawn_node(&b_home, &[])
+}
+
 /// The same field changed on two devices while apart (one of them running without the
 /// mesh): `hearth conflicts` lists the record with both values, `get` says so, and
 /// `hearth resolve` ends the conflict on both devices — also when the value chosen is
@@ -159,19 +185,17 @@ fn conflicting_edits_are_listed_and_resolved_from_the_cli() {
     let a = spawn_node(&dir.path().join("a"), &[]);
     let b_home = dir.path().join("b");
     let b = join_and_spawn(&a, &b_home);
-    a.json(&["put", "notes", "n1", r#"{"title": "plan", "n": 1}"#]);
-    eventually("n1 on B", || {
-        b.run(&["get", "notes", "n1"])
-            .status
-            .success()
-            .then_some(())
-    });
-    b.stop();
-    a.json(&["patch", "notes", "n1", r#"{"title": "plan A"}"#]);
-    let alone = spawn_node(&b_home, &["--no-mesh"]);
-    alone.json(&["patch", "notes", "n1", r#"{"title": "plan B"}"#]);
-    alone.stop();
-    let b = spawn_node(&b_home, &[]);
+    let b = apart(
+        &a,
+        b,
+        r#"{"title": "plan", "n": 1}"#,
+        |a| {
+            a.json(&["patch", "notes", "n1", r#"{"title": "plan A"}"#]);
+        },
+        |alone| {
+            alone.json(&["patch", "notes", "n1", r#"{"title": "plan B"}"#]);
+        },
+    );
     let listed = eventually("the conflict on A", || {
         let listed = a.json(&["conflicts"]);
         (listed.as_array()?.len() == 1).then_some(listed)
@@ -449,14 +473,6 @@ fn a_string_made_text_on_two_devices_apart_keeps_both_edits() {
     let a = spawn_node(&dir.path().join("a"), &[]);
     let b_home = dir.path().join("b");
     let b = join_and_spawn(&a, &b_home);
-    a.json(&["put", "notes", "n1", r#"{"body": "buy milk", "n": 1}"#]);
-    eventually("n1 on B", || {
-        b.run(&["get", "notes", "n1"])
-            .status
-            .success()
-            .then_some(())
-    });
-    b.stop();
     let edit = |node: &NodeProcess, at: usize, insert: &str| {
         let api = Api::new(node);
         let (status, body) = api.send(
@@ -468,11 +484,13 @@ fn a_string_made_text_on_two_devices_apart_keeps_both_edits() {
         );
         assert_eq!(status, 200, "{body}");
     };
-    edit(&a, 0, "please ");
-    let alone = spawn_node(&b_home, &["--no-mesh"]);
-    edit(&alone, 8, " and eggs");
-    alone.stop();
-    let b = spawn_node(&b_home, &[]);
+    let b = apart(
+        &a,
+        b,
+        r#"{"body": "buy milk", "n": 1}"#,
+        |a| edit(a, 0, "please "),
+        |alone| edit(alone, 8, " and eggs"),
+    );
     let expected = "please buy milk and eggs";
     for node in [&a, &b] {
         eventually("both edits on both devices", || {
