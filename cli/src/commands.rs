@@ -357,6 +357,7 @@ async fn up(
     mesh: Option<hearth_node::mesh::MeshConfig>,
     args: PassphraseArgs,
 ) -> anyhow::Result<()> {
+    let signals = Signals::listen()?;
     let log_reload = init_tracing(options.log.as_deref());
     let mut config = NodeConfig::new(home.root());
     config.api_addr = options.api;
@@ -395,7 +396,9 @@ async fn up(
     if let Err(e) = sd_notify::notify(&ready) {
         tracing::warn!(error = %e, "cannot tell the service manager that the node is ready");
     }
-    wait_for_signal(|| reload_config(&home, options.reloads, &node, &log_reload)).await?;
+    signals
+        .wait(|| reload_config(&home, options.reloads, &node, &log_reload))
+        .await;
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
         tracing::debug!(error = %e, "cannot tell the service manager that the node stops");
     }
@@ -498,28 +501,41 @@ async fn join(
     ))
 }
 
-async fn wait_for_signal<F, R>(mut on_hangup: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> R,
-    R: std::future::Future<Output = ()>,
-{
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    // A closed terminal sends SIGHUP: it must not stop the vault. It reloads what can
-    // be reloaded instead.
-    let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
-    loop {
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => {
-                result.context("cannot listen for SIGINT")?;
-                break;
-            }
-            _ = term.recv() => break,
-            _ = hangup.recv() => on_hangup().await,
-        }
+/// The signals `up` answers, listened for from its first moment: until a handler is
+/// installed, SIGHUP and SIGTERM would kill the process (a closed terminal, or a
+/// service manager stopping it, just as it starts) without a clean stop.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            hangup: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
+        })
     }
-    tracing::info!("stopping");
-    Ok(())
+
+    /// Waits for SIGINT or SIGTERM; a SIGHUP (a closed terminal, `systemctl reload`)
+    /// never stops the vault: it runs `on_hangup`, which reloads what can be reloaded.
+    async fn wait<F, R>(mut self, mut on_hangup: F)
+    where
+        F: FnMut() -> R,
+        R: std::future::Future<Output = ()>,
+    {
+        loop {
+            tokio::select! {
+                _ = self.interrupt.recv() => break,
+                _ = self.terminate.recv() => break,
+                _ = self.hangup.recv() => on_hangup().await,
+            }
+        }
+        tracing::info!("stopping");
+    }
 }
 
 /// SIGHUP: reads hearth.toml again and applies the log level and the peers (unless a
