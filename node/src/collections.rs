@@ -143,12 +143,27 @@ pub fn actor_for(peer: &libp2p::PeerId) -> [u8; 16] {
 }
 
 /// Merges the text fields two devices made apart ([`crate::textmerge`]) in the
-/// records changed since `before`.
-fn merge_texts_since(doc: &mut AutoCommit, before: &[ChangeHash]) -> Result<(), AutomergeError> {
-    let heads = doc.get_heads();
-    let touched = match records::records_touched_since(doc, before) {
+/// records where `received` makes a text object: only such a change can leave a
+/// field with two texts, so other changes cost nothing here.
+fn merge_texts_in(
+    doc: &mut AutoCommit,
+    before: &[ChangeHash],
+    received: &[automerge::Change],
+) -> Result<(), AutomergeError> {
+    let makes_text = |op: &automerge::legacy::Op| {
+        matches!(
+            op.action,
+            automerge::legacy::OpType::Make(automerge::ObjType::Text)
+        )
+    };
+    let touched = match records::records_touched_by(doc, received, makes_text) {
         Some(ids) => ids,
-        None => records::touched_records(&doc.diff(before, &heads)),
+        // A change that cannot be placed (not this schema's shape): look at all of
+        // what it touched, as the event pump does.
+        None => {
+            let heads = doc.get_heads();
+            records::touched_records(&doc.diff(before, &heads))
+        }
     };
     for id in touched {
         if crate::textmerge::merge_record(doc, &id)? {
@@ -307,7 +322,8 @@ impl Collections {
         self.mutate(name, |doc| {
             let before = doc.get_heads();
             doc.load_incremental(bytes)?;
-            merge_texts_since(doc, &before)
+            let received = doc.get_changes(&before);
+            merge_texts_in(doc, &before, &received)
         })
     }
 
@@ -345,9 +361,9 @@ impl Collections {
             if doc.get_heads() == before {
                 return Ok(0);
             }
-            let received = doc.get_changes(&before).len();
-            merge_texts_since(doc, &before)?;
-            Ok(received)
+            let received = doc.get_changes(&before);
+            merge_texts_in(doc, &before, &received)?;
+            Ok(received.len())
         })
     }
 

@@ -109,14 +109,24 @@ pub fn records_touched_since(
     doc: &mut AutoCommit,
     since: &[automerge::ChangeHash],
 ) -> Option<Vec<String>> {
+    let changes = doc.get_changes(since);
+    records_touched_by(doc, &changes, |_| true)
+}
+
+/// The records that operations of `changes` chosen by `keep` touch (as
+/// [`records_touched_since`]).
+pub fn records_touched_by(
+    doc: &mut AutoCommit,
+    changes: &[automerge::Change],
+    keep: impl Fn(&automerge::legacy::Op) -> bool,
+) -> Option<Vec<String>> {
     use automerge::legacy::{Key, ObjectId};
-    let changes: Vec<automerge::ExpandedChange> =
-        doc.get_changes(since).iter().map(|c| c.decode()).collect();
+    let changes: Vec<automerge::ExpandedChange> = changes.iter().map(|c| c.decode()).collect();
     let mut seen = std::collections::HashSet::new();
     let mut ids = Vec::new();
     let mut placed: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     for change in &changes {
-        for op in &change.operations {
+        for op in change.operations.iter().filter(|op| keep(op)) {
             let id = match (&op.obj, &op.key) {
                 (ObjectId::Root, Key::Map(key)) => key.to_string(),
                 (ObjectId::Root, Key::Seq(_)) => return None,
