@@ -376,6 +376,15 @@ impl NodeProcess {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Sends the process a signal (`"HUP"`, `"STOP"`, `"CONT"`…).
+    pub fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -{name} failed");
+    }
+
     /// What the node has printed on stderr so far.
     pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.stderr.lock().expect("stderr buffer")).into_owned()

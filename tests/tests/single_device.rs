@@ -753,10 +753,9 @@ fn a_device_is_renamed_by_a_start_of_its_peer_id_or_by_its_name() {
     node.stop();
 }
 
-/// Closing the terminal (SIGHUP) does not stop the node; SIGTERM still stops it cleanly
-/// (api.addr removed).
 /// SIGHUP never stops the node: it reads hearth.toml again and applies the log level
-/// (a bad file changes nothing and says so).
+/// (a bad file changes nothing and says so). SIGTERM still stops it cleanly: api.addr
+/// is gone, never left pointing at nothing.
 #[test]
 fn a_hangup_reloads_the_log_level_and_does_not_stop_the_node() {
     let t = TestHome::new();
@@ -765,13 +764,7 @@ fn a_hangup_reloads_the_log_level_and_does_not_stop_the_node() {
     std::fs::write(&file, "log = \"error\"\n").unwrap();
     // No RUST_LOG: the file's level applies.
     let node = spawn_node_with_env(t.path(), &[], &[("RUST_LOG", "")]);
-    let hangup = || {
-        let sent = std::process::Command::new("kill")
-            .args(["-HUP", &node.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-    };
+    let hangup = || node.signal("HUP");
     hangup();
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(node.json(&["status"])["peer_id"], node.peer_id.as_str());
@@ -795,7 +788,12 @@ fn a_hangup_reloads_the_log_level_and_does_not_stop_the_node() {
         (said.contains("line 1") && said.contains("keeps its settings")).then_some(())
     });
     assert_eq!(node.json(&["status"])["peer_id"], node.peer_id.as_str());
+    assert!(t.path().join("api.addr").exists());
     node.stop();
+    assert!(
+        !t.path().join("api.addr").exists(),
+        "api.addr left behind after SIGTERM"
+    );
 }
 
 /// `HOME/hearth.toml` sets what `up` takes as flags, a flag overrides it, and a bad file

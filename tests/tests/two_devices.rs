@@ -430,20 +430,11 @@ fn a_removed_device_is_told_and_a_silent_one_shows_offline_within_seconds() {
     });
 
     // Suspended: its sockets stay open, it answers nothing.
-    let signal = |sig: &str, pid: u32| {
-        assert!(
-            std::process::Command::new("kill")
-                .args([sig, &pid.to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
-    signal("-STOP", c.pid());
+    c.signal("STOP");
     let stopped = std::time::Instant::now();
     eventually("C offline on A", || (!online(&a, &c.peer_id)).then_some(()));
     let took = stopped.elapsed();
-    signal("-CONT", c.pid());
+    c.signal("CONT");
     assert!(
         took < std::time::Duration::from_secs(15),
         "C showed offline after {took:?}"
