@@ -1166,11 +1166,23 @@ async fn get_blob(
     State(vault): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    blob_response(&vault, &path_param(path)?).await
+    blob_response(&vault, &path_param(path)?, Disposition::Inline).await
 }
 
 /// A blob's bytes as a streamed answer (also the dashboard's downloads).
-pub(crate) async fn blob_response(vault: &AppState, id: &str) -> Result<Response, ApiError> {
+/// `Content-Disposition` of a blob answer: shown in place (the API, with the blob's
+/// name if it has one) or always a download (the dashboard: never a page of its origin).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Disposition {
+    Inline,
+    Attachment,
+}
+
+pub(crate) async fn blob_response(
+    vault: &AppState,
+    id: &str,
+    disposition: Disposition,
+) -> Result<Response, ApiError> {
     let id =
         BlobId::parse(id).map_err(|e| ApiError::new(ErrorCode::InvalidBlobId, e.to_string()))?;
     let mut reader = match vault.blobs.open_blob(id) {
@@ -1229,9 +1241,16 @@ pub(crate) async fn blob_response(vault: &AppState, id: &str) -> Result<Response
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("sandbox; default-src 'none'"),
     );
-    if let Some(name) = listing.as_ref().and_then(|l| l.name.as_deref())
-        && let Ok(value) = HeaderValue::from_str(&content_disposition("inline", name))
-    {
+    let name = listing.as_ref().and_then(|l| l.name.clone());
+    let value = match (disposition, name) {
+        (Disposition::Inline, Some(name)) => Some(content_disposition("inline", &name)),
+        (Disposition::Inline, None) => None,
+        (Disposition::Attachment, name) => Some(content_disposition(
+            "attachment",
+            &name.unwrap_or_else(|| id.to_string()),
+        )),
+    };
+    if let Some(value) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
         headers.insert(header::CONTENT_DISPOSITION, value);
     }
     Ok(response)
@@ -2009,7 +2028,7 @@ async fn view_blob(
     let blob =
         BlobId::parse(&id).map_err(|e| ApiError::new(ErrorCode::InvalidBlobId, e.to_string()))?;
     vault.door.read_blob(&credentials, &blob).await?;
-    blob_response(&vault, &id).await
+    blob_response(&vault, &id, Disposition::Inline).await
 }
 
 #[utoipa::path(

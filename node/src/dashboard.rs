@@ -1217,26 +1217,9 @@ async fn download_blob(
     Path(id): Path<String>,
     _visit: Visit,
 ) -> Response {
-    match api::blob_response(&vault, &id).await {
-        Ok(mut response) => {
-            // A download, never shown as a page of the dashboard's origin.
-            let value = match response.headers().get(header::CONTENT_DISPOSITION) {
-                Some(inline) => {
-                    inline
-                        .to_str()
-                        .unwrap_or_default()
-                        .replacen("inline", "attachment", 1)
-                }
-                // `id` is 64 hex digits once `blob_response` accepted it.
-                None => format!("attachment; filename=\"{id}\""),
-            };
-            if let Ok(value) = HeaderValue::from_str(&value) {
-                response
-                    .headers_mut()
-                    .insert(header::CONTENT_DISPOSITION, value);
-            }
-            response
-        }
+    // A download, never shown as a page of the dashboard's origin.
+    match api::blob_response(&vault, &id, api::Disposition::Attachment).await {
+        Ok(response) => response,
         Err(e) => failed(e),
     }
 }

@@ -675,11 +675,13 @@ fn sessions_csrf_and_headers_hold_without_a_browser() {
         .send()
         .unwrap();
     assert_eq!(download.status(), 200);
+    let disposition = download.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(
-        download.headers()["content-disposition"]
-            .to_str()
-            .unwrap()
-            .starts_with("attachment")
+        disposition.starts_with("attachment") && disposition.ends_with("portrait.bin"),
+        "{disposition}"
     );
     assert_eq!(download.bytes().unwrap().as_ref(), &bytes[..]);
     let anonymous = http
