@@ -84,6 +84,10 @@ pub struct Caller {
     pub(super) proof: Proof,
 }
 
+/// This device's record of the grants it has admitted at least once (local, not
+/// synced): the log says when a grant is used for the first time.
+const GRANTS_USED_TREE: &str = "grants_used";
+
 /// The one door to vault data for services. Cheap to clone.
 #[derive(Clone)]
 pub struct Door(pub(super) Arc<Inner>);
@@ -99,7 +103,7 @@ pub(super) struct Inner {
     grants: GrantCache,
     passwords: PasswordIndex,
     pub hub: Hub,
-    /// Grants admitted since the node started (to log a grant's first use ever once).
+    /// Grants admitted since the node started (to log a grant's first use once).
     seen: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
@@ -183,11 +187,26 @@ impl Door {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(grant.id.clone());
-        if first_this_run
-            && super::audit_entries(&self.0.collections, Some(&grant.id))
-                .is_ok_and(|entries| entries.is_empty())
-        {
-            tracing::info!(grant = %grant.id, service = %grant.service, "a grant was used for the first time");
+        if !first_this_run {
+            return;
+        }
+        // Once a run per grant, one key in a local tree (durable with the request's
+        // own commit): not a read of the audit log on the request's path.
+        let used = || -> Result<bool, crate::store::StoreError> {
+            let tree = self.0.store.tree(GRANTS_USED_TREE)?;
+            let key = self.0.store.name_key(GRANTS_USED_TREE, &grant.id);
+            if tree.contains_key(&key)? {
+                return Ok(true);
+            }
+            tree.insert(&key, &super::now_unix().to_be_bytes())?;
+            Ok(false)
+        };
+        match used() {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(grant = %grant.id, service = %grant.service, "a grant was used for the first time on this device")
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot note a grant's first use"),
         }
     }
 
