@@ -17,12 +17,18 @@ pub mod torture;
 /// How long any one wait may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
-/// The `hearth` binary: `$HEARTH_BIN`, else `target/<profile>/hearth` beside this test.
+/// The `hearth` binary: `$HEARTH_BIN`, else `target/<profile>/hearth` beside this test
+/// (in `target/<profile>/deps`) or beside this tool (`hearth-bench`).
 pub fn hearth_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("HEARTH_BIN") {
         return bin.into();
     }
     let exe = std::env::current_exe().expect("the test knows its own path");
+    if let Some(beside) = exe.parent().map(|dir| dir.join("hearth"))
+        && beside.is_file()
+    {
+        return beside;
+    }
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)

@@ -5,11 +5,13 @@
 //!     cargo run --release -p hearth-tests --bin hearth-bench -- [--quick] [--json] [--only NAME,...]
 //!
 //! Scenario names for `--only`: put, trace, view, sync (new device, one edit,
-//! revocation, blob sync), pim (import, CardDAV sync), cold, seal.
+//! revocation, blob sync), pim (import, CardDAV sync), cold, seal, process (real `hearth`
+//! processes at 1k/10k/100k records; `--scale` adds 1M).
 
 mod cold;
 mod nodes;
 mod pim;
+mod process;
 mod put;
 mod report;
 mod sync;
@@ -31,9 +33,14 @@ struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
-    /// Only these scenarios (comma-separated): put, trace, view, sync, pim, cold, seal.
+    /// Only these scenarios (comma-separated): put, trace, view, sync, pim, cold, seal,
+    /// process.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Also run the process-level scenarios on a vault of 1,000,000 records (minutes;
+    /// not part of CI).
+    #[arg(long)]
+    scale: bool,
     /// Where vaults and baselines write (the disk being measured).
     #[arg(long, env = "TMPDIR", default_value = "/tmp")]
     dir: PathBuf,
@@ -44,6 +51,7 @@ struct Args {
 
 pub struct Opts {
     pub quick: bool,
+    pub scale: bool,
     pub dir: PathBuf,
 }
 
@@ -76,6 +84,7 @@ fn main() -> anyhow::Result<()> {
     }
     let opts = Opts {
         quick: args.quick,
+        scale: args.scale,
         dir: args.dir,
     };
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
@@ -117,6 +126,11 @@ fn main() -> anyhow::Result<()> {
     if wanted("cold") {
         show(runtime.block_on(cold::cold_start(&opts))?);
     }
+    if wanted("process") {
+        for r in runtime.block_on(process::scenarios(&opts))? {
+            show(r);
+        }
+    }
     if wanted("seal") {
         show(runtime.block_on(put::sealing(&opts))?);
     }
@@ -133,7 +147,7 @@ fn main() -> anyhow::Result<()> {
         let missed: Vec<&str> = reports
             .iter()
             .filter(|r| r.verdict == report::Verdict::Missed)
-            .map(|r| r.name)
+            .map(|r| r.name.as_str())
             .collect();
         println!(
             "\n{} scenarios in {elapsed:.1?}; targets missed: {missed:?}",

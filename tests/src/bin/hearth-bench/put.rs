@@ -11,6 +11,34 @@ use crate::Opts;
 use crate::nodes::{http_client, http_load, owner_token, start};
 use crate::report::{Report, fig, percentile_ms};
 
+/// The baseline of a durable write: `count` sled inserts of `bytes`, each flushed, on
+/// the disk under `dir`; the latencies sorted.
+pub async fn sled_flush_latencies(
+    dir: &std::path::Path,
+    bytes: Vec<u8>,
+    count: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let baseline_dir = tempfile::tempdir_in(dir)?;
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Duration>> {
+        let db = sled::open(baseline_dir.path().join("sled"))?;
+        let tree = db.open_tree("bench")?;
+        for i in 0..100 {
+            tree.insert(format!("w{i}"), bytes.as_slice())?;
+            db.flush()?;
+        }
+        let mut latencies = Vec::with_capacity(count);
+        for i in 0..count {
+            let t = Instant::now();
+            tree.insert(format!("r{i}"), bytes.as_slice())?;
+            db.flush()?;
+            latencies.push(t.elapsed());
+        }
+        latencies.sort();
+        Ok(latencies)
+    })
+    .await?
+}
+
 pub async fn durable_put(opts: &Opts) -> anyhow::Result<Report> {
     let mut report = Report::new(
         "durable put",
@@ -71,27 +99,7 @@ pub async fn durable_put(opts: &Opts) -> anyhow::Result<Report> {
     stored.sort();
     committed.sort();
 
-    // The same bytes into sled, flushed each time, on the same disk.
-    let baseline_dir = tempfile::tempdir_in(&opts.dir)?;
-    let bytes = body.clone();
-    let baseline = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Duration>> {
-        let db = sled::open(baseline_dir.path().join("sled"))?;
-        let tree = db.open_tree("bench")?;
-        for i in 0..100 {
-            tree.insert(format!("w{i}"), bytes.as_slice())?;
-            db.flush()?;
-        }
-        let mut latencies = Vec::with_capacity(sequential);
-        for i in 0..sequential {
-            let t = Instant::now();
-            tree.insert(format!("r{i}"), bytes.as_slice())?;
-            db.flush()?;
-            latencies.push(t.elapsed());
-        }
-        latencies.sort();
-        Ok(latencies)
-    })
-    .await??;
+    let baseline = sled_flush_latencies(&opts.dir, body.clone(), sequential).await?;
 
     let load = http_load(32, opts.duration(), move |i| put(2_000_000 + i)).await?;
     let stats = node.vault().store.stats();

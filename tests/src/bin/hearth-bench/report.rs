@@ -28,24 +28,24 @@ pub enum Verdict {
 }
 
 pub struct Report {
-    pub name: &'static str,
+    pub name: String,
     pub figures: Vec<Figure>,
     pub baseline: Vec<Figure>,
     /// Hearth's figure divided by the baseline's, as the target states it.
     pub ratio: Option<(String, f64)>,
-    pub target: &'static str,
+    pub target: String,
     pub verdict: Verdict,
     pub notes: Vec<String>,
 }
 
 impl Report {
-    pub fn new(name: &'static str, target: &'static str) -> Self {
+    pub fn new(name: impl Into<String>, target: impl Into<String>) -> Self {
         Self {
-            name,
+            name: name.into(),
             figures: Vec::new(),
             baseline: Vec::new(),
             ratio: None,
-            target,
+            target: target.into(),
             verdict: Verdict::Reported,
             notes: Vec::new(),
         }
