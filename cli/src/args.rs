@@ -88,6 +88,11 @@ pub enum Command {
         /// of it on purpose): what it lost comes back from the vault's other devices
         #[arg(long)]
         accept_rollback: bool,
+        /// Keep at most this many MiB of collections in memory, counted by their size
+        /// on disk (the least recently used are dropped and read again when needed)
+        /// [default: 64]
+        #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u32).range(1..))]
+        cache_mb: Option<u32>,
         #[command(flatten)]
         passphrase: PassphraseArgs,
     },

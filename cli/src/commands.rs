@@ -76,6 +76,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             relay,
             no_mesh,
             accept_rollback,
+            cache_mb,
             verbose,
             quiet,
             passphrase,
@@ -118,6 +119,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     Some(crate::config::Lan::On(false)) | None => None,
                 }),
                 accept_rollback,
+                cache_mb: cache_mb.or(file.cache_mb),
                 reloads,
                 name: file.name,
                 log: match (verbose, quiet) {
@@ -342,6 +344,7 @@ struct UpOptions {
     api_public: bool,
     lan: Option<std::net::SocketAddr>,
     accept_rollback: bool,
+    cache_mb: Option<u32>,
     /// What a SIGHUP may change.
     reloads: Reloads,
     /// This device's name, from hearth.toml.
@@ -364,6 +367,9 @@ async fn up(
     config.allow_public_api = options.api_public;
     config.lan_addr = options.lan;
     config.accept_rollback = options.accept_rollback;
+    if let Some(mib) = options.cache_mb {
+        config.limits.cache_bytes = mib as usize * 1024 * 1024;
+    }
     config.mesh = mesh;
     config.passphrase = passphrase(args, Ask::Unlock(&home))?;
     let had_passphrase = config.passphrase.is_some();

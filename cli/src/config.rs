@@ -40,6 +40,8 @@ pub struct Config {
     pub passphrase_file: Option<PathBuf>,
     /// The log filter (`info`, `debug`, `hearth_node=debug`…); `RUST_LOG` overrides it.
     pub log: Option<String>,
+    /// MiB of collections kept in memory (`--cache-mb`).
+    pub cache_mb: Option<u32>,
     /// `listen` and `peers`, parsed.
     #[serde(skip)]
     listen_addrs: Vec<hearth_node::Multiaddr>,
@@ -77,6 +79,9 @@ impl Config {
         if let Some(filter) = &config.log {
             tracing_subscriber::EnvFilter::try_new(filter)
                 .map_err(|e| format!("log: {filter:?} is not a log filter ({e})"))?;
+        }
+        if config.cache_mb == Some(0) {
+            return Err("cache_mb: 0 would keep nothing in memory; give at least 1 (MiB)".into());
         }
         config.listen_addrs = multiaddrs("listen", &config.listen)?;
         config.peer_addrs = multiaddrs("peers", &config.peers)?;
@@ -175,9 +180,11 @@ mdns = false
 name = "home server"
 passphrase_file = "/run/credentials/hearth.service/passphrase"
 log = "hearth_node=debug,info"
+cache_mb = 32
 "#,
         )
         .unwrap();
+        assert_eq!(config.cache_mb, Some(32));
         assert_eq!(config.api, Some("127.0.0.1:7781".parse().unwrap()));
         assert!(matches!(config.lan, Some(Lan::On(true))));
         assert_eq!(config.listen().len(), 1);
@@ -207,6 +214,8 @@ log = "hearth_node=debug,info"
         for (text, needle) in [
             ("api = \"127.0.0.1:7781\"\nmdns = \"yes\"\n", "line 2"),
             ("api = \"not an address\"\n", "line 1"),
+            ("cache_mb = 0\n", "at least 1"),
+            ("cache_mb = -4\n", "line 1"),
             ("\n\nlisten = [\"nonsense\"]\n", "listen"),
             ("apii = \"127.0.0.1:1\"\n", "line 1"),
             ("name = \"\"\n", "name"),

@@ -13,6 +13,7 @@
 //! callers run them on the blocking pool and then await [`Store::commit`].
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use automerge::sync::{self, SyncDoc};
@@ -75,9 +76,26 @@ pub struct Collections {
     names: SealedTree,
     docs: SealedTree,
     actor: ActorId,
-    open: Mutex<HashMap<CollectionName, Arc<Mutex<Collection>>>>,
+    open: Mutex<HashMap<CollectionName, Slot>>,
+    /// Counts uses, to find the least recently used collection.
+    uses: AtomicU64,
+    /// The documents kept in memory, counted by their saved size (see
+    /// [`Collections::set_cache_budget`]).
+    budget: AtomicUsize,
     changes: broadcast::Sender<CollectionName>,
 }
+
+/// A collection in memory, with what the cache needs to choose which to drop.
+struct Slot {
+    collection: Arc<Mutex<Collection>>,
+    /// Its saved size (snapshot and changes on disk) when last used.
+    bytes: usize,
+    /// When it was last used, on the `uses` counter.
+    used: u64,
+}
+
+/// The default cache budget: documents adding up to 64 MiB in their saved form.
+pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 struct Collection {
     name: CollectionName,
@@ -281,8 +299,59 @@ impl Collections {
             store,
             actor: ActorId::from(actor),
             open: Mutex::new(HashMap::new()),
+            uses: AtomicU64::new(0),
+            budget: AtomicUsize::new(DEFAULT_CACHE_BYTES),
             changes: broadcast::channel(CHANGE_CHANNEL).0,
         })
+    }
+
+    /// How much of the vault's documents stays in memory, counted by their saved size
+    /// (Automerge's in-memory form of a document is larger than that: see
+    /// ARCHITECTURE.md). After each use, the least recently used collections nobody is
+    /// using are dropped until the rest fit; the one just used always stays. Dropping
+    /// loses nothing: memory never runs ahead of the disk, and the next use loads it.
+    pub fn set_cache_budget(&self, bytes: usize) {
+        self.budget.store(bytes, Ordering::Relaxed);
+    }
+
+    /// How many collections are in memory now, and their saved size.
+    pub fn cached(&self) -> (usize, usize) {
+        let open = self.open_slots();
+        (open.len(), open.values().map(|s| s.bytes).sum())
+    }
+
+    fn open_slots(&self) -> std::sync::MutexGuard<'_, HashMap<CollectionName, Slot>> {
+        self.open
+            .lock()
+            .expect("open-collections lock is never poisoned")
+    }
+
+    /// Notes that `c` was just used (by a caller holding its lock) and drops the least
+    /// recently used collections until the cache fits its budget. A collection whose
+    /// `Arc` only the cache holds is in no one's hands, and no one can take it without
+    /// the cache's lock, held here: dropping it cannot race with a use.
+    fn used(&self, c: &Collection) {
+        let mut open = self.open_slots();
+        let tick = self.uses.fetch_add(1, Ordering::Relaxed);
+        if let Some(slot) = open.get_mut(&c.name) {
+            slot.bytes = c.snapshot_bytes + c.change_bytes;
+            slot.used = tick;
+        }
+        let budget = self.budget.load(Ordering::Relaxed);
+        let mut total: usize = open.values().map(|s| s.bytes).sum();
+        while total > budget {
+            let Some((name, bytes)) = open
+                .iter()
+                .filter(|(name, slot)| **name != c.name && Arc::strong_count(&slot.collection) == 1)
+                .min_by_key(|(_, slot)| slot.used)
+                .map(|(name, slot)| (name.clone(), slot.bytes))
+            else {
+                break;
+            };
+            open.remove(&name);
+            total -= bytes;
+            tracing::debug!(collection = %name, bytes, "dropped a collection from memory");
+        }
     }
 
     /// Names of collections that changed from now on.
@@ -706,7 +775,11 @@ impl Collections {
             if collection.stale {
                 continue;
             }
-            return f(&mut collection);
+            let result = f(&mut collection);
+            if !collection.stale {
+                self.used(&collection);
+            }
+            return result;
         }
     }
 
@@ -747,10 +820,7 @@ impl Collections {
                 Err(e) => {
                     // Memory is ahead of the disk now: forget it, the next use reloads.
                     c.stale = true;
-                    self.open
-                        .lock()
-                        .expect("open-collections lock is never poisoned")
-                        .remove(&c.name);
+                    self.open_slots().remove(&c.name);
                     return Err(e);
                 }
             }
@@ -809,12 +879,9 @@ impl Collections {
     }
 
     fn load(&self, name: &CollectionName) -> Result<Arc<Mutex<Collection>>, CollectionError> {
-        let mut open = self
-            .open
-            .lock()
-            .expect("open-collections lock is never poisoned");
-        if let Some(c) = open.get(name) {
-            return Ok(c.clone());
+        let mut open = self.open_slots();
+        if let Some(slot) = open.get(name) {
+            return Ok(slot.collection.clone());
         }
         let key = self.store.name_key(NAME_DOMAIN, name.as_str());
         let listed = self.names.contains_key(&key)?;
@@ -885,7 +952,14 @@ impl Collections {
             snapshot_bytes,
             stale: false,
         }));
-        open.insert(name.clone(), collection.clone());
+        open.insert(
+            name.clone(),
+            Slot {
+                collection: collection.clone(),
+                bytes: snapshot_bytes + change_bytes,
+                used: self.uses.fetch_add(1, Ordering::Relaxed),
+            },
+        );
         Ok(collection)
     }
 }
@@ -1082,6 +1156,54 @@ mod tests {
             c.get(&notes, &id("n1")).unwrap().unwrap()["body"],
             "Jello, world!"
         );
+    }
+
+    #[tokio::test]
+    async fn the_cache_drops_the_least_recently_used_collection_and_loses_nothing() {
+        let vault = TestVault::new();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        c.set_cache_budget(1);
+        let (a, b) = (name("a"), name("b"));
+        c.put(&a, &id("r1"), &obj(json!({"n": 1}))).unwrap();
+        assert_eq!(c.cached().0, 1, "the collection just used always stays");
+        c.put(&b, &id("r1"), &obj(json!({"n": 2}))).unwrap();
+        assert_eq!(c.cached().0, 1, "a was dropped when b was used");
+        // Read again from disk, written again, and its history kept.
+        let heads = c.heads(&a).unwrap();
+        c.patch(&a, &id("r1"), &obj(json!({"m": true}))).unwrap();
+        assert_eq!(
+            c.get(&a, &id("r1")).unwrap().unwrap(),
+            json!({"id": "r1", "n": 1, "m": true})
+        );
+        assert_eq!(c.changes_since(&a, &heads).unwrap().1.len(), 1);
+        assert_eq!(
+            c.get(&b, &id("r1")).unwrap().unwrap(),
+            json!({"id": "r1", "n": 2})
+        );
+        // A snapshot reads its moment even when its collections were dropped since.
+        let snapshot = c.snapshot().unwrap();
+        c.put(&a, &id("r9"), &obj(json!({"n": 9}))).unwrap();
+        c.put(&b, &id("r2"), &obj(json!({"n": 3}))).unwrap();
+        assert_eq!(c.cached().0, 1);
+        assert_eq!(snapshot.collection_records(&a).unwrap().len(), 1);
+        drop(snapshot);
+        // A collection in someone's hands is never dropped.
+        let held = c.load(&a).unwrap();
+        c.count(&b).unwrap();
+        assert_eq!(c.cached().0, 2);
+        drop(held);
+        c.count(&b).unwrap();
+        assert_eq!(c.cached().0, 1);
+        // A budget that holds both keeps both.
+        c.set_cache_budget(DEFAULT_CACHE_BYTES);
+        c.count(&a).unwrap();
+        c.count(&b).unwrap();
+        assert_eq!(c.cached().0, 2);
+        vault.store.commit().await.unwrap();
+        drop(c);
+        let vault = vault.reopen().await;
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        assert_eq!(c.count(&a).unwrap() + c.count(&b).unwrap(), 4);
     }
 
     #[tokio::test]

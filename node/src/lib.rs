@@ -65,6 +65,9 @@ pub struct Limits {
     pub max_import_bytes: usize,
     /// Requests served at once; more wait.
     pub max_concurrent_requests: usize,
+    /// How much of the vault's documents stays in memory, counted by their saved size
+    /// ([`Collections::set_cache_budget`]).
+    pub cache_bytes: usize,
 }
 
 impl Default for Limits {
@@ -74,6 +77,7 @@ impl Default for Limits {
             max_blob_bytes: 64 * 1024 * 1024 * 1024,
             max_import_bytes: 256 * 1024 * 1024,
             max_concurrent_requests: 256,
+            cache_bytes: collections::DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -312,6 +316,7 @@ impl Node {
             store.clone(),
             collections::actor_for(&peer_id),
         )?);
+        collections.set_cache_budget(config.limits.cache_bytes);
         if devices::add(&collections, &peer_id, &devices::default_device_name())? {
             store.commit().await?;
         }
