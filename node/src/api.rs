@@ -726,22 +726,88 @@ async fn drop_collection(
     }
 }
 
+/// `?limit=N&after=ID` on the list routes: a page of records in id order.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct PageQuery {
+    /// At most this many records (1 to 10,000; 1,000 when only `after` is given).
+    /// Without `limit` and `after`, every record. When the page is full, the answer's
+    /// `Link` header (`rel="next"`) gives the next page's address.
+    limit: Option<usize>,
+    /// Start after this record id.
+    after: Option<String>,
+}
+
+const MAX_PAGE: usize = 10_000;
+const DEFAULT_PAGE: usize = 1_000;
+
+/// The page asked for, or `None` for every record.
+fn page_of(
+    query: Result<axum::extract::Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Option<(Option<RecordId>, usize)>, ApiError> {
+    let query = query
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?
+        .0;
+    if query.limit.is_none() && query.after.is_none() {
+        return Ok(None);
+    }
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("limit must be between 1 and {MAX_PAGE}, not {limit}"),
+        ));
+    }
+    let after = query
+        .after
+        .map(|after| {
+            RecordId::parse(&after)
+                .map_err(|e| ApiError::new(ErrorCode::InvalidId, format!("after: {e}")))
+        })
+        .transpose()?;
+    Ok(Some((after, limit)))
+}
+
+/// A page as the answer: the records, and a `Link` to the next page when it is full.
+fn page_answer(path: &str, records: Vec<Value>, next: Option<String>, limit: usize) -> Response {
+    let mut answer = Json(records).into_response();
+    if let Some(next) = next {
+        // Collection names and record ids are URL-safe by construction.
+        let link = format!("<{path}?after={next}&limit={limit}>; rel=\"next\"");
+        if let Ok(value) = header::HeaderValue::from_str(&link) {
+            answer.headers_mut().insert(header::LINK, value);
+        }
+    }
+    answer
+}
+
 #[utoipa::path(
     get,
     path = "/v1/collections/{collection}/records",
     tag = "owner",
-    summary = "Every record of a collection, sorted by id",
-    params(InCollection),
-    responses((status = 200, description = "ok", body = Vec<serde_json::Value>), (status = "default", response = Failure))
+    summary = "The records of a collection, sorted by id: all, or a page (`limit`, `after`)",
+    params(InCollection, PageQuery),
+    responses((status = 200, description = "ok; when a page is full, a `Link` header with rel=\"next\"", body = Vec<serde_json::Value>), (status = "default", response = Failure))
 )]
 async fn list_records(
     State(vault): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Vec<Value>>, ApiError> {
+    query: Result<axum::extract::Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
     let collection = collection_name(&path_param(path)?)?;
-    Ok(Json(
-        blocking(&vault, move |v| Ok(v.collections.records(&collection)?)).await?,
-    ))
+    let Some((after, limit)) = page_of(query)? else {
+        return Ok(
+            Json(blocking(&vault, move |v| Ok(v.collections.records(&collection)?)).await?)
+                .into_response(),
+        );
+    };
+    let path = format!("/v1/collections/{collection}/records");
+    let (records, next) = blocking(&vault, move |v| {
+        Ok(v.collections
+            .page(&collection, after.as_ref(), limit, Some)?)
+    })
+    .await?;
+    Ok(page_answer(&path, records, next, limit))
 }
 
 #[utoipa::path(
@@ -1990,22 +2056,36 @@ async fn view_all(
     get,
     path = "/v1/view/{collection}",
     tag = "service",
-    summary = "The readable fields of the matching records",
-    params(InCollection),
-    responses((status = 200, description = "ok", body = Vec<serde_json::Value>), (status = "default", response = Failure))
+    summary = "The readable fields of the matching records: all, or a page (`limit`, `after`)",
+    params(InCollection, PageQuery),
+    responses((status = 200, description = "ok; when a page is full, a `Link` header with rel=\"next\"", body = Vec<serde_json::Value>), (status = "default", response = Failure))
 )]
 async fn view_collection(
     State(vault): State<AppState>,
     headers: axum::http::HeaderMap,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Vec<Value>>, ApiError> {
+    query: Result<axum::extract::Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
     let collection = collection_name(&path_param(path)?)?;
     let credentials = credentials(&headers)?;
-    Ok(Json(
-        vault
-            .door
-            .read_collection(&credentials, &collection)
-            .await?,
+    let Some((after, limit)) = page_of(query)? else {
+        return Ok(Json(
+            vault
+                .door
+                .read_collection(&credentials, &collection)
+                .await?,
+        )
+        .into_response());
+    };
+    let (records, next) = vault
+        .door
+        .read_page(&credentials, &collection, after, limit)
+        .await?;
+    Ok(page_answer(
+        &format!("/v1/view/{collection}"),
+        records,
+        next,
+        limit,
     ))
 }
 

@@ -508,6 +508,45 @@ impl Collections {
         })
     }
 
+    /// A page of a collection: the records after id `after` (from the first without
+    /// it), in id order, that `keep` keeps (and as it returns them), until `limit` are
+    /// kept. Only the records looked at are read. Returns the page and, when the page
+    /// is full, the id to continue after (the next page may then be empty: whether
+    /// records `keep` refuses follow is not told).
+    pub fn page(
+        &self,
+        name: &CollectionName,
+        after: Option<&RecordId>,
+        limit: usize,
+        mut keep: impl FnMut(Json) -> Option<Json>,
+    ) -> Result<(Vec<Json>, Option<String>), CollectionError> {
+        self.with(name, |c| {
+            let mut out = Vec::new();
+            if limit == 0 {
+                return Ok((out, None));
+            }
+            let ids = records::record_ids(&c.doc);
+            let first = match after {
+                // Ids come sorted (Automerge orders a map's keys).
+                Some(after) => ids.partition_point(|id| id.as_str() <= after.as_str()),
+                None => 0,
+            };
+            for id in ids.into_iter().skip(first) {
+                let Some(record) = records::read_record(&c.doc, &id).map_err(|e| c.automerge(e))?
+                else {
+                    continue;
+                };
+                if let Some(kept) = keep(with_id(&id, record)) {
+                    out.push(kept);
+                    if out.len() == limit {
+                        return Ok((out, Some(id)));
+                    }
+                }
+            }
+            Ok((out, None))
+        })
+    }
+
     pub fn get(
         &self,
         name: &CollectionName,

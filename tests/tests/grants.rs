@@ -554,3 +554,127 @@ fn a_grant_reads_the_blobs_its_records_name_and_no_other() {
     assert_eq!(get(&token, &beach).status, 403);
     node.stop();
 }
+
+#[test]
+fn list_routes_give_pages_in_id_order_and_a_page_tells_nothing_the_filter_hides() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = spawn_node(&dir.path().join("v"), &[]);
+    for i in 0..7 {
+        let tag = if i % 2 == 0 { "work" } else { "home" };
+        node.json(&[
+            "put",
+            "contacts",
+            &format!("c{i}"),
+            &json!({"name": format!("P{i}"), "tag": tag}).to_string(),
+        ]);
+    }
+    let grant = node.json(&[
+        "grant",
+        "crm",
+        "--read",
+        "contacts.name",
+        "--where",
+        "tag=work",
+    ]);
+    let token = grant["token"].as_str().unwrap().to_owned();
+    let api = Api::new(&node);
+    let get = |token: &str, path: &str| {
+        let answer = api
+            .raw(Method::GET, path)
+            .bearer_auth(token)
+            .send()
+            .unwrap();
+        let link = answer
+            .headers()
+            .get("link")
+            .map(|l| l.to_str().unwrap().to_owned());
+        let status = answer.status().as_u16();
+        (status, answer.json::<Value>().unwrap(), link)
+    };
+    let ids = |records: &Value| -> Vec<String> {
+        records
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // The owner pages through everything, following the Link header.
+    let owner = node.owner_token();
+    let mut path = "/v1/collections/contacts/records?limit=3".to_owned();
+    let mut pages = Vec::new();
+    loop {
+        let (status, records, link) = get(&owner, &path);
+        assert_eq!(status, 200, "{records}");
+        pages.push(ids(&records));
+        let Some(link) = link else { break };
+        let next = link
+            .strip_prefix('<')
+            .and_then(|l| l.split_once(">; rel=\"next\""))
+            .unwrap_or_else(|| panic!("a Link header with rel=next, not {link:?}"))
+            .0;
+        path = next.to_owned();
+    }
+    assert_eq!(
+        pages,
+        [vec!["c0", "c1", "c2"], vec!["c3", "c4", "c5"], vec!["c6"]]
+    );
+    let (_, records, link) = get(&owner, "/v1/collections/contacts/records?after=c4");
+    assert_eq!(
+        (ids(&records), link),
+        (vec!["c5".into(), "c6".into()], None)
+    );
+    // Without limit and after: every record, as before.
+    let (_, all, _) = get(&owner, "/v1/collections/contacts/records");
+    assert_eq!(all.as_array().unwrap().len(), 7);
+
+    // A service's pages hold only what its filter shows, projected; the next page's
+    // address names only a record it can see.
+    let (status, first, link) = get(&token, "/v1/view/contacts?limit=2");
+    assert_eq!(status, 200);
+    assert_eq!(
+        first,
+        json!([{"id": "c0", "name": "P0"}, {"id": "c2", "name": "P2"}])
+    );
+    assert_eq!(
+        link.as_deref(),
+        Some("</v1/view/contacts?after=c2&limit=2>; rel=\"next\"")
+    );
+    let (_, second, link) = get(&token, "/v1/view/contacts?after=c2&limit=2");
+    assert_eq!(ids(&second), ["c4", "c6"]);
+    assert_eq!(
+        link.as_deref(),
+        Some("</v1/view/contacts?after=c6&limit=2>; rel=\"next\"")
+    );
+    let (_, last, link) = get(&token, "/v1/view/contacts?after=c6&limit=2");
+    assert_eq!((last, link), (json!([]), None));
+    // Each page is audited as a read of its records.
+    let audit = node.json(&["audit", "--grant", grant["id"].as_str().unwrap()]);
+    let reads: Vec<u64> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["collection"] == "contacts")
+        .filter_map(|e| e["records"].as_u64())
+        .collect();
+    assert_eq!(reads, [2, 2, 0], "{audit}");
+
+    // Wrong pages are refused with what was wrong.
+    for (query, needle) in [
+        ("limit=0", "limit must be between 1 and 10000"),
+        ("limit=10001", "limit must be between 1 and 10000"),
+        ("limit=many", "limit"),
+        ("after=not%20an%20id", "after"),
+    ] {
+        for (who, base) in [
+            (&owner, "/v1/collections/contacts/records"),
+            (&token, "/v1/view/contacts"),
+        ] {
+            let (status, error, _) = get(who, &format!("{base}?{query}"));
+            assert_eq!(status, 400, "{base}?{query}: {error}");
+            let message = error["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains(needle), "{base}?{query}: {error}");
+        }
+    }
+}

@@ -430,6 +430,41 @@ impl Door {
         Ok(view)
     }
 
+    /// `GET /v1/view/{c}?limit=N&after=ID`: a page of the view, in id order: the first
+    /// `limit` matching records after `after`. Returns the page and, when it is full,
+    /// the id the next page starts after. Audited as a read of the page's records.
+    pub async fn read_page(
+        &self,
+        credentials: &Credentials,
+        collection: &CollectionName,
+        after: Option<RecordId>,
+        limit: usize,
+    ) -> Result<(Vec<Value>, Option<String>), AccessError> {
+        let caller = self.admit(credentials)?;
+        let scope = self.readable(&caller, collection.as_str())?.clone();
+        let name = collection.clone();
+        let page = self
+            .blocking(move |inner| {
+                let mut fields = Vec::new();
+                let (view, next) =
+                    inner
+                        .collections
+                        .page(&name, after.as_ref(), limit, |record| {
+                            project_one(&scope, record, &mut fields)
+                        })?;
+                let event = AuditEvent {
+                    records: view.len(),
+                    fields,
+                    ..AuditEvent::new(&caller.grant, Operation::Read, name.as_str())
+                };
+                inner.audit.append(&inner.collections, event)?;
+                Ok((view, next))
+            })
+            .await?;
+        self.0.store.commit().await?;
+        Ok(page)
+    }
+
     /// `GET /v1/view/{c}/{id}`: one record, projected. A record the filter hides is
     /// answered exactly as one that does not exist.
     pub async fn read_record(
@@ -663,15 +698,7 @@ fn project(
     let mut fields = Vec::new();
     let view: Vec<Value> = records
         .into_iter()
-        .filter_map(|r| match r {
-            Value::Object(map) => Some(map),
-            _ => None,
-        })
-        .filter_map(|r| {
-            let projected = scope.project(&r)?;
-            fields.extend(scope.field_names(&r));
-            Some(Value::Object(projected))
-        })
+        .filter_map(|r| project_one(scope, r, &mut fields))
         .collect();
     let event = AuditEvent {
         records: view.len(),
@@ -679,6 +706,17 @@ fn project(
         ..AuditEvent::new(grant, Operation::Read, collection)
     };
     (view, event)
+}
+
+/// One record as the scope shows it (`None`: the filter hides it), noting the fields
+/// shown for the audit.
+fn project_one(scope: &CollectionScope, record: Value, fields: &mut Vec<String>) -> Option<Value> {
+    let Value::Object(record) = record else {
+        return None;
+    };
+    let projected = scope.project(&record)?;
+    fields.extend(scope.field_names(&record));
+    Some(Value::Object(projected))
 }
 
 /// Grants as last read, each with the heads of `_access` it was read at: equal heads
