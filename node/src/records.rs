@@ -121,11 +121,13 @@ pub fn records_touched_by(
     keep: impl Fn(&automerge::legacy::Op) -> bool,
 ) -> Option<Vec<String>> {
     use automerge::legacy::{Key, ObjectId};
-    let changes: Vec<automerge::ExpandedChange> = changes.iter().map(|c| c.decode()).collect();
     let mut seen = std::collections::HashSet::new();
     let mut ids = Vec::new();
     let mut placed: std::collections::HashMap<String, String> = std::collections::HashMap::new();
-    for change in &changes {
+    // Decoded one at a time: a device catching up receives the whole history at once,
+    // and every change expanded together would hold all of its operations in memory.
+    for change in changes {
+        let change = change.decode();
         for op in change.operations.iter().filter(|op| keep(op)) {
             let id = match (&op.obj, &op.key) {
                 (ObjectId::Root, Key::Map(key)) => key.to_string(),

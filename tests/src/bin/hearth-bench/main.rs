@@ -41,6 +41,9 @@ struct Args {
     /// not part of CI).
     #[arg(long)]
     scale: bool,
+    /// The process-level scenarios at these sizes only (records, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    sizes: Vec<usize>,
     /// Where vaults and baselines write (the disk being measured).
     #[arg(long, env = "TMPDIR", default_value = "/tmp")]
     dir: PathBuf,
@@ -52,6 +55,7 @@ struct Args {
 pub struct Opts {
     pub quick: bool,
     pub scale: bool,
+    pub sizes: Vec<usize>,
     pub dir: PathBuf,
 }
 
@@ -85,6 +89,7 @@ fn main() -> anyhow::Result<()> {
     let opts = Opts {
         quick: args.quick,
         scale: args.scale,
+        sizes: args.sizes,
         dir: args.dir,
     };
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);

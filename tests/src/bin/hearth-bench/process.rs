@@ -24,8 +24,11 @@ use crate::put::sled_flush_latencies;
 use crate::report::{Report, fig, peak_rss_mib, percentile_ms};
 
 /// The sizes measured: 1k and 10k in a quick run, up to 100k in a full one, and 1M
-/// with `--scale`.
+/// with `--scale`; or those given with `--sizes`.
 pub fn sizes(opts: &Opts) -> Vec<usize> {
+    if !opts.sizes.is_empty() {
+        return opts.sizes.clone();
+    }
     match (opts.quick, opts.scale) {
         (_, true) => vec![1_000, 10_000, 100_000, 1_000_000],
         (true, false) => vec![1_000, 10_000],
@@ -254,7 +257,9 @@ async fn one_edit(a: &NodeProcess, dir: &Path, n: usize) -> anyhow::Result<Repor
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let caught_up = joined.elapsed();
+    let rss_caught_up = rss_mib(b.pid()).unwrap_or(f64::NAN);
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_settled = rss_mib(b.pid()).unwrap_or(f64::NAN);
 
     // Reads on B with nothing arriving: the baseline of a GET.
     let mut idle = Vec::new();
@@ -352,7 +357,7 @@ async fn one_edit(a: &NodeProcess, dir: &Path, n: usize) -> anyhow::Result<Repor
         ),
     ];
     r.notes.push(format!(
-        "B caught up with {n} records {caught_up:.1?} after it joined; {} GETs during the edits",
+        "B caught up with {n} records {caught_up:.1?} after it joined ({rss_caught_up:.0} MiB resident then, {rss_settled:.0} MiB 2 s later); {} GETs during the edits",
         waits.len()
     ));
     r.notes.push(memory_note("B", &b));
