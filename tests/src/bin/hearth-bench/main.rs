@@ -5,8 +5,10 @@
 //!     cargo run --release -p hearth-tests --bin hearth-bench -- [--quick] [--json] [--only NAME,...]
 //!
 //! Scenario names for `--only`: put, trace, view, sync (new device, one edit,
-//! revocation, blob sync), pim (import, CardDAV sync), cold, seal.
+//! revocation, blob sync), blobs (upload, A to B, against disk baselines), pim (import,
+//! CardDAV sync), cold, seal.
 
+mod blobs;
 mod cold;
 mod nodes;
 mod pim;
@@ -31,7 +33,7 @@ struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
-    /// Only these scenarios (comma-separated): put, trace, view, sync, pim, cold, seal.
+    /// Only these scenarios (comma-separated): put, trace, view, sync, blobs, pim, cold, seal.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where vaults and baselines write (the disk being measured).
@@ -106,6 +108,11 @@ fn main() -> anyhow::Result<()> {
     }
     if wanted("sync") {
         for r in runtime.block_on(sync::two_devices(&opts))? {
+            show(r);
+        }
+    }
+    if wanted("blobs") {
+        for r in runtime.block_on(blobs::blobs(&opts))? {
             show(r);
         }
     }
