@@ -5,7 +5,15 @@
 //! stream of verified chunks. Chunks live in `HOME/blobs/xx/yyyy…`, named by the keyed
 //! hash of their plaintext (equal chunks are stored once), sealed with binding
 //! `("blob-chunk", hash)`; manifests (`hearth_protocol::blob`) live sealed in tree
-//! `blobs` under the blob id. Neither direction holds more than one chunk in memory.
+//! `blobs` under the blob id.
+//!
+//! An upload hashes, seals and writes [`CHUNKS_IN_FLIGHT`] chunks at once on the
+//! blocking pool (both cores) while the next one is read, so a transfer holds at most
+//! `CHUNKS_IN_FLIGHT + 1` chunks in memory. Chunk files are written without an fsync
+//! each; every chunk a manifest names is fsynced once, with its directory, just before
+//! the manifest is stored and committed ([`Blobs::put`], [`Blobs::store_manifest`]):
+//! a manifest is never durable before its chunks, and what an interrupted transfer
+//! wrote is named by no manifest, so the start-up sweep removes it.
 
 use std::collections::HashSet;
 use std::fs;
@@ -13,12 +21,13 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use blake3::hazmat::{ChainingValue, HasherExt, Mode};
+use bytes::Bytes;
 use data_encoding::HEXLOWER;
 use futures::{Stream, StreamExt};
 use hearth_protocol::api::BlobInfo;
-use hearth_protocol::blob::{CHUNK_SIZE, Manifest};
-use hearth_protocol::seal::{Binding, NONCE_LEN};
+use hearth_protocol::blob::{CHUNK_RESPONSE, CHUNK_SIZE, Manifest};
+use hearth_protocol::seal::{Binding, NONCE_LEN, PLAINTEXT_AT, SEAL_OVERHEAD, TAG_LEN};
 use hearth_protocol::{BlobId, CollectionName, RecordId};
 use rand::RngCore;
 
@@ -28,6 +37,23 @@ use crate::keys::VaultKeys;
 use crate::store::{SealedTree, Store, StoreError};
 
 const CHUNK_DOMAIN: &[u8] = b"blob-chunk";
+
+/// Chunks of one transfer being hashed, sealed and written at once (besides the one
+/// being read): enough to keep two cores busy while the next chunk arrives.
+pub const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// Files fsynced at once when a blob is made durable: the file system can then join
+/// their journal commits.
+const FSYNCS_AT_ONCE: usize = 8;
+
+/// An empty buffer for a chunk of `len` bytes: room for the seal's header (the chunk's
+/// plaintext is appended after it), and capacity for its tag, so that it is sealed
+/// where it lies ([`hearth_protocol::seal::SealKey::seal_in_place`]).
+pub fn chunk_buffer(len: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(SEAL_OVERHEAD + len);
+    buf.resize(PLAINTEXT_AT, 0);
+    buf
+}
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -345,52 +371,97 @@ impl Blobs {
 
     /// Stores the content of `body` (at most `max` bytes) and returns its id once it
     /// is durable, pinned until the caller has listed it ([`announce`]).
+    ///
+    /// The body is cut into chunks as it arrives; each chunk is hashed, sealed and
+    /// written on the blocking pool, [`CHUNKS_IN_FLIGHT`] at once, while the next is
+    /// read. Then its chunks are fsynced and the manifest stored and committed.
     pub async fn put<S, E>(&self, mut body: S, max: u64) -> Result<Stored, BlobError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let mut id_hasher = blake3::Hasher::new_keyed(&self.keys.derived.blob_ids);
-        let mut buffer = BytesMut::with_capacity(CHUNK_SIZE);
-        let mut chunks = Vec::new();
-        let mut dirs = HashSet::new();
         let mut pinned = self.pinned();
+        let mut upload = Upload::default();
+        let mut in_flight = futures::stream::FuturesOrdered::new();
         let mut size = 0u64;
-        while let Some(piece) = body.next().await {
-            let piece = piece.map_err(|e| BlobError::Body(e.to_string()))?;
-            size += piece.len() as u64;
-            if size > max {
-                return Err(BlobError::TooLarge { max });
+        let read: Result<(), BlobError> = async {
+            let mut buffer = chunk_buffer(CHUNK_SIZE);
+            let mut index = 0u64;
+            while let Some(piece) = body.next().await {
+                let piece = piece.map_err(|e| BlobError::Body(e.to_string()))?;
+                size += piece.len() as u64;
+                if size > max {
+                    return Err(BlobError::TooLarge { max });
+                }
+                let mut rest = &piece[..];
+                while !rest.is_empty() {
+                    let take = (PLAINTEXT_AT + CHUNK_SIZE - buffer.len()).min(rest.len());
+                    buffer.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if buffer.len() == PLAINTEXT_AT + CHUNK_SIZE {
+                        if in_flight.len() >= CHUNKS_IN_FLIGHT
+                            && let Some(done) = in_flight.next().await
+                        {
+                            upload.add(done, &mut pinned)?;
+                        }
+                        let full = std::mem::replace(&mut buffer, chunk_buffer(CHUNK_SIZE));
+                        in_flight.push_back(self.seal_chunk(index, full));
+                        index += 1;
+                    }
+                }
             }
-            id_hasher.update(&piece);
-            buffer.extend_from_slice(&piece);
-            while buffer.len() >= CHUNK_SIZE {
-                let chunk = buffer.split_to(CHUNK_SIZE).freeze();
-                chunks.push(self.write_chunk(chunk, &mut dirs, &mut pinned).await?);
+            if buffer.len() > PLAINTEXT_AT {
+                in_flight.push_back(self.seal_chunk(index, buffer));
+            }
+            Ok(())
+        }
+        .await;
+        // Every chunk task is waited for, also after an error: once this returns, no
+        // write of this upload is still under way.
+        let mut result = read;
+        while let Some(done) = in_flight.next().await {
+            if result.is_ok() {
+                result = upload.add(done, &mut pinned);
             }
         }
-        if !buffer.is_empty() {
-            chunks.push(
-                self.write_chunk(buffer.freeze(), &mut dirs, &mut pinned)
-                    .await?,
-            );
-        }
-        let id = BlobId(*id_hasher.finalize().as_bytes());
+        result?;
+        let id = upload.blob_id(&self.keys.derived.blob_ids);
         pinned.add(id.0);
-
-        sync_dirs(dirs).await?;
-
-        if !self.manifests.contains_key(&id.0)? {
-            let manifest = Manifest {
-                size,
-                chunk_size: CHUNK_SIZE as u32,
-                chunks,
-            };
-            self.manifests.insert(&id.0, &manifest.encode())?;
-        }
-        self.store.commit().await?;
+        let manifest = Manifest {
+            size,
+            chunk_size: CHUNK_SIZE as u32,
+            chunks: upload.chunks,
+        };
+        self.store_manifest(id, &manifest).await?;
         tracing::debug!(size, "stored a blob");
         Ok(Stored { id, size, pinned })
+    }
+
+    /// Hashes chunk `index` of an upload (its name, and its part of the blob id), pins
+    /// it, and seals it into its file unless it is there already. `buf` is a
+    /// [`chunk_buffer`] holding the chunk.
+    fn seal_chunk(&self, index: u64, buf: Vec<u8>) -> tokio::task::JoinHandle<Sealed> {
+        let keys = self.keys.clone();
+        let base = self.dir.clone();
+        let mut pin = self.pinned();
+        let check = self.store.check_write();
+        tokio::task::spawn_blocking(move || {
+            check?;
+            let plain = &buf[PLAINTEXT_AT..];
+            let hash = *blake3::keyed_hash(&keys.derived.chunk_ids, plain).as_bytes();
+            // Pinned before looking for it: a collection cannot delete it between the
+            // look and the manifest that will name it. The pin travels in the task's
+            // result, so a caller that stops waiting drops it with that result.
+            pin.add(hash);
+            let (subtree, whole) = id_part(&keys.derived.blob_ids, index, plain);
+            write_sealed(&keys, &base, hash, buf)?;
+            Ok(SealedChunk {
+                hash,
+                subtree,
+                whole,
+                pin,
+            })
+        })
     }
 
     /// A new, empty pin.
@@ -420,7 +491,6 @@ impl Blobs {
             next: 0,
             dir: self.dir.clone(),
             keys: self.keys.clone(),
-            verify_len: true,
         })
     }
 
@@ -534,53 +604,76 @@ impl Blobs {
         chunk_path(&self.dir, hash).exists()
     }
 
-    /// A chunk's plaintext, verified, or `None` if this device does not have it.
-    pub async fn read_chunk(&self, hash: [u8; 32]) -> Result<Option<Bytes>, BlobError> {
+    /// A chunk, verified, as the answer to a peer's `GetChunk` (`0x12 ‖ plaintext`),
+    /// built in the buffer the chunk was read and opened in; `None` if it is not here.
+    pub async fn chunk_answer(&self, hash: [u8; 32]) -> Result<Option<Bytes>, BlobError> {
+        Ok(self.open_chunk(hash).await?.map(|mut buf| {
+            // The last byte of the nonce, no longer needed, becomes the answer's tag.
+            buf[PLAINTEXT_AT - 1] = CHUNK_RESPONSE;
+            Bytes::from(buf).slice(PLAINTEXT_AT - 1..)
+        }))
+    }
+
+    /// Reads and verifies a lone chunk: its buffer, the plaintext from [`PLAINTEXT_AT`].
+    async fn open_chunk(&self, hash: [u8; 32]) -> Result<Option<Vec<u8>>, BlobError> {
         if !self.has_chunk(&hash) {
             return Ok(None);
         }
-        // A one-chunk manifest reuses the reader's verification.
-        let manifest = Manifest {
-            size: u64::MAX,
-            chunk_size: u32::MAX,
-            chunks: vec![hash],
-        };
-        let mut reader = BlobReader {
-            id: BlobId(hash),
-            manifest,
-            next: 0,
-            dir: self.dir.clone(),
-            keys: self.keys.clone(),
-            verify_len: false,
-        };
-        reader.next_chunk().await.transpose()
+        let keys = self.keys.clone();
+        let path = chunk_path(&self.dir, &hash);
+        tokio::task::spawn_blocking(move || {
+            let corrupt = |what: String| BlobError::Corrupt {
+                blob: BlobId(hash),
+                what,
+            };
+            open_chunk_file(&keys, &path, hash, None, 0, corrupt).map(Some)
+        })
+        .await
+        .unwrap_or_else(|e| Err(BlobError::Internal(format!("read task failed: {e}"))))
     }
 
     /// Stores a chunk received from another device, after checking it against `hash`.
-    pub async fn store_chunk(&self, hash: [u8; 32], plaintext: Bytes) -> Result<(), BlobError> {
-        let mut dirs = HashSet::new();
-        // The fetch pinned its chunks already ([`Blobs::pin_fetch`]).
-        let mut pinned = self.pinned();
-        let actual = self.write_chunk(plaintext, &mut dirs, &mut pinned).await?;
-        if actual != hash {
-            // Written under its true name, it harms nothing; the sweep removes it.
-            return Err(BlobError::Body(
-                "a chunk from a peer does not match its hash".into(),
-            ));
+    /// `buf` is a [`chunk_buffer`] holding the chunk; it is sealed where it lies. The
+    /// file is not fsynced here: [`Blobs::store_manifest`] does that for every chunk
+    /// of the blob. The caller pinned the chunk already ([`Blobs::pin_fetch`]).
+    pub async fn store_chunk(&self, hash: [u8; 32], buf: Vec<u8>) -> Result<(), BlobError> {
+        self.store.check_write()?;
+        if buf.len() < PLAINTEXT_AT {
+            return Err(BlobError::Internal("a chunk buffer without room".into()));
         }
-        sync_dirs(dirs).await?;
-        Ok(())
+        let keys = self.keys.clone();
+        let base = self.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let actual = blake3::keyed_hash(&keys.derived.chunk_ids, &buf[PLAINTEXT_AT..]);
+            if actual.as_bytes() != &hash {
+                return Err(BlobError::Body(
+                    "a chunk from a peer does not match its hash".into(),
+                ));
+            }
+            write_sealed(&keys, &base, hash, buf)
+        })
+        .await
+        .map_err(|e| BlobError::Internal(format!("chunk task failed: {e}")))?
     }
 
-    /// Records a blob received from another device once all its chunks are here.
+    /// Stores and commits a blob's manifest once all its chunks are here: first every
+    /// chunk file it names is fsynced (chunk files are written without), then their
+    /// directories, so the manifest is never durable before its chunks. A manifest
+    /// stored already (the same content uploaded or fetched before) is only committed.
     pub async fn store_manifest(&self, id: BlobId, manifest: &Manifest) -> Result<(), BlobError> {
-        if let Some(missing) = manifest.chunks.iter().position(|c| !self.has_chunk(c)) {
-            return Err(BlobError::Corrupt {
-                blob: id,
-                what: format!("chunk {missing} is missing"),
-            });
+        if !self.manifests.contains_key(&id.0)? {
+            self.store.check_flush()?;
+            let mut seen = HashSet::new();
+            let files: Vec<(usize, PathBuf)> = manifest
+                .chunks
+                .iter()
+                .enumerate()
+                .filter(|(_, hash)| seen.insert(**hash))
+                .map(|(index, hash)| (index, chunk_path(&self.dir, hash)))
+                .collect();
+            make_durable(id, self.dir.clone(), files).await?;
+            self.manifests.insert(&id.0, &manifest.encode())?;
         }
-        self.manifests.insert(&id.0, &manifest.encode())?;
         self.store.commit().await?;
         Ok(())
     }
@@ -735,72 +828,230 @@ impl Blobs {
             None => Ok(None),
         }
     }
+}
 
-    /// Seals and writes one chunk, unless an equal chunk is already stored.
-    async fn write_chunk(
-        &self,
-        chunk: Bytes,
-        dirs: &mut HashSet<PathBuf>,
+/// What hashing and sealing one chunk of an upload gave.
+struct SealedChunk {
+    hash: [u8; 32],
+    /// The chunk's subtree of the blob id's BLAKE3 tree.
+    subtree: ChainingValue,
+    /// For the first chunk: the blob id if the blob is this one chunk.
+    whole: Option<blake3::Hash>,
+    pin: Pinned,
+}
+
+type Sealed = Result<SealedChunk, BlobError>;
+
+/// An upload's chunks so far, in order.
+#[derive(Default)]
+struct Upload {
+    chunks: Vec<[u8; 32]>,
+    subtrees: Vec<ChainingValue>,
+    whole: Option<blake3::Hash>,
+}
+
+impl Upload {
+    fn add(
+        &mut self,
+        done: Result<Sealed, tokio::task::JoinError>,
         pinned: &mut Pinned,
-    ) -> Result<[u8; 32], BlobError> {
-        self.store.check_write()?;
-        let keys = self.keys.clone();
-        let base = self.dir.clone();
-        let mut pin = self.pinned();
-        let (hash, mut pin, written) = tokio::task::spawn_blocking(move || {
-            let hash = *blake3::keyed_hash(&keys.derived.chunk_ids, &chunk).as_bytes();
-            // Pinned before looking for it: a collection cannot delete it between the
-            // look and the manifest that will name it. The pin travels in the task's
-            // result, so a caller that stops waiting drops it with that result.
-            pin.add(hash);
-            let written = write_sealed(&keys, &base, hash, &chunk);
-            (hash, pin, written)
+    ) -> Result<(), BlobError> {
+        let mut done =
+            done.map_err(|e| BlobError::Internal(format!("chunk task failed: {e}")))??;
+        pinned.held.append(&mut done.pin.held);
+        self.chunks.push(done.hash);
+        self.subtrees.push(done.subtree);
+        if self.whole.is_none() {
+            self.whole = done.whole;
+        }
+        Ok(())
+    }
+
+    /// The keyed BLAKE3 hash of the whole content, from its chunks' subtrees.
+    fn blob_id(&self, key: &[u8; 32]) -> BlobId {
+        BlobId(match self.subtrees.len() {
+            0 => *blake3::keyed_hash(key, &[]).as_bytes(),
+            1 => *self
+                .whole
+                .expect("the first chunk carries the one-chunk id")
+                .as_bytes(),
+            _ => *merge_root(key, &self.subtrees).as_bytes(),
         })
-        .await
-        .map_err(|e| BlobError::Internal(format!("chunk task failed: {e}")))?;
-        pinned.held.append(&mut pin.held);
-        dirs.insert(written?);
-        Ok(hash)
     }
 }
 
-/// Seals a chunk into its file, unless the file is there; returns its directory.
+/// Chunk `index`'s part of the blob id (keyed BLAKE3 of the whole content). A chunk is
+/// 1 MiB, a power of two of BLAKE3's 1 KiB chunks, so each of ours is a whole subtree
+/// of BLAKE3's tree: its chaining value is computed apart (in parallel with the other
+/// chunks) and the values are merged at the end ([`merge_root`]), giving the same id as
+/// one pass over the content (see the test `blob_ids_are_blake3_of_the_content`).
+/// The first chunk also gives the id of a blob that is that one chunk.
+fn id_part(key: &[u8; 32], index: u64, plain: &[u8]) -> (ChainingValue, Option<blake3::Hash>) {
+    const _: () = assert!(CHUNK_SIZE.is_power_of_two() && CHUNK_SIZE >= blake3::CHUNK_LEN);
+    let subtree = blake3::Hasher::new_keyed(key)
+        .set_input_offset(index * CHUNK_SIZE as u64)
+        .update(plain)
+        .finalize_non_root();
+    let whole = (index == 0).then(|| blake3::keyed_hash(key, plain));
+    (subtree, whole)
+}
+
+/// BLAKE3's tree over chunk subtrees: the left part holds the largest power of two of
+/// them that is less than all (every left subtree is full; the last chunk may be short).
+fn split(count: usize) -> usize {
+    debug_assert!(count >= 2);
+    1 << (usize::BITS - 1 - (count - 1).leading_zeros())
+}
+
+fn merge_inner(key: &[u8; 32], subtrees: &[ChainingValue]) -> ChainingValue {
+    if let [one] = subtrees {
+        return *one;
+    }
+    let (left, right) = subtrees.split_at(split(subtrees.len()));
+    blake3::hazmat::merge_subtrees_non_root(
+        &merge_inner(key, left),
+        &merge_inner(key, right),
+        Mode::KeyedHash(key),
+    )
+}
+
+/// The root of at least two chunk subtrees.
+fn merge_root(key: &[u8; 32], subtrees: &[ChainingValue]) -> blake3::Hash {
+    let (left, right) = subtrees.split_at(split(subtrees.len()));
+    blake3::hazmat::merge_subtrees_root(
+        &merge_inner(key, left),
+        &merge_inner(key, right),
+        Mode::KeyedHash(key),
+    )
+}
+
+/// Seals a chunk into its file (without an fsync: see [`Blobs::store_manifest`]),
+/// unless a file of its sealed length is there. `buf` is a [`chunk_buffer`] holding the
+/// chunk; it is sealed where it lies. The file is written under a temporary name and
+/// renamed, so a chunk's name never shows a partial file while the node runs.
 fn write_sealed(
     keys: &VaultKeys,
     base: &Path,
     hash: [u8; 32],
-    chunk: &[u8],
-) -> Result<PathBuf, BlobError> {
+    mut buf: Vec<u8>,
+) -> Result<(), BlobError> {
     let path = chunk_path(base, &hash);
-    let dir = path
-        .parent()
-        .expect("chunk paths have a shard directory")
-        .to_path_buf();
-    if path.exists() {
-        // Its directory entry may not be durable yet (an upload that wrote it may have
-        // stopped before its directory fsync): sync it with ours, or a crash could
-        // lose a chunk a committed manifest names.
-        return Ok(dir);
+    let sealed_len = (buf.len() + TAG_LEN) as u64;
+    if fs::metadata(&path).is_ok_and(|m| m.len() == sealed_len) {
+        // Its content may not be durable yet (an upload that wrote it may still run):
+        // the fsync before our manifest covers it too.
+        return Ok(());
     }
-    crate::home::create_private_dir(&dir).map_err(|e| io_error(&dir, e))?;
+    let dir = path.parent().expect("chunk paths have a shard directory");
+    crate::home::create_private_dir(dir).map_err(|e| io_error(dir, e))?;
     let mut nonce = [0u8; NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let sealed = keys
-        .derived
+    keys.derived
         .seal
-        .seal(Binding::new(CHUNK_DOMAIN, &hash), chunk, nonce);
+        .seal_in_place(Binding::new(CHUNK_DOMAIN, &hash), &mut buf, nonce);
     let tmp = path.with_extension(format!("tmp{}", rand::random::<u32>()));
     let written = (|| {
         let mut file = fs::File::create(&tmp)?;
-        file.write_all(&sealed)?;
-        file.sync_all()?;
+        file.write_all(&buf)?;
+        start_writeback(&file);
         fs::rename(&tmp, &path)
     })();
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
         return Err(io_error(&path, e));
     }
-    Ok(dir)
+    Ok(())
+}
+
+/// Starts writing a file's pages to disk without waiting, so the fsync before the
+/// manifest finds little left to write (Linux: `sync_file_range`; a hint, so a
+/// failure is ignored: the fsync still makes the file durable).
+fn start_writeback(file: &fs::File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid open descriptor; the call only starts writeback of its pages.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+}
+
+/// Fsyncs chunk files (`(index in the blob, path)`), [`FSYNCS_AT_ONCE`] at a time, then
+/// their shard directories and the blobs directory: after this, a manifest naming them
+/// may be stored. A missing file is a corrupt blob.
+async fn make_durable(
+    blob: BlobId,
+    base: PathBuf,
+    files: Vec<(usize, PathBuf)>,
+) -> Result<(), BlobError> {
+    let mut dirs: HashSet<PathBuf> = files
+        .iter()
+        .filter_map(|(_, path)| path.parent().map(Path::to_path_buf))
+        .collect();
+    dirs.insert(base);
+    let files = Arc::new(files);
+    let mut syncs = tokio::task::JoinSet::new();
+    for lane in 0..FSYNCS_AT_ONCE.min(files.len()) {
+        let files = files.clone();
+        syncs.spawn_blocking(move || {
+            files
+                .iter()
+                .skip(lane)
+                .step_by(FSYNCS_AT_ONCE)
+                .try_for_each(|(index, path)| match fs::File::open(path) {
+                    // Any descriptor of the file makes its data durable (Linux, POSIX).
+                    Ok(file) => file.sync_all().map_err(|e| io_error(path, e)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Err(BlobError::Corrupt {
+                        blob,
+                        what: format!("chunk {index} is missing"),
+                    }),
+                    Err(e) => Err(io_error(path, e)),
+                })
+        });
+    }
+    while let Some(synced) = syncs.join_next().await {
+        synced.map_err(|e| BlobError::Internal(format!("sync task failed: {e}")))??;
+    }
+    tokio::task::spawn_blocking(move || {
+        dirs.iter()
+            .try_for_each(|d| sync_dir(d).map_err(|e| io_error(d, e)))
+    })
+    .await
+    .map_err(|e| BlobError::Internal(format!("sync task failed: {e}")))?
+}
+
+/// Reads chunk file `path` and opens it in place, checking it against `hash` (and its
+/// length, if given). Returns the buffer: the plaintext from [`PLAINTEXT_AT`] to its
+/// end. Blocking.
+fn open_chunk_file(
+    keys: &VaultKeys,
+    path: &Path,
+    hash: [u8; 32],
+    expected_len: Option<usize>,
+    index: usize,
+    corrupt: impl Fn(String) -> BlobError,
+) -> Result<Vec<u8>, BlobError> {
+    let mut buf = match fs::read(path) {
+        Ok(sealed) => sealed,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(corrupt(format!("chunk {index} is missing")));
+        }
+        Err(e) => return Err(io_error(path, e)),
+    };
+    let plain = keys
+        .derived
+        .seal
+        .open_in_place(Binding::new(CHUNK_DOMAIN, &hash), &mut buf)
+        .map_err(|e| corrupt(format!("chunk {index}: {e}")))?;
+    let actual = blake3::keyed_hash(&keys.derived.chunk_ids, plain);
+    if expected_len.is_some_and(|len| plain.len() != len) || actual.as_bytes() != &hash {
+        return Err(corrupt(format!("chunk {index} does not match its hash")));
+    }
+    buf.truncate(buf.len() - TAG_LEN);
+    Ok(buf)
 }
 
 /// Reads a blob chunk by chunk, verifying each against its name and the manifest.
@@ -810,8 +1061,6 @@ pub struct BlobReader {
     next: usize,
     dir: PathBuf,
     keys: Arc<VaultKeys>,
-    /// Off only for a lone chunk read without its manifest.
-    verify_len: bool,
 }
 
 impl BlobReader {
@@ -824,29 +1073,14 @@ impl BlobReader {
         let index = self.next;
         let hash = *self.manifest.chunks.get(index)?;
         self.next += 1;
-        let expected_len = self.verify_len.then(|| self.manifest.chunk_len(index));
+        let expected_len = Some(self.manifest.chunk_len(index));
         let keys = self.keys.clone();
         let path = chunk_path(&self.dir, &hash);
         let id = self.id;
         let result = tokio::task::spawn_blocking(move || -> Result<Bytes, BlobError> {
             let corrupt = |what: String| BlobError::Corrupt { blob: id, what };
-            let sealed = match fs::read(&path) {
-                Ok(sealed) => sealed,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(corrupt(format!("chunk {index} is missing")));
-                }
-                Err(e) => return Err(io_error(&path, e)),
-            };
-            let plain = keys
-                .derived
-                .seal
-                .open(Binding::new(CHUNK_DOMAIN, &hash), &sealed)
-                .map_err(|e| corrupt(format!("chunk {index}: {e}")))?;
-            let actual = blake3::keyed_hash(&keys.derived.chunk_ids, &plain);
-            if expected_len.is_some_and(|len| plain.len() != len) || actual.as_bytes() != &hash {
-                return Err(corrupt(format!("chunk {index} does not match its hash")));
-            }
-            Ok(Bytes::copy_from_slice(&plain))
+            let buf = open_chunk_file(&keys, &path, hash, expected_len, index, corrupt)?;
+            Ok(Bytes::from(buf).slice(PLAINTEXT_AT..))
         })
         .await
         .unwrap_or_else(|e| Err(BlobError::Internal(format!("read task failed: {e}"))));
@@ -863,16 +1097,6 @@ impl BlobReader {
             Some((chunk, reader))
         })
     }
-}
-
-/// Makes new chunk files' directory entries durable (the files are fsynced already).
-async fn sync_dirs(dirs: HashSet<PathBuf>) -> Result<(), BlobError> {
-    tokio::task::spawn_blocking(move || {
-        dirs.iter()
-            .try_for_each(|d| sync_dir(d).map_err(|e| io_error(d, e)))
-    })
-    .await
-    .map_err(|e| BlobError::Internal(format!("sync task failed: {e}")))?
 }
 
 fn chunk_path(base: &Path, hash: &[u8; 32]) -> PathBuf {
@@ -897,6 +1121,7 @@ fn io_error(path: &Path, source: io::Error) -> BlobError {
 mod tests {
     use super::*;
     use crate::testutil::TestVault;
+    use hearth_protocol::blob::BlobResponse;
 
     fn body(
         data: &[u8],
@@ -1079,6 +1304,127 @@ mod tests {
         assert_eq!(blobs.sweep_orphans().unwrap(), 2);
         assert_eq!(chunk_files(&vault.home().blobs_dir()).len(), 1);
         assert_eq!(read_all(&blobs, &kept.id).await.unwrap(), pattern(5000, 3));
+    }
+
+    /// The blob id from chunk subtrees merged is BLAKE3 (keyed) of the whole content,
+    /// for every shape of tree: one chunk, full and short last chunks, counts that are
+    /// and are not powers of two.
+    #[test]
+    fn blob_ids_are_blake3_of_the_content() {
+        let key = [0x5a; 32];
+        let mut data = vec![0u8; 9 * CHUNK_SIZE];
+        rand::thread_rng().fill_bytes(&mut data);
+        for full in 0..=8 {
+            for tail in [0, 1, 1000, CHUNK_SIZE - 1] {
+                let content = &data[..full * CHUNK_SIZE + tail];
+                let mut upload = Upload::default();
+                for (index, chunk) in content.chunks(CHUNK_SIZE).enumerate() {
+                    let (subtree, whole) = id_part(&key, index as u64, chunk);
+                    upload.subtrees.push(subtree);
+                    upload.whole = upload.whole.or(whole);
+                }
+                assert_eq!(
+                    upload.blob_id(&key).0,
+                    *blake3::keyed_hash(&key, content).as_bytes(),
+                    "{full} full chunks and {tail} bytes"
+                );
+            }
+        }
+    }
+
+    /// An upload whose chunk files are all written but whose fsync fails (injected)
+    /// stores no manifest: the manifest comes only after its chunks are durable. What
+    /// it wrote is swept; a blob stored before is untouched. The same upload then
+    /// succeeds, with the id BLAKE3 gives its content.
+    #[tokio::test]
+    async fn a_manifest_is_stored_only_after_its_chunks_are_durable() {
+        let vault = TestVault::new();
+        let blobs = blobs(&vault);
+        let kept = blobs
+            .put(body(&pattern(5000, 5), 1000), u64::MAX)
+            .await
+            .unwrap();
+        // Three whole chunks, two of them equal (written once).
+        let mut data = pattern(CHUNK_SIZE, 6);
+        data.extend(pattern(CHUNK_SIZE, 7));
+        data.extend(pattern(CHUNK_SIZE, 6));
+        let id = BlobId(*blake3::keyed_hash(&vault.keys.derived.blob_ids, &data).as_bytes());
+        // The fault is injected when the body ends: every chunk has been handed to its
+        // writer by then (each is full), the fsyncs and the manifest are still to come.
+        let faults = vault.store.faults().clone();
+        let pieces: Vec<Result<Bytes, std::io::Error>> = data
+            .chunks(100_000)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let then_fail = futures::stream::iter(pieces).chain(futures::stream::poll_fn(|_| {
+            faults.inject(crate::store::Fault::FlushError);
+            std::task::Poll::Ready(None)
+        }));
+        let err = blobs.put(then_fail, u64::MAX).await.unwrap_err();
+        assert!(err.to_string().contains("injected fsync failure"), "{err}");
+        assert!(
+            !blobs.has_blob(id).unwrap(),
+            "no manifest without durable chunks"
+        );
+        assert_eq!(blobs.count(), 1);
+        assert_eq!(chunk_files(&vault.home().blobs_dir()).len(), 3);
+        vault.store.faults().clear();
+        assert_eq!(blobs.sweep_orphans().unwrap(), 2);
+        assert_eq!(chunk_files(&vault.home().blobs_dir()).len(), 1);
+        assert_eq!(read_all(&blobs, &kept.id).await.unwrap(), pattern(5000, 5));
+
+        let stored = blobs.put(body(&data, 70_000), u64::MAX).await.unwrap();
+        assert_eq!(stored.id, id);
+        assert_eq!(chunk_files(&vault.home().blobs_dir()).len(), 3);
+        assert_eq!(read_all(&blobs, &id).await.unwrap(), data);
+    }
+
+    /// A device storing a blob from another: a manifest whose chunks are not all here is
+    /// refused (nothing stored); a chunk that does not match its name is refused; with
+    /// every chunk stored, the manifest is, and the blob reads back whole.
+    #[tokio::test]
+    async fn fetched_chunks_are_checked_and_their_manifest_comes_last() {
+        let vault = TestVault::new();
+        let a = blobs(&vault);
+        // Another device of the vault: the same keys, its own store and directory.
+        let dir = tempfile::tempdir().unwrap();
+        let home = crate::home::Home::new(dir.path());
+        let store = Arc::new(Store::open(&home.store_dir(), vault.keys.clone()).unwrap());
+        let b = Blobs::open(home.blobs_dir(), store, vault.keys.clone()).unwrap();
+
+        let data = pattern(CHUNK_SIZE * 2 + 777, 8);
+        let stored = a.put(body(&data, 65_536), u64::MAX).await.unwrap();
+        let manifest = Manifest::decode(&a.manifest_bytes(stored.id).unwrap().unwrap()).unwrap();
+        let _pinned = b.pin_fetch(stored.id, &manifest);
+        let mut chunks = Vec::new();
+        for hash in &manifest.chunks {
+            // What a peer is sent: the answer's tag, then the verified plaintext.
+            let answer = a.chunk_answer(*hash).await.unwrap().unwrap();
+            let BlobResponse::Chunk(plain) = BlobResponse::decode(&answer).unwrap() else {
+                panic!("not a chunk answer");
+            };
+            let mut buf = chunk_buffer(plain.len());
+            buf.extend_from_slice(&plain);
+            chunks.push(buf);
+        }
+        assert!(a.chunk_answer([3; 32]).await.unwrap().is_none());
+
+        let err = b
+            .store_chunk(manifest.chunks[0], chunks[1].clone())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("does not match its hash"), "{err}");
+        b.store_chunk(manifest.chunks[0], chunks[0].clone())
+            .await
+            .unwrap();
+        let err = b.store_manifest(stored.id, &manifest).await.unwrap_err();
+        assert!(err.to_string().contains("chunk 1 is missing"), "{err}");
+        assert!(!b.has_blob(stored.id).unwrap());
+        for (hash, buf) in manifest.chunks.iter().zip(chunks).skip(1) {
+            b.store_chunk(*hash, buf).await.unwrap();
+        }
+        b.store_manifest(stored.id, &manifest).await.unwrap();
+        assert_eq!(read_all(&b, &stored.id).await.unwrap(), data);
     }
 
     /// A removed blob's chunks are freed, a kept blob's never, and chunks an upload

@@ -367,6 +367,13 @@ impl Store {
         self.faults.check_write()
     }
 
+    /// Refuses an fsync made beside the store (blob chunk files) if a flush fault is
+    /// injected or an earlier flush failed.
+    pub fn check_flush(&self) -> Result<(), StoreError> {
+        self.poisoned.check()?;
+        self.faults.check_flush().map_err(StoreError::Failed)
+    }
+
     /// An opaque sled key for a user-chosen name: a keyed hash, so the disk shows
     /// neither the name nor (without the vault key) which name it is.
     pub fn name_key(&self, domain: &str, name: &str) -> [u8; 32] {

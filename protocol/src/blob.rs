@@ -140,6 +140,10 @@ mod tests {
 /// an interrupted transfer resumes where it stopped.
 pub const BLOB_PROTOCOL: &str = "/hearth/blobs/1";
 
+/// The first byte of a [`BlobResponse::Chunk`] frame (a receiver can read the chunk
+/// behind it where it lies, without decoding).
+pub const CHUNK_RESPONSE: u8 = 0x12;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlobRequest {
     GetManifest([u8; 32]),
@@ -183,7 +187,7 @@ impl BlobResponse {
     pub fn encode(&self) -> Vec<u8> {
         match self {
             BlobResponse::Manifest(bytes) => [&[0x11][..], bytes].concat(),
-            BlobResponse::Chunk(bytes) => [&[0x12][..], bytes].concat(),
+            BlobResponse::Chunk(bytes) => [&[CHUNK_RESPONSE][..], bytes].concat(),
             BlobResponse::NotFound => vec![0x13],
         }
     }
@@ -192,7 +196,7 @@ impl BlobResponse {
         let (&tag, rest) = bytes.split_first().ok_or(ManifestError::Truncated)?;
         match tag {
             0x11 => Ok(BlobResponse::Manifest(rest.to_vec())),
-            0x12 => Ok(BlobResponse::Chunk(rest.to_vec())),
+            CHUNK_RESPONSE => Ok(BlobResponse::Chunk(rest.to_vec())),
             0x13 if rest.is_empty() => Ok(BlobResponse::NotFound),
             other => Err(ManifestError::Inconsistent(format!(
                 "unknown blob response {other}"

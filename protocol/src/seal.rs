@@ -20,6 +20,8 @@ pub const NONCE_LEN: usize = 24;
 pub const TAG_LEN: usize = 16;
 /// Bytes a sealed value has beyond its plaintext.
 pub const SEAL_OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
+/// Where the plaintext (the ciphertext, once sealed) starts in a sealed value.
+pub const PLAINTEXT_AT: usize = 1 + NONCE_LEN;
 
 const AD_PREFIX: &[u8] = b"hearth/seal/v1";
 
@@ -117,6 +119,54 @@ impl SealKey {
             .map(Zeroizing::new)
             .map_err(|_| OpenError::Authentication)
     }
+
+    /// Seals in place, without copying the plaintext: `buf` holds [`PLAINTEXT_AT`]
+    /// bytes of room (their content is ignored) followed by the plaintext; afterwards
+    /// it holds exactly what [`SealKey::seal`] would return for the same nonce. Give
+    /// `buf` a capacity of `SEAL_OVERHEAD + plaintext length` to avoid a reallocation.
+    pub fn seal_in_place(&self, binding: Binding<'_>, buf: &mut Vec<u8>, nonce: [u8; NONCE_LEN]) {
+        assert!(
+            buf.len() >= PLAINTEXT_AT,
+            "seal_in_place needs {PLAINTEXT_AT} bytes of room before the plaintext"
+        );
+        let ad = binding.associated_data();
+        buf[0] = SEAL_VERSION;
+        buf[1..PLAINTEXT_AT].copy_from_slice(&nonce);
+        let tag = self
+            .cipher
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &ad, &mut buf[PLAINTEXT_AT..])
+            .expect("XChaCha20-Poly1305 encryption only fails for plaintexts over 256 GiB");
+        buf.extend_from_slice(&tag);
+    }
+
+    /// Opens a sealed value in place, without copying it: on success the plaintext is
+    /// `sealed[PLAINTEXT_AT..sealed.len() - TAG_LEN]` (also returned). On failure the
+    /// buffer's content is unspecified. Unlike [`SealKey::open`], the plaintext is not
+    /// zeroized for the caller.
+    pub fn open_in_place<'b>(
+        &self,
+        binding: Binding<'_>,
+        sealed: &'b mut [u8],
+    ) -> Result<&'b mut [u8], OpenError> {
+        if sealed.len() < SEAL_OVERHEAD {
+            return Err(OpenError::Truncated(sealed.len()));
+        }
+        if sealed[0] != SEAL_VERSION {
+            return Err(OpenError::UnknownVersion(sealed[0]));
+        }
+        let ad = binding.associated_data();
+        let (head, rest) = sealed.split_at_mut(PLAINTEXT_AT);
+        let (body, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
+        self.cipher
+            .decrypt_in_place_detached(
+                XNonce::from_slice(&head[1..]),
+                &ad,
+                body,
+                chacha20poly1305::Tag::from_slice(tag),
+            )
+            .map_err(|_| OpenError::Authentication)?;
+        Ok(body)
+    }
 }
 
 #[cfg(test)]
@@ -183,6 +233,27 @@ mod tests {
             let i = pos % sealed.len();
             sealed[i] ^= 1 << bit;
             prop_assert!(k.open(b, &sealed).is_err());
+        }
+
+        #[test]
+        fn in_place_matches_the_copying_seal_and_open(plain in proptest::collection::vec(any::<u8>(), 0..2048), nonce in any::<[u8; 24]>(), pos in any::<usize>()) {
+            let k = key();
+            let b = Binding::new(b"t", b"key");
+            let mut buf = vec![0xAA; PLAINTEXT_AT];
+            buf.extend_from_slice(&plain);
+            k.seal_in_place(b, &mut buf, nonce);
+            prop_assert_eq!(&buf, &k.seal(b, &plain, nonce));
+            let mut opened = buf.clone();
+            prop_assert_eq!(&*k.open_in_place(b, &mut opened).unwrap(), &plain[..]);
+            // Tampered, moved, or truncated: refused.
+            let mut flipped = buf.clone();
+            let i = pos % flipped.len();
+            flipped[i] ^= 1;
+            prop_assert!(k.open_in_place(b, &mut flipped).is_err());
+            let mut moved = buf.clone();
+            prop_assert_eq!(k.open_in_place(Binding::new(b"t", b"other"), &mut moved), Err(OpenError::Authentication));
+            let mut short = buf[..SEAL_OVERHEAD - 1].to_vec();
+            prop_assert_eq!(k.open_in_place(b, &mut short), Err(OpenError::Truncated(SEAL_OVERHEAD - 1)));
         }
 
         #[test]

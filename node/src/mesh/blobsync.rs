@@ -13,13 +13,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use hearth_protocol::BlobId;
-use hearth_protocol::blob::{BLOB_PROTOCOL, BlobRequest, BlobResponse, Manifest};
+use hearth_protocol::blob::{BLOB_PROTOCOL, BlobRequest, BlobResponse, CHUNK_RESPONSE, Manifest};
+use hearth_protocol::seal::{PLAINTEXT_AT, TAG_LEN};
 use libp2p::{PeerId, StreamProtocol};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::MeshHandle;
-use super::frames::{read_frame, write_frame};
+use super::frames::{read_frame, read_frame_with_room, write_frame};
 use crate::Vault;
 use crate::devices;
 
@@ -31,8 +32,8 @@ const RETRY_EVERY: Duration = Duration::from_secs(30);
 const REQUESTS_IN_FLIGHT: usize = 4;
 /// Answers a device's stream prepares ahead of the one being sent.
 const ANSWERS_AHEAD: usize = 4;
-/// Received chunks being sealed and written at once.
-const CHUNKS_BEING_WRITTEN: usize = 4;
+/// Received chunks being verified, sealed and written at once.
+const CHUNKS_BEING_WRITTEN: usize = crate::blobs::CHUNKS_IN_FLIGHT;
 /// A peer that does not answer one request in this time is given up for this round.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -130,7 +131,7 @@ impl BlobSync {
                 let response = answer
                     .await
                     .map_err(|e| FetchError::Stream(format!("reading a chunk failed: {e}")))??;
-                write_frame(&mut writer, &response.encode())
+                write_frame(&mut writer, &response)
                     .await
                     .map_err(|e| FetchError::Stream(e.to_string()))?;
             }
@@ -271,20 +272,7 @@ impl BlobSync {
         let writing = Arc::new(Semaphore::new(CHUNKS_BEING_WRITTEN));
         let mut writes = JoinSet::new();
         for (done, &(index, hash)) in needed.iter().enumerate() {
-            let bytes = match receive(stream).await? {
-                BlobResponse::Chunk(bytes) => bytes,
-                BlobResponse::NotFound => return Err(FetchError::NotFound),
-                BlobResponse::Manifest(_) => {
-                    return Err(FetchError::Protocol(
-                        "a manifest where a chunk was due".into(),
-                    ));
-                }
-            };
-            if bytes.len() != manifest.chunk_len(index) {
-                return Err(FetchError::Protocol(format!(
-                    "chunk {index} has the wrong length"
-                )));
-            }
+            let chunk = receive_chunk(stream, index, manifest.chunk_len(index)).await?;
             if asked < needed.len() {
                 send(stream, BlobRequest::GetChunk(needed[asked].1)).await?;
                 asked += 1;
@@ -295,9 +283,9 @@ impl BlobSync {
                 .await
                 .expect("the semaphore is never closed");
             let vault = self.vault.clone();
-            let len = bytes.len() as u64;
+            let len = (chunk.len() - PLAINTEXT_AT) as u64;
             writes.spawn(async move {
-                let stored = vault.blobs.store_chunk(hash, Bytes::from(bytes)).await;
+                let stored = vault.blobs.store_chunk(hash, chunk).await;
                 drop(permit);
                 if stored.is_ok() {
                     vault.blobs.note_received(id, len);
@@ -316,15 +304,17 @@ impl BlobSync {
     }
 }
 
-async fn answer(vault: &Vault, request: BlobRequest) -> Result<BlobResponse, FetchError> {
+/// The encoded answer to one request. A chunk answer is built in the buffer the chunk
+/// was read and opened in ([`crate::blobs::Blobs::chunk_answer`]), not copied.
+async fn answer(vault: &Vault, request: BlobRequest) -> Result<Bytes, FetchError> {
     Ok(match request {
         BlobRequest::GetManifest(id) => match vault.blobs.manifest_bytes(BlobId(id))? {
-            Some(bytes) => BlobResponse::Manifest(bytes),
-            None => BlobResponse::NotFound,
+            Some(bytes) => BlobResponse::Manifest(bytes).encode().into(),
+            None => BlobResponse::NotFound.encode().into(),
         },
-        BlobRequest::GetChunk(hash) => match vault.blobs.read_chunk(hash).await? {
-            Some(bytes) => BlobResponse::Chunk(bytes.to_vec()),
-            None => BlobResponse::NotFound,
+        BlobRequest::GetChunk(hash) => match vault.blobs.chunk_answer(hash).await? {
+            Some(frame) => frame,
+            None => BlobResponse::NotFound.encode().into(),
         },
     })
 }
@@ -350,4 +340,39 @@ async fn receive(stream: &mut libp2p::Stream) -> Result<BlobResponse, FetchError
         .map_err(|e| FetchError::Stream(e.to_string()))?
         .ok_or_else(|| FetchError::Stream("the peer closed the stream".into()))?;
     BlobResponse::decode(&frame).map_err(|e| FetchError::Protocol(e.to_string()))
+}
+
+/// Receives the answer to a request for chunk `index` of `len` bytes, where it can be
+/// sealed without a copy: a [`crate::blobs::chunk_buffer`] holding the chunk.
+async fn receive_chunk(
+    stream: &mut libp2p::Stream,
+    index: usize,
+    len: usize,
+) -> Result<Vec<u8>, FetchError> {
+    // The answer's tag lands in the last byte of the seal header's room.
+    let head = PLAINTEXT_AT - 1;
+    let frame = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        read_frame_with_room(stream, head, TAG_LEN, 1 + len),
+    )
+    .await
+    .map_err(|_| FetchError::Stream("timed out".into()))?
+    .map_err(|e| FetchError::Stream(e.to_string()))?
+    .ok_or_else(|| FetchError::Stream("the peer closed the stream".into()))?;
+    if frame.get(head) != Some(&CHUNK_RESPONSE) {
+        return Err(
+            match BlobResponse::decode(&frame[head..])
+                .map_err(|e| FetchError::Protocol(e.to_string()))?
+            {
+                BlobResponse::NotFound => FetchError::NotFound,
+                _ => FetchError::Protocol("a manifest where a chunk was due".into()),
+            },
+        );
+    }
+    if frame.len() - PLAINTEXT_AT != len {
+        return Err(FetchError::Protocol(format!(
+            "chunk {index} has the wrong length"
+        )));
+    }
+    Ok(frame)
 }

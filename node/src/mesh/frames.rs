@@ -27,6 +27,20 @@ pub enum FrameReadError {
 pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
 ) -> Result<Option<Vec<u8>>, FrameReadError> {
+    read_frame_with_room(reader, 0, 0, 64 * 1024).await
+}
+
+/// Like [`read_frame`], but the body lands behind `head` zero bytes, in a buffer with
+/// room for `tail` more bytes after it, so that the caller can work on it where it lies
+/// (a blob chunk is sealed in the buffer it arrived in). A body of at most `expected`
+/// bytes is read into a buffer of its size; a longer one grows with the bytes that
+/// actually arrive.
+pub async fn read_frame_with_room<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    head: usize,
+    tail: usize,
+    expected: usize,
+) -> Result<Option<Vec<u8>>, FrameReadError> {
     let mut prefix = [0u8; 4];
     let mut filled = 0;
     while filled < 4 {
@@ -47,7 +61,8 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         filled += n;
     }
     let len = frame_len(prefix)?;
-    let mut body = Vec::with_capacity(len.min(64 * 1024));
+    let mut body = Vec::with_capacity(head + len.min(expected) + tail);
+    body.resize(head, 0);
     let read = tokio::time::timeout(
         FRAME_BODY_TIMEOUT,
         reader.take(len as u64).read_to_end(&mut body),
@@ -101,5 +116,26 @@ mod tests {
             read_frame(&mut liar).await,
             Err(FrameReadError::Truncated)
         ));
+
+        // With room: the body behind `head` zero bytes, in a buffer of its size plus
+        // the tail when it is as long as expected.
+        let mut r = futures::io::Cursor::new(buf.clone());
+        let framed = read_frame_with_room(&mut r, 3, 16, 5)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(framed, b"\0\0\0hello");
+        assert!(framed.capacity() >= 3 + 5 + 16);
+        let framed = read_frame_with_room(&mut r, 3, 16, 5)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(framed, b"\0\0\0");
+        assert!(
+            read_frame_with_room(&mut r, 3, 16, 5)
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -5,9 +5,11 @@
 //!     cargo run --release -p hearth-tests --bin hearth-bench -- [--quick] [--json] [--only NAME,...]
 //!
 //! Scenario names for `--only`: put, trace, view, sync (new device, one edit,
-//! revocation, blob sync), pim (import, CardDAV sync), cold, seal, process (real `hearth`
-//! processes at 1k/10k/100k records; `--scale` adds 1M).
+//! revocation, blob sync), blobs (upload, A to B, against disk baselines), pim (import,
+//! CardDAV sync), cold, seal, process (real `hearth` processes at 1k/10k/100k records;
+//! `--scale` adds 1M).
 
+mod blobs;
 mod cold;
 mod nodes;
 mod pim;
@@ -33,8 +35,8 @@ struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
-    /// Only these scenarios (comma-separated): put, trace, view, sync, pim, cold, seal,
-    /// process.
+    /// Only these scenarios (comma-separated): put, trace, view, sync, blobs, pim, cold,
+    /// seal, process.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also run the process-level scenarios on a vault of 1,000,000 records (minutes;
@@ -120,6 +122,11 @@ fn main() -> anyhow::Result<()> {
     }
     if wanted("sync") {
         for r in runtime.block_on(sync::two_devices(&opts))? {
+            show(r);
+        }
+    }
+    if wanted("blobs") {
+        for r in runtime.block_on(blobs::blobs(&opts))? {
             show(r);
         }
     }
