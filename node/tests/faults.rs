@@ -211,8 +211,11 @@ async fn random_write_faults_never_lose_or_alter_acknowledged_records() {
             "seed {seed}, step {step}: record {id}"
         );
     }
+    // Faults are on ~40% of the steps (injected at 10%, cleared at 15% a step), so
+    // about 360 of 600 are acknowledged, but runs of faults vary: seed
+    // 12076830325031679789 acknowledges 293. Both paths taken, many times, is the point.
     assert!(
-        refused > 0 && acknowledged > 300,
+        refused > 50 && acknowledged > 150,
         "seed {seed}: {refused} refused, {acknowledged} acknowledged"
     );
     faults.clear();
