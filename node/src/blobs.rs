@@ -993,6 +993,20 @@ async fn make_durable(
         .collect();
     dirs.insert(base);
     let files = Arc::new(files);
+    // The first missing chunk, in the manifest's order, is the one named (the fsyncs
+    // below run in parallel, so the one they trip over first is chance).
+    let listed = files.clone();
+    tokio::task::spawn_blocking(
+        move || match listed.iter().find(|(_, path)| !path.is_file()) {
+            Some((index, _)) => Err(BlobError::Corrupt {
+                blob,
+                what: format!("chunk {index} is missing"),
+            }),
+            None => Ok(()),
+        },
+    )
+    .await
+    .map_err(|e| BlobError::Internal(format!("sync task failed: {e}")))??;
     let mut syncs = tokio::task::JoinSet::new();
     for lane in 0..FSYNCS_AT_ONCE.min(files.len()) {
         let files = files.clone();
