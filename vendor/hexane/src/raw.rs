@@ -540,8 +540,11 @@ fn splice_slab(
     // Hearth patch: `split_off` leaves the prefix with the whole slab's capacity. A
     // loaded column is one slab, so every splice into it kept a copy of the column
     // alive: Automerge documents grew by megabytes per applied change
-    // (vendor/README.md). Give the unused capacity back.
-    slab.data.shrink_to_fit();
+    // (vendor/README.md). Give the unused capacity back when it is large (a small
+    // slab's realloc would cost more than it frees).
+    if slab.data.capacity() > 2 * slab.data.len() + max_segments {
+        slab.data.shrink_to_fit();
+    }
 
     let right_data = if split_at == index {
         // Split *before* the inserted bytes: left = prefix, right = values + suffix.
