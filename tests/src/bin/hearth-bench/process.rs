@@ -21,7 +21,7 @@ use serde_json::{Map, Value, json};
 use crate::Opts;
 use crate::nodes::{http_client, http_load, start};
 use crate::put::sled_flush_latencies;
-use crate::report::{Report, fig, peak_rss_mib, percentile_ms};
+use crate::report::{Report, fig, peak_rss_mib, percentile_ms, rss_mib};
 
 /// The sizes measured: 1k and 10k in a quick run, up to 100k in a full one, and 1M
 /// with `--scale`; or those given with `--sizes`.
@@ -77,23 +77,10 @@ async fn fill(home: &Path, n: usize) -> anyhow::Result<String> {
     Ok(token.token)
 }
 
-/// Resident memory of a process now, in MiB (Linux).
-fn rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
-}
-
 fn memory_note(who: &str, node: &NodeProcess) -> String {
     format!(
         "{who}: {:.0} MiB resident, peak {:.0} MiB",
-        rss_mib(node.pid()).unwrap_or(f64::NAN),
+        rss_mib(Some(node.pid())).unwrap_or(f64::NAN),
         peak_rss_mib(Some(node.pid())).unwrap_or(f64::NAN)
     )
 }
@@ -276,39 +263,37 @@ async fn one_edit(a: &NodeProcess, dir: &Path, n: usize) -> anyhow::Result<Repor
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let caught_up = joined.elapsed();
-    let rss_caught_up = rss_mib(b.pid()).unwrap_or(f64::NAN);
+    let rss_caught_up = rss_mib(Some(b.pid())).unwrap_or(f64::NAN);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_settled = rss_mib(b.pid()).unwrap_or(f64::NAN);
+    let rss_settled = rss_mib(Some(b.pid())).unwrap_or(f64::NAN);
 
+    // How long a GET of the i-th record of a spread takes on B.
+    let timed_get = {
+        let get = get.clone();
+        move |i: usize| {
+            let request = get(format!("r{}", (i * 7_919 + 13) % n));
+            async move {
+                let t = Instant::now();
+                request.send().await?.error_for_status()?.bytes().await?;
+                Ok::<_, anyhow::Error>(t.elapsed())
+            }
+        }
+    };
     // Reads on B with nothing arriving: the baseline of a GET.
     let mut idle = Vec::new();
     for i in 0..500 {
-        let t = Instant::now();
-        get(format!("r{}", (i * 7_919 + 13) % n))
-            .send()
-            .await?
-            .error_for_status()?
-            .bytes()
-            .await?;
-        idle.push(t.elapsed());
+        idle.push(timed_get(i).await?);
     }
     idle.sort();
 
     let stop = Arc::new(AtomicBool::new(false));
     let reader = {
-        let (stop, get) = (stop.clone(), get.clone());
+        let stop = stop.clone();
         tokio::spawn(async move {
             let mut waits = Vec::new();
             let mut i = 0usize;
             while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                get(format!("r{}", (i * 7_919 + 13) % n))
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .bytes()
-                    .await?;
-                waits.push(t.elapsed());
+                waits.push(timed_get(i).await?);
                 i += 1;
             }
             Ok::<_, anyhow::Error>(waits)

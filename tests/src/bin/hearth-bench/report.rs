@@ -170,6 +170,15 @@ pub fn machine() -> Value {
 
 /// Peak resident memory of a process, in MiB, from /proc (Linux).
 pub fn peak_rss_mib(pid: Option<u32>) -> Option<f64> {
+    memory_mib(pid, "VmHWM:")
+}
+
+/// Resident memory of a process now, in MiB (Linux).
+pub fn rss_mib(pid: Option<u32>) -> Option<f64> {
+    memory_mib(pid, "VmRSS:")
+}
+
+fn memory_mib(pid: Option<u32>, field: &str) -> Option<f64> {
     let path = match pid {
         Some(pid) => format!("/proc/{pid}/status"),
         None => "/proc/self/status".to_owned(),
@@ -177,7 +186,7 @@ pub fn peak_rss_mib(pid: Option<u32>) -> Option<f64> {
     let status = std::fs::read_to_string(path).ok()?;
     let kb: f64 = status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()
