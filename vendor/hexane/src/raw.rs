@@ -464,6 +464,46 @@ impl RawColumn {
         Self::load_with_max_segments(data, DEFAULT_MAX_SEGMENTS)
     }
 
+    /// Hearth patch: deserialize into slabs of about the default budget, cut only at
+    /// `boundaries` (ascending byte offsets where values end, as the caller's paired
+    /// meta column gives them). [`RawColumn::load`] keeps everything in one slab, and
+    /// every later splice into it copies the rest of the column: a change to a loaded
+    /// Automerge document cost time and memory in proportion to the document.
+    pub fn load_at_boundaries(
+        data: &[u8],
+        boundaries: impl IntoIterator<Item = usize>,
+    ) -> Result<Self, PackError> {
+        let max_segments = DEFAULT_MAX_SEGMENTS;
+        if data.is_empty() {
+            return Ok(Self::with_max_segments(max_segments));
+        }
+        let mut slabs = Vec::new();
+        let mut start = 0;
+        for end in boundaries {
+            if end > data.len() {
+                break;
+            }
+            if end > start && end - start >= max_segments {
+                slabs.push(RawSlab {
+                    data: data[start..end].to_vec(),
+                });
+                start = end;
+            }
+        }
+        if start < data.len() {
+            slabs.push(RawSlab {
+                data: data[start..].to_vec(),
+            });
+        }
+        let bit = rebuild_bit(&slabs, |s| s.data.len());
+        Ok(Self {
+            slabs,
+            bit,
+            total_len: data.len(),
+            max_segments,
+        })
+    }
+
     /// Deserialize with a custom `max_segments` budget.
     pub fn load_with_max_segments(data: &[u8], max_segments: usize) -> Result<Self, PackError> {
         assert!(max_segments > 0, "max_segments must be non-zero");
@@ -684,6 +724,37 @@ mod tests {
     fn drive(col: &RawColumn, expected: &[u8]) {
         assert_eq!(col.len(), expected.len(), "len mismatch");
         assert_eq!(col.save(), expected, "save bytes mismatch");
+    }
+
+    // Hearth patch: a column loaded at value boundaries has bounded slabs, cut only
+    // there, and reads and splices as one loaded whole.
+    #[test]
+    fn loading_at_boundaries_cuts_bounded_slabs_only_at_boundaries() {
+        let values: Vec<Vec<u8>> = (0..3_000u32)
+            .map(|i| vec![(i % 251) as u8; 1 + (i as usize * 7) % 40])
+            .collect();
+        let data: Vec<u8> = values.concat();
+        let mut ends = Vec::new();
+        let mut end = 0;
+        for v in &values {
+            end += v.len();
+            ends.push(end);
+        }
+        let mut col = RawColumn::load_at_boundaries(&data, ends.iter().copied()).unwrap();
+        drive(&col, &data);
+        assert!(col.slabs.len() > 1);
+        let mut at = 0;
+        for slab in &col.slabs {
+            at += slab.data.len();
+            assert!(ends.contains(&at), "a slab ends inside a value");
+            assert!(slab.data.len() < 2 * DEFAULT_MAX_SEGMENTS);
+        }
+        let mut expected = data.clone();
+        col.splice(ends[1500], 0, [&b"new"[..]]);
+        expected.splice(ends[1500]..ends[1500], *b"new");
+        drive(&col, &expected);
+        let empty = RawColumn::load_at_boundaries(&[], []).unwrap();
+        assert_eq!(empty.len(), 0);
     }
 
     // Hearth patch: splitting a loaded (single, oversize) slab gives back the

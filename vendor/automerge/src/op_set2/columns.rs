@@ -304,7 +304,15 @@ impl Columns {
 
         let value_meta =
             hexane::PrefixColumn::<ValueMeta>::load_with(data_for(VALUE_META_COL_SPEC), opts)?;
-        let value = hexane::RawColumn::load(data_for(VALUE_COL_SPEC))?;
+        // Hearth patch: slabs cut at value boundaries (vendor/README.md).
+        let mut value_end = 0usize;
+        let value = hexane::RawColumn::load_at_boundaries(
+            data_for(VALUE_COL_SPEC),
+            value_meta.iter().map(|meta| {
+                value_end += meta.value.length();
+                value_end
+            }),
+        )?;
 
         let index = Indexes::default();
 
