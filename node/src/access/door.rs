@@ -415,18 +415,10 @@ impl Door {
         credentials: &Credentials,
         collection: &CollectionName,
     ) -> Result<Vec<Value>, AccessError> {
-        let caller = self.admit(credentials)?;
-        let scope = self.readable(&caller, collection.as_str())?.clone();
-        let name = collection.clone();
-        let view = self
-            .blocking(move |inner| {
-                let records = inner.collections.records(&name)?;
-                let (view, event) = project(&caller.grant, &scope, name.as_str(), records);
-                inner.audit.append(&inner.collections, event)?;
-                Ok(view)
-            })
+        // The whole view is its one page without a limit.
+        let (view, _) = self
+            .read_page(credentials, collection, None, usize::MAX)
             .await?;
-        self.0.store.commit().await?;
         Ok(view)
     }
 

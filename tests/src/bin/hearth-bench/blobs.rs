@@ -12,13 +12,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use hearth_protocol::BlobId;
 use hearth_protocol::blob::CHUNK_SIZE;
 use hearth_protocol::seal::{Binding, NONCE_LEN, SealKey};
 use rand::RngCore;
 
 use crate::Opts;
-use crate::nodes::{http_client, join, owner_token, start, until};
+use crate::nodes::{http_client, join, start, until, upload_blob};
 use crate::report::{Report, fig};
 
 /// Distinct 1 MiB blocks the content is made of; each chunk also carries its index, so
@@ -93,17 +92,8 @@ pub async fn blobs(opts: &Opts) -> anyhow::Result<Vec<Report>> {
 
     let http = http_client()?;
     let started = Instant::now();
-    let answer: serde_json::Value = http
-        .post(format!("http://{}/v1/blobs", a.api_addr()))
-        .bearer_auth(owner_token(&a)?)
-        .body(reqwest::Body::wrap_stream(content.stream()))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let id = upload_blob(&http, &a, reqwest::Body::wrap_stream(content.stream())).await?;
     let put = started.elapsed();
-    let id = BlobId::parse(answer["id"].as_str().context("the blob's id")?)?;
     let transfer = until("B has the blob whole", Duration::from_secs(900), || {
         b_vault.blobs.has_blob(id).unwrap_or(false)
     })

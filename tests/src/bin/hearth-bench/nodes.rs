@@ -52,6 +52,26 @@ pub fn owner_token(node: &NodeHandle) -> anyhow::Result<String> {
         .to_owned())
 }
 
+/// `POST /v1/blobs` of `body` on `node`, as the owner; the stored blob's id.
+pub async fn upload_blob(
+    http: &reqwest::Client,
+    node: &NodeHandle,
+    body: reqwest::Body,
+) -> anyhow::Result<hearth_protocol::BlobId> {
+    let answer: serde_json::Value = http
+        .post(format!("http://{}/v1/blobs", node.api_addr()))
+        .bearer_auth(owner_token(node)?)
+        .body(body)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(hearth_protocol::BlobId::parse(
+        answer["id"].as_str().context("the blob's id")?,
+    )?)
+}
+
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .no_proxy()

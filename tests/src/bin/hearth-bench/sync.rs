@@ -10,12 +10,12 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use hearth_node::NodeHandle;
 use hearth_node::access::{self, AccessError, Credentials, NewGrant};
 use hearth_protocol::scope::Scope;
-use hearth_protocol::{BlobId, CollectionName, RecordId};
+use hearth_protocol::{CollectionName, RecordId};
 use libp2p::{StreamProtocol, Swarm, noise, tcp, yamux};
 use serde_json::json;
 
 use crate::Opts;
-use crate::nodes::{http_client, join, owner_token, start, until};
+use crate::nodes::{http_client, join, start, until, upload_blob};
 use crate::report::{Report, fig, percentile_ms};
 
 const RECORDS: usize = 10_000;
@@ -182,17 +182,8 @@ async fn blob_sync(a: &NodeHandle, b: &NodeHandle, opts: &Opts) -> anyhow::Resul
         .map(move |i| Ok::<_, std::io::Error>(pseudo_random_chunk(i, piece as usize)));
     let http = http_client()?;
     let started = Instant::now();
-    let answer: serde_json::Value = http
-        .post(format!("http://{}/v1/blobs", a.api_addr()))
-        .bearer_auth(owner_token(a)?)
-        .body(reqwest::Body::wrap_stream(body))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let id = upload_blob(&http, a, reqwest::Body::wrap_stream(body)).await?;
     let put = started.elapsed();
-    let id = BlobId::parse(answer["id"].as_str().context("the blob's id")?)?;
     let b_vault = b.vault().clone();
     let transfer = until("B has the blob", Duration::from_secs(600), || {
         b_vault.blobs.has_blob(id).unwrap_or(false)
