@@ -726,7 +726,7 @@ async fn drop_collection(
     }
 }
 
-/// `?limit=N&after=ID` on the list routes: a page of records in id order.
+/// `?limit=N&after=ID` on the list routes: a page of records in the record index's order (a keyed hash of each id).
 #[derive(serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct PageQuery {

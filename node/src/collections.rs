@@ -25,6 +25,7 @@ use tokio::sync::broadcast;
 use zeroize::Zeroizing;
 
 use crate::commits::MarkCheck;
+use crate::index::{Mark, RecordIndex};
 use crate::records;
 use crate::store::{SealedBatch, SealedTree, Store, StoreError};
 
@@ -33,6 +34,8 @@ pub const COMPACT_AFTER: u64 = 256;
 const KIND_SNAPSHOT: u8 = 0;
 const KIND_CHANGE: u8 = 1;
 const NAME_DOMAIN: &str = "collection";
+/// For [`Collections::try_mutate`]: the records touched are found from the change.
+const FROM_CHANGES: Option<&[&str]> = None;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -75,6 +78,8 @@ pub struct Collections {
     store: Arc<Store>,
     names: SealedTree,
     docs: SealedTree,
+    /// Every record as it reads now, for reads that need no document ([`crate::index`]).
+    index: RecordIndex,
     actor: ActorId,
     open: Mutex<HashMap<CollectionName, Slot>>,
     /// Counts uses, to find the least recently used collection.
@@ -105,6 +110,9 @@ struct Collection {
     persisted_heads: Vec<ChangeHash>,
     /// Whether the name is in the `collections` tree (a collection only read is not).
     listed: bool,
+    /// The record count if the record index is current with `persisted_heads`; `None`
+    /// if it must be built again from the document.
+    indexed: Option<u64>,
     next_seq: u64,
     changes_since_snapshot: u64,
     /// Bytes of those changes, and of the snapshot they follow.
@@ -302,6 +310,7 @@ impl Collections {
         Ok(Self {
             names: store.tree("collections")?,
             docs: store.tree("docs")?,
+            index: RecordIndex::open(store.clone())?,
             store,
             actor: ActorId::from(actor),
             open: Mutex::new(HashMap::new()),
@@ -394,7 +403,7 @@ impl Collections {
         name: &CollectionName,
         bytes: &[u8],
     ) -> Result<(), CollectionError> {
-        self.mutate(name, |doc| {
+        self.mutate(name, FROM_CHANGES, |doc| {
             let before = doc.get_heads();
             doc.load_incremental(bytes)?;
             if before.is_empty() {
@@ -434,7 +443,7 @@ impl Collections {
                 collection: name.to_string(),
                 reason: e.to_string(),
             })?;
-        self.mutate(name, |doc| {
+        self.mutate(name, FROM_CHANGES, |doc| {
             let before = doc.get_heads();
             doc.sync().receive_sync_message(state, message)?;
             if doc.get_heads() == before {
@@ -506,29 +515,22 @@ impl Collections {
 
     /// How many records a collection holds (0 for one never written).
     pub fn count(&self, name: &CollectionName) -> Result<usize, CollectionError> {
-        self.with(name, |c| Ok(records::record_count(&c.doc)))
+        let key = self.indexed(name)?;
+        Ok(self.index.mark(&key)?.count as usize)
     }
 
     /// All records of a collection, each with its `"id"`, sorted by id.
     pub fn records(&self, name: &CollectionName) -> Result<Vec<Json>, CollectionError> {
-        self.with(name, |c| {
-            let mut out = Vec::new();
-            for id in records::record_ids(&c.doc) {
-                if let Some(record) =
-                    records::read_record(&c.doc, &id).map_err(|e| c.automerge(e))?
-                {
-                    out.push(with_id(&id, record));
-                }
-            }
-            Ok(out)
-        })
+        Ok(self.page(name, None, usize::MAX, Some)?.0)
     }
 
-    /// A page of a collection: the records after id `after` (from the first without
-    /// it), in id order, that `keep` keeps (and as it returns them), until `limit` are
-    /// kept. Only the records looked at are read. Returns the page and, when the page
-    /// is full, the id to continue after (the next page may then be empty: whether
-    /// records `keep` refuses follow is not told).
+    /// A page of a collection: the records after record `after` (from the first
+    /// without it) in the record index's order (a keyed hash of each id: fixed, but
+    /// telling nothing about the ids), that `keep` keeps (and as it returns them),
+    /// until `limit` are kept. Only the records looked at are read. Returns the page
+    /// and, when the page is full, the id to continue after (the next page may then be
+    /// empty: whether records `keep` refuses follow is not told). The whole collection
+    /// (no `after`, no limit) comes sorted by id.
     pub fn page(
         &self,
         name: &CollectionName,
@@ -536,43 +538,104 @@ impl Collections {
         limit: usize,
         mut keep: impl FnMut(Json) -> Option<Json>,
     ) -> Result<(Vec<Json>, Option<String>), CollectionError> {
-        self.with(name, |c| {
-            let mut out = Vec::new();
-            if limit == 0 {
-                return Ok((out, None));
-            }
-            let ids = records::record_ids(&c.doc);
-            let first = match after {
-                // Ids come sorted (Automerge orders a map's keys).
-                Some(after) => ids.partition_point(|id| id.as_str() <= after.as_str()),
-                None => 0,
-            };
-            for id in ids.into_iter().skip(first) {
-                let Some(record) = records::read_record(&c.doc, &id).map_err(|e| c.automerge(e))?
-                else {
-                    continue;
-                };
-                if let Some(kept) = keep(with_id(&id, record)) {
-                    out.push(kept);
-                    if out.len() == limit {
-                        return Ok((out, Some(id)));
-                    }
+        let mut out: Vec<(String, Json)> = Vec::new();
+        if limit == 0 {
+            return Ok((Vec::new(), None));
+        }
+        let key = self.indexed(name)?;
+        for entry in self
+            .index
+            .after(&key, name.as_str(), after.map(RecordId::as_str))?
+        {
+            let (id, record) = entry?;
+            if let Some(kept) = keep(with_id(&id, record)) {
+                out.push((id, kept));
+                if out.len() == limit {
+                    let last = out.last().map(|(id, _)| id.clone());
+                    return Ok((out.into_iter().map(|(_, r)| r).collect(), last));
                 }
             }
-            Ok((out, None))
-        })
+        }
+        if after.is_none() && limit == usize::MAX {
+            out.sort_by(|(a, _), (b, _)| a.cmp(b));
+        }
+        Ok((out.into_iter().map(|(_, r)| r).collect(), None))
     }
 
+    /// Record `id`, with its `"id"`; `None` if there is none. Read from the record
+    /// index: it neither loads the document nor waits for its writers.
     pub fn get(
         &self,
         name: &CollectionName,
         id: &RecordId,
     ) -> Result<Option<Json>, CollectionError> {
+        let key = self.indexed(name)?;
+        Ok(self
+            .index
+            .get(&key, name.as_str(), id.as_str())?
+            .map(|record| with_id(id.as_str(), record)))
+    }
+
+    /// The key of a collection whose record index is current: known so, found so
+    /// from its mark without the document, or (a vault from before the index, a
+    /// crash between a change and its index) indexed again from the document.
+    fn indexed(&self, name: &CollectionName) -> Result<[u8; 32], CollectionError> {
+        let key = self.store.name_key(NAME_DOMAIN, name.as_str());
+        if self.index.is_current(&key)
+            || self
+                .index
+                .check(&key, self.store.ledger(), || self.generation_on_disk(&key))?
+        {
+            return Ok(key);
+        }
         self.with(name, |c| {
-            Ok(records::read_record(&c.doc, id.as_str())
-                .map_err(|e| c.automerge(e))?
-                .map(|record| with_id(id.as_str(), record)))
-        })
+            if c.indexed.is_none() {
+                let mark = Mark {
+                    generation: c.next_seq,
+                    count: self.reindex(c)?,
+                    heads: c.persisted_heads.clone(),
+                };
+                let mut batch = SealedBatch::default();
+                self.index.set_mark(&mut batch, &c.key, &mark);
+                self.index.tree().apply(batch)?;
+                c.indexed = Some(mark.count);
+            }
+            self.index.set_current(&c.key);
+            Ok(())
+        })?;
+        Ok(key)
+    }
+
+    /// The generation of a collection on disk (its changes ever persisted), from the
+    /// keys of its document alone.
+    fn generation_on_disk(&self, key: &[u8; 32]) -> Result<u64, StoreError> {
+        let Some(last) = self.docs.last_key_with_prefix(key)? else {
+            return Ok(0);
+        };
+        match parse_doc_key(key, &last) {
+            Some((KIND_SNAPSHOT, seq)) => Ok(seq),
+            Some((_, seq)) => Ok(seq + 1),
+            None => Err(StoreError::Malformed(
+                "a document key of a collection is malformed".into(),
+            )),
+        }
+    }
+
+    /// Indexes a collection again from its document (all but the mark, which the
+    /// caller writes: [`RecordIndex::rebuild`]); returns its record count.
+    fn reindex(&self, c: &Collection) -> Result<u64, CollectionError> {
+        let doc = &c.doc;
+        let all = records::record_ids(doc)
+            .into_iter()
+            .filter_map(|id| match records::read_record(doc, &id) {
+                Ok(Some(record)) => Some(Ok((id, record))),
+                Ok(None) => None,
+                Err(e) => Some(Err(StoreError::Malformed(format!(
+                    "collection {} could not be read to index it: {e}",
+                    c.name
+                )))),
+            });
+        Ok(self.index.rebuild(&c.key, c.name.as_str(), all)?)
     }
 
     /// Fields of a record in conflict after concurrent edits, with every competing
@@ -605,7 +668,9 @@ impl Collections {
         field: &str,
         value: &Json,
     ) -> Result<bool, CollectionError> {
-        self.mutate(name, |doc| records::choose(doc, id.as_str(), field, value))
+        self.mutate(name, Some(&[id.as_str()]), |doc| {
+            records::choose(doc, id.as_str(), field, value)
+        })
     }
 
     /// Every record of a collection with fields in conflict, by id, with the competing
@@ -635,7 +700,9 @@ impl Collections {
         id: &RecordId,
         record: &Map<String, Json>,
     ) -> Result<bool, CollectionError> {
-        self.mutate(name, |doc| records::put_record(doc, id.as_str(), record))
+        self.mutate(name, Some(&[id.as_str()]), |doc| {
+            records::put_record(doc, id.as_str(), record)
+        })
     }
 
     /// Merges `patch` into a record (RFC 7396); `None` if there is no such record.
@@ -645,7 +712,9 @@ impl Collections {
         id: &RecordId,
         patch: &Map<String, Json>,
     ) -> Result<Option<Json>, CollectionError> {
-        let found = self.mutate(name, |doc| records::patch_record(doc, id.as_str(), patch))?;
+        let found = self.mutate(name, Some(&[id.as_str()]), |doc| {
+            records::patch_record(doc, id.as_str(), patch)
+        })?;
         if found { self.get(name, id) } else { Ok(None) }
     }
 
@@ -659,7 +728,7 @@ impl Collections {
         edits: &[records::TextEdit],
     ) -> Result<bool, CollectionError> {
         // All or nothing: a bad edit rolls back the ones applied before it.
-        self.try_mutate(name, |doc| {
+        self.try_mutate(name, Some(&[id.as_str()]), |doc| {
             records::edit_text(doc, id.as_str(), field, edits).map_err(|e| match e {
                 records::TextEditError::Automerge(e) => Abandon::Automerge(e),
                 other => Abandon::Refused(other.to_string()),
@@ -675,7 +744,8 @@ impl Collections {
         name: &CollectionName,
         writes: &[(RecordId, RecordWrite)],
     ) -> Result<(), CollectionError> {
-        self.mutate(name, |doc| {
+        let ids: Vec<&str> = writes.iter().map(|(id, _)| id.as_str()).collect();
+        self.mutate(name, Some(&ids), |doc| {
             for (id, write) in writes {
                 match write {
                     RecordWrite::Patch(patch) => {
@@ -703,7 +773,7 @@ impl Collections {
         id: &RecordId,
         decide: impl FnOnce(Option<&Map<String, Json>>) -> Result<RecordWrite, E>,
     ) -> Result<Result<bool, E>, CollectionError> {
-        self.try_mutate(name, |doc| {
+        self.try_mutate(name, Some(&[id.as_str()]), |doc| {
             let before = records::read_record(doc, id.as_str())?;
             let existed = before.is_some();
             match decide(before.as_ref()).map_err(Abandon::Refused)? {
@@ -812,7 +882,9 @@ impl Collections {
     }
 
     pub fn remove(&self, name: &CollectionName, id: &RecordId) -> Result<bool, CollectionError> {
-        self.mutate(name, |doc| records::remove_record(doc, id.as_str()))
+        self.mutate(name, Some(&[id.as_str()]), |doc| {
+            records::remove_record(doc, id.as_str())
+        })
     }
 
     fn with<R>(
@@ -841,9 +913,10 @@ impl Collections {
     fn mutate<R>(
         &self,
         name: &CollectionName,
+        touched: Option<&[&str]>,
         change: impl FnOnce(&mut AutoCommit) -> Result<R, AutomergeError>,
     ) -> Result<R, CollectionError> {
-        self.try_mutate(name, |doc| {
+        self.try_mutate(name, touched, |doc| {
             change(doc).map_err(Abandon::<std::convert::Infallible>::Automerge)
         })?
         .map_err(|never| match never {})
@@ -851,9 +924,12 @@ impl Collections {
 
     /// Runs `change` on the document and persists what it did; if it refuses (or
     /// Automerge fails), everything it did is rolled back and nothing is persisted.
+    /// `touched`: the only records `change` can touch (a local write knows them), or
+    /// [`FROM_CHANGES`] to find them from the change's operations (what sync brings).
     fn try_mutate<R, E>(
         &self,
         name: &CollectionName,
+        touched: Option<&[&str]>,
         change: impl FnOnce(&mut AutoCommit) -> Result<R, Abandon<E>>,
     ) -> Result<Result<R, E>, CollectionError> {
         self.with(name, |c| {
@@ -868,13 +944,15 @@ impl Collections {
                     return Err(c.automerge(e));
                 }
             };
-            match self.persist(c) {
+            match self.persist(c, touched) {
                 // Nobody listening is fine: nothing is syncing.
                 Ok(true) => drop(self.changes.send(c.name.clone())),
                 Ok(false) => {}
                 Err(e) => {
-                    // Memory is ahead of the disk now: forget it, the next use reloads.
+                    // Memory (and perhaps the document on disk) is ahead of the index
+                    // now: forget both, the next use reloads and indexes again.
                     c.stale = true;
+                    self.index.forget(&c.key);
                     self.open_slots().remove(&c.name);
                     return Err(e);
                 }
@@ -884,21 +962,67 @@ impl Collections {
     }
 
     /// Writes the changes made since the last persist; returns whether there were any.
-    fn persist(&self, c: &mut Collection) -> Result<bool, CollectionError> {
+    fn persist(&self, c: &mut Collection, known: Option<&[&str]>) -> Result<bool, CollectionError> {
         let bytes = c.doc.save_after(&c.persisted_heads);
         if bytes.is_empty() {
             return Ok(false);
         }
+        // The records this change touched: as the writer says, or from the change's
+        // own operations (so the cost follows the change); a device catching up
+        // indexes everything instead.
+        let touched = match (c.indexed, known) {
+            (Some(_), Some(known)) => Some(known.iter().map(|id| (*id).to_owned()).collect()),
+            (Some(_), None) if !c.persisted_heads.is_empty() => {
+                let since = c.persisted_heads.clone();
+                Some(
+                    records::records_touched_since(&mut c.doc, &since).unwrap_or_else(|| {
+                        let heads = c.doc.get_heads();
+                        records::touched_records(&c.doc.diff(&since, &heads))
+                    }),
+                )
+            }
+            _ => None,
+        };
         if !c.listed {
             self.names.insert(&c.key, c.name.as_str().as_bytes())?;
             c.listed = true;
         }
-        self.docs
-            .insert(&doc_key(&c.key, KIND_CHANGE, c.next_seq), &bytes)?;
-        c.next_seq += 1;
+        let mut mark = Mark {
+            generation: c.next_seq + 1,
+            count: 0,
+            heads: c.doc.get_heads(),
+        };
+        // The change and the index's update are one transaction.
+        let mut index = SealedBatch::default();
+        match (c.indexed.take(), touched) {
+            (Some(count), Some(touched)) => {
+                let mut read = Vec::with_capacity(touched.len());
+                for id in &touched {
+                    let record = records::read_record(&c.doc, id).map_err(|e| c.automerge(e))?;
+                    read.push((id.as_str(), record));
+                }
+                mark.count = count;
+                mark = self
+                    .index
+                    .update(&mut index, &c.key, c.name.as_str(), mark, read)?;
+            }
+            _ => {
+                mark.count = self.reindex(c)?;
+                self.index.set_mark(&mut index, &c.key, &mark);
+            }
+        }
+        let mut change = SealedBatch::default();
+        self.docs.batch_insert(
+            &mut change,
+            &doc_key(&c.key, KIND_CHANGE, c.next_seq),
+            &bytes,
+        );
+        self.docs.apply_with(change, self.index.tree(), index)?;
+        c.next_seq = mark.generation;
         c.changes_since_snapshot += 1;
         c.change_bytes += bytes.len();
-        c.persisted_heads = c.doc.get_heads();
+        c.persisted_heads = mark.heads;
+        c.indexed = Some(mark.count);
         self.store
             .ledger()
             .note(c.key, c.next_seq, &c.persisted_heads);
@@ -978,6 +1102,9 @@ impl Collections {
         }
         doc.set_actor(self.actor.clone());
         let persisted_heads = doc.get_heads();
+        let mark = self.index.mark(&key)?;
+        let indexed =
+            (mark.generation == next_seq && mark.heads == persisted_heads).then_some(mark.count);
         // Checked against the commit record: a collection that lost committed changes
         // (or holds others) is refused, never served.
         match self.store.ledger().check(&key, next_seq, &persisted_heads) {
@@ -1001,6 +1128,7 @@ impl Collections {
             doc,
             persisted_heads,
             listed,
+            indexed,
             next_seq,
             changes_since_snapshot,
             change_bytes,
@@ -1086,7 +1214,9 @@ mod tests {
             let (c, a, b, stop) = (c.clone(), a.clone(), b.clone(), stop.clone());
             std::thread::spawn(move || {
                 let mut k = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Bounded: reads no longer wait for writes, and each snapshot read
+                // costs what the collection holds.
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && k < 400 {
                     let rid = id(&format!("r{k}"));
                     c.put(&a, &rid, &obj(json!({"k": k}))).unwrap();
                     c.put(&b, &rid, &obj(json!({"k": k}))).unwrap();
@@ -1244,15 +1374,15 @@ mod tests {
         drop(snapshot);
         // A collection in someone's hands is never dropped.
         let held = c.load(&a).unwrap();
-        c.count(&b).unwrap();
+        c.heads(&b).unwrap();
         assert_eq!(c.cached().0, 2);
         drop(held);
-        c.count(&b).unwrap();
+        c.heads(&b).unwrap();
         assert_eq!(c.cached().0, 1);
         // A budget that holds both keeps both.
         c.set_cache_budget(DEFAULT_CACHE_BYTES);
-        c.count(&a).unwrap();
-        c.count(&b).unwrap();
+        c.heads(&a).unwrap();
+        c.heads(&b).unwrap();
         assert_eq!(c.cached().0, 2);
         vault.store.commit().await.unwrap();
         drop(c);
@@ -1331,6 +1461,10 @@ mod tests {
         c.put(&access, &id("g"), &obj(json!({"revoked": false})))
             .unwrap();
         vault.store.commit().await.unwrap();
+        // The record index as it was then: put back below with the document's
+        // rollback, so the index agrees with the document but not with the record.
+        let index = vault.store.tree("records").unwrap();
+        let old_index: Vec<_> = index.raw().iter().map(|e| e.unwrap()).collect();
         c.patch(&access, &id("g"), &obj(json!({"revoked": true})))
             .unwrap();
         vault.store.commit().await.unwrap();
@@ -1347,6 +1481,14 @@ mod tests {
             .unwrap();
         docs.raw().remove(&last).unwrap();
         drop(docs);
+        let other = vault.store.name_key(NAME_DOMAIN, "other");
+        for (k, v) in old_index
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with(&other))
+        {
+            index.raw().insert(k, v).unwrap();
+        }
+        drop(index);
         let vault = vault.reopen().await;
         let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
         let e = c.get(&access, &id("g")).unwrap_err();
@@ -1429,6 +1571,116 @@ mod tests {
         assert!(c.list().unwrap().is_empty());
     }
 
+    /// Reads, pages and counts come from the record index: after a restart they load
+    /// no document. An index missing (a vault from before it) or behind its document
+    /// (a crash between the two writes) is built again, and reads what the document
+    /// holds.
+    #[tokio::test]
+    async fn reads_need_no_document_and_a_missing_or_stale_index_is_built_again() {
+        let vault = TestVault::new();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let mail = name("mail");
+        for i in 0..20 {
+            c.put(
+                &mail,
+                &id(&format!("m{i:02}")),
+                &obj(json!({"n": i, "tags": ["a"]})),
+            )
+            .unwrap();
+        }
+        c.remove(&mail, &id("m03")).unwrap();
+        c.patch(&mail, &id("m04"), &obj(json!({"n": null, "seen": true})))
+            .unwrap();
+        vault.store.commit().await.unwrap();
+        drop(c);
+
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        assert_eq!(
+            c.get(&mail, &id("m04")).unwrap().unwrap(),
+            json!({"id": "m04", "tags": ["a"], "seen": true})
+        );
+        assert_eq!(c.get(&mail, &id("m03")).unwrap(), None);
+        assert_eq!(c.count(&mail).unwrap(), 19);
+        let ids = |page: &[Json]| -> Vec<String> {
+            page.iter()
+                .map(|r| r["id"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        // Pages follow the index's order (a keyed hash of each id).
+        let order = ids(&c.page(&mail, None, 100, Some).unwrap().0);
+        assert_eq!(order.len(), 19);
+        let (page, next) = c.page(&mail, Some(&id(&order[2])), 2, Some).unwrap();
+        assert_eq!(ids(&page), order[3..5]);
+        assert_eq!(next.as_deref(), Some(order[4].as_str()));
+        assert_eq!(c.list().unwrap()[0].records, 19);
+        assert_eq!(c.cached().0, 0, "no document was loaded to read");
+        let expected = c.records(&mail).unwrap();
+        assert_eq!(expected.len(), 19);
+        drop(c);
+
+        // The index lost (a vault made before it): built again on first read.
+        let index = vault.store.tree("records").unwrap();
+        index.raw().clear().unwrap();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        assert_eq!(c.records(&mail).unwrap(), expected);
+        assert_eq!(c.count(&mail).unwrap(), 19);
+        drop(c);
+
+        // The index one change behind its document (an older Hearth wrote it).
+        let before: Vec<_> = index.raw().iter().map(|e| e.unwrap()).collect();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        c.put(&mail, &id("m05"), &obj(json!({"n": 55}))).unwrap();
+        vault.store.commit().await.unwrap();
+        drop(c);
+        index.raw().clear().unwrap();
+        for (key, value) in before {
+            index.raw().insert(key, value).unwrap();
+        }
+        drop(index);
+        let vault = vault.reopen().await;
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        assert_eq!(c.get(&mail, &id("m05")).unwrap().unwrap()["n"], 55);
+        assert_eq!(c.count(&mail).unwrap(), 19);
+    }
+
+    /// The index is sealed like the documents: a flipped byte, or a record moved to
+    /// another record's key, is an error, never a record.
+    #[tokio::test]
+    async fn a_tampered_or_moved_index_entry_is_corruption_not_data() {
+        let vault = TestVault::new();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let notes = name("notes");
+        c.put(&notes, &id("a"), &obj(json!({"text": "first"})))
+            .unwrap();
+        c.put(&notes, &id("b"), &obj(json!({"text": "second"})))
+            .unwrap();
+        vault.store.commit().await.unwrap();
+        let index = vault.store.tree("records").unwrap();
+        let key = vault.store.name_key(NAME_DOMAIN, "notes");
+        let at = |i: &str| {
+            let mut k = key.to_vec();
+            k.push(1);
+            k.extend_from_slice(&vault.store.name_key("record", &format!("notes/{i}")));
+            k
+        };
+        let (a, b) = (
+            index.raw().get(at("a")).unwrap().unwrap(),
+            index.raw().get(at("b")).unwrap().unwrap(),
+        );
+        index.raw().insert(at("a"), b.clone()).unwrap();
+        let e = c.get(&notes, &id("a")).unwrap_err();
+        assert!(
+            matches!(e, CollectionError::Store(StoreError::Corrupt { .. })),
+            "{e}"
+        );
+        let mut flipped = a.to_vec();
+        flipped[20] ^= 1;
+        index.raw().insert(at("a"), flipped).unwrap();
+        assert!(c.records(&notes).is_err());
+        index.raw().insert(at("a"), a).unwrap();
+        assert_eq!(c.get(&notes, &id("a")).unwrap().unwrap()["text"], "first");
+    }
+
     #[tokio::test]
     async fn a_tampered_or_moved_value_is_corruption_not_data() {
         let vault = TestVault::new();
@@ -1451,7 +1703,7 @@ mod tests {
         flipped[middle] ^= 0x01;
         docs.raw().insert(key, flipped).unwrap();
         let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
-        let results = [c.records(&name("notes")), c.records(&name("diary"))];
+        let results = [c.heads(&name("notes")), c.heads(&name("diary"))];
         let corrupt = results
             .iter()
             .filter(|r| matches!(r, Err(CollectionError::Store(StoreError::Corrupt { .. }))))
@@ -1475,15 +1727,15 @@ mod tests {
             .insert(&entries[1].0, entries[0].1.clone())
             .unwrap();
         let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
-        assert!(c.records(&name("notes")).is_err());
-        assert!(c.records(&name("diary")).is_err());
+        assert!(c.heads(&name("notes")).is_err());
+        assert!(c.heads(&name("diary")).is_err());
 
         // Truncation too.
         docs.raw()
             .insert(&entries[0].0, &entries[0].1[..10])
             .unwrap();
         let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
-        let err = [c.records(&name("notes")), c.records(&name("diary"))]
+        let err = [c.heads(&name("notes")), c.heads(&name("diary"))]
             .into_iter()
             .filter_map(Result::err)
             .map(|e| e.to_string())

@@ -19,6 +19,7 @@ pub mod dashboard;
 pub mod dav;
 pub mod devices;
 pub mod home;
+pub mod index;
 pub mod keys;
 pub mod lan;
 pub mod mesh;

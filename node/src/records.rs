@@ -128,7 +128,16 @@ pub fn records_touched_by(
     // and every change expanded together would hold all of its operations in memory.
     for change in changes {
         let change = change.decode();
-        for op in change.operations.iter().filter(|op| keep(op)) {
+        for (index, op) in change.operations.iter().enumerate() {
+            // An object made in these changes is placed from the op that made it:
+            // asking the document where an object lives costs a scan of it.
+            let made = matches!(op.action, automerge::legacy::OpType::Make(_)).then(|| {
+                automerge::legacy::OpId::new(change.start_op.get() + index as u64, &change.actor_id)
+                    .to_string()
+            });
+            if made.is_none() && !keep(op) {
+                continue;
+            }
             let id = match (&op.obj, &op.key) {
                 (ObjectId::Root, Key::Map(key)) => key.to_string(),
                 (ObjectId::Root, Key::Seq(_)) => return None,
@@ -148,7 +157,10 @@ pub fn records_touched_by(
                     }
                 }
             };
-            if seen.insert(id.clone()) {
+            if let Some(made) = made {
+                placed.insert(made, id.clone());
+            }
+            if keep(op) && seen.insert(id.clone()) {
                 ids.push(id);
             }
         }

@@ -729,6 +729,30 @@ impl SealedTree {
         Ok(())
     }
 
+    /// Applies `batch` here and `other_batch` on `other`, atomically: after a crash,
+    /// both or neither (one sled transaction across the two trees).
+    pub fn apply_with(
+        &self,
+        batch: SealedBatch,
+        other: &SealedTree,
+        other_batch: SealedBatch,
+    ) -> Result<(), StoreError> {
+        use sled::Transactional;
+        self.writable()?;
+        (&self.tree, &other.tree)
+            .transaction(|(here, there)| {
+                here.apply_batch(&batch.batch)?;
+                there.apply_batch(&other_batch.batch)?;
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Storage(e) => StoreError::from(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    StoreError::Storage("a transaction was aborted".into())
+                }
+            })
+    }
+
     /// Entries whose key starts with `prefix`, in key order, each opened.
     pub fn scan_prefix(
         &self,
@@ -750,6 +774,40 @@ impl SealedTree {
             .scan_prefix(prefix)
             .keys()
             .map(|k| k.map(|k| k.to_vec()).map_err(StoreError::from))
+    }
+
+    /// Entries whose key lies in `range`, in key order, each opened.
+    pub fn range<R: std::ops::RangeBounds<Vec<u8>>>(
+        &self,
+        range: R,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Zeroizing<Vec<u8>>), StoreError>> + '_ {
+        self.tree.range(range).map(move |entry| {
+            let (key, sealed) = entry?;
+            let value = self.open(&key, &sealed)?;
+            Ok((key.to_vec(), value))
+        })
+    }
+
+    /// Up to `limit` keys in `range`, in order, without opening any value.
+    pub fn keys_in<R: std::ops::RangeBounds<Vec<u8>>>(
+        &self,
+        range: R,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.tree
+            .range(range)
+            .keys()
+            .take(limit)
+            .map(|k| k.map(|k| k.to_vec()).map_err(StoreError::from))
+            .collect()
+    }
+
+    /// The greatest key starting with `prefix`, without opening any value.
+    pub fn last_key_with_prefix(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.tree.scan_prefix(prefix).keys().next_back() {
+            Some(key) => Ok(Some(key?.to_vec())),
+            None => Ok(None),
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -422,7 +422,7 @@ impl Door {
         Ok(view)
     }
 
-    /// `GET /v1/view/{c}?limit=N&after=ID`: a page of the view, in id order: the first
+    /// `GET /v1/view/{c}?limit=N&after=ID`: a page of the view, in the record index's order: the first
     /// `limit` matching records after `after`. Returns the page and, when it is full,
     /// the id the next page starts after. Audited as a read of the page's records.
     pub async fn read_page(

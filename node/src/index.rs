@@ -1,0 +1,382 @@
+//! The record index: every record of every collection as it reads now, sealed one by
+//! one in tree `records`, so reads, pages and views cost what they return and never
+//! load (or wait for) a collection's Automerge document.
+//!
+//! Under a collection's 32-byte name key (the same as in tree `docs`):
+//! - `name_key || 0` holds the collection's **mark**: the generation (changes ever
+//!   persisted) and heads of the document the index was built from, and its record
+//!   count;
+//! - `name_key || 1 || id_key` holds record `id`: its id and the record as JSON
+//!   (without its `"id"`), as [`crate::records::read_record`] reads it. `id_key` is a
+//!   keyed hash of the collection's name and the id ([`Store::name_key`]), so no id
+//!   is readable on disk; records are therefore kept in the order of those hashes, a
+//!   fixed order that tells nothing about the ids (pages follow it; whole lists are
+//!   sorted by id).
+//!
+//! The index is derived data, written with the document's change (one transaction
+//! across the two trees) and under the collection's lock, by
+//! [`crate::collections::Collections`]. It is trusted only while
+//! its mark names the generation the document has on disk and the commit record
+//! accepts that generation and those heads; otherwise the collection is indexed again
+//! from its document (that is also how a vault made before the index is migrated:
+//! docs/FORMATS.md). A vault written by an older Hearth, a rebuild cut short, a
+//! damaged mark: each makes the mark disagree, never makes a stale index look
+//! current.
+
+use std::collections::HashSet;
+use std::ops::Bound;
+use std::sync::RwLock;
+
+use automerge::ChangeHash;
+use serde_json::{Map, Value as Json};
+
+use crate::commits::{Ledger, MarkCheck};
+use crate::store::{SealedBatch, SealedTree, Store, StoreError};
+
+const MARK: u8 = 0;
+const RECORD: u8 = 1;
+/// Index entries written per batch when a whole collection is indexed again.
+const REBUILD_BATCH: usize = 4096;
+/// Keys read ahead at a time when going through a collection's records.
+const CHUNK: usize = 256;
+
+/// A record as the index holds it: its id and fields.
+pub type Entry = (String, Map<String, Json>);
+
+/// What an index was built from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mark {
+    /// The document's generation (its changes ever persisted).
+    pub generation: u64,
+    pub count: u64,
+    pub heads: Vec<ChangeHash>,
+}
+
+impl Mark {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + 32 * self.heads.len());
+        out.extend_from_slice(&self.generation.to_be_bytes());
+        out.extend_from_slice(&self.count.to_be_bytes());
+        for head in &self.heads {
+            out.extend_from_slice(&head.0);
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < 16 || !(bytes.len() - 16).is_multiple_of(32) {
+            return None;
+        }
+        let generation = u64::from_be_bytes(bytes[..8].try_into().ok()?);
+        let count = u64::from_be_bytes(bytes[8..16].try_into().ok()?);
+        let heads = bytes[16..]
+            .chunks_exact(32)
+            .map(|h| ChangeHash(h.try_into().expect("chunks of 32 bytes")))
+            .collect();
+        Some(Self {
+            generation,
+            count,
+            heads,
+        })
+    }
+}
+
+pub struct RecordIndex {
+    tree: SealedTree,
+    store: std::sync::Arc<Store>,
+    /// Collections (by name key) whose index was found current since this store was
+    /// opened: read without looking at the mark again. Only the collection's writer,
+    /// under its lock, removes one (when its change reached the document but not the
+    /// index).
+    current: RwLock<HashSet<[u8; 32]>>,
+}
+
+impl RecordIndex {
+    pub fn open(store: std::sync::Arc<Store>) -> Result<Self, StoreError> {
+        Ok(Self {
+            tree: store.tree("records")?,
+            store,
+            current: RwLock::new(HashSet::new()),
+        })
+    }
+
+    /// The mark of a collection's index; an empty mark (generation 0) if it has none.
+    pub fn mark(&self, collection: &[u8; 32]) -> Result<Mark, StoreError> {
+        match self.tree.get(&mark_key(collection))? {
+            None => Ok(Mark::default()),
+            Some(bytes) => Mark::decode(&bytes)
+                .ok_or_else(|| StoreError::Malformed("a record index mark is malformed".into())),
+        }
+    }
+
+    /// Whether the index of a collection is known current (no disk access).
+    pub fn is_current(&self, collection: &[u8; 32]) -> bool {
+        self.current
+            .read()
+            .expect("index lock is never poisoned")
+            .contains(collection)
+    }
+
+    /// Finds the index current without the document: its mark names the generation on
+    /// disk (`on_disk`, read under the same lock as [`RecordIndex::forget`] takes, so
+    /// a writer's failure cannot be missed) and the commit record accepts the mark.
+    pub fn check(
+        &self,
+        collection: &[u8; 32],
+        ledger: &Ledger,
+        on_disk: impl FnOnce() -> Result<u64, StoreError>,
+    ) -> Result<bool, StoreError> {
+        let mut current = self.current.write().expect("index lock is never poisoned");
+        if current.contains(collection) {
+            return Ok(true);
+        }
+        let mark = self.mark(collection)?;
+        if mark.generation != on_disk()?
+            || ledger.check(collection, mark.generation, &mark.heads) != MarkCheck::Ok
+        {
+            return Ok(false);
+        }
+        current.insert(*collection);
+        Ok(true)
+    }
+
+    /// Notes that the index is current (the caller holds the collection's lock and
+    /// has just checked it against the document).
+    pub fn set_current(&self, collection: &[u8; 32]) {
+        self.current
+            .write()
+            .expect("index lock is never poisoned")
+            .insert(*collection);
+    }
+
+    /// Notes that the index may be behind the document.
+    pub fn forget(&self, collection: &[u8; 32]) {
+        self.current
+            .write()
+            .expect("index lock is never poisoned")
+            .remove(collection);
+    }
+
+    /// Record `id` as indexed.
+    pub fn get(
+        &self,
+        collection: &[u8; 32],
+        name: &str,
+        id: &str,
+    ) -> Result<Option<Map<String, Json>>, StoreError> {
+        match self.tree.get(&self.record_key(collection, name, id))? {
+            None => Ok(None),
+            Some(bytes) => {
+                let (found, record) = decode_entry(&bytes)?;
+                // Sealed with its key, so only a hash collision could make this differ.
+                if found != id {
+                    return Err(StoreError::Malformed(
+                        "a record index entry holds another record".into(),
+                    ));
+                }
+                Ok(Some(record))
+            }
+        }
+    }
+
+    /// Where record `id` of collection `name` (whose name key is `collection`) is.
+    fn record_key(&self, collection: &[u8; 32], name: &str, id: &str) -> Vec<u8> {
+        let mut key = Vec::with_capacity(65);
+        key.extend_from_slice(collection);
+        key.push(RECORD);
+        key.extend_from_slice(&self.store.name_key("record", &format!("{name}/{id}")));
+        key
+    }
+
+    /// The records after id `after` (from the first without it), in the index's order, up to
+    /// the last record there is now. Keys are read ahead in chunks, then each value:
+    /// records written meanwhile may or may not be seen, but a writer cannot keep a
+    /// reader going for long (a chunk of keys costs far less to read than to write).
+    pub fn after<'a>(
+        &'a self,
+        collection: &[u8; 32],
+        name: &str,
+        after: Option<&str>,
+    ) -> Result<impl Iterator<Item = Result<Entry, StoreError>> + 'a, StoreError> {
+        let mut prefix = collection.to_vec();
+        prefix.push(RECORD);
+        let last = self.tree.last_key_with_prefix(&prefix)?;
+        let mut from = match after {
+            Some(id) => Bound::Excluded(self.record_key(collection, name, id)),
+            None => Bound::Included(prefix),
+        };
+        let mut chunk: std::collections::VecDeque<Vec<u8>> = std::collections::VecDeque::new();
+        Ok(std::iter::from_fn(move || {
+            loop {
+                if let Some(key) = chunk.pop_front() {
+                    match self.tree.get(&key) {
+                        Ok(Some(bytes)) => return Some(decode_entry(&bytes)),
+                        // Removed since its key was read.
+                        Ok(None) => continue,
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+                let last = last.as_ref()?;
+                let beyond = match &from {
+                    Bound::Included(k) => k > last,
+                    Bound::Excluded(k) => k >= last,
+                    Bound::Unbounded => false,
+                };
+                if beyond {
+                    return None;
+                }
+                let keys = self
+                    .tree
+                    .keys_in((from.clone(), Bound::Included(last.clone())), CHUNK);
+                match keys {
+                    Ok(keys) if keys.is_empty() => return None,
+                    Ok(keys) => {
+                        from = Bound::Excluded(keys.last().expect("not empty").clone());
+                        chunk.extend(keys);
+                    }
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+        }))
+    }
+
+    /// The tree, to apply a batch of [`RecordIndex::update`] together with the
+    /// document's change ([`SealedTree::apply_with`]).
+    pub fn tree(&self) -> &SealedTree {
+        &self.tree
+    }
+
+    /// Adds to `batch` the records a change touched, each as it reads now (`None`:
+    /// removed), and the new mark. `mark.count` is the count before the change; it is
+    /// set to the count after.
+    pub fn update<'a>(
+        &self,
+        batch: &mut SealedBatch,
+        collection: &[u8; 32],
+        name: &str,
+        mut mark: Mark,
+        touched: impl IntoIterator<Item = (&'a str, Option<Map<String, Json>>)>,
+    ) -> Result<Mark, StoreError> {
+        let mut seen = HashSet::new();
+        for (id, record) in touched {
+            if !seen.insert(id) {
+                continue;
+            }
+            let key = self.record_key(collection, name, id);
+            let existed = self.tree.contains_key(&key)?;
+            match record {
+                Some(record) => {
+                    self.tree
+                        .batch_insert(batch, &key, &encode_entry(id, &record));
+                    mark.count += u64::from(!existed);
+                }
+                None if existed => {
+                    self.tree.batch_remove(batch, &key);
+                    mark.count -= 1;
+                }
+                None => {}
+            }
+        }
+        self.tree
+            .batch_insert(batch, &mark_key(collection), &mark.encode());
+        Ok(mark)
+    }
+
+    /// Indexes a whole collection again from `records` (every record of its document),
+    /// replacing what was there, all but the mark: the old mark goes first, and the
+    /// caller adds the new one ([`RecordIndex::set_mark`]) once the document it
+    /// describes is on disk, so an index half written is never trusted. Returns the
+    /// count.
+    pub fn rebuild(
+        &self,
+        collection: &[u8; 32],
+        name: &str,
+        records: impl IntoIterator<Item = Result<(String, Map<String, Json>), StoreError>>,
+    ) -> Result<u64, StoreError> {
+        self.forget(collection);
+        self.tree.remove(&mark_key(collection))?;
+        let mut batch = SealedBatch::default();
+        let mut pending = 0;
+        for key in self.tree.keys_with_prefix(collection) {
+            self.tree.batch_remove(&mut batch, &key?);
+            pending += 1;
+            if pending == REBUILD_BATCH {
+                self.tree.apply(std::mem::take(&mut batch))?;
+                pending = 0;
+            }
+        }
+        let mut count = 0;
+        for record in records {
+            let (id, record) = record?;
+            self.tree.batch_insert(
+                &mut batch,
+                &self.record_key(collection, name, &id),
+                &encode_entry(&id, &record),
+            );
+            count += 1;
+            pending += 1;
+            if pending == REBUILD_BATCH {
+                self.tree.apply(std::mem::take(&mut batch))?;
+                pending = 0;
+            }
+        }
+        self.tree.apply(batch)?;
+        tracing::debug!(records = count, "indexed a collection from its document");
+        Ok(count)
+    }
+
+    /// Adds a collection's mark to `batch`.
+    pub fn set_mark(&self, batch: &mut SealedBatch, collection: &[u8; 32], mark: &Mark) {
+        self.tree
+            .batch_insert(batch, &mark_key(collection), &mark.encode());
+    }
+}
+
+fn mark_key(collection: &[u8; 32]) -> Vec<u8> {
+    let mut key = collection.to_vec();
+    key.push(MARK);
+    key
+}
+
+/// An entry's value: u32be length of the id, the id, the record as JSON.
+fn encode_entry(id: &str, record: &Map<String, Json>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + id.len() + 64);
+    let len = u32::try_from(id.len()).expect("an Automerge map key is shorter than 4 GiB");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(id.as_bytes());
+    serde_json::to_writer(&mut out, record).expect("a JSON map always encodes");
+    out
+}
+
+fn decode_entry(bytes: &[u8]) -> Result<(String, Map<String, Json>), StoreError> {
+    let malformed = || StoreError::Malformed("a record index entry is malformed".into());
+    let len = bytes.get(..4).ok_or_else(malformed)?;
+    let len = u32::from_be_bytes(len.try_into().map_err(|_| malformed())?) as usize;
+    let id = bytes.get(4..4 + len).ok_or_else(malformed)?;
+    let id = String::from_utf8(id.to_vec()).map_err(|_| malformed())?;
+    Ok((id, decode_record(&bytes[4 + len..])?))
+}
+
+fn decode_record(bytes: &[u8]) -> Result<Map<String, Json>, StoreError> {
+    serde_json::from_slice(bytes).map_err(|_| {
+        StoreError::Malformed("a record in the record index is not a JSON object".into())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mark_reads_back_and_a_malformed_one_is_refused() {
+        let mark = Mark {
+            generation: 7,
+            count: 3,
+            heads: vec![ChangeHash([9; 32]), ChangeHash([4; 32])],
+        };
+        assert_eq!(Mark::decode(&mark.encode()), Some(mark.clone()));
+        let bytes = mark.encode();
+        assert_eq!(Mark::decode(&bytes[..bytes.len() - 1]), None);
+        assert_eq!(Mark::decode(&bytes[..15]), None);
+    }
+}
