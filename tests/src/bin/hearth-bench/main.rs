@@ -7,10 +7,11 @@
 //! Scenario names for `--only`: put, trace, view, sync (new device, one edit,
 //! revocation, blob sync), blobs (upload, A to B, against disk baselines), pim (import,
 //! CardDAV sync), cold, seal, process (real `hearth` processes at 1k/10k/100k records;
-//! `--scale` adds 1M).
+//! `--scale` adds 1M), life (a vault that is half mail, 100k records; `--scale`: 1M).
 
 mod blobs;
 mod cold;
+mod life;
 mod nodes;
 mod pim;
 mod process;
@@ -36,11 +37,11 @@ struct Args {
     #[arg(long)]
     json: bool,
     /// Only these scenarios (comma-separated): put, trace, view, sync, blobs, pim, cold,
-    /// seal, process.
+    /// seal, process, life.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Also run the process-level scenarios on a vault of 1,000,000 records (minutes;
-    /// not part of CI).
+    /// Also run the process-level scenarios on a vault of 1,000,000 records, and make
+    /// the life's vault 1,000,000 records (minutes; not part of CI).
     #[arg(long)]
     scale: bool,
     /// The process-level scenarios at these sizes only (records, comma-separated).
@@ -140,6 +141,11 @@ fn main() -> anyhow::Result<()> {
     }
     if wanted("process") {
         for r in runtime.block_on(process::scenarios(&opts))? {
+            show(r);
+        }
+    }
+    if wanted("life") {
+        for r in runtime.block_on(life::life_vault(&opts))? {
             show(r);
         }
     }
