@@ -992,7 +992,6 @@ impl Collections {
             count: 0,
             heads: c.doc.get_heads(),
         };
-        // The change and the index's update are one transaction.
         let mut index = SealedBatch::default();
         match (c.indexed.take(), touched) {
             (Some(count), Some(touched)) => {
@@ -1011,13 +1010,15 @@ impl Collections {
                 self.index.set_mark(&mut index, &c.key, &mark);
             }
         }
-        let mut change = SealedBatch::default();
-        self.docs.batch_insert(
-            &mut change,
-            &doc_key(&c.key, KIND_CHANGE, c.next_seq),
-            &bytes,
-        );
-        self.docs.apply_with(change, self.index.tree(), index)?;
+        // The index first, then the change. Failing between the two leaves an index
+        // ahead of its document: its mark then names a generation the disk does not
+        // have, so it is not trusted (the caller forgets it, and the next use indexes
+        // again). Readers may see the change in that moment, as they see any change
+        // before its commit. One sled transaction across both trees would close the
+        // moment, at half the write throughput (measured: docs/BENCHMARKS.md).
+        self.index.tree().apply(index)?;
+        self.docs
+            .insert(&doc_key(&c.key, KIND_CHANGE, c.next_seq), &bytes)?;
         c.next_seq = mark.generation;
         c.changes_since_snapshot += 1;
         c.change_bytes += bytes.len();

@@ -13,15 +13,14 @@
 //!   fixed order that tells nothing about the ids (pages follow it; whole lists are
 //!   sorted by id).
 //!
-//! The index is derived data, written with the document's change (one transaction
-//! across the two trees) and under the collection's lock, by
-//! [`crate::collections::Collections`]. It is trusted only while
+//! The index is derived data, written just before the document's change and under the
+//! collection's lock, by [`crate::collections::Collections`]. It is trusted only while
 //! its mark names the generation the document has on disk and the commit record
 //! accepts that generation and those heads; otherwise the collection is indexed again
 //! from its document (that is also how a vault made before the index is migrated:
-//! docs/FORMATS.md). A vault written by an older Hearth, a rebuild cut short, a
-//! damaged mark: each makes the mark disagree, never makes a stale index look
-//! current.
+//! docs/FORMATS.md). A change whose document write failed after its index write, a
+//! vault written by an older Hearth, a rebuild cut short, a damaged mark: each makes
+//! the mark disagree, never makes a stale index look current.
 
 use std::collections::HashSet;
 use std::ops::Bound;
@@ -240,8 +239,7 @@ impl RecordIndex {
         }))
     }
 
-    /// The tree, to apply a batch of [`RecordIndex::update`] together with the
-    /// document's change ([`SealedTree::apply_with`]).
+    /// The tree, to apply a batch of [`RecordIndex::update`].
     pub fn tree(&self) -> &SealedTree {
         &self.tree
     }

@@ -729,30 +729,6 @@ impl SealedTree {
         Ok(())
     }
 
-    /// Applies `batch` here and `other_batch` on `other`, atomically: after a crash,
-    /// both or neither (one sled transaction across the two trees).
-    pub fn apply_with(
-        &self,
-        batch: SealedBatch,
-        other: &SealedTree,
-        other_batch: SealedBatch,
-    ) -> Result<(), StoreError> {
-        use sled::Transactional;
-        self.writable()?;
-        (&self.tree, &other.tree)
-            .transaction(|(here, there)| {
-                here.apply_batch(&batch.batch)?;
-                there.apply_batch(&other_batch.batch)?;
-                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| match e {
-                sled::transaction::TransactionError::Storage(e) => StoreError::from(e),
-                sled::transaction::TransactionError::Abort(()) => {
-                    StoreError::Storage("a transaction was aborted".into())
-                }
-            })
-    }
-
     /// Entries whose key starts with `prefix`, in key order, each opened.
     pub fn scan_prefix(
         &self,
