@@ -752,18 +752,6 @@ impl SealedTree {
             .map(|k| k.map(|k| k.to_vec()).map_err(StoreError::from))
     }
 
-    /// Entries whose key lies in `range`, in key order, each opened.
-    pub fn range<R: std::ops::RangeBounds<Vec<u8>>>(
-        &self,
-        range: R,
-    ) -> impl Iterator<Item = Result<(Vec<u8>, Zeroizing<Vec<u8>>), StoreError>> + '_ {
-        self.tree.range(range).map(move |entry| {
-            let (key, sealed) = entry?;
-            let value = self.open(&key, &sealed)?;
-            Ok((key.to_vec(), value))
-        })
-    }
-
     /// Up to `limit` keys in `range`, in order, without opening any value.
     pub fn keys_in<R: std::ops::RangeBounds<Vec<u8>>>(
         &self,
