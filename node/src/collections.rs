@@ -578,7 +578,8 @@ impl Collections {
 
     /// The key of a collection whose record index is current: known so, found so
     /// from its mark without the document, or (a vault from before the index, a
-    /// crash between a change and its index) indexed again from the document.
+    /// document write that failed after its index write) indexed again from the
+    /// document.
     fn indexed(&self, name: &CollectionName) -> Result<[u8; 32], CollectionError> {
         let key = self.store.name_key(NAME_DOMAIN, name.as_str());
         if self.index.is_current(&key)
@@ -590,15 +591,11 @@ impl Collections {
         }
         self.with(name, |c| {
             if c.indexed.is_none() {
-                let mark = Mark {
-                    generation: c.next_seq,
-                    count: self.reindex(c)?,
-                    heads: c.persisted_heads.clone(),
-                };
                 let mut batch = SealedBatch::default();
-                self.index.set_mark(&mut batch, &c.key, &mark);
+                let heads = c.persisted_heads.clone();
+                let count = self.reindex(c, &mut batch, c.next_seq, heads)?;
                 self.index.tree().apply(batch)?;
-                c.indexed = Some(mark.count);
+                c.indexed = Some(count);
             }
             self.index.set_current(&c.key);
             Ok(())
@@ -621,9 +618,17 @@ impl Collections {
         }
     }
 
-    /// Indexes a collection again from its document (all but the mark, which the
-    /// caller writes: [`RecordIndex::rebuild`]); returns its record count.
-    fn reindex(&self, c: &Collection) -> Result<u64, CollectionError> {
+    /// Indexes a collection again from its document, all but the mark, which goes
+    /// into `batch` for the caller to apply once the document it describes (of
+    /// `generation` and `heads`) is on disk ([`RecordIndex::rebuild`]). Returns the
+    /// record count.
+    fn reindex(
+        &self,
+        c: &Collection,
+        batch: &mut SealedBatch,
+        generation: u64,
+        heads: Vec<ChangeHash>,
+    ) -> Result<u64, CollectionError> {
         let doc = &c.doc;
         let all = records::record_ids(doc)
             .into_iter()
@@ -635,7 +640,14 @@ impl Collections {
                     c.name
                 )))),
             });
-        Ok(self.index.rebuild(&c.key, c.name.as_str(), all)?)
+        let count = self.index.rebuild(&c.key, c.name.as_str(), all)?;
+        let mark = Mark {
+            generation,
+            count,
+            heads,
+        };
+        self.index.set_mark(batch, &c.key, &mark);
+        Ok(count)
     }
 
     /// Fields of a record in conflict after concurrent edits, with every competing
@@ -1006,16 +1018,15 @@ impl Collections {
                     .update(&mut index, &c.key, c.name.as_str(), mark, read)?;
             }
             _ => {
-                mark.count = self.reindex(c)?;
-                self.index.set_mark(&mut index, &c.key, &mark);
+                mark.count = self.reindex(c, &mut index, mark.generation, mark.heads.clone())?;
             }
         }
         // The index first, then the change. Failing between the two leaves an index
         // ahead of its document: its mark then names a generation the disk does not
         // have, so it is not trusted (the caller forgets it, and the next use indexes
         // again). Readers may see the change in that moment, as they see any change
-        // before its commit. One sled transaction across both trees would close the
-        // moment, at half the write throughput (measured: docs/BENCHMARKS.md).
+        // before its commit. (One sled transaction across both trees would close the
+        // moment; it measured no faster nor slower, and costs a global sled lock.)
         self.index.tree().apply(index)?;
         self.docs
             .insert(&doc_key(&c.key, KIND_CHANGE, c.next_seq), &bytes)?;
@@ -1574,7 +1585,7 @@ mod tests {
 
     /// Reads, pages and counts come from the record index: after a restart they load
     /// no document. An index missing (a vault from before it) or behind its document
-    /// (a crash between the two writes) is built again, and reads what the document
+    /// (an older Hearth wrote the change) is built again, and reads what the document
     /// holds.
     #[tokio::test]
     async fn reads_need_no_document_and_a_missing_or_stale_index_is_built_again() {

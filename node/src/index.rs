@@ -270,7 +270,8 @@ impl RecordIndex {
                 }
                 None if existed => {
                     self.tree.batch_remove(batch, &key);
-                    mark.count -= 1;
+                    // Saturating: a count is only bookkeeping, never worth a panic.
+                    mark.count = mark.count.saturating_sub(1);
                 }
                 None => {}
             }

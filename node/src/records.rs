@@ -404,10 +404,6 @@ pub fn remove_record(doc: &mut AutoCommit, id: &str) -> Result<bool, AutomergeEr
     Ok(true)
 }
 
-pub fn record_count(doc: &AutoCommit) -> usize {
-    doc.length(ROOT)
-}
-
 fn read_map(doc: &AutoCommit, obj: &ObjId) -> Result<Map<String, Json>, AutomergeError> {
     let mut out = Map::new();
     for key in doc.keys(obj) {
