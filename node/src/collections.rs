@@ -6,13 +6,15 @@
 //! neither the collection's name nor any record is visible. Tree `collections` maps
 //! `name_key` to the sealed name, to list collections. After [`COMPACT_AFTER`] changes,
 //! once they add up to half the last snapshot's size, the document is saved whole and
-//! the changes dropped, in one atomic batch — so saving a large document is paid for
-//! by as many bytes of changes, not every 256 small ones.
+//! the changes it covers dropped, in one atomic batch — so saving a large document is
+//! paid for by as many bytes of changes, not every 256 small ones. That save runs on a
+//! thread of its own, from a copy of the document ([`Compaction`]): the collection's
+//! writers and sync never wait for it.
 //!
 //! Calls here are synchronous and may take milliseconds on large collections; async
 //! callers run them on the blocking pool and then await [`Store::commit`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -33,6 +35,13 @@ use crate::store::{SealedBatch, SealedTree, Store, StoreError};
 pub const COMPACT_AFTER: u64 = 256;
 const KIND_SNAPSHOT: u8 = 0;
 const KIND_CHANGE: u8 = 1;
+/// The largest document value (a snapshot or a change) stored under one key; larger
+/// ones are cut into pieces of this size, each under its own key. sled keeps values
+/// inside its tree nodes and writes a node whole every few changes to it: one large
+/// value in the node that new changes are appended to made every few of them rewrite
+/// it (a 30 MiB value: two writes of ~100 ms in the next 16; in 64 KiB pieces: none
+/// over 1 ms — docs/BENCHMARKS.md).
+const DOC_PIECE: usize = 64 * 1024;
 const NAME_DOMAIN: &str = "collection";
 /// For [`Collections::try_mutate`]: the records touched are found from the change.
 const FROM_CHANGES: Option<&[&str]> = None;
@@ -88,6 +97,11 @@ pub struct Collections {
     /// [`Collections::set_cache_budget`]).
     budget: AtomicUsize,
     changes: broadcast::Sender<CollectionName>,
+    /// Collections (by name key) being compacted: one compaction at a time each.
+    compacting: Arc<Mutex<HashSet<[u8; 32]>>>,
+    /// Held while a collection's document keys are read whole (a load) and while a
+    /// compaction replaces some of them, so a load never sees half of that.
+    layout: Arc<Mutex<()>>,
 }
 
 /// A collection in memory, with what the cache needs to choose which to drop.
@@ -317,6 +331,8 @@ impl Collections {
             uses: AtomicU64::new(0),
             budget: AtomicUsize::new(DEFAULT_CACHE_BYTES),
             changes: broadcast::channel(CHANGE_CHANNEL).0,
+            compacting: Arc::default(),
+            layout: Arc::default(),
         })
     }
 
@@ -1028,8 +1044,21 @@ impl Collections {
         // before its commit. (One sled transaction across both trees would close the
         // moment; it measured no faster nor slower, and costs a global sled lock.)
         self.index.tree().apply(index)?;
-        self.docs
-            .insert(&doc_key(&c.key, KIND_CHANGE, c.next_seq), &bytes)?;
+        if bytes.len() <= DOC_PIECE {
+            self.docs
+                .insert(&doc_key(&c.key, KIND_CHANGE, c.next_seq), &bytes)?;
+        } else {
+            let mut batch = SealedBatch::default();
+            insert_doc_value(
+                &self.docs,
+                &mut batch,
+                &c.key,
+                KIND_CHANGE,
+                c.next_seq,
+                &bytes,
+            );
+            self.docs.apply(batch)?;
+        }
         c.next_seq = mark.generation;
         c.changes_since_snapshot += 1;
         c.change_bytes += bytes.len();
@@ -1039,34 +1068,45 @@ impl Collections {
             .ledger()
             .note(c.key, c.next_seq, &c.persisted_heads);
         if c.changes_since_snapshot >= COMPACT_AFTER && c.change_bytes >= c.snapshot_bytes / 2 {
-            // Failing to compact loses nothing: the changes stay; try again later.
-            if let Err(e) = self.compact(c) {
-                tracing::warn!(error = %e, "compaction failed; will retry");
-            }
+            self.compact(c);
         }
         Ok(true)
     }
 
-    /// Replaces snapshot and changes by one new snapshot, atomically. The snapshot is
-    /// keyed by the number of changes it covers, so the collection's generation (its
-    /// changes ever persisted) survives the compaction.
-    fn compact(&self, c: &mut Collection) -> Result<(), CollectionError> {
-        let snapshot = c.doc.save();
-        let mut batch = SealedBatch::default();
-        for key in self.docs.keys_with_prefix(&c.key) {
-            self.docs.batch_remove(&mut batch, &key?);
+    /// Starts compacting `c` as it is on disk now, on a thread of its own
+    /// ([`Compaction`]), unless a compaction of it is already running (the next change
+    /// tries again).
+    fn compact(&self, c: &mut Collection) {
+        if !self
+            .compacting
+            .lock()
+            .expect("compaction lock is never poisoned")
+            .insert(c.key)
+        {
+            return;
         }
-        self.docs.batch_insert(
-            &mut batch,
-            &doc_key(&c.key, KIND_SNAPSHOT, c.next_seq),
-            &snapshot,
-        );
-        self.docs.apply(batch)?;
+        let job = Compaction {
+            docs: self.docs.clone(),
+            key: c.key,
+            upto: c.next_seq,
+            // A copy costs a fraction of a save (ARCHITECTURE.md has the figures), and
+            // the save is what the collection no longer waits for.
+            doc: c.doc.clone(),
+            layout: self.layout.clone(),
+            compacting: self.compacting.clone(),
+        };
+        // Counted as done now, so the next changes do not start it again; if it fails,
+        // the changes stay on disk (the next load counts them) and nothing is lost.
+        c.snapshot_bytes += c.change_bytes;
         c.changes_since_snapshot = 0;
         c.change_bytes = 0;
-        c.snapshot_bytes = snapshot.len();
-        tracing::debug!(bytes = snapshot.len(), "compacted a collection");
-        Ok(())
+        if let Err(e) = self.store.spawn_background("compact", move || job.run()) {
+            tracing::warn!(error = %e, "cannot start a compaction; will retry");
+            self.compacting
+                .lock()
+                .expect("compaction lock is never poisoned")
+                .remove(&c.key);
+        }
     }
 
     fn load(&self, name: &CollectionName) -> Result<Arc<Mutex<Collection>>, CollectionError> {
@@ -1085,10 +1125,14 @@ impl Collections {
         let mut changes_since_snapshot = 0;
         let (mut change_bytes, mut snapshot_bytes) = (0, 0);
         let mut changes = Zeroizing::new(Vec::new());
-        for entry in self.docs.scan_prefix(&key) {
-            let (entry_key, bytes) = entry?;
-            let (kind, seq) = parse_doc_key(&key, &entry_key).ok_or_else(|| {
-                StoreError::Malformed(format!("a document key of collection {name} is malformed"))
+        // A compaction replacing keys meanwhile would show this scan half of it.
+        let layout = self.layout.lock().expect("layout lock is never poisoned");
+        for value in DocValues::new(&key, self.docs.scan_prefix(&key)) {
+            let (kind, seq, bytes) = value.map_err(|e| match e {
+                StoreError::Malformed(reason) => {
+                    StoreError::Malformed(format!("collection {name}: {reason}"))
+                }
+                e => e,
             })?;
             if kind == KIND_SNAPSHOT {
                 if snapshot_bytes > 0 {
@@ -1109,6 +1153,7 @@ impl Collections {
                 change_bytes += bytes.len();
             }
         }
+        drop(layout);
         if !changes.is_empty() {
             doc.load_incremental(&changes).map_err(corrupt)?;
         }
@@ -1159,6 +1204,65 @@ impl Collections {
     }
 }
 
+/// A compaction of one collection, off its lock: saves a copy of its document as it
+/// was after change `upto - 1`, then, in one atomic batch, writes that snapshot (keyed
+/// by `upto`, the number of changes it covers, so the collection's generation survives)
+/// and removes the snapshot and changes it replaces. Changes persisted meanwhile (keys
+/// `upto` and on) stay, and a load reads them after the new snapshot. Failing loses
+/// nothing: the old keys stay until the batch is applied.
+struct Compaction {
+    docs: SealedTree,
+    key: [u8; 32],
+    upto: u64,
+    doc: AutoCommit,
+    layout: Arc<Mutex<()>>,
+    compacting: Arc<Mutex<HashSet<[u8; 32]>>>,
+}
+
+impl Compaction {
+    fn run(mut self) {
+        match self.write() {
+            Ok(Some(bytes)) => tracing::debug!(bytes, "compacted a collection"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "compaction failed; will retry"),
+        }
+        self.compacting
+            .lock()
+            .expect("compaction lock is never poisoned")
+            .remove(&self.key);
+    }
+
+    /// The snapshot's size, or `None` if the disk was already compacted this far.
+    fn write(&mut self) -> Result<Option<usize>, StoreError> {
+        let snapshot = Zeroizing::new(self.doc.save());
+        let _layout = self.layout.lock().expect("layout lock is never poisoned");
+        let mut batch = SealedBatch::default();
+        for key in self.docs.keys_with_prefix(&self.key) {
+            let key = key?;
+            match parse_doc_key(&self.key, &key) {
+                Some((KIND_SNAPSHOT, seq)) if seq >= self.upto => return Ok(None),
+                Some((_, seq)) if seq < self.upto => self.docs.batch_remove(&mut batch, &key),
+                Some(_) => {}
+                None => {
+                    return Err(StoreError::Malformed(
+                        "a document key of a collection is malformed".into(),
+                    ));
+                }
+            }
+        }
+        insert_doc_value(
+            &self.docs,
+            &mut batch,
+            &self.key,
+            KIND_SNAPSHOT,
+            self.upto,
+            &snapshot,
+        );
+        self.docs.apply(batch)?;
+        Ok(Some(snapshot.len()))
+    }
+}
+
 impl Collection {
     fn automerge(&self, e: AutomergeError) -> CollectionError {
         CollectionError::Automerge {
@@ -1187,11 +1291,118 @@ fn doc_key(collection: &[u8; 32], kind: u8, seq: u64) -> Vec<u8> {
     key
 }
 
+/// Kind and sequence number of a document key, whole or a piece of a value.
 fn parse_doc_key(collection: &[u8; 32], key: &[u8]) -> Option<(u8, u64)> {
-    if key.len() != 41 || &key[..32] != collection || key[32] > KIND_CHANGE {
+    if !matches!(key.len(), 41 | 49) || &key[..32] != collection || key[32] > KIND_CHANGE {
         return None;
     }
     Some((key[32], u64::from_be_bytes(key[33..41].try_into().ok()?)))
+}
+
+/// A piece's key: the value's key, then the piece's index and the number of pieces
+/// (u32be each), so pieces sort in order and a missing last piece is noticed.
+fn piece_key(collection: &[u8; 32], kind: u8, seq: u64, index: u32, pieces: u32) -> Vec<u8> {
+    let mut key = doc_key(collection, kind, seq);
+    key.extend_from_slice(&index.to_be_bytes());
+    key.extend_from_slice(&pieces.to_be_bytes());
+    key
+}
+
+/// Adds a document value to `batch`: under its key if it is at most [`DOC_PIECE`]
+/// bytes, else in pieces of that size.
+fn insert_doc_value(
+    docs: &SealedTree,
+    batch: &mut SealedBatch,
+    collection: &[u8; 32],
+    kind: u8,
+    seq: u64,
+    bytes: &[u8],
+) {
+    if bytes.len() <= DOC_PIECE {
+        docs.batch_insert(batch, &doc_key(collection, kind, seq), bytes);
+        return;
+    }
+    let pieces = u32::try_from(bytes.len().div_ceil(DOC_PIECE))
+        .expect("a document value is far below 256 TiB");
+    for (index, piece) in (0..pieces).zip(bytes.chunks(DOC_PIECE)) {
+        docs.batch_insert(
+            batch,
+            &piece_key(collection, kind, seq, index, pieces),
+            piece,
+        );
+    }
+}
+
+/// A collection's document values in key order, each whole (its pieces joined).
+struct DocValues<'a, I> {
+    collection: &'a [u8; 32],
+    entries: I,
+}
+
+impl<'a, I> DocValues<'a, I>
+where
+    I: Iterator<Item = Result<(Vec<u8>, Zeroizing<Vec<u8>>), StoreError>>,
+{
+    fn new(collection: &'a [u8; 32], entries: I) -> Self {
+        Self {
+            collection,
+            entries,
+        }
+    }
+
+    fn malformed(what: &str) -> StoreError {
+        StoreError::Malformed(format!("a document {what}"))
+    }
+
+    fn next_value(&mut self) -> Option<Result<(u8, u64, Zeroizing<Vec<u8>>), StoreError>> {
+        let (key, bytes) = match self.entries.next()? {
+            Ok(entry) => entry,
+            Err(e) => return Some(Err(e)),
+        };
+        let Some((kind, seq)) = parse_doc_key(self.collection, &key) else {
+            return Some(Err(Self::malformed("key is malformed")));
+        };
+        if key.len() == 41 {
+            return Some(Ok((kind, seq, bytes)));
+        }
+        let piece = |key: &[u8]| {
+            let index = u32::from_be_bytes(key[41..45].try_into().expect("4 bytes"));
+            let pieces = u32::from_be_bytes(key[45..49].try_into().expect("4 bytes"));
+            (index, pieces)
+        };
+        let (first, pieces) = piece(&key);
+        if first != 0 || pieces < 2 {
+            return Some(Err(Self::malformed("value lacks its first piece")));
+        }
+        let mut value = Zeroizing::new(Vec::with_capacity(pieces as usize * DOC_PIECE));
+        value.extend_from_slice(&bytes);
+        for index in 1..pieces {
+            let (key, bytes) = match self.entries.next() {
+                Some(Ok(entry)) => entry,
+                Some(Err(e)) => return Some(Err(e)),
+                None => return Some(Err(Self::malformed("value lacks its last pieces"))),
+            };
+            if key.len() != 49
+                || key[..41] != doc_key(self.collection, kind, seq)[..]
+                || piece(&key) != (index, pieces)
+            {
+                return Some(Err(Self::malformed("value lacks a piece")));
+            }
+            value.extend_from_slice(&bytes);
+        }
+        Some(Ok((kind, seq, value)))
+    }
+}
+
+impl<I> Iterator for DocValues<'_, I>
+where
+    I: Iterator<Item = Result<(Vec<u8>, Zeroizing<Vec<u8>>), StoreError>>,
+{
+    type Item = Result<(u8, u64, Zeroizing<Vec<u8>>), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_value()
+    }
 }
 
 #[cfg(test)]
@@ -1421,6 +1632,7 @@ mod tests {
             .unwrap();
         assert!(c.remove(&contacts, &id("r1")).unwrap());
         vault.store.commit().await.unwrap();
+        vault.store.settle();
 
         // One snapshot and the changes made after it.
         let docs = vault.store.tree("docs").unwrap();
@@ -1461,6 +1673,190 @@ mod tests {
         let vault = vault.reopen().await;
         let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
         assert_eq!(c.records(&contacts).unwrap().len() as u64, total);
+    }
+
+    /// A compaction runs beside the collection's writers: they go on while it saves
+    /// and while it waits to replace the keys, and what they wrote meanwhile stays
+    /// after the new snapshot, through a restart.
+    #[tokio::test]
+    async fn a_compaction_never_holds_up_writers_and_loses_nothing_written_meanwhile() {
+        let vault = TestVault::new();
+        let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        let contacts = name("contacts");
+        let put = |c: &Collections, i: u64| {
+            c.put(&contacts, &id(&format!("r{i}")), &obj(json!({"n": i})))
+                .unwrap()
+        };
+        put(&c, 0);
+        // With the key layout held, a compaction can save but not replace keys.
+        let layout = c.layout.clone();
+        let held = layout.lock().unwrap();
+        let total = COMPACT_AFTER + 50;
+        let (done, finished) = std::sync::mpsc::channel();
+        let writer = {
+            let (c, contacts) = (c.clone(), contacts.clone());
+            std::thread::spawn(move || {
+                for i in 1..total {
+                    c.put(&contacts, &id(&format!("r{i}")), &obj(json!({"n": i})))
+                        .unwrap();
+                }
+                done.send(()).unwrap();
+            })
+        };
+        finished
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("writes went on while a compaction was waiting");
+        writer.join().unwrap();
+        let key = vault.store.name_key(NAME_DOMAIN, "contacts");
+        assert!(c.compacting.lock().unwrap().contains(&key));
+        drop(held);
+        vault.store.settle();
+        assert!(c.compacting.lock().unwrap().is_empty());
+
+        let docs = vault.store.tree("docs").unwrap();
+        let kinds: Vec<(u8, u64)> = docs
+            .keys_with_prefix(&key)
+            .map(|k| parse_doc_key(&key, &k.unwrap()).unwrap())
+            .collect();
+        assert_eq!(kinds[0], (KIND_SNAPSHOT, COMPACT_AFTER));
+        assert_eq!(kinds.len() as u64, 1 + total - COMPACT_AFTER);
+        assert!(
+            kinds[1..]
+                .iter()
+                .zip(COMPACT_AFTER..)
+                .all(|(&(kind, seq), want)| kind == KIND_CHANGE && seq == want)
+        );
+        vault.store.commit().await.unwrap();
+        drop((c, docs));
+
+        let vault = vault.reopen().await;
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        assert_eq!(c.heads(&contacts).unwrap().len(), 1, "the document loads");
+        assert_eq!(c.records(&contacts).unwrap().len() as u64, total);
+        put(&c, total);
+        assert_eq!(c.count(&contacts).unwrap() as u64, total + 1);
+    }
+
+    /// A document value larger than [`DOC_PIECE`] (a change bringing a large record, a
+    /// snapshot) is stored in pieces and reads back whole; a piece missing or moved
+    /// makes the collection refuse to load, never load something else.
+    #[tokio::test]
+    async fn a_large_document_value_is_stored_in_pieces_and_a_missing_piece_is_refused() {
+        use rand::RngCore;
+        let vault = TestVault::new();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let notes = name("notes");
+        let mut noise = vec![0u8; 3 * DOC_PIECE];
+        rand::thread_rng().fill_bytes(&mut noise);
+        let text: String = noise.iter().map(|b| format!("{b:02x}")).collect();
+        c.put(&notes, &id("big"), &obj(json!({"text": text})))
+            .unwrap();
+        c.put(&notes, &id("small"), &obj(json!({"n": 1}))).unwrap();
+        vault.store.commit().await.unwrap();
+        let key = vault.store.name_key(NAME_DOMAIN, "notes");
+        let docs = vault.store.tree("docs").unwrap();
+        let keys: Vec<Vec<u8>> = docs.keys_with_prefix(&key).map(|k| k.unwrap()).collect();
+        let pieces: Vec<&Vec<u8>> = keys.iter().filter(|k| k.len() == 49).collect();
+        assert!(pieces.len() >= 3, "the large change is in pieces");
+        assert_eq!(keys.len(), pieces.len() + 1, "the small change is whole");
+        let expected = json!({"id": "big", "text": text});
+        let pieces: Vec<Vec<u8>> = pieces.into_iter().cloned().collect();
+        drop((c, docs));
+
+        // Read back from the document itself: the index is built again from it.
+        let reindexed = |store: &Arc<Store>| {
+            store.tree("records").unwrap().raw().clear().unwrap();
+            let c = Collections::open(store.clone(), [1; 16]).unwrap();
+            let read = c.get(&notes, &id("big"));
+            (c, read)
+        };
+        let vault = vault.reopen().await;
+        let (c, read) = reindexed(&vault.store);
+        assert_eq!(read.unwrap().unwrap(), expected);
+        drop(c);
+
+        // A piece removed, or put in another's place: refused, with the reason.
+        let docs = vault.store.tree("docs").unwrap();
+        let (first, second) = (pieces[0].clone(), pieces[1].clone());
+        let second_value = docs.raw().get(&second).unwrap().unwrap();
+        docs.raw().remove(&second).unwrap();
+        let (c, read) = reindexed(&vault.store);
+        let err = read.unwrap_err().to_string();
+        assert!(err.contains("lacks a piece"), "{err}");
+        drop(c);
+        let first_value = docs.raw().get(&first).unwrap().unwrap();
+        docs.raw().insert(&second, first_value).unwrap();
+        let (c, read) = reindexed(&vault.store);
+        assert!(
+            read.is_err(),
+            "a piece sealed for another key does not open"
+        );
+        drop(c);
+        docs.raw().insert(&second, second_value).unwrap();
+        let (c, read) = reindexed(&vault.store);
+        assert_eq!(read.unwrap().unwrap(), expected);
+
+        // Compacted, the snapshot is in pieces too, and loads.
+        for i in 0..COMPACT_AFTER {
+            c.put(&notes, &id(&format!("n{i}")), &obj(json!({"n": i})))
+                .unwrap();
+        }
+        vault.store.settle();
+        let snapshot_pieces = docs
+            .keys_with_prefix(&key)
+            .map(|k| k.unwrap())
+            .filter(|k| k.len() == 49 && k[32] == KIND_SNAPSHOT)
+            .count();
+        assert!(snapshot_pieces >= 3, "{snapshot_pieces} snapshot pieces");
+        vault.store.commit().await.unwrap();
+        drop((c, docs));
+        let vault = vault.reopen().await;
+        let (c, read) = reindexed(&vault.store);
+        assert_eq!(read.unwrap().unwrap(), expected);
+        assert_eq!(c.count(&notes).unwrap() as u64, COMPACT_AFTER + 2);
+    }
+
+    /// A read is answered from the record index while the collection's lock is held
+    /// (by a writer, a sync, a load): it never waits for the document.
+    #[tokio::test]
+    async fn a_read_never_waits_for_the_collections_lock() {
+        let vault = TestVault::new();
+        let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        let contacts = name("contacts");
+        c.put(&contacts, &id("a"), &obj(json!({"n": 1}))).unwrap();
+        let (locked, is_locked) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let (c, contacts) = (c.clone(), contacts.clone());
+            std::thread::spawn(move || {
+                c.with(&contacts, |_| {
+                    locked.send(()).unwrap();
+                    released.recv().unwrap();
+                    Ok(())
+                })
+                .unwrap();
+            })
+        };
+        is_locked.recv().unwrap();
+        let (answer, answered) = std::sync::mpsc::channel();
+        let reader = {
+            let (c, contacts) = (c.clone(), contacts.clone());
+            std::thread::spawn(move || {
+                let read = (
+                    c.get(&contacts, &id("a")).unwrap(),
+                    c.page(&contacts, None, 10, Some).unwrap().0.len(),
+                    c.count(&contacts).unwrap(),
+                );
+                answer.send(read).unwrap();
+            })
+        };
+        let read = answered
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("a read waited for the collection's lock");
+        assert_eq!(read, (Some(json!({"id": "a", "n": 1})), 1, 1));
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        reader.join().unwrap();
     }
 
     /// A store whose counter is intact but one collection lost its last committed

@@ -206,6 +206,10 @@ pub struct Store {
     keys: Arc<VaultKeys>,
     commit_tx: mpsc::Sender<FlusherMessage>,
     flusher: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Work on the store's own threads ([`Store::spawn_background`]), joined before the
+    /// store shuts down so nothing writes after the last flush or holds sled open.
+    /// `None` once shutting down: no more is started.
+    background: std::sync::Mutex<Option<Vec<std::thread::JoinHandle<()>>>>,
     stats: Arc<CommitStats>,
     faults: Arc<Faults>,
     poisoned: Arc<Poisoned>,
@@ -291,6 +295,7 @@ impl Store {
             keys,
             commit_tx,
             flusher: std::sync::Mutex::new(Some(flusher)),
+            background: std::sync::Mutex::new(Some(Vec::new())),
             stats,
             faults,
             poisoned,
@@ -404,8 +409,58 @@ impl Store {
         &self.stats
     }
 
+    /// Runs `work` on a thread of its own, off every caller's path (a compaction, say).
+    /// [`Store::shutdown`] waits for it; so does [`Store::settle`].
+    pub fn spawn_background(
+        &self,
+        name: &str,
+        work: impl FnOnce() + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let mut background = self
+            .background
+            .lock()
+            .expect("background lock is never poisoned");
+        let Some(background) = background.as_mut() else {
+            return Err(StoreError::Closed);
+        };
+        background.retain(|handle| !handle.is_finished());
+        let handle = std::thread::Builder::new()
+            .name(format!("hearth-{name}"))
+            .spawn(work)
+            .map_err(|e| StoreError::Storage(format!("cannot start a {name} thread: {e}")))?;
+        background.push(handle);
+        Ok(())
+    }
+
+    /// Waits until the background work started so far has ended.
+    pub fn settle(&self) {
+        let handles = self
+            .background
+            .lock()
+            .expect("background lock is never poisoned")
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        for handle in handles {
+            // A panic there is its own thread's; it already logged, nothing to undo.
+            let _ = handle.join();
+        }
+    }
+
     /// Flushes everything and stops the flusher. Commits after this fail with `Closed`.
     pub async fn shutdown(&self) -> Result<(), StoreError> {
+        // Background work ends first: what it wrote is flushed below with the rest.
+        let background = self
+            .background
+            .lock()
+            .expect("background lock is never poisoned")
+            .take();
+        let _ = tokio::task::spawn_blocking(move || {
+            for handle in background.into_iter().flatten() {
+                let _ = handle.join();
+            }
+        })
+        .await;
         let flusher = self
             .flusher
             .lock()

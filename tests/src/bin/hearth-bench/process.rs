@@ -300,6 +300,7 @@ async fn one_edit(a: &NodeProcess, dir: &Path, n: usize) -> anyhow::Result<Repor
         })
     };
     let mut visible = Vec::new();
+    let mut answered = Vec::new();
     for i in 0..200usize {
         let id = format!("r{}", (i * 31) % n);
         let mark = format!("\"edit {i}\"");
@@ -310,6 +311,7 @@ async fn one_edit(a: &NodeProcess, dir: &Path, n: usize) -> anyhow::Result<Repor
             .send()
             .await?
             .error_for_status()?;
+        answered.push(t.elapsed());
         loop {
             let body = get(id.clone()).send().await?.bytes().await?;
             if String::from_utf8_lossy(&body).contains(&mark) {
@@ -325,6 +327,7 @@ async fn one_edit(a: &NodeProcess, dir: &Path, n: usize) -> anyhow::Result<Repor
     stop.store(true, Ordering::Relaxed);
     let mut waits = reader.await??;
     visible.sort();
+    answered.sort();
     waits.sort();
     let (p50, p99) = (percentile_ms(&visible, 50), percentile_ms(&visible, 99));
     let get99 = percentile_ms(&waits, 99);
@@ -336,6 +339,16 @@ async fn one_edit(a: &NodeProcess, dir: &Path, n: usize) -> anyhow::Result<Repor
         fig("edit visible on B p50", p50, "ms"),
         fig("edit visible on B p99", p99, "ms"),
         fig("edit visible on B max", percentile_ms(&visible, 100), "ms"),
+        fig(
+            "of which A's answer p50",
+            percentile_ms(&answered, 50),
+            "ms",
+        ),
+        fig(
+            "of which A's answer p99",
+            percentile_ms(&answered, 99),
+            "ms",
+        ),
         fig(
             "GET on B while it receives p50",
             percentile_ms(&waits, 50),
