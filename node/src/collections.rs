@@ -1089,8 +1089,8 @@ impl Collections {
             docs: self.docs.clone(),
             key: c.key,
             upto: c.next_seq,
-            // A copy costs a fraction of a save (ARCHITECTURE.md has the figures), and
-            // the save is what the collection no longer waits for.
+            // A copy costs about an eighth of a save (ARCHITECTURE.md has the
+            // figures), and the save is what the collection no longer waits for.
             doc: c.doc.clone(),
             layout: self.layout.clone(),
             compacting: self.compacting.clone(),
