@@ -1333,6 +1333,9 @@ fn insert_doc_value(
     }
 }
 
+/// A document value read back whole: its kind, sequence number and bytes.
+type DocValue = (u8, u64, Zeroizing<Vec<u8>>);
+
 /// A collection's document values in key order, each whole (its pieces joined).
 struct DocValues<'a, I> {
     collection: &'a [u8; 32],
@@ -1354,7 +1357,7 @@ where
         StoreError::Malformed(format!("a document {what}"))
     }
 
-    fn next_value(&mut self) -> Option<Result<(u8, u64, Zeroizing<Vec<u8>>), StoreError>> {
+    fn next_value(&mut self) -> Option<Result<DocValue, StoreError>> {
         let (key, bytes) = match self.entries.next()? {
             Ok(entry) => entry,
             Err(e) => return Some(Err(e)),
@@ -1398,7 +1401,7 @@ impl<I> Iterator for DocValues<'_, I>
 where
     I: Iterator<Item = Result<(Vec<u8>, Zeroizing<Vec<u8>>), StoreError>>,
 {
-    type Item = Result<(u8, u64, Zeroizing<Vec<u8>>), StoreError>;
+    type Item = Result<DocValue, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         self.next_value()
