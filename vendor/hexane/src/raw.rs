@@ -28,6 +28,14 @@ use std::ops::Range;
 /// [`RawColumn::with_max_segments`].
 const DEFAULT_MAX_SEGMENTS: usize = 4_096;
 
+/// Hearth patch: the number of slabs a column aims to stay under. Past
+/// `TARGET_SLABS * max_segments` bytes (32 MiB by default) the per-slab budget grows
+/// with the column (`len / TARGET_SLABS`). Every splice rebuilds the slab index and
+/// filters the slab vector, both linear in the number of slabs, so with a fixed 4 KiB
+/// budget a column of hundreds of MB (a mailbox of 500,000 messages) made each insert
+/// cost in proportion to the column and building one quadratic.
+const TARGET_SLABS: usize = 8_192;
+
 #[derive(Debug, Clone)]
 struct RawSlab {
     data: Vec<u8>,
@@ -47,6 +55,8 @@ pub struct RawColumn {
     /// Target per-slab byte budget (not a hard cap — single blobs larger
     /// than this live in their own oversize slab).
     max_segments: usize,
+    /// Hearth patch: see [`TARGET_SLABS`].
+    target_slabs: usize,
 }
 
 impl Default for RawColumn {
@@ -67,7 +77,21 @@ impl RawColumn {
             bit: vec![0],
             total_len: 0,
             max_segments,
+            target_slabs: TARGET_SLABS,
         }
+    }
+
+    /// Hearth patch: the per-slab budget now, growing with the column past
+    /// [`TARGET_SLABS`] slabs' worth of bytes.
+    #[inline]
+    fn budget(&self) -> usize {
+        self.max_segments.max(self.total_len / self.target_slabs)
+    }
+
+    #[cfg(test)]
+    fn with_target_slabs(mut self, target_slabs: usize) -> Self {
+        self.target_slabs = target_slabs;
+        self
     }
 
     #[inline]
@@ -169,6 +193,7 @@ impl RawColumn {
         }
 
         let (si, offset) = self.find_slab(index);
+        let budget = self.budget();
 
         let mut range = si..(si + 1);
         let mut old_slab_len = self.slabs[si].data.len();
@@ -176,7 +201,7 @@ impl RawColumn {
         let old_slab_count = self.slabs.len();
 
         let (overflow, overflow_del) =
-            splice_slab(&mut self.slabs[si], offset, del, bytes, self.max_segments);
+            splice_slab(&mut self.slabs[si], offset, del, bytes, budget);
 
         // Insert overflow slabs.
         if !overflow.is_empty() {
@@ -201,7 +226,7 @@ impl RawColumn {
                     0,
                     remaining,
                     &[],
-                    self.max_segments,
+                    budget,
                 );
                 range.end += 1; // include the partially deleted slab
                 if !partial_overflow.is_empty() {
@@ -273,8 +298,8 @@ impl RawColumn {
     /// Merge two adjacent undersized slabs.  Returns true if slab `b` was
     /// merged into slab `a` (and removed from the vec).
     fn try_merge_pair(&mut self, a: usize, b: usize) -> bool {
-        let max = self.max_segments;
-        let min = self.max_segments / 4;
+        let max = self.budget();
+        let min = max / 4;
         let Some(a_len) = self.slabs.get(a).map(|s| s.data.len()) else {
             return false;
         };
@@ -477,13 +502,14 @@ impl RawColumn {
         if data.is_empty() {
             return Ok(Self::with_max_segments(max_segments));
         }
+        let budget = max_segments.max(data.len() / TARGET_SLABS);
         let mut slabs = Vec::new();
         let mut start = 0;
         for end in boundaries {
             if end > data.len() {
                 break;
             }
-            if end > start && end - start >= max_segments {
+            if end > start && end - start >= budget {
                 slabs.push(RawSlab {
                     data: data[start..end].to_vec(),
                 });
@@ -501,6 +527,7 @@ impl RawColumn {
             bit,
             total_len: data.len(),
             max_segments,
+            target_slabs: TARGET_SLABS,
         })
     }
 
@@ -520,6 +547,7 @@ impl RawColumn {
             bit,
             total_len: data.len(),
             max_segments,
+            target_slabs: TARGET_SLABS,
         })
     }
 }
@@ -755,6 +783,47 @@ mod tests {
         drive(&col, &expected);
         let empty = RawColumn::load_at_boundaries(&[], []).unwrap();
         assert_eq!(empty.len(), 0);
+    }
+
+    // Hearth patch: inserts at value boundaries all over a growing column keep the
+    // number of slabs near the target (the budget grows with the column), and every
+    // value stays whole and in place. A column loaded at boundaries is cut into as
+    // few slabs as well.
+    #[test]
+    fn a_growing_column_keeps_its_slab_count_bounded() {
+        const VALUE: usize = 16;
+        let target = 64;
+        let mut col = RawColumn::with_max_segments(64).with_target_slabs(target);
+        let mut expected: Vec<[u8; VALUE]> = Vec::new();
+        let mut most_slabs = 0;
+        for i in 0..20_000usize {
+            let value = [(i % 251) as u8; VALUE];
+            let at = (i * 7_919) % (expected.len() + 1);
+            col.splice(at * VALUE, 0, [&value[..]]);
+            expected.insert(at, value);
+            most_slabs = most_slabs.max(col.slabs.len());
+        }
+        assert!(
+            most_slabs <= 4 * target,
+            "{most_slabs} slabs for a target of {target}"
+        );
+        assert!(col.budget() > 64, "the budget grew with the column");
+        let flat: Vec<u8> = expected.concat();
+        drive(&col, &flat);
+        assert!(col.slabs.iter().all(|s| s.data.len() % VALUE == 0));
+
+        // 64 MB: past the 32 MiB where the default budget starts to grow.
+        let big: Vec<u8> = flat.repeat(210);
+        let loaded =
+            RawColumn::load_at_boundaries(&big, (1..=big.len() / VALUE).map(|n| n * VALUE))
+                .unwrap();
+        assert!(
+            loaded.slabs.len() <= TARGET_SLABS + 1,
+            "{} slabs",
+            loaded.slabs.len()
+        );
+        assert!(loaded.slabs.iter().all(|s| s.data.len() % VALUE == 0));
+        assert_eq!(loaded.save(), big);
     }
 
     // Hearth patch: splitting a loaded (single, oversize) slab gives back the
