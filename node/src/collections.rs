@@ -4,8 +4,8 @@
 //! On disk (tree `docs`), a collection is a snapshot plus the incremental changes made
 //! since, under keys `name_key || kind || seq` (kind 0 = snapshot, 1 = change), so
 //! neither the collection's name nor any record is visible. Tree `collections` maps
-//! `name_key` to the sealed name, to list collections. After [`COMPACT_AFTER`] changes,
-//! once they add up to half the last snapshot's size, the document is saved whole and
+//! `name_key` to the sealed name, to list collections. After [`COMPACT_AFTER`] changes
+//! (or [`COMPACT_BYTES`] of them), once they add up to half the last snapshot's size, the document is saved whole and
 //! the changes it covers dropped, in one atomic batch — so saving a large document is
 //! paid for by as many bytes of changes, not every 256 small ones. That save runs on a
 //! thread of its own, from a copy of the document ([`Compaction`]): the collection's
@@ -33,6 +33,11 @@ use crate::store::{SealedBatch, SealedTree, Store, StoreError};
 
 /// Changes kept beside a snapshot before the collection is compacted.
 pub const COMPACT_AFTER: u64 = 256;
+/// Or bytes of changes: a few large changes (imports, a device catching up) are
+/// compacted too, since loading a document from its snapshot is much faster than
+/// applying its changes one by one (a 500,000-message mailbox in 250 changes of
+/// 2,000 messages took 41 s to load).
+const COMPACT_BYTES: usize = 16 << 20;
 const KIND_SNAPSHOT: u8 = 0;
 const KIND_CHANGE: u8 = 1;
 /// The largest document value (a snapshot or a change) stored under one key; larger
@@ -1067,7 +1072,9 @@ impl Collections {
         self.store
             .ledger()
             .note(c.key, c.next_seq, &c.persisted_heads);
-        if c.changes_since_snapshot >= COMPACT_AFTER && c.change_bytes >= c.snapshot_bytes / 2 {
+        if (c.changes_since_snapshot >= COMPACT_AFTER || c.change_bytes >= COMPACT_BYTES)
+            && c.change_bytes >= c.snapshot_bytes / 2
+        {
             self.compact(c);
         }
         Ok(true)
