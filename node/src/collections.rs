@@ -5,11 +5,12 @@
 //! since, under keys `name_key || kind || seq` (kind 0 = snapshot, 1 = change), so
 //! neither the collection's name nor any record is visible. Tree `collections` maps
 //! `name_key` to the sealed name, to list collections. After [`COMPACT_AFTER`] changes
-//! (or [`COMPACT_BYTES`] of them), once they add up to half the last snapshot's size, the document is saved whole and
-//! the changes it covers dropped, in one atomic batch — so saving a large document is
-//! paid for by as many bytes of changes, not every 256 small ones. That save runs on a
-//! thread of its own, from a copy of the document ([`Compaction`]): the collection's
-//! writers and sync never wait for it.
+//! (or [`COMPACT_BYTES`] of them), once they add up to half the last snapshot's size,
+//! the document is saved whole and the changes it covers dropped, in one atomic batch
+//! — so saving a large document is paid for by as many bytes of changes, not every
+//! 256 small ones. That save runs on a thread of its own, from a copy of the document
+//! ([`Compaction`]): the collection's writers and sync wait only for the copy. Values
+//! over [`DOC_PIECE`] bytes are stored in pieces (docs/FORMATS.md).
 //!
 //! Calls here are synchronous and may take milliseconds on large collections; async
 //! callers run them on the blocking pool and then await [`Store::commit`].
