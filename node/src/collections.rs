@@ -1050,21 +1050,7 @@ impl Collections {
         // before its commit. (One sled transaction across both trees would close the
         // moment; it measured no faster nor slower, and costs a global sled lock.)
         self.index.tree().apply(index)?;
-        if bytes.len() <= DOC_PIECE {
-            self.docs
-                .insert(&doc_key(&c.key, KIND_CHANGE, c.next_seq), &bytes)?;
-        } else {
-            let mut batch = SealedBatch::default();
-            insert_doc_value(
-                &self.docs,
-                &mut batch,
-                &c.key,
-                KIND_CHANGE,
-                c.next_seq,
-                &bytes,
-            );
-            self.docs.apply(batch)?;
-        }
+        write_doc_value(&self.docs, &c.key, KIND_CHANGE, c.next_seq, &bytes)?;
         c.next_seq = mark.generation;
         c.changes_since_snapshot += 1;
         c.change_bytes += bytes.len();
@@ -1316,6 +1302,23 @@ fn piece_key(collection: &[u8; 32], kind: u8, seq: u64, index: u32, pieces: u32)
     key
 }
 
+/// Writes a document value: one insert if it fits under one key (no batch, so no
+/// global sled lock, on every write's path), else its pieces in one atomic batch.
+fn write_doc_value(
+    docs: &SealedTree,
+    collection: &[u8; 32],
+    kind: u8,
+    seq: u64,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    if bytes.len() <= DOC_PIECE {
+        return docs.insert(&doc_key(collection, kind, seq), bytes);
+    }
+    let mut batch = SealedBatch::default();
+    insert_doc_value(docs, &mut batch, collection, kind, seq, bytes);
+    docs.apply(batch)
+}
+
 /// Adds a document value to `batch`: under its key if it is at most [`DOC_PIECE`]
 /// bytes, else in pieces of that size.
 fn insert_doc_value(
@@ -1385,6 +1388,8 @@ where
         if first != 0 || pieces < 2 {
             return Some(Err(Self::malformed("value lacks its first piece")));
         }
+        // `pieces` is part of the key every piece is sealed to: a value that opened
+        // vouches for it. Reserved whole, so no plaintext copy is left by growing.
         let mut value = Zeroizing::new(Vec::with_capacity(pieces as usize * DOC_PIECE));
         value.extend_from_slice(&bytes);
         for index in 1..pieces {

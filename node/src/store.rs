@@ -432,8 +432,9 @@ impl Store {
         Ok(())
     }
 
-    /// Waits until the background work started so far has ended.
-    pub fn settle(&self) {
+    /// Waits until the background work started so far has ended (tests).
+    #[cfg(test)]
+    pub(crate) fn settle(&self) {
         let handles = self
             .background
             .lock()
@@ -442,7 +443,8 @@ impl Store {
             .map(std::mem::take)
             .unwrap_or_default();
         for handle in handles {
-            // A panic there is its own thread's; it already logged, nothing to undo.
+            // A panic there is its own thread's (the panic hook printed it); the
+            // work cleans up after itself, nothing to undo here.
             let _ = handle.join();
         }
     }

@@ -36,6 +36,12 @@ const DEFAULT_MAX_SEGMENTS: usize = 4_096;
 /// cost in proportion to the column and building one quadratic.
 const TARGET_SLABS: usize = 8_192;
 
+/// Hearth patch: the per-slab budget of a column of `len` bytes.
+#[inline]
+fn slab_budget(max_segments: usize, len: usize, target_slabs: usize) -> usize {
+    max_segments.max(len / target_slabs)
+}
+
 #[derive(Debug, Clone)]
 struct RawSlab {
     data: Vec<u8>,
@@ -85,7 +91,7 @@ impl RawColumn {
     /// [`TARGET_SLABS`] slabs' worth of bytes.
     #[inline]
     fn budget(&self) -> usize {
-        self.max_segments.max(self.total_len / self.target_slabs)
+        slab_budget(self.max_segments, self.total_len, self.target_slabs)
     }
 
     #[cfg(test)]
@@ -502,7 +508,7 @@ impl RawColumn {
         if data.is_empty() {
             return Ok(Self::with_max_segments(max_segments));
         }
-        let budget = max_segments.max(data.len() / TARGET_SLABS);
+        let budget = slab_budget(max_segments, data.len(), TARGET_SLABS);
         let mut slabs = Vec::new();
         let mut start = 0;
         for end in boundaries {
