@@ -1094,12 +1094,9 @@ impl Collections {
         c.snapshot_bytes += c.change_bytes;
         c.changes_since_snapshot = 0;
         c.change_bytes = 0;
+        // A job not started is dropped, and its drop frees the collection for the next.
         if let Err(e) = self.store.spawn_background("compact", move || job.run()) {
             tracing::warn!(error = %e, "cannot start a compaction; will retry");
-            self.compacting
-                .lock()
-                .expect("compaction lock is never poisoned")
-                .remove(&c.key);
         }
     }
 
@@ -1220,10 +1217,6 @@ impl Compaction {
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "compaction failed; will retry"),
         }
-        self.compacting
-            .lock()
-            .expect("compaction lock is never poisoned")
-            .remove(&self.key);
     }
 
     /// The snapshot's size, or `None` if the disk was already compacted this far.
@@ -1254,6 +1247,16 @@ impl Compaction {
         );
         self.docs.apply(batch)?;
         Ok(Some(snapshot.len()))
+    }
+}
+
+/// However a compaction ends (done, failed, never started, or a panic in the save),
+/// the collection may be compacted again.
+impl Drop for Compaction {
+    fn drop(&mut self) {
+        if let Ok(mut compacting) = self.compacting.lock() {
+            compacting.remove(&self.key);
+        }
     }
 }
 
