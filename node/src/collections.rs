@@ -1835,6 +1835,64 @@ mod tests {
         assert_eq!(c.count(&notes).unwrap() as u64, COMPACT_AFTER + 2);
     }
 
+    /// Shutting down waits for a compaction in progress (it would otherwise write
+    /// after the last flush, or hold the store open), and what it wrote is there after
+    /// the restart.
+    #[tokio::test]
+    async fn shutdown_waits_for_a_compaction_in_progress() {
+        let vault = TestVault::new();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let contacts = name("contacts");
+        let put = |i: u64| {
+            c.put(&contacts, &id(&format!("r{i}")), &obj(json!({"n": i})))
+                .unwrap()
+        };
+        put(0);
+        // The key layout held by another thread: the compaction saves, then waits.
+        let (locked, is_locked) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let layout = c.layout.clone();
+            std::thread::spawn(move || {
+                let _held = layout.lock().unwrap();
+                locked.send(()).unwrap();
+                let _ = released.recv();
+            })
+        };
+        is_locked.recv().unwrap();
+        for i in 1..COMPACT_AFTER {
+            put(i);
+        }
+        vault.store.commit().await.unwrap();
+        let key = vault.store.name_key(NAME_DOMAIN, "contacts");
+        assert!(c.compacting.lock().unwrap().contains(&key));
+
+        let store = vault.store.clone();
+        let shutdown = tokio::spawn(async move { store.shutdown().await });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !shutdown.is_finished(),
+            "shutdown returned while a compaction was still to write"
+        );
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        shutdown.await.unwrap().unwrap();
+        assert!(c.compacting.lock().unwrap().is_empty());
+        drop(c);
+
+        let vault = vault.reopen().await;
+        let docs = vault.store.tree("docs").unwrap();
+        let kinds: Vec<(u8, u64)> = docs
+            .keys_with_prefix(&key)
+            .map(|k| parse_doc_key(&key, &k.unwrap()).unwrap())
+            .collect();
+        assert_eq!(kinds, vec![(KIND_SNAPSHOT, COMPACT_AFTER)]);
+        drop(docs);
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        assert_eq!(c.heads(&contacts).unwrap().len(), 1, "the snapshot loads");
+        assert_eq!(c.count(&contacts).unwrap() as u64, COMPACT_AFTER);
+    }
+
     /// A read is answered from the record index while the collection's lock is held
     /// (by a writer, a sync, a load): it never waits for the document.
     #[tokio::test]
