@@ -198,6 +198,12 @@ impl AuditLog {
         Ok(())
     }
 
+    /// Holds the chain's lock, so no append can finish while the guard lives.
+    #[cfg(test)]
+    pub(super) fn hold(&self) -> std::sync::MutexGuard<'_, Option<(u64, String)>> {
+        self.state.lock().expect("audit lock is never poisoned")
+    }
+
     fn entry(&self, event: AuditEvent, at: u64, seq: u64, prev: &str) -> Map<String, Value> {
         let mut fields = event.fields;
         fields.sort();

@@ -337,7 +337,7 @@ impl Door {
         let scope = self.readable(caller, collection.as_str())?.clone();
         let name = collection.clone();
         let grant = caller.grant.clone();
-        let (token, objects) = self
+        let (token, objects, event) = self
             .blocking(move |inner| {
                 let heads = inner.collections.heads(&name)?;
                 let records = inner.collections.records(&name)?;
@@ -361,11 +361,10 @@ impl Door {
                     fields,
                     ..AuditEvent::new(&grant, Operation::Read, name.as_str())
                 };
-                inner.audit.append(&inner.collections, event)?;
-                Ok((sync_token(&heads), objects))
+                Ok((sync_token(&heads), objects, event))
             })
             .await?;
-        self.0.store.commit().await?;
+        self.audited(vec![event]).await?;
         Ok((token, objects))
     }
 
@@ -406,8 +405,7 @@ impl Door {
                 ids,
                 ..AuditEvent::new(&caller.grant, Operation::Read, collection.as_str())
             };
-            self.0.audit.append(&self.0.collections, event)?;
-            self.0.store.commit().await?;
+            self.audited(vec![event]).await?;
         }
         Ok(out)
     }
@@ -609,8 +607,7 @@ impl Door {
                 collection.as_str(),
             )
         };
-        inner.audit.append(&inner.collections, event)?;
-        inner.store.commit().await?;
+        self.audited(vec![event]).await?;
         Ok((!existed, etag))
     }
 
@@ -664,8 +661,7 @@ impl Door {
             ids: vec![id.to_string()],
             ..AuditEvent::new(&caller.grant, Operation::Remove, collection.as_str())
         };
-        inner.audit.append(&inner.collections, event)?;
-        inner.store.commit().await?;
+        self.audited(vec![event]).await?;
         Ok(())
     }
 
@@ -695,7 +691,7 @@ impl Door {
         }
         let name = collection.clone();
         let grant = caller.grant.clone();
-        let changes = self
+        let (changes, events) = self
             .blocking(move |inner| {
                 let (heads, changes) = inner.collections.changes_between(&name, &since)?;
                 let meta = Meta::from_record(inner.collections.get(&meta(), &meta_id(&name))?);
@@ -728,25 +724,26 @@ impl Door {
                         }
                     }
                 }
+                let mut events = Vec::new();
                 if !ids.is_empty() {
                     fields.sort();
                     fields.dedup();
-                    let event = AuditEvent {
+                    events.push(AuditEvent {
                         records: ids.len(),
                         fields,
                         ids,
                         ..AuditEvent::new(&grant, Operation::Read, name.as_str())
-                    };
-                    inner.audit.append(&inner.collections, event)?;
+                    });
                 }
-                Ok(Changes {
+                let changes = Changes {
                     token: sync_token(&heads),
                     changed,
                     removed,
-                })
+                };
+                Ok((changes, events))
             })
             .await?;
-        self.0.store.commit().await?;
+        self.audited(events).await?;
         Ok(changes)
     }
 
@@ -798,8 +795,7 @@ impl Door {
             fields,
             ..AuditEvent::new(&caller.grant, Operation::Write, collection.as_str())
         };
-        inner.audit.append(&inner.collections, event)?;
-        inner.store.commit().await?;
+        self.audited(vec![event]).await?;
         Ok(())
     }
 

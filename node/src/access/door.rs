@@ -17,6 +17,7 @@ use zeroize::Zeroizing;
 use super::audit::{AuditEvent, AuditLog, Operation};
 use super::events::{Hub, Subscription};
 use super::grants::{self, Grant};
+use super::group::AuditGroups;
 use super::tokens::{TokenCache, Verified};
 
 use super::{AccessError, RateLimiter, now_unix};
@@ -96,7 +97,9 @@ pub(super) struct Inner {
     pub collections: Arc<Collections>,
     pub keys: Arc<VaultKeys>,
     pub store: Arc<Store>,
-    pub audit: AuditLog,
+    pub audit: Arc<AuditLog>,
+    /// Appends the entries of requests waiting together as one group (see `group`).
+    pub(super) groups: Arc<AuditGroups>,
     rates: RateLimiter,
     refusals: Refusals,
     tokens: TokenCache,
@@ -115,11 +118,18 @@ impl Door {
         store: Arc<Store>,
         chain: String,
     ) -> Self {
+        let audit = Arc::new(AuditLog::new(chain));
+        let groups = Arc::new(AuditGroups::new(
+            audit.clone(),
+            collections.clone(),
+            store.clone(),
+        ));
         Door(Arc::new(Inner {
             collections,
             keys,
             store,
-            audit: AuditLog::new(chain),
+            audit,
+            groups,
             rates: RateLimiter::default(),
             refusals: Refusals::default(),
             tokens: TokenCache::default(),
@@ -335,15 +345,16 @@ impl Door {
                     events.push(event);
                     collections.insert(name.to_string(), view);
                 }
-                inner.audit.append_many(&inner.collections, events)?;
-                Ok(ViewAll {
+                let view = ViewAll {
                     grant: caller.grant.id.clone(),
                     service: caller.grant.service.clone(),
                     collections,
-                })
+                };
+                Ok((view, events))
             })
             .await?;
-        self.0.store.commit().await?;
+        let (view, events) = view;
+        self.audited(events).await?;
         Ok(view)
     }
 
@@ -397,15 +408,13 @@ impl Door {
         let Some((collection, record)) = found else {
             return Err(AccessError::NoBlob(wanted));
         };
-        let inner = &self.0;
         let event = AuditEvent {
             records: 1,
             ids: vec![record],
             fields: vec![wanted],
             ..AuditEvent::new(&caller.grant, Operation::ReadBlob, &collection)
         };
-        inner.audit.append(&inner.collections, event)?;
-        inner.store.commit().await?;
+        self.audited(vec![event]).await?;
         Ok(())
     }
 
@@ -449,12 +458,12 @@ impl Door {
                     fields,
                     ..AuditEvent::new(&caller.grant, Operation::Read, name.as_str())
                 };
-                inner.audit.append(&inner.collections, event)?;
-                Ok((view, next))
+                Ok((view, next, event))
             })
             .await?;
-        self.0.store.commit().await?;
-        Ok(page)
+        let (view, next, event) = page;
+        self.audited(vec![event]).await?;
+        Ok((view, next))
     }
 
     /// `GET /v1/view/{c}/{id}`: one record, projected. A record the filter hides is
@@ -475,8 +484,7 @@ impl Door {
             return Err(not_found(collection, id));
         };
         event.ids = vec![id.to_string()];
-        inner.audit.append(&inner.collections, event)?;
-        inner.store.commit().await?;
+        self.audited(vec![event]).await?;
         Ok(record)
     }
 
@@ -569,8 +577,7 @@ impl Door {
             ids: vec![id.to_string()],
             ..AuditEvent::new(&caller.grant, operation, collection.as_str())
         };
-        inner.audit.append(&inner.collections, event)?;
-        inner.store.commit().await?;
+        self.audited(vec![event]).await?;
         Ok(PutResponse {
             id: id.to_string(),
             created: !existed,
@@ -599,8 +606,7 @@ impl Door {
             ids: vec![id.to_string()],
             ..AuditEvent::new(&caller.grant, Operation::Remove, collection.as_str())
         };
-        inner.audit.append(&inner.collections, event)?;
-        inner.store.commit().await?;
+        self.audited(vec![event]).await?;
         Ok(())
     }
 
@@ -648,6 +654,13 @@ impl Door {
             AccessError::OutOfScope(refusal.to_string())
         };
         self.refused(&caller.grant, collection.as_str(), error)
+    }
+
+    /// Appends `events` to the audit log and returns once they are durable, with every
+    /// write made before: the last step before an access is answered. Requests
+    /// waiting at the same time share one append and one commit.
+    pub(super) async fn audited(&self, events: Vec<AuditEvent>) -> Result<(), AccessError> {
+        self.0.groups.durable(events).await
     }
 
     /// Runs whole-collection work on the blocking pool.

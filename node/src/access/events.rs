@@ -615,14 +615,7 @@ async fn deliver(door: Door, feed: Arc<Feed>) {
             &batch,
             permits.iter().map(|(id, from, _)| (*id, *from)),
         );
-        let audited = match door
-            .blocking(move |inner| Ok(inner.audit.append_many(&inner.collections, audit)?))
-            .await
-        {
-            Ok(()) => door.0.store.commit().await.map_err(AccessError::from),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = audited {
+        if let Err(e) = door.audited(audit).await {
             // Nothing is sent that the audit log does not show.
             tracing::warn!(error = %e, "cannot audit an event batch; ending its streams");
             door.0.hub.close(&feed, e.code(), &e.to_string());

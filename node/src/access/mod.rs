@@ -18,6 +18,8 @@
 //! 4. **audit** — an entry per access (refusals of a known grant too, at most one a
 //!    second per grant and reason) appended before the answer;
 //! 5. **commit** — the audit entry (and a write) durable before anything is answered.
+//!    Steps 4 and 5 are one call, `Door::audited`: requests waiting together share
+//!    one append and one commit (`group`).
 //!
 //! Grants live in `_access` ([`grants`]), the audit log in `_audit*` ([`audit`]),
 //! tokens are biscuits ([`tokens`]), event streams are fed by one hub ([`events`]).
@@ -27,6 +29,7 @@ pub mod dav;
 mod door;
 pub mod events;
 pub mod grants;
+mod group;
 pub mod tokens;
 
 use std::collections::HashMap;
@@ -95,6 +98,10 @@ pub enum AccessError {
     Token(String),
     #[error("an internal task failed: {0}")]
     Internal(String),
+    /// The failure of the audit group a request was in (its append or its commit),
+    /// told to each of the group's requests.
+    #[error("{message}")]
+    Shared { code: ErrorCode, message: String },
 }
 
 impl AccessError {
@@ -117,6 +124,7 @@ impl AccessError {
             AccessError::Collection(e) => e.code(),
             AccessError::Store(e) => e.code(),
             AccessError::Token(_) | AccessError::Internal(_) => ErrorCode::Internal,
+            AccessError::Shared { code, .. } => *code,
         }
     }
 
