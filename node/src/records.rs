@@ -404,12 +404,19 @@ pub fn remove_record(doc: &mut AutoCommit, id: &str) -> Result<bool, AutomergeEr
     Ok(true)
 }
 
+/// One pass over the map's keys and winning values: a lookup per key (`keys`, then
+/// `get` each) costs a seek into the document per field, and was most of a write's
+/// time in a large collection (the record is read before every write).
 fn read_map(doc: &AutoCommit, obj: &ObjId) -> Result<Map<String, Json>, AutomergeError> {
     let mut out = Map::new();
-    for key in doc.keys(obj) {
-        if let Some((value, child)) = doc.get(obj, key.as_str())? {
-            out.insert(key, read_value(doc, value, &child)?);
-        }
+    for item in doc.map_range(obj, ..) {
+        // Only an object's id is needed (to read inside it); a scalar's is not made.
+        let child = match item.value {
+            automerge::ValueRef::Object(_) => item.id(),
+            automerge::ValueRef::Scalar(_) => ROOT,
+        };
+        let json = read_value(doc, item.value.into_value(), &child)?;
+        out.insert(item.key.into_owned(), json);
     }
     Ok(out)
 }
