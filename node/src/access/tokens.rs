@@ -15,7 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use biscuit_auth::builder::{Algorithm, BlockBuilder, date, fact};
 use biscuit_auth::builder_ext::BuilderExt;
-use biscuit_auth::{AuthorizerBuilder, Biscuit, KeyPair, PrivateKey, UnverifiedBiscuit};
+use biscuit_auth::{
+    AuthorizerBuilder, AuthorizerLimits, Biscuit, KeyPair, PrivateKey, UnverifiedBiscuit,
+};
 use data_encoding::HEXLOWER;
 use hearth_protocol::scope::Narrowing;
 
@@ -94,7 +96,7 @@ impl Verified {
             return Ok(());
         }
         let passes_at = |time: SystemTime| {
-            AuthorizerBuilder::new()
+            authorizer()
                 .fact(fact("time", &[date(&time)]))
                 .and_then(|b| b.policy("allow if true"))
                 .and_then(|b| b.build(&self.token))
@@ -150,6 +152,20 @@ impl TokenCache {
     }
 }
 
+/// The wall time a token's Datalog may take. biscuit-auth's default is 1 ms, which
+/// an honest token exceeded on a busy node (a thread preempted mid-check is enough):
+/// it was then refused as "not valid for this vault", or its time checks as expired.
+/// The limits that bound the work itself (facts, iterations) stay at their defaults.
+const CHECK_TIME: Duration = Duration::from_millis(100);
+
+/// An authorizer with Hearth's limits.
+fn authorizer() -> AuthorizerBuilder {
+    AuthorizerBuilder::new().set_limits(AuthorizerLimits {
+        max_time: CHECK_TIME,
+        ..AuthorizerLimits::default()
+    })
+}
+
 fn invalid() -> AccessError {
     AccessError::InvalidToken("the token is not valid for this vault".into())
 }
@@ -158,7 +174,7 @@ fn invalid() -> AccessError {
 /// vault, binding and narrowings.
 fn verify(keys: &VaultKeys, token: &str) -> Result<Verified, AccessError> {
     let biscuit = Biscuit::from_base64(token, root_key(keys).public()).map_err(|_| invalid())?;
-    let mut authorizer = AuthorizerBuilder::new()
+    let mut authorizer = authorizer()
         .policy("allow if true")
         .and_then(|b| b.build(&biscuit))
         .map_err(|_| invalid())?;
