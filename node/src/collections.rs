@@ -1116,7 +1116,9 @@ impl Collections {
         let mut changes_since_snapshot = 0;
         let (mut change_bytes, mut snapshot_bytes) = (0, 0);
         let mut changes = Zeroizing::new(Vec::new());
-        // A compaction replacing keys meanwhile would show this scan half of it.
+        let mut snapshot = None;
+        // A compaction replacing keys meanwhile would show this scan half of it. Held
+        // for the scan only: the document is made from what was read after it.
         let layout = self.layout.lock().expect("layout lock is never poisoned");
         for value in DocValues::new(&key, self.docs.scan_prefix(&key)) {
             let (kind, seq, bytes) = value.map_err(|e| match e {
@@ -1126,15 +1128,15 @@ impl Collections {
                 e => e,
             })?;
             if kind == KIND_SNAPSHOT {
-                if snapshot_bytes > 0 {
+                if snapshot.is_some() {
                     return Err(StoreError::Malformed(format!(
                         "collection {name} has two snapshots"
                     ))
                     .into());
                 }
-                doc = AutoCommit::load(&bytes).map_err(corrupt)?;
                 snapshot_bytes = bytes.len();
                 next_seq = seq;
+                snapshot = Some(bytes);
             } else {
                 // Applied together below: one call for all the changes is much faster
                 // than one call per change on a large document.
@@ -1145,6 +1147,9 @@ impl Collections {
             }
         }
         drop(layout);
+        if let Some(snapshot) = snapshot {
+            doc = AutoCommit::load(&snapshot).map_err(corrupt)?;
+        }
         if !changes.is_empty() {
             doc.load_incremental(&changes).map_err(corrupt)?;
         }
@@ -1754,6 +1759,64 @@ mod tests {
         assert_eq!(c.records(&contacts).unwrap().len() as u64, total);
         put(&c, total);
         assert_eq!(c.count(&contacts).unwrap() as u64, total + 1);
+    }
+
+    /// A compaction whose write fails (a write error as it replaces the keys) changes
+    /// nothing on disk: every change stays, the collection is free to compact again,
+    /// the next compaction succeeds, and a restart loads every record.
+    #[tokio::test]
+    async fn a_compaction_that_cannot_write_loses_nothing_and_the_next_one_succeeds() {
+        let vault = TestVault::new();
+        let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        let contacts = name("contacts");
+        let put = |c: &Collections, i: u64| {
+            c.put(&contacts, &id(&format!("r{i}")), &obj(json!({"n": i})))
+                .unwrap()
+        };
+        let key = vault.store.name_key(NAME_DOMAIN, "contacts");
+        let docs = vault.store.tree("docs").unwrap();
+        let snapshots = || {
+            docs.keys_with_prefix(&key)
+                .map(|k| parse_doc_key(&key, &k.unwrap()).unwrap())
+                .filter(|&(kind, _)| kind == KIND_SNAPSHOT)
+                .count()
+        };
+        put(&c, 0);
+        // The compaction waits on the key layout until the disk fails.
+        let held = c.layout.lock().unwrap();
+        for i in 1..COMPACT_AFTER + 10 {
+            put(&c, i);
+        }
+        assert!(c.compacting.lock().unwrap().contains(&key));
+        vault.store.faults().inject(crate::store::Fault::WriteError);
+        drop(held);
+        vault.store.settle();
+        vault.store.faults().clear();
+        assert!(
+            c.compacting.lock().unwrap().is_empty(),
+            "free to compact again"
+        );
+        assert_eq!(snapshots(), 0, "the failed compaction wrote nothing");
+        let changes = docs.keys_with_prefix(&key).count() as u64;
+        assert_eq!(changes, COMPACT_AFTER + 10, "every change is still there");
+
+        // The next compaction (counted from the failed one's start) writes its snapshot.
+        let total = 3 * COMPACT_AFTER;
+        for i in COMPACT_AFTER + 10..total {
+            put(&c, i);
+        }
+        vault.store.settle();
+        assert_eq!(snapshots(), 1, "the next compaction succeeded");
+        vault.store.commit().await.unwrap();
+        drop((c, docs));
+
+        let vault = vault.reopen().await;
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        assert_eq!(c.records(&contacts).unwrap().len() as u64, total);
+        assert_eq!(
+            c.get(&contacts, &id(&format!("r{}", total - 1))).unwrap(),
+            Some(json!({"id": format!("r{}", total - 1), "n": total - 1}))
+        );
     }
 
     /// A document value larger than [`DOC_PIECE`] (a change bringing a large record, a
