@@ -15,6 +15,28 @@ use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, noise, tcp, yamux};
 use serde_json::json;
 
+/// Drives `swarm` until it is connected to `peer`. A stream opened before then races
+/// libp2p-stream's own dial (which has no address) and could wait for ever.
+async fn connected(swarm: &mut libp2p::Swarm<libp2p_stream::Behaviour>, peer: PeerId) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match swarm.select_next_some().await {
+                libp2p::swarm::SwarmEvent::ConnectionEstablished { peer_id, .. }
+                    if peer_id == peer =>
+                {
+                    return;
+                }
+                libp2p::swarm::SwarmEvent::OutgoingConnectionError { error, .. } => {
+                    panic!("cannot connect to the node: {error}")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("connected to the node within 10 s");
+}
+
 async fn start(home: &std::path::Path) -> NodeHandle {
     let mut config = NodeConfig::new(home);
     config.api_addr = "127.0.0.1:0".parse().unwrap();
@@ -57,6 +79,7 @@ async fn raw_peer(
         .addresses(addrs)
         .build();
     swarm.dial(opts).unwrap();
+    connected(&mut swarm, target.peer_id()).await;
     let task = tokio::spawn(async move {
         loop {
             swarm.select_next_some().await;

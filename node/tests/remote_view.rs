@@ -11,8 +11,30 @@ use hearth_protocol::scope::Scope;
 use hearth_protocol::view::{VIEW_PROTOCOL, ViewRequest, ViewResponse};
 use hearth_protocol::{CollectionName, RecordId};
 use libp2p::identity::Keypair;
-use libp2p::{StreamProtocol, noise, tcp, yamux};
+use libp2p::{PeerId, StreamProtocol, noise, tcp, yamux};
 use serde_json::json;
+
+/// Drives `swarm` until it is connected to `peer`. A stream opened before then races
+/// libp2p-stream's own dial (which has no address) and could wait for ever.
+async fn connected(swarm: &mut libp2p::Swarm<libp2p_stream::Behaviour>, peer: PeerId) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match swarm.select_next_some().await {
+                libp2p::swarm::SwarmEvent::ConnectionEstablished { peer_id, .. }
+                    if peer_id == peer =>
+                {
+                    return;
+                }
+                libp2p::swarm::SwarmEvent::OutgoingConnectionError { error, .. } => {
+                    panic!("cannot connect to the node: {error}")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("connected to the node within 10 s");
+}
 
 async fn start(home: &std::path::Path) -> NodeHandle {
     let mut config = NodeConfig::new(home);
@@ -55,6 +77,7 @@ async fn ask(identity: Keypair, node: &NodeHandle, request: ViewRequest) -> View
                 .build(),
         )
         .unwrap();
+    connected(&mut swarm, node.peer_id()).await;
     let driver = tokio::spawn(async move {
         loop {
             swarm.select_next_some().await;
