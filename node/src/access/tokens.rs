@@ -166,6 +166,32 @@ fn authorizer() -> AuthorizerBuilder {
     })
 }
 
+/// Refuses, before any Datalog runs, a token with an appended block that is not of
+/// the one shape Hearth appends ([`attenuate`]): a narrowing in its context, and at
+/// most one expiry check. A holder may append blocks (that is how it narrows its
+/// token), and biscuit checks its run limits only between rounds of evaluation, so a
+/// single appended rule joining a few predicates could keep a thread busy for minutes.
+fn only_narrowings_appended(biscuit: &Biscuit) -> Result<(), AccessError> {
+    for index in 1..biscuit.block_count() {
+        let source = biscuit.print_block_source(index).map_err(|_| invalid())?;
+        let expiry = source
+            .strip_prefix("check if time($time), $time <= ")
+            .and_then(|rest| rest.strip_suffix(";\n"))
+            .is_some_and(|date| {
+                !date.is_empty()
+                    && date
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || b"-:.+TZ".contains(&b))
+            });
+        if !(source.is_empty() || expiry) {
+            return Err(AccessError::InvalidToken(
+                "the token carries appended facts, rules or checks: only narrowings and an expiry date may be appended".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn invalid() -> AccessError {
     AccessError::InvalidToken("the token is not valid for this vault".into())
 }
@@ -174,6 +200,7 @@ fn invalid() -> AccessError {
 /// vault, binding and narrowings.
 fn verify(keys: &VaultKeys, token: &str) -> Result<Verified, AccessError> {
     let biscuit = Biscuit::from_base64(token, root_key(keys).public()).map_err(|_| invalid())?;
+    only_narrowings_appended(&biscuit)?;
     let mut authorizer = authorizer()
         .policy("allow if true")
         .and_then(|b| b.build(&biscuit))
@@ -211,4 +238,71 @@ fn verify(keys: &VaultKeys, token: &str) -> Result<Verified, AccessError> {
         token: biscuit,
         time_checked: AtomicU64::new(0),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use hearth_protocol::scope::Narrowing;
+
+    use super::*;
+    use crate::testutil::TestVault;
+
+    fn appended(token: &str, block: BlockBuilder) -> String {
+        UnverifiedBiscuit::from_base64(token)
+            .unwrap()
+            .append(block)
+            .unwrap()
+            .to_base64()
+            .unwrap()
+    }
+
+    /// A holder appends blocks to narrow its token; one that appends anything else
+    /// (here a rule joining five predicates over 40 facts: 10⁸ combinations, minutes of
+    /// work) is refused at once, before any of it runs.
+    #[test]
+    fn a_token_with_appended_rules_is_refused_before_they_run() {
+        let vault = TestVault::new();
+        let (token, _) = mint(&vault.keys, "g1", None).unwrap();
+        let narrowing = Narrowing::parse(Some("contacts.name"), None).unwrap();
+        // What Hearth appends passes: a narrowing, with and without an expiry.
+        for expires in [None, Some(Duration::from_secs(3600))] {
+            let narrowed = attenuate(&token, &narrowing, expires).unwrap();
+            let verified = verify(&vault.keys, &narrowed).unwrap();
+            assert_eq!(verified.narrowings.len(), 1);
+            verified.check_time(now()).unwrap();
+        }
+        let mut costly = BlockBuilder::new().context(narrowing.encode());
+        for i in 0..40 {
+            costly = costly.fact(format!("n({i})").as_str()).unwrap();
+        }
+        let costly = costly
+            .rule("p($a, $b, $c, $d, $e) <- n($a), n($b), n($c), n($d), n($e)")
+            .unwrap();
+        let extra_fact = BlockBuilder::new()
+            .context(narrowing.encode())
+            .fact("grant(\"g2\")")
+            .unwrap();
+        let extra_check = BlockBuilder::new()
+            .context(narrowing.encode())
+            .check("check if n($a), n($b), n($c), n($d), $a + $b + $c + $d == 1000")
+            .unwrap();
+        for block in [costly, extra_fact, extra_check] {
+            let started = Instant::now();
+            let refused = verify(&vault.keys, &appended(&token, block)).err().unwrap();
+            assert!(
+                matches!(&refused, AccessError::InvalidToken(m) if m.contains("appended")),
+                "{refused}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(1));
+        }
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
 }
