@@ -67,6 +67,7 @@ impl AuditGroups {
             let drain = Drain {
                 groups: self.clone(),
                 runtime: tokio::runtime::Handle::current(),
+                done: false,
             };
             // The drain is nobody's request: one whose client goes away leaves it
             // running for the others.
@@ -98,16 +99,19 @@ impl AuditGroups {
 struct Drain {
     groups: Arc<AuditGroups>,
     runtime: tokio::runtime::Handle,
+    /// Set when it stops with nothing queued (the queue says no drain runs).
+    done: bool,
 }
 
 impl Drain {
-    fn run(self) {
-        let groups = &self.groups;
+    fn run(mut self) {
+        let groups = self.groups.clone();
         loop {
             let group: Vec<_> = {
                 let mut queue = groups.lock();
                 if queue.waiting.is_empty() {
                     queue.draining = false;
+                    self.done = true;
                     return;
                 }
                 let n = queue.waiting.len().min(MAX_GROUP);
@@ -135,10 +139,11 @@ impl Drain {
 }
 
 impl Drop for Drain {
-    /// A drain that panicked lets the next request start another, and fails the
+    /// A drain that did not finish (it panicked, or the blocking pool never ran it as
+    /// the runtime shut down) lets the next request start another, and fails the
     /// requests still queued (their senders dropped) rather than leave them waiting.
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if !self.done {
             let mut queue = self.groups.queue.lock().unwrap_or_else(|e| e.into_inner());
             queue.draining = false;
             queue.waiting.clear();
