@@ -1444,6 +1444,20 @@ mod tests {
     fn obj(v: Json) -> Map<String, Json> {
         v.as_object().unwrap().clone()
     }
+    /// Puts record `r{i}`, `{"n": i}`, into `collection`.
+    fn put_numbered(c: &Collections, collection: &CollectionName, i: u64) {
+        c.put(collection, &id(&format!("r{i}")), &obj(json!({"n": i})))
+            .unwrap();
+    }
+    /// The kind and number of each document key of the collection named by `key`.
+    fn doc_kinds(store: &Store, key: &[u8; 32]) -> Vec<(u8, u64)> {
+        store
+            .tree("docs")
+            .unwrap()
+            .keys_with_prefix(key)
+            .map(|k| parse_doc_key(key, &k.unwrap()).unwrap())
+            .collect()
+    }
 
     /// A writer adds record k to `a`, then record k to `b`, again and again: a
     /// snapshot taken meanwhile never shows more in `b` than in `a`, nor `a` more than
@@ -1707,11 +1721,7 @@ mod tests {
         let vault = TestVault::new();
         let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         let contacts = name("contacts");
-        let put = |c: &Collections, i: u64| {
-            c.put(&contacts, &id(&format!("r{i}")), &obj(json!({"n": i})))
-                .unwrap()
-        };
-        put(&c, 0);
+        put_numbered(&c, &contacts, 0);
         // With the key layout held, a compaction can save but not replace keys.
         let layout = c.layout.clone();
         let held = layout.lock().unwrap();
@@ -1721,8 +1731,7 @@ mod tests {
             let (c, contacts) = (c.clone(), contacts.clone());
             std::thread::spawn(move || {
                 for i in 1..total {
-                    c.put(&contacts, &id(&format!("r{i}")), &obj(json!({"n": i})))
-                        .unwrap();
+                    put_numbered(&c, &contacts, i);
                 }
                 done.send(()).unwrap();
             })
@@ -1737,11 +1746,7 @@ mod tests {
         vault.store.settle();
         assert!(c.compacting.lock().unwrap().is_empty());
 
-        let docs = vault.store.tree("docs").unwrap();
-        let kinds: Vec<(u8, u64)> = docs
-            .keys_with_prefix(&key)
-            .map(|k| parse_doc_key(&key, &k.unwrap()).unwrap())
-            .collect();
+        let kinds = doc_kinds(&vault.store, &key);
         assert_eq!(kinds[0], (KIND_SNAPSHOT, COMPACT_AFTER));
         assert_eq!(kinds.len() as u64, 1 + total - COMPACT_AFTER);
         assert!(
@@ -1751,13 +1756,13 @@ mod tests {
                 .all(|(&(kind, seq), want)| kind == KIND_CHANGE && seq == want)
         );
         vault.store.commit().await.unwrap();
-        drop((c, docs));
+        drop(c);
 
         let vault = vault.reopen().await;
         let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
         assert_eq!(c.heads(&contacts).unwrap().len(), 1, "the document loads");
         assert_eq!(c.records(&contacts).unwrap().len() as u64, total);
-        put(&c, total);
+        put_numbered(&c, &contacts, total);
         assert_eq!(c.count(&contacts).unwrap() as u64, total + 1);
     }
 
@@ -1769,23 +1774,18 @@ mod tests {
         let vault = TestVault::new();
         let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         let contacts = name("contacts");
-        let put = |c: &Collections, i: u64| {
-            c.put(&contacts, &id(&format!("r{i}")), &obj(json!({"n": i})))
-                .unwrap()
-        };
         let key = vault.store.name_key(NAME_DOMAIN, "contacts");
-        let docs = vault.store.tree("docs").unwrap();
         let snapshots = || {
-            docs.keys_with_prefix(&key)
-                .map(|k| parse_doc_key(&key, &k.unwrap()).unwrap())
-                .filter(|&(kind, _)| kind == KIND_SNAPSHOT)
+            doc_kinds(&vault.store, &key)
+                .iter()
+                .filter(|&&(kind, _)| kind == KIND_SNAPSHOT)
                 .count()
         };
-        put(&c, 0);
+        put_numbered(&c, &contacts, 0);
         // The compaction waits on the key layout until the disk fails.
         let held = c.layout.lock().unwrap();
         for i in 1..COMPACT_AFTER + 10 {
-            put(&c, i);
+            put_numbered(&c, &contacts, i);
         }
         assert!(c.compacting.lock().unwrap().contains(&key));
         vault.store.faults().inject(crate::store::Fault::WriteError);
@@ -1797,18 +1797,18 @@ mod tests {
             "free to compact again"
         );
         assert_eq!(snapshots(), 0, "the failed compaction wrote nothing");
-        let changes = docs.keys_with_prefix(&key).count() as u64;
+        let changes = doc_kinds(&vault.store, &key).len() as u64;
         assert_eq!(changes, COMPACT_AFTER + 10, "every change is still there");
 
         // The next compaction (counted from the failed one's start) writes its snapshot.
         let total = 3 * COMPACT_AFTER;
         for i in COMPACT_AFTER + 10..total {
-            put(&c, i);
+            put_numbered(&c, &contacts, i);
         }
         vault.store.settle();
         assert_eq!(snapshots(), 1, "the next compaction succeeded");
         vault.store.commit().await.unwrap();
-        drop((c, docs));
+        drop(c);
 
         let vault = vault.reopen().await;
         let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
@@ -1906,11 +1906,7 @@ mod tests {
         let vault = TestVault::new();
         let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
         let contacts = name("contacts");
-        let put = |i: u64| {
-            c.put(&contacts, &id(&format!("r{i}")), &obj(json!({"n": i})))
-                .unwrap()
-        };
-        put(0);
+        put_numbered(&c, &contacts, 0);
         // The key layout held by another thread: the compaction saves, then waits.
         let (locked, is_locked) = std::sync::mpsc::channel();
         let (release, released) = std::sync::mpsc::channel::<()>();
@@ -1924,7 +1920,7 @@ mod tests {
         };
         is_locked.recv().unwrap();
         for i in 1..COMPACT_AFTER {
-            put(i);
+            put_numbered(&c, &contacts, i);
         }
         vault.store.commit().await.unwrap();
         let key = vault.store.name_key(NAME_DOMAIN, "contacts");
@@ -1944,13 +1940,10 @@ mod tests {
         drop(c);
 
         let vault = vault.reopen().await;
-        let docs = vault.store.tree("docs").unwrap();
-        let kinds: Vec<(u8, u64)> = docs
-            .keys_with_prefix(&key)
-            .map(|k| parse_doc_key(&key, &k.unwrap()).unwrap())
-            .collect();
-        assert_eq!(kinds, vec![(KIND_SNAPSHOT, COMPACT_AFTER)]);
-        drop(docs);
+        assert_eq!(
+            doc_kinds(&vault.store, &key),
+            vec![(KIND_SNAPSHOT, COMPACT_AFTER)]
+        );
         let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
         assert_eq!(c.heads(&contacts).unwrap().len(), 1, "the snapshot loads");
         assert_eq!(c.count(&contacts).unwrap() as u64, COMPACT_AFTER);

@@ -3,90 +3,20 @@
 
 use std::time::Duration;
 
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncReadExt, AsyncWriteExt};
+use hearth_node::NodeHandle;
 use hearth_node::home::Home;
-use hearth_node::mesh::{MeshConfig, pairing};
-use hearth_node::{Node, NodeConfig, NodeHandle};
+use hearth_node::mesh::pairing;
 use hearth_protocol::blob::{BLOB_PROTOCOL, BlobRequest, BlobResponse};
 use hearth_protocol::invite::PAIR_PROTOCOL;
 use hearth_protocol::sync::{SYNC_PROTOCOL, SYNC_VERSION, SyncFrame};
 use hearth_protocol::{CollectionName, RecordId};
 use libp2p::identity::Keypair;
-use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, noise, tcp, yamux};
+use libp2p::{PeerId, Stream, StreamProtocol};
 use serde_json::json;
 
-/// Drives `swarm` until it is connected to `peer`. A stream opened before then races
-/// libp2p-stream's own dial (which has no address) and could wait for ever.
-async fn connected(swarm: &mut libp2p::Swarm<libp2p_stream::Behaviour>, peer: PeerId) {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match swarm.select_next_some().await {
-                libp2p::swarm::SwarmEvent::ConnectionEstablished { peer_id, .. }
-                    if peer_id == peer =>
-                {
-                    return;
-                }
-                libp2p::swarm::SwarmEvent::OutgoingConnectionError { error, .. } => {
-                    panic!("cannot connect to the node: {error}")
-                }
-                _ => {}
-            }
-        }
-    })
-    .await
-    .expect("connected to the node within 10 s");
-}
-
-async fn start(home: &std::path::Path) -> NodeHandle {
-    let mut config = NodeConfig::new(home);
-    config.api_addr = "127.0.0.1:0".parse().unwrap();
-    config.mesh = Some(MeshConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        peers: vec![],
-        mdns: false,
-        relay_server: false,
-    });
-    Node::start(config).await.unwrap()
-}
-
-/// A bare libp2p peer with `identity` that can open any stream to `target`.
-async fn raw_peer(
-    identity: Keypair,
-    target: &NodeHandle,
-) -> (libp2p_stream::Control, PeerId, tokio::task::JoinHandle<()>) {
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(identity)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
-    let control = swarm.behaviour().new_control();
-    let addrs: Vec<Multiaddr> = target
-        .vault()
-        .mesh()
-        .unwrap()
-        .handle
-        .listen_addrs()
-        .await
-        .unwrap();
-    let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(target.peer_id())
-        .addresses(addrs)
-        .build();
-    swarm.dial(opts).unwrap();
-    connected(&mut swarm, target.peer_id()).await;
-    let task = tokio::spawn(async move {
-        loop {
-            swarm.select_next_some().await;
-        }
-    });
-    (control, target.peer_id(), task)
-}
+mod common;
+use common::{raw_peer, start};
 
 async fn open(
     control: &mut libp2p_stream::Control,

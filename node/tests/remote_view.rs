@@ -3,86 +3,22 @@
 
 use std::time::Duration;
 
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncReadExt, AsyncWriteExt};
+use hearth_node::NodeHandle;
 use hearth_node::access::{self, NewGrant};
-use hearth_node::mesh::MeshConfig;
-use hearth_node::{Node, NodeConfig, NodeHandle};
 use hearth_protocol::scope::Scope;
 use hearth_protocol::view::{VIEW_PROTOCOL, ViewRequest, ViewResponse};
 use hearth_protocol::{CollectionName, RecordId};
+use libp2p::StreamProtocol;
 use libp2p::identity::Keypair;
-use libp2p::{PeerId, StreamProtocol, noise, tcp, yamux};
 use serde_json::json;
 
-/// Drives `swarm` until it is connected to `peer`. A stream opened before then races
-/// libp2p-stream's own dial (which has no address) and could wait for ever.
-async fn connected(swarm: &mut libp2p::Swarm<libp2p_stream::Behaviour>, peer: PeerId) {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match swarm.select_next_some().await {
-                libp2p::swarm::SwarmEvent::ConnectionEstablished { peer_id, .. }
-                    if peer_id == peer =>
-                {
-                    return;
-                }
-                libp2p::swarm::SwarmEvent::OutgoingConnectionError { error, .. } => {
-                    panic!("cannot connect to the node: {error}")
-                }
-                _ => {}
-            }
-        }
-    })
-    .await
-    .expect("connected to the node within 10 s");
-}
-
-async fn start(home: &std::path::Path) -> NodeHandle {
-    let mut config = NodeConfig::new(home);
-    config.api_addr = "127.0.0.1:0".parse().unwrap();
-    config.mesh = Some(MeshConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        peers: vec![],
-        mdns: false,
-        relay_server: false,
-    });
-    Node::start(config).await.unwrap()
-}
+mod common;
+use common::{raw_peer, start};
 
 /// Sends one view request from a peer with `identity`.
 async fn ask(identity: Keypair, node: &NodeHandle, request: ViewRequest) -> ViewResponse {
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(identity)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())
-        .unwrap()
-        .build();
-    let mut control = swarm.behaviour().new_control();
-    let addrs = node
-        .vault()
-        .mesh()
-        .unwrap()
-        .handle
-        .listen_addrs()
-        .await
-        .unwrap();
-    swarm
-        .dial(
-            libp2p::swarm::dial_opts::DialOpts::peer_id(node.peer_id())
-                .addresses(addrs)
-                .build(),
-        )
-        .unwrap();
-    connected(&mut swarm, node.peer_id()).await;
-    let driver = tokio::spawn(async move {
-        loop {
-            swarm.select_next_some().await;
-        }
-    });
+    let (mut control, _, driver) = raw_peer(identity, node).await;
     let mut stream = tokio::time::timeout(
         Duration::from_secs(10),
         control.open_stream(node.peer_id(), StreamProtocol::new(VIEW_PROTOCOL)),
