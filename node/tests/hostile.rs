@@ -16,7 +16,7 @@ use libp2p::{PeerId, Stream, StreamProtocol};
 use serde_json::json;
 
 mod common;
-use common::{raw_peer, start};
+use common::{listen_addrs, raw_peer, start};
 
 async fn open(
     control: &mut libp2p_stream::Control,
@@ -353,14 +353,7 @@ async fn a_connection_without_noise_gets_nothing() {
         )
         .unwrap();
     node.vault().store.commit().await.unwrap();
-    let addr = node
-        .vault()
-        .mesh()
-        .unwrap()
-        .handle
-        .listen_addrs()
-        .await
-        .unwrap();
+    let addr = listen_addrs(&node).await;
     let port = addr[0]
         .iter()
         .find_map(|p| match p {

@@ -22,6 +22,17 @@ pub async fn start(home: &std::path::Path) -> NodeHandle {
     Node::start(config).await.unwrap()
 }
 
+/// The addresses `node`'s mesh listens on.
+pub async fn listen_addrs(node: &NodeHandle) -> Vec<Multiaddr> {
+    node.vault()
+        .mesh()
+        .unwrap()
+        .handle
+        .listen_addrs()
+        .await
+        .unwrap()
+}
+
 /// A bare libp2p peer with `identity`, connected to `target`, that can open any
 /// stream to it: its stream control, the target's PeerId, and the task driving it.
 pub async fn raw_peer(
@@ -41,14 +52,7 @@ pub async fn raw_peer(
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
     let control = swarm.behaviour().new_control();
-    let addrs: Vec<Multiaddr> = target
-        .vault()
-        .mesh()
-        .unwrap()
-        .handle
-        .listen_addrs()
-        .await
-        .unwrap();
+    let addrs = listen_addrs(target).await;
     let peer = target.peer_id();
     let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
         .addresses(addrs)
