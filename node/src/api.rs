@@ -877,8 +877,9 @@ async fn write_record(
     id: RecordId,
     record: Map<String, Value>,
 ) -> Result<Response, ApiError> {
-    // One record takes tens of microseconds: done on the request's task.
-    let (existed, _) = owner_write(&vault, &collection, &id, pim::Change::Replace(record))?;
+    // One record takes tens of microseconds: done on the request's task (or, while
+    // another write to the collection is applied, with it: see `write_combined`).
+    let (existed, _) = owner_write(&vault, &collection, &id, pim::Change::Replace(record)).await?;
     vault.store.commit().await?;
     Ok(put_response(PutResponse {
         id: id.to_string(),
@@ -887,13 +888,14 @@ async fn write_record(
 }
 
 /// An owner's write, with contacts and calendar records kept in step with their text.
-pub(crate) fn owner_write(
+pub(crate) async fn owner_write(
     vault: &Vault,
     collection: &CollectionName,
     id: &RecordId,
     change: pim::Change,
 ) -> Result<(bool, Map<String, Value>), ApiError> {
-    pim::owner_write(&vault.collections, collection, id, change).map_err(|e| match e {
+    let written = pim::owner_write(&vault.collections, collection, id, change).await;
+    written.map_err(|e| match e {
         pim::WriteError::Missing => record_not_found(collection, id),
         pim::WriteError::Pim(e) => ApiError::new(ErrorCode::BadRequest, e.to_string()),
         pim::WriteError::Collection(e) => e.into(),
@@ -918,7 +920,7 @@ async fn patch_record(
     let collection = writable(collection)?;
     let mut patch = read_record_body(&vault, body).await?;
     check_body_id(&mut patch, &id)?;
-    owner_write(&vault, &collection, &id, pim::Change::Merge(patch))?;
+    owner_write(&vault, &collection, &id, pim::Change::Merge(patch)).await?;
     let record = vault
         .collections
         .get(&collection, &id)?
@@ -1004,7 +1006,7 @@ async fn edit_text(
         } else {
             pim::Change::Merge(Map::new())
         };
-        owner_write(&vault, &collection, &id, change)?;
+        owner_write(&vault, &collection, &id, change).await?;
     }
     let record = vault
         .collections
@@ -1112,7 +1114,7 @@ pub(crate) async fn resolve(
     patch.insert(field.to_owned(), value.clone());
     // The owner's write keeps a contact's or event's text in step; like every ordinary
     // write it leaves an equal value alone, so the choice is then written as such.
-    owner_write(vault, collection, id, pim::Change::Merge(patch))?;
+    owner_write(vault, collection, id, pim::Change::Merge(patch)).await?;
     if !vault.collections.choose(collection, id, field, &value)? {
         return Err(record_not_found(collection, id));
     }

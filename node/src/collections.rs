@@ -32,6 +32,8 @@ use crate::index::{Mark, RecordIndex};
 use crate::records;
 use crate::store::{SealedBatch, SealedTree, Store, StoreError};
 
+mod combined;
+
 /// Changes kept beside a snapshot before the collection is compacted.
 pub const COMPACT_AFTER: u64 = 256;
 /// Or bytes of changes: a few large changes (imports, a device catching up) are
@@ -65,6 +67,13 @@ pub enum CollectionError {
     BadSyncMessage { collection: String, reason: String },
     #[error("{0}")]
     BadEdit(String),
+    /// A failure shared by writes persisted together ([`combined`]): each is answered
+    /// with the one failure's code and message.
+    #[error("{message}")]
+    Shared {
+        code: hearth_protocol::api::ErrorCode,
+        message: String,
+    },
 }
 
 impl CollectionError {
@@ -78,6 +87,15 @@ impl CollectionError {
             CollectionError::Automerge { .. } | CollectionError::BadSyncMessage { .. } => {
                 ErrorCode::Internal
             }
+            CollectionError::Shared { code, .. } => *code,
+        }
+    }
+
+    /// This failure, for each of the writes it failed together.
+    fn shared(&self) -> CollectionError {
+        CollectionError::Shared {
+            code: self.code(),
+            message: self.to_string(),
         }
     }
 }
@@ -108,6 +126,8 @@ pub struct Collections {
     /// Held while a collection's document keys are read whole (a load) and while a
     /// compaction replaces some of them, so a load never sees half of that.
     layout: Arc<Mutex<()>>,
+    /// Owner writes waiting to be persisted together, by collection ([`combined`]).
+    writes: Mutex<HashMap<CollectionName, combined::Queue>>,
 }
 
 /// A collection in memory, with what the cache needs to choose which to drop.
@@ -339,6 +359,7 @@ impl Collections {
             changes: broadcast::channel(CHANGE_CHANNEL).0,
             compacting: Arc::default(),
             layout: Arc::default(),
+            writes: Mutex::default(),
         })
     }
 
@@ -807,22 +828,10 @@ impl Collections {
         id: &RecordId,
         decide: impl FnOnce(Option<&Map<String, Json>>) -> Result<RecordWrite, E>,
     ) -> Result<Result<bool, E>, CollectionError> {
-        self.try_mutate(name, Some(&[id.as_str()]), |doc| {
-            let before = records::read_record(doc, id.as_str())?;
-            let existed = before.is_some();
-            match decide(before.as_ref()).map_err(Abandon::Refused)? {
-                RecordWrite::Patch(patch) => {
-                    records::patch_record(doc, id.as_str(), &patch)?;
-                }
-                RecordWrite::Put(record) => {
-                    records::put_record(doc, id.as_str(), &record)?;
-                }
-                RecordWrite::Remove => {
-                    records::remove_record(doc, id.as_str())?;
-                }
-            }
-            Ok(existed)
-        })
+        let outcome = self.try_mutate(name, Some(&[id.as_str()]), |doc| {
+            apply_checked(doc, id.as_str(), |before| decide(before).map(|w| (w, ())))
+        })?;
+        Ok(outcome.map(|(existed, ())| existed))
     }
 
     /// Starts indexing a collection's changes so that [`Collections::changes_since`]
@@ -978,21 +987,31 @@ impl Collections {
                     return Err(c.automerge(e));
                 }
             };
-            match self.persist(c, touched) {
-                // Nobody listening is fine: nothing is syncing.
-                Ok(true) => drop(self.changes.send(c.name.clone())),
-                Ok(false) => {}
-                Err(e) => {
-                    // Memory (and perhaps the document on disk) is ahead of the index
-                    // now: forget both, the next use reloads and indexes again.
-                    c.stale = true;
-                    self.index.forget(&c.key);
-                    self.open_slots().remove(&c.name);
-                    return Err(e);
-                }
-            }
+            self.persist_or_forget(c, touched)?;
             Ok(Ok(result))
         })
+    }
+
+    /// Persists what was done to `c` since its last persist and announces it; if that
+    /// fails, memory (and perhaps the document on disk) is ahead of the index: both are
+    /// forgotten, and the next use reloads and indexes again.
+    fn persist_or_forget(
+        &self,
+        c: &mut Collection,
+        touched: Option<&[&str]>,
+    ) -> Result<(), CollectionError> {
+        match self.persist(c, touched) {
+            // Nobody listening is fine: nothing is syncing.
+            Ok(true) => drop(self.changes.send(c.name.clone())),
+            Ok(false) => {}
+            Err(e) => {
+                c.stale = true;
+                self.index.forget(&c.key);
+                self.open_slots().remove(&c.name);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Writes the changes made since the last persist; returns whether there were any.
@@ -1274,6 +1293,24 @@ impl Collection {
     }
 }
 
+/// Reads record `id` (without its `"id"`), lets `decide` say what to write, and writes
+/// it: a check and the change it allows see the same record. Returns whether the
+/// record existed and what `decide` gave back.
+fn apply_checked<T, E>(
+    doc: &mut AutoCommit,
+    id: &str,
+    decide: impl FnOnce(Option<&Map<String, Json>>) -> Result<(RecordWrite, T), E>,
+) -> Result<(bool, T), Abandon<E>> {
+    let before = records::read_record(doc, id)?;
+    let (write, out) = decide(before.as_ref()).map_err(Abandon::Refused)?;
+    match write {
+        RecordWrite::Patch(patch) => records::patch_record(doc, id, &patch)?,
+        RecordWrite::Put(record) => records::put_record(doc, id, &record)?,
+        RecordWrite::Remove => records::remove_record(doc, id)?,
+    };
+    Ok((before.is_some(), out))
+}
+
 fn with_id(id: &str, record: Map<String, Json>) -> Json {
     Json::Object(with_id_map(id, record))
 }
@@ -1450,7 +1487,7 @@ mod tests {
             .unwrap();
     }
     /// The kind and number of each document key of the collection named by `key`.
-    fn doc_kinds(store: &Store, key: &[u8; 32]) -> Vec<(u8, u64)> {
+    pub(super) fn doc_kinds(store: &Store, key: &[u8; 32]) -> Vec<(u8, u64)> {
         store
             .tree("docs")
             .unwrap()

@@ -1515,7 +1515,8 @@ async fn save_record(
         );
     }
     record.remove("id");
-    if let Err(e) = api::owner_write(&vault, &name, &id, crate::pim::Change::Replace(record)) {
+    let written = api::owner_write(&vault, &name, &id, crate::pim::Change::Replace(record)).await;
+    if let Err(e) = written {
         return failed(e);
     }
     if let Err(e) = vault.store.commit().await {

@@ -520,16 +520,19 @@ impl Door {
                 (RecordId::from_random(bytes), true)
             }
         };
-        let inner = &self.0;
+        let mut fields = Vec::new();
+        leaf_paths(&body, &mut Vec::new(), &mut fields);
         let kind = crate::pim::Kind::of(collection.as_str());
-        let outcome = inner.collections.write_checked(collection, &id, |before| {
-            let mut after = scope.check_write(collection.as_str(), before, &body, create)?;
+        let name = collection.clone();
+        // Persisted together with the writes to the collection waiting beside it.
+        let decide = move |before: Option<&Map<String, Value>>| {
+            let mut after = scope.check_write(name.as_str(), before, &body, create)?;
             let Some(kind) = kind else {
                 // An existing record takes the patch (only what it names changes, so a
                 // concurrent edit of another field on another device still merges).
                 return Ok(match before {
-                    Some(_) => RecordWrite::Patch(body.clone()),
-                    None => RecordWrite::Put(after),
+                    Some(_) => (RecordWrite::Patch(body.clone()), ()),
+                    None => (RecordWrite::Put(after), ()),
                 });
             };
             // Contacts and calendars keep their text and fields in step.
@@ -551,10 +554,12 @@ impl Door {
                 )));
             }
             Ok(match before {
-                Some(_) => RecordWrite::Patch(change),
-                None => RecordWrite::Put(after),
+                Some(_) => (RecordWrite::Patch(change), ()),
+                None => (RecordWrite::Put(after), ()),
             })
-        })?;
+        };
+        let outcome = self.0.collections.write_combined(collection, &id, decide);
+        let outcome = outcome.await?.map(|(existed, ())| existed);
         let existed = match outcome {
             Ok(existed) => existed,
             Err(Refusal::Scope(refusal)) => {
@@ -564,8 +569,6 @@ impl Door {
             Err(Refusal::Precondition) => return Err(AccessError::PreconditionFailed),
             Err(Refusal::Access(e)) => return Err(e),
         };
-        let mut fields = Vec::new();
-        leaf_paths(&body, &mut Vec::new(), &mut fields);
         let operation = if existed {
             Operation::Write
         } else {
@@ -594,11 +597,13 @@ impl Door {
     ) -> Result<(), AccessError> {
         let caller = self.admit(credentials)?;
         let scope = self.writable(&caller, collection.as_str())?.clone();
-        let inner = &self.0;
-        let outcome = inner.collections.write_checked(collection, id, |before| {
-            scope.check_delete(before).map(|()| RecordWrite::Remove)
-        })?;
-        if let Err(refusal) = outcome {
+        let decide = move |before: Option<&Map<String, Value>>| {
+            scope
+                .check_delete(before)
+                .map(|()| (RecordWrite::Remove, ()))
+        };
+        let outcome = self.0.collections.write_combined(collection, id, decide);
+        if let Err(refusal) = outcome.await? {
             return Err(self.write_refused(&caller, collection, id, refusal));
         }
         let event = AuditEvent {

@@ -467,54 +467,64 @@ pub enum WriteError {
 }
 
 /// The owner's write of one record: for a contacts or calendar collection, its text and
-/// fields are kept in step (see [`prepare`]), under the collection's lock. Returns
-/// whether the record existed and the record now. Durable only after the store commits.
-pub fn owner_write(
-    collections: &crate::collections::Collections,
+/// fields are kept in step (see [`prepare`]), under the collection's lock, persisted
+/// together with the other writes to the collection waiting at the same moment
+/// ([`Collections::write_combined`](crate::collections::Collections::write_combined)).
+/// Returns whether the record existed and the record now. Durable only after the store
+/// commits.
+pub async fn owner_write(
+    collections: &std::sync::Arc<crate::collections::Collections>,
     name: &CollectionName,
     id: &RecordId,
     change: Change,
 ) -> Result<(bool, Map<String, Value>), WriteError> {
-    use crate::collections::RecordWrite;
     let kind = Kind::of(name.as_str());
-    let mut written = Map::new();
-    let outcome = collections.write_checked(name, id, |before| {
-        let mut after = match (&change, before) {
-            (Change::Replace(record), _) => record.clone(),
-            (Change::Merge(patch), Some(before)) => {
-                let mut after = before.clone();
-                hearth_protocol::scope::merge_patch(&mut after, patch);
-                after
-            }
-            (Change::TextEdited, Some(before)) => before.clone(),
-            (Change::Merge(_) | Change::TextEdited, None) => return Err(WriteError::Missing),
-        };
-        after.remove("id");
-        if let Some(kind) = kind {
-            match (&change, before) {
-                // The text already holds the edit: prepare as if it had just been
-                // written, so the fields follow the text (and not the other way round).
-                (Change::TextEdited, Some(before)) => {
-                    let mut without_text = before.clone();
-                    without_text.remove(kind.text_field());
-                    prepare(kind, Some(&without_text), &mut after)?;
-                }
-                _ => prepare(kind, before, &mut after)?,
-            }
+    collections
+        .write_combined(name, id, move |before| decide(kind, &change, before))
+        .await?
+}
+
+/// What the owner's `change` writes to a record that is `before` (see [`owner_write`]),
+/// and the record after it.
+fn decide(
+    kind: Option<Kind>,
+    change: &Change,
+    before: Option<&Map<String, Value>>,
+) -> Result<(crate::collections::RecordWrite, Map<String, Value>), WriteError> {
+    use crate::collections::RecordWrite;
+    let mut after = match (change, before) {
+        (Change::Replace(record), _) => record.clone(),
+        (Change::Merge(patch), Some(before)) => {
+            let mut after = before.clone();
+            hearth_protocol::scope::merge_patch(&mut after, patch);
+            after
         }
-        written = after.clone();
-        Ok(match (before, &change) {
-            // Only what differs is written: an unchanged field must not win a merge
-            // with another device it took no part in.
-            (Some(before), _) if kind.is_some() => {
-                RecordWrite::Patch(hearth_protocol::scope::diff_patch(before, &after))
+        (Change::TextEdited, Some(before)) => before.clone(),
+        (Change::Merge(_) | Change::TextEdited, None) => return Err(WriteError::Missing),
+    };
+    after.remove("id");
+    if let Some(kind) = kind {
+        match (change, before) {
+            // The text already holds the edit: prepare as if it had just been
+            // written, so the fields follow the text (and not the other way round).
+            (Change::TextEdited, Some(before)) => {
+                let mut without_text = before.clone();
+                without_text.remove(kind.text_field());
+                prepare(kind, Some(&without_text), &mut after)?;
             }
-            (_, Change::Merge(patch)) => RecordWrite::Patch(patch.clone()),
-            (_, Change::Replace(_) | Change::TextEdited) => RecordWrite::Put(after),
-        })
-    })?;
-    let existed = outcome?;
-    Ok((existed, written))
+            _ => prepare(kind, before, &mut after)?,
+        }
+    }
+    let write = match (before, change) {
+        // Only what differs is written: an unchanged field must not win a merge
+        // with another device it took no part in.
+        (Some(before), _) if kind.is_some() => {
+            RecordWrite::Patch(hearth_protocol::scope::diff_patch(before, &after))
+        }
+        (_, Change::Merge(patch)) => RecordWrite::Patch(patch.clone()),
+        (_, Change::Replace(_) | Change::TextEdited) => RecordWrite::Put(after.clone()),
+    };
+    Ok((write, after))
 }
 
 /// What an import did.
@@ -703,18 +713,20 @@ mod prepare_tests {
 
     /// Character edits of the vCard text change the fields it holds (and stay in the
     /// text); edits of another text field change the text's lines.
-    #[test]
-    fn the_fields_follow_an_edit_of_the_text_and_the_text_follows_other_fields() {
+    #[tokio::test]
+    async fn the_fields_follow_an_edit_of_the_text_and_the_text_follows_other_fields() {
         use crate::collections::Collections;
         use crate::records::TextEdit;
         let vault = crate::testutil::TestVault::new();
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = std::sync::Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         let contacts = CollectionName::parse("contacts").unwrap();
         let id = RecordId::parse("alan").unwrap();
         let text = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:u-alan\r\nFN:Alan Turing\r\nN:Turing;Alan;;;\r\nNOTE:Bletchley\r\nX-VENDOR:kept\r\nEND:VCARD\r\n";
         let mut record = Map::new();
         record.insert("vcard".into(), Value::String(text.into()));
-        owner_write(&c, &contacts, &id, Change::Replace(record)).unwrap();
+        owner_write(&c, &contacts, &id, Change::Replace(record))
+            .await
+            .unwrap();
         let stored = c.get(&contacts, &id).unwrap().unwrap();
         assert_eq!(stored["name"], "Alan Turing");
 
@@ -726,7 +738,9 @@ mod prepare_tests {
             insert: "M. ".into(),
         };
         assert!(c.edit_text(&contacts, &id, "vcard", &[edit]).unwrap());
-        owner_write(&c, &contacts, &id, Change::TextEdited).unwrap();
+        owner_write(&c, &contacts, &id, Change::TextEdited)
+            .await
+            .unwrap();
         let stored = c.get(&contacts, &id).unwrap().unwrap();
         assert_eq!(stored["name"], "Alan M. Turing", "{stored:?}");
         let vcard = stored["vcard"].as_str().unwrap();
@@ -740,7 +754,9 @@ mod prepare_tests {
             insert: "At ".into(),
         };
         assert!(c.edit_text(&contacts, &id, "notes", &[edit]).unwrap());
-        owner_write(&c, &contacts, &id, Change::Merge(Map::new())).unwrap();
+        owner_write(&c, &contacts, &id, Change::Merge(Map::new()))
+            .await
+            .unwrap();
         let stored = c.get(&contacts, &id).unwrap().unwrap();
         assert_eq!(stored["notes"], "At Bletchley", "{stored:?}");
         let vcard = stored["vcard"].as_str().unwrap();
@@ -750,7 +766,7 @@ mod prepare_tests {
         // A record that is not there.
         let missing = RecordId::parse("nobody").unwrap();
         assert!(matches!(
-            owner_write(&c, &contacts, &missing, Change::TextEdited),
+            owner_write(&c, &contacts, &missing, Change::TextEdited).await,
             Err(WriteError::Missing)
         ));
     }

@@ -1,0 +1,365 @@
+//! Owner writes to one collection, persisted together.
+//!
+//! A write persisted alone pays for a saved change, a sealed value and an index batch
+//! of its own, and the collection's writers wait for each other under its lock. Writes
+//! that arrive while another is being applied wait in the collection's queue instead,
+//! without holding a thread, and the next drain takes them all: each is applied as its
+//! own Automerge change (a refused one is rolled back alone), then one persist writes
+//! them together. Each is answered only after that persist, with its own result, or
+//! with the persist's failure, which then fails every write of the group. Durable, as
+//! any write, after [`Store::commit`].
+//!
+//! The write that finds nobody draining drains on its own task, so a lone write costs
+//! what it did before; writes that queued meanwhile are drained on the blocking pool,
+//! until the queue is empty. A drain that does not finish (a panic, a runtime shutting
+//! down) drops what is still queued, and those writes fail as if the store had closed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use hearth_protocol::{CollectionName, RecordId};
+use serde_json::{Map, Value as Json};
+use tokio::sync::oneshot;
+
+use super::{Abandon, Collection, CollectionError, Collections, RecordWrite, apply_checked};
+use crate::store::StoreError;
+
+/// The most writes persisted together.
+const MAX_GROUP: usize = 128;
+
+/// The writes waiting for one collection.
+#[derive(Default)]
+pub(super) struct Queue {
+    jobs: Vec<Job>,
+    /// Whether a drain is running (it takes what is queued before it stops).
+    draining: bool,
+}
+
+/// One waiting write: the record it touches and how to apply it.
+struct Job {
+    id: String,
+    apply: Apply,
+}
+
+/// Applies a write to the collection (or answers it with the failure that kept it
+/// from the collection); returns how to answer it once persisted, if it wrote.
+type Apply = Box<dyn FnOnce(Result<&mut Collection, &CollectionError>) -> Option<Answer> + Send>;
+/// Answers an applied write with the outcome of the persist that covers it.
+type Answer = Box<dyn FnOnce(Result<(), &CollectionError>) + Send>;
+
+impl Collections {
+    /// As [`Collections::write_checked`], persisted together with the writes to the same
+    /// collection waiting at the same moment (see the module's doc). `decide` also
+    /// gives back a value of its own, returned beside whether the record existed.
+    pub async fn write_combined<T, E>(
+        self: &Arc<Self>,
+        name: &CollectionName,
+        id: &RecordId,
+        decide: impl FnOnce(Option<&Map<String, Json>>) -> Result<(RecordWrite, T), E> + Send + 'static,
+    ) -> Result<Result<(bool, T), E>, CollectionError>
+    where
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let (answer, answered) = oneshot::channel();
+        let record = id.as_str().to_owned();
+        let apply: Apply = Box::new(move |collection| {
+            let c = match collection {
+                Ok(c) => c,
+                Err(e) => {
+                    drop(answer.send(Err(e.shared())));
+                    return None;
+                }
+            };
+            match apply_checked(&mut c.doc, &record, decide) {
+                Ok(done) => Some(Box::new(move |persisted: Result<(), &CollectionError>| {
+                    drop(answer.send(persisted.map(|()| Ok(done)).map_err(|e| e.shared())));
+                })),
+                Err(abandoned) => {
+                    c.doc.rollback();
+                    drop(answer.send(match abandoned {
+                        Abandon::Refused(e) => Ok(Err(e)),
+                        Abandon::Automerge(e) => Err(c.automerge(e)),
+                    }));
+                    None
+                }
+            }
+        });
+        let job = Job {
+            id: id.as_str().to_owned(),
+            apply,
+        };
+        let lead = {
+            let mut queues = self.write_queues();
+            let queue = queues.entry(name.clone()).or_default();
+            queue.jobs.push(job);
+            !std::mem::replace(&mut queue.draining, true)
+        };
+        if lead {
+            let drain = Drain {
+                collections: self.clone(),
+                name: name.clone(),
+                done: false,
+            };
+            drain.first();
+        }
+        answered
+            .await
+            .unwrap_or(Err(CollectionError::Store(StoreError::Closed)))
+    }
+
+    fn write_queues(&self) -> std::sync::MutexGuard<'_, HashMap<CollectionName, Queue>> {
+        self.writes
+            .lock()
+            .expect("write queue lock is never poisoned")
+    }
+
+    /// Takes up to [`MAX_GROUP`] queued writes; `None` (and nobody draining) if none.
+    fn take_group(&self, name: &CollectionName) -> Option<Vec<Job>> {
+        let mut queues = self.write_queues();
+        let queue = queues.get_mut(name)?;
+        if queue.jobs.is_empty() {
+            queues.remove(name);
+            return None;
+        }
+        let rest = queue.jobs.split_off(queue.jobs.len().min(MAX_GROUP));
+        Some(std::mem::replace(&mut queue.jobs, rest))
+    }
+
+    /// Applies `jobs` to the collection one by one and persists those that wrote, once.
+    fn write_group(&self, name: &CollectionName, jobs: Vec<Job>) {
+        let mut jobs = Some(jobs);
+        let mut answers = Vec::new();
+        let persisted = self.with(name, |c| {
+            let mut touched = Vec::new();
+            for job in jobs.take().into_iter().flatten() {
+                if let Some(answer) = (job.apply)(Ok(c)) {
+                    // Its own change: a later write rolled back leaves it.
+                    c.doc.commit();
+                    answers.push(answer);
+                    touched.push(job.id);
+                }
+            }
+            touched.sort_unstable();
+            touched.dedup();
+            let touched: Vec<&str> = touched.iter().map(String::as_str).collect();
+            self.persist_or_forget(c, Some(&touched))
+        });
+        if let Err(e) = &persisted {
+            // The collection could not be used (nothing was applied), or the persist failed.
+            for job in jobs.into_iter().flatten() {
+                (job.apply)(Err(e));
+            }
+        }
+        for answer in answers {
+            answer(persisted.as_ref().map(|_| ()));
+        }
+    }
+}
+
+/// The one drain of a collection's queue. Dropped before it finished, it drops what
+/// is still queued (those writes fail) and frees the queue for the next write.
+struct Drain {
+    collections: Arc<Collections>,
+    name: CollectionName,
+    done: bool,
+}
+
+impl Drain {
+    /// One group on the caller's thread; the rest, if any, on the blocking pool.
+    fn first(mut self) {
+        if let Some(jobs) = self.collections.take_group(&self.name) {
+            self.collections.write_group(&self.name, jobs);
+        }
+        let more = {
+            let mut queues = self.collections.write_queues();
+            match queues.get(&self.name) {
+                Some(queue) if !queue.jobs.is_empty() => true,
+                _ => {
+                    queues.remove(&self.name);
+                    false
+                }
+            }
+        };
+        if more {
+            // Dropped unrun if the runtime is shutting down: then `Drop` fails them.
+            drop(tokio::task::spawn_blocking(move || self.rest()));
+        } else {
+            self.done = true;
+        }
+    }
+
+    fn rest(mut self) {
+        while let Some(jobs) = self.collections.take_group(&self.name) {
+            self.collections.write_group(&self.name, jobs);
+        }
+        self.done = true;
+    }
+}
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        if !self.done {
+            // Dropping the jobs drops their answers: each waiting write fails.
+            drop(self.collections.write_queues().remove(&self.name));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collections::NAME_DOMAIN;
+    use crate::collections::tests::doc_kinds;
+    use crate::testutil::TestVault;
+    use serde_json::json;
+    use std::time::{Duration, Instant};
+    use tokio::task::JoinHandle;
+
+    type Written = Result<Result<(bool, ()), String>, CollectionError>;
+
+    fn notes() -> CollectionName {
+        CollectionName::parse("notes").unwrap()
+    }
+
+    /// Writes `{"n": i}` to record `r{i}` of notes; the write of r7 is refused.
+    fn write(c: &Arc<Collections>, i: usize) -> JoinHandle<Written> {
+        let c = c.clone();
+        let id = RecordId::parse(&format!("r{i}")).unwrap();
+        tokio::spawn(async move {
+            c.write_combined(&notes(), &id, move |_| {
+                if i == 7 {
+                    return Err(format!("r{i} refused"));
+                }
+                let record = json!({ "n": i }).as_object().unwrap().clone();
+                Ok((RecordWrite::Put(record), ()))
+            })
+            .await
+        })
+    }
+
+    /// Waits (on this thread, which holds no runtime worker) until `done`.
+    fn wait_until(done: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < Duration::from_secs(10), "timed out");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Starts 64 writes to notes while the test holds the collection: the first takes
+    /// the queue and waits for the collection, the other 63 queue behind it. Returns
+    /// them once all are queued, the collection still held.
+    fn queue_64(c: &Arc<Collections>) -> Vec<JoinHandle<Written>> {
+        let mut writes = vec![write(c, 0)];
+        wait_until(|| {
+            c.write_queues()
+                .get(&notes())
+                .is_some_and(|q| q.draining && q.jobs.is_empty())
+        });
+        writes.extend((1..64).map(|i| write(c, i)));
+        wait_until(|| {
+            c.write_queues()
+                .get(&notes())
+                .is_some_and(|q| q.jobs.len() == 63)
+        });
+        writes
+    }
+
+    /// 64 writes that wait together: the first is persisted alone (it drained the
+    /// queue before the others came), the other 63 together, as one saved change. Each
+    /// is answered with its own outcome, a refused one is left out alone, and every
+    /// other write is there after a restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_waiting_together_are_persisted_once_and_each_is_answered() {
+        let vault = TestVault::new();
+        let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        let key = vault.store.name_key(NAME_DOMAIN, "notes");
+        let collection = c.load(&notes()).unwrap();
+        let held = collection.lock().unwrap();
+        let writes = queue_64(&c);
+        drop(held);
+        for (i, write) in writes.into_iter().enumerate() {
+            let written = write.await.unwrap().unwrap();
+            if i == 7 {
+                assert_eq!(written, Err("r7 refused".to_owned()));
+            } else {
+                assert_eq!(written, Ok((false, ())), "r{i}");
+            }
+        }
+        assert_eq!(
+            doc_kinds(&vault.store, &key).len(),
+            2,
+            "64 writes, two persists: the first alone, the queued ones together"
+        );
+        // The drain answers first, then finds the queue empty and frees it.
+        wait_until(|| c.write_queues().is_empty());
+        vault.store.commit().await.unwrap();
+        drop((c, collection));
+
+        let vault = vault.reopen().await;
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        for i in 0..64 {
+            let id = RecordId::parse(&format!("r{i}")).unwrap();
+            let expected = (i != 7).then(|| json!({ "id": format!("r{i}"), "n": i }));
+            assert_eq!(c.get(&notes(), &id).unwrap(), expected, "r{i}");
+        }
+    }
+
+    /// A persist that fails fails every write of its group with the store's error:
+    /// none is answered as written, none is in the collection, and the next write
+    /// succeeds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_persist_fails_every_write_of_its_group() {
+        let vault = TestVault::new();
+        let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        let collection = c.load(&notes()).unwrap();
+        let held = collection.lock().unwrap();
+        let writes = queue_64(&c);
+        vault.store.faults().inject(crate::store::Fault::WriteError);
+        drop(held);
+        for (i, write) in writes.into_iter().enumerate() {
+            match write.await.unwrap() {
+                Ok(Err(refused)) if i == 7 => assert_eq!(refused, "r7 refused"),
+                Err(e) => {
+                    assert!(e.to_string().contains("injected write error"), "r{i}: {e}");
+                    assert_eq!(e.code(), hearth_protocol::api::ErrorCode::Storage);
+                }
+                other => panic!("r{i}: {other:?}"),
+            }
+        }
+        vault.store.faults().clear();
+        assert!(c.records(&notes()).unwrap().is_empty());
+        assert_eq!(write(&c, 100).await.unwrap().unwrap(), Ok((false, ())));
+        assert_eq!(c.records(&notes()).unwrap().len(), 1);
+    }
+
+    /// A drain dropped before it finished (a panic, a runtime shutting down) fails the
+    /// writes still queued instead of leaving them waiting, and frees the queue.
+    #[tokio::test]
+    async fn writes_left_by_a_drain_that_did_not_finish_fail_and_the_queue_is_freed() {
+        let vault = TestVault::new();
+        let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        // As if a drain were running: the write queues behind it.
+        c.write_queues().entry(notes()).or_default().draining = true;
+        let waiting = write(&c, 1);
+        while c
+            .write_queues()
+            .get(&notes())
+            .is_some_and(|q| q.jobs.is_empty())
+        {
+            tokio::task::yield_now().await;
+        }
+        drop(Drain {
+            collections: c.clone(),
+            name: notes(),
+            done: false,
+        });
+        assert!(matches!(
+            waiting.await.unwrap(),
+            Err(CollectionError::Store(StoreError::Closed))
+        ));
+        assert!(c.write_queues().is_empty());
+        assert_eq!(write(&c, 2).await.unwrap().unwrap(), Ok((false, ())));
+    }
+}
