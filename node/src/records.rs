@@ -9,7 +9,8 @@
 
 use automerge::transaction::Transactable;
 use automerge::{
-    AutoCommit, AutomergeError, ChangeHash, ObjId, ObjType, Prop, ROOT, ReadDoc, ScalarValue, Value,
+    AutoCommit, AutomergeError, ChangeHash, ObjId, ObjType, Prop, ROOT, ReadDoc, ScalarValue,
+    Value, ValueRef,
 };
 use serde_json::{Map, Number, Value as Json};
 
@@ -19,7 +20,7 @@ pub fn read_record(
     id: &str,
 ) -> Result<Option<Map<String, Json>>, AutomergeError> {
     match doc.get(ROOT, id)? {
-        Some((Value::Object(ObjType::Map), obj)) => Ok(Some(read_map(doc, &obj)?)),
+        Some((Value::Object(ObjType::Map), obj)) => Ok(Some(read_map(doc, &obj, At::Now)?)),
         // Anything else at a record's key was not written by Hearth; show nothing
         // rather than guess.
         _ => Ok(None),
@@ -34,47 +35,11 @@ pub fn read_record_at(
     heads: &[ChangeHash],
 ) -> Result<Option<Map<String, Json>>, AutomergeError> {
     match doc.get_at(ROOT, id, heads)? {
-        Some((Value::Object(ObjType::Map), obj)) => Ok(Some(read_map_at(doc, &obj, heads)?)),
+        Some((Value::Object(ObjType::Map), obj)) => {
+            Ok(Some(read_map(doc, &obj, At::Heads(heads))?))
+        }
         _ => Ok(None),
     }
-}
-
-fn read_map_at(
-    doc: &AutoCommit,
-    obj: &ObjId,
-    heads: &[ChangeHash],
-) -> Result<Map<String, Json>, AutomergeError> {
-    let mut out = Map::new();
-    for key in doc.keys_at(obj, heads) {
-        if let Some((value, child)) = doc.get_at(obj, key.as_str(), heads)? {
-            out.insert(key, read_value_at(doc, value, &child, heads)?);
-        }
-    }
-    Ok(out)
-}
-
-fn read_value_at(
-    doc: &AutoCommit,
-    value: Value<'_>,
-    obj: &ObjId,
-    heads: &[ChangeHash],
-) -> Result<Json, AutomergeError> {
-    Ok(match value {
-        Value::Object(ObjType::Map | ObjType::Table) => Json::Object(read_map_at(doc, obj, heads)?),
-        Value::Object(ObjType::List) => {
-            let len = doc.length_at(obj, heads);
-            let mut items = Vec::with_capacity(len);
-            for index in 0..len {
-                match doc.get_at(obj, index, heads)? {
-                    Some((value, child)) => items.push(read_value_at(doc, value, &child, heads)?),
-                    None => items.push(Json::Null),
-                }
-            }
-            Json::Array(items)
-        }
-        Value::Object(ObjType::Text) => Json::String(doc.text_at(obj, heads)?),
-        Value::Scalar(scalar) => scalar_to_json(&scalar),
-    })
 }
 
 /// The ids of the records a diff's patches touch, each once. (Patches come grouped by
@@ -192,7 +157,7 @@ pub fn record_conflicts(doc: &AutoCommit, id: &str) -> Result<Map<String, Json>,
         if values.len() > 1 && !equal_texts {
             let mut all = Vec::with_capacity(values.len());
             for (value, child) in values.into_iter().rev() {
-                all.push(read_value(doc, value, &child)?);
+                all.push(read_value(doc, value, &child, At::Now)?);
             }
             out.insert(key, Json::Array(all));
         }
@@ -404,39 +369,79 @@ pub fn remove_record(doc: &mut AutoCommit, id: &str) -> Result<bool, AutomergeEr
     Ok(true)
 }
 
+/// Where a read looks: the document as it is, or as it was at some heads.
+#[derive(Clone, Copy)]
+enum At<'h> {
+    Now,
+    Heads(&'h [ChangeHash]),
+}
+
 /// One pass over the map's keys and winning values: a lookup per key (`keys`, then
 /// `get` each) costs a seek into the document per field, and was most of a write's
 /// time in a large collection (the record is read before every write).
-fn read_map(doc: &AutoCommit, obj: &ObjId) -> Result<Map<String, Json>, AutomergeError> {
+fn read_map(
+    doc: &AutoCommit,
+    obj: &ObjId,
+    at: At<'_>,
+) -> Result<Map<String, Json>, AutomergeError> {
+    let items = match at {
+        At::Now => doc.map_range(obj, ..),
+        At::Heads(heads) => doc.map_range_at(obj, .., heads),
+    };
     let mut out = Map::new();
-    for item in doc.map_range(obj, ..) {
-        // Only an object's id is needed (to read inside it); a scalar's is not made.
-        let child = match item.value {
-            automerge::ValueRef::Object(_) => item.id(),
-            automerge::ValueRef::Scalar(_) => ROOT,
+    for item in items {
+        let json = match item.value {
+            // Only an object's id is needed (to read inside it): a scalar's is not made.
+            ValueRef::Object(kind) => read_object(doc, kind, &item.id(), at)?,
+            scalar @ ValueRef::Scalar(_) => read_value(doc, scalar.into_value(), &ROOT, at)?,
         };
-        let json = read_value(doc, item.value.into_value(), &child)?;
         out.insert(item.key.into_owned(), json);
     }
     Ok(out)
 }
 
-fn read_value(doc: &AutoCommit, value: Value<'_>, obj: &ObjId) -> Result<Json, AutomergeError> {
-    Ok(match value {
-        Value::Object(ObjType::Map | ObjType::Table) => Json::Object(read_map(doc, obj)?),
-        Value::Object(ObjType::List) => {
-            let len = doc.length(obj);
-            let mut items = Vec::with_capacity(len);
-            for index in 0..len {
-                match doc.get(obj, index)? {
-                    Some((value, child)) => items.push(read_value(doc, value, &child)?),
-                    None => items.push(Json::Null),
-                }
+/// A value as JSON; `obj` is the value's own id when it is an object (unused for a
+/// scalar).
+fn read_value(
+    doc: &AutoCommit,
+    value: Value<'_>,
+    obj: &ObjId,
+    at: At<'_>,
+) -> Result<Json, AutomergeError> {
+    match value {
+        Value::Object(kind) => read_object(doc, kind, obj, at),
+        Value::Scalar(scalar) => Ok(scalar_to_json(&scalar)),
+    }
+}
+
+fn read_object(
+    doc: &AutoCommit,
+    kind: ObjType,
+    obj: &ObjId,
+    at: At<'_>,
+) -> Result<Json, AutomergeError> {
+    Ok(match kind {
+        ObjType::Map | ObjType::Table => Json::Object(read_map(doc, obj, at)?),
+        ObjType::List => {
+            let items = match at {
+                At::Now => doc.list_range(obj, ..),
+                At::Heads(heads) => doc.list_range_at(obj, .., heads),
+            };
+            let mut out = Vec::new();
+            for item in items {
+                out.push(match item.value {
+                    ValueRef::Object(kind) => read_object(doc, kind, &item.id(), at)?,
+                    scalar @ ValueRef::Scalar(_) => {
+                        read_value(doc, scalar.into_value(), &ROOT, at)?
+                    }
+                });
             }
-            Json::Array(items)
+            Json::Array(out)
         }
-        Value::Object(ObjType::Text) => Json::String(doc.text(obj)?),
-        Value::Scalar(scalar) => scalar_to_json(&scalar),
+        ObjType::Text => Json::String(match at {
+            At::Now => doc.text(obj)?,
+            At::Heads(heads) => doc.text_at(obj, heads)?,
+        }),
     })
 }
 
@@ -773,6 +778,22 @@ mod tests {
             put_record(&mut doc, "r", &second).unwrap();
             let loaded = AutoCommit::load(&doc.save()).unwrap();
             prop_assert_eq!(read_record(&loaded, "r").unwrap().unwrap(), second);
+        }
+
+        /// A record read as it was at earlier heads is what it was then, nested maps
+        /// and lists included; none before it was written.
+        #[test]
+        fn a_record_reads_at_earlier_heads_as_it_was(first in json_record(), second in json_record()) {
+            let mut doc = AutoCommit::new();
+            let empty = doc.get_heads();
+            put_record(&mut doc, "r", &first).unwrap();
+            let then = doc.get_heads();
+            patch_record(&mut doc, "r", &second).unwrap();
+            put_record(&mut doc, "other", &second).unwrap();
+            prop_assert_eq!(read_record_at(&doc, "r", &then).unwrap().unwrap(), first);
+            prop_assert_eq!(read_record_at(&doc, "r", &empty).unwrap(), None);
+            let now = doc.get_heads();
+            prop_assert_eq!(read_record_at(&doc, "r", &now).unwrap(), read_record(&doc, "r").unwrap());
         }
 
         #[test]
