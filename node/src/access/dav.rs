@@ -499,10 +499,17 @@ impl Door {
         let uid_path = FieldPath::parse("uid").expect("valid field name");
         let reads_uid = scope.read.as_ref().is_some_and(|r| r.covers(&uid_path));
         let writes_uid = scope.write.as_ref().is_some_and(|w| w.covers(&uid_path));
-        let reverse = meta.reverse();
-        let mut etag = String::new();
-        let inner = &self.0;
-        let outcome = inner.collections.write_checked(collection, &id, |before| {
+        let fields: Vec<String> = {
+            let mut v: Vec<String> = new_fields.keys().cloned().collect();
+            v.sort();
+            v
+        };
+        let (condition, text, name_of) = (condition.clone(), text.to_owned(), collection.clone());
+        let written = id.clone();
+        // Persisted together with the writes to the collection waiting beside it.
+        let decide = move |before: Option<&Map<String, Value>>| {
+            let (id, condition, text) = (&written, &condition, text.as_str());
+            let reverse = meta.reverse();
             let with_id = |r: &Map<String, Value>| {
                 let mut r = r.clone();
                 r.insert("id".into(), Value::String(id.to_string()));
@@ -561,7 +568,7 @@ impl Door {
             {
                 patch.insert(kind.text_field().to_owned(), Value::String(text.to_owned()));
             }
-            let mut after = scope.check_write(collection.as_str(), before, &patch, true)?;
+            let mut after = scope.check_write(name_of.as_str(), before, &patch, true)?;
             pim::prepare(kind, before, &mut after).map_err(Refusal::Unreadable)?;
             if !scope.visible(&after) {
                 return Err(Refusal::Scope(WriteRefusal::NoMatchAfter(
@@ -575,24 +582,20 @@ impl Door {
             }
             let served =
                 serve(kind, &scope, &meta, &reverse, &with_id(&after)).map_err(Refusal::Access)?;
-            etag = served.map(|s| s.etag).unwrap_or_default();
+            let etag = served.map(|s| s.etag).unwrap_or_default();
             Ok(match before {
-                Some(before) => RecordWrite::Patch(diff_patch(before, &after)),
-                None => RecordWrite::Put(after),
+                Some(before) => (RecordWrite::Patch(diff_patch(before, &after)), etag),
+                None => (RecordWrite::Put(after), etag),
             })
-        })?;
-        let existed = match outcome {
-            Ok(existed) => existed,
+        };
+        let outcome = self.0.collections.write_combined(collection, &id, decide);
+        let (existed, etag) = match outcome.await? {
+            Ok(written) => written,
             Err(refusal) => return Err(self.dav_refused(caller, collection, &id, refusal)),
         };
         if remember {
             self.remember(collection, name, Some(id.as_str()))?;
         }
-        let fields: Vec<String> = {
-            let mut v: Vec<String> = new_fields.keys().cloned().collect();
-            v.sort();
-            v
-        };
         let event = AuditEvent {
             records: 1,
             fields,
@@ -623,7 +626,6 @@ impl Door {
         let kind = self.kind_of(collection)?;
         let scope = self.writable(caller, collection.as_str())?.clone();
         let meta = self.meta_of(collection)?;
-        let reverse = meta.reverse();
         let Some(record) = self.resolve(collection, kind, &scope, &meta, name)? else {
             return Err(AccessError::NotFound {
                 collection: collection.to_string(),
@@ -632,8 +634,11 @@ impl Door {
         };
         let id = RecordId::parse(record.get("id").and_then(Value::as_str).unwrap_or_default())
             .map_err(|e| AccessError::Internal(e.to_string()))?;
-        let inner = &self.0;
-        let outcome = inner.collections.write_checked(collection, &id, |before| {
+        let named = meta.names.contains_key(name);
+        let (condition, removed) = (condition.clone(), id.clone());
+        // Persisted together with the writes to the collection waiting beside it.
+        let decide = move |before: Option<&Map<String, Value>>| {
+            let (id, reverse) = (&removed, meta.reverse());
             if let Some(tag) = &condition.if_match {
                 let seen = match before {
                     Some(b) => {
@@ -648,12 +653,13 @@ impl Door {
                 }
             }
             scope.check_delete(before)?;
-            Ok(RecordWrite::Remove)
-        })?;
-        if let Err(refusal) = outcome {
+            Ok((RecordWrite::Remove, ()))
+        };
+        let outcome = self.0.collections.write_combined(collection, &id, decide);
+        if let Err(refusal) = outcome.await? {
             return Err(self.dav_refused(caller, collection, &id, refusal));
         }
-        if meta.names.contains_key(name) {
+        if named {
             self.remember(collection, name, None)?;
         }
         let event = AuditEvent {
