@@ -121,6 +121,37 @@ pub struct Faults {
     /// 0: none; 1: writes fail with an I/O error; 2: writes fail as if the disk were full.
     writes: std::sync::atomic::AtomicU8,
     flushes: std::sync::atomic::AtomicBool,
+    /// Unit tests: while set, the flusher waits before each flush ([`Faults::hold_flushes`]).
+    #[cfg(test)]
+    gate: std::sync::Arc<FlushGate>,
+}
+
+/// Whether flushes are held, and whether the flusher is waiting at the gate.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct FlushGate {
+    state: std::sync::Mutex<(bool, bool)>,
+    changed: std::sync::Condvar,
+}
+
+/// Flushes wait while this lives (see [`Faults::hold_flushes`]).
+#[cfg(test)]
+pub(crate) struct FlushHold(std::sync::Arc<FlushGate>);
+
+#[cfg(test)]
+impl FlushHold {
+    /// Whether the flusher is waiting at the gate (a flush was asked for).
+    pub(crate) fn flusher_waiting(&self) -> bool {
+        self.0.state.lock().unwrap().1
+    }
+}
+
+#[cfg(test)]
+impl Drop for FlushHold {
+    fn drop(&mut self) {
+        self.0.state.lock().unwrap().0 = false;
+        self.0.changed.notify_all();
+    }
 }
 
 /// One kind of injected failure.
@@ -153,6 +184,24 @@ impl Faults {
             2 => Err(StoreError::DiskFull),
             _ => Err(StoreError::Storage("injected write error".into())),
         }
+    }
+
+    /// Holds every flush (so every commit) until the returned guard is dropped.
+    #[cfg(test)]
+    pub(crate) fn hold_flushes(&self) -> FlushHold {
+        self.gate.state.lock().unwrap().0 = true;
+        FlushHold(self.gate.clone())
+    }
+
+    /// Waits while flushes are held.
+    #[cfg(test)]
+    fn pass_flush_gate(&self) {
+        let mut state = self.gate.state.lock().unwrap();
+        while state.0 {
+            state.1 = true;
+            state = self.gate.changed.wait(state).unwrap();
+        }
+        state.1 = false;
     }
 
     fn check_flush(&self) -> Result<(), String> {
@@ -612,6 +661,8 @@ impl Flusher {
                 .meta
                 .insert(META_COMMIT_KEY, &next.to_be_bytes())
                 .is_ok();
+            #[cfg(test)]
+            self.faults.pass_flush_gate();
             let result = self
                 .faults
                 .check_flush()

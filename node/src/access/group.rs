@@ -276,6 +276,60 @@ mod tests {
         );
     }
 
+    /// Nothing is answered before the commit that makes its audit entry durable: with
+    /// every flush held, no read and no write of a view returns; once flushes go on,
+    /// all do.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_access_is_answered_before_the_commit_that_holds_its_entry() {
+        let (vault, collections, door, reader) = vault();
+        let scope = Scope::parse(Some("contacts.name"), Some("contacts.name"), &[]).unwrap();
+        let (_, writer) =
+            create_grant(&collections, &vault.keys, NewGrant::new("editor", scope)).unwrap();
+        let hold = vault.store.faults().hold_flushes();
+        let contacts = CollectionName::parse("contacts").unwrap();
+        let mut accesses = Vec::new();
+        for i in 0..8 {
+            let (d, token, c) = (door.clone(), reader.clone(), contacts.clone());
+            accesses.push(tokio::spawn(async move {
+                let id = RecordId::parse(&format!("r{i}")).unwrap();
+                d.read_record(&Credentials::local(&token), &c, &id)
+                    .await
+                    .map(drop)
+            }));
+            let (d, token, c) = (door.clone(), writer.token.clone(), contacts.clone());
+            accesses.push(tokio::spawn(async move {
+                let record = json!({"id": format!("r{i}"), "name": format!("Renamed {i}")});
+                let record = record.as_object().unwrap().clone();
+                d.write(&Credentials::local(&token), &c, record)
+                    .await
+                    .map(drop)
+            }));
+        }
+        for _ in 0..500 {
+            if hold.flusher_waiting() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(hold.flusher_waiting(), "no commit was asked for");
+        // Time enough for any access to come back if it did not wait for its commit.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let answered = accesses.iter().filter(|a| a.is_finished()).count();
+        assert_eq!(
+            answered, 0,
+            "answered while its audit entry was not durable"
+        );
+        drop(hold);
+        for access in accesses {
+            access.await.unwrap().unwrap();
+        }
+        let renamed = collections
+            .get(&contacts, &RecordId::parse("r3").unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(renamed["name"], "Renamed 3");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_commit_fails_every_read_of_its_group_and_none_is_answered() {
         let (vault, _collections, door, token) = vault();
