@@ -1,4 +1,5 @@
-//! Owner writes to one collection, persisted together.
+//! Record writes to one collection (the owner's, a view's, a DAV client's), persisted
+//! together.
 //!
 //! A write persisted alone pays for a saved change, a sealed value and an index batch
 //! of its own, and the collection's writers wait for each other under its lock. Writes
