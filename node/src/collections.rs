@@ -126,7 +126,7 @@ pub struct Collections {
     /// Held while a collection's document keys are read whole (a load) and while a
     /// compaction replaces some of them, so a load never sees half of that.
     layout: Arc<Mutex<()>>,
-    /// Owner writes waiting to be persisted together, by collection ([`combined`]).
+    /// Record writes waiting to be persisted together, by collection ([`combined`]).
     writes: Mutex<HashMap<CollectionName, combined::Queue>>,
 }
 
@@ -816,22 +816,6 @@ impl Collections {
             }
             Ok(())
         })
-    }
-
-    /// Reads record `id` (without its `"id"`) and, under the same lock, lets `decide`
-    /// say what to write — so a check and the change it allows see the same record.
-    /// Returns whether the record existed, or `decide`'s refusal (nothing written).
-    /// Durable only after [`Store::commit`].
-    pub fn write_checked<E>(
-        &self,
-        name: &CollectionName,
-        id: &RecordId,
-        decide: impl FnOnce(Option<&Map<String, Json>>) -> Result<RecordWrite, E>,
-    ) -> Result<Result<bool, E>, CollectionError> {
-        let outcome = self.try_mutate(name, Some(&[id.as_str()]), |doc| {
-            apply_checked(doc, id.as_str(), |before| decide(before).map(|w| (w, ())))
-        })?;
-        Ok(outcome.map(|(existed, ())| existed))
     }
 
     /// Starts indexing a collection's changes so that [`Collections::changes_since`]

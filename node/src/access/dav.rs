@@ -594,7 +594,7 @@ impl Door {
             Err(refusal) => return Err(self.dav_refused(caller, collection, &id, refusal)),
         };
         if remember {
-            self.remember(collection, name, Some(id.as_str()))?;
+            self.remember(collection, name, Some(id.as_str())).await?;
         }
         let event = AuditEvent {
             records: 1,
@@ -660,7 +660,7 @@ impl Door {
             return Err(self.dav_refused(caller, collection, &id, refusal));
         }
         if named {
-            self.remember(collection, name, None)?;
+            self.remember(collection, name, None).await?;
         }
         let event = AuditEvent {
             records: 1,
@@ -791,12 +791,7 @@ impl Door {
         if make {
             patch.insert("made".into(), Value::Bool(true));
         }
-        inner
-            .collections
-            .write_checked(&meta(), &meta_id(collection), |before| {
-                Ok::<_, std::convert::Infallible>(meta_write(before, patch))
-            })?
-            .unwrap_or_else(|never| match never {});
+        self.write_meta(collection, patch).await?;
         let event = AuditEvent {
             fields,
             ..AuditEvent::new(&caller.grant, Operation::Write, collection.as_str())
@@ -806,7 +801,7 @@ impl Door {
     }
 
     /// Records (or forgets) the id a client's name stands for.
-    fn remember(
+    async fn remember(
         &self,
         collection: &CollectionName,
         name: &str,
@@ -816,12 +811,21 @@ impl Door {
         let Value::Object(patch) = patch else {
             unreachable!("a JSON object literal")
         };
-        self.0
-            .collections
-            .write_checked(&meta(), &meta_id(collection), |before| {
-                Ok::<_, std::convert::Infallible>(meta_write(before, patch))
-            })?
-            .unwrap_or_else(|never| match never {});
+        self.write_meta(collection, patch).await
+    }
+
+    /// Merges `patch` into what DAV keeps about `collection` (its names and properties).
+    async fn write_meta(
+        &self,
+        collection: &CollectionName,
+        patch: Map<String, Value>,
+    ) -> Result<(), AccessError> {
+        let decide = move |before: Option<&Map<String, Value>>| {
+            Ok::<_, std::convert::Infallible>((meta_write(before, patch), ()))
+        };
+        let (name, id) = (meta(), meta_id(collection));
+        let written = self.0.collections.write_combined(&name, &id, decide);
+        written.await?.unwrap_or_else(|never| match never {});
         Ok(())
     }
 

@@ -8,7 +8,7 @@
 //! own Automerge change (a refused one is rolled back alone), then one persist writes
 //! them together. Each is answered only after that persist, with its own result, or
 //! with the persist's failure, which then fails every write of the group. Durable, as
-//! any write, after [`Store::commit`].
+//! any write, after [`Store::commit`](crate::store::Store::commit).
 //!
 //! The write that finds nobody draining drains on its own task, so a lone write costs
 //! what it did before; writes that queued meanwhile are drained on the blocking pool,
@@ -42,16 +42,21 @@ struct Job {
     apply: Apply,
 }
 
-/// Applies a write to the collection (or answers it with the failure that kept it
-/// from the collection); returns how to answer it once persisted, if it wrote.
-type Apply = Box<dyn FnOnce(Result<&mut Collection, &CollectionError>) -> Option<Answer> + Send>;
+/// Applies a write to its record (given by id) in the collection, or answers it with
+/// the failure that kept it from the collection; returns how to answer it once
+/// persisted, if it wrote.
+type Apply =
+    Box<dyn FnOnce(Result<&mut Collection, &CollectionError>, &str) -> Option<Answer> + Send>;
 /// Answers an applied write with the outcome of the persist that covers it.
 type Answer = Box<dyn FnOnce(Result<(), &CollectionError>) + Send>;
 
 impl Collections {
-    /// As [`Collections::write_checked`], persisted together with the writes to the same
-    /// collection waiting at the same moment (see the module's doc). `decide` also
-    /// gives back a value of its own, returned beside whether the record existed.
+    /// Reads record `id` (without its `"id"`) and, under the collection's lock, lets
+    /// `decide` say what to write — so a check and the change it allows see the same
+    /// record — persisted together with the writes to the same collection waiting at
+    /// the same moment (see the module's doc). Returns whether the record existed and
+    /// the value `decide` gave back beside its write, or `decide`'s refusal (nothing
+    /// written). Durable only after [`Store::commit`](crate::store::Store::commit).
     pub async fn write_combined<T, E>(
         self: &Arc<Self>,
         name: &CollectionName,
@@ -63,8 +68,7 @@ impl Collections {
         E: Send + 'static,
     {
         let (answer, answered) = oneshot::channel();
-        let record = id.as_str().to_owned();
-        let apply: Apply = Box::new(move |collection| {
+        let apply: Apply = Box::new(move |collection, record| {
             let c = match collection {
                 Ok(c) => c,
                 Err(e) => {
@@ -72,7 +76,7 @@ impl Collections {
                     return None;
                 }
             };
-            match apply_checked(&mut c.doc, &record, decide) {
+            match apply_checked(&mut c.doc, record, decide) {
                 Ok(done) => Some(Box::new(move |persisted: Result<(), &CollectionError>| {
                     drop(answer.send(persisted.map(|()| Ok(done)).map_err(|e| e.shared())));
                 })),
@@ -134,7 +138,7 @@ impl Collections {
         let persisted = self.with(name, |c| {
             let mut touched = Vec::new();
             for job in jobs.take().into_iter().flatten() {
-                if let Some(answer) = (job.apply)(Ok(c)) {
+                if let Some(answer) = (job.apply)(Ok(c), &job.id) {
                     // Its own change: a later write rolled back leaves it.
                     c.doc.commit();
                     answers.push(answer);
@@ -149,7 +153,7 @@ impl Collections {
         if let Err(e) = &persisted {
             // The collection could not be used (nothing was applied), or the persist failed.
             for job in jobs.into_iter().flatten() {
-                (job.apply)(Err(e));
+                (job.apply)(Err(e), &job.id);
             }
         }
         for answer in answers {
