@@ -126,12 +126,20 @@ pub struct Faults {
     gate: std::sync::Arc<FlushGate>,
 }
 
-/// Whether flushes are held, and whether the flusher is waiting at the gate.
 #[cfg(test)]
 #[derive(Debug, Default)]
 pub(crate) struct FlushGate {
-    state: std::sync::Mutex<(bool, bool)>,
+    state: std::sync::Mutex<GateState>,
     changed: std::sync::Condvar,
+}
+
+#[cfg(test)]
+#[derive(Debug, Default)]
+struct GateState {
+    /// Flushes wait while this is set.
+    held: bool,
+    /// The flusher is waiting at the gate (a flush was asked for).
+    waiting: bool,
 }
 
 /// Flushes wait while this lives (see [`Faults::hold_flushes`]).
@@ -142,14 +150,14 @@ pub(crate) struct FlushHold(std::sync::Arc<FlushGate>);
 impl FlushHold {
     /// Whether the flusher is waiting at the gate (a flush was asked for).
     pub(crate) fn flusher_waiting(&self) -> bool {
-        self.0.state.lock().unwrap().1
+        self.0.state.lock().unwrap().waiting
     }
 }
 
 #[cfg(test)]
 impl Drop for FlushHold {
     fn drop(&mut self) {
-        self.0.state.lock().unwrap().0 = false;
+        self.0.state.lock().unwrap().held = false;
         self.0.changed.notify_all();
     }
 }
@@ -189,7 +197,7 @@ impl Faults {
     /// Holds every flush (so every commit) until the returned guard is dropped.
     #[cfg(test)]
     pub(crate) fn hold_flushes(&self) -> FlushHold {
-        self.gate.state.lock().unwrap().0 = true;
+        self.gate.state.lock().unwrap().held = true;
         FlushHold(self.gate.clone())
     }
 
@@ -197,11 +205,11 @@ impl Faults {
     #[cfg(test)]
     fn pass_flush_gate(&self) {
         let mut state = self.gate.state.lock().unwrap();
-        while state.0 {
-            state.1 = true;
+        while state.held {
+            state.waiting = true;
             state = self.gate.changed.wait(state).unwrap();
         }
-        state.1 = false;
+        state.waiting = false;
     }
 
     fn check_flush(&self) -> Result<(), String> {

@@ -373,29 +373,22 @@ async fn exchange(
     tokio::pin!(talk);
     let deadline = tokio::time::sleep(PAIR_TIMEOUT);
     tokio::pin!(deadline);
-    // Connected first: a stream asked for while this dial is still in flight races
-    // libp2p-stream's own dial (which has no address) and could wait until the
-    // deadline, though the inviting device was there all along.
+    // The stream is asked for only once connected: one asked for while this dial is
+    // still in flight races libp2p-stream's own dial (which has no address) and could
+    // wait until the deadline, though the inviting device was there all along.
+    let mut connected = false;
     loop {
         tokio::select! {
+            result = &mut talk, if connected => return result,
             event = swarm.select_next_some() => match event {
-                SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == inviter => break,
+                SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == inviter => {
+                    connected = true;
+                }
                 SwarmEvent::OutgoingConnectionError { error, .. } => {
                     return Err(PairError::Unreachable(dial_reason(&error)));
                 }
                 _ => {}
             },
-            _ = &mut deadline => return Err(PairError::Unreachable("timed out".into())),
-        }
-    }
-    loop {
-        tokio::select! {
-            result = &mut talk => return result,
-            event = swarm.select_next_some() => {
-                if let SwarmEvent::OutgoingConnectionError { error, .. } = event {
-                    return Err(PairError::Unreachable(dial_reason(&error)));
-                }
-            }
             _ = &mut deadline => return Err(PairError::Unreachable("timed out".into())),
         }
     }
