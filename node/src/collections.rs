@@ -28,7 +28,7 @@ use tokio::sync::broadcast;
 use zeroize::Zeroizing;
 
 use crate::commits::MarkCheck;
-use crate::index::{Mark, RecordIndex};
+use crate::index::{Mark, RecordIndex, Stored};
 use crate::records;
 use crate::store::{SealedBatch, SealedTree, Store, StoreError};
 
@@ -590,7 +590,11 @@ impl Collections {
             .index
             .after(&key, name.as_str(), after.map(RecordId::as_str))?
         {
-            let (id, record) = entry?;
+            let (id, stored) = entry?;
+            let Some(record) = self.stored(name, &id, stored)? else {
+                // Removed from the document since its entry was read.
+                continue;
+            };
             if let Some(kept) = keep(with_id(&id, record)) {
                 out.push((id, kept));
                 if out.len() == limit {
@@ -606,17 +610,36 @@ impl Collections {
     }
 
     /// Record `id`, with its `"id"`; `None` if there is none. Read from the record
-    /// index: it neither loads the document nor waits for its writers.
+    /// index: it neither loads the document nor waits for its writers, unless the
+    /// record is long ([`records::LONG`]).
     pub fn get(
         &self,
         name: &CollectionName,
         id: &RecordId,
     ) -> Result<Option<Json>, CollectionError> {
         let key = self.indexed(name)?;
+        let Some(stored) = self.index.get(&key, name.as_str(), id.as_str())? else {
+            return Ok(None);
+        };
         Ok(self
-            .index
-            .get(&key, name.as_str(), id.as_str())?
+            .stored(name, id.as_str(), stored)?
             .map(|record| with_id(id.as_str(), record)))
+    }
+
+    /// A record as the index holds it, or as its document reads now if the index holds
+    /// only its id (a long record; `None` if it was removed meanwhile).
+    fn stored(
+        &self,
+        name: &CollectionName,
+        id: &str,
+        stored: Stored,
+    ) -> Result<Option<Map<String, Json>>, CollectionError> {
+        match stored {
+            Stored::Record(record) => Ok(Some(record)),
+            Stored::InDocument => self.with(name, |c| {
+                records::read_record(&c.doc, id).map_err(|e| c.automerge(e))
+            }),
+        }
     }
 
     /// The key of a collection whose record index is current: known so, found so
@@ -673,16 +696,15 @@ impl Collections {
         heads: Vec<ChangeHash>,
     ) -> Result<u64, CollectionError> {
         let doc = &c.doc;
-        let all = records::record_ids(doc)
-            .into_iter()
-            .filter_map(|id| match records::read_record(doc, &id) {
-                Ok(Some(record)) => Some(Ok((id, record))),
-                Ok(None) => None,
-                Err(e) => Some(Err(StoreError::Malformed(format!(
+        let all = records::record_ids(doc).into_iter().map(|id| {
+            match records::read_for_index(doc, &id) {
+                Ok(record) => Ok((id, record)),
+                Err(e) => Err(StoreError::Malformed(format!(
                     "collection {} could not be read to index it: {e}",
                     c.name
-                )))),
-            });
+                ))),
+            }
+        });
         let count = self.index.rebuild(&c.key, c.name.as_str(), all)?;
         let mark = Mark {
             generation,
@@ -1034,7 +1056,7 @@ impl Collections {
             (Some(count), Some(touched)) => {
                 let mut read = Vec::with_capacity(touched.len());
                 for id in &touched {
-                    let record = records::read_record(&c.doc, id).map_err(|e| c.automerge(e))?;
+                    let record = records::read_for_index(&c.doc, id).map_err(|e| c.automerge(e))?;
                     read.push((id.as_str(), record));
                 }
                 mark.count = count;
@@ -2203,6 +2225,96 @@ mod tests {
         let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
         assert_eq!(c.get(&mail, &id("m05")).unwrap().unwrap()["n"], 55);
         assert_eq!(c.count(&mail).unwrap(), 19);
+    }
+
+    /// A record holding a text longer than `records::LONG` keeps only its id in the
+    /// index, so an edit to that text writes what the edit does, not the whole text
+    /// again; every read still returns the whole record, read from the document,
+    /// and the record comes back into the index once its text is short again.
+    #[tokio::test]
+    async fn a_long_text_is_read_from_its_document_and_its_index_entry_stays_small() {
+        use crate::records::{LONG, TextEdit};
+        let vault = TestVault::new();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let notes = name("notes");
+        let key = vault.store.name_key(NAME_DOMAIN, "notes");
+        let index = vault.store.tree("records").unwrap();
+        let entry_len = |i: &str| {
+            let mut k = key.to_vec();
+            k.push(1);
+            k.extend_from_slice(&vault.store.name_key("record", &format!("notes/{i}")));
+            index.raw().get(k).unwrap().map(|v| v.len())
+        };
+        c.put(&notes, &id("short"), &obj(json!({"body": "hi"})))
+            .unwrap();
+        c.put(&notes, &id("paper"), &obj(json!({"title": "paper"})))
+            .unwrap();
+        let type_in = |at: usize, text: &str| {
+            let edit = TextEdit {
+                position: at,
+                delete: 0,
+                insert: text.into(),
+            };
+            assert!(c.edit_text(&notes, &id("paper"), "text", &[edit]).unwrap());
+        };
+        let line = "All work and no play makes Jack a dull boy. ";
+        let mut body = String::new();
+        while body.chars().count() <= LONG {
+            type_in(body.chars().count(), line);
+            body.push_str(line);
+        }
+        // Only the id is indexed (sealed: nonce and tag around it)...
+        let small = entry_len("paper").unwrap();
+        assert!(small < 100, "{small} bytes");
+        // ...and each edit from now on writes those same few bytes.
+        type_in(0, "Title. ");
+        body.insert_str(0, "Title. ");
+        assert_eq!(entry_len("paper"), Some(small));
+        let whole = json!({"id": "paper", "title": "paper", "text": body});
+        assert_eq!(c.get(&notes, &id("paper")).unwrap().unwrap(), whole);
+        assert_eq!(c.records(&notes).unwrap()[0], whole);
+        assert_eq!(c.page(&notes, None, 5, Some).unwrap().0.len(), 2);
+        assert_eq!(c.count(&notes).unwrap(), 2);
+        vault.store.commit().await.unwrap();
+        drop(c);
+
+        // A reader with nothing loaded reads the long record from its document, and
+        // only that one: the short record needs no document.
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        assert_eq!(c.get(&notes, &id("short")).unwrap().unwrap()["body"], "hi");
+        assert_eq!(c.cached().0, 0);
+        assert_eq!(c.get(&notes, &id("paper")).unwrap().unwrap(), whole);
+        assert_eq!(c.cached().0, 1);
+        drop(c);
+
+        // Indexed again from the document (a lost index): the same entries.
+        index.raw().clear().unwrap();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        assert_eq!(c.records(&notes).unwrap()[0], whole);
+        assert_eq!(entry_len("paper"), Some(small));
+        assert!(entry_len("short").is_some());
+
+        // Short again: the whole record is back in the index.
+        let cut = TextEdit {
+            position: 0,
+            delete: body.chars().count() - 5,
+            insert: String::new(),
+        };
+        assert!(c.edit_text(&notes, &id("paper"), "text", &[cut]).unwrap());
+        let tail: String = body.chars().skip(body.chars().count() - 5).collect();
+        let json = format!(r#"{{"text":"{tail}","title":"paper"}}"#);
+        assert_eq!(entry_len("paper"), Some(small + json.len()));
+        vault.store.commit().await.unwrap();
+        drop(c);
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        assert_eq!(
+            c.get(&notes, &id("paper")).unwrap().unwrap(),
+            json!({"id": "paper", "title": "paper", "text": tail})
+        );
+        assert_eq!(c.cached().0, 0, "read from the index");
+        c.remove(&notes, &id("paper")).unwrap();
+        assert_eq!(c.get(&notes, &id("paper")).unwrap(), None);
+        assert_eq!(c.count(&notes).unwrap(), 1);
     }
 
     /// The index is sealed like the documents: a flipped byte, or a record moved to

@@ -7,7 +7,10 @@
 //!   persisted) and heads of the document the index was built from, and its record
 //!   count;
 //! - `name_key || 1 || id_key` holds record `id`: its id and the record as JSON
-//!   (without its `"id"`), as [`crate::records::read_record`] reads it. `id_key` is a
+//!   (without its `"id"`), as [`crate::records::read_record`] reads it, or, for a
+//!   record holding a text or list longer than [`crate::records::LONG`], nothing but
+//!   its id: that record is read from the document, so that an edit to a long text
+//!   costs what the edit does, not what the text does. `id_key` is a
 //!   keyed hash of the collection's name and the id ([`Store::name_key`]), so no id
 //!   is readable on disk; records are therefore kept in the order of those hashes, a
 //!   fixed order that tells nothing about the ids (pages follow it; whole lists are
@@ -30,6 +33,7 @@ use automerge::ChangeHash;
 use serde_json::{Map, Value as Json};
 
 use crate::commits::{Ledger, MarkCheck};
+use crate::records::ForIndex;
 use crate::store::{SealedBatch, SealedTree, Store, StoreError};
 
 const MARK: u8 = 0;
@@ -39,8 +43,16 @@ const REBUILD_BATCH: usize = 4096;
 /// Keys read ahead at a time when going through a collection's records.
 const CHUNK: usize = 256;
 
-/// A record as the index holds it: its id and fields.
-pub type Entry = (String, Map<String, Json>);
+/// A record as the index holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored {
+    Record(Map<String, Json>),
+    /// A long record ([`crate::records::LONG`]): read it from the document.
+    InDocument,
+}
+
+/// A record's id and what the index holds of it.
+pub type Entry = (String, Stored);
 
 /// What an index was built from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -162,7 +174,7 @@ impl RecordIndex {
         collection: &[u8; 32],
         name: &str,
         id: &str,
-    ) -> Result<Option<Map<String, Json>>, StoreError> {
+    ) -> Result<Option<Stored>, StoreError> {
         match self.tree.get(&self.record_key(collection, name, id))? {
             None => Ok(None),
             Some(bytes) => {
@@ -253,7 +265,7 @@ impl RecordIndex {
         collection: &[u8; 32],
         name: &str,
         mut mark: Mark,
-        touched: impl IntoIterator<Item = (&'a str, Option<Map<String, Json>>)>,
+        touched: impl IntoIterator<Item = (&'a str, ForIndex)>,
     ) -> Result<Mark, StoreError> {
         let mut seen = HashSet::new();
         for (id, record) in touched {
@@ -263,17 +275,21 @@ impl RecordIndex {
             let key = self.record_key(collection, name, id);
             let existed = self.tree.contains_key(&key)?;
             match record {
-                Some(record) => {
+                ForIndex::Record(record) => {
                     self.tree
-                        .batch_insert(batch, &key, &encode_entry(id, &record));
+                        .batch_insert(batch, &key, &encode_entry(id, Some(&record)));
                     mark.count += u64::from(!existed);
                 }
-                None if existed => {
+                ForIndex::Long => {
+                    self.tree.batch_insert(batch, &key, &encode_entry(id, None));
+                    mark.count += u64::from(!existed);
+                }
+                ForIndex::Missing if existed => {
                     self.tree.batch_remove(batch, &key);
                     // Saturating: a count is only bookkeeping, never worth a panic.
                     mark.count = mark.count.saturating_sub(1);
                 }
-                None => {}
+                ForIndex::Missing => {}
             }
         }
         self.tree
@@ -281,7 +297,8 @@ impl RecordIndex {
         Ok(mark)
     }
 
-    /// Indexes a whole collection again from `records` (every record of its document),
+    /// Indexes a whole collection again from `records` (every record of its document,
+    /// each with its id; [`ForIndex::Missing`] ones are skipped),
     /// replacing what was there, all but the mark: the old mark goes first, and the
     /// caller adds the new one ([`RecordIndex::set_mark`]) once the document it
     /// describes is on disk, so an index half written is never trusted. Returns the
@@ -290,7 +307,7 @@ impl RecordIndex {
         &self,
         collection: &[u8; 32],
         name: &str,
-        records: impl IntoIterator<Item = Result<(String, Map<String, Json>), StoreError>>,
+        records: impl IntoIterator<Item = Result<(String, ForIndex), StoreError>>,
     ) -> Result<u64, StoreError> {
         self.forget(collection);
         self.tree.remove(&mark_key(collection))?;
@@ -307,10 +324,15 @@ impl RecordIndex {
         let mut count = 0;
         for record in records {
             let (id, record) = record?;
+            let record = match &record {
+                ForIndex::Missing => continue,
+                ForIndex::Record(record) => Some(record),
+                ForIndex::Long => None,
+            };
             self.tree.batch_insert(
                 &mut batch,
                 &self.record_key(collection, name, &id),
-                &encode_entry(&id, &record),
+                &encode_entry(&id, record),
             );
             count += 1;
             pending += 1;
@@ -337,23 +359,31 @@ fn mark_key(collection: &[u8; 32]) -> Vec<u8> {
     key
 }
 
-/// An entry's value: u32be length of the id, the id, the record as JSON.
-fn encode_entry(id: &str, record: &Map<String, Json>) -> Vec<u8> {
+/// An entry's value: u32be length of the id, the id, then the record as JSON, or
+/// nothing for a record read from the document ([`Stored::InDocument`]; no JSON
+/// text is empty).
+fn encode_entry(id: &str, record: Option<&Map<String, Json>>) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + id.len() + 64);
     let len = u32::try_from(id.len()).expect("an Automerge map key is shorter than 4 GiB");
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(id.as_bytes());
-    serde_json::to_writer(&mut out, record).expect("a JSON map always encodes");
+    if let Some(record) = record {
+        serde_json::to_writer(&mut out, record).expect("a JSON map always encodes");
+    }
     out
 }
 
-fn decode_entry(bytes: &[u8]) -> Result<(String, Map<String, Json>), StoreError> {
+fn decode_entry(bytes: &[u8]) -> Result<Entry, StoreError> {
     let malformed = || StoreError::Malformed("a record index entry is malformed".into());
     let len = bytes.get(..4).ok_or_else(malformed)?;
     let len = u32::from_be_bytes(len.try_into().map_err(|_| malformed())?) as usize;
     let id = bytes.get(4..4 + len).ok_or_else(malformed)?;
     let id = String::from_utf8(id.to_vec()).map_err(|_| malformed())?;
-    Ok((id, decode_record(&bytes[4 + len..])?))
+    let stored = match &bytes[4 + len..] {
+        [] => Stored::InDocument,
+        json => Stored::Record(decode_record(json)?),
+    };
+    Ok((id, stored))
 }
 
 fn decode_record(bytes: &[u8]) -> Result<Map<String, Json>, StoreError> {

@@ -27,6 +27,54 @@ pub fn read_record(
     }
 }
 
+/// A text (in characters) or list (in items) longer than this keeps its record out of
+/// the record index ([`read_for_index`]): a small edit to it would otherwise re-read and
+/// re-write the whole record, making each edit cost what the record does.
+pub const LONG: usize = 16_384;
+
+/// A record as the record index takes it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ForIndex {
+    /// There is no such record.
+    Missing,
+    Record(Map<String, Json>),
+    /// The record holds a text or list longer than [`LONG`]: it is read from the
+    /// document instead.
+    Long,
+}
+
+/// Reads record `id` for the record index: whole, or only found [`ForIndex::Long`]
+/// (which costs what the record's structure does, not what its long texts hold: a
+/// text's length is kept by Automerge).
+pub fn read_for_index(doc: &AutoCommit, id: &str) -> Result<ForIndex, AutomergeError> {
+    match doc.get(ROOT, id)? {
+        Some((Value::Object(ObjType::Map), obj)) => {
+            if holds_long(doc, &obj, ObjType::Map) {
+                Ok(ForIndex::Long)
+            } else {
+                Ok(ForIndex::Record(read_map(doc, &obj, At::Now)?))
+            }
+        }
+        _ => Ok(ForIndex::Missing),
+    }
+}
+
+/// Whether object `obj` (of `kind`) is, or holds, a text or list longer than [`LONG`].
+fn holds_long(doc: &AutoCommit, obj: &ObjId, kind: ObjType) -> bool {
+    match kind {
+        ObjType::Text => doc.length(obj) > LONG,
+        ObjType::List if doc.length(obj) > LONG => true,
+        ObjType::List => doc.list_range(obj, ..).any(|item| match item.value {
+            ValueRef::Object(kind) => holds_long(doc, &item.id(), kind),
+            ValueRef::Scalar(_) => false,
+        }),
+        ObjType::Map | ObjType::Table => doc.map_range(obj, ..).any(|item| match item.value {
+            ValueRef::Object(kind) => holds_long(doc, &item.id(), kind),
+            ValueRef::Scalar(_) => false,
+        }),
+    }
+}
+
 /// Reads the record `id` as it was at `heads` (a point in the document's history), or
 /// `None` if there was none then.
 pub fn read_record_at(
@@ -511,7 +559,9 @@ fn put_new(
 }
 
 fn fill_list(doc: &mut AutoCommit, list: &ObjId, items: &[Json]) -> Result<(), AutomergeError> {
-    for (index, item) in items.iter().enumerate() {
+    let mut index = 0;
+    let mut rest = items;
+    while let Some((item, after)) = rest.split_first() {
         match item {
             Json::Object(map) => {
                 let child = doc.insert_object(list, index, ObjType::Map)?;
@@ -521,8 +571,21 @@ fn fill_list(doc: &mut AutoCommit, list: &ObjId, items: &[Json]) -> Result<(), A
                 let child = doc.insert_object(list, index, ObjType::List)?;
                 fill_list(doc, &child, inner)?;
             }
-            scalar => doc.insert(list, index, json_to_scalar(scalar))?,
+            _ => {
+                // A run of scalars goes in as one splice: inserting them one by one
+                // seeks the list's end each time (a list of 16k numbers took seconds).
+                let run = rest
+                    .iter()
+                    .take_while(|v| !matches!(v, Json::Object(_) | Json::Array(_)))
+                    .count();
+                doc.splice(list, index, 0, rest[..run].iter().map(json_to_scalar))?;
+                index += run;
+                rest = &rest[run..];
+                continue;
+            }
         }
+        index += 1;
+        rest = after;
     }
     Ok(())
 }
@@ -609,6 +672,53 @@ mod tests {
 
     fn obj(v: Json) -> Map<String, Json> {
         v.as_object().unwrap().clone()
+    }
+
+    /// A record is long when a text or list anywhere in it is longer than `LONG`,
+    /// counted as Automerge counts (characters, items); a long string scalar is not
+    /// (a write replacing it carries it whole anyway).
+    #[test]
+    fn a_record_is_long_when_a_text_or_list_in_it_is() {
+        let mut doc = AutoCommit::new();
+        let long_string = "é".repeat(LONG + 1);
+        put_record(&mut doc, "scalar", &obj(json!({"s": long_string}))).unwrap();
+        let items: Vec<u32> = (0..=LONG as u32).collect();
+        put_record(
+            &mut doc,
+            "list",
+            &obj(json!({"a": {"b": [1, {"c": items}]}})),
+        )
+        .unwrap();
+        let edit = |insert: String| TextEdit {
+            position: 0,
+            delete: 0,
+            insert,
+        };
+        put_record(&mut doc, "text", &obj(json!({}))).unwrap();
+        edit_text(&mut doc, "text", "t", &[edit("é".repeat(LONG))]).unwrap();
+        assert!(matches!(
+            read_for_index(&doc, "scalar").unwrap(),
+            ForIndex::Record(_)
+        ));
+        assert_eq!(read_for_index(&doc, "list").unwrap(), ForIndex::Long);
+        let mixed = json!({"m": [1, 2, {"x": [3, "s", [4]]}, null, 5.5, [], "t"]});
+        put_record(&mut doc, "mixed", &obj(mixed.clone())).unwrap();
+        assert_eq!(
+            read_for_index(&doc, "mixed").unwrap(),
+            ForIndex::Record(obj(mixed))
+        );
+        let Some(list) = read_record(&doc, "list").unwrap() else {
+            panic!("the list record reads back");
+        };
+        assert_eq!(list["a"]["b"][1]["c"], json!(items));
+        assert_eq!(read_for_index(&doc, "nope").unwrap(), ForIndex::Missing);
+        // Exactly LONG characters (2 bytes each) stays in the index; one more does not.
+        let ForIndex::Record(record) = read_for_index(&doc, "text").unwrap() else {
+            panic!("a text of LONG characters is indexed");
+        };
+        assert_eq!(record["t"].as_str().unwrap().chars().count(), LONG);
+        edit_text(&mut doc, "text", "t", &[edit("x".into())]).unwrap();
+        assert_eq!(read_for_index(&doc, "text").unwrap(), ForIndex::Long);
     }
 
     proptest! {
