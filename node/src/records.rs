@@ -559,35 +559,26 @@ fn put_new(
 }
 
 fn fill_list(doc: &mut AutoCommit, list: &ObjId, items: &[Json]) -> Result<(), AutomergeError> {
-    let mut index = 0;
-    let mut rest = items;
-    while let Some((item, after)) = rest.split_first() {
-        match item {
-            Json::Object(map) => {
-                let child = doc.insert_object(list, index, ObjType::Map)?;
-                fill_map(doc, &child, map)?;
-            }
-            Json::Array(inner) => {
-                let child = doc.insert_object(list, index, ObjType::List)?;
-                fill_list(doc, &child, inner)?;
-            }
-            _ => {
-                // A run of scalars goes in as one splice: inserting them one by one
-                // seeks the list's end each time (a list of 16k numbers took seconds).
-                let run = rest
-                    .iter()
-                    .take_while(|v| !matches!(v, Json::Object(_) | Json::Array(_)))
-                    .count();
-                doc.splice(list, index, 0, rest[..run].iter().map(json_to_scalar))?;
-                index += run;
-                rest = &rest[run..];
-                continue;
-            }
-        }
-        index += 1;
-        rest = after;
+    // One splice of every item, nested objects included: inserting them one by one
+    // seeks the list's end each time (a list of 16k numbers took 18 s, of 4,000
+    // small objects 1 s).
+    doc.splice(list, 0, 0, items.iter().map(json_to_hydrate))
+}
+
+/// A JSON value as Automerge's plain (hydrated) value, to insert in one go.
+fn json_to_hydrate(value: &Json) -> automerge::hydrate::Value {
+    use automerge::hydrate;
+    match value {
+        Json::Object(map) => hydrate::Value::Map(hydrate::Map::from(
+            map.iter()
+                .map(|(k, v)| (k.clone(), json_to_hydrate(v)))
+                .collect::<std::collections::HashMap<_, _>>(),
+        )),
+        Json::Array(items) => hydrate::Value::List(hydrate::List::from(
+            items.iter().map(json_to_hydrate).collect::<Vec<_>>(),
+        )),
+        scalar => hydrate::Value::Scalar(json_to_scalar(scalar)),
     }
-    Ok(())
 }
 
 /// Makes the map `obj` equal to `map`, touching only what differs.
