@@ -8,7 +8,7 @@
 //!   count;
 //! - `name_key || 1 || id_key` holds record `id`: its id and the record as JSON
 //!   (without its `"id"`), as [`crate::records::read_record`] reads it, or, for a
-//!   record holding a text or list longer than [`crate::records::LONG`], nothing but
+//!   record holding a text, list or map longer than [`crate::records::LONG`], nothing but
 //!   its id: that record is read from the document, so that an edit to a long text
 //!   costs what the edit does, not what the text does. `id_key` is a
 //!   keyed hash of the collection's name and the id ([`Store::name_key`]), so no id

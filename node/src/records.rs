@@ -27,9 +27,10 @@ pub fn read_record(
     }
 }
 
-/// A text (in characters) or list (in items) longer than this keeps its record out of
-/// the record index ([`read_for_index`]): a small edit to it would otherwise re-read and
-/// re-write the whole record, making each edit cost what the record does.
+/// A text (in characters), list (in items) or map (in keys) longer than this keeps its
+/// record out of the record index ([`read_for_index`]): a small edit to it would
+/// otherwise re-read and re-write the whole record, making each edit cost what the
+/// record does.
 pub const LONG: usize = 16_384;
 
 /// A record as the record index takes it.
@@ -38,8 +39,8 @@ pub enum ForIndex {
     /// There is no such record.
     Missing,
     Record(Map<String, Json>),
-    /// The record holds a text or list longer than [`LONG`]: it is read from the
-    /// document instead.
+    /// The record is, or holds, a text, list or map longer than [`LONG`]: it is read
+    /// from the document instead.
     Long,
 }
 
@@ -59,11 +60,12 @@ pub fn read_for_index(doc: &AutoCommit, id: &str) -> Result<ForIndex, AutomergeE
     }
 }
 
-/// Whether object `obj` (of `kind`) is, or holds, a text or list longer than [`LONG`].
+/// Whether object `obj` (of `kind`) is, or holds, a text, list or map longer than
+/// [`LONG`].
 fn holds_long(doc: &AutoCommit, obj: &ObjId, kind: ObjType) -> bool {
     match kind {
         ObjType::Text => doc.length(obj) > LONG,
-        ObjType::List if doc.length(obj) > LONG => true,
+        ObjType::List | ObjType::Map | ObjType::Table if doc.length(obj) > LONG => true,
         ObjType::List => doc.list_range(obj, ..).any(|item| match item.value {
             ValueRef::Object(kind) => holds_long(doc, &item.id(), kind),
             ValueRef::Scalar(_) => false,
@@ -665,11 +667,12 @@ mod tests {
         v.as_object().unwrap().clone()
     }
 
-    /// A record is long when a text or list anywhere in it is longer than `LONG`,
-    /// counted as Automerge counts (characters, items); a long string scalar is not
+    /// A record is long when it, or a text, list or map anywhere in it, is longer than
+    /// `LONG`, counted as Automerge counts (characters, items, keys); a long string
+    /// scalar is not
     /// (a write replacing it carries it whole anyway).
     #[test]
-    fn a_record_is_long_when_a_text_or_list_in_it_is() {
+    fn a_record_is_long_when_a_text_list_or_map_in_it_is() {
         let mut doc = AutoCommit::new();
         let long_string = "é".repeat(LONG + 1);
         put_record(&mut doc, "scalar", &obj(json!({"s": long_string}))).unwrap();
@@ -692,6 +695,18 @@ mod tests {
             ForIndex::Record(_)
         ));
         assert_eq!(read_for_index(&doc, "list").unwrap(), ForIndex::Long);
+        let keys = |n: usize| -> Map<String, Json> {
+            (0..n).map(|i| (format!("k{i}"), json!(i))).collect()
+        };
+        put_record(&mut doc, "map", &obj(json!({"names": keys(LONG)}))).unwrap();
+        assert!(matches!(
+            read_for_index(&doc, "map").unwrap(),
+            ForIndex::Record(_)
+        ));
+        put_record(&mut doc, "map", &obj(json!({"names": keys(LONG + 1)}))).unwrap();
+        assert_eq!(read_for_index(&doc, "map").unwrap(), ForIndex::Long);
+        put_record(&mut doc, "wide", &keys(LONG + 1)).unwrap();
+        assert_eq!(read_for_index(&doc, "wide").unwrap(), ForIndex::Long);
         let mixed = json!({"m": [1, 2, {"x": [3, "s", [4]]}, null, 5.5, [], "t"]});
         put_record(&mut doc, "mixed", &obj(mixed.clone())).unwrap();
         assert_eq!(
