@@ -94,6 +94,15 @@ async fn patch(node: &NodeHandle, collection: &str, id: &str, value: Value) {
     v.store.commit().await.unwrap();
 }
 
+/// A text edit inserting `insert` at character `position`.
+fn edit(position: usize, insert: &str) -> hearth_node::records::TextEdit {
+    hearth_node::records::TextEdit {
+        position,
+        delete: 0,
+        insert: insert.into(),
+    }
+}
+
 fn get(node: &NodeHandle, collection: &str, id: &str) -> Option<Value> {
     node.vault()
         .collections
@@ -357,12 +366,6 @@ async fn a_field_edited_on_two_devices_apart_keeps_a_winner_and_shows_the_confli
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_edited_on_two_devices_apart_merges_character_by_character() {
-    use hearth_node::records::TextEdit;
-    let edit = |position, insert: &str| TextEdit {
-        position,
-        delete: 0,
-        insert: insert.into(),
-    };
     let dir = tempfile::tempdir().unwrap();
     let a = start(&dir.path().join("a"), vec![]).await;
     let b = join(&a, &dir.path().join("b")).await;
@@ -405,6 +408,51 @@ async fn text_edited_on_two_devices_apart_merges_character_by_character() {
         })
         .await;
     }
+    for node in [a, b] {
+        node.shutdown().await.unwrap();
+    }
+}
+
+/// A note longer than `records::LONG` (kept out of the record index, read from its
+/// document) syncs whole, reads whole on the device that received it, and edits to
+/// it from either side reach the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_note_syncs_and_reads_whole_on_the_other_device() {
+    use hearth_node::records::LONG;
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(&dir.path().join("a"), vec![]).await;
+    let b = join(&a, &dir.path().join("b")).await;
+    let (notes, id) = (coll("notes"), RecordId::parse("long").unwrap());
+    put(&a, "notes", "long", json!({"title": "long"})).await;
+    let line = "The quick brown fox jumps over the lazy dog. ";
+    let mut body = String::new();
+    while body.chars().count() <= LONG {
+        a.vault()
+            .collections
+            .edit_text(&notes, &id, "body", &[edit(body.chars().count(), line)])
+            .unwrap();
+        body.push_str(line);
+    }
+    a.vault().store.commit().await.unwrap();
+    eventually("the long note on B", || {
+        get(&b, "notes", "long").is_some_and(|r| r["body"] == body.as_str())
+    })
+    .await;
+    // B edits it; A sees the edit.
+    b.vault()
+        .collections
+        .edit_text(&notes, &id, "body", &[edit(0, "Draft. ")])
+        .unwrap();
+    b.vault().store.commit().await.unwrap();
+    body.insert_str(0, "Draft. ");
+    eventually("B's edit on A", || {
+        get(&a, "notes", "long").is_some_and(|r| r["body"] == body.as_str())
+    })
+    .await;
+    let all = b.vault().collections.records(&notes).unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0]["title"], "long");
+    assert_eq!(all[0]["body"], body.as_str());
     for node in [a, b] {
         node.shutdown().await.unwrap();
     }

@@ -696,3 +696,52 @@ fn list_routes_give_pages_in_a_fixed_order_and_a_page_tells_nothing_the_filter_h
         }
     }
 }
+
+/// A note longer than the record index keeps (16,384 characters: read from its
+/// document) is served through a filtered view like any other: whole, with only the
+/// granted fields, and a record the filter hides stays hidden.
+#[test]
+fn a_long_note_is_served_whole_through_a_filtered_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = spawn_node(&dir.path().join("v"), &[]);
+    node.json(&[
+        "put",
+        "notes",
+        "long",
+        r#"{"tag": "shared", "secret": "s", "body": ""}"#,
+    ]);
+    node.json(&[
+        "put",
+        "notes",
+        "other",
+        r#"{"tag": "private", "body": "hidden"}"#,
+    ]);
+    let body = "Lorem ipsum dolor sit amet. ".repeat(700);
+    assert!(body.chars().count() > 16_384);
+    let api = Api::new(&node);
+    let (status, answer) = api.send(
+        api.request(Method::POST, "/v1/collections/notes/records/long/text")
+            .json(&json!({"field": "body", "edits": [{"at": 0, "insert": body}]})),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let grant = node.json(&[
+        "grant",
+        "reader",
+        "--read",
+        "notes.body,notes.tag",
+        "--where",
+        "tag=shared",
+    ]);
+    let token = grant["token"].as_str().unwrap().to_owned();
+    let whole = json!({"id": "long", "tag": "shared", "body": body});
+    assert_eq!(
+        service_get(&node, &token, "/v1/view/notes"),
+        (200, json!([whole.clone()]))
+    );
+    assert_eq!(
+        service_get(&node, &token, "/v1/view/notes/long"),
+        (200, whole)
+    );
+    assert_eq!(service_get(&node, &token, "/v1/view/notes/other").0, 404);
+    node.stop();
+}
