@@ -33,7 +33,6 @@ use automerge::ChangeHash;
 use serde_json::{Map, Value as Json};
 
 use crate::commits::{Ledger, MarkCheck};
-use crate::records::ForIndex;
 use crate::store::{SealedBatch, SealedTree, Store, StoreError};
 
 const MARK: u8 = 0;
@@ -265,7 +264,7 @@ impl RecordIndex {
         collection: &[u8; 32],
         name: &str,
         mut mark: Mark,
-        touched: impl IntoIterator<Item = (&'a str, ForIndex)>,
+        touched: impl IntoIterator<Item = (&'a str, Option<Stored>)>,
     ) -> Result<Mark, StoreError> {
         let mut seen = HashSet::new();
         for (id, record) in touched {
@@ -275,21 +274,17 @@ impl RecordIndex {
             let key = self.record_key(collection, name, id);
             let existed = self.tree.contains_key(&key)?;
             match record {
-                ForIndex::Record(record) => {
+                Some(stored) => {
                     self.tree
-                        .batch_insert(batch, &key, &encode_entry(id, Some(&record)));
+                        .batch_insert(batch, &key, &encode_entry(id, &stored));
                     mark.count += u64::from(!existed);
                 }
-                ForIndex::Long => {
-                    self.tree.batch_insert(batch, &key, &encode_entry(id, None));
-                    mark.count += u64::from(!existed);
-                }
-                ForIndex::Missing if existed => {
+                None if existed => {
                     self.tree.batch_remove(batch, &key);
                     // Saturating: a count is only bookkeeping, never worth a panic.
                     mark.count = mark.count.saturating_sub(1);
                 }
-                ForIndex::Missing => {}
+                None => {}
             }
         }
         self.tree
@@ -298,7 +293,7 @@ impl RecordIndex {
     }
 
     /// Indexes a whole collection again from `records` (every record of its document,
-    /// each with its id; [`ForIndex::Missing`] ones are skipped),
+    /// each with its id; `None`, a missing record, is skipped),
     /// replacing what was there, all but the mark: the old mark goes first, and the
     /// caller adds the new one ([`RecordIndex::set_mark`]) once the document it
     /// describes is on disk, so an index half written is never trusted. Returns the
@@ -307,7 +302,7 @@ impl RecordIndex {
         &self,
         collection: &[u8; 32],
         name: &str,
-        records: impl IntoIterator<Item = Result<(String, ForIndex), StoreError>>,
+        records: impl IntoIterator<Item = Result<(String, Option<Stored>), StoreError>>,
     ) -> Result<u64, StoreError> {
         self.forget(collection);
         self.tree.remove(&mark_key(collection))?;
@@ -323,16 +318,13 @@ impl RecordIndex {
         }
         let mut count = 0;
         for record in records {
-            let (id, record) = record?;
-            let record = match &record {
-                ForIndex::Missing => continue,
-                ForIndex::Record(record) => Some(record),
-                ForIndex::Long => None,
+            let (id, Some(record)) = record? else {
+                continue;
             };
             self.tree.batch_insert(
                 &mut batch,
                 &self.record_key(collection, name, &id),
-                &encode_entry(&id, record),
+                &encode_entry(&id, &record),
             );
             count += 1;
             pending += 1;
@@ -362,12 +354,12 @@ fn mark_key(collection: &[u8; 32]) -> Vec<u8> {
 /// An entry's value: u32be length of the id, the id, then the record as JSON, or
 /// nothing for a record read from the document ([`Stored::InDocument`]; no JSON
 /// text is empty).
-fn encode_entry(id: &str, record: Option<&Map<String, Json>>) -> Vec<u8> {
+fn encode_entry(id: &str, record: &Stored) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + id.len() + 64);
     let len = u32::try_from(id.len()).expect("an Automerge map key is shorter than 4 GiB");
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(id.as_bytes());
-    if let Some(record) = record {
+    if let Stored::Record(record) = record {
         serde_json::to_writer(&mut out, record).expect("a JSON map always encodes");
     }
     out

@@ -14,6 +14,8 @@ use automerge::{
 };
 use serde_json::{Map, Number, Value as Json};
 
+use crate::index::Stored;
+
 /// Reads the record `id`, or `None` if there is none.
 pub fn read_record(
     doc: &AutoCommit,
@@ -33,30 +35,19 @@ pub fn read_record(
 /// record does.
 pub const LONG: usize = 16_384;
 
-/// A record as the record index takes it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ForIndex {
-    /// There is no such record.
-    Missing,
-    Record(Map<String, Json>),
-    /// The record is, or holds, a text, list or map longer than [`LONG`]: it is read
-    /// from the document instead.
-    Long,
-}
-
-/// Reads record `id` for the record index: whole, or only found [`ForIndex::Long`]
-/// (which costs what the record's structure does, not what its long texts hold: a
-/// text's length is kept by Automerge).
-pub fn read_for_index(doc: &AutoCommit, id: &str) -> Result<ForIndex, AutomergeError> {
+/// Reads record `id` as the record index keeps it (`None` if there is none): whole,
+/// or, if it is or holds a text, list or map longer than [`LONG`], only found
+/// [`Stored::InDocument`] (which costs what the record's structure does, not what its
+/// long texts hold: Automerge keeps a text's length).
+pub fn read_for_index(doc: &AutoCommit, id: &str) -> Result<Option<Stored>, AutomergeError> {
     match doc.get(ROOT, id)? {
-        Some((Value::Object(ObjType::Map), obj)) => {
-            if holds_long(doc, &obj, ObjType::Map) {
-                Ok(ForIndex::Long)
-            } else {
-                Ok(ForIndex::Record(read_map(doc, &obj, At::Now)?))
-            }
+        Some((Value::Object(ObjType::Map), obj)) if holds_long(doc, &obj, ObjType::Map) => {
+            Ok(Some(Stored::InDocument))
         }
-        _ => Ok(ForIndex::Missing),
+        Some((Value::Object(ObjType::Map), obj)) => {
+            Ok(Some(Stored::Record(read_map(doc, &obj, At::Now)?)))
+        }
+        _ => Ok(None),
     }
 }
 
@@ -669,8 +660,7 @@ mod tests {
 
     /// A record is long when it, or a text, list or map anywhere in it, is longer than
     /// `LONG`, counted as Automerge counts (characters, items, keys); a long string
-    /// scalar is not
-    /// (a write replacing it carries it whole anyway).
+    /// scalar is not (a write replacing it carries it whole anyway).
     #[test]
     fn a_record_is_long_when_a_text_list_or_map_in_it_is() {
         let mut doc = AutoCommit::new();
@@ -692,39 +682,51 @@ mod tests {
         edit_text(&mut doc, "text", "t", &[edit("é".repeat(LONG))]).unwrap();
         assert!(matches!(
             read_for_index(&doc, "scalar").unwrap(),
-            ForIndex::Record(_)
+            Some(Stored::Record(_))
         ));
-        assert_eq!(read_for_index(&doc, "list").unwrap(), ForIndex::Long);
+        assert_eq!(
+            read_for_index(&doc, "list").unwrap(),
+            Some(Stored::InDocument)
+        );
         let keys = |n: usize| -> Map<String, Json> {
             (0..n).map(|i| (format!("k{i}"), json!(i))).collect()
         };
         put_record(&mut doc, "map", &obj(json!({"names": keys(LONG)}))).unwrap();
         assert!(matches!(
             read_for_index(&doc, "map").unwrap(),
-            ForIndex::Record(_)
+            Some(Stored::Record(_))
         ));
         put_record(&mut doc, "map", &obj(json!({"names": keys(LONG + 1)}))).unwrap();
-        assert_eq!(read_for_index(&doc, "map").unwrap(), ForIndex::Long);
+        assert_eq!(
+            read_for_index(&doc, "map").unwrap(),
+            Some(Stored::InDocument)
+        );
         put_record(&mut doc, "wide", &keys(LONG + 1)).unwrap();
-        assert_eq!(read_for_index(&doc, "wide").unwrap(), ForIndex::Long);
+        assert_eq!(
+            read_for_index(&doc, "wide").unwrap(),
+            Some(Stored::InDocument)
+        );
         let mixed = json!({"m": [1, 2, {"x": [3, "s", [4]]}, null, 5.5, [], "t"]});
         put_record(&mut doc, "mixed", &obj(mixed.clone())).unwrap();
         assert_eq!(
             read_for_index(&doc, "mixed").unwrap(),
-            ForIndex::Record(obj(mixed))
+            Some(Stored::Record(obj(mixed)))
         );
         let Some(list) = read_record(&doc, "list").unwrap() else {
             panic!("the list record reads back");
         };
         assert_eq!(list["a"]["b"][1]["c"], json!(items));
-        assert_eq!(read_for_index(&doc, "nope").unwrap(), ForIndex::Missing);
+        assert_eq!(read_for_index(&doc, "nope").unwrap(), None);
         // Exactly LONG characters (2 bytes each) stays in the index; one more does not.
-        let ForIndex::Record(record) = read_for_index(&doc, "text").unwrap() else {
+        let Some(Stored::Record(record)) = read_for_index(&doc, "text").unwrap() else {
             panic!("a text of LONG characters is indexed");
         };
         assert_eq!(record["t"].as_str().unwrap().chars().count(), LONG);
         edit_text(&mut doc, "text", "t", &[edit("x".into())]).unwrap();
-        assert_eq!(read_for_index(&doc, "text").unwrap(), ForIndex::Long);
+        assert_eq!(
+            read_for_index(&doc, "text").unwrap(),
+            Some(Stored::InDocument)
+        );
     }
 
     proptest! {
