@@ -142,6 +142,8 @@ pub enum StartError {
     Mesh(#[from] mesh::MeshError),
     #[error(transparent)]
     Lan(#[from] lan::LanError),
+    #[error("cannot move the names DAV clients gave to records into their new records: {0}")]
+    DavNames(collections::CollectionError),
     #[error("cannot register this device in the device list: {0}")]
     Devices(#[from] collections::CollectionError),
 }
@@ -319,6 +321,9 @@ impl Node {
         )?);
         collections.set_cache_budget(config.limits.cache_bytes);
         if devices::add(&collections, &peer_id, &devices::default_device_name())? {
+            store.commit().await?;
+        }
+        if access::dav::move_legacy_names(&collections).map_err(StartError::DavNames)? {
             store.commit().await?;
         }
         let blobs = Blobs::open(home.blobs_dir(), store.clone(), keys.clone())?;

@@ -519,6 +519,83 @@ fn dav_goes_through_the_door() {
     assert_eq!(node.json(&["ls", "contacts"]).as_array().unwrap().len(), 4);
 }
 
+/// Names a client gives that cannot be record ids (a Google UID has an `@`) stay the
+/// client's: listed, read, changed, removed and given again under them, and kept
+/// across a restart.
+#[test]
+fn names_that_are_not_ids_stay_the_clients_names() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let (_, password) = grant_with_password(&node, &["--read", "contacts", "--write", "contacts"]);
+    let dav = Dav::new(&node, &password);
+    let book = "/dav/contacts/contacts/";
+    let path = |i: usize| format!("{book}k{i}@google.com.vcf");
+    for i in 0..3 {
+        let card = vcard(&format!("k{i}@google.com"), &format!("Kay {i}"), "");
+        let (status, _) = dav.put(&path(i), &card, Some(("If-None-Match", "*")));
+        assert_eq!(status, 201, "card {i}");
+    }
+    let listed = |dav: &Dav| {
+        let (status, xml) = dav.propfind(book, "1", "<d:getetag/>");
+        assert_eq!(status, 207, "{xml}");
+        let mut names: Vec<String> = hrefs(&xml)
+            .into_iter()
+            .filter(|h| h.ends_with(".vcf"))
+            .map(|h| h.replace("%40", "@"))
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(listed(&dav), (0..3).map(path).collect::<Vec<_>>());
+    let ids = |node: &NodeProcess| -> Vec<String> {
+        let records = node.json(&["ls", "contacts"]);
+        let ids: Vec<String> = records
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(ids.iter().all(|id| !id.contains('@')), "{ids:?}");
+        ids
+    };
+    assert_eq!(ids(&node).len(), 3);
+
+    // Changed under its name: the same record, nothing added.
+    let (status, text, etag) = dav.get(&path(1));
+    assert_eq!(status, 200);
+    assert!(text.contains("FN:Kay 1"), "{text}");
+    let changed = text.replace("FN:Kay 1", "FN:Kay One");
+    let (status, _) = dav.put(&path(1), &changed, Some(("If-Match", &etag.unwrap())));
+    assert_eq!(status, 204);
+    assert_eq!(ids(&node).len(), 3);
+    assert!(dav.get(&path(1)).1.contains("FN:Kay One"));
+
+    // Removed under its name, then the name is given again to a new card.
+    let before = ids(&node);
+    let (status, _, _) = dav.send(dav.request("DELETE", &path(2)));
+    assert_eq!(status, 204);
+    assert_eq!(dav.get(&path(2)).0, 404);
+    assert_eq!(ids(&node).len(), 2);
+    let (status, _) = dav.put(
+        &path(2),
+        &vcard("k2-again@google.com", "Kay Again", ""),
+        Some(("If-None-Match", "*")),
+    );
+    assert_eq!(status, 201);
+    let after = ids(&node);
+    assert_eq!(after.len(), 3);
+    assert!(after.iter().any(|id| !before.contains(id)), "a new record");
+    assert!(dav.get(&path(2)).1.contains("FN:Kay Again"));
+
+    // After a restart the names are the same.
+    node.stop();
+    let node = spawn_node(t.path(), &[]);
+    let dav = Dav::new(&node, &password);
+    assert_eq!(listed(&dav), (0..3).map(path).collect::<Vec<_>>());
+    assert!(dav.get(&path(0)).1.contains("FN:Kay 0"));
+    assert!(dav.get(&path(1)).1.contains("FN:Kay One"));
+}
+
 /// Calendars: a time-range query sees recurrences; MKCALENDAR and PROPPATCH keep a
 /// name and colour.
 #[test]

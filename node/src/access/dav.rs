@@ -23,7 +23,7 @@ use serde_json::{Map, Value, json};
 use super::AccessError;
 use super::audit::{AuditEvent, Operation};
 use super::door::{Caller, Door};
-use crate::collections::RecordWrite;
+use crate::collections::{CollectionError, Collections, RecordWrite};
 use crate::pim::{self, Kind, PimError};
 
 /// The collection that keeps DAV metadata: per collection, its display name, colour,
@@ -119,58 +119,244 @@ fn etag_of(text: &str) -> String {
 }
 
 /// The DAV metadata of a collection.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Meta {
     display_name: Option<String>,
     color: Option<String>,
     description: Option<String>,
     made: bool,
-    /// Client name → record id.
-    names: HashMap<String, String>,
+    names: Names,
 }
 
 impl Meta {
-    fn from_record(record: Option<Value>) -> Meta {
-        let Some(Value::Object(r)) = record else {
-            return Meta::default();
+    fn from_record(book: &CollectionName, record: Option<Value>) -> Meta {
+        let r = match record {
+            Some(Value::Object(r)) => r,
+            _ => Map::new(),
         };
         let text = |k: &str| r.get(k).and_then(Value::as_str).map(str::to_owned);
+        let legacy: HashMap<String, String> = r
+            .get("names")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default();
         Meta {
             display_name: text("display_name"),
             color: text("color"),
             description: text("description"),
             made: r.get("made").and_then(Value::as_bool).unwrap_or(false),
-            names: r
-                .get("names")
-                .and_then(Value::as_object)
-                .map(|m| {
-                    m.iter()
-                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            names: Names {
+                book: book.clone(),
+                any: r.get("named").and_then(Value::as_bool).unwrap_or(false),
+                legacy_reverse: legacy
+                    .iter()
+                    .map(|(n, id)| (id.clone(), n.clone()))
+                    .collect(),
+                legacy,
+            },
         }
     }
+}
 
-    /// The name a record is shown under.
-    fn name_of(&self, reverse: &HashMap<&str, &str>, kind: Kind, id: &str) -> String {
-        if let Some(name) = reverse.get(id) {
-            return (*name).to_owned();
+/// The names clients gave records of one book that are not their ids.
+///
+/// Each name is two small records in `_dav`, both `{"book", "name", "id"}`: one found
+/// from the name (`<book>.n.<hash>`), one from the id (`<book>.i.<hash>`). A PUT or a
+/// lookup reads and writes those, never a list of all the book's names (which made
+/// each upload of a client-named card cost as much as the names before it). The one
+/// found from the name decides: a record is shown under a name only while that name
+/// still stands for it, so a pair left half-changed by a conflict or a crash shows the
+/// record under its id instead of under two names.
+#[derive(Debug, Clone)]
+struct Names {
+    book: CollectionName,
+    /// Whether the book has ever had such a name (`named` in its metadata): a book
+    /// without one is listed without a lookup per record.
+    any: bool,
+    /// The single map of names (`names` in the metadata) that versions before per-name
+    /// records wrote. Moved to per-name records when the node starts, and still read:
+    /// a device of such a version may sync more in.
+    legacy: HashMap<String, String>,
+    legacy_reverse: HashMap<String, String>,
+}
+
+/// The id of the `_dav` record that finds a name (`n`) or an id (`i`) of a book.
+fn name_record(book: &CollectionName, side: char, key: &str) -> RecordId {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(book.as_str().as_bytes());
+    hasher.update(&[0]);
+    hasher.update(key.as_bytes());
+    let hash = hasher.finalize().to_hex();
+    RecordId::parse(&format!("{book}.{side}.{}", &hash[..32]))
+        .expect("a collection name, a letter and hex are a valid record id")
+}
+
+/// What both records of a name hold.
+fn pair_record(book: &CollectionName, name: &str, id: &str) -> Map<String, Value> {
+    let mut record = Map::new();
+    record.insert("book".into(), Value::String(book.to_string()));
+    record.insert("name".into(), Value::String(name.to_owned()));
+    record.insert("id".into(), Value::String(id.to_owned()));
+    record
+}
+
+/// The `(name, id)` a name record holds, if it is one of `book`.
+fn name_pair(book: &CollectionName, record: Option<Value>) -> Option<(String, String)> {
+    let Some(Value::Object(r)) = record else {
+        return None;
+    };
+    if r.get("book").and_then(Value::as_str) != Some(book.as_str()) {
+        return None;
+    }
+    let text = |k: &str| r.get(k).and_then(Value::as_str).map(str::to_owned);
+    Some((text("name")?, text("id")?))
+}
+
+impl Names {
+    /// The id a client's name stands for, if it stands for one.
+    fn id_of(&self, collections: &Collections, name: &str) -> Result<Option<String>, AccessError> {
+        if self.any {
+            let record = collections.get(&meta(), &name_record(&self.book, 'n', name))?;
+            if let Some((n, id)) = name_pair(&self.book, record)
+                && n == name
+            {
+                return Ok(Some(id));
+            }
+        }
+        Ok(self.legacy.get(name).cloned())
+    }
+
+    /// The name a client gave record `id`, if one still stands for it.
+    fn given(&self, collections: &Collections, id: &str) -> Result<Option<String>, AccessError> {
+        if self.any {
+            let record = collections.get(&meta(), &name_record(&self.book, 'i', id))?;
+            if let Some((name, i)) = name_pair(&self.book, record)
+                && i == id
+                && self.id_of(collections, &name)?.as_deref() == Some(id)
+            {
+                return Ok(Some(name));
+            }
+        }
+        Ok(self
+            .legacy_reverse
+            .get(id)
+            .filter(|name| self.legacy.get(*name).map(String::as_str) == Some(id))
+            .cloned())
+    }
+
+    /// The name record `id` is shown under.
+    fn name_of(
+        &self,
+        collections: &Collections,
+        kind: Kind,
+        id: &str,
+    ) -> Result<String, AccessError> {
+        if let Some(name) = self.given(collections, id)? {
+            return Ok(name);
         }
         let ext = kind.extension();
-        if id.ends_with(&format!(".{ext}")) {
+        Ok(if id.ends_with(&format!(".{ext}")) {
             id.to_owned()
         } else {
             format!("{id}.{ext}")
-        }
+        })
     }
 
-    fn reverse(&self) -> HashMap<&str, &str> {
-        self.names
-            .iter()
-            .map(|(n, id)| (id.as_str(), n.as_str()))
-            .collect()
+    /// The writes to `_dav` that make `name` stand for `id` (or for nothing): its two
+    /// records, the id record of what it stood for before, the `named` mark, and the
+    /// name's entry in the old single map.
+    fn writes(
+        &self,
+        collections: &Collections,
+        name: &str,
+        id: Option<&str>,
+    ) -> Result<Vec<(RecordId, RecordWrite)>, AccessError> {
+        let mut writes = Vec::new();
+        let forward = name_record(&self.book, 'n', name);
+        let before = name_pair(&self.book, collections.get(&meta(), &forward)?);
+        if let Some((_, old)) = &before
+            && Some(old.as_str()) != id
+        {
+            let reverse = name_record(&self.book, 'i', old);
+            if name_pair(&self.book, collections.get(&meta(), &reverse)?)
+                .is_some_and(|(n, _)| n == name)
+            {
+                writes.push((reverse, RecordWrite::Remove));
+            }
+        }
+        let mut patch = Map::new();
+        match id {
+            Some(id) => {
+                let record = pair_record(&self.book, name, id);
+                writes.push((forward, RecordWrite::Put(record.clone())));
+                writes.push((name_record(&self.book, 'i', id), RecordWrite::Put(record)));
+                if !self.any {
+                    patch.insert("named".into(), Value::Bool(true));
+                }
+            }
+            None if before.is_some() => writes.push((forward, RecordWrite::Remove)),
+            None => {}
+        }
+        if self.legacy.contains_key(name) {
+            patch.insert("names".into(), json!({ name: null }));
+        }
+        if !patch.is_empty() {
+            let id = meta_id(&self.book);
+            let existing = collections.get(&meta(), &id)?;
+            let existing = existing.as_ref().and_then(Value::as_object);
+            writes.push((id, meta_write(existing, patch)));
+        }
+        Ok(writes)
     }
+}
+
+/// Moves the names that versions before per-name records kept in one map per book
+/// into per-name records (see [`Names`]), one change per book. Returns whether it
+/// changed anything (then the caller commits).
+pub fn move_legacy_names(collections: &Collections) -> Result<bool, CollectionError> {
+    let mut moved = false;
+    for book in collections.names()? {
+        if Kind::of(book.as_str()).is_none() {
+            continue;
+        }
+        let id = meta_id(&book);
+        let record = collections.get(&meta(), &id)?;
+        if record.as_ref().and_then(|r| r.get("names")).is_none() {
+            continue;
+        }
+        let names = Meta::from_record(&book, record).names;
+        let mut writes = Vec::new();
+        let mut legacy: Vec<_> = names.legacy.iter().collect();
+        legacy.sort();
+        for (name, target) in legacy {
+            let forward = name_record(&book, 'n', name);
+            // A name given since (by this version) is newer than the old map's.
+            if collections.get(&meta(), &forward)?.is_some() {
+                continue;
+            }
+            let record = pair_record(&book, name, target);
+            writes.push((forward, RecordWrite::Put(record.clone())));
+            writes.push((name_record(&book, 'i', target), RecordWrite::Put(record)));
+        }
+        let mut patch = Map::new();
+        patch.insert("names".into(), Value::Null);
+        if !names.legacy.is_empty() {
+            patch.insert("named".into(), Value::Bool(true));
+        }
+        writes.push((id, RecordWrite::Patch(patch)));
+        collections.write_many(&meta(), &writes)?;
+        tracing::info!(
+            collection = %book,
+            names = names.legacy.len(),
+            "moved the names DAV clients gave to records into one record each"
+        );
+        moved = true;
+    }
+    Ok(moved)
 }
 
 /// A change of a collection's DAV metadata (made if it has none yet).
@@ -221,14 +407,30 @@ fn check_object(kind: Kind, text: &str) -> Result<(), AccessError> {
 }
 
 /// What the caller is served of a record (with its `"id"`), or `None` if it may not
-/// see it.
+/// see it; `name_of` names it from its id.
 fn serve(
     kind: Kind,
     scope: &CollectionScope,
-    meta: &Meta,
-    reverse: &HashMap<&str, &str>,
     record: &Map<String, Value>,
+    name_of: impl FnOnce(&str) -> Result<String, AccessError>,
 ) -> Result<Option<Object>, AccessError> {
+    let Some((id, text)) = served_text(kind, scope, record)? else {
+        return Ok(None);
+    };
+    Ok(Some(Object {
+        name: name_of(&id)?,
+        etag: etag_of(&text),
+        text,
+    }))
+}
+
+/// The id of a record (with its `"id"`) and the text the caller is served of it, or
+/// `None` if it may not see it.
+fn served_text(
+    kind: Kind,
+    scope: &CollectionScope,
+    record: &Map<String, Value>,
+) -> Result<Option<(String, String)>, AccessError> {
     let Some(mut projected) = scope.project(record) else {
         return Ok(None);
     };
@@ -248,11 +450,7 @@ fn serve(
             .map_or_else(|| format!("hearth-{id}"), str::to_owned);
         text = pim::contacts::with_uid(&text, &uid);
     }
-    Ok(Some(Object {
-        name: meta.name_of(reverse, kind, &id),
-        etag: etag_of(&text),
-        text,
-    }))
+    Ok(Some((id, text)))
 }
 
 /// Why a write of a contacts or calendar record did nothing.
@@ -279,7 +477,7 @@ impl Door {
 
     fn meta_of(&self, collection: &CollectionName) -> Result<Meta, AccessError> {
         let record = self.0.collections.get(&meta(), &meta_id(collection))?;
-        Ok(Meta::from_record(record))
+        Ok(Meta::from_record(collection, record))
     }
 
     /// The contacts (or calendar) collections the caller may read.
@@ -341,15 +539,16 @@ impl Door {
             .blocking(move |inner| {
                 let heads = inner.collections.heads(&name)?;
                 let records = inner.collections.records(&name)?;
-                let meta = Meta::from_record(inner.collections.get(&meta(), &meta_id(&name))?);
-                let reverse = meta.reverse();
+                let meta =
+                    Meta::from_record(&name, inner.collections.get(&meta(), &meta_id(&name))?);
+                let name_of = |id: &str| meta.names.name_of(&inner.collections, kind, id);
                 let mut objects = Vec::new();
                 let mut fields = Vec::new();
                 for record in records {
                     let Value::Object(record) = record else {
                         continue;
                     };
-                    if let Some(object) = serve(kind, &scope, &meta, &reverse, &record)? {
+                    if let Some(object) = serve(kind, &scope, &record, name_of)? {
                         fields.extend(scope.field_names(&record));
                         objects.push(object);
                     }
@@ -378,15 +577,14 @@ impl Door {
     ) -> Result<Vec<(String, Option<Object>)>, AccessError> {
         let kind = self.kind_of(collection)?;
         let scope = self.readable(caller, collection.as_str())?;
-        let meta = self.meta_of(collection)?;
-        let reverse = meta.reverse();
+        let names_of = self.meta_of(collection)?.names;
         let mut out = Vec::with_capacity(names.len());
         let mut ids = Vec::new();
         let mut fields = Vec::new();
         for name in names {
             let mut found = None;
-            if let Some(record) = self.resolve(collection, kind, scope, &meta, &reverse, name)?
-                && let Some(object) = serve(kind, scope, &meta, &reverse, &record)?
+            if let Some(record) = self.resolve(collection, kind, scope, &names_of, name)?
+                && let Some(object) = serve(kind, scope, &record, |_| Ok(name.clone()))?
             {
                 fields.extend(scope.field_names(&record));
                 if let Some(Value::String(id)) = record.get("id") {
@@ -411,19 +609,19 @@ impl Door {
     }
 
     /// The record a name stands for, if it exists and the caller may see it (with its
-    /// `"id"`). `reverse` is `meta.reverse()`, made once per request: made per name, a
-    /// multiget of 100 names in a book of n client-named cards cost 100 maps of n.
+    /// `"id"`).
     fn resolve(
         &self,
         collection: &CollectionName,
         kind: Kind,
         scope: &CollectionScope,
-        meta: &Meta,
-        reverse: &HashMap<&str, &str>,
+        names: &Names,
         name: &str,
     ) -> Result<Option<Map<String, Value>>, AccessError> {
+        let collections = &self.0.collections;
         let mut candidates = Vec::new();
-        if let Some(id) = meta.names.get(name) {
+        let given = names.id_of(collections, name)?;
+        if let Some(id) = &given {
             candidates.push(id.clone());
         } else {
             candidates.push(name.to_owned());
@@ -436,12 +634,12 @@ impl Door {
             let Ok(id) = RecordId::parse(&candidate) else {
                 continue;
             };
-            if let Some(Value::Object(record)) = self.0.collections.get(collection, &id)?
+            if let Some(Value::Object(record)) = collections.get(collection, &id)?
                 && scope.project(&record).is_some()
             {
                 // A record shown under another name is not this one.
-                if meta.name_of(reverse, kind, id.as_str()) == name
-                    || meta.names.get(name).map(String::as_str) == Some(id.as_str())
+                if given.as_deref() == Some(id.as_str())
+                    || names.name_of(collections, kind, id.as_str())? == name
                 {
                     return Ok(Some(record));
                 }
@@ -465,8 +663,8 @@ impl Door {
         check_object(kind, text)?;
         let new_fields =
             fields_of(kind, text).map_err(|e| AccessError::BadRequest(e.to_string()))?;
-        let meta = self.meta_of(collection)?;
-        let visible = self.resolve(collection, kind, &scope, &meta, &meta.reverse(), name)?;
+        let names = self.meta_of(collection)?.names;
+        let visible = self.resolve(collection, kind, &scope, &names, name)?;
         // The record the name stands for; a new name becomes the id if it is a valid,
         // free one (taken by a record the caller cannot see counts as not free).
         let (id, remember) = match &visible {
@@ -483,8 +681,9 @@ impl Door {
                     .filter(|s| !s.ends_with(&ext))
                     .unwrap_or(name);
                 let free = |id: &RecordId| -> Result<bool, AccessError> {
-                    Ok(self.0.collections.get(collection, id)?.is_none()
-                        && !meta.names.values().any(|v| v == id.as_str()))
+                    let collections = &self.0.collections;
+                    Ok(collections.get(collection, id)?.is_none()
+                        && names.given(collections, id.as_str())?.is_none())
                 };
                 match RecordId::parse(stem) {
                     Ok(id) if stem != name && free(&id)? => (id, false),
@@ -511,16 +710,15 @@ impl Door {
         // Persisted together with the writes to the collection waiting beside it.
         let decide = move |before: Option<&Map<String, Value>>| {
             let (id, condition, text) = (&written, &condition, text.as_str());
-            let reverse = meta.reverse();
             let with_id = |r: &Map<String, Value>| {
                 let mut r = r.clone();
                 r.insert("id".into(), Value::String(id.to_string()));
                 r
             };
+            // Served under whatever name: only the text and its ETag count here.
+            let unnamed = |_: &str| Ok(String::new());
             let seen = match before {
-                Some(b) => {
-                    serve(kind, &scope, &meta, &reverse, &with_id(b)).map_err(Refusal::Access)?
-                }
+                Some(b) => serve(kind, &scope, &with_id(b), unnamed).map_err(Refusal::Access)?,
                 None => None,
             };
             // A hidden record answers as a missing one: its id was not chosen above.
@@ -582,9 +780,8 @@ impl Door {
                         .join(", "),
                 )));
             }
-            let served =
-                serve(kind, &scope, &meta, &reverse, &with_id(&after)).map_err(Refusal::Access)?;
-            let etag = served.map(|s| s.etag).unwrap_or_default();
+            let served = served_text(kind, &scope, &with_id(&after)).map_err(Refusal::Access)?;
+            let etag = served.map(|(_, text)| etag_of(&text)).unwrap_or_default();
             Ok(match before {
                 Some(before) => (RecordWrite::Patch(diff_patch(before, &after)), etag),
                 None => (RecordWrite::Put(after), etag),
@@ -596,7 +793,7 @@ impl Door {
             Err(refusal) => return Err(self.dav_refused(caller, collection, &id, refusal)),
         };
         if remember {
-            self.remember(collection, name, Some(id.as_str())).await?;
+            self.remember(&names, name, Some(id.as_str())).await?;
         }
         let event = AuditEvent {
             records: 1,
@@ -627,9 +824,8 @@ impl Door {
     ) -> Result<(), AccessError> {
         let kind = self.kind_of(collection)?;
         let scope = self.writable(caller, collection.as_str())?.clone();
-        let meta = self.meta_of(collection)?;
-        let Some(record) = self.resolve(collection, kind, &scope, &meta, &meta.reverse(), name)?
-        else {
+        let names = self.meta_of(collection)?.names;
+        let Some(record) = self.resolve(collection, kind, &scope, &names, name)? else {
             return Err(AccessError::NotFound {
                 collection: collection.to_string(),
                 id: name.to_owned(),
@@ -637,21 +833,21 @@ impl Door {
         };
         let id = RecordId::parse(record.get("id").and_then(Value::as_str).unwrap_or_default())
             .map_err(|e| AccessError::Internal(e.to_string()))?;
-        let named = meta.names.contains_key(name);
+        let named = names.id_of(&self.0.collections, name)?.is_some();
         let (condition, removed) = (condition.clone(), id.clone());
         // Persisted together with the writes to the collection waiting beside it.
         let decide = move |before: Option<&Map<String, Value>>| {
-            let (id, reverse) = (&removed, meta.reverse());
+            let id = &removed;
             if let Some(tag) = &condition.if_match {
                 let seen = match before {
                     Some(b) => {
                         let mut b = b.clone();
                         b.insert("id".into(), Value::String(id.to_string()));
-                        serve(kind, &scope, &meta, &reverse, &b).map_err(Refusal::Access)?
+                        served_text(kind, &scope, &b).map_err(Refusal::Access)?
                     }
                     None => None,
                 };
-                if !seen.is_some_and(|s| tag == "*" || *tag == s.etag) {
+                if !seen.is_some_and(|(_, text)| tag == "*" || *tag == etag_of(&text)) {
                     return Err(Refusal::Precondition);
                 }
             }
@@ -663,7 +859,7 @@ impl Door {
             return Err(self.dav_refused(caller, collection, &id, refusal));
         }
         if named {
-            self.remember(collection, name, None).await?;
+            self.remember(&names, name, None).await?;
         }
         let event = AuditEvent {
             records: 1,
@@ -703,15 +899,17 @@ impl Door {
         let (changes, events) = self
             .blocking(move |inner| {
                 let (heads, changes) = inner.collections.changes_between(&name, &since)?;
-                let meta = Meta::from_record(inner.collections.get(&meta(), &meta_id(&name))?);
-                let reverse = meta.reverse();
+                let names =
+                    Meta::from_record(&name, inner.collections.get(&meta(), &meta_id(&name))?)
+                        .names;
+                let name_of = |id: &str| names.name_of(&inner.collections, kind, id);
                 let mut changed = Vec::new();
                 let mut removed = Vec::new();
                 let mut ids = Vec::new();
                 let mut fields = Vec::new();
                 for change in changes {
                     let now = match &change.after {
-                        Some(after) => serve(kind, &scope, &meta, &reverse, after)?,
+                        Some(after) => serve(kind, &scope, after, name_of)?,
                         None => None,
                     };
                     match now {
@@ -728,7 +926,7 @@ impl Door {
                                 .as_ref()
                                 .is_some_and(|b| scope.project(b).is_some());
                             if was_seen {
-                                removed.push(meta.name_of(&reverse, kind, &change.id));
+                                removed.push(name_of(&change.id)?);
                             }
                         }
                     }
@@ -803,18 +1001,20 @@ impl Door {
         Ok(())
     }
 
-    /// Records (or forgets) the id a client's name stands for.
+    /// Records (or forgets) the id a client's name stands for, durably.
     async fn remember(
         &self,
-        collection: &CollectionName,
+        names: &Names,
         name: &str,
         id: Option<&str>,
     ) -> Result<(), AccessError> {
-        let patch = json!({ "names": { name: id } });
-        let Value::Object(patch) = patch else {
-            unreachable!("a JSON object literal")
-        };
-        self.write_meta(collection, patch).await
+        let (names, name, id) = (names.clone(), name.to_owned(), id.map(str::to_owned));
+        self.blocking(move |inner| {
+            let writes = names.writes(&inner.collections, &name, id.as_deref())?;
+            Ok(inner.collections.write_many(&meta(), &writes)?)
+        })
+        .await?;
+        Ok(self.0.store.commit().await?)
     }
 
     /// Merges `patch` into what DAV keeps about `collection` (its names and properties).
@@ -866,6 +1066,140 @@ mod tests {
         );
         assert!(parse_token("urn:hearth:sync:zz").is_err());
         assert!(parse_token("http://example.org/sync/1").is_err());
+    }
+
+    fn record(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    fn names_of(c: &Collections, book: &CollectionName) -> Names {
+        Meta::from_record(book, c.get(&meta(), &meta_id(book)).unwrap()).names
+    }
+
+    /// A name that is not an id is two small records, each found in one lookup; the
+    /// name record decides; forgetting it leaves nothing that still names the record.
+    #[test]
+    fn client_names_are_a_record_each_and_the_name_decides() {
+        let vault = crate::testutil::TestVault::new();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let book = CollectionName::parse("contacts").unwrap();
+        let other = CollectionName::parse("contacts-work").unwrap();
+        let apply = |names: &Names, name: &str, id: Option<&str>| {
+            let writes = names.writes(&c, name, id).unwrap();
+            c.write_many(&meta(), &writes).unwrap();
+        };
+        let names = names_of(&c, &book);
+        assert!(!names.any);
+        assert_eq!(names.name_of(&c, Kind::Contacts, "r1").unwrap(), "r1.vcf");
+
+        apply(&names, "a@example.org.vcf", Some("r1"));
+        let names = names_of(&c, &book);
+        assert!(names.any, "the book is marked as having client names");
+        assert_eq!(
+            names.id_of(&c, "a@example.org.vcf").unwrap().as_deref(),
+            Some("r1")
+        );
+        assert_eq!(
+            names.name_of(&c, Kind::Contacts, "r1").unwrap(),
+            "a@example.org.vcf"
+        );
+        assert_eq!(names.name_of(&c, Kind::Contacts, "r2").unwrap(), "r2.vcf");
+        // Another book with the same name and id shares nothing with this one.
+        assert_eq!(
+            names_of(&c, &other).id_of(&c, "a@example.org.vcf").unwrap(),
+            None
+        );
+        // Two records per name, none holding a list of names.
+        assert_eq!(c.count(&meta()).unwrap(), 3);
+        assert!(
+            c.get(&meta(), &meta_id(&book))
+                .unwrap()
+                .unwrap()
+                .get("names")
+                .is_none()
+        );
+
+        // The name moves to another record: the first one is shown under its id again.
+        apply(&names, "a@example.org.vcf", Some("r2"));
+        let names = names_of(&c, &book);
+        assert_eq!(names.name_of(&c, Kind::Contacts, "r1").unwrap(), "r1.vcf");
+        assert_eq!(
+            names.name_of(&c, Kind::Contacts, "r2").unwrap(),
+            "a@example.org.vcf"
+        );
+        assert_eq!(
+            c.count(&meta()).unwrap(),
+            3,
+            "r1's record went with the name"
+        );
+
+        // A record found from the id that the name no longer backs names nothing (a
+        // pair left half-written by a conflict or a crash).
+        let stale = record(json!({"book": "contacts", "name": "b@x.vcf", "id": "r3"}));
+        c.put(&meta(), &name_record(&book, 'i', "r3"), &stale)
+            .unwrap();
+        assert_eq!(names.name_of(&c, Kind::Contacts, "r3").unwrap(), "r3.vcf");
+        assert_eq!(names.id_of(&c, "b@x.vcf").unwrap(), None);
+
+        apply(&names, "a@example.org.vcf", None);
+        let names = names_of(&c, &book);
+        assert_eq!(names.id_of(&c, "a@example.org.vcf").unwrap(), None);
+        assert_eq!(names.name_of(&c, Kind::Contacts, "r2").unwrap(), "r2.vcf");
+    }
+
+    /// The single map of names earlier versions kept is moved into per-name records
+    /// once, keeping the book's other properties; a name given since wins over the map.
+    #[test]
+    fn names_in_the_old_single_map_are_moved_once() {
+        let vault = crate::testutil::TestVault::new();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let book = CollectionName::parse("calendar").unwrap();
+        c.put(
+            &book,
+            &RecordId::parse("e1").unwrap(),
+            &record(json!({"summary": "x"})),
+        )
+        .unwrap();
+        let old = record(json!({
+            "display_name": "Home",
+            "names": {"e1@google.com.ics": "e1", "e2@google.com.ics": "e2", "late.ics": "e3"}
+        }));
+        c.put(&meta(), &meta_id(&book), &old).unwrap();
+        // Read as it is, before the move: an older device may still write the map.
+        let names = names_of(&c, &book);
+        assert_eq!(
+            names.id_of(&c, "e1@google.com.ics").unwrap().as_deref(),
+            Some("e1")
+        );
+        assert_eq!(
+            names.name_of(&c, Kind::Calendar, "e2").unwrap(),
+            "e2@google.com.ics"
+        );
+        // A name this version gave since, in the new form.
+        let newer = record(json!({"book": "calendar", "name": "late.ics", "id": "e4"}));
+        c.put(&meta(), &name_record(&book, 'n', "late.ics"), &newer)
+            .unwrap();
+
+        assert!(move_legacy_names(&c).unwrap());
+        let after = c.get(&meta(), &meta_id(&book)).unwrap().unwrap();
+        assert!(after.get("names").is_none(), "{after}");
+        assert_eq!(after["display_name"], "Home");
+        let names = names_of(&c, &book);
+        assert!(names.any && names.legacy.is_empty());
+        assert_eq!(
+            names.id_of(&c, "e1@google.com.ics").unwrap().as_deref(),
+            Some("e1")
+        );
+        assert_eq!(
+            names.name_of(&c, Kind::Calendar, "e1").unwrap(),
+            "e1@google.com.ics"
+        );
+        assert_eq!(
+            names.name_of(&c, Kind::Calendar, "e2").unwrap(),
+            "e2@google.com.ics"
+        );
+        assert_eq!(names.id_of(&c, "late.ics").unwrap().as_deref(), Some("e4"));
+        assert!(!move_legacy_names(&c).unwrap(), "nothing left to move");
     }
 
     #[test]
