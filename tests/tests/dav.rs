@@ -460,9 +460,45 @@ fn dav_goes_through_the_door() {
     assert_eq!(status, 200);
     assert!(text.contains("FN:Mallory"), "{text}");
 
-    // Read-only: PUT and DELETE are refused, nothing changes.
+    // A client that sees both cards sees two names: the name Mallory's card was given
+    // stays hers, and Bob's card moves aside to `bob!.vcf` (no record id has a `!`),
+    // where it can be read and changed.
     let (_, password) = grant_with_password(&node, &["--read", "contacts"]);
     let reader = Dav::new(&node, &password);
+    let (_, xml) = reader.propfind("/dav/contacts/contacts/", "1", "<d:getetag/>");
+    let mut listed: Vec<String> = hrefs(&xml)
+        .into_iter()
+        .filter(|h| h.ends_with(".vcf"))
+        .map(|h| h.replace("%21", "!"))
+        .collect();
+    listed.sort();
+    let count = listed.len();
+    listed.dedup();
+    assert_eq!(listed.len(), count, "one name per card: {xml}");
+    assert!(
+        listed.contains(&"/dav/contacts/contacts/bob!.vcf".to_owned()),
+        "{xml}"
+    );
+    assert!(
+        reader
+            .get("/dav/contacts/contacts/bob.vcf")
+            .1
+            .contains("FN:Mallory")
+    );
+    let (status, text, etag) = reader.get("/dav/contacts/contacts/bob!.vcf");
+    assert_eq!(status, 200);
+    assert!(text.contains("FN:Bob"), "{text}");
+    let (_, password) = grant_with_password(&node, &["--read", "contacts", "--write", "contacts"]);
+    let everyone = Dav::new(&node, &password);
+    let (status, _) = everyone.put(
+        "/dav/contacts/contacts/bob!.vcf",
+        &text.replace("FN:Bob", "FN:Robert"),
+        Some(("If-Match", &etag.unwrap())),
+    );
+    assert_eq!(status, 204);
+    assert_eq!(node.json(&["get", "contacts", "bob"])["name"], "Robert");
+
+    // Read-only: PUT and DELETE are refused, nothing changes.
     let before = node.json(&["ls", "contacts"]);
     let (_, text, _) = reader.get("/dav/contacts/contacts/ada.vcf");
     let (_, xml) = reader.propfind(

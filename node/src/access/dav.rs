@@ -184,6 +184,9 @@ struct Names {
     legacy_reverse: HashMap<String, String>,
 }
 
+/// How many times a record's name moves aside (see [`Names::name_of`]).
+const MAX_ASIDE: usize = 8;
+
 /// The id of the `_dav` record that finds a name (`n`) or an id (`i`) of a book.
 fn name_record(book: &CollectionName, side: char, key: &str) -> RecordId {
     let mut hasher = blake3::Hasher::new();
@@ -248,7 +251,10 @@ impl Names {
             .cloned())
     }
 
-    /// The name record `id` is shown under.
+    /// The name record `id` is shown under: the one a client gave it, else `{id}.vcf`
+    /// (`{id}.ics`), else — when a client gave that name to another record, which
+    /// happens when the client could not see this one — `{id}!.vcf`, `{id}!!.vcf`, …:
+    /// no record id has a `!`, and [`Door::resolve`] finds the record from such a name.
     fn name_of(
         &self,
         collections: &Collections,
@@ -259,11 +265,25 @@ impl Names {
             return Ok(name);
         }
         let ext = kind.extension();
-        Ok(if id.ends_with(&format!(".{ext}")) {
+        let mut name = if id.ends_with(&format!(".{ext}")) {
             id.to_owned()
         } else {
             format!("{id}.{ext}")
-        })
+        };
+        if !self.any && self.legacy.is_empty() {
+            return Ok(name);
+        }
+        // Bounded: each step is a name some client claimed; past the bound two records
+        // share a name rather than a listing taking a lookup per claim.
+        for aside in 1..=MAX_ASIDE {
+            match self.id_of(collections, &name)? {
+                Some(other) if other != id => {
+                    name = format!("{id}{}.{ext}", "!".repeat(aside));
+                }
+                _ => break,
+            }
+        }
+        Ok(name)
     }
 
     /// The writes to `_dav` that make `name` stand for `id` (or for nothing): its two
@@ -628,6 +648,11 @@ impl Door {
             let ext = format!(".{}", kind.extension());
             if let Some(stem) = name.strip_suffix(&ext) {
                 candidates.push(stem.to_owned());
+                // A name moved aside (`{id}!.vcf`): see `Names::name_of`.
+                let aside = stem.trim_end_matches('!');
+                if aside != stem {
+                    candidates.push(aside.to_owned());
+                }
             }
         }
         for candidate in candidates {
@@ -1140,6 +1165,15 @@ mod tests {
             .unwrap();
         assert_eq!(names.name_of(&c, Kind::Contacts, "r3").unwrap(), "r3.vcf");
         assert_eq!(names.id_of(&c, "b@x.vcf").unwrap(), None);
+
+        // A name given to one record that is another's own name (given by a client that
+        // cannot see the other) moves the other aside, once per claim.
+        apply(&names, "r5.vcf", Some("r6"));
+        let names = names_of(&c, &book);
+        assert_eq!(names.name_of(&c, Kind::Contacts, "r6").unwrap(), "r5.vcf");
+        assert_eq!(names.name_of(&c, Kind::Contacts, "r5").unwrap(), "r5!.vcf");
+        apply(&names, "r5!.vcf", Some("r7"));
+        assert_eq!(names.name_of(&c, Kind::Contacts, "r5").unwrap(), "r5!!.vcf");
 
         apply(&names, "a@example.org.vcf", None);
         let names = names_of(&c, &book);
