@@ -243,6 +243,98 @@ pub async fn contacts_and_calendars(opts: &Opts) -> anyhow::Result<Vec<Report>> 
         .push(format!("incremental / full sync: {incremental_ratio:.5}"));
     report.judge(&[full_ratio <= 3.0, incremental_ratio <= 0.1]);
     reports.push(report);
+    reports.push(upload(&node, if opts.quick { 1_000 } else { 5_000 }).await?);
     node.shutdown().await?;
     Ok(reports)
+}
+
+/// A DAV client uploading a new address book card by card, under names that cannot be
+/// record ids (a Google UID has an `@`, so the node keeps a name for each card) beside
+/// the same upload under names that are ids. The cost of one PUT must not grow with the
+/// book: the last tenth of the uploads against the first tenth.
+async fn upload(node: &hearth_node::NodeHandle, n: usize) -> anyhow::Result<Report> {
+    let v = node.vault();
+    let scope = Scope::parse(
+        Some("contacts-named,contacts-plain"),
+        Some("contacts-named,contacts-plain"),
+        &[],
+    )?;
+    let mut grant = NewGrant::new("bench-upload", scope);
+    grant.app_password = true;
+    grant.rate_per_minute = None;
+    let (_, issued) = access::create_grant(&v.collections, &v.keys, grant)?;
+    let password = issued
+        .password
+        .map(|p| p.to_string())
+        .ok_or_else(|| anyhow::anyhow!("no app password"))?;
+    v.store.commit().await?;
+    let http = http_client()?;
+    let base = format!("http://{}/dav/contacts", node.api_addr());
+    let mut report = Report::new(
+        "carddav upload",
+        "cards under client names <= 2x cards under id names; the last tenth's PUTs <= 1.5x the first tenth's",
+    );
+    // Per PUT, in order.
+    let mut times = Vec::new();
+    for (book, suffix) in [("contacts-plain", ""), ("contacts-named", "@example.org")] {
+        let mut each = Vec::with_capacity(n);
+        for i in 0..n {
+            let card = format!(
+                "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:bench-{i}{suffix}\r\nFN:Person {i}\r\nN:{i};Person;;;\r\nEMAIL:person{i}@example.org\r\nEND:VCARD\r\n"
+            );
+            let started = Instant::now();
+            let status = http
+                .put(format!("{base}/{book}/bench-{i}{suffix}.vcf"))
+                .basic_auth("phone", Some(&password))
+                .header("If-None-Match", "*")
+                .body(card)
+                .send()
+                .await?
+                .status();
+            each.push(started.elapsed());
+            anyhow::ensure!(status.as_u16() == 201, "PUT {i} to {book}: {status}");
+        }
+        times.push(each);
+    }
+    let total = |t: &[Duration]| t.iter().sum::<Duration>().as_secs_f64() * 1000.0;
+    let tenth = (n / 10).max(1);
+    let mean = |t: &[Duration]| total(t) / t.len() as f64;
+    let (plain, named) = (&times[0], &times[1]);
+    let growth = mean(&named[n - tenth..]) / mean(&named[..tenth]);
+    report.figures.extend([
+        fig(
+            format!("{n} cards under client names: upload"),
+            total(named),
+            "ms",
+        ),
+        fig(
+            "client names: mean PUT, first tenth",
+            mean(&named[..tenth]),
+            "ms",
+        ),
+        fig(
+            "client names: mean PUT, last tenth",
+            mean(&named[n - tenth..]),
+            "ms",
+        ),
+    ]);
+    report.baseline.extend([
+        fig(
+            format!("{n} cards under id names: upload"),
+            total(plain),
+            "ms",
+        ),
+        fig(
+            "id names: mean PUT, last tenth",
+            mean(&plain[n - tenth..]),
+            "ms",
+        ),
+    ]);
+    let ratio = total(named) / total(plain);
+    report.ratio = Some(("client names / id names".into(), ratio));
+    report.notes.push(format!(
+        "client names: last tenth / first tenth {growth:.2}"
+    ));
+    report.judge(&[ratio <= 2.0, growth <= 1.5]);
+    Ok(report)
 }
