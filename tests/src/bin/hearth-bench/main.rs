@@ -6,7 +6,7 @@
 //!
 //! Scenario names for `--only`: put, trace, view, sync (new device, one edit,
 //! revocation, blob sync), blobs (upload, A to B, against disk baselines), pim (import,
-//! CardDAV sync), cold, seal, process (real `hearth` processes at 1k/10k/100k records;
+//! CardDAV sync, CardDAV upload under client names), cold, seal, process (real `hearth` processes at 1k/10k/100k records;
 //! `--scale` adds 1M), life (a vault that is half mail, 100k records; `--scale`: 1M).
 
 mod blobs;
