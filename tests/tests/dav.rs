@@ -606,12 +606,22 @@ fn names_that_are_not_ids_stay_the_clients_names() {
     assert_eq!(ids(&node).len(), 3);
     assert!(dav.get(&path(1)).1.contains("FN:Kay One"));
 
-    // Removed under its name, then the name is given again to a new card.
+    // Removed under its name, then the name is given again to a new card. Another
+    // client's next sync report names the removed card as that client knew it.
+    let (_, xml) = dav.propfind(book, "0", "<d:sync-token/>");
+    let token = element(&xml, "sync-token").unwrap();
     let before = ids(&node);
     let (status, _, _) = dav.send(dav.request("DELETE", &path(2)));
     assert_eq!(status, 204);
     assert_eq!(dav.get(&path(2)).0, 404);
     assert_eq!(ids(&node).len(), 2);
+    let (status, xml) = dav.sync(book, &token);
+    assert_eq!(status, 207, "{xml}");
+    assert!(
+        xml.replace("%40", "@")
+            .contains(&format!("{}</d:href><d:status>HTTP/1.1 404", path(2))),
+        "{xml}"
+    );
     let (status, _) = dav.put(
         &path(2),
         &vcard("k2-again@google.com", "Kay Again", ""),

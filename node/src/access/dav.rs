@@ -286,20 +286,20 @@ impl Names {
         Ok(name)
     }
 
-    /// The writes to `_dav` that make `name` stand for `id` (or for nothing): its two
-    /// records, the id record of what it stood for before, the `named` mark, and the
-    /// name's entry in the old single map.
+    /// The writes to `_dav` that make `name` stand for `id`: its two records, the
+    /// removal of the id record of what it stood for before, the `named` mark, and the
+    /// removal of the name's entry in the old single map.
     fn writes(
         &self,
         collections: &Collections,
         name: &str,
-        id: Option<&str>,
+        id: &str,
     ) -> Result<Vec<(RecordId, RecordWrite)>, AccessError> {
         let mut writes = Vec::new();
         let forward = name_record(&self.book, 'n', name);
         let before = name_pair(&self.book, collections.get(&meta(), &forward)?);
         if let Some((_, old)) = &before
-            && Some(old.as_str()) != id
+            && old != id
         {
             let reverse = name_record(&self.book, 'i', old);
             if name_pair(&self.book, collections.get(&meta(), &reverse)?)
@@ -308,18 +308,12 @@ impl Names {
                 writes.push((reverse, RecordWrite::Remove));
             }
         }
+        let record = pair_record(&self.book, name, id);
+        writes.push((forward, RecordWrite::Put(record.clone())));
+        writes.push((name_record(&self.book, 'i', id), RecordWrite::Put(record)));
         let mut patch = Map::new();
-        match id {
-            Some(id) => {
-                let record = pair_record(&self.book, name, id);
-                writes.push((forward, RecordWrite::Put(record.clone())));
-                writes.push((name_record(&self.book, 'i', id), RecordWrite::Put(record)));
-                if !self.any {
-                    patch.insert("named".into(), Value::Bool(true));
-                }
-            }
-            None if before.is_some() => writes.push((forward, RecordWrite::Remove)),
-            None => {}
+        if !self.any {
+            patch.insert("named".into(), Value::Bool(true));
         }
         if self.legacy.contains_key(name) {
             patch.insert("names".into(), json!({ name: null }));
@@ -818,7 +812,7 @@ impl Door {
             Err(refusal) => return Err(self.dav_refused(caller, collection, &id, refusal)),
         };
         if remember {
-            self.remember(&names, name, Some(id.as_str())).await?;
+            self.remember(&names, name, id.as_str()).await?;
         }
         let event = AuditEvent {
             records: 1,
@@ -858,7 +852,6 @@ impl Door {
         };
         let id = RecordId::parse(record.get("id").and_then(Value::as_str).unwrap_or_default())
             .map_err(|e| AccessError::Internal(e.to_string()))?;
-        let named = names.id_of(&self.0.collections, name)?.is_some();
         let (condition, removed) = (condition.clone(), id.clone());
         // Persisted together with the writes to the collection waiting beside it.
         let decide = move |before: Option<&Map<String, Value>>| {
@@ -883,9 +876,8 @@ impl Door {
         if let Err(refusal) = outcome.await? {
             return Err(self.dav_refused(caller, collection, &id, refusal));
         }
-        if named {
-            self.remember(&names, name, None).await?;
-        }
+        // A client-given name stays: another client's next sync report names the
+        // removed resource as it knew it, and a PUT to the name makes a new record.
         let event = AuditEvent {
             records: 1,
             ids: vec![id.to_string()],
@@ -1026,16 +1018,11 @@ impl Door {
         Ok(())
     }
 
-    /// Records (or forgets) the id a client's name stands for, durably.
-    async fn remember(
-        &self,
-        names: &Names,
-        name: &str,
-        id: Option<&str>,
-    ) -> Result<(), AccessError> {
-        let (names, name, id) = (names.clone(), name.to_owned(), id.map(str::to_owned));
+    /// Records the id a client's name stands for, durably.
+    async fn remember(&self, names: &Names, name: &str, id: &str) -> Result<(), AccessError> {
+        let (names, name, id) = (names.clone(), name.to_owned(), id.to_owned());
         self.blocking(move |inner| {
-            let writes = names.writes(&inner.collections, &name, id.as_deref())?;
+            let writes = names.writes(&inner.collections, &name, &id)?;
             Ok(inner.collections.write_many(&meta(), &writes)?)
         })
         .await?;
@@ -1102,14 +1089,14 @@ mod tests {
     }
 
     /// A name that is not an id is two small records, each found in one lookup; the
-    /// name record decides; forgetting it leaves nothing that still names the record.
+    /// name record decides.
     #[test]
     fn client_names_are_a_record_each_and_the_name_decides() {
         let vault = crate::testutil::TestVault::new();
         let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
         let book = CollectionName::parse("contacts").unwrap();
         let other = CollectionName::parse("contacts-work").unwrap();
-        let apply = |names: &Names, name: &str, id: Option<&str>| {
+        let apply = |names: &Names, name: &str, id: &str| {
             let writes = names.writes(&c, name, id).unwrap();
             c.write_many(&meta(), &writes).unwrap();
         };
@@ -1117,7 +1104,7 @@ mod tests {
         assert!(!names.any);
         assert_eq!(names.name_of(&c, Kind::Contacts, "r1").unwrap(), "r1.vcf");
 
-        apply(&names, "a@example.org.vcf", Some("r1"));
+        apply(&names, "a@example.org.vcf", "r1");
         let names = names_of(&c, &book);
         assert!(names.any, "the book is marked as having client names");
         assert_eq!(
@@ -1145,7 +1132,7 @@ mod tests {
         );
 
         // The name moves to another record: the first one is shown under its id again.
-        apply(&names, "a@example.org.vcf", Some("r2"));
+        apply(&names, "a@example.org.vcf", "r2");
         let names = names_of(&c, &book);
         assert_eq!(names.name_of(&c, Kind::Contacts, "r1").unwrap(), "r1.vcf");
         assert_eq!(
@@ -1168,17 +1155,12 @@ mod tests {
 
         // A name given to one record that is another's own name (given by a client that
         // cannot see the other) moves the other aside, once per claim.
-        apply(&names, "r5.vcf", Some("r6"));
+        apply(&names, "r5.vcf", "r6");
         let names = names_of(&c, &book);
         assert_eq!(names.name_of(&c, Kind::Contacts, "r6").unwrap(), "r5.vcf");
         assert_eq!(names.name_of(&c, Kind::Contacts, "r5").unwrap(), "r5!.vcf");
-        apply(&names, "r5!.vcf", Some("r7"));
+        apply(&names, "r5!.vcf", "r7");
         assert_eq!(names.name_of(&c, Kind::Contacts, "r5").unwrap(), "r5!!.vcf");
-
-        apply(&names, "a@example.org.vcf", None);
-        let names = names_of(&c, &book);
-        assert_eq!(names.id_of(&c, "a@example.org.vcf").unwrap(), None);
-        assert_eq!(names.name_of(&c, Kind::Contacts, "r2").unwrap(), "r2.vcf");
     }
 
     /// The single map of names earlier versions kept is moved into per-name records
