@@ -1018,15 +1018,15 @@ impl Door {
         Ok(())
     }
 
-    /// Records the id a client's name stands for, durably.
+    /// Records the id a client's name stands for. Durable with the commit of the
+    /// request's audit entry, which the caller makes next: a PUT answers after both.
     async fn remember(&self, names: &Names, name: &str, id: &str) -> Result<(), AccessError> {
         let (names, name, id) = (names.clone(), name.to_owned(), id.to_owned());
         self.blocking(move |inner| {
             let writes = names.writes(&inner.collections, &name, &id)?;
             Ok(inner.collections.write_many(&meta(), &writes)?)
         })
-        .await?;
-        Ok(self.0.store.commit().await?)
+        .await
     }
 
     /// Merges `patch` into what DAV keeps about `collection` (its names and properties).
