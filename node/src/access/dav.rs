@@ -462,7 +462,7 @@ fn served_text(
             .get("uid")
             .and_then(Value::as_str)
             .map_or_else(|| format!("hearth-{id}"), str::to_owned);
-        text = pim::contacts::with_uid(&text, &uid);
+        text = pim::contacts::with_uid(text, &uid);
     }
     Ok(Some((id, text)))
 }

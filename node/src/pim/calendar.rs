@@ -348,7 +348,7 @@ fn main_range(lines: &[Line]) -> Option<(usize, usize)> {
             if depth == 2
                 && let Some(start) = candidate.take()
             {
-                let is_override = lines[start..i].iter().any(|l| l.name() == "RECURRENCE-ID");
+                let is_override = lines[start..i].iter().any(|l| l.is("RECURRENCE-ID"));
                 if !is_override {
                     return Some((start, i));
                 }
@@ -371,7 +371,7 @@ fn replace_in(main: &mut Vec<Line>, properties: &[&str], new: Vec<Line>) {
     let at = targeted.iter().position(|t| *t).unwrap_or_else(|| {
         // Before the first sub-component, else at the end.
         main.iter()
-            .position(|l| l.name() == "BEGIN")
+            .position(|l| l.is("BEGIN"))
             .unwrap_or(main.len())
     });
     let before = targeted[..at].iter().filter(|t| **t).count();

@@ -433,7 +433,7 @@ pub fn render(record: &Map<String, Value>) -> Result<String, PimError> {
     };
     let is_v4 = card_lines
         .iter()
-        .find(|l| l.name() == "VERSION")
+        .find(|l| l.is("VERSION"))
         .is_none_or(|l| l.value().trim().starts_with('4'));
     let mut out = card_lines;
     for field in FIELDS {
@@ -448,7 +448,7 @@ pub fn render(record: &Map<String, Value>) -> Result<String, PimError> {
         replace(&mut out, properties_of(field), new_lines);
     }
     // A version-4 card needs FN: keep one (empty if nothing better).
-    if is_v4 && !out.iter().any(|l| l.name() == "FN") {
+    if is_v4 && !out.iter().any(|l| l.is("FN")) {
         replace(
             &mut out,
             &["FN"],
@@ -470,16 +470,15 @@ fn replace(out: &mut Vec<Line>, properties: &[&str], new: Vec<Line>) {
         .filter(|l| targeted(l))
         .filter_map(Line::group)
         .collect();
-    let at = out.iter().position(targeted).unwrap_or_else(|| {
-        out.iter()
-            .rposition(|l| l.name() == "END")
-            .unwrap_or(out.len())
-    });
+    let at = out
+        .iter()
+        .position(targeted)
+        .unwrap_or_else(|| out.iter().rposition(|l| l.is("END")).unwrap_or(out.len()));
     let mut index = 0;
     let mut insert_at = at;
     out.retain(|l| {
-        let drop = targeted(l)
-            || (l.group().is_some_and(|g| groups.contains(&g)) && l.name() == "X-ABLABEL");
+        let drop =
+            targeted(l) || (l.group().is_some_and(|g| groups.contains(&g)) && l.is("X-ABLABEL"));
         if drop && index < at {
             insert_at -= 1;
         }
@@ -668,11 +667,11 @@ pub fn version_of(card: &VCard) -> VCardVersion {
 }
 
 /// `text` (one vCard) with a `UID` line if it has none.
-pub fn with_uid(text: &str, uid: &str) -> String {
-    let mut lines = lines::split(text);
-    if lines.iter().any(|l| l.name() == "UID") {
-        return text.to_owned();
+pub fn with_uid(text: String, uid: &str) -> String {
+    if lines::split(&text).iter().any(|l| l.is("UID")) {
+        return text;
     }
+    let mut lines = lines::split(&text);
     replace(
         &mut lines,
         &["UID"],

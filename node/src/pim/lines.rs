@@ -44,6 +44,22 @@ impl Line {
         name.to_ascii_uppercase()
     }
 
+    /// Whether the property name is `name` (upper case), as [`Line::name`] would say,
+    /// without unfolding the line or allocating when the name ends on its first
+    /// physical line (it does unless a fold cuts the name itself).
+    pub fn is(&self, name: &str) -> bool {
+        let first = self.raw.split('\n').next().unwrap_or_default();
+        match first.find([';', ':']) {
+            Some(end) => {
+                let head = first[..end].trim();
+                head.rsplit_once('.')
+                    .map_or(head, |(_, n)| n)
+                    .eq_ignore_ascii_case(name)
+            }
+            None => self.name() == name,
+        }
+    }
+
     /// The group (`item1` of `item1.EMAIL`), if any, as written.
     pub fn group(&self) -> Option<String> {
         let unfolded = self.unfolded();
@@ -101,10 +117,14 @@ pub fn split(text: &str) -> Vec<Line> {
     let mut lines: Vec<Line> = Vec::new();
     for (index, physical) in text.split_inclusive('\n').enumerate() {
         let number = index + 1;
+        // Only a line ending in `=` can be quoted-printable text that goes on: the
+        // unfolding (an allocation) waits for that.
         let continues = physical.starts_with([' ', '\t'])
             || lines.last().is_some_and(|l| {
-                let unfolded = l.unfolded();
-                unfolded.ends_with('=') && is_quoted_printable(&unfolded)
+                l.raw.trim_end_matches(['\r', '\n']).ends_with('=') && {
+                    let unfolded = l.unfolded();
+                    unfolded.ends_with('=') && is_quoted_printable(&unfolded)
+                }
             });
         match lines.last_mut() {
             Some(last) if continues && !physical.trim().is_empty() => last.raw.push_str(physical),
@@ -255,6 +275,21 @@ mod tests {
         assert_eq!(lines[4].raw, "END:VCARD\r\n");
         let joined: String = lines.iter().map(|l| l.raw.as_str()).collect();
         assert_eq!(joined, text.replace("\r\n\r\n", "\r\n").to_owned() + "\r\n");
+    }
+
+    /// `is` says what `name` says, whether the name is plain, grouped, lower case,
+    /// followed by parameters, or cut by a fold.
+    #[test]
+    fn a_line_is_its_name_however_it_is_written() {
+        let text =
+            "UID:1\r\nitem2.uid;VALUE=text:2\r\nU\r\n ID:3\r\nUIDX:4\r\nX-UID:5\r\nNOTE:UID:6\r\n";
+        let lines = split(text);
+        assert_eq!(lines.len(), 6);
+        for line in &lines {
+            assert_eq!(line.is("UID"), line.name() == "UID", "{:?}", line.raw);
+        }
+        let named: Vec<bool> = lines.iter().map(|l| l.is("UID")).collect();
+        assert_eq!(named, [true, true, true, false, false, false]);
     }
 
     #[test]
