@@ -198,13 +198,19 @@ fn name_record(book: &CollectionName, side: char, key: &str) -> RecordId {
         .expect("a collection name, a letter and hex are a valid record id")
 }
 
-/// What both records of a name hold.
-fn pair_record(book: &CollectionName, name: &str, id: &str) -> Map<String, Value> {
+/// The writes of both records of a name, each holding `{"book", "name", "id"}`.
+fn pair_writes(book: &CollectionName, name: &str, id: &str) -> [(RecordId, RecordWrite); 2] {
     let mut record = Map::new();
     record.insert("book".into(), Value::String(book.to_string()));
     record.insert("name".into(), Value::String(name.to_owned()));
     record.insert("id".into(), Value::String(id.to_owned()));
-    record
+    [
+        (
+            name_record(book, 'n', name),
+            RecordWrite::Put(record.clone()),
+        ),
+        (name_record(book, 'i', id), RecordWrite::Put(record)),
+    ]
 }
 
 /// The `(name, id)` a name record holds, if it is one of `book`.
@@ -308,9 +314,7 @@ impl Names {
                 writes.push((reverse, RecordWrite::Remove));
             }
         }
-        let record = pair_record(&self.book, name, id);
-        writes.push((forward, RecordWrite::Put(record.clone())));
-        writes.push((name_record(&self.book, 'i', id), RecordWrite::Put(record)));
+        writes.extend(pair_writes(&self.book, name, id));
         let mut patch = Map::new();
         if !self.any {
             patch.insert("named".into(), Value::Bool(true));
@@ -347,14 +351,14 @@ pub fn move_legacy_names(collections: &Collections) -> Result<bool, CollectionEr
         let mut legacy: Vec<_> = names.legacy.iter().collect();
         legacy.sort();
         for (name, target) in legacy {
-            let forward = name_record(&book, 'n', name);
             // A name given since (by this version) is newer than the old map's.
-            if collections.get(&meta(), &forward)?.is_some() {
+            if collections
+                .get(&meta(), &name_record(&book, 'n', name))?
+                .is_some()
+            {
                 continue;
             }
-            let record = pair_record(&book, name, target);
-            writes.push((forward, RecordWrite::Put(record.clone())));
-            writes.push((name_record(&book, 'i', target), RecordWrite::Put(record)));
+            writes.extend(pair_writes(&book, name, target));
         }
         let mut patch = Map::new();
         patch.insert("names".into(), Value::Null);
@@ -734,10 +738,11 @@ impl Door {
                 r.insert("id".into(), Value::String(id.to_string()));
                 r
             };
-            // Served under whatever name: only the text and its ETag count here.
-            let unnamed = |_: &str| Ok(String::new());
+            // The text the client was served, if it could see the record.
             let seen = match before {
-                Some(b) => serve(kind, &scope, &with_id(b), unnamed).map_err(Refusal::Access)?,
+                Some(b) => served_text(kind, &scope, &with_id(b))
+                    .map_err(Refusal::Access)?
+                    .map(|(_, text)| text),
                 None => None,
             };
             // A hidden record answers as a missing one: its id was not chosen above.
@@ -745,7 +750,9 @@ impl Door {
                 return Err(Refusal::Precondition);
             }
             if let Some(tag) = &condition.if_match {
-                let matches = seen.as_ref().is_some_and(|s| tag == "*" || *tag == s.etag);
+                let matches = seen
+                    .as_ref()
+                    .is_some_and(|s| tag == "*" || *tag == etag_of(s));
                 if !matches {
                     return Err(Refusal::Precondition);
                 }
@@ -756,7 +763,7 @@ impl Door {
                 return Err(Refusal::Precondition);
             }
             let seen_fields = match &seen {
-                Some(s) => fields_of(kind, &s.text).map_err(Refusal::Unreadable)?,
+                Some(text) => fields_of(kind, text).map_err(Refusal::Unreadable)?,
                 None => Map::new(),
             };
             let mut patch = diff_patch(&seen_fields, &new_fields);

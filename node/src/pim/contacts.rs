@@ -668,10 +668,10 @@ pub fn version_of(card: &VCard) -> VCardVersion {
 
 /// `text` (one vCard) with a `UID` line if it has none.
 pub fn with_uid(text: String, uid: &str) -> String {
-    if lines::split(&text).iter().any(|l| l.is("UID")) {
+    let mut lines = lines::split(&text);
+    if lines.iter().any(|l| l.is("UID")) {
         return text;
     }
-    let mut lines = lines::split(&text);
     replace(
         &mut lines,
         &["UID"],
