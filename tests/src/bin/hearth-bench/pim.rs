@@ -119,17 +119,7 @@ pub async fn contacts_and_calendars(opts: &Opts) -> anyhow::Result<Vec<Report>> 
 
     // A DAV client with an app password, syncing the address book from empty.
     let v = node.vault();
-    let scope = Scope::parse(Some("contacts"), Some("contacts"), &[])?;
-    let mut grant = NewGrant::new("bench-phone", scope);
-    grant.app_password = true;
-    grant.rate_per_minute = None;
-    let (_, issued) = access::create_grant(&v.collections, &v.keys, grant)?;
-    let password = issued
-        .password
-        .map(|p| p.to_string())
-        .ok_or_else(|| anyhow::anyhow!("no app password"))?;
-    let token = issued.token;
-    v.store.commit().await?;
+    let (password, token) = app_password_grant(&node, "bench-phone", "contacts").await?;
     let book = format!("{base}/dav/contacts/contacts/");
     let propfind = reqwest::Method::from_bytes(b"PROPFIND")?;
     let report_method = reqwest::Method::from_bytes(b"REPORT")?;
@@ -248,18 +238,16 @@ pub async fn contacts_and_calendars(opts: &Opts) -> anyhow::Result<Vec<Report>> 
     Ok(reports)
 }
 
-/// A DAV client uploading a new address book card by card, under names that cannot be
-/// record ids (a Google UID has an `@`, so the node keeps a name for each card) beside
-/// the same upload under names that are ids. The cost of one PUT must not grow with the
-/// book: the last tenth of the uploads against the first tenth.
-async fn upload(node: &hearth_node::NodeHandle, n: usize) -> anyhow::Result<Report> {
+/// A grant that reads and writes `collections`, unlimited, with an app password: the
+/// password and the token.
+async fn app_password_grant(
+    node: &hearth_node::NodeHandle,
+    service: &str,
+    collections: &str,
+) -> anyhow::Result<(String, String)> {
     let v = node.vault();
-    let scope = Scope::parse(
-        Some("contacts-named,contacts-plain"),
-        Some("contacts-named,contacts-plain"),
-        &[],
-    )?;
-    let mut grant = NewGrant::new("bench-upload", scope);
+    let scope = Scope::parse(Some(collections), Some(collections), &[])?;
+    let mut grant = NewGrant::new(service, scope);
     grant.app_password = true;
     grant.rate_per_minute = None;
     let (_, issued) = access::create_grant(&v.collections, &v.keys, grant)?;
@@ -268,6 +256,16 @@ async fn upload(node: &hearth_node::NodeHandle, n: usize) -> anyhow::Result<Repo
         .map(|p| p.to_string())
         .ok_or_else(|| anyhow::anyhow!("no app password"))?;
     v.store.commit().await?;
+    Ok((password, issued.token))
+}
+
+/// A DAV client uploading a new address book card by card, under names that cannot be
+/// record ids (a Google UID has an `@`, so the node keeps a name for each card) beside
+/// the same upload under names that are ids. The cost of one PUT must not grow with the
+/// book: the last tenth of the uploads against the first tenth.
+async fn upload(node: &hearth_node::NodeHandle, n: usize) -> anyhow::Result<Report> {
+    let (password, _) =
+        app_password_grant(node, "bench-upload", "contacts-named,contacts-plain").await?;
     let http = http_client()?;
     let base = format!("http://{}/dav/contacts", node.api_addr());
     let mut report = Report::new(
