@@ -61,6 +61,10 @@ pub enum Command {
         /// and other computers (`hearth status` shows the certificate's fingerprint)
         #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = hearth_node::DEFAULT_LAN_ADDR)]
         lan: Option<SocketAddr>,
+        /// On the LAN, serve only what apps use (CardDAV/CalDAV, the dashboard and the
+        /// service views), not the owner's routes, which then answer on loopback only
+        #[arg(long)]
+        lan_apps_only: bool,
         /// Where to listen for the vault's other devices (repeatable)
         /// [default: /ip4/0.0.0.0/tcp/0 and /ip4/0.0.0.0/udp/0/quic-v1]
         #[arg(long, value_name = "MULTIADDR")]
@@ -152,7 +156,9 @@ pub enum Command {
     Pair,
     /// Make HOME (with no vault yet) a new device of the inviter's vault; then `hearth up`
     Join {
-        /// The code `hearth pair` printed on a device of the vault
+        /// The code `hearth pair` printed on a device of the vault; @FILE reads it from
+        /// a file, - from stdin (so it stays out of the shell's history)
+        #[arg(value_name = "CODE|@FILE|-")]
         code: String,
         /// A name for this device in the device list [default: the host name]
         #[arg(long)]
@@ -371,6 +377,8 @@ pub enum TokenCommand {
     /// Print a narrower token: only these reads (and writes), only until then. Nothing
     /// can widen a token.
     Attenuate {
+        /// The token to narrow; @FILE reads it from a file, - from stdin
+        #[arg(value_name = "TOKEN|@FILE|-")]
         token: String,
         /// What the new token may read: COLLECTION or COLLECTION.FIELD, comma-separated
         #[arg(long, value_name = "SCOPES")]

@@ -157,6 +157,20 @@ fn no_node(home: &Home, addr: Option<&str>) -> anyhow::Error {
     anyhow!("no Hearth node is running for {root}{why}; start one with `hearth --home {root} up`")
 }
 
+/// A secret given on the command line (an invite code, a token): the text itself,
+/// `@FILE` for a file holding it, or `-` to read it from stdin, so it need not sit in
+/// the shell's history or the process list. Surrounding white space is dropped.
+pub fn read_secret_arg(arg: &str, what: &str) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    let bytes = zeroize::Zeroizing::new(read_data_arg(arg)?);
+    let text =
+        std::str::from_utf8(&bytes).with_context(|| format!("the {what} is not UTF-8 text"))?;
+    let text = text.trim();
+    if text.is_empty() {
+        anyhow::bail!("the {what} is empty");
+    }
+    Ok(zeroize::Zeroizing::new(text.to_owned()))
+}
+
 /// Reads a record argument: inline JSON, `@FILE`, or `-` for stdin.
 pub fn read_data_arg(arg: &str) -> anyhow::Result<Vec<u8>> {
     if arg == "-" {

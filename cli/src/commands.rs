@@ -70,6 +70,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             api,
             api_public,
             lan,
+            lan_apps_only,
             listen,
             peer,
             no_mdns,
@@ -118,6 +119,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     Some(crate::config::Lan::On(true)) => Some(default_lan),
                     Some(crate::config::Lan::On(false)) | None => None,
                 }),
+                lan_apps_only: lan_apps_only || file.lan_apps_only == Some(true),
                 accept_rollback,
                 cache_mb: cache_mb.or(file.cache_mb),
                 reloads,
@@ -148,6 +150,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => None,
             };
             let narrowing = Narrowing::parse(Some(&read), write.as_deref())?;
+            let token = crate::client::read_secret_arg(&token, "token")?;
             let token = hearth_node::access::attenuate(&token, &narrowing, expires)?;
             if json {
                 out_json(&TokenResponse { token })
@@ -159,7 +162,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             code,
             name,
             passphrase,
-        } => join(&home, json, &code, name, passphrase).await,
+        } => {
+            let code = crate::client::read_secret_arg(&code, "invite code")?;
+            join(&home, json, &code, name, passphrase).await
+        }
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             let mut text = Vec::new();
@@ -343,6 +349,7 @@ struct UpOptions {
     api: std::net::SocketAddr,
     api_public: bool,
     lan: Option<std::net::SocketAddr>,
+    lan_apps_only: bool,
     accept_rollback: bool,
     cache_mb: Option<u32>,
     /// What a SIGHUP may change.
@@ -366,6 +373,7 @@ async fn up(
     config.api_addr = options.api;
     config.allow_public_api = options.api_public;
     config.lan_addr = options.lan;
+    config.lan_owner_routes = !options.lan_apps_only;
     config.accept_rollback = options.accept_rollback;
     if let Some(mib) = options.cache_mb {
         config.limits.cache_bytes = mib as usize * 1024 * 1024;
@@ -1545,15 +1553,20 @@ fn print_revoked(grant_id: &str, answer: &RevokeResponse) -> anyhow::Result<()> 
 }
 
 fn print_audit_entry(e: &AuditEntry) -> anyhow::Result<()> {
+    // A read that found nothing (a missing id, or one the grant cannot see) is a
+    // probe: say so rather than "0 records".
+    let what = if e.reason.as_deref() == Some("not_found") && e.records == 0 {
+        "found nothing".to_owned()
+    } else {
+        format!("{} records\tfields {:?}", e.records, e.fields)
+    };
     let mut line = format!(
-        "{}\t{}\t{}\t{} {}\t{} records\tfields {:?}",
+        "{}\t{}\t{}\t{} {}\t{what}",
         local_time(e.at),
         e.grant,
         e.service,
         e.operation,
         e.collection,
-        e.records,
-        e.fields
     );
     if !e.ids.is_empty() {
         line.push_str(&format!("\tids {:?}", e.ids));

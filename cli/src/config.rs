@@ -23,6 +23,9 @@ pub struct Config {
     /// Serve the API and DAV on the LAN over TLS: `true` for the default address, or
     /// an address (`--lan`).
     pub lan: Option<Lan>,
+    /// On the LAN, serve only what apps use, not the owner's routes
+    /// (`--lan-apps-only`).
+    pub lan_apps_only: Option<bool>,
     /// Where to listen for the vault's other devices (`--listen`).
     pub listen: Option<Vec<String>>,
     /// Devices to dial (`--peer`).

@@ -74,15 +74,15 @@ fn token_check(c: &mut Criterion) {
     let mut group = c.benchmark_group("token");
     group.bench_function("admit a vault-issued token", |b| {
         b.iter(|| {
-            v.door
-                .admit(&Credentials::local(black_box(&token)))
+            runtime
+                .block_on(v.door.admit(&Credentials::local(black_box(&token))))
                 .expect("valid")
         })
     });
     group.bench_function("admit an attenuated token (scope narrowed)", |b| {
         b.iter(|| {
-            v.door
-                .admit(&Credentials::local(black_box(&narrowed)))
+            runtime
+                .block_on(v.door.admit(&Credentials::local(black_box(&narrowed))))
                 .expect("valid")
         })
     });

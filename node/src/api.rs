@@ -38,7 +38,7 @@ use crate::collections::CollectionError;
 use crate::pim;
 use crate::store::StoreError;
 
-type AppState = Arc<Vault>;
+pub(crate) type AppState = Arc<Vault>;
 
 pub fn router(vault: Arc<Vault>) -> Router {
     let limit = vault.limits.max_concurrent_requests;
@@ -116,6 +116,10 @@ pub fn router(vault: Arc<Vault>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower::limit::ConcurrencyLimitLayer::new(limit))
+        .layer(middleware::from_fn_with_state(
+            vault.clone(),
+            crate::throttle::throttle_passwords,
+        ))
         .layer(middleware::from_fn_with_state(vault.clone(), allowed_host))
         .with_state(vault)
 }
@@ -236,6 +240,11 @@ impl ApiError {
         &self.message
     }
 
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
@@ -274,8 +283,22 @@ impl From<CollectionError> for ApiError {
 }
 
 impl From<AccessError> for ApiError {
+    /// What a service is told: the refusal, or for a failure inside the node only its
+    /// kind (the message, which may name internals, goes to the log).
     fn from(e: AccessError) -> Self {
-        ApiError::new(e.code(), e.to_string())
+        let code = e.code();
+        let message = match code {
+            ErrorCode::Internal | ErrorCode::Storage | ErrorCode::Corrupt => {
+                tracing::error!(code = code.as_str(), error = %e, "a service's request failed");
+                "the node could not complete the request; its log says why".to_owned()
+            }
+            ErrorCode::InsufficientStorage => {
+                tracing::warn!(error = %e, "a request failed: the disk is full");
+                "the node's disk is full; nothing was written".to_owned()
+            }
+            _ => e.to_string(),
+        };
+        ApiError::new(code, message)
     }
 }
 
@@ -396,6 +419,22 @@ fn bearer_token(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
                 "the Authorization header is not `Bearer <token>`",
             )
         })
+}
+
+/// On a listener that serves only what apps use (`hearth up --lan-apps-only`): the
+/// owner's routes answer as routes that do not exist there.
+pub async fn apps_only(request: axum::extract::Request, next: middleware::Next) -> Response {
+    let path = request.uri().path();
+    let owners = path.starts_with("/v1/")
+        && !(path == "/v1/view" || path.starts_with("/v1/view/") || path == "/v1/openapi.json");
+    if owners {
+        return ApiError::new(
+            ErrorCode::NotFound,
+            "the owner's routes are not served on this address (hearth up --lan-apps-only); use the node's loopback API",
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 async fn not_found() -> ApiError {
@@ -1385,13 +1424,17 @@ where
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("store task failed: {e}")))?
 }
 
+/// Whether reading a body failed because it is longer than its limit (not because
+/// the client went away or sent a broken body).
+pub(crate) fn is_length_limit(e: &axum::Error) -> bool {
+    std::error::Error::source(e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        || e.to_string().contains("length limit")
+}
+
 async fn read_body(vault: &AppState, body: Body) -> Result<Bytes, ApiError> {
     let limit = vault.limits.max_record_bytes;
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            || e.to_string().contains("length limit");
-        if too_large {
+        if is_length_limit(&e) {
             ApiError::new(
                 ErrorCode::TooLarge,
                 format!("the body is larger than the limit of {limit} bytes"),
@@ -1543,14 +1586,19 @@ async fn import(
     })?;
     let report = pim::import(&vault, &collection, kind, &text)
         .await
-        .map_err(|e| match e {
-            pim::ImportError::Read(e) => ApiError::new(ErrorCode::BadRequest, e.to_string()),
-            pim::ImportError::Collection(e) => e.into(),
-            pim::ImportError::Store(e) => e.into(),
-            pim::ImportError::Blob(e) => e.into(),
-            pim::ImportError::Internal(e) => ApiError::new(ErrorCode::Internal, e),
-        })?;
+        .map_err(import_error)?;
     Ok(Json(report))
+}
+
+/// Why an import wrote nothing, as an API error (the dashboard shows the same).
+pub(crate) fn import_error(e: pim::ImportError) -> ApiError {
+    match e {
+        pim::ImportError::Read(e) => ApiError::new(ErrorCode::BadRequest, e.to_string()),
+        pim::ImportError::Collection(e) => e.into(),
+        pim::ImportError::Store(e) => e.into(),
+        pim::ImportError::Blob(e) => e.into(),
+        pim::ImportError::Internal(e) => ApiError::new(ErrorCode::Internal, e),
+    }
 }
 
 /// `GET /v1/export/{c}`: every record as one vCard or iCalendar file.

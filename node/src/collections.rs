@@ -325,9 +325,7 @@ impl Collections {
                 .collect::<Result<Vec<_>, _>>()?;
             let mut guards = Vec::with_capacity(loaded.len());
             for collection in &loaded {
-                let guard = collection
-                    .lock()
-                    .expect("collection lock is never poisoned");
+                let guard = self.lock(collection);
                 if guard.stale {
                     // Dropped from memory after a failed write: load it again.
                     continue 'again;
@@ -624,6 +622,30 @@ impl Collections {
         Ok(self
             .stored(name, id.as_str(), stored)?
             .map(|record| with_id(id.as_str(), record)))
+    }
+
+    /// Only the top-level fields `keys` of record `id` (no `"id"`); `None` if there is
+    /// no record. A long record's other fields are not read: a filter decides on these
+    /// in the time a short record takes.
+    pub fn get_fields(
+        &self,
+        name: &CollectionName,
+        id: &RecordId,
+        keys: &[&str],
+    ) -> Result<Option<Map<String, Json>>, CollectionError> {
+        let key = self.indexed(name)?;
+        let Some(stored) = self.index.get(&key, name.as_str(), id.as_str())? else {
+            return Ok(None);
+        };
+        match stored {
+            Stored::Record(mut record) => {
+                record.retain(|k, _| keys.contains(&k.as_str()));
+                Ok(Some(record))
+            }
+            Stored::InDocument => self.with(name, |c| {
+                records::read_record_fields(&c.doc, id.as_str(), keys).map_err(|e| c.automerge(e))
+            }),
+        }
     }
 
     /// A record as the index holds it, or as its document reads now if the index holds
@@ -943,11 +965,10 @@ impl Collections {
     ) -> Result<R, CollectionError> {
         loop {
             let collection = self.load(name)?;
-            let mut collection = collection
-                .lock()
-                .expect("collection lock is never poisoned");
-            // A copy whose change failed to persist was dropped from `open` while we
-            // waited for its lock: the next `load` reads the disk again.
+            let mut collection = self.lock(&collection);
+            // A copy whose change failed to persist (or whose holder panicked) was
+            // dropped from `open` while we waited for its lock: the next `load` reads
+            // the disk again.
             if collection.stale {
                 continue;
             }
@@ -956,6 +977,28 @@ impl Collections {
                 self.used(&collection);
             }
             return result;
+        }
+    }
+
+    /// Locks a loaded collection. A lock poisoned by a panic while it was held (the
+    /// document may hold half a change, or changes never persisted) gives up that
+    /// copy: it is marked stale and dropped from the cache, so the caller loads the
+    /// collection again from the disk, where nothing of the failed request is. One
+    /// panicking request never leaves a collection dead until a restart.
+    fn lock<'a>(&self, collection: &'a Mutex<Collection>) -> std::sync::MutexGuard<'a, Collection> {
+        match collection.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => {
+                let mut guard = poisoned.into_inner();
+                if !guard.stale {
+                    guard.stale = true;
+                    self.index.forget(&guard.key);
+                    self.open_slots().remove(&guard.name);
+                    tracing::warn!(collection = %guard.name, "a request panicked while it held a collection; it is read again from the disk");
+                }
+                collection.clear_poison();
+                guard
+            }
         }
     }
 

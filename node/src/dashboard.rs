@@ -278,7 +278,11 @@ fn posted(
     headers: &HeaderMap,
     form: &HashMap<String, String>,
 ) -> Result<Visit, Response> {
-    let visit = visit(vault, headers)?;
+    csrf_checked(visit(vault, headers)?, form)
+}
+
+/// `visit`, if `form` carries its session's CSRF token.
+fn csrf_checked(visit: Visit, form: &HashMap<String, String>) -> Result<Visit, Response> {
     let sent = form.get("csrf").map(String::as_str).unwrap_or("");
     if !bool::from(sent.as_bytes().ct_eq(visit.csrf.as_bytes())) {
         return Err(message(
@@ -363,9 +367,18 @@ fn login_needed() -> Response {
     response
 }
 
-/// An error from the vault, as a page.
+/// An error from the vault, as a page with the error's own status (a request the
+/// vault refused is `4xx`, a failure of the node or its disk `5xx`).
 fn failed(e: ApiError) -> Response {
-    message(StatusCode::BAD_REQUEST, "That did not work", e.message())
+    let status = e.status();
+    if status.is_server_error() {
+        tracing::error!(
+            status = status.as_u16(),
+            message = e.message(),
+            "a dashboard request failed"
+        );
+    }
+    message(status, "That did not work", e.message())
 }
 
 async fn login(State(vault): State<AppState>, Path(code): Path<String>) -> Response {
@@ -1238,6 +1251,11 @@ async fn import(
     headers: HeaderMap,
     mut multipart: axum::extract::Multipart,
 ) -> Response {
+    // The session first: no byte of the upload is read for a request without one.
+    let visit = match visit(&vault, &headers) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
     let mut fields: HashMap<String, String> = HashMap::new();
     loop {
         match multipart.next_field().await {
@@ -1271,7 +1289,7 @@ async fn import(
             }
         }
     }
-    let visit = match posted(&vault, &headers, &fields) {
+    let visit = match csrf_checked(visit, &fields) {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -1304,11 +1322,22 @@ async fn import(
             collection: collection.to_string(),
             report,
         }),
-        Err(e) => message(
-            StatusCode::BAD_REQUEST,
-            "Not imported",
-            &format!("{e}. Nothing was changed."),
-        ),
+        Err(e) => {
+            let e = crate::api::import_error(e);
+            let status = e.status();
+            if status.is_server_error() {
+                tracing::error!(
+                    status = status.as_u16(),
+                    message = e.message(),
+                    "a dashboard import failed"
+                );
+            }
+            message(
+                status,
+                "Not imported",
+                &format!("{}. Nothing was changed.", e.message()),
+            )
+        }
     }
 }
 

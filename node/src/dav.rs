@@ -20,6 +20,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use hearth_protocol::CollectionName;
+use hearth_protocol::api::ErrorCode;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use quick_xml::escape::escape;
 use quick_xml::events::Event;
@@ -37,6 +38,9 @@ const CS: &str = "http://calendarserver.org/ns/";
 const ICAL: &str = "http://apple.com/ns/ical/";
 
 const ROOT: &str = "/dav/";
+/// Resources one multiget REPORT may name (clients ask in batches of tens to
+/// hundreds; a larger one is refused with 413 before anything is read).
+pub const MAX_MULTIGET_HREFS: usize = 1000;
 const DAV_HEADER: &str = "1, 3, addressbook, calendar-access, extended-mkcol";
 const ALLOW: &str =
     "OPTIONS, GET, HEAD, PUT, DELETE, PROPFIND, PROPPATCH, REPORT, MKCOL, MKCALENDAR";
@@ -160,7 +164,14 @@ enum DavError {
     InvalidSyncToken(String),
     NotAllowed(String),
     TooLarge,
+    /// A multiget naming more resources than one request may.
+    TooManyHrefs(usize),
     TooMany(String),
+    /// The node cannot take more now (every event stream slot is taken and the like).
+    Unavailable(String),
+    /// The disk is full (RFC 4918 §11.5).
+    InsufficientStorage,
+    /// Anything else: the message goes to the log, never to the client.
     Internal(String),
 }
 
@@ -180,7 +191,17 @@ impl From<AccessError> for DavError {
                 DavError::TooMany(e.to_string())
             }
             AccessError::InvalidId(m) | AccessError::BadRequest(m) => DavError::BadRequest(m),
-            other => DavError::Internal(other.to_string()),
+            other => match other.code() {
+                ErrorCode::InsufficientStorage => {
+                    tracing::warn!(error = %other, "a DAV write failed: the disk is full");
+                    DavError::InsufficientStorage
+                }
+                ErrorCode::Unavailable => DavError::Unavailable(other.to_string()),
+                ErrorCode::TooManyStreams | ErrorCode::RateLimited => {
+                    DavError::TooMany(other.to_string())
+                }
+                _ => DavError::Internal(other.to_string()),
+            },
         }
     }
 }
@@ -230,10 +251,24 @@ impl IntoResponse for DavError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "the request body is too large".into(),
             ),
+            DavError::TooManyHrefs(n) => text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "a multiget names at most {MAX_MULTIGET_HREFS} resources; this one names {n}: ask in parts"
+                ),
+            ),
             DavError::TooMany(m) => text(StatusCode::TOO_MANY_REQUESTS, m),
+            DavError::Unavailable(m) => text(StatusCode::SERVICE_UNAVAILABLE, m),
+            DavError::InsufficientStorage => text(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "the node's disk is full; nothing was written".into(),
+            ),
             DavError::Internal(m) => {
                 tracing::error!(message = %m, "DAV request failed");
-                text(StatusCode::INTERNAL_SERVER_ERROR, m)
+                text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the node could not complete the request; its log says why".into(),
+                )
             }
         }
     }
@@ -294,11 +329,15 @@ async fn serve(vault: AppState, request: Request) -> Result<Response, DavError> 
     }
     let target = parse_target(parts.uri.path())?;
     let door = &vault.door;
-    let caller = door.admit(&credentials(&parts.headers)?)?;
+    let caller = door.admit(&credentials(&parts.headers)?).await?;
     let limit = vault.limits.max_record_bytes;
-    let body = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| DavError::TooLarge)?;
+    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if crate::api::is_length_limit(&e) {
+            DavError::TooLarge
+        } else {
+            DavError::BadRequest(format!("cannot read the request body: {e}"))
+        }
+    })?;
     let depth = match parts.headers.get("depth").and_then(|v| v.to_str().ok()) {
         Some("0") => 0,
         _ => 1,
@@ -796,7 +835,7 @@ impl Dav<'_> {
                 let book = door.dav_book(self.caller, collection)?;
                 out_describe(self, &mut out, target, &Resource::Book(&book), &wanted);
                 if depth > 0 {
-                    let (_, objects) = door.dav_list(self.caller, collection).await?;
+                    let (_, objects) = door.dav_list(self.caller, collection, |_| true).await?;
                     for object in &objects {
                         let t = Target::Object(*kind, collection.clone(), object.name.clone());
                         out_describe(
@@ -934,6 +973,10 @@ impl Dav<'_> {
             |name: &str| href_of(&Target::Object(kind, collection.clone(), name.to_owned()));
         let multiget = root.is(CARD, "addressbook-multiget") || root.is(CAL, "calendar-multiget");
         if multiget {
+            let hrefs = root.children.iter().filter(|c| c.is(DAV, "href")).count();
+            if hrefs > MAX_MULTIGET_HREFS {
+                return Err(DavError::TooManyHrefs(hrefs));
+            }
             let mut names = Vec::new();
             let mut elsewhere = Vec::new();
             for h in root.children.iter().filter(|c| c.is(DAV, "href")) {
@@ -984,8 +1027,10 @@ impl Dav<'_> {
         }
         if root.is(CARD, "addressbook-query") || root.is(CAL, "calendar-query") {
             let filter = QueryFilter::of(&root)?;
-            let (_, objects) = door.dav_list(self.caller, collection).await?;
-            for object in objects.iter().filter(|o| filter.admits(kind, &o.text)) {
+            // Filtered before the door audits: the log names what was sent.
+            let admits = move |o: &Object| filter.admits(kind, &o.text);
+            let (_, objects) = door.dav_list(self.caller, collection, admits).await?;
+            for object in &objects {
                 out_describe(
                     self,
                     &mut out,

@@ -28,6 +28,7 @@ pub mod records;
 pub mod server;
 pub mod store;
 pub mod textmerge;
+pub mod throttle;
 
 use std::io;
 use std::net::SocketAddr;
@@ -94,6 +95,10 @@ pub struct NodeConfig {
     pub api_hosts: Vec<String>,
     /// Also serve the API (and DAV) on this address, over TLS only (`hearth up --lan`).
     pub lan_addr: Option<SocketAddr>,
+    /// Whether the LAN listener serves the owner's routes too (the default, so the
+    /// CLI of another computer can reach the node with the owner token), or only what
+    /// apps use: DAV, the dashboard and the service views (`--lan-apps-only`).
+    pub lan_owner_routes: bool,
     pub passphrase: Option<Passphrase>,
     /// Start even if the store went back in time (an older copy restored on purpose):
     /// see [`StoreError::RolledBack`].
@@ -113,6 +118,7 @@ impl NodeConfig {
             allow_public_api: false,
             api_hosts: Vec::new(),
             lan_addr: None,
+            lan_owner_routes: true,
             passphrase: None,
             accept_rollback: false,
             limits: Limits::default(),
@@ -175,6 +181,8 @@ pub struct Vault {
     pub lan: Option<LanInfo>,
     /// The web dashboard's login links and sessions.
     pub dashboard: dashboard::Sessions,
+    /// Wrong app passwords per client address (see `throttle`).
+    pub password_throttle: throttle::PasswordThrottle,
     /// When a member told this device it was removed (see `mesh::removal`).
     removed: std::sync::Mutex<Option<u64>>,
     /// Set while the mesh runs (never, for a node started without one). Cleared at
@@ -386,6 +394,7 @@ impl Node {
                 names: tls.names.clone(),
             }),
             dashboard: dashboard::Sessions::default(),
+            password_throttle: throttle::PasswordThrottle::default(),
             removed: std::sync::Mutex::new(None),
             mesh: std::sync::RwLock::new(None),
         });
@@ -402,7 +411,11 @@ impl Node {
         let lan_server = lan.map(|(listener, tls, bound)| {
             let (stop, stop_rx) = oneshot::channel::<()>();
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
-            let app = app.clone();
+            let app = if config.lan_owner_routes {
+                app.clone()
+            } else {
+                app.clone().layer(axum::middleware::from_fn(api::apps_only))
+            };
             tracing::info!(lan_addr = %bound, fingerprint = %tls.fingerprint, "serving the API on the LAN over TLS");
             let task =
                 tokio::spawn(async move { server::serve_tls(listener, app, stop_rx, acceptor).await });

@@ -29,6 +29,28 @@ pub fn read_record(
     }
 }
 
+/// Only the top-level fields `keys` of record `id` (`None` if there is no record): what
+/// a filter looks at, read without the rest of a long record.
+pub fn read_record_fields(
+    doc: &AutoCommit,
+    id: &str,
+    keys: &[&str],
+) -> Result<Option<Map<String, Json>>, AutomergeError> {
+    let Some((Value::Object(ObjType::Map), obj)) = doc.get(ROOT, id)? else {
+        return Ok(None);
+    };
+    let mut out = Map::new();
+    for key in keys {
+        if let Some((value, value_id)) = doc.get(&obj, *key)? {
+            out.insert(
+                (*key).to_owned(),
+                read_value(doc, value, &value_id, At::Now)?,
+            );
+        }
+    }
+    Ok(Some(out))
+}
+
 /// A text (in characters), list (in items) or map (in keys) longer than this keeps its
 /// record out of the record index ([`read_for_index`]): a small edit to it would
 /// otherwise re-read and re-write the whole record, making each edit cost what the

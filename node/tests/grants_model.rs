@@ -5,10 +5,14 @@
 //! and the vault is exactly what the model says — it differs from before only inside
 //! the write scope and the filter.
 //!
+//! Records may name blobs (two real blobs, written `@b0` and `@b1` in the model): the
+//! service reads a blob exactly when a record it can read names it in a field it reads,
+//! and that naming is not one the service itself tried to add to that record.
+//!
 //! The model below is written independently of `hearth_protocol::scope`: it is the
 //! rule as DESIGN.md states it, not the code that implements it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -18,6 +22,8 @@ use serde_json::{Map, Value, json};
 
 const COLLECTION: &str = "things";
 const IDS: [&str; 5] = ["r0", "r1", "r2", "r3", "r4"];
+/// How the model writes the two blobs; the node sees their real ids.
+const BLOBS: [&str; 2] = ["@b0", "@b1"];
 
 type Record = Map<String, Value>;
 
@@ -78,11 +84,55 @@ enum Op {
     Owner(usize, Record),
     /// Open an event stream, let the owner change a record, read what arrives.
     Subscribe(usize, Record),
+    /// The service asks for a blob's bytes.
+    ReadBlob(usize),
 }
 
 struct Model {
     grant: GrantSpec,
     records: BTreeMap<String, Record>,
+    /// (record, blob): namings the service tried to add (refused writes included: a
+    /// naming it tried to make never counts for it).
+    own: BTreeSet<(String, String)>,
+}
+
+/// Every blob `value` names (a string that is one of [`BLOBS`], at any depth).
+fn blobs_in(value: &Value, out: &mut BTreeSet<String>) {
+    match value {
+        Value::String(s) if BLOBS.contains(&s.as_str()) => {
+            out.insert(s.clone());
+        }
+        Value::Array(items) => items.iter().for_each(|v| blobs_in(v, out)),
+        Value::Object(map) => map.values().for_each(|v| blobs_in(v, out)),
+        _ => {}
+    }
+}
+
+fn blobs_of(record: &Record) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (key, value) in record {
+        if key != "id" {
+            blobs_in(value, &mut out);
+        }
+    }
+    out
+}
+
+/// `value` with every string `from[i]` replaced by `to[i]`.
+fn swap(value: &Value, from: &[String], to: &[String]) -> Value {
+    match value {
+        Value::String(s) => match from.iter().position(|f| f == s) {
+            Some(i) => Value::String(to[i].clone()),
+            None => value.clone(),
+        },
+        Value::Array(items) => Value::Array(items.iter().map(|v| swap(v, from, to)).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), swap(v, from, to)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 fn lookup<'a>(record: &'a Record, path: &[String]) -> Option<&'a Value> {
@@ -176,6 +226,30 @@ impl Model {
         Some(Value::Object(out))
     }
 
+    /// Whether the service may read blob `blob`: a record it can read names it in a
+    /// field it reads, and not by the service's own doing.
+    fn blob_readable(&self, blob: &str) -> bool {
+        self.records.iter().any(|(id, record)| {
+            !self.own.contains(&(id.clone(), blob.to_owned()))
+                && self.project(id, record).is_some_and(|view| {
+                    let mut view = view.as_object().cloned().unwrap_or_default();
+                    view.remove("id");
+                    blobs_of(&view).contains(blob)
+                })
+        })
+    }
+
+    /// Notes the namings a service write tries to add to record `id`.
+    fn note_attempt(&mut self, id: &str, patch: &Record) {
+        if self.grant.write.is_none() {
+            return;
+        }
+        let before = self.records.get(id).map(blobs_of).unwrap_or_default();
+        for blob in blobs_of(patch).difference(&before) {
+            self.own.insert((id.to_owned(), blob.clone()));
+        }
+    }
+
     fn view(&self) -> Vec<Value> {
         self.records
             .iter()
@@ -221,10 +295,12 @@ impl Model {
 
 fn value() -> impl Strategy<Value = Value> {
     prop_oneof![
-        (0i64..3).prop_map(Value::from),
-        Just(json!("work")),
-        Just(json!("home")),
-        Just(json!(["work", "x"])),
+        3 => (0i64..3).prop_map(Value::from),
+        3 => Just(json!("work")),
+        3 => Just(json!("home")),
+        3 => Just(json!(["work", "x"])),
+        2 => (0..BLOBS.len()).prop_map(|b| json!(BLOBS[b])),
+        1 => (0..BLOBS.len()).prop_map(|b| json!({"blob": BLOBS[b]})),
     ]
 }
 
@@ -318,6 +394,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (proptest::option::of(id.clone()), patch()).prop_map(|(i, p)| Op::Write(i, p)),
         1 => (id.clone(), patch()).prop_map(|(i, p)| Op::Owner(i, p)),
         1 => (id, patch()).prop_map(|(i, p)| Op::Subscribe(i, p)),
+        2 => (0..BLOBS.len()).prop_map(Op::ReadBlob),
     ]
 }
 
@@ -328,9 +405,23 @@ struct Service {
     base: String,
     owner: String,
     token: String,
+    /// The real ids of [`BLOBS`].
+    blob_ids: Vec<String>,
 }
 
 impl Service {
+    /// A model value as the node stores it (real blob ids).
+    fn real(&self, value: &Value) -> Value {
+        let names: Vec<String> = BLOBS.iter().map(|b| (*b).to_owned()).collect();
+        swap(value, &names, &self.blob_ids)
+    }
+
+    /// A node value as the model writes it.
+    fn modeled(&self, value: &Value) -> Value {
+        let names: Vec<String> = BLOBS.iter().map(|b| (*b).to_owned()).collect();
+        swap(value, &self.blob_ids, &names)
+    }
+
     async fn owner(
         &self,
         method: reqwest::Method,
@@ -342,11 +433,12 @@ impl Service {
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(&self.owner);
         if let Some(body) = body {
-            request = request.json(body);
+            request = request.json(&self.real(body));
         }
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, self.modeled(&body))
     }
 
     async fn service(
@@ -360,11 +452,12 @@ impl Service {
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(&self.token);
         if let Some(body) = body {
-            request = request.json(body);
+            request = request.json(&self.real(body));
         }
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, self.modeled(&body))
     }
 
     /// Every record of the collection as the owner sees it, without ids.
@@ -466,10 +559,25 @@ async fn run_case(records: Vec<Option<Record>>, grant: GrantSpec, ops: Vec<Op>) 
         base: format!("http://{}", node.api_addr()),
         owner,
         token: String::new(),
+        blob_ids: Vec::new(),
     };
+    for (i, _) in BLOBS.iter().enumerate() {
+        let answer = svc
+            .http
+            .post(format!("{}/v1/blobs", svc.base))
+            .bearer_auth(&svc.owner)
+            .body(format!("the bytes of blob {i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 201);
+        let info: Value = answer.json().await.unwrap();
+        svc.blob_ids.push(info["id"].as_str().unwrap().to_owned());
+    }
     let mut model = Model {
         grant: grant.clone(),
         records: BTreeMap::new(),
+        own: BTreeSet::new(),
     };
     for (i, r) in records.into_iter().enumerate() {
         if let Some(r) = r {
@@ -537,7 +645,11 @@ async fn run_case(records: Vec<Option<Record>>, grant: GrantSpec, ops: Vec<Op>) 
                 let (status, answer) = svc
                     .service(reqwest::Method::POST, &path, Some(&Value::Object(body)))
                     .await;
-                match model.write(id, &patch) {
+                let expected = model.write(id, &patch);
+                if let Some(id) = id {
+                    model.note_attempt(id, &patch);
+                }
+                match expected {
                     Ok(after) => {
                         let created = id.is_none_or(|id| !model.records.contains_key(id));
                         assert_eq!(
@@ -548,6 +660,8 @@ async fn run_case(records: Vec<Option<Record>>, grant: GrantSpec, ops: Vec<Op>) 
                         let new_id = answer["id"].as_str().unwrap().to_owned();
                         if let Some(id) = id {
                             assert_eq!(new_id, id, "{context}");
+                        } else {
+                            model.note_attempt(&new_id, &patch);
                         }
                         model.records.insert(new_id, after);
                     }
@@ -569,6 +683,24 @@ async fn run_case(records: Vec<Option<Record>>, grant: GrantSpec, ops: Vec<Op>) 
             }
             Op::Owner(i, patch) => {
                 owner_change(&svc, &mut model, IDS[i], &patch).await;
+            }
+            Op::ReadBlob(b) => {
+                let path = format!("/v1/view/_blobs/{}", svc.blob_ids[b]);
+                let answer = svc
+                    .http
+                    .get(format!("{}{path}", svc.base))
+                    .bearer_auth(&svc.token)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = answer.status().as_u16();
+                let bytes = answer.bytes().await.unwrap();
+                if model.blob_readable(BLOBS[b]) {
+                    assert_eq!(status, 200, "{context}: blob {}", BLOBS[b]);
+                    assert_eq!(&bytes[..], format!("the bytes of blob {b}").as_bytes());
+                } else {
+                    assert_eq!(status, 404, "{context}: blob {} was served", BLOBS[b]);
+                }
             }
             Op::Subscribe(i, patch) => {
                 let response = svc
@@ -625,12 +757,17 @@ async fn run_case(records: Vec<Option<Record>>, grant: GrantSpec, ops: Vec<Op>) 
                 let mut waiting = expected.clone();
                 while !waiting.is_empty() {
                     let got = read_events(&mut stream, &mut buffer, |_| true).await;
-                    for event in got {
+                    for (name, data) in got {
+                        let event = (name, svc.modeled(&data));
                         waiting.retain(|w| *w != event);
                         events.push(event);
                     }
                 }
-                events.extend(drain_events(&mut buffer));
+                events.extend(
+                    drain_events(&mut buffer)
+                        .into_iter()
+                        .map(|(name, data)| (name, svc.modeled(&data))),
+                );
                 events.sort_by_key(|e| e.1.to_string());
                 expected.sort_by_key(|e| e.1.to_string());
                 assert_eq!(events, expected, "{context}");

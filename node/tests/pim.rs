@@ -9,6 +9,9 @@ use std::path::PathBuf;
 use hearth_node::pim::{self, Kind, calendar, contacts};
 use serde_json::{Map, Value, json};
 
+/// The limit of one record, as a node has it.
+const LIMIT: usize = 1024 * 1024;
+
 fn fixture(name: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/fixtures/pim")
@@ -17,7 +20,7 @@ fn fixture(name: &str) -> String {
 }
 
 fn records(kind: Kind, file: &str) -> Vec<Map<String, Value>> {
-    let (imported, skipped) = pim::read_file(kind, &fixture(file)).unwrap();
+    let (imported, skipped) = pim::read_file(kind, &fixture(file), LIMIT).unwrap();
     assert!(skipped.is_empty(), "{file}: {skipped:?}");
     imported.into_iter().map(|i| i.record).collect()
 }
@@ -348,15 +351,15 @@ fn time_ranges_see_recurrences_exceptions_and_overrides() {
 fn a_bad_file_names_the_entry_and_line_and_yields_nothing() {
     let mut broken = fixture("google.vcf");
     broken.push_str("BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Half a card\r\n");
-    let e = pim::read_file(Kind::Contacts, &broken).unwrap_err();
+    let e = pim::read_file(Kind::Contacts, &broken, LIMIT).unwrap_err();
     assert_eq!(e.to_string(), "entry 3 (line 22) has no END:VCARD");
     let garbage = "BEGIN:VCARD\r\nVERSION:3.0\r\nthis is not a property\r\nEND:VCARD\r\n";
-    let e = pim::read_file(Kind::Contacts, garbage).unwrap_err();
+    let e = pim::read_file(Kind::Contacts, garbage, LIMIT).unwrap_err();
     assert!(e.to_string().contains("entry 1, line 3"), "{e}");
-    let e = pim::read_file(Kind::Calendar, &fixture("google.vcf")).unwrap_err();
+    let e = pim::read_file(Kind::Calendar, &fixture("google.vcf"), LIMIT).unwrap_err();
     assert!(e.to_string().contains("line 1"), "{e}");
     let no_uid = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nSUMMARY:x\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
-    let e = pim::read_file(Kind::Calendar, no_uid).unwrap_err();
+    let e = pim::read_file(Kind::Calendar, no_uid, LIMIT).unwrap_err();
     assert!(e.to_string().contains("without a UID"), "{e}");
 }
 
@@ -375,4 +378,27 @@ fn an_event_made_from_fields_is_the_same_every_time() {
     assert_eq!(calendar::render(record).unwrap(), first);
     assert!(first.contains("SUMMARY:Dentist\r\n"), "{first}");
     assert!(first.contains("DTSTAMP:"), "{first}");
+}
+
+/// An entry longer than one record may be refuses the whole file, naming its line and
+/// UID, before the entry is parsed.
+#[test]
+fn an_entry_longer_than_a_record_refuses_the_file() {
+    let note = "n".repeat(4096);
+    let text = format!(
+        "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:ok-1\r\nFN:Ok\r\nEND:VCARD\r\nBEGIN:VCARD\r\nVERSION:3.0\r\nUID:long-2\r\nFN:Long\r\nNOTE:{note}\r\nEND:VCARD\r\n"
+    );
+    let e = pim::read_file(Kind::Contacts, &text, 1024)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("entry 2") && e.contains("line 6"), "{e}");
+    assert!(e.contains("\"long-2\"") && e.contains("1024 bytes"), "{e}");
+    assert!(pim::read_file(Kind::Contacts, &text, 8192).is_ok());
+    let event = format!(
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nUID:big-event\r\nDTSTART:20260101T100000Z\r\nSUMMARY:x\r\nDESCRIPTION:{note}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    );
+    let e = pim::read_file(Kind::Calendar, &event, 1024)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("big-event"), "{e}");
 }

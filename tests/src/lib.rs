@@ -461,6 +461,17 @@ impl NodeProcess {
         cli(&self.home, args)
     }
 
+    /// Stores `bytes` as a blob named `name` (`hearth blob put`, through a file in
+    /// `dir`); returns its id.
+    pub fn blob_put(&self, dir: &Path, name: &str, bytes: &[u8]) -> String {
+        let file = dir.join(name);
+        std::fs::write(&file, bytes).expect("write the blob's file");
+        self.json(&["blob", "put", file.to_str().expect("a UTF-8 path")])["id"]
+            .as_str()
+            .expect("a blob id")
+            .to_owned()
+    }
+
     /// The node's mesh addresses with its PeerId, for `--peer`.
     pub fn mesh_addrs(&self) -> Vec<String> {
         let status = self.json(&["status"]);

@@ -873,14 +873,45 @@ fn the_lan_listener_speaks_only_tls_with_the_certificate_status_shows() {
         );
     }
 
+    // The owner's routes are served on the LAN too (with the owner token)...
+    let owner = node.owner_token();
+    let status_request = format!(
+        "GET /v1/status HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {owner}\r\nConnection: close\r\n\r\n"
+    );
+    let answer = tls_request(&addr, &der, &status_request).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
     // A restart keeps the certificate (a phone that trusted it keeps working).
     node.stop();
-    let node = spawn_node(t.path(), &["--lan", "127.0.0.1:0"]);
+    let node = spawn_node(t.path(), &["--lan", "127.0.0.1:0", "--lan-apps-only"]);
     assert_eq!(certificate(t.path()), der);
     assert_eq!(
         node.json(&["status"])["lan"]["fingerprint"],
         fingerprint.join(":")
     );
+    // ...unless it serves only what apps use there: then the owner's routes answer as
+    // routes that do not exist, even with the owner token, and DAV still answers.
+    let url = node.json(&["status"])["lan"]["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let addr = url
+        .strip_prefix("https://")
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    let status_request = format!(
+        "GET /v1/status HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {owner}\r\nConnection: close\r\n\r\n"
+    );
+    let answer = tls_request(&addr, &der, &status_request).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    let request = format!(
+        "PROPFIND /dav/ HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {auth}\r\nDepth: 0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let answer = tls_request(&addr, &der, &request).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 207"), "{answer}");
+    // The loopback API still serves the owner.
+    assert!(node.run(&["status"]).status.success());
 }
 
 /// The DAV tools .ci/run installs (`$HEARTH_DAV_TOOLS/bin`).
@@ -1253,4 +1284,152 @@ fn vdirsyncer_over_tls_pins_the_fingerprint() {
         Some("y\n"),
     );
     assert!(!ok, "a wrong fingerprint must be refused: {out}");
+}
+
+/// The attack: a client whose filter it can write uploads `ID.vcf` (a card without a
+/// UID) for an id it cannot see, and reads back what it got. When the node made the
+/// UID from the id (`hearth-ID` when the id was free, `hearth-<random>` when a hidden
+/// record held it), that told the client whether the hidden record exists. Whatever
+/// the PUT answers and stores must be the same either way.
+#[test]
+fn a_put_tells_nothing_about_an_id_the_filter_hides() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    node.json(&[
+        "put",
+        "contacts",
+        "secret",
+        r#"{"name": "Hidden", "groups": ["family"]}"#,
+    ]);
+    let (_, password) = grant_with_password(
+        &node,
+        &[
+            "--read",
+            "contacts",
+            "--write",
+            "contacts",
+            "--where",
+            "groups=friends",
+        ],
+    );
+    let friends = Dav::new(&node, &password);
+    let card = |name: &str| {
+        format!(
+            "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:{name}\r\nN:{name};;;;\r\nCATEGORIES:friends\r\nEND:VCARD\r\n"
+        )
+    };
+    // What a PUT answers and stores, with everything that is random by design (the
+    // fresh id in the UID, the ETag of a text holding it, the date) made uniform.
+    let probe = |stem: &str| {
+        let path = format!("/dav/contacts/contacts/{stem}.vcf");
+        let (status, _, headers) = friends.send(
+            friends
+                .request("PUT", &path)
+                .header("If-None-Match", "*")
+                .body(card("Probe")),
+        );
+        let mut names: Vec<String> = headers
+            .keys()
+            .map(|k| k.as_str().to_owned())
+            .filter(|k| k != "date")
+            .collect();
+        names.sort();
+        let (get_status, text, _) = friends.get(&path);
+        assert_eq!(get_status, 200, "{text}");
+        let uid = text
+            .lines()
+            .find_map(|l| l.strip_prefix("UID:"))
+            .unwrap_or_default()
+            .to_owned();
+        assert_ne!(
+            uid,
+            format!("hearth-{stem}"),
+            "the UID names the id: {text}"
+        );
+        let shape = |s: &str| -> String {
+            s.chars()
+                .map(|c| if c.is_ascii_alphanumeric() { 'x' } else { c })
+                .collect()
+        };
+        let listed = friends.resources("/dav/contacts/contacts/").contains(&path);
+        (status, names, shape(&uid), text.len(), listed)
+    };
+    let hidden = probe("secret");
+    let free = probe("unused");
+    assert_eq!(
+        hidden, free,
+        "a PUT over a hidden id answers like one over a free id"
+    );
+    assert_eq!(hidden.0, 201);
+    assert!(hidden.4, "the client finds its card under the name it gave");
+    let secret = node.json(&["get", "contacts", "secret"]);
+    assert_eq!(secret["name"], "Hidden", "the hidden record is untouched");
+}
+
+/// A grant that writes one field cannot rename the book for everyone, and a
+/// multiget cannot name more resources than a request may.
+#[test]
+fn book_properties_need_the_whole_collection_and_multigets_are_bounded() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    node.json(&["put", "contacts", "ada", r#"{"name": "Ada"}"#]);
+    let proppatch = r#"<?xml version="1.0"?><d:propertyupdate xmlns:d="DAV:"><d:set><d:prop><d:displayname>Pwned</d:displayname></d:prop></d:set></d:propertyupdate>"#;
+    let (_, password) =
+        grant_with_password(&node, &["--read", "contacts", "--write", "contacts.name"]);
+    let names_only = Dav::new(&node, &password);
+    let (status, text, _) = names_only.send(
+        names_only
+            .request("PROPPATCH", "/dav/contacts/contacts/")
+            .body(proppatch),
+    );
+    assert_eq!(status, 403, "{text}");
+    let (_, password) = grant_with_password(&node, &["--read", "contacts"]);
+    let reader = Dav::new(&node, &password);
+    let (_, xml) = reader.propfind("/dav/contacts/contacts/", "0", "<d:displayname/>");
+    assert!(!xml.contains("Pwned"), "{xml}");
+    // A filtered grant that writes every field cannot either.
+    let (_, password) = grant_with_password(
+        &node,
+        &[
+            "--read", "contacts", "--write", "contacts", "--where", "groups=x",
+        ],
+    );
+    let filtered = Dav::new(&node, &password);
+    let (status, _, _) = filtered.send(
+        filtered
+            .request("PROPPATCH", "/dav/contacts/contacts/")
+            .body(proppatch),
+    );
+    assert_eq!(status, 403);
+    // The whole collection: allowed.
+    let (_, password) = grant_with_password(&node, &["--read", "contacts", "--write", "contacts"]);
+    let owner_like = Dav::new(&node, &password);
+    let (status, text, _) = owner_like.send(
+        owner_like
+            .request("PROPPATCH", "/dav/contacts/contacts/")
+            .body(proppatch.replace("Pwned", "Family")),
+    );
+    assert_eq!(status, 207, "{text}");
+
+    let multiget = |n: usize| {
+        let hrefs: String = (0..n)
+            .map(|i| format!("<d:href>/dav/contacts/contacts/c{i}.vcf</d:href>"))
+            .collect();
+        format!(
+            r#"<card:addressbook-multiget xmlns:d="DAV:" xmlns:card="urn:ietf:params:xml:ns:carddav"><d:prop><d:getetag/></d:prop>{hrefs}</card:addressbook-multiget>"#
+        )
+    };
+    let (status, text, _) = reader.send(
+        reader
+            .request("REPORT", "/dav/contacts/contacts/")
+            .body(multiget(1000)),
+    );
+    assert_eq!(status, 207, "{text}");
+    let (status, text, _) = reader.send(
+        reader
+            .request("REPORT", "/dav/contacts/contacts/")
+            .body(multiget(20_000)),
+    );
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("at most 1000"), "{text}");
 }

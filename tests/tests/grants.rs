@@ -462,14 +462,7 @@ fn over_rate_requests_are_refused() {
 fn a_grant_reads_the_blobs_its_records_name_and_no_other() {
     let dir = tempfile::tempdir().unwrap();
     let node = spawn_node(&dir.path().join("v"), &[]);
-    let blob = |name: &str, bytes: &[u8]| -> String {
-        let file = dir.path().join(name);
-        std::fs::write(&file, bytes).unwrap();
-        node.json(&["blob", "put", file.to_str().unwrap()])["id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
+    let blob = |name: &str, bytes: &[u8]| node.blob_put(dir.path(), name, bytes);
     let beach = blob("beach.jpg", b"the beach photo");
     let private = blob("private.jpg", b"a private photo");
     let unnamed = blob("scan.pdf", b"no record names this");
@@ -535,9 +528,20 @@ fn a_grant_reads_the_blobs_its_records_name_and_no_other() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|e| e["operation"] == "read_blob")
+        .filter(|e| e["operation"] == "read_blob" && e["reason"].is_null())
         .collect();
     assert_eq!(reads.len(), 1, "{audit}");
+    // The refused reads are in the log too, as reads that found nothing.
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["operation"] == "read_blob"
+                && e["reason"] == "not_found"
+                && e["collection"] == "_blobs"),
+        "{audit}"
+    );
     assert_eq!(reads[0]["collection"], "photos");
     assert_eq!(reads[0]["ids"], json!(["p1"]));
     let grant = node

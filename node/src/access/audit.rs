@@ -56,7 +56,7 @@ const ENTRY_FIELD: &str = "entry";
 const ENTRIES_FIELD: &str = "entries";
 
 /// What a service did, as one audit entry records it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
     /// Records returned by a read.
     Read,

@@ -390,7 +390,7 @@ fn meta_write(before: Option<&Map<String, Value>>, patch: Map<String, Value>) ->
 }
 
 /// The fields a text says (as this node reads it), for comparing two texts.
-fn fields_of(kind: Kind, text: &str) -> Result<Map<String, Value>, PimError> {
+pub(super) fn fields_of(kind: Kind, text: &str) -> Result<Map<String, Value>, PimError> {
     Ok(match kind {
         Kind::Contacts => pim::contacts::fields(&pim::contacts::parse(text)?).0,
         Kind::Calendar => pim::calendar::fields(&pim::calendar::parse(text)?),
@@ -542,12 +542,14 @@ impl Door {
         })
     }
 
-    /// Every resource of a collection the caller may see (PROPFIND, calendar-query),
-    /// with the collection's sync token. Audited as one read.
+    /// Every resource of a collection the caller may see and `keep` keeps (PROPFIND:
+    /// all; a calendar-query: those its filter admits), with the collection's sync
+    /// token. Audited as one read of what is sent.
     pub async fn dav_list(
         &self,
         caller: &Caller,
         collection: &CollectionName,
+        keep: impl Fn(&Object) -> bool + Send + 'static,
     ) -> Result<(String, Vec<Object>), AccessError> {
         let kind = self.kind_of(collection)?;
         let scope = self.readable(caller, collection.as_str())?.clone();
@@ -566,7 +568,9 @@ impl Door {
                     let Value::Object(record) = record else {
                         continue;
                     };
-                    if let Some(object) = serve(kind, &scope, &record, name_of)? {
+                    if let Some(object) = serve(kind, &scope, &record, name_of)?
+                        && keep(&object)
+                    {
                         fields.extend(scope.field_names(&record));
                         objects.push(object);
                     }
@@ -609,6 +613,8 @@ impl Door {
                     ids.push(id.clone());
                 }
                 found = Some(object);
+            } else {
+                self.missed(caller, Operation::Read, collection.as_str(), name);
             }
             out.push((name.clone(), found));
         }
@@ -708,8 +714,13 @@ impl Door {
                     Ok(collections.get(collection, id)?.is_none()
                         && names.given(collections, id.as_str())?.is_none())
                 };
+                // Only a grant without a filter may see every record, so only there
+                // does "free" say nothing the caller cannot see: through a filter, a
+                // new name always gets a fresh id, so that what the PUT answers (the
+                // UID made from the id among it) is the same whether or not a hidden
+                // record holds the name's id.
                 match RecordId::parse(stem) {
-                    Ok(id) if stem != name && free(&id)? => (id, false),
+                    Ok(id) if stem != name && scope.filter.is_empty() && free(&id)? => (id, false),
                     _ => {
                         let bytes: [u8; 16] = rand::random();
                         (RecordId::from_random(bytes), true)
@@ -728,6 +739,14 @@ impl Door {
             v.sort();
             v
         };
+        let noted = self
+            .note_blob_names(
+                caller,
+                collection,
+                &id,
+                super::blobrefs::named_blobs(&new_fields),
+            )
+            .await?;
         let (condition, text, name_of) = (condition.clone(), text.to_owned(), collection.clone());
         let written = id.clone();
         // Persisted together with the writes to the collection waiting beside it.
@@ -796,6 +815,7 @@ impl Door {
             }
             let mut after = scope.check_write(name_of.as_str(), before, &patch, true)?;
             pim::prepare(kind, before, &mut after).map_err(Refusal::Unreadable)?;
+            super::blobrefs::check_noted(before, &after, noted.as_ref())?;
             if !scope.visible(&after) {
                 return Err(Refusal::Scope(WriteRefusal::NoMatchAfter(
                     scope
@@ -852,6 +872,13 @@ impl Door {
         let scope = self.writable(caller, collection.as_str())?.clone();
         let names = self.meta_of(collection)?.names;
         let Some(record) = self.resolve(collection, kind, &scope, &names, name)? else {
+            self.note(
+                &caller.grant,
+                collection.as_str(),
+                Operation::Remove,
+                "not_found",
+                Some(name),
+            );
             return Err(AccessError::NotFound {
                 collection: collection.to_string(),
                 id: name.to_owned(),
@@ -903,7 +930,7 @@ impl Door {
         token: Option<&str>,
     ) -> Result<Changes, AccessError> {
         let Some(token) = token.filter(|t| !t.trim().is_empty()) else {
-            let (token, changed) = self.dav_list(caller, collection).await?;
+            let (token, changed) = self.dav_list(caller, collection, |_| true).await?;
             return Ok(Changes {
                 token,
                 changed,
@@ -989,7 +1016,18 @@ impl Door {
         make: bool,
     ) -> Result<(), AccessError> {
         self.kind_of(collection)?;
-        self.writable(caller, collection.as_str())?;
+        let scope = self.writable(caller, collection.as_str())?;
+        // A book's name and colour are everyone's: only a grant that may write the
+        // whole collection (every field, no filter) changes them.
+        if scope.write != Some(hearth_protocol::scope::Fields::All) || !scope.filter.is_empty() {
+            return Err(self.refused_in(
+                caller,
+                collection.as_str(),
+                AccessError::OutOfScope(format!(
+                    "changing the properties of {collection} needs a grant that writes all of it (every field, no filter)"
+                )),
+            ));
+        }
         let inner = &self.0;
         if make {
             let meta = self.meta_of(collection)?;

@@ -15,15 +15,19 @@ use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 use super::audit::{AuditEvent, AuditLog, Operation};
+use super::blobrefs;
 use super::events::{Hub, Subscription};
 use super::grants::{self, Grant};
 use super::group::AuditGroups;
-use super::tokens::{TokenCache, Verified};
+use super::tokens::{self, TokenCache, Verified};
 
 use super::{AccessError, RateLimiter, now_unix};
 use crate::collections::{Collections, RecordWrite};
 use crate::keys::VaultKeys;
 use crate::store::Store;
+
+/// The service an audit entry names when no grant is known (a wrong app password).
+pub const UNKNOWN_SERVICE: &str = "unknown";
 
 /// Event streams one grant may have open at once (on one device).
 pub const MAX_STREAMS_PER_GRANT: usize = 128;
@@ -104,7 +108,7 @@ pub(super) struct Inner {
     refusals: Refusals,
     tokens: TokenCache,
     grants: GrantCache,
-    passwords: PasswordIndex,
+    index: GrantIndex,
     pub hub: Hub,
     /// Grants admitted since the node started (to log a grant's first use once).
     seen: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -134,7 +138,7 @@ impl Door {
             refusals: Refusals::default(),
             tokens: TokenCache::default(),
             grants: GrantCache::default(),
-            passwords: PasswordIndex::default(),
+            index: GrantIndex::default(),
             hub: Hub::default(),
             seen: Default::default(),
         }))
@@ -154,25 +158,20 @@ impl Door {
 
     /// Authorizes a request: see the module documentation for the steps and their
     /// order. Refusals of a known grant are audited.
-    pub fn admit(&self, credentials: &Credentials) -> Result<Caller, AccessError> {
-        let (grant, proof) = if grants::looks_like_password(&credentials.secret) {
-            self.by_password(&credentials.secret)?
+    pub async fn admit(&self, credentials: &Credentials) -> Result<Caller, AccessError> {
+        let (grant, proof, charged) = if grants::looks_like_password(&credentials.secret) {
+            let (grant, proof) = self.by_password(&credentials.secret).inspect_err(|e| {
+                if matches!(e, AccessError::InvalidToken(_)) {
+                    self.wrong_password();
+                }
+            })?;
+            (grant, proof, false)
         } else {
-            self.by_token(&credentials.secret)?
+            self.by_token(credentials).await?
         };
-        let refuse = |e: AccessError| self.refused(&grant, "", e);
-        self.check_standing(&grant, &proof).map_err(refuse)?;
-        if let Some(audience) = &grant.to {
-            // Checked before the rate: a stolen bound token must not spend the real
-            // service's budget.
-            if credentials.peer.map(|p| p.to_string()).as_deref() != Some(audience.as_str()) {
-                return Err(refuse(AccessError::WrongPeer(audience.clone())));
-            }
-        }
-        if !self.0.rates.admit(&grant) {
-            return Err(refuse(AccessError::RateLimited(
-                grant.rate_per_minute.unwrap_or(0),
-            )));
+        self.in_force(&grant, &proof, credentials)?;
+        if !charged {
+            self.charge(&grant)?;
         }
         self.note_first_use(&grant);
         let scope = match &proof {
@@ -220,10 +219,85 @@ impl Door {
         }
     }
 
-    /// The grant a token was issued for: signature, vault, binding.
-    fn by_token(&self, token: &str) -> Result<(Grant, Proof), AccessError> {
+    /// Whether `grant` may be used now by this caller: in force (not revoked or
+    /// expired, the token's own expiry not passed) and, for a grant bound to a peer,
+    /// from that peer. Checked before the rate: a stolen bound token must not spend
+    /// the real service's budget.
+    fn in_force(
+        &self,
+        grant: &Grant,
+        proof: &Proof,
+        credentials: &Credentials,
+    ) -> Result<(), AccessError> {
+        let refuse = |e: AccessError| self.refused(grant, "", e);
+        self.check_standing(grant, proof).map_err(refuse)?;
+        if let Some(audience) = &grant.to
+            && credentials.peer.map(|p| p.to_string()).as_deref() != Some(audience.as_str())
+        {
+            return Err(refuse(AccessError::WrongPeer(audience.clone())));
+        }
+        Ok(())
+    }
+
+    /// Charges one request to the grant's rate.
+    fn charge(&self, grant: &Grant) -> Result<(), AccessError> {
+        if !self.0.rates.admit(grant) {
+            return Err(self.refused(
+                grant,
+                "",
+                AccessError::RateLimited(grant.rate_per_minute.unwrap_or(0)),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The grant a token was issued for: signature, vault, binding. A token not seen
+    /// before is charged to its grant's rate before its signatures and Datalog are
+    /// checked (on the blocking pool): a service that mints tokens offline pays for
+    /// each with its own rate. Returns whether the rate was charged.
+    async fn by_token(
+        &self,
+        credentials: &Credentials,
+    ) -> Result<(Grant, Proof, bool), AccessError> {
         let inner = &self.0;
-        let verified = inner.tokens.get_or_verify(&inner.keys, token)?;
+        let token: &str = &credentials.secret;
+        let (verified, charged) = match inner.tokens.cached(token) {
+            Some(verified) => (verified, false),
+            None => {
+                let binding = tokens::claimed_binding(token)?;
+                let claimed = match inner.index.grant_of_binding(&inner.collections, &binding)? {
+                    Some(id) => inner.grants.get(&inner.collections, &id)?,
+                    None => None,
+                };
+                // A token that claims no issued token's binding is a forgery (its first
+                // signature fails at once) or a grant's from before bindings (refused
+                // below): nothing to charge.
+                let charged = match &claimed {
+                    Some(grant) => {
+                        if let Some(audience) = &grant.to
+                            && credentials.peer.map(|p| p.to_string()).as_deref()
+                                != Some(audience.as_str())
+                        {
+                            return Err(self.refused(
+                                grant,
+                                "",
+                                AccessError::WrongPeer(audience.clone()),
+                            ));
+                        }
+                        self.charge(grant)?;
+                        true
+                    }
+                    None => false,
+                };
+                let (keys, text) = (inner.keys.clone(), Zeroizing::new(token.to_owned()));
+                let verified = tokio::task::spawn_blocking(move || tokens::verify(&keys, &text))
+                    .await
+                    .map_err(|e| AccessError::Internal(e.to_string()))??;
+                let verified = Arc::new(verified);
+                inner.tokens.insert(token, verified.clone());
+                (verified, charged)
+            }
+        };
         let grant = inner
             .grants
             .get(&inner.collections, &verified.grant_id)?
@@ -244,7 +318,7 @@ impl Door {
                 "",
                 AccessError::InvalidToken("this token was not issued for its grant".into()),
             )),
-            Some(_) => Ok((grant, Proof::Token(verified))),
+            Some(_) => Ok((grant, Proof::Token(verified), charged)),
         }
     }
 
@@ -252,8 +326,8 @@ impl Door {
     fn by_password(&self, password: &str) -> Result<(Grant, Proof), AccessError> {
         let inner = &self.0;
         let id = inner
-            .passwords
-            .grant_of(&inner.collections, &grants::password_hash(password))?
+            .index
+            .grant_of_password(&inner.collections, &grants::password_hash(password))?
             .ok_or_else(|| AccessError::InvalidToken("wrong password".into()))?;
         let grant = inner
             .grants
@@ -288,10 +362,67 @@ impl Door {
     /// Records a refusal of `grant` (at most one entry a second per grant and reason,
     /// with a count) and returns the error.
     fn refused(&self, grant: &Grant, collection: &str, error: AccessError) -> AccessError {
-        if let Some(event) = self
-            .0
-            .refusals
-            .record(grant, collection, &error.audit_reason())
+        let id = match &error {
+            AccessError::NotFound { id, .. } if !id.is_empty() => Some(id.clone()),
+            _ => None,
+        };
+        self.note(
+            grant,
+            collection,
+            Operation::Refused,
+            &error.audit_reason(),
+            id.as_deref(),
+        );
+        error
+    }
+
+    /// Audits a wrong app password: no grant is known, so the entry names none
+    /// (service `unknown`); grouped like refusals, at most one entry a second.
+    fn wrong_password(&self) {
+        if let Some(event) = self.0.refusals.record(
+            "",
+            UNKNOWN_SERVICE,
+            "",
+            Operation::Refused,
+            "wrong_password",
+            None,
+        ) && let Err(e) = self.0.audit.append(&self.0.collections, event)
+        {
+            tracing::warn!(error = %e, "cannot audit a wrong app password");
+        }
+    }
+
+    /// Records a refusal of `caller` in `collection` and returns the error.
+    pub(super) fn refused_in(
+        &self,
+        caller: &Caller,
+        collection: &str,
+        error: AccessError,
+    ) -> AccessError {
+        self.refused(&caller.grant, collection, error)
+    }
+
+    /// Records a read of `collection` that found nothing (`id`: what it asked for; a
+    /// hidden record and a missing one alike), grouped like refusals: every read is
+    /// in the log, found or not.
+    pub(super) fn missed(&self, caller: &Caller, operation: Operation, collection: &str, id: &str) {
+        self.note(&caller.grant, collection, operation, "not_found", Some(id));
+    }
+
+    /// Audits one refusal or miss (at most one entry a second per grant, collection,
+    /// operation and reason; the rest counted).
+    pub(super) fn note(
+        &self,
+        grant: &Grant,
+        collection: &str,
+        operation: Operation,
+        reason: &str,
+        id: Option<&str>,
+    ) {
+        if let Some(event) =
+            self.0
+                .refusals
+                .record(&grant.id, &grant.service, collection, operation, reason, id)
         {
             // Not awaited: a refusal discloses nothing, so it need not be durable before
             // the answer; it rides the next commit (or sled's own flush within a second).
@@ -299,7 +430,6 @@ impl Door {
                 tracing::warn!(error = %e, "cannot audit a refused request");
             }
         }
-        error
     }
 
     /// Audits refusals that were counted but not yet written.
@@ -332,7 +462,7 @@ impl Door {
 
     /// `GET /v1/view`: every collection the caller may read, projected.
     pub async fn read_all(&self, credentials: &Credentials) -> Result<ViewAll, AccessError> {
-        let caller = self.admit(credentials)?;
+        let caller = self.admit(credentials).await?;
         let view = self
             .blocking(move |inner| {
                 let mut collections = std::collections::BTreeMap::new();
@@ -368,10 +498,11 @@ impl Door {
         credentials: &Credentials,
         blob: &hearth_protocol::BlobId,
     ) -> Result<(), AccessError> {
-        let caller = self.admit(credentials)?;
+        let caller = self.admit(credentials).await?;
         let wanted = blob.to_string();
         let scope = caller.scope.clone();
         let looked_for = wanted.clone();
+        let grant = caller.grant.id.clone();
         let found = self
             .blocking(move |inner| {
                 let wanted = looked_for;
@@ -392,20 +523,32 @@ impl Door {
                         // The record's own id is not a reference to a blob.
                         let mut fields = projected;
                         fields.remove("id");
-                        if names_blob(&Value::Object(fields), &wanted) {
-                            let id = record
-                                .get("id")
-                                .and_then(Value::as_str)
-                                .unwrap_or_default()
-                                .to_owned();
-                            return Ok(Some((name.clone(), id)));
+                        if !names_blob(&Value::Object(fields), &wanted) {
+                            continue;
                         }
+                        let id = record
+                            .get("id")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned();
+                        // A naming the grant wrote itself does not count: else naming
+                        // a blob would be the way to read it.
+                        if blobrefs::is_own(&inner.collections, &grant, name, &id, &wanted)? {
+                            continue;
+                        }
+                        return Ok(Some((name.clone(), id)));
                     }
                 }
                 Ok(None)
             })
             .await?;
         let Some((collection, record)) = found else {
+            self.missed(
+                &caller,
+                Operation::ReadBlob,
+                crate::blobs::BLOB_LIST,
+                &wanted,
+            );
             return Err(AccessError::NoBlob(wanted));
         };
         let event = AuditEvent {
@@ -441,7 +584,7 @@ impl Door {
         after: Option<RecordId>,
         limit: usize,
     ) -> Result<(Vec<Value>, Option<String>), AccessError> {
-        let caller = self.admit(credentials)?;
+        let caller = self.admit(credentials).await?;
         let scope = self.readable(&caller, collection.as_str())?.clone();
         let name = collection.clone();
         let page = self
@@ -474,13 +617,31 @@ impl Door {
         collection: &CollectionName,
         id: &RecordId,
     ) -> Result<Value, AccessError> {
-        let caller = self.admit(credentials)?;
+        let caller = self.admit(credentials).await?;
         let scope = self.readable(&caller, collection.as_str())?;
         let inner = &self.0;
+        // A filter decides on its fields alone: a hidden record is answered like a
+        // missing one without reading the rest of it (its size shows in no timing).
+        if !scope.filter.is_empty() {
+            let keys: Vec<&str> = scope
+                .filter
+                .iter()
+                .filter_map(|f| f.field.parts().first().map(String::as_str))
+                .collect();
+            let visible = inner
+                .collections
+                .get_fields(collection, id, &keys)?
+                .is_some_and(|fields| scope.visible(&fields));
+            if !visible {
+                self.missed(&caller, Operation::Read, collection.as_str(), id.as_str());
+                return Err(not_found(collection, id));
+            }
+        }
         // One record takes microseconds: done on the request's task.
         let records: Vec<Value> = inner.collections.get(collection, id)?.into_iter().collect();
         let (mut view, mut event) = project(&caller.grant, scope, collection.as_str(), records);
         let Some(record) = view.pop() else {
+            self.missed(&caller, Operation::Read, collection.as_str(), id.as_str());
             return Err(not_found(collection, id));
         };
         event.ids = vec![id.to_string()];
@@ -502,7 +663,7 @@ impl Door {
         collection: &CollectionName,
         mut body: Map<String, Value>,
     ) -> Result<PutResponse, AccessError> {
-        let caller = self.admit(credentials)?;
+        let caller = self.admit(credentials).await?;
         let scope = self.writable(&caller, collection.as_str())?.clone();
         let (id, create) = match body.remove("id") {
             Some(Value::String(id)) => (
@@ -523,10 +684,22 @@ impl Door {
         let mut fields = Vec::new();
         leaf_paths(&body, &mut Vec::new(), &mut fields);
         let kind = crate::pim::Kind::of(collection.as_str());
+        if let Some(kind) = kind
+            && let Some(Value::String(text)) = body.get(kind.text_field())
+        {
+            // Untrusted text is read once here, before the collection's lock is taken:
+            // what cannot be read is refused without holding up anyone else.
+            super::dav::fields_of(kind, text)
+                .map_err(|e| AccessError::BadRequest(e.to_string()))?;
+        }
         let name = collection.clone();
+        let noted = self
+            .note_blob_names(&caller, collection, &id, blobrefs::named_blobs(&body))
+            .await?;
         // Persisted together with the writes to the collection waiting beside it.
         let decide = move |before: Option<&Map<String, Value>>| {
             let mut after = scope.check_write(name.as_str(), before, &body, create)?;
+            blobrefs::check_noted(before, &after, noted.as_ref())?;
             let Some(kind) = kind else {
                 // An existing record takes the patch (only what it names changes, so a
                 // concurrent edit of another field on another device still merges).
@@ -587,6 +760,35 @@ impl Door {
         })
     }
 
+    /// Notes (durably, before the record is written) the blobs a write through
+    /// `caller`'s grant may add to record `id`: those `offered` that the record does
+    /// not name yet. Returns them (`None` when the write names no blob); the write's
+    /// `decide` refuses any other new naming (the record changed in between: the
+    /// service tries again). See `blobrefs`.
+    pub(super) async fn note_blob_names(
+        &self,
+        caller: &Caller,
+        collection: &CollectionName,
+        id: &RecordId,
+        offered: std::collections::BTreeSet<String>,
+    ) -> Result<Option<std::collections::BTreeSet<String>>, AccessError> {
+        if offered.is_empty() {
+            return Ok(None);
+        }
+        let (grant, name, id) = (caller.grant.id.clone(), collection.clone(), id.clone());
+        self.blocking(move |inner| {
+            let already = match inner.collections.get(&name, &id)? {
+                Some(Value::Object(before)) => blobrefs::named_blobs(&before),
+                _ => Default::default(),
+            };
+            let new: std::collections::BTreeSet<String> =
+                offered.difference(&already).cloned().collect();
+            blobrefs::note(&inner.collections, &grant, name.as_str(), id.as_str(), &new)?;
+            Ok(Some(new))
+        })
+        .await
+    }
+
     /// A service removes a record: it needs write access to every field of the
     /// collection, and the record must be visible to it.
     pub async fn remove(
@@ -595,7 +797,7 @@ impl Door {
         collection: &CollectionName,
         id: &RecordId,
     ) -> Result<(), AccessError> {
-        let caller = self.admit(credentials)?;
+        let caller = self.admit(credentials).await?;
         let scope = self.writable(&caller, collection.as_str())?.clone();
         let decide = move |before: Option<&Map<String, Value>>| {
             scope
@@ -618,10 +820,12 @@ impl Door {
     /// `GET /v1/view/events`: a stream of the changes inside the caller's scope made
     /// from now on.
     pub async fn subscribe(&self, credentials: &Credentials) -> Result<Subscription, AccessError> {
-        let caller = self.admit(credentials)?;
+        let caller = self.admit(credentials).await?;
         let grant = caller.grant.clone();
         self.0.hub.subscribe(caller).await.map_err(|e| match e {
-            AccessError::TooManyStreams(_) => self.refused(&grant, "", e),
+            AccessError::TooManyStreams(_) | AccessError::StreamsFull(_) => {
+                self.refused(&grant, "", e)
+            }
             other => other,
         })
     }
@@ -762,54 +966,104 @@ impl GrantCache {
     }
 }
 
-/// App passwords' hashes → their grants, rebuilt whenever `_access` changes.
+/// App passwords' hashes and issued tokens' bindings → their grants, rebuilt
+/// whenever `_access` changes.
 #[derive(Default)]
-struct PasswordIndex(Mutex<Option<PasswordTable>>);
+struct GrantIndex(Mutex<Option<GrantTable>>);
 
-/// The `_access` heads the table was built at, and password hash → grant id.
-type PasswordTable = (Vec<ChangeHash>, HashMap<String, String>);
+/// The `_access` heads the table was built at; password hash → grant id; token
+/// binding → grant id.
+struct GrantTable {
+    heads: Vec<ChangeHash>,
+    passwords: HashMap<String, String>,
+    bindings: HashMap<String, String>,
+}
 
-impl PasswordIndex {
-    fn grant_of(
+impl GrantIndex {
+    fn lookup(
+        &self,
+        collections: &Collections,
+        find: impl FnOnce(&GrantTable) -> Option<String>,
+    ) -> Result<Option<String>, AccessError> {
+        let heads = collections.heads(&grants::access())?;
+        let mut index = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if index.as_ref().is_none_or(|t| t.heads != heads) {
+            let grants = grants::list_grants(collections)?;
+            *index = Some(GrantTable {
+                heads,
+                passwords: grants
+                    .iter()
+                    .filter_map(|g| Some((g.password_hash.clone()?, g.id.clone())))
+                    .collect(),
+                bindings: grants
+                    .iter()
+                    .filter_map(|g| Some((g.token_id.clone()?, g.id.clone())))
+                    .collect(),
+            });
+        }
+        Ok(index.as_ref().and_then(find))
+    }
+
+    fn grant_of_password(
         &self,
         collections: &Collections,
         hash: &str,
     ) -> Result<Option<String>, AccessError> {
-        let heads = collections.heads(&grants::access())?;
-        let mut index = self
-            .0
-            .lock()
-            .expect("password index lock is never poisoned");
-        if index.as_ref().is_none_or(|(at, _)| *at != heads) {
-            let map = grants::list_grants(collections)?
-                .into_iter()
-                .filter_map(|g| Some((g.password_hash?, g.id)))
-                .collect();
-            *index = Some((heads, map));
-        }
-        Ok(index.as_ref().and_then(|(_, map)| map.get(hash).cloned()))
+        self.lookup(collections, |t| t.passwords.get(hash).cloned())
+    }
+
+    fn grant_of_binding(
+        &self,
+        collections: &Collections,
+        binding: &str,
+    ) -> Result<Option<String>, AccessError> {
+        self.lookup(collections, |t| t.bindings.get(binding).cloned())
     }
 }
 
-/// Refusals of known grants, counted per grant and reason: the first in a second is
-/// audited at once, the rest of that second in one entry with their count.
+/// Refusals of known grants and reads that found nothing, counted per grant,
+/// collection, operation and reason: the first in a second is audited at once, the
+/// rest of that second in one entry with their count and (up to [`MAX_GROUPED_IDS`])
+/// the ids they asked for — each under its own collection.
 #[derive(Default)]
-struct Refusals(Mutex<HashMap<(String, String), Window>>);
+struct Refusals(Mutex<HashMap<(String, String, Operation, String), Window>>);
+
+/// Ids one grouped entry names at most (the count says how many there were).
+const MAX_GROUPED_IDS: usize = 32;
 
 struct Window {
     second: u64,
     suppressed: u64,
     service: String,
-    collection: String,
+    ids: Vec<String>,
 }
 
 impl Refusals {
-    fn record(&self, grant: &Grant, collection: &str, reason: &str) -> Option<AuditEvent> {
+    fn record(
+        &self,
+        grant: &str,
+        service: &str,
+        collection: &str,
+        operation: Operation,
+        reason: &str,
+        id: Option<&str>,
+    ) -> Option<AuditEvent> {
         let now = now_unix();
-        let mut windows = self.0.lock().expect("refusals lock is never poisoned");
-        let key = (grant.id.clone(), reason.to_owned());
+        let mut windows = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (
+            grant.to_owned(),
+            collection.to_owned(),
+            operation,
+            reason.to_owned(),
+        );
         if let Some(window) = windows.get_mut(&key).filter(|w| w.second == now) {
             window.suppressed += 1;
+            if let Some(id) = id
+                && window.ids.len() < MAX_GROUPED_IDS
+                && !window.ids.iter().any(|i| i == id)
+            {
+                window.ids.push(id.to_owned());
+            }
             return None;
         }
         let earlier = windows.insert(
@@ -817,26 +1071,32 @@ impl Refusals {
             Window {
                 second: now,
                 suppressed: 0,
-                service: grant.service.clone(),
-                collection: collection.to_owned(),
+                service: service.to_owned(),
+                ids: Vec::new(),
             },
         );
-        let count = 1 + earlier.map_or(0, |w| w.suppressed);
+        // A second whose count was not flushed yet is folded into this entry.
+        let (count, mut ids) = match earlier {
+            Some(w) => (1 + w.suppressed, w.ids),
+            None => (1, Vec::new()),
+        };
+        if let Some(id) = id
+            && ids.len() < MAX_GROUPED_IDS
+            && !ids.iter().any(|i| i == id)
+        {
+            ids.push(id.to_owned());
+        }
         Some(refusal_event(
-            &grant.id,
-            &grant.service,
-            collection,
-            reason,
-            count,
+            grant, service, collection, operation, reason, count, ids,
         ))
     }
 
     /// Entries for counted refusals of seconds that are over.
     fn flush(&self) -> Vec<AuditEvent> {
         let now = now_unix();
-        let mut windows = self.0.lock().expect("refusals lock is never poisoned");
+        let mut windows = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let mut events = Vec::new();
-        windows.retain(|(grant, reason), w| {
+        windows.retain(|(grant, collection, operation, reason), w| {
             if w.second >= now {
                 return true;
             }
@@ -844,9 +1104,11 @@ impl Refusals {
                 events.push(refusal_event(
                     grant,
                     &w.service,
-                    &w.collection,
+                    collection,
+                    *operation,
                     reason,
                     w.suppressed,
+                    std::mem::take(&mut w.ids),
                 ));
             }
             false
@@ -859,17 +1121,19 @@ fn refusal_event(
     grant: &str,
     service: &str,
     collection: &str,
+    operation: Operation,
     reason: &str,
     count: u64,
+    ids: Vec<String>,
 ) -> AuditEvent {
     AuditEvent {
         grant: grant.to_owned(),
         service: service.to_owned(),
-        operation: Operation::Refused,
+        operation,
         collection: collection.to_owned(),
         records: 0,
         fields: Vec::new(),
-        ids: Vec::new(),
+        ids,
         reason: Some(reason.to_owned()),
         count: Some(count),
         stream: None,

@@ -34,8 +34,11 @@ use super::{AccessError, now_unix};
 const STREAM_QUEUE: usize = 16;
 /// Events a feed may have waiting for delivery; beyond that its streams are ended.
 const MAX_PENDING: usize = 10_000;
-/// Streams open at once on this node, all grants together.
-pub const MAX_STREAMS: usize = 1024;
+/// Event streams open at once on this node, all grants together: half of the local
+/// API's connections ([`crate::server::MAX_CONNECTIONS`]), so that streams held open
+/// by services never take the connections the owner, the CLI and other requests
+/// need.
+pub const MAX_STREAMS: usize = crate::server::MAX_CONNECTIONS / 2;
 /// How often grants and token expiries are checked without a change to `_access`.
 const RECHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -263,8 +266,11 @@ impl Hub {
     fn register(&self, door: &Door, caller: Caller) -> Result<Subscription, AccessError> {
         let mut state = self.state.lock().expect("hub lock is never poisoned");
         let open = state.per_grant.get(&caller.grant.id).copied().unwrap_or(0);
-        if open >= MAX_STREAMS_PER_GRANT || state.streams >= MAX_STREAMS {
+        if open >= MAX_STREAMS_PER_GRANT {
             return Err(AccessError::TooManyStreams(open));
+        }
+        if state.streams >= MAX_STREAMS {
+            return Err(AccessError::StreamsFull(state.streams));
         }
         let scope_key = serde_json::to_string(&caller.scope).expect("a scope serializes");
         let key = (caller.grant.id.clone(), scope_key);
@@ -630,23 +636,30 @@ async fn deliver(door: Door, feed: Arc<Feed>) {
     }
 }
 
-/// One audit entry per stream and collection of its share of the batch.
+/// One audit entry per collection for the streams of the grant that get the same
+/// share of the batch (most streams of a feed do): `stream` names the first of them
+/// and `count` how many got it, so a hundred streams of one grant cost one entry a
+/// batch, not a hundred.
 fn audit_batch(
     feed: &Feed,
     batch: &[ViewEvent],
     streams: impl Iterator<Item = (u64, usize)>,
 ) -> Vec<AuditEvent> {
-    let mut shares: BTreeMap<usize, BTreeMap<&str, (usize, BTreeSet<String>)>> = BTreeMap::new();
-    let mut events = Vec::new();
+    // Streams by the point of the batch their share starts at: (first stream, count).
+    let mut shares: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
     for (stream, from) in streams {
-        let per_collection = shares
-            .entry(from)
-            .or_insert_with(|| tally(feed, &batch[from..]));
-        for (collection, (records, fields)) in per_collection.iter() {
+        let share = shares.entry(from).or_insert((stream, 0));
+        share.0 = share.0.min(stream);
+        share.1 += 1;
+    }
+    let mut events = Vec::new();
+    for (from, (first, count)) in shares {
+        for (collection, (records, fields)) in tally(feed, &batch[from..]) {
             events.push(AuditEvent {
-                records: *records,
-                fields: fields.iter().cloned().collect(),
-                stream: Some(stream),
+                records,
+                fields: fields.into_iter().collect(),
+                stream: Some(first),
+                count: (count > 1).then_some(count),
                 ..AuditEvent::new(&feed.caller.grant, Operation::Subscribe, collection)
             });
         }

@@ -25,6 +25,7 @@
 //! tokens are biscuits ([`tokens`]), event streams are fed by one hub ([`events`]).
 
 pub mod audit;
+mod blobrefs;
 pub mod dav;
 mod door;
 pub mod events;
@@ -69,6 +70,12 @@ pub enum AccessError {
     RateLimited(u32),
     #[error("this grant has {0} event streams open, the most one grant may have; close one first")]
     TooManyStreams(usize),
+    /// Every service together holds the most event streams the node keeps open (the
+    /// rest of its connections stay free for the owner and other requests).
+    #[error(
+        "the node has {0} event streams open for services, the most it keeps at once; try again later"
+    )]
+    StreamsFull(usize),
     /// A record that does not exist, or that the grant's filter hides: the same answer.
     #[error("no record {id} in collection {collection}")]
     NotFound { collection: String, id: String },
@@ -114,6 +121,7 @@ impl AccessError {
             AccessError::OutOfScope(_) | AccessError::WrongPeer(_) => ErrorCode::OutOfScope,
             AccessError::RateLimited(_) => ErrorCode::RateLimited,
             AccessError::TooManyStreams(_) => ErrorCode::TooManyStreams,
+            AccessError::StreamsFull(_) => ErrorCode::Unavailable,
             AccessError::NotFound { .. } | AccessError::NoBlob(_) | AccessError::NoGrant(_) => {
                 ErrorCode::NotFound
             }

@@ -8,9 +8,8 @@
 //! carries a [`Narrowing`] (and, optionally, an earlier expiry as a Datalog check);
 //! appended blocks can only take away.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use biscuit_auth::builder::{Algorithm, BlockBuilder, date, fact};
@@ -120,36 +119,54 @@ impl Verified {
     }
 }
 
-/// Verified tokens, bounded: when full it starts over (a miss only costs a check).
-/// Keyed by a hash of the token, so no token is kept as a key.
-#[derive(Default)]
-pub(crate) struct TokenCache(Mutex<HashMap<[u8; 32], Arc<Verified>>>);
+/// Verified tokens, bounded (moka's W-TinyLFU cache): a flood of tokens used once (a
+/// service can mint any number offline) is mostly not admitted, so it cannot push out
+/// the tokens in steady use, and a miss only costs a check. Keyed by a hash of the
+/// token, so no token is kept as a key.
+pub(crate) struct TokenCache(moka::sync::Cache<[u8; 32], Arc<Verified>>);
 
-const MAX_CACHED: usize = 4096;
+const MAX_CACHED: u64 = 4096;
+
+/// Appended blocks a token may carry: each costs a signature check before the token
+/// is known to be the vault's, and honest narrowing appends one at a time.
+const MAX_BLOCKS: usize = 16;
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        Self(moka::sync::Cache::new(MAX_CACHED))
+    }
+}
 
 impl TokenCache {
-    pub fn get_or_verify(
-        &self,
-        keys: &VaultKeys,
-        token: &str,
-    ) -> Result<Arc<Verified>, AccessError> {
-        let key = *blake3::hash(token.as_bytes()).as_bytes();
-        if let Some(v) = self
-            .0
-            .lock()
-            .expect("token cache lock is never poisoned")
-            .get(&key)
-        {
-            return Ok(v.clone());
-        }
-        let verified = Arc::new(verify(keys, token)?);
-        let mut cache = self.0.lock().expect("token cache lock is never poisoned");
-        if cache.len() >= MAX_CACHED {
-            cache.clear();
-        }
-        cache.insert(key, verified.clone());
-        Ok(verified)
+    fn key(token: &str) -> [u8; 32] {
+        *blake3::hash(token.as_bytes()).as_bytes()
     }
+
+    /// The token, if it was verified before.
+    pub fn cached(&self, token: &str) -> Option<Arc<Verified>> {
+        self.0.get(&Self::key(token))
+    }
+
+    pub fn insert(&self, token: &str, verified: Arc<Verified>) {
+        self.0.insert(Self::key(token), verified);
+    }
+}
+
+/// The binding a token claims (the hex revocation id of its authority block), read
+/// without checking any signature: cheap, and it proves nothing. It tells which grant
+/// to charge before the token is verified; only a holder of that grant's token (or of
+/// one narrowed from it) knows the value.
+pub(crate) fn claimed_binding(token: &str) -> Result<String, AccessError> {
+    let unverified = UnverifiedBiscuit::from_base64(token).map_err(|_| invalid())?;
+    if unverified.block_count() > MAX_BLOCKS + 1 {
+        return Err(AccessError::InvalidToken(format!(
+            "the token carries more than {MAX_BLOCKS} appended blocks"
+        )));
+    }
+    let ids = unverified.revocation_identifiers();
+    ids.first()
+        .map(|id| HEXLOWER.encode(id))
+        .ok_or_else(invalid)
 }
 
 /// The wall time a token's Datalog may take. biscuit-auth's default is 1 ms, which
@@ -198,7 +215,7 @@ fn invalid() -> AccessError {
 
 /// Verifies a token's signature chain against the vault's key and reads its grant,
 /// vault, binding and narrowings.
-fn verify(keys: &VaultKeys, token: &str) -> Result<Verified, AccessError> {
+pub(crate) fn verify(keys: &VaultKeys, token: &str) -> Result<Verified, AccessError> {
     let biscuit = Biscuit::from_base64(token, root_key(keys).public()).map_err(|_| invalid())?;
     only_narrowings_appended(&biscuit)?;
     let mut authorizer = authorizer()

@@ -76,7 +76,22 @@ impl Collections {
                     return None;
                 }
             };
-            match apply_checked(&mut c.doc, record, decide) {
+            // A panic while deciding (untrusted text a parser chokes on) fails this
+            // write alone: its half-made change is rolled back, the lock stays usable
+            // and the writes beside it go on.
+            let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                apply_checked(&mut c.doc, record, decide)
+            }));
+            let Ok(applied) = applied else {
+                c.doc.rollback();
+                tracing::error!(collection = %c.name, "a write panicked; it is refused and the collection goes on");
+                drop(answer.send(Err(CollectionError::Shared {
+                    code: hearth_protocol::api::ErrorCode::Internal,
+                    message: "the write failed inside the node; nothing was written".into(),
+                })));
+                return None;
+            };
+            match applied {
                 Ok(done) => Some(Box::new(move |persisted: Result<(), &CollectionError>| {
                     drop(answer.send(persisted.map(|()| Ok(done)).map_err(|e| e.shared())));
                 })),
@@ -269,6 +284,78 @@ mod tests {
                 .is_some_and(|q| q.jobs.len() == 63)
         });
         writes
+    }
+
+    /// A write whose `decide` panics (as a parser choking on untrusted text would)
+    /// fails alone: the writes queued beside it are persisted, the collection stays
+    /// usable, and nothing of the panicking write is stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_write_fails_alone_and_the_collection_goes_on() {
+        let vault = TestVault::new();
+        let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        let collection = c.load(&notes()).unwrap();
+        let held = collection.lock().unwrap();
+        let before = write(&c, 1);
+        wait_until(|| {
+            c.write_queues()
+                .get(&notes())
+                .is_some_and(|q| q.draining && q.jobs.is_empty())
+        });
+        let boom = {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let decide = |_: Option<&Map<String, Json>>| -> Result<(RecordWrite, ()), String> {
+                    panic!("a parser choked")
+                };
+                c.write_combined(&notes(), &RecordId::parse("boom").unwrap(), decide)
+                    .await
+            })
+        };
+        let after = write(&c, 2);
+        wait_until(|| {
+            c.write_queues()
+                .get(&notes())
+                .is_some_and(|q| q.jobs.len() == 2)
+        });
+        drop(held);
+        assert!(matches!(before.await.unwrap(), Ok(Ok((false, ())))));
+        let boom = boom.await.expect("the writer's task itself does not panic");
+        assert!(
+            boom.is_err(),
+            "the panicking write is answered with an error"
+        );
+        assert!(matches!(after.await.unwrap(), Ok(Ok((false, ())))));
+        for i in [1, 2] {
+            let id = RecordId::parse(&format!("r{i}")).unwrap();
+            assert!(c.get(&notes(), &id).unwrap().is_some());
+        }
+        let boom_id = RecordId::parse("boom").unwrap();
+        assert!(c.get(&notes(), &boom_id).unwrap().is_none());
+        assert!(matches!(write(&c, 3).await.unwrap(), Ok(Ok((false, ())))));
+    }
+
+    /// A panic while a collection's lock is held (anywhere, not only in a write's
+    /// `decide`) poisons the lock: the next use drops that copy and reads the
+    /// collection from the disk, where every persisted write is, instead of failing
+    /// until a restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_poisoned_collection_is_read_again_from_the_disk() {
+        let vault = TestVault::new();
+        let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        assert!(matches!(write(&c, 1).await.unwrap(), Ok(Ok((false, ())))));
+        let poisoned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            c.with(&notes(), |_| -> Result<(), CollectionError> {
+                panic!("a request panicked while holding the collection")
+            })
+        }));
+        assert!(poisoned.is_err());
+        assert!(
+            c.load(&notes()).unwrap().is_poisoned(),
+            "the test poisoned the lock"
+        );
+        assert!(matches!(write(&c, 2).await.unwrap(), Ok(Ok((false, ())))));
+        assert_eq!(c.records(&notes()).unwrap().len(), 2);
+        assert!(!c.load(&notes()).unwrap().is_poisoned());
     }
 
     /// 64 writes that wait together: the first is persisted alone (it drained the

@@ -217,8 +217,14 @@ pub struct Skipped {
 }
 
 /// Reads every object of a vCard or iCalendar file; all or nothing: the first entry
-/// that cannot be read fails the whole file, naming the entry and its line.
-pub fn read_file(kind: Kind, text: &str) -> Result<(Vec<Imported>, Vec<Skipped>), PimError> {
+/// that cannot be read, or whose text is longer than `max_entry_bytes` (the limit of
+/// one record written by a `PUT`), fails the whole file, naming the entry, its line
+/// and its UID.
+pub fn read_file(
+    kind: Kind,
+    text: &str,
+    max_entry_bytes: usize,
+) -> Result<(Vec<Imported>, Vec<Skipped>), PimError> {
     let objects = lines::objects(text, kind.object())?;
     let mut out: Vec<Imported> = Vec::new();
     let mut skipped = Vec::new();
@@ -246,8 +252,19 @@ pub fn read_file(kind: Kind, text: &str) -> Result<(Vec<Imported>, Vec<Skipped>)
             line: object.first_line(),
             reason,
         };
+        let too_long = |text: &str| {
+            entry(format!(
+                "the entry{} is {} bytes, more than the {max_entry_bytes} bytes one record may hold",
+                uid_line(text).map_or(String::new(), |uid| format!(" with UID {uid:?}")),
+                text.len()
+            ))
+        };
         match kind {
             Kind::Contacts => {
+                // Checked before it is parsed: a huge card costs no memory beyond its text.
+                if text.len() > max_entry_bytes {
+                    return Err(too_long(&text));
+                }
                 let card = contacts::parse(&text).map_err(|e| entry(e.to_string()))?;
                 let (mut fields, photo) = contacts::fields(&card);
                 let uid = match fields.get("uid").and_then(Value::as_str) {
@@ -271,6 +288,9 @@ pub fn read_file(kind: Kind, text: &str) -> Result<(Vec<Imported>, Vec<Skipped>)
             }
             Kind::Calendar => {
                 for (uid, object_text) in split_calendar(&object)? {
+                    if object_text.len() > max_entry_bytes {
+                        return Err(too_long(&object_text));
+                    }
                     let ical = calendar::parse(&object_text).map_err(|e| entry(e.to_string()))?;
                     let mut fields = calendar::fields(&ical);
                     if !fields.contains_key("kind") {
@@ -527,6 +547,18 @@ fn decide(
     Ok((write, after))
 }
 
+/// The value of an object's first `UID` line (unfolded lines only; at most 80
+/// characters), to name an entry in an error without parsing it.
+fn uid_line(text: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        let name = name.split(';').next()?;
+        name.trim()
+            .eq_ignore_ascii_case("UID")
+            .then(|| value.trim().chars().take(80).collect())
+    })
+}
+
 /// What an import did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImportReport {
@@ -551,7 +583,7 @@ pub async fn import(
     text: &str,
 ) -> Result<ImportReport, ImportError> {
     use crate::collections::RecordWrite;
-    let (entries, skipped) = read_file(kind, text)?;
+    let (entries, skipped) = read_file(kind, text, vault.limits.max_record_bytes)?;
     let mut photos = HashMap::new();
     // Each photo stays pinned (safe from blob garbage collection) until it is listed.
     let mut pins = Vec::new();

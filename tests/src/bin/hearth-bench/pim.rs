@@ -82,7 +82,8 @@ pub async fn contacts_and_calendars(opts: &Opts) -> anyhow::Result<Vec<Report>> 
             "reported: import time beside parsing the same file alone",
         );
         let started = Instant::now();
-        let (entries, skipped) = pim::read_file(kind, &text)?;
+        let (entries, skipped) =
+            pim::read_file(kind, &text, hearth_node::Limits::default().max_record_bytes)?;
         let parse = started.elapsed();
         anyhow::ensure!(
             entries.len() == n && skipped.is_empty(),

@@ -126,23 +126,13 @@ async fn revocation(a: &NodeHandle, b: &NodeHandle, opts: &Opts) -> anyhow::Resu
         a.vault().store.commit().await?;
         let b_vault = b.vault().clone();
         let t = token.clone();
-        until("the grant reaches B", Duration::from_secs(30), || {
-            b_vault.door.admit(&Credentials::local(&t)).is_ok()
-        })
-        .await?;
+        until_admitted("the grant reaches B", &b_vault, &t, |r| r.is_ok()).await?;
         let started = Instant::now();
         access::revoke(&a.vault().collections, &grant.id)?;
         a.vault().store.commit().await?;
-        until(
-            "B refuses the revoked token",
-            Duration::from_secs(30),
-            || {
-                matches!(
-                    b_vault.door.admit(&Credentials::local(&token)),
-                    Err(AccessError::Revoked)
-                )
-            },
-        )
+        until_admitted("B refuses the revoked token", &b_vault, &token, |r| {
+            matches!(r, Err(AccessError::Revoked))
+        })
         .await?;
         latencies.push(started.elapsed());
     }
@@ -289,4 +279,20 @@ async fn raw_libp2p_transfer(size: u64) -> anyhow::Result<Duration> {
     drive_r.abort();
     drive_s.abort();
     Ok(finished - started)
+}
+
+/// Waits (at most 30 s) until the door's answer to `token` is what `wanted` says.
+async fn until_admitted(
+    what: &str,
+    vault: &hearth_node::Vault,
+    token: &str,
+    wanted: impl Fn(&Result<hearth_node::access::Caller, AccessError>) -> bool,
+) -> anyhow::Result<()> {
+    let limit = Duration::from_secs(30);
+    let start = Instant::now();
+    while !wanted(&vault.door.admit(&Credentials::local(token)).await) {
+        anyhow::ensure!(start.elapsed() < limit, "{what}: not done after {limit:?}");
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    Ok(())
 }
