@@ -1286,8 +1286,8 @@ fn vdirsyncer_over_tls_pins_the_fingerprint() {
     assert!(!ok, "a wrong fingerprint must be refused: {out}");
 }
 
-/// The attack: a client whose filter it can write uploads `ID.vcf` (a card without a
-/// UID) for an id it cannot see, and reads back what it got. When the node made the
+/// The attack: a client that may write its filter field (but not the UID) uploads
+/// `ID.vcf` (a card without a UID) for an id it cannot see, and reads back what it got. When the node made the
 /// UID from the id (`hearth-ID` when the id was free, `hearth-<random>` when a hidden
 /// record held it), that told the client whether the hidden record exists. Whatever
 /// the PUT answers and stores must be the same either way.
@@ -1307,7 +1307,7 @@ fn a_put_tells_nothing_about_an_id_the_filter_hides() {
             "--read",
             "contacts",
             "--write",
-            "contacts",
+            "contacts.name,contacts.name_parts,contacts.groups",
             "--where",
             "groups=friends",
         ],
