@@ -2270,6 +2270,39 @@ mod tests {
         assert_eq!(c.count(&mail).unwrap(), 19);
     }
 
+    /// `get_fields` reads only the fields asked for, from the index for a short
+    /// record and from the document for a long one (a filter decides on them without
+    /// the long text); a missing record is `None`.
+    #[test]
+    fn only_the_fields_asked_for_are_read() {
+        let vault = TestVault::new();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let notes = name("notes");
+        let long = "x".repeat(crate::records::LONG + 1);
+        c.put(
+            &notes,
+            &id("long"),
+            &obj(json!({"team": "a", "body": long, "tags": ["t"]})),
+        )
+        .unwrap();
+        c.put(
+            &notes,
+            &id("short"),
+            &obj(json!({"team": "b", "body": "hi"})),
+        )
+        .unwrap();
+        let fields = |i: &str| {
+            c.get_fields(&notes, &id(i), &["team", "tags", "none"])
+                .unwrap()
+        };
+        assert_eq!(
+            fields("long"),
+            Some(obj(json!({"team": "a", "tags": ["t"]})))
+        );
+        assert_eq!(fields("short"), Some(obj(json!({"team": "b"}))));
+        assert_eq!(fields("missing"), None);
+    }
+
     /// A record holding a text longer than `records::LONG` keeps only its id in the
     /// index, so an edit to that text writes what the edit does, not the whole text
     /// again; every read still returns the whole record, read from the document,

@@ -410,3 +410,59 @@ fn wrong_app_passwords_are_throttled_and_audited_everywhere() {
         "{audit}"
     );
 }
+
+/// A token or an invite code need not be typed on the command line (where the shell's
+/// history and the process list keep it): `-` reads it from stdin, `@FILE` from a file.
+#[test]
+fn secrets_are_taken_from_stdin_and_files() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    node.json(&["put", "notes", "n1", r#"{"text": "hello", "title": "Hi"}"#]);
+    let token = token_of(&node.json(&["grant", "reader", "--read", "notes"]));
+    let home = t.path().to_str().unwrap();
+    let attenuate = |source: &str, input: &[u8]| {
+        hearth_with_stdin(
+            &[
+                "--home",
+                home,
+                "token",
+                "attenuate",
+                source,
+                "--read",
+                "notes.title",
+            ],
+            input,
+        )
+    };
+    let api = Api::new(&node);
+    let narrowed_reads = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let narrowed = String::from_utf8(out.stdout.clone()).unwrap();
+        let (status, body) = api.send(
+            api.raw(Method::GET, "/v1/view/notes/n1")
+                .bearer_auth(narrowed.trim()),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, json!({"id": "n1", "title": "Hi"}));
+    };
+    narrowed_reads(&attenuate("-", format!("{token}\n").as_bytes()));
+    let file = t.file("token.txt", format!("{token}\n"));
+    narrowed_reads(&attenuate(&format!("@{}", file.display()), b""));
+    let error = one_line_error(&attenuate("-", b"  \n"));
+    assert!(error.contains("the token is empty"), "{error}");
+    // An invite code from a file is read as one (and refused as the garbage it is).
+    let code = t.file("invite.txt", "hearth1-not-a-code\n");
+    let out = hearth(&[
+        "--home",
+        t.dir().join("other").to_str().unwrap(),
+        "join",
+        &format!("@{}", code.display()),
+    ]);
+    let error = one_line_error(&out);
+    assert!(!error.contains("cannot read"), "{error}");
+    assert!(error.to_lowercase().contains("invite"), "{error}");
+}
