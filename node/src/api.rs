@@ -2290,6 +2290,20 @@ mod tests {
     use super::HostAllowlist;
 
     #[test]
+    fn a_service_is_told_the_kind_of_an_internal_failure_not_its_message() {
+        use super::{AccessError, ApiError, StatusCode};
+        let secret = "the store at /home/someone/.local/share/hearth failed";
+        let e = ApiError::from(AccessError::Internal(secret.into()));
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!e.message().contains("someone"), "{}", e.message());
+        let full = ApiError::from(AccessError::Store(crate::store::StoreError::DiskFull));
+        assert_eq!(full.status(), StatusCode::INSUFFICIENT_STORAGE);
+        // A refusal keeps its words: they are about the request.
+        let refused = ApiError::from(AccessError::OutOfScope("not yours".into()));
+        assert_eq!(refused.message(), "not yours");
+    }
+
+    #[test]
     fn only_this_nodes_names_are_allowed_hosts() {
         let hosts = HostAllowlist::new("127.0.0.1:7780".parse().unwrap(), &["vault.lan".into()]);
         for good in [

@@ -1301,6 +1301,39 @@ mod tests {
         );
     }
 
+    /// What a DAV client is told of a failure inside the node: a full disk is `507`
+    /// (RFC 4918), anything else `500` without the internal message; a throttle or a
+    /// full stream budget keeps its status.
+    #[tokio::test]
+    async fn failures_inside_the_node_keep_their_status_and_hide_their_message() {
+        use crate::collections::CollectionError;
+        use crate::store::StoreError;
+        let body = |e: DavError| async move {
+            let answer = e.into_response();
+            let status = answer.status().as_u16();
+            let bytes = axum::body::to_bytes(answer.into_body(), 4096)
+                .await
+                .unwrap();
+            (status, String::from_utf8(bytes.to_vec()).unwrap())
+        };
+        let full = DavError::from(AccessError::Store(StoreError::DiskFull));
+        assert_eq!(body(full).await.0, 507);
+        let secret = "sled failed at /home/someone/.local/share/hearth/store/blobs";
+        let internal = DavError::from(AccessError::Collection(CollectionError::Document {
+            collection: "contacts".into(),
+            reason: secret.into(),
+        }));
+        let (status, text) = body(internal).await;
+        assert_eq!(status, 500);
+        assert!(
+            !text.contains("someone") && !text.contains("sled"),
+            "{text}"
+        );
+        let streams = DavError::from(AccessError::StreamsFull(256));
+        assert_eq!(body(streams).await.0, 503);
+        assert_eq!(body(DavError::TooManyHrefs(5000)).await.0, 413);
+    }
+
     #[test]
     fn xml_bodies_are_read_with_namespaces_and_refused_when_broken() {
         let body = br#"<?xml version="1.0"?><D:propfind xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:carddav"><D:prop><D:getetag/><C:address-data/></D:prop></D:propfind>"#;
