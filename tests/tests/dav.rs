@@ -705,7 +705,21 @@ fn calendars_answer_time_ranges_and_keep_their_names() {
         hrefs(&xml).len()
     };
     assert_eq!(query("19000101T000000Z", "19000102T000000Z"), 0);
+    // A query that sent nothing is audited as a read of nothing, not of the book.
+    let reads = |audit: &Value| -> Vec<u64> {
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["operation"] == "read" && e["collection"] == "calendar")
+            .map(|e| e["records"].as_u64().unwrap())
+            .collect()
+    };
+    let before = reads(&node.json(&["audit"]));
+    assert_eq!(before.last(), Some(&0), "{before:?}");
     assert_eq!(query("19000101T000000Z", "21000101T000000Z"), all);
+    let after = reads(&node.json(&["audit"]));
+    assert_eq!(after.last(), Some(&(all as u64)), "{after:?}");
 
     let (status, _, _) = dav.send(
         dav.request("MKCALENDAR", "/dav/calendars/calendar-work/").body(

@@ -466,3 +466,27 @@ fn secrets_are_taken_from_stdin_and_files() {
     assert!(!error.contains("cannot read"), "{error}");
     assert!(error.to_lowercase().contains("invite"), "{error}");
 }
+
+/// The dashboard's import takes up to 64 MiB: a request without a session is refused
+/// before any of its body is read (the client here sends the head of a 60 MB upload
+/// and a few bytes, and gets its answer without sending the rest).
+#[test]
+fn the_dashboard_import_refuses_a_request_without_a_session_before_its_body() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let addr = node.base_url().trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /data/import HTTP/1.1\r\nHost: {addr}\r\nContent-Type: multipart/form-data; boundary=XYZ\r\nContent-Length: 60000000\r\n\r\n--XYZ\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nBEGIN:VCARD\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    let read = stream.read_exact(&mut head);
+    assert!(read.is_ok(), "no answer before the body was sent: {read:?}");
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+}
