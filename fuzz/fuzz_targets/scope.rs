@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
                     );
                 }
             }
-            let _ = collection.check_write(record.as_object().expect("object"));
+            let _ = collection.check_write("c", None, record.as_object().expect("object"), true);
         }
     }
 });
