@@ -1265,6 +1265,9 @@ fn parse_utc(text: &str) -> Option<i64> {
         .map(|t| t.and_utc().timestamp())
 }
 
+#[doc(hidden)]
+pub(crate) mod fuzzing;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,8 @@ pub mod commits;
 pub mod dashboard;
 pub mod dav;
 pub mod devices;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod home;
 pub mod index;
 pub mod keys;

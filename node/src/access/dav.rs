@@ -101,7 +101,7 @@ pub fn sync_token(heads: &[ChangeHash]) -> String {
     }
 }
 
-fn parse_token(token: &str) -> Result<Vec<ChangeHash>, AccessError> {
+pub(crate) fn parse_token(token: &str) -> Result<Vec<ChangeHash>, AccessError> {
     let bad =
         || AccessError::InvalidSyncToken(format!("{token:.80} is not a sync token of Hearth"));
     let body = token.trim().strip_prefix(SYNC_PREFIX).ok_or_else(bad)?;
@@ -399,7 +399,7 @@ pub(super) fn fields_of(kind: Kind, text: &str) -> Result<Map<String, Value>, Pi
 
 /// Checks that a text is one object of the collection's kind (for a calendar: the
 /// components of one UID).
-fn check_object(kind: Kind, text: &str) -> Result<(), AccessError> {
+pub(crate) fn check_object(kind: Kind, text: &str) -> Result<(), AccessError> {
     let bad = |why: String| AccessError::BadRequest(why);
     let wanted = match kind {
         Kind::Contacts => "VCARD",

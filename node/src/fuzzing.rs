@@ -1,0 +1,30 @@
+//! Thin doors into private decoders of untrusted bytes, for the cargo-fuzz targets in
+//! `fuzz/` only: not an API, no stability promised. Each function calls the code the
+//! node runs, unchanged, and hands back plain data.
+
+pub use crate::dav::fuzzing::{
+    WantedProps, XmlElement, dav_href, dav_xml, multistatus_of, query_admits, query_filter,
+    settable_prop, wanted_props,
+};
+
+use crate::pim::Kind;
+
+/// A DAV sync token read into the heads it names (`access::dav::parse_token`).
+pub fn parse_sync_token(token: &str) -> Result<Vec<[u8; 32]>, String> {
+    crate::access::dav::parse_token(token)
+        .map(|heads| heads.into_iter().map(|h| h.0).collect())
+        .map_err(|e| e.to_string())
+}
+
+/// The sync token of these heads (`access::dav::sync_token`).
+pub fn sync_token(heads: &[[u8; 32]]) -> String {
+    let heads: Vec<automerge::ChangeHash> =
+        heads.iter().map(|h| automerge::ChangeHash(*h)).collect();
+    crate::access::dav::sync_token(&heads)
+}
+
+/// The check a DAV PUT body passes before anything else (`access::dav::check_object`):
+/// one object of the collection's kind (for a calendar, the components of one UID).
+pub fn check_dav_object(kind: Kind, text: &str) -> Result<(), String> {
+    crate::access::dav::check_object(kind, text).map_err(|e| e.to_string())
+}
