@@ -124,6 +124,16 @@ pub fn prepare(
         .to_owned();
     let text_changed = before.and_then(|b| b.get(text_field)) != record.get(text_field);
     if text_changed {
+        // A new text is one object as the lines are cut (what a DAV PUT and an import
+        // require too): a text calcard reads past a broken nesting or a second object
+        // would get its new lines (a UID) where its fields were not read from.
+        let objects = lines::objects(&text, kind.object())?.len();
+        if objects != 1 {
+            return Err(PimError::Unreadable(format!(
+                "the text holds {objects} {} objects; a record holds one",
+                kind.object()
+            )));
+        }
         let fields = match kind {
             Kind::Contacts => contacts::fields(&contacts::parse(&text)?).0,
             Kind::Calendar => calendar::fields(&calendar::parse(&text)?),
@@ -697,6 +707,37 @@ mod prepare_tests {
         let uid = record["uid"].as_str().unwrap().to_owned();
         let text = record["vcard"].as_str().unwrap();
         assert!(text.contains(&format!("UID:{uid}")), "{text}");
+    }
+
+    /// Found by the `vcard` fuzz target: a text of two cards (or one whose nesting
+    /// calcard reads past) was stored with the fields of the first and the UID it was
+    /// given written into the second.
+    #[test]
+    fn a_text_of_two_cards_or_an_unterminated_one_is_refused() {
+        let one = "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Grace Hopper\r\nEND:VCARD\r\n";
+        let mut record = Map::new();
+        record.insert("vcard".into(), Value::String(format!("{one}{one}")));
+        assert!(matches!(
+            prepare(Kind::Contacts, None, &mut record),
+            Err(PimError::Unreadable(_))
+        ));
+        let unterminated = one.replace("END:VCARD\r\n", "BEGIN:VCARD\r\nUID:u-2\r\n");
+        let mut record = Map::new();
+        record.insert("vcard".into(), Value::String(unterminated));
+        assert!(matches!(
+            prepare(Kind::Contacts, None, &mut record),
+            Err(PimError::Split(_))
+        ));
+        let mut record = Map::new();
+        record.insert("vcard".into(), Value::String(format!("{one}\r\n")));
+        prepare(Kind::Contacts, None, &mut record).unwrap();
+        let uid = record["uid"].as_str().unwrap().to_owned();
+        assert!(
+            record["vcard"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("UID:{uid}"))
+        );
     }
 
     /// `kind`, `all_day` and `overrides` follow the text; a new text without a UID
