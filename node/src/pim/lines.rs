@@ -111,10 +111,13 @@ fn is_quoted_printable(unfolded: &str) -> bool {
         || params.ends_with("ENCODING=Q")
 }
 
-/// Cuts `text` into content lines (blank lines are dropped). The bytes of all the lines
-/// together are the text without its blank lines.
+/// Cuts `text` into content lines (blank lines are dropped, except those between a line
+/// and a folded continuation: they stay in that line, as a reader ends the line at them
+/// and would join the continuation if they went). The bytes of all the lines together
+/// are the text without its blank lines.
 pub fn split(text: &str) -> Vec<Line> {
     let mut lines: Vec<Line> = Vec::new();
+    let mut blank = String::new();
     for (index, physical) in text.split_inclusive('\n').enumerate() {
         let number = index + 1;
         // Only a line ending in `=` can be quoted-printable text that goes on: the
@@ -127,12 +130,23 @@ pub fn split(text: &str) -> Vec<Line> {
                 }
             });
         match lines.last_mut() {
+            Some(last) if physical.starts_with([' ', '\t']) && !blank.is_empty() => {
+                last.raw.push_str(&std::mem::take(&mut blank));
+                last.raw.push_str(physical);
+            }
             Some(last) if continues && !physical.trim().is_empty() => last.raw.push_str(physical),
-            _ if physical.trim().is_empty() => {}
-            _ => lines.push(Line {
-                raw: physical.to_owned(),
-                number,
-            }),
+            _ if physical.trim().is_empty() => {
+                if !physical.starts_with([' ', '\t']) {
+                    blank.push_str(physical);
+                }
+            }
+            _ => {
+                blank.clear();
+                lines.push(Line {
+                    raw: physical.to_owned(),
+                    number,
+                });
+            }
         }
     }
     // The last line may lack its line ending; later edits append after it.
@@ -184,6 +198,13 @@ pub enum SplitError {
         line: usize,
         found: String,
     },
+    #[error("entry {index}, line {line}: {found:?} does not close BEGIN:{open}")]
+    Unbalanced {
+        index: usize,
+        line: usize,
+        found: String,
+        open: String,
+    },
     #[error("the text holds no BEGIN:{0}")]
     Empty(String),
 }
@@ -194,14 +215,15 @@ pub enum SplitError {
 pub fn objects(text: &str, kind: &str) -> Result<Vec<Object>, SplitError> {
     let mut out = Vec::new();
     let mut current: Option<Object> = None;
-    let mut depth = 0usize;
+    // The components open, innermost last: each END closes the one it names.
+    let mut open: Vec<String> = Vec::new();
     for line in split(text.strip_prefix('\u{feff}').unwrap_or(text)) {
         let name = line.name();
         let value = line.value().trim().to_ascii_uppercase();
         match current.as_mut() {
             None => {
                 if name == "BEGIN" && value == kind {
-                    depth = 1;
+                    open = vec![value];
                     current = Some(Object {
                         lines: vec![line],
                         index: out.len() + 1,
@@ -223,12 +245,22 @@ pub fn objects(text: &str, kind: &str) -> Result<Vec<Object>, SplitError> {
                     });
                 }
                 if name == "BEGIN" {
-                    depth += 1;
+                    open.push(value);
                 } else if name == "END" {
-                    depth -= 1;
+                    // calcard and these lines must agree on where a component ends, or
+                    // a line written anew lands in another component than was read.
+                    if open.last() != Some(&value) {
+                        return Err(SplitError::Unbalanced {
+                            index: object.index,
+                            line: line.number,
+                            found: preview(&line.unfolded()),
+                            open: open.last().cloned().unwrap_or_default(),
+                        });
+                    }
+                    open.pop();
                 }
                 object.lines.push(line);
-                if depth == 0 {
+                if open.is_empty() {
                     out.push(current.take().expect("an object is open"));
                 }
             }
@@ -277,6 +309,24 @@ mod tests {
         assert_eq!(joined, text.replace("\r\n\r\n", "\r\n").to_owned() + "\r\n");
     }
 
+    /// Found by the `vcard` fuzz target: a blank line before a continuation ends the
+    /// line for a reader, so it stays; dropped, the text written back said
+    /// `United Kingdom` where the text and the fields said `Unite`.
+    #[test]
+    fn a_blank_line_before_a_continuation_stays() {
+        let text = "ADR:;;;London;;;Unite\n\n d Kingdom\r\nNOTE:a\r\n\r\nUID:1\r\n";
+        let lines = split(text);
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0].raw, "ADR:;;;London;;;Unite\n\n d Kingdom\r\n");
+        assert_eq!(lines[0].name(), "ADR");
+        assert_eq!(lines[1].raw, "NOTE:a\r\n");
+        assert_eq!(lines[2].raw, "UID:1\r\n");
+        // Whitespace-only continuations and blank lines before a new line go, as before.
+        let lines = split("NOTE:a\r\n \r\n\r\nUID:1\r\n");
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].raw, "NOTE:a\r\n");
+    }
+
     /// `is` says what `name` says, whether the name is plain, grouped, lower case,
     /// followed by parameters, or cut by a fold.
     #[test]
@@ -322,6 +372,19 @@ mod tests {
         assert!(matches!(
             super::objects("", "VCARD"),
             Err(SplitError::Empty(_))
+        ));
+        // Found by the `icalendar` fuzz target: an END that names another component
+        // (calcard nests differently, and the UID given went into another event).
+        assert!(matches!(
+            super::objects(
+                "BEGIN:VCALENDAR\nBEGIN:VEVENT\nBEGIN:VALARM\nEND:VEVENT\nEND:VALARM\nEND:VCALENDAR\n",
+                "VCALENDAR"
+            ),
+            Err(SplitError::Unbalanced {
+                index: 1,
+                line: 4,
+                ..
+            })
         ));
         let nested = "BEGIN:VCALENDAR\nBEGIN:VEVENT\nUID:1\nEND:VEVENT\nEND:VCALENDAR\n";
         assert_eq!(
