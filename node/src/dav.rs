@@ -452,6 +452,12 @@ impl Element {
 fn parse_xml(body: &[u8]) -> Result<Option<Element>, DavError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| DavError::BadRequest("the XML body is not UTF-8".into()))?;
+    // Not characters of XML: taken in, they would be written back in names and hrefs.
+    if text.contains(|c: char| c < ' ' && !matches!(c, '\t' | '\n' | '\r')) {
+        return Err(DavError::BadRequest(
+            "the XML body holds a control character".into(),
+        ));
+    }
     if text.trim().is_empty() {
         return Ok(None);
     }
@@ -515,6 +521,16 @@ fn element_of(e: &quick_xml::events::BytesStart, ns: String) -> Result<Element, 
         name: e.local_name().as_ref().to_owned(),
         ..Element::default()
     };
+    // A property named in a request is written back in the answer: a name or
+    // namespace that cannot be written back as XML is refused here (found by the
+    // `dav_xml` fuzz target).
+    if element.name.is_empty()
+        || element.name.contains([':', '"', '\'', '<', '>', '&', '='])
+        || element.ns == "http://www.w3.org/2000/xmlns/"
+        || element.ns == "http://www.w3.org/XML/1998/namespace"
+    {
+        return Err(format!("{:?} is not an element name here", element.name));
+    }
     for attribute in e.attributes() {
         let attribute = attribute.map_err(|e| e.to_string())?;
         let value = attribute
@@ -1351,6 +1367,16 @@ mod tests {
         );
         assert!(parse_xml(b"<D:propfind xmlns:D=\"DAV:\"><D:prop>").is_err());
         assert!(parse_xml(b"<a><b></a>").is_err());
+        // Names the answer could not write back (found by the `dav_xml` fuzz target).
+        for body in [
+            "<d:propfind xmlns:d=\"DAV:\"><d:prop><xmlns:a:getctag/></d:prop></d:propfind>",
+            "<d:propfind xmlns:d=\"DAV:\"><d:prop><xml:lang/></d:prop></d:propfind>",
+            "<d:propfind xmlns:d=\"DAV:\"><d:prop><d:a:b/></d:prop></d:propfind>",
+            "<d:propfind xmlns:d=\"DAV:\"><d:prop><d:get\u{12}etag/></d:prop></d:propfind>",
+            "<d:propfind xmlns:d=\"DAV:\" xmlns:x=\"urn:\0\"><d:prop><x:a/></d:prop></d:propfind>",
+        ] {
+            assert!(parse_xml(body.as_bytes()).is_err(), "{body}");
+        }
         assert!(parse_xml(b"").unwrap().is_none());
         let deep = "<a>".repeat(100) + &"</a>".repeat(100);
         assert!(parse_xml(deep.as_bytes()).is_err());
