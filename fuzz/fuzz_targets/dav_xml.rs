@@ -75,6 +75,10 @@ fuzz_target!(|data: &[u8]| {
         href_round_trip(h);
     }
     let answer = multistatus_of("/dav/contacts/contacts/", &props, &hrefs);
+    assert!(
+        !answer.contains(|c: char| c < ' ' && !matches!(c, '\t' | '\n' | '\r')),
+        "a control character (not XML) in the answer: {answer:?}"
+    );
     let back = dav_xml(answer.as_bytes())
         .unwrap_or_else(|e| panic!("the answer is not XML: {e}\n{answer}"))
         .expect("the answer has a root");
