@@ -205,6 +205,12 @@ pub enum SplitError {
         found: String,
         open: String,
     },
+    #[error("entry {index}, line {line}: a {kind} holds no BEGIN")]
+    Nested {
+        index: usize,
+        line: usize,
+        kind: String,
+    },
     #[error("the text holds no BEGIN:{0}")]
     Empty(String),
 }
@@ -244,7 +250,14 @@ pub fn objects(text: &str, kind: &str) -> Result<Vec<Object>, SplitError> {
                         found: preview(&line.unfolded()),
                     });
                 }
-                if name == "BEGIN" {
+                if name == "BEGIN" && kind == "VCARD" {
+                    // A card holds no components: calcard ends it at the first END.
+                    return Err(SplitError::Nested {
+                        index: object.index,
+                        line: line.number,
+                        kind: kind.to_owned(),
+                    });
+                } else if name == "BEGIN" {
                     open.push(value);
                 } else if name == "END" {
                     // calcard and these lines must agree on where a component ends, or
@@ -383,6 +396,19 @@ mod tests {
             Err(SplitError::Unbalanced {
                 index: 1,
                 line: 4,
+                ..
+            })
+        ));
+        // Found by the `vcard` fuzz target: a card inside a card (calcard ends the
+        // outer one at the inner END, and a UID given went after it).
+        assert!(matches!(
+            super::objects(
+                "BEGIN:VCARD\nFN:A\nBEGIN:VCARD\nFN:B\nEND:VCARD\nEND:VCARD\n",
+                "VCARD"
+            ),
+            Err(SplitError::Nested {
+                index: 1,
+                line: 3,
                 ..
             })
         ));
