@@ -383,6 +383,8 @@ impl Prop {
     fn open(&self) -> String {
         match prefix(&self.ns) {
             Some(p) => format!("{p}:{}", self.name),
+            // A prefix cannot be bound to no namespace (Namespaces in XML 1.0).
+            None if self.ns.is_empty() => format!("{} xmlns=\"\"", self.name),
             None => format!("x:{} xmlns:x=\"{}\"", self.name, escape(self.ns.as_str())),
         }
     }
@@ -390,6 +392,7 @@ impl Prop {
     fn close(&self) -> String {
         match prefix(&self.ns) {
             Some(p) => format!("{p}:{}", self.name),
+            None if self.ns.is_empty() => self.name.clone(),
             None => format!("x:{}", self.name),
         }
     }
@@ -497,6 +500,9 @@ fn parse_xml(body: &[u8]) -> Result<Option<Element>, DavError> {
             Event::GeneralRef(r) => {
                 if let Some(top) = stack.last_mut() {
                     if let Ok(Some(c)) = r.resolve_char_ref() {
+                        if c < ' ' && !matches!(c, '\t' | '\n' | '\r') {
+                            return Err(bad(format!("&{}; is not a character of XML", &*r)));
+                        }
                         top.text.push(c);
                     } else if let Some(s) = quick_xml::escape::resolve_predefined_entity(&r) {
                         top.text.push_str(s);
@@ -1374,9 +1380,13 @@ mod tests {
             "<d:propfind xmlns:d=\"DAV:\"><d:prop><d:a:b/></d:prop></d:propfind>",
             "<d:propfind xmlns:d=\"DAV:\"><d:prop><d:get\u{12}etag/></d:prop></d:propfind>",
             "<d:propfind xmlns:d=\"DAV:\" xmlns:x=\"urn:\0\"><d:prop><x:a/></d:prop></d:propfind>",
+            "<d:href xmlns:d=\"DAV:\">/dav/&#20;</d:href>",
         ] {
             assert!(parse_xml(body.as_bytes()).is_err(), "{body}");
         }
+        // A property in no namespace is written back without a prefix.
+        assert_eq!(Prop::new("", "a").element(""), "<a xmlns=\"\"/>");
+        assert_eq!(Prop::new("", "a").element("b"), "<a xmlns=\"\">b</a>");
         assert!(parse_xml(b"").unwrap().is_none());
         let deep = "<a>".repeat(100) + &"</a>".repeat(100);
         assert!(parse_xml(deep.as_bytes()).is_err());
