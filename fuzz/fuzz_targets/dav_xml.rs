@@ -79,6 +79,10 @@ fuzz_target!(|data: &[u8]| {
         !answer.contains(|c: char| c < ' ' && !matches!(c, '\t' | '\n' | '\r')),
         "a control character (not XML) in the answer: {answer:?}"
     );
+    assert!(
+        !answer.contains(":x=\"\""),
+        "a prefix bound to no namespace: {answer}"
+    );
     let back = dav_xml(answer.as_bytes())
         .unwrap_or_else(|e| panic!("the answer is not XML: {e}\n{answer}"))
         .expect("the answer has a root");
