@@ -82,14 +82,26 @@ impl Line {
         String::new()
     }
 
-    /// Whether this is a content line at all (`NAME...:` before any value).
+    /// Whether this is a content line at all (`[group.]NAME...:` before any value, the
+    /// name of letters, digits, `-` and `_`, no bare CR): calcard reads other lines its
+    /// own way (it ends a name at `=`, a line at a CR), so a line written anew could
+    /// land outside what it reads.
     pub fn is_content(&self) -> bool {
         let unfolded = self.unfolded();
+        if unfolded.contains('\r') {
+            return false;
+        }
         let mut quoted = false;
         for c in unfolded.chars() {
             match c {
                 '"' => quoted = !quoted,
-                ':' if !quoted => return !head_of(&unfolded).is_empty(),
+                ':' if !quoted => {
+                    let head = head_of(&unfolded);
+                    return !head.is_empty()
+                        && head
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                }
                 _ => {}
             }
         }
@@ -399,6 +411,20 @@ mod tests {
                 ..
             })
         ));
+        // Found by the `vcard` fuzz target: `END=b;...` ends the card for calcard, and
+        // a bare CR ends a line; neither is a content line here.
+        for text in [
+            "BEGIN:VCARD\nFN:A\nEND=b;X=Y:z\nEND:VCARD\n",
+            "BEGIN:VCARD\nFN:A\rEND:VCARD\nEND:VCARD\n",
+        ] {
+            assert!(
+                matches!(
+                    super::objects(text, "VCARD"),
+                    Err(SplitError::NotContent { .. })
+                ),
+                "{text:?}"
+            );
+        }
         // Found by the `vcard` fuzz target: a card inside a card (calcard ends the
         // outer one at the inner END, and a UID given went after it).
         assert!(matches!(
