@@ -41,11 +41,6 @@ fn unescaped(s: &str) -> String {
         .replace("&amp;", "&")
 }
 
-/// XML reading turns line breaks into `\n`.
-fn lines_normalized(s: &str) -> String {
-    s.replace("\r\n", "\n").replace('\r', "\n")
-}
-
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         href_round_trip(text);
@@ -116,7 +111,8 @@ fuzz_target!(|data: &[u8]| {
             .iter()
             .find(|c| is(c, DAV, "href"))
             .expect("an href");
-        assert_eq!(echoed.text, lines_normalized(href), "{answer}");
+        // A CR in an href came from a character reference; the answer escapes it.
+        assert_eq!(echoed.text, *href, "{answer}");
     }
     // sync-collection
     if let Some(token) = root.children.iter().find(|c| is(c, DAV, "sync-token")) {
