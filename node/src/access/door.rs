@@ -1031,6 +1031,16 @@ struct Refusals(Mutex<HashMap<(String, String, Operation, String), Window>>);
 /// Ids one grouped entry names at most (the count says how many there were).
 const MAX_GROUPED_IDS: usize = 32;
 
+/// Adds `id` to a grouped entry's ids, once, while there is room.
+fn note_id(ids: &mut Vec<String>, id: Option<&str>) {
+    if let Some(id) = id
+        && ids.len() < MAX_GROUPED_IDS
+        && !ids.iter().any(|i| i == id)
+    {
+        ids.push(id.to_owned());
+    }
+}
+
 struct Window {
     second: u64,
     suppressed: u64,
@@ -1058,12 +1068,7 @@ impl Refusals {
         );
         if let Some(window) = windows.get_mut(&key).filter(|w| w.second == now) {
             window.suppressed += 1;
-            if let Some(id) = id
-                && window.ids.len() < MAX_GROUPED_IDS
-                && !window.ids.iter().any(|i| i == id)
-            {
-                window.ids.push(id.to_owned());
-            }
+            note_id(&mut window.ids, id);
             return None;
         }
         let earlier = windows.insert(
@@ -1080,12 +1085,7 @@ impl Refusals {
             Some(w) => (1 + w.suppressed, w.ids),
             None => (1, Vec::new()),
         };
-        if let Some(id) = id
-            && ids.len() < MAX_GROUPED_IDS
-            && !ids.iter().any(|i| i == id)
-        {
-            ids.push(id.to_owned());
-        }
+        note_id(&mut ids, id);
         Some(refusal_event(
             grant, service, collection, operation, reason, count, ids,
         ))
