@@ -122,18 +122,30 @@ pub enum Command {
     },
     /// Print a record (and say which of its fields were edited on two devices at once)
     Get { collection: String, id: String },
-    /// List records with fields edited differently on two devices while they were apart
+    /// List records in conflict: fields edited differently on two devices while they
+    /// were apart, whole versions (the same id made on two devices), records deleted
+    /// on one device while edited on another (kept)
     Conflicts {
         /// Only this collection (default: every collection)
         collection: Option<String>,
     },
-    /// Choose the value of a field in conflict (it becomes the value on every device)
+    /// End a conflict: choose a field's value (FIELD VALUE), keep one whole version
+    /// (--version N), or write a merge (--record); it holds on every device
     Resolve {
         collection: String,
         id: String,
-        field: String,
+        /// The field whose value to choose
+        #[arg(requires = "value", conflicts_with_all = ["version", "record"])]
+        field: Option<String>,
         /// The value: JSON (`"text"`, 3, true, {...}), or else taken as text
-        value: String,
+        value: Option<String>,
+        /// Keep version N as `hearth conflicts` numbers them (1: the one shown; also
+        /// keeps a record that was deleted while edited)
+        #[arg(long, value_name = "N", conflicts_with = "record")]
+        version: Option<usize>,
+        /// Write this record (JSON, @FILE or - for stdin) as the only version
+        #[arg(long, value_name = "JSON|@FILE|-")]
+        record: Option<String>,
     },
     /// Merge fields into a record (JSON Merge Patch: null removes a field)
     Patch {

@@ -188,6 +188,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// One record of `hearth conflicts`, for a person.
+fn print_conflict(record: &Value) -> anyhow::Result<()> {
+    out(format!(
+        "{}/{}",
+        record["collection"].as_str().unwrap_or_default(),
+        record["id"].as_str().unwrap_or_default()
+    ))?;
+    if let Some(deleted) = record.get("deleted") {
+        let edited: Vec<&str> = deleted["edited_on"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        out(format!(
+            "  deleted on {}, edited on {}: the edit was kept",
+            deleted["deleted_on"].as_str().unwrap_or("a device"),
+            edited.join(", ")
+        ))?;
+    }
+    if let Some(versions) = record.get("versions").and_then(Value::as_array) {
+        for (n, version) in versions.iter().enumerate() {
+            let shown = if n == 0 { " (shown)" } else { "" };
+            out(format!("  version {}{shown}: {version}", n + 1))?;
+        }
+    }
+    if let Some(fields) = record["conflicts"].as_object() {
+        for (field, values) in fields {
+            let values: Vec<String> = values
+                .as_array()
+                .map(|v| v.iter().map(Value::to_string).collect())
+                .unwrap_or_default();
+            out(format!("  {field}: {}", values.join("  |  ")))?;
+        }
+    }
+    Ok(())
+}
+
 fn resolve_home(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     match flag {
         Some(home) => Ok(home),
@@ -717,6 +753,19 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
                         fields.join(", ")
                     ));
                 }
+                if !conflicts.versions.is_empty() {
+                    note(format!(
+                        "this record has {} versions from different devices; this is the first (see `hearth conflicts {collection}`)",
+                        conflicts.versions.len()
+                    ));
+                }
+                if let Some(deleted) = &conflicts.deleted {
+                    note(format!(
+                        "deleted on {} while edited on {}: the edit was kept (see `hearth conflicts {collection}`)",
+                        deleted.deleted_on,
+                        deleted.edited_on.join(", ")
+                    ));
+                }
             }
         }
         Command::Conflicts { collection } => {
@@ -739,36 +788,32 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
                     .json(home, client.request(Method::GET, &path))
                     .await?;
                 for record in records {
-                    found.push(serde_json::json!({
+                    let mut entry = serde_json::json!({
                         "collection": name,
                         "id": record.id,
                         "conflicts": record.conflicts,
-                    }));
+                    });
+                    if !record.versions.is_empty() {
+                        entry["versions"] = serde_json::json!(record.versions);
+                    }
+                    if let Some(deleted) = &record.deleted {
+                        entry["deleted"] = serde_json::json!(deleted);
+                    }
+                    found.push(entry);
                 }
             }
             if json {
                 out_json(&found)?;
             } else if found.is_empty() {
-                note("no record has conflicting edits");
+                note("no record is in conflict");
             } else {
                 for record in &found {
-                    out(format!(
-                        "{}/{}",
-                        record["collection"].as_str().unwrap_or_default(),
-                        record["id"].as_str().unwrap_or_default()
-                    ))?;
-                    if let Some(fields) = record["conflicts"].as_object() {
-                        for (field, values) in fields {
-                            let values: Vec<String> = values
-                                .as_array()
-                                .map(|v| v.iter().map(Value::to_string).collect())
-                                .unwrap_or_default();
-                            out(format!("  {field}: {}", values.join("  |  ")))?;
-                        }
-                    }
+                    print_conflict(record)?;
                 }
                 note(
-                    "choose with `hearth resolve COLLECTION ID FIELD VALUE` (the first value is the one shown now)",
+                    "choose a field's value with `hearth resolve COLLECTION ID FIELD VALUE` (the first value is the one shown now), \
+                     keep a version with `hearth resolve COLLECTION ID --version N`, \
+                     or write a merge with `hearth resolve COLLECTION ID --record JSON`",
                 );
             }
         }
@@ -777,16 +822,32 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
             id,
             field,
             value,
+            version,
+            record,
         } => {
-            let value: Value = serde_json::from_str(&value).unwrap_or(Value::String(value));
+            let body = match (field, value, version, record) {
+                (Some(field), Some(value), None, None) => {
+                    let value: Value = serde_json::from_str(&value).unwrap_or(Value::String(value));
+                    serde_json::json!({ "field": field, "value": value })
+                }
+                (None, None, Some(n), None) => {
+                    let Some(index) = n.checked_sub(1) else {
+                        anyhow::bail!("versions are numbered from 1 (1: the one shown)");
+                    };
+                    serde_json::json!({ "version": index })
+                }
+                (None, None, None, Some(data)) => {
+                    let record: Value = serde_json::from_slice(&read_data_arg(&data)?)
+                        .map_err(|e| anyhow::anyhow!("--record is not JSON: {e}"))?;
+                    serde_json::json!({ "record": record })
+                }
+                _ => anyhow::bail!(
+                    "say what to keep: FIELD VALUE, --version N, or --record JSON|@FILE|-"
+                ),
+            };
             let path = format!("{}/resolve", record_path(&collection, &id)?);
             let record: Value = client
-                .json(
-                    home,
-                    client
-                        .request(Method::POST, &path)
-                        .json(&serde_json::json!({ "field": field, "value": value })),
-                )
+                .json(home, client.request(Method::POST, &path).json(&body))
                 .await?;
             print_value(json, &record)?;
         }

@@ -21,10 +21,11 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use futures::StreamExt;
 use hearth_protocol::api::{
-    AuditEntry, BlobInfo, BlobRemoved, CheckReport, CollectionInfo, ConflictsResponse, DeviceInfo,
-    ErrorBody, ErrorCode, ErrorDetail, GrantCreated, GrantInfo, GrantRequest, HelloRequest,
-    HelloResponse, InviteResponse, PutResponse, RevokeResponse, StatusResponse, StreamReady,
-    TextEditRequest, VaultExport, VerifyResponse, ViewAll,
+    AuditEntry, BlobInfo, BlobRemoved, CheckReport, CollectionInfo, ConflictsResponse,
+    DeletedWhileEdited, DeviceInfo, ErrorBody, ErrorCode, ErrorDetail, GrantCreated, GrantInfo,
+    GrantRequest, HelloRequest, HelloResponse, InviteResponse, PutResponse, ResolveRequest,
+    RevokeResponse, StatusResponse, StreamReady, TextEditRequest, VaultExport, VerifyResponse,
+    ViewAll,
 };
 use hearth_protocol::{BlobId, CollectionName, RecordId};
 use rand::RngCore;
@@ -35,6 +36,7 @@ use crate::access::events::{StreamItem, ViewEvent};
 use crate::access::{self, AccessError, Credentials};
 use crate::blobs::BlobError;
 use crate::collections::CollectionError;
+use crate::devices;
 use crate::pim;
 use crate::store::StoreError;
 
@@ -1068,21 +1070,19 @@ async fn record_conflicts(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<ConflictsResponse>, ApiError> {
     let (collection, id) = record_path(path)?;
-    let conflicts = vault
+    let conflict = vault
         .collections
         .conflicts(&collection, &id)?
         .ok_or_else(|| record_not_found(&collection, &id))?;
-    Ok(Json(ConflictsResponse {
-        id: id.to_string(),
-        conflicts,
-    }))
+    let names = devices::names_by_tag(&vault.collections)?;
+    Ok(Json(conflicts_response(id.to_string(), conflict, &names)))
 }
 
 #[utoipa::path(
     get,
     path = "/v1/collections/{collection}/conflicts",
     tag = "owner",
-    summary = "Every record of a collection with fields in conflict",
+    summary = "Every record of a collection with something in conflict",
     params(InCollection),
     responses((status = 200, description = "ok", body = Vec<ConflictsResponse>), (status = "default", response = Failure))
 )]
@@ -1091,31 +1091,51 @@ async fn collection_conflicts(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Vec<ConflictsResponse>>, ApiError> {
     let collection = collection_name(&path_param(path)?)?;
-    let all = blocking(&vault, move |v| {
-        Ok(v.collections.all_conflicts(&collection)?)
+    let (all, names) = blocking(&vault, move |v| {
+        Ok((
+            v.collections.all_conflicts(&collection)?,
+            devices::names_by_tag(&v.collections)?,
+        ))
     })
     .await?;
     Ok(Json(
         all.into_iter()
-            .map(|(id, conflicts)| ConflictsResponse { id, conflicts })
+            .map(|(id, conflict)| conflicts_response(id, conflict, &names))
             .collect(),
     ))
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ResolveRequest {
-    field: String,
-    value: Value,
+/// A record's conflicts as the API shows them, devices named.
+pub(crate) fn conflicts_response(
+    id: String,
+    conflict: crate::collections::RecordConflict,
+    names: &std::collections::HashMap<String, String>,
+) -> ConflictsResponse {
+    let name = |tag: &String| {
+        names
+            .get(tag)
+            .cloned()
+            .unwrap_or_else(|| "a device no longer in the vault".to_owned())
+    };
+    ConflictsResponse {
+        id,
+        conflicts: conflict.fields,
+        versions: conflict.versions,
+        deleted: conflict.removed.map(|r| DeletedWhileEdited {
+            deleted_on: name(&r.deleted_by),
+            edited_on: r.edited_by.iter().map(name).collect(),
+            at: r.at,
+        }),
+    }
 }
 
 #[utoipa::path(
     post,
     path = "/v1/collections/{collection}/records/{id}/resolve",
     tag = "owner",
-    summary = "Choose the value of a field in conflict: {\"field\", \"value\"}",
+    summary = "End a conflict: {\"field\", \"value\"} chooses a field's value, {\"version\": N} keeps one whole version, {\"record\": {...}} writes a merge",
     params(AtRecord),
-    request_body = serde_json::Value,
+    request_body = ResolveRequest,
     responses((status = 200, description = "ok", body = serde_json::Value), (status = "default", response = Failure))
 )]
 async fn resolve_record(
@@ -1125,13 +1145,62 @@ async fn resolve_record(
 ) -> Result<Json<Value>, ApiError> {
     let (collection, id) = record_path(path)?;
     let collection = writable(collection)?;
-    let request: ResolveRequest = read_typed_body(&vault, body).await?;
-    resolve(&vault, &collection, &id, &request.field, request.value).await?;
+    let request: Value = read_typed_body(&vault, body).await?;
+    let request =
+        ResolveRequest::from_json(request).map_err(|e| ApiError::new(ErrorCode::BadRequest, e))?;
+    match request {
+        ResolveRequest::Field { field, value } => {
+            resolve(&vault, &collection, &id, &field, value).await?;
+        }
+        ResolveRequest::Version { version } => {
+            keep_version(&vault, &collection, &id, version).await?;
+        }
+        ResolveRequest::Record { record } => {
+            resolve_with(&vault, &collection, &id, record).await?;
+        }
+    }
     vault
         .collections
         .get(&collection, &id)?
         .ok_or_else(|| record_not_found(&collection, &id))
         .map(Json)
+}
+
+/// Keeps one whole version of a record (0: the one shown), which ends its conflict
+/// between versions and its delete notice.
+pub(crate) async fn keep_version(
+    vault: &AppState,
+    collection: &CollectionName,
+    id: &RecordId,
+    version: usize,
+) -> Result<(), ApiError> {
+    if !vault.collections.keep_version(collection, id, version)? {
+        return Err(match vault.collections.get(collection, id)? {
+            None => record_not_found(collection, id),
+            Some(_) => ApiError::new(
+                ErrorCode::NotFound,
+                format!("{collection}/{id} has no version {version} (see its conflicts)"),
+            ),
+        });
+    }
+    vault.store.commit().await?;
+    Ok(())
+}
+
+/// Writes a person's merge of a record's versions as its only version. A contact's
+/// or event's text follows (the owner's write keeps it in step first).
+pub(crate) async fn resolve_with(
+    vault: &AppState,
+    collection: &CollectionName,
+    id: &RecordId,
+    mut record: Map<String, Value>,
+) -> Result<(), ApiError> {
+    if vault.collections.get(collection, id)?.is_none() {
+        return Err(record_not_found(collection, id));
+    }
+    record.remove("id");
+    owner_write(vault, collection, id, pim::Change::Replace(record)).await?;
+    keep_version(vault, collection, id, 0).await
 }
 
 /// Writes the value a person chose for a field in conflict, which ends the conflict

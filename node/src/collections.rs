@@ -25,6 +25,8 @@ use hearth_protocol::api::CollectionInfo;
 use hearth_protocol::{CollectionName, RecordId};
 use serde_json::{Map, Value as Json};
 use tokio::sync::broadcast;
+
+use crate::recordmerge;
 use zeroize::Zeroizing;
 
 use crate::commits::MarkCheck;
@@ -104,8 +106,8 @@ impl CollectionError {
 /// push them to other devices. A receiver that lags should resync every collection.
 const CHANGE_CHANNEL: usize = 1024;
 
-/// A record's id and its fields in conflict, each with every competing value.
-pub type RecordConflicts = (String, Map<String, Json>);
+/// A record's id and what of it is in conflict.
+pub type RecordConflicts = (String, RecordConflict);
 
 pub struct Collections {
     store: Arc<Store>,
@@ -194,18 +196,48 @@ impl<E> From<AutomergeError> for Abandon<E> {
     }
 }
 
-/// The Automerge actor id of a device for one run of the node: derived from its PeerId
-/// and a random value drawn at each start. Never the same across runs, because a crash
-/// can lose a change this device had already sent to another one; reusing the actor
-/// would then give its next change the same (actor, seq) as the lost one, and the other
-/// device would refuse it — that document would stop syncing between them for good.
+/// The Automerge actor id of a device for one run of the node: the device's tag
+/// ([`device_tag`]) followed by a random value drawn at each start. Never the same
+/// across runs, because a crash can lose a change this device had already sent to
+/// another one; reusing the actor would then give its next change the same (actor,
+/// seq) as the lost one, and the other device would refuse it — that document would
+/// stop syncing between them for good. The tag says which device made a change (a
+/// conflict names the devices that deleted and edited a record).
 pub fn actor_for(peer: &libp2p::PeerId) -> [u8; 16] {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&peer.to_bytes());
-    hasher.update(&rand::random::<[u8; 16]>());
-    hasher.finalize().as_bytes()[..16]
+    let mut actor = [0u8; 16];
+    actor[..recordmerge::DEVICE_TAG_LEN].copy_from_slice(&device_tag(peer));
+    actor[recordmerge::DEVICE_TAG_LEN..].copy_from_slice(&rand::random::<[u8; 8]>());
+    actor
+}
+
+/// The first bytes of every Automerge actor id a device uses: a hash of its PeerId
+/// (enough to tell the vault's devices apart in a change's author).
+pub fn device_tag(peer: &libp2p::PeerId) -> [u8; recordmerge::DEVICE_TAG_LEN] {
+    let hash = blake3::derive_key("hearth device tag v1", &peer.to_bytes());
+    hash[..recordmerge::DEVICE_TAG_LEN]
         .try_into()
         .expect("a BLAKE3 hash has 32 bytes")
+}
+
+/// What a merge does after another device's changes arrive: records one side edited
+/// while the other deleted them are kept ([`recordmerge`], user collections only: a
+/// system collection's deletes, a revocation among them, always stand), then text
+/// fields made apart are merged.
+fn merged(
+    doc: &mut AutoCommit,
+    before: &[ChangeHash],
+    received: &[automerge::Change],
+    user: bool,
+) -> Result<Vec<recordmerge::Restored>, AutomergeError> {
+    // First: it tells this side's changes from what arrived by the heads, which a
+    // text merge (a change of this side's) would move.
+    let restored = if user {
+        recordmerge::restore_edited(doc, before, received)?
+    } else {
+        Vec::new()
+    };
+    merge_texts_in(doc, before, received)?;
+    Ok(restored)
 }
 
 /// Merges the text fields two devices made apart ([`crate::textmerge`]) in the
@@ -251,6 +283,106 @@ fn merge_texts_in(
 /// Empty collections a person removed (`hearth rm COLLECTION`), by name.
 fn dropped_list() -> CollectionName {
     CollectionName::parse("_dropped").expect("_dropped is a valid system collection name")
+}
+
+/// Conflicts that live beside a record rather than in it: records deleted on one
+/// device while edited on another ([`recordmerge`]), one notice per record.
+fn conflicts_list() -> CollectionName {
+    CollectionName::parse("_conflicts").expect("_conflicts is a valid system collection name")
+}
+
+/// The id of the notice in `_conflicts` for record `id` of `collection`: the same on
+/// every device, so two devices noting the same loss write one notice.
+fn notice_id(collection: &CollectionName, id: &str) -> RecordId {
+    let mut hasher = blake3::Hasher::new_derive_key("hearth conflict notice v1");
+    hasher.update(collection.as_str().as_bytes());
+    hasher.update(&[0]);
+    hasher.update(id.as_bytes());
+    RecordId::parse(&hasher.finalize().to_hex()[..32]).expect("hex is a valid record id")
+}
+
+/// A record deleted (or replaced) on one device while another edited it: it was kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Removal {
+    /// The tag of the device that deleted it ([`device_tag`], hex).
+    pub deleted_by: String,
+    /// The tags of the devices that edited it.
+    pub edited_by: Vec<String>,
+    /// When this device found it (Unix seconds).
+    pub at: u64,
+    /// Edited versions that another version stood beside (not written back).
+    kept: Vec<Map<String, Json>>,
+}
+
+impl Removal {
+    fn from_notice(notice: &Json) -> Option<Self> {
+        let tags = |v: &Json| -> Vec<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|t| t.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Some(Self {
+            deleted_by: notice.get("deleted_by")?.as_str()?.to_owned(),
+            edited_by: tags(notice.get("edited_by")?),
+            at: notice.get("at").and_then(Json::as_u64).unwrap_or(0),
+            kept: notice
+                .get("kept")
+                .and_then(Json::as_array)
+                .map(|a| a.iter().filter_map(|v| v.as_object().cloned()).collect())
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// What of a record is in conflict: fields edited apart, whole versions (the same id
+/// made on two devices, or an edited version kept beside another), a delete that met
+/// an edit.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecordConflict {
+    /// Field → every competing value, the one shown first.
+    pub fields: Map<String, Json>,
+    /// Every distinct whole version, the one shown first; empty when there is one.
+    pub versions: Vec<Map<String, Json>>,
+    /// Set when the record was deleted on one device while edited on another.
+    pub removed: Option<Removal>,
+}
+
+impl RecordConflict {
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty() && self.versions.is_empty() && self.removed.is_none()
+    }
+
+    /// Reads a record's conflicts from its document and its notice.
+    fn read(doc: &AutoCommit, id: &str, notice: Option<&Json>) -> Result<Self, AutomergeError> {
+        let removed = notice.and_then(Removal::from_notice);
+        let mut versions = records::record_versions(doc, id)?;
+        if let Some(removed) = &removed
+            && !removed.kept.is_empty()
+        {
+            if versions.is_empty()
+                && let Some(shown) = records::read_record(doc, id)?
+            {
+                versions.push(shown);
+            }
+            for kept in &removed.kept {
+                if !versions.contains(kept) {
+                    versions.push(kept.clone());
+                }
+            }
+            if versions.len() < 2 {
+                versions.clear();
+            }
+        }
+        Ok(Self {
+            fields: records::record_conflicts(doc, id)?,
+            versions,
+            removed,
+        })
+    }
 }
 
 /// Where records can be read from: the live collections, or a [`Snapshot`] of them.
@@ -444,16 +576,18 @@ impl Collections {
         name: &CollectionName,
         bytes: &[u8],
     ) -> Result<(), CollectionError> {
-        self.mutate(name, FROM_CHANGES, |doc| {
+        let user = !name.is_system();
+        let restored = self.mutate(name, FROM_CHANGES, |doc| {
             let before = doc.get_heads();
             doc.load_incremental(bytes)?;
             if before.is_empty() {
                 // All of it is new, and nothing here competes with it (merge_texts_in).
-                return Ok(());
+                return Ok(Vec::new());
             }
             let received = doc.get_changes(&before);
-            merge_texts_in(doc, &before, &received)
-        })
+            merged(doc, &before, &received, user)
+        })?;
+        self.note_restored(name, restored)
     }
 
     /// The next Automerge sync message for a peer whose sync state is `state`, if
@@ -484,22 +618,94 @@ impl Collections {
                 collection: name.to_string(),
                 reason: e.to_string(),
             })?;
-        self.mutate(name, FROM_CHANGES, |doc| {
+        let user = !name.is_system();
+        let (count, restored) = self.mutate(name, FROM_CHANGES, |doc| {
             let before = doc.get_heads();
             doc.sync().receive_sync_message(state, message)?;
             if doc.get_heads() == before {
-                return Ok(0);
+                return Ok((0, Vec::new()));
             }
             if before.is_empty() {
                 // A device catching up: nothing here competes with what arrived
                 // (merge_texts_in). Counted from the changes' metadata: copying the
                 // whole history out of the document would double its memory.
-                return Ok(doc.get_changes_meta(&before).len());
+                return Ok((doc.get_changes_meta(&before).len(), Vec::new()));
             }
             let received = doc.get_changes(&before);
-            merge_texts_in(doc, &before, &received)?;
-            Ok(received.len())
-        })
+            let restored = merged(doc, &before, &received, user)?;
+            Ok((received.len(), restored))
+        })?;
+        self.note_restored(name, restored)?;
+        Ok(count)
+    }
+
+    /// Notes in `_conflicts` each record a merge kept from a delete that had not seen
+    /// its edits (merged with a notice already there). A notice is written after the
+    /// records it speaks of: a crash between keeps the record, unlisted.
+    fn note_restored(
+        &self,
+        name: &CollectionName,
+        restored: Vec<recordmerge::Restored>,
+    ) -> Result<(), CollectionError> {
+        for found in restored {
+            tracing::info!(
+                collection = %name,
+                record = found.id,
+                written_back = found.written,
+                "kept a record that one device deleted while another edited it"
+            );
+            let nid = notice_id(name, &found.id);
+            let mut notice = self
+                .get(&conflicts_list(), &nid)?
+                .and_then(|n| n.as_object().cloned())
+                .unwrap_or_default();
+            notice.remove("id");
+            let mut edited_by: Vec<Json> = notice
+                .get("edited_by")
+                .and_then(Json::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let mut kept: Vec<Json> = notice
+                .get("kept")
+                .and_then(Json::as_array)
+                .cloned()
+                .unwrap_or_default();
+            for tag in found.edited_by {
+                if !edited_by.contains(&Json::from(tag.as_str())) {
+                    edited_by.push(Json::from(tag));
+                }
+            }
+            for version in found.kept {
+                let version = Json::Object(version);
+                if !kept.contains(&version) {
+                    kept.push(version);
+                }
+            }
+            notice.insert("collection".into(), Json::from(name.as_str()));
+            notice.insert("record".into(), Json::from(found.id));
+            notice.insert("deleted_by".into(), Json::from(found.deleted_by));
+            notice.insert("edited_by".into(), Json::Array(edited_by));
+            notice.insert("kept".into(), Json::Array(kept));
+            notice.insert("at".into(), Json::from(crate::access::now_unix()));
+            self.put(&conflicts_list(), &nid, &notice)?;
+        }
+        Ok(())
+    }
+
+    /// The notice of record `id`'s deletion while edited, if there is one.
+    fn notice(&self, name: &CollectionName, id: &str) -> Result<Option<Json>, CollectionError> {
+        if name.is_system() {
+            return Ok(None);
+        }
+        self.get(&conflicts_list(), &notice_id(name, id))
+    }
+
+    /// Forgets record `id`'s notice (a person resolved it, or the record is gone).
+    fn forget_notice(&self, name: &CollectionName, id: &str) -> Result<(), CollectionError> {
+        if self.notice(name, id)?.is_some() {
+            self.remove(&conflicts_list(), &notice_id(name, id))?;
+        }
+        Ok(())
     }
 
     /// Every user collection that has ever been written, sorted by name, with record
@@ -737,13 +943,14 @@ impl Collections {
         Ok(count)
     }
 
-    /// Fields of a record in conflict after concurrent edits, with every competing
-    /// value (the one shown first); `None` if there is no such record.
+    /// What of a record is in conflict (fields edited apart, whole versions, a delete
+    /// that met an edit); `None` if there is no such record.
     pub fn conflicts(
         &self,
         name: &CollectionName,
         id: &RecordId,
-    ) -> Result<Option<Map<String, Json>>, CollectionError> {
+    ) -> Result<Option<RecordConflict>, CollectionError> {
+        let notice = self.notice(name, id.as_str())?;
         self.with(name, |c| {
             if records::read_record(&c.doc, id.as_str())
                 .map_err(|e| c.automerge(e))?
@@ -751,9 +958,9 @@ impl Collections {
             {
                 return Ok(None);
             }
-            let conflicts =
-                records::record_conflicts(&c.doc, id.as_str()).map_err(|e| c.automerge(e))?;
-            Ok(Some(conflicts))
+            RecordConflict::read(&c.doc, id.as_str(), notice.as_ref())
+                .map(Some)
+                .map_err(|e| c.automerge(e))
         })
     }
 
@@ -772,23 +979,65 @@ impl Collections {
         })
     }
 
-    /// Every record of a collection with fields in conflict, by id, with the competing
-    /// values of each such field (as [`Collections::conflicts`]).
+    /// Every record of a collection with something in conflict, by id (as
+    /// [`Collections::conflicts`]).
     pub fn all_conflicts(
         &self,
         name: &CollectionName,
     ) -> Result<Vec<RecordConflicts>, CollectionError> {
+        let mut notices: HashMap<String, Json> = HashMap::new();
+        if !name.is_system() {
+            for notice in self.records(&conflicts_list())? {
+                if notice.get("collection").and_then(Json::as_str) == Some(name.as_str())
+                    && let Some(record) = notice.get("record").and_then(Json::as_str)
+                {
+                    notices.insert(record.to_owned(), notice.clone());
+                }
+            }
+        }
         self.with(name, |c| {
             let mut out = Vec::new();
             for id in records::record_ids(&c.doc) {
-                let conflicts =
-                    records::record_conflicts(&c.doc, &id).map_err(|e| c.automerge(e))?;
-                if !conflicts.is_empty() {
-                    out.push((id, conflicts));
+                let conflict = RecordConflict::read(&c.doc, &id, notices.get(&id))
+                    .map_err(|e| c.automerge(e))?;
+                if !conflict.is_empty() {
+                    out.push((id, conflict));
                 }
             }
             Ok(out)
         })
+    }
+
+    /// Makes version `index` of record `id` (as [`RecordConflict::versions`] lists
+    /// them; 0, the one shown, also when there is only one) its only version, and ends
+    /// its delete notice: how a person keeps one of the versions, or keeps a record
+    /// that a delete met. `Ok(false)` if there is no such record or version. Durable
+    /// only after [`Store::commit`].
+    pub fn keep_version(
+        &self,
+        name: &CollectionName,
+        id: &RecordId,
+        index: usize,
+    ) -> Result<bool, CollectionError> {
+        let notice = self.notice(name, id.as_str())?;
+        let kept = self.mutate(name, Some(&[id.as_str()]), |doc| {
+            if records::read_record(doc, id.as_str())?.is_none() {
+                return Ok(false);
+            }
+            let conflict = RecordConflict::read(doc, id.as_str(), notice.as_ref())?;
+            if conflict.versions.is_empty() {
+                return Ok(index == 0);
+            }
+            let Some(version) = conflict.versions.get(index) else {
+                return Ok(false);
+            };
+            records::replace_record(doc, id.as_str(), version)?;
+            Ok(true)
+        })?;
+        if kept {
+            self.forget_notice(name, id.as_str())?;
+        }
+        Ok(kept)
     }
 
     /// Creates or replaces a record; returns whether it was created. Durable only
@@ -953,9 +1202,13 @@ impl Collections {
     }
 
     pub fn remove(&self, name: &CollectionName, id: &RecordId) -> Result<bool, CollectionError> {
-        self.mutate(name, Some(&[id.as_str()]), |doc| {
+        let removed = self.mutate(name, Some(&[id.as_str()]), |doc| {
             records::remove_record(doc, id.as_str())
-        })
+        })?;
+        if removed {
+            self.forget_notice(name, id.as_str())?;
+        }
+        Ok(removed)
     }
 
     fn with<R>(

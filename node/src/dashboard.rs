@@ -1447,6 +1447,8 @@ struct RecordPage {
     json: String,
     editable: bool,
     conflicts: Vec<ConflictRow>,
+    versions: Vec<String>,
+    deleted: Option<hearth_protocol::api::DeletedWhileEdited>,
 }
 
 async fn record_page(
@@ -1473,12 +1475,21 @@ fn render_record(vault: &Vault, visit: Visit, name: &CollectionName, id: &Record
         }
         Err(e) => return failed(e.into()),
     };
-    let conflicts = vault
+    let conflict = vault
         .collections
         .conflicts(name, id)
         .ok()
         .flatten()
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let names = crate::devices::names_by_tag(&vault.collections).unwrap_or_default();
+    let conflict = api::conflicts_response(id.to_string(), conflict, &names);
+    let versions = conflict
+        .versions
+        .iter()
+        .map(|v| serde_json::to_string_pretty(v).unwrap_or_default())
+        .collect();
+    let conflicts = conflict
+        .conflicts
         .into_iter()
         .map(|(field, values)| ConflictRow {
             field,
@@ -1503,6 +1514,8 @@ fn render_record(vault: &Vault, visit: Visit, name: &CollectionName, id: &Record
         json: serde_json::to_string_pretty(&Value::Object(shown)).unwrap_or_default(),
         editable: !name.is_system(),
         conflicts,
+        versions,
+        deleted: conflict.deleted,
     })
 }
 
@@ -1590,6 +1603,15 @@ async fn resolve_conflict(
         Ok(names) => names,
         Err(r) => return r,
     };
+    if let Some(version) = form.get("version") {
+        let Ok(version) = version.parse::<usize>() else {
+            return message(StatusCode::BAD_REQUEST, "Not resolved", "Choose a version.");
+        };
+        if let Err(e) = api::keep_version(&vault, &name, &id, version).await {
+            return failed(e);
+        }
+        return Redirect::to(&format!("/data/{name}/{id}")).into_response();
+    }
     let (Some(field), Some(value)) = (form.get("field"), form.get("value")) else {
         return message(StatusCode::BAD_REQUEST, "Not resolved", "Choose a value.");
     };

@@ -61,6 +61,31 @@ pub struct Device {
     pub addrs: Vec<String>,
 }
 
+/// Each device's name by its tag (hex of [`crate::collections::device_tag`]), which
+/// changes carry as their author: how a conflict names the devices involved. A device
+/// without a name is named by its PeerId; a removed one says so.
+pub fn names_by_tag(
+    collections: &Collections,
+) -> Result<std::collections::HashMap<String, String>, CollectionError> {
+    let mut out = std::collections::HashMap::new();
+    for device in devices(collections)? {
+        let Ok(peer) = device.id.parse::<PeerId>() else {
+            continue;
+        };
+        let tag = data_encoding::HEXLOWER.encode(&crate::collections::device_tag(&peer));
+        let mut name = if device.name.is_empty() {
+            device.id.clone()
+        } else {
+            device.name.clone()
+        };
+        if device.removed_at.is_some() {
+            name.push_str(" (removed)");
+        }
+        out.insert(tag, name);
+    }
+    Ok(out)
+}
+
 /// Every device of the device list (records that are not readable are skipped).
 pub fn devices(collections: &Collections) -> Result<Vec<Device>, CollectionError> {
     Ok(list(collections)?

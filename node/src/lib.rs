@@ -26,6 +26,7 @@ pub mod keys;
 pub mod lan;
 pub mod mesh;
 pub mod pim;
+pub mod recordmerge;
 pub mod records;
 pub mod server;
 pub mod store;

@@ -105,6 +105,16 @@ pub fn read_record_at(
     }
 }
 
+/// A record object (a map at the root, perhaps not the one shown now) as it was at
+/// `heads`.
+pub fn read_object_at(
+    doc: &AutoCommit,
+    obj: &ObjId,
+    heads: &[ChangeHash],
+) -> Result<Map<String, Json>, AutomergeError> {
+    read_map(doc, obj, At::Heads(heads))
+}
+
 /// The ids of the records a diff's patches touch, each once. (Patches come grouped by
 /// object, not in the order the changes were made: so do the ids.)
 pub fn touched_records(patches: &[automerge::Patch]) -> Vec<String> {
@@ -228,6 +238,85 @@ pub fn record_conflicts(doc: &AutoCommit, id: &str) -> Result<Map<String, Json>,
     Ok(out)
 }
 
+/// The whole versions of record `id` when devices apart each created it (the same id
+/// made twice): every distinct version, the one `read_record` shows first. Empty when
+/// the id holds one version (or copies of one, which two devices restoring the same
+/// record at once leave: see [`collapse_copies`]).
+pub fn record_versions(
+    doc: &AutoCommit,
+    id: &str,
+) -> Result<Vec<Map<String, Json>>, AutomergeError> {
+    let values = doc.get_all(ROOT, id)?;
+    if values.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let mut versions: Vec<Map<String, Json>> = Vec::with_capacity(values.len());
+    // `get_all` lists the winner last.
+    for (value, obj) in values.into_iter().rev() {
+        if matches!(value, Value::Object(ObjType::Map)) {
+            let version = read_map(doc, &obj, At::Now)?;
+            if !versions.contains(&version) {
+                versions.push(version);
+            }
+        }
+    }
+    if versions.len() < 2 {
+        versions.clear();
+    }
+    Ok(versions)
+}
+
+/// If record `id` holds several versions that read the same (two devices restored the
+/// same record at once), makes it one object holding them, so a write that follows
+/// lands in the only version rather than in one of several: otherwise the copies would
+/// differ after it and show as versions a person must choose between. Versions that
+/// differ are left alone (a person chooses, [`keep_version`]).
+fn collapse_copies(doc: &mut AutoCommit, id: &str) -> Result<(), AutomergeError> {
+    let values = doc.get_all(ROOT, id)?;
+    if values.len() < 2
+        || !values
+            .iter()
+            .all(|(v, _)| matches!(v, Value::Object(ObjType::Map)))
+    {
+        return Ok(());
+    }
+    let mut first = None;
+    for (_, obj) in &values {
+        let version = read_map(doc, obj, At::Now)?;
+        match &first {
+            None => first = Some(version),
+            Some(seen) if *seen == version => {}
+            Some(_) => return Ok(()),
+        }
+    }
+    let version = first.expect("two values or more");
+    let obj = doc.put_object(ROOT, id, ObjType::Map)?;
+    fill_map(doc, &obj, &version)
+}
+
+/// Makes version `index` (as [`record_versions`] lists them) the one version of record
+/// `id`: how a person ends a conflict between versions. `Ok(false)` if there is no
+/// such version.
+pub fn keep_version(doc: &mut AutoCommit, id: &str, index: usize) -> Result<bool, AutomergeError> {
+    let versions = record_versions(doc, id)?;
+    let Some(version) = versions.get(index) else {
+        return Ok(false);
+    };
+    replace_record(doc, id, version)?;
+    Ok(true)
+}
+
+/// Writes `record` as the one version of record `id`, in place of every version it
+/// holds (a merge a person made of versions in conflict).
+pub fn replace_record(
+    doc: &mut AutoCommit,
+    id: &str,
+    record: &Map<String, Json>,
+) -> Result<(), AutomergeError> {
+    let obj = doc.put_object(ROOT, id, ObjType::Map)?;
+    fill_map(doc, &obj, record)
+}
+
 /// The ids of all records, sorted.
 pub fn record_ids(doc: &AutoCommit) -> Vec<String> {
     doc.keys(ROOT).collect()
@@ -239,6 +328,7 @@ pub fn put_record(
     id: &str,
     record: &Map<String, Json>,
 ) -> Result<bool, AutomergeError> {
+    collapse_copies(doc, id)?;
     match doc.get(ROOT, id)? {
         Some((Value::Object(ObjType::Map), obj)) => {
             reconcile_map(doc, &obj, record)?;
@@ -289,6 +379,7 @@ pub fn edit_text(
     field: &str,
     edits: &[TextEdit],
 ) -> Result<bool, TextEditError> {
+    collapse_copies(doc, id)?;
     let Some((Value::Object(ObjType::Map), record)) = doc.get(ROOT, id)? else {
         return Ok(false);
     };
@@ -389,6 +480,7 @@ pub fn patch_record(
     id: &str,
     patch: &Map<String, Json>,
 ) -> Result<bool, AutomergeError> {
+    collapse_copies(doc, id)?;
     match doc.get(ROOT, id)? {
         Some((Value::Object(ObjType::Map), obj)) => {
             merge_patch(doc, &obj, patch)?;
@@ -409,6 +501,7 @@ pub fn choose(
     field: &str,
     value: &Json,
 ) -> Result<bool, AutomergeError> {
+    collapse_copies(doc, id)?;
     let Some((Value::Object(ObjType::Map), obj)) = doc.get(ROOT, id)? else {
         return Ok(false);
     };

@@ -343,6 +343,7 @@ async fn a_field_edited_on_two_devices_apart_keeps_a_winner_and_shows_the_confli
                 .conflicts(&coll("contacts"), &id)
                 .unwrap()
                 .unwrap()
+                .fields
                 .get("city")
                 .is_some()
         })
@@ -356,7 +357,7 @@ async fn a_field_edited_on_two_devices_apart_keeps_a_winner_and_shows_the_confli
         .conflicts(&coll("contacts"), &id)
         .unwrap()
         .unwrap();
-    let values = conflict["city"].as_array().unwrap().clone();
+    let values = conflict.fields["city"].as_array().unwrap().clone();
     assert_eq!(values[0], shown(&a));
     assert!(values.contains(&json!("Paris")) && values.contains(&json!("Rome")));
     for node in [a, b] {

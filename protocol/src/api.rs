@@ -325,6 +325,84 @@ pub struct ConflictsResponse {
     pub id: String,
     /// Field name → every competing value, the one the record shows first.
     pub conflicts: serde_json::Map<String, serde_json::Value>,
+    /// Whole versions of the record, the one shown first, when there are several: the
+    /// same id made on two devices apart, or an edited version a delete met while
+    /// another version stood. Empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// Set when one device deleted the record while another edited it: the edit won
+    /// and the record was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<DeletedWhileEdited>,
+}
+
+/// A record deleted on one device while edited on another (it was kept).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeletedWhileEdited {
+    /// The name of the device that deleted it (`"a device no longer in the vault"`
+    /// when it is not a member now).
+    pub deleted_on: String,
+    /// The names of the devices that edited it.
+    pub edited_on: Vec<String>,
+    /// When a device found it (Unix seconds).
+    pub at: u64,
+}
+
+/// `POST /v1/collections/{c}/records/{id}/resolve`: how a person ends a conflict.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum ResolveRequest {
+    /// Choose the value of a field in conflict (`null` removes the field).
+    Field {
+        field: String,
+        value: serde_json::Value,
+    },
+    /// Keep version `version` of `versions` (0: the one shown; also how a record a
+    /// delete met is kept as it is) as the record's only version.
+    Version { version: usize },
+    /// Write `record` as the record's only version (a merge of its versions).
+    Record {
+        record: serde_json::Map<String, serde_json::Value>,
+    },
+}
+
+impl ResolveRequest {
+    /// Reads a request, saying which of its shapes a wrong one missed.
+    pub fn from_json(value: serde_json::Value) -> Result<Self, String> {
+        let serde_json::Value::Object(mut body) = value else {
+            return Err("the body must be a JSON object".into());
+        };
+        let keys: Vec<&str> = body.keys().map(String::as_str).collect();
+        let shape = match keys.as_slice() {
+            ["field", "value"] | ["value", "field"] => "field",
+            ["version"] => "version",
+            ["record"] => "record",
+            _ => {
+                return Err(format!(
+                    "expected {{\"field\", \"value\"}}, {{\"version\": N}} or {{\"record\": {{...}}}}, got the keys {keys:?}"
+                ));
+            }
+        };
+        match shape {
+            "field" => {
+                let Some(serde_json::Value::String(field)) = body.remove("field") else {
+                    return Err("\"field\" must be a string".into());
+                };
+                let value = body.remove("value").unwrap_or_default();
+                Ok(Self::Field { field, value })
+            }
+            "version" => match body.remove("version").and_then(|v| v.as_u64()) {
+                Some(version) => Ok(Self::Version {
+                    version: usize::try_from(version).map_err(|_| "\"version\" is too large")?,
+                }),
+                None => Err("\"version\" must be a whole number, 0 or more".into()),
+            },
+            _ => match body.remove("record") {
+                Some(serde_json::Value::Object(record)) => Ok(Self::Record { record }),
+                _ => Err("\"record\" must be a JSON object".into()),
+            },
+        }
+    }
 }
 
 /// Whether a grant is in force.

@@ -234,6 +234,218 @@ fn conflicting_edits_are_listed_and_resolved_from_the_cli() {
     b.stop();
 }
 
+/// The name `hearth devices` on `node` gives device `peer`.
+fn device_name(node: &NodeProcess, peer: &str) -> String {
+    node.json(&["devices"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == peer)
+        .and_then(|d| d["name"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| peer.to_owned())
+}
+
+/// A record edited on one device while the other deleted it, in both directions
+/// (devices apart, one without the mesh): the edit wins on both devices, and `hearth
+/// conflicts` says which device deleted and which edited, until a person keeps it
+/// (`resolve --version 1`) — or deletes it again, which then holds.
+#[test]
+fn an_edit_against_a_delete_is_kept_and_listed_on_both_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn_node(&dir.path().join("a"), &[]);
+    let b = join_and_spawn(&a, &dir.path().join("b"));
+    let b_peer = b.peer_id.clone();
+    // Edited on A, deleted on B.
+    let b = apart(
+        &a,
+        b,
+        r#"{"title": "plan", "n": 1}"#,
+        |a| {
+            a.json(&["patch", "notes", "n1", r#"{"title": "plan A"}"#]);
+        },
+        |alone| {
+            alone.json(&["rm", "notes", "n1"]);
+        },
+    );
+    let a_name = device_name(&a, &a.peer_id);
+    let b_name = device_name(&a, &b_peer);
+    for (node, which) in [(&a, "A"), (&b, "B")] {
+        let listed = eventually(&format!("the kept record listed on {which}"), || {
+            let listed = node.json(&["conflicts", "notes"]);
+            (listed.as_array()?.len() == 1).then_some(listed)
+        });
+        assert_eq!(listed[0]["id"], "n1", "{listed}");
+        assert_eq!(
+            listed[0]["deleted"]["deleted_on"],
+            b_name.as_str(),
+            "{listed}"
+        );
+        assert_eq!(
+            listed[0]["deleted"]["edited_on"],
+            json!([a_name]),
+            "{listed}"
+        );
+        assert_eq!(
+            node.json(&["get", "notes", "n1"]),
+            json!({"id": "n1", "title": "plan A", "n": 1}),
+            "on {which}"
+        );
+    }
+    let said = a.run(&["get", "notes", "n1"]);
+    let said = String::from_utf8_lossy(&said.stderr);
+    assert!(
+        said.contains(&format!("deleted on {b_name} while edited on {a_name}")),
+        "{said}"
+    );
+    let text = String::from_utf8_lossy(&a.run(&["conflicts"]).stdout).to_string();
+    assert!(
+        text.contains(&format!(
+            "deleted on {b_name}, edited on {a_name}: the edit was kept"
+        )),
+        "{text}"
+    );
+    // Keeping it ends the conflict on both devices.
+    a.json(&["resolve", "notes", "n1", "--version", "1"]);
+    assert_eq!(a.json(&["conflicts", "notes"]), json!([]));
+    eventually("the conflict ended on B", || {
+        (b.json(&["conflicts", "notes"]) == json!([])).then_some(())
+    });
+
+    // Deleted on A, edited on B: the same, the other way round.
+    let b = apart(
+        &a,
+        b,
+        r#"{"title": "draft", "n": 1}"#,
+        |a| {
+            a.json(&["rm", "notes", "n1"]);
+        },
+        |alone| {
+            alone.json(&["patch", "notes", "n1", r#"{"n": 2}"#]);
+        },
+    );
+    for (node, which) in [(&a, "A"), (&b, "B")] {
+        let listed = eventually(&format!("the second kept record on {which}"), || {
+            let listed = node.json(&["conflicts", "notes"]);
+            (listed.as_array()?.len() == 1).then_some(listed)
+        });
+        assert_eq!(
+            listed[0]["deleted"]["deleted_on"],
+            a_name.as_str(),
+            "{listed}"
+        );
+        assert_eq!(
+            listed[0]["deleted"]["edited_on"],
+            json!([b_name]),
+            "{listed}"
+        );
+        assert_eq!(
+            node.json(&["get", "notes", "n1"]),
+            json!({"id": "n1", "title": "draft", "n": 2})
+        );
+    }
+    // Deleting it again, now that both have seen the edit, holds everywhere and takes
+    // the conflict with it.
+    b.json(&["rm", "notes", "n1"]);
+    eventually("the delete on A", || {
+        (!a.run(&["get", "notes", "n1"]).status.success()).then_some(())
+    });
+    assert_eq!(a.json(&["conflicts", "notes"]), json!([]));
+    assert_eq!(b.json(&["conflicts", "notes"]), json!([]));
+    a.stop();
+    b.stop();
+}
+
+/// The same record id created on two devices apart: both versions are kept whole
+/// (every field of each), listed by `hearth conflicts` on both devices while `get`
+/// shows one; keeping one (`--version 2`) or writing a merge (`--record`) ends it on
+/// both devices. A wrong version number is an error that changes nothing.
+#[test]
+fn the_same_id_created_on_two_devices_keeps_both_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn_node(&dir.path().join("a"), &[]);
+    let b_home = dir.path().join("b");
+    let b = join_and_spawn(&a, &b_home);
+    let b = apart(
+        &a,
+        b,
+        r#"{"seed": true}"#,
+        |a| {
+            a.json(&["put", "notes", "twin", r#"{"from": "a", "only_a": 1}"#]);
+            a.json(&["put", "notes", "pair", r#"{"x": "a"}"#]);
+        },
+        |alone| {
+            alone.json(&["put", "notes", "twin", r#"{"from": "b", "only_b": 2}"#]);
+            alone.json(&["put", "notes", "pair", r#"{"x": "b"}"#]);
+        },
+    );
+    let version_a = json!({"from": "a", "only_a": 1});
+    let version_b = json!({"from": "b", "only_b": 2});
+    for (node, which) in [(&a, "A"), (&b, "B")] {
+        let listed = eventually(&format!("both versions on {which}"), || {
+            let listed = node.json(&["conflicts", "notes"]);
+            (listed.as_array()?.len() == 2).then_some(listed)
+        });
+        let twin = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == "twin")
+            .unwrap()
+            .clone();
+        let versions = twin["versions"].as_array().unwrap();
+        assert_eq!(versions.len(), 2, "{twin}");
+        assert!(
+            versions.contains(&version_a) && versions.contains(&version_b),
+            "{twin}"
+        );
+        let mut shown = node.json(&["get", "notes", "twin"]);
+        shown.as_object_mut().unwrap().remove("id");
+        assert_eq!(shown, versions[0], "get shows the first version on {which}");
+    }
+    let said = a.run(&["get", "notes", "twin"]);
+    assert!(
+        String::from_utf8_lossy(&said.stderr).contains("2 versions from different devices"),
+        "{}",
+        String::from_utf8_lossy(&said.stderr)
+    );
+    // A version that does not exist: an error, and nothing changes.
+    let err = one_line_error(&a.run(&["resolve", "notes", "twin", "--version", "3"]));
+    assert!(err.contains("no version 2"), "{err}");
+    let err = one_line_error(&a.run(&["resolve", "notes", "twin", "--version", "0"]));
+    assert!(err.contains("numbered from 1"), "{err}");
+    assert_eq!(a.json(&["conflicts", "notes"]).as_array().unwrap().len(), 2);
+    // Keep the version not shown.
+    let listed = a.json(&["conflicts", "notes"]);
+    let twin = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "twin")
+        .unwrap();
+    let other = twin["versions"][1].clone();
+    let kept = a.json(&["resolve", "notes", "twin", "--version", "2"]);
+    let mut expected = other.clone();
+    expected["id"] = json!("twin");
+    assert_eq!(kept, expected);
+    // A merge of the other pair.
+    a.json(&[
+        "resolve",
+        "notes",
+        "pair",
+        "--record",
+        r#"{"x": "a and b"}"#,
+    ]);
+    assert_eq!(a.json(&["conflicts", "notes"]), json!([]));
+    eventually("the choices on B, without conflicts", || {
+        let clear = b.json(&["conflicts", "notes"]) == json!([]);
+        let twin = b.json(&["get", "notes", "twin"]);
+        let pair = b.json(&["get", "notes", "pair"]);
+        (clear && twin == expected && pair == json!({"id": "pair", "x": "a and b"})).then_some(())
+    });
+    a.stop();
+    b.stop();
+}
+
 /// When a device last synced with another survives a restart (even one without the
 /// mesh, when nothing can sync).
 #[test]
