@@ -936,11 +936,17 @@ pub(crate) async fn owner_write(
     change: pim::Change,
 ) -> Result<(bool, Map<String, Value>), ApiError> {
     let written = pim::owner_write(&vault.collections, collection, id, change).await;
-    written.map_err(|e| match e {
+    written.map_err(|e| write_error(collection, id, e))
+}
+
+/// The answer to an owner's write a contact's or event's rules refused.
+fn write_error(collection: &CollectionName, id: &RecordId, e: pim::WriteError) -> ApiError {
+    match e {
         pim::WriteError::Missing => record_not_found(collection, id),
         pim::WriteError::Pim(e) => ApiError::new(ErrorCode::BadRequest, e.to_string()),
+        pim::WriteError::BadEdit(e) => ApiError::new(ErrorCode::BadRequest, e),
         pim::WriteError::Collection(e) => e.into(),
-    })
+    }
 }
 
 #[utoipa::path(
@@ -1033,21 +1039,24 @@ async fn edit_text(
             insert: e.insert,
         })
         .collect();
-    if !vault
+    if let Some(kind) = pim::Kind::of(collection.as_str()) {
+        // The edit and the step that keeps text and fields in step are one write: an
+        // edit that leaves a card unreadable is refused whole.
+        let written = pim::owner_edit_text(
+            &vault.collections,
+            &collection,
+            &id,
+            kind,
+            request.field,
+            edits,
+        )
+        .await;
+        written.map_err(|e| write_error(&collection, &id, e))?;
+    } else if !vault
         .collections
         .edit_text(&collection, &id, &request.field, &edits)?
     {
         return Err(record_not_found(&collection, &id));
-    }
-    if let Some(kind) = pim::Kind::of(collection.as_str()) {
-        // The fields follow an edit of the vCard or iCalendar text; the text follows
-        // an edit of any other text field.
-        let change = if request.field == kind.text_field() {
-            pim::Change::TextEdited
-        } else {
-            pim::Change::Merge(Map::new())
-        };
-        owner_write(&vault, &collection, &id, change).await?;
     }
     let record = vault
         .collections

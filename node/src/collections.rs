@@ -35,6 +35,7 @@ use crate::records;
 use crate::store::{SealedBatch, SealedTree, Store, StoreError};
 
 mod combined;
+pub use combined::EditRefused;
 
 /// Changes kept beside a snapshot before the collection is compacted.
 pub const COMPACT_AFTER: u64 = 256;

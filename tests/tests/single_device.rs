@@ -725,6 +725,57 @@ fn text_edits_through_http_apply_in_order_and_bad_ones_change_nothing() {
     node.stop();
 }
 
+/// A text edit of a contact's vCard that leaves the card unreadable is refused (400)
+/// and nothing of it is kept — not in the record, not after a restart — while a good
+/// edit moves the fields with the text; an edit of another text field moves the text.
+#[test]
+fn a_text_edit_that_breaks_a_card_is_refused_whole() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let api = Api::new(&node);
+    let card = "BEGIN:VCARD\r\nVERSION:4.0\r\nUID:u-ada\r\nFN:Ada\r\nNOTE:Analyst\r\nEND:VCARD\r\n";
+    let (status, _) = api.send(
+        api.request(Method::PUT, "/v1/collections/contacts/records/ada")
+            .json(&json!({ "vcard": card })),
+    );
+    assert_eq!(status, 201);
+    let path = "/v1/collections/contacts/records/ada/text";
+    let fn_at = card.find("FN:Ada").unwrap() + "FN:Ada".len();
+    let (status, body) = api.send(api.request(Method::POST, path).json(&json!({
+        "field": "vcard", "edits": [{"at": fn_at, "insert": " Lovelace"}],
+    })));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["name"], "Ada Lovelace", "{body}");
+    let (status, body) = api.send(api.request(Method::POST, path).json(&json!({
+        "field": "notes", "edits": [{"at": 0, "insert": "The first "}],
+    })));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["vcard"]
+            .as_str()
+            .unwrap()
+            .contains("NOTE:The first Analyst"),
+        "{body}"
+    );
+    let (_, before) = api.send(api.request(Method::GET, "/v1/collections/contacts/records/ada"));
+    let text = before["vcard"].as_str().unwrap().to_owned();
+    let end = text.find("END:VCARD").unwrap();
+    let (status, body) = api.send(api.request(Method::POST, path).json(&json!({
+        "field": "vcard", "edits": [{"at": end, "delete": "END:VCARD".len()}],
+    })));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "bad_request", "{body}");
+    let (_, after) = api.send(api.request(Method::GET, "/v1/collections/contacts/records/ada"));
+    assert_eq!(after, before, "the refused edit was kept");
+    let home = node.home.clone();
+    node.stop();
+    let node = spawn_node(&home, &[]);
+    let api = Api::new(&node);
+    let (_, again) = api.send(api.request(Method::GET, "/v1/collections/contacts/records/ada"));
+    assert_eq!(again, before, "the refused edit came back after a restart");
+    node.stop();
+}
+
 /// `hearth devices rename` finds a device by a unique start of its PeerId or by its
 /// name, trims the new name, and refuses an empty, over-long or control-character name
 /// (changing nothing).

@@ -23,6 +23,18 @@ use serde_json::{Map, Value as Json};
 use tokio::sync::oneshot;
 
 use super::{Abandon, Collection, CollectionError, Collections, RecordWrite, apply_checked};
+use crate::records;
+
+/// Why a text edit written with [`Collections::edit_text_combined`] was refused.
+#[derive(Debug)]
+pub enum EditRefused<E> {
+    /// There is no such record.
+    Missing,
+    /// An edit does not apply (out of range, or the field is not text).
+    Edit(String),
+    /// The record with the edits was refused.
+    Decided(E),
+}
 use crate::store::StoreError;
 
 /// The most writes persisted together.
@@ -67,6 +79,58 @@ impl Collections {
         T: Send + 'static,
         E: Send + 'static,
     {
+        self.enqueue(name, id, move |doc, record| {
+            apply_checked(doc, record, decide)
+        })
+        .await
+    }
+
+    /// As [`Collections::write_combined`], after applying `edits` to text field `field`
+    /// of the record in the same change: `decide` sees the record with the edits, and
+    /// if it refuses (or an edit is out of range: `Err(Edit)`), neither the edits nor
+    /// its write are kept. How a text edit and the step that keeps a contact's or
+    /// event's fields in step with it are one write, all or nothing.
+    pub async fn edit_text_combined<T, E>(
+        self: &Arc<Self>,
+        name: &CollectionName,
+        id: &RecordId,
+        field: String,
+        edits: Vec<records::TextEdit>,
+        decide: impl FnOnce(Option<&Map<String, Json>>) -> Result<(RecordWrite, T), E> + Send + 'static,
+    ) -> Result<Result<(bool, T), EditRefused<E>>, CollectionError>
+    where
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        self.enqueue(name, id, move |doc, record| {
+            match records::edit_text(doc, record, &field, &edits) {
+                Ok(true) => {}
+                Ok(false) => return Err(Abandon::Refused(EditRefused::Missing)),
+                Err(records::TextEditError::Automerge(e)) => return Err(Abandon::Automerge(e)),
+                Err(e) => return Err(Abandon::Refused(EditRefused::Edit(e.to_string()))),
+            }
+            apply_checked(doc, record, decide).map_err(|e| match e {
+                Abandon::Refused(e) => Abandon::Refused(EditRefused::Decided(e)),
+                Abandon::Automerge(e) => Abandon::Automerge(e),
+            })
+        })
+        .await
+    }
+
+    /// Queues `apply` (given the document and the record's id) as one write to the
+    /// collection and answers it once the persist that covers it is done.
+    async fn enqueue<T, E>(
+        self: &Arc<Self>,
+        name: &CollectionName,
+        id: &RecordId,
+        apply_one: impl FnOnce(&mut automerge::AutoCommit, &str) -> Result<(bool, T), Abandon<E>>
+        + Send
+        + 'static,
+    ) -> Result<Result<(bool, T), E>, CollectionError>
+    where
+        T: Send + 'static,
+        E: Send + 'static,
+    {
         let (answer, answered) = oneshot::channel();
         let apply: Apply = Box::new(move |collection, record| {
             let c = match collection {
@@ -80,7 +144,7 @@ impl Collections {
             // write alone: its half-made change is rolled back, the lock stays usable
             // and the writes beside it go on.
             let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                apply_checked(&mut c.doc, record, decide)
+                apply_one(&mut c.doc, record)
             }));
             let Ok(applied) = applied else {
                 c.doc.rollback();

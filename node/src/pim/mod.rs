@@ -490,6 +490,9 @@ pub enum Change {
 pub enum WriteError {
     #[error("no such record")]
     Missing,
+    /// A text edit that does not apply (out of range, or not a text field).
+    #[error("{0}")]
+    BadEdit(String),
     #[error(transparent)]
     Pim(#[from] PimError),
     #[error(transparent)]
@@ -512,6 +515,38 @@ pub async fn owner_write(
     collections
         .write_combined(name, id, move |before| decide(kind, &change, before))
         .await?
+}
+
+/// The owner's edit of text field `field` of a contacts or calendar record, and the
+/// step that keeps its text and fields in step (the fields follow an edit of the vCard
+/// or iCalendar text; the text follows an edit of another text field), as one write:
+/// an edit that leaves the text unreadable is refused and nothing of it is kept.
+/// Returns the record now. Durable only after the store commits.
+pub async fn owner_edit_text(
+    collections: &std::sync::Arc<crate::collections::Collections>,
+    name: &CollectionName,
+    id: &RecordId,
+    kind: Kind,
+    field: String,
+    edits: Vec<crate::records::TextEdit>,
+) -> Result<Map<String, Value>, WriteError> {
+    use crate::collections::EditRefused;
+    let change = if field == kind.text_field() {
+        Change::TextEdited
+    } else {
+        Change::Merge(Map::new())
+    };
+    let written = collections
+        .edit_text_combined(name, id, field, edits, move |before| {
+            decide(Some(kind), &change, before)
+        })
+        .await?;
+    match written {
+        Ok((_, after)) => Ok(after),
+        Err(EditRefused::Missing) => Err(WriteError::Missing),
+        Err(EditRefused::Edit(e)) => Err(WriteError::BadEdit(e)),
+        Err(EditRefused::Decided(e)) => Err(e),
+    }
 }
 
 /// What the owner's `change` writes to a record that is `before` (see [`owner_write`]),
@@ -810,10 +845,16 @@ mod prepare_tests {
             delete: 0,
             insert: "M. ".into(),
         };
-        assert!(c.edit_text(&contacts, &id, "vcard", &[edit]).unwrap());
-        owner_write(&c, &contacts, &id, Change::TextEdited)
-            .await
-            .unwrap();
+        owner_edit_text(
+            &c,
+            &contacts,
+            &id,
+            Kind::Contacts,
+            "vcard".into(),
+            vec![edit],
+        )
+        .await
+        .unwrap();
         let stored = c.get(&contacts, &id).unwrap().unwrap();
         assert_eq!(stored["name"], "Alan M. Turing", "{stored:?}");
         let vcard = stored["vcard"].as_str().unwrap();
@@ -826,15 +867,76 @@ mod prepare_tests {
             delete: 0,
             insert: "At ".into(),
         };
-        assert!(c.edit_text(&contacts, &id, "notes", &[edit]).unwrap());
-        owner_write(&c, &contacts, &id, Change::Merge(Map::new()))
-            .await
-            .unwrap();
+        owner_edit_text(
+            &c,
+            &contacts,
+            &id,
+            Kind::Contacts,
+            "notes".into(),
+            vec![edit],
+        )
+        .await
+        .unwrap();
         let stored = c.get(&contacts, &id).unwrap().unwrap();
         assert_eq!(stored["notes"], "At Bletchley", "{stored:?}");
         let vcard = stored["vcard"].as_str().unwrap();
         assert!(vcard.contains("NOTE:At Bletchley\r\n"), "{vcard}");
         assert!(vcard.contains("FN:Alan M. Turing\r\n"), "{vcard}");
+
+        // An edit that breaks the card (its END line cut) is refused whole: the text,
+        // the fields and the document's heads are as they were.
+        let heads = c.heads(&contacts).unwrap();
+        let end = vcard.find("END:VCARD").unwrap();
+        let cut = TextEdit {
+            position: vcard[..end].chars().count(),
+            delete: "END:VCARD".len(),
+            insert: String::new(),
+        };
+        let refused = owner_edit_text(
+            &c,
+            &contacts,
+            &id,
+            Kind::Contacts,
+            "vcard".into(),
+            vec![cut],
+        )
+        .await;
+        assert!(matches!(refused, Err(WriteError::Pim(_))), "{refused:?}");
+        assert_eq!(c.get(&contacts, &id).unwrap().unwrap(), stored);
+        assert_eq!(
+            c.heads(&contacts).unwrap(),
+            heads,
+            "nothing of it was written"
+        );
+        // An edit out of range, or of a record that is not there.
+        let far = TextEdit {
+            position: 1_000_000,
+            delete: 0,
+            insert: "x".into(),
+        };
+        let refused = owner_edit_text(
+            &c,
+            &contacts,
+            &id,
+            Kind::Contacts,
+            "vcard".into(),
+            vec![far.clone()],
+        )
+        .await;
+        assert!(
+            matches!(refused, Err(WriteError::BadEdit(_))),
+            "{refused:?}"
+        );
+        let refused = owner_edit_text(
+            &c,
+            &contacts,
+            &RecordId::parse("nobody").unwrap(),
+            Kind::Contacts,
+            "vcard".into(),
+            vec![far],
+        )
+        .await;
+        assert!(matches!(refused, Err(WriteError::Missing)), "{refused:?}");
 
         // A record that is not there.
         let missing = RecordId::parse("nobody").unwrap();
