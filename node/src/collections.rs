@@ -1094,20 +1094,29 @@ impl Collections {
         writes: &[(RecordId, RecordWrite)],
     ) -> Result<(), CollectionError> {
         let ids: Vec<&str> = writes.iter().map(|(id, _)| id.as_str()).collect();
-        self.mutate(name, Some(&ids), |doc| {
-            for (id, write) in writes {
-                match write {
-                    RecordWrite::Patch(patch) => {
-                        records::patch_record(doc, id.as_str(), patch)?;
-                    }
-                    RecordWrite::Put(record) => {
-                        records::put_record(doc, id.as_str(), record)?;
-                    }
-                    RecordWrite::Remove => {
-                        records::remove_record(doc, id.as_str())?;
-                    }
-                }
+        self.mutate(name, Some(&ids), |doc| apply_writes(doc, writes))
+    }
+
+    /// As [`Collections::write_many`], only if record `watched` reads as `expected`
+    /// (as [`Collections::get`] gives it; `None`: absent) when the writes are applied,
+    /// checked under the collection's lock: a compare-and-set. Otherwise nothing is
+    /// written and the record as it reads now is returned. Durable only after
+    /// [`Store::commit`].
+    pub fn write_many_unless_changed(
+        &self,
+        name: &CollectionName,
+        watched: &RecordId,
+        expected: Option<&Json>,
+        writes: &[(RecordId, RecordWrite)],
+    ) -> Result<Result<(), Option<Json>>, CollectionError> {
+        let ids: Vec<&str> = writes.iter().map(|(id, _)| id.as_str()).collect();
+        self.try_mutate(name, Some(&ids), |doc| {
+            let now =
+                records::read_record(doc, watched.as_str())?.map(|r| with_id(watched.as_str(), r));
+            if now.as_ref() != expected {
+                return Err(Abandon::Refused(now));
             }
+            apply_writes(doc, writes)?;
             Ok(())
         })
     }
@@ -1612,6 +1621,27 @@ fn apply_checked<T, E>(
         RecordWrite::Remove => records::remove_record(doc, id)?,
     };
     Ok((before.is_some(), out))
+}
+
+/// Applies each write to its record.
+fn apply_writes(
+    doc: &mut AutoCommit,
+    writes: &[(RecordId, RecordWrite)],
+) -> Result<(), AutomergeError> {
+    for (id, write) in writes {
+        match write {
+            RecordWrite::Patch(patch) => {
+                records::patch_record(doc, id.as_str(), patch)?;
+            }
+            RecordWrite::Put(record) => {
+                records::put_record(doc, id.as_str(), record)?;
+            }
+            RecordWrite::Remove => {
+                records::remove_record(doc, id.as_str())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn with_id(id: &str, record: Map<String, Json>) -> Json {

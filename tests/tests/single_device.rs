@@ -725,6 +725,46 @@ fn text_edits_through_http_apply_in_order_and_bad_ones_change_nothing() {
     node.stop();
 }
 
+/// A photo inside an imported vCard becomes a blob that is listed (so every device
+/// fetches it) once the card naming it is written, and reads back as the photo's
+/// bytes; importing the file again changes nothing and lists it still.
+#[test]
+fn an_imported_photo_is_a_listed_blob_named_by_its_card() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pim/apple.vcf");
+    let imported = node.json(&["import", "contacts", file.to_str().unwrap()]);
+    assert!(imported["imported"].as_u64().unwrap() >= 1, "{imported}");
+    let records = node.json(&["ls", "contacts"]);
+    let with_photo: Vec<&serde_json::Value> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["photo"]["blob"].is_string())
+        .collect();
+    assert_eq!(with_photo.len(), 1, "{records}");
+    let blob = with_photo[0]["photo"]["blob"].as_str().unwrap().to_owned();
+    let listed = node.json(&["blob", "ls"]);
+    let entry = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == blob.as_str())
+        .unwrap_or_else(|| panic!("{blob} is not listed: {listed}"));
+    assert_eq!(entry["type"], "image/png", "{entry}");
+    let bytes = node.run(&["blob", "get", &blob]);
+    assert!(bytes.status.success());
+    assert!(
+        bytes.stdout.starts_with(b"\x89PNG"),
+        "{:?}",
+        &bytes.stdout[..8]
+    );
+    let again = node.json(&["import", "contacts", file.to_str().unwrap()]);
+    assert_eq!(again["imported"], 0, "{again}");
+    assert_eq!(node.json(&["blob", "ls"]), listed);
+    node.stop();
+}
+
 /// A text edit of a contact's vCard that leaves the card unreadable is refused (400)
 /// and nothing of it is kept — not in the record, not after a restart — while a good
 /// edit moves the fields with the text; an edit of another text field moves the text.

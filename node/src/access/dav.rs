@@ -739,14 +739,40 @@ impl Door {
             v.sort();
             v
         };
-        let noted = self
+        // A new name is claimed before its record is written (see `claim`).
+        let id = if remember {
+            let collections = &self.0.collections;
+            let seen = collections.get(&meta(), &name_record(&names.book, 'n', name))?;
+            // The name stands for a record that does not exist: a PUT of it that did
+            // not finish (or a record deleted since). Its id is taken over.
+            let id = match name_pair(&names.book, seen.clone()) {
+                Some((n, target)) if n == name => match RecordId::parse(&target) {
+                    Ok(target) if collections.get(collection, &target)?.is_none() => target,
+                    _ => id,
+                },
+                _ => id,
+            };
+            self.claim(&names, name, &id, seen).await?
+        } else {
+            id
+        };
+        let noted = match self
             .note_blob_names(
                 caller,
                 collection,
                 &id,
                 super::blobrefs::named_blobs(&new_fields),
             )
-            .await?;
+            .await
+        {
+            Ok(noted) => noted,
+            Err(e) => {
+                if remember {
+                    self.unclaim(&names, collection, name, &id).await;
+                }
+                return Err(e);
+            }
+        };
         let (condition, text, name_of) = (condition.clone(), text.to_owned(), collection.clone());
         let written = id.clone();
         // Persisted together with the writes to the collection waiting beside it.
@@ -833,14 +859,24 @@ impl Door {
                 None => (RecordWrite::Put(after), etag),
             })
         };
-        let outcome = self.0.collections.write_combined(collection, &id, decide);
-        let (existed, etag) = match outcome.await? {
-            Ok(written) => written,
-            Err(refusal) => return Err(self.dav_refused(caller, collection, &id, refusal)),
+        let outcome = self
+            .0
+            .collections
+            .write_combined(collection, &id, decide)
+            .await;
+        let (existed, etag) = match outcome {
+            Ok(Ok(written)) => written,
+            failed => {
+                if remember {
+                    self.unclaim(&names, collection, name, &id).await;
+                }
+                return Err(match failed {
+                    Err(e) => e.into(),
+                    Ok(Err(refusal)) => self.dav_refused(caller, collection, &id, refusal),
+                    Ok(Ok(_)) => unreachable!("matched above"),
+                });
+            }
         };
-        if remember {
-            self.remember(&names, name, id.as_str()).await?;
-        }
         let event = AuditEvent {
             records: 1,
             fields,
@@ -1063,15 +1099,87 @@ impl Door {
         Ok(())
     }
 
-    /// Records the id a client's name stands for. Durable with the commit of the
-    /// request's audit entry, which the caller makes next: a PUT answers after both.
-    async fn remember(&self, names: &Names, name: &str, id: &str) -> Result<(), AccessError> {
-        let (names, name, id) = (names.clone(), name.to_owned(), id.to_owned());
+    /// Makes a client's name stand for `id` — unless, since `seen` (the name's record
+    /// as it was read), another request made it stand for something else: then the
+    /// name is left as it is and the id it stands for now is returned (two PUTs of one
+    /// new name make one record). Written before the record it names and durable with
+    /// it (with the commit of the request's audit entry): a failure between leaves a
+    /// name whose record does not exist, which the next PUT of the name takes over.
+    async fn claim(
+        &self,
+        names: &Names,
+        name: &str,
+        id: &RecordId,
+        seen: Option<Value>,
+    ) -> Result<RecordId, AccessError> {
+        let (names, name, id) = (names.clone(), name.to_owned(), id.clone());
         self.blocking(move |inner| {
-            let writes = names.writes(&inner.collections, &name, &id)?;
-            Ok(inner.collections.write_many(&meta(), &writes)?)
+            let writes = names.writes(&inner.collections, &name, id.as_str())?;
+            let forward = name_record(&names.book, 'n', &name);
+            let claimed = inner.collections.write_many_unless_changed(
+                &meta(),
+                &forward,
+                seen.as_ref(),
+                &writes,
+            )?;
+            match claimed {
+                Ok(()) => Ok(id),
+                Err(now) => match name_pair(&names.book, now) {
+                    Some((n, other)) if n == name => {
+                        RecordId::parse(&other).map_err(|e| AccessError::Internal(e.to_string()))
+                    }
+                    // Taken away meanwhile (a DELETE of that name): the client tries again.
+                    _ => Err(AccessError::Conflict(format!(
+                        "{name} changed while it was written; nothing was written"
+                    ))),
+                },
+            }
         })
         .await
+    }
+
+    /// Takes back a claim of `name` for `id` whose record was not written (its PUT was
+    /// refused), if the name still stands for it and no record `id` exists.
+    async fn unclaim(&self, names: &Names, collection: &CollectionName, name: &str, id: &RecordId) {
+        let (names, collection, name, id) = (
+            names.clone(),
+            collection.clone(),
+            name.to_owned(),
+            id.clone(),
+        );
+        let undone = self
+            .blocking(move |inner| {
+                let collections = &inner.collections;
+                if collections.get(&collection, &id)?.is_some() {
+                    return Ok(());
+                }
+                let forward = name_record(&names.book, 'n', &name);
+                let seen = collections.get(&meta(), &forward)?;
+                if name_pair(&names.book, seen.clone())
+                    .is_none_or(|(n, target)| n != name || target != id.as_str())
+                {
+                    return Ok(());
+                }
+                let writes = [
+                    (forward.clone(), RecordWrite::Remove),
+                    (
+                        name_record(&names.book, 'i', id.as_str()),
+                        RecordWrite::Remove,
+                    ),
+                ];
+                // Changed meanwhile: the name is another request's now; it stays.
+                let _ = collections.write_many_unless_changed(
+                    &meta(),
+                    &forward,
+                    seen.as_ref(),
+                    &writes,
+                )?;
+                Ok(())
+            })
+            .await;
+        if let Err(e) = undone {
+            tracing::warn!(error = %e, "could not take back the name of a refused DAV write");
+        }
     }
 
     /// Merges `patch` into what DAV keeps about `collection` (its names and properties).

@@ -630,8 +630,12 @@ pub async fn import(
     use crate::collections::RecordWrite;
     let (entries, skipped) = read_file(kind, text, vault.limits.max_record_bytes)?;
     let mut photos = HashMap::new();
-    // Each photo stays pinned (safe from blob garbage collection) until it is listed.
+    // Each photo stays pinned (safe from blob garbage collection) until it is listed,
+    // and is listed (which makes every device fetch it) only after the records naming
+    // it are written: an import refused at its write announces nothing. (A crash
+    // between leaves the photos unlisted; importing the file again lists them.)
     let mut pins = Vec::new();
+    let mut to_announce = Vec::new();
     for entry in &entries {
         if let Some(photo) = &entry.photo {
             let bytes = bytes::Bytes::from(photo.bytes.clone());
@@ -639,7 +643,7 @@ pub async fn import(
             let stored = vault.blobs.put(stream, vault.limits.max_blob_bytes).await?;
             let described =
                 crate::blobs::Described::new(None, Some(&photo.media_type)).unwrap_or_default();
-            crate::blobs::announce(&vault.collections, &stored.id, stored.size, &described)?;
+            to_announce.push((stored.id, stored.size, described));
             photos.insert(
                 entry.uid.clone(),
                 (stored.id.to_string(), photo.media_type.clone()),
@@ -708,7 +712,11 @@ pub async fn import(
     if !writes.is_empty() {
         vault.collections.write_many(collection, &writes)?;
     }
+    for (id, size, described) in &to_announce {
+        crate::blobs::announce(&vault.collections, id, *size, described)?;
+    }
     vault.store.commit().await?;
+    drop(pins);
     Ok(report)
 }
 
