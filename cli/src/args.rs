@@ -255,12 +255,16 @@ pub enum Command {
         /// What the file holds
         #[arg(value_enum)]
         kind: PimKind,
-        /// The file (- for stdin)
+        /// The file (- for stdin); for mail, an mbox file or a Maildir directory
         file: PathBuf,
-        /// Into this collection instead of `contacts` / `calendar` (its name must start
-        /// with contacts- or calendar-)
+        /// Into this collection instead of `contacts` / `calendar` / `mail` (its name
+        /// must start with contacts-, calendar- or mail-)
         #[arg(long, value_name = "COLLECTION")]
         into: Option<String>,
+        /// Mail: the folder the messages are in [default: the mbox file's name, or a
+        /// Maildir's own folders]
+        #[arg(long, value_name = "NAME")]
+        folder: Option<String>,
     },
     /// Print a one-time login link to the web dashboard (it works once, for 10 minutes)
     Dashboard,
@@ -279,9 +283,12 @@ pub enum Command {
         /// Write to this file (with --all: this directory) instead of stdout
         #[arg(short, long, value_name = "FILE|DIR")]
         output: Option<PathBuf>,
-        /// From this collection instead of `contacts` / `calendar`
+        /// From this collection instead of `contacts` / `calendar` / `mail`
         #[arg(long, value_name = "COLLECTION")]
         from: Option<String>,
+        /// Mail: write a Maildir into this directory instead of an mbox file
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["all", "output"])]
+        maildir: Option<PathBuf>,
     },
     /// Read back and verify everything on this device: every sealed value of the store,
     /// every collection, every chunk of every blob, the audit log's hash chains
@@ -305,6 +312,7 @@ pub enum Command {
 pub enum PimKind {
     Contacts,
     Calendar,
+    Mail,
 }
 
 impl PimKind {
@@ -312,6 +320,7 @@ impl PimKind {
         match self {
             PimKind::Contacts => "contacts",
             PimKind::Calendar => "calendar",
+            PimKind::Mail => "mail",
         }
     }
 
@@ -321,11 +330,17 @@ impl PimKind {
         let Some(chosen) = chosen else {
             return Ok(self.collection().to_owned());
         };
-        let wanted = match self {
-            PimKind::Contacts => hearth_node::pim::Kind::Contacts,
-            PimKind::Calendar => hearth_node::pim::Kind::Calendar,
+        let fits = match self {
+            PimKind::Contacts => {
+                hearth_node::pim::Kind::of(&chosen) == Some(hearth_node::pim::Kind::Contacts)
+            }
+            PimKind::Calendar => {
+                hearth_node::pim::Kind::of(&chosen) == Some(hearth_node::pim::Kind::Calendar)
+            }
+            PimKind::Mail => hearth_protocol::CollectionName::parse(&chosen)
+                .is_ok_and(|name| hearth_node::mail::is_mail(&name)),
         };
-        if hearth_node::pim::Kind::of(&chosen) == Some(wanted) {
+        if fits {
             Ok(chosen)
         } else {
             let base = self.collection();

@@ -21,7 +21,9 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
-use crate::args::{BlobCommand, Cli, Command, DevicesCommand, PassphraseArgs, TokenCommand};
+use crate::args::{
+    BlobCommand, Cli, Command, DevicesCommand, PassphraseArgs, PimKind, TokenCommand,
+};
 use crate::client::{Client, read_data_arg};
 use futures::StreamExt;
 use hearth_node::pim::ImportReport;
@@ -1114,9 +1116,22 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
                 }
             }
         }
-        Command::Import { kind, file, into } => {
+        Command::Import {
+            kind,
+            file,
+            into,
+            folder,
+        } => {
             let collection = kind.collection_or(into)?;
-            import(home, json, &client, &collection, &file).await?;
+            if kind == PimKind::Mail {
+                let source = file.to_string_lossy();
+                crate::mail::import(home, json, &client, &collection, &source, folder).await?;
+            } else {
+                if folder.is_some() {
+                    bail!("--folder is for mail");
+                }
+                import(home, json, &client, &collection, &file).await?;
+            }
         }
         Command::Export {
             all: true, output, ..
@@ -1125,9 +1140,26 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
             crate::export::everything(home, json, &client, &dir).await?;
         }
         Command::Export {
-            kind, output, from, ..
+            kind: Some(PimKind::Mail),
+            output,
+            from,
+            maildir,
+            ..
         } => {
-            let kind = kind.context("say what to export: contacts, calendar, or --all")?;
+            let collection = PimKind::Mail.collection_or(from)?;
+            crate::mail::export(home, json, &client, &collection, output, maildir).await?;
+        }
+        Command::Export {
+            kind,
+            output,
+            from,
+            maildir,
+            ..
+        } => {
+            let kind = kind.context("say what to export: contacts, calendar, mail, or --all")?;
+            if maildir.is_some() {
+                bail!("--maildir is for mail");
+            }
             let collection = kind.collection_or(from)?;
             let path = format!("/v1/export/{}", seg(&collection));
             let response = client
@@ -1824,7 +1856,7 @@ fn record_path(collection: &str, id: &str) -> anyhow::Result<String> {
 
 /// Percent-encodes a path segment, so a bad name reaches the node (which explains
 /// what is wrong) instead of changing the route.
-fn seg(s: &str) -> String {
+pub(crate) fn seg(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

@@ -6,6 +6,7 @@ mod client;
 mod commands;
 mod config;
 mod export;
+mod mail;
 
 use clap::Parser;
 

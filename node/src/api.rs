@@ -1629,23 +1629,32 @@ fn pim_kind(collection: &CollectionName) -> Result<pim::Kind, ApiError> {
     })
 }
 
-/// `POST /v1/import/{c}`: a vCard or iCalendar file, all or nothing.
+/// `POST /v1/import/{c}`: a vCard or iCalendar file, all or nothing; or, into a mail
+/// collection, a batch of messages (`hearth_protocol::mail`).
 #[utoipa::path(
     post,
     path = "/v1/import/{collection}",
     tag = "owner",
-    summary = "Import a vCard or iCalendar file, all or nothing",
+    summary = "Import a vCard or iCalendar file (all or nothing), or a batch of mail messages into a mail collection",
     params(InCollection),
     request_body(content = String, content_type = "text/plain"),
-    responses((status = 200, description = "{\"imported\", \"updated\", \"unchanged\", \"skipped\"}", body = serde_json::Value), (status = "default", response = Failure))
+    responses((status = 200, description = "contacts, calendar: {\"imported\", \"updated\", \"unchanged\", \"skipped\"}; mail: MailImportReport", body = serde_json::Value), (status = "default", response = Failure))
 )]
 async fn import(
     State(vault): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     body: Body,
-) -> Result<Json<pim::ImportReport>, ApiError> {
+) -> Result<Response, ApiError> {
     let collection = writable(collection_name(&path_param(path)?)?)?;
-    let kind = pim_kind(&collection)?;
+    let mail = crate::mail::is_mail(&collection);
+    let kind = if mail {
+        None
+    } else {
+        Some(pim_kind(&collection).map_err(|mut e| {
+            e.message.push_str(", or mail (or mail-…) for messages");
+            e
+        })?)
+    };
     let limit = vault.limits.max_import_bytes;
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
@@ -1653,6 +1662,20 @@ async fn import(
             format!("the file is larger than the limit of {limit} bytes (or broke off)"),
         )
     })?;
+    let Some(kind) = kind else {
+        let items = hearth_protocol::mail::decode_batch(&bytes)
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
+        drop(bytes);
+        let report = crate::mail::import_batch(&vault, &collection, items)
+            .await
+            .map_err(|e| match e {
+                crate::mail::MailError::Blob(e) => e.into(),
+                crate::mail::MailError::Collection(e) => e.into(),
+                crate::mail::MailError::Store(e) => e.into(),
+                crate::mail::MailError::Internal(e) => ApiError::new(ErrorCode::Internal, e),
+            })?;
+        return Ok(Json(report).into_response());
+    };
     let text = String::from_utf8(bytes.to_vec()).map_err(|e| {
         ApiError::new(
             ErrorCode::BadRequest,
@@ -1665,7 +1688,7 @@ async fn import(
     let report = pim::import(&vault, &collection, kind, &text)
         .await
         .map_err(import_error)?;
-    Ok(Json(report))
+    Ok(Json(report).into_response())
 }
 
 /// Why an import wrote nothing, as an API error (the dashboard shows the same).

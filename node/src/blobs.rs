@@ -190,7 +190,18 @@ pub fn announce(
     described: &Described,
 ) -> Result<bool, CollectionError> {
     let before = listing(collections, id)?;
-    let mut listing = before.clone().unwrap_or(Listing {
+    let listing = announced(before.clone(), size, described);
+    if before.as_ref() == Some(&listing) {
+        return Ok(false);
+    }
+    put_listing(collections, id, &listing)?;
+    Ok(true)
+}
+
+/// The listing of a blob announced with `size` and `described`, given how it was
+/// listed before (if it was).
+fn announced(before: Option<Listing>, size: u64, described: &Described) -> Listing {
+    let mut listing = before.unwrap_or(Listing {
         size,
         name: None,
         content_type: None,
@@ -208,11 +219,31 @@ pub fn announce(
     if described.content_type.is_some() {
         listing.content_type.clone_from(&described.content_type);
     }
-    if before.as_ref() == Some(&listing) {
-        return Ok(false);
+    listing
+}
+
+/// [`announce`] for several blobs, written as one change of `_blobs`.
+pub fn announce_many(
+    collections: &Collections,
+    blobs: &[(BlobId, u64, Described)],
+) -> Result<(), CollectionError> {
+    let mut writes = Vec::new();
+    for (id, size, described) in blobs {
+        let before = listing(collections, id)?;
+        let listing = announced(before.clone(), *size, described);
+        if before.as_ref() != Some(&listing) && !writes.iter().any(|(w, _)| *w == listing_id(id)) {
+            let serde_json::Value::Object(record) =
+                serde_json::to_value(&listing).expect("a listing serializes")
+            else {
+                unreachable!("a struct serializes to an object")
+            };
+            writes.push((listing_id(id), crate::collections::RecordWrite::Put(record)));
+        }
     }
-    put_listing(collections, id, &listing)?;
-    Ok(true)
+    if !writes.is_empty() {
+        collections.write_many(&blob_list(), &writes)?;
+    }
+    Ok(())
 }
 
 fn put_listing(
@@ -375,7 +406,41 @@ impl Blobs {
     /// The body is cut into chunks as it arrives; each chunk is hashed, sealed and
     /// written on the blocking pool, [`CHUNKS_IN_FLIGHT`] at once, while the next is
     /// read. Then its chunks are fsynced and the manifest stored and committed.
-    pub async fn put<S, E>(&self, mut body: S, max: u64) -> Result<Stored, BlobError>
+    pub async fn put<S, E>(&self, body: S, max: u64) -> Result<Stored, BlobError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let (stored, manifest) = self.write_chunks(body, max).await?;
+        self.store_manifest(stored.id, &manifest).await?;
+        tracing::debug!(size = stored.size, "stored a blob");
+        Ok(stored)
+    }
+
+    /// Stores several small blobs (each already in memory) as one: their chunks are
+    /// written, then fsynced together, their manifests stored and one commit made —
+    /// what an import of many messages pays once rather than per message. Each stays
+    /// pinned until the caller has listed it.
+    pub async fn put_many(&self, contents: Vec<Bytes>, max: u64) -> Result<Vec<Stored>, BlobError> {
+        let mut stored = Vec::with_capacity(contents.len());
+        let mut manifests = Vec::with_capacity(contents.len());
+        for content in contents {
+            let body = futures::stream::iter([Ok::<_, std::convert::Infallible>(content)]);
+            let (one, manifest) = self.write_chunks(body, max).await?;
+            manifests.push((one.id, manifest));
+            stored.push(one);
+        }
+        self.store_manifests(&manifests).await?;
+        Ok(stored)
+    }
+
+    /// Writes a blob's chunks (not yet durable) and returns it, pinned, with the
+    /// manifest to store once they are.
+    async fn write_chunks<S, E>(
+        &self,
+        mut body: S,
+        max: u64,
+    ) -> Result<(Stored, Manifest), BlobError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -432,9 +497,7 @@ impl Blobs {
             chunk_size: CHUNK_SIZE as u32,
             chunks: upload.chunks,
         };
-        self.store_manifest(id, &manifest).await?;
-        tracing::debug!(size, "stored a blob");
-        Ok(Stored { id, size, pinned })
+        Ok((Stored { id, size, pinned }, manifest))
     }
 
     /// Hashes chunk `index` of an upload (its name, and its part of the blob id), pins
@@ -661,18 +724,35 @@ impl Blobs {
     /// directories, so the manifest is never durable before its chunks. A manifest
     /// stored already (the same content uploaded or fetched before) is only committed.
     pub async fn store_manifest(&self, id: BlobId, manifest: &Manifest) -> Result<(), BlobError> {
-        if !self.manifests.contains_key(&id.0)? {
+        self.store_manifests(&[(id, manifest.clone())]).await
+    }
+
+    /// [`Blobs::store_manifest`] for several blobs, with one round of fsyncs and one
+    /// commit.
+    async fn store_manifests(&self, manifests: &[(BlobId, Manifest)]) -> Result<(), BlobError> {
+        let mut files: Vec<(BlobId, usize, PathBuf)> = Vec::new();
+        let mut new = Vec::new();
+        let mut seen = HashSet::new();
+        for (id, manifest) in manifests {
+            if self.manifests.contains_key(&id.0)? || new.iter().any(|(n, _)| n == id) {
+                continue;
+            }
+            files.extend(
+                manifest
+                    .chunks
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, hash)| seen.insert(**hash))
+                    .map(|(index, hash)| (*id, index, chunk_path(&self.dir, hash))),
+            );
+            new.push((*id, manifest));
+        }
+        if !new.is_empty() {
             self.store.check_flush()?;
-            let mut seen = HashSet::new();
-            let files: Vec<(usize, PathBuf)> = manifest
-                .chunks
-                .iter()
-                .enumerate()
-                .filter(|(_, hash)| seen.insert(**hash))
-                .map(|(index, hash)| (index, chunk_path(&self.dir, hash)))
-                .collect();
-            make_durable(id, self.dir.clone(), files).await?;
-            self.manifests.insert(&id.0, &manifest.encode())?;
+            make_durable(self.dir.clone(), files).await?;
+            for (id, manifest) in new {
+                self.manifests.insert(&id.0, &manifest.encode())?;
+            }
         }
         self.store.commit().await?;
         Ok(())
@@ -983,13 +1063,12 @@ fn start_writeback(file: &fs::File) {
 /// their shard directories and the blobs directory: after this, a manifest naming them
 /// may be stored. A missing file is a corrupt blob.
 async fn make_durable(
-    blob: BlobId,
     base: PathBuf,
-    files: Vec<(usize, PathBuf)>,
+    files: Vec<(BlobId, usize, PathBuf)>,
 ) -> Result<(), BlobError> {
     let mut dirs: HashSet<PathBuf> = files
         .iter()
-        .filter_map(|(_, path)| path.parent().map(Path::to_path_buf))
+        .filter_map(|(_, _, path)| path.parent().map(Path::to_path_buf))
         .collect();
     dirs.insert(base);
     let files = Arc::new(files);
@@ -997,9 +1076,9 @@ async fn make_durable(
     // below run in parallel, so the one they trip over first is chance).
     let listed = files.clone();
     tokio::task::spawn_blocking(
-        move || match listed.iter().find(|(_, path)| !path.is_file()) {
-            Some((index, _)) => Err(BlobError::Corrupt {
-                blob,
+        move || match listed.iter().find(|(_, _, path)| !path.is_file()) {
+            Some((blob, index, _)) => Err(BlobError::Corrupt {
+                blob: *blob,
                 what: format!("chunk {index} is missing"),
             }),
             None => Ok(()),
@@ -1015,11 +1094,11 @@ async fn make_durable(
                 .iter()
                 .skip(lane)
                 .step_by(FSYNCS_AT_ONCE)
-                .try_for_each(|(index, path)| match fs::File::open(path) {
+                .try_for_each(|(blob, index, path)| match fs::File::open(path) {
                     // Any descriptor of the file makes its data durable (Linux, POSIX).
                     Ok(file) => file.sync_all().map_err(|e| io_error(path, e)),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => Err(BlobError::Corrupt {
-                        blob,
+                        blob: *blob,
                         what: format!("chunk {index} is missing"),
                     }),
                     Err(e) => Err(io_error(path, e)),

@@ -24,6 +24,7 @@ pub mod home;
 pub mod index;
 pub mod keys;
 pub mod lan;
+pub mod mail;
 pub mod mesh;
 pub mod pim;
 pub mod recordmerge;

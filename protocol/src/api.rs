@@ -405,6 +405,26 @@ impl ResolveRequest {
     }
 }
 
+/// `POST /v1/collections/{c}/mail`: what an import of a batch of messages did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MailImportReport {
+    /// New messages.
+    pub imported: u64,
+    /// Messages that were there already (the same bytes under the same key): their
+    /// folder is added to the record's folders, nothing else changes.
+    pub duplicates: u64,
+    /// Messages that could not be stored, by their place in the batch, and why.
+    #[serde(default)]
+    pub failed: Vec<MailFailure>,
+}
+
+/// A message of a batch that could not be stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MailFailure {
+    pub index: usize,
+    pub reason: String,
+}
+
 /// Whether a grant is in force.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]

@@ -10,6 +10,7 @@ pub mod blob;
 pub mod commit;
 pub mod invite;
 pub mod keyfile;
+pub mod mail;
 pub mod names;
 pub mod scope;
 pub mod seal;

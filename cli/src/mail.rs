@@ -1,0 +1,524 @@
+//! `hearth import mail` and `hearth export mail`: an mbox file or a Maildir read here,
+//! message by message (bounded memory: one batch at a time), and sent to the node in
+//! batches (`hearth_protocol::mail`); and every message written back byte for byte.
+//!
+//! mbox is read as mboxrd: a line `From ` starts a message, a line `>From `, `>>From `
+//! … inside one is unquoted by one `>`, the empty line before the next `From ` line is
+//! the separator, not the message's. An export quotes the same way, so an mbox read
+//! and written again gives every message the same bytes.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use hearth_node::home::Home;
+use hearth_protocol::api::{MailFailure, MailImportReport};
+use hearth_protocol::mail::{MailItem, encode_batch};
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::client::Client;
+use crate::commands::{note, out, out_json, progress};
+
+/// The most messages, and about the most bytes, one batch carries.
+const BATCH_MESSAGES: usize = 1000;
+const BATCH_BYTES: usize = 16 << 20;
+
+/// Reads an mbox file message by message (see the module's doc).
+pub struct Mbox<R> {
+    reader: R,
+    /// The `From ` line of the message being read next, if one was met.
+    next_from: Option<String>,
+    line: Vec<u8>,
+    done: bool,
+}
+
+impl<R: BufRead> Mbox<R> {
+    pub fn new(reader: R) -> Self {
+        Self {
+            reader,
+            next_from: None,
+            line: Vec::new(),
+            done: false,
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for Mbox<R> {
+    /// The message's `From ` line (without `From ` and the line end) and its bytes.
+    type Item = std::io::Result<(String, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let mut bytes = Vec::new();
+        loop {
+            self.line.clear();
+            match self.reader.read_until(b'\n', &mut self.line) {
+                Err(e) => return Some(Err(e)),
+                Ok(0) => {
+                    self.done = true;
+                    return self
+                        .next_from
+                        .take()
+                        .map(|from| Ok((from, unseparated(bytes))));
+                }
+                Ok(_) => {}
+            }
+            if let Some(rest) = self.line.strip_prefix(b"From ") {
+                let from = String::from_utf8_lossy(rest)
+                    .trim_end_matches(['\n', '\r'])
+                    .to_owned();
+                match self.next_from.replace(from) {
+                    Some(previous) => return Some(Ok((previous, unseparated(bytes)))),
+                    // Text before the first `From ` line is not a message.
+                    None => continue,
+                }
+            }
+            if self.next_from.is_none() {
+                continue;
+            }
+            let quotes = self.line.iter().take_while(|&&b| b == b'>').count();
+            if quotes > 0 && self.line[quotes..].starts_with(b"From ") {
+                bytes.extend_from_slice(&self.line[1..]);
+            } else {
+                bytes.extend_from_slice(&self.line);
+            }
+        }
+    }
+}
+
+/// A message's bytes without the empty line that separates it from the next one.
+fn unseparated(mut bytes: Vec<u8>) -> Vec<u8> {
+    if bytes.ends_with(b"\n\n") || bytes.ends_with(b"\r\n\n") {
+        bytes.pop();
+    }
+    bytes
+}
+
+/// Writes one message to an mbox: its `From ` line, its lines quoted (mboxrd), and the
+/// separating empty line.
+pub fn write_mbox_message(out: &mut impl Write, from: &str, bytes: &[u8]) -> std::io::Result<()> {
+    out.write_all(b"From ")?;
+    out.write_all(from.as_bytes())?;
+    out.write_all(b"\n")?;
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        let quotes = line.iter().take_while(|&&b| b == b'>').count();
+        if line[quotes..].starts_with(b"From ") {
+            out.write_all(b">")?;
+        }
+        out.write_all(line)?;
+    }
+    if !bytes.ends_with(b"\n") {
+        out.write_all(b"\n")?;
+    }
+    out.write_all(b"\n")
+}
+
+/// The flags an mbox message's `Status:` and `X-Status:` headers give (as mutt and
+/// Thunderbird write them).
+fn mbox_flags(bytes: &[u8]) -> Vec<String> {
+    let mut flags = Vec::new();
+    for line in bytes.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = match line.iter().position(|&b| b == b':') {
+            Some(at) => (&line[..at], &line[at + 1..]),
+            None => continue,
+        };
+        let value = String::from_utf8_lossy(value);
+        let value = value.trim();
+        let letters: &[(char, &str)] = if name.eq_ignore_ascii_case(b"status") {
+            &[('R', "seen")]
+        } else if name.eq_ignore_ascii_case(b"x-status") {
+            &[
+                ('A', "answered"),
+                ('F', "flagged"),
+                ('D', "deleted"),
+                ('T', "draft"),
+            ]
+        } else {
+            continue;
+        };
+        for (letter, flag) in letters {
+            if value.contains(*letter) && !flags.iter().any(|f| f == flag) {
+                flags.push((*flag).to_owned());
+            }
+        }
+    }
+    flags.sort();
+    flags
+}
+
+fn maildir_flags(flags: &[mail_parser::mailbox::maildir::Flag]) -> Vec<String> {
+    use mail_parser::mailbox::maildir::Flag;
+    let mut out: Vec<String> = flags
+        .iter()
+        .map(|f| {
+            match f {
+                Flag::Passed => "forwarded",
+                Flag::Replied => "answered",
+                Flag::Seen => "seen",
+                Flag::Trashed => "deleted",
+                Flag::Draft => "draft",
+                Flag::Flagged => "flagged",
+            }
+            .to_owned()
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Sends messages to the node batch by batch and adds up what it says.
+struct Sender<'a> {
+    home: &'a Home,
+    client: &'a Client,
+    path: String,
+    batch: Vec<MailItem>,
+    bytes: usize,
+    /// Messages sent before the current batch.
+    sent: usize,
+    report: MailImportReport,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Sender<'_> {
+    async fn add(&mut self, item: MailItem) -> anyhow::Result<()> {
+        self.bytes += item.bytes.len();
+        self.batch.push(item);
+        if self.batch.len() >= BATCH_MESSAGES || self.bytes >= BATCH_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let body = encode_batch(&self.batch);
+        let request = self
+            .client
+            .request(Method::POST, &self.path)
+            .header("content-type", "application/octet-stream")
+            .body(body);
+        let report: MailImportReport = self
+            .client
+            .json(self.home, request)
+            .await
+            .with_context(|| format!("after {} messages were imported", self.sent))?;
+        self.report.imported += report.imported;
+        self.report.duplicates += report.duplicates;
+        self.report
+            .failed
+            .extend(report.failed.into_iter().map(|f| MailFailure {
+                index: f.index + self.sent,
+                reason: f.reason,
+            }));
+        self.sent += self.batch.len();
+        if let Some(bar) = &self.bar {
+            bar.inc(self.bytes as u64);
+        }
+        self.batch.clear();
+        self.bytes = 0;
+        Ok(())
+    }
+}
+
+/// `hearth import mail SOURCE [--into C] [--folder F]`.
+pub async fn import(
+    home: &Home,
+    json: bool,
+    client: &Client,
+    collection: &str,
+    source: &str,
+    folder: Option<String>,
+) -> anyhow::Result<()> {
+    if source.starts_with("imap://") || source.starts_with("imaps://") {
+        bail!(
+            "importing from an IMAP server is not built yet: export the folder to an mbox file or a Maildir (for example with mbsync) and import that"
+        );
+    }
+    let path = Path::new(source);
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {source}"))?;
+    let mut sender = Sender {
+        home,
+        client,
+        path: format!("/v1/import/{}", crate::commands::seg(collection)),
+        batch: Vec::new(),
+        bytes: 0,
+        sent: 0,
+        report: MailImportReport::default(),
+        bar: None,
+    };
+    if meta.is_dir() {
+        let folders = mail_parser::mailbox::maildir::FolderIterator::new(path, Some("."))
+            .with_context(|| format!("{source} is not a Maildir (no cur/ and new/)"))?;
+        for messages in folders {
+            let messages = messages.with_context(|| format!("cannot read {source}"))?;
+            let name = folder
+                .clone()
+                .unwrap_or_else(|| messages.name().unwrap_or("INBOX").to_owned());
+            for message in messages {
+                let message =
+                    message.with_context(|| format!("cannot read a message in {source}"))?;
+                let flags = maildir_flags(message.flags());
+                sender
+                    .add(MailItem {
+                        folder: name.clone(),
+                        flags,
+                        mbox_from: None,
+                        bytes: message.unwrap_contents(),
+                    })
+                    .await?;
+            }
+        }
+    } else {
+        sender.bar = progress(json, meta.len(), "importing");
+        let name = folder.unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "INBOX".to_owned())
+        });
+        let file = std::fs::File::open(path).with_context(|| format!("cannot read {source}"))?;
+        for message in Mbox::new(std::io::BufReader::with_capacity(1 << 20, file)) {
+            let (from, bytes) = message.with_context(|| format!("cannot read {source}"))?;
+            sender
+                .add(MailItem {
+                    folder: name.clone(),
+                    flags: mbox_flags(&bytes),
+                    mbox_from: Some(from),
+                    bytes,
+                })
+                .await?;
+        }
+    }
+    sender.flush().await?;
+    if let Some(bar) = sender.bar.take() {
+        bar.finish_and_clear();
+    }
+    let report = sender.report;
+    if json {
+        return out_json(&report);
+    }
+    out(format!(
+        "{} new, {} there already in {collection}",
+        report.imported, report.duplicates
+    ))?;
+    for failed in &report.failed {
+        note(format!(
+            "message {} not imported: {}",
+            failed.index + 1,
+            failed.reason
+        ));
+    }
+    Ok(())
+}
+
+/// One message to export: its record and its bytes' blob.
+struct Exported {
+    blob: String,
+    mbox_from: String,
+    folder: String,
+    flags: Vec<String>,
+    id: String,
+}
+
+/// `hearth export mail [-o FILE.mbox | --maildir DIR] [--from C]`.
+pub async fn export(
+    home: &Home,
+    json: bool,
+    client: &Client,
+    collection: &str,
+    output: Option<PathBuf>,
+    maildir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let path = format!(
+        "/v1/collections/{}/records",
+        crate::commands::seg(collection)
+    );
+    let records: Vec<Value> = client
+        .json(home, client.request(Method::GET, &path))
+        .await?;
+    let mut messages: Vec<(String, Exported)> = Vec::new();
+    for record in &records {
+        let text = |k: &str| record.get(k).and_then(Value::as_str).map(str::to_owned);
+        let Some(blob) = text("blob") else {
+            continue;
+        };
+        let list = |k: &str| -> Vec<String> {
+            record
+                .get(k)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let folder = list("folders")
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| "INBOX".into());
+        messages.push((
+            text("date").unwrap_or_default(),
+            Exported {
+                blob,
+                mbox_from: text("mbox_from")
+                    .unwrap_or_else(|| "MAILER-DAEMON Thu Jan  1 00:00:00 1970".into()),
+                folder,
+                flags: list("flags"),
+                id: text("id").unwrap_or_default(),
+            },
+        ));
+    }
+    messages.sort_by(|a, b| (&a.0, &a.1.id).cmp(&(&b.0, &b.1.id)));
+    let mut mbox: Box<dyn Write> = match (&output, &maildir) {
+        (Some(file), None) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(file)
+                .with_context(|| format!("cannot write {}", file.display()))?,
+        )),
+        (None, Some(_)) => Box::new(std::io::sink()),
+        (None, None) if json => bail!("with --json, give -o FILE.mbox or --maildir DIR"),
+        (None, None) => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+        (Some(_), Some(_)) => bail!("give -o FILE.mbox or --maildir DIR, not both"),
+    };
+    let mut bytes_out = 0u64;
+    for (_, message) in &messages {
+        let answer = client
+            .send(
+                home,
+                client.request(Method::GET, &format!("/v1/blobs/{}", message.blob)),
+            )
+            .await?;
+        let bytes = answer
+            .bytes()
+            .await
+            .with_context(|| format!("message {} broke off", message.id))?;
+        bytes_out += bytes.len() as u64;
+        match &maildir {
+            Some(dir) => write_maildir_message(dir, message, &bytes)?,
+            None => write_mbox_message(&mut mbox, &message.mbox_from, &bytes)
+                .context("cannot write the mbox")?,
+        }
+    }
+    mbox.flush().context("cannot write the mbox")?;
+    drop(mbox);
+    let target = output.or(maildir).map(|p| p.display().to_string());
+    if json {
+        return out_json(&serde_json::json!({
+            "collection": collection,
+            "messages": messages.len(),
+            "bytes": bytes_out,
+            "path": target,
+        }));
+    }
+    if let Some(target) = target {
+        note(format!(
+            "wrote {} messages ({bytes_out} bytes) to {target}",
+            messages.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Writes a message into `DIR` as Maildir++: INBOX at the top, another folder in
+/// `.NAME` (a `/` in a folder name becomes `.`), the flags in the file name.
+fn write_maildir_message(dir: &Path, message: &Exported, bytes: &[u8]) -> anyhow::Result<()> {
+    let folder = if message.folder.eq_ignore_ascii_case("INBOX") {
+        dir.to_path_buf()
+    } else {
+        let safe: String = message
+            .folder
+            .chars()
+            .map(|c| if c == '/' { '.' } else { c })
+            .filter(|c| !c.is_control())
+            .collect();
+        dir.join(format!(".{}", safe.trim_start_matches('.')))
+    };
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(folder.join(sub))
+            .with_context(|| format!("cannot write {}", folder.display()))?;
+    }
+    let mut letters: Vec<char> = message
+        .flags
+        .iter()
+        .filter_map(|f| match f.as_str() {
+            "draft" => Some('D'),
+            "flagged" => Some('F'),
+            "forwarded" => Some('P'),
+            "answered" => Some('R'),
+            "seen" => Some('S'),
+            "deleted" => Some('T'),
+            _ => None,
+        })
+        .collect();
+    letters.sort_unstable();
+    letters.dedup();
+    let name = format!(
+        "{}.hearth:2,{}",
+        message.id,
+        letters.iter().collect::<String>()
+    );
+    let path = folder.join("cur").join(name);
+    std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(mbox: &[u8]) -> Vec<(String, Vec<u8>)> {
+        Mbox::new(mbox).map(Result::unwrap).collect()
+    }
+
+    #[test]
+    fn an_mbox_reads_and_writes_back_the_same_messages() {
+        let one = b"Subject: a\n\nFrom here on\n>From quoted\nbye\n".to_vec();
+        let two = b"Subject: b\r\n\r\nno newline at the end".to_vec();
+        let three = b"Subject: c\n\n\n\nblank lines at the end\n\n".to_vec();
+        let mut file = Vec::new();
+        for (n, m) in [&one, &two, &three].iter().enumerate() {
+            write_mbox_message(&mut file, &format!("sender{n} Mon Jan  1 00:00:00 2024"), m)
+                .unwrap();
+        }
+        let text = String::from_utf8_lossy(&file).to_string();
+        assert!(text.contains("\n>From here on\n>>From quoted\n"), "{text}");
+        let back = read(&file);
+        assert_eq!(back.len(), 3);
+        assert_eq!(back[0], ("sender0 Mon Jan  1 00:00:00 2024".into(), one));
+        // A message without a line end at its end gains one (mbox has no other way).
+        let mut two_ended = two.clone();
+        two_ended.push(b'\n');
+        assert_eq!(back[1].1, two_ended);
+        assert_eq!(back[2].1, three);
+        // Written again: the same file.
+        let mut again = Vec::new();
+        for (from, bytes) in &back {
+            write_mbox_message(&mut again, from, bytes).unwrap();
+        }
+        let mut expected = Vec::new();
+        for (from, bytes) in &back {
+            write_mbox_message(&mut expected, from, bytes).unwrap();
+        }
+        assert_eq!(again, expected);
+        assert_eq!(read(&again), back);
+        // Text before the first From line is not a message; an empty file has none.
+        assert_eq!(read(b"junk\nFrom x\nSubject: y\n\nz\n").len(), 1);
+        assert!(read(b"").is_empty());
+    }
+
+    #[test]
+    fn mbox_flags_come_from_status_headers() {
+        let m = b"Status: RO\nX-Status: AF\nSubject: x\n\nStatus: D\n";
+        assert_eq!(mbox_flags(m), vec!["answered", "flagged", "seen"]);
+        assert!(mbox_flags(b"Subject: x\n\nbody").is_empty());
+    }
+}

@@ -1,0 +1,393 @@
+//! Mail from outside: `hearth import mail` of an mbox file and of a Maildir, `hearth
+//! export mail` giving every message back byte for byte (compared by SHA-256), an
+//! import killed midway and run again (no message twice, none lost), and a grant that
+//! sees only two fields of one folder.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use hearth_tests::*;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// Message `n` of a test mailbox: every tenth without a Message-ID, every seventh
+/// with an attachment, some with `From ` and `>From ` lines in the body, 8-bit bytes,
+/// CRLF line ends.
+fn message(n: usize) -> Vec<u8> {
+    let mut m = Vec::new();
+    let eol: &[u8] = if n % 3 == 0 { b"\r\n" } else { b"\n" };
+    let mut line = |text: &[u8]| {
+        m.extend_from_slice(text);
+        m.extend_from_slice(eol);
+    };
+    line(format!("From: Sender {n} <sender{n}@example.org>").as_bytes());
+    line(format!("To: ada@example.org, bob{n}@example.net").as_bytes());
+    if n % 5 == 0 {
+        line(b"Cc: carol@example.com");
+    }
+    line(format!("Subject: message number {n}").as_bytes());
+    line(
+        format!(
+            "Date: Mon, {} Jan 2024 10:{:02}:00 +0100",
+            1 + n % 28,
+            n % 60
+        )
+        .as_bytes(),
+    );
+    if n % 10 != 0 {
+        line(format!("Message-ID: <m{n}@example.org>").as_bytes());
+    }
+    if n > 0 && n % 4 == 0 {
+        line(format!("In-Reply-To: <m{}@example.org>", n - 1).as_bytes());
+    }
+    if n % 7 == 0 {
+        line(b"MIME-Version: 1.0");
+        line(b"Content-Type: multipart/mixed; boundary=\"b\"");
+        line(b"");
+        line(b"--b");
+        line(b"Content-Type: text/plain; charset=iso-8859-1");
+        line(b"");
+        line(b"Gr\xfc\xdfe aus K\xf6ln");
+        line(b"From the start of a line");
+        line(b"--b");
+        line(format!("Content-Type: application/pdf; name=\"report{n}.pdf\"").as_bytes());
+        line(b"Content-Disposition: attachment; filename=\"report.pdf\"");
+        line(b"Content-Transfer-Encoding: base64");
+        line(b"");
+        line(b"JVBERi0xLjQKJcfsj6IK");
+        line(b"--b--");
+    } else {
+        line(b"");
+        line(format!("Hello {n}.").as_bytes());
+        line(b"From here, a line an mbox must quote.");
+        line(b">From already quoted once.");
+        line(b"");
+        line(b"-- ");
+        line(b"sender");
+    }
+    m
+}
+
+/// An mbox of `messages` (mboxrd: `From ` lines inside quoted with one more `>`).
+fn mbox(messages: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (n, m) in messages.iter().enumerate() {
+        out.extend_from_slice(
+            format!("From sender{n}@example.org Mon Jan  1 10:00:00 2024\n").as_bytes(),
+        );
+        for line in m.split_inclusive(|&b| b == b'\n') {
+            let quotes = line.iter().take_while(|&&b| b == b'>').count();
+            if line[quotes..].starts_with(b"From ") {
+                out.push(b'>');
+            }
+            out.extend_from_slice(line);
+        }
+        out.push(b'\n');
+    }
+    out
+}
+
+/// The messages of an mbox, read as mboxrd.
+fn read_mbox(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut messages: Vec<Vec<u8>> = Vec::new();
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b"From ") {
+            messages.push(Vec::new());
+            continue;
+        }
+        let Some(current) = messages.last_mut() else {
+            continue;
+        };
+        let quotes = line.iter().take_while(|&&b| b == b'>').count();
+        if quotes > 0 && line[quotes..].starts_with(b"From ") {
+            current.extend_from_slice(&line[1..]);
+        } else {
+            current.extend_from_slice(line);
+        }
+    }
+    for m in &mut messages {
+        if m.ends_with(b"\n\n") || m.ends_with(b"\r\n\n") {
+            m.pop();
+        }
+    }
+    messages
+}
+
+/// Each message's SHA-256, counted.
+fn digests<'a>(messages: impl IntoIterator<Item = &'a Vec<u8>>) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for m in messages {
+        *out.entry(hex(&Sha256::digest(m))).or_default() += 1;
+    }
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn records(node: &NodeProcess, collection: &str) -> Vec<Value> {
+    node.json(&["ls", collection]).as_array().unwrap().clone()
+}
+
+#[test]
+fn an_mbox_is_imported_once_and_exported_byte_for_byte() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let mut messages: Vec<Vec<u8>> = (0..120).map(message).collect();
+    // The same message twice (a copy in the same file), and another message under a
+    // Message-ID already taken: the copy is one record, the other is kept beside.
+    messages.push(message(1));
+    let mut reused = message(2);
+    reused.extend_from_slice(b"a different body under the same Message-ID\n");
+    messages.push(reused);
+    let file = t.file("Archive.mbox", mbox(&messages));
+    let report = node.json(&["import", "mail", file.to_str().unwrap()]);
+    assert_eq!(report["imported"], 121, "{report}");
+    assert_eq!(report["duplicates"], 1, "{report}");
+    assert_eq!(report["failed"], json!([]), "{report}");
+    let listed = records(&node, "mail");
+    assert_eq!(listed.len(), 121);
+
+    // The fields of one message.
+    let seven = listed
+        .iter()
+        .find(|r| r["subject"] == "message number 7")
+        .unwrap();
+    assert_eq!(seven["from"], "sender7@example.org", "{seven}");
+    assert_eq!(seven["from_name"], "Sender 7");
+    assert_eq!(seven["to"], json!(["ada@example.org", "bob7@example.net"]));
+    assert_eq!(seven["message_id"], "m7@example.org");
+    assert_eq!(seven["folders"], json!(["Archive"]));
+    assert_eq!(seven["size"], message(7).len());
+    assert_eq!(seven["attachments"][0]["name"], "report.pdf", "{seven}");
+    assert_eq!(seven["attachments"][0]["type"], "application/pdf");
+    let eight = listed
+        .iter()
+        .find(|r| r["subject"] == "message number 8")
+        .unwrap();
+    assert_eq!(eight["in_reply_to"], json!(["m7@example.org"]));
+    assert!(
+        eight["date"]
+            .as_str()
+            .unwrap()
+            .starts_with("2024-01-09T10:08:00"),
+        "{eight}"
+    );
+    // Without a Message-ID it is still one record, found again by its bytes.
+    assert!(
+        listed
+            .iter()
+            .any(|r| r["subject"] == "message number 10" && r.get("message_id").is_none())
+    );
+
+    // Imported again: nothing new.
+    let again = node.json(&["import", "mail", file.to_str().unwrap()]);
+    assert_eq!(again["imported"], 0, "{again}");
+    assert_eq!(again["duplicates"], 122, "{again}");
+    assert_eq!(records(&node, "mail").len(), 121);
+
+    // Exported: every distinct message, byte for byte.
+    let out = t.dir().join("out.mbox");
+    node.json(&["export", "mail", "-o", out.to_str().unwrap()]);
+    let exported = read_mbox(&std::fs::read(&out).unwrap());
+    let mut distinct = messages.clone();
+    distinct.pop();
+    distinct.remove(120);
+    distinct.push(messages[121].clone());
+    assert_eq!(digests(&exported), digests(&distinct));
+    node.stop();
+}
+
+#[test]
+fn an_import_killed_midway_and_run_again_loses_nothing_and_adds_nothing_twice() {
+    let t = TestHome::new();
+    let messages: Vec<Vec<u8>> = (0..4000).map(message).collect();
+    let file = t.file("INBOX.mbox", mbox(&messages));
+    let node = spawn_node(t.path(), &[]);
+    let mut import = std::process::Command::new(hearth_bin())
+        .args([
+            "--home",
+            t.as_str(),
+            "import",
+            "mail",
+            file.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill the node once part of the mailbox is in.
+    eventually("part of the mailbox imported", || {
+        let status = node.json(&["status"]);
+        let count = status["collections"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == "mail")?["records"]
+            .as_u64()?;
+        (count > 0).then_some(())
+    });
+    node.kill9();
+    let _ = import.wait();
+    let node = spawn_node(t.path(), &[]);
+    let before = records(&node, "mail").len();
+    assert!(
+        before < 4000,
+        "the kill came too late to test anything: {before}"
+    );
+    let report = node.json(&["import", "mail", file.to_str().unwrap()]);
+    assert_eq!(
+        report["imported"].as_u64().unwrap() + report["duplicates"].as_u64().unwrap(),
+        4000,
+        "{report}"
+    );
+    assert_eq!(records(&node, "mail").len(), 4000);
+    let out = t.dir().join("out.mbox");
+    node.json(&["export", "mail", "-o", out.to_str().unwrap()]);
+    assert_eq!(
+        digests(&read_mbox(&std::fs::read(&out).unwrap())),
+        digests(&messages)
+    );
+    node.stop();
+}
+
+fn write_maildir(dir: &Path, messages: &[(&str, &str, Vec<u8>)]) {
+    for (n, (folder, flags, bytes)) in messages.iter().enumerate() {
+        let base = if *folder == "INBOX" {
+            dir.to_path_buf()
+        } else {
+            dir.join(format!(".{folder}"))
+        };
+        for sub in ["cur", "new", "tmp"] {
+            std::fs::create_dir_all(base.join(sub)).unwrap();
+        }
+        std::fs::write(base.join("cur").join(format!("{n}.host:2,{flags}")), bytes).unwrap();
+    }
+}
+
+#[test]
+fn a_maildir_keeps_its_folders_and_flags_and_a_grant_sees_one_folder_s_two_fields() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let dir = t.dir().join("Maildir");
+    let messages = vec![
+        ("INBOX", "S", message(1)),
+        ("INBOX", "FS", message(2)),
+        ("Sent", "RS", message(3)),
+        ("Sent", "", message(4)),
+        // The same message in two folders: one record, both folders.
+        ("Archive", "S", message(1)),
+    ];
+    write_maildir(&dir, &messages);
+    let report = node.json(&[
+        "import",
+        "mail",
+        dir.to_str().unwrap(),
+        "--into",
+        "mail-home",
+    ]);
+    assert_eq!(report["imported"], 4, "{report}");
+    assert_eq!(report["duplicates"], 1, "{report}");
+    let listed = records(&node, "mail-home");
+    let by_subject = |s: &str| listed.iter().find(|r| r["subject"] == s).unwrap().clone();
+    let one = by_subject("message number 1");
+    let mut folders: Vec<String> = one["folders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_owned())
+        .collect();
+    folders.sort();
+    assert_eq!(folders, vec!["Archive", "INBOX"], "{one}");
+    assert_eq!(
+        by_subject("message number 2")["flags"],
+        json!(["flagged", "seen"])
+    );
+    assert_eq!(
+        by_subject("message number 3")["flags"],
+        json!(["answered", "seen"])
+    );
+    assert_eq!(by_subject("message number 3")["folders"], json!(["Sent"]));
+
+    // Exported as a Maildir: the same messages, flags in the file names.
+    let out = t.dir().join("Exported");
+    node.json(&[
+        "export",
+        "mail",
+        "--from",
+        "mail-home",
+        "--maildir",
+        out.to_str().unwrap(),
+    ]);
+    let mut found = Vec::new();
+    let mut names = Vec::new();
+    for sub in [out.join("cur"), out.join(".Sent").join("cur")] {
+        for entry in std::fs::read_dir(&sub).unwrap() {
+            let entry = entry.unwrap();
+            names.push(entry.file_name().to_string_lossy().into_owned());
+            found.push(std::fs::read(entry.path()).unwrap());
+        }
+    }
+    let distinct: Vec<Vec<u8>> = messages[..4].iter().map(|(_, _, m)| m.clone()).collect();
+    assert_eq!(digests(&found), digests(&distinct));
+    assert!(names.iter().any(|n| n.ends_with(":2,FS")), "{names:?}");
+    assert!(names.iter().any(|n| n.ends_with(":2,RS")), "{names:?}");
+
+    // A service that may read only subject and from of the INBOX sees exactly that.
+    let grant = node.json(&[
+        "grant",
+        "mailreader",
+        "--read",
+        "mail-home.subject,mail-home.from",
+        "--where",
+        "folders=INBOX",
+    ]);
+    let token = grant["token"].as_str().unwrap();
+    let api = Api::new(&node);
+    let (status, view) = api.send(
+        api.raw(reqwest::Method::GET, "/v1/view/mail-home")
+            .bearer_auth(token),
+    );
+    assert_eq!(status, 200, "{view}");
+    let seen = view
+        .as_array()
+        .or_else(|| view["records"].as_array())
+        .unwrap_or_else(|| panic!("{view}"))
+        .clone();
+    assert_eq!(seen.len(), 2, "{view}");
+    for r in &seen {
+        let mut keys: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(keys, vec!["from", "id", "subject"], "{r}");
+    }
+    node.stop();
+}
+
+#[test]
+fn mail_input_that_is_wrong_is_refused_with_its_reason() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let err = one_line_error(&node.run(&["import", "mail", "imap://me@localhost/INBOX"]));
+    assert!(err.contains("IMAP"), "{err}");
+    let err =
+        one_line_error(&node.run(&["import", "mail", t.dir().join("nothing").to_str().unwrap()]));
+    assert!(err.contains("cannot read"), "{err}");
+    let err = one_line_error(&node.run(&["import", "mail", "x.mbox", "--into", "notes"]));
+    assert!(err.contains("mail-"), "{err}");
+    // A batch that is not one: the node says so, and stores nothing.
+    let api = Api::new(&node);
+    let (status, body) = api.send(
+        api.request(reqwest::Method::POST, "/v1/import/mail")
+            .body(vec![1u8, 0, 0, 0, 9, 0]),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mail batch"),
+        "{body}"
+    );
+    assert!(records(&node, "mail").is_empty());
+    node.stop();
+}
