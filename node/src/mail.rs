@@ -162,19 +162,21 @@ pub async fn import_batch(
     // two folders) is one record.
     let mut batch: Vec<(RecordId, Map<String, Json>)> = Vec::new();
     let mut at: HashMap<RecordId, usize> = HashMap::new();
+    // Each record as the collection held it before this batch, read once.
+    let mut stored_before: HashMap<RecordId, Option<Map<String, Json>>> = HashMap::new();
     let mut to_list = Vec::new();
     for ((item, (message_id, mut fields)), stored) in keep.into_iter().zip(&stored) {
         let blob = stored.id.to_string();
         let key = key_of(message_id.as_deref(), &item.bytes);
         let mut id = id_of(&key);
-        let mut before = current(vault, collection, &id, &batch, &at)?;
+        let mut before = current(vault, collection, &id, &batch, &at, &mut stored_before)?;
         if before
             .as_ref()
             .is_some_and(|b| b.get("blob").and_then(Json::as_str) != Some(blob.as_str()))
         {
             // Another message holds this Message-ID: this one is kept beside it.
             id = id_of(&format!("{key}\u{0}{blob}"));
-            before = current(vault, collection, &id, &batch, &at)?;
+            before = current(vault, collection, &id, &batch, &at, &mut stored_before)?;
         }
         let record = match before {
             Some(mut record) => {
@@ -221,16 +223,7 @@ pub async fn import_batch(
     // A record that reads as before is not written (a mailbox imported again).
     let mut writes = Vec::with_capacity(batch.len());
     for (id, record) in batch {
-        let unchanged = vault
-            .collections
-            .get(collection, &id)?
-            .and_then(|r| r.as_object().cloned())
-            .map(|mut r| {
-                r.remove("id");
-                r
-            })
-            == Some(record.clone());
-        if !unchanged {
+        if stored_before.get(&id).and_then(Option::as_ref) != Some(&record) {
             writes.push((id, RecordWrite::Put(record)));
         }
     }
@@ -258,18 +251,24 @@ fn current(
     id: &RecordId,
     batch: &[(RecordId, Map<String, Json>)],
     at: &HashMap<RecordId, usize>,
+    stored_before: &mut HashMap<RecordId, Option<Map<String, Json>>>,
 ) -> Result<Option<Map<String, Json>>, MailError> {
     if let Some(&i) = at.get(id) {
         return Ok(Some(batch[i].1.clone()));
     }
-    Ok(vault
+    if let Some(stored) = stored_before.get(id) {
+        return Ok(stored.clone());
+    }
+    let stored = vault
         .collections
         .get(collection, id)?
         .and_then(|r| r.as_object().cloned())
         .map(|mut r| {
             r.remove("id");
             r
-        }))
+        });
+    stored_before.insert(id.clone(), stored.clone());
+    Ok(stored)
 }
 
 /// Why a batch was not imported.

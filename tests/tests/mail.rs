@@ -15,14 +15,14 @@ use sha2::{Digest, Sha256};
 /// CRLF line ends.
 fn message(n: usize) -> Vec<u8> {
     let mut m = Vec::new();
-    let eol: &[u8] = if n % 3 == 0 { b"\r\n" } else { b"\n" };
+    let eol: &[u8] = if n.is_multiple_of(3) { b"\r\n" } else { b"\n" };
     let mut line = |text: &[u8]| {
         m.extend_from_slice(text);
         m.extend_from_slice(eol);
     };
     line(format!("From: Sender {n} <sender{n}@example.org>").as_bytes());
     line(format!("To: ada@example.org, bob{n}@example.net").as_bytes());
-    if n % 5 == 0 {
+    if n.is_multiple_of(5) {
         line(b"Cc: carol@example.com");
     }
     line(format!("Subject: message number {n}").as_bytes());
@@ -34,13 +34,13 @@ fn message(n: usize) -> Vec<u8> {
         )
         .as_bytes(),
     );
-    if n % 10 != 0 {
+    if !n.is_multiple_of(10) {
         line(format!("Message-ID: <m{n}@example.org>").as_bytes());
     }
-    if n > 0 && n % 4 == 0 {
+    if n > 0 && n.is_multiple_of(4) {
         line(format!("In-Reply-To: <m{}@example.org>", n - 1).as_bytes());
     }
-    if n % 7 == 0 {
+    if n.is_multiple_of(7) {
         line(b"MIME-Version: 1.0");
         line(b"Content-Type: multipart/mixed; boundary=\"b\"");
         line(b"");
