@@ -118,6 +118,9 @@ pub struct Collections {
     index: RecordIndex,
     actor: ActorId,
     open: Mutex<HashMap<CollectionName, Slot>>,
+    /// One gate per collection being loaded: loads of one collection wait for each
+    /// other there, and nothing else waits for a load (`open` is not held meanwhile).
+    loading: Mutex<HashMap<CollectionName, Arc<Mutex<()>>>>,
     /// Counts uses, to find the least recently used collection.
     uses: AtomicU64,
     /// The documents kept in memory, counted by their saved size (see
@@ -485,6 +488,7 @@ impl Collections {
             store,
             actor: ActorId::from(actor),
             open: Mutex::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
             uses: AtomicU64::new(0),
             budget: AtomicUsize::new(DEFAULT_CACHE_BYTES),
             changes: broadcast::channel(CHANGE_CHANNEL).0,
@@ -1431,11 +1435,57 @@ impl Collections {
         }
     }
 
+    /// The collection in memory, loaded from the disk first if it is not. A load (which
+    /// for a large collection reads and decrypts its whole document) holds only its
+    /// own collection's gate: requests to other collections go on meanwhile.
     fn load(&self, name: &CollectionName) -> Result<Arc<Mutex<Collection>>, CollectionError> {
-        let mut open = self.open_slots();
-        if let Some(slot) = open.get(name) {
-            return Ok(slot.collection.clone());
+        let gate = {
+            let open = self.open_slots();
+            if let Some(slot) = open.get(name) {
+                return Ok(slot.collection.clone());
+            }
+            self.loading
+                .lock()
+                .expect("loading lock is never poisoned")
+                .entry(name.clone())
+                .or_default()
+                .clone()
+        };
+        let loaded = {
+            let _only_loader = gate
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Loaded by the request this one waited for.
+            if let Some(slot) = self.open_slots().get(name) {
+                return Ok(slot.collection.clone());
+            }
+            self.read_collection(name).map(|(collection, bytes)| {
+                let collection = Arc::new(Mutex::new(collection));
+                self.open_slots().insert(
+                    name.clone(),
+                    Slot {
+                        collection: collection.clone(),
+                        bytes,
+                        used: self.uses.fetch_add(1, Ordering::Relaxed),
+                    },
+                );
+                collection
+            })
+        };
+        let mut loading = self.loading.lock().expect("loading lock is never poisoned");
+        if loading.get(name).is_some_and(|g| Arc::ptr_eq(g, &gate)) && Arc::strong_count(&gate) == 2
+        {
+            loading.remove(name);
         }
+        loaded
+    }
+
+    /// Reads collection `name` from the disk (checked against the commit record), and
+    /// its saved size.
+    fn read_collection(
+        &self,
+        name: &CollectionName,
+    ) -> Result<(Collection, usize), CollectionError> {
         let key = self.store.name_key(NAME_DOMAIN, name.as_str());
         let listed = self.names.contains_key(&key)?;
         let corrupt = |e: AutomergeError| CollectionError::Document {
@@ -1506,7 +1556,7 @@ impl Collections {
                 .into());
             }
         }
-        let collection = Arc::new(Mutex::new(Collection {
+        let collection = Collection {
             name: name.clone(),
             key,
             doc,
@@ -1518,16 +1568,8 @@ impl Collections {
             change_bytes,
             snapshot_bytes,
             stale: false,
-        }));
-        open.insert(
-            name.clone(),
-            Slot {
-                collection: collection.clone(),
-                bytes: snapshot_bytes + change_bytes,
-                used: self.uses.fetch_add(1, Ordering::Relaxed),
-            },
-        );
-        Ok(collection)
+        };
+        Ok((collection, snapshot_bytes + change_bytes))
     }
 }
 
@@ -2317,6 +2359,48 @@ mod tests {
         let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
         assert_eq!(c.heads(&contacts).unwrap().len(), 1, "the snapshot loads");
         assert_eq!(c.count(&contacts).unwrap() as u64, COMPACT_AFTER);
+    }
+
+    /// A load reading a collection from the disk holds up requests to that collection
+    /// only: a write to another one goes on meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_load_in_progress_holds_up_no_other_collection() {
+        let vault = TestVault::new();
+        let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        c.set_cache_budget(1);
+        let (big, small) = (name("big"), name("small"));
+        c.put(&big, &id("a"), &obj(json!({"n": 1}))).unwrap();
+        c.put(&small, &id("a"), &obj(json!({"n": 1}))).unwrap();
+        assert_eq!(c.cached().0, 1, "big was dropped from memory");
+        // Held, the layout lock stops a load of `big` half-way (while it reads the disk).
+        let layout = c.layout.clone();
+        let held = layout.lock().unwrap();
+        let loader = {
+            let (c, big) = (c.clone(), big.clone());
+            std::thread::spawn(move || c.heads(&big).unwrap())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(!loader.is_finished(), "the load of big is held");
+        let (answer, answered) = std::sync::mpsc::channel();
+        let writer = {
+            let (c, small) = (c.clone(), small.clone());
+            std::thread::spawn(move || {
+                answer
+                    .send(c.put(&small, &id("b"), &obj(json!({"n": 2}))).unwrap())
+                    .unwrap();
+            })
+        };
+        answered
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("a write to another collection waited for a load");
+        drop(held);
+        assert!(!loader.join().unwrap().is_empty());
+        writer.join().unwrap();
+        assert_eq!(c.count(&small).unwrap(), 2);
+        assert!(
+            c.loading.lock().unwrap().is_empty(),
+            "no gate is left behind"
+        );
     }
 
     /// A read is answered from the record index while the collection's lock is held
