@@ -255,16 +255,21 @@ pub enum Command {
         /// What the file holds
         #[arg(value_enum)]
         kind: PimKind,
-        /// The file (- for stdin); for mail, an mbox file or a Maildir directory
+        /// The file (- for stdin); for mail, an mbox file, a Maildir directory, or
+        /// imap[s]://USER@HOST[:PORT][/FOLDER] (every folder when none is named)
         file: PathBuf,
         /// Into this collection instead of `contacts` / `calendar` / `mail` (its name
         /// must start with contacts-, calendar- or mail-)
         #[arg(long, value_name = "COLLECTION")]
         into: Option<String>,
         /// Mail: the folder the messages are in [default: the mbox file's name, or a
-        /// Maildir's own folders]
+        /// Maildir's or IMAP server's own folders]
         #[arg(long, value_name = "NAME")]
         folder: Option<String>,
+        /// Mail from imap[s]://USER@HOST[:PORT][/FOLDER]: the file holding the password
+        /// (its first line)
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
     },
     /// Print a one-time login link to the web dashboard (it works once, for 10 minutes)
     Dashboard,

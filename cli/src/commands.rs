@@ -1121,14 +1121,24 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
             file,
             into,
             folder,
+            password_file,
         } => {
             let collection = kind.collection_or(into)?;
             if kind == PimKind::Mail {
                 let source = file.to_string_lossy();
-                crate::mail::import(home, json, &client, &collection, &source, folder).await?;
+                crate::mail::import(
+                    home,
+                    json,
+                    &client,
+                    &collection,
+                    &source,
+                    folder,
+                    password_file,
+                )
+                .await?;
             } else {
-                if folder.is_some() {
-                    bail!("--folder is for mail");
+                if folder.is_some() || password_file.is_some() {
+                    bail!("--folder and --password-file are for mail");
                 }
                 import(home, json, &client, &collection, &file).await?;
             }

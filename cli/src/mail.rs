@@ -238,14 +238,8 @@ pub async fn import(
     collection: &str,
     source: &str,
     folder: Option<String>,
+    password_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    if source.starts_with("imap://") || source.starts_with("imaps://") {
-        bail!(
-            "importing from an IMAP server is not built yet: export the folder to an mbox file or a Maildir (for example with mbsync) and import that"
-        );
-    }
-    let path = Path::new(source);
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {source}"))?;
     let mut sender = Sender {
         home,
         client,
@@ -256,6 +250,18 @@ pub async fn import(
         report: MailImportReport::default(),
         bar: None,
     };
+    if source.starts_with("imap://") || source.starts_with("imaps://") {
+        let password_file = password_file.context(
+            "an IMAP import needs --password-file FILE (the password on its first line)",
+        )?;
+        imap(&mut sender, source, &password_file, folder).await?;
+        return finish(sender, json, collection).await;
+    }
+    if password_file.is_some() {
+        bail!("--password-file is for an IMAP import");
+    }
+    let path = Path::new(source);
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {source}"))?;
     if meta.is_dir() {
         let folders = mail_parser::mailbox::maildir::FolderIterator::new(path, Some("."))
             .with_context(|| format!("{source} is not a Maildir (no cur/ and new/)"))?;
@@ -299,6 +305,11 @@ pub async fn import(
                 .await?;
         }
     }
+    finish(sender, json, collection).await
+}
+
+/// Sends what is left and says what the import did.
+async fn finish(mut sender: Sender<'_>, json: bool, collection: &str) -> anyhow::Result<()> {
     sender.flush().await?;
     if let Some(bar) = sender.bar.take() {
         bar.finish_and_clear();
@@ -318,6 +329,219 @@ pub async fn import(
             failed.reason
         ));
     }
+    Ok(())
+}
+
+/// The flags of an IMAP message, as names (`\\Recent` is not kept: it says nothing
+/// about the message).
+fn imap_flags<'a>(flags: impl Iterator<Item = async_imap::types::Flag<'a>>) -> Vec<String> {
+    use async_imap::types::Flag;
+    let mut out: Vec<String> = flags
+        .filter_map(|f| match f {
+            Flag::Seen => Some("seen".to_owned()),
+            Flag::Answered => Some("answered".to_owned()),
+            Flag::Flagged => Some("flagged".to_owned()),
+            Flag::Deleted => Some("deleted".to_owned()),
+            Flag::Draft => Some("draft".to_owned()),
+            Flag::Custom(k) if k.eq_ignore_ascii_case("$Forwarded") => Some("forwarded".to_owned()),
+            Flag::Custom(k) if !k.starts_with('\\') && !k.is_empty() && k.len() <= 64 => {
+                Some(k.to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Where an IMAP import goes: `imap[s]://USER@HOST[:PORT][/FOLDER]`.
+struct ImapSource {
+    tls: bool,
+    host: String,
+    port: u16,
+    user: String,
+    /// `None`: every folder.
+    folder: Option<String>,
+}
+
+fn imap_source(source: &str) -> anyhow::Result<ImapSource> {
+    let url = reqwest::Url::parse(source)
+        .with_context(|| format!("{source} is not an imap:// or imaps:// address"))?;
+    let tls = url.scheme() == "imaps";
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .with_context(|| format!("{source} names no server"))?
+        .trim_matches(['[', ']'])
+        .to_owned();
+    let decode = |s: &str| percent_decode(s);
+    let user = decode(url.username());
+    if user.is_empty() {
+        bail!("{source} names no user: imap[s]://USER@HOST/FOLDER");
+    }
+    let folder = decode(url.path().trim_start_matches('/'));
+    // The password crosses the network: in clear only to this machine.
+    let local = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !tls && !local {
+        bail!("plain imap:// sends the password in clear: use imaps:// (TLS) for {host}");
+    }
+    Ok(ImapSource {
+        tls,
+        port: url.port().unwrap_or(if tls { 993 } else { 143 }),
+        host,
+        user,
+        folder: (!folder.is_empty()).then_some(folder),
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = s.get(i + 1..i + 3)
+            && let Ok(b) = u8::from_str_radix(hex, 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Imports one folder of an IMAP server, or every folder: each message's bytes
+/// (`BODY.PEEK[]`, which leaves it unread) and flags. A message in several folders
+/// (Gmail's labels, an All Mail folder) becomes one record with all of them.
+async fn imap(
+    sender: &mut Sender<'_>,
+    source: &str,
+    password_file: &Path,
+    folder_name: Option<String>,
+) -> anyhow::Result<()> {
+    let at = imap_source(source)?;
+    let password = std::fs::read_to_string(password_file)
+        .with_context(|| format!("cannot read {}", password_file.display()))?;
+    let password = password.lines().next().unwrap_or("").to_owned();
+    let tcp = tokio::net::TcpStream::connect((at.host.as_str(), at.port))
+        .await
+        .with_context(|| format!("cannot reach {}:{}", at.host, at.port))?;
+    if at.tls {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .context("TLS")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from(at.host.clone())
+            .with_context(|| format!("{} is not a server name", at.host))?;
+        let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .with_context(|| format!("TLS with {} failed", at.host))?;
+        imap_session(
+            sender,
+            async_imap::Client::new(stream),
+            &at,
+            &password,
+            folder_name,
+        )
+        .await
+    } else {
+        imap_session(
+            sender,
+            async_imap::Client::new(tcp),
+            &at,
+            &password,
+            folder_name,
+        )
+        .await
+    }
+}
+
+async fn imap_session<T>(
+    sender: &mut Sender<'_>,
+    mut client: async_imap::Client<T>,
+    at: &ImapSource,
+    password: &str,
+    folder_name: Option<String>,
+) -> anyhow::Result<()>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + std::fmt::Debug + Send,
+{
+    use futures::TryStreamExt;
+    client
+        .read_response()
+        .await
+        .context("the server sent no greeting")?
+        .context("the server closed the connection")?;
+    let mut session = client
+        .login(&at.user, password)
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("the server refused the login of {}: {e}", at.user))?;
+    let folders: Vec<String> = match &at.folder {
+        Some(folder) => vec![folder.clone()],
+        None => {
+            let names: Vec<async_imap::types::Name> = session
+                .list(Some(""), Some("*"))
+                .await
+                .context("cannot list the folders")?
+                .try_collect()
+                .await
+                .context("cannot list the folders")?;
+            names
+                .iter()
+                .filter(|n| {
+                    !n.attributes()
+                        .iter()
+                        .any(|a| matches!(a, async_imap::types::NameAttribute::NoSelect))
+                })
+                .map(|n| n.name().to_owned())
+                .collect()
+        }
+    };
+    for folder in folders {
+        let mailbox = session
+            .examine(&folder)
+            .await
+            .with_context(|| format!("cannot open folder {folder}"))?;
+        if mailbox.exists == 0 {
+            continue;
+        }
+        let name = folder_name.clone().unwrap_or_else(|| folder.clone());
+        let mut fetches = session
+            .uid_fetch("1:*", "(UID FLAGS BODY.PEEK[])")
+            .await
+            .with_context(|| format!("cannot read folder {folder}"))?;
+        while let Some(fetch) = fetches
+            .try_next()
+            .await
+            .with_context(|| format!("reading folder {folder} broke off"))?
+        {
+            let Some(body) = fetch.body() else {
+                continue;
+            };
+            sender
+                .add(MailItem {
+                    folder: name.clone(),
+                    flags: imap_flags(fetch.flags()),
+                    mbox_from: None,
+                    bytes: body.to_vec(),
+                })
+                .await?;
+        }
+    }
+    let _ = session.logout().await;
     Ok(())
 }
 
