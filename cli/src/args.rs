@@ -270,6 +270,10 @@ pub enum Command {
         /// (its first line)
         #[arg(long, value_name = "FILE")]
         password_file: Option<PathBuf>,
+        /// Mail from IMAP: fetch every message again (with its flags as they are now),
+        /// not only those that arrived since the last import of the folder
+        #[arg(long)]
+        full: bool,
     },
     /// Print a one-time login link to the web dashboard (it works once, for 10 minutes)
     Dashboard,

@@ -1122,23 +1122,20 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
             into,
             folder,
             password_file,
+            full,
         } => {
             let collection = kind.collection_or(into)?;
             if kind == PimKind::Mail {
-                let source = file.to_string_lossy();
-                crate::mail::import(
-                    home,
-                    json,
-                    &client,
-                    &collection,
-                    &source,
+                let source = crate::mail::Source {
+                    source: file.to_string_lossy().into_owned(),
                     folder,
                     password_file,
-                )
-                .await?;
+                    full,
+                };
+                crate::mail::import(home, json, &client, &collection, source).await?;
             } else {
-                if folder.is_some() || password_file.is_some() {
-                    bail!("--folder and --password-file are for mail");
+                if folder.is_some() || password_file.is_some() || full {
+                    bail!("--folder, --password-file and --full are for mail");
                 }
                 import(home, json, &client, &collection, &file).await?;
             }

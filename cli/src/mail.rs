@@ -197,6 +197,27 @@ impl Sender<'_> {
         Ok(())
     }
 
+    /// The state an earlier import stored at `path`, if any.
+    async fn state(&self, path: &str) -> anyhow::Result<Option<Value>> {
+        let answer = self
+            .client
+            .request(Method::GET, path)
+            .send()
+            .await
+            .context("the node did not answer")?;
+        if answer.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let request = self.client.request(Method::GET, path);
+        Ok(Some(self.client.json(self.home, request).await?))
+    }
+
+    async fn set_state(&self, path: &str, state: Value) -> anyhow::Result<()> {
+        let request = self.client.request(Method::PUT, path).json(&state);
+        self.client.send(self.home, request).await?;
+        Ok(())
+    }
+
     async fn flush(&mut self) -> anyhow::Result<()> {
         if self.batch.is_empty() {
             return Ok(());
@@ -230,16 +251,31 @@ impl Sender<'_> {
     }
 }
 
-/// `hearth import mail SOURCE [--into C] [--folder F]`.
+/// Where `hearth import mail` reads from, and how.
+pub struct Source {
+    /// An mbox file, a Maildir, or `imap[s]://…`.
+    pub source: String,
+    pub folder: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// IMAP: every message again, not only the new ones.
+    pub full: bool,
+}
+
+/// `hearth import mail SOURCE [--into C] [--folder F] [--password-file F] [--full]`.
 pub async fn import(
     home: &Home,
     json: bool,
     client: &Client,
     collection: &str,
-    source: &str,
-    folder: Option<String>,
-    password_file: Option<PathBuf>,
+    from: Source,
 ) -> anyhow::Result<()> {
+    let Source {
+        source,
+        folder,
+        password_file,
+        full,
+    } = from;
+    let source = source.as_str();
     let mut sender = Sender {
         home,
         client,
@@ -254,11 +290,11 @@ pub async fn import(
         let password_file = password_file.context(
             "an IMAP import needs --password-file FILE (the password on its first line)",
         )?;
-        imap(&mut sender, source, &password_file, folder).await?;
+        imap(&mut sender, source, &password_file, folder, full).await?;
         return finish(sender, json, collection).await;
     }
-    if password_file.is_some() {
-        bail!("--password-file is for an IMAP import");
+    if password_file.is_some() || full {
+        bail!("--password-file and --full are for an IMAP import");
     }
     let path = Path::new(source);
     let meta = std::fs::metadata(path).with_context(|| format!("cannot read {source}"))?;
@@ -425,6 +461,7 @@ async fn imap(
     source: &str,
     password_file: &Path,
     folder_name: Option<String>,
+    full: bool,
 ) -> anyhow::Result<()> {
     let at = imap_source(source)?;
     let password = std::fs::read_to_string(password_file)
@@ -455,6 +492,7 @@ async fn imap(
             &at,
             &password,
             folder_name,
+            full,
         )
         .await
     } else {
@@ -464,6 +502,7 @@ async fn imap(
             &at,
             &password,
             folder_name,
+            full,
         )
         .await
     }
@@ -475,6 +514,7 @@ async fn imap_session<T>(
     at: &ImapSource,
     password: &str,
     folder_name: Option<String>,
+    full: bool,
 ) -> anyhow::Result<()>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + std::fmt::Debug + Send,
@@ -519,8 +559,26 @@ where
             continue;
         }
         let name = folder_name.clone().unwrap_or_else(|| folder.clone());
+        // Where the last import of this folder stopped: only later UIDs are fetched,
+        // while the folder's UIDVALIDITY says they still name the same messages.
+        let key = {
+            let source = format!(
+                "imap\u{0}{}\u{0}{}\u{0}{}\u{0}{folder}",
+                at.host, at.port, at.user
+            );
+            blake3::hash(source.as_bytes()).to_hex()[..32].to_owned()
+        };
+        let validity = mailbox.uid_validity.unwrap_or(0);
+        let state_path = format!("{}/state/{key}", sender.path);
+        let from = match (full, sender.state(&state_path).await?) {
+            (false, Some(state)) if state["uidvalidity"] == validity => {
+                state["next_uid"].as_u64().unwrap_or(1).max(1)
+            }
+            _ => 1,
+        };
+        let mut next_uid = from;
         let mut fetches = session
-            .uid_fetch("1:*", "(UID FLAGS BODY.PEEK[])")
+            .uid_fetch(format!("{from}:*"), "(UID FLAGS BODY.PEEK[])")
             .await
             .with_context(|| format!("cannot read folder {folder}"))?;
         while let Some(fetch) = fetches
@@ -528,9 +586,12 @@ where
             .await
             .with_context(|| format!("reading folder {folder} broke off"))?
         {
-            let Some(body) = fetch.body() else {
+            // `N:*` always names the last message, also when its UID is below N.
+            let uid = u64::from(fetch.uid.unwrap_or(0));
+            let Some(body) = fetch.body().filter(|_| uid >= from) else {
                 continue;
             };
+            next_uid = next_uid.max(uid + 1);
             sender
                 .add(MailItem {
                     folder: name.clone(),
@@ -540,6 +601,15 @@ where
                 })
                 .await?;
         }
+        drop(fetches);
+        // Stored only once the node has every message up to it.
+        sender.flush().await?;
+        sender
+            .set_state(
+                &state_path,
+                serde_json::json!({"uidvalidity": validity, "next_uid": next_uid}),
+            )
+            .await?;
     }
     let _ = session.logout().await;
     Ok(())

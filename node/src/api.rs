@@ -89,6 +89,10 @@ pub fn router(vault: Arc<Vault>) -> Router {
         .route("/v1/grants", get(list_grants).post(create_grant))
         .route("/v1/grants/{id}/revoke", post(revoke_grant))
         .route("/v1/import/{collection}", post(import))
+        .route(
+            "/v1/import/{collection}/state/{id}",
+            get(import_state).put(set_import_state),
+        )
         .route("/v1/export", get(export_all))
         .route("/v1/export/{collection}", get(export))
         .route("/v1/audit", get(list_audit))
@@ -162,6 +166,8 @@ pub fn router(vault: Arc<Vault>) -> Router {
         create_grant,
         revoke_grant,
         import,
+        import_state,
+        set_import_state,
         export_all,
         export,
         list_audit,
@@ -1689,6 +1695,82 @@ async fn import(
         .await
         .map_err(import_error)?;
     Ok(Json(report).into_response())
+}
+
+/// Where an incremental import into a collection stands (for IMAP: a folder's
+/// UIDVALIDITY and the next UID to fetch), kept in the system collection `_imports`
+/// under an id the importer makes (a hash: the source's address is not kept).
+fn import_state_id(collection: &CollectionName, id: &RecordId) -> RecordId {
+    let hash = blake3::derive_key(
+        "hearth import state v1",
+        format!("{collection}\u{0}{id}").as_bytes(),
+    );
+    RecordId::parse(&data_encoding::HEXLOWER.encode(&hash[..16])).expect("hex is a valid record id")
+}
+
+fn imports() -> CollectionName {
+    CollectionName::parse("_imports").expect("_imports is a valid system collection name")
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/import/{collection}/state/{id}",
+    tag = "owner",
+    summary = "Where an incremental import into a collection stands (set by the importer)",
+    params(AtRecord),
+    responses((status = 200, description = "the state the importer stored", body = serde_json::Value), (status = "default", response = Failure))
+)]
+async fn import_state(
+    State(vault): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let (collection, id) = record_path(path)?;
+    let collection = writable(collection)?;
+    let mut state = vault
+        .collections
+        .get(&imports(), &import_state_id(&collection, &id))?
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!("no import into {collection} has stored state {id}"),
+            )
+        })?;
+    if let Some(state) = state.as_object_mut() {
+        state.remove("id");
+    }
+    Ok(Json(state))
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/import/{collection}/state/{id}",
+    tag = "owner",
+    summary = "Store where an incremental import into a collection stands (a JSON object of at most 4 KiB)",
+    params(AtRecord),
+    request_body = serde_json::Value,
+    responses((status = 204, description = "stored"), (status = "default", response = Failure))
+)]
+async fn set_import_state(
+    State(vault): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let (collection, id) = record_path(path)?;
+    let collection = writable(collection)?;
+    let bytes = axum::body::to_bytes(body, 4096)
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::TooLarge, "an import state is at most 4096 bytes"))?;
+    let state: Map<String, Value> = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!("an import state is a JSON object: {e}"),
+        )
+    })?;
+    vault
+        .collections
+        .put(&imports(), &import_state_id(&collection, &id), &state)?;
+    vault.store.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Why an import wrote nothing, as an API error (the dashboard shows the same).

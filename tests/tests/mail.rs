@@ -515,12 +515,47 @@ fn an_imap_folder_of_a_real_dovecot_is_imported_and_again_adds_nothing() {
         wrong.to_str().unwrap(),
     ]));
     assert!(err.contains("refused the login"), "{err}");
-    // Every folder: the Archive copy joins message 1's record, Sent is new.
+    // A message arrives: the next import fetches it alone (UIDVALIDITY and the next
+    // UID are kept in the vault); --full fetches all again.
+    let new = dovecot.dir.path().join("mail/alice/Maildir/new/9.host");
+    std::fs::write(&new, message(11)).unwrap();
+    let owned = std::process::Command::new("chown")
+        .args(["65534:65534", new.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(owned.success());
+    let report = import(&url("INBOX"));
+    assert_eq!(
+        (report["imported"].as_u64(), report["duplicates"].as_u64()),
+        (Some(1), Some(0)),
+        "{report}"
+    );
+    let report = import(&url("INBOX"));
+    assert_eq!(
+        (report["imported"].as_u64(), report["duplicates"].as_u64()),
+        (Some(0), Some(0)),
+        "{report}"
+    );
+    let full = node.json(&[
+        "import",
+        "mail",
+        &url("INBOX"),
+        "--password-file",
+        password.to_str().unwrap(),
+        "--full",
+    ]);
+    assert_eq!(
+        (full["imported"].as_u64(), full["duplicates"].as_u64()),
+        (Some(0), Some(4)),
+        "{full}"
+    );
+    // Every folder: the Archive copy joins message 1's record, Sent is new, INBOX has
+    // nothing new.
     let report = import(&format!("imap://alice@127.0.0.1:{}", dovecot.port));
     assert_eq!(report["imported"], 1, "{report}");
-    assert_eq!(report["duplicates"], 4, "{report}");
+    assert_eq!(report["duplicates"], 1, "{report}");
     let listed = records(&node, "mail");
-    assert_eq!(listed.len(), 4);
+    assert_eq!(listed.len(), 5);
     let one = listed
         .iter()
         .find(|r| r["subject"] == "message number 1")
@@ -546,7 +581,8 @@ fn an_imap_folder_of_a_real_dovecot_is_imported_and_again_adds_nothing() {
         }
         out
     };
-    let distinct: Vec<Vec<u8>> = messages[..4].iter().map(|(_, _, m)| crlf(m)).collect();
+    let mut distinct: Vec<Vec<u8>> = messages[..4].iter().map(|(_, _, m)| crlf(m)).collect();
+    distinct.push(crlf(&message(11)));
     assert_eq!(
         digests(&read_mbox(&std::fs::read(&out).unwrap())),
         digests(&distinct)
