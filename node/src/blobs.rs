@@ -228,10 +228,14 @@ pub fn announce_many(
     blobs: &[(BlobId, u64, Described)],
 ) -> Result<(), CollectionError> {
     let mut writes = Vec::new();
+    let mut seen = HashSet::new();
     for (id, size, described) in blobs {
+        if !seen.insert(id.0) {
+            continue;
+        }
         let before = listing(collections, id)?;
         let listing = announced(before.clone(), *size, described);
-        if before.as_ref() != Some(&listing) && !writes.iter().any(|(w, _)| *w == listing_id(id)) {
+        if before.as_ref() != Some(&listing) {
             let serde_json::Value::Object(record) =
                 serde_json::to_value(&listing).expect("a listing serializes")
             else {

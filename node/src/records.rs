@@ -328,9 +328,27 @@ pub fn put_record(
     id: &str,
     record: &Map<String, Json>,
 ) -> Result<bool, AutomergeError> {
-    collapse_copies(doc, id)?;
-    match doc.get(ROOT, id)? {
-        Some((Value::Object(ObjType::Map), obj)) => {
+    // One lookup for the usual cases (a new record, one version): a record's write
+    // into a large collection is a few seeks, and each counts.
+    let (versions, only_map) = {
+        let values = doc.get_all(ROOT, id)?;
+        let only_map = match values.as_slice() {
+            [(Value::Object(ObjType::Map), obj)] => Some(obj.clone()),
+            _ => None,
+        };
+        (values.len(), only_map)
+    };
+    let existing = if versions > 1 {
+        collapse_copies(doc, id)?;
+        match doc.get(ROOT, id)? {
+            Some((Value::Object(ObjType::Map), obj)) => Some(obj),
+            _ => None,
+        }
+    } else {
+        only_map
+    };
+    match existing {
+        Some(obj) => {
             reconcile_map(doc, &obj, record)?;
             Ok(false)
         }

@@ -12,6 +12,7 @@
 mod blobs;
 mod cold;
 mod life;
+mod mail;
 mod nodes;
 mod pim;
 mod process;
@@ -135,6 +136,9 @@ fn main() -> anyhow::Result<()> {
         for r in runtime.block_on(pim::contacts_and_calendars(&opts))? {
             show(r);
         }
+    }
+    if wanted("mail") {
+        show(runtime.block_on(mail::mail_import(&opts))?);
     }
     if wanted("cold") {
         show(runtime.block_on(cold::cold_start(&opts))?);
