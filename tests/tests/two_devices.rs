@@ -372,10 +372,12 @@ fn the_same_id_created_on_two_devices_keeps_both_versions() {
         |a| {
             a.json(&["put", "notes", "twin", r#"{"from": "a", "only_a": 1}"#]);
             a.json(&["put", "notes", "pair", r#"{"x": "a"}"#]);
+            a.json(&["put", "notes", "trio", r#"{"t": "a"}"#]);
         },
         |alone| {
             alone.json(&["put", "notes", "twin", r#"{"from": "b", "only_b": 2}"#]);
             alone.json(&["put", "notes", "pair", r#"{"x": "b"}"#]);
+            alone.json(&["put", "notes", "trio", r#"{"t": "b"}"#]);
         },
     );
     let version_a = json!({"from": "a", "only_a": 1});
@@ -383,7 +385,7 @@ fn the_same_id_created_on_two_devices_keeps_both_versions() {
     for (node, which) in [(&a, "A"), (&b, "B")] {
         let listed = eventually(&format!("both versions on {which}"), || {
             let listed = node.json(&["conflicts", "notes"]);
-            (listed.as_array()?.len() == 2).then_some(listed)
+            (listed.as_array()?.len() == 3).then_some(listed)
         });
         let twin = listed
             .as_array()
@@ -413,6 +415,54 @@ fn the_same_id_created_on_two_devices_keeps_both_versions() {
     assert!(err.contains("no version 2"), "{err}");
     let err = one_line_error(&a.run(&["resolve", "notes", "twin", "--version", "0"]));
     assert!(err.contains("numbered from 1"), "{err}");
+    assert_eq!(a.json(&["conflicts", "notes"]).as_array().unwrap().len(), 3);
+    // The dashboard shows the versions, and keeps the one chosen there.
+    let http = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let link = a.json(&["dashboard"])["url"].as_str().unwrap().to_owned();
+    let login = http.get(&link).send().unwrap();
+    let cookie = login.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let page = http
+        .get(format!("{}/data/notes/trio", a.base_url()))
+        .header("Cookie", &cookie)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(page.contains("Versions from different devices"), "{page}");
+    assert!(
+        page.contains("&#34;t&#34;: &#34;a&#34;") && page.contains("&#34;t&#34;: &#34;b&#34;"),
+        "{page}"
+    );
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let listed = a.json(&["conflicts", "notes"]);
+    let trio = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "trio")
+        .unwrap()
+        .clone();
+    let kept_trio = trio["versions"][1].clone();
+    let answer = http
+        .post(format!("{}/data/notes/trio/resolve", a.base_url()))
+        .header("Cookie", &cookie)
+        .form(&[("csrf", csrf.as_str()), ("version", "1")])
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), 303);
+    let mut shown = a.json(&["get", "notes", "trio"]);
+    shown.as_object_mut().unwrap().remove("id");
+    assert_eq!(shown, kept_trio);
     assert_eq!(a.json(&["conflicts", "notes"]).as_array().unwrap().len(), 2);
     // Keep the version not shown.
     let listed = a.json(&["conflicts", "notes"]);
