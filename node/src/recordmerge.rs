@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use automerge::legacy::{Key, ObjectId};
+use automerge::legacy::{Key, ObjectId, OpType};
 use automerge::{AutoCommit, AutomergeError, Change, ChangeHash, ObjId, Prop, ROOT, ReadDoc};
 use serde_json::{Map, Value as Json};
 
@@ -210,7 +210,29 @@ fn edits(doc: &AutoCommit, changes: &[Change]) -> BTreeMap<String, Vec<(ObjId, V
     let mut placed: HashMap<String, Option<(String, ObjId)>> = HashMap::new();
     for change in changes {
         let author = tag(change);
-        for op in change.decode().operations {
+        let change = change.decode();
+        for (index, op) in change.operations.iter().enumerate() {
+            // An object made in these changes is placed from the op that made it, not
+            // by asking the document (a device catching up makes thousands).
+            if matches!(op.action, OpType::Make(_)) {
+                let made = automerge::legacy::OpId::new(
+                    change.start_op.get() + index as u64,
+                    &change.actor_id,
+                )
+                .to_string();
+                let place = match (&op.obj, &op.key) {
+                    (ObjectId::Root, Key::Map(id)) => doc
+                        .import_obj(&made)
+                        .ok()
+                        .map(|record| (id.to_string(), record)),
+                    (ObjectId::Id(parent), _) => placed
+                        .entry(parent.to_string())
+                        .or_insert_with_key(|name| place(doc, name))
+                        .clone(),
+                    _ => None,
+                };
+                placed.insert(made, place);
+            }
             let ObjectId::Id(opid) = &op.obj else {
                 continue;
             };
