@@ -1456,22 +1456,28 @@ impl Collections {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             // Loaded by the request this one waited for.
-            if let Some(slot) = self.open_slots().get(name) {
-                return Ok(slot.collection.clone());
+            let cached = self
+                .open_slots()
+                .get(name)
+                .map(|slot| slot.collection.clone());
+            match cached {
+                Some(collection) => Ok(collection),
+                None => self.read_collection(name).map(|(collection, bytes)| {
+                    let collection = Arc::new(Mutex::new(collection));
+                    self.open_slots().insert(
+                        name.clone(),
+                        Slot {
+                            collection: collection.clone(),
+                            bytes,
+                            used: self.uses.fetch_add(1, Ordering::Relaxed),
+                        },
+                    );
+                    collection
+                }),
             }
-            self.read_collection(name).map(|(collection, bytes)| {
-                let collection = Arc::new(Mutex::new(collection));
-                self.open_slots().insert(
-                    name.clone(),
-                    Slot {
-                        collection: collection.clone(),
-                        bytes,
-                        used: self.uses.fetch_add(1, Ordering::Relaxed),
-                    },
-                );
-                collection
-            })
         };
+        // The last request through the gate takes it away (also one that found the
+        // collection loaded by the request it waited for).
         let mut loading = self.loading.lock().expect("loading lock is never poisoned");
         if loading.get(name).is_some_and(|g| Arc::ptr_eq(g, &gate)) && Arc::strong_count(&gate) == 2
         {
@@ -2393,8 +2399,20 @@ mod tests {
         answered
             .recv_timeout(std::time::Duration::from_secs(30))
             .expect("a write to another collection waited for a load");
+        // More requests for `big` wait at its gate, and find it loaded.
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let (c, big) = (c.clone(), big.clone());
+                std::thread::spawn(move || c.heads(&big).unwrap())
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(100));
         drop(held);
-        assert!(!loader.join().unwrap().is_empty());
+        let heads = loader.join().unwrap();
+        assert!(!heads.is_empty());
+        for waiter in waiters {
+            assert_eq!(waiter.join().unwrap(), heads);
+        }
         writer.join().unwrap();
         assert_eq!(c.count(&small).unwrap(), 2);
         assert!(
