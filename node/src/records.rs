@@ -294,6 +294,29 @@ fn collapse_copies(doc: &mut AutoCommit, id: &str) -> Result<(), AutomergeError>
     fill_map(doc, &obj, &version)
 }
 
+/// The map of record `id` a write lands in, or `None` if the id holds none — with
+/// copies that read the same made one first ([`collapse_copies`]). One lookup in the
+/// usual case (a new record, or one version): a write into a large collection is a few
+/// seeks, and each counts.
+fn record_for_write(doc: &mut AutoCommit, id: &str) -> Result<Option<ObjId>, AutomergeError> {
+    let (versions, only_map) = {
+        let values = doc.get_all(ROOT, id)?;
+        let only_map = match values.as_slice() {
+            [(Value::Object(ObjType::Map), obj)] => Some(obj.clone()),
+            _ => None,
+        };
+        (values.len(), only_map)
+    };
+    if versions < 2 {
+        return Ok(only_map);
+    }
+    collapse_copies(doc, id)?;
+    Ok(match doc.get(ROOT, id)? {
+        Some((Value::Object(ObjType::Map), obj)) => Some(obj),
+        _ => None,
+    })
+}
+
 /// Makes version `index` (as [`record_versions`] lists them) the one version of record
 /// `id`: how a person ends a conflict between versions. `Ok(false)` if there is no
 /// such version.
@@ -328,31 +351,12 @@ pub fn put_record(
     id: &str,
     record: &Map<String, Json>,
 ) -> Result<bool, AutomergeError> {
-    // One lookup for the usual cases (a new record, one version): a record's write
-    // into a large collection is a few seeks, and each counts.
-    let (versions, only_map) = {
-        let values = doc.get_all(ROOT, id)?;
-        let only_map = match values.as_slice() {
-            [(Value::Object(ObjType::Map), obj)] => Some(obj.clone()),
-            _ => None,
-        };
-        (values.len(), only_map)
-    };
-    let existing = if versions > 1 {
-        collapse_copies(doc, id)?;
-        match doc.get(ROOT, id)? {
-            Some((Value::Object(ObjType::Map), obj)) => Some(obj),
-            _ => None,
-        }
-    } else {
-        only_map
-    };
-    match existing {
+    match record_for_write(doc, id)? {
         Some(obj) => {
             reconcile_map(doc, &obj, record)?;
             Ok(false)
         }
-        _ => {
+        None => {
             let obj = doc.put_object(ROOT, id, ObjType::Map)?;
             fill_map(doc, &obj, record)?;
             Ok(true)
@@ -397,8 +401,7 @@ pub fn edit_text(
     field: &str,
     edits: &[TextEdit],
 ) -> Result<bool, TextEditError> {
-    collapse_copies(doc, id)?;
-    let Some((Value::Object(ObjType::Map), record)) = doc.get(ROOT, id)? else {
+    let Some(record) = record_for_write(doc, id)? else {
         return Ok(false);
     };
     let text = match doc.get(&record, field)?.map(|(v, id)| (v.into_owned(), id)) {
@@ -498,13 +501,12 @@ pub fn patch_record(
     id: &str,
     patch: &Map<String, Json>,
 ) -> Result<bool, AutomergeError> {
-    collapse_copies(doc, id)?;
-    match doc.get(ROOT, id)? {
-        Some((Value::Object(ObjType::Map), obj)) => {
+    match record_for_write(doc, id)? {
+        Some(obj) => {
             merge_patch(doc, &obj, patch)?;
             Ok(true)
         }
-        _ => Ok(false),
+        None => Ok(false),
     }
 }
 
@@ -519,8 +521,7 @@ pub fn choose(
     field: &str,
     value: &Json,
 ) -> Result<bool, AutomergeError> {
-    collapse_copies(doc, id)?;
-    let Some((Value::Object(ObjType::Map), obj)) = doc.get(ROOT, id)? else {
+    let Some(obj) = record_for_write(doc, id)? else {
         return Ok(false);
     };
     match value {
