@@ -72,8 +72,7 @@ pub fn restore_edited(
         .filter(|h| !before.contains(h))
         .copied()
         .collect();
-    let received_removals = removals(received);
-    let received_edits = edits(doc, received);
+    let (received_removals, received_edits) = removals_and_edits(doc, received);
     let mut lost_there = false;
     for (id, objects) in &received_edits {
         let now = doc.get_all(ROOT, id.as_str())?;
@@ -90,8 +89,7 @@ pub fn restore_edited(
     }
     // This side's changes the other side had not seen.
     let own = doc.get_changes(&arrived);
-    let own_removals = removals(&own);
-    let own_edits = edits(doc, &own);
+    let (own_removals, own_edits) = removals_and_edits(doc, &own);
 
     let mut ids: Vec<&String> = received_removals.keys().collect();
     ids.extend(
@@ -174,6 +172,12 @@ fn lost_objects(
 /// The device tags (hex) of those who edited an object, sorted.
 type Authors = Vec<String>;
 
+/// Record id → who removed it.
+type Removals = BTreeMap<String, String>;
+
+/// Record id → each edited record object, with who edited it.
+type Edits = BTreeMap<String, Vec<(ObjId, Authors)>>;
+
 /// A record object as it was, and who edited it.
 type Edited = (Map<String, Json>, Authors);
 
@@ -183,28 +187,15 @@ fn tag(change: &Change) -> String {
     data_encoding::HEXLOWER.encode(&actor[..actor.len().min(DEVICE_TAG_LEN)])
 }
 
-/// The records `changes` remove — delete, or replace with a new object (which removes
-/// the one it replaces just as well) — with who did it.
-fn removals(changes: &[Change]) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for change in changes {
-        let author = tag(change);
-        for op in change.decode().operations {
-            if let (ObjectId::Root, Key::Map(id)) = (&op.obj, &op.key)
-                && !op.pred.is_empty()
-            {
-                out.insert(id.to_string(), author.clone());
-            }
-        }
-    }
-    out
-}
-
-/// The record objects whose fields `changes` change (an operation inside a record,
-/// not on the root), by record id, each with who changed it (sorted). An operation
-/// whose object cannot be placed counts for nothing (it was not made by Hearth).
-fn edits(doc: &AutoCommit, changes: &[Change]) -> BTreeMap<String, Vec<(ObjId, Vec<String>)>> {
-    let mut out: BTreeMap<String, Vec<(ObjId, Vec<String>)>> = BTreeMap::new();
+/// What `changes` did to records, each change decoded once: the records they remove —
+/// delete, or replace with a new object (which removes the one it replaces just as
+/// well) — with who did it; and the record objects whose fields they change (an
+/// operation inside a record, not on the root), by record id, each with who changed it
+/// (sorted). An operation whose object cannot be placed counts for nothing (it was not
+/// made by Hearth).
+fn removals_and_edits(doc: &AutoCommit, changes: &[Change]) -> (Removals, Edits) {
+    let mut removals = Removals::new();
+    let mut out = Edits::new();
     // Where each object lives (record id and record object), asked once: asking the
     // document costs a walk up from the object.
     let mut placed: HashMap<String, Option<(String, ObjId)>> = HashMap::new();
@@ -212,6 +203,11 @@ fn edits(doc: &AutoCommit, changes: &[Change]) -> BTreeMap<String, Vec<(ObjId, V
         let author = tag(change);
         let change = change.decode();
         for (index, op) in change.operations.iter().enumerate() {
+            if let (ObjectId::Root, Key::Map(id)) = (&op.obj, &op.key)
+                && !op.pred.is_empty()
+            {
+                removals.insert(id.to_string(), author.clone());
+            }
             // An object made in these changes is placed from the op that made it, not
             // by asking the document (a device catching up makes thousands).
             if matches!(op.action, OpType::Make(_)) {
@@ -256,7 +252,7 @@ fn edits(doc: &AutoCommit, changes: &[Change]) -> BTreeMap<String, Vec<(ObjId, V
             }
         }
     }
-    out
+    (removals, out)
 }
 
 /// The record id and record object that object `name` is, or lies inside; `None`
