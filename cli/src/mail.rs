@@ -208,8 +208,15 @@ impl Sender<'_> {
         if answer.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let request = self.client.request(Method::GET, path);
-        Ok(Some(self.client.json(self.home, request).await?))
+        let answer = answer
+            .error_for_status()
+            .context("the node refused to say where the last import stopped")?;
+        Ok(Some(
+            answer
+                .json()
+                .await
+                .context("the node's answer is not JSON")?,
+        ))
     }
 
     async fn set_state(&self, path: &str, state: Value) -> anyhow::Result<()> {

@@ -130,7 +130,13 @@ pub async fn import_batch(
     let max = vault.limits.max_blob_bytes;
     // Read every message's fields off the async threads.
     let (items, parsed) = tokio::task::spawn_blocking(move || {
-        let parsed: Vec<_> = items.iter().map(|i| fields_of(&i.bytes)).collect();
+        let parsed: Vec<_> = items
+            .iter()
+            .map(|i| {
+                let (message_id, fields) = fields_of(&i.bytes);
+                (key_of(message_id.as_deref(), &i.bytes), fields)
+            })
+            .collect();
         (items, parsed)
     })
     .await
@@ -151,9 +157,10 @@ pub async fn import_batch(
             keep.push((item, parsed));
         }
     }
+    // Moved, not copied: the record needs only the key and fields read above.
     let contents = keep
-        .iter()
-        .map(|(item, _)| bytes::Bytes::from(item.bytes.clone()))
+        .iter_mut()
+        .map(|(item, _)| bytes::Bytes::from(std::mem::take(&mut item.bytes)))
         .collect();
     // Stored (durable) first, listed only once the records naming them are written.
     let stored = vault.blobs.put_many(contents, max).await?;
@@ -165,9 +172,9 @@ pub async fn import_batch(
     // Each record as the collection held it before this batch, read once.
     let mut stored_before: HashMap<RecordId, Option<Map<String, Json>>> = HashMap::new();
     let mut to_list = Vec::new();
-    for ((item, (message_id, mut fields)), stored) in keep.into_iter().zip(&stored) {
+    let message = crate::blobs::Described::new(None, Some("message/rfc822")).unwrap_or_default();
+    for ((item, (key, mut fields)), stored) in keep.into_iter().zip(&stored) {
         let blob = stored.id.to_string();
-        let key = key_of(message_id.as_deref(), &item.bytes);
         let mut id = id_of(&key);
         let mut before = current(vault, collection, &id, &batch, &at, &mut stored_before)?;
         if before
@@ -214,11 +221,7 @@ pub async fn import_batch(
                 batch.push((id, record));
             }
         }
-        to_list.push((
-            stored.id,
-            stored.size,
-            crate::blobs::Described::new(None, Some("message/rfc822")).unwrap_or_default(),
-        ));
+        to_list.push((stored.id, stored.size, message.clone()));
     }
     // A record that reads as before is not written (a mailbox imported again).
     let mut writes = Vec::with_capacity(batch.len());
