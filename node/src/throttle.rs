@@ -23,7 +23,9 @@ use crate::access::grants::looks_like_password;
 /// Wrong passwords one address may send in a minute.
 pub const MAX_FAILURES: u32 = 10;
 const WINDOW: Duration = Duration::from_secs(60);
-/// Addresses remembered at once; beyond, the oldest windows are forgotten.
+/// Addresses remembered at once. When that many are held (each sent too many wrong
+/// passwords this minute), further addresses share one window, the one of requests
+/// whose address is unknown: a flood of addresses never frees a held one.
 const MAX_ADDRESSES: usize = 4096;
 
 /// The address a request came from, set by the server loop on every request.
@@ -38,6 +40,11 @@ impl PasswordThrottle {
     /// Whether `client` may try a password now.
     fn allows(&self, client: Option<IpAddr>) -> bool {
         let windows = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let client = if windows.len() >= MAX_ADDRESSES && !windows.contains_key(&client) {
+            None
+        } else {
+            client
+        };
         windows
             .get(&client)
             .is_none_or(|(start, failures)| start.elapsed() >= WINDOW || *failures < MAX_FAILURES)
@@ -46,10 +53,15 @@ impl PasswordThrottle {
     /// Counts a wrong password from `client`.
     fn failed(&self, client: Option<IpAddr>) {
         let mut windows = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut client = client;
         if windows.len() >= MAX_ADDRESSES && !windows.contains_key(&client) {
-            windows.retain(|_, (start, _)| start.elapsed() < WINDOW);
+            // Forget windows that are over, then those that hold nobody back (but not
+            // the shared one, which counts the addresses beyond).
+            windows.retain(|address, (start, failures)| {
+                start.elapsed() < WINDOW && (address.is_none() || *failures >= MAX_FAILURES)
+            });
             if windows.len() >= MAX_ADDRESSES {
-                windows.clear();
+                client = None;
             }
         }
         let window = windows.entry(client).or_insert((Instant::now(), 0));
@@ -139,6 +151,32 @@ mod tests {
         assert!(!throttle.allows(mallory));
         assert!(throttle.allows(phone));
         assert!(throttle.allows(None));
+        // One wrong password each from more addresses than are remembered does not
+        // make the throttle forget the one that is held.
+        let flood = |i: u32| {
+            Some(IpAddr::from(
+                (0x2001_0db8_u128 << 96 | u128::from(i)).to_be_bytes(),
+            ))
+        };
+        for i in 0..2 * MAX_ADDRESSES as u32 {
+            throttle.failed(flood(i));
+        }
+        assert!(
+            !throttle.allows(mallory),
+            "a flood of addresses freed the held one"
+        );
+        // Nor does a flood of held addresses: beyond what is remembered, they share one
+        // window, which is held as soon as it holds enough failures.
+        for i in 0..MAX_ADDRESSES as u32 + 10 {
+            for _ in 0..MAX_FAILURES {
+                throttle.failed(flood(100_000 + i));
+            }
+        }
+        assert!(!throttle.allows(mallory));
+        assert!(
+            !throttle.allows(flood(999_999)),
+            "an address beyond the table is held with the others"
+        );
     }
 
     #[test]
