@@ -418,7 +418,11 @@ fn imap_source(source: &str) -> anyhow::Result<ImapSource> {
         .with_context(|| format!("{source} names no server"))?
         .trim_matches(['[', ']'])
         .to_owned();
-    let decode = |s: &str| percent_decode(s);
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
     let user = decode(url.username());
     if user.is_empty() {
         bail!("{source} names no user: imap[s]://USER@HOST/FOLDER");
@@ -439,25 +443,6 @@ fn imap_source(source: &str) -> anyhow::Result<ImapSource> {
         user,
         folder: (!folder.is_empty()).then_some(folder),
     })
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(hex) = s.get(i + 1..i + 3)
-            && let Ok(b) = u8::from_str_radix(hex, 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Imports one folder of an IMAP server, or every folder: each message's bytes
@@ -814,6 +799,27 @@ mod tests {
         // Text before the first From line is not a message; an empty file has none.
         assert_eq!(read(b"junk\nFrom x\nSubject: y\n\nz\n").len(), 1);
         assert!(read(b"").is_empty());
+    }
+
+    #[test]
+    fn imap_addresses_are_read_and_plain_imap_stays_on_this_machine() {
+        let at = imap_source("imaps://me%40example.org@mail.example.org/Sent%20Items").unwrap();
+        assert!(at.tls);
+        assert_eq!((at.host.as_str(), at.port), ("mail.example.org", 993));
+        assert_eq!(at.user, "me@example.org");
+        assert_eq!(at.folder.as_deref(), Some("Sent Items"));
+        let at = imap_source("imap://me@127.0.0.1:1143").unwrap();
+        assert_eq!((at.port, at.folder), (1143, None));
+        assert!(imap_source("imap://me@[::1]/INBOX").is_ok());
+        let err = imap_source("imap://me@mail.example.org/INBOX")
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("imaps://"), "{err}");
+        assert!(
+            imap_source("imaps://mail.example.org/INBOX").is_err(),
+            "no user"
+        );
+        assert!(imap_source("imaps://").is_err());
     }
 
     #[test]

@@ -213,8 +213,20 @@ mod tests {
             decode_batch(&encode_batch(&[good.clone(), bad])),
             Err(BatchError::Head { index: 1, .. })
         ));
-        let mut batch = encode_batch(&[good]);
+        let mut batch = encode_batch(std::slice::from_ref(&good));
         batch.push(0);
         assert_eq!(decode_batch(&batch), Err(BatchError::Trailing(1)));
+        // A count over the limit is refused before anything is read or reserved.
+        let mut many = vec![BATCH_VERSION];
+        many.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(
+            decode_batch(&many),
+            Err(BatchError::TooMany(u32::MAX as usize))
+        );
+        let too_many = vec![good; MAX_BATCH_MESSAGES + 1];
+        assert_eq!(
+            decode_batch(&encode_batch(&too_many)),
+            Err(BatchError::TooMany(MAX_BATCH_MESSAGES + 1))
+        );
     }
 }

@@ -398,6 +398,41 @@ fn mail_input_that_is_wrong_is_refused_with_its_reason() {
         "{body}"
     );
     assert!(records(&node, "mail").is_empty());
+    // An import's state: an object of at most 4 KiB under a record id, of a collection
+    // that is not the system's; nothing else is stored.
+    let state = "/v1/import/mail/state/abc123";
+    let (status, _) = api.send(api.request(reqwest::Method::GET, state));
+    assert_eq!(status, 404);
+    for (body, code) in [
+        (b"[1, 2]".to_vec(), 400),
+        (b"not json".to_vec(), 400),
+        (
+            format!("{{\"x\": \"{}\"}}", "y".repeat(5000)).into_bytes(),
+            413,
+        ),
+    ] {
+        let (status, answer) = api.send(api.request(reqwest::Method::PUT, state).body(body));
+        assert_eq!(status, code, "{answer}");
+    }
+    let (status, _) = api.send(api.request(reqwest::Method::GET, state));
+    assert_eq!(status, 404, "a refused state was stored");
+    for (path, code) in [
+        ("/v1/import/_access/state/abc", 403),
+        ("/v1/import/mail/state/a%2Fb", 400),
+    ] {
+        let (status, answer) = api.send(api.request(reqwest::Method::PUT, path).body("{}"));
+        assert_eq!(status, code, "{path}: {answer}");
+    }
+    let (status, _) = api.send(
+        api.request(reqwest::Method::PUT, state)
+            .body(r#"{"uidvalidity": 7, "next_uid": 12}"#),
+    );
+    assert_eq!(status, 204);
+    let (status, got) = api.send(api.request(reqwest::Method::GET, state));
+    assert_eq!(
+        (status, got),
+        (200, json!({"uidvalidity": 7, "next_uid": 12}))
+    );
     node.stop();
 }
 

@@ -1056,8 +1056,8 @@ impl Door {
         // A book's name and colour are everyone's: only a grant that may write the
         // whole collection (every field, no filter) changes them.
         if scope.write != Some(hearth_protocol::scope::Fields::All) || !scope.filter.is_empty() {
-            return Err(self.refused_in(
-                caller,
+            return Err(self.refused(
+                &caller.grant,
                 collection.as_str(),
                 AccessError::OutOfScope(format!(
                     "changing the properties of {collection} needs a grant that writes all of it (every field, no filter)"

@@ -361,7 +361,12 @@ impl Door {
 
     /// Records a refusal of `grant` (at most one entry a second per grant and reason,
     /// with a count) and returns the error.
-    fn refused(&self, grant: &Grant, collection: &str, error: AccessError) -> AccessError {
+    pub(super) fn refused(
+        &self,
+        grant: &Grant,
+        collection: &str,
+        error: AccessError,
+    ) -> AccessError {
         let id = match &error {
             AccessError::NotFound { id, .. } if !id.is_empty() => Some(id.clone()),
             _ => None,
@@ -390,16 +395,6 @@ impl Door {
         {
             tracing::warn!(error = %e, "cannot audit a wrong app password");
         }
-    }
-
-    /// Records a refusal of `caller` in `collection` and returns the error.
-    pub(super) fn refused_in(
-        &self,
-        caller: &Caller,
-        collection: &str,
-        error: AccessError,
-    ) -> AccessError {
-        self.refused(&caller.grant, collection, error)
     }
 
     /// Records a read of `collection` that found nothing (`id`: what it asked for; a
