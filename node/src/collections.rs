@@ -2367,6 +2367,34 @@ mod tests {
         assert_eq!(c.count(&contacts).unwrap() as u64, COMPACT_AFTER);
     }
 
+    /// An edit that meets a delete it was not seen by is kept in a person's collection,
+    /// and listed; in a system collection (`_access`, where a grant's removal is its
+    /// end) the delete stands.
+    #[tokio::test]
+    async fn a_delete_against_an_edit_keeps_the_edit_except_in_a_system_collection() {
+        let (va, vb) = (TestVault::new(), TestVault::new());
+        let a = Collections::open(va.store.clone(), [1; 16]).unwrap();
+        let b = Collections::open(vb.store.clone(), [2; 16]).unwrap();
+        for collection in [name("notes"), name("_access")] {
+            a.put(&collection, &id("r"), &obj(json!({"n": 1}))).unwrap();
+            b.merge_document(&collection, &a.save_document(&collection).unwrap())
+                .unwrap();
+            b.patch(&collection, &id("r"), &obj(json!({"n": 2})))
+                .unwrap();
+            assert!(a.remove(&collection, &id("r")).unwrap());
+            a.merge_document(&collection, &b.save_document(&collection).unwrap())
+                .unwrap();
+            let kept = a.get(&collection, &id("r")).unwrap();
+            if collection.is_system() {
+                assert_eq!(kept, None, "the delete stands in {collection}");
+            } else {
+                assert_eq!(kept, Some(json!({"id": "r", "n": 2})));
+                let conflict = a.conflicts(&collection, &id("r")).unwrap().unwrap();
+                assert!(conflict.removed.is_some(), "{conflict:?}");
+            }
+        }
+    }
+
     /// A load reading a collection from the disk holds up requests to that collection
     /// only: a write to another one goes on meanwhile.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
