@@ -290,8 +290,7 @@ fn collapse_copies(doc: &mut AutoCommit, id: &str) -> Result<(), AutomergeError>
         }
     }
     let version = first.expect("two values or more");
-    let obj = doc.put_object(ROOT, id, ObjType::Map)?;
-    fill_map(doc, &obj, &version)
+    put_map(doc, &ROOT, id.into(), &version).map(drop)
 }
 
 /// The map of record `id` a write lands in, or `None` if the id holds none — with
@@ -336,8 +335,7 @@ pub fn replace_record(
     id: &str,
     record: &Map<String, Json>,
 ) -> Result<(), AutomergeError> {
-    let obj = doc.put_object(ROOT, id, ObjType::Map)?;
-    fill_map(doc, &obj, record)
+    put_map(doc, &ROOT, id.into(), record).map(drop)
 }
 
 /// The ids of all records, sorted.
@@ -357,8 +355,7 @@ pub fn put_record(
             Ok(false)
         }
         None => {
-            let obj = doc.put_object(ROOT, id, ObjType::Map)?;
-            fill_map(doc, &obj, record)?;
+            put_map(doc, &ROOT, id.into(), record)?;
             Ok(true)
         }
     }
@@ -654,18 +651,21 @@ fn json_to_scalar(value: &Json) -> ScalarValue {
     }
 }
 
-fn fill_map(
+/// Puts `map` at `prop` of `obj` as a new map, nested values included, in one batch:
+/// two splices of the document's op set however many fields it holds, where a put per
+/// field seeks the op set once each (a new message of ~20 values spent most of an
+/// import's time there).
+fn put_map(
     doc: &mut AutoCommit,
     obj: &ObjId,
+    prop: Prop,
     map: &Map<String, Json>,
-) -> Result<(), AutomergeError> {
-    for (key, value) in map {
-        put_new(doc, obj, key.as_str().into(), value)?;
-    }
-    Ok(())
+) -> Result<ObjId, AutomergeError> {
+    doc.batch_create_object(obj, prop, &hydrate_map(map), false)
 }
 
-/// Puts `value` at `prop` of `obj` as a fresh value.
+/// Puts `value` at `prop` of `obj` as a fresh value (nested values in one batch, as
+/// [`put_map`]).
 fn put_new(
     doc: &mut AutoCommit,
     obj: &ObjId,
@@ -673,34 +673,26 @@ fn put_new(
     value: &Json,
 ) -> Result<(), AutomergeError> {
     match value {
-        Json::Object(map) => {
-            let child = doc.put_object(obj, prop, ObjType::Map)?;
-            fill_map(doc, &child, map)
-        }
-        Json::Array(items) => {
-            let child = doc.put_object(obj, prop, ObjType::List)?;
-            fill_list(doc, &child, items)
-        }
+        Json::Object(_) | Json::Array(_) => doc
+            .batch_create_object(obj, prop, &json_to_hydrate(value), false)
+            .map(drop),
         scalar => doc.put(obj, prop, json_to_scalar(scalar)),
     }
 }
 
-fn fill_list(doc: &mut AutoCommit, list: &ObjId, items: &[Json]) -> Result<(), AutomergeError> {
-    // One splice of every item, nested objects included: inserting them one by one
-    // seeks the list's end each time (a list of 16k numbers took 18 s, of 4,000
-    // small objects 1 s).
-    doc.splice(list, 0, 0, items.iter().map(json_to_hydrate))
+fn hydrate_map(map: &Map<String, Json>) -> automerge::hydrate::Value {
+    automerge::hydrate::Value::Map(automerge::hydrate::Map::from(
+        map.iter()
+            .map(|(k, v)| (k.clone(), json_to_hydrate(v)))
+            .collect::<std::collections::HashMap<_, _>>(),
+    ))
 }
 
 /// A JSON value as Automerge's plain (hydrated) value, to insert in one go.
 fn json_to_hydrate(value: &Json) -> automerge::hydrate::Value {
     use automerge::hydrate;
     match value {
-        Json::Object(map) => hydrate::Value::Map(hydrate::Map::from(
-            map.iter()
-                .map(|(k, v)| (k.clone(), json_to_hydrate(v)))
-                .collect::<std::collections::HashMap<_, _>>(),
-        )),
+        Json::Object(map) => hydrate_map(map),
         Json::Array(items) => hydrate::Value::List(hydrate::List::from(
             items.iter().map(json_to_hydrate).collect::<Vec<_>>(),
         )),
