@@ -878,7 +878,7 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
                 if !all.iter().any(|c| c.name == collection) {
                     note(format!(
                         "warning: no collection is called {collection:?}{}",
-                        hearth_node::api::did_you_mean(
+                        hearth_node::owner::did_you_mean(
                             &collection,
                             all.iter().map(|c| c.name.as_str())
                         )
@@ -1548,7 +1548,7 @@ fn local_time(unix: u64) -> String {
 
 /// A moment relative to now, for people: "in 29 days", "3 minutes ago".
 fn when(unix: u64) -> String {
-    let now = hearth_node::access::now_unix();
+    let now = hearth_node::clock::now_unix();
     if unix >= now {
         format!("in {}", human_duration(unix - now))
     } else {
@@ -1587,7 +1587,7 @@ fn describe_fields(scope: &Scope, write: bool) -> String {
 
 fn print_grant(g: &GrantInfo) -> anyhow::Result<()> {
     let expires = match g.expires_at {
-        Some(t) if t <= hearth_node::access::now_unix() => {
+        Some(t) if t <= hearth_node::clock::now_unix() => {
             format!("expired {} ({})", local_time(t), when(t))
         }
         Some(t) => format!("expires {} ({})", local_time(t), when(t)),

@@ -21,11 +21,10 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use futures::StreamExt;
 use hearth_protocol::api::{
-    AuditEntry, BlobInfo, BlobRemoved, CheckReport, CollectionInfo, ConflictsResponse,
-    DeletedWhileEdited, DeviceInfo, ErrorBody, ErrorCode, ErrorDetail, GrantCreated, GrantInfo,
-    GrantRequest, HelloRequest, HelloResponse, InviteResponse, PutResponse, ResolveRequest,
-    RevokeResponse, StatusResponse, StreamReady, TextEditRequest, VaultExport, VerifyResponse,
-    ViewAll,
+    AuditEntry, BlobInfo, BlobRemoved, CheckReport, CollectionInfo, ConflictsResponse, DeviceInfo,
+    ErrorBody, ErrorCode, ErrorDetail, GrantCreated, GrantInfo, GrantRequest, HelloRequest,
+    HelloResponse, InviteResponse, PutResponse, ResolveRequest, RevokeResponse, StatusResponse,
+    StreamReady, TextEditRequest, VaultExport, VerifyResponse, ViewAll,
 };
 use hearth_protocol::{BlobId, CollectionName, RecordId};
 use rand::RngCore;
@@ -33,14 +32,28 @@ use serde_json::{Map, Value};
 
 use crate::Vault;
 use crate::access::events::{StreamItem, ViewEvent};
-use crate::access::{self, AccessError, Credentials};
+use crate::access::{self, Credentials};
 use crate::blobs::BlobError;
-use crate::collections::CollectionError;
 use crate::devices;
 use crate::pim;
-use crate::store::StoreError;
 
 pub(crate) type AppState = Arc<Vault>;
+
+use crate::download::{Disposition, blob_response};
+pub use crate::owner::Error as ApiError;
+use crate::owner::{
+    audit, audit_verify, blocking, conflicts_response, device_remove, device_rename, devices_view,
+    grant_info, grant_new, grant_revoke, grants, import_error, invite, keep_version, owner_write,
+    record_not_found, resolve, resolve_with, status_of, write_error,
+};
+use crate::server::is_length_limit;
+
+impl ApiError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
 
 pub fn router(vault: Arc<Vault>) -> Router {
     let limit = vault.limits.max_concurrent_requests;
@@ -235,32 +248,6 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(<ApiDoc as utoipa::OpenApi>::openapi())
 }
 
-/// An error answer: a code (which fixes the status) and a message for people.
-#[derive(Debug)]
-pub struct ApiError {
-    code: ErrorCode,
-    message: String,
-}
-
-impl ApiError {
-    /// What went wrong, for people.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-
-    /// The HTTP status this error is answered with.
-    pub fn status(&self) -> StatusCode {
-        StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-    }
-
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status())
@@ -275,44 +262,6 @@ impl IntoResponse for ApiError {
             },
         };
         (status, Json(body)).into_response()
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        ApiError::new(e.code(), e.to_string())
-    }
-}
-
-impl From<CollectionError> for ApiError {
-    fn from(e: CollectionError) -> Self {
-        ApiError::new(e.code(), e.to_string())
-    }
-}
-
-impl From<AccessError> for ApiError {
-    /// What a service is told: the refusal, or for a failure inside the node only its
-    /// kind (the message, which may name internals, goes to the log).
-    fn from(e: AccessError) -> Self {
-        let code = e.code();
-        let message = match code {
-            ErrorCode::Internal | ErrorCode::Storage | ErrorCode::Corrupt => {
-                tracing::error!(code = code.as_str(), error = %e, "a service's request failed");
-                "the node could not complete the request; its log says why".to_owned()
-            }
-            ErrorCode::InsufficientStorage => {
-                tracing::warn!(error = %e, "a request failed: the disk is full");
-                "the node's disk is full; nothing was written".to_owned()
-            }
-            _ => e.to_string(),
-        };
-        ApiError::new(code, message)
-    }
-}
-
-impl From<BlobError> for ApiError {
-    fn from(e: BlobError) -> Self {
-        ApiError::new(e.code(), e.to_string())
     }
 }
 
@@ -496,89 +445,6 @@ async fn status(State(vault): State<AppState>) -> Result<Json<StatusResponse>, A
     status_of(&vault).await.map(Json)
 }
 
-/// What `GET /v1/status` answers (also the dashboard's overview).
-pub(crate) async fn status_of(vault: &AppState) -> Result<StatusResponse, ApiError> {
-    let (collections, blobs, arriving) = blocking(vault, |v| {
-        Ok((
-            v.collections.list()?,
-            v.blobs.count() as u64,
-            v.blobs.arriving(&v.collections)?,
-        ))
-    })
-    .await?;
-    let devices = devices_view(vault).await?;
-    let listen_addrs = match vault.mesh() {
-        Some(mesh) => mesh
-            .handle
-            .listen_addrs()
-            .await
-            .unwrap_or_default()
-            .iter()
-            .map(|a| a.to_string())
-            .collect(),
-        None => Vec::new(),
-    };
-    Ok(StatusResponse {
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        vault_id: vault.keys.vault_id_hex(),
-        peer_id: vault.keys.peer_id().to_string(),
-        home: vault.home.root().display().to_string(),
-        api_addr: vault.api_addr.to_string(),
-        collections,
-        blobs,
-        listen_addrs,
-        removed_at: vault.removed_at(),
-        devices,
-        arriving,
-        lan: vault
-            .lan
-            .as_ref()
-            .map(|lan| hearth_protocol::api::LanStatus {
-                url: format!("https://{}/", lan.addr),
-                fingerprint: lan.fingerprint.clone(),
-                names: lan.names.clone(),
-            }),
-    })
-}
-
-/// The device list with what this node knows of each: online, last sync.
-pub(crate) async fn devices_view(vault: &AppState) -> Result<Vec<DeviceInfo>, ApiError> {
-    let list = blocking(vault, |v| Ok(crate::devices::devices(&v.collections)?)).await?;
-    let (online, last_sync) = match vault.mesh() {
-        Some(mesh) => (
-            mesh.handle.connected_peers().await.unwrap_or_default(),
-            mesh.sync.last_sync(),
-        ),
-        None => (Vec::new(), Default::default()),
-    };
-    let recorded = blocking(vault, |v| Ok(crate::devices::recorded_syncs(&v.store))).await?;
-    let me = vault.keys.peer_id().to_string();
-    Ok(list
-        .into_iter()
-        .map(|device| {
-            let peer: Option<libp2p::PeerId> = device.id.parse().ok();
-            let this_device = device.id == me;
-            let online = this_device || peer.is_some_and(|p| online.contains(&p));
-            let now_known = peer
-                .and_then(|p| last_sync.get(&p).copied())
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_secs());
-            // Since this run, or as recorded before it.
-            let last_sync = now_known.or_else(|| peer.and_then(|p| recorded.get(&p).copied()));
-            DeviceInfo {
-                id: device.id,
-                name: device.name,
-                added_at: device.added_at,
-                removed_at: device.removed_at,
-                addrs: device.addrs,
-                online,
-                last_sync,
-                this_device,
-            }
-        })
-        .collect())
-}
-
 #[utoipa::path(
     get,
     path = "/v1/devices",
@@ -602,25 +468,6 @@ async fn create_invite(State(vault): State<AppState>) -> Result<Response, ApiErr
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-/// A new one-time invite code for a device to join.
-pub(crate) async fn invite(vault: &AppState) -> Result<InviteResponse, ApiError> {
-    let mesh = vault.mesh().ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::Unavailable,
-            "this node runs without the mesh, so no device can join it",
-        )
-    })?;
-    let (code, expires_at) = mesh
-        .pairing
-        .invite(crate::mesh::pairing::DEFAULT_INVITE_TTL)
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::Unavailable, e.to_string()))?;
-    Ok(InviteResponse {
-        code: code.to_string(),
-        expires_at,
-    })
-}
-
 #[utoipa::path(
     delete,
     path = "/v1/devices/{peer}",
@@ -635,49 +482,6 @@ async fn remove_device(
 ) -> Result<StatusCode, ApiError> {
     device_remove(&vault, &path_param(path)?).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Removes a device (by its PeerId) from the vault.
-pub(crate) async fn device_remove(vault: &AppState, raw: &str) -> Result<(), ApiError> {
-    let peer = peer_of(raw)?;
-    if peer == vault.keys.peer_id() {
-        return Err(ApiError::new(
-            ErrorCode::Conflict,
-            "a device cannot remove itself; remove it from another device",
-        ));
-    }
-    change_device(vault, peer, crate::devices::remove).await
-}
-
-fn peer_of(raw: &str) -> Result<libp2p::PeerId, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::new(ErrorCode::InvalidId, format!("{raw:?} is not a PeerId")))
-}
-
-/// Applies `change` to a device of the list and commits; `404` if it is not listed.
-async fn change_device(
-    vault: &AppState,
-    peer: libp2p::PeerId,
-    change: impl FnOnce(
-        &crate::collections::Collections,
-        &libp2p::PeerId,
-    ) -> Result<bool, CollectionError>
-    + Send
-    + 'static,
-) -> Result<(), ApiError> {
-    blocking(vault, move |v| {
-        if change(&v.collections, &peer)? {
-            Ok(())
-        } else {
-            Err(ApiError::new(
-                ErrorCode::NotFound,
-                format!("no device {peer} in this vault"),
-            ))
-        }
-    })
-    .await?;
-    vault.store.commit().await?;
-    Ok(())
 }
 
 #[derive(serde::Deserialize)]
@@ -704,15 +508,6 @@ async fn rename_device(
     let request: RenameRequest = read_typed_body(&vault, body).await?;
     device_rename(&vault, &raw, &request.name).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Gives a device (by its PeerId) a new name.
-pub(crate) async fn device_rename(vault: &AppState, raw: &str, name: &str) -> Result<(), ApiError> {
-    let peer = peer_of(raw)?;
-    let name = crate::devices::valid_name(name)
-        .map_err(|e| ApiError::new(ErrorCode::BadRequest, e))?
-        .to_owned();
-    change_device(vault, peer, move |c, p| crate::devices::rename(c, p, &name)).await
 }
 
 #[utoipa::path(
@@ -927,32 +722,10 @@ async fn write_record(
     // One record takes tens of microseconds: done on the request's task (or, while
     // another write to the collection is applied, with it: see `write_combined`).
     let (existed, _) = owner_write(&vault, &collection, &id, pim::Change::Replace(record)).await?;
-    vault.store.commit().await?;
     Ok(put_response(PutResponse {
         id: id.to_string(),
         created: !existed,
     }))
-}
-
-/// An owner's write, with contacts and calendar records kept in step with their text.
-pub(crate) async fn owner_write(
-    vault: &Vault,
-    collection: &CollectionName,
-    id: &RecordId,
-    change: pim::Change,
-) -> Result<(bool, Map<String, Value>), ApiError> {
-    let written = pim::owner_write(&vault.collections, collection, id, change).await;
-    written.map_err(|e| write_error(collection, id, e))
-}
-
-/// The answer to an owner's write a contact's or event's rules refused.
-fn write_error(collection: &CollectionName, id: &RecordId, e: pim::WriteError) -> ApiError {
-    match e {
-        pim::WriteError::Missing => record_not_found(collection, id),
-        pim::WriteError::Pim(e) => ApiError::new(ErrorCode::BadRequest, e.to_string()),
-        pim::WriteError::BadEdit(e) => ApiError::new(ErrorCode::BadRequest, e),
-        pim::WriteError::Collection(e) => e.into(),
-    }
 }
 
 #[utoipa::path(
@@ -978,7 +751,6 @@ async fn patch_record(
         .collections
         .get(&collection, &id)?
         .ok_or_else(|| record_not_found(&collection, &id))?;
-    vault.store.commit().await?;
     Ok(Json(record))
 }
 
@@ -1120,30 +892,6 @@ async fn collection_conflicts(
     ))
 }
 
-/// A record's conflicts as the API shows them, devices named.
-pub(crate) fn conflicts_response(
-    id: String,
-    conflict: crate::collections::RecordConflict,
-    names: &std::collections::HashMap<String, String>,
-) -> ConflictsResponse {
-    let name = |tag: &String| {
-        names
-            .get(tag)
-            .cloned()
-            .unwrap_or_else(|| "a device no longer in the vault".to_owned())
-    };
-    ConflictsResponse {
-        id,
-        conflicts: conflict.fields,
-        versions: conflict.versions,
-        deleted: conflict.removed.map(|r| DeletedWhileEdited {
-            deleted_on: name(&r.deleted_by),
-            edited_on: r.edited_by.iter().map(name).collect(),
-            at: r.at,
-        }),
-    }
-}
-
 #[utoipa::path(
     post,
     path = "/v1/collections/{collection}/records/{id}/resolve",
@@ -1179,70 +927,6 @@ async fn resolve_record(
         .get(&collection, &id)?
         .ok_or_else(|| record_not_found(&collection, &id))
         .map(Json)
-}
-
-/// Keeps one whole version of a record (0: the one shown), which ends its conflict
-/// between versions and its delete notice.
-pub(crate) async fn keep_version(
-    vault: &AppState,
-    collection: &CollectionName,
-    id: &RecordId,
-    version: usize,
-) -> Result<(), ApiError> {
-    if !vault.collections.keep_version(collection, id, version)? {
-        return Err(match vault.collections.get(collection, id)? {
-            None => record_not_found(collection, id),
-            Some(_) => ApiError::new(
-                ErrorCode::NotFound,
-                format!("{collection}/{id} has no version {version} (see its conflicts)"),
-            ),
-        });
-    }
-    vault.store.commit().await?;
-    Ok(())
-}
-
-/// Writes a person's merge of a record's versions as its only version. A contact's
-/// or event's text follows (the owner's write keeps it in step first).
-pub(crate) async fn resolve_with(
-    vault: &AppState,
-    collection: &CollectionName,
-    id: &RecordId,
-    mut record: Map<String, Value>,
-) -> Result<(), ApiError> {
-    if vault.collections.get(collection, id)?.is_none() {
-        return Err(record_not_found(collection, id));
-    }
-    record.remove("id");
-    owner_write(vault, collection, id, pim::Change::Replace(record)).await?;
-    keep_version(vault, collection, id, 0).await
-}
-
-/// Writes the value a person chose for a field in conflict, which ends the conflict
-/// (also when it is the value that wins already). A contact's or event's text follows.
-pub(crate) async fn resolve(
-    vault: &AppState,
-    collection: &CollectionName,
-    id: &RecordId,
-    field: &str,
-    value: Value,
-) -> Result<(), ApiError> {
-    if field.is_empty() || field == "id" {
-        return Err(ApiError::new(
-            ErrorCode::BadRequest,
-            "field must name a field of the record (not \"id\")",
-        ));
-    }
-    let mut patch = Map::new();
-    patch.insert(field.to_owned(), value.clone());
-    // The owner's write keeps a contact's or event's text in step; like every ordinary
-    // write it leaves an equal value alone, so the choice is then written as such.
-    owner_write(vault, collection, id, pim::Change::Merge(patch)).await?;
-    if !vault.collections.choose(collection, id, field, &value)? {
-        return Err(record_not_found(collection, id));
-    }
-    vault.store.commit().await?;
-    Ok(())
 }
 
 #[utoipa::path(
@@ -1360,114 +1044,6 @@ async fn get_blob(
     blob_response(&vault, &path_param(path)?, Disposition::Inline).await
 }
 
-/// A blob's bytes as a streamed answer (also the dashboard's downloads).
-/// `Content-Disposition` of a blob answer: shown in place (the API, with the blob's
-/// name if it has one) or always a download (the dashboard: never a page of its origin).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Disposition {
-    Inline,
-    Attachment,
-}
-
-pub(crate) async fn blob_response(
-    vault: &AppState,
-    id: &str,
-    disposition: Disposition,
-) -> Result<Response, ApiError> {
-    let id =
-        BlobId::parse(id).map_err(|e| ApiError::new(ErrorCode::InvalidBlobId, e.to_string()))?;
-    let mut reader = match vault.blobs.open_blob(id) {
-        Ok(reader) => reader,
-        Err(BlobError::NotFound(_)) => {
-            let listed = blocking(vault, move |v| {
-                Ok(v.blobs.arriving_one(&v.collections, id)?)
-            })
-            .await?;
-            return Err(match listed {
-                Some(a) => ApiError::new(
-                    ErrorCode::Unavailable,
-                    format!(
-                        "blob {id} is still arriving from another device of the vault ({} of {} bytes here)",
-                        a.received, a.size
-                    ),
-                ),
-                None => BlobError::NotFound(id).into(),
-            });
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let size = reader.size();
-    let listing = blocking(vault, move |v| {
-        Ok(crate::blobs::listing(&v.collections, &id)?)
-    })
-    .await?;
-    // The first chunk is read before answering, so a corrupt blob gets an error
-    // status, not a 200 that breaks off. A later bad chunk aborts the transfer.
-    let first = match reader.next_chunk().await {
-        Some(chunk) => Some(chunk?),
-        None => None,
-    };
-    let rest = reader.into_stream().map(|chunk| {
-        chunk.map_err(|e| {
-            tracing::error!(error = %e, "blob read failed mid-transfer; aborting it");
-            std::io::Error::other(e.to_string())
-        })
-    });
-    let stream = futures::stream::iter(first.map(Ok::<Bytes, std::io::Error>)).chain(rest);
-    let mut response = Body::from_stream(stream).into_response();
-    let headers = response.headers_mut();
-    let content_type = listing
-        .as_ref()
-        .and_then(|l| l.content_type.as_deref())
-        .and_then(|t| HeaderValue::from_str(t).ok())
-        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-    headers.insert(header::CONTENT_TYPE, content_type);
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
-    // Whatever the type, a browser must not run it as a page of this origin.
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("sandbox; default-src 'none'"),
-    );
-    let name = listing.as_ref().and_then(|l| l.name.clone());
-    let value = match (disposition, name) {
-        (Disposition::Inline, Some(name)) => Some(content_disposition("inline", &name)),
-        (Disposition::Inline, None) => None,
-        (Disposition::Attachment, name) => Some(content_disposition(
-            "attachment",
-            &name.unwrap_or_else(|| id.to_string()),
-        )),
-    };
-    if let Some(value) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
-        headers.insert(header::CONTENT_DISPOSITION, value);
-    }
-    Ok(response)
-}
-
-/// `inline; filename*=UTF-8''…` (RFC 6266, 8187): any name, safely quoted.
-pub(crate) fn content_disposition(kind: &str, name: &str) -> String {
-    const ATTR: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'!')
-        .remove(b'#')
-        .remove(b'$')
-        .remove(b'&')
-        .remove(b'+')
-        .remove(b'-')
-        .remove(b'.')
-        .remove(b'^')
-        .remove(b'_')
-        .remove(b'`')
-        .remove(b'|')
-        .remove(b'~');
-    format!(
-        "{kind}; filename*=UTF-8''{}",
-        percent_encoding::utf8_percent_encode(name, ATTR)
-    )
-}
-
 /// `201` for a new record, `200` for a changed one, with `{"id", "created"}`.
 fn put_response(answer: PutResponse) -> Response {
     let status = if answer.created {
@@ -1494,25 +1070,6 @@ fn id_from_body(record: &mut Map<String, Value>) -> Result<RecordId, ApiError> {
             Ok(RecordId::from_random(bytes))
         }
     }
-}
-
-/// Runs whole-collection store work on the blocking pool.
-pub(crate) async fn blocking<R, F>(vault: &AppState, f: F) -> Result<R, ApiError>
-where
-    R: Send + 'static,
-    F: FnOnce(&Vault) -> Result<R, ApiError> + Send + 'static,
-{
-    let vault = vault.clone();
-    tokio::task::spawn_blocking(move || f(&vault))
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("store task failed: {e}")))?
-}
-
-/// Whether reading a body failed because it is longer than its limit (not because
-/// the client went away or sent a broken body).
-pub(crate) fn is_length_limit(e: &axum::Error) -> bool {
-    std::error::Error::source(e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-        || e.to_string().contains("length limit")
 }
 
 async fn read_body(vault: &AppState, body: Body) -> Result<Bytes, ApiError> {
@@ -1612,13 +1169,6 @@ fn writable(collection: CollectionName) -> Result<CollectionName, ApiError> {
         ));
     }
     Ok(collection)
-}
-
-fn record_not_found(collection: &CollectionName, id: &RecordId) -> ApiError {
-    ApiError::new(
-        ErrorCode::NotFound,
-        format!("no record {id} in collection {collection}"),
-    )
 }
 
 // ---- Import and export (owner) ----
@@ -1773,17 +1323,6 @@ async fn set_import_state(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Why an import wrote nothing, as an API error (the dashboard shows the same).
-pub(crate) fn import_error(e: pim::ImportError) -> ApiError {
-    match e {
-        pim::ImportError::Read(e) => ApiError::new(ErrorCode::BadRequest, e.to_string()),
-        pim::ImportError::Collection(e) => e.into(),
-        pim::ImportError::Store(e) => e.into(),
-        pim::ImportError::Blob(e) => e.into(),
-        pim::ImportError::Internal(e) => ApiError::new(ErrorCode::Internal, e),
-    }
-}
-
 /// `GET /v1/export/{c}`: every record as one vCard or iCalendar file.
 #[utoipa::path(
     get,
@@ -1841,167 +1380,6 @@ async fn create_grant(State(vault): State<AppState>, body: Body) -> Result<Respo
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-/// Creates a grant and issues its token (and app password, if asked for).
-pub(crate) async fn grant_new(
-    vault: &AppState,
-    request: GrantRequest,
-) -> Result<GrantCreated, ApiError> {
-    let scope = hearth_protocol::scope::Scope::parse(
-        request.read.as_deref(),
-        request.write.as_deref(),
-        &request.filters,
-    )
-    .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
-    let expires = match request.expires.as_deref() {
-        Some(text) => access::parse_duration(text)?,
-        None => Some(access::DEFAULT_EXPIRY),
-    };
-    let rate = request
-        .rate
-        .as_deref()
-        .map(access::parse_rate)
-        .transpose()?;
-    if let Some(to) = &request.to {
-        to.parse::<libp2p::PeerId>().map_err(|_| {
-            ApiError::new(
-                ErrorCode::BadRequest,
-                format!("--to {to:?} is not a PeerId"),
-            )
-        })?;
-    }
-    let checked = scope.clone();
-    let warnings = blocking(vault, move |v| Ok(scope_warnings(&v.collections, &checked)))
-        .await
-        .unwrap_or_default();
-    let (grant, issued) = blocking(vault, move |v| {
-        Ok(access::create_grant(
-            &v.collections,
-            &v.keys,
-            access::NewGrant {
-                service: request.service,
-                scope,
-                purpose: request.purpose.unwrap_or_default(),
-                expires,
-                to: request.to,
-                rate_per_minute: rate,
-                app_password: request.app_password,
-            },
-        )?)
-    })
-    .await?;
-    vault.store.commit().await?;
-    Ok(GrantCreated {
-        id: grant.id,
-        token: issued.token,
-        expires_at: grant.expires_at,
-        password: issued.password.map(|p| p.to_string()),
-        warnings,
-    })
-}
-
-/// What in a scope names nothing there is: a collection no device has written, a
-/// field or filter field no record has (with a near name when there is one).
-pub(crate) fn scope_warnings(
-    collections: &crate::collections::Collections,
-    scope: &hearth_protocol::scope::Scope,
-) -> Vec<String> {
-    use hearth_protocol::scope::Fields;
-    let mut warnings = Vec::new();
-    let names: Vec<String> = collections
-        .list()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| c.name)
-        .collect();
-    for (name, c) in &scope.collections {
-        if !names.contains(name) {
-            warnings.push(format!(
-                "no collection is called {name:?} yet{}",
-                did_you_mean(name, names.iter().map(String::as_str))
-            ));
-            continue;
-        }
-        let Ok(parsed) = CollectionName::parse(name) else {
-            continue;
-        };
-        let records = collections.records(&parsed).unwrap_or_default();
-        let fields: std::collections::BTreeSet<&str> = records
-            .iter()
-            .filter_map(Value::as_object)
-            .flat_map(|r| r.keys().map(String::as_str))
-            .filter(|k| *k != "id")
-            .collect();
-        let mut named: Vec<&str> = Vec::new();
-        for f in [&c.read, &c.write].into_iter().flatten() {
-            if let Fields::Only(paths) = f {
-                named.extend(
-                    paths
-                        .iter()
-                        .filter_map(|p| p.parts().first().map(String::as_str)),
-                );
-            }
-        }
-        named.extend(
-            c.filter
-                .iter()
-                .filter_map(|f| f.field.parts().first().map(String::as_str)),
-        );
-        named.sort_unstable();
-        named.dedup();
-        for field in named {
-            if !records.is_empty() && !fields.contains(field) {
-                warnings.push(format!(
-                    "no record of {name} has a field {field:?}{}",
-                    did_you_mean(field, fields.iter().copied())
-                ));
-            }
-        }
-    }
-    warnings
-}
-
-/// `" (did you mean contacts?)"` for the nearest of `known` within two edits, else "".
-pub fn did_you_mean<'a>(given: &str, known: impl Iterator<Item = &'a str>) -> String {
-    known
-        .map(|k| (edit_distance(given, k), k))
-        .filter(|(d, _)| *d <= 2)
-        .min()
-        .map_or(String::new(), |(_, k)| format!(" (did you mean {k}?)"))
-}
-
-/// Levenshtein distance, by characters.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
-}
-
-fn grant_info(grant: access::Grant, last_used: Option<u64>) -> GrantInfo {
-    GrantInfo {
-        status: grant.status(access::now_unix()),
-        id: grant.id,
-        service: grant.service,
-        scope: grant.scope,
-        purpose: grant.purpose,
-        issued_at: grant.issued_at,
-        expires_at: grant.expires_at,
-        to: grant.to,
-        revoked_at: grant.revoked_at,
-        rate_per_minute: grant.rate_per_minute,
-        app_password: grant.password_hash.is_some(),
-        last_used,
-    }
-}
-
 #[utoipa::path(
     get,
     path = "/v1/grants",
@@ -2011,28 +1389,6 @@ fn grant_info(grant: access::Grant, last_used: Option<u64>) -> GrantInfo {
 )]
 async fn list_grants(State(vault): State<AppState>) -> Result<Json<Vec<GrantInfo>>, ApiError> {
     grants(&vault).await.map(Json)
-}
-
-/// Every grant, with when it was last used.
-pub(crate) async fn grants(vault: &AppState) -> Result<Vec<GrantInfo>, ApiError> {
-    blocking(vault, |v| {
-        let grants = access::list_grants(&v.collections)?;
-        // One pass over the log, not one per grant.
-        let mut last_used: std::collections::HashMap<String, u64> =
-            std::collections::HashMap::new();
-        for entry in access::audit_entries(&v.collections, None)? {
-            let slot = last_used.entry(entry.grant).or_default();
-            *slot = (*slot).max(entry.at);
-        }
-        Ok(grants
-            .into_iter()
-            .map(|g| {
-                let used = last_used.get(&g.id).copied();
-                grant_info(g, used)
-            })
-            .collect())
-    })
-    .await
 }
 
 #[utoipa::path(
@@ -2048,22 +1404,6 @@ async fn revoke_grant(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<RevokeResponse>, ApiError> {
     grant_revoke(&vault, path_param(path)?).await.map(Json)
-}
-
-/// Revokes a grant; what its service already saw and did.
-pub(crate) async fn grant_revoke(vault: &AppState, id: String) -> Result<RevokeResponse, ApiError> {
-    let answer = blocking(vault, move |v| {
-        let grant = access::revoke(&v.collections, &id)?;
-        let seen = access::seen_by(&v.collections, &id)?;
-        let last_used = seen.last_access;
-        Ok(RevokeResponse {
-            grant: grant_info(grant, last_used),
-            seen,
-        })
-    })
-    .await?;
-    vault.store.commit().await?;
-    Ok(answer)
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
@@ -2088,17 +1428,6 @@ async fn list_audit(
     audit(&vault, query.0.grant).await.map(Json)
 }
 
-/// The audit log, or one grant's part of it.
-pub(crate) async fn audit(
-    vault: &AppState,
-    grant: Option<String>,
-) -> Result<Vec<AuditEntry>, ApiError> {
-    blocking(vault, move |v| {
-        Ok(access::audit_entries(&v.collections, grant.as_deref())?)
-    })
-    .await
-}
-
 #[utoipa::path(
     get,
     path = "/v1/audit/verify",
@@ -2108,27 +1437,6 @@ pub(crate) async fn audit(
 )]
 async fn verify_audit(State(vault): State<AppState>) -> Result<Json<VerifyResponse>, ApiError> {
     audit_verify(&vault).await.map(Json)
-}
-
-/// Checks the audit log's hash chains.
-pub(crate) async fn audit_verify(vault: &AppState) -> Result<VerifyResponse, ApiError> {
-    blocking(vault, |v| {
-        Ok(match access::verify_audit(&v.collections) {
-            Ok(entries) => VerifyResponse {
-                ok: true,
-                entries: Some(entries as u64),
-                entry: None,
-                reason: None,
-            },
-            Err((entry, reason)) => VerifyResponse {
-                ok: false,
-                entries: None,
-                entry: Some(entry),
-                reason: Some(reason),
-            },
-        })
-    })
-    .await
 }
 
 /// The whole vault at one moment (see [`VaultExport`]).
@@ -2143,7 +1451,7 @@ async fn export_all(State(vault): State<AppState>) -> Result<Json<VaultExport>, 
     blocking(&vault, |v| {
         use crate::collections::RecordSource;
         let snapshot = v.collections.snapshot()?;
-        let at = access::now_unix();
+        let at = crate::clock::now_unix();
         let mut collections = std::collections::BTreeMap::new();
         let mut texts = std::collections::BTreeMap::new();
         for name in snapshot.collection_names()? {
@@ -2474,7 +1782,8 @@ mod tests {
 
     #[test]
     fn a_service_is_told_the_kind_of_an_internal_failure_not_its_message() {
-        use super::{AccessError, ApiError, StatusCode};
+        use super::{ApiError, StatusCode};
+        use crate::access::AccessError;
         let secret = "the store at /home/someone/.local/share/hearth failed";
         let e = ApiError::from(AccessError::Internal(secret.into()));
         assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);

@@ -209,7 +209,7 @@ fn announced(before: Option<Listing>, size: u64, described: &Described) -> Listi
         removed: false,
     });
     if listing.removed || listing.added.is_none() {
-        listing.added = Some(crate::access::now_unix());
+        listing.added = Some(crate::clock::now_unix());
     }
     listing.removed = false;
     listing.size = size;

@@ -691,7 +691,7 @@ impl Collections {
             notice.insert("deleted_by".into(), Json::from(found.deleted_by));
             notice.insert("edited_by".into(), Json::Array(edited_by));
             notice.insert("kept".into(), Json::Array(kept));
-            notice.insert("at".into(), Json::from(crate::access::now_unix()));
+            notice.insert("at".into(), Json::from(crate::clock::now_unix()));
             self.put(&conflicts_list(), &nid, &notice)?;
         }
         Ok(())
@@ -745,7 +745,7 @@ impl Collections {
             return Ok(false);
         };
         let mut record = Map::new();
-        record.insert("dropped_at".into(), Json::from(crate::access::now_unix()));
+        record.insert("dropped_at".into(), Json::from(crate::clock::now_unix()));
         self.put(&dropped_list(), &id, &record)?;
         Ok(true)
     }

@@ -32,7 +32,7 @@ use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
 
 use crate::Vault;
-use crate::api::{self, ApiError};
+use crate::owner::{self, Error as ApiError};
 
 type AppState = Arc<Vault>;
 
@@ -97,7 +97,7 @@ impl Sessions {
     /// A new one-time login code.
     pub fn new_link(&self) -> String {
         let code = random_code();
-        let now = crate::access::now_unix();
+        let now = crate::clock::now_unix();
         let mut inner = self.lock();
         inner.links.retain(|_, expires| *expires > now);
         if inner.links.len() >= MAX_SESSIONS
@@ -111,7 +111,7 @@ impl Sessions {
 
     /// Trades a login code (once) for a new session id.
     fn redeem(&self, code: &str) -> Option<String> {
-        let now = crate::access::now_unix();
+        let now = crate::clock::now_unix();
         let mut inner = self.lock();
         let expires = inner.links.remove(&hash(code))?;
         if expires <= now {
@@ -139,7 +139,7 @@ impl Sessions {
     }
 
     fn session(&self, id: &str) -> Option<Session> {
-        let now = crate::access::now_unix();
+        let now = crate::clock::now_unix();
         let inner = self.lock();
         inner
             .sessions
@@ -519,11 +519,11 @@ struct ArrivingRow {
 }
 
 async fn overview(State(vault): State<AppState>, visit: Visit) -> Response {
-    let status = match api::status_of(&vault).await {
+    let status = match owner::status_of(&vault).await {
         Ok(s) => s,
         Err(e) => return failed(e),
     };
-    let now = crate::access::now_unix();
+    let now = crate::clock::now_unix();
     let mut warnings = Vec::new();
     if let Some(at) = status.removed_at {
         warnings.push(format!(
@@ -544,7 +544,7 @@ async fn overview(State(vault): State<AppState>, visit: Visit) -> Response {
             ));
         }
     }
-    if let Ok(grants) = api::grants(&vault).await {
+    if let Ok(grants) = owner::grants(&vault).await {
         for g in grants.iter().filter(|g| g.status == GrantStatus::Active) {
             if let Some(at) = g.expires_at
                 && at.saturating_sub(now) < EXPIRING_SECS
@@ -610,20 +610,20 @@ async fn devices_page(State(vault): State<AppState>, visit: Visit) -> Response {
 }
 
 async fn render_devices(vault: &AppState, visit: Visit, invite: Option<Invite>) -> Response {
-    let devices = match api::devices_view(vault).await {
+    let devices = match owner::devices_view(vault).await {
         Ok(d) => d,
         Err(e) => return failed(e),
     };
     page(&DevicesPage {
         csrf: visit.csrf,
-        devices: device_rows(&devices, crate::access::now_unix()),
+        devices: device_rows(&devices, crate::clock::now_unix()),
         invite,
         mesh: vault.mesh().is_some(),
     })
 }
 
 async fn pair(State(vault): State<AppState>, Posted { visit, .. }: Posted) -> Response {
-    let invite = match api::invite(&vault).await {
+    let invite = match owner::invite(&vault).await {
         Ok(i) => i,
         Err(e) => return failed(e),
     };
@@ -648,7 +648,7 @@ async fn remove_device(
     Path(peer): Path<String>,
     _: Posted,
 ) -> Response {
-    match api::device_remove(&vault, &peer).await {
+    match owner::device_remove(&vault, &peer).await {
         Ok(()) => Redirect::to("/devices").into_response(),
         Err(e) => failed(e),
     }
@@ -660,7 +660,7 @@ async fn rename_device(
     Posted { form, .. }: Posted,
 ) -> Response {
     let name = form.get("name").map(String::as_str).unwrap_or_default();
-    match api::device_rename(&vault, &peer, name).await {
+    match owner::device_rename(&vault, &peer, name).await {
         Ok(()) => Redirect::to("/devices").into_response(),
         Err(e) => failed(e),
     }
@@ -731,11 +731,11 @@ struct GrantsPage {
 }
 
 async fn grants_page(State(vault): State<AppState>, visit: Visit) -> Response {
-    let grants = match api::grants(&vault).await {
+    let grants = match owner::grants(&vault).await {
         Ok(g) => g,
         Err(e) => return failed(e),
     };
-    let now = crate::access::now_unix();
+    let now = crate::clock::now_unix();
     page(&GrantsPage {
         csrf: visit.csrf,
         grants: grants.iter().rev().map(|g| grant_row(g, now)).collect(),
@@ -870,7 +870,7 @@ async fn preview_grant(State(vault): State<AppState>, Posted { visit, form }: Po
         Ok(None) => "never expires (it lasts until you revoke it)".to_owned(),
         Ok(Some(d)) => format!(
             "expires {}",
-            local_time(crate::access::now_unix() + d.as_secs())
+            local_time(crate::clock::now_unix() + d.as_secs())
         ),
         Err(e) => {
             return message(
@@ -963,7 +963,7 @@ async fn create_grant(State(vault): State<AppState>, Posted { visit, form }: Pos
         Ok(form) => form,
         Err(r) => return r,
     };
-    match api::grant_new(&vault, form.request()).await {
+    match owner::grant_new(&vault, form.request()).await {
         Ok(created) => page(&GrantCreatedPage {
             csrf: visit.csrf,
             id: created.id,
@@ -993,7 +993,7 @@ async fn revoke_grant(
     Path(id): Path<String>,
     Posted { visit, .. }: Posted,
 ) -> Response {
-    match api::grant_revoke(&vault, id).await {
+    match owner::grant_revoke(&vault, id).await {
         Ok(answer) => page(&RevokedPage {
             csrf: visit.csrf,
             service: answer.grant.service,
@@ -1065,7 +1065,7 @@ async fn render_audit(
     query: AuditQuery,
     verified: Option<Verified>,
 ) -> Response {
-    let entries = match api::audit(vault, None).await {
+    let entries = match owner::audit(vault, None).await {
         Ok(e) => e,
         Err(e) => return failed(e),
     };
@@ -1125,7 +1125,7 @@ const VERIFIED_FOR_SECS: u64 = 300;
 impl Sessions {
     /// The last verification of the audit log, if it is recent.
     fn last_verified(&self) -> Option<Verified> {
-        let now = crate::access::now_unix();
+        let now = crate::clock::now_unix();
         let last = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         last.as_ref()
             .filter(|(at, _)| now.saturating_sub(*at) < VERIFIED_FOR_SECS)
@@ -1135,7 +1135,7 @@ impl Sessions {
 
 /// Verifies the audit log's hash chains, and remembers the result for the overview.
 async fn verify(vault: &AppState) -> Verified {
-    let (ok, text) = match api::audit_verify(vault).await {
+    let (ok, text) = match owner::audit_verify(vault).await {
         Ok(v) if v.ok => (
             true,
             format!(
@@ -1161,7 +1161,7 @@ async fn verify(vault: &AppState) -> Verified {
         .dashboard
         .verified
         .lock()
-        .unwrap_or_else(|e| e.into_inner()) = Some((crate::access::now_unix(), verified.clone()));
+        .unwrap_or_else(|e| e.into_inner()) = Some((crate::clock::now_unix(), verified.clone()));
     verified
 }
 
@@ -1231,7 +1231,9 @@ async fn download_blob(
     _visit: Visit,
 ) -> Response {
     // A download, never shown as a page of the dashboard's origin.
-    match api::blob_response(&vault, &id, api::Disposition::Attachment).await {
+    match crate::download::blob_response(&vault, &id, crate::download::Disposition::Attachment)
+        .await
+    {
         Ok(response) => response,
         Err(e) => failed(e),
     }
@@ -1323,7 +1325,7 @@ async fn import(
             report,
         }),
         Err(e) => {
-            let e = crate::api::import_error(e);
+            let e = owner::import_error(e);
             let status = e.status();
             if status.is_server_error() {
                 tracing::error!(
@@ -1482,7 +1484,7 @@ fn render_record(vault: &Vault, visit: Visit, name: &CollectionName, id: &Record
         .flatten()
         .unwrap_or_default();
     let names = crate::devices::names_by_tag(&vault.collections).unwrap_or_default();
-    let conflict = api::conflicts_response(id.to_string(), conflict, &names);
+    let conflict = owner::conflicts_response(id.to_string(), conflict, &names);
     let versions = conflict
         .versions
         .iter()
@@ -1557,12 +1559,9 @@ async fn save_record(
         );
     }
     record.remove("id");
-    let written = api::owner_write(&vault, &name, &id, crate::pim::Change::Replace(record)).await;
+    let written = owner::owner_write(&vault, &name, &id, crate::pim::Change::Replace(record)).await;
     if let Err(e) = written {
         return failed(e);
-    }
-    if let Err(e) = vault.store.commit().await {
-        return failed(e.into());
     }
     Redirect::to(&format!("/data/{name}/{id}")).into_response()
 }
@@ -1607,7 +1606,7 @@ async fn resolve_conflict(
         let Ok(version) = version.parse::<usize>() else {
             return message(StatusCode::BAD_REQUEST, "Not resolved", "Choose a version.");
         };
-        if let Err(e) = api::keep_version(&vault, &name, &id, version).await {
+        if let Err(e) = owner::keep_version(&vault, &name, &id, version).await {
             return failed(e);
         }
         return Redirect::to(&format!("/data/{name}/{id}")).into_response();
@@ -1622,7 +1621,7 @@ async fn resolve_conflict(
             "That value is not JSON.",
         );
     };
-    if let Err(e) = api::resolve(&vault, &name, &id, field, value).await {
+    if let Err(e) = owner::resolve(&vault, &name, &id, field, value).await {
         return failed(e);
     }
     Redirect::to(&format!("/data/{name}/{id}")).into_response()

@@ -332,7 +332,7 @@ async fn serve(vault: AppState, request: Request) -> Result<Response, DavError> 
     let caller = door.admit(&credentials(&parts.headers)?).await?;
     let limit = vault.limits.max_record_bytes;
     let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if crate::api::is_length_limit(&e) {
+        if crate::server::is_length_limit(&e) {
             DavError::TooLarge
         } else {
             DavError::BadRequest(format!("cannot read the request body: {e}"))

@@ -5,7 +5,7 @@
 //! tombstone rather than a delete, so a concurrent edit cannot bring a removed device
 //! back. The list syncs like any collection, so what one device decides holds on all.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use crate::clock::now_unix;
 
 use hearth_protocol::{CollectionName, RecordId};
 use libp2p::PeerId;
@@ -21,13 +21,6 @@ pub fn collection() -> CollectionName {
 
 fn record_id(peer: &PeerId) -> RecordId {
     RecordId::parse(&peer.to_string()).expect("a PeerId in base58 is a valid record id")
-}
-
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 pub fn is_member(collections: &Collections, peer: &PeerId) -> bool {

@@ -13,11 +13,13 @@
 pub mod access;
 pub mod api;
 pub mod blobs;
+pub mod clock;
 pub mod collections;
 pub mod commits;
 pub mod dashboard;
 pub mod dav;
 pub mod devices;
+pub mod download;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod home;
@@ -26,6 +28,7 @@ pub mod keys;
 pub mod lan;
 pub mod mail;
 pub mod mesh;
+pub mod owner;
 pub mod pim;
 pub mod recordmerge;
 pub mod records;

@@ -128,3 +128,10 @@ async fn serve_with(
     }
     Ok(())
 }
+
+/// Whether reading a body failed because it is longer than its limit (not because
+/// the client went away or sent a broken body).
+pub(crate) fn is_length_limit(e: &axum::Error) -> bool {
+    std::error::Error::source(e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        || e.to_string().contains("length limit")
+}

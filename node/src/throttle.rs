@@ -104,7 +104,7 @@ fn carries_password(headers: &HeaderMap) -> bool {
 /// The middleware: refuses a password from an address that sent too many wrong ones,
 /// and counts a `401` answered to a request that carried one.
 pub async fn throttle_passwords(
-    State(vault): State<crate::api::AppState>,
+    State(vault): State<std::sync::Arc<crate::Vault>>,
     request: Request,
     next: Next,
 ) -> Response {

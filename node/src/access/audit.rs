@@ -163,7 +163,7 @@ impl AuditLog {
         // Entries grouped by the document their first one belongs in; each group is
         // one record, so an append of many costs one Automerge record, not one each.
         let mut groups: BTreeMap<CollectionName, (u64, Vec<Value>)> = BTreeMap::new();
-        let at = super::now_unix();
+        let at = crate::clock::now_unix();
         for event in events {
             seq += 1;
             let entry = self.entry(event, at, seq, &prev);

@@ -74,7 +74,7 @@ pub(super) fn note(
     if blobs.is_empty() {
         return Ok(());
     }
-    let at = super::now_unix();
+    let at = crate::clock::now_unix();
     let writes: Vec<(RecordId, RecordWrite)> = blobs
         .iter()
         .map(|blob| {

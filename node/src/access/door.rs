@@ -21,7 +21,8 @@ use super::grants::{self, Grant};
 use super::group::AuditGroups;
 use super::tokens::{self, TokenCache, Verified};
 
-use super::{AccessError, RateLimiter, now_unix};
+use super::{AccessError, RateLimiter};
+use crate::clock::now_unix;
 use crate::collections::{Collections, RecordWrite};
 use crate::keys::VaultKeys;
 use crate::store::Store;
@@ -207,7 +208,7 @@ impl Door {
             if tree.contains_key(&key)? {
                 return Ok(true);
             }
-            tree.insert(&key, &super::now_unix().to_be_bytes())?;
+            tree.insert(&key, &crate::clock::now_unix().to_be_bytes())?;
             Ok(false)
         };
         match used() {

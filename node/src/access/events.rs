@@ -25,10 +25,11 @@ use serde_json::Value;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 
+use super::AccessError;
 use super::audit::{AuditEvent, Operation};
 use super::door::{Caller, Door, MAX_STREAMS_PER_GRANT, Proof};
 use super::grants::ACCESS;
-use super::{AccessError, now_unix};
+use crate::clock::now_unix;
 
 /// Batches a stream may have waiting; a stream that falls further behind is ended.
 const STREAM_QUEUE: usize = 16;

@@ -171,7 +171,7 @@ pub fn create_grant(
     let mut bytes = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let id = RecordId::from_random(bytes);
-    let issued_at = super::now_unix();
+    let issued_at = crate::clock::now_unix();
     let expires_at = expires.map(|d| issued_at + d.as_secs());
     let (token, token_id) = tokens::mint(keys, id.as_str(), expires_at)?;
     let password = app_password.then(new_password);
@@ -226,7 +226,7 @@ pub fn revoke(collections: &Collections, id: &str) -> Result<Grant, AccessError>
     let grant = get_grant(collections, id)?.ok_or_else(|| AccessError::NoGrant(id.to_owned()))?;
     if grant.revoked_at.is_none() {
         let mut patch = Map::new();
-        patch.insert("revoked_at".into(), Value::from(super::now_unix()));
+        patch.insert("revoked_at".into(), Value::from(crate::clock::now_unix()));
         let record_id = RecordId::parse(id).map_err(|_| AccessError::NoGrant(id.to_owned()))?;
         collections.patch(&access(), &record_id, &patch)?;
         tracing::info!(grant = %id, service = %grant.service, "grant revoked");

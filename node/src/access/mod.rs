@@ -33,9 +33,9 @@ pub mod grants;
 mod group;
 pub mod tokens;
 
+use crate::clock::now_unix;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use hearth_protocol::api::ErrorCode;
 
@@ -144,13 +144,6 @@ impl AccessError {
             other => other.code().as_str().to_owned(),
         }
     }
-}
-
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Counts requests per grant per minute on this device.

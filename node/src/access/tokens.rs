@@ -67,7 +67,7 @@ pub fn attenuate(
 ) -> Result<String, AccessError> {
     let mut block = BlockBuilder::new().context(narrowing.encode());
     if let Some(expires) = expires {
-        block = block.check_expiration_date(SystemTime::now() + expires);
+        block = block.check_expiration_date(crate::clock::now() + expires);
     }
     UnverifiedBiscuit::from_base64(token.trim())
         .map_err(|_| AccessError::BadRequest("that is not a Hearth token".into()))?

@@ -105,7 +105,7 @@ impl Pairing {
             .collect();
         let mut secret = Zeroizing::new([0u8; 32]);
         rand::rngs::OsRng.fill_bytes(&mut *secret);
-        let expires_unix = devices::now_unix() + ttl.as_secs();
+        let expires_unix = crate::clock::now_unix() + ttl.as_secs();
         let invite = Invite {
             expires_unix,
             secret: secret.clone(),
@@ -113,7 +113,7 @@ impl Pairing {
             addrs,
         };
         let mut pending = self.pending.lock().expect("pending lock is never poisoned");
-        pending.retain(|p| p.expires_unix > devices::now_unix());
+        pending.retain(|p| p.expires_unix > crate::clock::now_unix());
         if pending.len() >= MAX_PENDING {
             pending.remove(0);
         }
@@ -231,7 +231,7 @@ impl Pairing {
     /// Finds and consumes the pending invite whose proof matches.
     fn take_matching(&self, joiner: &PeerId, proof: &[u8; 32]) -> bool {
         let local = self.mesh.local_peer_id().to_bytes();
-        let now = devices::now_unix();
+        let now = crate::clock::now_unix();
         let mut pending = self.pending.lock().expect("pending lock is never poisoned");
         pending.retain(|p| p.expires_unix > now);
         let found = pending.iter().position(|p| {
@@ -265,7 +265,7 @@ pub async fn join(
         return Err(PairError::AlreadyAVault(home.root().display().to_string()));
     }
     let invite = Invite::decode(code)?;
-    if invite.expires_unix <= devices::now_unix() {
+    if invite.expires_unix <= crate::clock::now_unix() {
         return Err(PairError::Expired);
     }
     let inviter =

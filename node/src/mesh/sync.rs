@@ -101,7 +101,7 @@ impl SyncService {
         if self.vault.removal_notice(None) {
             tracing::warn!(%peer, "a device said this one was removed from the vault, but the vault's devices still sync with it: ignored");
         }
-        let now = SystemTime::now();
+        let now = crate::clock::now();
         let previous = self
             .last_sync
             .lock()

@@ -1,0 +1,625 @@
+//! The owner's operations: what the owner API (`api`) and the dashboard both call, so
+//! that neither calls the other and no operation is written twice.
+//!
+//! In: the vault and already-parsed requests (a record, a grant request, a device's
+//! PeerId as text). Out: the answer types of `hearth_protocol::api`, or an [`Error`]
+//! with its code (which fixes an HTTP status where there is one) and a message for
+//! people. Knows no HTTP: bodies are parsed and answers rendered by the front ends.
+//! Document work runs on the blocking pool ([`blocking`]); every write is committed
+//! before it returns.
+
+use std::sync::Arc;
+
+use hearth_protocol::api::{
+    AuditEntry, ConflictsResponse, DeletedWhileEdited, DeviceInfo, ErrorCode, GrantCreated,
+    GrantInfo, GrantRequest, InviteResponse, RevokeResponse, StatusResponse, VerifyResponse,
+};
+use hearth_protocol::{CollectionName, RecordId};
+use serde_json::{Map, Value};
+
+use crate::Vault;
+use crate::access::{self, AccessError};
+use crate::blobs::BlobError;
+use crate::collections::CollectionError;
+use crate::pim;
+use crate::store::StoreError;
+
+/// Why an owner operation failed: a code (which fixes the HTTP status where there is
+/// one) and a message for people.
+#[derive(Debug)]
+pub struct Error {
+    pub(crate) code: ErrorCode,
+    pub(crate) message: String,
+}
+
+impl Error {
+    /// What went wrong, for people.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// What kind of failure it is (the API answers with the status it fixes).
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        Error::new(e.code(), e.to_string())
+    }
+}
+
+impl From<CollectionError> for Error {
+    fn from(e: CollectionError) -> Self {
+        Error::new(e.code(), e.to_string())
+    }
+}
+
+impl From<AccessError> for Error {
+    /// What a service is told: the refusal, or for a failure inside the node only its
+    /// kind (the message, which may name internals, goes to the log).
+    fn from(e: AccessError) -> Self {
+        let code = e.code();
+        let message = match code {
+            ErrorCode::Internal | ErrorCode::Storage | ErrorCode::Corrupt => {
+                tracing::error!(code = code.as_str(), error = %e, "a service's request failed");
+                "the node could not complete the request; its log says why".to_owned()
+            }
+            ErrorCode::InsufficientStorage => {
+                tracing::warn!(error = %e, "a request failed: the disk is full");
+                "the node's disk is full; nothing was written".to_owned()
+            }
+            _ => e.to_string(),
+        };
+        Error::new(code, message)
+    }
+}
+
+impl From<BlobError> for Error {
+    fn from(e: BlobError) -> Self {
+        Error::new(e.code(), e.to_string())
+    }
+}
+
+/// What `GET /v1/status` answers (also the dashboard's overview).
+pub async fn status_of(vault: &Arc<Vault>) -> Result<StatusResponse, Error> {
+    let (collections, blobs, arriving) = blocking(vault, |v| {
+        Ok((
+            v.collections.list()?,
+            v.blobs.count() as u64,
+            v.blobs.arriving(&v.collections)?,
+        ))
+    })
+    .await?;
+    let devices = devices_view(vault).await?;
+    let listen_addrs = match vault.mesh() {
+        Some(mesh) => mesh
+            .handle
+            .listen_addrs()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok(StatusResponse {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        vault_id: vault.keys.vault_id_hex(),
+        peer_id: vault.keys.peer_id().to_string(),
+        home: vault.home.root().display().to_string(),
+        api_addr: vault.api_addr.to_string(),
+        collections,
+        blobs,
+        listen_addrs,
+        removed_at: vault.removed_at(),
+        devices,
+        arriving,
+        lan: vault
+            .lan
+            .as_ref()
+            .map(|lan| hearth_protocol::api::LanStatus {
+                url: format!("https://{}/", lan.addr),
+                fingerprint: lan.fingerprint.clone(),
+                names: lan.names.clone(),
+            }),
+    })
+}
+
+/// The device list with what this node knows of each: online, last sync.
+pub async fn devices_view(vault: &Arc<Vault>) -> Result<Vec<DeviceInfo>, Error> {
+    let list = blocking(vault, |v| Ok(crate::devices::devices(&v.collections)?)).await?;
+    let (online, last_sync) = match vault.mesh() {
+        Some(mesh) => (
+            mesh.handle.connected_peers().await.unwrap_or_default(),
+            mesh.sync.last_sync(),
+        ),
+        None => (Vec::new(), Default::default()),
+    };
+    let recorded = blocking(vault, |v| Ok(crate::devices::recorded_syncs(&v.store))).await?;
+    let me = vault.keys.peer_id().to_string();
+    Ok(list
+        .into_iter()
+        .map(|device| {
+            let peer: Option<libp2p::PeerId> = device.id.parse().ok();
+            let this_device = device.id == me;
+            let online = this_device || peer.is_some_and(|p| online.contains(&p));
+            let now_known = peer
+                .and_then(|p| last_sync.get(&p).copied())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs());
+            // Since this run, or as recorded before it.
+            let last_sync = now_known.or_else(|| peer.and_then(|p| recorded.get(&p).copied()));
+            DeviceInfo {
+                id: device.id,
+                name: device.name,
+                added_at: device.added_at,
+                removed_at: device.removed_at,
+                addrs: device.addrs,
+                online,
+                last_sync,
+                this_device,
+            }
+        })
+        .collect())
+}
+
+/// A new one-time invite code for a device to join.
+pub async fn invite(vault: &Arc<Vault>) -> Result<InviteResponse, Error> {
+    let mesh = vault.mesh().ok_or_else(|| {
+        Error::new(
+            ErrorCode::Unavailable,
+            "this node runs without the mesh, so no device can join it",
+        )
+    })?;
+    let (code, expires_at) = mesh
+        .pairing
+        .invite(crate::mesh::pairing::DEFAULT_INVITE_TTL)
+        .await
+        .map_err(|e| Error::new(ErrorCode::Unavailable, e.to_string()))?;
+    Ok(InviteResponse {
+        code: code.to_string(),
+        expires_at,
+    })
+}
+
+/// Removes a device (by its PeerId) from the vault.
+pub async fn device_remove(vault: &Arc<Vault>, raw: &str) -> Result<(), Error> {
+    let peer = peer_of(raw)?;
+    if peer == vault.keys.peer_id() {
+        return Err(Error::new(
+            ErrorCode::Conflict,
+            "a device cannot remove itself; remove it from another device",
+        ));
+    }
+    change_device(vault, peer, crate::devices::remove).await
+}
+
+fn peer_of(raw: &str) -> Result<libp2p::PeerId, Error> {
+    raw.parse()
+        .map_err(|_| Error::new(ErrorCode::InvalidId, format!("{raw:?} is not a PeerId")))
+}
+
+/// Applies `change` to a device of the list and commits; `404` if it is not listed.
+async fn change_device(
+    vault: &Arc<Vault>,
+    peer: libp2p::PeerId,
+    change: impl FnOnce(
+        &crate::collections::Collections,
+        &libp2p::PeerId,
+    ) -> Result<bool, CollectionError>
+    + Send
+    + 'static,
+) -> Result<(), Error> {
+    blocking(vault, move |v| {
+        if change(&v.collections, &peer)? {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorCode::NotFound,
+                format!("no device {peer} in this vault"),
+            ))
+        }
+    })
+    .await?;
+    vault.store.commit().await?;
+    Ok(())
+}
+
+/// Gives a device (by its PeerId) a new name.
+pub async fn device_rename(vault: &Arc<Vault>, raw: &str, name: &str) -> Result<(), Error> {
+    let peer = peer_of(raw)?;
+    let name = crate::devices::valid_name(name)
+        .map_err(|e| Error::new(ErrorCode::BadRequest, e))?
+        .to_owned();
+    change_device(vault, peer, move |c, p| crate::devices::rename(c, p, &name)).await
+}
+
+/// An owner's write, with contacts and calendar records kept in step with their text;
+/// durable when it returns. Returns whether the record existed and the record now.
+pub async fn owner_write(
+    vault: &Vault,
+    collection: &CollectionName,
+    id: &RecordId,
+    change: pim::Change,
+) -> Result<(bool, Map<String, Value>), Error> {
+    let written = pim::owner_write(&vault.collections, collection, id, change)
+        .await
+        .map_err(|e| write_error(collection, id, e))?;
+    vault.store.commit().await?;
+    Ok(written)
+}
+
+/// The answer to an owner's write a contact's or event's rules refused.
+pub fn write_error(collection: &CollectionName, id: &RecordId, e: pim::WriteError) -> Error {
+    match e {
+        pim::WriteError::Missing => record_not_found(collection, id),
+        pim::WriteError::Pim(e) => Error::new(ErrorCode::BadRequest, e.to_string()),
+        pim::WriteError::BadEdit(e) => Error::new(ErrorCode::BadRequest, e),
+        pim::WriteError::Collection(e) => e.into(),
+    }
+}
+
+/// A record's conflicts as the API shows them, devices named.
+pub fn conflicts_response(
+    id: String,
+    conflict: crate::collections::RecordConflict,
+    names: &std::collections::HashMap<String, String>,
+) -> ConflictsResponse {
+    let name = |tag: &String| {
+        names
+            .get(tag)
+            .cloned()
+            .unwrap_or_else(|| "a device no longer in the vault".to_owned())
+    };
+    ConflictsResponse {
+        id,
+        conflicts: conflict.fields,
+        versions: conflict.versions,
+        deleted: conflict.removed.map(|r| DeletedWhileEdited {
+            deleted_on: name(&r.deleted_by),
+            edited_on: r.edited_by.iter().map(name).collect(),
+            at: r.at,
+        }),
+    }
+}
+
+/// Keeps one whole version of a record (0: the one shown), which ends its conflict
+/// between versions and its delete notice.
+pub async fn keep_version(
+    vault: &Arc<Vault>,
+    collection: &CollectionName,
+    id: &RecordId,
+    version: usize,
+) -> Result<(), Error> {
+    let (collection, id) = (collection.clone(), id.clone());
+    blocking(vault, move |v| {
+        if v.collections.keep_version(&collection, &id, version)? {
+            return Ok(());
+        }
+        Err(match v.collections.get(&collection, &id)? {
+            None => record_not_found(&collection, &id),
+            Some(_) => Error::new(
+                ErrorCode::NotFound,
+                format!("{collection}/{id} has no version {version} (see its conflicts)"),
+            ),
+        })
+    })
+    .await?;
+    vault.store.commit().await?;
+    Ok(())
+}
+
+/// Writes a person's merge of a record's versions as its only version. A contact's
+/// or event's text follows (the owner's write keeps it in step first).
+pub async fn resolve_with(
+    vault: &Arc<Vault>,
+    collection: &CollectionName,
+    id: &RecordId,
+    mut record: Map<String, Value>,
+) -> Result<(), Error> {
+    let (c, i) = (collection.clone(), id.clone());
+    if blocking(vault, move |v| Ok(v.collections.get(&c, &i)?))
+        .await?
+        .is_none()
+    {
+        return Err(record_not_found(collection, id));
+    }
+    record.remove("id");
+    owner_write(vault, collection, id, pim::Change::Replace(record)).await?;
+    keep_version(vault, collection, id, 0).await
+}
+
+/// Writes the value a person chose for a field in conflict, which ends the conflict
+/// (also when it is the value that wins already). A contact's or event's text follows.
+pub async fn resolve(
+    vault: &Arc<Vault>,
+    collection: &CollectionName,
+    id: &RecordId,
+    field: &str,
+    value: Value,
+) -> Result<(), Error> {
+    if field.is_empty() || field == "id" {
+        return Err(Error::new(
+            ErrorCode::BadRequest,
+            "field must name a field of the record (not \"id\")",
+        ));
+    }
+    let mut patch = Map::new();
+    patch.insert(field.to_owned(), value.clone());
+    // The owner's write keeps a contact's or event's text in step; like every ordinary
+    // write it leaves an equal value alone, so the choice is then written as such.
+    owner_write(vault, collection, id, pim::Change::Merge(patch)).await?;
+    let (c, i, f) = (collection.clone(), id.clone(), field.to_owned());
+    if !blocking(vault, move |v| {
+        Ok(v.collections.choose(&c, &i, &f, &value)?)
+    })
+    .await?
+    {
+        return Err(record_not_found(collection, id));
+    }
+    vault.store.commit().await?;
+    Ok(())
+}
+
+/// Runs whole-collection store work on the blocking pool.
+pub async fn blocking<R, F>(vault: &Arc<Vault>, f: F) -> Result<R, Error>
+where
+    R: Send + 'static,
+    F: FnOnce(&Vault) -> Result<R, Error> + Send + 'static,
+{
+    let vault = vault.clone();
+    tokio::task::spawn_blocking(move || f(&vault))
+        .await
+        .map_err(|e| Error::new(ErrorCode::Internal, format!("store task failed: {e}")))?
+}
+
+/// Why an import wrote nothing, as an API error (the dashboard shows the same).
+pub fn import_error(e: pim::ImportError) -> Error {
+    match e {
+        pim::ImportError::Read(e) => Error::new(ErrorCode::BadRequest, e.to_string()),
+        pim::ImportError::Collection(e) => e.into(),
+        pim::ImportError::Store(e) => e.into(),
+        pim::ImportError::Blob(e) => e.into(),
+        pim::ImportError::Internal(e) => Error::new(ErrorCode::Internal, e),
+    }
+}
+
+/// Creates a grant and issues its token (and app password, if asked for).
+pub async fn grant_new(vault: &Arc<Vault>, request: GrantRequest) -> Result<GrantCreated, Error> {
+    let scope = hearth_protocol::scope::Scope::parse(
+        request.read.as_deref(),
+        request.write.as_deref(),
+        &request.filters,
+    )
+    .map_err(|e| Error::new(ErrorCode::BadRequest, e.to_string()))?;
+    let expires = match request.expires.as_deref() {
+        Some(text) => access::parse_duration(text)?,
+        None => Some(access::DEFAULT_EXPIRY),
+    };
+    let rate = request
+        .rate
+        .as_deref()
+        .map(access::parse_rate)
+        .transpose()?;
+    if let Some(to) = &request.to {
+        to.parse::<libp2p::PeerId>().map_err(|_| {
+            Error::new(
+                ErrorCode::BadRequest,
+                format!("--to {to:?} is not a PeerId"),
+            )
+        })?;
+    }
+    let checked = scope.clone();
+    let warnings = blocking(vault, move |v| Ok(scope_warnings(&v.collections, &checked)))
+        .await
+        .unwrap_or_default();
+    let (grant, issued) = blocking(vault, move |v| {
+        Ok(access::create_grant(
+            &v.collections,
+            &v.keys,
+            access::NewGrant {
+                service: request.service,
+                scope,
+                purpose: request.purpose.unwrap_or_default(),
+                expires,
+                to: request.to,
+                rate_per_minute: rate,
+                app_password: request.app_password,
+            },
+        )?)
+    })
+    .await?;
+    vault.store.commit().await?;
+    Ok(GrantCreated {
+        id: grant.id,
+        token: issued.token,
+        expires_at: grant.expires_at,
+        password: issued.password.map(|p| p.to_string()),
+        warnings,
+    })
+}
+
+/// What in a scope names nothing there is: a collection no device has written, a
+/// field or filter field no record has (with a near name when there is one).
+pub fn scope_warnings(
+    collections: &crate::collections::Collections,
+    scope: &hearth_protocol::scope::Scope,
+) -> Vec<String> {
+    use hearth_protocol::scope::Fields;
+    let mut warnings = Vec::new();
+    let names: Vec<String> = collections
+        .list()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    for (name, c) in &scope.collections {
+        if !names.contains(name) {
+            warnings.push(format!(
+                "no collection is called {name:?} yet{}",
+                did_you_mean(name, names.iter().map(String::as_str))
+            ));
+            continue;
+        }
+        let Ok(parsed) = CollectionName::parse(name) else {
+            continue;
+        };
+        let records = collections.records(&parsed).unwrap_or_default();
+        let fields: std::collections::BTreeSet<&str> = records
+            .iter()
+            .filter_map(Value::as_object)
+            .flat_map(|r| r.keys().map(String::as_str))
+            .filter(|k| *k != "id")
+            .collect();
+        let mut named: Vec<&str> = Vec::new();
+        for f in [&c.read, &c.write].into_iter().flatten() {
+            if let Fields::Only(paths) = f {
+                named.extend(
+                    paths
+                        .iter()
+                        .filter_map(|p| p.parts().first().map(String::as_str)),
+                );
+            }
+        }
+        named.extend(
+            c.filter
+                .iter()
+                .filter_map(|f| f.field.parts().first().map(String::as_str)),
+        );
+        named.sort_unstable();
+        named.dedup();
+        for field in named {
+            if !records.is_empty() && !fields.contains(field) {
+                warnings.push(format!(
+                    "no record of {name} has a field {field:?}{}",
+                    did_you_mean(field, fields.iter().copied())
+                ));
+            }
+        }
+    }
+    warnings
+}
+
+/// `" (did you mean contacts?)"` for the nearest of `known` within two edits, else "".
+pub fn did_you_mean<'a>(given: &str, known: impl Iterator<Item = &'a str>) -> String {
+    known
+        .map(|k| (edit_distance(given, k), k))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map_or(String::new(), |(_, k)| format!(" (did you mean {k}?)"))
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+pub fn grant_info(grant: access::Grant, last_used: Option<u64>) -> GrantInfo {
+    GrantInfo {
+        status: grant.status(crate::clock::now_unix()),
+        id: grant.id,
+        service: grant.service,
+        scope: grant.scope,
+        purpose: grant.purpose,
+        issued_at: grant.issued_at,
+        expires_at: grant.expires_at,
+        to: grant.to,
+        revoked_at: grant.revoked_at,
+        rate_per_minute: grant.rate_per_minute,
+        app_password: grant.password_hash.is_some(),
+        last_used,
+    }
+}
+
+/// Every grant, with when it was last used.
+pub async fn grants(vault: &Arc<Vault>) -> Result<Vec<GrantInfo>, Error> {
+    blocking(vault, |v| {
+        let grants = access::list_grants(&v.collections)?;
+        // One pass over the log, not one per grant.
+        let mut last_used: std::collections::HashMap<String, u64> =
+            std::collections::HashMap::new();
+        for entry in access::audit_entries(&v.collections, None)? {
+            let slot = last_used.entry(entry.grant).or_default();
+            *slot = (*slot).max(entry.at);
+        }
+        Ok(grants
+            .into_iter()
+            .map(|g| {
+                let used = last_used.get(&g.id).copied();
+                grant_info(g, used)
+            })
+            .collect())
+    })
+    .await
+}
+
+/// Revokes a grant; what its service already saw and did.
+pub async fn grant_revoke(vault: &Arc<Vault>, id: String) -> Result<RevokeResponse, Error> {
+    let answer = blocking(vault, move |v| {
+        let grant = access::revoke(&v.collections, &id)?;
+        let seen = access::seen_by(&v.collections, &id)?;
+        let last_used = seen.last_access;
+        Ok(RevokeResponse {
+            grant: grant_info(grant, last_used),
+            seen,
+        })
+    })
+    .await?;
+    vault.store.commit().await?;
+    Ok(answer)
+}
+
+/// The audit log, or one grant's part of it.
+pub async fn audit(vault: &Arc<Vault>, grant: Option<String>) -> Result<Vec<AuditEntry>, Error> {
+    blocking(vault, move |v| {
+        Ok(access::audit_entries(&v.collections, grant.as_deref())?)
+    })
+    .await
+}
+
+/// Checks the audit log's hash chains.
+pub async fn audit_verify(vault: &Arc<Vault>) -> Result<VerifyResponse, Error> {
+    blocking(vault, |v| {
+        Ok(match access::verify_audit(&v.collections) {
+            Ok(entries) => VerifyResponse {
+                ok: true,
+                entries: Some(entries as u64),
+                entry: None,
+                reason: None,
+            },
+            Err((entry, reason)) => VerifyResponse {
+                ok: false,
+                entries: None,
+                entry: Some(entry),
+                reason: Some(reason),
+            },
+        })
+    })
+    .await
+}
+pub fn record_not_found(collection: &CollectionName, id: &RecordId) -> Error {
+    Error::new(
+        ErrorCode::NotFound,
+        format!("no record {id} in collection {collection}"),
+    )
+}
