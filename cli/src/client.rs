@@ -112,7 +112,17 @@ impl Client {
 
     /// Sends the request; a non-2xx answer becomes an error with the node's message.
     pub async fn send(&self, home: &Home, request: RequestBuilder) -> anyhow::Result<Response> {
-        let response = request.send().await.map_err(|e| {
+        self.answer(home, request.send().await).await
+    }
+
+    /// What a request sent by hand (on a task of its own, say) came back with: as
+    /// [`Client::send`] gives it.
+    pub async fn answer(
+        &self,
+        home: &Home,
+        sent: reqwest::Result<Response>,
+    ) -> anyhow::Result<Response> {
+        let response = sent.map_err(|e| {
             if e.is_connect() {
                 no_node(home, Some(&self.base))
             } else {

@@ -169,6 +169,11 @@ struct Collection {
     stale: bool,
 }
 
+/// How [`Collections::write_many_with`]'s `decide` reads a record: as the collection
+/// holds it under the lock, without its `"id"`; `None` if there is none.
+pub type Lookup<'a> =
+    dyn FnMut(&RecordId) -> Result<Option<Map<String, Json>>, CollectionError> + 'a;
+
 /// A record before and after some changes, each with its `"id"`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordChange {
@@ -1099,6 +1104,42 @@ impl Collections {
     ) -> Result<(), CollectionError> {
         let ids: Vec<&str> = writes.iter().map(|(id, _)| id.as_str()).collect();
         self.mutate(name, Some(&ids), |doc| apply_writes(doc, writes))
+    }
+
+    /// Lets `decide` look records up (as the collection holds them, without their
+    /// `"id"`) and say what to write, then applies its writes as one change, all under
+    /// the collection's lock: what `decide` read is what its writes land on, and no
+    /// other write comes between (two imports of the same message, an import and the
+    /// owner's edit). If `decide` refuses, nothing is written. Durable only after
+    /// [`Store::commit`].
+    pub fn write_many_with<T, E>(
+        &self,
+        name: &CollectionName,
+        decide: impl FnOnce(&mut Lookup<'_>) -> Result<(Vec<(RecordId, RecordWrite)>, T), E>,
+    ) -> Result<Result<T, E>, CollectionError> {
+        self.with(name, |c| {
+            let decided = {
+                let c: &Collection = c;
+                let mut lookup = |id: &RecordId| {
+                    records::read_record(&c.doc, id.as_str()).map_err(|e| c.automerge(e))
+                };
+                decide(&mut lookup)
+            };
+            let (writes, value) = match decided {
+                Ok(decided) => decided,
+                Err(e) => return Ok(Err(e)),
+            };
+            if writes.is_empty() {
+                return Ok(Ok(value));
+            }
+            if let Err(e) = apply_writes(&mut c.doc, &writes) {
+                c.doc.rollback();
+                return Err(c.automerge(e));
+            }
+            let ids: Vec<&str> = writes.iter().map(|(id, _)| id.as_str()).collect();
+            self.persist_or_forget(c, Some(&ids))?;
+            Ok(Ok(value))
+        })
     }
 
     /// As [`Collections::write_many`], only if record `watched` reads as `expected`

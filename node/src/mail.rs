@@ -165,29 +165,84 @@ pub async fn import_batch(
     // Stored (durable) first, listed only once the records naming them are written.
     let stored = vault.blobs.put_many(contents, max).await?;
 
+    let message = crate::blobs::Described::new(None, Some("message/rfc822")).unwrap_or_default();
+    let to_list: Vec<_> = stored
+        .iter()
+        .map(|s| (s.id, s.size, message.clone()))
+        .collect();
+    let entries: Vec<Entry> = keep
+        .into_iter()
+        .zip(&stored)
+        .map(|((item, (key, fields)), stored)| Entry {
+            item,
+            key,
+            fields,
+            blob: stored.id.to_string(),
+        })
+        .collect();
+    let collections = vault.collections.clone();
+    let name = collection.clone();
+    // Decided and written under the collection's lock: what the batch reads is what
+    // its writes land on, whatever else writes to the collection meanwhile (another
+    // batch of the same import, the owner's edit of a message).
+    let (imported, duplicates) = tokio::task::spawn_blocking(move || {
+        let counts = collections.write_many_with(&name, |lookup| decide(entries, lookup))??;
+        crate::blobs::announce_many(&collections, &to_list)?;
+        Ok::<_, MailError>(counts)
+    })
+    .await
+    .map_err(|e| MailError::Internal(e.to_string()))??;
+    report.imported += imported;
+    report.duplicates += duplicates;
+    vault.store.commit().await?;
+    drop(stored);
+    Ok(report)
+}
+
+/// How many of a batch's messages were new, and how many there already.
+type Counts = (u64, u64);
+
+/// A message of a batch, its blob stored.
+struct Entry {
+    item: MailItem,
+    key: String,
+    fields: Map<String, Json>,
+    blob: String,
+}
+
+/// The writes a batch makes (a record that reads as before is not written: a mailbox
+/// imported again), and how many of its messages were new and how many there already.
+fn decide(
+    entries: Vec<Entry>,
+    lookup: &mut crate::collections::Lookup<'_>,
+) -> Result<(Vec<(RecordId, RecordWrite)>, Counts), MailError> {
+    let (mut imported, mut duplicates) = (0u64, 0u64);
     // The records this batch writes, whole, by id: a message twice in one batch (in
     // two folders) is one record.
     let mut batch: Vec<(RecordId, Map<String, Json>)> = Vec::new();
     let mut at: HashMap<RecordId, usize> = HashMap::new();
     // Each record as the collection held it before this batch, read once.
-    let mut stored_before: HashMap<RecordId, Option<Map<String, Json>>> = HashMap::new();
-    let mut to_list = Vec::new();
-    let message = crate::blobs::Described::new(None, Some("message/rfc822")).unwrap_or_default();
-    for ((item, (key, mut fields)), stored) in keep.into_iter().zip(&stored) {
-        let blob = stored.id.to_string();
+    let mut before_batch: HashMap<RecordId, Option<Map<String, Json>>> = HashMap::new();
+    for Entry {
+        item,
+        key,
+        mut fields,
+        blob,
+    } in entries
+    {
         let mut id = id_of(&key);
-        let mut before = current(vault, collection, &id, &batch, &at, &mut stored_before)?;
+        let mut before = current(lookup, &id, &batch, &at, &mut before_batch)?;
         if before
             .as_ref()
             .is_some_and(|b| b.get("blob").and_then(Json::as_str) != Some(blob.as_str()))
         {
             // Another message holds this Message-ID: this one is kept beside it.
             id = id_of(&format!("{key}\u{0}{blob}"));
-            before = current(vault, collection, &id, &batch, &at, &mut stored_before)?;
+            before = current(lookup, &id, &batch, &at, &mut before_batch)?;
         }
         let record = match before {
             Some(mut record) => {
-                report.duplicates += 1;
+                duplicates += 1;
                 let mut folders: Vec<Json> = record
                     .get("folders")
                     .and_then(Json::as_array)
@@ -204,7 +259,7 @@ pub async fn import_batch(
                 record
             }
             None => {
-                report.imported += 1;
+                imported += 1;
                 fields.insert("blob".into(), json!(blob));
                 fields.insert("folders".into(), json!([item.folder]));
                 fields.insert("flags".into(), json!(item.flags));
@@ -221,56 +276,32 @@ pub async fn import_batch(
                 batch.push((id, record));
             }
         }
-        to_list.push((stored.id, stored.size, message.clone()));
     }
-    // A record that reads as before is not written (a mailbox imported again).
-    let mut writes = Vec::with_capacity(batch.len());
-    for (id, record) in batch {
-        if stored_before.get(&id).and_then(Option::as_ref) != Some(&record) {
-            writes.push((id, RecordWrite::Put(record)));
-        }
-    }
-    let collections = vault.collections.clone();
-    let name = collection.clone();
-    tokio::task::spawn_blocking(move || -> Result<(), MailError> {
-        if !writes.is_empty() {
-            collections.write_many(&name, &writes)?;
-        }
-        crate::blobs::announce_many(&collections, &to_list)?;
-        Ok(())
-    })
-    .await
-    .map_err(|e| MailError::Internal(e.to_string()))??;
-    vault.store.commit().await?;
-    drop(stored);
-    Ok(report)
+    let writes = batch
+        .into_iter()
+        .filter(|(id, record)| before_batch.get(id).and_then(Option::as_ref) != Some(record))
+        .map(|(id, record)| (id, RecordWrite::Put(record)))
+        .collect();
+    Ok((writes, (imported, duplicates)))
 }
 
 /// Record `id` as this batch has made it so far, else as the collection holds it
 /// (without its `"id"`).
 fn current(
-    vault: &crate::Vault,
-    collection: &CollectionName,
+    lookup: &mut crate::collections::Lookup<'_>,
     id: &RecordId,
     batch: &[(RecordId, Map<String, Json>)],
     at: &HashMap<RecordId, usize>,
-    stored_before: &mut HashMap<RecordId, Option<Map<String, Json>>>,
+    before_batch: &mut HashMap<RecordId, Option<Map<String, Json>>>,
 ) -> Result<Option<Map<String, Json>>, MailError> {
     if let Some(&i) = at.get(id) {
         return Ok(Some(batch[i].1.clone()));
     }
-    if let Some(stored) = stored_before.get(id) {
+    if let Some(stored) = before_batch.get(id) {
         return Ok(stored.clone());
     }
-    let stored = vault
-        .collections
-        .get(collection, id)?
-        .and_then(|r| r.as_object().cloned())
-        .map(|mut r| {
-            r.remove("id");
-            r
-        });
-    stored_before.insert(id.clone(), stored.clone());
+    let stored = lookup(id)?;
+    before_batch.insert(id.clone(), stored.clone());
     Ok(stored)
 }
 
