@@ -740,21 +740,26 @@ impl Door {
             v
         };
         // A new name is claimed before its record is written (see `claim`).
-        let id = if remember {
+        let (id, remember) = if remember {
             let collections = &self.0.collections;
             let seen = collections.get(&meta(), &name_record(&names.book, 'n', name))?;
-            // The name stands for a record that does not exist: a PUT of it that did
-            // not finish (or a record deleted since). Its id is taken over.
-            let id = match name_pair(&names.book, seen.clone()) {
-                Some((n, target)) if n == name => match RecordId::parse(&target) {
-                    Ok(target) if collections.get(collection, &target)?.is_none() => target,
-                    _ => id,
-                },
-                _ => id,
-            };
-            self.claim(&names, name, &id, seen).await?
+            let target = name_pair(&names.book, seen.clone())
+                .filter(|(n, _)| n == name)
+                .and_then(|(_, target)| RecordId::parse(&target).ok());
+            match target {
+                // Another PUT of the name wrote its record since the name was looked
+                // up: this PUT replaces that record (as if it had come second), and
+                // the name stays its. Claiming the name for a new record instead
+                // would leave that record without a name, and both PUTs answered
+                // "created".
+                Some(target) if collections.get(collection, &target)?.is_some() => (target, false),
+                // The name stands for a record that does not exist: a PUT of it that
+                // did not finish (or a record deleted since). Its id is taken over.
+                Some(target) => (self.claim(&names, name, &target, seen).await?, true),
+                None => (self.claim(&names, name, &id, seen).await?, true),
+            }
         } else {
-            id
+            (id, false)
         };
         let noted = match self
             .note_blob_names(
