@@ -479,7 +479,7 @@ async fn print_started(
     out(format!("  data:    {root}"))?;
     out(format!("  api:     http://{}", node.api_addr()))?;
     out(format!("  peer id: {}", node.peer_id()))?;
-    if let Some(lan) = &node.vault().lan {
+    if let Some(lan) = &node.vault().lan() {
         out(format!("  lan:     https://{} (TLS only)", lan.addr))?;
         out(format!("  tls sha-256 fingerprint: {}", lan.fingerprint))?;
     }
@@ -639,8 +639,8 @@ async fn name_this_device(node: &hearth_node::NodeHandle, name: &str) -> anyhow:
     let vault = node.vault();
     let name = hearth_node::devices::valid_name(name)
         .map_err(|e| anyhow::anyhow!("{}: name: {e}", crate::config::FILE))?;
-    hearth_node::devices::rename(&vault.collections, &node.peer_id(), name)?;
-    vault.store.commit().await?;
+    hearth_node::devices::rename(vault.collections(), &node.peer_id(), name)?;
+    vault.store().commit().await?;
     Ok(())
 }
 

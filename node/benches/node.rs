@@ -66,7 +66,7 @@ fn token_check(c: &mut Criterion) {
     });
     let v = node.vault().clone();
     let scope = Scope::parse(Some("contacts.name,contacts.email"), None, &[]).expect("scope");
-    let (_, token) = access::create_grant(&v.collections, &v.keys, NewGrant::new("bench", scope))
+    let (_, token) = access::create_grant(v.collections(), v.keys(), NewGrant::new("bench", scope))
         .expect("grant");
     let token = token.token;
     let narrowing = Narrowing::parse(Some("contacts.name"), None).expect("a narrowing");
@@ -75,14 +75,14 @@ fn token_check(c: &mut Criterion) {
     group.bench_function("admit a vault-issued token", |b| {
         b.iter(|| {
             runtime
-                .block_on(v.door.admit(&Credentials::local(black_box(&token))))
+                .block_on(v.door().admit(&Credentials::local(black_box(&token))))
                 .expect("valid")
         })
     });
     group.bench_function("admit an attenuated token (scope narrowed)", |b| {
         b.iter(|| {
             runtime
-                .block_on(v.door.admit(&Credentials::local(black_box(&narrowed))))
+                .block_on(v.door().admit(&Credentials::local(black_box(&narrowed))))
                 .expect("valid")
         })
     });

@@ -173,23 +173,23 @@ pub struct LanInfo {
 
 /// What a running node shares between its parts.
 pub struct Vault {
-    pub home: Home,
-    pub keys: Arc<VaultKeys>,
-    pub store: Arc<Store>,
-    pub collections: Arc<Collections>,
-    pub blobs: Blobs,
-    pub limits: Limits,
-    pub api_addr: SocketAddr,
+    pub(crate) home: Home,
+    pub(crate) keys: Arc<VaultKeys>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) collections: Arc<Collections>,
+    pub(crate) blobs: Blobs,
+    pub(crate) limits: Limits,
+    pub(crate) api_addr: SocketAddr,
     /// The host names the API answers to.
-    pub hosts: api::HostAllowlist,
+    pub(crate) hosts: api::HostAllowlist,
     /// The one door to vault data for services (every view front end goes through it).
-    pub door: access::Door,
+    pub(crate) door: access::Door,
     /// The TLS listener on the LAN, if one runs: its address and certificate.
-    pub lan: Option<LanInfo>,
+    pub(crate) lan: Option<LanInfo>,
     /// The web dashboard's login links and sessions.
-    pub dashboard: dashboard::Sessions,
+    pub(crate) dashboard: dashboard::Sessions,
     /// Wrong app passwords per client address (see `throttle`).
-    pub password_throttle: throttle::PasswordThrottle,
+    pub(crate) password_throttle: throttle::PasswordThrottle,
     /// When a member told this device it was removed (see `mesh::removal`).
     removed: std::sync::Mutex<Option<u64>>,
     /// Set while the mesh runs (never, for a node started without one). Cleared at
@@ -198,6 +198,51 @@ pub struct Vault {
 }
 
 impl Vault {
+    /// Where the vault lives on this device.
+    pub fn home(&self) -> &Home {
+        &self.home
+    }
+
+    /// The vault's keys and this device's identity.
+    pub fn keys(&self) -> &Arc<VaultKeys> {
+        &self.keys
+    }
+
+    /// The store: sealed trees, and the commit that makes writes durable.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The collections (the owner's access: no grant is checked).
+    pub fn collections(&self) -> &Arc<Collections> {
+        &self.collections
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &Blobs {
+        &self.blobs
+    }
+
+    /// The door every service's request passes.
+    pub fn door(&self) -> &access::Door {
+        &self.door
+    }
+
+    /// The limits this node runs with.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The TLS listener on the LAN, if one runs.
+    pub fn lan(&self) -> Option<&LanInfo> {
+        self.lan.as_ref()
+    }
+
+    /// Where the API listens.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
     /// When another device last told this one it was removed from the vault (in
     /// memory; see `mesh::removal`). `Some(at)` sets it, `None` clears it (a sync with
     /// a member showed it is not). Returns whether it changed.

@@ -41,8 +41,8 @@ async fn password(node: &NodeHandle, scope: Scope) -> String {
     let v = node.vault();
     let mut grant = NewGrant::new("phone", scope);
     grant.app_password = true;
-    let (_, issued) = access::create_grant(&v.collections, &v.keys, grant).unwrap();
-    v.store.commit().await.unwrap();
+    let (_, issued) = access::create_grant(v.collections(), v.keys(), grant).unwrap();
+    v.store().commit().await.unwrap();
     issued.password.unwrap().to_string()
 }
 
@@ -80,7 +80,7 @@ async fn put(
 
 fn ids(node: &NodeHandle) -> Vec<String> {
     let contacts = CollectionName::parse("contacts").unwrap();
-    let records = node.vault().collections.records(&contacts).unwrap();
+    let records = node.vault().collections().records(&contacts).unwrap();
     records
         .iter()
         .map(|r| r["id"].as_str().unwrap().to_owned())
@@ -97,20 +97,20 @@ async fn a_name_left_without_its_card_is_taken_over_by_the_next_put() {
     let dav = CollectionName::parse(META).unwrap();
     let name = "kay@google.com.vcf";
     let pair = object(json!({"book": "contacts", "name": name, "id": "x1"}));
-    v.collections
+    v.collections()
         .put(&dav, &name_record("contacts", 'n', name), &pair)
         .unwrap();
-    v.collections
+    v.collections()
         .put(&dav, &name_record("contacts", 'i', "x1"), &pair)
         .unwrap();
-    v.collections
+    v.collections()
         .put(
             &dav,
             &RecordId::parse("contacts").unwrap(),
             &object(json!({"named": true})),
         )
         .unwrap();
-    v.store.commit().await.unwrap();
+    v.store().commit().await.unwrap();
 
     let status = put(
         &node,
@@ -209,7 +209,7 @@ async fn a_refused_put_leaves_no_name_behind() {
     let dav = CollectionName::parse(META).unwrap();
     let v = node.vault();
     assert!(
-        v.collections
+        v.collections()
             .get(&dav, &name_record("contacts", 'n', name))
             .unwrap()
             .is_none(),
@@ -222,7 +222,7 @@ async fn a_refused_put_leaves_no_name_behind() {
     assert_eq!(put(&node, &password, name, family.into(), None).await, 201);
     assert_eq!(ids(&node).len(), 1);
     assert!(
-        v.collections
+        v.collections()
             .get(&dav, &name_record("contacts", 'n', name))
             .unwrap()
             .is_some()

@@ -31,29 +31,29 @@ async fn names_an_older_version_kept_in_one_map_survive_the_start() {
     let node = start(dir.path()).await;
     let v = node.vault();
     let card = object(json!({"name": "Kay", "uid": "k@google.com"}));
-    v.collections
+    v.collections()
         .put(&contacts, &RecordId::parse("r1").unwrap(), &card)
         .unwrap();
     let old = json!({"display_name": "Home", "names": {"k@google.com.vcf": "r1"}});
-    v.collections.put(&dav, &book, &object(old)).unwrap();
-    v.store.commit().await.unwrap();
+    v.collections().put(&dav, &book, &object(old)).unwrap();
+    v.store().commit().await.unwrap();
     node.shutdown().await.unwrap();
 
     let node = start(dir.path()).await;
     let v = node.vault();
-    let meta = v.collections.get(&dav, &book).unwrap().unwrap();
+    let meta = v.collections().get(&dav, &book).unwrap().unwrap();
     assert!(meta.get("names").is_none(), "{meta}");
     assert_eq!(meta["display_name"], "Home");
     assert_eq!(meta["named"], true);
-    let dav_records = v.collections.count(&dav).unwrap();
+    let dav_records = v.collections().count(&dav).unwrap();
     assert_eq!(dav_records, 3, "the book's record and the name's two");
 
     let scope = Scope::parse(Some("contacts"), Some("contacts"), &[]).unwrap();
     let mut grant = NewGrant::new("phone", scope);
     grant.app_password = true;
-    let (_, issued) = access::create_grant(&v.collections, &v.keys, grant).unwrap();
+    let (_, issued) = access::create_grant(v.collections(), v.keys(), grant).unwrap();
     let password = issued.password.unwrap().to_string();
-    v.store.commit().await.unwrap();
+    v.store().commit().await.unwrap();
     let http = reqwest::Client::new();
     let base = format!("http://{}/dav/contacts/contacts/", node.api_addr());
     let listing = http
@@ -82,7 +82,7 @@ async fn names_an_older_version_kept_in_one_map_survive_the_start() {
     // Moved once: the next start finds nothing to move and changes nothing.
     let node = start(dir.path()).await;
     let v = node.vault();
-    assert_eq!(v.collections.get(&dav, &book).unwrap().unwrap(), meta);
-    assert_eq!(v.collections.count(&dav).unwrap(), dav_records);
+    assert_eq!(v.collections().get(&dav, &book).unwrap().unwrap(), meta);
+    assert_eq!(v.collections().count(&dav).unwrap(), dav_records);
     node.shutdown().await.unwrap();
 }

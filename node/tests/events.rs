@@ -115,9 +115,9 @@ async fn a_hundred_streams_of_one_grant_cost_little_and_end_on_revocation() {
     let v = node.vault().clone();
     let scope = Scope::parse(Some("contacts.name"), None, &[]).unwrap();
     let (grant, token) =
-        access::create_grant(&v.collections, &v.keys, NewGrant::new("live", scope)).unwrap();
+        access::create_grant(v.collections(), v.keys(), NewGrant::new("live", scope)).unwrap();
     let token = token.token;
-    v.store.commit().await.unwrap();
+    v.store().commit().await.unwrap();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
@@ -172,7 +172,7 @@ async fn a_hundred_streams_of_one_grant_cost_little_and_end_on_revocation() {
         assert!(Instant::now() < deadline, "every stream receives the burst");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let entries = access::audit_entries(&v.collections, Some(&grant.id)).unwrap();
+    let entries = access::audit_entries(v.collections(), Some(&grant.id)).unwrap();
     let deliveries: Vec<_> = entries
         .iter()
         .filter(|e| e.operation == "subscribe")
@@ -220,8 +220,8 @@ async fn a_hundred_streams_of_one_grant_cost_little_and_end_on_revocation() {
 
     // Revocation ends every stream within a second, with no change to wait for.
     let revoked_at = Instant::now();
-    access::revoke(&v.collections, &grant.id).unwrap();
-    v.store.commit().await.unwrap();
+    access::revoke(v.collections(), &grant.id).unwrap();
+    v.store().commit().await.unwrap();
     for stream in &streams {
         loop {
             let ended = {
@@ -270,9 +270,9 @@ async fn a_stream_gets_exactly_the_changes_after_it_is_live() {
     )
     .unwrap();
     let (_, token) =
-        access::create_grant(&v.collections, &v.keys, NewGrant::new("x", scope)).unwrap();
+        access::create_grant(v.collections(), v.keys(), NewGrant::new("x", scope)).unwrap();
     let token = token.token;
-    v.store.commit().await.unwrap();
+    v.store().commit().await.unwrap();
     let http = reqwest::Client::new();
     let mut unread = Vec::new();
     for round in 0..40 {

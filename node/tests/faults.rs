@@ -79,7 +79,7 @@ async fn a_full_disk_or_a_write_error_refuses_the_write_and_keeps_what_was_store
     let node = start(dir.path()).await;
     let api = Client::new(&node);
     assert_eq!(api.put("n1", json!({"v": 1})).await.0, 201);
-    let faults = node.vault().store.faults().clone();
+    let faults = node.vault().store().faults().clone();
 
     faults.inject(Fault::DiskFull);
     let (status, body) = api.put("n1", json!({"v": 2})).await;
@@ -131,7 +131,7 @@ async fn after_a_failed_fsync_nothing_more_is_acknowledged_until_a_restart() {
     let node = start(dir.path()).await;
     let api = Client::new(&node);
     assert_eq!(api.put("n1", json!({"v": 1})).await.0, 201);
-    let faults = node.vault().store.faults().clone();
+    let faults = node.vault().store().faults().clone();
 
     faults.inject(Fault::FlushError);
     let (status, body) = api.put("n1", json!({"v": 2})).await;
@@ -182,7 +182,7 @@ async fn random_write_faults_never_lose_or_alter_acknowledged_records() {
     let dir = tempfile::tempdir().unwrap();
     let node = start(dir.path()).await;
     let api = Client::new(&node);
-    let faults = node.vault().store.faults().clone();
+    let faults = node.vault().store().faults().clone();
     let mut model: BTreeMap<String, Value> = BTreeMap::new();
     let (mut refused, mut acknowledged) = (0, 0);
     for step in 0..600 {

@@ -57,19 +57,19 @@ async fn still_serves(node: &NodeHandle) {
     let v = node.vault();
     let coll = CollectionName::parse("contacts").unwrap();
     assert!(
-        v.collections
+        v.collections()
             .get(&coll, &RecordId::parse("ada").unwrap())
             .unwrap()
             .is_some()
     );
-    v.collections
+    v.collections()
         .put(
             &coll,
             &RecordId::parse("probe").unwrap(),
             json!({"ok": true}).as_object().unwrap(),
         )
         .unwrap();
-    v.store.commit().await.unwrap();
+    v.store().commit().await.unwrap();
     let reply = reqwest::Client::new()
         .get(format!("http://{}/v1/status", node.api_addr()))
         .send()
@@ -83,14 +83,14 @@ async fn a_stranger_gets_nothing_on_any_protocol() {
     let dir = tempfile::tempdir().unwrap();
     let a = start(&dir.path().join("a")).await;
     let v = a.vault();
-    v.collections
+    v.collections()
         .put(
             &CollectionName::parse("contacts").unwrap(),
             &RecordId::parse("ada").unwrap(),
             json!({"name": "Ada"}).as_object().unwrap(),
         )
         .unwrap();
-    v.store.commit().await.unwrap();
+    v.store().commit().await.unwrap();
     let (mut control, peer, task) = raw_peer(Keypair::generate_ed25519(), &a).await;
 
     for protocol in [SYNC_PROTOCOL, BLOB_PROTOCOL] {
@@ -124,7 +124,7 @@ async fn a_stranger_gets_nothing_on_any_protocol() {
             Ok(hearth_protocol::invite::PairResponse::Reject { .. })
         ));
     }
-    assert_eq!(hearth_node::devices::members(&v.collections).len(), 1);
+    assert_eq!(hearth_node::devices::members(v.collections()).len(), 1);
     still_serves(&a).await;
     task.abort();
     a.shutdown().await.unwrap();
@@ -135,14 +135,14 @@ async fn a_member_sending_garbage_only_closes_its_own_streams() {
     let dir = tempfile::tempdir().unwrap();
     let a = start(&dir.path().join("a")).await;
     let v = a.vault();
-    v.collections
+    v.collections()
         .put(
             &CollectionName::parse("contacts").unwrap(),
             &RecordId::parse("ada").unwrap(),
             json!({"name": "Ada"}).as_object().unwrap(),
         )
         .unwrap();
-    v.store.commit().await.unwrap();
+    v.store().commit().await.unwrap();
     // A real member: joined with an invite; we hold its identity.
     let (code, _) = a
         .vault()
@@ -250,7 +250,7 @@ async fn idle_streams_shut_no_one_out() {
     let dir = tempfile::tempdir().unwrap();
     let node = start(&dir.path().join("a")).await;
     let v = node.vault().clone();
-    v.collections
+    v.collections()
         .put(
             &CollectionName::parse("contacts").unwrap(),
             &RecordId::parse("ada").unwrap(),
@@ -259,13 +259,13 @@ async fn idle_streams_shut_no_one_out() {
         .unwrap();
     let scope = hearth_protocol::scope::Scope::parse(Some("contacts"), None, &[]).unwrap();
     let (_, token) = hearth_node::access::create_grant(
-        &v.collections,
-        &v.keys,
+        v.collections(),
+        v.keys(),
         hearth_node::access::NewGrant::new("svc", scope),
     )
     .unwrap();
     let token = token.token;
-    v.store.commit().await.unwrap();
+    v.store().commit().await.unwrap();
 
     let (mut control, peer, task) = raw_peer(Keypair::generate_ed25519(), &node).await;
     let mut idle = Vec::new();
@@ -343,7 +343,7 @@ async fn a_connection_without_noise_gets_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let node = start(&dir.path().join("a")).await;
     node.vault()
-        .collections
+        .collections()
         .put(
             &CollectionName::parse("contacts").unwrap(),
             &RecordId::parse("ada").unwrap(),
@@ -352,7 +352,7 @@ async fn a_connection_without_noise_gets_nothing() {
                 .unwrap(),
         )
         .unwrap();
-    node.vault().store.commit().await.unwrap();
+    node.vault().store().commit().await.unwrap();
     let addr = listen_addrs(&node).await;
     let port = addr[0]
         .iter()

@@ -57,7 +57,7 @@ async fn one_message_in_two_batches_at_once_is_one_record_in_both_folders() {
         assert_eq!(a.imported + b.imported, 41, "round {n}");
         assert_eq!(a.duplicates + b.duplicates, 1, "round {n}");
     }
-    let records = vault.collections.records(&mail).unwrap();
+    let records = vault.collections().records(&mail).unwrap();
     assert_eq!(records.len(), ROUNDS * 41);
     for n in 0..ROUNDS {
         let subject = format!("round {n}");

@@ -72,26 +72,26 @@ fn coll(name: &str) -> CollectionName {
 
 async fn put(node: &NodeHandle, collection: &str, id: &str, value: Value) {
     let v = node.vault();
-    v.collections
+    v.collections()
         .put(
             &coll(collection),
             &RecordId::parse(id).unwrap(),
             value.as_object().unwrap(),
         )
         .unwrap();
-    v.store.commit().await.unwrap();
+    v.store().commit().await.unwrap();
 }
 
 async fn patch(node: &NodeHandle, collection: &str, id: &str, value: Value) {
     let v = node.vault();
-    v.collections
+    v.collections()
         .patch(
             &coll(collection),
             &RecordId::parse(id).unwrap(),
             value.as_object().unwrap(),
         )
         .unwrap();
-    v.store.commit().await.unwrap();
+    v.store().commit().await.unwrap();
 }
 
 /// A text edit inserting `insert` at character `position`.
@@ -105,7 +105,7 @@ fn edit(position: usize, insert: &str) -> hearth_node::records::TextEdit {
 
 fn get(node: &NodeHandle, collection: &str, id: &str) -> Option<Value> {
     node.vault()
-        .collections
+        .collections()
         .get(&coll(collection), &RecordId::parse(id).unwrap())
         .unwrap()
 }
@@ -148,7 +148,7 @@ async fn three_devices_converge_and_heal_after_a_partition() {
     // All three know each other.
     for node in [&a, &b, &c] {
         eventually("device lists converge", || {
-            devices::members(&node.vault().collections).len() == 3
+            devices::members(node.vault().collections()).len() == 3
         })
         .await;
     }
@@ -228,7 +228,7 @@ async fn a_peer_outside_the_vault_gets_nothing() {
     assert_eq!(get(&stranger, "contacts", "secret"), None);
     assert_eq!(get(&a, "contacts", "theirs"), None);
     assert!(!devices::is_member(
-        &a.vault().collections,
+        a.vault().collections(),
         &stranger.peer_id()
     ));
     for node in [a, b, stranger] {
@@ -246,10 +246,10 @@ async fn a_removed_device_receives_nothing_new() {
     for node in [&b, &c] {
         eventually("first sync", || get(node, "notes", "before").is_some()).await;
     }
-    assert!(devices::remove(&a.vault().collections, &c.peer_id()).unwrap());
-    a.vault().store.commit().await.unwrap();
+    assert!(devices::remove(a.vault().collections(), &c.peer_id()).unwrap());
+    a.vault().store().commit().await.unwrap();
     eventually("the removal reaches B", || {
-        !devices::is_member(&b.vault().collections, &c.peer_id())
+        !devices::is_member(b.vault().collections(), &c.peer_id())
     })
     .await;
 
@@ -305,7 +305,7 @@ async fn an_invite_works_once() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("damaged"), "{err}");
-    assert_eq!(devices::members(&a.vault().collections).len(), 2);
+    assert_eq!(devices::members(a.vault().collections()).len(), 2);
     a.shutdown().await.unwrap();
 }
 
@@ -339,7 +339,7 @@ async fn a_field_edited_on_two_devices_apart_keeps_a_winner_and_shows_the_confli
     for node in [&a, &b] {
         eventually("the edits meet", || {
             node.vault()
-                .collections
+                .collections()
                 .conflicts(&coll("contacts"), &id)
                 .unwrap()
                 .unwrap()
@@ -353,7 +353,7 @@ async fn a_field_edited_on_two_devices_apart_keeps_a_winner_and_shows_the_confli
     assert_eq!(shown(&a), shown(&b), "both devices show the same winner");
     let conflict = a
         .vault()
-        .collections
+        .collections()
         .conflicts(&coll("contacts"), &id)
         .unwrap()
         .unwrap();
@@ -374,10 +374,10 @@ async fn text_edited_on_two_devices_apart_merges_character_by_character() {
     eventually("first sync", || get(&b, "notes", "n1").is_some()).await;
     let (notes, id) = (coll("notes"), RecordId::parse("n1").unwrap());
     a.vault()
-        .collections
+        .collections()
         .edit_text(&notes, &id, "body", &[edit(4, " eggs")])
         .unwrap();
-    a.vault().store.commit().await.unwrap();
+    a.vault().store().commit().await.unwrap();
     eventually("text sync", || {
         get(&b, "notes", "n1").is_some_and(|r| r["body"] == "milk eggs")
     })
@@ -391,16 +391,16 @@ async fn text_edited_on_two_devices_apart_merges_character_by_character() {
     offline.mesh = None;
     let b = Node::start(offline).await.unwrap();
     b.vault()
-        .collections
+        .collections()
         .edit_text(&notes, &id, "body", &[edit(0, "bread ")])
         .unwrap();
-    b.vault().store.commit().await.unwrap();
+    b.vault().store().commit().await.unwrap();
     b.shutdown().await.unwrap();
     a.vault()
-        .collections
+        .collections()
         .edit_text(&notes, &id, "body", &[edit(9, " tea")])
         .unwrap();
-    a.vault().store.commit().await.unwrap();
+    a.vault().store().commit().await.unwrap();
 
     let b = start(&b_home, addrs(&a).await).await;
     for node in [&a, &b] {
@@ -429,28 +429,28 @@ async fn a_long_note_syncs_and_reads_whole_on_the_other_device() {
     let mut body = String::new();
     while body.chars().count() <= LONG {
         a.vault()
-            .collections
+            .collections()
             .edit_text(&notes, &id, "body", &[edit(body.chars().count(), line)])
             .unwrap();
         body.push_str(line);
     }
-    a.vault().store.commit().await.unwrap();
+    a.vault().store().commit().await.unwrap();
     eventually("the long note on B", || {
         get(&b, "notes", "long").is_some_and(|r| r["body"] == body.as_str())
     })
     .await;
     // B edits it; A sees the edit.
     b.vault()
-        .collections
+        .collections()
         .edit_text(&notes, &id, "body", &[edit(0, "Draft. ")])
         .unwrap();
-    b.vault().store.commit().await.unwrap();
+    b.vault().store().commit().await.unwrap();
     body.insert_str(0, "Draft. ");
     eventually("B's edit on A", || {
         get(&a, "notes", "long").is_some_and(|r| r["body"] == body.as_str())
     })
     .await;
-    let all = b.vault().collections.records(&notes).unwrap();
+    let all = b.vault().collections().records(&notes).unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0]["title"], "long");
     assert_eq!(all[0]["body"], body.as_str());
@@ -540,17 +540,17 @@ async fn a_removed_device_cannot_mint_a_token() {
     .await;
     let scope = hearth_protocol::scope::Scope::parse(Some("contacts"), None, &[]).unwrap();
     let (grant, token) = access::create_grant(
-        &a.vault().collections,
-        &a.vault().keys,
+        a.vault().collections(),
+        a.vault().keys(),
         NewGrant::new("crm", scope),
     )
     .unwrap();
     let token = token.token;
-    a.vault().store.commit().await.unwrap();
+    a.vault().store().commit().await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while b
         .vault()
-        .door
+        .door()
         .admit(&Credentials::local(&token))
         .await
         .is_err()
@@ -562,11 +562,11 @@ async fn a_removed_device_cannot_mint_a_token() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    assert!(devices::remove(&a.vault().collections, &b.peer_id()).unwrap());
-    a.vault().store.commit().await.unwrap();
+    assert!(devices::remove(a.vault().collections(), &b.peer_id()).unwrap());
+    a.vault().store().commit().await.unwrap();
 
     // What B holds: the vault's signing key, and the grant record it synced.
-    let secrets = b.vault().keys.shared_secrets();
+    let secrets = b.vault().keys().shared_secrets();
     let private = PrivateKey::from_bytes(&secrets.signing_key[..], Algorithm::Ed25519).unwrap();
     let forged = Biscuit::builder()
         .fact(format!("grant({:?})", grant.id).as_str())
@@ -578,7 +578,7 @@ async fn a_removed_device_cannot_mint_a_token() {
         .to_base64()
         .unwrap();
     assert!(matches!(
-        a.vault().door.admit(&Credentials::local(&forged)).await,
+        a.vault().door().admit(&Credentials::local(&forged)).await,
         Err(access::AccessError::InvalidToken(_))
     ));
     let stranger = libp2p::identity::Keypair::generate_ed25519()
@@ -586,7 +586,7 @@ async fn a_removed_device_cannot_mint_a_token() {
         .to_peer_id();
     assert!(matches!(
         a.vault()
-            .door
+            .door()
             .admit(&Credentials::remote(&forged, stranger))
             .await,
         Err(access::AccessError::InvalidToken(_))
@@ -607,7 +607,7 @@ async fn a_removed_device_cannot_mint_a_token() {
         .await
         .unwrap();
     assert_eq!(reply.status().as_u16(), 200);
-    let entries = access::audit_entries(&a.vault().collections, Some(&grant.id)).unwrap();
+    let entries = access::audit_entries(a.vault().collections(), Some(&grant.id)).unwrap();
     let reads = entries.iter().filter(|e| e.operation == "read").count();
     assert_eq!(reads, 1, "only the genuine read is an access");
     assert!(
@@ -633,8 +633,8 @@ async fn a_blob_still_arriving_says_so() {
     let node = Node::start(config).await.unwrap();
     let vault = node.vault().clone();
     let away = hearth_protocol::BlobId([7; 32]);
-    hearth_node::blobs::announce(&vault.collections, &away, 3 << 20, &Default::default()).unwrap();
-    vault.store.commit().await.unwrap();
+    hearth_node::blobs::announce(vault.collections(), &away, 3 << 20, &Default::default()).unwrap();
+    vault.store().commit().await.unwrap();
     let owner = std::fs::read_to_string(node.home().join("owner.token")).unwrap();
     let http = reqwest::Client::new();
     let base = format!("http://{}", node.api_addr());

@@ -46,7 +46,7 @@ async fn a_to_grant_works_only_from_its_peer() {
     let node = start(&dir.path().join("v")).await;
     let v = node.vault();
     let contacts = CollectionName::parse("contacts").unwrap();
-    v.collections
+    v.collections()
         .put(
             &contacts,
             &RecordId::parse("ada").unwrap(),
@@ -60,9 +60,9 @@ async fn a_to_grant_works_only_from_its_peer() {
         to: Some(service.public().to_peer_id().to_string()),
         ..NewGrant::new("remote-crm", scope)
     };
-    let (_, token) = access::create_grant(&v.collections, &v.keys, new).unwrap();
+    let (_, token) = access::create_grant(v.collections(), v.keys(), new).unwrap();
     let token = token.token;
-    v.store.commit().await.unwrap();
+    v.store().commit().await.unwrap();
 
     let request = ViewRequest {
         method: "GET".into(),
@@ -111,7 +111,7 @@ async fn a_thief_cannot_drain_a_bound_grants_rate() {
     let dir = tempfile::tempdir().unwrap();
     let node = start(&dir.path().join("v")).await;
     let v = node.vault();
-    v.collections
+    v.collections()
         .put(
             &CollectionName::parse("contacts").unwrap(),
             &RecordId::parse("ada").unwrap(),
@@ -125,9 +125,9 @@ async fn a_thief_cannot_drain_a_bound_grants_rate() {
         rate_per_minute: Some(2),
         ..NewGrant::new("remote-crm", scope)
     };
-    let (_, token) = access::create_grant(&v.collections, &v.keys, new).unwrap();
+    let (_, token) = access::create_grant(v.collections(), v.keys(), new).unwrap();
     let token = token.token;
-    v.store.commit().await.unwrap();
+    v.store().commit().await.unwrap();
     let request = ViewRequest {
         method: "GET".into(),
         path: "/v1/view/contacts".into(),

@@ -20,15 +20,15 @@ async fn fresh_tokens_are_charged_to_the_grant_before_they_are_verified() {
     let scope = Scope::parse(Some("notes"), None, &[]).unwrap();
     let mut new = NewGrant::new("minter", scope);
     new.rate_per_minute = Some(3);
-    let (_, token) = access::create_grant(&v.collections, &v.keys, new).unwrap();
+    let (_, token) = access::create_grant(v.collections(), v.keys(), new).unwrap();
     let token = token.token;
-    v.store.commit().await.unwrap();
+    v.store().commit().await.unwrap();
 
     // Three fresh narrowings: each is verified and charged once.
     let narrowing = Narrowing::parse(Some("notes"), None).unwrap();
     for i in 0..3 {
         let fresh = access::attenuate(&token, &narrowing, None).unwrap();
-        let admitted = v.door.admit(&Credentials::local(&fresh)).await;
+        let admitted = v.door().admit(&Credentials::local(&fresh)).await;
         assert!(admitted.is_ok(), "fresh token {i}: {:?}", admitted.err());
     }
     // The rate is spent. A token this vault would refuse only once its blocks are
@@ -41,13 +41,13 @@ async fn fresh_tokens_are_charged_to_the_grant_before_they_are_verified() {
         .to_base64()
         .unwrap();
     assert!(matches!(
-        v.door.admit(&Credentials::local(&crafted)).await,
+        v.door().admit(&Credentials::local(&crafted)).await,
         Err(AccessError::RateLimited(3))
     ));
     // Another fresh, valid token: refused for the rate as well.
     let fresh = access::attenuate(&token, &narrowing, None).unwrap();
     assert!(matches!(
-        v.door.admit(&Credentials::local(&fresh)).await,
+        v.door().admit(&Credentials::local(&fresh)).await,
         Err(AccessError::RateLimited(3))
     ));
     node.shutdown().await.unwrap();

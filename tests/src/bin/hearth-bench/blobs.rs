@@ -86,7 +86,7 @@ pub async fn blobs(opts: &Opts) -> anyhow::Result<Vec<Report>> {
     // B is a member once the device list reached it; then the mesh is up both ways.
     let b_vault = b.vault().clone();
     until("B syncs with A", Duration::from_secs(60), || {
-        hearth_node::devices::is_member(&b_vault.collections, &a.peer_id())
+        hearth_node::devices::is_member(b_vault.collections(), &a.peer_id())
     })
     .await?;
 
@@ -95,13 +95,13 @@ pub async fn blobs(opts: &Opts) -> anyhow::Result<Vec<Report>> {
     let id = upload_blob(&http, &a, reqwest::Body::wrap_stream(content.stream())).await?;
     let put = started.elapsed();
     let transfer = until("B has the blob whole", Duration::from_secs(900), || {
-        b_vault.blobs.has_blob(id).unwrap_or(false)
+        b_vault.blobs().has_blob(id).unwrap_or(false)
     })
     .await?;
     let end_to_end = started.elapsed();
 
     // What B holds is what was sent (not timed).
-    let mut reader = b_vault.blobs.open_blob(id)?;
+    let mut reader = b_vault.blobs().open_blob(id)?;
     let mut hasher = blake3::Hasher::new();
     while let Some(chunk) = reader.next_chunk().await {
         hasher.update(&chunk?);
@@ -114,7 +114,7 @@ pub async fn blobs(opts: &Opts) -> anyhow::Result<Vec<Report>> {
     // it wrote into, one for the blobs directory.
     let manifest = hearth_protocol::blob::Manifest::decode(
         &a.vault()
-            .blobs
+            .blobs()
             .manifest_bytes(id)?
             .context("A has the manifest")?,
     )?;

@@ -49,14 +49,14 @@ pub async fn cold_start(opts: &Opts) -> anyhow::Result<Report> {
                     "name": format!("Person {i}"), "email": format!("p{i}@example.org"),
                     "phone": "+33 6 12 34 56 78", "n": i, "tags": ["a", "b"],
                 });
-                v.collections.put(
+                v.collections().put(
                     &name,
                     &RecordId::parse(&format!("r{i}"))?,
                     record.as_object().context("an object")?,
                 )?;
             }
         }
-        v.store.commit().await?;
+        v.store().commit().await?;
         node.shutdown().await?;
     }
     let created = created.elapsed();

@@ -89,18 +89,19 @@ async fn fill(home: &Path, n: usize) -> anyhow::Result<String> {
                     ))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            v.collections.write_many(&name, &writes)?;
+            v.collections().write_many(&name, &writes)?;
         }
-        v.store.commit().await?;
+        v.store().commit().await?;
     }
-    v.collections.put(
+    v.collections().put(
         &CollectionName::parse("tiny")?,
         &RecordId::parse("r0000000")?,
         &record("notes", 0),
     )?;
     let scope = Scope::parse(Some("mail.from,mail.subject,mail.date"), None, &[])?;
-    let (_, token) = access::create_grant(&v.collections, &v.keys, NewGrant::new("bench", scope))?;
-    v.store.commit().await?;
+    let (_, token) =
+        access::create_grant(v.collections(), v.keys(), NewGrant::new("bench", scope))?;
+    v.store().commit().await?;
     node.shutdown().await?;
     Ok(token.token)
 }

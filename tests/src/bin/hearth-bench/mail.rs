@@ -82,7 +82,7 @@ pub async fn mail_import(opts: &Opts) -> anyhow::Result<Report> {
     let again = t.elapsed().as_secs_f64();
     let stored = node
         .vault()
-        .collections
+        .collections()
         .count(&hearth_protocol::CollectionName::parse("mail")?)?;
     node.shutdown().await?;
     anyhow::ensure!(stored == count, "{stored} of {count} messages stored");

@@ -182,7 +182,7 @@ pub async fn contacts_and_calendars(opts: &Opts) -> anyhow::Result<Vec<Report>> 
 
     // One change by the owner, then the client's incremental sync.
     let contacts = CollectionName::parse("contacts")?;
-    let first = v.collections.records(&contacts)?;
+    let first = v.collections().records(&contacts)?;
     let id = first[0]["id"].as_str().unwrap_or_default().to_owned();
     http.patch(format!("{base}/v1/collections/contacts/records/{id}"))
         .bearer_auth(&owner)
@@ -251,12 +251,12 @@ async fn app_password_grant(
     let mut grant = NewGrant::new(service, scope);
     grant.app_password = true;
     grant.rate_per_minute = None;
-    let (_, issued) = access::create_grant(&v.collections, &v.keys, grant)?;
+    let (_, issued) = access::create_grant(v.collections(), v.keys(), grant)?;
     let password = issued
         .password
         .map(|p| p.to_string())
         .ok_or_else(|| anyhow::anyhow!("no app password"))?;
-    v.store.commit().await?;
+    v.store().commit().await?;
     Ok((password, issued.token))
 }
 

@@ -64,15 +64,16 @@ async fn fill(home: &Path, n: usize) -> anyhow::Result<String> {
                 ))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        v.collections.write_many(&contacts, &writes)?;
+        v.collections().write_many(&contacts, &writes)?;
     }
     let scope = Scope::parse(
         Some("contacts.name,contacts.email,contacts.phone,contacts.notes"),
         None,
         &[],
     )?;
-    let (_, token) = access::create_grant(&v.collections, &v.keys, NewGrant::new("bench", scope))?;
-    v.store.commit().await?;
+    let (_, token) =
+        access::create_grant(v.collections(), v.keys(), NewGrant::new("bench", scope))?;
+    v.store().commit().await?;
     node.shutdown().await?;
     Ok(token.token)
 }

@@ -83,13 +83,13 @@ pub async fn durable_put(opts: &Opts) -> anyhow::Result<Report> {
         let mut latencies = Vec::with_capacity(sequential);
         for i in 0..sequential {
             let t = Instant::now();
-            v.collections.put(
+            v.collections().put(
                 &bench,
                 &hearth_protocol::RecordId::parse(&format!("r{i}"))?,
                 &record,
             )?;
             let stored = t.elapsed();
-            v.store.commit().await?;
+            v.store().commit().await?;
             latencies.push((stored, t.elapsed()));
         }
         latencies
@@ -102,7 +102,7 @@ pub async fn durable_put(opts: &Opts) -> anyhow::Result<Report> {
     let baseline = sled_flush_latencies(&opts.dir, body.clone(), sequential).await?;
 
     let load = http_load(32, opts.duration(), move |i| put(2_000_000 + i)).await?;
-    let stats = node.vault().store.stats();
+    let stats = node.vault().store().stats();
     let (commits, fsyncs) = (
         stats.commits.load(std::sync::atomic::Ordering::Relaxed),
         stats.flushes.load(std::sync::atomic::Ordering::Relaxed),

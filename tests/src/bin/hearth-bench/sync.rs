@@ -28,13 +28,13 @@ pub async fn two_devices(opts: &Opts) -> anyhow::Result<Vec<Report>> {
     for i in 0..RECORDS {
         let record =
             json!({"name": format!("Person {i}"), "email": format!("p{i}@example.org"), "n": i});
-        a.vault().collections.put(
+        a.vault().collections().put(
             &contacts,
             &RecordId::parse(&format!("r{i}"))?,
             record.as_object().context("an object")?,
         )?;
     }
-    a.vault().store.commit().await?;
+    a.vault().store().commit().await?;
     let written = written.elapsed();
 
     let mut reports = Vec::new();
@@ -47,7 +47,7 @@ pub async fn two_devices(opts: &Opts) -> anyhow::Result<Vec<Report>> {
     until(
         "the new device receives every record",
         Duration::from_secs(120),
-        || b_vault.collections.count(&c).unwrap_or(0) >= RECORDS,
+        || b_vault.collections().count(&c).unwrap_or(0) >= RECORDS,
     )
     .await?;
     let total = started.elapsed();
@@ -83,16 +83,16 @@ async fn one_edit(
     for i in 0..200 {
         let id = RecordId::parse(&format!("live{i}"))?;
         let t = Instant::now();
-        a.vault().collections.put(
+        a.vault().collections().put(
             contacts,
             &id,
             json!({"i": i}).as_object().context("an object")?,
         )?;
-        a.vault().store.commit().await?;
+        a.vault().store().commit().await?;
         let b_vault = b.vault().clone();
         let (c, id2) = (contacts.clone(), id.clone());
         until("an edit reaches B", Duration::from_secs(30), || {
-            matches!(b_vault.collections.get(&c, &id2), Ok(Some(_)))
+            matches!(b_vault.collections().get(&c, &id2), Ok(Some(_)))
         })
         .await?;
         latencies.push(t.elapsed());
@@ -118,18 +118,18 @@ async fn revocation(a: &NodeHandle, b: &NodeHandle, opts: &Opts) -> anyhow::Resu
     for round in 0..rounds {
         let scope = Scope::parse(Some("contacts.name"), None, &[])?;
         let (grant, token) = access::create_grant(
-            &a.vault().collections,
-            &a.vault().keys,
+            a.vault().collections(),
+            a.vault().keys(),
             NewGrant::new(&format!("service-{round}"), scope),
         )?;
         let token = token.token;
-        a.vault().store.commit().await?;
+        a.vault().store().commit().await?;
         let b_vault = b.vault().clone();
         let t = token.clone();
         until_admitted("the grant reaches B", &b_vault, &t, |r| r.is_ok()).await?;
         let started = Instant::now();
-        access::revoke(&a.vault().collections, &grant.id)?;
-        a.vault().store.commit().await?;
+        access::revoke(a.vault().collections(), &grant.id)?;
+        a.vault().store().commit().await?;
         until_admitted("B refuses the revoked token", &b_vault, &token, |r| {
             matches!(r, Err(AccessError::Revoked))
         })
@@ -176,7 +176,7 @@ async fn blob_sync(a: &NodeHandle, b: &NodeHandle, opts: &Opts) -> anyhow::Resul
     let put = started.elapsed();
     let b_vault = b.vault().clone();
     let transfer = until("B has the blob", Duration::from_secs(600), || {
-        b_vault.blobs.has_blob(id).unwrap_or(false)
+        b_vault.blobs().has_blob(id).unwrap_or(false)
     })
     .await?;
     let raw = raw_libp2p_transfer(size).await?;
@@ -290,7 +290,7 @@ async fn until_admitted(
 ) -> anyhow::Result<()> {
     let limit = Duration::from_secs(30);
     let start = Instant::now();
-    while !wanted(&vault.door.admit(&Credentials::local(token)).await) {
+    while !wanted(&vault.door().admit(&Credentials::local(token)).await) {
         anyhow::ensure!(start.elapsed() < limit, "{what}: not done after {limit:?}");
         tokio::time::sleep(Duration::from_micros(200)).await;
     }

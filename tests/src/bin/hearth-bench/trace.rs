@@ -136,23 +136,23 @@ async fn through_hearth(
     let v = node.vault();
     let notes = CollectionName::parse("notes")?;
     let id = RecordId::parse("paper")?;
-    v.collections.put(
+    v.collections().put(
         &notes,
         &id,
         json!({"title": "paper"}).as_object().context("an object")?,
     )?;
-    v.store.commit().await?;
+    v.store().commit().await?;
     let started = Instant::now();
     for changes in edits.chunks(batch) {
         anyhow::ensure!(
-            v.collections.edit_text(&notes, &id, "text", changes)?,
+            v.collections().edit_text(&notes, &id, "text", changes)?,
             "the record exists"
         );
     }
-    v.store.commit().await?;
+    v.store().commit().await?;
     let elapsed = started.elapsed();
     let record = v
-        .collections
+        .collections()
         .get(&notes, &id)?
         .context("the record exists")?;
     let chars = record["text"]

@@ -28,7 +28,7 @@ pub async fn view_reads(opts: &Opts) -> anyhow::Result<Report> {
             "address": {"street": "12 rue des Lilas", "city": "Lyon", "zip": "69003"},
             "notes": "n".repeat(800), "private": "p".repeat(300),
         });
-        v.collections.put(
+        v.collections().put(
             &contacts,
             &RecordId::parse(&format!("r{i}"))?,
             record.as_object().expect("an object"),
@@ -39,9 +39,10 @@ pub async fn view_reads(opts: &Opts) -> anyhow::Result<Report> {
         None,
         &[],
     )?;
-    let (_, token) = access::create_grant(&v.collections, &v.keys, NewGrant::new("bench", scope))?;
+    let (_, token) =
+        access::create_grant(v.collections(), v.keys(), NewGrant::new("bench", scope))?;
     let token = token.token;
-    v.store.commit().await?;
+    v.store().commit().await?;
     let base = format!("http://{}", node.api_addr());
     let http = http_client()?;
     let sample = http
@@ -157,8 +158,8 @@ pub async fn view_reads(opts: &Opts) -> anyhow::Result<Report> {
             ok.push(p99 <= 10.0);
         }
     }
-    let entries = access::audit_entries(&v.collections, None)?.len();
-    let verified = access::verify_audit(&v.collections).map_err(|e| anyhow::anyhow!("{}", e.1))?;
+    let entries = access::audit_entries(v.collections(), None)?.len();
+    let verified = access::verify_audit(v.collections()).map_err(|e| anyhow::anyhow!("{}", e.1))?;
     report.notes.push(format!(
         "each answer is {} bytes; {entries} audit entries written, the chain verifies ({verified})",
         sample.len()
