@@ -380,6 +380,7 @@ pub async fn import(
                         flags,
                         mbox_from: None,
                         bytes: message.unwrap_contents(),
+                        view: false,
                     })
                     .await?;
             }
@@ -401,6 +402,7 @@ pub async fn import(
                     flags: mbox_flags(&bytes),
                     mbox_from: Some(from),
                     bytes,
+                    view: false,
                 })
                 .await?;
         }
@@ -578,28 +580,36 @@ where
         .login(&at.user, password)
         .await
         .map_err(|(e, _)| anyhow::anyhow!("the server refused the login of {}: {e}", at.user))?;
-    let folders: Vec<String> = match &at.folder {
-        Some(folder) => vec![folder.clone()],
-        None => {
-            let names: Vec<async_imap::types::Name> = session
-                .list(Some(""), Some("*"))
-                .await
-                .context("cannot list the folders")?
-                .try_collect()
-                .await
-                .context("cannot list the folders")?;
-            names
-                .iter()
-                .filter(|n| {
-                    !n.attributes()
-                        .iter()
-                        .any(|a| matches!(a, async_imap::types::NameAttribute::NoSelect))
-                })
-                .map(|n| n.name().to_owned())
-                .collect()
-        }
-    };
-    for folder in folders {
+    // The folder named, or every folder the server lists (special-use views last).
+    let pattern = at.folder.clone().unwrap_or_else(|| "*".to_owned());
+    let names: Vec<async_imap::types::Name> = session
+        .list(Some(""), Some(&pattern))
+        .await
+        .context("cannot list the folders")?
+        .try_collect()
+        .await
+        .context("cannot list the folders")?;
+    let mut folders: Vec<ImapFolder> = names
+        .iter()
+        .filter_map(|n| ImapFolder::of(n.name(), n.attributes(), at.folder.is_some()))
+        .collect();
+    if let Some(folder) = &at.folder
+        && folders.is_empty()
+    {
+        // Not listed (some servers list nothing for a pattern): opened as named.
+        folders.push(ImapFolder {
+            name: folder.clone(),
+            recorded: folder.clone(),
+            view: false,
+        });
+    }
+    folders.sort_by_key(|f| f.view);
+    for ImapFolder {
+        name: folder,
+        recorded,
+        view,
+    } in folders
+    {
         let mailbox = session
             .examine(&folder)
             .await
@@ -607,7 +617,7 @@ where
         if mailbox.exists == 0 {
             continue;
         }
-        let name = folder_name.clone().unwrap_or_else(|| folder.clone());
+        let name = folder_name.clone().unwrap_or_else(|| recorded.clone());
         // Where the last import of this folder stopped: only later UIDs are fetched,
         // while the folder's UIDVALIDITY says they still name the same messages.
         let key = {
@@ -647,6 +657,7 @@ where
                     flags: imap_flags(fetch.flags()),
                     mbox_from: None,
                     bytes: body.to_vec(),
+                    view,
                 })
                 .await?;
         }
@@ -662,6 +673,54 @@ where
     }
     let _ = session.logout().await;
     Ok(())
+}
+
+/// An IMAP folder to import: its name on the server, the name its messages are
+/// recorded under, and whether it is a view of other folders.
+#[derive(Debug, PartialEq, Eq)]
+struct ImapFolder {
+    name: String,
+    recorded: String,
+    view: bool,
+}
+
+impl ImapFolder {
+    /// How a listed folder is imported (RFC 6154 special use): a sent, drafts, junk,
+    /// trash or archive folder under that name in English whatever the server calls
+    /// it ("Gesendet", "[Gmail]/Sent Mail"), so that two servers' folders meet; a
+    /// folder of all messages (Gmail's "All Mail") as a view whose messages new to the
+    /// vault are archived ones; a folder of flagged messages (Gmail's "Starred") only
+    /// when asked for by name, since each of its messages is in another folder too.
+    /// `None`: not imported (it cannot be opened, or it is such a view).
+    fn of(
+        name: &str,
+        attributes: &[async_imap::types::NameAttribute<'_>],
+        named: bool,
+    ) -> Option<Self> {
+        use async_imap::types::NameAttribute as A;
+        let mut folder = ImapFolder {
+            name: name.to_owned(),
+            recorded: name.to_owned(),
+            view: false,
+        };
+        for attribute in attributes {
+            let (recorded, view) = match attribute {
+                A::NoSelect => return None,
+                A::Flagged if !named => return None,
+                A::Flagged => ("Flagged", true),
+                A::All => ("Archive", true),
+                A::Archive => ("Archive", false),
+                A::Drafts => ("Drafts", false),
+                A::Junk => ("Junk", false),
+                A::Sent => ("Sent", false),
+                A::Trash => ("Trash", false),
+                _ => continue,
+            };
+            folder.recorded = recorded.to_owned();
+            folder.view = view;
+        }
+        Some(folder)
+    }
 }
 
 /// One message to export: its record and its bytes' blob.

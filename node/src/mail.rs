@@ -241,6 +241,12 @@ fn decide(
             before = current(lookup, &id, &batch, &at, &mut before_batch)?;
         }
         let record = match before {
+            // A view of the mailbox (Gmail's "All Mail") adds nothing to a message the
+            // vault holds: it is where it is already.
+            Some(record) if item.view => {
+                duplicates += 1;
+                record
+            }
             Some(mut record) => {
                 duplicates += 1;
                 let mut folders: Vec<Json> = record

@@ -22,6 +22,7 @@ fn item(folder: &str, bytes: Vec<u8>) -> MailItem {
         flags: vec![],
         mbox_from: None,
         bytes,
+        view: false,
     }
 }
 

@@ -4,7 +4,7 @@
 //!
 //! Binary, because messages are bytes (8-bit, any charset) and a batch is large:
 //! `version (1) ‖ count (u32 BE)`, then per message `head length (u32 BE) ‖ head (JSON:
-//! {"folder", "flags", "mbox_from"?}) ‖ message length (u32 BE) ‖ message`. Every
+//! {"folder", "flags", "mbox_from"?, "view"?}) ‖ message length (u32 BE) ‖ message`. Every
 //! length is checked against what is left; a batch holds at most
 //! [`MAX_BATCH_MESSAGES`] messages.
 
@@ -32,6 +32,10 @@ pub struct MailItem {
     pub mbox_from: Option<String>,
     /// The message, byte for byte.
     pub bytes: Vec<u8>,
+    /// Whether the folder is a view of the mailbox rather than a place of its own (an
+    /// IMAP `\All` or `\Flagged` folder, such as Gmail's "All Mail"): a message the
+    /// vault holds already gets nothing from it; a new one is kept under `folder`.
+    pub view: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -42,6 +46,12 @@ struct Head {
     flags: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mbox_from: Option<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    view: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Why a batch could not be read.
@@ -69,6 +79,7 @@ pub fn encode_batch(items: &[MailItem]) -> Vec<u8> {
             folder: item.folder.clone(),
             flags: item.flags.clone(),
             mbox_from: item.mbox_from.clone(),
+            view: item.view,
         })
         .expect("a head serializes");
         out.extend_from_slice(&(head.len() as u32).to_be_bytes());
@@ -103,6 +114,7 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Vec<MailItem>, BatchError> {
             flags: head.flags,
             mbox_from: head.mbox_from,
             bytes: message.to_vec(),
+            view: head.view,
         });
     }
     if !rest.is_empty() {
@@ -165,12 +177,14 @@ mod tests {
             proptest::collection::vec("[a-z]{1,10}", 0..4),
             proptest::option::of("[ -~]{0,40}"),
             proptest::collection::vec(any::<u8>(), 0..300),
+            any::<bool>(),
         )
-            .prop_map(|(folder, flags, mbox_from, bytes)| MailItem {
+            .prop_map(|(folder, flags, mbox_from, bytes, view)| MailItem {
                 folder,
                 flags,
                 mbox_from,
                 bytes,
+                view,
             })
     }
 
@@ -201,6 +215,7 @@ mod tests {
             flags: vec!["seen".into()],
             mbox_from: None,
             bytes: b"Subject: x\r\n\r\nhi\r\n".to_vec(),
+            view: false,
         };
         let mut batch = encode_batch(std::slice::from_ref(&good));
         batch[0] = 9;

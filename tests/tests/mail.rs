@@ -446,6 +446,12 @@ struct Dovecot {
 
 impl Dovecot {
     fn start(messages: &[(&str, &str, Vec<u8>)]) -> Self {
+        Self::with_special_use(messages, &[])
+    }
+
+    /// As [`Dovecot::start`], the folders `special` (name, RFC 6154 attribute) marked
+    /// for their special use.
+    fn with_special_use(messages: &[(&str, &str, Vec<u8>)], special: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let maildir = root.join("mail/alice/Maildir");
@@ -465,8 +471,15 @@ impl Dovecot {
              passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN {r}/passwd\n}}\n\
              userdb {{\n  driver = static\n  args = uid=65534 gid=65534 home={r}/mail/%u\n}}\n\
              service imap-login {{\n  chroot =\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n\
-             service anvil {{\n  chroot =\n}}\n",
-            r = root.display()
+             service anvil {{\n  chroot =\n}}\n\
+             namespace inbox {{\n  inbox = yes\n{mailboxes}}}\n",
+            r = root.display(),
+            mailboxes = special
+                .iter()
+                .map(|(name, usage)| format!(
+                    "  mailbox \"{name}\" {{\n    special_use = {usage}\n  }}\n"
+                ))
+                .collect::<String>(),
         );
         std::fs::write(root.join("dovecot.conf"), conf).unwrap();
         // Dovecot's own users must reach its directories; the mail user owns the mail.
@@ -622,5 +635,70 @@ fn an_imap_folder_of_a_real_dovecot_is_imported_and_again_adds_nothing() {
         digests(&read_mbox(&std::fs::read(&out).unwrap())),
         digests(&distinct)
     );
+    node.stop();
+}
+
+/// Special-use folders (RFC 6154) of a real Dovecot, all imported at once: a sent
+/// folder by any name is recorded as "Sent"; the folder of all messages (as Gmail's
+/// "All Mail") adds no folder to a message found elsewhere and keeps one found only
+/// there as archived; the folder of flagged messages (Gmail's "Starred") is not
+/// imported unless named. Needs root and Dovecot: run by `.ci/run`.
+#[test]
+#[ignore = "needs root and Debian's dovecot-imapd; run by .ci/run"]
+fn special_use_folders_map_to_their_use_without_duplicates() {
+    let messages = vec![
+        ("INBOX", "S", message(1)),
+        ("Gesendet", "S", message(3)),
+        ("All Mail", "S", message(1)),
+        ("All Mail", "S", message(3)),
+        ("All Mail", "", message(12)),
+        ("Starred", "F", message(1)),
+    ];
+    let dovecot = Dovecot::with_special_use(
+        &messages,
+        &[
+            ("Gesendet", "\\Sent"),
+            ("All Mail", "\\All"),
+            ("Starred", "\\Flagged"),
+        ],
+    );
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let password = t.file("password", "wonderland\n");
+    let import = |folder: &str| {
+        node.json(&[
+            "import",
+            "mail",
+            &format!("imap://alice@127.0.0.1:{}{folder}", dovecot.port),
+            "--password-file",
+            password.to_str().unwrap(),
+        ])
+    };
+    let report = import("");
+    assert_eq!(
+        (report["imported"].as_u64(), report["duplicates"].as_u64()),
+        (Some(3), Some(2)),
+        "{report}"
+    );
+    let listed = records(&node, "mail");
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let folders = |subject: &str| {
+        listed
+            .iter()
+            .find(|r| r["subject"] == subject)
+            .unwrap_or_else(|| panic!("{subject} in {listed:?}"))["folders"]
+            .clone()
+    };
+    assert_eq!(folders("message number 1"), json!(["INBOX"]));
+    assert_eq!(folders("message number 3"), json!(["Sent"]));
+    assert_eq!(folders("message number 12"), json!(["Archive"]));
+    // Named, the folder of flagged messages is imported as a view: nothing new.
+    let report = import("/Starred");
+    assert_eq!(
+        (report["imported"].as_u64(), report["duplicates"].as_u64()),
+        (Some(0), Some(1)),
+        "{report}"
+    );
+    assert_eq!(records(&node, "mail"), listed);
     node.stop();
 }

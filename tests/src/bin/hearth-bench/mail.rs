@@ -63,6 +63,7 @@ pub async fn mail_import(opts: &Opts) -> anyhow::Result<Report> {
                     flags: vec!["seen".into()],
                     mbox_from: None,
                     bytes: bytes.clone(),
+                    view: false,
                 })
                 .collect();
             http.post(&url)
