@@ -580,6 +580,19 @@ where
         .login(&at.user, password)
         .await
         .map_err(|(e, _)| anyhow::anyhow!("the server refused the login of {}: {e}", at.user))?;
+    // Flags changed since the last import come along where the server offers
+    // CONDSTORE (RFC 7162): it says which messages changed since a number it gave.
+    let capabilities = session
+        .capabilities()
+        .await
+        .context("cannot ask the server what it offers")?;
+    let condstore = capabilities.has_str("CONDSTORE") && capabilities.has_str("ENABLE");
+    if condstore {
+        session
+            .run_command_and_check_ok("ENABLE CONDSTORE")
+            .await
+            .context("the server refused ENABLE CONDSTORE")?;
+    }
     // The folder named, or every folder the server lists (special-use views last).
     let pattern = at.folder.clone().unwrap_or_else(|| "*".to_owned());
     let names: Vec<async_imap::types::Name> = session
@@ -629,50 +642,103 @@ where
         };
         let validity = mailbox.uid_validity.unwrap_or(0);
         let state_path = format!("{}/state/{key}", sender.path);
-        let from = match (full, sender.state(&state_path).await?) {
-            (false, Some(state)) if state["uidvalidity"] == validity => {
-                state["next_uid"].as_u64().unwrap_or(1).max(1)
-            }
-            _ => 1,
+        let state = match full {
+            true => None,
+            false => sender.state(&state_path).await?,
         };
-        let mut next_uid = from;
-        let mut fetches = session
-            .uid_fetch(format!("{from}:*"), "(UID FLAGS BODY.PEEK[])")
-            .await
-            .with_context(|| format!("cannot read folder {folder}"))?;
-        while let Some(fetch) = fetches
-            .try_next()
-            .await
-            .with_context(|| format!("reading folder {folder} broke off"))?
-        {
-            // `N:*` always names the last message, also when its UID is below N.
-            let uid = u64::from(fetch.uid.unwrap_or(0));
-            let Some(body) = fetch.body().filter(|_| uid >= from) else {
-                continue;
-            };
-            next_uid = next_uid.max(uid + 1);
-            sender
-                .add(MailItem {
-                    folder: name.clone(),
-                    flags: imap_flags(fetch.flags()),
-                    mbox_from: None,
-                    bytes: body.to_vec(),
-                    view,
-                })
-                .await?;
+        let state = state.filter(|s| s["uidvalidity"] == validity);
+        let from = state
+            .as_ref()
+            .and_then(|s| s["next_uid"].as_u64())
+            .unwrap_or(1)
+            .max(1);
+        let modseq = mailbox.highest_modseq.filter(|_| condstore);
+        let since = state
+            .as_ref()
+            .and_then(|s| s["modseq"].as_u64())
+            .filter(|&since| condstore && from > 1 && modseq != Some(since));
+        if let Some(since) = since {
+            // Messages imported before whose flags changed: fetched again, their
+            // records take the new flags (as when a folder is imported again).
+            fetch_folder(
+                &mut session,
+                sender,
+                &folder,
+                (
+                    format!("1:{}", from - 1),
+                    format!("(UID FLAGS BODY.PEEK[]) (CHANGEDSINCE {since})"),
+                ),
+                (&name, view),
+                1,
+            )
+            .await?;
         }
-        drop(fetches);
+        // `N:*` always names the last message, also when its UID is below N.
+        let next_uid = fetch_folder(
+            &mut session,
+            sender,
+            &folder,
+            (format!("{from}:*"), "(UID FLAGS BODY.PEEK[])".to_owned()),
+            (&name, view),
+            from,
+        )
+        .await?;
         // Stored only once the node has every message up to it.
         sender.flush().await?;
         sender
             .set_state(
                 &state_path,
-                serde_json::json!({"uidvalidity": validity, "next_uid": next_uid}),
+                serde_json::json!({"uidvalidity": validity, "next_uid": next_uid, "modseq": modseq}),
             )
             .await?;
     }
     let _ = session.logout().await;
     Ok(())
+}
+
+/// Fetches the messages `request` names (a UID set and a FETCH query) of `folder`,
+/// opened, and sends those with a UID of at least `min_uid` as found in `recorded`
+/// (its name in the vault, and whether it is a view). Returns the UID after the
+/// highest one sent, or `min_uid` if none was.
+async fn fetch_folder<T>(
+    session: &mut async_imap::Session<T>,
+    sender: &mut Sender<'_>,
+    folder: &str,
+    request: (String, String),
+    recorded: (&str, bool),
+    min_uid: u64,
+) -> anyhow::Result<u64>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + std::fmt::Debug + Send,
+{
+    use futures::TryStreamExt;
+    let (set, query) = request;
+    let mut fetches = session
+        .uid_fetch(set, query)
+        .await
+        .with_context(|| format!("cannot read folder {folder}"))?;
+    let mut next_uid = min_uid;
+    while let Some(fetch) = fetches
+        .try_next()
+        .await
+        .with_context(|| format!("reading folder {folder} broke off"))?
+    {
+        let uid = u64::from(fetch.uid.unwrap_or(0));
+        let Some(body) = fetch.body().filter(|_| uid >= min_uid) else {
+            continue;
+        };
+        next_uid = next_uid.max(uid + 1);
+        sender
+            .add(MailItem {
+                folder: recorded.0.to_owned(),
+                flags: imap_flags(fetch.flags()),
+                mbox_from: None,
+                bytes: body.to_vec(),
+                view: recorded.1,
+            })
+            .await?;
+    }
+    Ok(next_uid)
 }
 
 /// An IMAP folder to import: its name on the server, the name its messages are

@@ -521,7 +521,8 @@ impl Drop for Dovecot {
 
 /// An IMAP folder (and then every folder) of a real Dovecot: every message byte for
 /// byte as the server gives it, with its flags; a wrong password refused; a message in
-/// two folders one record; the second import adding only what was not there. Needs
+/// two folders one record; the second import adding only what was not there, and
+/// flags changed on the server since (CONDSTORE). Needs
 /// root and Dovecot: run by `.ci/run`.
 #[test]
 #[ignore = "needs root and Debian's dovecot-imapd; run by .ci/run"]
@@ -584,6 +585,38 @@ fn an_imap_folder_of_a_real_dovecot_is_imported_and_again_adds_nothing() {
         (Some(0), Some(0)),
         "{report}"
     );
+    // A flag set on the server since (another mail client answered message 2): with
+    // CONDSTORE, the next import brings that message's new flags and nothing else.
+    let flagged = std::process::Command::new("doveadm")
+        .args([
+            "-c",
+            dovecot.dir.path().join("dovecot.conf").to_str().unwrap(),
+            "flags",
+            "add",
+            "-u",
+            "alice",
+            "\\Answered",
+            "mailbox",
+            "INBOX",
+            "header",
+            "Subject",
+            "message number 2",
+        ])
+        .status()
+        .unwrap();
+    assert!(flagged.success());
+    let report = import(&url("INBOX"));
+    assert_eq!(
+        (report["imported"].as_u64(), report["duplicates"].as_u64()),
+        (Some(0), Some(1)),
+        "{report}"
+    );
+    let listed = records(&node, "mail");
+    let two = listed
+        .iter()
+        .find(|r| r["subject"] == "message number 2")
+        .unwrap();
+    assert_eq!(two["flags"], json!(["answered", "flagged"]), "{two}");
     let full = node.json(&[
         "import",
         "mail",
