@@ -793,7 +793,8 @@ impl ImapFolder {
 struct Exported {
     blob: String,
     mbox_from: String,
-    folder: String,
+    /// Every folder it is in (at least one); a Maildir gets a copy in each.
+    folders: Vec<String>,
     flags: Vec<String>,
     id: String,
 }
@@ -831,17 +832,17 @@ pub async fn export(
                 })
                 .unwrap_or_default()
         };
-        let folder = list("folders")
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| "INBOX".into());
+        let mut folders = list("folders");
+        if folders.is_empty() {
+            folders.push("INBOX".into());
+        }
         messages.push((
             text("date").unwrap_or_default(),
             Exported {
                 blob,
                 mbox_from: text("mbox_from")
                     .unwrap_or_else(|| "MAILER-DAEMON Thu Jan  1 00:00:00 1970".into()),
-                folder,
+                folders,
                 flags: list("flags"),
                 id: text("id").unwrap_or_default(),
             },
@@ -900,11 +901,23 @@ pub async fn export(
 /// Writes a message into `DIR` as Maildir++: INBOX at the top, another folder in
 /// `.NAME` (a `/` in a folder name becomes `.`), the flags in the file name.
 fn write_maildir_message(dir: &Path, message: &Exported, bytes: &[u8]) -> anyhow::Result<()> {
-    let folder = if message.folder.eq_ignore_ascii_case("INBOX") {
+    for folder in &message.folders {
+        write_maildir_copy(dir, folder, message, bytes)?;
+    }
+    Ok(())
+}
+
+/// Writes one copy of `message` into `folder` of the Maildir++ tree at `dir`.
+fn write_maildir_copy(
+    dir: &Path,
+    folder: &str,
+    message: &Exported,
+    bytes: &[u8],
+) -> anyhow::Result<()> {
+    let folder = if folder.eq_ignore_ascii_case("INBOX") {
         dir.to_path_buf()
     } else {
-        let safe: String = message
-            .folder
+        let safe: String = folder
             .chars()
             .map(|c| if c == '/' { '.' } else { c })
             .filter(|c| !c.is_control())

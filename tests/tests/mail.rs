@@ -735,3 +735,127 @@ fn special_use_folders_map_to_their_use_without_duplicates() {
     assert_eq!(records(&node, "mail"), listed);
     node.stop();
 }
+
+/// Every message of a Maildir++ tree (INBOX at the top, folders in `.NAME`), by the
+/// SHA-256 of its bytes with CRLF read as LF (mbsync stores LF, Hearth what the server
+/// sent) and without mbsync's own `X-TUID` header: the folders it is in and its flags
+/// (the letters after `:2,`).
+fn maildir_tree(root: &Path) -> BTreeMap<String, (Vec<String>, String)> {
+    let mut out: BTreeMap<String, (Vec<String>, String)> = BTreeMap::new();
+    let mut folders = vec![("INBOX".to_owned(), root.to_path_buf())];
+    for entry in std::fs::read_dir(root).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(folder) = name.strip_prefix('.')
+            && entry.path().join("cur").is_dir()
+        {
+            folders.push((folder.to_owned(), entry.path()));
+        }
+    }
+    for (folder, dir) in folders {
+        for sub in ["cur", "new"] {
+            for file in std::fs::read_dir(dir.join(sub)).unwrap() {
+                let path = file.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                let mut flags: Vec<char> = name
+                    .rsplit_once(":2,")
+                    .map(|(_, f)| f.chars().collect())
+                    .unwrap_or_default();
+                flags.sort_unstable();
+                let bytes = std::fs::read(&path).unwrap();
+                let mut lf = Vec::with_capacity(bytes.len());
+                for (i, &b) in bytes.iter().enumerate() {
+                    if !(b == b'\r' && bytes.get(i + 1) == Some(&b'\n')) {
+                        lf.push(b);
+                    }
+                }
+                // mbsync adds a header of its own (its tracking id) to what it stores.
+                let head_end = lf
+                    .windows(2)
+                    .position(|w| w == b"\n\n")
+                    .map_or(lf.len(), |p| p + 1);
+                if let Some(at) = lf[..head_end]
+                    .split_inclusive(|&b| b == b'\n')
+                    .scan(0, |offset, line| {
+                        let start = *offset;
+                        *offset += line.len();
+                        Some((start, line))
+                    })
+                    .find(|(_, line)| line.starts_with(b"X-TUID: "))
+                {
+                    lf.drain(at.0..at.0 + at.1.len());
+                }
+                let entry = out.entry(hex(&Sha256::digest(&lf))).or_default();
+                entry.0.push(folder.clone());
+                entry.0.sort();
+                entry.1 = flags.into_iter().collect();
+            }
+        }
+    }
+    out
+}
+
+/// The same Dovecot mailbox fetched by mbsync (isync, the reference IMAP syncer) and
+/// imported by Hearth: the same messages byte for byte (line ends aside), in the same
+/// folders (a message in two folders is one record in Hearth, and a copy in each when
+/// exported as a Maildir), with the same flags. Needs root, Dovecot and mbsync: run by `.ci/run`.
+#[test]
+#[ignore = "needs root, Debian's dovecot-imapd and isync; run by .ci/run"]
+fn hearth_and_mbsync_fetch_the_same_mailbox() {
+    let messages = vec![
+        ("INBOX", "S", message(1)),
+        ("INBOX", "FS", message(2)),
+        ("INBOX", "", message(10)),
+        ("Sent", "RS", message(3)),
+        ("Archive", "S", message(4)),
+        ("Archive", "S", message(7)),
+        ("Archive", "S", message(1)),
+        ("Lists.Rust", "", message(14)),
+    ];
+    let dovecot = Dovecot::start(&messages);
+    let t = TestHome::new();
+
+    // mbsync, pulling every folder into a Maildir++ tree.
+    let by_mbsync = t.dir().join("mbsync");
+    std::fs::create_dir_all(&by_mbsync).unwrap();
+    let config = t.file(
+        "mbsyncrc",
+        format!(
+            "IMAPAccount dove\nHost 127.0.0.1\nPort {port}\nUser alice\nPass wonderland\n\
+             SSLType None\nAuthMechs LOGIN\n\n\
+             IMAPStore dove-remote\nAccount dove\n\n\
+             MaildirStore local\nInbox {dir}\nSubFolders Maildir++\n\n\
+             Channel dove\nFar :dove-remote:\nNear :local:\nPatterns *\nCreate Near\nSync Pull\nSyncState *\n",
+            port = dovecot.port,
+            dir = by_mbsync.display()
+        ),
+    );
+    let synced = std::process::Command::new("mbsync")
+        .args(["-c", config.to_str().unwrap(), "-a", "-q"])
+        .output()
+        .expect("mbsync is installed (Debian's isync)");
+    assert!(
+        synced.status.success(),
+        "mbsync: {}",
+        String::from_utf8_lossy(&synced.stderr)
+    );
+
+    // Hearth, importing every folder and exporting them as Maildir++.
+    let node = spawn_node(t.path(), &[]);
+    let password = t.file("password", "wonderland\n");
+    let report = node.json(&[
+        "import",
+        "mail",
+        &format!("imap://alice@127.0.0.1:{}", dovecot.port),
+        "--password-file",
+        password.to_str().unwrap(),
+    ]);
+    assert_eq!(report["imported"], 7, "{report}");
+    let by_hearth = t.dir().join("hearth");
+    node.json(&["export", "mail", "--maildir", by_hearth.to_str().unwrap()]);
+    node.stop();
+
+    let mbsync = maildir_tree(&by_mbsync);
+    assert_eq!(mbsync.len(), 7, "mbsync fetched {mbsync:?}");
+    assert_eq!(maildir_tree(&by_hearth), mbsync);
+}
