@@ -206,7 +206,8 @@ struct InFlight {
 }
 
 impl Sender<'_> {
-    async fn add(&mut self, item: MailItem) -> anyhow::Result<()> {
+    async fn add(&mut self, mut item: MailItem) -> anyhow::Result<()> {
+        fit_head(&mut item);
         self.bytes += item.bytes.len();
         self.batch.push(item);
         if self.batch.len() >= BATCH_MESSAGES || self.bytes >= BATCH_BYTES {
@@ -310,6 +311,46 @@ impl Sender<'_> {
             self.wait_oldest().await?;
         }
         Ok(())
+    }
+}
+
+/// Makes a message's head fit what a batch may carry, so that one odd message (a
+/// Maildir folder whose name holds a control character, an mbox `From ` line of 2 KB,
+/// a server's 100-byte keyword) does not stop an import: control characters become
+/// spaces, a name or line too long is cut (on a character), a flag too long is dropped,
+/// flags beyond the most a message carries are dropped, and an empty folder name is
+/// `INBOX`. The message's bytes are never touched.
+fn fit_head(item: &mut MailItem) {
+    use hearth_protocol::mail::{MAX_FLAG_LEN, MAX_FLAGS, MAX_FOLDER_LEN, MAX_MBOX_FROM_LEN};
+    fn one_line(text: &str) -> String {
+        let line: String = text
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        line.trim().to_owned()
+    }
+    fn cut(mut text: String, max: usize) -> String {
+        if text.len() > max {
+            let mut end = max;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+        text
+    }
+    item.folder = cut(one_line(&item.folder), MAX_FOLDER_LEN);
+    if item.folder.is_empty() {
+        item.folder = "INBOX".into();
+    }
+    item.flags = std::mem::take(&mut item.flags)
+        .iter()
+        .map(|f| one_line(f))
+        .filter(|f| !f.is_empty() && f.len() <= MAX_FLAG_LEN)
+        .take(MAX_FLAGS)
+        .collect();
+    if let Some(from) = item.mbox_from.take() {
+        item.mbox_from = Some(cut(one_line(&from), MAX_MBOX_FROM_LEN));
     }
 }
 
@@ -955,6 +996,40 @@ fn write_maildir_copy(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_odd_head_is_made_to_fit_and_its_message_kept_whole() {
+        let mut item = MailItem {
+            folder: "Lists\u{7}/é".repeat(100),
+            flags: (0..40)
+                .map(|i| format!("k{i}"))
+                .chain(["x".repeat(100), "a\nb".into(), "\t".into()])
+                .rev()
+                .collect(),
+            mbox_from: Some(format!("someone@example.org {}\r", "é".repeat(600))),
+            bytes: b"Subject: odd\r\n\r\nbody\r\n".to_vec(),
+            view: false,
+        };
+        // Refused as it is: one such message stopped a whole import.
+        let batch = hearth_protocol::mail::encode_batch(std::slice::from_ref(&item));
+        assert!(hearth_protocol::mail::decode_batch(&batch).is_err());
+        let bytes = item.bytes.clone();
+        fit_head(&mut item);
+        let batch = hearth_protocol::mail::encode_batch(std::slice::from_ref(&item));
+        let read = hearth_protocol::mail::decode_batch(&batch).unwrap();
+        assert_eq!(read[0].bytes, bytes);
+        assert!(read[0].folder.starts_with("Lists /é"), "{}", read[0].folder);
+        assert_eq!(read[0].flags.len(), 32);
+        assert_eq!(read[0].flags[0], "a b");
+        assert!(!read[0].flags.iter().any(|f| f.starts_with("xx")));
+        assert!(read[0].mbox_from.as_ref().unwrap().len() <= 1024);
+        let mut empty = MailItem {
+            folder: "\u{1}".into(),
+            ..item
+        };
+        fit_head(&mut empty);
+        assert_eq!(empty.folder, "INBOX");
+    }
 
     fn read(mbox: &[u8]) -> Vec<(String, Vec<u8>)> {
         Mbox::new(mbox).map(Result::unwrap).collect()

@@ -18,6 +18,8 @@ pub const MAX_FOLDER_LEN: usize = 512;
 /// The most flags a message carries, and the longest flag.
 pub const MAX_FLAGS: usize = 32;
 pub const MAX_FLAG_LEN: usize = 64;
+/// The longest mbox `From ` line.
+pub const MAX_MBOX_FROM_LEN: usize = 1024;
 
 /// One message to import.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,9 +145,11 @@ fn check_head(head: &Head) -> Result<(), String> {
     if head
         .mbox_from
         .as_ref()
-        .is_some_and(|f| f.len() > 1024 || !printable(f))
+        .is_some_and(|f| f.len() > MAX_MBOX_FROM_LEN || !printable(f))
     {
-        return Err("an mbox From line of at most 1024 bytes on one line".into());
+        return Err(format!(
+            "an mbox From line of at most {MAX_MBOX_FROM_LEN} bytes on one line"
+        ));
     }
     Ok(())
 }
