@@ -42,9 +42,9 @@ pub(crate) type AppState = Arc<Vault>;
 use crate::download::{Disposition, blob_response};
 pub use crate::owner::Error as ApiError;
 use crate::owner::{
-    audit, audit_verify, blocking, conflicts_response, device_remove, device_rename, devices_view,
-    grant_info, grant_new, grant_revoke, grants, import_error, invite, keep_version, owner_write,
-    record_not_found, resolve, resolve_with, status_of, write_error,
+    self, audit, audit_verify, blocking, conflicts_response, device_remove, device_rename,
+    devices_view, grant_info, grant_new, grant_revoke, grants, import_error, invite, keep_version,
+    owner_write, record_not_found, resolve, resolve_with, status_of, write_error,
 };
 use crate::server::is_length_limit;
 
@@ -768,10 +768,9 @@ async fn delete_record(
 ) -> Result<StatusCode, ApiError> {
     let (collection, id) = record_path(path)?;
     let collection = writable(collection)?;
-    if !vault.collections.remove(&collection, &id)? {
+    if !owner::remove(&vault, &collection, &id).await? {
         return Err(record_not_found(&collection, &id));
     }
-    vault.store.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -830,11 +829,14 @@ async fn edit_text(
         )
         .await;
         written.map_err(|e| write_error(&collection, &id, e))?;
-    } else if !vault
-        .collections
-        .edit_text(&collection, &id, &request.field, &edits)?
-    {
-        return Err(record_not_found(&collection, &id));
+    } else {
+        let (c, i, field) = (collection.clone(), id.clone(), request.field.clone());
+        let edited = blocking(&vault, move |v| {
+            Ok(v.collections.edit_text(&c, &i, &field, &edits)?)
+        });
+        if !edited.await? {
+            return Err(record_not_found(&collection, &id));
+        }
     }
     let record = vault
         .collections
@@ -857,12 +859,10 @@ async fn record_conflicts(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<ConflictsResponse>, ApiError> {
     let (collection, id) = record_path(path)?;
-    let conflict = vault
-        .collections
-        .conflicts(&collection, &id)?
-        .ok_or_else(|| record_not_found(&collection, &id))?;
-    let names = devices::names_by_tag(&vault.collections)?;
-    Ok(Json(conflicts_response(id.to_string(), conflict, &names)))
+    owner::conflicts(&vault, &collection, &id)
+        .await?
+        .ok_or_else(|| record_not_found(&collection, &id))
+        .map(Json)
 }
 
 #[utoipa::path(
@@ -1316,9 +1316,11 @@ async fn set_import_state(
             format!("an import state is a JSON object: {e}"),
         )
     })?;
-    vault
-        .collections
-        .put(&imports(), &import_state_id(&collection, &id), &state)?;
+    let state_id = import_state_id(&collection, &id);
+    blocking(&vault, move |v| {
+        Ok(v.collections.put(&imports(), &state_id, &state)?)
+    })
+    .await?;
     vault.store.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1462,10 +1462,15 @@ async fn record_page(
         Ok(names) => names,
         Err(r) => return r,
     };
-    render_record(&vault, visit, &name, &id)
+    render_record(&vault, visit, &name, &id).await
 }
 
-fn render_record(vault: &Vault, visit: Visit, name: &CollectionName, id: &RecordId) -> Response {
+async fn render_record(
+    vault: &Arc<Vault>,
+    visit: Visit,
+    name: &CollectionName,
+    id: &RecordId,
+) -> Response {
     let record = match vault.collections.get(name, id) {
         Ok(Some(r)) => r,
         Ok(None) => {
@@ -1477,14 +1482,10 @@ fn render_record(vault: &Vault, visit: Visit, name: &CollectionName, id: &Record
         }
         Err(e) => return failed(e.into()),
     };
-    let conflict = vault
-        .collections
-        .conflicts(name, id)
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-    let names = crate::devices::names_by_tag(&vault.collections).unwrap_or_default();
-    let conflict = owner::conflicts_response(id.to_string(), conflict, &names);
+    let conflict = match owner::conflicts(vault, name, id).await {
+        Ok(Some(conflict)) => conflict,
+        _ => owner::conflicts_response(id.to_string(), Default::default(), &Default::default()),
+    };
     let versions = conflict
         .versions
         .iter()
@@ -1575,7 +1576,7 @@ async fn delete_record(
         Ok(names) => names,
         Err(r) => return r,
     };
-    match vault.collections.remove(&name, &id) {
+    match owner::remove(&vault, &name, &id).await {
         Ok(true) => {}
         Ok(false) => {
             return message(
@@ -1584,10 +1585,7 @@ async fn delete_record(
                 "It was already gone.",
             );
         }
-        Err(e) => return failed(e.into()),
-    }
-    if let Err(e) = vault.store.commit().await {
-        return failed(e.into());
+        Err(e) => return failed(e),
     }
     Redirect::to(&format!("/data/{name}")).into_response()
 }

@@ -268,6 +268,37 @@ pub fn write_error(collection: &CollectionName, id: &RecordId, e: pim::WriteErro
     }
 }
 
+/// Removes a record; durable when it returns. `Ok(false)` if there was none.
+pub async fn remove(
+    vault: &Arc<Vault>,
+    collection: &CollectionName,
+    id: &RecordId,
+) -> Result<bool, Error> {
+    let (c, i) = (collection.clone(), id.clone());
+    let removed = blocking(vault, move |v| Ok(v.collections.remove(&c, &i)?)).await?;
+    if removed {
+        vault.store.commit().await?;
+    }
+    Ok(removed)
+}
+
+/// A record's conflicts, devices named; `None` if there is no such record.
+pub async fn conflicts(
+    vault: &Arc<Vault>,
+    collection: &CollectionName,
+    id: &RecordId,
+) -> Result<Option<ConflictsResponse>, Error> {
+    let (c, i) = (collection.clone(), id.clone());
+    blocking(vault, move |v| {
+        let Some(conflict) = v.collections.conflicts(&c, &i)? else {
+            return Ok(None);
+        };
+        let names = crate::devices::names_by_tag(&v.collections)?;
+        Ok(Some(conflicts_response(i.to_string(), conflict, &names)))
+    })
+    .await
+}
+
 /// A record's conflicts as the API shows them, devices named.
 pub fn conflicts_response(
     id: String,
