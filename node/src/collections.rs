@@ -191,6 +191,9 @@ pub enum RecordWrite {
     Put(Map<String, Json>),
     /// Remove the record.
     Remove,
+    /// Write these fields as the record's only version, in place of every version it
+    /// holds (a person's merge of versions in conflict).
+    Replace(Map<String, Json>),
 }
 
 /// Why a change to a document was abandoned: Automerge failed, or the caller refused.
@@ -708,6 +711,12 @@ impl Collections {
             return Ok(None);
         }
         self.get(&conflicts_list(), &notice_id(name, id))
+    }
+
+    /// Ends record `id`'s delete notice (a person kept the record as it is now).
+    /// Durable only after [`Store::commit`].
+    pub fn end_notice(&self, name: &CollectionName, id: &RecordId) -> Result<(), CollectionError> {
+        self.forget_notice(name, id.as_str())
     }
 
     /// Forgets record `id`'s notice (a person resolved it, or the record is gone).
@@ -1708,6 +1717,10 @@ fn apply_checked<T, E>(
         RecordWrite::Patch(patch) => records::patch_record(doc, id, &patch)?,
         RecordWrite::Put(record) => records::put_record(doc, id, &record)?,
         RecordWrite::Remove => records::remove_record(doc, id)?,
+        RecordWrite::Replace(record) => {
+            records::replace_record(doc, id, &record)?;
+            true
+        }
     };
     Ok((before.is_some(), out))
 }
@@ -1727,6 +1740,9 @@ fn apply_writes(
             }
             RecordWrite::Remove => {
                 records::remove_record(doc, id.as_str())?;
+            }
+            RecordWrite::Replace(record) => {
+                records::replace_record(doc, id.as_str(), record)?;
             }
         }
     }

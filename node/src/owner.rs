@@ -349,24 +349,23 @@ pub async fn keep_version(
     Ok(())
 }
 
-/// Writes a person's merge of a record's versions as its only version. A contact's
-/// or event's text follows (the owner's write keeps it in step first).
+/// Writes a person's merge of a record's versions as its only version, with a
+/// contact's or event's text in step, and ends its delete notice; durable when it
+/// returns.
 pub async fn resolve_with(
     vault: &Arc<Vault>,
     collection: &CollectionName,
     id: &RecordId,
     mut record: Map<String, Value>,
 ) -> Result<(), Error> {
-    let (c, i) = (collection.clone(), id.clone());
-    if blocking(vault, move |v| Ok(v.collections.get(&c, &i)?))
-        .await?
-        .is_none()
-    {
-        return Err(record_not_found(collection, id));
-    }
     record.remove("id");
-    owner_write(vault, collection, id, pim::Change::Replace(record)).await?;
-    keep_version(vault, collection, id, 0).await
+    pim::owner_merge_versions(&vault.collections, collection, id, record)
+        .await
+        .map_err(|e| write_error(collection, id, e))?;
+    let (c, i) = (collection.clone(), id.clone());
+    blocking(vault, move |v| Ok(v.collections.end_notice(&c, &i)?)).await?;
+    vault.store.commit().await?;
+    Ok(())
 }
 
 /// Writes the value a person chose for a field in conflict, which ends the conflict

@@ -517,6 +517,28 @@ pub async fn owner_write(
         .await?
 }
 
+/// A person's merge of a record's versions, written as its only version (its text and
+/// fields in step, as any owner's write), in one write: there is no moment where the
+/// merge is written and the versions still stand. Durable only after the store commits.
+pub async fn owner_merge_versions(
+    collections: &std::sync::Arc<crate::collections::Collections>,
+    name: &CollectionName,
+    id: &RecordId,
+    record: Map<String, Value>,
+) -> Result<(), WriteError> {
+    let kind = Kind::of(name.as_str());
+    collections
+        .write_combined(name, id, move |before| {
+            if before.is_none() {
+                return Err(WriteError::Missing);
+            }
+            let (_, after) = decide(kind, &Change::Replace(record), before)?;
+            Ok((crate::collections::RecordWrite::Replace(after), ()))
+        })
+        .await??;
+    Ok(())
+}
+
 /// The owner's edit of text field `field` of a contacts or calendar record, and the
 /// step that keeps its text and fields in step (the fields follow an edit of the vCard
 /// or iCalendar text; the text follows an edit of another text field), as one write:
