@@ -840,6 +840,42 @@ struct Exported {
     id: String,
 }
 
+/// The records an export reads at a time.
+const EXPORT_PAGE: usize = 1000;
+
+/// What an export writes of a mail record (its date first, to sort by), if it names
+/// its message's blob.
+fn exported(record: &Value) -> Option<(String, Exported)> {
+    let text = |k: &str| record.get(k).and_then(Value::as_str).map(str::to_owned);
+    let blob = text("blob")?;
+    let list = |k: &str| -> Vec<String> {
+        record
+            .get(k)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut folders = list("folders");
+    if folders.is_empty() {
+        folders.push("INBOX".into());
+    }
+    Some((
+        text("date").unwrap_or_default(),
+        Exported {
+            blob,
+            mbox_from: text("mbox_from")
+                .unwrap_or_else(|| "MAILER-DAEMON Thu Jan  1 00:00:00 1970".into()),
+            folders,
+            flags: list("flags"),
+            id: text("id").unwrap_or_default(),
+        },
+    ))
+}
+
 /// `hearth export mail [-o FILE.mbox | --maildir DIR] [--from C]`.
 pub async fn export(
     home: &Home,
@@ -853,41 +889,28 @@ pub async fn export(
         "/v1/collections/{}/records",
         crate::commands::seg(collection)
     );
-    let records: Vec<Value> = client
-        .json(home, client.request(Method::GET, &path))
-        .await?;
+    // Page by page (the node reads each page from its record index, without loading
+    // the collection), keeping of each record only what the export writes.
     let mut messages: Vec<(String, Exported)> = Vec::new();
-    for record in &records {
-        let text = |k: &str| record.get(k).and_then(Value::as_str).map(str::to_owned);
-        let Some(blob) = text("blob") else {
-            continue;
-        };
-        let list = |k: &str| -> Vec<String> {
-            record
-                .get(k)
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let mut folders = list("folders");
-        if folders.is_empty() {
-            folders.push("INBOX".into());
+    let mut after: Option<String> = None;
+    loop {
+        let mut request = client
+            .request(Method::GET, &path)
+            .query(&[("limit", EXPORT_PAGE.to_string())]);
+        if let Some(after) = &after {
+            request = request.query(&[("after", after)]);
         }
-        messages.push((
-            text("date").unwrap_or_default(),
-            Exported {
-                blob,
-                mbox_from: text("mbox_from")
-                    .unwrap_or_else(|| "MAILER-DAEMON Thu Jan  1 00:00:00 1970".into()),
-                folders,
-                flags: list("flags"),
-                id: text("id").unwrap_or_default(),
-            },
-        ));
+        let page: Vec<Value> = client.json(home, request).await?;
+        let full = page.len() == EXPORT_PAGE;
+        after = page
+            .last()
+            .and_then(|r| r.get("id"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        messages.extend(page.iter().filter_map(exported));
+        if !full || after.is_none() {
+            break;
+        }
     }
     messages.sort_by(|a, b| (&a.0, &a.1.id).cmp(&(&b.0, &b.1.id)));
     let mut mbox: Box<dyn Write> = match (&output, &maildir) {
