@@ -141,53 +141,83 @@ impl BlobSync {
         Ok(())
     }
 
-    /// Fetches missing blobs whenever `_blobs` changes, and every [`RETRY_EVERY`].
+    /// Fetches missing blobs whenever `_blobs` changes, and every [`RETRY_EVERY`] while
+    /// some are still missing. The list is read again only when it changed: a vault of
+    /// 100,000 listed messages is not read whole every half minute to find nothing.
     pub(super) async fn fetch_loop(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut changes = self.vault.collections.subscribe();
         let mut retry = tokio::time::interval(RETRY_EVERY);
+        // What the last reading of the list found missing, and whether the list
+        // changed since (it is read at start).
+        let mut missing: Vec<BlobId> = Vec::new();
+        let mut changed_since = true;
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
                 changed = changes.recv() => match changed {
-                    Ok(name) if name.as_str() == crate::blobs::BLOB_LIST => {}
+                    Ok(name) if name.as_str() == crate::blobs::BLOB_LIST => changed_since = true,
                     Ok(_) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => changed_since = true,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
-                _ = retry.tick() => {}
+                _ = retry.tick() => {
+                    if !changed_since && missing.is_empty() {
+                        continue;
+                    }
+                }
             }
-            tokio::select! {
-                _ = stop.changed() => return,
-                () = self.fetch_missing() => {}
+            let reread = std::mem::take(&mut changed_since);
+            let vault = self.vault.clone();
+            let known = std::mem::take(&mut missing);
+            // Read off the async threads: the list holds every blob of the vault.
+            let found = tokio::task::spawn_blocking(move || {
+                let candidates = match reread {
+                    true => crate::blobs::listed(&vault.collections)
+                        .map_err(|e| crate::blobs::BlobError::Internal(e.to_string()))?,
+                    false => known,
+                };
+                let missing: Vec<BlobId> = candidates
+                    .into_iter()
+                    .filter(|id| !vault.blobs.has_blob(*id).unwrap_or(true))
+                    .collect();
+                let removed = reread && vault.blobs.holds_removed(&vault.collections)?;
+                Ok::<_, crate::blobs::BlobError>((missing, removed))
+            })
+            .await;
+            let removed = match found {
+                Ok(Ok((found, removed))) => {
+                    missing = found;
+                    removed
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read the blob list");
+                    changed_since = true;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the blob list failed");
+                    changed_since = true;
+                    continue;
+                }
+            };
+            if !missing.is_empty() {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    () = self.fetch_missing(&mut missing) => {}
+                }
             }
             // A blob removed on another device: free its space here too.
-            if self
-                .vault
-                .blobs
-                .holds_removed(&self.vault.collections)
-                .unwrap_or(false)
-                && let Err(e) = self.vault.collect_blob_garbage().await
-            {
+            if removed && let Err(e) = self.vault.collect_blob_garbage().await {
                 tracing::warn!(error = %e, "cannot free the space of removed blobs");
+                // Tried again at the next tick.
+                changed_since = true;
             }
         }
     }
 
-    async fn fetch_missing(&self) {
-        let listed = match crate::blobs::listed(&self.vault.collections) {
-            Ok(listed) => listed,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the blob list");
-                return;
-            }
-        };
-        let missing: Vec<BlobId> = listed
-            .into_iter()
-            .filter(|id| !self.vault.blobs.has_blob(*id).unwrap_or(true))
-            .collect();
-        if missing.is_empty() {
-            return;
-        }
+    /// Fetches the blobs of `missing` from the vault's devices connected now; what
+    /// could not be fetched stays in it.
+    async fn fetch_missing(&self, missing: &mut Vec<BlobId>) {
         let peers: Vec<PeerId> = self
             .mesh
             .connected_peers()
@@ -196,16 +226,25 @@ impl BlobSync {
             .into_iter()
             .filter(|p| devices::is_member(&self.vault.collections, p))
             .collect();
-        for id in missing {
+        let mut left = Vec::new();
+        for id in std::mem::take(missing) {
+            let mut fetched = false;
             for peer in &peers {
                 match self.fetch(*peer, id).await {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        fetched = true;
+                        break;
+                    }
                     Err(e) => {
                         tracing::debug!(%peer, blob = %id, error = %e, "cannot fetch a blob from this peer")
                     }
                 }
             }
+            if !fetched {
+                left.push(id);
+            }
         }
+        *missing = left;
     }
 
     async fn fetch(&self, peer: PeerId, id: BlobId) -> Result<(), FetchError> {
