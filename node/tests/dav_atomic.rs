@@ -229,3 +229,36 @@ async fn a_refused_put_leaves_no_name_behind() {
     );
     node.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_of_a_card_a_grant_cannot_see_is_not_taken_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, everything) = with_contacts_grant(dir.path()).await;
+    let family = password(
+        &node,
+        Scope::parse(
+            Some("contacts"),
+            Some("contacts"),
+            &["groups=family".to_owned()],
+        )
+        .unwrap(),
+    )
+    .await;
+    let name = "x@google.com.vcf";
+    assert_eq!(
+        put(&node, &everything, name, card("x", "Work"), None).await,
+        201
+    );
+    let dav = CollectionName::parse(META).unwrap();
+    let v = node.vault();
+    let forward = name_record("contacts", 'n', name);
+    let before = v.collections().get(&dav, &forward).unwrap();
+    assert!(before.is_some());
+    // The family grant cannot see that card: its PUT of the name changes nothing.
+    let card =
+        "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:y\r\nFN:Fam\r\nCATEGORIES:family\r\nEND:VCARD\r\n";
+    assert_eq!(put(&node, &family, name, card.into(), None).await, 412);
+    assert_eq!(v.collections().get(&dav, &forward).unwrap(), before);
+    assert_eq!(ids(&node).len(), 1);
+    node.shutdown().await.unwrap();
+}
