@@ -1224,12 +1224,7 @@ async fn import(
         drop(bytes);
         let report = crate::mail::import_batch(&vault, &collection, items)
             .await
-            .map_err(|e| match e {
-                crate::mail::MailError::Blob(e) => e.into(),
-                crate::mail::MailError::Collection(e) => e.into(),
-                crate::mail::MailError::Store(e) => e.into(),
-                crate::mail::MailError::Internal(e) => ApiError::new(ErrorCode::Internal, e),
-            })?;
+            .map_err(import_error)?;
         return Ok(Json(report).into_response());
     };
     let text = String::from_utf8(bytes.to_vec()).map_err(|e| {

@@ -18,6 +18,7 @@ use mail_parser::{Address, HeaderValue, MessageParser, MimeHeaders};
 use serde_json::{Map, Value as Json, json};
 
 use crate::collections::RecordWrite;
+use crate::pim::ImportError;
 
 /// Whether `name` is a mail collection (`mail` or `mail-…`).
 pub fn is_mail(name: &CollectionName) -> bool {
@@ -125,7 +126,7 @@ pub async fn import_batch(
     vault: &crate::Vault,
     collection: &CollectionName,
     items: Vec<MailItem>,
-) -> Result<MailImportReport, MailError> {
+) -> Result<MailImportReport, ImportError> {
     let mut report = MailImportReport::default();
     let max = vault.limits.max_blob_bytes;
     // Read every message's fields off the async threads.
@@ -140,7 +141,7 @@ pub async fn import_batch(
         (items, parsed)
     })
     .await
-    .map_err(|e| MailError::Internal(e.to_string()))?;
+    .map_err(|e| ImportError::Internal(e.to_string()))?;
     let mut keep = Vec::new();
     for (index, (item, parsed)) in items.into_iter().zip(parsed).enumerate() {
         if item.bytes.is_empty() {
@@ -188,10 +189,10 @@ pub async fn import_batch(
     let (imported, duplicates) = tokio::task::spawn_blocking(move || {
         let counts = collections.write_many_with(&name, |lookup| decide(entries, lookup))??;
         crate::blobs::announce_many(&collections, &to_list)?;
-        Ok::<_, MailError>(counts)
+        Ok::<_, ImportError>(counts)
     })
     .await
-    .map_err(|e| MailError::Internal(e.to_string()))??;
+    .map_err(|e| ImportError::Internal(e.to_string()))??;
     report.imported += imported;
     report.duplicates += duplicates;
     vault.store.commit().await?;
@@ -215,7 +216,7 @@ struct Entry {
 fn decide(
     entries: Vec<Entry>,
     lookup: &mut crate::collections::Lookup<'_>,
-) -> Result<(Vec<(RecordId, RecordWrite)>, Counts), MailError> {
+) -> Result<(Vec<(RecordId, RecordWrite)>, Counts), ImportError> {
     let (mut imported, mut duplicates) = (0u64, 0u64);
     // The records this batch writes, whole, by id: a message twice in one batch (in
     // two folders) is one record.
@@ -299,7 +300,7 @@ fn current(
     batch: &[(RecordId, Map<String, Json>)],
     at: &HashMap<RecordId, usize>,
     before_batch: &mut HashMap<RecordId, Option<Map<String, Json>>>,
-) -> Result<Option<Map<String, Json>>, MailError> {
+) -> Result<Option<Map<String, Json>>, ImportError> {
     if let Some(&i) = at.get(id) {
         return Ok(Some(batch[i].1.clone()));
     }
@@ -309,17 +310,4 @@ fn current(
     let stored = lookup(id)?;
     before_batch.insert(id.clone(), stored.clone());
     Ok(stored)
-}
-
-/// Why a batch was not imported.
-#[derive(Debug, thiserror::Error)]
-pub enum MailError {
-    #[error(transparent)]
-    Blob(#[from] crate::blobs::BlobError),
-    #[error(transparent)]
-    Collection(#[from] crate::collections::CollectionError),
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-    #[error("{0}")]
-    Internal(String),
 }
