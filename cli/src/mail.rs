@@ -183,24 +183,19 @@ struct Sender<'a> {
     bytes: usize,
     /// Messages in the batches sent before the current one.
     sent: usize,
-    /// Batches sent and not yet answered, oldest first (at most [`IN_FLIGHT`]).
-    in_flight: std::collections::VecDeque<InFlight>,
-    /// Messages in batches the node has answered for.
-    answered: usize,
+    /// The batch sent and not yet answered, if any.
+    in_flight: Option<InFlight>,
     report: MailImportReport,
     bar: Option<indicatif::ProgressBar>,
 }
 
-/// The most batches sent and not yet answered. One: the next batch is read while the
-/// node stores the one on its way. Two (the node storing one batch's blobs while it
-/// writes the records of the one before) was slower on 2 cores: 20,000 messages in
-/// 9.4–10.7 s against 7.8–8.3 s (docs/BENCHMARKS.md, mail import).
-const IN_FLIGHT: usize = 1;
-
-/// A batch on its way: where it starts in the import, its size, its request.
+/// A batch on its way: where it starts in the import, its size, its request. One at a
+/// time: the next batch is read while the node stores the one on its way. Two (the
+/// node storing one batch's blobs while it writes the records of the one before) was
+/// slower on 2 cores: 20,000 messages in 9.4–10.7 s against 7.8–8.3 s
+/// (docs/BENCHMARKS.md, mail import).
 struct InFlight {
     first: usize,
-    messages: usize,
     bytes: usize,
     answer: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
 }
@@ -244,24 +239,21 @@ impl Sender<'_> {
         Ok(())
     }
 
-    /// Sends the current batch without waiting for its answer, once fewer than
-    /// [`IN_FLIGHT`] batches are on their way.
+    /// Sends the current batch without waiting for its answer, once the one before
+    /// it is answered.
     async fn dispatch(&mut self) -> anyhow::Result<()> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        while self.in_flight.len() >= IN_FLIGHT {
-            self.wait_oldest().await?;
-        }
+        self.wait().await?;
         let body = encode_batch(&self.batch);
         let request = self
             .client
             .request(Method::POST, &self.path)
             .header("content-type", "application/octet-stream")
             .body(body);
-        self.in_flight.push_back(InFlight {
+        self.in_flight = Some(InFlight {
             first: self.sent,
-            messages: self.batch.len(),
             bytes: self.bytes,
             answer: tokio::spawn(request.send()),
         });
@@ -271,12 +263,12 @@ impl Sender<'_> {
         Ok(())
     }
 
-    /// Waits for the answer to the oldest batch on its way and counts it.
-    async fn wait_oldest(&mut self) -> anyhow::Result<()> {
-        let Some(batch) = self.in_flight.pop_front() else {
+    /// Waits for the answer to the batch on its way, if any, and counts it.
+    async fn wait(&mut self) -> anyhow::Result<()> {
+        let Some(batch) = self.in_flight.take() else {
             return Ok(());
         };
-        let answered = self.answered;
+        let answered = batch.first;
         let sent = batch
             .answer
             .await
@@ -297,7 +289,6 @@ impl Sender<'_> {
                 index: f.index + batch.first,
                 reason: f.reason,
             }));
-        self.answered += batch.messages;
         if let Some(bar) = &self.bar {
             bar.inc(batch.bytes as u64);
         }
@@ -307,10 +298,7 @@ impl Sender<'_> {
     /// Sends what is left and waits until the node has answered for every batch.
     async fn flush(&mut self) -> anyhow::Result<()> {
         self.dispatch().await?;
-        while !self.in_flight.is_empty() {
-            self.wait_oldest().await?;
-        }
-        Ok(())
+        self.wait().await
     }
 }
 
@@ -386,8 +374,7 @@ pub async fn import(
         batch: Vec::new(),
         bytes: 0,
         sent: 0,
-        in_flight: Default::default(),
-        answered: 0,
+        in_flight: None,
         report: MailImportReport::default(),
         bar: None,
     };
