@@ -189,13 +189,7 @@ pub fn announce(
     size: u64,
     described: &Described,
 ) -> Result<bool, CollectionError> {
-    let before = listing(collections, id)?;
-    let listing = announced(before.clone(), size, described);
-    if before.as_ref() == Some(&listing) {
-        return Ok(false);
-    }
-    put_listing(collections, id, &listing)?;
-    Ok(true)
+    announce_many(collections, &[(*id, size, described.clone())])
 }
 
 /// The listing of a blob announced with `size` and `described`, given how it was
@@ -222,11 +216,12 @@ fn announced(before: Option<Listing>, size: u64, described: &Described) -> Listi
     listing
 }
 
-/// [`announce`] for several blobs, written as one change of `_blobs`.
+/// [`announce`] for several blobs, written as one change of `_blobs`. Returns whether
+/// anything changed.
 pub fn announce_many(
     collections: &Collections,
     blobs: &[(BlobId, u64, Described)],
-) -> Result<(), CollectionError> {
+) -> Result<bool, CollectionError> {
     let mut writes = Vec::new();
     let mut seen = HashSet::new();
     for (id, size, described) in blobs {
@@ -236,18 +231,26 @@ pub fn announce_many(
         let before = listing(collections, id)?;
         let listing = announced(before.clone(), *size, described);
         if before.as_ref() != Some(&listing) {
-            let serde_json::Value::Object(record) =
-                serde_json::to_value(&listing).expect("a listing serializes")
-            else {
-                unreachable!("a struct serializes to an object")
-            };
-            writes.push((listing_id(id), crate::collections::RecordWrite::Put(record)));
+            writes.push((
+                listing_id(id),
+                crate::collections::RecordWrite::Put(listing_record(&listing)),
+            ));
         }
     }
     if !writes.is_empty() {
         collections.write_many(&blob_list(), &writes)?;
     }
-    Ok(())
+    Ok(!writes.is_empty())
+}
+
+/// A listing as the record of `_blobs` that holds it.
+fn listing_record(listing: &Listing) -> serde_json::Map<String, serde_json::Value> {
+    let serde_json::Value::Object(record) =
+        serde_json::to_value(listing).expect("a listing serializes")
+    else {
+        unreachable!("a struct serializes to an object")
+    };
+    record
 }
 
 fn put_listing(
@@ -255,12 +258,7 @@ fn put_listing(
     id: &BlobId,
     listing: &Listing,
 ) -> Result<(), CollectionError> {
-    let serde_json::Value::Object(record) =
-        serde_json::to_value(listing).expect("a listing serializes")
-    else {
-        unreachable!("a struct serializes to an object")
-    };
-    collections.put(&blob_list(), &listing_id(id), &record)?;
+    collections.put(&blob_list(), &listing_id(id), &listing_record(listing))?;
     Ok(())
 }
 
@@ -736,9 +734,9 @@ impl Blobs {
     async fn store_manifests(&self, manifests: &[(BlobId, Manifest)]) -> Result<(), BlobError> {
         let mut files: Vec<(BlobId, usize, PathBuf)> = Vec::new();
         let mut new = Vec::new();
-        let mut seen = HashSet::new();
+        let (mut seen, mut ids) = (HashSet::new(), HashSet::new());
         for (id, manifest) in manifests {
-            if self.manifests.contains_key(&id.0)? || new.iter().any(|(n, _)| n == id) {
+            if self.manifests.contains_key(&id.0)? || !ids.insert(id.0) {
                 continue;
             }
             files.extend(

@@ -734,9 +734,7 @@ pub async fn import(
     if !writes.is_empty() {
         vault.collections.write_many(collection, &writes)?;
     }
-    for (id, size, described) in &to_announce {
-        crate::blobs::announce(&vault.collections, id, *size, described)?;
-    }
+    crate::blobs::announce_many(&vault.collections, &to_announce)?;
     vault.store.commit().await?;
     drop(pins);
     Ok(report)
