@@ -2,40 +2,38 @@
 //!
 //! [`Node::start`] opens (or creates) the vault in a HOME, opens the encrypted store,
 //! and serves the local HTTP API; the returned [`NodeHandle`] says where, and shuts it
-//! all down. The modules, outermost first:
+//! all down. The vault itself — keys, store, collections, blobs, devices, the audit
+//! log — is the crate `hearth-core`, re-exported here under the same module names
+//! (`hearth_node::collections` is `hearth_core::collections`). This crate adds how the
+//! vault is reached, outermost first:
 //!
 //! - [`api`]: the local HTTP API (axum); the only module that knows HTTP and JSON bodies.
-//! - [`collections`] and [`records`]: Automerge documents of JSON records.
-//! - [`blobs`]: chunked, sealed, content-addressed blobs.
-//! - [`store`]: sealed sled trees and group commit; the only module that talks to sled.
-//! - [`keys`]: the device's secrets; [`home`]: the files of a HOME.
+//! - [`dashboard`]: the web dashboard; [`dav`]: CardDAV/CalDAV; [`lan`]: TLS for phones.
+//! - [`owner`]: the owner's operations; [`access`]: the door every service passes.
+//! - [`pim`] and [`mail`]: vCard, iCalendar and mail in collections.
+//! - [`mesh`]: libp2p — sync, pairing, blobs and views between devices.
 
 pub mod access;
 pub mod api;
-pub mod blobs;
-pub mod clock;
-pub mod collections;
-pub mod commits;
 pub mod dashboard;
 pub mod dav;
-pub mod devices;
 pub mod download;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod home;
-pub mod index;
-pub mod keys;
 pub mod lan;
 pub mod mail;
 pub mod mesh;
 pub mod owner;
 pub mod pim;
-pub mod recordmerge;
-pub mod records;
 pub mod server;
-pub mod store;
-pub mod textmerge;
 pub mod throttle;
+
+#[cfg(test)]
+pub(crate) use hearth_core::testutil;
+pub use hearth_core::{
+    blobs, clock, collections, commits, devices, home, index, keys, recordmerge, records, store,
+    textmerge,
+};
 
 use std::io;
 use std::net::SocketAddr;
@@ -268,7 +266,7 @@ impl Vault {
         let task = |e: tokio::task::JoinError| blobs::BlobError::Internal(e.to_string());
         // One at a time: another's deletions must not run between this one's manifest
         // drop and its commit.
-        let _one = self.blobs.collecting.lock().await;
+        let _one = self.blobs.one_collection().await;
         let vault = self.clone();
         let dropped =
             tokio::task::spawn_blocking(move || vault.blobs.drop_removed(&vault.collections))
@@ -568,51 +566,5 @@ impl NodeHandle {
         }
         tracing::info!("node stopped");
         flushed
-    }
-}
-
-#[cfg(test)]
-pub(crate) mod testutil {
-    use std::sync::Arc;
-
-    use crate::home::Home;
-    use crate::keys::{self, VaultKeys};
-    use crate::store::Store;
-
-    /// A vault's keys and an open store in a fresh temporary HOME.
-    pub struct TestVault {
-        pub dir: tempfile::TempDir,
-        pub keys: Arc<VaultKeys>,
-        pub store: Arc<Store>,
-    }
-
-    impl TestVault {
-        pub fn new() -> Self {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let home = Home::new(dir.path());
-            let keys = Arc::new(keys::init(&home, None).expect("init").keys);
-            let store = Arc::new(Store::open(&home.store_dir(), keys.clone()).expect("open store"));
-            Self { dir, keys, store }
-        }
-
-        pub fn home(&self) -> Home {
-            Home::new(self.dir.path())
-        }
-
-        /// Closes the store and opens it again, as a restart would.
-        pub async fn reopen(self) -> Self {
-            let TestVault {
-                dir,
-                keys: _,
-                store,
-            } = self;
-            store.shutdown().await.expect("shutdown");
-            drop(store);
-            let home = Home::new(dir.path());
-            let keys = Arc::new(keys::open(&home, None).expect("reopen keys"));
-            let store =
-                Arc::new(Store::open(&home.store_dir(), keys.clone()).expect("reopen store"));
-            Self { dir, keys, store }
-        }
     }
 }

@@ -580,7 +580,7 @@ impl Door {
                 let event = AuditEvent {
                     records: objects.len(),
                     fields,
-                    ..AuditEvent::new(&grant, Operation::Read, name.as_str())
+                    ..grant.event(Operation::Read, name.as_str())
                 };
                 Ok((sync_token(&heads), objects, event))
             })
@@ -625,7 +625,7 @@ impl Door {
                 records: ids.len(),
                 fields,
                 ids,
-                ..AuditEvent::new(&caller.grant, Operation::Read, collection.as_str())
+                ..caller.grant.event(Operation::Read, collection.as_str())
             };
             self.audited(vec![event]).await?;
         }
@@ -886,8 +886,7 @@ impl Door {
             records: 1,
             fields,
             ids: vec![id.to_string()],
-            ..AuditEvent::new(
-                &caller.grant,
+            ..caller.grant.event(
                 if existed {
                     Operation::Write
                 } else {
@@ -956,7 +955,7 @@ impl Door {
         let event = AuditEvent {
             records: 1,
             ids: vec![id.to_string()],
-            ..AuditEvent::new(&caller.grant, Operation::Remove, collection.as_str())
+            ..caller.grant.event(Operation::Remove, collection.as_str())
         };
         self.audited(vec![event]).await?;
         Ok(())
@@ -1031,7 +1030,7 @@ impl Door {
                         records: ids.len(),
                         fields,
                         ids,
-                        ..AuditEvent::new(&grant, Operation::Read, name.as_str())
+                        ..grant.event(Operation::Read, name.as_str())
                     });
                 }
                 let changes = Changes {
@@ -1098,7 +1097,7 @@ impl Door {
         self.write_meta(collection, patch).await?;
         let event = AuditEvent {
             fields,
-            ..AuditEvent::new(&caller.grant, Operation::Write, collection.as_str())
+            ..caller.grant.event(Operation::Write, collection.as_str())
         };
         self.audited(vec![event]).await?;
         Ok(())

@@ -551,7 +551,7 @@ impl Door {
             records: 1,
             ids: vec![record],
             fields: vec![wanted],
-            ..AuditEvent::new(&caller.grant, Operation::ReadBlob, &collection)
+            ..caller.grant.event(Operation::ReadBlob, &collection)
         };
         self.audited(vec![event]).await?;
         Ok(())
@@ -595,7 +595,7 @@ impl Door {
                 let event = AuditEvent {
                     records: view.len(),
                     fields,
-                    ..AuditEvent::new(&caller.grant, Operation::Read, name.as_str())
+                    ..caller.grant.event(Operation::Read, name.as_str())
                 };
                 Ok((view, next, event))
             })
@@ -747,7 +747,7 @@ impl Door {
             records: 1,
             fields: fields.iter().map(ToString::to_string).collect(),
             ids: vec![id.to_string()],
-            ..AuditEvent::new(&caller.grant, operation, collection.as_str())
+            ..caller.grant.event(operation, collection.as_str())
         };
         self.audited(vec![event]).await?;
         Ok(PutResponse {
@@ -807,7 +807,7 @@ impl Door {
         let event = AuditEvent {
             records: 1,
             ids: vec![id.to_string()],
-            ..AuditEvent::new(&caller.grant, Operation::Remove, collection.as_str())
+            ..caller.grant.event(Operation::Remove, collection.as_str())
         };
         self.audited(vec![event]).await?;
         Ok(())
@@ -913,7 +913,7 @@ fn project(
     let event = AuditEvent {
         records: view.len(),
         fields,
-        ..AuditEvent::new(grant, Operation::Read, collection)
+        ..grant.event(Operation::Read, collection)
     };
     (view, event)
 }

@@ -661,7 +661,7 @@ fn audit_batch(
                 fields: fields.into_iter().collect(),
                 stream: Some(first),
                 count: (count > 1).then_some(count),
-                ..AuditEvent::new(&feed.caller.grant, Operation::Subscribe, collection)
+                ..feed.caller.grant.event(Operation::Subscribe, collection)
             });
         }
     }

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{AccessError, tokens};
+use crate::access::audit::{AuditEvent, Operation};
 use crate::collections::Collections;
 use crate::keys::VaultKeys;
 
@@ -56,6 +57,11 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// An access of this grant, as the audit log records it.
+    pub fn event(&self, operation: Operation, collection: &str) -> AuditEvent {
+        AuditEvent::new(&self.id, &self.service, operation, collection)
+    }
+
     pub fn status(&self, now: u64) -> GrantStatus {
         if self.revoked_at.is_some() {
             GrantStatus::Revoked

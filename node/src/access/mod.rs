@@ -24,7 +24,7 @@
 //! Grants live in `_access` ([`grants`]), the audit log in `_audit*` ([`audit`]),
 //! tokens are biscuits ([`tokens`]), event streams are fed by one hub ([`events`]).
 
-pub mod audit;
+pub use hearth_core::audit;
 mod blobrefs;
 pub mod dav;
 mod door;

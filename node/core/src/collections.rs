@@ -215,7 +215,7 @@ impl<E> From<AutomergeError> for Abandon<E> {
 /// seq) as the lost one, and the other device would refuse it — that document would
 /// stop syncing between them for good. The tag says which device made a change (a
 /// conflict names the devices that deleted and edited a record).
-pub fn actor_for(peer: &libp2p::PeerId) -> [u8; 16] {
+pub fn actor_for(peer: &libp2p_identity::PeerId) -> [u8; 16] {
     let mut actor = [0u8; 16];
     actor[..recordmerge::DEVICE_TAG_LEN].copy_from_slice(&device_tag(peer));
     actor[recordmerge::DEVICE_TAG_LEN..].copy_from_slice(&rand::random::<[u8; 8]>());
@@ -224,7 +224,7 @@ pub fn actor_for(peer: &libp2p::PeerId) -> [u8; 16] {
 
 /// The first bytes of every Automerge actor id a device uses: a hash of its PeerId
 /// (enough to tell the vault's devices apart in a change's author).
-pub fn device_tag(peer: &libp2p::PeerId) -> [u8; recordmerge::DEVICE_TAG_LEN] {
+pub fn device_tag(peer: &libp2p_identity::PeerId) -> [u8; recordmerge::DEVICE_TAG_LEN] {
     let hash = blake3::derive_key("hearth device tag v1", &peer.to_bytes());
     hash[..recordmerge::DEVICE_TAG_LEN]
         .try_into()

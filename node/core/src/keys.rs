@@ -15,8 +15,8 @@ use hearth_protocol::keyfile::{
     Argon2Params, KeyFile, KeyFileError, Protection, SECRETS_DOMAIN, SECRETS_KEY, SecretsBlob,
 };
 use hearth_protocol::seal::{Binding, SealKey};
-use libp2p::PeerId;
-use libp2p::identity::Keypair;
+use libp2p_identity::Keypair;
+use libp2p_identity::PeerId;
 use rand::RngCore;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -148,7 +148,7 @@ impl VaultKeys {
     }
 
     /// The seed of the vault's signing key: grants' tokens are signed with it.
-    pub(crate) fn signing_seed(&self) -> &[u8; 32] {
+    pub fn signing_seed(&self) -> &[u8; 32] {
         &self.signing_key
     }
 

@@ -13,7 +13,6 @@ use hearth_protocol::api::{AuditEntry, SeenCollection, SeenReport};
 use hearth_protocol::{CollectionName, RecordId};
 use serde_json::{Map, Value};
 
-use super::Grant;
 use crate::collections::{CollectionError, Collections};
 
 pub const AUDIT: &str = "_audit";
@@ -37,7 +36,7 @@ fn audit_shard(seq: u64) -> CollectionName {
     }
 }
 
-pub(crate) fn is_audit_shard(name: &CollectionName) -> bool {
+pub fn is_audit_shard(name: &CollectionName) -> bool {
     let name = name.as_str();
     name == AUDIT
         || name
@@ -104,10 +103,11 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
-    pub fn new(grant: &Grant, operation: Operation, collection: &str) -> Self {
+    /// An access of the grant `grant` (its id) made for `service`.
+    pub fn new(grant: &str, service: &str, operation: Operation, collection: &str) -> Self {
         Self {
-            grant: grant.id.clone(),
-            service: grant.service.clone(),
+            grant: grant.to_owned(),
+            service: service.to_owned(),
             operation,
             collection: collection.to_owned(),
             records: 0,
@@ -199,8 +199,8 @@ impl AuditLog {
     }
 
     /// Holds the chain's lock, so no append can finish while the guard lives.
-    #[cfg(test)]
-    pub(super) fn hold(&self) -> std::sync::MutexGuard<'_, Option<(u64, String)>> {
+    #[cfg(any(test, feature = "testutil"))]
+    pub fn hold(&self) -> std::sync::MutexGuard<'_, Option<(u64, String)>> {
         self.state.lock().expect("audit lock is never poisoned")
     }
 
@@ -434,21 +434,23 @@ pub fn seen_by(collections: &Collections, grant: &str) -> Result<SeenReport, Col
 mod tests {
     use super::*;
     use crate::testutil::TestVault;
-    use hearth_protocol::scope::Scope;
+
+    /// A grant as the audit log knows it: its id and its service.
+    struct Grant {
+        id: &'static str,
+        service: &'static str,
+    }
+
+    impl Grant {
+        fn event(&self, operation: Operation, collection: &str) -> AuditEvent {
+            AuditEvent::new(self.id, self.service, operation, collection)
+        }
+    }
 
     fn grant_for_tests() -> Grant {
         Grant {
-            id: "g1".into(),
-            service: "svc".into(),
-            scope: Scope::parse(Some("contacts"), None, &[]).unwrap(),
-            purpose: String::new(),
-            issued_at: 0,
-            expires_at: None,
-            to: None,
-            revoked_at: None,
-            rate_per_minute: None,
-            token_id: Some("t".into()),
-            password_hash: None,
+            id: "g1",
+            service: "svc",
         }
     }
 
@@ -456,7 +458,7 @@ mod tests {
         AuditEvent {
             records,
             fields: vec!["name".into()],
-            ..AuditEvent::new(grant, Operation::Read, "contacts")
+            ..grant.event(Operation::Read, "contacts")
         }
     }
 
@@ -549,18 +551,18 @@ mod tests {
             records: 3,
             fields: vec!["email".into()],
             stream: Some(1),
-            ..AuditEvent::new(&grant, Operation::Subscribe, "contacts")
+            ..grant.event(Operation::Subscribe, "contacts")
         };
         let write = AuditEvent {
             records: 1,
             fields: vec!["note".into()],
             ids: vec!["ada".into()],
-            ..AuditEvent::new(&grant, Operation::Write, "contacts")
+            ..grant.event(Operation::Write, "contacts")
         };
         let refused = AuditEvent {
             reason: Some("rate_limited".into()),
             count: Some(5),
-            ..AuditEvent::new(&grant, Operation::Refused, "")
+            ..grant.event(Operation::Refused, "")
         };
         log.append_many(&c, vec![delivery, write, refused]).unwrap();
         let seen = seen_by(&c, "g1").unwrap();

@@ -8,7 +8,7 @@
 use crate::clock::now_unix;
 
 use hearth_protocol::{CollectionName, RecordId};
-use libp2p::PeerId;
+use libp2p_identity::PeerId;
 use serde_json::{Map, Value, json};
 
 use crate::collections::{CollectionError, Collections};
@@ -104,7 +104,7 @@ pub fn members(collections: &Collections) -> Vec<PeerId> {
 pub fn member_addresses(
     collections: &Collections,
     me: &PeerId,
-) -> Vec<(PeerId, Vec<libp2p::Multiaddr>)> {
+) -> Vec<(PeerId, Vec<multiaddr::Multiaddr>)> {
     list(collections)
         .unwrap_or_default()
         .into_iter()
@@ -127,7 +127,7 @@ pub fn member_addresses(
 pub fn set_addresses(
     collections: &Collections,
     me: &PeerId,
-    addrs: &[libp2p::Multiaddr],
+    addrs: &[multiaddr::Multiaddr],
 ) -> Result<bool, CollectionError> {
     let id = record_id(me);
     let wanted: Vec<Value> = addrs.iter().map(|a| Value::String(a.to_string())).collect();

@@ -122,18 +122,18 @@ pub struct Faults {
     writes: std::sync::atomic::AtomicU8,
     flushes: std::sync::atomic::AtomicBool,
     /// Unit tests: while set, the flusher waits before each flush ([`Faults::hold_flushes`]).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "testutil"))]
     gate: std::sync::Arc<FlushGate>,
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "testutil"))]
 #[derive(Debug, Default)]
-pub(crate) struct FlushGate {
+pub struct FlushGate {
     state: std::sync::Mutex<GateState>,
     changed: std::sync::Condvar,
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "testutil"))]
 #[derive(Debug, Default)]
 struct GateState {
     /// Flushes wait while this is set.
@@ -143,18 +143,18 @@ struct GateState {
 }
 
 /// Flushes wait while this lives (see [`Faults::hold_flushes`]).
-#[cfg(test)]
-pub(crate) struct FlushHold(std::sync::Arc<FlushGate>);
+#[cfg(any(test, feature = "testutil"))]
+pub struct FlushHold(std::sync::Arc<FlushGate>);
 
-#[cfg(test)]
+#[cfg(any(test, feature = "testutil"))]
 impl FlushHold {
     /// Whether the flusher is waiting at the gate (a flush was asked for).
-    pub(crate) fn flusher_waiting(&self) -> bool {
+    pub fn flusher_waiting(&self) -> bool {
         self.0.state.lock().unwrap().waiting
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "testutil"))]
 impl Drop for FlushHold {
     fn drop(&mut self) {
         self.0.state.lock().unwrap().held = false;
@@ -195,14 +195,14 @@ impl Faults {
     }
 
     /// Holds every flush (so every commit) until the returned guard is dropped.
-    #[cfg(test)]
-    pub(crate) fn hold_flushes(&self) -> FlushHold {
+    #[cfg(any(test, feature = "testutil"))]
+    pub fn hold_flushes(&self) -> FlushHold {
         self.gate.state.lock().unwrap().held = true;
         FlushHold(self.gate.clone())
     }
 
     /// Waits while flushes are held.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "testutil"))]
     fn pass_flush_gate(&self) {
         let mut state = self.gate.state.lock().unwrap();
         while state.held {
@@ -490,8 +490,8 @@ impl Store {
     }
 
     /// Waits until the background work started so far has ended (tests).
-    #[cfg(test)]
-    pub(crate) fn settle(&self) {
+    #[cfg(any(test, feature = "testutil"))]
+    pub fn settle(&self) {
         let handles = self
             .background
             .lock()
@@ -669,7 +669,7 @@ impl Flusher {
                 .meta
                 .insert(META_COMMIT_KEY, &next.to_be_bytes())
                 .is_ok();
-            #[cfg(test)]
+            #[cfg(any(test, feature = "testutil"))]
             self.faults.pass_flush_gate();
             let result = self
                 .faults
@@ -919,8 +919,8 @@ impl SealedTree {
     }
 
     /// Test hook: the raw sealed bytes, so tests can tamper with them.
-    #[cfg(test)]
-    pub(crate) fn raw(&self) -> &sled::Tree {
+    #[cfg(any(test, feature = "testutil"))]
+    pub fn raw(&self) -> &sled::Tree {
         &self.tree
     }
 }

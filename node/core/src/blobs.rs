@@ -378,8 +378,8 @@ pub struct Collected {
 
 pub struct Blobs {
     pins: Pins,
-    /// One garbage collection at a time (`Vault::collect_blob_garbage`).
-    pub(crate) collecting: tokio::sync::Mutex<()>,
+    /// One garbage collection at a time ([`Blobs::one_collection`]).
+    collecting: tokio::sync::Mutex<()>,
     /// Blobs being fetched from another device: bytes here so far, of how many.
     fetching: std::sync::Mutex<std::collections::HashMap<BlobId, (u64, u64)>>,
     dir: PathBuf,
@@ -389,6 +389,12 @@ pub struct Blobs {
 }
 
 impl Blobs {
+    /// Held through one garbage collection (the node's `collect_blob_garbage`), so
+    /// another's deletions never run between its manifest drop and its commit.
+    pub async fn one_collection(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.collecting.lock().await
+    }
+
     pub fn open(dir: PathBuf, store: Arc<Store>, keys: Arc<VaultKeys>) -> Result<Self, BlobError> {
         crate::home::create_private_dir(&dir).map_err(|source| io_error(&dir, source))?;
         Ok(Self {
