@@ -1,0 +1,492 @@
+//! How a collection's document is kept in the store: its sealed snapshot and changes
+//! (in pieces when large), persisting a change with its record index entries, the
+//! compaction into one snapshot on a thread of its own, and loading.
+
+use super::*;
+
+/// A compaction of one collection, off its lock: saves a copy of its document as it
+/// was after change `upto - 1`, then, in one atomic batch, writes that snapshot (keyed
+/// by `upto`, the number of changes it covers, so the collection's generation survives)
+/// and removes the snapshot and changes it replaces. Changes persisted meanwhile (keys
+/// `upto` and on) stay, and a load reads them after the new snapshot. Failing loses
+/// nothing: the old keys stay until the batch is applied.
+pub(super) struct Compaction {
+    docs: SealedTree,
+    key: [u8; 32],
+    upto: u64,
+    doc: AutoCommit,
+    layout: Arc<Mutex<()>>,
+    compacting: Arc<Mutex<HashSet<[u8; 32]>>>,
+}
+
+impl Compaction {
+    pub(super) fn run(mut self) {
+        match self.write() {
+            Ok(Some(bytes)) => tracing::debug!(bytes, "compacted a collection"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "compaction failed; will retry"),
+        }
+    }
+
+    /// The snapshot's size, or `None` if the disk was already compacted this far.
+    pub(super) fn write(&mut self) -> Result<Option<usize>, StoreError> {
+        let snapshot = Zeroizing::new(self.doc.save());
+        let _layout = self.layout.lock().expect("layout lock is never poisoned");
+        let mut batch = SealedBatch::default();
+        for key in self.docs.keys_with_prefix(&self.key) {
+            let key = key?;
+            match parse_doc_key(&self.key, &key) {
+                Some((KIND_SNAPSHOT, seq)) if seq >= self.upto => return Ok(None),
+                Some((_, seq)) if seq < self.upto => self.docs.batch_remove(&mut batch, &key),
+                Some(_) => {}
+                None => {
+                    return Err(StoreError::Malformed(
+                        "a document key of a collection is malformed".into(),
+                    ));
+                }
+            }
+        }
+        insert_doc_value(
+            &self.docs,
+            &mut batch,
+            &self.key,
+            KIND_SNAPSHOT,
+            self.upto,
+            &snapshot,
+        );
+        self.docs.apply(batch)?;
+        Ok(Some(snapshot.len()))
+    }
+}
+
+/// However a compaction ends (done, failed, never started, or a panic in the save),
+/// the collection may be compacted again.
+impl Drop for Compaction {
+    fn drop(&mut self) {
+        if let Ok(mut compacting) = self.compacting.lock() {
+            compacting.remove(&self.key);
+        }
+    }
+}
+
+pub(super) fn doc_key(collection: &[u8; 32], kind: u8, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(41);
+    key.extend_from_slice(collection);
+    key.push(kind);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Kind and sequence number of a document key, whole or a piece of a value.
+pub(super) fn parse_doc_key(collection: &[u8; 32], key: &[u8]) -> Option<(u8, u64)> {
+    if !matches!(key.len(), 41 | 49) || &key[..32] != collection || key[32] > KIND_CHANGE {
+        return None;
+    }
+    Some((key[32], u64::from_be_bytes(key[33..41].try_into().ok()?)))
+}
+
+/// A piece's key: the value's key, then the piece's index and the number of pieces
+/// (u32be each), so pieces sort in order and a missing last piece is noticed.
+pub(super) fn piece_key(
+    collection: &[u8; 32],
+    kind: u8,
+    seq: u64,
+    index: u32,
+    pieces: u32,
+) -> Vec<u8> {
+    let mut key = doc_key(collection, kind, seq);
+    key.extend_from_slice(&index.to_be_bytes());
+    key.extend_from_slice(&pieces.to_be_bytes());
+    key
+}
+
+/// Writes a document value: one insert if it fits under one key (no batch, so no
+/// global sled lock, on every write's path), else its pieces in one atomic batch.
+pub(super) fn write_doc_value(
+    docs: &SealedTree,
+    collection: &[u8; 32],
+    kind: u8,
+    seq: u64,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    if bytes.len() <= DOC_PIECE {
+        return docs.insert(&doc_key(collection, kind, seq), bytes);
+    }
+    let mut batch = SealedBatch::default();
+    insert_doc_value(docs, &mut batch, collection, kind, seq, bytes);
+    docs.apply(batch)
+}
+
+/// Adds a document value to `batch`: under its key if it is at most [`DOC_PIECE`]
+/// bytes, else in pieces of that size.
+pub(super) fn insert_doc_value(
+    docs: &SealedTree,
+    batch: &mut SealedBatch,
+    collection: &[u8; 32],
+    kind: u8,
+    seq: u64,
+    bytes: &[u8],
+) {
+    if bytes.len() <= DOC_PIECE {
+        docs.batch_insert(batch, &doc_key(collection, kind, seq), bytes);
+        return;
+    }
+    let pieces = u32::try_from(bytes.len().div_ceil(DOC_PIECE))
+        .expect("a document value is far below 256 TiB");
+    for (index, piece) in (0..pieces).zip(bytes.chunks(DOC_PIECE)) {
+        docs.batch_insert(
+            batch,
+            &piece_key(collection, kind, seq, index, pieces),
+            piece,
+        );
+    }
+}
+
+/// A document value read back whole: its kind, sequence number and bytes.
+pub(super) type DocValue = (u8, u64, Zeroizing<Vec<u8>>);
+
+/// A collection's document values in key order, each whole (its pieces joined).
+pub(super) struct DocValues<'a, I> {
+    collection: &'a [u8; 32],
+    entries: I,
+}
+
+impl<'a, I> DocValues<'a, I>
+where
+    I: Iterator<Item = Result<(Vec<u8>, Zeroizing<Vec<u8>>), StoreError>>,
+{
+    pub(super) fn new(collection: &'a [u8; 32], entries: I) -> Self {
+        Self {
+            collection,
+            entries,
+        }
+    }
+
+    pub(super) fn malformed(what: &str) -> StoreError {
+        StoreError::Malformed(format!("a document {what}"))
+    }
+
+    pub(super) fn next_value(&mut self) -> Option<Result<DocValue, StoreError>> {
+        let (key, bytes) = match self.entries.next()? {
+            Ok(entry) => entry,
+            Err(e) => return Some(Err(e)),
+        };
+        let Some((kind, seq)) = parse_doc_key(self.collection, &key) else {
+            return Some(Err(Self::malformed("key is malformed")));
+        };
+        if key.len() == 41 {
+            return Some(Ok((kind, seq, bytes)));
+        }
+        let piece = |key: &[u8]| {
+            let index = u32::from_be_bytes(key[41..45].try_into().expect("4 bytes"));
+            let pieces = u32::from_be_bytes(key[45..49].try_into().expect("4 bytes"));
+            (index, pieces)
+        };
+        let (first, pieces) = piece(&key);
+        if first != 0 || pieces < 2 {
+            return Some(Err(Self::malformed("value lacks its first piece")));
+        }
+        // `pieces` is part of the key every piece is sealed to: a value that opened
+        // vouches for it. Reserved whole, so no plaintext copy is left by growing.
+        let mut value = Zeroizing::new(Vec::with_capacity(pieces as usize * DOC_PIECE));
+        value.extend_from_slice(&bytes);
+        for index in 1..pieces {
+            let (key, bytes) = match self.entries.next() {
+                Some(Ok(entry)) => entry,
+                Some(Err(e)) => return Some(Err(e)),
+                None => return Some(Err(Self::malformed("value lacks its last pieces"))),
+            };
+            if key.len() != 49
+                || key[..41] != doc_key(self.collection, kind, seq)[..]
+                || piece(&key) != (index, pieces)
+            {
+                return Some(Err(Self::malformed("value lacks a piece")));
+            }
+            value.extend_from_slice(&bytes);
+        }
+        Some(Ok((kind, seq, value)))
+    }
+}
+
+impl<I> Iterator for DocValues<'_, I>
+where
+    I: Iterator<Item = Result<(Vec<u8>, Zeroizing<Vec<u8>>), StoreError>>,
+{
+    type Item = Result<DocValue, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_value()
+    }
+}
+
+impl Collections {
+    /// The generation of a collection on disk (its changes ever persisted), from the
+    /// keys of its document alone.
+    pub(super) fn generation_on_disk(&self, key: &[u8; 32]) -> Result<u64, StoreError> {
+        let Some(last) = self.docs.last_key_with_prefix(key)? else {
+            return Ok(0);
+        };
+        match parse_doc_key(key, &last) {
+            Some((KIND_SNAPSHOT, seq)) => Ok(seq),
+            Some((_, seq)) => Ok(seq + 1),
+            None => Err(StoreError::Malformed(
+                "a document key of a collection is malformed".into(),
+            )),
+        }
+    }
+
+    /// Writes the changes made since the last persist; returns whether there were any.
+    pub(super) fn persist(
+        &self,
+        c: &mut Collection,
+        known: Option<&[&str]>,
+    ) -> Result<bool, CollectionError> {
+        let bytes = c.doc.save_after(&c.persisted_heads);
+        if bytes.is_empty() {
+            return Ok(false);
+        }
+        // The records this change touched: as the writer says, or from the change's
+        // own operations (so the cost follows the change); a device catching up
+        // indexes everything instead.
+        let touched = match (c.indexed, known) {
+            (Some(_), Some(known)) => Some(known.iter().map(|id| (*id).to_owned()).collect()),
+            (Some(_), None) if !c.persisted_heads.is_empty() => {
+                let since = c.persisted_heads.clone();
+                Some(
+                    records::records_touched_since(&mut c.doc, &since).unwrap_or_else(|| {
+                        let heads = c.doc.get_heads();
+                        records::touched_records(&c.doc.diff(&since, &heads))
+                    }),
+                )
+            }
+            _ => None,
+        };
+        if !c.listed {
+            self.names.insert(&c.key, c.name.as_str().as_bytes())?;
+            c.listed = true;
+        }
+        let mut mark = Mark {
+            generation: c.next_seq + 1,
+            count: 0,
+            heads: c.doc.get_heads(),
+        };
+        let mut index = SealedBatch::default();
+        match (c.indexed.take(), touched) {
+            (Some(count), Some(touched)) => {
+                let mut read = Vec::with_capacity(touched.len());
+                for id in &touched {
+                    let record = records::read_for_index(&c.doc, id).map_err(|e| c.automerge(e))?;
+                    read.push((id.as_str(), record));
+                }
+                mark.count = count;
+                mark = self
+                    .index
+                    .update(&mut index, &c.key, c.name.as_str(), mark, read)?;
+            }
+            _ => {
+                mark.count = self.reindex(c, &mut index, mark.generation, mark.heads.clone())?;
+            }
+        }
+        // The index first, then the change. Failing between the two leaves an index
+        // ahead of its document: its mark then names a generation the disk does not
+        // have, so it is not trusted (the caller forgets it, and the next use indexes
+        // again). Readers may see the change in that moment, as they see any change
+        // before its commit. (One sled transaction across both trees would close the
+        // moment; it measured no faster nor slower, and costs a global sled lock.)
+        self.index.tree().apply(index)?;
+        write_doc_value(&self.docs, &c.key, KIND_CHANGE, c.next_seq, &bytes)?;
+        c.next_seq = mark.generation;
+        c.changes_since_snapshot += 1;
+        c.change_bytes += bytes.len();
+        c.persisted_heads = mark.heads;
+        c.indexed = Some(mark.count);
+        self.store
+            .ledger()
+            .note(c.key, c.next_seq, &c.persisted_heads);
+        if (c.changes_since_snapshot >= COMPACT_AFTER || c.change_bytes >= COMPACT_BYTES)
+            && c.change_bytes >= c.snapshot_bytes / 2
+        {
+            self.compact(c);
+        }
+        Ok(true)
+    }
+
+    /// Starts compacting `c` as it is on disk now, on a thread of its own
+    /// ([`Compaction`]), unless a compaction of it is already running (the next change
+    /// tries again).
+    pub(super) fn compact(&self, c: &mut Collection) {
+        if !self
+            .compacting
+            .lock()
+            .expect("compaction lock is never poisoned")
+            .insert(c.key)
+        {
+            return;
+        }
+        let job = Compaction {
+            docs: self.docs.clone(),
+            key: c.key,
+            upto: c.next_seq,
+            // A copy costs about an eighth of a save (ARCHITECTURE.md has the
+            // figures), and the save is what the collection no longer waits for.
+            doc: c.doc.clone(),
+            layout: self.layout.clone(),
+            compacting: self.compacting.clone(),
+        };
+        // Counted as done now, so the next changes do not start it again; if it fails,
+        // the changes stay on disk (the next load counts them) and nothing is lost.
+        c.snapshot_bytes += c.change_bytes;
+        c.changes_since_snapshot = 0;
+        c.change_bytes = 0;
+        // A job not started is dropped, and its drop frees the collection for the next.
+        if let Err(e) = self.store.spawn_background("compact", move || job.run()) {
+            tracing::warn!(error = %e, "cannot start a compaction; will retry");
+        }
+    }
+
+    /// The collection in memory, loaded from the disk first if it is not. A load (which
+    /// for a large collection reads and decrypts its whole document) holds only its
+    /// own collection's gate: requests to other collections go on meanwhile.
+    pub(super) fn load(
+        &self,
+        name: &CollectionName,
+    ) -> Result<Arc<Mutex<Collection>>, CollectionError> {
+        let gate = {
+            let open = self.open_slots();
+            if let Some(slot) = open.get(name) {
+                return Ok(slot.collection.clone());
+            }
+            self.loading
+                .lock()
+                .expect("loading lock is never poisoned")
+                .entry(name.clone())
+                .or_default()
+                .clone()
+        };
+        let loaded = {
+            let _only_loader = gate
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Loaded by the request this one waited for.
+            let cached = self
+                .open_slots()
+                .get(name)
+                .map(|slot| slot.collection.clone());
+            match cached {
+                Some(collection) => Ok(collection),
+                None => self.read_collection(name).map(|(collection, bytes)| {
+                    let collection = Arc::new(Mutex::new(collection));
+                    self.open_slots().insert(
+                        name.clone(),
+                        Slot {
+                            collection: collection.clone(),
+                            bytes,
+                            used: self.uses.fetch_add(1, Ordering::Relaxed),
+                        },
+                    );
+                    collection
+                }),
+            }
+        };
+        // The last request through the gate takes it away (also one that found the
+        // collection loaded by the request it waited for).
+        let mut loading = self.loading.lock().expect("loading lock is never poisoned");
+        if loading.get(name).is_some_and(|g| Arc::ptr_eq(g, &gate)) && Arc::strong_count(&gate) == 2
+        {
+            loading.remove(name);
+        }
+        loaded
+    }
+
+    /// Reads collection `name` from the disk (checked against the commit record), and
+    /// its saved size.
+    pub(super) fn read_collection(
+        &self,
+        name: &CollectionName,
+    ) -> Result<(Collection, usize), CollectionError> {
+        let key = self.store.name_key(NAME_DOMAIN, name.as_str());
+        let listed = self.names.contains_key(&key)?;
+        let corrupt = |e: AutomergeError| CollectionError::Document {
+            collection: name.to_string(),
+            reason: e.to_string(),
+        };
+        let mut doc = AutoCommit::new();
+        let mut next_seq = 0;
+        let mut changes_since_snapshot = 0;
+        let (mut change_bytes, mut snapshot_bytes) = (0, 0);
+        let mut changes = Zeroizing::new(Vec::new());
+        let mut snapshot = None;
+        // A compaction replacing keys meanwhile would show this scan half of it. Held
+        // for the scan only: the document is made from what was read after it.
+        let layout = self.layout.lock().expect("layout lock is never poisoned");
+        for value in DocValues::new(&key, self.docs.scan_prefix(&key)) {
+            let (kind, seq, bytes) = value.map_err(|e| match e {
+                StoreError::Malformed(reason) => {
+                    StoreError::Malformed(format!("collection {name}: {reason}"))
+                }
+                e => e,
+            })?;
+            if kind == KIND_SNAPSHOT {
+                if snapshot.is_some() {
+                    return Err(StoreError::Malformed(format!(
+                        "collection {name} has two snapshots"
+                    ))
+                    .into());
+                }
+                snapshot_bytes = bytes.len();
+                next_seq = seq;
+                snapshot = Some(bytes);
+            } else {
+                // Applied together below: one call for all the changes is much faster
+                // than one call per change on a large document.
+                changes.extend_from_slice(&bytes);
+                next_seq = seq + 1;
+                changes_since_snapshot += 1;
+                change_bytes += bytes.len();
+            }
+        }
+        drop(layout);
+        if let Some(snapshot) = snapshot {
+            doc = AutoCommit::load(&snapshot).map_err(corrupt)?;
+        }
+        if !changes.is_empty() {
+            doc.load_incremental(&changes).map_err(corrupt)?;
+        }
+        doc.set_actor(self.actor.clone());
+        let persisted_heads = doc.get_heads();
+        let mark = self.index.mark(&key)?;
+        let indexed =
+            (mark.generation == next_seq && mark.heads == persisted_heads).then_some(mark.count);
+        // Checked against the commit record: a collection that lost committed changes
+        // (or holds others) is refused, never served.
+        match self.store.ledger().check(&key, next_seq, &persisted_heads) {
+            MarkCheck::Ok => {}
+            MarkCheck::Behind { committed, found } => {
+                return Err(StoreError::Diverged(format!(
+                    "collection {name} has {found} changes on disk, but {committed} were committed"
+                ))
+                .into());
+            }
+            MarkCheck::Differs => {
+                return Err(StoreError::Diverged(format!(
+                    "collection {name} on disk is not the one committed"
+                ))
+                .into());
+            }
+        }
+        let collection = Collection {
+            name: name.clone(),
+            key,
+            doc,
+            persisted_heads,
+            listed,
+            indexed,
+            next_seq,
+            changes_since_snapshot,
+            change_bytes,
+            snapshot_bytes,
+            stale: false,
+        };
+        Ok((collection, snapshot_bytes + change_bytes))
+    }
+}
