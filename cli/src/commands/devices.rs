@@ -1,0 +1,311 @@
+//! `hearth status`, `pair`, `devices` and `dashboard`: this node, its devices and
+//! the way into the dashboard.
+
+use super::*;
+
+pub(super) async fn dashboard(home: &Home, json: bool, client: &Client) -> anyhow::Result<()> {
+    let link: Value = client
+        .json(home, client.request(Method::POST, "/v1/dashboard/login"))
+        .await?;
+    if json {
+        out_json(&link)?;
+    } else {
+        let url = link["url"].as_str().unwrap_or_default();
+        out(url.to_owned())?;
+        note("Open it in a browser on this device; it works once, for 10 minutes.");
+    }
+    Ok(())
+}
+
+pub(super) async fn status(home: &Home, json: bool, client: &Client) -> anyhow::Result<()> {
+    let status: StatusResponse = client
+        .json(home, client.request(Method::GET, "/v1/status"))
+        .await?;
+    if json {
+        out_json(&status)?;
+    } else {
+        print_status(&status)?;
+    }
+    Ok(())
+}
+
+pub(super) async fn pair(home: &Home, json: bool, client: &Client) -> anyhow::Result<()> {
+    let invite: InviteResponse = client
+        .json(home, client.request(Method::POST, "/v1/devices/invite"))
+        .await?;
+    if json {
+        out_json(&invite)?;
+    } else {
+        out(&invite.code)?;
+        note("");
+        note(format!(
+            "On the new device, with an empty HOME:  hearth join {}",
+            invite.code
+        ));
+        note("The code works once, within 10 minutes. Treat it like a password.");
+        print_qr(&invite.code);
+    }
+    Ok(())
+}
+
+pub(super) async fn list(home: &Home, json: bool, client: &Client) -> anyhow::Result<()> {
+    let devices: Vec<DeviceInfo> = client
+        .json(home, client.request(Method::GET, "/v1/devices"))
+        .await?;
+    if json {
+        out_json(&devices)?;
+    } else {
+        print_devices(&devices)?;
+    }
+    Ok(())
+}
+
+pub(super) async fn rename(
+    home: &Home,
+    json: bool,
+    client: &Client,
+    device: String,
+    name: String,
+) -> anyhow::Result<()> {
+    let peer_id = device_id(home, client, &device).await?;
+    client
+        .send(
+            home,
+            client
+                .request(Method::PATCH, &format!("/v1/devices/{}", seg(&peer_id)))
+                .json(&serde_json::json!({ "name": name })),
+        )
+        .await?;
+    if json {
+        out_json(&serde_json::json!({ "id": peer_id, "name": name.trim() }))?;
+    } else {
+        out(format!("device {peer_id} is now called {:?}", name.trim()))?;
+    }
+    Ok(())
+}
+
+pub(super) async fn remove(
+    home: &Home,
+    json: bool,
+    client: &Client,
+    device: String,
+) -> anyhow::Result<()> {
+    let peer_id = device_id(home, client, &device).await?;
+    client
+        .send(
+            home,
+            client.request(Method::DELETE, &format!("/v1/devices/{}", seg(&peer_id))),
+        )
+        .await?;
+    if json {
+        out_json(&Removed {
+            id: peer_id,
+            removed: true,
+        })?;
+    } else {
+        out(format!(
+            "removed device {peer_id}; it receives nothing written from now on"
+        ))?;
+    }
+    Ok(())
+}
+
+/// The PeerId of the device a person named: a whole PeerId, a start of one that only
+/// one device has, or a name that only one device has.
+pub(super) async fn device_id(home: &Home, client: &Client, given: &str) -> anyhow::Result<String> {
+    let devices: Vec<DeviceInfo> = client
+        .json(home, client.request(Method::GET, "/v1/devices"))
+        .await?;
+    if devices.iter().any(|d| d.id == given) {
+        return Ok(given.to_owned());
+    }
+    let by_prefix: Vec<&DeviceInfo> = devices.iter().filter(|d| d.id.starts_with(given)).collect();
+    let by_name: Vec<&DeviceInfo> = devices.iter().filter(|d| d.name == given).collect();
+    let found = if given.len() >= 4 && !by_prefix.is_empty() {
+        by_prefix
+    } else {
+        by_name
+    };
+    match found.as_slice() {
+        [one] => Ok(one.id.clone()),
+        [] => anyhow::bail!(
+            "no device of this vault is called {given:?} or has a PeerId starting with it (see `hearth devices`)"
+        ),
+        many => anyhow::bail!(
+            "{given:?} could be any of {} devices: {}; give more of the PeerId",
+            many.len(),
+            many.iter()
+                .map(|d| d.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+pub(super) fn print_devices(devices: &[DeviceInfo]) -> anyhow::Result<()> {
+    for d in devices {
+        let state = if d.removed_at.is_some() {
+            "removed"
+        } else if d.this_device {
+            "this device"
+        } else if d.online {
+            "online"
+        } else {
+            "offline"
+        };
+        let synced = d
+            .last_sync
+            .map_or(String::new(), |t| format!("last sync {}", when(t)));
+        out(format!("{}\t{}\t{state}\t{synced}", d.id, d.name))?;
+    }
+    Ok(())
+}
+
+/// The invite as a QR code on stderr, for a phone's camera.
+pub(super) fn print_qr(code: &str) {
+    if let Ok(qr) = qrcode::QrCode::new(code.to_ascii_uppercase().as_bytes()) {
+        let text = qr
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .quiet_zone(true)
+            .build();
+        note(text);
+    }
+}
+
+/// `hearth status --watch`: a line of what this device knows and a progress bar of
+/// the blobs still arriving, redrawn every second (nothing drawn without a terminal or
+/// with --json).
+pub(super) async fn watch_status(
+    home: &Home,
+    json: bool,
+    client: &Client,
+    until_synced: bool,
+) -> anyhow::Result<()> {
+    let draw = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if !draw && !until_synced {
+        bail!(
+            "--watch draws on a terminal: without one (or with --json), add --until-synced to wait for the first sync"
+        );
+    }
+    let bars = indicatif::MultiProgress::new();
+    let line = bars.add(indicatif::ProgressBar::new_spinner());
+    let bar = bars.add(indicatif::ProgressBar::new(0));
+    if draw {
+        line.set_style(indicatif::ProgressStyle::with_template("{spinner} {msg}")?);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "  blobs arriving [{bar:40}] {bytes}/{total_bytes} {eta}",
+            )?
+            .progress_chars("=> "),
+        );
+    } else {
+        bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    // Caught up for two looks in a row: a first sync may name blobs a moment later.
+    let mut settled = 0;
+    loop {
+        let status: StatusResponse = client
+            .json(home, client.request(Method::GET, "/v1/status"))
+            .await?;
+        let others: Vec<&DeviceInfo> = status
+            .devices
+            .iter()
+            .filter(|d| !d.this_device && d.removed_at.is_none())
+            .collect();
+        let online = others.iter().filter(|d| d.online).count();
+        let last = others.iter().filter_map(|d| d.last_sync).max();
+        let records: u64 = status.collections.iter().map(|c| c.records).sum();
+        let (received, size) = status
+            .arriving
+            .iter()
+            .fold((0, 0), |(r, s), a| (r + a.received, s + a.size));
+        if until_synced && others.is_empty() {
+            bail!("this vault has no other device to catch up with (add one with `hearth pair`)");
+        }
+        // Caught up: another device is connected now, this one has synced, and no blob
+        // is still on its way (a sync starts as soon as a device connects).
+        let caught_up = online > 0 && last.is_some() && status.arriving.is_empty();
+        line.set_message(format!(
+            "{online} of {} other device(s) online · last sync {} · {records} records in {} collections{}",
+            others.len(),
+            last.map_or("never".to_owned(), when),
+            status.collections.len(),
+            if caught_up { " · caught up" } else { "" }
+        ));
+        line.tick();
+        bar.set_length(size);
+        bar.set_position(received);
+        if status.arriving.is_empty() {
+            bar.set_length(0);
+        }
+        settled = if caught_up { settled + 1 } else { 0 };
+        if until_synced && settled >= 2 {
+            line.finish();
+            bar.finish_and_clear();
+            if json {
+                out_json(&status)?;
+            } else if !draw {
+                out(format!(
+                    "caught up: {records} records, last sync {}",
+                    last.map_or("never".to_owned(), when)
+                ))?;
+            }
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                line.finish();
+                bar.finish_and_clear();
+                return Ok(());
+            }
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+pub(super) fn print_status(status: &StatusResponse) -> anyhow::Result<()> {
+    if let Some(at) = status.removed_at {
+        out(format!(
+            "REMOVED  this device was removed from the vault {} ({}): it no longer syncs; its data stays here (`hearth export --all`)",
+            when(at),
+            local_time(at)
+        ))?;
+    }
+    out(format!("vault    {}", status.vault_id))?;
+    out(format!("device   {}", status.peer_id))?;
+    out(format!("home     {}", status.home))?;
+    out(format!("api      http://{}", status.api_addr))?;
+    if let Some(lan) = &status.lan {
+        out(format!(
+            "lan      {} (TLS; certificate in HOME/tls.pem)",
+            lan.url
+        ))?;
+        out(format!("         sha-256 fingerprint {}", lan.fingerprint))?;
+    }
+    let collections: Vec<String> = status
+        .collections
+        .iter()
+        .map(|c| format!("{} ({})", c.name, c.records))
+        .collect();
+    if collections.is_empty() {
+        out("collections  none yet")?;
+    } else {
+        out(format!("collections  {}", collections.join(", ")))?;
+    }
+    out(format!("blobs    {}", status.blobs))?;
+    if !status.arriving.is_empty() {
+        let size: u64 = status.arriving.iter().map(|a| a.size).sum();
+        let received: u64 = status.arriving.iter().map(|a| a.received).sum();
+        out(format!(
+            "arriving {} blobs from other devices: {} of {} bytes here",
+            status.arriving.len(),
+            received,
+            size
+        ))?;
+    }
+    for addr in &status.listen_addrs {
+        out(format!("listen   {addr}"))?;
+    }
+    out("devices")?;
+    print_devices(&status.devices)
+}

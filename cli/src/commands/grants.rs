@@ -1,0 +1,231 @@
+//! `hearth grant`, `grants`, `revoke` and `audit`: grants and what they did.
+
+use super::*;
+
+pub(super) async fn grant(
+    home: &Home,
+    json: bool,
+    client: &Client,
+    request: GrantRequest,
+) -> anyhow::Result<()> {
+    let created: GrantCreated = client
+        .json(
+            home,
+            client.request(Method::POST, "/v1/grants").json(&request),
+        )
+        .await?;
+    for warning in &created.warnings {
+        note(format!("warning: {warning}"));
+    }
+    if json {
+        out_json(&created)?;
+    } else {
+        // The token first: it is shown once, and a reader that stops early
+        // (`| head -1`) must still get it.
+        out(format!("token: {}", created.token))?;
+        if let Some(password) = &created.password {
+            out(format!("app password: {password}"))?;
+        }
+        let expires = match created.expires_at {
+            Some(t) => format!("expires {}", when(t)),
+            None => "never expires".to_owned(),
+        };
+        out(format!("grant {} ({expires})", created.id))?;
+        note(
+            "Give the token to the service; it reads with `Authorization: Bearer <token>` at /v1/view.",
+        );
+    }
+    Ok(())
+}
+
+pub(super) async fn list(home: &Home, json: bool, client: &Client) -> anyhow::Result<()> {
+    let grants: Vec<GrantInfo> = client
+        .json(home, client.request(Method::GET, "/v1/grants"))
+        .await?;
+    if json {
+        out_json(&grants)?;
+    } else {
+        for g in &grants {
+            print_grant(g)?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn revoke(
+    home: &Home,
+    json: bool,
+    client: &Client,
+    grant_id: String,
+) -> anyhow::Result<()> {
+    let path = format!("/v1/grants/{}/revoke", seg(&grant_id));
+    let answer: RevokeResponse = client
+        .json(home, client.request(Method::POST, &path))
+        .await?;
+    if json {
+        out_json(&answer)?;
+    } else {
+        print_revoked(&grant_id, &answer)?;
+    }
+    Ok(())
+}
+
+pub(super) async fn audit(
+    home: &Home,
+    json: bool,
+    client: &Client,
+    grant: Option<String>,
+    verify: bool,
+) -> anyhow::Result<()> {
+    if verify {
+        let answer: VerifyResponse = client
+            .json(home, client.request(Method::GET, "/v1/audit/verify"))
+            .await?;
+        if !answer.ok {
+            bail!(
+                "the audit log does not verify at entry {}: {}",
+                answer.entry.as_deref().unwrap_or("?"),
+                answer.reason.as_deref().unwrap_or("?")
+            );
+        }
+        if json {
+            out_json(&answer)?;
+        } else {
+            out(format!(
+                "the audit log verifies: {} entries",
+                answer.entries.unwrap_or(0)
+            ))?;
+        }
+    } else {
+        let path = match &grant {
+            Some(g) => format!("/v1/audit?grant={}", seg(g)),
+            None => "/v1/audit".to_owned(),
+        };
+        let entries: Vec<AuditEntry> = client
+            .json(home, client.request(Method::GET, &path))
+            .await?;
+        if json {
+            out_json(&entries)?;
+        } else {
+            for e in &entries {
+                print_audit_entry(e)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `contacts.name, contacts.email` or `notes` (all fields).
+pub(super) fn describe_fields(scope: &Scope, write: bool) -> String {
+    let mut parts = Vec::new();
+    for (name, c) in &scope.collections {
+        let fields = if write { &c.write } else { &c.read };
+        match fields {
+            None => {}
+            Some(Fields::All) => parts.push(name.clone()),
+            Some(Fields::Only(paths)) => {
+                parts.extend(paths.iter().map(|p| format!("{name}.{p}")));
+            }
+        }
+    }
+    if parts.is_empty() {
+        "nothing".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+pub(super) fn print_grant(g: &GrantInfo) -> anyhow::Result<()> {
+    let expires = match g.expires_at {
+        Some(t) if t <= hearth_node::clock::now_unix() => {
+            format!("expired {} ({})", local_time(t), when(t))
+        }
+        Some(t) => format!("expires {} ({})", local_time(t), when(t)),
+        None => "never expires".to_owned(),
+    };
+    let used = g.last_used.map_or("never used".to_owned(), |t| {
+        format!("last used {} ({})", local_time(t), when(t))
+    });
+    out(format!(
+        "{}\t{}\t{}\t{expires}\t{used}",
+        g.id,
+        g.service,
+        g.status.as_str()
+    ))?;
+    out(format!("    read:  {}", describe_fields(&g.scope, false)))?;
+    out(format!("    write: {}", describe_fields(&g.scope, true)))?;
+    let filters: std::collections::BTreeSet<String> = g
+        .scope
+        .collections
+        .values()
+        .flat_map(|c| c.filter.iter().map(ToString::to_string))
+        .collect();
+    if !filters.is_empty() {
+        out(format!(
+            "    where: {}",
+            filters.into_iter().collect::<Vec<_>>().join(" and ")
+        ))?;
+    }
+    if let Some(to) = &g.to {
+        out(format!("    only from: {to}"))?;
+    }
+    if !g.purpose.is_empty() {
+        out(format!("    purpose: {}", g.purpose))?;
+    }
+    Ok(())
+}
+
+pub(super) fn print_revoked(grant_id: &str, answer: &RevokeResponse) -> anyhow::Result<()> {
+    let seen = &answer.seen;
+    out(format!(
+        "revoked grant {grant_id}: its next request is refused here, and on your other devices once they sync."
+    ))?;
+    out(format!(
+        "What {} already saw and did ({} audited accesses):",
+        answer.grant.service, seen.accesses
+    ))?;
+    for c in &seen.collections {
+        out(format!(
+            "  {}: {} record reads, {} records pushed by events, fields {:?}",
+            c.collection, c.record_reads, c.deliveries, c.fields
+        ))?;
+        if c.writes > 0 {
+            out(format!(
+                "  {}: {} writes, fields {:?}, records {:?}",
+                c.collection, c.writes, c.written_fields, c.written_ids
+            ))?;
+        }
+    }
+    if seen.refused > 0 {
+        out(format!("  {} requests refused", seen.refused))?;
+    }
+    out("Revocation cannot take back what was already sent.")
+}
+
+pub(super) fn print_audit_entry(e: &AuditEntry) -> anyhow::Result<()> {
+    // A read that found nothing (a missing id, or one the grant cannot see) is a
+    // probe: say so rather than "0 records".
+    let what = if e.reason.as_deref() == Some("not_found") && e.records == 0 {
+        "found nothing".to_owned()
+    } else {
+        format!("{} records\tfields {:?}", e.records, e.fields)
+    };
+    let mut line = format!(
+        "{}\t{}\t{}\t{} {}\t{what}",
+        local_time(e.at),
+        e.grant,
+        e.service,
+        e.operation,
+        e.collection,
+    );
+    if !e.ids.is_empty() {
+        line.push_str(&format!("\tids {:?}", e.ids));
+    }
+    if let Some(reason) = &e.reason {
+        line.push_str(&format!("\treason {reason}"));
+    }
+    if let Some(count) = e.count {
+        line.push_str(&format!(" ×{count}"));
+    }
+    out(line)
+}
