@@ -1,0 +1,120 @@
+//! `/v1/blobs…`: the owner's blobs (upload, list, download, remove).
+
+use super::*;
+
+#[utoipa::path(
+    get,
+    path = "/v1/blobs",
+    tag = "owner",
+    summary = "The vault's blobs",
+    responses((status = 200, description = "ok", body = Vec<BlobInfo>), (status = "default", response = Failure))
+)]
+pub(super) async fn list_blobs(
+    State(vault): State<AppState>,
+) -> Result<Json<Vec<BlobInfo>>, ApiError> {
+    Ok(Json(
+        blocking(&vault, |v| Ok(v.blobs.list(&v.collections)?)).await?,
+    ))
+}
+
+/// `POST /v1/blobs[?name=FILE_NAME]`: the body is the content; its `Content-Type`
+/// is kept as the blob's type.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct BlobUpload {
+    /// The blob's file name.
+    name: Option<String>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/blobs",
+    tag = "owner",
+    summary = "Store a blob (the body's Content-Type is kept as its type)",
+    params(BlobUpload),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, description = "ok", body = BlobInfo), (status = "default", response = Failure))
+)]
+pub(super) async fn put_blob(
+    State(vault): State<AppState>,
+    query: Result<axum::extract::Query<BlobUpload>, axum::extract::rejection::QueryRejection>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let query = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let content_type = match headers.get(header::CONTENT_TYPE) {
+        Some(value) => Some(value.to_str().map_err(|_| {
+            ApiError::new(ErrorCode::BadRequest, "the Content-Type header is not text")
+        })?),
+        None => None,
+    };
+    let described = crate::blobs::Described::new(query.name.as_deref(), content_type)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, e))?;
+    let max = vault.limits.max_blob_bytes;
+    let stored = vault.blobs.put(body.into_data_stream(), max).await?;
+    // Listed in `_blobs`, so the vault's other devices fetch it.
+    let (id, size) = (stored.id, stored.size);
+    let (changed, listing) = blocking(&vault, move |v| {
+        let changed = crate::blobs::announce(&v.collections, &id, size, &described)?;
+        Ok((changed, crate::blobs::listing(&v.collections, &id)?))
+    })
+    .await?;
+    if changed {
+        vault.store.commit().await?;
+    }
+    drop(stored.pinned);
+    let listing = listing
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "a blob just listed is not listed"))?;
+    Ok((StatusCode::CREATED, Json(listing.info(id, true))).into_response())
+}
+
+/// `DELETE /v1/blobs/{id}`: removed on every device (they drop it when the removal
+/// reaches them); here its chunks are freed at once.
+#[utoipa::path(
+    delete,
+    path = "/v1/blobs/{id}",
+    tag = "owner",
+    summary = "Remove a blob from every device and free its space",
+    params(AtBlob),
+    responses((status = 200, description = "ok", body = BlobRemoved), (status = "default", response = Failure))
+)]
+pub(super) async fn remove_blob(
+    State(vault): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<BlobRemoved>, ApiError> {
+    let id = path_param(path)?;
+    let id =
+        BlobId::parse(&id).map_err(|e| ApiError::new(ErrorCode::InvalidBlobId, e.to_string()))?;
+    let (unlisted, freed) = blocking(&vault, move |v| {
+        let freed = v.blobs.own_chunks(id)?;
+        Ok((crate::blobs::unlist(&v.collections, &id)?, freed))
+    })
+    .await?;
+    if !unlisted {
+        return Err(BlobError::NotFound(id).into());
+    }
+    vault.store.commit().await?;
+    // The mesh's blob service may collect first (it sees the removal too).
+    vault.collect_blob_garbage().await?;
+    Ok(Json(BlobRemoved {
+        id: id.to_string(),
+        removed: true,
+        chunks: freed.chunks,
+        bytes: freed.bytes,
+    }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/blobs/{id}",
+    tag = "owner",
+    summary = "A blob's bytes, verified chunk by chunk",
+    params(AtBlob),
+    responses((status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>), (status = 503, description = "still arriving from another device"), (status = "default", response = Failure))
+)]
+pub(super) async fn get_blob(
+    State(vault): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    blob_response(&vault, &path_param(path)?, Disposition::Inline).await
+}

@@ -1,0 +1,116 @@
+//! `/v1/hello`, `/v1/status` and `/v1/devices`: the CLI's check of the node, this
+//! device and its vault's devices.
+
+use super::*;
+
+/// `POST /v1/hello`: proves this node holds the hash of this HOME's owner token,
+/// before the CLI sends the token itself (a process that took over the port after a
+/// crash cannot answer).
+#[utoipa::path(
+    post,
+    path = "/v1/hello",
+    tag = "cli",
+    summary = "The node proves it holds this HOME's owner token (the CLI asks before sending it)",
+    request_body = HelloRequest,
+    responses((status = 200, description = "ok", body = HelloResponse), (status = "default", response = Failure))
+)]
+pub(super) async fn hello(
+    State(vault): State<AppState>,
+    body: Body,
+) -> Result<Json<HelloResponse>, ApiError> {
+    let request: HelloRequest = read_typed_body(&vault, body).await?;
+    let challenge = data_encoding::HEXLOWER_PERMISSIVE
+        .decode(request.challenge.as_bytes())
+        .ok()
+        .filter(|c| c.len() == 32)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::BadRequest,
+                "the challenge must be 32 bytes in hex",
+            )
+        })?;
+    let proof = vault.keys.identity_proof(&challenge);
+    Ok(Json(HelloResponse {
+        proof: data_encoding::HEXLOWER.encode(&proof),
+    }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/status",
+    tag = "owner",
+    summary = "This device, its vault, collections, devices, blobs arriving",
+    responses((status = 200, description = "ok", body = StatusResponse), (status = "default", response = Failure))
+)]
+pub(super) async fn status(
+    State(vault): State<AppState>,
+) -> Result<Json<StatusResponse>, ApiError> {
+    status_of(&vault).await.map(Json)
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/devices",
+    tag = "owner",
+    summary = "The vault's devices",
+    responses((status = 200, description = "ok", body = Vec<DeviceInfo>), (status = "default", response = Failure))
+)]
+pub(super) async fn list_devices(
+    State(vault): State<AppState>,
+) -> Result<Json<Vec<DeviceInfo>>, ApiError> {
+    Ok(Json(devices_view(&vault).await?))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/devices/invite",
+    tag = "owner",
+    summary = "A one-time invite code for a new device",
+    responses((status = 201, description = "ok", body = InviteResponse), (status = "default", response = Failure))
+)]
+pub(super) async fn create_invite(State(vault): State<AppState>) -> Result<Response, ApiError> {
+    let body = invite(&vault).await?;
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/devices/{peer}",
+    tag = "owner",
+    summary = "Remove a device from the vault",
+    params(("peer" = String, Path, description = "a device's PeerId")),
+    responses((status = 204, description = "removed"), (status = "default", response = Failure))
+)]
+pub(super) async fn remove_device(
+    State(vault): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    device_remove(&vault, &path_param(path)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RenameRequest {
+    name: String,
+}
+
+#[utoipa::path(
+    patch,
+    path = "/v1/devices/{peer}",
+    tag = "owner",
+    summary = "Name a device: {\"name\"}",
+    params(("peer" = String, Path, description = "a device's PeerId")),
+    request_body = serde_json::Value,
+    responses((status = 204, description = "renamed"), (status = "default", response = Failure))
+)]
+pub(super) async fn rename_device(
+    State(vault): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let raw = path_param(path)?;
+    let request: RenameRequest = read_typed_body(&vault, body).await?;
+    device_rename(&vault, &raw, &request.name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,323 @@
+//! `/v1/import`, `/v1/export` and `/v1/check`: vCard, iCalendar and mail in and out,
+//! the whole vault as one snapshot, and reading everything back.
+
+use super::*;
+
+/// The kind of a collection that holds contacts or calendar objects.
+pub(super) fn pim_kind(collection: &CollectionName) -> Result<pim::Kind, ApiError> {
+    pim::Kind::of(collection.as_str()).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvalidCollection,
+            format!(
+                "collection {collection} holds neither contacts nor a calendar: name it contacts (or contacts-…) or calendar (or calendar-…)"
+            ),
+        )
+    })
+}
+
+/// `POST /v1/import/{c}`: a vCard or iCalendar file, all or nothing; or, into a mail
+/// collection, a batch of messages (`hearth_protocol::mail`).
+#[utoipa::path(
+    post,
+    path = "/v1/import/{collection}",
+    tag = "owner",
+    summary = "Import a vCard or iCalendar file (all or nothing), or a batch of mail messages into a mail collection",
+    params(InCollection),
+    request_body(content = String, content_type = "text/plain"),
+    responses((status = 200, description = "contacts, calendar: {\"imported\", \"updated\", \"unchanged\", \"skipped\"}; mail: MailImportReport", body = serde_json::Value), (status = "default", response = Failure))
+)]
+pub(super) async fn import(
+    State(vault): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let collection = writable(collection_name(&path_param(path)?)?)?;
+    let mail = crate::mail::is_mail(&collection);
+    let kind = if mail {
+        None
+    } else {
+        Some(pim_kind(&collection).map_err(|mut e| {
+            e.message.push_str(", or mail (or mail-…) for messages");
+            e
+        })?)
+    };
+    let limit = vault.limits.max_import_bytes;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            ErrorCode::TooLarge,
+            format!("the file is larger than the limit of {limit} bytes (or broke off)"),
+        )
+    })?;
+    let Some(kind) = kind else {
+        let items = hearth_protocol::mail::decode_batch(&bytes)
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
+        drop(bytes);
+        let report = crate::mail::import_batch(&vault, &collection, items)
+            .await
+            .map_err(import_error)?;
+        return Ok(Json(report).into_response());
+    };
+    let text = String::from_utf8(bytes.to_vec()).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "the file is not UTF-8 text (byte {})",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })?;
+    let report = pim::import(&vault, &collection, kind, &text)
+        .await
+        .map_err(import_error)?;
+    Ok(Json(report).into_response())
+}
+
+/// Where an incremental import into a collection stands (for IMAP: a folder's
+/// UIDVALIDITY and the next UID to fetch), kept in the system collection `_imports`
+/// under an id the importer makes (a hash: the source's address is not kept).
+pub(super) fn import_state_id(collection: &CollectionName, id: &RecordId) -> RecordId {
+    let hash = blake3::derive_key(
+        "hearth import state v1",
+        format!("{collection}\u{0}{id}").as_bytes(),
+    );
+    RecordId::parse(&data_encoding::HEXLOWER.encode(&hash[..16])).expect("hex is a valid record id")
+}
+
+pub(super) fn imports() -> CollectionName {
+    CollectionName::parse("_imports").expect("_imports is a valid system collection name")
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/import/{collection}/state/{id}",
+    tag = "owner",
+    summary = "Where an incremental import into a collection stands (set by the importer)",
+    params(AtRecord),
+    responses((status = 200, description = "the state the importer stored", body = serde_json::Value), (status = "default", response = Failure))
+)]
+pub(super) async fn import_state(
+    State(vault): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let (collection, id) = record_path(path)?;
+    let collection = writable(collection)?;
+    let mut state = vault
+        .collections
+        .get(&imports(), &import_state_id(&collection, &id))?
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!("no import into {collection} has stored state {id}"),
+            )
+        })?;
+    if let Some(state) = state.as_object_mut() {
+        state.remove("id");
+    }
+    Ok(Json(state))
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/import/{collection}/state/{id}",
+    tag = "owner",
+    summary = "Store where an incremental import into a collection stands (a JSON object of at most 4 KiB)",
+    params(AtRecord),
+    request_body = serde_json::Value,
+    responses((status = 204, description = "stored"), (status = "default", response = Failure))
+)]
+pub(super) async fn set_import_state(
+    State(vault): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let (collection, id) = record_path(path)?;
+    let collection = writable(collection)?;
+    let bytes = axum::body::to_bytes(body, 4096)
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::TooLarge, "an import state is at most 4096 bytes"))?;
+    let state: Map<String, Value> = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!("an import state is a JSON object: {e}"),
+        )
+    })?;
+    let state_id = import_state_id(&collection, &id);
+    blocking(&vault, move |v| {
+        Ok(v.collections.put(&imports(), &state_id, &state)?)
+    })
+    .await?;
+    vault.store.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/export/{c}`: every record as one vCard or iCalendar file.
+#[utoipa::path(
+    get,
+    path = "/v1/export/{collection}",
+    tag = "owner",
+    summary = "A contacts or calendar collection as one vCard or iCalendar file",
+    params(InCollection),
+    responses((status = 200, description = "text/vcard or text/calendar", content_type = "text/plain", body = String), (status = "default", response = Failure))
+)]
+pub(super) async fn export(
+    State(vault): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let collection = collection_name(&path_param(path)?)?;
+    let kind = pim_kind(&collection)?;
+    let text = blocking(&vault, move |v| {
+        let records: Vec<(String, Map<String, Value>)> = v
+            .collections
+            .records(&collection)?
+            .into_iter()
+            .filter_map(|r| match r {
+                Value::Object(mut r) => {
+                    let id = r.remove("id")?.as_str()?.to_owned();
+                    Some((id, r))
+                }
+                _ => None,
+            })
+            .collect();
+        pim::export(kind, &records).map_err(|e| ApiError::new(ErrorCode::Corrupt, e.to_string()))
+    })
+    .await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(kind.media_type()),
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// The whole vault at one moment (see [`VaultExport`]).
+#[utoipa::path(
+    get,
+    path = "/v1/export",
+    tag = "owner",
+    summary = "The whole vault at one moment",
+    responses((status = 200, description = "ok", body = VaultExport), (status = "default", response = Failure))
+)]
+pub(super) async fn export_all(
+    State(vault): State<AppState>,
+) -> Result<Json<VaultExport>, ApiError> {
+    blocking(&vault, |v| {
+        use crate::collections::RecordSource;
+        let snapshot = v.collections.snapshot()?;
+        let at = crate::clock::now_unix();
+        let mut collections = std::collections::BTreeMap::new();
+        let mut texts = std::collections::BTreeMap::new();
+        for name in snapshot.collection_names()? {
+            if name.as_str().starts_with('_') {
+                continue;
+            }
+            let records = snapshot.collection_records(&name)?;
+            if let Some(kind) = pim::Kind::of(name.as_str()) {
+                let pairs: Vec<(String, Map<String, Value>)> = records
+                    .iter()
+                    .filter_map(|r| {
+                        let mut r = r.as_object()?.clone();
+                        let id = r.remove("id")?.as_str()?.to_owned();
+                        Some((id, r))
+                    })
+                    .collect();
+                let text = pim::export(kind, &pairs).map_err(|e| {
+                    ApiError::new(ErrorCode::Corrupt, format!("collection {name}: {e}"))
+                })?;
+                texts.insert(name.to_string(), text);
+            }
+            collections.insert(name.to_string(), records);
+        }
+        let devices = snapshot.collection_records(&crate::devices::collection())?;
+        let blobs = v.blobs.list(&snapshot)?;
+        let audit = access::audit_entries(&snapshot, None)?;
+        let mut last_used: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+        for entry in &audit {
+            let slot = last_used.entry(entry.grant.as_str()).or_default();
+            *slot = (*slot).max(entry.at);
+        }
+        let grants = access::list_grants(&snapshot)?
+            .into_iter()
+            .map(|g| {
+                let used = last_used.get(g.id.as_str()).copied();
+                grant_info(g, used)
+            })
+            .collect();
+        Ok(VaultExport {
+            at,
+            vault_id: v.keys.vault_id_hex(),
+            device: v.keys.peer_id().to_string(),
+            collections,
+            pim: texts,
+            devices,
+            blobs,
+            grants,
+            audit,
+        })
+    })
+    .await
+    .map(Json)
+}
+
+/// Reads back and verifies everything on this device: every sealed value of the
+/// store, every collection document, every chunk of every blob, the audit chains.
+#[utoipa::path(
+    get,
+    path = "/v1/check",
+    tag = "owner",
+    summary = "Read back and verify everything on this device",
+    responses((status = 200, description = "ok", body = CheckReport), (status = "default", response = Failure))
+)]
+pub(super) async fn check(State(vault): State<AppState>) -> Result<Json<CheckReport>, ApiError> {
+    let (values, collections, mut problems) = blocking(&vault, |v| {
+        let (values, mut problems) = v.store.verify_all()?;
+        let mut loaded = 0;
+        for name in v.collections.names()? {
+            match v.collections.count(&name) {
+                Ok(_) => loaded += 1,
+                Err(e) => problems.push(format!("collection {name}: {e}")),
+            }
+        }
+        Ok((values, loaded, problems))
+    })
+    .await?;
+    let manifests = blocking(&vault, |v| Ok(v.blobs.stored()?)).await;
+    let mut blobs = 0;
+    match manifests {
+        Ok(ids) => {
+            for id in ids {
+                match read_whole(&vault, id).await {
+                    Ok(()) => blobs += 1,
+                    Err(e) => problems.push(format!("blob {id}: {e}")),
+                }
+            }
+        }
+        Err(e) => problems.push(format!("blobs: {}", e.message)),
+    }
+    let audit = audit_verify(&vault).await?;
+    if !audit.ok {
+        problems.push(format!(
+            "audit log: entry {} does not verify: {}",
+            audit.entry.as_deref().unwrap_or("?"),
+            audit.reason.as_deref().unwrap_or("?")
+        ));
+    }
+    Ok(Json(CheckReport {
+        ok: problems.is_empty(),
+        values,
+        collections,
+        blobs,
+        audit_entries: audit.entries.unwrap_or(0),
+        problems,
+    }))
+}
+
+/// Reads a blob through, verifying every chunk.
+pub(super) async fn read_whole(vault: &AppState, id: BlobId) -> Result<(), BlobError> {
+    let mut reader = vault.blobs.open_blob(id)?;
+    while let Some(chunk) = reader.next_chunk().await {
+        chunk?;
+    }
+    Ok(())
+}
