@@ -7,7 +7,8 @@
 //! new) adds nothing twice. A second message under a Message-ID already taken by other
 //! bytes is kept under an id of its own: a sender that reuses Message-IDs loses nothing.
 //! A batch is stored as one piece: its messages' blobs (one round of fsyncs), then
-//! their records (one change), then the blobs are listed, then one commit.
+//! their records and the blobs' listing in `_blobs` as one write
+//! (`Collections::write_across`), then one commit.
 
 use std::collections::HashMap;
 
@@ -186,10 +187,19 @@ pub async fn import_batch(
     // Decided and written under the collection's lock: what the batch reads is what
     // its writes land on, whatever else writes to the collection meanwhile (another
     // batch of the same import, the owner's edit of a message).
+    // The records and the listing of their blobs are one write: on disk together, or
+    // (a refused batch, a crash) neither, so no device fetches a blob no record names.
     let (imported, duplicates) = tokio::task::spawn_blocking(move || {
-        let counts = collections.write_many_with(&name, |lookup| decide(entries, lookup))??;
-        crate::blobs::announce_many(&collections, &to_list)?;
-        Ok::<_, ImportError>(counts)
+        let locked = [name.clone(), crate::blobs::blob_list()];
+        collections.write_across(&locked, |lookup| {
+            let (writes, counts) = decide(entries, &mut |id| lookup(&name, id))?;
+            let mut writes: crate::collections::WritesIn = writes
+                .into_iter()
+                .map(|(id, write)| (name.clone(), id, write))
+                .collect();
+            writes.extend(crate::blobs::listing_writes(lookup, &to_list)?);
+            Ok::<_, ImportError>((writes, counts))
+        })?
     })
     .await
     .map_err(|e| ImportError::Internal(e.to_string()))??;

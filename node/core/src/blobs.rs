@@ -31,7 +31,7 @@ use hearth_protocol::seal::{Binding, NONCE_LEN, PLAINTEXT_AT, SEAL_OVERHEAD, TAG
 use hearth_protocol::{BlobId, CollectionName, RecordId};
 use rand::RngCore;
 
-use crate::collections::{CollectionError, Collections};
+use crate::collections::{CollectionError, Collections, LookupIn, WritesIn};
 use crate::home::sync_dir;
 use crate::keys::VaultKeys;
 use crate::store::{SealedTree, Store, StoreError};
@@ -222,25 +222,41 @@ pub fn announce_many(
     collections: &Collections,
     blobs: &[(BlobId, u64, Described)],
 ) -> Result<bool, CollectionError> {
+    collections
+        .write_across(&[blob_list()], |lookup| {
+            let writes = listing_writes(lookup, blobs)?;
+            let changed = !writes.is_empty();
+            Ok::<_, CollectionError>((writes, changed))
+        })
+        .and_then(|r| r)
+}
+
+/// The writes of `_blobs` that list `blobs` as [`announce_many`] does, for a request
+/// that writes them with records of its own in one [`Collections::write_across`]
+/// (which must lock `_blobs`): the records naming the blobs and their listing are
+/// then on disk together or not at all.
+pub fn listing_writes(
+    lookup: &mut LookupIn<'_>,
+    blobs: &[(BlobId, u64, Described)],
+) -> Result<WritesIn, CollectionError> {
     let mut writes = Vec::new();
     let mut seen = HashSet::new();
     for (id, size, described) in blobs {
         if !seen.insert(id.0) {
             continue;
         }
-        let before = listing(collections, id)?;
+        let before: Option<Listing> = lookup(&blob_list(), &listing_id(id))?
+            .and_then(|record| serde_json::from_value(serde_json::Value::Object(record)).ok());
         let listing = announced(before.clone(), *size, described);
         if before.as_ref() != Some(&listing) {
             writes.push((
+                blob_list(),
                 listing_id(id),
                 crate::collections::RecordWrite::Put(listing_record(&listing)),
             ));
         }
     }
-    if !writes.is_empty() {
-        collections.write_many(&blob_list(), &writes)?;
-    }
-    Ok(!writes.is_empty())
+    Ok(writes)
 }
 
 /// A listing as the record of `_blobs` that holds it.

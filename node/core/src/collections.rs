@@ -81,6 +81,9 @@ pub enum CollectionError {
     BadSyncMessage { collection: String, reason: String },
     #[error("{0}")]
     BadEdit(String),
+    /// A write to a collection its request did not name ([`Collections::write_across`]).
+    #[error("a write to collection {0}, which its request did not lock")]
+    NotLocked(String),
     /// A failure shared by writes persisted together ([`combined`]): each is answered
     /// with the one failure's code and message.
     #[error("{message}")]
@@ -98,9 +101,9 @@ impl CollectionError {
             CollectionError::Store(e) => e.code(),
             CollectionError::Document { .. } => ErrorCode::Corrupt,
             CollectionError::BadEdit(_) => ErrorCode::BadRequest,
-            CollectionError::Automerge { .. } | CollectionError::BadSyncMessage { .. } => {
-                ErrorCode::Internal
-            }
+            CollectionError::Automerge { .. }
+            | CollectionError::BadSyncMessage { .. }
+            | CollectionError::NotLocked(_) => ErrorCode::Internal,
             CollectionError::Shared { code, .. } => *code,
         }
     }
@@ -181,6 +184,14 @@ struct Collection {
 /// holds it under the lock, without its `"id"`; `None` if there is none.
 pub type Lookup<'a> =
     dyn FnMut(&RecordId) -> Result<Option<Map<String, Json>>, CollectionError> + 'a;
+
+/// How [`Collections::write_across`]'s `decide` reads a record of one of its
+/// collections: as that collection holds it under its lock, without its `"id"`.
+pub type LookupIn<'a> = dyn FnMut(&CollectionName, &RecordId) -> Result<Option<Map<String, Json>>, CollectionError>
+    + 'a;
+
+/// What [`Collections::write_across`] writes: records of several collections.
+pub type WritesIn = Vec<(CollectionName, RecordId, RecordWrite)>;
 
 /// A record before and after some changes, each with its `"id"`.
 #[derive(Debug, Clone, PartialEq)]
@@ -642,29 +653,133 @@ impl Collections {
         name: &CollectionName,
         decide: impl FnOnce(&mut Lookup<'_>) -> Result<(Vec<(RecordId, RecordWrite)>, T), E>,
     ) -> Result<Result<T, E>, CollectionError> {
-        self.with(name, |c| {
-            let decided = {
-                let c: &Collection = c;
-                let mut lookup = |id: &RecordId| {
-                    records::read_record(&c.doc, id.as_str()).map_err(|e| c.automerge(e))
-                };
-                decide(&mut lookup)
-            };
-            let (writes, value) = match decided {
-                Ok(decided) => decided,
-                Err(e) => return Ok(Err(e)),
-            };
-            if writes.is_empty() {
-                return Ok(Ok(value));
-            }
-            if let Err(e) = apply_writes(&mut c.doc, &writes) {
-                c.doc.rollback();
-                return Err(c.automerge(e));
-            }
-            let ids: Vec<&str> = writes.iter().map(|(id, _)| id.as_str()).collect();
-            self.persist_or_forget(c, Some(&ids))?;
-            Ok(Ok(value))
+        self.write_across(std::slice::from_ref(name), |lookup| {
+            let (writes, value) = decide(&mut |id| lookup(name, id))?;
+            let writes = writes
+                .into_iter()
+                .map(|(id, write)| (name.clone(), id, write))
+                .collect();
+            Ok((writes, value))
         })
+    }
+
+    /// One request's writes to several collections, as one job: `decide` looks
+    /// records up in any of `names` (as each holds them under its lock) and says what
+    /// to write where; each collection's writes become one change, and all the changes
+    /// are written in one store transaction, so after a crash all of them are on disk
+    /// or none is. If `decide` refuses or anything fails, nothing is written and every
+    /// document is as it was. The locks are taken in name order, as
+    /// [`Collections::snapshot`] takes them, so this cannot deadlock. Durable only
+    /// after [`Store::commit`].
+    pub fn write_across<T, E>(
+        &self,
+        names: &[CollectionName],
+        decide: impl FnOnce(&mut LookupIn<'_>) -> Result<(WritesIn, T), E>,
+    ) -> Result<Result<T, E>, CollectionError> {
+        let mut names = names.to_vec();
+        names.sort();
+        names.dedup();
+        loop {
+            let loaded = names
+                .iter()
+                .map(|name| self.load(name))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut guards = Vec::with_capacity(loaded.len());
+            for collection in &loaded {
+                let guard = self.lock(collection);
+                if guard.stale {
+                    // Dropped from memory after a failed write: load it again.
+                    break;
+                }
+                guards.push(guard);
+            }
+            if guards.len() < loaded.len() {
+                continue;
+            }
+            return self.write_locked(&names, &mut guards, decide);
+        }
+    }
+
+    /// [`Collections::write_across`] once every collection is locked (`guards`, in the
+    /// order of `names`).
+    fn write_locked<T, E>(
+        &self,
+        names: &[CollectionName],
+        guards: &mut [std::sync::MutexGuard<'_, Collection>],
+        decide: impl FnOnce(&mut LookupIn<'_>) -> Result<(WritesIn, T), E>,
+    ) -> Result<Result<T, E>, CollectionError> {
+        let decided = {
+            let guards = &*guards;
+            let mut lookup = |name: &CollectionName, id: &RecordId| {
+                let c = guards
+                    .iter()
+                    .find(|c| c.name == *name)
+                    .ok_or_else(|| CollectionError::NotLocked(name.to_string()))?;
+                records::read_record(&c.doc, id.as_str()).map_err(|e| c.automerge(e))
+            };
+            decide(&mut lookup)
+        };
+        let (writes, value) = match decided {
+            Ok(decided) => decided,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut by_collection: Vec<Vec<(RecordId, RecordWrite)>> = vec![Vec::new(); names.len()];
+        for (name, id, write) in writes {
+            let at = names
+                .binary_search(&name)
+                .map_err(|_| CollectionError::NotLocked(name.to_string()))?;
+            by_collection[at].push((id, write));
+        }
+        // Every document changed, then every change prepared, then one write: a
+        // failure anywhere before the write rolls every document back.
+        let mut failed = None;
+        for (c, writes) in guards.iter_mut().zip(&by_collection) {
+            if let Err(e) = apply_writes(&mut c.doc, writes) {
+                failed = Some(c.automerge(e));
+                break;
+            }
+        }
+        if let Some(e) = failed {
+            for c in guards.iter_mut() {
+                c.doc.rollback();
+            }
+            return Err(e);
+        }
+        let mut store_writes = storage::Writes::default();
+        let mut prepared = Vec::with_capacity(guards.len());
+        let mut result = Ok(());
+        for (c, writes) in guards.iter_mut().zip(&by_collection) {
+            let ids: Vec<&str> = writes.iter().map(|(id, _)| id.as_str()).collect();
+            match self.prepare(c, Some(&ids), &mut store_writes) {
+                Ok(p) => prepared.push(p),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            result = self.write(store_writes);
+        }
+        if let Err(e) = result {
+            // Memory is ahead of the disk in every collection changed: each is
+            // forgotten, and read again from the disk on its next use.
+            for c in guards.iter_mut() {
+                self.forget(c);
+            }
+            return Err(e);
+        }
+        for (c, p) in guards.iter_mut().zip(prepared) {
+            if let Some(p) = p {
+                self.finish(c, p);
+                // Nobody listening is fine: nothing is syncing.
+                drop(self.changes.send(c.name.clone()));
+            }
+        }
+        for c in guards.iter() {
+            self.used(c);
+        }
+        Ok(Ok(value))
     }
 
     /// As [`Collections::write_many`], only if record `watched` reads as `expected`
@@ -797,13 +912,19 @@ impl Collections {
             Ok(true) => drop(self.changes.send(c.name.clone())),
             Ok(false) => {}
             Err(e) => {
-                c.stale = true;
-                self.index.forget(&c.key);
-                self.open_slots().remove(&c.name);
+                self.forget(c);
                 return Err(e);
             }
         }
         Ok(())
+    }
+
+    /// Gives up this copy of `c` (memory is ahead of the disk, or may be): it is marked
+    /// stale and dropped with its index mark, so the next use reads the disk again.
+    fn forget(&self, c: &mut Collection) {
+        c.stale = true;
+        self.index.forget(&c.key);
+        self.open_slots().remove(&c.name);
     }
 }
 
@@ -1933,5 +2054,140 @@ mod tests {
             .collect::<Vec<_>>()
             .join(" ");
         assert!(err.contains("truncated"), "{err}");
+    }
+
+    fn put_in(collection: &str, record: &str, n: u64) -> (CollectionName, RecordId, RecordWrite) {
+        (
+            name(collection),
+            id(record),
+            RecordWrite::Put(obj(json!({ "n": n }))),
+        )
+    }
+
+    /// A write across collections lands in all of them, in memory and after a restart.
+    #[tokio::test]
+    async fn a_write_across_collections_lands_in_every_one() {
+        let vault = TestVault::new();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        c.put(&name("b"), &id("old"), &obj(json!({"n": 0})))
+            .unwrap();
+        let seen = c
+            .write_across(&[name("b"), name("a")], |lookup| {
+                let old = lookup(&name("b"), &id("old"))?;
+                let writes = vec![put_in("a", "x", 1), put_in("b", "y", 2)];
+                Ok::<_, CollectionError>((writes, old))
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            seen,
+            Some(obj(json!({"n": 0}))),
+            "decide reads under the locks"
+        );
+        vault.store.commit().await.unwrap();
+        drop(c);
+        let vault = vault.reopen().await;
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        assert!(c.get(&name("a"), &id("x")).unwrap().is_some());
+        assert!(c.get(&name("b"), &id("y")).unwrap().is_some());
+        assert!(c.get(&name("b"), &id("old")).unwrap().is_some());
+    }
+
+    /// A store that fails the write leaves none of the collections changed: not in
+    /// memory, not in the record index, not after a restart; the next write works.
+    #[tokio::test]
+    async fn a_failed_write_across_collections_changes_none_of_them() {
+        let vault = TestVault::new();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        c.put(&name("a"), &id("kept"), &obj(json!({"n": 0})))
+            .unwrap();
+        c.put(&name("b"), &id("kept"), &obj(json!({"n": 0})))
+            .unwrap();
+        vault.store.commit().await.unwrap();
+        vault.store.faults().inject(crate::store::Fault::WriteError);
+        let failed = c.write_across(&[name("a"), name("b")], |_| {
+            Ok::<_, CollectionError>((vec![put_in("a", "x", 1), put_in("b", "y", 2)], ()))
+        });
+        assert!(failed.is_err(), "the store refused the write");
+        vault.store.faults().clear();
+        for (collection, record) in [("a", "x"), ("b", "y")] {
+            assert!(
+                c.get(&name(collection), &id(record)).unwrap().is_none(),
+                "{collection}/{record} is not there"
+            );
+            assert_eq!(c.count(&name(collection)).unwrap(), 1);
+        }
+        c.write_across(&[name("a"), name("b")], |_| {
+            Ok::<_, CollectionError>((vec![put_in("a", "z", 3), put_in("b", "z", 3)], ()))
+        })
+        .unwrap()
+        .unwrap();
+        vault.store.commit().await.unwrap();
+        drop(c);
+        let vault = vault.reopen().await;
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        for collection in ["a", "b"] {
+            let ids: Vec<String> = c
+                .records(&name(collection))
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_owned())
+                .collect();
+            assert_eq!(ids, ["kept", "z"], "collection {collection}");
+        }
+    }
+
+    /// A refusal, or a write to a collection the request did not name, writes nothing.
+    #[tokio::test]
+    async fn a_refused_write_across_collections_writes_nothing() {
+        let vault = TestVault::new();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let refused = c
+            .write_across(&[name("a"), name("b")], |_| Err::<(WritesIn, ()), _>("no"))
+            .unwrap();
+        assert_eq!(refused, Err("no"));
+        let stray = c.write_across(&[name("a")], |_| {
+            Ok::<_, CollectionError>((vec![put_in("a", "x", 1), put_in("c", "y", 2)], ()))
+        });
+        assert!(matches!(stray, Err(CollectionError::NotLocked(n)) if n == "c"));
+        for collection in ["a", "b", "c"] {
+            assert_eq!(c.count(&name(collection)).unwrap(), 0, "{collection}");
+        }
+    }
+
+    /// Writers locking the same collections named in opposite orders never deadlock,
+    /// and every write lands.
+    #[test]
+    fn writes_across_the_same_collections_in_any_order_all_land() {
+        let vault = TestVault::new();
+        let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    let names = if w % 2 == 0 {
+                        [name("a"), name("b")]
+                    } else {
+                        [name("b"), name("a")]
+                    };
+                    for i in 0..50 {
+                        let record = format!("w{w}-{i}");
+                        c.write_across(&names, |_| {
+                            Ok::<_, CollectionError>((
+                                vec![put_in("a", &record, i), put_in("b", &record, i)],
+                                (),
+                            ))
+                        })
+                        .unwrap()
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert_eq!(c.count(&name("a")).unwrap(), 200);
+        assert_eq!(c.count(&name("b")).unwrap(), 200);
     }
 }

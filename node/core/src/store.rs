@@ -116,10 +116,12 @@ pub fn is_disk_full(e: &std::io::Error) -> bool {
 /// Injected I/O failures, so tests can see what the node does when its disk fails: a
 /// write error, a full disk, a failed fsync. Every write and every flush of the store
 /// checks it first (one atomic load). Nothing sets it outside tests.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Faults {
     /// 0: none; 1: writes fail with an I/O error; 2: writes fail as if the disk were full.
     writes: std::sync::atomic::AtomicU8,
+    /// Writes left before every write fails ([`Fault::WriteErrorAfter`]); negative: off.
+    countdown: std::sync::atomic::AtomicI64,
     flushes: std::sync::atomic::AtomicBool,
     /// Unit tests: while set, the flusher waits before each flush ([`Faults::hold_flushes`]).
     #[cfg(any(test, feature = "testutil"))]
@@ -162,10 +164,25 @@ impl Drop for FlushHold {
     }
 }
 
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            writes: Default::default(),
+            countdown: std::sync::atomic::AtomicI64::new(-1),
+            flushes: Default::default(),
+            #[cfg(any(test, feature = "testutil"))]
+            gate: Default::default(),
+        }
+    }
+}
+
 /// One kind of injected failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     WriteError,
+    /// This many writes succeed, then every write fails as with [`Fault::WriteError`]
+    /// (a disk that dies in the middle of a request; one atomic batch is one write).
+    WriteErrorAfter(u32),
     DiskFull,
     FlushError,
 }
@@ -175,6 +192,7 @@ impl Faults {
     pub fn inject(&self, fault: Fault) {
         match fault {
             Fault::WriteError => self.writes.store(1, Ordering::SeqCst),
+            Fault::WriteErrorAfter(n) => self.countdown.store(i64::from(n), Ordering::SeqCst),
             Fault::DiskFull => self.writes.store(2, Ordering::SeqCst),
             Fault::FlushError => self.flushes.store(true, Ordering::SeqCst),
         }
@@ -182,11 +200,17 @@ impl Faults {
 
     pub fn clear(&self) {
         self.writes.store(0, Ordering::SeqCst);
+        self.countdown.store(-1, Ordering::SeqCst);
         self.flushes.store(false, Ordering::SeqCst);
     }
 
     /// The error an injected write failure gives, if one is set.
     pub fn check_write(&self) -> Result<(), StoreError> {
+        if self.countdown.load(Ordering::Relaxed) >= 0
+            && self.countdown.fetch_sub(1, Ordering::SeqCst) <= 0
+        {
+            self.writes.store(1, Ordering::SeqCst);
+        }
         match self.writes.load(Ordering::Relaxed) {
             0 => Ok(()),
             2 => Err(StoreError::DiskFull),
@@ -800,6 +824,15 @@ pub struct SealedTree {
 #[derive(Default)]
 pub struct SealedBatch {
     batch: sled::Batch,
+    /// Whether anything was added.
+    used: bool,
+}
+
+impl SealedBatch {
+    /// Whether nothing was added to it.
+    pub fn is_empty(&self) -> bool {
+        !self.used
+    }
 }
 
 impl SealedTree {
@@ -833,16 +866,51 @@ impl SealedTree {
 
     pub fn batch_insert(&self, batch: &mut SealedBatch, key: &[u8], value: &[u8]) {
         batch.batch.insert(key, self.seal(key, value));
+        batch.used = true;
     }
 
     pub fn batch_remove(&self, batch: &mut SealedBatch, key: &[u8]) {
         batch.batch.remove(key);
+        batch.used = true;
     }
 
     pub fn apply(&self, batch: SealedBatch) -> Result<(), StoreError> {
         self.writable()?;
         self.tree.apply_batch(batch.batch)?;
         Ok(())
+    }
+
+    /// Applies batches on several trees (at most one each) as one sled transaction:
+    /// after a crash, all of them are on disk or none is. One write, as
+    /// [`SealedTree::apply`] is.
+    pub fn apply_together(batches: &[(&SealedTree, SealedBatch)]) -> Result<(), StoreError> {
+        match batches {
+            [] => return Ok(()),
+            [(tree, _)] => tree.writable()?,
+            [(first, _), rest @ ..] => {
+                first.writable()?;
+                for (tree, _) in rest {
+                    tree.poisoned.check()?;
+                }
+            }
+        }
+        let trees: Vec<&sled::Tree> = batches.iter().map(|(t, _)| &t.tree).collect();
+        let mut names: Vec<&str> = batches.iter().map(|(t, _)| t.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), batches.len(), "one batch per tree");
+        sled::Transactional::<()>::transaction(trees.as_slice(), |views| {
+            for (view, (_, batch)) in views.iter().zip(batches) {
+                view.apply_batch(&batch.batch)?;
+            }
+            Ok(())
+        })
+        .map_err(|e| match e {
+            sled::transaction::TransactionError::Storage(e) => StoreError::from(e),
+            sled::transaction::TransactionError::Abort(()) => {
+                StoreError::Storage("a store transaction was aborted".into())
+            }
+        })
     }
 
     /// Entries whose key starts with `prefix`, in key order, each opened.

@@ -653,9 +653,8 @@ pub async fn import(
     let (entries, skipped) = read_file(kind, text, vault.limits.max_record_bytes)?;
     let mut photos = HashMap::new();
     // Each photo stays pinned (safe from blob garbage collection) until it is listed,
-    // and is listed (which makes every device fetch it) only after the records naming
-    // it are written: an import refused at its write announces nothing. (A crash
-    // between leaves the photos unlisted; importing the file again lists them.)
+    // and is listed (which makes every device fetch it) in the same write as the
+    // records naming it: an import refused at its write announces nothing.
     let mut pins = Vec::new();
     let mut to_announce = Vec::new();
     for entry in &entries {
@@ -731,10 +730,22 @@ pub async fn import(
             }
         }
     }
-    if !writes.is_empty() {
-        vault.collections.write_many(collection, &writes)?;
-    }
-    crate::blobs::announce_many(&vault.collections, &to_announce)?;
+    // The records and the listing of their photos are one write, on the blocking pool:
+    // on disk together, or (a refused write, a crash) neither.
+    let collections = vault.collections.clone();
+    let name = collection.clone();
+    tokio::task::spawn_blocking(move || {
+        collections.write_across(&[name.clone(), crate::blobs::blob_list()], |lookup| {
+            let mut writes: crate::collections::WritesIn = writes
+                .into_iter()
+                .map(|(id, write)| (name.clone(), id, write))
+                .collect();
+            writes.extend(crate::blobs::listing_writes(lookup, &to_announce)?);
+            Ok::<_, ImportError>((writes, ()))
+        })?
+    })
+    .await
+    .map_err(|e| ImportError::Internal(e.to_string()))??;
     vault.store.commit().await?;
     drop(pins);
     Ok(report)

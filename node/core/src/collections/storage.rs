@@ -4,6 +4,21 @@
 
 use super::*;
 
+/// What persisting changes writes, by tree, before any of it is written
+/// ([`Collections::prepare`], [`Collections::write`]).
+#[derive(Default)]
+pub(super) struct Writes {
+    names: SealedBatch,
+    index: SealedBatch,
+    docs: SealedBatch,
+}
+
+/// A collection's change prepared for writing: its new index mark and its size.
+pub(super) struct Prepared {
+    mark: Mark,
+    bytes: usize,
+}
+
 /// A compaction of one collection, off its lock: saves a copy of its document as it
 /// was after change `upto - 1`, then, in one atomic batch, writes that snapshot (keyed
 /// by `upto`, the number of changes it covers, so the collection's generation survives)
@@ -98,23 +113,6 @@ pub(super) fn piece_key(
     key.extend_from_slice(&index.to_be_bytes());
     key.extend_from_slice(&pieces.to_be_bytes());
     key
-}
-
-/// Writes a document value: one insert if it fits under one key (no batch, so no
-/// global sled lock, on every write's path), else its pieces in one atomic batch.
-pub(super) fn write_doc_value(
-    docs: &SealedTree,
-    collection: &[u8; 32],
-    kind: u8,
-    seq: u64,
-    bytes: &[u8],
-) -> Result<(), StoreError> {
-    if bytes.len() <= DOC_PIECE {
-        return docs.insert(&doc_key(collection, kind, seq), bytes);
-    }
-    let mut batch = SealedBatch::default();
-    insert_doc_value(docs, &mut batch, collection, kind, seq, bytes);
-    docs.apply(batch)
 }
 
 /// Adds a document value to `batch`: under its key if it is at most [`DOC_PIECE`]
@@ -241,9 +239,28 @@ impl Collections {
         c: &mut Collection,
         known: Option<&[&str]>,
     ) -> Result<bool, CollectionError> {
+        let mut writes = Writes::default();
+        let Some(prepared) = self.prepare(c, known, &mut writes)? else {
+            return Ok(false);
+        };
+        self.write(writes)?;
+        self.finish(c, prepared);
+        Ok(true)
+    }
+
+    /// Adds to `writes` what persisting the changes made to `c` since its last persist
+    /// writes — the change, the record index entries it touched and the index mark,
+    /// the collection's name if it is new — and returns what [`Collections::finish`]
+    /// notes once they are written; `None` if there is no change.
+    pub(super) fn prepare(
+        &self,
+        c: &mut Collection,
+        known: Option<&[&str]>,
+        writes: &mut Writes,
+    ) -> Result<Option<Prepared>, CollectionError> {
         let bytes = c.doc.save_after(&c.persisted_heads);
         if bytes.is_empty() {
-            return Ok(false);
+            return Ok(None);
         }
         // The records this change touched: as the writer says, or from the change's
         // own operations (so the cost follows the change); a device catching up
@@ -262,15 +279,14 @@ impl Collections {
             _ => None,
         };
         if !c.listed {
-            self.names.insert(&c.key, c.name.as_str().as_bytes())?;
-            c.listed = true;
+            self.names
+                .batch_insert(&mut writes.names, &c.key, c.name.as_str().as_bytes());
         }
         let mut mark = Mark {
             generation: c.next_seq + 1,
             count: 0,
             heads: c.doc.get_heads(),
         };
-        let mut index = SealedBatch::default();
         match (c.indexed.take(), touched) {
             (Some(count), Some(touched)) => {
                 let mut read = Vec::with_capacity(touched.len());
@@ -281,23 +297,53 @@ impl Collections {
                 mark.count = count;
                 mark = self
                     .index
-                    .update(&mut index, &c.key, c.name.as_str(), mark, read)?;
+                    .update(&mut writes.index, &c.key, c.name.as_str(), mark, read)?;
             }
             _ => {
-                mark.count = self.reindex(c, &mut index, mark.generation, mark.heads.clone())?;
+                mark.count =
+                    self.reindex(c, &mut writes.index, mark.generation, mark.heads.clone())?;
             }
         }
-        // The index first, then the change. Failing between the two leaves an index
-        // ahead of its document: its mark then names a generation the disk does not
-        // have, so it is not trusted (the caller forgets it, and the next use indexes
-        // again). Readers may see the change in that moment, as they see any change
-        // before its commit. (One sled transaction across both trees would close the
-        // moment; it measured no faster nor slower, and costs a global sled lock.)
-        self.index.tree().apply(index)?;
-        write_doc_value(&self.docs, &c.key, KIND_CHANGE, c.next_seq, &bytes)?;
+        insert_doc_value(
+            &self.docs,
+            &mut writes.docs,
+            &c.key,
+            KIND_CHANGE,
+            c.next_seq,
+            &bytes,
+        );
+        Ok(Some(Prepared {
+            mark,
+            bytes: bytes.len(),
+        }))
+    }
+
+    /// Writes what [`Collections::prepare`] added, for one collection or several, as
+    /// one store transaction: the changes, their index entries and marks, and new
+    /// names are all on disk after a crash, or none of them is (an index never runs
+    /// ahead of its document, and a request's changes to several collections are
+    /// all or nothing).
+    pub(super) fn write(&self, writes: Writes) -> Result<(), CollectionError> {
+        let batches: Vec<(&SealedTree, SealedBatch)> = [
+            (&self.names, writes.names),
+            (self.index.tree(), writes.index),
+            (&self.docs, writes.docs),
+        ]
+        .into_iter()
+        .filter(|(_, batch)| !batch.is_empty())
+        .collect();
+        SealedTree::apply_together(&batches)?;
+        Ok(())
+    }
+
+    /// Notes in memory (and in the store's ledger) that `c`'s prepared change is
+    /// written, and starts a compaction if its changes have grown enough.
+    pub(super) fn finish(&self, c: &mut Collection, prepared: Prepared) {
+        let Prepared { mark, bytes } = prepared;
+        c.listed = true;
         c.next_seq = mark.generation;
         c.changes_since_snapshot += 1;
-        c.change_bytes += bytes.len();
+        c.change_bytes += bytes;
         c.persisted_heads = mark.heads;
         c.indexed = Some(mark.count);
         self.store
@@ -308,7 +354,6 @@ impl Collections {
         {
             self.compact(c);
         }
-        Ok(true)
     }
 
     /// Starts compacting `c` as it is on disk now, on a thread of its own
