@@ -47,6 +47,12 @@ async fn addrs(node: &NodeHandle) -> Vec<Multiaddr> {
 
 /// Pairs a new HOME with `inviter` and starts it, dialling the inviter.
 async fn join(inviter: &NodeHandle, home: &Path) -> NodeHandle {
+    pair(inviter, home).await;
+    start(home, addrs(inviter).await).await
+}
+
+/// Makes `home` a device of `inviter`'s vault (not started).
+async fn pair(inviter: &NodeHandle, home: &Path) {
     let (code, _) = inviter
         .vault()
         .mesh()
@@ -63,7 +69,6 @@ async fn join(inviter: &NodeHandle, home: &Path) -> NodeHandle {
     )
     .await
     .expect("join");
-    start(home, addrs(inviter).await).await
 }
 
 fn coll(name: &str) -> CollectionName {
@@ -673,4 +678,153 @@ async fn a_blob_still_arriving_says_so() {
         .unwrap();
     assert_eq!(answer.status(), 404);
     node.shutdown().await.unwrap();
+}
+
+/// A free TCP port on 127.0.0.1, so a device restarts at the address the other has
+/// recorded for it (a new address would be a change of `_devices` to sync).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_at(home: &Path, peers: Vec<Multiaddr>, port: u16) -> NodeHandle {
+    let mut config = NodeConfig::new(home);
+    config.api_addr = "127.0.0.1:0".parse().unwrap();
+    let mut mesh = mesh_config(peers);
+    mesh.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()];
+    config.mesh = Some(mesh);
+    Node::start(config).await.expect("node starts")
+}
+
+fn stats(node: &NodeHandle, peer: &NodeHandle) -> Option<hearth_node::mesh::sync::SessionStats> {
+    node.vault()
+        .mesh()
+        .unwrap()
+        .sync
+        .session_stats(&peer.peer_id())
+}
+
+/// Two devices that hold the same changes meet again: each sends its Hello and its
+/// fingerprint (two frames, under 100 bytes), finds the other's equal, and syncs no
+/// collection. A record written on one while the other was away: only its collection
+/// is synced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_in_step_compare_fingerprints_and_sync_only_what_differs() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(&dir.path().join("a"), vec![]).await;
+    let b_home = dir.path().join("b");
+    pair(&a, &b_home).await;
+    let port = free_port();
+    let b = start_at(&b_home, addrs(&a).await, port).await;
+    for collection in ["contacts", "notes", "calendar"] {
+        for i in 0..20 {
+            put(&a, collection, &format!("r{i}"), json!({ "n": i })).await;
+        }
+    }
+    eventually("B has everything", || {
+        ["contacts", "notes", "calendar"]
+            .iter()
+            .all(|c| get(&b, c, "r19").is_some())
+    })
+    .await;
+    // Everything written on both sides has settled (A records B's address too).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    b.shutdown().await.unwrap();
+    let b = start_at(&b_home, addrs(&a).await, port).await;
+    eventually("the devices find each other in step", || {
+        stats(&b, &a).is_some_and(|s| s.in_step) && stats(&a, &b).is_some_and(|s| s.in_step)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (node, peer) in [(&a, &b), (&b, &a)] {
+        let s = stats(node, peer).unwrap();
+        assert_eq!(s.collections_synced, 0, "no document read: {s:?}");
+        assert_eq!(s.frames_sent, 2, "Hello and Summary: {s:?}");
+        assert!(s.bytes_sent < 100, "{s:?}");
+    }
+
+    b.shutdown().await.unwrap();
+    put(&a, "notes", "while-away", json!({ "n": 99 })).await;
+    let b = start_at(&b_home, addrs(&a).await, port).await;
+    eventually("B has the record written while it was away", || {
+        get(&b, "notes", "while-away").is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (node, peer) in [(&a, &b), (&b, &a)] {
+        let s = stats(node, peer).unwrap();
+        assert!(!s.in_step);
+        assert_eq!(s.collections_synced, 1, "only notes: {s:?}");
+    }
+    for node in [a, b] {
+        node.shutdown().await.unwrap();
+    }
+}
+
+/// A device that still speaks sync version 1 is told this one's version and nothing
+/// else: no collection's changes move, and the stream ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_speaking_sync_version_1_is_told_to_upgrade_and_gets_nothing() {
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(&dir.path().join("a"), vec![]).await;
+    let b = join(&a, &dir.path().join("b")).await;
+    put(
+        &a,
+        "notes",
+        "secret",
+        json!({ "text": "not for old devices" }),
+    )
+    .await;
+    eventually("B syncs with A", || get(&b, "notes", "secret").is_some()).await;
+
+    // B, as an older Hearth would: the version 1 protocol, its Hello, then it listens.
+    let mut stream = b
+        .vault()
+        .mesh()
+        .unwrap()
+        .handle
+        .streams()
+        .open_stream(
+            a.peer_id(),
+            libp2p::StreamProtocol::new(hearth_protocol::sync::LEGACY_SYNC_PROTOCOL),
+        )
+        .await
+        .expect("the old protocol is still answered");
+    let hello = hearth_protocol::sync::SyncFrame::Hello {
+        version: 1,
+        vault_id: b.vault().keys().vault_id,
+    }
+    .encode();
+    stream
+        .write_all(&(hello.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
+    stream.write_all(&hello).await.unwrap();
+    stream.flush().await.unwrap();
+    let mut everything = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut everything))
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    let (len, body) = everything.split_at(4);
+    assert_eq!(
+        u32::from_be_bytes(len.try_into().unwrap()) as usize,
+        body.len(),
+        "one frame"
+    );
+    assert_eq!(
+        hearth_protocol::sync::SyncFrame::decode(body).unwrap(),
+        hearth_protocol::sync::SyncFrame::Hello {
+            version: hearth_protocol::sync::SYNC_VERSION,
+            vault_id: a.vault().keys().vault_id,
+        }
+    );
+    for node in [a, b] {
+        node.shutdown().await.unwrap();
+    }
 }

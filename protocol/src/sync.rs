@@ -1,28 +1,47 @@
-//! The sync protocol `/hearth/sync/1`: frames exchanged between two devices of a vault.
+//! The sync protocol `/hearth/sync/2`: frames exchanged between two devices of a vault.
 //!
 //! A stream carries frames, each `u32be length ‖ body` with `length <= MAX_FRAME`.
 //! Bodies:
 //!
 //! ```text
-//! 0x01 Hello  ‖ protocol version u8 (1) ‖ vault id (16)
-//! 0x02 Doc    ‖ u8 len(name) ‖ collection name ‖ Automerge sync message (rest)
+//! 0x01 Hello   ‖ protocol version u8 (2) ‖ vault id (16)
+//! 0x02 Doc     ‖ u8 len(name) ‖ collection name ‖ Automerge sync message (rest)
+//! 0x03 Summary ‖ fingerprint (32) ‖ collections u32be
+//! 0x04 Digests ‖ count u32be ‖ per collection, in name order:
+//!                u8 len(name) ‖ collection name ‖ heads digest (32)
 //! ```
 //!
-//! Each side sends `Hello` first; a different vault id or version ends the stream.
-//! Then each side sends, per collection, the Automerge sync messages its sync state
-//! produces, and answers every message it receives, until neither has anything to say.
-//! A malformed frame ends the stream (never the node).
+//! Each side sends `Hello` and its `Summary` first; a different vault id or version
+//! ends the stream. A collection's heads digest is [`crate::commit::heads_digest`] of
+//! its Automerge heads; the fingerprint is [`fingerprint`] of every collection's name
+//! and digest. Equal fingerprints: the two devices hold the same changes, and nothing
+//! more is sent (one round trip, and no document is read). Otherwise each side that
+//! sees a different fingerprint sends its `Digests`, and each side starts Automerge
+//! sync (`Doc` frames) for every collection of its own whose digest the other side
+//! does not have; from then on, and for every later local change, each side sends the
+//! Automerge sync messages its sync state produces and answers every message it
+//! receives, until neither has anything to say. A malformed frame ends the stream
+//! (never the node).
+//!
+//! Version 1 (`/hearth/sync/1`: `Hello` with version 1, then `Doc` frames for every
+//! collection) is refused: a device that still speaks it is told this one's version
+//! and logged as needing an upgrade.
 
 use crate::names::CollectionName;
 
-pub const SYNC_PROTOCOL: &str = "/hearth/sync/1";
-pub const SYNC_VERSION: u8 = 1;
+pub const SYNC_PROTOCOL: &str = "/hearth/sync/2";
+pub const SYNC_VERSION: u8 = 2;
+/// The protocol of Hearth before sync version 2: accepted only to say "upgrade".
+pub const LEGACY_SYNC_PROTOCOL: &str = "/hearth/sync/1";
 /// Largest frame body accepted. An Automerge sync message carries the changes the
 /// other side lacks, so a first sync of a large collection is big, but bounded.
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 
 const TAG_HELLO: u8 = 1;
 const TAG_DOC: u8 = 2;
+const TAG_SUMMARY: u8 = 3;
+const TAG_DIGESTS: u8 = 4;
+const DIGEST: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SyncFrame {
@@ -34,6 +53,28 @@ pub enum SyncFrame {
         collection: CollectionName,
         message: Vec<u8>,
     },
+    /// What a device holds, in 36 bytes: its [`fingerprint`] and how many collections.
+    Summary {
+        fingerprint: [u8; 32],
+        collections: u32,
+    },
+    /// Every collection's name and heads digest, in name order.
+    Digests(Vec<(CollectionName, [u8; 32])>),
+}
+
+/// The fingerprint of a device's collections: BLAKE3 of each collection's name (with
+/// its length) and heads digest, in name order. Equal fingerprints, equal heads.
+pub fn fingerprint(digests: &[(CollectionName, [u8; 32])]) -> [u8; 32] {
+    let mut sorted: Vec<&(CollectionName, [u8; 32])> = digests.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut hasher = blake3::Hasher::new_derive_key("hearth sync fingerprint v1");
+    for (name, digest) in sorted {
+        let name = name.as_str().as_bytes();
+        hasher.update(&[u8::try_from(name.len()).expect("collection names are at most 63 bytes")]);
+        hasher.update(name);
+        hasher.update(digest);
+    }
+    *hasher.finalize().as_bytes()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +92,8 @@ pub enum FrameError {
     BadCollection,
     #[error("frame has {0} bytes after its end")]
     Trailing(usize),
+    #[error("digests are not in name order, or name a collection twice")]
+    Unordered,
 }
 
 impl SyncFrame {
@@ -68,9 +111,29 @@ impl SyncFrame {
                 let name = collection.as_str().as_bytes();
                 let mut out = Vec::with_capacity(2 + name.len() + message.len());
                 out.push(TAG_DOC);
-                out.push(u8::try_from(name.len()).expect("collection names are at most 63 bytes"));
-                out.extend_from_slice(name);
+                push_name(&mut out, collection);
                 out.extend_from_slice(message);
+                out
+            }
+            SyncFrame::Summary {
+                fingerprint,
+                collections,
+            } => {
+                let mut out = Vec::with_capacity(1 + DIGEST + 4);
+                out.push(TAG_SUMMARY);
+                out.extend_from_slice(fingerprint);
+                out.extend_from_slice(&collections.to_be_bytes());
+                out
+            }
+            SyncFrame::Digests(digests) => {
+                let mut out = Vec::with_capacity(5 + digests.len() * (2 + DIGEST + 16));
+                out.push(TAG_DIGESTS);
+                let count = u32::try_from(digests.len()).expect("fewer than 2^32 collections");
+                out.extend_from_slice(&count.to_be_bytes());
+                for (name, digest) in digests {
+                    push_name(&mut out, name);
+                    out.extend_from_slice(digest);
+                }
                 out
             }
         }
@@ -95,23 +158,78 @@ impl SyncFrame {
                 })
             }
             TAG_DOC => {
-                let (&len, rest) = rest.split_first().ok_or(FrameError::Truncated)?;
-                let len = usize::from(len);
-                if rest.len() < len {
-                    return Err(FrameError::Truncated);
-                }
-                let name =
-                    std::str::from_utf8(&rest[..len]).map_err(|_| FrameError::BadCollection)?;
-                let collection =
-                    CollectionName::parse(name).map_err(|_| FrameError::BadCollection)?;
+                let (collection, rest) = take_name(rest)?;
                 Ok(SyncFrame::Doc {
                     collection,
-                    message: rest[len..].to_vec(),
+                    message: rest.to_vec(),
                 })
+            }
+            TAG_SUMMARY => {
+                let (fingerprint, rest) = take_digest(rest)?;
+                let (count, rest) = take::<4>(rest)?;
+                if !rest.is_empty() {
+                    return Err(FrameError::Trailing(rest.len()));
+                }
+                Ok(SyncFrame::Summary {
+                    fingerprint,
+                    collections: u32::from_be_bytes(count),
+                })
+            }
+            TAG_DIGESTS => {
+                let (count, mut rest) = take::<4>(rest)?;
+                let count = u32::from_be_bytes(count) as usize;
+                // Each entry is at least 2 + 32 bytes: a count the frame cannot hold is
+                // refused before anything is allocated for it.
+                if count > rest.len() / (2 + DIGEST) {
+                    return Err(FrameError::Truncated);
+                }
+                let mut digests: Vec<(CollectionName, [u8; 32])> = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let (name, after) = take_name(rest)?;
+                    let (digest, after) = take_digest(after)?;
+                    if digests.last().is_some_and(|(last, _)| *last >= name) {
+                        return Err(FrameError::Unordered);
+                    }
+                    digests.push((name, digest));
+                    rest = after;
+                }
+                if !rest.is_empty() {
+                    return Err(FrameError::Trailing(rest.len()));
+                }
+                Ok(SyncFrame::Digests(digests))
             }
             other => Err(FrameError::UnknownTag(other)),
         }
     }
+}
+
+fn push_name(out: &mut Vec<u8>, name: &CollectionName) {
+    let name = name.as_str().as_bytes();
+    out.push(u8::try_from(name.len()).expect("collection names are at most 63 bytes"));
+    out.extend_from_slice(name);
+}
+
+fn take<const N: usize>(bytes: &[u8]) -> Result<([u8; N], &[u8]), FrameError> {
+    if bytes.len() < N {
+        return Err(FrameError::Truncated);
+    }
+    let (head, rest) = bytes.split_at(N);
+    Ok((head.try_into().expect("length checked"), rest))
+}
+
+fn take_digest(bytes: &[u8]) -> Result<([u8; 32], &[u8]), FrameError> {
+    take::<DIGEST>(bytes)
+}
+
+fn take_name(bytes: &[u8]) -> Result<(CollectionName, &[u8]), FrameError> {
+    let (&len, rest) = bytes.split_first().ok_or(FrameError::Truncated)?;
+    let len = usize::from(len);
+    if rest.len() < len {
+        return Err(FrameError::Truncated);
+    }
+    let name = std::str::from_utf8(&rest[..len]).map_err(|_| FrameError::BadCollection)?;
+    let name = CollectionName::parse(name).map_err(|_| FrameError::BadCollection)?;
+    Ok((name, &rest[len..]))
 }
 
 /// The 4-byte length prefix of a frame, checked against [`MAX_FRAME`].
@@ -160,9 +278,47 @@ mod tests {
         }
 
         #[test]
+        fn summaries_and_digests_round_trip(
+            names in proptest::collection::btree_set("_?[a-z][a-z0-9_-]{0,20}", 0..20),
+            seed in any::<u8>(),
+            count in any::<u32>(),
+        ) {
+            let digests: Vec<(CollectionName, [u8; 32])> = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (CollectionName::parse(n).unwrap(), [seed.wrapping_add(i as u8); 32]))
+                .collect();
+            let frame = SyncFrame::Digests(digests.clone());
+            prop_assert_eq!(SyncFrame::decode(&frame.encode()).unwrap(), frame);
+            let summary = SyncFrame::Summary { fingerprint: fingerprint(&digests), collections: count };
+            prop_assert_eq!(SyncFrame::decode(&summary.encode()).unwrap(), summary);
+            // Any cut of the frame is refused, never misread.
+            let bytes = SyncFrame::Digests(digests).encode();
+            for cut in 1..bytes.len() {
+                prop_assert!(SyncFrame::decode(&bytes[..cut]).is_err());
+            }
+        }
+
+        #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..100)) {
             let _ = SyncFrame::decode(&bytes);
         }
+    }
+
+    #[test]
+    fn the_fingerprint_follows_names_and_digests_not_their_order() {
+        let a = (CollectionName::parse("a").unwrap(), [1; 32]);
+        let b = (CollectionName::parse("b").unwrap(), [2; 32]);
+        let ab = fingerprint(&[a.clone(), b.clone()]);
+        assert_eq!(ab, fingerprint(&[b.clone(), a.clone()]));
+        assert_ne!(ab, fingerprint(std::slice::from_ref(&a)));
+        assert_ne!(ab, fingerprint(&[a, (b.0, [3; 32])]));
+        // The name's length is hashed: "ab"+digest is not "a"+"b…".
+        let joined = (CollectionName::parse("ab").unwrap(), [2; 32]);
+        assert_ne!(
+            fingerprint(&[joined]),
+            fingerprint(&[(CollectionName::parse("a").unwrap(), [2; 32])])
+        );
     }
 
     #[test]
@@ -176,6 +332,28 @@ mod tests {
             Err(FrameError::BadCollection)
         );
         assert!(frame_len((MAX_FRAME as u32 + 1).to_be_bytes()).is_err());
+        // A count the frame cannot hold, and digests out of order or twice.
+        assert_eq!(
+            SyncFrame::decode(&[4, 0xff, 0xff, 0xff, 0xff]),
+            Err(FrameError::Truncated)
+        );
+        let entry = |name: &str| {
+            let mut e = vec![name.len() as u8];
+            e.extend_from_slice(name.as_bytes());
+            e.extend_from_slice(&[0; 32]);
+            e
+        };
+        for names in [["b", "a"], ["a", "a"]] {
+            let mut frame = vec![4, 0, 0, 0, 2];
+            frame.extend(entry(names[0]));
+            frame.extend(entry(names[1]));
+            assert_eq!(SyncFrame::decode(&frame), Err(FrameError::Unordered));
+        }
+        assert_eq!(
+            SyncFrame::decode(&[3; 38]),
+            Err(FrameError::Trailing(1)),
+            "a summary is 36 bytes after its tag"
+        );
         assert_eq!(frame_len(5u32.to_be_bytes()), Ok(5));
     }
 }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use hearth_protocol::BlobId;
 use hearth_protocol::blob::{BLOB_PROTOCOL, BlobRequest, BlobResponse, CHUNK_RESPONSE, Manifest};
 use hearth_protocol::seal::{PLAINTEXT_AT, TAG_LEN};
@@ -71,12 +70,8 @@ impl BlobSync {
     ) {
         let mut serving = JoinSet::new();
         loop {
-            let (peer, stream) = tokio::select! {
-                _ = stop.changed() => break,
-                next = incoming.next() => match next {
-                    Some(next) => next,
-                    None => break,
-                },
+            let Some((peer, stream)) = super::next_stream(&mut incoming, &mut stop).await else {
+                break;
             };
             while serving.try_join_next().is_some() {}
             if !devices::is_member(&self.vault.collections, &peer) {

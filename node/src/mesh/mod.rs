@@ -161,6 +161,18 @@ impl MeshHandle {
     }
 }
 
+/// The next stream a peer opened on one protocol; `None` once the mesh is told to stop
+/// or the protocol's streams end. Every accept loop of the mesh waits here.
+pub(crate) async fn next_stream(
+    incoming: &mut libp2p_stream::IncomingStreams,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(PeerId, libp2p::Stream)> {
+    tokio::select! {
+        _ = stop.changed() => None,
+        next = incoming.next() => next,
+    }
+}
+
 /// What the rest of the node may ask of a running mesh.
 #[derive(Clone)]
 pub struct MeshState {
@@ -247,6 +259,11 @@ impl Mesh {
         let incoming = streams
             .accept(StreamProtocol::new(hearth_protocol::sync::SYNC_PROTOCOL))
             .expect("the sync protocol is registered once");
+        let incoming_legacy = streams
+            .accept(StreamProtocol::new(
+                hearth_protocol::sync::LEGACY_SYNC_PROTOCOL,
+            ))
+            .expect("the old sync protocol is registered once");
         let incoming_blobs = streams
             .accept(StreamProtocol::new(hearth_protocol::blob::BLOB_PROTOCOL))
             .expect("the blob protocol is registered once");
@@ -269,7 +286,12 @@ impl Mesh {
         // Every loop below stops when told, stopping and awaiting what it started.
         let (stop, stopped) = watch::channel(false);
         let sync = Arc::new(sync::SyncService::new(vault.clone(), handle.clone()));
-        let accept_task = tokio::spawn(sync.clone().accept_loop(incoming, stopped.clone()));
+        let accept_task = tokio::spawn(sync.clone().accept_loop(incoming, stopped.clone(), false));
+        let legacy_task = tokio::spawn(sync.clone().accept_loop(
+            incoming_legacy,
+            stopped.clone(),
+            true,
+        ));
         let notice_task = tokio::spawn(removal::accept_loop(
             vault.clone(),
             incoming_notices,
@@ -337,6 +359,7 @@ impl Mesh {
             tasks: vec![
                 swarm_task,
                 accept_task,
+                legacy_task,
                 notice_task,
                 pair_task,
                 blob_serve_task,

@@ -135,12 +135,9 @@ impl Pairing {
         let mut exchanges = tokio::task::JoinSet::new();
         let per_peer: Arc<Mutex<std::collections::HashMap<PeerId, usize>>> = Arc::default();
         loop {
-            let (peer, mut stream) = tokio::select! {
-                _ = stop.changed() => break,
-                next = incoming.next() => match next {
-                    Some(next) => next,
-                    None => break,
-                },
+            let Some((peer, mut stream)) = super::next_stream(&mut incoming, &mut stop).await
+            else {
+                break;
             };
             while exchanges.try_join_next().is_some() {}
             if exchanges.len() >= MAX_EXCHANGES {

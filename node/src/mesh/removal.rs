@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncReadExt, AsyncWriteExt};
 use hearth_protocol::sync::{REMOVED_NOTICE_LEN, REMOVED_PROTOCOL, decode_removed, encode_removed};
 use libp2p::{PeerId, StreamProtocol};
 
@@ -54,12 +54,8 @@ pub(super) async fn accept_loop(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
-        let (peer, mut stream) = tokio::select! {
-            _ = stop.changed() => return,
-            next = incoming.next() => match next {
-                Some(next) => next,
-                None => return,
-            },
+        let Some((peer, mut stream)) = super::next_stream(&mut incoming, &mut stop).await else {
+            return;
         };
         // Only a device this one counts as a member may say so.
         if !devices::is_member(&vault.collections, &peer) {

@@ -1,7 +1,13 @@
-//! Sync sessions: the `/hearth/sync/1` protocol with one member device.
+//! Sync sessions: the `/hearth/sync/2` protocol with one member device.
 //!
 //! In: a stream to a peer that is on the device list; local change notifications.
 //! Out: the peer's changes applied and committed locally, and ours sent to it.
+//! A session first compares the two devices' fingerprints (`Summary`: every
+//! collection's heads digest, read from the record index's marks), then the digests of
+//! each collection if those differ, and runs Automerge sync only for the collections
+//! that differ: two devices that hold the same changes exchange two small frames each
+//! way and read no document. A device that speaks version 1 is told this one's version
+//! and logged as needing an upgrade; nothing is merged with it.
 //! One session per peer: the device with the smaller PeerId opens the stream when a
 //! connection is established, the other accepts it; a newer session to the same peer
 //! replaces the older one. Every received frame is checked before it is used, and any
@@ -12,10 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use automerge::sync::State;
-use futures::{AsyncReadExt, StreamExt};
+use futures::AsyncReadExt;
 
 use hearth_protocol::CollectionName;
-use hearth_protocol::sync::{SYNC_PROTOCOL, SYNC_VERSION, SyncFrame};
+use hearth_protocol::sync::{SYNC_PROTOCOL, SYNC_VERSION, SyncFrame, fingerprint};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
@@ -44,8 +50,12 @@ enum SessionError {
     NoHello,
     #[error("the peer belongs to another vault")]
     OtherVault,
-    #[error("the peer speaks sync version {0}")]
+    #[error(
+        "the device speaks sync version {0}, this one {SYNC_VERSION}: upgrade the one with the older Hearth"
+    )]
     Version(u8),
+    #[error("the peer sent a second Hello")]
+    SecondHello,
     #[error("the peer is no longer a device of this vault")]
     Removed,
     #[error("{0}")]
@@ -57,10 +67,28 @@ enum SessionError {
 /// How often the time of the last sync with a device is written to disk.
 const RECORD_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// What a sync session has exchanged so far (for logs and tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Frames and their bytes (each with its 4-byte length), each way.
+    pub frames_sent: u64,
+    pub bytes_sent: u64,
+    pub frames_received: u64,
+    pub bytes_received: u64,
+    /// Collections whose Automerge sync this session ran (each reads its document).
+    pub collections_synced: u64,
+    /// Whether the two devices' fingerprints were found equal.
+    pub in_step: bool,
+}
+
 pub struct SyncService {
     vault: Arc<Vault>,
     mesh: MeshHandle,
     sessions: Mutex<HashMap<PeerId, AbortHandle>>,
+    /// What each peer's latest session has exchanged.
+    stats: Mutex<HashMap<PeerId, SessionStats>>,
+    /// Devices found running an older Hearth, said once each (not at every redial).
+    outdated: Mutex<std::collections::HashSet<PeerId>>,
     /// Every task this service started, so shutdown can stop and await them all.
     tasks: Mutex<JoinSet<()>>,
     last_sync: Mutex<HashMap<PeerId, SystemTime>>,
@@ -72,6 +100,8 @@ impl SyncService {
             vault,
             mesh,
             sessions: Mutex::new(HashMap::new()),
+            stats: Mutex::new(HashMap::new()),
+            outdated: Mutex::new(std::collections::HashSet::new()),
             tasks: Mutex::new(JoinSet::new()),
             last_sync: Mutex::new(HashMap::new()),
         }
@@ -83,6 +113,62 @@ impl SyncService {
 
     pub fn member_addresses(&self, me: &PeerId) -> Vec<(PeerId, Vec<libp2p::Multiaddr>)> {
         devices::member_addresses(&self.vault.collections, me)
+    }
+
+    /// Says (once a run for each device) that `peer` runs an older Hearth, which
+    /// this one does not sync with.
+    fn outdated(&self, peer: PeerId, why: &str) {
+        let first = self
+            .outdated
+            .lock()
+            .expect("outdated lock is never poisoned")
+            .insert(peer);
+        if first {
+            tracing::warn!(%peer, "the device {why}: it runs an older Hearth. Upgrade it; nothing is synced with it until then");
+        } else {
+            tracing::debug!(%peer, "the device {why}: it runs an older Hearth");
+        }
+    }
+
+    /// Answers a device that opened the sync protocol of version 1: reads its Hello
+    /// (within 5 s), says this device's version, and ends the stream. Nothing of the
+    /// vault moves.
+    async fn answer_version_1(&self, peer: PeerId, stream: Stream) {
+        let (mut reader, mut writer) = stream.split();
+        let hello = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut reader)).await;
+        if let Ok(Ok(Some(frame))) = hello
+            && let Ok(SyncFrame::Hello { version, .. }) = SyncFrame::decode(&frame)
+        {
+            self.outdated(peer, &format!("speaks sync version {version}"));
+            let ours = SyncFrame::Hello {
+                version: SYNC_VERSION,
+                vault_id: self.vault.keys.vault_id,
+            };
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                write_frame(&mut writer, &ours.encode()),
+            )
+            .await;
+        }
+    }
+
+    /// What the latest session with `peer` has exchanged so far.
+    pub fn session_stats(&self, peer: &PeerId) -> Option<SessionStats> {
+        self.stats
+            .lock()
+            .expect("stats lock is never poisoned")
+            .get(peer)
+            .copied()
+    }
+
+    fn count(&self, peer: PeerId, change: impl FnOnce(&mut SessionStats)) {
+        change(
+            self.stats
+                .lock()
+                .expect("stats lock is never poisoned")
+                .entry(peer)
+                .or_default(),
+        );
     }
 
     /// When each peer last exchanged sync messages with this device.
@@ -138,6 +224,9 @@ impl SyncService {
                 .await
             {
                 Ok(stream) => this.start_session(peer, stream),
+                Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_)) => {
+                    this.outdated(peer, "does not speak sync version 2");
+                }
                 Err(e) => tracing::debug!(%peer, error = %e, "cannot open a sync stream"),
             }
         });
@@ -163,25 +252,26 @@ impl SyncService {
         }
     }
 
+    /// Takes the sync streams members open: on `/hearth/sync/2` (a session), or, with
+    /// `version_1`, on the old protocol (told to upgrade).
     pub(super) async fn accept_loop(
         self: Arc<Self>,
         mut incoming: libp2p_stream::IncomingStreams,
         mut stop: tokio::sync::watch::Receiver<bool>,
+        version_1: bool,
     ) {
         loop {
-            let (peer, stream) = tokio::select! {
-                _ = stop.changed() => return,
-                next = incoming.next() => match next {
-                    Some(next) => next,
-                    None => return,
-                },
+            let Some((peer, stream)) = super::next_stream(&mut incoming, &mut stop).await else {
+                return;
             };
             if !self.is_member(&peer) {
                 // Refused before any vault data moves: dropping the stream resets it.
                 tracing::info!(%peer, "refused sync from a peer that is not a device of this vault");
-                continue;
+            } else if version_1 {
+                self.answer_version_1(peer, stream).await;
+            } else {
+                self.start_session(peer, stream);
             }
-            self.start_session(peer, stream);
         }
     }
 
@@ -229,6 +319,10 @@ impl SyncService {
     }
 
     async fn run_session(&self, peer: PeerId, stream: Stream) -> Result<(), SessionError> {
+        self.stats
+            .lock()
+            .expect("stats lock is never poisoned")
+            .insert(peer, SessionStats::default());
         let (mut reader, mut writer) = stream.split();
         let (outbox, mut outgoing) = mpsc::channel::<Vec<u8>>(OUTBOX);
         let writer_task = tokio::spawn(async move {
@@ -263,80 +357,89 @@ impl SyncService {
         inbox: &mut mpsc::Receiver<Result<Option<Vec<u8>>, FrameReadError>>,
         outbox: &mpsc::Sender<Vec<u8>>,
     ) -> Result<(), SessionError> {
-        let send = |frame: SyncFrame| async move {
-            outbox.send(frame.encode()).await.map_err(|_| closed())
-        };
-        send(SyncFrame::Hello {
-            version: SYNC_VERSION,
-            vault_id: self.vault.keys.vault_id,
-        })
+        self.send(
+            peer,
+            outbox,
+            SyncFrame::Hello {
+                version: SYNC_VERSION,
+                vault_id: self.vault.keys.vault_id,
+            },
+        )
         .await?;
+        self.send_summary(peer, outbox).await?;
         let first = inbox
             .recv()
             .await
             .transpose()?
             .flatten()
             .ok_or(SessionError::NoHello)?;
+        self.count(peer, |s| {
+            s.frames_received += 1;
+            s.bytes_received += 4 + first.len() as u64;
+        });
         match SyncFrame::decode(&first)? {
             SyncFrame::Hello { version, vault_id } => {
                 if vault_id != self.vault.keys.vault_id {
                     return Err(SessionError::OtherVault);
                 }
                 if version != SYNC_VERSION {
+                    self.outdated(peer, &format!("speaks sync version {version}"));
                     return Err(SessionError::Version(version));
                 }
             }
-            SyncFrame::Doc { .. } => return Err(SessionError::NoHello),
+            _ => return Err(SessionError::NoHello),
         }
         tracing::debug!(%peer, "sync session started");
 
         let mut changes = self.vault.collections.subscribe();
         let mut states: HashMap<CollectionName, State> = HashMap::new();
-        for name in self.vault.collections.names()? {
-            self.offer(&name, &mut states, outbox).await?;
-        }
         loop {
             tokio::select! {
                 frame = inbox.recv() => {
                     let Some(frame) = frame.transpose()?.flatten() else { return Ok(()) };
+                    self.count(peer, |s| {
+                        s.frames_received += 1;
+                        s.bytes_received += 4 + frame.len() as u64;
+                    });
                     if !self.is_member(&peer) {
                         return Err(SessionError::Removed);
                     }
-                    let SyncFrame::Doc { collection, message } = SyncFrame::decode(&frame)? else {
-                        return Err(SessionError::NoHello);
-                    };
-                    let mut state = states.remove(&collection).unwrap_or_default();
-                    let vault = self.vault.clone();
-                    let name = collection.clone();
-                    let (changed, state) = tokio::task::spawn_blocking(move || {
-                        let changed = vault.collections.receive_sync(&name, &mut state, &message);
-                        (changed, state)
-                    })
-                    .await
-                    .map_err(|e| SessionError::Write(std::io::Error::other(e.to_string())))?;
-                    states.insert(collection.clone(), state);
-                    let received = changed?;
-                    if received > 0 {
-                        self.vault.store.commit().await?;
-                        if collection.is_system() {
-                            tracing::debug!(%peer, %collection, received, "synced changes");
-                        } else {
-                            tracing::info!(%peer, %collection, "synced {received} change(s) from a device");
+                    match SyncFrame::decode(&frame)? {
+                        SyncFrame::Hello { .. } => return Err(SessionError::SecondHello),
+                        SyncFrame::Summary { fingerprint: theirs, .. } => {
+                            let ours = self.digests().await?;
+                            if fingerprint(&ours) == theirs {
+                                self.count(peer, |s| s.in_step = true);
+                                tracing::debug!(%peer, collections = ours.len(), "in step with the device: nothing to sync");
+                                self.note_sync(peer);
+                            } else {
+                                self.send(peer, outbox, SyncFrame::Digests(ours)).await?;
+                            }
+                        }
+                        SyncFrame::Digests(theirs) => {
+                            let theirs: HashMap<CollectionName, [u8; 32]> = theirs.into_iter().collect();
+                            // Each side starts the collections of its own that differ; one
+                            // only the other has, the other starts.
+                            for (name, digest) in self.digests().await? {
+                                if theirs.get(&name) != Some(&digest) {
+                                    self.offer(peer, &name, &mut states, outbox).await?;
+                                }
+                            }
+                        }
+                        SyncFrame::Doc { collection, message } => {
+                            self.receive(peer, collection, message, &mut states, outbox).await?;
                         }
                     }
-                    self.note_sync(peer);
-                    self.offer(&collection, &mut states, outbox).await?;
                 }
                 changed = changes.recv() => {
                     if !self.is_member(&peer) {
                         return Err(SessionError::Removed);
                     }
                     match changed {
-                        Ok(name) => self.offer(&name, &mut states, outbox).await?,
+                        Ok(name) => self.offer(peer, &name, &mut states, outbox).await?,
+                        // Changes were missed: the fingerprints find what differs.
                         Err(broadcast::error::RecvError::Lagged(_)) => {
-                            for name in self.vault.collections.names()? {
-                                self.offer(&name, &mut states, outbox).await?;
-                            }
+                            self.send_summary(peer, outbox).await?;
                         }
                         Err(broadcast::error::RecvError::Closed) => return Ok(()),
                     }
@@ -345,20 +448,104 @@ impl SyncService {
         }
     }
 
+    /// Applies a peer's Automerge sync message to a collection, commits what it
+    /// brought, and answers it.
+    async fn receive(
+        &self,
+        peer: PeerId,
+        collection: CollectionName,
+        message: Vec<u8>,
+        states: &mut HashMap<CollectionName, State>,
+        outbox: &mpsc::Sender<Vec<u8>>,
+    ) -> Result<(), SessionError> {
+        if !states.contains_key(&collection) {
+            self.count(peer, |s| s.collections_synced += 1);
+        }
+        let mut state = states.remove(&collection).unwrap_or_default();
+        let vault = self.vault.clone();
+        let name = collection.clone();
+        let (changed, state) = tokio::task::spawn_blocking(move || {
+            let changed = vault.collections.receive_sync(&name, &mut state, &message);
+            (changed, state)
+        })
+        .await
+        .map_err(|e| SessionError::Write(std::io::Error::other(e.to_string())))?;
+        states.insert(collection.clone(), state);
+        let received = changed?;
+        if received > 0 {
+            self.vault.store.commit().await?;
+            if collection.is_system() {
+                tracing::debug!(%peer, %collection, received, "synced changes");
+            } else {
+                tracing::info!(%peer, %collection, "synced {received} change(s) from a device");
+            }
+        }
+        self.note_sync(peer);
+        self.offer(peer, &collection, states, outbox).await
+    }
+
+    /// Every collection's heads digest, read on the blocking pool.
+    async fn digests(&self) -> Result<Vec<(CollectionName, [u8; 32])>, SessionError> {
+        let vault = self.vault.clone();
+        tokio::task::spawn_blocking(move || vault.collections.digests())
+            .await
+            .map_err(|e| SessionError::Write(std::io::Error::other(e.to_string())))?
+            .map_err(SessionError::from)
+    }
+
+    async fn send_summary(
+        &self,
+        peer: PeerId,
+        outbox: &mpsc::Sender<Vec<u8>>,
+    ) -> Result<(), SessionError> {
+        let digests = self.digests().await?;
+        let summary = SyncFrame::Summary {
+            fingerprint: fingerprint(&digests),
+            collections: u32::try_from(digests.len()).unwrap_or(u32::MAX),
+        };
+        self.send(peer, outbox, summary).await
+    }
+
+    async fn send(
+        &self,
+        peer: PeerId,
+        outbox: &mpsc::Sender<Vec<u8>>,
+        frame: SyncFrame,
+    ) -> Result<(), SessionError> {
+        let bytes = frame.encode();
+        self.count(peer, |s| {
+            s.frames_sent += 1;
+            s.bytes_sent += 4 + bytes.len() as u64;
+        });
+        outbox.send(bytes).await.map_err(|_| closed())
+    }
+
     /// Sends the next sync message for `name`, if the sync state has one.
     async fn offer(
         &self,
+        peer: PeerId,
         name: &CollectionName,
         states: &mut HashMap<CollectionName, State>,
         outbox: &mpsc::Sender<Vec<u8>>,
     ) -> Result<(), SessionError> {
-        let state = states.entry(name.clone()).or_default();
-        if let Some(message) = self.vault.collections.generate_sync(name, state)? {
+        if !states.contains_key(name) {
+            self.count(peer, |s| s.collections_synced += 1);
+        }
+        let mut state = states.remove(name).unwrap_or_default();
+        let (vault, collection) = (self.vault.clone(), name.clone());
+        let (message, state) = tokio::task::spawn_blocking(move || {
+            let message = vault.collections.generate_sync(&collection, &mut state);
+            (message, state)
+        })
+        .await
+        .map_err(|e| SessionError::Write(std::io::Error::other(e.to_string())))?;
+        states.insert(name.clone(), state);
+        if let Some(message) = message? {
             let frame = SyncFrame::Doc {
                 collection: name.clone(),
                 message,
             };
-            outbox.send(frame.encode()).await.map_err(|_| closed())?;
+            self.send(peer, outbox, frame).await?;
         }
         Ok(())
     }

@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use hearth_protocol::api::{ErrorBody, ErrorCode, ErrorDetail};
 use hearth_protocol::view::{MAX_VIEW_REQUEST, ViewRequest, ViewResponse, ViewRoute};
 use libp2p::PeerId;
@@ -41,12 +40,8 @@ pub(super) async fn serve_loop(
     let mut streams = JoinSet::new();
     let per_peer: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
     loop {
-        let (peer, stream) = tokio::select! {
-            _ = stop.changed() => break,
-            next = incoming.next() => match next {
-                Some(next) => next,
-                None => break,
-            },
+        let Some((peer, stream)) = super::next_stream(&mut incoming, &mut stop).await else {
+            break;
         };
         while streams.try_join_next().is_some() {}
         if streams.len() >= MAX_STREAMS {

@@ -36,6 +36,32 @@ impl RecordSource for Snapshot<'_> {
 }
 
 impl Collections {
+    /// Every collection's name and heads digest (`hearth_protocol::commit::
+    /// heads_digest`), in name order, from the record index's marks: no document is
+    /// read unless its index must be built again. What sync compares before it reads
+    /// any document.
+    pub fn digests(&self) -> Result<Vec<(CollectionName, [u8; 32])>, CollectionError> {
+        let mut out = Vec::new();
+        for name in self.names()? {
+            let heads = self.persisted_heads(&name)?;
+            out.push((
+                name,
+                hearth_protocol::commit::heads_digest(heads.iter().map(|h| &h.0)),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The heads of a collection as they are on disk, from its record index's mark
+    /// (the mark is written in the same transaction as every change).
+    pub fn persisted_heads(
+        &self,
+        name: &CollectionName,
+    ) -> Result<Vec<ChangeHash>, CollectionError> {
+        let key = self.indexed(name)?;
+        Ok(self.index.mark(&key)?.heads)
+    }
+
     /// Every collection at one moment (see [`Snapshot`]): each collection is locked,
     /// in the order of their names, until the heads of all are taken. No thread ever
     /// holds two collection locks otherwise, so this cannot deadlock.
