@@ -144,6 +144,7 @@ pub async fn devices_view(vault: &Arc<Vault>) -> Result<Vec<DeviceInfo>, Error> 
         ),
         None => (Vec::new(), Default::default()),
     };
+    let in_step = |peer: &libp2p::PeerId| vault.mesh().is_some_and(|m| m.sync.in_step(peer));
     let recorded = blocking(vault, |v| Ok(crate::devices::recorded_syncs(&v.store))).await?;
     let me = vault.keys.peer_id().to_string();
     Ok(list
@@ -166,6 +167,7 @@ pub async fn devices_view(vault: &Arc<Vault>) -> Result<Vec<DeviceInfo>, Error> 
                 addrs: device.addrs,
                 online,
                 last_sync,
+                in_step: this_device || peer.is_some_and(|p| online && in_step(&p)),
                 this_device,
             }
         })

@@ -754,12 +754,24 @@ async fn devices_in_step_compare_fingerprints_and_sync_only_what_differs() {
         get(&b, "notes", "while-away").is_some()
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the session is quiet, the devices compare fingerprints again and both
+    // know they are in step (what `hearth status --until-synced` waits for).
+    eventually("both devices in step after the sync", || {
+        stats(&a, &b).is_some_and(|s| s.in_step) && stats(&b, &a).is_some_and(|s| s.in_step)
+    })
+    .await;
     for (node, peer) in [(&a, &b), (&b, &a)] {
         let s = stats(node, peer).unwrap();
-        assert!(!s.in_step);
         assert_eq!(s.collections_synced, 1, "only notes: {s:?}");
     }
+    // A change on one side is synced, and the devices find themselves in step again.
+    put(&b, "notes", "after", json!({ "n": 100 })).await;
+    eventually("in step again", || {
+        get(&a, "notes", "after").is_some()
+            && stats(&a, &b).is_some_and(|s| s.in_step)
+            && stats(&b, &a).is_some_and(|s| s.in_step)
+    })
+    .await;
     for node in [a, b] {
         node.shutdown().await.unwrap();
     }

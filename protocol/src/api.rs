@@ -291,6 +291,11 @@ pub struct DeviceInfo {
     pub online: bool,
     /// When this node last exchanged sync messages with it (Unix seconds).
     pub last_sync: Option<u64>,
+    /// Whether it holds the same changes as this device: their last comparison found
+    /// equal fingerprints, and nothing changed on either side since. Always `true` for
+    /// this device itself.
+    #[serde(default)]
+    pub in_step: bool,
     pub this_device: bool,
 }
 

@@ -148,6 +148,8 @@ pub(super) fn print_devices(devices: &[DeviceInfo]) -> anyhow::Result<()> {
             "removed"
         } else if d.this_device {
             "this device"
+        } else if d.online && d.in_step {
+            "online, in step"
         } else if d.online {
             "online"
         } else {
@@ -222,9 +224,12 @@ pub(super) async fn watch_status(
         if until_synced && others.is_empty() {
             bail!("this vault has no other device to catch up with (add one with `hearth pair`)");
         }
-        // Caught up: another device is connected now, this one has synced, and no blob
-        // is still on its way (a sync starts as soon as a device connects).
-        let caught_up = online > 0 && last.is_some() && status.arriving.is_empty();
+        // Caught up: another device is connected now, every connected one holds the
+        // same changes as this one (their fingerprints were compared equal, with nothing
+        // changed since), and no blob is still on its way.
+        let caught_up = online > 0
+            && others.iter().filter(|d| d.online).all(|d| d.in_step)
+            && status.arriving.is_empty();
         line.set_message(format!(
             "{online} of {} other device(s) online · last sync {} · {records} records in {} collections{}",
             others.len(),

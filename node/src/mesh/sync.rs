@@ -64,6 +64,10 @@ enum SessionError {
     Store(#[from] crate::store::StoreError),
 }
 
+/// How long a session waits, after the last change sent or received, before it sends
+/// its fingerprint again (so both sides learn they are in step).
+const SETTLE: Duration = Duration::from_millis(500);
+
 /// How often the time of the last sync with a device is written to disk.
 const RECORD_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -77,7 +81,8 @@ pub struct SessionStats {
     pub bytes_received: u64,
     /// Collections whose Automerge sync this session ran (each reads its document).
     pub collections_synced: u64,
-    /// Whether the two devices' fingerprints were found equal.
+    /// Whether the two devices' fingerprints were equal at their last comparison, with
+    /// no change sent or received since.
     pub in_step: bool,
 }
 
@@ -159,6 +164,12 @@ impl SyncService {
             .expect("stats lock is never poisoned")
             .get(peer)
             .copied()
+    }
+
+    /// Whether this device and `peer` hold the same changes, as their last comparison
+    /// of fingerprints found (and nothing changed since); `false` without a session.
+    pub fn in_step(&self, peer: &PeerId) -> bool {
+        self.session_stats(peer).is_some_and(|s| s.in_step)
     }
 
     fn count(&self, peer: PeerId, change: impl FnOnce(&mut SessionStats)) {
@@ -366,7 +377,7 @@ impl SyncService {
             },
         )
         .await?;
-        self.send_summary(peer, outbox).await?;
+        let mut sent_summary = self.send_summary(peer, outbox).await?;
         let first = inbox
             .recv()
             .await
@@ -393,8 +404,21 @@ impl SyncService {
 
         let mut changes = self.vault.collections.subscribe();
         let mut states: HashMap<CollectionName, State> = HashMap::new();
+        // Set when a change was sent or received since the last fingerprint went out:
+        // once the session has been quiet for SETTLE, the fingerprint goes out again.
+        let mut unsettled: Option<tokio::time::Instant> = None;
         loop {
+            let settle = async {
+                match unsettled {
+                    Some(at) => tokio::time::sleep_until(at + SETTLE).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                () = settle => {
+                    unsettled = None;
+                    sent_summary = self.send_summary(peer, outbox).await?;
+                }
                 frame = inbox.recv() => {
                     let Some(frame) = frame.transpose()?.flatten() else { return Ok(()) };
                     self.count(peer, |s| {
@@ -408,11 +432,18 @@ impl SyncService {
                         SyncFrame::Hello { .. } => return Err(SessionError::SecondHello),
                         SyncFrame::Summary { fingerprint: theirs, .. } => {
                             let ours = self.digests().await?;
-                            if fingerprint(&ours) == theirs {
+                            let mine = fingerprint(&ours);
+                            if mine == theirs {
                                 self.count(peer, |s| s.in_step = true);
                                 tracing::debug!(%peer, collections = ours.len(), "in step with the device: nothing to sync");
                                 self.note_sync(peer);
+                                // The other side learns it too, unless it has this one's
+                                // fingerprint already (which ends the exchange).
+                                if sent_summary != mine {
+                                    sent_summary = self.send_summary(peer, outbox).await?;
+                                }
                             } else {
+                                self.count(peer, |s| s.in_step = false);
                                 self.send(peer, outbox, SyncFrame::Digests(ours)).await?;
                             }
                         }
@@ -427,6 +458,8 @@ impl SyncService {
                             }
                         }
                         SyncFrame::Doc { collection, message } => {
+                            self.count(peer, |s| s.in_step = false);
+                            unsettled = Some(tokio::time::Instant::now());
                             self.receive(peer, collection, message, &mut states, outbox).await?;
                         }
                     }
@@ -435,11 +468,13 @@ impl SyncService {
                     if !self.is_member(&peer) {
                         return Err(SessionError::Removed);
                     }
+                    self.count(peer, |s| s.in_step = false);
+                    unsettled = Some(tokio::time::Instant::now());
                     match changed {
                         Ok(name) => self.offer(peer, &name, &mut states, outbox).await?,
                         // Changes were missed: the fingerprints find what differs.
                         Err(broadcast::error::RecvError::Lagged(_)) => {
-                            self.send_summary(peer, outbox).await?;
+                            sent_summary = self.send_summary(peer, outbox).await?;
                         }
                         Err(broadcast::error::RecvError::Closed) => return Ok(()),
                     }
@@ -493,17 +528,20 @@ impl SyncService {
             .map_err(SessionError::from)
     }
 
+    /// Sends this device's fingerprint; returns it.
     async fn send_summary(
         &self,
         peer: PeerId,
         outbox: &mpsc::Sender<Vec<u8>>,
-    ) -> Result<(), SessionError> {
+    ) -> Result<[u8; 32], SessionError> {
         let digests = self.digests().await?;
+        let mine = fingerprint(&digests);
         let summary = SyncFrame::Summary {
-            fingerprint: fingerprint(&digests),
+            fingerprint: mine,
             collections: u32::try_from(digests.len()).unwrap_or(u32::MAX),
         };
-        self.send(peer, outbox, summary).await
+        self.send(peer, outbox, summary).await?;
+        Ok(mine)
     }
 
     async fn send(
