@@ -166,17 +166,16 @@ impl BlobSync {
             let known = std::mem::take(&mut missing);
             // Read off the async threads: the list holds every blob of the vault.
             let found = tokio::task::spawn_blocking(move || {
-                let candidates = match reread {
-                    true => crate::blobs::listed(&vault.collections)
-                        .map_err(|e| crate::blobs::BlobError::Internal(e.to_string()))?,
-                    false => known,
-                };
-                let missing: Vec<BlobId> = candidates
+                if reread {
+                    let survey = vault.blobs.survey(&vault.collections)?;
+                    let missing = survey.missing.into_iter().map(|(id, _)| id).collect();
+                    return Ok((missing, survey.removed_here));
+                }
+                let missing: Vec<BlobId> = known
                     .into_iter()
                     .filter(|id| !vault.blobs.has_blob(*id).unwrap_or(true))
                     .collect();
-                let removed = reread && vault.blobs.holds_removed(&vault.collections)?;
-                Ok::<_, crate::blobs::BlobError>((missing, removed))
+                Ok::<_, crate::blobs::BlobError>((missing, false))
             })
             .await;
             let removed = match found {
