@@ -44,7 +44,7 @@ mod conflicts;
 mod history;
 mod storage;
 pub use combined::EditRefused;
-use conflicts::merged;
+use conflicts::{conflicts_list, merged, notice_id};
 pub use conflicts::{RecordConflict, RecordConflicts, Removal};
 pub use history::Snapshot;
 
@@ -806,14 +806,27 @@ impl Collections {
         })
     }
 
+    /// Removes record `id`, and with it (in the same write) its delete notice in
+    /// `_conflicts` if it has one; `false` if there was no such record. Durable only
+    /// after [`Store::commit`].
     pub fn remove(&self, name: &CollectionName, id: &RecordId) -> Result<bool, CollectionError> {
-        let removed = self.mutate(name, Some(&[id.as_str()]), |doc| {
-            records::remove_record(doc, id.as_str())
-        })?;
-        if removed {
-            self.forget_notice(name, id.as_str())?;
+        if name.is_system() {
+            // System collections have no notices (and `_conflicts` is one of them).
+            return self.mutate(name, Some(&[id.as_str()]), |doc| {
+                records::remove_record(doc, id.as_str())
+            });
         }
-        Ok(removed)
+        let (notices, notice) = (conflicts_list(), notice_id(name, id.as_str()));
+        self.write_across(&[name.clone(), notices.clone()], |lookup| {
+            if lookup(name, id)?.is_none() {
+                return Ok((Vec::new(), false));
+            }
+            let mut writes = vec![(name.clone(), id.clone(), RecordWrite::Remove)];
+            if lookup(&notices, &notice)?.is_some() {
+                writes.push((notices.clone(), notice.clone(), RecordWrite::Remove));
+            }
+            Ok::<_, CollectionError>((writes, true))
+        })?
     }
 
     fn with<R>(
