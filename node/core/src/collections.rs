@@ -44,8 +44,8 @@ mod conflicts;
 mod history;
 mod storage;
 pub use combined::EditRefused;
-use conflicts::{conflicts_list, merged, notice_id};
 pub use conflicts::{RecordConflict, RecordConflicts, Removal};
+use conflicts::{conflicts_list, merged, notice_id};
 pub use history::Snapshot;
 
 /// Changes kept beside a snapshot before the collection is compacted.
