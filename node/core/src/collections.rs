@@ -190,6 +190,10 @@ pub type Lookup<'a> =
 pub type LookupIn<'a> = dyn FnMut(&CollectionName, &RecordId) -> Result<Option<Map<String, Json>>, CollectionError>
     + 'a;
 
+/// How [`Collections::write_across_docs`]'s `decide` reads a locked document.
+pub(crate) type DocsIn<'a> =
+    dyn Fn(&CollectionName) -> Result<&'a AutoCommit, CollectionError> + 'a;
+
 /// What [`Collections::write_across`] writes: records of several collections.
 pub type WritesIn = Vec<(CollectionName, RecordId, RecordWrite)>;
 
@@ -676,6 +680,25 @@ impl Collections {
         names: &[CollectionName],
         decide: impl FnOnce(&mut LookupIn<'_>) -> Result<(WritesIn, T), E>,
     ) -> Result<Result<T, E>, CollectionError> {
+        self.write_across_docs(names, |docs| {
+            let mut lookup = |name: &CollectionName, id: &RecordId| {
+                let doc = docs(name)?;
+                records::read_record(doc, id.as_str()).map_err(|e| CollectionError::Automerge {
+                    collection: name.to_string(),
+                    reason: e.to_string(),
+                })
+            };
+            decide(&mut lookup)
+        })
+    }
+
+    /// [`Collections::write_across`] whose `decide` reads the locked documents
+    /// themselves (a record's versions, not only the record).
+    pub(crate) fn write_across_docs<T, E>(
+        &self,
+        names: &[CollectionName],
+        decide: impl FnOnce(&DocsIn<'_>) -> Result<(WritesIn, T), E>,
+    ) -> Result<Result<T, E>, CollectionError> {
         let mut names = names.to_vec();
         names.sort();
         names.dedup();
@@ -706,18 +729,18 @@ impl Collections {
         &self,
         names: &[CollectionName],
         guards: &mut [std::sync::MutexGuard<'_, Collection>],
-        decide: impl FnOnce(&mut LookupIn<'_>) -> Result<(WritesIn, T), E>,
+        decide: impl FnOnce(&DocsIn<'_>) -> Result<(WritesIn, T), E>,
     ) -> Result<Result<T, E>, CollectionError> {
         let decided = {
             let guards = &*guards;
-            let mut lookup = |name: &CollectionName, id: &RecordId| {
-                let c = guards
+            let docs = |name: &CollectionName| {
+                guards
                     .iter()
                     .find(|c| c.name == *name)
-                    .ok_or_else(|| CollectionError::NotLocked(name.to_string()))?;
-                records::read_record(&c.doc, id.as_str()).map_err(|e| c.automerge(e))
+                    .map(|c| &c.doc)
+                    .ok_or_else(|| CollectionError::NotLocked(name.to_string()))
             };
-            decide(&mut lookup)
+            decide(&docs)
         };
         let (writes, value) = match decided {
             Ok(decided) => decided,

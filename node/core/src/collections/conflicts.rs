@@ -332,24 +332,54 @@ impl Collections {
         id: &RecordId,
         index: usize,
     ) -> Result<bool, CollectionError> {
-        let notice = self.notice(name, id.as_str())?;
-        let kept = self.mutate(name, Some(&[id.as_str()]), |doc| {
-            if records::read_record(doc, id.as_str())?.is_none() {
-                return Ok(false);
-            }
-            let conflict = RecordConflict::read(doc, id.as_str(), notice.as_ref())?;
-            if conflict.versions.is_empty() {
-                return Ok(index == 0);
-            }
-            let Some(version) = conflict.versions.get(index) else {
-                return Ok(false);
+        let (notices, nid) = (conflicts_list(), notice_id(name, id.as_str()));
+        // The version kept and the notice ended are one write: a crash between can no
+        // longer leave a notice for a conflict a person resolved. (A system collection
+        // has no notices.)
+        let locked = if name.is_system() {
+            vec![name.clone()]
+        } else {
+            vec![name.clone(), notices.clone()]
+        };
+        self.write_across_docs(&locked, |docs| {
+            let automerge = |e: AutomergeError| CollectionError::Automerge {
+                collection: name.to_string(),
+                reason: e.to_string(),
             };
-            records::replace_record(doc, id.as_str(), version)?;
-            Ok(true)
-        })?;
-        if kept {
-            self.forget_notice(name, id.as_str())?;
-        }
-        Ok(kept)
+            let doc = docs(name)?;
+            if records::read_record(doc, id.as_str())
+                .map_err(automerge)?
+                .is_none()
+            {
+                return Ok((Vec::new(), false));
+            }
+            let notice = match name.is_system() {
+                true => None,
+                false => records::read_record(docs(&notices)?, nid.as_str())
+                    .map_err(automerge)?
+                    .map(|record| with_id(nid.as_str(), record)),
+            };
+            let conflict =
+                RecordConflict::read(doc, id.as_str(), notice.as_ref()).map_err(automerge)?;
+            let mut writes: WritesIn = Vec::new();
+            if conflict.versions.is_empty() {
+                if index != 0 {
+                    return Ok((Vec::new(), false));
+                }
+            } else {
+                let Some(version) = conflict.versions.get(index) else {
+                    return Ok((Vec::new(), false));
+                };
+                writes.push((
+                    name.clone(),
+                    id.clone(),
+                    RecordWrite::Replace(version.clone()),
+                ));
+            }
+            if notice.is_some() {
+                writes.push((notices.clone(), nid.clone(), RecordWrite::Remove));
+            }
+            Ok::<_, CollectionError>((writes, true))
+        })?
     }
 }
