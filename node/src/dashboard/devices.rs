@@ -1,0 +1,223 @@
+//! The overview and the devices page: status, devices, pairing, renaming and removing.
+
+use super::*;
+
+pub(super) struct DeviceRow {
+    id: String,
+    name: String,
+    state: &'static str,
+    last_sync: String,
+    this_device: bool,
+    removed: bool,
+}
+
+pub(super) fn device_rows(devices: &[DeviceInfo], now: u64) -> Vec<DeviceRow> {
+    devices
+        .iter()
+        .map(|d| DeviceRow {
+            id: d.id.clone(),
+            name: d.name.clone(),
+            state: if d.removed_at.is_some() {
+                "removed"
+            } else if d.this_device || d.online {
+                "online"
+            } else {
+                "offline"
+            },
+            last_sync: if d.this_device {
+                "this device".into()
+            } else {
+                ago(d.last_sync, now)
+            },
+            this_device: d.this_device,
+            removed: d.removed_at.is_some(),
+        })
+        .collect()
+}
+
+pub(super) struct Lan {
+    url: String,
+    fingerprint: String,
+}
+
+pub(super) struct Invite {
+    code: String,
+    qr: String,
+    expires: String,
+}
+
+#[derive(Template)]
+#[template(path = "overview.html")]
+pub(super) struct OverviewPage {
+    csrf: String,
+    peer_id: String,
+    version: String,
+    api_addr: String,
+    lan: Option<Lan>,
+    devices: Vec<DeviceRow>,
+    collections: usize,
+    records: u64,
+    blobs: usize,
+    blob_bytes: String,
+    arriving: Vec<ArrivingRow>,
+    warnings: Vec<String>,
+}
+
+pub(super) struct ArrivingRow {
+    id: String,
+    received: u64,
+    size: u64,
+    words: String,
+}
+
+pub(super) async fn overview(State(vault): State<AppState>, visit: Visit) -> Response {
+    let status = match owner::status_of(&vault).await {
+        Ok(s) => s,
+        Err(e) => return failed(e),
+    };
+    let now = crate::clock::now_unix();
+    let mut warnings = Vec::new();
+    if let Some(at) = status.removed_at {
+        warnings.push(format!(
+            "This device was removed from the vault on {}: it no longer syncs with the other devices. Its data stays here.",
+            local_time(at)
+        ));
+    }
+    for d in &status.devices {
+        if d.this_device || d.removed_at.is_some() || d.online {
+            continue;
+        }
+        let seen = d.last_sync.unwrap_or(d.added_at);
+        if now.saturating_sub(seen) > QUIET_DEVICE_SECS {
+            warnings.push(format!(
+                "Device {} has not synced for {}.",
+                d.name,
+                ago(Some(seen), now)
+            ));
+        }
+    }
+    if let Ok(grants) = owner::grants(&vault).await {
+        for g in grants.iter().filter(|g| g.status == GrantStatus::Active) {
+            if let Some(at) = g.expires_at
+                && at.saturating_sub(now) < EXPIRING_SECS
+            {
+                warnings.push(format!(
+                    "The grant for {} expires {}.",
+                    g.service,
+                    local_time(at)
+                ));
+            }
+        }
+    }
+    let verified = match vault.dashboard.last_verified() {
+        Some(recent) => recent,
+        None => verify(&vault).await,
+    };
+    if !verified.ok {
+        warnings.push(verified.text);
+    }
+    let (blobs, blob_bytes) = match vault.blobs.list(&vault.collections) {
+        Ok(list) => (list.len(), list.iter().map(|b| b.size).sum::<u64>()),
+        Err(_) => (status.blobs as usize, 0),
+    };
+    page(&OverviewPage {
+        csrf: visit.csrf,
+        peer_id: status.peer_id,
+        version: status.version,
+        api_addr: status.api_addr,
+        lan: status.lan.map(|l| Lan {
+            url: l.url,
+            fingerprint: l.fingerprint,
+        }),
+        devices: device_rows(&status.devices, now),
+        collections: status.collections.len(),
+        records: status.collections.iter().map(|c| c.records).sum(),
+        blobs,
+        blob_bytes: bytes(blob_bytes),
+        arriving: status
+            .arriving
+            .iter()
+            .map(|a| ArrivingRow {
+                id: a.id.clone(),
+                received: a.received,
+                size: a.size.max(1),
+                words: format!("{} of {}", bytes(a.received), bytes(a.size)),
+            })
+            .collect(),
+        warnings,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "devices.html")]
+pub(super) struct DevicesPage {
+    csrf: String,
+    devices: Vec<DeviceRow>,
+    invite: Option<Invite>,
+    mesh: bool,
+}
+
+pub(super) async fn devices_page(State(vault): State<AppState>, visit: Visit) -> Response {
+    render_devices(&vault, visit, None).await
+}
+
+pub(super) async fn render_devices(
+    vault: &AppState,
+    visit: Visit,
+    invite: Option<Invite>,
+) -> Response {
+    let devices = match owner::devices_view(vault).await {
+        Ok(d) => d,
+        Err(e) => return failed(e),
+    };
+    page(&DevicesPage {
+        csrf: visit.csrf,
+        devices: device_rows(&devices, crate::clock::now_unix()),
+        invite,
+        mesh: vault.mesh().is_some(),
+    })
+}
+
+pub(super) async fn pair(State(vault): State<AppState>, Posted { visit, .. }: Posted) -> Response {
+    let invite = match owner::invite(&vault).await {
+        Ok(i) => i,
+        Err(e) => return failed(e),
+    };
+    let qr = qrcode::QrCode::new(invite.code.to_ascii_uppercase().as_bytes())
+        .map(|q| {
+            q.render::<qrcode::render::svg::Color<'_>>()
+                .min_dimensions(220, 220)
+                .build()
+        })
+        .unwrap_or_default();
+    let expires = local_time(invite.expires_at);
+    let invite = Invite {
+        code: invite.code,
+        qr,
+        expires,
+    };
+    render_devices(&vault, visit, Some(invite)).await
+}
+
+pub(super) async fn remove_device(
+    State(vault): State<AppState>,
+    Path(peer): Path<String>,
+    _: Posted,
+) -> Response {
+    match owner::device_remove(&vault, &peer).await {
+        Ok(()) => Redirect::to("/devices").into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+pub(super) async fn rename_device(
+    State(vault): State<AppState>,
+    Path(peer): Path<String>,
+    Posted { form, .. }: Posted,
+) -> Response {
+    let name = form.get("name").map(String::as_str).unwrap_or_default();
+    match owner::device_rename(&vault, &peer, name).await {
+        Ok(()) => Redirect::to("/devices").into_response(),
+        Err(e) => failed(e),
+    }
+}

@@ -1,0 +1,348 @@
+//! The grants pages: the list, the form and its preview, a new grant, revoking.
+
+use super::*;
+
+pub(super) struct GrantRow {
+    id: String,
+    service: String,
+    purpose: String,
+    read: Vec<String>,
+    write: Vec<String>,
+    filter: Vec<String>,
+    expires: String,
+    last_used: String,
+    status: String,
+    active: bool,
+    app_password: bool,
+}
+
+pub(super) fn scope_words(scope: &Scope) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let mut read = Vec::new();
+    let mut write = Vec::new();
+    let mut filter = Vec::new();
+    for (name, c) in &scope.collections {
+        if let Some(fields) = &c.read {
+            read.push(format!("{name}: {fields}"));
+        }
+        if let Some(fields) = &c.write {
+            write.push(format!("{name}: {fields}"));
+        }
+        for f in &c.filter {
+            let text = format!("{name}: {f}");
+            if !filter.contains(&text) {
+                filter.push(text);
+            }
+        }
+    }
+    (read, write, filter)
+}
+
+pub(super) fn grant_row(g: &GrantInfo, now: u64) -> GrantRow {
+    let (read, write, filter) = scope_words(&g.scope);
+    GrantRow {
+        id: g.id.clone(),
+        service: g.service.clone(),
+        purpose: g.purpose.clone(),
+        read,
+        write,
+        filter,
+        expires: g.expires_at.map_or("never".into(), local_time),
+        last_used: ago(g.last_used, now),
+        status: serde_json::to_value(g.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        active: g.status == GrantStatus::Active,
+        app_password: g.app_password,
+    }
+}
+
+#[derive(Template)]
+#[template(path = "grants.html")]
+pub(super) struct GrantsPage {
+    csrf: String,
+    grants: Vec<GrantRow>,
+}
+
+pub(super) async fn grants_page(State(vault): State<AppState>, visit: Visit) -> Response {
+    let grants = match owner::grants(&vault).await {
+        Ok(g) => g,
+        Err(e) => return failed(e),
+    };
+    let now = crate::clock::now_unix();
+    page(&GrantsPage {
+        csrf: visit.csrf,
+        grants: grants.iter().rev().map(|g| grant_row(g, now)).collect(),
+    })
+}
+
+/// The grant form's fields, as a request to the API.
+pub(super) struct GrantForm {
+    service: String,
+    purpose: String,
+    read: String,
+    write: String,
+    filters: String,
+    expires: String,
+    app_password: bool,
+}
+
+impl GrantForm {
+    fn of(form: &HashMap<String, String>) -> Self {
+        let field = |name: &str| {
+            form.get(name)
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        Self {
+            service: field("service"),
+            purpose: field("purpose"),
+            read: field("read"),
+            write: field("write"),
+            filters: field("where"),
+            expires: field("expires"),
+            app_password: form.contains_key("app_password"),
+        }
+    }
+
+    fn filters(&self) -> Vec<String> {
+        self.filters
+            .split([',', '\n'])
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn request(&self) -> GrantRequest {
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        GrantRequest {
+            service: self.service.clone(),
+            read: some(&self.read),
+            write: some(&self.write),
+            filters: self.filters(),
+            expires: some(&self.expires),
+            purpose: some(&self.purpose),
+            to: None,
+            rate: None,
+            app_password: self.app_password,
+        }
+    }
+}
+
+/// The grant form's fields; a grant needs a service.
+pub(super) fn grant_form(form: &HashMap<String, String>) -> Result<GrantForm, Response> {
+    let form = GrantForm::of(form);
+    if form.service.is_empty() {
+        return Err(message(
+            StatusCode::BAD_REQUEST,
+            "A grant needs a service",
+            "Name the service or app the grant is for.",
+        ));
+    }
+    Ok(form)
+}
+
+pub(super) struct PreviewCollection {
+    name: String,
+    shown: usize,
+    hidden: usize,
+    records: Vec<String>,
+}
+
+#[derive(Template)]
+#[template(path = "grant_preview.html")]
+pub(super) struct GrantPreviewPage {
+    csrf: String,
+    form: GrantForm,
+    words: Vec<String>,
+    collections: Vec<PreviewCollection>,
+}
+
+/// "every field", or "the fields a, b" / "the field a".
+pub(super) fn field_words(fields: &hearth_protocol::scope::Fields) -> String {
+    match fields {
+        hearth_protocol::scope::Fields::All => "every field".to_owned(),
+        hearth_protocol::scope::Fields::Only(set) => {
+            let names: Vec<String> = set.iter().map(ToString::to_string).collect();
+            match names.as_slice() {
+                [one] => format!("the field {one}"),
+                _ => format!("the fields {}", names.join(", ")),
+            }
+        }
+    }
+}
+
+/// At most this many projected records per collection in a preview.
+pub(super) const PREVIEW_RECORDS: usize = 20;
+
+pub(super) async fn preview_grant(
+    State(vault): State<AppState>,
+    Posted { visit, form }: Posted,
+) -> Response {
+    let form = match grant_form(&form) {
+        Ok(form) => form,
+        Err(r) => return r,
+    };
+    let scope = match Scope::parse(
+        (!form.read.is_empty()).then_some(form.read.as_str()),
+        (!form.write.is_empty()).then_some(form.write.as_str()),
+        &form.filters(),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            return message(
+                StatusCode::BAD_REQUEST,
+                "That scope does not work",
+                &e.to_string(),
+            );
+        }
+    };
+    let expiry = if form.expires.is_empty() {
+        "30d"
+    } else {
+        form.expires.as_str()
+    };
+    let expires_words = match crate::access::parse_duration(expiry) {
+        Ok(None) => "never expires (it lasts until you revoke it)".to_owned(),
+        Ok(Some(d)) => format!(
+            "expires {}",
+            local_time(crate::clock::now_unix() + d.as_secs())
+        ),
+        Err(e) => {
+            return message(
+                StatusCode::BAD_REQUEST,
+                "That expiry does not work",
+                &e.to_string(),
+            );
+        }
+    };
+    let mut words = Vec::new();
+    let mut collections = Vec::new();
+    for (name, c) in &scope.collections {
+        let filter = if c.filter.is_empty() {
+            "every record".to_owned()
+        } else {
+            format!(
+                "only records where {}",
+                c.filter
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            )
+        };
+        if let Some(read) = &c.read {
+            words.push(format!(
+                "{} will see {} of {filter} in {name}.",
+                form.service,
+                field_words(read)
+            ));
+        }
+        if let Some(write) = &c.write {
+            words.push(format!(
+                "{} may change {} of {filter} in {name}, and create records there.",
+                form.service,
+                field_words(write)
+            ));
+        }
+        if c.read.is_some() {
+            let Ok(collection) = CollectionName::parse(name) else {
+                continue;
+            };
+            let records = vault.collections.records(&collection).unwrap_or_default();
+            let mut shown = Vec::new();
+            let mut hidden = 0;
+            for r in &records {
+                match r.as_object().and_then(|r| c.project(r)) {
+                    Some(p) => {
+                        shown.push(serde_json::to_string(&Value::Object(p)).unwrap_or_default())
+                    }
+                    None => hidden += 1,
+                }
+            }
+            collections.push(PreviewCollection {
+                name: name.clone(),
+                shown: shown.len(),
+                hidden,
+                records: shown.into_iter().take(PREVIEW_RECORDS).collect(),
+            });
+        }
+    }
+    words.push(format!("The grant {expires_words}."));
+    if form.app_password {
+        words.push(
+            "It gets an app password, for contacts and calendar apps (CardDAV, CalDAV).".into(),
+        );
+    }
+    words.push("Every access it makes is written to the audit log.".into());
+    page(&GrantPreviewPage {
+        csrf: visit.csrf,
+        form,
+        words,
+        collections,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "grant_created.html")]
+pub(super) struct GrantCreatedPage {
+    csrf: String,
+    id: String,
+    service: String,
+    token: String,
+    password: Option<String>,
+    api_addr: String,
+}
+
+pub(super) async fn create_grant(
+    State(vault): State<AppState>,
+    Posted { visit, form }: Posted,
+) -> Response {
+    let form = match grant_form(&form) {
+        Ok(form) => form,
+        Err(r) => return r,
+    };
+    match owner::grant_new(&vault, form.request()).await {
+        Ok(created) => page(&GrantCreatedPage {
+            csrf: visit.csrf,
+            id: created.id,
+            service: form.service,
+            token: created.token,
+            password: created.password,
+            api_addr: vault.api_addr.to_string(),
+        }),
+        Err(e) => failed(e),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "revoked.html")]
+pub(super) struct RevokedPage {
+    csrf: String,
+    service: String,
+    accesses: u64,
+    refused: u64,
+    first: String,
+    last: String,
+    collections: Vec<hearth_protocol::api::SeenCollection>,
+}
+
+pub(super) async fn revoke_grant(
+    State(vault): State<AppState>,
+    Path(id): Path<String>,
+    Posted { visit, .. }: Posted,
+) -> Response {
+    match owner::grant_revoke(&vault, id).await {
+        Ok(answer) => page(&RevokedPage {
+            csrf: visit.csrf,
+            service: answer.grant.service,
+            accesses: answer.seen.accesses,
+            refused: answer.seen.refused,
+            first: answer.seen.first_access.map_or("—".into(), local_time),
+            last: answer.seen.last_access.map_or("—".into(), local_time),
+            collections: answer.seen.collections,
+        }),
+        Err(e) => failed(e),
+    }
+}
