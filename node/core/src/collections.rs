@@ -683,10 +683,7 @@ impl Collections {
         self.write_across_docs(names, |docs| {
             let mut lookup = |name: &CollectionName, id: &RecordId| {
                 let doc = docs(name)?;
-                records::read_record(doc, id.as_str()).map_err(|e| CollectionError::Automerge {
-                    collection: name.to_string(),
-                    reason: e.to_string(),
-                })
+                records::read_record(doc, id.as_str()).map_err(|e| automerge_error(name, e))
             };
             decide(&mut lookup)
         })
@@ -702,7 +699,21 @@ impl Collections {
         let mut names = names.to_vec();
         names.sort();
         names.dedup();
-        loop {
+        self.with_all(&names, |guards| {
+            Ok(self.write_locked(&names, guards, decide))
+        })?
+    }
+
+    /// Runs `f` with every collection of `names` (sorted, no repeats) loaded and
+    /// locked, the locks taken in that order. Whoever holds several collection locks
+    /// takes them this way (a snapshot, a write across collections), so none can
+    /// deadlock with another.
+    fn with_all<R>(
+        &self,
+        names: &[CollectionName],
+        f: impl FnOnce(&mut [std::sync::MutexGuard<'_, Collection>]) -> Result<R, CollectionError>,
+    ) -> Result<R, CollectionError> {
+        'again: loop {
             let loaded = names
                 .iter()
                 .map(|name| self.load(name))
@@ -712,14 +723,11 @@ impl Collections {
                 let guard = self.lock(collection);
                 if guard.stale {
                     // Dropped from memory after a failed write: load it again.
-                    break;
+                    continue 'again;
                 }
                 guards.push(guard);
             }
-            if guards.len() < loaded.len() {
-                continue;
-            }
-            return self.write_locked(&names, &mut guards, decide);
+            return f(&mut guards);
         }
     }
 
@@ -966,10 +974,15 @@ impl Collections {
 
 impl Collection {
     fn automerge(&self, e: AutomergeError) -> CollectionError {
-        CollectionError::Automerge {
-            collection: self.name.to_string(),
-            reason: e.to_string(),
-        }
+        automerge_error(&self.name, e)
+    }
+}
+
+/// Automerge failing on collection `name`.
+fn automerge_error(name: &CollectionName, e: AutomergeError) -> CollectionError {
+    CollectionError::Automerge {
+        collection: name.to_string(),
+        reason: e.to_string(),
     }
 }
 

@@ -182,6 +182,14 @@ impl SyncService {
         );
     }
 
+    /// A frame (its body) received from `peer`.
+    fn count_received(&self, peer: PeerId, frame: &[u8]) {
+        self.count(peer, |s| {
+            s.frames_received += 1;
+            s.bytes_received += 4 + frame.len() as u64;
+        });
+    }
+
     /// When each peer last exchanged sync messages with this device.
     pub fn last_sync(&self) -> HashMap<PeerId, SystemTime> {
         self.last_sync
@@ -384,10 +392,7 @@ impl SyncService {
             .transpose()?
             .flatten()
             .ok_or(SessionError::NoHello)?;
-        self.count(peer, |s| {
-            s.frames_received += 1;
-            s.bytes_received += 4 + first.len() as u64;
-        });
+        self.count_received(peer, &first);
         match SyncFrame::decode(&first)? {
             SyncFrame::Hello { version, vault_id } => {
                 if vault_id != self.vault.keys.vault_id {
@@ -421,10 +426,7 @@ impl SyncService {
                 }
                 frame = inbox.recv() => {
                     let Some(frame) = frame.transpose()?.flatten() else { return Ok(()) };
-                    self.count(peer, |s| {
-                        s.frames_received += 1;
-                        s.bytes_received += 4 + frame.len() as u64;
-                    });
+                    self.count_received(peer, &frame);
                     if !self.is_member(&peer) {
                         return Err(SessionError::Removed);
                     }
@@ -504,7 +506,7 @@ impl SyncService {
             (changed, state)
         })
         .await
-        .map_err(|e| SessionError::Write(std::io::Error::other(e.to_string())))?;
+        .map_err(joined)?;
         states.insert(collection.clone(), state);
         let received = changed?;
         if received > 0 {
@@ -524,7 +526,7 @@ impl SyncService {
         let vault = self.vault.clone();
         tokio::task::spawn_blocking(move || vault.collections.digests())
             .await
-            .map_err(|e| SessionError::Write(std::io::Error::other(e.to_string())))?
+            .map_err(joined)?
             .map_err(SessionError::from)
     }
 
@@ -576,7 +578,7 @@ impl SyncService {
             (message, state)
         })
         .await
-        .map_err(|e| SessionError::Write(std::io::Error::other(e.to_string())))?;
+        .map_err(joined)?;
         states.insert(name.clone(), state);
         if let Some(message) = message? {
             let frame = SyncFrame::Doc {
@@ -587,6 +589,11 @@ impl SyncService {
         }
         Ok(())
     }
+}
+
+/// A job of the session on the blocking pool that did not finish (it panicked).
+fn joined(e: tokio::task::JoinError) -> SessionError {
+    SessionError::Write(std::io::Error::other(e.to_string()))
 }
 
 fn closed() -> SessionError {

@@ -342,10 +342,7 @@ impl Collections {
             vec![name.clone(), notices.clone()]
         };
         self.write_across_docs(&locked, |docs| {
-            let automerge = |e: AutomergeError| CollectionError::Automerge {
-                collection: name.to_string(),
-                reason: e.to_string(),
-            };
+            let automerge = |e| automerge_error(name, e);
             let doc = docs(name)?;
             if records::read_record(doc, id.as_str())
                 .map_err(automerge)?

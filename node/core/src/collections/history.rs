@@ -63,33 +63,20 @@ impl Collections {
     }
 
     /// Every collection at one moment (see [`Snapshot`]): each collection is locked,
-    /// in the order of their names, until the heads of all are taken. No thread ever
-    /// holds two collection locks otherwise, so this cannot deadlock.
+    /// in the order of their names (as every holder of several locks takes them:
+    /// `with_all`), until the heads of all are taken.
     pub fn snapshot(&self) -> Result<Snapshot<'_>, CollectionError> {
         let names = self.names()?;
-        'again: loop {
-            let loaded = names
-                .iter()
-                .map(|name| self.load(name))
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut guards = Vec::with_capacity(loaded.len());
-            for collection in &loaded {
-                let guard = self.lock(collection);
-                if guard.stale {
-                    // Dropped from memory after a failed write: load it again.
-                    continue 'again;
-                }
-                guards.push(guard);
-            }
-            let heads = guards
+        let heads = self.with_all(&names, |guards| {
+            Ok(guards
                 .iter_mut()
                 .map(|c| (c.name.clone(), c.doc.get_heads()))
-                .collect();
-            return Ok(Snapshot {
-                collections: self,
-                heads,
-            });
-        }
+                .collect())
+        })?;
+        Ok(Snapshot {
+            collections: self,
+            heads,
+        })
     }
 
     /// The whole document of a collection, as Automerge saves it.
