@@ -46,6 +46,12 @@ fn id_of(key: &str) -> RecordId {
     RecordId::from_random(bytes)
 }
 
+/// The id of a message whose Message-ID (`key`) another message of the vault holds:
+/// kept beside it, keyed by its blob too.
+fn id_beside(key: &str, blob: &str) -> RecordId {
+    id_of(&format!("{key}\u{0}{blob}"))
+}
+
 /// The fields of a message (without `blob`, `folders`, `flags`, which the import sets).
 /// A message `mail-parser` cannot read at all still gets its size.
 pub fn fields_of(bytes: &[u8]) -> (Option<String>, Map<String, Json>) {
@@ -190,8 +196,15 @@ pub async fn import_batch(
     // The records and the listing of their blobs are one write: on disk together, or
     // (a refused batch, a crash) neither, so no device fetches a blob no record names.
     let (imported, duplicates) = tokio::task::spawn_blocking(move || {
-        let locked = [name.clone(), crate::blobs::blob_list()];
-        collections.write_across(&locked, |lookup| {
+        // Every record the batch may read or write: each message's id, and the id it
+        // takes beside another message of the same Message-ID; the blobs' listings.
+        let mut touching = crate::blobs::listings_of(&to_list);
+        for entry in &entries {
+            for id in [id_of(&entry.key), id_beside(&entry.key, &entry.blob)] {
+                touching.push((name.clone(), id));
+            }
+        }
+        collections.write_across(&touching, |lookup| {
             let (writes, counts) = decide(entries, &mut |id| lookup(&name, id))?;
             let mut writes: crate::collections::WritesIn = writes
                 .into_iter()
@@ -248,7 +261,7 @@ fn decide(
             .is_some_and(|b| b.get("blob").and_then(Json::as_str) != Some(blob.as_str()))
         {
             // Another message holds this Message-ID: this one is kept beside it.
-            id = id_of(&format!("{key}\u{0}{blob}"));
+            id = id_beside(&key, &blob);
             before = current(lookup, &id, &batch, &at, &mut before_batch)?;
         }
         let record = match before {

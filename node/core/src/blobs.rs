@@ -223,7 +223,7 @@ pub fn announce_many(
     blobs: &[(BlobId, u64, Described)],
 ) -> Result<bool, CollectionError> {
     collections
-        .write_across(&[blob_list()], |lookup| {
+        .write_across(&listings_of(blobs), |lookup| {
             let writes = listing_writes(lookup, blobs)?;
             let changed = !writes.is_empty();
             Ok::<_, CollectionError>((writes, changed))
@@ -231,9 +231,18 @@ pub fn announce_many(
         .and_then(|r| r)
 }
 
+/// The records of `_blobs` that list `blobs`: what a [`Collections::write_across`]
+/// that writes [`listing_writes`] must name among the records it touches.
+pub fn listings_of(blobs: &[(BlobId, u64, Described)]) -> Vec<(CollectionName, RecordId)> {
+    blobs
+        .iter()
+        .map(|(id, _, _)| (blob_list(), listing_id(id)))
+        .collect()
+}
+
 /// The writes of `_blobs` that list `blobs` as [`announce_many`] does, for a request
 /// that writes them with records of its own in one [`Collections::write_across`]
-/// (which must lock `_blobs`): the records naming the blobs and their listing are
+/// (which must name [`listings_of`] them): the records naming the blobs and their listing are
 /// then on disk together or not at all.
 pub fn listing_writes(
     lookup: &mut LookupIn<'_>,

@@ -35,18 +35,21 @@ use crate::recordmerge;
 use zeroize::Zeroizing;
 
 use crate::commits::MarkCheck;
-use crate::index::{Mark, RecordIndex, Stored};
+use crate::index::{Mark, Part, RecordIndex, Stored};
 use crate::records;
 use crate::store::{SealedBatch, SealedTree, Store, StoreError};
 
 mod combined;
 mod conflicts;
 mod history;
+mod parts;
 mod storage;
 pub use combined::EditRefused;
 pub use conflicts::{RecordConflict, RecordConflicts, Removal};
 use conflicts::{conflicts_list, merged, notice_id};
 pub use history::Snapshot;
+pub(crate) use parts::PartName;
+use parts::part_number;
 
 /// Changes kept beside a snapshot before the collection is compacted.
 pub const COMPACT_AFTER: u64 = 256;
@@ -84,6 +87,15 @@ pub enum CollectionError {
     /// A write to a collection its request did not name ([`Collections::write_across`]).
     #[error("a write to collection {0}, which its request did not lock")]
     NotLocked(String),
+    /// What reads a collection as one document, asked of one kept in parts (its
+    /// history and sync work per part only once docs/design/bounded-documents.md's
+    /// steps 2 and 3 land; until then every collection of a running node is kept in
+    /// one part).
+    #[error("collection {collection} is kept in parts, and {what} is not built for parts yet")]
+    InParts {
+        collection: String,
+        what: &'static str,
+    },
     /// A failure shared by writes persisted together ([`combined`]): each is answered
     /// with the one failure's code and message.
     #[error("{message}")]
@@ -103,7 +115,8 @@ impl CollectionError {
             CollectionError::BadEdit(_) => ErrorCode::BadRequest,
             CollectionError::Automerge { .. }
             | CollectionError::BadSyncMessage { .. }
-            | CollectionError::NotLocked(_) => ErrorCode::Internal,
+            | CollectionError::NotLocked(_)
+            | CollectionError::InParts { .. } => ErrorCode::Internal,
             CollectionError::Shared { code, .. } => *code,
         }
     }
@@ -128,10 +141,13 @@ pub struct Collections {
     /// Every record as it reads now, for reads that need no document ([`crate::index`]).
     index: RecordIndex,
     actor: ActorId,
-    open: Mutex<HashMap<CollectionName, Slot>>,
-    /// One gate per collection being loaded: loads of one collection wait for each
-    /// other there, and nothing else waits for a load (`open` is not held meanwhile).
-    loading: Mutex<HashMap<CollectionName, Arc<Mutex<()>>>>,
+    /// How many parts a user collection is kept in (1 until parts are built whole:
+    /// docs/design/bounded-documents.md; tests set more).
+    user_fan_out: std::sync::atomic::AtomicU16,
+    open: Mutex<HashMap<PartName, Slot>>,
+    /// One gate per part being loaded: loads of one part wait for each other there,
+    /// and nothing else waits for a load (`open` is not held meanwhile).
+    loading: Mutex<HashMap<PartName, Arc<Mutex<()>>>>,
     /// Counts uses, to find the least recently used collection.
     uses: AtomicU64,
     /// The documents kept in memory, counted by their saved size (see
@@ -143,8 +159,8 @@ pub struct Collections {
     /// Held while a collection's document keys are read whole (a load) and while a
     /// compaction replaces some of them, so a load never sees half of that.
     layout: Arc<Mutex<()>>,
-    /// Record writes waiting to be persisted together, by collection ([`combined`]).
-    writes: Mutex<HashMap<CollectionName, combined::Queue>>,
+    /// Record writes waiting to be persisted together, by part ([`combined`]).
+    writes: Mutex<HashMap<PartName, combined::Queue>>,
 }
 
 /// A collection in memory, with what the cache needs to choose which to drop.
@@ -159,13 +175,16 @@ struct Slot {
 /// The default cache budget: documents adding up to 64 MiB in their saved form.
 pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
+/// A part of a collection in memory (the whole collection, when it is kept in one).
 struct Collection {
     name: CollectionName,
-    key: [u8; 32],
+    part: u16,
+    /// Where it is kept: its own key and the collection's.
+    at: Part,
     doc: AutoCommit,
     /// Heads covered by what is on disk; the next change saved is everything after.
     persisted_heads: Vec<ChangeHash>,
-    /// Whether the name is in the `collections` tree (a collection only read is not).
+    /// Whether the part is listed in the `collections` tree (a part only read is not).
     listed: bool,
     /// The record count if the record index is current with `persisted_heads`; `None`
     /// if it must be built again from the document.
@@ -190,9 +209,10 @@ pub type Lookup<'a> =
 pub type LookupIn<'a> = dyn FnMut(&CollectionName, &RecordId) -> Result<Option<Map<String, Json>>, CollectionError>
     + 'a;
 
-/// How [`Collections::write_across_docs`]'s `decide` reads a locked document.
+/// How [`Collections::write_across_docs`]'s `decide` reads a locked document: the one
+/// that holds a record.
 pub(crate) type DocsIn<'a> =
-    dyn Fn(&CollectionName) -> Result<&'a AutoCommit, CollectionError> + 'a;
+    dyn Fn(&CollectionName, &RecordId) -> Result<&'a AutoCommit, CollectionError> + 'a;
 
 /// What [`Collections::write_across`] writes: records of several collections.
 pub type WritesIn = Vec<(CollectionName, RecordId, RecordWrite)>;
@@ -296,6 +316,7 @@ impl Collections {
             index: RecordIndex::open(store.clone())?,
             store,
             actor: ActorId::from(actor),
+            user_fan_out: std::sync::atomic::AtomicU16::new(1),
             open: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
             uses: AtomicU64::new(0),
@@ -322,7 +343,7 @@ impl Collections {
         (open.len(), open.values().map(|s| s.bytes).sum())
     }
 
-    fn open_slots(&self) -> std::sync::MutexGuard<'_, HashMap<CollectionName, Slot>> {
+    fn open_slots(&self) -> std::sync::MutexGuard<'_, HashMap<PartName, Slot>> {
         self.open
             .lock()
             .expect("open-collections lock is never poisoned")
@@ -335,7 +356,8 @@ impl Collections {
     fn used(&self, c: &Collection) {
         let mut open = self.open_slots();
         let tick = self.uses.fetch_add(1, Ordering::Relaxed);
-        if let Some(slot) = open.get_mut(&c.name) {
+        let this = c.id();
+        if let Some(slot) = open.get_mut(&this) {
             slot.bytes = c.snapshot_bytes + c.change_bytes;
             slot.used = tick;
         }
@@ -344,7 +366,7 @@ impl Collections {
         while total > budget {
             let Some((name, bytes)) = open
                 .iter()
-                .filter(|(name, slot)| **name != c.name && Arc::strong_count(&slot.collection) == 1)
+                .filter(|(part, slot)| **part != this && Arc::strong_count(&slot.collection) == 1)
                 .min_by_key(|(_, slot)| slot.used)
                 .map(|(name, slot)| (name.clone(), slot.bytes))
             else {
@@ -352,7 +374,7 @@ impl Collections {
             };
             open.remove(&name);
             total -= bytes;
-            tracing::debug!(collection = %name, bytes, "dropped a collection from memory");
+            tracing::debug!(collection = %name.name, part = name.part, bytes, "dropped a collection from memory");
         }
     }
 
@@ -365,7 +387,11 @@ impl Collections {
     pub fn names(&self) -> Result<Vec<CollectionName>, CollectionError> {
         let mut names = Vec::new();
         for entry in self.names.scan_prefix(&[]) {
-            let (_, name) = entry?;
+            let (key, name) = entry?;
+            if key.len() != 32 {
+                // A part's listing, beside its collection's.
+                continue;
+            }
             let name = std::str::from_utf8(&name)
                 .ok()
                 .and_then(|n| CollectionName::parse(n).ok())
@@ -425,7 +451,16 @@ impl Collections {
     /// How many records a collection holds (0 for one never written).
     pub fn count(&self, name: &CollectionName) -> Result<usize, CollectionError> {
         let key = self.indexed(name)?;
-        Ok(self.index.mark(&key)?.count as usize)
+        let count: u64 = match self.fan_out(name) {
+            1 => self.index.mark(&Part::whole(key))?.count,
+            _ => self
+                .index
+                .part_marks(&key)?
+                .iter()
+                .map(|(_, m)| m.count)
+                .sum(),
+        };
+        Ok(count as usize)
     }
 
     /// All records of a collection, each with its `"id"`, sorted by id.
@@ -510,7 +545,7 @@ impl Collections {
                 record.retain(|k, _| keys.contains(&k.as_str()));
                 Ok(Some(record))
             }
-            Stored::InDocument => self.with(name, |c| {
+            Stored::InDocument => self.with(&self.part_of(name, id.as_str()), |c| {
                 records::read_record_fields(&c.doc, id.as_str(), keys).map_err(|e| c.automerge(e))
             }),
         }
@@ -526,7 +561,7 @@ impl Collections {
     ) -> Result<Option<Map<String, Json>>, CollectionError> {
         match stored {
             Stored::Record(record) => Ok(Some(record)),
-            Stored::InDocument => self.with(name, |c| {
+            Stored::InDocument => self.with(&self.part_of(name, id), |c| {
                 records::read_record(&c.doc, id).map_err(|e| c.automerge(e))
             }),
         }
@@ -537,25 +572,28 @@ impl Collections {
     /// document write that failed after its index write) indexed again from the
     /// document.
     fn indexed(&self, name: &CollectionName) -> Result<[u8; 32], CollectionError> {
-        let key = self.store.name_key(NAME_DOMAIN, name.as_str());
-        if self.index.is_current(&key)
-            || self
-                .index
-                .check(&key, self.store.ledger(), || self.generation_on_disk(&key))?
-        {
-            return Ok(key);
-        }
-        self.with(name, |c| {
-            if c.indexed.is_none() {
-                let mut batch = SealedBatch::default();
-                let heads = c.persisted_heads.clone();
-                let count = self.reindex(c, &mut batch, c.next_seq, heads)?;
-                self.index.tree().apply(batch)?;
-                c.indexed = Some(count);
+        let key = self.collection_key(name);
+        for part in self.parts(name)? {
+            let at = self.place_in(key, &part);
+            if self.index.is_current(&at)
+                || self.index.check(&at, self.store.ledger(), || {
+                    self.generation_on_disk(&at.key)
+                })?
+            {
+                continue;
             }
-            self.index.set_current(&c.key);
-            Ok(())
-        })?;
+            self.with(&part, |c| {
+                if c.indexed.is_none() {
+                    let mut batch = SealedBatch::default();
+                    let heads = c.persisted_heads.clone();
+                    let count = self.reindex(c, &mut batch, c.next_seq, heads)?;
+                    self.index.tree().apply(batch)?;
+                    c.indexed = Some(count);
+                }
+                self.index.set_current(&c.at);
+                Ok(())
+            })?;
+        }
         Ok(key)
     }
 
@@ -580,13 +618,15 @@ impl Collections {
                 ))),
             }
         });
-        let count = self.index.rebuild(&c.key, c.name.as_str(), all)?;
+        let fan_out = self.fan_out(&c.name);
+        let ours = |id: &str| part_number(&c.at.collection, fan_out, id) == c.part;
+        let count = self.index.rebuild(&c.at, c.name.as_str(), ours, all)?;
         let mark = Mark {
             generation,
             count,
             heads,
         };
-        self.index.set_mark(batch, &c.key, &mark);
+        self.index.set_mark(batch, &c.at, &mark);
         Ok(count)
     }
 
@@ -598,9 +638,11 @@ impl Collections {
         id: &RecordId,
         record: &Map<String, Json>,
     ) -> Result<bool, CollectionError> {
-        self.mutate(name, Some(&[id.as_str()]), |doc| {
-            records::put_record(doc, id.as_str(), record)
-        })
+        self.mutate(
+            &self.part_of(name, id.as_str()),
+            Some(&[id.as_str()]),
+            |doc| records::put_record(doc, id.as_str(), record),
+        )
     }
 
     /// Merges `patch` into a record (RFC 7396); `None` if there is no such record.
@@ -610,9 +652,11 @@ impl Collections {
         id: &RecordId,
         patch: &Map<String, Json>,
     ) -> Result<Option<Json>, CollectionError> {
-        let found = self.mutate(name, Some(&[id.as_str()]), |doc| {
-            records::patch_record(doc, id.as_str(), patch)
-        })?;
+        let found = self.mutate(
+            &self.part_of(name, id.as_str()),
+            Some(&[id.as_str()]),
+            |doc| records::patch_record(doc, id.as_str(), patch),
+        )?;
         if found { self.get(name, id) } else { Ok(None) }
     }
 
@@ -626,12 +670,16 @@ impl Collections {
         edits: &[records::TextEdit],
     ) -> Result<bool, CollectionError> {
         // All or nothing: a bad edit rolls back the ones applied before it.
-        self.try_mutate(name, Some(&[id.as_str()]), |doc| {
-            records::edit_text(doc, id.as_str(), field, edits).map_err(|e| match e {
-                records::TextEditError::Automerge(e) => Abandon::Automerge(e),
-                other => Abandon::Refused(other.to_string()),
-            })
-        })?
+        self.try_mutate(
+            &self.part_of(name, id.as_str()),
+            Some(&[id.as_str()]),
+            |doc| {
+                records::edit_text(doc, id.as_str(), field, edits).map_err(|e| match e {
+                    records::TextEditError::Automerge(e) => Abandon::Automerge(e),
+                    other => Abandon::Refused(other.to_string()),
+                })
+            },
+        )?
         .map_err(CollectionError::BadEdit)
     }
 
@@ -642,47 +690,37 @@ impl Collections {
         name: &CollectionName,
         writes: &[(RecordId, RecordWrite)],
     ) -> Result<(), CollectionError> {
-        let ids: Vec<&str> = writes.iter().map(|(id, _)| id.as_str()).collect();
-        self.mutate(name, Some(&ids), |doc| apply_writes(doc, writes))
-    }
-
-    /// Lets `decide` look records up (as the collection holds them, without their
-    /// `"id"`) and say what to write, then applies its writes as one change, all under
-    /// the collection's lock: what `decide` read is what its writes land on, and no
-    /// other write comes between (two imports of the same message, an import and the
-    /// owner's edit). If `decide` refuses, nothing is written. Durable only after
-    /// [`Store::commit`].
-    pub fn write_many_with<T, E>(
-        &self,
-        name: &CollectionName,
-        decide: impl FnOnce(&mut Lookup<'_>) -> Result<(Vec<(RecordId, RecordWrite)>, T), E>,
-    ) -> Result<Result<T, E>, CollectionError> {
-        self.write_across(std::slice::from_ref(name), |lookup| {
-            let (writes, value) = decide(&mut |id| lookup(name, id))?;
-            let writes = writes
-                .into_iter()
-                .map(|(id, write)| (name.clone(), id, write))
-                .collect();
-            Ok((writes, value))
-        })
+        let touching: Vec<_> = writes
+            .iter()
+            .map(|(id, _)| (name.clone(), id.clone()))
+            .collect();
+        let all: WritesIn = writes
+            .iter()
+            .map(|(id, write)| (name.clone(), id.clone(), write.clone()))
+            .collect();
+        self.write_across(&touching, |_| Ok::<_, std::convert::Infallible>((all, ())))?
+            .unwrap_or_else(|never| match never {});
+        Ok(())
     }
 
     /// One request's writes to several collections, as one job: `decide` looks
-    /// records up in any of `names` (as each holds them under its lock) and says what
-    /// to write where; each collection's writes become one change, and all the changes
-    /// are written in one store transaction, so after a crash all of them are on disk
-    /// or none is. If `decide` refuses or anything fails, nothing is written and every
-    /// document is as it was. The locks are taken in name order, as
+    /// records up (as their collections hold them under their locks) and says what to
+    /// write where. Every record it reads or writes must be in `touching`, so that the
+    /// parts holding them are locked (a record elsewhere is refused as
+    /// [`CollectionError::NotLocked`]). Each part's writes become one change, and all
+    /// the changes are written in one store transaction, so after a crash all of them
+    /// are on disk or none is. If `decide` refuses or anything fails, nothing is
+    /// written and every document is as it was. The locks are taken in part order, as
     /// [`Collections::snapshot`] takes them, so this cannot deadlock. Durable only
     /// after [`Store::commit`].
     pub fn write_across<T, E>(
         &self,
-        names: &[CollectionName],
+        touching: &[(CollectionName, RecordId)],
         decide: impl FnOnce(&mut LookupIn<'_>) -> Result<(WritesIn, T), E>,
     ) -> Result<Result<T, E>, CollectionError> {
-        self.write_across_docs(names, |docs| {
+        self.write_across_docs(touching, |docs| {
             let mut lookup = |name: &CollectionName, id: &RecordId| {
-                let doc = docs(name)?;
+                let doc = docs(name, id)?;
                 records::read_record(doc, id.as_str()).map_err(|e| automerge_error(name, e))
             };
             decide(&mut lookup)
@@ -693,30 +731,32 @@ impl Collections {
     /// themselves (a record's versions, not only the record).
     pub(crate) fn write_across_docs<T, E>(
         &self,
-        names: &[CollectionName],
+        touching: &[(CollectionName, RecordId)],
         decide: impl FnOnce(&DocsIn<'_>) -> Result<(WritesIn, T), E>,
     ) -> Result<Result<T, E>, CollectionError> {
-        let mut names = names.to_vec();
-        names.sort();
-        names.dedup();
-        self.with_all(&names, |guards| {
-            Ok(self.write_locked(&names, guards, decide))
+        let mut parts: Vec<PartName> = touching
+            .iter()
+            .map(|(name, id)| self.part_of(name, id.as_str()))
+            .collect();
+        parts.sort();
+        parts.dedup();
+        self.with_all(&parts, |guards| {
+            Ok(self.write_locked(&parts, guards, decide))
         })?
     }
 
-    /// Runs `f` with every collection of `names` (sorted, no repeats) loaded and
-    /// locked, the locks taken in that order. Whoever holds several collection locks
-    /// takes them this way (a snapshot, a write across collections), so none can
-    /// deadlock with another.
+    /// Runs `f` with every part of `parts` (sorted, no repeats) loaded and locked, the
+    /// locks taken in that order. Whoever holds several locks takes them this way (a
+    /// snapshot, a write across collections), so none can deadlock with another.
     fn with_all<R>(
         &self,
-        names: &[CollectionName],
+        parts: &[PartName],
         f: impl FnOnce(&mut [std::sync::MutexGuard<'_, Collection>]) -> Result<R, CollectionError>,
     ) -> Result<R, CollectionError> {
         'again: loop {
-            let loaded = names
+            let loaded = parts
                 .iter()
-                .map(|name| self.load(name))
+                .map(|part| self.load(part))
                 .collect::<Result<Vec<_>, _>>()?;
             let mut guards = Vec::with_capacity(loaded.len());
             for collection in &loaded {
@@ -731,40 +771,36 @@ impl Collections {
         }
     }
 
-    /// [`Collections::write_across`] once every collection is locked (`guards`, in the
-    /// order of `names`).
+    /// [`Collections::write_across`] once every part is locked (`guards`, in the
+    /// order of `parts`).
     fn write_locked<T, E>(
         &self,
-        names: &[CollectionName],
+        parts: &[PartName],
         guards: &mut [std::sync::MutexGuard<'_, Collection>],
         decide: impl FnOnce(&DocsIn<'_>) -> Result<(WritesIn, T), E>,
     ) -> Result<Result<T, E>, CollectionError> {
+        let locked = |name: &CollectionName, id: &RecordId| {
+            parts
+                .binary_search(&self.part_of(name, id.as_str()))
+                .map_err(|_| CollectionError::NotLocked(name.to_string()))
+        };
         let decided = {
             let guards = &*guards;
-            let docs = |name: &CollectionName| {
-                guards
-                    .iter()
-                    .find(|c| c.name == *name)
-                    .map(|c| &c.doc)
-                    .ok_or_else(|| CollectionError::NotLocked(name.to_string()))
-            };
+            let docs = |name: &CollectionName, id: &RecordId| Ok(&guards[locked(name, id)?].doc);
             decide(&docs)
         };
         let (writes, value) = match decided {
             Ok(decided) => decided,
             Err(e) => return Ok(Err(e)),
         };
-        let mut by_collection: Vec<Vec<(RecordId, RecordWrite)>> = vec![Vec::new(); names.len()];
+        let mut by_part: Vec<Vec<(RecordId, RecordWrite)>> = vec![Vec::new(); parts.len()];
         for (name, id, write) in writes {
-            let at = names
-                .binary_search(&name)
-                .map_err(|_| CollectionError::NotLocked(name.to_string()))?;
-            by_collection[at].push((id, write));
+            by_part[locked(&name, &id)?].push((id, write));
         }
         // Every document changed, then every change prepared, then one write: a
         // failure anywhere before the write rolls every document back.
         let mut failed = None;
-        for (c, writes) in guards.iter_mut().zip(&by_collection) {
+        for (c, writes) in guards.iter_mut().zip(&by_part) {
             if let Err(e) = apply_writes(&mut c.doc, writes) {
                 failed = Some(c.automerge(e));
                 break;
@@ -779,7 +815,7 @@ impl Collections {
         let mut store_writes = storage::Writes::default();
         let mut prepared = Vec::with_capacity(guards.len());
         let mut result = Ok(());
-        for (c, writes) in guards.iter_mut().zip(&by_collection) {
+        for (c, writes) in guards.iter_mut().zip(&by_part) {
             let ids: Vec<&str> = writes.iter().map(|(id, _)| id.as_str()).collect();
             match self.prepare(c, Some(&ids), &mut store_writes) {
                 Ok(p) => prepared.push(p),
@@ -793,19 +829,25 @@ impl Collections {
             result = self.write(store_writes);
         }
         if let Err(e) = result {
-            // Memory is ahead of the disk in every collection changed: each is
-            // forgotten, and read again from the disk on its next use.
+            // Memory is ahead of the disk in every part changed: each is forgotten,
+            // and read again from the disk on its next use.
             for c in guards.iter_mut() {
                 self.forget(c);
             }
             return Err(e);
         }
+        let mut changed: Vec<CollectionName> = Vec::new();
         for (c, p) in guards.iter_mut().zip(prepared) {
             if let Some(p) = p {
                 self.finish(c, p);
-                // Nobody listening is fine: nothing is syncing.
-                drop(self.changes.send(c.name.clone()));
+                if changed.last() != Some(&c.name) {
+                    changed.push(c.name.clone());
+                }
             }
+        }
+        for name in changed {
+            // Nobody listening is fine: nothing is syncing.
+            drop(self.changes.send(name));
         }
         for c in guards.iter() {
             self.used(c);
@@ -815,7 +857,7 @@ impl Collections {
 
     /// As [`Collections::write_many`], only if record `watched` reads as `expected`
     /// (as [`Collections::get`] gives it; `None`: absent) when the writes are applied,
-    /// checked under the collection's lock: a compare-and-set. Otherwise nothing is
+    /// checked under the locks of the writes: a compare-and-set. Otherwise nothing is
     /// written and the record as it reads now is returned. Durable only after
     /// [`Store::commit`].
     pub fn write_many_unless_changed(
@@ -825,16 +867,31 @@ impl Collections {
         expected: Option<&Json>,
         writes: &[(RecordId, RecordWrite)],
     ) -> Result<Result<(), Option<Json>>, CollectionError> {
-        let ids: Vec<&str> = writes.iter().map(|(id, _)| id.as_str()).collect();
-        self.try_mutate(name, Some(&ids), |doc| {
-            let now =
-                records::read_record(doc, watched.as_str())?.map(|r| with_id(watched.as_str(), r));
+        /// Why the compare-and-set wrote nothing.
+        enum Unless {
+            Changed(Option<Json>),
+            Failed(CollectionError),
+        }
+        let mut touching = vec![(name.clone(), watched.clone())];
+        touching.extend(writes.iter().map(|(id, _)| (name.clone(), id.clone())));
+        let written = self.write_across(&touching, |lookup| {
+            let now = lookup(name, watched)
+                .map_err(Unless::Failed)?
+                .map(|r| with_id(watched.as_str(), r));
             if now.as_ref() != expected {
-                return Err(Abandon::Refused(now));
+                return Err(Unless::Changed(now));
             }
-            apply_writes(doc, writes)?;
-            Ok(())
-        })
+            let writes = writes
+                .iter()
+                .map(|(id, write)| (name.clone(), id.clone(), write.clone()))
+                .collect();
+            Ok((writes, ()))
+        })?;
+        match written {
+            Ok(()) => Ok(Ok(())),
+            Err(Unless::Changed(now)) => Ok(Err(now)),
+            Err(Unless::Failed(e)) => Err(e),
+        }
     }
 
     /// Removes record `id`, and with it (in the same write) its delete notice in
@@ -843,12 +900,18 @@ impl Collections {
     pub fn remove(&self, name: &CollectionName, id: &RecordId) -> Result<bool, CollectionError> {
         if name.is_system() {
             // System collections have no notices (and `_conflicts` is one of them).
-            return self.mutate(name, Some(&[id.as_str()]), |doc| {
-                records::remove_record(doc, id.as_str())
-            });
+            return self.mutate(
+                &self.part_of(name, id.as_str()),
+                Some(&[id.as_str()]),
+                |doc| records::remove_record(doc, id.as_str()),
+            );
         }
         let (notices, notice) = (conflicts_list(), notice_id(name, id.as_str()));
-        self.write_across(&[name.clone(), notices.clone()], |lookup| {
+        let touching = [
+            (name.clone(), id.clone()),
+            (notices.clone(), notice.clone()),
+        ];
+        self.write_across(&touching, |lookup| {
             if lookup(name, id)?.is_none() {
                 return Ok((Vec::new(), false));
             }
@@ -862,11 +925,11 @@ impl Collections {
 
     fn with<R>(
         &self,
-        name: &CollectionName,
+        part: &PartName,
         f: impl FnOnce(&mut Collection) -> Result<R, CollectionError>,
     ) -> Result<R, CollectionError> {
         loop {
-            let collection = self.load(name)?;
+            let collection = self.load(part)?;
             let mut collection = self.lock(&collection);
             // A copy whose change failed to persist (or whose holder panicked) was
             // dropped from `open` while we waited for its lock: the next `load` reads
@@ -882,10 +945,10 @@ impl Collections {
         }
     }
 
-    /// Locks a loaded collection. A lock poisoned by a panic while it was held (the
+    /// Locks a loaded part. A lock poisoned by a panic while it was held (the
     /// document may hold half a change, or changes never persisted) gives up that
     /// copy: it is marked stale and dropped from the cache, so the caller loads the
-    /// collection again from the disk, where nothing of the failed request is. One
+    /// part again from the disk, where nothing of the failed request is. One
     /// panicking request never leaves a collection dead until a restart.
     fn lock<'a>(&self, collection: &'a Mutex<Collection>) -> std::sync::MutexGuard<'a, Collection> {
         match collection.lock() {
@@ -894,8 +957,8 @@ impl Collections {
                 let mut guard = poisoned.into_inner();
                 if !guard.stale {
                     guard.stale = true;
-                    self.index.forget(&guard.key);
-                    self.open_slots().remove(&guard.name);
+                    self.index.forget(&guard.at);
+                    self.open_slots().remove(&guard.id());
                     tracing::warn!(collection = %guard.name, "a request panicked while it held a collection; it is read again from the disk");
                 }
                 collection.clear_poison();
@@ -906,27 +969,28 @@ impl Collections {
 
     fn mutate<R>(
         &self,
-        name: &CollectionName,
+        part: &PartName,
         touched: Option<&[&str]>,
         change: impl FnOnce(&mut AutoCommit) -> Result<R, AutomergeError>,
     ) -> Result<R, CollectionError> {
-        self.try_mutate(name, touched, |doc| {
+        self.try_mutate(part, touched, |doc| {
             change(doc).map_err(Abandon::<std::convert::Infallible>::Automerge)
         })?
         .map_err(|never| match never {})
     }
 
-    /// Runs `change` on the document and persists what it did; if it refuses (or
+    /// Runs `change` on a part's document and persists what it did; if it refuses (or
     /// Automerge fails), everything it did is rolled back and nothing is persisted.
-    /// `touched`: the only records `change` can touch (a local write knows them), or
-    /// [`FROM_CHANGES`] to find them from the change's operations (what sync brings).
+    /// `touched`: the only records `change` can touch (a local write knows them; all
+    /// of them in `part`), or [`FROM_CHANGES`] to find them from the change's
+    /// operations (what sync brings).
     fn try_mutate<R, E>(
         &self,
-        name: &CollectionName,
+        part: &PartName,
         touched: Option<&[&str]>,
         change: impl FnOnce(&mut AutoCommit) -> Result<R, Abandon<E>>,
     ) -> Result<Result<R, E>, CollectionError> {
-        self.with(name, |c| {
+        self.with(part, |c| {
             let result = match change(&mut c.doc) {
                 Ok(result) => result,
                 Err(Abandon::Refused(e)) => {
@@ -967,12 +1031,19 @@ impl Collections {
     /// stale and dropped with its index mark, so the next use reads the disk again.
     fn forget(&self, c: &mut Collection) {
         c.stale = true;
-        self.index.forget(&c.key);
-        self.open_slots().remove(&c.name);
+        self.index.forget(&c.at);
+        self.open_slots().remove(&c.id());
     }
 }
 
 impl Collection {
+    fn id(&self) -> PartName {
+        PartName {
+            name: self.name.clone(),
+            part: self.part,
+        }
+    }
+
     fn automerge(&self, e: AutomergeError) -> CollectionError {
         automerge_error(&self.name, e)
     }
@@ -1050,17 +1121,17 @@ mod tests {
     use crate::testutil::TestVault;
     use serde_json::json;
 
-    fn name(n: &str) -> CollectionName {
+    pub(super) fn name(n: &str) -> CollectionName {
         CollectionName::parse(n).unwrap()
     }
-    fn id(i: &str) -> RecordId {
+    pub(super) fn id(i: &str) -> RecordId {
         RecordId::parse(i).unwrap()
     }
-    fn obj(v: Json) -> Map<String, Json> {
+    pub(super) fn obj(v: Json) -> Map<String, Json> {
         v.as_object().unwrap().clone()
     }
     /// Puts record `r{i}`, `{"n": i}`, into `collection`.
-    fn put_numbered(c: &Collections, collection: &CollectionName, i: u64) {
+    pub(super) fn put_numbered(c: &Collections, collection: &CollectionName, i: u64) {
         c.put(collection, &id(&format!("r{i}")), &obj(json!({"n": i})))
             .unwrap();
     }
@@ -1249,7 +1320,7 @@ mod tests {
         assert_eq!(snapshot.collection_records(&a).unwrap().len(), 1);
         drop(snapshot);
         // A collection in someone's hands is never dropped.
-        let held = c.load(&a).unwrap();
+        let held = c.load(&PartName::only(a.clone())).unwrap();
         c.heads(&b).unwrap();
         assert_eq!(c.cached().0, 2);
         drop(held);
@@ -1659,7 +1730,7 @@ mod tests {
         let holder = {
             let (c, contacts) = (c.clone(), contacts.clone());
             std::thread::spawn(move || {
-                c.with(&contacts, |_| {
+                c.with(&PartName::only(contacts.clone()), |_| {
                     locked.send(()).unwrap();
                     released.recv().unwrap();
                     Ok(())
@@ -2105,6 +2176,10 @@ mod tests {
         assert!(err.contains("truncated"), "{err}");
     }
 
+    fn at(collection: &str, record: &str) -> (CollectionName, RecordId) {
+        (name(collection), id(record))
+    }
+
     fn put_in(collection: &str, record: &str, n: u64) -> (CollectionName, RecordId, RecordWrite) {
         (
             name(collection),
@@ -2121,7 +2196,7 @@ mod tests {
         c.put(&name("b"), &id("old"), &obj(json!({"n": 0})))
             .unwrap();
         let seen = c
-            .write_across(&[name("b"), name("a")], |lookup| {
+            .write_across(&[at("b", "old"), at("a", "x"), at("b", "y")], |lookup| {
                 let old = lookup(&name("b"), &id("old"))?;
                 let writes = vec![put_in("a", "x", 1), put_in("b", "y", 2)];
                 Ok::<_, CollectionError>((writes, old))
@@ -2154,7 +2229,7 @@ mod tests {
             .unwrap();
         vault.store.commit().await.unwrap();
         vault.store.faults().inject(crate::store::Fault::WriteError);
-        let failed = c.write_across(&[name("a"), name("b")], |_| {
+        let failed = c.write_across(&[at("a", "x"), at("b", "y")], |_| {
             Ok::<_, CollectionError>((vec![put_in("a", "x", 1), put_in("b", "y", 2)], ()))
         });
         assert!(failed.is_err(), "the store refused the write");
@@ -2166,7 +2241,7 @@ mod tests {
             );
             assert_eq!(c.count(&name(collection)).unwrap(), 1);
         }
-        c.write_across(&[name("a"), name("b")], |_| {
+        c.write_across(&[at("a", "z"), at("b", "z")], |_| {
             Ok::<_, CollectionError>((vec![put_in("a", "z", 3), put_in("b", "z", 3)], ()))
         })
         .unwrap()
@@ -2192,10 +2267,12 @@ mod tests {
         let vault = TestVault::new();
         let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
         let refused = c
-            .write_across(&[name("a"), name("b")], |_| Err::<(WritesIn, ()), _>("no"))
+            .write_across(&[at("a", "x"), at("b", "x")], |_| {
+                Err::<(WritesIn, ()), _>("no")
+            })
             .unwrap();
         assert_eq!(refused, Err("no"));
-        let stray = c.write_across(&[name("a")], |_| {
+        let stray = c.write_across(&[at("a", "x")], |_| {
             Ok::<_, CollectionError>((vec![put_in("a", "x", 1), put_in("c", "y", 2)], ()))
         });
         assert!(matches!(stray, Err(CollectionError::NotLocked(n)) if n == "c"));
@@ -2214,13 +2291,13 @@ mod tests {
             .map(|w| {
                 let c = c.clone();
                 std::thread::spawn(move || {
-                    let names = if w % 2 == 0 {
-                        [name("a"), name("b")]
-                    } else {
-                        [name("b"), name("a")]
-                    };
                     for i in 0..50 {
                         let record = format!("w{w}-{i}");
+                        let names = if w % 2 == 0 {
+                            [at("a", &record), at("b", &record)]
+                        } else {
+                            [at("b", &record), at("a", &record)]
+                        };
                         c.write_across(&names, |_| {
                             Ok::<_, CollectionError>((
                                 vec![put_in("a", &record, i), put_in("b", &record, i)],

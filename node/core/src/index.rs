@@ -53,6 +53,43 @@ pub enum Stored {
 /// A record's id and what the index holds of it.
 pub type Entry = (String, Stored);
 
+/// Which document of a collection an index mark describes: a collection is kept in
+/// one document or in several parts (docs/design/bounded-documents.md). Record
+/// entries stay under the collection's key whatever part holds them; each part has
+/// a mark of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Part {
+    /// The collection's name key: where its record entries are.
+    pub collection: [u8; 32],
+    /// The part's own key (its document's, and its commit record entry's); a
+    /// collection of one part uses the collection's key.
+    pub key: [u8; 32],
+    /// `None` for a collection of one part (its mark is `name_key || 0`, as it was
+    /// before parts); the part's number otherwise (`name_key || 0 || part u16be`).
+    pub number: Option<u16>,
+}
+
+impl Part {
+    /// The only part of a collection kept in one document.
+    pub fn whole(collection: [u8; 32]) -> Self {
+        Self {
+            collection,
+            key: collection,
+            number: None,
+        }
+    }
+
+    fn mark_key(&self) -> Vec<u8> {
+        let mut key = Vec::with_capacity(35);
+        key.extend_from_slice(&self.collection);
+        key.push(MARK);
+        if let Some(number) = self.number {
+            key.extend_from_slice(&number.to_be_bytes());
+        }
+        key
+    }
+}
+
 /// What an index was built from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Mark {
@@ -111,60 +148,82 @@ impl RecordIndex {
     }
 
     /// The mark of a collection's index; an empty mark (generation 0) if it has none.
-    pub fn mark(&self, collection: &[u8; 32]) -> Result<Mark, StoreError> {
-        match self.tree.get(&mark_key(collection))? {
+    pub fn mark(&self, part: &Part) -> Result<Mark, StoreError> {
+        match self.tree.get(&part.mark_key())? {
             None => Ok(Mark::default()),
             Some(bytes) => Mark::decode(&bytes)
                 .ok_or_else(|| StoreError::Malformed("a record index mark is malformed".into())),
         }
     }
 
-    /// Whether the index of a collection is known current (no disk access).
-    pub fn is_current(&self, collection: &[u8; 32]) -> bool {
+    /// The marks of every part of a collection kept in parts, by part number (none
+    /// for a collection of one part: read its mark with [`RecordIndex::mark`]).
+    pub fn part_marks(&self, collection: &[u8; 32]) -> Result<Vec<(u16, Mark)>, StoreError> {
+        let mut prefix = collection.to_vec();
+        prefix.push(MARK);
+        let malformed = || StoreError::Malformed("a record index mark is malformed".into());
+        let mut out = Vec::new();
+        for entry in self.tree.scan_prefix(&prefix) {
+            let (key, bytes) = entry?;
+            match key.len() {
+                33 => continue,
+                35 => {
+                    let number = u16::from_be_bytes([key[33], key[34]]);
+                    out.push((number, Mark::decode(&bytes).ok_or_else(malformed)?));
+                }
+                _ => return Err(malformed()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the index of a part is known current (no disk access).
+    pub fn is_current(&self, part: &Part) -> bool {
         self.current
             .read()
             .expect("index lock is never poisoned")
-            .contains(collection)
+            .contains(&part.key)
     }
 
-    /// Finds the index current without the document: its mark names the generation on
-    /// disk (`on_disk`, read under the same lock as [`RecordIndex::forget`] takes, so
-    /// a writer's failure cannot be missed) and the commit record accepts the mark.
+    /// Finds the index of a part current without its document: its mark names the
+    /// generation on disk (`on_disk`, read under the same lock as
+    /// [`RecordIndex::forget`] takes, so a writer's failure cannot be missed) and the
+    /// commit record accepts the mark.
     pub fn check(
         &self,
-        collection: &[u8; 32],
+        part: &Part,
         ledger: &Ledger,
         on_disk: impl FnOnce() -> Result<u64, StoreError>,
     ) -> Result<bool, StoreError> {
         let mut current = self.current.write().expect("index lock is never poisoned");
-        if current.contains(collection) {
+        if current.contains(&part.key) {
             return Ok(true);
         }
-        let mark = self.mark(collection)?;
+        let mark = self.mark(part)?;
         if mark.generation != on_disk()?
-            || ledger.check(collection, mark.generation, &mark.heads) != MarkCheck::Ok
+            || ledger.check(&part.key, mark.generation, &mark.heads) != MarkCheck::Ok
         {
             return Ok(false);
         }
-        current.insert(*collection);
+        current.insert(part.key);
         Ok(true)
     }
 
-    /// Notes that the index is current (the caller holds the collection's lock and
+    /// Notes that the index of a part is current (the caller holds the part's lock and
     /// has just checked it against the document).
-    pub fn set_current(&self, collection: &[u8; 32]) {
+    pub fn set_current(&self, part: &Part) {
         self.current
             .write()
             .expect("index lock is never poisoned")
-            .insert(*collection);
+            .insert(part.key);
     }
 
-    /// Notes that the index may be behind the document.
-    pub fn forget(&self, collection: &[u8; 32]) {
+    /// Notes that the index of a part may be behind its document.
+    pub fn forget(&self, part: &Part) {
         self.current
             .write()
             .expect("index lock is never poisoned")
-            .remove(collection);
+            .remove(&part.key);
     }
 
     /// Record `id` as indexed.
@@ -261,7 +320,7 @@ impl RecordIndex {
     pub fn update<'a>(
         &self,
         batch: &mut SealedBatch,
-        collection: &[u8; 32],
+        part: &Part,
         name: &str,
         mut mark: Mark,
         touched: impl IntoIterator<Item = (&'a str, Option<Stored>)>,
@@ -271,7 +330,7 @@ impl RecordIndex {
             if !seen.insert(id) {
                 continue;
             }
-            let key = self.record_key(collection, name, id);
+            let key = self.record_key(&part.collection, name, id);
             let existed = self.tree.contains_key(&key)?;
             match record {
                 Some(stored) => {
@@ -288,27 +347,40 @@ impl RecordIndex {
             }
         }
         self.tree
-            .batch_insert(batch, &mark_key(collection), &mark.encode());
+            .batch_insert(batch, &part.mark_key(), &mark.encode());
         Ok(mark)
     }
 
-    /// Indexes a whole collection again from `records` (every record of its document,
-    /// each with its id; `None`, a missing record, is skipped),
-    /// replacing what was there, all but the mark: the old mark goes first, and the
-    /// caller adds the new one ([`RecordIndex::set_mark`]) once the document it
-    /// describes is on disk, so an index half written is never trusted. Returns the
-    /// count.
+    /// Indexes a part again from `records` (every record of its document, each with
+    /// its id; `None`, a missing record, is skipped), replacing what was there, all but
+    /// the mark: the old mark goes first, and the caller adds the new one
+    /// ([`RecordIndex::set_mark`]) once the document it describes is on disk, so an
+    /// index half written is never trusted. The entries replaced are the collection's
+    /// all, for a collection of one part; else those whose id `ours` says are the
+    /// part's (all of the collection's entries are read to find them: this is rare,
+    /// after a failure or a migration). Returns the count.
     pub fn rebuild(
         &self,
-        collection: &[u8; 32],
+        part: &Part,
         name: &str,
+        ours: impl Fn(&str) -> bool,
         records: impl IntoIterator<Item = Result<(String, Option<Stored>), StoreError>>,
     ) -> Result<u64, StoreError> {
-        self.forget(collection);
-        self.tree.remove(&mark_key(collection))?;
+        self.forget(part);
+        self.tree.remove(&part.mark_key())?;
         let mut batch = SealedBatch::default();
         let mut pending = 0;
-        for key in self.tree.keys_with_prefix(collection) {
+        let mut entries = part.collection.to_vec();
+        entries.push(RECORD);
+        let replaced: Box<dyn Iterator<Item = Result<Vec<u8>, StoreError>>> = match part.number {
+            None => Box::new(self.tree.keys_with_prefix(&entries)),
+            Some(_) => Box::new(self.tree.scan_prefix(&entries).filter_map(|entry| {
+                entry
+                    .and_then(|(key, bytes)| Ok(ours(&decode_entry(&bytes)?.0).then_some(key)))
+                    .transpose()
+            })),
+        };
+        for key in replaced {
             self.tree.batch_remove(&mut batch, &key?);
             pending += 1;
             if pending == REBUILD_BATCH {
@@ -323,7 +395,7 @@ impl RecordIndex {
             };
             self.tree.batch_insert(
                 &mut batch,
-                &self.record_key(collection, name, &id),
+                &self.record_key(&part.collection, name, &id),
                 &encode_entry(&id, &record),
             );
             count += 1;
@@ -338,17 +410,11 @@ impl RecordIndex {
         Ok(count)
     }
 
-    /// Adds a collection's mark to `batch`.
-    pub fn set_mark(&self, batch: &mut SealedBatch, collection: &[u8; 32], mark: &Mark) {
+    /// Adds a part's mark to `batch`.
+    pub fn set_mark(&self, batch: &mut SealedBatch, part: &Part, mark: &Mark) {
         self.tree
-            .batch_insert(batch, &mark_key(collection), &mark.encode());
+            .batch_insert(batch, &part.mark_key(), &mark.encode());
     }
-}
-
-fn mark_key(collection: &[u8; 32]) -> Vec<u8> {
-    let mut key = collection.to_vec();
-    key.push(MARK);
-    key
 }
 
 /// An entry's value: u32be length of the id, the id, then the record as JSON, or

@@ -735,7 +735,9 @@ pub async fn import(
     let collections = vault.collections.clone();
     let name = collection.clone();
     tokio::task::spawn_blocking(move || {
-        collections.write_across(&[name.clone(), crate::blobs::blob_list()], |lookup| {
+        let mut touching = crate::blobs::listings_of(&to_announce);
+        touching.extend(writes.iter().map(|(id, _)| (name.clone(), id.clone())));
+        collections.write_across(&touching, |lookup| {
             let mut writes: crate::collections::WritesIn = writes
                 .into_iter()
                 .map(|(id, write)| (name.clone(), id, write))

@@ -22,7 +22,9 @@ use hearth_protocol::{CollectionName, RecordId};
 use serde_json::{Map, Value as Json};
 use tokio::sync::oneshot;
 
-use super::{Abandon, Collection, CollectionError, Collections, RecordWrite, apply_checked};
+use super::{
+    Abandon, Collection, CollectionError, Collections, PartName, RecordWrite, apply_checked,
+};
 use crate::records;
 
 /// Why a text edit written with [`Collections::edit_text_combined`] was refused.
@@ -40,7 +42,7 @@ use crate::store::StoreError;
 /// The most writes persisted together.
 const MAX_GROUP: usize = 128;
 
-/// The writes waiting for one collection.
+/// The writes waiting for one part of a collection.
 #[derive(Default)]
 pub(super) struct Queue {
     jobs: Vec<Job>,
@@ -173,16 +175,17 @@ impl Collections {
             id: id.as_str().to_owned(),
             apply,
         };
+        let part = self.part_of(name, id.as_str());
         let lead = {
             let mut queues = self.write_queues();
-            let queue = queues.entry(name.clone()).or_default();
+            let queue = queues.entry(part.clone()).or_default();
             queue.jobs.push(job);
             !std::mem::replace(&mut queue.draining, true)
         };
         if lead {
             let drain = Drain {
                 collections: self.clone(),
-                name: name.clone(),
+                part,
                 done: false,
             };
             drain.first();
@@ -192,29 +195,29 @@ impl Collections {
             .unwrap_or(Err(CollectionError::Store(StoreError::Closed)))
     }
 
-    fn write_queues(&self) -> std::sync::MutexGuard<'_, HashMap<CollectionName, Queue>> {
+    fn write_queues(&self) -> std::sync::MutexGuard<'_, HashMap<PartName, Queue>> {
         self.writes
             .lock()
             .expect("write queue lock is never poisoned")
     }
 
     /// Takes up to [`MAX_GROUP`] queued writes; `None` (and nobody draining) if none.
-    fn take_group(&self, name: &CollectionName) -> Option<Vec<Job>> {
+    fn take_group(&self, part: &PartName) -> Option<Vec<Job>> {
         let mut queues = self.write_queues();
-        let queue = queues.get_mut(name)?;
+        let queue = queues.get_mut(part)?;
         if queue.jobs.is_empty() {
-            queues.remove(name);
+            queues.remove(part);
             return None;
         }
         let rest = queue.jobs.split_off(queue.jobs.len().min(MAX_GROUP));
         Some(std::mem::replace(&mut queue.jobs, rest))
     }
 
-    /// Applies `jobs` to the collection one by one and persists those that wrote, once.
-    fn write_group(&self, name: &CollectionName, jobs: Vec<Job>) {
+    /// Applies `jobs` to the part one by one and persists those that wrote, once.
+    fn write_group(&self, part: &PartName, jobs: Vec<Job>) {
         let mut jobs = Some(jobs);
         let mut answers = Vec::new();
-        let persisted = self.with(name, |c| {
+        let persisted = self.with(part, |c| {
             let mut touched = Vec::new();
             for job in jobs.take().into_iter().flatten() {
                 if let Some(answer) = (job.apply)(Ok(c), &job.id) {
@@ -241,26 +244,26 @@ impl Collections {
     }
 }
 
-/// The one drain of a collection's queue. Dropped before it finished, it drops what
-/// is still queued (those writes fail) and frees the queue for the next write.
+/// The one drain of a part's queue. Dropped before it finished, it drops what is
+/// still queued (those writes fail) and frees the queue for the next write.
 struct Drain {
     collections: Arc<Collections>,
-    name: CollectionName,
+    part: PartName,
     done: bool,
 }
 
 impl Drain {
     /// One group on the caller's thread; the rest, if any, on the blocking pool.
     fn first(mut self) {
-        if let Some(jobs) = self.collections.take_group(&self.name) {
-            self.collections.write_group(&self.name, jobs);
+        if let Some(jobs) = self.collections.take_group(&self.part) {
+            self.collections.write_group(&self.part, jobs);
         }
         let more = {
             let mut queues = self.collections.write_queues();
-            match queues.get(&self.name) {
+            match queues.get(&self.part) {
                 Some(queue) if !queue.jobs.is_empty() => true,
                 _ => {
-                    queues.remove(&self.name);
+                    queues.remove(&self.part);
                     false
                 }
             }
@@ -274,8 +277,8 @@ impl Drain {
     }
 
     fn rest(mut self) {
-        while let Some(jobs) = self.collections.take_group(&self.name) {
-            self.collections.write_group(&self.name, jobs);
+        while let Some(jobs) = self.collections.take_group(&self.part) {
+            self.collections.write_group(&self.part, jobs);
         }
         self.done = true;
     }
@@ -285,7 +288,7 @@ impl Drop for Drain {
     fn drop(&mut self) {
         if !self.done {
             // Dropping the jobs drops their answers: each waiting write fails.
-            drop(self.collections.write_queues().remove(&self.name));
+            drop(self.collections.write_queues().remove(&self.part));
         }
     }
 }
@@ -338,13 +341,13 @@ mod tests {
         let mut writes = vec![write(c, 0)];
         wait_until(|| {
             c.write_queues()
-                .get(&notes())
+                .get(&PartName::only(notes()))
                 .is_some_and(|q| q.draining && q.jobs.is_empty())
         });
         writes.extend((1..64).map(|i| write(c, i)));
         wait_until(|| {
             c.write_queues()
-                .get(&notes())
+                .get(&PartName::only(notes()))
                 .is_some_and(|q| q.jobs.len() == 63)
         });
         writes
@@ -357,12 +360,12 @@ mod tests {
     async fn a_panicking_write_fails_alone_and_the_collection_goes_on() {
         let vault = TestVault::new();
         let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
-        let collection = c.load(&notes()).unwrap();
+        let collection = c.load(&PartName::only(notes())).unwrap();
         let held = collection.lock().unwrap();
         let before = write(&c, 1);
         wait_until(|| {
             c.write_queues()
-                .get(&notes())
+                .get(&PartName::only(notes()))
                 .is_some_and(|q| q.draining && q.jobs.is_empty())
         });
         let boom = {
@@ -378,7 +381,7 @@ mod tests {
         let after = write(&c, 2);
         wait_until(|| {
             c.write_queues()
-                .get(&notes())
+                .get(&PartName::only(notes()))
                 .is_some_and(|q| q.jobs.len() == 2)
         });
         drop(held);
@@ -408,18 +411,21 @@ mod tests {
         let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         assert!(matches!(write(&c, 1).await.unwrap(), Ok(Ok((false, ())))));
         let poisoned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            c.with(&notes(), |_| -> Result<(), CollectionError> {
-                panic!("a request panicked while holding the collection")
-            })
+            c.with(
+                &PartName::only(notes()),
+                |_| -> Result<(), CollectionError> {
+                    panic!("a request panicked while holding the collection")
+                },
+            )
         }));
         assert!(poisoned.is_err());
         assert!(
-            c.load(&notes()).unwrap().is_poisoned(),
+            c.load(&PartName::only(notes())).unwrap().is_poisoned(),
             "the test poisoned the lock"
         );
         assert!(matches!(write(&c, 2).await.unwrap(), Ok(Ok((false, ())))));
         assert_eq!(c.records(&notes()).unwrap().len(), 2);
-        assert!(!c.load(&notes()).unwrap().is_poisoned());
+        assert!(!c.load(&PartName::only(notes())).unwrap().is_poisoned());
     }
 
     /// 64 writes that wait together: the first is persisted alone (it drained the
@@ -431,7 +437,7 @@ mod tests {
         let vault = TestVault::new();
         let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         let key = vault.store.name_key(NAME_DOMAIN, "notes");
-        let collection = c.load(&notes()).unwrap();
+        let collection = c.load(&PartName::only(notes())).unwrap();
         let held = collection.lock().unwrap();
         let writes = queue_64(&c);
         drop(held);
@@ -469,7 +475,7 @@ mod tests {
     async fn a_failed_persist_fails_every_write_of_its_group() {
         let vault = TestVault::new();
         let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
-        let collection = c.load(&notes()).unwrap();
+        let collection = c.load(&PartName::only(notes())).unwrap();
         let held = collection.lock().unwrap();
         let writes = queue_64(&c);
         vault.store.faults().inject(crate::store::Fault::WriteError);
@@ -497,18 +503,21 @@ mod tests {
         let vault = TestVault::new();
         let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         // As if a drain were running: the write queues behind it.
-        c.write_queues().entry(notes()).or_default().draining = true;
+        c.write_queues()
+            .entry(PartName::only(notes()))
+            .or_default()
+            .draining = true;
         let waiting = write(&c, 1);
         while c
             .write_queues()
-            .get(&notes())
+            .get(&PartName::only(notes()))
             .is_some_and(|q| q.jobs.is_empty())
         {
             tokio::task::yield_now().await;
         }
         drop(Drain {
             collections: c.clone(),
-            name: notes(),
+            part: PartName::only(notes()),
             done: false,
         });
         assert!(matches!(

@@ -264,7 +264,7 @@ impl Collections {
         id: &RecordId,
     ) -> Result<Option<RecordConflict>, CollectionError> {
         let notice = self.notice(name, id.as_str())?;
-        self.with(name, |c| {
+        self.with(&self.part_of(name, id.as_str()), |c| {
             if records::read_record(&c.doc, id.as_str())
                 .map_err(|e| c.automerge(e))?
                 .is_none()
@@ -287,9 +287,11 @@ impl Collections {
         field: &str,
         value: &Json,
     ) -> Result<bool, CollectionError> {
-        self.mutate(name, Some(&[id.as_str()]), |doc| {
-            records::choose(doc, id.as_str(), field, value)
-        })
+        self.mutate(
+            &self.part_of(name, id.as_str()),
+            Some(&[id.as_str()]),
+            |doc| records::choose(doc, id.as_str(), field, value),
+        )
     }
 
     /// Every record of a collection with something in conflict, by id (as
@@ -308,17 +310,21 @@ impl Collections {
                 }
             }
         }
-        self.with(name, |c| {
-            let mut out = Vec::new();
-            for id in records::record_ids(&c.doc) {
-                let conflict = RecordConflict::read(&c.doc, &id, notices.get(&id))
-                    .map_err(|e| c.automerge(e))?;
-                if !conflict.is_empty() {
-                    out.push((id, conflict));
+        let mut out = Vec::new();
+        for part in self.parts(name)? {
+            self.with(&part, |c| {
+                for id in records::record_ids(&c.doc) {
+                    let conflict = RecordConflict::read(&c.doc, &id, notices.get(&id))
+                        .map_err(|e| c.automerge(e))?;
+                    if !conflict.is_empty() {
+                        out.push((id, conflict));
+                    }
                 }
-            }
-            Ok(out)
-        })
+                Ok(())
+            })?;
+        }
+        out.sort_by(|(a, _), (b, _)| a.cmp(b));
+        Ok(out)
     }
 
     /// Makes version `index` of record `id` (as [`RecordConflict::versions`] lists
@@ -336,14 +342,13 @@ impl Collections {
         // The version kept and the notice ended are one write: a crash between can no
         // longer leave a notice for a conflict a person resolved. (A system collection
         // has no notices.)
-        let locked = if name.is_system() {
-            vec![name.clone()]
-        } else {
-            vec![name.clone(), notices.clone()]
-        };
-        self.write_across_docs(&locked, |docs| {
+        let mut touching = vec![(name.clone(), id.clone())];
+        if !name.is_system() {
+            touching.push((notices.clone(), nid.clone()));
+        }
+        self.write_across_docs(&touching, |docs| {
             let automerge = |e| automerge_error(name, e);
-            let doc = docs(name)?;
+            let doc = docs(name, id)?;
             if records::read_record(doc, id.as_str())
                 .map_err(automerge)?
                 .is_none()
@@ -352,7 +357,7 @@ impl Collections {
             }
             let notice = match name.is_system() {
                 true => None,
-                false => records::read_record(docs(&notices)?, nid.as_str())
+                false => records::read_record(docs(&notices, &nid)?, nid.as_str())
                     .map_err(automerge)?
                     .map(|record| with_id(nid.as_str(), record)),
             };

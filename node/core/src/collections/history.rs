@@ -9,68 +9,79 @@ use super::*;
 /// heads, so the snapshot costs no copy.
 pub struct Snapshot<'a> {
     collections: &'a Collections,
-    heads: std::collections::BTreeMap<CollectionName, Vec<ChangeHash>>,
+    /// The heads of every part of every collection.
+    heads: std::collections::BTreeMap<PartName, Vec<ChangeHash>>,
 }
 
 impl RecordSource for Snapshot<'_> {
     fn collection_names(&self) -> Result<Vec<CollectionName>, CollectionError> {
-        Ok(self.heads.keys().cloned().collect())
+        let mut names: Vec<CollectionName> = self.heads.keys().map(|p| p.name.clone()).collect();
+        names.dedup();
+        Ok(names)
     }
 
     fn collection_records(&self, name: &CollectionName) -> Result<Vec<Json>, CollectionError> {
-        let Some(heads) = self.heads.get(name) else {
-            return Ok(Vec::new());
-        };
-        self.collections.with(name, |c| {
-            let mut out = Vec::new();
-            for id in automerge::ReadDoc::keys_at(&c.doc, automerge::ROOT, heads) {
-                if let Some(record) =
-                    records::read_record_at(&c.doc, &id, heads).map_err(|e| c.automerge(e))?
-                {
-                    out.push(with_id(&id, record));
+        let mut out = Vec::new();
+        for (part, heads) in self.heads.iter().filter(|(p, _)| p.name == *name) {
+            self.collections.with(part, |c| {
+                for id in automerge::ReadDoc::keys_at(&c.doc, automerge::ROOT, heads) {
+                    if let Some(record) =
+                        records::read_record_at(&c.doc, &id, heads).map_err(|e| c.automerge(e))?
+                    {
+                        out.push((id, record));
+                    }
                 }
-            }
-            Ok(out)
-        })
+                Ok(())
+            })?;
+        }
+        out.sort_by(|(a, _), (b, _)| a.cmp(b));
+        Ok(out.into_iter().map(|(id, r)| with_id(&id, r)).collect())
     }
 }
 
 impl Collections {
-    /// Every collection's name and heads digest (`hearth_protocol::commit::
-    /// heads_digest`), in name order, from the record index's marks: no document is
-    /// read unless its index must be built again. What sync compares before it reads
-    /// any document.
+    /// Every collection's name and digest, in name order, from the record index's
+    /// marks (each written in the same transaction as its part's changes): no
+    /// document is read unless its index must be built again. What sync compares
+    /// before it reads any document. A collection kept in one part has its heads
+    /// digest (`hearth_protocol::commit::heads_digest`); one kept in parts, a digest
+    /// of its parts' numbers and heads digests, in order.
     pub fn digests(&self) -> Result<Vec<(CollectionName, [u8; 32])>, CollectionError> {
         let mut out = Vec::new();
         for name in self.names()? {
-            let heads = self.persisted_heads(&name)?;
-            out.push((
-                name,
-                hearth_protocol::commit::heads_digest(heads.iter().map(|h| &h.0)),
-            ));
+            let key = self.indexed(&name)?;
+            let heads_digest = |mark: &Mark| {
+                hearth_protocol::commit::heads_digest(mark.heads.iter().map(|h| &h.0))
+            };
+            let digest = match self.fan_out(&name) {
+                1 => heads_digest(&self.index.mark(&Part::whole(key))?),
+                _ => {
+                    let mut digest =
+                        blake3::Hasher::new_derive_key("hearth collection parts digest v1");
+                    for (number, mark) in self.index.part_marks(&key)? {
+                        digest.update(&number.to_be_bytes());
+                        digest.update(&heads_digest(&mark));
+                    }
+                    *digest.finalize().as_bytes()
+                }
+            };
+            out.push((name, digest));
         }
         Ok(out)
     }
 
-    /// The heads of a collection as they are on disk, from its record index's mark
-    /// (the mark is written in the same transaction as every change).
-    pub fn persisted_heads(
-        &self,
-        name: &CollectionName,
-    ) -> Result<Vec<ChangeHash>, CollectionError> {
-        let key = self.indexed(name)?;
-        Ok(self.index.mark(&key)?.heads)
-    }
-
-    /// Every collection at one moment (see [`Snapshot`]): each collection is locked,
-    /// in the order of their names (as every holder of several locks takes them:
-    /// `with_all`), until the heads of all are taken.
+    /// Every collection at one moment (see [`Snapshot`]): every part of every
+    /// collection is locked, in part order (as every holder of several locks takes
+    /// them: `with_all`), until the heads of all are taken.
     pub fn snapshot(&self) -> Result<Snapshot<'_>, CollectionError> {
-        let names = self.names()?;
-        let heads = self.with_all(&names, |guards| {
+        let mut parts = Vec::new();
+        for name in self.names()? {
+            parts.extend(self.parts(&name)?);
+        }
+        let heads = self.with_all(&parts, |guards| {
             Ok(guards
                 .iter_mut()
-                .map(|c| (c.name.clone(), c.doc.get_heads()))
+                .map(|c| (c.id(), c.doc.get_heads()))
                 .collect())
         })?;
         Ok(Snapshot {
@@ -81,7 +92,7 @@ impl Collections {
 
     /// The whole document of a collection, as Automerge saves it.
     pub fn save_document(&self, name: &CollectionName) -> Result<Vec<u8>, CollectionError> {
-        self.with(name, |c| Ok(c.doc.save()))
+        self.with(&self.whole(name, "pairing")?, |c| Ok(c.doc.save()))
     }
 
     /// Merges a whole saved document (from another device) into a collection.
@@ -92,7 +103,7 @@ impl Collections {
         bytes: &[u8],
     ) -> Result<(), CollectionError> {
         let user = !name.is_system();
-        let restored = self.mutate(name, FROM_CHANGES, |doc| {
+        let restored = self.mutate(&self.whole(name, "pairing")?, FROM_CHANGES, |doc| {
             let before = doc.get_heads();
             doc.load_incremental(bytes)?;
             if before.is_empty() {
@@ -112,7 +123,7 @@ impl Collections {
         name: &CollectionName,
         state: &mut sync::State,
     ) -> Result<Option<Vec<u8>>, CollectionError> {
-        self.with(name, |c| {
+        self.with(&self.whole(name, "sync")?, |c| {
             Ok(c.doc
                 .sync()
                 .generate_sync_message(state)
@@ -134,7 +145,7 @@ impl Collections {
                 reason: e.to_string(),
             })?;
         let user = !name.is_system();
-        let (count, restored) = self.mutate(name, FROM_CHANGES, |doc| {
+        let (count, restored) = self.mutate(&self.whole(name, "sync")?, FROM_CHANGES, |doc| {
             let before = doc.get_heads();
             doc.sync().receive_sync_message(state, message)?;
             if doc.get_heads() == before {
@@ -159,14 +170,14 @@ impl Collections {
         &self,
         name: &CollectionName,
     ) -> Result<Vec<automerge::ChangeHash>, CollectionError> {
-        self.with(name, |c| Ok(c.doc.get_heads()))
+        self.with(&self.whole(name, "history")?, |c| Ok(c.doc.get_heads()))
     }
 
     /// Starts indexing a collection's changes so that [`Collections::changes_since`]
     /// its current heads costs what the changes cost, not what the collection does.
     /// Returns those heads.
     pub fn track_changes(&self, name: &CollectionName) -> Result<Vec<ChangeHash>, CollectionError> {
-        self.with(name, |c| {
+        self.with(&self.whole(name, "history")?, |c| {
             c.doc.update_diff_cursor();
             Ok(c.doc.get_heads())
         })
@@ -179,7 +190,7 @@ impl Collections {
         name: &CollectionName,
         since: &[ChangeHash],
     ) -> Result<(Vec<ChangeHash>, Vec<RecordChange>), CollectionError> {
-        self.with(name, |c| {
+        self.with(&self.whole(name, "history")?, |c| {
             let heads = c.doc.get_heads();
             if heads == since {
                 return Ok((heads, Vec::new()));
@@ -212,7 +223,7 @@ impl Collections {
         name: &CollectionName,
         since: &[ChangeHash],
     ) -> Result<(Vec<ChangeHash>, Vec<RecordChange>), CollectionError> {
-        self.with(name, |c| {
+        self.with(&self.whole(name, "history")?, |c| {
             let heads = c.doc.get_heads();
             if heads == since {
                 return Ok((heads, Vec::new()));
@@ -245,7 +256,7 @@ impl Collections {
         name: &CollectionName,
         heads: &[ChangeHash],
     ) -> Result<bool, CollectionError> {
-        self.with(name, |c| {
+        self.with(&self.whole(name, "history")?, |c| {
             // The change graph answers this; fetching the changes would rebuild them.
             let missing = c.doc.get_missing_deps(heads);
             Ok(!missing.iter().any(|h| heads.contains(h)))

@@ -279,8 +279,16 @@ impl Collections {
             _ => None,
         };
         if !c.listed {
+            // The collection's name, and the part's beside it if it is kept in parts
+            // (`Collections::parts` finds them there).
+            let name = c.name.as_str().as_bytes();
             self.names
-                .batch_insert(&mut writes.names, &c.key, c.name.as_str().as_bytes());
+                .batch_insert(&mut writes.names, &c.at.collection, name);
+            if let Some(number) = c.at.number {
+                let mut key = c.at.collection.to_vec();
+                key.extend_from_slice(&number.to_be_bytes());
+                self.names.batch_insert(&mut writes.names, &key, name);
+            }
         }
         let mut mark = Mark {
             generation: c.next_seq + 1,
@@ -297,7 +305,7 @@ impl Collections {
                 mark.count = count;
                 mark = self
                     .index
-                    .update(&mut writes.index, &c.key, c.name.as_str(), mark, read)?;
+                    .update(&mut writes.index, &c.at, c.name.as_str(), mark, read)?;
             }
             _ => {
                 mark.count =
@@ -307,7 +315,7 @@ impl Collections {
         insert_doc_value(
             &self.docs,
             &mut writes.docs,
-            &c.key,
+            &c.at.key,
             KIND_CHANGE,
             c.next_seq,
             &bytes,
@@ -348,7 +356,7 @@ impl Collections {
         c.indexed = Some(mark.count);
         self.store
             .ledger()
-            .note(c.key, c.next_seq, &c.persisted_heads);
+            .note(c.at.key, c.next_seq, &c.persisted_heads);
         if (c.changes_since_snapshot >= COMPACT_AFTER || c.change_bytes >= COMPACT_BYTES)
             && c.change_bytes >= c.snapshot_bytes / 2
         {
@@ -364,13 +372,13 @@ impl Collections {
             .compacting
             .lock()
             .expect("compaction lock is never poisoned")
-            .insert(c.key)
+            .insert(c.at.key)
         {
             return;
         }
         let job = Compaction {
             docs: self.docs.clone(),
-            key: c.key,
+            key: c.at.key,
             upto: c.next_seq,
             // A copy costs about an eighth of a save (ARCHITECTURE.md has the
             // figures), and the save is what the collection no longer waits for.
@@ -389,13 +397,10 @@ impl Collections {
         }
     }
 
-    /// The collection in memory, loaded from the disk first if it is not. A load (which
-    /// for a large collection reads and decrypts its whole document) holds only its
-    /// own collection's gate: requests to other collections go on meanwhile.
-    pub(super) fn load(
-        &self,
-        name: &CollectionName,
-    ) -> Result<Arc<Mutex<Collection>>, CollectionError> {
+    /// A part in memory, loaded from the disk first if it is not. A load (which for a
+    /// large part reads and decrypts its whole document) holds only its own part's
+    /// gate: requests to other parts and collections go on meanwhile.
+    pub(super) fn load(&self, name: &PartName) -> Result<Arc<Mutex<Collection>>, CollectionError> {
         let gate = {
             let open = self.open_slots();
             if let Some(slot) = open.get(name) {
@@ -443,14 +448,19 @@ impl Collections {
         loaded
     }
 
-    /// Reads collection `name` from the disk (checked against the commit record), and
-    /// its saved size.
+    /// Reads a part from the disk (checked against the commit record), and its saved
+    /// size.
     pub(super) fn read_collection(
         &self,
-        name: &CollectionName,
+        part: &PartName,
     ) -> Result<(Collection, usize), CollectionError> {
-        let key = self.store.name_key(NAME_DOMAIN, name.as_str());
-        let listed = self.names.contains_key(&key)?;
+        let at = self.place(part);
+        let (name, key) = (&part.name, at.key);
+        let mut listing = at.collection.to_vec();
+        if let Some(number) = at.number {
+            listing.extend_from_slice(&number.to_be_bytes());
+        }
+        let listed = self.names.contains_key(&listing)?;
         let corrupt = |e: AutomergeError| CollectionError::Document {
             collection: name.to_string(),
             reason: e.to_string(),
@@ -499,7 +509,7 @@ impl Collections {
         }
         doc.set_actor(self.actor.clone());
         let persisted_heads = doc.get_heads();
-        let mark = self.index.mark(&key)?;
+        let mark = self.index.mark(&at)?;
         let indexed =
             (mark.generation == next_seq && mark.heads == persisted_heads).then_some(mark.count);
         // Checked against the commit record: a collection that lost committed changes
@@ -521,7 +531,8 @@ impl Collections {
         }
         let collection = Collection {
             name: name.clone(),
-            key,
+            part: part.part,
+            at,
             doc,
             persisted_heads,
             listed,

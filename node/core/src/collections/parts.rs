@@ -1,0 +1,401 @@
+//! A collection's parts: each record lives in one of its collection's documents, the
+//! part its id hashes to, so a write loads and locks only that part
+//! (docs/design/bounded-documents.md). A collection kept in one part (every
+//! collection of a running node, until the steps of that design land) is kept as
+//! before parts: under its name key, with its index mark at `name_key || 0`.
+//!
+//! A collection kept in parts keeps each part's document under a key derived from the
+//! name key and the part's number, its mark at `name_key || 0 || part`, and lists the
+//! part in tree `collections` under `name_key || part` (beside the name key, which
+//! lists the collection), written with the part's first change.
+
+use super::*;
+
+/// One document of a collection: a collection is kept in one or in several parts, and
+/// each record lives in the part its id hashes to ([`Collections::part_of`]). Parts
+/// sort by collection name, then number: whoever locks several locks them in this
+/// order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct PartName {
+    pub(super) name: CollectionName,
+    pub(super) part: u16,
+}
+
+#[cfg(test)]
+impl PartName {
+    /// The one part of a collection kept in one.
+    pub(crate) fn only(name: CollectionName) -> Self {
+        Self { name, part: 0 }
+    }
+}
+
+impl Collections {
+    /// Keeps every user collection written from now on in `parts` parts (1 to 256).
+    /// For tests of parts only, before any user collection is written: a collection's
+    /// number of parts is fixed for its life.
+    #[cfg(any(test, feature = "testutil"))]
+    pub fn set_user_fan_out(&self, parts: u16) {
+        assert!(
+            (1..=256).contains(&parts),
+            "a collection has 1 to 256 parts"
+        );
+        self.user_fan_out.store(parts, Ordering::Relaxed);
+    }
+
+    /// How many parts collection `name` is kept in.
+    pub(super) fn fan_out(&self, name: &CollectionName) -> u16 {
+        if name.is_system() {
+            1
+        } else {
+            self.user_fan_out.load(Ordering::Relaxed)
+        }
+    }
+
+    /// A collection's name key: where its record entries, and (kept in one part) its
+    /// document, are.
+    pub(super) fn collection_key(&self, name: &CollectionName) -> [u8; 32] {
+        self.store.name_key(NAME_DOMAIN, name.as_str())
+    }
+
+    /// The part that holds record `id` of collection `name`.
+    pub(crate) fn part_of(&self, name: &CollectionName, id: &str) -> PartName {
+        let fan_out = self.fan_out(name);
+        let part = match fan_out {
+            1 => 0,
+            _ => part_number(&self.collection_key(name), fan_out, id),
+        };
+        PartName {
+            name: name.clone(),
+            part,
+        }
+    }
+
+    /// Where part `part` of the collection whose name key is `collection` is kept.
+    pub(super) fn place_in(&self, collection: [u8; 32], part: &PartName) -> Part {
+        if self.fan_out(&part.name) == 1 {
+            return Part::whole(collection);
+        }
+        let mut key = blake3::Hasher::new_keyed(&collection);
+        key.update(b"hearth collection part v1");
+        key.update(&part.part.to_be_bytes());
+        Part {
+            collection,
+            key: *key.finalize().as_bytes(),
+            number: Some(part.part),
+        }
+    }
+
+    pub(super) fn place(&self, part: &PartName) -> Part {
+        self.place_in(self.collection_key(&part.name), part)
+    }
+
+    /// The parts of a collection that have been written, in order; a collection kept
+    /// in one part has that part, written or not.
+    pub(crate) fn parts(&self, name: &CollectionName) -> Result<Vec<PartName>, CollectionError> {
+        let part = |part| PartName {
+            name: name.clone(),
+            part,
+        };
+        if self.fan_out(name) == 1 {
+            return Ok(vec![part(0)]);
+        }
+        let mut out = Vec::new();
+        for key in self.names.keys_with_prefix(&self.collection_key(name)) {
+            let key = key?;
+            match key.len() {
+                32 => {}
+                34 => out.push(part(u16::from_be_bytes([key[32], key[33]]))),
+                _ => {
+                    return Err(StoreError::Malformed(format!(
+                        "collection {name} lists a part under a malformed key"
+                    ))
+                    .into());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The one part of a collection kept in one, for what reads or syncs a collection
+    /// as one document (`what`); refused for a collection kept in parts.
+    pub(super) fn whole(
+        &self,
+        name: &CollectionName,
+        what: &'static str,
+    ) -> Result<PartName, CollectionError> {
+        if self.fan_out(name) != 1 {
+            return Err(CollectionError::InParts {
+                collection: name.to_string(),
+                what,
+            });
+        }
+        Ok(PartName {
+            name: name.clone(),
+            part: 0,
+        })
+    }
+}
+
+/// The number of the part (of `fan_out`) that holds record `id` of the collection
+/// whose name key is `collection`: the first two bytes of a keyed hash of the id, so
+/// neither the id nor its part tell anything of the other.
+pub(super) fn part_number(collection: &[u8; 32], fan_out: u16, id: &str) -> u16 {
+    if fan_out <= 1 {
+        return 0;
+    }
+    let mut hash = blake3::Hasher::new_keyed(collection);
+    hash.update(b"hearth record part v1");
+    hash.update(id.as_bytes());
+    let hash = hash.finalize();
+    u16::from_be_bytes([hash.as_bytes()[0], hash.as_bytes()[1]]) % fan_out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collections::tests::{doc_kinds, id, name, obj, put_numbered};
+    use crate::testutil::TestVault;
+    use serde_json::json;
+
+    const FAN_OUT: u16 = 8;
+
+    fn in_parts(vault: &TestVault) -> Collections {
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        c.set_user_fan_out(FAN_OUT);
+        c
+    }
+
+    fn ids(records: &[Json]) -> Vec<String> {
+        records
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Records spread over a collection's parts read, page, count and change as in a
+    /// collection of one part, each part's document holds only its own records, and
+    /// all of it reads back after a restart.
+    #[tokio::test]
+    async fn a_collection_in_parts_reads_and_writes_as_one() {
+        let vault = TestVault::new();
+        let c = in_parts(&vault);
+        let notes = name("notes");
+        let mut expected: Vec<String> = (0..200).map(|i| format!("n{i:03}")).collect();
+        for (i, record) in expected.iter().enumerate() {
+            c.put(&notes, &id(record), &obj(json!({ "n": i }))).unwrap();
+        }
+        c.patch(&notes, &id("n007"), &obj(json!({ "seen": true })))
+            .unwrap()
+            .unwrap();
+        assert!(c.remove(&notes, &id("n100")).unwrap());
+        expected.retain(|r| r != "n100");
+        vault.store.commit().await.unwrap();
+
+        let parts = c.parts(&notes).unwrap();
+        assert_eq!(
+            parts.len(),
+            usize::from(FAN_OUT),
+            "200 records fill 8 parts"
+        );
+        for part in &parts {
+            let held = c.with(part, |c| Ok(records::record_ids(&c.doc))).unwrap();
+            assert!(!held.is_empty());
+            for record in held {
+                assert_eq!(
+                    c.part_of(&notes, &record),
+                    *part,
+                    "{record} is in its own part"
+                );
+            }
+            let at = c.place(part);
+            assert_ne!(at.key, at.collection, "a part has a key of its own");
+            assert!(!doc_kinds(&vault.store, &at.key).is_empty());
+        }
+        assert!(
+            doc_kinds(&vault.store, &c.collection_key(&notes)).is_empty(),
+            "nothing is kept under the collection's own key"
+        );
+        drop(c);
+
+        let vault = vault.reopen().await;
+        let c = in_parts(&vault);
+        assert_eq!(c.count(&notes).unwrap(), 199);
+        assert_eq!(ids(&c.records(&notes).unwrap()), expected, "sorted by id");
+        assert_eq!(c.get(&notes, &id("n007")).unwrap().unwrap()["seen"], true);
+        assert!(c.get(&notes, &id("n100")).unwrap().is_none());
+        let mut paged = Vec::new();
+        let mut after: Option<RecordId> = None;
+        loop {
+            let (page, next) = c.page(&notes, after.as_ref(), 30, Some).unwrap();
+            paged.extend(ids(&page));
+            match next {
+                Some(next) => after = Some(id(&next)),
+                None => break,
+            }
+        }
+        paged.sort();
+        assert_eq!(paged, expected, "pages go over every part once");
+        assert_eq!(
+            c.names().unwrap(),
+            std::slice::from_ref(&notes),
+            "parts are not collections"
+        );
+        let info = c.list().unwrap();
+        assert_eq!((info[0].name.as_str(), info[0].records), ("notes", 199));
+        let snapshot = c.snapshot().unwrap();
+        assert_eq!(ids(&snapshot.collection_records(&notes).unwrap()), expected);
+        assert!(c.all_conflicts(&notes).unwrap().is_empty());
+    }
+
+    /// A write reads and locks only the part that holds its record: after a restart,
+    /// one write to a collection of eight parts loads one of them.
+    #[tokio::test]
+    async fn a_write_loads_only_its_part() {
+        let vault = TestVault::new();
+        let c = in_parts(&vault);
+        let notes = name("notes");
+        for i in 0..64 {
+            put_numbered(&c, &notes, i);
+        }
+        vault.store.commit().await.unwrap();
+        drop(c);
+        let vault = vault.reopen().await;
+        let c = in_parts(&vault);
+        assert_eq!(c.count(&notes).unwrap(), 64, "counted from the marks");
+        assert_eq!(c.cached().0, 0, "the count loaded no document");
+        c.patch(&notes, &id("r5"), &obj(json!({ "n": -5 })))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.cached().0, 1, "one part loaded");
+        let open: Vec<PartName> = c.open_slots().keys().cloned().collect();
+        assert_eq!(open, [c.part_of(&notes, "r5")]);
+    }
+
+    /// Writes to records in several parts are one write: a store failure leaves none
+    /// of them in any part, in memory or in the index, and a write to a record the
+    /// request did not name is refused.
+    #[tokio::test]
+    async fn writes_over_several_parts_are_all_or_nothing() {
+        let vault = TestVault::new();
+        let c = in_parts(&vault);
+        let notes = name("notes");
+        let writes: Vec<(RecordId, RecordWrite)> = (0..40)
+            .map(|i| {
+                (
+                    id(&format!("w{i}")),
+                    RecordWrite::Put(obj(json!({ "n": i }))),
+                )
+            })
+            .collect();
+        let touched: std::collections::BTreeSet<PartName> = writes
+            .iter()
+            .map(|(record, _)| c.part_of(&notes, record.as_str()))
+            .collect();
+        assert!(touched.len() > 1, "the writes span parts");
+        vault.store.faults().inject(crate::store::Fault::WriteError);
+        assert!(c.write_many(&notes, &writes).is_err());
+        vault.store.faults().clear();
+        assert_eq!(c.count(&notes).unwrap(), 0);
+        for (record, _) in &writes {
+            assert!(c.get(&notes, record).unwrap().is_none());
+        }
+        c.write_many(&notes, &writes).unwrap();
+        assert_eq!(c.count(&notes).unwrap(), 40);
+
+        let other = (0..40)
+            .map(|i| id(&format!("w{i}")))
+            .find(|record| c.part_of(&notes, record.as_str()) != c.part_of(&notes, "w0"))
+            .unwrap();
+        let stray = c.write_across(&[(notes.clone(), id("w0"))], |_| {
+            Ok::<_, CollectionError>((
+                vec![(notes.clone(), other.clone(), RecordWrite::Remove)],
+                (),
+            ))
+        });
+        assert!(
+            matches!(stray, Err(CollectionError::NotLocked(_))),
+            "{stray:?}"
+        );
+        assert!(c.get(&notes, &other).unwrap().is_some());
+    }
+
+    /// A part whose index mark is lost is indexed again from its own document alone:
+    /// the other parts' entries stay as they are, and every record reads.
+    #[tokio::test]
+    async fn a_part_is_indexed_again_on_its_own() {
+        let vault = TestVault::new();
+        let c = in_parts(&vault);
+        let notes = name("notes");
+        for i in 0..100 {
+            put_numbered(&c, &notes, i);
+        }
+        vault.store.commit().await.unwrap();
+        let lost = c.part_of(&notes, "r1");
+        let at = c.place(&lost);
+        c.index
+            .tree()
+            .remove(&{
+                let mut key = at.collection.to_vec();
+                key.push(0);
+                key.extend_from_slice(&lost.part.to_be_bytes());
+                key
+            })
+            .unwrap();
+        drop(c);
+        let vault = vault.reopen().await;
+        let c = in_parts(&vault);
+        assert_eq!(c.count(&notes).unwrap(), 100);
+        assert_eq!(c.cached().0, 1, "only the part that lost its mark was read");
+        for i in 0..100 {
+            let record = format!("r{i}");
+            assert_eq!(
+                c.get(&notes, &id(&record)).unwrap().unwrap()["n"],
+                i,
+                "{record}"
+            );
+        }
+    }
+
+    /// What reads a collection as one document (its heads, sync) is refused for a
+    /// collection kept in parts, with a reason, rather than reading one part of it.
+    #[test]
+    fn whole_document_reads_are_refused_for_a_collection_in_parts() {
+        let vault = TestVault::new();
+        let c = in_parts(&vault);
+        let notes = name("notes");
+        c.put(&notes, &id("a"), &obj(json!({}))).unwrap();
+        let refused = c.heads(&notes).unwrap_err();
+        assert!(
+            matches!(refused, CollectionError::InParts { .. }),
+            "{refused}"
+        );
+        assert!(
+            c.heads(&name("_devices")).is_ok(),
+            "system collections are whole"
+        );
+    }
+
+    #[test]
+    fn a_record_part_is_fixed_keyed_and_spread() {
+        let key = [7; 32];
+        let mut counts = [0u32; 16];
+        for i in 0..16_000 {
+            let record = format!("r{i}");
+            let part = part_number(&key, 16, &record);
+            assert_eq!(part, part_number(&key, 16, &record));
+            counts[usize::from(part)] += 1;
+        }
+        assert!(
+            counts.iter().all(|&n| (800..1200).contains(&n)),
+            "{counts:?}"
+        );
+        let moved = (0..1000)
+            .filter(|i| {
+                let record = format!("r{i}");
+                part_number(&key, 16, &record) != part_number(&[8; 32], 16, &record)
+            })
+            .count();
+        assert!(moved > 800, "another vault's key places records elsewhere");
+        assert_eq!(part_number(&key, 1, "r1"), 0);
+    }
+}
