@@ -9,18 +9,17 @@ pub use crate::dav::fuzzing::{
 
 use crate::pim::Kind;
 
-/// A DAV sync token read into the heads it names (`access::dav::parse_token`).
-pub fn parse_sync_token(token: &str) -> Result<Vec<[u8; 32]>, String> {
+/// A DAV sync token read into the log position it names (epoch, entry;
+/// `access::dav::parse_token`).
+pub fn parse_sync_token(token: &str) -> Result<(u64, u64), String> {
     crate::access::dav::parse_token(token)
-        .map(|heads| heads.into_iter().map(|h| h.0).collect())
+        .map(|at| (at.epoch, at.seq))
         .map_err(|e| e.to_string())
 }
 
-/// The sync token of these heads (`access::dav::sync_token`).
-pub fn sync_token(heads: &[[u8; 32]]) -> String {
-    let heads: Vec<automerge::ChangeHash> =
-        heads.iter().map(|h| automerge::ChangeHash(*h)).collect();
-    crate::access::dav::sync_token(&heads)
+/// The sync token of a log position (`access::dav::sync_token`).
+pub fn sync_token(epoch: u64, seq: u64) -> String {
+    crate::access::dav::sync_token(crate::collections::LogPosition { epoch, seq })
 }
 
 /// The check a DAV PUT body passes before anything else (`access::dav::check_object`):

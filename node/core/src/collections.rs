@@ -42,12 +42,14 @@ use crate::store::{SealedBatch, SealedTree, Store, StoreError};
 mod combined;
 mod conflicts;
 mod history;
+mod log;
 mod parts;
 mod storage;
 pub use combined::EditRefused;
 pub use conflicts::{RecordConflict, RecordConflicts, Removal};
 use conflicts::{conflicts_list, merged, notice_id};
 pub use history::Snapshot;
+pub use log::{LOG_KEEP, LogPosition};
 pub(crate) use parts::PartName;
 use parts::part_number;
 
@@ -138,6 +140,13 @@ pub struct Collections {
     store: Arc<Store>,
     names: SealedTree,
     docs: SealedTree,
+    /// Every collection's change log ([`log`]), its epoch, and the heads its writers
+    /// hold, by name key.
+    log: SealedTree,
+    epoch: u64,
+    logs: Mutex<HashMap<[u8; 32], Arc<Mutex<log::LogHead>>>>,
+    /// Entries kept in each log: [`LOG_KEEP`] (tests set fewer).
+    log_keep: std::sync::atomic::AtomicU64,
     /// Every record as it reads now, for reads that need no document ([`crate::index`]).
     index: RecordIndex,
     actor: ActorId,
@@ -310,9 +319,14 @@ impl<T: RecordSource> RecordSource for Arc<T> {
 impl Collections {
     /// `actor` identifies this device's edits in every document.
     pub fn open(store: Arc<Store>, actor: [u8; 16]) -> Result<Self, StoreError> {
+        let log = store.tree("log")?;
         Ok(Self {
             names: store.tree("collections")?,
             docs: store.tree("docs")?,
+            epoch: log::epoch(&log)?,
+            log,
+            logs: Mutex::default(),
+            log_keep: std::sync::atomic::AtomicU64::new(LOG_KEEP),
             index: RecordIndex::open(store.clone())?,
             store,
             actor: ActorId::from(actor),
@@ -815,9 +829,22 @@ impl Collections {
         let mut store_writes = storage::Writes::default();
         let mut prepared = Vec::with_capacity(guards.len());
         let mut result = Ok(());
+        // Each collection's log head, held until the write is done (parts sort by
+        // collection, so these are taken in name order).
+        let mut collections: Vec<[u8; 32]> = guards.iter().map(|c| c.at.collection).collect();
+        collections.dedup();
+        let heads = self.log_heads(&collections);
+        let mut heads: Vec<_> = heads
+            .iter()
+            .map(|h| h.lock().expect("log head lock is never poisoned"))
+            .collect();
         for (c, writes) in guards.iter_mut().zip(&by_part) {
             let ids: Vec<&str> = writes.iter().map(|(id, _)| id.as_str()).collect();
-            match self.prepare(c, Some(&ids), &mut store_writes) {
+            let at = collections
+                .iter()
+                .position(|k| *k == c.at.collection)
+                .expect("every part's collection has its head");
+            match self.prepare(c, Some(&ids), &mut store_writes, &mut heads[at]) {
                 Ok(p) => prepared.push(p),
                 Err(e) => {
                     result = Err(e);
@@ -828,6 +855,7 @@ impl Collections {
         if result.is_ok() {
             result = self.write(store_writes);
         }
+        drop(heads);
         if let Err(e) = result {
             // Memory is ahead of the disk in every part changed: each is forgotten,
             // and read again from the disk on its next use.
@@ -1194,7 +1222,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn changes_between_names_exactly_the_records_changed_since_old_heads() {
+    async fn the_change_log_names_exactly_the_records_changed_since_a_position() {
         let vault = TestVault::new();
         let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
         let contacts = name("contacts");
@@ -1206,7 +1234,7 @@ mod tests {
             )
             .unwrap();
         }
-        let since = c.heads(&contacts).unwrap();
+        let since = c.log_position(&contacts).unwrap();
         // A nested change, a top-level one, a removal, a new record, and one changed
         // and changed back.
         c.patch(
@@ -1224,19 +1252,34 @@ mod tests {
             .unwrap();
         c.patch(&contacts, &id("r11"), &obj(json!({"name": "P11"})))
             .unwrap();
-        let (heads, changes) = c.changes_between(&contacts, &since).unwrap();
-        assert_eq!(heads, c.heads(&contacts).unwrap());
-        let mut ids: Vec<&str> = changes.iter().map(|ch| ch.id.as_str()).collect();
-        ids.sort();
-        assert_eq!(ids, ["new", "r3", "r7", "r9"]);
+        let (at, changes) = c.changes_after(&contacts, since).unwrap().unwrap();
+        assert_eq!(at, c.log_position(&contacts).unwrap());
+        assert_eq!(at.seq, since.seq + 6, "one entry a write");
+        let ids: Vec<&str> = changes.iter().map(|ch| ch.id.as_str()).collect();
+        assert_eq!(ids, ["new", "r3", "r7", "r9"], "sorted by id");
         let r9 = changes.iter().find(|ch| ch.id == "r9").unwrap();
         assert!(r9.before.is_some() && r9.after.is_none());
-        // The same as a full diff says.
-        let (_, by_diff) = c.changes_since(&contacts, &since).unwrap();
-        let mut diff_ids: Vec<&str> = by_diff.iter().map(|ch| ch.id.as_str()).collect();
-        diff_ids.sort();
-        assert_eq!(ids, diff_ids);
-        assert!(c.changes_between(&contacts, &heads).unwrap().1.is_empty());
+        let r3 = changes.iter().find(|ch| ch.id == "r3").unwrap();
+        assert_eq!(r3.before.as_ref().unwrap()["address"]["city"], "Lyon");
+        assert_eq!(r3.after.as_ref().unwrap()["address"]["city"], "Paris");
+        assert!(
+            c.changes_after(&contacts, at)
+                .unwrap()
+                .unwrap()
+                .1
+                .is_empty()
+        );
+        // Positions that are not this log's are refused.
+        let beyond = LogPosition {
+            seq: at.seq + 1,
+            ..at
+        };
+        assert!(c.changes_after(&contacts, beyond).unwrap().is_none());
+        let other = LogPosition {
+            epoch: at.epoch ^ 1,
+            ..since
+        };
+        assert!(c.changes_after(&contacts, other).unwrap().is_none());
     }
 
     #[tokio::test]
@@ -1301,13 +1344,13 @@ mod tests {
         c.put(&b, &id("r1"), &obj(json!({"n": 2}))).unwrap();
         assert_eq!(c.cached().0, 1, "a was dropped when b was used");
         // Read again from disk, written again, and its history kept.
-        let heads = c.heads(&a).unwrap();
+        let since = c.log_position(&a).unwrap();
         c.patch(&a, &id("r1"), &obj(json!({"m": true}))).unwrap();
         assert_eq!(
             c.get(&a, &id("r1")).unwrap().unwrap(),
             json!({"id": "r1", "n": 1, "m": true})
         );
-        assert_eq!(c.changes_since(&a, &heads).unwrap().1.len(), 1);
+        assert_eq!(c.changes_after(&a, since).unwrap().unwrap().1.len(), 1);
         assert_eq!(
             c.get(&b, &id("r1")).unwrap().unwrap(),
             json!({"id": "r1", "n": 2})

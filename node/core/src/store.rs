@@ -923,6 +923,18 @@ impl SealedTree {
         })
     }
 
+    /// Entries whose key is in `range`, in key order, each opened.
+    pub fn scan_range<R: std::ops::RangeBounds<Vec<u8>>>(
+        &self,
+        range: R,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Zeroizing<Vec<u8>>), StoreError>> + '_ {
+        self.tree.range(range).map(move |entry| {
+            let (key, sealed) = entry?;
+            let value = self.open(&key, &sealed)?;
+            Ok((key.to_vec(), value))
+        })
+    }
+
     /// Keys starting with `prefix`, without opening values.
     pub fn keys_with_prefix(
         &self,

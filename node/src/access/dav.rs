@@ -15,7 +15,6 @@
 
 use std::collections::HashMap;
 
-use automerge::ChangeHash;
 use hearth_protocol::scope::{CollectionScope, FieldPath, WriteRefusal, diff_patch};
 use hearth_protocol::{CollectionName, RecordId};
 use serde_json::{Map, Value, json};
@@ -23,7 +22,7 @@ use serde_json::{Map, Value, json};
 use super::AccessError;
 use super::audit::{AuditEvent, Operation};
 use super::door::{Caller, Door};
-use crate::collections::{CollectionError, Collections, RecordWrite};
+use crate::collections::{CollectionError, Collections, LogPosition, RecordWrite};
 use crate::pim::{self, Kind, PimError};
 
 /// The collection that keeps DAV metadata: per collection, its display name, colour,
@@ -90,27 +89,39 @@ fn meta_id(collection: &CollectionName) -> RecordId {
     RecordId::parse(collection.as_str()).expect("a collection name is a valid record id")
 }
 
-/// The sync token of a collection's heads.
-pub fn sync_token(heads: &[ChangeHash]) -> String {
-    let mut hex: Vec<String> = heads.iter().map(|h| h.to_string()).collect();
-    hex.sort();
-    if hex.is_empty() {
-        format!("{SYNC_PREFIX}0")
-    } else {
-        format!("{SYNC_PREFIX}{}", hex.join("."))
-    }
+/// The sync token (and CTag) of a place in a collection's change log:
+/// `urn:hearth:sync:2-EPOCH-SEQ`, the epoch in 16 hex digits, the entry's number in
+/// decimal. (Tokens of Hearth before the change log named the collection's heads.)
+pub fn sync_token(at: LogPosition) -> String {
+    format!("{SYNC_PREFIX}2-{:016x}-{}", at.epoch, at.seq)
 }
 
-pub(crate) fn parse_token(token: &str) -> Result<Vec<ChangeHash>, AccessError> {
+pub(crate) fn parse_token(token: &str) -> Result<LogPosition, AccessError> {
     let bad =
         || AccessError::InvalidSyncToken(format!("{token:.80} is not a sync token of Hearth"));
     let body = token.trim().strip_prefix(SYNC_PREFIX).ok_or_else(bad)?;
-    if body == "0" {
-        return Ok(Vec::new());
+    let Some(body) = body.strip_prefix("2-") else {
+        // A token of Hearth before the change log (heads): the client syncs anew.
+        return Err(AccessError::InvalidSyncToken(
+            "the sync token is from an older Hearth; sync again".into(),
+        ));
+    };
+    let (epoch, seq) = body.split_once('-').ok_or_else(bad)?;
+    // One way to write each: 16 lowercase hex digits, decimal without leading zeros.
+    let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+    if epoch.len() != 16 || !epoch.chars().all(hex) {
+        return Err(bad());
     }
-    body.split('.')
-        .map(|h| h.parse::<ChangeHash>().map_err(|_| bad()))
-        .collect()
+    if seq.is_empty()
+        || !seq.chars().all(|c| c.is_ascii_digit())
+        || (seq.len() > 1 && seq.starts_with('0'))
+    {
+        return Err(bad());
+    }
+    Ok(LogPosition {
+        epoch: u64::from_str_radix(epoch, 16).map_err(|_| bad())?,
+        seq: seq.parse().map_err(|_| bad())?,
+    })
 }
 
 fn etag_of(text: &str) -> String {
@@ -530,7 +541,7 @@ impl Door {
         scope: &CollectionScope,
     ) -> Result<Book, AccessError> {
         let meta = self.meta_of(collection)?;
-        let heads = self.0.collections.heads(collection)?;
+        let at = self.0.collections.log_position(collection)?;
         Ok(Book {
             collection: collection.clone(),
             kind,
@@ -538,7 +549,7 @@ impl Door {
             display_name: meta.display_name,
             color: meta.color,
             description: meta.description,
-            token: sync_token(&heads),
+            token: sync_token(at),
         })
     }
 
@@ -557,7 +568,8 @@ impl Door {
         let grant = caller.grant.clone();
         let (token, objects, event) = self
             .blocking(move |inner| {
-                let heads = inner.collections.heads(&name)?;
+                // Read before the records: a change between is sent again, never lost.
+                let at = inner.collections.log_position(&name)?;
                 let records = inner.collections.records(&name)?;
                 let meta =
                     Meta::from_record(&name, inner.collections.get(&meta(), &meta_id(&name))?);
@@ -582,7 +594,7 @@ impl Door {
                     fields,
                     ..grant.event(Operation::Read, name.as_str())
                 };
-                Ok((sync_token(&heads), objects, event))
+                Ok((sync_token(at), objects, event))
             })
             .await?;
         self.audited(vec![event]).await?;
@@ -980,16 +992,16 @@ impl Door {
         let kind = self.kind_of(collection)?;
         let scope = self.readable(caller, collection.as_str())?.clone();
         let since = parse_token(token)?;
-        if !self.0.collections.knows(collection, &since)? {
-            return Err(AccessError::InvalidSyncToken(
-                "the sync token is not from this collection's history".into(),
-            ));
-        }
         let name = collection.clone();
         let grant = caller.grant.clone();
         let (changes, events) = self
             .blocking(move |inner| {
-                let (heads, changes) = inner.collections.changes_between(&name, &since)?;
+                let Some((at, changes)) = inner.collections.changes_after(&name, since)? else {
+                    return Err(AccessError::InvalidSyncToken(
+                        "the sync token is not from this collection's history, or too old; sync again"
+                            .into(),
+                    ));
+                };
                 let names =
                     Meta::from_record(&name, inner.collections.get(&meta(), &meta_id(&name))?)
                         .names;
@@ -1034,7 +1046,7 @@ impl Door {
                     });
                 }
                 let changes = Changes {
-                    token: sync_token(&heads),
+                    token: sync_token(at),
                     changed,
                     removed,
                 };
@@ -1220,21 +1232,46 @@ impl Door {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use automerge::ChangeHash;
 
     #[test]
     fn sync_tokens_round_trip_and_refuse_junk() {
-        let a = ChangeHash([1; 32]);
-        let b = ChangeHash([2; 32]);
-        let token = sync_token(&[b, a]);
-        let mut back = parse_token(&token).unwrap();
-        back.sort();
-        assert_eq!(back, vec![a, b]);
+        for at in [
+            LogPosition { epoch: 0, seq: 0 },
+            LogPosition {
+                epoch: u64::MAX,
+                seq: u64::MAX,
+            },
+            LogPosition {
+                epoch: 0xabc,
+                seq: 42,
+            },
+        ] {
+            assert_eq!(parse_token(&sync_token(at)).unwrap(), at);
+        }
         assert_eq!(
-            parse_token(&sync_token(&[])).unwrap(),
-            Vec::<ChangeHash>::new()
+            sync_token(LogPosition {
+                epoch: 0xabc,
+                seq: 42
+            }),
+            "urn:hearth:sync:2-0000000000000abc-42"
         );
-        assert!(parse_token("urn:hearth:sync:zz").is_err());
-        assert!(parse_token("http://example.org/sync/1").is_err());
+        for junk in [
+            "urn:hearth:sync:zz",
+            "http://example.org/sync/1",
+            "urn:hearth:sync:2-0000000000000abc-042",
+            "urn:hearth:sync:2-0000000000000ABC-42",
+            "urn:hearth:sync:2-abc-42",
+            "urn:hearth:sync:2-0000000000000abc-",
+            "urn:hearth:sync:2-0000000000000abc-18446744073709551616",
+            "urn:hearth:sync:2-0000000000000abc",
+        ] {
+            assert!(parse_token(junk).is_err(), "{junk}");
+        }
+        // A token of an older Hearth (the heads it named) asks for a sync anew.
+        let old = format!("urn:hearth:sync:{}", ChangeHash([1; 32]));
+        let refused = parse_token(&old).unwrap_err().to_string();
+        assert!(refused.contains("older Hearth"), "{refused}");
     }
 
     fn record(v: Value) -> Map<String, Value> {

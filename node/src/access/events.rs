@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use automerge::ChangeHash;
 use hearth_protocol::CollectionName;
 use hearth_protocol::api::{ErrorCode, ViewRemove, ViewUpsert};
 use hearth_protocol::scope::CollectionScope;
@@ -30,6 +29,7 @@ use super::audit::{AuditEvent, Operation};
 use super::door::{Caller, Door, MAX_STREAMS_PER_GRANT, Proof};
 use super::grants::ACCESS;
 use crate::clock::now_unix;
+use crate::collections::LogPosition;
 
 /// Batches a stream may have waiting; a stream that falls further behind is ended.
 const STREAM_QUEUE: usize = 16;
@@ -155,8 +155,9 @@ const JOIN_QUEUE: usize = 64;
 #[derive(Default)]
 struct State {
     feeds: HashMap<(String, String), Arc<Feed>>,
-    /// Heads each followed collection was last diffed at. Changed only by the pump.
-    tracked: HashMap<CollectionName, Vec<ChangeHash>>,
+    /// Where in its change log each followed collection was last read. Changed only
+    /// by the pump.
+    tracked: HashMap<CollectionName, LogPosition>,
     per_grant: HashMap<String, usize>,
     streams: usize,
 }
@@ -442,8 +443,8 @@ async fn join_feed(door: &Door, caller: Caller) -> Result<Subscription, AccessEr
             on_change(door, name).await;
         } else {
             let collection = name.clone();
-            let heads = door
-                .blocking(move |inner| Ok(inner.collections.track_changes(&collection)?))
+            let at = door
+                .blocking(move |inner| Ok(inner.collections.log_position(&collection)?))
                 .await?;
             door.0
                 .hub
@@ -451,7 +452,7 @@ async fn join_feed(door: &Door, caller: Caller) -> Result<Subscription, AccessEr
                 .lock()
                 .expect("hub lock is never poisoned")
                 .tracked
-                .insert(name, heads);
+                .insert(name, at);
         }
     }
     door.0.hub.register(door, caller)
@@ -487,9 +488,20 @@ async fn on_change(door: &Door, name: CollectionName) {
     };
     let collection = name.clone();
     let changed = door
-        .blocking(move |inner| Ok(inner.collections.changes_since(&collection, &since)?))
+        .blocking(move |inner| {
+            let collections = &inner.collections;
+            Ok(match collections.changes_after(&collection, since)? {
+                Some(found) => found,
+                // Only if over `LOG_KEEP` changes came between two of its turns: the
+                // streams miss them, and follow on from the log's end.
+                None => {
+                    tracing::warn!(collection = %collection, "event streams missed changes older than the change log keeps");
+                    (collections.log_position(&collection)?, Vec::new())
+                }
+            })
+        })
         .await;
-    let (heads, changes) = match changed {
+    let (at, changes) = match changed {
         Ok(found) => found,
         Err(e) => {
             tracing::warn!(error = %e, "cannot work out what changed for event streams");
@@ -499,7 +511,7 @@ async fn on_change(door: &Door, name: CollectionName) {
     let feeds: Vec<Arc<Feed>> = {
         let mut state = door.0.hub.state.lock().expect("hub lock is never poisoned");
         match state.tracked.get_mut(&name) {
-            Some(tracked) => *tracked = heads,
+            Some(tracked) => *tracked = at,
             None => return,
         }
         state

@@ -1,6 +1,6 @@
-//! A collection's history: its heads, the changes since some heads (for event streams
-//! and DAV sync tokens), Automerge sync with another device, whole documents for
-//! pairing, and a snapshot of every collection at one moment.
+//! A collection's history: its heads, Automerge sync with another device, whole
+//! documents for pairing, and a snapshot of every collection at one moment. (What
+//! changed since a DAV sync token or the event pump's last turn: `log`.)
 
 use super::*;
 
@@ -171,95 +171,5 @@ impl Collections {
         name: &CollectionName,
     ) -> Result<Vec<automerge::ChangeHash>, CollectionError> {
         self.with(&self.whole(name, "history")?, |c| Ok(c.doc.get_heads()))
-    }
-
-    /// Starts indexing a collection's changes so that [`Collections::changes_since`]
-    /// its current heads costs what the changes cost, not what the collection does.
-    /// Returns those heads.
-    pub fn track_changes(&self, name: &CollectionName) -> Result<Vec<ChangeHash>, CollectionError> {
-        self.with(&self.whole(name, "history")?, |c| {
-            c.doc.update_diff_cursor();
-            Ok(c.doc.get_heads())
-        })
-    }
-
-    /// The records that changed since `since` (heads of this document), each as it
-    /// was then and as it is now, and the heads now.
-    pub fn changes_since(
-        &self,
-        name: &CollectionName,
-        since: &[ChangeHash],
-    ) -> Result<(Vec<ChangeHash>, Vec<RecordChange>), CollectionError> {
-        self.with(&self.whole(name, "history")?, |c| {
-            let heads = c.doc.get_heads();
-            if heads == since {
-                return Ok((heads, Vec::new()));
-            }
-            // Indexed (cheap) when `since` is where the diff cursor stands; a document
-            // reloaded since then is diffed by a scan.
-            let patches = c.doc.diff(since, &heads);
-            c.doc.update_diff_cursor();
-            let mut changes = Vec::new();
-            for id in records::touched_records(&patches) {
-                let before = records::read_record_at(&c.doc, &id, since)
-                    .map_err(|e| c.automerge(e))?
-                    .map(|r| with_id_map(&id, r));
-                let after = records::read_record(&c.doc, &id)
-                    .map_err(|e| c.automerge(e))?
-                    .map(|r| with_id_map(&id, r));
-                if before != after {
-                    changes.push(RecordChange { id, before, after });
-                }
-            }
-            Ok((heads, changes))
-        })
-    }
-
-    /// Like [`Collections::changes_since`] but leaves the diff cursor where it is (for
-    /// readers with their own old heads, such as a DAV sync token, which must not make
-    /// the event pump's next diff a scan). Costs a scan of the document.
-    pub fn changes_between(
-        &self,
-        name: &CollectionName,
-        since: &[ChangeHash],
-    ) -> Result<(Vec<ChangeHash>, Vec<RecordChange>), CollectionError> {
-        self.with(&self.whole(name, "history")?, |c| {
-            let heads = c.doc.get_heads();
-            if heads == since {
-                return Ok((heads, Vec::new()));
-            }
-            // From the changes' own operations when each can be placed; else a diff.
-            let touched = match records::records_touched_since(&mut c.doc, since) {
-                Some(ids) => ids,
-                None => records::touched_records(&c.doc.diff(since, &heads)),
-            };
-            let mut changes = Vec::new();
-            for id in touched {
-                let before = records::read_record_at(&c.doc, &id, since)
-                    .map_err(|e| c.automerge(e))?
-                    .map(|r| with_id_map(&id, r));
-                let after = records::read_record(&c.doc, &id)
-                    .map_err(|e| c.automerge(e))?
-                    .map(|r| with_id_map(&id, r));
-                if before != after {
-                    changes.push(RecordChange { id, before, after });
-                }
-            }
-            Ok((heads, changes))
-        })
-    }
-
-    /// Whether every one of `heads` is a change this collection has (a sync token
-    /// from this collection's history, not a made-up or foreign one).
-    pub fn knows(
-        &self,
-        name: &CollectionName,
-        heads: &[ChangeHash],
-    ) -> Result<bool, CollectionError> {
-        self.with(&self.whole(name, "history")?, |c| {
-            // The change graph answers this; fetching the changes would rebuild them.
-            let missing = c.doc.get_missing_deps(heads);
-            Ok(!missing.iter().any(|h| heads.contains(h)))
-        })
     }
 }

@@ -11,6 +11,7 @@ pub(super) struct Writes {
     names: SealedBatch,
     index: SealedBatch,
     docs: SealedBatch,
+    log: SealedBatch,
 }
 
 /// A collection's change prepared for writing: its new index mark and its size.
@@ -240,23 +241,29 @@ impl Collections {
         known: Option<&[&str]>,
     ) -> Result<bool, CollectionError> {
         let mut writes = Writes::default();
-        let Some(prepared) = self.prepare(c, known, &mut writes)? else {
+        let head = self.log_heads(&[c.at.collection]).remove(0);
+        let mut head = head.lock().expect("log head lock is never poisoned");
+        let Some(prepared) = self.prepare(c, known, &mut writes, &mut head)? else {
             return Ok(false);
         };
         self.write(writes)?;
+        drop(head);
         self.finish(c, prepared);
         Ok(true)
     }
 
     /// Adds to `writes` what persisting the changes made to `c` since its last persist
     /// writes — the change, the record index entries it touched and the index mark,
-    /// the collection's name if it is new — and returns what [`Collections::finish`]
-    /// notes once they are written; `None` if there is no change.
+    /// the collection's name if it is new, the change log's entry (numbered from
+    /// `log`, the collection's log head, held until the write is done) — and returns
+    /// what [`Collections::finish`] notes once they are written; `None` if there is
+    /// no change.
     pub(super) fn prepare(
         &self,
         c: &mut Collection,
         known: Option<&[&str]>,
         writes: &mut Writes,
+        log: &mut super::log::LogHead,
     ) -> Result<Option<Prepared>, CollectionError> {
         let bytes = c.doc.save_after(&c.persisted_heads);
         if bytes.is_empty() {
@@ -320,6 +327,14 @@ impl Collections {
             c.next_seq,
             &bytes,
         );
+        self.append_log(
+            log,
+            &c.at.collection,
+            c.part,
+            &c.persisted_heads,
+            &mark.heads,
+            &mut writes.log,
+        )?;
         Ok(Some(Prepared {
             mark,
             bytes: bytes.len(),
@@ -336,6 +351,7 @@ impl Collections {
             (&self.names, writes.names),
             (self.index.tree(), writes.index),
             (&self.docs, writes.docs),
+            (&self.log, writes.log),
         ]
         .into_iter()
         .filter(|(_, batch)| !batch.is_empty())
