@@ -39,6 +39,21 @@ async fn drain(stream: &mut Stream) -> Vec<u8> {
     out
 }
 
+/// A sync stream to `peer` that has sent a correct Hello.
+async fn sync_stream(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    vault_id: [u8; 16],
+) -> Stream {
+    let mut stream = open(control, peer, SYNC_PROTOCOL).await.unwrap();
+    let hello = SyncFrame::Hello {
+        version: SYNC_VERSION,
+        vault_id,
+    };
+    stream.write_all(&frame(&hello.encode())).await.unwrap();
+    stream
+}
+
 fn frame(body: &[u8]) -> Vec<u8> {
     let mut out = (body.len() as u32).to_be_bytes().to_vec();
     out.extend_from_slice(body);
@@ -190,24 +205,25 @@ async fn a_member_sending_garbage_only_closes_its_own_streams() {
         let _ = stream.flush().await;
         drain(&mut stream).await; // the node closes it
     }
-    // A correct Hello followed by a garbage Automerge message.
-    let mut stream = open(&mut control, peer, SYNC_PROTOCOL).await.unwrap();
-    stream
-        .write_all(&frame(
-            &SyncFrame::Hello {
-                version: SYNC_VERSION,
-                vault_id,
-            }
-            .encode(),
-        ))
-        .await
-        .unwrap();
-    let bad = SyncFrame::Doc {
-        collection: CollectionName::parse("contacts").unwrap(),
-        message: vec![0x42, 0xff, 0x00],
-    };
-    stream.write_all(&frame(&bad.encode())).await.unwrap();
-    drain(&mut stream).await;
+    // A correct Hello followed by a garbage Automerge message, or by a message for a
+    // part the collection does not have.
+    use automerge::sync::SyncDoc as _;
+    let first_message = automerge::sync::Message::encode(
+        automerge::AutoCommit::new()
+            .sync()
+            .generate_sync_message(&mut automerge::sync::State::new())
+            .expect("a first message"),
+    );
+    for (part, message) in [(0, vec![0x42, 0xff, 0x00]), (300, first_message)] {
+        let mut stream = sync_stream(&mut control, peer, vault_id).await;
+        let bad = SyncFrame::Doc {
+            collection: CollectionName::parse("contacts").unwrap(),
+            part,
+            message,
+        };
+        stream.write_all(&frame(&bad.encode())).await.unwrap();
+        drain(&mut stream).await;
+    }
 
     // Blob protocol: garbage request closes the stream; an unknown chunk is NotFound.
     let mut stream = open(&mut control, peer, BLOB_PROTOCOL).await.unwrap();
@@ -222,17 +238,7 @@ async fn a_member_sending_garbage_only_closes_its_own_streams() {
 
     // The node is unharmed: data intact, API up, and a well-behaved session still works.
     still_serves(&a).await;
-    let mut stream = open(&mut control, peer, SYNC_PROTOCOL).await.unwrap();
-    stream
-        .write_all(&frame(
-            &SyncFrame::Hello {
-                version: SYNC_VERSION,
-                vault_id,
-            }
-            .encode(),
-        ))
-        .await
-        .unwrap();
+    let mut stream = sync_stream(&mut control, peer, vault_id).await;
     let body = read_one_frame(&mut stream).await;
     assert!(matches!(
         SyncFrame::decode(&body).unwrap(),

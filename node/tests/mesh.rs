@@ -780,7 +780,7 @@ async fn devices_in_step_compare_fingerprints_and_sync_only_what_differs() {
 /// A device that still speaks sync version 1 is told this one's version and nothing
 /// else: no collection's changes move, and the stream ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_speaking_sync_version_1_is_told_to_upgrade_and_gets_nothing() {
+async fn a_device_speaking_an_older_sync_version_is_told_to_upgrade_and_gets_nothing() {
     use futures::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let a = start(&dir.path().join("a"), vec![]).await;
@@ -794,48 +794,49 @@ async fn a_device_speaking_sync_version_1_is_told_to_upgrade_and_gets_nothing() 
     .await;
     eventually("B syncs with A", || get(&b, "notes", "secret").is_some()).await;
 
-    // B, as an older Hearth would: the version 1 protocol, its Hello, then it listens.
-    let mut stream = b
-        .vault()
-        .mesh()
-        .unwrap()
-        .handle
-        .streams()
-        .open_stream(
-            a.peer_id(),
-            libp2p::StreamProtocol::new(hearth_protocol::sync::LEGACY_SYNC_PROTOCOL),
-        )
-        .await
-        .expect("the old protocol is still answered");
-    let hello = hearth_protocol::sync::SyncFrame::Hello {
-        version: 1,
-        vault_id: b.vault().keys().vault_id,
-    }
-    .encode();
-    stream
-        .write_all(&(hello.len() as u32).to_be_bytes())
-        .await
-        .unwrap();
-    stream.write_all(&hello).await.unwrap();
-    stream.flush().await.unwrap();
-    let mut everything = Vec::new();
-    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut everything))
-        .await
-        .expect("the stream ends")
-        .unwrap();
-    let (len, body) = everything.split_at(4);
-    assert_eq!(
-        u32::from_be_bytes(len.try_into().unwrap()) as usize,
-        body.len(),
-        "one frame"
-    );
-    assert_eq!(
-        hearth_protocol::sync::SyncFrame::decode(body).unwrap(),
-        hearth_protocol::sync::SyncFrame::Hello {
-            version: hearth_protocol::sync::SYNC_VERSION,
-            vault_id: a.vault().keys().vault_id,
+    // B, as an older Hearth would: the version 1 or 2 protocol, its Hello, then it
+    // listens.
+    let legacy = hearth_protocol::sync::LEGACY_SYNC_PROTOCOLS;
+    for (protocol, version) in legacy.into_iter().zip([1, 2]) {
+        let mut stream = b
+            .vault()
+            .mesh()
+            .unwrap()
+            .handle
+            .streams()
+            .open_stream(a.peer_id(), libp2p::StreamProtocol::new(protocol))
+            .await
+            .expect("the old protocol is still answered");
+        let hello = hearth_protocol::sync::SyncFrame::Hello {
+            version,
+            vault_id: b.vault().keys().vault_id,
         }
-    );
+        .encode();
+        stream
+            .write_all(&(hello.len() as u32).to_be_bytes())
+            .await
+            .unwrap();
+        stream.write_all(&hello).await.unwrap();
+        stream.flush().await.unwrap();
+        let mut everything = Vec::new();
+        tokio::time::timeout(DEADLINE, stream.read_to_end(&mut everything))
+            .await
+            .expect("the stream ends")
+            .unwrap();
+        let (len, body) = everything.split_at(4);
+        assert_eq!(
+            u32::from_be_bytes(len.try_into().unwrap()) as usize,
+            body.len(),
+            "one frame"
+        );
+        assert_eq!(
+            hearth_protocol::sync::SyncFrame::decode(body).unwrap(),
+            hearth_protocol::sync::SyncFrame::Hello {
+                version: hearth_protocol::sync::SYNC_VERSION,
+                vault_id: a.vault().keys().vault_id,
+            }
+        );
+    }
     for node in [a, b] {
         node.shutdown().await.unwrap();
     }

@@ -1,38 +1,42 @@
-//! The sync protocol `/hearth/sync/2`: frames exchanged between two devices of a vault.
+//! The sync protocol `/hearth/sync/3`: frames exchanged between two devices of a vault.
 //!
 //! A stream carries frames, each `u32be length ‖ body` with `length <= MAX_FRAME`.
 //! Bodies:
 //!
 //! ```text
-//! 0x01 Hello   ‖ protocol version u8 (2) ‖ vault id (16)
-//! 0x02 Doc     ‖ u8 len(name) ‖ collection name ‖ Automerge sync message (rest)
+//! 0x01 Hello   ‖ protocol version u8 (3) ‖ vault id (16)
+//! 0x02 Doc     ‖ u8 len(name) ‖ collection name ‖ part u16be
+//!              ‖ Automerge sync message (rest)
 //! 0x03 Summary ‖ fingerprint (32) ‖ collections u32be
 //! 0x04 Digests ‖ count u32be ‖ per collection, in name order:
-//!                u8 len(name) ‖ collection name ‖ heads digest (32)
+//!                u8 len(name) ‖ collection name ‖ parts u16be (at least 1)
+//!                ‖ per part, in order: part u16be ‖ heads digest (32)
 //! ```
 //!
-//! Each side sends `Hello` and its `Summary` first; a different vault id or version
-//! ends the stream. A collection's heads digest is [`crate::commit::heads_digest`] of
-//! its Automerge heads; the fingerprint is [`fingerprint`] of every collection's name
-//! and digest. Equal fingerprints: the two devices hold the same changes, and nothing
-//! more is sent (one round trip, and no document is read). Otherwise each side that
-//! sees a different fingerprint sends its `Digests`, and each side starts Automerge
-//! sync (`Doc` frames) for every collection of its own whose digest the other side
-//! does not have; from then on, and for every later local change, each side sends the
-//! Automerge sync messages its sync state produces and answers every message it
-//! receives, until neither has anything to say. A malformed frame ends the stream
-//! (never the node).
+//! A collection is kept in one or several parts, each an Automerge document of its
+//! own (a collection of one has part 0). Each side sends `Hello` and its `Summary`
+//! first; a different vault id or version ends the stream. A part's heads digest is
+//! [`crate::commit::heads_digest`] of its Automerge heads; a collection's digest is
+//! its part's, or [`parts_digest`] of its parts'; the fingerprint is [`fingerprint`]
+//! of every collection's name and digest. Equal fingerprints: the two devices hold the
+//! same changes, and nothing more is sent (one round trip, and no document is read).
+//! Otherwise each side that sees a different fingerprint sends its `Digests`, and
+//! each side starts Automerge sync (`Doc` frames) for every part of its own whose
+//! digest the other side does not have; from then on, and for every later local
+//! change, each side sends the Automerge sync messages its sync state for that part
+//! produces and answers every message it receives, until neither has anything to say.
+//! A malformed frame ends the stream (never the node).
 //!
-//! Version 1 (`/hearth/sync/1`: `Hello` with version 1, then `Doc` frames for every
-//! collection) is refused: a device that still speaks it is told this one's version
-//! and logged as needing an upgrade.
+//! Versions 1 and 2 (`/hearth/sync/1`, `/hearth/sync/2`: documents without parts)
+//! are refused: a device that still speaks one is told this one's version and logged
+//! as needing an upgrade.
 
 use crate::names::CollectionName;
 
-pub const SYNC_PROTOCOL: &str = "/hearth/sync/2";
-pub const SYNC_VERSION: u8 = 2;
-/// The protocol of Hearth before sync version 2: accepted only to say "upgrade".
-pub const LEGACY_SYNC_PROTOCOL: &str = "/hearth/sync/1";
+pub const SYNC_PROTOCOL: &str = "/hearth/sync/3";
+pub const SYNC_VERSION: u8 = 3;
+/// The protocols of Hearth before sync version 3: accepted only to say "upgrade".
+pub const LEGACY_SYNC_PROTOCOLS: [&str; 2] = ["/hearth/sync/1", "/hearth/sync/2"];
 /// Largest frame body accepted. An Automerge sync message carries the changes the
 /// other side lacks, so a first sync of a large collection is big, but bounded.
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
@@ -51,6 +55,7 @@ pub enum SyncFrame {
     },
     Doc {
         collection: CollectionName,
+        part: u16,
         message: Vec<u8>,
     },
     /// What a device holds, in 36 bytes: its [`fingerprint`] and how many collections.
@@ -58,8 +63,26 @@ pub enum SyncFrame {
         fingerprint: [u8; 32],
         collections: u32,
     },
-    /// Every collection's name and heads digest, in name order.
-    Digests(Vec<(CollectionName, [u8; 32])>),
+    /// Every collection's name and its parts' heads digests, in name order.
+    Digests(Vec<(CollectionName, PartDigests)>),
+}
+
+/// A collection's parts and each one's heads digest, in part order (at least one).
+pub type PartDigests = Vec<(u16, [u8; 32])>;
+
+/// The digest of a collection kept in several parts: BLAKE3 of each part's number
+/// and heads digest, in part order. (A collection of one part has that part's heads
+/// digest.)
+pub fn parts_digest(parts: &[(u16, [u8; 32])]) -> [u8; 32] {
+    if let [(_, only)] = parts {
+        return *only;
+    }
+    let mut hasher = blake3::Hasher::new_derive_key("hearth collection parts digest v1");
+    for (part, digest) in parts {
+        hasher.update(&part.to_be_bytes());
+        hasher.update(digest);
+    }
+    *hasher.finalize().as_bytes()
 }
 
 /// The fingerprint of a device's collections: BLAKE3 of each collection's name (with
@@ -94,6 +117,8 @@ pub enum FrameError {
     Trailing(usize),
     #[error("digests are not in name order, or name a collection twice")]
     Unordered,
+    #[error("a collection's digests name no part, or parts out of order")]
+    BadParts,
 }
 
 impl SyncFrame {
@@ -106,12 +131,14 @@ impl SyncFrame {
             }
             SyncFrame::Doc {
                 collection,
+                part,
                 message,
             } => {
                 let name = collection.as_str().as_bytes();
-                let mut out = Vec::with_capacity(2 + name.len() + message.len());
+                let mut out = Vec::with_capacity(4 + name.len() + message.len());
                 out.push(TAG_DOC);
                 push_name(&mut out, collection);
+                out.extend_from_slice(&part.to_be_bytes());
                 out.extend_from_slice(message);
                 out
             }
@@ -126,13 +153,18 @@ impl SyncFrame {
                 out
             }
             SyncFrame::Digests(digests) => {
-                let mut out = Vec::with_capacity(5 + digests.len() * (2 + DIGEST + 16));
+                let mut out = Vec::with_capacity(5 + digests.len() * (6 + DIGEST + 16));
                 out.push(TAG_DIGESTS);
                 let count = u32::try_from(digests.len()).expect("fewer than 2^32 collections");
                 out.extend_from_slice(&count.to_be_bytes());
-                for (name, digest) in digests {
+                for (name, parts) in digests {
                     push_name(&mut out, name);
-                    out.extend_from_slice(digest);
+                    let count = u16::try_from(parts.len()).expect("at most 65,535 parts");
+                    out.extend_from_slice(&count.to_be_bytes());
+                    for (part, digest) in parts {
+                        out.extend_from_slice(&part.to_be_bytes());
+                        out.extend_from_slice(digest);
+                    }
                 }
                 out
             }
@@ -159,8 +191,10 @@ impl SyncFrame {
             }
             TAG_DOC => {
                 let (collection, rest) = take_name(rest)?;
+                let (part, rest) = take::<2>(rest)?;
                 Ok(SyncFrame::Doc {
                     collection,
+                    part: u16::from_be_bytes(part),
                     message: rest.to_vec(),
                 })
             }
@@ -178,19 +212,37 @@ impl SyncFrame {
             TAG_DIGESTS => {
                 let (count, mut rest) = take::<4>(rest)?;
                 let count = u32::from_be_bytes(count) as usize;
-                // Each entry is at least 2 + 32 bytes: a count the frame cannot hold is
-                // refused before anything is allocated for it.
-                if count > rest.len() / (2 + DIGEST) {
+                // Each entry is at least 2 + 2 + 2 + 32 bytes, each part 2 + 32: a count
+                // the frame cannot hold is refused before anything is allocated for it.
+                if count > rest.len() / (6 + DIGEST) {
                     return Err(FrameError::Truncated);
                 }
-                let mut digests: Vec<(CollectionName, [u8; 32])> = Vec::with_capacity(count);
+                let mut digests: Vec<(CollectionName, PartDigests)> = Vec::with_capacity(count);
                 for _ in 0..count {
                     let (name, after) = take_name(rest)?;
-                    let (digest, after) = take_digest(after)?;
                     if digests.last().is_some_and(|(last, _)| *last >= name) {
                         return Err(FrameError::Unordered);
                     }
-                    digests.push((name, digest));
+                    let (parts, mut after) = take::<2>(after)?;
+                    let parts = usize::from(u16::from_be_bytes(parts));
+                    if parts == 0 {
+                        return Err(FrameError::BadParts);
+                    }
+                    if parts > after.len() / (2 + DIGEST) {
+                        return Err(FrameError::Truncated);
+                    }
+                    let mut list: PartDigests = Vec::with_capacity(parts);
+                    for _ in 0..parts {
+                        let (part, next) = take::<2>(after)?;
+                        let (digest, next) = take_digest(next)?;
+                        let part = u16::from_be_bytes(part);
+                        if list.last().is_some_and(|(last, _)| *last >= part) {
+                            return Err(FrameError::BadParts);
+                        }
+                        list.push((part, digest));
+                        after = next;
+                    }
+                    digests.push((name, list));
                     rest = after;
                 }
                 if !rest.is_empty() {
@@ -270,8 +322,8 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trip(name in "[a-z][a-z0-9_-]{0,20}", message in proptest::collection::vec(any::<u8>(), 0..300), vault in any::<[u8; 16]>()) {
-            let doc = SyncFrame::Doc { collection: CollectionName::parse(&name).unwrap(), message };
+        fn round_trip(name in "[a-z][a-z0-9_-]{0,20}", part in any::<u16>(), message in proptest::collection::vec(any::<u8>(), 0..300), vault in any::<[u8; 16]>()) {
+            let doc = SyncFrame::Doc { collection: CollectionName::parse(&name).unwrap(), part, message };
             prop_assert_eq!(SyncFrame::decode(&doc.encode()).unwrap(), doc);
             let hello = SyncFrame::Hello { version: SYNC_VERSION, vault_id: vault };
             prop_assert_eq!(SyncFrame::decode(&hello.encode()).unwrap(), hello);
@@ -283,14 +335,19 @@ mod tests {
             seed in any::<u8>(),
             count in any::<u32>(),
         ) {
-            let digests: Vec<(CollectionName, [u8; 32])> = names
+            let digests: Vec<(CollectionName, PartDigests)> = names
                 .iter()
                 .enumerate()
-                .map(|(i, n)| (CollectionName::parse(n).unwrap(), [seed.wrapping_add(i as u8); 32]))
+                .map(|(i, n)| {
+                    let parts = (0..=(i as u16 % 3)).map(|p| (p * 7, [seed.wrapping_add(i as u8); 32])).collect();
+                    (CollectionName::parse(n).unwrap(), parts)
+                })
                 .collect();
             let frame = SyncFrame::Digests(digests.clone());
             prop_assert_eq!(SyncFrame::decode(&frame.encode()).unwrap(), frame);
-            let summary = SyncFrame::Summary { fingerprint: fingerprint(&digests), collections: count };
+            let collections: Vec<(CollectionName, [u8; 32])> =
+                digests.iter().map(|(n, p)| (n.clone(), parts_digest(p))).collect();
+            let summary = SyncFrame::Summary { fingerprint: fingerprint(&collections), collections: count };
             prop_assert_eq!(SyncFrame::decode(&summary.encode()).unwrap(), summary);
             // Any cut of the frame is refused, never misread.
             let bytes = SyncFrame::Digests(digests).encode();
@@ -303,6 +360,14 @@ mod tests {
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..100)) {
             let _ = SyncFrame::decode(&bytes);
         }
+    }
+
+    #[test]
+    fn a_collection_of_one_part_has_its_digest_and_parts_are_hashed_in_order() {
+        assert_eq!(parts_digest(&[(0, [5; 32])]), [5; 32]);
+        let two = parts_digest(&[(0, [1; 32]), (3, [2; 32])]);
+        assert_ne!(two, parts_digest(&[(0, [1; 32]), (4, [2; 32])]));
+        assert_ne!(two, parts_digest(&[(0, [2; 32]), (3, [1; 32])]));
     }
 
     #[test]
@@ -328,6 +393,11 @@ mod tests {
         assert_eq!(SyncFrame::decode(&[1, 1, 2]), Err(FrameError::Truncated));
         assert_eq!(SyncFrame::decode(&[2, 5, b'a']), Err(FrameError::Truncated));
         assert_eq!(
+            SyncFrame::decode(&[2, 1, b'a', 0]),
+            Err(FrameError::Truncated),
+            "a Doc frame names its part"
+        );
+        assert_eq!(
             SyncFrame::decode(&[2, 2, b'A', b'b']),
             Err(FrameError::BadCollection)
         );
@@ -337,17 +407,31 @@ mod tests {
             SyncFrame::decode(&[4, 0xff, 0xff, 0xff, 0xff]),
             Err(FrameError::Truncated)
         );
-        let entry = |name: &str| {
+        let entry = |name: &str, parts: &[u16]| {
             let mut e = vec![name.len() as u8];
             e.extend_from_slice(name.as_bytes());
-            e.extend_from_slice(&[0; 32]);
+            e.extend_from_slice(&(parts.len() as u16).to_be_bytes());
+            for part in parts {
+                e.extend_from_slice(&part.to_be_bytes());
+                e.extend_from_slice(&[0; 32]);
+            }
             e
         };
         for names in [["b", "a"], ["a", "a"]] {
             let mut frame = vec![4, 0, 0, 0, 2];
-            frame.extend(entry(names[0]));
-            frame.extend(entry(names[1]));
+            frame.extend(entry(names[0], &[0]));
+            frame.extend(entry(names[1], &[0]));
             assert_eq!(SyncFrame::decode(&frame), Err(FrameError::Unordered));
+        }
+        for parts in [&[][..], &[1, 1], &[2, 1]] {
+            let mut frame = vec![4, 0, 0, 0, 1];
+            frame.extend(entry("a", parts));
+            frame.extend_from_slice(&[0; 34]);
+            assert_eq!(
+                SyncFrame::decode(&frame),
+                Err(FrameError::BadParts),
+                "{parts:?}"
+            );
         }
         assert_eq!(
             SyncFrame::decode(&[3; 38]),

@@ -136,6 +136,13 @@ impl CollectionError {
 /// push them to other devices. A receiver that lags should resync every collection.
 const CHANGE_CHANNEL: usize = 1024;
 
+/// A part of a collection that changed (locally or by sync).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changed {
+    pub collection: CollectionName,
+    pub part: u16,
+}
+
 pub struct Collections {
     store: Arc<Store>,
     names: SealedTree,
@@ -162,7 +169,7 @@ pub struct Collections {
     /// The documents kept in memory, counted by their saved size (see
     /// [`Collections::set_cache_budget`]).
     budget: AtomicUsize,
-    changes: broadcast::Sender<CollectionName>,
+    changes: broadcast::Sender<Changed>,
     /// Collections (by name key) being compacted: one compaction at a time each.
     compacting: Arc<Mutex<HashSet<[u8; 32]>>>,
     /// Held while a collection's document keys are read whole (a load) and while a
@@ -392,8 +399,8 @@ impl Collections {
         }
     }
 
-    /// Names of collections that changed from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<CollectionName> {
+    /// The parts of collections that change from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Changed> {
         self.changes.subscribe()
     }
 
@@ -864,18 +871,16 @@ impl Collections {
             }
             return Err(e);
         }
-        let mut changed: Vec<CollectionName> = Vec::new();
+        let mut changed = Vec::new();
         for (c, p) in guards.iter_mut().zip(prepared) {
             if let Some(p) = p {
                 self.finish(c, p);
-                if changed.last() != Some(&c.name) {
-                    changed.push(c.name.clone());
-                }
+                changed.push(c.changed());
             }
         }
-        for name in changed {
+        for changed in changed {
             // Nobody listening is fine: nothing is syncing.
-            drop(self.changes.send(name));
+            drop(self.changes.send(changed));
         }
         for c in guards.iter() {
             self.used(c);
@@ -1045,7 +1050,7 @@ impl Collections {
     ) -> Result<(), CollectionError> {
         match self.persist(c, touched) {
             // Nobody listening is fine: nothing is syncing.
-            Ok(true) => drop(self.changes.send(c.name.clone())),
+            Ok(true) => drop(self.changes.send(c.changed())),
             Ok(false) => {}
             Err(e) => {
                 self.forget(c);
@@ -1065,6 +1070,13 @@ impl Collections {
 }
 
 impl Collection {
+    fn changed(&self) -> Changed {
+        Changed {
+            collection: self.name.clone(),
+            part: self.part,
+        }
+    }
+
     fn id(&self) -> PartName {
         PartName {
             name: self.name.clone(),

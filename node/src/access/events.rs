@@ -406,7 +406,7 @@ async fn pump(door: Door, mut stop: watch::Receiver<bool>, mut joins: mpsc::Rece
                 None => return,
             },
             change = changes.recv() => match change {
-                Ok(name) => on_change(&door, name).await,
+                Ok(changed) => on_change(&door, changed.collection).await,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     let followed: Vec<CollectionName> = door.0.hub.state.lock()
                         .expect("hub lock is never poisoned").tracked.keys().cloned().collect();

@@ -150,7 +150,9 @@ impl BlobSync {
             tokio::select! {
                 _ = stop.changed() => return,
                 changed = changes.recv() => match changed {
-                    Ok(name) if name.as_str() == crate::blobs::BLOB_LIST => changed_since = true,
+                    Ok(changed) if changed.collection.as_str() == crate::blobs::BLOB_LIST => {
+                        changed_since = true;
+                    }
                     Ok(_) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => changed_since = true,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,

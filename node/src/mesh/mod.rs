@@ -259,11 +259,11 @@ impl Mesh {
         let incoming = streams
             .accept(StreamProtocol::new(hearth_protocol::sync::SYNC_PROTOCOL))
             .expect("the sync protocol is registered once");
-        let incoming_legacy = streams
-            .accept(StreamProtocol::new(
-                hearth_protocol::sync::LEGACY_SYNC_PROTOCOL,
-            ))
-            .expect("the old sync protocol is registered once");
+        let incoming_legacy = hearth_protocol::sync::LEGACY_SYNC_PROTOCOLS.map(|protocol| {
+            streams
+                .accept(StreamProtocol::new(protocol))
+                .expect("each old sync protocol is registered once")
+        });
         let incoming_blobs = streams
             .accept(StreamProtocol::new(hearth_protocol::blob::BLOB_PROTOCOL))
             .expect("the blob protocol is registered once");
@@ -287,11 +287,9 @@ impl Mesh {
         let (stop, stopped) = watch::channel(false);
         let sync = Arc::new(sync::SyncService::new(vault.clone(), handle.clone()));
         let accept_task = tokio::spawn(sync.clone().accept_loop(incoming, stopped.clone(), false));
-        let legacy_task = tokio::spawn(sync.clone().accept_loop(
-            incoming_legacy,
-            stopped.clone(),
-            true,
-        ));
+        let legacy_tasks = incoming_legacy.map(|incoming| {
+            tokio::spawn(sync.clone().accept_loop(incoming, stopped.clone(), true))
+        });
         let notice_task = tokio::spawn(removal::accept_loop(
             vault.clone(),
             incoming_notices,
@@ -356,16 +354,18 @@ impl Mesh {
         Ok(Self {
             state,
             stop,
-            tasks: vec![
+            tasks: [
                 swarm_task,
                 accept_task,
-                legacy_task,
                 notice_task,
                 pair_task,
                 blob_serve_task,
                 blob_fetch_task,
                 view_task,
-            ],
+            ]
+            .into_iter()
+            .chain(legacy_tasks)
+            .collect(),
         })
     }
 

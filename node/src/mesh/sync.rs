@@ -1,13 +1,13 @@
-//! Sync sessions: the `/hearth/sync/2` protocol with one member device.
+//! Sync sessions: the `/hearth/sync/3` protocol with one member device.
 //!
 //! In: a stream to a peer that is on the device list; local change notifications.
 //! Out: the peer's changes applied and committed locally, and ours sent to it.
 //! A session first compares the two devices' fingerprints (`Summary`: every
-//! collection's heads digest, read from the record index's marks), then the digests of
-//! each collection if those differ, and runs Automerge sync only for the collections
+//! collection's digest, read from the record index's marks), then the digests of
+//! each collection's parts if those differ, and runs Automerge sync only for the parts
 //! that differ: two devices that hold the same changes exchange two small frames each
-//! way and read no document. A device that speaks version 1 is told this one's version
-//! and logged as needing an upgrade; nothing is merged with it.
+//! way and read no document. A device that speaks version 1 or 2 is told this one's
+//! version and logged as needing an upgrade; nothing is merged with it.
 //! One session per peer: the device with the smaller PeerId opens the stream when a
 //! connection is established, the other accepts it; a newer session to the same peer
 //! replaces the older one. Every received frame is checked before it is used, and any
@@ -21,7 +21,7 @@ use automerge::sync::State;
 use futures::AsyncReadExt;
 
 use hearth_protocol::CollectionName;
-use hearth_protocol::sync::{SYNC_PROTOCOL, SYNC_VERSION, SyncFrame, fingerprint};
+use hearth_protocol::sync::{PartDigests, SYNC_PROTOCOL, SYNC_VERSION, SyncFrame, fingerprint};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
@@ -29,7 +29,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use super::MeshHandle;
 use super::frames::{FrameReadError, read_frame, write_frame};
 use crate::Vault;
-use crate::collections::CollectionError;
+use crate::collections::{Changed, CollectionError};
 use crate::devices;
 
 /// Frames waiting to be written to one peer, or read from it and not yet handled.
@@ -79,7 +79,8 @@ pub struct SessionStats {
     pub bytes_sent: u64,
     pub frames_received: u64,
     pub bytes_received: u64,
-    /// Collections whose Automerge sync this session ran (each reads its document).
+    /// Parts of collections whose Automerge sync this session ran (each reads its
+    /// document).
     pub collections_synced: u64,
     /// Whether the two devices' fingerprints were equal at their last comparison, with
     /// no change sent or received since.
@@ -135,10 +136,10 @@ impl SyncService {
         }
     }
 
-    /// Answers a device that opened the sync protocol of version 1: reads its Hello
-    /// (within 5 s), says this device's version, and ends the stream. Nothing of the
-    /// vault moves.
-    async fn answer_version_1(&self, peer: PeerId, stream: Stream) {
+    /// Answers a device that opened the sync protocol of an older version: reads its
+    /// Hello (within 5 s), says this device's version, and ends the stream. Nothing of
+    /// the vault moves.
+    async fn answer_legacy(&self, peer: PeerId, stream: Stream) {
         let (mut reader, mut writer) = stream.split();
         let hello = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut reader)).await;
         if let Ok(Ok(Some(frame))) = hello
@@ -244,7 +245,7 @@ impl SyncService {
             {
                 Ok(stream) => this.start_session(peer, stream),
                 Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_)) => {
-                    this.outdated(peer, "does not speak sync version 2");
+                    this.outdated(peer, &format!("does not speak sync version {SYNC_VERSION}"));
                 }
                 Err(e) => tracing::debug!(%peer, error = %e, "cannot open a sync stream"),
             }
@@ -271,13 +272,13 @@ impl SyncService {
         }
     }
 
-    /// Takes the sync streams members open: on `/hearth/sync/2` (a session), or, with
-    /// `version_1`, on the old protocol (told to upgrade).
+    /// Takes the sync streams members open: on `/hearth/sync/3` (a session), or, with
+    /// `legacy`, on an old protocol (told to upgrade).
     pub(super) async fn accept_loop(
         self: Arc<Self>,
         mut incoming: libp2p_stream::IncomingStreams,
         mut stop: tokio::sync::watch::Receiver<bool>,
-        version_1: bool,
+        legacy: bool,
     ) {
         loop {
             let Some((peer, stream)) = super::next_stream(&mut incoming, &mut stop).await else {
@@ -286,8 +287,8 @@ impl SyncService {
             if !self.is_member(&peer) {
                 // Refused before any vault data moves: dropping the stream resets it.
                 tracing::info!(%peer, "refused sync from a peer that is not a device of this vault");
-            } else if version_1 {
-                self.answer_version_1(peer, stream).await;
+            } else if legacy {
+                self.answer_legacy(peer, stream).await;
             } else {
                 self.start_session(peer, stream);
             }
@@ -408,7 +409,7 @@ impl SyncService {
         tracing::debug!(%peer, "sync session started");
 
         let mut changes = self.vault.collections.subscribe();
-        let mut states: HashMap<CollectionName, State> = HashMap::new();
+        let mut states: States = HashMap::new();
         // Set when a change was sent or received since the last fingerprint went out:
         // once the session has been quiet for SETTLE, the fingerprint goes out again.
         let mut unsettled: Option<tokio::time::Instant> = None;
@@ -446,23 +447,29 @@ impl SyncService {
                                 }
                             } else {
                                 self.count(peer, |s| s.in_step = false);
-                                self.send(peer, outbox, SyncFrame::Digests(ours)).await?;
+                                let parts = self.part_digests().await?;
+                                self.send(peer, outbox, SyncFrame::Digests(parts)).await?;
                             }
                         }
                         SyncFrame::Digests(theirs) => {
-                            let theirs: HashMap<CollectionName, [u8; 32]> = theirs.into_iter().collect();
-                            // Each side starts the collections of its own that differ; one
-                            // only the other has, the other starts.
-                            for (name, digest) in self.digests().await? {
-                                if theirs.get(&name) != Some(&digest) {
-                                    self.offer(peer, &name, &mut states, outbox).await?;
+                            let theirs: HashMap<CollectionName, PartDigests> = theirs.into_iter().collect();
+                            // Each side starts the parts of its own that differ; one only
+                            // the other has, the other starts.
+                            for (name, parts) in self.part_digests().await? {
+                                let their_parts = theirs.get(&name);
+                                for (part, digest) in parts {
+                                    let same = their_parts
+                                        .is_some_and(|t| t.binary_search(&(part, digest)).is_ok());
+                                    if !same {
+                                        self.offer(peer, (&name, part), &mut states, outbox).await?;
+                                    }
                                 }
                             }
                         }
-                        SyncFrame::Doc { collection, message } => {
+                        SyncFrame::Doc { collection, part, message } => {
                             self.count(peer, |s| s.in_step = false);
                             unsettled = Some(tokio::time::Instant::now());
-                            self.receive(peer, collection, message, &mut states, outbox).await?;
+                            self.receive(peer, (collection, part), message, &mut states, outbox).await?;
                         }
                     }
                 }
@@ -473,7 +480,9 @@ impl SyncService {
                     self.count(peer, |s| s.in_step = false);
                     unsettled = Some(tokio::time::Instant::now());
                     match changed {
-                        Ok(name) => self.offer(peer, &name, &mut states, outbox).await?,
+                        Ok(Changed { collection, part }) => {
+                            self.offer(peer, (&collection, part), &mut states, outbox).await?;
+                        }
                         // Changes were missed: the fingerprints find what differs.
                         Err(broadcast::error::RecvError::Lagged(_)) => {
                             sent_summary = self.send_summary(peer, outbox).await?;
@@ -485,29 +494,32 @@ impl SyncService {
         }
     }
 
-    /// Applies a peer's Automerge sync message to a collection, commits what it
-    /// brought, and answers it.
+    /// Applies a peer's Automerge sync message to a part of a collection, commits
+    /// what it brought, and answers it.
     async fn receive(
         &self,
         peer: PeerId,
-        collection: CollectionName,
+        (collection, part): (CollectionName, u16),
         message: Vec<u8>,
-        states: &mut HashMap<CollectionName, State>,
+        states: &mut States,
         outbox: &mpsc::Sender<Vec<u8>>,
     ) -> Result<(), SessionError> {
-        if !states.contains_key(&collection) {
+        let key = (collection.clone(), part);
+        if !states.contains_key(&key) {
             self.count(peer, |s| s.collections_synced += 1);
         }
-        let mut state = states.remove(&collection).unwrap_or_default();
+        let mut state = states.remove(&key).unwrap_or_default();
         let vault = self.vault.clone();
         let name = collection.clone();
         let (changed, state) = tokio::task::spawn_blocking(move || {
-            let changed = vault.collections.receive_sync(&name, &mut state, &message);
+            let changed = vault
+                .collections
+                .receive_sync(&name, part, &mut state, &message);
             (changed, state)
         })
         .await
         .map_err(joined)?;
-        states.insert(collection.clone(), state);
+        states.insert(key, state);
         let received = changed?;
         if received > 0 {
             self.vault.store.commit().await?;
@@ -518,13 +530,22 @@ impl SyncService {
             }
         }
         self.note_sync(peer);
-        self.offer(peer, &collection, states, outbox).await
+        self.offer(peer, (&collection, part), states, outbox).await
     }
 
-    /// Every collection's heads digest, read on the blocking pool.
+    /// Every collection's digest, read on the blocking pool.
     async fn digests(&self) -> Result<Vec<(CollectionName, [u8; 32])>, SessionError> {
         let vault = self.vault.clone();
         tokio::task::spawn_blocking(move || vault.collections.digests())
+            .await
+            .map_err(joined)?
+            .map_err(SessionError::from)
+    }
+
+    /// Every collection's parts' heads digests, read on the blocking pool.
+    async fn part_digests(&self) -> Result<Vec<(CollectionName, PartDigests)>, SessionError> {
+        let vault = self.vault.clone();
+        tokio::task::spawn_blocking(move || vault.collections.part_digests())
             .await
             .map_err(joined)?
             .map_err(SessionError::from)
@@ -560,29 +581,34 @@ impl SyncService {
         outbox.send(bytes).await.map_err(|_| closed())
     }
 
-    /// Sends the next sync message for `name`, if the sync state has one.
+    /// Sends the next sync message for a part of collection `name`, if its sync state
+    /// has one.
     async fn offer(
         &self,
         peer: PeerId,
-        name: &CollectionName,
-        states: &mut HashMap<CollectionName, State>,
+        (name, part): (&CollectionName, u16),
+        states: &mut States,
         outbox: &mpsc::Sender<Vec<u8>>,
     ) -> Result<(), SessionError> {
-        if !states.contains_key(name) {
+        let key = (name.clone(), part);
+        if !states.contains_key(&key) {
             self.count(peer, |s| s.collections_synced += 1);
         }
-        let mut state = states.remove(name).unwrap_or_default();
+        let mut state = states.remove(&key).unwrap_or_default();
         let (vault, collection) = (self.vault.clone(), name.clone());
         let (message, state) = tokio::task::spawn_blocking(move || {
-            let message = vault.collections.generate_sync(&collection, &mut state);
+            let message = vault
+                .collections
+                .generate_sync(&collection, part, &mut state);
             (message, state)
         })
         .await
         .map_err(joined)?;
-        states.insert(name.clone(), state);
+        states.insert(key, state);
         if let Some(message) = message? {
             let frame = SyncFrame::Doc {
                 collection: name.clone(),
+                part,
                 message,
             };
             self.send(peer, outbox, frame).await?;
@@ -590,6 +616,9 @@ impl SyncService {
         Ok(())
     }
 }
+
+/// Each part's Automerge sync state with the peer, by collection and part.
+type States = HashMap<(CollectionName, u16), State>;
 
 /// A job of the session on the blocking pool that did not finish (it panicked).
 fn joined(e: tokio::task::JoinError) -> SessionError {

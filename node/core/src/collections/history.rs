@@ -40,32 +40,44 @@ impl RecordSource for Snapshot<'_> {
 }
 
 impl Collections {
-    /// Every collection's name and digest, in name order, from the record index's
-    /// marks (each written in the same transaction as its part's changes): no
-    /// document is read unless its index must be built again. What sync compares
-    /// before it reads any document. A collection kept in one part has its heads
-    /// digest (`hearth_protocol::commit::heads_digest`); one kept in parts, a digest
-    /// of its parts' numbers and heads digests, in order.
+    /// Every collection's name and digest (`hearth_protocol::sync::parts_digest` of
+    /// its [`Collections::part_digests`]), in name order: what sync compares first.
     pub fn digests(&self) -> Result<Vec<(CollectionName, [u8; 32])>, CollectionError> {
+        Ok(self
+            .part_digests()?
+            .into_iter()
+            .map(|(name, parts)| {
+                let digest = hearth_protocol::sync::parts_digest(&parts);
+                (name, digest)
+            })
+            .collect())
+    }
+
+    /// Every collection's parts, each with its heads digest
+    /// (`hearth_protocol::commit::heads_digest`), in name and part order, from the
+    /// record index's marks (each written in the same transaction as its part's
+    /// changes): no document is read unless its index must be built again. A
+    /// collection of one part has part 0 (written or not).
+    pub fn part_digests(
+        &self,
+    ) -> Result<Vec<(CollectionName, hearth_protocol::sync::PartDigests)>, CollectionError> {
+        let heads_digest =
+            |mark: &Mark| hearth_protocol::commit::heads_digest(mark.heads.iter().map(|h| &h.0));
         let mut out = Vec::new();
         for name in self.names()? {
             let key = self.indexed(&name)?;
-            let heads_digest = |mark: &Mark| {
-                hearth_protocol::commit::heads_digest(mark.heads.iter().map(|h| &h.0))
+            let parts = match self.fan_out(&name) {
+                1 => vec![(0, heads_digest(&self.index.mark(&Part::whole(key))?))],
+                _ => self
+                    .index
+                    .part_marks(&key)?
+                    .iter()
+                    .map(|(number, mark)| (*number, heads_digest(mark)))
+                    .collect(),
             };
-            let digest = match self.fan_out(&name) {
-                1 => heads_digest(&self.index.mark(&Part::whole(key))?),
-                _ => {
-                    let mut digest =
-                        blake3::Hasher::new_derive_key("hearth collection parts digest v1");
-                    for (number, mark) in self.index.part_marks(&key)? {
-                        digest.update(&number.to_be_bytes());
-                        digest.update(&heads_digest(&mark));
-                    }
-                    *digest.finalize().as_bytes()
-                }
-            };
-            out.push((name, digest));
+            if !parts.is_empty() {
+                out.push((name, parts));
+            }
         }
         Ok(out)
     }
@@ -116,14 +128,15 @@ impl Collections {
         self.note_restored(name, restored)
     }
 
-    /// The next Automerge sync message for a peer whose sync state is `state`, if
-    /// there is anything to say.
+    /// The next Automerge sync message of part `part` of a collection for a peer
+    /// whose sync state (for that part) is `state`, if there is anything to say.
     pub fn generate_sync(
         &self,
         name: &CollectionName,
+        part: u16,
         state: &mut sync::State,
     ) -> Result<Option<Vec<u8>>, CollectionError> {
-        self.with(&self.whole(name, "sync")?, |c| {
+        self.with(&self.synced_part(name, part)?, |c| {
             Ok(c.doc
                 .sync()
                 .generate_sync_message(state)
@@ -131,21 +144,24 @@ impl Collections {
         })
     }
 
-    /// Applies a sync message from a peer and persists what it brought. Returns
-    /// how many changes it brought. Durable only after [`Store::commit`].
+    /// Applies a sync message from a peer to part `part` of a collection and persists
+    /// what it brought. Returns how many changes it brought. Durable only after
+    /// [`Store::commit`].
     pub fn receive_sync(
         &self,
         name: &CollectionName,
+        part: u16,
         state: &mut sync::State,
         message: &[u8],
     ) -> Result<usize, CollectionError> {
+        let part = self.synced_part(name, part)?;
         let message =
             sync::Message::decode(message).map_err(|e| CollectionError::BadSyncMessage {
                 collection: name.to_string(),
                 reason: e.to_string(),
             })?;
         let user = !name.is_system();
-        let (count, restored) = self.mutate(&self.whole(name, "sync")?, FROM_CHANGES, |doc| {
+        let (count, restored) = self.mutate(&part, FROM_CHANGES, |doc| {
             let before = doc.get_heads();
             doc.sync().receive_sync_message(state, message)?;
             if doc.get_heads() == before {

@@ -116,6 +116,26 @@ impl Collections {
         Ok(out)
     }
 
+    /// Part `part` of a collection, as a peer names it in sync: refused if the
+    /// collection has no such part (the two devices keep it in different numbers of
+    /// parts, or the peer is wrong).
+    pub(super) fn synced_part(
+        &self,
+        name: &CollectionName,
+        part: u16,
+    ) -> Result<PartName, CollectionError> {
+        if part >= self.fan_out(name) {
+            return Err(CollectionError::BadSyncMessage {
+                collection: name.to_string(),
+                reason: format!("it has no part {part}"),
+            });
+        }
+        Ok(PartName {
+            name: name.clone(),
+            part,
+        })
+    }
+
     /// The one part of a collection kept in one, for what reads or syncs a collection
     /// as one document (`what`); refused for a collection kept in parts.
     pub(super) fn whole(
@@ -356,7 +376,7 @@ mod tests {
         }
     }
 
-    /// What reads a collection as one document (its heads, sync) is refused for a
+    /// What reads a collection as one document (its heads) is refused for a
     /// collection kept in parts, with a reason, rather than reading one part of it.
     #[test]
     fn whole_document_reads_are_refused_for_a_collection_in_parts() {
@@ -372,6 +392,86 @@ mod tests {
         assert!(
             c.heads(&name("_devices")).is_ok(),
             "system collections are whole"
+        );
+    }
+
+    /// Runs Automerge sync for one part between two devices until neither has
+    /// anything to say.
+    fn sync_part(a: &Collections, b: &Collections, name: &CollectionName, part: u16) {
+        let (mut sa, mut sb) = (sync::State::new(), sync::State::new());
+        loop {
+            let to_b = a.generate_sync(name, part, &mut sa).unwrap();
+            if let Some(m) = &to_b {
+                b.receive_sync(name, part, &mut sb, m).unwrap();
+            }
+            let to_a = b.generate_sync(name, part, &mut sb).unwrap();
+            if let Some(m) = &to_a {
+                a.receive_sync(name, part, &mut sa, m).unwrap();
+            }
+            if to_b.is_none() && to_a.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Two devices sync a collection kept in parts part by part, syncing only the
+    /// parts whose digests differ; afterwards their digests are equal. A part a
+    /// collection does not have is refused.
+    #[tokio::test]
+    async fn two_devices_sync_a_collection_part_by_part() {
+        let va = TestVault::new();
+        // Another device of the same vault: the same keys, a store of its own.
+        let dir = tempfile::tempdir().unwrap();
+        let home = crate::home::Home::new(dir.path());
+        let vb = TestVault {
+            store: Arc::new(crate::store::Store::open(&home.store_dir(), va.keys.clone()).unwrap()),
+            keys: va.keys.clone(),
+            dir,
+        };
+        let a = in_parts(&va);
+        let b = Collections::open(vb.store.clone(), [2; 16]).unwrap();
+        b.set_user_fan_out(FAN_OUT);
+        let notes = name("notes");
+        for i in 0..100 {
+            put_numbered(&a, &notes, i);
+        }
+        for (name, parts) in a.part_digests().unwrap() {
+            for (part, _) in parts {
+                sync_part(&a, &b, &name, part);
+            }
+        }
+        assert_eq!(b.count(&notes).unwrap(), 100);
+        for i in 0..100 {
+            assert!(b.get(&notes, &id(&format!("r{i}"))).unwrap().is_some());
+        }
+        assert_eq!(b.part_digests().unwrap(), a.part_digests().unwrap());
+        assert_eq!(b.digests().unwrap(), a.digests().unwrap());
+
+        // One record edited on B: one part differs, and syncing it is enough.
+        b.patch(&notes, &id("r7"), &obj(json!({ "n": 70 })))
+            .unwrap()
+            .unwrap();
+        let theirs = b.part_digests().unwrap();
+        let ours = a.part_digests().unwrap();
+        let differ: Vec<u16> = ours[0]
+            .1
+            .iter()
+            .zip(&theirs[0].1)
+            .filter(|(x, y)| x != y)
+            .map(|(x, _)| x.0)
+            .collect();
+        assert_eq!(differ, [b.part_of(&notes, "r7").part]);
+        assert_ne!(a.digests().unwrap(), b.digests().unwrap());
+        sync_part(&a, &b, &notes, differ[0]);
+        assert_eq!(a.get(&notes, &id("r7")).unwrap().unwrap()["n"], 70);
+        assert_eq!(a.digests().unwrap(), b.digests().unwrap());
+
+        let refused = a
+            .generate_sync(&notes, FAN_OUT, &mut sync::State::new())
+            .unwrap_err();
+        assert!(
+            matches!(refused, CollectionError::BadSyncMessage { .. }),
+            "{refused}"
         );
     }
 
