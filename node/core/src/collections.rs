@@ -152,6 +152,9 @@ pub struct Collections {
     log: SealedTree,
     epoch: u64,
     logs: Mutex<HashMap<[u8; 32], Arc<Mutex<log::LogHead>>>>,
+    /// Collections kept in parts (by name key) found to agree with the commit record
+    /// this run ([`Collections::verify_parts`]).
+    verified: Mutex<HashSet<[u8; 32]>>,
     /// Entries kept in each log: [`LOG_KEEP`] (tests set fewer).
     log_keep: std::sync::atomic::AtomicU64,
     /// Every record as it reads now, for reads that need no document ([`crate::index`]).
@@ -334,6 +337,7 @@ impl Collections {
             log,
             logs: Mutex::default(),
             log_keep: std::sync::atomic::AtomicU64::new(LOG_KEEP),
+            verified: Mutex::default(),
             index: RecordIndex::open(store.clone())?,
             store,
             actor: ActorId::from(actor),
@@ -593,6 +597,7 @@ impl Collections {
     /// document write that failed after its index write) indexed again from the
     /// document.
     fn indexed(&self, name: &CollectionName) -> Result<[u8; 32], CollectionError> {
+        self.verify_parts(name)?;
         let key = self.collection_key(name);
         for part in self.parts(name)? {
             let at = self.place_in(key, &part);
@@ -1829,6 +1834,7 @@ mod tests {
         // rollback, so the index agrees with the document but not with the record.
         let index = vault.store.tree("records").unwrap();
         let old_index: Vec<_> = index.raw().iter().map(|e| e.unwrap()).collect();
+        drop(index);
         c.patch(&access, &id("g"), &obj(json!({"revoked": true})))
             .unwrap();
         vault.store.commit().await.unwrap();
@@ -1836,15 +1842,31 @@ mod tests {
             .unwrap();
         vault.store.commit().await.unwrap();
         drop(c);
-        let docs = vault.store.tree("docs").unwrap();
         let key = vault.store.name_key(NAME_DOMAIN, "grants");
+        lose_last_change(&vault, &key, old_index);
+        let vault = vault.reopen().await;
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let e = c.get(&access, &id("g")).unwrap_err();
+        assert!(e.to_string().contains("were committed"), "{e}");
+        assert_eq!(c.get(&name("other"), &id("x")).unwrap().unwrap()["a"], 1);
+    }
+
+    /// Removes the last change stored under document key `key` and puts back the
+    /// record index as it was (`old_index`), but for collection `other`'s entries:
+    /// a store that lost a committed change, its index agreeing with it.
+    pub(super) fn lose_last_change(
+        vault: &TestVault,
+        key: &[u8; 32],
+        old_index: Vec<(sled::IVec, sled::IVec)>,
+    ) {
+        let docs = vault.store.tree("docs").unwrap();
         let last = docs
-            .keys_with_prefix(&key)
+            .keys_with_prefix(key)
             .map(|k| k.unwrap())
             .max()
             .unwrap();
         docs.raw().remove(&last).unwrap();
-        drop(docs);
+        let index = vault.store.tree("records").unwrap();
         let other = vault.store.name_key(NAME_DOMAIN, "other");
         for (k, v) in old_index
             .into_iter()
@@ -1852,12 +1874,6 @@ mod tests {
         {
             index.raw().insert(k, v).unwrap();
         }
-        drop(index);
-        let vault = vault.reopen().await;
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
-        let e = c.get(&access, &id("g")).unwrap_err();
-        assert!(e.to_string().contains("were committed"), "{e}");
-        assert_eq!(c.get(&name("other"), &id("x")).unwrap().unwrap()["a"], 1);
     }
 
     /// A change refused because persisting it failed never reaches the disk, even

@@ -10,7 +10,7 @@
 //! at start. A whole HOME restored together (store and record) cannot be told from
 //! the real thing on this device alone: only another device still has what came after.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -21,6 +21,7 @@ use hearth_protocol::commit::{
     COMMIT_RECORD_DOMAIN, CollectionMark, CommitRecord, MAX_RECORD, heads_digest,
 };
 use hearth_protocol::seal::{Binding, NONCE_LEN};
+use hearth_protocol::sync::parts_digest;
 use rand::RngCore;
 
 use crate::keys::VaultKeys;
@@ -33,6 +34,36 @@ pub struct Ledger {
     /// The marks to write at the next commit: the baseline, updated as collections
     /// persist changes.
     marks: Mutex<BTreeMap<[u8; 32], CollectionMark>>,
+    /// Collections kept in parts, by name key: where each part stands (seeded from the
+    /// store when the collection is first used, after [`Ledger::check_parts`]). Such a
+    /// collection has one entry in the record, under its name key: the sum of its
+    /// parts' generations and [`parts_digest`] of their heads digests, so a record
+    /// grows with the collections, not with their parts.
+    parts: Mutex<HashMap<[u8; 32], BTreeMap<u16, CollectionMark>>>,
+}
+
+/// A collection kept in parts, as one mark: the sum of its parts' generations, and
+/// the digest of each part's number and heads digest, in part order.
+fn aggregate(parts: &BTreeMap<u16, CollectionMark>) -> CollectionMark {
+    let digests: Vec<(u16, [u8; 32])> = parts.iter().map(|(p, m)| (*p, m.heads)).collect();
+    CollectionMark {
+        generation: parts.values().map(|m| m.generation).sum(),
+        heads: parts_digest(&digests),
+    }
+}
+
+/// How `found` compares with `committed`.
+fn compare(committed: &CollectionMark, found: &CollectionMark) -> MarkCheck {
+    if found.generation < committed.generation {
+        return MarkCheck::Behind {
+            committed: committed.generation,
+            found: found.generation,
+        };
+    }
+    if found.generation == committed.generation && found.heads != committed.heads {
+        return MarkCheck::Differs;
+    }
+    MarkCheck::Ok
 }
 
 /// How a collection compares with its mark.
@@ -53,6 +84,7 @@ impl Ledger {
         Self {
             marks: Mutex::new(baseline.clone()),
             baseline,
+            parts: Mutex::default(),
         }
     }
 
@@ -79,16 +111,77 @@ impl Ledger {
         let Some(mark) = self.baseline.get(key) else {
             return MarkCheck::Ok;
         };
-        if generation < mark.generation {
-            return MarkCheck::Behind {
-                committed: mark.generation,
-                found: generation,
-            };
+        let found = CollectionMark {
+            generation,
+            heads: heads_digest(heads.iter().map(|h| &h.0)),
+        };
+        compare(mark, &found)
+    }
+
+    /// Compares a collection kept in parts, as its parts stand in the store, with its
+    /// entry when the record was written; if they agree (or this run already seeded
+    /// it), notes where its parts stand, for [`Ledger::note_part`] and
+    /// [`Ledger::check_part`].
+    pub fn check_parts(
+        &self,
+        collection: [u8; 32],
+        found: BTreeMap<u16, CollectionMark>,
+    ) -> MarkCheck {
+        let mut parts = self.parts.lock().expect("ledger lock is never poisoned");
+        if parts.contains_key(&collection) {
+            return MarkCheck::Ok;
         }
-        if generation == mark.generation && heads_digest(heads.iter().map(|h| &h.0)) != mark.heads {
-            return MarkCheck::Differs;
+        if let Some(committed) = self.baseline.get(&collection) {
+            let check = compare(committed, &aggregate(&found));
+            if check != MarkCheck::Ok {
+                return check;
+            }
         }
+        parts.insert(collection, found);
         MarkCheck::Ok
+    }
+
+    /// Compares a part just loaded with where this run knows it stands (after
+    /// [`Ledger::check_parts`]).
+    pub fn check_part(
+        &self,
+        collection: &[u8; 32],
+        part: u16,
+        generation: u64,
+        heads: &[automerge::ChangeHash],
+    ) -> MarkCheck {
+        let parts = self.parts.lock().expect("ledger lock is never poisoned");
+        let Some(mark) = parts.get(collection).and_then(|p| p.get(&part)) else {
+            return MarkCheck::Ok;
+        };
+        let found = CollectionMark {
+            generation,
+            heads: heads_digest(heads.iter().map(|h| &h.0)),
+        };
+        compare(mark, &found)
+    }
+
+    /// Notes where a part of a collection kept in parts stands after persisting a
+    /// change, and the collection's entry with it.
+    pub fn note_part(
+        &self,
+        collection: [u8; 32],
+        part: u16,
+        generation: u64,
+        heads: &[automerge::ChangeHash],
+    ) {
+        let mark = CollectionMark {
+            generation,
+            heads: heads_digest(heads.iter().map(|h| &h.0)),
+        };
+        let mut parts = self.parts.lock().expect("ledger lock is never poisoned");
+        let collection_parts = parts.entry(collection).or_default();
+        collection_parts.insert(part, mark);
+        let entry = aggregate(collection_parts);
+        self.marks
+            .lock()
+            .expect("ledger lock is never poisoned")
+            .insert(collection, entry);
     }
 
     pub(crate) fn snapshot(&self) -> BTreeMap<[u8; 32], CollectionMark> {

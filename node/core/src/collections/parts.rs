@@ -116,6 +116,45 @@ impl Collections {
         Ok(out)
     }
 
+    /// Checks a collection kept in parts against the commit record, once a run, before
+    /// any of it is read or written: the sum of its parts' generations and the digest
+    /// of their heads, as the store has them, against the record's entry (a store that
+    /// went back in time, whole or one part with its mark, is refused). Each part's
+    /// generation comes from its document's keys and its heads from its index mark,
+    /// or, where the mark does not match, from the document itself.
+    pub(super) fn verify_parts(&self, name: &CollectionName) -> Result<(), CollectionError> {
+        if self.fan_out(name) == 1 {
+            return Ok(());
+        }
+        let collection = self.collection_key(name);
+        let mut verified = self
+            .verified
+            .lock()
+            .expect("verified lock is never poisoned");
+        if verified.contains(&collection) {
+            return Ok(());
+        }
+        let mut found = std::collections::BTreeMap::new();
+        for part in self.parts(name)? {
+            let at = self.place_in(collection, &part);
+            let generation = self.generation_on_disk(&at.key)?;
+            let mark = self.index.mark(&at)?;
+            let heads = if mark.generation == generation {
+                mark.heads
+            } else {
+                self.read_part(&part)?.0.persisted_heads
+            };
+            let heads = hearth_protocol::commit::heads_digest(heads.iter().map(|h| &h.0));
+            found.insert(
+                part.part,
+                hearth_protocol::commit::CollectionMark { generation, heads },
+            );
+        }
+        storage::committed(name, self.store.ledger().check_parts(collection, found))?;
+        verified.insert(collection);
+        Ok(())
+    }
+
     /// Part `part` of a collection, as a peer names it in sync: refused if the
     /// collection has no such part (the two devices keep it in different numbers of
     /// parts, or the peer is wrong).
@@ -173,7 +212,7 @@ pub(super) fn part_number(collection: &[u8; 32], fan_out: u16, id: &str) -> u16 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collections::tests::{doc_kinds, id, name, obj, put_numbered};
+    use crate::collections::tests::{doc_kinds, id, lose_last_change, name, obj, put_numbered};
     use crate::testutil::TestVault;
     use serde_json::json;
 
@@ -473,6 +512,71 @@ mod tests {
             matches!(refused, CollectionError::BadSyncMessage { .. }),
             "{refused}"
         );
+    }
+
+    /// A collection kept in parts has one entry in the commit record; a part that lost
+    /// its last committed change, with its index mark put back to match, makes the
+    /// whole collection refused (its parts' generations add up to less than the
+    /// record's), while other collections are served.
+    #[tokio::test]
+    async fn a_part_behind_the_commit_record_is_refused() {
+        let vault = TestVault::new();
+        let c = in_parts(&vault);
+        let grants = name("grants");
+        for i in 0..16 {
+            put_numbered(&c, &grants, i);
+        }
+        vault.store.commit().await.unwrap();
+        let record = vault.store.ledger().snapshot();
+        assert!(
+            record.contains_key(&c.collection_key(&grants)),
+            "one entry for the collection"
+        );
+        assert_eq!(record.len(), 1, "none for its parts");
+        let index = vault.store.tree("records").unwrap();
+        let old_index: Vec<_> = index.raw().iter().map(|e| e.unwrap()).collect();
+        drop(index);
+        c.patch(&grants, &id("r1"), &obj(json!({ "revoked": true })))
+            .unwrap()
+            .unwrap();
+        vault.store.commit().await.unwrap();
+        c.put(&name("other"), &id("x"), &obj(json!({ "a": 1 })))
+            .unwrap();
+        vault.store.commit().await.unwrap();
+        let part = c.place(&c.part_of(&grants, "r1"));
+        drop(c);
+        lose_last_change(&vault, &part.key, old_index);
+        let vault = vault.reopen().await;
+        let c = in_parts(&vault);
+        for record in ["r1", "r2"] {
+            let e = c.get(&grants, &id(record)).unwrap_err();
+            assert!(e.to_string().contains("were committed"), "{record}: {e}");
+        }
+        assert_eq!(c.get(&name("other"), &id("x")).unwrap().unwrap()["a"], 1);
+    }
+
+    /// A part whose heads differ from the ones committed, at the same generation, makes
+    /// the collection refused too.
+    #[tokio::test]
+    async fn a_part_with_other_heads_than_committed_is_refused() {
+        let vault = TestVault::new();
+        let c = in_parts(&vault);
+        let notes = name("notes");
+        for i in 0..16 {
+            put_numbered(&c, &notes, i);
+        }
+        vault.store.commit().await.unwrap();
+        let at = c.place(&c.part_of(&notes, "r3"));
+        let mut mark = c.index.mark(&at).unwrap();
+        mark.heads = vec![ChangeHash([7; 32])];
+        let mut batch = SealedBatch::default();
+        c.index.set_mark(&mut batch, &at, &mark);
+        c.index.tree().apply(batch).unwrap();
+        drop(c);
+        let vault = vault.reopen().await;
+        let c = in_parts(&vault);
+        let e = c.count(&notes).unwrap_err();
+        assert!(e.to_string().contains("not the one committed"), "{e}");
     }
 
     #[test]

@@ -218,6 +218,22 @@ where
     }
 }
 
+/// Refuses collection `name` unless it agrees with the commit record (`check`): one
+/// that lost committed changes, or holds others, is never served.
+pub(super) fn committed(name: &CollectionName, check: MarkCheck) -> Result<(), CollectionError> {
+    match check {
+        MarkCheck::Ok => Ok(()),
+        MarkCheck::Behind { committed, found } => Err(StoreError::Diverged(format!(
+            "collection {name} has {found} changes on disk, but {committed} were committed"
+        ))
+        .into()),
+        MarkCheck::Differs => Err(StoreError::Diverged(format!(
+            "collection {name} on disk is not the one committed"
+        ))
+        .into()),
+    }
+}
+
 impl Collections {
     /// The generation of a collection on disk (its changes ever persisted), from the
     /// keys of its document alone.
@@ -370,9 +386,11 @@ impl Collections {
         c.change_bytes += bytes;
         c.persisted_heads = mark.heads;
         c.indexed = Some(mark.count);
-        self.store
-            .ledger()
-            .note(c.at.key, c.next_seq, &c.persisted_heads);
+        let ledger = self.store.ledger();
+        match c.at.number {
+            None => ledger.note(c.at.key, c.next_seq, &c.persisted_heads),
+            Some(part) => ledger.note_part(c.at.collection, part, c.next_seq, &c.persisted_heads),
+        }
         if (c.changes_since_snapshot >= COMPACT_AFTER || c.change_bytes >= COMPACT_BYTES)
             && c.change_bytes >= c.snapshot_bytes / 2
         {
@@ -470,6 +488,16 @@ impl Collections {
         &self,
         part: &PartName,
     ) -> Result<(Collection, usize), CollectionError> {
+        self.verify_parts(&part.name)?;
+        self.read_part(part)
+    }
+
+    /// [`Collections::read_collection`] without first checking a collection kept in
+    /// parts as a whole (what that check itself reads).
+    pub(super) fn read_part(
+        &self,
+        part: &PartName,
+    ) -> Result<(Collection, usize), CollectionError> {
         let at = self.place(part);
         let (name, key) = (&part.name, at.key);
         let mut listing = at.collection.to_vec();
@@ -530,21 +558,12 @@ impl Collections {
             (mark.generation == next_seq && mark.heads == persisted_heads).then_some(mark.count);
         // Checked against the commit record: a collection that lost committed changes
         // (or holds others) is refused, never served.
-        match self.store.ledger().check(&key, next_seq, &persisted_heads) {
-            MarkCheck::Ok => {}
-            MarkCheck::Behind { committed, found } => {
-                return Err(StoreError::Diverged(format!(
-                    "collection {name} has {found} changes on disk, but {committed} were committed"
-                ))
-                .into());
-            }
-            MarkCheck::Differs => {
-                return Err(StoreError::Diverged(format!(
-                    "collection {name} on disk is not the one committed"
-                ))
-                .into());
-            }
-        }
+        let ledger = self.store.ledger();
+        let checked = match at.number {
+            None => ledger.check(&key, next_seq, &persisted_heads),
+            Some(number) => ledger.check_part(&at.collection, number, next_seq, &persisted_heads),
+        };
+        committed(name, checked)?;
         let collection = Collection {
             name: name.clone(),
             part: part.part,
