@@ -352,8 +352,8 @@ pub async fn keep_version(
 }
 
 /// Writes a person's merge of a record's versions as its only version, with a
-/// contact's or event's text in step, and ends its delete notice; durable when it
-/// returns.
+/// contact's or event's text in step, and ends its delete notice, in one write;
+/// durable when it returns.
 pub async fn resolve_with(
     vault: &Arc<Vault>,
     collection: &CollectionName,
@@ -364,8 +364,6 @@ pub async fn resolve_with(
     pim::owner_merge_versions(&vault.collections, collection, id, record)
         .await
         .map_err(|e| write_error(collection, id, e))?;
-    let (c, i) = (collection.clone(), id.clone());
-    blocking(vault, move |v| Ok(v.collections.end_notice(&c, &i)?)).await?;
     vault.store.commit().await?;
     Ok(())
 }

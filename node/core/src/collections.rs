@@ -1851,6 +1851,43 @@ mod tests {
         assert_eq!(c.get(&name("other"), &id("x")).unwrap().unwrap()["a"], 1);
     }
 
+    /// A person's merge of a record's versions and the end of its delete notice are
+    /// one write: a store that fails it leaves both as they were.
+    #[tokio::test]
+    async fn a_merge_of_versions_ends_the_notice_in_the_same_write() {
+        let vault = TestVault::new();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let notes = name("notes");
+        c.put(&notes, &id("n1"), &obj(json!({"text": "mine"})))
+            .unwrap();
+        let notice = notice_id(&notes, "n1");
+        let said = obj(json!({"collection": "notes", "record": "n1", "deleted_by": "x"}));
+        c.put(&conflicts_list(), &notice, &said).unwrap();
+        let merge = |before: &Map<String, Json>| {
+            let mut merged = before.clone();
+            merged.insert("text".into(), json!("merged"));
+            Ok::<_, ()>(merged)
+        };
+        vault.store.faults().inject(crate::store::Fault::WriteError);
+        assert!(c.merge_versions(&notes, &id("n1"), merge).is_err());
+        vault.store.faults().clear();
+        assert_eq!(c.get(&notes, &id("n1")).unwrap().unwrap()["text"], "mine");
+        assert!(c.get(&conflicts_list(), &notice).unwrap().is_some());
+
+        assert_eq!(
+            c.merge_versions(&notes, &id("n1"), merge).unwrap(),
+            Ok(true)
+        );
+        assert_eq!(c.get(&notes, &id("n1")).unwrap().unwrap()["text"], "merged");
+        assert!(c.get(&conflicts_list(), &notice).unwrap().is_none());
+        assert_eq!(
+            c.merge_versions(&notes, &id("gone"), merge).unwrap(),
+            Ok(false)
+        );
+        let refused = c.merge_versions(&notes, &id("n1"), |_| Err("no")).unwrap();
+        assert_eq!(refused, Err("no"));
+    }
+
     /// Removes the last change stored under document key `key` and puts back the
     /// record index as it was (`old_index`), but for collection `other`'s entries:
     /// a store that lost a committed change, its index agreeing with it.

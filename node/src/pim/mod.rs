@@ -518,8 +518,9 @@ pub async fn owner_write(
 }
 
 /// A person's merge of a record's versions, written as its only version (its text and
-/// fields in step, as any owner's write), in one write: there is no moment where the
-/// merge is written and the versions still stand. Durable only after the store commits.
+/// fields in step, as any owner's write), with the end of its delete notice, in one
+/// write: there is no moment where the merge is written and the versions or the
+/// notice still stand. Durable only after the store commits.
 pub async fn owner_merge_versions(
     collections: &std::sync::Arc<crate::collections::Collections>,
     name: &CollectionName,
@@ -527,15 +528,23 @@ pub async fn owner_merge_versions(
     record: Map<String, Value>,
 ) -> Result<(), WriteError> {
     let kind = Kind::of(name.as_str());
-    collections
-        .write_combined(name, id, move |before| {
-            if before.is_none() {
-                return Err(WriteError::Missing);
-            }
-            let (_, after) = decide(kind, &Change::Replace(record), before)?;
-            Ok((crate::collections::RecordWrite::Replace(after), ()))
+    let (collections, name, id) = (collections.clone(), name.clone(), id.clone());
+    let found = tokio::task::spawn_blocking(move || {
+        collections.merge_versions(&name, &id, |before| {
+            let (_, after) = decide(kind, &Change::Replace(record), Some(before))?;
+            Ok::<_, WriteError>(after)
         })
-        .await??;
+    })
+    .await
+    .map_err(|e| {
+        WriteError::Collection(crate::collections::CollectionError::Shared {
+            code: hearth_protocol::api::ErrorCode::Internal,
+            message: format!("the merge failed inside the node; nothing was written: {e}"),
+        })
+    })???;
+    if !found {
+        return Err(WriteError::Missing);
+    }
     Ok(())
 }
 

@@ -238,24 +238,6 @@ impl Collections {
         self.get(&conflicts_list(), &notice_id(name, id))
     }
 
-    /// Ends record `id`'s delete notice (a person kept the record as it is now).
-    /// Durable only after [`Store::commit`].
-    pub fn end_notice(&self, name: &CollectionName, id: &RecordId) -> Result<(), CollectionError> {
-        self.forget_notice(name, id.as_str())
-    }
-
-    /// Forgets record `id`'s notice (a person resolved it, or the record is gone).
-    pub(super) fn forget_notice(
-        &self,
-        name: &CollectionName,
-        id: &str,
-    ) -> Result<(), CollectionError> {
-        if self.notice(name, id)?.is_some() {
-            self.remove(&conflicts_list(), &notice_id(name, id))?;
-        }
-        Ok(())
-    }
-
     /// What of a record is in conflict (fields edited apart, whole versions, a delete
     /// that met an edit); `None` if there is no such record.
     pub fn conflicts(
@@ -325,6 +307,49 @@ impl Collections {
         }
         out.sort_by(|(a, _), (b, _)| a.cmp(b));
         Ok(out)
+    }
+
+    /// Writes the record `decide` makes of record `id` (as it reads now, without its
+    /// `"id"`) as its only version, and ends its delete notice, in one write: how a
+    /// person's merge of its versions is kept. `Ok(Ok(false))` if there is no such
+    /// record; `decide`'s refusal writes nothing. Durable only after
+    /// [`Store::commit`].
+    pub fn merge_versions<E>(
+        &self,
+        name: &CollectionName,
+        id: &RecordId,
+        decide: impl FnOnce(&Map<String, Json>) -> Result<Map<String, Json>, E>,
+    ) -> Result<Result<bool, E>, CollectionError> {
+        /// Why the merge wrote nothing.
+        enum Failed<E> {
+            Refused(E),
+            Collection(CollectionError),
+        }
+        let (notices, nid) = (conflicts_list(), notice_id(name, id.as_str()));
+        let mut touching = vec![(name.clone(), id.clone())];
+        if !name.is_system() {
+            touching.push((notices.clone(), nid.clone()));
+        }
+        let written = self.write_across(&touching, |lookup| {
+            let Some(before) = lookup(name, id).map_err(Failed::Collection)? else {
+                return Ok((Vec::new(), false));
+            };
+            let merged = decide(&before).map_err(Failed::Refused)?;
+            let mut writes = vec![(name.clone(), id.clone(), RecordWrite::Replace(merged))];
+            if !name.is_system()
+                && lookup(&notices, &nid)
+                    .map_err(Failed::Collection)?
+                    .is_some()
+            {
+                writes.push((notices.clone(), nid.clone(), RecordWrite::Remove));
+            }
+            Ok((writes, true))
+        })?;
+        match written {
+            Ok(found) => Ok(Ok(found)),
+            Err(Failed::Refused(e)) => Ok(Err(e)),
+            Err(Failed::Collection(e)) => Err(e),
+        }
     }
 
     /// Makes version `index` of record `id` (as [`RecordConflict::versions`] lists
