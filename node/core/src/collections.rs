@@ -43,6 +43,9 @@ mod combined;
 mod conflicts;
 mod history;
 mod log;
+/// Built and tested, not yet run (see the module).
+#[cfg(test)]
+mod migrate;
 mod parts;
 mod storage;
 pub use combined::EditRefused;
