@@ -153,6 +153,8 @@ pub enum StartError {
     Mesh(#[from] mesh::MeshError),
     #[error(transparent)]
     Lan(#[from] lan::LanError),
+    #[error("cannot keep the vault's collections in parts (a vault of an older Hearth): {0}")]
+    Split(collections::CollectionError),
     #[error("cannot move the names DAV clients gave to records into their new records: {0}")]
     DavNames(collections::CollectionError),
     #[error("cannot register this device in the device list: {0}")]
@@ -378,6 +380,14 @@ impl Node {
             collections::actor_for(&peer_id),
         )?);
         collections.set_cache_budget(config.limits.cache_bytes);
+        // A vault of a Hearth from before parts: its collections split, once.
+        if !collections
+            .split_old()
+            .map_err(StartError::Split)?
+            .is_empty()
+        {
+            store.commit().await?;
+        }
         if devices::add(&collections, &peer_id, &devices::default_device_name())? {
             store.commit().await?;
         }

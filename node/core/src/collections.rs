@@ -43,9 +43,8 @@ mod combined;
 mod conflicts;
 mod history;
 mod log;
-/// Built and tested, not yet run (see the module).
-#[cfg(test)]
 mod migrate;
+pub use migrate::Split;
 mod parts;
 mod storage;
 pub use combined::EditRefused;
@@ -55,6 +54,7 @@ pub use history::Snapshot;
 pub use log::{LOG_KEEP, LogPosition};
 pub(crate) use parts::PartName;
 use parts::part_number;
+pub use parts::{IN_PARTS, PARTS};
 
 /// Changes kept beside a snapshot before the collection is compacted.
 pub const COMPACT_AFTER: u64 = 256;
@@ -163,8 +163,8 @@ pub struct Collections {
     /// Every record as it reads now, for reads that need no document ([`crate::index`]).
     index: RecordIndex,
     actor: ActorId,
-    /// How many parts a user collection is kept in (1 until parts are built whole:
-    /// docs/design/bounded-documents.md; tests set more).
+    /// How many parts the collections kept in parts have ([`PARTS`]; tests set
+    /// others).
     user_fan_out: std::sync::atomic::AtomicU16,
     open: Mutex<HashMap<PartName, Slot>>,
     /// One gate per part being loaded: loads of one part wait for each other there,
@@ -344,7 +344,7 @@ impl Collections {
             index: RecordIndex::open(store.clone())?,
             store,
             actor: ActorId::from(actor),
-            user_fan_out: std::sync::atomic::AtomicU16::new(1),
+            user_fan_out: std::sync::atomic::AtomicU16::new(PARTS),
             open: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
             uses: AtomicU64::new(0),
@@ -1169,6 +1169,14 @@ mod tests {
     use crate::testutil::TestVault;
     use serde_json::json;
 
+    /// These tests are of one document's mechanics (storage, compaction, the cache,
+    /// merges, history): their collections are kept in one part each, as every part
+    /// is one such document. `parts.rs` tests collections kept in parts.
+    pub(crate) fn one_part(c: Collections) -> Collections {
+        c.set_user_fan_out(1);
+        c
+    }
+
     pub(super) fn name(n: &str) -> CollectionName {
         CollectionName::parse(n).unwrap()
     }
@@ -1200,7 +1208,9 @@ mod tests {
     #[test]
     fn a_snapshot_is_one_moment_across_collections() {
         let vault = TestVault::new();
-        let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        let c = Arc::new(one_part(
+            Collections::open(vault.store.clone(), [1; 16]).unwrap(),
+        ));
         let (a, b) = (name("a"), name("b"));
         c.put(&a, &id("start"), &obj(json!({}))).unwrap();
         c.put(&b, &id("start"), &obj(json!({}))).unwrap();
@@ -1244,7 +1254,7 @@ mod tests {
     #[tokio::test]
     async fn the_change_log_names_exactly_the_records_changed_since_a_position() {
         let vault = TestVault::new();
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         let contacts = name("contacts");
         for i in 0..50 {
             c.put(
@@ -1311,7 +1321,7 @@ mod tests {
             insert: insert.into(),
         };
         let vault = TestVault::new();
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         let notes = name("notes");
         c.put(&notes, &id("n1"), &obj(json!({"body": "Hello", "n": 1})))
             .unwrap();
@@ -1340,7 +1350,7 @@ mod tests {
         vault.store.commit().await.unwrap();
         drop(c);
         let vault = vault.reopen().await;
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         let record = c.get(&notes, &id("n1")).unwrap().unwrap();
         assert_eq!(record, json!({"id": "n1", "body": "Jello, world", "n": 1}));
         assert!(
@@ -1356,7 +1366,7 @@ mod tests {
     #[tokio::test]
     async fn the_cache_drops_the_least_recently_used_collection_and_loses_nothing() {
         let vault = TestVault::new();
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         c.set_cache_budget(1);
         let (a, b) = (name("a"), name("b"));
         c.put(&a, &id("r1"), &obj(json!({"n": 1}))).unwrap();
@@ -1397,14 +1407,14 @@ mod tests {
         vault.store.commit().await.unwrap();
         drop(c);
         let vault = vault.reopen().await;
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         assert_eq!(c.count(&a).unwrap() + c.count(&b).unwrap(), 4);
     }
 
     #[tokio::test]
     async fn records_survive_a_restart_and_compaction() {
         let vault = TestVault::new();
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         let contacts = name("contacts");
         let total = COMPACT_AFTER + 10;
         for i in 0..total {
@@ -1432,7 +1442,7 @@ mod tests {
         drop((c, docs));
 
         let vault = vault.reopen().await;
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         let records = c.records(&contacts).unwrap();
         assert_eq!(records.len() as u64, total - 1);
         assert_eq!(
@@ -1458,7 +1468,7 @@ mod tests {
         vault.store.commit().await.unwrap();
         drop(c);
         let vault = vault.reopen().await;
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         assert_eq!(c.records(&contacts).unwrap().len() as u64, total);
     }
 
@@ -1468,7 +1478,9 @@ mod tests {
     #[tokio::test]
     async fn a_compaction_never_holds_up_writers_and_loses_nothing_written_meanwhile() {
         let vault = TestVault::new();
-        let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        let c = Arc::new(one_part(
+            Collections::open(vault.store.clone(), [1; 16]).unwrap(),
+        ));
         let contacts = name("contacts");
         put_numbered(&c, &contacts, 0);
         // With the key layout held, a compaction can save but not replace keys.
@@ -1508,7 +1520,7 @@ mod tests {
         drop(c);
 
         let vault = vault.reopen().await;
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         assert_eq!(c.heads(&contacts).unwrap().len(), 1, "the document loads");
         assert_eq!(c.records(&contacts).unwrap().len() as u64, total);
         put_numbered(&c, &contacts, total);
@@ -1521,7 +1533,9 @@ mod tests {
     #[tokio::test]
     async fn a_compaction_that_cannot_write_loses_nothing_and_the_next_one_succeeds() {
         let vault = TestVault::new();
-        let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        let c = Arc::new(one_part(
+            Collections::open(vault.store.clone(), [1; 16]).unwrap(),
+        ));
         let contacts = name("contacts");
         let key = vault.store.name_key(NAME_DOMAIN, "contacts");
         let snapshots = || {
@@ -1560,7 +1574,7 @@ mod tests {
         drop(c);
 
         let vault = vault.reopen().await;
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         assert_eq!(c.records(&contacts).unwrap().len() as u64, total);
         assert_eq!(
             c.get(&contacts, &id(&format!("r{}", total - 1))).unwrap(),
@@ -1575,7 +1589,7 @@ mod tests {
     async fn a_large_document_value_is_stored_in_pieces_and_a_missing_piece_is_refused() {
         use rand::RngCore;
         let vault = TestVault::new();
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         let notes = name("notes");
         let mut noise = vec![0u8; 3 * DOC_PIECE];
         rand::thread_rng().fill_bytes(&mut noise);
@@ -1597,7 +1611,7 @@ mod tests {
         // Read back from the document itself: the index is built again from it.
         let reindexed = |store: &Arc<Store>| {
             store.tree("records").unwrap().raw().clear().unwrap();
-            let c = Collections::open(store.clone(), [1; 16]).unwrap();
+            let c = one_part(Collections::open(store.clone(), [1; 16]).unwrap());
             let read = c.get(&notes, &id("big"));
             (c, read)
         };
@@ -1653,7 +1667,7 @@ mod tests {
     #[tokio::test]
     async fn shutdown_waits_for_a_compaction_in_progress() {
         let vault = TestVault::new();
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         let contacts = name("contacts");
         put_numbered(&c, &contacts, 0);
         // The key layout held by another thread: the compaction saves, then waits.
@@ -1693,7 +1707,7 @@ mod tests {
             doc_kinds(&vault.store, &key),
             vec![(KIND_SNAPSHOT, COMPACT_AFTER)]
         );
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         assert_eq!(c.heads(&contacts).unwrap().len(), 1, "the snapshot loads");
         assert_eq!(c.count(&contacts).unwrap() as u64, COMPACT_AFTER);
     }
@@ -1704,8 +1718,8 @@ mod tests {
     #[tokio::test]
     async fn a_delete_against_an_edit_keeps_the_edit_except_in_a_system_collection() {
         let (va, vb) = (TestVault::new(), TestVault::new());
-        let a = Collections::open(va.store.clone(), [1; 16]).unwrap();
-        let b = Collections::open(vb.store.clone(), [2; 16]).unwrap();
+        let a = one_part(Collections::open(va.store.clone(), [1; 16]).unwrap());
+        let b = one_part(Collections::open(vb.store.clone(), [2; 16]).unwrap());
         for collection in [name("notes"), name("_access")] {
             a.put(&collection, &id("r"), &obj(json!({"n": 1}))).unwrap();
             b.merge_document(&collection, &a.save_document(&collection).unwrap())
@@ -1731,7 +1745,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_load_in_progress_holds_up_no_other_collection() {
         let vault = TestVault::new();
-        let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        let c = Arc::new(one_part(
+            Collections::open(vault.store.clone(), [1; 16]).unwrap(),
+        ));
         c.set_cache_budget(1);
         let (big, small) = (name("big"), name("small"));
         c.put(&big, &id("a"), &obj(json!({"n": 1}))).unwrap();
@@ -1785,7 +1801,9 @@ mod tests {
     #[tokio::test]
     async fn a_read_never_waits_for_the_collections_lock() {
         let vault = TestVault::new();
-        let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        let c = Arc::new(one_part(
+            Collections::open(vault.store.clone(), [1; 16]).unwrap(),
+        ));
         let contacts = name("contacts");
         c.put(&contacts, &id("a"), &obj(json!({"n": 1}))).unwrap();
         let (locked, is_locked) = std::sync::mpsc::channel();
@@ -1828,7 +1846,7 @@ mod tests {
     #[tokio::test]
     async fn a_collection_behind_its_commit_record_is_refused() {
         let vault = TestVault::new();
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         let access = name("grants");
         c.put(&access, &id("g"), &obj(json!({"revoked": false})))
             .unwrap();
@@ -1848,7 +1866,7 @@ mod tests {
         let key = vault.store.name_key(NAME_DOMAIN, "grants");
         lose_last_change(&vault, &key, old_index);
         let vault = vault.reopen().await;
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         let e = c.get(&access, &id("g")).unwrap_err();
         assert!(e.to_string().contains("were committed"), "{e}");
         assert_eq!(c.get(&name("other"), &id("x")).unwrap().unwrap()["a"], 1);
@@ -1859,7 +1877,7 @@ mod tests {
     #[tokio::test]
     async fn a_merge_of_versions_ends_the_notice_in_the_same_write() {
         let vault = TestVault::new();
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         let notes = name("notes");
         c.put(&notes, &id("n1"), &obj(json!({"text": "mine"})))
             .unwrap();
@@ -1923,7 +1941,9 @@ mod tests {
     async fn a_refused_change_never_rides_along_with_a_waiting_writer() {
         use std::sync::atomic::{AtomicBool, Ordering};
         let vault = TestVault::new();
-        let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        let c = Arc::new(one_part(
+            Collections::open(vault.store.clone(), [1; 16]).unwrap(),
+        ));
         let faults = vault.store.faults().clone();
         let stop = Arc::new(AtomicBool::new(false));
         let toggler = {
@@ -1972,7 +1992,7 @@ mod tests {
         );
         drop(c);
         let vault = vault.reopen().await;
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         for (key, ok) in &outcomes {
             let found = c.get(&name("race"), &id(key)).unwrap().is_some();
             assert_eq!(
@@ -1985,7 +2005,7 @@ mod tests {
     #[tokio::test]
     async fn reading_an_unknown_collection_creates_nothing() {
         let vault = TestVault::new();
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         assert!(c.records(&name("nothing")).unwrap().is_empty());
         assert_eq!(c.get(&name("nothing"), &id("x")).unwrap(), None);
         assert!(c.list().unwrap().is_empty());
@@ -1998,7 +2018,7 @@ mod tests {
     #[tokio::test]
     async fn reads_need_no_document_and_a_missing_or_stale_index_is_built_again() {
         let vault = TestVault::new();
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         let mail = name("mail");
         for i in 0..20 {
             c.put(
@@ -2014,7 +2034,7 @@ mod tests {
         vault.store.commit().await.unwrap();
         drop(c);
 
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         assert_eq!(
             c.get(&mail, &id("m04")).unwrap().unwrap(),
             json!({"id": "m04", "tags": ["a"], "seen": true})
@@ -2041,14 +2061,14 @@ mod tests {
         // The index lost (a vault made before it): built again on first read.
         let index = vault.store.tree("records").unwrap();
         index.raw().clear().unwrap();
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         assert_eq!(c.records(&mail).unwrap(), expected);
         assert_eq!(c.count(&mail).unwrap(), 19);
         drop(c);
 
         // The index one change behind its document (an older Hearth wrote it).
         let before: Vec<_> = index.raw().iter().map(|e| e.unwrap()).collect();
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         c.put(&mail, &id("m05"), &obj(json!({"n": 55}))).unwrap();
         vault.store.commit().await.unwrap();
         drop(c);
@@ -2058,7 +2078,7 @@ mod tests {
         }
         drop(index);
         let vault = vault.reopen().await;
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         assert_eq!(c.get(&mail, &id("m05")).unwrap().unwrap()["n"], 55);
         assert_eq!(c.count(&mail).unwrap(), 19);
     }
@@ -2069,7 +2089,7 @@ mod tests {
     #[test]
     fn only_the_fields_asked_for_are_read() {
         let vault = TestVault::new();
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         let notes = name("notes");
         let long = "x".repeat(crate::records::LONG + 1);
         c.put(
@@ -2104,7 +2124,7 @@ mod tests {
     async fn a_long_text_is_read_from_its_document_and_its_index_entry_stays_small() {
         use crate::records::{LONG, TextEdit};
         let vault = TestVault::new();
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         let notes = name("notes");
         let key = vault.store.name_key(NAME_DOMAIN, "notes");
         let index = vault.store.tree("records").unwrap();
@@ -2149,7 +2169,7 @@ mod tests {
 
         // A reader with nothing loaded reads the long record from its document, and
         // only that one: the short record needs no document.
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         assert_eq!(c.get(&notes, &id("short")).unwrap().unwrap()["body"], "hi");
         assert_eq!(c.cached().0, 0);
         assert_eq!(c.get(&notes, &id("paper")).unwrap().unwrap(), whole);
@@ -2158,7 +2178,7 @@ mod tests {
 
         // Indexed again from the document (a lost index): the same entries.
         index.raw().clear().unwrap();
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         assert_eq!(c.records(&notes).unwrap()[0], whole);
         assert_eq!(entry_len("paper"), Some(small));
         assert!(entry_len("short").is_some());
@@ -2175,7 +2195,7 @@ mod tests {
         assert_eq!(entry_len("paper"), Some(small + json.len()));
         vault.store.commit().await.unwrap();
         drop(c);
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         assert_eq!(
             c.get(&notes, &id("paper")).unwrap().unwrap(),
             json!({"id": "paper", "title": "paper", "text": tail})
@@ -2191,7 +2211,7 @@ mod tests {
     #[tokio::test]
     async fn a_tampered_or_moved_index_entry_is_corruption_not_data() {
         let vault = TestVault::new();
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         let notes = name("notes");
         c.put(&notes, &id("a"), &obj(json!({"text": "first"})))
             .unwrap();
@@ -2227,7 +2247,7 @@ mod tests {
     #[tokio::test]
     async fn a_tampered_or_moved_value_is_corruption_not_data() {
         let vault = TestVault::new();
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         c.put(&name("notes"), &id("a"), &obj(json!({"text": "first"})))
             .unwrap();
         c.put(&name("diary"), &id("b"), &obj(json!({"text": "second"})))
@@ -2245,7 +2265,7 @@ mod tests {
         let middle = flipped.len() / 2;
         flipped[middle] ^= 0x01;
         docs.raw().insert(key, flipped).unwrap();
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         let results = [c.heads(&name("notes")), c.heads(&name("diary"))];
         let corrupt = results
             .iter()
@@ -2269,7 +2289,7 @@ mod tests {
         docs.raw()
             .insert(&entries[1].0, entries[0].1.clone())
             .unwrap();
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         assert!(c.heads(&name("notes")).is_err());
         assert!(c.heads(&name("diary")).is_err());
 
@@ -2277,7 +2297,7 @@ mod tests {
         docs.raw()
             .insert(&entries[0].0, &entries[0].1[..10])
             .unwrap();
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         let err = [c.heads(&name("notes")), c.heads(&name("diary"))]
             .into_iter()
             .filter_map(Result::err)
@@ -2303,7 +2323,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_across_collections_lands_in_every_one() {
         let vault = TestVault::new();
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         c.put(&name("b"), &id("old"), &obj(json!({"n": 0})))
             .unwrap();
         let seen = c
@@ -2322,7 +2342,7 @@ mod tests {
         vault.store.commit().await.unwrap();
         drop(c);
         let vault = vault.reopen().await;
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         assert!(c.get(&name("a"), &id("x")).unwrap().is_some());
         assert!(c.get(&name("b"), &id("y")).unwrap().is_some());
         assert!(c.get(&name("b"), &id("old")).unwrap().is_some());
@@ -2333,7 +2353,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_write_across_collections_changes_none_of_them() {
         let vault = TestVault::new();
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         c.put(&name("a"), &id("kept"), &obj(json!({"n": 0})))
             .unwrap();
         c.put(&name("b"), &id("kept"), &obj(json!({"n": 0})))
@@ -2360,7 +2380,7 @@ mod tests {
         vault.store.commit().await.unwrap();
         drop(c);
         let vault = vault.reopen().await;
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         for collection in ["a", "b"] {
             let ids: Vec<String> = c
                 .records(&name(collection))
@@ -2376,7 +2396,7 @@ mod tests {
     #[tokio::test]
     async fn a_refused_write_across_collections_writes_nothing() {
         let vault = TestVault::new();
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         let refused = c
             .write_across(&[at("a", "x"), at("b", "x")], |_| {
                 Err::<(WritesIn, ()), _>("no")
@@ -2397,7 +2417,9 @@ mod tests {
     #[test]
     fn writes_across_the_same_collections_in_any_order_all_land() {
         let vault = TestVault::new();
-        let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        let c = Arc::new(one_part(
+            Collections::open(vault.store.clone(), [1; 16]).unwrap(),
+        ));
         let writers: Vec<_> = (0..4)
             .map(|w| {
                 let c = c.clone();

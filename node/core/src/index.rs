@@ -410,6 +410,11 @@ impl RecordIndex {
         Ok(count)
     }
 
+    /// Adds the removal of a part's mark to `batch`.
+    pub fn remove_mark(&self, batch: &mut SealedBatch, part: &Part) {
+        self.tree.batch_remove(batch, &part.mark_key());
+    }
+
     /// Adds a part's mark to `batch`.
     pub fn set_mark(&self, batch: &mut SealedBatch, part: &Part, mark: &Mark) {
         self.tree

@@ -934,8 +934,8 @@ mod prepare_tests {
         assert!(vcard.contains("FN:Alan M. Turing\r\n"), "{vcard}");
 
         // An edit that breaks the card (its END line cut) is refused whole: the text,
-        // the fields and the document's heads are as they were.
-        let heads = c.heads(&contacts).unwrap();
+        // the fields and the collection's change log are as they were.
+        let logged = c.log_position(&contacts).unwrap();
         let end = vcard.find("END:VCARD").unwrap();
         let cut = TextEdit {
             position: vcard[..end].chars().count(),
@@ -954,8 +954,8 @@ mod prepare_tests {
         assert!(matches!(refused, Err(WriteError::Pim(_))), "{refused:?}");
         assert_eq!(c.get(&contacts, &id).unwrap().unwrap(), stored);
         assert_eq!(
-            c.heads(&contacts).unwrap(),
-            heads,
+            c.log_position(&contacts).unwrap(),
+            logged,
             "nothing of it was written"
         );
         // An edit out of range, or of a record that is not there.

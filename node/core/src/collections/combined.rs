@@ -297,7 +297,7 @@ impl Drop for Drain {
 mod tests {
     use super::*;
     use crate::collections::NAME_DOMAIN;
-    use crate::collections::tests::doc_kinds;
+    use crate::collections::tests::{doc_kinds, one_part};
     use crate::testutil::TestVault;
     use serde_json::json;
     use std::time::{Duration, Instant};
@@ -359,7 +359,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panicking_write_fails_alone_and_the_collection_goes_on() {
         let vault = TestVault::new();
-        let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        let c = Arc::new(one_part(
+            Collections::open(vault.store.clone(), [1; 16]).unwrap(),
+        ));
         let collection = c.load(&PartName::only(notes())).unwrap();
         let held = collection.lock().unwrap();
         let before = write(&c, 1);
@@ -408,7 +410,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_poisoned_collection_is_read_again_from_the_disk() {
         let vault = TestVault::new();
-        let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        let c = Arc::new(one_part(
+            Collections::open(vault.store.clone(), [1; 16]).unwrap(),
+        ));
         assert!(matches!(write(&c, 1).await.unwrap(), Ok(Ok((false, ())))));
         let poisoned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             c.with(
@@ -435,7 +439,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_waiting_together_are_persisted_once_and_each_is_answered() {
         let vault = TestVault::new();
-        let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        let c = Arc::new(one_part(
+            Collections::open(vault.store.clone(), [1; 16]).unwrap(),
+        ));
         let key = vault.store.name_key(NAME_DOMAIN, "notes");
         let collection = c.load(&PartName::only(notes())).unwrap();
         let held = collection.lock().unwrap();
@@ -460,7 +466,7 @@ mod tests {
         drop((c, collection));
 
         let vault = vault.reopen().await;
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         for i in 0..64 {
             let id = RecordId::parse(&format!("r{i}")).unwrap();
             let expected = (i != 7).then(|| json!({ "id": format!("r{i}"), "n": i }));
@@ -474,7 +480,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_persist_fails_every_write_of_its_group() {
         let vault = TestVault::new();
-        let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        let c = Arc::new(one_part(
+            Collections::open(vault.store.clone(), [1; 16]).unwrap(),
+        ));
         let collection = c.load(&PartName::only(notes())).unwrap();
         let held = collection.lock().unwrap();
         let writes = queue_64(&c);
@@ -501,7 +509,9 @@ mod tests {
     #[tokio::test]
     async fn writes_left_by_a_drain_that_did_not_finish_fail_and_the_queue_is_freed() {
         let vault = TestVault::new();
-        let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        let c = Arc::new(one_part(
+            Collections::open(vault.store.clone(), [1; 16]).unwrap(),
+        ));
         // As if a drain were running: the write queues behind it.
         c.write_queues()
             .entry(PartName::only(notes()))

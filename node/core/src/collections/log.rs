@@ -23,6 +23,9 @@ use super::*;
 
 /// Entries kept per collection.
 pub const LOG_KEEP: u64 = 65_536;
+/// The part an entry names when its collection was split into parts: the entries
+/// before it name the document split, so a position before it is refused.
+const SPLIT: u16 = u16::MAX;
 const EPOCH_KEY: &[u8] = b"epoch";
 
 /// A place in a collection's change log: after entry `seq` (0: before the first) of
@@ -158,6 +161,35 @@ impl Collections {
         Ok(())
     }
 
+    /// Adds to `batch` what a split of the collection whose name key is `collection`
+    /// does to its log: its entries removed, and, if it had any, an entry that marks
+    /// the split, numbered after them (positions stay unique, and every one before
+    /// the split is refused).
+    pub(super) fn log_split(
+        &self,
+        collection: &[u8; 32],
+        batch: &mut SealedBatch,
+    ) -> Result<(), StoreError> {
+        let last = self.last_logged(collection)?;
+        if last == 0 {
+            return Ok(());
+        }
+        for key in self.log.keys_with_prefix(collection) {
+            self.log.batch_remove(batch, &key?);
+        }
+        self.log.batch_insert(
+            batch,
+            &entry_key(collection, last + 1),
+            &encode_entry(SPLIT, &[], &[]),
+        );
+        // Numbered from the disk again.
+        self.logs
+            .lock()
+            .expect("log lock is never poisoned")
+            .remove(collection);
+        Ok(())
+    }
+
     /// Where the log of collection `name` ends now.
     pub fn log_position(&self, name: &CollectionName) -> Result<LogPosition, CollectionError> {
         let collection = self.collection_key(name);
@@ -216,6 +248,9 @@ impl Collections {
         for entry in self.log.scan_range(range) {
             let (_, bytes) = entry?;
             let (part, before, after) = decode_entry(&bytes)?;
+            if part == SPLIT {
+                return Ok(None);
+            }
             parts.entry(part).or_insert((before, Vec::new())).1 = after;
         }
         let mut changes = Vec::new();

@@ -1,7 +1,6 @@
 //! The split of a collection kept in one document into parts, the same on every
-//! device (docs/design/bounded-documents.md, decision 8). Built and tested, **not yet
-//! run**: every collection of a running node is still kept in one part, and the start
-//! that migrates old vaults is the design's step 4.
+//! device (docs/design/bounded-documents.md, decision 8): what a node does at start to
+//! every collection a Hearth from before parts kept whole ([`Collections::split_old`]).
 //!
 //! Each device splits its own copy, so the parts must not depend on the history that
 //! made it: two devices that hold the same records must make byte-identical parts, or
@@ -26,12 +25,134 @@ use automerge::transaction::CommitOptions;
 
 use super::*;
 
-/// What a split found and made, for the migration's log.
+/// What a split found and made, for the start's log.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct Split {
-    pub(super) records: usize,
+pub struct Split {
+    pub records: usize,
     /// Changes made beyond one a record: versions and values in conflict.
-    pub(super) variants: usize,
+    pub variants: usize,
+    /// Parts made.
+    pub parts: usize,
+}
+
+impl Collections {
+    /// Splits into parts every collection of the classes kept in parts that is still
+    /// kept in one document (a vault of a Hearth from before parts); returns what each
+    /// split made. Run at start, before anything else reads the collections.
+    ///
+    /// One collection at a time: its document is read (and checked against the commit
+    /// record), split, and its parts written as snapshots in one store transaction
+    /// that also removes the document and its index mark. A crash before that
+    /// transaction finds the document and splits it again; after it, finds the parts.
+    /// The parts' snapshots are numbered one above the document's generation, so the
+    /// commit record's entry for the collection (the old document's, until the next
+    /// commit) is never ahead of them. The record index is then written again from the
+    /// parts, and each part's mark last: a crash before the marks are written leaves
+    /// parts that index themselves again when first used.
+    pub fn split_old(&self) -> Result<Vec<(CollectionName, Split)>, CollectionError> {
+        let mut done = Vec::new();
+        for name in self.names()? {
+            let fan_out = self.fan_out(&name);
+            let collection = self.collection_key(&name);
+            if fan_out == 1 || self.docs.last_key_with_prefix(&collection)?.is_none() {
+                continue;
+            }
+            let split = self.split_one(&name, collection, fan_out)?;
+            tracing::info!(collection = %name, records = split.records, parts = split.parts, "kept a collection in parts from now on (once, after an upgrade)");
+            done.push((name, split));
+        }
+        Ok(done)
+    }
+
+    fn split_one(
+        &self,
+        name: &CollectionName,
+        collection: [u8; 32],
+        fan_out: u16,
+    ) -> Result<Split, CollectionError> {
+        let whole = Part::whole(collection);
+        let as_part = PartName {
+            name: name.clone(),
+            part: 0,
+        };
+        let (old, _) = self.read_at(&as_part, whole)?;
+        let (mut parts, mut found) =
+            split(&old.doc, &collection, fan_out).map_err(|e| old.automerge(e))?;
+        if parts.is_empty() {
+            // An empty collection keeps one empty part, which carries its generation.
+            parts.insert(0, AutoCommit::new());
+        }
+        found.parts = parts.len();
+        let generation = old.next_seq + 1;
+        let mut writes = storage::Writes::default();
+        for key in self.docs.keys_with_prefix(&collection) {
+            self.docs.batch_remove(&mut writes.docs, &key?);
+        }
+        let mut placed = Vec::with_capacity(parts.len());
+        for (number, doc) in &mut parts {
+            let part = PartName {
+                name: name.clone(),
+                part: *number,
+            };
+            let at = self.place_in(collection, &part);
+            let snapshot = Zeroizing::new(doc.save());
+            storage::insert_doc_value(
+                &self.docs,
+                &mut writes.docs,
+                &at.key,
+                KIND_SNAPSHOT,
+                generation,
+                &snapshot,
+            );
+            let mut listing = collection.to_vec();
+            listing.extend_from_slice(&number.to_be_bytes());
+            self.names
+                .batch_insert(&mut writes.names, &listing, name.as_str().as_bytes());
+            placed.push((at, doc.get_heads()));
+        }
+        self.index.remove_mark(&mut writes.index, &whole);
+        self.log_split(&collection, &mut writes.log)?;
+        self.write(writes)?;
+
+        // The index from the parts: every entry again, then the marks.
+        let mut counts = vec![0u64; placed.len()];
+        let entries = parts
+            .values()
+            .zip(counts.iter_mut())
+            .flat_map(|(doc, count)| {
+                records::record_ids(doc).into_iter().map(move |id| {
+                    let record = records::read_for_index(doc, &id).map_err(|e| {
+                        StoreError::Malformed(format!(
+                            "a part of collection {name} could not be read to index it: {e}"
+                        ))
+                    })?;
+                    *count += u64::from(record.is_some());
+                    Ok((id, record))
+                })
+            });
+        self.index
+            .rebuild(&whole, name.as_str(), |_| true, entries)?;
+        let mut marks = SealedBatch::default();
+        for ((at, heads), count) in placed.iter().zip(&counts) {
+            let mark = Mark {
+                generation,
+                count: *count,
+                heads: heads.clone(),
+            };
+            self.index.set_mark(&mut marks, at, &mark);
+        }
+        self.index.tree().apply(marks)?;
+        let ledger = self.store.ledger();
+        for (at, heads) in &placed {
+            let number = at.number.expect("a collection split has numbered parts");
+            ledger.note_part(collection, number, generation, heads);
+        }
+        self.verified
+            .lock()
+            .expect("verified lock is never poisoned")
+            .insert(collection);
+        Ok(found)
+    }
 }
 
 /// Splits `doc`, the one document of the collection whose name key is `collection`,
@@ -135,13 +256,65 @@ fn record_change(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collections::tests::{doc_kinds, id, name, obj, one_part, put_numbered};
+    use crate::testutil::TestVault;
     use serde_json::json;
 
-    const KEY: [u8; 32] = [9; 32];
+    /// A collection an older Hearth kept whole is split at start: it reads as before,
+    /// its document is gone, a position in its log from before is refused, and it
+    /// takes writes; after a restart (the commit record now holds its parts' entry)
+    /// nothing is split again. An empty one keeps one empty part.
+    #[tokio::test]
+    async fn an_old_collection_is_split_at_start_and_reads_as_before() {
+        let vault = TestVault::new();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        let (notes, empty) = (name("notes"), name("empty"));
+        for i in 0..100 {
+            put_numbered(&c, &notes, i);
+        }
+        assert!(c.remove(&notes, &id("r5")).unwrap());
+        put_numbered(&c, &empty, 1);
+        assert!(c.remove(&empty, &id("r1")).unwrap());
+        let before = c.records(&notes).unwrap();
+        let logged = c.log_position(&notes).unwrap();
+        vault.store.commit().await.unwrap();
+        drop(c);
 
-    fn obj(v: Json) -> Map<String, Json> {
-        v.as_object().unwrap().clone()
+        let vault = vault.reopen().await;
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        c.set_user_fan_out(8);
+        let done = c.split_old().unwrap();
+        let found: Vec<(&str, usize, usize)> = done
+            .iter()
+            .map(|(n, s)| (n.as_str(), s.records, s.parts))
+            .collect();
+        assert_eq!(found, [("empty", 0, 1), ("notes", 99, 8)]);
+        assert_eq!(c.records(&notes).unwrap(), before);
+        assert_eq!(c.count(&notes).unwrap(), 99);
+        assert_eq!(c.count(&empty).unwrap(), 0);
+        assert_eq!(c.parts(&notes).unwrap().len(), 8);
+        assert!(doc_kinds(&vault.store, &c.collection_key(&notes)).is_empty());
+        assert!(
+            c.changes_after(&notes, logged).unwrap().is_none(),
+            "a position from before the split is refused"
+        );
+        let since = c.log_position(&notes).unwrap();
+        put_numbered(&c, &notes, 500);
+        let (_, changes) = c.changes_after(&notes, since).unwrap().unwrap();
+        assert_eq!(changes.len(), 1);
+        vault.store.commit().await.unwrap();
+        drop(c);
+
+        let vault = vault.reopen().await;
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        c.set_user_fan_out(8);
+        assert!(c.split_old().unwrap().is_empty(), "split once");
+        assert_eq!(c.count(&notes).unwrap(), 100);
+        assert_eq!(c.count(&empty).unwrap(), 0);
+        assert!(c.get(&notes, &id("r500")).unwrap().is_some());
     }
+
+    const KEY: [u8; 32] = [9; 32];
 
     /// Two devices whose documents hold the same records, made by other actors in
     /// other orders with other edits on the way, split into byte-identical parts.
@@ -168,7 +341,8 @@ mod tests {
             sa,
             Split {
                 records: 200,
-                variants: 0
+                variants: 0,
+                parts: 0
             }
         );
         assert_eq!(sa, sb);
@@ -238,7 +412,8 @@ mod tests {
             found,
             Split {
                 records: 2,
-                variants: 2
+                variants: 2,
+                parts: 0
             }
         );
         let part = &parts[&0];

@@ -11,6 +11,14 @@
 
 use super::*;
 
+/// How many parts a collection kept in parts has: at 500,000 messages, about 2,000
+/// records a part, which loads in about 20 ms (docs/design/bounded-documents.md).
+pub const PARTS: u16 = 256;
+
+/// The system collections kept in parts: blobs' listings, the blobs a grant's writes
+/// named, DAV's names for records.
+pub const IN_PARTS: [&str; 3] = ["_blobs", "_blobrefs", "_dav"];
+
 /// One document of a collection: a collection is kept in one or in several parts, and
 /// each record lives in the part its id hashes to ([`Collections::part_of`]). Parts
 /// sort by collection name, then number: whoever locks several locks them in this
@@ -30,9 +38,9 @@ impl PartName {
 }
 
 impl Collections {
-    /// Keeps every user collection written from now on in `parts` parts (1 to 256).
-    /// For tests of parts only, before any user collection is written: a collection's
-    /// number of parts is fixed for its life.
+    /// Keeps the collections kept in parts (see [`Collections::fan_out`]) in `parts`
+    /// parts (1 to 256) instead of [`PARTS`]. For tests only, before any of them is
+    /// written: a collection's number of parts is fixed for its life.
     #[cfg(any(test, feature = "testutil"))]
     pub fn set_user_fan_out(&self, parts: u16) {
         assert!(
@@ -42,12 +50,14 @@ impl Collections {
         self.user_fan_out.store(parts, Ordering::Relaxed);
     }
 
-    /// How many parts collection `name` is kept in.
+    /// How many parts collection `name` is kept in: [`PARTS`] for every user
+    /// collection and the system collections that grow with them ([`IN_PARTS`]); one
+    /// for the others, which are small or split already (the audit log).
     pub(super) fn fan_out(&self, name: &CollectionName) -> u16 {
-        if name.is_system() {
-            1
-        } else {
+        if !name.is_system() || IN_PARTS.contains(&name.as_str()) {
             self.user_fan_out.load(Ordering::Relaxed)
+        } else {
+            1
         }
     }
 

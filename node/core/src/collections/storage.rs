@@ -8,10 +8,10 @@ use super::*;
 /// ([`Collections::prepare`], [`Collections::write`]).
 #[derive(Default)]
 pub(super) struct Writes {
-    names: SealedBatch,
-    index: SealedBatch,
-    docs: SealedBatch,
-    log: SealedBatch,
+    pub(super) names: SealedBatch,
+    pub(super) index: SealedBatch,
+    pub(super) docs: SealedBatch,
+    pub(super) log: SealedBatch,
 }
 
 /// A collection's change prepared for writing: its new index mark and its size.
@@ -498,7 +498,16 @@ impl Collections {
         &self,
         part: &PartName,
     ) -> Result<(Collection, usize), CollectionError> {
-        let at = self.place(part);
+        self.read_at(part, self.place(part))
+    }
+
+    /// Reads the document kept at `at` as part `part` (checked against the commit
+    /// record as what it is: a whole collection, or a part).
+    pub(super) fn read_at(
+        &self,
+        part: &PartName,
+        at: Part,
+    ) -> Result<(Collection, usize), CollectionError> {
         let (name, key) = (&part.name, at.key);
         let mut listing = at.collection.to_vec();
         if let Some(number) = at.number {
