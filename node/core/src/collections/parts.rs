@@ -11,8 +11,10 @@
 
 use super::*;
 
-/// How many parts a collection kept in parts has: at 500,000 messages, about 2,000
-/// records a part, which loads in about 20 ms (docs/design/bounded-documents.md).
+/// How many parts a collection kept in parts is to have: at 500,000 messages, about
+/// 2,000 records a part, which loads in about 20 ms (docs/design/bounded-documents.md).
+/// Not switched on yet: with it, grouped writes from many clients, a new device's
+/// first sync and a scenario of hearth-bench went wrong (BENCHMARKS.md).
 pub const PARTS: u16 = 256;
 
 /// The system collections kept in parts: blobs' listings, the blobs a grant's writes
@@ -50,9 +52,10 @@ impl Collections {
         self.user_fan_out.store(parts, Ordering::Relaxed);
     }
 
-    /// How many parts collection `name` is kept in: [`PARTS`] for every user
-    /// collection and the system collections that grow with them ([`IN_PARTS`]); one
-    /// for the others, which are small or split already (the audit log).
+    /// How many parts collection `name` is kept in: for every user collection and the
+    /// system collections that grow with them ([`IN_PARTS`]), the fan-out set (one in
+    /// a running node until [`PARTS`] is switched on; tests set more); one for the
+    /// others, which are small or split already (the audit log).
     pub(super) fn fan_out(&self, name: &CollectionName) -> u16 {
         if !name.is_system() || IN_PARTS.contains(&name.as_str()) {
             self.user_fan_out.load(Ordering::Relaxed)

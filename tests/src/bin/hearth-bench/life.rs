@@ -164,11 +164,13 @@ pub async fn life_vault(opts: &Opts) -> anyhow::Result<Vec<Report>> {
         .bearer_auth(&owner)
         .send()
         .await?;
-    anyhow::ensure!(
-        first.status().is_success(),
-        "first read: {}",
-        first.status()
-    );
+    if !first.status().is_success() {
+        let status = first.status();
+        let body = first.text().await.unwrap_or_default();
+        let log = node.stderr();
+        tokio::task::block_in_place(|| node.stop());
+        anyhow::bail!("first read: {status} {body}\nthe node's log:\n{log}");
+    }
     let answered = started.elapsed();
     let rss_started = rss_mib(Some(node.pid())).unwrap_or(f64::NAN);
 
