@@ -182,8 +182,8 @@ pub struct Collections {
     /// Held while a collection's document keys are read whole (a load) and while a
     /// compaction replaces some of them, so a load never sees half of that.
     layout: Arc<Mutex<()>>,
-    /// Record writes waiting to be persisted together, by part ([`combined`]).
-    writes: Mutex<HashMap<PartName, combined::Queue>>,
+    /// Record writes waiting to be persisted together, by collection ([`combined`]).
+    writes: Mutex<HashMap<CollectionName, combined::Queue>>,
 }
 
 /// A collection in memory, with what the cache needs to choose which to drop.
@@ -842,6 +842,23 @@ impl Collections {
             }
             return Err(e);
         }
+        let touched: Vec<Vec<&str>> = by_part
+            .iter()
+            .map(|writes| writes.iter().map(|(id, _)| id.as_str()).collect())
+            .collect();
+        self.persist_together(guards, &touched)?;
+        Ok(Ok(value))
+    }
+
+    /// Persists what was done to the locked parts `guards` since their last persist,
+    /// in one store transaction: each part's change with the records it touched
+    /// (`touched`, by part), then each is announced. If anything fails, every part is
+    /// forgotten (memory may be ahead of the disk) and read again on its next use.
+    fn persist_together(
+        &self,
+        guards: &mut [std::sync::MutexGuard<'_, Collection>],
+        touched: &[Vec<&str>],
+    ) -> Result<(), CollectionError> {
         let mut store_writes = storage::Writes::default();
         let mut prepared = Vec::with_capacity(guards.len());
         let mut result = Ok(());
@@ -854,13 +871,12 @@ impl Collections {
             .iter()
             .map(|h| h.lock().expect("log head lock is never poisoned"))
             .collect();
-        for (c, writes) in guards.iter_mut().zip(&by_part) {
-            let ids: Vec<&str> = writes.iter().map(|(id, _)| id.as_str()).collect();
+        for (c, ids) in guards.iter_mut().zip(touched) {
             let at = collections
                 .iter()
                 .position(|k| *k == c.at.collection)
                 .expect("every part's collection has its head");
-            match self.prepare(c, Some(&ids), &mut store_writes, &mut heads[at]) {
+            match self.prepare(c, Some(ids), &mut store_writes, &mut heads[at]) {
                 Ok(p) => prepared.push(p),
                 Err(e) => {
                     result = Err(e);
@@ -894,7 +910,7 @@ impl Collections {
         for c in guards.iter() {
             self.used(c);
         }
-        Ok(Ok(value))
+        Ok(())
     }
 
     /// As [`Collections::write_many`], only if record `watched` reads as `expected`

@@ -37,6 +37,10 @@ const OUTBOX: usize = 16;
 const INBOX: usize = 4;
 /// Sync sessions at once (one per device; a bound against a large device list).
 const MAX_SESSIONS: usize = 64;
+/// Messages that brought changes applied before a commit, at most: a session commits
+/// once the frames waiting are applied, so a new device catching up on many parts
+/// does not fsync after each one.
+const COMMIT_EVERY: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
@@ -363,7 +367,15 @@ impl SyncService {
                 }
             }
         });
-        let result = self.converse(peer, &mut inbox, &outbox).await;
+        let mut uncommitted = 0;
+        let result = self
+            .converse(peer, &mut inbox, &outbox, &mut uncommitted)
+            .await;
+        if uncommitted > 0
+            && let Err(e) = self.vault.store.commit().await
+        {
+            tracing::warn!(%peer, error = %e, "cannot commit what a sync session brought");
+        }
         reader_task.abort();
         drop(outbox);
         // Let queued frames go out, but do not wait on a peer that stopped reading.
@@ -371,11 +383,15 @@ impl SyncService {
         result
     }
 
+    /// The session after both streams are up. `uncommitted` counts the messages that
+    /// brought changes not yet committed (the caller commits them if the session
+    /// ends first).
     async fn converse(
         &self,
         peer: PeerId,
         inbox: &mut mpsc::Receiver<Result<Option<Vec<u8>>, FrameReadError>>,
         outbox: &mpsc::Sender<Vec<u8>>,
+        uncommitted: &mut usize,
     ) -> Result<(), SessionError> {
         self.send(
             peer,
@@ -469,7 +485,15 @@ impl SyncService {
                         SyncFrame::Doc { collection, part, message } => {
                             self.count(peer, |s| s.in_step = false);
                             unsettled = Some(tokio::time::Instant::now());
-                            self.receive(peer, (collection, part), message, &mut states, outbox).await?;
+                            if self.receive(peer, (collection, part), message, &mut states, outbox).await? {
+                                *uncommitted += 1;
+                            }
+                            // Committed once the frames waiting are applied (the peer
+                            // sends again whatever a crash before it loses).
+                            if *uncommitted > 0 && (inbox.is_empty() || *uncommitted >= COMMIT_EVERY) {
+                                self.vault.store.commit().await?;
+                                *uncommitted = 0;
+                            }
                         }
                     }
                 }
@@ -494,8 +518,8 @@ impl SyncService {
         }
     }
 
-    /// Applies a peer's Automerge sync message to a part of a collection, commits
-    /// what it brought, and answers it.
+    /// Applies a peer's Automerge sync message to a part of a collection and answers
+    /// it; returns whether it brought changes (committed by the caller).
     async fn receive(
         &self,
         peer: PeerId,
@@ -503,7 +527,7 @@ impl SyncService {
         message: Vec<u8>,
         states: &mut States,
         outbox: &mpsc::Sender<Vec<u8>>,
-    ) -> Result<(), SessionError> {
+    ) -> Result<bool, SessionError> {
         let key = (collection.clone(), part);
         if !states.contains_key(&key) {
             self.count(peer, |s| s.collections_synced += 1);
@@ -522,7 +546,6 @@ impl SyncService {
         states.insert(key, state);
         let received = changed?;
         if received > 0 {
-            self.vault.store.commit().await?;
             if collection.is_system() {
                 tracing::debug!(%peer, %collection, received, "synced changes");
             } else {
@@ -530,7 +553,9 @@ impl SyncService {
             }
         }
         self.note_sync(peer);
-        self.offer(peer, (&collection, part), states, outbox).await
+        self.offer(peer, (&collection, part), states, outbox)
+            .await?;
+        Ok(received > 0)
     }
 
     /// Every collection's digest, read on the blocking pool.

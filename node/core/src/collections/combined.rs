@@ -42,7 +42,7 @@ use crate::store::StoreError;
 /// The most writes persisted together.
 const MAX_GROUP: usize = 128;
 
-/// The writes waiting for one part of a collection.
+/// The writes waiting for one collection.
 #[derive(Default)]
 pub(super) struct Queue {
     jobs: Vec<Job>,
@@ -175,17 +175,16 @@ impl Collections {
             id: id.as_str().to_owned(),
             apply,
         };
-        let part = self.part_of(name, id.as_str());
         let lead = {
             let mut queues = self.write_queues();
-            let queue = queues.entry(part.clone()).or_default();
+            let queue = queues.entry(name.clone()).or_default();
             queue.jobs.push(job);
             !std::mem::replace(&mut queue.draining, true)
         };
         if lead {
             let drain = Drain {
                 collections: self.clone(),
-                part,
+                name: name.clone(),
                 done: false,
             };
             drain.first();
@@ -195,42 +194,56 @@ impl Collections {
             .unwrap_or(Err(CollectionError::Store(StoreError::Closed)))
     }
 
-    fn write_queues(&self) -> std::sync::MutexGuard<'_, HashMap<PartName, Queue>> {
+    fn write_queues(&self) -> std::sync::MutexGuard<'_, HashMap<CollectionName, Queue>> {
         self.writes
             .lock()
             .expect("write queue lock is never poisoned")
     }
 
     /// Takes up to [`MAX_GROUP`] queued writes; `None` (and nobody draining) if none.
-    fn take_group(&self, part: &PartName) -> Option<Vec<Job>> {
+    fn take_group(&self, name: &CollectionName) -> Option<Vec<Job>> {
         let mut queues = self.write_queues();
-        let queue = queues.get_mut(part)?;
+        let queue = queues.get_mut(name)?;
         if queue.jobs.is_empty() {
-            queues.remove(part);
+            queues.remove(name);
             return None;
         }
         let rest = queue.jobs.split_off(queue.jobs.len().min(MAX_GROUP));
         Some(std::mem::replace(&mut queue.jobs, rest))
     }
 
-    /// Applies `jobs` to the part one by one and persists those that wrote, once.
-    fn write_group(&self, part: &PartName, jobs: Vec<Job>) {
+    /// Applies `jobs` (writes to collection `name`) one by one, each to the part that
+    /// holds its record and as a change of its own, and persists the parts they
+    /// changed together, in one store transaction.
+    fn write_group(&self, name: &CollectionName, jobs: Vec<Job>) {
+        let mut parts: Vec<PartName> = jobs.iter().map(|j| self.part_of(name, &j.id)).collect();
+        parts.sort();
+        parts.dedup();
         let mut jobs = Some(jobs);
         let mut answers = Vec::new();
-        let persisted = self.with(part, |c| {
-            let mut touched = Vec::new();
+        let persisted = self.with_all(&parts, |guards| {
+            let mut touched: Vec<Vec<String>> = vec![Vec::new(); parts.len()];
             for job in jobs.take().into_iter().flatten() {
+                let at = parts
+                    .binary_search(&self.part_of(name, &job.id))
+                    .expect("every write's part is locked");
+                let c = &mut *guards[at];
                 if let Some(answer) = (job.apply)(Ok(c), &job.id) {
                     // Its own change: a later write rolled back leaves it.
                     c.doc.commit();
                     answers.push(answer);
-                    touched.push(job.id);
+                    touched[at].push(job.id);
                 }
             }
-            touched.sort_unstable();
-            touched.dedup();
-            let touched: Vec<&str> = touched.iter().map(String::as_str).collect();
-            self.persist_or_forget(c, Some(&touched))
+            for ids in &mut touched {
+                ids.sort_unstable();
+                ids.dedup();
+            }
+            let touched: Vec<Vec<&str>> = touched
+                .iter()
+                .map(|ids| ids.iter().map(String::as_str).collect())
+                .collect();
+            self.persist_together(guards, &touched)
         });
         if let Err(e) = &persisted {
             // The collection could not be used (nothing was applied), or the persist failed.
@@ -244,26 +257,26 @@ impl Collections {
     }
 }
 
-/// The one drain of a part's queue. Dropped before it finished, it drops what is
-/// still queued (those writes fail) and frees the queue for the next write.
+/// The one drain of a collection's queue. Dropped before it finished, it drops what
+/// is still queued (those writes fail) and frees the queue for the next write.
 struct Drain {
     collections: Arc<Collections>,
-    part: PartName,
+    name: CollectionName,
     done: bool,
 }
 
 impl Drain {
     /// One group on the caller's thread; the rest, if any, on the blocking pool.
     fn first(mut self) {
-        if let Some(jobs) = self.collections.take_group(&self.part) {
-            self.collections.write_group(&self.part, jobs);
+        if let Some(jobs) = self.collections.take_group(&self.name) {
+            self.collections.write_group(&self.name, jobs);
         }
         let more = {
             let mut queues = self.collections.write_queues();
-            match queues.get(&self.part) {
+            match queues.get(&self.name) {
                 Some(queue) if !queue.jobs.is_empty() => true,
                 _ => {
-                    queues.remove(&self.part);
+                    queues.remove(&self.name);
                     false
                 }
             }
@@ -277,8 +290,8 @@ impl Drain {
     }
 
     fn rest(mut self) {
-        while let Some(jobs) = self.collections.take_group(&self.part) {
-            self.collections.write_group(&self.part, jobs);
+        while let Some(jobs) = self.collections.take_group(&self.name) {
+            self.collections.write_group(&self.name, jobs);
         }
         self.done = true;
     }
@@ -288,7 +301,7 @@ impl Drop for Drain {
     fn drop(&mut self) {
         if !self.done {
             // Dropping the jobs drops their answers: each waiting write fails.
-            drop(self.collections.write_queues().remove(&self.part));
+            drop(self.collections.write_queues().remove(&self.name));
         }
     }
 }
@@ -341,13 +354,13 @@ mod tests {
         let mut writes = vec![write(c, 0)];
         wait_until(|| {
             c.write_queues()
-                .get(&PartName::only(notes()))
+                .get(&notes())
                 .is_some_and(|q| q.draining && q.jobs.is_empty())
         });
         writes.extend((1..64).map(|i| write(c, i)));
         wait_until(|| {
             c.write_queues()
-                .get(&PartName::only(notes()))
+                .get(&notes())
                 .is_some_and(|q| q.jobs.len() == 63)
         });
         writes
@@ -367,7 +380,7 @@ mod tests {
         let before = write(&c, 1);
         wait_until(|| {
             c.write_queues()
-                .get(&PartName::only(notes()))
+                .get(&notes())
                 .is_some_and(|q| q.draining && q.jobs.is_empty())
         });
         let boom = {
@@ -383,7 +396,7 @@ mod tests {
         let after = write(&c, 2);
         wait_until(|| {
             c.write_queues()
-                .get(&PartName::only(notes()))
+                .get(&notes())
                 .is_some_and(|q| q.jobs.len() == 2)
         });
         drop(held);
@@ -430,6 +443,35 @@ mod tests {
         assert!(matches!(write(&c, 2).await.unwrap(), Ok(Ok((false, ())))));
         assert_eq!(c.records(&notes()).unwrap().len(), 2);
         assert!(!c.load(&PartName::only(notes())).unwrap().is_poisoned());
+    }
+
+    /// In a collection kept in parts, the writes that wait together go to several
+    /// parts and are still persisted in one store transaction.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_waiting_together_over_parts_are_one_transaction() {
+        let vault = TestVault::new();
+        let c = Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        c.set_user_fan_out(8);
+        let collection = c.load(&c.part_of(&notes(), "r0")).unwrap();
+        let held = collection.lock().unwrap();
+        let writes = queue_64(&c);
+        // The first write alone, then the 63 queued over 8 parts: two store writes
+        // if the group is one transaction; a third would fail.
+        vault
+            .store
+            .faults()
+            .inject(crate::store::Fault::WriteErrorAfter(2));
+        drop(held);
+        for (i, write) in writes.into_iter().enumerate() {
+            let written = write.await.unwrap();
+            if i == 7 {
+                assert_eq!(written.unwrap(), Err("r7 refused".to_owned()));
+            } else {
+                assert_eq!(written.unwrap(), Ok((false, ())), "r{i}");
+            }
+        }
+        vault.store.faults().clear();
+        assert_eq!(c.count(&notes()).unwrap(), 63);
     }
 
     /// 64 writes that wait together: the first is persisted alone (it drained the
@@ -513,21 +555,18 @@ mod tests {
             Collections::open(vault.store.clone(), [1; 16]).unwrap(),
         ));
         // As if a drain were running: the write queues behind it.
-        c.write_queues()
-            .entry(PartName::only(notes()))
-            .or_default()
-            .draining = true;
+        c.write_queues().entry(notes()).or_default().draining = true;
         let waiting = write(&c, 1);
         while c
             .write_queues()
-            .get(&PartName::only(notes()))
+            .get(&notes())
             .is_some_and(|q| q.jobs.is_empty())
         {
             tokio::task::yield_now().await;
         }
         drop(Drain {
             collections: c.clone(),
-            part: PartName::only(notes()),
+            name: notes(),
             done: false,
         });
         assert!(matches!(
