@@ -13,8 +13,9 @@ use super::*;
 
 /// How many parts a collection kept in parts is to have: at 500,000 messages, about
 /// 2,000 records a part, which loads in about 20 ms (docs/design/bounded-documents.md).
-/// Not switched on yet: with it, a new device's first sync is 23 times slower
-/// (BENCHMARKS.md, "Parts switched on, measured, switched off").
+/// Not switched on yet: the split at start of a large vault and the targets at 100k
+/// and 1M records are not measured (BENCHMARKS.md, "Parts switched on, measured,
+/// switched off").
 pub const PARTS: u16 = 256;
 
 /// The system collections kept in parts: blobs' listings, the blobs a grant's writes
