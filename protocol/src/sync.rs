@@ -70,6 +70,16 @@ pub enum SyncFrame {
 /// A collection's parts and each one's heads digest, in part order (at least one).
 pub type PartDigests = Vec<(u16, [u8; 32])>;
 
+/// Each collection's digest ([`parts_digest`] of its parts'), from its parts' digests.
+pub fn collection_digests(
+    parts: &[(CollectionName, PartDigests)],
+) -> Vec<(CollectionName, [u8; 32])> {
+    parts
+        .iter()
+        .map(|(name, parts)| (name.clone(), parts_digest(parts)))
+        .collect()
+}
+
 /// The digest of a collection kept in several parts: BLAKE3 of each part's number
 /// and heads digest, in part order. (A collection of one part has that part's heads
 /// digest.)

@@ -925,19 +925,14 @@ impl Collections {
         expected: Option<&Json>,
         writes: &[(RecordId, RecordWrite)],
     ) -> Result<Result<(), Option<Json>>, CollectionError> {
-        /// Why the compare-and-set wrote nothing.
-        enum Unless {
-            Changed(Option<Json>),
-            Failed(CollectionError),
-        }
         let mut touching = vec![(name.clone(), watched.clone())];
         touching.extend(writes.iter().map(|(id, _)| (name.clone(), id.clone())));
         let written = self.write_across(&touching, |lookup| {
             let now = lookup(name, watched)
-                .map_err(Unless::Failed)?
+                .map_err(Refused::Failed)?
                 .map(|r| with_id(watched.as_str(), r));
             if now.as_ref() != expected {
-                return Err(Unless::Changed(now));
+                return Err(Refused::By(now));
             }
             let writes = writes
                 .iter()
@@ -945,11 +940,7 @@ impl Collections {
                 .collect();
             Ok((writes, ()))
         })?;
-        match written {
-            Ok(()) => Ok(Ok(())),
-            Err(Unless::Changed(now)) => Ok(Err(now)),
-            Err(Unless::Failed(e)) => Err(e),
-        }
+        Refused::sort(written)
     }
 
     /// Removes record `id`, and with it (in the same write) its delete notice in
@@ -1111,6 +1102,25 @@ impl Collection {
 
     fn automerge(&self, e: AutomergeError) -> CollectionError {
         automerge_error(&self.name, e)
+    }
+}
+
+/// Why a `decide` that also reads records wrote nothing: it refused (`By`), or a read
+/// failed.
+enum Refused<E> {
+    By(E),
+    Failed(CollectionError),
+}
+
+impl<E> Refused<E> {
+    /// A [`Collections::write_across`] outcome with such a `decide`, as the callers
+    /// answer it: a refusal inside, a failure outside.
+    fn sort<T>(written: Result<T, Refused<E>>) -> Result<Result<T, E>, CollectionError> {
+        match written {
+            Ok(value) => Ok(Ok(value)),
+            Err(Refused::By(e)) => Ok(Err(e)),
+            Err(Refused::Failed(e)) => Err(e),
+        }
     }
 }
 

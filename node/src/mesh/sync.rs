@@ -21,7 +21,9 @@ use automerge::sync::State;
 use futures::AsyncReadExt;
 
 use hearth_protocol::CollectionName;
-use hearth_protocol::sync::{PartDigests, SYNC_PROTOCOL, SYNC_VERSION, SyncFrame, fingerprint};
+use hearth_protocol::sync::{
+    PartDigests, SYNC_PROTOCOL, SYNC_VERSION, SyncFrame, collection_digests, fingerprint,
+};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
@@ -450,8 +452,11 @@ impl SyncService {
                     match SyncFrame::decode(&frame)? {
                         SyncFrame::Hello { .. } => return Err(SessionError::SecondHello),
                         SyncFrame::Summary { fingerprint: theirs, .. } => {
-                            let ours = self.digests().await?;
-                            let mine = fingerprint(&ours);
+                            // One pass over the marks: the fingerprint, and the
+                            // Digests frame if it differs.
+                            let parts = self.part_digests().await?;
+                            let ours = collection_digests(&parts);
+                            let (frame, mine) = summary(&ours);
                             if mine == theirs {
                                 self.count(peer, |s| s.in_step = true);
                                 tracing::debug!(%peer, collections = ours.len(), "in step with the device: nothing to sync");
@@ -459,11 +464,11 @@ impl SyncService {
                                 // The other side learns it too, unless it has this one's
                                 // fingerprint already (which ends the exchange).
                                 if sent_summary != mine {
-                                    sent_summary = self.send_summary(peer, outbox).await?;
+                                    self.send(peer, outbox, frame).await?;
+                                    sent_summary = mine;
                                 }
                             } else {
                                 self.count(peer, |s| s.in_step = false);
-                                let parts = self.part_digests().await?;
                                 self.send(peer, outbox, SyncFrame::Digests(parts)).await?;
                             }
                         }
@@ -582,13 +587,8 @@ impl SyncService {
         peer: PeerId,
         outbox: &mpsc::Sender<Vec<u8>>,
     ) -> Result<[u8; 32], SessionError> {
-        let digests = self.digests().await?;
-        let mine = fingerprint(&digests);
-        let summary = SyncFrame::Summary {
-            fingerprint: mine,
-            collections: u32::try_from(digests.len()).unwrap_or(u32::MAX),
-        };
-        self.send(peer, outbox, summary).await?;
+        let (frame, mine) = summary(&self.digests().await?);
+        self.send(peer, outbox, frame).await?;
         Ok(mine)
     }
 
@@ -640,6 +640,16 @@ impl SyncService {
         }
         Ok(())
     }
+}
+
+/// The Summary frame of these collection digests, and its fingerprint.
+fn summary(digests: &[(CollectionName, [u8; 32])]) -> (SyncFrame, [u8; 32]) {
+    let mine = fingerprint(digests);
+    let frame = SyncFrame::Summary {
+        fingerprint: mine,
+        collections: u32::try_from(digests.len()).unwrap_or(u32::MAX),
+    };
+    (frame, mine)
 }
 
 /// Each part's Automerge sync state with the peer, by collection and part.

@@ -320,36 +320,23 @@ impl Collections {
         id: &RecordId,
         decide: impl FnOnce(&Map<String, Json>) -> Result<Map<String, Json>, E>,
     ) -> Result<Result<bool, E>, CollectionError> {
-        /// Why the merge wrote nothing.
-        enum Failed<E> {
-            Refused(E),
-            Collection(CollectionError),
-        }
         let (notices, nid) = (conflicts_list(), notice_id(name, id.as_str()));
         let mut touching = vec![(name.clone(), id.clone())];
         if !name.is_system() {
             touching.push((notices.clone(), nid.clone()));
         }
         let written = self.write_across(&touching, |lookup| {
-            let Some(before) = lookup(name, id).map_err(Failed::Collection)? else {
+            let Some(before) = lookup(name, id).map_err(Refused::Failed)? else {
                 return Ok((Vec::new(), false));
             };
-            let merged = decide(&before).map_err(Failed::Refused)?;
+            let merged = decide(&before).map_err(Refused::By)?;
             let mut writes = vec![(name.clone(), id.clone(), RecordWrite::Replace(merged))];
-            if !name.is_system()
-                && lookup(&notices, &nid)
-                    .map_err(Failed::Collection)?
-                    .is_some()
-            {
+            if !name.is_system() && lookup(&notices, &nid).map_err(Refused::Failed)?.is_some() {
                 writes.push((notices.clone(), nid.clone(), RecordWrite::Remove));
             }
             Ok((writes, true))
         })?;
-        match written {
-            Ok(found) => Ok(Ok(found)),
-            Err(Failed::Refused(e)) => Ok(Err(e)),
-            Err(Failed::Collection(e)) => Err(e),
-        }
+        Refused::sort(written)
     }
 
     /// Makes version `index` of record `id` (as [`RecordConflict::versions`] lists

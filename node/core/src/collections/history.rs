@@ -43,14 +43,9 @@ impl Collections {
     /// Every collection's name and digest (`hearth_protocol::sync::parts_digest` of
     /// its [`Collections::part_digests`]), in name order: what sync compares first.
     pub fn digests(&self) -> Result<Vec<(CollectionName, [u8; 32])>, CollectionError> {
-        Ok(self
-            .part_digests()?
-            .into_iter()
-            .map(|(name, parts)| {
-                let digest = hearth_protocol::sync::parts_digest(&parts);
-                (name, digest)
-            })
-            .collect())
+        Ok(hearth_protocol::sync::collection_digests(
+            &self.part_digests()?,
+        ))
     }
 
     /// Every collection's parts, each with its heads digest

@@ -20,7 +20,7 @@ pub const PARTS: u16 = 256;
 
 /// The system collections kept in parts: blobs' listings, the blobs a grant's writes
 /// named, DAV's names for records.
-pub const IN_PARTS: [&str; 3] = ["_blobs", "_blobrefs", "_dav"];
+pub const IN_PARTS: [&str; 3] = [crate::blobs::BLOB_LIST, "_blobrefs", "_dav"];
 
 /// One document of a collection: a collection is kept in one or in several parts, and
 /// each record lives in the part its id hashes to ([`Collections::part_of`]). Parts
