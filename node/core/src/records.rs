@@ -16,6 +16,9 @@ use serde_json::{Map, Number, Value as Json};
 
 use crate::index::Stored;
 
+/// A record as JSON, without its id.
+pub type Record = Map<String, Json>;
+
 /// Reads the record `id`, or `None` if there is none.
 pub fn read_record(
     doc: &AutoCommit,
@@ -63,31 +66,64 @@ pub const LONG: usize = 16_384;
 /// long texts hold: Automerge keeps a text's length).
 pub fn read_for_index(doc: &AutoCommit, id: &str) -> Result<Option<Stored>, AutomergeError> {
     match doc.get(ROOT, id)? {
-        Some((Value::Object(ObjType::Map), obj)) if holds_long(doc, &obj, ObjType::Map) => {
-            Ok(Some(Stored::InDocument))
-        }
         Some((Value::Object(ObjType::Map), obj)) => {
-            Ok(Some(Stored::Record(read_map(doc, &obj, At::Now)?)))
+            Ok(Some(match read_bounded(doc, ObjType::Map, &obj)? {
+                Some(Json::Object(record)) => Stored::Record(record),
+                _ => Stored::InDocument,
+            }))
         }
         _ => Ok(None),
     }
 }
 
-/// Whether object `obj` (of `kind`) is, or holds, a text, list or map longer than
-/// [`LONG`].
-fn holds_long(doc: &AutoCommit, obj: &ObjId, kind: ObjType) -> bool {
-    match kind {
-        ObjType::Text => doc.length(obj) > LONG,
-        ObjType::List | ObjType::Map | ObjType::Table if doc.length(obj) > LONG => true,
-        ObjType::List => doc.list_range(obj, ..).any(|item| match item.value {
-            ValueRef::Object(kind) => holds_long(doc, &item.id(), kind),
-            ValueRef::Scalar(_) => false,
-        }),
-        ObjType::Map | ObjType::Table => doc.map_range(obj, ..).any(|item| match item.value {
-            ValueRef::Object(kind) => holds_long(doc, &item.id(), kind),
-            ValueRef::Scalar(_) => false,
-        }),
+/// Object `obj` (of `kind`) as JSON, or `None` if it is, or holds, a text, list or map
+/// longer than [`LONG`]: one pass, which stops at the first long one without reading
+/// it.
+fn read_bounded(
+    doc: &AutoCommit,
+    kind: ObjType,
+    obj: &ObjId,
+) -> Result<Option<Json>, AutomergeError> {
+    if doc.length(obj) > LONG {
+        return Ok(None);
     }
+    let read = |value: ValueRef<'_>, id: ObjId| match value {
+        ValueRef::Object(kind) => read_bounded(doc, kind, &id),
+        scalar @ ValueRef::Scalar(_) => {
+            read_value(doc, scalar.into_value(), &ROOT, At::Now).map(Some)
+        }
+    };
+    Ok(Some(match kind {
+        ObjType::Map | ObjType::Table => {
+            let mut out = Map::new();
+            for item in doc.map_range(obj, ..) {
+                let id = match item.value {
+                    ValueRef::Object(_) => item.id(),
+                    ValueRef::Scalar(_) => ROOT,
+                };
+                let Some(json) = read(item.value, id)? else {
+                    return Ok(None);
+                };
+                out.insert(item.key.into_owned(), json);
+            }
+            Json::Object(out)
+        }
+        ObjType::List => {
+            let mut out = Vec::new();
+            for item in doc.list_range(obj, ..) {
+                let id = match item.value {
+                    ValueRef::Object(_) => item.id(),
+                    ValueRef::Scalar(_) => ROOT,
+                };
+                let Some(json) = read(item.value, id)? else {
+                    return Ok(None);
+                };
+                out.push(json);
+            }
+            Json::Array(out)
+        }
+        ObjType::Text => Json::String(doc.text(obj)?),
+    }))
 }
 
 /// Reads the record `id` as it was at `heads` (a point in the document's history), or
@@ -215,27 +251,68 @@ pub fn record_conflicts(doc: &AutoCommit, id: &str) -> Result<Map<String, Json>,
         return Ok(out);
     };
     for key in doc.keys(&obj) {
-        let values = doc.get_all(&obj, key.as_str())?;
-        // Equal texts left by two devices merging at once (`textmerge`) are no
-        // conflict; texts that differ still are a person's to see.
-        let equal_texts = values
-            .iter()
-            .all(|(v, _)| matches!(v, Value::Object(ObjType::Text)))
-            && values
-                .iter()
-                .map(|(_, obj)| doc.text(obj).unwrap_or_default())
-                .collect::<std::collections::HashSet<_>>()
-                .len()
-                == 1;
-        if values.len() > 1 && !equal_texts {
-            let mut all = Vec::with_capacity(values.len());
-            for (value, child) in values.into_iter().rev() {
-                all.push(read_value(doc, value, &child, At::Now)?);
-            }
-            out.insert(key, Json::Array(all));
+        if let Some(values) = field_conflict(doc, &obj, &key)? {
+            out.insert(key, values);
         }
     }
     Ok(out)
+}
+
+/// Every competing value of field `key` of record object `obj`, the shown one first, if
+/// concurrent edits left it in conflict.
+fn field_conflict(
+    doc: &AutoCommit,
+    obj: &ObjId,
+    key: &str,
+) -> Result<Option<Json>, AutomergeError> {
+    let values = doc.get_all(obj, key)?;
+    // Equal texts left by two devices merging at once (`textmerge`) are no
+    // conflict; texts that differ still are a person's to see.
+    let equal_texts = values
+        .iter()
+        .all(|(v, _)| matches!(v, Value::Object(ObjType::Text)))
+        && values
+            .iter()
+            .map(|(_, obj)| doc.text(obj).unwrap_or_default())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            == 1;
+    if values.len() < 2 || equal_texts {
+        return Ok(None);
+    }
+    let mut all = Vec::with_capacity(values.len());
+    for (value, child) in values.into_iter().rev() {
+        all.push(read_value(doc, value, &child, At::Now)?);
+    }
+    Ok(Some(Json::Array(all)))
+}
+
+/// Record object `obj` as [`read_record`] reads it and its fields in conflict as
+/// [`record_conflicts`] lists them, in one pass over the record: a lookup only for a
+/// field in conflict (what reading every record of a large document needs).
+pub fn read_object_and_conflicts(
+    doc: &AutoCommit,
+    obj: &ObjId,
+) -> Result<(Record, Map<String, Json>), AutomergeError> {
+    let mut record = Map::new();
+    let mut in_conflict = Vec::new();
+    for item in doc.map_range(obj, ..) {
+        let json = match item.value {
+            ValueRef::Object(kind) => read_object(doc, kind, &item.id(), At::Now)?,
+            scalar @ ValueRef::Scalar(_) => read_value(doc, scalar.into_value(), &ROOT, At::Now)?,
+        };
+        if item.conflict {
+            in_conflict.push(item.key.to_string());
+        }
+        record.insert(item.key.into_owned(), json);
+    }
+    let mut conflicts = Map::new();
+    for key in in_conflict {
+        if let Some(values) = field_conflict(doc, obj, &key)? {
+            conflicts.insert(key, values);
+        }
+    }
+    Ok((record, conflicts))
 }
 
 /// The whole versions of record `id` when devices apart each created it (the same id

@@ -22,6 +22,7 @@
 use std::collections::BTreeMap;
 
 use automerge::transaction::CommitOptions;
+use automerge::{ObjType, ReadDoc, ValueRef};
 
 use super::*;
 
@@ -40,15 +41,16 @@ impl Collections {
     /// kept in one document (a vault of a Hearth from before parts); returns what each
     /// split made. Run at start, before anything else reads the collections.
     ///
-    /// One collection at a time: its document is read (and checked against the commit
-    /// record), split, and its parts written as snapshots in one store transaction
-    /// that also removes the document and its index mark. A crash before that
-    /// transaction finds the document and splits it again; after it, finds the parts.
-    /// The parts' snapshots are numbered one above the document's generation, so the
-    /// commit record's entry for the collection (the old document's, until the next
-    /// commit) is never ahead of them. The record index is then written again from the
-    /// parts, and each part's mark last: a crash before the marks are written leaves
-    /// parts that index themselves again when first used.
+    /// One collection at a time, one part at a time, so that it costs the old document
+    /// and one part in memory: the document is read (and checked against the commit
+    /// record); the collection's index entries are removed; then each part is made,
+    /// written (its snapshot, its listing, its records' index entries and its mark, in
+    /// one store transaction) and dropped; a last transaction removes the document.
+    /// A crash before that last transaction finds the document at the next start and
+    /// splits it again, writing the same parts over those already written (the split
+    /// is deterministic); after it, finds the parts. The parts' snapshots are numbered
+    /// one above the document's generation, so the commit record's entry for the
+    /// collection (the old document's, until the next commit) is never ahead of them.
     pub fn split_old(&self) -> Result<Vec<(CollectionName, Split)>, CollectionError> {
         let mut done = Vec::new();
         for name in self.names()? {
@@ -57,8 +59,9 @@ impl Collections {
             if fan_out == 1 || self.docs.last_key_with_prefix(&collection)?.is_none() {
                 continue;
             }
+            let started = std::time::Instant::now();
             let split = self.split_one(&name, collection, fan_out)?;
-            tracing::info!(collection = %name, records = split.records, parts = split.parts, "kept a collection in parts from now on (once, after an upgrade)");
+            tracing::info!(collection = %name, records = split.records, parts = split.parts, ms = started.elapsed().as_millis() as u64, "kept a collection in parts from now on (once, after an upgrade)");
             done.push((name, split));
         }
         Ok(done)
@@ -76,72 +79,92 @@ impl Collections {
             part: 0,
         };
         let (old, _) = self.read_at(&as_part, whole)?;
-        let (mut parts, mut found) =
-            split(&old.doc, &collection, fan_out).map_err(|e| old.automerge(e))?;
-        if parts.is_empty() {
-            // An empty collection keeps one empty part, which carries its generation.
-            parts.insert(0, AutoCommit::new());
-        }
-        found.parts = parts.len();
         let generation = old.next_seq + 1;
+        let mut by_part = by_part(&old.doc, &collection, fan_out);
+        if by_part.is_empty() {
+            // An empty collection keeps one empty part, which carries its generation.
+            by_part.insert(0, Vec::new());
+        }
+        // The whole mark and every entry go first: the parts write theirs.
+        self.index
+            .rebuild(&whole, name.as_str(), |_| true, std::iter::empty())?;
+        let mut found = Split {
+            parts: by_part.len(),
+            ..Split::default()
+        };
+        let by_part: Vec<(u16, Vec<Found>)> = by_part.into_iter().collect();
+        let mut placed = Vec::with_capacity(by_part.len());
+        // Parts are made on as many threads as there are cores (the document is only
+        // read), and written here as they come, each in its own transaction.
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|scope| -> Result<(), CollectionError> {
+            let (made_tx, made_rx) = std::sync::mpsc::sync_channel(workers);
+            for _ in 0..workers {
+                let made_tx = made_tx.clone();
+                let (by_part, next, doc) = (&by_part, &next, &old.doc);
+                scope.spawn(move || {
+                    while let Some((number, records)) =
+                        by_part.get(next.fetch_add(1, Ordering::Relaxed))
+                    {
+                        let made = Made::new(doc, &collection, *number, records);
+                        if made_tx.send(made).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(made_tx);
+            for made in made_rx {
+                let made = made.map_err(|e| match e {
+                    MakeError::Automerge(e) => old.automerge(e),
+                    MakeError::Index(e) => StoreError::Malformed(format!(
+                        "a part of collection {name} could not be read to index it: {e}"
+                    ))
+                    .into(),
+                })?;
+                found.records += made.records;
+                found.variants += made.variants;
+                let part = PartName {
+                    name: name.clone(),
+                    part: made.number,
+                };
+                let at = self.place_in(collection, &part);
+                let mut writes = storage::Writes::default();
+                storage::insert_doc_value(
+                    &self.docs,
+                    &mut writes.docs,
+                    &at.key,
+                    KIND_SNAPSHOT,
+                    generation,
+                    &made.snapshot,
+                );
+                let mut listing = collection.to_vec();
+                listing.extend_from_slice(&made.number.to_be_bytes());
+                self.names
+                    .batch_insert(&mut writes.names, &listing, name.as_str().as_bytes());
+                let mark = Mark {
+                    generation,
+                    count: 0,
+                    heads: made.heads.clone(),
+                };
+                let (ids, stored): (Vec<String>, Vec<Option<Stored>>) =
+                    made.entries.into_iter().unzip();
+                let entries = ids.iter().map(String::as_str).zip(stored);
+                self.index
+                    .update(&mut writes.index, &at, name.as_str(), mark, entries)?;
+                self.write(writes)?;
+                placed.push((at, made.heads));
+            }
+            Ok(())
+        })?;
         let mut writes = storage::Writes::default();
         for key in self.docs.keys_with_prefix(&collection) {
             self.docs.batch_remove(&mut writes.docs, &key?);
         }
-        let mut placed = Vec::with_capacity(parts.len());
-        for (number, doc) in &mut parts {
-            let part = PartName {
-                name: name.clone(),
-                part: *number,
-            };
-            let at = self.place_in(collection, &part);
-            let snapshot = Zeroizing::new(doc.save());
-            storage::insert_doc_value(
-                &self.docs,
-                &mut writes.docs,
-                &at.key,
-                KIND_SNAPSHOT,
-                generation,
-                &snapshot,
-            );
-            let mut listing = collection.to_vec();
-            listing.extend_from_slice(&number.to_be_bytes());
-            self.names
-                .batch_insert(&mut writes.names, &listing, name.as_str().as_bytes());
-            placed.push((at, doc.get_heads()));
-        }
-        self.index.remove_mark(&mut writes.index, &whole);
         self.log_split(&collection, &mut writes.log)?;
         self.write(writes)?;
 
-        // The index from the parts: every entry again, then the marks.
-        let mut counts = vec![0u64; placed.len()];
-        let entries = parts
-            .values()
-            .zip(counts.iter_mut())
-            .flat_map(|(doc, count)| {
-                records::record_ids(doc).into_iter().map(move |id| {
-                    let record = records::read_for_index(doc, &id).map_err(|e| {
-                        StoreError::Malformed(format!(
-                            "a part of collection {name} could not be read to index it: {e}"
-                        ))
-                    })?;
-                    *count += u64::from(record.is_some());
-                    Ok((id, record))
-                })
-            });
-        self.index
-            .rebuild(&whole, name.as_str(), |_| true, entries)?;
-        let mut marks = SealedBatch::default();
-        for ((at, heads), count) in placed.iter().zip(&counts) {
-            let mark = Mark {
-                generation,
-                count: *count,
-                heads: heads.clone(),
-            };
-            self.index.set_mark(&mut marks, at, &mark);
-        }
-        self.index.tree().apply(marks)?;
         let ledger = self.store.ledger();
         for (at, heads) in &placed {
             let number = at.number.expect("a collection split has numbered parts");
@@ -155,55 +178,152 @@ impl Collections {
     }
 }
 
-/// Splits `doc`, the one document of the collection whose name key is `collection`,
-/// into the parts of `fan_out` that hold records, by part number.
-pub(super) fn split(
+/// A part made from the document split, ready to write.
+struct Made {
+    number: u16,
+    snapshot: Zeroizing<Vec<u8>>,
+    heads: Vec<ChangeHash>,
+    /// Its records as the index keeps them.
+    entries: Vec<(String, Option<Stored>)>,
+    records: usize,
+    variants: usize,
+}
+
+enum MakeError {
+    Automerge(AutomergeError),
+    Index(AutomergeError),
+}
+
+impl Made {
+    fn new(
+        doc: &AutoCommit,
+        collection: &[u8; 32],
+        number: u16,
+        records: &[Found],
+    ) -> Result<Self, MakeError> {
+        let (mut part, made, variants) =
+            make_part(doc, collection, records).map_err(MakeError::Automerge)?;
+        let mut entries = Vec::with_capacity(records.len());
+        for record in records {
+            let stored = records::read_for_index(&part, &record.id).map_err(MakeError::Index)?;
+            entries.push((record.id.clone(), stored));
+        }
+        Ok(Self {
+            number,
+            snapshot: Zeroizing::new(part.save()),
+            heads: part.get_heads(),
+            entries,
+            records: made,
+            variants,
+        })
+    }
+}
+
+/// A record of the document split, as [`by_part`] finds it.
+pub(super) struct Found {
+    id: String,
+    /// The record's object (the one shown, if it has several versions).
+    obj: automerge::ObjId,
+    /// Whether the id holds several values (versions, or copies of one).
+    several: bool,
+}
+
+/// The records of `doc`, the one document of the collection whose name key is
+/// `collection`, by the number of the part (of `fan_out`) that holds them: one pass
+/// over the document's records.
+pub(super) fn by_part(
+    doc: &AutoCommit,
+    collection: &[u8; 32],
+    fan_out: u16,
+) -> BTreeMap<u16, Vec<Found>> {
+    let mut by_part: BTreeMap<u16, Vec<Found>> = BTreeMap::new();
+    for item in doc.map_range(automerge::ROOT, ..) {
+        // Anything but a map at a record's key was not written by Hearth and reads as
+        // no record; several values are sorted out with the versions.
+        if !item.conflict && !matches!(item.value, ValueRef::Object(ObjType::Map)) {
+            continue;
+        }
+        let id = item.key.to_string();
+        by_part
+            .entry(part_number(collection, fan_out, &id))
+            .or_default()
+            .push(Found {
+                obj: item.id(),
+                several: item.conflict,
+                id,
+            });
+    }
+    by_part
+}
+
+/// Makes the part that holds `records` of `doc` (what [`by_part`] found for it); returns
+/// it, the number of records it holds and the number of changes made beyond one a
+/// record (versions and values in conflict).
+pub(super) fn make_part(
+    doc: &AutoCommit,
+    collection: &[u8; 32],
+    records: &[Found],
+) -> Result<(AutoCommit, usize, usize), AutomergeError> {
+    let mut changes = Vec::with_capacity(records.len());
+    let (mut made, mut variants) = (0, 0);
+    for record in records {
+        let forms = if record.several {
+            variants_of(doc, &record.id)?
+        } else {
+            let (shown, conflicts) = records::read_object_and_conflicts(doc, &record.obj)?;
+            let mut forms = vec![shown];
+            add_conflicts(&mut forms, conflicts);
+            forms
+        };
+        if forms.is_empty() {
+            continue;
+        }
+        made += 1;
+        variants += forms.len() - 1;
+        for form in forms {
+            changes.push(record_change(collection, &record.id, &form)?);
+        }
+    }
+    let mut part = AutoCommit::new();
+    part.apply_changes(changes)?;
+    let mut heads = part.get_heads();
+    if heads.len() > 1 {
+        heads.sort();
+        let mut actor = blake3::Hasher::new_derive_key("hearth split merge v1");
+        for head in &heads {
+            actor.update(&head.0);
+        }
+        let actor: [u8; 16] = actor.finalize().as_bytes()[..16]
+            .try_into()
+            .expect("16 bytes");
+        part.set_actor(ActorId::from(actor));
+        part.empty_change(CommitOptions::default().with_time(0));
+    }
+    Ok((part, made, variants))
+}
+
+/// Splits `doc` into the parts of `fan_out` that hold records, by part number, all
+/// at once (what the node does a part at a time).
+#[cfg(test)]
+fn split(
     doc: &AutoCommit,
     collection: &[u8; 32],
     fan_out: u16,
 ) -> Result<(BTreeMap<u16, AutoCommit>, Split), AutomergeError> {
-    let mut changes: BTreeMap<u16, Vec<automerge::Change>> = BTreeMap::new();
     let mut found = Split::default();
-    for id in records::record_ids(doc) {
-        let variants = variants(doc, &id)?;
-        if variants.is_empty() {
-            continue;
-        }
-        found.records += 1;
-        found.variants += variants.len() - 1;
-        let part = part_number(collection, fan_out, &id);
-        for record in variants {
-            changes
-                .entry(part)
-                .or_default()
-                .push(record_change(collection, &id, &record)?);
-        }
-    }
     let mut parts = BTreeMap::new();
-    for (part, changes) in changes {
-        let mut doc = AutoCommit::new();
-        doc.apply_changes(changes)?;
-        let mut heads = doc.get_heads();
-        if heads.len() > 1 {
-            heads.sort();
-            let mut actor = blake3::Hasher::new_derive_key("hearth split merge v1");
-            for head in &heads {
-                actor.update(&head.0);
-            }
-            let actor: [u8; 16] = actor.finalize().as_bytes()[..16]
-                .try_into()
-                .expect("16 bytes");
-            doc.set_actor(ActorId::from(actor));
-            doc.empty_change(CommitOptions::default().with_time(0));
-        }
-        parts.insert(part, doc);
+    for (number, records) in by_part(doc, collection, fan_out) {
+        let (part, made, variants) = make_part(doc, collection, &records)?;
+        found.records += made;
+        found.variants += variants;
+        parts.insert(number, part);
     }
     Ok((parts, found))
 }
 
-/// Every distinct form of record `id` the document holds: its versions (or the
-/// record), then, for each field in conflict, the shown record with each other value.
-fn variants(doc: &AutoCommit, id: &str) -> Result<Vec<Map<String, Json>>, AutomergeError> {
+/// Every distinct form of record `id`, which holds several values: its versions (or
+/// the record, if they are copies of one), then the values its fields hold in conflict.
+fn variants_of(doc: &AutoCommit, id: &str) -> Result<Vec<Map<String, Json>>, AutomergeError> {
     let mut out = records::record_versions(doc, id)?;
     if out.is_empty() {
         match records::read_record(doc, id)? {
@@ -211,20 +331,25 @@ fn variants(doc: &AutoCommit, id: &str) -> Result<Vec<Map<String, Json>>, Autome
             None => return Ok(Vec::new()),
         }
     }
-    let shown = out[0].clone();
-    for (field, values) in records::record_conflicts(doc, id)? {
+    add_conflicts(&mut out, records::record_conflicts(doc, id)?);
+    Ok(out)
+}
+
+/// Adds to `out` (the record shown first) the record shown with each other value of
+/// each field in conflict, each distinct one once.
+fn add_conflicts(out: &mut Vec<Map<String, Json>>, conflicts: Map<String, Json>) {
+    for (field, values) in conflicts {
         let Json::Array(values) = values else {
             continue;
         };
         for value in values.into_iter().skip(1) {
-            let mut variant = shown.clone();
+            let mut variant = out[0].clone();
             variant.insert(field.clone(), value);
             if !out.contains(&variant) {
                 out.push(variant);
             }
         }
     }
-    Ok(out)
 }
 
 /// Record `id` as `record`, made as one change of a fresh document by an actor derived
@@ -312,6 +437,56 @@ mod tests {
         assert_eq!(c.count(&notes).unwrap(), 100);
         assert_eq!(c.count(&empty).unwrap(), 0);
         assert!(c.get(&notes, &id("r500")).unwrap().is_some());
+    }
+
+    /// A split cut short by a failing disk at any of its writes (the index cleared,
+    /// each part, the removal of the document) leaves the old document, which the next
+    /// start splits again, over the parts already written: the collection reads as
+    /// before and takes writes.
+    #[tokio::test]
+    async fn a_split_cut_short_is_done_again_at_the_next_start() {
+        // The index cleared, 8 parts, the document removed: 10 writes.
+        for fail_after in [0, 1, 4, 9] {
+            let vault = TestVault::new();
+            let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+            let notes = name("notes");
+            for i in 0..100 {
+                put_numbered(&c, &notes, i);
+            }
+            let before = c.records(&notes).unwrap();
+            vault.store.commit().await.unwrap();
+            drop(c);
+
+            let vault = vault.reopen().await;
+            let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+            c.set_user_fan_out(8);
+            vault
+                .store
+                .faults()
+                .inject(crate::store::Fault::WriteErrorAfter(fail_after));
+            assert!(c.split_old().is_err(), "cut short after {fail_after} writes");
+            vault.store.faults().clear();
+            drop(c);
+
+            let vault = vault.reopen().await;
+            let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+            c.set_user_fan_out(8);
+            let done = c.split_old().unwrap();
+            assert_eq!(done.len(), 1, "split again after {fail_after} writes");
+            assert_eq!(c.records(&notes).unwrap(), before);
+            assert_eq!(c.count(&notes).unwrap(), 100);
+            assert!(doc_kinds(&vault.store, &c.collection_key(&notes)).is_empty());
+            put_numbered(&c, &notes, 500);
+            vault.store.commit().await.unwrap();
+            drop(c);
+
+            let vault = vault.reopen().await;
+            let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+            c.set_user_fan_out(8);
+            assert!(c.split_old().unwrap().is_empty());
+            assert_eq!(c.count(&notes).unwrap(), 101);
+            assert_eq!(c.records(&notes).unwrap().len(), 101);
+        }
     }
 
     const KEY: [u8; 32] = [9; 32];
@@ -425,5 +600,61 @@ mod tests {
         names.sort();
         assert_eq!(names, ["Anne", "Annie"]);
         assert_eq!(records::record_versions(part, "v").unwrap().len(), 2);
+    }
+
+    /// A mail-like record, `i`.
+    fn mail(i: usize) -> Map<String, Json> {
+        obj(json!({
+            "from": format!("sender{}@example.org", i % 97),
+            "to": ["me@example.org"],
+            "subject": format!("Message number {i} about things"),
+            "date": "2026-01-02T03:04:05Z",
+            "message_id": format!("<{i}@example.org>"),
+            "folder": "INBOX",
+            "flags": ["seen"],
+            "size": 2048 + i,
+            "blob": format!("{:064x}", i),
+        }))
+    }
+
+    /// How long the split of a mailbox takes at start, in the store
+    /// (`HEARTH_SPLIT_N` messages, 20,000 unless set): run by hand with
+    /// `--ignored --nocapture`, in a release build.
+    #[tokio::test]
+    #[ignore = "a measurement, run by hand"]
+    async fn time_a_split() {
+        let n: usize = std::env::var("HEARTH_SPLIT_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000);
+        let vault = TestVault::new();
+        let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        let mail_name = name("mail");
+        let started = std::time::Instant::now();
+        for chunk in (0..n).collect::<Vec<_>>().chunks(5_000) {
+            let writes: Vec<(RecordId, RecordWrite)> = chunk
+                .iter()
+                .map(|&i| (id(&format!("m{i}")), RecordWrite::Put(mail(i))))
+                .collect();
+            c.write_many(&mail_name, &writes).unwrap();
+        }
+        vault.store.commit().await.unwrap();
+        drop(c);
+        eprintln!("made {n} in {:?}", started.elapsed());
+        let vault = vault.reopen().await;
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        c.set_user_fan_out(PARTS);
+        // The peak resident set from here (Linux: "5" resets it).
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        let started = std::time::Instant::now();
+        let done = c.split_old().unwrap();
+        let peak = std::fs::read_to_string("/proc/self/status")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("VmHWM"))
+            .unwrap_or_default()
+            .to_owned();
+        eprintln!("split {done:?} in {:?}, {peak}", started.elapsed());
+        assert_eq!(c.count(&mail_name).unwrap(), n);
     }
 }
