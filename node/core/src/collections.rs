@@ -163,9 +163,8 @@ pub struct Collections {
     /// Every record as it reads now, for reads that need no document ([`crate::index`]).
     index: RecordIndex,
     actor: ActorId,
-    /// How many parts the collections of the classes kept in parts have: one until
-    /// [`PARTS`] is switched on (BENCHMARKS.md, "Parts switched on, then off again"
-    /// says what it cost); tests set others.
+    /// How many parts the collections of the classes kept in parts have: [`PARTS`]
+    /// (tests set others).
     user_fan_out: std::sync::atomic::AtomicU16,
     open: Mutex<HashMap<PartName, Slot>>,
     /// One gate per part being loaded: loads of one part wait for each other there,
@@ -345,7 +344,7 @@ impl Collections {
             index: RecordIndex::open(store.clone())?,
             store,
             actor: ActorId::from(actor),
-            user_fan_out: std::sync::atomic::AtomicU16::new(1),
+            user_fan_out: std::sync::atomic::AtomicU16::new(PARTS),
             open: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
             uses: AtomicU64::new(0),

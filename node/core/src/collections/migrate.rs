@@ -464,7 +464,10 @@ mod tests {
                 .store
                 .faults()
                 .inject(crate::store::Fault::WriteErrorAfter(fail_after));
-            assert!(c.split_old().is_err(), "cut short after {fail_after} writes");
+            assert!(
+                c.split_old().is_err(),
+                "cut short after {fail_after} writes"
+            );
             vault.store.faults().clear();
             drop(c);
 
