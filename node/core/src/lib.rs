@@ -39,11 +39,13 @@ pub mod testutil {
     use crate::keys::{self, VaultKeys};
     use crate::store::Store;
 
-    /// A vault's keys and an open store in a fresh temporary HOME.
+    /// A vault's keys and an open store in a fresh temporary HOME. (Fields drop in
+    /// order: the store before the directory, so a commit record written as the store
+    /// closes does not land in a directory being removed and keep it.)
     pub struct TestVault {
-        pub dir: tempfile::TempDir,
-        pub keys: Arc<VaultKeys>,
         pub store: Arc<Store>,
+        pub keys: Arc<VaultKeys>,
+        pub dir: tempfile::TempDir,
     }
 
     impl Default for TestVault {
@@ -68,9 +70,9 @@ pub mod testutil {
         /// Closes the store and opens it again, as a restart would.
         pub async fn reopen(self) -> Self {
             let TestVault {
-                dir,
-                keys: _,
                 store,
+                keys: _,
+                dir,
             } = self;
             store.shutdown().await.expect("shutdown");
             drop(store);
