@@ -600,8 +600,13 @@ impl Collections {
     /// document write that failed after its index write) indexed again from the
     /// document.
     fn indexed(&self, name: &CollectionName) -> Result<[u8; 32], CollectionError> {
-        self.verify_parts(name)?;
         let key = self.collection_key(name);
+        // Every part found current already (each read would otherwise list the parts
+        // and look each up).
+        let Err(forgets) = self.index.collection_current(&key) else {
+            return Ok(key);
+        };
+        self.verify_parts(name)?;
         for part in self.parts(name)? {
             let at = self.place_in(key, &part);
             if self.index.is_current(&at)
@@ -623,6 +628,7 @@ impl Collections {
                 Ok(())
             })?;
         }
+        self.index.set_collection_current(&key, forgets);
         Ok(key)
     }
 

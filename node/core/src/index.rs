@@ -136,6 +136,11 @@ pub struct RecordIndex {
     /// under its lock, removes one (when its change reached the document but not the
     /// index).
     current: RwLock<HashSet<[u8; 32]>>,
+    /// Collections (by name key) all of whose parts were found current, so that a read
+    /// checks one entry, not every part; and how many parts were forgotten so far, so
+    /// that a check that raced with a forget notes nothing. A forget removes the
+    /// part's collection.
+    whole: RwLock<(u64, HashSet<[u8; 32]>)>,
 }
 
 impl RecordIndex {
@@ -144,7 +149,29 @@ impl RecordIndex {
             tree: store.tree("records")?,
             store,
             current: RwLock::new(HashSet::new()),
+            whole: RwLock::new((0, HashSet::new())),
         })
+    }
+
+    /// `Ok` if every part of collection `collection` is known current; else the count
+    /// of forgets to pass to [`RecordIndex::set_collection_current`] once each part
+    /// has been checked.
+    pub fn collection_current(&self, collection: &[u8; 32]) -> Result<(), u64> {
+        let whole = self.whole.read().expect("index lock is never poisoned");
+        if whole.1.contains(collection) {
+            Ok(())
+        } else {
+            Err(whole.0)
+        }
+    }
+
+    /// Notes that every part of collection `collection` is current, unless a part was
+    /// forgotten since `forgets` was read ([`RecordIndex::collection_current`]).
+    pub fn set_collection_current(&self, collection: &[u8; 32], forgets: u64) {
+        let mut whole = self.whole.write().expect("index lock is never poisoned");
+        if whole.0 == forgets {
+            whole.1.insert(*collection);
+        }
     }
 
     /// The mark of a collection's index; an empty mark (generation 0) if it has none.
@@ -220,6 +247,9 @@ impl RecordIndex {
 
     /// Notes that the index of a part may be behind its document.
     pub fn forget(&self, part: &Part) {
+        let mut whole = self.whole.write().expect("index lock is never poisoned");
+        whole.0 += 1;
+        whole.1.remove(&part.collection);
         self.current
             .write()
             .expect("index lock is never poisoned")
@@ -458,6 +488,34 @@ fn decode_record(bytes: &[u8]) -> Result<Map<String, Json>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::TestVault;
+
+    /// A collection noted current stays so until one of its parts is forgotten; a
+    /// check that raced with a forget (of any part) notes nothing.
+    #[test]
+    fn a_collection_is_current_until_a_part_of_it_is_forgotten() {
+        let vault = TestVault::new();
+        let index = RecordIndex::open(vault.store.clone()).unwrap();
+        let (c, other) = ([1; 32], [2; 32]);
+        let part = Part {
+            collection: c,
+            key: [3; 32],
+            number: Some(3),
+        };
+        let forgets = index.collection_current(&c).unwrap_err();
+        index.set_collection_current(&c, forgets);
+        assert_eq!(index.collection_current(&c), Ok(()));
+        index.forget(&Part::whole(other));
+        assert_eq!(index.collection_current(&c), Ok(()), "another's forget");
+        index.forget(&part);
+        let forgets = index.collection_current(&c).unwrap_err();
+        index.forget(&Part::whole(other));
+        index.set_collection_current(&c, forgets);
+        assert!(
+            index.collection_current(&c).is_err(),
+            "a check that raced with a forget"
+        );
+    }
 
     #[test]
     fn a_mark_reads_back_and_a_malformed_one_is_refused() {
