@@ -467,6 +467,48 @@ mod tests {
         }
     }
 
+    /// How long a new device takes to receive a collection of `HEARTH_SYNC_N` small
+    /// records (10,000 unless set) in 256 parts, each part synced whole, on this side
+    /// and the other: run by hand with `--ignored --nocapture`, in a release build.
+    #[tokio::test]
+    #[ignore = "a measurement, run by hand"]
+    async fn time_a_new_device() {
+        let n: usize = std::env::var("HEARTH_SYNC_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000);
+        let va = TestVault::new();
+        let dir = tempfile::tempdir().unwrap();
+        let home = crate::home::Home::new(dir.path());
+        let vb = TestVault {
+            store: Arc::new(crate::store::Store::open(&home.store_dir(), va.keys.clone()).unwrap()),
+            keys: va.keys.clone(),
+            dir,
+        };
+        let a = Collections::open(va.store.clone(), [1; 16]).unwrap();
+        let b = Collections::open(vb.store.clone(), [2; 16]).unwrap();
+        let contacts = name("contacts");
+        for chunk in (0..n).collect::<Vec<_>>().chunks(5_000) {
+            let writes: Vec<(RecordId, RecordWrite)> = chunk
+                .iter()
+                .map(|&i| {
+                    let record = obj(json!({ "name": format!("Person {i}"), "email": format!("p{i}@example.org"), "n": i }));
+                    (id(&format!("r{i}")), RecordWrite::Put(record))
+                })
+                .collect();
+            a.write_many(&contacts, &writes).unwrap();
+        }
+        let started = std::time::Instant::now();
+        for (name, parts) in a.part_digests().unwrap() {
+            for (part, _) in parts {
+                sync_part(&a, &b, &name, part);
+            }
+        }
+        vb.store.commit().await.unwrap();
+        eprintln!("{n} records on the new device in {:?}", started.elapsed());
+        assert_eq!(b.count(&contacts).unwrap(), n);
+    }
+
     /// Two devices sync a collection kept in parts part by part, syncing only the
     /// parts whose digests differ; afterwards their digests are equal. A part a
     /// collection does not have is refused.
