@@ -59,6 +59,7 @@ impl Collections {
             if fan_out == 1 || self.docs.last_key_with_prefix(&collection)?.is_none() {
                 continue;
             }
+            tracing::info!(collection = %name, "splitting a collection into parts (once, after an upgrade; a large one takes a while)");
             let started = std::time::Instant::now();
             let split = self.split_one(&name, collection, fan_out)?;
             tracing::info!(collection = %name, records = split.records, parts = split.parts, ms = started.elapsed().as_millis() as u64, "kept a collection in parts from now on (once, after an upgrade)");

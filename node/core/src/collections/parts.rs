@@ -11,11 +11,10 @@
 
 use super::*;
 
-/// How many parts a collection kept in parts is to have: at 500,000 messages, about
-/// 2,000 records a part, which loads in about 20 ms (docs/design/bounded-documents.md).
-/// Not switched on yet: the split at start of a large vault and the targets at 100k
-/// and 1M records are not measured (BENCHMARKS.md, "Parts switched on, measured,
-/// switched off").
+/// How many parts a collection kept in parts has: at 100,000 records about 200 a
+/// part, at 1,000,000 about 2,000 (a write that loads such a part takes ~50 ms:
+/// BENCHMARKS.md, "Parts switched on"; parts that split when they grow are the next
+/// step, docs/design/bounded-documents.md).
 pub const PARTS: u16 = 256;
 
 /// The system collections kept in parts: blobs' listings, the blobs a grant's writes
@@ -54,9 +53,9 @@ impl Collections {
     }
 
     /// How many parts collection `name` is kept in: for every user collection and the
-    /// system collections that grow with them ([`IN_PARTS`]), the fan-out set (one in
-    /// a running node until [`PARTS`] is switched on; tests set more); one for the
-    /// others, which are small or split already (the audit log).
+    /// system collections that grow with them ([`IN_PARTS`]), the fan-out set
+    /// ([`PARTS`]; tests set others); one for the others, which are small or split
+    /// already (the audit log).
     pub(super) fn fan_out(&self, name: &CollectionName) -> u16 {
         if !name.is_system() || IN_PARTS.contains(&name.as_str()) {
             self.user_fan_out.load(Ordering::Relaxed)
