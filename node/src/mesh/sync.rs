@@ -44,6 +44,11 @@ const MAX_SESSIONS: usize = 64;
 /// does not fsync after each one.
 const COMMIT_EVERY: usize = 32;
 
+/// A commit of the store under way in a session.
+type Commit = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), hearth_core::store::StoreError>> + Send>,
+>;
+
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
     #[error("stream: {0}")]
@@ -386,8 +391,8 @@ impl SyncService {
     }
 
     /// The session after both streams are up. `uncommitted` counts the messages that
-    /// brought changes not yet committed (the caller commits them if the session
-    /// ends first).
+    /// brought changes not yet known committed (the caller commits them if the
+    /// session ends first, a commit under way included).
     async fn converse(
         &self,
         peer: PeerId,
@@ -431,6 +436,10 @@ impl SyncService {
         // Set when a change was sent or received since the last fingerprint went out:
         // once the session has been quiet for SETTLE, the fingerprint goes out again.
         let mut unsettled: Option<tokio::time::Instant> = None;
+        // The commit under way, and how many of the messages in `uncommitted` it
+        // covers: frames go on being applied while it runs (a new device's first sync
+        // would otherwise wait on a commit between most of its parts).
+        let mut committing: Option<(Commit, usize)> = None;
         loop {
             let settle = async {
                 match unsettled {
@@ -438,7 +447,21 @@ impl SyncService {
                     None => std::future::pending().await,
                 }
             };
+            let committed = async {
+                match committing.as_mut() {
+                    Some((commit, _)) => commit.await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                result = committed => {
+                    let (_, covered) = committing.take().expect("a commit was under way");
+                    result?;
+                    *uncommitted -= covered;
+                    if *uncommitted > 0 {
+                        committing = Some((self.commit(), *uncommitted));
+                    }
+                }
                 () = settle => {
                     unsettled = None;
                     sent_summary = self.send_summary(peer, outbox).await?;
@@ -494,10 +517,14 @@ impl SyncService {
                                 *uncommitted += 1;
                             }
                             // Committed once the frames waiting are applied (the peer
-                            // sends again whatever a crash before it loses).
-                            if *uncommitted > 0 && (inbox.is_empty() || *uncommitted >= COMMIT_EVERY) {
-                                self.vault.store.commit().await?;
-                                *uncommitted = 0;
+                            // sends again whatever a crash before it loses), while the
+                            // next frames are applied; one commit at a time, the next
+                            // covering what arrived meanwhile.
+                            if committing.is_none()
+                                && *uncommitted > 0
+                                && (inbox.is_empty() || *uncommitted >= COMMIT_EVERY)
+                            {
+                                committing = Some((self.commit(), *uncommitted));
                             }
                         }
                     }
@@ -561,6 +588,12 @@ impl SyncService {
         self.offer(peer, (&collection, part), states, outbox)
             .await?;
         Ok(received > 0)
+    }
+
+    /// A commit of the store, started when first polled.
+    fn commit(&self) -> Commit {
+        let store = self.vault.store.clone();
+        Box::pin(async move { store.commit().await })
     }
 
     /// Every collection's digest, read on the blocking pool.
