@@ -838,3 +838,69 @@ fn the_default_log_says_what_a_person_wants_to_know() {
         );
     }
 }
+
+/// A new device killed (SIGKILL) again and again while it receives a vault of 3,000
+/// contacts, in 256 parts, comes back each time (its store and commit record agree:
+/// no rollback refusal) and ends with exactly the first device's records.
+#[test]
+fn a_new_device_killed_during_its_first_sync_comes_back_and_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn_node(&dir.path().join("a"), &[]);
+    let cards: String = (0..3000)
+        .map(|i| {
+            format!(
+                "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:kill-{i}\r\nFN:Person {i}\r\nEMAIL:p{i}@example.org\r\nNOTE:{}\r\nEND:VCARD\r\n",
+                "a note to make the card longer ".repeat(4)
+            )
+        })
+        .collect();
+    let file = dir.path().join("cards.vcf");
+    std::fs::write(&file, cards).unwrap();
+    a.json(&["import", "contacts", file.to_str().unwrap()]);
+    let api_a = Api::new(&a);
+    let all = api_a
+        .send(api_a.request(reqwest::Method::GET, "/v1/collections/contacts/records"))
+        .1;
+    assert_eq!(all.as_array().map(Vec::len), Some(3000));
+
+    let b_home = dir.path().join("b");
+    let mut b = join_and_spawn(&a, &b_home);
+    let count = |node: &NodeProcess| {
+        let api = Api::new(node);
+        let (_, listed) = api.send(api.request(reqwest::Method::GET, "/v1/collections"));
+        listed
+            .as_array()
+            .and_then(|l| l.iter().find(|c| c["name"] == "contacts"))
+            .and_then(|c| c["records"].as_u64())
+            .unwrap_or(0)
+    };
+    // Kill it as soon as it holds more records than before its last start (so each
+    // kill lands while it receives), three times or until it has them all.
+    let (mut mid_sync, mut before) = (0, 0);
+    let b = loop {
+        let held = eventually("the new device receives records", || {
+            let held = count(&b);
+            (held > before).then_some(held)
+        });
+        b.kill9();
+        if held < 3000 {
+            mid_sync += 1;
+            before = held;
+        }
+        b = spawn_node(&b_home, &[]);
+        if held == 3000 || mid_sync == 3 {
+            break b;
+        }
+    };
+    eprintln!("{mid_sync} kill(s) in the middle of the sync");
+    assert!(mid_sync > 0, "no kill came in the middle of the sync");
+    let api_b = Api::new(&b);
+    eventually("the new device has every record", || {
+        let on_b = api_b
+            .send(api_b.request(reqwest::Method::GET, "/v1/collections/contacts/records"))
+            .1;
+        (on_b == all).then_some(())
+    });
+    b.stop();
+    a.stop();
+}
