@@ -440,6 +440,7 @@ impl SyncService {
         // covers: frames go on being applied while it runs (a new device's first sync
         // would otherwise wait on a commit between most of its parts).
         let mut committing: Option<(Commit, usize)> = None;
+        let mut jobs = Jobs::default();
         loop {
             let settle = async {
                 match unsettled {
@@ -454,6 +455,39 @@ impl SyncService {
                 }
             };
             tokio::select! {
+                done = jobs.running.join_next(), if !jobs.running.is_empty() => {
+                    let done = done.expect("a job was running").map_err(joined)?;
+                    jobs.busy.remove(&done.key);
+                    let (collection, part) = done.key.clone();
+                    states.insert(done.key, done.state);
+                    let received = done.received?;
+                    if received > 0 {
+                        *uncommitted += 1;
+                        unsettled = Some(tokio::time::Instant::now());
+                        if collection.is_system() {
+                            tracing::debug!(%peer, %collection, received, "synced changes");
+                        } else {
+                            tracing::info!(%peer, %collection, "synced {received} change(s) from a device");
+                        }
+                    }
+                    if done.answered {
+                        self.note_sync(peer);
+                    }
+                    if let Some(message) = done.reply? {
+                        self.send(peer, outbox, SyncFrame::Doc { collection, part, message }).await?;
+                    }
+                    // Committed once the frames waiting are applied (the peer
+                    // sends again whatever a crash before it loses), while the
+                    // next frames are applied; one commit at a time, the next
+                    // covering what arrived meanwhile.
+                    if committing.is_none()
+                        && *uncommitted > 0
+                        && ((inbox.is_empty() && jobs.idle()) || *uncommitted >= COMMIT_EVERY)
+                    {
+                        committing = Some((self.commit(), *uncommitted));
+                    }
+                    self.start_jobs(peer, &mut jobs, &mut states);
+                }
                 result = committed => {
                     let (_, covered) = committing.take().expect("a commit was under way");
                     result?;
@@ -466,7 +500,7 @@ impl SyncService {
                     unsettled = None;
                     sent_summary = self.send_summary(peer, outbox).await?;
                 }
-                frame = inbox.recv() => {
+                frame = inbox.recv(), if jobs.queued.len() < MAX_QUEUED => {
                     let Some(frame) = frame.transpose()?.flatten() else { return Ok(()) };
                     self.count_received(peer, &frame);
                     if !self.is_member(&peer) {
@@ -505,27 +539,17 @@ impl SyncService {
                                     let same = their_parts
                                         .is_some_and(|t| t.binary_search(&(part, digest)).is_ok());
                                     if !same {
-                                        self.offer(peer, (&name, part), &mut states, outbox).await?;
+                                        jobs.add((name.clone(), part), None);
                                     }
                                 }
                             }
+                            self.start_jobs(peer, &mut jobs, &mut states);
                         }
                         SyncFrame::Doc { collection, part, message } => {
                             self.count(peer, |s| s.in_step = false);
                             unsettled = Some(tokio::time::Instant::now());
-                            if self.receive(peer, (collection, part), message, &mut states, outbox).await? {
-                                *uncommitted += 1;
-                            }
-                            // Committed once the frames waiting are applied (the peer
-                            // sends again whatever a crash before it loses), while the
-                            // next frames are applied; one commit at a time, the next
-                            // covering what arrived meanwhile.
-                            if committing.is_none()
-                                && *uncommitted > 0
-                                && (inbox.is_empty() || *uncommitted >= COMMIT_EVERY)
-                            {
-                                committing = Some((self.commit(), *uncommitted));
-                            }
+                            jobs.add((collection, part), Some(message));
+                            self.start_jobs(peer, &mut jobs, &mut states);
                         }
                     }
                 }
@@ -537,7 +561,8 @@ impl SyncService {
                     unsettled = Some(tokio::time::Instant::now());
                     match changed {
                         Ok(Changed { collection, part }) => {
-                            self.offer(peer, (&collection, part), &mut states, outbox).await?;
+                            jobs.add((collection, part), None);
+                            self.start_jobs(peer, &mut jobs, &mut states);
                         }
                         // Changes were missed: the fingerprints find what differs.
                         Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -550,44 +575,47 @@ impl SyncService {
         }
     }
 
-    /// Applies a peer's Automerge sync message to a part of a collection and answers
-    /// it; returns whether it brought changes (committed by the caller).
-    async fn receive(
-        &self,
-        peer: PeerId,
-        (collection, part): (CollectionName, u16),
-        message: Vec<u8>,
-        states: &mut States,
-        outbox: &mpsc::Sender<Vec<u8>>,
-    ) -> Result<bool, SessionError> {
-        let key = (collection.clone(), part);
-        if !states.contains_key(&key) {
-            self.count(peer, |s| s.collections_synced += 1);
-        }
-        let mut state = states.remove(&key).unwrap_or_default();
-        let vault = self.vault.clone();
-        let name = collection.clone();
-        let (changed, state) = tokio::task::spawn_blocking(move || {
-            let changed = vault
-                .collections
-                .receive_sync(&name, part, &mut state, &message);
-            (changed, state)
-        })
-        .await
-        .map_err(joined)?;
-        states.insert(key, state);
-        let received = changed?;
-        if received > 0 {
-            if collection.is_system() {
-                tracing::debug!(%peer, %collection, received, "synced changes");
-            } else {
-                tracing::info!(%peer, %collection, "synced {received} change(s) from a device");
+    /// Starts the queued jobs that can start: at most [`MAX_JOBS`] at once, one at a
+    /// time for each part, in the order they came for each part.
+    fn start_jobs(&self, peer: PeerId, jobs: &mut Jobs, states: &mut States) {
+        while jobs.running.len() < MAX_JOBS {
+            let Some(at) = jobs
+                .queued
+                .iter()
+                .position(|(key, _)| !jobs.busy.contains(key))
+            else {
+                return;
+            };
+            let (key, message) = jobs.queued.remove(at).expect("found above");
+            if !states.contains_key(&key) {
+                self.count(peer, |s| s.collections_synced += 1);
             }
+            let mut state = states.remove(&key).unwrap_or_default();
+            jobs.busy.insert(key.clone());
+            let vault = self.vault.clone();
+            jobs.running.spawn_blocking(move || {
+                let (name, part) = (&key.0, key.1);
+                let answered = message.is_some();
+                let received = match message {
+                    Some(message) => vault
+                        .collections
+                        .receive_sync(name, part, &mut state, &message),
+                    None => Ok(0),
+                };
+                // Nothing to answer with after a message that could not be applied.
+                let reply = match &received {
+                    Ok(_) => vault.collections.generate_sync(name, part, &mut state),
+                    Err(_) => Ok(None),
+                };
+                Done {
+                    key,
+                    state,
+                    received,
+                    reply,
+                    answered,
+                }
+            });
         }
-        self.note_sync(peer);
-        self.offer(peer, (&collection, part), states, outbox)
-            .await?;
-        Ok(received > 0)
     }
 
     /// A commit of the store, started when first polled.
@@ -638,41 +666,6 @@ impl SyncService {
         });
         outbox.send(bytes).await.map_err(|_| closed())
     }
-
-    /// Sends the next sync message for a part of collection `name`, if its sync state
-    /// has one.
-    async fn offer(
-        &self,
-        peer: PeerId,
-        (name, part): (&CollectionName, u16),
-        states: &mut States,
-        outbox: &mpsc::Sender<Vec<u8>>,
-    ) -> Result<(), SessionError> {
-        let key = (name.clone(), part);
-        if !states.contains_key(&key) {
-            self.count(peer, |s| s.collections_synced += 1);
-        }
-        let mut state = states.remove(&key).unwrap_or_default();
-        let (vault, collection) = (self.vault.clone(), name.clone());
-        let (message, state) = tokio::task::spawn_blocking(move || {
-            let message = vault
-                .collections
-                .generate_sync(&collection, part, &mut state);
-            (message, state)
-        })
-        .await
-        .map_err(joined)?;
-        states.insert(key, state);
-        if let Some(message) = message? {
-            let frame = SyncFrame::Doc {
-                collection: name.clone(),
-                part,
-                message,
-            };
-            self.send(peer, outbox, frame).await?;
-        }
-        Ok(())
-    }
 }
 
 /// The Summary frame of these collection digests, and its fingerprint.
@@ -685,8 +678,56 @@ fn summary(digests: &[(CollectionName, [u8; 32])]) -> (SyncFrame, [u8; 32]) {
     (frame, mine)
 }
 
+/// A part of a collection, as a session names it.
+type Key = (CollectionName, u16);
+
 /// Each part's Automerge sync state with the peer, by collection and part.
-type States = HashMap<(CollectionName, u16), State>;
+type States = HashMap<Key, State>;
+
+/// Parts a session works on at once (applying the peer's messages and answering, on
+/// the blocking pool): a device catching up receives hundreds of parts.
+const MAX_JOBS: usize = 2;
+/// Jobs waiting for their part or a free place before the session reads no more
+/// frames (so that a fast peer meets backpressure).
+const MAX_QUEUED: usize = 16;
+
+/// A session's work on its parts: each job applies the peer's message to a part, if
+/// it has one, then makes the part's next message to the peer. One job at a time for
+/// a part (its sync state goes with it), in the order they came.
+#[derive(Default)]
+struct Jobs {
+    running: JoinSet<Done>,
+    /// The parts of the running jobs.
+    busy: std::collections::HashSet<Key>,
+    queued: std::collections::VecDeque<(Key, Option<Vec<u8>>)>,
+}
+
+impl Jobs {
+    /// Queues a job; one without a message (an offer) is dropped if a job for the part
+    /// is queued already, since every job answers.
+    fn add(&mut self, key: Key, message: Option<Vec<u8>>) {
+        if message.is_none() && self.queued.iter().any(|(k, _)| *k == key) {
+            return;
+        }
+        self.queued.push_back((key, message));
+    }
+
+    fn idle(&self) -> bool {
+        self.running.is_empty() && self.queued.is_empty()
+    }
+}
+
+/// What a job did.
+struct Done {
+    key: Key,
+    state: State,
+    /// Changes the peer's message brought (0 without one).
+    received: Result<usize, CollectionError>,
+    /// The next message to the peer, if there is anything to say.
+    reply: Result<Option<Vec<u8>>, CollectionError>,
+    /// Whether the job applied a message from the peer.
+    answered: bool,
+}
 
 /// A job of the session on the blocking pool that did not finish (it panicked).
 fn joined(e: tokio::task::JoinError) -> SessionError {
