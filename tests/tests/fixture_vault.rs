@@ -3,7 +3,8 @@
 //! every record, blob, grant and audit entry reads back as it was written, and the
 //! vault keeps working (a write, a restart). Changing an on-disk format must keep this
 //! test passing or migrate the old format (the record index, which this vault predates,
-//! is built from its documents on first use).
+//! is built from its documents on first use; its collections, kept in one document
+//! each, are split into parts at the first start).
 
 use std::path::Path;
 
@@ -23,7 +24,18 @@ fn a_vault_written_by_an_earlier_version_opens_and_reads_whole() {
     let pass = fixture.join("passphrase");
     let pass = pass.to_str().unwrap();
 
-    let node = spawn_node(&home, &["--passphrase-file", pass, "--no-mesh"]);
+    let node = spawn_node_with_env(
+        &home,
+        &["--passphrase-file", pass, "--no-mesh"],
+        &[("RUST_LOG", "info")],
+    );
+    // Its collections were kept in one document each: they are split into parts at
+    // this first start, before the API answers.
+    eventually("the first start's log says a collection was split", || {
+        node.stderr()
+            .contains("kept a collection in parts from now on")
+            .then_some(())
+    });
     let api = Api::new(&node);
     for (name, records) in expected["collections"].as_object().unwrap() {
         let (status, body) =
