@@ -287,6 +287,63 @@ pub async fn life_vault(opts: &Opts) -> anyhow::Result<Vec<Report>> {
         percentile_ms(&writes, 99) <= 10.0,
     ]);
     reports.push(r);
+
+    // A cold load of a big collection beside reads of another: listing mail's
+    // conflicts loads every part of it, while a client reads one record of `tiny`.
+    let loading = {
+        let (http, base, owner) = (http.clone(), base.clone(), owner.clone());
+        tokio::spawn(async move {
+            let t = Instant::now();
+            http.get(format!("{base}/v1/collections/mail/conflicts"))
+                .bearer_auth(&owner)
+                .send()
+                .await?
+                .error_for_status()?;
+            anyhow::Ok(t.elapsed())
+        })
+    };
+    let mut beside = Vec::new();
+    while !loading.is_finished() {
+        let t = Instant::now();
+        http.get(format!("{base}/v1/collections/tiny/records/r0000000"))
+            .bearer_auth(&owner)
+            .send()
+            .await?
+            .error_for_status()?;
+        beside.push(t.elapsed());
+    }
+    let load = loading.await??;
+    beside.sort();
+    let alone99 = percentile_ms(&tiny, 99);
+    let beside99 = percentile_ms(&beside, 99);
+    let mut r = Report::new(
+        format!(
+            "life's vault: a cold load of mail beside reads of another collection, {n} records"
+        ),
+        "reads of the other collection p99 <= 5 ms over their p99 alone (issue 26)",
+    );
+    r.figures = vec![
+        fig(
+            "mail loaded whole (its conflicts listed)",
+            load.as_secs_f64() * 1e3,
+            "ms",
+        ),
+        fig("reads of tiny meanwhile", beside.len() as f64, "reads"),
+        fig(
+            "reads of tiny meanwhile p50",
+            percentile_ms(&beside, 50),
+            "ms",
+        ),
+        fig("reads of tiny meanwhile p99", beside99, "ms"),
+        fig(
+            "peak RSS",
+            peak_rss_mib(Some(node.pid())).unwrap_or(f64::NAN),
+            "MiB",
+        ),
+    ];
+    r.baseline = vec![fig("reads of tiny alone p99", alone99, "ms")];
+    r.judge(&[beside99 <= alone99 + 5.0]);
+    reports.push(r);
     tokio::task::block_in_place(|| node.stop());
     Ok(reports)
 }
