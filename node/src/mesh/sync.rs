@@ -457,6 +457,11 @@ impl SyncService {
             tokio::select! {
                 done = jobs.running.join_next(), if !jobs.running.is_empty() => {
                     let done = done.expect("a job was running").map_err(joined)?;
+                    // The job ran after its frame was checked: the peer may have been
+                    // removed meanwhile, and its answer must not go out then.
+                    if !self.is_member(&peer) {
+                        return Err(SessionError::Removed);
+                    }
                     jobs.busy.remove(&done.key);
                     let (collection, part) = done.key.clone();
                     states.insert(done.key, done.state);
@@ -470,7 +475,7 @@ impl SyncService {
                             tracing::info!(%peer, %collection, "synced {received} change(s) from a device");
                         }
                     }
-                    if done.answered {
+                    if done.applied {
                         self.note_sync(peer);
                     }
                     if let Some(message) = done.reply? {
@@ -579,23 +584,17 @@ impl SyncService {
     /// time for each part, in the order they came for each part.
     fn start_jobs(&self, peer: PeerId, jobs: &mut Jobs, states: &mut States) {
         while jobs.running.len() < MAX_JOBS {
-            let Some(at) = jobs
-                .queued
-                .iter()
-                .position(|(key, _)| !jobs.busy.contains(key))
-            else {
+            let Some((key, message)) = jobs.next_ready() else {
                 return;
             };
-            let (key, message) = jobs.queued.remove(at).expect("found above");
             if !states.contains_key(&key) {
                 self.count(peer, |s| s.collections_synced += 1);
             }
             let mut state = states.remove(&key).unwrap_or_default();
-            jobs.busy.insert(key.clone());
             let vault = self.vault.clone();
             jobs.running.spawn_blocking(move || {
                 let (name, part) = (&key.0, key.1);
-                let answered = message.is_some();
+                let applied = message.is_some();
                 let received = match message {
                     Some(message) => vault
                         .collections
@@ -612,7 +611,7 @@ impl SyncService {
                     state,
                     received,
                     reply,
-                    answered,
+                    applied,
                 }
             });
         }
@@ -712,6 +711,18 @@ impl Jobs {
         self.queued.push_back((key, message));
     }
 
+    /// Takes the first queued job whose part has no job running, and notes its part
+    /// busy (until [`Done`] comes back for it).
+    fn next_ready(&mut self) -> Option<(Key, Option<Vec<u8>>)> {
+        let at = self
+            .queued
+            .iter()
+            .position(|(key, _)| !self.busy.contains(key))?;
+        let job = self.queued.remove(at).expect("found above");
+        self.busy.insert(job.0.clone());
+        Some(job)
+    }
+
     fn idle(&self) -> bool {
         self.running.is_empty() && self.queued.is_empty()
     }
@@ -726,7 +737,7 @@ struct Done {
     /// The next message to the peer, if there is anything to say.
     reply: Result<Option<Vec<u8>>, CollectionError>,
     /// Whether the job applied a message from the peer.
-    answered: bool,
+    applied: bool,
 }
 
 /// A job of the session on the blocking pool that did not finish (it panicked).
@@ -739,4 +750,48 @@ fn closed() -> SessionError {
         std::io::ErrorKind::BrokenPipe,
         "the stream's writer stopped",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str, part: u16) -> Key {
+        (CollectionName::parse(name).unwrap(), part)
+    }
+
+    /// Jobs for one part run one at a time and in the order they came, while another
+    /// part's go past them; an offer for a part that has a job waiting adds nothing
+    /// (that job answers), a message always queues.
+    #[test]
+    fn a_part_runs_its_jobs_one_at_a_time_in_order_and_others_go_past() {
+        let mut jobs = Jobs::default();
+        let (a, b) = (key("notes", 1), key("notes", 2));
+        jobs.add(a.clone(), Some(b"1".to_vec()));
+        jobs.add(a.clone(), Some(b"2".to_vec()));
+        jobs.add(a.clone(), None);
+        jobs.add(b.clone(), None);
+        jobs.add(b.clone(), None);
+        assert_eq!(
+            jobs.queued.len(),
+            3,
+            "an offer for a part with a job waiting adds nothing"
+        );
+
+        assert_eq!(jobs.next_ready(), Some((a.clone(), Some(b"1".to_vec()))));
+        // a is busy: b goes past a's waiting job, and then nothing is ready.
+        assert_eq!(jobs.next_ready(), Some((b.clone(), None)));
+        assert_eq!(jobs.next_ready(), None);
+
+        jobs.busy.remove(&a);
+        assert_eq!(jobs.next_ready(), Some((a.clone(), Some(b"2".to_vec()))));
+        // While a runs, an offer for it queues behind it.
+        jobs.add(a.clone(), None);
+        assert_eq!(jobs.next_ready(), None);
+        jobs.busy.remove(&a);
+        assert_eq!(jobs.next_ready(), Some((a.clone(), None)));
+        jobs.busy.clear();
+        assert_eq!(jobs.next_ready(), None);
+        assert!(jobs.idle());
+    }
 }
