@@ -1538,11 +1538,13 @@ mod tests {
     async fn fetched_chunks_are_checked_and_their_manifest_comes_last() {
         let vault = TestVault::new();
         let a = blobs(&vault);
-        // Another device of the vault: the same keys, its own store and directory.
-        let dir = tempfile::tempdir().unwrap();
-        let home = crate::home::Home::new(dir.path());
-        let store = Arc::new(Store::open(&home.store_dir(), vault.keys.clone()).unwrap());
-        let b = Blobs::open(home.blobs_dir(), store, vault.keys.clone()).unwrap();
+        let other = vault.other_device();
+        let b = Blobs::open(
+            other.home().blobs_dir(),
+            other.store.clone(),
+            vault.keys.clone(),
+        )
+        .unwrap();
 
         let data = pattern(CHUNK_SIZE * 2 + 777, 8);
         let stored = a.put(body(&data, 65_536), u64::MAX).await.unwrap();

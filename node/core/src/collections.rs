@@ -1209,6 +1209,15 @@ mod tests {
         c
     }
 
+    /// For the measurements run by hand: the size environment variable `var` gives,
+    /// else `default`.
+    pub(super) fn measured_size(var: &str, default: usize) -> usize {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
     pub(super) fn name(n: &str) -> CollectionName {
         CollectionName::parse(n).unwrap()
     }

@@ -63,6 +63,20 @@ pub mod testutil {
             Self { dir, keys, store }
         }
 
+        /// Another device of the same vault: the same keys, a store of its own in a
+        /// temporary HOME of its own.
+        pub fn other_device(&self) -> Self {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let home = Home::new(dir.path());
+            let store =
+                Arc::new(Store::open(&home.store_dir(), self.keys.clone()).expect("open store"));
+            Self {
+                store,
+                keys: self.keys.clone(),
+                dir,
+            }
+        }
+
         pub fn home(&self) -> Home {
             Home::new(self.dir.path())
         }

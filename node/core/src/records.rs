@@ -87,8 +87,9 @@ fn read_bounded(
     if doc.length(obj) > LONG {
         return Ok(None);
     }
-    let read = |value: ValueRef<'_>, id: ObjId| match value {
-        ValueRef::Object(kind) => read_bounded(doc, kind, &id),
+    // An item's value: an object read bounded in turn (its id made only then).
+    let read = |value: ValueRef<'_>, id: &dyn Fn() -> ObjId| match value {
+        ValueRef::Object(kind) => read_bounded(doc, kind, &id()),
         scalar @ ValueRef::Scalar(_) => {
             read_value(doc, scalar.into_value(), &ROOT, At::Now).map(Some)
         }
@@ -97,11 +98,7 @@ fn read_bounded(
         ObjType::Map | ObjType::Table => {
             let mut out = Map::new();
             for item in doc.map_range(obj, ..) {
-                let id = match item.value {
-                    ValueRef::Object(_) => item.id(),
-                    ValueRef::Scalar(_) => ROOT,
-                };
-                let Some(json) = read(item.value, id)? else {
+                let Some(json) = read(item.value.clone(), &|| item.id())? else {
                     return Ok(None);
                 };
                 out.insert(item.key.into_owned(), json);
@@ -111,11 +108,7 @@ fn read_bounded(
         ObjType::List => {
             let mut out = Vec::new();
             for item in doc.list_range(obj, ..) {
-                let id = match item.value {
-                    ValueRef::Object(_) => item.id(),
-                    ValueRef::Scalar(_) => ROOT,
-                };
-                let Some(json) = read(item.value, id)? else {
+                let Some(json) = read(item.value.clone(), &|| item.id())? else {
                     return Ok(None);
                 };
                 out.push(json);
@@ -297,10 +290,7 @@ pub fn read_object_and_conflicts(
     let mut record = Map::new();
     let mut in_conflict = Vec::new();
     for item in doc.map_range(obj, ..) {
-        let json = match item.value {
-            ValueRef::Object(kind) => read_object(doc, kind, &item.id(), At::Now)?,
-            scalar @ ValueRef::Scalar(_) => read_value(doc, scalar.into_value(), &ROOT, At::Now)?,
-        };
+        let json = item_json(doc, item.value.clone(), || item.id(), At::Now)?;
         if item.conflict {
             in_conflict.push(item.key.to_string());
         }
@@ -639,14 +629,24 @@ fn read_map(
     };
     let mut out = Map::new();
     for item in items {
-        let json = match item.value {
-            // Only an object's id is needed (to read inside it): a scalar's is not made.
-            ValueRef::Object(kind) => read_object(doc, kind, &item.id(), at)?,
-            scalar @ ValueRef::Scalar(_) => read_value(doc, scalar.into_value(), &ROOT, at)?,
-        };
+        let json = item_json(doc, item.value.clone(), || item.id(), at)?;
         out.insert(item.key.into_owned(), json);
     }
     Ok(out)
+}
+
+/// A map's or list's item as JSON: an object read whole (its id is made only then:
+/// a scalar's is not needed).
+fn item_json(
+    doc: &AutoCommit,
+    value: ValueRef<'_>,
+    id: impl FnOnce() -> ObjId,
+    at: At<'_>,
+) -> Result<Json, AutomergeError> {
+    match value {
+        ValueRef::Object(kind) => read_object(doc, kind, &id(), at),
+        scalar @ ValueRef::Scalar(_) => read_value(doc, scalar.into_value(), &ROOT, at),
+    }
 }
 
 /// A value as JSON; `obj` is the value's own id when it is an object (unused for a
@@ -678,12 +678,7 @@ fn read_object(
             };
             let mut out = Vec::new();
             for item in items {
-                out.push(match item.value {
-                    ValueRef::Object(kind) => read_object(doc, kind, &item.id(), at)?,
-                    scalar @ ValueRef::Scalar(_) => {
-                        read_value(doc, scalar.into_value(), &ROOT, at)?
-                    }
-                });
+                out.push(item_json(doc, item.value.clone(), || item.id(), at)?);
             }
             Json::Array(out)
         }

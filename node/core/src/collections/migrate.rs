@@ -126,36 +126,7 @@ impl Collections {
                 })?;
                 found.records += made.records;
                 found.variants += made.variants;
-                let part = PartName {
-                    name: name.clone(),
-                    part: made.number,
-                };
-                let at = self.place_in(collection, &part);
-                let mut writes = storage::Writes::default();
-                storage::insert_doc_value(
-                    &self.docs,
-                    &mut writes.docs,
-                    &at.key,
-                    KIND_SNAPSHOT,
-                    generation,
-                    &made.snapshot,
-                );
-                let mut listing = collection.to_vec();
-                listing.extend_from_slice(&made.number.to_be_bytes());
-                self.names
-                    .batch_insert(&mut writes.names, &listing, name.as_str().as_bytes());
-                let mark = Mark {
-                    generation,
-                    count: 0,
-                    heads: made.heads.clone(),
-                };
-                let (ids, stored): (Vec<String>, Vec<Option<Stored>>) =
-                    made.entries.into_iter().unzip();
-                let entries = ids.iter().map(String::as_str).zip(stored);
-                self.index
-                    .update(&mut writes.index, &at, name.as_str(), mark, entries)?;
-                self.write(writes)?;
-                placed.push((at, made.heads));
+                placed.push(self.write_part(name, collection, generation, made)?);
             }
             Ok(())
         })?;
@@ -176,6 +147,48 @@ impl Collections {
             .expect("verified lock is never poisoned")
             .insert(collection);
         Ok(found)
+    }
+
+    /// Writes a part the split made in one store transaction: its snapshot (numbered
+    /// `generation`), its listing, its records' index entries and its mark. Returns
+    /// where it is and its heads.
+    fn write_part(
+        &self,
+        name: &CollectionName,
+        collection: [u8; 32],
+        generation: u64,
+        made: Made,
+    ) -> Result<(Part, Vec<ChangeHash>), CollectionError> {
+        let part = PartName {
+            name: name.clone(),
+            part: made.number,
+        };
+        let at = self.place_in(collection, &part);
+        let mut writes = storage::Writes::default();
+        storage::insert_doc_value(
+            &self.docs,
+            &mut writes.docs,
+            &at.key,
+            KIND_SNAPSHOT,
+            generation,
+            &made.snapshot,
+        );
+        self.names.batch_insert(
+            &mut writes.names,
+            &parts::listing_key(&at),
+            name.as_str().as_bytes(),
+        );
+        let mark = Mark {
+            generation,
+            count: 0,
+            heads: made.heads.clone(),
+        };
+        let (ids, stored): (Vec<String>, Vec<Option<Stored>>) = made.entries.into_iter().unzip();
+        let entries = ids.iter().map(String::as_str).zip(stored);
+        self.index
+            .update(&mut writes.index, &at, name.as_str(), mark, entries)?;
+        self.write(writes)?;
+        Ok((at, made.heads))
     }
 }
 
@@ -382,7 +395,9 @@ fn record_change(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collections::tests::{doc_kinds, id, name, obj, one_part, put_numbered};
+    use crate::collections::tests::{
+        doc_kinds, id, measured_size, name, obj, one_part, put_numbered,
+    };
     use crate::testutil::TestVault;
     use serde_json::json;
 
@@ -627,10 +642,7 @@ mod tests {
     #[tokio::test]
     #[ignore = "a measurement, run by hand"]
     async fn time_a_split() {
-        let n: usize = std::env::var("HEARTH_SPLIT_N")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(20_000);
+        let n = measured_size("HEARTH_SPLIT_N", 20_000);
         let vault = TestVault::new();
         let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         let mail_name = name("mail");

@@ -208,6 +208,17 @@ impl Collections {
     }
 }
 
+/// The key under which tree `collections` lists the document kept at `at`: the
+/// collection's name key, and for a part of a collection kept in parts its number
+/// after it (what [`Collections::parts`] reads back).
+pub(super) fn listing_key(at: &Part) -> Vec<u8> {
+    let mut key = at.collection.to_vec();
+    if let Some(number) = at.number {
+        key.extend_from_slice(&number.to_be_bytes());
+    }
+    key
+}
+
 /// The number of the part (of `fan_out`) that holds record `id` of the collection
 /// whose name key is `collection`: the first two bytes of a keyed hash of the id, so
 /// neither the id nor its part tell anything of the other.
@@ -225,7 +236,9 @@ pub(super) fn part_number(collection: &[u8; 32], fan_out: u16, id: &str) -> u16 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collections::tests::{doc_kinds, id, lose_last_change, name, obj, put_numbered};
+    use crate::collections::tests::{
+        doc_kinds, id, lose_last_change, measured_size, name, obj, put_numbered,
+    };
     use crate::testutil::TestVault;
     use serde_json::json;
 
@@ -472,18 +485,9 @@ mod tests {
     #[tokio::test]
     #[ignore = "a measurement, run by hand"]
     async fn time_a_new_device() {
-        let n: usize = std::env::var("HEARTH_SYNC_N")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(10_000);
+        let n = measured_size("HEARTH_SYNC_N", 10_000);
         let va = TestVault::new();
-        let dir = tempfile::tempdir().unwrap();
-        let home = crate::home::Home::new(dir.path());
-        let vb = TestVault {
-            store: Arc::new(crate::store::Store::open(&home.store_dir(), va.keys.clone()).unwrap()),
-            keys: va.keys.clone(),
-            dir,
-        };
+        let vb = va.other_device();
         let a = Collections::open(va.store.clone(), [1; 16]).unwrap();
         let b = Collections::open(vb.store.clone(), [2; 16]).unwrap();
         let contacts = name("contacts");
@@ -514,14 +518,7 @@ mod tests {
     #[tokio::test]
     async fn two_devices_sync_a_collection_part_by_part() {
         let va = TestVault::new();
-        // Another device of the same vault: the same keys, a store of its own.
-        let dir = tempfile::tempdir().unwrap();
-        let home = crate::home::Home::new(dir.path());
-        let vb = TestVault {
-            store: Arc::new(crate::store::Store::open(&home.store_dir(), va.keys.clone()).unwrap()),
-            keys: va.keys.clone(),
-            dir,
-        };
+        let vb = va.other_device();
         let a = in_parts(&va);
         let b = Collections::open(vb.store.clone(), [2; 16]).unwrap();
         b.set_user_fan_out(FAN_OUT);

@@ -312,10 +312,9 @@ impl Collections {
             let name = c.name.as_str().as_bytes();
             self.names
                 .batch_insert(&mut writes.names, &c.at.collection, name);
-            if let Some(number) = c.at.number {
-                let mut key = c.at.collection.to_vec();
-                key.extend_from_slice(&number.to_be_bytes());
-                self.names.batch_insert(&mut writes.names, &key, name);
+            if c.at.number.is_some() {
+                self.names
+                    .batch_insert(&mut writes.names, &parts::listing_key(&c.at), name);
             }
         }
         let mut mark = Mark {
@@ -514,11 +513,7 @@ impl Collections {
         at: Part,
     ) -> Result<(Collection, usize), CollectionError> {
         let (name, key) = (&part.name, at.key);
-        let mut listing = at.collection.to_vec();
-        if let Some(number) = at.number {
-            listing.extend_from_slice(&number.to_be_bytes());
-        }
-        let listed = self.names.contains_key(&listing)?;
+        let listed = self.names.contains_key(&parts::listing_key(&at))?;
         let corrupt = |e: AutomergeError| CollectionError::Document {
             collection: name.to_string(),
             reason: e.to_string(),
