@@ -116,12 +116,7 @@ fn partitions_heal_lossy_links_deliver_and_a_cut_blob_transfer_resumes() {
     let mut state = 0x2545_f491_4f6c_dd1d_u64;
     for i in 0..30 {
         let pad: String = (0..20_000)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                char::from_digit((state % 16) as u32, 16).expect("a hex digit")
-            })
+            .map(|_| char::from_digit((xorshift(&mut state) % 16) as u32, 16).expect("a hex digit"))
             .collect();
         let body = format!(r#"{{"pad": "{pad}"}}"#);
         Link::cli(&link.a, &a_home, &["put", "lossy", &format!("r{i}"), &body]);
@@ -151,12 +146,7 @@ fn partitions_heal_lossy_links_deliver_and_a_cut_blob_transfer_resumes() {
     // Pseudo-random, so no two chunks are alike (equal chunks are stored once).
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;
     let blob: Vec<u8> = (0..6 * 1024 * 1024)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
+        .map(|_| xorshift(&mut state) as u8)
         .collect();
     let path = dir.path().join("blob.bin");
     std::fs::write(&path, &blob).unwrap();
@@ -236,4 +226,12 @@ fn tcp_port(ns: &str, home: &std::path::Path, addr: &str) -> String {
                 .map(|p| p.split('/').next().unwrap().to_owned())
         })
         .unwrap_or_else(|| panic!("no listen address on {addr}: {status}"))
+}
+
+/// The next of a xorshift64 sequence: pseudo-random bytes that do not compress.
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
 }
