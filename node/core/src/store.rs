@@ -563,6 +563,25 @@ impl Store {
     }
 }
 
+/// A store dropped without [`Store::shutdown`] (a test, a failed start) still stops its
+/// flusher before it is gone: a flush or commit record written after the drop could
+/// land in a directory its owner is removing.
+impl Drop for Store {
+    fn drop(&mut self) {
+        let flusher = self
+            .flusher
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(flusher) = flusher {
+            // Dropping the only sender ends the flusher once it has done what is queued.
+            let (closed, _) = mpsc::channel(1);
+            drop(std::mem::replace(&mut self.commit_tx, closed));
+            let _ = flusher.join();
+        }
+    }
+}
+
 fn check_format(db: &sled::Db, meta: &SealedTree) -> Result<(), StoreError> {
     match meta.get(META_FORMAT_KEY)? {
         Some(value) => {
