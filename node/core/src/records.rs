@@ -239,12 +239,26 @@ pub fn records_touched_by(
 /// competing value (the first is the one `read_record` shows, Automerge's
 /// deterministic winner). Empty when there is no conflict or no record.
 pub fn record_conflicts(doc: &AutoCommit, id: &str) -> Result<Map<String, Json>, AutomergeError> {
+    match doc.get(ROOT, id)? {
+        Some((Value::Object(ObjType::Map), obj)) => object_conflicts(doc, &obj),
+        _ => Ok(Map::new()),
+    }
+}
+
+/// The fields in conflict of record object `obj`, as [`record_conflicts`] lists them:
+/// one pass over the object, a lookup only for a field that holds several values.
+pub fn object_conflicts(
+    doc: &AutoCommit,
+    obj: &ObjId,
+) -> Result<Map<String, Json>, AutomergeError> {
+    let several: Vec<String> = doc
+        .map_range(obj, ..)
+        .filter(|item| item.conflict)
+        .map(|item| item.key.into_owned())
+        .collect();
     let mut out = Map::new();
-    let Some((Value::Object(ObjType::Map), obj)) = doc.get(ROOT, id)? else {
-        return Ok(out);
-    };
-    for key in doc.keys(&obj) {
-        if let Some(values) = field_conflict(doc, &obj, &key)? {
+    for key in several {
+        if let Some(values) = field_conflict(doc, obj, &key)? {
             out.insert(key, values);
         }
     }

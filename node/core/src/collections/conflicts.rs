@@ -3,6 +3,7 @@
 //! resolving them; and the merge step run after another device's changes arrive.
 
 use super::*;
+use automerge::{ObjType, ROOT, ReadDoc, ValueRef};
 
 /// A record's id and what of it is in conflict.
 pub type RecordConflicts = (String, RecordConflict);
@@ -295,11 +296,25 @@ impl Collections {
         let mut out = Vec::new();
         for part in self.parts(name)? {
             self.with(&part, |c| {
-                for id in records::record_ids(&c.doc) {
-                    let conflict = RecordConflict::read(&c.doc, &id, notices.get(&id))
-                        .map_err(|e| c.automerge(e))?;
+                // One pass over the part: a record that holds one version and has no
+                // notice can only have fields in conflict, found in one pass over it.
+                for item in c.doc.map_range(ROOT, ..) {
+                    let id = item.key.as_ref();
+                    let notice = notices.get(id);
+                    let conflict = match item.value {
+                        ValueRef::Object(ObjType::Map) if !item.conflict && notice.is_none() => {
+                            RecordConflict {
+                                fields: records::object_conflicts(&c.doc, &item.id())
+                                    .map_err(|e| c.automerge(e))?,
+                                ..RecordConflict::default()
+                            }
+                        }
+                        _ => {
+                            RecordConflict::read(&c.doc, id, notice).map_err(|e| c.automerge(e))?
+                        }
+                    };
                     if !conflict.is_empty() {
-                        out.push((id, conflict));
+                        out.push((id.to_owned(), conflict));
                     }
                 }
                 Ok(())

@@ -636,6 +636,17 @@ mod tests {
         }))
     }
 
+    /// Writes messages `m0` to `m{n-1}` into `mail_name`, 5,000 a write.
+    fn write_mail(c: &Collections, mail_name: &CollectionName, n: usize) {
+        for chunk in (0..n).collect::<Vec<_>>().chunks(5_000) {
+            let writes: Vec<(RecordId, RecordWrite)> = chunk
+                .iter()
+                .map(|&i| (id(&format!("m{i}")), RecordWrite::Put(mail(i))))
+                .collect();
+            c.write_many(mail_name, &writes).unwrap();
+        }
+    }
+
     /// How long the split of a mailbox takes at start, in the store
     /// (`HEARTH_SPLIT_N` messages, 20,000 unless set): run by hand with
     /// `--ignored --nocapture`, in a release build.
@@ -647,13 +658,7 @@ mod tests {
         let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         let mail_name = name("mail");
         let started = std::time::Instant::now();
-        for chunk in (0..n).collect::<Vec<_>>().chunks(5_000) {
-            let writes: Vec<(RecordId, RecordWrite)> = chunk
-                .iter()
-                .map(|&i| (id(&format!("m{i}")), RecordWrite::Put(mail(i))))
-                .collect();
-            c.write_many(&mail_name, &writes).unwrap();
-        }
+        write_mail(&c, &mail_name, n);
         vault.store.commit().await.unwrap();
         drop(c);
         eprintln!("made {n} in {:?}", started.elapsed());
@@ -672,5 +677,56 @@ mod tests {
             .to_owned();
         eprintln!("split {done:?} in {:?}, {peak}", started.elapsed());
         assert_eq!(c.count(&mail_name).unwrap(), n);
+    }
+    /// What parts in memory cost beside their saved size, which the cache counts:
+    /// `HEARTH_MEM_N` messages (100,000 unless set) in 256 parts, every part loaded (a
+    /// conflicts listing). Run by hand with `--ignored --nocapture`, in a release
+    /// build: the figures are the heap's bytes in use (glibc's `mallinfo2`).
+    #[tokio::test]
+    #[ignore = "a measurement, run by hand"]
+    async fn measure_parts_in_memory() {
+        fn in_use() -> usize {
+            // SAFETY: mallinfo2 only reads the allocator's counters.
+            let info = unsafe { libc::mallinfo2() };
+            info.uordblks + info.hblkhd
+        }
+        let n = measured_size("HEARTH_MEM_N", 100_000);
+        let vault = TestVault::new();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        c.set_user_fan_out(PARTS);
+        let mail_name = name("mail");
+        write_mail(&c, &mail_name, n);
+        vault.store.commit().await.unwrap();
+        drop(c);
+        let vault = vault.reopen().await;
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        c.set_user_fan_out(PARTS);
+        c.set_cache_budget(usize::MAX);
+        let before = in_use();
+        let started = std::time::Instant::now();
+        c.all_conflicts(&mail_name).unwrap();
+        let took = started.elapsed();
+        let after = in_use();
+        let (parts, saved) = c.cached();
+        let ops: u64 = c
+            .open_slots()
+            .values()
+            .map(|slot| slot.collection.lock().unwrap().doc.stats().num_ops)
+            .sum();
+        drop(c);
+        let dropped = in_use();
+        let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+        eprintln!(
+            "{n} messages: {parts} parts loaded in {took:?}; saved {:.1} MiB, {ops} ops; \
+             heap in use {:.1} -> {:.1} MiB (+{:.1} MiB, {:.1}x saved, {:.0} B an op); \
+             after the drop {:.1} MiB",
+            mib(saved),
+            mib(before),
+            mib(after),
+            mib(after.saturating_sub(before)),
+            after.saturating_sub(before) as f64 / saved as f64,
+            after.saturating_sub(before) as f64 / ops as f64,
+            mib(dropped),
+        );
     }
 }
