@@ -636,12 +636,21 @@ mod tests {
         }))
     }
 
-    /// Writes messages `m0` to `m{n-1}` into `mail_name`, 5,000 a write.
-    fn write_mail(c: &Collections, mail_name: &CollectionName, n: usize) {
+    /// Writes messages `m0` to `m{n-1}` into `mail_name`, 5,000 a write, each with a
+    /// text of 1,824 bytes if `with_body`.
+    fn write_mail(c: &Collections, mail_name: &CollectionName, n: usize, with_body: bool) {
         for chunk in (0..n).collect::<Vec<_>>().chunks(5_000) {
             let writes: Vec<(RecordId, RecordWrite)> = chunk
                 .iter()
-                .map(|&i| (id(&format!("m{i}")), RecordWrite::Put(mail(i))))
+                .map(|&i| {
+                    let mut m = mail(i);
+                    if with_body {
+                        // hearth-bench's life messages carry such a text.
+                        let body = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. ";
+                        m.insert("body".into(), Json::from(body.repeat(32)));
+                    }
+                    (id(&format!("m{i}")), RecordWrite::Put(m))
+                })
                 .collect();
             c.write_many(mail_name, &writes).unwrap();
         }
@@ -658,7 +667,7 @@ mod tests {
         let c = one_part(Collections::open(vault.store.clone(), [1; 16]).unwrap());
         let mail_name = name("mail");
         let started = std::time::Instant::now();
-        write_mail(&c, &mail_name, n);
+        write_mail(&c, &mail_name, n, false);
         vault.store.commit().await.unwrap();
         drop(c);
         eprintln!("made {n} in {:?}", started.elapsed());
@@ -680,8 +689,10 @@ mod tests {
     }
     /// What parts in memory cost beside their saved size, which the cache counts:
     /// `HEARTH_MEM_N` messages (100,000 unless set) in 256 parts, every part loaded (a
-    /// conflicts listing). Run by hand with `--ignored --nocapture`, in a release
-    /// build: the figures are the heap's bytes in use (glibc's `mallinfo2`).
+    /// conflicts listing), with a text each if `HEARTH_MEM_BODY` is set. Run by hand
+    /// with `--ignored --nocapture`, in a release build: the figures are the heap's
+    /// bytes in use (glibc's `mallinfo2`), then what the store (sled) held of what was
+    /// read, the part of it freed when the store closes.
     #[tokio::test]
     #[ignore = "a measurement, run by hand"]
     async fn measure_parts_in_memory() {
@@ -695,7 +706,12 @@ mod tests {
         let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
         c.set_user_fan_out(PARTS);
         let mail_name = name("mail");
-        write_mail(&c, &mail_name, n);
+        write_mail(
+            &c,
+            &mail_name,
+            n,
+            std::env::var_os("HEARTH_MEM_BODY").is_some(),
+        );
         vault.store.commit().await.unwrap();
         drop(c);
         let vault = vault.reopen().await;
@@ -715,11 +731,14 @@ mod tests {
             .sum();
         drop(c);
         let dropped = in_use();
+        vault.store.shutdown().await.unwrap();
+        drop(vault);
+        let closed = in_use();
         let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
         eprintln!(
             "{n} messages: {parts} parts loaded in {took:?}; saved {:.1} MiB, {ops} ops; \
              heap in use {:.1} -> {:.1} MiB (+{:.1} MiB, {:.1}x saved, {:.0} B an op); \
-             after the drop {:.1} MiB",
+             after the drop {:.1} MiB, once the store closed {:.1} MiB",
             mib(saved),
             mib(before),
             mib(after),
@@ -727,6 +746,7 @@ mod tests {
             after.saturating_sub(before) as f64 / saved as f64,
             after.saturating_sub(before) as f64 / ops as f64,
             mib(dropped),
+            mib(closed),
         );
     }
 }
