@@ -25,6 +25,7 @@ pub mod devices;
 pub mod home;
 pub mod index;
 pub mod keys;
+pub mod memory;
 pub mod recordmerge;
 pub mod records;
 pub mod store;

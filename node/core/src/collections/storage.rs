@@ -560,6 +560,9 @@ impl Collections {
         if !changes.is_empty() {
             doc.load_incremental(&changes).map_err(corrupt)?;
         }
+        // Most of what the load allocated is free again, and the rest will be once the
+        // cache drops the part: counted towards giving it back to the system.
+        crate::memory::note_loaded(snapshot_bytes + change_bytes);
         doc.set_actor(self.actor.clone());
         let persisted_heads = doc.get_heads();
         let mark = self.index.mark(&at)?;
