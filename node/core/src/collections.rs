@@ -66,12 +66,19 @@ const COMPACT_BYTES: usize = 16 << 20;
 const KIND_SNAPSHOT: u8 = 0;
 const KIND_CHANGE: u8 = 1;
 /// The largest document value (a snapshot or a change) stored under one key; larger
-/// ones are cut into pieces of this size, each under its own key. sled keeps values
-/// inside its tree nodes and writes a node whole every few changes to it: one large
-/// value in the node that new changes are appended to made every few of them rewrite
-/// it (a 30 MiB value: two writes of ~100 ms in the next 16; in 64 KiB pieces: none
-/// over 1 ms — docs/BENCHMARKS.md).
-const DOC_PIECE: usize = 64 * 1024;
+/// ones are cut into pieces of this size, each under its own key.
+/// - sled keeps values inside its tree nodes and writes a node whole every few changes
+///   to it: one large value in the node that new changes are appended to made every
+///   few of them rewrite it (a 30 MiB value: two writes of ~100 ms in the next 16; in
+///   64 KiB pieces: none over 1 ms — docs/BENCHMARKS.md).
+/// - sled never drops from memory a node it keeps apart from its log, which a node
+///   holding values of 16 KB and more becomes: every such value read stayed in memory
+///   until the store closed, whatever its cache capacity, and a node's memory grew
+///   with everything it read (`store::tests::measure_what_sled_keeps_of_what_it_read`).
+///   Values of 4 KiB (sealed: 4,136 bytes) are let go once sled's cache has counted
+///   them. Values written before in larger pieces are read as they are, and written
+///   in these by the next compaction.
+const DOC_PIECE: usize = 4 * 1024;
 const NAME_DOMAIN: &str = "collection";
 /// For [`Collections::try_mutate`]: the records touched are found from the change.
 const FROM_CHANGES: Option<&[&str]> = None;
@@ -1232,14 +1239,17 @@ mod tests {
         c.put(collection, &id(&format!("r{i}")), &obj(json!({"n": i})))
             .unwrap();
     }
-    /// The kind and number of each document key of the collection named by `key`.
+    /// The kind and number of each document value of the collection named by `key`.
     pub(super) fn doc_kinds(store: &Store, key: &[u8; 32]) -> Vec<(u8, u64)> {
-        store
+        let mut kinds: Vec<(u8, u64)> = store
             .tree("docs")
             .unwrap()
             .keys_with_prefix(key)
             .map(|k| parse_doc_key(key, &k.unwrap()).unwrap())
-            .collect()
+            .collect();
+        // A value's pieces, one after the other, are one value.
+        kinds.dedup();
+        kinds
     }
 
     /// A writer adds record k to `a`, then record k to `b`, again and again: a
