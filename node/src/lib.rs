@@ -72,8 +72,8 @@ pub struct Limits {
     pub max_import_bytes: usize,
     /// Requests served at once; more wait.
     pub max_concurrent_requests: usize,
-    /// How much of the vault's documents stays in memory, counted by their saved size
-    /// ([`Collections::set_cache_budget`]).
+    /// How much of the vault's documents stays in memory, counted by an estimate of
+    /// their memory ([`Collections::set_cache_budget`]).
     pub cache_bytes: usize,
 }
 

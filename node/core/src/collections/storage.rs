@@ -462,7 +462,8 @@ impl Collections {
                 .map(|slot| slot.collection.clone());
             match cached {
                 Some(collection) => Ok(collection),
-                None => self.read_collection(name).map(|(collection, bytes)| {
+                None => self.read_collection(name).map(|(collection, _)| {
+                    let bytes = collection.in_memory();
                     let collection = Arc::new(Mutex::new(collection));
                     self.open_slots().insert(
                         name.clone(),
