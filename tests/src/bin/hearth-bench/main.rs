@@ -178,3 +178,12 @@ fn main() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The next number of a xorshift64 generator: cheap, deterministic numbers for data
+/// that must not repeat (a `state` of 0 stays 0).
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}

@@ -154,10 +154,7 @@ fn pseudo_random_chunk(index: u64, len: usize) -> Bytes {
     let mut state = index.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let mut out = Vec::with_capacity(len);
     while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
+        out.extend_from_slice(&crate::xorshift(&mut state).to_le_bytes());
     }
     out.truncate(len);
     Bytes::from(out)

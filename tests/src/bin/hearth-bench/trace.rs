@@ -54,12 +54,7 @@ pub fn load_trace(path: &Path) -> anyhow::Result<(Vec<TextEdit>, bool)> {
 /// Typing with some deletions, at positions near the previous one, like the real trace.
 fn generated_trace(n: usize) -> Vec<TextEdit> {
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = move || crate::xorshift(&mut state);
     let (mut length, mut cursor) = (0usize, 0usize);
     (0..n)
         .map(|_| {
