@@ -5,8 +5,9 @@
 //! (sealed pieces, their plaintext, Automerge's columns) and frees most of it, and a
 //! part dropped from the cache frees the rest; so a node that loads many parts keeps a
 //! resident set far above what it uses. Measured (`measure_parts_in_memory`, 100,000
-//! messages with a text each, every part loaded then dropped): 239 MiB in use, 815 MiB
-//! resident; `malloc_trim` brought that to 253 MiB in 34 ms.
+//! messages with a text each, every part loaded then dropped; two runs): 239–242 MiB
+//! in use, 815–854 MiB resident; `malloc_trim` brought that to 253–273 MiB, in 34 ms
+//! (timed once).
 //!
 //! So every load notes its size here ([`note_loaded`]), and after [`TRIM_AFTER`] bytes
 //! one trim runs on a thread of its own, never on a request's. Elsewhere than glibc
