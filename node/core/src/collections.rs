@@ -1647,6 +1647,33 @@ mod tests {
         );
     }
 
+    /// A value in the 64 KiB pieces versions before 4 KiB wrote reads back whole, into
+    /// a buffer reserved once for it (grown instead, it would leave copies of the
+    /// plaintext behind in freed memory).
+    #[test]
+    fn pieces_of_an_earlier_size_read_back_whole_into_one_reservation() {
+        let vault = TestVault::new();
+        let docs = vault.store.tree("docs").unwrap();
+        let key = [7u8; 32];
+        let old_piece = 64 * 1024;
+        let value: Vec<u8> = (0..5 * old_piece + 100).map(|i| (i % 251) as u8).collect();
+        let mut batch = SealedBatch::default();
+        storage::insert_in_pieces(&docs, &mut batch, (&key, KIND_CHANGE, 3), &value, old_piece);
+        docs.apply(batch).unwrap();
+        let read: Vec<_> = storage::DocValues::new(&key, docs.scan_prefix(&key))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(read.len(), 1);
+        let (kind, seq, bytes) = &read[0];
+        assert_eq!((*kind, *seq), (KIND_CHANGE, 3));
+        assert_eq!(bytes.as_slice(), value.as_slice());
+        assert!(
+            bytes.capacity() <= 6 * old_piece,
+            "reserved for its six pieces, not grown: {}",
+            bytes.capacity()
+        );
+    }
+
     /// A document value larger than [`DOC_PIECE`] (a change bringing a large record, a
     /// snapshot) is stored in pieces and reads back whole; a piece missing or moved
     /// makes the collection refuse to load, never load something else.

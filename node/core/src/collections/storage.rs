@@ -126,13 +126,25 @@ pub(super) fn insert_doc_value(
     seq: u64,
     bytes: &[u8],
 ) {
-    if bytes.len() <= DOC_PIECE {
+    insert_in_pieces(docs, batch, (collection, kind, seq), bytes, DOC_PIECE);
+}
+
+/// [`insert_doc_value`] with pieces of `piece` bytes (tests write the 64 KiB pieces of
+/// versions before, which every version reads).
+pub(super) fn insert_in_pieces(
+    docs: &SealedTree,
+    batch: &mut SealedBatch,
+    (collection, kind, seq): (&[u8; 32], u8, u64),
+    bytes: &[u8],
+    piece: usize,
+) {
+    if bytes.len() <= piece {
         docs.batch_insert(batch, &doc_key(collection, kind, seq), bytes);
         return;
     }
-    let pieces = u32::try_from(bytes.len().div_ceil(DOC_PIECE))
-        .expect("a document value is far below 256 TiB");
-    for (index, piece) in (0..pieces).zip(bytes.chunks(DOC_PIECE)) {
+    let pieces =
+        u32::try_from(bytes.len().div_ceil(piece)).expect("a document value is far below 256 TiB");
+    for (index, piece) in (0..pieces).zip(bytes.chunks(piece)) {
         docs.batch_insert(
             batch,
             &piece_key(collection, kind, seq, index, pieces),
@@ -186,8 +198,9 @@ where
             return Some(Err(Self::malformed("value lacks its first piece")));
         }
         // `pieces` is part of the key every piece is sealed to: a value that opened
-        // vouches for it. Reserved whole, so no plaintext copy is left by growing.
-        let mut value = Zeroizing::new(Vec::with_capacity(pieces as usize * DOC_PIECE));
+        // vouches for it. Reserved whole, so no plaintext copy is left by growing: every
+        // piece but the last is as long as the first, whatever size its version wrote.
+        let mut value = Zeroizing::new(Vec::with_capacity(pieces as usize * bytes.len()));
         value.extend_from_slice(&bytes);
         for index in 1..pieces {
             let (key, bytes) = match self.entries.next() {
