@@ -58,6 +58,35 @@ pub fn trim() {
     TRIMS.fetch_add(1, Ordering::Relaxed);
 }
 
+/// What the measurements run by hand read of this process's memory.
+#[cfg(test)]
+pub(crate) mod measure {
+    /// The heap's bytes in use (glibc's `mallinfo2`).
+    pub(crate) fn heap_in_use() -> usize {
+        // SAFETY: mallinfo2 only reads the allocator's counters.
+        let info = unsafe { libc::mallinfo2() };
+        info.uordblks + info.hblkhd
+    }
+
+    /// Field `field` of `/proc/self/status` (`VmRSS`, `VmHWM`), as it reads there.
+    pub(crate) fn status(field: &str) -> String {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(field)?
+                    .strip_prefix(':')
+                    .map(|v| v.trim().to_owned())
+            })
+            .unwrap_or_default()
+    }
+
+    /// Bytes as MiB.
+    pub(crate) fn mib(bytes: usize) -> f64 {
+        bytes as f64 / (1024.0 * 1024.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1101,11 +1101,8 @@ mod tests {
     #[test]
     #[ignore = "a measurement, run by hand"]
     fn measure_what_sled_keeps_of_what_it_read() {
-        fn in_use() -> f64 {
-            // SAFETY: mallinfo2 only reads the allocator's counters.
-            let info = unsafe { libc::mallinfo2() };
-            (info.uordblks + info.hblkhd) as f64 / 1_048_576.0
-        }
+        use crate::memory::measure::{heap_in_use, mib};
+        let in_use = || mib(heap_in_use());
         fn walk(dir: &std::path::Path) -> u64 {
             std::fs::read_dir(dir)
                 .unwrap()

@@ -682,16 +682,15 @@ mod tests {
         let _ = std::fs::write("/proc/self/clear_refs", "5");
         let started = std::time::Instant::now();
         let done = c.split_old().unwrap();
-        let peak = std::fs::read_to_string("/proc/self/status")
-            .unwrap_or_default()
-            .lines()
-            .find(|l| l.starts_with("VmHWM"))
-            .unwrap_or_default()
-            .to_owned();
-        eprintln!("split {done:?} in {:?}, {peak}", started.elapsed());
+        let peak = crate::memory::measure::status("VmHWM");
+        eprintln!(
+            "split {done:?} in {:?}, peak resident {peak}",
+            started.elapsed()
+        );
         assert_eq!(c.count(&mail_name).unwrap(), n);
     }
-    /// What parts in memory cost beside their saved size, which the cache counts:
+
+    /// What parts in memory cost beside their saved size and the cache's estimate:
     /// `HEARTH_MEM_N` messages (100,000 unless set) in 256 parts, every part loaded (a
     /// conflicts listing), with a text each if `HEARTH_MEM_BODY` is set. Run by hand
     /// with `--ignored --nocapture`, in a release build: the figures are the heap's
@@ -700,11 +699,7 @@ mod tests {
     #[tokio::test]
     #[ignore = "a measurement, run by hand"]
     async fn measure_parts_in_memory() {
-        fn in_use() -> usize {
-            // SAFETY: mallinfo2 only reads the allocator's counters.
-            let info = unsafe { libc::mallinfo2() };
-            info.uordblks + info.hblkhd
-        }
+        use crate::memory::measure::{heap_in_use as in_use, mib, status};
         let n = measured_size("HEARTH_MEM_N", 100_000);
         let vault = TestVault::new();
         let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
@@ -727,28 +722,26 @@ mod tests {
         c.all_conflicts(&mail_name).unwrap();
         let took = started.elapsed();
         let after = in_use();
-        let (parts, saved) = c.cached();
-        let ops: u64 = c
-            .open_slots()
-            .values()
-            .map(|slot| slot.collection.lock().unwrap().doc.stats().num_ops)
-            .sum();
+        let (parts, estimated) = c.cached();
+        let (mut saved, mut ops) = (0, 0);
+        for slot in c.open_slots().values() {
+            let part = slot.collection.lock().unwrap();
+            saved += part.snapshot_bytes + part.change_bytes;
+            ops += part.doc.stats().num_ops;
+        }
         drop(c);
         let dropped = in_use();
-        let resident = std::fs::read_to_string("/proc/self/status")
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:").map(|kb| kb.trim().to_owned()))
-            .unwrap_or_default();
+        let resident = status("VmRSS");
         vault.store.shutdown().await.unwrap();
         drop(vault);
         let closed = in_use();
-        let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
         eprintln!(
-            "{n} messages: {parts} parts loaded in {took:?}; saved {:.1} MiB, {ops} ops; \
+            "{n} messages: {parts} parts loaded in {took:?}; saved {:.1} MiB, {ops} ops, \
+             the cache's estimate {:.1} MiB; \
              heap in use {:.1} -> {:.1} MiB (+{:.1} MiB, {:.1}x saved, {:.0} B an op); \
              after the drop {:.1} MiB (resident: {resident}), once the store closed {:.1} MiB",
             mib(saved),
+            mib(estimated),
             mib(before),
             mib(after),
             mib(after.saturating_sub(before)),
