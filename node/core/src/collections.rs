@@ -368,9 +368,10 @@ impl Collections {
     }
 
     /// How much of the vault's documents stays in memory, counted by an estimate of
-    /// the memory each takes ([`Collection::in_memory`]). After each use, the least recently used collections nobody is
-    /// using are dropped until the rest fit; the one just used always stays. Dropping
-    /// loses nothing: memory never runs ahead of the disk, and the next use loads it.
+    /// the memory each takes ([`Collection::in_memory`]). After each use, the least
+    /// recently used collections nobody is using are dropped until the rest fit; the
+    /// one just used always stays. Dropping loses nothing: memory never runs ahead of
+    /// the disk, and the next use loads it.
     pub fn set_cache_budget(&self, bytes: usize) {
         self.budget.store(bytes, Ordering::Relaxed);
     }

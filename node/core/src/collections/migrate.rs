@@ -79,7 +79,7 @@ impl Collections {
             name: name.clone(),
             part: 0,
         };
-        let (old, _) = self.read_at(&as_part, whole)?;
+        let old = self.read_at(&as_part, whole)?;
         let generation = old.next_seq + 1;
         let mut by_part = by_part(&old.doc, &collection, fan_out);
         if by_part.is_empty() {

@@ -155,7 +155,7 @@ impl Collections {
             let heads = if mark.generation == generation {
                 mark.heads
             } else {
-                self.read_part(&part)?.0.persisted_heads
+                self.read_part(&part)?.persisted_heads
             };
             let heads = hearth_protocol::commit::heads_digest(heads.iter().map(|h| &h.0));
             found.insert(

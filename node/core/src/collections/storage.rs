@@ -475,7 +475,7 @@ impl Collections {
                 .map(|slot| slot.collection.clone());
             match cached {
                 Some(collection) => Ok(collection),
-                None => self.read_collection(name).map(|(collection, _)| {
+                None => self.read_collection(name).map(|collection| {
                     let bytes = collection.in_memory();
                     let collection = Arc::new(Mutex::new(collection));
                     self.open_slots().insert(
@@ -500,32 +500,21 @@ impl Collections {
         loaded
     }
 
-    /// Reads a part from the disk (checked against the commit record), and its saved
-    /// size.
-    pub(super) fn read_collection(
-        &self,
-        part: &PartName,
-    ) -> Result<(Collection, usize), CollectionError> {
+    /// Reads a part from the disk (checked against the commit record).
+    pub(super) fn read_collection(&self, part: &PartName) -> Result<Collection, CollectionError> {
         self.verify_parts(&part.name)?;
         self.read_part(part)
     }
 
     /// [`Collections::read_collection`] without first checking a collection kept in
     /// parts as a whole (what that check itself reads).
-    pub(super) fn read_part(
-        &self,
-        part: &PartName,
-    ) -> Result<(Collection, usize), CollectionError> {
+    pub(super) fn read_part(&self, part: &PartName) -> Result<Collection, CollectionError> {
         self.read_at(part, self.place(part))
     }
 
     /// Reads the document kept at `at` as part `part` (checked against the commit
     /// record as what it is: a whole collection, or a part).
-    pub(super) fn read_at(
-        &self,
-        part: &PartName,
-        at: Part,
-    ) -> Result<(Collection, usize), CollectionError> {
+    pub(super) fn read_at(&self, part: &PartName, at: Part) -> Result<Collection, CollectionError> {
         let (name, key) = (&part.name, at.key);
         let listed = self.names.contains_key(&parts::listing_key(&at))?;
         let corrupt = |e: AutomergeError| CollectionError::Document {
@@ -604,6 +593,6 @@ impl Collections {
             snapshot_bytes,
             stale: false,
         };
-        Ok((collection, snapshot_bytes + change_bytes))
+        Ok(collection)
     }
 }
