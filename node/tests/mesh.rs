@@ -777,7 +777,7 @@ async fn devices_in_step_compare_fingerprints_and_sync_only_what_differs() {
     }
 }
 
-/// A device that still speaks sync version 1 is told this one's version and nothing
+/// A device that still speaks sync version 1, 2 or 3 is told this one's version and nothing
 /// else: no collection's changes move, and the stream ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_speaking_an_older_sync_version_is_told_to_upgrade_and_gets_nothing() {
@@ -794,10 +794,11 @@ async fn a_device_speaking_an_older_sync_version_is_told_to_upgrade_and_gets_not
     .await;
     eventually("B syncs with A", || get(&b, "notes", "secret").is_some()).await;
 
-    // B, as an older Hearth would: the version 1 or 2 protocol, its Hello, then it
+    // B, as an older Hearth would: the version 1, 2 or 3 protocol, its Hello, then it
     // listens.
     let legacy = hearth_protocol::sync::LEGACY_SYNC_PROTOCOLS;
-    for (protocol, version) in legacy.into_iter().zip([1, 2]) {
+    assert_eq!(legacy.len(), 3);
+    for (protocol, version) in legacy.into_iter().zip([1, 2, 3]) {
         let mut stream = b
             .vault()
             .mesh()

@@ -1,16 +1,18 @@
-//! The sync protocol `/hearth/sync/3`: frames exchanged between two devices of a vault.
+//! The sync protocol `/hearth/sync/4`: frames exchanged between two devices of a vault.
 //!
 //! A stream carries frames, each `u32be length ‖ body` with `length <= MAX_FRAME`.
 //! Bodies:
 //!
 //! ```text
-//! 0x01 Hello   ‖ protocol version u8 (3) ‖ vault id (16)
+//! 0x01 Hello   ‖ protocol version u8 (4) ‖ vault id (16)
 //! 0x02 Doc     ‖ u8 len(name) ‖ collection name ‖ part u16be
 //!              ‖ Automerge sync message (rest)
 //! 0x03 Summary ‖ fingerprint (32) ‖ collections u32be
 //! 0x04 Digests ‖ count u32be ‖ per collection, in name order:
 //!                u8 len(name) ‖ collection name ‖ parts u16be (at least 1)
 //!                ‖ per part, in order: part u16be ‖ heads digest (32)
+//! 0x05 Whole   ‖ u8 len(name) ‖ collection name ‖ part u16be
+//!              ‖ the part's saved Automerge document (rest)
 //! ```
 //!
 //! A collection is kept in one or several parts, each an Automerge document of its
@@ -25,18 +27,22 @@
 //! digest the other side does not have; from then on, and for every later local
 //! change, each side sends the Automerge sync messages its sync state for that part
 //! produces and answers every message it receives, until neither has anything to say.
-//! A malformed frame ends the stream (never the node).
+//! A part the other side's `Digests` does not list at all (a new device) is sent
+//! `Whole` instead: the document as it is stored, which the receiver keeps as it came
+//! (or merges, if it has written to that part meanwhile) and then syncs as any part,
+//! so that both learn each other's heads. A malformed frame ends the stream (never
+//! the node).
 //!
-//! Versions 1 and 2 (`/hearth/sync/1`, `/hearth/sync/2`: documents without parts)
-//! are refused: a device that still speaks one is told this one's version and logged
-//! as needing an upgrade.
+//! Versions 1 to 3 (`/hearth/sync/1` to `/3`: 1 and 2 without parts, 3 without
+//! `Whole`) are refused: a device that still speaks one is told this one's version
+//! and logged as needing an upgrade.
 
 use crate::names::CollectionName;
 
-pub const SYNC_PROTOCOL: &str = "/hearth/sync/3";
-pub const SYNC_VERSION: u8 = 3;
-/// The protocols of Hearth before sync version 3: accepted only to say "upgrade".
-pub const LEGACY_SYNC_PROTOCOLS: [&str; 2] = ["/hearth/sync/1", "/hearth/sync/2"];
+pub const SYNC_PROTOCOL: &str = "/hearth/sync/4";
+pub const SYNC_VERSION: u8 = 4;
+/// The protocols of Hearth before sync version 4: accepted only to say "upgrade".
+pub const LEGACY_SYNC_PROTOCOLS: [&str; 3] = ["/hearth/sync/1", "/hearth/sync/2", "/hearth/sync/3"];
 /// Largest frame body accepted. An Automerge sync message carries the changes the
 /// other side lacks, so a first sync of a large collection is big, but bounded.
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
@@ -45,6 +51,7 @@ const TAG_HELLO: u8 = 1;
 const TAG_DOC: u8 = 2;
 const TAG_SUMMARY: u8 = 3;
 const TAG_DIGESTS: u8 = 4;
+const TAG_WHOLE: u8 = 5;
 const DIGEST: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +72,12 @@ pub enum SyncFrame {
     },
     /// Every collection's name and its parts' heads digests, in name order.
     Digests(Vec<(CollectionName, PartDigests)>),
+    /// A part the peer has nothing of, as it is stored: a saved Automerge document.
+    Whole {
+        collection: CollectionName,
+        part: u16,
+        document: Vec<u8>,
+    },
 }
 
 /// A collection's parts and each one's heads digest, in part order (at least one).
@@ -143,15 +156,12 @@ impl SyncFrame {
                 collection,
                 part,
                 message,
-            } => {
-                let name = collection.as_str().as_bytes();
-                let mut out = Vec::with_capacity(4 + name.len() + message.len());
-                out.push(TAG_DOC);
-                push_name(&mut out, collection);
-                out.extend_from_slice(&part.to_be_bytes());
-                out.extend_from_slice(message);
-                out
-            }
+            } => part_frame(TAG_DOC, collection, *part, message),
+            SyncFrame::Whole {
+                collection,
+                part,
+                document,
+            } => part_frame(TAG_WHOLE, collection, *part, document),
             SyncFrame::Summary {
                 fingerprint,
                 collections,
@@ -200,12 +210,19 @@ impl SyncFrame {
                 })
             }
             TAG_DOC => {
-                let (collection, rest) = take_name(rest)?;
-                let (part, rest) = take::<2>(rest)?;
+                let (collection, part, message) = take_part(rest)?;
                 Ok(SyncFrame::Doc {
                     collection,
-                    part: u16::from_be_bytes(part),
-                    message: rest.to_vec(),
+                    part,
+                    message: message.to_vec(),
+                })
+            }
+            TAG_WHOLE => {
+                let (collection, part, document) = take_part(rest)?;
+                Ok(SyncFrame::Whole {
+                    collection,
+                    part,
+                    document: document.to_vec(),
                 })
             }
             TAG_SUMMARY => {
@@ -263,6 +280,24 @@ impl SyncFrame {
             other => Err(FrameError::UnknownTag(other)),
         }
     }
+}
+
+/// A frame about one part: `tag ‖ u8 len(name) ‖ name ‖ part u16be ‖ body`.
+fn part_frame(tag: u8, collection: &CollectionName, part: u16, body: &[u8]) -> Vec<u8> {
+    let name = collection.as_str().as_bytes();
+    let mut out = Vec::with_capacity(4 + name.len() + body.len());
+    out.push(tag);
+    push_name(&mut out, collection);
+    out.extend_from_slice(&part.to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// The collection, part and body of a frame about one part (after its tag).
+fn take_part(bytes: &[u8]) -> Result<(CollectionName, u16, &[u8]), FrameError> {
+    let (collection, rest) = take_name(bytes)?;
+    let (part, rest) = take::<2>(rest)?;
+    Ok((collection, u16::from_be_bytes(part), rest))
 }
 
 fn push_name(out: &mut Vec<u8>, name: &CollectionName) {
@@ -333,8 +368,10 @@ mod tests {
     proptest! {
         #[test]
         fn round_trip(name in "[a-z][a-z0-9_-]{0,20}", part in any::<u16>(), message in proptest::collection::vec(any::<u8>(), 0..300), vault in any::<[u8; 16]>()) {
-            let doc = SyncFrame::Doc { collection: CollectionName::parse(&name).unwrap(), part, message };
+            let doc = SyncFrame::Doc { collection: CollectionName::parse(&name).unwrap(), part, message: message.clone() };
             prop_assert_eq!(SyncFrame::decode(&doc.encode()).unwrap(), doc);
+            let whole = SyncFrame::Whole { collection: CollectionName::parse(&name).unwrap(), part, document: message };
+            prop_assert_eq!(SyncFrame::decode(&whole.encode()).unwrap(), whole);
             let hello = SyncFrame::Hello { version: SYNC_VERSION, vault_id: vault };
             prop_assert_eq!(SyncFrame::decode(&hello.encode()).unwrap(), hello);
         }
@@ -406,6 +443,11 @@ mod tests {
             SyncFrame::decode(&[2, 1, b'a', 0]),
             Err(FrameError::Truncated),
             "a Doc frame names its part"
+        );
+        assert_eq!(
+            SyncFrame::decode(&[5, 1, b'a', 0]),
+            Err(FrameError::Truncated),
+            "a Whole frame names its part"
         );
         assert_eq!(
             SyncFrame::decode(&[2, 2, b'A', b'b']),

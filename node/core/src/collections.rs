@@ -230,6 +230,10 @@ struct Collection {
     /// Set when persisting a change failed: memory is ahead of the disk, so this copy
     /// must not be used again (a writer waiting on its lock reloads from disk instead).
     stale: bool,
+    /// The saved document `doc` was loaded from, when a peer sent the part whole onto
+    /// nothing ([`Collections::receive_whole`]): the next persist stores it as the
+    /// part's snapshot, as it came, instead of saving every change again.
+    whole: Option<Zeroizing<Vec<u8>>>,
 }
 
 /// How [`Collections::write_many_with`]'s `decide` reads a record: as the collection

@@ -1,4 +1,4 @@
-//! Sync sessions: the `/hearth/sync/3` protocol with one member device.
+//! Sync sessions: the `/hearth/sync/4` protocol with one member device.
 //!
 //! In: a stream to a peer that is on the device list; local change notifications.
 //! Out: the peer's changes applied and committed locally, and ours sent to it.
@@ -6,8 +6,10 @@
 //! collection's digest, read from the record index's marks), then the digests of
 //! each collection's parts if those differ, and runs Automerge sync only for the parts
 //! that differ: two devices that hold the same changes exchange two small frames each
-//! way and read no document. A device that speaks version 1 or 2 is told this one's
-//! version and logged as needing an upgrade; nothing is merged with it.
+//! way and read no document. A part the peer has nothing of (a new device) is sent
+//! whole, as it is stored, without loading it. A device that speaks version 1, 2 or
+//! 3 is told this one's version and logged as needing an upgrade; nothing is merged
+//! with it.
 //! One session per peer: the device with the smaller PeerId opens the stream when a
 //! connection is established, the other accepts it; a newer session to the same peer
 //! replaces the older one. Every received frame is checked before it is used, and any
@@ -478,8 +480,14 @@ impl SyncService {
                     if done.applied {
                         self.note_sync(peer);
                     }
-                    if let Some(message) = done.reply? {
-                        self.send(peer, outbox, SyncFrame::Doc { collection, part, message }).await?;
+                    match done.reply? {
+                        Some(Reply::Sync(message)) => {
+                            self.send(peer, outbox, SyncFrame::Doc { collection, part, message }).await?;
+                        }
+                        Some(Reply::Whole(document)) => {
+                            self.send(peer, outbox, SyncFrame::Whole { collection, part, document: document.to_vec() }).await?;
+                        }
+                        None => {}
                     }
                     // Committed once the frames waiting are applied (the peer
                     // sends again whatever a crash before it loses), while the
@@ -537,14 +545,17 @@ impl SyncService {
                         SyncFrame::Digests(theirs) => {
                             let theirs: HashMap<CollectionName, PartDigests> = theirs.into_iter().collect();
                             // Each side starts the parts of its own that differ; one only
-                            // the other has, the other starts.
+                            // the other has, the other starts. A part the peer has
+                            // nothing of goes whole.
                             for (name, parts) in self.part_digests().await? {
                                 let their_parts = theirs.get(&name);
                                 for (part, digest) in parts {
-                                    let same = their_parts
-                                        .is_some_and(|t| t.binary_search(&(part, digest)).is_ok());
-                                    if !same {
-                                        jobs.add((name.clone(), part), None);
+                                    let theirs = their_parts
+                                        .and_then(|t| t.binary_search_by_key(&part, |(p, _)| *p).ok().map(|at| t[at].1));
+                                    match theirs {
+                                        Some(same) if same == digest => {}
+                                        Some(_) => jobs.add((name.clone(), part), Work::Offer),
+                                        None => jobs.add((name.clone(), part), Work::SendWhole),
                                     }
                                 }
                             }
@@ -553,7 +564,13 @@ impl SyncService {
                         SyncFrame::Doc { collection, part, message } => {
                             self.count(peer, |s| s.in_step = false);
                             unsettled = Some(tokio::time::Instant::now());
-                            jobs.add((collection, part), Some(message));
+                            jobs.add((collection, part), Work::Message(message));
+                            self.start_jobs(peer, &mut jobs, &mut states);
+                        }
+                        SyncFrame::Whole { collection, part, document } => {
+                            self.count(peer, |s| s.in_step = false);
+                            unsettled = Some(tokio::time::Instant::now());
+                            jobs.add((collection, part), Work::Whole(document));
                             self.start_jobs(peer, &mut jobs, &mut states);
                         }
                     }
@@ -566,7 +583,7 @@ impl SyncService {
                     unsettled = Some(tokio::time::Instant::now());
                     match changed {
                         Ok(Changed { collection, part }) => {
-                            jobs.add((collection, part), None);
+                            jobs.add((collection, part), Work::Offer);
                             self.start_jobs(peer, &mut jobs, &mut states);
                         }
                         // Changes were missed: the fingerprints find what differs.
@@ -584,7 +601,7 @@ impl SyncService {
     /// time for each part, in the order they came for each part.
     fn start_jobs(&self, peer: PeerId, jobs: &mut Jobs, states: &mut States) {
         while jobs.running.len() < MAX_JOBS {
-            let Some((key, message)) = jobs.next_ready() else {
+            let Some((key, work)) = jobs.next_ready() else {
                 return;
             };
             if !states.contains_key(&key) {
@@ -594,17 +611,31 @@ impl SyncService {
             let vault = self.vault.clone();
             jobs.running.spawn_blocking(move || {
                 let (name, part) = (&key.0, key.1);
-                let applied = message.is_some();
-                let received = match message {
-                    Some(message) => vault
-                        .collections
-                        .receive_sync(name, part, &mut state, &message),
-                    None => Ok(0),
+                let collections = &vault.collections;
+                let applied = matches!(work, Work::Message(_) | Work::Whole(_));
+                let received = match &work {
+                    Work::Message(message) => {
+                        collections.receive_sync(name, part, &mut state, message)
+                    }
+                    Work::Whole(document) => collections.receive_whole(name, part, document),
+                    Work::Offer | Work::SendWhole => Ok(0),
                 };
-                // Nothing to answer with after a message that could not be applied.
-                let reply = match &received {
-                    Ok(_) => vault.collections.generate_sync(name, part, &mut state),
-                    Err(_) => Ok(None),
+                // Nothing to answer with after a message that could not be applied. A
+                // part sent whole that is too large for a frame, or that cannot be
+                // vouched for as stored, is synced the usual way.
+                let whole = match (&received, work) {
+                    (Ok(_), Work::SendWhole) => collections
+                        .stored_part(name, part)
+                        .map(|stored| stored.filter(|d| d.len() <= MAX_WHOLE)),
+                    _ => Ok(None),
+                };
+                let reply = match (&received, whole) {
+                    (Err(_), _) => Ok(None),
+                    (Ok(_), Ok(Some(document))) => Ok(Some(Reply::Whole(document))),
+                    (Ok(_), Ok(None)) => collections
+                        .generate_sync(name, part, &mut state)
+                        .map(|m| m.map(Reply::Sync)),
+                    (Ok(_), Err(e)) => Err(e),
                 };
                 Done {
                     key,
@@ -690,30 +721,54 @@ const MAX_JOBS: usize = 2;
 /// frames (so that a fast peer meets backpressure).
 const MAX_QUEUED: usize = 16;
 
-/// A session's work on its parts: each job applies the peer's message to a part, if
-/// it has one, then makes the part's next message to the peer. One job at a time for
+/// The largest part sent whole: what fits in a frame with its header.
+const MAX_WHOLE: usize = hearth_protocol::sync::MAX_FRAME - 1024;
+
+/// What a job does for its part, before it makes the part's next message to the peer.
+#[derive(Debug, PartialEq, Eq)]
+enum Work {
+    /// Nothing: the part changed here, or differs from the peer's.
+    Offer,
+    /// Sends the part whole instead of a sync message: the peer has nothing of it.
+    SendWhole,
+    /// Applies the peer's Automerge sync message.
+    Message(Vec<u8>),
+    /// Applies the part the peer sent whole.
+    Whole(Vec<u8>),
+}
+
+/// A job's message to the peer.
+enum Reply {
+    Sync(Vec<u8>),
+    Whole(zeroize::Zeroizing<Vec<u8>>),
+}
+
+/// A session's work on its parts: each job applies what the peer sent for a part, if
+/// anything, then makes the part's next message to the peer. One job at a time for
 /// a part (its sync state goes with it), in the order they came.
 #[derive(Default)]
 struct Jobs {
     running: JoinSet<Done>,
     /// The parts of the running jobs.
     busy: std::collections::HashSet<Key>,
-    queued: std::collections::VecDeque<(Key, Option<Vec<u8>>)>,
+    queued: std::collections::VecDeque<(Key, Work)>,
 }
 
 impl Jobs {
-    /// Queues a job; one without a message (an offer) is dropped if a job for the part
-    /// is queued already, since every job answers.
-    fn add(&mut self, key: Key, message: Option<Vec<u8>>) {
-        if message.is_none() && self.queued.iter().any(|(k, _)| *k == key) {
+    /// Queues a job; one that applies nothing (an offer, or sending a part whole) is
+    /// dropped if a job for the part is queued already, since every job answers.
+    fn add(&mut self, key: Key, work: Work) {
+        if matches!(work, Work::Offer | Work::SendWhole)
+            && self.queued.iter().any(|(k, _)| *k == key)
+        {
             return;
         }
-        self.queued.push_back((key, message));
+        self.queued.push_back((key, work));
     }
 
     /// Takes the first queued job whose part has no job running, and notes its part
     /// busy (until [`Done`] comes back for it).
-    fn next_ready(&mut self) -> Option<(Key, Option<Vec<u8>>)> {
+    fn next_ready(&mut self) -> Option<(Key, Work)> {
         let at = self
             .queued
             .iter()
@@ -732,11 +787,11 @@ impl Jobs {
 struct Done {
     key: Key,
     state: State,
-    /// Changes the peer's message brought (0 without one).
+    /// Changes the peer's message or part brought (0 without one).
     received: Result<usize, CollectionError>,
     /// The next message to the peer, if there is anything to say.
-    reply: Result<Option<Vec<u8>>, CollectionError>,
-    /// Whether the job applied a message from the peer.
+    reply: Result<Option<Reply>, CollectionError>,
+    /// Whether the job applied a message or part from the peer.
     applied: bool,
 }
 
@@ -761,35 +816,42 @@ mod tests {
     }
 
     /// Jobs for one part run one at a time and in the order they came, while another
-    /// part's go past them; an offer for a part that has a job waiting adds nothing
-    /// (that job answers), a message always queues.
+    /// part's go past them; an offer (or a part to send whole) for a part that has a
+    /// job waiting adds nothing (that job answers), a message or a part received
+    /// always queues.
     #[test]
     fn a_part_runs_its_jobs_one_at_a_time_in_order_and_others_go_past() {
         let mut jobs = Jobs::default();
         let (a, b) = (key("notes", 1), key("notes", 2));
-        jobs.add(a.clone(), Some(b"1".to_vec()));
-        jobs.add(a.clone(), Some(b"2".to_vec()));
-        jobs.add(a.clone(), None);
-        jobs.add(b.clone(), None);
-        jobs.add(b.clone(), None);
+        jobs.add(a.clone(), Work::Message(b"1".to_vec()));
+        jobs.add(a.clone(), Work::Whole(b"2".to_vec()));
+        jobs.add(a.clone(), Work::Offer);
+        jobs.add(b.clone(), Work::SendWhole);
+        jobs.add(b.clone(), Work::Offer);
         assert_eq!(
             jobs.queued.len(),
             3,
             "an offer for a part with a job waiting adds nothing"
         );
 
-        assert_eq!(jobs.next_ready(), Some((a.clone(), Some(b"1".to_vec()))));
+        assert_eq!(
+            jobs.next_ready(),
+            Some((a.clone(), Work::Message(b"1".to_vec())))
+        );
         // a is busy: b goes past a's waiting job, and then nothing is ready.
-        assert_eq!(jobs.next_ready(), Some((b.clone(), None)));
+        assert_eq!(jobs.next_ready(), Some((b.clone(), Work::SendWhole)));
         assert_eq!(jobs.next_ready(), None);
 
         jobs.busy.remove(&a);
-        assert_eq!(jobs.next_ready(), Some((a.clone(), Some(b"2".to_vec()))));
+        assert_eq!(
+            jobs.next_ready(),
+            Some((a.clone(), Work::Whole(b"2".to_vec())))
+        );
         // While a runs, an offer for it queues behind it.
-        jobs.add(a.clone(), None);
+        jobs.add(a.clone(), Work::Offer);
         assert_eq!(jobs.next_ready(), None);
         jobs.busy.remove(&a);
-        assert_eq!(jobs.next_ready(), Some((a.clone(), None)));
+        assert_eq!(jobs.next_ready(), Some((a.clone(), Work::Offer)));
         jobs.busy.clear();
         assert_eq!(jobs.next_ready(), None);
         assert!(jobs.idle());

@@ -168,9 +168,50 @@ impl Collections {
                 // whole history out of the document would double its memory.
                 return Ok((doc.get_changes_meta(&before).len(), Vec::new()));
             }
-            let received = doc.get_changes(&before);
-            let restored = merged(doc, &before, &received, user)?;
-            Ok((received.len(), restored))
+            merge_received(doc, &before, user)
+        })?;
+        self.note_restored(name, restored)?;
+        Ok(count)
+    }
+
+    /// Applies part `part` of a collection as a peer sent it whole (its
+    /// [`Collections::stored_part`]). Onto a part this device has nothing of, the
+    /// document is loaded as a load from the disk loads it, then stored as it came, as
+    /// the part's snapshot: neither saved again change by change nor compacted later.
+    /// Onto a part with changes of its own, it is merged as sync merges. Returns how
+    /// many changes it brought. Durable only after [`Store::commit`].
+    pub fn receive_whole(
+        &self,
+        name: &CollectionName,
+        part: u16,
+        bytes: &[u8],
+    ) -> Result<usize, CollectionError> {
+        let part = self.synced_part(name, part)?;
+        let refused = |e: AutomergeError| CollectionError::BadSyncMessage {
+            collection: name.to_string(),
+            reason: format!("the part it sent whole does not load: {e}"),
+        };
+        let mut arrived = AutoCommit::load(bytes).map_err(refused)?;
+        crate::memory::note_loaded(bytes.len());
+        let onto_nothing = self.with(&part, |c| {
+            if c.next_seq != 0 || !c.doc.get_heads().is_empty() {
+                return Ok(None);
+            }
+            let count = arrived.get_changes_meta(&[]).len();
+            c.doc = arrived;
+            c.doc.set_actor(self.actor.clone());
+            c.whole = Some(Zeroizing::new(bytes.to_vec()));
+            self.persist_or_forget(c, FROM_CHANGES)?;
+            Ok(Some(count))
+        })?;
+        if let Some(count) = onto_nothing {
+            return Ok(count);
+        }
+        let user = !name.is_system();
+        let (count, restored) = self.mutate(&part, FROM_CHANGES, |doc| {
+            let before = doc.get_heads();
+            doc.load_incremental(bytes)?;
+            merge_received(doc, &before, user)
         })?;
         self.note_restored(name, restored)?;
         Ok(count)
@@ -183,4 +224,16 @@ impl Collections {
     ) -> Result<Vec<automerge::ChangeHash>, CollectionError> {
         self.with(&self.whole(name, "history")?, |c| Ok(c.doc.get_heads()))
     }
+}
+
+/// Merges what arrived since `before` with this side's changes (`merged`); returns how
+/// many changes arrived and the records it kept.
+fn merge_received(
+    doc: &mut AutoCommit,
+    before: &[ChangeHash],
+    user: bool,
+) -> Result<(usize, Vec<recordmerge::Restored>), AutomergeError> {
+    let received = doc.get_changes(before);
+    let restored = merged(doc, before, &received, user)?;
+    Ok((received.len(), restored))
 }

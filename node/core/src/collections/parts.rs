@@ -250,6 +250,26 @@ mod tests {
         c
     }
 
+    /// Two devices of one vault, collections in parts on both, and 100 notes on A.
+    fn two_devices_with_notes() -> (
+        TestVault,
+        TestVault,
+        Collections,
+        Collections,
+        CollectionName,
+    ) {
+        let va = TestVault::new();
+        let vb = va.other_device();
+        let a = in_parts(&va);
+        let b = Collections::open(vb.store.clone(), [2; 16]).unwrap();
+        b.set_user_fan_out(FAN_OUT);
+        let notes = name("notes");
+        for i in 0..100 {
+            put_numbered(&a, &notes, i);
+        }
+        (va, vb, a, b, notes)
+    }
+
     fn ids(records: &[Json]) -> Vec<String> {
         records
             .iter()
@@ -479,6 +499,83 @@ mod tests {
         }
     }
 
+    /// A part sent whole (`stored_part` there, `receive_whole` here) onto a device
+    /// that has none of it is stored as it came, as one snapshot, and reads back from
+    /// the disk; onto a part with a record of this device's own, it merges and both
+    /// sides' records are kept. Bytes that do not load are refused, and the part stays
+    /// as it was.
+    #[tokio::test]
+    async fn parts_sent_whole_are_stored_as_they_came_or_merged() {
+        let (_va, vb, a, b, notes) = two_devices_with_notes();
+        a.patch(&notes, &id("r3"), &obj(json!({ "seen": true })))
+            .unwrap()
+            .unwrap();
+        b.put(&notes, &id("mine"), &obj(json!({ "n": -1 })))
+            .unwrap();
+        let own = b.part_of(&notes, "mine").part;
+
+        for (name, parts) in a.part_digests().unwrap() {
+            for (part, _) in parts {
+                let whole = a.stored_part(&name, part).unwrap().expect("a part on disk");
+                let before = b.get(&notes, &id("mine")).unwrap();
+                let received = b.receive_whole(&name, part, &whole).unwrap();
+                assert!(received > 0, "part {part} brought its changes");
+                assert_eq!(b.get(&notes, &id("mine")).unwrap(), before);
+                let at = b.place(&PartName {
+                    name: name.clone(),
+                    part,
+                });
+                if part != own {
+                    assert_eq!(
+                        doc_kinds(&vb.store, &at.key),
+                        [(KIND_SNAPSHOT, 1)],
+                        "part {part} is one snapshot, as it came"
+                    );
+                }
+            }
+        }
+        let refused = b.receive_whole(&notes, own, b"not a document").unwrap_err();
+        assert!(
+            matches!(refused, CollectionError::BadSyncMessage { .. }),
+            "{refused}"
+        );
+        assert!(
+            b.receive_whole(&notes, FAN_OUT, &[]).is_err(),
+            "no such part"
+        );
+        assert_eq!(b.count(&notes).unwrap(), 101);
+        let theirs = b.part_digests().unwrap();
+        let ours = a.part_digests().unwrap();
+        for ((part, mine), (_, other)) in ours[0].1.iter().zip(&theirs[0].1) {
+            assert_eq!(
+                mine == other,
+                *part != own,
+                "part {part}: equal unless merged"
+            );
+        }
+
+        vb.store.commit().await.unwrap();
+        // Read again from the disk, by a core with nothing in memory.
+        drop(b);
+        let b = Collections::open(vb.store.clone(), [2; 16]).unwrap();
+        b.set_user_fan_out(FAN_OUT);
+        assert_eq!(b.count(&notes).unwrap(), 101);
+        for i in 0..100 {
+            assert_eq!(
+                b.get(&notes, &id(&format!("r{i}"))).unwrap().unwrap()["n"],
+                i
+            );
+        }
+        assert_eq!(b.get(&notes, &id("r3")).unwrap().unwrap()["seen"], true);
+        assert_eq!(b.get(&notes, &id("mine")).unwrap().unwrap()["n"], -1);
+        // What was stored whole takes changes as any part does.
+        b.patch(&notes, &id("r5"), &obj(json!({ "n": 50 })))
+            .unwrap()
+            .unwrap();
+        sync_part(&a, &b, &notes, b.part_of(&notes, "r5").part);
+        assert_eq!(a.get(&notes, &id("r5")).unwrap().unwrap()["n"], 50);
+    }
+
     /// How long a new device takes to receive a collection of `HEARTH_SYNC_N` small
     /// records (10,000 unless set) in 256 parts, each part synced whole, on this side
     /// and the other: run by hand with `--ignored --nocapture`, in a release build.
@@ -501,14 +598,25 @@ mod tests {
                 .collect();
             a.write_many(&contacts, &writes).unwrap();
         }
+        // HEARTH_SYNC_WHOLE=1: each part sent whole (as a session does for a part the
+        // new device lacks), else by Automerge sync.
+        let whole = std::env::var_os("HEARTH_SYNC_WHOLE").is_some();
         let started = std::time::Instant::now();
         for (name, parts) in a.part_digests().unwrap() {
             for (part, _) in parts {
-                sync_part(&a, &b, &name, part);
+                if whole {
+                    let bytes = a.stored_part(&name, part).unwrap().unwrap();
+                    b.receive_whole(&name, part, &bytes).unwrap();
+                } else {
+                    sync_part(&a, &b, &name, part);
+                }
             }
         }
         vb.store.commit().await.unwrap();
-        eprintln!("{n} records on the new device in {:?}", started.elapsed());
+        eprintln!(
+            "{n} records on the new device in {:?} (whole parts: {whole})",
+            started.elapsed()
+        );
         assert_eq!(b.count(&contacts).unwrap(), n);
     }
 
@@ -517,15 +625,7 @@ mod tests {
     /// collection does not have is refused.
     #[tokio::test]
     async fn two_devices_sync_a_collection_part_by_part() {
-        let va = TestVault::new();
-        let vb = va.other_device();
-        let a = in_parts(&va);
-        let b = Collections::open(vb.store.clone(), [2; 16]).unwrap();
-        b.set_user_fan_out(FAN_OUT);
-        let notes = name("notes");
-        for i in 0..100 {
-            put_numbered(&a, &notes, i);
-        }
+        let (_va, _vb, a, b, notes) = two_devices_with_notes();
         for (name, parts) in a.part_digests().unwrap() {
             for (part, _) in parts {
                 sync_part(&a, &b, &name, part);

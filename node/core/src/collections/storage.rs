@@ -18,6 +18,9 @@ pub(super) struct Writes {
 pub(super) struct Prepared {
     mark: Mark,
     bytes: usize,
+    /// Whether what was written is the part's snapshot (a part that arrived whole),
+    /// not a change.
+    snapshot: bool,
 }
 
 /// A compaction of one collection, off its lock: saves a copy of its document as it
@@ -294,10 +297,18 @@ impl Collections {
         writes: &mut Writes,
         log: &mut super::log::LogHead,
     ) -> Result<Option<Prepared>, CollectionError> {
-        let bytes = c.doc.save_after(&c.persisted_heads);
-        if bytes.is_empty() {
-            return Ok(None);
-        }
+        // A part that arrived whole onto nothing is stored as it came, as its snapshot
+        // covering generation 1; anything else, as the change since the last persist.
+        let (kind, seq, bytes) = match c.whole.take() {
+            Some(whole) if c.next_seq == 0 => (KIND_SNAPSHOT, 1, whole),
+            _ => {
+                let bytes = Zeroizing::new(c.doc.save_after(&c.persisted_heads));
+                if bytes.is_empty() {
+                    return Ok(None);
+                }
+                (KIND_CHANGE, c.next_seq, bytes)
+            }
+        };
         // The records this change touched: as the writer says, or from the change's
         // own operations (so the cost follows the change); a device catching up
         // indexes everything instead.
@@ -352,14 +363,7 @@ impl Collections {
                     self.reindex(c, &mut writes.index, mark.generation, mark.heads.clone())?;
             }
         }
-        insert_doc_value(
-            &self.docs,
-            &mut writes.docs,
-            &c.at.key,
-            KIND_CHANGE,
-            c.next_seq,
-            &bytes,
-        );
+        insert_doc_value(&self.docs, &mut writes.docs, &c.at.key, kind, seq, &bytes);
         self.append_log(
             log,
             &c.at.collection,
@@ -371,6 +375,7 @@ impl Collections {
         Ok(Some(Prepared {
             mark,
             bytes: bytes.len(),
+            snapshot: kind == KIND_SNAPSHOT,
         }))
     }
 
@@ -396,11 +401,19 @@ impl Collections {
     /// Notes in memory (and in the store's ledger) that `c`'s prepared change is
     /// written, and starts a compaction if its changes have grown enough.
     pub(super) fn finish(&self, c: &mut Collection, prepared: Prepared) {
-        let Prepared { mark, bytes } = prepared;
+        let Prepared {
+            mark,
+            bytes,
+            snapshot,
+        } = prepared;
         c.listed = true;
         c.next_seq = mark.generation;
-        c.changes_since_snapshot += 1;
-        c.change_bytes += bytes;
+        if snapshot {
+            c.snapshot_bytes += bytes;
+        } else {
+            c.changes_since_snapshot += 1;
+            c.change_bytes += bytes;
+        }
         c.persisted_heads = mark.heads;
         c.indexed = Some(mark.count);
         let ledger = self.store.ledger();
@@ -512,6 +525,56 @@ impl Collections {
         self.read_at(part, self.place(part))
     }
 
+    /// Part `part` of a collection as it is stored, its snapshot and then its changes
+    /// (which Automerge loads as one document), for a device that has none of it: sent
+    /// whole, it is neither loaded nor saved again here. Checked against the commit
+    /// record as a load is, through the part's index mark, which must be current with
+    /// what was read; `None` if it is not (a change landed meanwhile, or the mark must
+    /// be built again) or the part has nothing stored: the caller syncs it the usual
+    /// way, which loads and checks the document itself.
+    pub fn stored_part(
+        &self,
+        name: &CollectionName,
+        part: u16,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, CollectionError> {
+        let part = self.synced_part(name, part)?;
+        self.verify_parts(name)?;
+        let at = self.place(&part);
+        let before = self.index.mark(&at)?;
+        let mut values = Vec::new();
+        let mut generation = 0;
+        {
+            // A compaction replacing keys meanwhile would show this scan half of it.
+            let _layout = self.layout.lock().expect("layout lock is never poisoned");
+            for value in DocValues::new(&at.key, self.docs.scan_prefix(&at.key)) {
+                let (kind, seq, bytes) = value.map_err(|e| match e {
+                    StoreError::Malformed(reason) => {
+                        StoreError::Malformed(format!("collection {name}: {reason}"))
+                    }
+                    e => e,
+                })?;
+                generation = if kind == KIND_SNAPSHOT { seq } else { seq + 1 };
+                values.push(bytes);
+            }
+        }
+        let after = self.index.mark(&at)?;
+        if generation == 0 || before != after || after.generation != generation {
+            return Ok(None);
+        }
+        let ledger = self.store.ledger();
+        let checked = match at.number {
+            None => ledger.check(&at.key, generation, &after.heads),
+            Some(number) => ledger.check_part(&at.collection, number, generation, &after.heads),
+        };
+        committed(name, checked)?;
+        // One reservation, so that no plaintext copy is left behind by growing.
+        let mut whole = Zeroizing::new(Vec::with_capacity(values.iter().map(|v| v.len()).sum()));
+        for value in &values {
+            whole.extend_from_slice(value);
+        }
+        Ok(Some(whole))
+    }
+
     /// Reads the document kept at `at` as part `part` (checked against the commit
     /// record as what it is: a whole collection, or a part).
     pub(super) fn read_at(&self, part: &PartName, at: Part) -> Result<Collection, CollectionError> {
@@ -592,6 +655,7 @@ impl Collections {
             change_bytes,
             snapshot_bytes,
             stale: false,
+            whole: None,
         };
         Ok(collection)
     }
