@@ -206,24 +206,57 @@ async fn a_member_sending_garbage_only_closes_its_own_streams() {
         drain(&mut stream).await; // the node closes it
     }
     // A correct Hello followed by a garbage Automerge message, or by a message for a
-    // part the collection does not have.
+    // part the collection does not have; or by a part sent whole that is not a
+    // document, is one cut short, or is for a part the collection does not have.
     use automerge::sync::SyncDoc as _;
+    use automerge::transaction::Transactable as _;
     let first_message = automerge::sync::Message::encode(
         automerge::AutoCommit::new()
             .sync()
             .generate_sync_message(&mut automerge::sync::State::new())
             .expect("a first message"),
     );
-    for (part, message) in [(0, vec![0x42, 0xff, 0x00]), (300, first_message)] {
+    let mut doc = automerge::AutoCommit::new();
+    doc.put(automerge::ROOT, "mallory", "was here").unwrap();
+    let saved = doc.save();
+    let contacts = CollectionName::parse("contacts").unwrap();
+    let bad_frames = [
+        SyncFrame::Doc {
+            collection: contacts.clone(),
+            part: 0,
+            message: vec![0x42, 0xff, 0x00],
+        },
+        SyncFrame::Doc {
+            collection: contacts.clone(),
+            part: 300,
+            message: first_message,
+        },
+        SyncFrame::Whole {
+            collection: contacts.clone(),
+            part: 0,
+            document: vec![0x42; 64],
+        },
+        SyncFrame::Whole {
+            collection: contacts.clone(),
+            part: 1,
+            document: saved[..saved.len() - 3].to_vec(),
+        },
+        SyncFrame::Whole {
+            collection: contacts.clone(),
+            part: 300,
+            document: saved,
+        },
+    ];
+    for bad in bad_frames {
         let mut stream = sync_stream(&mut control, peer, vault_id).await;
-        let bad = SyncFrame::Doc {
-            collection: CollectionName::parse("contacts").unwrap(),
-            part,
-            message,
-        };
         stream.write_all(&frame(&bad.encode())).await.unwrap();
         drain(&mut stream).await;
     }
+    assert_eq!(
+        v.collections().count(&contacts).unwrap(),
+        1,
+        "nothing of the bad frames was stored"
+    );
 
     // Blob protocol: garbage request closes the stream; an unknown chunk is NotFound.
     let mut stream = open(&mut control, peer, BLOB_PROTOCOL).await.unwrap();
