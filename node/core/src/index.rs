@@ -352,8 +352,33 @@ impl RecordIndex {
         batch: &mut SealedBatch,
         part: &Part,
         name: &str,
+        mark: Mark,
+        touched: impl IntoIterator<Item = (&'a str, Option<Stored>)>,
+    ) -> Result<Mark, StoreError> {
+        self.update_with(batch, part, name, mark, touched, Entries::Looked)
+    }
+
+    /// [`RecordIndex::update`] for a part that has no entry yet (one with nothing on
+    /// disk, whose first change arrived from another device): nothing is looked up.
+    pub fn update_new<'a>(
+        &self,
+        batch: &mut SealedBatch,
+        part: &Part,
+        name: &str,
+        mark: Mark,
+        touched: impl IntoIterator<Item = (&'a str, Option<Stored>)>,
+    ) -> Result<Mark, StoreError> {
+        self.update_with(batch, part, name, mark, touched, Entries::None)
+    }
+
+    fn update_with<'a>(
+        &self,
+        batch: &mut SealedBatch,
+        part: &Part,
+        name: &str,
         mut mark: Mark,
         touched: impl IntoIterator<Item = (&'a str, Option<Stored>)>,
+        entries: Entries,
     ) -> Result<Mark, StoreError> {
         let mut seen = HashSet::new();
         for (id, record) in touched {
@@ -361,7 +386,10 @@ impl RecordIndex {
                 continue;
             }
             let key = self.record_key(&part.collection, name, id);
-            let existed = self.tree.contains_key(&key)?;
+            let existed = match entries {
+                Entries::Looked => self.tree.contains_key(&key)?,
+                Entries::None => false,
+            };
             match record {
                 Some(stored) => {
                     self.tree
@@ -483,6 +511,14 @@ fn decode_record(bytes: &[u8]) -> Result<Map<String, Json>, StoreError> {
     serde_json::from_slice(bytes).map_err(|_| {
         StoreError::Malformed("a record in the record index is not a JSON object".into())
     })
+}
+
+/// Whether [`RecordIndex::update`] must look up which records have an entry already.
+#[derive(Clone, Copy)]
+enum Entries {
+    Looked,
+    /// None of them has one.
+    None,
 }
 
 #[cfg(test)]

@@ -312,6 +312,9 @@ impl Collections {
         // The records this change touched: as the writer says, or from the change's
         // own operations (so the cost follows the change); a device catching up
         // indexes everything instead.
+        // A part with nothing on disk has no index entry either (entries are written
+        // with their part's changes): its first change needs no lookups.
+        let nothing_indexed = c.next_seq == 0 && c.indexed == Some(0);
         let touched = match (c.indexed, known) {
             (Some(_), Some(known)) => Some(known.iter().map(|id| (*id).to_owned()).collect()),
             (Some(_), None) if !c.persisted_heads.is_empty() => {
@@ -354,9 +357,12 @@ impl Collections {
                     read.push((id.as_str(), record));
                 }
                 mark.count = count;
-                mark = self
-                    .index
-                    .update(&mut writes.index, &c.at, c.name.as_str(), mark, read)?;
+                let (index, name) = (&self.index, c.name.as_str());
+                mark = if nothing_indexed {
+                    index.update_new(&mut writes.index, &c.at, name, mark, read)?
+                } else {
+                    index.update(&mut writes.index, &c.at, name, mark, read)?
+                };
             }
             _ => {
                 mark.count =
