@@ -358,20 +358,10 @@ impl RecordIndex {
         self.update_with(batch, part, name, mark, touched, Entries::Looked)
     }
 
-    /// [`RecordIndex::update`] for a part that has no entry yet (one with nothing on
-    /// disk, whose first change arrived from another device): nothing is looked up.
-    pub fn update_new<'a>(
-        &self,
-        batch: &mut SealedBatch,
-        part: &Part,
-        name: &str,
-        mark: Mark,
-        touched: impl IntoIterator<Item = (&'a str, Option<Stored>)>,
-    ) -> Result<Mark, StoreError> {
-        self.update_with(batch, part, name, mark, touched, Entries::None)
-    }
-
-    fn update_with<'a>(
+    /// [`RecordIndex::update`], told whether the records may have entries already:
+    /// for a part that has none yet (one with nothing on disk, whose first change
+    /// arrived from another device), nothing is looked up.
+    pub fn update_with<'a>(
         &self,
         batch: &mut SealedBatch,
         part: &Part,
@@ -513,9 +503,10 @@ fn decode_record(bytes: &[u8]) -> Result<Map<String, Json>, StoreError> {
     })
 }
 
-/// Whether [`RecordIndex::update`] must look up which records have an entry already.
+/// Whether [`RecordIndex::update_with`] must look up which records have an entry
+/// already.
 #[derive(Clone, Copy)]
-enum Entries {
+pub enum Entries {
     Looked,
     /// None of them has one.
     None,

@@ -3,6 +3,7 @@
 //! compaction into one snapshot on a thread of its own, and loading.
 
 use super::*;
+use crate::index::Entries;
 
 /// What persisting changes writes, by tree, before any of it is written
 /// ([`Collections::prepare`], [`Collections::write`]).
@@ -357,12 +358,18 @@ impl Collections {
                     read.push((id.as_str(), record));
                 }
                 mark.count = count;
-                let (index, name) = (&self.index, c.name.as_str());
-                mark = if nothing_indexed {
-                    index.update_new(&mut writes.index, &c.at, name, mark, read)?
-                } else {
-                    index.update(&mut writes.index, &c.at, name, mark, read)?
+                let entries = match nothing_indexed {
+                    true => Entries::None,
+                    false => Entries::Looked,
                 };
+                mark = (self.index).update_with(
+                    &mut writes.index,
+                    &c.at,
+                    c.name.as_str(),
+                    mark,
+                    read,
+                    entries,
+                )?;
             }
             _ => {
                 mark.count =

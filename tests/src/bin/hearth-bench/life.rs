@@ -21,7 +21,7 @@ use crate::nodes::{http_client, start};
 use crate::report::{Report, fig, peak_rss_mib, percentile_ms, rss_mib};
 
 /// How many records: `--sizes` (its largest), else 1M with `--scale`, 20k quick, 100k.
-fn size(opts: &Opts) -> usize {
+pub(crate) fn size(opts: &Opts) -> usize {
     if let Some(n) = opts.sizes.iter().max() {
         return *n;
     }
@@ -64,7 +64,7 @@ fn record(collection: &str, i: usize) -> Map<String, Value> {
 }
 
 /// The collections and their sizes for `n` records in all.
-fn layout(n: usize) -> Vec<(&'static str, usize)> {
+pub(crate) fn layout(n: usize) -> Vec<(&'static str, usize)> {
     vec![
         ("mail", n / 2),
         ("contacts", n / 8),
@@ -75,7 +75,7 @@ fn layout(n: usize) -> Vec<(&'static str, usize)> {
 
 /// Makes the vault in this process, in batches; returns a token reading mail's
 /// senders and subjects.
-async fn fill(home: &Path, n: usize) -> anyhow::Result<String> {
+pub(crate) async fn fill(home: &Path, n: usize) -> anyhow::Result<String> {
     let node = start(home, false, vec![]).await?;
     let v = node.vault();
     for (collection, count) in layout(n) {

@@ -7,7 +7,9 @@
 //! Scenario names for `--only`: put, trace, view, sync (new device, one edit,
 //! revocation, blob sync), blobs (upload, A to B, against disk baselines), pim (import,
 //! CardDAV sync, CardDAV upload under client names), cold, seal, process (real `hearth` processes at 1k/10k/100k records;
-//! `--scale` adds 1M), life (a vault that is half mail, 100k records; `--scale`: 1M).
+//! `--scale` adds 1M), life (a vault that is half mail, 100k records; `--scale`: 1M),
+//! reconcile (two devices of a vault of life's size: a new device, then meeting again
+//! with nothing or one record changed).
 
 mod blobs;
 mod cold;
@@ -17,6 +19,7 @@ mod nodes;
 mod pim;
 mod process;
 mod put;
+mod reconcile;
 mod report;
 mod sync;
 mod trace;
@@ -38,7 +41,7 @@ struct Args {
     #[arg(long)]
     json: bool,
     /// Only these scenarios (comma-separated): put, trace, view, sync, blobs, pim, cold,
-    /// seal, process, life.
+    /// seal, process, life, reconcile.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also run the process-level scenarios on a vault of 1,000,000 records, and make
@@ -150,6 +153,11 @@ fn main() -> anyhow::Result<()> {
     }
     if wanted("life") {
         for r in runtime.block_on(life::life_vault(&opts))? {
+            show(r);
+        }
+    }
+    if wanted("reconcile") {
+        for r in runtime.block_on(reconcile::two_devices_at_size(&opts))? {
             show(r);
         }
     }

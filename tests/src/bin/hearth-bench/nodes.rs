@@ -14,19 +14,43 @@ pub async fn start(
     mesh: bool,
     peers: Vec<hearth_node::Multiaddr>,
 ) -> anyhow::Result<NodeHandle> {
+    let listen = match mesh {
+        true => Some(vec!["/ip4/127.0.0.1/tcp/0".parse()?]),
+        false => None,
+    };
+    start_listening(home, listen, peers).await
+}
+
+/// Starts a node on `home`, on the mesh at `listen` if given, else alone.
+pub async fn start_listening(
+    home: &Path,
+    listen: Option<Vec<hearth_node::Multiaddr>>,
+    peers: Vec<hearth_node::Multiaddr>,
+) -> anyhow::Result<NodeHandle> {
     let mut config = NodeConfig::new(home);
     config.api_addr = "127.0.0.1:0".parse()?;
-    config.mesh = if mesh {
-        Some(MeshConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
-            peers,
-            mdns: false,
-            relay_server: false,
-        })
-    } else {
-        None
-    };
+    config.mesh = listen.map(|listen| MeshConfig {
+        listen,
+        peers,
+        mdns: false,
+        relay_server: false,
+    });
     Ok(Node::start(config).await?)
+}
+
+/// Stops `node` (kept at `home`) and starts it again where it listened, so that the
+/// addresses its devices recorded stay true, dialling `peers`.
+pub async fn restart(
+    node: NodeHandle,
+    home: &Path,
+    peers: Vec<hearth_node::Multiaddr>,
+) -> anyhow::Result<NodeHandle> {
+    let listen = (node.vault().mesh().context("the node runs the mesh")?)
+        .handle
+        .listen_addrs()
+        .await?;
+    node.shutdown().await?;
+    start_listening(home, Some(listen), peers).await
 }
 
 /// Pairs a new device with `a` and starts it, dialling `a`.
@@ -35,15 +59,20 @@ pub async fn join(a: &NodeHandle, home: &Path) -> anyhow::Result<NodeHandle> {
     let (code, _) = mesh.pairing.invite(Duration::from_secs(60)).await?;
     let b_home = hearth_node::home::Home::new(home);
     pairing::join(&b_home, &code, None, "bench-b").await?;
+    start(b_home.root(), true, addrs(a).await?).await
+}
+
+/// Where `a` listens, each address with its PeerId: what a device dials.
+pub async fn addrs(a: &NodeHandle) -> anyhow::Result<Vec<hearth_node::Multiaddr>> {
+    let mesh = a.vault().mesh().context("A runs the mesh")?;
     let peer = a.peer_id();
-    let addrs = mesh
+    Ok(mesh
         .handle
         .listen_addrs()
         .await?
         .into_iter()
         .map(|x| x.with(Protocol::P2p(peer)))
-        .collect();
-    start(b_home.root(), true, addrs).await
+        .collect())
 }
 
 pub fn owner_token(node: &NodeHandle) -> anyhow::Result<String> {
