@@ -708,8 +708,8 @@ fn stats(node: &NodeHandle, peer: &NodeHandle) -> Option<hearth_node::mesh::sync
 }
 
 /// Two devices that hold the same changes meet again: each sends its Hello and its
-/// fingerprint (two frames, under 100 bytes), finds the other's equal, and syncs no
-/// collection. A record written on one while the other was away: only its collection
+/// Summary (two frames, under 1 KiB), finds the other's fingerprint equal, and syncs
+/// no collection. A record written on one while the other was away: only its collection
 /// is synced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_in_step_compare_fingerprints_and_sync_only_what_differs() {
@@ -744,7 +744,9 @@ async fn devices_in_step_compare_fingerprints_and_sync_only_what_differs() {
         let s = stats(node, peer).unwrap();
         assert_eq!(s.collections_synced, 0, "no document read: {s:?}");
         assert_eq!(s.frames_sent, 2, "Hello and Summary: {s:?}");
-        assert!(s.bytes_sent < 100, "{s:?}");
+        // Hello (21 bytes) and each collection's name and digest: a few hundred bytes
+        // whatever the collections hold.
+        assert!(s.bytes_sent < 1024, "{s:?}");
     }
 
     b.shutdown().await.unwrap();

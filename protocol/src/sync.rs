@@ -7,7 +7,8 @@
 //! 0x01 Hello   ‖ protocol version u8 (4) ‖ vault id (16)
 //! 0x02 Doc     ‖ u8 len(name) ‖ collection name ‖ part u16be
 //!              ‖ Automerge sync message (rest)
-//! 0x03 Summary ‖ fingerprint (32) ‖ collections u32be
+//! 0x03 Summary ‖ count u32be ‖ per collection, in name order:
+//!                u8 len(name) ‖ collection name ‖ digest (32)
 //! 0x04 Digests ‖ count u32be ‖ per collection, in name order:
 //!                u8 len(name) ‖ collection name ‖ parts u16be (at least 1)
 //!                ‖ per part, in order: part u16be ‖ heads digest (32)
@@ -19,22 +20,24 @@
 //! own (a collection of one has part 0). Each side sends `Hello` and its `Summary`
 //! first; a different vault id or version ends the stream. A part's heads digest is
 //! [`crate::commit::heads_digest`] of its Automerge heads; a collection's digest is
-//! its part's, or [`parts_digest`] of its parts'; the fingerprint is [`fingerprint`]
-//! of every collection's name and digest. Equal fingerprints: the two devices hold the
-//! same changes, and nothing more is sent (one round trip, and no document is read).
-//! Otherwise each side that sees a different fingerprint sends its `Digests`, and
-//! each side starts Automerge sync (`Doc` frames) for every part of its own whose
-//! digest the other side does not have; from then on, and for every later local
-//! change, each side sends the Automerge sync messages its sync state for that part
-//! produces and answers every message it receives, until neither has anything to say.
-//! A part the other side's `Digests` does not list at all (a new device) is sent
-//! `Whole` instead: the document as it is stored, which the receiver keeps as it came
-//! (or merges, if it has written to that part meanwhile) and then syncs as any part,
-//! so that both learn each other's heads. A malformed frame ends the stream (never
-//! the node).
+//! its part's, or [`parts_digest`] of its parts'. A `Summary` lists every collection's
+//! name and digest; the two sides compare their [`fingerprint`]s. Equal: the two
+//! devices hold the same changes, and nothing more is sent (one round trip, and no
+//! document is read). Otherwise each side that sees a different fingerprint sends
+//! `Digests` of the collections whose digest differs from the other's `Summary` (or
+//! that it lacks), and each side starts Automerge sync (`Doc` frames) for every part
+//! of such a collection whose digest the other side does not have; from then on, and
+//! for every later local change, each side sends the Automerge sync messages its sync
+//! state for that part produces and answers every message it receives, until neither
+//! has anything to say. A part the other side does not have at all (its `Digests`
+//! does not list it, or neither its `Summary` nor its `Digests` lists the collection:
+//! a new device) is sent `Whole` instead: the document as it is stored, which the
+//! receiver keeps as it came (or merges, if it has written to that part meanwhile)
+//! and then syncs as any part, so that both learn each other's heads. A malformed
+//! frame ends the stream (never the node).
 //!
 //! Versions 1 to 3 (`/hearth/sync/1` to `/3`: 1 and 2 without parts, 3 without
-//! `Whole`) are refused: a device that still speaks one is told this one's version
+//! `Whole` and with a `Summary` of the fingerprint alone) are refused: a device that still speaks one is told this one's version
 //! and logged as needing an upgrade.
 
 use crate::names::CollectionName;
@@ -65,11 +68,9 @@ pub enum SyncFrame {
         part: u16,
         message: Vec<u8>,
     },
-    /// What a device holds, in 36 bytes: its [`fingerprint`] and how many collections.
-    Summary {
-        fingerprint: [u8; 32],
-        collections: u32,
-    },
+    /// What a device holds: every collection's name and digest, in name order (their
+    /// [`fingerprint`] is what two devices compare first).
+    Summary(Vec<(CollectionName, [u8; 32])>),
     /// Every collection's name and its parts' heads digests, in name order.
     Digests(Vec<(CollectionName, PartDigests)>),
     /// A part the peer has nothing of, as it is stored: a saved Automerge document.
@@ -162,14 +163,15 @@ impl SyncFrame {
                 part,
                 document,
             } => part_frame(TAG_WHOLE, collection, *part, document),
-            SyncFrame::Summary {
-                fingerprint,
-                collections,
-            } => {
-                let mut out = Vec::with_capacity(1 + DIGEST + 4);
+            SyncFrame::Summary(digests) => {
+                let mut out = Vec::with_capacity(5 + digests.len() * (2 + DIGEST + 16));
                 out.push(TAG_SUMMARY);
-                out.extend_from_slice(fingerprint);
-                out.extend_from_slice(&collections.to_be_bytes());
+                let count = u32::try_from(digests.len()).expect("fewer than 2^32 collections");
+                out.extend_from_slice(&count.to_be_bytes());
+                for (name, digest) in digests {
+                    push_name(&mut out, name);
+                    out.extend_from_slice(digest);
+                }
                 out
             }
             SyncFrame::Digests(digests) => {
@@ -226,15 +228,27 @@ impl SyncFrame {
                 })
             }
             TAG_SUMMARY => {
-                let (fingerprint, rest) = take_digest(rest)?;
-                let (count, rest) = take::<4>(rest)?;
+                let (count, mut rest) = take::<4>(rest)?;
+                let count = u32::from_be_bytes(count) as usize;
+                // Each entry is at least 2 + 32 bytes: a count the frame cannot hold is
+                // refused before anything is allocated for it.
+                if count > rest.len() / (2 + DIGEST) {
+                    return Err(FrameError::Truncated);
+                }
+                let mut digests: Vec<(CollectionName, [u8; 32])> = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let (name, after) = take_name(rest)?;
+                    if digests.last().is_some_and(|(last, _)| *last >= name) {
+                        return Err(FrameError::Unordered);
+                    }
+                    let (digest, after) = take_digest(after)?;
+                    digests.push((name, digest));
+                    rest = after;
+                }
                 if !rest.is_empty() {
                     return Err(FrameError::Trailing(rest.len()));
                 }
-                Ok(SyncFrame::Summary {
-                    fingerprint,
-                    collections: u32::from_be_bytes(count),
-                })
+                Ok(SyncFrame::Summary(digests))
             }
             TAG_DIGESTS => {
                 let (count, mut rest) = take::<4>(rest)?;
@@ -380,7 +394,6 @@ mod tests {
         fn summaries_and_digests_round_trip(
             names in proptest::collection::btree_set("_?[a-z][a-z0-9_-]{0,20}", 0..20),
             seed in any::<u8>(),
-            count in any::<u32>(),
         ) {
             let digests: Vec<(CollectionName, PartDigests)> = names
                 .iter()
@@ -394,8 +407,13 @@ mod tests {
             prop_assert_eq!(SyncFrame::decode(&frame.encode()).unwrap(), frame);
             let collections: Vec<(CollectionName, [u8; 32])> =
                 digests.iter().map(|(n, p)| (n.clone(), parts_digest(p))).collect();
-            let summary = SyncFrame::Summary { fingerprint: fingerprint(&collections), collections: count };
-            prop_assert_eq!(SyncFrame::decode(&summary.encode()).unwrap(), summary);
+            let summary = SyncFrame::Summary(collections);
+            prop_assert_eq!(SyncFrame::decode(&summary.encode()).unwrap(), summary.clone());
+            // Any cut of the frame is refused, never misread.
+            let bytes = summary.encode();
+            for cut in 1..bytes.len() {
+                prop_assert!(SyncFrame::decode(&bytes[..cut]).is_err());
+            }
             // Any cut of the frame is refused, never misread.
             let bytes = SyncFrame::Digests(digests).encode();
             for cut in 1..bytes.len() {
@@ -485,10 +503,36 @@ mod tests {
                 "{parts:?}"
             );
         }
+        // A summary's entries: names in strict order, each with its whole digest, and
+        // nothing after the last.
+        let summary = |names: &[&str]| {
+            let mut frame = vec![3];
+            frame.extend_from_slice(&(names.len() as u32).to_be_bytes());
+            for name in names {
+                frame.push(name.len() as u8);
+                frame.extend_from_slice(name.as_bytes());
+                frame.extend_from_slice(&[7; 32]);
+            }
+            frame
+        };
+        assert!(
+            matches!(SyncFrame::decode(&summary(&["a", "b"])), Ok(SyncFrame::Summary(d)) if d.len() == 2)
+        );
         assert_eq!(
-            SyncFrame::decode(&[3; 38]),
-            Err(FrameError::Trailing(1)),
-            "a summary is 36 bytes after its tag"
+            SyncFrame::decode(&summary(&["b", "a"])),
+            Err(FrameError::Unordered)
+        );
+        assert_eq!(
+            SyncFrame::decode(&summary(&["a", "a"])),
+            Err(FrameError::Unordered)
+        );
+        let mut trailing = summary(&["a"]);
+        trailing.push(0);
+        assert_eq!(SyncFrame::decode(&trailing), Err(FrameError::Trailing(1)));
+        assert_eq!(
+            SyncFrame::decode(&[3, 0xff, 0xff, 0xff, 0xff]),
+            Err(FrameError::Truncated),
+            "a count the frame cannot hold"
         );
         assert_eq!(frame_len(5u32.to_be_bytes()), Ok(5));
     }

@@ -435,6 +435,13 @@ impl SyncService {
 
         let mut changes = self.vault.collections.subscribe();
         let mut states: States = HashMap::new();
+        // The collections and digests of the peer's last Summary: what its Digests
+        // leaves out, it found equal to this side's (or lacks, if its Summary lacks
+        // it too).
+        let mut their_summary: HashMap<CollectionName, [u8; 32]> = HashMap::new();
+        // Parts sent whole that the peer has not answered for yet: its Digests may
+        // still lack them (they are on their way), and they are not sent again.
+        let mut sent_whole: std::collections::HashSet<Key> = std::collections::HashSet::new();
         // Set when a change was sent or received since the last fingerprint went out:
         // once the session has been quiet for SETTLE, the fingerprint goes out again.
         let mut unsettled: Option<tokio::time::Instant> = None;
@@ -485,6 +492,7 @@ impl SyncService {
                             self.send(peer, outbox, SyncFrame::Doc { collection, part, message }).await?;
                         }
                         Some(Reply::Whole(document)) => {
+                            sent_whole.insert((collection.clone(), part));
                             self.send(peer, outbox, SyncFrame::Whole { collection, part, document: document.to_vec() }).await?;
                         }
                         None => {}
@@ -521,13 +529,15 @@ impl SyncService {
                     }
                     match SyncFrame::decode(&frame)? {
                         SyncFrame::Hello { .. } => return Err(SessionError::SecondHello),
-                        SyncFrame::Summary { fingerprint: theirs, .. } => {
+                        SyncFrame::Summary(theirs) => {
+                            let their_fingerprint = fingerprint(&theirs);
+                            their_summary = theirs.into_iter().collect();
                             // One pass over the marks: the fingerprint, and the
                             // Digests frame if it differs.
                             let parts = self.part_digests().await?;
                             let ours = collection_digests(&parts);
                             let (frame, mine) = summary(&ours);
-                            if mine == theirs {
+                            if mine == their_fingerprint {
                                 self.count(peer, |s| s.in_step = true);
                                 tracing::debug!(%peer, collections = ours.len(), "in step with the device: nothing to sync");
                                 self.note_sync(peer);
@@ -539,22 +549,34 @@ impl SyncService {
                                 }
                             } else {
                                 self.count(peer, |s| s.in_step = false);
-                                self.send(peer, outbox, SyncFrame::Digests(parts)).await?;
+                                // Only the collections that differ from the peer's.
+                                let differ = parts
+                                    .into_iter()
+                                    .zip(&ours)
+                                    .filter(|(_, (name, digest))| their_summary.get(name) != Some(digest))
+                                    .map(|(parts, _)| parts)
+                                    .collect();
+                                self.send(peer, outbox, SyncFrame::Digests(differ)).await?;
                             }
                         }
                         SyncFrame::Digests(theirs) => {
                             let theirs: HashMap<CollectionName, PartDigests> = theirs.into_iter().collect();
                             // Each side starts the parts of its own that differ; one only
                             // the other has, the other starts. A part the peer has
-                            // nothing of goes whole.
+                            // nothing of goes whole. A collection its Digests leaves
+                            // out it found equal, unless its Summary lacks it too.
                             for (name, parts) in self.part_digests().await? {
                                 let their_parts = theirs.get(&name);
+                                if their_parts.is_none() && their_summary.contains_key(&name) {
+                                    continue;
+                                }
                                 for (part, digest) in parts {
                                     let theirs = their_parts
                                         .and_then(|t| t.binary_search_by_key(&part, |(p, _)| *p).ok().map(|at| t[at].1));
                                     match theirs {
                                         Some(same) if same == digest => {}
                                         Some(_) => jobs.add((name.clone(), part), Work::Offer),
+                                        None if sent_whole.contains(&(name.clone(), part)) => {}
                                         None => jobs.add((name.clone(), part), Work::SendWhole),
                                     }
                                 }
@@ -564,12 +586,14 @@ impl SyncService {
                         SyncFrame::Doc { collection, part, message } => {
                             self.count(peer, |s| s.in_step = false);
                             unsettled = Some(tokio::time::Instant::now());
+                            sent_whole.remove(&(collection.clone(), part));
                             jobs.add((collection, part), Work::Message(message));
                             self.start_jobs(peer, &mut jobs, &mut states);
                         }
                         SyncFrame::Whole { collection, part, document } => {
                             self.count(peer, |s| s.in_step = false);
                             unsettled = Some(tokio::time::Instant::now());
+                            sent_whole.remove(&(collection.clone(), part));
                             jobs.add((collection, part), Work::Whole(document));
                             self.start_jobs(peer, &mut jobs, &mut states);
                         }
@@ -700,12 +724,7 @@ impl SyncService {
 
 /// The Summary frame of these collection digests, and its fingerprint.
 fn summary(digests: &[(CollectionName, [u8; 32])]) -> (SyncFrame, [u8; 32]) {
-    let mine = fingerprint(digests);
-    let frame = SyncFrame::Summary {
-        fingerprint: mine,
-        collections: u32::try_from(digests.len()).unwrap_or(u32::MAX),
-    };
-    (frame, mine)
+    (SyncFrame::Summary(digests.to_vec()), fingerprint(digests))
 }
 
 /// A part of a collection, as a session names it.
