@@ -439,9 +439,7 @@ impl SyncService {
         // leaves out, it found equal to this side's (or lacks, if its Summary lacks
         // it too).
         let mut their_summary: HashMap<CollectionName, [u8; 32]> = HashMap::new();
-        // Parts sent whole that the peer has not answered for yet: its Digests may
-        // still lack them (they are on their way), and they are not sent again.
-        let mut sent_whole: std::collections::HashSet<Key> = std::collections::HashSet::new();
+        let mut wholes = Wholes::default();
         // Set when a change was sent or received since the last fingerprint went out:
         // once the session has been quiet for SETTLE, the fingerprint goes out again.
         let mut unsettled: Option<tokio::time::Instant> = None;
@@ -488,14 +486,20 @@ impl SyncService {
                         self.note_sync(peer);
                     }
                     match done.reply? {
-                        Some(Reply::Sync(message)) => {
-                            self.send(peer, outbox, SyncFrame::Doc { collection, part, message }).await?;
-                        }
                         Some(Reply::Whole(document)) => {
-                            sent_whole.insert((collection.clone(), part));
                             self.send(peer, outbox, SyncFrame::Whole { collection, part, document: document.to_vec() }).await?;
                         }
-                        None => {}
+                        reply => {
+                            // Asked to go whole, but synced the usual way: its place
+                            // among the parts on their way is free.
+                            if done.whole_asked {
+                                wholes.answered(&(collection.clone(), part));
+                                wholes.feed(&mut jobs);
+                            }
+                            if let Some(Reply::Sync(message)) = reply {
+                                self.send(peer, outbox, SyncFrame::Doc { collection, part, message }).await?;
+                            }
+                        }
                     }
                     // Committed once the frames waiting are applied (the peer
                     // sends again whatever a crash before it loses), while the
@@ -576,24 +580,26 @@ impl SyncService {
                                     match theirs {
                                         Some(same) if same == digest => {}
                                         Some(_) => jobs.add((name.clone(), part), Work::Offer),
-                                        None if sent_whole.contains(&(name.clone(), part)) => {}
-                                        None => jobs.add((name.clone(), part), Work::SendWhole),
+                                        None => wholes.want((name.clone(), part)),
                                     }
                                 }
                             }
+                            wholes.feed(&mut jobs);
                             self.start_jobs(peer, &mut jobs, &mut states);
                         }
                         SyncFrame::Doc { collection, part, message } => {
                             self.count(peer, |s| s.in_step = false);
                             unsettled = Some(tokio::time::Instant::now());
-                            sent_whole.remove(&(collection.clone(), part));
+                            wholes.answered(&(collection.clone(), part));
+                            wholes.feed(&mut jobs);
                             jobs.add((collection, part), Work::Message(message));
                             self.start_jobs(peer, &mut jobs, &mut states);
                         }
                         SyncFrame::Whole { collection, part, document } => {
                             self.count(peer, |s| s.in_step = false);
                             unsettled = Some(tokio::time::Instant::now());
-                            sent_whole.remove(&(collection.clone(), part));
+                            wholes.answered(&(collection.clone(), part));
+                            wholes.feed(&mut jobs);
                             jobs.add((collection, part), Work::Whole(document));
                             self.start_jobs(peer, &mut jobs, &mut states);
                         }
@@ -637,6 +643,7 @@ impl SyncService {
                 let (name, part) = (&key.0, key.1);
                 let collections = &vault.collections;
                 let applied = matches!(work, Work::Message(_) | Work::Whole(_));
+                let whole_asked = work == Work::SendWhole;
                 let received = match &work {
                     Work::Message(message) => {
                         collections.receive_sync(name, part, &mut state, message)
@@ -667,6 +674,7 @@ impl SyncService {
                     received,
                     reply,
                     applied,
+                    whole_asked,
                 }
             });
         }
@@ -774,12 +782,10 @@ struct Jobs {
 }
 
 impl Jobs {
-    /// Queues a job; one that applies nothing (an offer, or sending a part whole) is
-    /// dropped if a job for the part is queued already, since every job answers.
+    /// Queues a job; an offer is dropped if a job for the part is queued already,
+    /// since every job answers.
     fn add(&mut self, key: Key, work: Work) {
-        if matches!(work, Work::Offer | Work::SendWhole)
-            && self.queued.iter().any(|(k, _)| *k == key)
-        {
+        if work == Work::Offer && self.queued.iter().any(|(k, _)| *k == key) {
             return;
         }
         self.queued.push_back((key, work));
@@ -812,6 +818,47 @@ struct Done {
     reply: Result<Option<Reply>, CollectionError>,
     /// Whether the job applied a message or part from the peer.
     applied: bool,
+    /// Whether the job was asked to send its part whole.
+    whole_asked: bool,
+}
+
+/// Parts sent whole to a peer at most at once, until it answers for each.
+const WHOLE_WINDOW: usize = 16;
+
+/// The parts to send whole to a peer that has nothing of them, a few at a time: one
+/// waits until fewer than [`WHOLE_WINDOW`] are on their way (being read, sent, or not
+/// yet answered for by the peer). Each arriving part makes the peer answer, so
+/// hundreds of large frames pushed at once would leave both sides blocked on
+/// writing while neither reads. A part on its way is not wanted again (the peer's
+/// Digests may still lack it).
+#[derive(Default)]
+struct Wholes {
+    waiting: std::collections::VecDeque<Key>,
+    out: std::collections::HashSet<Key>,
+}
+
+impl Wholes {
+    fn want(&mut self, key: Key) {
+        if !self.out.contains(&key) && !self.waiting.contains(&key) {
+            self.waiting.push_back(key);
+        }
+    }
+
+    /// The peer sent something for `key`, after the part went whole: it has it.
+    fn answered(&mut self, key: &Key) {
+        self.out.remove(key);
+    }
+
+    /// Queues the parts that may go now.
+    fn feed(&mut self, jobs: &mut Jobs) {
+        while self.out.len() < WHOLE_WINDOW {
+            let Some(key) = self.waiting.pop_front() else {
+                return;
+            };
+            self.out.insert(key.clone());
+            jobs.add(key, Work::SendWhole);
+        }
+    }
 }
 
 /// A job of the session on the blocking pool that did not finish (it panicked).
@@ -834,10 +881,48 @@ mod tests {
         (CollectionName::parse(name).unwrap(), part)
     }
 
+    /// Parts to send whole go a window at a time: no more than WHOLE_WINDOW on their
+    /// way until the peer answers for one; a part wanted again while waiting or on its
+    /// way is not queued twice.
+    #[test]
+    fn parts_go_whole_a_window_at_a_time() {
+        let (mut wholes, mut jobs) = (Wholes::default(), Jobs::default());
+        let parts: Vec<Key> = (0..20).map(|p| key("mail", p)).collect();
+        for part in parts.iter().chain(&parts[..3]) {
+            wholes.want(part.clone());
+        }
+        wholes.feed(&mut jobs);
+        assert_eq!(jobs.queued.len(), WHOLE_WINDOW);
+        assert!(jobs.queued.iter().all(|(_, w)| *w == Work::SendWhole));
+        wholes.want(parts[0].clone());
+        wholes.feed(&mut jobs);
+        assert_eq!(
+            jobs.queued.len(),
+            WHOLE_WINDOW,
+            "nothing more until an answer"
+        );
+
+        wholes.answered(&parts[0]);
+        wholes.answered(&parts[19]); // not on its way: changes nothing
+        wholes.feed(&mut jobs);
+        let queued: Vec<Key> = jobs.queued.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(
+            queued,
+            parts[..=WHOLE_WINDOW].to_vec(),
+            "one more, in order"
+        );
+        while !wholes.waiting.is_empty() {
+            for part in &parts {
+                wholes.answered(part);
+            }
+            wholes.feed(&mut jobs);
+        }
+        assert_eq!(jobs.queued.len(), 20, "every part once");
+    }
+
     /// Jobs for one part run one at a time and in the order they came, while another
-    /// part's go past them; an offer (or a part to send whole) for a part that has a
-    /// job waiting adds nothing (that job answers), a message or a part received
-    /// always queues.
+    /// part's go past them; an offer for a part that has a job waiting adds nothing
+    /// (that job answers), anything else always queues.
     #[test]
     fn a_part_runs_its_jobs_one_at_a_time_in_order_and_others_go_past() {
         let mut jobs = Jobs::default();
