@@ -792,12 +792,13 @@ impl Jobs {
     }
 
     /// Takes the first queued job whose part has no job running, and notes its part
-    /// busy (until [`Done`] comes back for it).
+    /// busy (until [`Done`] comes back for it). A part to send whole goes first: it
+    /// only reads the part, and the peer is waiting for it.
     fn next_ready(&mut self) -> Option<(Key, Work)> {
-        let at = self
-            .queued
-            .iter()
-            .position(|(key, _)| !self.busy.contains(key))?;
+        let ready = |(key, _): &(Key, Work)| !self.busy.contains(key);
+        let at = (self.queued.iter())
+            .position(|job| job.1 == Work::SendWhole && ready(job))
+            .or_else(|| self.queued.iter().position(ready))?;
         let job = self.queued.remove(at).expect("found above");
         self.busy.insert(job.0.clone());
         Some(job)
@@ -922,7 +923,8 @@ mod tests {
 
     /// Jobs for one part run one at a time and in the order they came, while another
     /// part's go past them; an offer for a part that has a job waiting adds nothing
-    /// (that job answers), anything else always queues.
+    /// (that job answers), anything else always queues; a part to send whole goes
+    /// first.
     #[test]
     fn a_part_runs_its_jobs_one_at_a_time_in_order_and_others_go_past() {
         let mut jobs = Jobs::default();
@@ -930,7 +932,7 @@ mod tests {
         jobs.add(a.clone(), Work::Message(b"1".to_vec()));
         jobs.add(a.clone(), Work::Whole(b"2".to_vec()));
         jobs.add(a.clone(), Work::Offer);
-        jobs.add(b.clone(), Work::SendWhole);
+        jobs.add(b.clone(), Work::Offer);
         jobs.add(b.clone(), Work::Offer);
         assert_eq!(
             jobs.queued.len(),
@@ -943,7 +945,7 @@ mod tests {
             Some((a.clone(), Work::Message(b"1".to_vec())))
         );
         // a is busy: b goes past a's waiting job, and then nothing is ready.
-        assert_eq!(jobs.next_ready(), Some((b.clone(), Work::SendWhole)));
+        assert_eq!(jobs.next_ready(), Some((b.clone(), Work::Offer)));
         assert_eq!(jobs.next_ready(), None);
 
         jobs.busy.remove(&a);
@@ -959,5 +961,14 @@ mod tests {
         jobs.busy.clear();
         assert_eq!(jobs.next_ready(), None);
         assert!(jobs.idle());
+
+        // A part to send whole goes before what came earlier, unless its part is busy.
+        let c = key("notes", 3);
+        jobs.add(a.clone(), Work::Message(b"3".to_vec()));
+        jobs.add(b.clone(), Work::SendWhole);
+        jobs.add(c.clone(), Work::SendWhole);
+        jobs.busy.insert(b.clone());
+        assert_eq!(jobs.next_ready(), Some((c, Work::SendWhole)));
+        assert_eq!(jobs.next_ready(), Some((a, Work::Message(b"3".to_vec()))));
     }
 }
