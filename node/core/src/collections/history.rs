@@ -177,9 +177,11 @@ impl Collections {
     /// Applies part `part` of a collection as a peer sent it whole (its
     /// [`Collections::stored_part`]). Onto a part this device has nothing of, the
     /// document is loaded as a load from the disk loads it, then stored as it came, as
-    /// the part's snapshot: neither saved again change by change nor compacted later.
-    /// Onto a part with changes of its own, it is merged as sync merges. Returns how
-    /// many changes it brought. Durable only after [`Store::commit`].
+    /// the part's snapshot, not saved again change by change (it keeps the sender's
+    /// layout: changes the sender had not compacted are applied at every load until
+    /// this side compacts them). Onto a part with changes of its own, it is merged as
+    /// sync merges. Returns how many changes it brought. Durable only after
+    /// [`Store::commit`].
     pub fn receive_whole(
         &self,
         name: &CollectionName,

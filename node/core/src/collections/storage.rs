@@ -310,12 +310,12 @@ impl Collections {
                 (KIND_CHANGE, c.next_seq, bytes)
             }
         };
-        // The records this change touched: as the writer says, or from the change's
-        // own operations (so the cost follows the change); a device catching up
-        // indexes everything instead.
         // A part with nothing on disk has no index entry either (entries are written
         // with their part's changes): its first change needs no lookups.
         let nothing_indexed = c.next_seq == 0 && c.indexed == Some(0);
+        // The records this change touched: as the writer says, or from the change's
+        // own operations (so the cost follows the change); a device catching up
+        // indexes everything instead.
         let touched = match (c.indexed, known) {
             (Some(_), Some(known)) => Some(known.iter().map(|id| (*id).to_owned()).collect()),
             (Some(_), None) if !c.persisted_heads.is_empty() => {
