@@ -24,6 +24,17 @@ pub(super) struct Prepared {
     snapshot: bool,
 }
 
+/// A document's values as stored ([`Collections::stored_values`]).
+#[derive(Default)]
+struct Stored {
+    snapshot: Option<Zeroizing<Vec<u8>>>,
+    /// The changes after the snapshot, one after the other.
+    changes: Zeroizing<Vec<u8>>,
+    change_count: u64,
+    /// The changes ever persisted: those the snapshot covers, and one a change after.
+    generation: u64,
+}
+
 /// A compaction of one collection, off its lock: saves a copy of its document as it
 /// was after change `upto - 1`, then, in one atomic batch, writes that snapshot (keyed
 /// by `upto`, the number of changes it covers, so the collection's generation survives)
@@ -554,38 +565,74 @@ impl Collections {
         self.verify_parts(name)?;
         let at = self.place(&part);
         let before = self.index.mark(&at)?;
-        let mut values = Vec::new();
-        let mut generation = 0;
-        {
-            // A compaction replacing keys meanwhile would show this scan half of it.
-            let _layout = self.layout.lock().expect("layout lock is never poisoned");
-            for value in DocValues::new(&at.key, self.docs.scan_prefix(&at.key)) {
-                let (kind, seq, bytes) = value.map_err(|e| match e {
-                    StoreError::Malformed(reason) => {
-                        StoreError::Malformed(format!("collection {name}: {reason}"))
-                    }
-                    e => e,
-                })?;
-                generation = if kind == KIND_SNAPSHOT { seq } else { seq + 1 };
-                values.push(bytes);
-            }
-        }
+        let stored = self.stored_values(name, &at.key)?;
         let after = self.index.mark(&at)?;
+        let generation = stored.generation;
         if generation == 0 || before != after || after.generation != generation {
             return Ok(None);
         }
+        self.check_committed(name, &at, generation, &after.heads)?;
+        let snapshot = stored.snapshot.as_deref().map_or(&[][..], |s| s.as_slice());
+        // One reservation, so that no plaintext copy is left behind by growing.
+        let mut whole = Zeroizing::new(Vec::with_capacity(snapshot.len() + stored.changes.len()));
+        whole.extend_from_slice(snapshot);
+        whole.extend_from_slice(&stored.changes);
+        Ok(Some(whole))
+    }
+
+    /// Refuses the document kept at `at` unless its generation and heads are the ones
+    /// the commit record holds for it (as a whole collection, or as a part).
+    fn check_committed(
+        &self,
+        name: &CollectionName,
+        at: &Part,
+        generation: u64,
+        heads: &[ChangeHash],
+    ) -> Result<(), CollectionError> {
         let ledger = self.store.ledger();
         let checked = match at.number {
-            None => ledger.check(&at.key, generation, &after.heads),
-            Some(number) => ledger.check_part(&at.collection, number, generation, &after.heads),
+            None => ledger.check(&at.key, generation, heads),
+            Some(number) => ledger.check_part(&at.collection, number, generation, heads),
         };
-        committed(name, checked)?;
-        // One reservation, so that no plaintext copy is left behind by growing.
-        let mut whole = Zeroizing::new(Vec::with_capacity(values.iter().map(|v| v.len()).sum()));
-        for value in &values {
-            whole.extend_from_slice(value);
+        committed(name, checked)
+    }
+
+    /// The values of the document kept under `key` (of collection `name`), read in one
+    /// scan while no compaction can replace them.
+    fn stored_values(
+        &self,
+        name: &CollectionName,
+        key: &[u8; 32],
+    ) -> Result<Stored, CollectionError> {
+        let mut stored = Stored::default();
+        // A compaction replacing keys meanwhile would show this scan half of it. Held
+        // for the scan only: the document is made from what was read after it.
+        let _layout = self.layout.lock().expect("layout lock is never poisoned");
+        for value in DocValues::new(key, self.docs.scan_prefix(key)) {
+            let (kind, seq, bytes) = value.map_err(|e| match e {
+                StoreError::Malformed(reason) => {
+                    StoreError::Malformed(format!("collection {name}: {reason}"))
+                }
+                e => e,
+            })?;
+            if kind == KIND_SNAPSHOT {
+                if stored.snapshot.is_some() {
+                    return Err(StoreError::Malformed(format!(
+                        "collection {name} has two snapshots"
+                    ))
+                    .into());
+                }
+                stored.generation = seq;
+                stored.snapshot = Some(bytes);
+            } else {
+                // Kept together: Automerge applies them in one call much faster than
+                // one call per change on a large document.
+                stored.changes.extend_from_slice(&bytes);
+                stored.generation = seq + 1;
+                stored.change_count += 1;
+            }
         }
-        Ok(Some(whole))
+        Ok(stored)
     }
 
     /// Reads the document kept at `at` as part `part` (checked against the commit
@@ -597,48 +644,19 @@ impl Collections {
             collection: name.to_string(),
             reason: e.to_string(),
         };
-        let mut doc = AutoCommit::new();
-        let mut next_seq = 0;
-        let mut changes_since_snapshot = 0;
-        let (mut change_bytes, mut snapshot_bytes) = (0, 0);
-        let mut changes = Zeroizing::new(Vec::new());
-        let mut snapshot = None;
-        // A compaction replacing keys meanwhile would show this scan half of it. Held
-        // for the scan only: the document is made from what was read after it.
-        let layout = self.layout.lock().expect("layout lock is never poisoned");
-        for value in DocValues::new(&key, self.docs.scan_prefix(&key)) {
-            let (kind, seq, bytes) = value.map_err(|e| match e {
-                StoreError::Malformed(reason) => {
-                    StoreError::Malformed(format!("collection {name}: {reason}"))
-                }
-                e => e,
-            })?;
-            if kind == KIND_SNAPSHOT {
-                if snapshot.is_some() {
-                    return Err(StoreError::Malformed(format!(
-                        "collection {name} has two snapshots"
-                    ))
-                    .into());
-                }
-                snapshot_bytes = bytes.len();
-                next_seq = seq;
-                snapshot = Some(bytes);
-            } else {
-                // Applied together below: one call for all the changes is much faster
-                // than one call per change on a large document.
-                changes.extend_from_slice(&bytes);
-                next_seq = seq + 1;
-                changes_since_snapshot += 1;
-                change_bytes += bytes.len();
-            }
+        let stored = self.stored_values(name, &key)?;
+        let next_seq = stored.generation;
+        let changes_since_snapshot = stored.change_count;
+        let snapshot_bytes = stored.snapshot.as_ref().map_or(0, |s| s.len());
+        let change_bytes = stored.changes.len();
+        let mut doc = match &stored.snapshot {
+            Some(snapshot) => AutoCommit::load(snapshot).map_err(corrupt)?,
+            None => AutoCommit::new(),
+        };
+        if !stored.changes.is_empty() {
+            doc.load_incremental(&stored.changes).map_err(corrupt)?;
         }
-        drop(layout);
-        if let Some(snapshot) = snapshot {
-            doc = AutoCommit::load(&snapshot).map_err(corrupt)?;
-        }
-        if !changes.is_empty() {
-            doc.load_incremental(&changes).map_err(corrupt)?;
-        }
+        drop(stored);
         // Most of what the load allocated is free again, and the rest will be once the
         // cache drops the part: counted towards giving it back to the system.
         crate::memory::note_loaded(snapshot_bytes + change_bytes);
@@ -649,12 +667,7 @@ impl Collections {
             (mark.generation == next_seq && mark.heads == persisted_heads).then_some(mark.count);
         // Checked against the commit record: a collection that lost committed changes
         // (or holds others) is refused, never served.
-        let ledger = self.store.ledger();
-        let checked = match at.number {
-            None => ledger.check(&key, next_seq, &persisted_heads),
-            Some(number) => ledger.check_part(&at.collection, number, next_seq, &persisted_heads),
-        };
-        committed(name, checked)?;
+        self.check_committed(name, &at, next_seq, &persisted_heads)?;
         let collection = Collection {
             name: name.clone(),
             part: part.part,
