@@ -669,7 +669,8 @@ mod tests {
     /// A collection kept in parts has one entry in the commit record; a part that lost
     /// its last committed change, with its index mark put back to match, makes the
     /// whole collection refused (its parts' generations add up to less than the
-    /// record's), while other collections are served.
+    /// record's), also to a device asking for its parts whole, while other
+    /// collections are served.
     #[tokio::test]
     async fn a_part_behind_the_commit_record_is_refused() {
         let vault = TestVault::new();
@@ -704,11 +705,14 @@ mod tests {
             let e = c.get(&grants, &id(record)).unwrap_err();
             assert!(e.to_string().contains("were committed"), "{record}: {e}");
         }
+        // Nor is any of its parts sent whole to a new device.
+        let e = c.stored_part(&grants, part.number.unwrap()).unwrap_err();
+        assert!(e.to_string().contains("were committed"), "{e}");
         assert_eq!(c.get(&name("other"), &id("x")).unwrap().unwrap()["a"], 1);
     }
 
     /// A part whose heads differ from the ones committed, at the same generation, makes
-    /// the collection refused too.
+    /// the collection refused too, also whole.
     #[tokio::test]
     async fn a_part_with_other_heads_than_committed_is_refused() {
         let vault = TestVault::new();
@@ -728,6 +732,8 @@ mod tests {
         let vault = vault.reopen().await;
         let c = in_parts(&vault);
         let e = c.count(&notes).unwrap_err();
+        assert!(e.to_string().contains("not the one committed"), "{e}");
+        let e = c.stored_part(&notes, at.number.unwrap()).unwrap_err();
         assert!(e.to_string().contains("not the one committed"), "{e}");
     }
 
