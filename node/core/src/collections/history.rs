@@ -195,24 +195,26 @@ impl Collections {
         };
         let mut arrived = AutoCommit::load(bytes).map_err(refused)?;
         crate::memory::note_loaded(bytes.len());
-        let onto_nothing = self.with(&part, |c| {
+        // Kept as it came onto nothing; else given back, to be merged.
+        let kept = self.with(&part, |c| {
             if c.next_seq != 0 || !c.doc.get_heads().is_empty() {
-                return Ok(None);
+                return Ok(Err(arrived));
             }
             let count = arrived.get_changes_meta(&[]).len();
             c.doc = arrived;
             c.doc.set_actor(self.actor.clone());
             c.whole = Some(Zeroizing::new(bytes.to_vec()));
             self.persist_or_forget(c, FROM_CHANGES)?;
-            Ok(Some(count))
+            Ok(Ok(count))
         })?;
-        if let Some(count) = onto_nothing {
-            return Ok(count);
-        }
+        let mut arrived = match kept {
+            Ok(count) => return Ok(count),
+            Err(arrived) => arrived,
+        };
         let user = !name.is_system();
         let (count, restored) = self.mutate(&part, FROM_CHANGES, |doc| {
             let before = doc.get_heads();
-            doc.load_incremental(bytes)?;
+            doc.merge(&mut arrived)?;
             merge_received(doc, &before, user)
         })?;
         self.note_restored(name, restored)?;
