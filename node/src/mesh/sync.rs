@@ -531,7 +531,8 @@ impl SyncService {
                     if !self.is_member(&peer) {
                         return Err(SessionError::Removed);
                     }
-                    match SyncFrame::decode(&frame)? {
+                    // A part's sync message or the part whole, applied by a job.
+                    let arrived = match SyncFrame::decode(&frame)? {
                         SyncFrame::Hello { .. } => return Err(SessionError::SecondHello),
                         SyncFrame::Summary(theirs) => {
                             let their_fingerprint = fingerprint(&theirs);
@@ -562,6 +563,7 @@ impl SyncService {
                                     .collect();
                                 self.send(peer, outbox, SyncFrame::Digests(differ)).await?;
                             }
+                            None
                         }
                         SyncFrame::Digests(theirs) => {
                             let theirs: HashMap<CollectionName, PartDigests> = theirs.into_iter().collect();
@@ -586,23 +588,24 @@ impl SyncService {
                             }
                             wholes.feed(&mut jobs);
                             self.start_jobs(peer, &mut jobs, &mut states);
+                            None
                         }
                         SyncFrame::Doc { collection, part, message } => {
-                            self.count(peer, |s| s.in_step = false);
-                            unsettled = Some(tokio::time::Instant::now());
-                            wholes.answered(&(collection.clone(), part));
-                            wholes.feed(&mut jobs);
-                            jobs.add((collection, part), Work::Message(message));
-                            self.start_jobs(peer, &mut jobs, &mut states);
+                            Some(((collection, part), Work::Message(message)))
                         }
                         SyncFrame::Whole { collection, part, document } => {
-                            self.count(peer, |s| s.in_step = false);
-                            unsettled = Some(tokio::time::Instant::now());
-                            wholes.answered(&(collection.clone(), part));
-                            wholes.feed(&mut jobs);
-                            jobs.add((collection, part), Work::Whole(document));
-                            self.start_jobs(peer, &mut jobs, &mut states);
+                            Some(((collection, part), Work::Whole(document)))
                         }
+                    };
+                    if let Some((key, work)) = arrived {
+                        self.count(peer, |s| s.in_step = false);
+                        unsettled = Some(tokio::time::Instant::now());
+                        // Whatever the peer sends for a part it was sent whole says it
+                        // has it.
+                        wholes.answered(&key);
+                        wholes.feed(&mut jobs);
+                        jobs.add(key, work);
+                        self.start_jobs(peer, &mut jobs, &mut states);
                     }
                 }
                 changed = changes.recv() => {
