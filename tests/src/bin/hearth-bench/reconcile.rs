@@ -48,6 +48,27 @@ fn exchanged(what: &str, s: &SessionStats) -> Vec<crate::report::Figure> {
     ]
 }
 
+/// B's session with A once the two are in step and a moment has passed (anything
+/// still under way would show in the counts).
+async fn settled(a: &NodeHandle, b: &NodeHandle, limit: Duration) -> anyhow::Result<SessionStats> {
+    until("A and B in step", limit, || in_step(a, b)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stats(b, a).context("B's session with A")
+}
+
+/// A report of how long something took (`took`), then what B's session exchanged.
+fn session_report(
+    name: String,
+    target: &str,
+    (label, took): (&str, Duration),
+    (what, session): (&str, &SessionStats),
+) -> Report {
+    let mut r = Report::new(name, target);
+    r.figures = vec![fig(label, took.as_secs_f64() * 1e3, "ms")];
+    r.figures.extend(exchanged(what, session));
+    r
+}
+
 pub async fn two_devices_at_size(opts: &Opts) -> anyhow::Result<Vec<Report>> {
     let n = size(opts);
     let dir = tempfile::tempdir_in(&opts.dir)?;
@@ -74,16 +95,12 @@ pub async fn two_devices_at_size(opts: &Opts) -> anyhow::Result<Vec<Report>> {
     let caught_up = joined.elapsed();
     until("A and B in step", limit, || in_step(&a, &b)).await?;
     let first = stats(&b, &a).context("B's session with A")?;
-    let mut new_device = Report::new(
+    let mut new_device = session_report(
         format!("reconcile: a new device, {n} records"),
         "<= 2 s at 100k records (issue 26; reported at other sizes)",
+        ("B holds every record, from pairing", caught_up),
+        ("catching up", &first),
     );
-    new_device.figures = vec![fig(
-        "B holds every record, from pairing",
-        caught_up.as_secs_f64() * 1e3,
-        "ms",
-    )];
-    new_device.figures.extend(exchanged("catching up", &first));
     new_device.notes.push(format!(
         "A's vault made in {filled:.1?} ({} records, half mail); nodes in one process",
         n
@@ -96,10 +113,7 @@ pub async fn two_devices_at_size(opts: &Opts) -> anyhow::Result<Vec<Report>> {
     // The two meet again with nothing changed (B where it was, or the address it
     // records for itself would be a change).
     let b = restart(b, &b_home, addrs(&a).await?).await?;
-    until("A and B in step again", limit, || in_step(&a, &b)).await?;
-    // Anything still under way would show in the counts a moment later.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let same = stats(&b, &a).context("B's session with A")?;
+    let same = settled(&a, &b, limit).await?;
     let mut nothing = Report::new(
         format!("reconcile: nothing changed, {n} records"),
         "<= 3 round trips and <= 8 KiB to agree",
@@ -144,19 +158,13 @@ pub async fn two_devices_at_size(opts: &Opts) -> anyhow::Result<Vec<Report>> {
     })
     .await?;
     let edit_seen = met.elapsed();
-    until("A and B in step after the edit", limit, || in_step(&a, &b)).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let one = stats(&b, &a).context("B's session with A")?;
-    let mut changed = Report::new(
+    let one = settled(&a, &b, limit).await?;
+    let mut changed = session_report(
         format!("reconcile: one message changed, {n} records"),
         "that part's changes plus <= 3 round trips (reported: frames are counted, not round trips)",
+        ("B has the edit, from its start", edit_seen),
+        ("one changed", &one),
     );
-    changed.figures = vec![fig(
-        "B has the edit, from its start",
-        edit_seen.as_secs_f64() * 1e3,
-        "ms",
-    )];
-    changed.figures.extend(exchanged("one changed", &one));
     changed.notes.push(
         "frames each way include Hello, Summary, Digests, the Automerge messages of the one \
          part, and the Summary each side sends again once the session is quiet"
