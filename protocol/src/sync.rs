@@ -227,73 +227,68 @@ impl SyncFrame {
                     document: document.to_vec(),
                 })
             }
-            TAG_SUMMARY => {
-                let (count, mut rest) = take::<4>(rest)?;
-                let count = u32::from_be_bytes(count) as usize;
-                // Each entry is at least 2 + 32 bytes: a count the frame cannot hold is
-                // refused before anything is allocated for it.
-                if count > rest.len() / (2 + DIGEST) {
+            // Each entry is at least 2 + 32 bytes.
+            TAG_SUMMARY => Ok(SyncFrame::Summary(take_named(
+                rest,
+                2 + DIGEST,
+                take_digest,
+            )?)),
+            // Each entry is at least 2 + 2 + 2 + 32 bytes, each part 2 + 32.
+            TAG_DIGESTS => Ok(SyncFrame::Digests(take_named(rest, 6 + DIGEST, |after| {
+                let (parts, mut after) = take::<2>(after)?;
+                let parts = usize::from(u16::from_be_bytes(parts));
+                if parts == 0 {
+                    return Err(FrameError::BadParts);
+                }
+                if parts > after.len() / (2 + DIGEST) {
                     return Err(FrameError::Truncated);
                 }
-                let mut digests: Vec<(CollectionName, [u8; 32])> = Vec::with_capacity(count);
-                for _ in 0..count {
-                    let (name, after) = take_name(rest)?;
-                    if digests.last().is_some_and(|(last, _)| *last >= name) {
-                        return Err(FrameError::Unordered);
-                    }
-                    let (digest, after) = take_digest(after)?;
-                    digests.push((name, digest));
-                    rest = after;
-                }
-                if !rest.is_empty() {
-                    return Err(FrameError::Trailing(rest.len()));
-                }
-                Ok(SyncFrame::Summary(digests))
-            }
-            TAG_DIGESTS => {
-                let (count, mut rest) = take::<4>(rest)?;
-                let count = u32::from_be_bytes(count) as usize;
-                // Each entry is at least 2 + 2 + 2 + 32 bytes, each part 2 + 32: a count
-                // the frame cannot hold is refused before anything is allocated for it.
-                if count > rest.len() / (6 + DIGEST) {
-                    return Err(FrameError::Truncated);
-                }
-                let mut digests: Vec<(CollectionName, PartDigests)> = Vec::with_capacity(count);
-                for _ in 0..count {
-                    let (name, after) = take_name(rest)?;
-                    if digests.last().is_some_and(|(last, _)| *last >= name) {
-                        return Err(FrameError::Unordered);
-                    }
-                    let (parts, mut after) = take::<2>(after)?;
-                    let parts = usize::from(u16::from_be_bytes(parts));
-                    if parts == 0 {
+                let mut list: PartDigests = Vec::with_capacity(parts);
+                for _ in 0..parts {
+                    let (part, next) = take::<2>(after)?;
+                    let (digest, next) = take_digest(next)?;
+                    let part = u16::from_be_bytes(part);
+                    if list.last().is_some_and(|(last, _)| *last >= part) {
                         return Err(FrameError::BadParts);
                     }
-                    if parts > after.len() / (2 + DIGEST) {
-                        return Err(FrameError::Truncated);
-                    }
-                    let mut list: PartDigests = Vec::with_capacity(parts);
-                    for _ in 0..parts {
-                        let (part, next) = take::<2>(after)?;
-                        let (digest, next) = take_digest(next)?;
-                        let part = u16::from_be_bytes(part);
-                        if list.last().is_some_and(|(last, _)| *last >= part) {
-                            return Err(FrameError::BadParts);
-                        }
-                        list.push((part, digest));
-                        after = next;
-                    }
-                    digests.push((name, list));
-                    rest = after;
+                    list.push((part, digest));
+                    after = next;
                 }
-                if !rest.is_empty() {
-                    return Err(FrameError::Trailing(rest.len()));
-                }
-                Ok(SyncFrame::Digests(digests))
-            }
+                Ok((list, after))
+            })?)),
             other => Err(FrameError::UnknownTag(other)),
         }
     }
+}
+
+/// `u32be count ‖ (u8 len(name) ‖ collection name ‖ value)*`, names in strict order
+/// and nothing after the last entry; `value` reads each value from what follows its
+/// name. An entry takes at least `least` bytes: a count the frame cannot hold is
+/// refused before anything is allocated for it.
+fn take_named<T>(
+    bytes: &[u8],
+    least: usize,
+    value: impl for<'a> Fn(&'a [u8]) -> Result<(T, &'a [u8]), FrameError>,
+) -> Result<Vec<(CollectionName, T)>, FrameError> {
+    let (count, mut rest) = take::<4>(bytes)?;
+    let count = u32::from_be_bytes(count) as usize;
+    if count > rest.len() / least {
+        return Err(FrameError::Truncated);
+    }
+    let mut entries: Vec<(CollectionName, T)> = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (name, after) = take_name(rest)?;
+        if entries.last().is_some_and(|(last, _)| *last >= name) {
+            return Err(FrameError::Unordered);
+        }
+        let (value, after) = value(after)?;
+        entries.push((name, value));
+        rest = after;
+    }
+    if !rest.is_empty() {
+        return Err(FrameError::Trailing(rest.len()));
+    }
+    Ok(entries)
 }
 
 /// A frame about one part: `tag ‖ u8 len(name) ‖ name ‖ part u16be ‖ body`.
