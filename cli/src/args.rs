@@ -250,14 +250,22 @@ pub enum Command {
         command: TokenCommand,
     },
     /// Import a vCard (.vcf) or iCalendar (.ics) file: every entry, or nothing if one
-    /// cannot be read; importing again updates (by UID) instead of duplicating
+    /// cannot be read; importing again updates (by UID) instead of duplicating. Or mail;
+    /// or, with --all, restore a `hearth export --all` directory
+    #[command(group = clap::ArgGroup::new("what").required(true).args(["kind", "all"]))]
     Import {
         /// What the file holds
-        #[arg(value_enum)]
-        kind: PimKind,
+        #[arg(value_enum, requires = "file")]
+        kind: Option<PimKind>,
         /// The file (- for stdin); for mail, an mbox file, a Maildir directory, or
         /// imap[s]://USER@HOST[:PORT][/FOLDER] (every folder when none is named)
-        file: PathBuf,
+        file: Option<PathBuf>,
+        /// Restore this `hearth export --all` directory: its blobs, then every
+        /// collection's records with their references to blobs pointing at the blobs
+        /// restored. Records the vault lacks are created; those it has are left as they
+        /// are (the ones that differ are named). Running it again is safe
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["into", "folder", "password_file", "full"])]
+        all: Option<PathBuf>,
         /// Into this collection instead of `contacts` / `calendar` / `mail` (its name
         /// must start with contacts-, calendar- or mail-)
         #[arg(long, value_name = "COLLECTION")]

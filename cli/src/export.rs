@@ -43,16 +43,19 @@ struct Summary {
     missing_blobs: Vec<String>,
 }
 
+/// What `export.json` says the directory is (`hearth import --all` reads this one).
+pub(crate) const EXPORT_FORMAT: &str = "hearth-export-1";
+
 /// One line of `blobs.json`.
-#[derive(Serialize)]
-struct BlobFile {
-    id: String,
-    name: Option<String>,
+#[derive(Serialize, serde::Deserialize)]
+pub(crate) struct BlobFile {
+    pub(crate) id: String,
+    pub(crate) name: Option<String>,
     #[serde(rename = "type")]
-    content_type: Option<String>,
-    size: u64,
+    pub(crate) content_type: Option<String>,
+    pub(crate) size: u64,
     /// Under `blobs/`, or null if the blob is not on this device.
-    file: Option<String>,
+    pub(crate) file: Option<String>,
 }
 
 pub async fn everything(
@@ -187,7 +190,7 @@ async fn write_all(
     write_json(
         &dir.join("export.json"),
         &serde_json::json!({
-            "format": "hearth-export-1",
+            "format": EXPORT_FORMAT,
             "at": snapshot.at,
             "vault_id": snapshot.vault_id,
             "device": snapshot.device,

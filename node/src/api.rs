@@ -28,8 +28,8 @@ use futures::StreamExt;
 use hearth_protocol::api::{
     AuditEntry, BlobInfo, BlobRemoved, CheckReport, CollectionInfo, ConflictsResponse, DeviceInfo,
     ErrorBody, ErrorCode, ErrorDetail, GrantCreated, GrantInfo, GrantRequest, HelloRequest,
-    HelloResponse, InviteResponse, PutResponse, ResolveRequest, RevokeResponse, StatusResponse,
-    StreamReady, TextEditRequest, VaultExport, VerifyResponse, ViewAll,
+    HelloResponse, InviteResponse, PutResponse, ResolveRequest, RestoreReport, RevokeResponse,
+    StatusResponse, StreamReady, TextEditRequest, VaultExport, VerifyResponse, ViewAll,
 };
 use hearth_protocol::{BlobId, CollectionName, RecordId};
 use rand::RngCore;
@@ -125,6 +125,7 @@ pub fn router(vault: Arc<Vault>) -> Router {
             "/v1/import/{collection}/state/{id}",
             get(import_state).put(set_import_state),
         )
+        .route("/v1/restore/{collection}", post(restore))
         .route("/v1/export", get(export_all))
         .route("/v1/export/{collection}", get(export))
         .route("/v1/audit", get(list_audit))
@@ -198,6 +199,7 @@ pub fn router(vault: Arc<Vault>) -> Router {
         create_grant,
         revoke_grant,
         import,
+        restore,
         import_state,
         set_import_state,
         export_all,

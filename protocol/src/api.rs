@@ -410,6 +410,20 @@ impl ResolveRequest {
     }
 }
 
+/// `POST /v1/restore/{c}`: what a batch of records restored from an export did. A
+/// record the collection lacks is created; one it holds as the export has it is left;
+/// one it holds otherwise is left as it is (the vault's version is kept) and named.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RestoreReport {
+    /// Records created.
+    pub created: u64,
+    /// Records that were there, the same.
+    pub unchanged: u64,
+    /// Records that were there and differ from the export: kept as they are, by id.
+    #[serde(default)]
+    pub differing: Vec<String>,
+}
+
 /// `POST /v1/collections/{c}/mail`: what an import of a batch of messages did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MailImportReport {

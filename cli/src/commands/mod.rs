@@ -298,6 +298,9 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
         Command::Audit { grant, verify } => {
             grants::audit(home, json, &client, grant, verify).await?
         }
+        Command::Import { all: Some(dir), .. } => {
+            crate::restore::everything(home, json, &client, &dir).await?;
+        }
         Command::Import {
             kind,
             file,
@@ -305,7 +308,11 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
             folder,
             password_file,
             full,
+            ..
         } => {
+            let (kind, file) = kind.zip(file).context(
+                "say what to import: contacts, calendar or mail and a file, or --all DIR",
+            )?;
             let collection = kind.collection_or(into)?;
             if kind == PimKind::Mail {
                 let source = crate::mail::Source {

@@ -231,6 +231,30 @@ pub fn announce_many(
         .and_then(|r| r)
 }
 
+/// Every string in `record` (at any depth, not its own `"id"`) that is a blob id.
+pub fn named_blobs(
+    record: &serde_json::Map<String, serde_json::Value>,
+) -> std::collections::BTreeSet<String> {
+    fn walk(value: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+        use serde_json::Value;
+        match value {
+            Value::String(s) if BlobId::parse(s).is_ok() => {
+                out.insert(s.clone());
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            Value::Object(map) => map.values().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    for (key, value) in record {
+        if key != "id" {
+            walk(value, &mut out);
+        }
+    }
+    out
+}
+
 /// The records of `_blobs` that list `blobs`: what a [`Collections::write_across`]
 /// that writes [`listing_writes`] must name among the records it touches.
 pub fn listings_of(blobs: &[(BlobId, u64, Described)]) -> Vec<(CollectionName, RecordId)> {
@@ -314,6 +338,87 @@ pub fn listings(
             Some((id, listing))
         })
         .collect())
+}
+
+/// A record that names a blob the vault does not list (never stored in this vault, or
+/// removed): found by [`dangling`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dangling {
+    pub collection: CollectionName,
+    pub record: String,
+    pub blob: String,
+}
+
+/// The blob ids a record holds in a field named `blob`, at any depth: how Hearth's own
+/// records name a blob (a mail's bytes, a contact's photo: docs/SCHEMA.md). Unlike
+/// [`named_blobs`], a string elsewhere that looks like a blob id (a hash in a note) is
+/// not taken for one.
+pub fn blob_fields(
+    record: &serde_json::Map<String, serde_json::Value>,
+) -> std::collections::BTreeSet<String> {
+    use serde_json::{Map, Value};
+    fn in_map(map: &Map<String, Value>, out: &mut std::collections::BTreeSet<String>) {
+        for (key, value) in map {
+            match value {
+                Value::String(s) if key == "blob" && BlobId::parse(s).is_ok() => {
+                    out.insert(s.clone());
+                }
+                Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+                Value::Object(map) => in_map(map, out),
+                _ => {}
+            }
+        }
+    }
+    fn walk(value: &Value, out: &mut std::collections::BTreeSet<String>) {
+        match value {
+            Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            Value::Object(map) => in_map(map, out),
+            _ => {}
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    in_map(record, &mut out);
+    out
+}
+
+/// The records of the user collections whose `blob` fields ([`blob_fields`]) name a
+/// blob the vault does not list (or lists as removed), the first `limit` of them, and
+/// how many there are in all. Reads every record once, from the record index.
+pub fn dangling(
+    collections: &Collections,
+    limit: usize,
+) -> Result<(Vec<Dangling>, usize), CollectionError> {
+    let listed: HashSet<String> = listings(collections)?
+        .into_iter()
+        .filter(|(_, listing)| !listing.removed)
+        .map(|(id, _)| id.to_string())
+        .collect();
+    let (mut found, mut all) = (Vec::new(), 0);
+    for name in collections.names()? {
+        if name.is_system() {
+            continue;
+        }
+        collections.page(&name, None, usize::MAX, |record| {
+            let serde_json::Value::Object(record) = record else {
+                return None;
+            };
+            for blob in blob_fields(&record) {
+                if !listed.contains(&blob) {
+                    all += 1;
+                    if found.len() < limit {
+                        let id = record.get("id").and_then(|v| v.as_str()).unwrap_or("?");
+                        found.push(Dangling {
+                            collection: name.clone(),
+                            record: id.to_owned(),
+                            blob,
+                        });
+                    }
+                }
+            }
+            None
+        })?;
+    }
+    Ok((found, all))
 }
 
 /// What [`Blobs::survey`] found.
@@ -1274,6 +1379,31 @@ mod tests {
     use super::*;
     use crate::testutil::TestVault;
     use hearth_protocol::blob::BlobResponse;
+
+    /// `hearth check`'s view of a reference: a `blob` field at any depth, not any string
+    /// that looks like a blob id (a hash kept in a note), not a `blob` that is no id.
+    #[test]
+    fn blob_fields_are_fields_named_blob_at_any_depth() {
+        let (a, b, c, d) = (
+            "a".repeat(64),
+            "b".repeat(64),
+            "c".repeat(64),
+            "d".repeat(64),
+        );
+        let record = serde_json::json!({
+            "blob": a,
+            "photo": {"blob": b, "media_type": "image/jpeg"},
+            "parts": [{"blob": c}, {"blob": "not an id"}],
+            "sha256": d,
+            "notes": [d],
+        });
+        let serde_json::Value::Object(record) = record else {
+            unreachable!()
+        };
+        let found: Vec<String> = blob_fields(&record).into_iter().collect();
+        assert_eq!(found, [a, b, c]);
+        assert!(named_blobs(&record).contains(&d));
+    }
 
     fn body(
         data: &[u8],

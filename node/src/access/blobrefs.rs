@@ -15,7 +15,7 @@
 
 use std::collections::BTreeSet;
 
-use hearth_protocol::{BlobId, CollectionName, RecordId};
+use hearth_protocol::{CollectionName, RecordId};
 use serde_json::{Map, Value, json};
 
 use super::dav::Refusal;
@@ -28,26 +28,7 @@ fn refs() -> CollectionName {
     CollectionName::parse(BLOB_REFS).expect("a valid system collection name")
 }
 
-/// Every string in `record` (at any depth, not its own `"id"`) that is a blob id.
-pub(super) fn named_blobs(record: &Map<String, Value>) -> BTreeSet<String> {
-    fn walk(value: &Value, out: &mut BTreeSet<String>) {
-        match value {
-            Value::String(s) if BlobId::parse(s).is_ok() => {
-                out.insert(s.clone());
-            }
-            Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
-            Value::Object(map) => map.values().for_each(|v| walk(v, out)),
-            _ => {}
-        }
-    }
-    let mut out = BTreeSet::new();
-    for (key, value) in record {
-        if key != "id" {
-            walk(value, &mut out);
-        }
-    }
-    out
-}
+pub(super) use crate::blobs::named_blobs;
 
 /// The note's record id: a hash of what it is about (the collection's
 /// records are sealed like any other; the id only has to be unique and stable).

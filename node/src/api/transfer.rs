@@ -41,13 +41,7 @@ pub(super) async fn import(
             e
         })?)
     };
-    let limit = vault.limits.max_import_bytes;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            ErrorCode::TooLarge,
-            format!("the file is larger than the limit of {limit} bytes (or broke off)"),
-        )
-    })?;
+    let bytes = import_body(&vault, body, "file").await?;
     let Some(kind) = kind else {
         let items = hearth_protocol::mail::decode_batch(&bytes)
             .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
@@ -70,6 +64,115 @@ pub(super) async fn import(
         .await
         .map_err(import_error)?;
     Ok(Json(report).into_response())
+}
+
+/// The most records one restore request carries (`hearth import --all` sends fewer).
+pub(super) const RESTORE_BATCH: usize = 5_000;
+
+/// `POST /v1/restore/{c}`: records of an export (`hearth export --all`), each with its
+/// `"id"`, written as one change: created where the collection lacks them, left where
+/// it holds them, the same or not (see [`RestoreReport`]).
+#[utoipa::path(
+    post,
+    path = "/v1/restore/{collection}",
+    tag = "owner",
+    summary = "Restore records from an export: create the missing ones, never overwrite (all or nothing)",
+    params(InCollection),
+    request_body(content = Vec<serde_json::Value>, description = "records, each a JSON object with its \"id\""),
+    responses((status = 200, description = "ok", body = RestoreReport), (status = "default", response = Failure))
+)]
+pub(super) async fn restore(
+    State(vault): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Json<RestoreReport>, ApiError> {
+    let collection = writable(collection_name(&path_param(path)?)?)?;
+    let bytes = import_body(&vault, body, "body").await?;
+    let records = restore_records(&bytes, vault.limits.max_record_bytes)?;
+    drop(bytes);
+    let report = pim::owner_restore(&vault.collections, &collection, records)
+        .await
+        .map_err(|e| match e {
+            pim::WriteError::BadEdit(message) => ApiError::new(ErrorCode::BadRequest, message),
+            pim::WriteError::Pim(e) => ApiError::new(ErrorCode::BadRequest, e.to_string()),
+            pim::WriteError::Collection(e) => e.into(),
+            pim::WriteError::Missing => ApiError::new(ErrorCode::Internal, "no such record"),
+        })?;
+    vault.store.commit().await?;
+    Ok(Json(report))
+}
+
+/// A record to restore, by id.
+type Restored = (RecordId, Map<String, Value>);
+
+/// A restore request's records: a JSON array of at most [`RESTORE_BATCH`] objects,
+/// each with a valid `"id"` and no larger than one record may be.
+fn restore_records(bytes: &[u8], max_record_bytes: usize) -> Result<Vec<Restored>, ApiError> {
+    let bad = |message: String| ApiError::new(ErrorCode::BadRequest, message);
+    let items: Vec<Value> = match serde_json::from_slice(bytes) {
+        Ok(Value::Array(items)) => items,
+        Ok(other) => {
+            return Err(bad(format!(
+                "a restore takes a JSON array of records, not {}",
+                json_kind(&other)
+            )));
+        }
+        Err(e) => {
+            return Err(ApiError::new(
+                ErrorCode::BadJson,
+                format!("the body is not valid JSON: {e}"),
+            ));
+        }
+    };
+    if items.len() > RESTORE_BATCH {
+        return Err(ApiError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "{} records in one request; at most {RESTORE_BATCH}",
+                items.len()
+            ),
+        ));
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(at, item)| {
+            let Value::Object(record) = item else {
+                return Err(bad(format!(
+                    "record {at} of the array is {}, not an object",
+                    json_kind(&item)
+                )));
+            };
+            let id = match record.get("id") {
+                Some(Value::String(id)) => RecordId::parse(id).map_err(|e| {
+                    ApiError::new(ErrorCode::InvalidId, format!("record {at} of the array: {e}"))
+                })?,
+                _ => return Err(bad(format!("record {at} of the array has no \"id\" string"))),
+            };
+            let size = serde_json::to_vec(&record).map_or(usize::MAX, |v| v.len());
+            if size > max_record_bytes {
+                return Err(ApiError::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "record {id} is {size} bytes, over the limit of {max_record_bytes} bytes a record"
+                    ),
+                ));
+            }
+            Ok((id, record))
+        })
+        .collect()
+}
+
+/// An import's or a restore's body, whole, within the import limit (`what` names it in
+/// the error: the file, the body).
+async fn import_body(vault: &AppState, body: Body, what: &str) -> Result<Bytes, ApiError> {
+    let limit = vault.limits.max_import_bytes;
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            ErrorCode::TooLarge,
+            format!("the {what} is larger than the limit of {limit} bytes (or broke off)"),
+        )
+    })
 }
 
 /// Where an incremental import into a collection stands (for IMAP: a folder's
@@ -260,6 +363,9 @@ pub(super) async fn export_all(
     .map(Json)
 }
 
+/// How many records naming a missing blob `hearth check` lists one by one.
+const DANGLING_SHOWN: usize = 100;
+
 /// Reads back and verifies everything on this device: every sealed value of the
 /// store, every collection document, every chunk of every blob, the audit chains.
 #[utoipa::path(
@@ -278,6 +384,21 @@ pub(super) async fn check(State(vault): State<AppState>) -> Result<Json<CheckRep
                 Ok(_) => loaded += 1,
                 Err(e) => problems.push(format!("collection {name}: {e}")),
             }
+        }
+        // Records naming a blob the vault does not have: a photo or a message whose
+        // bytes are gone (an import that lost them, a blob removed under a record).
+        let (dangling, all) = crate::blobs::dangling(&v.collections, DANGLING_SHOWN)?;
+        for d in &dangling {
+            problems.push(format!(
+                "record {} of collection {} names blob {}, which this vault does not have",
+                d.record, d.collection, d.blob
+            ));
+        }
+        if all > dangling.len() {
+            problems.push(format!(
+                "and {} more names of blobs this vault does not have",
+                all - dangling.len()
+            ));
         }
         Ok((values, loaded, problems))
     })

@@ -548,6 +548,67 @@ pub async fn owner_merge_versions(
     Ok(())
 }
 
+/// Records restored from an export (`hearth import --all`), as one write: a record the
+/// collection lacks is created (a contact or event with its text and fields in step, as
+/// any owner's write); one it holds as given is left; one it holds otherwise is left as
+/// it is and named in the report, so a restore never overwrites what the vault has. All
+/// or nothing: a record that cannot be written (a text that does not read, an id twice)
+/// refuses the batch, naming the record. Durable only after the store commits.
+pub async fn owner_restore(
+    collections: &std::sync::Arc<crate::collections::Collections>,
+    name: &CollectionName,
+    records: Vec<(RecordId, Map<String, Value>)>,
+) -> Result<hearth_protocol::api::RestoreReport, WriteError> {
+    use crate::collections::RecordWrite;
+    let kind = Kind::of(name.as_str());
+    let (collections, name) = (collections.clone(), name.clone());
+    tokio::task::spawn_blocking(move || {
+        let touching: Vec<_> = records
+            .iter()
+            .map(|(id, _)| (name.clone(), id.clone()))
+            .collect();
+        collections.write_across(&touching, |lookup| {
+            let mut report = hearth_protocol::api::RestoreReport::default();
+            let mut writes: crate::collections::WritesIn = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for (id, mut record) in records {
+                if !seen.insert(id.clone()) {
+                    return Err(WriteError::BadEdit(format!(
+                        "record {id} is given twice in one batch"
+                    )));
+                }
+                record.remove("id");
+                let before = lookup(&name, &id)?.map(|mut before| {
+                    before.remove("id");
+                    before
+                });
+                let named = |e: WriteError| match e {
+                    WriteError::Pim(e) => WriteError::BadEdit(format!("record {id}: {e}")),
+                    e => e,
+                };
+                let (_, after) =
+                    decide(kind, &Change::Replace(record), before.as_ref()).map_err(named)?;
+                match before {
+                    None => {
+                        report.created += 1;
+                        writes.push((name.clone(), id, RecordWrite::Put(after)));
+                    }
+                    Some(before) if before == after => report.unchanged += 1,
+                    Some(_) => report.differing.push(id.to_string()),
+                }
+            }
+            Ok::<_, WriteError>((writes, report))
+        })?
+    })
+    .await
+    .map_err(|e| {
+        WriteError::Collection(crate::collections::CollectionError::Shared {
+            code: hearth_protocol::api::ErrorCode::Internal,
+            message: format!("the restore failed inside the node; nothing was written: {e}"),
+        })
+    })?
+}
+
 /// The owner's edit of text field `field` of a contacts or calendar record, and the
 /// step that keeps its text and fields in step (the fields follow an edit of the vCard
 /// or iCalendar text; the text follows an edit of another text field), as one write:
