@@ -137,12 +137,13 @@ pub async fn status_of(vault: &Arc<Vault>) -> Result<StatusResponse, Error> {
 /// The device list with what this node knows of each: online, last sync.
 pub async fn devices_view(vault: &Arc<Vault>) -> Result<Vec<DeviceInfo>, Error> {
     let list = blocking(vault, |v| Ok(crate::devices::devices(&v.collections)?)).await?;
-    let (online, last_sync) = match vault.mesh() {
+    let (online, relayed, last_sync) = match vault.mesh() {
         Some(mesh) => (
             mesh.handle.connected_peers().await.unwrap_or_default(),
+            mesh.handle.relayed_peers().await.unwrap_or_default(),
             mesh.sync.last_sync(),
         ),
-        None => (Vec::new(), Default::default()),
+        None => (Vec::new(), Default::default(), Default::default()),
     };
     let in_step = |peer: &libp2p::PeerId| vault.mesh().is_some_and(|m| m.sync.in_step(peer));
     let recorded = blocking(vault, |v| Ok(crate::devices::recorded_syncs(&v.store))).await?;
@@ -166,6 +167,7 @@ pub async fn devices_view(vault: &Arc<Vault>) -> Result<Vec<DeviceInfo>, Error> 
                 removed_at: device.removed_at,
                 addrs: device.addrs,
                 online,
+                relayed: !this_device && peer.is_some_and(|p| relayed.contains(&p)),
                 last_sync,
                 in_step: this_device || peer.is_some_and(|p| online && in_step(&p)),
                 this_device,

@@ -289,6 +289,10 @@ pub struct DeviceInfo {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addrs: Vec<String>,
     pub online: bool,
+    /// Online, but only through a relay (a device of the vault that relays, such as a
+    /// home server): no direct connection.
+    #[serde(default)]
+    pub relayed: bool,
     /// When this node last exchanged sync messages with it (Unix seconds).
     pub last_sync: Option<u64>,
     /// Whether it holds the same changes as this device: their last comparison found

@@ -256,7 +256,13 @@ pub fn spawn_node_wrapped(
         "127.0.0.1:0",
         "--no-mdns",
     ])
-    .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+    // A node given its own --listen listens only there (a device reachable only
+    // through a relay has no address of its own).
+    .args(if extra.contains(&"--listen") {
+        &[][..]
+    } else {
+        &["--listen", "/ip4/127.0.0.1/tcp/0"][..]
+    })
     .args(extra)
     .env_remove("HEARTH_HOME")
     .env_remove("HEARTH_PASSPHRASE")

@@ -149,9 +149,17 @@ pub(super) fn print_devices(devices: &[DeviceInfo]) -> anyhow::Result<()> {
         } else if d.this_device {
             "this device"
         } else if d.online && d.in_step {
-            "online, in step"
+            if d.relayed {
+                "online (relayed), in step"
+            } else {
+                "online, in step"
+            }
         } else if d.online {
-            "online"
+            if d.relayed {
+                "online (relayed)"
+            } else {
+                "online"
+            }
         } else {
             "offline"
         };

@@ -122,15 +122,19 @@ pub fn member_addresses(
         .collect()
 }
 
-/// Records where this device listens, so the others can find it after a restart.
-/// Returns whether anything changed (then the store must commit).
+/// Records where this device listens, so the others can find it after a restart, in
+/// order (the same addresses in another order are no change). Returns whether
+/// anything changed (then the store must commit).
 pub fn set_addresses(
     collections: &Collections,
     me: &PeerId,
     addrs: &[multiaddr::Multiaddr],
 ) -> Result<bool, CollectionError> {
     let id = record_id(me);
-    let wanted: Vec<Value> = addrs.iter().map(|a| Value::String(a.to_string())).collect();
+    let mut wanted: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    wanted.sort();
+    wanted.dedup();
+    let wanted: Vec<Value> = wanted.into_iter().map(Value::String).collect();
     match collections.get(&collection(), &id)? {
         Some(record) if record.get("addrs") == Some(&Value::Array(wanted.clone())) => Ok(false),
         Some(_) => {

@@ -12,6 +12,7 @@
 pub mod blobsync;
 pub mod frames;
 pub mod pairing;
+mod relaying;
 mod removal;
 pub mod sync;
 pub mod view;
@@ -101,6 +102,7 @@ struct Behaviour {
 enum Command {
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     Connected(oneshot::Sender<Vec<PeerId>>),
+    Relayed(oneshot::Sender<HashSet<PeerId>>),
     Dial(Multiaddr),
     SetPeers(Vec<Multiaddr>),
     Stop(oneshot::Sender<()>),
@@ -125,6 +127,11 @@ impl MeshHandle {
 
     pub async fn connected_peers(&self) -> Result<Vec<PeerId>, MeshError> {
         self.ask(Command::Connected).await
+    }
+
+    /// The connected peers reached only through a relay (no direct connection).
+    pub async fn relayed_peers(&self) -> Result<HashSet<PeerId>, MeshError> {
+        self.ask(Command::Relayed).await
     }
 
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), MeshError> {
@@ -159,6 +166,20 @@ impl MeshHandle {
             .map_err(|_| MeshError::Stopped)?;
         rx.await.map_err(|_| MeshError::Stopped)
     }
+}
+
+/// Whether an address is a wildcard (`0.0.0.0`, `::`), which no one can dial.
+fn is_unspecified(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}
+
+/// Whether an address runs through a relay (`/p2p-circuit`).
+fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
 
 /// The next stream a peer opened on one protocol; `None` once the mesh is told to stop
@@ -235,9 +256,15 @@ impl Mesh {
                     mdns: Toggle::from(mdns),
                     kad,
                     relay,
-                    relay_server: Toggle::from(
-                        relay_server.then(|| relay::Behaviour::new(peer_id, relay::Config::default())),
-                    ),
+                    relay_server: Toggle::from(relay_server.then(|| {
+                        let vault = vault.clone();
+                        relay::Behaviour::new(
+                            peer_id,
+                            relaying::server_config(Arc::new(move |peer| {
+                                devices::is_member(&vault.collections, peer)
+                            })),
+                        )
+                    })),
                     dcutr: dcutr::Behaviour::new(peer_id),
                     autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
                     streams: libp2p_stream::Behaviour::new(),
@@ -317,6 +344,9 @@ impl Mesh {
                 known: config.peers,
                 listen_addrs: HashSet::new(),
                 last_pong: HashMap::new(),
+                connections: HashMap::new(),
+                relay_server,
+                listening_via: HashMap::new(),
             }
             .run(),
         );
@@ -331,11 +361,7 @@ impl Mesh {
             .listen_addrs()
             .await?
             .into_iter()
-            .filter(|a| {
-                !a.iter().any(
-                    |p| matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_unspecified()),
-                )
-            })
+            .filter(|a| !is_unspecified(a))
             .collect();
         match devices::set_addresses(&vault.collections, &local_peer_id, &addrs) {
             Ok(true) => {
@@ -401,6 +427,15 @@ impl Mesh {
     }
 }
 
+/// An open connection: its peer, the address it runs to, whether it is relayed and
+/// whether this node dialled it.
+struct Reached {
+    peer: PeerId,
+    addr: Multiaddr,
+    relayed: bool,
+    dialled: bool,
+}
+
 struct SwarmTask {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
@@ -410,6 +445,12 @@ struct SwarmTask {
     /// When each connection last answered a ping (connections to peers without ping,
     /// like the joining side of pairing, are not in it).
     last_pong: HashMap<libp2p::swarm::ConnectionId, tokio::time::Instant>,
+    /// Every open connection.
+    connections: HashMap<libp2p::swarm::ConnectionId, Reached>,
+    /// This node relays for the vault's devices (`--relay`).
+    relay_server: bool,
+    /// The relays (member devices that relay) this node listens through, by listener.
+    listening_via: HashMap<libp2p::core::transport::ListenerId, PeerId>,
 }
 
 impl SwarmTask {
@@ -448,6 +489,9 @@ impl SwarmTask {
                     }
                     Some(Command::Connected(reply)) => {
                         let _ = reply.send(self.swarm.connected_peers().copied().collect());
+                    }
+                    Some(Command::Relayed(reply)) => {
+                        let _ = reply.send(self.relayed_only());
                     }
                     Some(Command::Dial(addr)) => {
                         self.known.push(addr.clone());
@@ -536,6 +580,98 @@ impl SwarmTask {
         }
     }
 
+    /// Listens through `relay`, a device of the vault that relays (a home server), once,
+    /// at the address this node reached it on directly: the other devices, recording
+    /// that address, can then reach this one through it wherever they are.
+    fn listen_via(
+        &mut self,
+        relay: PeerId,
+        connection: libp2p::swarm::ConnectionId,
+        relay_listens: &[Multiaddr],
+    ) {
+        let already = self.listening_via.values().any(|r| *r == relay)
+            || self
+                .listen_addrs
+                .iter()
+                .any(|a| is_relayed(a) && a.iter().any(|p| p == Protocol::P2p(relay)));
+        if self.relay_server || already || !self.sync.is_member(&relay) {
+            return;
+        }
+        let Some(Reached {
+            addr,
+            relayed: false,
+            dialled,
+            ..
+        }) = self.connections.get(&connection)
+        else {
+            return;
+        };
+        // Where this node reached the relay: the address it dialled, or (the relay
+        // dialled it) the relay's own listen address on the host it came from.
+        fn ip(a: &Multiaddr) -> Option<std::net::IpAddr> {
+            a.iter().find_map(|p| match p {
+                Protocol::Ip4(ip) => Some(ip.into()),
+                Protocol::Ip6(ip) => Some(ip.into()),
+                _ => None,
+            })
+        }
+        let at = if *dialled {
+            Some(addr.clone())
+        } else {
+            let usable: Vec<&Multiaddr> = relay_listens
+                .iter()
+                .filter(|a| !is_relayed(a) && !is_unspecified(a))
+                .collect();
+            usable
+                .iter()
+                .find(|a| ip(a) == ip(addr))
+                .or(usable.first())
+                .map(|a| (*a).clone())
+        };
+        let Some(mut at) = at else {
+            return;
+        };
+        if matches!(at.iter().last(), Some(Protocol::P2p(_))) {
+            at.pop();
+        }
+        let circuit = at.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
+        match self.swarm.listen_on(circuit.clone()) {
+            Ok(listener) => {
+                tracing::debug!(%circuit, "listening through a relaying device");
+                self.listening_via.insert(listener, relay);
+            }
+            Err(e) => tracing::debug!(%circuit, error = %e, "cannot listen through the relay"),
+        }
+    }
+
+    /// Records where this device listens now (see [`sync::SyncService::record_addresses`]):
+    /// an address through a relay appears once the relay has taken the reservation.
+    fn record_addresses(&self) {
+        let addrs = self
+            .listen_addrs
+            .iter()
+            .filter(|a| !is_unspecified(a))
+            .cloned()
+            .collect();
+        self.sync
+            .record_addresses(*self.swarm.local_peer_id(), addrs);
+    }
+
+    /// The connected peers whose every connection is relayed.
+    fn relayed_only(&self) -> HashSet<PeerId> {
+        let mut direct = HashSet::new();
+        let mut relayed = HashSet::new();
+        for reached in self.connections.values() {
+            if reached.relayed {
+                relayed.insert(reached.peer);
+            } else {
+                direct.insert(reached.peer);
+            }
+        }
+        relayed.retain(|p| !direct.contains(p));
+        relayed
+    }
+
     /// The relay serves the vault's devices only: anyone else who uses it is cut off.
     fn relay_only_for_members(&mut self, peers: &[PeerId]) {
         for peer in peers {
@@ -550,10 +686,30 @@ impl SwarmTask {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
+                // A relay hands its own addresses out in each reservation, and has
+                // none to give until it knows some: its direct listen addresses.
+                if self.relay_server && !is_relayed(&address) {
+                    self.swarm.add_external_address(address.clone());
+                }
+                let through_relay = is_relayed(&address);
                 self.listen_addrs.insert(address);
+                if through_relay {
+                    self.record_addresses();
+                }
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
+                if self.relay_server {
+                    self.swarm.remove_external_address(&address);
+                }
                 self.listen_addrs.remove(&address);
+                if is_relayed(&address) {
+                    self.record_addresses();
+                }
+            }
+            SwarmEvent::ListenerClosed { listener_id, .. } => {
+                if let Some(relay) = self.listening_via.remove(&listener_id) {
+                    tracing::debug!(%relay, "no longer listening through the relay");
+                }
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -564,6 +720,15 @@ impl SwarmTask {
             } => {
                 self.last_pong
                     .insert(connection_id, tokio::time::Instant::now());
+                self.connections.insert(
+                    connection_id,
+                    Reached {
+                        peer: peer_id,
+                        addr: endpoint.get_remote_address().clone(),
+                        relayed: endpoint.is_relayed(),
+                        dialled: endpoint.is_dialer(),
+                    },
+                );
                 tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
                 if num_established.get() == 1 {
                     if self.sync.is_member(&peer_id) {
@@ -579,6 +744,7 @@ impl SwarmTask {
                 ..
             } if num_established > 0 => {
                 self.last_pong.remove(&connection_id);
+                self.connections.remove(&connection_id);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -587,6 +753,7 @@ impl SwarmTask {
                 ..
             } => {
                 self.last_pong.remove(&connection_id);
+                self.connections.remove(&connection_id);
                 if self.sync.is_member(&peer_id) {
                     tracing::info!(%peer_id, "device disconnected");
                 } else {
@@ -632,9 +799,12 @@ impl SwarmTask {
             )) => self.relay_only_for_members(&[src_peer_id, dst_peer_id]),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
+                connection_id,
                 info,
-                ..
             })) => {
+                if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
+                    self.listen_via(peer_id, connection_id, &info.listen_addrs);
+                }
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }

@@ -134,6 +134,27 @@ impl SyncService {
         devices::member_addresses(&self.vault.collections, me)
     }
 
+    /// Records, off the swarm task, where this device listens now (an address through
+    /// a relay comes and goes while the node runs), so the other devices find it.
+    pub(super) fn record_addresses(&self, me: PeerId, addrs: Vec<libp2p::Multiaddr>) {
+        let vault = self.vault.clone();
+        let spawned = tokio::task::spawn_blocking(move || {
+            devices::set_addresses(&vault.collections, &me, &addrs).map(|changed| (vault, changed))
+        });
+        tokio::spawn(async move {
+            match spawned.await {
+                Ok(Ok((vault, true))) => {
+                    if let Err(e) = vault.store.commit().await {
+                        tracing::warn!(error = %e, "cannot record this device's addresses");
+                    }
+                }
+                Ok(Ok((_, false))) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot record this device's addresses"),
+                Err(e) => tracing::warn!(error = %e, "recording this device's addresses failed"),
+            }
+        });
+    }
+
     /// Says (once a run for each device) that `peer` runs an older Hearth, which
     /// this one does not sync with.
     fn outdated(&self, peer: PeerId, why: &str) {
