@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod natlab;
 pub mod netns;
 pub mod torture;
 

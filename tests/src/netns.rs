@@ -122,6 +122,19 @@ impl Link {
         crate::parse_json_output(args, &out)
     }
 
+    /// The TCP port the node of HOME in `ns` listens on at `addr`.
+    pub fn tcp_port(ns: &str, home: &std::path::Path, addr: &str) -> u16 {
+        let status = Self::cli(ns, home, &["status"]);
+        let prefix = format!("/ip4/{addr}/tcp/");
+        status["listen_addrs"]
+            .as_array()
+            .expect("listen_addrs")
+            .iter()
+            .filter_map(serde_json::Value::as_str)
+            .find_map(|a| a.strip_prefix(&prefix)?.split('/').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no listen address on {addr}: {status}"))
+    }
+
     /// Like [`Link::cli`], returning the raw output (for commands that may fail).
     pub fn cli_raw(ns: &str, home: &std::path::Path, args: &[&str]) -> Output {
         let mut cmd = Command::new("ip");

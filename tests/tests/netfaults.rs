@@ -54,7 +54,7 @@ fn partitions_heal_lossy_links_deliver_and_a_cut_blob_transfer_resumes() {
     let a_peer = format!(
         "/ip4/{}/tcp/{}/p2p/{}",
         link.a_addr,
-        tcp_port(&link.a, &a_home, &link.a_addr),
+        Link::tcp_port(&link.a, &a_home, &link.a_addr),
         a.peer_id
     );
     // `join` finds the inviter through the addresses in the code.
@@ -213,21 +213,6 @@ fn count_files(dir: &std::path::Path) -> usize {
 }
 
 /// The TCP port the node of `home` (in namespace `ns`) listens on at `addr`.
-fn tcp_port(ns: &str, home: &std::path::Path, addr: &str) -> String {
-    let status = Link::cli(ns, home, &["status"]);
-    let prefix = format!("/ip4/{addr}/tcp/");
-    status["listen_addrs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|a| a.as_str())
-        .find_map(|a| {
-            a.strip_prefix(&prefix)
-                .map(|p| p.split('/').next().unwrap().to_owned())
-        })
-        .unwrap_or_else(|| panic!("no listen address on {addr}: {status}"))
-}
-
 /// The next of a xorshift64 sequence: pseudo-random bytes that do not compress.
 fn xorshift(state: &mut u64) -> u64 {
     *state ^= *state << 13;

@@ -168,6 +168,16 @@ impl MeshHandle {
     }
 }
 
+/// The next change to the vault's collections; never, once there are none to come.
+async fn next_change(
+    changes: &mut Option<tokio::sync::broadcast::Receiver<crate::collections::Changed>>,
+) -> Result<crate::collections::Changed, tokio::sync::broadcast::error::RecvError> {
+    match changes {
+        Some(changes) => changes.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Whether an address is a wildcard (`0.0.0.0`, `::`), which no one can dial.
 fn is_unspecified(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| match p {
@@ -464,6 +474,9 @@ impl SwarmTask {
         let mut silence = tokio::time::interval(PING_INTERVAL / 2);
         silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_check = tokio::time::Instant::now();
+        // A device's new address (through a relay, say) is dialled as soon as it
+        // arrives in the device list, not at the next redial.
+        let mut changes = Some(self.sync.subscribe_changes());
         loop {
             // Swarm events (ping answers among them) before the silence check, so a
             // check never runs ahead of answers already waiting.
@@ -515,6 +528,14 @@ impl SwarmTask {
                     None => break,
                 },
                 _ = redial.tick() => self.redial(),
+                changed = next_change(&mut changes) => match changed {
+                    Ok(changed) if changed.collection == devices::collection() => {
+                        self.dial_members();
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.dial_members(),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => changes = None,
+                },
             }
         }
         tracing::debug!("swarm task stopped");

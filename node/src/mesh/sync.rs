@@ -134,6 +134,13 @@ impl SyncService {
         devices::member_addresses(&self.vault.collections, me)
     }
 
+    /// The vault's changes from now on.
+    pub(super) fn subscribe_changes(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<crate::collections::Changed> {
+        self.vault.collections.subscribe()
+    }
+
     /// Records, off the swarm task, where this device listens now (an address through
     /// a relay comes and goes while the node runs), so the other devices find it.
     pub(super) fn record_addresses(&self, me: PeerId, addrs: Vec<libp2p::Multiaddr>) {
