@@ -157,11 +157,12 @@ impl NatLab {
                 Nat::EndpointIndependent => "masquerade",
                 Nat::Symmetric => "masquerade fully-random",
             };
-            // Out through the WAN: masqueraded. In from the WAN: only what belongs to
-            // a connection a host opened.
+            // Out through the WAN: masqueraded. In from the WAN, to a host or to the
+            // router itself: only what belongs to a connection opened from inside (a
+            // packet the router answered itself would take the port the NAT needs).
             let rules = format!(
                 "table ip nat {{\n  chain post {{\n    type nat hook postrouting priority 100;\n    oifname \"{wan}\" {masquerade}\n  }}\n}}\n\
-                 table ip filter {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n    iifname \"{wan}\" ct state established,related accept\n    iifname \"{wan}\" drop\n  }}\n}}\n"
+                 table ip filter {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n    iifname \"{wan}\" ct state established,related accept\n    iifname \"{wan}\" drop\n  }}\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    iifname \"{wan}\" ct state established,related accept\n    iifname \"{wan}\" drop\n  }}\n}}\n"
             );
             let file = std::env::temp_dir().join(format!("hearth-nat-{tag}-{i}.nft"));
             std::fs::write(&file, rules).map_err(|e| e.to_string())?;

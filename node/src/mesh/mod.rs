@@ -44,6 +44,9 @@ const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often each connection is pinged, and how long an answer may take.
 const PING_INTERVAL: Duration = Duration::from_secs(2);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// When one of several connections to a device closes, its sync session is started
+/// again on the others this long after (once the old session has seen its stream end).
+const SESSION_AGAIN_AFTER: Duration = Duration::from_millis(200);
 /// A connection that answered no ping for this long is closed (see
 /// `SwarmTask::close_silent`).
 const SILENT_AFTER: Duration = Duration::from_secs(10);
@@ -356,6 +359,7 @@ impl Mesh {
                 last_pong: HashMap::new(),
                 connections: HashMap::new(),
                 relay_server,
+                relay_external: HashSet::new(),
                 listening_via: HashMap::new(),
             }
             .run(),
@@ -459,6 +463,8 @@ struct SwarmTask {
     connections: HashMap<libp2p::swarm::ConnectionId, Reached>,
     /// This node relays for the vault's devices (`--relay`).
     relay_server: bool,
+    /// The addresses this relay gave itself as external ([`SwarmTask::relay_addresses`]).
+    relay_external: HashSet<Multiaddr>,
     /// The relays (member devices that relay) this node listens through, by listener.
     listening_via: HashMap<libp2p::core::transport::ListenerId, PeerId>,
 }
@@ -665,6 +671,44 @@ impl SwarmTask {
         }
     }
 
+    /// A relay hands its own addresses out in each reservation, and has none to give
+    /// until it knows some: its direct listen addresses, loopback ones only when it
+    /// has no other (a relay on one machine, as in tests), so that devices elsewhere
+    /// are not given addresses that lead back to themselves.
+    fn relay_addresses(&mut self) {
+        if !self.relay_server {
+            return;
+        }
+        let direct: Vec<&Multiaddr> = self
+            .listen_addrs
+            .iter()
+            .filter(|a| !is_relayed(a) && !is_unspecified(a))
+            .collect();
+        let loopback = |a: &Multiaddr| {
+            a.iter().any(|p| match p {
+                Protocol::Ip4(ip) => ip.is_loopback(),
+                Protocol::Ip6(ip) => ip.is_loopback(),
+                _ => false,
+            })
+        };
+        let wanted: HashSet<Multiaddr> = if direct.iter().all(|a| loopback(a)) {
+            direct.into_iter().cloned().collect()
+        } else {
+            direct
+                .into_iter()
+                .filter(|a| !loopback(a))
+                .cloned()
+                .collect()
+        };
+        for addr in self.relay_external.difference(&wanted) {
+            self.swarm.remove_external_address(addr);
+        }
+        for addr in wanted.difference(&self.relay_external) {
+            self.swarm.add_external_address(addr.clone());
+        }
+        self.relay_external = wanted;
+    }
+
     /// Records where this device listens now (see [`sync::SyncService::record_addresses`]):
     /// an address through a relay appears once the relay has taken the reservation.
     fn record_addresses(&self) {
@@ -676,6 +720,32 @@ impl SwarmTask {
             .collect();
         self.sync
             .record_addresses(*self.swarm.local_peer_id(), addrs);
+    }
+
+    /// Closes the relayed connections to `peer` now that a direct one is up (a hole
+    /// punched, or an address learnt): the relay's bandwidth is not this device's to
+    /// use, and the direct path is the faster one.
+    fn leave_relay(&mut self, peer: PeerId) {
+        let relayed: Vec<libp2p::swarm::ConnectionId> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| c.peer == peer && c.relayed)
+            .map(|(id, _)| *id)
+            .collect();
+        if relayed.is_empty() {
+            return;
+        }
+        for connection in relayed {
+            tracing::debug!(%peer, "a direct connection is up; closing the relayed one");
+            self.swarm.close_connection(connection);
+        }
+        // A stream on a closed relayed connection can linger until the relay drops
+        // it: the session moves onto the direct connection now.
+        let sync = self.sync.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(SESSION_AGAIN_AFTER).await;
+            sync.restart_session(peer);
+        });
     }
 
     /// The connected peers whose every connection is relayed.
@@ -707,22 +777,16 @@ impl SwarmTask {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
-                // A relay hands its own addresses out in each reservation, and has
-                // none to give until it knows some: its direct listen addresses.
-                if self.relay_server && !is_relayed(&address) {
-                    self.swarm.add_external_address(address.clone());
-                }
                 let through_relay = is_relayed(&address);
                 self.listen_addrs.insert(address);
+                self.relay_addresses();
                 if through_relay {
                     self.record_addresses();
                 }
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
-                if self.relay_server {
-                    self.swarm.remove_external_address(&address);
-                }
                 self.listen_addrs.remove(&address);
+                self.relay_addresses();
                 if is_relayed(&address) {
                     self.record_addresses();
                 }
@@ -751,6 +815,9 @@ impl SwarmTask {
                     },
                 );
                 tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
+                if !endpoint.is_relayed() {
+                    self.leave_relay(peer_id);
+                }
                 if num_established.get() == 1 {
                     if self.sync.is_member(&peer_id) {
                         tracing::info!(%peer_id, addr = %endpoint.get_remote_address(), "device connected");
@@ -760,12 +827,20 @@ impl SwarmTask {
             }
             // A session ends by itself when its stream does.
             SwarmEvent::ConnectionClosed {
+                peer_id,
                 connection_id,
                 num_established,
                 ..
             } if num_established > 0 => {
                 self.last_pong.remove(&connection_id);
                 self.connections.remove(&connection_id);
+                // Its sync session may have run on the connection that closed (the
+                // relayed one, once a hole was punched): start one on those left.
+                let sync = self.sync.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(SESSION_AGAIN_AFTER).await;
+                    sync.ensure_sessions(&[peer_id]);
+                });
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,

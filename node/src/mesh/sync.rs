@@ -293,6 +293,24 @@ impl SyncService {
         });
     }
 
+    /// Moves the session with `peer` onto another connection (the relayed one it ran on
+    /// is closing: a direct one is up): the side that opens sessions ends the old one
+    /// and opens a new stream, which the other side takes in place of its old one.
+    pub(super) fn restart_session(self: &Arc<Self>, peer: PeerId) {
+        if self.mesh.local_peer_id() >= peer {
+            return;
+        }
+        if let Some(old) = self
+            .sessions
+            .lock()
+            .expect("sessions lock is never poisoned")
+            .remove(&peer)
+        {
+            old.abort();
+        }
+        self.on_connected(peer);
+    }
+
     /// Opens a session to each connected member that should have one and has none
     /// (a session can end while its connection stays up, e.g. after a bad frame).
     pub(super) fn ensure_sessions(self: &Arc<Self>, connected: &[PeerId]) {
