@@ -278,3 +278,84 @@ fn a_damaged_export_is_refused_or_reported_and_check_names_what_points_at_nothin
     );
     b.stop();
 }
+
+/// The restore route, attacked directly: no owner token, a system collection, a body
+/// that is no JSON or no array, too many records, a record over the record limit, an
+/// id twice, a vCard that does not read: each refused with its reason, and nothing of
+/// the batch written (the good record beside the bad one included).
+#[test]
+fn the_restore_route_refuses_what_is_wrong_and_writes_nothing_of_it() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    node.json(&["put", "notes", "kept", r#"{"text": "as it was"}"#]);
+    let api = Api::new(&node);
+    let post = |path: &str, body: Vec<u8>| {
+        api.send(
+            api.request(reqwest::Method::POST, path)
+                .header("content-type", "application/json")
+                .body(body),
+        )
+    };
+    let json = |v: Value| serde_json::to_vec(&v).unwrap();
+    let good = serde_json::json!({"id": "fresh", "text": "new"});
+
+    let (status, _) = api.send(
+        api.raw(reqwest::Method::POST, "/v1/restore/notes")
+            .body(json(serde_json::json!([good]))),
+    );
+    assert_eq!(status, 401, "no owner token");
+    let (status, body) = post("/v1/restore/_devices", json(serde_json::json!([good])));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("reserved")),
+        "{body}"
+    );
+    let (status, body) = post("/v1/restore/notes", b"[{\"id\": ".to_vec());
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_json")),
+        "{body}"
+    );
+    let (status, body) = post("/v1/restore/notes", json(good.clone()));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("JSON array"), "{body}");
+    let many: Vec<Value> = (0..5_001)
+        .map(|i| serde_json::json!({"id": format!("m{i}")}))
+        .collect();
+    let (status, body) = post("/v1/restore/notes", json(Value::Array(many)));
+    assert_eq!(status, 413, "{body}");
+    let big = serde_json::json!({"id": "big", "text": "x".repeat(1_100_000)});
+    let (status, body) = post("/v1/restore/notes", json(serde_json::json!([good, big])));
+    assert_eq!(status, 413, "{body}");
+    assert!(body.to_string().contains("record big"), "{body}");
+    let twice = serde_json::json!([good, {"id": "fresh", "text": "other"}]);
+    let (status, body) = post("/v1/restore/notes", json(twice));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("twice"), "{body}");
+    let (status, body) = post(
+        "/v1/restore/notes",
+        json(serde_json::json!([good, {"id": "kept", "text": "overwritten?"}, 7])),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("record 2 of the array"), "{body}");
+    let card = serde_json::json!({"id": "c1", "vcard": "BEGIN:VCARD\r\nFN:no end"});
+    let (status, body) = post("/v1/restore/contacts", json(serde_json::json!([card])));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("record c1"), "{body}");
+
+    assert_eq!(node.json(&["get", "notes", "kept"])["text"], "as it was");
+    assert!(!node.run(&["get", "notes", "fresh"]).status.success());
+    assert!(!node.run(&["get", "contacts", "c1"]).status.success());
+    // And a good batch goes through, leaving what was there.
+    let (status, body) = post(
+        "/v1/restore/notes",
+        json(serde_json::json!([good, {"id": "kept", "text": "other"}])),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({"created": 1, "unchanged": 0, "differing": ["kept"]})
+    );
+    assert_eq!(node.json(&["get", "notes", "kept"])["text"], "as it was");
+    node.stop();
+}
