@@ -5,7 +5,8 @@
 //! before the record is sent. Then each collection's records go in batches
 //! (`POST /v1/restore/{c}`): a record the vault lacks is created, one it has is never
 //! overwritten (those that differ are named). So the restore can be run again, after an
-//! interruption or onto a vault that lived on, and brings back only what is missing.
+//! interruption or onto a vault that lived on: it adds what the vault lacks (records
+//! and blobs deleted since the export included) and changes nothing it has.
 //!
 //! Devices, grants and the audit log of the export are not restored: they are the old
 //! vault's (its devices' keys, tokens it gave) and are kept in the export to be read.
@@ -47,6 +48,15 @@ struct Summary {
     missing_blobs: Vec<String>,
     /// Record files left alone: a system collection's, or a name that is no collection.
     skipped: Vec<String>,
+    /// Records the node would not take, and why (the others were restored).
+    refused: Vec<Refused>,
+}
+
+#[derive(Serialize)]
+struct Refused {
+    collection: String,
+    id: String,
+    reason: String,
 }
 
 #[derive(Serialize)]
@@ -203,7 +213,9 @@ fn record_files(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
 }
 
 /// Streams one collection's records file to the node in batches, each record's blob
-/// references rewritten: the file is read a record at a time, never whole.
+/// references rewritten: the file is read a record at a time, never whole. A batch the
+/// node refuses for what is in it is sent again a record at a time, so one record it
+/// cannot take is named and the others are restored.
 async fn restore_records(
     home: &Home,
     client: &Client,
@@ -213,16 +225,18 @@ async fn restore_records(
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
     let file = std::fs::File::open(path)?;
-    let (batches, mut arriving) = mpsc::channel::<Vec<u8>>(2);
+    let (batches, mut arriving) = mpsc::channel::<Batch>(2);
     let renamed = renamed.clone();
     let reader = tokio::task::spawn_blocking(move || read_batches(file, &renamed, &batches));
     let route = format!("/v1/restore/{}", seg(collection.as_str()));
-    while let Some(body) = arriving.recv().await {
+    let send = |body: Vec<u8>| {
         let request = client
             .request(Method::POST, &route)
             .header("content-type", "application/json")
             .body(body);
-        let done: RestoreReport = client.json(home, request).await?;
+        client.json::<RestoreReport>(home, request)
+    };
+    let add = |done: RestoreReport, summary: &mut Summary| {
         summary.created += done.created;
         summary.unchanged += done.unchanged;
         summary
@@ -231,6 +245,31 @@ async fn restore_records(
                 collection: collection.to_string(),
                 id,
             }));
+    };
+    while let Some(batch) = arriving.recv().await {
+        match send(batch.body).await {
+            Ok(done) => add(done, summary),
+            Err(e) if refused_for_its_content(&e) => {
+                for record in batch.records {
+                    let id = record
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .unwrap_or("?")
+                        .to_owned();
+                    let body = serde_json::to_vec(&[&record]).context("cannot encode a record")?;
+                    match send(body).await {
+                        Ok(done) => add(done, summary),
+                        Err(e) if refused_for_its_content(&e) => summary.refused.push(Refused {
+                            collection: collection.to_string(),
+                            id,
+                            reason: e.to_string(),
+                        }),
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
     reader
         .await
@@ -238,18 +277,37 @@ async fn restore_records(
     Ok(())
 }
 
+/// Whether the node refused a restore request for the records in it (not for its
+/// token, its state or its disk): then each record is tried alone.
+fn refused_for_its_content(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<crate::client::NodeAnswered>()
+        .is_some_and(|a| {
+            matches!(
+                a.code.as_str(),
+                "bad_request" | "too_large" | "invalid_id" | "bad_json" | "not_an_object"
+            )
+        })
+}
+
+/// Records on their way to the node: as values (to be sent one by one if the node
+/// refuses the batch) and as the batch's body.
+struct Batch {
+    records: Vec<Value>,
+    body: Vec<u8>,
+}
+
 /// Reads a JSON array of records and sends them on as bodies of at most
 /// [`BATCH_RECORDS`] records and about [`BATCH_BYTES`] bytes.
 fn read_batches(
     file: std::fs::File,
     renamed: &HashMap<String, String>,
-    batches: &mpsc::Sender<Vec<u8>>,
+    batches: &mpsc::Sender<Batch>,
 ) -> anyhow::Result<()> {
     struct Batcher<'a> {
         renamed: &'a HashMap<String, String>,
-        batches: &'a mpsc::Sender<Vec<u8>>,
+        batches: &'a mpsc::Sender<Batch>,
+        records: Vec<Value>,
         body: Vec<u8>,
-        count: usize,
         at: usize,
     }
     impl Batcher<'_> {
@@ -262,23 +320,27 @@ fn read_batches(
                     rename_blobs(value, self.renamed);
                 }
             }
-            self.body.push(if self.count == 0 { b'[' } else { b',' });
+            self.body
+                .push(if self.records.is_empty() { b'[' } else { b',' });
             serde_json::to_writer(&mut self.body, &record).map_err(|e| e.to_string())?;
-            self.count += 1;
+            self.records.push(record);
             self.at += 1;
-            if self.count == BATCH_RECORDS || self.body.len() >= BATCH_BYTES {
+            if self.records.len() == BATCH_RECORDS || self.body.len() >= BATCH_BYTES {
                 self.send()?;
             }
             Ok(())
         }
         fn send(&mut self) -> Result<(), String> {
-            if self.count == 0 {
+            if self.records.is_empty() {
                 return Ok(());
             }
             self.body.push(b']');
-            self.count = 0;
+            let batch = Batch {
+                records: std::mem::take(&mut self.records),
+                body: std::mem::take(&mut self.body),
+            };
             self.batches
-                .blocking_send(std::mem::take(&mut self.body))
+                .blocking_send(batch)
                 .map_err(|_| "the restore stopped".to_owned())
         }
     }
@@ -298,8 +360,8 @@ fn read_batches(
     let mut batcher = Batcher {
         renamed,
         batches,
+        records: Vec::new(),
         body: Vec::new(),
-        count: 0,
         at: 0,
     };
     let mut json = serde_json::Deserializer::from_reader(BufReader::new(file));
@@ -361,10 +423,33 @@ fn report(json: bool, summary: Summary) -> anyhow::Result<()> {
             summary.dir
         ))?;
     }
+    let mut failed = Vec::new();
+    if !summary.refused.is_empty() {
+        if !json {
+            for r in &summary.refused {
+                note(format!(
+                    "not restored: record {} of {}: {}",
+                    r.id, r.collection, r.reason
+                ));
+            }
+        }
+        failed.push(format!(
+            "{} record(s) were refused by the node (the first: {} of {})",
+            summary.refused.len(),
+            summary.refused[0].id,
+            summary.refused[0].collection
+        ));
+    }
     if missing > 0 {
-        return Err(Reported(format!(
+        failed.push(format!(
             "{missing} blob(s) the export lists are not in it ({}): records that name them name nothing; `hearth check` lists them",
             summary.missing_blobs.join(", ")
+        ));
+    }
+    if !failed.is_empty() {
+        return Err(Reported(format!(
+            "not everything was restored (the rest is): {}",
+            failed.join("; ")
         ))
         .into());
     }
@@ -417,9 +502,10 @@ mod tests {
         read_batches(std::fs::File::open(&path).unwrap(), &HashMap::new(), &tx).unwrap();
         drop(tx);
         let mut sizes = Vec::new();
-        while let Ok(body) = rx.try_recv() {
-            let batch: Vec<Value> = serde_json::from_slice(&body).unwrap();
-            sizes.push(batch.len());
+        while let Ok(batch) = rx.try_recv() {
+            let body: Vec<Value> = serde_json::from_slice(&batch.body).unwrap();
+            assert_eq!(body, batch.records);
+            sizes.push(body.len());
         }
         assert_eq!(sizes, [1_000, 1_000, 500]);
 

@@ -458,15 +458,23 @@ fn id_from_body(record: &mut Map<String, Value>) -> Result<RecordId, ApiError> {
 }
 
 async fn read_body(vault: &AppState, body: Body) -> Result<Bytes, ApiError> {
-    let limit = vault.limits.max_record_bytes;
+    body_within(body, vault.limits.max_record_bytes, "body").await
+}
+
+/// A request body, whole, within `limit` bytes (`what` names it in the error: the
+/// body, the file): `413` over the limit, `400` when it breaks off.
+async fn body_within(body: Body, limit: usize, what: &str) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         if is_length_limit(&e) {
             ApiError::new(
                 ErrorCode::TooLarge,
-                format!("the body is larger than the limit of {limit} bytes"),
+                format!("the {what} is larger than the limit of {limit} bytes"),
             )
         } else {
-            ApiError::new(ErrorCode::BadRequest, format!("cannot read the body: {e}"))
+            ApiError::new(
+                ErrorCode::BadRequest,
+                format!("cannot read the {what}: {e}"),
+            )
         }
     })
 }

@@ -187,7 +187,8 @@ fn an_export_restores_into_a_new_vault_with_every_blob_reference_kept() {
 /// A damaged export is refused or reported, never half-read in silence: a blob file
 /// gone (the restore says which, fails, and `hearth check` then names the record that
 /// points at nothing), a file name that leads out of `blobs/`, a file of the wrong size,
-/// a records file that is not JSON, a directory that is no export.
+/// a records file that is not JSON, a directory that is no export, a record the node
+/// refuses (named; the others restored).
 #[test]
 fn a_damaged_export_is_refused_or_reported_and_check_names_what_points_at_nothing() {
     let t = TestHome::new();
@@ -264,23 +265,31 @@ fn a_damaged_export_is_refused_or_reported_and_check_names_what_points_at_nothin
         .unwrap();
     });
     assert!(err.contains("notes.json") && err.contains("JSON"), "{err}");
-    let err = damaged("badid", &|dir| {
-        std::fs::write(
-            dir.join("records").join("notes.json"),
-            br#"[{"id": "n9", "text": "fine"}, {"id": "no spaces / here", "text": "x"}]"#,
-        )
-        .unwrap();
-    });
-    assert!(err.contains("record 1 of the array"), "{err}");
+    // A record the node refuses (an id that is no record id) is named, and the record
+    // beside it in the same batch is restored all the same.
+    let bad = t.dir().join("badid");
+    copy_dir(&export, &bad);
+    std::fs::write(
+        bad.join("records").join("notes.json"),
+        br#"[{"id": "n9", "text": "fine"}, {"id": "no spaces / here", "text": "x"}]"#,
+    )
+    .unwrap();
+    let out = b.run(&["import", "--all", bad.to_str().unwrap(), "--json"]);
+    assert!(!out.status.success());
+    let said: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(said["refused"][0]["id"], "no spaces / here", "{said}");
     assert!(
-        !b.run(&["get", "notes", "n9"]).status.success(),
-        "a refused batch wrote nothing of itself"
+        said["refused"][0]["reason"]
+            .to_string()
+            .contains("record 0 of the array"),
+        "{said}"
     );
+    assert_eq!(b.json(&["get", "notes", "n9"])["text"], "fine");
     b.stop();
 }
 
 /// The restore route, attacked directly: no owner token, a system collection, a body
-/// that is no JSON or no array, too many records, a record over the record limit, an
+/// that is no JSON or no array, too many records, a record over 4 times the record limit, an
 /// id twice, a vCard that does not read: each refused with its reason, and nothing of
 /// the batch written (the good record beside the bad one included).
 #[test]
@@ -324,7 +333,7 @@ fn the_restore_route_refuses_what_is_wrong_and_writes_nothing_of_it() {
         .collect();
     let (status, body) = post("/v1/restore/notes", json(Value::Array(many)));
     assert_eq!(status, 413, "{body}");
-    let big = serde_json::json!({"id": "big", "text": "x".repeat(1_100_000)});
+    let big = serde_json::json!({"id": "big", "text": "x".repeat(4_300_000)});
     let (status, body) = post("/v1/restore/notes", json(serde_json::json!([good, big])));
     assert_eq!(status, 413, "{body}");
     assert!(body.to_string().contains("record big"), "{body}");

@@ -381,30 +381,44 @@ pub fn blob_fields(
     out
 }
 
+/// What [`dangling`] found.
+#[derive(Debug, Default)]
+pub struct DanglingReport {
+    /// The first records found naming a blob the vault does not have.
+    pub found: Vec<Dangling>,
+    /// How many such namings there are in all.
+    pub all: usize,
+    /// Collections that could not be read through, and why (the others are checked).
+    pub unreadable: Vec<(CollectionName, CollectionError)>,
+}
+
 /// The records of the user collections whose `blob` fields ([`blob_fields`]) name a
 /// blob the vault does not list (or lists as removed), the first `limit` of them, and
-/// how many there are in all. Reads every record once, from the record index.
+/// how many there are in all. Reads every record once, from the record index; a
+/// collection that cannot be read is named in the report and the others are still
+/// checked. An error only if the blob listing itself cannot be read.
 pub fn dangling(
     collections: &Collections,
     limit: usize,
-) -> Result<(Vec<Dangling>, usize), CollectionError> {
+) -> Result<DanglingReport, CollectionError> {
     let listed: HashSet<String> = listings(collections)?
         .into_iter()
         .filter(|(_, listing)| !listing.removed)
         .map(|(id, _)| id.to_string())
         .collect();
-    let (mut found, mut all) = (Vec::new(), 0);
+    let mut report = DanglingReport::default();
     for name in collections.names()? {
         if name.is_system() {
             continue;
         }
-        collections.page(&name, None, usize::MAX, |record| {
+        let (found, all) = (&mut report.found, &mut report.all);
+        let read = collections.page(&name, None, usize::MAX, |record| {
             let serde_json::Value::Object(record) = record else {
                 return None;
             };
             for blob in blob_fields(&record) {
                 if !listed.contains(&blob) {
-                    all += 1;
+                    *all += 1;
                     if found.len() < limit {
                         let id = record.get("id").and_then(|v| v.as_str()).unwrap_or("?");
                         found.push(Dangling {
@@ -416,9 +430,12 @@ pub fn dangling(
                 }
             }
             None
-        })?;
+        });
+        if let Err(e) = read {
+            report.unreadable.push((name, e));
+        }
     }
-    Ok((found, all))
+    Ok(report)
 }
 
 /// What [`Blobs::survey`] found.

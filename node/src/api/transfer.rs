@@ -41,7 +41,7 @@ pub(super) async fn import(
             e
         })?)
     };
-    let bytes = import_body(&vault, body, "file").await?;
+    let bytes = body_within(body, vault.limits.max_import_bytes, "file").await?;
     let Some(kind) = kind else {
         let items = hearth_protocol::mail::decode_batch(&bytes)
             .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
@@ -68,6 +68,12 @@ pub(super) async fn import(
 
 /// The most records one restore request carries (`hearth import --all` sends fewer).
 pub(super) const RESTORE_BATCH: usize = 5_000;
+/// The largest restore request (`hearth import --all` sends about 8 MiB at most).
+const RESTORE_BODY: usize = 32 * 1024 * 1024;
+/// A restored record may be this many times the record limit: a record the vault
+/// holds can be larger than the body that made it (a vCard's text kept beside the
+/// fields read from it, JSON-escaped), and its own export must restore.
+const RESTORE_RECORD_FACTOR: usize = 4;
 
 /// `POST /v1/restore/{c}`: records of an export (`hearth export --all`), each with its
 /// `"id"`, written as one change: created where the collection lacks them, left where
@@ -87,9 +93,15 @@ pub(super) async fn restore(
     body: Body,
 ) -> Result<Json<RestoreReport>, ApiError> {
     let collection = writable(collection_name(&path_param(path)?)?)?;
-    let bytes = import_body(&vault, body, "body").await?;
-    let records = restore_records(&bytes, vault.limits.max_record_bytes)?;
-    drop(bytes);
+    let limit = RESTORE_BODY.min(vault.limits.max_import_bytes);
+    let bytes = body_within(body, limit, "body").await?;
+    let max_record = vault
+        .limits
+        .max_record_bytes
+        .saturating_mul(RESTORE_RECORD_FACTOR);
+    let records = tokio::task::spawn_blocking(move || restore_records(&bytes, max_record))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("the request failed: {e}")))??;
     let report = pim::owner_restore(&vault.collections, &collection, records)
         .await
         .map_err(|e| match e {
@@ -106,7 +118,7 @@ pub(super) async fn restore(
 type Restored = (RecordId, Map<String, Value>);
 
 /// A restore request's records: a JSON array of at most [`RESTORE_BATCH`] objects,
-/// each with a valid `"id"` and no larger than one record may be.
+/// each with a valid `"id"` and at most `max_record_bytes` as JSON.
 fn restore_records(bytes: &[u8], max_record_bytes: usize) -> Result<Vec<Restored>, ApiError> {
     let bad = |message: String| ApiError::new(ErrorCode::BadRequest, message);
     let items: Vec<Value> = match serde_json::from_slice(bytes) {
@@ -161,18 +173,6 @@ fn restore_records(bytes: &[u8], max_record_bytes: usize) -> Result<Vec<Restored
             Ok((id, record))
         })
         .collect()
-}
-
-/// An import's or a restore's body, whole, within the import limit (`what` names it in
-/// the error: the file, the body).
-async fn import_body(vault: &AppState, body: Body, what: &str) -> Result<Bytes, ApiError> {
-    let limit = vault.limits.max_import_bytes;
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            ErrorCode::TooLarge,
-            format!("the {what} is larger than the limit of {limit} bytes (or broke off)"),
-        )
-    })
 }
 
 /// Where an incremental import into a collection stands (for IMAP: a folder's
@@ -387,18 +387,29 @@ pub(super) async fn check(State(vault): State<AppState>) -> Result<Json<CheckRep
         }
         // Records naming a blob the vault does not have: a photo or a message whose
         // bytes are gone (an import that lost them, a blob removed under a record).
-        let (dangling, all) = crate::blobs::dangling(&v.collections, DANGLING_SHOWN)?;
-        for d in &dangling {
-            problems.push(format!(
-                "record {} of collection {} names blob {}, which this vault does not have",
-                d.record, d.collection, d.blob
-            ));
-        }
-        if all > dangling.len() {
-            problems.push(format!(
-                "and {} more names of blobs this vault does not have",
-                all - dangling.len()
-            ));
+        match crate::blobs::dangling(&v.collections, DANGLING_SHOWN) {
+            Ok(report) => {
+                for d in &report.found {
+                    problems.push(format!(
+                        "record {} of collection {} names blob {}, which this vault does not have",
+                        d.record, d.collection, d.blob
+                    ));
+                }
+                if report.all > report.found.len() {
+                    problems.push(format!(
+                        "and {} more names of blobs this vault does not have",
+                        report.all - report.found.len()
+                    ));
+                }
+                for (name, e) in report.unreadable {
+                    problems.push(format!(
+                        "collection {name}: its records cannot be read for their blobs: {e}"
+                    ));
+                }
+            }
+            Err(e) => problems.push(format!(
+                "the vault's list of blobs cannot be read, so records naming blobs were not checked: {e}"
+            )),
         }
         Ok((values, loaded, problems))
     })

@@ -732,20 +732,11 @@ impl SwarmTask {
             .filter(|(_, c)| c.peer == peer && c.relayed)
             .map(|(id, _)| *id)
             .collect();
-        if relayed.is_empty() {
-            return;
-        }
+        // Their closing moves the sync session (see `ConnectionClosed`).
         for connection in relayed {
             tracing::debug!(%peer, "a direct connection is up; closing the relayed one");
             self.swarm.close_connection(connection);
         }
-        // A stream on a closed relayed connection can linger until the relay drops
-        // it: the session moves onto the direct connection now.
-        let sync = self.sync.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(SESSION_AGAIN_AFTER).await;
-            sync.restart_session(peer);
-        });
     }
 
     /// The connected peers whose every connection is relayed.
@@ -791,9 +782,25 @@ impl SwarmTask {
                     self.record_addresses();
                 }
             }
-            SwarmEvent::ListenerClosed { listener_id, .. } => {
+            // A listener through a relay closes when the connection to the relay
+            // drops; its addresses are then gone (libp2p tells the behaviours, not
+            // this loop, that they expired), and the next meeting listens again.
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                ..
+            } => {
                 if let Some(relay) = self.listening_via.remove(&listener_id) {
                     tracing::debug!(%relay, "no longer listening through the relay");
+                }
+                let mut through_relay = false;
+                for address in &addresses {
+                    through_relay |= is_relayed(address);
+                    self.listen_addrs.remove(address);
+                }
+                self.relay_addresses();
+                if through_relay {
+                    self.record_addresses();
                 }
             }
             SwarmEvent::ConnectionEstablished {
@@ -833,13 +840,21 @@ impl SwarmTask {
                 ..
             } if num_established > 0 => {
                 self.last_pong.remove(&connection_id);
-                self.connections.remove(&connection_id);
-                // Its sync session may have run on the connection that closed (the
-                // relayed one, once a hole was punched): start one on those left.
+                let closed = self.connections.remove(&connection_id);
+                // Its sync session may have run on the connection that closed. A
+                // relayed one (closed once a hole was punched, or when the relay went)
+                // can leave its stream lingering until the relay drops it: the session
+                // moves onto the connections left. Otherwise a session that ended is
+                // started again there.
                 let sync = self.sync.clone();
+                let relayed = closed.is_some_and(|c| c.relayed);
                 tokio::spawn(async move {
                     tokio::time::sleep(SESSION_AGAIN_AFTER).await;
-                    sync.ensure_sessions(&[peer_id]);
+                    if relayed {
+                        sync.restart_session(peer_id);
+                    } else {
+                        sync.ensure_sessions(&[peer_id]);
+                    }
                 });
             }
             SwarmEvent::ConnectionClosed {

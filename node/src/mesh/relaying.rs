@@ -123,9 +123,9 @@ mod tests {
     }
 
     /// 4 MiB each way through one circuit (libp2p's default relay cuts at 128 KiB), and
-    /// a peer that is not a member gets no reservation.
+    /// a peer that is not a member gets no reservation and no circuit to a member.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn members_relay_megabytes_and_strangers_get_no_reservation() {
+    async fn members_relay_megabytes_and_strangers_get_no_reservation_or_circuit() {
         let (a_key, b_key, stranger_key) = (
             identity::Keypair::generate_ed25519(),
             identity::Keypair::generate_ed25519(),
@@ -174,8 +174,8 @@ mod tests {
         };
 
         // A stranger asks for a reservation: refused.
-        let (_, stranger_events) = listen_through_relay(stranger_key);
-        let refused = wait_for(stranger_events, "ListenerClosed");
+        let (_, stranger_events) = listen_through_relay(stranger_key.clone());
+        let refused = wait_for(stranger_events, "ResourceLimitExceeded");
         let (mut b_control, b_events) = listen_through_relay(b_key);
         let accepted = wait_for(b_events, "ReservationReqAccepted");
         refused.await;
@@ -203,7 +203,7 @@ mod tests {
 
         let mut a = peer_swarm(a_key);
         let mut a_control = a.behaviour().streams.new_control();
-        a.dial(circuit.with(libp2p::multiaddr::Protocol::P2p(b_id)))
+        a.dial(circuit.clone().with(libp2p::multiaddr::Protocol::P2p(b_id)))
             .unwrap();
         let (a_events, _) = tokio::sync::mpsc::unbounded_channel();
         drive(a, a_events);
@@ -218,6 +218,16 @@ mod tests {
         })
         .await
         .expect("a stream to B through the relay within 10 s");
+        // A stranger (not a member) asking the relay for a circuit to B: refused.
+        let mut stranger = peer_swarm(stranger_key);
+        stranger
+            .dial(circuit.clone().with(libp2p::multiaddr::Protocol::P2p(b_id)))
+            .unwrap();
+        let (stranger_dials, stranger_dialled) = tokio::sync::mpsc::unbounded_channel();
+        drive(stranger, stranger_dials);
+        let no_circuit = wait_for(stranger_dialled, "OutgoingConnectionError");
+        assert!(no_circuit.await.contains("ResourceLimitExceeded"));
+
         let sent: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
         let (mut read, mut write) = stream.split();
         let writer = {

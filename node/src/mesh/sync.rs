@@ -111,6 +111,10 @@ pub struct SyncService {
     /// Every task this service started, so shutdown can stop and await them all.
     tasks: Mutex<JoinSet<()>>,
     last_sync: Mutex<HashMap<PeerId, SystemTime>>,
+    /// The last recording of this device's addresses asked for, and the lock that
+    /// makes recordings run one at a time ([`SyncService::record_addresses`]).
+    address_turn: Arc<std::sync::atomic::AtomicU64>,
+    recording: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SyncService {
@@ -123,6 +127,8 @@ impl SyncService {
             outdated: Mutex::new(std::collections::HashSet::new()),
             tasks: Mutex::new(JoinSet::new()),
             last_sync: Mutex::new(HashMap::new()),
+            address_turn: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            recording: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -143,13 +149,26 @@ impl SyncService {
 
     /// Records, off the swarm task, where this device listens now (an address through
     /// a relay comes and goes while the node runs), so the other devices find it.
+    /// Recordings run one at a time, in the order asked, and one overtaken by a newer
+    /// set is skipped, so the last set asked for is the one that stays.
     pub(super) fn record_addresses(&self, me: PeerId, addrs: Vec<libp2p::Multiaddr>) {
         let vault = self.vault.clone();
-        let spawned = tokio::task::spawn_blocking(move || {
-            devices::set_addresses(&vault.collections, &me, &addrs).map(|changed| (vault, changed))
-        });
+        let turn = self
+            .address_turn
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        let (latest, one_at_a_time) = (self.address_turn.clone(), self.recording.clone());
         tokio::spawn(async move {
-            match spawned.await {
+            let _alone = one_at_a_time.lock().await;
+            if latest.load(std::sync::atomic::Ordering::SeqCst) != turn {
+                return;
+            }
+            let written = tokio::task::spawn_blocking(move || {
+                devices::set_addresses(&vault.collections, &me, &addrs)
+                    .map(|changed| (vault, changed))
+            })
+            .await;
+            match written {
                 Ok(Ok((vault, true))) => {
                     if let Err(e) = vault.store.commit().await {
                         tracing::warn!(error = %e, "cannot record this device's addresses");
