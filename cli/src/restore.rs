@@ -16,6 +16,7 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use futures::StreamExt;
 use hearth_node::home::Home;
 use hearth_protocol::api::{BlobInfo, RestoreReport};
 use hearth_protocol::{BlobId, CollectionName};
@@ -31,6 +32,9 @@ use crate::export::{BlobFile, EXPORT_FORMAT};
 /// Records in one restore request, and the bytes they may take (the node refuses more
 /// than `RESTORE_BATCH` records, and bodies over its import limit).
 const BATCH_RECORDS: usize = 1_000;
+/// Blobs on their way to the node at once: each costs the node a round of fsyncs, which
+/// overlap.
+const BLOB_UPLOADS: usize = 4;
 const BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 /// `hearth import --all --json`.
@@ -129,56 +133,87 @@ async fn restore_blobs(
         .collect::<anyhow::Result<_>>()?;
     let total = files.iter().map(|(blob, _)| blob.size).sum();
     let bar = progress(json, total, "blobs");
-    for (blob, path) in files {
-        BlobId::parse(&blob.id)
-            .map_err(|e| anyhow::anyhow!("blobs.json lists {:?}: {e}", blob.id))?;
-        let file = match tokio::fs::File::open(&path).await {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                summary.missing_blobs.push(blob.id.clone());
-                continue;
+    let mut uploads = futures::stream::iter(
+        files
+            .into_iter()
+            .map(|(blob, path)| upload(home, client, blob, path, &bar)),
+    )
+    .buffer_unordered(BLOB_UPLOADS);
+    while let Some(uploaded) = uploads.next().await {
+        match uploaded? {
+            Uploaded::Stored { old, new } => {
+                if new != old {
+                    renamed.insert(old, new);
+                }
+                summary.blobs += 1;
             }
-            Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
-        };
-        let size = file.metadata().await?.len();
-        if size != blob.size {
-            bail!(
-                "{} has {size} bytes; blobs.json says blob {} has {}: the export is damaged",
-                path.display(),
-                blob.id,
-                blob.size
-            );
+            Uploaded::Missing(id) => summary.missing_blobs.push(id),
         }
-        let body =
-            reqwest::Body::wrap_stream(counted(tokio_util::io::ReaderStream::new(file), &bar));
-        let mut request = client.request(Method::POST, "/v1/blobs").body(body);
-        if let Some(name) = &blob.name {
-            request = request.query(&[("name", name)]);
-        }
-        if let Some(content_type) = &blob.content_type {
-            request = request.header("content-type", content_type);
-        }
-        let stored: BlobInfo = client
-            .json(home, request)
-            .await
-            .with_context(|| format!("cannot store {}", path.display()))?;
-        if stored.size != blob.size {
-            bail!(
-                "the node stored {} bytes of {}, which has {}",
-                stored.size,
-                path.display(),
-                blob.size
-            );
-        }
-        if stored.id != blob.id {
-            renamed.insert(blob.id.clone(), stored.id);
-        }
-        summary.blobs += 1;
     }
+    drop(uploads);
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
     Ok(renamed)
+}
+
+/// What became of one blob file of the export.
+enum Uploaded {
+    /// Stored, under this vault's id for it.
+    Stored { old: String, new: String },
+    /// Listed, but its file is not in the export.
+    Missing(String),
+}
+
+/// Uploads one blob file, checked against what `blobs.json` says of it.
+async fn upload(
+    home: &Home,
+    client: &Client,
+    blob: &BlobFile,
+    path: PathBuf,
+    bar: &Option<indicatif::ProgressBar>,
+) -> anyhow::Result<Uploaded> {
+    BlobId::parse(&blob.id).map_err(|e| anyhow::anyhow!("blobs.json lists {:?}: {e}", blob.id))?;
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Uploaded::Missing(blob.id.clone()));
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+    };
+    let size = file.metadata().await?.len();
+    if size != blob.size {
+        bail!(
+            "{} has {size} bytes; blobs.json says blob {} has {}: the export is damaged",
+            path.display(),
+            blob.id,
+            blob.size
+        );
+    }
+    let body = reqwest::Body::wrap_stream(counted(tokio_util::io::ReaderStream::new(file), bar));
+    let mut request = client.request(Method::POST, "/v1/blobs").body(body);
+    if let Some(name) = &blob.name {
+        request = request.query(&[("name", name)]);
+    }
+    if let Some(content_type) = &blob.content_type {
+        request = request.header("content-type", content_type);
+    }
+    let stored: BlobInfo = client
+        .json(home, request)
+        .await
+        .with_context(|| format!("cannot store {}", path.display()))?;
+    if stored.size != blob.size {
+        bail!(
+            "the node stored {} bytes of {}, which has {}",
+            stored.size,
+            path.display(),
+            blob.size
+        );
+    }
+    Ok(Uploaded::Stored {
+        old: blob.id.clone(),
+        new: stored.id,
+    })
 }
 
 /// A blob's file under `DIR/blobs/`: a plain name only, never a path out of it.
