@@ -181,13 +181,18 @@ async fn next_change(
     }
 }
 
+/// The IP address an address runs to, if it names one.
+fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(ip.into()),
+        Protocol::Ip6(ip) => Some(ip.into()),
+        _ => None,
+    })
+}
+
 /// Whether an address is a wildcard (`0.0.0.0`, `::`), which no one can dial.
 fn is_unspecified(addr: &Multiaddr) -> bool {
-    addr.iter().any(|p| match p {
-        Protocol::Ip4(ip) => ip.is_unspecified(),
-        Protocol::Ip6(ip) => ip.is_unspecified(),
-        _ => false,
-    })
+    ip_of(addr).is_some_and(|ip| ip.is_unspecified())
 }
 
 /// Whether an address runs through a relay (`/p2p-circuit`).
@@ -377,15 +382,8 @@ impl Mesh {
             .into_iter()
             .filter(|a| !is_unspecified(a))
             .collect();
-        match devices::set_addresses(&vault.collections, &local_peer_id, &addrs) {
-            Ok(true) => {
-                if let Err(e) = vault.store.commit().await {
-                    tracing::warn!(error = %e, "cannot record this device's addresses");
-                }
-            }
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot record this device's addresses"),
-        }
+        // Through the one path later recordings take, so none overtakes this one.
+        let _ = sync.record_addresses(local_peer_id, addrs).await;
         let state = MeshState {
             handle,
             sync,
@@ -635,13 +633,6 @@ impl SwarmTask {
         };
         // Where this node reached the relay: the address it dialled, or (the relay
         // dialled it) the relay's own listen address on the host it came from.
-        fn ip(a: &Multiaddr) -> Option<std::net::IpAddr> {
-            a.iter().find_map(|p| match p {
-                Protocol::Ip4(ip) => Some(ip.into()),
-                Protocol::Ip6(ip) => Some(ip.into()),
-                _ => None,
-            })
-        }
         let at = if *dialled {
             Some(addr.clone())
         } else {
@@ -651,7 +642,7 @@ impl SwarmTask {
                 .collect();
             usable
                 .iter()
-                .find(|a| ip(a) == ip(addr))
+                .find(|a| ip_of(a) == ip_of(addr))
                 .or(usable.first())
                 .map(|a| (*a).clone())
         };
@@ -684,13 +675,7 @@ impl SwarmTask {
             .iter()
             .filter(|a| !is_relayed(a) && !is_unspecified(a))
             .collect();
-        let loopback = |a: &Multiaddr| {
-            a.iter().any(|p| match p {
-                Protocol::Ip4(ip) => ip.is_loopback(),
-                Protocol::Ip6(ip) => ip.is_loopback(),
-                _ => false,
-            })
-        };
+        let loopback = |a: &Multiaddr| ip_of(a).is_some_and(|ip| ip.is_loopback());
         let wanted: HashSet<Multiaddr> = if direct.iter().all(|a| loopback(a)) {
             direct.into_iter().cloned().collect()
         } else {
@@ -718,8 +703,11 @@ impl SwarmTask {
             .filter(|a| !is_unspecified(a))
             .cloned()
             .collect();
-        self.sync
-            .record_addresses(*self.swarm.local_peer_id(), addrs);
+        // Not awaited: the swarm task goes on; the recordings keep their order.
+        drop(
+            self.sync
+                .record_addresses(*self.swarm.local_peer_id(), addrs),
+        );
     }
 
     /// Closes the relayed connections to `peer` now that a direct one is up (a hole

@@ -150,8 +150,13 @@ impl SyncService {
     /// Records, off the swarm task, where this device listens now (an address through
     /// a relay comes and goes while the node runs), so the other devices find it.
     /// Recordings run one at a time, in the order asked, and one overtaken by a newer
-    /// set is skipped, so the last set asked for is the one that stays.
-    pub(super) fn record_addresses(&self, me: PeerId, addrs: Vec<libp2p::Multiaddr>) {
+    /// set is skipped, so the last set asked for is the one that stays. The handle ends
+    /// when this recording is done (or skipped).
+    pub(super) fn record_addresses(
+        &self,
+        me: PeerId,
+        addrs: Vec<libp2p::Multiaddr>,
+    ) -> tokio::task::JoinHandle<()> {
         let vault = self.vault.clone();
         let turn = self
             .address_turn
@@ -178,7 +183,7 @@ impl SyncService {
                 Ok(Err(e)) => tracing::warn!(error = %e, "cannot record this device's addresses"),
                 Err(e) => tracing::warn!(error = %e, "recording this device's addresses failed"),
             }
-        });
+        })
     }
 
     /// Says (once a run for each device) that `peer` runs an older Hearth, which
