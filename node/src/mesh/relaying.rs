@@ -50,6 +50,7 @@ mod tests {
     use std::collections::HashSet;
 
     use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+    use libp2p::swarm::behaviour::toggle::Toggle;
     use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
     use libp2p::{StreamProtocol, Swarm, identity, noise, tcp, yamux};
 
@@ -57,38 +58,16 @@ mod tests {
 
     const ECHO: StreamProtocol = StreamProtocol::new("/hearth-test/bytes/1");
 
+    /// A relay (with `server_config` for `members`) or a peer that may use one: the
+    /// mesh's own shape, with only what the test needs.
     #[derive(NetworkBehaviour)]
-    struct Relay {
-        relay: relay::Behaviour,
-    }
-
-    #[derive(NetworkBehaviour)]
-    struct Peer {
-        relay: relay::client::Behaviour,
+    struct Node {
+        server: Toggle<relay::Behaviour>,
+        client: relay::client::Behaviour,
         streams: libp2p_stream::Behaviour,
     }
 
-    fn relay_swarm(members: HashSet<PeerId>) -> Swarm<Relay> {
-        libp2p::SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|key| Relay {
-                relay: relay::Behaviour::new(
-                    key.public().to_peer_id(),
-                    server_config(Arc::new(move |p| members.contains(p))),
-                ),
-            })
-            .unwrap()
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-            .build()
-    }
-
-    fn peer_swarm(key: identity::Keypair) -> Swarm<Peer> {
+    fn swarm(key: identity::Keypair, members: Option<HashSet<PeerId>>) -> Swarm<Node> {
         libp2p::SwarmBuilder::with_existing_identity(key)
             .with_tokio()
             .with_tcp(
@@ -99,8 +78,14 @@ mod tests {
             .unwrap()
             .with_relay_client(noise::Config::new, yamux::Config::default)
             .unwrap()
-            .with_behaviour(|_, relay| Peer {
-                relay,
+            .with_behaviour(|key, client| Node {
+                server: Toggle::from(members.map(|members| {
+                    relay::Behaviour::new(
+                        key.public().to_peer_id(),
+                        server_config(Arc::new(move |p| members.contains(p))),
+                    )
+                })),
+                client,
                 streams: libp2p_stream::Behaviour::new(),
             })
             .unwrap()
@@ -132,7 +117,10 @@ mod tests {
             identity::Keypair::generate_ed25519(),
         );
         let (a_id, b_id) = (a_key.public().to_peer_id(), b_key.public().to_peer_id());
-        let mut relay = relay_swarm(HashSet::from([a_id, b_id]));
+        let mut relay = swarm(
+            identity::Keypair::generate_ed25519(),
+            Some(HashSet::from([a_id, b_id])),
+        );
         let relay_id = *relay.local_peer_id();
         relay
             .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
@@ -152,11 +140,11 @@ mod tests {
             .with(libp2p::multiaddr::Protocol::P2pCircuit);
 
         let listen_through_relay = |key| {
-            let mut swarm = peer_swarm(key);
-            swarm.listen_on(circuit.clone()).unwrap();
+            let mut peer = swarm(key, None);
+            peer.listen_on(circuit.clone()).unwrap();
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            let control = swarm.behaviour().streams.new_control();
-            drive(swarm, tx);
+            let control = peer.behaviour().streams.new_control();
+            drive(peer, tx);
             (control, rx)
         };
         let wait_for = |mut rx: tokio::sync::mpsc::UnboundedReceiver<String>,
@@ -201,7 +189,7 @@ mod tests {
             }
         });
 
-        let mut a = peer_swarm(a_key);
+        let mut a = swarm(a_key, None);
         let mut a_control = a.behaviour().streams.new_control();
         a.dial(circuit.clone().with(libp2p::multiaddr::Protocol::P2p(b_id)))
             .unwrap();
@@ -219,7 +207,7 @@ mod tests {
         .await
         .expect("a stream to B through the relay within 10 s");
         // A stranger (not a member) asking the relay for a circuit to B: refused.
-        let mut stranger = peer_swarm(stranger_key);
+        let mut stranger = swarm(stranger_key, None);
         stranger
             .dial(circuit.clone().with(libp2p::multiaddr::Protocol::P2p(b_id)))
             .unwrap();
