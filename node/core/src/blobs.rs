@@ -235,24 +235,31 @@ pub fn announce_many(
 pub fn named_blobs(
     record: &serde_json::Map<String, serde_json::Value>,
 ) -> std::collections::BTreeSet<String> {
-    fn walk(value: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
-        use serde_json::Value;
-        match value {
-            Value::String(s) if BlobId::parse(s).is_ok() => {
-                out.insert(s.clone());
-            }
-            Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
-            Value::Object(map) => map.values().for_each(|v| walk(v, out)),
-            _ => {}
-        }
-    }
     let mut out = std::collections::BTreeSet::new();
-    for (key, value) in record {
-        if key != "id" {
-            walk(value, &mut out);
-        }
+    for (key, value) in record.iter().filter(|(key, _)| *key != "id") {
+        each_string(value, Some(key), &mut |_, s| {
+            if BlobId::parse(s).is_ok() {
+                out.insert(s.to_owned());
+            }
+        });
     }
     out
+}
+
+/// Calls `f` with every string in `value`, at any depth, and the key it is the value
+/// of (`None` for an item of an array).
+fn each_string(
+    value: &serde_json::Value,
+    key: Option<&str>,
+    f: &mut impl FnMut(Option<&str>, &str),
+) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => f(key, s),
+        Value::Array(items) => items.iter().for_each(|v| each_string(v, None, f)),
+        Value::Object(map) => map.iter().for_each(|(k, v)| each_string(v, Some(k), f)),
+        _ => {}
+    }
 }
 
 /// The records of `_blobs` that list `blobs`: what a [`Collections::write_across`]
@@ -356,28 +363,14 @@ pub struct Dangling {
 pub fn blob_fields(
     record: &serde_json::Map<String, serde_json::Value>,
 ) -> std::collections::BTreeSet<String> {
-    use serde_json::{Map, Value};
-    fn in_map(map: &Map<String, Value>, out: &mut std::collections::BTreeSet<String>) {
-        for (key, value) in map {
-            match value {
-                Value::String(s) if key == "blob" && BlobId::parse(s).is_ok() => {
-                    out.insert(s.clone());
-                }
-                Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
-                Value::Object(map) => in_map(map, out),
-                _ => {}
-            }
-        }
-    }
-    fn walk(value: &Value, out: &mut std::collections::BTreeSet<String>) {
-        match value {
-            Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
-            Value::Object(map) => in_map(map, out),
-            _ => {}
-        }
-    }
     let mut out = std::collections::BTreeSet::new();
-    in_map(record, &mut out);
+    for (key, value) in record {
+        each_string(value, Some(key), &mut |key, s| {
+            if key == Some("blob") && BlobId::parse(s).is_ok() {
+                out.insert(s.to_owned());
+            }
+        });
+    }
     out
 }
 
