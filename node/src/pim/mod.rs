@@ -536,12 +536,7 @@ pub async fn owner_merge_versions(
         })
     })
     .await
-    .map_err(|e| {
-        WriteError::Collection(crate::collections::CollectionError::Shared {
-            code: hearth_protocol::api::ErrorCode::Internal,
-            message: format!("the merge failed inside the node; nothing was written: {e}"),
-        })
-    })???;
+    .map_err(|e| failed_inside("merge", e))???;
     if !found {
         return Err(WriteError::Missing);
     }
@@ -601,12 +596,15 @@ pub async fn owner_restore(
         })?
     })
     .await
-    .map_err(|e| {
-        WriteError::Collection(crate::collections::CollectionError::Shared {
-            code: hearth_protocol::api::ErrorCode::Internal,
-            message: format!("the restore failed inside the node; nothing was written: {e}"),
-        })
-    })?
+    .map_err(|e| failed_inside("restore", e))?
+}
+
+/// A write whose job on the blocking pool failed (a panic): nothing of it was written.
+fn failed_inside(what: &str, e: tokio::task::JoinError) -> WriteError {
+    WriteError::Collection(crate::collections::CollectionError::Shared {
+        code: hearth_protocol::api::ErrorCode::Internal,
+        message: format!("the {what} failed inside the node; nothing was written: {e}"),
+    })
 }
 
 /// The owner's edit of text field `field` of a contacts or calendar record, and the
