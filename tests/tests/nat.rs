@@ -252,6 +252,30 @@ fn behind_symmetric_nats_devices_sync_everything_through_the_relay() {
         "relayed: no hole through these NATs"
     );
     eprintln!("symmetric NATs: met through the relay after {met:?}");
+    // The relay listens on every address it has, loopback too, but hands out only the
+    // others: an address through 127.0.0.1 would lead each device back to itself.
+    let devices = v.a(&["devices"]);
+    let mine = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["this_device"] == true)
+        .unwrap();
+    let through: Vec<&str> = mine["addrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .filter(|a| a.contains("/p2p-circuit"))
+        .collect();
+    assert!(
+        !through.is_empty(),
+        "A records its address through R: {mine}"
+    );
+    assert!(
+        through.iter().all(|a| !a.starts_with("/ip4/127.")),
+        "no address through the relay's loopback: {through:?}"
+    );
     ten_thousand_contacts_and_100_mib_arrive(&v, "symmetric NATs, relayed");
     assert_eq!(
         v.a_sees_b(),
