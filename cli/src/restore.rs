@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
@@ -93,7 +94,8 @@ pub async fn everything(
         dir: dir.display().to_string(),
         ..Summary::default()
     };
-    let renamed = restore_blobs(home, json, client, dir, &listed, &mut summary).await?;
+    // Shared with each collection's reader thread, not copied for each.
+    let renamed = Arc::new(restore_blobs(home, json, client, dir, &listed, &mut summary).await?);
     for (name, path) in record_files(dir)? {
         let collection = match CollectionName::parse(&name) {
             Ok(c) if !c.is_system() => c,
@@ -256,12 +258,12 @@ async fn restore_records(
     client: &Client,
     collection: &CollectionName,
     path: &Path,
-    renamed: &HashMap<String, String>,
+    renamed: &Arc<HashMap<String, String>>,
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
     let file = std::fs::File::open(path)?;
     let (batches, mut arriving) = mpsc::channel::<Batch>(2);
-    let renamed = renamed.clone();
+    let renamed = Arc::clone(renamed);
     let reader = tokio::task::spawn_blocking(move || read_batches(file, &renamed, &batches));
     let route = format!("/v1/restore/{}", seg(collection.as_str()));
     let send = |body: Vec<u8>| {
