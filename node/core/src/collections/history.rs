@@ -155,10 +155,25 @@ impl Collections {
                 collection: name.to_string(),
                 reason: e.to_string(),
             })?;
+        self.apply_received(name, &part, |doc| {
+            doc.sync().receive_sync_message(state, message)
+        })
+    }
+
+    /// Applies what a peer sent to part `part` (`apply` changes the document), merges
+    /// it by the merge rules and persists it: how a sync message and a part sent whole
+    /// both land. Returns how many changes it brought. Durable only after
+    /// [`Store::commit`].
+    fn apply_received(
+        &self,
+        name: &CollectionName,
+        part: &PartName,
+        apply: impl FnOnce(&mut AutoCommit) -> Result<(), AutomergeError>,
+    ) -> Result<usize, CollectionError> {
         let user = !name.is_system();
-        let (count, restored) = self.mutate(&part, FROM_CHANGES, |doc| {
+        let (count, restored) = self.mutate(part, FROM_CHANGES, |doc| {
             let before = doc.get_heads();
-            doc.sync().receive_sync_message(state, message)?;
+            apply(doc)?;
             if doc.get_heads() == before {
                 return Ok((0, Vec::new()));
             }
@@ -211,14 +226,7 @@ impl Collections {
             Ok(count) => return Ok(count),
             Err(arrived) => arrived,
         };
-        let user = !name.is_system();
-        let (count, restored) = self.mutate(&part, FROM_CHANGES, |doc| {
-            let before = doc.get_heads();
-            doc.merge(&mut arrived)?;
-            merge_received(doc, &before, user)
-        })?;
-        self.note_restored(name, restored)?;
-        Ok(count)
+        self.apply_received(name, &part, |doc| doc.merge(&mut arrived).map(drop))
     }
 
     /// The heads of a collection's document: equal heads, equal content.
