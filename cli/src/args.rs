@@ -196,6 +196,11 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<DevicesCommand>,
     },
+    /// The vault's key epoch: which key signs new grants and who holds it; or rotate it
+    Keys {
+        #[command(subcommand)]
+        command: Option<KeysCommand>,
+    },
     /// Grant a service a view: these collections, these fields, these records, until then
     Grant {
         /// The service's name, as you will see it in `hearth grants` and the audit log
@@ -414,6 +419,13 @@ pub enum DevicesCommand {
         /// The new name (1 to 64 characters)
         name: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a new epoch key now, sealed to every device of the vault (removing a device
+    /// does this by itself): what is made from now on opens with no older key
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]

@@ -28,8 +28,9 @@ use futures::StreamExt;
 use hearth_protocol::api::{
     AuditEntry, BlobInfo, BlobRemoved, CheckReport, CollectionInfo, ConflictsResponse, DeviceInfo,
     ErrorBody, ErrorCode, ErrorDetail, GrantCreated, GrantInfo, GrantRequest, HelloRequest,
-    HelloResponse, InviteResponse, PutResponse, ResolveRequest, RestoreReport, RevokeResponse,
-    StatusResponse, StreamReady, TextEditRequest, VaultExport, VerifyResponse, ViewAll,
+    HelloResponse, InviteResponse, KeysInfo, PutResponse, ResolveRequest, RestoreReport,
+    RevokeResponse, StatusResponse, StreamReady, TextEditRequest, VaultExport, VerifyResponse,
+    ViewAll,
 };
 use hearth_protocol::{BlobId, CollectionName, RecordId};
 use rand::RngCore;
@@ -112,6 +113,8 @@ pub fn router(vault: Arc<Vault>) -> Router {
         )
         .route("/v1/devices", get(list_devices))
         .route("/v1/devices/invite", post(create_invite))
+        .route("/v1/keys", get(keys))
+        .route("/v1/keys/rotate", post(rotate_keys))
         .route(
             "/v1/devices/{peer}",
             axum::routing::delete(remove_device).patch(rename_device),
@@ -191,6 +194,8 @@ pub fn router(vault: Arc<Vault>) -> Router {
         create_invite,
         remove_device,
         rename_device,
+        keys,
+        rotate_keys,
         list_blobs,
         put_blob,
         get_blob,

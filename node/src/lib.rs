@@ -20,6 +20,7 @@ pub mod dav;
 pub mod download;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod keeper;
 pub mod lan;
 pub mod mail;
 pub mod mesh;
@@ -31,8 +32,8 @@ pub mod throttle;
 #[cfg(test)]
 pub(crate) use hearth_core::testutil;
 pub use hearth_core::{
-    blobs, clock, collections, commits, devices, home, index, keys, recordmerge, records, store,
-    textmerge,
+    blobs, clock, collections, commits, devices, epochs, home, index, keys, recordmerge, records,
+    store, textmerge,
 };
 
 use std::io;
@@ -388,7 +389,20 @@ impl Node {
         {
             store.commit().await?;
         }
-        if devices::add(&collections, &peer_id, &devices::default_device_name())? {
+        if devices::add(&collections, &peer_id, &devices::default_device_name())?
+            | devices::set_exchange(&collections, &peer_id, &keys.exchange_public())?
+        {
+            store.commit().await?;
+        }
+        // The epoch keys, before any token is minted or checked.
+        if epochs::keep(
+            &collections,
+            &keys.epochs,
+            &keys.identity(),
+            epochs::Rotation::IfNeeded,
+        )?
+        .wrote()
+        {
             store.commit().await?;
         }
         if access::dav::move_legacy_names(&collections).map_err(StartError::DavNames)? {
@@ -458,6 +472,7 @@ impl Node {
             removed: std::sync::Mutex::new(None),
             mesh: std::sync::RwLock::new(None),
         });
+        let keeper = keeper::spawn(vault.clone());
         let mesh = match config.mesh {
             Some(mesh_config) => {
                 let mesh = mesh::Mesh::start(vault.clone(), mesh_config).await?;
@@ -499,6 +514,7 @@ impl Node {
             server: Some(server),
             lan_server,
             mesh,
+            keeper: Some(keeper),
         })
     }
 }
@@ -513,6 +529,8 @@ pub struct NodeHandle {
     server: Option<JoinHandle<io::Result<()>>>,
     lan_server: Option<(oneshot::Sender<()>, JoinHandle<io::Result<()>>)>,
     mesh: Option<mesh::Mesh>,
+    /// The task that keeps the epoch keys in step (see [`keeper`]).
+    keeper: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
 impl NodeHandle {
@@ -544,6 +562,10 @@ impl NodeHandle {
         self.vault.door.shutdown().await;
         if let Some(mesh) = self.mesh.take() {
             mesh.shutdown().await;
+        }
+        if let Some((stop, task)) = self.keeper.take() {
+            let _ = stop.send(());
+            let _ = task.await;
         }
         if let Some(stop) = self.stop_tx.take() {
             let _ = stop.send(());

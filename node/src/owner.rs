@@ -204,7 +204,13 @@ pub async fn device_remove(vault: &Arc<Vault>, raw: &str) -> Result<(), Error> {
             "a device cannot remove itself; remove it from another device",
         ));
     }
-    change_device(vault, peer, crate::devices::remove).await
+    change_device(vault, peer, crate::devices::remove).await?;
+    // Nothing made from now on may open with a key the removed device holds.
+    let kept = crate::keeper::keep(vault, crate::epochs::Rotation::IfNeeded).await?;
+    if let Some(n) = kept.rotated_to {
+        tracing::info!(%peer, epoch = n, "device removed; the vault's keys rotated");
+    }
+    Ok(())
 }
 
 fn peer_of(raw: &str) -> Result<libp2p::PeerId, Error> {

@@ -275,6 +275,33 @@ pub struct GrantCreated {
     pub warnings: Vec<String>,
 }
 
+/// The vault's key epochs as this device sees them: `GET /v1/keys` and
+/// `POST /v1/keys/rotate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct KeysInfo {
+    /// The current epoch: 0 is the vault's first keys, which every device ever paired
+    /// holds; each later one was made when a device was removed or on demand.
+    pub epoch: u32,
+    /// The current epoch's id (empty for epoch 0).
+    pub id: String,
+    /// The device that made it, and when (Unix seconds); absent for epoch 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub made_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub made_at: Option<u64>,
+    /// The devices its key is sealed to (PeerIds); for epoch 0, every device listed.
+    pub sealed_to: Vec<String>,
+    /// Whether this device holds the current epoch's key (it signs new grants' tokens
+    /// with it). `false` until another device seals it to this one.
+    pub held: bool,
+    /// Epochs after 0, and how many of them this device holds the keys of.
+    pub epochs: usize,
+    pub epochs_held: usize,
+    /// Whether this request made a new epoch.
+    #[serde(default)]
+    pub rotated: bool,
+}
+
 /// One device of the vault, as `GET /v1/devices` and `GET /v1/status` show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeviceInfo {

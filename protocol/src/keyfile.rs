@@ -10,16 +10,21 @@
 //!
 //! With `none`, `secrets` is the plain [`SecretsBlob`]; with `argon2id`, it is that blob
 //! sealed (see [`crate::seal`], binding `("keyfile", "secrets")`) under the key Argon2id
-//! derives from the passphrase and salt. The blob, version 1, is 145 bytes:
+//! derives from the passphrase and salt. The blob, version 2, is 177 bytes:
 //!
 //! ```text
-//! 0        version (1)
+//! 0        version (2)
 //! 1..17    vault id (random; the same on every device of the vault)
 //! 17..49   storage key (random; seals everything in the store)
-//! 49..81   vault signing key (Ed25519 seed; grants will be signed with it)
+//! 49..81   vault signing key (Ed25519 seed; signs grants' tokens in epoch 0)
 //! 81..113  BLAKE3 hash of the owner token (the token itself is in HOME/owner.token)
 //! 113..145 device identity (libp2p Ed25519 secret key; this device's PeerId)
+//! 145..177 exchange key (this device's own: the seed of its X25519 HPKE key pair,
+//!          to which the vault's epoch keys are sealed)
 //! ```
+//!
+//! Version 1 (145 bytes) is version 2 without the exchange key; it is still read, and
+//! the node rewrites it as version 2 (with a new exchange key) when it opens it.
 
 use data_encoding::BASE64;
 use serde::{Deserialize, Serialize};
@@ -27,8 +32,10 @@ use zeroize::Zeroizing;
 
 pub const KEYFILE_FORMAT: &str = "hearth-keys";
 pub const KEYFILE_VERSION: u32 = 1;
-pub const SECRETS_VERSION: u8 = 1;
-pub const SECRETS_LEN: usize = 145;
+pub const SECRETS_VERSION: u8 = 2;
+pub const SECRETS_LEN: usize = 177;
+/// The blob before exchange keys (still read).
+pub const SECRETS_V1_LEN: usize = 145;
 /// Binding of the sealed secrets blob.
 pub const SECRETS_DOMAIN: &[u8] = b"keyfile";
 pub const SECRETS_KEY: &[u8] = b"secrets";
@@ -154,6 +161,8 @@ pub struct SecretsBlob {
     pub signing_key: Zeroizing<[u8; 32]>,
     pub owner_token_hash: [u8; 32],
     pub device_key: Zeroizing<[u8; 32]>,
+    /// `None` only in a blob of version 1, from before exchange keys.
+    pub exchange_key: Option<Zeroizing<[u8; 32]>>,
 }
 
 impl SecretsBlob {
@@ -165,20 +174,26 @@ impl SecretsBlob {
         out.extend_from_slice(&*self.signing_key);
         out.extend_from_slice(&self.owner_token_hash);
         out.extend_from_slice(&*self.device_key);
-        debug_assert_eq!(out.len(), SECRETS_LEN);
+        match &self.exchange_key {
+            Some(exchange) => out.extend_from_slice(&**exchange),
+            None => out[0] = 1,
+        }
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, KeyFileError> {
-        if bytes.len() != SECRETS_LEN {
+        let expected = match bytes.first() {
+            Some(1) => SECRETS_V1_LEN,
+            Some(&SECRETS_VERSION) => SECRETS_LEN,
+            Some(other) => {
+                return Err(KeyFileError::Secrets(format!("unknown version {other}")));
+            }
+            None => return Err(KeyFileError::Secrets("empty".into())),
+        };
+        if bytes.len() != expected {
             return Err(KeyFileError::Secrets(format!(
-                "{} bytes, expected {SECRETS_LEN}",
-                bytes.len()
-            )));
-        }
-        if bytes[0] != SECRETS_VERSION {
-            return Err(KeyFileError::Secrets(format!(
-                "unknown version {}",
+                "{} bytes, expected {expected} for version {}",
+                bytes.len(),
                 bytes[0]
             )));
         }
@@ -193,6 +208,7 @@ impl SecretsBlob {
             signing_key: Zeroizing::new(take(49)),
             owner_token_hash: take(81),
             device_key: Zeroizing::new(take(113)),
+            exchange_key: (expected == SECRETS_LEN).then(|| Zeroizing::new(take(145))),
         })
     }
 }
@@ -209,6 +225,7 @@ mod tests {
             signing_key: Zeroizing::new([3; 32]),
             owner_token_hash: [4; 32],
             device_key: Zeroizing::new([5; 32]),
+            exchange_key: Some(Zeroizing::new([6; 32])),
         }
     }
 
@@ -221,10 +238,32 @@ mod tests {
         assert_eq!(*back.signing_key, [3; 32]);
         assert_eq!(back.owner_token_hash, [4; 32]);
         assert_eq!(*back.device_key, [5; 32]);
+        assert_eq!(back.exchange_key.as_deref(), Some(&[6; 32]));
+        assert_eq!(encoded.len(), SECRETS_LEN);
         assert!(SecretsBlob::decode(&encoded[..100]).is_err());
-        let mut v2 = encoded.to_vec();
-        v2[0] = 9;
-        assert!(SecretsBlob::decode(&v2).is_err());
+        let mut unknown = encoded.to_vec();
+        unknown[0] = 9;
+        assert!(SecretsBlob::decode(&unknown).is_err());
+        // A version-2 length with a version-1 byte (and the reverse) is refused.
+        let mut mislabelled = encoded.to_vec();
+        mislabelled[0] = 1;
+        assert!(SecretsBlob::decode(&mislabelled).is_err());
+        assert!(SecretsBlob::decode(&encoded[..SECRETS_V1_LEN]).is_err());
+    }
+
+    /// A blob of version 1 (before exchange keys) is still read, without one, and
+    /// written back as it was.
+    #[test]
+    fn version_one_is_read() {
+        let old = SecretsBlob {
+            exchange_key: None,
+            ..blob()
+        };
+        let encoded = old.encode();
+        assert_eq!((encoded.len(), encoded[0]), (SECRETS_V1_LEN, 1));
+        let back = SecretsBlob::decode(&encoded).unwrap();
+        assert!(back.exchange_key.is_none());
+        assert_eq!(*back.device_key, [5; 32]);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! `hearth status`, `pair`, `devices` and `dashboard`: this node, its devices and
-//! the way into the dashboard.
+//! `hearth status`, `pair`, `devices`, `keys` and `dashboard`: this node, its devices,
+//! the vault's key epochs and the way into the dashboard.
 
 use super::*;
 
@@ -97,15 +97,100 @@ pub(super) async fn remove(
             client.request(Method::DELETE, &format!("/v1/devices/{}", seg(&peer_id))),
         )
         .await?;
+    let keys: KeysInfo = client
+        .json(home, client.request(Method::GET, "/v1/keys"))
+        .await?;
     if json {
-        out_json(&Removed {
-            id: peer_id,
-            removed: true,
-        })?;
+        out_json(&serde_json::json!({
+            "id": peer_id,
+            "removed": true,
+            "epoch": keys.epoch,
+        }))?;
     } else {
         out(format!(
             "removed device {peer_id}; it receives nothing written from now on"
         ))?;
+        if keys.sealed_to.contains(&peer_id) {
+            note("The vault's keys have not rotated yet: `hearth keys` says why.");
+        } else {
+            note(format!(
+                "The vault's keys rotated (epoch {}): grants made from now on are signed with a key it never held.",
+                keys.epoch
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `hearth keys [rotate]`.
+pub(super) async fn keys(
+    home: &Home,
+    json: bool,
+    client: &Client,
+    rotate: bool,
+) -> anyhow::Result<()> {
+    let keys: KeysInfo = if rotate {
+        client
+            .json(home, client.request(Method::POST, "/v1/keys/rotate"))
+            .await?
+    } else {
+        client
+            .json(home, client.request(Method::GET, "/v1/keys"))
+            .await?
+    };
+    if json {
+        return out_json(&keys);
+    }
+    let devices: Vec<DeviceInfo> = client
+        .json(home, client.request(Method::GET, "/v1/devices"))
+        .await?;
+    let name = |peer: &str| {
+        devices
+            .iter()
+            .find(|d| d.id == peer)
+            .map(|d| {
+                let mut name = if d.name.is_empty() {
+                    d.id.clone()
+                } else {
+                    d.name.clone()
+                };
+                if d.removed_at.is_some() {
+                    name.push_str(" (removed)");
+                }
+                name
+            })
+            .unwrap_or_else(|| peer.to_owned())
+    };
+    if rotate {
+        out(format!(
+            "made epoch {}: new grants are signed with its key",
+            keys.epoch
+        ))?;
+    }
+    match (&keys.made_by, keys.made_at) {
+        (Some(by), Some(at)) => out(format!(
+            "epoch {} (made by {}, {})",
+            keys.epoch,
+            name(by),
+            when(at)
+        ))?,
+        _ => out(format!("epoch {} (the vault's first keys)", keys.epoch))?,
+    }
+    let holders: Vec<String> = keys.sealed_to.iter().map(|p| name(p)).collect();
+    out(format!("held by: {}", holders.join(", ")))?;
+    if !keys.held {
+        note(
+            "This device has not received this epoch's key yet: it gets it when it syncs with a device that has it, and cannot make grants until then.",
+        );
+    }
+    let removed: Vec<&String> = holders
+        .iter()
+        .filter(|h| h.ends_with(" (removed)"))
+        .collect();
+    if !removed.is_empty() {
+        note(
+            "A removed device holds this key: it rotates as soon as a device of the vault sees that.",
+        );
     }
     Ok(())
 }

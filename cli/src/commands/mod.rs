@@ -14,8 +14,8 @@ use hearth_node::{Node, NodeConfig};
 use hearth_protocol::api::{
     AuditEntry, BlobInfo, BlobRemoved, BlobWritten, CheckReport, CollectionInfo, ConflictsResponse,
     DeviceInfo, GrantCreated, GrantInfo, GrantRequest, InitReport, InviteResponse, JoinReport,
-    PassphraseReport, PutResponse, Removed, RevokeResponse, StatusResponse, TokenResponse,
-    UpReport, VerifyResponse,
+    KeysInfo, PassphraseReport, PutResponse, Removed, RevokeResponse, StatusResponse,
+    TokenResponse, UpReport, VerifyResponse,
 };
 use hearth_protocol::scope::{Fields, Narrowing, Scope};
 use reqwest::Method;
@@ -24,7 +24,7 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use crate::args::{
-    BlobCommand, Cli, Command, DevicesCommand, PassphraseArgs, PimKind, TokenCommand,
+    BlobCommand, Cli, Command, DevicesCommand, KeysCommand, PassphraseArgs, PimKind, TokenCommand,
 };
 use crate::client::{Client, read_data_arg};
 use futures::StreamExt;
@@ -269,6 +269,15 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
         Command::Devices {
             command: Some(DevicesCommand::Remove { device }),
         } => devices::remove(home, json, &client, device).await?,
+        Command::Keys { command } => {
+            devices::keys(
+                home,
+                json,
+                &client,
+                matches!(command, Some(KeysCommand::Rotate)),
+            )
+            .await?
+        }
         Command::Grant {
             service,
             read,

@@ -1,6 +1,8 @@
 //! Membership: the vault's device list, the system collection `_devices`.
 //!
-//! One record per device, keyed by its PeerId: `{"name", "added_at", "removed_at"?}`.
+//! One record per device, keyed by its PeerId: `{"name", "added_at", "removed_at"?,
+//! "addrs"?, "exchange"?}` (`exchange`: the public half of its exchange key, to which
+//! the vault's epoch keys are sealed; see [`crate::epochs`]).
 //! A device is a member while its record exists without `removed_at`. Removal is a
 //! tombstone rather than a delete, so a concurrent edit cannot bring a removed device
 //! back. The list syncs like any collection, so what one device decides holds on all.
@@ -52,6 +54,43 @@ pub struct Device {
     pub removed_at: Option<u64>,
     #[serde(default)]
     pub addrs: Vec<String>,
+    /// The public half of its exchange key, base64 (see [`crate::epochs`]).
+    #[serde(default)]
+    pub exchange: Option<String>,
+}
+
+impl Device {
+    /// Its exchange key's public half, if it published a well-formed one.
+    pub fn exchange_key(&self) -> Option<[u8; 32]> {
+        data_encoding::BASE64
+            .decode(self.exchange.as_deref()?.as_bytes())
+            .ok()?
+            .try_into()
+            .ok()
+    }
+}
+
+/// Publishes this device's exchange key in its record, unless it is there already.
+/// Returns whether anything changed (then the store must commit).
+pub fn set_exchange(
+    collections: &Collections,
+    me: &PeerId,
+    public: &[u8; 32],
+) -> Result<bool, CollectionError> {
+    let id = record_id(me);
+    let wanted = data_encoding::BASE64.encode(public);
+    match collections.get(&collection(), &id)? {
+        Some(record) if record.get("exchange").and_then(Value::as_str) == Some(&wanted) => {
+            Ok(false)
+        }
+        Some(_) => {
+            let mut patch = Map::new();
+            patch.insert("exchange".into(), Value::String(wanted));
+            collections.patch(&collection(), &id, &patch)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
 }
 
 /// Each device's name by its tag (hex of [`crate::collections::device_tag`]), which

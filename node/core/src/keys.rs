@@ -127,9 +127,27 @@ pub struct VaultKeys {
     storage_key: Zeroizing<[u8; 32]>,
     signing_key: Zeroizing<[u8; 32]>,
     owner_token_hash: [u8; 32],
+    /// This device's own exchange key (the seed of its X25519 key pair).
+    exchange: Zeroizing<[u8; 32]>,
+    /// The vault's epoch keys this device knows, kept in step with `_epochs`.
+    pub epochs: crate::epochs::Ring,
 }
 
 impl VaultKeys {
+    /// What the epochs need of this device's keys.
+    pub fn identity(&self) -> crate::epochs::Identity<'_> {
+        crate::epochs::Identity {
+            vault_id: self.vault_id,
+            device: &self.device,
+            exchange: &self.exchange,
+        }
+    }
+
+    /// The public half of this device's exchange key.
+    pub fn exchange_public(&self) -> [u8; 32] {
+        crate::epochs::exchange_public(&self.exchange)
+    }
+
     pub fn peer_id(&self) -> PeerId {
         self.device.public().to_peer_id()
     }
@@ -147,7 +165,8 @@ impl VaultKeys {
         }
     }
 
-    /// The seed of the vault's signing key: grants' tokens are signed with it.
+    /// The seed of the vault's first signing key: grants' tokens of epoch 0 are signed
+    /// with it.
     pub fn signing_seed(&self) -> &[u8; 32] {
         &self.signing_key
     }
@@ -169,6 +188,14 @@ impl VaultKeys {
             .map_err(|_| KeysError::DeviceKey(keys_path.display().to_string()))?;
         let derive =
             |context: &str| Zeroizing::new(blake3::derive_key(context, &*blob.storage_key));
+        let exchange = blob
+            .exchange_key
+            .as_ref()
+            .map(|k| Zeroizing::new(**k))
+            .ok_or_else(|| KeysError::KeyFile {
+                path: keys_path.display().to_string(),
+                source: KeyFileError::Secrets("no exchange key".into()),
+            })?;
         let seal_key = derive("hearth 2026-11 store seal v1");
         Ok(Self {
             vault_id: blob.vault_id,
@@ -182,6 +209,8 @@ impl VaultKeys {
             storage_key: Zeroizing::new(*blob.storage_key),
             signing_key: Zeroizing::new(*blob.signing_key),
             owner_token_hash: blob.owner_token_hash,
+            exchange,
+            epochs: crate::epochs::Ring::default(),
         })
     }
 }
@@ -251,7 +280,11 @@ fn init_with_device(
         signing_key: Zeroizing::new([0; 32]),
         owner_token_hash: token_hash(token.as_str().as_bytes()),
         device_key: Zeroizing::new([0; 32]),
+        exchange_key: Some(Zeroizing::new([0; 32])),
     };
+    if let Some(exchange) = blob.exchange_key.as_mut() {
+        rng.fill_bytes(&mut **exchange);
+    }
     match shared {
         Some(shared) => {
             blob.vault_id = shared.vault_id;
@@ -379,15 +412,31 @@ fn unwrap_secrets(
     }
 }
 
-/// Opens the secrets of the vault in `home`.
+/// Opens the secrets of the vault in `home`. A key file from before exchange keys
+/// gets one: it is rewritten (same secrets, same passphrase) with a new exchange key,
+/// by an atomic rename, before the keys are returned.
 pub fn open(home: &Home, passphrase: Option<&Passphrase>) -> Result<VaultKeys, KeysError> {
     let path = home.keys();
     let file = read_key_file(home)?;
     let plain = unwrap_secrets(&file, passphrase, &path)?;
-    let blob = SecretsBlob::decode(&plain).map_err(|source| KeysError::KeyFile {
+    let mut blob = SecretsBlob::decode(&plain).map_err(|source| KeysError::KeyFile {
         path: path.display().to_string(),
         source,
     })?;
+    if blob.exchange_key.is_none() {
+        let mut exchange = Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(&mut *exchange);
+        blob.exchange_key = Some(exchange);
+        let replacement = protect(&blob.encode(), passphrase)?;
+        write_file_atomic(&path, &replacement.to_json(), 0o600).map_err(|source| {
+            KeysError::Io {
+                what: "cannot write key file",
+                path: path.display().to_string(),
+                source,
+            }
+        })?;
+        tracing::info!("gave this device an exchange key (the key file is now version 2)");
+    }
     VaultKeys::from_blob(&blob, &path)
 }
 
@@ -551,6 +600,42 @@ mod tests {
         change_passphrase(&home, Some(&pass("second")), None).unwrap();
         assert!(!needs_passphrase(&home));
         assert_eq!(open(&home, None).unwrap().peer_id(), peer);
+    }
+
+    /// A key file from before exchange keys (version 1) opens with its passphrase, gets
+    /// an exchange key once, and keeps its identity, secrets and passphrase.
+    #[test]
+    fn a_version_one_key_file_gets_an_exchange_key_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        let pass = Passphrase::new("old vault".into()).unwrap();
+        let made = init(&home, Some(&pass)).unwrap();
+        let file = read_key_file(&home).unwrap();
+        let plain = unwrap_secrets(&file, Some(&pass), &home.keys()).unwrap();
+        let mut old = SecretsBlob::decode(&plain).unwrap();
+        old.exchange_key = None;
+        let v1 = protect(&old.encode(), Some(&pass)).unwrap();
+        fs::write(home.keys(), v1.to_json()).unwrap();
+
+        assert!(matches!(
+            open(&home, None),
+            Err(KeysError::PassphraseRequired)
+        ));
+        let opened = open(&home, Some(&pass)).unwrap();
+        assert_eq!(opened.peer_id(), made.keys.peer_id());
+        assert_eq!(opened.signing_seed(), made.keys.signing_seed());
+        let exchange = opened.exchange_public();
+        assert_ne!(exchange, made.keys.exchange_public());
+        // Written back as version 2, under the same passphrase; the next open keeps it.
+        let again = open(&home, Some(&pass)).unwrap();
+        assert_eq!(again.exchange_public(), exchange);
+        let file = read_key_file(&home).unwrap();
+        let plain = unwrap_secrets(&file, Some(&pass), &home.keys()).unwrap();
+        assert_eq!(plain.len(), hearth_protocol::keyfile::SECRETS_LEN);
+        assert_eq!(
+            fs::metadata(home.keys()).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //!   and cached; [`index`]: the record index; [`recordmerge`] and [`textmerge`]: what
 //!   happens after changes from another device arrive.
 //! - [`blobs`]: chunked, sealed, content-addressed blobs; [`devices`]: the vault's
-//!   devices; [`audit`]: the hash-chained audit log.
+//!   devices; [`epochs`]: the vault keys that rotate when a device leaves; [`audit`]:
+//!   the hash-chained audit log.
 
 pub mod audit;
 pub mod blobs;
@@ -22,6 +23,7 @@ pub mod clock;
 pub mod collections;
 pub mod commits;
 pub mod devices;
+pub mod epochs;
 pub mod home;
 pub mod index;
 pub mod keys;

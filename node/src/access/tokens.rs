@@ -1,4 +1,8 @@
-//! Grant tokens: biscuits signed with the vault's signing key.
+//! Grant tokens: biscuits signed with the signing key of the vault's current epoch
+//! (`hearth_core::epochs`): the vault's first signing key in epoch 0 (no root key id),
+//! after that a key derived from the epoch key, named by the token's root key id. A
+//! token verifies against the epoch it names, on every device: the epochs' public keys
+//! are in `_epochs`.
 //!
 //! The authority block names the grant and the vault and checks the grant's expiry.
 //! A grant records the revocation id of the authority block it was issued with
@@ -15,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use biscuit_auth::builder::{Algorithm, BlockBuilder, date, fact};
 use biscuit_auth::builder_ext::BuilderExt;
 use biscuit_auth::{
-    AuthorizerBuilder, AuthorizerLimits, Biscuit, KeyPair, PrivateKey, UnverifiedBiscuit,
+    AuthorizerBuilder, AuthorizerLimits, Biscuit, KeyPair, PrivateKey, PublicKey, UnverifiedBiscuit,
 };
 use data_encoding::HEXLOWER;
 use hearth_protocol::scope::Narrowing;
@@ -23,10 +27,26 @@ use hearth_protocol::scope::Narrowing;
 use super::AccessError;
 use crate::keys::VaultKeys;
 
-fn root_key(keys: &VaultKeys) -> KeyPair {
-    let private = PrivateKey::from_bytes(keys.signing_seed(), Algorithm::Ed25519)
+fn key_pair(seed: &[u8; 32]) -> KeyPair {
+    let private = PrivateKey::from_bytes(seed, Algorithm::Ed25519)
         .expect("a 32-byte seed is a valid Ed25519 private key");
     KeyPair::from(&private)
+}
+
+/// The public key a token's root key id names: the vault's first key for none, else
+/// the epoch's.
+fn root_public(
+    keys: &VaultKeys,
+    key_id: Option<u32>,
+) -> Result<PublicKey, biscuit_auth::error::Format> {
+    match key_id {
+        None => Ok(key_pair(keys.signing_seed()).public()),
+        Some(id) => keys
+            .epochs
+            .verifying_key(id)
+            .ok_or(biscuit_auth::error::Format::UnknownPublicKey)
+            .and_then(|public| PublicKey::from_bytes(&public, Algorithm::Ed25519)),
+    }
 }
 
 /// A new token for grant `grant_id`, and its binding (the hex revocation id of its
@@ -36,6 +56,10 @@ pub(crate) fn mint(
     grant_id: &str,
     expires_at: Option<u64>,
 ) -> Result<(String, String), AccessError> {
+    let signer = keys
+        .epochs
+        .signer()
+        .map_err(|e| AccessError::Conflict(e.to_string()))?;
     let mut builder = Biscuit::builder()
         .fact(format!("grant({grant_id:?})").as_str())
         .and_then(|b| b.fact(format!("vault({:?})", keys.vault_id_hex()).as_str()))
@@ -43,8 +67,15 @@ pub(crate) fn mint(
     if let Some(expires_at) = expires_at {
         builder = builder.check_expiration_date(UNIX_EPOCH + Duration::from_secs(expires_at));
     }
+    let root = match &signer {
+        None => key_pair(keys.signing_seed()),
+        Some(signer) => {
+            builder = builder.root_key_id(signer.key_id);
+            key_pair(&signer.seed)
+        }
+    };
     let token = builder
-        .build(&root_key(keys))
+        .build(&root)
         .map_err(|e| AccessError::Token(e.to_string()))?;
     let binding = binding_of(&token);
     let text = token
@@ -216,7 +247,8 @@ fn invalid() -> AccessError {
 /// Verifies a token's signature chain against the vault's key and reads its grant,
 /// vault, binding and narrowings.
 pub(crate) fn verify(keys: &VaultKeys, token: &str) -> Result<Verified, AccessError> {
-    let biscuit = Biscuit::from_base64(token, root_key(keys).public()).map_err(|_| invalid())?;
+    let biscuit =
+        Biscuit::from_base64(token, |key_id| root_public(keys, key_id)).map_err(|_| invalid())?;
     only_narrowings_appended(&biscuit)?;
     let mut authorizer = authorizer()
         .policy("allow if true")
@@ -314,6 +346,80 @@ mod tests {
             );
             assert!(started.elapsed() < Duration::from_secs(1));
         }
+    }
+
+    /// After a rotation, new tokens are signed with the epoch's key and name it, and
+    /// tokens of epoch 0 still verify. A removed device, which holds the vault's first
+    /// keys only, cannot verify a new token with them, cannot sign under the epoch even
+    /// when it sees the epoch's record, and a token it signs claiming the epoch is
+    /// refused.
+    #[test]
+    fn tokens_follow_the_epoch_and_a_removed_device_cannot_sign_under_it() {
+        use hearth_core::epochs::{self, Member, View};
+        use rand::RngCore;
+        use zeroize::Zeroizing;
+
+        let vault = TestVault::new();
+        let (old_token, _) = mint(&vault.keys, "g0", None).unwrap();
+        assert_eq!(verify(&vault.keys, &old_token).unwrap().grant_id, "g0");
+
+        let x_dir = tempfile::tempdir().unwrap();
+        let x_home = crate::home::Home::new(x_dir.path().join("x"));
+        let mut secret = Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(&mut *secret);
+        let x = crate::keys::init_joined(&x_home, None, vault.keys.shared_secrets(), secret)
+            .unwrap()
+            .keys;
+        // Both hold epoch 0: x's tokens verify here until the vault rotates.
+        let (x_old, _) = mint(&x, "g0", None).unwrap();
+        verify(&vault.keys, &x_old).unwrap();
+
+        let me = vault.keys.identity();
+        let mut view = View {
+            epochs: Vec::new(),
+            members: vec![Member {
+                peer: vault.keys.peer_id(),
+                exchange: Some(vault.keys.exchange_public()),
+            }],
+            removed: vec![x.peer_id()],
+        };
+        let writes = epochs::plan(&view, &me, epochs::Rotation::IfNeeded, now());
+        epochs::apply(&mut view, &writes);
+        vault.keys.epochs.refresh(&view, &me);
+        let epoch = view.current(&vault.keys.vault_id).unwrap().clone();
+
+        let (new_token, _) = mint(&vault.keys, "g1", None).unwrap();
+        let parsed = Biscuit::from_base64(&new_token, |id| root_public(&vault.keys, id)).unwrap();
+        assert_eq!(
+            parsed.root_key_id(),
+            Some(epochs::key_id(&epoch.signing_key))
+        );
+        assert_eq!(verify(&vault.keys, &new_token).unwrap().grant_id, "g1");
+        assert_eq!(verify(&vault.keys, &old_token).unwrap().grant_id, "g0");
+
+        // x's own keys do not verify the new token.
+        assert!(verify(&x, &new_token).is_err());
+        // x sees the epoch's record (it is not secret) and still cannot sign under it.
+        x.epochs.refresh(&view, &x.identity());
+        assert!(x.epochs.signer().is_err());
+        assert!(matches!(
+            mint(&x, "g2", None),
+            Err(AccessError::Conflict(m)) if m.contains("has not received")
+        ));
+        // A token x signs with the only key it holds, claiming the epoch: refused.
+        let forged = Biscuit::builder()
+            .fact("grant(\"g1\")")
+            .and_then(|b| b.fact(format!("vault({:?})", vault.keys.vault_id_hex()).as_str()))
+            .unwrap()
+            .root_key_id(epochs::key_id(&epoch.signing_key))
+            .build(&key_pair(x.signing_seed()))
+            .unwrap()
+            .to_base64()
+            .unwrap();
+        assert!(matches!(
+            verify(&vault.keys, &forged),
+            Err(AccessError::InvalidToken(_))
+        ));
     }
 
     fn now() -> u64 {

@@ -1,5 +1,5 @@
-//! `/v1/hello`, `/v1/status` and `/v1/devices`: the CLI's check of the node, this
-//! device and its vault's devices.
+//! `/v1/hello`, `/v1/status`, `/v1/devices` and `/v1/keys`: the CLI's check of the
+//! node, this device, its vault's devices and the vault's key epochs.
 
 use super::*;
 
@@ -87,6 +87,28 @@ pub(super) async fn remove_device(
 ) -> Result<StatusCode, ApiError> {
     device_remove(&vault, &path_param(path)?).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/keys",
+    tag = "owner",
+    summary = "The vault's key epochs as this device sees them",
+    responses((status = 200, description = "ok", body = KeysInfo), (status = "default", response = Failure))
+)]
+pub(super) async fn keys(State(vault): State<AppState>) -> Result<Json<KeysInfo>, ApiError> {
+    Ok(Json(crate::keeper::keys_info(&vault, false).await?))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/keys/rotate",
+    tag = "owner",
+    summary = "Make a new epoch key, sealed to every device of the vault",
+    responses((status = 200, description = "rotated", body = KeysInfo), (status = "default", response = Failure))
+)]
+pub(super) async fn rotate_keys(State(vault): State<AppState>) -> Result<Json<KeysInfo>, ApiError> {
+    Ok(Json(crate::keeper::keys_info(&vault, true).await?))
 }
 
 #[derive(serde::Deserialize)]
