@@ -33,12 +33,7 @@ pub(crate) async fn keep(
     rotation: epochs::Rotation,
 ) -> Result<epochs::Kept, Error> {
     let kept = blocking(vault, move |v| {
-        Ok(epochs::keep(
-            &v.collections,
-            &v.keys.epochs,
-            &v.keys.identity(),
-            rotation,
-        )?)
+        Ok(epochs::keep(&v.collections, &v.store, &v.keys, rotation)?)
     })
     .await?;
     if kept.wrote() {

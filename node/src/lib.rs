@@ -395,14 +395,7 @@ impl Node {
             store.commit().await?;
         }
         // The epoch keys, before any token is minted or checked.
-        if epochs::keep(
-            &collections,
-            &keys.epochs,
-            &keys.identity(),
-            epochs::Rotation::IfNeeded,
-        )?
-        .wrote()
-        {
+        if epochs::keep(&collections, &store, &keys, epochs::Rotation::IfNeeded)?.wrote() {
             store.commit().await?;
         }
         if access::dav::move_legacy_names(&collections).map_err(StartError::DavNames)? {

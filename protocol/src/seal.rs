@@ -1,10 +1,15 @@
 //! The sealed-value envelope: how every value Hearth writes to disk is encrypted.
 //!
 //! ```text
-//! byte 0        version (1)
-//! bytes 1..25   nonce: 24 random bytes (XChaCha20)
+//! byte 0        version: 1 (the vault's storage key) or 2 (an epoch's key)
+//! bytes 1..25   nonce: 24 random bytes (XChaCha20); in version 2, the first 4 name
+//!               the epoch key (big-endian key id) and the other 20 are random
 //! bytes 25..    ciphertext, then the 16-byte Poly1305 tag
 //! ```
+//!
+//! Version 2 is what a device seals with once the vault's keys rotated (see
+//! `hearth_core::epochs`): the key id tells which of the epoch keys it holds opens the
+//! value, without trying each. 160 random bits of nonce keep collisions out of reach.
 //!
 //! The associated data binds a value to where it is stored:
 //! `"hearth/seal/v1" || u32be(len(domain)) || domain || key`, where `domain` names the
@@ -16,6 +21,8 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use zeroize::Zeroizing;
 
 pub const SEAL_VERSION: u8 = 1;
+/// The version of a value sealed under an epoch's key.
+pub const SEAL_VERSION_EPOCH: u8 = 2;
 pub const NONCE_LEN: usize = 24;
 pub const TAG_LEN: usize = 16;
 /// Bytes a sealed value has beyond its plaintext.
@@ -34,6 +41,23 @@ pub enum OpenError {
     Truncated(usize),
     #[error("sealed value failed authentication (tampered, truncated, or moved from elsewhere)")]
     Authentication,
+    #[error("sealed value is sealed under an epoch key this device does not hold (key {0:08x})")]
+    UnknownKey(u32),
+}
+
+/// The epoch key id a sealed value names, if it is of version 2.
+pub fn epoch_key_id(sealed: &[u8]) -> Option<u32> {
+    (sealed.len() >= SEAL_OVERHEAD && sealed[0] == SEAL_VERSION_EPOCH)
+        .then(|| u32::from_be_bytes(sealed[1..5].try_into().expect("4 bytes")))
+}
+
+/// A nonce for a value sealed under the epoch key `key_id`: the id, then 20 random
+/// bytes from `random`.
+pub fn epoch_nonce(key_id: u32, random: [u8; NONCE_LEN - 4]) -> [u8; NONCE_LEN] {
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce[..4].copy_from_slice(&key_id.to_be_bytes());
+    nonce[4..].copy_from_slice(&random);
+    nonce
 }
 
 /// Where a sealed value lives; bound into its associated data.
@@ -63,17 +87,41 @@ impl<'a> Binding<'a> {
 /// A 256-bit XChaCha20-Poly1305 key. Zeroized on drop; never printed.
 pub struct SealKey {
     cipher: XChaCha20Poly1305,
+    /// The version byte this key writes and the only one it opens.
+    version: u8,
     // Kept only so the key material is zeroized with the value.
     _bytes: Zeroizing<[u8; 32]>,
 }
 
 impl SealKey {
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self::with_version(bytes, SEAL_VERSION)
+    }
+
+    /// An epoch's key: it seals version 2 and opens only version 2. The caller's
+    /// nonces carry the key id ([`epoch_nonce`]).
+    pub fn for_epoch(bytes: [u8; 32]) -> Self {
+        Self::with_version(bytes, SEAL_VERSION_EPOCH)
+    }
+
+    fn with_version(bytes: [u8; 32], version: u8) -> Self {
         let bytes = Zeroizing::new(bytes);
         let cipher = XChaCha20Poly1305::new((&*bytes).into());
         Self {
             cipher,
+            version,
             _bytes: bytes,
+        }
+    }
+
+    fn check(&self, sealed: &[u8]) -> Result<(), OpenError> {
+        if sealed.len() < SEAL_OVERHEAD {
+            return Err(OpenError::Truncated(sealed.len()));
+        }
+        match sealed[0] {
+            v if v == self.version => Ok(()),
+            SEAL_VERSION | SEAL_VERSION_EPOCH => Err(OpenError::Authentication),
+            v => Err(OpenError::UnknownVersion(v)),
         }
     }
 
@@ -83,7 +131,7 @@ impl SealKey {
         let ad = binding.associated_data();
         // One allocation: version and nonce, then the plaintext encrypted in place.
         let mut out = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
-        out.push(SEAL_VERSION);
+        out.push(self.version);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plaintext);
         let tag = self
@@ -100,12 +148,7 @@ impl SealKey {
         binding: Binding<'_>,
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
-        if sealed.len() < SEAL_OVERHEAD {
-            return Err(OpenError::Truncated(sealed.len()));
-        }
-        if sealed[0] != SEAL_VERSION {
-            return Err(OpenError::UnknownVersion(sealed[0]));
-        }
+        self.check(sealed)?;
         let nonce = XNonce::from_slice(&sealed[1..1 + NONCE_LEN]);
         let ad = binding.associated_data();
         self.cipher
@@ -130,7 +173,7 @@ impl SealKey {
             "seal_in_place needs {PLAINTEXT_AT} bytes of room before the plaintext"
         );
         let ad = binding.associated_data();
-        buf[0] = SEAL_VERSION;
+        buf[0] = self.version;
         buf[1..PLAINTEXT_AT].copy_from_slice(&nonce);
         let tag = self
             .cipher
@@ -148,12 +191,7 @@ impl SealKey {
         binding: Binding<'_>,
         sealed: &'b mut [u8],
     ) -> Result<&'b mut [u8], OpenError> {
-        if sealed.len() < SEAL_OVERHEAD {
-            return Err(OpenError::Truncated(sealed.len()));
-        }
-        if sealed[0] != SEAL_VERSION {
-            return Err(OpenError::UnknownVersion(sealed[0]));
-        }
+        self.check(sealed)?;
         let ad = binding.associated_data();
         let (head, rest) = sealed.split_at_mut(PLAINTEXT_AT);
         let (body, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
@@ -204,6 +242,24 @@ mod tests {
         );
     }
 
+    /// An epoch key writes version 2 with its key id in the nonce; the version-1 key
+    /// does not open it, nor it a version-1 value, even with the same key bytes.
+    #[test]
+    fn epoch_keys_write_version_two_and_name_their_key() {
+        let b = Binding::new(b"docs", b"k1");
+        let epoch = SealKey::for_epoch([7; 32]);
+        let sealed = epoch.seal(b, b"after", epoch_nonce(0xdead_beef, [5; NONCE_LEN - 4]));
+        assert_eq!(sealed[0], SEAL_VERSION_EPOCH);
+        assert_eq!(epoch_key_id(&sealed), Some(0xdead_beef));
+        assert_eq!(&*epoch.open(b, &sealed).unwrap(), b"after");
+        assert_eq!(key().open(b, &sealed), Err(OpenError::Authentication));
+        let old = key().seal(b, b"before", [1; NONCE_LEN]);
+        assert_eq!(epoch_key_id(&old), None);
+        assert_eq!(epoch.open(b, &old), Err(OpenError::Authentication));
+        let mut in_place = sealed.clone();
+        assert_eq!(epoch.open_in_place(b, &mut in_place).unwrap(), b"after");
+    }
+
     #[test]
     fn rejects_truncation_and_unknown_versions() {
         let k = key();
@@ -211,9 +267,13 @@ mod tests {
         let sealed = k.seal(b, b"", [0; NONCE_LEN]);
         assert_eq!(sealed.len(), SEAL_OVERHEAD);
         assert_eq!(k.open(b, &sealed[..10]), Err(OpenError::Truncated(10)));
+        let mut v3 = sealed.clone();
+        v3[0] = 3;
+        assert_eq!(k.open(b, &v3), Err(OpenError::UnknownVersion(3)));
+        // A version-1 value relabelled as version 2 does not open either way.
         let mut v2 = sealed.clone();
-        v2[0] = 2;
-        assert_eq!(k.open(b, &v2), Err(OpenError::UnknownVersion(2)));
+        v2[0] = SEAL_VERSION_EPOCH;
+        assert_eq!(k.open(b, &v2), Err(OpenError::Authentication));
     }
 
     proptest! {

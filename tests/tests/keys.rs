@@ -3,9 +3,12 @@
 //! every device, and the removed device's HOME, kept whole, opens and signs nothing of
 //! the new epoch.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
+use hearth_node::blobs::CHUNK_DOMAIN;
 use hearth_node::epochs::{Epoch, View};
+use hearth_protocol::seal::Binding;
 use hearth_tests::*;
 use reqwest::Method;
 use serde_json::Value;
@@ -125,4 +128,132 @@ fn removing_a_device_rotates_the_keys_and_its_kept_home_opens_and_signs_nothing_
     x.stop();
     a.stop();
     b.stop();
+}
+
+/// Every sealed value of a store (tree, key, value) and every chunk file (its hash,
+/// its bytes), read from a stopped node's HOME.
+type Sealed = (
+    BTreeMap<(Vec<u8>, Vec<u8>), Vec<u8>>,
+    BTreeMap<[u8; 32], Vec<u8>>,
+);
+
+fn sealed_in(home: &Path) -> Sealed {
+    let db = sled::open(home.join("store")).expect("the store opens");
+    let mut values = BTreeMap::new();
+    for name in db.tree_names() {
+        if name.as_ref() == b"__sled__default" {
+            continue;
+        }
+        for entry in db.open_tree(&name).unwrap().iter() {
+            let (key, value) = entry.unwrap();
+            values.insert((name.to_vec(), key.to_vec()), value.to_vec());
+        }
+    }
+    let mut chunks = BTreeMap::new();
+    for file in files_under(&home.join("blobs")) {
+        let shard = file
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap();
+        let name = file.file_name().unwrap().to_str().unwrap();
+        let Ok(hash) = data_encoding::HEXLOWER.decode(format!("{shard}{name}").as_bytes()) else {
+            continue;
+        };
+        if let Ok(hash) = <[u8; 32]>::try_from(hash) {
+            chunks.insert(hash, std::fs::read(&file).unwrap());
+        }
+    }
+    (values, chunks)
+}
+
+/// A device's keys as its HOME holds them: the key file, and the epoch keys its store
+/// kept (loaded by opening the store).
+fn keys_of(home: &Path) -> std::sync::Arc<hearth_node::keys::VaultKeys> {
+    let home = hearth_node::home::Home::new(home);
+    let keys = std::sync::Arc::new(hearth_node::keys::open(&home, None).unwrap());
+    let store = hearth_node::store::Store::open(&home.store_dir(), keys.clone()).unwrap();
+    drop(store);
+    keys
+}
+
+/// What a device writes after another was removed is sealed at rest under the new
+/// epoch's key: a copy of its store and blobs, tried with every key the removed
+/// device's HOME holds, gives none of it (what was written before still opens: the
+/// removed device held that key, and had those values).
+#[test]
+fn what_is_kept_after_a_removal_does_not_open_with_the_removed_devices_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let a_home = dir.path().join("a");
+    let a = spawn_node(&a_home, &[]);
+    let x_home = dir.path().join("x");
+    let x = join_and_spawn(&a, &x_home);
+    let x_peer = x.peer_id.clone();
+    a.json(&["put", "contacts", "before", r#"{"name": "canary before"}"#]);
+    a.blob_put(dir.path(), "before.bin", &[1u8; 300_000]);
+    x.stop();
+    assert_eq!(a.json(&["devices", "remove", &x_peer])["epoch"], 1);
+    a.stop();
+    let (values_before, chunks_before) = sealed_in(&a_home);
+
+    let a = spawn_node(&a_home, &[]);
+    a.json(&["put", "contacts", "after", r#"{"name": "canary after"}"#]);
+    a.json(&["put", "notes", "n1", r#"{"text": "a new collection"}"#]);
+    a.blob_put(dir.path(), "after.bin", &[2u8; 300_000]);
+    a.stop();
+    let (values_after, chunks_after) = sealed_in(&a_home);
+
+    let x_keys = keys_of(&x_home);
+    let a_keys = keys_of(&a_home);
+    let opens = |keys: &hearth_node::keys::VaultKeys, tree: &[u8], key: &[u8], value: &[u8]| {
+        keys.open_at_rest(Binding::new(tree, key), value).is_ok()
+    };
+    // The test can see: X's keys open what A kept before (chunks and values alike).
+    assert!(
+        values_before
+            .iter()
+            .any(|((t, k), v)| opens(&x_keys, t, k, v))
+    );
+    assert!(
+        chunks_before
+            .iter()
+            .any(|(h, c)| opens(&x_keys, CHUNK_DOMAIN, h, c))
+    );
+    let new_values: Vec<_> = values_after
+        .iter()
+        .filter(|(at, v)| values_before.get(*at) != Some(*v))
+        .collect();
+    let new_chunks: Vec<_> = chunks_after
+        .iter()
+        .filter(|(h, _)| !chunks_before.contains_key(*h))
+        .collect();
+    assert!(new_values.len() >= 3, "{} new values", new_values.len());
+    assert!(!new_chunks.is_empty());
+    for ((tree, key), value) in &new_values {
+        if tree.as_slice() == b"epoch_keys" {
+            continue; // sealed under A's own key, not an at-rest key
+        }
+        assert!(
+            opens(&a_keys, tree, key, value),
+            "A opens its own value in {}",
+            String::from_utf8_lossy(tree)
+        );
+        assert!(
+            !opens(&x_keys, tree, key, value),
+            "X's keys open a value A kept after X's removal, in tree {}",
+            String::from_utf8_lossy(tree)
+        );
+    }
+    for (hash, chunk) in &new_chunks {
+        assert!(opens(&a_keys, CHUNK_DOMAIN, *hash, chunk));
+        assert!(!opens(&x_keys, CHUNK_DOMAIN, *hash, chunk));
+    }
+    // A's kept epoch key itself opens only with A's own key file.
+    let kept = values_after
+        .iter()
+        .filter(|((t, _), _)| t.as_slice() == b"epoch_keys")
+        .count();
+    assert_eq!(kept, 1);
 }

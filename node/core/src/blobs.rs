@@ -27,16 +27,16 @@ use data_encoding::HEXLOWER;
 use futures::{Stream, StreamExt};
 use hearth_protocol::api::BlobInfo;
 use hearth_protocol::blob::{CHUNK_RESPONSE, CHUNK_SIZE, Manifest};
-use hearth_protocol::seal::{Binding, NONCE_LEN, PLAINTEXT_AT, SEAL_OVERHEAD, TAG_LEN};
+use hearth_protocol::seal::{Binding, PLAINTEXT_AT, SEAL_OVERHEAD, TAG_LEN};
 use hearth_protocol::{BlobId, CollectionName, RecordId};
-use rand::RngCore;
 
 use crate::collections::{CollectionError, Collections, LookupIn, WritesIn};
 use crate::home::sync_dir;
 use crate::keys::VaultKeys;
 use crate::store::{SealedTree, Store, StoreError};
 
-const CHUNK_DOMAIN: &[u8] = b"blob-chunk";
+/// The binding domain of a sealed chunk file (its key: the chunk's hash, its file name).
+pub const CHUNK_DOMAIN: &[u8] = b"blob-chunk";
 
 /// Chunks of one transfer being hashed, sealed and written at once (besides the one
 /// being read): enough to keep two cores busy while the next chunk arrives.
@@ -1198,11 +1198,7 @@ fn write_sealed(
     }
     let dir = path.parent().expect("chunk paths have a shard directory");
     crate::home::create_private_dir(dir).map_err(|e| io_error(dir, e))?;
-    let mut nonce = [0u8; NONCE_LEN];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
-    keys.derived
-        .seal
-        .seal_in_place(Binding::new(CHUNK_DOMAIN, &hash), &mut buf, nonce);
+    keys.seal_in_place_at_rest(Binding::new(CHUNK_DOMAIN, &hash), &mut buf);
     let tmp = path.with_extension(format!("tmp{}", rand::random::<u32>()));
     let written = (|| {
         let mut file = fs::File::create(&tmp)?;
@@ -1309,9 +1305,7 @@ fn open_chunk_file(
         Err(e) => return Err(io_error(path, e)),
     };
     let plain = keys
-        .derived
-        .seal
-        .open_in_place(Binding::new(CHUNK_DOMAIN, &hash), &mut buf)
+        .open_in_place_at_rest(Binding::new(CHUNK_DOMAIN, &hash), &mut buf)
         .map_err(|e| corrupt(format!("chunk {index}: {e}")))?;
     let actual = blake3::keyed_hash(&keys.derived.chunk_ids, plain);
     if expected_len.is_some_and(|len| plain.len() != len) || actual.as_bytes() != &hash {
@@ -1389,6 +1383,7 @@ mod tests {
     use super::*;
     use crate::testutil::TestVault;
     use hearth_protocol::blob::BlobResponse;
+    use rand::RngCore;
 
     /// `hearth check`'s view of a reference: a `blob` field at any depth, not any string
     /// that looks like a blob id (a hash kept in a note), not a `blob` that is no id.

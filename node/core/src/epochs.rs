@@ -48,6 +48,8 @@ use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
 use crate::collections::{CollectionError, Collections};
+use crate::keys::VaultKeys;
+use crate::store::Store;
 
 pub const EPOCHS: &str = "_epochs";
 
@@ -57,6 +59,7 @@ const SIGNED_DOMAIN: &[u8] = b"hearth 2026-12 epoch record v1\0";
 const SEAL_INFO: &[u8] = b"hearth 2026-12 epoch key v1\0";
 const COMMITMENT_CONTEXT: &str = "hearth 2026-12 epoch commitment v1";
 const GRANT_SIGNING_CONTEXT: &str = "hearth 2026-12 epoch grant signing v1";
+const AT_REST_CONTEXT: &str = "hearth 2026-12 epoch store seal v1";
 /// An X25519 encapsulated key (32 bytes), then the sealed epoch key (32) and its tag (16).
 const SEALED_LEN: usize = 32 + 32 + 16;
 
@@ -140,6 +143,16 @@ fn commitment_of(key: &[u8; 32]) -> [u8; 32] {
 /// The seed of an epoch's grant signing key.
 fn grant_seed(key: &[u8; 32]) -> Zeroizing<[u8; 32]> {
     Zeroizing::new(blake3::derive_key(GRANT_SIGNING_CONTEXT, key))
+}
+
+/// The key an epoch's values at rest are sealed under.
+pub fn at_rest_key(key: &[u8; 32]) -> Zeroizing<[u8; 32]> {
+    Zeroizing::new(blake3::derive_key(AT_REST_CONTEXT, key))
+}
+
+/// The key id of the epoch whose key is `key`.
+pub fn key_id_of(key: &[u8; 32]) -> u32 {
+    key_id(&ed25519_public(&grant_seed(key)))
 }
 
 fn ed25519_public(seed: &[u8; 32]) -> [u8; 32] {
@@ -696,12 +709,16 @@ impl Kept {
 /// refreshes the ring. Durable only after the store commits.
 pub fn keep(
     collections: &Collections,
-    ring: &Ring,
-    me: &Identity<'_>,
+    store: &Store,
+    keys: &VaultKeys,
     rotation: Rotation,
 ) -> Result<Kept, CollectionError> {
+    let me = &keys.identity();
+    let ring = &keys.epochs;
     let _keeping = ring.keeping.lock().expect("keeping lock");
     let mut view = view_of(collections)?;
+    // What is written below is sealed under the newest epoch this device holds.
+    hold(store, keys, &view)?;
     let writes = plan(&view, me, rotation, crate::clock::now_unix());
     let mut kept = Kept::default();
     for write in &writes {
@@ -734,9 +751,35 @@ pub fn keep(
         );
     }
     apply(&mut view, &writes);
+    hold(store, keys, &view)?;
     kept.due = view.is_member(&me.peer()) && view.needs_rotation(&me.vault_id);
     ring.refresh(&view, me);
     Ok(kept)
+}
+
+/// Keeps each epoch key this device can open and does not hold yet (sealed under its
+/// own key, in the store) and gives it to `keys`; then seals new values at rest under
+/// the newest epoch it holds.
+fn hold(store: &Store, keys: &VaultKeys, view: &View) -> Result<(), CollectionError> {
+    let me = keys.identity();
+    let valid = view.valid(&me.vault_id);
+    let mut held = Vec::new();
+    for epoch in &valid {
+        let id = key_id(&epoch.signing_key);
+        if keys.holds_epoch(id) {
+            held.push(*epoch);
+            continue;
+        }
+        if let Some(key) = epoch.open(&me) {
+            store.remember_epoch_key(&epoch.id, epoch.n, &key)?;
+            keys.hold_epoch(epoch.n, id, &key);
+            held.push(*epoch);
+        }
+    }
+    if let Some(newest) = current_of(&held) {
+        keys.seal_under_epoch(newest.n, key_id(&newest.signing_key));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -14,7 +14,10 @@ use data_encoding::{BASE64, BASE64URL_NOPAD, HEXLOWER};
 use hearth_protocol::keyfile::{
     Argon2Params, KeyFile, KeyFileError, Protection, SECRETS_DOMAIN, SECRETS_KEY, SecretsBlob,
 };
-use hearth_protocol::seal::{Binding, SealKey};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use hearth_protocol::seal::{Binding, NONCE_LEN, OpenError, SealKey, epoch_key_id, epoch_nonce};
 use libp2p_identity::Keypair;
 use libp2p_identity::PeerId;
 use rand::RngCore;
@@ -108,8 +111,10 @@ pub fn token_hash(token: &[u8]) -> [u8; 32] {
 
 /// Keys derived from the storage key, one per purpose, so no two uses share a key.
 pub struct DerivedKeys {
-    /// Seals every value in the store and every blob chunk.
-    pub seal: SealKey,
+    /// Seals every value in the store and every blob chunk until the vault's keys
+    /// first rotate (then [`VaultKeys::seal_at_rest`] seals under the epoch's key);
+    /// opens every value sealed with version 1.
+    pub seal: Arc<SealKey>,
     /// Keys the hash that names collections in sled.
     pub names: Zeroizing<[u8; 32]>,
     /// Keys the hash that makes blob ids.
@@ -131,6 +136,16 @@ pub struct VaultKeys {
     exchange: Zeroizing<[u8; 32]>,
     /// The vault's epoch keys this device knows, kept in step with `_epochs`.
     pub epochs: crate::epochs::Ring,
+    /// The keys values at rest are sealed under once the keys rotated.
+    at_rest: RwLock<AtRest>,
+}
+
+/// The epochs' keys for values at rest, by key id, and the one new values are
+/// sealed under (`None`: the storage key's, as before any rotation).
+#[derive(Default)]
+struct AtRest {
+    current: Option<(u32, u32)>,
+    keys: HashMap<u32, Arc<SealKey>>,
 }
 
 impl VaultKeys {
@@ -146,6 +161,111 @@ impl VaultKeys {
     /// The public half of this device's exchange key.
     pub fn exchange_public(&self) -> [u8; 32] {
         crate::epochs::exchange_public(&self.exchange)
+    }
+
+    /// The key that seals what this device keeps of the epoch keys (`epoch_keys` in
+    /// the store): derived from its own exchange key, which no other device holds, so
+    /// a copy of this device's store opens no epoch key without its key file.
+    pub fn local_seal(&self) -> SealKey {
+        SealKey::from_bytes(blake3::derive_key(
+            "hearth 2026-12 local epoch keys v1",
+            &*self.exchange,
+        ))
+    }
+
+    /// Whether this device holds the at-rest key of the epoch `key_id` names.
+    pub fn holds_epoch(&self, key_id: u32) -> bool {
+        self.at_rest
+            .read()
+            .expect("at-rest lock")
+            .keys
+            .contains_key(&key_id)
+    }
+
+    /// Adds epoch `n`'s key (named by `key_id`) to those values at rest open with; it
+    /// becomes the one new values are sealed under if its epoch is the newest held.
+    pub fn hold_epoch(&self, n: u32, key_id: u32, epoch_key: &[u8; 32]) {
+        let key = SealKey::for_epoch(*crate::epochs::at_rest_key(epoch_key));
+        let mut at_rest = self.at_rest.write().expect("at-rest lock");
+        at_rest.keys.insert(key_id, Arc::new(key));
+        if at_rest.current.is_none_or(|(current, _)| n > current) {
+            at_rest.current = Some((n, key_id));
+        }
+    }
+
+    /// Seals new values under the epoch `key_id` names (it must be held), whatever
+    /// its number: the current epoch, once this device holds it.
+    pub fn seal_under_epoch(&self, n: u32, key_id: u32) {
+        let mut at_rest = self.at_rest.write().expect("at-rest lock");
+        if at_rest.keys.contains_key(&key_id) {
+            at_rest.current = Some((n, key_id));
+        }
+    }
+
+    /// The key new values are sealed under, and a fresh nonce for it.
+    fn writer(&self) -> (Arc<SealKey>, [u8; NONCE_LEN]) {
+        let at_rest = self.at_rest.read().expect("at-rest lock");
+        match at_rest
+            .current
+            .and_then(|(_, id)| Some((id, at_rest.keys.get(&id)?.clone())))
+        {
+            Some((id, key)) => {
+                let mut random = [0u8; NONCE_LEN - 4];
+                rand::rngs::OsRng.fill_bytes(&mut random);
+                (key, epoch_nonce(id, random))
+            }
+            None => {
+                let mut nonce = [0u8; NONCE_LEN];
+                rand::rngs::OsRng.fill_bytes(&mut nonce);
+                (self.derived.seal.clone(), nonce)
+            }
+        }
+    }
+
+    /// The key that opens `sealed`: the storage key's for version 1, else the epoch's.
+    fn reader(&self, sealed: &[u8]) -> Result<Arc<SealKey>, OpenError> {
+        match epoch_key_id(sealed) {
+            None => Ok(self.derived.seal.clone()),
+            Some(id) => self
+                .at_rest
+                .read()
+                .expect("at-rest lock")
+                .keys
+                .get(&id)
+                .cloned()
+                .ok_or(OpenError::UnknownKey(id)),
+        }
+    }
+
+    /// Seals a value to keep at rest: under the current epoch's key once the vault's
+    /// keys rotated and this device holds it, else under the storage key.
+    pub fn seal_at_rest(&self, binding: Binding<'_>, plain: &[u8]) -> Vec<u8> {
+        let (key, nonce) = self.writer();
+        key.seal(binding, plain, nonce)
+    }
+
+    /// [`VaultKeys::seal_at_rest`] in place ([`SealKey::seal_in_place`]).
+    pub fn seal_in_place_at_rest(&self, binding: Binding<'_>, buf: &mut Vec<u8>) {
+        let (key, nonce) = self.writer();
+        key.seal_in_place(binding, buf, nonce);
+    }
+
+    /// Opens a value kept at rest, under whichever key sealed it.
+    pub fn open_at_rest(
+        &self,
+        binding: Binding<'_>,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+        self.reader(sealed)?.open(binding, sealed)
+    }
+
+    /// [`VaultKeys::open_at_rest`] in place ([`SealKey::open_in_place`]).
+    pub fn open_in_place_at_rest<'b>(
+        &self,
+        binding: Binding<'_>,
+        sealed: &'b mut [u8],
+    ) -> Result<&'b mut [u8], OpenError> {
+        self.reader(sealed)?.open_in_place(binding, sealed)
     }
 
     pub fn peer_id(&self) -> PeerId {
@@ -201,7 +321,7 @@ impl VaultKeys {
             vault_id: blob.vault_id,
             device,
             derived: DerivedKeys {
-                seal: SealKey::from_bytes(*seal_key),
+                seal: Arc::new(SealKey::from_bytes(*seal_key)),
                 names: derive("hearth 2026-11 name hash v1"),
                 blob_ids: derive("hearth 2026-11 blob id v1"),
                 chunk_ids: derive("hearth 2026-11 chunk id v1"),
@@ -211,6 +331,7 @@ impl VaultKeys {
             owner_token_hash: blob.owner_token_hash,
             exchange,
             epochs: crate::epochs::Ring::default(),
+            at_rest: RwLock::default(),
         })
     }
 }

@@ -38,6 +38,10 @@ const META_EPOCH_KEY: &[u8] = b"epoch";
 const COMMIT_QUEUE: usize = 4096;
 /// How long opening waits for another handle's lock to go (see `Store::open`).
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+/// The epoch keys this device holds (see `crate::epochs`), each sealed under
+/// [`VaultKeys::local_seal`], not under a key the vault's other devices share: keyed by
+/// epoch id, each value `u32be(n) || key`.
+const EPOCH_KEYS_TREE: &str = "epoch_keys";
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -340,6 +344,7 @@ impl Store {
                 }
             }
         };
+        load_epoch_keys(&db, &keys)?;
         let faults = Arc::new(Faults::default());
         let poisoned = Arc::new(Poisoned::default());
         let meta = SealedTree {
@@ -384,6 +389,32 @@ impl Store {
         })
     }
 
+    /// Keeps epoch `n`'s key (id `epoch_id`), sealed under this device's own key, so
+    /// the values sealed under it open after a restart. Durable with the next commit
+    /// (or before: sled keeps writes in order, so no value sealed under the key is on
+    /// disk without it).
+    pub fn remember_epoch_key(
+        &self,
+        epoch_id: &str,
+        n: u32,
+        key: &[u8; 32],
+    ) -> Result<(), StoreError> {
+        let mut plain = Zeroizing::new(Vec::with_capacity(36));
+        plain.extend_from_slice(&n.to_be_bytes());
+        plain.extend_from_slice(key);
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let sealed = self.keys.local_seal().seal(
+            Binding::new(EPOCH_KEYS_TREE.as_bytes(), epoch_id.as_bytes()),
+            &plain,
+            nonce,
+        );
+        self.db
+            .open_tree(EPOCH_KEYS_TREE)?
+            .insert(epoch_id.as_bytes(), sealed)?;
+        Ok(())
+    }
+
     /// Where collections note how far they have persisted, for the commit record.
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
@@ -410,16 +441,17 @@ impl Store {
                 continue;
             }
             let tree = self.db.open_tree(&name)?;
+            let local =
+                (name.as_ref() == EPOCH_KEYS_TREE.as_bytes()).then(|| self.keys.local_seal());
             for entry in tree.iter() {
                 let (key, sealed) = entry?;
                 checked += 1;
-                if self
-                    .keys
-                    .derived
-                    .seal
-                    .open(Binding::new(&name, &key), &sealed)
-                    .is_err()
-                {
+                let binding = Binding::new(&name, &key);
+                let opens = match &local {
+                    Some(local) => local.open(binding, &sealed).is_ok(),
+                    None => self.keys.open_at_rest(binding, &sealed).is_ok(),
+                };
+                if !opens {
                     problems.push(format!(
                         "store: the value in tree `{}` at key {} does not open (damaged or altered)",
                         String::from_utf8_lossy(&name),
@@ -854,6 +886,31 @@ impl SealedBatch {
     }
 }
 
+/// Gives `keys` the epoch keys this device kept ([`Store::remember_epoch_key`]), so
+/// values sealed under them open. One that does not open (altered on disk) is skipped
+/// and said: the values under it then fail to open, each with its own error.
+fn load_epoch_keys(db: &sled::Db, keys: &VaultKeys) -> Result<(), StoreError> {
+    let local = keys.local_seal();
+    for entry in db.open_tree(EPOCH_KEYS_TREE)?.iter() {
+        let (id, sealed) = entry?;
+        let opened = local
+            .open(Binding::new(EPOCH_KEYS_TREE.as_bytes(), &id), &sealed)
+            .ok()
+            .filter(|plain| plain.len() == 36);
+        let Some(plain) = opened else {
+            tracing::warn!(
+                epoch = %String::from_utf8_lossy(&id),
+                "a kept epoch key does not open (damaged or altered); values sealed under it will not open"
+            );
+            continue;
+        };
+        let n = u32::from_be_bytes(plain[..4].try_into().expect("4 bytes"));
+        let key: Zeroizing<[u8; 32]> = Zeroizing::new(plain[4..].try_into().expect("32 bytes"));
+        keys.hold_epoch(n, crate::epochs::key_id_of(&key), &key);
+    }
+    Ok(())
+}
+
 impl SealedTree {
     pub fn get(&self, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
         match self.tree.get(key)? {
@@ -996,19 +1053,13 @@ impl SealedTree {
     }
 
     fn seal(&self, key: &[u8], value: &[u8]) -> Vec<u8> {
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
         self.keys
-            .derived
-            .seal
-            .seal(Binding::new(self.name.as_bytes(), key), value, nonce)
+            .seal_at_rest(Binding::new(self.name.as_bytes(), key), value)
     }
 
     fn open(&self, key: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
         self.keys
-            .derived
-            .seal
-            .open(Binding::new(self.name.as_bytes(), key), sealed)
+            .open_at_rest(Binding::new(self.name.as_bytes(), key), sealed)
             .map_err(|source| StoreError::Corrupt {
                 what: format!("value in tree `{}` at key {}", self.name, short_hex(key)),
                 source,
