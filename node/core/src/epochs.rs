@@ -170,7 +170,8 @@ pub fn key_id(signing_key: &[u8; 32]) -> u32 {
     u32::from_be_bytes(hash.as_bytes()[..4].try_into().expect("4 bytes"))
 }
 
-fn seal_info(vault_id: &[u8; 16], epoch: &str, recipient: &str) -> Vec<u8> {
+/// The HPKE `info` an epoch key is sealed to a device with (docs/FORMATS.md).
+pub fn seal_info(vault_id: &[u8; 16], epoch: &str, recipient: &str) -> Vec<u8> {
     let mut info = SEAL_INFO.to_vec();
     info.extend_from_slice(vault_id);
     info.extend_from_slice(epoch.as_bytes());
@@ -179,8 +180,9 @@ fn seal_info(vault_id: &[u8; 16], epoch: &str, recipient: &str) -> Vec<u8> {
     info
 }
 
-/// `key` sealed to the holder of the exchange key whose public half is `recipient`.
-fn seal_to(
+/// `key` sealed to the holder of the exchange key whose public half is `recipient`:
+/// the encapsulated key, then the ciphertext and tag.
+pub fn seal_to(
     vault_id: &[u8; 16],
     epoch: &str,
     peer: &PeerId,
@@ -202,8 +204,8 @@ fn seal_to(
     Some(out)
 }
 
-/// Opens a sealed entry with this device's exchange key.
-fn open_sealed(
+/// Opens a sealed entry with this device's exchange key (its seed).
+pub fn open_sealed(
     vault_id: &[u8; 16],
     epoch: &str,
     peer: &PeerId,
