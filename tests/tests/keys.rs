@@ -89,6 +89,20 @@ fn removing_a_device_rotates_the_keys_and_its_kept_home_opens_and_signs_nothing_
         (keys["epoch"] == 2 && keys["held"] == true).then_some(())
     });
     // (Two devices that rotate at once both write an epoch; both pick the same one.)
+    // A device paired after the rotation is given the current key (and the older
+    // ones) by a device that holds it, and then makes grants the others accept.
+    let c = join_and_spawn(&a, &dir.path().join("c"));
+    eventually("C holds epoch 2", || {
+        let keys = c.json(&["keys"]);
+        (keys["epoch"] == 2 && keys["held"] == true && keys["epochs_held"] == keys["epochs"])
+            .then_some(())
+    });
+    let from_c = c.json(&["grant", "from-c", "--read", "contacts"]);
+    let from_c = from_c["token"].as_str().unwrap().to_owned();
+    eventually("A accepts C's token", || {
+        (service_get(&a, &from_c, "/v1/view/contacts").0 == 200).then_some(())
+    });
+    c.stop();
     let epochs = epochs_of(&a);
     assert!(epochs.len() >= 2);
     assert_eq!(epochs.iter().map(|e| e.n).max(), Some(2));
