@@ -196,6 +196,25 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<DevicesCommand>,
     },
+    /// Make a recovery kit: a secret, shown as 24 words (or split into shares, or
+    /// written to a file), that opens every key of the vault; keep it away from your
+    /// devices. A new kit replaces the old one for everything made afterwards
+    RecoveryKit {
+        /// Also write the kit to FILE (JSON, mode 0600), and its QR code to FILE.svg
+        #[arg(short = 'o', long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Replace FILE if it exists
+        #[arg(long, requires = "output")]
+        force: bool,
+        /// Split the secret into shares, any K of which bring it back (e.g. 2-of-3),
+        /// instead of showing its words
+        #[arg(long, value_name = "K-of-N", conflicts_with_all = ["output", "passphrase_file"])]
+        shares: Option<String>,
+        /// Seal the secret in FILE under this passphrase (read from F) instead of
+        /// showing its words
+        #[arg(long, value_name = "F", requires = "output")]
+        passphrase_file: Option<PathBuf>,
+    },
     /// The vault's key epoch: which key signs new grants and who holds it; or rotate it
     Keys {
         #[command(subcommand)]

@@ -28,9 +28,9 @@ use futures::StreamExt;
 use hearth_protocol::api::{
     AuditEntry, BlobInfo, BlobRemoved, CheckReport, CollectionInfo, ConflictsResponse, DeviceInfo,
     ErrorBody, ErrorCode, ErrorDetail, GrantCreated, GrantInfo, GrantRequest, HelloRequest,
-    HelloResponse, InviteResponse, KeysInfo, PutResponse, ResolveRequest, RestoreReport,
-    RevokeResponse, StatusResponse, StreamReady, TextEditRequest, VaultExport, VerifyResponse,
-    ViewAll,
+    HelloResponse, InviteResponse, KeysInfo, KitInfo, KitRequest, PutResponse, ResolveRequest,
+    RestoreReport, RevokeResponse, StatusResponse, StreamReady, TextEditRequest, VaultExport,
+    VerifyResponse, ViewAll,
 };
 use hearth_protocol::{BlobId, CollectionName, RecordId};
 use rand::RngCore;
@@ -115,6 +115,7 @@ pub fn router(vault: Arc<Vault>) -> Router {
         .route("/v1/devices/invite", post(create_invite))
         .route("/v1/keys", get(keys))
         .route("/v1/keys/rotate", post(rotate_keys))
+        .route("/v1/recovery", get(recovery_kit).post(set_recovery_kit))
         .route(
             "/v1/devices/{peer}",
             axum::routing::delete(remove_device).patch(rename_device),
@@ -196,6 +197,8 @@ pub fn router(vault: Arc<Vault>) -> Router {
         rename_device,
         keys,
         rotate_keys,
+        recovery_kit,
+        set_recovery_kit,
         list_blobs,
         put_blob,
         get_blob,

@@ -1,15 +1,16 @@
 //! Keeps the vault's epoch keys in step on this device (`hearth_core::epochs`).
 //!
-//! At start, after a device is removed here, on `hearth keys rotate`, and whenever
-//! `_devices` or `_epochs` change (a sync brought a removal, a new device's exchange
-//! key, another device's epoch): rotates if a device that is no longer a member could
-//! hold the current key, seals the keys this device holds to members that lack them,
-//! and refreshes the ring that signs and verifies tokens.
+//! At start, after a device is removed here, on `hearth keys rotate`, when a recovery
+//! kit is made, and whenever `_devices`, `_epochs` or `_recovery` change (a sync
+//! brought a removal, a new device's exchange key, another device's epoch, a new kit):
+//! rotates if a device that is no longer a member (or a replaced kit) could hold the
+//! current key, seals the keys this device holds to members (and the kit) that lack
+//! them, and refreshes the ring that signs and verifies tokens.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use hearth_protocol::api::{ErrorCode, KeysInfo};
+use hearth_protocol::api::{ErrorCode, KeysInfo, KitInfo, KitRequest};
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 
@@ -82,6 +83,77 @@ pub async fn keys_info(vault: &Arc<Vault>, rotate: bool) -> Result<KeysInfo, Err
     .await
 }
 
+/// `POST /v1/recovery`: makes `kit` the vault's recovery kit and seals every epoch
+/// key this device holds to it (a new epoch first if the current one is epoch 0, or
+/// is sealed to a kit this one replaces).
+pub async fn set_kit(vault: &Arc<Vault>, request: KitRequest) -> Result<KitInfo, Error> {
+    let bad = |what: &str| {
+        Error::new(
+            ErrorCode::BadRequest,
+            format!("the kit's {what} is not valid"),
+        )
+    };
+    let b64_32 = |text: &str, what: &str| -> Result<[u8; 32], Error> {
+        data_encoding::BASE64
+            .decode(text.as_bytes())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| bad(what))
+    };
+    let exchange = b64_32(&request.exchange, "exchange key")?;
+    let owner = b64_32(&request.owner, "owner key")?;
+    let handle: [u8; 16] = data_encoding::HEXLOWER
+        .decode(request.handle.as_bytes())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| bad("handle"))?;
+    if request.kit != crate::recovery::kit_id(&exchange) {
+        return Err(bad("id (it must be the hash of its exchange key)"));
+    }
+    let kit = crate::recovery::KitPublic {
+        id: request.kit,
+        exchange,
+        owner,
+        handle,
+    };
+    blocking(vault, move |v| {
+        let made_by = v.keys.peer_id().to_string();
+        // Newer than any kit this device knows, even with a clock behind.
+        let latest = crate::recovery::current(&v.collections)?.map_or(0, |(_, at)| at);
+        let made_at = crate::clock::now_unix().max(latest + 1);
+        crate::recovery::set(&v.collections, &kit, made_at, &made_by)?;
+        Ok(())
+    })
+    .await?;
+    vault.store.commit().await?;
+    keep(vault, epochs::Rotation::IfNeeded).await?;
+    kit_info(vault).await
+}
+
+/// `GET /v1/recovery`.
+pub async fn kit_info(vault: &Arc<Vault>) -> Result<KitInfo, Error> {
+    blocking(vault, move |v| {
+        let view = epochs::view_of(&v.collections)?;
+        let kit = crate::recovery::current(&v.collections)?;
+        let valid = view.valid(&v.keys.vault_id);
+        let epochs_sealed = match &kit {
+            Some((kit, _)) => valid
+                .iter()
+                .filter(|e| e.sealed.contains_key(&kit.recipient()))
+                .count(),
+            None => 0,
+        };
+        Ok(KitInfo {
+            kit: kit.as_ref().map(|(k, _)| k.id.clone()),
+            made_at: kit.map(|(_, at)| at),
+            epoch: view.current(&v.keys.vault_id).map_or(0, |e| e.n),
+            epochs_sealed,
+            epochs: valid.len(),
+        })
+    })
+    .await
+}
+
 /// Starts the task that keeps the epochs in step as the device list and the epochs
 /// change. Stop it by sending on (or dropping) the sender, then await the handle.
 pub(crate) fn spawn(vault: Arc<Vault>) -> (oneshot::Sender<()>, JoinHandle<()>) {
@@ -94,7 +166,7 @@ pub(crate) fn spawn(vault: Arc<Vault>) -> (oneshot::Sender<()>, JoinHandle<()>) 
                 change = changes.recv() => match change {
                     Ok(changed) => matches!(
                         changed.collection.as_str(),
-                        crate::devices::DEVICES | epochs::EPOCHS
+                        crate::devices::DEVICES | epochs::EPOCHS | crate::recovery::RECOVERY
                     ),
                     Err(broadcast::error::RecvError::Lagged(_)) => true,
                     Err(broadcast::error::RecvError::Closed) => return,

@@ -33,7 +33,7 @@ pub mod throttle;
 pub(crate) use hearth_core::testutil;
 pub use hearth_core::{
     blobs, clock, collections, commits, devices, epochs, home, index, keys, recordmerge, records,
-    store, textmerge,
+    recovery, store, textmerge,
 };
 
 use std::io;

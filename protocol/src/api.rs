@@ -302,6 +302,36 @@ pub struct KeysInfo {
     pub rotated: bool,
 }
 
+/// `POST /v1/recovery`: what the devices keep of a new recovery kit (the CLI made its
+/// secret and keeps it off the node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KitRequest {
+    /// The kit's id: 16 hex digits, BLAKE3 of `exchange`.
+    pub kit: String,
+    /// Base64 of the kit's X25519 public key (epoch keys are sealed to it).
+    pub exchange: String,
+    /// Base64 of the kit's Ed25519 public key.
+    pub owner: String,
+    /// 32 hex digits: the vault's name on a backup host.
+    pub handle: String,
+}
+
+/// `GET /v1/recovery` and `POST /v1/recovery`: the vault's recovery kit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct KitInfo {
+    /// The kit's id; absent if no kit was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub made_at: Option<u64>,
+    /// The current epoch, and how many epochs (after 0) the kit's key is sealed to,
+    /// of how many.
+    pub epoch: u32,
+    pub epochs_sealed: usize,
+    pub epochs: usize,
+}
+
 /// One device of the vault, as `GET /v1/devices` and `GET /v1/status` show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeviceInfo {

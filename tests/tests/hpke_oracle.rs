@@ -42,7 +42,7 @@ fn hearths_hpke_and_pyhpke_open_each_others_epoch_keys() {
         let epoch = HEXLOWER.encode(&key[..16]);
         let info = seal_info(&vault, &epoch, &peer.to_string());
         let public = exchange_public(&seed);
-        let sealed = seal_to(&vault, &epoch, &peer, &public, &key).expect("seals");
+        let sealed = seal_to(&vault, &epoch, &peer.to_string(), &public, &key).expect("seals");
         let out = Command::new(&python)
             .args([
                 "-c",
@@ -72,10 +72,10 @@ fn hearths_hpke_and_pyhpke_open_each_others_epoch_keys() {
             "pyhpke opens what Hearth sealed"
         );
         let from_python = HEXLOWER.decode(lines[2].as_bytes()).unwrap();
-        let opened = open_sealed(&vault, &epoch, &peer, &seed, &from_python)
+        let opened = open_sealed(&vault, &epoch, &peer.to_string(), &seed, &from_python)
             .expect("Hearth opens what pyhpke sealed");
         assert_eq!(*opened, theirs);
         // Bound to its info: another epoch or device does not open it.
-        assert!(open_sealed(&vault, "other", &peer, &seed, &from_python).is_none());
+        assert!(open_sealed(&vault, "other", &peer.to_string(), &seed, &from_python).is_none());
     }
 }

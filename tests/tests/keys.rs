@@ -271,3 +271,114 @@ fn what_is_kept_after_a_removal_does_not_open_with_the_removed_devices_keys() {
         .count();
     assert_eq!(kept, 1);
 }
+
+/// `hearth recovery-kit`: its words, its file (plain or under a passphrase, with a QR
+/// code) and its shares each bring back a secret that opens every epoch key of the
+/// vault, on every device; a new kit replaces the old one, which opens nothing made
+/// afterwards.
+#[test]
+fn a_recovery_kit_opens_every_epoch_and_a_new_one_replaces_it() {
+    use hearth_node::recovery::{RecoverySecret, Share};
+
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn_node(&dir.path().join("a"), &[]);
+    let b = join_and_spawn(&a, &dir.path().join("b"));
+    let opens_all = |node: &NodeProcess, secret: &RecoverySecret| {
+        let kit = secret.public();
+        let seed = secret.exchange_seed();
+        let vault: [u8; 16] = data_encoding::HEXLOWER
+            .decode(
+                node.json(&["status"])["vault_id"]
+                    .as_str()
+                    .unwrap()
+                    .as_bytes(),
+            )
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let epochs = epochs_of(node);
+        !epochs.is_empty()
+            && epochs
+                .iter()
+                .all(|e| e.open_as(&vault, &kit.recipient(), &seed).is_some())
+    };
+
+    // The words: a kit on epoch 0 calls for an epoch key to seal to it.
+    let made = a.json(&["recovery-kit"]);
+    let words = made["words"].as_str().unwrap();
+    assert_eq!(words.split(' ').count(), 24);
+    assert_eq!(made["epoch"], 1, "{made}");
+    let first = RecoverySecret::from_words(words).unwrap();
+    assert_eq!(first.public().id, made["kit"].as_str().unwrap());
+    assert!(opens_all(&a, &first));
+    eventually("B seals to the kit too", || {
+        (b.json(&["keys"])["epoch"] == 1 && opens_all(&b, &first)).then_some(())
+    });
+    let text = String::from_utf8(a.run(&["recovery-kit"]).stdout).unwrap();
+    assert!(text.contains("recovery kit "), "{text}");
+
+    // A file under a passphrase, and its QR code; no words anywhere in it.
+    let file = dir.path().join("kit.json");
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "under the stairs\n").unwrap();
+    let made = a.json(&[
+        "recovery-kit",
+        "-o",
+        file.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]);
+    assert!(made.get("words").is_none(), "{made}");
+    let bytes = std::fs::read(&file).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        std::fs::read_to_string(dir.path().join("kit.json.svg"))
+            .unwrap()
+            .contains("<svg")
+    );
+    let passphrase = hearth_node::keys::Passphrase::from_file(&pass).unwrap();
+    let (sealed_kit, info) = RecoverySecret::from_file(&bytes, Some(&passphrase)).unwrap();
+    assert_eq!(info.kit, made["kit"].as_str().unwrap());
+    assert!(RecoverySecret::from_file(&bytes, None).is_err());
+    // The new kit replaced the first: a new epoch, which the first does not open; the
+    // new one opens every epoch, the older ones included.
+    let keys = a.json(&["keys"]);
+    assert!(keys["epoch"].as_u64().unwrap() >= 2, "{keys}");
+    assert!(opens_all(&a, &sealed_kit));
+    assert!(!opens_all(&a, &first));
+    let refused = a.run(&["recovery-kit", "-o", file.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(one_line_error(&refused).contains("--force"));
+
+    // Shares: any two bring back the kit the vault now counts.
+    let made = a.json(&["recovery-kit", "--shares", "2-of-3"]);
+    let mut shares: Vec<Share> = made["shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| Share::parse(s.as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(shares.len(), 3);
+    let third = shares.pop().unwrap();
+    let pair = [shares.remove(0), third];
+    let back = RecoverySecret::combine(&pair).unwrap();
+    // (An epoch the other device made meanwhile is sealed to this kit once it arrives.)
+    let api = Api::new(&a);
+    eventually("every epoch sealed to the kit", || {
+        let kit = api.send(api.request(Method::GET, "/v1/recovery")).1;
+        assert_eq!(kit["kit"].as_str(), Some(back.public().id.as_str()));
+        (kit["epochs_sealed"] == kit["epochs"]).then_some(())
+    });
+    assert!(opens_all(&a, &back));
+    assert!(
+        !a.run(&["recovery-kit", "--shares", "1-of-3"])
+            .status
+            .success()
+    );
+    a.stop();
+    b.stop();
+}

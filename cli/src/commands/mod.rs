@@ -33,6 +33,7 @@ use hearth_node::pim::ImportReport;
 mod devices;
 mod files;
 mod grants;
+mod kit;
 mod node;
 mod records;
 
@@ -269,6 +270,12 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
         Command::Devices {
             command: Some(DevicesCommand::Remove { device }),
         } => devices::remove(home, json, &client, device).await?,
+        Command::RecoveryKit {
+            output,
+            force,
+            shares,
+            passphrase_file,
+        } => kit::make(home, json, &client, output, force, shares, passphrase_file).await?,
         Command::Keys { command } => {
             devices::keys(
                 home,

@@ -185,12 +185,12 @@ pub fn seal_info(vault_id: &[u8; 16], epoch: &str, recipient: &str) -> Vec<u8> {
 pub fn seal_to(
     vault_id: &[u8; 16],
     epoch: &str,
-    peer: &PeerId,
+    recipient_name: &str,
     recipient: &[u8; 32],
     key: &[u8; 32],
 ) -> Option<Vec<u8>> {
     let public = <Kem as hpke::Kem>::PublicKey::from_bytes(recipient).ok()?;
-    let info = seal_info(vault_id, epoch, &peer.to_string());
+    let info = seal_info(vault_id, epoch, recipient_name);
     let (encapped, ciphertext) = hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, Kem>(
         &OpModeS::Base,
         &public,
@@ -208,7 +208,7 @@ pub fn seal_to(
 pub fn open_sealed(
     vault_id: &[u8; 16],
     epoch: &str,
-    peer: &PeerId,
+    recipient_name: &str,
     exchange: &[u8; 32],
     sealed: &[u8],
 ) -> Option<Zeroizing<[u8; 32]>> {
@@ -217,7 +217,7 @@ pub fn open_sealed(
     }
     let (private, _) = Kem::derive_keypair(exchange);
     let encapped = <Kem as hpke::Kem>::EncappedKey::from_bytes(&sealed[..32]).ok()?;
-    let info = seal_info(vault_id, epoch, &peer.to_string());
+    let info = seal_info(vault_id, epoch, recipient_name);
     let plain = Zeroizing::new(
         hpke::single_shot_open::<ChaCha20Poly1305, HkdfSha256, Kem>(
             &OpModeR::Base,
@@ -235,11 +235,11 @@ pub fn open_sealed(
 
 impl Epoch {
     /// A new epoch after `prev` (`None`: after epoch 0), made by `me`, its key sealed
-    /// to each of `to` (PeerId, exchange public key). Returns it and its key.
+    /// to each of `to` (recipient name, exchange public key). Returns it and its key.
     fn make(
         me: &Identity<'_>,
         prev: Option<&Epoch>,
-        to: &[(PeerId, [u8; 32])],
+        to: &[(String, [u8; 32])],
         made_at: u64,
     ) -> (Self, Zeroizing<[u8; 32]>) {
         let mut key = Zeroizing::new([0u8; 32]);
@@ -265,8 +265,8 @@ impl Epoch {
         let id = id_of(&signed);
         let sealed = to
             .iter()
-            .filter_map(|(peer, public)| {
-                seal_to(&me.vault_id, &id, peer, public, &key).map(|s| (peer.to_string(), s))
+            .filter_map(|(name, public)| {
+                seal_to(&me.vault_id, &id, name, public, &key).map(|s| (name.clone(), s))
             })
             .collect();
         let epoch = Self {
@@ -306,9 +306,19 @@ impl Epoch {
 
     /// This epoch's key, if it is sealed to `me` (and is the key the record commits to).
     pub fn open(&self, me: &Identity<'_>) -> Option<Zeroizing<[u8; 32]>> {
-        let peer = me.peer();
-        let sealed = self.sealed.get(&peer.to_string())?;
-        let key = open_sealed(&me.vault_id, &self.id, &peer, me.exchange, sealed)?;
+        self.open_as(&me.vault_id, &me.peer().to_string(), me.exchange)
+    }
+
+    /// This epoch's key, if it is sealed to the recipient `name` (a PeerId, or a
+    /// kit's `kit:ID`) whose exchange seed is `exchange`.
+    pub fn open_as(
+        &self,
+        vault_id: &[u8; 16],
+        name: &str,
+        exchange: &[u8; 32],
+    ) -> Option<Zeroizing<[u8; 32]>> {
+        let sealed = self.sealed.get(name)?;
+        let key = open_sealed(vault_id, &self.id, name, exchange, sealed)?;
         (commitment_of(&key) == self.commitment).then_some(key)
     }
 
@@ -377,13 +387,18 @@ pub struct Member {
     pub exchange: Option<[u8; 32]>,
 }
 
-/// What one device knows: the epochs it has, the members and the removed devices.
+/// What one device knows: the epochs it has, the members, the removed devices and the
+/// vault's recovery kit.
 #[derive(Debug, Clone, Default)]
 pub struct View {
     pub epochs: Vec<Epoch>,
     pub members: Vec<Member>,
     /// Devices that were members and are not any more.
     pub removed: Vec<PeerId>,
+    /// The current recovery kit, if one was made: epoch keys are sealed to it too.
+    pub kit: Option<crate::recovery::KitPublic>,
+    /// Kits it replaced, as the names epoch keys were sealed to them under.
+    pub replaced_kits: Vec<String>,
 }
 
 impl View {
@@ -404,21 +419,33 @@ impl View {
         current_of(&self.valid(vault_id))
     }
 
-    fn sealable(&self) -> Vec<(PeerId, [u8; 32])> {
-        self.members
+    /// Who epoch keys are sealed to: each member with an exchange key, and the kit.
+    fn sealable(&self) -> Vec<(String, [u8; 32])> {
+        let mut out: Vec<(String, [u8; 32])> = self
+            .members
             .iter()
-            .filter_map(|m| Some((m.peer, m.exchange?)))
-            .collect()
+            .filter_map(|m| Some((m.peer.to_string(), m.exchange?)))
+            .collect();
+        if let Some(kit) = &self.kit {
+            out.push((kit.recipient(), kit.exchange));
+        }
+        out
     }
 
-    /// Whether a device that is not a member could hold the current epoch's key.
+    /// Whether the current epoch's key could be held by someone it should not be: a
+    /// removed device, or a kit that was replaced. Epoch 0 once any device was removed,
+    /// or once there is a kit (it has no epoch key to open). A name this device does
+    /// not know yet (a device paired, or a kit made, on another device, whose record
+    /// has not arrived) is no reason: it is known soon, as a member or not.
     pub fn needs_rotation(&self, vault_id: &[u8; 16]) -> bool {
         match self.current(vault_id) {
-            None => !self.removed.is_empty(),
-            Some(current) => current
-                .sealed
-                .keys()
-                .any(|peer| !peer.parse().is_ok_and(|p| self.is_member(&p))),
+            None => !self.removed.is_empty() || self.kit.is_some(),
+            Some(current) => current.sealed.keys().any(|name| {
+                self.replaced_kits.contains(name)
+                    || name
+                        .parse::<PeerId>()
+                        .is_ok_and(|p| self.removed.contains(&p))
+            }),
         }
     }
 }
@@ -479,7 +506,7 @@ pub fn plan(view: &View, me: &Identity<'_>, rotation: Rotation, now: u64) -> Vec
         }
         let missing: Vec<_> = sealable
             .iter()
-            .filter(|(peer, _)| !epoch.sealed.contains_key(&peer.to_string()))
+            .filter(|(name, _)| !epoch.sealed.contains_key(name))
             .collect();
         if missing.is_empty() {
             continue;
@@ -487,11 +514,11 @@ pub fn plan(view: &View, me: &Identity<'_>, rotation: Rotation, now: u64) -> Vec
         let Some(key) = epoch.open(me) else {
             continue;
         };
-        for (peer, public) in missing {
-            if let Some(sealed) = seal_to(&me.vault_id, &epoch.id, peer, public, &key) {
+        for (name, public) in missing {
+            if let Some(sealed) = seal_to(&me.vault_id, &epoch.id, name, public, &key) {
                 writes.push(Write::Seal {
                     epoch: epoch.id.clone(),
-                    peer: peer.to_string(),
+                    peer: name.clone(),
                     sealed,
                 });
             }
@@ -667,8 +694,12 @@ pub fn view_of(collections: &Collections) -> Result<View, CollectionError> {
             epoch
         })
         .collect();
+    let kits = crate::recovery::all(collections)?;
+    let kit = kits.first().cloned();
     let mut view = View {
         epochs,
+        replaced_kits: kits.iter().skip(1).map(|k| k.recipient()).collect(),
+        kit,
         ..View::default()
     };
     for device in crate::devices::devices(collections)? {

@@ -445,9 +445,21 @@ fn init_with_device(
 
 /// A key file holding `plain`, wrapped by `passphrase` (Argon2id) if there is one.
 fn protect(plain: &[u8], passphrase: Option<&Passphrase>) -> Result<KeyFile, KeysError> {
-    let Some(passphrase) = passphrase else {
-        return Ok(KeyFile::new(Protection::None, plain));
-    };
+    match passphrase {
+        None => Ok(KeyFile::new(Protection::None, plain)),
+        Some(passphrase) => wrap_with_passphrase(plain, passphrase, SECRETS_DOMAIN, SECRETS_KEY),
+    }
+}
+
+/// `plain` sealed under the key Argon2id derives from `passphrase` (a new salt, the key
+/// file's parameters), bound to `(domain, key)`: the key file's wrapping, also used by
+/// a recovery kit with a passphrase.
+pub fn wrap_with_passphrase(
+    plain: &[u8],
+    passphrase: &Passphrase,
+    domain: &[u8],
+    key: &[u8],
+) -> Result<KeyFile, KeysError> {
     let mut rng = rand::rngs::OsRng;
     let mut salt = [0u8; 16];
     rng.fill_bytes(&mut salt);
@@ -460,8 +472,37 @@ fn protect(plain: &[u8], passphrase: Option<&Passphrase>) -> Result<KeyFile, Key
     let kek = derive_kek(passphrase, &params)?;
     let mut nonce = [0u8; 24];
     rng.fill_bytes(&mut nonce);
-    let sealed = kek.seal(Binding::new(SECRETS_DOMAIN, SECRETS_KEY), plain, nonce);
+    let sealed = kek.seal(Binding::new(domain, key), plain, nonce);
     Ok(KeyFile::new(Protection::Argon2id(params), &sealed))
+}
+
+/// Opens what [`wrap_with_passphrase`] sealed (a file without protection holds it
+/// plain).
+pub fn unwrap_with_passphrase(
+    file: &KeyFile,
+    passphrase: &Passphrase,
+    domain: &[u8],
+    key: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, KeysError> {
+    if let Protection::Argon2id(params) = &file.protection {
+        // Bounds the cost a file can ask for before any work is done.
+        KeyFile::parse(&file.to_json()).map_err(|source| KeysError::KeyFile {
+            path: "kit".into(),
+            source,
+        })?;
+        let stored = file.secrets_bytes().map_err(|source| KeysError::KeyFile {
+            path: "kit".into(),
+            source,
+        })?;
+        let kek = derive_kek(passphrase, params)?;
+        return kek
+            .open(Binding::new(domain, key), &stored)
+            .map_err(|_| KeysError::WrongPassphrase);
+    }
+    file.secrets_bytes().map_err(|source| KeysError::KeyFile {
+        path: "kit".into(),
+        source,
+    })
 }
 
 /// Sets, changes or removes (`new` = `None`) the passphrase of the vault in `home`.

@@ -30,6 +30,7 @@ pub mod keys;
 pub mod memory;
 pub mod recordmerge;
 pub mod records;
+pub mod recovery;
 pub mod store;
 pub mod textmerge;
 

@@ -382,6 +382,8 @@ mod tests {
                 exchange: Some(vault.keys.exchange_public()),
             }],
             removed: vec![x.peer_id()],
+            kit: None,
+            replaced_kits: Vec::new(),
         };
         let writes = epochs::plan(&view, &me, epochs::Rotation::IfNeeded, now());
         epochs::apply(&mut view, &writes);

@@ -111,6 +111,33 @@ pub(super) async fn rotate_keys(State(vault): State<AppState>) -> Result<Json<Ke
     Ok(Json(crate::keeper::keys_info(&vault, true).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/recovery",
+    tag = "owner",
+    summary = "The vault's recovery kit (its id) and the epochs sealed to it",
+    responses((status = 200, description = "ok", body = KitInfo), (status = "default", response = Failure))
+)]
+pub(super) async fn recovery_kit(State(vault): State<AppState>) -> Result<Json<KitInfo>, ApiError> {
+    Ok(Json(crate::keeper::kit_info(&vault).await?))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/recovery",
+    tag = "owner",
+    summary = "Make a new recovery kit the vault's (its public keys; the secret stays with the person)",
+    request_body = KitRequest,
+    responses((status = 200, description = "ok", body = KitInfo), (status = "default", response = Failure))
+)]
+pub(super) async fn set_recovery_kit(
+    State(vault): State<AppState>,
+    body: Body,
+) -> Result<Json<KitInfo>, ApiError> {
+    let request: KitRequest = read_typed_body(&vault, body).await?;
+    Ok(Json(crate::keeper::set_kit(&vault, request).await?))
+}
+
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RenameRequest {

@@ -47,6 +47,8 @@ fn view(members: &[&Device], removed: &[&Device]) -> View {
         epochs: Vec::new(),
         members: members.iter().map(|d| d.member()).collect(),
         removed: removed.iter().map(|d| d.peer()).collect(),
+        kit: None,
+        replaced_kits: Vec::new(),
     }
 }
 
@@ -76,8 +78,26 @@ fn an_epoch_is_signed_sealed_to_its_members_only_and_reads_back() {
     assert!(epoch.open(&x.identity()).is_none(), "never to x");
     // x's exchange key does not open the entries sealed to the others either.
     for sealed in epoch.sealed.values() {
-        assert!(open_sealed(&VAULT, &epoch.id, &x.peer(), &x.exchange, sealed).is_none());
-        assert!(open_sealed(&VAULT, &epoch.id, &a.peer(), &x.exchange, sealed).is_none());
+        assert!(
+            open_sealed(
+                &VAULT,
+                &epoch.id,
+                &x.peer().to_string(),
+                &x.exchange,
+                sealed
+            )
+            .is_none()
+        );
+        assert!(
+            open_sealed(
+                &VAULT,
+                &epoch.id,
+                &a.peer().to_string(),
+                &x.exchange,
+                sealed
+            )
+            .is_none()
+        );
     }
     // The token key is the one the epoch key derives.
     assert_eq!(epoch.signing_key, ed25519_public(&grant_seed(&key_a)));
@@ -115,7 +135,7 @@ fn a_changed_record_or_a_wrong_entry_is_refused() {
     let public = exchange_public(&a.exchange);
     wrong.sealed.insert(
         a.peer().to_string(),
-        seal_to(&VAULT, &epoch.id, &a.peer(), &public, &other).unwrap(),
+        seal_to(&VAULT, &epoch.id, &a.peer().to_string(), &public, &other).unwrap(),
     );
     assert!(wrong.open(&a.identity()).is_none());
     // An entry moved to another epoch's record or another device does not open.
@@ -180,6 +200,8 @@ struct Known {
     epochs: BTreeMap<String, Epoch>,
     /// PeerId → (exchange key, removed).
     devices: BTreeMap<PeerId, (Option<[u8; 32]>, bool)>,
+    /// Every recovery kit made, by (made at, id): the newest counts.
+    kits: BTreeMap<String, (u64, crate::recovery::KitPublic)>,
 }
 
 impl Known {
@@ -201,7 +223,20 @@ impl Known {
                 .filter(|(_, (_, removed))| *removed)
                 .map(|(peer, _)| *peer)
                 .collect(),
+            kit: self.kits_newest_first().first().cloned(),
+            replaced_kits: self
+                .kits_newest_first()
+                .iter()
+                .skip(1)
+                .map(crate::recovery::KitPublic::recipient)
+                .collect(),
         }
+    }
+
+    fn kits_newest_first(&self) -> Vec<crate::recovery::KitPublic> {
+        let mut kits: Vec<_> = self.kits.values().cloned().collect();
+        kits.sort_by(|(at_a, a), (at_b, b)| at_b.cmp(at_a).then_with(|| a.id.cmp(&b.id)));
+        kits.into_iter().map(|(_, kit)| kit).collect()
     }
 
     fn is_member(&self, peer: &PeerId) -> bool {
@@ -224,6 +259,9 @@ impl Known {
             let mine = self.devices.entry(*peer).or_insert((None, false));
             mine.0 = mine.0.or(*exchange);
             mine.1 |= removed;
+        }
+        for (id, kit) in &other.kits {
+            self.kits.entry(id.clone()).or_insert_with(|| kit.clone());
         }
     }
 
@@ -251,6 +289,8 @@ enum Op {
     Sync(usize, usize),
     Keep(usize),
     Join(usize),
+    /// A device makes a new recovery kit (the old one stops counting).
+    Kit(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -260,6 +300,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0..5usize, 0..5usize).prop_map(|(a, b)| Op::Sync(a, b)),
         2 => (0..5usize).prop_map(Op::Keep),
         1 => (0..5usize).prop_map(Op::Join),
+        1 => (0..5usize).prop_map(Op::Kit),
     ]
 }
 
@@ -287,6 +328,7 @@ proptest! {
         // Devices 0 to 2 start paired; 3 and 4 join when an op says so.
         let mut known = vec![Known::default(); 5];
         let mut joined = [true, true, true, false, false];
+        let mut kits: Vec<crate::recovery::RecoverySecret> = Vec::new();
         for k in known.iter_mut().take(3) {
             for d in 0..3 {
                 k.devices.insert(peers[d], (Some(exchange_public(&devices[d].exchange)), false));
@@ -304,6 +346,13 @@ proptest! {
                     known[d].keep(&devices[d], false, now);
                 }
                 Op::Sync(a, b) if joined[a] && joined[b] => sync(&mut known, a, b, &peers),
+                Op::Kit(d) if joined[d] && known[d].is_member(&peers[d]) => {
+                    let secret = crate::recovery::RecoverySecret::generate();
+                    let kit = secret.public();
+                    known[d].kits.insert(kit.id.clone(), (now, kit));
+                    kits.push(secret);
+                    known[d].keep(&devices[d], false, now);
+                }
                 Op::Join(d) if joined[d] && known[d].is_member(&peers[d]) => {
                     if let Some(new) = (0..5).find(|&i| !joined[i]) {
                         joined[new] = true;
@@ -377,9 +426,25 @@ proptest! {
                 prop_assert!(epoch.open(&devices[d].identity()).is_some(), "device {} lacks epoch {}", d, epoch.n);
             }
         }
-        let sealable: BTreeSet<String> = first.sealable().iter().map(|(p, _)| p.to_string()).collect();
+        let sealable: BTreeSet<String> = first.sealable().iter().map(|(p, _)| p.clone()).collect();
+        // The vault's kit opens every epoch; a kit it replaced opens no later one.
+        for secret in &kits {
+            let kit = secret.public();
+            let seed = secret.exchange_seed();
+            let opens = |e: &Epoch| e.open_as(&VAULT, &kit.recipient(), &seed).is_some();
+            if first.kit.as_ref() == Some(&kit) {
+                for epoch in first.valid(&VAULT) {
+                    prop_assert!(opens(epoch), "the kit lacks epoch {}", epoch.n);
+                }
+            } else if let Some(current) = first.current(&VAULT) {
+                prop_assert!(!opens(current), "a replaced kit opens the current epoch");
+            }
+        }
         match &current {
-            None => prop_assert!(first.removed.is_empty(), "a device was removed and epoch 0 is still current"),
+            None => prop_assert!(
+                first.removed.is_empty() && first.kit.is_none(),
+                "a device was removed or a kit made, and epoch 0 is still current"
+            ),
             Some(current) => {
                 let sealed_to: BTreeSet<String> = current.sealed.keys().cloned().collect();
                 prop_assert_eq!(&sealed_to, &sealable);

@@ -1,0 +1,147 @@
+//! `hearth recovery-kit`: the secret that opens every key of the vault, made here (in
+//! the CLI, never on the node), shown once, and registered with the node by its public
+//! keys (`POST /v1/recovery`).
+
+use std::path::PathBuf;
+
+use hearth_node::recovery::RecoverySecret;
+use hearth_protocol::api::{KitInfo, KitRequest, StatusResponse};
+use zeroize::Zeroizing;
+
+use super::*;
+
+/// "K-of-N" → (K, N).
+fn parse_shares(text: &str) -> anyhow::Result<(u8, u8)> {
+    let parsed = text
+        .split_once("-of-")
+        .and_then(|(k, n)| Some((k.trim().parse::<u8>().ok()?, n.trim().parse::<u8>().ok()?)));
+    match parsed {
+        Some((k, n)) if (2..=n).contains(&k) && n <= 16 => Ok((k, n)),
+        _ => bail!("--shares takes K-of-N with 2 <= K <= N <= 16, such as 2-of-3 (got {text:?})"),
+    }
+}
+
+pub(super) async fn make(
+    home: &Home,
+    json: bool,
+    client: &Client,
+    output: Option<PathBuf>,
+    force: bool,
+    shares: Option<String>,
+    passphrase_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let split = shares.as_deref().map(parse_shares).transpose()?;
+    let passphrase = passphrase_file
+        .as_deref()
+        .map(Passphrase::from_file)
+        .transpose()?;
+    if let Some(path) = &output
+        && path.exists()
+        && !force
+    {
+        bail!("{} exists; give --force to replace it", path.display());
+    }
+    let status: StatusResponse = client
+        .json(home, client.request(Method::GET, "/v1/status"))
+        .await?;
+    let secret = RecoverySecret::generate();
+    let kit = secret.public();
+    // Everything that can fail before the node counts the kit does: the file is
+    // written first, so a kit the node seals to always exists somewhere.
+    let shares = split
+        .map(|(k, n)| secret.split(k, n))
+        .transpose()?
+        .unwrap_or_default();
+    let mut written = None;
+    if let Some(path) = &output {
+        let file = secret.to_file(
+            &status.vault_id,
+            hearth_node::clock::now_unix(),
+            passphrase.as_ref(),
+        )?;
+        hearth_node::home::write_file_atomic(path, &file, 0o600)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        let svg_path = PathBuf::from(format!("{}.svg", path.display()));
+        let qr = qrcode::QrCode::new(&file[..])
+            .context("the kit does not fit a QR code")?
+            .render::<qrcode::render::svg::Color<'_>>()
+            .min_dimensions(600, 600)
+            .build();
+        hearth_node::home::write_file_atomic(&svg_path, qr.as_bytes(), 0o600)
+            .with_context(|| format!("cannot write {}", svg_path.display()))?;
+        written = Some((path.clone(), svg_path));
+    }
+    let request = KitRequest {
+        kit: kit.id.clone(),
+        exchange: data_encoding::BASE64.encode(&kit.exchange),
+        owner: data_encoding::BASE64.encode(&kit.owner),
+        handle: data_encoding::HEXLOWER.encode(&kit.handle),
+    };
+    let info: KitInfo = client
+        .json(
+            home,
+            client.request(Method::POST, "/v1/recovery").json(&request),
+        )
+        .await?;
+    let words = (shares.is_empty() && passphrase.is_none()).then(|| secret.words());
+    let share_texts: Vec<Zeroizing<String>> = shares.iter().map(|s| s.to_text()).collect();
+    if json {
+        let mut out = serde_json::json!({
+            "kit": kit.id,
+            "epoch": info.epoch,
+            "epochs_sealed": info.epochs_sealed,
+        });
+        if let Some(words) = &words {
+            out["words"] = Value::String(words.to_string());
+        }
+        if !share_texts.is_empty() {
+            out["shares"] = share_texts
+                .iter()
+                .map(|s| Value::String(s.to_string()))
+                .collect();
+        }
+        if let Some((file, svg)) = &written {
+            out["file"] = Value::String(file.display().to_string());
+            out["qr"] = Value::String(svg.display().to_string());
+        }
+        return out_json(&out);
+    }
+    out(format!(
+        "recovery kit {} (epoch {}: every epoch key of the vault is sealed to it)",
+        kit.id, info.epoch
+    ))?;
+    if let Some(words) = &words {
+        out(String::new())?;
+        for (i, line) in words.split(' ').collect::<Vec<_>>().chunks(6).enumerate() {
+            out(format!("  {:>2}. {}", i * 6 + 1, line.join(" ")))?;
+        }
+        out(String::new())?;
+    }
+    for share in &share_texts {
+        out(share.to_string())?;
+    }
+    if let Some((file, svg)) = &written {
+        note(format!(
+            "Written to {} and, as a QR code to print, {}{}.",
+            file.display(),
+            svg.display(),
+            if passphrase.is_some() {
+                " (sealed under the passphrase: keep both, apart)"
+            } else {
+                ""
+            }
+        ));
+    }
+    note(
+        "Write it down or print it, and keep it away from this computer: whoever holds it opens every key of the vault. It is shown only now. A new kit replaces this one for everything made afterwards.",
+    );
+    if !share_texts.is_empty() {
+        note(
+            "Give each share to a different person or place: any two bring the kit back; one alone reveals nothing.",
+        );
+    }
+    note(
+        "The kit brings the vault back together with a backup host, which is not built yet: until then, keep copies made with `hearth export --all` as well.",
+    );
+    Ok(())
+}
