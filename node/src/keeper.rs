@@ -58,7 +58,7 @@ pub async fn keys_info(vault: &Arc<Vault>, rotate: bool) -> Result<KeysInfo, Err
         false
     };
     blocking(vault, move |v| {
-        let view = epochs::view_of(&v.collections)?;
+        let view = epochs::view_of(&v.collections, v.keys.vault_id)?;
         let summary = v.keys.epochs.summary();
         let current = view.current(&v.keys.vault_id).cloned();
         let sealed_to = match &current {
@@ -133,7 +133,7 @@ pub async fn set_kit(vault: &Arc<Vault>, request: KitRequest) -> Result<KitInfo,
 /// `GET /v1/recovery`.
 pub async fn kit_info(vault: &Arc<Vault>) -> Result<KitInfo, Error> {
     blocking(vault, move |v| {
-        let view = epochs::view_of(&v.collections)?;
+        let view = epochs::view_of(&v.collections, v.keys.vault_id)?;
         let kit = crate::recovery::current(&v.collections)?;
         let valid = view.valid(&v.keys.vault_id);
         let epochs_sealed = match &kit {

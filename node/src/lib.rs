@@ -381,6 +381,8 @@ impl Node {
             collections::actor_for(&peer_id),
         )?);
         collections.set_cache_budget(config.limits.cache_bytes);
+        // What is written from here on is sealed under the newest epoch key held.
+        epochs::hold_known(&collections, &store, &keys)?;
         // A vault of a Hearth from before parts: its collections split, once.
         if !collections
             .split_old()
@@ -390,7 +392,7 @@ impl Node {
             store.commit().await?;
         }
         if devices::add(&collections, &peer_id, &devices::default_device_name())?
-            | devices::set_exchange(&collections, &peer_id, &keys.exchange_public())?
+            | devices::set_exchange(&collections, &keys)?
         {
             store.commit().await?;
         }

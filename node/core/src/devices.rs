@@ -57,40 +57,95 @@ pub struct Device {
     /// The public half of its exchange key, base64 (see [`crate::epochs`]).
     #[serde(default)]
     pub exchange: Option<String>,
+    /// The device's own signature over it (base64): no other device can publish an
+    /// exchange key in its name.
+    #[serde(default)]
+    pub exchange_sig: Option<String>,
+}
+
+const EXCHANGE_DOMAIN: &[u8] = b"hearth 2026-12 exchange key v1\0";
+
+fn exchange_message(vault_id: &[u8; 16], peer: &str, public: &[u8; 32]) -> Vec<u8> {
+    let mut out = EXCHANGE_DOMAIN.to_vec();
+    out.extend_from_slice(vault_id);
+    out.extend_from_slice(peer.as_bytes());
+    out.push(0);
+    out.extend_from_slice(public);
+    out
+}
+
+#[cfg(test)]
+pub(crate) fn exchange_message_for_test(
+    vault_id: &[u8; 16],
+    peer: &str,
+    public: &[u8; 32],
+) -> Vec<u8> {
+    exchange_message(vault_id, peer, public)
+}
+
+/// The public key a PeerId holds (an Ed25519 PeerId is its key, inlined).
+pub fn public_key_of(peer: &PeerId) -> Option<libp2p_identity::PublicKey> {
+    let bytes = peer.to_bytes();
+    // An identity multihash: code 0, then the length, then the protobuf-encoded key.
+    if bytes.len() < 2 || bytes[0] != 0 || usize::from(bytes[1]) != bytes.len() - 2 {
+        return None;
+    }
+    libp2p_identity::PublicKey::try_decode_protobuf(&bytes[2..]).ok()
 }
 
 impl Device {
-    /// Its exchange key's public half, if it published a well-formed one.
-    pub fn exchange_key(&self) -> Option<[u8; 32]> {
-        data_encoding::BASE64
+    /// Its exchange key's public half, if it published a well-formed one signed by its
+    /// own device key for this vault.
+    pub fn exchange_key(&self, vault_id: &[u8; 16]) -> Option<[u8; 32]> {
+        let public: [u8; 32] = data_encoding::BASE64
             .decode(self.exchange.as_deref()?.as_bytes())
             .ok()?
             .try_into()
-            .ok()
+            .ok()?;
+        let signature = data_encoding::BASE64
+            .decode(self.exchange_sig.as_deref()?.as_bytes())
+            .ok()?;
+        let key = public_key_of(&self.id.parse().ok()?)?;
+        key.verify(&exchange_message(vault_id, &self.id, &public), &signature)
+            .then_some(public)
     }
 }
 
-/// Publishes this device's exchange key in its record, unless it is there already.
-/// Returns whether anything changed (then the store must commit).
+/// Publishes this device's exchange key in its record, signed by its device key,
+/// unless it is there already. Returns whether anything changed (then the store must
+/// commit).
 pub fn set_exchange(
     collections: &Collections,
-    me: &PeerId,
-    public: &[u8; 32],
+    keys: &crate::keys::VaultKeys,
 ) -> Result<bool, CollectionError> {
-    let id = record_id(me);
-    let wanted = data_encoding::BASE64.encode(public);
-    match collections.get(&collection(), &id)? {
-        Some(record) if record.get("exchange").and_then(Value::as_str) == Some(&wanted) => {
-            Ok(false)
-        }
-        Some(_) => {
-            let mut patch = Map::new();
-            patch.insert("exchange".into(), Value::String(wanted));
-            collections.patch(&collection(), &id, &patch)?;
-            Ok(true)
-        }
-        None => Ok(false),
+    let me = keys.peer_id();
+    let id = record_id(&me);
+    let public = keys.exchange_public();
+    let Some(mut record) = collections.get(&collection(), &id)? else {
+        return Ok(false);
+    };
+    if let Some(fields) = record.as_object_mut() {
+        fields.insert("id".into(), Value::String(me.to_string()));
     }
+    let published: Option<Device> = serde_json::from_value(record).ok();
+    if published.is_some_and(|d| d.exchange_key(&keys.vault_id) == Some(public)) {
+        return Ok(false);
+    }
+    let signature = keys
+        .device
+        .sign(&exchange_message(&keys.vault_id, &me.to_string(), &public))
+        .expect("an Ed25519 key signs anything");
+    let mut patch = Map::new();
+    patch.insert(
+        "exchange".into(),
+        Value::String(data_encoding::BASE64.encode(&public)),
+    );
+    patch.insert(
+        "exchange_sig".into(),
+        Value::String(data_encoding::BASE64.encode(&signature)),
+    );
+    collections.patch(&collection(), &id, &patch)?;
+    Ok(true)
 }
 
 /// Each device's name by its tag (hex of [`crate::collections::device_tag`]), which

@@ -102,34 +102,52 @@ pub struct Epoch {
     /// The Ed25519 public key that verifies this epoch's tokens.
     pub signing_key: [u8; 32],
     commitment: [u8; 32],
+    /// Who must never be given this epoch's key (signed): the devices removed and the
+    /// kits replaced when it was made. A device that tops up another never seals to
+    /// these, even before it learns of the removal itself.
+    pub excluded: Vec<String>,
     signature: Vec<u8>,
-    /// The epoch key sealed to each device, by PeerId.
+    /// The epoch key sealed to each device (by PeerId) and to the kit (`kit:ID`):
+    /// [`PUBLIC_TAG_LEN`] bytes naming the exchange key it was sealed to, then the
+    /// HPKE encapsulated key, ciphertext and tag.
     pub sealed: BTreeMap<String, Vec<u8>>,
 }
 
-/// The signed part of an epoch record.
-fn signed_bytes(
-    vault_id: &[u8; 16],
-    n: u32,
-    prev: &str,
-    made_by: &PeerId,
-    made_at: u64,
-    signing_key: &[u8; 32],
-    commitment: &[u8; 32],
-) -> Vec<u8> {
-    let made_by = made_by.to_string();
-    let mut out = Vec::with_capacity(SIGNED_DOMAIN.len() + 200);
-    out.extend_from_slice(SIGNED_DOMAIN);
-    out.extend_from_slice(vault_id);
-    out.extend_from_slice(&n.to_be_bytes());
-    for text in [prev, made_by.as_str()] {
-        out.extend_from_slice(&(text.len() as u32).to_be_bytes());
-        out.extend_from_slice(text.as_bytes());
+/// Bytes at the start of a sealed entry that name the exchange key it was sealed to
+/// (the first 8 of BLAKE3 over it): an entry sealed to a key its holder no longer
+/// publishes is sealed again.
+pub const PUBLIC_TAG_LEN: usize = 8;
+
+fn public_tag(public: &[u8; 32]) -> [u8; PUBLIC_TAG_LEN] {
+    blake3::hash(public).as_bytes()[..PUBLIC_TAG_LEN]
+        .try_into()
+        .expect("8 bytes")
+}
+
+impl Epoch {
+    /// The signed part of the record (docs/FORMATS.md, "Epochs").
+    fn signed_part(&self, vault_id: &[u8; 16]) -> Vec<u8> {
+        let made_by = self.made_by.to_string();
+        let mut out = Vec::with_capacity(SIGNED_DOMAIN.len() + 256);
+        out.extend_from_slice(SIGNED_DOMAIN);
+        out.extend_from_slice(vault_id);
+        out.extend_from_slice(&self.n.to_be_bytes());
+        let mut text = |t: &str| {
+            out.extend_from_slice(&(t.len() as u32).to_be_bytes());
+            out.extend_from_slice(t.as_bytes());
+        };
+        text(&self.prev);
+        text(&made_by);
+        out.extend_from_slice(&self.made_at.to_be_bytes());
+        out.extend_from_slice(&self.signing_key);
+        out.extend_from_slice(&self.commitment);
+        out.extend_from_slice(&(self.excluded.len() as u32).to_be_bytes());
+        for name in &self.excluded {
+            out.extend_from_slice(&(name.len() as u32).to_be_bytes());
+            out.extend_from_slice(name.as_bytes());
+        }
+        out
     }
-    out.extend_from_slice(&made_at.to_be_bytes());
-    out.extend_from_slice(signing_key);
-    out.extend_from_slice(commitment);
-    out
 }
 
 fn id_of(signed: &[u8]) -> String {
@@ -181,7 +199,8 @@ pub fn seal_info(vault_id: &[u8; 16], epoch: &str, recipient: &str) -> Vec<u8> {
 }
 
 /// `key` sealed to the holder of the exchange key whose public half is `recipient`:
-/// the encapsulated key, then the ciphertext and tag.
+/// the recipient key's tag ([`PUBLIC_TAG_LEN`]), the encapsulated key, then the
+/// ciphertext and tag.
 pub fn seal_to(
     vault_id: &[u8; 16],
     epoch: &str,
@@ -199,7 +218,8 @@ pub fn seal_to(
         b"",
     )
     .ok()?;
-    let mut out = encapped.to_bytes().to_vec();
+    let mut out = public_tag(recipient).to_vec();
+    out.extend_from_slice(&encapped.to_bytes());
     out.extend_from_slice(&ciphertext);
     Some(out)
 }
@@ -212,9 +232,10 @@ pub fn open_sealed(
     exchange: &[u8; 32],
     sealed: &[u8],
 ) -> Option<Zeroizing<[u8; 32]>> {
-    if sealed.len() != SEALED_LEN {
+    if sealed.len() != PUBLIC_TAG_LEN + SEALED_LEN {
         return None;
     }
+    let sealed = &sealed[PUBLIC_TAG_LEN..];
     let (private, _) = Kem::derive_keypair(exchange);
     let encapped = <Kem as hpke::Kem>::EncappedKey::from_bytes(&sealed[..32]).ok()?;
     let info = seal_info(vault_id, epoch, recipient_name);
@@ -235,53 +256,48 @@ pub fn open_sealed(
 
 impl Epoch {
     /// A new epoch after `prev` (`None`: after epoch 0), made by `me`, its key sealed
-    /// to each of `to` (recipient name, exchange public key). Returns it and its key.
+    /// to each of `to` (recipient name, exchange public key) and never to `excluded`.
+    /// Returns it and its key; `None` after epoch `u32::MAX`.
     fn make(
         me: &Identity<'_>,
         prev: Option<&Epoch>,
         to: &[(String, [u8; 32])],
+        excluded: Vec<String>,
         made_at: u64,
-    ) -> (Self, Zeroizing<[u8; 32]>) {
+    ) -> Option<(Self, Zeroizing<[u8; 32]>)> {
         let mut key = Zeroizing::new([0u8; 32]);
         rand::rngs::OsRng.fill_bytes(&mut *key);
-        let n = prev.map_or(1, |p| p.n + 1);
-        let prev = prev.map(|p| p.id.clone()).unwrap_or_default();
-        let signing_key = ed25519_public(&grant_seed(&key));
-        let commitment = commitment_of(&key);
-        let made_by = me.peer();
-        let signed = signed_bytes(
-            &me.vault_id,
+        let n = match prev {
+            Some(p) => p.n.checked_add(1)?,
+            None => 1,
+        };
+        let mut epoch = Self {
+            id: String::new(),
             n,
-            &prev,
-            &made_by,
+            prev: prev.map(|p| p.id.clone()).unwrap_or_default(),
+            made_by: me.peer(),
+            made_by_key: me.device.public().encode_protobuf(),
             made_at,
-            &signing_key,
-            &commitment,
-        );
-        let signature = me
+            signing_key: ed25519_public(&grant_seed(&key)),
+            commitment: commitment_of(&key),
+            excluded,
+            signature: Vec::new(),
+            sealed: BTreeMap::new(),
+        };
+        let signed = epoch.signed_part(&me.vault_id);
+        epoch.signature = me
             .device
             .sign(&signed)
             .expect("an Ed25519 key signs anything");
-        let id = id_of(&signed);
-        let sealed = to
+        epoch.id = id_of(&signed);
+        epoch.sealed = to
             .iter()
+            .filter(|(name, _)| !epoch.excluded.contains(name))
             .filter_map(|(name, public)| {
-                seal_to(&me.vault_id, &id, name, public, &key).map(|s| (name.clone(), s))
+                seal_to(&me.vault_id, &epoch.id, name, public, &key).map(|s| (name.clone(), s))
             })
             .collect();
-        let epoch = Self {
-            id,
-            n,
-            prev,
-            made_by,
-            made_by_key: me.device.public().encode_protobuf(),
-            made_at,
-            signing_key,
-            commitment,
-            signature,
-            sealed,
-        };
-        (epoch, key)
+        Some((epoch, key))
     }
 
     /// Whether the record is whole and signed by the device it names, for this vault.
@@ -292,15 +308,7 @@ impl Epoch {
         if key.to_peer_id() != self.made_by {
             return false;
         }
-        let signed = signed_bytes(
-            vault_id,
-            self.n,
-            &self.prev,
-            &self.made_by,
-            self.made_at,
-            &self.signing_key,
-            &self.commitment,
-        );
+        let signed = self.signed_part(vault_id);
         self.n >= 1 && id_of(&signed) == self.id && key.verify(&signed, &self.signature)
     }
 
@@ -336,6 +344,7 @@ impl Epoch {
             "made_at": self.made_at,
             "signing_key": HEXLOWER.encode(&self.signing_key),
             "commitment": HEXLOWER.encode(&self.commitment),
+            "excluded": self.excluded,
             "signature": BASE64.encode(&self.signature),
             "sealed": sealed,
         }) {
@@ -373,6 +382,12 @@ impl Epoch {
             made_at: record.get("made_at")?.as_u64()?,
             signing_key: hex32("signing_key")?,
             commitment: hex32("commitment")?,
+            excluded: record
+                .get("excluded")?
+                .as_array()?
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<_>>()?,
             signature: b64(text("signature")?)?,
             sealed,
         })
@@ -504,9 +519,16 @@ pub fn plan(view: &View, me: &Identity<'_>, rotation: Rotation, now: u64) -> Vec
         if new_epoch && current.is_some_and(|c| c.id == epoch.id) {
             continue;
         }
+        // Missing, or sealed to an exchange key its holder no longer publishes; never
+        // to a name the epoch excludes.
         let missing: Vec<_> = sealable
             .iter()
-            .filter(|(name, _)| !epoch.sealed.contains_key(name))
+            .filter(|(name, public)| {
+                !epoch.excluded.contains(name)
+                    && epoch.sealed.get(name).is_none_or(|sealed| {
+                        sealed.get(..PUBLIC_TAG_LEN) != Some(&public_tag(public)[..])
+                    })
+            })
             .collect();
         if missing.is_empty() {
             continue;
@@ -525,8 +547,13 @@ pub fn plan(view: &View, me: &Identity<'_>, rotation: Rotation, now: u64) -> Vec
         }
     }
     if new_epoch {
-        let (epoch, _) = Epoch::make(me, current, &sealable, now);
-        writes.push(Write::New(Box::new(epoch)));
+        let mut excluded: Vec<String> = view.removed.iter().map(ToString::to_string).collect();
+        excluded.extend(view.replaced_kits.iter().cloned());
+        excluded.sort();
+        excluded.dedup();
+        if let Some((epoch, _)) = Epoch::make(me, current, &sealable, excluded, now) {
+            writes.push(Write::New(Box::new(epoch)));
+        }
     }
     writes
 }
@@ -547,9 +574,7 @@ pub fn apply(view: &mut View, writes: &[Write]) {
                 sealed,
             } => {
                 if let Some(e) = view.epochs.iter_mut().find(|e| e.id == *epoch) {
-                    e.sealed
-                        .entry(peer.clone())
-                        .or_insert_with(|| sealed.clone());
+                    e.sealed.insert(peer.clone(), sealed.clone());
                 }
             }
         }
@@ -662,8 +687,16 @@ impl Ring {
     /// Sets the ring from a view.
     pub fn refresh(&self, view: &View, me: &Identity<'_>) {
         let valid = view.valid(&me.vault_id);
-        let verifying = valid
+        // Tokens keep verifying under the epoch they were signed in, even once the
+        // device that made it is removed (its epochs no longer count as current): the
+        // grant's binding is what refuses a token it signs.
+        let verifying = view
+            .epochs
             .iter()
+            .filter(|e| {
+                (view.is_member(&e.made_by) || view.removed.contains(&e.made_by))
+                    && e.verifies(&me.vault_id)
+            })
             .map(|e| (key_id(&e.signing_key), e.signing_key))
             .collect();
         let held = valid.iter().filter(|e| e.open(me).is_some()).count();
@@ -682,18 +715,28 @@ impl Ring {
 }
 
 /// What this device knows, read from its collections.
-pub fn view_of(collections: &Collections) -> Result<View, CollectionError> {
-    let epochs = collections
-        .records(&collection())?
-        .iter()
-        .filter_map(|r| {
-            let epoch = Epoch::from_record(r);
-            if epoch.is_none() {
-                tracing::warn!("an epoch record cannot be read; it is set aside");
+pub fn view_of(collections: &Collections, vault_id: [u8; 16]) -> Result<View, CollectionError> {
+    // A record is named by the hash of its signed part; two records claiming one id
+    // (a copy under another key) are one epoch, their sealed entries together.
+    let mut by_id: BTreeMap<String, Epoch> = BTreeMap::new();
+    for record in collections.records(&collection())? {
+        let Some(epoch) = Epoch::from_record(&record) else {
+            tracing::warn!("an epoch record cannot be read; it is set aside");
+            continue;
+        };
+        match by_id.get_mut(&epoch.id) {
+            Some(known) if known.signature == epoch.signature => {
+                for (name, sealed) in epoch.sealed {
+                    known.sealed.entry(name).or_insert(sealed);
+                }
             }
-            epoch
-        })
-        .collect();
+            Some(_) => {}
+            None => {
+                by_id.insert(epoch.id.clone(), epoch);
+            }
+        }
+    }
+    let epochs = by_id.into_values().collect();
     let kits = crate::recovery::all(collections)?;
     let kit = kits.first().cloned();
     let mut view = View {
@@ -711,7 +754,7 @@ pub fn view_of(collections: &Collections) -> Result<View, CollectionError> {
         } else {
             view.members.push(Member {
                 peer,
-                exchange: device.exchange_key(),
+                exchange: device.exchange_key(&vault_id),
             });
         }
     }
@@ -749,7 +792,7 @@ pub fn keep(
     let me = &keys.identity();
     let ring = &keys.epochs;
     let _keeping = ring.keeping.lock().expect("keeping lock");
-    let mut view = view_of(collections)?;
+    let mut view = view_of(collections, keys.vault_id)?;
     // What is written below is sealed under the newest epoch this device holds.
     hold(store, keys, &view)?;
     let writes = plan(&view, me, rotation, crate::clock::now_unix());
@@ -790,6 +833,17 @@ pub fn keep(
     Ok(kept)
 }
 
+/// Gives `keys` the epoch keys this device holds and seals new values at rest under
+/// the newest of them, as `_epochs` says now; writes nothing but the keys it had not
+/// kept yet. For a node's start, before it writes anything else.
+pub fn hold_known(
+    collections: &Collections,
+    store: &Store,
+    keys: &VaultKeys,
+) -> Result<(), CollectionError> {
+    hold(store, keys, &view_of(collections, keys.vault_id)?)
+}
+
 /// Keeps each epoch key this device can open and does not hold yet (sealed under its
 /// own key, in the store) and gives it to `keys`; then seals new values at rest under
 /// the newest epoch it holds.
@@ -805,13 +859,11 @@ fn hold(store: &Store, keys: &VaultKeys, view: &View) -> Result<(), CollectionEr
         }
         if let Some(key) = epoch.open(&me) {
             store.remember_epoch_key(&epoch.id, epoch.n, &key)?;
-            keys.hold_epoch(epoch.n, id, &key);
+            keys.hold_epoch(id, &key);
             held.push(*epoch);
         }
     }
-    if let Some(newest) = current_of(&held) {
-        keys.seal_under_epoch(newest.n, key_id(&newest.signing_key));
-    }
+    keys.seal_under_epoch(current_of(&held).map(|e| (e.n, key_id(&e.signing_key))));
     Ok(())
 }
 

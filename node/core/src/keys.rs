@@ -182,24 +182,20 @@ impl VaultKeys {
             .contains_key(&key_id)
     }
 
-    /// Adds epoch `n`'s key (named by `key_id`) to those values at rest open with; it
-    /// becomes the one new values are sealed under if its epoch is the newest held.
-    pub fn hold_epoch(&self, n: u32, key_id: u32, epoch_key: &[u8; 32]) {
+    /// Adds an epoch's key (named by `key_id`) to those values at rest open with. New
+    /// values are sealed under it only once [`VaultKeys::seal_under_epoch`] says so
+    /// (which epoch is current is for `_epochs` to say, not for what this device kept).
+    pub fn hold_epoch(&self, key_id: u32, epoch_key: &[u8; 32]) {
         let key = SealKey::for_epoch(*crate::epochs::at_rest_key(epoch_key));
         let mut at_rest = self.at_rest.write().expect("at-rest lock");
         at_rest.keys.insert(key_id, Arc::new(key));
-        if at_rest.current.is_none_or(|(current, _)| n > current) {
-            at_rest.current = Some((n, key_id));
-        }
     }
 
-    /// Seals new values under the epoch `key_id` names (it must be held), whatever
-    /// its number: the current epoch, once this device holds it.
-    pub fn seal_under_epoch(&self, n: u32, key_id: u32) {
+    /// Seals new values under the epoch `key_id` names (it must be held): the newest
+    /// valid epoch this device holds; `None`, under the storage key's seal.
+    pub fn seal_under_epoch(&self, epoch: Option<(u32, u32)>) {
         let mut at_rest = self.at_rest.write().expect("at-rest lock");
-        if at_rest.keys.contains_key(&key_id) {
-            at_rest.current = Some((n, key_id));
-        }
+        at_rest.current = epoch.filter(|(_, id)| at_rest.keys.contains_key(id));
     }
 
     /// The key new values are sealed under, and a fresh nonce for it.
@@ -586,20 +582,60 @@ pub fn open(home: &Home, passphrase: Option<&Passphrase>) -> Result<VaultKeys, K
         source,
     })?;
     if blob.exchange_key.is_none() {
-        let mut exchange = Zeroizing::new([0u8; 32]);
-        rand::rngs::OsRng.fill_bytes(&mut *exchange);
-        blob.exchange_key = Some(exchange);
-        let replacement = protect(&blob.encode(), passphrase)?;
-        write_file_atomic(&path, &replacement.to_json(), 0o600).map_err(|source| {
-            KeysError::Io {
-                what: "cannot write key file",
-                path: path.display().to_string(),
-                source,
-            }
-        })?;
-        tracing::info!("gave this device an exchange key (the key file is now version 2)");
+        blob = add_exchange_key(home, passphrase)?;
     }
     VaultKeys::from_blob(&blob, &path)
+}
+
+/// Gives a key file of version 1 an exchange key: under an exclusive lock
+/// (`HOME/keys.lock`), so two starts at once cannot each write one and run on a key the
+/// file no longer holds; the file is read again under the lock, and rewritten with the
+/// protection it had (a passphrase given for a file without one is not added).
+fn add_exchange_key(
+    home: &Home,
+    passphrase: Option<&Passphrase>,
+) -> Result<SecretsBlob, KeysError> {
+    use std::os::fd::AsRawFd;
+    let path = home.keys();
+    let lock_path = home.root().join("keys.lock");
+    let io_err = |what: &'static str, path: &Path| {
+        let path = path.display().to_string();
+        move |source| KeysError::Io { what, path, source }
+    };
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_err("cannot open the key file's lock", &lock_path))?;
+    // SAFETY: flock on a file descriptor this function owns; released when it closes.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io_err("cannot lock the key file", &lock_path)(
+            io::Error::last_os_error(),
+        ));
+    }
+    let file = read_key_file(home)?;
+    let plain = unwrap_secrets(&file, passphrase, &path)?;
+    let mut blob = SecretsBlob::decode(&plain).map_err(|source| KeysError::KeyFile {
+        path: path.display().to_string(),
+        source,
+    })?;
+    if blob.exchange_key.is_some() {
+        return Ok(blob);
+    }
+    let mut exchange = Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(&mut *exchange);
+    blob.exchange_key = Some(exchange);
+    let keep_passphrase = match file.protection {
+        Protection::None => None,
+        Protection::Argon2id(_) => passphrase,
+    };
+    let replacement = protect(&blob.encode(), keep_passphrase)?;
+    write_file_atomic(&path, &replacement.to_json(), 0o600)
+        .map_err(io_err("cannot write key file", &path))?;
+    tracing::info!("gave this device an exchange key (the key file is now version 2)");
+    drop(lock);
+    Ok(blob)
 }
 
 /// Whether the vault in `home` needs a passphrase to open.

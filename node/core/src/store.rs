@@ -904,9 +904,8 @@ fn load_epoch_keys(db: &sled::Db, keys: &VaultKeys) -> Result<(), StoreError> {
             );
             continue;
         };
-        let n = u32::from_be_bytes(plain[..4].try_into().expect("4 bytes"));
         let key: Zeroizing<[u8; 32]> = Zeroizing::new(plain[4..].try_into().expect("32 bytes"));
-        keys.hold_epoch(n, crate::epochs::key_id_of(&key), &key);
+        keys.hold_epoch(crate::epochs::key_id_of(&key), &key);
     }
     Ok(())
 }

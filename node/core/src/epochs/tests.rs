@@ -468,3 +468,113 @@ proptest! {
         }
     }
 }
+
+/// The signature is what makes a record a device's: a record whose id is recomputed
+/// after a change, but whose signature is not its maker's over it, is refused.
+#[test]
+fn a_record_is_refused_unless_its_maker_signed_it() {
+    let (a, b) = (Device::new(), Device::new());
+    let v = view(&[&a, &b], &[]);
+    let writes = plan(&v, &a.identity(), Rotation::Now, 5);
+    let [Write::New(epoch)] = writes.as_slice() else {
+        panic!("one epoch");
+    };
+    assert!(epoch.verifies(&VAULT));
+    // Changed and re-hashed, the old signature kept.
+    let mut changed = (**epoch).clone();
+    changed.made_at += 1;
+    changed.id = id_of(&changed.signed_part(&VAULT));
+    assert!(!changed.verifies(&VAULT));
+    // Changed, re-hashed and signed by another device's key, still naming a.
+    changed.signature = b.keypair.sign(&changed.signed_part(&VAULT)).unwrap();
+    assert!(!changed.verifies(&VAULT));
+    // Signed by a's key, it verifies: the check is the signature, not the id.
+    changed.signature = a.keypair.sign(&changed.signed_part(&VAULT)).unwrap();
+    assert!(changed.verifies(&VAULT));
+    // The excluded list is signed too.
+    let mut widened = (**epoch).clone();
+    widened.excluded.push("someone".into());
+    widened.id = id_of(&widened.signed_part(&VAULT));
+    assert!(!widened.verifies(&VAULT));
+}
+
+/// A device that has not learned of a removal yet never gives the new epoch to the
+/// removed device: the epoch names it as excluded, and top-ups respect that.
+#[test]
+fn a_top_up_never_reaches_a_device_the_epoch_excludes() {
+    let (a, c, x) = (Device::new(), Device::new(), Device::new());
+    // A removed x and rotated.
+    let mut at_a = view(&[&a, &c], &[&x]);
+    let writes = plan(&at_a, &a.identity(), Rotation::IfNeeded, 5);
+    apply(&mut at_a, &writes);
+    let epoch = at_a.current(&VAULT).unwrap().clone();
+    assert_eq!(epoch.excluded, vec![x.peer().to_string()]);
+    // C has the epoch, but still counts x as a member.
+    let mut at_c = view(&[&a, &c, &x], &[]);
+    at_c.epochs.push(epoch.clone());
+    let top_ups = plan(&at_c, &c.identity(), Rotation::IfNeeded, 6);
+    assert!(
+        top_ups
+            .iter()
+            .all(|w| !matches!(w, Write::Seal { peer, .. } if *peer == x.peer().to_string())),
+        "{top_ups:?}"
+    );
+}
+
+/// An entry sealed to an exchange key its holder no longer publishes is sealed again
+/// to the one it does.
+#[test]
+fn an_entry_for_an_old_exchange_key_is_sealed_again() {
+    let (a, mut b) = (Device::new(), Device::new());
+    let mut v = view(&[&a, &b], &[]);
+    let writes = plan(&v, &a.identity(), Rotation::Now, 5);
+    apply(&mut v, &writes);
+    // b's exchange key changes (its key file was made again, say).
+    rand::rngs::OsRng.fill_bytes(&mut b.exchange);
+    v.members = vec![a.member(), b.member()];
+    assert!(v.current(&VAULT).unwrap().open(&b.identity()).is_none());
+    let again = plan(&v, &a.identity(), Rotation::IfNeeded, 6);
+    assert!(
+        matches!(again.as_slice(), [Write::Seal { peer, .. }] if *peer == b.peer().to_string())
+    );
+    apply(&mut v, &again);
+    assert!(v.current(&VAULT).unwrap().open(&b.identity()).is_some());
+    assert!(plan(&v, &a.identity(), Rotation::IfNeeded, 7).is_empty());
+}
+
+/// Only the device itself can publish its exchange key.
+#[test]
+fn an_exchange_key_counts_only_when_its_device_signed_it() {
+    let (b, x) = (Device::new(), Device::new());
+    let public = exchange_public(&x.exchange);
+    let record = |signer: &Keypair| crate::devices::Device {
+        id: b.peer().to_string(),
+        name: String::new(),
+        added_at: 0,
+        removed_at: None,
+        addrs: Vec::new(),
+        exchange: Some(BASE64.encode(&public)),
+        exchange_sig: Some(
+            BASE64.encode(
+                &signer
+                    .sign(&crate::devices::exchange_message_for_test(
+                        &VAULT,
+                        &b.peer().to_string(),
+                        &public,
+                    ))
+                    .unwrap(),
+            ),
+        ),
+    };
+    assert_eq!(
+        record(&x.keypair).exchange_key(&VAULT),
+        None,
+        "x publishing in b's name"
+    );
+    assert_eq!(record(&b.keypair).exchange_key(&VAULT), Some(public));
+    assert_eq!(
+        record(&b.keypair).exchange_key(&[9; 16]),
+        None,
+        "another vault's"
+    );
+}
