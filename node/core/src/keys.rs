@@ -836,6 +836,24 @@ mod tests {
         );
     }
 
+    /// A passphrase given when a version-1 file without one is upgraded (a stale
+    /// HEARTH_PASSPHRASE, say) is not added to it.
+    #[test]
+    fn the_upgrade_keeps_a_file_without_a_passphrase_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        init(&home, None).unwrap();
+        let file = read_key_file(&home).unwrap();
+        let plain = unwrap_secrets(&file, None, &home.keys()).unwrap();
+        let mut old = SecretsBlob::decode(&plain).unwrap();
+        old.exchange_key = None;
+        fs::write(home.keys(), protect(&old.encode(), None).unwrap().to_json()).unwrap();
+        let stale = Passphrase::new("left in the environment".into()).unwrap();
+        open(&home, Some(&stale)).unwrap();
+        assert!(!needs_passphrase(&home));
+        open(&home, None).unwrap();
+    }
+
     #[test]
     fn missing_and_corrupt_key_files() {
         let dir = tempfile::tempdir().unwrap();

@@ -399,6 +399,15 @@ mod tests {
         assert_eq!(verify(&vault.keys, &new_token).unwrap().grant_id, "g1");
         assert_eq!(verify(&vault.keys, &old_token).unwrap().grant_id, "g0");
 
+        // The device that made the epoch is removed later: its epoch no longer counts
+        // as current, and the tokens signed in it still verify.
+        let mut maker_removed = view.clone();
+        maker_removed.members.clear();
+        maker_removed.removed.push(vault.keys.peer_id());
+        vault.keys.epochs.refresh(&maker_removed, &me);
+        assert_eq!(verify(&vault.keys, &new_token).unwrap().grant_id, "g1");
+        vault.keys.epochs.refresh(&view, &me);
+
         // x's own keys do not verify the new token.
         assert!(verify(&x, &new_token).is_err());
         // x sees the epoch's record (it is not secret) and still cannot sign under it.
