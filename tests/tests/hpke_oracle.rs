@@ -8,7 +8,7 @@
 use std::process::Command;
 
 use data_encoding::HEXLOWER;
-use hearth_node::epochs::{exchange_public, open_sealed, seal_info, seal_to};
+use hearth_node::epochs::{PUBLIC_TAG_LEN, exchange_public, open_sealed, seal_info, seal_to};
 use rand::RngCore;
 
 const PYTHON: &str = r#"
@@ -43,13 +43,19 @@ fn hearths_hpke_and_pyhpke_open_each_others_epoch_keys() {
         let info = seal_info(&vault, &epoch, &peer.to_string());
         let public = exchange_public(&seed);
         let sealed = seal_to(&vault, &epoch, &peer.to_string(), &public, &key).expect("seals");
+        // An entry starts with 8 bytes naming the recipient's key; HPKE's own output
+        // (the encapsulated key, the ciphertext and tag) follows.
+        let hash = blake3::hash(&public);
+        let tag = &hash.as_bytes()[..PUBLIC_TAG_LEN];
+        assert_eq!(&sealed[..PUBLIC_TAG_LEN], tag);
+        let hpke_part = &sealed[PUBLIC_TAG_LEN..];
         let out = Command::new(&python)
             .args([
                 "-c",
                 PYTHON,
                 &HEXLOWER.encode(&seed),
                 &HEXLOWER.encode(&info),
-                &HEXLOWER.encode(&sealed),
+                &HEXLOWER.encode(hpke_part),
                 &HEXLOWER.encode(&theirs),
             ])
             .output()
@@ -71,7 +77,8 @@ fn hearths_hpke_and_pyhpke_open_each_others_epoch_keys() {
             HEXLOWER.encode(&key),
             "pyhpke opens what Hearth sealed"
         );
-        let from_python = HEXLOWER.decode(lines[2].as_bytes()).unwrap();
+        let mut from_python = tag.to_vec();
+        from_python.extend(HEXLOWER.decode(lines[2].as_bytes()).unwrap());
         let opened = open_sealed(&vault, &epoch, &peer.to_string(), &seed, &from_python)
             .expect("Hearth opens what pyhpke sealed");
         assert_eq!(*opened, theirs);
