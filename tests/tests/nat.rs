@@ -218,9 +218,13 @@ fn ten_thousand_contacts_and_100_mib_arrive(v: &Vault, what: &str) {
 fn behind_port_preserving_nats_devices_punch_a_hole_and_keep_it_without_the_relay() {
     let mut v = Vault::new(Nat::EndpointIndependent);
     let met = v.meet();
-    let direct = v
-        .direct(Duration::from_secs(20))
-        .expect("the link between A and B became direct (hole punched) within 20 s");
+    let direct = match v.direct(Duration::from_secs(20)) {
+        Some(d) => d,
+        None => {
+            eprintln!("A's log:\n{}\nB's log:\n{}", v.a.stderr(), v.b.stderr());
+            panic!("the link between A and B did not become direct (hole punched) within 20 s");
+        }
+    };
     eprintln!("port-preserving NATs: met after {met:?}, direct after {direct:?}");
     v.a(&["put", "notes", "n1", r#"{"text": "through the hole"}"#]);
     wait_for("B has A's note", Duration::from_secs(10), || {

@@ -366,6 +366,8 @@ impl Mesh {
                 relay_server,
                 relay_external: HashSet::new(),
                 listening_via: HashMap::new(),
+                punch_again: HashMap::new(),
+                punch_connections: HashMap::new(),
             }
             .run(),
         );
@@ -465,7 +467,22 @@ struct SwarmTask {
     relay_external: HashSet<Multiaddr>,
     /// The relays (member devices that relay) this node listens through, by listener.
     listening_via: HashMap<libp2p::core::transport::ListenerId, PeerId>,
+    /// Devices reached only through a relay whose hole punch failed: when to try
+    /// again, and how many times it failed in a row (see [`SwarmTask::retry_punches`]).
+    punch_again: HashMap<PeerId, (tokio::time::Instant, u32)>,
+    /// The relayed connections this node dialled for another punch, by device: the
+    /// next try closes the one before (the first relayed connection, which carries the
+    /// sync session, stays until the link goes direct).
+    punch_connections: HashMap<PeerId, libp2p::swarm::ConnectionId>,
 }
+
+/// The first wait before a failed hole punch is tried again; it doubles with each
+/// failure in a row, up to [`PUNCH_AGAIN_MAX`].
+const PUNCH_AGAIN_AFTER: Duration = Duration::from_secs(3);
+const PUNCH_AGAIN_MAX: Duration = Duration::from_secs(300);
+/// A device still reached only through a relay this long after the relayed
+/// connection came up, with no hole punch reported either way, is tried again too.
+const PUNCH_CHECK_AFTER: Duration = Duration::from_secs(5);
 
 impl SwarmTask {
     async fn run(mut self) {
@@ -499,6 +516,7 @@ impl SwarmTask {
                         self.close_silent();
                     }
                     last_check = now;
+                    self.retry_punches();
                 }
                 command = self.commands.recv() => match command {
                     Some(Command::ListenAddrs(reply)) => {
@@ -582,6 +600,74 @@ impl SwarmTask {
                 .build();
             if let Err(e) = self.swarm.dial(opts) {
                 tracing::debug!(%peer, error = %e, "cannot dial a device");
+            }
+        }
+    }
+
+    /// Notes a failed hole punch to `peer`: libp2p's DCUtR tries three times on a
+    /// relayed connection, then never again on it, and a link left relayed stays so
+    /// for as long as it lasts. A new relayed connection gets three new tries.
+    fn punch_failed(&mut self, peer: PeerId) {
+        if !self.sync.is_member(&peer) {
+            return;
+        }
+        let failures = self.punch_again.get(&peer).map_or(0, |(_, n)| *n) + 1;
+        let wait = PUNCH_AGAIN_AFTER
+            .saturating_mul(1 << failures.min(10).saturating_sub(1))
+            .min(PUNCH_AGAIN_MAX);
+        tracing::debug!(%peer, failures, ?wait, "hole punch failed; trying again later");
+        self.punch_again
+            .insert(peer, (tokio::time::Instant::now() + wait, failures));
+    }
+
+    /// Dials, through a relay, each device whose hole punch is due again and that is
+    /// still reached only through a relay: the new relayed connection makes the
+    /// device at its other end try the punch again (DCUtR starts on the listening
+    /// side). The connection an earlier try made is closed first.
+    fn retry_punches(&mut self) {
+        let now = tokio::time::Instant::now();
+        let relayed = self.relayed_only();
+        self.punch_again.retain(|peer, _| relayed.contains(peer));
+        let due: Vec<PeerId> = self
+            .punch_again
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(peer, _)| *peer)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let me = *self.swarm.local_peer_id();
+        let addresses: HashMap<PeerId, Vec<Multiaddr>> =
+            self.sync.member_addresses(&me).into_iter().collect();
+        for peer in due {
+            // Not again until this try failed too (or the link went direct).
+            if let Some((at, _)) = self.punch_again.get_mut(&peer) {
+                *at = now + PUNCH_AGAIN_MAX;
+            }
+            let circuits: Vec<Multiaddr> = addresses
+                .get(&peer)
+                .map(|addrs| addrs.iter().filter(|a| is_relayed(a)).cloned().collect())
+                .unwrap_or_default();
+            if circuits.is_empty() {
+                continue;
+            }
+            if let Some(earlier) = self.punch_connections.remove(&peer) {
+                self.swarm.close_connection(earlier);
+            }
+            tracing::debug!(%peer, "dialing a device through the relay again, for a new hole punch");
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(circuits)
+                .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                .build();
+            let connection = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    self.punch_connections.insert(peer, connection);
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "cannot dial a device through the relay");
+                }
             }
         }
     }
@@ -812,6 +898,12 @@ impl SwarmTask {
                 tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
                 if !endpoint.is_relayed() {
                     self.leave_relay(peer_id);
+                    self.punch_again.remove(&peer_id);
+                    self.punch_connections.remove(&peer_id);
+                } else if self.sync.is_member(&peer_id) {
+                    self.punch_again
+                        .entry(peer_id)
+                        .or_insert((tokio::time::Instant::now() + PUNCH_CHECK_AFTER, 0));
                 }
                 if num_established.get() == 1 {
                     if self.sync.is_member(&peer_id) {
@@ -859,6 +951,19 @@ impl SwarmTask {
                     tracing::debug!(%peer_id, "disconnected");
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            })) => match result {
+                Ok(_) => {
+                    tracing::debug!(peer = %remote_peer_id, "hole punched");
+                    self.punch_again.remove(&remote_peer_id);
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %remote_peer_id, error = %e, "hole punch failed");
+                    self.punch_failed(remote_peer_id);
+                }
+            },
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 connection, result, ..
             })) => match result {
