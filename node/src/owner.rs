@@ -91,14 +91,16 @@ impl From<BlobError> for Error {
 
 /// What `GET /v1/status` answers (also the dashboard's overview).
 pub async fn status_of(vault: &Arc<Vault>) -> Result<StatusResponse, Error> {
-    let (collections, blobs, arriving) = blocking(vault, |v| {
+    let (collections, blobs, arriving, kit) = blocking(vault, |v| {
         Ok((
             v.collections.list()?,
             v.blobs.count() as u64,
             v.blobs.arriving(&v.collections)?,
+            crate::recovery::current(&v.collections)?.map(|(kit, _)| kit.id),
         ))
     })
     .await?;
+    let keys = vault.keys.epochs.summary();
     let devices = devices_view(vault).await?;
     let listen_addrs = match vault.mesh() {
         Some(mesh) => mesh
@@ -121,6 +123,9 @@ pub async fn status_of(vault: &Arc<Vault>) -> Result<StatusResponse, Error> {
         blobs,
         listen_addrs,
         removed_at: vault.removed_at(),
+        key_epoch: keys.epoch,
+        key_held: keys.held,
+        recovery_kit: kit,
         devices,
         arriving,
         lan: vault

@@ -215,6 +215,15 @@ pub struct StatusResponse {
     /// longer syncs with the other devices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed_at: Option<u64>,
+    /// The vault's current key epoch (0: its first keys; `GET /v1/keys` says more).
+    #[serde(default)]
+    pub key_epoch: u32,
+    /// Whether this device holds that epoch's key (it cannot make grants until it does).
+    #[serde(default)]
+    pub key_held: bool,
+    /// The vault's recovery kit (its id), if one was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_kit: Option<String>,
 }
 
 /// Where the API and DAV are served on the LAN, and how to check the certificate.

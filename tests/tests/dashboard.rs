@@ -606,6 +606,24 @@ fn sessions_csrf_and_headers_hold_without_a_browser() {
         !overview.contains("audit log"),
         "no audit warning: {overview}"
     );
+    // The vault's keys and its recovery kit are shown (a kit moves the epoch on).
+    assert!(
+        overview.contains("epoch 0 (the vault") && overview.contains("none yet: make one"),
+        "{overview}"
+    );
+    let kit = node.json(&["recovery-kit"]);
+    let overview = http
+        .get(format!("{base}/"))
+        .header("Cookie", &cookie)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        overview.contains("epoch 1 (made when")
+            && overview.contains(kit["kit"].as_str().unwrap()),
+        "{overview}"
+    );
 
     let page = http
         .get(format!("{base}/grants"))

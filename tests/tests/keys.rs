@@ -314,6 +314,27 @@ fn a_recovery_kit_opens_every_epoch_and_a_new_one_replaces_it() {
     eventually("B seals to the kit too", || {
         (b.json(&["keys"])["epoch"] == 1 && opens_all(&b, &first)).then_some(())
     });
+    let status = a.json(&["status"]);
+    assert_eq!(
+        (
+            &status["key_epoch"],
+            &status["key_held"],
+            &status["recovery_kit"]
+        ),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!(true),
+            &made["kit"]
+        )
+    );
+    let shown = String::from_utf8(a.run(&["status"]).stdout).unwrap();
+    assert!(
+        shown.contains(&format!(
+            "keys     epoch 1; recovery kit {}",
+            first.public().id
+        )),
+        "{shown}"
+    );
     let text = String::from_utf8(a.run(&["recovery-kit"]).stdout).unwrap();
     assert!(text.contains("recovery kit "), "{text}");
 

@@ -391,6 +391,19 @@ pub(super) fn print_status(status: &StatusResponse) -> anyhow::Result<()> {
         out(format!("collections  {}", collections.join(", ")))?;
     }
     out(format!("blobs    {}", status.blobs))?;
+    out(format!(
+        "keys     epoch {}{}; {}",
+        status.key_epoch,
+        if status.key_held {
+            ""
+        } else {
+            " (not received here yet: no grants from this device until it syncs)"
+        },
+        match &status.recovery_kit {
+            Some(kit) => format!("recovery kit {kit}"),
+            None => "no recovery kit (`hearth recovery-kit`)".to_owned(),
+        }
+    ))?;
     if !status.arriving.is_empty() {
         let size: u64 = status.arriving.iter().map(|a| a.size).sum();
         let received: u64 = status.arriving.iter().map(|a| a.received).sum();

@@ -61,6 +61,9 @@ pub(super) struct OverviewPage {
     blob_bytes: String,
     arriving: Vec<ArrivingRow>,
     warnings: Vec<String>,
+    /// "epoch N", and the recovery kit's id or why there is none.
+    keys: String,
+    kit: String,
 }
 
 pub(super) struct ArrivingRow {
@@ -81,6 +84,12 @@ pub(super) async fn overview(State(vault): State<AppState>, visit: Visit) -> Res
         warnings.push(format!(
             "This device was removed from the vault on {}: it no longer syncs with the other devices. Its data stays here.",
             local_time(at)
+        ));
+    }
+    if !status.key_held {
+        warnings.push(format!(
+            "This device has not received the vault's current keys (epoch {}) yet: it makes no grants until it syncs with a device that has them.",
+            status.key_epoch
         ));
     }
     for d in &status.devices {
@@ -120,7 +129,17 @@ pub(super) async fn overview(State(vault): State<AppState>, visit: Visit) -> Res
         Ok(list) => (list.len(), list.iter().map(|b| b.size).sum::<u64>()),
         Err(_) => (status.blobs as usize, 0),
     };
+    let keys = match status.key_epoch {
+        0 => "epoch 0 (the vault's first keys)".to_owned(),
+        n => format!("epoch {n} (made when a device was removed, a kit made, or on demand)"),
+    };
+    let kit = match &status.recovery_kit {
+        Some(kit) => format!("{kit} (every key of the vault is sealed to it)"),
+        None => "none yet: make one with hearth recovery-kit".to_owned(),
+    };
     page(&OverviewPage {
+        keys,
+        kit,
         csrf: visit.csrf,
         peer_id: status.peer_id,
         version: status.version,
