@@ -590,13 +590,15 @@ fn sessions_csrf_and_headers_hold_without_a_browser() {
     // The overview warns of a grant about to expire, and says nothing of one that is not.
     node.json(&["grant", "soon", "--read", "contacts", "--expires", "1d"]);
     node.json(&["grant", "later", "--read", "contacts", "--expires", "30d"]);
-    let overview = http
-        .get(format!("{base}/"))
-        .header("Cookie", &cookie)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let overview_page = || {
+        http.get(format!("{base}/"))
+            .header("Cookie", &cookie)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    let overview = overview_page();
     assert!(
         overview.contains("The grant for soon expires"),
         "{overview}"
@@ -612,16 +614,9 @@ fn sessions_csrf_and_headers_hold_without_a_browser() {
         "{overview}"
     );
     let kit = node.json(&["recovery-kit"]);
-    let overview = http
-        .get(format!("{base}/"))
-        .header("Cookie", &cookie)
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let overview = overview_page();
     assert!(
-        overview.contains("epoch 1 (made when")
-            && overview.contains(kit["kit"].as_str().unwrap()),
+        overview.contains("epoch 1 (made when") && overview.contains(kit["kit"].as_str().unwrap()),
         "{overview}"
     );
 
