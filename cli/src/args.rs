@@ -211,9 +211,15 @@ pub enum Command {
         #[arg(long, value_name = "K-of-N", conflicts_with_all = ["output", "passphrase_file"])]
         shares: Option<String>,
         /// Seal the secret in FILE under this passphrase (read from F) instead of
-        /// showing its words
-        #[arg(long, value_name = "F", requires = "output")]
+        /// showing its words (with --check: the passphrase of the kit file checked)
+        #[arg(long, value_name = "F")]
         passphrase_file: Option<PathBuf>,
+        /// Check a kit you keep instead of making one: its file, or (without FILE, or
+        /// with -) its 24 words or two shares on stdin. Says whether it is the vault's
+        /// kit and opens every key; fails if not
+        #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-",
+              conflicts_with_all = ["output", "shares"])]
+        check: Option<PathBuf>,
     },
     /// The vault's key epoch: which key signs new grants and who holds it; or rotate it
     Keys {

@@ -335,6 +335,22 @@ fn a_recovery_kit_opens_every_epoch_and_a_new_one_replaces_it() {
         )),
         "{shown}"
     );
+    // The person checks the words they wrote down.
+    let a_home = dir.path().join("a");
+    let home = a_home.to_str().unwrap();
+    let check = |input: &str, extra: &[&str]| {
+        let mut args = vec!["--home", home, "recovery-kit", "--check"];
+        args.extend_from_slice(extra);
+        hearth_with_stdin(&args, input.as_bytes())
+    };
+    let checked = check(words, &[]);
+    assert!(checked.status.success(), "{}", one_line_error(&checked));
+    assert!(String::from_utf8_lossy(&checked.stdout).contains("is the vault's recovery kit"));
+    let mut wrong: Vec<&str> = words.split(' ').collect();
+    wrong.swap(0, 1);
+    if wrong[0] != wrong[1] {
+        assert!(!check(&wrong.join(" "), &[]).status.success());
+    }
     let text = String::from_utf8(a.run(&["recovery-kit"]).stdout).unwrap();
     assert!(text.contains("recovery kit "), "{text}");
 
@@ -371,6 +387,23 @@ fn a_recovery_kit_opens_every_epoch_and_a_new_one_replaces_it() {
     assert!(keys["epoch"].as_u64().unwrap() >= 2, "{keys}");
     assert!(opens_all(&a, &sealed_kit));
     assert!(!opens_all(&a, &first));
+    // The first kit's words no longer check out; the file does, with its passphrase.
+    let stale = check(words, &[]);
+    assert!(!stale.status.success());
+    assert!(
+        one_line_error(&stale).contains("not the vault's recovery kit"),
+        "{}",
+        one_line_error(&stale)
+    );
+    let by_file = check(
+        "",
+        &[
+            file.to_str().unwrap(),
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+        ],
+    );
+    assert!(by_file.status.success(), "{}", one_line_error(&by_file));
     let refused = a.run(&["recovery-kit", "-o", file.to_str().unwrap()]);
     assert!(!refused.status.success());
     assert!(one_line_error(&refused).contains("--force"));
@@ -395,6 +428,14 @@ fn a_recovery_kit_opens_every_epoch_and_a_new_one_replaces_it() {
         (kit["epochs_sealed"] == kit["epochs"]).then_some(())
     });
     assert!(opens_all(&a, &back));
+    let two = format!(
+        "{}\n{}\n",
+        made["shares"][2].as_str().unwrap(),
+        made["shares"][0].as_str().unwrap()
+    );
+    let by_shares = check(&two, &["--json"]);
+    assert!(by_shares.status.success(), "{}", one_line_error(&by_shares));
+
     assert!(
         !a.run(&["recovery-kit", "--shares", "1-of-3"])
             .status

@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 
-use hearth_node::recovery::RecoverySecret;
+use hearth_node::epochs::Epoch;
+use hearth_node::recovery::{RecoverySecret, Share};
 use hearth_protocol::api::{KitInfo, KitRequest, StatusResponse};
 use zeroize::Zeroizing;
 
@@ -30,6 +31,9 @@ pub(super) async fn make(
     shares: Option<String>,
     passphrase_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
+    if passphrase_file.is_some() && output.is_none() {
+        bail!("--passphrase-file seals the kit's file: give it with -o FILE");
+    }
     let split = shares.as_deref().map(parse_shares).transpose()?;
     let passphrase = passphrase_file
         .as_deref()
@@ -143,5 +147,111 @@ pub(super) async fn make(
     note(
         "The kit brings the vault back together with a backup host, which is not built yet: until then, keep copies made with `hearth export --all` as well.",
     );
+    Ok(())
+}
+
+/// The secret a kit the person keeps brings back: a kit file (`-` reads stdin, which
+/// may also hold the 24 words or share lines, `share N of K: …`, one per line).
+fn read_kit(
+    path: &std::path::Path,
+    passphrase: Option<&Passphrase>,
+) -> anyhow::Result<RecoverySecret> {
+    let bytes = Zeroizing::new(if path.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).context("cannot read stdin")?;
+        buf
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+    });
+    if bytes.trim_ascii_start().starts_with(b"{") {
+        return Ok(RecoverySecret::from_file(&bytes, passphrase)?.0);
+    }
+    let text = std::str::from_utf8(&bytes).context("the kit is not text")?;
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if lines.first().is_some_and(|l| l.starts_with("share ")) {
+        let shares = lines
+            .iter()
+            .map(|l| Share::parse(l))
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(RecoverySecret::combine(&shares)?);
+    }
+    Ok(RecoverySecret::from_words(text)?)
+}
+
+/// `hearth recovery-kit --check`: is this the vault's kit, and does it open every key?
+pub(super) async fn check(
+    home: &Home,
+    json: bool,
+    client: &Client,
+    path: PathBuf,
+    passphrase_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let passphrase = passphrase_file
+        .as_deref()
+        .map(Passphrase::from_file)
+        .transpose()?;
+    let secret = read_kit(&path, passphrase.as_ref())?;
+    let kit = secret.public();
+    let info: KitInfo = client
+        .json(home, client.request(Method::GET, "/v1/recovery"))
+        .await?;
+    let status: StatusResponse = client
+        .json(home, client.request(Method::GET, "/v1/status"))
+        .await?;
+    let vault: [u8; 16] = data_encoding::HEXLOWER
+        .decode(status.vault_id.as_bytes())
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .context("the node's vault id is not 16 bytes of hex")?;
+    let records: Vec<Value> = client
+        .json(
+            home,
+            client.request(Method::GET, "/v1/collections/_epochs/records"),
+        )
+        .await?;
+    let seed = secret.exchange_seed();
+    let epochs: Vec<Epoch> = records
+        .iter()
+        .filter_map(Epoch::from_record)
+        .filter(|e| e.verifies(&vault))
+        .collect();
+    let opened = epochs
+        .iter()
+        .filter(|e| e.open_as(&vault, &kit.recipient(), &seed).is_some())
+        .count();
+    let current = info.kit.as_deref() == Some(kit.id.as_str());
+    if json {
+        out_json(&serde_json::json!({
+            "kit": kit.id,
+            "current": current,
+            "epochs_opened": opened,
+            "epochs": epochs.len(),
+        }))?;
+    } else if current && opened == epochs.len() {
+        out(format!(
+            "kit {} is the vault's recovery kit and opens all {} epoch key(s)",
+            kit.id,
+            epochs.len()
+        ))?;
+    }
+    if !current {
+        bail!(
+            "kit {} is not the vault's recovery kit ({}): it opens {opened} of {} epoch key(s), none made after it was replaced",
+            kit.id,
+            info.kit.as_deref().unwrap_or("none was made"),
+            epochs.len()
+        );
+    }
+    if opened < epochs.len() {
+        bail!(
+            "kit {} is the vault's kit but opens only {opened} of {} epoch key(s) yet: let a device that holds them run (it seals them to the kit)",
+            kit.id,
+            epochs.len()
+        );
+    }
     Ok(())
 }

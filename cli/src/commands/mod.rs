@@ -271,10 +271,16 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
             command: Some(DevicesCommand::Remove { device }),
         } => devices::remove(home, json, &client, device).await?,
         Command::RecoveryKit {
+            check: Some(file),
+            passphrase_file,
+            ..
+        } => kit::check(home, json, &client, file, passphrase_file).await?,
+        Command::RecoveryKit {
             output,
             force,
             shares,
             passphrase_file,
+            check: None,
         } => kit::make(home, json, &client, output, force, shares, passphrase_file).await?,
         Command::Keys { command } => {
             devices::keys(
