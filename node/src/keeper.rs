@@ -87,35 +87,13 @@ pub async fn keys_info(vault: &Arc<Vault>, rotate: bool) -> Result<KeysInfo, Err
 /// key this device holds to it (a new epoch first if the current one is epoch 0, or
 /// is sealed to a kit this one replaces).
 pub async fn set_kit(vault: &Arc<Vault>, request: KitRequest) -> Result<KitInfo, Error> {
-    let bad = |what: &str| {
+    let request = serde_json::to_value(&request).expect("a kit request serializes");
+    let kit = crate::recovery::KitPublic::parse(&request).map_err(|what| {
         Error::new(
             ErrorCode::BadRequest,
             format!("the kit's {what} is not valid"),
         )
-    };
-    let b64_32 = |text: &str, what: &str| -> Result<[u8; 32], Error> {
-        data_encoding::BASE64
-            .decode(text.as_bytes())
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| bad(what))
-    };
-    let exchange = b64_32(&request.exchange, "exchange key")?;
-    let owner = b64_32(&request.owner, "owner key")?;
-    let handle: [u8; 16] = data_encoding::HEXLOWER
-        .decode(request.handle.as_bytes())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| bad("handle"))?;
-    if request.kit != crate::recovery::kit_id(&exchange) {
-        return Err(bad("id (it must be the hash of its exchange key)"));
-    }
-    let kit = crate::recovery::KitPublic {
-        id: request.kit,
-        exchange,
-        owner,
-        handle,
-    };
+    })?;
     blocking(vault, move |v| {
         let made_by = v.keys.peer_id().to_string();
         // Newer than any kit this device knows, even with a clock behind.

@@ -65,22 +65,14 @@ pub struct Device {
 
 const EXCHANGE_DOMAIN: &[u8] = b"hearth 2026-12 exchange key v1\0";
 
-fn exchange_message(vault_id: &[u8; 16], peer: &str, public: &[u8; 32]) -> Vec<u8> {
+/// What a device signs to publish its exchange key.
+pub(crate) fn exchange_message(vault_id: &[u8; 16], peer: &str, public: &[u8; 32]) -> Vec<u8> {
     let mut out = EXCHANGE_DOMAIN.to_vec();
     out.extend_from_slice(vault_id);
     out.extend_from_slice(peer.as_bytes());
     out.push(0);
     out.extend_from_slice(public);
     out
-}
-
-#[cfg(test)]
-pub(crate) fn exchange_message_for_test(
-    vault_id: &[u8; 16],
-    peer: &str,
-    public: &[u8; 32],
-) -> Vec<u8> {
-    exchange_message(vault_id, peer, public)
 }
 
 /// The public key a PeerId holds (an Ed25519 PeerId is its key, inlined).

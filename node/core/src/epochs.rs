@@ -684,8 +684,14 @@ impl Ring {
         }
     }
 
-    /// Sets the ring from a view.
+    /// Sets the ring from a view, opening each epoch to learn which this device holds.
     pub fn refresh(&self, view: &View, me: &Identity<'_>) {
+        self.refresh_with(view, me, |e| e.open(me).is_some());
+    }
+
+    /// Sets the ring from a view; `holds` says whether this device holds an epoch's
+    /// key (a node asks its at-rest keyring rather than opening every epoch again).
+    pub fn refresh_with(&self, view: &View, me: &Identity<'_>, holds: impl Fn(&Epoch) -> bool) {
         let valid = view.valid(&me.vault_id);
         // Tokens keep verifying under the epoch they were signed in, even once the
         // device that made it is removed (its epochs no longer count as current): the
@@ -699,7 +705,7 @@ impl Ring {
             })
             .map(|e| (key_id(&e.signing_key), e.signing_key))
             .collect();
-        let held = valid.iter().filter(|e| e.open(me).is_some()).count();
+        let held = valid.iter().filter(|e| holds(e)).count();
         let current = current_of(&valid).map(|c| Current {
             n: c.n,
             id: c.id.clone(),
@@ -827,9 +833,12 @@ pub fn keep(
         );
     }
     apply(&mut view, &writes);
-    hold(store, keys, &view)?;
+    // Top-ups give this device nothing new; an epoch it made, it holds from now on.
+    if kept.rotated_to.is_some() {
+        hold(store, keys, &view)?;
+    }
     kept.due = view.is_member(&me.peer()) && view.needs_rotation(&me.vault_id);
-    ring.refresh(&view, me);
+    ring.refresh_with(&view, me, |e| keys.holds_epoch(key_id(&e.signing_key)));
     Ok(kept)
 }
 
@@ -863,7 +872,7 @@ fn hold(store: &Store, keys: &VaultKeys, view: &View) -> Result<(), CollectionEr
             held.push(*epoch);
         }
     }
-    keys.seal_under_epoch(current_of(&held).map(|e| (e.n, key_id(&e.signing_key))));
+    keys.seal_under_epoch(current_of(&held).map(|e| key_id(&e.signing_key)));
     Ok(())
 }
 

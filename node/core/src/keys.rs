@@ -144,7 +144,7 @@ pub struct VaultKeys {
 /// sealed under (`None`: the storage key's, as before any rotation).
 #[derive(Default)]
 struct AtRest {
-    current: Option<(u32, u32)>,
+    current: Option<u32>,
     keys: HashMap<u32, Arc<SealKey>>,
 }
 
@@ -193,9 +193,9 @@ impl VaultKeys {
 
     /// Seals new values under the epoch `key_id` names (it must be held): the newest
     /// valid epoch this device holds; `None`, under the storage key's seal.
-    pub fn seal_under_epoch(&self, epoch: Option<(u32, u32)>) {
+    pub fn seal_under_epoch(&self, key_id: Option<u32>) {
         let mut at_rest = self.at_rest.write().expect("at-rest lock");
-        at_rest.current = epoch.filter(|(_, id)| at_rest.keys.contains_key(id));
+        at_rest.current = key_id.filter(|id| at_rest.keys.contains_key(id));
     }
 
     /// The key new values are sealed under, and a fresh nonce for it.
@@ -203,7 +203,7 @@ impl VaultKeys {
         let at_rest = self.at_rest.read().expect("at-rest lock");
         match at_rest
             .current
-            .and_then(|(_, id)| Some((id, at_rest.keys.get(&id)?.clone())))
+            .and_then(|id| Some((id, at_rest.keys.get(&id)?.clone())))
         {
             Some((id, key)) => {
                 let mut random = [0u8; NONCE_LEN - 4];
@@ -800,6 +800,40 @@ mod tests {
         assert_eq!(open(&home, None).unwrap().peer_id(), peer);
     }
 
+    /// Rewrites the key file of `home` as version 1 (no exchange key), as a Hearth from
+    /// before exchange keys wrote it.
+    fn make_version_one(home: &Home, passphrase: Option<&Passphrase>) {
+        let file = read_key_file(home).unwrap();
+        let plain = unwrap_secrets(&file, passphrase, &home.keys()).unwrap();
+        let mut old = SecretsBlob::decode(&plain).unwrap();
+        old.exchange_key = None;
+        fs::write(
+            home.keys(),
+            protect(&old.encode(), passphrase).unwrap().to_json(),
+        )
+        .unwrap();
+    }
+
+    /// Two starts that upgrade one version-1 file at once end with one exchange key,
+    /// the one in the file.
+    #[test]
+    fn two_upgrades_at_once_agree_on_the_exchange_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        init(&home, None).unwrap();
+        for _ in 0..5 {
+            make_version_one(&home, None);
+            let opened: Vec<[u8; 32]> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..4)
+                    .map(|_| s.spawn(|| open(&home, None).unwrap().exchange_public()))
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let on_disk = open(&home, None).unwrap().exchange_public();
+            assert!(opened.iter().all(|k| *k == on_disk), "{opened:?}");
+        }
+    }
+
     /// A key file from before exchange keys (version 1) opens with its passphrase, gets
     /// an exchange key once, and keeps its identity, secrets and passphrase.
     #[test]
@@ -808,12 +842,7 @@ mod tests {
         let home = Home::new(dir.path());
         let pass = Passphrase::new("old vault".into()).unwrap();
         let made = init(&home, Some(&pass)).unwrap();
-        let file = read_key_file(&home).unwrap();
-        let plain = unwrap_secrets(&file, Some(&pass), &home.keys()).unwrap();
-        let mut old = SecretsBlob::decode(&plain).unwrap();
-        old.exchange_key = None;
-        let v1 = protect(&old.encode(), Some(&pass)).unwrap();
-        fs::write(home.keys(), v1.to_json()).unwrap();
+        make_version_one(&home, Some(&pass));
 
         assert!(matches!(
             open(&home, None),
@@ -843,11 +872,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let home = Home::new(dir.path());
         init(&home, None).unwrap();
-        let file = read_key_file(&home).unwrap();
-        let plain = unwrap_secrets(&file, None, &home.keys()).unwrap();
-        let mut old = SecretsBlob::decode(&plain).unwrap();
-        old.exchange_key = None;
-        fs::write(home.keys(), protect(&old.encode(), None).unwrap().to_json()).unwrap();
+        make_version_one(&home, None);
         let stale = Passphrase::new("left in the environment".into()).unwrap();
         open(&home, Some(&stale)).unwrap();
         assert!(!needs_passphrase(&home));

@@ -415,24 +415,30 @@ impl KitPublic {
     /// Reads the `_recovery` record; `None` if it is not a well-formed one (its id
     /// must match its exchange key).
     pub fn from_record(record: &Value) -> Option<Self> {
+        Self::parse(record).ok()
+    }
+
+    /// Reads a kit's public part from `{"kit", "exchange", "owner", "handle"}` (a
+    /// `_recovery` record, or what `POST /v1/recovery` sends); the error names the part
+    /// that is not valid.
+    pub fn parse(record: &Value) -> Result<Self, &'static str> {
+        let text = |field: &str| record.get(field).and_then(Value::as_str);
         let b64_32 = |field: &str| -> Option<[u8; 32]> {
-            BASE64
-                .decode(record.get(field)?.as_str()?.as_bytes())
-                .ok()?
-                .try_into()
-                .ok()
+            BASE64.decode(text(field)?.as_bytes()).ok()?.try_into().ok()
         };
-        let exchange = b64_32("exchange")?;
-        let handle: [u8; 16] = HEXLOWER
-            .decode(record.get("handle")?.as_str()?.as_bytes())
-            .ok()?
-            .try_into()
-            .ok()?;
-        let id = record.get("kit")?.as_str()?.to_owned();
-        (id == kit_id(&exchange)).then_some(Self {
+        let exchange = b64_32("exchange").ok_or("exchange key")?;
+        let owner = b64_32("owner").ok_or("owner key")?;
+        let handle: [u8; 16] = text("handle")
+            .and_then(|h| HEXLOWER.decode(h.as_bytes()).ok()?.try_into().ok())
+            .ok_or("handle")?;
+        let id = text("kit").unwrap_or_default().to_owned();
+        if id != kit_id(&exchange) {
+            return Err("id (it must be the hash of its exchange key)");
+        }
+        Ok(Self {
             id,
             exchange,
-            owner: b64_32("owner")?,
+            owner,
             handle,
         })
     }

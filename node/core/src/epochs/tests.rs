@@ -557,7 +557,7 @@ fn an_exchange_key_counts_only_when_its_device_signed_it() {
         exchange_sig: Some(
             BASE64.encode(
                 &signer
-                    .sign(&crate::devices::exchange_message_for_test(
+                    .sign(&crate::devices::exchange_message(
                         &VAULT,
                         &b.peer().to_string(),
                         &public,
