@@ -213,7 +213,16 @@ impl NatLab {
     pub fn spawn(ns: &str, home: &std::path::Path, extra: &[&str]) -> NodeProcess {
         let mut args = vec!["--listen", "/ip4/0.0.0.0/tcp/0"];
         args.extend_from_slice(extra);
-        spawn_node_wrapped(&["ip", "netns", "exec", ns], home, &args, &[])
+        // The mesh's debug lines (connections, punches, sessions) are what a failure
+        // in a lab needs; the tests print them when a wait fails.
+        let log =
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,hearth_node::mesh=debug".into());
+        spawn_node_wrapped(
+            &["ip", "netns", "exec", ns],
+            home,
+            &args,
+            &[("RUST_LOG", &log)],
+        )
     }
 
     /// Whether a TCP connection from `from` to `addr:port` gets through (`nc -z`-like,

@@ -19,17 +19,6 @@ use hearth_tests::NodeProcess;
 use hearth_tests::natlab::{Nat, NatLab};
 use hearth_tests::netns::Link;
 
-fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> (T, Duration) {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            return (value, started.elapsed());
-        }
-        assert!(started.elapsed() < limit, "{what}: not after {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// How `ns`'s node sees `peer`: `None` offline, `Some(true)` through a relay only,
 /// `Some(false)` directly.
 fn link_to(ns: &str, home: &Path, peer: &str) -> Option<bool> {
@@ -124,9 +113,32 @@ impl Vault {
         .then_some(())
     }
 
+    /// Waits until `check` holds (how long that took); prints A's and B's logs and
+    /// fails if it does not within `limit`.
+    fn wait<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> Duration {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if check().is_some() {
+                return started.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!(
+            "A's log:\n{}\nB's log:\n{}",
+            self.a.stderr(),
+            self.b.stderr()
+        );
+        panic!("{what}: not after {limit:?}");
+    }
+
     /// Waits until A and B are online to each other, either way; how long after start.
     fn meet(&self) -> Duration {
-        wait_for(
+        self.wait(
             "A and B online to each other",
             Duration::from_secs(10),
             || (self.a_sees_b().is_some() && self.b_sees_a().is_some()).then_some(()),
@@ -186,12 +198,12 @@ fn ten_thousand_contacts_and_100_mib_arrive(v: &Vault, what: &str) {
         .unwrap()
         .to_owned();
     let sent = Instant::now();
-    wait_for(
+    v.wait(
         "B holds the 10,000 contacts",
         Duration::from_secs(300),
         || (records(v, "contacts") == 10_000).then_some(()),
     );
-    wait_for("B holds the 100 MiB blob", Duration::from_secs(300), || {
+    v.wait("B holds the 100 MiB blob", Duration::from_secs(300), || {
         v.b(&["blob", "ls"])
             .as_array()
             .unwrap()
@@ -227,13 +239,13 @@ fn behind_port_preserving_nats_devices_punch_a_hole_and_keep_it_without_the_rela
     };
     eprintln!("port-preserving NATs: met after {met:?}, direct after {direct:?}");
     v.a(&["put", "notes", "n1", r#"{"text": "through the hole"}"#]);
-    wait_for("B has A's note", Duration::from_secs(10), || {
+    v.wait("B has A's note", Duration::from_secs(10), || {
         v.b_has("notes", "n1")
     });
     // The relay goes away: the direct link stays, and carries the next change.
     v.r.take().unwrap().stop();
     v.a(&["put", "notes", "n2", r#"{"text": "with the relay gone"}"#]);
-    let (_, took) = wait_for(
+    let took = v.wait(
         "B has A's note with the relay gone",
         Duration::from_secs(10),
         || v.b_has("notes", "n2"),

@@ -46,7 +46,7 @@ const PING_INTERVAL: Duration = Duration::from_secs(2);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// When one of several connections to a device closes, its sync session is started
 /// again on the others this long after (once the old session has seen its stream end).
-const SESSION_AGAIN_AFTER: Duration = Duration::from_millis(200);
+pub(super) const SESSION_AGAIN_AFTER: Duration = Duration::from_millis(200);
 /// A connection that answered no ping for this long is closed (see
 /// `SwarmTask::close_silent`).
 const SILENT_AFTER: Duration = Duration::from_secs(10);
@@ -896,10 +896,19 @@ impl SwarmTask {
                     },
                 );
                 tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
+                let direct_too = self
+                    .connections
+                    .iter()
+                    .any(|(id, c)| *id != connection_id && c.peer == peer_id && !c.relayed);
                 if !endpoint.is_relayed() {
                     self.leave_relay(peer_id);
                     self.punch_again.remove(&peer_id);
                     self.punch_connections.remove(&peer_id);
+                } else if direct_too {
+                    // A relayed connection that came after the direct one (both sides
+                    // dialled at once): the direct path is kept, as in `leave_relay`.
+                    tracing::debug!(%peer_id, "a direct connection is up; closing the new relayed one");
+                    self.swarm.close_connection(connection_id);
                 } else if self.sync.is_member(&peer_id) {
                     self.punch_again
                         .entry(peer_id)

@@ -45,6 +45,9 @@ const MAX_SESSIONS: usize = 64;
 /// once the frames waiting are applied, so a new device catching up on many parts
 /// does not fsync after each one.
 const COMMIT_EVERY: usize = 32;
+/// A session that ends after running this long, its peer still connected, is opened
+/// again at once; one that ends sooner waits for the next redial.
+const SESSION_LASTED: Duration = Duration::from_secs(2);
 
 /// A commit of the store under way in a session.
 type Commit = std::pin::Pin<
@@ -104,6 +107,11 @@ pub struct SyncService {
     vault: Arc<Vault>,
     mesh: MeshHandle,
     sessions: Mutex<HashMap<PeerId, AbortHandle>>,
+    /// The latest session opening asked for, per peer: a stream whose opening was
+    /// overtaken by a newer one (a restart while it was on its way) is dropped, never
+    /// put in place of the newer session.
+    openings: Mutex<HashMap<PeerId, u64>>,
+    opening_turn: std::sync::atomic::AtomicU64,
     /// What each peer's latest session has exchanged.
     stats: Mutex<HashMap<PeerId, SessionStats>>,
     /// Devices found running an older Hearth, said once each (not at every redial).
@@ -123,6 +131,8 @@ impl SyncService {
             vault,
             mesh,
             sessions: Mutex::new(HashMap::new()),
+            openings: Mutex::new(HashMap::new()),
+            opening_turn: std::sync::atomic::AtomicU64::new(0),
             stats: Mutex::new(HashMap::new()),
             outdated: Mutex::new(std::collections::HashSet::new()),
             tasks: Mutex::new(JoinSet::new()),
@@ -301,6 +311,13 @@ impl SyncService {
         if self.mesh.local_peer_id() >= peer {
             return;
         }
+        let turn = 1 + self
+            .opening_turn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.openings
+            .lock()
+            .expect("openings lock is never poisoned")
+            .insert(peer, turn);
         let this = self.clone();
         self.spawn(async move {
             let mut control = this.mesh.streams();
@@ -308,7 +325,20 @@ impl SyncService {
                 .open_stream(peer, StreamProtocol::new(SYNC_PROTOCOL))
                 .await
             {
-                Ok(stream) => this.start_session(peer, stream),
+                Ok(stream) => {
+                    let latest = this
+                        .openings
+                        .lock()
+                        .expect("openings lock is never poisoned")
+                        .get(&peer)
+                        == Some(&turn);
+                    if latest {
+                        this.start_session(peer, stream);
+                    } else {
+                        // Its connection may be the relayed one that was closing.
+                        tracing::debug!(%peer, "a newer sync stream was asked for; dropping this one");
+                    }
+                }
                 Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_)) => {
                     this.outdated(peer, &format!("does not speak sync version {SYNC_VERSION}"));
                 }
@@ -389,13 +419,43 @@ impl SyncService {
         }
         let this = self.clone();
         let task = self.spawn(async move {
+            let started = tokio::time::Instant::now();
             match this.run_session(peer, stream).await {
                 Ok(()) => tracing::debug!(%peer, "sync session ended"),
                 Err(SessionError::Removed) => {
                     tracing::info!(%peer, "stopped syncing with a device removed from the vault");
                     super::removal::tell_if_removed(&this.vault, &this.mesh, peer);
+                    return;
                 }
                 Err(e) => tracing::info!(%peer, error = %e, "sync session closed"),
+            }
+            // A stream can end under a connection that stays (a relayed stream when
+            // its relay goes, with the direct link up): the session is opened again
+            // on what is left, soon, unless it ended as soon as it began (that one
+            // waits for the next redial, so a failing peer is not asked in a loop).
+            if this.mesh.local_peer_id() < peer && started.elapsed() >= SESSION_LASTED {
+                tokio::time::sleep(super::SESSION_AGAIN_AFTER).await;
+                let connected = this
+                    .mesh
+                    .connected_peers()
+                    .await
+                    .is_ok_and(|peers| peers.contains(&peer));
+                // Unless a newer session took this one's place meanwhile.
+                let ours = {
+                    let mut sessions = this
+                        .sessions
+                        .lock()
+                        .expect("sessions lock is never poisoned");
+                    let ours = sessions.get(&peer).map(AbortHandle::id) == Some(tokio::task::id());
+                    if ours {
+                        sessions.remove(&peer);
+                    }
+                    ours
+                };
+                if connected && ours {
+                    tracing::debug!(%peer, "opening the sync session again");
+                    this.on_connected(peer);
+                }
             }
         });
         if let Some(old) = sessions.insert(peer, task) {
