@@ -226,6 +226,27 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<KeysCommand>,
     },
+    /// Back the vault up to hosts that keep it sealed and can read none of it: add a
+    /// host with the code it printed, or see how each stands
+    Backup {
+        #[command(subcommand)]
+        command: Option<BackupCommand>,
+    },
+    /// Run a backup host: keep other vaults' backups, sealed, in this HOME (which holds
+    /// no vault of its own); or make an invite code for a vault, or list the vaults kept
+    Host {
+        #[command(subcommand)]
+        command: Option<HostCommand>,
+        /// Where devices reach the host (repeatable) [default: TCP and QUIC on port 7475]
+        #[arg(long, value_name = "MULTIADDR")]
+        listen: Vec<hearth_node::Multiaddr>,
+        /// The host's local API (for `hearth host invite`) [default: 127.0.0.1, any port]
+        #[arg(long, value_name = "ADDR", value_parser = crate::config::parse_api_addr)]
+        api: Option<SocketAddr>,
+        /// What each vault enrolled from now on may store, in MiB [default: 10240]
+        #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+        quota_mb: Option<u64>,
+    },
     /// Grant a service a view: these collections, these fields, these records, until then
     Grant {
         /// The service's name, as you will see it in `hearth grants` and the audit log
@@ -444,6 +465,27 @@ pub enum DevicesCommand {
         /// The new name (1 to 64 characters)
         name: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Enroll a backup host with the code `hearth host invite` printed on it (the vault
+    /// needs a recovery kit first); every device then uploads to it as the vault changes
+    Add {
+        /// The host's code; @FILE reads it from a file, - from stdin
+        #[arg(value_name = "CODE|@FILE|-")]
+        code: String,
+    },
+    /// Each backup host: whether it holds everything, what it uses, the last upload
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Print a one-time code (valid a day) with which a vault enrolls this host
+    Invite,
+    /// The vaults this host keeps: an opaque name and sizes each, nothing else
+    Vaults,
 }
 
 #[derive(Debug, Subcommand)]

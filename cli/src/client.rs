@@ -33,11 +33,27 @@ impl Client {
     /// now holds.
     pub async fn connect(home: &Home) -> anyhow::Result<Self> {
         let root = home.root().display();
+        if home.is_host() {
+            bail!("{root} is a backup host's HOME, not a vault's (`hearth host --help`)");
+        }
         if !home.has_vault() {
             bail!(
                 "{root} is not a Hearth vault; create one with `hearth --home {root} up` (or `hearth init`)"
             );
         }
+        Self::connect_to(home).await
+    }
+
+    /// Connects to the backup host (`hearth host`) of `home`, as [`Client::connect`].
+    pub async fn connect_host(home: &Home) -> anyhow::Result<Self> {
+        let root = home.root().display();
+        if !home.is_host() {
+            bail!("{root} is not a backup host's HOME; start one with `hearth --home {root} host`");
+        }
+        Self::connect_to(home).await
+    }
+
+    async fn connect_to(home: &Home) -> anyhow::Result<Self> {
         let addr = std::fs::read_to_string(home.api_addr()).map_err(|_| no_node(home, None))?;
         let addr = addr.trim().to_owned();
         let token = keys::read_owner_token(home).with_context(|| {
@@ -164,6 +180,11 @@ fn no_node(home: &Home, addr: Option<&str>) -> anyhow::Error {
         Some(addr) => format!(" (nothing answers at {addr})"),
         None => String::new(),
     };
+    if home.is_host() {
+        return anyhow!(
+            "no backup host is running for {root}{why}; start it with `hearth --home {root} host`"
+        );
+    }
     anyhow!("no Hearth node is running for {root}{why}; start one with `hearth --home {root} up`")
 }
 

@@ -26,11 +26,11 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use futures::StreamExt;
 use hearth_protocol::api::{
-    AuditEntry, BlobInfo, BlobRemoved, CheckReport, CollectionInfo, ConflictsResponse, DeviceInfo,
-    ErrorBody, ErrorCode, ErrorDetail, GrantCreated, GrantInfo, GrantRequest, HelloRequest,
-    HelloResponse, InviteResponse, KeysInfo, KitInfo, KitRequest, PutResponse, ResolveRequest,
-    RestoreReport, RevokeResponse, StatusResponse, StreamReady, TextEditRequest, VaultExport,
-    VerifyResponse, ViewAll,
+    AuditEntry, BackupAddRequest, BackupStatus, BlobInfo, BlobRemoved, CheckReport, CollectionInfo,
+    ConflictsResponse, DeviceInfo, ErrorBody, ErrorCode, ErrorDetail, GrantCreated, GrantInfo,
+    GrantRequest, HelloRequest, HelloResponse, HostStatus, InviteResponse, KeysInfo, KitInfo,
+    KitRequest, PutResponse, ResolveRequest, RestoreReport, RevokeResponse, StatusResponse,
+    StreamReady, TextEditRequest, VaultExport, VerifyResponse, ViewAll,
 };
 use hearth_protocol::{BlobId, CollectionName, RecordId};
 use rand::RngCore;
@@ -47,6 +47,7 @@ mod blobs;
 mod grants;
 mod records;
 mod status;
+pub use status::hello_answer;
 mod transfer;
 mod views;
 
@@ -116,6 +117,8 @@ pub fn router(vault: Arc<Vault>) -> Router {
         .route("/v1/keys", get(keys))
         .route("/v1/keys/rotate", post(rotate_keys))
         .route("/v1/recovery", get(recovery_kit).post(set_recovery_kit))
+        .route("/v1/backup", get(backup_status))
+        .route("/v1/backup/hosts", post(add_backup_host))
         .route(
             "/v1/devices/{peer}",
             axum::routing::delete(remove_device).patch(rename_device),
@@ -199,6 +202,8 @@ pub fn router(vault: Arc<Vault>) -> Router {
         rotate_keys,
         recovery_kit,
         set_recovery_kit,
+        backup_status,
+        add_backup_host,
         list_blobs,
         put_blob,
         get_blob,

@@ -15,11 +15,13 @@
 
 pub mod access;
 pub mod api;
+pub mod backup;
 pub mod dashboard;
 pub mod dav;
 pub mod download;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod host;
 pub mod keeper;
 pub mod lan;
 pub mod mail;
@@ -136,6 +138,10 @@ impl NodeConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
+    #[error(
+        "{0} is a backup host's HOME (`hearth host`), not a vault's; give the node a HOME of its own (--home)"
+    )]
+    HostHome(String),
     #[error(transparent)]
     Keys(#[from] KeysError),
     #[error(transparent)]
@@ -196,6 +202,8 @@ pub struct Vault {
     /// Set while the mesh runs (never, for a node started without one). Cleared at
     /// shutdown: the mesh holds the vault, so this would otherwise be a cycle.
     mesh: std::sync::RwLock<Option<mesh::MeshState>>,
+    /// Uploads to the vault's backup hosts (see [`backup`]).
+    pub(crate) backups: backup::Backups,
 }
 
 impl Vault {
@@ -351,6 +359,9 @@ impl Node {
     /// API. Must run inside a tokio runtime.
     pub async fn start(config: NodeConfig) -> Result<NodeHandle, StartError> {
         let home = Home::new(config.home);
+        if home.is_host() {
+            return Err(StartError::HostHome(home.root().display().to_string()));
+        }
         let created = !home.has_vault();
         if !created {
             // Narrows a HOME that an earlier version made readable by others.
@@ -466,6 +477,7 @@ impl Node {
             password_throttle: throttle::PasswordThrottle::default(),
             removed: std::sync::Mutex::new(None),
             mesh: std::sync::RwLock::new(None),
+            backups: backup::Backups::default(),
         });
         let keeper = keeper::spawn(vault.clone());
         let mesh = match config.mesh {
@@ -476,6 +488,8 @@ impl Node {
             }
             None => None,
         };
+        // Uploads need the mesh (hosts are reached through it).
+        let uploader = mesh.is_some().then(|| backup::spawn(vault.clone()));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let app = api::router(vault.clone());
         let lan_server = lan.map(|(listener, tls, bound)| {
@@ -510,6 +524,7 @@ impl Node {
             lan_server,
             mesh,
             keeper: Some(keeper),
+            uploader,
         })
     }
 }
@@ -526,6 +541,8 @@ pub struct NodeHandle {
     mesh: Option<mesh::Mesh>,
     /// The task that keeps the epoch keys in step (see [`keeper`]).
     keeper: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+    /// The task that uploads to backup hosts (see [`backup`]).
+    uploader: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
 impl NodeHandle {
@@ -552,6 +569,10 @@ impl NodeHandle {
     /// Stops serving (requests in flight get a grace period), flushes the store and
     /// removes `HOME/api.addr`.
     pub async fn shutdown(mut self) -> Result<(), StoreError> {
+        if let Some((stop, task)) = self.uploader.take() {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
         self.vault.set_mesh(None);
         // Event streams end first, so the server's drain does not wait on them.
         self.vault.door.shutdown().await;

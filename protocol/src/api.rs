@@ -747,3 +747,34 @@ pub struct BlobWritten {
     pub size: u64,
     pub path: String,
 }
+
+/// What `hearth backup status` says of one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostStatus {
+    pub peer: String,
+    pub addrs: Vec<String>,
+    /// Whether everything this device holds is on the host, as of its last upload.
+    pub up_to_date: bool,
+    /// What the vault uses on the host, and may.
+    pub bytes: u64,
+    pub quota: u64,
+    /// Unix seconds of the last upload this device made or saw.
+    pub last_upload: Option<u64>,
+    /// The host's newest manifest, as this device saw it.
+    pub seq: u64,
+    pub added_at: u64,
+    /// Why the last upload failed, if it did.
+    pub error: Option<String>,
+}
+
+/// `GET /v1/backup`, `hearth backup status --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BackupStatus {
+    pub hosts: Vec<HostStatus>,
+}
+
+/// `POST /v1/backup/hosts`: enroll the host whose invite code this is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BackupAddRequest {
+    pub code: String,
+}

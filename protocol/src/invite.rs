@@ -27,6 +27,10 @@ pub const PAIR_PROTOCOL: &str = "/hearth/pair/1";
 pub enum InviteError {
     #[error("not a Hearth invite code (it should start with \"hearth1\")")]
     Prefix,
+    #[error(
+        "this is a backup host's code: enroll the host with `hearth backup add CODE` on a device of the vault"
+    )]
+    HostCode,
     #[error("the invite code is damaged (not valid base32); copy it again")]
     Encoding,
     #[error("the invite code is damaged (truncated or malformed); copy it again")]
@@ -80,6 +84,9 @@ impl Invite {
 
     pub fn decode(code: &str) -> Result<Self, InviteError> {
         let code = code.trim();
+        if code.starts_with(crate::backup::HOST_INVITE_PREFIX) {
+            return Err(InviteError::HostCode);
+        }
         let body = code
             .strip_prefix(INVITE_PREFIX)
             .ok_or(InviteError::Prefix)?;

@@ -6,6 +6,7 @@
 //! type with a wire or file format lives here, and every format carries a version.
 
 pub mod api;
+pub mod backup;
 pub mod blob;
 pub mod commit;
 pub mod invite;

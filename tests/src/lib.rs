@@ -239,44 +239,62 @@ pub fn spawn_node_wrapped(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> NodeProcess {
+    let mut args = vec!["up", "--api", "127.0.0.1:0", "--no-mdns"];
+    args.extend_from_slice(extra);
+    let mut cmd = process_command(wrapper, home, &args, "warn");
+    cmd.env_remove("HEARTH_PASSPHRASE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    spawn_ready(cmd, home)
+}
+
+/// `hearth --home HOME --json ARGS` (run through `wrapper`), listening on 127.0.0.1
+/// only unless `args` gives `--listen`, logging at `RUST_LOG` or else `log`.
+fn process_command(wrapper: &[&str], home: &Path, args: &[&str], log: &str) -> Command {
     let bin = hearth_bin();
     let mut cmd = match wrapper.split_first() {
-        Some((program, args)) => {
+        Some((program, rest)) => {
             let mut cmd = Command::new(program);
-            cmd.args(args).arg(&bin);
+            cmd.args(rest).arg(&bin);
             cmd
         }
         None => Command::new(&bin),
     };
-    cmd.args([
-        "--home",
-        home.to_str().expect("utf-8 path"),
-        "--json",
-        "up",
-        "--api",
-        "127.0.0.1:0",
-        "--no-mdns",
-    ])
-    // A node given its own --listen listens only there (a device reachable only
-    // through a relay has no address of its own).
-    .args(if extra.contains(&"--listen") {
-        &[][..]
-    } else {
-        &["--listen", "/ip4/127.0.0.1/tcp/0"][..]
-    })
-    .args(extra)
-    .env_remove("HEARTH_HOME")
-    .env_remove("HEARTH_PASSPHRASE")
-    .env(
-        "RUST_LOG",
-        std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+    cmd.args(["--home", home.to_str().expect("utf-8 path"), "--json"])
+        .args(args)
+        // A process given its own --listen listens only there (a device reachable
+        // only through a relay has no address of its own).
+        .args(if args.contains(&"--listen") {
+            &[][..]
+        } else {
+            &["--listen", "/ip4/127.0.0.1/tcp/0"][..]
+        })
+        .env_remove("HEARTH_HOME")
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| log.into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Starts `hearth host` (a backup host) on `home`: loopback API on a free port, and
+/// unless `extra` says where, listening on 127.0.0.1 only.
+pub fn spawn_host(home: &Path, extra: &[&str]) -> NodeProcess {
+    let mut args = vec!["host", "--api", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    spawn_ready(
+        process_command(&[], home, &args, "warn,hearth_node=debug"),
+        home,
     )
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+}
+
+/// Spawns `cmd` (a `hearth up` or `hearth host` with `--json`) and waits for its ready
+/// line.
+fn spawn_ready(mut cmd: Command, home: &Path) -> NodeProcess {
     let mut child = cmd.spawn().expect("spawn hearth up");
 
     // Both pipes are drained for the whole life of the process: a full pipe would

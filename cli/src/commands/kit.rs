@@ -145,7 +145,7 @@ pub(super) async fn make(
         );
     }
     note(
-        "The kit brings the vault back together with a backup host, which is not built yet: until then, keep copies made with `hearth export --all` as well.",
+        "The kit will bring the vault back from a backup host (`hearth backup add`); restoring from one (`hearth recover`) is not built yet: until then, keep copies made with `hearth export --all` as well.",
     );
     Ok(())
 }

@@ -30,6 +30,7 @@ use crate::client::{Client, read_data_arg};
 use futures::StreamExt;
 use hearth_node::pim::ImportReport;
 
+mod backup;
 mod devices;
 mod files;
 mod grants;
@@ -197,6 +198,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             new_passphrase_file,
             remove,
         } => change_passphrase(&home, json, old, new_passphrase_file, remove),
+        Command::Host {
+            command: Some(command),
+            ..
+        } => backup::host_command(&home, json, command).await,
+        Command::Host {
+            command: None,
+            listen,
+            api,
+            quota_mb,
+        } => backup::run_host(&home, json, listen, api, quota_mb).await,
         command => client_command(&home, json, command).await,
     }
 }
@@ -376,7 +387,9 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
         } => files::export(home, json, &client, kind, output, from, maildir).await?,
         Command::Blob { command } => files::blob(home, json, &client, command).await?,
         Command::Check => files::check(home, json, &client).await?,
+        Command::Backup { command } => backup::backup(home, json, &client, command).await?,
         Command::Init { .. }
+        | Command::Host { .. }
         | Command::Up { .. }
         | Command::Join { .. }
         | Command::Passphrase { .. }

@@ -299,7 +299,7 @@ pub(super) struct Signals {
 }
 
 impl Signals {
-    fn listen() -> anyhow::Result<Self> {
+    pub(super) fn listen() -> anyhow::Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(Self {
             interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
@@ -310,7 +310,7 @@ impl Signals {
 
     /// Waits for SIGINT or SIGTERM; a SIGHUP (a closed terminal, `systemctl reload`)
     /// never stops the vault: it runs `on_hangup`, which reloads what can be reloaded.
-    async fn wait<F, R>(mut self, mut on_hangup: F)
+    pub(super) async fn wait<F, R>(mut self, mut on_hangup: F)
     where
         F: FnMut() -> R,
         R: std::future::Future<Output = ()>,

@@ -208,12 +208,18 @@ pub fn seal_to(
     recipient: &[u8; 32],
     key: &[u8; 32],
 ) -> Option<Vec<u8>> {
+    seal_key_to(&seal_info(vault_id, epoch, recipient_name), recipient, key)
+}
+
+/// `key` sealed to the exchange key `recipient` under the HPKE `info` (what binds it
+/// to its use: [`seal_to`]'s for epoch records, the backup manifest's for a host), in
+/// [`seal_to`]'s layout.
+pub fn seal_key_to(info: &[u8], recipient: &[u8; 32], key: &[u8; 32]) -> Option<Vec<u8>> {
     let public = <Kem as hpke::Kem>::PublicKey::from_bytes(recipient).ok()?;
-    let info = seal_info(vault_id, epoch, recipient_name);
     let (encapped, ciphertext) = hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, Kem>(
         &OpModeS::Base,
         &public,
-        &info,
+        info,
         key,
         b"",
     )
@@ -232,19 +238,31 @@ pub fn open_sealed(
     exchange: &[u8; 32],
     sealed: &[u8],
 ) -> Option<Zeroizing<[u8; 32]>> {
+    open_key_with(
+        &seal_info(vault_id, epoch, recipient_name),
+        exchange,
+        sealed,
+    )
+}
+
+/// Opens what [`seal_key_to`] sealed under `info`, with the exchange seed `exchange`.
+pub fn open_key_with(
+    info: &[u8],
+    exchange: &[u8; 32],
+    sealed: &[u8],
+) -> Option<Zeroizing<[u8; 32]>> {
     if sealed.len() != PUBLIC_TAG_LEN + SEALED_LEN {
         return None;
     }
     let sealed = &sealed[PUBLIC_TAG_LEN..];
     let (private, _) = Kem::derive_keypair(exchange);
     let encapped = <Kem as hpke::Kem>::EncappedKey::from_bytes(&sealed[..32]).ok()?;
-    let info = seal_info(vault_id, epoch, recipient_name);
     let plain = Zeroizing::new(
         hpke::single_shot_open::<ChaCha20Poly1305, HkdfSha256, Kem>(
             &OpModeR::Base,
             &private,
             &encapped,
-            &info,
+            info,
             &sealed[32..],
             b"",
         )

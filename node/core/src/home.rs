@@ -46,6 +46,15 @@ impl Home {
     pub fn has_vault(&self) -> bool {
         self.keys().exists()
     }
+
+    /// A backup host's identity (`hearth host`): a HOME is a vault's or a host's.
+    pub fn host_key(&self) -> PathBuf {
+        self.root.join("host.key")
+    }
+
+    pub fn is_host(&self) -> bool {
+        self.host_key().exists()
+    }
 }
 
 /// Writes `bytes` to `path` atomically and durably: a temporary file in the same

@@ -669,6 +669,22 @@ fn derive_kek(passphrase: &Passphrase, params: &Argon2Params) -> Result<SealKey,
 }
 
 /// Reads the owner token a client presents (`HOME/owner.token`).
+/// The hash of `HOME/owner.token`, made first if there is none (a backup host's HOME,
+/// which has no key file: its owner token is all its API needs).
+pub fn owner_token_hash_or_new(home: &Home) -> io::Result<[u8; 32]> {
+    match read_owner_token(home) {
+        Ok(token) => Ok(token_hash(token.as_str().as_bytes())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let token = OwnerToken::generate();
+            let mut line = Zeroizing::new(token.as_str().as_bytes().to_vec());
+            line.push(b'\n');
+            write_file_atomic(&home.owner_token(), &line, 0o600)?;
+            Ok(token_hash(token.as_str().as_bytes()))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 pub fn read_owner_token(home: &Home) -> io::Result<OwnerToken> {
     let text = Zeroizing::new(fs::read_to_string(home.owner_token())?);
     Ok(OwnerToken(Zeroizing::new(text.trim().to_owned())))

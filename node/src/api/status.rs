@@ -1,5 +1,6 @@
-//! `/v1/hello`, `/v1/status`, `/v1/devices` and `/v1/keys`: the CLI's check of the
-//! node, this device, its vault's devices and the vault's key epochs.
+//! `/v1/hello`, `/v1/status`, `/v1/devices`, `/v1/keys` and `/v1/backup`: the CLI's
+//! check of the node, this device, its vault's devices, the vault's key epochs and its
+//! backup hosts.
 
 use super::*;
 
@@ -19,6 +20,17 @@ pub(super) async fn hello(
     body: Body,
 ) -> Result<Json<HelloResponse>, ApiError> {
     let request: HelloRequest = read_typed_body(&vault, body).await?;
+    Ok(Json(hello_answer(&request, |c| {
+        vault.keys.identity_proof(c)
+    })?))
+}
+
+/// The answer to a hello: `prove` applied to its challenge (32 bytes in hex). A backup
+/// host answers with its own owner token's proof.
+pub fn hello_answer(
+    request: &HelloRequest,
+    prove: impl FnOnce(&[u8]) -> [u8; 32],
+) -> Result<HelloResponse, ApiError> {
     let challenge = data_encoding::HEXLOWER_PERMISSIVE
         .decode(request.challenge.as_bytes())
         .ok()
@@ -29,10 +41,9 @@ pub(super) async fn hello(
                 "the challenge must be 32 bytes in hex",
             )
         })?;
-    let proof = vault.keys.identity_proof(&challenge);
-    Ok(Json(HelloResponse {
-        proof: data_encoding::HEXLOWER.encode(&proof),
-    }))
+    Ok(HelloResponse {
+        proof: data_encoding::HEXLOWER.encode(&prove(&challenge)),
+    })
 }
 
 #[utoipa::path(
@@ -162,4 +173,54 @@ pub(super) async fn rename_device(
     let request: RenameRequest = read_typed_body(&vault, body).await?;
     device_rename(&vault, &raw, &request.name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+impl From<crate::backup::BackupError> for ApiError {
+    fn from(e: crate::backup::BackupError) -> Self {
+        use crate::backup::BackupError as B;
+        let code = match &e {
+            B::Code(_) => ErrorCode::BadRequest,
+            B::NoKit | B::NoEpochKey | B::AlreadyAdded(_) | B::NoMesh => ErrorCode::Conflict,
+            B::Unreachable { .. } => ErrorCode::Unavailable,
+            B::Refused { .. }
+            | B::Protocol { .. }
+            | B::RolledBack { .. }
+            | B::Altered { .. }
+            | B::BadChain { .. } => ErrorCode::Conflict,
+            B::Vault(_) => ErrorCode::Storage,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/backup",
+    tag = "owner",
+    summary = "The vault's backup hosts: what each holds, and whether it is up to date",
+    responses((status = 200, description = "ok", body = BackupStatus), (status = "default", response = Failure))
+)]
+pub(super) async fn backup_status(
+    State(vault): State<AppState>,
+) -> Result<Json<BackupStatus>, ApiError> {
+    crate::backup::refresh(&vault).await;
+    Ok(Json(
+        blocking(&vault, |v| Ok(crate::backup::status(v)?)).await?,
+    ))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/backup/hosts",
+    tag = "owner",
+    summary = "Enroll a backup host with the code it printed (`hearth host invite`)",
+    request_body = BackupAddRequest,
+    responses((status = 200, description = "enrolled", body = HostStatus), (status = "default", response = Failure))
+)]
+pub(super) async fn add_backup_host(
+    State(vault): State<AppState>,
+    body: Body,
+) -> Result<Json<HostStatus>, ApiError> {
+    let request: BackupAddRequest = read_typed_body(&vault, body).await?;
+    Ok(Json(crate::backup::add(&vault, &request.code).await?))
 }

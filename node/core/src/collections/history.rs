@@ -229,6 +229,31 @@ impl Collections {
         self.apply_received(name, &part, |doc| doc.merge(&mut arrived).map(drop))
     }
 
+    /// Part `part` of a collection for a backup: its heads, and either the Automerge
+    /// changes after `after` (`false`), or the whole part as Automerge saves it
+    /// (`true`) when `after` is empty or names a change the part does not have (the
+    /// backup's chain of that part then starts again).
+    pub fn part_for_backup(
+        &self,
+        name: &CollectionName,
+        part: u16,
+        after: &[automerge::ChangeHash],
+    ) -> Result<(Vec<automerge::ChangeHash>, Vec<u8>, bool), CollectionError> {
+        let part = self.synced_part(name, part)?;
+        self.with(&part, |c| {
+            let heads = c.doc.get_heads();
+            let known = !after.is_empty()
+                && after
+                    .iter()
+                    .all(|h| c.doc.get_change_meta_by_hash(h).is_some());
+            Ok(if known {
+                (heads, c.doc.save_after(after), false)
+            } else {
+                (heads, c.doc.save(), true)
+            })
+        })
+    }
+
     /// The heads of a collection's document: equal heads, equal content.
     pub fn heads(
         &self,

@@ -1,0 +1,926 @@
+//! Backups to hosts that see nothing (`hearth backup add`, `hearth backup status`): the
+//! device side of [`hearth_protocol::backup`].
+//!
+//! A vault enrolls a host with the host's invite code; the host is then a record of
+//! `_backup` (synced to every device: the host's PeerId and addresses, the vault's
+//! handle there, and the upload token, which stays sealed at rest as every value). One
+//! device at a time uploads (the one with the smallest PeerId among the members it is
+//! connected to): what changed since the host's newest manifest, as
+//!
+//! - each part of each collection whose heads moved: its Automerge changes after the
+//!   heads the host has (the whole part the first time), so one edited record uploads
+//!   about a kilobyte;
+//! - each blob chunk and blob chunk list the host lacks, sealed again under the epoch's
+//!   backup key (nothing the host keeps is sealed under the storage key);
+//! - once an epoch, the vault's shared secrets, so a restore makes the same names;
+//!
+//! then one manifest naming them, the next of the host's chain. The device keeps what
+//! it knows of each host's chain ([`Progress`], sealed in the store's `backup` tree);
+//! a host that answers with a shorter chain or another newest manifest than the one
+//! this device saw is refused, saying so, and nothing is uploaded to it.
+//!
+//! Everything a host keeps is sealed under keys derived from the current epoch key,
+//! and each manifest carries that key sealed to the recovery kit: so a vault needs a
+//! recovery kit before it can add a host (a backup nobody could open on an empty
+//! machine protects against nothing a second device does not).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hearth_protocol::api::{BackupStatus, HostStatus};
+use hearth_protocol::backup::{
+    Entry, Handle, MANIFESTS_PER_ANSWER, ManifestBody, ManifestHeader, ObjectId, Request, Response,
+    decode, decode_host_invite, encode, manifest_hash, object_id, open_manifest, seal_manifest,
+    seal_object, token_hash,
+};
+use hearth_protocol::invite::pairing_proof;
+use hearth_protocol::{CollectionName, RecordId};
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, broadcast, oneshot};
+use tokio::task::JoinHandle;
+use zeroize::Zeroizing;
+
+use crate::Vault;
+use crate::epochs;
+use crate::mesh::frames::{read_frame, write_frame};
+use crate::recovery;
+
+pub const BACKUP: &str = "_backup";
+/// The store tree where a device keeps what it knows of each host's chain.
+const PROGRESS_TREE: &str = "backup";
+/// How long a host may take to answer one request.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long reaching a host may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Changes settle this long before an upload starts.
+const SETTLE: Duration = Duration::from_secs(2);
+/// Uploads are tried again this often (a host that was away, a blob that arrived).
+const AGAIN_EVERY: Duration = Duration::from_secs(300);
+/// A part's changes are cut into objects of at most this size.
+const PIECE: usize = 4 * 1024 * 1024;
+/// A manifest is appended once its objects reach this size or entry count, so a long
+/// first upload keeps what it did if it is cut short.
+const MANIFEST_BYTES: usize = 64 * 1024 * 1024;
+const MANIFEST_ENTRIES: usize = 4096;
+
+pub fn collection() -> CollectionName {
+    CollectionName::parse(BACKUP).expect("_backup is a valid name")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("{0}")]
+    Code(String),
+    #[error(
+        "make a recovery kit first (`hearth recovery-kit`): what a host keeps is opened with it on a new machine, and without one a backup could never be restored"
+    )]
+    NoKit,
+    #[error(
+        "this device does not hold the vault's current epoch key yet; try again once it has synced"
+    )]
+    NoEpochKey,
+    #[error("the host {0} is already a backup host of this vault")]
+    AlreadyAdded(PeerId),
+    #[error("cannot reach the host {peer}: {reason}")]
+    Unreachable { peer: PeerId, reason: String },
+    #[error("the host {peer} refused: {reason}")]
+    Refused { peer: PeerId, reason: String },
+    #[error("the host {peer} answered something unexpected: {what}")]
+    Protocol { peer: PeerId, what: String },
+    #[error(
+        "the host {peer} holds manifest {held}, but this vault has seen {seen} there: it lost or rolled back uploads; nothing more is sent to it until it serves them again (ask its operator)"
+    )]
+    RolledBack { peer: PeerId, held: u64, seen: u64 },
+    #[error(
+        "the host {peer} serves another manifest {seq} than the one this vault uploaded: it was altered; nothing more is sent to it"
+    )]
+    Altered { peer: PeerId, seq: u64 },
+    #[error("the host {peer}'s manifest {seq} does not open or does not follow its chain: {why}")]
+    BadChain { peer: PeerId, seq: u64, why: String },
+    #[error("the mesh is not running (the node was started without it)")]
+    NoMesh,
+    #[error("{0}")]
+    Vault(String),
+}
+
+impl From<crate::collections::CollectionError> for BackupError {
+    fn from(e: crate::collections::CollectionError) -> Self {
+        BackupError::Vault(e.to_string())
+    }
+}
+
+impl From<crate::store::StoreError> for BackupError {
+    fn from(e: crate::store::StoreError) -> Self {
+        BackupError::Vault(e.to_string())
+    }
+}
+
+impl From<crate::blobs::BlobError> for BackupError {
+    fn from(e: crate::blobs::BlobError) -> Self {
+        BackupError::Vault(e.to_string())
+    }
+}
+
+/// A host of `_backup`.
+#[derive(Clone)]
+pub struct HostRecord {
+    pub peer: PeerId,
+    pub addrs: Vec<Multiaddr>,
+    pub handle: Handle,
+    token: Zeroizing<[u8; 32]>,
+    pub added_at: u64,
+    pub added_by: String,
+}
+
+impl HostRecord {
+    fn to_record(&self) -> serde_json::Map<String, Value> {
+        let hex = data_encoding::HEXLOWER;
+        match json!({
+            "peer": self.peer.to_string(),
+            "addrs": self.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "handle": hex.encode(&self.handle),
+            "token": hex.encode(&*self.token),
+            "added_at": self.added_at,
+            "added_by": self.added_by,
+        }) {
+            Value::Object(map) => map,
+            _ => unreachable!("a JSON object"),
+        }
+    }
+
+    fn parse(record: &Value) -> Option<Self> {
+        let hex = data_encoding::HEXLOWER;
+        let text = |f: &str| record.get(f).and_then(Value::as_str);
+        Some(Self {
+            peer: text("peer")?.parse().ok()?,
+            addrs: record
+                .get("addrs")?
+                .as_array()?
+                .iter()
+                .filter_map(|a| a.as_str()?.parse().ok())
+                .collect(),
+            handle: hex
+                .decode(text("handle")?.as_bytes())
+                .ok()?
+                .try_into()
+                .ok()?,
+            token: Zeroizing::new(
+                hex.decode(text("token")?.as_bytes())
+                    .ok()?
+                    .try_into()
+                    .ok()?,
+            ),
+            added_at: record.get("added_at").and_then(Value::as_u64).unwrap_or(0),
+            added_by: text("added_by").unwrap_or_default().to_owned(),
+        })
+    }
+}
+
+/// The vault's backup hosts, as this device knows them.
+pub fn hosts(vault: &Vault) -> Result<Vec<HostRecord>, BackupError> {
+    Ok(vault
+        .collections
+        .records(&collection())?
+        .iter()
+        .filter_map(HostRecord::parse)
+        .collect())
+}
+
+/// A part's heads on a host, and their digest.
+type PartOnHost = (Vec<[u8; 32]>, [u8; 32]);
+
+/// What a device knows of one host's chain: the newest manifest it saw there, and
+/// what the chain holds (read from the manifests).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Progress {
+    handle: Handle,
+    seq: u64,
+    last: [u8; 32],
+    /// Each part's heads on the host, and their digest (as `part_digests` gives).
+    parts: BTreeMap<(String, u16), PartOnHost>,
+    chunks: HashSet<[u8; 32]>,
+    blobs: HashSet<[u8; 32]>,
+    /// The epochs (key ids) whose secrets object is there.
+    secrets: HashSet<u32>,
+    bytes: u64,
+    quota: u64,
+    last_upload: Option<u64>,
+}
+
+impl Progress {
+    /// Notes what a manifest sealed under the epoch key `key_id` added.
+    fn apply(&mut self, entries: &[Entry], key_id: u32) {
+        for entry in entries {
+            match entry {
+                Entry::Part {
+                    collection,
+                    part,
+                    heads,
+                    ..
+                } => {
+                    let digest = hearth_protocol::commit::heads_digest(heads.iter());
+                    self.parts
+                        .insert((collection.clone(), *part), (heads.clone(), digest));
+                }
+                Entry::Chunk { hash, .. } => {
+                    self.chunks.insert(*hash);
+                }
+                Entry::Blob { id, .. } => {
+                    self.blobs.insert(*id);
+                }
+                Entry::Secrets { .. } => {
+                    self.secrets.insert(key_id);
+                }
+            }
+        }
+    }
+}
+
+/// The uploader's state on a running node.
+#[derive(Default)]
+pub struct Backups {
+    wake: Notify,
+    errors: Mutex<HashMap<PeerId, String>>,
+    /// Held while an upload runs, so two do not.
+    running: tokio::sync::Mutex<()>,
+}
+
+impl Backups {
+    /// Asks for an upload round now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn progress_of(vault: &Vault, peer: &PeerId) -> Result<Option<Progress>, BackupError> {
+    let tree = vault.store.tree(PROGRESS_TREE)?;
+    Ok(tree
+        .get(&peer.to_bytes())?
+        .and_then(|bytes| postcard::from_bytes(&bytes).ok()))
+}
+
+fn save_progress(vault: &Vault, peer: &PeerId, progress: &Progress) -> Result<(), BackupError> {
+    let tree = vault.store.tree(PROGRESS_TREE)?;
+    let bytes = postcard::to_stdvec(progress).map_err(|e| BackupError::Vault(e.to_string()))?;
+    tree.insert(&peer.to_bytes(), &bytes)?;
+    Ok(())
+}
+
+/// The current epoch's key and key id, and the kit.
+fn current_key(
+    vault: &Vault,
+) -> Result<(u32, Zeroizing<[u8; 32]>, recovery::KitPublic), BackupError> {
+    let view = epochs::view_of(&vault.collections, vault.keys.vault_id)?;
+    let kit = view.kit.clone().ok_or(BackupError::NoKit)?;
+    let epoch = view
+        .current(&vault.keys.vault_id)
+        .ok_or(BackupError::NoEpochKey)?;
+    let key = epoch
+        .open(&vault.keys.identity())
+        .ok_or(BackupError::NoEpochKey)?;
+    Ok((epochs::key_id_of(&key), key, kit))
+}
+
+/// Every epoch key this device can open, by key id.
+fn all_keys(vault: &Vault) -> Result<HashMap<u32, Zeroizing<[u8; 32]>>, BackupError> {
+    let view = epochs::view_of(&vault.collections, vault.keys.vault_id)?;
+    let me = vault.keys.identity();
+    Ok(view
+        .valid(&vault.keys.vault_id)
+        .into_iter()
+        .filter_map(|e| e.open(&me))
+        .map(|key| (epochs::key_id_of(&key), key))
+        .collect())
+}
+
+/// The HPKE info a manifest's epoch key is sealed to the kit under.
+pub fn kit_info(handle: &Handle, key_id: u32) -> Vec<u8> {
+    let mut info = b"hearth/backup/manifest-key/v1".to_vec();
+    info.extend_from_slice(handle);
+    info.extend_from_slice(&key_id.to_be_bytes());
+    info
+}
+
+/// A stream to a host.
+struct Link {
+    peer: PeerId,
+    stream: libp2p::Stream,
+}
+
+impl Link {
+    async fn connect(
+        vault: &Vault,
+        peer: PeerId,
+        addrs: &[Multiaddr],
+    ) -> Result<Self, BackupError> {
+        let mesh = vault.mesh().ok_or(BackupError::NoMesh)?;
+        let unreachable = |reason: String| BackupError::Unreachable { peer, reason };
+        let connected = |peers: Vec<PeerId>| peers.contains(&peer);
+        if !mesh.handle.connected_peers().await.is_ok_and(connected) {
+            for addr in addrs {
+                let full = if addr
+                    .iter()
+                    .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+                {
+                    addr.clone()
+                } else {
+                    addr.clone().with(libp2p::multiaddr::Protocol::P2p(peer))
+                };
+                let _ = mesh.handle.dial(full).await;
+            }
+            // The stream is asked for once connected (see pairing's `exchange`).
+            let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+            loop {
+                if mesh.handle.connected_peers().await.is_ok_and(connected) {
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return Err(unreachable(format!(
+                        "no connection within {CONNECT_TIMEOUT:?} at {}",
+                        addrs
+                            .iter()
+                            .map(|a| a.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let stream = mesh
+            .handle
+            .streams()
+            .open_stream(
+                peer,
+                StreamProtocol::new(hearth_protocol::backup::BACKUP_PROTOCOL),
+            )
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok(Self { peer, stream })
+    }
+
+    async fn ask(&mut self, request: &Request) -> Result<Response, BackupError> {
+        let peer = self.peer;
+        let talk = async {
+            write_frame(&mut self.stream, &encode(request))
+                .await
+                .map_err(|e| e.to_string())?;
+            read_frame(&mut self.stream)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "the host closed the stream".to_owned())
+        };
+        let frame = tokio::time::timeout(ANSWER_TIMEOUT, talk)
+            .await
+            .map_err(|_| BackupError::Unreachable {
+                peer,
+                reason: format!("no answer within {ANSWER_TIMEOUT:?}"),
+            })?
+            .map_err(|reason| BackupError::Unreachable { peer, reason })?;
+        match decode::<Response>(&frame) {
+            Ok(Response::Refused { reason }) => Err(BackupError::Refused { peer, reason }),
+            Ok(answer) => Ok(answer),
+            Err(e) => Err(BackupError::Protocol { peer, what: e }),
+        }
+    }
+
+    fn unexpected(&self, answer: &Response) -> BackupError {
+        BackupError::Protocol {
+            peer: self.peer,
+            what: format!("{answer:?}").chars().take(80).collect(),
+        }
+    }
+}
+
+/// Enrolls the host of `code` as a backup host of this vault.
+pub async fn add(vault: &Arc<Vault>, code: &str) -> Result<HostStatus, BackupError> {
+    let invite = decode_host_invite(code).map_err(|e| BackupError::Code(e.to_string()))?;
+    let peer = PeerId::from_bytes(&invite.inviter_peer_id).map_err(|_| {
+        BackupError::Code("the code is damaged (its host's id); copy it again".into())
+    })?;
+    if invite.expires_unix <= now() {
+        return Err(BackupError::Code(
+            "the code has expired; ask the host for a new one (`hearth host invite`)".into(),
+        ));
+    }
+    let addrs: Vec<Multiaddr> = invite.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+    let (kit, _) = recovery::current(&vault.collections)?.ok_or(BackupError::NoKit)?;
+    if hosts(vault)?.iter().any(|h| h.peer == peer) {
+        return Err(BackupError::AlreadyAdded(peer));
+    }
+    let mut token = Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(&mut *token);
+    let me = vault.keys.peer_id();
+    let proof = pairing_proof(&invite.secret, &peer.to_bytes(), &me.to_bytes());
+    let mut link = Link::connect(vault, peer, &addrs).await?;
+    let answer = link
+        .ask(&Request::Enroll {
+            proof,
+            handle: kit.handle,
+            token_hash: token_hash(&token),
+        })
+        .await?;
+    let Response::Enrolled { quota } = answer else {
+        return Err(link.unexpected(&answer));
+    };
+    let record = HostRecord {
+        peer,
+        addrs,
+        handle: kit.handle,
+        token,
+        added_at: now(),
+        added_by: me.to_string(),
+    };
+    let id = RecordId::parse(&peer.to_string()).map_err(|e| BackupError::Vault(e.to_string()))?;
+    vault
+        .collections
+        .put(&collection(), &id, &record.to_record())?;
+    vault.store.commit().await?;
+    let progress = Progress {
+        handle: kit.handle,
+        quota,
+        ..Progress::default()
+    };
+    save_progress(vault, &peer, &progress)?;
+    vault.store.commit().await?;
+    tracing::info!(host = %peer, "added a backup host");
+    vault.backups.wake();
+    Ok(status_of(vault, &record, Some(&progress), false))
+}
+
+fn status_of(
+    vault: &Vault,
+    host: &HostRecord,
+    progress: Option<&Progress>,
+    up_to_date: bool,
+) -> HostStatus {
+    let error = vault
+        .backups
+        .errors
+        .lock()
+        .expect("errors lock is never poisoned")
+        .get(&host.peer)
+        .cloned();
+    HostStatus {
+        peer: host.peer.to_string(),
+        addrs: host.addrs.iter().map(|a| a.to_string()).collect(),
+        up_to_date: up_to_date && error.is_none(),
+        bytes: progress.map_or(0, |p| p.bytes),
+        quota: progress.map_or(0, |p| p.quota),
+        last_upload: progress.and_then(|p| p.last_upload),
+        seq: progress.map_or(0, |p| p.seq),
+        added_at: host.added_at,
+        error,
+    }
+}
+
+/// Whether `progress` holds everything this device has.
+fn covers(vault: &Vault, progress: &Progress) -> Result<bool, BackupError> {
+    let Ok((key_id, _, _)) = current_key(vault) else {
+        return Ok(false);
+    };
+    if !progress.secrets.contains(&key_id) {
+        return Ok(false);
+    }
+    for (name, parts) in vault.collections.part_digests()? {
+        for (part, digest) in parts {
+            if progress
+                .parts
+                .get(&(name.to_string(), part))
+                .is_none_or(|(_, d)| *d != digest)
+            {
+                return Ok(false);
+            }
+        }
+    }
+    for id in vault.blobs.stored()? {
+        if !progress.blobs.contains(&id.0) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// `hearth backup status`.
+pub fn status(vault: &Vault) -> Result<BackupStatus, BackupError> {
+    let mut out = Vec::new();
+    for host in hosts(vault)? {
+        let progress = progress_of(vault, &host.peer)?;
+        let up_to_date = match &progress {
+            Some(p) if p.handle == host.handle => covers(vault, p)?,
+            _ => false,
+        };
+        out.push(status_of(vault, &host, progress.as_ref(), up_to_date));
+    }
+    Ok(BackupStatus { hosts: out })
+}
+
+/// Starts the uploader: a round after changes settle, when woken, and every
+/// [`AGAIN_EVERY`].
+pub(crate) fn spawn(vault: Arc<Vault>) -> (oneshot::Sender<()>, JoinHandle<()>) {
+    let (stop_tx, mut stop) = oneshot::channel::<()>();
+    let mut changes = vault.collections.subscribe();
+    let task = tokio::spawn(async move {
+        let mut again = tokio::time::interval(AGAIN_EVERY);
+        again.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                change = changes.recv() => match change {
+                    Ok(changed) if changed.collection.as_str() == BACKUP => {}
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        tokio::select! {
+                            _ = &mut stop => return,
+                            () = tokio::time::sleep(SETTLE) => {}
+                        }
+                        while changes.try_recv().is_ok() {}
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                () = vault.backups.wake.notified() => {}
+                _ = again.tick() => {}
+            }
+            let round = upload_all(&vault);
+            tokio::pin!(round);
+            tokio::select! {
+                _ = &mut stop => return,
+                () = &mut round => {}
+            }
+        }
+    });
+    (stop_tx, task)
+}
+
+/// Whether this device is the one that uploads: the smallest PeerId among the
+/// members it is connected to and itself.
+async fn my_turn(vault: &Vault) -> bool {
+    let me = vault.keys.peer_id();
+    let Some(mesh) = vault.mesh() else {
+        return false;
+    };
+    let connected = mesh.handle.connected_peers().await.unwrap_or_default();
+    !connected
+        .iter()
+        .any(|p| *p < me && crate::devices::is_member(&vault.collections, p))
+}
+
+/// Reads each host's chain again (what another device appended), unless an upload is
+/// under way (which reads it itself): what `hearth backup status` asks first.
+pub async fn refresh(vault: &Arc<Vault>) {
+    let Ok(hosts) = hosts(vault) else {
+        return;
+    };
+    let Ok(_running) = vault.backups.running.try_lock() else {
+        return;
+    };
+    for host in hosts {
+        note_result(vault, &host, upload(vault, &host, false).await);
+    }
+}
+
+fn note_result(vault: &Vault, host: &HostRecord, result: Result<(), BackupError>) {
+    let mut errors = vault
+        .backups
+        .errors
+        .lock()
+        .expect("errors lock is never poisoned");
+    match result {
+        Ok(()) => {
+            errors.remove(&host.peer);
+        }
+        Err(e) => {
+            tracing::warn!(host = %host.peer, error = %e, "backup upload failed");
+            errors.insert(host.peer, e.to_string());
+        }
+    }
+}
+
+/// One round: every host brought up to date.
+pub async fn upload_all(vault: &Arc<Vault>) {
+    let Ok(hosts) = hosts(vault) else {
+        return;
+    };
+    if hosts.is_empty() {
+        return;
+    }
+    // The others only read what the uploading device appended, so their status is true.
+    let uploads = my_turn(vault).await;
+    let _running = vault.backups.running.lock().await;
+    for host in hosts {
+        note_result(vault, &host, upload(vault, &host, uploads).await);
+    }
+}
+
+/// Brings one host up to date, or (`uploads` false) reads what it holds.
+async fn upload(vault: &Arc<Vault>, host: &HostRecord, uploads: bool) -> Result<(), BackupError> {
+    let peer = host.peer;
+    let (key_id, key, kit) = current_key(vault)?;
+    let mut progress = match progress_of(vault, &peer)? {
+        Some(p) if p.handle == host.handle => p,
+        _ => Progress {
+            handle: host.handle,
+            ..Progress::default()
+        },
+    };
+    let mut link = Link::connect(vault, peer, &host.addrs).await?;
+    let answer = link
+        .ask(&Request::Open {
+            handle: host.handle,
+            token: *host.token,
+        })
+        .await?;
+    let Response::Opened {
+        seq,
+        last,
+        bytes,
+        quota,
+    } = answer
+    else {
+        return Err(link.unexpected(&answer));
+    };
+    if seq < progress.seq {
+        return Err(BackupError::RolledBack {
+            peer,
+            held: seq,
+            seen: progress.seq,
+        });
+    }
+    if seq == progress.seq && last != progress.last {
+        return Err(BackupError::Altered { peer, seq });
+    }
+    if seq > progress.seq {
+        catch_up(vault, &mut link, &mut progress, seq, last).await?;
+    }
+    progress.bytes = bytes;
+    progress.quota = quota;
+    if !uploads {
+        save_progress(vault, &peer, &progress)?;
+        vault.store.commit().await?;
+        return Ok(());
+    }
+
+    let mut round = Round {
+        vault,
+        host,
+        link,
+        progress,
+        key_id,
+        key,
+        kit,
+        pending: Pending::default(),
+    };
+    round.upload().await
+}
+
+/// What a round has uploaded and not yet named in a manifest.
+#[derive(Default)]
+struct Pending {
+    entries: Vec<Entry>,
+    bytes: usize,
+    chunks: HashSet<[u8; 32]>,
+    blobs: HashSet<[u8; 32]>,
+}
+
+/// One upload to one host, under the current epoch's key.
+struct Round<'a> {
+    vault: &'a Arc<Vault>,
+    host: &'a HostRecord,
+    link: Link,
+    progress: Progress,
+    key_id: u32,
+    key: Zeroizing<[u8; 32]>,
+    kit: recovery::KitPublic,
+    pending: Pending,
+}
+
+impl Round<'_> {
+    async fn upload(&mut self) -> Result<(), BackupError> {
+        let vault = self.vault;
+        if !self.progress.secrets.contains(&self.key_id) {
+            let secrets = vault.keys.shared_secrets();
+            let mut plain = Zeroizing::new(Vec::with_capacity(80));
+            plain.extend_from_slice(&secrets.vault_id);
+            plain.extend_from_slice(&*secrets.storage_key);
+            plain.extend_from_slice(&*secrets.signing_key);
+            let object = self.put(&plain).await?;
+            self.add(Entry::Secrets { object }).await?;
+        }
+        // Parts whose heads moved.
+        let digests = {
+            let v = vault.clone();
+            tokio::task::spawn_blocking(move || v.collections.part_digests())
+                .await
+                .map_err(|e| BackupError::Vault(e.to_string()))??
+        };
+        for (name, parts) in digests {
+            for (part, digest) in parts {
+                let slot = (name.to_string(), part);
+                let after: Vec<[u8; 32]> = match self.progress.parts.get(&slot) {
+                    Some((_, d)) if *d == digest => continue,
+                    Some((heads, _)) => heads.clone(),
+                    None => Vec::new(),
+                };
+                let (heads, bytes, whole) = {
+                    let v = vault.clone();
+                    let name = name.clone();
+                    let after: Vec<automerge::ChangeHash> =
+                        after.iter().map(|h| automerge::ChangeHash(*h)).collect();
+                    tokio::task::spawn_blocking(move || {
+                        v.collections.part_for_backup(&name, part, &after)
+                    })
+                    .await
+                    .map_err(|e| BackupError::Vault(e.to_string()))??
+                };
+                let mut objects = Vec::new();
+                for piece in bytes.chunks(PIECE) {
+                    objects.push(self.put(piece).await?);
+                }
+                self.add(Entry::Part {
+                    collection: name.to_string(),
+                    part,
+                    after: if whole { Vec::new() } else { after },
+                    heads: heads.iter().map(|h| h.0).collect(),
+                    objects,
+                })
+                .await?;
+            }
+        }
+        // Blobs this device holds whole, and their chunks.
+        for id in vault.blobs.stored()? {
+            if self.progress.blobs.contains(&id.0) || self.pending.blobs.contains(&id.0) {
+                continue;
+            }
+            let Some(manifest_bytes) = vault.blobs.manifest_bytes(id)? else {
+                continue;
+            };
+            let manifest = hearth_protocol::blob::Manifest::decode(&manifest_bytes)
+                .map_err(|e| BackupError::Vault(e.to_string()))?;
+            for hash in &manifest.chunks {
+                if self.progress.chunks.contains(hash) || self.pending.chunks.contains(hash) {
+                    continue;
+                }
+                let Some(answer) = vault.blobs.chunk_answer(*hash).await? else {
+                    return Err(BackupError::Vault(format!(
+                        "blob {id} is listed as held here, but a chunk of it is missing"
+                    )));
+                };
+                let object = self.put(&answer[1..]).await?;
+                self.pending.chunks.insert(*hash);
+                self.add(Entry::Chunk {
+                    hash: *hash,
+                    object,
+                })
+                .await?;
+            }
+            let object = self.put(&manifest_bytes).await?;
+            self.pending.blobs.insert(id.0);
+            self.add(Entry::Blob { id: id.0, object }).await?;
+        }
+        if !self.pending.entries.is_empty() {
+            self.append().await
+        } else {
+            save_progress(vault, &self.host.peer, &self.progress)?;
+            Ok(vault.store.commit().await?)
+        }
+    }
+
+    /// Seals `data` as an object and stores it on the host; its name.
+    async fn put(&mut self, data: &[u8]) -> Result<ObjectId, BackupError> {
+        let mut nonce = [0u8; 24];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let object = seal_object(&self.key, &self.host.handle, self.key_id, data, nonce);
+        let id = object_id(&object);
+        self.pending.bytes += object.len();
+        match self.link.ask(&Request::Put { object }).await? {
+            Response::Stored { .. } => Ok(id),
+            other => Err(self.link.unexpected(&other)),
+        }
+    }
+
+    /// Notes an entry for the next manifest, appended once enough is pending.
+    async fn add(&mut self, entry: Entry) -> Result<(), BackupError> {
+        self.pending.entries.push(entry);
+        if self.pending.bytes >= MANIFEST_BYTES || self.pending.entries.len() >= MANIFEST_ENTRIES {
+            self.append().await?;
+        }
+        Ok(())
+    }
+
+    /// Appends a manifest naming what is pending, the next of the host's chain.
+    async fn append(&mut self) -> Result<(), BackupError> {
+        let handle = self.host.handle;
+        let kit_sealed = epochs::seal_key_to(
+            &kit_info(&handle, self.key_id),
+            &self.kit.exchange,
+            &self.key,
+        )
+        .ok_or_else(|| BackupError::Vault("the recovery kit's key is not valid".into()))?;
+        let header = ManifestHeader {
+            handle,
+            seq: self.progress.seq + 1,
+            prev: self.progress.last,
+            epoch: self.key_id,
+            kit_sealed,
+        };
+        let body = ManifestBody {
+            made_at: now(),
+            made_by: self.vault.keys.peer_id().to_string(),
+            entries: std::mem::take(&mut self.pending.entries),
+        };
+        let mut nonce = [0u8; 24];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let manifest = seal_manifest(&self.key, &header, &body, nonce);
+        let answer = self
+            .link
+            .ask(&Request::Append {
+                manifest: manifest.clone(),
+            })
+            .await?;
+        match answer {
+            Response::Appended { seq } if seq == header.seq => {}
+            other => return Err(self.link.unexpected(&other)),
+        }
+        let progress = &mut self.progress;
+        progress.apply(&body.entries, self.key_id);
+        progress.seq = header.seq;
+        progress.last = manifest_hash(&manifest);
+        progress.bytes += (self.pending.bytes + manifest.len()) as u64;
+        progress.last_upload = Some(body.made_at);
+        self.pending.bytes = 0;
+        save_progress(self.vault, &self.host.peer, progress)?;
+        self.vault.store.commit().await?;
+        tracing::debug!(host = %self.host.peer, seq = header.seq, entries = body.entries.len(), "backup manifest appended");
+        Ok(())
+    }
+}
+
+/// Reads the manifests another device appended since `progress`, checking that each
+/// follows the one before and opens; `last` is the newest's hash, as the host said.
+async fn catch_up(
+    vault: &Vault,
+    link: &mut Link,
+    progress: &mut Progress,
+    seq: u64,
+    last: [u8; 32],
+) -> Result<(), BackupError> {
+    let peer = link.peer;
+    let keys = all_keys(vault)?;
+    while progress.seq < seq {
+        let answer = link
+            .ask(&Request::Manifests {
+                after: progress.seq,
+                limit: MANIFESTS_PER_ANSWER,
+            })
+            .await?;
+        let Response::Manifests { manifests } = answer else {
+            return Err(link.unexpected(&answer));
+        };
+        if manifests.is_empty() {
+            return Err(BackupError::RolledBack {
+                peer,
+                held: progress.seq,
+                seen: seq,
+            });
+        }
+        for manifest in manifests {
+            let next = progress.seq + 1;
+            let bad = |why: String| BackupError::BadChain {
+                peer,
+                seq: next,
+                why,
+            };
+            let (header, _) = ManifestHeader::parse(&manifest).map_err(|e| bad(e.to_string()))?;
+            if header.seq != next
+                || header.prev != progress.last
+                || header.handle != progress.handle
+            {
+                return Err(bad("it does not follow the manifest before it".into()));
+            }
+            let key = keys.get(&header.epoch).ok_or_else(|| {
+                bad(format!(
+                    "it is sealed under epoch key {:08x}, which this device does not hold",
+                    header.epoch
+                ))
+            })?;
+            let (_, body) = open_manifest(key, &manifest).map_err(|e| bad(e.to_string()))?;
+            progress.apply(&body.entries, header.epoch);
+            progress.seq = next;
+            progress.last = manifest_hash(&manifest);
+            progress.last_upload = Some(body.made_at);
+        }
+    }
+    if progress.last != last {
+        return Err(BackupError::Altered { peer, seq });
+    }
+    Ok(())
+}

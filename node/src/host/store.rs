@@ -1,0 +1,403 @@
+//! What a backup host keeps, on its disk: per enrolled vault (named by its handle, 16
+//! random-looking bytes), the objects the vault's devices uploaded and their manifest
+//! chain, all sealed by the devices; the host reads only the manifests' clear headers.
+//!
+//! ```text
+//! HOME/vaults/<handle hex>/vault.json          the upload token's hash, quota, times
+//! HOME/vaults/<handle hex>/objects/<xx>/<hash> an object, named by its BLAKE3 hash
+//! HOME/vaults/<handle hex>/manifests/<seq>     manifest seq (20 digits)
+//! ```
+//!
+//! Each file is written to a temporary name, synced, and renamed: a crash leaves the
+//! old state or the new, and a manifest is written only after the objects before it.
+//! Nothing is ever deleted by a device (`Request` has no delete).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use hearth_protocol::backup::{
+    Handle, MANIFESTS_PER_ANSWER, MAX_MANIFEST, MAX_OBJECT, ManifestHeader, ObjectId,
+    manifest_hash, object_id, token_hash,
+};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::home::{create_private_dir, sync_dir, write_file_atomic};
+
+/// Why the host refused a request: said to the device as it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("this vault is already enrolled on this host")]
+    AlreadyEnrolled,
+    #[error("no such vault on this host, or a wrong upload token")]
+    Unknown,
+    #[error("the object is {0} bytes; the host takes at most {MAX_OBJECT}")]
+    ObjectTooLarge(usize),
+    #[error("the manifest is {0} bytes; the host takes at most {MAX_MANIFEST}")]
+    ManifestTooLarge(usize),
+    #[error("the vault's quota of {quota} bytes is used up ({used} used, {wanted} more asked)")]
+    Quota { quota: u64, used: u64, wanted: u64 },
+    #[error("{0}")]
+    BadManifest(String),
+    #[error(
+        "manifest {got} is not the next one: the host holds {held} (another device uploaded meanwhile; read the chain again)"
+    )]
+    NotNext { held: u64, got: u64 },
+    #[error("manifest {0} does not follow the one the host holds (its prev differs)")]
+    WrongPrev(u64),
+    #[error("the manifest is for another vault than the one opened")]
+    OtherVault,
+    #[error("the host cannot store it: {0}")]
+    Disk(String),
+}
+
+impl From<std::io::Error> for Refusal {
+    fn from(e: std::io::Error) -> Self {
+        Refusal::Disk(e.to_string())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct VaultFile {
+    /// Hex of the upload token's hash.
+    token_hash: String,
+    quota: u64,
+    enrolled_at: u64,
+}
+
+#[derive(Debug, Clone)]
+struct VaultState {
+    token_hash: [u8; 32],
+    quota: u64,
+    enrolled_at: u64,
+    seq: u64,
+    last: [u8; 32],
+    bytes: u64,
+    objects: u64,
+    last_upload: Option<u64>,
+}
+
+impl VaultState {
+    /// Whether `wanted` more bytes fit in the vault's quota.
+    fn room_for(&self, wanted: u64) -> Result<(), Refusal> {
+        if self.bytes + wanted > self.quota {
+            return Err(Refusal::Quota {
+                quota: self.quota,
+                used: self.bytes,
+                wanted,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What the host's operator sees of one vault: an opaque name and sizes.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VaultSummary {
+    /// The vault's handle, in hex: random to the host.
+    pub name: String,
+    pub bytes: u64,
+    pub quota: u64,
+    pub objects: u64,
+    pub manifests: u64,
+    pub enrolled_at: u64,
+    pub last_upload: Option<u64>,
+}
+
+/// What a device learns when it opens its vault on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub seq: u64,
+    pub last: [u8; 32],
+    pub bytes: u64,
+    pub quota: u64,
+}
+
+pub struct HostStore {
+    root: PathBuf,
+    quota: u64,
+    vaults: Mutex<HashMap<Handle, VaultState>>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    data_encoding::HEXLOWER.encode(bytes)
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl HostStore {
+    /// Opens (or makes) the store under `root` (`HOME/vaults`); `quota` is what a vault
+    /// enrolled from now on may use.
+    pub fn open(root: &Path, quota: u64) -> std::io::Result<Self> {
+        create_private_dir(root)?;
+        let mut vaults = HashMap::new();
+        for entry in std::fs::read_dir(root)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(handle) = data_encoding::HEXLOWER
+                .decode(name.as_bytes())
+                .ok()
+                .and_then(|h| Handle::try_from(h.as_slice()).ok())
+            else {
+                tracing::warn!(name, "not a vault's folder; left alone");
+                continue;
+            };
+            match Self::load(&entry.path()) {
+                Ok(state) => {
+                    vaults.insert(handle, state);
+                }
+                Err(e) => {
+                    tracing::warn!(name, error = %e, "cannot read this vault's folder; it is not served")
+                }
+            }
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+            quota,
+            vaults: Mutex::new(vaults),
+        })
+    }
+
+    fn load(dir: &Path) -> std::io::Result<VaultState> {
+        let bad =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+        let file: VaultFile = serde_json::from_slice(&std::fs::read(dir.join("vault.json"))?)
+            .map_err(|e| bad(&format!("vault.json: {e}")))?;
+        let token_hash = data_encoding::HEXLOWER
+            .decode(file.token_hash.as_bytes())
+            .ok()
+            .and_then(|h| <[u8; 32]>::try_from(h.as_slice()).ok())
+            .ok_or_else(|| bad("vault.json: the token hash is malformed"))?;
+        let mut bytes = 0;
+        let mut objects = 0;
+        let mut last_upload = None;
+        let objects_dir = dir.join("objects");
+        if objects_dir.exists() {
+            for sub in std::fs::read_dir(&objects_dir)? {
+                for object in std::fs::read_dir(sub?.path())? {
+                    let meta = object?.metadata()?;
+                    bytes += meta.len();
+                    objects += 1;
+                }
+            }
+        }
+        // The chain must be whole: 1, 2, 3 … with no gap.
+        let mut seq = 0;
+        let mut last = [0u8; 32];
+        loop {
+            let path = dir.join("manifests").join(format!("{:020}", seq + 1));
+            let Ok(manifest) = std::fs::read(&path) else {
+                break;
+            };
+            bytes += manifest.len() as u64;
+            last = manifest_hash(&manifest);
+            last_upload = std::fs::metadata(&path)?
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs());
+            seq += 1;
+        }
+        Ok(VaultState {
+            token_hash,
+            quota: file.quota,
+            enrolled_at: file.enrolled_at,
+            seq,
+            last,
+            bytes,
+            objects,
+            last_upload,
+        })
+    }
+
+    fn dir(&self, handle: &Handle) -> PathBuf {
+        self.root.join(hex(handle))
+    }
+
+    fn object_path(&self, handle: &Handle, id: &ObjectId) -> PathBuf {
+        let name = hex(id);
+        self.dir(handle)
+            .join("objects")
+            .join(&name[..2])
+            .join(&name[2..])
+    }
+
+    /// Enrolls a vault (the invite was checked by the caller).
+    pub fn enroll(&self, handle: Handle, token_hash: [u8; 32]) -> Result<u64, Refusal> {
+        let mut vaults = self.vaults.lock().expect("vaults lock is never poisoned");
+        if vaults.contains_key(&handle) {
+            return Err(Refusal::AlreadyEnrolled);
+        }
+        let dir = self.dir(&handle);
+        create_private_dir(&dir)?;
+        create_private_dir(&dir.join("objects"))?;
+        create_private_dir(&dir.join("manifests"))?;
+        let enrolled_at = now();
+        let file = VaultFile {
+            token_hash: hex(&token_hash),
+            quota: self.quota,
+            enrolled_at,
+        };
+        write_file_atomic(
+            &dir.join("vault.json"),
+            &serde_json::to_vec_pretty(&file).expect("serializes"),
+            0o600,
+        )?;
+        vaults.insert(
+            handle,
+            VaultState {
+                token_hash,
+                quota: self.quota,
+                enrolled_at,
+                seq: 0,
+                last: [0; 32],
+                bytes: 0,
+                objects: 0,
+                last_upload: None,
+            },
+        );
+        Ok(self.quota)
+    }
+
+    /// Opens a vault with its upload token.
+    pub fn open_vault(&self, handle: &Handle, token: &[u8; 32]) -> Result<Opened, Refusal> {
+        let vaults = self.vaults.lock().expect("vaults lock is never poisoned");
+        let presented = token_hash(token);
+        let state = vaults.get(handle).ok_or(Refusal::Unknown)?;
+        if !bool::from(state.token_hash.ct_eq(&presented)) {
+            return Err(Refusal::Unknown);
+        }
+        Ok(Opened {
+            seq: state.seq,
+            last: state.last,
+            bytes: state.bytes,
+            quota: state.quota,
+        })
+    }
+
+    pub fn missing(&self, handle: &Handle, ids: &[ObjectId]) -> Vec<ObjectId> {
+        ids.iter()
+            .filter(|id| !self.object_path(handle, id).exists())
+            .copied()
+            .collect()
+    }
+
+    /// Stores an object; the bytes the vault uses afterwards.
+    pub fn put(&self, handle: &Handle, object: &[u8]) -> Result<u64, Refusal> {
+        if object.len() > MAX_OBJECT {
+            return Err(Refusal::ObjectTooLarge(object.len()));
+        }
+        let id = object_id(object);
+        let path = self.object_path(handle, &id);
+        let mut vaults = self.vaults.lock().expect("vaults lock is never poisoned");
+        let state = vaults.get_mut(handle).ok_or(Refusal::Unknown)?;
+        if path.exists() {
+            return Ok(state.bytes);
+        }
+        let wanted = object.len() as u64;
+        state.room_for(wanted)?;
+        let dir = path.parent().expect("an object has a folder");
+        if !dir.exists() {
+            create_private_dir(dir)?;
+            sync_dir(dir.parent().expect("objects/ has a parent"))?;
+        }
+        write_file_atomic(&path, object, 0o600)?;
+        state.bytes += wanted;
+        state.objects += 1;
+        state.last_upload = Some(now());
+        Ok(state.bytes)
+    }
+
+    /// Appends a manifest: it must be the next of the chain.
+    pub fn append(&self, handle: &Handle, manifest: &[u8]) -> Result<u64, Refusal> {
+        if manifest.len() > MAX_MANIFEST {
+            return Err(Refusal::ManifestTooLarge(manifest.len()));
+        }
+        let (header, _) =
+            ManifestHeader::parse(manifest).map_err(|e| Refusal::BadManifest(e.to_string()))?;
+        if &header.handle != handle {
+            return Err(Refusal::OtherVault);
+        }
+        let mut vaults = self.vaults.lock().expect("vaults lock is never poisoned");
+        let state = vaults.get_mut(handle).ok_or(Refusal::Unknown)?;
+        if header.seq != state.seq + 1 {
+            return Err(Refusal::NotNext {
+                held: state.seq,
+                got: header.seq,
+            });
+        }
+        if header.prev != state.last {
+            return Err(Refusal::WrongPrev(header.seq));
+        }
+        let wanted = manifest.len() as u64;
+        state.room_for(wanted)?;
+        let path = self
+            .dir(handle)
+            .join("manifests")
+            .join(format!("{:020}", header.seq));
+        write_file_atomic(&path, manifest, 0o600)?;
+        state.seq = header.seq;
+        state.last = manifest_hash(manifest);
+        state.bytes += wanted;
+        state.last_upload = Some(now());
+        Ok(state.seq)
+    }
+
+    /// Manifests after `after`, in order, at most `limit`.
+    pub fn manifests(
+        &self,
+        handle: &Handle,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Vec<u8>>, Refusal> {
+        let held = {
+            let vaults = self.vaults.lock().expect("vaults lock is never poisoned");
+            vaults.get(handle).ok_or(Refusal::Unknown)?.seq
+        };
+        let limit = u64::from(limit.min(MANIFESTS_PER_ANSWER));
+        let mut out = Vec::new();
+        for seq in after + 1..=held.min(after.saturating_add(limit)) {
+            let path = self
+                .dir(handle)
+                .join("manifests")
+                .join(format!("{seq:020}"));
+            out.push(std::fs::read(path)?);
+        }
+        Ok(out)
+    }
+
+    pub fn get(&self, handle: &Handle, id: &ObjectId) -> Result<Option<Vec<u8>>, Refusal> {
+        match std::fs::read(self.object_path(handle, id)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every enrolled vault, by its opaque name.
+    pub fn summaries(&self) -> Vec<VaultSummary> {
+        let vaults = self.vaults.lock().expect("vaults lock is never poisoned");
+        let mut out: Vec<VaultSummary> = vaults
+            .iter()
+            .map(|(handle, s)| VaultSummary {
+                name: hex(handle),
+                bytes: s.bytes,
+                quota: s.quota,
+                objects: s.objects,
+                manifests: s.seq,
+                enrolled_at: s.enrolled_at,
+                last_upload: s.last_upload,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

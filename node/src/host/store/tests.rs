@@ -1,0 +1,140 @@
+use hearth_protocol::backup::{
+    ManifestBody, ManifestHeader, manifest_hash, object_id, seal_manifest, seal_object, token_hash,
+};
+
+use super::*;
+
+const HANDLE: Handle = [3; 16];
+const TOKEN: [u8; 32] = [4; 32];
+const KEY: [u8; 32] = [5; 32];
+
+fn manifest(seq: u64, prev: [u8; 32]) -> Vec<u8> {
+    let header = ManifestHeader {
+        handle: HANDLE,
+        seq,
+        prev,
+        epoch: 1,
+        kit_sealed: vec![1; 88],
+    };
+    let body = ManifestBody {
+        made_at: 0,
+        made_by: "d".into(),
+        entries: Vec::new(),
+    };
+    seal_manifest(&KEY, &header, &body, [seq as u8; 24])
+}
+
+fn enrolled(dir: &Path, quota: u64) -> HostStore {
+    let store = HostStore::open(dir, quota).unwrap();
+    store.enroll(HANDLE, token_hash(&TOKEN)).unwrap();
+    store
+}
+
+#[test]
+fn a_vault_opens_with_its_token_only_and_enrolls_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = enrolled(dir.path(), 1 << 20);
+    assert_eq!(
+        store.enroll(HANDLE, token_hash(&[9; 32])),
+        Err(Refusal::AlreadyEnrolled)
+    );
+    assert_eq!(store.open_vault(&HANDLE, &[9; 32]), Err(Refusal::Unknown));
+    assert_eq!(store.open_vault(&[1; 16], &TOKEN), Err(Refusal::Unknown));
+    let opened = store.open_vault(&HANDLE, &TOKEN).unwrap();
+    assert_eq!((opened.seq, opened.bytes, opened.quota), (0, 0, 1 << 20));
+    // The host keeps the token's hash, never the token.
+    let file = std::fs::read(dir.path().join(hex(&HANDLE)).join("vault.json")).unwrap();
+    assert!(!file.windows(32).any(|w| w == TOKEN));
+    assert!(!String::from_utf8_lossy(&file).contains(&hex(&TOKEN)));
+}
+
+#[test]
+fn objects_and_a_gapless_chain_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = enrolled(dir.path(), 1 << 20);
+    let object = seal_object(&KEY, &HANDLE, 1, b"some changes", [1; 24]);
+    let id = object_id(&object);
+    assert_eq!(store.missing(&HANDLE, &[id, [0; 32]]), vec![id, [0; 32]]);
+    let used = store.put(&HANDLE, &object).unwrap();
+    assert_eq!(used, object.len() as u64);
+    // Again: nothing more is used.
+    assert_eq!(store.put(&HANDLE, &object).unwrap(), used);
+    assert_eq!(store.missing(&HANDLE, &[id, [0; 32]]), vec![[0; 32]]);
+    let first = manifest(1, [0; 32]);
+    assert_eq!(store.append(&HANDLE, &first).unwrap(), 1);
+    // Out of order, a replay, or a wrong prev: refused.
+    assert_eq!(
+        store.append(&HANDLE, &manifest(3, manifest_hash(&first))),
+        Err(Refusal::NotNext { held: 1, got: 3 })
+    );
+    assert_eq!(
+        store.append(&HANDLE, &first),
+        Err(Refusal::NotNext { held: 1, got: 1 })
+    );
+    assert_eq!(
+        store.append(&HANDLE, &manifest(2, [7; 32])),
+        Err(Refusal::WrongPrev(2))
+    );
+    let second = manifest(2, manifest_hash(&first));
+    store.append(&HANDLE, &second).unwrap();
+    drop(store);
+
+    let store = HostStore::open(dir.path(), 1 << 20).unwrap();
+    let opened = store.open_vault(&HANDLE, &TOKEN).unwrap();
+    assert_eq!(opened.seq, 2);
+    assert_eq!(opened.last, manifest_hash(&second));
+    assert_eq!(
+        opened.bytes,
+        (object.len() + first.len() + second.len()) as u64
+    );
+    assert_eq!(
+        store.manifests(&HANDLE, 0, 64).unwrap(),
+        vec![first, second.clone()]
+    );
+    assert_eq!(store.manifests(&HANDLE, 1, 64).unwrap(), vec![second]);
+    assert!(store.manifests(&HANDLE, 2, 64).unwrap().is_empty());
+    assert_eq!(store.get(&HANDLE, &id).unwrap(), Some(object));
+    assert_eq!(store.get(&HANDLE, &[0; 32]).unwrap(), None);
+    let summary = &store.summaries()[0];
+    assert_eq!((summary.objects, summary.manifests), (1, 2));
+}
+
+#[test]
+fn the_quota_and_the_sizes_are_enforced_and_other_vaults_manifests_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = enrolled(dir.path(), 3000);
+    store
+        .put(&HANDLE, &seal_object(&KEY, &HANDLE, 1, b"a", [1; 24]))
+        .unwrap();
+    assert!(matches!(
+        store.put(&HANDLE, &seal_object(&KEY, &HANDLE, 1, &[0; 2000], [2; 24])),
+        Err(Refusal::Quota { quota: 3000, .. })
+    ));
+    assert_eq!(
+        store.put(&HANDLE, &vec![0; MAX_OBJECT + 1]),
+        Err(Refusal::ObjectTooLarge(MAX_OBJECT + 1))
+    );
+    assert!(matches!(
+        store.append(&HANDLE, b"HBM1 not really"),
+        Err(Refusal::BadManifest(_))
+    ));
+    let mut other = manifest(1, [0; 32]);
+    other[4] ^= 1;
+    assert_eq!(store.append(&HANDLE, &other), Err(Refusal::OtherVault));
+    assert_eq!(
+        store.put(&[8; 16], b"x"),
+        Err(Refusal::Unknown),
+        "no such vault"
+    );
+}
+
+#[test]
+fn a_damaged_vault_folder_is_not_served_and_stray_folders_are_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(enrolled(dir.path(), 1 << 20));
+    std::fs::write(dir.path().join(hex(&HANDLE)).join("vault.json"), b"{").unwrap();
+    std::fs::create_dir(dir.path().join("lost+found")).unwrap();
+    let store = HostStore::open(dir.path(), 1 << 20).unwrap();
+    assert!(store.summaries().is_empty());
+    assert!(dir.path().join("lost+found").exists());
+}

@@ -1,0 +1,311 @@
+//! Backups to a host that sees nothing (`hearth host`, `hearth backup`), across real
+//! processes: a vault enrolls a host with its code, uploads what changed as it changes,
+//! and the host keeps it sealed (no record, name or blob byte on its disk or in its
+//! log); a host that serves an older chain, or an altered one, is refused, saying so.
+
+use std::path::Path;
+
+use hearth_tests::{NodeProcess, cli, eventually, one_line_error, spawn_host, spawn_node};
+use serde_json::Value;
+
+const CANARIES: [&str; 3] = [
+    "canary-note-QUINCE-7431",
+    "canary-contact-Wilhelmina-Zabriskie",
+    "canary-blob-PERSIMMON-0099",
+];
+
+fn invite(host: &NodeProcess) -> String {
+    host.json(&["host", "invite"])["code"]
+        .as_str()
+        .expect("a code")
+        .to_owned()
+}
+
+fn status(device: &NodeProcess) -> Value {
+    device.json(&["backup", "status"])["hosts"][0].clone()
+}
+
+/// Waits until the device's first host holds everything, past manifest `after`;
+/// returns its status.
+fn up_to_date(device: &NodeProcess, after: u64) -> Value {
+    eventually("the backup host is up to date", || {
+        let s = status(device);
+        (s["up_to_date"] == true && s["seq"].as_u64().unwrap_or(0) > after).then_some(s)
+    })
+}
+
+fn host_bytes(host: &NodeProcess) -> u64 {
+    host.json(&["host", "vaults"])["vaults"][0]["bytes"]
+        .as_u64()
+        .expect("bytes")
+}
+
+/// Every file under `dir`, read whole.
+fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.push((path.display().to_string(), bytes));
+            }
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn a_host_keeps_a_vault_sealed_and_one_edit_uploads_a_few_kib() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = spawn_host(&dir.path().join("host"), &[]);
+    let a = spawn_node(&dir.path().join("a"), &[]);
+
+    // Codes that are not a host's, and a vault without a kit, are refused.
+    let device_code = a.json(&["pair"])["code"].as_str().unwrap().to_owned();
+    let err = one_line_error(&cli(&a.home, &["backup", "add", &device_code]));
+    assert!(err.contains("hearth join"), "{err}");
+    let err = one_line_error(&cli(&a.home, &["backup", "add", "hearthhost1zzzz"]));
+    assert!(err.contains("damaged"), "{err}");
+    let err = one_line_error(&cli(&a.home, &["backup", "add", "hello"]));
+    assert!(err.contains("not a backup host's code"), "{err}");
+    let err = one_line_error(&cli(&a.home, &["backup", "add", &invite(&host)]));
+    assert!(err.contains("recovery kit"), "{err}");
+    let err = one_line_error(&cli(&host.home, &["backup", "status"]));
+    assert!(err.contains("backup host's HOME"), "{err}");
+
+    let kit = dir.path().join("kit.json");
+    a.run(&["recovery-kit", "-o", kit.to_str().unwrap()]);
+    a.run(&[
+        "put",
+        "notes",
+        "n1",
+        &format!(r#"{{"text": "{}"}}"#, CANARIES[0]),
+    ]);
+    a.run(&[
+        "put",
+        "contacts",
+        "c1",
+        &format!(r#"{{"name": "{}"}}"#, CANARIES[1]),
+    ]);
+    let blob = dir.path().join("blob.bin");
+    std::fs::write(&blob, CANARIES[2].repeat(50_000)).unwrap();
+    a.run(&["blob", "put", blob.to_str().unwrap()]);
+
+    let code = invite(&host);
+    let added = a.json(&["backup", "add", &code]);
+    assert_eq!(added["peer"], host.peer_id.as_str());
+    // The code is used up: another vault cannot enroll with it.
+    let other = spawn_node(&dir.path().join("other"), &[]);
+    other.run(&[
+        "recovery-kit",
+        "-o",
+        dir.path().join("kit2.json").to_str().unwrap(),
+    ]);
+    let err = one_line_error(&cli(&other.home, &["backup", "add", &code]));
+    assert!(err.contains("not valid here"), "{err}");
+    let err = one_line_error(&cli(&a.home, &["backup", "add", &invite(&host)]));
+    assert!(err.contains("already a backup host"), "{err}");
+
+    let first = up_to_date(&a, 0);
+    let vaults = host.json(&["host", "vaults"])["vaults"].clone();
+    assert_eq!(vaults.as_array().unwrap().len(), 1, "{vaults}");
+    let name = vaults[0]["name"].as_str().unwrap();
+    assert_eq!(name.len(), 32);
+    assert!(!name.contains(a.json(&["status"])["vault_id"].as_str().unwrap()));
+    // The 1.3 MB blob is there, in a 1 MiB and a 256 KiB bucket: padding to buckets
+    // hides sizes without doubling them.
+    let bytes = vaults[0]["bytes"].as_u64().unwrap();
+    assert!((1_300_000..1_400_000).contains(&bytes), "{vaults}");
+
+    // One edited record: a few KiB more on the host.
+    let before = host_bytes(&host);
+    a.run(&[
+        "put",
+        "notes",
+        "n1",
+        &format!(r#"{{"text": "{} edited"}}"#, CANARIES[0]),
+    ]);
+    up_to_date(&a, first["seq"].as_u64().unwrap());
+    let grew = host_bytes(&host) - before;
+    eprintln!("one edited record uploaded {grew} bytes");
+    assert!(grew <= 4096, "one edit uploaded {grew} bytes");
+
+    // Nothing readable on the host: its files, and its log at debug level.
+    let host_home = host.home.clone();
+    let log = host.stop().stderr;
+    for (path, bytes) in files_under(&host_home) {
+        for canary in CANARIES {
+            assert!(!contains(&bytes, canary), "{canary} in {path}");
+        }
+    }
+    for canary in CANARIES {
+        assert!(!log.contains(canary), "{canary} in the host's log");
+    }
+    assert!(
+        log.contains("a vault enrolled"),
+        "the log is the host's: {log}"
+    );
+}
+
+#[test]
+fn a_host_that_serves_an_older_or_altered_chain_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let host_home = dir.path().join("host");
+    let host = spawn_host(&host_home, &[]);
+    let addr = host.json(&["host", "vaults"])["addrs"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let listen = addr.split("/p2p/").next().unwrap().to_owned();
+    let a = spawn_node(&dir.path().join("a"), &[]);
+    a.run(&[
+        "recovery-kit",
+        "-o",
+        dir.path().join("kit.json").to_str().unwrap(),
+    ]);
+    a.run(&["put", "notes", "n1", r#"{"text": "first"}"#]);
+    a.run(&["backup", "add", &invite(&host)]);
+    let first = up_to_date(&a, 0)["seq"].as_u64().unwrap();
+
+    // The host's disk as it is now, kept aside.
+    host.stop();
+    let old = dir.path().join("host-old");
+    copy_dir(&host_home, &old);
+    let host = spawn_host(&host_home, &["--listen", &listen]);
+    a.run(&["put", "notes", "n2", r#"{"text": "second"}"#]);
+    let newest = up_to_date(&a, first)["seq"].as_u64().unwrap();
+    host.stop();
+    let new = dir.path().join("host-new");
+    copy_dir(&host_home, &new);
+
+    // It comes back with last week's disk: refused, saying so.
+    std::fs::remove_dir_all(&host_home).unwrap();
+    copy_dir(&old, &host_home);
+    let host = spawn_host(&host_home, &["--listen", &listen]);
+    a.run(&["put", "notes", "n3", r#"{"text": "third"}"#]);
+    let refused = eventually("the rolled-back host is refused", || {
+        let s = status(&a);
+        s["error"].as_str().map(str::to_owned)
+    });
+    assert!(
+        refused.contains(&format!("holds manifest {first}"))
+            && refused.contains(&format!("has seen {newest}")),
+        "{refused}"
+    );
+    assert_eq!(status(&a)["up_to_date"], false);
+    host.stop();
+
+    // Its newest manifest with one byte flipped: refused too.
+    std::fs::remove_dir_all(&host_home).unwrap();
+    copy_dir(&new, &host_home);
+    let manifest = std::fs::read_dir(
+        std::fs::read_dir(host_home.join("vaults"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+            .join("manifests"),
+    )
+    .unwrap()
+    .map(|e| e.unwrap().path())
+    .max()
+    .unwrap();
+    let mut bytes = std::fs::read(&manifest).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&manifest, bytes).unwrap();
+    let host = spawn_host(&host_home, &["--listen", &listen]);
+    a.run(&["put", "notes", "n4", r#"{"text": "fourth"}"#]);
+    let refused = eventually("the altered host is refused", || {
+        let s = status(&a);
+        s["error"]
+            .as_str()
+            .filter(|e| e.contains("altered"))
+            .map(str::to_owned)
+    });
+    assert!(refused.contains(&format!("manifest {newest}")), "{refused}");
+    host.stop();
+
+    // Its true disk back: uploads go on.
+    std::fs::remove_dir_all(&host_home).unwrap();
+    copy_dir(&new, &host_home);
+    let host = spawn_host(&host_home, &["--listen", &listen]);
+    a.run(&["put", "notes", "n5", r#"{"text": "fifth"}"#]);
+    up_to_date(&a, newest);
+    drop(host);
+}
+
+#[test]
+fn a_vault_home_and_a_host_home_are_kept_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn_node(&dir.path().join("a"), &[]);
+    let out = cli(&a.home, &["host", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("holds a vault"),
+        "{err}"
+    );
+    drop(a);
+    let host = spawn_host(&dir.path().join("host"), &[]);
+    let home = host.home.clone();
+    host.stop();
+    let out = cli(&home, &["up", "--api", "127.0.0.1:0", "--no-mdns"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("backup host's HOME"),
+        "{err}"
+    );
+    let err = one_line_error(&cli(&home, &["host", "invite"]));
+    assert!(
+        err.contains("hearth --home") && err.contains(" host`"),
+        "{err}"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn two_devices_share_one_chain_on_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = spawn_host(&dir.path().join("host"), &[]);
+    let a = spawn_node(&dir.path().join("a"), &[]);
+    a.run(&[
+        "recovery-kit",
+        "-o",
+        dir.path().join("kit.json").to_str().unwrap(),
+    ]);
+    a.run(&["backup", "add", &invite(&host)]);
+    let first = up_to_date(&a, 0)["seq"].as_u64().unwrap();
+    let b = hearth_tests::join_and_spawn(&a, &dir.path().join("b"));
+    // B learns of the host through sync, reads the chain A made, and adds to it.
+    eventually("B knows the host", || {
+        (b.json(&["backup", "status"])["hosts"][0]["peer"] == host.peer_id.as_str()).then_some(())
+    });
+    b.run(&["put", "notes", "from-b", r#"{"text": "written on B"}"#]);
+    let on_b = up_to_date(&b, first);
+    let on_a = up_to_date(&a, first);
+    assert_eq!(on_a["seq"], on_b["seq"], "one chain: {on_a} {on_b}");
+    let vaults = host.json(&["host", "vaults"])["vaults"].clone();
+    assert_eq!(vaults.as_array().unwrap().len(), 1, "{vaults}");
+}
