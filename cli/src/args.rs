@@ -178,6 +178,23 @@ pub enum Command {
         #[command(flatten)]
         passphrase: PassphraseArgs,
     },
+    /// Bring a vault back from a backup host into this empty HOME with its recovery kit
+    /// alone: every record, blob, grant and the audit log. This HOME becomes a new
+    /// device of the vault (the old devices stay listed until you remove them)
+    Recover {
+        /// The kit: its file, or - to read its 24 words or two shares from stdin
+        #[arg(long, value_name = "FILE|-")]
+        kit: PathBuf,
+        /// The backup host: its address (with /p2p/PEER_ID, as `hearth host vaults`
+        /// prints it) or a code it printed
+        #[arg(long, value_name = "MULTIADDR|CODE")]
+        host: String,
+        /// The kit file's passphrase, if it was made with one
+        #[arg(long, value_name = "F")]
+        kit_passphrase_file: Option<PathBuf>,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
     /// Set, change or remove the passphrase that wraps this device's key file (the old
     /// one from --passphrase-file or $HEARTH_PASSPHRASE; an interruption leaves the old
     /// one working)

@@ -324,6 +324,18 @@ pub fn open_manifest(
     Ok((header, body))
 }
 
+/// What the owner key signs to open a vault to read: bound to the host's and the
+/// device's PeerIds (as Noise authenticated them), so it cannot be replayed elsewhere.
+pub fn owner_open_message(host: &[u8], device: &[u8], handle: &Handle) -> Vec<u8> {
+    let mut message = b"hearth/backup/open-owner/v1".to_vec();
+    message.push(u8::try_from(host.len()).expect("PeerIds are short"));
+    message.extend_from_slice(host);
+    message.push(u8::try_from(device.len()).expect("PeerIds are short"));
+    message.extend_from_slice(device);
+    message.extend_from_slice(handle);
+    message
+}
+
 /// The hash a manifest's successor names as `prev`.
 pub fn manifest_hash(manifest: &[u8]) -> [u8; 32] {
     *blake3::hash(manifest).as_bytes()
@@ -338,10 +350,16 @@ pub enum Request {
         proof: [u8; 32],
         handle: Handle,
         token_hash: [u8; 32],
+        /// The recovery kit's owner key (Ed25519): what opens the vault to read on an
+        /// empty machine ([`Request::OpenOwner`]).
+        owner: [u8; 32],
     },
     /// Opens the vault `handle` with its upload token (first on a stream, before any
     /// of the requests below).
     Open { handle: Handle, token: [u8; 32] },
+    /// Opens the vault `handle` to read only, with the kit's owner key: its signature
+    /// of [`owner_open_message`] (a restore, which has no upload token).
+    OpenOwner { handle: Handle, signature: Vec<u8> },
     /// Which of these objects the host does not hold.
     Missing { ids: Vec<ObjectId> },
     /// Stores an object (named by its hash).

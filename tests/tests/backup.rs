@@ -5,7 +5,10 @@
 
 use std::path::Path;
 
-use hearth_tests::{NodeProcess, cli, eventually, one_line_error, spawn_host, spawn_node};
+use hearth_tests::{
+    Api, NodeProcess, cli, eventually, hearth_json, one_line_error, spawn_host, spawn_node,
+};
+use reqwest::Method;
 use serde_json::Value;
 
 const CANARIES: [&str; 3] = [
@@ -308,4 +311,143 @@ fn two_devices_share_one_chain_on_the_host() {
     assert_eq!(on_a["seq"], on_b["seq"], "one chain: {on_a} {on_b}");
     let vaults = host.json(&["host", "vaults"])["vaults"].clone();
     assert_eq!(vaults.as_array().unwrap().len(), 1, "{vaults}");
+}
+
+/// Everything is lost but the kit and the host: `hearth recover` brings back every
+/// record, blob, grant (its token still works) and the audit log into an empty HOME,
+/// which becomes a new device of the vault and goes on backing up to the same chain.
+#[test]
+fn the_kit_alone_brings_the_vault_back_from_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = spawn_host(&dir.path().join("host"), &[]);
+    let a = spawn_node(&dir.path().join("a"), &[]);
+    let kit = dir.path().join("kit.json");
+    a.run(&["recovery-kit", "-o", kit.to_str().unwrap()]);
+    a.run(&["put", "notes", "n1", r#"{"text": "the first note"}"#]);
+    a.run(&[
+        "put",
+        "contacts",
+        "ada",
+        r#"{"name": "Ada", "tag": ["work"]}"#,
+    ]);
+    let blob = dir.path().join("photo.jpg");
+    let bytes: Vec<u8> = (0..1_500_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&blob, &bytes).unwrap();
+    let blob_id = a.json(&["blob", "put", blob.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let grant = a.json(&["grant", "newsletter", "--read", "contacts.name"]);
+    let token = grant["token"].as_str().unwrap().to_owned();
+    let api = Api::new(&a);
+    let (status, _) = api.send(
+        api.raw(Method::GET, "/v1/view/contacts")
+            .bearer_auth(&token),
+    );
+    assert_eq!(status, 200);
+    a.run(&[
+        "put",
+        "notes",
+        "n1",
+        r#"{"text": "the first note, edited"}"#,
+    ]);
+    a.run(&["backup", "add", &invite(&host)]);
+    let uploaded = up_to_date(&a, 0);
+    let audit_before = a.json(&["audit"]).as_array().unwrap().len();
+    let old_device = a.peer_id.clone();
+    let addr = host.json(&["host", "vaults"])["addrs"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The fire: the device and its HOME are gone.
+    drop(a);
+    std::fs::remove_dir_all(dir.path().join("a")).unwrap();
+
+    let r_home = dir.path().join("r");
+    // A kit of another vault finds nothing on the host.
+    let other = spawn_node(&dir.path().join("other"), &[]);
+    let other_kit = dir.path().join("other-kit.json");
+    other.run(&["recovery-kit", "-o", other_kit.to_str().unwrap()]);
+    let err = one_line_error(&cli(
+        &r_home,
+        &[
+            "recover",
+            "--kit",
+            other_kit.to_str().unwrap(),
+            "--host",
+            &addr,
+        ],
+    ));
+    assert!(err.contains("no such vault"), "{err}");
+    assert!(!r_home.join("keys").exists(), "nothing written");
+    // Nor does an address without the host's id.
+    let err = one_line_error(&cli(
+        &r_home,
+        &[
+            "recover",
+            "--kit",
+            kit.to_str().unwrap(),
+            "--host",
+            "/ip4/127.0.0.1/tcp/1",
+        ],
+    ));
+    assert!(err.contains("/p2p/"), "{err}");
+
+    let started = std::time::Instant::now();
+    let recovered = hearth_json(
+        &r_home,
+        &["recover", "--kit", kit.to_str().unwrap(), "--host", &addr],
+    );
+    eprintln!("recovered in {:?}: {recovered}", started.elapsed());
+    assert_eq!(recovered["seq"], uploaded["seq"]);
+    assert_eq!(recovered["blobs"], 1);
+    // Into a HOME that is not empty: refused.
+    let err = one_line_error(&cli(
+        &r_home,
+        &["recover", "--kit", kit.to_str().unwrap(), "--host", &addr],
+    ));
+    assert!(err.contains("not empty"), "{err}");
+
+    let r = spawn_node(&r_home, &[]);
+    assert_eq!(r.peer_id, recovered["peer_id"].as_str().unwrap());
+    assert_ne!(r.peer_id, old_device, "a new device");
+    assert_eq!(
+        r.json(&["get", "notes", "n1"])["text"],
+        "the first note, edited"
+    );
+    assert_eq!(r.json(&["get", "contacts", "ada"])["name"], "Ada");
+    let out = dir.path().join("out.jpg");
+    r.run(&["blob", "get", &blob_id, "-o", out.to_str().unwrap()]);
+    assert!(
+        std::fs::read(&out).unwrap() == bytes,
+        "the blob, byte for byte"
+    );
+    // The grant's token still opens its view, on the restored vault.
+    let api = Api::new(&r);
+    let (status, view) = api.send(
+        api.raw(Method::GET, "/v1/view/contacts")
+            .bearer_auth(&token),
+    );
+    assert_eq!(status, 200, "{view}");
+    assert!(r.json(&["audit"]).as_array().unwrap().len() >= audit_before);
+    r.run(&["audit", "--verify"]);
+    r.run(&["check"]);
+    let devices = r.json(&["devices"]);
+    let ids: Vec<&str> = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["id"].as_str())
+        .collect();
+    assert!(
+        ids.contains(&old_device.as_str()) && ids.contains(&r.peer_id.as_str()),
+        "{devices}"
+    );
+    // It goes on with the same chain: what it adds is uploaded after what A did.
+    r.run(&["put", "notes", "n2", r#"{"text": "after the fire"}"#]);
+    let after = up_to_date(&r, uploaded["seq"].as_u64().unwrap());
+    assert!(after["error"].is_null(), "{after}");
 }

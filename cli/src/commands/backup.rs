@@ -213,3 +213,67 @@ pub(super) async fn run_host(
     host.shutdown().await;
     Ok(())
 }
+
+/// Where the host of `--host` is: a code it printed, or its address with `/p2p/`.
+fn host_of(arg: &str) -> anyhow::Result<(hearth_node::PeerId, Vec<hearth_node::Multiaddr>)> {
+    let arg = arg.trim();
+    if arg.starts_with(hearth_protocol::backup::HOST_INVITE_PREFIX) {
+        let invite = hearth_protocol::backup::decode_host_invite(arg)?;
+        let peer = hearth_node::PeerId::from_bytes(&invite.inviter_peer_id)
+            .map_err(|_| anyhow::anyhow!("the host's code is damaged (its id); copy it again"))?;
+        let addrs = invite.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        return Ok((peer, addrs));
+    }
+    let addr: hearth_node::Multiaddr = arg.parse().with_context(|| {
+        format!("--host {arg:?} is neither a host's code (hearthhost1…) nor an address")
+    })?;
+    let peer = arg
+        .rsplit_once("/p2p/")
+        .and_then(|(_, peer)| peer.parse::<hearth_node::PeerId>().ok())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--host {arg} names no host: give its address with /p2p/PEER_ID, as `hearth host vaults` prints it"
+            )
+        })?;
+    Ok((peer, vec![addr]))
+}
+
+/// `hearth recover --kit FILE --host ADDR|CODE`.
+pub(super) async fn recover(
+    home: &Home,
+    json: bool,
+    kit: &std::path::Path,
+    host: &str,
+    kit_passphrase_file: Option<std::path::PathBuf>,
+    args: crate::args::PassphraseArgs,
+) -> anyhow::Result<()> {
+    let kit_passphrase = kit_passphrase_file
+        .as_deref()
+        .map(hearth_node::keys::Passphrase::from_file)
+        .transpose()?;
+    let secret = super::kit::read_kit(kit, kit_passphrase.as_ref())?;
+    let (peer, addrs) = host_of(host)?;
+    let passphrase = super::node::passphrase(args, super::node::Ask::Choose)?;
+    let recovered =
+        hearth_node::backup::recover(home, &secret, peer, &addrs, passphrase.as_ref()).await?;
+    if json {
+        return out_json(&recovered);
+    }
+    let root = home.root().display();
+    out(format!(
+        "Restored the vault {} from the host {peer}: its manifest {} of {}, {} parts and {} blobs ({} read).",
+        recovered.vault_id,
+        recovered.seq,
+        when(Some(recovered.made_at)),
+        recovered.parts,
+        recovered.blobs,
+        size(recovered.bytes)
+    ))?;
+    out(format!(
+        "This HOME is a new device of the vault ({}). Start it with: hearth --home {root} up",
+        recovered.peer_id
+    ))?;
+    out(
+        "The devices you lost are still listed (`hearth devices`): remove each (`hearth devices remove NAME`), which rotates the vault's keys so they open nothing made afterwards.",
+    )
+}

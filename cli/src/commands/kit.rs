@@ -145,14 +145,14 @@ pub(super) async fn make(
         );
     }
     note(
-        "The kit will bring the vault back from a backup host (`hearth backup add`); restoring from one (`hearth recover`) is not built yet: until then, keep copies made with `hearth export --all` as well.",
+        "With a backup host (`hearth backup add`), the kit brings the whole vault back onto an empty machine: `hearth recover --kit FILE --host ADDR`.",
     );
     Ok(())
 }
 
 /// The secret a kit the person keeps brings back: a kit file (`-` reads stdin, which
 /// may also hold the 24 words or share lines, `share N of K: …`, one per line).
-fn read_kit(
+pub(super) fn read_kit(
     path: &std::path::Path,
     passphrase: Option<&Passphrase>,
 ) -> anyhow::Result<RecoverySecret> {

@@ -198,6 +198,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             new_passphrase_file,
             remove,
         } => change_passphrase(&home, json, old, new_passphrase_file, remove),
+        Command::Recover {
+            kit,
+            host,
+            kit_passphrase_file,
+            passphrase,
+        } => backup::recover(&home, json, &kit, &host, kit_passphrase_file, passphrase).await,
         Command::Host {
             command: Some(command),
             ..
@@ -390,6 +396,7 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
         Command::Backup { command } => backup::backup(home, json, &client, command).await?,
         Command::Init { .. }
         | Command::Host { .. }
+        | Command::Recover { .. }
         | Command::Up { .. }
         | Command::Join { .. }
         | Command::Passphrase { .. }

@@ -860,6 +860,35 @@ pub fn keep(
     Ok(kept)
 }
 
+/// Seals `key`, the key of `epoch` (learnt another way: a restore opens it with the
+/// recovery kit), to this device, as a member seals a key to a member that lacks it:
+/// from then on this device holds the epoch as any member does. Durable only after
+/// the store commits.
+pub fn seal_to_self(
+    collections: &Collections,
+    keys: &VaultKeys,
+    epoch: &Epoch,
+    key: &[u8; 32],
+) -> Result<bool, CollectionError> {
+    let me = keys.identity();
+    let Some(sealed) = seal_to(
+        &me.vault_id,
+        &epoch.id,
+        &me.peer().to_string(),
+        &keys.exchange_public(),
+        key,
+    ) else {
+        return Ok(false);
+    };
+    let id = RecordId::parse(&epoch.id).expect("an epoch id is hex");
+    let mut inner = Map::new();
+    inner.insert(me.peer().to_string(), Value::String(BASE64.encode(&sealed)));
+    let mut patch = Map::new();
+    patch.insert("sealed".into(), Value::Object(inner));
+    collections.patch(&collection(), &id, &patch)?;
+    Ok(true)
+}
+
 /// Gives `keys` the epoch keys this device holds and seals new values at rest under
 /// the newest of them, as `_epochs` says now; writes nothing but the keys it had not
 /// kept yet. For a node's start, before it writes anything else.

@@ -104,17 +104,18 @@ impl RecoverySecret {
         self.derive(EXCHANGE_CONTEXT)
     }
 
+    /// The kit's owner key (Ed25519): what opens the vault on a backup host to read.
+    pub fn owner_keypair(&self) -> libp2p_identity::ed25519::Keypair {
+        let mut seed = self.derive(OWNER_CONTEXT);
+        let secret = libp2p_identity::ed25519::SecretKey::try_from_bytes(&mut *seed)
+            .expect("any 32 bytes are an Ed25519 seed");
+        libp2p_identity::ed25519::Keypair::from(secret)
+    }
+
     /// What the devices keep of this kit.
     pub fn public(&self) -> KitPublic {
         let exchange = crate::epochs::exchange_public(&self.exchange_seed());
-        let owner = {
-            let mut seed = self.derive(OWNER_CONTEXT);
-            let secret = libp2p_identity::ed25519::SecretKey::try_from_bytes(&mut *seed)
-                .expect("any 32 bytes are an Ed25519 seed");
-            libp2p_identity::ed25519::Keypair::from(secret)
-                .public()
-                .to_bytes()
-        };
+        let owner = self.owner_keypair().public().to_bytes();
         let mut handle = [0u8; 16];
         handle.copy_from_slice(&self.derive(HANDLE_CONTEXT)[..16]);
         KitPublic {

@@ -186,7 +186,9 @@ impl From<crate::backup::BackupError> for ApiError {
             | B::Protocol { .. }
             | B::RolledBack { .. }
             | B::Altered { .. }
-            | B::BadChain { .. } => ErrorCode::Conflict,
+            | B::BadChain { .. }
+            | B::Damaged { .. }
+            | B::NotEmpty(_) => ErrorCode::Conflict,
             B::Vault(_) => ErrorCode::Storage,
         };
         ApiError::new(code, e.to_string())

@@ -19,7 +19,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use hearth_protocol::backup::{
     BACKUP_PROTOCOL, Handle, MANIFESTS_PER_ANSWER, Request, Response, decode, encode,
-    encode_host_invite,
+    encode_host_invite, owner_open_message,
 };
 use hearth_protocol::invite::{Invite, pairing_proof};
 use libp2p::swarm::SwarmEvent;
@@ -394,7 +394,7 @@ async fn serve(
     peer: PeerId,
     mut stream: libp2p::Stream,
 ) -> std::io::Result<()> {
-    let mut opened: Option<Handle> = None;
+    let mut opened: Option<Opened> = None;
     loop {
         let frame = match tokio::time::timeout(IDLE, read_frame(&mut stream)).await {
             Ok(Ok(Some(frame))) => frame,
@@ -422,13 +422,44 @@ async fn serve(
     }
 }
 
+/// A vault a stream opened: with its upload token (`writes`), or its owner key.
+#[derive(Debug, Clone, Copy)]
+struct Opened {
+    handle: Handle,
+    writes: bool,
+}
+
+fn opened_answer(
+    result: Result<store::Opened, Refusal>,
+    handle: Handle,
+    writes: bool,
+) -> (Response, Option<Opened>) {
+    match result {
+        Ok(o) => (
+            Response::Opened {
+                seq: o.seq,
+                last: o.last,
+                bytes: o.bytes,
+                quota: o.quota,
+            },
+            Some(Opened { handle, writes }),
+        ),
+        Err(e) => (
+            Response::Refused {
+                reason: e.to_string(),
+            },
+            None,
+        ),
+    }
+}
+
 /// One request's answer, and the vault it opened if it opened one.
 fn answer(
     state: &HostState,
     peer: PeerId,
-    opened: Option<Handle>,
+    opened: Option<Opened>,
     request: Request,
-) -> (Response, Option<Handle>) {
+) -> (Response, Option<Opened>) {
     let refused = |r: Refusal| Response::Refused {
         reason: r.to_string(),
     };
@@ -438,6 +469,7 @@ fn answer(
                 proof,
                 handle,
                 token_hash,
+                owner,
             },
             _,
         ) => {
@@ -450,7 +482,7 @@ fn answer(
                     None,
                 );
             }
-            match state.store.enroll(handle, token_hash) {
+            match state.store.enroll(handle, token_hash, owner) {
                 Ok(quota) => {
                     tracing::info!("a vault enrolled");
                     (Response::Enrolled { quota }, None)
@@ -458,39 +490,45 @@ fn answer(
                 Err(e) => (refused(e), None),
             }
         }
-        (Request::Open { handle, token }, _) => match state.store.open_vault(&handle, &token) {
-            Ok(o) => (
-                Response::Opened {
-                    seq: o.seq,
-                    last: o.last,
-                    bytes: o.bytes,
-                    quota: o.quota,
-                },
-                Some(handle),
-            ),
-            Err(e) => (refused(e), None),
-        },
+        (Request::Open { handle, token }, _) => {
+            opened_answer(state.store.open_vault(&handle, &token), handle, true)
+        }
+        (Request::OpenOwner { handle, signature }, _) => {
+            let message = owner_open_message(&state.peer_id.to_bytes(), &peer.to_bytes(), &handle);
+            opened_answer(
+                state.store.open_owner(&handle, &message, &signature),
+                handle,
+                false,
+            )
+        }
         (_, None) => (
             Response::Refused {
                 reason: "open the vault first".into(),
             },
             None,
         ),
-        (Request::Missing { ids }, Some(h)) => (
+        (Request::Put { .. } | Request::Append { .. }, Some(Opened { writes: false, .. })) => {
+            (refused(Refusal::ReadOnly), None)
+        }
+        (Request::Missing { ids }, Some(Opened { handle: h, .. })) => (
             Response::Missing {
                 ids: state.store.missing(&h, &ids),
             },
             None,
         ),
-        (Request::Put { object }, Some(h)) => match state.store.put(&h, &object) {
-            Ok(bytes) => (Response::Stored { bytes }, None),
-            Err(e) => (refused(e), None),
-        },
-        (Request::Append { manifest }, Some(h)) => match state.store.append(&h, &manifest) {
-            Ok(seq) => (Response::Appended { seq }, None),
-            Err(e) => (refused(e), None),
-        },
-        (Request::Manifests { after, limit }, Some(h)) => {
+        (Request::Put { object }, Some(Opened { handle: h, .. })) => {
+            match state.store.put(&h, &object) {
+                Ok(bytes) => (Response::Stored { bytes }, None),
+                Err(e) => (refused(e), None),
+            }
+        }
+        (Request::Append { manifest }, Some(Opened { handle: h, .. })) => {
+            match state.store.append(&h, &manifest) {
+                Ok(seq) => (Response::Appended { seq }, None),
+                Err(e) => (refused(e), None),
+            }
+        }
+        (Request::Manifests { after, limit }, Some(Opened { handle: h, .. })) => {
             match state
                 .store
                 .manifests(&h, after, limit.min(MANIFESTS_PER_ANSWER))
@@ -499,7 +537,7 @@ fn answer(
                 Err(e) => (refused(e), None),
             }
         }
-        (Request::Get { id }, Some(h)) => match state.store.get(&h, &id) {
+        (Request::Get { id }, Some(Opened { handle: h, .. })) => match state.store.get(&h, &id) {
             Ok(object) => (Response::Object { object }, None),
             Err(e) => (refused(e), None),
         },

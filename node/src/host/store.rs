@@ -3,7 +3,8 @@
 //! chain, all sealed by the devices; the host reads only the manifests' clear headers.
 //!
 //! ```text
-//! HOME/vaults/<handle hex>/vault.json          the upload token's hash, quota, times
+//! HOME/vaults/<handle hex>/vault.json          the upload token's hash, the owner key,
+//!                                              quota, times
 //! HOME/vaults/<handle hex>/objects/<xx>/<hash> an object, named by its BLAKE3 hash
 //! HOME/vaults/<handle hex>/manifests/<seq>     manifest seq (20 digits)
 //! ```
@@ -30,8 +31,10 @@ use crate::home::{create_private_dir, sync_dir, write_file_atomic};
 pub enum Refusal {
     #[error("this vault is already enrolled on this host")]
     AlreadyEnrolled,
-    #[error("no such vault on this host, or a wrong upload token")]
+    #[error("no such vault on this host, or a wrong upload token or owner key")]
     Unknown,
+    #[error("this vault was opened to read only (with its owner key): nothing can be added")]
+    ReadOnly,
     #[error("the object is {0} bytes; the host takes at most {MAX_OBJECT}")]
     ObjectTooLarge(usize),
     #[error("the manifest is {0} bytes; the host takes at most {MAX_MANIFEST}")]
@@ -62,6 +65,8 @@ impl From<std::io::Error> for Refusal {
 struct VaultFile {
     /// Hex of the upload token's hash.
     token_hash: String,
+    /// Hex of the recovery kit's owner key (Ed25519): it opens the vault to read.
+    owner: String,
     quota: u64,
     enrolled_at: u64,
 }
@@ -69,6 +74,7 @@ struct VaultFile {
 #[derive(Debug, Clone)]
 struct VaultState {
     token_hash: [u8; 32],
+    owner: [u8; 32],
     quota: u64,
     enrolled_at: u64,
     seq: u64,
@@ -79,6 +85,15 @@ struct VaultState {
 }
 
 impl VaultState {
+    fn opened(&self) -> Opened {
+        Opened {
+            seq: self.seq,
+            last: self.last,
+            bytes: self.bytes,
+            quota: self.quota,
+        }
+    }
+
     /// Whether `wanted` more bytes fit in the vault's quota.
     fn room_for(&self, wanted: u64) -> Result<(), Refusal> {
         if self.bytes + wanted > self.quota {
@@ -173,6 +188,11 @@ impl HostStore {
             .ok()
             .and_then(|h| <[u8; 32]>::try_from(h.as_slice()).ok())
             .ok_or_else(|| bad("vault.json: the token hash is malformed"))?;
+        let owner = data_encoding::HEXLOWER
+            .decode(file.owner.as_bytes())
+            .ok()
+            .and_then(|h| <[u8; 32]>::try_from(h.as_slice()).ok())
+            .ok_or_else(|| bad("vault.json: the owner key is malformed"))?;
         let mut bytes = 0;
         let mut objects = 0;
         let mut last_upload = None;
@@ -205,6 +225,7 @@ impl HostStore {
         }
         Ok(VaultState {
             token_hash,
+            owner,
             quota: file.quota,
             enrolled_at: file.enrolled_at,
             seq,
@@ -228,7 +249,12 @@ impl HostStore {
     }
 
     /// Enrolls a vault (the invite was checked by the caller).
-    pub fn enroll(&self, handle: Handle, token_hash: [u8; 32]) -> Result<u64, Refusal> {
+    pub fn enroll(
+        &self,
+        handle: Handle,
+        token_hash: [u8; 32],
+        owner: [u8; 32],
+    ) -> Result<u64, Refusal> {
         let mut vaults = self.vaults.lock().expect("vaults lock is never poisoned");
         if vaults.contains_key(&handle) {
             return Err(Refusal::AlreadyEnrolled);
@@ -240,6 +266,7 @@ impl HostStore {
         let enrolled_at = now();
         let file = VaultFile {
             token_hash: hex(&token_hash),
+            owner: hex(&owner),
             quota: self.quota,
             enrolled_at,
         };
@@ -252,6 +279,7 @@ impl HostStore {
             handle,
             VaultState {
                 token_hash,
+                owner,
                 quota: self.quota,
                 enrolled_at,
                 seq: 0,
@@ -272,12 +300,25 @@ impl HostStore {
         if !bool::from(state.token_hash.ct_eq(&presented)) {
             return Err(Refusal::Unknown);
         }
-        Ok(Opened {
-            seq: state.seq,
-            last: state.last,
-            bytes: state.bytes,
-            quota: state.quota,
-        })
+        Ok(state.opened())
+    }
+
+    /// Opens a vault to read, with the owner key's signature of `message`
+    /// ([`hearth_protocol::backup::owner_open_message`]).
+    pub fn open_owner(
+        &self,
+        handle: &Handle,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<Opened, Refusal> {
+        let vaults = self.vaults.lock().expect("vaults lock is never poisoned");
+        let state = vaults.get(handle).ok_or(Refusal::Unknown)?;
+        let verified = libp2p::identity::ed25519::PublicKey::try_from_bytes(&state.owner)
+            .is_ok_and(|key| key.verify(message, signature));
+        if !verified {
+            return Err(Refusal::Unknown);
+        }
+        Ok(state.opened())
     }
 
     pub fn missing(&self, handle: &Handle, ids: &[ObjectId]) -> Vec<ObjectId> {

@@ -200,6 +200,27 @@ fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
 
+/// A swarm of its own for one exchange with one peer, before this HOME runs a node
+/// (joining a vault, restoring one): TCP and QUIC, Noise, and streams only.
+pub(crate) fn lone_swarm(
+    device: libp2p::identity::Keypair,
+    idle: Duration,
+) -> Result<libp2p::Swarm<libp2p_stream::Behaviour>, String> {
+    Ok(libp2p::SwarmBuilder::with_existing_identity(device)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| e.to_string())?
+        .with_quic()
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .map_err(|e| e.to_string())?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .build())
+}
+
 /// The next stream a peer opened on one protocol; `None` once the mesh is told to stop
 /// or the protocol's streams end. Every accept loop of the mesh waits here.
 pub(crate) async fn next_stream(

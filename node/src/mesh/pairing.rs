@@ -17,7 +17,7 @@ use hearth_protocol::invite::{
 };
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, StreamProtocol, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use rand::RngCore;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -327,19 +327,8 @@ async fn exchange(
     joiner: PeerId,
     device_name: &str,
 ) -> Result<PairResponse, PairError> {
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(device)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| PairError::Protocol(e.to_string()))?
-        .with_quic()
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())
-        .map_err(|e| PairError::Protocol(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
-        .build();
+    let mut swarm =
+        super::lone_swarm(device, Duration::from_secs(30)).map_err(PairError::Protocol)?;
     let mut control = swarm.behaviour().new_control();
     let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(inviter)
         .addresses(addrs.to_vec())

@@ -143,6 +143,11 @@ fn messages_round_trip_and_garbage_is_an_error() {
             proof: [1; 32],
             handle: HANDLE,
             token_hash: [2; 32],
+            owner: [4; 32],
+        },
+        Request::OpenOwner {
+            handle: HANDLE,
+            signature: vec![5; 64],
         },
         Request::Open {
             handle: HANDLE,
@@ -190,4 +195,12 @@ fn host_codes_and_device_codes_are_told_apart() {
 fn token_hashes_differ_from_the_token() {
     assert_ne!(token_hash(&[1; 32]), [1; 32]);
     assert_ne!(token_hash(&[1; 32]), token_hash(&[2; 32]));
+}
+
+#[test]
+fn the_owner_open_message_binds_both_peers_and_the_handle() {
+    let m = owner_open_message(b"host", b"device", &HANDLE);
+    assert_ne!(m, owner_open_message(b"device", b"host", &HANDLE));
+    assert_ne!(m, owner_open_message(b"hos", b"tdevice", &HANDLE));
+    assert_ne!(m, owner_open_message(b"host", b"device", &[1; 16]));
 }

@@ -254,6 +254,20 @@ impl Collections {
         })
     }
 
+    /// Applies Automerge changes (as `save_after` writes them) to part `part` of a
+    /// collection, merged by the merge rules and persisted, as sync's are: how a
+    /// restore from a backup host replays a part's later changes. Returns how many
+    /// changes they brought. Durable only after [`Store::commit`].
+    pub fn receive_changes(
+        &self,
+        name: &CollectionName,
+        part: u16,
+        bytes: &[u8],
+    ) -> Result<usize, CollectionError> {
+        let part = self.synced_part(name, part)?;
+        self.apply_received(name, &part, |doc| doc.load_incremental(bytes).map(drop))
+    }
+
     /// The heads of a collection's document: equal heads, equal content.
     pub fn heads(
         &self,

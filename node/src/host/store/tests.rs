@@ -24,9 +24,20 @@ fn manifest(seq: u64, prev: [u8; 32]) -> Vec<u8> {
     seal_manifest(&KEY, &header, &body, [seq as u8; 24])
 }
 
+fn owner() -> libp2p::identity::ed25519::Keypair {
+    let secret = libp2p::identity::ed25519::SecretKey::try_from_bytes(&mut [6u8; 32]).unwrap();
+    libp2p::identity::ed25519::Keypair::from(secret)
+}
+
+fn owner_public() -> [u8; 32] {
+    owner().public().to_bytes()
+}
+
 fn enrolled(dir: &Path, quota: u64) -> HostStore {
     let store = HostStore::open(dir, quota).unwrap();
-    store.enroll(HANDLE, token_hash(&TOKEN)).unwrap();
+    store
+        .enroll(HANDLE, token_hash(&TOKEN), owner_public())
+        .unwrap();
     store
 }
 
@@ -35,7 +46,7 @@ fn a_vault_opens_with_its_token_only_and_enrolls_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = enrolled(dir.path(), 1 << 20);
     assert_eq!(
-        store.enroll(HANDLE, token_hash(&[9; 32])),
+        store.enroll(HANDLE, token_hash(&[9; 32]), owner_public()),
         Err(Refusal::AlreadyEnrolled)
     );
     assert_eq!(store.open_vault(&HANDLE, &[9; 32]), Err(Refusal::Unknown));
@@ -137,4 +148,31 @@ fn a_damaged_vault_folder_is_not_served_and_stray_folders_are_left_alone() {
     let store = HostStore::open(dir.path(), 1 << 20).unwrap();
     assert!(store.summaries().is_empty());
     assert!(dir.path().join("lost+found").exists());
+}
+
+#[test]
+fn the_owner_key_opens_a_vault_and_nothing_else_does() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(enrolled(dir.path(), 1 << 20));
+    // After a restart too: the owner key is on disk.
+    let store = HostStore::open(dir.path(), 1 << 20).unwrap();
+    let message = hearth_protocol::backup::owner_open_message(b"host", b"device", &HANDLE);
+    let signature = owner().sign(&message);
+    assert_eq!(
+        store.open_owner(&HANDLE, &message, &signature).unwrap().seq,
+        0
+    );
+    let other = hearth_protocol::backup::owner_open_message(b"host", b"thief", &HANDLE);
+    assert_eq!(
+        store.open_owner(&HANDLE, &other, &signature),
+        Err(Refusal::Unknown)
+    );
+    assert_eq!(
+        store.open_owner(&HANDLE, &message, &[0; 64]),
+        Err(Refusal::Unknown)
+    );
+    assert_eq!(
+        store.open_owner(&[1; 16], &message, &signature),
+        Err(Refusal::Unknown)
+    );
 }

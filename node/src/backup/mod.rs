@@ -49,6 +49,9 @@ use crate::epochs;
 use crate::mesh::frames::{read_frame, write_frame};
 use crate::recovery;
 
+mod recover;
+pub use recover::{Recovered, recover};
+
 pub const BACKUP: &str = "_backup";
 /// The store tree where a device keeps what it knows of each host's chain.
 const PROGRESS_TREE: &str = "backup";
@@ -103,6 +106,10 @@ pub enum BackupError {
     BadChain { peer: PeerId, seq: u64, why: String },
     #[error("the mesh is not running (the node was started without it)")]
     NoMesh,
+    #[error("{0} is not empty: restore into a new, empty HOME (--home)")]
+    NotEmpty(String),
+    #[error("the backup on the host {peer} is damaged: {what}")]
+    Damaged { peer: PeerId, what: String },
     #[error("{0}")]
     Vault(String),
 }
@@ -269,8 +276,12 @@ fn progress_of(vault: &Vault, peer: &PeerId) -> Result<Option<Progress>, BackupE
         .and_then(|bytes| postcard::from_bytes(&bytes).ok()))
 }
 
-fn save_progress(vault: &Vault, peer: &PeerId, progress: &Progress) -> Result<(), BackupError> {
-    let tree = vault.store.tree(PROGRESS_TREE)?;
+fn save_progress(
+    store: &crate::store::Store,
+    peer: &PeerId,
+    progress: &Progress,
+) -> Result<(), BackupError> {
+    let tree = store.tree(PROGRESS_TREE)?;
     let bytes = postcard::to_stdvec(progress).map_err(|e| BackupError::Vault(e.to_string()))?;
     tree.insert(&peer.to_bytes(), &bytes)?;
     Ok(())
@@ -428,6 +439,7 @@ pub async fn add(vault: &Arc<Vault>, code: &str) -> Result<HostStatus, BackupErr
             proof,
             handle: kit.handle,
             token_hash: token_hash(&token),
+            owner: kit.owner,
         })
         .await?;
     let Response::Enrolled { quota } = answer else {
@@ -451,7 +463,7 @@ pub async fn add(vault: &Arc<Vault>, code: &str) -> Result<HostStatus, BackupErr
         quota,
         ..Progress::default()
     };
-    save_progress(vault, &peer, &progress)?;
+    save_progress(&vault.store, &peer, &progress)?;
     vault.store.commit().await?;
     tracing::info!(host = %peer, "added a backup host");
     vault.backups.wake();
@@ -664,7 +676,7 @@ async fn upload(vault: &Arc<Vault>, host: &HostRecord, uploads: bool) -> Result<
     progress.bytes = bytes;
     progress.quota = quota;
     if !uploads {
-        save_progress(vault, &peer, &progress)?;
+        save_progress(&vault.store, &peer, &progress)?;
         vault.store.commit().await?;
         return Ok(());
     }
@@ -789,7 +801,7 @@ impl Round<'_> {
         if !self.pending.entries.is_empty() {
             self.append().await
         } else {
-            save_progress(vault, &self.host.peer, &self.progress)?;
+            save_progress(&vault.store, &self.host.peer, &self.progress)?;
             Ok(vault.store.commit().await?)
         }
     }
@@ -857,7 +869,7 @@ impl Round<'_> {
         progress.bytes += (self.pending.bytes + manifest.len()) as u64;
         progress.last_upload = Some(body.made_at);
         self.pending.bytes = 0;
-        save_progress(self.vault, &self.host.peer, progress)?;
+        save_progress(&self.vault.store, &self.host.peer, progress)?;
         self.vault.store.commit().await?;
         tracing::debug!(host = %self.host.peer, seq = header.seq, entries = body.entries.len(), "backup manifest appended");
         Ok(())
@@ -873,8 +885,38 @@ async fn catch_up(
     seq: u64,
     last: [u8; 32],
 ) -> Result<(), BackupError> {
-    let peer = link.peer;
     let keys = all_keys(vault)?;
+    read_chain(
+        link,
+        progress,
+        seq,
+        last,
+        |header| {
+            keys.get(&header.epoch).cloned().ok_or_else(|| {
+                format!(
+                    "it is sealed under epoch key {:08x}, which this device does not hold",
+                    header.epoch
+                )
+            })
+        },
+        |_, _, _| Ok(()),
+    )
+    .await
+}
+
+/// Reads the host's manifests after `progress` up to `seq`, each checked to follow
+/// the one before (seq, prev, handle) and opened with the key `key_for` gives for its
+/// header; each is noted in `progress` and shown to `visit` with its key. The newest
+/// must hash to `last`, as the host said when the vault was opened.
+async fn read_chain(
+    link: &mut Link,
+    progress: &mut Progress,
+    seq: u64,
+    last: [u8; 32],
+    key_for: impl Fn(&ManifestHeader) -> Result<Zeroizing<[u8; 32]>, String>,
+    mut visit: impl FnMut(&ManifestHeader, &ManifestBody, Zeroizing<[u8; 32]>) -> Result<(), String>,
+) -> Result<(), BackupError> {
+    let peer = link.peer;
     while progress.seq < seq {
         let answer = link
             .ask(&Request::Manifests {
@@ -906,13 +948,9 @@ async fn catch_up(
             {
                 return Err(bad("it does not follow the manifest before it".into()));
             }
-            let key = keys.get(&header.epoch).ok_or_else(|| {
-                bad(format!(
-                    "it is sealed under epoch key {:08x}, which this device does not hold",
-                    header.epoch
-                ))
-            })?;
-            let (_, body) = open_manifest(key, &manifest).map_err(|e| bad(e.to_string()))?;
+            let key = key_for(&header).map_err(bad)?;
+            let (_, body) = open_manifest(&key, &manifest).map_err(|e| bad(e.to_string()))?;
+            visit(&header, &body, key).map_err(bad)?;
             progress.apply(&body.entries, header.epoch);
             progress.seq = next;
             progress.last = manifest_hash(&manifest);
