@@ -495,6 +495,10 @@ pub enum BackupCommand {
     },
     /// Each backup host: whether it holds everything, what it uses, the last upload
     Status,
+    /// Check each backup host: its whole chain of manifests read and checked, and a
+    /// sample of the objects a restore would read proven held (without downloading
+    /// them); fails, naming what is wrong, if any host does not hold up
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]

@@ -26,11 +26,11 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use futures::StreamExt;
 use hearth_protocol::api::{
-    AuditEntry, BackupAddRequest, BackupStatus, BlobInfo, BlobRemoved, CheckReport, CollectionInfo,
-    ConflictsResponse, DeviceInfo, ErrorBody, ErrorCode, ErrorDetail, GrantCreated, GrantInfo,
-    GrantRequest, HelloRequest, HelloResponse, HostStatus, InviteResponse, KeysInfo, KitInfo,
-    KitRequest, PutResponse, ResolveRequest, RestoreReport, RevokeResponse, StatusResponse,
-    StreamReady, TextEditRequest, VaultExport, VerifyResponse, ViewAll,
+    AuditEntry, BackupAddRequest, BackupStatus, BackupVerified, BlobInfo, BlobRemoved, CheckReport,
+    CollectionInfo, ConflictsResponse, DeviceInfo, ErrorBody, ErrorCode, ErrorDetail, GrantCreated,
+    GrantInfo, GrantRequest, HelloRequest, HelloResponse, HostStatus, InviteResponse, KeysInfo,
+    KitInfo, KitRequest, PutResponse, ResolveRequest, RestoreReport, RevokeResponse,
+    StatusResponse, StreamReady, TextEditRequest, VaultExport, VerifyResponse, ViewAll,
 };
 use hearth_protocol::{BlobId, CollectionName, RecordId};
 use rand::RngCore;
@@ -119,6 +119,7 @@ pub fn router(vault: Arc<Vault>) -> Router {
         .route("/v1/recovery", get(recovery_kit).post(set_recovery_kit))
         .route("/v1/backup", get(backup_status))
         .route("/v1/backup/hosts", post(add_backup_host))
+        .route("/v1/backup/verify", post(verify_backup))
         .route(
             "/v1/devices/{peer}",
             axum::routing::delete(remove_device).patch(rename_device),
@@ -204,6 +205,7 @@ pub fn router(vault: Arc<Vault>) -> Router {
         set_recovery_kit,
         backup_status,
         add_backup_host,
+        verify_backup,
         list_blobs,
         put_blob,
         get_blob,

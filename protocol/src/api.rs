@@ -778,3 +778,27 @@ pub struct BackupStatus {
 pub struct BackupAddRequest {
     pub code: String,
 }
+
+/// What `hearth backup verify` found on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostVerified {
+    pub peer: String,
+    /// The host's newest manifest: the chain up to it was read and checked whole.
+    pub seq: u64,
+    /// Objects a restore would read, how many were sampled, how many the host proved.
+    pub objects: u64,
+    pub sampled: u64,
+    pub proven: u64,
+    /// Each object the host could not prove, and why.
+    pub failures: Vec<String>,
+    /// Why the host could not be verified at all.
+    pub error: Option<String>,
+}
+
+/// `POST /v1/backup/verify`, `hearth backup verify --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BackupVerified {
+    /// Whether every host proved everything sampled.
+    pub ok: bool,
+    pub hosts: Vec<HostVerified>,
+}

@@ -371,7 +371,14 @@ pub enum Request {
     Manifests { after: u64, limit: u32 },
     /// One object's bytes.
     Get { id: ObjectId },
+    /// Proof that the host holds an object: the bytes `offset..offset + len` of it
+    /// (at most [`MAX_PROOF`]) with their BLAKE3 verified-streaming proof (a Bao slice)
+    /// against the object's name.
+    Prove { id: ObjectId, offset: u64, len: u32 },
 }
+
+/// The longest range a `Prove` asks for.
+pub const MAX_PROOF: u32 = 16 * 1024;
 
 /// A host's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -401,6 +408,10 @@ pub enum Response {
     },
     Object {
         object: Option<Vec<u8>>,
+    },
+    /// The Bao slice of the range asked for; `None` if the host lacks the object.
+    Proof {
+        slice: Option<Vec<u8>>,
     },
     Refused {
         reason: String,

@@ -142,6 +142,48 @@ fn a_host_keeps_a_vault_sealed_and_one_edit_uploads_a_few_kib() {
     eprintln!("one edited record uploaded {grew} bytes");
     assert!(grew <= 4096, "one edit uploaded {grew} bytes");
 
+    // The host proves it holds what a restore reads; an object it lost, or one with
+    // a flipped byte, fails the proof, named.
+    let verified = a.json(&["backup", "verify"]);
+    assert_eq!(verified["ok"], true, "{verified}");
+    let sampled = verified["hosts"][0]["sampled"].as_u64().unwrap();
+    assert!(
+        sampled >= 5 && sampled == verified["hosts"][0]["objects"].as_u64().unwrap(),
+        "{verified}"
+    );
+    let objects_dir = std::fs::read_dir(host.home.join("vaults"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("objects");
+    let mut objects: Vec<std::path::PathBuf> = files_under(&objects_dir)
+        .into_iter()
+        .map(|(path, _)| path.into())
+        .collect();
+    objects.sort();
+    let kept = dir.path().join("kept-object");
+    std::fs::copy(&objects[0], &kept).unwrap();
+    std::fs::remove_file(&objects[0]).unwrap();
+    let out = cli(&a.home, &["backup", "verify"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && said.contains("is missing"),
+        "{said}"
+    );
+    let mut flipped = std::fs::read(&kept).unwrap();
+    flipped[100] ^= 1;
+    std::fs::write(&objects[0], flipped).unwrap();
+    let out = cli(&a.home, &["backup", "verify"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && said.contains("does not prove"),
+        "{said}"
+    );
+    std::fs::copy(&kept, &objects[0]).unwrap();
+    assert_eq!(a.json(&["backup", "verify"])["ok"], true);
+
     // Nothing readable on the host: its files, and its log at debug level.
     let host_home = host.home.clone();
     let log = host.stop().stderr;

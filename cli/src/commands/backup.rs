@@ -5,7 +5,7 @@ use anyhow::Context;
 use hearth_node::home::Home;
 use hearth_node::host::api::{HostInfo, HostInvite};
 use hearth_node::host::{DEFAULT_QUOTA, HostConfig, HostNode};
-use hearth_protocol::api::{BackupAddRequest, BackupStatus, HostStatus};
+use hearth_protocol::api::{BackupAddRequest, BackupStatus, BackupVerified, HostStatus};
 use reqwest::Method;
 
 use super::{out, out_json};
@@ -80,6 +80,38 @@ pub(super) async fn backup(
                 added.peer,
                 size(added.quota)
             ))
+        }
+        Some(BackupCommand::Verify) => {
+            let report: BackupVerified = client
+                .json(home, client.request(Method::POST, "/v1/backup/verify"))
+                .await?;
+            if json {
+                out_json(&report)?;
+            } else {
+                if report.hosts.is_empty() {
+                    anyhow::bail!(
+                        "no backup host to verify: add one with `hearth backup add CODE`"
+                    );
+                }
+                for host in &report.hosts {
+                    match &host.error {
+                        Some(e) => out(format!("host {}: NOT verified: {e}", host.peer))?,
+                        None => out(format!(
+                            "host {}: chain of {} manifests checked; {} of {} sampled objects (of {} a restore reads) proven held",
+                            host.peer, host.seq, host.proven, host.sampled, host.objects
+                        ))?,
+                    }
+                    for failure in &host.failures {
+                        out(format!("  {failure}"))?;
+                    }
+                }
+            }
+            if !report.ok {
+                anyhow::bail!(
+                    "a backup host does not hold up (see above); its copy may not restore"
+                );
+            }
+            Ok(())
         }
         None | Some(BackupCommand::Status) => {
             let status: BackupStatus = client

@@ -213,6 +213,19 @@ pub(super) async fn backup_status(
 
 #[utoipa::path(
     post,
+    path = "/v1/backup/verify",
+    tag = "owner",
+    summary = "Each backup host's chain read and checked whole, and a sample of what a restore reads proven held",
+    responses((status = 200, description = "verified (see ok)", body = BackupVerified), (status = "default", response = Failure))
+)]
+pub(super) async fn verify_backup(
+    State(vault): State<AppState>,
+) -> Result<Json<BackupVerified>, ApiError> {
+    Ok(Json(crate::backup::verify(&vault).await?))
+}
+
+#[utoipa::path(
+    post,
     path = "/v1/backup/hosts",
     tag = "owner",
     summary = "Enroll a backup host with the code it printed (`hearth host invite`)",

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hearth_protocol::api::{BackupStatus, HostStatus};
+use hearth_protocol::api::{BackupStatus, BackupVerified, HostStatus, HostVerified};
 use hearth_protocol::backup::{
     Entry, Handle, MANIFESTS_PER_ANSWER, ManifestBody, ManifestHeader, ObjectId, Request, Response,
     decode, decode_host_invite, encode, manifest_hash, object_id, open_manifest, seal_manifest,
@@ -537,6 +537,120 @@ pub fn status(vault: &Vault) -> Result<BackupStatus, BackupError> {
     Ok(BackupStatus { hosts: out })
 }
 
+/// Objects `hearth backup verify` asks a host to prove, at most.
+const SAMPLES: usize = 64;
+/// The bytes of each sampled object proven.
+const PROOF_LEN: u32 = 1024;
+
+/// `hearth backup verify`: each host's whole chain read and checked, then a sample of
+/// the objects a restore would read, each proven held (a range of it with its BLAKE3
+/// verified-streaming proof against its name) without downloading the objects.
+pub async fn verify(vault: &Arc<Vault>) -> Result<BackupVerified, BackupError> {
+    let mut out = Vec::new();
+    for host in hosts(vault)? {
+        let verified = match verify_host(vault, &host).await {
+            Ok(verified) => verified,
+            Err(e) => HostVerified {
+                peer: host.peer.to_string(),
+                seq: 0,
+                objects: 0,
+                sampled: 0,
+                proven: 0,
+                failures: Vec::new(),
+                error: Some(e.to_string()),
+            },
+        };
+        out.push(verified);
+    }
+    Ok(BackupVerified {
+        ok: out
+            .iter()
+            .all(|h| h.error.is_none() && h.failures.is_empty()),
+        hosts: out,
+    })
+}
+
+async fn verify_host(vault: &Arc<Vault>, host: &HostRecord) -> Result<HostVerified, BackupError> {
+    // What this device saw there first: a host that rolled back or altered its chain
+    // is refused before anything else.
+    upload(vault, host, false).await?;
+    let mut link = Link::connect(vault, host.peer, &host.addrs).await?;
+    let answer = link
+        .ask(&Request::Open {
+            handle: host.handle,
+            token: *host.token,
+        })
+        .await?;
+    let Response::Opened { seq, last, .. } = answer else {
+        return Err(link.unexpected(&answer));
+    };
+    let keys = all_keys(vault)?;
+    let mut progress = Progress {
+        handle: host.handle,
+        ..Progress::default()
+    };
+    let mut plan = recover::Plan::default();
+    read_chain(
+        &mut link,
+        &mut progress,
+        seq,
+        last,
+        held(&keys),
+        |header, body, _| plan.note(header, body),
+    )
+    .await?;
+    let objects = plan.objects();
+    let sample: Vec<ObjectId> = {
+        let mut rng = rand::thread_rng();
+        rand::seq::index::sample(&mut rng, objects.len(), objects.len().min(SAMPLES))
+            .into_iter()
+            .map(|i| objects[i])
+            .collect()
+    };
+    let mut failures = Vec::new();
+    for id in &sample {
+        // Anywhere in the object's first MiB (past its end, the proof covers its end).
+        let offset = rand::Rng::gen_range(&mut rand::thread_rng(), 0..1024 * 1024);
+        let name = data_encoding::HEXLOWER.encode(&id[..8]);
+        let answer = link
+            .ask(&Request::Prove {
+                id: *id,
+                offset,
+                len: PROOF_LEN,
+            })
+            .await?;
+        let Response::Proof { slice } = answer else {
+            return Err(link.unexpected(&answer));
+        };
+        let Some(slice) = slice else {
+            failures.push(format!("object {name}… is missing"));
+            continue;
+        };
+        let mut proven = Vec::new();
+        let decoded = std::io::Read::read_to_end(
+            &mut bao::decode::SliceDecoder::new(
+                std::io::Cursor::new(&slice),
+                &blake3::Hash::from_bytes(*id),
+                offset,
+                u64::from(PROOF_LEN),
+            ),
+            &mut proven,
+        );
+        if let Err(e) = decoded {
+            failures.push(format!("object {name}… does not prove: {e}"));
+        }
+    }
+    Ok(HostVerified {
+        peer: host.peer.to_string(),
+        seq,
+        objects: objects.len() as u64,
+        sampled: sample.len() as u64,
+        proven: (sample.len() - failures.len()) as u64,
+        failures,
+        error: None,
+    })
+}
+
 /// Starts the uploader: a round after changes settle, when woken, and every
 /// [`AGAIN_EVERY`].
 pub(crate) fn spawn(vault: Arc<Vault>) -> (oneshot::Sender<()>, JoinHandle<()>) {
@@ -886,22 +1000,21 @@ async fn catch_up(
     last: [u8; 32],
 ) -> Result<(), BackupError> {
     let keys = all_keys(vault)?;
-    read_chain(
-        link,
-        progress,
-        seq,
-        last,
-        |header| {
-            keys.get(&header.epoch).cloned().ok_or_else(|| {
-                format!(
-                    "it is sealed under epoch key {:08x}, which this device does not hold",
-                    header.epoch
-                )
-            })
-        },
-        |_, _, _| Ok(()),
-    )
-    .await
+    read_chain(link, progress, seq, last, held(&keys), |_, _, _| Ok(())).await
+}
+
+/// The key of a manifest's epoch among `keys` (those this device holds).
+fn held(
+    keys: &HashMap<u32, Zeroizing<[u8; 32]>>,
+) -> impl Fn(&ManifestHeader) -> Result<Zeroizing<[u8; 32]>, String> + '_ {
+    |header| {
+        keys.get(&header.epoch).cloned().ok_or_else(|| {
+            format!(
+                "it is sealed under epoch key {:08x}, which this device does not hold",
+                header.epoch
+            )
+        })
+    }
 }
 
 /// Reads the host's manifests after `progress` up to `seq`, each checked to follow

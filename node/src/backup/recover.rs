@@ -16,8 +16,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use hearth_protocol::CollectionName;
 use hearth_protocol::backup::{
-    BACKUP_PROTOCOL, Entry, Handle, ObjectId, Request, Response, object_id, open_object,
-    owner_open_message,
+    BACKUP_PROTOCOL, Entry, Handle, ManifestBody, ManifestHeader, ObjectId, Request, Response,
+    object_id, open_object, owner_open_message,
 };
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
@@ -56,6 +56,76 @@ struct PartChain {
     /// Each entry's objects, in order, with the epoch key id they are sealed under.
     entries: Vec<(Vec<ObjectId>, u32)>,
     heads: Vec<[u8; 32]>,
+}
+
+/// What a restore reads of a host's chain: each part's newest whole copy and the
+/// changes after it, each chunk and blob list, the newest shared secrets; each object
+/// with the epoch key id it is sealed under.
+#[derive(Default)]
+pub(super) struct Plan {
+    parts: BTreeMap<(String, u16), PartChain>,
+    chunks: HashMap<[u8; 32], (ObjectId, u32)>,
+    blobs: Vec<([u8; 32], ObjectId, u32)>,
+    secrets: Option<(ObjectId, u32)>,
+}
+
+impl Plan {
+    /// Notes what a manifest (of epoch key `header.epoch`) adds; an entry that does
+    /// not follow the part's chain is an error.
+    pub(super) fn note(
+        &mut self,
+        header: &ManifestHeader,
+        body: &ManifestBody,
+    ) -> Result<(), String> {
+        for entry in &body.entries {
+            match entry {
+                Entry::Part {
+                    collection,
+                    part,
+                    after,
+                    heads,
+                    objects,
+                } => {
+                    let chain = self.parts.entry((collection.clone(), *part)).or_default();
+                    if after.is_empty() {
+                        chain.entries.clear();
+                    } else if *after != chain.heads {
+                        return Err(format!(
+                            "part {part} of {collection} continues from heads it does not have"
+                        ));
+                    }
+                    chain.entries.push((objects.clone(), header.epoch));
+                    chain.heads = heads.clone();
+                }
+                Entry::Chunk { hash, object } => {
+                    self.chunks.insert(*hash, (*object, header.epoch));
+                }
+                Entry::Blob { id, object } => self.blobs.push((*id, *object, header.epoch)),
+                Entry::Secrets { object } => self.secrets = Some((*object, header.epoch)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Every object a restore reads.
+    pub(super) fn objects(&self) -> Vec<ObjectId> {
+        let mut out: Vec<ObjectId> = self
+            .parts
+            .values()
+            .flat_map(|chain| {
+                chain
+                    .entries
+                    .iter()
+                    .flat_map(|(objects, _)| objects.clone())
+            })
+            .chain(self.chunks.values().map(|(object, _)| *object))
+            .chain(self.blobs.iter().map(|(_, object, _)| *object))
+            .chain(self.secrets.iter().map(|(object, _)| *object))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
 }
 
 /// Reaches `host` with a swarm of its own (this HOME runs no node yet) and opens a
@@ -198,10 +268,7 @@ async fn read_and_restore(
         handle,
         ..Progress::default()
     };
-    let mut parts: BTreeMap<(String, u16), PartChain> = BTreeMap::new();
-    let mut chunks: HashMap<[u8; 32], (ObjectId, u32)> = HashMap::new();
-    let mut blobs: Vec<([u8; 32], ObjectId, u32)> = Vec::new();
-    let mut secrets: Option<(ObjectId, u32)> = None;
+    let mut plan = Plan::default();
     read_chain(
         link,
         &mut progress,
@@ -217,33 +284,7 @@ async fn read_and_restore(
             .ok_or_else(|| "its epoch key does not open with this kit".to_owned())
         },
         |header, body, key| {
-            for entry in &body.entries {
-                match entry {
-                    Entry::Part {
-                        collection,
-                        part,
-                        after,
-                        heads,
-                        objects,
-                    } => {
-                        let chain = parts.entry((collection.clone(), *part)).or_default();
-                        if after.is_empty() {
-                            chain.entries.clear();
-                        } else if *after != chain.heads {
-                            return Err(format!(
-                                "part {part} of {collection} continues from heads it does not have"
-                            ));
-                        }
-                        chain.entries.push((objects.clone(), header.epoch));
-                        chain.heads = heads.clone();
-                    }
-                    Entry::Chunk { hash, object } => {
-                        chunks.insert(*hash, (*object, header.epoch));
-                    }
-                    Entry::Blob { id, object } => blobs.push((*id, *object, header.epoch)),
-                    Entry::Secrets { object } => secrets = Some((*object, header.epoch)),
-                }
-            }
+            plan.note(header, body)?;
             keys.insert(header.epoch, key);
             Ok(())
         },
@@ -253,6 +294,12 @@ async fn read_and_restore(
 
     // The vault's secrets, then a new device of it.
     let mut bytes = 0;
+    let Plan {
+        parts,
+        chunks,
+        blobs,
+        secrets,
+    } = plan;
     let (object, key_id) = secrets.ok_or_else(|| BackupError::Damaged {
         peer: host,
         what: "no manifest names the vault's secrets".into(),

@@ -537,6 +537,12 @@ fn answer(
                 Err(e) => (refused(e), None),
             }
         }
+        (Request::Prove { id, offset, len }, Some(Opened { handle: h, .. })) => {
+            match state.store.prove(&h, &id, offset, len) {
+                Ok(slice) => (Response::Proof { slice }, None),
+                Err(e) => (refused(e), None),
+            }
+        }
         (Request::Get { id }, Some(Opened { handle: h, .. })) => match state.store.get(&h, &id) {
             Ok(object) => (Response::Object { object }, None),
             Err(e) => (refused(e), None),

@@ -420,6 +420,33 @@ impl HostStore {
         }
     }
 
+    /// The Bao slice proving the host holds bytes `offset..offset + len` of object
+    /// `id` (its name is its BLAKE3 hash, the slice's root); `None` if it lacks it.
+    pub fn prove(
+        &self,
+        handle: &Handle,
+        id: &ObjectId,
+        offset: u64,
+        len: u32,
+    ) -> Result<Option<Vec<u8>>, Refusal> {
+        let Some(object) = self.get(handle, id)? else {
+            return Ok(None);
+        };
+        let len = len.min(hearth_protocol::backup::MAX_PROOF);
+        let (outboard, _) = bao::encode::outboard(&object);
+        let mut slice = Vec::new();
+        std::io::Read::read_to_end(
+            &mut bao::encode::SliceExtractor::new_outboard(
+                std::io::Cursor::new(&object),
+                std::io::Cursor::new(&outboard),
+                offset,
+                u64::from(len),
+            ),
+            &mut slice,
+        )?;
+        Ok(Some(slice))
+    }
+
     /// Every enrolled vault, by its opaque name.
     pub fn summaries(&self) -> Vec<VaultSummary> {
         let vaults = self.vaults.lock().expect("vaults lock is never poisoned");
