@@ -341,7 +341,9 @@ pub fn manifest_hash(manifest: &[u8]) -> [u8; 32] {
     *blake3::hash(manifest).as_bytes()
 }
 
-/// A device's request on `/hearth/backup/1`.
+/// A device's request on `/hearth/backup/1`. Byte fields are encoded as bytes
+/// (`serde_bytes`), not as sequences of numbers: a 1 MiB object is one copy, not a
+/// million calls.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Enrolls a vault with an invite: `proof` is [`crate::invite::pairing_proof`] of the
@@ -359,13 +361,23 @@ pub enum Request {
     Open { handle: Handle, token: [u8; 32] },
     /// Opens the vault `handle` to read only, with the kit's owner key: its signature
     /// of [`owner_open_message`] (a restore, which has no upload token).
-    OpenOwner { handle: Handle, signature: Vec<u8> },
+    OpenOwner {
+        handle: Handle,
+        #[serde(with = "serde_bytes")]
+        signature: Vec<u8>,
+    },
     /// Which of these objects the host does not hold.
     Missing { ids: Vec<ObjectId> },
     /// Stores an object (named by its hash).
-    Put { object: Vec<u8> },
+    Put {
+        #[serde(with = "serde_bytes")]
+        object: Vec<u8>,
+    },
     /// Appends a manifest to the chain.
-    Append { manifest: Vec<u8> },
+    Append {
+        #[serde(with = "serde_bytes")]
+        manifest: Vec<u8>,
+    },
     /// Manifests with seq > `after`, in order, at most `limit`
     /// ([`MANIFESTS_PER_ANSWER`] at most).
     Manifests { after: u64, limit: u32 },
@@ -404,13 +416,15 @@ pub enum Response {
         seq: u64,
     },
     Manifests {
-        manifests: Vec<Vec<u8>>,
+        manifests: Vec<serde_bytes::ByteBuf>,
     },
     Object {
+        #[serde(with = "serde_bytes")]
         object: Option<Vec<u8>>,
     },
     /// The Bao slice of the range asked for; `None` if the host lacks the object.
     Proof {
+        #[serde(with = "serde_bytes")]
         slice: Option<Vec<u8>>,
     },
     Refused {

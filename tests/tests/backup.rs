@@ -493,3 +493,152 @@ fn the_kit_alone_brings_the_vault_back_from_the_host() {
     let after = up_to_date(&r, uploaded["seq"].as_u64().unwrap());
     assert!(after["error"].is_null(), "{after}");
 }
+
+/// The figures of issue 27 (docs/BENCHMARKS.md): a vault of 10,000 contacts and a
+/// blob of `HEARTH_BENCH_BLOB_MB` MiB (1024 unless set) backed up to a host on
+/// loopback, and restored from the kit alone into an empty HOME, each against a
+/// device-to-device sync of the same vault in the same run (each must take at most
+/// twice as long); and restic backing up the same vault's `export --all`, for
+/// reference, when it is installed. Long: run it by hand,
+/// `cargo test -p hearth-tests --test backup -- --ignored --nocapture`.
+#[test]
+#[ignore = "a benchmark of minutes; run by hand with --ignored --nocapture"]
+fn backup_and_restore_measured_against_a_device_sync() {
+    use std::time::Instant;
+    let mib: usize = std::env::var("HEARTH_BENCH_BLOB_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let dir = tempfile::tempdir().unwrap();
+    let host = spawn_host(&dir.path().join("host"), &[]);
+    let a = spawn_node(&dir.path().join("a"), &[]);
+    let kit = dir.path().join("kit.json");
+    a.run(&["recovery-kit", "-o", kit.to_str().unwrap()]);
+    let cards: String = (0..10_000)
+        .map(|i| format!("BEGIN:VCARD\r\nVERSION:4.0\r\nUID:p{i}\r\nFN:Person {i}\r\nEMAIL:p{i}@example.org\r\nEND:VCARD\r\n"))
+        .collect();
+    let vcf = dir.path().join("people.vcf");
+    std::fs::write(&vcf, cards).unwrap();
+    a.run(&["import", "contacts", vcf.to_str().unwrap()]);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let blob: Vec<u8> = (0..mib * 1024 * 1024 / 8)
+        .flat_map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()
+        })
+        .collect();
+    let file = dir.path().join("big.bin");
+    std::fs::write(&file, &blob).unwrap();
+    drop(blob);
+    let id = a.json(&["blob", "put", file.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let holds_all = |node: &NodeProcess| {
+        let contacts = node.json(&["status"])["collections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "contacts" && c["records"] == 10_000);
+        contacts
+            && node
+                .json(&["blob", "ls"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|b| b["id"] == id.as_str() && b["here"] == true)
+    };
+    let wait = |what: &str, check: &dyn Fn() -> bool| {
+        let started = Instant::now();
+        while !check() {
+            assert!(
+                started.elapsed().as_secs() < 3600,
+                "{what}: not within an hour"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+
+    // A device-to-device sync of the vault.
+    let started = Instant::now();
+    let b = hearth_tests::join_and_spawn(&a, &dir.path().join("b"));
+    wait("B holds the vault", &|| holds_all(&b));
+    let sync = started.elapsed();
+    drop(b);
+
+    // The backup to the host.
+    let started = Instant::now();
+    a.run(&["backup", "add", &invite(&host)]);
+    wait("the host is up to date", &|| {
+        status(&a)["up_to_date"] == true
+    });
+    let backup = started.elapsed();
+    let stored = host_bytes(&host);
+    let seq = status(&a)["seq"].as_u64().unwrap();
+    a.run(&["put", "contacts", "p17", r#"{"name": "Person 17, edited"}"#]);
+    up_to_date(&a, seq);
+    let edit = host_bytes(&host) - stored;
+
+    // The restore from the kit alone.
+    let addr = host.json(&["host", "vaults"])["addrs"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let started = Instant::now();
+    let r_home = dir.path().join("r");
+    hearth_json(
+        &r_home,
+        &["recover", "--kit", kit.to_str().unwrap(), "--host", &addr],
+    );
+    let restore = started.elapsed();
+    let r = spawn_node(&r_home, &["--no-mesh"]);
+    assert!(holds_all(&r), "the restore holds the vault");
+    drop(r);
+
+    // restic, for reference, over the same vault exported.
+    let restic = std::process::Command::new("restic")
+        .arg("version")
+        .output()
+        .is_ok()
+        .then(|| {
+            let export = dir.path().join("export");
+            a.run(&["export", "--all", "-o", export.to_str().unwrap()]);
+            let repo = dir.path().join("restic");
+            let run = |args: &[&str]| {
+                let out = std::process::Command::new("restic")
+                    .args(["--repo", repo.to_str().unwrap(), "--quiet"])
+                    .args(args)
+                    .env("RESTIC_PASSWORD", "bench")
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "restic {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            run(&["init"]);
+            let started = Instant::now();
+            run(&["backup", export.to_str().unwrap()]);
+            started.elapsed()
+        });
+
+    eprintln!(
+        "10,000 contacts + {mib} MiB: device sync {sync:.1?}; backup to the host {backup:.1?} ({:.2}x, {} bytes on the host); one edit {edit} bytes; restore from the kit {restore:.1?} ({:.2}x); restic backup of the export {}",
+        backup.as_secs_f64() / sync.as_secs_f64(),
+        stored,
+        restore.as_secs_f64() / sync.as_secs_f64(),
+        restic.map_or("(restic not installed)".to_owned(), |t| format!("{t:.1?}")),
+    );
+    assert!(edit <= 4096, "one edit uploaded {edit} bytes");
+    assert!(
+        backup.as_secs_f64() <= 2.0 * sync.as_secs_f64(),
+        "backup {backup:?} vs sync {sync:?}"
+    );
+    assert!(
+        restore.as_secs_f64() <= 2.0 * sync.as_secs_f64(),
+        "restore {restore:?} vs sync {sync:?}"
+    );
+}

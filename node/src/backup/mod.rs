@@ -63,6 +63,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const SETTLE: Duration = Duration::from_secs(2);
 /// Uploads are tried again this often (a host that was away, a blob that arrived).
 const AGAIN_EVERY: Duration = Duration::from_secs(300);
+/// Objects sent to a host (or asked of it) before the first answer is awaited.
+const IN_FLIGHT: usize = 8;
 /// A part's changes are cut into objects of at most this size.
 const PIECE: usize = 4 * 1024 * 1024;
 /// A manifest is appended once its objects reach this size or entry count, so a long
@@ -381,22 +383,40 @@ impl Link {
     }
 
     async fn ask(&mut self, request: &Request) -> Result<Response, BackupError> {
+        self.send(request).await?;
+        self.recv().await
+    }
+
+    /// Sends a request without waiting for its answer: the host answers in order, so
+    /// several can be on their way (what uploads and restores of many objects do).
+    async fn send(&mut self, request: &Request) -> Result<(), BackupError> {
         let peer = self.peer;
-        let talk = async {
-            write_frame(&mut self.stream, &encode(request))
-                .await
-                .map_err(|e| e.to_string())?;
-            read_frame(&mut self.stream)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| "the host closed the stream".to_owned())
-        };
-        let frame = tokio::time::timeout(ANSWER_TIMEOUT, talk)
+        tokio::time::timeout(
+            ANSWER_TIMEOUT,
+            write_frame(&mut self.stream, &encode(request)),
+        )
+        .await
+        .map_err(|_| BackupError::Unreachable {
+            peer,
+            reason: format!("could not send within {ANSWER_TIMEOUT:?}"),
+        })?
+        .map_err(|e| BackupError::Unreachable {
+            peer,
+            reason: e.to_string(),
+        })
+    }
+
+    /// The answer to the oldest request sent and not yet answered.
+    async fn recv(&mut self) -> Result<Response, BackupError> {
+        let peer = self.peer;
+        let frame = tokio::time::timeout(ANSWER_TIMEOUT, read_frame(&mut self.stream))
             .await
             .map_err(|_| BackupError::Unreachable {
                 peer,
                 reason: format!("no answer within {ANSWER_TIMEOUT:?}"),
             })?
+            .map_err(|e| e.to_string())
+            .and_then(|frame| frame.ok_or_else(|| "the host closed the stream".to_owned()))
             .map_err(|reason| BackupError::Unreachable { peer, reason })?;
         match decode::<Response>(&frame) {
             Ok(Response::Refused { reason }) => Err(BackupError::Refused { peer, reason }),
@@ -804,6 +824,7 @@ async fn upload(vault: &Arc<Vault>, host: &HostRecord, uploads: bool) -> Result<
         key,
         kit,
         pending: Pending::default(),
+        in_flight: 0,
     };
     round.upload().await
 }
@@ -827,6 +848,8 @@ struct Round<'a> {
     key: Zeroizing<[u8; 32]>,
     kit: recovery::KitPublic,
     pending: Pending,
+    /// Objects sent and not yet answered.
+    in_flight: usize,
 }
 
 impl Round<'_> {
@@ -927,8 +950,19 @@ impl Round<'_> {
         let object = seal_object(&self.key, &self.host.handle, self.key_id, data, nonce);
         let id = object_id(&object);
         self.pending.bytes += object.len();
-        match self.link.ask(&Request::Put { object }).await? {
-            Response::Stored { .. } => Ok(id),
+        self.link.send(&Request::Put { object }).await?;
+        self.in_flight += 1;
+        if self.in_flight >= IN_FLIGHT {
+            self.stored().await?;
+        }
+        Ok(id)
+    }
+
+    /// Waits for the host to say it stored the oldest object on its way.
+    async fn stored(&mut self) -> Result<(), BackupError> {
+        self.in_flight -= 1;
+        match self.link.recv().await? {
+            Response::Stored { .. } => Ok(()),
             other => Err(self.link.unexpected(&other)),
         }
     }
@@ -944,6 +978,10 @@ impl Round<'_> {
 
     /// Appends a manifest naming what is pending, the next of the host's chain.
     async fn append(&mut self) -> Result<(), BackupError> {
+        // Every object it names is stored first.
+        while self.in_flight > 0 {
+            self.stored().await?;
+        }
         let handle = self.host.handle;
         let kit_sealed = epochs::seal_key_to(
             &kit_info(&handle, self.key_id),

@@ -184,9 +184,22 @@ async fn fetch(
     key_id: u32,
     bytes: &mut u64,
 ) -> Result<Zeroizing<Vec<u8>>, BackupError> {
+    link.send(&Request::Get { id }).await?;
+    fetched(link, keys, handle, id, key_id, bytes).await
+}
+
+/// The answer to a `Get` of object `id` already sent, checked and opened.
+async fn fetched(
+    link: &mut Link,
+    keys: &HashMap<u32, Zeroizing<[u8; 32]>>,
+    handle: &Handle,
+    id: ObjectId,
+    key_id: u32,
+    bytes: &mut u64,
+) -> Result<Zeroizing<Vec<u8>>, BackupError> {
     let peer = link.peer;
     let hex = data_encoding::HEXLOWER.encode(&id[..8]);
-    let answer = link.ask(&Request::Get { id }).await?;
+    let answer = link.recv().await?;
     let Response::Object { object } = answer else {
         return Err(link.unexpected(&answer));
     };
@@ -388,19 +401,27 @@ async fn read_and_restore(
         })?;
         let blob = hearth_protocol::BlobId(id);
         let _pinned = store_blobs.pin_fetch(blob, &manifest);
-        for hash in &manifest.chunks {
-            let (object, key_id) =
-                chunks
-                    .get(hash)
-                    .copied()
-                    .ok_or_else(|| BackupError::Damaged {
-                        peer: host,
-                        what: format!("blob {blob} names a chunk no manifest holds"),
-                    })?;
-            let plain = fetch(link, &keys, &handle, object, key_id, &mut bytes).await?;
-            let mut buf = chunk_buffer(plain.len());
-            buf.extend_from_slice(&plain);
-            store_blobs.store_chunk(*hash, buf).await?;
+        // Asked for a few at a time, so the host's disk and the way there stay busy.
+        for window in manifest.chunks.chunks(super::IN_FLIGHT) {
+            let mut asked = Vec::with_capacity(window.len());
+            for hash in window {
+                let (object, key_id) =
+                    chunks
+                        .get(hash)
+                        .copied()
+                        .ok_or_else(|| BackupError::Damaged {
+                            peer: host,
+                            what: format!("blob {blob} names a chunk no manifest holds"),
+                        })?;
+                link.send(&Request::Get { id: object }).await?;
+                asked.push((*hash, object, key_id));
+            }
+            for (hash, object, key_id) in asked {
+                let plain = fetched(link, &keys, &handle, object, key_id, &mut bytes).await?;
+                let mut buf = chunk_buffer(plain.len());
+                buf.extend_from_slice(&plain);
+                store_blobs.store_chunk(hash, buf).await?;
+            }
         }
         store_blobs.store_manifest(blob, &manifest).await?;
     }

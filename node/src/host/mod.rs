@@ -533,7 +533,15 @@ fn answer(
                 .store
                 .manifests(&h, after, limit.min(MANIFESTS_PER_ANSWER))
             {
-                Ok(manifests) => (Response::Manifests { manifests }, None),
+                Ok(manifests) => (
+                    Response::Manifests {
+                        manifests: manifests
+                            .into_iter()
+                            .map(serde_bytes::ByteBuf::from)
+                            .collect(),
+                    },
+                    None,
+                ),
                 Err(e) => (refused(e), None),
             }
         }

@@ -133,6 +133,27 @@ pub struct HostStore {
     root: PathBuf,
     quota: u64,
     vaults: Mutex<HashMap<Handle, VaultState>>,
+    /// Objects written and not yet synced to the disk, per vault: synced together
+    /// before the next manifest is written (a manifest never names an object a crash
+    /// could lose).
+    unsynced: Mutex<HashMap<Handle, Vec<PathBuf>>>,
+}
+
+/// Writes `bytes` to `path` through a temporary file renamed over it (0600), without
+/// syncing: [`HostStore::append`] syncs a manifest's objects before the manifest.
+fn write_unsynced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    drop(file);
+    std::fs::rename(&tmp, path)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -175,6 +196,7 @@ impl HostStore {
             root: root.to_path_buf(),
             quota,
             vaults: Mutex::new(vaults),
+            unsynced: Mutex::new(HashMap::new()),
         })
     }
 
@@ -200,8 +222,13 @@ impl HostStore {
         if objects_dir.exists() {
             for sub in std::fs::read_dir(&objects_dir)? {
                 for object in std::fs::read_dir(sub?.path())? {
-                    let meta = object?.metadata()?;
-                    bytes += meta.len();
+                    let object = object?;
+                    // An object a crash cut short before its rename: never named.
+                    if object.path().extension().is_some_and(|e| e == "tmp") {
+                        std::fs::remove_file(object.path())?;
+                        continue;
+                    }
+                    bytes += object.metadata()?.len();
                     objects += 1;
                 }
             }
@@ -337,7 +364,8 @@ impl HostStore {
         let path = self.object_path(handle, &id);
         let mut vaults = self.vaults.lock().expect("vaults lock is never poisoned");
         let state = vaults.get_mut(handle).ok_or(Refusal::Unknown)?;
-        if path.exists() {
+        // Already here whole (an object's name is its hash, so the same bytes).
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == object.len() as u64) {
             return Ok(state.bytes);
         }
         let wanted = object.len() as u64;
@@ -347,7 +375,13 @@ impl HostStore {
             create_private_dir(dir)?;
             sync_dir(dir.parent().expect("objects/ has a parent"))?;
         }
-        write_file_atomic(&path, object, 0o600)?;
+        write_unsynced(&path, object)?;
+        self.unsynced
+            .lock()
+            .expect("unsynced lock is never poisoned")
+            .entry(*handle)
+            .or_default()
+            .push(path);
         state.bytes += wanted;
         state.objects += 1;
         state.last_upload = Some(now());
@@ -377,6 +411,22 @@ impl HostStore {
         }
         let wanted = manifest.len() as u64;
         state.room_for(wanted)?;
+        let unsynced = self
+            .unsynced
+            .lock()
+            .expect("unsynced lock is never poisoned")
+            .remove(handle)
+            .unwrap_or_default();
+        let mut dirs = std::collections::BTreeSet::new();
+        for object in &unsynced {
+            std::fs::File::open(object)?.sync_all()?;
+            if let Some(dir) = object.parent() {
+                dirs.insert(dir.to_path_buf());
+            }
+        }
+        for dir in dirs {
+            sync_dir(&dir)?;
+        }
         let path = self
             .dir(handle)
             .join("manifests")
