@@ -676,3 +676,17 @@ pub fn up_refused(home: &Path, extra: &[&str]) -> String {
         .unwrap_or_else(|| panic!("no error line from hearth up: {err}"))
         .to_owned()
 }
+
+/// `len` bytes that do not compress (xorshift64 from a fixed seed: the same every run).
+pub fn noise_bytes(len: usize) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    (0..len.div_ceil(8))
+        .flat_map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()
+        })
+        .take(len)
+        .collect()
+}

@@ -520,15 +520,7 @@ fn backup_and_restore_measured_against_a_device_sync() {
     let vcf = dir.path().join("people.vcf");
     std::fs::write(&vcf, cards).unwrap();
     a.run(&["import", "contacts", vcf.to_str().unwrap()]);
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let blob: Vec<u8> = (0..mib * 1024 * 1024 / 8)
-        .flat_map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state.to_le_bytes()
-        })
-        .collect();
+    let blob = hearth_tests::noise_bytes(mib * 1024 * 1024);
     let file = dir.path().join("big.bin");
     std::fs::write(&file, &blob).unwrap();
     drop(blob);

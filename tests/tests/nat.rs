@@ -182,15 +182,7 @@ fn ten_thousand_contacts_and_100_mib_arrive(v: &Vault, what: &str) {
     let cards = v.dir.join("people.vcf");
     std::fs::write(&cards, vcards(10_000)).unwrap();
     v.a(&["import", "contacts", cards.to_str().unwrap()]);
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let blob: Vec<u8> = (0..100 * 1024 * 1024 / 8)
-        .flat_map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state.to_le_bytes()
-        })
-        .collect();
+    let blob = hearth_tests::noise_bytes(100 * 1024 * 1024);
     let file = v.dir.join("big.bin");
     std::fs::write(&file, &blob).unwrap();
     let id = v.a(&["blob", "put", file.to_str().unwrap()])["id"]
