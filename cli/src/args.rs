@@ -498,7 +498,19 @@ pub enum BackupCommand {
     /// Check each backup host: its whole chain of manifests read and checked, and a
     /// sample of the objects a restore would read proven held (without downloading
     /// them); fails, naming what is wrong, if any host does not hold up
-    Verify,
+    Verify {
+        /// The restore drill: also restore from the host, with the kit, into a scratch
+        /// HOME (removed afterwards), and compare it with this vault record by record
+        /// and blob by blob
+        #[arg(long, requires = "kit")]
+        restore: bool,
+        /// The recovery kit (its file, or - for its words or two shares on stdin)
+        #[arg(long, value_name = "FILE|-")]
+        kit: Option<std::path::PathBuf>,
+        /// The kit file's passphrase, if it was made with one
+        #[arg(long, value_name = "F")]
+        kit_passphrase_file: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -397,6 +397,26 @@ fn the_kit_alone_brings_the_vault_back_from_the_host() {
     ]);
     a.run(&["backup", "add", &invite(&host)]);
     let uploaded = up_to_date(&a, 0);
+    // The drill first, while the device lives: restored into a scratch HOME and
+    // compared record by record and blob by blob, it matches.
+    let drill = a.json(&[
+        "backup",
+        "verify",
+        "--restore",
+        "--kit",
+        kit.to_str().unwrap(),
+    ]);
+    assert_eq!(drill["ok"], true, "{drill}");
+    assert_eq!(
+        drill["restore"]["differences"],
+        serde_json::json!([]),
+        "{drill}"
+    );
+    assert_eq!(drill["restore"]["blobs"], 1, "{drill}");
+    assert_eq!(
+        drill["restore"]["records"], 2,
+        "a note and a contact: {drill}"
+    );
     let audit_before = a.json(&["audit"]).as_array().unwrap().len();
     let old_device = a.peer_id.clone();
     let addr = host.json(&["host", "vaults"])["addrs"][0]
