@@ -366,6 +366,14 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         signature: Vec<u8>,
     },
+    /// Enrolls the vault again under a new handle (its recovery kit was replaced), on
+    /// a stream opened with the upload token: a new chain, found by the new kit. The
+    /// old one stays (the old kit still opens it) until its owner prunes it.
+    Reenroll {
+        handle: Handle,
+        token_hash: [u8; 32],
+        owner: [u8; 32],
+    },
     /// Which of these objects the host does not hold.
     Missing { ids: Vec<ObjectId> },
     /// Stores an object (named by its hash).

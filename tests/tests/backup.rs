@@ -654,3 +654,52 @@ fn backup_and_restore_measured_against_a_device_sync() {
         "restore {restore:?} vs sync {sync:?}"
     );
 }
+
+/// A new recovery kit made after the host was added: the devices enroll the vault on
+/// the host again under the new kit (with the upload token, no new code) and upload a
+/// new chain, which the new kit restores from.
+#[test]
+fn a_new_kit_finds_the_vault_on_a_host_added_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = spawn_host(&dir.path().join("host"), &[]);
+    let a = spawn_node(&dir.path().join("a"), &[]);
+    let old_kit = dir.path().join("old-kit.json");
+    a.run(&["recovery-kit", "-o", old_kit.to_str().unwrap()]);
+    a.run(&["put", "notes", "n1", r#"{"text": "before the new kit"}"#]);
+    a.run(&["backup", "add", &invite(&host)]);
+    up_to_date(&a, 0);
+    let new_kit = dir.path().join("new-kit.json");
+    a.run(&["recovery-kit", "-o", new_kit.to_str().unwrap()]);
+    a.run(&["put", "notes", "n2", r#"{"text": "after the new kit"}"#]);
+    // The old chain and the new, under the new kit's name.
+    eventually("the vault enrolled again under the new kit", || {
+        (host.json(&["host", "vaults"])["vaults"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2)
+            .then_some(())
+    });
+    up_to_date(&a, 0);
+    let addr = host.json(&["host", "vaults"])["addrs"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r_home = dir.path().join("r");
+    hearth_json(
+        &r_home,
+        &[
+            "recover",
+            "--kit",
+            new_kit.to_str().unwrap(),
+            "--host",
+            &addr,
+        ],
+    );
+    let r = spawn_node(&r_home, &["--no-mesh"]);
+    assert_eq!(
+        r.json(&["get", "notes", "n1"])["text"],
+        "before the new kit"
+    );
+    assert_eq!(r.json(&["get", "notes", "n2"])["text"], "after the new kit");
+}

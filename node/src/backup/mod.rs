@@ -433,6 +433,85 @@ impl Link {
     }
 }
 
+/// What a host says when a vault is opened.
+struct Opened {
+    seq: u64,
+    last: [u8; 32],
+    bytes: u64,
+    quota: u64,
+}
+
+/// A stream to `host` with the vault opened by its upload token.
+async fn open(vault: &Vault, host: &HostRecord) -> Result<(Link, Opened), BackupError> {
+    let mut link = Link::connect(vault, host.peer, &host.addrs).await?;
+    let answer = link
+        .ask(&Request::Open {
+            handle: host.handle,
+            token: *host.token,
+        })
+        .await?;
+    let Response::Opened {
+        seq,
+        last,
+        bytes,
+        quota,
+    } = answer
+    else {
+        return Err(link.unexpected(&answer));
+    };
+    Ok((
+        link,
+        Opened {
+            seq,
+            last,
+            bytes,
+            quota,
+        },
+    ))
+}
+
+/// Enrolls the vault on `host` again under `kit`'s handle (the kit that enrolled it was
+/// replaced), with the upload token, and notes it in `_backup`: the uploads start a
+/// new chain there, which the new kit finds and opens. The new token is derived from
+/// the old one and the new handle, so a device that retries after a failure asks the
+/// same thing again.
+async fn reenroll(
+    vault: &Arc<Vault>,
+    host: &HostRecord,
+    kit: &recovery::KitPublic,
+) -> Result<HostRecord, BackupError> {
+    let mut material = Zeroizing::new(host.token.to_vec());
+    material.extend_from_slice(&kit.handle);
+    let token = Zeroizing::new(blake3::derive_key(
+        "hearth 2026-12 backup upload token after a new kit v1",
+        &material,
+    ));
+    let (mut link, _) = open(vault, host).await?;
+    let answer = link
+        .ask(&Request::Reenroll {
+            handle: kit.handle,
+            token_hash: token_hash(&token),
+            owner: kit.owner,
+        })
+        .await?;
+    if !matches!(answer, Response::Enrolled { .. }) {
+        return Err(link.unexpected(&answer));
+    }
+    let moved = HostRecord {
+        handle: kit.handle,
+        token,
+        ..host.clone()
+    };
+    let id =
+        RecordId::parse(&host.peer.to_string()).map_err(|e| BackupError::Vault(e.to_string()))?;
+    vault
+        .collections
+        .put(&collection(), &id, &moved.to_record())?;
+    vault.store.commit().await?;
+    tracing::info!(host = %host.peer, "the recovery kit was replaced: the vault is kept on the host under the new kit from now on");
+    Ok(moved)
+}
+
 /// Enrolls the host of `code` as a backup host of this vault.
 pub async fn add(vault: &Arc<Vault>, code: &str) -> Result<HostStatus, BackupError> {
     let invite = decode_host_invite(code).map_err(|e| BackupError::Code(e.to_string()))?;
@@ -594,16 +673,12 @@ async fn verify_host(vault: &Arc<Vault>, host: &HostRecord) -> Result<HostVerifi
     // What this device saw there first: a host that rolled back or altered its chain
     // is refused before anything else.
     upload(vault, host, false).await?;
-    let mut link = Link::connect(vault, host.peer, &host.addrs).await?;
-    let answer = link
-        .ask(&Request::Open {
-            handle: host.handle,
-            token: *host.token,
-        })
-        .await?;
-    let Response::Opened { seq, last, .. } = answer else {
-        return Err(link.unexpected(&answer));
-    };
+    // The record again: the upload may have enrolled the vault under a new kit.
+    let host = &hosts(vault)?
+        .into_iter()
+        .find(|h| h.peer == host.peer)
+        .unwrap_or_else(|| host.clone());
+    let (mut link, Opened { seq, last, .. }) = open(vault, host).await?;
     let keys = all_keys(vault)?;
     let mut progress = Progress {
         handle: host.handle,
@@ -771,6 +846,11 @@ pub async fn upload_all(vault: &Arc<Vault>) {
 async fn upload(vault: &Arc<Vault>, host: &HostRecord, uploads: bool) -> Result<(), BackupError> {
     let peer = host.peer;
     let (key_id, key, kit) = current_key(vault)?;
+    if kit.handle != host.handle {
+        // The kit was replaced: the new one must find the vault on the host.
+        let moved = reenroll(vault, host, &kit).await?;
+        return Box::pin(upload(vault, &moved, uploads)).await;
+    }
     let mut progress = match progress_of(vault, &peer)? {
         Some(p) if p.handle == host.handle => p,
         _ => Progress {
@@ -778,22 +858,13 @@ async fn upload(vault: &Arc<Vault>, host: &HostRecord, uploads: bool) -> Result<
             ..Progress::default()
         },
     };
-    let mut link = Link::connect(vault, peer, &host.addrs).await?;
-    let answer = link
-        .ask(&Request::Open {
-            handle: host.handle,
-            token: *host.token,
-        })
-        .await?;
-    let Response::Opened {
+    let (mut link, opened) = open(vault, host).await?;
+    let Opened {
         seq,
         last,
         bytes,
         quota,
-    } = answer
-    else {
-        return Err(link.unexpected(&answer));
-    };
+    } = opened;
     if seq < progress.seq {
         return Err(BackupError::RolledBack {
             peer,

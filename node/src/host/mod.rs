@@ -507,9 +507,24 @@ fn answer(
             },
             None,
         ),
-        (Request::Put { .. } | Request::Append { .. }, Some(Opened { writes: false, .. })) => {
-            (refused(Refusal::ReadOnly), None)
-        }
+        (
+            Request::Reenroll {
+                handle,
+                token_hash,
+                owner,
+            },
+            Some(Opened { writes: true, .. }),
+        ) => match state.store.enroll(handle, token_hash, owner) {
+            Ok(quota) => {
+                tracing::info!("a vault enrolled again, under a new kit");
+                (Response::Enrolled { quota }, None)
+            }
+            Err(e) => (refused(e), None),
+        },
+        (
+            Request::Put { .. } | Request::Append { .. } | Request::Reenroll { .. },
+            Some(Opened { writes: false, .. }),
+        ) => (refused(Refusal::ReadOnly), None),
         (Request::Missing { ids }, Some(Opened { handle: h, .. })) => (
             Response::Missing {
                 ids: state.store.missing(&h, &ids),

@@ -283,7 +283,11 @@ impl HostStore {
         owner: [u8; 32],
     ) -> Result<u64, Refusal> {
         let mut vaults = self.vaults.lock().expect("vaults lock is never poisoned");
-        if vaults.contains_key(&handle) {
+        if let Some(state) = vaults.get(&handle) {
+            // The same enrollment again (a device retrying): nothing to do.
+            if bool::from(state.token_hash.ct_eq(&token_hash)) && state.owner == owner {
+                return Ok(state.quota);
+            }
             return Err(Refusal::AlreadyEnrolled);
         }
         let dir = self.dir(&handle);
