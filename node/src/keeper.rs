@@ -98,7 +98,7 @@ pub async fn set_kit(vault: &Arc<Vault>, request: KitRequest) -> Result<KitInfo,
         let made_by = v.keys.peer_id().to_string();
         // Newer than any kit this device knows, even with a clock behind.
         let latest = crate::recovery::current(&v.collections)?.map_or(0, |(_, at)| at);
-        let made_at = crate::clock::now_unix().max(latest + 1);
+        let made_at = crate::clock::now_unix().max(latest.saturating_add(1));
         crate::recovery::set(&v.collections, &kit, made_at, &made_by)?;
         Ok(())
     })

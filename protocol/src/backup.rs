@@ -374,8 +374,6 @@ pub enum Request {
         token_hash: [u8; 32],
         owner: [u8; 32],
     },
-    /// Which of these objects the host does not hold.
-    Missing { ids: Vec<ObjectId> },
     /// Stores an object (named by its hash).
     Put {
         #[serde(with = "serde_bytes")]
@@ -413,9 +411,6 @@ pub enum Response {
         last: [u8; 32],
         bytes: u64,
         quota: u64,
-    },
-    Missing {
-        ids: Vec<ObjectId>,
     },
     Stored {
         bytes: u64,

@@ -574,17 +574,26 @@ fn unwrap_secrets(
 /// gets one: it is rewritten (same secrets, same passphrase) with a new exchange key,
 /// by an atomic rename, before the keys are returned.
 pub fn open(home: &Home, passphrase: Option<&Passphrase>) -> Result<VaultKeys, KeysError> {
-    let path = home.keys();
-    let file = read_key_file(home)?;
-    let plain = unwrap_secrets(&file, passphrase, &path)?;
-    let mut blob = SecretsBlob::decode(&plain).map_err(|source| KeysError::KeyFile {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let (_, mut blob) = read_secrets(home, passphrase)?;
     if blob.exchange_key.is_none() {
         blob = add_exchange_key(home, passphrase)?;
     }
-    VaultKeys::from_blob(&blob, &path)
+    VaultKeys::from_blob(&blob, &home.keys())
+}
+
+/// The key file of `home` and the secrets it holds, opened with `passphrase`.
+fn read_secrets(
+    home: &Home,
+    passphrase: Option<&Passphrase>,
+) -> Result<(KeyFile, SecretsBlob), KeysError> {
+    let path = home.keys();
+    let file = read_key_file(home)?;
+    let plain = unwrap_secrets(&file, passphrase, &path)?;
+    let blob = SecretsBlob::decode(&plain).map_err(|source| KeysError::KeyFile {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok((file, blob))
 }
 
 /// Gives a key file of version 1 an exchange key: under an exclusive lock
@@ -614,12 +623,7 @@ fn add_exchange_key(
             io::Error::last_os_error(),
         ));
     }
-    let file = read_key_file(home)?;
-    let plain = unwrap_secrets(&file, passphrase, &path)?;
-    let mut blob = SecretsBlob::decode(&plain).map_err(|source| KeysError::KeyFile {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let (file, mut blob) = read_secrets(home, passphrase)?;
     if blob.exchange_key.is_some() {
         return Ok(blob);
     }
@@ -668,7 +672,6 @@ fn derive_kek(passphrase: &Passphrase, params: &Argon2Params) -> Result<SealKey,
     Ok(SealKey::from_bytes(*kek))
 }
 
-/// Reads the owner token a client presents (`HOME/owner.token`).
 /// The hash of `HOME/owner.token`, made first if there is none (a backup host's HOME,
 /// which has no key file: its owner token is all its API needs).
 pub fn owner_token_hash_or_new(home: &Home) -> io::Result<[u8; 32]> {
@@ -685,6 +688,7 @@ pub fn owner_token_hash_or_new(home: &Home) -> io::Result<[u8; 32]> {
     }
 }
 
+/// Reads the owner token a client presents (`HOME/owner.token`).
 pub fn read_owner_token(home: &Home) -> io::Result<OwnerToken> {
     let text = Zeroizing::new(fs::read_to_string(home.owner_token())?);
     Ok(OwnerToken(Zeroizing::new(text.trim().to_owned())))

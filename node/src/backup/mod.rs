@@ -831,14 +831,14 @@ pub async fn upload_all(vault: &Arc<Vault>) {
     let Ok(hosts) = hosts(vault) else {
         return;
     };
-    if hosts.is_empty() {
+    // The other devices do not reach the hosts in the background: they read what the
+    // uploading device appended when asked (`refresh`, for `backup status`).
+    if hosts.is_empty() || !my_turn(vault).await {
         return;
     }
-    // The others only read what the uploading device appended, so their status is true.
-    let uploads = my_turn(vault).await;
     let _running = vault.backups.running.lock().await;
     for host in hosts {
-        note_result(vault, &host, upload(vault, &host, uploads).await);
+        note_result(vault, &host, upload(vault, &host, true).await);
     }
 }
 

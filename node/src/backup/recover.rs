@@ -382,7 +382,7 @@ async fn read_and_restore(
     // The epoch keys sealed to the kit, sealed to this device as a member seals them
     // to another: it holds them from its first start, and can pass them on.
     let view = epochs::view_of(&collections, vault_keys.vault_id)?;
-    for epoch in &view.epochs {
+    for epoch in view.valid(&vault_keys.vault_id) {
         if let Some(key) = epoch.open_as(&vault_keys.vault_id, &kit.recipient(), exchange) {
             epochs::seal_to_self(&collections, &vault_keys, epoch, &key)?;
         }

@@ -525,12 +525,6 @@ fn answer(
             Request::Put { .. } | Request::Append { .. } | Request::Reenroll { .. },
             Some(Opened { writes: false, .. }),
         ) => (refused(Refusal::ReadOnly), None),
-        (Request::Missing { ids }, Some(Opened { handle: h, .. })) => (
-            Response::Missing {
-                ids: state.store.missing(&h, &ids),
-            },
-            None,
-        ),
         (Request::Put { object }, Some(Opened { handle: h, .. })) => {
             match state.store.put(&h, &object) {
                 Ok(bytes) => (Response::Stored { bytes }, None),
@@ -572,3 +566,6 @@ fn answer(
         },
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -352,13 +352,6 @@ impl HostStore {
         Ok(state.opened())
     }
 
-    pub fn missing(&self, handle: &Handle, ids: &[ObjectId]) -> Vec<ObjectId> {
-        ids.iter()
-            .filter(|id| !self.object_path(handle, id).exists())
-            .copied()
-            .collect()
-    }
-
     /// Stores an object; the bytes the vault uses afterwards.
     pub fn put(&self, handle: &Handle, object: &[u8]) -> Result<u64, Refusal> {
         if object.len() > MAX_OBJECT {
