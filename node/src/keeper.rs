@@ -95,11 +95,17 @@ pub async fn set_kit(vault: &Arc<Vault>, request: KitRequest) -> Result<KitInfo,
         )
     })?;
     blocking(vault, move |v| {
-        let made_by = v.keys.peer_id().to_string();
         // Newer than any kit this device knows, even with a clock behind.
-        let latest = crate::recovery::current(&v.collections)?.map_or(0, |(_, at)| at);
+        let latest =
+            crate::recovery::current(&v.collections, &v.keys.vault_id)?.map_or(0, |(_, at)| at);
         let made_at = crate::clock::now_unix().max(latest.saturating_add(1));
-        crate::recovery::set(&v.collections, &kit, made_at, &made_by)?;
+        crate::recovery::set(
+            &v.collections,
+            &v.keys.vault_id,
+            &v.keys.device,
+            &kit,
+            made_at,
+        )?;
         Ok(())
     })
     .await?;
@@ -112,7 +118,7 @@ pub async fn set_kit(vault: &Arc<Vault>, request: KitRequest) -> Result<KitInfo,
 pub async fn kit_info(vault: &Arc<Vault>) -> Result<KitInfo, Error> {
     blocking(vault, move |v| {
         let view = epochs::view_of(&v.collections, v.keys.vault_id)?;
-        let kit = crate::recovery::current(&v.collections)?;
+        let kit = crate::recovery::current(&v.collections, &v.keys.vault_id)?;
         let valid = view.valid(&v.keys.vault_id);
         let epochs_sealed = match &kit {
             Some((kit, _)) => valid

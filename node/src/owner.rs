@@ -96,7 +96,7 @@ pub async fn status_of(vault: &Arc<Vault>) -> Result<StatusResponse, Error> {
             v.collections.list()?,
             v.blobs.count() as u64,
             v.blobs.arriving(&v.collections)?,
-            crate::recovery::current(&v.collections)?.map(|(kit, _)| kit.id),
+            crate::recovery::current(&v.collections, &v.keys.vault_id)?.map(|(kit, _)| kit.id),
         ))
     })
     .await?;

@@ -444,3 +444,91 @@ fn a_recovery_kit_opens_every_epoch_and_a_new_one_replaces_it() {
     a.stop();
     b.stop();
 }
+
+/// A device that made the vault's kit, then is removed (stolen, and it may have kept
+/// the kit's secret): its kit stops counting the moment it is removed, on every
+/// device, whatever time it wrote; the epoch made then is not sealed to it; the kit
+/// before it is the vault's again, and `recovery-kit --check` asks for a new kit,
+/// since epochs were made meanwhile that the older one never received.
+#[test]
+fn a_kit_made_on_a_device_since_removed_no_longer_counts() {
+    use hearth_node::recovery::RecoverySecret;
+
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn_node(&dir.path().join("a"), &[]);
+    let x = join_and_spawn(&a, &dir.path().join("x"));
+    let vault: [u8; 16] = data_encoding::HEXLOWER
+        .decode(a.json(&["status"])["vault_id"].as_str().unwrap().as_bytes())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let first = a.json(&["recovery-kit"]);
+    let first_words = first["words"].as_str().unwrap().to_owned();
+    eventually("X knows A's kit", || {
+        (x.json(&["status"])["recovery_kit"] == first["kit"]).then_some(())
+    });
+    let planted = x.json(&["recovery-kit"]);
+    let planted_secret = RecoverySecret::from_words(planted["words"].as_str().unwrap()).unwrap();
+    eventually("A counts X's kit", || {
+        (a.json(&["status"])["recovery_kit"] == planted["kit"]).then_some(())
+    });
+    let x_peer = x.peer_id.clone();
+    x.stop();
+
+    let removed = a.json(&["devices", "remove", &x_peer]);
+    assert_eq!(removed["recovery_kit_dropped"], planted["kit"], "{removed}");
+    assert_eq!(a.json(&["status"])["recovery_kit"], first["kit"]);
+    // The epochs that count are the members' (X's own no longer do).
+    let epochs: Vec<Epoch> = epochs_of(&a)
+        .into_iter()
+        .filter(|e| e.made_by.to_string() != x_peer)
+        .collect();
+    let current = epochs.iter().max_by_key(|e| e.n).unwrap();
+    assert_eq!(a.json(&["keys"])["epoch"], current.n);
+    assert!(
+        !current
+            .sealed
+            .contains_key(&planted_secret.public().recipient())
+    );
+    assert!(
+        current
+            .open_as(
+                &vault,
+                &planted_secret.public().recipient(),
+                &planted_secret.exchange_seed()
+            )
+            .is_none()
+    );
+
+    let a_home = dir.path().join("a");
+    let check = |words: &str| {
+        hearth_with_stdin(
+            &[
+                "--home",
+                a_home.to_str().unwrap(),
+                "recovery-kit",
+                "--check",
+            ],
+            words.as_bytes(),
+        )
+    };
+    // The first kit opens every epoch A made, unless A made one while X's kit was
+    // the vault's (then it was never sealed to the first): the check says which.
+    let first_id = format!("kit:{}", first["kit"].as_str().unwrap());
+    let skipped = epochs.iter().any(|e| e.excluded.contains(&first_id));
+    let stale = check(&first_words);
+    if skipped {
+        assert!(!stale.status.success());
+        assert!(
+            one_line_error(&stale).contains("make a new kit"),
+            "{}",
+            one_line_error(&stale)
+        );
+    } else {
+        assert!(stale.status.success(), "{}", one_line_error(&stale));
+    }
+    let fresh = a.json(&["recovery-kit"]);
+    let checked = check(fresh["words"].as_str().unwrap());
+    assert!(checked.status.success(), "{}", one_line_error(&checked));
+    a.stop();
+}

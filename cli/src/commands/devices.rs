@@ -91,6 +91,9 @@ pub(super) async fn remove(
     device: String,
 ) -> anyhow::Result<()> {
     let peer_id = device_id(home, client, &device).await?;
+    let kit_before: hearth_protocol::api::KitInfo = client
+        .json(home, client.request(Method::GET, "/v1/recovery"))
+        .await?;
     client
         .send(
             home,
@@ -100,13 +103,27 @@ pub(super) async fn remove(
     let keys: KeysInfo = client
         .json(home, client.request(Method::GET, "/v1/keys"))
         .await?;
+    // A kit made on the removed device no longer counts (it could have kept the
+    // secret): the vault needs a new one.
+    let kit_after: hearth_protocol::api::KitInfo = client
+        .json(home, client.request(Method::GET, "/v1/recovery"))
+        .await?;
+    let kit_dropped = kit_before
+        .kit
+        .filter(|before| kit_after.kit.as_ref() != Some(before));
     if json {
         out_json(&serde_json::json!({
             "id": peer_id,
             "removed": true,
             "epoch": keys.epoch,
+            "recovery_kit_dropped": kit_dropped,
         }))?;
     } else {
+        if let Some(kit) = &kit_dropped {
+            note(format!(
+                "The recovery kit {kit} was made on the removed device and no longer counts: make a new one with `hearth recovery-kit`."
+            ));
+        }
         out(format!(
             "removed device {peer_id}; it receives nothing written from now on"
         ))?;

@@ -213,15 +213,31 @@ pub(super) async fn check(
             client.request(Method::GET, "/v1/collections/_epochs/records"),
         )
         .await?;
+    // The epochs that count are the ones members made: a removed device's epochs are
+    // not sealed to a kit made after it left, and need not be.
+    let devices: Vec<hearth_protocol::api::DeviceInfo> = client
+        .json(home, client.request(Method::GET, "/v1/devices"))
+        .await?;
+    let members: Vec<&str> = devices
+        .iter()
+        .filter(|d| d.removed_at.is_none())
+        .map(|d| d.id.as_str())
+        .collect();
     let seed = secret.exchange_seed();
     let epochs: Vec<Epoch> = records
         .iter()
         .filter_map(Epoch::from_record)
-        .filter(|e| e.verifies(&vault))
+        .filter(|e| e.verifies(&vault) && members.contains(&e.made_by.to_string().as_str()))
         .collect();
     let opened = epochs
         .iter()
         .filter(|e| e.open_as(&vault, &kit.recipient(), &seed).is_some())
+        .count();
+    // Epochs made while another kit was the vault's (one made on a device since
+    // removed, which no longer counts) are never sealed to this one.
+    let excluded = epochs
+        .iter()
+        .filter(|e| e.excluded.contains(&kit.recipient()))
         .count();
     let current = info.kit.as_deref() == Some(kit.id.as_str());
     if json {
@@ -243,6 +259,13 @@ pub(super) async fn check(
             "kit {} is not the vault's recovery kit ({}): it opens {opened} of {} epoch key(s), none made after it was replaced",
             kit.id,
             info.kit.as_deref().unwrap_or("none was made"),
+            epochs.len()
+        );
+    }
+    if excluded > 0 {
+        bail!(
+            "kit {} is the vault's kit but {excluded} of {} epoch key(s) were made while another kit was the vault's, and are never sealed to it: make a new kit with `hearth recovery-kit`",
+            kit.id,
             epochs.len()
         );
     }

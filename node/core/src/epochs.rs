@@ -424,6 +424,8 @@ pub struct Member {
 /// vault's recovery kit.
 #[derive(Debug, Clone, Default)]
 pub struct View {
+    /// Epoch records that verify (whole, signed by the device they name, for this
+    /// vault): [`view_of`] sets aside any other.
     pub epochs: Vec<Epoch>,
     pub members: Vec<Member>,
     /// Devices that were members and are not any more.
@@ -439,11 +441,12 @@ impl View {
         self.members.iter().any(|m| m.peer == *peer)
     }
 
-    /// The epochs that count: whole, signed, for this vault, made by a member.
+    /// The epochs that count: made by a member (each in `epochs` verifies already).
     pub fn valid(&self, vault_id: &[u8; 16]) -> Vec<&Epoch> {
+        debug_assert!(self.epochs.iter().all(|e| e.verifies(vault_id)));
         self.epochs
             .iter()
-            .filter(|e| self.is_member(&e.made_by) && e.verifies(vault_id))
+            .filter(|e| self.is_member(&e.made_by))
             .collect()
     }
 
@@ -532,11 +535,9 @@ pub fn plan(view: &View, me: &Identity<'_>, rotation: Rotation, now: u64) -> Vec
         Rotation::IfNeeded => view.needs_rotation(&me.vault_id),
         Rotation::Later => false,
     };
+    // Every epoch, the one about to be replaced too: a member or kit that lacks it
+    // needs it for what was written under it.
     for epoch in &valid {
-        // The current epoch is about to be replaced: no one new needs it.
-        if new_epoch && current.is_some_and(|c| c.id == epoch.id) {
-            continue;
-        }
         // Missing, or sealed to an exchange key its holder no longer publishes; never
         // to a name the epoch excludes.
         let missing: Vec<_> = sealable
@@ -717,10 +718,7 @@ impl Ring {
         let verifying = view
             .epochs
             .iter()
-            .filter(|e| {
-                (view.is_member(&e.made_by) || view.removed.contains(&e.made_by))
-                    && e.verifies(&me.vault_id)
-            })
+            .filter(|e| view.is_member(&e.made_by) || view.removed.contains(&e.made_by))
             .map(|e| (key_id(&e.signing_key), e.signing_key))
             .collect();
         let held = valid.iter().filter(|e| holds(e)).count();
@@ -740,33 +738,26 @@ impl Ring {
 
 /// What this device knows, read from its collections.
 pub fn view_of(collections: &Collections, vault_id: [u8; 16]) -> Result<View, CollectionError> {
-    // A record is named by the hash of its signed part; two records claiming one id
-    // (a copy under another key) are one epoch, their sealed entries together.
+    // A record is stored under the hash of its signed part: one record per epoch.
+    // Only records that verify count (a record altered in sync is set aside, not
+    // trusted), so nothing below checks a signature again.
     let mut by_id: BTreeMap<String, Epoch> = BTreeMap::new();
     for record in collections.records(&collection())? {
-        let Some(epoch) = Epoch::from_record(&record) else {
-            tracing::warn!("an epoch record cannot be read; it is set aside");
-            continue;
-        };
-        match by_id.get_mut(&epoch.id) {
-            Some(known) if known.signature == epoch.signature => {
-                for (name, sealed) in epoch.sealed {
-                    known.sealed.entry(name).or_insert(sealed);
-                }
-            }
-            Some(_) => {}
-            None => {
+        match Epoch::from_record(&record).filter(|e| e.verifies(&vault_id)) {
+            Some(epoch) => {
                 by_id.insert(epoch.id.clone(), epoch);
+            }
+            None => {
+                tracing::warn!("an epoch record cannot be read or does not verify; it is set aside")
             }
         }
     }
     let epochs = by_id.into_values().collect();
-    let kits = crate::recovery::all(collections)?;
-    let kit = kits.first().cloned();
+    let kits = crate::recovery::kits(collections, &vault_id)?;
     let mut view = View {
         epochs,
-        replaced_kits: kits.iter().skip(1).map(|k| k.recipient()).collect(),
-        kit,
+        replaced_kits: kits.replaced.iter().map(|k| k.recipient()).collect(),
+        kit: kits.current.map(|(kit, _)| kit),
         ..View::default()
     };
     for device in crate::devices::devices(collections)? {

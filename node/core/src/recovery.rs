@@ -6,7 +6,8 @@
 //! and optionally writes it to a file (its words, or, with a passphrase, the secret
 //! sealed under an Argon2id key, as the key file is). The devices never keep it: they
 //! keep what is derived from it, in the system collection `_recovery` (a record per
-//! kit ever made, under its id; the newest is the vault's kit):
+//! kit ever made, under its id, signed by the device that made it; the newest made by a
+//! device that is still a member is the vault's kit):
 //!
 //! - an X25519 **exchange key** (HPKE) to which each epoch key is sealed, like to a
 //!   device (`sealed["kit:ID"]` in `_epochs`), so whoever holds the secret opens every
@@ -25,6 +26,7 @@ use std::fmt;
 use data_encoding::{BASE64, HEXLOWER};
 use hearth_protocol::RecordId;
 use hearth_protocol::keyfile::KeyFile;
+use libp2p_identity::PeerId;
 use rand::RngCore;
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
@@ -43,6 +45,8 @@ const HANDLE_CONTEXT: &str = "hearth 2026-12 recovery handle v1";
 /// The binding of a passphrase-sealed secret in a kit file.
 const KIT_DOMAIN: &[u8] = b"recovery-kit";
 const KIT_KEY: &[u8] = b"secret";
+/// What the device that makes a kit the vault's kit signs its record under.
+const KIT_RECORD_DOMAIN: &[u8] = b"hearth 2026-12 recovery kit record v1\0";
 
 pub fn collection() -> hearth_protocol::CollectionName {
     hearth_protocol::CollectionName::parse(RECOVERY).expect("_recovery is a valid name")
@@ -399,7 +403,20 @@ impl KitPublic {
         format!("kit:{}", self.id)
     }
 
-    fn to_record(&self, made_at: u64, made_by: &str) -> Map<String, Value> {
+    /// What the device that makes it the vault's kit signs (docs/FORMATS.md, "Recovery
+    /// kit"): a record only that device could have written.
+    fn signed_part(&self, vault_id: &[u8; 16], made_at: u64, made_by: &str) -> Vec<u8> {
+        let mut out = KIT_RECORD_DOMAIN.to_vec();
+        out.extend_from_slice(vault_id);
+        out.extend_from_slice(&self.exchange);
+        out.extend_from_slice(&self.owner);
+        out.extend_from_slice(&self.handle);
+        out.extend_from_slice(&made_at.to_be_bytes());
+        out.extend_from_slice(made_by.as_bytes());
+        out
+    }
+
+    fn to_record(&self, made_at: u64, made_by: &str, signature: &[u8]) -> Map<String, Value> {
         match json!({
             "kit": self.id,
             "exchange": BASE64.encode(&self.exchange),
@@ -407,6 +424,7 @@ impl KitPublic {
             "handle": HEXLOWER.encode(&self.handle),
             "made_at": made_at,
             "made_by": made_by,
+            "signature": BASE64.encode(signature),
         }) {
             Value::Object(map) => map,
             _ => unreachable!("a JSON object"),
@@ -445,49 +463,197 @@ impl KitPublic {
     }
 }
 
-/// Every kit ever made, with when it was made, the vault's kit first: the newest
-/// (then the smallest id, so two devices that made one apart agree).
-fn made(collections: &Collections) -> Result<Vec<(KitPublic, u64)>, CollectionError> {
-    let mut kits: Vec<(KitPublic, u64)> = collections
+/// A `_recovery` record that its maker signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Made {
+    pub kit: KitPublic,
+    pub made_at: u64,
+    pub made_by: PeerId,
+}
+
+impl Made {
+    /// Reads a record: `None` unless it is well formed, stored under its kit's id,
+    /// and signed by the device it names, for this vault.
+    fn from_record(record: &Value, vault_id: &[u8; 16]) -> Option<Self> {
+        let kit = KitPublic::from_record(record)?;
+        if record.get("id").and_then(Value::as_str) != Some(kit.id.as_str()) {
+            return None;
+        }
+        let made_at = record.get("made_at").and_then(Value::as_u64)?;
+        let made_by_text = record.get("made_by").and_then(Value::as_str)?;
+        let made_by: PeerId = made_by_text.parse().ok()?;
+        let signature = BASE64
+            .decode(record.get("signature").and_then(Value::as_str)?.as_bytes())
+            .ok()?;
+        let key = crate::devices::public_key_of(&made_by)?;
+        key.verify(
+            &kit.signed_part(vault_id, made_at, made_by_text),
+            &signature,
+        )
+        .then_some(Self {
+            kit,
+            made_at,
+            made_by,
+        })
+    }
+}
+
+/// The vault's kit and the kits it replaced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Kits {
+    /// The newest kit made by a device that is still a member (then the smallest id,
+    /// so two devices that made one apart agree), and when it was made.
+    pub current: Option<(KitPublic, u64)>,
+    /// Every other kit: older ones, and any made by a device since removed (whatever
+    /// time it wrote, so a device cannot keep a kit of its own current after it is
+    /// removed). No epoch made afterwards is sealed to them.
+    pub replaced: Vec<KitPublic>,
+}
+
+impl Kits {
+    /// Orders the signed records: shared by [`kits`] and the epochs' model test.
+    pub fn arrange(mut made: Vec<Made>, is_member: impl Fn(&PeerId) -> bool) -> Self {
+        made.sort_by(|a, b| {
+            b.made_at
+                .cmp(&a.made_at)
+                .then_with(|| a.kit.id.cmp(&b.kit.id))
+        });
+        let mut kits = Self::default();
+        for one in made {
+            if kits.current.is_none() && is_member(&one.made_by) {
+                kits.current = Some((one.kit, one.made_at));
+            } else {
+                kits.replaced.push(one.kit);
+            }
+        }
+        kits
+    }
+}
+
+/// The vault's kit and the kits it replaced, as this device knows them. A record that
+/// is not signed by the device it names counts as neither.
+pub fn kits(collections: &Collections, vault_id: &[u8; 16]) -> Result<Kits, CollectionError> {
+    let made: Vec<Made> = collections
         .records(&collection())?
         .iter()
         .filter_map(|record| {
-            let made_at = record.get("made_at").and_then(Value::as_u64).unwrap_or(0);
-            let kit = KitPublic::from_record(record)?;
-            (record.get("id").and_then(Value::as_str) == Some(kit.id.as_str()))
-                .then_some((kit, made_at))
+            let made = Made::from_record(record, vault_id);
+            if made.is_none() {
+                tracing::warn!("a recovery kit record is not signed by its maker; it is set aside");
+            }
+            made
         })
         .collect();
-    kits.sort_by(|(a, at_a), (b, at_b)| at_b.cmp(at_a).then_with(|| a.id.cmp(&b.id)));
-    Ok(kits)
+    let members = crate::devices::members(collections);
+    Ok(Kits::arrange(made, |peer| members.contains(peer)))
 }
 
 /// The vault's kit, as this device knows it, and when it was made.
-pub fn current(collections: &Collections) -> Result<Option<(KitPublic, u64)>, CollectionError> {
-    Ok(made(collections)?.into_iter().next())
+pub fn current(
+    collections: &Collections,
+    vault_id: &[u8; 16],
+) -> Result<Option<(KitPublic, u64)>, CollectionError> {
+    Ok(kits(collections, vault_id)?.current)
 }
 
-/// Every kit ever made, the vault's kit first, then the ones it replaced.
-pub fn all(collections: &Collections) -> Result<Vec<KitPublic>, CollectionError> {
-    Ok(made(collections)?.into_iter().map(|(kit, _)| kit).collect())
-}
-
-/// Makes `kit` the vault's kit: a record of its own (under its id), newer than any
-/// other. Durable only after the store commits.
+/// Makes `kit` the vault's kit: a record of its own (under its id), signed by
+/// `device` (this device's key), newer than any other. Durable only after the store
+/// commits.
 pub fn set(
     collections: &Collections,
+    vault_id: &[u8; 16],
+    device: &libp2p_identity::Keypair,
     kit: &KitPublic,
     made_at: u64,
-    made_by: &str,
 ) -> Result<(), CollectionError> {
+    let made_by = device.public().to_peer_id().to_string();
+    let signature = device
+        .sign(&kit.signed_part(vault_id, made_at, &made_by))
+        .expect("an Ed25519 key signs anything");
     let id = RecordId::parse(&kit.id).expect("a kit id is hex");
-    collections.put(&collection(), &id, &kit.to_record(made_at, made_by))?;
+    collections.put(
+        &collection(),
+        &id,
+        &kit.to_record(made_at, &made_by, &signature),
+    )?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a device that is compromised while a member can write into `_recovery`
+    /// (its store syncs to the others): a kit in another device's name, a record that
+    /// is not signed, a kit of its own with a far-future time. None outlives it: only
+    /// a record its maker signed counts, and none made by a device since removed.
+    #[test]
+    fn a_kit_counts_only_when_signed_by_a_member_that_made_it() {
+        let vault = crate::testutil::TestVault::new();
+        let collections = Collections::open(vault.store.clone(), vault.keys.vault_id).unwrap();
+        let vault_id = vault.keys.vault_id;
+        let me = &vault.keys.device;
+        let thief = libp2p_identity::Keypair::generate_ed25519();
+        let thief_peer = thief.public().to_peer_id();
+        crate::devices::add(&collections, &me.public().to_peer_id(), "mine").unwrap();
+        crate::devices::add(&collections, &thief_peer, "stolen").unwrap();
+
+        let honest = RecoverySecret::generate().public();
+        set(&collections, &vault_id, me, &honest, 1_000).unwrap();
+        assert_eq!(
+            current(&collections, &vault_id).unwrap(),
+            Some((honest.clone(), 1_000))
+        );
+
+        // Signed by the thief in my name, then unsigned, both newer: neither counts.
+        let forged = RecoverySecret::generate().public();
+        let id = RecordId::parse(&forged.id).unwrap();
+        let made_by = me.public().to_peer_id().to_string();
+        let signature = thief
+            .sign(&forged.signed_part(&vault_id, 2_000, &made_by))
+            .unwrap();
+        collections
+            .put(
+                &collection(),
+                &id,
+                &forged.to_record(2_000, &made_by, &signature),
+            )
+            .unwrap();
+        let unsigned = RecoverySecret::generate().public();
+        let mut record = unsigned.to_record(3_000, &made_by, &[]);
+        record.remove("signature");
+        collections
+            .put(
+                &collection(),
+                &RecordId::parse(&unsigned.id).unwrap(),
+                &record,
+            )
+            .unwrap();
+        // Signed for another vault.
+        let elsewhere = RecoverySecret::generate().public();
+        set(&collections, &[9; 16], me, &elsewhere, 4_000).unwrap();
+        let kits = kits(&collections, &vault_id).unwrap();
+        assert_eq!(kits.current, Some((honest.clone(), 1_000)));
+        assert!(kits.replaced.is_empty(), "{:?}", kits.replaced);
+
+        // The thief's own kit, far in the future, is the vault's kit while it is a
+        // member...
+        let planted = RecoverySecret::generate().public();
+        set(&collections, &vault_id, &thief, &planted, u64::MAX).unwrap();
+        assert_eq!(
+            current(&collections, &vault_id).unwrap(),
+            Some((planted.clone(), u64::MAX))
+        );
+        // ...and is replaced the moment it is removed: the kit before it is the
+        // vault's again, the planted one is a kit no new epoch is sealed to.
+        crate::devices::mark_removed(&collections, &thief_peer, 5_000).unwrap();
+        let kits = super::kits(&collections, &vault_id).unwrap();
+        assert_eq!(kits.current, Some((honest.clone(), 1_000)));
+        assert_eq!(kits.replaced, vec![planted.clone()]);
+        let view = crate::epochs::view_of(&collections, vault_id).unwrap();
+        assert_eq!(view.kit, Some(honest));
+        assert_eq!(view.replaced_kits, vec![planted.recipient()]);
+    }
 
     #[test]
     fn words_bring_the_secret_back_and_a_changed_word_is_caught() {
@@ -630,7 +796,7 @@ mod tests {
     #[test]
     fn the_record_reads_back_and_a_mismatched_id_is_refused() {
         let kit = RecoverySecret::generate().public();
-        let record = Value::Object(kit.to_record(7, "peer"));
+        let record = Value::Object(kit.to_record(7, "peer", &[1; 64]));
         assert_eq!(KitPublic::from_record(&record), Some(kit.clone()));
         let mut wrong = record.clone();
         wrong["kit"] = json!("ffffffffffffffff");

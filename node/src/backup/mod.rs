@@ -524,7 +524,8 @@ pub async fn add(vault: &Arc<Vault>, code: &str) -> Result<HostStatus, BackupErr
         ));
     }
     let addrs: Vec<Multiaddr> = invite.addrs.iter().filter_map(|a| a.parse().ok()).collect();
-    let (kit, _) = recovery::current(&vault.collections)?.ok_or(BackupError::NoKit)?;
+    let (kit, _) =
+        recovery::current(&vault.collections, &vault.keys.vault_id)?.ok_or(BackupError::NoKit)?;
     if hosts(vault)?.iter().any(|h| h.peer == peer) {
         return Err(BackupError::AlreadyAdded(peer));
     }

@@ -200,8 +200,8 @@ struct Known {
     epochs: BTreeMap<String, Epoch>,
     /// PeerId → (exchange key, removed).
     devices: BTreeMap<PeerId, (Option<[u8; 32]>, bool)>,
-    /// Every recovery kit made, by (made at, id): the newest counts.
-    kits: BTreeMap<String, (u64, crate::recovery::KitPublic)>,
+    /// Every recovery kit made, by id: the newest made by a member counts.
+    kits: BTreeMap<String, crate::recovery::Made>,
 }
 
 impl Known {
@@ -223,20 +223,20 @@ impl Known {
                 .filter(|(_, (_, removed))| *removed)
                 .map(|(peer, _)| *peer)
                 .collect(),
-            kit: self.kits_newest_first().first().cloned(),
+            kit: self.kits().current.map(|(kit, _)| kit),
             replaced_kits: self
-                .kits_newest_first()
+                .kits()
+                .replaced
                 .iter()
-                .skip(1)
                 .map(crate::recovery::KitPublic::recipient)
                 .collect(),
         }
     }
 
-    fn kits_newest_first(&self) -> Vec<crate::recovery::KitPublic> {
-        let mut kits: Vec<_> = self.kits.values().cloned().collect();
-        kits.sort_by(|(at_a, a), (at_b, b)| at_b.cmp(at_a).then_with(|| a.id.cmp(&b.id)));
-        kits.into_iter().map(|(_, kit)| kit).collect()
+    fn kits(&self) -> crate::recovery::Kits {
+        crate::recovery::Kits::arrange(self.kits.values().cloned().collect(), |peer| {
+            self.is_member(peer)
+        })
     }
 
     fn is_member(&self, peer: &PeerId) -> bool {
@@ -349,7 +349,8 @@ proptest! {
                 Op::Kit(d) if joined[d] && known[d].is_member(&peers[d]) => {
                     let secret = crate::recovery::RecoverySecret::generate();
                     let kit = secret.public();
-                    known[d].kits.insert(kit.id.clone(), (now, kit));
+                    let made = crate::recovery::Made { kit: kit.clone(), made_at: now, made_by: peers[d] };
+                    known[d].kits.insert(kit.id.clone(), made);
                     kits.push(secret);
                     known[d].keep(&devices[d], false, now);
                 }
@@ -433,8 +434,15 @@ proptest! {
             let seed = secret.exchange_seed();
             let opens = |e: &Epoch| e.open_as(&VAULT, &kit.recipient(), &seed).is_some();
             if first.kit.as_ref() == Some(&kit) {
+                // Every epoch but one made while a newer kit was current (a kit made
+                // by a device since removed, which no longer counts).
                 for epoch in first.valid(&VAULT) {
-                    prop_assert!(opens(epoch), "the kit lacks epoch {}", epoch.n);
+                    if !epoch.excluded.contains(&kit.recipient()) {
+                        prop_assert!(opens(epoch), "the kit lacks epoch {}", epoch.n);
+                    }
+                }
+                if let Some(current) = first.current(&VAULT) {
+                    prop_assert!(opens(current), "the kit lacks the current epoch");
                 }
             } else if let Some(current) = first.current(&VAULT) {
                 prop_assert!(!opens(current), "a replaced kit opens the current epoch");
@@ -577,4 +585,32 @@ fn an_exchange_key_counts_only_when_its_device_signed_it() {
         None,
         "another vault's"
     );
+}
+
+/// An epoch record altered on its way (a higher number, under the id that matches
+/// it, the maker's signature kept) is set aside when a device reads `_epochs`: it
+/// neither becomes the current epoch nor hides the real one.
+#[test]
+fn a_device_reads_only_the_epoch_records_that_verify() {
+    let vault = crate::testutil::TestVault::new();
+    let vault_id = vault.keys.vault_id;
+    let collections = Collections::open(vault.store.clone(), vault_id).unwrap();
+    let me = vault.keys.identity();
+    crate::devices::add(&collections, &me.peer(), "mine").unwrap();
+    let to = [(me.peer().to_string(), exchange_public(me.exchange))];
+    let (epoch, _) = Epoch::make(&me, None, &to, Vec::new(), 1_000).unwrap();
+    let mut forged = epoch.clone();
+    forged.n = 9;
+    forged.id = id_of(&forged.signed_part(&vault_id));
+    for record in [&forged, &epoch] {
+        let id = RecordId::parse(&record.id).unwrap();
+        collections
+            .put(&collection(), &id, &record.to_record())
+            .unwrap();
+    }
+    let view = view_of(&collections, vault_id).unwrap();
+    let ids: Vec<&str> = view.epochs.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, vec![epoch.id.as_str()]);
+    assert_eq!(view.current(&vault_id).map(|e| e.n), Some(1));
+    assert!(view.current(&vault_id).unwrap().open(&me).is_some());
 }
