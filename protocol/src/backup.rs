@@ -69,6 +69,7 @@ const MANIFEST_DOMAIN: &[u8] = b"backup-manifest";
 const OBJECT_KEY_CONTEXT: &str = "hearth 2026-12 backup object key v1";
 const MANIFEST_KEY_CONTEXT: &str = "hearth 2026-12 backup manifest key v1";
 const TOKEN_CONTEXT: &str = "hearth 2026-12 backup upload token hash v1";
+const EPOCH_TOKEN_CONTEXT: &str = "hearth 2026-12 backup upload token of an epoch v1";
 const MANIFEST_HEADER_FIXED: usize = 4 + 16 + 8 + 32 + 4 + 2;
 
 pub type ObjectId = [u8; 32];
@@ -83,6 +84,12 @@ pub fn object_id(object: &[u8]) -> ObjectId {
 /// let anyone upload.
 pub fn token_hash(token: &[u8; 32]) -> [u8; 32] {
     blake3::derive_key(TOKEN_CONTEXT, token)
+}
+
+/// The upload token the devices use on a host while `epoch_key` is the vault's current
+/// epoch key: only the epoch's holders can derive it.
+pub fn epoch_token(epoch_key: &[u8; 32], handle: &Handle) -> Zeroizing<[u8; 32]> {
+    derived(EPOCH_TOKEN_CONTEXT, epoch_key, handle)
 }
 
 fn derived(context: &str, epoch_key: &[u8; 32], handle: &Handle) -> Zeroizing<[u8; 32]> {
@@ -393,6 +400,10 @@ pub enum Request {
     /// (at most [`MAX_PROOF`]) with their BLAKE3 verified-streaming proof (a Bao slice)
     /// against the object's name.
     Prove { id: ObjectId, offset: u64, len: u32 },
+    /// Replaces the vault's upload token (by its hash), on a stream opened with the
+    /// current one: the devices move to a token derived from each new epoch key
+    /// ([`epoch_token`]), so the token a removed device held stops opening the vault.
+    SetToken { token_hash: [u8; 32] },
 }
 
 /// The longest range a `Prove` asks for.
@@ -433,6 +444,8 @@ pub enum Response {
     Refused {
         reason: String,
     },
+    /// The upload token was replaced.
+    TokenSet,
 }
 
 pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {

@@ -355,6 +355,67 @@ fn two_devices_share_one_chain_on_the_host() {
     assert_eq!(vaults.as_array().unwrap().len(), 1, "{vaults}");
 }
 
+/// The upload token follows the vault's epoch: once a device is removed (and its
+/// removal makes a new epoch), the devices move the host to a token derived from the
+/// new epoch key, which the removed device cannot derive; the host no longer takes the
+/// token it held. Backups go on under the new one.
+#[test]
+fn a_removed_devices_upload_token_no_longer_opens_the_vault_on_the_host() {
+    use hearth_protocol::backup::token_hash;
+
+    let dir = tempfile::tempdir().unwrap();
+    let host_home = dir.path().join("host");
+    let host = spawn_host(&host_home, &[]);
+    let a = spawn_node(&dir.path().join("a"), &[]);
+    let x = hearth_tests::join_and_spawn(&a, &dir.path().join("x"));
+    a.run(&["recovery-kit"]);
+    a.run(&["backup", "add", &invite(&host)]);
+    let first = up_to_date(&a, 0)["seq"].as_u64().unwrap();
+    let hex = data_encoding::HEXLOWER;
+    let record = |node: &NodeProcess| node.json(&["ls", "_backup"])[0].clone();
+    let kept_hash = |handle: &str| -> String {
+        let file = host_home.join("vaults").join(handle).join("vault.json");
+        let vault: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+        vault["token_hash"].as_str().unwrap().to_owned()
+    };
+    let hash_of = |token: &str| -> String {
+        let token: [u8; 32] = hex.decode(token.as_bytes()).unwrap().try_into().unwrap();
+        hex.encode(&token_hash(&token))
+    };
+    // X holds the token the host takes now.
+    let held = eventually("X knows the host", || {
+        let r = record(&x);
+        (r["token"] == record(&a)["token"]).then_some(r)
+    });
+    let handle = held["handle"].as_str().unwrap().to_owned();
+    let x_token = held["token"].as_str().unwrap().to_owned();
+    assert_eq!(kept_hash(&handle), hash_of(&x_token));
+    let x_peer = x.peer_id.clone();
+    x.stop();
+
+    assert_eq!(a.json(&["devices", "remove", &x_peer])["removed"], true);
+    a.run(&["put", "notes", "after", r#"{"text": "after X left"}"#]);
+    up_to_date(&a, first);
+    let moved = eventually("the host has the new epoch's token", || {
+        let r = record(&a);
+        (r["token"] != x_token.as_str() && kept_hash(&handle) == hash_of(r["token"].as_str()?))
+            .then_some(r)
+    });
+    assert!(
+        moved["token_epoch"].as_u64().is_some(),
+        "derived from an epoch: {moved}"
+    );
+    assert_ne!(
+        kept_hash(&handle),
+        hash_of(&x_token),
+        "X's token is refused"
+    );
+    // Backups go on under it.
+    let seq = status(&a)["seq"].as_u64().unwrap();
+    a.run(&["put", "notes", "later", r#"{"text": "later still"}"#]);
+    up_to_date(&a, seq);
+}
+
 /// Everything is lost but the kit and the host: `hearth recover` brings back every
 /// record, blob, grant (its token still works) and the audit log into an empty HOME,
 /// which becomes a new device of the vault and goes on backing up to the same chain.

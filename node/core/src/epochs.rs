@@ -318,6 +318,11 @@ impl Epoch {
         Some((epoch, key))
     }
 
+    /// Whether `key` is this epoch's key (its commitment matches).
+    pub fn commits_to(&self, key: &[u8; 32]) -> bool {
+        commitment_of(key) == self.commitment
+    }
+
     /// Whether the record is whole and signed by the device it names, for this vault.
     pub fn verifies(&self, vault_id: &[u8; 16]) -> bool {
         let Ok(key) = PublicKey::try_decode_protobuf(&self.made_by_key) else {

@@ -31,8 +31,8 @@ use std::time::Duration;
 use hearth_protocol::api::{BackupStatus, BackupVerified, HostStatus, HostVerified};
 use hearth_protocol::backup::{
     Entry, Handle, MANIFESTS_PER_ANSWER, ManifestBody, ManifestHeader, ObjectId, Request, Response,
-    decode, decode_host_invite, encode, manifest_hash, object_id, open_manifest, seal_manifest,
-    seal_object, token_hash,
+    decode, decode_host_invite, encode, epoch_token, manifest_hash, object_id, open_manifest,
+    seal_manifest, seal_object, token_hash,
 };
 use hearth_protocol::invite::pairing_proof;
 use hearth_protocol::{CollectionName, RecordId};
@@ -141,6 +141,9 @@ pub struct HostRecord {
     pub addrs: Vec<Multiaddr>,
     pub handle: Handle,
     token: Zeroizing<[u8; 32]>,
+    /// The key id of the epoch `token` was derived from (`None`: the token drawn at
+    /// enrollment, or derived when the kit was replaced).
+    token_epoch: Option<u32>,
     pub added_at: u64,
     pub added_by: String,
 }
@@ -153,6 +156,7 @@ impl HostRecord {
             "addrs": self.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "handle": hex.encode(&self.handle),
             "token": hex.encode(&*self.token),
+            "token_epoch": self.token_epoch,
             "added_at": self.added_at,
             "added_by": self.added_by,
         }) {
@@ -183,6 +187,10 @@ impl HostRecord {
                     .try_into()
                     .ok()?,
             ),
+            token_epoch: record
+                .get("token_epoch")
+                .and_then(Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok()),
             added_at: record.get("added_at").and_then(Value::as_u64).unwrap_or(0),
             added_by: text("added_by").unwrap_or_default().to_owned(),
         })
@@ -441,15 +449,37 @@ struct Opened {
     quota: u64,
 }
 
-/// A stream to `host` with the vault opened by its upload token.
+/// A stream to `host` with the vault opened by its upload token. If the host refuses
+/// the token this device has, it tries the current epoch's: another device moved the
+/// host to it and its note in `_backup` has not arrived yet (then this device notes it).
 async fn open(vault: &Vault, host: &HostRecord) -> Result<(Link, Opened), BackupError> {
     let mut link = Link::connect(vault, host.peer, &host.addrs).await?;
-    let answer = link
+    let mut answer = link
         .ask(&Request::Open {
             handle: host.handle,
             token: *host.token,
         })
         .await?;
+    if let (Response::Refused { .. }, Ok((key_id, key, _))) = (&answer, current_key(vault))
+        && host.token_epoch != Some(key_id)
+    {
+        let token = epoch_token(&key, &host.handle);
+        let again = link
+            .ask(&Request::Open {
+                handle: host.handle,
+                token: *token,
+            })
+            .await?;
+        if matches!(again, Response::Opened { .. }) {
+            let moved = HostRecord {
+                token,
+                token_epoch: Some(key_id),
+                ..host.clone()
+            };
+            note_host(vault, &moved).await?;
+            answer = again;
+        }
+    }
     let Response::Opened {
         seq,
         last,
@@ -468,6 +498,46 @@ async fn open(vault: &Vault, host: &HostRecord) -> Result<(Link, Opened), Backup
             quota,
         },
     ))
+}
+
+/// Writes `host` into `_backup` (under its PeerId) and commits.
+async fn note_host(vault: &Vault, host: &HostRecord) -> Result<(), BackupError> {
+    let id =
+        RecordId::parse(&host.peer.to_string()).map_err(|e| BackupError::Vault(e.to_string()))?;
+    vault
+        .collections
+        .put(&collection(), &id, &host.to_record())?;
+    vault.store.commit().await?;
+    Ok(())
+}
+
+/// Moves the vault on `host` to the upload token of the current epoch (`key`, whose
+/// key id is `key_id`): what a removed device held no longer opens it once the epoch
+/// its removal made is current. Any device may do it; two that do send the same token.
+async fn rotate_token(
+    vault: &Vault,
+    host: &HostRecord,
+    key_id: u32,
+    key: &[u8; 32],
+) -> Result<HostRecord, BackupError> {
+    let (mut link, _) = open(vault, host).await?;
+    let token = epoch_token(key, &host.handle);
+    let answer = link
+        .ask(&Request::SetToken {
+            token_hash: token_hash(&token),
+        })
+        .await?;
+    if !matches!(answer, Response::TokenSet) {
+        return Err(link.unexpected(&answer));
+    }
+    let moved = HostRecord {
+        token,
+        token_epoch: Some(key_id),
+        ..host.clone()
+    };
+    note_host(vault, &moved).await?;
+    tracing::info!(host = %host.peer, "the upload token on the host moved to the current epoch");
+    Ok(moved)
 }
 
 /// Enrolls the vault on `host` again under `kit`'s handle (the kit that enrolled it was
@@ -500,14 +570,10 @@ async fn reenroll(
     let moved = HostRecord {
         handle: kit.handle,
         token,
+        token_epoch: None,
         ..host.clone()
     };
-    let id =
-        RecordId::parse(&host.peer.to_string()).map_err(|e| BackupError::Vault(e.to_string()))?;
-    vault
-        .collections
-        .put(&collection(), &id, &moved.to_record())?;
-    vault.store.commit().await?;
+    note_host(vault, &moved).await?;
     tracing::info!(host = %host.peer, "the recovery kit was replaced: the vault is kept on the host under the new kit from now on");
     Ok(moved)
 }
@@ -550,14 +616,11 @@ pub async fn add(vault: &Arc<Vault>, code: &str) -> Result<HostStatus, BackupErr
         addrs,
         handle: kit.handle,
         token,
+        token_epoch: None,
         added_at: now(),
         added_by: me.to_string(),
     };
-    let id = RecordId::parse(&peer.to_string()).map_err(|e| BackupError::Vault(e.to_string()))?;
-    vault
-        .collections
-        .put(&collection(), &id, &record.to_record())?;
-    vault.store.commit().await?;
+    note_host(vault, &record).await?;
     let progress = Progress {
         handle: kit.handle,
         quota,
@@ -850,6 +913,10 @@ async fn upload(vault: &Arc<Vault>, host: &HostRecord, uploads: bool) -> Result<
     if kit.handle != host.handle {
         // The kit was replaced: the new one must find the vault on the host.
         let moved = reenroll(vault, host, &kit).await?;
+        return Box::pin(upload(vault, &moved, uploads)).await;
+    }
+    if host.token_epoch != Some(key_id) {
+        let moved = rotate_token(vault, host, key_id, &key).await?;
         return Box::pin(upload(vault, &moved, uploads)).await;
     }
     let mut progress = match progress_of(vault, &peer)? {

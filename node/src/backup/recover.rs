@@ -241,12 +241,72 @@ pub async fn recover(
     let device = libp2p::identity::Keypair::generate_ed25519();
     let me = device.public().to_peer_id();
     let (mut link, driver) = reach(device.clone(), host, addrs).await?;
+    // What a restore that fails leaves behind is removed: the HOME stays empty, ready
+    // for another try.
+    let made = [
+        home.keys(),
+        home.owner_token(),
+        home.store_dir(),
+        home.blobs_dir(),
+    ];
+    let existed: Vec<bool> = made.iter().map(|p| p.exists()).collect();
     let result = read_and_restore(
         home, secret, &kit, &exchange, device, me, host, &mut link, handle, passphrase,
     )
     .await;
     driver.abort();
+    if result.is_err() {
+        for (path, existed) in made.iter().zip(existed) {
+            if existed {
+                continue;
+            }
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(path)
+            } else {
+                std::fs::remove_file(path)
+            };
+            if let Err(e) = removed
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove what a failed restore wrote");
+            }
+        }
+    }
     result
+}
+
+/// Checks that each manifest (seq, epoch key id) is sealed under an epoch key of the
+/// restored vault, in an epoch no older than the manifest before it.
+fn check_epochs(
+    view: &epochs::View,
+    keys: &HashMap<u32, Zeroizing<[u8; 32]>>,
+    sealed_under: &[(u64, u32)],
+) -> Result<(), String> {
+    let listed =
+        |peer: &PeerId| view.members.iter().any(|m| m.peer == *peer) || view.removed.contains(peer);
+    let mut before = 0;
+    for (seq, key_id) in sealed_under {
+        let key = keys
+            .get(key_id)
+            .ok_or_else(|| format!("manifest {seq}'s key was not opened"))?;
+        let n = view
+            .epochs
+            .iter()
+            .find(|e| listed(&e.made_by) && e.commits_to(key))
+            .map(|e| e.n)
+            .ok_or_else(|| {
+                format!(
+                    "manifest {seq} is sealed under a key that is none of the vault's epochs: it was added by someone who held the upload token but no key of the vault; nothing was restored"
+                )
+            })?;
+        if n < before {
+            return Err(format!(
+                "manifest {seq} is sealed under epoch {n}, older than the manifest before it (epoch {before}): it was added by a device that held an old key; nothing was restored"
+            ));
+        }
+        before = n;
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -282,6 +342,9 @@ async fn read_and_restore(
         ..Progress::default()
     };
     let mut plan = Plan::default();
+    // Each manifest's epoch key, in chain order: checked against the vault's epochs
+    // once they are read.
+    let mut sealed_under: Vec<(u64, u32)> = Vec::new();
     read_chain(
         link,
         &mut progress,
@@ -298,6 +361,7 @@ async fn read_and_restore(
         },
         |header, body, key| {
             plan.note(header, body)?;
+            sealed_under.push((header.seq, header.epoch));
             keys.insert(header.epoch, key);
             Ok(())
         },
@@ -379,9 +443,17 @@ async fn read_and_restore(
     }
     store.commit().await?;
 
+    // Every manifest must be sealed under one of the vault's epoch keys (made by one
+    // of its devices, removed ones included), none older than the one before it:
+    // anyone can seal a key to the kit's public half, so a manifest that someone who
+    // held the upload token but no vault key added, or one added under an old epoch
+    // after a newer one was in use, is caught here and nothing is kept.
+    let view = epochs::view_of(&collections, vault_keys.vault_id)?;
+    check_epochs(&view, &keys, &sealed_under)
+        .map_err(|what| BackupError::Damaged { peer: host, what })?;
+
     // The epoch keys sealed to the kit, sealed to this device as a member seals them
     // to another: it holds them from its first start, and can pass them on.
-    let view = epochs::view_of(&collections, vault_keys.vault_id)?;
     for epoch in view.valid(&vault_keys.vault_id) {
         if let Some(key) = epoch.open_as(&vault_keys.vault_id, &kit.recipient(), exchange) {
             epochs::seal_to_self(&collections, &vault_keys, epoch, &key)?;
@@ -442,4 +514,57 @@ async fn read_and_restore(
         blobs: restored_blobs,
         bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the uploader chain can hold: manifests under the vault's epochs, in order.
+    /// One under a key that is no epoch (anyone can seal a key to the kit's public
+    /// half) or under an older epoch than the one before it is refused.
+    #[test]
+    fn a_manifest_under_no_epoch_or_an_older_one_is_refused() {
+        let device = libp2p::identity::Keypair::generate_ed25519();
+        let seed = [3u8; 32];
+        let me = epochs::Identity {
+            vault_id: [1; 16],
+            device: &device,
+            exchange: &seed,
+        };
+        let mut view = epochs::View {
+            members: vec![epochs::Member {
+                peer: device.public().to_peer_id(),
+                exchange: Some(epochs::exchange_public(&seed)),
+            }],
+            ..epochs::View::default()
+        };
+        let mut keys = HashMap::new();
+        let mut ids = Vec::new();
+        for now in [1_000, 1_001] {
+            let writes = epochs::plan(&view, &me, epochs::Rotation::Now, now);
+            epochs::apply(&mut view, &writes);
+            let key = view.current(&me.vault_id).unwrap().open(&me).unwrap();
+            ids.push(epochs::key_id_of(&key));
+            keys.insert(epochs::key_id_of(&key), key);
+        }
+        let forged = Zeroizing::new([9u8; 32]);
+        keys.insert(epochs::key_id_of(&forged), forged.clone());
+        let (one, two, none) = (ids[0], ids[1], epochs::key_id_of(&forged));
+
+        assert_eq!(
+            check_epochs(&view, &keys, &[(1, one), (2, two), (3, two)]),
+            Ok(())
+        );
+        let refused = check_epochs(&view, &keys, &[(1, one), (2, none)]).unwrap_err();
+        assert!(
+            refused.contains("manifest 2") && refused.contains("none of the vault's epochs"),
+            "{refused}"
+        );
+        let refused = check_epochs(&view, &keys, &[(1, two), (2, one)]).unwrap_err();
+        assert!(refused.contains("older"), "{refused}");
+        // An epoch made by a device the vault never listed counts for nothing.
+        view.members.clear();
+        assert!(check_epochs(&view, &keys, &[(1, one)]).is_err());
+    }
 }

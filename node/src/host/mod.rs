@@ -522,9 +522,21 @@ fn answer(
             Err(e) => (refused(e), None),
         },
         (
-            Request::Put { .. } | Request::Append { .. } | Request::Reenroll { .. },
+            Request::Put { .. }
+            | Request::Append { .. }
+            | Request::Reenroll { .. }
+            | Request::SetToken { .. },
             Some(Opened { writes: false, .. }),
         ) => (refused(Refusal::ReadOnly), None),
+        (Request::SetToken { token_hash }, Some(Opened { handle: h, .. })) => {
+            match state.store.set_token(&h, token_hash) {
+                Ok(()) => {
+                    tracing::info!("a vault's upload token was replaced");
+                    (Response::TokenSet, None)
+                }
+                Err(e) => (refused(e), None),
+            }
+        }
         (Request::Put { object }, Some(Opened { handle: h, .. })) => {
             match state.store.put(&h, &object) {
                 Ok(bytes) => (Response::Stored { bytes }, None),

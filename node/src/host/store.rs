@@ -323,6 +323,28 @@ impl HostStore {
         Ok(self.quota)
     }
 
+    /// Replaces a vault's upload token (by its hash): the old one no longer opens it.
+    pub fn set_token(&self, handle: &Handle, token_hash: [u8; 32]) -> Result<(), Refusal> {
+        let mut vaults = self.vaults.lock().expect("vaults lock is never poisoned");
+        let state = vaults.get_mut(handle).ok_or(Refusal::Unknown)?;
+        if bool::from(state.token_hash.ct_eq(&token_hash)) {
+            return Ok(());
+        }
+        let file = VaultFile {
+            token_hash: hex(&token_hash),
+            owner: hex(&state.owner),
+            quota: state.quota,
+            enrolled_at: state.enrolled_at,
+        };
+        write_file_atomic(
+            &self.dir(handle).join("vault.json"),
+            &serde_json::to_vec_pretty(&file).expect("serializes"),
+            0o600,
+        )?;
+        state.token_hash = token_hash;
+        Ok(())
+    }
+
     /// Opens a vault with its upload token.
     pub fn open_vault(&self, handle: &Handle, token: &[u8; 32]) -> Result<Opened, Refusal> {
         let vaults = self.vaults.lock().expect("vaults lock is never poisoned");

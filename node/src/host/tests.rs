@@ -89,6 +89,15 @@ fn a_vault_opened_with_its_owner_key_reads_and_cannot_add_and_nothing_works_unop
         Response::Enrolled { .. }
     ));
     let object = seal_object(&[1; 32], &HANDLE, 1, b"x", [2; 24]);
+    let (unopened_token, _) = answer(
+        &state,
+        device,
+        None,
+        Request::SetToken {
+            token_hash: [1; 32],
+        },
+    );
+    assert!(refused(&unopened_token).contains("open the vault first"));
     let (unopened, _) = answer(
         &state,
         device,
@@ -121,6 +130,9 @@ fn a_vault_opened_with_its_owner_key_reads_and_cannot_add_and_nothing_works_unop
             token_hash: [1; 32],
             owner: [2; 32],
         },
+        Request::SetToken {
+            token_hash: [1; 32],
+        },
     ] {
         let (answer, _) = answer(&state, device, Some(as_owner), request);
         assert!(refused(&answer).contains("read only"), "{answer:?}");
@@ -147,4 +159,65 @@ fn a_vault_opened_with_its_owner_key_reads_and_cannot_add_and_nothing_works_unop
     );
     assert!(refused(&other).contains("no such vault"));
     assert!(none.is_none());
+}
+
+/// The devices move the vault to a new upload token (a new epoch's): from then on the
+/// old token, which a removed device may hold, opens nothing, also after the host
+/// restarts; the new one opens the vault to add.
+#[test]
+fn a_replaced_upload_token_no_longer_opens_the_vault() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = host(dir.path());
+    let device = PeerId::random();
+    state.invites.add(Zeroizing::new([7; 32]), unix_now() + 60);
+    assert!(matches!(
+        enroll(&state, &[7; 32], &device),
+        Response::Enrolled { .. }
+    ));
+    let open = |state: &HostState, token: [u8; 32]| {
+        answer(
+            state,
+            device,
+            None,
+            Request::Open {
+                handle: HANDLE,
+                token,
+            },
+        )
+    };
+    let (opened, with_old) = open(&state, TOKEN);
+    assert!(matches!(opened, Response::Opened { .. }), "{opened:?}");
+    let new = [5u8; 32];
+    let (set, _) = answer(
+        &state,
+        device,
+        with_old,
+        Request::SetToken {
+            token_hash: token_hash(&new),
+        },
+    );
+    assert_eq!(set, Response::TokenSet);
+    let (set_again, _) = answer(
+        &state,
+        device,
+        with_old,
+        Request::SetToken {
+            token_hash: token_hash(&new),
+        },
+    );
+    assert_eq!(
+        set_again,
+        Response::TokenSet,
+        "the same token again: nothing to do"
+    );
+    drop(state);
+    let state = host(dir.path());
+    let (old, none) = open(&state, TOKEN);
+    assert!(refused(&old).contains("no such vault"), "{old:?}");
+    assert!(none.is_none());
+    let (opened, with_new) = open(&state, new);
+    assert!(matches!(opened, Response::Opened { .. }), "{opened:?}");
+    let object = seal_object(&[1; 32], &HANDLE, 1, b"x", [2; 24]);
+    let (stored, _) = answer(&state, device, with_new, Request::Put { object });
+    assert!(matches!(stored, Response::Stored { .. }), "{stored:?}");
 }
