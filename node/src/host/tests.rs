@@ -41,6 +41,18 @@ fn enroll_with(state: &HostState, device: &PeerId, proof: [u8; 32]) -> Response 
     .0
 }
 
+/// A host with one vault enrolled (`HANDLE`, `TOKEN`) by a device.
+fn enrolled(dir: &Path) -> (HostState, PeerId) {
+    let state = host(dir);
+    let device = PeerId::random();
+    state.invites.add(Zeroizing::new([7; 32]), unix_now() + 60);
+    assert!(matches!(
+        enroll(&state, &[7; 32], &device),
+        Response::Enrolled { .. }
+    ));
+    (state, device)
+}
+
 fn refused(response: &Response) -> &str {
     match response {
         Response::Refused { reason } => reason,
@@ -81,13 +93,7 @@ fn an_invite_enrolls_once_from_the_device_it_was_proven_for_and_not_after_it_exp
 #[test]
 fn a_vault_opened_with_its_owner_key_reads_and_cannot_add_and_nothing_works_unopened() {
     let dir = tempfile::tempdir().unwrap();
-    let state = host(dir.path());
-    let device = PeerId::random();
-    state.invites.add(Zeroizing::new([7; 32]), unix_now() + 60);
-    assert!(matches!(
-        enroll(&state, &[7; 32], &device),
-        Response::Enrolled { .. }
-    ));
+    let (state, device) = enrolled(dir.path());
     let object = seal_object(&[1; 32], &HANDLE, 1, b"x", [2; 24]);
     let (unopened_token, _) = answer(
         &state,
@@ -167,13 +173,7 @@ fn a_vault_opened_with_its_owner_key_reads_and_cannot_add_and_nothing_works_unop
 #[test]
 fn a_replaced_upload_token_no_longer_opens_the_vault() {
     let dir = tempfile::tempdir().unwrap();
-    let state = host(dir.path());
-    let device = PeerId::random();
-    state.invites.add(Zeroizing::new([7; 32]), unix_now() + 60);
-    assert!(matches!(
-        enroll(&state, &[7; 32], &device),
-        Response::Enrolled { .. }
-    ));
+    let (state, device) = enrolled(dir.path());
     let open = |state: &HostState, token: [u8; 32]| {
         answer(
             state,
