@@ -186,9 +186,10 @@ pub enum Command {
         #[arg(long, value_name = "FILE|-")]
         kit: PathBuf,
         /// The backup host: its address (with /p2p/PEER_ID, as `hearth host vaults`
-        /// prints it) or a code it printed
+        /// prints it) or a code it printed. Without it, the hosts the kit file names
+        /// are tried in turn
         #[arg(long, value_name = "MULTIADDR|CODE")]
-        host: String,
+        host: Option<String>,
         /// The kit file's passphrase, if it was made with one
         #[arg(long, value_name = "F")]
         kit_passphrase_file: Option<PathBuf>,
@@ -237,6 +238,12 @@ pub enum Command {
         #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-",
               conflicts_with_all = ["output", "shares"])]
         check: Option<PathBuf>,
+        /// Write the vault's backup hosts into the kit file FILE (and its QR code),
+        /// leaving its secret as it is: `hearth recover` then finds the vault without
+        /// --host. Run it after `hearth backup add`
+        #[arg(long, value_name = "FILE",
+              conflicts_with_all = ["output", "shares", "check", "passphrase_file"])]
+        hosts: Option<PathBuf>,
     },
     /// The vault's key epoch: which key signs new grants and who holds it; or rotate it
     Keys {

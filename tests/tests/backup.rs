@@ -31,10 +31,27 @@ fn status(device: &NodeProcess) -> Value {
 /// Waits until the device's first host holds everything, past manifest `after`;
 /// returns its status.
 fn up_to_date(device: &NodeProcess, after: u64) -> Value {
-    eventually("the backup host is up to date", || {
+    let mut last = Value::Null;
+    let started = std::time::Instant::now();
+    loop {
         let s = status(device);
-        (s["up_to_date"] == true && s["seq"].as_u64().unwrap_or(0) > after).then_some(s)
-    })
+        if s["up_to_date"] == true && s["seq"].as_u64().unwrap_or(0) > after {
+            return s;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the backup host is not up to date past manifest {after} after 30 s: {last}\n{}",
+            tail(&device.stderr())
+        );
+        last = s;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The last 40 lines of a log.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 fn host_bytes(host: &NodeProcess) -> u64 {
@@ -457,6 +474,9 @@ fn the_kit_alone_brings_the_vault_back_from_the_host() {
         r#"{"text": "the first note, edited"}"#,
     ]);
     a.run(&["backup", "add", &invite(&host)]);
+    // The host goes into the kit file the person keeps (its secret untouched).
+    let named = a.json(&["recovery-kit", "--hosts", kit.to_str().unwrap()]);
+    assert_eq!(named["hosts"][0]["peer"], host.peer_id.as_str(), "{named}");
     let uploaded = up_to_date(&a, 0);
     // The drill first, while the device lives: restored into a scratch HOME and
     // compared record by record and blob by blob, it matches.
@@ -518,12 +538,16 @@ fn the_kit_alone_brings_the_vault_back_from_the_host() {
         ],
     ));
     assert!(err.contains("/p2p/"), "{err}");
-
-    let started = std::time::Instant::now();
-    let recovered = hearth_json(
+    // A kit file that names no host, without --host: says what to give.
+    let err = one_line_error(&cli(
         &r_home,
-        &["recover", "--kit", kit.to_str().unwrap(), "--host", &addr],
-    );
+        &["recover", "--kit", other_kit.to_str().unwrap()],
+    ));
+    assert!(err.contains("names no backup host"), "{err}");
+
+    // The kit file alone: it names the host.
+    let started = std::time::Instant::now();
+    let recovered = hearth_json(&r_home, &["recover", "--kit", kit.to_str().unwrap()]);
     eprintln!("recovered in {:?}: {recovered}", started.elapsed());
     assert_eq!(recovered["seq"], uploaded["seq"]);
     assert_eq!(recovered["blobs"], 1);
@@ -742,21 +766,9 @@ fn a_new_kit_finds_the_vault_on_a_host_added_before_it() {
             .then_some(())
     });
     up_to_date(&a, 0);
-    let addr = host.json(&["host", "vaults"])["addrs"][0]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    // A kit made after the host was added names it in its file: no --host needed.
     let r_home = dir.path().join("r");
-    hearth_json(
-        &r_home,
-        &[
-            "recover",
-            "--kit",
-            new_kit.to_str().unwrap(),
-            "--host",
-            &addr,
-        ],
-    );
+    hearth_json(&r_home, &["recover", "--kit", new_kit.to_str().unwrap()]);
     let r = spawn_node(&r_home, &["--no-mesh"]);
     assert_eq!(
         r.json(&["get", "notes", "n1"])["text"],

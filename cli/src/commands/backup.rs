@@ -1,14 +1,14 @@
 //! `hearth backup add|status` (a vault's device) and `hearth host [invite|vaults]` (a
 //! backup host).
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use hearth_node::home::Home;
 use hearth_node::host::api::{HostInfo, HostInvite};
 use hearth_node::host::{DEFAULT_QUOTA, HostConfig, HostNode};
 use hearth_protocol::api::{BackupAddRequest, BackupStatus, BackupVerified, HostStatus};
 use reqwest::Method;
 
-use super::{out, out_json};
+use super::{note, out, out_json};
 use crate::args::{BackupCommand, HostCommand};
 use crate::client::{Client, read_secret_arg};
 
@@ -79,7 +79,11 @@ pub(super) async fn backup(
                 "added the backup host {}: it may keep {} of this vault; the first upload starts now (see `hearth backup status`)",
                 added.peer,
                 size(added.quota)
-            ))
+            ))?;
+            note(
+                "Write it into the recovery kit file you keep, so a restore finds it without --host: `hearth recovery-kit --hosts FILE`.",
+            );
+            Ok(())
         }
         Some(BackupCommand::Verify {
             restore,
@@ -291,12 +295,13 @@ fn host_of(arg: &str) -> anyhow::Result<(hearth_node::PeerId, Vec<hearth_node::M
     Ok((peer, vec![addr]))
 }
 
-/// `hearth recover --kit FILE --host ADDR|CODE`.
+/// `hearth recover --kit FILE [--host ADDR|CODE]`: from the host given, else from
+/// each host the kit file names in turn, until one restores the vault.
 pub(super) async fn recover(
     home: &Home,
     json: bool,
     kit: &std::path::Path,
-    host: &str,
+    host: Option<&str>,
     kit_passphrase_file: Option<std::path::PathBuf>,
     args: crate::args::PassphraseArgs,
 ) -> anyhow::Result<()> {
@@ -304,11 +309,51 @@ pub(super) async fn recover(
         .as_deref()
         .map(hearth_node::keys::Passphrase::from_file)
         .transpose()?;
-    let secret = super::kit::read_kit(kit, kit_passphrase.as_ref())?;
-    let (peer, addrs) = host_of(host)?;
+    let (secret, named) = super::kit::read_kit_and_hosts(kit, kit_passphrase.as_ref())?;
+    let hosts = match host {
+        Some(host) => vec![host_of(host)?],
+        None => {
+            if named.is_empty() {
+                bail!(
+                    "the kit names no backup host: give one with --host ADDR|CODE (`hearth host vaults` on the host prints its address)"
+                );
+            }
+            named
+                .iter()
+                .map(|h| {
+                    let peer = h.peer.parse::<hearth_node::PeerId>().map_err(|_| {
+                        anyhow::anyhow!("the kit file names a host whose id is damaged: {}", h.peer)
+                    })?;
+                    let addrs = h.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+                    Ok((peer, addrs))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?
+        }
+    };
     let passphrase = super::node::passphrase(args, super::node::Ask::Choose)?;
-    let recovered =
-        hearth_node::backup::recover(home, &secret, peer, &addrs, passphrase.as_ref()).await?;
+    let mut failures = Vec::new();
+    let mut restored = None;
+    let several = hosts.len() > 1;
+    for (peer, addrs) in hosts {
+        match hearth_node::backup::recover(home, &secret, peer, &addrs, passphrase.as_ref()).await {
+            Ok(recovered) => {
+                restored = Some((peer, recovered));
+                break;
+            }
+            // A HOME that is not empty is not the host's doing: no other host helps.
+            Err(e @ hearth_node::backup::BackupError::NotEmpty(_)) => return Err(e.into()),
+            Err(e) if !several => return Err(e.into()),
+            Err(e) => {
+                if !json {
+                    note(format!("the host {peer} did not restore the vault: {e}"));
+                }
+                failures.push(format!("{peer}: {e}"));
+            }
+        }
+    }
+    let Some((peer, recovered)) = restored else {
+        bail!("no host restored the vault ({})", failures.join("; "));
+    };
     if json {
         return out_json(&recovered);
     }

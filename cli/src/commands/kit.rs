@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use hearth_node::epochs::Epoch;
-use hearth_node::recovery::{RecoverySecret, Share};
+use hearth_node::recovery::{KitHost, RecoverySecret, Share};
 use hearth_protocol::api::{KitInfo, KitRequest, StatusResponse};
 use zeroize::Zeroizing;
 
@@ -58,22 +58,14 @@ pub(super) async fn make(
         .unwrap_or_default();
     let mut written = None;
     if let Some(path) = &output {
+        let hosts = vault_hosts(home, client).await?;
         let file = secret.to_file(
             &status.vault_id,
             hearth_node::clock::now_unix(),
+            &hosts,
             passphrase.as_ref(),
         )?;
-        hearth_node::home::write_file_atomic(path, &file, 0o600)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        let svg_path = PathBuf::from(format!("{}.svg", path.display()));
-        let qr = qrcode::QrCode::new(&file[..])
-            .context("the kit does not fit a QR code")?
-            .render::<qrcode::render::svg::Color<'_>>()
-            .min_dimensions(600, 600)
-            .build();
-        hearth_node::home::write_file_atomic(&svg_path, qr.as_bytes(), 0o600)
-            .with_context(|| format!("cannot write {}", svg_path.display()))?;
-        written = Some((path.clone(), svg_path));
+        written = Some(write_kit_file(path, &file)?);
     }
     let request = KitRequest {
         kit: kit.id.clone(),
@@ -150,12 +142,116 @@ pub(super) async fn make(
     Ok(())
 }
 
+/// The vault's backup hosts as a kit file names them (read from `_backup`, without
+/// reaching them).
+async fn vault_hosts(home: &Home, client: &Client) -> anyhow::Result<Vec<KitHost>> {
+    let records: Vec<Value> = client
+        .json(
+            home,
+            client.request(Method::GET, "/v1/collections/_backup/records"),
+        )
+        .await?;
+    Ok(records
+        .iter()
+        .filter_map(|r| {
+            Some(KitHost {
+                peer: r.get("peer")?.as_str()?.to_owned(),
+                addrs: r
+                    .get("addrs")?
+                    .as_array()?
+                    .iter()
+                    .filter_map(|a| Some(a.as_str()?.to_owned()))
+                    .collect(),
+            })
+        })
+        .collect())
+}
+
+/// Writes a kit file (mode 0600) and its QR code beside it (`FILE.svg`); returns both
+/// paths.
+fn write_kit_file(path: &std::path::Path, file: &[u8]) -> anyhow::Result<(PathBuf, PathBuf)> {
+    hearth_node::home::write_file_atomic(path, file, 0o600)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let svg_path = PathBuf::from(format!("{}.svg", path.display()));
+    let qr = qrcode::QrCode::new(file)
+        .context("the kit does not fit a QR code")?
+        .render::<qrcode::render::svg::Color<'_>>()
+        .min_dimensions(600, 600)
+        .build();
+    hearth_node::home::write_file_atomic(&svg_path, qr.as_bytes(), 0o600)
+        .with_context(|| format!("cannot write {}", svg_path.display()))?;
+    Ok((path.to_path_buf(), svg_path))
+}
+
+/// `hearth recovery-kit --hosts FILE`: the vault's hosts written into a kit file it
+/// keeps, its secret untouched. Only the vault's current kit: an older one does not
+/// find the vault on its hosts any more.
+pub(super) async fn write_hosts(
+    home: &Home,
+    json: bool,
+    client: &Client,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let bytes = Zeroizing::new(
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+    );
+    let file: Value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not a kit file (JSON)", path.display()))?;
+    let status: StatusResponse = client
+        .json(home, client.request(Method::GET, "/v1/status"))
+        .await?;
+    let info: KitInfo = client
+        .json(home, client.request(Method::GET, "/v1/recovery"))
+        .await?;
+    let named = |field: &str| file.get(field).and_then(Value::as_str).unwrap_or_default();
+    if named("vault") != status.vault_id {
+        bail!(
+            "{} is a kit of another vault ({}); this one is {}",
+            path.display(),
+            named("vault"),
+            status.vault_id
+        );
+    }
+    if info.kit.as_deref() != Some(named("kit")) {
+        bail!(
+            "{} holds kit {}, which is not the vault's recovery kit ({}): the hosts keep the vault under the current kit; write them into its file",
+            path.display(),
+            named("kit"),
+            info.kit.as_deref().unwrap_or("none was made")
+        );
+    }
+    let hosts = vault_hosts(home, client).await?;
+    let updated = hearth_node::recovery::with_hosts(&bytes, &hosts)?;
+    let (file, svg) = write_kit_file(path, &updated)?;
+    if json {
+        return out_json(&serde_json::json!({
+            "file": file.display().to_string(),
+            "qr": svg.display().to_string(),
+            "hosts": hosts,
+        }));
+    }
+    out(format!(
+        "{} now names {} backup host(s); its QR code is rewritten ({}). Print it again.",
+        file.display(),
+        hosts.len(),
+        svg.display()
+    ))
+}
+
 /// The secret a kit the person keeps brings back: a kit file (`-` reads stdin, which
 /// may also hold the 24 words or share lines, `share N of K: …`, one per line).
 pub(super) fn read_kit(
     path: &std::path::Path,
     passphrase: Option<&Passphrase>,
 ) -> anyhow::Result<RecoverySecret> {
+    Ok(read_kit_and_hosts(path, passphrase)?.0)
+}
+
+/// [`read_kit`], with the hosts a kit file names (none for words or shares).
+pub(super) fn read_kit_and_hosts(
+    path: &std::path::Path,
+    passphrase: Option<&Passphrase>,
+) -> anyhow::Result<(RecoverySecret, Vec<KitHost>)> {
     let bytes = Zeroizing::new(if path.as_os_str() == "-" {
         let mut buf = Vec::new();
         std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).context("cannot read stdin")?;
@@ -164,7 +260,8 @@ pub(super) fn read_kit(
         std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
     });
     if bytes.trim_ascii_start().starts_with(b"{") {
-        return Ok(RecoverySecret::from_file(&bytes, passphrase)?.0);
+        let (secret, info) = RecoverySecret::from_file(&bytes, passphrase)?;
+        return Ok((secret, info.hosts));
     }
     let text = std::str::from_utf8(&bytes).context("the kit is not text")?;
     let lines: Vec<&str> = text
@@ -177,9 +274,9 @@ pub(super) fn read_kit(
             .iter()
             .map(|l| Share::parse(l))
             .collect::<Result<Vec<_>, _>>()?;
-        return Ok(RecoverySecret::combine(&shares)?);
+        return Ok((RecoverySecret::combine(&shares)?, Vec::new()));
     }
-    Ok(RecoverySecret::from_words(text)?)
+    Ok((RecoverySecret::from_words(text)?, Vec::new()))
 }
 
 /// `hearth recovery-kit --check`: is this the vault's kit, and does it open every key?

@@ -203,7 +203,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             host,
             kit_passphrase_file,
             passphrase,
-        } => backup::recover(&home, json, &kit, &host, kit_passphrase_file, passphrase).await,
+        } => {
+            backup::recover(
+                &home,
+                json,
+                &kit,
+                host.as_deref(),
+                kit_passphrase_file,
+                passphrase,
+            )
+            .await
+        }
         Command::Host {
             command: Some(command),
             ..
@@ -293,11 +303,15 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
             ..
         } => kit::check(home, json, &client, file, passphrase_file).await?,
         Command::RecoveryKit {
+            hosts: Some(file), ..
+        } => kit::write_hosts(home, json, &client, &file).await?,
+        Command::RecoveryKit {
             output,
             force,
             shares,
             passphrase_file,
             check: None,
+            hosts: None,
         } => kit::make(home, json, &client, output, force, shares, passphrase_file).await?,
         Command::Keys { command } => {
             devices::keys(

@@ -203,6 +203,7 @@ impl RecoverySecret {
         &self,
         vault_id: &str,
         made_at: u64,
+        hosts: &[KitHost],
         passphrase: Option<&Passphrase>,
     ) -> Result<Zeroizing<Vec<u8>>, KitError> {
         let kit = self.public();
@@ -212,7 +213,7 @@ impl RecoverySecret {
             "vault": vault_id,
             "kit": kit.id,
             "made_at": made_at,
-            "hosts": [],
+            "hosts": hosts,
         });
         match passphrase {
             None => file["words"] = Value::String(self.words().to_string()),
@@ -250,6 +251,14 @@ impl RecoverySecret {
         let info = KitFile {
             vault: text("vault").unwrap_or_default().to_owned(),
             kit: text("kit").unwrap_or_default().to_owned(),
+            hosts: match file.get("hosts") {
+                None => Vec::new(),
+                Some(hosts) => serde_json::from_value(hosts.clone()).map_err(|e| {
+                    KitError::File(format!(
+                        "its hosts are not a list of {{\"peer\", \"addrs\"}}: {e}"
+                    ))
+                })?,
+            },
         };
         let secret = match (text("words"), file.get("sealed")) {
             (Some(words), None) => Self::from_words(words)?,
@@ -291,6 +300,32 @@ impl RecoverySecret {
 pub struct KitFile {
     pub vault: String,
     pub kit: String,
+    /// The vault's backup hosts when the file was written: where `hearth recover`
+    /// looks for the vault when it is given no host.
+    pub hosts: Vec<KitHost>,
+}
+
+/// A backup host as a kit file names it: its PeerId and addresses.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KitHost {
+    pub peer: String,
+    pub addrs: Vec<String>,
+}
+
+/// Writes `hosts` into a kit file's bytes, leaving everything else as it is (the
+/// secret, sealed or not, is not read).
+pub fn with_hosts(bytes: &[u8], hosts: &[KitHost]) -> Result<Zeroizing<Vec<u8>>, KitError> {
+    let mut file: Value =
+        serde_json::from_slice(bytes).map_err(|e| KitError::File(e.to_string()))?;
+    if file.get("format").and_then(Value::as_str) != Some(KIT_FORMAT) {
+        return Err(KitError::File(format!(
+            "its format is not {KIT_FORMAT:?}: is it a recovery kit?"
+        )));
+    }
+    file["hosts"] = serde_json::to_value(hosts).expect("hosts serialize");
+    let mut out = Zeroizing::new(serde_json::to_vec_pretty(&file).expect("JSON"));
+    out.push(b'\n');
+    Ok(out)
 }
 
 fn words_of(entropy: &[u8]) -> Zeroizing<String> {
@@ -756,7 +791,7 @@ mod tests {
     fn a_kit_file_with_words_or_a_passphrase() {
         let secret = RecoverySecret::generate();
         let id = secret.public().id;
-        let plain = secret.to_file("ab12", 5, None).unwrap();
+        let plain = secret.to_file("ab12", 5, &[], None).unwrap();
         let text = String::from_utf8(plain.to_vec()).unwrap();
         assert!(text.contains(secret.words().as_str()));
         let (back, info) = RecoverySecret::from_file(&plain, None).unwrap();
@@ -766,7 +801,7 @@ mod tests {
         );
 
         let pass = Passphrase::new("kitchen drawer".into()).unwrap();
-        let sealed = secret.to_file("ab12", 5, Some(&pass)).unwrap();
+        let sealed = secret.to_file("ab12", 5, &[], Some(&pass)).unwrap();
         let text = String::from_utf8(sealed.to_vec()).unwrap();
         assert!(!text.contains(secret.words().as_str()));
         assert!(!text.contains("kitchen"));
@@ -781,6 +816,37 @@ mod tests {
         ));
         let (back, _) = RecoverySecret::from_file(&sealed, Some(&pass)).unwrap();
         assert_eq!(*back.0, *secret.0);
+
+        // Hosts written into it later: the secret, sealed, stays as it was.
+        let host = KitHost {
+            peer: "12D3KooWhost".into(),
+            addrs: vec!["/ip4/127.0.0.1/tcp/7475".into()],
+        };
+        let moved = with_hosts(&sealed, std::slice::from_ref(&host)).unwrap();
+        let (back, info) = RecoverySecret::from_file(&moved, Some(&pass)).unwrap();
+        assert_eq!((*back.0, info.hosts), (*secret.0, vec![host]));
+        let mut bad: Value = serde_json::from_slice(&moved).unwrap();
+        bad["hosts"] = json!("everywhere");
+        assert!(matches!(
+            RecoverySecret::from_file(&serde_json::to_vec(&bad).unwrap(), Some(&pass)),
+            Err(KitError::File(m)) if m.contains("hosts")
+        ));
+        assert!(with_hosts(b"{\"format\": \"hearth-keys\"}", &[]).is_err());
+
+        // A file that asks Argon2 for more than a key file may is refused before any
+        // work is done (a tampered kit cannot make `recover` use all memory).
+        let mut greedy: Value = serde_json::from_slice(&sealed).unwrap();
+        let protection = &mut greedy["sealed"]["protection"];
+        assert_eq!(protection["kind"], "argon2id");
+        protection["m_cost_kib"] = json!(u32::MAX);
+        let started = std::time::Instant::now();
+        let refused = RecoverySecret::from_file(&serde_json::to_vec(&greedy).unwrap(), Some(&pass));
+        assert!(
+            matches!(&refused, Err(KitError::Keys(e)) if e.to_string().contains("out of bounds")),
+            "{:?}",
+            refused.err()
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
 
         // A file naming another kit, or not a kit at all.
         let mut other: Value = serde_json::from_slice(&plain).unwrap();
