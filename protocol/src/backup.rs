@@ -343,6 +343,18 @@ pub fn owner_open_message(host: &[u8], device: &[u8], handle: &Handle) -> Vec<u8
     message
 }
 
+/// What the owner key signs to make manifest `seq` (whose hash is `hash`) the first
+/// of the vault's chain on a host ([`Request::Rebase`]): the host drops the manifests
+/// before it, and anyone who reads the chain from there checks this signature against
+/// the kit's owner key, since that manifest's `prev` names one no longer served.
+pub fn rebase_message(handle: &Handle, seq: u64, hash: &[u8; 32]) -> Vec<u8> {
+    let mut message = b"hearth/backup/rebase/v1".to_vec();
+    message.extend_from_slice(handle);
+    message.extend_from_slice(&seq.to_be_bytes());
+    message.extend_from_slice(hash);
+    message
+}
+
 /// The hash a manifest's successor names as `prev`.
 pub fn manifest_hash(manifest: &[u8]) -> [u8; 32] {
     *blake3::hash(manifest).as_bytes()
@@ -404,7 +416,26 @@ pub enum Request {
     /// current one: the devices move to a token derived from each new epoch key
     /// ([`epoch_token`]), so the token a removed device held stops opening the vault.
     SetToken { token_hash: [u8; 32] },
+    /// Where the chain starts on the host: answered with [`Response::Base`].
+    Base,
+    /// Makes manifest `seq` the first of the chain (a manifest that holds the whole
+    /// vault), dropping the ones before it; `signature` is the owner key's over
+    /// [`rebase_message`]. Only on a stream opened with the owner key.
+    Rebase {
+        seq: u64,
+        #[serde(with = "serde_bytes")]
+        signature: Vec<u8>,
+    },
+    /// The names of the objects the host keeps for the vault, in order, after `after`,
+    /// at most `limit` ([`OBJECTS_PER_ANSWER`] at most). Only with the owner key.
+    Objects { after: Option<ObjectId>, limit: u32 },
+    /// Deletes objects (at most [`OBJECTS_PER_ANSWER`]): what pruning frees. Only with
+    /// the owner key: a device's upload token adds, never deletes.
+    Drop { ids: Vec<ObjectId> },
 }
+
+/// Object names one `Objects` answer carries, and one `Drop` names, at most.
+pub const OBJECTS_PER_ANSWER: u32 = 4096;
 
 /// The longest range a `Prove` asks for.
 pub const MAX_PROOF: u32 = 16 * 1024;
@@ -446,6 +477,24 @@ pub enum Response {
     },
     /// The upload token was replaced.
     TokenSet,
+    /// The chain starts at manifest `seq` (1, with no signature, if it was never
+    /// rebased), made first by the owner key's `signature` over [`rebase_message`].
+    Base {
+        seq: u64,
+        #[serde(with = "serde_bytes")]
+        signature: Vec<u8>,
+    },
+    /// The chain was rebased; the bytes the vault uses now.
+    Rebased {
+        bytes: u64,
+    },
+    ObjectIds {
+        ids: Vec<ObjectId>,
+    },
+    /// Objects deleted; the bytes the vault uses now.
+    Dropped {
+        bytes: u64,
+    },
 }
 
 pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {

@@ -426,7 +426,10 @@ async fn serve(
 #[derive(Debug, Clone, Copy)]
 struct Opened {
     handle: Handle,
+    /// Opened with the upload token: it may add.
     writes: bool,
+    /// Opened with the owner key: it may read, rebase and delete, never add.
+    owner: bool,
 }
 
 fn opened_answer(
@@ -434,6 +437,7 @@ fn opened_answer(
     handle: Handle,
     writes: bool,
 ) -> (Response, Option<Opened>) {
+    let owner = !writes;
     match result {
         Ok(o) => (
             Response::Opened {
@@ -442,7 +446,11 @@ fn opened_answer(
                 bytes: o.bytes,
                 quota: o.quota,
             },
-            Some(Opened { handle, writes }),
+            Some(Opened {
+                handle,
+                writes,
+                owner,
+            }),
         ),
         Err(e) => (
             Response::Refused {
@@ -528,6 +536,38 @@ fn answer(
             | Request::SetToken { .. },
             Some(Opened { writes: false, .. }),
         ) => (refused(Refusal::ReadOnly), None),
+        (
+            Request::Rebase { .. } | Request::Objects { .. } | Request::Drop { .. },
+            Some(Opened { owner: false, .. }),
+        ) => (refused(Refusal::OwnerOnly), None),
+        (Request::Base, Some(Opened { handle: h, .. })) => match state.store.base(&h) {
+            Ok((seq, signature)) => (Response::Base { seq, signature }, None),
+            Err(e) => (refused(e), None),
+        },
+        (Request::Rebase { seq, signature }, Some(Opened { handle: h, .. })) => {
+            match state.store.rebase(&h, seq, &signature) {
+                Ok(bytes) => {
+                    tracing::info!(seq, "a vault's chain was rebased by its owner");
+                    (Response::Rebased { bytes }, None)
+                }
+                Err(e) => (refused(e), None),
+            }
+        }
+        (Request::Objects { after, limit }, Some(Opened { handle: h, .. })) => {
+            match state.store.objects(&h, after, limit) {
+                Ok(ids) => (Response::ObjectIds { ids }, None),
+                Err(e) => (refused(e), None),
+            }
+        }
+        (Request::Drop { ids }, Some(Opened { handle: h, .. })) => {
+            match state.store.drop_objects(&h, &ids) {
+                Ok(bytes) => {
+                    tracing::info!(count = ids.len(), "objects of a vault dropped by its owner");
+                    (Response::Dropped { bytes }, None)
+                }
+                Err(e) => (refused(e), None),
+            }
+        }
         (Request::SetToken { token_hash }, Some(Opened { handle: h, .. })) => {
             match state.store.set_token(&h, token_hash) {
                 Ok(()) => {

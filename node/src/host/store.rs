@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use hearth_protocol::backup::{
-    Handle, MANIFESTS_PER_ANSWER, MAX_MANIFEST, MAX_OBJECT, ManifestHeader, ObjectId,
-    manifest_hash, object_id, token_hash,
+    Handle, MANIFESTS_PER_ANSWER, MAX_MANIFEST, MAX_OBJECT, ManifestHeader, OBJECTS_PER_ANSWER,
+    ObjectId, manifest_hash, object_id, rebase_message, token_hash,
 };
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -53,6 +53,14 @@ pub enum Refusal {
     OtherVault,
     #[error("the host cannot store it: {0}")]
     Disk(String),
+    #[error("only the vault's owner key (its recovery kit) may do this")]
+    OwnerOnly,
+    #[error("manifest {0} cannot be the chain's first: the host does not hold it")]
+    NoSuchManifest(u64),
+    #[error("the owner's signature does not match manifest {0}")]
+    BadRebase(u64),
+    #[error("at most {max} objects at once ({0} asked)", max = hearth_protocol::backup::OBJECTS_PER_ANSWER)]
+    TooMany(usize),
 }
 
 impl From<std::io::Error> for Refusal {
@@ -82,9 +90,26 @@ struct VaultState {
     bytes: u64,
     objects: u64,
     last_upload: Option<u64>,
+    /// The first manifest the host keeps (0: never rebased, the chain starts at 1)
+    /// and the owner's signature that made it first.
+    base: u64,
+    base_signature: Vec<u8>,
+}
+
+/// `vaults/HANDLE/base`: where the chain starts since the owner rebased it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BaseFile {
+    seq: u64,
+    /// Hex of the owner key's signature over `rebase_message`.
+    signature: String,
 }
 
 impl VaultState {
+    /// The first manifest kept (1 if the chain was never rebased).
+    fn first(&self) -> u64 {
+        self.base.max(1)
+    }
+
     fn opened(&self) -> Opened {
         Opened {
             seq: self.seq,
@@ -233,8 +258,30 @@ impl HostStore {
                 }
             }
         }
-        // The chain must be whole: 1, 2, 3 … with no gap.
-        let mut seq = 0;
+        // Where the owner made the chain start; manifests before it (a rebase cut
+        // short before it dropped them) are dropped now.
+        let (base, base_signature) = match std::fs::read(dir.join("base")) {
+            Ok(bytes) => {
+                let file: BaseFile =
+                    serde_json::from_slice(&bytes).map_err(|e| bad(&format!("base: {e}")))?;
+                let signature = data_encoding::HEXLOWER
+                    .decode(file.signature.as_bytes())
+                    .map_err(|_| bad("base: the signature is malformed"))?;
+                (file.seq, signature)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, Vec::new()),
+            Err(e) => return Err(e),
+        };
+        for seq in 1..base {
+            let path = dir.join("manifests").join(format!("{seq:020}"));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // The chain must be whole from its first manifest: no gap.
+        let mut seq = base.saturating_sub(1);
         let mut last = [0u8; 32];
         loop {
             let path = dir.join("manifests").join(format!("{:020}", seq + 1));
@@ -250,6 +297,9 @@ impl HostStore {
                 .map(|d| d.as_secs());
             seq += 1;
         }
+        if base > 0 && seq < base {
+            return Err(bad("base: the manifest the chain starts at is missing"));
+        }
         Ok(VaultState {
             token_hash,
             owner,
@@ -260,6 +310,8 @@ impl HostStore {
             bytes,
             objects,
             last_upload,
+            base,
+            base_signature,
         })
     }
 
@@ -318,6 +370,8 @@ impl HostStore {
                 bytes: 0,
                 objects: 0,
                 last_upload: None,
+                base: 0,
+                base_signature: Vec::new(),
             },
         );
         Ok(self.quota)
@@ -465,11 +519,14 @@ impl HostStore {
         after: u64,
         limit: u32,
     ) -> Result<Vec<Vec<u8>>, Refusal> {
-        let held = {
+        let (held, first) = {
             let vaults = self.vaults.lock().expect("vaults lock is never poisoned");
-            vaults.get(handle).ok_or(Refusal::Unknown)?.seq
+            let state = vaults.get(handle).ok_or(Refusal::Unknown)?;
+            (state.seq, state.first())
         };
         let limit = u64::from(limit.min(MANIFESTS_PER_ANSWER));
+        // Manifests before the chain's first are gone: the answer starts at it.
+        let after = after.max(first - 1);
         let mut out = Vec::new();
         for seq in after + 1..=held.min(after.saturating_add(limit)) {
             let path = self
@@ -479,6 +536,120 @@ impl HostStore {
             out.push(std::fs::read(path)?);
         }
         Ok(out)
+    }
+
+    /// Where the chain starts: (1, no signature) if it was never rebased.
+    pub fn base(&self, handle: &Handle) -> Result<(u64, Vec<u8>), Refusal> {
+        let vaults = self.vaults.lock().expect("vaults lock is never poisoned");
+        let state = vaults.get(handle).ok_or(Refusal::Unknown)?;
+        Ok((state.first(), state.base_signature.clone()))
+    }
+
+    /// Makes manifest `seq` the chain's first, if `signature` is the owner key's over
+    /// its [`rebase_message`]: the base is written (synced) first, then the manifests
+    /// before it are deleted. Returns the bytes the vault uses afterwards.
+    pub fn rebase(&self, handle: &Handle, seq: u64, signature: &[u8]) -> Result<u64, Refusal> {
+        let mut vaults = self.vaults.lock().expect("vaults lock is never poisoned");
+        let state = vaults.get_mut(handle).ok_or(Refusal::Unknown)?;
+        if seq < state.first() || seq > state.seq {
+            return Err(Refusal::NoSuchManifest(seq));
+        }
+        let manifests = self.dir(handle).join("manifests");
+        let manifest = std::fs::read(manifests.join(format!("{seq:020}")))?;
+        let message = rebase_message(handle, seq, &manifest_hash(&manifest));
+        let verified = libp2p::identity::ed25519::PublicKey::try_from_bytes(&state.owner)
+            .is_ok_and(|key| key.verify(&message, signature));
+        if !verified {
+            return Err(Refusal::BadRebase(seq));
+        }
+        let file = BaseFile {
+            seq,
+            signature: hex(signature),
+        };
+        write_file_atomic(
+            &self.dir(handle).join("base"),
+            &serde_json::to_vec_pretty(&file).expect("serializes"),
+            0o600,
+        )?;
+        for old in state.first()..seq {
+            let path = manifests.join(format!("{old:020}"));
+            let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+            match std::fs::remove_file(&path) {
+                Ok(()) => state.bytes = state.bytes.saturating_sub(len),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        state.base = seq;
+        state.base_signature = signature.to_vec();
+        Ok(state.bytes)
+    }
+
+    /// The names of the vault's objects after `after`, in order, at most `limit`.
+    pub fn objects(
+        &self,
+        handle: &Handle,
+        after: Option<ObjectId>,
+        limit: u32,
+    ) -> Result<Vec<ObjectId>, Refusal> {
+        if !self
+            .vaults
+            .lock()
+            .expect("vaults lock is never poisoned")
+            .contains_key(handle)
+        {
+            return Err(Refusal::Unknown);
+        }
+        let mut ids = Vec::new();
+        let objects = self.dir(handle).join("objects");
+        for sub in std::fs::read_dir(&objects)? {
+            let sub = sub?;
+            let prefix = sub.file_name().to_string_lossy().into_owned();
+            for object in std::fs::read_dir(sub.path())? {
+                let rest = object?.file_name().to_string_lossy().into_owned();
+                let id = data_encoding::HEXLOWER
+                    .decode(format!("{prefix}{rest}").as_bytes())
+                    .ok()
+                    .and_then(|b| ObjectId::try_from(b.as_slice()).ok());
+                if let Some(id) = id.filter(|id| after.is_none_or(|a| *id > a)) {
+                    ids.push(id);
+                }
+            }
+        }
+        ids.sort_unstable();
+        ids.truncate(limit.min(OBJECTS_PER_ANSWER) as usize);
+        Ok(ids)
+    }
+
+    /// Deletes objects (those it lacks are skipped); the bytes the vault uses after.
+    pub fn drop_objects(&self, handle: &Handle, ids: &[ObjectId]) -> Result<u64, Refusal> {
+        if ids.len() > OBJECTS_PER_ANSWER as usize {
+            return Err(Refusal::TooMany(ids.len()));
+        }
+        let mut vaults = self.vaults.lock().expect("vaults lock is never poisoned");
+        let state = vaults.get_mut(handle).ok_or(Refusal::Unknown)?;
+        let mut dropped = Vec::new();
+        for id in ids {
+            let path = self.object_path(handle, id);
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            std::fs::remove_file(&path)?;
+            state.bytes = state.bytes.saturating_sub(meta.len());
+            state.objects = state.objects.saturating_sub(1);
+            dropped.push(path);
+        }
+        // An object dropped before the manifest that would have synced it: nothing
+        // to sync any more.
+        if let Some(unsynced) = self
+            .unsynced
+            .lock()
+            .expect("unsynced lock is never poisoned")
+            .get_mut(handle)
+        {
+            unsynced.retain(|p| !dropped.contains(p));
+        }
+        Ok(state.bytes)
     }
 
     pub fn get(&self, handle: &Handle, id: &ObjectId) -> Result<Option<Vec<u8>>, Refusal> {
@@ -526,7 +697,7 @@ impl HostStore {
                 bytes: s.bytes,
                 quota: s.quota,
                 objects: s.objects,
-                manifests: s.seq,
+                manifests: s.seq + 1 - s.first().min(s.seq + 1),
                 enrolled_at: s.enrolled_at,
                 last_upload: s.last_upload,
             })

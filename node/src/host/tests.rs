@@ -143,6 +143,40 @@ fn a_vault_opened_with_its_owner_key_reads_and_cannot_add_and_nothing_works_unop
         let (answer, _) = answer(&state, device, Some(as_owner), request);
         assert!(refused(&answer).contains("read only"), "{answer:?}");
     }
+    // What only the owner may do, refused on a stream opened with the token.
+    let (_, with_token) = answer(
+        &state,
+        device,
+        None,
+        Request::Open {
+            handle: HANDLE,
+            token: TOKEN,
+        },
+    );
+    for request in [
+        Request::Rebase {
+            seq: 1,
+            signature: vec![0; 64],
+        },
+        Request::Objects {
+            after: None,
+            limit: 10,
+        },
+        Request::Drop { ids: vec![[0; 32]] },
+    ] {
+        let (answer, _) = answer(&state, device, with_token, request);
+        assert!(refused(&answer).contains("owner key"), "{answer:?}");
+    }
+    let (listed, _) = answer(
+        &state,
+        device,
+        Some(as_owner),
+        Request::Objects {
+            after: None,
+            limit: 10,
+        },
+    );
+    assert_eq!(listed, Response::ObjectIds { ids: Vec::new() });
     let (read, _) = answer(
         &state,
         device,

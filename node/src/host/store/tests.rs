@@ -179,3 +179,89 @@ fn the_owner_key_opens_a_vault_and_nothing_else_does() {
         Err(Refusal::Unknown)
     );
 }
+
+/// The owner rebases the chain on a manifest and drops objects: the manifests before
+/// it are gone (also after a restart), the chain is read from it, the space is freed.
+/// A signature by another key, or over another manifest, changes nothing.
+#[test]
+fn the_owner_rebases_the_chain_and_drops_objects() {
+    use hearth_protocol::backup::rebase_message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = enrolled(dir.path(), 1 << 20);
+    let old = seal_object(&KEY, &HANDLE, 1, b"old changes", [1; 24]);
+    let kept = seal_object(&KEY, &HANDLE, 1, b"the whole vault", [2; 24]);
+    store.put(&HANDLE, &old).unwrap();
+    store.put(&HANDLE, &kept).unwrap();
+    let mut chain = Vec::new();
+    let mut prev = [0; 32];
+    for seq in 1..=4 {
+        let m = manifest(seq, prev);
+        prev = manifest_hash(&m);
+        store.append(&HANDLE, &m).unwrap();
+        chain.push(m);
+    }
+    let sign = |key: &libp2p::identity::ed25519::Keypair, seq: u64, m: &[u8]| {
+        key.sign(&rebase_message(&HANDLE, seq, &manifest_hash(m)))
+    };
+    let stranger = libp2p::identity::ed25519::Keypair::generate();
+    assert_eq!(
+        store.rebase(&HANDLE, 3, &sign(&stranger, 3, &chain[2])),
+        Err(Refusal::BadRebase(3))
+    );
+    assert_eq!(
+        store.rebase(&HANDLE, 3, &sign(&owner(), 2, &chain[1])),
+        Err(Refusal::BadRebase(3)),
+        "a signature for another manifest"
+    );
+    assert_eq!(
+        store.rebase(&HANDLE, 9, &sign(&owner(), 9, &chain[3])),
+        Err(Refusal::NoSuchManifest(9))
+    );
+    assert_eq!(store.base(&HANDLE).unwrap(), (1, Vec::new()));
+    let signature = sign(&owner(), 3, &chain[2]);
+    let before = store.open_vault(&HANDLE, &TOKEN).unwrap().bytes;
+    let after = store.rebase(&HANDLE, 3, &signature).unwrap();
+    assert_eq!(after, before - (chain[0].len() + chain[1].len()) as u64);
+    assert_eq!(
+        store.manifests(&HANDLE, 0, 64).unwrap(),
+        chain[2..].to_vec(),
+        "read from the base"
+    );
+    assert_eq!(store.base(&HANDLE).unwrap(), (3, signature.clone()));
+    // The base cannot move back.
+    assert_eq!(
+        store.rebase(&HANDLE, 2, &sign(&owner(), 2, &chain[1])),
+        Err(Refusal::NoSuchManifest(2))
+    );
+
+    let ids = store.objects(&HANDLE, None, 4096).unwrap();
+    let mut both = vec![object_id(&old), object_id(&kept)];
+    both.sort_unstable();
+    assert_eq!(ids, both);
+    assert_eq!(
+        store.objects(&HANDLE, Some(both[0]), 4096).unwrap(),
+        vec![both[1]]
+    );
+    assert_eq!(store.objects(&HANDLE, None, 1).unwrap(), vec![both[0]]);
+    let freed = store
+        .drop_objects(&HANDLE, &[object_id(&old), [0; 32]])
+        .unwrap();
+    assert_eq!(freed, after - old.len() as u64);
+    assert_eq!(store.get(&HANDLE, &object_id(&old)).unwrap(), None);
+    assert_eq!(
+        store.drop_objects(&HANDLE, &vec![[0; 32]; 4097]),
+        Err(Refusal::TooMany(4097))
+    );
+    // The chain goes on from the base, and all of it survives a restart.
+    let fifth = manifest(5, manifest_hash(&chain[3]));
+    store.append(&HANDLE, &fifth).unwrap();
+    drop(store);
+    let store = HostStore::open(dir.path(), 1 << 20).unwrap();
+    let opened = store.open_vault(&HANDLE, &TOKEN).unwrap();
+    assert_eq!((opened.seq, opened.bytes), (5, freed + fifth.len() as u64));
+    assert_eq!(store.base(&HANDLE).unwrap(), (3, signature));
+    assert_eq!(store.manifests(&HANDLE, 1, 64).unwrap().len(), 3);
+    let summary = &store.summaries()[0];
+    assert_eq!((summary.objects, summary.manifests), (1, 3));
+}
