@@ -32,7 +32,7 @@ use hearth_protocol::api::{BackupStatus, BackupVerified, HostStatus, HostVerifie
 use hearth_protocol::backup::{
     Entry, Handle, MANIFESTS_PER_ANSWER, ManifestBody, ManifestHeader, ObjectId, Request, Response,
     decode, decode_host_invite, encode, epoch_token, manifest_hash, object_id, open_manifest,
-    seal_manifest, seal_object, token_hash,
+    rebase_message, seal_manifest, seal_object, token_hash,
 };
 use hearth_protocol::invite::pairing_proof;
 use hearth_protocol::{CollectionName, RecordId};
@@ -312,13 +312,19 @@ fn current_key(
     Ok((epochs::key_id_of(&key), key, kit))
 }
 
-/// Every epoch key this device can open, by key id.
+/// Every epoch key this device can open, by key id: of the epochs members made, and
+/// of those made by a device since removed (what it uploaded then is still read).
 fn all_keys(vault: &Vault) -> Result<HashMap<u32, Zeroizing<[u8; 32]>>, BackupError> {
     let view = epochs::view_of(&vault.collections, vault.keys.vault_id)?;
     let me = vault.keys.identity();
+    let by_removed = view
+        .epochs
+        .iter()
+        .filter(|e| view.removed.contains(&e.made_by));
     Ok(view
         .valid(&vault.keys.vault_id)
         .into_iter()
+        .chain(by_removed)
         .filter_map(|e| e.open(&me))
         .map(|key| (epochs::key_id_of(&key), key))
         .collect())
@@ -744,6 +750,7 @@ async fn verify_host(vault: &Arc<Vault>, host: &HostRecord) -> Result<HostVerifi
         .unwrap_or_else(|| host.clone());
     let (mut link, Opened { seq, last, .. }) = open(vault, host).await?;
     let keys = all_keys(vault)?;
+    let owner = owner_key(vault, &host.handle)?;
     let mut progress = Progress {
         handle: host.handle,
         ..Progress::default()
@@ -754,6 +761,7 @@ async fn verify_host(vault: &Arc<Vault>, host: &HostRecord) -> Result<HostVerifi
         &mut progress,
         seq,
         last,
+        &owner,
         held(&keys),
         |header, body, _| plan.note(header, body),
     )
@@ -1177,7 +1185,24 @@ async fn catch_up(
     last: [u8; 32],
 ) -> Result<(), BackupError> {
     let keys = all_keys(vault)?;
-    read_chain(link, progress, seq, last, held(&keys), |_, _, _| Ok(())).await
+    let owner = owner_key(vault, &progress.handle)?;
+    read_chain(link, progress, seq, last, &owner, held(&keys), |_, _, _| {
+        Ok(())
+    })
+    .await
+}
+
+/// The owner key of the kit whose handle is `handle` (the vault's kit, or one it
+/// replaced).
+fn owner_key(vault: &Vault, handle: &Handle) -> Result<[u8; 32], BackupError> {
+    let kits = recovery::kits(&vault.collections, &vault.keys.vault_id)?;
+    kits.current
+        .map(|(kit, _)| kit)
+        .into_iter()
+        .chain(kits.replaced)
+        .find(|kit| kit.handle == *handle)
+        .map(|kit| kit.owner)
+        .ok_or(BackupError::NoKit)
 }
 
 /// The key of a manifest's epoch among `keys` (those this device holds).
@@ -1194,6 +1219,49 @@ fn held(
     }
 }
 
+/// Starts `progress` over at `manifest` (the one `header` reads), the chain's new
+/// first, if the host shows the owner key's signature making it so.
+async fn follow_base(
+    link: &mut Link,
+    progress: &mut Progress,
+    owner: &[u8; 32],
+    header: &ManifestHeader,
+    manifest: &[u8],
+) -> Result<(), BackupError> {
+    let answer = link.ask(&Request::Base).await?;
+    let Response::Base {
+        seq: base,
+        signature,
+    } = answer
+    else {
+        return Err(link.unexpected(&answer));
+    };
+    let message = rebase_message(&progress.handle, header.seq, &manifest_hash(manifest));
+    let signed = base == header.seq
+        && libp2p::identity::ed25519::PublicKey::try_from_bytes(owner)
+            .is_ok_and(|key| key.verify(&message, &signature));
+    if !signed {
+        return Err(BackupError::BadChain {
+            peer: link.peer,
+            seq: progress.seq + 1,
+            why: format!(
+                "the host skips to manifest {} without the owner's signature making it the first",
+                header.seq
+            ),
+        });
+    }
+    *progress = Progress {
+        handle: progress.handle,
+        seq: header.seq - 1,
+        last: header.prev,
+        bytes: progress.bytes,
+        quota: progress.quota,
+        last_upload: progress.last_upload,
+        ..Progress::default()
+    };
+    Ok(())
+}
+
 /// Reads the host's manifests after `progress` up to `seq`, each checked to follow
 /// the one before (seq, prev, handle) and opened with the key `key_for` gives for its
 /// header; each is noted in `progress` and shown to `visit` with its key. The newest
@@ -1203,6 +1271,7 @@ async fn read_chain(
     progress: &mut Progress,
     seq: u64,
     last: [u8; 32],
+    owner: &[u8; 32],
     key_for: impl Fn(&ManifestHeader) -> Result<Zeroizing<[u8; 32]>, String>,
     mut visit: impl FnMut(&ManifestHeader, &ManifestBody, Zeroizing<[u8; 32]>) -> Result<(), String>,
 ) -> Result<(), BackupError> {
@@ -1225,13 +1294,25 @@ async fn read_chain(
             });
         }
         for manifest in manifests {
+            let (header, _) =
+                ManifestHeader::parse(&manifest).map_err(|e| BackupError::BadChain {
+                    peer,
+                    seq: progress.seq + 1,
+                    why: e.to_string(),
+                })?;
+            if header.seq > progress.seq + 1 && header.handle == progress.handle {
+                // The owner rebased the chain (`hearth backup prune`): what came before
+                // this manifest is gone, and it holds the whole vault. Only the owner
+                // key's signature over it lets the chain start here. (Read from the
+                // start, this is the first manifest `visit` sees.)
+                follow_base(link, progress, owner, &header, &manifest).await?;
+            }
             let next = progress.seq + 1;
             let bad = |why: String| BackupError::BadChain {
                 peer,
                 seq: next,
                 why,
             };
-            let (header, _) = ManifestHeader::parse(&manifest).map_err(|e| bad(e.to_string()))?;
             if header.seq != next
                 || header.prev != progress.last
                 || header.handle != progress.handle

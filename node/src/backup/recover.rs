@@ -17,7 +17,7 @@ use futures::StreamExt;
 use hearth_protocol::CollectionName;
 use hearth_protocol::backup::{
     BACKUP_PROTOCOL, Entry, Handle, ManifestBody, ManifestHeader, ObjectId, Request, Response,
-    object_id, open_object, owner_open_message,
+    object_epoch, object_id, open_object, owner_open_message,
 };
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
@@ -181,11 +181,10 @@ async fn fetch(
     keys: &HashMap<u32, Zeroizing<[u8; 32]>>,
     handle: &Handle,
     id: ObjectId,
-    key_id: u32,
     bytes: &mut u64,
 ) -> Result<Zeroizing<Vec<u8>>, BackupError> {
     link.send(&Request::Get { id }).await?;
-    fetched(link, keys, handle, id, key_id, bytes).await
+    fetched(link, keys, handle, id, bytes).await
 }
 
 /// The answer to a `Get` of object `id` already sent, checked and opened.
@@ -194,7 +193,6 @@ async fn fetched(
     keys: &HashMap<u32, Zeroizing<[u8; 32]>>,
     handle: &Handle,
     id: ObjectId,
-    key_id: u32,
     bytes: &mut u64,
 ) -> Result<Zeroizing<Vec<u8>>, BackupError> {
     let peer = link.peer;
@@ -214,9 +212,17 @@ async fn fetched(
         });
     }
     *bytes += object.len() as u64;
+    // The epoch the object was sealed under: a manifest that holds the whole vault
+    // (after pruning) names chunks uploaded under older epochs.
+    let key_id = object_epoch(&object).map_err(|e| BackupError::Damaged {
+        peer,
+        what: format!("object {hex}…: {e}"),
+    })?;
     let key = keys.get(&key_id).ok_or_else(|| BackupError::Damaged {
         peer,
-        what: format!("object {hex}… is sealed under an epoch key no manifest gave"),
+        what: format!(
+            "object {hex}… is sealed under an epoch key neither a manifest nor the kit gave"
+        ),
     })?;
     open_object(key, handle, key_id, &object).map_err(|e| BackupError::Damaged {
         peer,
@@ -350,6 +356,7 @@ async fn read_and_restore(
         &mut progress,
         seq,
         last,
+        &kit.owner,
         |header| {
             epochs::open_key_with(
                 &kit_info(&handle, header.epoch),
@@ -377,11 +384,11 @@ async fn read_and_restore(
         blobs,
         secrets,
     } = plan;
-    let (object, key_id) = secrets.ok_or_else(|| BackupError::Damaged {
+    let (object, _) = secrets.ok_or_else(|| BackupError::Damaged {
         peer: host,
         what: "no manifest names the vault's secrets".into(),
     })?;
-    let plain = fetch(link, &keys, &handle, object, key_id, &mut bytes).await?;
+    let plain = fetch(link, &keys, &handle, object, &mut bytes).await?;
     if plain.len() != 80 {
         return Err(BackupError::Damaged {
             peer: host,
@@ -420,12 +427,10 @@ async fn read_and_restore(
             peer: host,
             what: format!("a part names the collection {collection:?}: {e}"),
         })?;
-        for (i, (objects, key_id)) in chain.entries.iter().enumerate() {
+        for (i, (objects, _)) in chain.entries.iter().enumerate() {
             let mut data = Zeroizing::new(Vec::new());
             for object in objects {
-                data.extend_from_slice(
-                    &fetch(link, &keys, &handle, *object, *key_id, &mut bytes).await?,
-                );
+                data.extend_from_slice(&fetch(link, &keys, &handle, *object, &mut bytes).await?);
             }
             let c = collections.clone();
             let name = name.clone();
@@ -459,12 +464,19 @@ async fn read_and_restore(
             epochs::seal_to_self(&collections, &vault_keys, epoch, &key)?;
         }
     }
+    // Chunks uploaded under an epoch no kept manifest is sealed under (the chain was
+    // pruned) open with that epoch's key, which the kit opens from `_epochs`.
+    for epoch in &view.epochs {
+        if let Some(key) = epoch.open_as(&vault_keys.vault_id, &kit.recipient(), exchange) {
+            keys.entry(epochs::key_id_of(&key)).or_insert(key);
+        }
+    }
 
     // Every blob, chunk by chunk (each checked against its keyed hash as it is stored).
     let store_blobs = Blobs::open(home.blobs_dir(), store.clone(), vault_keys.clone())?;
     let restored_blobs = blobs.len();
-    for (id, object, key_id) in blobs {
-        let manifest_bytes = fetch(link, &keys, &handle, object, key_id, &mut bytes).await?;
+    for (id, object, _) in blobs {
+        let manifest_bytes = fetch(link, &keys, &handle, object, &mut bytes).await?;
         let manifest = hearth_protocol::blob::Manifest::decode(&manifest_bytes).map_err(|e| {
             BackupError::Damaged {
                 peer: host,
@@ -477,7 +489,7 @@ async fn read_and_restore(
         for window in manifest.chunks.chunks(super::IN_FLIGHT) {
             let mut asked = Vec::with_capacity(window.len());
             for hash in window {
-                let (object, key_id) =
+                let (object, _) =
                     chunks
                         .get(hash)
                         .copied()
@@ -486,10 +498,10 @@ async fn read_and_restore(
                             what: format!("blob {blob} names a chunk no manifest holds"),
                         })?;
                 link.send(&Request::Get { id: object }).await?;
-                asked.push((*hash, object, key_id));
+                asked.push((*hash, object));
             }
-            for (hash, object, key_id) in asked {
-                let plain = fetched(link, &keys, &handle, object, key_id, &mut bytes).await?;
+            for (hash, object) in asked {
+                let plain = fetched(link, &keys, &handle, object, &mut bytes).await?;
                 let mut buf = chunk_buffer(plain.len());
                 buf.extend_from_slice(&plain);
                 store_blobs.store_chunk(hash, buf).await?;
