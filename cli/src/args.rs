@@ -518,6 +518,18 @@ pub enum BackupCommand {
         #[arg(long, value_name = "F")]
         kit_passphrase_file: Option<std::path::PathBuf>,
     },
+    /// Free space on each backup host, with the recovery kit (a device alone can add to
+    /// a host, never delete): the whole vault is uploaded again as new manifests (what
+    /// the host holds already is named, not sent), the host's chain starts there, and
+    /// what it no longer names is deleted — earlier versions of records, blobs removed
+    Prune {
+        /// The vault's recovery kit (its file, or - for its words or two shares on stdin)
+        #[arg(long, value_name = "FILE|-")]
+        kit: std::path::PathBuf,
+        /// The kit file's passphrase, if it was made with one
+        #[arg(long, value_name = "F")]
+        kit_passphrase_file: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -26,11 +26,12 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use futures::StreamExt;
 use hearth_protocol::api::{
-    AuditEntry, BackupAddRequest, BackupStatus, BackupVerified, BlobInfo, BlobRemoved, CheckReport,
-    CollectionInfo, ConflictsResponse, DeviceInfo, ErrorBody, ErrorCode, ErrorDetail, GrantCreated,
-    GrantInfo, GrantRequest, HelloRequest, HelloResponse, HostStatus, InviteResponse, KeysInfo,
-    KitInfo, KitRequest, PutResponse, ResolveRequest, RestoreReport, RevokeResponse,
-    StatusResponse, StreamReady, TextEditRequest, VaultExport, VerifyResponse, ViewAll,
+    AuditEntry, BackupAddRequest, BackupPruneRequest, BackupPruned, BackupStatus, BackupVerified,
+    BlobInfo, BlobRemoved, CheckReport, CollectionInfo, ConflictsResponse, DeviceInfo, ErrorBody,
+    ErrorCode, ErrorDetail, GrantCreated, GrantInfo, GrantRequest, HelloRequest, HelloResponse,
+    HostStatus, InviteResponse, KeysInfo, KitInfo, KitRequest, PutResponse, ResolveRequest,
+    RestoreReport, RevokeResponse, StatusResponse, StreamReady, TextEditRequest, VaultExport,
+    VerifyResponse, ViewAll,
 };
 use hearth_protocol::{BlobId, CollectionName, RecordId};
 use rand::RngCore;
@@ -120,6 +121,7 @@ pub fn router(vault: Arc<Vault>) -> Router {
         .route("/v1/backup", get(backup_status))
         .route("/v1/backup/hosts", post(add_backup_host))
         .route("/v1/backup/verify", post(verify_backup))
+        .route("/v1/backup/prune", post(prune_backup))
         .route(
             "/v1/devices/{peer}",
             axum::routing::delete(remove_device).patch(rename_device),
@@ -206,6 +208,7 @@ pub fn router(vault: Arc<Vault>) -> Router {
         backup_status,
         add_backup_host,
         verify_backup,
+        prune_backup,
         list_blobs,
         put_blob,
         get_blob,

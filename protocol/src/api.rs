@@ -795,6 +795,36 @@ pub struct HostVerified {
     pub error: Option<String>,
 }
 
+/// `POST /v1/backup/prune`: what frees space on the backup hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BackupPruneRequest {
+    /// The recovery kit's owner key: its Ed25519 seed, base64 (`hearth backup prune`
+    /// derives it from the kit; only it lets a host delete).
+    pub owner_key: String,
+}
+
+/// One host, pruned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HostPruned {
+    pub peer: String,
+    /// The manifest the chain starts at now.
+    pub base: u64,
+    pub objects_dropped: u64,
+    pub bytes_before: u64,
+    /// What the vault uses on the host now.
+    pub bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `POST /v1/backup/prune`, `hearth backup prune --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BackupPruned {
+    /// Whether every host was pruned.
+    pub ok: bool,
+    pub hosts: Vec<HostPruned>,
+}
+
 /// `POST /v1/backup/verify`, `hearth backup verify --json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BackupVerified {

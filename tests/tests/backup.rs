@@ -24,6 +24,18 @@ fn invite(host: &NodeProcess) -> String {
         .to_owned()
 }
 
+/// A host started on `home`, its address (with /p2p/) and where it listens (to
+/// start it there again).
+fn host_at(home: &Path) -> (NodeProcess, String, String) {
+    let host = spawn_host(home, &[]);
+    let addr = host.json(&["host", "vaults"])["addrs"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let listen = addr.split("/p2p/").next().unwrap().to_owned();
+    (host, addr, listen)
+}
+
 fn status(device: &NodeProcess) -> Value {
     device.json(&["backup", "status"])["hosts"][0].clone()
 }
@@ -222,12 +234,7 @@ fn a_host_keeps_a_vault_sealed_and_one_edit_uploads_a_few_kib() {
 fn a_host_that_serves_an_older_or_altered_chain_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let host_home = dir.path().join("host");
-    let host = spawn_host(&host_home, &[]);
-    let addr = host.json(&["host", "vaults"])["addrs"][0]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let listen = addr.split("/p2p/").next().unwrap().to_owned();
+    let (host, _, listen) = host_at(&host_home);
     let a = spawn_node(&dir.path().join("a"), &[]);
     a.run(&[
         "recovery-kit",
@@ -775,4 +782,140 @@ fn a_new_kit_finds_the_vault_on_a_host_added_before_it() {
         "before the new kit"
     );
     assert_eq!(r.json(&["get", "notes", "n2"])["text"], "after the new kit");
+}
+
+/// `hearth backup prune` with the kit frees what the vault no longer needs on the
+/// host — earlier versions of an edited note, a removed blob — and nothing else: the
+/// chain goes on from the new first manifest, `backup verify` holds, and the kit
+/// alone still restores the vault as it is. Another vault's kit prunes nothing; a
+/// host that drops manifests without the owner's signature is refused.
+#[test]
+fn pruning_with_the_kit_frees_what_the_vault_no_longer_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let host_home = dir.path().join("host");
+    let (host, addr, listen) = host_at(&host_home);
+    let a = spawn_node(&dir.path().join("a"), &[]);
+    let kit = dir.path().join("kit.json");
+    a.run(&["recovery-kit", "-o", kit.to_str().unwrap()]);
+    a.run(&["backup", "add", &invite(&host)]);
+    let blob_of = |name: &str, seed: u32| {
+        let path = dir.path().join(name);
+        let bytes: Vec<u8> = (0..600_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 11) as u8)
+            .collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let id = a.json(&["blob", "put", path.to_str().unwrap()])["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (id, bytes)
+    };
+    let (kept_id, kept_bytes) = blob_of("kept.bin", 1);
+    let (gone_id, _) = blob_of("gone.bin", 2);
+    let mut seq = 0;
+    // A note edited again and again, each version uploaded.
+    for i in 0..6 {
+        let text = format!("version {i}: {}", "words ".repeat(3000));
+        a.run(&[
+            "put",
+            "notes",
+            "n1",
+            &serde_json::json!({ "text": text }).to_string(),
+        ]);
+        seq = up_to_date(&a, seq)["seq"].as_u64().unwrap();
+    }
+    a.run(&["blob", "rm", &gone_id]);
+    a.run(&["put", "notes", "n2", r#"{"text": "the last word"}"#]);
+    seq = up_to_date(&a, seq)["seq"].as_u64().unwrap();
+    let before = host_bytes(&host);
+
+    // Another vault's kit: refused, nothing deleted.
+    let other = spawn_node(&dir.path().join("other"), &[]);
+    let other_kit = dir.path().join("other-kit.json");
+    other.run(&["recovery-kit", "-o", other_kit.to_str().unwrap()]);
+    let refused = a.run(&["backup", "prune", "--kit", other_kit.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stdout).contains("not the one the vault is kept under"),
+        "{}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+    assert_eq!(host_bytes(&host), before);
+
+    let pruned = a.json(&["backup", "prune", "--kit", kit.to_str().unwrap()]);
+    assert_eq!(pruned["ok"], true, "{pruned}");
+    let report = &pruned["hosts"][0];
+    let base = report["base"].as_u64().unwrap();
+    assert!(base > seq, "the chain starts at a new manifest: {report}");
+    assert!(report["objects_dropped"].as_u64().unwrap() >= 6, "{report}");
+    let after = host_bytes(&host);
+    assert_eq!(report["bytes"].as_u64(), Some(after));
+    // The removed blob (600 kB) and five old versions of the note are gone.
+    assert!(after + 600_000 < before, "{before} -> {after}");
+    eprintln!("pruned: {before} -> {after} bytes, {report}");
+    let vaults = host.json(&["host", "vaults"]);
+    assert!(
+        vaults["vaults"][0]["manifests"].as_u64().unwrap() <= 2,
+        "{vaults}"
+    );
+
+    // The chain goes on from there, and holds up.
+    a.run(&["put", "notes", "n3", r#"{"text": "after the prune"}"#]);
+    let latest = up_to_date(&a, base)["seq"].as_u64().unwrap();
+    let verified = a.json(&["backup", "verify"]);
+    assert_eq!(verified["ok"], true, "{verified}");
+
+    // The kit alone brings back the vault as it is.
+    let r_home = dir.path().join("r");
+    let recovered = hearth_json(
+        &r_home,
+        &["recover", "--kit", kit.to_str().unwrap(), "--host", &addr],
+    );
+    assert_eq!(recovered["seq"].as_u64(), Some(latest));
+    let r = spawn_node(&r_home, &["--no-mesh"]);
+    assert!(
+        r.json(&["get", "notes", "n1"])["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("version 5:")
+    );
+    assert_eq!(r.json(&["get", "notes", "n3"])["text"], "after the prune");
+    let out = dir.path().join("kept.out");
+    r.run(&["blob", "get", &kept_id, "-o", out.to_str().unwrap()]);
+    assert!(
+        std::fs::read(&out).unwrap() == kept_bytes,
+        "the blob kept, byte for byte"
+    );
+    assert!(
+        !r.run(&[
+            "blob",
+            "get",
+            &gone_id,
+            "-o",
+            dir.path().join("gone.out").to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    r.stop();
+
+    // A host that drops the owner's first manifest too, claiming the chain starts
+    // later: whoever reads the chain from its start refuses it.
+    host.stop();
+    let vault_dir = std::fs::read_dir(host_home.join("vaults"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut base_file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(vault_dir.join("base")).unwrap()).unwrap();
+    base_file["seq"] = serde_json::json!(base + 1);
+    std::fs::write(vault_dir.join("base"), base_file.to_string()).unwrap();
+    std::fs::remove_file(vault_dir.join("manifests").join(format!("{base:020}"))).unwrap();
+    let _host = spawn_host(&host_home, &["--listen", &listen]);
+    let verified = a.run(&["backup", "verify"]);
+    let said = String::from_utf8_lossy(&verified.stdout).into_owned();
+    assert!(!verified.status.success(), "{said}");
+    assert!(said.contains("without the owner's signature"), "{said}");
 }

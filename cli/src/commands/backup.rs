@@ -5,7 +5,9 @@ use anyhow::{Context, bail};
 use hearth_node::home::Home;
 use hearth_node::host::api::{HostInfo, HostInvite};
 use hearth_node::host::{DEFAULT_QUOTA, HostConfig, HostNode};
-use hearth_protocol::api::{BackupAddRequest, BackupStatus, BackupVerified, HostStatus};
+use hearth_protocol::api::{
+    BackupAddRequest, BackupPruneRequest, BackupPruned, BackupStatus, BackupVerified, HostStatus,
+};
 use reqwest::Method;
 
 use super::{note, out, out_json};
@@ -85,6 +87,10 @@ pub(super) async fn backup(
             );
             Ok(())
         }
+        Some(BackupCommand::Prune {
+            kit,
+            kit_passphrase_file,
+        }) => prune(home, json, client, &kit, kit_passphrase_file).await,
         Some(BackupCommand::Verify {
             restore,
             kit,
@@ -268,6 +274,59 @@ pub(super) async fn run_host(
     }
     signals.wait(|| async {}).await;
     host.shutdown().await;
+    Ok(())
+}
+
+/// `hearth backup prune --kit FILE|-`: the kit's owner key (derived here; the kit's
+/// secret never leaves this process) lets the node free space on each host.
+async fn prune(
+    home: &Home,
+    json: bool,
+    client: &Client,
+    kit: &std::path::Path,
+    kit_passphrase_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let kit_passphrase = kit_passphrase_file
+        .as_deref()
+        .map(hearth_node::keys::Passphrase::from_file)
+        .transpose()?;
+    let secret = super::kit::read_kit(kit, kit_passphrase.as_ref())?;
+    let owner = secret.owner_keypair();
+    let request = BackupPruneRequest {
+        owner_key: data_encoding::BASE64.encode(owner.secret().as_ref()),
+    };
+    let report: BackupPruned = client
+        .json(
+            home,
+            client
+                .request(Method::POST, "/v1/backup/prune")
+                .json(&request),
+        )
+        .await?;
+    drop(request);
+    if json {
+        out_json(&report)?;
+    } else {
+        if report.hosts.is_empty() {
+            bail!("no backup host to prune: add one with `hearth backup add CODE`");
+        }
+        for host in &report.hosts {
+            match &host.error {
+                Some(e) => out(format!("host {}: NOT pruned: {e}", host.peer))?,
+                None => out(format!(
+                    "host {}: {} freed ({} objects deleted); it keeps {} from manifest {} on",
+                    host.peer,
+                    size(host.bytes_before.saturating_sub(host.bytes)),
+                    host.objects_dropped,
+                    size(host.bytes),
+                    host.base
+                ))?,
+            }
+        }
+    }
+    if !report.ok {
+        bail!("a backup host was not pruned (see above)");
+    }
     Ok(())
 }
 

@@ -190,6 +190,8 @@ impl From<crate::backup::BackupError> for ApiError {
             | B::Damaged { .. }
             | B::NotEmpty(_) => ErrorCode::Conflict,
             B::Vault(_) => ErrorCode::Storage,
+            B::WrongKit(_) => ErrorCode::BadRequest,
+            B::BlobsArriving(_) => ErrorCode::Conflict,
         };
         ApiError::new(code, e.to_string())
     }
@@ -222,6 +224,38 @@ pub(super) async fn verify_backup(
     State(vault): State<AppState>,
 ) -> Result<Json<BackupVerified>, ApiError> {
     Ok(Json(crate::backup::verify(&vault).await?))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/backup/prune",
+    tag = "owner",
+    summary = "Free space on the backup hosts with the recovery kit's owner key: the whole vault uploaded again, the chain started there, what it no longer names deleted",
+    request_body = BackupPruneRequest,
+    responses((status = 200, description = "pruned (see ok)", body = BackupPruned), (status = "default", response = Failure))
+)]
+pub(super) async fn prune_backup(
+    State(vault): State<AppState>,
+    body: Body,
+) -> Result<Json<BackupPruned>, ApiError> {
+    let request: BackupPruneRequest = read_typed_body(&vault, body).await?;
+    let mut seed = zeroize::Zeroizing::new(
+        data_encoding::BASE64
+            .decode(request.owner_key.as_bytes())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::BadRequest,
+                    "owner_key is not 32 bytes of base64 (the kit's owner key)".to_owned(),
+                )
+            })?,
+    );
+    drop(request);
+    let secret = libp2p::identity::ed25519::SecretKey::try_from_bytes(&mut *seed)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("owner_key: {e}")))?;
+    let owner = libp2p::identity::ed25519::Keypair::from(secret);
+    Ok(Json(crate::backup::prune(&vault, &owner).await?))
 }
 
 #[utoipa::path(

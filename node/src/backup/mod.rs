@@ -28,11 +28,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hearth_protocol::api::{BackupStatus, BackupVerified, HostStatus, HostVerified};
+use hearth_protocol::api::{
+    BackupPruned, BackupStatus, BackupVerified, HostPruned, HostStatus, HostVerified,
+};
 use hearth_protocol::backup::{
-    Entry, Handle, MANIFESTS_PER_ANSWER, ManifestBody, ManifestHeader, ObjectId, Request, Response,
-    decode, decode_host_invite, encode, epoch_token, manifest_hash, object_id, open_manifest,
-    rebase_message, seal_manifest, seal_object, token_hash,
+    Entry, Handle, MANIFESTS_PER_ANSWER, ManifestBody, ManifestHeader, OBJECTS_PER_ANSWER,
+    ObjectId, Request, Response, decode, decode_host_invite, encode, epoch_token, manifest_hash,
+    object_id, open_manifest, owner_open_message, rebase_message, seal_manifest, seal_object,
+    token_hash,
 };
 use hearth_protocol::invite::pairing_proof;
 use hearth_protocol::{CollectionName, RecordId};
@@ -114,6 +117,14 @@ pub enum BackupError {
     Damaged { peer: PeerId, what: String },
     #[error("{0}")]
     Vault(String),
+    #[error(
+        "this kit is not the one the vault is kept under on the host {0}: give the vault's current recovery kit"
+    )]
+    WrongKit(PeerId),
+    #[error(
+        "{0} blob(s) are still arriving on this device: a prune here would leave them out of the backup; run it on a device that holds every blob, or once they have arrived"
+    )]
+    BlobsArriving(usize),
 }
 
 impl From<crate::collections::CollectionError> for BackupError {
@@ -219,8 +230,11 @@ struct Progress {
     last: [u8; 32],
     /// Each part's heads on the host, and their digest (as `part_digests` gives).
     parts: BTreeMap<(String, u16), PartOnHost>,
-    chunks: HashSet<[u8; 32]>,
-    blobs: HashSet<[u8; 32]>,
+    /// Each chunk there (by its keyed hash) and the object holding it: a manifest
+    /// that holds the whole vault (`hearth backup prune`) names these again.
+    chunks: HashMap<[u8; 32], ObjectId>,
+    /// Each blob whose chunk list is there, and the object holding it.
+    blobs: HashMap<[u8; 32], ObjectId>,
     /// The epochs (key ids) whose secrets object is there.
     secrets: HashSet<u32>,
     bytes: u64,
@@ -243,11 +257,11 @@ impl Progress {
                     self.parts
                         .insert((collection.clone(), *part), (heads.clone(), digest));
                 }
-                Entry::Chunk { hash, .. } => {
-                    self.chunks.insert(*hash);
+                Entry::Chunk { hash, object } => {
+                    self.chunks.insert(*hash, *object);
                 }
-                Entry::Blob { id, .. } => {
-                    self.blobs.insert(*id);
+                Entry::Blob { id, object } => {
+                    self.blobs.insert(*id, *object);
                 }
                 Entry::Secrets { .. } => {
                     self.secrets.insert(key_id);
@@ -486,6 +500,11 @@ async fn open(vault: &Vault, host: &HostRecord) -> Result<(Link, Opened), Backup
             answer = again;
         }
     }
+    opened(link, answer)
+}
+
+/// The host's answer to opening the vault on `link`.
+fn opened(link: Link, answer: Response) -> Result<(Link, Opened), BackupError> {
     let Response::Opened {
         seq,
         last,
@@ -685,7 +704,7 @@ fn covers(vault: &Vault, progress: &Progress) -> Result<bool, BackupError> {
         }
     }
     for id in vault.blobs.stored()? {
-        if !progress.blobs.contains(&id.0) {
+        if !progress.blobs.contains_key(&id.0) {
             return Ok(false);
         }
     }
@@ -704,6 +723,192 @@ pub fn status(vault: &Vault) -> Result<BackupStatus, BackupError> {
         out.push(status_of(vault, &host, progress.as_ref(), up_to_date));
     }
     Ok(BackupStatus { hosts: out })
+}
+
+/// `hearth backup prune`: on each host, the whole vault uploaded again as new
+/// manifests (chunks already there are named again, not sent), the chain rebased on
+/// the first of them with the kit's owner key, then every object the chain no longer
+/// names deleted. Only the owner key can do it: a device's upload token never deletes.
+pub async fn prune(
+    vault: &Arc<Vault>,
+    owner: &libp2p::identity::ed25519::Keypair,
+) -> Result<BackupPruned, BackupError> {
+    let arriving = {
+        let v = vault.clone();
+        tokio::task::spawn_blocking(move || v.blobs.arriving(&v.collections))
+            .await
+            .map_err(|e| BackupError::Vault(e.to_string()))??
+    };
+    if !arriving.is_empty() {
+        return Err(BackupError::BlobsArriving(arriving.len()));
+    }
+    // No upload of this device's runs meanwhile.
+    let _running = vault.backups.running.lock().await;
+    let mut out = Vec::new();
+    for host in hosts(vault)? {
+        let pruned = match prune_host(vault, &host, owner).await {
+            Ok(pruned) => pruned,
+            Err(e) => HostPruned {
+                peer: host.peer.to_string(),
+                base: 0,
+                objects_dropped: 0,
+                bytes_before: 0,
+                bytes: 0,
+                error: Some(e.to_string()),
+            },
+        };
+        out.push(pruned);
+    }
+    Ok(BackupPruned {
+        ok: out.iter().all(|h| h.error.is_none()),
+        hosts: out,
+    })
+}
+
+/// A stream to `host` with the vault opened by the kit's owner key.
+async fn open_owner(
+    vault: &Vault,
+    host: &HostRecord,
+    owner: &libp2p::identity::ed25519::Keypair,
+) -> Result<(Link, Opened), BackupError> {
+    let mut link = Link::connect(vault, host.peer, &host.addrs).await?;
+    let message = owner_open_message(
+        &host.peer.to_bytes(),
+        &vault.keys.peer_id().to_bytes(),
+        &host.handle,
+    );
+    let answer = link
+        .ask(&Request::OpenOwner {
+            handle: host.handle,
+            signature: owner.sign(&message),
+        })
+        .await?;
+    opened(link, answer)
+}
+
+async fn prune_host(
+    vault: &Arc<Vault>,
+    host: &HostRecord,
+    owner: &libp2p::identity::ed25519::Keypair,
+) -> Result<HostPruned, BackupError> {
+    let ready = ready(vault, host).await?;
+    let host = ready.host.clone();
+    if ready.kit.owner != owner.public().to_bytes() {
+        return Err(BackupError::WrongKit(host.peer));
+    }
+    // What the host keeps now: what is deleted at the end is among these, so an
+    // object another device uploads meanwhile is never deleted.
+    let (
+        mut owner_link,
+        Opened {
+            bytes: bytes_before,
+            ..
+        },
+    ) = open_owner(vault, &host, owner).await?;
+    let mut listed: Vec<ObjectId> = Vec::new();
+    loop {
+        let answer = owner_link
+            .ask(&Request::Objects {
+                after: listed.last().copied(),
+                limit: OBJECTS_PER_ANSWER,
+            })
+            .await?;
+        let Response::ObjectIds { ids } = answer else {
+            return Err(owner_link.unexpected(&answer));
+        };
+        let done = ids.len() < OBJECTS_PER_ANSWER as usize;
+        listed.extend(ids);
+        if done {
+            break;
+        }
+    }
+
+    // The whole vault, as new manifests: the chain can start at the first of them.
+    let reuse = ready.progress.clone();
+    let mut progress = Progress {
+        handle: ready.progress.handle,
+        seq: ready.progress.seq,
+        last: ready.progress.last,
+        bytes: ready.progress.bytes,
+        quota: ready.progress.quota,
+        last_upload: ready.progress.last_upload,
+        ..Progress::default()
+    };
+    progress.parts.clear();
+    let mut round = Round {
+        vault,
+        host: &host,
+        link: ready.link,
+        progress,
+        key_id: ready.key_id,
+        key: ready.key,
+        kit: ready.kit,
+        pending: Pending::default(),
+        in_flight: 0,
+        reuse: Some(reuse),
+        first: None,
+    };
+    round.upload().await?;
+    let Some((base, hash)) = round.first else {
+        return Err(BackupError::Vault(
+            "nothing was uploaded to start the chain from".into(),
+        ));
+    };
+    let signature = owner.sign(&rebase_message(&host.handle, base, &hash));
+    let answer = owner_link
+        .ask(&Request::Rebase {
+            seq: base,
+            signature,
+        })
+        .await?;
+    if !matches!(answer, Response::Rebased { .. }) {
+        return Err(owner_link.unexpected(&answer));
+    }
+
+    // What the chain names from the base on is kept; the rest of what was listed goes.
+    let keys = all_keys(vault)?;
+    let mut named = Progress {
+        handle: host.handle,
+        ..Progress::default()
+    };
+    let mut plan = recover::Plan::default();
+    let (seq, last) = (round.progress.seq, round.progress.last);
+    read_chain(
+        &mut owner_link,
+        &mut named,
+        seq,
+        last,
+        &owner.public().to_bytes(),
+        held(&keys),
+        |header, body, _| plan.note(header, body),
+    )
+    .await?;
+    let keep: HashSet<ObjectId> = plan.objects().into_iter().collect();
+    let dropped: Vec<ObjectId> = listed.into_iter().filter(|id| !keep.contains(id)).collect();
+    let mut bytes = bytes_before;
+    for batch in dropped.chunks(OBJECTS_PER_ANSWER as usize) {
+        let answer = owner_link
+            .ask(&Request::Drop {
+                ids: batch.to_vec(),
+            })
+            .await?;
+        let Response::Dropped { bytes: now } = answer else {
+            return Err(owner_link.unexpected(&answer));
+        };
+        bytes = now;
+    }
+    round.progress.bytes = bytes;
+    save_progress(&vault.store, &host.peer, &round.progress)?;
+    vault.store.commit().await?;
+    tracing::info!(host = %host.peer, base, dropped = dropped.len(), "pruned a backup host");
+    Ok(HostPruned {
+        peer: host.peer.to_string(),
+        base,
+        objects_dropped: dropped.len() as u64,
+        bytes_before,
+        bytes,
+        error: None,
+    })
 }
 
 /// Objects `hearth backup verify` asks a host to prove, at most.
@@ -914,18 +1119,30 @@ pub async fn upload_all(vault: &Arc<Vault>) {
     }
 }
 
-/// Brings one host up to date, or (`uploads` false) reads what it holds.
-async fn upload(vault: &Arc<Vault>, host: &HostRecord, uploads: bool) -> Result<(), BackupError> {
+/// A host ready for an upload: its record as it is now (the vault enrolled under the
+/// current kit, the token of the current epoch), a stream with the vault opened, what
+/// this device knows of the chain there (caught up with what others appended), and
+/// the current epoch's key.
+struct Ready {
+    host: HostRecord,
+    link: Link,
+    progress: Progress,
+    key_id: u32,
+    key: Zeroizing<[u8; 32]>,
+    kit: recovery::KitPublic,
+}
+
+async fn ready(vault: &Arc<Vault>, host: &HostRecord) -> Result<Ready, BackupError> {
     let peer = host.peer;
     let (key_id, key, kit) = current_key(vault)?;
     if kit.handle != host.handle {
         // The kit was replaced: the new one must find the vault on the host.
         let moved = reenroll(vault, host, &kit).await?;
-        return Box::pin(upload(vault, &moved, uploads)).await;
+        return Box::pin(ready(vault, &moved)).await;
     }
     if host.token_epoch != Some(key_id) {
         let moved = rotate_token(vault, host, key_id, &key).await?;
-        return Box::pin(upload(vault, &moved, uploads)).await;
+        return Box::pin(ready(vault, &moved)).await;
     }
     let mut progress = match progress_of(vault, &peer)? {
         Some(p) if p.handle == host.handle => p,
@@ -956,15 +1173,34 @@ async fn upload(vault: &Arc<Vault>, host: &HostRecord, uploads: bool) -> Result<
     }
     progress.bytes = bytes;
     progress.quota = quota;
+    Ok(Ready {
+        host: host.clone(),
+        link,
+        progress,
+        key_id,
+        key,
+        kit,
+    })
+}
+
+/// Brings one host up to date, or (`uploads` false) reads what it holds.
+async fn upload(vault: &Arc<Vault>, host: &HostRecord, uploads: bool) -> Result<(), BackupError> {
+    let Ready {
+        host,
+        link,
+        progress,
+        key_id,
+        key,
+        kit,
+    } = ready(vault, host).await?;
     if !uploads {
-        save_progress(&vault.store, &peer, &progress)?;
+        save_progress(&vault.store, &host.peer, &progress)?;
         vault.store.commit().await?;
         return Ok(());
     }
-
     let mut round = Round {
         vault,
-        host,
+        host: &host,
         link,
         progress,
         key_id,
@@ -972,6 +1208,8 @@ async fn upload(vault: &Arc<Vault>, host: &HostRecord, uploads: bool) -> Result<
         kit,
         pending: Pending::default(),
         in_flight: 0,
+        reuse: None,
+        first: None,
     };
     round.upload().await
 }
@@ -997,6 +1235,11 @@ struct Round<'a> {
     pending: Pending,
     /// Objects sent and not yet answered.
     in_flight: usize,
+    /// What the host held before a round that uploads the whole vault again (`hearth
+    /// backup prune`): its chunks and chunk lists are named again, not sent again.
+    reuse: Option<Progress>,
+    /// The first manifest this round appended, and its hash.
+    first: Option<(u64, [u8; 32])>,
 }
 
 impl Round<'_> {
@@ -1053,7 +1296,7 @@ impl Round<'_> {
         }
         // Blobs this device holds whole, and their chunks.
         for id in vault.blobs.stored()? {
-            if self.progress.blobs.contains(&id.0) || self.pending.blobs.contains(&id.0) {
+            if self.progress.blobs.contains_key(&id.0) || self.pending.blobs.contains(&id.0) {
                 continue;
             }
             let Some(manifest_bytes) = vault.blobs.manifest_bytes(id)? else {
@@ -1062,15 +1305,25 @@ impl Round<'_> {
             let manifest = hearth_protocol::blob::Manifest::decode(&manifest_bytes)
                 .map_err(|e| BackupError::Vault(e.to_string()))?;
             for hash in &manifest.chunks {
-                if self.progress.chunks.contains(hash) || self.pending.chunks.contains(hash) {
+                if self.progress.chunks.contains_key(hash) || self.pending.chunks.contains(hash) {
                     continue;
                 }
-                let Some(answer) = vault.blobs.chunk_answer(*hash).await? else {
-                    return Err(BackupError::Vault(format!(
-                        "blob {id} is listed as held here, but a chunk of it is missing"
-                    )));
+                let reused = self
+                    .reuse
+                    .as_ref()
+                    .and_then(|r| r.chunks.get(hash))
+                    .copied();
+                let object = match reused {
+                    Some(object) => object,
+                    None => {
+                        let Some(answer) = vault.blobs.chunk_answer(*hash).await? else {
+                            return Err(BackupError::Vault(format!(
+                                "blob {id} is listed as held here, but a chunk of it is missing"
+                            )));
+                        };
+                        self.put(&answer[1..]).await?
+                    }
                 };
-                let object = self.put(&answer[1..]).await?;
                 self.pending.chunks.insert(*hash);
                 self.add(Entry::Chunk {
                     hash: *hash,
@@ -1078,7 +1331,15 @@ impl Round<'_> {
                 })
                 .await?;
             }
-            let object = self.put(&manifest_bytes).await?;
+            let reused = self
+                .reuse
+                .as_ref()
+                .and_then(|r| r.blobs.get(&id.0))
+                .copied();
+            let object = match reused {
+                Some(object) => object,
+                None => self.put(&manifest_bytes).await?,
+            };
             self.pending.blobs.insert(id.0);
             self.add(Entry::Blob { id: id.0, object }).await?;
         }
@@ -1165,6 +1426,7 @@ impl Round<'_> {
         progress.apply(&body.entries, self.key_id);
         progress.seq = header.seq;
         progress.last = manifest_hash(&manifest);
+        self.first.get_or_insert((header.seq, progress.last));
         progress.bytes += (self.pending.bytes + manifest.len()) as u64;
         progress.last_upload = Some(body.made_at);
         self.pending.bytes = 0;
