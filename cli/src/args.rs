@@ -521,9 +521,11 @@ pub enum BackupCommand {
     /// Free space on each backup host, with the recovery kit (a device alone can add to
     /// a host, never delete): the whole vault is uploaded again as new manifests (what
     /// the host holds already is named, not sent), the host's chain starts there, and
-    /// what it no longer names is deleted — earlier versions of records, blobs removed
+    /// what it no longer names is deleted — earlier versions of records, blobs removed.
+    /// Given a kit the vault's kit replaced, deletes the copy kept under it instead
     Prune {
-        /// The vault's recovery kit (its file, or - for its words or two shares on stdin)
+        /// The vault's recovery kit, or one it replaced (its file, or - for its words or
+        /// two shares on stdin)
         #[arg(long, value_name = "FILE|-")]
         kit: std::path::PathBuf,
         /// The kit file's passphrase, if it was made with one

@@ -813,6 +813,10 @@ pub struct HostPruned {
     pub bytes_before: u64,
     /// What the vault uses on the host now.
     pub bytes: u64,
+    /// Given a replaced kit: its id, and the copy kept under it on the host was
+    /// deleted whole (`objects_dropped` and `bytes_before` count it; `base` is 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_kit: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

@@ -432,6 +432,9 @@ pub enum Request {
     /// Deletes objects (at most [`OBJECTS_PER_ANSWER`]): what pruning frees. Only with
     /// the owner key: a device's upload token adds, never deletes.
     Drop { ids: Vec<ObjectId> },
+    /// Deletes the vault from the host, everything it keeps: what a copy kept under a
+    /// replaced recovery kit comes to. Only with the owner key (of that kit).
+    Forget,
 }
 
 /// Object names one `Objects` answer carries, and one `Drop` names, at most.
@@ -494,6 +497,11 @@ pub enum Response {
     /// Objects deleted; the bytes the vault uses now.
     Dropped {
         bytes: u64,
+    },
+    /// The vault was deleted; the bytes and objects it used.
+    Forgotten {
+        bytes: u64,
+        objects: u64,
     },
 }
 

@@ -95,6 +95,59 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
         .any(|w| w == needle.as_bytes())
 }
 
+/// Which of `needles` a running process (a child of this one) holds in memory: every
+/// region `/proc/PID/maps` marks readable, read through `/proc/PID/mem`.
+fn memory_holds(pid: u32, needles: &[&str]) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let finders: Vec<memchr::memmem::Finder<'_>> = needles
+        .iter()
+        .map(|n| memchr::memmem::Finder::new(n.as_bytes()))
+        .collect();
+    let mut found = std::collections::BTreeSet::new();
+    let mut read = 0u64;
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        else {
+            continue;
+        };
+        // In pieces of 64 MiB, each with the end of the one before (a needle across
+        // two pieces is found).
+        let mut at = start;
+        let mut tail: Vec<u8> = Vec::new();
+        while at < end {
+            let len = (end - at).min(64 << 20) as usize;
+            let mut buf = std::mem::take(&mut tail);
+            let kept = buf.len();
+            buf.resize(kept + len, 0);
+            if mem.seek(SeekFrom::Start(at)).is_err() || mem.read_exact(&mut buf[kept..]).is_err() {
+                break;
+            }
+            read += len as u64;
+            for (needle, finder) in needles.iter().zip(&finders) {
+                if finder.find(&buf).is_some() {
+                    found.insert((*needle).to_owned());
+                }
+            }
+            tail = buf[buf.len().saturating_sub(64)..].to_vec();
+            at += len as u64;
+        }
+    }
+    assert!(read > 1 << 20, "read only {read} bytes of process {pid}");
+    found.into_iter().collect()
+}
+
 #[test]
 fn a_host_keeps_a_vault_sealed_and_one_edit_uploads_a_few_kib() {
     let dir = tempfile::tempdir().unwrap();
@@ -212,6 +265,16 @@ fn a_host_keeps_a_vault_sealed_and_one_edit_uploads_a_few_kib() {
     );
     std::fs::copy(&kept, &objects[0]).unwrap();
     assert_eq!(a.json(&["backup", "verify"])["ok"], true);
+
+    // Nor in the running host's memory (every readable page of it). The same scan of
+    // the device, which holds them in the clear, finds them: it can see.
+    let in_device = memory_holds(a.pid(), &CANARIES);
+    assert!(
+        !in_device.is_empty(),
+        "the scan finds nothing even on the device"
+    );
+    let in_host = memory_holds(host.pid(), &CANARIES);
+    assert!(in_host.is_empty(), "{in_host:?} in the host's memory");
 
     // Nothing readable on the host: its files, and its log at debug level.
     let host_home = host.home.clone();
@@ -749,7 +812,8 @@ fn backup_and_restore_measured_against_a_device_sync() {
 
 /// A new recovery kit made after the host was added: the devices enroll the vault on
 /// the host again under the new kit (with the upload token, no new code) and upload a
-/// new chain, which the new kit restores from.
+/// new chain, which the new kit restores from; the old kit then deletes the copy
+/// kept under it (`backup prune --kit OLD`).
 #[test]
 fn a_new_kit_finds_the_vault_on_a_host_added_before_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -773,6 +837,17 @@ fn a_new_kit_finds_the_vault_on_a_host_added_before_it() {
             .then_some(())
     });
     up_to_date(&a, 0);
+    // The old kit deletes the copy kept under it, once the new one holds everything.
+    let pruned = a.json(&["backup", "prune", "--kit", old_kit.to_str().unwrap()]);
+    assert_eq!(pruned["ok"], true, "{pruned}");
+    let report = &pruned["hosts"][0];
+    assert!(report["replaced_kit"].is_string(), "{report}");
+    assert!(report["objects_dropped"].as_u64().unwrap() > 0, "{report}");
+    let vaults = host.json(&["host", "vaults"])["vaults"].clone();
+    assert_eq!(vaults.as_array().unwrap().len(), 1, "{vaults}");
+    // Again: nothing is kept under it any more.
+    let again = a.json(&["backup", "prune", "--kit", old_kit.to_str().unwrap()]);
+    assert_eq!(again["hosts"][0]["objects_dropped"], 0, "{again}");
     // A kit made after the host was added names it in its file: no --host needed.
     let r_home = dir.path().join("r");
     hearth_json(&r_home, &["recover", "--kit", new_kit.to_str().unwrap()]);

@@ -311,9 +311,15 @@ async fn prune(
             bail!("no backup host to prune: add one with `hearth backup add CODE`");
         }
         for host in &report.hosts {
-            match &host.error {
-                Some(e) => out(format!("host {}: NOT pruned: {e}", host.peer))?,
-                None => out(format!(
+            match (&host.error, &host.replaced_kit) {
+                (Some(e), _) => out(format!("host {}: NOT pruned: {e}", host.peer))?,
+                (None, Some(kit)) => out(format!(
+                    "host {}: the copy kept under the replaced kit {kit} is deleted ({} freed, {} objects)",
+                    host.peer,
+                    size(host.bytes_before.saturating_sub(host.bytes)),
+                    host.objects_dropped
+                ))?,
+                (None, None) => out(format!(
                     "host {}: {} freed ({} objects deleted); it keeps {} from manifest {} on",
                     host.peer,
                     size(host.bytes_before.saturating_sub(host.bytes)),

@@ -742,11 +742,20 @@ pub async fn prune(
     if !arriving.is_empty() {
         return Err(BackupError::BlobsArriving(arriving.len()));
     }
+    // A kit the vault's kit replaced: what is kept under it goes whole.
+    let replaced = recovery::kits(&vault.collections, &vault.keys.vault_id)?
+        .replaced
+        .into_iter()
+        .find(|kit| kit.owner == owner.public().to_bytes());
     // No upload of this device's runs meanwhile.
     let _running = vault.backups.running.lock().await;
     let mut out = Vec::new();
     for host in hosts(vault)? {
-        let pruned = match prune_host(vault, &host, owner).await {
+        let result = match &replaced {
+            Some(kit) => forget_replaced(vault, &host, kit, owner).await,
+            None => prune_host(vault, &host, owner).await,
+        };
+        let pruned = match result {
             Ok(pruned) => pruned,
             Err(e) => HostPruned {
                 peer: host.peer.to_string(),
@@ -754,6 +763,7 @@ pub async fn prune(
                 objects_dropped: 0,
                 bytes_before: 0,
                 bytes: 0,
+                replaced_kit: replaced.as_ref().map(|k| k.id.clone()),
                 error: Some(e.to_string()),
             },
         };
@@ -907,6 +917,63 @@ async fn prune_host(
         objects_dropped: dropped.len() as u64,
         bytes_before,
         bytes,
+        replaced_kit: None,
+        error: None,
+    })
+}
+
+/// Deletes the copy of the vault kept on `host` under `kit`, a kit the vault's kit
+/// replaced, once the host holds the vault whole under the current kit.
+async fn forget_replaced(
+    vault: &Arc<Vault>,
+    host: &HostRecord,
+    kit: &recovery::KitPublic,
+    owner: &libp2p::identity::ed25519::Keypair,
+) -> Result<HostPruned, BackupError> {
+    upload(vault, host, true).await?;
+    let host = hosts(vault)?
+        .into_iter()
+        .find(|h| h.peer == host.peer)
+        .unwrap_or_else(|| host.clone());
+    let current = progress_of(vault, &host.peer)?
+        .filter(|p| p.handle == host.handle && p.handle != kit.handle);
+    let Some(current) = current.filter(|p| covers(vault, p).unwrap_or(false)) else {
+        return Err(BackupError::Vault(
+            "the host does not hold the whole vault under the current kit yet; the copy under the replaced kit stays until it does".into(),
+        ));
+    };
+    let old = HostRecord {
+        handle: kit.handle,
+        ..host.clone()
+    };
+    let (mut link, Opened { bytes, .. }) = match open_owner(vault, &old, owner).await {
+        Ok(opened) => opened,
+        // The kit's own key, refused: nothing is kept under that kit on this host.
+        Err(BackupError::Refused { .. }) => {
+            return Ok(HostPruned {
+                peer: host.peer.to_string(),
+                base: 0,
+                objects_dropped: 0,
+                bytes_before: current.bytes,
+                bytes: current.bytes,
+                replaced_kit: Some(kit.id.clone()),
+                error: None,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let answer = link.ask(&Request::Forget).await?;
+    let Response::Forgotten { objects, .. } = answer else {
+        return Err(link.unexpected(&answer));
+    };
+    tracing::info!(host = %host.peer, kit = %kit.id, "deleted the copy kept under a replaced kit");
+    Ok(HostPruned {
+        peer: host.peer.to_string(),
+        base: 0,
+        objects_dropped: objects,
+        bytes_before: current.bytes + bytes,
+        bytes: current.bytes,
+        replaced_kit: Some(kit.id.clone()),
         error: None,
     })
 }

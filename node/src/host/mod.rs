@@ -537,9 +537,19 @@ fn answer(
             Some(Opened { writes: false, .. }),
         ) => (refused(Refusal::ReadOnly), None),
         (
-            Request::Rebase { .. } | Request::Objects { .. } | Request::Drop { .. },
+            Request::Rebase { .. }
+            | Request::Objects { .. }
+            | Request::Drop { .. }
+            | Request::Forget,
             Some(Opened { owner: false, .. }),
         ) => (refused(Refusal::OwnerOnly), None),
+        (Request::Forget, Some(Opened { handle: h, .. })) => match state.store.forget(&h) {
+            Ok((bytes, objects)) => {
+                tracing::info!(bytes, "a vault was deleted by its owner");
+                (Response::Forgotten { bytes, objects }, None)
+            }
+            Err(e) => (refused(e), None),
+        },
         (Request::Base, Some(Opened { handle: h, .. })) => match state.store.base(&h) {
             Ok((seq, signature)) => (Response::Base { seq, signature }, None),
             Err(e) => (refused(e), None),

@@ -154,6 +154,9 @@ pub struct Opened {
     pub quota: u64,
 }
 
+/// What a vault's folder is renamed to end with while its owner deletes it.
+const FORGOTTEN: &str = ".forgotten";
+
 pub struct HostStore {
     root: PathBuf,
     quota: u64,
@@ -205,6 +208,11 @@ impl HostStore {
                 .ok()
                 .and_then(|h| Handle::try_from(h.as_slice()).ok())
             else {
+                // A vault its owner deleted, cut short: finished now.
+                if name.ends_with(FORGOTTEN) {
+                    std::fs::remove_dir_all(entry.path())?;
+                    continue;
+                }
                 tracing::warn!(name, "not a vault's folder; left alone");
                 continue;
             };
@@ -583,6 +591,25 @@ impl HostStore {
         state.base = seq;
         state.base_signature = signature.to_vec();
         Ok(state.bytes)
+    }
+
+    /// Deletes the vault and everything it keeps; the bytes and objects it used. Its folder is
+    /// renamed first, so a crash midway leaves nothing that is served again.
+    pub fn forget(&self, handle: &Handle) -> Result<(u64, u64), Refusal> {
+        let mut vaults = self.vaults.lock().expect("vaults lock is never poisoned");
+        let state = vaults.get(handle).ok_or(Refusal::Unknown)?;
+        let used = (state.bytes, state.objects);
+        let dir = self.dir(handle);
+        let gone = self.root.join(format!("{}{FORGOTTEN}", hex(handle)));
+        std::fs::rename(&dir, &gone)?;
+        sync_dir(&self.root)?;
+        vaults.remove(handle);
+        self.unsynced
+            .lock()
+            .expect("unsynced lock is never poisoned")
+            .remove(handle);
+        std::fs::remove_dir_all(&gone)?;
+        Ok(used)
     }
 
     /// The names of the vault's objects after `after`, in order, at most `limit`.

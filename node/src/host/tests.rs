@@ -163,6 +163,7 @@ fn a_vault_opened_with_its_owner_key_reads_and_cannot_add_and_nothing_works_unop
             limit: 10,
         },
         Request::Drop { ids: vec![[0; 32]] },
+        Request::Forget,
     ] {
         let (answer, _) = answer(&state, device, with_token, request);
         assert!(refused(&answer).contains("owner key"), "{answer:?}");

@@ -265,3 +265,42 @@ fn the_owner_rebases_the_chain_and_drops_objects() {
     let summary = &store.summaries()[0];
     assert_eq!((summary.objects, summary.manifests), (1, 3));
 }
+
+/// The owner deletes a vault: nothing of it is served or left on disk, also when a
+/// deletion was cut short before a restart.
+#[test]
+fn a_forgotten_vault_is_gone_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = enrolled(dir.path(), 1 << 20);
+    let object = seal_object(&KEY, &HANDLE, 1, b"kept under an old kit", [1; 24]);
+    store.put(&HANDLE, &object).unwrap();
+    let first = manifest(1, [0; 32]);
+    store.append(&HANDLE, &first).unwrap();
+    assert_eq!(
+        store.forget(&HANDLE).unwrap(),
+        ((object.len() + first.len()) as u64, 1)
+    );
+    assert_eq!(store.open_vault(&HANDLE, &TOKEN), Err(Refusal::Unknown));
+    assert_eq!(store.forget(&HANDLE), Err(Refusal::Unknown));
+    assert!(store.summaries().is_empty());
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing left"
+    );
+    drop(store);
+
+    // A deletion cut short after its rename: finished at the next start.
+    let store = enrolled(dir.path(), 1 << 20);
+    store.put(&HANDLE, &object).unwrap();
+    drop(store);
+    let folder = dir.path().join(hex(&HANDLE));
+    std::fs::rename(
+        &folder,
+        dir.path().join(format!("{}.forgotten", hex(&HANDLE))),
+    )
+    .unwrap();
+    let store = HostStore::open(dir.path(), 1 << 20).unwrap();
+    assert!(store.summaries().is_empty());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
