@@ -442,6 +442,73 @@ fn two_devices_share_one_chain_on_the_host() {
     assert_eq!(vaults.as_array().unwrap().len(), 1, "{vaults}");
 }
 
+/// A host's quota per vault holds across real processes: what does not fit is refused,
+/// the device says so, and the host keeps no more than the quota.
+#[test]
+fn a_vault_over_its_quota_on_the_host_is_told_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = spawn_host(&dir.path().join("host"), &["--quota-mb", "1"]);
+    let a = spawn_node(&dir.path().join("a"), &[]);
+    a.run(&["recovery-kit"]);
+    a.run(&["backup", "add", &invite(&host)]);
+    up_to_date(&a, 0);
+    let blob = dir.path().join("big.bin");
+    std::fs::write(&blob, hearth_tests::noise_bytes(1_500_000)).unwrap();
+    a.run(&["blob", "put", blob.to_str().unwrap()]);
+    let error = eventually("the device says the quota is used up", || {
+        let s = status(&a);
+        s["error"]
+            .as_str()
+            .filter(|e| e.contains("quota"))
+            .map(str::to_owned)
+    });
+    assert!(error.contains("used up"), "{error}");
+    assert_eq!(status(&a)["up_to_date"], false);
+    let used = host_bytes(&host);
+    assert!(used <= 1024 * 1024, "the host keeps {used} bytes");
+}
+
+/// A host that accepts connections and then says nothing: `hearth backup status`
+/// answers within seconds anyway, naming it unreachable, with what it knew before.
+#[test]
+fn a_host_that_hangs_does_not_hang_backup_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let host_home = dir.path().join("host");
+    let (host, _, listen) = host_at(&host_home);
+    let a = spawn_node(&dir.path().join("a"), &[]);
+    a.run(&["recovery-kit"]);
+    a.run(&["backup", "add", &invite(&host)]);
+    let seq = up_to_date(&a, 0)["seq"].as_u64().unwrap();
+    host.stop();
+    // Its port now answers TCP, and nothing more.
+    let port: u16 = listen.rsplit('/').next().unwrap().parse().unwrap();
+    let silent = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let held = held.clone();
+        std::thread::spawn(move || {
+            for stream in silent.incoming().flatten() {
+                held.lock().unwrap().push(stream);
+            }
+        });
+    }
+    let started = std::time::Instant::now();
+    let shown = status(&a);
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "status took {took:?}"
+    );
+    let error = shown["error"].as_str().unwrap_or_default();
+    assert!(error.contains("cannot reach"), "{shown}");
+    assert_eq!(shown["seq"].as_u64(), Some(seq), "what it knew: {shown}");
+    assert_eq!(shown["up_to_date"], false);
+    assert!(
+        !held.lock().unwrap().is_empty(),
+        "the device did dial the silent port"
+    );
+}
+
 /// The upload token follows the vault's epoch: once a device is removed (and its
 /// removal makes a new epoch), the devices move the host to a token derived from the
 /// new epoch key, which the removed device cannot derive; the host no longer takes the

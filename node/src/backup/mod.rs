@@ -62,6 +62,8 @@ const PROGRESS_TREE: &str = "backup";
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long reaching a host may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long `hearth backup status` waits for a host before it says what it knew.
+const STATUS_WAIT: Duration = Duration::from_secs(5);
 /// Changes settle this long before an upload starts.
 const SETTLE: Duration = Duration::from_secs(2);
 /// Uploads are tried again this often (a host that was away, a blob that arrived).
@@ -275,7 +277,9 @@ impl Progress {
 #[derive(Default)]
 pub struct Backups {
     wake: Notify,
-    errors: Mutex<HashMap<PeerId, String>>,
+    /// Each host's last error, and whether an upload (not a read) met it: a read that
+    /// goes well does not hide why the last upload failed.
+    errors: Mutex<HashMap<PeerId, (String, bool)>>,
     /// Held while an upload runs, so two do not.
     running: tokio::sync::Mutex<()>,
 }
@@ -670,7 +674,7 @@ fn status_of(
         .lock()
         .expect("errors lock is never poisoned")
         .get(&host.peer)
-        .cloned();
+        .map(|(e, _)| e.clone());
     HostStatus {
         peer: host.peer.to_string(),
         addrs: host.addrs.iter().map(|a| a.to_string()).collect(),
@@ -1148,12 +1152,30 @@ pub async fn refresh(vault: &Arc<Vault>) {
     let Ok(_running) = vault.backups.running.try_lock() else {
         return;
     };
-    for host in hosts {
-        note_result(vault, &host, upload(vault, &host, false).await);
-    }
+    // All at once, each for a few seconds at most: a host that does not answer is
+    // named so, and the others' state is shown without waiting for it.
+    let reads = hosts.iter().map(|host| async move {
+        let result = match tokio::time::timeout(STATUS_WAIT, upload(vault, host, false)).await {
+            Ok(result) => result,
+            Err(_) => Err(BackupError::Unreachable {
+                peer: host.peer,
+                reason: format!("no answer within {STATUS_WAIT:?}"),
+            }),
+        };
+        // A host that holds everything has no upload left to fail.
+        let whole = result.is_ok()
+            && progress_of(vault, &host.peer)
+                .ok()
+                .flatten()
+                .is_some_and(|p| p.handle == host.handle && covers(vault, &p).unwrap_or(false));
+        note_result(vault, host, whole, result);
+    });
+    futures::future::join_all(reads).await;
 }
 
-fn note_result(vault: &Vault, host: &HostRecord, result: Result<(), BackupError>) {
+/// Notes how reading (`uploaded` false) or uploading to `host` (or reading it and
+/// finding everything there) went.
+fn note_result(vault: &Vault, host: &HostRecord, uploaded: bool, result: Result<(), BackupError>) {
     let mut errors = vault
         .backups
         .errors
@@ -1161,11 +1183,18 @@ fn note_result(vault: &Vault, host: &HostRecord, result: Result<(), BackupError>
         .expect("errors lock is never poisoned");
     match result {
         Ok(()) => {
-            errors.remove(&host.peer);
+            // A read clears only what a read met; an upload clears both.
+            if uploaded
+                || errors
+                    .get(&host.peer)
+                    .is_some_and(|(_, by_upload)| !by_upload)
+            {
+                errors.remove(&host.peer);
+            }
         }
         Err(e) => {
             tracing::warn!(host = %host.peer, error = %e, "backup upload failed");
-            errors.insert(host.peer, e.to_string());
+            errors.insert(host.peer, (e.to_string(), uploaded));
         }
     }
 }
@@ -1182,7 +1211,7 @@ pub async fn upload_all(vault: &Arc<Vault>) {
     }
     let _running = vault.backups.running.lock().await;
     for host in hosts {
-        note_result(vault, &host, upload(vault, &host, true).await);
+        note_result(vault, &host, true, upload(vault, &host, true).await);
     }
 }
 
