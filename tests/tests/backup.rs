@@ -969,6 +969,10 @@ fn pruning_with_the_kit_frees_what_the_vault_no_longer_needs() {
     a.run(&["blob", "rm", &gone_id]);
     a.run(&["put", "notes", "n2", r#"{"text": "the last word"}"#]);
     seq = up_to_date(&a, seq)["seq"].as_u64().unwrap();
+    // A second device reads the chain as it is now.
+    let b = hearth_tests::join_and_spawn(&a, &dir.path().join("b"));
+    up_to_date(&b, seq - 1);
+    seq = up_to_date(&a, seq - 1)["seq"].as_u64().unwrap();
     let before = host_bytes(&host);
 
     // Another vault's kit: refused, nothing deleted.
@@ -1006,6 +1010,10 @@ fn pruning_with_the_kit_frees_what_the_vault_no_longer_needs() {
     let latest = up_to_date(&a, base)["seq"].as_u64().unwrap();
     let verified = a.json(&["backup", "verify"]);
     assert_eq!(verified["ok"], true, "{verified}");
+    // Another device, which last read the chain before the prune, follows it to its
+    // new start (the owner's signature) and finds it whole.
+    let on_b = up_to_date(&b, seq);
+    assert_eq!(on_b["seq"].as_u64(), Some(latest), "{on_b}");
 
     // The kit alone brings back the vault as it is.
     let r_home = dir.path().join("r");
