@@ -619,6 +619,28 @@ fn sessions_csrf_and_headers_hold_without_a_browser() {
         overview.contains("epoch 1 (made when") && overview.contains(kit["kit"].as_str().unwrap()),
         "{overview}"
     );
+    // Backups: how to add a host, then the host and whether it holds everything.
+    assert!(
+        overview.contains("no backup host: with a recovery kit"),
+        "{overview}"
+    );
+    let host_dir = tempfile::tempdir().unwrap();
+    let host = spawn_host(host_dir.path(), &[]);
+    let code = host.json(&["host", "invite"])["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    node.run(&["backup", "add", &code]);
+    eventually("the host holds everything", || {
+        (node.json(&["backup", "status"])["hosts"][0]["up_to_date"] == true).then_some(())
+    });
+    let short: String = host.peer_id[host.peer_id.len() - 8..].to_owned();
+    let overview = overview_page();
+    assert!(
+        overview.contains(&format!("…{short}: up to date; last upload just now")),
+        "{overview}"
+    );
+    host.stop();
 
     let page = http
         .get(format!("{base}/grants"))

@@ -64,6 +64,8 @@ pub(super) struct OverviewPage {
     /// "epoch N", and the recovery kit's id or why there is none.
     keys: String,
     kit: String,
+    /// Each backup host in a line, or how to add one.
+    backups: Vec<String>,
 }
 
 pub(super) struct ArrivingRow {
@@ -137,9 +139,52 @@ pub(super) async fn overview(State(vault): State<AppState>, visit: Visit) -> Res
         Some(kit) => format!("{kit} (every key of the vault is sealed to it)"),
         None => "none yet: make one with hearth recovery-kit".to_owned(),
     };
+    // What this device last knew of each host (the page does not wait for them).
+    let hosts = {
+        let v = vault.clone();
+        tokio::task::spawn_blocking(move || crate::backup::status(&v))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|s| s.hosts)
+            .unwrap_or_default()
+    };
+    let mut backups: Vec<String> = Vec::new();
+    for h in &hosts {
+        let short: String = h
+            .peer
+            .chars()
+            .rev()
+            .take(8)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let state = match (&h.error, h.up_to_date) {
+            (Some(e), _) => {
+                warnings.push(format!("Backup host …{short}: {e}"));
+                format!("not up to date: {e}")
+            }
+            (None, true) => "up to date".to_owned(),
+            (None, false) => "not up to date yet (an upload is due)".to_owned(),
+        };
+        backups.push(format!(
+            "…{short}: {state}; last upload {}; {} of {} used",
+            ago(h.last_upload, now),
+            bytes(h.bytes),
+            bytes(h.quota)
+        ));
+    }
+    if backups.is_empty() {
+        backups.push(
+            "no backup host: with a recovery kit, add one with hearth backup add CODE (README, \"Backups\")"
+                .to_owned(),
+        );
+    }
     page(&OverviewPage {
         keys,
         kit,
+        backups,
         csrf: visit.csrf,
         peer_id: status.peer_id,
         version: status.version,
