@@ -70,6 +70,8 @@ const SETTLE: Duration = Duration::from_secs(2);
 const AGAIN_EVERY: Duration = Duration::from_secs(300);
 /// Objects sent to a host (or asked of it) before the first answer is awaited.
 const IN_FLIGHT: usize = 8;
+/// Blob chunks read from this device's store ahead of the one being sent.
+const READ_AHEAD: usize = 3;
 /// A part's changes are cut into objects of at most this size.
 const PIECE: usize = 4 * 1024 * 1024;
 /// A manifest is appended once its objects reach this size or entry count, so a long
@@ -1400,8 +1402,15 @@ impl Round<'_> {
             };
             let manifest = hearth_protocol::blob::Manifest::decode(&manifest_bytes)
                 .map_err(|e| BackupError::Vault(e.to_string()))?;
+            // The chunks the host lacks, each once, and any named again from what it
+            // holds (a prune).
+            let mut todo: Vec<([u8; 32], Option<ObjectId>)> = Vec::new();
+            let mut seen = HashSet::new();
             for hash in &manifest.chunks {
-                if self.progress.chunks.contains_key(hash) || self.pending.chunks.contains(hash) {
+                if self.progress.chunks.contains_key(hash)
+                    || self.pending.chunks.contains(hash)
+                    || !seen.insert(*hash)
+                {
                     continue;
                 }
                 let reused = self
@@ -1409,10 +1418,38 @@ impl Round<'_> {
                     .as_ref()
                     .and_then(|r| r.chunks.get(hash))
                     .copied();
+                todo.push((*hash, reused));
+            }
+            // Read ahead on other threads while the ones before are sealed and sent.
+            let mut upcoming: std::collections::VecDeque<[u8; 32]> = todo
+                .iter()
+                .filter(|(_, reused)| reused.is_none())
+                .map(|(hash, _)| *hash)
+                .collect();
+            let read = |hash: [u8; 32]| {
+                let v = vault.clone();
+                tokio::spawn(async move { v.blobs.chunk_answer(hash).await })
+            };
+            let mut reads = std::collections::VecDeque::with_capacity(READ_AHEAD);
+            while reads.len() < READ_AHEAD
+                && let Some(hash) = upcoming.pop_front()
+            {
+                reads.push_back(read(hash));
+            }
+            for (hash, reused) in todo {
                 let object = match reused {
                     Some(object) => object,
                     None => {
-                        let Some(answer) = vault.blobs.chunk_answer(*hash).await? else {
+                        let task = reads
+                            .pop_front()
+                            .expect("each chunk read is asked in order");
+                        if let Some(next) = upcoming.pop_front() {
+                            reads.push_back(read(next));
+                        }
+                        let answer = task.await.map_err(|e| {
+                            BackupError::Vault(format!("reading a chunk failed: {e}"))
+                        })??;
+                        let Some(answer) = answer else {
                             return Err(BackupError::Vault(format!(
                                 "blob {id} is listed as held here, but a chunk of it is missing"
                             )));
@@ -1420,12 +1457,8 @@ impl Round<'_> {
                         self.put(&answer[1..]).await?
                     }
                 };
-                self.pending.chunks.insert(*hash);
-                self.add(Entry::Chunk {
-                    hash: *hash,
-                    object,
-                })
-                .await?;
+                self.pending.chunks.insert(hash);
+                self.add(Entry::Chunk { hash, object }).await?;
             }
             let reused = self
                 .reuse

@@ -34,6 +34,19 @@ use crate::store::Store;
 
 /// How long reaching the host may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Chunks asked of the host before the first has arrived, while a restore reads blobs.
+const FETCH_WINDOW: usize = 16;
+/// Chunks being stored at once while the next arrive.
+const STORE_WINDOW: usize = 3;
+
+/// Waits for a chunk being stored.
+async fn stored(
+    task: tokio::task::JoinHandle<Result<(), crate::blobs::BlobError>>,
+) -> Result<(), BackupError> {
+    task.await
+        .map_err(|e| BackupError::Vault(format!("storing a chunk failed: {e}")))??;
+    Ok(())
+}
 
 /// What `hearth recover` brought back.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -473,7 +486,11 @@ async fn read_and_restore(
     }
 
     // Every blob, chunk by chunk (each checked against its keyed hash as it is stored).
-    let store_blobs = Blobs::open(home.blobs_dir(), store.clone(), vault_keys.clone())?;
+    let store_blobs = std::sync::Arc::new(Blobs::open(
+        home.blobs_dir(),
+        store.clone(),
+        vault_keys.clone(),
+    )?);
     let restored_blobs = blobs.len();
     for (id, object, _) in blobs {
         let manifest_bytes = fetch(link, &keys, &handle, object, &mut bytes).await?;
@@ -485,27 +502,50 @@ async fn read_and_restore(
         })?;
         let blob = hearth_protocol::BlobId(id);
         let _pinned = store_blobs.pin_fetch(blob, &manifest);
-        // Asked for a few at a time, so the host's disk and the way there stay busy.
-        for window in manifest.chunks.chunks(super::IN_FLIGHT) {
-            let mut asked = Vec::with_capacity(window.len());
-            for hash in window {
-                let (object, _) =
-                    chunks
-                        .get(hash)
-                        .copied()
-                        .ok_or_else(|| BackupError::Damaged {
-                            peer: host,
-                            what: format!("blob {blob} names a chunk no manifest holds"),
-                        })?;
-                link.send(&Request::Get { id: object }).await?;
-                asked.push((*hash, object));
+        let wanted: Vec<([u8; 32], ObjectId)> = manifest
+            .chunks
+            .iter()
+            .map(|hash| {
+                chunks
+                    .get(hash)
+                    .map(|(object, _)| (*hash, *object))
+                    .ok_or_else(|| BackupError::Damaged {
+                        peer: host,
+                        what: format!("blob {blob} names a chunk no manifest holds"),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        // A window of asks kept full: the next chunk is asked for before the one that
+        // arrived is stored, so the host's disk and the way here never wait for this
+        // device's.
+        let mut asked = std::collections::VecDeque::with_capacity(FETCH_WINDOW);
+        let mut next = wanted.iter();
+        for (hash, object) in next.by_ref().take(FETCH_WINDOW) {
+            link.send(&Request::Get { id: *object }).await?;
+            asked.push_back((*hash, *object));
+        }
+        // Chunks are stored (sealed, written) on other threads while the next arrive.
+        let mut storing = std::collections::VecDeque::with_capacity(STORE_WINDOW);
+        while let Some((hash, object)) = asked.pop_front() {
+            let plain = fetched(link, &keys, &handle, object, &mut bytes).await?;
+            if let Some((hash, object)) = next.next() {
+                link.send(&Request::Get { id: *object }).await?;
+                asked.push_back((*hash, *object));
             }
-            for (hash, object) in asked {
-                let plain = fetched(link, &keys, &handle, object, &mut bytes).await?;
-                let mut buf = chunk_buffer(plain.len());
-                buf.extend_from_slice(&plain);
-                store_blobs.store_chunk(hash, buf).await?;
+            let mut buf = chunk_buffer(plain.len());
+            buf.extend_from_slice(&plain);
+            let blobs = store_blobs.clone();
+            storing.push_back(tokio::spawn(
+                async move { blobs.store_chunk(hash, buf).await },
+            ));
+            if storing.len() >= STORE_WINDOW
+                && let Some(oldest) = storing.pop_front()
+            {
+                stored(oldest).await?;
             }
+        }
+        for task in storing {
+            stored(task).await?;
         }
         store_blobs.store_manifest(blob, &manifest).await?;
     }
