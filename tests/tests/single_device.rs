@@ -1384,3 +1384,51 @@ fn unknown_names_are_warned_about_and_an_empty_collection_can_be_removed() {
     );
     node.stop();
 }
+
+/// Every command that writes a file takes a bare file name, written in the current
+/// directory (its parent is "", which once failed the directory's fsync after the
+/// file was written, so the command exited 1).
+#[test]
+fn commands_that_write_a_file_take_a_bare_file_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let node = spawn_node(&home, &[]);
+    node.run(&["put", "contacts", "ada", r#"{"name": "Ada"}"#]);
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(hearth_bin())
+            .current_dir(&work)
+            .args(["--home", home.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["export", "contacts", "-o", "backup.vcf"]);
+    assert!(
+        std::fs::read_to_string(work.join("backup.vcf"))
+            .unwrap()
+            .contains("Ada")
+    );
+    run(&["recovery-kit", "-o", "kit.json"]);
+    assert!(work.join("kit.json").is_file() && work.join("kit.json.svg").is_file());
+    let source = dir.path().join("photo.bin");
+    std::fs::write(&source, b"some bytes of a photo").unwrap();
+    let id = node.json(&["blob", "put", source.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    run(&["blob", "get", &id, "-o", "photo.out"]);
+    assert_eq!(
+        std::fs::read(work.join("photo.out")).unwrap(),
+        b"some bytes of a photo"
+    );
+    run(&["export", "--all", "-o", "everything"]);
+    assert!(work.join("everything").is_dir());
+    node.stop();
+}

@@ -61,7 +61,11 @@ impl Home {
 /// directory with `mode`, fsynced, renamed over `path`, and the directory fsynced.
 /// A crash leaves either the old file or the new one, never a mix.
 pub fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    // A bare file name's parent is "", which cannot be opened to sync: it is ".".
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
