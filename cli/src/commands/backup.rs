@@ -286,11 +286,7 @@ async fn prune(
     kit: &std::path::Path,
     kit_passphrase_file: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
-    let kit_passphrase = kit_passphrase_file
-        .as_deref()
-        .map(hearth_node::keys::Passphrase::from_file)
-        .transpose()?;
-    let secret = super::kit::read_kit(kit, kit_passphrase.as_ref())?;
+    let secret = super::kit::read_kit(kit, kit_passphrase_file.as_deref())?;
     let owner = secret.owner_keypair();
     let request = BackupPruneRequest {
         owner_key: data_encoding::BASE64.encode(owner.secret().as_ref()),
@@ -370,11 +366,7 @@ pub(super) async fn recover(
     kit_passphrase_file: Option<std::path::PathBuf>,
     args: crate::args::PassphraseArgs,
 ) -> anyhow::Result<()> {
-    let kit_passphrase = kit_passphrase_file
-        .as_deref()
-        .map(hearth_node::keys::Passphrase::from_file)
-        .transpose()?;
-    let (secret, named) = super::kit::read_kit_and_hosts(kit, kit_passphrase.as_ref())?;
+    let (secret, named) = super::kit::read_kit_and_hosts(kit, kit_passphrase_file.as_deref())?;
     let hosts = match host {
         Some(host) => vec![host_of(host)?],
         None => {
@@ -552,11 +544,7 @@ async fn drill(
     kit: &std::path::Path,
     kit_passphrase_file: Option<std::path::PathBuf>,
 ) -> anyhow::Result<(serde_json::Value, usize)> {
-    let kit_passphrase = kit_passphrase_file
-        .as_deref()
-        .map(hearth_node::keys::Passphrase::from_file)
-        .transpose()?;
-    let secret = super::kit::read_kit(kit, kit_passphrase.as_ref())?;
+    let secret = super::kit::read_kit(kit, kit_passphrase_file.as_deref())?;
     let status: BackupStatus = client
         .json(home, client.request(Method::GET, "/v1/backup"))
         .await?;

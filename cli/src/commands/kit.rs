@@ -239,19 +239,22 @@ pub(super) async fn write_hosts(
 }
 
 /// The secret a kit the person keeps brings back: a kit file (`-` reads stdin, which
-/// may also hold the 24 words or share lines, `share N of K: …`, one per line).
+/// may also hold the 24 words or share lines, `share N of K: …`, one per line), with
+/// the passphrase read from `passphrase_file` if the file is sealed under one.
 pub(super) fn read_kit(
     path: &std::path::Path,
-    passphrase: Option<&Passphrase>,
+    passphrase_file: Option<&std::path::Path>,
 ) -> anyhow::Result<RecoverySecret> {
-    Ok(read_kit_and_hosts(path, passphrase)?.0)
+    Ok(read_kit_and_hosts(path, passphrase_file)?.0)
 }
 
 /// [`read_kit`], with the hosts a kit file names (none for words or shares).
 pub(super) fn read_kit_and_hosts(
     path: &std::path::Path,
-    passphrase: Option<&Passphrase>,
+    passphrase_file: Option<&std::path::Path>,
 ) -> anyhow::Result<(RecoverySecret, Vec<KitHost>)> {
+    let passphrase = passphrase_file.map(Passphrase::from_file).transpose()?;
+    let passphrase = passphrase.as_ref();
     let bytes = Zeroizing::new(if path.as_os_str() == "-" {
         let mut buf = Vec::new();
         std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).context("cannot read stdin")?;
@@ -287,11 +290,7 @@ pub(super) async fn check(
     path: PathBuf,
     passphrase_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let passphrase = passphrase_file
-        .as_deref()
-        .map(Passphrase::from_file)
-        .transpose()?;
-    let secret = read_kit(&path, passphrase.as_ref())?;
+    let secret = read_kit(&path, passphrase_file.as_deref())?;
     let kit = secret.public();
     let info: KitInfo = client
         .json(home, client.request(Method::GET, "/v1/recovery"))

@@ -247,6 +247,20 @@ struct Progress {
 }
 
 impl Progress {
+    /// The same place in the same chain, holding nothing: what a chain that starts
+    /// over (a prune, or a rebase a reader follows) is read into.
+    fn emptied(&self) -> Self {
+        Self {
+            handle: self.handle,
+            seq: self.seq,
+            last: self.last,
+            bytes: self.bytes,
+            quota: self.quota,
+            last_upload: self.last_upload,
+            ..Self::default()
+        }
+    }
+
     /// Notes what a manifest sealed under the epoch key `key_id` added.
     fn apply(&mut self, entries: &[Entry], key_id: u32) {
         for entry in entries {
@@ -840,17 +854,8 @@ async fn prune_host(
     }
 
     // The whole vault, as new manifests: the chain can start at the first of them.
-    let reuse = ready.progress.clone();
-    let mut progress = Progress {
-        handle: ready.progress.handle,
-        seq: ready.progress.seq,
-        last: ready.progress.last,
-        bytes: ready.progress.bytes,
-        quota: ready.progress.quota,
-        last_upload: ready.progress.last_upload,
-        ..Progress::default()
-    };
-    progress.parts.clear();
+    let progress = ready.progress.emptied();
+    let reuse = ready.progress;
     let mut round = Round {
         vault,
         host: &host,
@@ -1642,13 +1647,9 @@ async fn follow_base(
         });
     }
     *progress = Progress {
-        handle: progress.handle,
         seq: header.seq - 1,
         last: header.prev,
-        bytes: progress.bytes,
-        quota: progress.quota,
-        last_upload: progress.last_upload,
-        ..Progress::default()
+        ..progress.emptied()
     };
     Ok(())
 }

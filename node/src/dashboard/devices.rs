@@ -151,15 +151,8 @@ pub(super) async fn overview(State(vault): State<AppState>, visit: Visit) -> Res
     };
     let mut backups: Vec<String> = Vec::new();
     for h in &hosts {
-        let short: String = h
-            .peer
-            .chars()
-            .rev()
-            .take(8)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
+        // A PeerId is base58, ASCII: its last 8 characters are its last 8 bytes.
+        let short = &h.peer[h.peer.len().saturating_sub(8)..];
         let state = match (&h.error, h.up_to_date) {
             (Some(e), _) => {
                 warnings.push(format!("Backup host …{short}: {e}"));
