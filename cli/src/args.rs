@@ -275,7 +275,9 @@ pub enum Command {
     Grant {
         /// The service's name, as you will see it in `hearth grants` and the audit log
         service: String,
-        /// What it may read: comma-separated COLLECTION or COLLECTION.FIELD[.FIELD]
+        /// What it may read: comma-separated COLLECTION or COLLECTION.FIELD[.FIELD];
+        /// `NAME*` is a family: NAME and every NAME-… collection, also ones made later
+        /// (`'calendar*'` lets a phone make calendars)
         #[arg(long, value_name = "SCOPES")]
         read: Option<String>,
         /// What it may create or change: comma-separated COLLECTION or COLLECTION.FIELD

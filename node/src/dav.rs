@@ -132,12 +132,7 @@ fn parse_target(href: &str) -> Result<Target, DavError> {
         "calendars" => Some(Kind::Calendar),
         _ => None,
     };
-    let collection = |kind: Kind, name: &str| {
-        CollectionName::parse(name)
-            .ok()
-            .filter(|c| !c.is_system() && Kind::of(c.as_str()) == Some(kind))
-            .ok_or(DavError::NotFound)
-    };
+    let collection = |kind: Kind, name: &str| book_of(kind, name).ok_or(DavError::NotFound);
     match segments.as_slice() {
         [] => Ok(Target::Root),
         [home] => kind(home).map(Target::Home).ok_or(DavError::NotFound),
@@ -151,6 +146,50 @@ fn parse_target(href: &str) -> Result<Target, DavError> {
         }
         _ => Err(DavError::NotFound),
     }
+}
+
+/// The collection a book's path segment names: the collection of that name if it is
+/// one of `kind` (`calendar`, `calendar-work`), else the client's own name under the
+/// kind's family (DAVx⁵ and Apple's apps make calendars at a UUID: `/dav/calendars/
+/// 3F2A…/` is `calendar-3f2a…`), lowercased, every other character a `-`. A name too
+/// long for a collection is shortened to its first letters and a hash of the whole.
+fn book_of(kind: Kind, segment: &str) -> Option<CollectionName> {
+    if let Ok(name) = CollectionName::parse(segment)
+        && !name.is_system()
+        && Kind::of(name.as_str()) == Some(kind)
+    {
+        return Some(name);
+    }
+    let base = match kind {
+        Kind::Contacts => "contacts",
+        Kind::Calendar => "calendar",
+    };
+    let mut slug = String::with_capacity(segment.len());
+    for c in segment.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            slug.push(c);
+        } else if !slug.ends_with('-') {
+            slug.push('-');
+        }
+    }
+    let slug = slug.trim_matches('-');
+    if slug.is_empty() {
+        return None;
+    }
+    let room = hearth_protocol::names::MAX_COLLECTION_NAME_LEN - base.len() - 1;
+    let name = if slug.len() <= room {
+        format!("{base}-{slug}")
+    } else {
+        let hash = blake3::hash(segment.as_bytes()).to_hex();
+        let keep = room - 17;
+        format!(
+            "{base}-{}-{}",
+            slug[..keep].trim_end_matches('-'),
+            &hash.as_str()[..16]
+        )
+    };
+    CollectionName::parse(&name).ok()
 }
 
 /// Why a DAV request failed.
@@ -968,11 +1007,20 @@ impl Dav<'_> {
     }
 
     async fn delete(&self, target: &Target, headers: &HeaderMap) -> Result<Response, DavError> {
-        let Target::Object(_, collection, name) = target else {
-            return Err(DavError::Forbidden(
-                "collections are not deleted over DAV; remove their records, or revoke the grant"
-                    .into(),
-            ));
+        let (collection, name) = match target {
+            Target::Object(_, collection, name) => (collection, name),
+            Target::Book(_, collection) => {
+                self.vault
+                    .door
+                    .dav_remove_book(self.caller, collection)
+                    .await?;
+                return Ok(StatusCode::NO_CONTENT.into_response());
+            }
+            _ => {
+                return Err(DavError::Forbidden(
+                    "only address books, calendars and their objects are deleted over DAV".into(),
+                ));
+            }
         };
         self.vault
             .door
@@ -1309,8 +1357,30 @@ mod tests {
             parse_target("http://127.0.0.1:7000/dav/contacts/contacts/").unwrap(),
             Target::Book(Kind::Contacts, c)
         );
-        assert!(parse_target("/dav/contacts/calendar/").is_err());
-        assert!(parse_target("/dav/calendars/_access/").is_err());
+        // Another kind's or the system's name, or a client's own (a UUID), names a
+        // collection of this kind's family, never that one.
+        let book = |path: &str| match parse_target(path).unwrap() {
+            Target::Book(_, c) => c.to_string(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(book("/dav/contacts/calendar/"), "contacts-calendar");
+        assert_eq!(book("/dav/calendars/_access/"), "calendar-access");
+        assert_eq!(
+            book("/dav/calendars/3F2A9C1E-77B0-4D3A-9E52-0C1D2E3F4A5B/"),
+            "calendar-3f2a9c1e-77b0-4d3a-9e52-0c1d2e3f4a5b"
+        );
+        assert_eq!(
+            book("/dav/calendars/Work%20%26%20Play/"),
+            "calendar-work-play"
+        );
+        assert_eq!(book("/dav/calendars/calendar-home/"), "calendar-home");
+        let long = book(&format!("/dav/calendars/{}/", "x".repeat(200)));
+        assert!(
+            long.len() <= 63 && long.starts_with("calendar-xxx"),
+            "{long}"
+        );
+        assert_ne!(long, book(&format!("/dav/calendars/{}/", "x".repeat(201))));
+        assert!(parse_target("/dav/calendars/%20%2F/").is_err());
         assert!(parse_target("/dav/contacts/contacts/x/y").is_err());
         let name = "odd name/@é.vcf";
         let href = href_of(&Target::Object(

@@ -9,6 +9,9 @@
 //! service reads a blob exactly when a record it can read names it in a field it reads,
 //! and that naming is not one the service itself tried to add to that record.
 //!
+//! A grant names the collection or its family (`things*`); a collection beside the
+//! family (`thingsa`) is never reached.
+//!
 //! The model below is written independently of `hearth_protocol::scope`: it is the
 //! rule as DESIGN.md states it, not the code that implements it.
 
@@ -20,7 +23,12 @@ use hearth_node::{Node, NodeConfig, NodeHandle};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
-const COLLECTION: &str = "things";
+const COLLECTION: &str = "things-a";
+/// The family a grant may name instead of [`COLLECTION`].
+const FAMILY: &str = "things*";
+/// A collection beside the family (`things*` does not cover it), with a record no
+/// grant here may see.
+const BESIDE: &str = "thingsa";
 const IDS: [&str; 5] = ["r0", "r1", "r2", "r3", "r4"];
 /// How the model writes the two blobs; the node sees their real ids.
 const BLOBS: [&str; 2] = ["@b0", "@b1"];
@@ -54,12 +62,13 @@ impl Granted {
         }
     }
 
-    fn arg(&self) -> String {
+    fn arg(&self, family: bool) -> String {
+        let key = if family { FAMILY } else { COLLECTION };
         match self {
-            Granted::All => COLLECTION.to_owned(),
+            Granted::All => key.to_owned(),
             Granted::Only(paths) => paths
                 .iter()
-                .map(|p| format!("{COLLECTION}.{}", p.join(".")))
+                .map(|p| format!("{key}.{}", p.join(".")))
                 .collect::<Vec<_>>()
                 .join(","),
         }
@@ -72,6 +81,8 @@ struct GrantSpec {
     write: Option<Granted>,
     /// `tag=work` when set.
     filtered: bool,
+    /// The grant names the family `things*`, not the collection.
+    family: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -375,14 +386,16 @@ fn grant() -> impl Strategy<Value = GrantSpec> {
         granted(&["a", "b", "tag", "meta", "meta.x"]),
         granted(&["a", "b", "tag", "meta.x", "meta"]),
         any::<bool>(),
+        any::<bool>(),
     )
-        .prop_filter("the grant must allow something", |(r, w, _)| {
+        .prop_filter("the grant must allow something", |(r, w, _, _)| {
             r.is_some() || w.is_some()
         })
-        .prop_map(|(read, write, filtered)| GrantSpec {
+        .prop_map(|(read, write, filtered, family)| GrantSpec {
             read,
             write,
             filtered,
+            family,
         })
 }
 
@@ -589,12 +602,21 @@ async fn run_case(records: Vec<Option<Record>>, grant: GrantSpec, ops: Vec<Op>) 
             model.records.insert(IDS[i].to_owned(), r);
         }
     }
+    let beside = format!("/v1/collections/{BESIDE}/records/x");
+    let (status, _) = svc
+        .owner(
+            reqwest::Method::PUT,
+            &beside,
+            Some(&json!({"a": 1, "tag": "work"})),
+        )
+        .await;
+    assert_eq!(status, 201);
     let mut request = json!({"service": "model", "expires": "1h"});
     if let Some(read) = &grant.read {
-        request["read"] = json!(read.arg());
+        request["read"] = json!(read.arg(grant.family));
     }
     if let Some(write) = &grant.write {
-        request["write"] = json!(write.arg());
+        request["write"] = json!(write.arg(grant.family));
     }
     if grant.filtered {
         request["where"] = json!(["tag=work"]);
@@ -633,6 +655,17 @@ async fn run_case(records: Vec<Option<Record>>, grant: GrantSpec, ops: Vec<Op>) 
                 } else {
                     assert_eq!(status, 200, "{context}: {body}");
                     assert_eq!(body, Value::Array(model.view()), "{context}");
+                }
+                // Nothing beside the family, whatever the grant.
+                let path = format!("/v1/view/{BESIDE}");
+                let (status, body) = svc.service(reqwest::Method::GET, &path, None).await;
+                assert_eq!(status, 403, "{context}: {body}");
+                let (status, body) = svc.service(reqwest::Method::GET, "/v1/view", None).await;
+                if grant.read.is_some() {
+                    assert_eq!(status, 200, "{context}: {body}");
+                    let names: Vec<&String> =
+                        body["collections"].as_object().unwrap().keys().collect();
+                    assert!(names.iter().all(|n| *n == COLLECTION), "{context}: {body}");
                 }
             }
             Op::Write(i, patch) => {

@@ -8,6 +8,11 @@
 //! `FIELD=VALUE` must match). From the command line:
 //! `--read contacts.name,contacts.email,calendar --write contacts.note --where tag=work`.
 //!
+//! A scope may also name a **family** of collections, `NAME*`: `NAME` and every
+//! `NAME-…` collection, present and future (`--read 'calendar*'`): a phone granted
+//! `calendar*` may make calendars of its own. Where several keys cover a collection
+//! (`calendar*` and `calendar-work`), what it may do there is what any of them allows.
+//!
 //! The filter bounds writes as it bounds reads: a service changes only records that
 //! match before and after its change, creates only records that match, and cannot
 //! tell a record the filter hides from one that does not exist
@@ -39,6 +44,87 @@ pub enum ScopeError {
     Empty,
     #[error("a token's narrowing is not readable: {0}")]
     Narrowing(String),
+}
+
+/// What marks a scope key as a family of collections (`calendar*`).
+pub const FAMILY: char = '*';
+
+/// One key of a scope: a collection, or a family of collections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key<'a> {
+    One(&'a str),
+    /// The base name: `calendar` for `calendar*`.
+    Family(&'a str),
+}
+
+impl<'a> Key<'a> {
+    pub fn of(key: &'a str) -> Self {
+        match key.strip_suffix(FAMILY) {
+            Some(base) => Key::Family(base),
+            None => Key::One(key),
+        }
+    }
+
+    /// Whether collection `name` falls under this key.
+    pub fn covers(self, name: &str) -> bool {
+        match self {
+            Key::One(one) => one == name,
+            Key::Family(base) => in_family(base, name),
+        }
+    }
+
+    /// The key that covers exactly what both cover, if anything: families nest or lie
+    /// apart, so it is always one of the two.
+    fn meet(self, other: Key<'_>) -> Option<String> {
+        match (self, other) {
+            (Key::One(a), Key::One(b)) => (a == b).then(|| a.to_owned()),
+            (Key::Family(base), Key::One(one)) | (Key::One(one), Key::Family(base)) => {
+                in_family(base, one).then(|| one.to_owned())
+            }
+            (Key::Family(a), Key::Family(b)) => {
+                if in_family(a, b) {
+                    Some(format!("{b}{FAMILY}"))
+                } else if in_family(b, a) {
+                    Some(format!("{a}{FAMILY}"))
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// In plain words, for grant lists and consent: `calendar, and every calendar-…
+    /// collection (also ones made later)`.
+    pub fn describe(self) -> String {
+        match self {
+            Key::One(one) => one.to_owned(),
+            Key::Family(base) => {
+                format!("{base} and every {base}-… collection (also ones made later)")
+            }
+        }
+    }
+}
+
+/// Whether `name` is `base` or a `base-…` collection.
+pub fn in_family(base: &str, name: &str) -> bool {
+    name == base
+        || name
+            .strip_prefix(base)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|rest| !rest.is_empty())
+}
+
+/// Checks a scope key as a grant or a narrowing may name it: a collection that is not
+/// the system's, or such a name followed by `*`.
+fn check_key(key: &str) -> Result<(), String> {
+    let base = key.strip_suffix(FAMILY).unwrap_or(key);
+    let name = CollectionName::parse(base).map_err(|e| e.to_string())?;
+    if name.is_system() {
+        return Err(format!(
+            "collection {name} belongs to the system and cannot be granted"
+        ));
+    }
+    Ok(())
 }
 
 /// A dotted path to a field, e.g. `address.city`. Never empty, never `id`.
@@ -459,6 +545,20 @@ impl CollectionScope {
         }
     }
 
+    /// Adds what `other` allows (same filter) to what this allows.
+    fn absorb(&mut self, other: &CollectionScope) {
+        for (mine, theirs) in [
+            (&mut self.read, &other.read),
+            (&mut self.write, &other.write),
+        ] {
+            match (mine.as_mut(), theirs) {
+                (_, None) => {}
+                (None, Some(t)) => *mine = Some(t.clone()),
+                (Some(m), Some(t)) => m.union(t.clone()),
+            }
+        }
+    }
+
     /// This scope, further limited by a token's narrowing of one collection.
     fn narrowed(&self, read: Option<&Fields>, write: Option<&Fields>) -> CollectionScope {
         let limit = |mine: &Option<Fields>, theirs: Option<&Fields>| match (mine, theirs) {
@@ -524,31 +624,99 @@ impl Scope {
         Ok(scope)
     }
 
-    pub fn collection(&self, name: &str) -> Option<&CollectionScope> {
-        self.collections.get(name)
+    /// What this scope allows in collection `name`: the union of every key that covers
+    /// it (the collection itself and the families it belongs to). Keys with different
+    /// filters are not merged (one grant's keys share one filter); the first in name
+    /// order counts.
+    pub fn collection(&self, name: &str) -> Option<CollectionScope> {
+        let mut found: Option<CollectionScope> = None;
+        for (key, c) in &self.collections {
+            if !Key::of(key).covers(name) {
+                continue;
+            }
+            match &mut found {
+                None => found = Some(c.clone()),
+                Some(f) if f.filter == c.filter => f.absorb(c),
+                Some(_) => {}
+            }
+        }
+        found
     }
 
-    /// The collections this scope may read, in name order.
-    pub fn readable(&self) -> impl Iterator<Item = (&String, &CollectionScope)> {
-        self.collections.iter().filter(|(_, c)| c.read.is_some())
+    /// Whether any key of this scope is a family.
+    pub fn has_family(&self) -> bool {
+        self.collections
+            .keys()
+            .any(|k| matches!(Key::of(k), Key::Family(_)))
+    }
+
+    /// The collections this scope reaches, in name order, each with what it allows
+    /// there: the collections it names (whether they exist or not) and those of
+    /// `existing` that a family covers.
+    pub fn reach<'a>(
+        &self,
+        existing: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<(String, CollectionScope)> {
+        let mut names: BTreeSet<String> = self
+            .collections
+            .keys()
+            .filter(|k| matches!(Key::of(k), Key::One(_)))
+            .cloned()
+            .collect();
+        for name in existing {
+            if !names.contains(name) && self.collections.keys().any(|k| Key::of(k).covers(name)) {
+                names.insert(name.to_owned());
+            }
+        }
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let c = self.collection(&name)?;
+                Some((name, c))
+            })
+            .collect()
+    }
+
+    /// The collections this scope may read (see [`Scope::reach`]), in name order.
+    pub fn readable<'a>(
+        &self,
+        existing: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<(String, CollectionScope)> {
+        let mut reach = self.reach(existing);
+        reach.retain(|(_, c)| c.read.is_some());
+        reach
     }
 
     /// This scope limited by a token's narrowing: what both allow. A collection the
-    /// narrowing does not name is neither read nor written.
+    /// narrowing does not name is neither read nor written. Keys meet as sets of
+    /// collections do: a grant of `calendar*` narrowed to `calendar-work` keeps
+    /// `calendar-work`.
     pub fn narrowed(&self, narrowing: &Narrowing) -> Scope {
-        Scope {
-            collections: self
-                .collections
-                .iter()
-                .map(|(name, c)| {
-                    (
-                        name.clone(),
-                        c.narrowed(narrowing.read.get(name), narrowing.write.get(name)),
-                    )
-                })
-                .filter(|(_, c)| c.read.is_some() || c.write.is_some())
-                .collect(),
+        let mut collections: BTreeMap<String, CollectionScope> = BTreeMap::new();
+        let keys: BTreeSet<&String> = narrowing
+            .read
+            .keys()
+            .chain(narrowing.write.keys())
+            .collect();
+        for (granted, c) in &self.collections {
+            for key in &keys {
+                let Some(meet) = Key::of(granted).meet(Key::of(key)) else {
+                    continue;
+                };
+                let part = c.narrowed(narrowing.read.get(*key), narrowing.write.get(*key));
+                if part.read.is_none() && part.write.is_none() {
+                    continue;
+                }
+                match collections.get_mut(&meet) {
+                    Some(existing) if existing.filter == part.filter => existing.absorb(&part),
+                    Some(_) => {}
+                    None => {
+                        collections.insert(meet, part);
+                    }
+                }
+            }
         }
+        Scope { collections }
     }
 }
 
@@ -560,7 +728,8 @@ fn parse_item(item: &str) -> Result<(String, Fields), ScopeError> {
         ),
         None => (item, None),
     };
-    let name = CollectionName::parse(collection)
+    let base = collection.strip_suffix(FAMILY).unwrap_or(collection);
+    let name = CollectionName::parse(base)
         .map_err(|e| ScopeError::Collection(item.to_owned(), e.to_string()))?;
     if name.is_system() {
         return Err(ScopeError::System(name.to_string()));
@@ -569,7 +738,7 @@ fn parse_item(item: &str) -> Result<(String, Fields), ScopeError> {
         Some(path) => Fields::Only(BTreeSet::from([path])),
         None => Fields::All,
     };
-    Ok((name.to_string(), fields))
+    Ok((collection.to_owned(), fields))
 }
 
 /// Version of [`Narrowing`]'s encoding in a token block.
@@ -631,8 +800,7 @@ impl Narrowing {
             )));
         }
         for name in narrowing.read.keys().chain(narrowing.write.keys()) {
-            CollectionName::parse(name)
-                .map_err(|e| ScopeError::Narrowing(format!("{name:?}: {e}")))?;
+            check_key(name).map_err(|e| ScopeError::Narrowing(format!("{name:?}: {e}")))?;
         }
         Ok(narrowing)
     }
@@ -1046,6 +1214,117 @@ mod tests {
         ] {
             assert!(Narrowing::decode(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_family_covers_its_base_and_every_dashed_name_now_and_later() {
+        let scope = Scope::parse(Some("calendar*"), Some("calendar*.summary"), &[]).unwrap();
+        for name in ["calendar", "calendar-work", "calendar-3f2a-11"] {
+            let c = scope.collection(name).unwrap_or_else(|| panic!("{name}"));
+            assert_eq!(c.read, Some(Fields::All), "{name}");
+            assert_eq!(c.write, Some(only(&["summary"])), "{name}");
+        }
+        for name in ["calendars", "calendar-", "calendarwork", "contacts", "cal"] {
+            assert!(scope.collection(name).is_none(), "{name}");
+        }
+        let reach: Vec<String> = scope
+            .readable(["calendar-b", "contacts", "calendar-a", "calendarx"])
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(reach, ["calendar-a", "calendar-b"]);
+        assert!(scope.has_family());
+        assert_eq!(
+            Key::of("calendar*").describe(),
+            "calendar and every calendar-… collection (also ones made later)"
+        );
+        for bad in ["_access*", "*", "Cal*", "calendar**"] {
+            assert!(Scope::parse(Some(bad), None, &[]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys_that_cover_one_collection_add_up() {
+        let scope = Scope::parse(Some("calendar*.summary"), Some("calendar-work"), &[]).unwrap();
+        let work = scope.collection("calendar-work").unwrap();
+        assert_eq!(work.read, Some(only(&["summary"])));
+        assert_eq!(work.write, Some(Fields::All));
+        let home = scope.collection("calendar-home").unwrap();
+        assert_eq!(home.write, None);
+        // Named collections are reached even before they exist; families only
+        // through what exists.
+        let names: Vec<String> = scope.reach([]).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["calendar-work"]);
+    }
+
+    #[test]
+    fn narrowings_meet_families_as_sets_of_collections() {
+        let scope = Scope::parse(Some("calendar*,contacts"), Some("calendar*"), &[]).unwrap();
+        // A member of the family.
+        let one = scope.narrowed(&Narrowing::parse(Some("calendar-work"), None).unwrap());
+        assert_eq!(
+            one.collections.keys().collect::<Vec<_>>(),
+            ["calendar-work"]
+        );
+        assert!(one.collection("calendar-home").is_none());
+        assert_eq!(one.collection("calendar-work").unwrap().write, None);
+        // A family within the family.
+        let sub = scope.narrowed(&Narrowing::parse(None, Some("calendar-work*")).unwrap());
+        assert!(sub.collection("calendar-work-2").unwrap().write.is_some());
+        assert!(sub.collection("calendar-home").is_none());
+        assert!(sub.collection("calendar-work").unwrap().read.is_none());
+        // A family wider than the grant's reaches no more than the grant.
+        let wide = Scope::parse(Some("calendar-work"), None, &[])
+            .unwrap()
+            .narrowed(&Narrowing::parse(Some("calendar*"), None).unwrap());
+        assert_eq!(
+            wide.collections.keys().collect::<Vec<_>>(),
+            ["calendar-work"]
+        );
+        // Families apart meet nowhere.
+        let apart = scope.narrowed(&Narrowing::parse(Some("notes*"), None).unwrap());
+        assert!(apart.collections.is_empty());
+        // A narrowing naming a family decodes; one naming the system does not.
+        let text = Narrowing::parse(Some("calendar*"), None).unwrap().encode();
+        assert!(Narrowing::decode(&text).is_ok());
+        assert!(
+            Narrowing::decode("hearth-narrowing:{\"v\":1,\"read\":{\"_access*\":\"all\"}}")
+                .is_err()
+        );
+    }
+
+    proptest! {
+        /// Narrowing by families and names allows, in every collection, exactly what
+        /// the grant and the narrowing both allow there.
+        #[test]
+        fn narrowing_is_the_meet_in_every_collection(
+            granted in proptest::collection::vec(key_strategy(), 1..4),
+            narrowed in proptest::collection::vec(key_strategy(), 1..4),
+            name in name_strategy(),
+        ) {
+            let scope = Scope::parse(Some(&granted.join(",")), None, &[]).unwrap();
+            let narrowing = Narrowing::parse(Some(&narrowed.join(",")), None).unwrap();
+            let both = scope.narrowed(&narrowing);
+            let want = scope.collection(&name).is_some()
+                && narrowed.iter().any(|k| Key::of(k).covers(&name));
+            prop_assert_eq!(both.collection(&name).is_some(), want);
+        }
+    }
+
+    fn key_strategy() -> impl Strategy<Value = String> {
+        (name_strategy(), any::<bool>())
+            .prop_map(|(n, family)| if family { format!("{n}*") } else { n })
+    }
+
+    fn name_strategy() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("a".to_owned()),
+            Just("a-b".to_owned()),
+            Just("a-b-c".to_owned()),
+            Just("a-c".to_owned()),
+            Just("ab".to_owned()),
+            Just("b".to_owned()),
+        ]
     }
 
     #[test]

@@ -764,6 +764,97 @@ fn calendars_answer_time_ranges_and_keep_their_names() {
     assert_eq!(status, 403);
 }
 
+/// A phone granted the `calendar*` family makes a calendar where it likes (a UUID path,
+/// as DAVx⁵ and Apple's apps do), sees calendars imported later, fills and removes its
+/// own; nothing outside the family is reached, and the removal is audited.
+#[test]
+fn a_family_grant_lets_a_phone_make_and_remove_calendars() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    node.json(&["put", "notes", "n1", r#"{"text":"private"}"#]);
+    let (grant, password) =
+        grant_with_password(&node, &["--read", "calendar*", "--write", "calendar*"]);
+    let listed = node.json(&["grants"]);
+    let text = String::from_utf8(node.run(&["grants"]).stdout).unwrap();
+    assert!(
+        text.contains("calendar and every calendar-… collection"),
+        "{text}\n{listed}"
+    );
+    let dav = Dav::new(&node, &password);
+    let uuid = "3F2A9C1E-77B0-4D3A-9E52-0C1D2E3F4A5B";
+    let (status, body, _) = dav.send(
+        dav.request("MKCALENDAR", &format!("/dav/calendars/{uuid}/")).body(
+            r#"<c:mkcalendar xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav" xmlns:a="http://apple.com/ns/ical/"><d:set><d:prop><d:displayname>Climbing</d:displayname><a:calendar-color>#00aa00</a:calendar-color></d:prop></d:set></c:mkcalendar>"#,
+        ),
+    );
+    assert_eq!(status, 201, "{body}");
+    // Listed (empty) with the client's name and colour, at a path the client's own
+    // path also reaches.
+    let (status, xml) = dav.propfind(
+        "/dav/calendars/",
+        "1",
+        "<d:displayname/><a:calendar-color xmlns:a=\"http://apple.com/ns/ical/\"/>",
+    );
+    assert_eq!(status, 207, "{xml}");
+    let made = format!("calendar-{}", uuid.to_lowercase());
+    assert!(xml.contains(&format!("/dav/calendars/{made}/")), "{xml}");
+    assert!(xml.contains("Climbing") && xml.contains("#00aa00"), "{xml}");
+    let event = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//test//EN\r\nBEGIN:VEVENT\r\nUID:climb-1\r\nDTSTAMP:20260101T000000Z\r\nDTSTART:20260110T180000Z\r\nSUMMARY:Bouldering\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
+    let (status, _) = dav.put(&format!("/dav/calendars/{uuid}/climb-1.ics"), event, None);
+    assert_eq!(status, 201);
+    assert_eq!(node.json(&["ls", &made]).as_array().unwrap().len(), 1);
+    // A calendar imported later, under the family, reaches the phone without a new
+    // grant.
+    node.json(&[
+        "import",
+        "calendar",
+        fixture("google.ics").to_str().unwrap(),
+        "--into",
+        "calendar-work",
+    ]);
+    let (_, xml) = dav.propfind("/dav/calendars/", "1", "<d:displayname/>");
+    assert!(xml.contains("/dav/calendars/calendar-work/"), "{xml}");
+    // Outside the family: nothing, and nothing can be made.
+    let (status, _) = dav.propfind("/dav/calendars/notes/", "0", "<d:displayname/>");
+    assert_ne!(status, 207);
+    let (status, _, _) = dav.send(dav.request("MKCOL", "/dav/contacts/phone/"));
+    assert_eq!(status, 403);
+    // The phone removes its calendar: records, name and listing go, audited.
+    let (status, _, _) = dav.send(dav.request("DELETE", &format!("/dav/calendars/{uuid}/")));
+    assert_eq!(status, 204);
+    assert_eq!(node.json(&["ls", &made]).as_array().unwrap().len(), 0);
+    let (_, xml) = dav.propfind("/dav/calendars/", "1", "<d:displayname/>");
+    assert!(!xml.contains(&made), "{xml}");
+    assert!(xml.contains("calendar-work"), "{xml}");
+    let audit = node.json(&["audit", "--grant", &grant]);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["operation"] == "remove"
+                && e["collection"] == made.as_str()
+                && e["records"] == 1),
+        "{audit}"
+    );
+    let (status, _, _) = dav.send(dav.request("DELETE", &format!("/dav/calendars/{uuid}/")));
+    assert_eq!(status, 404, "already gone");
+    // A grant that names one calendar cannot remove it whole unless it writes all of
+    // it; this one reads only.
+    let (_, reader) = grant_with_password(&node, &["--read", "calendar-work"]);
+    let reader = Dav::new(&node, &reader);
+    let (status, _, _) = reader.send(reader.request("DELETE", "/dav/calendars/calendar-work/"));
+    assert_eq!(status, 403);
+    assert!(
+        !node
+            .json(&["ls", "calendar-work"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(node.json(&["get", "notes", "n1"])["text"], "private");
+}
+
 /// A change made on another device and synced over the mesh moves the sync token.
 #[test]
 fn a_change_from_another_device_appears_in_the_next_sync_report() {

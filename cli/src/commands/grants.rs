@@ -115,16 +115,28 @@ pub(super) async fn audit(
     Ok(())
 }
 
-/// `contacts.name, contacts.email` or `notes` (all fields).
+/// `contacts.name, contacts.email` or `notes` (all fields); a family in words
+/// (`summary of calendar and every calendar-… collection (also ones made later)`).
 pub(super) fn describe_fields(scope: &Scope, write: bool) -> String {
     let mut parts = Vec::new();
-    for (name, c) in &scope.collections {
+    for (key, c) in &scope.collections {
         let fields = if write { &c.write } else { &c.read };
+        let name = hearth_protocol::scope::Key::of(key).describe();
         match fields {
             None => {}
-            Some(Fields::All) => parts.push(name.clone()),
+            Some(Fields::All) => parts.push(name),
             Some(Fields::Only(paths)) => {
-                parts.extend(paths.iter().map(|p| format!("{name}.{p}")));
+                let fields: Vec<String> = paths.iter().map(ToString::to_string).collect();
+                parts.push(match hearth_protocol::scope::Key::of(key) {
+                    hearth_protocol::scope::Key::One(_) => fields
+                        .iter()
+                        .map(|f| format!("{key}.{f}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    hearth_protocol::scope::Key::Family(_) => {
+                        format!("{} of {name}", fields.join(", "))
+                    }
+                });
             }
         }
     }

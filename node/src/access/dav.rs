@@ -89,6 +89,13 @@ fn meta_id(collection: &CollectionName) -> RecordId {
     RecordId::parse(collection.as_str()).expect("a collection name is a valid record id")
 }
 
+/// The `_dav` record listing the books clients made, `{"calendar-3f2a…": true}` (`~`
+/// is in no collection name): an empty calendar a phone made has no record to make
+/// it a collection yet, and must still be listed.
+fn made_id() -> RecordId {
+    RecordId::parse("~made").expect("a valid record id")
+}
+
 /// The sync token (and CTag) of a place in a collection's change log:
 /// `urn:hearth:sync:2-EPOCH-SEQ`, the epoch in 16 hex digits, the entry's number in
 /// decimal. (Tokens of Hearth before the change log named the collection's heads.)
@@ -512,13 +519,25 @@ impl Door {
     /// The contacts (or calendar) collections the caller may read.
     pub fn dav_books(&self, caller: &Caller, kind: Kind) -> Result<Vec<Book>, AccessError> {
         let mut books = Vec::new();
-        for (name, scope) in caller.scope.readable() {
-            if Kind::of(name) != Some(kind) {
+        let mut existing: Vec<String> = self
+            .0
+            .collections
+            .names()?
+            .into_iter()
+            .map(|n| n.to_string())
+            .collect();
+        let made = self.made_books()?;
+        existing.extend(made.iter().cloned());
+        for (name, scope) in caller.scope.readable(existing.iter().map(String::as_str)) {
+            if Kind::of(&name) != Some(kind) {
                 continue;
             }
             let collection =
-                CollectionName::parse(name).map_err(|e| AccessError::BadRequest(e.to_string()))?;
-            books.push(self.book(&collection, kind, scope)?);
+                CollectionName::parse(&name).map_err(|e| AccessError::BadRequest(e.to_string()))?;
+            if !self.listed(caller, &collection, &made)? {
+                continue;
+            }
+            books.push(self.book(&collection, kind, &scope)?);
         }
         Ok(books)
     }
@@ -531,7 +550,28 @@ impl Door {
     ) -> Result<Book, AccessError> {
         let kind = self.kind_of(collection)?;
         let scope = self.readable(caller, collection.as_str())?;
-        self.book(collection, kind, scope)
+        if !self.listed(caller, collection, &self.made_books()?)? {
+            return Err(AccessError::NotFound {
+                collection: collection.to_string(),
+                id: String::new(),
+            });
+        }
+        self.book(collection, kind, &scope)
+    }
+
+    /// Whether a book the caller reaches is there for it: one its grant names (it may
+    /// be filled), or, through a family, one that holds records or a client made — one
+    /// removed, or never made, is not.
+    fn listed(
+        &self,
+        caller: &Caller,
+        collection: &CollectionName,
+        made: &[String],
+    ) -> Result<bool, AccessError> {
+        let name = collection.as_str();
+        Ok(caller.scope.collections.contains_key(name)
+            || made.iter().any(|m| m == name)
+            || self.0.collections.count(collection)? > 0)
     }
 
     fn book(
@@ -617,8 +657,8 @@ impl Door {
         let mut fields = Vec::new();
         for name in names {
             let mut found = None;
-            if let Some(record) = self.resolve(collection, kind, scope, &names_of, name)?
-                && let Some(object) = serve(kind, scope, &record, |_| Ok(name.clone()))?
+            if let Some(record) = self.resolve(collection, kind, &scope, &names_of, name)?
+                && let Some(object) = serve(kind, &scope, &record, |_| Ok(name.clone()))?
             {
                 fields.extend(scope.field_names(&record));
                 if let Some(Value::String(id)) = record.get("id") {
@@ -1068,18 +1108,9 @@ impl Door {
         make: bool,
     ) -> Result<(), AccessError> {
         self.kind_of(collection)?;
-        let scope = self.writable(caller, collection.as_str())?;
         // A book's name and colour are everyone's: only a grant that may write the
         // whole collection (every field, no filter) changes them.
-        if scope.write != Some(hearth_protocol::scope::Fields::All) || !scope.filter.is_empty() {
-            return Err(self.refused(
-                &caller.grant,
-                collection.as_str(),
-                AccessError::OutOfScope(format!(
-                    "changing the properties of {collection} needs a grant that writes all of it (every field, no filter)"
-                )),
-            ));
-        }
+        self.whole_writer(caller, collection, "changing the properties of")?;
         let inner = &self.0;
         if make {
             let meta = self.meta_of(collection)?;
@@ -1107,6 +1138,11 @@ impl Door {
             patch.insert("made".into(), Value::Bool(true));
         }
         self.write_meta(collection, patch).await?;
+        if make {
+            let mut made = Map::new();
+            made.insert(collection.to_string(), Value::Bool(true));
+            self.write_meta_record(made_id(), made).await?;
+        }
         let event = AuditEvent {
             fields,
             ..caller.grant.event(Operation::Write, collection.as_str())
@@ -1204,13 +1240,112 @@ impl Door {
         collection: &CollectionName,
         patch: Map<String, Value>,
     ) -> Result<(), AccessError> {
+        self.write_meta_record(meta_id(collection), patch).await
+    }
+
+    async fn write_meta_record(
+        &self,
+        id: RecordId,
+        patch: Map<String, Value>,
+    ) -> Result<(), AccessError> {
         let decide = move |before: Option<&Map<String, Value>>| {
             Ok::<_, std::convert::Infallible>((meta_write(before, patch), ()))
         };
-        let (name, id) = (meta(), meta_id(collection));
+        let name = meta();
         let written = self.0.collections.write_combined(&name, &id, decide);
         written.await?.unwrap_or_else(|never| match never {});
         Ok(())
+    }
+
+    /// Refuses (audited) a caller that may not write all of `collection`: every field,
+    /// no filter. `doing` says what was asked ("changing the properties of").
+    fn whole_writer(
+        &self,
+        caller: &Caller,
+        collection: &CollectionName,
+        doing: &str,
+    ) -> Result<(), AccessError> {
+        let scope = self.writable(caller, collection.as_str())?;
+        if scope.write != Some(hearth_protocol::scope::Fields::All) || !scope.filter.is_empty() {
+            return Err(self.refused(
+                &caller.grant,
+                collection.as_str(),
+                AccessError::OutOfScope(format!(
+                    "{doing} {collection} needs a grant that writes all of it (every field, no filter)"
+                )),
+            ));
+        }
+        Ok(())
+    }
+
+    /// DELETE of a whole address book or calendar (a phone removing a calendar it
+    /// made): every record in it, its DAV properties and names, and the collection
+    /// from the listings, on every device. Only for a grant that writes all of it;
+    /// audited as one removal naming every record.
+    pub async fn dav_remove_book(
+        &self,
+        caller: &Caller,
+        collection: &CollectionName,
+    ) -> Result<(), AccessError> {
+        self.kind_of(collection)?;
+        self.whole_writer(caller, collection, "removing")?;
+        let name = collection.clone();
+        let removed = self
+            .blocking(move |inner| {
+                let collections = &inner.collections;
+                let meta_record = collections.get(&meta(), &meta_id(&name))?;
+                let ids: Vec<RecordId> = collections
+                    .records(&name)?
+                    .iter()
+                    .filter_map(|r| r.get("id").and_then(Value::as_str))
+                    .filter_map(|id| RecordId::parse(id).ok())
+                    .collect();
+                if ids.is_empty() && meta_record.is_none() {
+                    return Ok(None);
+                }
+                let writes: Vec<(RecordId, RecordWrite)> = ids
+                    .iter()
+                    .map(|id| (id.clone(), RecordWrite::Remove))
+                    .collect();
+                for batch in writes.chunks(1000) {
+                    collections.write_many(&name, batch)?;
+                }
+                if meta_record.is_some() {
+                    collections.remove(&meta(), &meta_id(&name))?;
+                }
+                collections.drop_empty(&name)?;
+                Ok(Some(ids))
+            })
+            .await?;
+        let Some(ids) = removed else {
+            return Err(AccessError::NotFound {
+                collection: collection.to_string(),
+                id: String::new(),
+            });
+        };
+        let mut made = Map::new();
+        made.insert(collection.to_string(), Value::Null);
+        self.write_meta_record(made_id(), made).await?;
+        tracing::info!(collection = %collection, records = ids.len(), grant = %caller.grant.id, "a DAV client removed a collection");
+        let event = AuditEvent {
+            records: ids.len(),
+            ids: ids.iter().map(ToString::to_string).collect(),
+            ..caller.grant.event(Operation::Remove, collection.as_str())
+        };
+        self.audited(vec![event]).await?;
+        Ok(())
+    }
+
+    /// The books DAV clients made (MKCOL / MKCALENDAR), present or not.
+    fn made_books(&self) -> Result<Vec<String>, AccessError> {
+        Ok(match self.0.collections.get(&meta(), &made_id())? {
+            Some(Value::Object(made)) => made
+                .into_iter()
+                .filter(|(k, v)| k != "id" && v.as_bool() == Some(true))
+                .map(|(k, _)| k)
+                .collect(),
+            _ => Vec::new(),
+        })
     }
 
     fn dav_refused(

@@ -436,11 +436,11 @@ impl Door {
         }
     }
 
-    pub(super) fn readable<'a>(
+    pub(super) fn readable(
         &self,
-        caller: &'a Caller,
+        caller: &Caller,
         collection: &str,
-    ) -> Result<&'a CollectionScope, AccessError> {
+    ) -> Result<CollectionScope, AccessError> {
         caller
             .scope
             .collection(collection)
@@ -463,11 +463,15 @@ impl Door {
             .blocking(move |inner| {
                 let mut collections = std::collections::BTreeMap::new();
                 let mut events = Vec::new();
-                for (name, scope) in caller.scope.readable() {
-                    let name = CollectionName::parse(name)
+                let existing = inner.collections.names()?;
+                for (name, scope) in caller
+                    .scope
+                    .readable(existing.iter().map(CollectionName::as_str))
+                {
+                    let name = CollectionName::parse(&name)
                         .map_err(|e| AccessError::BadRequest(e.to_string()))?;
                     let records = inner.collections.records(&name)?;
-                    let (view, event) = project(&caller.grant, scope, name.as_str(), records);
+                    let (view, event) = project(&caller.grant, &scope, name.as_str(), records);
                     events.push(event);
                     collections.insert(name.to_string(), view);
                 }
@@ -502,11 +506,9 @@ impl Door {
         let found = self
             .blocking(move |inner| {
                 let wanted = looked_for;
-                for (name, c) in &scope.collections {
-                    if c.read.is_none() {
-                        continue;
-                    }
-                    let Ok(collection) = CollectionName::parse(name) else {
+                let existing = inner.collections.names()?;
+                for (name, c) in scope.readable(existing.iter().map(CollectionName::as_str)) {
+                    let Ok(collection) = CollectionName::parse(&name) else {
                         continue;
                     };
                     for record in inner.collections.records(&collection)? {
@@ -529,7 +531,7 @@ impl Door {
                             .to_owned();
                         // A naming the grant wrote itself does not count: else naming
                         // a blob would be the way to read it.
-                        if blobrefs::is_own(&inner.collections, &grant, name, &id, &wanted)? {
+                        if blobrefs::is_own(&inner.collections, &grant, &name, &id, &wanted)? {
                             continue;
                         }
                         return Ok(Some((name.clone(), id)));
@@ -635,7 +637,7 @@ impl Door {
         }
         // One record takes microseconds: done on the request's task.
         let records: Vec<Value> = inner.collections.get(collection, id)?.into_iter().collect();
-        let (mut view, mut event) = project(&caller.grant, scope, collection.as_str(), records);
+        let (mut view, mut event) = project(&caller.grant, &scope, collection.as_str(), records);
         let Some(record) = view.pop() else {
             self.missed(&caller, Operation::Read, collection.as_str(), id.as_str());
             return Err(not_found(collection, id));
@@ -826,11 +828,11 @@ impl Door {
         })
     }
 
-    pub(super) fn writable<'a>(
+    pub(super) fn writable(
         &self,
-        caller: &'a Caller,
+        caller: &Caller,
         collection: &str,
-    ) -> Result<&'a CollectionScope, AccessError> {
+    ) -> Result<CollectionScope, AccessError> {
         caller
             .scope
             .collection(collection)

@@ -165,7 +165,6 @@ struct State {
 struct Feed {
     key: (String, String),
     caller: Caller,
-    collections: Vec<(CollectionName, CollectionScope)>,
     slots: Mutex<Vec<Slot>>,
     /// How many streams have joined this feed: each pending event carries the count
     /// at the moment it was worked out, each stream the count it joined at.
@@ -191,11 +190,14 @@ struct Pending {
 }
 
 impl Feed {
-    fn reads(&self, name: &CollectionName) -> Option<&CollectionScope> {
-        self.collections
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, s)| s)
+    /// What this feed's streams read of collection `name`, if anything: looked up at
+    /// each change, so a collection made later under a family the grant names is
+    /// followed too.
+    fn reads(&self, name: &str) -> Option<CollectionScope> {
+        self.caller
+            .scope
+            .collection(name)
+            .filter(|c| c.read.is_some())
     }
 
     /// Ends every stream of this feed with `error`.
@@ -281,7 +283,6 @@ impl Hub {
             None => {
                 let feed = Arc::new(Feed {
                     key: key.clone(),
-                    collections: readable(&caller)?,
                     caller: caller.clone(),
                     slots: Mutex::new(Vec::new()),
                     joins: AtomicU64::new(0),
@@ -377,16 +378,20 @@ fn stopping() -> AccessError {
     AccessError::Store(crate::store::StoreError::Closed)
 }
 
-fn readable(caller: &Caller) -> Result<Vec<(CollectionName, CollectionScope)>, AccessError> {
-    caller
-        .scope
-        .readable()
-        .map(|(name, scope)| {
-            CollectionName::parse(name)
-                .map(|n| (n, scope.clone()))
-                .map_err(|e| AccessError::BadRequest(e.to_string()))
-        })
-        .collect()
+/// The collections `caller` reads among those that exist (and those it names).
+async fn readable(door: &Door, caller: &Caller) -> Result<Vec<CollectionName>, AccessError> {
+    let scope = caller.scope.clone();
+    door.blocking(move |inner| {
+        let existing = inner.collections.names()?;
+        scope
+            .readable(existing.iter().map(CollectionName::as_str))
+            .into_iter()
+            .map(|(name, _)| {
+                CollectionName::parse(&name).map_err(|e| AccessError::BadRequest(e.to_string()))
+            })
+            .collect()
+    })
+    .await
 }
 
 /// The one task that turns collection changes into feed events and registers new
@@ -430,7 +435,7 @@ async fn pump(door: Door, mut stop: watch::Receiver<bool>, mut joins: mpsc::Rece
 /// already open), starts following the ones nobody followed, then registers the new
 /// stream: it gets exactly the changes made after this.
 async fn join_feed(door: &Door, caller: Caller) -> Result<Subscription, AccessError> {
-    for (name, _) in readable(&caller)? {
+    for name in readable(door, &caller).await? {
         let followed = door
             .0
             .hub
@@ -442,31 +447,39 @@ async fn join_feed(door: &Door, caller: Caller) -> Result<Subscription, AccessEr
         if followed {
             on_change(door, name).await;
         } else {
-            let collection = name.clone();
-            let at = door
-                .blocking(move |inner| Ok(inner.collections.log_position(&collection)?))
-                .await?;
-            door.0
-                .hub
-                .state
-                .lock()
-                .expect("hub lock is never poisoned")
-                .tracked
-                .insert(name, at);
+            let at = log_position(door, &name).await?;
+            track(door, name, at);
         }
     }
     door.0.hub.register(door, caller)
 }
 
+async fn log_position(door: &Door, name: &CollectionName) -> Result<LogPosition, AccessError> {
+    let collection = name.clone();
+    door.blocking(move |inner| Ok(inner.collections.log_position(&collection)?))
+        .await
+}
+
+/// Follows `name` from `at`, unless it is followed already; where it is followed from.
+fn track(door: &Door, name: CollectionName, at: LogPosition) -> LogPosition {
+    *door
+        .0
+        .hub
+        .state
+        .lock()
+        .expect("hub lock is never poisoned")
+        .tracked
+        .entry(name)
+        .or_insert(at)
+}
+
 /// Stops following collections no open stream reads.
 fn forget_unfollowed(door: &Door) {
     let mut state = door.0.hub.state.lock().expect("hub lock is never poisoned");
-    let followed: BTreeSet<CollectionName> = state
-        .feeds
-        .values()
-        .flat_map(|f| f.collections.iter().map(|(n, _)| n.clone()))
-        .collect();
-    state.tracked.retain(|name, _| followed.contains(name));
+    let feeds: Vec<Arc<Feed>> = state.feeds.values().cloned().collect();
+    state
+        .tracked
+        .retain(|name, _| feeds.iter().any(|f| f.reads(name.as_str()).is_some()));
 }
 
 async fn on_change(door: &Door, name: CollectionName) {
@@ -474,7 +487,7 @@ async fn on_change(door: &Door, name: CollectionName) {
         recheck_feeds(door);
         return;
     }
-    let Some(since) = door
+    let tracked = door
         .0
         .hub
         .state
@@ -482,9 +495,27 @@ async fn on_change(door: &Door, name: CollectionName) {
         .expect("hub lock is never poisoned")
         .tracked
         .get(&name)
-        .cloned()
-    else {
-        return;
+        .cloned();
+    let since = match tracked {
+        Some(since) => since,
+        // A collection made after the streams opened, under a family one of them
+        // reads: every change it has is new to them.
+        None if door
+            .0
+            .hub
+            .feeds()
+            .iter()
+            .any(|f| f.reads(name.as_str()).is_some()) =>
+        {
+            match log_position(door, &name).await {
+                Ok(at) => track(door, name.clone(), LogPosition { seq: 0, ..at }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot follow a new collection for event streams");
+                    return;
+                }
+            }
+        }
+        None => return,
     };
     let collection = name.clone();
     let changed = door
@@ -517,7 +548,7 @@ async fn on_change(door: &Door, name: CollectionName) {
         state
             .feeds
             .values()
-            .filter(|f| f.reads(&name).is_some())
+            .filter(|f| f.reads(name.as_str()).is_some())
             .cloned()
             .collect()
     };
@@ -525,7 +556,7 @@ async fn on_change(door: &Door, name: CollectionName) {
         return;
     }
     for feed in feeds {
-        let scope = feed.reads(&name).expect("filtered on reading it");
+        let scope = feed.reads(name.as_str()).expect("filtered on reading it");
         let mut events = Vec::new();
         for change in &changes {
             let before = change.before.as_ref().and_then(|r| scope.project(r));
@@ -688,12 +719,7 @@ fn tally<'a>(feed: &Feed, events: &'a [ViewEvent]) -> BTreeMap<&'a str, (usize, 
             ViewChange::Upsert { collection, record } => {
                 let slot = per_collection.entry(collection).or_default();
                 slot.0 += 1;
-                if let (Some(record), Some((_, scope))) = (
-                    record.as_object(),
-                    feed.collections
-                        .iter()
-                        .find(|(n, _)| n.as_str() == collection),
-                ) {
+                if let (Some(record), Some(scope)) = (record.as_object(), feed.reads(collection)) {
                     slot.1.extend(scope.field_names(record));
                 }
             }

@@ -20,7 +20,8 @@ pub(super) fn scope_words(scope: &Scope) -> (Vec<String>, Vec<String>, Vec<Strin
     let mut read = Vec::new();
     let mut write = Vec::new();
     let mut filter = Vec::new();
-    for (name, c) in &scope.collections {
+    for (key, c) in &scope.collections {
+        let name = hearth_protocol::scope::Key::of(key).describe();
         if let Some(fields) = &c.read {
             read.push(format!("{name}: {fields}"));
         }
@@ -219,7 +220,9 @@ pub(super) async fn preview_grant(
     };
     let mut words = Vec::new();
     let mut collections = Vec::new();
-    for (name, c) in &scope.collections {
+    let existing = vault.collections.names().unwrap_or_default();
+    for (key, c) in &scope.collections {
+        let name = hearth_protocol::scope::Key::of(key).describe();
         let filter = if c.filter.is_empty() {
             "every record".to_owned()
         } else {
@@ -246,11 +249,19 @@ pub(super) async fn preview_grant(
                 field_words(write)
             ));
         }
-        if c.read.is_some() {
-            let Ok(collection) = CollectionName::parse(name) else {
-                continue;
-            };
-            let records = vault.collections.records(&collection).unwrap_or_default();
+        // A family previews every collection it reaches now.
+        let members: Vec<&CollectionName> = existing
+            .iter()
+            .filter(|n| !n.is_system() && hearth_protocol::scope::Key::of(key).covers(n.as_str()))
+            .collect();
+        let named = CollectionName::parse(key).ok();
+        let previewed: Vec<&CollectionName> = match &named {
+            Some(one) => vec![one],
+            None => members,
+        };
+        for collection in previewed.into_iter().filter(|_| c.read.is_some()) {
+            let name = collection.to_string();
+            let records = vault.collections.records(collection).unwrap_or_default();
             let mut shown = Vec::new();
             let mut hidden = 0;
             for r in &records {
@@ -262,7 +273,7 @@ pub(super) async fn preview_grant(
                 }
             }
             collections.push(PreviewCollection {
-                name: name.clone(),
+                name,
                 shown: shown.len(),
                 hidden,
                 records: shown.into_iter().take(PREVIEW_RECORDS).collect(),
