@@ -312,6 +312,14 @@ pub enum Command {
     Grants,
     /// Revoke a grant at once, and show what the service already saw
     Revoke { grant_id: String },
+    /// Extend a grant: it expires DURATION from now; the service keeps its token and
+    /// app password (a phone needs no new setup). Audited.
+    Extend {
+        grant_id: String,
+        /// From now: 30d, 12h, 2w, 1y, … or never
+        #[arg(long, value_name = "DURATION")]
+        expires: String,
+    },
     /// Show the audit log of service accesses, or verify its hash chains
     Audit {
         /// Only this grant's accesses

@@ -13,12 +13,26 @@ use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
-/// The node refused a request: its error code and message.
+/// The node refused a request: its error code and message (the code is said once,
+/// as `--json`'s `code`, not repeated in the message).
 #[derive(Debug, thiserror::Error)]
-#[error("{message} ({code})")]
+#[error("{message}")]
 pub struct NodeAnswered {
     pub code: String,
     pub message: String,
+}
+
+/// A failure of the CLI itself with the code `--json` gives it (`no_vault`,
+/// `not_running`, …); the node's own refusals are [`NodeAnswered`].
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Coded {
+    pub code: &'static str,
+    pub message: String,
+}
+
+pub fn coded(code: &'static str, message: String) -> anyhow::Error {
+    anyhow::Error::new(Coded { code, message })
 }
 
 pub struct Client {
@@ -37,9 +51,12 @@ impl Client {
             bail!("{root} is a backup host's HOME, not a vault's (`hearth host --help`)");
         }
         if !home.has_vault() {
-            bail!(
-                "{root} is not a Hearth vault; create one with `hearth --home {root} up` (or `hearth init`)"
-            );
+            return Err(coded(
+                "no_vault",
+                format!(
+                    "{root} is not a Hearth vault; create one with `hearth --home {root} up` (or `hearth init`)"
+                ),
+            ));
         }
         Self::connect_to(home).await
     }
@@ -181,11 +198,19 @@ fn no_node(home: &Home, addr: Option<&str>) -> anyhow::Error {
         None => String::new(),
     };
     if home.is_host() {
-        return anyhow!(
-            "no backup host is running for {root}{why}; start it with `hearth --home {root} host`"
+        return coded(
+            "not_running",
+            format!(
+                "no backup host is running for {root}{why}; start it with `hearth --home {root} host`"
+            ),
         );
     }
-    anyhow!("no Hearth node is running for {root}{why}; start one with `hearth --home {root} up`")
+    coded(
+        "not_running",
+        format!(
+            "no Hearth node is running for {root}{why}; start one with `hearth --home {root} up`"
+        ),
+    )
 }
 
 /// A secret given on the command line (an invite code, a token): the text itself,

@@ -62,7 +62,10 @@ fn bad_usage(e: clap::Error) -> std::process::ExitCode {
         .collect::<Vec<_>>()
         .join("; ");
     let json = std::env::args_os().skip(1).any(|a| a == "--json");
-    fail(json, &anyhow::anyhow!("{line} (see `hearth --help`)"))
+    fail(
+        json,
+        &client::coded("usage", format!("{line} (see `hearth --help`)")),
+    )
 }
 
 /// One line on stderr, as the interface contract asks; with `--json` also
@@ -70,10 +73,7 @@ fn bad_usage(e: clap::Error) -> std::process::ExitCode {
 fn fail(json: bool, e: &anyhow::Error) -> std::process::ExitCode {
     let line = one_line(e);
     if json && e.downcast_ref::<commands::Reported>().is_none() {
-        let code = e
-            .chain()
-            .find_map(|cause| cause.downcast_ref::<client::NodeAnswered>())
-            .map_or("failed", |answer| answer.code.as_str());
+        let code = code_of(e);
         let body = serde_json::json!({ "error": { "code": code, "message": line } });
         let _ = std::io::Write::write_all(&mut std::io::stdout(), format!("{body}\n").as_bytes());
     }
@@ -82,6 +82,38 @@ fn fail(json: bool, e: &anyhow::Error) -> std::process::ExitCode {
         format!("error: {line}\n").as_bytes(),
     );
     std::process::ExitCode::FAILURE
+}
+
+/// The code `--json` gives a failure: the node's when it answered with one, the CLI's
+/// own when it set one, else what the cause says (a file not found, bad JSON), else
+/// `failed`.
+fn code_of(e: &anyhow::Error) -> &str {
+    for cause in e.chain() {
+        if let Some(answer) = cause.downcast_ref::<client::NodeAnswered>() {
+            return &answer.code;
+        }
+        if let Some(coded) = cause.downcast_ref::<client::Coded>() {
+            return coded.code;
+        }
+    }
+    for cause in e.chain() {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::NotFound => "not_found",
+                std::io::ErrorKind::PermissionDenied => "permission_denied",
+                std::io::ErrorKind::AlreadyExists => "exists",
+                std::io::ErrorKind::StorageFull => "insufficient_storage",
+                _ => "io",
+            };
+        }
+        if cause.downcast_ref::<serde_json::Error>().is_some() {
+            return "bad_json";
+        }
+        if cause.downcast_ref::<reqwest::Error>().is_some() {
+            return "unreachable";
+        }
+    }
+    "failed"
 }
 
 /// The error and its causes on one line, each cause once: an error that already

@@ -28,10 +28,10 @@ use futures::StreamExt;
 use hearth_protocol::api::{
     AuditEntry, BackupAddRequest, BackupPruneRequest, BackupPruned, BackupStatus, BackupVerified,
     BlobInfo, BlobRemoved, CheckReport, CollectionInfo, ConflictsResponse, DeviceInfo, ErrorBody,
-    ErrorCode, ErrorDetail, GrantCreated, GrantInfo, GrantRequest, HelloRequest, HelloResponse,
-    HostStatus, InviteResponse, KeysInfo, KitInfo, KitRequest, PutResponse, ResolveRequest,
-    RestoreReport, RevokeResponse, StatusResponse, StreamReady, TextEditRequest, VaultExport,
-    VerifyResponse, ViewAll,
+    ErrorCode, ErrorDetail, ExtendRequest, GrantCreated, GrantInfo, GrantRequest, HelloRequest,
+    HelloResponse, HostStatus, InviteResponse, KeysInfo, KitInfo, KitRequest, PutResponse,
+    ResolveRequest, RestoreReport, RevokeResponse, StatusResponse, StreamReady, TextEditRequest,
+    VaultExport, VerifyResponse, ViewAll,
 };
 use hearth_protocol::{BlobId, CollectionName, RecordId};
 use rand::RngCore;
@@ -65,8 +65,8 @@ use crate::download::{Disposition, blob_response};
 pub use crate::owner::Error as ApiError;
 use crate::owner::{
     self, audit, audit_verify, blocking, conflicts_response, device_remove, device_rename,
-    devices_view, grant_info, grant_new, grant_revoke, grants, import_error, invite, keep_version,
-    owner_write, record_not_found, resolve, resolve_with, status_of, write_error,
+    devices_view, grant_extend, grant_info, grant_new, grant_revoke, grants, import_error, invite,
+    keep_version, owner_write, record_not_found, resolve, resolve_with, status_of, write_error,
 };
 use crate::server::is_length_limit;
 
@@ -130,6 +130,7 @@ pub fn router(vault: Arc<Vault>) -> Router {
         .route("/v1/blobs/{id}", get(get_blob).delete(remove_blob))
         .route("/v1/grants", get(list_grants).post(create_grant))
         .route("/v1/grants/{id}/revoke", post(revoke_grant))
+        .route("/v1/grants/{id}/extend", post(extend_grant))
         .route("/v1/import/{collection}", post(import))
         .route(
             "/v1/import/{collection}/state/{id}",
@@ -216,6 +217,7 @@ pub fn router(vault: Arc<Vault>) -> Router {
         list_grants,
         create_grant,
         revoke_grant,
+        extend_grant,
         import,
         restore,
         import_state,

@@ -181,6 +181,7 @@ pub fn routes() -> Router<AppState> {
         .route("/grants", get(grants_page).post(create_grant))
         .route("/grants/preview", post(preview_grant))
         .route("/grants/{id}/revoke", post(revoke_grant))
+        .route("/grants/{id}/extend", post(extend_grant))
         .route("/audit", get(audit_page))
         .route("/audit/verify", post(verify_audit))
         .route("/data", get(data_page))

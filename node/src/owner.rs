@@ -89,14 +89,35 @@ impl From<BlobError> for Error {
     }
 }
 
+/// Active grants that expire within [`access::EXPIRY_WARNING`], soonest first.
+pub fn expiring_grants(grants: &[access::Grant]) -> Vec<hearth_protocol::api::ExpiringGrant> {
+    let now = crate::clock::now_unix();
+    let horizon = now + access::EXPIRY_WARNING.as_secs();
+    let mut out: Vec<_> = grants
+        .iter()
+        .filter(|g| g.status(now) == hearth_protocol::api::GrantStatus::Active)
+        .filter_map(|g| {
+            let at = g.expires_at.filter(|at| *at <= horizon)?;
+            Some(hearth_protocol::api::ExpiringGrant {
+                id: g.id.clone(),
+                service: g.service.clone(),
+                expires_at: at,
+            })
+        })
+        .collect();
+    out.sort_by_key(|g| g.expires_at);
+    out
+}
+
 /// What `GET /v1/status` answers (also the dashboard's overview).
 pub async fn status_of(vault: &Arc<Vault>) -> Result<StatusResponse, Error> {
-    let (collections, blobs, arriving, kit) = blocking(vault, |v| {
+    let (collections, blobs, arriving, kit, expiring_grants) = blocking(vault, |v| {
         Ok((
             v.collections.list()?,
             v.blobs.count() as u64,
             v.blobs.arriving(&v.collections)?,
             crate::recovery::current(&v.collections, &v.keys.vault_id)?.map(|(kit, _)| kit.id),
+            expiring_grants(&access::list_grants(&v.collections)?),
         ))
     })
     .await?;
@@ -126,6 +147,7 @@ pub async fn status_of(vault: &Arc<Vault>) -> Result<StatusResponse, Error> {
         key_epoch: keys.epoch,
         key_held: keys.held,
         recovery_kit: kit,
+        expiring_grants,
         devices,
         arriving,
         lan: vault
@@ -446,8 +468,10 @@ pub async fn grant_new(vault: &Arc<Vault>, request: GrantRequest) -> Result<Gran
     .map_err(|e| Error::new(ErrorCode::BadRequest, e.to_string()))?;
     let expires = match request.expires.as_deref() {
         Some(text) => access::parse_duration(text)?,
+        None if request.app_password => Some(access::APP_PASSWORD_EXPIRY),
         None => Some(access::DEFAULT_EXPIRY),
     };
+    refuse_command_words(&request.service)?;
     let rate = request
         .rate
         .as_deref()
@@ -584,6 +608,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 pub fn grant_info(grant: access::Grant, last_used: Option<u64>) -> GrantInfo {
     GrantInfo {
         status: grant.status(crate::clock::now_unix()),
+        token_expires_at: grant.token_dated(),
         id: grant.id,
         service: grant.service,
         scope: grant.scope,
@@ -596,6 +621,48 @@ pub fn grant_info(grant: access::Grant, last_used: Option<u64>) -> GrantInfo {
         app_password: grant.password_hash.is_some(),
         last_used,
     }
+}
+
+/// A service called like a command (`hearth grant renew …`) is almost always a
+/// command that does not exist: refused, with the one meant.
+fn refuse_command_words(service: &str) -> Result<(), Error> {
+    let hint = match service.trim() {
+        "renew" | "extend" => {
+            "to give a grant more time, use `hearth extend GRANT_ID --expires 1y`"
+        }
+        "revoke" | "rm" | "remove" | "delete" => "to end a grant, use `hearth revoke GRANT_ID`",
+        "list" | "ls" | "show" => "to list grants, use `hearth grants`",
+        _ => return Ok(()),
+    };
+    Err(Error::new(
+        ErrorCode::BadRequest,
+        format!("{service:?} is a command word, not a service name: {hint}"),
+    ))
+}
+
+/// Extends a grant (same token, same app password), audited.
+pub async fn grant_extend(
+    vault: &Arc<Vault>,
+    id: String,
+    request: hearth_protocol::api::ExtendRequest,
+) -> Result<GrantInfo, Error> {
+    let expires = access::parse_duration(&request.expires)?;
+    let door = vault.door.clone();
+    let info = blocking(vault, move |v| {
+        let grant = access::extend(&v.collections, &id, expires)?;
+        let reason = grant
+            .expires_at
+            .map_or("never".to_owned(), |at| format!("expires_at={at}"));
+        door.audit_owner(access::AuditEvent {
+            reason: Some(reason),
+            ..grant.event(access::Operation::Extend, "")
+        })?;
+        let last_used = access::seen_by(&v.collections, &grant.id)?.last_access;
+        Ok(grant_info(grant, last_used))
+    })
+    .await?;
+    vault.store.commit().await?;
+    Ok(info)
 }
 
 /// Every grant, with when it was last used.

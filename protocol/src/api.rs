@@ -224,6 +224,9 @@ pub struct StatusResponse {
     /// The vault's recovery kit (its id), if one was made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_kit: Option<String>,
+    /// Active grants that expire within two weeks, soonest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expiring_grants: Vec<ExpiringGrant>,
 }
 
 /// Where the API and DAV are served on the LAN, and how to check the certificate.
@@ -557,6 +560,28 @@ pub struct GrantInfo {
     pub status: GrantStatus,
     /// The last audited access (Unix seconds).
     pub last_used: Option<u64>,
+    /// When the token itself stops, if it carries a date of its own (grants made
+    /// before grants could be extended): extending such a grant extends its app
+    /// password, not this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_expires_at: Option<u64>,
+}
+
+/// `POST /v1/grants/{id}/extend`: the grant's new expiry, from now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendRequest {
+    /// `30d`, `12h`, `2w`, `1y`, … or `never`.
+    pub expires: String,
+}
+
+/// A grant about to expire (within two weeks), as `hearth status` warns of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ExpiringGrant {
+    pub id: String,
+    pub service: String,
+    /// Unix seconds.
+    pub expires_at: u64,
 }
 
 /// `POST /v1/grants/{id}/revoke`.
@@ -604,8 +629,8 @@ pub struct AuditEntry {
     pub at: u64,
     pub grant: String,
     pub service: String,
-    /// `read`, `subscribe` (an event batch delivered), `write`, `create`, `remove`, or
-    /// `refused`.
+    /// `read`, `subscribe` (an event batch delivered), `write`, `create`, `remove`,
+    /// `refused`, `read_blob`, or `extend` (the owner extended the grant).
     pub operation: String,
     /// Empty when the access was not about one collection (a refused token).
     #[serde(default)]
@@ -615,7 +640,8 @@ pub struct AuditEntry {
     /// The records touched by a write (and read by a single-record read).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ids: Vec<String>,
-    /// Why a refused request was refused (an error code).
+    /// Why a refused request was refused (an error code); for `extend`, the grant's
+    /// new expiry (`expires_at=SECS` or `never`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// For `refused`: how many requests this entry stands for (refusals of one grant

@@ -215,6 +215,108 @@ fn an_expired_grant_is_refused() {
     node.stop();
 }
 
+/// A grant that expired (a phone after a month) comes back with `hearth extend`: the
+/// same token and app password work again, the extension is audited, a revoked grant
+/// stays revoked, and `hearth status` warned before it expired.
+#[test]
+fn an_extended_grant_keeps_its_token_and_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = spawn_node(&dir.path().join("v"), &[]);
+    node.json(&["put", "contacts", "ada", r#"{"name": "Ada"}"#]);
+    let grant = node.json(&[
+        "grant",
+        "phone",
+        "--read",
+        "contacts",
+        "--expires",
+        "2s",
+        "--app-password",
+    ]);
+    let id = grant["id"].as_str().unwrap().to_owned();
+    let token = grant["token"].as_str().unwrap().to_owned();
+    let password = grant["password"].as_str().unwrap().to_owned();
+    // Warned while it still works.
+    let status = node.json(&["status"]);
+    assert_eq!(status["expiring_grants"][0]["id"], id.as_str(), "{status}");
+    let said = String::from_utf8(node.run(&["status"]).stdout).unwrap();
+    assert!(said.contains(&format!("hearth extend {id}")), "{said}");
+    eventually("the grant expires", || {
+        let (status, body) = service_get(&node, &token, "/v1/view/contacts");
+        (status == 403 && body["error"]["code"] == "expired").then_some(())
+    });
+    let extended = node.json(&["extend", &id, "--expires", "1y"]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let until = extended["expires_at"].as_u64().unwrap();
+    assert!(until.abs_diff(now + 365 * 86_400) < 60, "{extended}");
+    assert_eq!(extended["status"], "active");
+    assert!(extended.get("token_expires_at").is_none(), "{extended}");
+    // The same token, and the same password, read again.
+    let (status, body) = service_get(&node, &token, "/v1/view/contacts");
+    assert_eq!(status, 200, "{body}");
+    let api = Api::new(&node);
+    let (status, body) = api.send(
+        api.raw(Method::GET, "/v1/view/contacts")
+            .bearer_auth(&password),
+    );
+    assert_eq!(status, 200, "{body}");
+    let said = String::from_utf8(node.run(&["status"]).stdout).unwrap();
+    assert!(!said.contains("warning  grant"), "{said}");
+    // Audited, with the new date; not counted as an access of the service.
+    let audit = node.json(&["audit", "--grant", &id]);
+    let entry = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["operation"] == "extend")
+        .unwrap_or_else(|| panic!("{audit}"));
+    assert_eq!(entry["reason"], format!("expires_at={until}"));
+    node.json(&["audit", "--verify"]);
+    // `never` is asked for by name; wrong input is refused and changes nothing.
+    let forever = node.json(&["extend", &id, "--expires", "never"]);
+    assert!(forever["expires_at"].is_null(), "{forever}");
+    for (args, code) in [
+        (vec!["extend", &id, "--expires", "soon"], "bad_request"),
+        (
+            vec!["extend", "nosuchgrant", "--expires", "1d"],
+            "not_found",
+        ),
+    ] {
+        let out = node.run(&[&args[..], &["--json"]].concat());
+        assert!(!out.status.success());
+        let err: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err["error"]["code"] == code || text.contains(code) || text.contains("invalid"),
+            "{args:?}: {err} {text}"
+        );
+    }
+    assert!(node.json(&["grants"])[0]["expires_at"].is_null());
+    // Revoked stays revoked.
+    node.json(&["revoke", &id]);
+    let out = node.run(&["extend", &id, "--expires", "1y"]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("stays revoked"), "{text}");
+    let (status, _) = service_get(&node, &token, "/v1/view/contacts");
+    assert_eq!(status, 403);
+    // An app password grant lasts a year unless told otherwise; a command word is
+    // not a service.
+    let phone = node.json(&["grant", "phone2", "--read", "contacts", "--app-password"]);
+    let until = phone["expires_at"].as_u64().unwrap();
+    assert!(until.abs_diff(now + 365 * 86_400) < 60, "{phone}");
+    let plain = node.json(&["grant", "svc", "--read", "contacts"]);
+    let until = plain["expires_at"].as_u64().unwrap();
+    assert!(until.abs_diff(now + 30 * 86_400) < 60, "{plain}");
+    let out = node.run(&["grant", "renew", "--read", "contacts"]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("hearth extend GRANT_ID"), "{text}");
+    node.stop();
+}
+
 #[test]
 fn attenuation_narrows_and_nothing_widens() {
     let dir = tempfile::tempdir().unwrap();

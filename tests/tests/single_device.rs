@@ -52,6 +52,9 @@ fn mode(path: &Path) -> u32 {
 fn no_node_error(home: &Path, args: &[&str]) {
     let err = one_line_error(&cli(home, args));
     assert!(err.contains("no Hearth node is running"), "{args:?}: {err}");
+    let out = cli(home, &[args, &["--json"]].concat());
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["error"]["code"], "not_running", "{args:?}: {answer}");
     assert!(
         err.contains("hearth up") || err.contains(" up`"),
         "{args:?}: {err}"
@@ -1068,7 +1071,26 @@ fn json_errors_and_a_port_alone_for_the_api() {
     );
     let line = one_line_error(&out);
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(answer["error"]["code"], "failed");
+    // Its cause names the code: a file that is not there.
+    assert_eq!(answer["error"]["code"], "not_found", "{answer}");
+    // The code is said once, not repeated in the message.
+    let out = node.run(&["--json", "get", "contacts", "nobody"]);
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(!message.contains("not_found"), "{answer}");
+    // Without a node, or a vault, or with a wrong option: each its own code.
+    for (home, args, code) in [
+        (fresh.path(), vec!["ls", "contacts"], "no_vault"),
+        (
+            node.home.as_path(),
+            vec!["ls", "contacts", "--nonsense"],
+            "usage",
+        ),
+    ] {
+        let out = cli(home, &[&args[..], &["--json"]].concat());
+        let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(answer["error"]["code"], code, "{args:?}: {answer}");
+    }
     // The OS's reason once, not twice.
     assert_eq!(
         line.matches("No such file or directory").count(),

@@ -431,6 +431,15 @@ pub(super) fn print_status(status: &StatusResponse) -> anyhow::Result<()> {
             size
         ))?;
     }
+    for g in &status.expiring_grants {
+        out(format!(
+            "warning  grant {} ({}) expires {}: `hearth extend {} --expires 1y` keeps it (same token and password)",
+            g.id,
+            g.service,
+            when(g.expires_at),
+            g.id
+        ))?;
+    }
     for addr in &status.listen_addrs {
         out(format!("listen   {addr}"))?;
     }

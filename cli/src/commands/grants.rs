@@ -70,6 +70,56 @@ pub(super) async fn revoke(
     Ok(())
 }
 
+pub(super) async fn extend(
+    home: &Home,
+    json: bool,
+    client: &Client,
+    grant_id: String,
+    expires: String,
+) -> anyhow::Result<()> {
+    let path = format!("/v1/grants/{}/extend", seg(&grant_id));
+    let grant: GrantInfo = client
+        .json(
+            home,
+            client
+                .request(Method::POST, &path)
+                .json(&ExtendRequest { expires }),
+        )
+        .await?;
+    if json {
+        return out_json(&grant);
+    }
+    let until = match grant.expires_at {
+        Some(t) => format!("expires {} ({})", local_time(t), when(t)),
+        None => "never expires".to_owned(),
+    };
+    out(format!(
+        "grant {} ({}) now {until}; {} the same.",
+        grant.id,
+        grant.service,
+        if grant.app_password {
+            "its token and app password stay"
+        } else {
+            "its token stays"
+        }
+    ))?;
+    if let Some(t) = grant.token_expires_at
+        && grant.expires_at.is_none_or(|e| e > t)
+    {
+        note(format!(
+            "note: this grant's token was made before grants could be extended and still stops {} ({}){}; for longer, make a new grant.",
+            local_time(t),
+            when(t),
+            if grant.app_password {
+                "; its app password follows the new date"
+            } else {
+                ""
+            }
+        ));
+    }
+    Ok(())
+}
+
 pub(super) async fn audit(
     home: &Home,
     json: bool,

@@ -13,8 +13,8 @@ use hearth_node::keys::Passphrase;
 use hearth_node::{Node, NodeConfig};
 use hearth_protocol::api::{
     AuditEntry, BlobInfo, BlobRemoved, BlobWritten, CheckReport, CollectionInfo, ConflictsResponse,
-    DeviceInfo, GrantCreated, GrantInfo, GrantRequest, InitReport, InviteResponse, JoinReport,
-    KeysInfo, PassphraseReport, PutResponse, Removed, RevokeResponse, StatusResponse,
+    DeviceInfo, ExtendRequest, GrantCreated, GrantInfo, GrantRequest, InitReport, InviteResponse,
+    JoinReport, KeysInfo, PassphraseReport, PutResponse, Removed, RevokeResponse, StatusResponse,
     TokenResponse, UpReport, VerifyResponse,
 };
 use hearth_protocol::scope::{Fields, Narrowing, Scope};
@@ -348,6 +348,9 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
         }
         Command::Grants => grants::list(home, json, &client).await?,
         Command::Revoke { grant_id } => grants::revoke(home, json, &client, grant_id).await?,
+        Command::Extend { grant_id, expires } => {
+            grants::extend(home, json, &client, grant_id, expires).await?
+        }
         Command::Audit { grant, verify } => {
             grants::audit(home, json, &client, grant, verify).await?
         }
@@ -476,7 +479,9 @@ fn local_time(unix: u64) -> String {
 /// A moment relative to now, for people: "in 29 days", "3 minutes ago".
 fn when(unix: u64) -> String {
     let now = hearth_node::clock::now_unix();
-    if unix >= now {
+    if unix == now {
+        "now".to_owned()
+    } else if unix > now {
         format!("in {}", human_duration(unix - now))
     } else {
         format!("{} ago", human_duration(now - unix))
@@ -488,6 +493,7 @@ fn human_duration(secs: u64) -> String {
         s if s >= 2 * 86_400 => format!("{} days", s / 86_400),
         s if s >= 2 * 3600 => format!("{} hours", s / 3600),
         s if s >= 120 => format!("{} minutes", s / 60),
+        1 => "1 second".to_owned(),
         s => format!("{s} seconds"),
     }
 }

@@ -71,6 +71,9 @@ pub enum Operation {
     Refused,
     /// A blob's bytes, read because a record the grant can read names it.
     ReadBlob,
+    /// The owner extended the grant (`reason`: its new expiry, `expires_at=SECS` or
+    /// `never`): not an access of the service.
+    Extend,
 }
 
 impl Operation {
@@ -83,6 +86,7 @@ impl Operation {
             Operation::Remove => "remove",
             Operation::Refused => "refused",
             Operation::ReadBlob => "read_blob",
+            Operation::Extend => "extend",
         }
     }
 }
@@ -387,6 +391,11 @@ pub fn seen_by(collections: &Collections, grant: &str) -> Result<SeenReport, Col
     }
     let mut per_collection: BTreeMap<String, Tally> = BTreeMap::new();
     let mut refused = 0;
+    // The owner's entries about the grant are not accesses of its service.
+    let entries: Vec<_> = entries
+        .into_iter()
+        .filter(|e| e.operation != Operation::Extend.as_str())
+        .collect();
     for e in &entries {
         if e.operation == Operation::Refused.as_str() {
             refused += e.count.unwrap_or(1);

@@ -428,6 +428,13 @@ impl Door {
         }
     }
 
+    /// Appends an entry the owner's action makes about a grant (an extension) to this
+    /// device's chain. Durable with the next commit.
+    pub fn audit_owner(&self, event: AuditEvent) -> Result<(), AccessError> {
+        self.0.audit.append(&self.0.collections, event)?;
+        Ok(())
+    }
+
     /// Audits refusals that were counted but not yet written.
     pub(super) fn flush_refusals(&self) {
         let events = self.0.refusals.flush();

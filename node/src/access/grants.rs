@@ -22,6 +22,12 @@ use crate::keys::VaultKeys;
 pub const ACCESS: &str = "_access";
 /// Grants expire by default; `never` must be asked for.
 pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The default for a grant with an app password: a phone or a desktop app set up once
+/// and left alone, which a month would silently cut off. `hearth status` and the
+/// dashboard warn two weeks before any grant expires.
+pub const APP_PASSWORD_EXPIRY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How long before a grant expires the owner is warned.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 
 pub(crate) fn access() -> CollectionName {
     CollectionName::parse(ACCESS).expect("valid system collection name")
@@ -54,12 +60,31 @@ pub struct Grant {
     /// from DAV clients).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_hash: Option<String>,
+    /// The token carries no date of its own: the grant's `expires_at` is its only
+    /// expiry, so extending the grant extends the token (grants made since `hearth
+    /// extend` exists). Tokens of older grants check the expiry they were made with.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub token_undated: bool,
+    /// The date an older grant's token carries, once the grant was extended past it
+    /// (before, it is `expires_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_expires_at: Option<u64>,
 }
 
 impl Grant {
     /// An access of this grant, as the audit log records it.
     pub fn event(&self, operation: Operation, collection: &str) -> AuditEvent {
         AuditEvent::new(&self.id, &self.service, operation, collection)
+    }
+
+    /// When the token itself stops, whatever the grant says: for grants made before
+    /// tokens were undated, the expiry they were made with.
+    pub fn token_dated(&self) -> Option<u64> {
+        if self.token_undated {
+            None
+        } else {
+            self.token_expires_at.or(self.expires_at)
+        }
     }
 
     pub fn status(&self, now: u64) -> GrantStatus {
@@ -179,7 +204,9 @@ pub fn create_grant(
     let id = RecordId::from_random(bytes);
     let issued_at = crate::clock::now_unix();
     let expires_at = expires.map(|d| issued_at + d.as_secs());
-    let (token, token_id) = tokens::mint(keys, id.as_str(), expires_at)?;
+    // The expiry lives in the grant (checked at every request), not in the token, so
+    // that `hearth extend` keeps the token a service already holds.
+    let (token, token_id) = tokens::mint(keys, id.as_str(), None)?;
     let password = app_password.then(new_password);
     let grant = Grant {
         id: id.to_string(),
@@ -193,6 +220,8 @@ pub fn create_grant(
         rate_per_minute,
         token_id: Some(token_id),
         password_hash: password.as_ref().map(|p| password_hash(p)),
+        token_undated: true,
+        token_expires_at: None,
     };
     collections.put(&access(), &id, &record_of(&grant))?;
     Ok((grant, Issued { token, password }))
@@ -240,7 +269,47 @@ pub fn revoke(collections: &Collections, id: &str) -> Result<Grant, AccessError>
     get_grant(collections, id)?.ok_or_else(|| AccessError::NoGrant(id.to_owned()))
 }
 
-/// Parses `30d`, `12h`, `90m`, `45s`, `2w`, or `never` (`None`).
+/// Extends (or shortens) a grant to `expires` from now (`None`: never), keeping its
+/// token and app password. A revoked grant stays revoked. Durable only after the
+/// store commits; the caller audits it.
+pub fn extend(
+    collections: &Collections,
+    id: &str,
+    expires: Option<Duration>,
+) -> Result<Grant, AccessError> {
+    let grant = get_grant(collections, id)?.ok_or_else(|| AccessError::NoGrant(id.to_owned()))?;
+    if grant.revoked_at.is_some() {
+        return Err(AccessError::Conflict(format!(
+            "grant {id} ({}) was revoked, and a revoked grant stays revoked: make a new one with `hearth grant`",
+            grant.service
+        )));
+    }
+    if grant.token_id.is_none() {
+        return Err(AccessError::Conflict(format!(
+            "grant {id} ({}) was made before tokens were bound to their grants and is refused at every request: make a new one with `hearth grant`",
+            grant.service
+        )));
+    }
+    let now = crate::clock::now_unix();
+    let mut patch = Map::new();
+    patch.insert(
+        "expires_at".into(),
+        expires.map_or(Value::Null, |d| Value::from(now + d.as_secs())),
+    );
+    if !grant.token_undated && grant.token_expires_at.is_none() {
+        patch.insert(
+            "token_expires_at".into(),
+            grant.expires_at.map_or(Value::Null, Value::from),
+        );
+    }
+    let record_id = RecordId::parse(id).map_err(|_| AccessError::NoGrant(id.to_owned()))?;
+    collections.patch(&access(), &record_id, &patch)?;
+    let grant = get_grant(collections, id)?.ok_or_else(|| AccessError::NoGrant(id.to_owned()))?;
+    tracing::info!(grant = %id, service = %grant.service, expires_at = ?grant.expires_at, "grant extended");
+    Ok(grant)
+}
+
+/// Parses `30d`, `12h`, `90m`, `45s`, `2w`, `1y` (365 days), or `never` (`None`).
 pub fn parse_duration(text: &str) -> Result<Option<Duration>, AccessError> {
     let text = text.trim();
     if text == "never" {
@@ -248,7 +317,7 @@ pub fn parse_duration(text: &str) -> Result<Option<Duration>, AccessError> {
     }
     let bad = || {
         AccessError::BadRequest(format!(
-            "duration {text:?} is invalid: use e.g. 30d, 12h, 90m, 45s, 2w or never"
+            "duration {text:?} is invalid: use e.g. 30d, 12h, 90m, 45s, 2w, 1y or never"
         ))
     };
     let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
@@ -260,6 +329,7 @@ pub fn parse_duration(text: &str) -> Result<Option<Duration>, AccessError> {
         "h" => 3600,
         "d" => 86_400,
         "w" => 7 * 86_400,
+        "y" => 365 * 86_400,
         _ => return Err(bad()),
     };
     let secs = n
@@ -292,7 +362,11 @@ mod tests {
             Some(Duration::from_secs(5400))
         );
         assert_eq!(parse_duration("never").unwrap(), None);
-        for bad in ["", "d", "10", "10y", "-1d", "0h", "99999999999999d"] {
+        assert_eq!(
+            parse_duration("1y").unwrap(),
+            Some(Duration::from_secs(365 * 86_400))
+        );
+        for bad in ["", "d", "10", "10x", "-1d", "0h", "101y", "99999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

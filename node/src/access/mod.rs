@@ -42,8 +42,8 @@ use hearth_protocol::api::ErrorCode;
 pub use audit::{AuditEvent, AuditLog, Operation, audit_entries, seen_by, verify_audit};
 pub use door::{Caller, Credentials, Door, MAX_STREAMS_PER_GRANT};
 pub use grants::{
-    ACCESS, DEFAULT_EXPIRY, Grant, NewGrant, create_grant, get_grant, list_grants, parse_duration,
-    parse_rate, revoke,
+    ACCESS, APP_PASSWORD_EXPIRY, DEFAULT_EXPIRY, EXPIRY_WARNING, Grant, NewGrant, create_grant,
+    extend, get_grant, list_grants, parse_duration, parse_rate, revoke,
 };
 pub use tokens::attenuate;
 

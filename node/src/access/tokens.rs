@@ -4,7 +4,10 @@
 //! token verifies against the epoch it names, on every device: the epochs' public keys
 //! are in `_epochs`.
 //!
-//! The authority block names the grant and the vault and checks the grant's expiry.
+//! The authority block names the grant and the vault. Tokens of grants made before
+//! `hearth extend` also check the grant's expiry as it was then; newer ones carry no
+//! date, the grant's expiry (checked at every request) being theirs, so extending a
+//! grant keeps its token.
 //! A grant records the revocation id of the authority block it was issued with
 //! (`token_id`): only tokens that descend from that block are accepted for it, so a
 //! device that holds the signing key but not the token (a removed device, say) cannot

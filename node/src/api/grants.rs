@@ -47,6 +47,25 @@ pub(super) async fn revoke_grant(
     grant_revoke(&vault, path_param(path)?).await.map(Json)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/grants/{id}/extend",
+    tag = "owner",
+    summary = "Extend a grant: same token, same app password, audited",
+    params(("id" = String, Path, description = "a grant id")),
+    request_body = ExtendRequest,
+    responses((status = 200, description = "ok", body = GrantInfo), (status = "default", response = Failure))
+)]
+pub(super) async fn extend_grant(
+    State(vault): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Json<GrantInfo>, ApiError> {
+    let id = path_param(path)?;
+    let request: ExtendRequest = read_typed_body(&vault, body).await?;
+    grant_extend(&vault, id, request).await.map(Json)
+}
+
 #[derive(serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct AuditQuery {

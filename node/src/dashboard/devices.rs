@@ -94,6 +94,14 @@ pub(super) async fn overview(State(vault): State<AppState>, visit: Visit) -> Res
             status.key_epoch
         ));
     }
+    for g in &status.expiring_grants {
+        warnings.push(format!(
+            "The grant of {} expires on {}: extend it on the Grants page (or `hearth extend {} --expires 1y`) and it keeps its token and app password.",
+            g.service,
+            local_time(g.expires_at),
+            g.id
+        ));
+    }
     for d in &status.devices {
         if d.this_device || d.removed_at.is_some() || d.online {
             continue;

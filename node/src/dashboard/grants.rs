@@ -13,6 +13,8 @@ pub(super) struct GrantRow {
     last_used: String,
     status: String,
     active: bool,
+    /// Active or expired (not revoked, not unbound): it can be given more time.
+    extendable: bool,
     app_password: bool,
 }
 
@@ -54,6 +56,7 @@ pub(super) fn grant_row(g: &GrantInfo, now: u64) -> GrantRow {
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default(),
         active: g.status == GrantStatus::Active,
+        extendable: matches!(g.status, GrantStatus::Active | GrantStatus::Expired),
         app_password: g.app_password,
     }
 }
@@ -337,6 +340,19 @@ pub(super) struct RevokedPage {
     first: String,
     last: String,
     collections: Vec<hearth_protocol::api::SeenCollection>,
+}
+
+/// The extend form of a grant's row: a new expiry from now, same token and password.
+pub(super) async fn extend_grant(
+    State(vault): State<AppState>,
+    Path(id): Path<String>,
+    Posted { form, .. }: Posted,
+) -> Response {
+    let expires = form.get("expires").cloned().unwrap_or_default();
+    match owner::grant_extend(&vault, id, hearth_protocol::api::ExtendRequest { expires }).await {
+        Ok(_) => Redirect::to("/grants").into_response(),
+        Err(e) => failed(e),
+    }
 }
 
 pub(super) async fn revoke_grant(
