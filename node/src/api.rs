@@ -165,6 +165,10 @@ pub fn router(vault: Arc<Vault>) -> Router {
         .route("/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            vault.clone(),
+            crate::dav::at_site,
+        ))
         .layer(tower::limit::ConcurrencyLimitLayer::new(limit))
         .layer(middleware::from_fn_with_state(
             vault.clone(),

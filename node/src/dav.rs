@@ -81,6 +81,8 @@ async fn well_known() -> Response {
 /// Where a request points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Target {
+    /// `/`, the server's bare address: what people type into a DAV client.
+    Site,
     Root,
     Home(Kind),
     Book(Kind, CollectionName),
@@ -96,6 +98,7 @@ fn home_segment(kind: Kind) -> &'static str {
 
 fn href_of(target: &Target) -> String {
     match target {
+        Target::Site => "/".to_owned(),
         Target::Root => ROOT.to_owned(),
         Target::Home(kind) => format!("{ROOT}{}/", home_segment(*kind)),
         Target::Book(kind, c) => format!("{ROOT}{}/{c}/", home_segment(*kind)),
@@ -117,6 +120,9 @@ fn parse_target(href: &str) -> Result<Target, DavError> {
         None => href,
     };
     let path = path.split(['?', '#']).next().unwrap_or_default();
+    if path == "/" || path.is_empty() {
+        return Ok(Target::Site);
+    }
     let Some(rest) = path.strip_prefix("/dav") else {
         return Err(DavError::NotFound);
     };
@@ -353,6 +359,20 @@ async fn handle(State(vault): State<AppState>, request: Request) -> Response {
     }
 }
 
+/// PROPFIND and OPTIONS at `/` (whose GET is the dashboard): a DAV client given the
+/// server's bare address discovers from there, as at `/dav/`, pointing on to the
+/// principal. A layer over the whole router, since `/` is the dashboard's route.
+pub(crate) async fn at_site(
+    State(vault): State<AppState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.uri().path() == "/" && matches!(request.method().as_str(), "PROPFIND" | "OPTIONS") {
+        return handle(State(vault), request).await;
+    }
+    next.run(request).await
+}
+
 async fn serve(vault: AppState, request: Request) -> Result<Response, DavError> {
     let (parts, body) = request.into_parts();
     let method = parts.method.clone();
@@ -366,9 +386,9 @@ async fn serve(vault: AppState, request: Request) -> Result<Response, DavError> 
         )
             .into_response());
     }
-    let target = parse_target(parts.uri.path())?;
-    let door = &vault.door;
-    let caller = door.admit(&credentials(&parts.headers)?).await?;
+    // The body is read before anything is refused: a refusal with the body unread
+    // closes the connection under a client still sending it (a broken pipe where a
+    // 401 or 404 was meant).
     let limit = vault.limits.max_record_bytes;
     let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
         if crate::server::is_length_limit(&e) {
@@ -377,6 +397,9 @@ async fn serve(vault: AppState, request: Request) -> Result<Response, DavError> 
             DavError::BadRequest(format!("cannot read the request body: {e}"))
         }
     })?;
+    let target = parse_target(parts.uri.path())?;
+    let door = &vault.door;
+    let caller = door.admit(&credentials(&parts.headers)?).await?;
     let depth = match parts.headers.get("depth").and_then(|v| v.to_str().ok()) {
         Some("0") => 0,
         _ => 1,
@@ -685,6 +708,7 @@ impl Multistatus {
 
 /// A resource being described.
 enum Resource<'a> {
+    Site,
     Root,
     Home(Kind),
     Book(&'a Book),
@@ -728,6 +752,13 @@ impl Dav<'_> {
             _ => {}
         }
         match resource {
+            Resource::Site => match (prop.ns.as_str(), prop.name.as_str()) {
+                (DAV, "resourcetype") => Some("<d:collection/>".into()),
+                (DAV, "displayname") => Some("Hearth".into()),
+                (DAV, "current-user-privilege-set") => Some(self.privileges(false)),
+                (DAV, "principal-collection-set") => principal(),
+                _ => None,
+            },
             Resource::Root => match (prop.ns.as_str(), prop.name.as_str()) {
                 (DAV, "resourcetype") => Some("<d:collection/><d:principal/>".into()),
                 (DAV, "displayname") => Some(escape(self.caller.grant.service.as_str()).into()),
@@ -876,6 +907,12 @@ impl Dav<'_> {
         let door = &self.vault.door;
         let mut out = Multistatus::new();
         match target {
+            Target::Site => {
+                out_describe(self, &mut out, target, &Resource::Site, &wanted);
+                if depth > 0 {
+                    out_describe(self, &mut out, &Target::Root, &Resource::Root, &wanted);
+                }
+            }
             Target::Root => {
                 out_describe(self, &mut out, target, &Resource::Root, &wanted);
                 if depth > 0 {

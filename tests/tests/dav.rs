@@ -764,6 +764,101 @@ fn calendars_answer_time_ranges_and_keep_their_names() {
     assert_eq!(status, 403);
 }
 
+/// Requests on one kept-alive connection, as a DAV client sends them: each with its
+/// body, each answer read whole (`Content-Length`) before the next is sent.
+fn on_one_connection(
+    base: &str,
+    requests: &[(&str, &str, Option<&str>, &str)],
+) -> Vec<(u16, String)> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let addr = base.trim_start_matches("http://").trim_end_matches('/');
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut answers = Vec::new();
+    for (method, path, password, body) in requests {
+        let auth = password
+            .map(|p| {
+                format!(
+                    "Authorization: Basic {}\r\n",
+                    data_encoding::BASE64.encode(format!("me:{p}").as_bytes())
+                )
+            })
+            .unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Depth: 0\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        writer
+            .write_all(request.as_bytes())
+            .unwrap_or_else(|e| panic!("{method} {path}: the connection was closed: {e}"));
+        let mut status_line = String::new();
+        reader.read_line(&mut status_line).unwrap();
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{method} {path}: no answer ({status_line:?})"));
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        let mut text = vec![0; length];
+        reader.read_exact(&mut text).unwrap();
+        answers.push((status, String::from_utf8_lossy(&text).into_owned()));
+    }
+    answers
+}
+
+/// A DAV client given the server's bare address (what people type) discovers from
+/// `/`: PROPFIND there points on to the principal and the homes, and no answer —
+/// 401 first, 405 for a method `/` does not take, a refusal anywhere — drops the
+/// connection under a client that sent a body.
+#[test]
+fn discovery_starts_at_the_server_root_on_one_connection() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let (_, password) = grant_with_password(&node, &["--read", "contacts"]);
+    let propfind = r#"<?xml version="1.0"?><d:propfind xmlns:d="DAV:" xmlns:card="urn:ietf:params:xml:ns:carddav"><d:prop><d:current-user-principal/><card:addressbook-home-set/></d:prop></d:propfind>"#;
+    let answers = on_one_connection(
+        &node.base_url(),
+        &[
+            ("PROPFIND", "/", None, propfind),
+            ("PROPFIND", "/", Some(&password), propfind),
+            ("PUT", "/", Some(&password), "some bytes a client sent"),
+            ("PROPFIND", "/dav/nowhere/", Some(&password), propfind),
+            (
+                "PROPFIND",
+                "/dav/",
+                Some("wrong-pass-word-here-xxxx"),
+                propfind,
+            ),
+            ("REPORT", "/v1/status", None, propfind),
+            ("PROPFIND", "/dav/contacts/", Some(&password), propfind),
+        ],
+    );
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    assert_eq!(statuses, [401, 207, 405, 404, 401, 405, 207], "{answers:?}");
+    let root = &answers[1].1;
+    assert!(
+        root.contains("<d:href>/</d:href>") && root.contains("<d:href>/dav/</d:href>"),
+        "{root}"
+    );
+    assert!(root.contains("/dav/contacts/"), "{root}");
+}
+
 /// A phone granted the `calendar*` family makes a calendar where it likes (a UUID path,
 /// as DAVx⁵ and Apple's apps do), sees calendars imported later, fills and removes its
 /// own; nothing outside the family is reached, and the removal is audited.
