@@ -29,7 +29,7 @@ use quick_xml::name::ResolveResult;
 use crate::Vault;
 use crate::access::dav::{Book, BookProps, Condition, Object};
 use crate::access::{AccessError, Caller, Credentials};
-use crate::pim::{self, Kind};
+use crate::pim::Kind;
 
 const DAV: &str = "DAV:";
 const CARD: &str = "urn:ietf:params:xml:ns:carddav";
@@ -207,6 +207,9 @@ enum DavError {
     BadRequest(String),
     Precondition,
     InvalidSyncToken(String),
+    /// A precondition of RFC 4791 / 6352 (`supported-filter`, `no-uid-conflict`, …):
+    /// the status, the element's XML inside `DAV:error`, and a message for the log.
+    Condition(StatusCode, String, String),
     NotAllowed(String),
     TooLarge,
     /// A multiget naming more resources than one request may.
@@ -277,6 +280,18 @@ impl IntoResponse for DavError {
                 StatusCode::PRECONDITION_FAILED,
                 "the resource is not in the state the request's condition names".into(),
             ),
+            DavError::Condition(status, element, m) => {
+                tracing::debug!(reason = %m, "a DAV precondition failed");
+                (
+                    status,
+                    [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
+                    format!(
+                        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<d:error xmlns:d=\"DAV:\" xmlns:card=\"{CARD}\" xmlns:cal=\"{CAL}\">{element}<d:responsedescription>{}</d:responsedescription></d:error>\n",
+                        escape(m.as_str())
+                    ),
+                )
+                    .into_response()
+            }
             DavError::InvalidSyncToken(m) => {
                 tracing::debug!(reason = %m, "sync token refused");
                 (
@@ -1120,6 +1135,20 @@ impl Dav<'_> {
             let changes = door
                 .dav_changes(self.caller, collection, token.as_deref())
                 .await?;
+            // RFC 6578 §3.7: a result over the client's limit that the server cannot
+            // cut (a token names a place in the whole log, not part-way) is refused.
+            if let Some(limit) = limit_of(&root, DAV)?
+                && changes.changed.len() + changes.removed.len() > limit
+            {
+                return Err(DavError::Condition(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "<d:number-of-matches-within-limits/>".into(),
+                    format!(
+                        "{} changes, over the limit of {limit}: sync again without a limit",
+                        changes.changed.len() + changes.removed.len()
+                    ),
+                ));
+            }
             for object in &changes.changed {
                 out_describe(
                     self,
@@ -1135,10 +1164,33 @@ impl Dav<'_> {
             return Ok(out.finish(Some(&changes.token)));
         }
         if root.is(CARD, "addressbook-query") || root.is(CAL, "calendar-query") {
-            let filter = QueryFilter::of(&root)?;
+            let filter = query::Query::of(kind, &root).map_err(|e| {
+                let ns = match kind {
+                    Kind::Contacts => "card",
+                    Kind::Calendar => "cal",
+                };
+                DavError::Condition(
+                    StatusCode::FORBIDDEN,
+                    format!("<{ns}:{}/>", e.condition),
+                    e.message,
+                )
+            })?;
             // Filtered before the door audits: the log names what was sent.
-            let admits = move |o: &Object| filter.admits(kind, &o.text);
-            let (_, objects) = door.dav_list(self.caller, collection, admits).await?;
+            let admits = move |o: &Object| filter.admits(&o.text);
+            let (_, mut objects) = door.dav_list(self.caller, collection, admits).await?;
+            // RFC 6352 §8.6.1: at most `nresults`, and a 507 for the request-URI
+            // saying the answer was cut.
+            let limit = match kind {
+                Kind::Contacts => limit_of(&root, CARD)?,
+                Kind::Calendar => None,
+            };
+            let cut = limit.is_some_and(|n| objects.len() > n);
+            if let Some(n) = limit {
+                objects.truncate(n);
+            }
+            if cut {
+                out.status(&href_of(target), "507 Insufficient Storage");
+            }
             for object in &objects {
                 out_describe(
                     self,
@@ -1309,62 +1361,18 @@ fn condition(headers: &HeaderMap) -> Condition {
     }
 }
 
-/// The part of an addressbook-query or calendar-query this server applies: the
-/// component (VEVENT or VTODO) and a time range, recurrences included. Property
-/// filters of an addressbook-query are not applied (every contact is returned, which
-/// clients accept as a superset).
-struct QueryFilter {
-    component: Option<String>,
-    range: Option<(i64, i64)>,
-}
-
-impl QueryFilter {
-    fn of(root: &Element) -> Result<QueryFilter, DavError> {
-        let mut filter = QueryFilter {
-            component: None,
-            range: None,
-        };
-        let Some(top) = root
-            .child(CAL, "filter")
-            .and_then(|f| f.child(CAL, "comp-filter"))
-        else {
-            return Ok(filter);
-        };
-        if let Some(inner) = top.child(CAL, "comp-filter") {
-            filter.component = inner.attribute("name").map(str::to_ascii_uppercase);
-            if let Some(range) = inner.child(CAL, "time-range") {
-                let at = |name: &str, default: i64| match range.attribute(name) {
-                    Some(text) => parse_utc(text).ok_or_else(|| {
-                        DavError::BadRequest(format!(
-                            "time-range {name}=\"{text}\" is not a UTC date-time"
-                        ))
-                    }),
-                    None => Ok(default),
-                };
-                filter.range = Some((at("start", i64::MIN / 2)?, at("end", i64::MAX / 2)?));
-            }
-        }
-        Ok(filter)
-    }
-
-    fn admits(&self, kind: Kind, text: &str) -> bool {
-        if kind != Kind::Calendar {
-            return true;
-        }
-        if let Some(component) = &self.component
-            && !text.contains(&format!("BEGIN:{component}"))
-        {
-            return false;
-        }
-        match self.range {
-            None => true,
-            Some((start, end)) => match pim::calendar::parse(text) {
-                Ok(ical) => pim::calendar::overlaps(&ical, start, end),
-                // A text this node cannot read is shown rather than hidden.
-                Err(_) => true,
-            },
-        }
-    }
+/// The `limit/nresults` of a report (in namespace `ns`), if it has one.
+fn limit_of(root: &Element, ns: &str) -> Result<Option<usize>, DavError> {
+    let Some(limit) = root.child(ns, "limit") else {
+        return Ok(None);
+    };
+    let text = limit
+        .child(ns, "nresults")
+        .map(|n| n.text.trim())
+        .unwrap_or_default();
+    text.parse::<usize>()
+        .map(Some)
+        .map_err(|_| DavError::BadRequest(format!("limit nresults {text:?} is not a number")))
 }
 
 /// `20240101T000000Z` as seconds since 1970.
@@ -1376,6 +1384,7 @@ fn parse_utc(text: &str) -> Option<i64> {
 
 #[doc(hidden)]
 pub(crate) mod fuzzing;
+mod query;
 
 #[cfg(test)]
 mod tests {

@@ -3,8 +3,7 @@
 //! `crate::fuzzing`). Everything here calls the private functions of `dav` unchanged.
 
 use super::{
-    Element, Multistatus, Prop, QueryFilter, Wanted, apply_prop, href_of, parse_target, parse_xml,
-    wanted_of,
+    Element, Multistatus, Prop, Wanted, apply_prop, href_of, parse_target, parse_xml, wanted_of,
 };
 use crate::access::dav::BookProps;
 use crate::pim::Kind;
@@ -92,18 +91,18 @@ pub fn dav_href(href: &str) -> Result<(String, String), String> {
         .map_err(|e| format!("{e:?}"))
 }
 
-/// The component and UTC time range a calendar-query with this root asks for.
-#[allow(clippy::type_complexity)]
-pub fn query_filter(root: &XmlElement) -> Result<(Option<String>, Option<(i64, i64)>), String> {
-    QueryFilter::of(&root.element())
-        .map(|f| (f.component, f.range))
+/// The filter a calendar-query with this root asks for, as read (or why it is
+/// refused).
+pub fn query_filter(root: &XmlElement) -> Result<String, String> {
+    super::query::Query::of(Kind::Calendar, &root.element())
+        .map(|q| format!("{q:?}"))
         .map_err(|e| format!("{e:?}"))
 }
 
 /// Whether the calendar-query with this root admits a calendar object's text.
 pub fn query_admits(root: &XmlElement, text: &str) -> Result<bool, String> {
-    QueryFilter::of(&root.element())
-        .map(|f| f.admits(Kind::Calendar, text))
+    super::query::Query::of(Kind::Calendar, &root.element())
+        .map(|q| q.admits(text))
         .map_err(|e| format!("{e:?}"))
 }
 
