@@ -1033,7 +1033,7 @@ impl Dav<'_> {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<Response, DavError> {
-        let Target::Object(_, collection, name) = target else {
+        let Target::Object(kind, collection, name) = target else {
             return Err(DavError::NotAllowed(
                 "PUT writes one contact or event".into(),
             ));
@@ -1041,11 +1041,30 @@ impl Dav<'_> {
         let text = std::str::from_utf8(body)
             .map_err(|_| DavError::BadRequest("the body is not UTF-8 text".into()))?;
         let condition = condition(headers);
-        let (created, etag) = self
+        let (created, etag) = match self
             .vault
             .door
             .dav_put(self.caller, collection, name, text, &condition)
-            .await?;
+            .await
+        {
+            Ok(done) => done,
+            Err(AccessError::UidConflict(holder)) => {
+                let ns = match kind {
+                    Kind::Contacts => "card",
+                    Kind::Calendar => "cal",
+                };
+                let href = href_of(&Target::Object(*kind, collection.clone(), holder.clone()));
+                return Err(DavError::Condition(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "<{ns}:no-uid-conflict><d:href>{}</d:href></{ns}:no-uid-conflict>",
+                        escape(href.as_str())
+                    ),
+                    format!("{holder} already has that UID"),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
         let status = if created {
             StatusCode::CREATED
         } else {

@@ -1069,6 +1069,66 @@ fn queries_apply_their_filters_or_refuse_what_they_cannot() {
     assert_eq!((some.len(), cut), (2, true));
 }
 
+/// One UID, one resource: a second name for a UID the collection has is refused
+/// `409` with `no-uid-conflict` naming the resource that has it, and nothing is
+/// stored; the same name again is an update, as before.
+#[test]
+fn a_uid_is_one_resource() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let (_, password) = grant_with_password(
+        &node,
+        &[
+            "--read",
+            "contacts,calendar",
+            "--write",
+            "contacts,calendar",
+        ],
+    );
+    let dav = Dav::new(&node, &password);
+    let card = vcard("same-uid", "Ada", "");
+    assert_eq!(
+        dav.put("/dav/contacts/contacts/first.vcf", &card, None).0,
+        201
+    );
+    let (status, xml, _) = dav.send(
+        dav.request("PUT", "/dav/contacts/contacts/second.vcf")
+            .body(vcard("same-uid", "Ada again", "")),
+    );
+    assert_eq!(status, 409, "{xml}");
+    assert!(
+        xml.contains("<card:no-uid-conflict><d:href>/dav/contacts/contacts/first.vcf</d:href>"),
+        "{xml}"
+    );
+    assert_eq!(node.json(&["ls", "contacts"]).as_array().unwrap().len(), 1);
+    assert_eq!(
+        dav.put(
+            "/dav/contacts/contacts/first.vcf",
+            &vcard("same-uid", "Ada L", ""),
+            None
+        )
+        .0,
+        204
+    );
+    let event = |summary: &str| {
+        format!(
+            "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nBEGIN:VEVENT\r\nUID:ev-1\r\nDTSTAMP:20260101T000000Z\r\nDTSTART:20260110T090000Z\r\nSUMMARY:{summary}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+        )
+    };
+    assert_eq!(
+        dav.put("/dav/calendars/calendar/a.ics", &event("one"), None)
+            .0,
+        201
+    );
+    let (status, xml, _) = dav.send(
+        dav.request("PUT", "/dav/calendars/calendar/b.ics")
+            .body(event("two")),
+    );
+    assert_eq!(status, 409, "{xml}");
+    assert!(xml.contains("<cal:no-uid-conflict>"), "{xml}");
+    assert_eq!(node.json(&["ls", "calendar"]).as_array().unwrap().len(), 1);
+}
+
 /// Python's `caldav` (what scripts and many tools use), from the server's bare
 /// address: a search by summary gives exactly the matching event (the filter is
 /// applied, not ignored), and under a `calendar*` grant it makes a calendar of its

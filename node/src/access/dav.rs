@@ -92,6 +92,10 @@ fn meta_id(collection: &CollectionName) -> RecordId {
 /// The `_dav` record listing the books clients made, `{"calendar-3f2a…": true}` (`~`
 /// is in no collection name): an empty calendar a phone made has no record to make
 /// it a collection yet, and must still be listed.
+fn uid_record(book: &CollectionName, uid: &str) -> RecordId {
+    name_record(book, 'u', uid)
+}
+
 fn made_id() -> RecordId {
     RecordId::parse("~made").expect("a valid record id")
 }
@@ -791,6 +795,20 @@ impl Door {
             v.sort();
             v
         };
+        // One UID, one resource (RFC 4791 §5.3.2.1, RFC 6352 §6.3.2.1): a UID another
+        // resource the caller sees already has is refused with that resource's name.
+        // Only where the grant reads and writes UIDs (elsewhere the UID it was served
+        // was made from the id, and the one it sends is not kept).
+        let kept_uid = (reads_uid && writes_uid)
+            .then(|| new_fields.get("uid").and_then(Value::as_str))
+            .flatten()
+            .map(str::to_owned);
+        if let Some(uid) = &kept_uid
+            && let Some(holder) = self.uid_holder(collection, &scope, uid, &id)?
+        {
+            let name = names.name_of(&self.0.collections, kind, &holder)?;
+            return Err(AccessError::UidConflict(name));
+        }
         // A new name is claimed before its record is written (see `claim`).
         let (id, remember) = if remember {
             let collections = &self.0.collections;
@@ -934,6 +952,14 @@ impl Door {
                 });
             }
         };
+        if let Some(uid) = kept_uid {
+            // Where the UID's resource is, for the next PUT's check (durable with the
+            // audit entry's commit; a crash before leaves only that check blind).
+            let mut record = Map::new();
+            record.insert("id".into(), Value::String(id.to_string()));
+            self.write_meta_record(uid_record(collection, &uid), record)
+                .await?;
+        }
         let event = AuditEvent {
             records: 1,
             fields,
@@ -1334,6 +1360,41 @@ impl Door {
         };
         self.audited(vec![event]).await?;
         Ok(())
+    }
+
+    /// The id of a record of `collection` other than `except` whose UID is `uid`, among
+    /// those `scope` lets the caller see (one it cannot see answers as if absent). The
+    /// places a UID's record can be, each read once: where an import puts it (the id
+    /// made from the UID), where a DAV client named it (`UID.ics` is record `UID`), and
+    /// where a DAV PUT last wrote it (the `_dav` record of the UID). A record written
+    /// otherwise under another id (the owner's API) is not looked for.
+    fn uid_holder(
+        &self,
+        collection: &CollectionName,
+        scope: &CollectionScope,
+        uid: &str,
+        except: &RecordId,
+    ) -> Result<Option<String>, AccessError> {
+        let collections = &self.0.collections;
+        let mut candidates = vec![pim::id_for_uid(uid)];
+        if let Some(Value::Object(r)) = collections.get(&meta(), &uid_record(collection, uid))?
+            && let Some(id) = r.get("id").and_then(Value::as_str)
+            && let Ok(id) = RecordId::parse(id)
+        {
+            candidates.push(id);
+        }
+        for id in candidates {
+            if id == *except {
+                continue;
+            }
+            if let Some(Value::Object(record)) = collections.get(collection, &id)?
+                && record.get("uid").and_then(Value::as_str) == Some(uid)
+                && scope.visible(&record)
+            {
+                return Ok(Some(id.to_string()));
+            }
+        }
+        Ok(None)
     }
 
     /// The books DAV clients made (MKCOL / MKCALENDAR), present or not.

@@ -91,6 +91,10 @@ pub enum AccessError {
     /// The thing to make exists already.
     #[error("{0}")]
     Conflict(String),
+    /// A DAV object's UID is another resource's of the collection (`no-uid-conflict`):
+    /// the name of that resource.
+    #[error("another resource of this collection, {0}, has that UID")]
+    UidConflict(String),
     /// An `If-Match` / `If-None-Match` condition did not hold.
     #[error("the resource is not in the state the request's condition names")]
     PreconditionFailed,
@@ -128,7 +132,7 @@ impl AccessError {
             AccessError::InvalidId(_) => ErrorCode::InvalidId,
             AccessError::BadRequest(_) | AccessError::InvalidSyncToken(_) => ErrorCode::BadRequest,
             AccessError::PreconditionFailed => ErrorCode::PreconditionFailed,
-            AccessError::Conflict(_) => ErrorCode::Conflict,
+            AccessError::Conflict(_) | AccessError::UidConflict(_) => ErrorCode::Conflict,
             AccessError::Collection(e) => e.code(),
             AccessError::Store(e) => e.code(),
             AccessError::Token(_) | AccessError::Internal(_) => ErrorCode::Internal,
