@@ -843,11 +843,12 @@ impl Dav<'_> {
                 escape(book.description.as_deref()?).into()
             }
             (ICAL, "calendar-color") if !is_contacts => escape(book.color.as_deref()?).into(),
+            (ICAL, "calendar-order") if !is_contacts => escape(book.order.as_deref()?).into(),
             (CARD, "supported-address-data") if is_contacts => {
                 "<card:address-data-type content-type=\"text/vcard\" version=\"3.0\"/><card:address-data-type content-type=\"text/vcard\" version=\"4.0\"/>".into()
             }
             (CAL, "supported-calendar-component-set") if !is_contacts => {
-                "<cal:comp name=\"VEVENT\"/><cal:comp name=\"VTODO\"/>".into()
+                "<cal:comp name=\"VEVENT\"/><cal:comp name=\"VTODO\"/><cal:comp name=\"VJOURNAL\"/>".into()
             }
             (CAL, "supported-calendar-data") if !is_contacts => {
                 "<cal:calendar-data content-type=\"text/calendar\" version=\"2.0\"/>".into()
@@ -1103,6 +1104,20 @@ impl Dav<'_> {
     async fn report(&self, target: &Target, body: &[u8]) -> Result<Response, DavError> {
         let root =
             parse_xml(body)?.ok_or_else(|| DavError::BadRequest("a REPORT needs a body".into()))?;
+        // Principal searches (RFC 3744 §9.4, §9.5; clients use them to find other
+        // people's calendars to share with): a vault has one person, so there is no
+        // property to search by and nobody else to find. Answered, empty, not refused.
+        if root.is(DAV, "principal-search-property-set") {
+            return Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
+                "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<d:principal-search-property-set xmlns:d=\"DAV:\"/>\n",
+            )
+                .into_response());
+        }
+        if root.is(DAV, "principal-property-search") {
+            return Ok(Multistatus::new().finish(None));
+        }
         let Target::Book(kind, collection) = target else {
             return Err(DavError::Forbidden(
                 "reports are answered on an address book or a calendar".into(),
@@ -1359,6 +1374,15 @@ fn apply_prop(props: &mut BookProps, prop: &Prop, value: Option<String>) -> bool
         props.display_name = Some(value);
     } else if prop.is(ICAL, "calendar-color") {
         props.color = Some(value);
+    } else if prop.is(ICAL, "calendar-order") {
+        // A number; anything else would be shown back as it came.
+        if value
+            .as_deref()
+            .is_some_and(|v| v.trim().parse::<i64>().is_err())
+        {
+            return false;
+        }
+        props.order = Some(value.map(|v| v.trim().to_owned()));
     } else if prop.is(CARD, "addressbook-description") || prop.is(CAL, "calendar-description") {
         props.description = Some(value);
     } else {

@@ -857,6 +857,18 @@ fn discovery_starts_at_the_server_root_on_one_connection() {
         "{root}"
     );
     assert!(root.contains("/dav/contacts/"), "{root}");
+    // Principal searches are answered, empty: nobody else lives in a vault.
+    let dav = Dav::new(&node, &password);
+    let (status, xml, _) = dav.send(
+        dav.request("REPORT", "/dav/")
+            .body(r#"<d:principal-search-property-set xmlns:d="DAV:"/>"#),
+    );
+    assert_eq!(status, 200, "{xml}");
+    let (status, xml, _) = dav.send(dav.request("REPORT", "/dav/").body(
+        r#"<d:principal-property-search xmlns:d="DAV:"><d:property-search><d:prop><d:displayname/></d:prop><d:match>ada</d:match></d:property-search><d:prop><d:displayname/></d:prop></d:principal-property-search>"#,
+    ));
+    assert_eq!(status, 207, "{xml}");
+    assert!(!xml.contains("<d:response>"), "{xml}");
 }
 
 /// A phone granted the `calendar*` family makes a calendar where it likes (a UUID path,
@@ -1073,7 +1085,7 @@ fn queries_apply_their_filters_or_refuse_what_they_cannot() {
 /// `409` with `no-uid-conflict` naming the resource that has it, and nothing is
 /// stored; the same name again is an update, as before.
 #[test]
-fn a_uid_is_one_resource() {
+fn a_uid_is_one_resource_and_journals_and_order_are_kept() {
     let t = TestHome::new();
     let node = spawn_node(t.path(), &[]);
     let (_, password) = grant_with_password(
@@ -1127,6 +1139,34 @@ fn a_uid_is_one_resource() {
     assert_eq!(status, 409, "{xml}");
     assert!(xml.contains("<cal:no-uid-conflict>"), "{xml}");
     assert_eq!(node.json(&["ls", "calendar"]).as_array().unwrap().len(), 1);
+    // A journal entry (VJOURNAL) and a to-do keep their kind, and come back as sent.
+    for (name, kind, field) in [("j.ics", "VJOURNAL", "journal"), ("t.ics", "VTODO", "task")] {
+        let text = format!(
+            "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nBEGIN:{kind}\r\nUID:{name}-uid\r\nDTSTAMP:20260101T000000Z\r\nDTSTART;VALUE=DATE:20260110\r\nSUMMARY:Notes of the day\r\nEND:{kind}\r\nEND:VCALENDAR\r\n"
+        );
+        let path = format!("/dav/calendars/calendar/{name}");
+        assert_eq!(dav.put(&path, &text, None).0, 201, "{kind}");
+        assert_eq!(dav.get(&path).1, text, "{kind}");
+        let id = name.trim_end_matches(".ics");
+        assert_eq!(node.json(&["get", "calendar", id])["kind"], field, "{kind}");
+    }
+    // Apple's calendar-order is kept (a number only).
+    let order = |value: &str| {
+        let (status, xml, _) = dav.send(dav.request("PROPPATCH", "/dav/calendars/calendar/").body(format!(
+            r#"<d:propertyupdate xmlns:d="DAV:" xmlns:a="http://apple.com/ns/ical/"><d:set><d:prop><a:calendar-order>{value}</a:calendar-order></d:prop></d:set></d:propertyupdate>"#
+        )));
+        (status, xml)
+    };
+    let (_, xml) = order("3");
+    assert!(xml.contains("200 OK"), "{xml}");
+    let (_, xml) = order("first");
+    assert!(!xml.contains("200 OK"), "{xml}");
+    let (_, xml) = dav.propfind(
+        "/dav/calendars/calendar/",
+        "0",
+        r#"<a:calendar-order xmlns:a="http://apple.com/ns/ical/"/>"#,
+    );
+    assert!(xml.contains(">3</"), "{xml}");
 }
 
 /// Python's `caldav` (what scripts and many tools use), from the server's bare

@@ -41,6 +41,8 @@ pub struct Book {
     pub display_name: Option<String>,
     pub color: Option<String>,
     pub description: Option<String>,
+    /// Apple's `calendar-order`: where a client lists the calendar.
+    pub order: Option<String>,
     /// The sync token (and CTag): the collection's heads.
     pub token: String,
 }
@@ -79,6 +81,7 @@ pub struct BookProps {
     pub display_name: Option<Option<String>>,
     pub color: Option<Option<String>>,
     pub description: Option<Option<String>>,
+    pub order: Option<Option<String>>,
 }
 
 fn meta() -> CollectionName {
@@ -145,6 +148,7 @@ fn etag_of(text: &str) -> String {
 struct Meta {
     display_name: Option<String>,
     color: Option<String>,
+    order: Option<String>,
     description: Option<String>,
     made: bool,
     names: Names,
@@ -169,6 +173,7 @@ impl Meta {
         Meta {
             display_name: text("display_name"),
             color: text("color"),
+            order: text("order"),
             description: text("description"),
             made: r.get("made").and_then(Value::as_bool).unwrap_or(false),
             names: Names {
@@ -592,6 +597,7 @@ impl Door {
             writable: scope.write.is_some(),
             display_name: meta.display_name,
             color: meta.color,
+            order: meta.order,
             description: meta.description,
             token: sync_token(at),
         })
@@ -1159,6 +1165,7 @@ impl Door {
         };
         set("display_name", &props.display_name);
         set("color", &props.color);
+        set("order", &props.order);
         set("description", &props.description);
         if make {
             patch.insert("made".into(), Value::Bool(true));

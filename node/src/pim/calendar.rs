@@ -81,14 +81,18 @@ fn main_component(ical: &ICalendar) -> Option<&ICalendarComponent> {
         .find(|c| {
             matches!(
                 c.component_type,
-                ICalendarComponentType::VEvent | ICalendarComponentType::VTodo
+                ICalendarComponentType::VEvent
+                    | ICalendarComponentType::VTodo
+                    | ICalendarComponentType::VJournal
             ) && !c.is_recurrence_override()
         })
         .or_else(|| {
             ical.components.iter().find(|c| {
                 matches!(
                     c.component_type,
-                    ICalendarComponentType::VEvent | ICalendarComponentType::VTodo
+                    ICalendarComponentType::VEvent
+                        | ICalendarComponentType::VTodo
+                        | ICalendarComponentType::VJournal
                 )
             })
         })
@@ -147,6 +151,7 @@ pub fn fields(ical: &ICalendar) -> Map<String, Value> {
     };
     let kind = match main.component_type {
         ICalendarComponentType::VTodo => "task",
+        ICalendarComponentType::VJournal => "journal",
         _ => "event",
     };
     out.insert("kind".into(), json!(kind));
@@ -297,6 +302,7 @@ pub fn render(record: &Map<String, Value>) -> Result<String, PimError> {
         None => {
             let kind = match record.get("kind").and_then(Value::as_str) {
                 Some("task") => "VTODO",
+                Some("journal") => "VJOURNAL",
                 _ => "VEVENT",
             };
             let text = format!(
@@ -307,7 +313,7 @@ pub fn render(record: &Map<String, Value>) -> Result<String, PimError> {
     };
     let Some((begin, end)) = main_range(&out) else {
         return Err(PimError::Unreadable(
-            "the calendar object has no event or task".into(),
+            "the calendar object has no event, task or journal entry".into(),
         ));
     };
     let mut main: Vec<Line> = out[begin + 1..end].to_vec();
@@ -341,7 +347,7 @@ fn main_range(lines: &[Line]) -> Option<(usize, usize)> {
         let value = line.value().trim().to_ascii_uppercase();
         if name == "BEGIN" {
             depth += 1;
-            if depth == 2 && (value == "VEVENT" || value == "VTODO") {
+            if depth == 2 && matches!(value.as_str(), "VEVENT" | "VTODO" | "VJOURNAL") {
                 candidate = Some(i);
             }
         } else if name == "END" {
