@@ -111,8 +111,12 @@ pub async fn everything(
             ));
         }
         out(format!(
-            "exported {} records in {} collections and {} blobs ({} bytes) to {}",
-            summary.records, summary.collections, summary.blobs, summary.bytes, summary.dir
+            "exported {} in {} and {} ({}) to {}",
+            crate::commands::count(summary.records as u64, "record"),
+            crate::commands::count(summary.collections as u64, "collection"),
+            crate::commands::count(summary.blobs as u64, "blob"),
+            crate::commands::count(summary.bytes, "byte"),
+            summary.dir
         ))
     }
 }

@@ -451,12 +451,12 @@ fn report(json: bool, summary: Summary) -> anyhow::Result<()> {
             ));
         }
         out(format!(
-            "restored {} records ({} were there already, {} differ and were kept as they are) in {} collections, and {} blobs, from {}",
-            summary.created,
+            "restored {} ({} there already, {} differing and kept as they are) in {}, and {}, from {}",
+            crate::commands::count(summary.created, "record"),
             summary.unchanged,
             summary.differing.len(),
-            summary.collections,
-            summary.blobs,
+            crate::commands::count(summary.collections as u64, "collection"),
+            crate::commands::count(summary.blobs as u64, "blob"),
             summary.dir
         ))?;
     }

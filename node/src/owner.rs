@@ -418,6 +418,34 @@ pub async fn resolve(
             "field must name a field of the record (not \"id\")",
         ));
     }
+    // A choice among what is there: a field no version of the record has is refused
+    // (resolving a typo would add it silently).
+    let (c, i, f) = (collection.clone(), id.clone(), field.to_owned());
+    let known = blocking(vault, move |v| {
+        let Some(Value::Object(record)) = v.collections.get(&c, &i)? else {
+            return Ok(None);
+        };
+        let conflict = v.collections.conflicts(&c, &i)?;
+        Ok(Some(
+            record.contains_key(&f)
+                || conflict.as_ref().is_some_and(|x| {
+                    x.fields.contains_key(&f) || x.versions.iter().any(|v| v.contains_key(&f))
+                }),
+        ))
+    })
+    .await?;
+    match known {
+        None => return Err(record_not_found(collection, id)),
+        Some(false) => {
+            return Err(Error::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "{collection}/{id} has no field {field:?}: `hearth conflicts {collection} {id}` shows what is in conflict (to add a field, use `hearth patch`)"
+                ),
+            ));
+        }
+        Some(true) => {}
+    }
     let mut patch = Map::new();
     patch.insert(field.to_owned(), value.clone());
     // The owner's write keeps a contact's or event's text in step; like every ordinary

@@ -356,7 +356,20 @@ fn a_bad_file_names_the_entry_and_line_and_yields_nothing() {
     let garbage = "BEGIN:VCARD\r\nVERSION:3.0\r\nthis is not a property\r\nEND:VCARD\r\n";
     let e = pim::read_file(Kind::Contacts, garbage, LIMIT).unwrap_err();
     assert!(e.to_string().contains("entry 1, line 3"), "{e}");
+    // A file of the other kind is named for what it is, with the command that reads it.
     let e = pim::read_file(Kind::Calendar, &fixture("google.vcf"), LIMIT).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "this file is vCard (contacts), not iCalendar (a calendar): use `hearth import contacts FILE`"
+    );
+    let e = pim::read_file(
+        Kind::Contacts,
+        "From ada@example.org Mon Jan 1 00:00:00 2026\nSubject: x\n\nhi\n",
+        LIMIT,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("hearth import mail"), "{e}");
+    let e = pim::read_file(Kind::Calendar, "BEGIN:VTODO\r\nEND:VTODO\r\n", LIMIT).unwrap_err();
     assert!(e.to_string().contains("line 1"), "{e}");
     let no_uid = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nBEGIN:VEVENT\r\nSUMMARY:x\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
     let e = pim::read_file(Kind::Calendar, no_uid, LIMIT).unwrap_err();

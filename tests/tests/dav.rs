@@ -685,6 +685,18 @@ fn calendars_answer_time_ranges_and_keep_their_names() {
         "calendar",
         fixture("google.ics").to_str().unwrap(),
     ]);
+    // The calendar's own name and zone come back in an export, once.
+    let exported = String::from_utf8(node.run(&["export", "calendar"]).stdout).unwrap();
+    assert_eq!(
+        exported.matches("X-WR-CALNAME:Ada's calendar\r\n").count(),
+        1,
+        "{exported}"
+    );
+    assert_eq!(
+        exported.matches("X-WR-TIMEZONE:Europe/Paris\r\n").count(),
+        1,
+        "{exported}"
+    );
     // The kind named and the collection chosen must agree.
     let wrong = node.run(&[
         "import",
@@ -696,6 +708,18 @@ fn calendars_answer_time_ranges_and_keep_their_names() {
     assert!(!wrong.status.success());
     let said = String::from_utf8_lossy(&wrong.stderr);
     assert!(said.contains("cannot hold contacts"), "{said}");
+    // A calendar file given as contacts is named for what it is, with the command.
+    let wrong = node.run(&[
+        "import",
+        "contacts",
+        fixture("google.ics").to_str().unwrap(),
+    ]);
+    assert!(!wrong.status.success());
+    let said = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        said.contains("this file is iCalendar (a calendar), not vCard (contacts): use `hearth import calendar FILE`"),
+        "{said}"
+    );
     let (_, password) = grant_with_password(
         &node,
         &[

@@ -230,6 +230,10 @@ fn conflicting_edits_are_listed_and_resolved_from_the_cli() {
     assert_eq!(b.json(&["get", "notes", "n1"])["n"], 2);
     let err = one_line_error(&b.run(&["resolve", "notes", "nobody", "n", "2"]));
     assert!(err.contains("nobody"), "{err}");
+    // A field the record does not have is refused, not added.
+    let err = one_line_error(&b.run(&["resolve", "notes", "n1", "titel", "x"]));
+    assert!(err.contains("no field \"titel\""), "{err}");
+    assert!(b.json(&["get", "notes", "n1"]).get("titel").is_none());
     a.stop();
     b.stop();
 }

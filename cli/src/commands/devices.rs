@@ -341,10 +341,11 @@ pub(super) async fn watch_status(
             && others.iter().filter(|d| d.online).all(|d| d.in_step)
             && status.arriving.is_empty();
         line.set_message(format!(
-            "{online} of {} other device(s) online · last sync {} · {records} records in {} collections{}",
-            others.len(),
+            "{online} of {} online · last sync {} · {} in {}{}",
+            count(others.len() as u64, "other device"),
             last.map_or("never".to_owned(), when),
-            status.collections.len(),
+            count(records, "record"),
+            count(status.collections.len() as u64, "collection"),
             if caught_up { " · caught up" } else { "" }
         ));
         line.tick();
@@ -361,7 +362,8 @@ pub(super) async fn watch_status(
                 out_json(&status)?;
             } else if !draw {
                 out(format!(
-                    "caught up: {records} records, last sync {}",
+                    "caught up: {}, last sync {}",
+                    count(records, "record"),
                     last.map_or("never".to_owned(), when)
                 ))?;
             }

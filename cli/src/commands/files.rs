@@ -14,8 +14,11 @@ pub(super) async fn check(home: &Home, json: bool, client: &Client) -> anyhow::R
             out(problem)?;
         }
         out(format!(
-            "checked {} sealed values, {} collections, {} blobs (every chunk), {} audit entries",
-            report.values, report.collections, report.blobs, report.audit_entries
+            "checked {}, {}, {} (every chunk), {}",
+            count(report.values, "sealed value"),
+            count(report.collections, "collection"),
+            count(report.blobs, "blob"),
+            count(report.audit_entries, "audit entry")
         ))?;
     }
     if !report.ok {

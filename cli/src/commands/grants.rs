@@ -198,12 +198,15 @@ pub(super) fn describe_fields(scope: &Scope, write: bool) -> String {
 }
 
 pub(super) fn print_grant(g: &GrantInfo) -> anyhow::Result<()> {
-    let expires = match g.expires_at {
-        Some(t) if t <= hearth_node::clock::now_unix() => {
-            format!("expired {} ({})", local_time(t), when(t))
-        }
-        Some(t) => format!("expires {} ({})", local_time(t), when(t)),
-        None => "never expires".to_owned(),
+    let expires = match (g.revoked_at, g.expires_at) {
+        (Some(t), _) => format!("revoked {} ({})", local_time(t), when(t)),
+        (None, e) => match e {
+            Some(t) if t <= hearth_node::clock::now_unix() => {
+                format!("expired {} ({})", local_time(t), when(t))
+            }
+            Some(t) => format!("expires {} ({})", local_time(t), when(t)),
+            None => "never expires".to_owned(),
+        },
     };
     let used = g.last_used.map_or("never used".to_owned(), |t| {
         format!("last used {} ({})", local_time(t), when(t))
@@ -243,23 +246,30 @@ pub(super) fn print_revoked(grant_id: &str, answer: &RevokeResponse) -> anyhow::
         "revoked grant {grant_id}: its next request is refused here, and on your other devices once they sync."
     ))?;
     out(format!(
-        "What {} already saw and did ({} audited accesses):",
-        answer.grant.service, seen.accesses
+        "What {} already saw and did ({}):",
+        answer.grant.service,
+        count(seen.accesses, "audited access")
     ))?;
     for c in &seen.collections {
         out(format!(
-            "  {}: {} record reads, {} records pushed by events, fields {:?}",
-            c.collection, c.record_reads, c.deliveries, c.fields
+            "  {}: {} read, {} pushed by events, fields {:?}",
+            c.collection,
+            count(c.record_reads, "record"),
+            count(c.deliveries, "record"),
+            c.fields
         ))?;
         if c.writes > 0 {
             out(format!(
-                "  {}: {} writes, fields {:?}, records {:?}",
-                c.collection, c.writes, c.written_fields, c.written_ids
+                "  {}: {}, fields {:?}, records {:?}",
+                c.collection,
+                count(c.writes, "write"),
+                c.written_fields,
+                c.written_ids
             ))?;
         }
     }
     if seen.refused > 0 {
-        out(format!("  {} requests refused", seen.refused))?;
+        out(format!("  {} refused", count(seen.refused, "request")))?;
     }
     out("Revocation cannot take back what was already sent.")
 }
@@ -270,7 +280,7 @@ pub(super) fn print_audit_entry(e: &AuditEntry) -> anyhow::Result<()> {
     let what = if e.reason.as_deref() == Some("not_found") && e.records == 0 {
         "found nothing".to_owned()
     } else {
-        format!("{} records\tfields {:?}", e.records, e.fields)
+        format!("{}\tfields {:?}", count(e.records, "record"), e.fields)
     };
     let mut line = format!(
         "{}\t{}\t{}\t{} {}\t{what}",

@@ -488,6 +488,26 @@ fn when(unix: u64) -> String {
     }
 }
 
+/// `1 record`, `2 records`: a count and its noun, singular or plural (`noun` is
+/// the singular, an English noun with a regular plural: entry → entries, access →
+/// accesses).
+pub(crate) fn count(n: impl Into<u64>, noun: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        return format!("1 {noun}");
+    }
+    let plural = if let Some(stem) = noun.strip_suffix('y')
+        && !stem.ends_with(['a', 'e', 'i', 'o', 'u'])
+    {
+        format!("{stem}ies")
+    } else if noun.ends_with(['s', 'x']) || noun.ends_with("ch") || noun.ends_with("sh") {
+        format!("{noun}es")
+    } else {
+        format!("{noun}s")
+    };
+    format!("{n} {plural}")
+}
+
 fn human_duration(secs: u64) -> String {
     match secs {
         s if s >= 2 * 86_400 => format!("{} days", s / 86_400),
@@ -523,4 +543,18 @@ pub(crate) fn seg(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_say_singular_and_plural() {
+        assert_eq!(count(1u64, "record"), "1 record");
+        assert_eq!(count(0u64, "record"), "0 records");
+        assert_eq!(count(2u64, "audit entry"), "2 audit entries");
+        assert_eq!(count(3u64, "audited access"), "3 audited accesses");
+        assert_eq!(count(2u64, "day"), "2 days");
+    }
 }

@@ -657,6 +657,25 @@ pub fn overlaps(ical: &ICalendar, start: i64, end: i64) -> bool {
 
 /// The time zones (`VTIMEZONE`) and the components of an object other than the
 /// calendar itself, as text, to gather many objects into one calendar file.
+/// The calendar's own properties in a calendar object's text (`X-WR-CALNAME`,
+/// `X-WR-TIMEZONE`, `NAME`, `COLOR`, …): the lines directly in `VCALENDAR` other than
+/// those an export writes itself, each as (name, raw line).
+pub fn calendar_properties(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut depth = 0;
+    for line in lines::split(text) {
+        let name = line.name();
+        match name.as_str() {
+            "BEGIN" => depth += 1,
+            "END" => depth -= 1,
+            "VERSION" | "PRODID" | "CALSCALE" | "METHOD" => {}
+            _ if depth == 1 => out.push((name, line.raw.clone())),
+            _ => {}
+        }
+    }
+    out
+}
+
 pub fn components_text(text: &str) -> (Vec<(String, String)>, String) {
     let lines = lines::split(text);
     let mut zones = Vec::new();

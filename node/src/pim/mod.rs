@@ -235,6 +235,9 @@ pub fn read_file(
     text: &str,
     max_entry_bytes: usize,
 ) -> Result<(Vec<Imported>, Vec<Skipped>), PimError> {
+    if let Some(other) = other_kind(kind, text) {
+        return Err(PimError::Unreadable(other));
+    }
     let objects = lines::objects(text, kind.object())?;
     let mut out: Vec<Imported> = Vec::new();
     let mut skipped = Vec::new();
@@ -328,6 +331,37 @@ pub fn read_file(
         }
     }
     Ok((out, skipped))
+}
+
+/// What a file given as the wrong kind is, and the command that reads it: a calendar
+/// given to `import contacts`, contacts to `import calendar`, a mailbox to either.
+/// `None` if it starts as `kind` does (or as nothing known: the parser then says what
+/// is wrong).
+fn other_kind(kind: Kind, text: &str) -> Option<String> {
+    let first = text
+        .trim_start_matches('\u{feff}')
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())?;
+    let begins = |what: &str| {
+        first
+            .get(..6 + what.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(&format!("BEGIN:{what}")))
+    };
+    let (is, command) = if begins("VCALENDAR") {
+        ("iCalendar (a calendar)", "hearth import calendar")
+    } else if begins("VCARD") {
+        ("vCard (contacts)", "hearth import contacts")
+    } else if first.starts_with("From ") {
+        ("an mbox mailbox", "hearth import mail")
+    } else {
+        return None;
+    };
+    let wanted = match kind {
+        Kind::Contacts => "vCard (contacts)",
+        Kind::Calendar => "iCalendar (a calendar)",
+    };
+    (is != wanted).then(|| format!("this file is {is}, not {wanted}: use `{command} FILE`"))
 }
 
 /// Cuts one `VCALENDAR` of many events into one calendar object per UID, each with the
@@ -441,10 +475,18 @@ pub fn export(kind: Kind, records: &[(String, Map<String, Value>)]) -> Result<St
         }
         Kind::Calendar => {
             let mut zones: Vec<(String, String)> = Vec::new();
+            let mut header: Vec<(String, String)> = Vec::new();
             let mut body = String::new();
             for (id, record) in records {
-                let (record_zones, components) =
-                    calendar::components_text(&text_of(kind, id, record)?);
+                let text = text_of(kind, id, record)?;
+                // The calendar's name and zone (`X-WR-CALNAME`, `X-WR-TIMEZONE`, …)
+                // that its file came with: the first record's that has each.
+                for (name, line) in calendar::calendar_properties(&text) {
+                    if !header.iter().any(|(n, _)| *n == name) {
+                        header.push((name, line));
+                    }
+                }
+                let (record_zones, components) = calendar::components_text(&text);
                 for (tzid, zone) in record_zones {
                     if !zones.iter().any(|(t, _)| *t == tzid) {
                         zones.push((tzid, zone));
@@ -453,6 +495,12 @@ pub fn export(kind: Kind, records: &[(String, Map<String, Value>)]) -> Result<St
                 body.push_str(&components);
             }
             out.push_str("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//Hearth//Hearth//EN\r\nCALSCALE:GREGORIAN\r\n");
+            for (_, line) in header {
+                out.push_str(&line);
+                if !line.ends_with('\n') {
+                    out.push_str("\r\n");
+                }
+            }
             for (_, zone) in zones {
                 out.push_str(&zone);
             }
