@@ -304,9 +304,15 @@ pub enum Command {
         rate: Option<String>,
         /// Also issue a short password for this grant (shown once), for apps that log in
         /// with a user name and password, such as contacts and calendar apps (CardDAV,
-        /// CalDAV at /dav/); any user name works
+        /// CalDAV at /dav/); any user name works. Prints how a phone connects (the LAN
+        /// address, the certificate's fingerprint, a QR code DAVx⁵ reads)
         #[arg(long)]
         app_password: bool,
+        /// With --app-password: also write an Apple configuration profile (iPhone,
+        /// iPad, macOS: the CardDAV and CalDAV accounts and the LAN certificate) to FILE.
+        /// It holds the password: give it to the device and delete it
+        #[arg(long, value_name = "FILE", requires = "app_password")]
+        mobileconfig: Option<std::path::PathBuf>,
     },
     /// List grants: service, scope, purpose, issued, expires, last used, status
     Grants,
@@ -369,7 +375,12 @@ pub enum Command {
         full: bool,
     },
     /// Print a one-time login link to the web dashboard (it works once, for 10 minutes)
-    Dashboard,
+    Dashboard {
+        /// A link for another machine on the LAN (a headless home server): the LAN
+        /// listener's address, over TLS (needs `hearth up --lan`)
+        #[arg(long)]
+        lan: bool,
+    },
     /// Export contacts as one vCard file or the calendar as one iCalendar file; or,
     /// with --all, everything into a directory, readable without Hearth
     #[command(group = clap::ArgGroup::new("what").required(true).args(["kind", "all"]))]

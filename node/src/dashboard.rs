@@ -208,7 +208,34 @@ pub fn routes() -> Router<AppState> {
     summary = "A one-time login link to the web dashboard (10 minutes, works once)",
     responses((status = 200, description = "{\"url\"}", body = serde_json::Value))
 )]
-pub async fn login_link(State(vault): State<AppState>) -> axum::Json<Value> {
+pub async fn login_link(
+    State(vault): State<AppState>,
+    Query(query): Query<LoginQuery>,
+) -> Result<axum::Json<Value>, ApiError> {
+    // `?lan=true`: a link for another machine on the LAN (a headless home server), at
+    // the LAN listener's address, over its TLS.
+    if query.lan {
+        let Some(lan) = vault.lan.as_ref() else {
+            return Err(ApiError::new(
+                hearth_protocol::api::ErrorCode::Conflict,
+                "this node does not serve the LAN: start it with `hearth up --lan` (or `lan = true` in hearth.toml)",
+            ));
+        };
+        let Some(addr) = crate::phone::phone_addr(lan) else {
+            return Err(ApiError::new(
+                hearth_protocol::api::ErrorCode::Conflict,
+                format!(
+                    "this node serves the LAN on {} but no address of this host on the network was found",
+                    lan.addr
+                ),
+            ));
+        };
+        let code = vault.dashboard.new_link();
+        return Ok(axum::Json(serde_json::json!({
+            "url": format!("https://{addr}/login/{code}"),
+            "fingerprint": lan.fingerprint,
+        })));
+    }
     let code = vault.dashboard.new_link();
     // An API bound to every address (`--api-public`) is reached on loopback here.
     let mut addr = vault.api_addr;
@@ -218,9 +245,15 @@ pub async fn login_link(State(vault): State<AppState>) -> axum::Json<Value> {
             std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
-    axum::Json(serde_json::json!({
+    Ok(axum::Json(serde_json::json!({
         "url": format!("http://{addr}/login/{code}"),
-    }))
+    })))
+}
+
+#[derive(serde::Deserialize)]
+pub struct LoginQuery {
+    #[serde(default)]
+    lan: bool,
 }
 
 /// Security headers on every dashboard answer.

@@ -43,6 +43,8 @@ pub struct LanTls {
     pub fingerprint: String,
     /// The names and addresses the certificate is valid for.
     pub names: Vec<String>,
+    /// The certificate (DER), for a phone's configuration profile.
+    pub cert_der: Vec<u8>,
 }
 
 /// The names a certificate for a listener on `ip` should carry: this host's name (and
@@ -81,7 +83,7 @@ fn hostname() -> Option<String> {
 }
 
 /// The local address of the route to the network (no packet is sent).
-fn outbound_ip() -> Option<IpAddr> {
+pub(crate) fn outbound_ip() -> Option<IpAddr> {
     let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
     socket.connect("192.0.2.1:9").ok()?;
     let ip = socket.local_addr().ok()?.ip();
@@ -157,6 +159,7 @@ pub fn load_or_make(home: &Home, store: &Store, names: &[String]) -> Result<LanT
         config: Arc::new(config),
         fingerprint: fingerprint(&cert_der),
         names,
+        cert_der,
     })
 }
 

@@ -27,6 +27,7 @@ pub mod lan;
 pub mod mail;
 pub mod mesh;
 pub mod owner;
+pub mod phone;
 pub mod pim;
 pub mod server;
 pub mod throttle;
@@ -176,6 +177,8 @@ pub struct LanInfo {
     pub fingerprint: String,
     /// Names and addresses the certificate covers.
     pub names: Vec<String>,
+    /// The certificate (DER).
+    pub cert_der: Vec<u8>,
 }
 
 /// What a running node shares between its parts.
@@ -472,6 +475,7 @@ impl Node {
                 addr: *bound,
                 fingerprint: tls.fingerprint.clone(),
                 names: tls.names.clone(),
+                cert_der: tls.cert_der.clone(),
             }),
             dashboard: dashboard::Sessions::default(),
             password_throttle: throttle::PasswordThrottle::default(),

@@ -534,12 +534,17 @@ pub async fn grant_new(vault: &Arc<Vault>, request: GrantRequest) -> Result<Gran
     })
     .await?;
     vault.store.commit().await?;
+    let phone = issued
+        .password
+        .as_ref()
+        .map(|p| crate::phone::setup(vault.lan.as_ref(), &grant.service, p));
     Ok(GrantCreated {
         id: grant.id,
         token: issued.token,
         expires_at: grant.expires_at,
         password: issued.password.map(|p| p.to_string()),
         warnings,
+        phone,
     })
 }
 

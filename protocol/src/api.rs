@@ -285,6 +285,34 @@ pub struct GrantCreated {
     /// records have `tags`): the grant is made anyway, since data may come later.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// With an app password: how a phone or another computer connects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<PhoneSetup>,
+}
+
+/// How a phone reaches the node with a grant's app password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PhoneSetup {
+    /// The address to give a phone: `https://192.168.1.5:7743/` when the node serves
+    /// the LAN (`hearth up --lan`); absent when it does not (see `note`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// SHA-256 of the LAN certificate: accept it only if the phone shows this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// The user name to give (any name works): the service's.
+    pub user: String,
+    /// `caldavs://USER:PASSWORD@HOST:PORT/`: what the QR code holds. DAVx⁵ (Android)
+    /// opens it with the account filled in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    /// An Apple configuration profile (`.mobileconfig`: the CardDAV and CalDAV accounts
+    /// and the LAN certificate), base64: iPhone, iPad and macOS install it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mobileconfig: Option<String>,
+    /// What to do when a phone cannot reach the node yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// The vault's key epochs as this device sees them: `GET /v1/keys` and

@@ -702,6 +702,20 @@ fn sessions_csrf_and_headers_hold_without_a_browser() {
     assert_eq!(answer.status(), 200);
     assert!(answer.text().unwrap().contains("id=\"grant-token\""));
     assert_eq!(grants(), before + 1);
+    // With an app password, the page says how a phone connects: here (no LAN) how
+    // to serve the LAN.
+    let mut with_password = form(&csrf);
+    with_password.push(("app_password", "1".to_owned()));
+    let answer = http
+        .post(format!("{base}/grants"))
+        .header("Cookie", &cookie)
+        .form(&with_password)
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let page = answer.text().unwrap();
+    assert!(page.contains("id=\"grant-password\""), "{page}");
+    assert!(page.contains("id=\"phone-note\"") && page.contains("hearth up --lan"), "{page}");
 
     // A file, downloaded with the session (and not without it).
     let file = t.path().join("portrait.bin");

@@ -1320,6 +1320,111 @@ fn tls_request(addr: &str, der: &[u8], request: &str) -> Result<String, String> 
     Ok(String::from_utf8_lossy(&answer).into_owned())
 }
 
+/// Connecting a phone: an app password comes with the LAN address, the certificate's
+/// fingerprint, a DAVx⁵ link (the QR code's text) and an Apple profile whose accounts
+/// log in over that TLS; `hearth dashboard --lan` gives a login link another machine
+/// on the LAN opens. Without `--lan`, the grant says how to turn it on.
+#[test]
+fn a_phone_is_told_where_to_connect_and_the_lan_gets_a_login_link() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &["--lan", "127.0.0.1:0"]);
+    let profile_path = t.path().join("phone.mobileconfig");
+    let created = node.json(&[
+        "grant",
+        "Ada's phone",
+        "--read",
+        "contacts*",
+        "--app-password",
+        "--mobileconfig",
+        profile_path.to_str().unwrap(),
+    ]);
+    let password = created["password"].as_str().unwrap();
+    let phone = &created["phone"];
+    let lan_url = node.json(&["status"])["lan"]["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let addr = lan_url
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .to_owned();
+    assert_eq!(phone["url"], lan_url.as_str(), "{created}");
+    assert_eq!(phone["user"], "ada-s-phone");
+    assert_eq!(
+        phone["link"],
+        format!("caldavs://ada-s-phone:{password}@{addr}/").as_str()
+    );
+    let der = certificate(t.path());
+    // The profile: the accounts on that address with the password, and the very
+    // certificate the listener serves; private (it holds the password).
+    let profile = std::fs::read_to_string(&profile_path).unwrap();
+    let port = addr.rsplit_once(':').unwrap().1;
+    for needle in [
+        "<key>CardDAVHostName</key><string>127.0.0.1</string>".to_owned(),
+        format!("<key>CalDAVPort</key><integer>{port}</integer>"),
+        format!("<key>CalDAVPassword</key><string>{password}</string>"),
+        format!("<data>{}</data>", data_encoding::BASE64.encode(&der)),
+    ] {
+        assert!(profile.contains(&needle), "{needle}\n{profile}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&profile_path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    // What the profile says logs in over the LAN's TLS.
+    let auth = data_encoding::BASE64.encode(format!("ada-s-phone:{password}").as_bytes());
+    let answer = tls_request(
+        &addr,
+        &der,
+        &format!(
+            "PROPFIND /dav/ HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {auth}\r\nDepth: 0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 207"), "{answer}");
+    // The login link for another machine: at the LAN address, over TLS, once.
+    let link = node.json(&["dashboard", "--lan"]);
+    let url = link["url"].as_str().unwrap();
+    let path = url
+        .strip_prefix(&lan_url.trim_end_matches('/').to_owned())
+        .unwrap();
+    assert!(path.starts_with("/login/"), "{link}");
+    assert_eq!(
+        link["fingerprint"],
+        node.json(&["status"])["lan"]["fingerprint"]
+    );
+    let get = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let answer = tls_request(&addr, &der, &get).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("set-cookie:"),
+        "{answer}"
+    );
+    let again = tls_request(&addr, &der, &get).unwrap();
+    assert!(!again.starts_with("HTTP/1.1 303"), "{again}");
+
+    // Without the LAN: no address to give, and the way to get one.
+    let plain = TestHome::new();
+    let node = spawn_node(plain.path(), &[]);
+    let created = node.json(&["grant", "phone", "--read", "contacts", "--app-password"]);
+    assert!(created["phone"].get("url").is_none(), "{created}");
+    assert!(
+        created["phone"]["note"]
+            .as_str()
+            .unwrap()
+            .contains("hearth up --lan"),
+        "{created}"
+    );
+    let out = node.run(&["dashboard", "--lan"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hearth up --lan"));
+}
+
 /// `hearth up --lan`: the API and DAV are served over TLS only, with the certificate
 /// whose fingerprint `hearth status` shows; plain HTTP gets no answer; the key is not
 /// on disk in the clear, and stays the same across restarts.

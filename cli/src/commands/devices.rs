@@ -3,16 +3,31 @@
 
 use super::*;
 
-pub(super) async fn dashboard(home: &Home, json: bool, client: &Client) -> anyhow::Result<()> {
+pub(super) async fn dashboard(
+    home: &Home,
+    json: bool,
+    client: &Client,
+    lan: bool,
+) -> anyhow::Result<()> {
+    let path = if lan {
+        "/v1/dashboard/login?lan=true"
+    } else {
+        "/v1/dashboard/login"
+    };
     let link: Value = client
-        .json(home, client.request(Method::POST, "/v1/dashboard/login"))
+        .json(home, client.request(Method::POST, path))
         .await?;
     if json {
         out_json(&link)?;
     } else {
         let url = link["url"].as_str().unwrap_or_default();
         out(url.to_owned())?;
-        note("Open it in a browser on this device; it works once, for 10 minutes.");
+        match link["fingerprint"].as_str() {
+            Some(fp) => note(format!(
+                "Open it in a browser on a machine of your LAN; it works once, for 10 minutes. The browser warns about the certificate: go on only if it shows SHA-256 {fp}."
+            )),
+            None => note("Open it in a browser on this device; it works once, for 10 minutes."),
+        }
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ pub(super) async fn grant(
     json: bool,
     client: &Client,
     request: GrantRequest,
+    mobileconfig: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     let created: GrantCreated = client
         .json(
@@ -17,6 +18,24 @@ pub(super) async fn grant(
     for warning in &created.warnings {
         note(format!("warning: {warning}"));
     }
+    if let Some(path) = &mobileconfig {
+        match created.phone.as_ref().and_then(|p| p.mobileconfig.as_ref()) {
+            Some(profile) => {
+                let bytes = data_encoding::BASE64
+                    .decode(profile.as_bytes())
+                    .context("the node sent a profile that is not base64")?;
+                hearth_node::home::write_file_atomic(path, &bytes, 0o600)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                note(format!(
+                    "wrote {}: open it on the iPhone, iPad or Mac (it holds the password: delete it afterwards)",
+                    path.display()
+                ));
+            }
+            None => note(
+                "warning: no configuration profile was made: the node does not serve the LAN (`hearth up --lan`)",
+            ),
+        }
+    }
     if json {
         out_json(&created)?;
     } else {
@@ -26,6 +45,9 @@ pub(super) async fn grant(
         if let Some(password) = &created.password {
             out(format!("app password: {password}"))?;
         }
+        if let Some(phone) = &created.phone {
+            say_phone(phone)?;
+        }
         let expires = match created.expires_at {
             Some(t) => format!("expires {}", when(t)),
             None => "never expires".to_owned(),
@@ -34,6 +56,41 @@ pub(super) async fn grant(
         note(
             "Give the token to the service; it reads with `Authorization: Bearer <token>` at /v1/view.",
         );
+    }
+    Ok(())
+}
+
+/// How a phone connects: the address, the certificate, a QR code DAVx⁵ reads.
+fn say_phone(phone: &hearth_protocol::api::PhoneSetup) -> anyhow::Result<()> {
+    match &phone.url {
+        Some(url) => {
+            out(format!(
+                "phone address: {url} (user name {}, any works)",
+                phone.user
+            ))?;
+            if let Some(fp) = &phone.fingerprint {
+                out(format!(
+                    "certificate sha-256: {fp} (accept it only if the phone shows this)"
+                ))?;
+            }
+            if let Some(link) = &phone.link
+                && let Ok(qr) = qrcode::QrCode::new(link.as_bytes())
+            {
+                note(
+                    "On Android, scan this with DAVx⁵ (or the camera) to add the account; on an iPhone, use --mobileconfig FILE:",
+                );
+                note(
+                    qr.render::<qrcode::render::unicode::Dense1x2>()
+                        .quiet_zone(true)
+                        .build(),
+                );
+            }
+        }
+        None => {
+            if let Some(text) = &phone.note {
+                note(format!("phone: {text}"));
+            }
+        }
     }
     Ok(())
 }

@@ -248,7 +248,7 @@ type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Result<()> {
     let client = Client::connect(home).await?;
     match command {
-        Command::Dashboard => devices::dashboard(home, json, &client).await?,
+        Command::Dashboard { lan } => devices::dashboard(home, json, &client, lan).await?,
         Command::Status {
             watch: true,
             until_synced,
@@ -332,6 +332,7 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
             to,
             rate,
             app_password,
+            mobileconfig,
         } => {
             let request = GrantRequest {
                 service,
@@ -344,7 +345,7 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
                 rate,
                 app_password,
             };
-            grants::grant(home, json, &client, request).await?
+            grants::grant(home, json, &client, request, mobileconfig).await?
         }
         Command::Grants => grants::list(home, json, &client).await?,
         Command::Revoke { grant_id } => grants::revoke(home, json, &client, grant_id).await?,

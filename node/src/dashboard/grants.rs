@@ -307,6 +307,42 @@ pub(super) struct GrantCreatedPage {
     token: String,
     password: Option<String>,
     api_addr: String,
+    phone: Option<PhoneView>,
+}
+
+/// How a phone connects, as the page shows it.
+pub(super) struct PhoneView {
+    url: Option<String>,
+    fingerprint: Option<String>,
+    user: String,
+    /// The QR code (SVG) of the DAVx⁵ link.
+    qr: String,
+    /// `data:` URL of the configuration profile, to download.
+    mobileconfig: Option<String>,
+    note: Option<String>,
+}
+
+fn phone_view(phone: hearth_protocol::api::PhoneSetup) -> PhoneView {
+    let qr = phone
+        .link
+        .as_deref()
+        .and_then(|link| qrcode::QrCode::new(link.as_bytes()).ok())
+        .map(|q| {
+            q.render::<qrcode::render::svg::Color<'_>>()
+                .min_dimensions(220, 220)
+                .build()
+        })
+        .unwrap_or_default();
+    PhoneView {
+        url: phone.url,
+        fingerprint: phone.fingerprint,
+        user: phone.user,
+        qr,
+        mobileconfig: phone
+            .mobileconfig
+            .map(|b64| format!("data:application/x-apple-aspen-config;base64,{b64}")),
+        note: phone.note,
+    }
 }
 
 pub(super) async fn create_grant(
@@ -325,6 +361,7 @@ pub(super) async fn create_grant(
             token: created.token,
             password: created.password,
             api_addr: vault.api_addr.to_string(),
+            phone: created.phone.map(phone_view),
         }),
         Err(e) => failed(e),
     }
