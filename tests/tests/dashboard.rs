@@ -715,7 +715,10 @@ fn sessions_csrf_and_headers_hold_without_a_browser() {
     assert_eq!(answer.status(), 200);
     let page = answer.text().unwrap();
     assert!(page.contains("id=\"grant-password\""), "{page}");
-    assert!(page.contains("id=\"phone-note\"") && page.contains("hearth up --lan"), "{page}");
+    assert!(
+        page.contains("id=\"phone-note\"") && page.contains("hearth up --lan"),
+        "{page}"
+    );
 
     // A file, downloaded with the session (and not without it).
     let file = t.path().join("portrait.bin");
