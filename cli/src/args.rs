@@ -411,7 +411,8 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the manual page (roff): `hearth man > ~/.local/share/man/man1/hearth.1`
+    /// Print the manual page (roff): every command, FILES and ENVIRONMENT, on one page:
+    /// `hearth man > ~/.local/share/man/man1/hearth.1`, then `man hearth`
     Man,
     /// Store or fetch blobs (photos, documents: large or binary content)
     Blob {

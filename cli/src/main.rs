@@ -7,6 +7,7 @@ mod commands;
 mod config;
 mod export;
 mod mail;
+mod man;
 mod restore;
 
 use clap::Parser;

@@ -11,6 +11,7 @@
 //! grant reads, `/dav/calendars/{collection}/` one calendar per calendar collection;
 //! a resource is `/dav/{home}/{collection}/{name}`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -374,15 +375,18 @@ async fn handle(State(vault): State<AppState>, request: Request) -> Response {
     }
 }
 
-/// PROPFIND and OPTIONS at `/` (whose GET is the dashboard): a DAV client given the
-/// server's bare address discovers from there, as at `/dav/`, pointing on to the
-/// principal. A layer over the whole router, since `/` is the dashboard's route.
+/// PROPFIND, OPTIONS and REPORT at `/` (whose GET is the dashboard): a DAV client
+/// given the server's bare address discovers (and searches principals) from there, as
+/// at `/dav/`, pointing on to the principal. A layer over the whole router, since `/`
+/// is the dashboard's route.
 pub(crate) async fn at_site(
     State(vault): State<AppState>,
     request: Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if request.uri().path() == "/" && matches!(request.method().as_str(), "PROPFIND" | "OPTIONS") {
+    if request.uri().path() == "/"
+        && matches!(request.method().as_str(), "PROPFIND" | "OPTIONS" | "REPORT")
+    {
         return handle(State(vault), request).await;
     }
     next.run(request).await
@@ -419,9 +423,16 @@ async fn serve(vault: AppState, request: Request) -> Result<Response, DavError> 
         Some("0") => 0,
         _ => 1,
     };
+    let aliases = vault
+        .door
+        .dav_made()?
+        .into_iter()
+        .filter_map(|(c, segment)| Some((c, segment?)))
+        .collect();
     let dav = Dav {
         vault: &vault,
         caller: &caller,
+        aliases,
     };
     match method.as_str() {
         "PROPFIND" => dav.propfind(&target, depth, &body).await,
@@ -430,7 +441,7 @@ async fn serve(vault: AppState, request: Request) -> Result<Response, DavError> 
         "PUT" => dav.put(&target, &parts.headers, &body).await,
         "DELETE" => dav.delete(&target, &parts.headers).await,
         "PROPPATCH" => dav.proppatch(&target, &body).await,
-        "MKCOL" | "MKCALENDAR" => dav.mkcol(&target, &body).await,
+        "MKCOL" | "MKCALENDAR" => dav.mkcol(&target, parts.uri.path(), &body).await,
         _ => Err(DavError::NotAllowed(format!(
             "{method} is not a method of this server"
         ))),
@@ -738,9 +749,35 @@ fn href(inner: &str) -> String {
 struct Dav<'a> {
     vault: &'a Vault,
     caller: &'a Caller,
+    /// Books made at a path segment that is not their collection's name (a client's
+    /// UUID): collection → segment.
+    aliases: HashMap<String, String>,
 }
 
 impl Dav<'_> {
+    /// A target's href, a book made at a segment of its own at that segment.
+    fn href_of(&self, target: &Target) -> String {
+        let segment = |c: &CollectionName| {
+            utf8_percent_encode(
+                self.aliases
+                    .get(c.as_str())
+                    .map_or(c.as_str(), String::as_str),
+                SEGMENT,
+            )
+            .to_string()
+        };
+        match target {
+            Target::Book(kind, c) => format!("{ROOT}{}/{}/", home_segment(*kind), segment(c)),
+            Target::Object(kind, c, name) => format!(
+                "{ROOT}{}/{}/{}",
+                home_segment(*kind),
+                segment(c),
+                utf8_percent_encode(name, SEGMENT)
+            ),
+            other => href_of(other),
+        }
+    }
+
     fn privileges(&self, writable: bool) -> String {
         let mut out = String::from(
             "<d:privilege><d:read/></d:privilege><d:privilege><d:read-current-user-privilege-set/></d:privilege>",
@@ -848,7 +885,12 @@ impl Dav<'_> {
                 "<card:address-data-type content-type=\"text/vcard\" version=\"3.0\"/><card:address-data-type content-type=\"text/vcard\" version=\"4.0\"/>".into()
             }
             (CAL, "supported-calendar-component-set") if !is_contacts => {
-                "<cal:comp name=\"VEVENT\"/><cal:comp name=\"VTODO\"/><cal:comp name=\"VJOURNAL\"/>".into()
+                book.components
+                    .as_deref()
+                    .unwrap_or("VEVENT,VTODO,VJOURNAL")
+                    .split(',')
+                    .map(|c| format!("<cal:comp name=\"{}\"/>", escape(c)))
+                    .collect()
             }
             (CAL, "supported-calendar-data") if !is_contacts => {
                 "<cal:calendar-data content-type=\"text/calendar\" version=\"2.0\"/>".into()
@@ -1049,12 +1091,26 @@ impl Dav<'_> {
             .await
         {
             Ok(done) => done,
+            Err(e @ AccessError::NoBook(_)) => {
+                return Err(DavError::Condition(
+                    StatusCode::CONFLICT,
+                    String::new(),
+                    e.to_string(),
+                ));
+            }
+            Err(AccessError::UnsupportedComponent(m)) => {
+                return Err(DavError::Condition(
+                    StatusCode::FORBIDDEN,
+                    "<cal:supported-calendar-component/>".into(),
+                    m,
+                ));
+            }
             Err(AccessError::UidConflict(holder)) => {
                 let ns = match kind {
                     Kind::Contacts => "card",
                     Kind::Calendar => "cal",
                 };
-                let href = href_of(&Target::Object(*kind, collection.clone(), holder.clone()));
+                let href = self.href_of(&Target::Object(*kind, collection.clone(), holder.clone()));
                 return Err(DavError::Condition(
                     StatusCode::CONFLICT,
                     format!(
@@ -1104,19 +1160,52 @@ impl Dav<'_> {
     async fn report(&self, target: &Target, body: &[u8]) -> Result<Response, DavError> {
         let root =
             parse_xml(body)?.ok_or_else(|| DavError::BadRequest("a REPORT needs a body".into()))?;
-        // Principal searches (RFC 3744 §9.4, §9.5; clients use them to find other
-        // people's calendars to share with): a vault has one person, so there is no
-        // property to search by and nobody else to find. Answered, empty, not refused.
+        // Principal searches (RFC 3744 §9.4, §9.5; clients use them to find people to
+        // share calendars with): a vault has one person, the caller's principal, found
+        // by its display name (the grant's service).
         if root.is(DAV, "principal-search-property-set") {
             return Ok((
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
-                "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<d:principal-search-property-set xmlns:d=\"DAV:\"/>\n",
+                "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<d:principal-search-property-set xmlns:d=\"DAV:\"><d:principal-search-property><d:prop><d:displayname/></d:prop><d:description xml:lang=\"en\">Name</d:description></d:principal-search-property></d:principal-search-property-set>\n",
             )
                 .into_response());
         }
         if root.is(DAV, "principal-property-search") {
-            return Ok(Multistatus::new().finish(None));
+            let name = self.caller.grant.service.to_lowercase();
+            let mut tests = root
+                .children
+                .iter()
+                .filter(|c| c.is(DAV, "property-search"))
+                .map(|search| {
+                    let by_name = search
+                        .child(DAV, "prop")
+                        .is_some_and(|p| p.child(DAV, "displayname").is_some());
+                    let wanted = search
+                        .child(DAV, "match")
+                        .map(|m| m.text.trim().to_lowercase())
+                        .unwrap_or_default();
+                    by_name && name.contains(&wanted)
+                })
+                .collect::<Vec<bool>>();
+            let all_of = root.attribute("test") == Some("allof");
+            let found = tests.is_empty()
+                || if all_of {
+                    tests.iter().all(|t| *t)
+                } else {
+                    tests.drain(..).any(|t| t)
+                };
+            let mut out = Multistatus::new();
+            if found {
+                out_describe(
+                    self,
+                    &mut out,
+                    &Target::Root,
+                    &Resource::Root,
+                    &wanted_of(Some(&root)),
+                );
+            }
+            return Ok(out.finish(None));
         }
         let Target::Book(kind, collection) = target else {
             return Err(DavError::Forbidden(
@@ -1128,7 +1217,7 @@ impl Dav<'_> {
         let door = &self.vault.door;
         let mut out = Multistatus::new();
         let object_href =
-            |name: &str| href_of(&Target::Object(kind, collection.clone(), name.to_owned()));
+            |name: &str| self.href_of(&Target::Object(kind, collection.clone(), name.to_owned()));
         let multiget = root.is(CARD, "addressbook-multiget") || root.is(CAL, "calendar-multiget");
         if multiget {
             let hrefs = root.children.iter().filter(|c| c.is(DAV, "href")).count();
@@ -1197,6 +1286,9 @@ impl Dav<'_> {
             }
             return Ok(out.finish(Some(&changes.token)));
         }
+        if root.is(CAL, "free-busy-query") {
+            return self.free_busy(kind, collection, &root).await;
+        }
         if root.is(CARD, "addressbook-query") || root.is(CAL, "calendar-query") {
             let filter = query::Query::of(kind, &root).map_err(|e| {
                 let ns = match kind {
@@ -1223,7 +1315,7 @@ impl Dav<'_> {
                 objects.truncate(n);
             }
             if cut {
-                out.status(&href_of(target), "507 Insufficient Storage");
+                out.status(&self.href_of(target), "507 Insufficient Storage");
             }
             for object in &objects {
                 out_describe(
@@ -1240,6 +1332,99 @@ impl Dav<'_> {
             "the report {}:{} is not supported here",
             root.ns, root.name
         )))
+    }
+
+    /// free-busy-query (RFC 4791 §7.10): one VFREEBUSY with the busy periods of the
+    /// calendar's events in the range, merged (busy wins over tentative where they
+    /// overlap), nothing else of them.
+    async fn free_busy(
+        &self,
+        kind: Kind,
+        collection: &CollectionName,
+        root: &Element,
+    ) -> Result<Response, DavError> {
+        if kind != Kind::Calendar {
+            return Err(DavError::Forbidden(
+                "free-busy-query is answered on a calendar".into(),
+            ));
+        }
+        let range = root
+            .child(CAL, "time-range")
+            .ok_or_else(|| DavError::BadRequest("a free-busy-query needs a time-range".into()))?;
+        let at = |name: &str| {
+            range.attribute(name).map(|text| {
+                parse_utc(text).ok_or_else(|| {
+                    DavError::BadRequest(format!(
+                        "time-range {name}=\"{text}\" is not a UTC date-time"
+                    ))
+                })
+            })
+        };
+        let (Some(start), Some(end)) = (at("start"), at("end")) else {
+            return Err(DavError::BadRequest(
+                "a free-busy-query's time-range needs a start and an end".into(),
+            ));
+        };
+        let (start, end) = (start?, end?);
+        let busy = move |o: &Object| match crate::pim::calendar::parse(&o.text) {
+            Ok(ical) => crate::pim::calendar::busy(&ical, start, end),
+            Err(_) => Vec::new(),
+        };
+        // Only the events that take time in the range are read (and audited).
+        let (_, objects) = self
+            .vault
+            .door
+            .dav_list(self.caller, collection, move |o| !busy(o).is_empty())
+            .await?;
+        let mut periods: Vec<(i64, i64, bool)> = objects.iter().flat_map(busy).collect();
+        periods.sort();
+        let stamp = |t: i64| {
+            chrono::DateTime::from_timestamp(t, 0)
+                .map(|d| d.format("%Y%m%dT%H%M%SZ").to_string())
+                .unwrap_or_default()
+        };
+        let mut lines = Vec::new();
+        for tentative in [false, true] {
+            // Merged per kind; a tentative time that is also busy is said busy.
+            let mut merged: Vec<(i64, i64)> = Vec::new();
+            for (s, e, t) in &periods {
+                if *t != tentative {
+                    continue;
+                }
+                match merged.last_mut() {
+                    Some((_, last_end)) if *s <= *last_end => *last_end = (*last_end).max(*e),
+                    _ => merged.push((*s, *e)),
+                }
+            }
+            for (s, e) in merged {
+                let covered = tentative
+                    && periods
+                        .iter()
+                        .any(|(bs, be, bt)| !bt && *bs <= s && *be >= e);
+                if covered {
+                    continue;
+                }
+                lines.push(format!(
+                    "FREEBUSY;FBTYPE={}:{}/{}\r\n",
+                    if tentative { "BUSY-TENTATIVE" } else { "BUSY" },
+                    stamp(s),
+                    stamp(e)
+                ));
+            }
+        }
+        let body = format!(
+            "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//Hearth//Hearth//EN\r\nBEGIN:VFREEBUSY\r\nDTSTAMP:{}\r\nDTSTART:{}\r\nDTEND:{}\r\n{}END:VFREEBUSY\r\nEND:VCALENDAR\r\n",
+            stamp(crate::clock::now_unix() as i64),
+            stamp(start),
+            stamp(end),
+            lines.concat()
+        );
+        Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/calendar; charset=utf-8")],
+            body,
+        )
+            .into_response())
     }
 
     async fn proppatch(&self, target: &Target, body: &[u8]) -> Result<Response, DavError> {
@@ -1277,11 +1462,11 @@ impl Dav<'_> {
             }
         }
         let mut out = Multistatus::new();
-        let href = href_of(target);
+        let href = self.href_of(target);
         if refused.is_empty() {
             self.vault
                 .door
-                .dav_set_props(self.caller, collection, &props, false)
+                .dav_set_props(self.caller, collection, &props, None)
                 .await?;
             let found: Vec<(Prop, String)> =
                 touched.into_iter().map(|p| (p, String::new())).collect();
@@ -1310,13 +1495,21 @@ impl Dav<'_> {
         Ok(out.finish(None))
     }
 
-    async fn mkcol(&self, target: &Target, body: &[u8]) -> Result<Response, DavError> {
+    async fn mkcol(&self, target: &Target, path: &str, body: &[u8]) -> Result<Response, DavError> {
         let Target::Book(kind, collection) = target else {
             return Err(DavError::Forbidden(
                 "address books are made under /dav/contacts/, calendars under /dav/calendars/"
                     .into(),
             ));
         };
+        // The segment the client asked for, as it asked (percent-decoded).
+        let segment = path
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .and_then(|s| percent_decode_str(s).decode_utf8().ok())
+            .map(|s| s.into_owned())
+            .unwrap_or_else(|| collection.to_string());
         let mut props = BookProps::default();
         if let Some(root) = parse_xml(body)? {
             if let Some(types) = root.find(DAV, "resourcetype") {
@@ -1340,6 +1533,20 @@ impl Dav<'_> {
                     if prop.is(DAV, "resourcetype") {
                         continue;
                     }
+                    if prop.is(CAL, "supported-calendar-component-set") {
+                        let comps: Vec<String> = prop
+                            .children
+                            .iter()
+                            .filter(|c| c.is(CAL, "comp"))
+                            .filter_map(|c| c.attribute("name"))
+                            .map(str::to_ascii_uppercase)
+                            .filter(|n| matches!(n.as_str(), "VEVENT" | "VTODO" | "VJOURNAL"))
+                            .collect();
+                        if !comps.is_empty() {
+                            props.components = Some(Some(comps.join(",")));
+                        }
+                        continue;
+                    }
                     // Other properties (a time zone, components) are not kept.
                     apply_prop(
                         &mut props,
@@ -1351,7 +1558,7 @@ impl Dav<'_> {
         }
         self.vault
             .door
-            .dav_set_props(self.caller, collection, &props, true)
+            .dav_set_props(self.caller, collection, &props, Some(&segment))
             .await?;
         Ok(StatusCode::CREATED.into_response())
     }
@@ -1364,7 +1571,7 @@ fn out_describe(
     resource: &Resource,
     wanted: &Wanted,
 ) {
-    dav.describe(out, &href_of(target), resource, wanted);
+    dav.describe(out, &dav.href_of(target), resource, wanted);
 }
 
 /// Puts a property into a collection's changes; false if it cannot be set.

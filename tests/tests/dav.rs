@@ -881,18 +881,27 @@ fn discovery_starts_at_the_server_root_on_one_connection() {
         "{root}"
     );
     assert!(root.contains("/dav/contacts/"), "{root}");
-    // Principal searches are answered, empty: nobody else lives in a vault.
+    // Principal searches find the one principal there is, by its name, and no other.
     let dav = Dav::new(&node, &password);
     let (status, xml, _) = dav.send(
         dav.request("REPORT", "/dav/")
             .body(r#"<d:principal-search-property-set xmlns:d="DAV:"/>"#),
     );
     assert_eq!(status, 200, "{xml}");
-    let (status, xml, _) = dav.send(dav.request("REPORT", "/dav/").body(
-        r#"<d:principal-property-search xmlns:d="DAV:"><d:property-search><d:prop><d:displayname/></d:prop><d:match>ada</d:match></d:property-search><d:prop><d:displayname/></d:prop></d:principal-property-search>"#,
-    ));
-    assert_eq!(status, 207, "{xml}");
-    assert!(!xml.contains("<d:response>"), "{xml}");
+    let search = |name: &str| {
+        let (status, xml, _) = dav.send(dav.request("REPORT", "/dav/").body(format!(
+            r#"<d:principal-property-search xmlns:d="DAV:"><d:property-search><d:prop><d:displayname/></d:prop><d:match>{name}</d:match></d:property-search><d:prop><d:displayname/></d:prop></d:principal-property-search>"#
+        )));
+        assert_eq!(status, 207, "{xml}");
+        xml
+    };
+    assert!(!search("ada").contains("<d:response>"));
+    let me = search("PHO");
+    assert!(
+        me.contains("<d:href>/dav/</d:href>")
+            && me.contains("<d:displayname>phone</d:displayname>"),
+        "{me}"
+    );
 }
 
 /// A phone granted the `calendar*` family makes a calendar where it likes (a UUID path,
@@ -919,8 +928,8 @@ fn a_family_grant_lets_a_phone_make_and_remove_calendars() {
         ),
     );
     assert_eq!(status, 201, "{body}");
-    // Listed (empty) with the client's name and colour, at a path the client's own
-    // path also reaches.
+    // Listed (empty) with the client's name and colour, at the very path it was made
+    // at (a stable URL), though the collection is named in the family.
     let (status, xml) = dav.propfind(
         "/dav/calendars/",
         "1",
@@ -928,7 +937,8 @@ fn a_family_grant_lets_a_phone_make_and_remove_calendars() {
     );
     assert_eq!(status, 207, "{xml}");
     let made = format!("calendar-{}", uuid.to_lowercase());
-    assert!(xml.contains(&format!("/dav/calendars/{made}/")), "{xml}");
+    assert!(xml.contains(&format!("/dav/calendars/{uuid}/")), "{xml}");
+    assert!(!xml.contains(&made), "{xml}");
     assert!(xml.contains("Climbing") && xml.contains("#00aa00"), "{xml}");
     let event = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//test//EN\r\nBEGIN:VEVENT\r\nUID:climb-1\r\nDTSTAMP:20260101T000000Z\r\nDTSTART:20260110T180000Z\r\nSUMMARY:Bouldering\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
     let (status, _) = dav.put(&format!("/dav/calendars/{uuid}/climb-1.ics"), event, None);
@@ -950,12 +960,27 @@ fn a_family_grant_lets_a_phone_make_and_remove_calendars() {
     assert_ne!(status, 207);
     let (status, _, _) = dav.send(dav.request("MKCOL", "/dav/contacts/phone/"));
     assert_eq!(status, 403);
+    // A calendar not made yet takes no PUT (a typo makes no calendar); the kind's own
+    // calendar is always there, also empty.
+    let (status, _) = dav.put("/dav/calendars/typo/x.ics", event, None);
+    assert_eq!(status, 409);
+    assert!(
+        node.json(&["ls", "calendar-typo"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let (_, xml) = dav.propfind("/dav/calendars/", "1", "<d:displayname/>");
+    assert!(
+        xml.contains("<d:href>/dav/calendars/calendar/</d:href>"),
+        "{xml}"
+    );
     // The phone removes its calendar: records, name and listing go, audited.
     let (status, _, _) = dav.send(dav.request("DELETE", &format!("/dav/calendars/{uuid}/")));
     assert_eq!(status, 204);
     assert_eq!(node.json(&["ls", &made]).as_array().unwrap().len(), 0);
     let (_, xml) = dav.propfind("/dav/calendars/", "1", "<d:displayname/>");
-    assert!(!xml.contains(&made), "{xml}");
+    assert!(!xml.contains(uuid) && !xml.contains(&made), "{xml}");
     assert!(xml.contains("calendar-work"), "{xml}");
     let audit = node.json(&["audit", "--grant", &grant]);
     assert!(
@@ -1191,6 +1216,99 @@ fn a_uid_is_one_resource_and_journals_and_order_are_kept() {
         r#"<a:calendar-order xmlns:a="http://apple.com/ns/ical/"/>"#,
     );
     assert!(xml.contains(">3</"), "{xml}");
+}
+
+/// free-busy-query: the busy times of the events in the range (recurrences included),
+/// merged; transparent and cancelled events are free, tentative ones said so; nothing
+/// else of the events is in the answer. A calendar made for to-dos takes only to-dos.
+#[test]
+fn free_busy_and_component_sets() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let (_, password) =
+        grant_with_password(&node, &["--read", "calendar*", "--write", "calendar*"]);
+    let dav = Dav::new(&node, &password);
+    let event = |uid: &str, start: &str, end: &str, extra: &str| {
+        format!(
+            "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nBEGIN:VEVENT\r\nUID:{uid}\r\nDTSTAMP:20260101T000000Z\r\nDTSTART:{start}\r\nDTEND:{end}\r\nSUMMARY:Secret {uid}\r\n{extra}END:VEVENT\r\nEND:VCALENDAR\r\n"
+        )
+    };
+    for (uid, start, end, extra) in [
+        ("a", "20260110T090000Z", "20260110T100000Z", ""),
+        ("b", "20260110T093000Z", "20260110T110000Z", ""),
+        (
+            "c",
+            "20260110T140000Z",
+            "20260110T150000Z",
+            "TRANSP:TRANSPARENT\r\n",
+        ),
+        (
+            "d",
+            "20260110T160000Z",
+            "20260110T170000Z",
+            "STATUS:CANCELLED\r\n",
+        ),
+        (
+            "e",
+            "20260110T180000Z",
+            "20260110T190000Z",
+            "STATUS:TENTATIVE\r\n",
+        ),
+        (
+            "f",
+            "20260109T080000Z",
+            "20260109T083000Z",
+            "RRULE:FREQ=DAILY;COUNT=3\r\n",
+        ),
+    ] {
+        let path = format!("/dav/calendars/calendar/{uid}.ics");
+        assert_eq!(dav.put(&path, &event(uid, start, end, extra), None).0, 201);
+    }
+    let (status, body, headers) = dav.send(dav.request("REPORT", "/dav/calendars/calendar/").body(
+        r#"<c:free-busy-query xmlns:c="urn:ietf:params:xml:ns:caldav"><c:time-range start="20260110T000000Z" end="20260111T000000Z"/></c:free-busy-query>"#,
+    ));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/calendar")
+    );
+    let lines: Vec<&str> = body.lines().filter(|l| l.starts_with("FREEBUSY")).collect();
+    assert_eq!(
+        lines,
+        [
+            "FREEBUSY;FBTYPE=BUSY:20260110T080000Z/20260110T083000Z",
+            "FREEBUSY;FBTYPE=BUSY:20260110T090000Z/20260110T110000Z",
+            "FREEBUSY;FBTYPE=BUSY-TENTATIVE:20260110T180000Z/20260110T190000Z",
+        ],
+        "{body}"
+    );
+    assert!(!body.contains("Secret"), "{body}");
+    // A calendar made for to-dos says so, and refuses an event.
+    let (status, _, _) = dav.send(dav.request("MKCALENDAR", "/dav/calendars/tasks/").body(
+        r#"<c:mkcalendar xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav"><d:set><d:prop><c:supported-calendar-component-set><c:comp name="VTODO"/></c:supported-calendar-component-set></d:prop></d:set></c:mkcalendar>"#,
+    ));
+    assert_eq!(status, 201);
+    let (_, xml) = dav.propfind(
+        "/dav/calendars/tasks/",
+        "0",
+        "<cal:supported-calendar-component-set/>",
+    );
+    assert!(
+        xml.contains(r#"<cal:comp name="VTODO"/>"#) && !xml.contains("VEVENT"),
+        "{xml}"
+    );
+    let (status, xml, _) = dav.send(dav.request("PUT", "/dav/calendars/tasks/x.ics").body(event(
+        "x",
+        "20260110T090000Z",
+        "20260110T100000Z",
+        "",
+    )));
+    assert_eq!(status, 403, "{xml}");
+    assert!(xml.contains("supported-calendar-component"), "{xml}");
+    let todo = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nBEGIN:VTODO\r\nUID:t1\r\nDTSTAMP:20260101T000000Z\r\nSUMMARY:Call\r\nEND:VTODO\r\nEND:VCALENDAR\r\n";
+    assert_eq!(dav.put("/dav/calendars/tasks/t1.ics", todo, None).0, 201);
 }
 
 /// Python's `caldav` (what scripts and many tools use), from the server's bare

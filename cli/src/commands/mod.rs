@@ -187,9 +187,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             write_stdout(&text)
         }
         Command::Man => {
-            let mut text = Vec::new();
-            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
-                .render(&mut text)
+            let text = crate::man::page(<Cli as clap::CommandFactory>::command())
                 .context("cannot render the manual page")?;
             write_stdout(&text)
         }

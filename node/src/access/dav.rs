@@ -43,6 +43,9 @@ pub struct Book {
     pub description: Option<String>,
     /// Apple's `calendar-order`: where a client lists the calendar.
     pub order: Option<String>,
+    /// The components a calendar takes (`VEVENT,VTODO`), when its client said so at
+    /// MKCALENDAR; `None`: every kind.
+    pub components: Option<String>,
     /// The sync token (and CTag): the collection's heads.
     pub token: String,
 }
@@ -82,6 +85,7 @@ pub struct BookProps {
     pub color: Option<Option<String>>,
     pub description: Option<Option<String>>,
     pub order: Option<Option<String>>,
+    pub components: Option<Option<String>>,
 }
 
 fn meta() -> CollectionName {
@@ -149,6 +153,7 @@ struct Meta {
     display_name: Option<String>,
     color: Option<String>,
     order: Option<String>,
+    components: Option<String>,
     description: Option<String>,
     made: bool,
     names: Names,
@@ -174,6 +179,7 @@ impl Meta {
             display_name: text("display_name"),
             color: text("color"),
             order: text("order"),
+            components: text("components"),
             description: text("description"),
             made: r.get("made").and_then(Value::as_bool).unwrap_or(false),
             names: Names {
@@ -537,6 +543,7 @@ impl Door {
             .collect();
         let made = self.made_books()?;
         existing.extend(made.iter().cloned());
+        existing.push(pim::default_collection(kind).to_string());
         for (name, scope) in caller.scope.readable(existing.iter().map(String::as_str)) {
             if Kind::of(&name) != Some(kind) {
                 continue;
@@ -568,9 +575,22 @@ impl Door {
         self.book(collection, kind, &scope)
     }
 
+    /// Refuses a book that is not there for the caller (see [`Door::listed`]) as one
+    /// that does not exist.
+    fn present(&self, caller: &Caller, collection: &CollectionName) -> Result<(), AccessError> {
+        if self.listed(caller, collection, &self.made_books()?)? {
+            Ok(())
+        } else {
+            Err(AccessError::NotFound {
+                collection: collection.to_string(),
+                id: String::new(),
+            })
+        }
+    }
+
     /// Whether a book the caller reaches is there for it: one its grant names (it may
-    /// be filled), or, through a family, one that holds records or a client made — one
-    /// removed, or never made, is not.
+    /// be filled), the kind's own (`contacts`, `calendar`), or, through a family, one
+    /// that holds records or a client made — one removed, or never made, is not.
     fn listed(
         &self,
         caller: &Caller,
@@ -579,6 +599,7 @@ impl Door {
     ) -> Result<bool, AccessError> {
         let name = collection.as_str();
         Ok(caller.scope.collections.contains_key(name)
+            || Kind::of(name).is_some_and(|k| pim::default_collection(k) == *collection)
             || made.iter().any(|m| m == name)
             || self.0.collections.count(collection)? > 0)
     }
@@ -598,6 +619,7 @@ impl Door {
             display_name: meta.display_name,
             color: meta.color,
             order: meta.order,
+            components: meta.components,
             description: meta.description,
             token: sync_token(at),
         })
@@ -614,6 +636,7 @@ impl Door {
     ) -> Result<(String, Vec<Object>), AccessError> {
         let kind = self.kind_of(collection)?;
         let scope = self.readable(caller, collection.as_str())?.clone();
+        self.present(caller, collection)?;
         let name = collection.clone();
         let grant = caller.grant.clone();
         let (token, objects, event) = self
@@ -661,6 +684,7 @@ impl Door {
     ) -> Result<Vec<(String, Option<Object>)>, AccessError> {
         let kind = self.kind_of(collection)?;
         let scope = self.readable(caller, collection.as_str())?;
+        self.present(caller, collection)?;
         let names_of = self.meta_of(collection)?.names;
         let mut out = Vec::with_capacity(names.len());
         let mut ids = Vec::new();
@@ -751,7 +775,27 @@ impl Door {
     ) -> Result<(bool, String), AccessError> {
         let kind = self.kind_of(collection)?;
         let scope = self.writable(caller, collection.as_str())?.clone();
+        // A book reached only through a family is there once made (MKCOL, MKCALENDAR)
+        // or filled another way: a PUT into one that is not does not make it (RFC 4791
+        // §5.3.2: 409), so a client's typo makes no calendar.
+        if !self.listed(caller, collection, &self.made_books()?)? {
+            return Err(AccessError::NoBook(collection.to_string()));
+        }
         check_object(kind, text)?;
+        if kind == Kind::Calendar
+            && let Some(allowed) = self.meta_of(collection)?.components
+        {
+            let main = pim::calendar::main_component_name(text);
+            if !main
+                .as_deref()
+                .is_some_and(|m| allowed.split(',').any(|a| a.eq_ignore_ascii_case(m)))
+            {
+                return Err(AccessError::UnsupportedComponent(format!(
+                    "this calendar takes {allowed}, not {}",
+                    main.as_deref().unwrap_or("this object")
+                )));
+            }
+        }
         let new_fields =
             fields_of(kind, text).map_err(|e| AccessError::BadRequest(e.to_string()))?;
         let names = self.meta_of(collection)?.names;
@@ -1063,6 +1107,7 @@ impl Door {
         };
         let kind = self.kind_of(collection)?;
         let scope = self.readable(caller, collection.as_str())?.clone();
+        self.present(caller, collection)?;
         let since = parse_token(token)?;
         let name = collection.clone();
         let grant = caller.grant.clone();
@@ -1137,14 +1182,15 @@ impl Door {
         caller: &Caller,
         collection: &CollectionName,
         props: &BookProps,
-        make: bool,
+        // When making the book: the path segment the client made it at.
+        make: Option<&str>,
     ) -> Result<(), AccessError> {
         self.kind_of(collection)?;
         // A book's name and colour are everyone's: only a grant that may write the
         // whole collection (every field, no filter) changes them.
         self.whole_writer(caller, collection, "changing the properties of")?;
         let inner = &self.0;
-        if make {
+        if make.is_some() {
             let meta = self.meta_of(collection)?;
             if meta.made || inner.collections.count(collection)? > 0 {
                 return Err(AccessError::Conflict(format!(
@@ -1166,14 +1212,24 @@ impl Door {
         set("display_name", &props.display_name);
         set("color", &props.color);
         set("order", &props.order);
+        set("components", &props.components);
         set("description", &props.description);
-        if make {
+        if make.is_some() {
             patch.insert("made".into(), Value::Bool(true));
         }
         self.write_meta(collection, patch).await?;
-        if make {
+        if let Some(segment) = make {
+            // The book stays at the address the client made it at (a UUID, upper case
+            // and all): its hrefs use that segment, which names this collection again.
             let mut made = Map::new();
-            made.insert(collection.to_string(), Value::Bool(true));
+            made.insert(
+                collection.to_string(),
+                if segment == collection.as_str() {
+                    Value::Bool(true)
+                } else {
+                    Value::String(segment.to_owned())
+                },
+            );
             self.write_meta_record(made_id(), made).await?;
         }
         let event = AuditEvent {
@@ -1406,11 +1462,21 @@ impl Door {
 
     /// The books DAV clients made (MKCOL / MKCALENDAR), present or not.
     fn made_books(&self) -> Result<Vec<String>, AccessError> {
+        Ok(self.dav_made()?.into_iter().map(|(k, _)| k).collect())
+    }
+
+    /// The books DAV clients made, each with the path segment it was made at when that
+    /// is not its collection's name.
+    pub fn dav_made(&self) -> Result<Vec<(String, Option<String>)>, AccessError> {
         Ok(match self.0.collections.get(&meta(), &made_id())? {
             Some(Value::Object(made)) => made
                 .into_iter()
-                .filter(|(k, v)| k != "id" && v.as_bool() == Some(true))
-                .map(|(k, _)| k)
+                .filter(|(k, _)| k != "id")
+                .filter_map(|(k, v)| match v {
+                    Value::Bool(true) => Some((k, None)),
+                    Value::String(segment) => Some((k, Some(segment))),
+                    _ => None,
+                })
                 .collect(),
             _ => Vec::new(),
         })

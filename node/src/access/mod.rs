@@ -91,6 +91,14 @@ pub enum AccessError {
     /// The thing to make exists already.
     #[error("{0}")]
     Conflict(String),
+    /// A DAV PUT into an address book or calendar that is not there (one a family
+    /// reaches, not made yet).
+    #[error("there is no {0} yet: make it first (MKCALENDAR or MKCOL)")]
+    NoBook(String),
+    /// A calendar object of a kind the calendar was made without
+    /// (`supported-calendar-component`).
+    #[error("{0}")]
+    UnsupportedComponent(String),
     /// A DAV object's UID is another resource's of the collection (`no-uid-conflict`):
     /// the name of that resource.
     #[error("another resource of this collection, {0}, has that UID")]
@@ -133,6 +141,8 @@ impl AccessError {
             AccessError::BadRequest(_) | AccessError::InvalidSyncToken(_) => ErrorCode::BadRequest,
             AccessError::PreconditionFailed => ErrorCode::PreconditionFailed,
             AccessError::Conflict(_) | AccessError::UidConflict(_) => ErrorCode::Conflict,
+            AccessError::UnsupportedComponent(_) => ErrorCode::BadRequest,
+            AccessError::NoBook(_) => ErrorCode::Conflict,
             AccessError::Collection(e) => e.code(),
             AccessError::Store(e) => e.code(),
             AccessError::Token(_) | AccessError::Internal(_) => ErrorCode::Internal,

@@ -263,10 +263,10 @@ fn comp_filter(element: &Element, depth: usize) -> Result<CompFilter, Unsupporte
         if child.is(CAL, "is-not-defined") {
             filter.not_defined = true;
         } else if child.is(CAL, "time-range") && filter.range.is_none() {
-            // Ranges are worked out for the components of the calendar itself (events,
-            // to-dos, journals: recurrences included); not for the calendar, nor for
+            // Ranges are worked out for the calendar (any of its components) and its
+            // components (events, to-dos, journals: recurrences included); not for
             // alarms inside an event.
-            if depth != 1 {
+            if depth > 1 {
                 return Err(unsupported(format!(
                     "a time-range on {} is not supported here (only on a calendar's components)",
                     filter.name

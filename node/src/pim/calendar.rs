@@ -98,6 +98,14 @@ fn main_component(ical: &ICalendar) -> Option<&ICalendarComponent> {
         })
 }
 
+/// The name of a calendar object's main component (`VEVENT`, `VTODO`, `VJOURNAL`), as
+/// its text says.
+pub fn main_component_name(text: &str) -> Option<String> {
+    let lines = lines::split(text);
+    let (begin, _) = main_range(&lines)?;
+    Some(lines[begin].value().trim().to_ascii_uppercase())
+}
+
 /// The UID of a calendar object (its main component's).
 pub fn uid_of(ical: &ICalendar) -> Option<String> {
     main_component(ical)
@@ -645,6 +653,22 @@ pub(super) fn fold(line: &str) -> String {
 /// recurrences and their exceptions included.
 pub fn overlaps(ical: &ICalendar, start: i64, end: i64) -> bool {
     const EXPANSION_LIMIT: usize = 10_000;
+    // A to-do with no date at all (no DTSTART, DUE, COMPLETED or CREATED) is in every
+    // range (RFC 4791 §9.9).
+    let undated = ical.components.iter().any(|c| {
+        c.component_type == ICalendarComponentType::VTodo
+            && [
+                ICalendarProperty::Dtstart,
+                ICalendarProperty::Due,
+                ICalendarProperty::Completed,
+                ICalendarProperty::Created,
+            ]
+            .iter()
+            .all(|p| c.property(p).is_none())
+    });
+    if undated {
+        return true;
+    }
     let expanded = ical.expand_dates(
         calcard::common::timezone::Tz::Tz(chrono_tz::UTC),
         EXPANSION_LIMIT,
@@ -655,8 +679,49 @@ pub fn overlaps(ical: &ICalendar, start: i64, end: i64) -> bool {
     })
 }
 
-/// The time zones (`VTIMEZONE`) and the components of an object other than the
-/// calendar itself, as text, to gather many objects into one calendar file.
+/// The busy times of a calendar object within `[start, end)` (Unix seconds), each
+/// clipped to the range and marked tentative or not: its events' occurrences
+/// (recurrences and exceptions included) unless transparent (`TRANSP:TRANSPARENT`) or
+/// cancelled (RFC 4791 §7.10). To-dos and journals take no time.
+pub fn busy(ical: &ICalendar, start: i64, end: i64) -> Vec<(i64, i64, bool)> {
+    const EXPANSION_LIMIT: usize = 10_000;
+    let text_of = |comp: &ICalendarComponent, p: ICalendarProperty| {
+        comp.property(&p)
+            .and_then(|e| e.values.first())
+            .and_then(value_text)
+            .map(|t| t.to_ascii_uppercase())
+    };
+    let expanded = ical.expand_dates(
+        calcard::common::timezone::Tz::Tz(chrono_tz::UTC),
+        EXPANSION_LIMIT,
+    );
+    let mut out = Vec::new();
+    for event in &expanded.events {
+        let Some(comp) = ical.components.get(event.comp_id as usize) else {
+            continue;
+        };
+        if comp.component_type != ICalendarComponentType::VEvent {
+            continue;
+        }
+        if text_of(comp, ICalendarProperty::Transp).as_deref() == Some("TRANSPARENT") {
+            continue;
+        }
+        let status = text_of(comp, ICalendarProperty::Status);
+        if status.as_deref() == Some("CANCELLED") {
+            continue;
+        }
+        let (s, e) = event.timestamps();
+        if s < end && e > start {
+            out.push((
+                s.max(start),
+                e.min(end),
+                status.as_deref() == Some("TENTATIVE"),
+            ));
+        }
+    }
+    out
+}
+
 /// The calendar's own properties in a calendar object's text (`X-WR-CALNAME`,
 /// `X-WR-TIMEZONE`, `NAME`, `COLOR`, …): the lines directly in `VCALENDAR` other than
 /// those an export writes itself, each as (name, raw line).
@@ -676,6 +741,8 @@ pub fn calendar_properties(text: &str) -> Vec<(String, String)> {
     out
 }
 
+/// The time zones (`VTIMEZONE`) and the components of an object other than the
+/// calendar itself, as text, to gather many objects into one calendar file.
 pub fn components_text(text: &str) -> (Vec<(String, String)>, String) {
     let lines = lines::split(text);
     let mut zones = Vec::new();
