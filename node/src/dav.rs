@@ -433,6 +433,7 @@ async fn serve(vault: AppState, request: Request) -> Result<Response, DavError> 
         vault: &vault,
         caller: &caller,
         aliases,
+        expand: std::sync::Mutex::new(None),
     };
     match method.as_str() {
         "PROPFIND" => dav.propfind(&target, depth, &body).await,
@@ -752,6 +753,8 @@ struct Dav<'a> {
     /// Books made at a path segment that is not their collection's name (a client's
     /// UUID): collection → segment.
     aliases: HashMap<String, String>,
+    /// A report's `calendar-data/expand` range: recurrences are served expanded.
+    expand: std::sync::Mutex<Option<(i64, i64)>>,
 }
 
 impl Dav<'_> {
@@ -840,7 +843,11 @@ impl Dav<'_> {
                     Some(escape(object.text.as_str()).into())
                 }
                 (CAL, "calendar-data") if *kind == Kind::Calendar => {
-                    Some(escape(object.text.as_str()).into())
+                    let range = *self.expand.lock().expect("never poisoned");
+                    let expanded = range.and_then(|(start, end)| {
+                        crate::pim::calendar::expand_text(&object.text, start, end)
+                    });
+                    Some(escape(expanded.as_deref().unwrap_or(object.text.as_str())).into())
                 }
                 _ => None,
             },
@@ -1214,6 +1221,21 @@ impl Dav<'_> {
         };
         let kind = *kind;
         let wanted = wanted_of(Some(&root));
+        // calendar-data with expand (RFC 4791 §9.6.5): recurrences served expanded.
+        if let Some(expand) = root
+            .child(DAV, "prop")
+            .and_then(|p| p.child(CAL, "calendar-data"))
+            .and_then(|d| d.child(CAL, "expand"))
+        {
+            let at = |name: &str| {
+                expand.attribute(name).and_then(parse_utc).ok_or_else(|| {
+                    DavError::BadRequest(format!(
+                        "expand needs a {name} as a UTC date-time (20260101T000000Z)"
+                    ))
+                })
+            };
+            *self.expand.lock().expect("never poisoned") = Some((at("start")?, at("end")?));
+        }
         let door = &self.vault.door;
         let mut out = Multistatus::new();
         let object_href =

@@ -1311,6 +1311,48 @@ fn free_busy_and_component_sets() {
     assert_eq!(dav.put("/dav/calendars/tasks/t1.ics", todo, None).0, 201);
 }
 
+/// calendar-data with expand: a weekly event in Paris time with one instance moved
+/// (with a higher SEQUENCE, as clients write it) comes back as its instances in the
+/// range, in UTC, each with its RECURRENCE-ID, the moved one as moved and only once,
+/// and no RRULE.
+#[test]
+fn recurrences_are_expanded_when_asked() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let (_, password) = grant_with_password(&node, &["--read", "calendar", "--write", "calendar"]);
+    let dav = Dav::new(&node, &password);
+    let text = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nBEGIN:VTIMEZONE\r\nTZID:Europe/Paris\r\nBEGIN:STANDARD\r\nDTSTART:19701025T030000\r\nRRULE:FREQ=YEARLY;BYMONTH=10;BYDAY=-1SU\r\nTZOFFSETFROM:+0200\r\nTZOFFSETTO:+0100\r\nEND:STANDARD\r\nBEGIN:DAYLIGHT\r\nDTSTART:19700329T020000\r\nRRULE:FREQ=YEARLY;BYMONTH=3;BYDAY=-1SU\r\nTZOFFSETFROM:+0100\r\nTZOFFSETTO:+0200\r\nEND:DAYLIGHT\r\nEND:VTIMEZONE\r\nBEGIN:VEVENT\r\nUID:weekly\r\nDTSTAMP:20260101T000000Z\r\nDTSTART;TZID=Europe/Paris:20260105T100000\r\nDTEND;TZID=Europe/Paris:20260105T110000\r\nRRULE:FREQ=WEEKLY;COUNT=4\r\nSUMMARY:Standup\r\nEND:VEVENT\r\nBEGIN:VEVENT\r\nUID:weekly\r\nDTSTAMP:20260101T000000Z\r\nSEQUENCE:1\r\nRECURRENCE-ID;TZID=Europe/Paris:20260112T100000\r\nDTSTART;TZID=Europe/Paris:20260112T140000\r\nDTEND;TZID=Europe/Paris:20260112T150000\r\nSUMMARY:Standup (moved)\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
+    assert_eq!(
+        dav.put("/dav/calendars/calendar/weekly.ics", text, None).0,
+        201
+    );
+    let (status, xml, _) = dav.send(dav.request("REPORT", "/dav/calendars/calendar/").body(
+        r#"<c:calendar-query xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav"><d:prop><c:calendar-data><c:expand start="20260101T000000Z" end="20260120T000000Z"/></c:calendar-data></d:prop><c:filter><c:comp-filter name="VCALENDAR"><c:comp-filter name="VEVENT"><c:time-range start="20260101T000000Z" end="20260120T000000Z"/></c:comp-filter></c:comp-filter></c:filter></c:calendar-query>"#,
+    ));
+    assert_eq!(status, 207, "{xml}");
+    let data = xml.replace("&#13;", "\r");
+    assert_eq!(data.matches("BEGIN:VEVENT").count(), 3, "{data}");
+    for line in [
+        "DTSTART:20260105T090000Z",
+        "RECURRENCE-ID:20260105T090000Z",
+        "DTSTART:20260112T130000Z",
+        "SUMMARY:Standup (moved)",
+        "DTSTART:20260119T090000Z",
+        "DTEND:20260119T100000Z",
+    ] {
+        assert!(data.contains(line), "{line}\n{data}");
+    }
+    assert!(
+        !data.contains("RRULE:FREQ=WEEKLY") && !data.contains("TZID=Europe/Paris:20260105"),
+        "{data}"
+    );
+    // Without expand, the object as stored.
+    let (_, xml, _) = dav.send(dav.request("REPORT", "/dav/calendars/calendar/").body(
+        r#"<c:calendar-query xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav"><d:prop><c:calendar-data/></d:prop></c:calendar-query>"#,
+    ));
+    assert!(xml.contains("RRULE:FREQ=WEEKLY;COUNT=4"), "{xml}");
+}
+
 /// Python's `caldav` (what scripts and many tools use), from the server's bare
 /// address: a search by summary gives exactly the matching event (the filter is
 /// applied, not ignored), and under a `calendar*` grant it makes a calendar of its

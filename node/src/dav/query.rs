@@ -263,10 +263,10 @@ fn comp_filter(element: &Element, depth: usize) -> Result<CompFilter, Unsupporte
         if child.is(CAL, "is-not-defined") {
             filter.not_defined = true;
         } else if child.is(CAL, "time-range") && filter.range.is_none() {
-            // Ranges are worked out for the calendar (any of its components) and its
-            // components (events, to-dos, journals: recurrences included); not for
-            // alarms inside an event.
-            if depth > 1 {
+            // Ranges are worked out for the calendar (any of its components), its
+            // components (events, to-dos, journals: recurrences included) and their
+            // alarms (when they go off); nothing deeper.
+            if depth > 2 || (depth == 2 && filter.name != "VALARM") {
                 return Err(unsupported(format!(
                     "a time-range on {} is not supported here (only on a calendar's components)",
                     filter.name
@@ -379,7 +379,22 @@ fn filter_of(kind: Kind, root: &Element) -> Result<Filter, Unsupported> {
 
 /// Whether `comp` meets a comp-filter's conditions (its name already matched).
 fn comp_conditions(filter: &CompFilter, comp: &Comp, text: &str) -> bool {
-    if let Some((start, end)) = filter.range {
+    if let Some((start, end)) = filter.range
+        && filter.name == "VALARM"
+    {
+        // When the alarm goes off (RFC 4791 §9.9): its trigger, relative to each
+        // occurrence's start (or end), or absolute, and its repetitions.
+        let occurrences = match pim::calendar::parse(text) {
+            Ok(ical) => pim::calendar::occurrences(&ical),
+            Err(_) => return true,
+        };
+        if !alarm_times(comp, &occurrences)
+            .iter()
+            .any(|t| start <= *t && *t < end)
+        {
+            return false;
+        }
+    } else if let Some((start, end)) = filter.range {
         // Worked out over the object (one UID's components, its recurrences and
         // overrides), as the server always has.
         let overlaps = match pim::calendar::parse(text) {
@@ -399,6 +414,82 @@ fn comp_conditions(filter: &CompFilter, comp: &Comp, text: &str) -> bool {
                 children.any(|child| comp_conditions(c, child, text))
             }
         })
+}
+
+/// When an alarm goes off for each occurrence `(start, end)` of its component.
+fn alarm_times(alarm: &Comp, occurrences: &[(i64, i64)]) -> Vec<i64> {
+    let Some(trigger) = alarm.props.iter().find(|p| p.name == "TRIGGER") else {
+        return Vec::new();
+    };
+    let param = |name: &str| {
+        trigger
+            .params
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.first())
+            .map(|v| v.to_ascii_uppercase())
+    };
+    let value = trigger.value.trim();
+    let firsts: Vec<i64> = if param("VALUE").as_deref() == Some("DATE-TIME") {
+        super::parse_utc(value).into_iter().collect()
+    } else {
+        let Some(offset) = duration_secs(value) else {
+            return Vec::new();
+        };
+        let at_end = param("RELATED").as_deref() == Some("END");
+        occurrences
+            .iter()
+            .map(|(s, e)| if at_end { e } else { s } + offset)
+            .collect()
+    };
+    let repeat: i64 = alarm
+        .props
+        .iter()
+        .find(|p| p.name == "REPEAT")
+        .and_then(|p| p.value.trim().parse().ok())
+        .unwrap_or(0)
+        .clamp(0, 1000);
+    let every = alarm
+        .props
+        .iter()
+        .find(|p| p.name == "DURATION")
+        .and_then(|p| duration_secs(p.value.trim()))
+        .unwrap_or(0);
+    firsts
+        .iter()
+        .flat_map(|t| (0..=repeat).map(move |k| t + k * every))
+        .collect()
+}
+
+/// An iCalendar duration (`-PT15M`, `P1DT2H`, `P2W`) in seconds.
+fn duration_secs(text: &str) -> Option<i64> {
+    let (sign, rest) = match text.strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let rest = rest.strip_prefix('P')?;
+    let mut total: i64 = 0;
+    let mut number = String::new();
+    let mut in_time = false;
+    for c in rest.chars() {
+        match c {
+            '0'..='9' => number.push(c),
+            'T' if number.is_empty() => in_time = true,
+            unit => {
+                let n: i64 = number.parse().ok()?;
+                number.clear();
+                total += n * match (unit, in_time) {
+                    ('W', false) => 7 * 86_400,
+                    ('D', false) => 86_400,
+                    ('H', true) => 3600,
+                    ('M', true) => 60,
+                    ('S', true) => 1,
+                    _ => return None,
+                };
+            }
+        }
+    }
+    number.is_empty().then_some(sign * total)
 }
 
 /// Whether a prop-filter holds for `comp` (a card, or a calendar component).
@@ -656,6 +747,22 @@ mod tests {
         );
         assert_eq!(hits(&ranged), ["dentist"]);
         assert_eq!(hits(&cal("")), ["dentist", "lunch", "todo"]);
+        // An alarm's range is when it goes off: 15 minutes before 09:00.
+        let alarm = |start: &str, end: &str| {
+            cal(&format!(
+                r#"<c:comp-filter name="VEVENT"><c:comp-filter name="VALARM"><c:time-range start="{start}" end="{end}"/></c:comp-filter></c:comp-filter>"#
+            ))
+        };
+        assert_eq!(
+            hits(&alarm("20260110T084000Z", "20260110T085000Z")),
+            ["dentist"]
+        );
+        assert!(hits(&alarm("20260110T085000Z", "20260110T100000Z")).is_empty());
+        assert_eq!(duration_secs("-PT15M"), Some(-900));
+        assert_eq!(duration_secs("P1DT2H"), Some(93_600));
+        assert_eq!(duration_secs("P2W"), Some(1_209_600));
+        assert_eq!(duration_secs("PT"), Some(0));
+        assert_eq!(duration_secs("15M"), None);
     }
 
     #[test]
@@ -707,7 +814,7 @@ mod tests {
         for xml in [
             r#"<c:calendar-query xmlns:c="urn:ietf:params:xml:ns:caldav"><c:filter><c:comp-filter name="VCALENDAR"><c:comp-filter name="VEVENT"><c:frobnicate/></c:comp-filter></c:comp-filter></c:filter></c:calendar-query>"#,
             r#"<c:calendar-query xmlns:c="urn:ietf:params:xml:ns:caldav"><c:filter><c:comp-filter name="VTODO"/></c:filter></c:calendar-query>"#,
-            r#"<c:calendar-query xmlns:c="urn:ietf:params:xml:ns:caldav"><c:filter><c:comp-filter name="VCALENDAR"><c:comp-filter name="VEVENT"><c:comp-filter name="VALARM"><c:time-range start="20260101T000000Z"/></c:comp-filter></c:comp-filter></c:comp-filter></c:filter></c:calendar-query>"#,
+            r#"<c:calendar-query xmlns:c="urn:ietf:params:xml:ns:caldav"><c:filter><c:comp-filter name="VCALENDAR"><c:comp-filter name="VEVENT"><c:comp-filter name="VALARM"><c:comp-filter name="X-DEEPER"><c:time-range start="20260101T000000Z"/></c:comp-filter></c:comp-filter></c:comp-filter></c:comp-filter></c:filter></c:calendar-query>"#,
         ] {
             assert_eq!(
                 refused(Kind::Calendar, xml).condition,

@@ -649,6 +649,34 @@ pub(super) fn fold(line: &str) -> String {
     out
 }
 
+/// A copy of `ical` without `SEQUENCE`, to expand: calcard pairs an override with its
+/// instance only when both carry the same SEQUENCE, and an override usually carries a
+/// higher one than its master (a moved meeting would otherwise take time twice).
+fn without_sequence(ical: &ICalendar) -> ICalendar {
+    let mut ical = ical.clone();
+    for component in &mut ical.components {
+        component
+            .entries
+            .retain(|e| e.name != ICalendarProperty::Sequence);
+    }
+    ical
+}
+
+/// Every occurrence `(start, end)` of a calendar object's events and to-dos (Unix
+/// seconds; recurrences and overrides included, up to 10,000).
+pub fn occurrences(ical: &ICalendar) -> Vec<(i64, i64)> {
+    const EXPANSION_LIMIT: usize = 10_000;
+    without_sequence(ical)
+        .expand_dates(
+            calcard::common::timezone::Tz::Tz(chrono_tz::UTC),
+            EXPANSION_LIMIT,
+        )
+        .events
+        .iter()
+        .map(|e| e.timestamps())
+        .collect()
+}
+
 /// Whether a calendar object has an occurrence overlapping `[start, end)` (Unix seconds),
 /// recurrences and their exceptions included.
 pub fn overlaps(ical: &ICalendar, start: i64, end: i64) -> bool {
@@ -669,7 +697,7 @@ pub fn overlaps(ical: &ICalendar, start: i64, end: i64) -> bool {
     if undated {
         return true;
     }
-    let expanded = ical.expand_dates(
+    let expanded = without_sequence(ical).expand_dates(
         calcard::common::timezone::Tz::Tz(chrono_tz::UTC),
         EXPANSION_LIMIT,
     );
@@ -691,7 +719,7 @@ pub fn busy(ical: &ICalendar, start: i64, end: i64) -> Vec<(i64, i64, bool)> {
             .and_then(value_text)
             .map(|t| t.to_ascii_uppercase())
     };
-    let expanded = ical.expand_dates(
+    let expanded = without_sequence(ical).expand_dates(
         calcard::common::timezone::Tz::Tz(chrono_tz::UTC),
         EXPANSION_LIMIT,
     );
@@ -720,6 +748,96 @@ pub fn busy(ical: &ICalendar, start: i64, end: i64) -> Vec<(i64, i64, bool)> {
         }
     }
     out
+}
+
+/// A calendar object's text with its recurrences expanded over `[start, end)` (RFC
+/// 4791 §9.6.5, `CALDAV:expand`): one component per occurrence in the range, times in
+/// UTC (`DTSTART`, `DTEND`, and `RECURRENCE-ID` for an instance of a recurring
+/// event), without `RRULE`, `RDATE`, `EXDATE` or time zones; an override stands for its
+/// instance. Every other line of a component is kept as it was. `None` if the text
+/// cannot be read.
+pub fn expand_text(text: &str, start: i64, end: i64) -> Option<String> {
+    const EXPANSION_LIMIT: usize = 10_000;
+    let ical = parse(text).ok()?;
+    let expanded = without_sequence(&ical).expand_dates(
+        calcard::common::timezone::Tz::Tz(chrono_tz::UTC),
+        EXPANSION_LIMIT,
+    );
+    let lines = lines::split(text);
+    // Each component's lines, by its number (the order of BEGIN lines, as calcard
+    // numbers them), for the components directly in the calendar.
+    let mut ranges: Vec<Option<(usize, usize)>> = Vec::new();
+    let mut stack: Vec<(usize, usize)> = Vec::new();
+    let mut header = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        match line.name().as_str() {
+            "BEGIN" => {
+                stack.push((ranges.len(), i));
+                ranges.push(None);
+            }
+            "END" => {
+                let (number, begin) = stack.pop()?;
+                if stack.len() == 1 {
+                    ranges[number] = Some((begin, i));
+                }
+            }
+            _ if stack.len() == 1 => header.push_str(&line.raw),
+            _ => {}
+        }
+    }
+    let utc = |t: i64| {
+        chrono::DateTime::from_timestamp(t, 0)
+            .map(|d| d.format("%Y%m%dT%H%M%SZ").to_string())
+            .unwrap_or_default()
+    };
+    let recurring = |(b, e): (usize, usize)| {
+        lines[b + 1..e]
+            .iter()
+            .any(|l| l.is("RRULE") || l.is("RDATE"))
+    };
+    let mut body = String::new();
+    for event in &expanded.events {
+        let (s, e) = event.timestamps();
+        if !(s < end && (e > start || (e == s && s >= start))) {
+            continue;
+        }
+        let Some(Some((begin, finish))) = ranges.get(event.comp_id as usize).copied() else {
+            continue;
+        };
+        let overrides = lines[begin + 1..finish]
+            .iter()
+            .any(|l| l.is("RECURRENCE-ID"));
+        body.push_str(&lines[begin].raw);
+        let mut depth = 0;
+        for line in &lines[begin + 1..finish] {
+            let name = line.name();
+            match name.as_str() {
+                "BEGIN" => depth += 1,
+                "END" => depth -= 1,
+                _ => {}
+            }
+            let dropped = depth == 0
+                && matches!(
+                    name.as_str(),
+                    "DTSTART" | "DTEND" | "DURATION" | "RRULE" | "RDATE" | "EXDATE" | "EXRULE"
+                )
+                || (depth == 0 && name == "RECURRENCE-ID" && !overrides);
+            if !dropped {
+                body.push_str(&line.raw);
+            }
+        }
+        body.push_str(&format!("DTSTART:{}\r\n", utc(s)));
+        if e > s {
+            body.push_str(&format!("DTEND:{}\r\n", utc(e)));
+        }
+        if !overrides && recurring((begin, finish)) {
+            body.push_str(&format!("RECURRENCE-ID:{}\r\n", utc(s)));
+        }
+        body.push_str(&lines[finish].raw);
+    }
+    Some(format!(
+        "BEGIN:VCALENDAR\r\n{header}{body}END:VCALENDAR\r\n"
+    ))
 }
 
 /// The calendar's own properties in a calendar object's text (`X-WR-CALNAME`,
