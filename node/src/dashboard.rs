@@ -61,8 +61,6 @@ const COOKIE: &str = "hearth_session";
 const MAX_UPLOAD: usize = 64 * 1024 * 1024;
 /// A device not seen for this long is worth a warning.
 const QUIET_DEVICE_SECS: u64 = 14 * 24 * 3600;
-/// A grant expiring this soon is worth a warning.
-const EXPIRING_SECS: u64 = 3 * 24 * 3600;
 
 const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 const STYLE: &str = include_str!("../templates/hearth.css");

@@ -415,3 +415,45 @@ fn an_entry_longer_than_a_record_refuses_the_file() {
         .to_string();
     assert!(e.contains("big-event"), "{e}");
 }
+
+/// Old vCards in their own character set: 8-bit lines that name it (and the lines
+/// that follow them) are read with it, quoted-printable ones too; UTF-16 with a mark
+/// is read; 8-bit text that names no character set is refused with the fix.
+#[test]
+fn old_character_sets_are_read_or_refused_with_the_fix() {
+    let mut latin1: Vec<u8> = b"BEGIN:VCARD\r\nVERSION:2.1\r\nUID:jose\r\nN;CHARSET=ISO-8859-1:Mart\xednez;Jos\xe9\r\nFN;CHARSET=ISO-8859-1:Jos\xe9 Mart\xednez\r\nADR;HOME:;;Stra\xdfe 1;K\xf6ln\r\n".to_vec();
+    latin1.extend_from_slice(
+        b"NOTE;ENCODING=QUOTED-PRINTABLE;CHARSET=ISO-8859-1:Caf=E9\r\nEND:VCARD\r\n",
+    );
+    let text = pim::decode_file(&latin1).unwrap();
+    assert!(
+        text.contains("FN;CHARSET=ISO-8859-1:Jos\u{e9} Mart\u{ed}nez"),
+        "{text}"
+    );
+    assert!(text.contains("Stra\u{df}e 1;K\u{f6}ln"), "{text}");
+    let (cards, _) = pim::read_file(Kind::Contacts, &text, LIMIT).unwrap();
+    let record = &cards[0].record;
+    assert_eq!(record["name"], "Jos\u{e9} Mart\u{ed}nez", "{record:?}");
+    assert_eq!(record["notes"], "Caf\u{e9}", "{record:?}");
+    // UTF-16 with its mark, as Outlook saves it.
+    let utf16: Vec<u8> = [0xFF, 0xFE]
+        .into_iter()
+        .chain(
+            "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:z\r\nFN:Zo\u{eb}\r\nEND:VCARD\r\n"
+                .encode_utf16()
+                .flat_map(u16::to_le_bytes),
+        )
+        .collect();
+    assert!(pim::decode_file(&utf16).unwrap().contains("FN:Zo\u{eb}"));
+    // A UTF-8 mark is dropped; plain UTF-8 is as it is.
+    assert_eq!(
+        pim::decode_file(b"\xEF\xBB\xBFBEGIN:VCARD").unwrap(),
+        "BEGIN:VCARD"
+    );
+    // 8-bit text naming no character set: refused, with the command that converts it.
+    let e = pim::decode_file(b"BEGIN:VCARD\r\nFN:Jos\xe9\r\nEND:VCARD\r\n").unwrap_err();
+    assert!(
+        e.contains("line 2") && e.contains("iconv -f WINDOWS-1252 -t UTF-8"),
+        "{e}"
+    );
+}

@@ -1454,3 +1454,32 @@ fn commands_that_write_a_file_take_a_bare_file_name() {
     assert!(work.join("everything").is_dir());
     node.stop();
 }
+
+/// An old vCard in Latin-1 that says so (Outlook, Nokia) is imported as its text reads;
+/// one that does not say is refused with the command that converts it.
+#[test]
+fn an_old_latin1_vcard_is_imported_and_an_undeclared_one_refused_with_the_fix() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let file = t.path().join("old.vcf");
+    std::fs::write(
+        &file,
+        b"BEGIN:VCARD\r\nVERSION:2.1\r\nUID:jose\r\nFN;CHARSET=ISO-8859-1:Jos\xe9 Mart\xednez\r\nEND:VCARD\r\n",
+    )
+    .unwrap();
+    let report = node.json(&["import", "contacts", file.to_str().unwrap()]);
+    assert_eq!(report["imported"], 1, "{report}");
+    assert_eq!(
+        node.json(&["get", "contacts", "jose"])["name"],
+        "Jos\u{e9} Mart\u{ed}nez"
+    );
+    std::fs::write(
+        &file,
+        b"BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Jos\xe9\r\nEND:VCARD\r\n",
+    )
+    .unwrap();
+    let out = node.run(&["import", "contacts", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("iconv -f WINDOWS-1252 -t UTF-8"), "{said}");
+}

@@ -51,15 +51,7 @@ pub(super) async fn import(
             .map_err(import_error)?;
         return Ok(Json(report).into_response());
     };
-    let text = String::from_utf8(bytes.to_vec()).map_err(|e| {
-        ApiError::new(
-            ErrorCode::BadRequest,
-            format!(
-                "the file is not UTF-8 text (byte {})",
-                e.utf8_error().valid_up_to()
-            ),
-        )
-    })?;
+    let text = pim::decode_file(&bytes).map_err(|e| ApiError::new(ErrorCode::BadRequest, e))?;
     let report = pim::import(&vault, &collection, kind, &text)
         .await
         .map_err(import_error)?;

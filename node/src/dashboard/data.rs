@@ -93,7 +93,19 @@ pub(super) async fn import(
         match multipart.next_field().await {
             Ok(Some(field)) => {
                 let name = field.name().unwrap_or_default().to_owned();
-                match field.text().await {
+                // The file may be an old vCard in its own character set.
+                let text = field
+                    .bytes()
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| {
+                        if name == "file" {
+                            crate::pim::decode_file(&b)
+                        } else {
+                            String::from_utf8(b.to_vec()).map_err(|e| e.to_string())
+                        }
+                    });
+                match text {
                     Ok(text) => {
                         fields.insert(name, text);
                     }
@@ -102,7 +114,7 @@ pub(super) async fn import(
                             StatusCode::BAD_REQUEST,
                             "Not imported",
                             &format!(
-                                "The upload broke off or is not UTF-8 text ({e}). Nothing was changed."
+                                "The upload broke off or could not be read as text: {e}. Nothing was changed."
                             ),
                         );
                     }

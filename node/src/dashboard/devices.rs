@@ -96,7 +96,7 @@ pub(super) async fn overview(State(vault): State<AppState>, visit: Visit) -> Res
     }
     for g in &status.expiring_grants {
         warnings.push(format!(
-            "The grant of {} expires on {}: extend it on the Grants page (or `hearth extend {} --expires 1y`) and it keeps its token and app password.",
+            "The grant for {} expires {}: extend it on the Grants page (or `hearth extend {} --expires 1y`) and it keeps its token and app password.",
             g.service,
             local_time(g.expires_at),
             g.id
@@ -113,19 +113,6 @@ pub(super) async fn overview(State(vault): State<AppState>, visit: Visit) -> Res
                 d.name,
                 ago(Some(seen), now)
             ));
-        }
-    }
-    if let Ok(grants) = owner::grants(&vault).await {
-        for g in grants.iter().filter(|g| g.status == GrantStatus::Active) {
-            if let Some(at) = g.expires_at
-                && at.saturating_sub(now) < EXPIRING_SECS
-            {
-                warnings.push(format!(
-                    "The grant for {} expires {}.",
-                    g.service,
-                    local_time(at)
-                ));
-            }
         }
     }
     let verified = match vault.dashboard.last_verified() {

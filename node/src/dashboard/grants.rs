@@ -202,10 +202,11 @@ pub(super) async fn preview_grant(
             );
         }
     };
-    let expiry = if form.expires.is_empty() {
-        "30d"
-    } else {
-        form.expires.as_str()
+    // Empty: the default, which is a year for an app password (a phone set up once).
+    let expiry = match (form.expires.is_empty(), form.app_password) {
+        (true, true) => "365d",
+        (true, false) => "30d",
+        (false, _) => form.expires.as_str(),
     };
     let expires_words = match crate::access::parse_duration(expiry) {
         Ok(None) => "never expires (it lasts until you revoke it)".to_owned(),

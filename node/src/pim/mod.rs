@@ -333,6 +333,69 @@ pub fn read_file(
     Ok((out, skipped))
 }
 
+/// The text of an imported vCard or iCalendar file: UTF-8 (a byte-order mark dropped),
+/// UTF-16 with a byte-order mark (Outlook writes it), or 8-bit text whose lines say
+/// their character set (old Outlook and Nokia vCards: `FN;CHARSET=ISO-8859-1:José`):
+/// each line that is not UTF-8 is read with its own CHARSET, a line that names none
+/// (a folded continuation, an address) with the one named last, and text that names
+/// none at all is refused with the command that converts it.
+pub fn decode_file(bytes: &[u8]) -> Result<String, String> {
+    if let Some(rest) = bytes.strip_prefix(b"\xEF\xBB\xBF") {
+        return decode_file(rest);
+    }
+    for (bom, encoding) in [
+        (&b"\xFF\xFE"[..], encoding_rs::UTF_16LE),
+        (&b"\xFE\xFF"[..], encoding_rs::UTF_16BE),
+    ] {
+        if let Some(rest) = bytes.strip_prefix(bom) {
+            let (text, malformed) = encoding.decode_without_bom_handling(rest);
+            if malformed {
+                return Err(format!(
+                    "the file starts as {} text but is not: save it again as UTF-8",
+                    encoding.name()
+                ));
+            }
+            return Ok(text.into_owned());
+        }
+    }
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return Ok(text.to_owned());
+    }
+    let charset_of = |line: &[u8]| -> Option<&'static encoding_rs::Encoding> {
+        let head_end = line.iter().position(|b| *b == b':').unwrap_or(line.len());
+        let head = line[..head_end].to_ascii_uppercase();
+        let at = head.windows(8).position(|w| w == b"CHARSET=")? + 8;
+        let label: Vec<u8> = head[at..]
+            .iter()
+            .copied()
+            .take_while(|b| *b != b';' && *b != b':')
+            .filter(|b| *b != b'"')
+            .collect();
+        encoding_rs::Encoding::for_label(&label)
+    };
+    let mut out = String::with_capacity(bytes.len() + bytes.len() / 8);
+    let mut current: Option<&'static encoding_rs::Encoding> = None;
+    for (index, line) in bytes.split_inclusive(|b| *b == b'\n').enumerate() {
+        let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        if !continuation && let Some(named) = charset_of(line) {
+            current = Some(named);
+        }
+        match std::str::from_utf8(line) {
+            Ok(text) => out.push_str(text),
+            Err(_) => {
+                let Some(encoding) = current else {
+                    return Err(format!(
+                        "the file is not UTF-8 text (line {}) and does not say its character set: convert it first, e.g. `iconv -f WINDOWS-1252 -t UTF-8 FILE > FILE-utf8` (or the encoding it was written in), and import that",
+                        index + 1
+                    ));
+                };
+                out.push_str(&encoding.decode_without_bom_handling(line).0);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// What a file given as the wrong kind is, and the command that reads it: a calendar
 /// given to `import contacts`, contacts to `import calendar`, a mailbox to either.
 /// `None` if it starts as `kind` does (or as nothing known: the parser then says what
