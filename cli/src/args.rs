@@ -285,6 +285,11 @@ pub enum Command {
         /// the name and changes only the note)
         #[arg(long, value_name = "SCOPES")]
         write: Option<String>,
+        /// Calendars (comma-separated; `calendar*` for all) whose busy times it may ask
+        /// for (CalDAV free-busy-query) and nothing else of them: a service that
+        /// arranges appointments
+        #[arg(long, value_name = "CALENDARS")]
+        free_busy: Option<String>,
         /// Only records whose FIELD equals VALUE (or, for a list, contains it), for reading
         /// and writing alike; VALUE `3` or `true` also matches the text "3"/"true", a
         /// quoted "3" only the text; repeatable

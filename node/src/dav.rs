@@ -1388,17 +1388,11 @@ impl Dav<'_> {
             ));
         };
         let (start, end) = (start?, end?);
-        let busy = move |o: &Object| match crate::pim::calendar::parse(&o.text) {
-            Ok(ical) => crate::pim::calendar::busy(&ical, start, end),
-            Err(_) => Vec::new(),
-        };
-        // Only the events that take time in the range are read (and audited).
-        let (_, objects) = self
+        let mut periods = self
             .vault
             .door
-            .dav_list(self.caller, collection, move |o| !busy(o).is_empty())
+            .dav_free_busy(self.caller, collection, start, end)
             .await?;
-        let mut periods: Vec<(i64, i64, bool)> = objects.iter().flat_map(busy).collect();
         periods.sort();
         let stamp = |t: i64| {
             chrono::DateTime::from_timestamp(t, 0)

@@ -488,12 +488,24 @@ pub fn import_error(e: pim::ImportError) -> Error {
 
 /// Creates a grant and issues its token (and app password, if asked for).
 pub async fn grant_new(vault: &Arc<Vault>, request: GrantRequest) -> Result<GrantCreated, Error> {
-    let scope = hearth_protocol::scope::Scope::parse(
+    let scope = hearth_protocol::scope::Scope::parse_grant(
         request.read.as_deref(),
         request.write.as_deref(),
+        request.free_busy.as_deref(),
         &request.filters,
     )
     .map_err(|e| Error::new(ErrorCode::BadRequest, e.to_string()))?;
+    for (key, c) in &scope.collections {
+        let base = key.trim_end_matches(hearth_protocol::scope::FAMILY);
+        if c.free_busy && pim::Kind::of(base) != Some(pim::Kind::Calendar) {
+            return Err(Error::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "free/busy is about calendars: {key} is not calendar, calendar-… or calendar*"
+                ),
+            ));
+        }
+    }
     let expires = match request.expires.as_deref() {
         Some(text) => access::parse_duration(text)?,
         None if request.app_password => Some(access::APP_PASSWORD_EXPIRY),

@@ -255,6 +255,10 @@ pub struct GrantRequest {
     pub read: Option<String>,
     #[serde(default)]
     pub write: Option<String>,
+    /// Calendars (or families: `calendar*`) whose busy times the service may ask for
+    /// (CalDAV free-busy-query) and nothing else of them.
+    #[serde(default)]
+    pub free_busy: Option<String>,
     #[serde(default, rename = "where")]
     pub filters: Vec<String>,
     /// A duration like `30d`, `12h`, `90m`, or `never`; default 30 days.

@@ -40,7 +40,7 @@ pub enum ScopeError {
         "filter {0:?} is invalid: use FIELD=VALUE (VALUE as text, a number, true/false, or a \"quoted string\")"
     )]
     Filter(String),
-    #[error("the scope grants nothing: give --read or --write")]
+    #[error("the scope grants nothing: give --read, --write or --free-busy")]
     Empty,
     #[error("a token's narrowing is not readable: {0}")]
     Narrowing(String),
@@ -343,6 +343,10 @@ pub struct CollectionScope {
     /// Only records matching every filter are seen or changed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub filter: Vec<Filter>,
+    /// The service may ask when the collection's events make their owner busy (CalDAV
+    /// free-busy-query) and learns nothing else of them: a grant may be this alone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub free_busy: bool,
 }
 
 /// The stored shapes of a collection scope: today's, and the one written before read
@@ -358,6 +362,8 @@ enum StoredCollectionScope {
         write: Option<Fields>,
         #[serde(default)]
         filter: Vec<Filter>,
+        #[serde(default)]
+        free_busy: bool,
     },
     Merged {
         fields: Fields,
@@ -375,10 +381,12 @@ impl<'de> Deserialize<'de> for CollectionScope {
                 read,
                 write,
                 filter,
+                free_busy,
             } => CollectionScope {
                 read,
                 write,
                 filter,
+                free_busy,
             },
             StoredCollectionScope::Merged {
                 fields,
@@ -389,6 +397,7 @@ impl<'de> Deserialize<'de> for CollectionScope {
                 read: read.then(|| fields.clone()),
                 write: write.then_some(fields),
                 filter,
+                free_busy: false,
             },
         })
     }
@@ -547,6 +556,7 @@ impl CollectionScope {
 
     /// Adds what `other` allows (same filter) to what this allows.
     fn absorb(&mut self, other: &CollectionScope) {
+        self.free_busy |= other.free_busy;
         for (mine, theirs) in [
             (&mut self.read, &other.read),
             (&mut self.write, &other.write),
@@ -569,6 +579,9 @@ impl CollectionScope {
             read: limit(&self.read, read),
             write: limit(&self.write, write),
             filter: self.filter.clone(),
+            // A narrowing that names the collection at all keeps it (busy times are
+            // less than any field).
+            free_busy: self.free_busy && (read.is_some() || write.is_some()),
         }
     }
 }
@@ -586,27 +599,32 @@ impl Scope {
         write: Option<&str>,
         filters: &[String],
     ) -> Result<Self, ScopeError> {
+        Self::parse_grant(read, write, None, filters)
+    }
+
+    /// [`Scope::parse`] with `--free-busy`: collections (or families, no fields) whose
+    /// busy times the service may ask for, and nothing else of them.
+    pub fn parse_grant(
+        read: Option<&str>,
+        write: Option<&str>,
+        free_busy: Option<&str>,
+        filters: &[String],
+    ) -> Result<Self, ScopeError> {
         let filter: Vec<Filter> = filters
             .iter()
             .map(|f| Filter::parse(f))
             .collect::<Result<_, _>>()?;
         let mut scope = Scope::default();
+        let nothing = || CollectionScope {
+            read: None,
+            write: None,
+            filter: filter.clone(),
+            free_busy: false,
+        };
         for (list, is_write) in [(read, false), (write, true)] {
-            for item in list
-                .into_iter()
-                .flat_map(|l| l.split(','))
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-            {
+            for item in items(list) {
                 let (name, fields) = parse_item(item)?;
-                let entry = scope
-                    .collections
-                    .entry(name)
-                    .or_insert_with(|| CollectionScope {
-                        read: None,
-                        write: None,
-                        filter: filter.clone(),
-                    });
+                let entry = scope.collections.entry(name).or_insert_with(nothing);
                 let slot = if is_write {
                     &mut entry.write
                 } else {
@@ -617,6 +635,19 @@ impl Scope {
                     None => *slot = Some(fields),
                 }
             }
+        }
+        for item in items(free_busy) {
+            let (name, fields) = parse_item(item)?;
+            if fields != Fields::All {
+                return Err(ScopeError::Malformed(format!(
+                    "{item} (free/busy names collections, not fields)"
+                )));
+            }
+            scope
+                .collections
+                .entry(name)
+                .or_insert_with(nothing)
+                .free_busy = true;
         }
         if scope.collections.is_empty() {
             return Err(ScopeError::Empty);
@@ -704,7 +735,7 @@ impl Scope {
                     continue;
                 };
                 let part = c.narrowed(narrowing.read.get(*key), narrowing.write.get(*key));
-                if part.read.is_none() && part.write.is_none() {
+                if part.read.is_none() && part.write.is_none() && !part.free_busy {
                     continue;
                 }
                 match collections.get_mut(&meet) {
@@ -718,6 +749,15 @@ impl Scope {
         }
         Scope { collections }
     }
+}
+
+/// The items of a comma-separated list, trimmed, empty ones dropped.
+fn items(list: Option<&str>) -> Vec<&str> {
+    list.into_iter()
+        .flat_map(|l| l.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn parse_item(item: &str) -> Result<(String, Fields), ScopeError> {
@@ -1241,6 +1281,26 @@ mod tests {
         for bad in ["_access*", "*", "Cal*", "calendar**"] {
             assert!(Scope::parse(Some(bad), None, &[]).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn free_busy_alone_reads_and_writes_nothing() {
+        let scope = Scope::parse_grant(None, None, Some("calendar*"), &[]).unwrap();
+        let c = scope.collection("calendar-work").unwrap();
+        assert!(c.free_busy && c.read.is_none() && c.write.is_none());
+        assert!(scope.readable(["calendar-work"]).is_empty());
+        assert!(Scope::parse_grant(None, None, Some("calendar.summary"), &[]).is_err());
+        assert_eq!(
+            Scope::parse_grant(None, None, None, &[]),
+            Err(ScopeError::Empty)
+        );
+        // Stored and read back; a narrowing that does not name it takes it away.
+        let round: Scope = serde_json::from_value(serde_json::to_value(&scope).unwrap()).unwrap();
+        assert_eq!(round, scope);
+        let kept = scope.narrowed(&Narrowing::parse(Some("calendar-work"), None).unwrap());
+        assert!(kept.collection("calendar-work").unwrap().free_busy);
+        let gone = scope.narrowed(&Narrowing::parse(Some("notes"), None).unwrap());
+        assert!(gone.collection("calendar-work").is_none());
     }
 
     #[test]

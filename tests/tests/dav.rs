@@ -152,6 +152,12 @@ fn grant_with_password(node: &NodeProcess, args: &[&str]) -> (String, String) {
     )
 }
 
+/// Whether the audit log of `grant` has an entry `is` accepts.
+fn audited(node: &NodeProcess, grant: &str, is: impl Fn(&Value) -> bool) -> bool {
+    let audit = node.json(&["audit", "--grant", grant]);
+    audit.as_array().unwrap().iter().any(is)
+}
+
 fn vcard(uid: &str, name: &str, extra: &str) -> String {
     format!(
         "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:{uid}\r\nFN:{name}\r\nN:{name};;;;\r\n{extra}END:VCARD\r\n"
@@ -982,17 +988,9 @@ fn a_family_grant_lets_a_phone_make_and_remove_calendars() {
     let (_, xml) = dav.propfind("/dav/calendars/", "1", "<d:displayname/>");
     assert!(!xml.contains(uuid) && !xml.contains(&made), "{xml}");
     assert!(xml.contains("calendar-work"), "{xml}");
-    let audit = node.json(&["audit", "--grant", &grant]);
-    assert!(
-        audit
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["operation"] == "remove"
-                && e["collection"] == made.as_str()
-                && e["records"] == 1),
-        "{audit}"
-    );
+    assert!(audited(&node, &grant, |e| e["operation"] == "remove"
+        && e["collection"] == made.as_str()
+        && e["records"] == 1));
     let (status, _, _) = dav.send(dav.request("DELETE", &format!("/dav/calendars/{uuid}/")));
     assert_eq!(status, 404, "already gone");
     // A grant that names one calendar cannot remove it whole unless it writes all of
@@ -1351,6 +1349,82 @@ fn recurrences_are_expanded_when_asked() {
         r#"<c:calendar-query xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav"><d:prop><c:calendar-data/></d:prop></c:calendar-query>"#,
     ));
     assert!(xml.contains("RRULE:FREQ=WEEKLY;COUNT=4"), "{xml}");
+}
+
+/// A free/busy-only grant (a service that arranges appointments): it gets busy times
+/// and nothing else — no event, no summary, no view, no list — and its asks are
+/// audited as such. Free/busy is for calendars only.
+#[test]
+fn a_free_busy_grant_sees_busy_times_and_nothing_else() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let ics = t.path().join("e.ics");
+    std::fs::write(
+        &ics,
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//EN\r\nBEGIN:VEVENT\r\nUID:doc\r\nDTSTAMP:20260101T000000Z\r\nDTSTART:20260110T090000Z\r\nDTEND:20260110T100000Z\r\nSUMMARY:Oncologist\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n",
+    )
+    .unwrap();
+    node.json(&["import", "calendar", ics.to_str().unwrap()]);
+    let created = node.json(&[
+        "grant",
+        "concierge",
+        "--free-busy",
+        "calendar*",
+        "--app-password",
+    ]);
+    let (grant, password, token) = (
+        created["id"].as_str().unwrap().to_owned(),
+        created["password"].as_str().unwrap().to_owned(),
+        created["token"].as_str().unwrap().to_owned(),
+    );
+    let listed = String::from_utf8(node.run(&["grants"]).stdout).unwrap();
+    assert!(
+        listed.contains("free/busy only: calendar and every calendar-…"),
+        "{listed}"
+    );
+    let dav = Dav::new(&node, &password);
+    let (status, body, _) = dav.send(dav.request("REPORT", "/dav/calendars/calendar/").body(
+        r#"<c:free-busy-query xmlns:c="urn:ietf:params:xml:ns:caldav"><c:time-range start="20260110T000000Z" end="20260111T000000Z"/></c:free-busy-query>"#,
+    ));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("FREEBUSY;FBTYPE=BUSY:20260110T090000Z/20260110T100000Z"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("Oncologist") && !body.contains("doc"),
+        "{body}"
+    );
+    // Nothing else: the event, a query, the listing, the view.
+    for (method, path, body) in [
+        ("GET", "/dav/calendars/calendar/doc.ics", ""),
+        ("PROPFIND", "/dav/calendars/calendar/", ""),
+        (
+            "REPORT",
+            "/dav/calendars/calendar/",
+            r#"<c:calendar-query xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav"><d:prop><c:calendar-data/></d:prop></c:calendar-query>"#,
+        ),
+    ] {
+        let (status, answer, _) = dav.send(dav.request(method, path).body(body.to_owned()));
+        assert!(
+            status == 403 || status == 404,
+            "{method} {path}: {status} {answer}"
+        );
+        assert!(!answer.contains("Oncologist"), "{answer}");
+    }
+    let api = Api::new(&node);
+    let (status, body) = api.send(
+        api.raw(Method::GET, "/v1/view/calendar")
+            .bearer_auth(&token),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(audited(&node, &grant, |e| e["operation"] == "read"
+        && e["fields"] == serde_json::json!(["free-busy"])
+        && e["records"] == 1));
+    // Free/busy of something that is no calendar is refused.
+    let out = node.run(&["grant", "x", "--free-busy", "contacts"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("free/busy is about calendars"));
 }
 
 /// Python's `caldav` (what scripts and many tools use), from the server's bare

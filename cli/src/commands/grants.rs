@@ -276,6 +276,16 @@ pub(super) fn print_grant(g: &GrantInfo) -> anyhow::Result<()> {
     ))?;
     out(format!("    read:  {}", describe_fields(&g.scope, false)))?;
     out(format!("    write: {}", describe_fields(&g.scope, true)))?;
+    let busy: Vec<String> = g
+        .scope
+        .collections
+        .iter()
+        .filter(|(_, c)| c.free_busy)
+        .map(|(k, _)| hearth_protocol::scope::Key::of(k).describe())
+        .collect();
+    if !busy.is_empty() {
+        out(format!("    free/busy only: {}", busy.join(", ")))?;
+    }
     let filters: std::collections::BTreeSet<String> = g
         .scope
         .collections

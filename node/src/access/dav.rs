@@ -1460,6 +1460,71 @@ impl Door {
         Ok(None)
     }
 
+    /// The busy times of `collection` in `[start, end)` (free-busy-query): for a grant
+    /// that reads it or may ask for its free/busy. Worked out from each event the
+    /// grant's filter admits, whole (busy times are derived, nothing of the event is
+    /// sent); audited as a read of those events with the pseudo-field `free-busy`.
+    pub async fn dav_free_busy(
+        &self,
+        caller: &Caller,
+        collection: &CollectionName,
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<(i64, i64, bool)>, AccessError> {
+        let kind = self.kind_of(collection)?;
+        let scope = caller
+            .scope
+            .collection(collection.as_str())
+            .filter(|c| kind == Kind::Calendar && (c.read.is_some() || c.free_busy))
+            .ok_or_else(|| {
+                self.refused(
+                    &caller.grant,
+                    collection.as_str(),
+                    AccessError::OutOfScope(format!(
+                        "the grant does not include the free/busy of {collection}"
+                    )),
+                )
+            })?;
+        self.present(caller, collection)?;
+        let name = collection.clone();
+        let (periods, events) = self
+            .blocking(move |inner| {
+                let mut periods = Vec::new();
+                let mut events = 0;
+                for record in inner.collections.records(&name)? {
+                    let Value::Object(record) = record else {
+                        continue;
+                    };
+                    if !scope.visible(&record) {
+                        continue;
+                    }
+                    let id = record.get("id").and_then(Value::as_str).unwrap_or_default();
+                    // The stored text, or one made from the fields of an event written
+                    // without it.
+                    let Ok(text) = pim::text_of(Kind::Calendar, id, &record) else {
+                        continue;
+                    };
+                    let Ok(ical) = pim::calendar::parse(&text) else {
+                        continue;
+                    };
+                    let busy = pim::calendar::busy(&ical, start, end);
+                    if !busy.is_empty() {
+                        events += 1;
+                        periods.extend(busy);
+                    }
+                }
+                Ok((periods, events))
+            })
+            .await?;
+        let event = AuditEvent {
+            records: events,
+            fields: vec!["free-busy".into()],
+            ..caller.grant.event(Operation::Read, collection.as_str())
+        };
+        self.audited(vec![event]).await?;
+        Ok(periods)
+    }
+
     /// The books DAV clients made (MKCOL / MKCALENDAR), present or not.
     fn made_books(&self) -> Result<Vec<String>, AccessError> {
         Ok(self.dav_made()?.into_iter().map(|(k, _)| k).collect())

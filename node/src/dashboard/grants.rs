@@ -30,6 +30,9 @@ pub(super) fn scope_words(scope: &Scope) -> (Vec<String>, Vec<String>, Vec<Strin
         if let Some(fields) = &c.write {
             write.push(format!("{name}: {fields}"));
         }
+        if c.free_busy && c.read.is_none() {
+            read.push(format!("{name}: when it is busy, nothing else"));
+        }
         for f in &c.filter {
             let text = format!("{name}: {f}");
             if !filter.contains(&text) {
@@ -124,6 +127,7 @@ impl GrantForm {
             service: self.service.clone(),
             read: some(&self.read),
             write: some(&self.write),
+            free_busy: None,
             filters: self.filters(),
             expires: some(&self.expires),
             purpose: some(&self.purpose),
