@@ -86,9 +86,10 @@ fn contacts_read_as_people_wrote_them() {
     let google = records(Kind::Contacts, "google.vcf");
     assert_eq!(google.len(), 2);
     let grace = by_name(&google, "Grace Hopper");
+    let uid = grace["uid"].as_str().unwrap();
     assert!(
-        grace["uid"].as_str().unwrap().starts_with("hearth-import-"),
-        "no UID: one from the content"
+        uid.starts_with("grace-hopper-") && uid.len() == "grace-hopper-".len() + 10,
+        "no UID: one from the name and the content: {uid}"
     );
     assert_eq!(grace["addresses"][0]["label"], "Resting place");
     assert_eq!(

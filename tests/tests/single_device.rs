@@ -1483,3 +1483,40 @@ fn an_old_latin1_vcard_is_imported_and_an_undeclared_one_refused_with_the_fix() 
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("iconv -f WINDOWS-1252 -t UTF-8"), "{said}");
 }
+
+/// A card without a UID gets a readable id made from its name and content; the same
+/// file imported again finds it, and so does a vault where an earlier version named
+/// it `hearth-import-<hash>`: no duplicate either way.
+#[test]
+fn a_card_without_uid_gets_a_readable_id_and_is_found_again() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let card =
+        "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:José Martínez\r\nN:Martínez;José;;;\r\nEND:VCARD\r\n";
+    let file = t.path().join("nouid.vcf");
+    std::fs::write(&file, card).unwrap();
+    let first = node.json(&["import", "contacts", file.to_str().unwrap()]);
+    assert_eq!(first["imported"], 1, "{first}");
+    let listed = node.json(&["ls", "contacts"]);
+    let id = listed[0]["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("jose-martinez-"), "{id}");
+    let again = node.json(&["import", "contacts", file.to_str().unwrap()]);
+    assert_eq!(
+        (again["imported"].as_u64(), again["unchanged"].as_u64()),
+        (Some(0), Some(1)),
+        "{again}"
+    );
+    // A vault imported by an earlier version holds it as hearth-import-<hash>.
+    let other = TestHome::new();
+    let old_node = spawn_node(other.path(), &[]);
+    let legacy = format!("hearth-import-{}", blake3::hash(card.as_bytes()).to_hex());
+    // (Put from fields: a text without its UID line would be given a new UID.)
+    let record = serde_json::json!({"uid": legacy, "name": "José Martínez"});
+    old_node.json(&["put", "contacts", &legacy, &record.to_string()]);
+    let report = old_node.json(&["import", "contacts", file.to_str().unwrap()]);
+    assert_eq!(report["imported"], 0, "{report}");
+    let all = old_node.json(&["ls", "contacts"]);
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+    assert_eq!(all[0]["id"], legacy.as_str());
+    assert_eq!(all[0]["uid"], legacy.as_str());
+}

@@ -212,6 +212,10 @@ pub fn id_for_uid(uid: &str) -> RecordId {
 #[derive(Debug, Clone)]
 pub struct Imported {
     pub uid: String,
+    /// For an entry without a UID: the UID an earlier version made for it
+    /// (`hearth-import-<hash>`), so that importing the file again still finds the
+    /// record it made then.
+    pub made_before: Option<String>,
     pub record: Map<String, Value>,
     /// A photo given inside a vCard, to store as a blob and name in `photo`.
     pub photo: Option<contacts::InlinePhoto>,
@@ -280,17 +284,29 @@ pub fn read_file(
                 }
                 let card = contacts::parse(&text).map_err(|e| entry(e.to_string()))?;
                 let (mut fields, photo) = contacts::fields(&card);
-                let uid = match fields.get("uid").and_then(Value::as_str) {
-                    Some(uid) => uid.to_owned(),
-                    // No UID (Google's export has none): the content names it, so the
-                    // same file imported again finds the same records.
-                    None => format!("hearth-import-{}", blake3::hash(text.as_bytes()).to_hex()),
+                let (uid, made_before) = match fields.get("uid").and_then(Value::as_str) {
+                    Some(uid) => (uid.to_owned(), None),
+                    // No UID (Google's export has none): the name and the content name
+                    // it (`grace-hopper-3f2a9c1e77`), so the same file imported again
+                    // finds the same records, and the id reads as who it is.
+                    None => {
+                        let hash = blake3::hash(text.as_bytes()).to_hex();
+                        let name = fields.get("name").and_then(Value::as_str).unwrap_or("");
+                        let slug = readable(name);
+                        let uid = if slug.is_empty() {
+                            format!("contact-{}", &hash[..16])
+                        } else {
+                            format!("{slug}-{}", &hash[..10])
+                        };
+                        (uid, Some(format!("hearth-import-{hash}")))
+                    }
                 };
                 fields.insert("uid".into(), Value::String(uid.clone()));
                 fields.insert(contacts::VCARD.into(), Value::String(text));
                 keep(
                     Imported {
                         uid,
+                        made_before,
                         record: fields,
                         photo,
                     },
@@ -319,6 +335,7 @@ pub fn read_file(
                     keep(
                         Imported {
                             uid,
+                            made_before: None,
                             record: fields,
                             photo: None,
                         },
@@ -331,6 +348,24 @@ pub fn read_file(
         }
     }
     Ok((out, skipped))
+}
+
+/// A name as a piece of a record id: letters without their accents, digits, `-`
+/// (`José Martínez` → `jose-martinez`), at most 40 characters.
+fn readable(name: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let mut out = String::new();
+    for c in name.nfd().flat_map(char::to_lowercase) {
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if (c.is_whitespace() || c.is_ascii_punctuation()) && !out.ends_with('-') {
+            out.push('-');
+        }
+        if out.len() >= 40 {
+            break;
+        }
+    }
+    out.trim_matches('-').to_owned()
 }
 
 /// The text of an imported vCard or iCalendar file: UTF-8 (a byte-order mark dropped),
@@ -879,7 +914,23 @@ pub async fn import(
                 serde_json::json!({ "blob": blob, "media_type": media_type }),
             );
         }
-        match by_uid.get(&entry.uid) {
+        // An entry whose UID an earlier version made differently keeps that record,
+        // and its UID.
+        let found = match by_uid.get(&entry.uid) {
+            Some(found) => Some(found),
+            None => match entry
+                .made_before
+                .as_ref()
+                .and_then(|b| Some((b, by_uid.get(b)?)))
+            {
+                Some((before, found)) => {
+                    fields.insert("uid".into(), Value::String(before.clone()));
+                    Some(found)
+                }
+                None => None,
+            },
+        };
+        match found {
             Some((id, before)) => {
                 let mut after = before.clone();
                 for field in kind.fields() {
