@@ -439,7 +439,7 @@ fn alarm_times(alarm: &Comp, occurrences: &[(i64, i64)]) -> Vec<i64> {
         let at_end = param("RELATED").as_deref() == Some("END");
         occurrences
             .iter()
-            .map(|(s, e)| if at_end { e } else { s } + offset)
+            .map(|(s, e)| if at_end { e } else { s }.saturating_add(offset))
             .collect()
     };
     let repeat: i64 = alarm
@@ -457,7 +457,7 @@ fn alarm_times(alarm: &Comp, occurrences: &[(i64, i64)]) -> Vec<i64> {
         .unwrap_or(0);
     firsts
         .iter()
-        .flat_map(|t| (0..=repeat).map(move |k| t + k * every))
+        .flat_map(|t| (0..=repeat).map(move |k| t.saturating_add(k.saturating_mul(every))))
         .collect()
 }
 
@@ -478,7 +478,7 @@ fn duration_secs(text: &str) -> Option<i64> {
             unit => {
                 let n: i64 = number.parse().ok()?;
                 number.clear();
-                total += n * match (unit, in_time) {
+                let unit = match (unit, in_time) {
                     ('W', false) => 7 * 86_400,
                     ('D', false) => 86_400,
                     ('H', true) => 3600,
@@ -486,6 +486,8 @@ fn duration_secs(text: &str) -> Option<i64> {
                     ('S', true) => 1,
                     _ => return None,
                 };
+                // A client's TRIGGER may be any length: too long is no duration.
+                total = total.checked_add(n.checked_mul(unit)?)?;
             }
         }
     }
@@ -763,6 +765,17 @@ mod tests {
         assert_eq!(duration_secs("P2W"), Some(1_209_600));
         assert_eq!(duration_secs("PT"), Some(0));
         assert_eq!(duration_secs("15M"), None);
+        // Lengths no clock holds are no duration, not an overflow.
+        assert_eq!(duration_secs("P99999999999999999W"), None);
+        assert_eq!(duration_secs("P9223372036854775807DT1S"), None);
+        // Repeats and offsets at the edge of time saturate rather than overflow.
+        let calendar = tree(
+            "BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nBEGIN:VALARM\r\nTRIGGER:PT1S\r\nREPEAT:1000\r\nDURATION:P9999999999999W\r\nEND:VALARM\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n",
+        )
+        .unwrap();
+        let times = alarm_times(&calendar.comps[0].comps[0], &[(i64::MAX - 1, i64::MAX)]);
+        assert_eq!(times.len(), 1001);
+        assert!(times.iter().all(|t| *t == i64::MAX));
     }
 
     #[test]
