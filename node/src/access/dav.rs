@@ -550,7 +550,7 @@ impl Door {
             }
             let collection =
                 CollectionName::parse(&name).map_err(|e| AccessError::BadRequest(e.to_string()))?;
-            if !self.listed(caller, &collection, &made)? {
+            if !self.listed(caller, &collection, Some(&made))? {
                 continue;
             }
             books.push(self.book(&collection, kind, &scope)?);
@@ -566,19 +566,14 @@ impl Door {
     ) -> Result<Book, AccessError> {
         let kind = self.kind_of(collection)?;
         let scope = self.readable(caller, collection.as_str())?;
-        if !self.listed(caller, collection, &self.made_books()?)? {
-            return Err(AccessError::NotFound {
-                collection: collection.to_string(),
-                id: String::new(),
-            });
-        }
+        self.present(caller, collection)?;
         self.book(collection, kind, &scope)
     }
 
     /// Refuses a book that is not there for the caller (see [`Door::listed`]) as one
     /// that does not exist.
     fn present(&self, caller: &Caller, collection: &CollectionName) -> Result<(), AccessError> {
-        if self.listed(caller, collection, &self.made_books()?)? {
+        if self.listed(caller, collection, None)? {
             Ok(())
         } else {
             Err(AccessError::NotFound {
@@ -591,17 +586,25 @@ impl Door {
     /// Whether a book the caller reaches is there for it: one its grant names (it may
     /// be filled), the kind's own (`contacts`, `calendar`), or, through a family, one
     /// that holds records or a client made — one removed, or never made, is not.
+    /// `made`: the books clients made, if the caller has read them (else read here, and
+    /// only when the cheaper answers do not settle it).
     fn listed(
         &self,
         caller: &Caller,
         collection: &CollectionName,
-        made: &[String],
+        made: Option<&[String]>,
     ) -> Result<bool, AccessError> {
         let name = collection.as_str();
-        Ok(caller.scope.collections.contains_key(name)
+        if caller.scope.collections.contains_key(name)
             || Kind::of(name).is_some_and(|k| pim::default_collection(k) == *collection)
-            || made.iter().any(|m| m == name)
-            || self.0.collections.count(collection)? > 0)
+            || self.0.collections.count(collection)? > 0
+        {
+            return Ok(true);
+        }
+        Ok(match made {
+            Some(made) => made.iter().any(|m| m == name),
+            None => self.made_books()?.iter().any(|m| m == name),
+        })
     }
 
     fn book(
@@ -778,12 +781,13 @@ impl Door {
         // A book reached only through a family is there once made (MKCOL, MKCALENDAR)
         // or filled another way: a PUT into one that is not does not make it (RFC 4791
         // §5.3.2: 409), so a client's typo makes no calendar.
-        if !self.listed(caller, collection, &self.made_books()?)? {
+        if !self.listed(caller, collection, None)? {
             return Err(AccessError::NoBook(collection.to_string()));
         }
         check_object(kind, text)?;
+        let book_meta = self.meta_of(collection)?;
         if kind == Kind::Calendar
-            && let Some(allowed) = self.meta_of(collection)?.components
+            && let Some(allowed) = &book_meta.components
         {
             let main = pim::calendar::main_component_name(text);
             if !main
@@ -798,7 +802,7 @@ impl Door {
         }
         let new_fields =
             fields_of(kind, text).map_err(|e| AccessError::BadRequest(e.to_string()))?;
-        let names = self.meta_of(collection)?.names;
+        let names = book_meta.names;
         let visible = self.resolve(collection, kind, &scope, &names, name)?;
         // The record the name stands for; a new name becomes the id if it is a valid,
         // free one (taken by a record the caller cannot see counts as not free).
