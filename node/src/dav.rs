@@ -1227,14 +1227,7 @@ impl Dav<'_> {
             .and_then(|p| p.child(CAL, "calendar-data"))
             .and_then(|d| d.child(CAL, "expand"))
         {
-            let at = |name: &str| {
-                expand.attribute(name).and_then(parse_utc).ok_or_else(|| {
-                    DavError::BadRequest(format!(
-                        "expand needs a {name} as a UTC date-time (20260101T000000Z)"
-                    ))
-                })
-            };
-            *self.expand.lock().expect("never poisoned") = Some((at("start")?, at("end")?));
+            *self.expand.lock().expect("never poisoned") = Some(utc_range(expand, "expand")?);
         }
         let door = &self.vault.door;
         let mut out = Multistatus::new();
@@ -1373,21 +1366,7 @@ impl Dav<'_> {
         let range = root
             .child(CAL, "time-range")
             .ok_or_else(|| DavError::BadRequest("a free-busy-query needs a time-range".into()))?;
-        let at = |name: &str| {
-            range.attribute(name).map(|text| {
-                parse_utc(text).ok_or_else(|| {
-                    DavError::BadRequest(format!(
-                        "time-range {name}=\"{text}\" is not a UTC date-time"
-                    ))
-                })
-            })
-        };
-        let (Some(start), Some(end)) = (at("start"), at("end")) else {
-            return Err(DavError::BadRequest(
-                "a free-busy-query's time-range needs a start and an end".into(),
-            ));
-        };
-        let (start, end) = (start?, end?);
+        let (start, end) = utc_range(range, "a free-busy-query's time-range")?;
         let mut periods = self
             .vault
             .door
@@ -1639,6 +1618,19 @@ fn limit_of(root: &Element, ns: &str) -> Result<Option<usize>, DavError> {
     text.parse::<usize>()
         .map(Some)
         .map_err(|_| DavError::BadRequest(format!("limit nresults {text:?} is not a number")))
+}
+
+/// The `start` and `end` of an element (an `expand`, a free-busy time-range), both
+/// required, as UTC seconds.
+fn utc_range(element: &Element, what: &str) -> Result<(i64, i64), DavError> {
+    let at = |name: &str| {
+        element.attribute(name).and_then(parse_utc).ok_or_else(|| {
+            DavError::BadRequest(format!(
+                "{what} needs a {name} as a UTC date-time (20260101T000000Z)"
+            ))
+        })
+    };
+    Ok((at("start")?, at("end")?))
 }
 
 /// `20240101T000000Z` as seconds since 1970.

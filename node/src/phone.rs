@@ -33,15 +33,7 @@ pub(crate) fn phone_addr(lan: &LanInfo) -> Option<SocketAddr> {
 
 /// The user name for a service: its name, as letters, digits and `-` (any works).
 fn user_of(service: &str) -> String {
-    let mut user = String::new();
-    for c in service.trim().chars().flat_map(char::to_lowercase) {
-        if c.is_ascii_alphanumeric() {
-            user.push(c);
-        } else if !user.ends_with('-') && !user.is_empty() {
-            user.push('-');
-        }
-    }
-    let user = user.trim_end_matches('-').to_owned();
+    let user = crate::pim::readable(service);
     if user.is_empty() {
         "hearth".into()
     } else {

@@ -352,7 +352,7 @@ pub fn read_file(
 
 /// A name as a piece of a record id: letters without their accents, digits, `-`
 /// (`José Martínez` → `jose-martinez`), at most 40 characters.
-fn readable(name: &str) -> String {
+pub(crate) fn readable(name: &str) -> String {
     use unicode_normalization::UnicodeNormalization;
     let mut out = String::new();
     for c in name.nfd().flat_map(char::to_lowercase) {
