@@ -753,8 +753,17 @@ struct Dav<'a> {
     /// Books made at a path segment that is not their collection's name (a client's
     /// UUID): collection → segment.
     aliases: HashMap<String, String>,
-    /// A report's `calendar-data/expand` range: recurrences are served expanded.
-    expand: std::sync::Mutex<Option<(i64, i64)>>,
+    /// How a report's `calendar-data` shapes recurrences, if it asks.
+    expand: std::sync::Mutex<Option<Recurrences>>,
+}
+
+/// What a report's `calendar-data` asks of recurring events (RFC 4791 §9.6.5–6).
+#[derive(Debug, Clone, Copy)]
+enum Recurrences {
+    /// `expand`: each occurrence in the range, on its own.
+    Expand(i64, i64),
+    /// `limit-recurrence-set`: the master, and the overrides in the range.
+    Limit(i64, i64),
 }
 
 impl Dav<'_> {
@@ -843,9 +852,14 @@ impl Dav<'_> {
                     Some(escape(object.text.as_str()).into())
                 }
                 (CAL, "calendar-data") if *kind == Kind::Calendar => {
-                    let range = *self.expand.lock().expect("never poisoned");
-                    let expanded = range.and_then(|(start, end)| {
-                        crate::pim::calendar::expand_text(&object.text, start, end)
+                    let shape = *self.expand.lock().expect("never poisoned");
+                    let expanded = shape.and_then(|shape| match shape {
+                        Recurrences::Expand(start, end) => {
+                            crate::pim::calendar::expand_text(&object.text, start, end)
+                        }
+                        Recurrences::Limit(start, end) => {
+                            crate::pim::calendar::limit_recurrence_text(&object.text, start, end)
+                        }
                     });
                     Some(escape(expanded.as_deref().unwrap_or(object.text.as_str())).into())
                 }
@@ -867,13 +881,19 @@ impl Dav<'_> {
             (DAV, "displayname") => {
                 escape(book.display_name.as_deref().unwrap_or(book.collection.as_str())).into()
             }
-            (CS, "getctag") | (DAV, "sync-token") => escape(book.token.as_str()).into(),
+            (CS, "getctag") | (DAV, "sync-token") => escape(book.token.as_deref()?).into(),
+            // RFC 4791 §6.1.1: a free/busy-only grant holds read-free-busy, not read.
+            (DAV, "current-user-privilege-set") if book.busy_only => {
+                "<d:privilege><cal:read-free-busy/></d:privilege>".into()
+            }
             (DAV, "current-user-privilege-set") => self.privileges(book.writable),
             (DAV, "supported-report-set") => {
                 let reports: &[&str] = if is_contacts {
                     &["card:addressbook-multiget", "card:addressbook-query", "d:sync-collection"]
+                } else if book.busy_only {
+                    &["cal:free-busy-query"]
                 } else {
-                    &["cal:calendar-multiget", "cal:calendar-query", "d:sync-collection"]
+                    &["cal:calendar-multiget", "cal:calendar-query", "cal:free-busy-query", "d:sync-collection"]
                 };
                 reports
                     .iter()
@@ -925,8 +945,10 @@ impl Dav<'_> {
                 ];
             }
             Resource::Book(book) => {
-                props.push(Prop::new(CS, "getctag"));
-                props.push(Prop::new(DAV, "sync-token"));
+                if book.token.is_some() {
+                    props.push(Prop::new(CS, "getctag"));
+                    props.push(Prop::new(DAV, "sync-token"));
+                }
                 if book.kind == Kind::Calendar {
                     props.push(Prop::new(ICAL, "calendar-color"));
                 }
@@ -999,7 +1021,8 @@ impl Dav<'_> {
             Target::Book(kind, collection) => {
                 let book = door.dav_book(self.caller, collection)?;
                 out_describe(self, &mut out, target, &Resource::Book(&book), &wanted);
-                if depth > 0 {
+                // A free/busy-only grant sees the calendar, never what is in it.
+                if depth > 0 && !book.busy_only {
                     let (_, objects) = door.dav_list(self.caller, collection, |_| true).await?;
                     for object in &objects {
                         let t = Target::Object(*kind, collection.clone(), object.name.clone());
@@ -1221,13 +1244,19 @@ impl Dav<'_> {
         };
         let kind = *kind;
         let wanted = wanted_of(Some(&root));
-        // calendar-data with expand (RFC 4791 §9.6.5): recurrences served expanded.
-        if let Some(expand) = root
+        // calendar-data with expand or limit-recurrence-set (RFC 4791 §9.6.5–6).
+        // limit-freebusy-set (§9.6.7) bounds the FREEBUSY of VFREEBUSY components,
+        // which no calendar here holds (a calendar takes events, to-dos and journal
+        // entries): there is nothing for it to cut.
+        let data = root
             .child(DAV, "prop")
-            .and_then(|p| p.child(CAL, "calendar-data"))
-            .and_then(|d| d.child(CAL, "expand"))
-        {
-            *self.expand.lock().expect("never poisoned") = Some(utc_range(expand, "expand")?);
+            .and_then(|p| p.child(CAL, "calendar-data"));
+        if let Some(expand) = data.and_then(|d| d.child(CAL, "expand")) {
+            let (start, end) = utc_range(expand, "expand")?;
+            *self.expand.lock().expect("never poisoned") = Some(Recurrences::Expand(start, end));
+        } else if let Some(limit) = data.and_then(|d| d.child(CAL, "limit-recurrence-set")) {
+            let (start, end) = utc_range(limit, "limit-recurrence-set")?;
+            *self.expand.lock().expect("never poisoned") = Some(Recurrences::Limit(start, end));
         }
         let door = &self.vault.door;
         let mut out = Multistatus::new();

@@ -486,8 +486,8 @@ pub fn import_error(e: pim::ImportError) -> Error {
     }
 }
 
-/// Creates a grant and issues its token (and app password, if asked for).
-pub async fn grant_new(vault: &Arc<Vault>, request: GrantRequest) -> Result<GrantCreated, Error> {
+/// The scope a grant request asks for (the preview shows it, `grant_new` makes it).
+pub fn grant_scope(request: &GrantRequest) -> Result<hearth_protocol::scope::Scope, Error> {
     let scope = hearth_protocol::scope::Scope::parse_grant(
         request.read.as_deref(),
         request.write.as_deref(),
@@ -506,6 +506,12 @@ pub async fn grant_new(vault: &Arc<Vault>, request: GrantRequest) -> Result<Gran
             ));
         }
     }
+    Ok(scope)
+}
+
+/// Creates a grant and issues its token (and app password, if asked for).
+pub async fn grant_new(vault: &Arc<Vault>, request: GrantRequest) -> Result<GrantCreated, Error> {
+    let scope = grant_scope(&request)?;
     let expires = match request.expires.as_deref() {
         Some(text) => access::parse_duration(text)?,
         None if request.app_password => Some(access::APP_PASSWORD_EXPIRY),

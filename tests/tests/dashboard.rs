@@ -723,6 +723,63 @@ fn sessions_csrf_and_headers_hold_without_a_browser() {
         "{page}"
     );
 
+    // A free/busy-only grant from the form: the preview says what it sees (busy times,
+    // nothing of the events), the grant made is one.
+    let busy_form = vec![
+        ("service", "concierge".to_owned()),
+        ("free_busy", "calendar*".to_owned()),
+        ("csrf", csrf.clone()),
+    ];
+    let preview = http
+        .post(format!("{base}/grants/preview"))
+        .header("Cookie", &cookie)
+        .form(&busy_form)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        preview.contains("concierge may ask when you are busy in calendar and every calendar-")
+            && preview.contains("name=\"free_busy\" value=\"calendar*\""),
+        "{preview}"
+    );
+    assert!(!preview.contains("will see every field"), "{preview}");
+    let answer = http
+        .post(format!("{base}/grants"))
+        .header("Cookie", &cookie)
+        .form(&busy_form)
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let made = node.json(&["grants"]);
+    let concierge = made
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["service"] == "concierge")
+        .expect("the concierge's grant");
+    assert_eq!(
+        concierge["scope"]["collections"]["calendar*"]["free_busy"], true,
+        "{concierge}"
+    );
+    assert!(concierge["scope"]["collections"]["calendar*"]["read"].is_null());
+    // Free/busy of contacts is refused with the reason, in the preview already.
+    let mut wrong = busy_form.clone();
+    wrong[1].1 = "contacts".to_owned();
+    let answer = http
+        .post(format!("{base}/grants/preview"))
+        .header("Cookie", &cookie)
+        .form(&wrong)
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), 400);
+    assert!(
+        answer
+            .text()
+            .unwrap()
+            .contains("free/busy is about calendars")
+    );
+
     // A file, downloaded with the session (and not without it).
     let file = t.path().join("portrait.bin");
     let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();

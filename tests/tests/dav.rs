@@ -1349,6 +1349,22 @@ fn recurrences_are_expanded_when_asked() {
         r#"<c:calendar-query xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav"><d:prop><c:calendar-data/></d:prop></c:calendar-query>"#,
     ));
     assert!(xml.contains("RRULE:FREQ=WEEKLY;COUNT=4"), "{xml}");
+    // limit-recurrence-set: the master whole, and the moved instance only when the
+    // range holds it (moved to the 12th at 13:00 UTC).
+    for (range, moved) in [
+        (r#"start="20260112T120000Z" end="20260112T140000Z""#, true),
+        (r#"start="20260119T000000Z" end="20260120T000000Z""#, false),
+    ] {
+        let (status, xml, _) = dav.send(dav.request("REPORT", "/dav/calendars/calendar/").body(format!(
+            r#"<c:calendar-query xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav"><d:prop><c:calendar-data><c:limit-recurrence-set {range}/></c:calendar-data></d:prop></c:calendar-query>"#,
+        )));
+        assert_eq!(status, 207, "{xml}");
+        assert!(
+            xml.contains("RRULE:FREQ=WEEKLY;COUNT=4") && xml.contains("BEGIN:VTIMEZONE"),
+            "{xml}"
+        );
+        assert_eq!(xml.contains("Standup (moved)"), moved, "{range}: {xml}");
+    }
 }
 
 /// A free/busy-only grant (a service that arranges appointments): it gets busy times
@@ -1395,10 +1411,46 @@ fn a_free_busy_grant_sees_busy_times_and_nothing_else() {
         !body.contains("Oncologist") && !body.contains("doc"),
         "{body}"
     );
-    // Nothing else: the event, a query, the listing, the view.
+    // It finds the calendars it may ask (the home lists them), and sees none of their
+    // events nor when they change: no item, no sync token, no CTag; its privilege is
+    // read-free-busy.
+    for path in ["/dav/calendars/", "/dav/calendars/calendar/"] {
+        let (status, answer, _) = dav.send(
+            dav.request("PROPFIND", path)
+                .header("Depth", "1")
+                .body(r#"<d:propfind xmlns:d="DAV:" xmlns:cs="http://calendarserver.org/ns/"><d:prop><d:resourcetype/><d:sync-token/><cs:getctag/><d:current-user-privilege-set/><d:supported-report-set/></d:prop></d:propfind>"#),
+        );
+        assert_eq!(status, 207, "{path}: {answer}");
+        assert!(
+            answer.contains("<d:href>/dav/calendars/calendar/</d:href>"),
+            "{answer}"
+        );
+        assert!(
+            answer.contains("read-free-busy") && answer.contains("free-busy-query"),
+            "{answer}"
+        );
+        assert!(
+            !answer.contains(".ics") && !answer.contains("calendar-query"),
+            "{answer}"
+        );
+        assert!(
+            !answer.contains("<d:sync-token>") && !answer.contains("<cs:getctag>"),
+            "{answer}"
+        );
+        let book = answer
+            .split("<d:href>/dav/calendars/calendar/</d:href>")
+            .nth(1)
+            .unwrap();
+        assert!(!book.contains("<d:privilege><d:read/>"), "{answer}");
+    }
+    // Nothing else: the event, a query, the changes, the view.
     for (method, path, body) in [
         ("GET", "/dav/calendars/calendar/doc.ics", ""),
-        ("PROPFIND", "/dav/calendars/calendar/", ""),
+        (
+            "REPORT",
+            "/dav/calendars/calendar/",
+            r#"<d:sync-collection xmlns:d="DAV:"><d:sync-token/><d:sync-level>1</d:sync-level><d:prop><d:getetag/></d:prop></d:sync-collection>"#,
+        ),
         (
             "REPORT",
             "/dav/calendars/calendar/",

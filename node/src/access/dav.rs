@@ -46,8 +46,12 @@ pub struct Book {
     /// The components a calendar takes (`VEVENT,VTODO`), when its client said so at
     /// MKCALENDAR; `None`: every kind.
     pub components: Option<String>,
-    /// The sync token (and CTag): the collection's heads.
-    pub token: String,
+    /// The sync token (and CTag): the collection's heads. `None` for a grant that may
+    /// only ask for free/busy: how often a calendar changes is not its to know.
+    pub token: Option<String>,
+    /// The grant may only ask this calendar's busy times (free-busy-query): it is
+    /// listed, so the service finds it, but shows none of its events.
+    pub busy_only: bool,
 }
 
 /// One record as a resource.
@@ -86,6 +90,11 @@ pub struct BookProps {
     pub description: Option<Option<String>>,
     pub order: Option<Option<String>>,
     pub components: Option<Option<String>>,
+}
+
+/// Whether `scope` lets its grant ask a `kind` collection's busy times.
+fn busy(kind: Kind, scope: &CollectionScope) -> bool {
+    kind == Kind::Calendar && scope.free_busy
 }
 
 fn meta() -> CollectionName {
@@ -531,7 +540,8 @@ impl Door {
         Ok(Meta::from_record(collection, record))
     }
 
-    /// The contacts (or calendar) collections the caller may read.
+    /// The contacts (or calendar) collections the caller may read, and the calendars
+    /// it may only ask the free/busy of.
     pub fn dav_books(&self, caller: &Caller, kind: Kind) -> Result<Vec<Book>, AccessError> {
         let mut books = Vec::new();
         let mut existing: Vec<String> = self
@@ -544,8 +554,8 @@ impl Door {
         let made = self.made_books()?;
         existing.extend(made.iter().cloned());
         existing.push(pim::default_collection(kind).to_string());
-        for (name, scope) in caller.scope.readable(existing.iter().map(String::as_str)) {
-            if Kind::of(&name) != Some(kind) {
+        for (name, scope) in caller.scope.reach(existing.iter().map(String::as_str)) {
+            if Kind::of(&name) != Some(kind) || !(scope.read.is_some() || busy(kind, &scope)) {
                 continue;
             }
             let collection =
@@ -565,7 +575,10 @@ impl Door {
         collection: &CollectionName,
     ) -> Result<Book, AccessError> {
         let kind = self.kind_of(collection)?;
-        let scope = self.readable(caller, collection.as_str())?;
+        let scope = match caller.scope.collection(collection.as_str()) {
+            Some(scope) if busy(kind, &scope) && scope.read.is_none() => scope,
+            _ => self.readable(caller, collection.as_str())?,
+        };
         self.present(caller, collection)?;
         self.book(collection, kind, &scope)
     }
@@ -614,7 +627,12 @@ impl Door {
         scope: &CollectionScope,
     ) -> Result<Book, AccessError> {
         let meta = self.meta_of(collection)?;
-        let at = self.0.collections.log_position(collection)?;
+        let busy_only = scope.read.is_none();
+        let token = if busy_only {
+            None
+        } else {
+            Some(sync_token(self.0.collections.log_position(collection)?))
+        };
         Ok(Book {
             collection: collection.clone(),
             kind,
@@ -624,7 +642,8 @@ impl Door {
             order: meta.order,
             components: meta.components,
             description: meta.description,
-            token: sync_token(at),
+            token,
+            busy_only,
         })
     }
 
@@ -1479,7 +1498,7 @@ impl Door {
         let scope = caller
             .scope
             .collection(collection.as_str())
-            .filter(|c| kind == Kind::Calendar && (c.read.is_some() || c.free_busy))
+            .filter(|c| kind == Kind::Calendar && (c.read.is_some() || busy(kind, c)))
             .ok_or_else(|| {
                 self.refused(
                     &caller.grant,

@@ -89,6 +89,8 @@ pub(super) struct GrantForm {
     purpose: String,
     read: String,
     write: String,
+    /// Calendars (or families) the service may only ask the busy times of.
+    free_busy: String,
     filters: String,
     expires: String,
     app_password: bool,
@@ -106,6 +108,7 @@ impl GrantForm {
             purpose: field("purpose"),
             read: field("read"),
             write: field("write"),
+            free_busy: field("free_busy"),
             filters: field("where"),
             expires: field("expires"),
             app_password: form.contains_key("app_password"),
@@ -127,7 +130,7 @@ impl GrantForm {
             service: self.service.clone(),
             read: some(&self.read),
             write: some(&self.write),
-            free_busy: None,
+            free_busy: some(&self.free_busy),
             filters: self.filters(),
             expires: some(&self.expires),
             purpose: some(&self.purpose),
@@ -192,17 +195,13 @@ pub(super) async fn preview_grant(
         Ok(form) => form,
         Err(r) => return r,
     };
-    let scope = match Scope::parse(
-        (!form.read.is_empty()).then_some(form.read.as_str()),
-        (!form.write.is_empty()).then_some(form.write.as_str()),
-        &form.filters(),
-    ) {
+    let scope = match owner::grant_scope(&form.request()) {
         Ok(s) => s,
         Err(e) => {
             return message(
                 StatusCode::BAD_REQUEST,
                 "That scope does not work",
-                &e.to_string(),
+                e.message(),
             );
         }
     };
@@ -248,6 +247,13 @@ pub(super) async fn preview_grant(
                 "{} will see {} of {filter} in {name}.",
                 form.service,
                 field_words(read)
+            ));
+        }
+        if c.free_busy && c.read.is_none() {
+            words.push(format!(
+                "{} may ask when you are busy in {name}: busy and free times only, never \
+                 what an event is, where, or with whom.",
+                form.service
             ));
         }
         if let Some(write) = &c.write {

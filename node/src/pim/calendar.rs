@@ -757,34 +757,9 @@ pub fn busy(ical: &ICalendar, start: i64, end: i64) -> Vec<(i64, i64, bool)> {
 /// instance. Every other line of a component is kept as it was. `None` if the text
 /// cannot be read.
 pub fn expand_text(text: &str, start: i64, end: i64) -> Option<String> {
-    const EXPANSION_LIMIT: usize = 10_000;
-    let ical = parse(text).ok()?;
-    let expanded = without_sequence(&ical).expand_dates(
-        calcard::common::timezone::Tz::Tz(chrono_tz::UTC),
-        EXPANSION_LIMIT,
-    );
+    let occurrences = occurrences_in(text, start, end)?;
     let lines = lines::split(text);
-    // Each component's lines, by its number (the order of BEGIN lines, as calcard
-    // numbers them), for the components directly in the calendar.
-    let mut ranges: Vec<Option<(usize, usize)>> = Vec::new();
-    let mut stack: Vec<(usize, usize)> = Vec::new();
-    let mut header = String::new();
-    for (i, line) in lines.iter().enumerate() {
-        match line.name().as_str() {
-            "BEGIN" => {
-                stack.push((ranges.len(), i));
-                ranges.push(None);
-            }
-            "END" => {
-                let (number, begin) = stack.pop()?;
-                if stack.len() == 1 {
-                    ranges[number] = Some((begin, i));
-                }
-            }
-            _ if stack.len() == 1 => header.push_str(&line.raw),
-            _ => {}
-        }
-    }
+    let (ranges, header) = top_components(&lines)?;
     let utc = |t: i64| {
         chrono::DateTime::from_timestamp(t, 0)
             .map(|d| d.format("%Y%m%dT%H%M%SZ").to_string())
@@ -796,12 +771,8 @@ pub fn expand_text(text: &str, start: i64, end: i64) -> Option<String> {
             .any(|l| l.is("RRULE") || l.is("RDATE"))
     };
     let mut body = String::new();
-    for event in &expanded.events {
-        let (s, e) = event.timestamps();
-        if !(s < end && (e > start || (e == s && s >= start))) {
-            continue;
-        }
-        let Some(Some((begin, finish))) = ranges.get(event.comp_id as usize).copied() else {
+    for (comp_id, s, e) in occurrences {
+        let Some(Some((begin, finish))) = ranges.get(comp_id as usize).copied() else {
             continue;
         };
         let overrides = lines[begin + 1..finish]
@@ -838,6 +809,98 @@ pub fn expand_text(text: &str, start: i64, end: i64) -> Option<String> {
     Some(format!(
         "BEGIN:VCALENDAR\r\n{header}{body}END:VCALENDAR\r\n"
     ))
+}
+
+/// The occurrences of a calendar object's components that overlap `[start, end)`
+/// (RFC 4791 §9.9: an instant at `start` counts), each as (component number, start,
+/// end) in UTC seconds; an override stands for its instance. `None` if the text
+/// cannot be read.
+fn occurrences_in(text: &str, start: i64, end: i64) -> Option<Vec<(u32, i64, i64)>> {
+    const EXPANSION_LIMIT: usize = 10_000;
+    let ical = parse(text).ok()?;
+    let expanded = without_sequence(&ical).expand_dates(
+        calcard::common::timezone::Tz::Tz(chrono_tz::UTC),
+        EXPANSION_LIMIT,
+    );
+    Some(
+        expanded
+            .events
+            .iter()
+            .filter_map(|event| {
+                let (s, e) = event.timestamps();
+                (s < end && (e > start || (e == s && s >= start))).then_some((event.comp_id, s, e))
+            })
+            .collect(),
+    )
+}
+
+/// A component's first and last line, if it is directly in the calendar.
+type Span = Option<(usize, usize)>;
+
+/// Each component's lines (first, last), by its number (the order of BEGIN lines, as
+/// calcard numbers them), for the components directly in the calendar; and the
+/// calendar's own property lines.
+fn top_components(lines: &[lines::Line]) -> Option<(Vec<Span>, String)> {
+    let mut ranges: Vec<Span> = Vec::new();
+    let mut stack: Vec<(usize, usize)> = Vec::new();
+    let mut header = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        match line.name().as_str() {
+            "BEGIN" => {
+                stack.push((ranges.len(), i));
+                ranges.push(None);
+            }
+            "END" => {
+                let (number, begin) = stack.pop()?;
+                if stack.len() == 1 {
+                    ranges[number] = Some((begin, i));
+                }
+            }
+            _ if stack.len() == 1 => header.push_str(&line.raw),
+            _ => {}
+        }
+    }
+    Some((ranges, header))
+}
+
+/// A calendar object as `calendar-data` with `limit-recurrence-set` serves it (RFC
+/// 4791 §9.6.6): the master component whole, and only the overridden instances that
+/// overlap `[start, end)`; everything else as it was. `None` if the text cannot be
+/// read.
+pub fn limit_recurrence_text(text: &str, start: i64, end: i64) -> Option<String> {
+    let overlapping: std::collections::HashSet<u32> = occurrences_in(text, start, end)?
+        .into_iter()
+        .map(|(comp_id, _, _)| comp_id)
+        .collect();
+    let lines = lines::split(text);
+    let (ranges, _) = top_components(&lines)?;
+    // The overrides outside the range, by their first line.
+    let mut dropped: Vec<(usize, usize)> = Vec::new();
+    for (number, range) in ranges.iter().enumerate() {
+        let Some((begin, finish)) = *range else {
+            continue;
+        };
+        let mut depth = 0;
+        let overrides = lines[begin + 1..finish].iter().any(|l| {
+            match l.name().as_str() {
+                "BEGIN" => depth += 1,
+                "END" => depth -= 1,
+                _ => {}
+            }
+            depth == 0 && l.is("RECURRENCE-ID")
+        });
+        if overrides && !overlapping.contains(&(number as u32)) {
+            dropped.push((begin, finish));
+        }
+    }
+    Some(
+        lines
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !dropped.iter().any(|(b, f)| (b..=f).contains(&i)))
+            .map(|(_, l)| l.raw.as_str())
+            .collect(),
+    )
 }
 
 /// The calendar's own properties in a calendar object's text (`X-WR-CALNAME`,
