@@ -3,7 +3,7 @@
 //! blob's listing, and never runnable as a page of the node's origin.
 
 use axum::body::Body;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -14,7 +14,6 @@ use std::sync::Arc;
 use crate::Vault;
 use crate::blobs::BlobError;
 use crate::owner::{Error, blocking};
-/// A blob's bytes as a streamed answer (also the dashboard's downloads).
 /// `Content-Disposition` of a blob answer: shown in place (the API, with the blob's
 /// name if it has one) or always a download (the dashboard: never a page of its origin).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -23,10 +22,75 @@ pub enum Disposition {
     Attachment,
 }
 
+/// What part of a blob a request asks for (RFC 9110 §14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Whole,
+    /// `start..=end`, within the blob.
+    Range(u64, u64),
+    /// A range that starts past the end: 416.
+    Unsatisfiable,
+}
+
+/// The part `headers` ask of a blob of `size` bytes whose ETag is `etag`. One range
+/// (`bytes=A-B`, `bytes=A-`, `bytes=-N`) is served; a request for several, a Range
+/// that cannot be read, or an `If-Range` that names another version gets the whole
+/// blob (RFC 9110 lets a server ignore a Range).
+pub fn part_of(headers: &HeaderMap, size: u64, etag: &str) -> Part {
+    let Some(range) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return Part::Whole;
+    };
+    if let Some(condition) = headers.get(header::IF_RANGE)
+        && condition.to_str().ok().map(str::trim) != Some(etag)
+    {
+        return Part::Whole;
+    }
+    let Some(spec) = range.trim().strip_prefix("bytes=") else {
+        return Part::Whole;
+    };
+    if spec.contains(',') {
+        return Part::Whole;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return Part::Whole;
+    };
+    let number = |s: &str| {
+        let s = s.trim();
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    match (first.trim().is_empty(), number(first), number(last)) {
+        // bytes=-N: the last N bytes.
+        (true, _, Some(n)) if n > 0 => {
+            if size == 0 {
+                Part::Unsatisfiable
+            } else {
+                Part::Range(size.saturating_sub(n), size - 1)
+            }
+        }
+        (false, Some(start), end) if last.trim().is_empty() || end.is_some() => {
+            if end.is_some_and(|end| end < start) {
+                return Part::Whole;
+            }
+            if start >= size {
+                return Part::Unsatisfiable;
+            }
+            Part::Range(start, end.map_or(size - 1, |end| end.min(size - 1)))
+        }
+        (true, _, Some(_)) => Part::Unsatisfiable,
+        _ => Part::Whole,
+    }
+}
+
+/// A blob's bytes as a streamed answer (also the dashboard's downloads), or the part
+/// the request's `Range` asks for (206). The blob id is its strong ETag: a blob's
+/// bytes never change.
 pub async fn blob_response(
     vault: &Arc<Vault>,
     id: &str,
     disposition: Disposition,
+    request: &HeaderMap,
 ) -> Result<Response, Error> {
     let id = BlobId::parse(id).map_err(|e| Error::new(ErrorCode::InvalidBlobId, e.to_string()))?;
     let mut reader = match vault.blobs.open_blob(id) {
@@ -50,6 +114,29 @@ pub async fn blob_response(
         Err(e) => return Err(e.into()),
     };
     let size = reader.size();
+    let etag = format!("\"{id}\"");
+    let part = part_of(request, size, &etag);
+    if part == Part::Unsatisfiable {
+        let mut response = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+        if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
+            response.headers_mut().insert(header::CONTENT_RANGE, value);
+        }
+        return Ok(response);
+    }
+    let none_match = request
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() == "*" || v.split(',').any(|t| t.trim() == etag));
+    if none_match {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        if let Ok(value) = HeaderValue::from_str(&etag) {
+            response.headers_mut().insert(header::ETAG, value);
+        }
+        return Ok(response);
+    }
+    if let Part::Range(start, end) = part {
+        reader.seek(start, end - start + 1);
+    }
     let listing = blocking(vault, move |v| {
         Ok(crate::blobs::listing(&v.collections, &id)?)
     })
@@ -75,7 +162,21 @@ pub async fn blob_response(
         .and_then(|t| HeaderValue::from_str(t).ok())
         .unwrap_or(HeaderValue::from_static("application/octet-stream"));
     headers.insert(header::CONTENT_TYPE, content_type);
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        headers.insert(header::ETAG, value);
+    }
+    match part {
+        Part::Range(start, end) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes {start}-{end}/{size}")) {
+                headers.insert(header::CONTENT_RANGE, value);
+            }
+        }
+        _ => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+        }
+    }
     // Whatever the type, a browser must not run it as a page of this origin.
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -96,6 +197,9 @@ pub async fn blob_response(
     };
     if let Some(value) = value.and_then(|v| HeaderValue::from_str(&v).ok()) {
         headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    if matches!(part, Part::Range(..)) {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
     }
     Ok(response)
 }
@@ -119,4 +223,48 @@ pub fn content_disposition(kind: &str, name: &str) -> String {
         "{kind}; filename*=UTF-8''{}",
         percent_encoding::utf8_percent_encode(name, ATTR)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(range: &str, if_range: Option<&str>, size: u64) -> Part {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RANGE, HeaderValue::from_str(range).unwrap());
+        if let Some(tag) = if_range {
+            headers.insert(header::IF_RANGE, HeaderValue::from_str(tag).unwrap());
+        }
+        part_of(&headers, size, "\"tag\"")
+    }
+
+    #[test]
+    fn ranges_are_read_as_rfc_9110_says() {
+        assert_eq!(part_of(&HeaderMap::new(), 10, "\"tag\""), Part::Whole);
+        assert_eq!(part("bytes=0-0", None, 10), Part::Range(0, 0));
+        assert_eq!(part("bytes=2-5", None, 10), Part::Range(2, 5));
+        assert_eq!(part("bytes=2-", None, 10), Part::Range(2, 9));
+        assert_eq!(part("bytes=2-500", None, 10), Part::Range(2, 9));
+        assert_eq!(part("bytes=-3", None, 10), Part::Range(7, 9));
+        assert_eq!(part("bytes=-30", None, 10), Part::Range(0, 9));
+        assert_eq!(part("bytes=10-", None, 10), Part::Unsatisfiable);
+        assert_eq!(part("bytes=-5", None, 0), Part::Unsatisfiable);
+        assert_eq!(part("bytes=-0", None, 10), Part::Unsatisfiable);
+        // Ignored: several ranges, other units, nonsense, a reversed range.
+        for ignored in [
+            "bytes=0-1,3-4",
+            "items=0-1",
+            "bytes=a-b",
+            "bytes=5-2",
+            "bytes=-",
+            "bytes=1",
+            "bytes=+1-2",
+            "bytes=99999999999999999999999-",
+        ] {
+            assert_eq!(part(ignored, None, 10), Part::Whole, "{ignored}");
+        }
+        // If-Range: the part only of the version named.
+        assert_eq!(part("bytes=2-5", Some("\"tag\""), 10), Part::Range(2, 5));
+        assert_eq!(part("bytes=2-5", Some("\"other\""), 10), Part::Whole);
+    }
 }

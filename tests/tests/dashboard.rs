@@ -803,6 +803,15 @@ fn sessions_csrf_and_headers_hold_without_a_browser() {
         "{disposition}"
     );
     assert_eq!(download.bytes().unwrap().as_ref(), &bytes[..]);
+    // A download broken off resumes where it stopped.
+    let resumed = http
+        .get(format!("{base}/data/blobs/{blob}"))
+        .header("Cookie", &cookie)
+        .header("Range", "bytes=200000-")
+        .send()
+        .unwrap();
+    assert_eq!(resumed.status(), 206);
+    assert_eq!(resumed.bytes().unwrap().as_ref(), &bytes[200_000..]);
     let anonymous = http
         .get(format!("{base}/data/blobs/{blob}"))
         .send()

@@ -422,7 +422,61 @@ fn records_and_blobs_through_http_follow_the_api() {
         response.headers()["content-length"],
         blob.len().to_string().as_str()
     );
+    assert_eq!(response.headers()["accept-ranges"], "bytes");
+    let etag = response.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(etag, format!("\"{blob_id}\""));
     assert!(response.bytes().unwrap().as_ref() == blob.as_slice());
+    // Ranges (music, video, a resumed download): across a chunk edge, the tail, past
+    // the end, under If-Range, and a conditional GET.
+    let ranged = |range: &str, extra: Option<(&str, &str)>| {
+        let mut request = api
+            .request(Method::GET, &format!("/v1/blobs/{blob_id}"))
+            .header("Range", range);
+        if let Some((name, value)) = extra {
+            request = request.header(name, value);
+        }
+        let response = request.send().unwrap();
+        let status = response.status().as_u16();
+        let content_range = response
+            .headers()
+            .get("content-range")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (status, content_range, response.bytes().unwrap().to_vec())
+    };
+    let size = blob.len();
+    let edge = 1_048_570;
+    let (status, content_range, bytes) = ranged(&format!("bytes={edge}-{}", edge + 99), None);
+    assert_eq!(status, 206);
+    assert_eq!(
+        content_range.unwrap(),
+        format!("bytes {edge}-{}/{size}", edge + 99)
+    );
+    assert_eq!(bytes, blob[edge..edge + 100]);
+    let (status, content_range, bytes) = ranged("bytes=-10", None);
+    assert_eq!(
+        (status, content_range.unwrap()),
+        (206, format!("bytes {}-{}/{size}", size - 10, size - 1))
+    );
+    assert_eq!(bytes, blob[size - 10..]);
+    let (status, content_range, _) = ranged(&format!("bytes={size}-"), None);
+    assert_eq!(
+        (status, content_range.unwrap()),
+        (416, format!("bytes */{size}"))
+    );
+    let (status, _, bytes) = ranged("bytes=0-9", Some(("If-Range", "\"another\"")));
+    assert_eq!(
+        (status, bytes.len()),
+        (200, size),
+        "another version: the whole"
+    );
+    let (status, _, bytes) = ranged("bytes=0-9", Some(("If-Range", &etag)));
+    assert_eq!((status, bytes), (206, blob[..10].to_vec()));
+    let unchanged = api
+        .request(Method::GET, &format!("/v1/blobs/{blob_id}"))
+        .header("If-None-Match", &etag)
+        .send()
+        .unwrap();
+    assert_eq!(unchanged.status().as_u16(), 304);
     let (status, mut body) = api.send(api.request(Method::GET, "/v1/blobs"));
     assert_eq!(status, 200);
     assert!(body[0]["added"].as_u64().is_some(), "{body}");

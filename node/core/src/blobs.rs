@@ -696,10 +696,13 @@ impl Blobs {
     /// Opens a blob for reading; chunks are verified as they are read.
     pub fn open_blob(&self, id: BlobId) -> Result<BlobReader, BlobError> {
         let manifest = self.manifest(id)?.ok_or(BlobError::NotFound(id))?;
+        let remaining = manifest.size;
         Ok(BlobReader {
             id,
             manifest,
             next: 0,
+            skip: 0,
+            remaining,
             dir: self.dir.clone(),
             keys: self.keys.clone(),
         })
@@ -1320,17 +1323,36 @@ pub struct BlobReader {
     id: BlobId,
     manifest: Manifest,
     next: usize,
+    /// Bytes of the next chunk before the part being read ([`BlobReader::seek`]).
+    skip: usize,
+    /// Bytes still to serve.
+    remaining: u64,
     dir: PathBuf,
     keys: Arc<VaultKeys>,
 }
 
 impl BlobReader {
+    /// The whole blob's size.
     pub fn size(&self) -> u64 {
         self.manifest.size
     }
 
+    /// Reads only `len` bytes from `start` on (an HTTP range): the chunks before it are
+    /// not read, and every chunk read is still verified whole. Must be called before
+    /// the first chunk is read; a range past the end is cut at the end.
+    pub fn seek(&mut self, start: u64, len: u64) {
+        let chunk = u64::from(self.manifest.chunk_size.max(1));
+        let start = start.min(self.manifest.size);
+        self.next = usize::try_from(start / chunk).unwrap_or(usize::MAX);
+        self.skip = (start % chunk) as usize;
+        self.remaining = len.min(self.manifest.size - start);
+    }
+
     /// The next chunk, or `None` at the end.
     pub async fn next_chunk(&mut self) -> Option<Result<Bytes, BlobError>> {
+        if self.remaining == 0 {
+            return None;
+        }
         let index = self.next;
         let hash = *self.manifest.chunks.get(index)?;
         self.next += 1;
@@ -1349,7 +1371,13 @@ impl BlobReader {
             // Nothing after a bad chunk is served.
             self.next = self.manifest.chunks.len();
         }
-        Some(result)
+        let skip = std::mem::take(&mut self.skip);
+        Some(result.map(|bytes| {
+            let end = (skip as u64 + self.remaining).min(bytes.len() as u64) as usize;
+            let part = bytes.slice(skip.min(end)..end);
+            self.remaining -= part.len() as u64;
+            part
+        }))
     }
 
     pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, BlobError>> + Send {
@@ -1529,6 +1557,40 @@ mod tests {
         assert_eq!(empty.size, 0);
         assert!(read_all(&blobs, &empty.id).await.unwrap().is_empty());
         assert_ne!(empty.id, info.id);
+    }
+
+    /// A part of a blob (an HTTP range) is exactly those bytes, from any start to any
+    /// length, across chunk edges; a range past the end is cut there.
+    #[tokio::test]
+    async fn a_part_is_exactly_its_bytes() {
+        let vault = TestVault::new();
+        let blobs = blobs(&vault);
+        let data = pattern(CHUNK_SIZE * 2 + 777, 3);
+        let id = blobs.put(body(&data, 1 << 20), u64::MAX).await.unwrap().id;
+        let c = CHUNK_SIZE as u64;
+        let size = data.len() as u64;
+        for (start, len) in [
+            (0, 1),
+            (0, size),
+            (5, 10),
+            (c - 3, 6),
+            (c, c),
+            (c - 1, c + 2),
+            (size - 1, 1),
+            (size - 10, 100),
+            (size, 5),
+            (123, 0),
+        ] {
+            let mut reader = blobs.open_blob(id).unwrap();
+            reader.seek(start, len);
+            let mut out = Vec::new();
+            while let Some(chunk) = reader.next_chunk().await {
+                out.extend_from_slice(&chunk.unwrap());
+            }
+            let from = start.min(size) as usize;
+            let to = (start + len).min(size) as usize;
+            assert_eq!(out, data[from..to], "{start}+{len}");
+        }
     }
 
     #[tokio::test]

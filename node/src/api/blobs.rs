@@ -110,11 +110,12 @@ pub(super) async fn remove_blob(
     tag = "owner",
     summary = "A blob's bytes, verified chunk by chunk",
     params(AtBlob),
-    responses((status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>), (status = 503, description = "still arriving from another device"), (status = "default", response = Failure))
+    responses((status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>), (status = 206, description = "the part a Range asks for (one range; If-Range honoured)", content_type = "application/octet-stream", body = Vec<u8>), (status = 304, description = "If-None-Match names the blob (its id is its ETag)"), (status = 416, description = "the Range starts past the end"), (status = 503, description = "still arriving from another device"), (status = "default", response = Failure))
 )]
 pub(super) async fn get_blob(
     State(vault): State<AppState>,
+    headers: axum::http::HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    blob_response(&vault, &path_param(path)?, Disposition::Inline).await
+    blob_response(&vault, &path_param(path)?, Disposition::Inline, &headers).await
 }

@@ -70,7 +70,7 @@ pub(super) async fn view_collection(
     tag = "service",
     summary = "A blob that a record the grant can read names",
     params(AtBlob),
-    responses((status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>), (status = "default", response = Failure))
+    responses((status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>), (status = 206, description = "the part a Range asks for", content_type = "application/octet-stream", body = Vec<u8>), (status = "default", response = Failure))
 )]
 pub(super) async fn view_blob(
     State(vault): State<AppState>,
@@ -82,7 +82,7 @@ pub(super) async fn view_blob(
     let blob =
         BlobId::parse(&id).map_err(|e| ApiError::new(ErrorCode::InvalidBlobId, e.to_string()))?;
     vault.door.read_blob(&credentials, &blob).await?;
-    blob_response(&vault, &id, Disposition::Inline).await
+    blob_response(&vault, &id, Disposition::Inline, &headers).await
 }
 
 #[utoipa::path(

@@ -59,10 +59,16 @@ pub(super) async fn download_blob(
     State(vault): State<AppState>,
     Path(id): Path<String>,
     _visit: Visit,
+    headers: axum::http::HeaderMap,
 ) -> Response {
-    // A download, never shown as a page of the dashboard's origin.
-    match crate::download::blob_response(&vault, &id, crate::download::Disposition::Attachment)
-        .await
+    // A download, never shown as a page of the dashboard's origin (resumable: Range).
+    match crate::download::blob_response(
+        &vault,
+        &id,
+        crate::download::Disposition::Attachment,
+        &headers,
+    )
+    .await
     {
         Ok(response) => response,
         Err(e) => failed(e),
