@@ -484,13 +484,19 @@ pub enum BlobCommand {
     },
     /// List the vault's blobs: id, size, type, name (and those still arriving here)
     Ls,
-    /// Remove a blob from every device of the vault and free its space
+    /// Remove a blob from every device of the vault and free its space (refused while
+    /// records name it, unless --force)
     Rm {
-        /// The blob's id (see `hearth blob ls`)
+        /// The blob's id, or a unique start of it (see `hearth blob ls`)
         id: String,
+        /// Remove it even though records name it (they keep the id; `hearth check`
+        /// reports them)
+        #[arg(long)]
+        force: bool,
     },
     /// Fetch a blob by id, to a file or to stdout (not to a terminal)
     Get {
+        /// The blob's id, or a unique start of it
         id: String,
         /// Write to this file instead of stdout
         #[arg(short, long, value_name = "FILE")]

@@ -819,6 +819,31 @@ fn an_imported_photo_is_a_listed_blob_named_by_its_card() {
     let again = node.json(&["import", "contacts", file.to_str().unwrap()]);
     assert_eq!(again["imported"], 0, "{again}");
     assert_eq!(node.json(&["blob", "ls"]), listed);
+
+    // The card names the photo: removing it is refused with the card named, and
+    // nothing is removed; a unique start of the id is enough.
+    let card = with_photo[0]["id"].as_str().unwrap();
+    let out = node.run(&["blob", "rm", &blob[..8]]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        said.contains(&format!("named by 1 record: contacts/{card}")) && said.contains("--force"),
+        "{said}"
+    );
+    assert_eq!(node.json(&["blob", "ls"]), listed);
+    assert!(node.run(&["blob", "get", &blob[..8]]).status.success());
+    let out = node.run(&["--json", "blob", "get", "zz"]);
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("\"code\":\"invalid_blob_id\""), "{said}");
+    // Forced, it goes, and `check` names the card left without its photo.
+    let removed = node.json(&["blob", "rm", "--force", &blob[..8]]);
+    assert_eq!(removed["id"], blob.as_str());
+    let out = node.run(&["check"]);
+    assert!(!out.status.success());
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains(card) && said.contains(&blob), "{said}");
     node.stop();
 }
 

@@ -149,6 +149,41 @@ pub(super) async fn import(
     Ok(())
 }
 
+/// A blob's id from what a person typed: the id, or a unique start of it (at least 4
+/// hex digits) among the vault's blobs.
+async fn blob_id(client: &Client, home: &Home, given: &str) -> anyhow::Result<String> {
+    let given = given.trim().to_ascii_lowercase();
+    if hearth_protocol::BlobId::parse(&given).is_ok() {
+        return Ok(given);
+    }
+    if given.len() < 4 || given.len() > 64 || !given.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(crate::client::coded(
+            "invalid_blob_id",
+            format!(
+                "{given:?} is not a blob id: give the 64 hex digits `hearth blob ls` shows, or a unique start of them (at least 4)"
+            ),
+        ));
+    }
+    let blobs: Vec<BlobInfo> = client
+        .json(home, client.request(Method::GET, "/v1/blobs"))
+        .await?;
+    let matching: Vec<&BlobInfo> = blobs.iter().filter(|b| b.id.starts_with(&given)).collect();
+    match matching.as_slice() {
+        [one] => Ok(one.id.clone()),
+        [] => Err(crate::client::coded(
+            "not_found",
+            format!("no blob of the vault starts with {given} (see `hearth blob ls`)"),
+        )),
+        many => Err(crate::client::coded(
+            "ambiguous",
+            format!(
+                "{} blobs start with {given}: give more of the id",
+                many.len()
+            ),
+        )),
+    }
+}
+
 pub(super) async fn blob(
     home: &Home,
     json: bool,
@@ -223,13 +258,15 @@ pub(super) async fn blob(
                 }
             }
         }
-        BlobCommand::Rm { id } => {
-            hearth_protocol::BlobId::parse(&id)?;
+        BlobCommand::Rm { id, force } => {
+            let id = blob_id(client, home, &id).await?;
+            let path = if force {
+                format!("/v1/blobs/{id}?force=true")
+            } else {
+                format!("/v1/blobs/{id}")
+            };
             let removed: BlobRemoved = client
-                .json(
-                    home,
-                    client.request(Method::DELETE, &format!("/v1/blobs/{}", seg(&id))),
-                )
+                .json(home, client.request(Method::DELETE, &path))
                 .await?;
             if json {
                 out_json(&removed)?;
@@ -241,7 +278,7 @@ pub(super) async fn blob(
             }
         }
         BlobCommand::Get { id, output, force } => {
-            hearth_protocol::BlobId::parse(&id)?;
+            let id = blob_id(client, home, &id).await?;
             if json && output.is_none() {
                 bail!("with --json, give -o FILE (the blob's bytes are not JSON)");
             }

@@ -431,6 +431,40 @@ pub fn dangling(
     Ok(report)
 }
 
+/// The records of the user collections that name `blob` (as a grant's view counts a
+/// naming: any string equal to its id, at any depth: [`named_blobs`]), the first
+/// `limit` as (collection, record id), and how many there are in all: what a removal
+/// of the blob would leave without its bytes. Reads every record once, from the
+/// record index.
+pub fn naming(
+    collections: &Collections,
+    blob: &BlobId,
+    limit: usize,
+) -> Result<(Vec<(CollectionName, String)>, usize), CollectionError> {
+    let wanted = blob.to_string();
+    let mut found = Vec::new();
+    let mut all = 0;
+    for name in collections.names()? {
+        if name.is_system() {
+            continue;
+        }
+        collections.page(&name, None, usize::MAX, |record| {
+            let serde_json::Value::Object(record) = record else {
+                return None;
+            };
+            if named_blobs(&record).contains(&wanted) {
+                all += 1;
+                if found.len() < limit {
+                    let id = record.get("id").and_then(|v| v.as_str()).unwrap_or("?");
+                    found.push((name.clone(), id.to_owned()));
+                }
+            }
+            None
+        })?;
+    }
+    Ok((found, all))
+}
+
 /// What [`Blobs::survey`] found.
 #[derive(Debug, Default)]
 pub struct Survey {

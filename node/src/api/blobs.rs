@@ -68,6 +68,19 @@ pub(super) async fn put_blob(
     Ok((StatusCode::CREATED, Json(listing.info(id, true))).into_response())
 }
 
+/// How many of the records naming a blob a refused removal names.
+const NAMINGS_SHOWN: usize = 10;
+
+/// `DELETE /v1/blobs/{id}[?force=true]`.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct BlobRemoval {
+    /// Remove it even though records name it (they keep the id, and `hearth check`
+    /// reports them).
+    #[serde(default)]
+    force: bool,
+}
+
 /// `DELETE /v1/blobs/{id}`: removed on every device (they drop it when the removal
 /// reaches them); here its chunks are freed at once.
 #[utoipa::path(
@@ -75,21 +88,48 @@ pub(super) async fn put_blob(
     path = "/v1/blobs/{id}",
     tag = "owner",
     summary = "Remove a blob from every device and free its space",
-    params(AtBlob),
-    responses((status = 200, description = "ok", body = BlobRemoved), (status = "default", response = Failure))
+    params(AtBlob, BlobRemoval),
+    responses((status = 200, description = "ok", body = BlobRemoved), (status = 409, description = "records name the blob (the message names them): nothing removed"), (status = "default", response = Failure))
 )]
 pub(super) async fn remove_blob(
     State(vault): State<AppState>,
     path: Result<Path<String>, PathRejection>,
+    query: Result<axum::extract::Query<BlobRemoval>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<BlobRemoved>, ApiError> {
     let id = path_param(path)?;
     let id =
         BlobId::parse(&id).map_err(|e| ApiError::new(ErrorCode::InvalidBlobId, e.to_string()))?;
-    let (unlisted, freed) = blocking(&vault, move |v| {
+    let force = query
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?
+        .force;
+    let outcome = blocking(&vault, move |v| {
+        // A blob records still name would leave them without their bytes (a contact
+        // without its photo, a file without its content): refused unless forced.
+        if !force {
+            let (named, all) = crate::blobs::naming(&v.collections, &id, NAMINGS_SHOWN)?;
+            if all > 0 {
+                return Ok(Err((named, all)));
+            }
+        }
         let freed = v.blobs.own_chunks(id)?;
-        Ok((crate::blobs::unlist(&v.collections, &id)?, freed))
+        Ok(Ok((crate::blobs::unlist(&v.collections, &id)?, freed)))
     })
     .await?;
+    let (unlisted, freed) = outcome.map_err(|(named, all)| {
+        let mut names: Vec<String> = named.iter().map(|(c, r)| format!("{c}/{r}")).collect();
+        if all > named.len() {
+            names.push(format!("and {} more", all - named.len()));
+        }
+        ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "blob {id} is named by {all} record{}: {}; remove or change {} first, or remove it anyway (force: `hearth blob rm --force`)",
+                if all == 1 { "" } else { "s" },
+                names.join(", "),
+                if all == 1 { "it" } else { "them" }
+            ),
+        )
+    })?;
     if !unlisted {
         return Err(BlobError::NotFound(id).into());
     }
