@@ -424,6 +424,56 @@ pub enum Command {
         #[command(subcommand)]
         command: BlobCommand,
     },
+    /// Your files (documents, photos, music, books) in folders: the `files` collection
+    File {
+        #[command(subcommand)]
+        command: FileCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FileCommand {
+    /// Store a local file at PATH in the vault (default: /NAME); a PATH ending in /
+    /// is a folder; the folders it needs are made
+    Put {
+        file: PathBuf,
+        path: Option<String>,
+        /// The content type, e.g. image/jpeg [default: guessed from the name]
+        #[arg(long = "type", value_name = "TYPE")]
+        content_type: Option<String>,
+    },
+    /// What a folder holds (default: /), or what a file is
+    Ls { path: Option<String> },
+    /// Fetch a file's bytes, to a local file or to stdout (not to a terminal)
+    Get {
+        path: String,
+        /// Write to this file instead of stdout
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Replace FILE if it exists
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make a folder (and the folders it needs)
+    Mkdir { path: String },
+    /// Move or rename a file or folder
+    Mv {
+        from: String,
+        to: String,
+        /// Replace what is at TO
+        #[arg(long)]
+        force: bool,
+    },
+    /// Copy a file or folder (a copy names the same stored bytes: no space is used)
+    Cp {
+        from: String,
+        to: String,
+        /// Replace what is at TO
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove a file, or a folder with everything in it
+    Rm { path: String },
 }
 
 /// Contacts (vCard) or calendar (iCalendar).

@@ -92,6 +92,25 @@ pub async fn blob_response(
     disposition: Disposition,
     request: &HeaderMap,
 ) -> Result<Response, Error> {
+    bytes_response(vault, id, disposition, request, None).await
+}
+
+/// The name and type a file gives its bytes (a blob's own listing names it else).
+#[derive(Debug, Clone, Default)]
+pub struct Shown {
+    pub name: Option<String>,
+    pub content_type: Option<String>,
+}
+
+/// [`blob_response`], named and typed as `shown` says (a file of the `files`
+/// collection) rather than as the blob's listing.
+pub async fn bytes_response(
+    vault: &Arc<Vault>,
+    id: &str,
+    disposition: Disposition,
+    request: &HeaderMap,
+    shown: Option<Shown>,
+) -> Result<Response, Error> {
     let id = BlobId::parse(id).map_err(|e| Error::new(ErrorCode::InvalidBlobId, e.to_string()))?;
     let mut reader = match vault.blobs.open_blob(id) {
         Ok(reader) => reader,
@@ -137,10 +156,19 @@ pub async fn blob_response(
     if let Part::Range(start, end) = part {
         reader.seek(start, end - start + 1);
     }
-    let listing = blocking(vault, move |v| {
-        Ok(crate::blobs::listing(&v.collections, &id)?)
-    })
-    .await?;
+    let shown = match shown {
+        Some(shown) => shown,
+        None => {
+            let listing = blocking(vault, move |v| {
+                Ok(crate::blobs::listing(&v.collections, &id)?)
+            })
+            .await?;
+            Shown {
+                name: listing.as_ref().and_then(|l| l.name.clone()),
+                content_type: listing.and_then(|l| l.content_type),
+            }
+        }
+    };
     // The first chunk is read before answering, so a corrupt blob gets an error
     // status, not a 200 that breaks off. A later bad chunk aborts the transfer.
     let first = match reader.next_chunk().await {
@@ -156,9 +184,9 @@ pub async fn blob_response(
     let stream = futures::stream::iter(first.map(Ok::<Bytes, std::io::Error>)).chain(rest);
     let mut response = Body::from_stream(stream).into_response();
     let headers = response.headers_mut();
-    let content_type = listing
-        .as_ref()
-        .and_then(|l| l.content_type.as_deref())
+    let content_type = shown
+        .content_type
+        .as_deref()
         .and_then(|t| HeaderValue::from_str(t).ok())
         .unwrap_or(HeaderValue::from_static("application/octet-stream"));
     headers.insert(header::CONTENT_TYPE, content_type);
@@ -186,7 +214,7 @@ pub async fn blob_response(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("sandbox; default-src 'none'"),
     );
-    let name = listing.as_ref().and_then(|l| l.name.clone());
+    let name = shown.name;
     let value = match (disposition, name) {
         (Disposition::Inline, Some(name)) => Some(content_disposition("inline", &name)),
         (Disposition::Inline, None) => None,

@@ -134,6 +134,55 @@ pub struct BlobInfo {
     pub here: bool,
 }
 
+/// A file or folder of the `files` collection (docs/SCHEMA.md, "Files").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FileInfo {
+    /// `/Documents/report.pdf`; `/` is the root folder.
+    pub path: String,
+    /// Its record's id in `files`.
+    pub id: String,
+    pub folder: bool,
+    /// A file's size in bytes (0 for a folder).
+    pub size: u64,
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// When its content last changed (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified: Option<i64>,
+    /// A file's bytes (`GET /v1/blobs/{id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<String>,
+}
+
+/// `GET /v1/files/{path}` of a folder: what is in it, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FileList {
+    pub path: String,
+    pub entries: Vec<FileInfo>,
+}
+
+/// `PATCH /v1/files/{path}`: move (or copy) a file or folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileMove {
+    /// The new path; its folder must be there.
+    pub to: String,
+    /// Replace what is at `to` (else 409 if something is there).
+    #[serde(default)]
+    pub overwrite: bool,
+    /// Copy instead of moving (a copy of a file names the same stored bytes).
+    #[serde(default)]
+    pub copy: bool,
+}
+
+/// `DELETE /v1/files/{path}`: what was removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FileRemoved {
+    pub path: String,
+    pub files: usize,
+    pub folders: usize,
+}
+
 /// `GET /v1/export`: the whole vault at one moment, for `hearth export --all`. Blob
 /// contents are not in it: they are fetched by id (`GET /v1/blobs/{id}`) afterwards,
 /// and cannot have changed (a blob's id is its content).

@@ -1,4 +1,4 @@
-//! The README's tour and its service walk-through, run exactly as written, so that the
+//! The README's tour, its service walk-through and its files, run exactly as written, so that the
 //! README and the program cannot drift apart.
 //!
 //! Every `$ hearth …` line of the ```sh blocks in the sections named below runs, in
@@ -23,6 +23,7 @@ const SECTIONS: &[&str] = &[
     "## A tour",
     "## The dashboard",
     "## Giving a service a view",
+    "## Your files",
 ];
 
 #[derive(Debug)]
@@ -260,6 +261,10 @@ fn the_readme_tour_runs_as_written() {
         [0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3]
     );
     assert!(dir.join("home/vault-export/export.json").is_file());
+    assert_eq!(
+        std::fs::read(dir.join("me.jpg")).unwrap(),
+        [0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3]
+    );
 }
 
 #[test]

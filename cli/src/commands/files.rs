@@ -279,98 +279,376 @@ pub(super) async fn blob(
         }
         BlobCommand::Get { id, output, force } => {
             let id = blob_id(client, home, &id).await?;
-            if json && output.is_none() {
-                bail!("with --json, give -o FILE (the blob's bytes are not JSON)");
-            }
-            if output.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-                bail!("a blob's bytes would go to the terminal: give -o FILE, or redirect stdout");
-            }
-            if let Some(path) = &output
-                && let Ok(meta) = std::fs::symlink_metadata(path)
+            let url = format!("/v1/blobs/{}", seg(&id));
+            if let Some((size, path)) = fetch(
+                home,
+                json,
+                client,
+                &url,
+                &format!("blob {id}"),
+                output,
+                force,
+            )
+            .await?
             {
-                // The blob is written beside FILE and renamed onto it: only a regular
-                // file may be replaced that way.
-                if !meta.is_file() {
-                    bail!(
-                        "{} exists and is not a regular file: give a file name",
-                        path.display()
-                    );
-                }
-                if !force {
-                    bail!(
-                        "{} exists: give --force to replace it, or another name",
-                        path.display()
-                    );
-                }
-            }
-            let response = client
-                .send(
-                    home,
-                    client.request(Method::GET, &format!("/v1/blobs/{}", seg(&id))),
-                )
-                .await?;
-            let bar = match (&output, response.content_length()) {
-                (Some(_), Some(total)) => progress(json, total, "receiving"),
-                _ => None,
-            };
-            let mut stream = counted(response.bytes_stream(), &bar);
-            let mut size = 0u64;
-            match &output {
-                Some(path) => {
-                    // Written beside the target and renamed, so a failed transfer leaves
-                    // no partial file under the name asked for.
-                    let tmp = path.with_extension("hearth-partial");
-                    let result: anyhow::Result<()> = async {
-                        let mut file = tokio::fs::File::create(&tmp)
-                            .await
-                            .with_context(|| format!("cannot create {}", tmp.display()))?;
-                        while let Some(chunk) = stream
-                            .try_next()
-                            .await
-                            .context("the transfer broke off (the blob may be corrupt)")?
-                        {
-                            size += chunk.len() as u64;
-                            file.write_all(&chunk).await?;
-                        }
-                        file.flush().await?;
-                        file.sync_all().await?;
-                        tokio::fs::rename(&tmp, path).await?;
-                        Ok(())
-                    }
-                    .await;
-                    if let Err(e) = result {
-                        let _ = tokio::fs::remove_file(&tmp).await;
-                        return Err(e.context(format!("blob {id} is corrupt or unreadable")));
-                    }
-                    if let Some(bar) = &bar {
-                        bar.finish_and_clear();
-                    }
-                    if json {
-                        out_json(&BlobWritten {
-                            id,
-                            size,
-                            path: path.display().to_string(),
-                        })?;
-                    } else {
-                        note(format!("wrote {size} bytes to {}", path.display()));
-                    }
-                }
-                None => {
-                    let mut stdout = tokio::io::stdout();
-                    while let Some(chunk) = stream.try_next().await.with_context(|| {
-                        format!("blob {id} is corrupt or unreadable: the transfer broke off")
-                    })? {
-                        match stdout.write_all(&chunk).await {
-                            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                                return Err(StdoutClosed.into());
-                            }
-                            other => other?,
-                        }
-                    }
-                    stdout.flush().await?;
+                if json {
+                    out_json(&BlobWritten {
+                        id,
+                        size,
+                        path: path.display().to_string(),
+                    })?;
+                } else {
+                    note(format!("wrote {size} bytes to {}", path.display()));
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Downloads `url` (a blob's or a file's bytes; `what` names it in messages) to
+/// `output`, written beside it and renamed (so a broken transfer leaves no partial
+/// file under the name), or to stdout; `Some((size, path))` when a file was written.
+async fn fetch(
+    home: &Home,
+    json: bool,
+    client: &Client,
+    url: &str,
+    what: &str,
+    output: Option<PathBuf>,
+    force: bool,
+) -> anyhow::Result<Option<(u64, PathBuf)>> {
+    if json && output.is_none() {
+        bail!("with --json, give -o FILE (the bytes are not JSON)");
+    }
+    if output.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        bail!("the bytes would go to the terminal: give -o FILE, or redirect stdout");
+    }
+    if let Some(path) = &output
+        && let Ok(meta) = std::fs::symlink_metadata(path)
+    {
+        // The bytes are written beside FILE and renamed onto it: only a regular
+        // file may be replaced that way.
+        if !meta.is_file() {
+            bail!(
+                "{} exists and is not a regular file: give a file name",
+                path.display()
+            );
+        }
+        if !force {
+            bail!(
+                "{} exists: give --force to replace it, or another name",
+                path.display()
+            );
+        }
+    }
+    let response = client.send(home, client.request(Method::GET, url)).await?;
+    let bar = match (&output, response.content_length()) {
+        (Some(_), Some(total)) => progress(json, total, "receiving"),
+        _ => None,
+    };
+    let mut stream = counted(response.bytes_stream(), &bar);
+    let mut size = 0u64;
+    match &output {
+        Some(path) => {
+            // Written beside the target and renamed, so a failed transfer leaves
+            // no partial file under the name asked for.
+            let tmp = path.with_extension("hearth-partial");
+            let result: anyhow::Result<()> = async {
+                let mut file = tokio::fs::File::create(&tmp)
+                    .await
+                    .with_context(|| format!("cannot create {}", tmp.display()))?;
+                while let Some(chunk) = stream
+                    .try_next()
+                    .await
+                    .context("the transfer broke off (the bytes may be corrupt)")?
+                {
+                    size += chunk.len() as u64;
+                    file.write_all(&chunk).await?;
+                }
+                file.flush().await?;
+                file.sync_all().await?;
+                tokio::fs::rename(&tmp, path).await?;
+                Ok(())
+            }
+            .await;
+            if let Err(e) = result {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e.context(format!("{what} is corrupt or unreadable")));
+            }
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            return Ok(Some((size, path.clone())));
+        }
+        None => {
+            let mut stdout = tokio::io::stdout();
+            while let Some(chunk) = stream.try_next().await.with_context(|| {
+                format!("{what} is corrupt or unreadable: the transfer broke off")
+            })? {
+                match stdout.write_all(&chunk).await {
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                        return Err(StdoutClosed.into());
+                    }
+                    other => other?,
+                }
+            }
+            stdout.flush().await?;
+        }
+    }
+    Ok(None)
+}
+
+/// The API's URL of a file or folder: each name percent-encoded. A path the vault
+/// cannot hold is refused here, with the reason (`..` would otherwise be folded away
+/// by URL rules before the node sees it).
+fn file_url(path: &str) -> anyhow::Result<String> {
+    let path = hearth_node::files::FilePath::parse(path)
+        .map_err(|e| crate::client::coded("bad_request", e.to_string()))?;
+    let names: Vec<String> = path
+        .as_str()
+        .split('/')
+        .filter(|n| !n.is_empty())
+        .map(seg)
+        .collect();
+    Ok(if names.is_empty() {
+        "/v1/files".to_owned()
+    } else {
+        format!("/v1/files/{}", names.join("/"))
+    })
+}
+
+/// `1.2 MB`, `512 B`.
+fn size_words(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn file_line(f: &FileInfo) -> String {
+    let name = f.path.rsplit('/').next().unwrap_or_default();
+    let when = f
+        .modified
+        .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M")
+                .to_string()
+        })
+        .unwrap_or_default();
+    if f.folder {
+        format!("{:>9}  {when:16}  {name}/", "")
+    } else {
+        format!("{:>9}  {when:16}  {name}", size_words(f.size))
+    }
+}
+
+pub(super) async fn file(
+    home: &Home,
+    json: bool,
+    client: &Client,
+    command: FileCommand,
+) -> anyhow::Result<()> {
+    match command {
+        FileCommand::Put {
+            file,
+            path,
+            content_type,
+        } => {
+            let local_name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .context("give a file to store")?;
+            let path = match path {
+                None => format!("/{local_name}"),
+                Some(p) if p.ends_with('/') => format!("{p}{local_name}"),
+                Some(p) => p,
+            };
+            let content_type = content_type.or_else(|| {
+                mime_guess::from_path(&path)
+                    .first()
+                    .map(|m| m.essence_str().to_owned())
+            });
+            let f = tokio::fs::File::open(&file)
+                .await
+                .with_context(|| format!("cannot open {}", file.display()))?;
+            let meta = f
+                .metadata()
+                .await
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            if !meta.is_file() {
+                bail!("{} is not a file", file.display());
+            }
+            // The file keeps its own time, as a copy with rsync or a file manager does.
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs());
+            let bar = progress(json, meta.len(), "sending");
+            let body =
+                reqwest::Body::wrap_stream(counted(tokio_util::io::ReaderStream::new(f), &bar));
+            let mut request = client
+                .request(Method::PUT, &file_url(&path)?)
+                .query(&[("parents", "true")])
+                .body(body);
+            if let Some(at) = modified {
+                request = request.query(&[("modified", at)]);
+            }
+            if let Some(content_type) = &content_type {
+                request = request.header("content-type", content_type);
+            }
+            let info: FileInfo = client.json(home, request).await?;
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            if json {
+                out_json(&info)?;
+            } else {
+                out(format!("stored {} ({})", info.path, size_words(info.size)))?;
+            }
+        }
+        FileCommand::Ls { path } => {
+            let path = path.unwrap_or_else(|| "/".into());
+            let url = file_url(&path)?;
+            let info: FileInfo = client
+                .json(
+                    home,
+                    client.request(Method::GET, &url).query(&[("info", "true")]),
+                )
+                .await?;
+            if !info.folder {
+                if json {
+                    out_json(&info)?;
+                } else {
+                    out(file_line(&info))?;
+                }
+                return Ok(());
+            }
+            let list: FileList = client.json(home, client.request(Method::GET, &url)).await?;
+            if json {
+                out_json(&list)?;
+            } else if list.entries.is_empty() {
+                note(format!("{} is empty", list.path));
+            } else {
+                for f in &list.entries {
+                    out(file_line(f))?;
+                }
+            }
+        }
+        FileCommand::Get {
+            path,
+            output,
+            force,
+        } => {
+            if let Some((size, written)) = fetch(
+                home,
+                json,
+                client,
+                &file_url(&path)?,
+                &format!("file {path}"),
+                output,
+                force,
+            )
+            .await?
+            {
+                if json {
+                    out_json(&serde_json::json!({
+                        "path": path,
+                        "size": size,
+                        "written": written.display().to_string(),
+                    }))?;
+                } else {
+                    note(format!("wrote {size} bytes to {}", written.display()));
+                }
+            }
+        }
+        FileCommand::Mkdir { path } => {
+            let info: FileInfo = client
+                .json(
+                    home,
+                    client
+                        .request(Method::PUT, &file_url(&path)?)
+                        .query(&[("folder", "true"), ("parents", "true")]),
+                )
+                .await?;
+            if json {
+                out_json(&info)?;
+            } else {
+                out(format!("made folder {}", info.path))?;
+            }
+        }
+        FileCommand::Mv { from, to, force } => {
+            relocate(home, json, client, &from, &to, force, false).await?;
+        }
+        FileCommand::Cp { from, to, force } => {
+            relocate(home, json, client, &from, &to, force, true).await?;
+        }
+        FileCommand::Rm { path } => {
+            let removed: FileRemoved = client
+                .json(home, client.request(Method::DELETE, &file_url(&path)?))
+                .await?;
+            if json {
+                out_json(&removed)?;
+            } else {
+                out(format!(
+                    "removed {} ({}, {})",
+                    removed.path,
+                    count(removed.files as u64, "file"),
+                    count(removed.folders as u64, "folder")
+                ))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `hearth file mv` and `cp`: a TO ending in `/` is the folder to put FROM in.
+async fn relocate(
+    home: &Home,
+    json: bool,
+    client: &Client,
+    from: &str,
+    to: &str,
+    overwrite: bool,
+    copy: bool,
+) -> anyhow::Result<()> {
+    let to = match to.strip_suffix('/') {
+        Some(folder) => format!(
+            "{folder}/{}",
+            from.trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+        ),
+        None => to.to_owned(),
+    };
+    let info: FileInfo = client
+        .json(
+            home,
+            client
+                .request(Method::PATCH, &file_url(from)?)
+                .json(&FileMove {
+                    to: to.clone(),
+                    overwrite,
+                    copy,
+                }),
+        )
+        .await?;
+    if json {
+        out_json(&info)?;
+    } else {
+        let done = if copy { "copied" } else { "moved" };
+        out(format!("{done} {from} to {}", info.path))?;
     }
     Ok(())
 }

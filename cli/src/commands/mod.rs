@@ -13,9 +13,9 @@ use hearth_node::keys::Passphrase;
 use hearth_node::{Node, NodeConfig};
 use hearth_protocol::api::{
     AuditEntry, BlobInfo, BlobRemoved, BlobWritten, CheckReport, CollectionInfo, ConflictsResponse,
-    DeviceInfo, ExtendRequest, GrantCreated, GrantInfo, GrantRequest, InitReport, InviteResponse,
-    JoinReport, KeysInfo, PassphraseReport, PutResponse, Removed, RevokeResponse, StatusResponse,
-    TokenResponse, UpReport, VerifyResponse,
+    DeviceInfo, ExtendRequest, FileInfo, FileList, FileMove, FileRemoved, GrantCreated, GrantInfo,
+    GrantRequest, InitReport, InviteResponse, JoinReport, KeysInfo, PassphraseReport, PutResponse,
+    Removed, RevokeResponse, StatusResponse, TokenResponse, UpReport, VerifyResponse,
 };
 use hearth_protocol::scope::{Fields, Narrowing, Scope};
 use reqwest::Method;
@@ -24,7 +24,8 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use crate::args::{
-    BlobCommand, Cli, Command, DevicesCommand, KeysCommand, PassphraseArgs, PimKind, TokenCommand,
+    BlobCommand, Cli, Command, DevicesCommand, FileCommand, KeysCommand, PassphraseArgs, PimKind,
+    TokenCommand,
 };
 use crate::client::{Client, read_data_arg};
 use futures::StreamExt;
@@ -410,6 +411,7 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
             ..
         } => files::export(home, json, &client, kind, output, from, maildir).await?,
         Command::Blob { command } => files::blob(home, json, &client, command).await?,
+        Command::File { command } => files::file(home, json, &client, command).await?,
         Command::Check => files::check(home, json, &client).await?,
         Command::Backup { command } => backup::backup(home, json, &client, command).await?,
         Command::Init { .. }
