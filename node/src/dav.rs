@@ -9,7 +9,8 @@
 //! Layout: `/dav/` is the principal; `/dav/contacts/` and `/dav/calendars/` are the
 //! homes; `/dav/contacts/{collection}/` is one address book per contacts collection the
 //! grant reads, `/dav/calendars/{collection}/` one calendar per calendar collection;
-//! a resource is `/dav/{home}/{collection}/{name}`.
+//! a resource is `/dav/{home}/{collection}/{name}`. The file share (`/files/`, plain
+//! WebDAV) is [`files`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -69,6 +70,9 @@ pub fn routes() -> Router<AppState> {
         .route("/dav", any(handle))
         .route("/dav/", any(handle))
         .route("/dav/{*path}", any(handle))
+        .route("/files", any(files::handle))
+        .route("/files/", any(files::handle))
+        .route("/files/{*path}", any(files::handle))
 }
 
 async fn well_known() -> Response {
@@ -220,6 +224,8 @@ enum DavError {
     Unavailable(String),
     /// The disk is full (RFC 4918 §11.5).
     InsufficientStorage,
+    /// A status of its own with a message (the file share's 409, 412, 415, 502).
+    Status(StatusCode, String),
     /// Anything else: the message goes to the log, never to the client.
     Internal(String),
 }
@@ -275,6 +281,7 @@ impl IntoResponse for DavError {
                 r
             }
             DavError::Forbidden(m) => text(StatusCode::FORBIDDEN, m),
+            DavError::Status(status, m) => text(status, m),
             DavError::NotFound => text(StatusCode::NOT_FOUND, "no such resource".into()),
             DavError::BadRequest(m) => text(StatusCode::BAD_REQUEST, m),
             DavError::Precondition => text(
@@ -709,6 +716,21 @@ impl Multistatus {
         self.0.push_str("</d:response>\n");
     }
 
+    /// One resource whose properties named are all refused (403): a PROPPATCH of
+    /// properties this server does not keep.
+    fn forbidden(&mut self, href: &str, props: &[Prop]) {
+        self.0.push_str("<d:response><d:href>");
+        self.0.push_str(&escape(href));
+        self.0.push_str("</d:href><d:propstat><d:prop>");
+        for prop in props {
+            self.0.push_str(&prop.element(""));
+        }
+        self.0.push_str(
+            "</d:prop><d:status>HTTP/1.1 403 Forbidden</d:status></d:propstat></d:response>
+",
+        );
+    }
+
     fn status(&mut self, href: &str, status: &str) {
         self.0.push_str("<d:response><d:href>");
         self.0.push_str(&escape(href));
@@ -740,6 +762,21 @@ enum Resource<'a> {
     Home(Kind),
     Book(&'a Book),
     Object(Kind, &'a Object),
+}
+
+/// A plain-text answer to a GET (an empty body for a HEAD).
+fn plain_text(text: String, head: bool) -> Response {
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from(text)
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 fn href(inner: &str) -> String {
@@ -1066,17 +1103,7 @@ impl Dav<'_> {
                 "Hearth CardDAV/CalDAV for {}. Point a contacts or calendar app at this address (see the README).\n",
                 self.caller.grant.service
             );
-            let body = if head {
-                Body::empty()
-            } else {
-                Body::from(text)
-            };
-            return Ok((
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                body,
-            )
-                .into_response());
+            return Ok(plain_text(text, head));
         };
         let object = self.one(collection, name).await?;
         let etag =
@@ -1669,6 +1696,7 @@ fn parse_utc(text: &str) -> Option<i64> {
         .map(|t| t.and_utc().timestamp())
 }
 
+pub mod files;
 #[doc(hidden)]
 pub(crate) mod fuzzing;
 mod query;

@@ -267,6 +267,11 @@ pub fn stat(collections: &Collections, path: &FilePath) -> Result<Option<Entry>,
     Ok(read(collections, path)?.and_then(|record| Entry::of(path, record)))
 }
 
+/// A folder that is not made yet, as a listing shows it (empty).
+pub fn unmade_folder(path: &FilePath) -> Entry {
+    Entry::of(path, folder_record(path, now())).expect("a folder record has its path")
+}
+
 fn read(
     collections: &Collections,
     path: &FilePath,

@@ -37,7 +37,7 @@ pub enum ScopeError {
     #[error("collection {0} belongs to the system and cannot be granted")]
     System(String),
     #[error(
-        "filter {0:?} is invalid: use FIELD=VALUE (VALUE as text, a number, true/false, or a \"quoted string\")"
+        "filter {0:?} is invalid: use FIELD=VALUE (VALUE as text, a number, true/false, or a \"quoted string\"), or FIELD^=/FOLDER for a path at or under a folder"
     )]
     Filter(String),
     #[error("the scope grants nothing: give --read, --write or --free-busy")]
@@ -255,6 +255,8 @@ impl std::fmt::Display for Fields {
 }
 
 /// `FIELD=VALUE`: the record's field equals VALUE (or, for a list, contains it).
+/// `FIELD^=PATH`: the field is a path at or under PATH (`path^=/Photos` matches
+/// `/Photos` and `/Photos/2026/a.jpg`, not `/Photosx`): a grant limited to a folder.
 ///
 /// VALUE is typed as the command line suggests: `n=3` and `done=true` compare as a
 /// number and a boolean *and* as the text `"3"` / `"true"` (so `tag=3` matches both
@@ -268,6 +270,10 @@ pub struct Filter {
     /// before typed matching, which compared the JSON value only.
     #[serde(default, skip_serializing_if = "is_false")]
     pub or_text: bool,
+    /// `^=`: the field is a path at or under `value` (a text). A node from before
+    /// it reads such a filter as `=`, which matches less, never more.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub under: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -279,6 +285,27 @@ impl Filter {
         let (field, value) = text
             .split_once('=')
             .ok_or_else(|| ScopeError::Filter(text.to_owned()))?;
+        if let Some(field) = field.strip_suffix('^') {
+            let field = FieldPath::parse(field.trim())
+                .ok_or_else(|| ScopeError::Filter(text.to_owned()))?;
+            let path = value.trim();
+            if !path.starts_with('/') {
+                return Err(ScopeError::Filter(format!(
+                    "{text}: ^= takes a path that starts with /"
+                )));
+            }
+            // `/Photos/` and `/Photos` are one folder; `/` is every path.
+            let path = match path.trim_end_matches('/') {
+                "" => "/",
+                trimmed => trimmed,
+            };
+            return Ok(Self {
+                field,
+                value: Value::String(path.to_owned()),
+                or_text: false,
+                under: true,
+            });
+        }
         let field =
             FieldPath::parse(field.trim()).ok_or_else(|| ScopeError::Filter(text.to_owned()))?;
         let (value, or_text) = match serde_json::from_str::<Value>(value) {
@@ -290,10 +317,17 @@ impl Filter {
             field,
             value,
             or_text,
+            under: false,
         })
     }
 
     pub fn matches(&self, record: &Map<String, Value>) -> bool {
+        if self.under {
+            return match (lookup(record, &self.field), &self.value) {
+                (Some(Value::String(path)), Value::String(folder)) => path_under(path, folder),
+                _ => false,
+            };
+        }
         match lookup(record, &self.field) {
             Some(Value::Array(items)) => items.iter().any(|item| self.equals(item)),
             Some(found) => self.equals(found),
@@ -313,8 +347,25 @@ impl Filter {
     }
 }
 
+/// Whether `path` is `folder` or inside it (`/` holds every path).
+pub fn path_under(path: &str, folder: &str) -> bool {
+    folder == "/"
+        || path == folder
+        || path
+            .strip_prefix(folder)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
 impl std::fmt::Display for Filter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.under {
+            return write!(
+                f,
+                "{}^={}",
+                self.field,
+                self.value.as_str().unwrap_or_default()
+            );
+        }
         match &self.value {
             Value::String(text) if !self.or_text => {
                 // Text that would read back as a number or a boolean is quoted.
@@ -1058,6 +1109,37 @@ mod tests {
         assert!(yes.matches(&obj(json!({"done": true}))));
         assert!(yes.matches(&obj(json!({"done": "true"}))));
         assert_eq!(Filter::parse("tag=work").unwrap().to_string(), "tag=work");
+        // A folder: the path itself and what is under it, never a name that only
+        // starts alike; a trailing / is the same folder; `/` is everything.
+        let photos = Filter::parse("path^=/Photos/").unwrap();
+        assert_eq!(photos.to_string(), "path^=/Photos");
+        assert_eq!(Filter::parse(&photos.to_string()).unwrap(), photos);
+        for (path, inside) in [
+            ("/Photos", true),
+            ("/Photos/2026/a.jpg", true),
+            ("/Photosx", false),
+            ("/Photosx/a.jpg", false),
+            ("/", false),
+            ("/Docs/Photos/a", false),
+        ] {
+            assert_eq!(
+                photos.matches(&obj(json!({"path": path}))),
+                inside,
+                "{path}"
+            );
+        }
+        assert!(!photos.matches(&obj(json!({"path": 3}))));
+        assert!(!photos.matches(&obj(json!({}))));
+        assert!(
+            Filter::parse("path^=/")
+                .unwrap()
+                .matches(&obj(json!({"path": "/a"})))
+        );
+        assert!(Filter::parse("path^=Photos").is_err());
+        // Stored by a node from before `^=`: read as `=`, which matches less.
+        let old: Filter =
+            serde_json::from_value(json!({"field": "path", "value": "/Photos"})).unwrap();
+        assert!(!old.under);
         assert_eq!(text.to_string(), "tag=\"3\"");
         assert_eq!(three.to_string(), "tag=3");
         // A filter stored before typed matching compares the JSON value only.

@@ -236,3 +236,379 @@ fn files_reach_the_other_devices() {
     a.stop();
     b.stop();
 }
+
+/// One WebDAV request with the grant's app password: (status, body, headers).
+fn dav(
+    api: &Api,
+    password: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, reqwest::header::HeaderMap) {
+    let mut request = api
+        .raw(Method::from_bytes(method.as_bytes()).unwrap(), path)
+        .basic_auth("me", Some(password))
+        .body(body.to_vec());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let answer = api.send_raw(request);
+    (
+        answer.status,
+        String::from_utf8_lossy(&answer.body).into_owned(),
+        answer.headers,
+    )
+}
+
+fn app_password(node: &NodeProcess, args: &[&str]) -> (String, String) {
+    let mut all = vec!["grant", "files-app"];
+    all.extend_from_slice(args);
+    all.push("--app-password");
+    let g = node.json(&all);
+    (
+        g["id"].as_str().unwrap().to_owned(),
+        g["password"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// The file share answers as WebDAV says (RFC 4918): folders made once and only under
+/// a folder that is there, files put and replaced (the ETag follows the bytes, the
+/// conditions hold), read whole or in part, listed at depth 0 and 1 (never infinity),
+/// copied and moved with Overwrite, removed; and what it made is the owner's files.
+#[test]
+fn the_file_share_speaks_webdav() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let api = Api::new(&node);
+    let (grant, password) = app_password(&node, &["--read", "files", "--write", "files"]);
+    let call = |method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]| {
+        dav(&api, &password, method, path, headers, body)
+    };
+    let (status, _, headers) = call("OPTIONS", "/files/", &[], b"");
+    assert_eq!(status, 200);
+    assert_eq!(headers["dav"], "1");
+    assert_eq!(call("MKCOL", "/files/Docs/", &[], b"").0, 201);
+    assert_eq!(call("MKCOL", "/files/Docs/", &[], b"").0, 405, "made once");
+    assert_eq!(call("MKCOL", "/files/No/Such/", &[], b"").0, 409);
+    assert_eq!(call("MKCOL", "/files/Body/", &[], b"<x/>").0, 415);
+    assert_eq!(call("PUT", "/files/No/a.txt", &[], b"x").0, 409);
+    let (status, _, headers) = call("PUT", "/files/Docs/r%C3%A9sum%C3%A9.txt", &[], b"first");
+    assert_eq!(status, 201);
+    let first = headers["etag"].to_str().unwrap().to_owned();
+    let (status, _, headers) = call(
+        "PUT",
+        "/files/Docs/r%C3%A9sum%C3%A9.txt",
+        &[("If-Match", &first)],
+        b"second version",
+    );
+    assert_eq!(status, 204);
+    assert_ne!(headers["etag"].to_str().unwrap(), first);
+    assert_eq!(
+        call(
+            "PUT",
+            "/files/Docs/r%C3%A9sum%C3%A9.txt",
+            &[("If-Match", &first)],
+            b"lost"
+        )
+        .0,
+        412
+    );
+    assert_eq!(
+        call(
+            "PUT",
+            "/files/Docs/r%C3%A9sum%C3%A9.txt",
+            &[("If-None-Match", "*")],
+            b"lost"
+        )
+        .0,
+        412
+    );
+    let (status, body, headers) = call("GET", "/files/Docs/r%C3%A9sum%C3%A9.txt", &[], b"");
+    assert_eq!((status, body.as_str()), (200, "second version"));
+    assert_eq!(headers["content-type"], "text/plain");
+    assert!(headers.contains_key("last-modified"));
+    let (status, body, _) = call(
+        "GET",
+        "/files/Docs/r%C3%A9sum%C3%A9.txt",
+        &[("Range", "bytes=7-")],
+        b"",
+    );
+    assert_eq!((status, body.as_str()), (206, "version"));
+
+    let (status, listing, _) = call("PROPFIND", "/files/Docs/", &[("Depth", "1")], b"");
+    assert_eq!(status, 207, "{listing}");
+    for needle in [
+        "<d:href>/files/Docs/</d:href>",
+        "<d:href>/files/Docs/r%C3%A9sum%C3%A9.txt</d:href>",
+        "<d:getcontentlength>14</d:getcontentlength>",
+        "<d:resourcetype><d:collection/></d:resourcetype>",
+    ] {
+        assert!(listing.contains(needle), "{needle}: {listing}");
+    }
+    let (status, one, _) = call(
+        "PROPFIND",
+        "/files/Docs/",
+        &[("Depth", "0")],
+        br#"<?xml version="1.0"?><d:propfind xmlns:d="DAV:"><d:prop><d:resourcetype/><d:nothing/></d:prop></d:propfind>"#,
+    );
+    assert_eq!(status, 207);
+    assert!(!one.contains("sum"), "depth 0 lists nothing inside: {one}");
+    assert!(one.contains("404 Not Found"), "{one}");
+    assert_eq!(
+        call("PROPFIND", "/files/", &[("Depth", "infinity")], b"").0,
+        403
+    );
+    assert_eq!(call("PROPFIND", "/files/", &[], b"<bad").0, 400);
+
+    let destination = format!("{}/files/Docs/copy.txt", node.base_url());
+    let copy = [("Destination", destination.as_str())];
+    assert_eq!(
+        call("COPY", "/files/Docs/r%C3%A9sum%C3%A9.txt", &copy, b"").0,
+        201
+    );
+    let no_overwrite = [("Destination", destination.as_str()), ("Overwrite", "F")];
+    assert_eq!(
+        call(
+            "COPY",
+            "/files/Docs/r%C3%A9sum%C3%A9.txt",
+            &no_overwrite,
+            b""
+        )
+        .0,
+        412
+    );
+    assert_eq!(
+        call("COPY", "/files/Docs/r%C3%A9sum%C3%A9.txt", &copy, b"").0,
+        204
+    );
+    let elsewhere = [("Destination", "/files/Nowhere/x.txt")];
+    assert_eq!(call("MOVE", "/files/Docs/copy.txt", &elsewhere, b"").0, 409);
+    let outside = [("Destination", "/dav/contacts/x")];
+    assert_eq!(call("MOVE", "/files/Docs/copy.txt", &outside, b"").0, 502);
+    assert_eq!(
+        call(
+            "MOVE",
+            "/files/Docs/",
+            &[("Destination", "/files/Papers/")],
+            b""
+        )
+        .0,
+        201
+    );
+    assert_eq!(
+        call("GET", "/files/Papers/copy.txt", &[], b"").1,
+        "second version"
+    );
+    assert_eq!(call("GET", "/files/Docs/copy.txt", &[], b"").0, 404);
+    assert_eq!(call("DELETE", "/files/Papers/copy.txt", &[], b"").0, 204);
+    assert_eq!(call("DELETE", "/files/Papers/copy.txt", &[], b"").0, 404);
+    // PROPPATCH: dead properties are not kept yet, and refusing them changes nothing.
+    let (status, answer, _) = call(
+        "PROPPATCH",
+        "/files/Papers/",
+        &[],
+        br#"<?xml version="1.0"?><d:propertyupdate xmlns:d="DAV:" xmlns:x="urn:x"><d:set><d:prop><x:colour>red</x:colour></d:prop></d:set></d:propertyupdate>"#,
+    );
+    assert_eq!(status, 207);
+    assert!(answer.contains("403 Forbidden"), "{answer}");
+
+    // The owner sees the same files; the share's work is audited under the grant.
+    let listed = node.json(&["file", "ls", "/Papers"]);
+    assert_eq!(listed["entries"][0]["path"], "/Papers/résumé.txt");
+    let audit = node.json(&["audit", "--grant", &grant]);
+    let operations: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["collection"] == "files")
+        .map(|e| e["operation"].as_str().unwrap())
+        .collect();
+    for op in ["create", "write", "read", "read_blob", "remove"] {
+        assert!(operations.contains(&op), "{op}: {operations:?}");
+    }
+    // Without the password, nothing.
+    let (status, _, headers) = dav(&api, "wrong", "PROPFIND", "/files/", &[], b"");
+    assert_eq!(status, 401);
+    assert!(headers.contains_key("www-authenticate"));
+    node.stop();
+}
+
+/// A grant limited to a folder sees that folder as the share's root, and nothing
+/// above or beside it; a read-only grant changes nothing; a grant that reads only some
+/// fields of files, or filters them otherwise, gets no share; and no service writes a
+/// file record through the generic view routes.
+#[test]
+fn a_folder_grant_sees_its_folder_and_nothing_else() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let api = Api::new(&node);
+    let photo = t.file("beach.jpg", "sand");
+    let secret = t.file("diary.txt", "dear diary");
+    node.json(&["file", "put", photo.to_str().unwrap(), "/Photos/2026/"]);
+    node.json(&["file", "put", secret.to_str().unwrap(), "/Private/"]);
+    node.json(&["file", "put", secret.to_str().unwrap(), "/Photosx/"]);
+    let (_, password) = app_password(&node, &["--read", "files", "--where", "path^=/Photos"]);
+    let call = |method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]| {
+        dav(&api, &password, method, path, headers, body)
+    };
+    let (status, listing, _) = call("PROPFIND", "/files/", &[("Depth", "1")], b"");
+    assert_eq!(status, 207, "{listing}");
+    assert!(
+        listing.contains("<d:href>/files/2026/</d:href>"),
+        "{listing}"
+    );
+    for hidden in ["Private", "Photosx", "Photos/", "diary"] {
+        assert!(!listing.contains(hidden), "{hidden}: {listing}");
+    }
+    assert_eq!(call("GET", "/files/2026/beach.jpg", &[], b"").1, "sand");
+    // `..` (which HTTP libraries fold away before sending; sent raw here) is refused.
+    let base = node.base_url();
+    let host = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    let basic = data_encoding::BASE64.encode(format!("me:{password}").as_bytes());
+    std::io::Write::write_all(
+        &mut stream,
+        format!("GET /files/%2e%2e/Private/diary.txt HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic {basic}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(!answer.contains("dear diary"), "{answer}");
+    assert_eq!(call("GET", "/files/Private/diary.txt", &[], b"").0, 404);
+    // Read-only: nothing changes, and nothing of an upload is kept.
+    assert_eq!(call("PUT", "/files/2026/new.jpg", &[], b"new").0, 403);
+    assert_eq!(call("DELETE", "/files/2026/beach.jpg", &[], b"").0, 403);
+    assert_eq!(call("MKCOL", "/files/x/", &[], b"").0, 403);
+    assert_eq!(node.json(&["blob", "ls"]).as_array().unwrap().len(), 2);
+
+    let (_, names_only) = app_password(&node, &["--read", "files.path"]);
+    let (status, body, _) = dav(
+        &api,
+        &names_only,
+        "PROPFIND",
+        "/files/",
+        &[("Depth", "1")],
+        b"",
+    );
+    assert_eq!(status, 403, "{body}");
+    let (_, filtered) = app_password(&node, &["--read", "files", "--where", "kind=file"]);
+    let (status, body, _) = dav(
+        &api,
+        &filtered,
+        "PROPFIND",
+        "/files/",
+        &[("Depth", "1")],
+        b"",
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("not a folder"), "{body}");
+
+    let token = node.json(&["grant", "raw", "--read", "files", "--write", "files"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, body) = api.send(
+        api.raw(Method::POST, "/v1/view/files")
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"path": "/x", "kind": "file", "blob": "0".repeat(64)})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("file share"), "{body}");
+    node.stop();
+}
+
+/// litmus, the WebDAV server test suite (Debian's `litmus`): its `basic`, `copymove`
+/// and `http` suites pass against the share. (`props` needs dead properties and
+/// `locks` class 2: not built yet.)
+#[test]
+#[ignore = "needs litmus: run by .ci/run, which installs it"]
+fn litmus_passes_basic_copymove_and_http() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let (_, password) = app_password(&node, &["--read", "files", "--write", "files"]);
+    let url = format!("{}/files/", node.base_url());
+    let mut command = std::process::Command::new("litmus");
+    command
+        .args([url.as_str(), "me", password.as_str()])
+        .env("TESTS", "basic copymove http")
+        .current_dir(t.path());
+    let out = run_with_deadline(command, None);
+    let said = said(&out);
+    assert!(out.status.success(), "litmus failed:\n{said}");
+    assert!(!said.contains("FAIL"), "{said}");
+    node.stop();
+}
+
+/// rclone (Debian's `rclone`, WebDAV backend): `copy` a tree of files up, `check
+/// --download` finds no difference, a `sync` after local changes (a file changed, one
+/// removed, one added in a new folder) leaves none either, and a copy back down is
+/// byte for byte the original.
+#[test]
+#[ignore = "needs rclone: run by .ci/run, which installs it"]
+fn rclone_copies_checks_and_syncs_with_no_difference() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let (_, password) = app_password(&node, &["--read", "files", "--write", "files"]);
+    let obscured = {
+        let mut command = std::process::Command::new("rclone");
+        command.args(["obscure", &password]);
+        let out = run_with_deadline(command, None);
+        assert!(out.status.success(), "{}", said(&out));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let url = format!("{}/files/", node.base_url());
+    let rclone = |args: &[&str]| {
+        let mut command = std::process::Command::new("rclone");
+        command
+            .args(args)
+            .env("RCLONE_CONFIG", t.path().join("rclone.conf"))
+            .env("RCLONE_CONFIG_HEARTH_TYPE", "webdav")
+            .env("RCLONE_CONFIG_HEARTH_URL", &url)
+            .env("RCLONE_CONFIG_HEARTH_VENDOR", "other")
+            .env("RCLONE_CONFIG_HEARTH_USER", "me")
+            .env("RCLONE_CONFIG_HEARTH_PASS", &obscured);
+        let out = run_with_deadline(command, None);
+        assert!(out.status.success(), "rclone {args:?}:\n{}", said(&out));
+    };
+    let local = t.path().join("local");
+    for (name, size) in [
+        ("a.txt", 10),
+        ("photos/beach.jpg", 300_000),
+        ("photos/été 2026/x.bin", 5),
+        ("empty", 0),
+    ] {
+        let path = local.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, noise_bytes(size)).unwrap();
+    }
+    let local_str = local.to_str().unwrap();
+    rclone(&["copy", local_str, "hearth:backup"]);
+    rclone(&["check", "--download", local_str, "hearth:backup"]);
+    std::fs::write(local.join("a.txt"), b"changed").unwrap();
+    std::fs::remove_file(local.join("photos/beach.jpg")).unwrap();
+    std::fs::create_dir_all(local.join("new/deeper")).unwrap();
+    std::fs::write(local.join("new/deeper/n.txt"), b"new").unwrap();
+    rclone(&["sync", local_str, "hearth:backup"]);
+    rclone(&["check", "--download", local_str, "hearth:backup"]);
+    let back = t.path().join("back");
+    rclone(&["copy", "hearth:backup", back.to_str().unwrap()]);
+    for name in [
+        "a.txt",
+        "photos/été 2026/x.bin",
+        "empty",
+        "new/deeper/n.txt",
+    ] {
+        assert_eq!(
+            std::fs::read(back.join(name)).unwrap(),
+            std::fs::read(local.join(name)).unwrap(),
+            "{name}"
+        );
+    }
+    assert!(!back.join("photos/beach.jpg").exists());
+    // The owner sees what rclone made.
+    let listed = node.json(&["file", "ls", "/backup/new/deeper"]);
+    assert_eq!(listed["entries"][0]["path"], "/backup/new/deeper/n.txt");
+    node.stop();
+}

@@ -670,6 +670,7 @@ impl Door {
     ) -> Result<PutResponse, AccessError> {
         let caller = self.admit(credentials).await?;
         let scope = self.writable(&caller, collection.as_str())?.clone();
+        super::files::writable_by_views(collection)?;
         let (id, create) = match body.remove("id") {
             Some(Value::String(id)) => (
                 RecordId::parse(&id).map_err(|e| AccessError::InvalidId(e.to_string()))?,
@@ -804,6 +805,7 @@ impl Door {
     ) -> Result<(), AccessError> {
         let caller = self.admit(credentials).await?;
         let scope = self.writable(&caller, collection.as_str())?.clone();
+        super::files::writable_by_views(collection)?;
         let decide = move |before: Option<&Map<String, Value>>| {
             scope
                 .check_delete(before)

@@ -29,6 +29,7 @@ mod blobrefs;
 pub mod dav;
 mod door;
 pub mod events;
+pub mod files;
 pub mod grants;
 mod group;
 pub mod tokens;
@@ -109,6 +110,9 @@ pub enum AccessError {
     /// A DAV sync token that is not from this collection's history.
     #[error("{0}")]
     InvalidSyncToken(String),
+    /// A file operation the tree refused (its folder is missing, something is there).
+    #[error(transparent)]
+    File(crate::files::FileError),
     #[error(transparent)]
     Collection(#[from] CollectionError),
     #[error(transparent)]
@@ -143,6 +147,7 @@ impl AccessError {
             AccessError::Conflict(_) | AccessError::UidConflict(_) => ErrorCode::Conflict,
             AccessError::UnsupportedComponent(_) => ErrorCode::BadRequest,
             AccessError::NoBook(_) => ErrorCode::Conflict,
+            AccessError::File(e) => e.code(),
             AccessError::Collection(e) => e.code(),
             AccessError::Store(e) => e.code(),
             AccessError::Token(_) | AccessError::Internal(_) => ErrorCode::Internal,

@@ -1,0 +1,349 @@
+//! The door's side of the file share (`/files/`, WebDAV): the `files` collection as a
+//! tree of files and folders (docs/SCHEMA.md, "Files") for a caller the door admitted.
+//! The WebDAV front end (`crate::dav::files`) only speaks HTTP and XML; what a grant may
+//! do with files is decided here.
+//!
+//! A grant reaches files when it reads the `files` collection whole (`--read files`);
+//! it changes them when it also writes it whole (`--write files`). Its filter may only
+//! be a folder (`--where 'path^=/Photos'`): that folder is then the share's root, so
+//! the service sees neither the folders above it nor their names. Every request is
+//! audited: a listing as one read of what is listed, a file's bytes as a read of its
+//! blob, each change with the records it touched. A service never writes a file record
+//! through the generic view routes (which could name any blob it learned the id of, or
+//! leave a file outside its folder's entries): a file's bytes are always what the
+//! service uploaded or a copy of a file it may read.
+
+use hearth_protocol::scope::{CollectionScope, Fields};
+use hearth_protocol::{BlobId, CollectionName};
+
+use super::AccessError;
+use super::audit::{AuditEvent, Operation};
+use super::door::{Caller, Door};
+use crate::files::{self, Content, Entry, FileError, FilePath};
+
+/// What a grant makes of the files.
+#[derive(Debug, Clone)]
+pub struct Share {
+    /// The folder that is the share's root (`/` unless the grant is limited to one).
+    pub root: FilePath,
+    pub write: bool,
+}
+
+impl Share {
+    /// The vault's path of a path in the share (`/2026/a.jpg` in a share of
+    /// `/Photos` is `/Photos/2026/a.jpg`).
+    pub fn inside(&self, path: &FilePath) -> Result<FilePath, AccessError> {
+        if self.root.is_root() {
+            return Ok(path.clone());
+        }
+        FilePath::parse(&format!(
+            "{}{}",
+            self.root,
+            path.as_str().trim_end_matches('/')
+        ))
+        .map_err(|e| AccessError::BadRequest(e.to_string()))
+    }
+
+    /// The share's path of a vault path inside it.
+    pub fn outside<'a>(&self, path: &'a FilePath) -> &'a str {
+        if self.root.is_root() {
+            return path.as_str();
+        }
+        match path.as_str().strip_prefix(self.root.as_str()) {
+            Some("") | None => "/",
+            Some(rest) => rest,
+        }
+    }
+}
+
+impl From<FileError> for AccessError {
+    fn from(e: FileError) -> Self {
+        match e {
+            FileError::NotFound(_) => AccessError::NotFound {
+                collection: files::COLLECTION.into(),
+                id: String::new(),
+            },
+            FileError::Collection(e) => e.into(),
+            FileError::BadPath(m) => AccessError::BadRequest(m),
+            other => AccessError::File(other),
+        }
+    }
+}
+
+/// The fields of a file's record a listing reads (the audit names them).
+const LISTED: [&str; 6] = ["path", "kind", "size", "type", "modified", "entries"];
+
+fn whole(fields: &Option<Fields>) -> bool {
+    matches!(fields, Some(Fields::All))
+}
+
+impl Door {
+    /// What the caller's grant makes of the files, or why it reaches none.
+    pub fn file_share(&self, caller: &Caller) -> Result<Share, AccessError> {
+        let refuse = |why: String| {
+            self.refused(
+                &caller.grant,
+                files::COLLECTION,
+                AccessError::OutOfScope(why),
+            )
+        };
+        let Some(scope) = caller.scope.collection(files::COLLECTION) else {
+            return Err(refuse(
+                "the grant does not include files (it needs --read files)".into(),
+            ));
+        };
+        if !whole(&scope.read) {
+            return Err(refuse(
+                "the grant does not read files whole (it needs --read files, not fields of it)"
+                    .into(),
+            ));
+        }
+        let root = share_root(&scope).map_err(refuse)?;
+        Ok(Share {
+            root,
+            write: whole(&scope.write),
+        })
+    }
+
+    /// Refuses a change by a grant that only reads (audited).
+    pub fn file_changing(&self, caller: &Caller, share: &Share) -> Result<(), AccessError> {
+        if share.write {
+            Ok(())
+        } else {
+            Err(self.refused(
+                &caller.grant,
+                files::COLLECTION,
+                AccessError::OutOfScope(
+                    "the grant only reads files (changing them needs --write files)".into(),
+                ),
+            ))
+        }
+    }
+
+    /// The entry at `path` (a vault path inside the share) and, with `depth`, what it
+    /// holds if it is a folder. Audited as one read of what is returned.
+    pub async fn file_list(
+        &self,
+        caller: &Caller,
+        share: &Share,
+        path: &FilePath,
+        depth: bool,
+    ) -> Result<(Entry, Vec<Entry>), AccessError> {
+        let at = path.clone();
+        let root = share.root.clone();
+        let (entry, inside) = self
+            .blocking(move |inner| {
+                // The share's own folder is there for it even before anything is in
+                // it (it is made with its first file).
+                let entry = match files::stat(&inner.collections, &at)? {
+                    Some(entry) => entry,
+                    None if at == root => files::unmade_folder(&at),
+                    None => return Err(FileError::NotFound(at.to_string()).into()),
+                };
+                let inside = if depth && entry.folder {
+                    files::list(&inner.collections, &at)?
+                } else {
+                    Vec::new()
+                };
+                Ok((entry, inside))
+            })
+            .await
+            .inspect_err(|e| {
+                if matches!(e, AccessError::NotFound { .. }) {
+                    self.missed(caller, Operation::Read, files::COLLECTION, path.as_str());
+                }
+            })?;
+        let event = AuditEvent {
+            records: 1 + inside.len(),
+            fields: LISTED.iter().map(|f| (*f).to_owned()).collect(),
+            ..caller.grant.event(Operation::Read, files::COLLECTION)
+        };
+        self.audited(vec![event]).await?;
+        Ok((entry, inside))
+    }
+
+    /// A file's entry, to serve its bytes: audited as a read of its blob before a
+    /// byte is sent.
+    pub async fn file_bytes(&self, caller: &Caller, path: &FilePath) -> Result<Entry, AccessError> {
+        let at = path.clone();
+        let entry = self
+            .blocking(move |inner| {
+                Ok(files::stat(&inner.collections, &at)?
+                    .ok_or_else(|| FileError::NotFound(at.to_string()))?)
+            })
+            .await
+            .inspect_err(|e| {
+                if matches!(e, AccessError::NotFound { .. }) {
+                    self.missed(
+                        caller,
+                        Operation::ReadBlob,
+                        files::COLLECTION,
+                        path.as_str(),
+                    );
+                }
+            })?;
+        let Some(blob) = entry.blob.clone() else {
+            return Err(AccessError::Conflict(format!("{path} is a folder")));
+        };
+        let event = AuditEvent {
+            records: 1,
+            ids: vec![entry.path.id().to_string()],
+            fields: vec![blob],
+            ..caller.grant.event(Operation::ReadBlob, files::COLLECTION)
+        };
+        self.audited(vec![event]).await?;
+        Ok(entry)
+    }
+
+    /// Stores a file the service uploaded (its bytes are stored: `content`, and
+    /// `listing` lists them). Returns whether the file is new.
+    pub async fn file_put(
+        &self,
+        caller: &Caller,
+        share: &Share,
+        path: &FilePath,
+        content: Content,
+        listing: Vec<(BlobId, u64, crate::blobs::Described)>,
+    ) -> Result<bool, AccessError> {
+        self.file_changing(caller, share)?;
+        let at = path.clone();
+        // The share's folder is made with its first file; any other missing folder is
+        // the client's mistake (409).
+        let parents = path.parent().as_ref() == Some(&share.root);
+        let created = self
+            .blocking(move |inner| {
+                Ok(files::put_file(
+                    &inner.collections,
+                    &at,
+                    &content,
+                    parents,
+                    &listing,
+                )?)
+            })
+            .await?;
+        let operation = if created {
+            Operation::Create
+        } else {
+            Operation::Write
+        };
+        self.changed(caller, operation, vec![path.id().to_string()])
+            .await?;
+        Ok(created)
+    }
+
+    /// Makes a folder (its parent must be there).
+    pub async fn file_mkdir(
+        &self,
+        caller: &Caller,
+        share: &Share,
+        path: &FilePath,
+    ) -> Result<(), AccessError> {
+        self.file_changing(caller, share)?;
+        let at = path.clone();
+        let parents = path.parent().as_ref() == Some(&share.root);
+        self.blocking(move |inner| Ok(files::make_folder(&inner.collections, &at, parents)?))
+            .await?;
+        self.changed(caller, Operation::Create, vec![path.id().to_string()])
+            .await
+    }
+
+    /// Removes a file, or a folder with all it holds.
+    pub async fn file_remove(
+        &self,
+        caller: &Caller,
+        share: &Share,
+        path: &FilePath,
+    ) -> Result<files::Removed, AccessError> {
+        self.file_changing(caller, share)?;
+        if *path == share.root {
+            return Err(AccessError::Conflict(
+                "the share's root folder cannot be removed".into(),
+            ));
+        }
+        let at = path.clone();
+        let removed = self
+            .blocking(move |inner| Ok(files::remove(&inner.collections, &at)?))
+            .await?;
+        self.changed(caller, Operation::Remove, vec![path.id().to_string()])
+            .await?;
+        Ok(removed)
+    }
+
+    /// Moves (or, with `keep`, copies) `from` to `to`, both inside the share. Returns
+    /// whether something at `to` was replaced.
+    pub async fn file_relocate(
+        &self,
+        caller: &Caller,
+        share: &Share,
+        from: &FilePath,
+        to: &FilePath,
+        overwrite: bool,
+        keep: bool,
+    ) -> Result<bool, AccessError> {
+        self.file_changing(caller, share)?;
+        if *from == share.root || *to == share.root {
+            return Err(AccessError::Conflict(
+                "the share's root folder cannot be moved or replaced".into(),
+            ));
+        }
+        let (a, b) = (from.clone(), to.clone());
+        let replaced = self
+            .blocking(move |inner| {
+                Ok(files::relocate(
+                    &inner.collections,
+                    &a,
+                    &b,
+                    overwrite,
+                    keep,
+                )?)
+            })
+            .await?;
+        let mut ids = vec![to.id().to_string()];
+        if !keep {
+            ids.push(from.id().to_string());
+        }
+        self.changed(caller, Operation::Create, ids).await?;
+        Ok(replaced)
+    }
+
+    async fn changed(
+        &self,
+        caller: &Caller,
+        operation: Operation,
+        ids: Vec<String>,
+    ) -> Result<(), AccessError> {
+        let event = AuditEvent {
+            records: ids.len(),
+            ids,
+            ..caller.grant.event(operation, files::COLLECTION)
+        };
+        self.audited(vec![event]).await
+    }
+}
+
+/// The share's root folder from a grant's filter on files: none, or one `path^=`.
+fn share_root(scope: &CollectionScope) -> Result<FilePath, String> {
+    match scope.filter.as_slice() {
+        [] => Ok(FilePath::root()),
+        [only] if only.under && only.field.to_string() == "path" => {
+            let folder = only.value.as_str().unwrap_or("/");
+            FilePath::parse(folder).map_err(|e| e.to_string())
+        }
+        _ => Err(
+            "the grant's filter on files is not a folder: files are shared whole or by one folder (--where 'path^=/FOLDER')"
+                .into(),
+        ),
+    }
+}
+
+/// Whether generic view writes may change `collection`: not `files`, whose records
+/// only the file share and the owner write.
+pub(super) fn writable_by_views(collection: &CollectionName) -> Result<(), AccessError> {
+    if collection.as_str() == files::COLLECTION {
+        return Err(AccessError::BadRequest(
+            "files are written through the file share (/files/, WebDAV), which keeps folders whole"
+                .into(),
+        ));
+    }
+    Ok(())
+}
