@@ -570,7 +570,11 @@ fn parse_xml(body: &[u8]) -> Result<Option<Element>, DavError> {
             .map_err(|e| bad(e.to_string()))?;
         let ns = match resolved {
             ResolveResult::Bound(ns) => ns.into_inner().to_owned(),
-            _ => String::new(),
+            // A prefix no declaration binds (Namespaces in XML 1.0 §5).
+            ResolveResult::Unknown(prefix) => {
+                return Err(bad(format!("the prefix {prefix:?} is not declared")));
+            }
+            ResolveResult::Unbound => String::new(),
         };
         match event {
             Event::Start(e) | Event::Empty(e) if stack.len() >= MAX_XML_DEPTH => {
@@ -637,6 +641,10 @@ fn element_of(e: &quick_xml::events::BytesStart, ns: String) -> Result<Element, 
     }
     for attribute in e.attributes() {
         let attribute = attribute.map_err(|e| e.to_string())?;
+        // `xmlns:p=""` binds a prefix to nothing, which XML 1.0 namespaces forbid.
+        if attribute.key.as_ref().starts_with("xmlns:") && attribute.value.is_empty() {
+            return Err("a namespace prefix is bound to nothing (xmlns:p=\"\")".into());
+        }
         let value = attribute
             .normalized_value(quick_xml::XmlVersion::Implicit1_0)
             .map_err(|e| e.to_string())?
@@ -716,19 +724,22 @@ impl Multistatus {
         self.0.push_str("</d:response>\n");
     }
 
-    /// One resource whose properties named are all refused (403): a PROPPATCH of
-    /// properties this server does not keep.
-    fn forbidden(&mut self, href: &str, props: &[Prop]) {
+    /// One resource whose properties named get a status each group (a PROPPATCH's
+    /// answer); an empty group is left out.
+    fn statuses(&mut self, href: &str, groups: &[(&[Prop], &str)]) {
         self.0.push_str("<d:response><d:href>");
         self.0.push_str(&escape(href));
-        self.0.push_str("</d:href><d:propstat><d:prop>");
-        for prop in props {
-            self.0.push_str(&prop.element(""));
+        self.0.push_str("</d:href>");
+        for (props, status) in groups.iter().filter(|(p, _)| !p.is_empty()) {
+            self.0.push_str("<d:propstat><d:prop>");
+            for prop in *props {
+                self.0.push_str(&prop.element(""));
+            }
+            self.0.push_str("</d:prop><d:status>HTTP/1.1 ");
+            self.0.push_str(status);
+            self.0.push_str("</d:status></d:propstat>");
         }
-        self.0.push_str(
-            "</d:prop><d:status>HTTP/1.1 403 Forbidden</d:status></d:propstat></d:response>
-",
-        );
+        self.0.push_str("</d:response>\n");
     }
 
     fn status(&mut self, href: &str, status: &str) {

@@ -486,6 +486,79 @@ pub fn make_folder(
     Ok(())
 }
 
+/// Properties a client may set on one file or folder (WebDAV dead properties).
+pub const MAX_PROPS: usize = 64;
+/// The longest value of one such property, in bytes.
+pub const MAX_PROP_BYTES: usize = 8 * 1024;
+
+/// The properties a client set on an entry (WebDAV dead properties), by their name in
+/// Clark notation (`{namespace}name`), each with its value as XML.
+pub fn props(entry: &Entry) -> Vec<(String, String)> {
+    entry
+        .record
+        .get("props")
+        .and_then(Value::as_object)
+        .map(|p| {
+            p.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Sets (`Some`) and removes (`None`) properties of the entry at `path`, in order and
+/// all at once (RFC 4918 §9.2), within [`MAX_PROPS`] and [`MAX_PROP_BYTES`].
+pub fn set_props(
+    collections: &Collections,
+    path: &FilePath,
+    changes: &[(String, Option<String>)],
+) -> Result<(), FileError> {
+    collections.write_across(&[(collection(), path.id())], |lookup| {
+        let mut writes: WritesIn = Vec::new();
+        let entry = match looked_up(lookup, path)? {
+            Some(entry) => entry,
+            None if path.is_root() => {
+                writes.push((
+                    collection(),
+                    path.id(),
+                    RecordWrite::Put(folder_record(path, now())),
+                ));
+                unmade_folder(path)
+            }
+            None => return Err(FileError::NotFound(path.to_string())),
+        };
+        let mut now: BTreeMap<String, String> = props(&entry).into_iter().collect();
+        let mut patch = Map::new();
+        for (name, value) in changes {
+            match value {
+                Some(value) if value.len() > MAX_PROP_BYTES => {
+                    return Err(FileError::Refused(format!(
+                        "the value of property {name} is longer than {MAX_PROP_BYTES} bytes"
+                    )));
+                }
+                Some(value) => {
+                    now.insert(name.clone(), value.clone());
+                    patch.insert(name.clone(), json!(value));
+                }
+                None => {
+                    now.remove(name);
+                    patch.insert(name.clone(), Value::Null);
+                }
+            }
+        }
+        if now.len() > MAX_PROPS {
+            return Err(FileError::Refused(format!(
+                "a file or folder keeps at most {MAX_PROPS} properties"
+            )));
+        }
+        let mut record = Map::new();
+        record.insert("props".into(), Value::Object(patch));
+        writes.push((collection(), path.id(), RecordWrite::Patch(record)));
+        Ok::<_, FileError>((writes, ()))
+    })??;
+    Ok(())
+}
+
 /// `path` and, for a folder, everything in it, outermost first.
 fn subtree(collections: &Collections, path: &FilePath) -> Result<Vec<Entry>, FileError> {
     let top = stat(collections, path)?.ok_or_else(|| FileError::NotFound(path.to_string()))?;

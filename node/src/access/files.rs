@@ -306,6 +306,22 @@ impl Door {
         Ok(replaced)
     }
 
+    /// Sets and removes properties a client keeps on a file or folder (PROPPATCH).
+    pub async fn file_set_props(
+        &self,
+        caller: &Caller,
+        share: &Share,
+        path: &FilePath,
+        changes: Vec<(String, Option<String>)>,
+    ) -> Result<(), AccessError> {
+        self.file_changing(caller, share)?;
+        let at = path.clone();
+        self.blocking(move |inner| Ok(files::set_props(&inner.collections, &at, &changes)?))
+            .await?;
+        self.changed(caller, Operation::Write, vec![path.id().to_string()])
+            .await
+    }
+
     async fn changed(
         &self,
         caller: &Caller,

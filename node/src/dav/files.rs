@@ -22,7 +22,7 @@ use super::{
 };
 use crate::access::files::Share;
 use crate::access::{AccessError, Caller};
-use crate::files::{Content, Entry, FileError, FilePath};
+use crate::files::{self, Content, Entry, FileError, FilePath};
 
 /// Where the share is served.
 pub const ROOT: &str = "/files";
@@ -383,17 +383,17 @@ impl Files<'_> {
     }
 
     fn describe(&self, out: &mut Multistatus, entry: &Entry, wanted: &Wanted) {
-        let all = [
-            "resourcetype",
-            "displayname",
-            "getcontentlength",
-            "getcontenttype",
-            "getlastmodified",
-            "getetag",
-        ];
         let props: Vec<Prop> = match wanted {
             Wanted::These(props) => props.clone(),
-            Wanted::All | Wanted::Names => all.iter().map(|n| Prop::new(DAV, n)).collect(),
+            // allprop and propname: the live properties and those a client set.
+            Wanted::All | Wanted::Names => LIVE
+                .iter()
+                .map(|n| Prop::new(DAV, n))
+                .chain(files::props(entry).iter().filter_map(|(k, _)| {
+                    let (ns, name) = k.strip_prefix('{')?.split_once('}')?;
+                    Some(Prop::new(ns, name))
+                }))
+                .collect(),
         };
         let mut found = Vec::new();
         let mut missing = Vec::new();
@@ -408,34 +408,57 @@ impl Files<'_> {
         out.response(&self.href(entry), &found, &missing);
     }
 
-    /// Dead properties are not kept yet: each is refused (403), and nothing changes
-    /// (RFC 4918 §9.2: all or nothing).
+    /// Properties a client keeps on a file or folder (RFC 4918 §9.2, dead
+    /// properties): set and removed in the order given, all or nothing. A live
+    /// property cannot be set: it is refused (403) and the others fail with it (424).
     async fn proppatch(&self, at: &FilePath, body: &[u8]) -> Result<Response, DavError> {
         let root = parse_xml(body)?
             .filter(|r| r.is(DAV, "propertyupdate"))
             .ok_or_else(|| {
                 DavError::BadRequest("a PROPPATCH body is a DAV:propertyupdate".into())
             })?;
+        let mut changes = Vec::new();
+        let mut named = Vec::new();
+        for change in &root.children {
+            let set = change.is(DAV, "set");
+            if !set && !change.is(DAV, "remove") {
+                continue;
+            }
+            let props = change
+                .child(DAV, "prop")
+                .map(|p| p.children.as_slice())
+                .unwrap_or_default();
+            for prop in props {
+                let value = set.then(|| inner_xml(prop));
+                changes.push((clark(&prop.ns, &prop.name), value));
+                named.push(Prop::new(&prop.ns, &prop.name));
+            }
+        }
         let (entry, _) = self
             .door()
             .file_list(self.caller, &self.share, at, false)
             .await?;
-        let mut props = Vec::new();
-        for change in root
-            .children
-            .iter()
-            .filter(|c| c.is(DAV, "set") || c.is(DAV, "remove"))
-        {
-            for prop in change
-                .child(DAV, "prop")
-                .map(|p| p.children.as_slice())
-                .unwrap_or_default()
-            {
-                props.push(Prop::new(&prop.ns, &prop.name));
-            }
-        }
+        let href = self.href(&entry);
         let mut out = Multistatus::new();
-        out.forbidden(&self.href(&entry), &props);
+        let live: Vec<Prop> = named
+            .iter()
+            .filter(|p| p.ns == DAV && LIVE.contains(&p.name.as_str()))
+            .cloned()
+            .collect();
+        if !live.is_empty() {
+            let others: Vec<Prop> = named.into_iter().filter(|p| !live.contains(p)).collect();
+            out.statuses(
+                &href,
+                &[(&live, "403 Forbidden"), (&others, "424 Failed Dependency")],
+            );
+            return Ok(out.finish(None));
+        }
+        self.door()
+            .file_set_props(self.caller, &self.share, at, changes)
+            .await
+            .map_err(|e| file_refusal(e, StatusCode::CONFLICT))?;
+        self.commit().await?;
+        out.statuses(&href, &[(&named, "200 OK")]);
         Ok(out.finish(None))
     }
 
@@ -550,10 +573,60 @@ impl Files<'_> {
     }
 }
 
-/// A live property's value (inner XML), or `None` if the entry has none.
+/// The live properties (RFC 4918 §15) the share answers; a client cannot set them.
+const LIVE: [&str; 6] = [
+    "resourcetype",
+    "displayname",
+    "getcontentlength",
+    "getcontenttype",
+    "getlastmodified",
+    "getetag",
+];
+
+/// A property's name in Clark notation: `{namespace}name`.
+fn clark(ns: &str, name: &str) -> String {
+    format!("{{{ns}}}{name}")
+}
+
+/// What an element holds, as XML: its text, then its children, each with its own
+/// namespace declared (prefixes are the client's business, not kept).
+fn inner_xml(element: &super::Element) -> String {
+    let mut out = escape(element.text.as_str()).into_owned();
+    for child in &element.children {
+        out.push('<');
+        out.push_str(&child.name);
+        out.push_str(" xmlns=\"");
+        out.push_str(&escape(child.ns.as_str()));
+        out.push('"');
+        for (name, value) in &child.attributes {
+            if name == "xmlns" || name.starts_with("xmlns:") {
+                continue;
+            }
+            out.push_str(&format!(" {name}=\"{}\"", escape(value.as_str())));
+        }
+        let inner = inner_xml(child);
+        if inner.is_empty() {
+            out.push_str("/>");
+        } else {
+            out.push('>');
+            out.push_str(&inner);
+            out.push_str("</");
+            out.push_str(&child.name);
+            out.push('>');
+        }
+    }
+    out
+}
+
+/// A property's value (inner XML), or `None` if the entry has none: a live one, or
+/// one a client set.
 fn value(entry: &Entry, prop: &Prop) -> Option<String> {
-    if prop.ns != DAV {
-        return None;
+    if prop.ns != DAV || !LIVE.contains(&prop.name.as_str()) {
+        let key = clark(&prop.ns, &prop.name);
+        return files::props(entry)
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v);
     }
     Some(match prop.name.as_str() {
         "resourcetype" if entry.folder => "<d:collection/>".into(),
