@@ -6,7 +6,7 @@
 #
 #   cargo build --release -p hearth-cli && scripts/files-bench.sh
 #
-# Needs curl and rclone; HEARTH_BIN names another binary; SMALL=N another count.
+# Needs curl, python3 and rclone; HEARTH_BIN names another binary; SMALL=N another count.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 hearth="${HEARTH_BIN:-$PWD/target/release/hearth}"
@@ -29,15 +29,25 @@ rclone serve webdav "$work/served" --addr 127.0.0.1:18099 >"$work/rclone.log" 2>
 pids+=($!)
 sleep 1
 
+# Each side gets bytes of its own: the vault stores a content once, so a second upload
+# of the same bytes would be measured as a dedup, not an upload.
 head -c $((1 << 30)) /dev/urandom >"$work/big.bin"
-mkdir -p "$work/small"
-for i in $(seq "$small"); do head -c 4096 /dev/urandom >"$work/small/f$i.txt"; done
+head -c $((1 << 30)) /dev/urandom >"$work/big2.bin"
+python3 - "$work" "$small" <<'PY'
+import os, sys
+work, n = sys.argv[1], int(sys.argv[2])
+for side in ("small", "small2"):
+    os.makedirs(f"{work}/{side}")
+    for i in range(n):
+        with open(f"{work}/{side}/f{i}.txt", "wb") as f:
+            f.write(os.urandom(4096))
+PY
 
 secs() { python3 -c 'import sys,time; t=time.monotonic(); import subprocess; subprocess.run(sys.argv[1:], check=True); print(f"{time.monotonic()-t:.2f}")' "$@"; }
 quiet=(-sS -o /dev/null --fail)
 
 up_dav=$(secs curl "${quiet[@]}" -u "me:$password" -T "$work/big.bin" "http://$addr/files/big.bin")
-up_api=$(secs curl "${quiet[@]}" -H "Authorization: Bearer $owner" -X POST -T "$work/big.bin" \
+up_api=$(secs curl "${quiet[@]}" -H "Authorization: Bearer $owner" -X POST -T "$work/big2.bin" \
   "http://$addr/v1/blobs?name=big2.bin")
 up_rcl=$(secs curl "${quiet[@]}" -T "$work/big.bin" "http://127.0.0.1:18099/big.bin")
 blob="$(curl -sS -u "me:$password" -X PROPFIND -H 'Depth: 0' "http://$addr/files/big.bin" \
@@ -46,19 +56,20 @@ down_dav=$(secs curl "${quiet[@]}" -u "me:$password" "http://$addr/files/big.bin
 down_api=$(secs curl "${quiet[@]}" -H "Authorization: Bearer $owner" "http://$addr/v1/blobs/$blob")
 down_rcl=$(secs curl "${quiet[@]}" "http://127.0.0.1:18099/big.bin")
 
-export RCLONE_CONFIG="$work/rclone.conf"
-export RCLONE_CONFIG_H_TYPE=webdav RCLONE_CONFIG_H_URL="http://$addr/files/" \
-  RCLONE_CONFIG_H_VENDOR=other RCLONE_CONFIG_H_USER=me \
-  RCLONE_CONFIG_H_PASS="$(rclone obscure "$password")"
-export RCLONE_CONFIG_R_TYPE=webdav RCLONE_CONFIG_R_URL="http://127.0.0.1:18099/" \
-  RCLONE_CONFIG_R_VENDOR=other
-small_dav=$(secs rclone copy --transfers 4 "$work/small" h:small)
-small_rcl=$(secs rclone copy --transfers 4 "$work/small" r:small)
-# The blob API has no folders: the same files as blobs, four at a time.
-(cd "$work/small" && ls) | sed "s|.*|url = \"http://$addr/v1/blobs?name=&\"\nupload-file = \"$work/small/&\"\nrequest = POST\noutput = /dev/null|" \
-  >"$work/curl.cfg"
-small_api=$(secs curl -sS --fail --parallel --parallel-max 4 \
-  -H "Authorization: Bearer $owner" -K "$work/curl.cfg")
+# Small files: four at a time with curl's --parallel, the same client for each side
+# (rclone's own client paces its requests and measures itself, not the server).
+config() { # DIR URL-PREFIX METHOD
+  (cd "$1" && ls) | sed "s|.*|url = \"$2&\"\nupload-file = \"$1/&\"\nrequest = $3\noutput = /dev/null|"
+}
+curl -sS --fail -u "me:$password" -X MKCOL "http://$addr/files/small/" -o /dev/null
+curl -sS --fail -X MKCOL "http://127.0.0.1:18099/small/" -o /dev/null
+config "$work/small" "http://$addr/files/small/" PUT >"$work/dav.cfg"
+config "$work/small2" "http://$addr/v1/blobs?name=" POST >"$work/api.cfg"
+config "$work/small" "http://127.0.0.1:18099/small/" PUT >"$work/rcl.cfg"
+many() { secs curl -sS --fail --parallel --parallel-max 4 "$@"; }
+small_dav=$(many -u "me:$password" -K "$work/dav.cfg")
+small_api=$(many -H "Authorization: Bearer $owner" -K "$work/api.cfg")
+small_rcl=$(many -K "$work/rcl.cfg")
 
 rss_before=$(awk '/VmRSS/ {print $2}' "/proc/$node_pid/status")
 list=$(secs curl "${quiet[@]}" -u "me:$password" -X PROPFIND -H 'Depth: 1' "http://$addr/files/small/")
