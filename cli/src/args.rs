@@ -292,7 +292,8 @@ pub enum Command {
         free_busy: Option<String>,
         /// Only records whose FIELD equals VALUE (or, for a list, contains it), for reading
         /// and writing alike; VALUE `3` or `true` also matches the text "3"/"true", a
-        /// quoted "3" only the text; repeatable
+        /// quoted "3" only the text; FIELD^=/FOLDER: a path at or under a folder (files:
+        /// `path^=/Photos` gives one folder as the share); repeatable
         #[arg(long = "where", value_name = "FIELD=VALUE")]
         filters: Vec<String>,
         /// How long it lasts: e.g. 30d, 12h, 90m, or never [default: 30d]
