@@ -208,8 +208,8 @@ fn folders_hold_what_they_list_through_moves_copies_and_restarts() {
     node.stop();
 }
 
-/// A file stored on one device is on the other, bytes and all, and a removal there
-/// reaches back.
+/// A file stored on one device is on the other, bytes and all (from the CLI and
+/// through the file share), and a removal there reaches back.
 #[test]
 fn files_reach_the_other_devices() {
     let dir = tempfile::tempdir().unwrap();
@@ -225,7 +225,43 @@ fn files_reach_the_other_devices() {
     assert_eq!(got, b"\xff\xd8\xff not really a jpeg");
     let listed: Value = b.json(&["file", "ls", "/Photos/2026"]);
     assert_eq!(listed["entries"][0]["type"], "image/jpeg");
+    // Through the share: a file uploaded to B's share is on A, and A's serves it.
+    let (_, password) = app_password(&a, &["--read", "files", "--write", "files"]);
+    let (api_a, api_b) = (Api::new(&a), Api::new(&b));
+    eventually("the grant on B", || {
+        let (status, _, _) = dav(
+            &api_b,
+            &password,
+            "PROPFIND",
+            "/files/",
+            &[("Depth", "0")],
+            b"",
+        );
+        (status == 207).then_some(())
+    });
+    let (status, _, _) = dav(
+        &api_b,
+        &password,
+        "PUT",
+        "/files/Photos/2026/dune.jpg",
+        &[],
+        b"dune",
+    );
+    assert_eq!(status, 201);
+    let got = eventually("B's upload on A", || {
+        let (status, body, _) = dav(
+            &api_a,
+            &password,
+            "GET",
+            "/files/Photos/2026/dune.jpg",
+            &[],
+            b"",
+        );
+        (status == 200).then_some(body)
+    });
+    assert_eq!(got, "dune");
     b.json(&["file", "rm", "/Photos/2026/beach.jpg"]);
+    b.json(&["file", "rm", "/Photos/2026/dune.jpg"]);
     eventually("the removal on A", || {
         a.json(&["file", "ls", "/Photos/2026"])["entries"]
             .as_array()

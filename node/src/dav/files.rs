@@ -240,7 +240,14 @@ impl Files<'_> {
             }),
         )
         .await
-        .map_err(|e| DavError::Internal(e.message().to_owned()))?;
+        .map_err(|e| match e.code() {
+            // Bytes another device stored, still on their way here.
+            hearth_protocol::api::ErrorCode::Unavailable => {
+                DavError::Unavailable(e.message().to_owned())
+            }
+            hearth_protocol::api::ErrorCode::NotFound => DavError::NotFound,
+            _ => DavError::Internal(e.message().to_owned()),
+        })?;
         if let Some(at) = entry.modified
             && let Ok(value) = HeaderValue::from_str(&http_date(at))
         {
