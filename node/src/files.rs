@@ -727,6 +727,79 @@ pub fn relocate(
     Ok(existed)
 }
 
+/// What is wrong with the tree of files, the first `limit` problems and how many there
+/// are: a record not at the id of its path, a file or folder its folder does not list
+/// (or whose folder is missing), an entry with no record. Reads every record of
+/// `files` once. A sync still under way can show an entry and its record apart for a
+/// moment (they may travel in different parts).
+pub fn check(collections: &Collections, limit: usize) -> Result<(Vec<String>, usize), FileError> {
+    let mut by_path: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    let mut problems = Vec::new();
+    let mut all = 0;
+    let mut note = |problem: String, problems: &mut Vec<String>| {
+        all += 1;
+        if problems.len() < limit {
+            problems.push(problem);
+        }
+    };
+    for record in collections.records(&collection())? {
+        let Value::Object(record) = record else {
+            continue;
+        };
+        let id = record
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_owned();
+        let path = record
+            .get("path")
+            .and_then(Value::as_str)
+            .and_then(|p| FilePath::parse(p).ok());
+        match path {
+            Some(path) if path.id().as_str() == id && path.as_str() == record["path"] => {
+                by_path.insert(path.to_string(), record);
+            }
+            _ => note(
+                format!("record {id} of files is not a file or folder at the id of its path"),
+                &mut problems,
+            ),
+        }
+    }
+    for (path, record) in &by_path {
+        let at = FilePath::parse(path)?;
+        if let Some(parent) = at.parent() {
+            let kind = record.get("kind").and_then(Value::as_str).unwrap_or("file");
+            let listed = by_path
+                .get(parent.as_str())
+                .and_then(|p| p.get("entries"))
+                .and_then(|e| e.get(at.name()))
+                .and_then(Value::as_str);
+            match (by_path.get(parent.as_str()), listed) {
+                (None, _) if !parent.is_root() => note(
+                    format!("{path} is in folder {parent}, which has no record"),
+                    &mut problems,
+                ),
+                (_, Some(listed)) if listed == kind => {}
+                _ => note(
+                    format!("{path} is not listed in its folder's entries (as a {kind})"),
+                    &mut problems,
+                ),
+            }
+        }
+        let entries = record.get("entries").and_then(Value::as_object);
+        for name in entries.into_iter().flat_map(|e| e.keys()) {
+            let child = at.join(name).map(|c| c.to_string()).unwrap_or_default();
+            if !by_path.contains_key(&child) {
+                note(
+                    format!("folder {path} lists {name:?}, which has no record"),
+                    &mut problems,
+                );
+            }
+        }
+    }
+    Ok((problems, all))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

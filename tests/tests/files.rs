@@ -205,6 +205,40 @@ fn folders_hold_what_they_list_through_moves_copies_and_restarts() {
     assert_eq!(out.stdout, b"# notes\n");
     let check = node.run(&["check"]);
     assert!(check.status.success(), "{}", said(&check));
+    // A tree made wrong by hand (the owner's record routes can) is named by `check`.
+    let records = node.json(&["ls", "files"]);
+    let root = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["path"] == "/")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    node.json(&[
+        "patch",
+        "files",
+        &root,
+        r#"{"entries": {"ghost.txt": "file"}}"#,
+    ]);
+    node.json(&[
+        "put",
+        "files",
+        "stray",
+        r#"{"path": "/stray.txt", "kind": "file"}"#,
+    ]);
+    let check = node.run(&["check"]);
+    assert!(!check.status.success());
+    let said = said(&check);
+    assert!(
+        said.contains(r#"folder / lists "ghost.txt", which has no record"#),
+        "{said}"
+    );
+    assert!(
+        said.contains("record stray of files is not a file or folder at the id of its path"),
+        "{said}"
+    );
     node.stop();
 }
 

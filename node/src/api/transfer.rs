@@ -403,6 +403,18 @@ pub(super) async fn check(State(vault): State<AppState>) -> Result<Json<CheckRep
                 "the vault's list of blobs cannot be read, so records naming blobs were not checked: {e}"
             )),
         }
+        // The tree of files: every file and folder listed by its folder, every entry
+        // a record.
+        match crate::files::check(&v.collections, DANGLING_SHOWN) {
+            Ok((found, all)) => {
+                let shown = found.len();
+                problems.extend(found);
+                if all > shown {
+                    problems.push(format!("and {} more problems of the files' tree", all - shown));
+                }
+            }
+            Err(e) => problems.push(format!("the files cannot be read to check their tree: {e}")),
+        }
         Ok((values, loaded, problems))
     })
     .await?;
