@@ -665,6 +665,30 @@ fn close(stack: &mut Vec<Element>, root: &mut Option<Element>) {
     }
 }
 
+/// A PROPPATCH body's changes, in order: each property element, and whether it is
+/// set (else removed).
+fn property_updates(body: &[u8]) -> Result<Vec<(bool, Element)>, DavError> {
+    let root = parse_xml(body)?
+        .filter(|r| r.is(DAV, "propertyupdate"))
+        .ok_or_else(|| DavError::BadRequest("a PROPPATCH body is a DAV:propertyupdate".into()))?;
+    let mut out = Vec::new();
+    for action in root.children {
+        let set = action.is(DAV, "set");
+        if !set && !action.is(DAV, "remove") {
+            continue;
+        }
+        for prop in action
+            .children
+            .into_iter()
+            .filter(|c| c.is(DAV, "prop"))
+            .flat_map(|p| p.children)
+        {
+            out.push((set, prop));
+        }
+    }
+    Ok(out)
+}
+
 /// Which properties a PROPFIND or REPORT asks for.
 enum Wanted {
     All,
@@ -1495,32 +1519,16 @@ impl Dav<'_> {
                 "only an address book's or calendar's properties can be changed".into(),
             ));
         };
-        let root = parse_xml(body)?
-            .filter(|r| r.is(DAV, "propertyupdate"))
-            .ok_or_else(|| {
-                DavError::BadRequest("a PROPPATCH body is a DAV:propertyupdate".into())
-            })?;
         let mut props = BookProps::default();
         let mut touched = Vec::new();
         let mut refused = Vec::new();
-        for action in &root.children {
-            let set = action.is(DAV, "set");
-            if !set && !action.is(DAV, "remove") {
-                continue;
-            }
-            for prop in action
-                .children
-                .iter()
-                .filter(|c| c.is(DAV, "prop"))
-                .flat_map(|p| &p.children)
-            {
-                let value = set.then(|| prop.text.trim().to_owned());
-                let name = Prop::new(&prop.ns, &prop.name);
-                if !apply_prop(&mut props, &name, value) {
-                    refused.push(name);
-                } else {
-                    touched.push(name);
-                }
+        for (set, prop) in property_updates(body)? {
+            let value = set.then(|| prop.text.trim().to_owned());
+            let name = Prop::new(&prop.ns, &prop.name);
+            if !apply_prop(&mut props, &name, value) {
+                refused.push(name);
+            } else {
+                touched.push(name);
             }
         }
         let mut out = Multistatus::new();
@@ -1535,24 +1543,13 @@ impl Dav<'_> {
             out.response(&href, &found, &[]);
         } else {
             // All or nothing (RFC 4918 9.2): the others fail because these do.
-            out.0.push_str("<d:response><d:href>");
-            out.0.push_str(&escape(href.as_str()));
-            out.0.push_str("</d:href><d:propstat><d:prop>");
-            for p in &refused {
-                out.0.push_str(&p.element(""));
-            }
-            out.0
-                .push_str("</d:prop><d:status>HTTP/1.1 403 Forbidden</d:status></d:propstat>");
-            if !touched.is_empty() {
-                out.0.push_str("<d:propstat><d:prop>");
-                for p in &touched {
-                    out.0.push_str(&p.element(""));
-                }
-                out.0.push_str(
-                    "</d:prop><d:status>HTTP/1.1 424 Failed Dependency</d:status></d:propstat>",
-                );
-            }
-            out.0.push_str("</d:response>\n");
+            out.statuses(
+                &href,
+                &[
+                    (&refused, "403 Forbidden"),
+                    (&touched, "424 Failed Dependency"),
+                ],
+            );
         }
         Ok(out.finish(None))
     }

@@ -247,6 +247,16 @@ pub struct Content {
     pub modified: Option<i64>,
 }
 
+/// A file's content type: the one given, else guessed from its name (as a file
+/// manager would show it).
+pub fn content_type(name: &str, given: Option<&str>) -> Option<String> {
+    given.map(str::to_owned).or_else(|| {
+        mime_guess::from_path(name)
+            .first()
+            .map(|m| m.essence_str().to_owned())
+    })
+}
+
 fn rfc3339(at: i64) -> String {
     chrono::DateTime::from_timestamp(at, 0)
         .unwrap_or_default()
@@ -282,16 +292,12 @@ fn read(
     })
 }
 
-/// What is in folder `path`, by name: each entry its folder lists whose record is
-/// there and in that folder. Reads the folder's record and one record per entry.
-pub fn list(collections: &Collections, path: &FilePath) -> Result<Vec<Entry>, FileError> {
-    let folder = stat(collections, path)?.ok_or_else(|| FileError::NotFound(path.to_string()))?;
-    if !folder.folder {
-        return Err(FileError::NotAFolder(path.to_string()));
-    }
+/// What is in `folder` (an entry [`stat`] read), by name: each entry it lists whose
+/// record is there and in it. Reads one record per entry; a file holds nothing.
+pub fn list(collections: &Collections, folder: &Entry) -> Result<Vec<Entry>, FileError> {
     let mut out = Vec::new();
     for name in folder.entries().into_keys() {
-        let Ok(child) = path.join(&name) else {
+        let Ok(child) = folder.path.join(&name) else {
             continue;
         };
         if let Some(entry) = stat(collections, &child)? {
@@ -566,7 +572,7 @@ fn subtree(collections: &Collections, path: &FilePath) -> Result<Vec<Entry>, Fil
     let mut i = 0;
     while i < out.len() {
         if out[i].folder {
-            let inside = list(collections, &out[i].path.clone())?;
+            let inside = list(collections, &out[i])?;
             out.extend(inside);
         }
         i += 1;

@@ -141,7 +141,7 @@ impl Door {
                     None => return Err(FileError::NotFound(at.to_string()).into()),
                 };
                 let inside = if depth && entry.folder {
-                    files::list(&inner.collections, &at)?
+                    files::list(&inner.collections, &entry)?
                 } else {
                     Vec::new()
                 };
@@ -163,13 +163,21 @@ impl Door {
     }
 
     /// A file's entry, to serve its bytes: audited as a read of its blob before a
-    /// byte is sent.
-    pub async fn file_bytes(&self, caller: &Caller, path: &FilePath) -> Result<Entry, AccessError> {
+    /// byte is sent. A folder (the share's own, made or not, included) is
+    /// [`FileError::IsAFolder`], with nothing audited: the caller lists it instead.
+    pub async fn file_bytes(
+        &self,
+        caller: &Caller,
+        share: &Share,
+        path: &FilePath,
+    ) -> Result<Entry, AccessError> {
         let at = path.clone();
+        let root = share.root.clone();
         let entry = self
-            .blocking(move |inner| {
-                Ok(files::stat(&inner.collections, &at)?
-                    .ok_or_else(|| FileError::NotFound(at.to_string()))?)
+            .blocking(move |inner| match files::stat(&inner.collections, &at)? {
+                Some(entry) => Ok(entry),
+                None if at == root => Err(FileError::IsAFolder(at.to_string()).into()),
+                None => Err(FileError::NotFound(at.to_string()).into()),
             })
             .await
             .inspect_err(|e| {
@@ -183,7 +191,7 @@ impl Door {
                 }
             })?;
         let Some(blob) = entry.blob.clone() else {
-            return Err(AccessError::Conflict(format!("{path} is a folder")));
+            return Err(FileError::IsAFolder(path.to_string()).into());
         };
         let event = AuditEvent {
             records: 1,

@@ -116,7 +116,7 @@ async fn get_entry(
         let entry =
             files::stat(&v.collections, &at)?.ok_or_else(|| FileError::NotFound(at.to_string()))?;
         let entries = if entry.folder {
-            Some(files::list(&v.collections, &at)?)
+            Some(files::list(&v.collections, &entry)?)
         } else {
             None
         };
@@ -191,12 +191,7 @@ pub(super) async fn put_file(
     let content = Content {
         blob: stored.id,
         size: stored.size,
-        // Else guessed from the name, as a file manager would show it.
-        content_type: described.content_type.clone().or_else(|| {
-            mime_guess::from_path(path.name())
-                .first()
-                .map(|m| m.essence_str().to_owned())
-        }),
+        content_type: files::content_type(path.name(), described.content_type.as_deref()),
         modified: query.modified,
     };
     let listing = vec![(stored.id, stored.size, described)];

@@ -18,7 +18,7 @@ use quick_xml::escape::escape;
 
 use super::{
     AppState, DAV, DavError, Multistatus, Prop, SEGMENT, Wanted, credentials, parse_xml,
-    plain_text, wanted_of,
+    plain_text, property_updates, wanted_of,
 };
 use crate::access::files::Share;
 use crate::access::{AccessError, Caller};
@@ -80,8 +80,6 @@ fn share_path(url_path: &str) -> Result<FilePath, DavError> {
     }
     let path = FilePath::parse(&format!("/{}", names.join("/")))
         .map_err(|e| DavError::BadRequest(e.to_string()))?;
-    // A name the client gave that the path's normal form would change (`a//b`,
-    // `.`) is not this path.
     Ok(path)
 }
 
@@ -211,23 +209,19 @@ impl Files<'_> {
         headers: &HeaderMap,
         head: bool,
     ) -> Result<Response, DavError> {
-        let (entry, inside) = self
-            .door()
-            .file_list(self.caller, &self.share, at, true)
-            .await?;
-        if entry.folder {
-            // A person who opens a folder in a browser sees what is in it.
-            let mut text = format!("{}\n\n", self.share.outside(&entry.path));
-            for e in &inside {
-                text.push_str(e.path.name());
-                if e.folder {
-                    text.push('/');
-                }
-                text.push('\n');
+        // A file: one read of its entry, audited as the read of its bytes. A folder
+        // (the door says so before it audits anything): its listing.
+        let entry = match self.door().file_bytes(self.caller, &self.share, at).await {
+            Ok(entry) => entry,
+            Err(AccessError::File(FileError::IsAFolder(_))) => {
+                let (entry, inside) = self
+                    .door()
+                    .file_list(self.caller, &self.share, at, true)
+                    .await?;
+                return Ok(self.folder_text(&entry, &inside, head));
             }
-            return Ok(plain_text(text, head));
-        }
-        let entry = self.door().file_bytes(self.caller, at).await?;
+            Err(e) => return Err(e.into()),
+        };
         let blob = entry.blob.clone().ok_or(DavError::NotFound)?;
         let mut response = crate::download::bytes_response(
             self.vault,
@@ -257,6 +251,19 @@ impl Files<'_> {
             *response.body_mut() = Body::empty();
         }
         Ok(response)
+    }
+
+    /// A folder as a person who opens it in a browser sees it: what is in it.
+    fn folder_text(&self, entry: &Entry, inside: &[Entry], head: bool) -> Response {
+        let mut text = format!("{}\n\n", self.share.outside(&entry.path));
+        for e in inside {
+            text.push_str(e.path.name());
+            if e.folder {
+                text.push('/');
+            }
+            text.push('\n');
+        }
+        plain_text(text, head)
     }
 
     async fn put(
@@ -316,11 +323,7 @@ impl Files<'_> {
         let content = Content {
             blob: stored.id,
             size: stored.size,
-            content_type: described.content_type.clone().or_else(|| {
-                mime_guess::from_path(at.name())
-                    .first()
-                    .map(|m| m.essence_str().to_owned())
-            }),
+            content_type: files::content_type(at.name(), described.content_type.as_deref()),
             modified: None,
         };
         let listing = vec![(stored.id, stored.size, described)];
@@ -416,27 +419,12 @@ impl Files<'_> {
     /// properties): set and removed in the order given, all or nothing. A live
     /// property cannot be set: it is refused (403) and the others fail with it (424).
     async fn proppatch(&self, at: &FilePath, body: &[u8]) -> Result<Response, DavError> {
-        let root = parse_xml(body)?
-            .filter(|r| r.is(DAV, "propertyupdate"))
-            .ok_or_else(|| {
-                DavError::BadRequest("a PROPPATCH body is a DAV:propertyupdate".into())
-            })?;
         let mut changes = Vec::new();
         let mut named = Vec::new();
-        for change in &root.children {
-            let set = change.is(DAV, "set");
-            if !set && !change.is(DAV, "remove") {
-                continue;
-            }
-            let props = change
-                .child(DAV, "prop")
-                .map(|p| p.children.as_slice())
-                .unwrap_or_default();
-            for prop in props {
-                let value = set.then(|| inner_xml(prop));
-                changes.push((clark(&prop.ns, &prop.name), value));
-                named.push(Prop::new(&prop.ns, &prop.name));
-            }
+        for (set, prop) in property_updates(body)? {
+            let value = set.then(|| inner_xml(&prop));
+            changes.push((clark(&prop.ns, &prop.name), value));
+            named.push(Prop::new(&prop.ns, &prop.name));
         }
         let (entry, _) = self
             .door()
