@@ -384,6 +384,19 @@ pub fn join_and_spawn(inviter: &NodeProcess, home: &Path) -> NodeProcess {
     spawn_node(home, &[])
 }
 
+/// Grants `service` what `args` say, with an app password: (the grant's id, the
+/// password).
+pub fn grant_app_password(node: &NodeProcess, service: &str, args: &[&str]) -> (String, String) {
+    let mut all = vec!["grant", service];
+    all.extend_from_slice(args);
+    all.push("--app-password");
+    let g = node.json(&all);
+    (
+        g["id"].as_str().expect("a grant id").to_owned(),
+        g["password"].as_str().expect("an app password").to_owned(),
+    )
+}
+
 /// Starts `n` nodes, each on its own vault, in HOMEs under `dir`.
 pub fn spawn_nodes(dir: &Path, n: usize) -> Vec<NodeProcess> {
     (0..n)

@@ -142,14 +142,7 @@ fn hrefs(xml: &str) -> Vec<String> {
 }
 
 fn grant_with_password(node: &NodeProcess, args: &[&str]) -> (String, String) {
-    let mut all = vec!["grant", "phone"];
-    all.extend_from_slice(args);
-    all.push("--app-password");
-    let g = node.json(&all);
-    (
-        g["id"].as_str().unwrap().to_owned(),
-        g["password"].as_str().unwrap().to_owned(),
-    )
+    grant_app_password(node, "phone", args)
 }
 
 /// Whether the audit log of `grant` has an entry `is` accepts.

@@ -332,14 +332,7 @@ fn dav(
 }
 
 fn app_password(node: &NodeProcess, args: &[&str]) -> (String, String) {
-    let mut all = vec!["grant", "files-app"];
-    all.extend_from_slice(args);
-    all.push("--app-password");
-    let g = node.json(&all);
-    (
-        g["id"].as_str().unwrap().to_owned(),
-        g["password"].as_str().unwrap().to_owned(),
-    )
+    grant_app_password(node, "files-app", args)
 }
 
 /// The file share answers as WebDAV says (RFC 4918): folders made once and only under
@@ -519,6 +512,28 @@ fn the_file_share_speaks_webdav() {
     let (_, still, _) = call("PROPFIND", "/files/Kept/", &[("Depth", "0")], b"");
     assert!(
         still.contains("red &amp; blue") && !still.contains("green"),
+        "{still}"
+    );
+    // The limits hold: a value over 8 KiB, or a 65th property, is refused whole.
+    let big = format!(
+        r#"<?xml version="1.0"?><d:propertyupdate xmlns:d="DAV:" xmlns:x="urn:x"><d:set><d:prop><x:colour>green</x:colour><x:big>{}</x:big></d:prop></d:set></d:propertyupdate>"#,
+        "a".repeat(9 * 1024)
+    );
+    assert_eq!(
+        call("PROPPATCH", "/files/Kept/", &[], big.as_bytes()).0,
+        403
+    );
+    let many: String = (0..70).map(|i| format!("<x:p{i}>v</x:p{i}>")).collect();
+    let many = format!(
+        r#"<?xml version="1.0"?><d:propertyupdate xmlns:d="DAV:" xmlns:x="urn:x"><d:set><d:prop>{many}</d:prop></d:set></d:propertyupdate>"#
+    );
+    assert_eq!(
+        call("PROPPATCH", "/files/Kept/", &[], many.as_bytes()).0,
+        403
+    );
+    let (_, still, _) = call("PROPFIND", "/files/Kept/", &[("Depth", "0")], b"");
+    assert!(
+        still.contains("red &amp; blue") && !still.contains("green") && !still.contains("p69"),
         "{still}"
     );
     assert_eq!(
