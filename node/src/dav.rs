@@ -1707,6 +1707,7 @@ fn parse_utc(text: &str) -> Option<i64> {
 pub mod files;
 #[doc(hidden)]
 pub(crate) mod fuzzing;
+pub(crate) mod locks;
 mod query;
 
 #[cfg(test)]

@@ -201,6 +201,8 @@ pub struct Vault {
     pub(crate) dashboard: dashboard::Sessions,
     /// Wrong app passwords per client address (see `throttle`).
     pub(crate) password_throttle: throttle::PasswordThrottle,
+    /// The file share's WebDAV locks (in memory: see `dav::locks`).
+    pub(crate) file_locks: dav::locks::Locks,
     /// When a member told this device it was removed (see `mesh::removal`).
     removed: std::sync::Mutex<Option<u64>>,
     /// Set while the mesh runs (never, for a node started without one). Cleared at
@@ -480,6 +482,7 @@ impl Node {
             }),
             dashboard: dashboard::Sessions::default(),
             password_throttle: throttle::PasswordThrottle::default(),
+            file_locks: dav::locks::Locks::default(),
             removed: std::sync::Mutex::new(None),
             mesh: std::sync::RwLock::new(None),
             backups: backup::Backups::default(),

@@ -78,6 +78,20 @@ fn whole(fields: &Option<Fields>) -> bool {
 }
 
 impl Door {
+    /// Whether a grant still counts (neither revoked nor expired, nor gone): a file
+    /// lock another grant holds ends with that grant (`dav::locks`).
+    pub async fn grant_active(&self, id: &str) -> Result<bool, AccessError> {
+        let id = id.to_owned();
+        self.blocking(move |inner| {
+            Ok(
+                super::grants::get_grant(&inner.collections, &id)?.is_some_and(|g| {
+                    g.status(crate::clock::now_unix()) == hearth_protocol::api::GrantStatus::Active
+                }),
+            )
+        })
+        .await
+    }
+
     /// What the caller's grant makes of the files, or why it reaches none.
     pub fn file_share(&self, caller: &Caller) -> Result<Share, AccessError> {
         let refuse = |why: String| {

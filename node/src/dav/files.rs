@@ -1,4 +1,4 @@
-//! The file share: WebDAV (RFC 4918, class 1) under `/files/`, for file managers,
+//! The file share: WebDAV (RFC 4918, classes 1 and 2) under `/files/`, for file managers,
 //! phones' file apps, rclone and davfs2. Files and folders are the records of the
 //! `files` collection (docs/SCHEMA.md, "Files"); a file's bytes are a blob, streamed in
 //! on PUT and out on GET (with ranges).
@@ -8,6 +8,10 @@
 //! it may change them) is the door's [`crate::access::files::Share`], and every read
 //! and change goes through the door and is audited there. A grant limited to a folder
 //! sees that folder as the share's root.
+//!
+//! Locks (class 2, for Finder and Windows) are this node's, in memory
+//! ([`super::locks`]); they are not data, so taking one is not audited, but a LOCK of a
+//! path where nothing is makes an empty file, and that is.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -16,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use percent_encoding::{percent_decode_str, utf8_percent_encode};
 use quick_xml::escape::escape;
 
+use super::locks::{self, Change, Condition, Lock, LockRefused};
 use super::{
     AppState, DAV, DavError, Multistatus, Prop, SEGMENT, Wanted, credentials, parse_xml,
     plain_text, property_updates, wanted_of,
@@ -26,8 +31,9 @@ use crate::files::{self, Content, Entry, FileError, FilePath};
 
 /// Where the share is served.
 pub const ROOT: &str = "/files";
-const DAV_HEADER: &str = "1";
-const ALLOW: &str = "OPTIONS, GET, HEAD, PUT, DELETE, PROPFIND, PROPPATCH, MKCOL, COPY, MOVE";
+const DAV_HEADER: &str = "1, 2";
+const ALLOW: &str =
+    "OPTIONS, GET, HEAD, PUT, DELETE, PROPFIND, PROPPATCH, MKCOL, COPY, MOVE, LOCK, UNLOCK";
 
 pub(super) async fn handle(State(vault): State<AppState>, request: Request) -> Response {
     let method = request.method().clone();
@@ -105,13 +111,31 @@ fn http_date(at: i64) -> String {
 
 /// A file's strong ETag: its bytes' id (a file changes only by getting other bytes).
 fn etag(entry: &Entry) -> Option<String> {
-    entry.blob.as_ref().map(|b| format!("\"{b}\""))
+    entry
+        .blob
+        .as_ref()
+        .map(|b| crate::download::etag_of(&b.to_string()))
 }
 
 struct Files<'a> {
     vault: &'a AppState,
     caller: &'a Caller,
     share: Share,
+    /// The lock tokens the request's `If` header names.
+    submitted: Vec<String>,
+}
+
+/// The path of a URL or of an absolute path (`Destination`, a tagged `If` list):
+/// its host is not checked (a proxy may rename it).
+fn url_path(url: &str) -> &str {
+    let path = match url.find("://") {
+        Some(i) => {
+            let rest = &url[i + 3..];
+            rest.find('/').map_or("/", |j| &rest[j..])
+        }
+        None => url,
+    };
+    path.split(['?', '#']).next().unwrap_or_default()
 }
 
 async fn serve(vault: AppState, request: Request) -> Result<Response, DavError> {
@@ -145,12 +169,25 @@ async fn serve(vault: AppState, request: Request) -> Result<Response, DavError> 
             return Err(e);
         }
     };
-    let files = Files {
+    let mut files = Files {
         vault: &vault,
         caller: &caller,
         share,
+        submitted: Vec::new(),
     };
     let at = files.share.inside(&path)?;
+    // RFC 4918 §10.4: the `If` header holds or the request fails; the lock tokens
+    // it names are the ones this request submits.
+    if let Some(header) = parts.headers.get("if") {
+        let text = header
+            .to_str()
+            .map_err(|_| DavError::BadRequest("the If header is not text".into()))?;
+        let lists = locks::parse_if(text).map_err(DavError::BadRequest)?;
+        if !files.if_holds(&at, &lists).await? {
+            return Err(DavError::Precondition);
+        }
+        files.submitted = locks::submitted(&lists);
+    }
     match method.as_str() {
         // A file's bytes stream in as they arrive; nothing else takes a large body.
         "PUT" => files.put(&at, &parts.headers, body).await,
@@ -168,6 +205,8 @@ async fn serve(vault: AppState, request: Request) -> Result<Response, DavError> 
                 "PROPFIND" => files.propfind(&at, &parts.headers, &body).await,
                 "PROPPATCH" => files.proppatch(&at, &body).await,
                 "MKCOL" => files.mkcol(&at, &body).await,
+                "LOCK" => files.lock(&at, &parts.headers, &body).await,
+                "UNLOCK" => files.unlock(&at, &parts.headers),
                 "DELETE" => files.delete(&at).await,
                 "COPY" | "MOVE" => {
                     files
@@ -185,6 +224,93 @@ async fn serve(vault: AppState, request: Request) -> Result<Response, DavError> 
 impl Files<'_> {
     fn door(&self) -> &crate::access::Door {
         &self.vault.door
+    }
+
+    fn locks(&self) -> &locks::Locks {
+        &self.vault.file_locks
+    }
+
+    /// The href of a lock's root as this share shows it.
+    fn lock_href(&self, lock: &Lock) -> String {
+        let folder = lock.root.is_root() || lock.infinite;
+        href_of(self.share.outside(&lock.root), folder)
+    }
+
+    /// Whether one of the `If` header's lists holds: each of its conditions does (or
+    /// does not, with `Not`) for the resource it names (the request's if none).
+    async fn if_holds(&self, at: &FilePath, lists: &[locks::List]) -> Result<bool, DavError> {
+        let mut tags: Vec<(FilePath, Option<String>)> = Vec::new();
+        for list in lists {
+            let path = match &list.resource {
+                None => at.clone(),
+                Some(url) => {
+                    match share_path(url_path(url)).and_then(|p| Ok(self.share.inside(&p)?)) {
+                        Ok(path) => path,
+                        // A resource outside the share: no condition about it holds.
+                        Err(_) => continue,
+                    }
+                }
+            };
+            let mut holds = true;
+            for (not, condition) in &list.conditions {
+                let matches = match condition {
+                    Condition::Token(token) => self
+                        .locks()
+                        .covering(&path)
+                        .iter()
+                        .any(|l| l.token == *token),
+                    Condition::Etag(tag) => {
+                        let known = match tags.iter().find(|(p, _)| *p == path) {
+                            Some((_, known)) => known.clone(),
+                            None => {
+                                let known = self.entry(&path).await?.as_ref().and_then(etag);
+                                tags.push((path.clone(), known.clone()));
+                                known
+                            }
+                        };
+                        known.as_deref() == Some(tag.as_str())
+                    }
+                };
+                if matches == *not {
+                    holds = false;
+                    break;
+                }
+            }
+            if holds {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Refuses a `change` at `path` that a lock guards, unless the request submits
+    /// that lock's token (423, naming the lock's root: RFC 4918 §9.10.7, §16). A lock
+    /// whose grant was revoked or expired since ends here (on any device's word: the
+    /// revocation may have come by sync).
+    async fn unlocked(&self, path: &FilePath, change: Change) -> Result<(), DavError> {
+        let me = &self.caller.grant.id;
+        while let Some(lock) = self
+            .locks()
+            .missing_token(path, change, &self.submitted, me)
+        {
+            if lock.holder != *me && !self.door().grant_active(&lock.holder).await? {
+                self.locks().drop_holder(&lock.holder);
+                continue;
+            }
+            let href = self.lock_href(&lock);
+            return Err(DavError::Condition(
+                StatusCode::LOCKED,
+                format!(
+                    "<d:lock-token-submitted><d:href>{}</d:href></d:lock-token-submitted>",
+                    escape(href.as_str())
+                ),
+                format!(
+                    "{} is locked: submit its lock token",
+                    self.share.outside(&lock.root)
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn href(&self, entry: &Entry) -> String {
@@ -279,6 +405,14 @@ impl Files<'_> {
         if *at == self.share.root {
             return Err(DavError::NotAllowed("the share's root is a folder".into()));
         }
+        // A new file is a new member of its folder, which a depth-0 lock on the folder
+        // guards; only then is it worth a read to know whether the file is new.
+        let change = if self.locks().on_folder_of(at) && self.entry(at).await?.is_none() {
+            Change::Member
+        } else {
+            Change::Resource
+        };
+        self.unlocked(at, change).await?;
         // Conditions (RFC 4918 §10.4, RFC 9110 §13): checked before the bytes are
         // stored, and again by nothing else (a race with another writer is last-wins,
         // as for any file system).
@@ -301,6 +435,16 @@ impl Files<'_> {
                 return Err(DavError::Precondition);
             }
         }
+        self.store(at, headers, body).await
+    }
+
+    /// Stores a PUT's bytes as the file at `at` (its conditions and locks checked).
+    async fn store(
+        &self,
+        at: &FilePath,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<Response, DavError> {
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -341,7 +485,8 @@ impl Files<'_> {
             StatusCode::NO_CONTENT
         };
         let mut response = status.into_response();
-        if let Ok(value) = HeaderValue::from_str(&format!("\"{}\"", stored.id)) {
+        if let Ok(value) = HeaderValue::from_str(&crate::download::etag_of(&stored.id.to_string()))
+        {
             response.headers_mut().insert(header::ETAG, value);
         }
         Ok(response)
@@ -405,7 +550,20 @@ impl Files<'_> {
         let mut found = Vec::new();
         let mut missing = Vec::new();
         for prop in props {
-            match value(entry, &prop) {
+            let value = if prop.ns == DAV && prop.name == "lockdiscovery" {
+                let locks = self.locks().covering(&entry.path);
+                Some(
+                    locks
+                        .iter()
+                        .map(|l| locks::activelock(l, &self.lock_href(l)))
+                        .collect(),
+                )
+            } else if prop.ns == DAV && prop.name == "supportedlock" {
+                Some(locks::SUPPORTED.to_owned())
+            } else {
+                value(entry, &prop)
+            };
+            match value {
                 Some(_) if matches!(wanted, Wanted::Names) => found.push((prop, String::new())),
                 Some(v) => found.push((prop, v)),
                 None if matches!(wanted, Wanted::These(_)) => missing.push(prop),
@@ -430,6 +588,7 @@ impl Files<'_> {
             .door()
             .file_list(self.caller, &self.share, at, false)
             .await?;
+        self.unlocked(at, Change::Resource).await?;
         let href = self.href(&entry);
         let mut out = Multistatus::new();
         let live: Vec<Prop> = named
@@ -461,6 +620,7 @@ impl Files<'_> {
                 "MKCOL takes no body here".into(),
             ));
         }
+        self.unlocked(at, Change::Member).await?;
         self.door()
             .file_mkdir(self.caller, &self.share, at)
             .await
@@ -469,11 +629,177 @@ impl Files<'_> {
     }
 
     async fn delete(&self, at: &FilePath) -> Result<Response, DavError> {
+        self.unlocked(at, Change::Tree).await?;
         self.door()
             .file_remove(self.caller, &self.share, at)
             .await
             .map_err(|e| file_refusal(e, StatusCode::CONFLICT))?;
+        // The locks on what is gone go with it (RFC 4918 §9.6.1).
+        self.locks().forget(at);
         Ok(StatusCode::NO_CONTENT.into_response())
+    }
+
+    /// LOCK (RFC 4918 §9.10): a new lock from a `DAV:lockinfo` body, or, with no
+    /// body, a refresh of the lock the `If` header names. A path where nothing is gets
+    /// an empty file (§7.3).
+    async fn lock(
+        &self,
+        at: &FilePath,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Response, DavError> {
+        if !self.share.write {
+            // A lock is for changing: a read-only grant gets none (nor keeps a
+            // writer out with one).
+            self.door().file_changing(self.caller, &self.share)?;
+        }
+        let timeout = locks::timeout_of(headers.get("timeout").and_then(|v| v.to_str().ok()));
+        let holder = &self.caller.grant.id;
+        let Some(info) = parse_xml(body)? else {
+            if self.submitted.is_empty() {
+                return Err(DavError::BadRequest(
+                    "a LOCK without a body refreshes a lock: name it in an If header".into(),
+                ));
+            }
+            let lock = self
+                .locks()
+                .refresh(at, &self.submitted, holder, timeout)
+                .ok_or_else(|| {
+                    DavError::Condition(
+                        StatusCode::PRECONDITION_FAILED,
+                        "<d:lock-token-matches-request-uri/>".into(),
+                        "no lock of this grant named in the If header applies here".into(),
+                    )
+                })?;
+            return Ok(self.lock_answer(&lock, StatusCode::OK, false));
+        };
+        if !info.is(DAV, "lockinfo") {
+            return Err(DavError::BadRequest("a LOCK body is a DAV:lockinfo".into()));
+        }
+        let shared = match info.child(DAV, "lockscope") {
+            Some(scope) if scope.child(DAV, "exclusive").is_some() => false,
+            Some(scope) if scope.child(DAV, "shared").is_some() => true,
+            _ => {
+                return Err(DavError::BadRequest(
+                    "a lockinfo names its lockscope: exclusive or shared".into(),
+                ));
+            }
+        };
+        if info
+            .child(DAV, "locktype")
+            .is_none_or(|t| t.child(DAV, "write").is_none())
+        {
+            return Err(DavError::BadRequest(
+                "only write locks are kept (DAV:locktype DAV:write)".into(),
+            ));
+        }
+        let owner = info.child(DAV, "owner").map(inner_xml).unwrap_or_default();
+        if owner.len() > locks::MAX_OWNER_BYTES {
+            return Err(DavError::BadRequest(format!(
+                "a lock's owner is at most {} bytes",
+                locks::MAX_OWNER_BYTES
+            )));
+        }
+        let infinite = match headers
+            .get("depth")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+        {
+            None => true,
+            Some(d) if d.eq_ignore_ascii_case("infinity") => true,
+            Some("0") => false,
+            Some(other) => {
+                return Err(DavError::BadRequest(format!(
+                    "a LOCK's Depth is 0 or infinity, not {other}"
+                )));
+            }
+        };
+        let exists = self.entry(at).await?.is_some();
+        if !exists {
+            self.unlocked(at, Change::Member).await?;
+        }
+        let lock = loop {
+            match self
+                .locks()
+                .take(at, infinite, shared, owner.clone(), holder, timeout)
+            {
+                Ok(lock) => break lock,
+                // In the way, but of a grant that has ended: it goes.
+                Err(LockRefused::Conflict(other))
+                    if other.holder != *holder
+                        && !self.door().grant_active(&other.holder).await? =>
+                {
+                    self.locks().drop_holder(&other.holder);
+                }
+                Err(LockRefused::Conflict(other)) => {
+                    return Err(DavError::Condition(
+                        StatusCode::LOCKED,
+                        format!(
+                            "<d:no-conflicting-lock><d:href>{}</d:href></d:no-conflicting-lock>",
+                            escape(self.lock_href(&other).as_str())
+                        ),
+                        format!(
+                            "{} holds a lock in the way",
+                            self.share.outside(&other.root)
+                        ),
+                    ));
+                }
+                Err(LockRefused::TooMany(m)) => return Err(DavError::TooMany(m)),
+            }
+        };
+        if exists {
+            return Ok(self.lock_answer(&lock, StatusCode::OK, true));
+        }
+        // Nothing here yet: an empty file, locked. If it cannot be made, no lock.
+        let made = self.store(at, &HeaderMap::new(), Body::empty()).await;
+        if let Err(e) = made {
+            let _ = self.locks().release(at, &lock.token, holder);
+            return Err(e);
+        }
+        Ok(self.lock_answer(&lock, StatusCode::CREATED, true))
+    }
+
+    /// A LOCK's answer: the lock in `DAV:lockdiscovery`, and its token in
+    /// `Lock-Token` when it is new.
+    fn lock_answer(&self, lock: &Lock, status: StatusCode, new: bool) -> Response {
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<d:prop xmlns:d=\"DAV:\"><d:lockdiscovery>{}</d:lockdiscovery></d:prop>\n",
+            locks::activelock(lock, &self.lock_href(lock))
+        );
+        let mut response = (
+            status,
+            [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
+            body,
+        )
+            .into_response();
+        if new && let Ok(value) = HeaderValue::from_str(&format!("<{}>", lock.token)) {
+            response
+                .headers_mut()
+                .insert(header::HeaderName::from_static("lock-token"), value);
+        }
+        response
+    }
+
+    /// UNLOCK (RFC 4918 §9.11): the lock named in `Lock-Token`, if it applies here
+    /// and this grant holds it.
+    fn unlock(&self, at: &FilePath, headers: &HeaderMap) -> Result<Response, DavError> {
+        let token = headers
+            .get("lock-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .and_then(|t| t.strip_prefix('<')?.strip_suffix('>'))
+            .ok_or_else(|| {
+                DavError::BadRequest("UNLOCK names its lock: Lock-Token: <token>".into())
+            })?;
+        match self.locks().release(at, token, &self.caller.grant.id) {
+            Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
+            Err(true) => Err(DavError::Forbidden("that lock is another grant's".into())),
+            Err(false) => Err(DavError::Condition(
+                StatusCode::CONFLICT,
+                "<d:lock-token-matches-request-uri/>".into(),
+                "no lock with that token applies here".into(),
+            )),
+        }
     }
 
     async fn relocate(
@@ -486,22 +812,15 @@ impl Files<'_> {
             .get("destination")
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| DavError::BadRequest("COPY and MOVE need a Destination".into()))?;
-        // An absolute URL or a path; its host is not checked (a proxy may rename it),
-        // its path must be in the share.
-        let path = match destination.find("://") {
-            Some(i) => {
-                let rest = &destination[i + 3..];
-                rest.find('/').map_or("/", |j| &rest[j..])
-            }
-            None => destination,
-        };
-        let path = path.split(['?', '#']).next().unwrap_or_default();
-        let to = self.share.inside(&share_path(path).map_err(|_| {
-            DavError::Status(
-                StatusCode::BAD_GATEWAY,
-                "the Destination is not in this file share".into(),
-            )
-        })?)?;
+        // An absolute URL or a path; its path must be in the share.
+        let to = self
+            .share
+            .inside(&share_path(url_path(destination)).map_err(|_| {
+                DavError::Status(
+                    StatusCode::BAD_GATEWAY,
+                    "the Destination is not in this file share".into(),
+                )
+            })?)?;
         if to == *from {
             return Err(DavError::Forbidden("the Destination is the source".into()));
         }
@@ -521,6 +840,12 @@ impl Files<'_> {
                 "a MOVE of a folder moves all it holds (Depth: infinity)".into(),
             ));
         }
+        // What is moved away, and what a copy or move replaces, must be free of locks
+        // the request does not submit. Locks do not follow a copy or a move.
+        if !copy {
+            self.unlocked(from, Change::Tree).await?;
+        }
+        self.unlocked(&to, Change::Tree).await?;
         let replaced = if copy && shallow && self.entry(from).await?.is_some_and(|e| e.folder) {
             // COPY Depth 0 of a folder: the folder alone (RFC 4918 §9.8.3).
             let there = self.entry(&to).await?;
@@ -544,6 +869,9 @@ impl Files<'_> {
                 .await
                 .map_err(|e| file_refusal(e, StatusCode::PRECONDITION_FAILED))?
         };
+        if !copy {
+            self.locks().forget(from);
+        }
         Ok(if replaced {
             StatusCode::NO_CONTENT
         } else {
@@ -554,13 +882,15 @@ impl Files<'_> {
 }
 
 /// The live properties (RFC 4918 §15) the share answers; a client cannot set them.
-const LIVE: [&str; 6] = [
+const LIVE: [&str; 8] = [
     "resourcetype",
     "displayname",
     "getcontentlength",
     "getcontenttype",
     "getlastmodified",
     "getetag",
+    "lockdiscovery",
+    "supportedlock",
 ];
 
 /// A property's name in Clark notation: `{namespace}name`.
