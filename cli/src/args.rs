@@ -555,6 +555,10 @@ pub enum BlobCommand {
         /// Replace FILE if it exists
         #[arg(long)]
         force: bool,
+        /// A picture's thumbnail instead (a JPEG whose longest side is PIXELS,
+        /// rounded up to 128, 256, 512 or 1024)
+        #[arg(long, value_name = "PIXELS")]
+        thumbnail: Option<u32>,
     },
 }
 

@@ -130,6 +130,7 @@ pub fn router(vault: Arc<Vault>) -> Router {
         )
         .route("/v1/blobs", get(list_blobs).post(put_blob))
         .route("/v1/blobs/{id}", get(get_blob).delete(remove_blob))
+        .route("/v1/blobs/{id}/thumbnail", get(blob_thumbnail))
         .route("/v1/files", get(list_root))
         .route(
             "/v1/files/{*path}",
@@ -166,7 +167,8 @@ pub fn router(vault: Arc<Vault>) -> Router {
             get(view_record).delete(view_remove),
         )
         // A static segment: it wins over `{collection}` (and `_blobs` is no user's).
-        .route("/v1/view/_blobs/{id}", get(view_blob));
+        .route("/v1/view/_blobs/{id}", get(view_blob))
+        .route("/v1/view/_blobs/{id}/thumbnail", get(view_thumbnail));
     owner
         .merge(service)
         .merge(crate::dav::routes())
@@ -227,6 +229,7 @@ pub fn router(vault: Arc<Vault>) -> Router {
         list_blobs,
         put_blob,
         get_blob,
+        blob_thumbnail,
         remove_blob,
         list_root,
         get_file,
@@ -253,6 +256,7 @@ pub fn router(vault: Arc<Vault>) -> Router {
         view_record,
         view_remove,
         view_blob,
+        view_thumbnail,
         openapi,
         crate::dashboard::login_link
     ),

@@ -90,7 +90,7 @@ pub fn part_of(headers: &HeaderMap, size: u64, etag: &str) -> Part {
 }
 
 /// A blob's bytes as a streamed answer (also the dashboard's downloads), or the part
-/// the request's `Range` asks for (206). The blob id is its strong ETag: a blob's
+/// the request's `Range` asks for (206). Its strong ETag is [`etag_of`] its id: a blob's
 /// bytes never change.
 pub async fn blob_response(
     vault: &Arc<Vault>,

@@ -32,6 +32,7 @@ pub mod phone;
 pub mod pim;
 pub mod server;
 pub mod throttle;
+pub mod thumbnails;
 
 #[cfg(test)]
 pub(crate) use hearth_core::testutil;
@@ -203,6 +204,8 @@ pub struct Vault {
     pub(crate) password_throttle: throttle::PasswordThrottle,
     /// The file share's WebDAV locks (in memory: see `dav::locks`).
     pub(crate) file_locks: dav::locks::Locks,
+    /// Thumbnails being made (two at a time).
+    pub(crate) thumbnailer: thumbnails::Thumbnailer,
     /// When a member told this device it was removed (see `mesh::removal`).
     removed: std::sync::Mutex<Option<u64>>,
     /// Set while the mesh runs (never, for a node started without one). Cleared at
@@ -483,6 +486,7 @@ impl Node {
             dashboard: dashboard::Sessions::default(),
             password_throttle: throttle::PasswordThrottle::default(),
             file_locks: dav::locks::Locks::default(),
+            thumbnailer: thumbnails::Thumbnailer::default(),
             removed: std::sync::Mutex::new(None),
             mesh: std::sync::RwLock::new(None),
             backups: backup::Backups::default(),

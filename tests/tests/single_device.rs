@@ -424,7 +424,8 @@ fn records_and_blobs_through_http_follow_the_api() {
     );
     assert_eq!(response.headers()["accept-ranges"], "bytes");
     let etag = response.headers()["etag"].to_str().unwrap().to_owned();
-    assert_eq!(etag, format!("\"{blob_id}\""));
+    // 128 bits of the id: its bytes never change.
+    assert_eq!(etag, format!("\"{}\"", &blob_id[..32]));
     assert!(response.bytes().unwrap().as_ref() == blob.as_slice());
     // Ranges (music, video, a resumed download): across a chunk edge, the tail, past
     // the end, under If-Range, and a conditional GET.

@@ -277,9 +277,17 @@ pub(super) async fn blob(
                 ))?;
             }
         }
-        BlobCommand::Get { id, output, force } => {
+        BlobCommand::Get {
+            id,
+            output,
+            force,
+            thumbnail,
+        } => {
             let id = blob_id(client, home, &id).await?;
-            let url = format!("/v1/blobs/{}", seg(&id));
+            let url = match thumbnail {
+                None => format!("/v1/blobs/{}", seg(&id)),
+                Some(size) => format!("/v1/blobs/{}/thumbnail?size={size}", seg(&id)),
+            };
             if let Some((size, path)) = fetch(
                 home,
                 json,

@@ -79,6 +79,18 @@ pub enum BlobError {
 /// it lacks (`mesh::blobsync`).
 pub const BLOB_LIST: &str = "_blobs";
 
+/// This device's thumbnails of its blobs (the node's `thumbnails`): sealed like every
+/// value, never synced, and dropped with their blob.
+pub const THUMBNAILS_TREE: &str = "thumbnails";
+/// The sizes thumbnails are made in: the longest side, in pixels.
+pub const THUMBNAIL_SIZES: [u32; 4] = [128, 256, 512, 1024];
+
+/// Where the thumbnail of `id` in `size` is kept: a keyed hash, so the tree does not
+/// show which blobs are pictures.
+pub fn thumbnail_key(store: &Store, id: &BlobId, size: u32) -> [u8; 32] {
+    store.name_key(THUMBNAILS_TREE, &format!("{id}/{size}"))
+}
+
 pub fn blob_list() -> CollectionName {
     CollectionName::parse(BLOB_LIST).expect("_blobs is a valid system collection name")
 }
@@ -981,6 +993,11 @@ impl Blobs {
                 .is_some_and(|l| l.removed);
             if still_removed && !pins.contains_key(&id.0) && self.manifests.contains_key(&id.0)? {
                 self.manifests.remove(&id.0)?;
+                // A picture removed takes its thumbnails with it.
+                let thumbnails = self.store.tree(THUMBNAILS_TREE)?;
+                for size in THUMBNAIL_SIZES {
+                    thumbnails.remove(&thumbnail_key(&self.store, &id, size))?;
+                }
                 dropped += 1;
             }
         }
@@ -1852,10 +1869,29 @@ mod tests {
             while chunk_files(&vault.home().blobs_dir()).len() < 5 {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
+            // Thumbnails were made of both; the removed one's go with it.
+            let thumbnails = blobs.store.tree(THUMBNAILS_TREE).unwrap();
+            for id in [&kept, &doomed] {
+                thumbnails
+                    .insert(&thumbnail_key(&blobs.store, id, 256), b"a small picture")
+                    .unwrap();
+            }
             assert!(unlist(&collections, &doomed).unwrap());
             assert!(!unlist(&collections, &doomed).unwrap(), "once");
             assert!(blobs.holds_removed(&collections).unwrap());
             assert_eq!(blobs.drop_removed(&collections).unwrap(), 1);
+            assert!(
+                thumbnails
+                    .get(&thumbnail_key(&blobs.store, &doomed, 256))
+                    .unwrap()
+                    .is_none()
+            );
+            assert!(
+                thumbnails
+                    .get(&thumbnail_key(&blobs.store, &kept, 256))
+                    .unwrap()
+                    .is_some()
+            );
             let freed = blobs.delete_unused_chunks(false).unwrap();
             // Only the doomed blob's own second chunk: the shared one is pinned.
             assert_eq!(freed.chunks, 1, "{freed:?}");

@@ -144,13 +144,74 @@ pub(super) async fn remove_blob(
     }))
 }
 
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ThumbnailSize {
+    /// The longest side in pixels, rounded up to 128, 256, 512 or 1024 (256 if not
+    /// given; at most 1024).
+    size: Option<u32>,
+}
+
+/// A thumbnail's answer: the JPEG, its ETag (the blob's and the size: a thumbnail
+/// changes only with its picture), 304 when the client has it.
+pub(super) async fn thumbnail_response(
+    vault: &AppState,
+    blob: BlobId,
+    query: Result<axum::extract::Query<ThumbnailSize>, axum::extract::rejection::QueryRejection>,
+    headers: &axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let asked = query
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?
+        .size;
+    let size =
+        crate::thumbnails::size_for(asked).map_err(|m| ApiError::new(ErrorCode::BadRequest, m))?;
+    let etag = format!("\"{}-{size}\"", &blob.to_string()[..32]);
+    let cached = headers
+        .get(axum::http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let etag_header = [(axum::http::header::ETAG, etag.clone())];
+    if cached {
+        return Ok((StatusCode::NOT_MODIFIED, etag_header).into_response());
+    }
+    let jpeg = crate::thumbnails::thumbnail(vault, blob, size).await?;
+    Ok((
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, "image/jpeg".to_owned())],
+        etag_header,
+        jpeg,
+    )
+        .into_response())
+}
+
+/// `GET /v1/blobs/{id}/thumbnail`: a photo made small.
+#[utoipa::path(
+    get,
+    path = "/v1/blobs/{id}/thumbnail",
+    tag = "owner",
+    summary = "A picture made small: JPEG, upright, kept sealed after the first time",
+    params(AtBlob, ThumbnailSize),
+    responses((status = 200, description = "the thumbnail", content_type = "image/jpeg", body = Vec<u8>), (status = 304, description = "If-None-Match names it"), (status = 415, description = "not a JPEG, PNG or WebP picture (`not_an_image`)"), (status = "default", response = Failure))
+)]
+pub(super) async fn blob_thumbnail(
+    State(vault): State<AppState>,
+    headers: axum::http::HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<axum::extract::Query<ThumbnailSize>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let id = path_param(path)?;
+    let blob =
+        BlobId::parse(&id).map_err(|e| ApiError::new(ErrorCode::InvalidBlobId, e.to_string()))?;
+    thumbnail_response(&vault, blob, query, &headers).await
+}
+
 #[utoipa::path(
     get,
     path = "/v1/blobs/{id}",
     tag = "owner",
     summary = "A blob's bytes, verified chunk by chunk",
     params(AtBlob),
-    responses((status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>), (status = 206, description = "the part a Range asks for (one range; If-Range honoured)", content_type = "application/octet-stream", body = Vec<u8>), (status = 304, description = "If-None-Match names the blob (its id is its ETag)"), (status = 416, description = "the Range starts past the end"), (status = 503, description = "still arriving from another device"), (status = "default", response = Failure))
+    responses((status = 200, description = "the bytes", content_type = "application/octet-stream", body = Vec<u8>), (status = 206, description = "the part a Range asks for (one range; If-Range honoured)", content_type = "application/octet-stream", body = Vec<u8>), (status = 304, description = "If-None-Match names the blob (its ETag is 128 bits of its id)"), (status = 416, description = "the Range starts past the end"), (status = 503, description = "still arriving from another device"), (status = "default", response = Failure))
 )]
 pub(super) async fn get_blob(
     State(vault): State<AppState>,

@@ -77,12 +77,46 @@ pub(super) async fn view_blob(
     headers: axum::http::HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let blob = readable_blob(&vault, &headers, path).await?;
+    blob_response(&vault, &blob.to_string(), Disposition::Inline, &headers).await
+}
+
+/// The blob a view's route names, once the door has found that a record the caller
+/// may read names it (audited as `read_blob`).
+async fn readable_blob(
+    vault: &AppState,
+    headers: &axum::http::HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<BlobId, ApiError> {
     let id = path_param(path)?;
-    let credentials = credentials(&headers)?;
+    let credentials = credentials(headers)?;
     let blob =
         BlobId::parse(&id).map_err(|e| ApiError::new(ErrorCode::InvalidBlobId, e.to_string()))?;
     vault.door.read_blob(&credentials, &blob).await?;
-    blob_response(&vault, &id, Disposition::Inline, &headers).await
+    Ok(blob)
+}
+
+/// `GET /v1/view/_blobs/{id}/thumbnail`: a picture that a record the grant can read
+/// names, made small (audited as a read of the blob).
+#[utoipa::path(
+    get,
+    path = "/v1/view/_blobs/{id}/thumbnail",
+    tag = "service",
+    summary = "A picture that a record the grant can read names, made small",
+    params(AtBlob, super::blobs::ThumbnailSize),
+    responses((status = 200, description = "the thumbnail", content_type = "image/jpeg", body = Vec<u8>), (status = 304, description = "If-None-Match names it"), (status = 415, description = "not a JPEG, PNG or WebP picture"), (status = "default", response = Failure))
+)]
+pub(super) async fn view_thumbnail(
+    State(vault): State<AppState>,
+    headers: axum::http::HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<
+        axum::extract::Query<super::blobs::ThumbnailSize>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Result<Response, ApiError> {
+    let blob = readable_blob(&vault, &headers, path).await?;
+    super::blobs::thumbnail_response(&vault, blob, query, &headers).await
 }
 
 #[utoipa::path(
