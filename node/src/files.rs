@@ -245,6 +245,8 @@ pub struct Content {
     pub content_type: Option<String>,
     /// Seconds since 1970; `None`: now.
     pub modified: Option<i64>,
+    /// What the bytes say about themselves (`crate::filemeta`), if anything.
+    pub meta: Option<Map<String, Value>>,
 }
 
 /// A file's content type: the one given, else guessed from its name (as a file
@@ -337,6 +339,9 @@ fn file_record(path: &FilePath, content: &Content) -> Map<String, Value> {
         json!(rfc3339(content.modified.unwrap_or_else(now))),
     );
     record.insert("blob".into(), json!(content.blob.to_string()));
+    if let Some(meta) = &content.meta {
+        record.insert("meta".into(), Value::Object(meta.clone()));
+    }
     record
 }
 
@@ -435,12 +440,9 @@ pub fn put_file(
             Some(entry) if entry.folder => return Err(FileError::IsAFolder(path.to_string())),
             Some(entry) => {
                 let after = file_record(path, content);
-                let mut patch =
-                    hearth_protocol::scope::diff_patch(&without_id(&entry.record), &after);
-                // Metadata read from the old bytes is not the new bytes'.
-                if entry.blob.as_deref() != Some(content.blob.to_string().as_str()) {
-                    patch.insert("meta".into(), Value::Null);
-                }
+                let patch = hearth_protocol::scope::diff_patch(&without_id(&entry.record), &after);
+                // `meta` follows the bytes: read from these (or absent), the old
+                // bytes' fields are removed by the patch.
                 if !patch.is_empty() {
                     writes.push((collection(), path.id(), RecordWrite::Patch(patch)));
                 }

@@ -19,6 +19,7 @@ pub mod backup;
 pub mod dashboard;
 pub mod dav;
 pub mod download;
+pub mod filemeta;
 pub mod files;
 #[doc(hidden)]
 pub mod fuzzing;

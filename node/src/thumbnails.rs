@@ -39,6 +39,14 @@ const AT_ONCE: usize = 2;
 /// Thumbnails made at once, across every request.
 pub struct Thumbnailer(tokio::sync::Semaphore);
 
+impl Thumbnailer {
+    /// A turn at untrusted media work (a thumbnail, a file's metadata); `None` only if
+    /// the node is shutting down.
+    pub async fn turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.0.acquire().await.ok()
+    }
+}
+
 impl Default for Thumbnailer {
     fn default() -> Self {
         Thumbnailer(tokio::sync::Semaphore::new(AT_ONCE))
@@ -105,10 +113,9 @@ pub async fn thumbnail(
     }
     let _turn = vault
         .thumbnailer
-        .0
-        .acquire()
+        .turn()
         .await
-        .map_err(|e| ThumbnailError::Internal(e.to_string()))?;
+        .ok_or_else(|| ThumbnailError::Internal("the node is stopping".into()))?;
     // Another request may have made it while this one waited.
     if let Some(kept) = tree
         .get(&key)

@@ -156,6 +156,11 @@ pub struct FileInfo {
     /// A file's bytes (`GET /v1/blobs/{id}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blob: Option<String>,
+    /// What its bytes say: a photo's size, date and camera, a song's tags and length
+    /// (docs/SCHEMA.md, "Files").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub meta: Option<serde_json::Value>,
 }
 
 /// `GET /v1/files/{path}` of a folder: what is in it, by name.

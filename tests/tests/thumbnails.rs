@@ -175,3 +175,76 @@ fn a_photo_is_made_small_for_whoever_may_see_it_and_for_no_one_else() {
     assert_eq!(status, 404);
     node.stop();
 }
+
+/// A photo's record says when and with what camera it was taken, and its size as
+/// shown, whether it came from the CLI or the file share; never where it was taken;
+/// a grant that reads the field sees it; new bytes bring their own (or none).
+#[test]
+fn a_photo_record_says_when_and_with_what_it_was_taken_but_not_where() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let api = Api::new(&node);
+    let camera = t.path().join("IMG_0001.jpg");
+    std::fs::write(&camera, hearth_node::filemeta::samples::camera_jpeg()).unwrap();
+    node.json(&["file", "put", camera.to_str().unwrap(), "/Photos/"]);
+    let expected = serde_json::json!({
+        "kind": "photo",
+        "width": 20,
+        "height": 40,
+        "taken": "2026-07-01T12:30:00+02:00",
+        "camera": "Canon EOS R5",
+    });
+    let info = |path: &str| {
+        let (status, body) = api.send(
+            api.raw(Method::GET, &format!("/v1/files{path}?info=true"))
+                .bearer_auth(node.owner_token()),
+        );
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    assert_eq!(info("/Photos/IMG_0001.jpg")["meta"], expected);
+    // The same photo through the file share.
+    let (_, password) =
+        grant_app_password(&node, "phone", &["--read", "files", "--write", "files"]);
+    let answer = api.send_raw(
+        api.raw(Method::PUT, "/files/Photos/from-phone.jpg")
+            .basic_auth("me", Some(&password))
+            .body(hearth_node::filemeta::samples::camera_jpeg()),
+    );
+    assert_eq!(answer.status, 201);
+    assert_eq!(info("/Photos/from-phone.jpg")["meta"], expected);
+    // A gallery app that reads only the date sees the date.
+    let token = node.json(&["grant", "raw", "--read", "files.path,files.meta.taken"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, records) = api.send(api.raw(Method::GET, "/v1/view/files").bearer_auth(&token));
+    assert_eq!(status, 200, "{records}");
+    let photo = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["path"] == "/Photos/IMG_0001.jpg")
+        .unwrap_or_else(|| panic!("{records}"));
+    assert_eq!(
+        photo["meta"],
+        serde_json::json!({"taken": "2026-07-01T12:30:00+02:00"})
+    );
+    // Never where: the sample carries a GPS block; no record holds a location.
+    let all = node.json(&["ls", "files"]).to_string();
+    assert!(
+        !all.contains("gps") && !all.contains("GPS") && !all.contains("latitude"),
+        "{all}"
+    );
+    // New bytes that are no photo: their metadata goes with the old bytes.
+    let text = t.file("IMG_0001.txt", "now a text");
+    let (status, _) = api.send(
+        api.raw(Method::PUT, "/v1/files/Photos/IMG_0001.jpg")
+            .bearer_auth(node.owner_token())
+            .header("content-type", "text/plain")
+            .body(std::fs::read(&text).unwrap()),
+    );
+    assert_eq!(status, 200);
+    assert!(info("/Photos/IMG_0001.jpg").get("meta").is_none());
+    node.stop();
+}

@@ -20,6 +20,7 @@ fn info(entry: &Entry) -> FileInfo {
         content_type: entry.content_type.clone(),
         modified: entry.modified,
         blob: entry.blob.clone(),
+        meta: entry.record.get("meta").filter(|m| m.is_object()).cloned(),
     }
 }
 
@@ -188,11 +189,14 @@ pub(super) async fn put_file(
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, e))?;
     let max = vault.limits.max_blob_bytes;
     let stored = vault.blobs.put(body.into_data_stream(), max).await?;
+    let content_type = files::content_type(path.name(), described.content_type.as_deref());
+    let meta = crate::filemeta::read(&vault, stored.id, stored.size, content_type.as_deref()).await;
     let content = Content {
         blob: stored.id,
         size: stored.size,
-        content_type: files::content_type(path.name(), described.content_type.as_deref()),
+        content_type,
         modified: query.modified,
+        meta,
     };
     let listing = vec![(stored.id, stored.size, described)];
     let at = path.clone();

@@ -464,11 +464,16 @@ impl Files<'_> {
                 }
                 _ => DavError::BadRequest(e.to_string()),
             })?;
+        let content_type = files::content_type(at.name(), described.content_type.as_deref());
+        let meta =
+            crate::filemeta::read(self.vault, stored.id, stored.size, content_type.as_deref())
+                .await;
         let content = Content {
             blob: stored.id,
             size: stored.size,
-            content_type: files::content_type(at.name(), described.content_type.as_deref()),
+            content_type,
             modified: None,
+            meta,
         };
         let listing = vec![(stored.id, stored.size, described)];
         let created = self
