@@ -412,6 +412,17 @@ pub enum Command {
     /// Read back and verify everything on this device: every sealed value of the store,
     /// every collection, every chunk of every blob, the audit log's hash chains
     Check,
+    /// Find the records that hold every word of QUERY (in any field: names, emails,
+    /// notes, file names and paths, a photo's camera, a song's artist), best first.
+    /// `hearth find ada` or `hearth find contacts "ada london"`
+    Find {
+        /// A collection to look in, then the words; or only the words
+        #[arg(value_name = "[COLLECTION] QUERY", num_args = 1..=2, required = true)]
+        args: Vec<String>,
+        /// At most this many [default: 20; at most 200]
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// Print shell completions: `hearth completions bash > ~/.local/share/bash-completion/completions/hearth`
     Completions {
         #[arg(value_enum)]

@@ -48,6 +48,7 @@ mod blobs;
 mod files;
 mod grants;
 mod records;
+mod search;
 mod status;
 pub use status::hello_answer;
 mod transfer;
@@ -57,6 +58,7 @@ use blobs::*;
 use files::*;
 use grants::*;
 use records::*;
+use search::*;
 use status::*;
 use transfer::*;
 use views::*;
@@ -153,6 +155,7 @@ pub fn router(vault: Arc<Vault>) -> Router {
         .route("/v1/audit", get(list_audit))
         .route("/v1/audit/verify", get(verify_audit))
         .route("/v1/check", get(check))
+        .route("/v1/search", get(search))
         .route("/v1/dashboard/login", post(crate::dashboard::login_link))
         .route_layer(middleware::from_fn_with_state(vault.clone(), require_owner));
     let service = Router::new()
@@ -168,6 +171,7 @@ pub fn router(vault: Arc<Vault>) -> Router {
         )
         // A static segment: it wins over `{collection}` (and `_blobs` is no user's).
         .route("/v1/view/_blobs/{id}", get(view_blob))
+        .route("/v1/view/_search", get(view_search))
         .route("/v1/view/_blobs/{id}/thumbnail", get(view_thumbnail));
     owner
         .merge(service)
@@ -249,6 +253,8 @@ pub fn router(vault: Arc<Vault>) -> Router {
         list_audit,
         verify_audit,
         check,
+        search,
+        view_search,
         view_all,
         view_events,
         view_collection,

@@ -31,6 +31,7 @@ pub mod mesh;
 pub mod owner;
 pub mod phone;
 pub mod pim;
+pub mod search;
 pub mod server;
 pub mod throttle;
 pub mod thumbnails;
@@ -207,6 +208,8 @@ pub struct Vault {
     pub(crate) file_locks: dav::locks::Locks,
     /// Thumbnails being made (two at a time).
     pub(crate) thumbnailer: thumbnails::Thumbnailer,
+    /// The search index (this device's, sealed; see [`search`]).
+    pub(crate) search: search::Index,
     /// When a member told this device it was removed (see `mesh::removal`).
     removed: std::sync::Mutex<Option<u64>>,
     /// Set while the mesh runs (never, for a node started without one). Cleared at
@@ -468,6 +471,7 @@ impl Node {
             hosts.extend(tls.names.iter().cloned());
             hosts.push(bound.ip().to_string());
         }
+        let search = search::Index::open(store.clone())?;
         let vault = Arc::new(Vault {
             home: home.clone(),
             keys,
@@ -488,11 +492,13 @@ impl Node {
             password_throttle: throttle::PasswordThrottle::default(),
             file_locks: dav::locks::Locks::default(),
             thumbnailer: thumbnails::Thumbnailer::default(),
+            search,
             removed: std::sync::Mutex::new(None),
             mesh: std::sync::RwLock::new(None),
             backups: backup::Backups::default(),
         });
         let keeper = keeper::spawn(vault.clone());
+        let indexer = search::spawn(vault.clone());
         let mesh = match config.mesh {
             Some(mesh_config) => {
                 let mesh = mesh::Mesh::start(vault.clone(), mesh_config).await?;
@@ -537,6 +543,7 @@ impl Node {
             lan_server,
             mesh,
             keeper: Some(keeper),
+            indexer: Some(indexer),
             uploader,
         })
     }
@@ -554,6 +561,8 @@ pub struct NodeHandle {
     mesh: Option<mesh::Mesh>,
     /// The task that keeps the epoch keys in step (see [`keeper`]).
     keeper: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+    /// The task that follows the change log into the search index.
+    indexer: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     /// The task that uploads to backup hosts (see [`backup`]).
     uploader: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
@@ -593,6 +602,10 @@ impl NodeHandle {
             mesh.shutdown().await;
         }
         if let Some((stop, task)) = self.keeper.take() {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+        if let Some((stop, task)) = self.indexer.take() {
             let _ = stop.send(());
             let _ = task.await;
         }

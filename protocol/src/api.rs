@@ -163,6 +163,31 @@ pub struct FileInfo {
     pub meta: Option<serde_json::Value>,
 }
 
+/// One record a search found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SearchHit {
+    pub collection: String,
+    pub id: String,
+    /// What the record is called (its name, title, summary, subject or path), else
+    /// its id.
+    pub title: String,
+    /// The fields the words were found in (`emails.value`).
+    pub fields: Vec<String>,
+    /// Higher is better: a word in a name, title, summary, subject or path counts 3,
+    /// elsewhere 1.
+    pub score: u32,
+    /// Through a grant (`GET /v1/view/_search`): the record as the grant sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub record: Option<serde_json::Value>,
+}
+
+/// `GET /v1/search`: the records holding every word, best first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SearchResults {
+    pub hits: Vec<SearchHit>,
+}
+
 /// `GET /v1/files/{path}` of a folder: what is in it, by name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileList {

@@ -32,6 +32,45 @@ pub(super) async fn check(home: &Home, json: bool, client: &Client) -> anyhow::R
     Ok(())
 }
 
+pub(super) async fn find(
+    home: &Home,
+    json: bool,
+    client: &Client,
+    args: Vec<String>,
+    limit: Option<usize>,
+) -> anyhow::Result<()> {
+    let (collection, query) = match args.as_slice() {
+        [query] => (None, query.clone()),
+        [collection, query] => (Some(collection.clone()), query.clone()),
+        _ => bail!("give the words to find, after a collection if you want one"),
+    };
+    let mut url = format!("/v1/search?q={}", seg(&query));
+    if let Some(collection) = &collection {
+        url.push_str(&format!("&collection={}", seg(collection)));
+    }
+    if let Some(limit) = limit {
+        url.push_str(&format!("&limit={limit}"));
+    }
+    let results: hearth_protocol::api::SearchResults =
+        client.json(home, client.request(Method::GET, &url)).await?;
+    if json {
+        return out_json(&results);
+    }
+    if results.hits.is_empty() {
+        note(format!("nothing holds {query:?}"));
+    }
+    for hit in &results.hits {
+        out(format!(
+            "{}/{}  {}  ({})",
+            hit.collection,
+            hit.id,
+            hit.title,
+            hit.fields.join(", ")
+        ))?;
+    }
+    Ok(())
+}
+
 pub(super) async fn export(
     home: &Home,
     json: bool,

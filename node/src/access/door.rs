@@ -931,7 +931,11 @@ fn project(
 
 /// One record as the scope shows it (`None`: the filter hides it), noting the fields
 /// shown for the audit.
-fn project_one(scope: &CollectionScope, record: Value, fields: &mut Vec<String>) -> Option<Value> {
+pub(super) fn project_one(
+    scope: &CollectionScope,
+    record: Value,
+    fields: &mut Vec<String>,
+) -> Option<Value> {
     let Value::Object(record) = record else {
         return None;
     };

@@ -32,6 +32,7 @@ pub mod events;
 pub mod files;
 pub mod grants;
 mod group;
+pub mod search;
 pub mod tokens;
 
 use crate::clock::now_unix;

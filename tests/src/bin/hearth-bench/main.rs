@@ -9,7 +9,8 @@
 //! CardDAV sync, CardDAV upload under client names), cold, seal, process (real `hearth` processes at 1k/10k/100k records;
 //! `--scale` adds 1M), life (a vault that is half mail, 100k records; `--scale`: 1M),
 //! reconcile (two devices of a vault of life's size: a new device, then meeting again
-//! with nothing or one record changed), thumbnails (a 24 MP JPEG, first and kept).
+//! with nothing or one record changed), thumbnails (a 24 MP JPEG, first and kept),
+//! search (100k records; `--quick`: 20k).
 
 mod blobs;
 mod cold;
@@ -21,6 +22,7 @@ mod process;
 mod put;
 mod reconcile;
 mod report;
+mod search;
 mod sync;
 mod thumbs;
 mod trace;
@@ -161,6 +163,9 @@ fn main() -> anyhow::Result<()> {
         for r in runtime.block_on(reconcile::two_devices_at_size(&opts))? {
             show(r);
         }
+    }
+    if wanted("search") {
+        show(runtime.block_on(search::search_scenario(&opts))?);
     }
     if wanted("thumbnails") {
         show(runtime.block_on(thumbs::thumbnails(&opts))?);

@@ -1,0 +1,778 @@
+//! Search: every word of every text field of every user collection's records (files'
+//! names and paths, their metadata, contacts, events, notes, mail headers), found by
+//! `GET /v1/search?q=` and `hearth find`.
+//!
+//! The index is this device's, derived from the records and never synced: a sealed
+//! tree ([`TREE`]) like every other, so nothing of it is readable at rest, and its keys
+//! are keyed hashes (a word's key tells nothing of the word). It holds, per word and
+//! record, a key alone (`p` + word + collection + record + the word's weight there:
+//! a search ranks from keys, opening nothing); per record, its words with the fields
+//! they are in, and its title (`d` + collection + record: what a change removes and a
+//! hit shows); per collection, where in its change log the index stands (`l` +
+//! collection). What the keys do show: how many records share a word, and whether it
+//! is in a name-like field; never the word. A task ([`spawn`]) follows the
+//! change log: each write (the owner's, a service's, a sync) is in the index a moment
+//! later; a collection whose log cannot say what changed since (a new index, a log
+//! that moved on) is indexed again whole, and `hearth check --repair` does that for
+//! all.
+//!
+//! Words are what a person types: lower case, accents off (`Zoë` is `zoe`), split at
+//! anything that is not a letter or a digit, two to 40 characters. A query finds the
+//! records holding all its words (in any fields), best first: a word in a name, title,
+//! summary, subject or path counts three times one elsewhere.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use hearth_core::collections::{CollectionError, Collections, LogPosition};
+use hearth_core::store::{SealedBatch, SealedTree, Store, StoreError};
+use hearth_protocol::CollectionName;
+use serde_json::{Map, Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use unicode_normalization::UnicodeNormalization;
+
+use crate::Vault;
+
+/// The sealed tree of the index.
+pub const TREE: &str = "search";
+/// The longest text of one value that is indexed (a long note's first 64 KiB).
+const MAX_TEXT: usize = 64 << 10;
+/// Words kept of one record.
+const MAX_WORDS: usize = 4096;
+/// Records written to the index in one batch while a collection is indexed whole.
+const BATCH: usize = 1000;
+/// Fields never indexed: ids, a card's or event's whole text (its fields are
+/// indexed), blob ids, WebDAV properties, a folder's list of names (each entry is a
+/// record of its own).
+const SKIPPED: [&str; 7] = ["id", "uid", "vcard", "ical", "blob", "props", "entries"];
+/// Fields whose words count three times, and that name a record ([`title`]).
+const TITLES: [&str; 6] = [
+    "name",
+    "title",
+    "summary",
+    "subject",
+    "path",
+    "display_name",
+];
+
+/// Why a search failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("{0}")]
+    BadQuery(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Collection(#[from] CollectionError),
+}
+
+/// A record found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub collection: String,
+    pub id: String,
+    /// What the record is called, as it was indexed ([`title`]).
+    pub title: Option<String>,
+    /// The fields the words were found in (`emails.value`).
+    pub fields: Vec<String>,
+    pub score: u32,
+}
+
+/// The words of `text`, as they are indexed and looked for.
+pub fn words(text: &str) -> Vec<String> {
+    let plain: String = text
+        .nfkd()
+        .filter(|c| !unicode_normalization::char::is_combining_mark(*c))
+        .flat_map(char::to_lowercase)
+        .collect();
+    plain
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| (2..=40).contains(&w.chars().count()))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Each text of `record` with the path of its field (`emails.value`; list positions
+/// are not part of it), leaving out [`SKIPPED`] fields and values that are blob ids.
+fn texts(record: &Map<String, Value>) -> Vec<(String, &str)> {
+    fn walk<'a>(value: &'a Value, path: &str, out: &mut Vec<(String, &'a str)>) {
+        match value {
+            Value::String(s) => {
+                let looks_like_blob = s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+                if !looks_like_blob {
+                    let end = (0..=s.len().min(MAX_TEXT))
+                        .rev()
+                        .find(|&i| s.is_char_boundary(i))
+                        .unwrap_or(0);
+                    out.push((path.to_owned(), &s[..end]));
+                }
+            }
+            Value::Number(n) if n.is_i64() || n.is_u64() => {}
+            Value::Array(items) => items.iter().for_each(|v| walk(v, path, out)),
+            Value::Object(map) => {
+                for (key, value) in map {
+                    if SKIPPED.contains(&key.as_str()) {
+                        continue;
+                    }
+                    let inner = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    walk(value, &inner, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for (key, value) in record {
+        if SKIPPED.contains(&key.as_str()) {
+            continue;
+        }
+        walk(value, key, &mut out);
+    }
+    out
+}
+
+/// A record's words, each with the fields it is in.
+fn record_words(record: &Map<String, Value>) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (field, text) in texts(record) {
+        for word in words(text) {
+            if out.len() >= MAX_WORDS && !out.contains_key(&word) {
+                continue;
+            }
+            let fields = out.entry(word).or_default();
+            if !fields.contains(&field) {
+                fields.push(field.clone());
+            }
+        }
+    }
+    out
+}
+
+fn weight(field: &str) -> u32 {
+    let last = field.rsplit('.').next().unwrap_or(field);
+    if TITLES.contains(&last) { 3 } else { 1 }
+}
+
+/// The index (cheap to clone).
+#[derive(Clone)]
+pub struct Index {
+    store: Arc<Store>,
+    tree: SealedTree,
+    /// Held while the index changes: the follower and a search that catches up first
+    /// never write it at once.
+    updating: Arc<std::sync::Mutex<()>>,
+}
+
+impl Index {
+    pub fn open(store: Arc<Store>) -> Result<Self, StoreError> {
+        let tree = store.tree(TREE)?;
+        Ok(Index {
+            store,
+            tree,
+            updating: Arc::default(),
+        })
+    }
+
+    fn key(&self, domain: &str, name: &str) -> [u8; 16] {
+        let full = self.store.name_key(domain, name);
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&full[..16]);
+        key
+    }
+
+    fn word_key(&self, word: &str) -> [u8; 16] {
+        self.key("search word", word)
+    }
+
+    fn collection_key(&self, name: &CollectionName) -> [u8; 16] {
+        self.key("search collection", name.as_str())
+    }
+
+    fn record_key(&self, name: &CollectionName, id: &str) -> [u8; 16] {
+        self.key("search record", &format!("{name}\0{id}"))
+    }
+
+    /// Where collection `name`'s index stands in its change log, if it is indexed.
+    pub fn position(&self, name: &CollectionName) -> Result<Option<LogPosition>, StoreError> {
+        let mut key = vec![b'l'];
+        key.extend(self.collection_key(name));
+        Ok(self.tree.get(&key)?.and_then(|value| {
+            let value: Value = serde_json::from_slice(&value).ok()?;
+            Some(LogPosition {
+                epoch: value["epoch"].as_u64()?,
+                seq: value["seq"].as_u64()?,
+            })
+        }))
+    }
+
+    /// The collections indexed, by name.
+    pub fn indexed(&self) -> Result<Vec<CollectionName>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.tree.scan_prefix(b"l") {
+            let (_, value) = entry?;
+            if let Some(name) = serde_json::from_slice::<Value>(&value)
+                .ok()
+                .and_then(|v| CollectionName::parse(v["name"].as_str()?).ok())
+            {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Puts into `batch` what makes record `id` of `name` indexed as `record` (or
+    /// not at all, with `None`).
+    fn record_into(
+        &self,
+        batch: &mut SealedBatch,
+        name: &CollectionName,
+        id: &str,
+        record: Option<&Map<String, Value>>,
+    ) -> Result<(), StoreError> {
+        let mut at = [0u8; 32];
+        at[..16].copy_from_slice(&self.collection_key(name));
+        at[16..].copy_from_slice(&self.record_key(name, id));
+        let listed = [&b"d"[..], &at].concat();
+        if let Some(old) = self.tree.get(&listed)? {
+            for (word_key, weight) in listed_words(&old) {
+                self.tree
+                    .batch_remove(batch, &posting_key(&word_key, &at, weight));
+            }
+        }
+        let words = match record {
+            Some(record) => record_words(record),
+            None => BTreeMap::new(),
+        };
+        if words.is_empty() {
+            self.tree.batch_remove(batch, &listed);
+            return Ok(());
+        }
+        let mut entry = Map::new();
+        for (word, fields) in words {
+            let word_key = self.word_key(&word);
+            let weight = fields.iter().map(|f| weight(f)).max().unwrap_or(1) as u8;
+            self.tree
+                .batch_insert(batch, &posting_key(&word_key, &at, weight), b"");
+            entry.insert(hex(&word_key), json!({"s": weight, "f": fields}));
+        }
+        let title = record.and_then(title);
+        let value = json!({"c": name.as_str(), "i": id, "t": title, "w": entry});
+        self.tree
+            .batch_insert(batch, &listed, value.to_string().as_bytes());
+        Ok(())
+    }
+
+    fn position_into(&self, batch: &mut SealedBatch, name: &CollectionName, at: LogPosition) {
+        let mut key = vec![b'l'];
+        key.extend(self.collection_key(name));
+        let value = json!({"name": name.as_str(), "epoch": at.epoch, "seq": at.seq});
+        self.tree
+            .batch_insert(batch, &key, value.to_string().as_bytes());
+    }
+
+    /// Takes the changes of `name` up to `at` into the index (each record as it is
+    /// now, or gone), with the position, in one batch.
+    pub fn apply(
+        &self,
+        name: &CollectionName,
+        changes: &[(String, Option<Map<String, Value>>)],
+        at: LogPosition,
+    ) -> Result<(), StoreError> {
+        let mut batch = SealedBatch::default();
+        for (id, record) in changes {
+            self.record_into(&mut batch, name, id, record.as_ref())?;
+        }
+        self.position_into(&mut batch, name, at);
+        self.tree.apply(batch)
+    }
+
+    /// Removes collection `name` from the index.
+    pub fn forget(&self, name: &CollectionName) -> Result<(), StoreError> {
+        let mut prefix = vec![b'd'];
+        prefix.extend(self.collection_key(name));
+        let mut batch = SealedBatch::default();
+        let mut pending = 0;
+        for entry in self.tree.scan_prefix(&prefix) {
+            let (key, listed) = entry?;
+            let mut at = [0u8; 32];
+            at.copy_from_slice(&key[1..]);
+            for (word_key, weight) in listed_words(&listed) {
+                self.tree
+                    .batch_remove(&mut batch, &posting_key(&word_key, &at, weight));
+            }
+            self.tree.batch_remove(&mut batch, &key);
+            pending += 1;
+            if pending == BATCH {
+                self.tree.apply(std::mem::take(&mut batch))?;
+                pending = 0;
+            }
+        }
+        let mut key = vec![b'l'];
+        key.extend(self.collection_key(name));
+        self.tree.batch_remove(&mut batch, &key);
+        self.tree.apply(batch)
+    }
+
+    /// Indexes collection `name` whole, as it is at its log's end now; returns how
+    /// many records.
+    pub fn rebuild(
+        &self,
+        collections: &Collections,
+        name: &CollectionName,
+    ) -> Result<usize, SearchError> {
+        self.forget(name)?;
+        // The position first: a change made while the records are read is in the log
+        // after it, and taken in again by the next catch-up.
+        let at = collections.log_position(name)?;
+        let mut batch = SealedBatch::default();
+        let mut pending = 0;
+        let mut count = 0;
+        let mut failed = None;
+        collections.page(name, None, usize::MAX, |record| {
+            if failed.is_some() {
+                return None;
+            }
+            if let Value::Object(record) = &record
+                && let Some(id) = record.get("id").and_then(Value::as_str)
+            {
+                if let Err(e) = self.record_into(&mut batch, name, id, Some(record)) {
+                    failed = Some(e);
+                    return None;
+                }
+                pending += 1;
+                count += 1;
+                if pending == BATCH {
+                    if let Err(e) = self.tree.apply(std::mem::take(&mut batch)) {
+                        failed = Some(e);
+                    }
+                    pending = 0;
+                }
+            }
+            None
+        })?;
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        self.position_into(&mut batch, name, at);
+        self.tree.apply(batch)?;
+        Ok(count)
+    }
+
+    /// Brings collection `name`'s index up to its log's end: the records changed since
+    /// its position, or the whole collection when the log cannot say.
+    pub fn catch_up(
+        &self,
+        collections: &Collections,
+        name: &CollectionName,
+    ) -> Result<(), SearchError> {
+        let _one = self.updating.lock().unwrap_or_else(|e| e.into_inner());
+        self.catch_up_held(collections, name)
+    }
+
+    fn catch_up_held(
+        &self,
+        collections: &Collections,
+        name: &CollectionName,
+    ) -> Result<(), SearchError> {
+        let changes = match self.position(name)? {
+            Some(at) => collections.changes_after(name, at)?,
+            None => None,
+        };
+        match changes {
+            Some((at, changes)) => {
+                let changes: Vec<(String, Option<Map<String, Value>>)> =
+                    changes.into_iter().map(|c| (c.id, c.after)).collect();
+                if !changes.is_empty() || self.position(name)? != Some(at) {
+                    self.apply(name, &changes, at)?;
+                }
+            }
+            None => {
+                let count = self.rebuild(collections, name)?;
+                tracing::debug!(collection = %name, records = count, "indexed for search");
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings every user collection's index up to date and forgets the collections
+    /// that are gone. (A search does this first, so it sees its own writes; when
+    /// nothing changed it costs a read of each collection's log position.)
+    pub fn catch_up_all(&self, collections: &Collections) -> Result<(), SearchError> {
+        let _one = self.updating.lock().unwrap_or_else(|e| e.into_inner());
+        let names: Vec<CollectionName> = collections
+            .names()?
+            .into_iter()
+            .filter(|n| !n.is_system())
+            .collect();
+        for name in &names {
+            self.catch_up_held(collections, name)?;
+        }
+        for gone in self.indexed()? {
+            if !names.contains(&gone) {
+                self.forget(&gone)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The records holding every word of `query`, in the collections `keep` keeps,
+    /// best first, at most `limit`. The ranking reads only the index's keys (a word's
+    /// records and whether it is in a name-like field); only the records shown are
+    /// opened.
+    pub fn search(
+        &self,
+        query: &str,
+        keep: &dyn Fn(&str) -> bool,
+        limit: usize,
+    ) -> Result<Vec<Hit>, SearchError> {
+        let mut wanted: Vec<String> = words(query);
+        wanted.sort();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return Err(SearchError::BadQuery(
+                "nothing to look for: give a word of two letters or digits or more".into(),
+            ));
+        }
+        if wanted.len() > 16 {
+            return Err(SearchError::BadQuery("at most 16 words a search".into()));
+        }
+        let kept: HashSet<[u8; 16]> = self
+            .indexed()?
+            .iter()
+            .filter(|name| keep(name.as_str()))
+            .map(|name| self.collection_key(name))
+            .collect();
+        // Each word's records (collection and record keys) with its weight there.
+        let mut per_word: Vec<HashMap<[u8; 32], u32>> = Vec::new();
+        for word in &wanted {
+            let word_key = self.word_key(word);
+            let prefix = [&b"p"[..], &word_key].concat();
+            let mut records = HashMap::new();
+            for key in self.tree.keys_with_prefix(&prefix) {
+                let key = key?;
+                if key.len() != 1 + 16 + 32 + 1 || !kept.contains(&key[17..33]) {
+                    continue;
+                }
+                let mut at = [0u8; 32];
+                at.copy_from_slice(&key[17..49]);
+                records.insert(at, u32::from(key[49]));
+            }
+            per_word.push(records);
+        }
+        per_word.sort_by_key(HashMap::len);
+        let mut scored: Vec<([u8; 32], u32)> = Vec::new();
+        if let Some((first, rest)) = per_word.split_first() {
+            for (at, weight) in first {
+                let mut score = *weight;
+                if rest.iter().all(|other| match other.get(at) {
+                    Some(w) => {
+                        score += w;
+                        true
+                    }
+                    None => false,
+                }) {
+                    scored.push((*at, score));
+                }
+            }
+        }
+        scored.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        scored.truncate(limit);
+        let wanted_keys: Vec<String> = wanted.iter().map(|w| hex(&self.word_key(w))).collect();
+        let mut hits = Vec::with_capacity(scored.len());
+        for (at, score) in scored {
+            let Some(listed) = self.tree.get(&[&b"d"[..], &at].concat())? else {
+                continue;
+            };
+            let Ok(listed) = serde_json::from_slice::<Value>(&listed) else {
+                continue;
+            };
+            let (Some(c), Some(i)) = (listed["c"].as_str(), listed["i"].as_str()) else {
+                continue;
+            };
+            let mut fields: Vec<String> = Vec::new();
+            for key in &wanted_keys {
+                for f in listed["w"][key]["f"].as_array().into_iter().flatten() {
+                    if let Some(f) = f.as_str()
+                        && !fields.iter().any(|x| x == f)
+                    {
+                        fields.push(f.to_owned());
+                    }
+                }
+            }
+            // The fields that weigh most first (a name before an email).
+            fields.sort_by(|a, b| weight(b).cmp(&weight(a)).then_with(|| a.cmp(b)));
+            hits.push(Hit {
+                collection: c.to_owned(),
+                id: i.to_owned(),
+                title: listed["t"].as_str().map(str::to_owned),
+                fields,
+                score,
+            });
+        }
+        hits.sort_by(|a, b| {
+            b.score
+                .cmp(&a.score)
+                .then_with(|| a.collection.cmp(&b.collection))
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        Ok(hits)
+    }
+}
+
+/// A posting's key: `p`, the word, the collection and record, the word's weight there.
+fn posting_key(word_key: &[u8; 16], at: &[u8; 32], weight: u8) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + 16 + 32 + 1);
+    key.push(b'p');
+    key.extend_from_slice(word_key);
+    key.extend_from_slice(at);
+    key.push(weight);
+    key
+}
+
+/// The words (keys and weights) a record's `d` entry lists.
+fn listed_words(listed: &[u8]) -> Vec<([u8; 16], u8)> {
+    let Ok(value) = serde_json::from_slice::<Value>(listed) else {
+        return Vec::new();
+    };
+    value["w"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(word, entry)| {
+            let bytes = unhex(word)?;
+            let weight = u8::try_from(entry["s"].as_u64()?).ok()?;
+            Some((bytes, weight))
+        })
+        .collect()
+}
+
+fn hex(bytes: &[u8; 16]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<[u8; 16]> {
+    if text.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl From<SearchError> for crate::api::ApiError {
+    fn from(e: SearchError) -> Self {
+        use hearth_protocol::api::ErrorCode;
+        match e {
+            SearchError::BadQuery(m) => crate::api::ApiError::new(ErrorCode::BadRequest, m),
+            SearchError::Store(e) => e.into(),
+            SearchError::Collection(e) => e.into(),
+        }
+    }
+}
+
+/// What a record is called: its name, title, summary, subject or path (the first it
+/// has), at most 120 characters; else `None`.
+pub fn title(record: &Map<String, Value>) -> Option<String> {
+    TITLES
+        .iter()
+        .find_map(|f| record.get(*f)?.as_str().filter(|t| !t.trim().is_empty()))
+        .map(|t| t.chars().take(120).collect())
+}
+
+/// Follows the change log into the index until `stop`: everything at start, then each
+/// collection a change names (and everything again when changes came too fast to
+/// follow one by one).
+pub fn spawn(vault: Arc<Vault>) -> (oneshot::Sender<()>, JoinHandle<()>) {
+    let (stop_tx, mut stop) = oneshot::channel::<()>();
+    let mut changes = vault.collections.subscribe();
+    let task = tokio::spawn(async move {
+        let mut all = true;
+        let mut named: HashSet<CollectionName> = HashSet::new();
+        loop {
+            let work_vault = vault.clone();
+            let work_named: Vec<CollectionName> = named.drain().collect();
+            let work_all = std::mem::take(&mut all);
+            let done = tokio::task::spawn_blocking(move || {
+                let index = &work_vault.search;
+                if work_all {
+                    index.catch_up_all(&work_vault.collections)
+                } else {
+                    work_named
+                        .iter()
+                        .filter(|n| !n.is_system())
+                        .try_for_each(|n| index.catch_up(&work_vault.collections, n))
+                }
+            })
+            .await;
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "the search index could not follow a change")
+                }
+                Err(e) => tracing::warn!(error = %e, "the search index task failed"),
+            }
+            tokio::select! {
+                _ = &mut stop => return,
+                changed = changes.recv() => match changed {
+                    Ok(changed) => { named.insert(changed.collection); }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => all = true,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            }
+            // Whatever else arrived meanwhile goes in the same round.
+            loop {
+                match changes.try_recv() {
+                    Ok(changed) => {
+                        named.insert(changed.collection);
+                    }
+                    Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => all = true,
+                    Err(_) => break,
+                }
+            }
+        }
+    });
+    (stop_tx, task)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::testutil::TestVault;
+    use hearth_protocol::RecordId;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        let Value::Object(m) = v else { unreachable!() };
+        m
+    }
+
+    fn found(index: &Index, q: &str, only: Option<&str>) -> Vec<String> {
+        index
+            .search(q, &|c| only.is_none_or(|o| o == c), 50)
+            .unwrap()
+            .into_iter()
+            .map(|h| format!("{}/{}", h.collection, h.id))
+            .collect()
+    }
+
+    /// The index follows every kind of change through the change log, finds records
+    /// holding all the words, names first, and is made again whole when it has no
+    /// place in the log (a new index) with the same answers.
+    #[test]
+    fn the_index_follows_changes_and_ranks_names_first() {
+        let vault = TestVault::new();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let index = Index::open(vault.store.clone()).unwrap();
+        let contacts = CollectionName::parse("contacts").unwrap();
+        let notes = CollectionName::parse("notes").unwrap();
+        let put = |name: &CollectionName, id: &str, v: Value| {
+            c.put(name, &RecordId::parse(id).unwrap(), &obj(v)).unwrap();
+        };
+        put(
+            &contacts,
+            "ada",
+            json!({"name": "Ada Lovelace", "city": "London"}),
+        );
+        put(
+            &contacts,
+            "bob",
+            json!({"name": "Bob", "notes": "met Ada in London"}),
+        );
+        put(
+            &notes,
+            "n1",
+            json!({"title": "Groceries", "body": "apples, Lovelace biscuits"}),
+        );
+        index.catch_up_all(&c).unwrap();
+        assert_eq!(found(&index, "ada", None), ["contacts/ada", "contacts/bob"]);
+        assert_eq!(
+            found(&index, "London ADA", None),
+            ["contacts/ada", "contacts/bob"]
+        );
+        assert_eq!(
+            found(&index, "lovelace", None),
+            ["contacts/ada", "notes/n1"]
+        );
+        assert_eq!(found(&index, "lovelace", Some("notes")), ["notes/n1"]);
+        assert!(found(&index, "ada paris", None).is_empty());
+        let hit = &index.search("biscuits", &|_| true, 5).unwrap()[0];
+        assert_eq!(
+            (hit.fields.as_slice(), hit.score),
+            (&["body".to_owned()][..], 1)
+        );
+        assert!(matches!(
+            index.search(" - ", &|_| true, 5),
+            Err(SearchError::BadQuery(_))
+        ));
+
+        // A change, a removal, a new record: followed from the log.
+        c.patch(
+            &contacts,
+            &RecordId::parse("ada").unwrap(),
+            &obj(json!({"city": "Paris"})),
+        )
+        .unwrap();
+        c.remove(&contacts, &RecordId::parse("bob").unwrap())
+            .unwrap();
+        put(&notes, "n2", json!({"title": "Trip to Paris"}));
+        index.catch_up_all(&c).unwrap();
+        assert_eq!(found(&index, "paris", None), ["notes/n2", "contacts/ada"]);
+        assert!(found(&index, "london", None).is_empty(), "old words go");
+        assert_eq!(found(&index, "ada", None), ["contacts/ada"]);
+
+        // A new index (no place in the log): made whole, same answers.
+        index.forget(&contacts).unwrap();
+        index.forget(&notes).unwrap();
+        assert!(found(&index, "paris", None).is_empty());
+        index.catch_up_all(&c).unwrap();
+        assert_eq!(found(&index, "paris", None), ["notes/n2", "contacts/ada"]);
+
+        // A collection removed leaves the index.
+        c.remove(&notes, &RecordId::parse("n1").unwrap()).unwrap();
+        c.remove(&notes, &RecordId::parse("n2").unwrap()).unwrap();
+        index.catch_up_all(&c).unwrap();
+        assert_eq!(found(&index, "paris", None), ["contacts/ada"]);
+    }
+
+    #[test]
+    fn words_are_what_a_person_types() {
+        assert_eq!(
+            words("Zoë O'Brien <zoe.obrien@example.org>, +44 20"),
+            [
+                "zoe", "brien", "zoe", "obrien", "example", "org", "44", "20"
+            ]
+        );
+        assert_eq!(words("ÉCOLE Straße"), ["ecole", "straße"]);
+        assert!(words("a - b").is_empty());
+    }
+
+    #[test]
+    fn a_record_gives_its_texts_not_its_ids_or_raw_text() {
+        let record = json!({
+            "id": "ada",
+            "name": "Ada Lovelace",
+            "emails": [{"value": "ada@example.org", "type": "work"}],
+            "vcard": "BEGIN:VCARD\nFN:Hidden Twice\nEND:VCARD",
+            "photo": {"blob": "a".repeat(64)},
+            "n": 3,
+        });
+        let Value::Object(record) = record else {
+            unreachable!()
+        };
+        let found = record_words(&record);
+        assert_eq!(found["ada"], ["emails.value", "name"]);
+        assert_eq!(found["work"], ["emails.type"]);
+        assert!(!found.contains_key("hidden"), "{found:?}");
+        assert!(!found.keys().any(|w| w.starts_with("aaaa")), "{found:?}");
+        assert_eq!(weight("name"), 3);
+        assert_eq!(weight("emails.value"), 1);
+        assert_eq!(weight("meta.title"), 3);
+    }
+}
