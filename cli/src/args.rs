@@ -411,7 +411,12 @@ pub enum Command {
     },
     /// Read back and verify everything on this device: every sealed value of the store,
     /// every collection, every chunk of every blob, the audit log's hash chains
-    Check,
+    Check {
+        /// First make again what this device derives from the records (the search
+        /// index), from the records
+        #[arg(long)]
+        repair: bool,
+    },
     /// Find the records that hold every word of QUERY (in any field: names, emails,
     /// notes, file names and paths, a photo's camera, a song's artist), best first.
     /// `hearth find ada` or `hearth find contacts "ada london"`

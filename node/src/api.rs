@@ -155,6 +155,7 @@ pub fn router(vault: Arc<Vault>) -> Router {
         .route("/v1/audit", get(list_audit))
         .route("/v1/audit/verify", get(verify_audit))
         .route("/v1/check", get(check))
+        .route("/v1/check/repair", post(repair))
         .route("/v1/search", get(search))
         .route("/v1/dashboard/login", post(crate::dashboard::login_link))
         .route_layer(middleware::from_fn_with_state(vault.clone(), require_owner));
@@ -253,6 +254,7 @@ pub fn router(vault: Arc<Vault>) -> Router {
         list_audit,
         verify_audit,
         check,
+        repair,
         search,
         view_search,
         view_all,

@@ -41,11 +41,13 @@ use crate::owner::{self, Error as ApiError};
 mod audit;
 mod data;
 mod devices;
+mod files;
 mod grants;
 
 use audit::*;
 use data::*;
 use devices::*;
+use files::*;
 use grants::*;
 
 type AppState = Arc<Vault>;
@@ -188,6 +190,17 @@ pub fn routes() -> Router<AppState> {
             post(import).layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD)),
         )
         .route("/data/blobs/{id}", get(download_blob))
+        .route("/data/files", get(files_page))
+        .route("/data/files/get", get(download_file))
+        .route(
+            "/data/files/upload",
+            post(upload).layer(axum::extract::DefaultBodyLimit::max(MAX_FILE_UPLOAD)),
+        )
+        .route("/data/files/mkdir", post(make_folder))
+        .route("/data/files/remove", post(remove))
+        .route("/data/photos", get(photos_page))
+        .route("/data/search", get(search_page))
+        .route("/data/thumbnail/{id}", get(thumbnail))
         .route("/data/{collection}", get(collection_page))
         .route(
             "/data/{collection}/{id}",

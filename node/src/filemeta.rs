@@ -186,7 +186,14 @@ pub mod samples {
     /// A small JPEG with an EXIF block: Make, Model, Orientation 6, DateTimeOriginal,
     /// OffsetTimeOriginal and a GPS pointer.
     pub fn camera_jpeg() -> Vec<u8> {
-        let picture = image::DynamicImage::ImageRgb8(image::RgbImage::new(40, 20));
+        // A sunset: warm at the top, sea below.
+        let picture = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(40, 20, |x, y| {
+            if y < 12 {
+                image::Rgb([240, 120 + (y * 8) as u8, 40 + x as u8])
+            } else {
+                image::Rgb([20, 60 + x as u8, 140 + (y * 4) as u8])
+            }
+        }));
         let mut jpeg = Cursor::new(Vec::new());
         picture
             .write_to(&mut jpeg, image::ImageFormat::Jpeg)

@@ -463,6 +463,89 @@ pub async fn resolve(
     Ok(())
 }
 
+/// Stores a file at `path` from `body` (streamed into the blob store), with its type
+/// (`content_type`, else guessed from its name), its own time if given, and what its
+/// bytes say (`crate::filemeta`); with `parents`, the folders it needs are made. The
+/// owner API's `PUT /v1/files/{path}` and the dashboard's upload. Returns the entry
+/// and whether it is new.
+pub async fn store_file<S, E>(
+    vault: &Arc<Vault>,
+    path: crate::files::FilePath,
+    body: S,
+    content_type: Option<&str>,
+    modified: Option<i64>,
+    parents: bool,
+) -> Result<(crate::files::Entry, bool), Error>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    use crate::files;
+    let described = crate::blobs::Described::new(Some(path.name()), content_type)
+        .map_err(|e| Error::new(ErrorCode::BadRequest, e))?;
+    let stored = vault.blobs.put(body, vault.limits.max_blob_bytes).await?;
+    let content_type = files::content_type(path.name(), described.content_type.as_deref());
+    let meta = crate::filemeta::read(vault, stored.id, stored.size, content_type.as_deref()).await;
+    let content = files::Content {
+        blob: stored.id,
+        size: stored.size,
+        content_type,
+        modified,
+        meta,
+    };
+    let listing = vec![(stored.id, stored.size, described)];
+    let at = path.clone();
+    let created = blocking(vault, move |v| {
+        Ok(files::put_file(
+            &v.collections,
+            &at,
+            &content,
+            parents,
+            &listing,
+        )?)
+    })
+    .await?;
+    vault.store.commit().await?;
+    // The bytes stay pinned until the record naming them is durable.
+    drop(stored.pinned);
+    let entry = blocking(vault, move |v| Ok(files::stat(&v.collections, &path)?))
+        .await?
+        .ok_or_else(|| Error::new(ErrorCode::Internal, "a file just stored is not there"))?;
+    Ok((entry, created))
+}
+
+/// Makes the folder `path` (and, with `parents`, those it needs); its entry.
+pub async fn make_folder(
+    vault: &Arc<Vault>,
+    path: crate::files::FilePath,
+    parents: bool,
+) -> Result<crate::files::Entry, Error> {
+    let at = path.clone();
+    blocking(vault, move |v| {
+        Ok(crate::files::make_folder(&v.collections, &at, parents)?)
+    })
+    .await?;
+    vault.store.commit().await?;
+    blocking(vault, move |v| {
+        Ok(crate::files::stat(&v.collections, &path)?)
+    })
+    .await?
+    .ok_or_else(|| Error::new(ErrorCode::Internal, "a folder just made is not there"))
+}
+
+/// Removes the file or folder `path` (a folder with all it holds).
+pub async fn remove_file(
+    vault: &Arc<Vault>,
+    path: crate::files::FilePath,
+) -> Result<crate::files::Removed, Error> {
+    let removed = blocking(vault, move |v| {
+        Ok(crate::files::remove(&v.collections, &path)?)
+    })
+    .await?;
+    vault.store.commit().await?;
+    Ok(removed)
+}
+
 /// Runs whole-collection store work on the blocking pool.
 pub async fn blocking<R, F>(vault: &Arc<Vault>, f: F) -> Result<R, Error>
 where

@@ -420,6 +420,18 @@ impl Index {
         Ok(())
     }
 
+    /// Throws the whole index away (even values that no longer open) and makes it again
+    /// from the records: `hearth check --repair`. Returns how many records.
+    pub fn rebuild_all(&self, collections: &Collections) -> Result<usize, SearchError> {
+        let _one = self.updating.lock().unwrap_or_else(|e| e.into_inner());
+        self.tree.clear()?;
+        let mut count = 0;
+        for name in collections.names()?.into_iter().filter(|n| !n.is_system()) {
+            count += self.rebuild(collections, &name)?;
+        }
+        Ok(count)
+    }
+
     /// The records holding every word of `query`, in the collections `keep` keeps,
     /// best first, at most `limit`. The ranking reads only the index's keys (a word's
     /// records and whether it is in a name-like field); only the records shown are
@@ -577,11 +589,12 @@ impl From<SearchError> for crate::api::ApiError {
     }
 }
 
-/// What a record is called: its name, title, summary, subject or path (the first it
-/// has), at most 120 characters; else `None`.
+/// What a record is called: a file's path, else its name, title, summary or subject
+/// (the first it has), at most 120 characters; else `None`.
 pub fn title(record: &Map<String, Value>) -> Option<String> {
-    TITLES
-        .iter()
+    std::iter::once(&"path")
+        .chain(TITLES.iter())
+        .filter(|f| **f != "path" || record.contains_key("kind"))
         .find_map(|f| record.get(*f)?.as_str().filter(|t| !t.trim().is_empty()))
         .map(|t| t.chars().take(120).collect())
 }

@@ -428,6 +428,30 @@ fn the_dashboard_in_a_browser() {
     browser.goto("/data");
     browser.screenshot("data.png");
 
+    // Files and photos: a folder made and a photo uploaded through the forms, shown
+    // with its thumbnail and camera, in the gallery, and found by the search box.
+    browser.goto("/data/files");
+    browser.fill("#mkdir input[name=name]", "Trip");
+    browser.click("#mkdir button");
+    browser.wait_text("#files", "Trip");
+    browser.goto("/data/files?path=%2FTrip");
+    let beach = t.path().join("beach.jpg");
+    std::fs::write(&beach, hearth_node::filemeta::samples::camera_jpeg()).unwrap();
+    browser.attach("#upload input[name=file]", &beach);
+    browser.click("#upload-button");
+    browser.wait_text("#files", "Canon EOS R5");
+    assert!(
+        browser.exists("#files td.thumb img"),
+        "{}",
+        browser.source()
+    );
+    browser.screenshot("files.png");
+    browser.goto("/data/photos");
+    browser.wait_text("main", "2026-07");
+    browser.screenshot("photos.png");
+    browser.fill("#search input[name=q]", "canon\u{E007}");
+    browser.wait_text("#found", "/Trip/beach.jpg");
+
     // Pairing from the dashboard: the code (and its QR) joins B, B shows online, and an
     // edit in the dashboard reaches B.
     browser.goto("/devices");
@@ -551,6 +575,8 @@ fn the_dashboard_in_a_browser() {
     browser.screenshot("phone-grants.png");
     browser.goto("/");
     browser.screenshot("phone-overview.png");
+    browser.goto("/data/photos");
+    browser.screenshot("phone-photos.png");
     browser.resize(1280, 900);
 
     // Logging out ends the session.
@@ -573,15 +599,7 @@ fn sessions_csrf_and_headers_hold_without_a_browser() {
     let t = TestHome::new();
     let node = spawn_node(t.path(), &[]);
     let base = node.base_url();
-    let http = reqwest::blocking::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let url = node.json(&["dashboard"])["url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (http, url) = login_link(&node);
     assert!(url.starts_with(&format!("{base}/login/")), "{url}");
 
     let answer = http.get(&url).send().unwrap();
@@ -839,5 +857,184 @@ fn sessions_csrf_and_headers_hold_without_a_browser() {
         .send()
         .unwrap();
     assert_eq!(after.status(), 401, "the session ended on the server");
+    node.stop();
+}
+
+/// A client that does not follow redirects (the tests look at them), and a one-time
+/// login link of `node`'s dashboard.
+fn login_link(node: &NodeProcess) -> (reqwest::blocking::Client, String) {
+    let http = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = node.json(&["dashboard"])["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (http, url)
+}
+
+/// A multipart form body of `fields` (name, file name if a file, bytes) and its
+/// content type, as a browser sends a form with `enctype="multipart/form-data"`.
+fn multipart(fields: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "----hearth-test-boundary-7f3a";
+    let mut body = Vec::new();
+    for (name, file, bytes) in fields {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        match file {
+            Some(file) => body.extend_from_slice(
+                format!(
+                    "Content-Disposition: form-data; name=\"{name}\"; filename=\"{file}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                )
+                .as_bytes(),
+            ),
+            None => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
+            ),
+        }
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// Files, photos and search for people, without a browser: a folder made and files
+/// uploaded through the plain forms (the CSRF token checked before a byte is kept),
+/// listed with thumbnails and what the camera said, downloaded, shown in the gallery
+/// by month, found by the search box, and removed.
+#[test]
+fn files_photos_and_search_for_people_without_a_browser() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let base = node.base_url();
+    let (http, url) = login_link(&node);
+    let set = http.get(&url).send().unwrap().headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let get = |path: &str| {
+        let answer = http
+            .get(format!("{base}{path}"))
+            .header("Cookie", &cookie)
+            .send()
+            .unwrap();
+        let status = answer.status().as_u16();
+        let headers = answer.headers().clone();
+        (status, headers, answer.bytes().unwrap().to_vec())
+    };
+    let text = |path: &str| {
+        let (status, _, body) = get(path);
+        assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+        String::from_utf8(body).unwrap()
+    };
+    let empty = text("/data/files");
+    assert!(empty.contains("Nothing here yet"), "{empty}");
+    let csrf = empty
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let post_form = |path: &str, form: &[(&str, &str)]| {
+        http.post(format!("{base}{path}"))
+            .header("Cookie", &cookie)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(
+                form.iter()
+                    .map(|(k, v)| format!("{k}={}", percent_encoded(v)))
+                    .collect::<Vec<_>>()
+                    .join("&"),
+            )
+            .send()
+            .unwrap()
+    };
+    let made = post_form(
+        "/data/files/mkdir",
+        &[("csrf", &csrf), ("path", "/"), ("name", "Trip")],
+    );
+    assert_eq!(made.status(), 303);
+
+    let photo = hearth_node::filemeta::samples::camera_jpeg();
+    let upload = |fields: &[(&str, Option<&str>, &[u8])]| {
+        let (content_type, body) = multipart(fields);
+        http.post(format!("{base}/data/files/upload"))
+            .header("Cookie", &cookie)
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    // Without the token: refused, nothing kept.
+    let refused = upload(&[
+        ("path", None, b"/Trip"),
+        ("file", Some("sneaky.txt"), b"no"),
+    ]);
+    assert_eq!(refused.status(), 403);
+    let answer = upload(&[
+        ("csrf", None, csrf.as_bytes()),
+        ("path", None, b"/Trip"),
+        ("file", Some("beach.jpg"), &photo),
+        ("file", Some("notes.txt"), b"sunscreen"),
+    ]);
+    assert_eq!(answer.status(), 303, "{:?}", answer.text());
+    assert_eq!(answer.headers()["location"], "/data/files?path=%2FTrip");
+    let listed = node.json(&["file", "ls", "/Trip"]).to_string();
+    assert!(
+        listed.contains("beach.jpg") && listed.contains("notes.txt"),
+        "{listed}"
+    );
+    assert!(!listed.contains("sneaky"), "{listed}");
+
+    let folder = text("/data/files?path=%2FTrip");
+    assert!(folder.contains("Canon EOS R5, 2026-07-01"), "{folder}");
+    let thumb = folder
+        .split("<img src=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a thumbnail")
+        .to_owned();
+    let (status, headers, jpeg) = get(&thumb);
+    assert_eq!(
+        (status, headers["content-type"].to_str().unwrap()),
+        (200, "image/jpeg")
+    );
+    assert!(jpeg.starts_with(&[0xFF, 0xD8]));
+    let (status, headers, bytes) = get("/data/files/get?path=%2FTrip%2Fnotes.txt");
+    assert_eq!((status, bytes.as_slice()), (200, &b"sunscreen"[..]));
+    assert!(
+        headers["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment")
+    );
+
+    let gallery = text("/data/photos");
+    assert!(
+        gallery.contains("<h2>2026-07</h2>")
+            && gallery.contains(&thumb.replace("size=128", "size=256")),
+        "{gallery}"
+    );
+
+    let found = text("/data/search?q=canon");
+    assert!(
+        found.contains("/Trip/beach.jpg") && found.contains("files, in /Trip"),
+        "{found}"
+    );
+    let bad = text("/data/search?q=-");
+    assert!(bad.contains("nothing to look for"), "{bad}");
+
+    let removed = post_form(
+        "/data/files/remove",
+        &[("csrf", &csrf), ("path", "/Trip/notes.txt")],
+    );
+    assert_eq!(removed.status(), 303);
+    let folder = text("/data/files?path=%2FTrip");
+    assert!(!folder.contains("notes.txt"), "{folder}");
+    let refused = post_form("/data/files/remove", &[("path", "/Trip/beach.jpg")]);
+    assert_eq!(refused.status(), 403);
+    assert!(text("/data/files?path=%2FTrip").contains("beach.jpg"));
     node.stop();
 }

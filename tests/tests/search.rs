@@ -141,6 +141,20 @@ fn find_finds_records_and_files_and_forgets_what_is_removed() {
     let node = spawn_node(t.path(), &[]);
     let hits: Value = node.json(&["find", "zanzibarite"]);
     assert_eq!(hits["hits"][0]["id"], "trip", "{hits}");
+    // `hearth check --repair` makes the index again, with the same answers.
+    let out = node.run(&["check", "--repair"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("made the search index again: "),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again: Value = node.json(&["find", "zanzibarite"]);
+    assert_eq!(again, hits);
     node.stop();
 }
 

@@ -3,7 +3,24 @@
 
 use super::*;
 
-pub(super) async fn check(home: &Home, json: bool, client: &Client) -> anyhow::Result<()> {
+pub(super) async fn check(
+    home: &Home,
+    json: bool,
+    client: &Client,
+    repair: bool,
+) -> anyhow::Result<()> {
+    if repair {
+        let made: serde_json::Value = client
+            .json(home, client.request(Method::POST, "/v1/check/repair"))
+            .await?;
+        if !json {
+            note(format!(
+                "made the search index again: {} record{}",
+                made["indexed"],
+                if made["indexed"] == 1 { "" } else { "s" }
+            ));
+        }
+    }
     let report: CheckReport = client
         .json(home, client.request(Method::GET, "/v1/check"))
         .await?;

@@ -412,7 +412,7 @@ async fn client_command(home: &Home, json: bool, command: Command) -> anyhow::Re
         } => files::export(home, json, &client, kind, output, from, maildir).await?,
         Command::Blob { command } => files::blob(home, json, &client, command).await?,
         Command::File { command } => files::file(home, json, &client, command).await?,
-        Command::Check => files::check(home, json, &client).await?,
+        Command::Check { repair } => files::check(home, json, &client, repair).await?,
         Command::Find { args, limit } => files::find(home, json, &client, args, limit).await?,
         Command::Backup { command } => backup::backup(home, json, &client, command).await?,
         Command::Init { .. }

@@ -1065,6 +1065,14 @@ impl SealedTree {
             })
     }
 
+    /// Removes every entry without opening any (a derived tree made again from
+    /// scratch, even one whose values no longer open).
+    pub fn clear(&self) -> Result<(), StoreError> {
+        self.writable()?;
+        self.tree.clear()?;
+        Ok(())
+    }
+
     /// Test hook: the raw sealed bytes, so tests can tamper with them.
     #[cfg(any(test, feature = "testutil"))]
     pub fn raw(&self) -> &sled::Tree {

@@ -2,7 +2,7 @@
 //! with ranges, a folder's listing), move or copy, remove.
 
 use super::*;
-use crate::files::{self, Content, Entry, FileError, FilePath};
+use crate::files::{self, Entry, FileError, FilePath};
 use hearth_protocol::api::{FileInfo, FileList, FileMove, FileRemoved};
 
 impl From<FileError> for ApiError {
@@ -167,16 +167,7 @@ pub(super) async fn put_file(
     let path = file_path(Some(path))?;
     let query = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
     if query.folder {
-        let at = path.clone();
-        let parents = query.parents;
-        blocking(&vault, move |v| {
-            Ok(files::make_folder(&v.collections, &at, parents)?)
-        })
-        .await?;
-        vault.store.commit().await?;
-        let entry = blocking(&vault, move |v| Ok(files::stat(&v.collections, &path)?))
-            .await?
-            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "a folder just made is not there"))?;
+        let entry = crate::owner::make_folder(&vault, path, query.parents).await?;
         return Ok((StatusCode::CREATED, Json(info(&entry))).into_response());
     }
     let content_type = match headers.get(header::CONTENT_TYPE) {
@@ -185,38 +176,15 @@ pub(super) async fn put_file(
         })?),
         None => None,
     };
-    let described = crate::blobs::Described::new(Some(path.name()), content_type)
-        .map_err(|e| ApiError::new(ErrorCode::BadRequest, e))?;
-    let max = vault.limits.max_blob_bytes;
-    let stored = vault.blobs.put(body.into_data_stream(), max).await?;
-    let content_type = files::content_type(path.name(), described.content_type.as_deref());
-    let meta = crate::filemeta::read(&vault, stored.id, stored.size, content_type.as_deref()).await;
-    let content = Content {
-        blob: stored.id,
-        size: stored.size,
+    let (entry, created) = crate::owner::store_file(
+        &vault,
+        path,
+        body.into_data_stream(),
         content_type,
-        modified: query.modified,
-        meta,
-    };
-    let listing = vec![(stored.id, stored.size, described)];
-    let at = path.clone();
-    let parents = query.parents;
-    let created = blocking(&vault, move |v| {
-        Ok(files::put_file(
-            &v.collections,
-            &at,
-            &content,
-            parents,
-            &listing,
-        )?)
-    })
+        query.modified,
+        query.parents,
+    )
     .await?;
-    vault.store.commit().await?;
-    // The bytes stay pinned until the record naming them is durable.
-    drop(stored.pinned);
-    let entry = blocking(&vault, move |v| Ok(files::stat(&v.collections, &path)?))
-        .await?
-        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "a file just stored is not there"))?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -273,9 +241,7 @@ pub(super) async fn remove_file(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<FileRemoved>, ApiError> {
     let path = file_path(Some(path))?;
-    let at = path.clone();
-    let removed = blocking(&vault, move |v| Ok(files::remove(&v.collections, &at)?)).await?;
-    vault.store.commit().await?;
+    let removed = crate::owner::remove_file(&vault, path.clone()).await?;
     Ok(Json(FileRemoved {
         path: path.to_string(),
         files: removed.files,

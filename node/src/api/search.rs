@@ -3,6 +3,20 @@
 use super::*;
 use hearth_protocol::api::{SearchHit, SearchResults};
 
+/// `POST /v1/check/repair`: what this device derives from the records, made again from
+/// them: the search index (values that no longer open included).
+#[utoipa::path(
+    post,
+    path = "/v1/check/repair",
+    tag = "owner",
+    summary = "Make the search index again from the records",
+    responses((status = 200, description = "{\"indexed\": N}: the records indexed", body = serde_json::Value), (status = "default", response = Failure))
+)]
+pub(super) async fn repair(State(vault): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let indexed = blocking(&vault, |v| Ok(v.search.rebuild_all(&v.collections)?)).await?;
+    Ok(Json(serde_json::json!({ "indexed": indexed })))
+}
+
 #[derive(serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct ViewSearchQuery {
