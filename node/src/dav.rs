@@ -515,36 +515,42 @@ fn prefix(ns: &str) -> Option<&'static str> {
 
 /// A parsed XML element: name, attributes, text and children.
 #[derive(Debug, Default)]
-struct Element {
-    ns: String,
-    name: String,
-    attributes: Vec<(String, String)>,
-    text: String,
-    children: Vec<Element>,
+pub(crate) struct Element {
+    pub(crate) ns: String,
+    pub(crate) name: String,
+    pub(crate) attributes: Vec<(String, String)>,
+    pub(crate) text: String,
+    pub(crate) children: Vec<Element>,
 }
 
 impl Element {
-    fn is(&self, ns: &str, name: &str) -> bool {
+    pub(crate) fn is(&self, ns: &str, name: &str) -> bool {
         self.ns == ns && self.name == name
     }
 
-    fn child(&self, ns: &str, name: &str) -> Option<&Element> {
+    pub(crate) fn child(&self, ns: &str, name: &str) -> Option<&Element> {
         self.children.iter().find(|c| c.is(ns, name))
     }
 
-    fn attribute(&self, name: &str) -> Option<&str> {
+    pub(crate) fn attribute(&self, name: &str) -> Option<&str> {
         self.attributes
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
 
-    fn find(&self, ns: &str, name: &str) -> Option<&Element> {
+    pub(crate) fn find(&self, ns: &str, name: &str) -> Option<&Element> {
         if self.is(ns, name) {
             return Some(self);
         }
         self.children.iter().find_map(|c| c.find(ns, name))
     }
+}
+
+/// Reads an XML document (not a request: an EPUB's container or package) into its
+/// root element, with the same care (depth, characters, declared prefixes).
+pub(crate) fn read_document(text: &[u8]) -> Option<Element> {
+    parse_xml(text).ok().flatten()
 }
 
 /// Reads a request body into its root element; `None` for an empty body.

@@ -1,7 +1,9 @@
 //! What a file's bytes say about themselves, kept in its record's `meta` (docs/SCHEMA.md,
 //! "Files"): a photo's size, when it was taken and with what camera (EXIF); a song's
 //! title, artist, album, track and length (ID3, Vorbis comments, MP4 atoms, through
-//! `lofty`). Read once when the bytes are stored, so a gallery or a player lists them
+//! `lofty`); a book's title, author and language (an EPUB's package document), and
+//! whether it has a cover (which its thumbnail shows). Read once when the bytes are
+//! stored, so a gallery, a player or a bookshelf lists them
 //! from records without opening a file; sealed like the rest of the record.
 //!
 //! A photo's location (EXIF GPS) is never copied into the record: it would then travel
@@ -37,10 +39,11 @@ pub async fn read(
     let kind = match content_type? {
         t if t.starts_with("image/") => Kind::Photo,
         t if t.starts_with("audio/") => Kind::Music,
+        "application/epub+zip" if size <= MAX_WHOLE_BYTES => Kind::Book,
         _ => return None,
     };
     let _turn = vault.thumbnailer.turn().await?;
-    let whole = kind == Kind::Music && size <= MAX_WHOLE_BYTES;
+    let whole = matches!(kind, Kind::Music | Kind::Book) && size <= MAX_WHOLE_BYTES;
     let wanted = if whole { size } else { size.min(HEAD_BYTES) };
     let mut reader = vault.blobs.open_blob(blob).ok()?;
     reader.seek(0, wanted);
@@ -51,6 +54,7 @@ pub async fn read(
     tokio::task::spawn_blocking(move || match kind {
         Kind::Photo => photo(&bytes),
         Kind::Music => music(&bytes, whole),
+        Kind::Book => book(&bytes),
     })
     .await
     .ok()
@@ -61,6 +65,7 @@ pub async fn read(
 enum Kind {
     Photo,
     Music,
+    Book,
 }
 
 /// `{"kind": "photo", "width", "height", "taken"?, "camera"?}` from a picture's start:
@@ -178,6 +183,122 @@ pub fn music(bytes: &[u8], whole: bool) -> Option<Map<String, Value>> {
     Some(meta)
 }
 
+const DC: &str = "http://purl.org/dc/elements/1.1/";
+const OPF: &str = "http://www.idpf.org/2007/opf";
+const CONTAINER: &str = "urn:oasis:names:tc:opendocument:xmlns:container";
+/// The largest container or package document read from an EPUB.
+const MAX_EPUB_XML: u64 = 1 << 20;
+/// The largest cover picture read from an EPUB.
+const MAX_COVER: u64 = 32 << 20;
+
+/// Whether `bytes` are an EPUB: a ZIP whose first entry is `mimetype`, stored,
+/// holding `application/epub+zip` (EPUB 3 OCF §4.3).
+pub fn is_epub(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"PK\x03\x04")
+        && bytes.get(30..58) == Some(&b"mimetypeapplication/epub+zip"[..])
+}
+
+/// An entry of `archive`, if it is at most `max` bytes once inflated (a ZIP bomb is
+/// read no further than that).
+fn entry(archive: &mut zip::ZipArchive<Cursor<&[u8]>>, name: &str, max: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let file = archive.by_name(name).ok()?;
+    if file.size() > max {
+        return None;
+    }
+    let mut out = Vec::new();
+    file.take(max + 1).read_to_end(&mut out).ok()?;
+    (out.len() as u64 <= max).then_some(out)
+}
+
+/// An EPUB's package document and the folder its paths are relative to.
+fn package(archive: &mut zip::ZipArchive<Cursor<&[u8]>>) -> Option<(String, crate::dav::Element)> {
+    let container = entry(archive, "META-INF/container.xml", MAX_EPUB_XML)?;
+    let container = crate::dav::read_document(&container)?;
+    let path = container
+        .find(CONTAINER, "rootfile")?
+        .attribute("full-path")?
+        .to_owned();
+    let opf = crate::dav::read_document(&entry(archive, &path, MAX_EPUB_XML)?)?;
+    let dir = path
+        .rsplit_once('/')
+        .map(|(d, _)| format!("{d}/"))
+        .unwrap_or_default();
+    Some((dir, opf))
+}
+
+/// The path in the archive of an EPUB's cover picture: the manifest item with the
+/// `cover-image` property (EPUB 3), else the one `<meta name="cover">` names (EPUB 2).
+fn cover_path(dir: &str, opf: &crate::dav::Element) -> Option<String> {
+    let manifest = opf.child(OPF, "manifest")?;
+    let items = || manifest.children.iter().filter(|c| c.is(OPF, "item"));
+    let href = items()
+        .find(|i| {
+            i.attribute("properties")
+                .is_some_and(|p| p.split_whitespace().any(|p| p == "cover-image"))
+        })
+        .or_else(|| {
+            let id = opf
+                .child(OPF, "metadata")?
+                .children
+                .iter()
+                .find(|m| m.is(OPF, "meta") && m.attribute("name") == Some("cover"))?
+                .attribute("content")?;
+            items().find(|i| i.attribute("id") == Some(id))
+        })?
+        .attribute("href")?;
+    let href = percent_encoding::percent_decode_str(href)
+        .decode_utf8()
+        .ok()?;
+    Some(format!("{dir}{href}"))
+}
+
+/// `{"kind": "book", "title"?, "author"?, "language"?, "cover"}` from an EPUB's package
+/// document (Dublin Core; several authors joined with `, `).
+pub fn book(bytes: &[u8]) -> Option<Map<String, Value>> {
+    if !is_epub(bytes) {
+        return None;
+    }
+    let mut archive = zip::ZipArchive::new(Cursor::new(bytes)).ok()?;
+    let (dir, opf) = package(&mut archive)?;
+    let metadata = opf.child(OPF, "metadata")?;
+    let texts = |name: &str| -> Vec<String> {
+        metadata
+            .children
+            .iter()
+            .filter(|c| c.is(DC, name))
+            .map(|c| c.text.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect()
+    };
+    let mut meta = Map::new();
+    meta.insert("kind".into(), json!("book"));
+    if let Some(title) = texts("title").into_iter().next() {
+        meta.insert("title".into(), json!(title));
+    }
+    let authors = texts("creator");
+    if !authors.is_empty() {
+        meta.insert("author".into(), json!(authors.join(", ")));
+    }
+    if let Some(language) = texts("language").into_iter().next() {
+        meta.insert("language".into(), json!(language));
+    }
+    let cover = cover_path(&dir, &opf).is_some_and(|p| archive.by_name(&p).is_ok());
+    meta.insert("cover".into(), json!(cover));
+    Some(meta)
+}
+
+/// An EPUB's cover picture, for its thumbnail.
+pub fn epub_cover(bytes: &[u8]) -> Option<Vec<u8>> {
+    if !is_epub(bytes) {
+        return None;
+    }
+    let mut archive = zip::ZipArchive::new(Cursor::new(bytes)).ok()?;
+    let (dir, opf) = package(&mut archive)?;
+    let path = cover_path(&dir, &opf)?;
+    entry(&mut archive, &path, MAX_COVER)
+}
+
 /// Pictures and songs for tests (here and in the workspace's tests).
 #[doc(hidden)]
 pub mod samples {
@@ -251,6 +372,58 @@ pub mod samples {
         out.extend_from_slice(&jpeg[2..]);
         out
     }
+
+    /// An EPUB 3 whose package names a title, two authors, a language and a cover (a
+    /// 30 x 40 PNG); the package is deflated, as books are.
+    pub fn epub() -> Vec<u8> {
+        use std::io::Write;
+        let mut cover = Cursor::new(Vec::new());
+        image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(30, 40, |x, y| {
+            image::Rgb([200, (x * 8) as u8, (y * 6) as u8])
+        }))
+        .write_to(&mut cover, image::ImageFormat::Png)
+        .unwrap();
+        let stored = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        let deflated = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        zip.start_file("mimetype", stored).unwrap();
+        zip.write_all(b"application/epub+zip").unwrap();
+        zip.start_file("META-INF/container.xml", deflated).unwrap();
+        zip.write_all(br#"<?xml version="1.0"?>
+<container version="1.0" xmlns="urn:oasis:names:tc:opendocument:xmlns:container">
+  <rootfiles><rootfile full-path="OEBPS/content.opf" media-type="application/oebps-package+xml"/></rootfiles>
+</container>"#).unwrap();
+        zip.start_file("OEBPS/content.opf", deflated).unwrap();
+        zip.write_all(
+            br#"<?xml version="1.0" encoding="utf-8"?>
+<package xmlns="http://www.idpf.org/2007/opf" version="3.0" unique-identifier="id">
+  <metadata xmlns:dc="http://purl.org/dc/elements/1.1/">
+    <dc:identifier id="id">urn:uuid:0d1a2b3c</dc:identifier>
+    <dc:title>Notes on the Analytical Engine</dc:title>
+    <dc:creator>Ada Lovelace</dc:creator>
+    <dc:creator>Luigi Menabrea</dc:creator>
+    <dc:language>en</dc:language>
+  </metadata>
+  <manifest>
+    <item id="c" href="images/cover%20art.png" media-type="image/png" properties="cover-image"/>
+    <item id="t" href="text.xhtml" media-type="application/xhtml+xml"/>
+  </manifest>
+  <spine><itemref idref="t"/></spine>
+</package>"#,
+        )
+        .unwrap();
+        zip.start_file("OEBPS/images/cover art.png", stored)
+            .unwrap();
+        zip.write_all(cover.get_ref()).unwrap();
+        zip.start_file("OEBPS/text.xhtml", deflated).unwrap();
+        zip.write_all(
+            b"<html xmlns=\"http://www.w3.org/1999/xhtml\"><body><p>Notes.</p></body></html>",
+        )
+        .unwrap();
+        zip.finish().unwrap().into_inner()
+    }
 }
 
 #[cfg(test)]
@@ -286,6 +459,49 @@ mod tests {
             exif_time("2026:01:01 00:00:00", Some("junk!!".into())).as_deref(),
             Some("2026-01-01T00:00:00")
         );
+    }
+
+    #[test]
+    fn a_book_says_its_title_authors_language_and_cover() {
+        let epub = super::samples::epub();
+        assert!(is_epub(&epub));
+        assert_eq!(
+            Value::Object(book(&epub).expect("read")),
+            json!({
+                "kind": "book",
+                "title": "Notes on the Analytical Engine",
+                "author": "Ada Lovelace, Luigi Menabrea",
+                "language": "en",
+                "cover": true,
+            })
+        );
+        let cover = epub_cover(&epub).expect("a cover");
+        let picture = image::load_from_memory(&cover).unwrap();
+        assert_eq!((picture.width(), picture.height()), (30, 40));
+        // A package that inflates past 1 MiB (a ZIP bomb's way) is not read.
+        let bomb = {
+            use std::io::Write;
+            let options = zip::write::SimpleFileOptions::default();
+            let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
+            zip.start_file(
+                "mimetype",
+                options.compression_method(zip::CompressionMethod::Stored),
+            )
+            .unwrap();
+            zip.write_all(b"application/epub+zip").unwrap();
+            let deflated = options.compression_method(zip::CompressionMethod::Deflated);
+            zip.start_file("META-INF/container.xml", deflated).unwrap();
+            zip.write_all(br#"<container xmlns="urn:oasis:names:tc:opendocument:xmlns:container"><rootfiles><rootfile full-path="p.opf"/></rootfiles></container>"#).unwrap();
+            zip.start_file("p.opf", deflated).unwrap();
+            zip.write_all(&vec![b' '; 4 << 20]).unwrap();
+            zip.finish().unwrap().into_inner()
+        };
+        assert!(bomb.len() < 64 << 10, "{}", bomb.len());
+        assert!(is_epub(&bomb) && book(&bomb).is_none());
+        // Not a book: a ZIP that is no EPUB, a damaged one.
+        assert!(book(b"PK\x03\x04 not really").is_none());
+        assert!(book(&epub[..epub.len() / 2]).is_none());
+        assert!(epub_cover(&epub[..epub.len() / 2]).is_none());
     }
 
     /// A WAV file with a RIFF INFO title and artist: what lofty reads, and its length.

@@ -1,4 +1,4 @@
-//! Thumbnails of photos: a JPEG, PNG or WebP blob made small (its longest side one of
+//! Thumbnails of photos (and of books: their cover): a JPEG, PNG or WebP blob made small (its longest side one of
 //! [`SIZES`]), turned as its EXIF orientation says, encoded as JPEG. Made once and
 //! kept in this device's sealed tree [`THUMBNAILS_TREE`] (nothing readable at rest;
 //! never synced: each device makes its own), so the second request reads a few KiB
@@ -135,15 +135,22 @@ pub async fn thumbnail(
     while let Some(chunk) = reader.next_chunk().await {
         bytes.extend_from_slice(&chunk?);
     }
-    let made = tokio::task::spawn_blocking(move || make(&bytes, size))
-        .await
-        .map_err(|e| ThumbnailError::Internal(format!("the thumbnail task failed: {e}")))?
-        .map_err(|e| match e {
-            ThumbnailError::NotAnImage(m) => {
-                ThumbnailError::NotAnImage(format!("blob {blob}: {m}"))
-            }
-            other => other,
-        })?;
+    let made = tokio::task::spawn_blocking(move || {
+        // A book's thumbnail is its cover's.
+        if crate::filemeta::is_epub(&bytes) {
+            let cover = crate::filemeta::epub_cover(&bytes).ok_or_else(|| {
+                ThumbnailError::NotAnImage("an EPUB without a cover picture".into())
+            })?;
+            return make(&cover, size);
+        }
+        make(&bytes, size)
+    })
+    .await
+    .map_err(|e| ThumbnailError::Internal(format!("the thumbnail task failed: {e}")))?
+    .map_err(|e| match e {
+        ThumbnailError::NotAnImage(m) => ThumbnailError::NotAnImage(format!("blob {blob}: {m}")),
+        other => other,
+    })?;
     tree.insert(&key, &made)
         .map_err(|e| ThumbnailError::Internal(e.to_string()))?;
     Ok(made)

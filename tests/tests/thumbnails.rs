@@ -248,3 +248,62 @@ fn a_photo_record_says_when_and_with_what_it_was_taken_but_not_where() {
     assert!(info("/Photos/IMG_0001.jpg").get("meta").is_none());
     node.stop();
 }
+
+/// A book (EPUB) says its title, authors and language, and its thumbnail is its
+/// cover; a grant that may read the book's record gets the cover too.
+#[test]
+fn a_book_says_what_it_is_and_shows_its_cover() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let api = Api::new(&node);
+    let epub = t.path().join("notes.epub");
+    std::fs::write(&epub, hearth_node::filemeta::samples::epub()).unwrap();
+    let stored = node.json(&["file", "put", epub.to_str().unwrap(), "/Books/"]);
+    let blob = stored["blob"].as_str().unwrap().to_owned();
+    let (status, info) = api.send(
+        api.raw(Method::GET, "/v1/files/Books/notes.epub?info=true")
+            .bearer_auth(node.owner_token()),
+    );
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info["type"], "application/epub+zip");
+    assert_eq!(
+        info["meta"],
+        serde_json::json!({
+            "kind": "book",
+            "title": "Notes on the Analytical Engine",
+            "author": "Ada Lovelace, Luigi Menabrea",
+            "language": "en",
+            "cover": true,
+        })
+    );
+    let cover = api.send_raw(
+        api.raw(Method::GET, &format!("/v1/blobs/{blob}/thumbnail?size=128"))
+            .bearer_auth(node.owner_token()),
+    );
+    assert_eq!(cover.status, 200);
+    assert_eq!(
+        dimensions(&cover.body),
+        (30, 40),
+        "a small cover is not enlarged"
+    );
+    let token = node.json(&["grant", "raw", "--read", "files", "--where", "path^=/Books"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let seen = api.send_raw(
+        api.raw(Method::GET, &format!("/v1/view/_blobs/{blob}/thumbnail"))
+            .bearer_auth(&token),
+    );
+    assert_eq!(seen.status, 200);
+    assert_eq!(
+        seen.body,
+        api.send_raw(
+            api.raw(Method::GET, &format!("/v1/blobs/{blob}/thumbnail"))
+                .bearer_auth(node.owner_token()),
+        )
+        .body
+    );
+    let found = node.json(&["find", "analytical"]);
+    assert_eq!(found["hits"][0]["title"], "/Books/notes.epub", "{found}");
+    node.stop();
+}
