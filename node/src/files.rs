@@ -224,7 +224,7 @@ impl Entry {
     }
 
     /// The names in a folder's `entries`, with whether each is a folder.
-    fn entries(&self) -> BTreeMap<String, bool> {
+    pub fn entries(&self) -> BTreeMap<String, bool> {
         self.record
             .get("entries")
             .and_then(Value::as_object)

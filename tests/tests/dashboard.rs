@@ -1011,6 +1011,17 @@ fn files_photos_and_search_for_people_without_a_browser() {
             .starts_with("attachment")
     );
 
+    // The grant form offers what exists: collections, their fields, the folders.
+    let grants_page = text("/grants");
+    for option in [
+        r#"<option value="files">"#,
+        r#"<option value="files.path">"#,
+        r#"<option value="files.meta">"#,
+        r#"<option value="path^=/Trip">"#,
+    ] {
+        assert!(grants_page.contains(option), "{option}: {grants_page}");
+    }
+
     let gallery = text("/data/photos");
     assert!(
         gallery.contains("<h2>2026-07</h2>")

@@ -216,17 +216,29 @@ fn ten_thousand_contacts_and_100_mib_arrive(v: &Vault, what: &str) {
 }
 
 /// Behind port-preserving NATs: A and B meet within 10 s, punch a hole (their link
-/// becomes direct), and keep syncing over it once the relay is gone.
+/// becomes direct), and keep syncing over it once the relay is gone. A punch fails now
+/// and then (how often is what `hole_punching_succeeds_…_in_most_runs` measures): this
+/// test is about what follows one, so it sets the devices up again, three times at
+/// most, until one punches.
 #[test]
 #[ignore = "needs root (network namespaces, nftables); run as root with --ignored"]
 fn behind_port_preserving_nats_devices_punch_a_hole_and_keep_it_without_the_relay() {
-    let mut v = Vault::new(Nat::EndpointIndependent);
-    let met = v.meet();
-    let direct = match v.direct(Duration::from_secs(20)) {
-        Some(d) => d,
-        None => {
-            eprintln!("A's log:\n{}\nB's log:\n{}", v.a.stderr(), v.b.stderr());
-            panic!("the link between A and B did not become direct (hole punched) within 20 s");
+    let mut attempt = 0;
+    let (mut v, met, direct) = loop {
+        attempt += 1;
+        let v = Vault::new(Nat::EndpointIndependent);
+        let met = v.meet();
+        match v.direct(Duration::from_secs(20)) {
+            Some(d) => break (v, met, d),
+            None if attempt < 3 => {
+                eprintln!("attempt {attempt}: no hole punched within 20 s; setting up again");
+            }
+            None => {
+                eprintln!("A's log:\n{}\nB's log:\n{}", v.a.stderr(), v.b.stderr());
+                panic!(
+                    "in 3 attempts the link between A and B never became direct (hole punched) within 20 s"
+                );
+            }
         }
     };
     eprintln!("port-preserving NATs: met after {met:?}, direct after {direct:?}");

@@ -69,6 +69,70 @@ pub(super) fn grant_row(g: &GrantInfo, now: u64) -> GrantRow {
 pub(super) struct GrantsPage {
     csrf: String,
     grants: Vec<GrantRow>,
+    /// What the form offers to read or write: collections, families and fields that
+    /// exist (`contacts`, `calendar*`, `contacts.email`).
+    scopes: Vec<String>,
+    /// What it offers to filter by: the folders of the files (`path^=/Photos`).
+    filters: Vec<String>,
+}
+
+/// Records of each collection looked at for the form's field names.
+const FIELD_SAMPLE: usize = 50;
+/// Folders offered as filters.
+const FOLDERS_OFFERED: usize = 200;
+
+/// What exists to grant: each user collection, the family of every `NAME-…` one, the
+/// fields of a sample of its records; the folders of the files.
+fn grantable(v: &Vault) -> Result<(Vec<String>, Vec<String>), ApiError> {
+    let mut scopes: Vec<String> = Vec::new();
+    let mut filters: Vec<String> = Vec::new();
+    for name in v
+        .collections
+        .names()?
+        .into_iter()
+        .filter(|n| !n.is_system())
+    {
+        if let Some((family, _)) = name.as_str().split_once('-') {
+            let family = format!("{family}*");
+            if !scopes.contains(&family) {
+                scopes.push(family);
+            }
+        }
+        scopes.push(name.to_string());
+        let mut fields: Vec<String> = Vec::new();
+        v.collections.page(&name, None, FIELD_SAMPLE, |record| {
+            let Value::Object(record) = record else {
+                return None;
+            };
+            for key in record.keys().filter(|k| *k != "id") {
+                if fields.len() < 64 && !fields.contains(key) {
+                    fields.push(key.clone());
+                }
+            }
+            Some(Value::Null)
+        })?;
+        fields.sort();
+        scopes.extend(fields.into_iter().map(|f| format!("{name}.{f}")));
+    }
+    // The folders, from the root down (each folder's record lists its folders).
+    let mut queue = std::collections::VecDeque::from([crate::files::FilePath::root()]);
+    while let Some(folder) = queue.pop_front() {
+        if filters.len() >= FOLDERS_OFFERED {
+            break;
+        }
+        let Some(entry) = crate::files::stat(&v.collections, &folder)? else {
+            continue;
+        };
+        for (child, is_folder) in entry.entries() {
+            if is_folder && let Ok(path) = folder.join(&child) {
+                filters.push(format!("path^={path}"));
+                queue.push_back(path);
+            }
+        }
+    }
+    filters.truncate(FOLDERS_OFFERED);
+    filters.sort();
+    Ok((scopes, filters))
 }
 
 pub(super) async fn grants_page(State(vault): State<AppState>, visit: Visit) -> Response {
@@ -76,10 +140,16 @@ pub(super) async fn grants_page(State(vault): State<AppState>, visit: Visit) -> 
         Ok(g) => g,
         Err(e) => return failed(e),
     };
+    let (scopes, filters) = match owner::blocking(&vault, grantable).await {
+        Ok(found) => found,
+        Err(e) => return failed(e),
+    };
     let now = crate::clock::now_unix();
     page(&GrantsPage {
         csrf: visit.csrf,
         grants: grants.iter().rev().map(|g| grant_row(g, now)).collect(),
+        scopes,
+        filters,
     })
 }
 
