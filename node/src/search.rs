@@ -46,6 +46,10 @@ const BATCH: usize = 1000;
 /// indexed), blob ids, WebDAV properties, a folder's list of names (each entry is a
 /// record of its own).
 const SKIPPED: [&str; 7] = ["id", "uid", "vcard", "ical", "blob", "props", "entries"];
+/// How long a search waits for the index to be free before it answers from the index
+/// as it stands.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Fields whose words count three times, and that name a record ([`title`]).
 const TITLES: [&str; 6] = [
     "name",
@@ -404,6 +408,41 @@ impl Index {
     /// nothing changed it costs a read of each collection's log position.)
     pub fn catch_up_all(&self, collections: &Collections) -> Result<(), SearchError> {
         let _one = self.updating.lock().unwrap_or_else(|e| e.into_inner());
+        self.catch_up_all_held(collections)
+    }
+
+    /// What a search does first: [`Index::catch_up_all`], unless the index is being
+    /// written (the follower taking in a large import, a first indexing of a large
+    /// vault) for longer than `patience`; then the search answers from the index as it
+    /// stands rather than wait minutes. Returns whether it caught up.
+    pub fn catch_up_before_search(
+        &self,
+        collections: &Collections,
+        patience: std::time::Duration,
+    ) -> Result<bool, SearchError> {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            match self.updating.try_lock() {
+                Ok(_one) => {
+                    self.catch_up_all_held(collections)?;
+                    return Ok(true);
+                }
+                Err(std::sync::TryLockError::Poisoned(e)) => {
+                    let _one = e.into_inner();
+                    self.catch_up_all_held(collections)?;
+                    return Ok(true);
+                }
+                Err(std::sync::TryLockError::WouldBlock)
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(false),
+            }
+        }
+    }
+
+    fn catch_up_all_held(&self, collections: &Collections) -> Result<(), SearchError> {
         let names: Vec<CollectionName> = collections
             .names()?
             .into_iter()
@@ -752,6 +791,55 @@ mod tests {
         c.remove(&notes, &RecordId::parse("n2").unwrap()).unwrap();
         index.catch_up_all(&c).unwrap();
         assert_eq!(found(&index, "paris", None), ["contacts/ada"]);
+    }
+
+    /// A search waits a moment for the index, then answers from it as it stands: a
+    /// long indexing never keeps a person waiting for minutes.
+    #[test]
+    fn a_search_does_not_wait_for_a_long_indexing() {
+        let vault = TestVault::new();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let index = Index::open(vault.store.clone()).unwrap();
+        let notes = CollectionName::parse("notes").unwrap();
+        c.put(
+            &notes,
+            &RecordId::parse("a").unwrap(),
+            &obj(json!({"title": "kept"})),
+        )
+        .unwrap();
+        assert!(
+            index
+                .catch_up_before_search(&c, std::time::Duration::from_millis(50))
+                .unwrap()
+        );
+        c.put(
+            &notes,
+            &RecordId::parse("b").unwrap(),
+            &obj(json!({"title": "later"})),
+        )
+        .unwrap();
+        let busy = index.updating.clone();
+        let held = busy.lock().unwrap();
+        let started = std::time::Instant::now();
+        assert!(
+            !index
+                .catch_up_before_search(&c, std::time::Duration::from_millis(100))
+                .unwrap()
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        assert_eq!(
+            found(&index, "kept", None),
+            ["notes/a"],
+            "the index as it stands"
+        );
+        assert!(found(&index, "later", None).is_empty());
+        drop(held);
+        assert!(
+            index
+                .catch_up_before_search(&c, std::time::Duration::from_millis(100))
+                .unwrap()
+        );
+        assert_eq!(found(&index, "later", None), ["notes/b"]);
     }
 
     #[test]

@@ -60,7 +60,7 @@ impl Door {
                     .readable(existing.iter().map(CollectionName::as_str))
                     .into_iter()
                     .collect();
-                index.catch_up_all(&inner.collections)?;
+                index.catch_up_before_search(&inner.collections, crate::search::PATIENCE)?;
                 let keep = |c: &str| scopes.contains_key(c);
                 let found = index.search(&query, &keep, LOOKED_THROUGH)?;
                 let mut hits = Vec::new();

@@ -513,7 +513,8 @@ pub(super) async fn search_page(
         if q.trim().is_empty() {
             return Ok(Vec::new());
         }
-        v.search.catch_up_all(&v.collections)?;
+        v.search
+            .catch_up_before_search(&v.collections, crate::search::PATIENCE)?;
         Ok(v.search.search(&q, &|_| true, 100)?)
     })
     .await;
