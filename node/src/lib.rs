@@ -606,6 +606,7 @@ impl NodeHandle {
             let _ = task.await;
         }
         if let Some((stop, task)) = self.indexer.take() {
+            self.vault.search.stop();
             let _ = stop.send(());
             let _ = task.await;
         }

@@ -69,6 +69,8 @@ pub enum SearchError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Collection(#[from] CollectionError),
+    #[error("the node is stopping")]
+    Stopped,
 }
 
 /// A record found.
@@ -170,6 +172,10 @@ pub struct Index {
     /// Held while the index changes: the follower and a search that catches up first
     /// never write it at once.
     updating: Arc<std::sync::Mutex<()>>,
+    /// Set when the node stops: a collection being indexed whole stops between two
+    /// records (it is indexed whole again next time: its place in the log is written
+    /// last), so stopping never waits for a large vault's first indexing.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Index {
@@ -179,7 +185,14 @@ impl Index {
             store,
             tree,
             updating: Arc::default(),
+            stopping: Arc::default(),
         })
+    }
+
+    /// Stops any indexing under way, and all later ones (the node is stopping).
+    pub fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn key(&self, domain: &str, name: &str) -> [u8; 16] {
@@ -337,8 +350,13 @@ impl Index {
         let mut pending = 0;
         let mut count = 0;
         let mut failed = None;
+        let mut stopped = false;
         collections.page(name, None, usize::MAX, |record| {
-            if failed.is_some() {
+            if failed.is_some() || stopped {
+                return None;
+            }
+            if self.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                stopped = true;
                 return None;
             }
             if let Value::Object(record) = &record
@@ -362,6 +380,12 @@ impl Index {
         if let Some(e) = failed {
             return Err(e.into());
         }
+        if stopped {
+            // What was taken in stays; without its place in the log, the collection
+            // is indexed whole again next time.
+            self.tree.apply(batch)?;
+            return Err(SearchError::Stopped);
+        }
         self.position_into(&mut batch, name, at);
         self.tree.apply(batch)?;
         Ok(count)
@@ -383,7 +407,8 @@ impl Index {
         collections: &Collections,
         name: &CollectionName,
     ) -> Result<(), SearchError> {
-        let changes = match self.position(name)? {
+        let position = self.position(name)?;
+        let changes = match position {
             Some(at) => collections.changes_after(name, at)?,
             None => None,
         };
@@ -391,7 +416,7 @@ impl Index {
             Some((at, changes)) => {
                 let changes: Vec<(String, Option<Map<String, Value>>)> =
                     changes.into_iter().map(|c| (c.id, c.after)).collect();
-                if !changes.is_empty() || self.position(name)? != Some(at) {
+                if !changes.is_empty() || position != Some(at) {
                     self.apply(name, &changes, at)?;
                 }
             }
@@ -471,6 +496,21 @@ impl Index {
         Ok(count)
     }
 
+    /// What a person's search runs: the query read ([`SearchError::BadQuery`] before
+    /// anything else is done), the index caught up ([`Index::catch_up_before_search`],
+    /// waiting at most [`PATIENCE`]), then [`Index::search`].
+    pub fn find(
+        &self,
+        collections: &Collections,
+        query: &str,
+        keep: &dyn Fn(&str) -> bool,
+        limit: usize,
+    ) -> Result<Vec<Hit>, SearchError> {
+        query_words(query)?;
+        self.catch_up_before_search(collections, PATIENCE)?;
+        self.search(query, keep, limit)
+    }
+
     /// The records holding every word of `query`, in the collections `keep` keeps,
     /// best first, at most `limit`. The ranking reads only the index's keys (a word's
     /// records and whether it is in a name-like field); only the records shown are
@@ -481,17 +521,7 @@ impl Index {
         keep: &dyn Fn(&str) -> bool,
         limit: usize,
     ) -> Result<Vec<Hit>, SearchError> {
-        let mut wanted: Vec<String> = words(query);
-        wanted.sort();
-        wanted.dedup();
-        if wanted.is_empty() {
-            return Err(SearchError::BadQuery(
-                "nothing to look for: give a word of two letters or digits or more".into(),
-            ));
-        }
-        if wanted.len() > 16 {
-            return Err(SearchError::BadQuery("at most 16 words a search".into()));
-        }
+        let wanted = query_words(query)?;
         let kept: HashSet<[u8; 16]> = self
             .indexed()?
             .iter()
@@ -575,6 +605,22 @@ impl Index {
     }
 }
 
+/// The distinct words of a query, or why it has none to look for.
+fn query_words(query: &str) -> Result<Vec<String>, SearchError> {
+    let mut wanted: Vec<String> = words(query);
+    wanted.sort();
+    wanted.dedup();
+    if wanted.is_empty() {
+        return Err(SearchError::BadQuery(
+            "nothing to look for: give a word of two letters or digits or more".into(),
+        ));
+    }
+    if wanted.len() > 16 {
+        return Err(SearchError::BadQuery("at most 16 words a search".into()));
+    }
+    Ok(wanted)
+}
+
 /// A posting's key: `p`, the word, the collection and record, the word's weight there.
 fn posting_key(word_key: &[u8; 16], at: &[u8; 32], weight: u8) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + 16 + 32 + 1);
@@ -624,6 +670,9 @@ impl From<SearchError> for crate::api::ApiError {
             SearchError::BadQuery(m) => crate::api::ApiError::new(ErrorCode::BadRequest, m),
             SearchError::Store(e) => e.into(),
             SearchError::Collection(e) => e.into(),
+            SearchError::Stopped => {
+                crate::api::ApiError::new(ErrorCode::Unavailable, "the node is stopping")
+            }
         }
     }
 }
@@ -631,10 +680,18 @@ impl From<SearchError> for crate::api::ApiError {
 /// What a record is called: a file's path, else its name, title, summary or subject
 /// (the first it has), at most 120 characters; else `None`.
 pub fn title(record: &Map<String, Value>) -> Option<String> {
-    std::iter::once(&"path")
-        .chain(TITLES.iter())
-        .filter(|f| **f != "path" || record.contains_key("kind"))
-        .find_map(|f| record.get(*f)?.as_str().filter(|t| !t.trim().is_empty()))
+    // A file record (it has a `kind` and a `path`) is called by its path; the path
+    // of anything else names no one.
+    let file_path = record.get("kind").and(record.get("path"));
+    file_path
+        .into_iter()
+        .chain(
+            TITLES
+                .iter()
+                .filter(|f| **f != "path")
+                .filter_map(|f| record.get(*f)),
+        )
+        .find_map(|v| v.as_str().filter(|t| !t.trim().is_empty()))
         .map(|t| t.chars().take(120).collect())
 }
 
@@ -665,6 +722,7 @@ pub fn spawn(vault: Arc<Vault>) -> (oneshot::Sender<()>, JoinHandle<()>) {
             .await;
             match done {
                 Ok(Ok(())) => {}
+                Ok(Err(SearchError::Stopped)) => return,
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "the search index could not follow a change")
                 }
@@ -703,6 +761,31 @@ mod tests {
     fn obj(v: Value) -> Map<String, Value> {
         let Value::Object(m) = v else { unreachable!() };
         m
+    }
+
+    /// A vault's store, its collections and an index of them; `put` writes a record.
+    struct Indexed {
+        c: Collections,
+        index: Index,
+        _vault: TestVault,
+    }
+
+    impl Indexed {
+        fn new() -> Self {
+            let vault = TestVault::new();
+            Indexed {
+                c: Collections::open(vault.store.clone(), [1; 16]).unwrap(),
+                index: Index::open(vault.store.clone()).unwrap(),
+                _vault: vault,
+            }
+        }
+
+        fn put(&self, collection: &str, id: &str, record: Value) {
+            let name = CollectionName::parse(collection).unwrap();
+            self.c
+                .put(&name, &RecordId::parse(id).unwrap(), &obj(record))
+                .unwrap();
+        }
     }
 
     fn found(index: &Index, q: &str, only: Option<&str>) -> Vec<String> {
@@ -797,49 +880,89 @@ mod tests {
     /// long indexing never keeps a person waiting for minutes.
     #[test]
     fn a_search_does_not_wait_for_a_long_indexing() {
-        let vault = TestVault::new();
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
-        let index = Index::open(vault.store.clone()).unwrap();
-        let notes = CollectionName::parse("notes").unwrap();
-        c.put(
-            &notes,
-            &RecordId::parse("a").unwrap(),
-            &obj(json!({"title": "kept"})),
-        )
-        .unwrap();
+        let ix = Indexed::new();
+        let (c, index) = (&ix.c, &ix.index);
+        ix.put("notes", "a", json!({"title": "kept"}));
         assert!(
             index
-                .catch_up_before_search(&c, std::time::Duration::from_millis(50))
+                .catch_up_before_search(c, std::time::Duration::from_millis(50))
                 .unwrap()
         );
-        c.put(
-            &notes,
-            &RecordId::parse("b").unwrap(),
-            &obj(json!({"title": "later"})),
-        )
-        .unwrap();
+        ix.put("notes", "b", json!({"title": "later"}));
         let busy = index.updating.clone();
         let held = busy.lock().unwrap();
         let started = std::time::Instant::now();
         assert!(
             !index
-                .catch_up_before_search(&c, std::time::Duration::from_millis(100))
+                .catch_up_before_search(c, std::time::Duration::from_millis(100))
                 .unwrap()
         );
         assert!(started.elapsed() < std::time::Duration::from_secs(2));
         assert_eq!(
-            found(&index, "kept", None),
+            found(index, "kept", None),
             ["notes/a"],
             "the index as it stands"
         );
-        assert!(found(&index, "later", None).is_empty());
+        assert!(found(index, "later", None).is_empty());
         drop(held);
         assert!(
             index
-                .catch_up_before_search(&c, std::time::Duration::from_millis(100))
+                .catch_up_before_search(c, std::time::Duration::from_millis(100))
                 .unwrap()
         );
-        assert_eq!(found(&index, "later", None), ["notes/b"]);
+        assert_eq!(found(index, "later", None), ["notes/b"]);
+    }
+
+    /// `hearth check --repair`'s promise: an index whose values no longer open (a
+    /// damaged disk, an altered file) is made again from the records.
+    #[test]
+    fn a_damaged_index_is_made_again_from_the_records() {
+        let ix = Indexed::new();
+        let (c, index) = (&ix.c, &ix.index);
+        ix.put("notes", "a", json!({"title": "kumquat"}));
+        index.catch_up_all(c).unwrap();
+        assert_eq!(found(index, "kumquat", None), ["notes/a"]);
+        // Every record entry overwritten with bytes that are no sealed value.
+        let raw = index.tree.raw();
+        let keys: Vec<_> = raw.scan_prefix(b"d").keys().map(Result::unwrap).collect();
+        assert!(!keys.is_empty());
+        for key in keys {
+            raw.insert(key, &b"not sealed"[..]).unwrap();
+        }
+        assert!(
+            index.search("kumquat", &|_| true, 5).is_err(),
+            "the damage is seen"
+        );
+        assert_eq!(index.rebuild_all(c).unwrap(), 1);
+        assert_eq!(found(index, "kumquat", None), ["notes/a"]);
+    }
+
+    /// A node that stops does not wait for a collection being indexed whole: the
+    /// indexing stops between two records and is done again whole next time.
+    #[test]
+    fn indexing_stops_when_the_node_does() {
+        let vault = TestVault::new();
+        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let notes = CollectionName::parse("notes").unwrap();
+        for i in 0..20 {
+            c.put(
+                &notes,
+                &RecordId::parse(&format!("n{i}")).unwrap(),
+                &obj(json!({"title": format!("note {i}")})),
+            )
+            .unwrap();
+        }
+        let index = Index::open(vault.store.clone()).unwrap();
+        index.stop();
+        assert!(matches!(index.catch_up_all(&c), Err(SearchError::Stopped)));
+        assert_eq!(
+            index.position(&notes).unwrap(),
+            None,
+            "to be done whole again"
+        );
+        let again = Index::open(vault.store.clone()).unwrap();
+        again.catch_up_all(&c).unwrap();
+        assert_eq!(again.search("note", &|_| true, 50).unwrap().len(), 20);
     }
 
     #[test]

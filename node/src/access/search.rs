@@ -32,6 +32,7 @@ impl From<SearchError> for AccessError {
             SearchError::BadQuery(m) => AccessError::BadRequest(m),
             SearchError::Store(e) => AccessError::Internal(e.to_string()),
             SearchError::Collection(e) => e.into(),
+            SearchError::Stopped => AccessError::Internal("the node is stopping".into()),
         }
     }
 }
@@ -60,9 +61,8 @@ impl Door {
                     .readable(existing.iter().map(CollectionName::as_str))
                     .into_iter()
                     .collect();
-                index.catch_up_before_search(&inner.collections, crate::search::PATIENCE)?;
                 let keep = |c: &str| scopes.contains_key(c);
-                let found = index.search(&query, &keep, LOOKED_THROUGH)?;
+                let found = index.find(&inner.collections, &query, &keep, LOOKED_THROUGH)?;
                 let mut hits = Vec::new();
                 let mut read: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
                 for hit in found {

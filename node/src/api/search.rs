@@ -99,10 +99,8 @@ pub(super) async fn search(
     let limit = query.limit.unwrap_or(20).clamp(1, 200);
     let hits = blocking(&vault, move |v| {
         // What was written a moment ago is found (the follower may not have got to it).
-        v.search
-            .catch_up_before_search(&v.collections, crate::search::PATIENCE)?;
         let keep = |c: &str| only.as_ref().is_none_or(|o| o.as_str() == c);
-        let hits = v.search.search(&query.q, &keep, limit)?;
+        let hits = v.search.find(&v.collections, &query.q, &keep, limit)?;
         let out: Vec<SearchHit> = hits
             .into_iter()
             .map(|hit| SearchHit {
