@@ -22,6 +22,11 @@ pub const MAX_PER_HOLDER: usize = 1000;
 pub const MAX_LOCKS: usize = 10_000;
 /// The longest `DAV:owner` kept (its inner XML).
 pub const MAX_OWNER_BYTES: usize = 4096;
+/// Lists an `If` header may hold, and conditions in one list: each ETag condition
+/// about another resource is a read of it, so an `If` header is not a way to make the
+/// node read (and audit) hundreds of files in one request. Clients send one or two.
+pub const MAX_IF_LISTS: usize = 16;
+pub const MAX_IF_CONDITIONS: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lock {
@@ -305,6 +310,9 @@ pub fn parse_if(header: &str) -> Result<Vec<List>, String> {
             } else {
                 return Err(bad("a list holds something other than <token> or [etag]"));
             }
+            if conditions.len() > MAX_IF_CONDITIONS {
+                return Err(bad("too many conditions in one list"));
+            }
         }
         if conditions.is_empty() {
             return Err(bad("an empty list"));
@@ -313,6 +321,9 @@ pub fn parse_if(header: &str) -> Result<Vec<List>, String> {
             resource: resource.clone(),
             conditions,
         });
+        if lists.len() > MAX_IF_LISTS {
+            return Err(bad("too many lists"));
+        }
         rest = inner.trim_start();
     }
     if lists.is_empty() {
@@ -390,6 +401,17 @@ mod tests {
         for bad in ["", "(", "()", "(<a>", "<a>", "(x)", "([\"e\"", "(<a>) junk"] {
             assert!(parse_if(bad).is_err(), "{bad:?} was read");
         }
+        // Bounded: no header makes the node look at more than a few resources.
+        let many_lists: String = (0..=MAX_IF_LISTS)
+            .map(|i| format!("</files/f{i}> ([\"e\"])"))
+            .collect();
+        assert!(parse_if(&many_lists).is_err());
+        let long_list = format!("({})", "[\"e\"] ".repeat(MAX_IF_CONDITIONS + 1));
+        assert!(parse_if(&long_list).is_err());
+        let most: String = (0..MAX_IF_LISTS)
+            .map(|i| format!("</f{i}> (<t>)"))
+            .collect();
+        assert_eq!(parse_if(&most).unwrap().len(), MAX_IF_LISTS);
     }
 
     #[test]
