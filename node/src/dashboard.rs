@@ -304,6 +304,7 @@ async fn style() -> Response {
 // ---- Sessions and CSRF ----
 
 /// A logged-in request: its session id and CSRF token.
+#[derive(Clone)]
 struct Visit {
     id: String,
     csrf: String,

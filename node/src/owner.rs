@@ -463,6 +463,47 @@ pub async fn resolve(
     Ok(())
 }
 
+/// A file's bytes as they arrived: what its record will say of them, the listing of
+/// its blob, and the pin that keeps the bytes until the record naming them is durable.
+pub struct Received {
+    pub content: crate::files::Content,
+    pub listing: Vec<(hearth_protocol::BlobId, u64, crate::blobs::Described)>,
+    pub pinned: crate::blobs::Pinned,
+}
+
+/// Streams a file named `name` into the blob store and reads what its bytes say
+/// (`crate::filemeta`): its content (type as given, else guessed from the name) and
+/// listing, for the record a caller writes next (the owner's `store_file`, the file
+/// share through the door).
+pub async fn receive_file<S, E>(
+    vault: &Arc<Vault>,
+    name: &str,
+    body: S,
+    content_type: Option<&str>,
+    modified: Option<i64>,
+) -> Result<Received, Error>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let described = crate::blobs::Described::new(Some(name), content_type)
+        .map_err(|e| Error::new(ErrorCode::BadRequest, e))?;
+    let stored = vault.blobs.put(body, vault.limits.max_blob_bytes).await?;
+    let content_type = crate::files::content_type(name, described.content_type.as_deref());
+    let meta = crate::filemeta::read(vault, stored.id, stored.size, content_type.as_deref()).await;
+    Ok(Received {
+        content: crate::files::Content {
+            blob: stored.id,
+            size: stored.size,
+            content_type,
+            modified,
+            meta,
+        },
+        listing: vec![(stored.id, stored.size, described)],
+        pinned: stored.pinned,
+    })
+}
+
 /// Stores a file at `path` from `body` (streamed into the blob store), with its type
 /// (`content_type`, else guessed from its name), its own time if given, and what its
 /// bytes say (`crate::filemeta`); with `parents`, the folders it needs are made. The
@@ -481,19 +522,11 @@ where
     E: std::fmt::Display,
 {
     use crate::files;
-    let described = crate::blobs::Described::new(Some(path.name()), content_type)
-        .map_err(|e| Error::new(ErrorCode::BadRequest, e))?;
-    let stored = vault.blobs.put(body, vault.limits.max_blob_bytes).await?;
-    let content_type = files::content_type(path.name(), described.content_type.as_deref());
-    let meta = crate::filemeta::read(vault, stored.id, stored.size, content_type.as_deref()).await;
-    let content = files::Content {
-        blob: stored.id,
-        size: stored.size,
-        content_type,
-        modified,
-        meta,
-    };
-    let listing = vec![(stored.id, stored.size, described)];
+    let Received {
+        content,
+        listing,
+        pinned,
+    } = receive_file(vault, path.name(), body, content_type, modified).await?;
     let at = path.clone();
     let created = blocking(vault, move |v| {
         Ok(files::put_file(
@@ -507,7 +540,7 @@ where
     .await?;
     vault.store.commit().await?;
     // The bytes stay pinned until the record naming them is durable.
-    drop(stored.pinned);
+    drop(pinned);
     let entry = blocking(vault, move |v| Ok(files::stat(&v.collections, &path)?))
         .await?
         .ok_or_else(|| Error::new(ErrorCode::Internal, "a file just stored is not there"))?;

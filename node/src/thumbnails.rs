@@ -22,6 +22,8 @@ use image::{DynamicImage, ImageDecoder, ImageReader};
 use crate::Vault;
 use crate::api::ApiError;
 
+/// The content types of the pictures thumbnails are made of.
+pub const PICTURES: [&str; 3] = ["image/jpeg", "image/png", "image/webp"];
 /// The sizes asked for are rounded up to one of these.
 pub const SIZES: [u32; 4] = THUMBNAIL_SIZES;
 /// The size when none is asked for.

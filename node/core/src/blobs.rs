@@ -984,6 +984,7 @@ impl Blobs {
             .map(|(id, _)| id)
             .collect();
         let pins = lock_pins(&self.pins);
+        let thumbnails = self.store.tree(THUMBNAILS_TREE)?;
         let mut dropped = 0;
         for id in removed {
             // Read again under the lock: an upload of the same content may have listed
@@ -994,7 +995,6 @@ impl Blobs {
             if still_removed && !pins.contains_key(&id.0) && self.manifests.contains_key(&id.0)? {
                 self.manifests.remove(&id.0)?;
                 // A picture removed takes its thumbnails with it.
-                let thumbnails = self.store.tree(THUMBNAILS_TREE)?;
                 for size in THUMBNAIL_SIZES {
                     thumbnails.remove(&thumbnail_key(&self.store, &id, size))?;
                 }

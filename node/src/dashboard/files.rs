@@ -37,11 +37,9 @@ pub(super) struct AtPath {
     path: String,
 }
 
-fn is_picture(entry: &Entry) -> bool {
-    entry
-        .content_type
-        .as_deref()
-        .is_some_and(|t| matches!(t, "image/jpeg" | "image/png" | "image/webp"))
+/// A picture the thumbnailer reads, by its content type.
+fn is_picture(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|t| crate::thumbnails::PICTURES.contains(&t))
 }
 
 fn about(entry: &Entry) -> String {
@@ -80,7 +78,9 @@ fn row(entry: &Entry) -> FileRow {
             .modified
             .map(|m| local_time(m.max(0) as u64))
             .unwrap_or_default(),
-        thumbnail: is_picture(entry).then(|| entry.blob.clone()).flatten(),
+        thumbnail: is_picture(entry.content_type.as_deref())
+            .then(|| entry.blob.clone())
+            .flatten(),
         about: about(entry),
     }
 }
@@ -273,13 +273,7 @@ pub(super) async fn upload(
         let folder = match &checked {
             Some(folder) => FilePath::clone(folder),
             None => {
-                if let Err(r) = csrf_checked(
-                    Visit {
-                        id: visit.id.clone(),
-                        csrf: visit.csrf.clone(),
-                    },
-                    &fields,
-                ) {
+                if let Err(r) = csrf_checked(visit.clone(), &fields) {
                     return r;
                 }
                 let folder = match file_path(fields.get("path").map_or("/", String::as_str)) {
@@ -409,12 +403,7 @@ pub(super) async fn photos_page(State(vault): State<AppState>, visit: Visit) -> 
                 return None;
             };
             let text = |k: &str| record.get(k).and_then(Value::as_str);
-            if text("kind") != Some("file")
-                || !matches!(
-                    text("type"),
-                    Some("image/jpeg" | "image/png" | "image/webp")
-                )
-            {
+            if text("kind") != Some("file") || !is_picture(text("type")) {
                 return None;
             }
             let (Some(path), Some(blob)) = (text("path"), text("blob")) else {
@@ -513,9 +502,7 @@ pub(super) async fn search_page(
         if q.trim().is_empty() {
             return Ok(Vec::new());
         }
-        v.search
-            .catch_up_before_search(&v.collections, crate::search::PATIENCE)?;
-        Ok(v.search.search(&q, &|_| true, 100)?)
+        Ok(v.search.find(&v.collections, &q, &|_| true, 100)?)
     })
     .await;
     let (hits, error) = match result {

@@ -27,7 +27,7 @@ use super::{
 };
 use crate::access::files::Share;
 use crate::access::{AccessError, Caller};
-use crate::files::{self, Content, Entry, FileError, FilePath};
+use crate::files::{self, Entry, FileError, FilePath};
 
 /// Where the share is served.
 pub const ROOT: &str = "/files";
@@ -449,49 +449,41 @@ impl Files<'_> {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .filter(|t| !t.trim().is_empty());
-        let described = crate::blobs::Described::new(Some(at.name()), content_type)
-            .map_err(DavError::BadRequest)?;
-        let max = self.vault.limits.max_blob_bytes;
-        let stored = self
-            .vault
-            .blobs
-            .put(body.into_data_stream(), max)
-            .await
-            .map_err(|e| match e.code() {
-                hearth_protocol::api::ErrorCode::TooLarge => DavError::TooLarge,
-                hearth_protocol::api::ErrorCode::InsufficientStorage => {
-                    DavError::InsufficientStorage
-                }
-                _ => DavError::BadRequest(e.to_string()),
-            })?;
-        let content_type = files::content_type(at.name(), described.content_type.as_deref());
-        let meta =
-            crate::filemeta::read(self.vault, stored.id, stored.size, content_type.as_deref())
-                .await;
-        let content = Content {
-            blob: stored.id,
-            size: stored.size,
+        let received = crate::owner::receive_file(
+            self.vault,
+            at.name(),
+            body.into_data_stream(),
             content_type,
-            modified: None,
-            meta,
-        };
-        let listing = vec![(stored.id, stored.size, described)];
+            None,
+        )
+        .await
+        .map_err(|e| match e.code() {
+            hearth_protocol::api::ErrorCode::TooLarge => DavError::TooLarge,
+            hearth_protocol::api::ErrorCode::InsufficientStorage => DavError::InsufficientStorage,
+            _ => DavError::BadRequest(e.message().to_owned()),
+        })?;
+        let blob = received.content.blob;
         let created = self
             .door()
-            .file_put(self.caller, &self.share, at, content, listing)
+            .file_put(
+                self.caller,
+                &self.share,
+                at,
+                received.content,
+                received.listing,
+            )
             .await
             .map_err(|e| file_refusal(e, StatusCode::CONFLICT))?;
         // Durable: the door answers once the commit covering its audit entry (and
         // so the file's record) is done; the bytes were pinned until then.
-        drop(stored.pinned);
+        drop(received.pinned);
         let status = if created {
             StatusCode::CREATED
         } else {
             StatusCode::NO_CONTENT
         };
         let mut response = status.into_response();
-        if let Ok(value) = HeaderValue::from_str(&crate::download::etag_of(&stored.id.to_string()))
-        {
+        if let Ok(value) = HeaderValue::from_str(&crate::download::etag_of(&blob.to_string())) {
             response.headers_mut().insert(header::ETAG, value);
         }
         Ok(response)
