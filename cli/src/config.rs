@@ -45,11 +45,26 @@ pub struct Config {
     pub log: Option<String>,
     /// MiB of collections kept in memory (`--cache-mb`).
     pub cache_mb: Option<u32>,
+    /// How long the bytes of a removed file (a mail, a photo: anything no record names
+    /// any more) stay before they are freed: `10m` (the default), `2d`, or `never`.
+    #[serde(default, deserialize_with = "free_after")]
+    pub free_unnamed_after: Option<FreeAfter>,
     /// `listen` and `peers`, parsed.
     #[serde(skip)]
     listen_addrs: Vec<hearth_node::Multiaddr>,
     #[serde(skip)]
     peer_addrs: Vec<hearth_node::Multiaddr>,
+}
+
+/// `free_unnamed_after`: a duration, or never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FreeAfter(pub Option<std::time::Duration>);
+
+fn free_after<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<FreeAfter>, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(d)?;
+    hearth_node::access::grants::parse_duration(&text)
+        .map(|d| Some(FreeAfter(d)))
+        .map_err(|e| serde::de::Error::custom(format!("free_unnamed_after: {e}")))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -184,10 +199,21 @@ name = "home server"
 passphrase_file = "/run/credentials/hearth.service/passphrase"
 log = "hearth_node=debug,info"
 cache_mb = 32
+free_unnamed_after = "2d"
 "#,
         )
         .unwrap();
         assert_eq!(config.cache_mb, Some(32));
+        assert_eq!(
+            config.free_unnamed_after,
+            Some(FreeAfter(Some(std::time::Duration::from_secs(2 * 86_400))))
+        );
+        assert_eq!(
+            Config::parse("free_unnamed_after = \"never\"\n")
+                .unwrap()
+                .free_unnamed_after,
+            Some(FreeAfter(None))
+        );
         assert_eq!(config.api, Some("127.0.0.1:7781".parse().unwrap()));
         assert!(matches!(config.lan, Some(Lan::On(true))));
         assert_eq!(config.listen().len(), 1);
@@ -218,6 +244,10 @@ cache_mb = 32
             ("api = \"127.0.0.1:7781\"\nmdns = \"yes\"\n", "line 2"),
             ("api = \"not an address\"\n", "line 1"),
             ("cache_mb = 0\n", "at least 1"),
+            (
+                "free_unnamed_after = \"soon\"\n",
+                "free_unnamed_after: duration \"soon\"",
+            ),
             ("cache_mb = -4\n", "line 1"),
             ("\n\nlisten = [\"nonsense\"]\n", "listen"),
             ("apii = \"127.0.0.1:1\"\n", "line 1"),

@@ -120,7 +120,7 @@ File content, in encrypted 1 MiB chunks.
 Where the running node's API listens (removed when it stops); the CLI finds it there.
 .TP
 \fIHOME/hearth.toml\fR
-What \fBhearth up\fR runs with: every flag of \fBup\fR as a key (api, lan, listen, peers, mdns, relay, name, passphrase_file, log, cache_mb, ...). A flag wins over the file. SIGHUP (\fBsystemctl reload\fR) reads it again and applies log and peers.
+What \fBhearth up\fR runs with: every flag of \fBup\fR as a key (api, lan, listen, peers, mdns, relay, name, passphrase_file, log, cache_mb, ...), and free_unnamed_after (how long bytes no file names stay: 10m, or never). A flag wins over the file. SIGHUP (\fBsystemctl reload\fR) reads it again and applies log and peers.
 .TP
 \fIHOME/tls.pem\fR
 The LAN certificate (\fBhearth up \-\-lan\fR); its key is sealed in the store.

@@ -458,7 +458,8 @@ pub fn put_file(
                 true
             }
         };
-        writes.extend(crate::blobs::listing_writes(lookup, listing)?);
+        let listings = crate::blobs::listing_writes(lookup, listing, &writes)?;
+        writes.extend(listings);
         Ok::<_, FileError>((writes, created))
     })??;
     Ok(created)

@@ -33,6 +33,7 @@ pub mod phone;
 pub mod pim;
 pub mod search;
 pub mod server;
+pub mod sweeper;
 pub mod throttle;
 pub mod thumbnails;
 
@@ -83,6 +84,10 @@ pub struct Limits {
     /// How much of the vault's documents stays in memory, counted by an estimate of
     /// their memory ([`Collections::set_cache_budget`]).
     pub cache_bytes: usize,
+    /// How long bytes no record names any more (a removed file's) stay before they are
+    /// removed: two findings this far apart must agree ([`sweeper`]). `None`: never
+    /// removed by themselves (`hearth blob rm` still removes them).
+    pub unnamed_blob_grace: Option<std::time::Duration>,
 }
 
 impl Default for Limits {
@@ -93,6 +98,7 @@ impl Default for Limits {
             max_import_bytes: 256 * 1024 * 1024,
             max_concurrent_requests: 256,
             cache_bytes: collections::DEFAULT_CACHE_BYTES,
+            unnamed_blob_grace: Some(std::time::Duration::from_secs(10 * 60)),
         }
     }
 }
@@ -292,13 +298,14 @@ impl Vault {
         // drop and its commit.
         let _one = self.blobs.one_collection().await;
         let vault = self.clone();
-        let dropped =
+        let outcome =
             tokio::task::spawn_blocking(move || vault.blobs.drop_removed(&vault.collections))
                 .await
                 .map_err(task)??;
-        if dropped > 0 {
+        if outcome.changed() {
             self.store.commit().await?;
         }
+        let dropped = outcome.dropped;
         let vault = self.clone();
         let mut collected =
             tokio::task::spawn_blocking(move || vault.blobs.delete_unused_chunks(false))
@@ -429,7 +436,7 @@ impl Node {
         }
         let blobs = Blobs::open(home.blobs_dir(), store.clone(), keys.clone())?;
         // Removed blobs whose removal arrived while the node was stopping go first.
-        if blobs.drop_removed(&collections)? > 0 {
+        if blobs.drop_removed(&collections)?.changed() {
             store.commit().await?;
         }
         blobs.sweep_orphans()?;
@@ -499,6 +506,10 @@ impl Node {
         });
         let keeper = keeper::spawn(vault.clone());
         let indexer = search::spawn(vault.clone());
+        let sweeper = vault
+            .limits
+            .unnamed_blob_grace
+            .map(|grace| sweeper::spawn(vault.clone(), grace));
         let mesh = match config.mesh {
             Some(mesh_config) => {
                 let mesh = mesh::Mesh::start(vault.clone(), mesh_config).await?;
@@ -544,6 +555,7 @@ impl Node {
             mesh,
             keeper: Some(keeper),
             indexer: Some(indexer),
+            sweeper,
             uploader,
         })
     }
@@ -563,6 +575,8 @@ pub struct NodeHandle {
     keeper: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     /// The task that follows the change log into the search index.
     indexer: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+    /// The task that frees bytes no record names (see [`sweeper`]).
+    sweeper: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     /// The task that uploads to backup hosts (see [`backup`]).
     uploader: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
@@ -602,6 +616,10 @@ impl NodeHandle {
             mesh.shutdown().await;
         }
         if let Some((stop, task)) = self.keeper.take() {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+        if let Some((stop, task)) = self.sweeper.take() {
             let _ = stop.send(());
             let _ = task.await;
         }

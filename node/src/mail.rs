@@ -210,7 +210,8 @@ pub async fn import_batch(
                 .into_iter()
                 .map(|(id, write)| (name.clone(), id, write))
                 .collect();
-            writes.extend(crate::blobs::listing_writes(lookup, &to_list)?);
+            let listings = crate::blobs::listing_writes(lookup, &to_list, &writes)?;
+            writes.extend(listings);
             Ok::<_, ImportError>((writes, counts))
         })?
     })

@@ -71,6 +71,56 @@ fn two_files_with_the_same_bytes_are_two_files() {
     node.stop();
 }
 
+/// The bytes of a removed file are freed once no file (or other record) names them —
+/// after the grace hearth.toml sets — and not before: a second file with the same
+/// bytes keeps them, and a blob the person stored with `hearth blob put` is theirs
+/// until they remove it.
+#[test]
+fn a_removed_files_bytes_are_freed_when_nothing_names_them() {
+    let t = TestHome::new();
+    std::fs::create_dir_all(t.path()).unwrap();
+    std::fs::write(
+        t.path().join("hearth.toml"),
+        "free_unnamed_after = \"1s\"\n",
+    )
+    .unwrap();
+    let node = spawn_node(t.path(), &[]);
+    let chunk_files = || files_under(&t.path().join("blobs")).len();
+    let words = noise_bytes(300_000);
+    let a = t.file("a.bin", &words);
+    let b = t.file("b.bin", &words);
+    let first = node.json(&["file", "put", a.to_str().unwrap(), "/Docs/"]);
+    node.json(&["file", "put", b.to_str().unwrap(), "/Docs/"]);
+    let mine: Vec<u8> = noise_bytes(200_000).into_iter().rev().collect();
+    let kept = node.blob_put(t.dir(), "mine.bin", &mine);
+    let blob = first["blob"].as_str().unwrap().to_owned();
+    let listed = |id: &str| {
+        node.json(&["blob", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["id"] == id)
+    };
+    let before = chunk_files();
+
+    node.json(&["file", "rm", "/Docs/a.bin"]);
+    // Several graces pass: the other file still names the bytes.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert!(listed(&blob));
+    assert_eq!(node.run(&["file", "get", "/Docs/b.bin"]).stdout, words);
+    assert_eq!(chunk_files(), before);
+
+    node.json(&["file", "rm", "/Docs/b.bin"]);
+    eventually("the bytes no file names are freed", || {
+        (!listed(&blob) && chunk_files() < before).then_some(())
+    });
+    assert!(listed(&kept), "the person's own blob stays");
+    assert_eq!(node.run(&["blob", "get", &kept]).stdout, mine);
+    let check = node.run(&["check"]);
+    assert!(check.status.success(), "{}", said(&check));
+    node.stop();
+}
+
 /// Folders: a file needs its folder (409 through the API unless asked to make it),
 /// a folder moves and copies with everything in it (a copy uses no new space), a
 /// move never lands inside itself or over something without being asked, removing a

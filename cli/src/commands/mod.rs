@@ -137,6 +137,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 lan_apps_only: lan_apps_only || file.lan_apps_only == Some(true),
                 accept_rollback,
                 cache_mb: cache_mb.or(file.cache_mb),
+                free_unnamed_after: file.free_unnamed_after,
                 reloads,
                 name: file.name,
                 log: match (verbose, quiet) {

@@ -158,6 +158,8 @@ pub(super) struct UpOptions {
     pub(super) lan_apps_only: bool,
     pub(super) accept_rollback: bool,
     pub(super) cache_mb: Option<u32>,
+    /// hearth.toml's `free_unnamed_after`, if it says.
+    pub(super) free_unnamed_after: Option<crate::config::FreeAfter>,
     /// What a SIGHUP may change.
     pub(super) reloads: Reloads,
     /// This device's name, from hearth.toml.
@@ -183,6 +185,9 @@ pub(super) async fn up(
     config.accept_rollback = options.accept_rollback;
     if let Some(mib) = options.cache_mb {
         config.limits.cache_bytes = mib as usize * 1024 * 1024;
+    }
+    if let Some(after) = options.free_unnamed_after {
+        config.limits.unnamed_blob_grace = after.0;
     }
     config.mesh = mesh;
     config.passphrase = passphrase(args, Ask::Unlock(&home))?;

@@ -109,6 +109,15 @@ pub struct Listing {
     pub added: Option<u64>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub removed: bool,
+    /// Listed for the records that name it (a file's bytes, a mail, a contact's
+    /// photo), not stored by the person as a blob of its own: when no record names it
+    /// any more, [`unnamed`] finds it and it is removed ([`unlist_unnamed`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub for_records: bool,
+    /// When a record naming it was last written on any device (seconds): a removal
+    /// decided from a reading of the records before then is not made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub named_at: Option<u64>,
 }
 
 impl Listing {
@@ -205,17 +214,34 @@ pub fn announce(
 }
 
 /// The listing of a blob announced with `size` and `described`, given how it was
-/// listed before (if it was).
-fn announced(before: Option<Listing>, size: u64, described: &Described) -> Listing {
+/// listed before (if it was); `for_records`: by a write of records that name it (else
+/// the person stored it as a blob of its own, and it stays until they remove it).
+fn announced(
+    before: Option<Listing>,
+    size: u64,
+    described: &Described,
+    for_records: bool,
+) -> Listing {
     let mut listing = before.unwrap_or(Listing {
         size,
         name: None,
         content_type: None,
         added: None,
         removed: false,
+        for_records,
+        named_at: None,
     });
+    let now = crate::clock::now_unix();
     if listing.removed || listing.added.is_none() {
-        listing.added = Some(crate::clock::now_unix());
+        listing.added = Some(now);
+        listing.for_records = for_records;
+    }
+    if for_records {
+        // Always a new value, also twice in a second: that it changed is what
+        // [`unlist_unnamed`] looks at.
+        listing.named_at = Some(now.max(listing.named_at.map_or(0, |at| at + 1)));
+    } else {
+        listing.for_records = false;
     }
     listing.removed = false;
     listing.size = size;
@@ -236,7 +262,7 @@ pub fn announce_many(
 ) -> Result<bool, CollectionError> {
     collections
         .write_across(&listings_of(blobs), |lookup| {
-            let writes = listing_writes(lookup, blobs)?;
+            let writes = writes_of(lookup, blobs, None)?;
             let changed = !writes.is_empty();
             Ok::<_, CollectionError>((writes, changed))
         })
@@ -287,9 +313,37 @@ pub fn listings_of(blobs: &[(BlobId, u64, Described)]) -> Vec<(CollectionName, R
 /// that writes them with records of its own in one [`Collections::write_across`]
 /// (which must name [`listings_of`] them): the records naming the blobs and their listing are
 /// then on disk together or not at all.
+///
+/// Such a listing is [`Listing::for_records`] (unless the person stored the blob as
+/// one of its own). The listing of a blob that one of `records` (the request's writes
+/// of records) names gets a new [`Listing::named_at`], so a removal of the blob decided
+/// from an older reading of the records is not made ([`unlist_unnamed`]); one named by
+/// none of them (a message imported again, already there) is written only if it
+/// changed.
 pub fn listing_writes(
     lookup: &mut LookupIn<'_>,
     blobs: &[(BlobId, u64, Described)],
+    records: &WritesIn,
+) -> Result<WritesIn, CollectionError> {
+    let mut named = std::collections::BTreeSet::new();
+    for (_, _, write) in records {
+        use crate::collections::RecordWrite;
+        if let RecordWrite::Put(fields)
+        | RecordWrite::Patch(fields)
+        | RecordWrite::Replace(fields) = write
+        {
+            named.extend(named_blobs(fields));
+        }
+    }
+    writes_of(lookup, blobs, Some(&named))
+}
+
+/// `named`: `None` for the person's own blobs (not for records), else the blobs that
+/// the request's records name.
+fn writes_of(
+    lookup: &mut LookupIn<'_>,
+    blobs: &[(BlobId, u64, Described)],
+    named: Option<&std::collections::BTreeSet<String>>,
 ) -> Result<WritesIn, CollectionError> {
     let mut writes = Vec::new();
     let mut seen = HashSet::new();
@@ -299,7 +353,20 @@ pub fn listing_writes(
         }
         let before: Option<Listing> = lookup(&blob_list(), &listing_id(id))?
             .and_then(|record| serde_json::from_value(serde_json::Value::Object(record)).ok());
-        let listing = announced(before.clone(), *size, described);
+        let listing = match named {
+            None => announced(before.clone(), *size, described, false),
+            Some(named) => {
+                let mut listing = announced(before.clone(), *size, described, true);
+                if !named.contains(&id.to_string()) {
+                    // Not named by this write: its time of naming stays.
+                    listing.named_at = before
+                        .as_ref()
+                        .and_then(|b| b.named_at)
+                        .or(listing.named_at);
+                }
+                listing
+            }
+        };
         if before.as_ref() != Some(&listing) {
             writes.push((
                 blob_list(),
@@ -330,13 +397,16 @@ fn put_listing(
     Ok(())
 }
 
-/// Marks a blob removed on every device; `false` if it is not listed (or already
-/// removed). Then the store must commit, and [`Blobs::collect_garbage`] frees its
-/// chunks here (the other devices do it when the listing reaches them).
+/// Marks a blob removed on every device, as the person asked (no longer
+/// [`Listing::for_records`]: no record naming it brings it back); `false` if it is not
+/// listed (or already removed). Then the store must commit, and
+/// [`Blobs::collect_garbage`] frees its chunks here (the other devices do it when the
+/// listing reaches them).
 pub fn unlist(collections: &Collections, id: &BlobId) -> Result<bool, CollectionError> {
     match listing(collections, id)? {
         Some(mut listing) if !listing.removed => {
             listing.removed = true;
+            listing.for_records = false;
             put_listing(collections, id, &listing)?;
             Ok(true)
         }
@@ -357,6 +427,163 @@ pub fn listings(
             Some((id, listing))
         })
         .collect())
+}
+
+/// Which of `wanted` some record of a user collection names (as [`named_blobs`] counts
+/// a naming: any string equal to the id, at any depth, so nothing a record may mean is
+/// taken for unnamed). Reads the files first, and stops once every one is found.
+pub fn named_among(
+    collections: &Collections,
+    wanted: &HashSet<BlobId>,
+) -> Result<HashSet<BlobId>, CollectionError> {
+    let mut left: HashSet<String> = wanted.iter().map(BlobId::to_string).collect();
+    let mut named = HashSet::new();
+    let mut names: Vec<CollectionName> = collections
+        .names()?
+        .into_iter()
+        .filter(|n| !n.is_system())
+        .collect();
+    // The files first: they name most of what is listed for records.
+    names.sort_by_key(|n| n.as_str() != "files");
+    for name in names {
+        if left.is_empty() {
+            break;
+        }
+        // A page of one record, kept once nothing is left to find: the reading stops.
+        collections.page(&name, None, 1, |record| {
+            let serde_json::Value::Object(record) = record else {
+                return None;
+            };
+            for blob in named_blobs(&record) {
+                if left.remove(&blob) {
+                    named.insert(BlobId::parse(&blob).expect("a blob id parses"));
+                }
+            }
+            left.is_empty().then_some(serde_json::Value::Null)
+        })?;
+    }
+    Ok(named)
+}
+
+/// A blob listed for records that no record names: found by [`unnamed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Unnamed {
+    pub id: BlobId,
+    /// Its listing's [`Listing::named_at`] when it was found.
+    pub named_at: Option<u64>,
+}
+
+/// The blobs listed for records ([`Listing::for_records`], not removed) that no record
+/// of a user collection names. Reads every listing, and the records until each of them
+/// is found named (all of them when one is not). Blocking.
+pub fn unnamed(collections: &Collections) -> Result<Vec<Unnamed>, CollectionError> {
+    let candidates: Vec<Unnamed> = listings(collections)?
+        .into_iter()
+        .filter(|(_, l)| l.for_records && !l.removed)
+        .map(|(id, l)| Unnamed {
+            id,
+            named_at: l.named_at,
+        })
+        .collect();
+    if candidates.is_empty() {
+        return Ok(candidates);
+    }
+    let wanted = candidates.iter().map(|c| c.id).collect();
+    let named = named_among(collections, &wanted)?;
+    Ok(candidates
+        .into_iter()
+        .filter(|c| !named.contains(&c.id))
+        .collect())
+}
+
+/// Marks removed, in one write, each of `blobs` ([`unnamed`] found them) whose listing
+/// is still for records, not removed, and not named since it was found (its
+/// `named_at` unchanged): a record written meanwhile naming one keeps it. Returns the
+/// ones removed; then the store must commit.
+pub fn unlist_unnamed(
+    collections: &Collections,
+    blobs: &[Unnamed],
+) -> Result<Vec<BlobId>, CollectionError> {
+    let touched: Vec<(CollectionName, RecordId)> = blobs
+        .iter()
+        .map(|b| (blob_list(), listing_id(&b.id)))
+        .collect();
+    collections
+        .write_across(&touched, |lookup| {
+            let mut writes = Vec::new();
+            let mut removed = Vec::new();
+            for blob in blobs {
+                let Some(mut listing) =
+                    lookup(&blob_list(), &listing_id(&blob.id))?.and_then(|record| {
+                        serde_json::from_value::<Listing>(serde_json::Value::Object(record)).ok()
+                    })
+                else {
+                    continue;
+                };
+                if !listing.for_records || listing.removed || listing.named_at != blob.named_at {
+                    continue;
+                }
+                listing.removed = true;
+                writes.push((
+                    blob_list(),
+                    listing_id(&blob.id),
+                    crate::collections::RecordWrite::Put(listing_record(&listing)),
+                ));
+                removed.push(blob.id);
+            }
+            Ok::<_, CollectionError>((writes, removed))
+        })
+        .and_then(|r| r)
+}
+
+/// Lists again, in one write, each of `blobs` that is listed for records and removed
+/// (a record still names it: [`Blobs::drop_removed`]). Returns how many.
+fn relist(collections: &Collections, blobs: &HashSet<BlobId>) -> Result<usize, CollectionError> {
+    let touched: Vec<(CollectionName, RecordId)> = blobs
+        .iter()
+        .map(|id| (blob_list(), listing_id(id)))
+        .collect();
+    collections
+        .write_across(&touched, |lookup| {
+            let mut writes = Vec::new();
+            for id in blobs {
+                let Some(before) = lookup(&blob_list(), &listing_id(id))?.and_then(|record| {
+                    serde_json::from_value::<Listing>(serde_json::Value::Object(record)).ok()
+                }) else {
+                    continue;
+                };
+                if !(before.removed && before.for_records) {
+                    continue;
+                }
+                let (size, described) = (before.size, Described::default());
+                let listing = announced(Some(before), size, &described, true);
+                tracing::info!(blob = %id, "a removed blob is still named by a record: listed again");
+                writes.push((
+                    blob_list(),
+                    listing_id(id),
+                    crate::collections::RecordWrite::Put(listing_record(&listing)),
+                ));
+            }
+            let relisted = writes.len();
+            Ok::<_, CollectionError>((writes, relisted))
+        })
+        .and_then(|r| r)
+}
+
+/// What [`Blobs::drop_removed`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Dropped {
+    /// Removed blobs whose manifest this device dropped.
+    pub dropped: usize,
+    /// Removed blobs a record still names, listed again.
+    pub relisted: usize,
+}
+
+impl Dropped {
+    /// Whether the store must commit.
+    pub fn changed(&self) -> bool {
+        self.dropped > 0 || self.relisted > 0
+    }
 }
 
 /// A record that names a blob the vault does not list (never stored in this vault, or
@@ -976,16 +1203,35 @@ impl Blobs {
     /// again right now); returns how many. Commit the store before deleting chunks
     /// ([`Blobs::delete_unused_chunks`]), so no manifest naming a deleted chunk can
     /// come back after a crash. Blocking.
-    pub fn drop_removed(&self, collections: &Collections) -> Result<usize, BlobError> {
-        let removed: Vec<BlobId> = listings(collections)
-            .map_err(|e| BlobError::Internal(e.to_string()))?
+    ///
+    /// A blob listed for records ([`Listing::for_records`]) that a record here still
+    /// names is not dropped but listed again, so the devices that dropped it fetch it
+    /// back: a record written on one device while another found the blob unnamed
+    /// (before the record reached it) keeps its bytes.
+    pub fn drop_removed(&self, collections: &Collections) -> Result<Dropped, BlobError> {
+        let internal = |e: CollectionError| BlobError::Internal(e.to_string());
+        let removed: Vec<(BlobId, Listing)> = listings(collections)
+            .map_err(internal)?
             .into_iter()
             .filter(|(_, listing)| listing.removed)
-            .map(|(id, _)| id)
             .collect();
+        let mut out = Dropped::default();
+        let for_records: HashSet<BlobId> = removed
+            .iter()
+            .filter(|(id, listing)| {
+                listing.for_records && self.manifests.contains_key(&id.0).unwrap_or(true)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if !for_records.is_empty() {
+            let named = named_among(collections, &for_records).map_err(internal)?;
+            if !named.is_empty() {
+                out.relisted = relist(collections, &named).map_err(internal)?;
+            }
+        }
+        let removed: Vec<BlobId> = removed.into_iter().map(|(id, _)| id).collect();
         let pins = lock_pins(&self.pins);
         let thumbnails = self.store.tree(THUMBNAILS_TREE)?;
-        let mut dropped = 0;
         for id in removed {
             // Read again under the lock: an upload of the same content may have listed
             // it again (and dropped its pin) since the list above was read.
@@ -998,10 +1244,10 @@ impl Blobs {
                 for size in THUMBNAIL_SIZES {
                     thumbnails.remove(&thumbnail_key(&self.store, &id, size))?;
                 }
-                dropped += 1;
+                out.dropped += 1;
             }
         }
-        Ok(dropped)
+        Ok(out)
     }
 
     /// The chunks of blob `id` that no other blob here uses (what removing it frees),
@@ -1879,7 +2125,7 @@ mod tests {
             assert!(unlist(&collections, &doomed).unwrap());
             assert!(!unlist(&collections, &doomed).unwrap(), "once");
             assert!(blobs.holds_removed(&collections).unwrap());
-            assert_eq!(blobs.drop_removed(&collections).unwrap(), 1);
+            assert_eq!(blobs.drop_removed(&collections).unwrap().dropped, 1);
             assert!(
                 thumbnails
                     .get(&thumbnail_key(&blobs.store, &doomed, 256))
@@ -1931,6 +2177,150 @@ mod tests {
             pattern(CHUNK_SIZE + 100, 10)
         );
         assert_eq!(chunk_files(&vault.home().blobs_dir()).len(), 5);
+    }
+
+    /// A blob stored for the records naming it is removed once none does, and only
+    /// then: not while a record names it, not when a record came to name it after it
+    /// was found unnamed, never one the person stored as a blob; a removed one that a
+    /// record still names (a write that crossed the removal) is listed again, not
+    /// dropped.
+    #[tokio::test]
+    async fn blobs_stored_for_records_go_when_no_record_names_them() {
+        let vault = TestVault::new();
+        let blobs = blobs(&vault);
+        let collections = Collections::open(vault.store.clone(), [1; 16]).unwrap();
+        let files = CollectionName::parse("files").unwrap();
+        let stored = |seed: u8| {
+            let blobs = &blobs;
+            async move {
+                let data = pattern(1000, seed);
+                blobs.put(body(&data, 4096), u64::MAX).await.unwrap()
+            }
+        };
+        // A record `record` naming `blob`, written with the blob's listing (as a file
+        // upload writes it).
+        let name_in = |record: &str, blob: &Stored| {
+            let rid = RecordId::parse(record).unwrap();
+            let listing = vec![(blob.id, blob.size, Described::default())];
+            let mut touched = listings_of(&listing);
+            touched.push((files.clone(), rid.clone()));
+            collections
+                .write_across(&touched, |lookup| {
+                    let mut fields = serde_json::Map::new();
+                    fields.insert("blob".into(), serde_json::json!(blob.id.to_string()));
+                    let mut writes = vec![(
+                        files.clone(),
+                        rid.clone(),
+                        crate::collections::RecordWrite::Put(fields),
+                    )];
+                    writes.extend(listing_writes(lookup, &listing, &writes)?);
+                    Ok::<_, CollectionError>((writes, ()))
+                })
+                .unwrap()
+                .unwrap();
+        };
+        let named = stored(1).await;
+        let dropped_file = stored(2).await;
+        let persons = stored(3).await;
+        name_in("kept", &named);
+        name_in("gone", &dropped_file);
+        announce(
+            &collections,
+            &persons.id,
+            persons.size,
+            &Described::default(),
+        )
+        .unwrap();
+        assert!(
+            listing(&collections, &named.id)
+                .unwrap()
+                .unwrap()
+                .for_records
+        );
+        assert!(
+            !listing(&collections, &persons.id)
+                .unwrap()
+                .unwrap()
+                .for_records
+        );
+        assert_eq!(
+            unnamed(&collections).unwrap(),
+            vec![],
+            "all named or the person's"
+        );
+
+        collections
+            .remove(&files, &RecordId::parse("gone").unwrap())
+            .unwrap();
+        let found = unnamed(&collections).unwrap();
+        assert_eq!(
+            found.iter().map(|u| u.id).collect::<Vec<_>>(),
+            vec![dropped_file.id]
+        );
+
+        // Named again after it was found (the same second too): it stays.
+        name_in("again", &dropped_file);
+        assert_eq!(unlist_unnamed(&collections, &found).unwrap(), vec![]);
+        assert!(
+            !listing(&collections, &dropped_file.id)
+                .unwrap()
+                .unwrap()
+                .removed
+        );
+        assert_eq!(unnamed(&collections).unwrap(), vec![]);
+
+        collections
+            .remove(&files, &RecordId::parse("again").unwrap())
+            .unwrap();
+        let found = unnamed(&collections).unwrap();
+        assert_eq!(
+            unlist_unnamed(&collections, &found).unwrap(),
+            vec![dropped_file.id]
+        );
+        assert!(
+            listing(&collections, &dropped_file.id)
+                .unwrap()
+                .unwrap()
+                .removed
+        );
+
+        // A record naming it arrives (by sync: no listing written with it) before the
+        // bytes are dropped: they stay, and the blob is listed again.
+        let mut fields = serde_json::Map::new();
+        fields.insert(
+            "blob".into(),
+            serde_json::json!(dropped_file.id.to_string()),
+        );
+        collections
+            .put(&files, &RecordId::parse("synced").unwrap(), &fields)
+            .unwrap();
+        let outcome = blobs.drop_removed(&collections).unwrap();
+        assert_eq!((outcome.dropped, outcome.relisted), (0, 1));
+        assert!(
+            !listing(&collections, &dropped_file.id)
+                .unwrap()
+                .unwrap()
+                .removed
+        );
+        assert!(blobs.has_blob(dropped_file.id).unwrap());
+
+        // Named by none again: removed, then dropped.
+        collections
+            .remove(&files, &RecordId::parse("synced").unwrap())
+            .unwrap();
+        let found = unnamed(&collections).unwrap();
+        assert_eq!(
+            unlist_unnamed(&collections, &found).unwrap(),
+            vec![dropped_file.id]
+        );
+        let id = dropped_file.id;
+        // The upload's pin is gone once it is listed (here: once the test lets it go).
+        drop(dropped_file.pinned);
+        let outcome = blobs.drop_removed(&collections).unwrap();
+        assert_eq!((outcome.dropped, outcome.relisted), (1, 0));
+        assert!(!blobs.has_blob(id).unwrap());
+        assert!(blobs.has_blob(named.id).unwrap());
+        assert!(blobs.has_blob(persons.id).unwrap());
     }
 
     #[test]

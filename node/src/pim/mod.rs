@@ -972,7 +972,8 @@ pub async fn import(
                 .into_iter()
                 .map(|(id, write)| (name.clone(), id, write))
                 .collect();
-            writes.extend(crate::blobs::listing_writes(lookup, &to_announce)?);
+            let listings = crate::blobs::listing_writes(lookup, &to_announce, &writes)?;
+            writes.extend(listings);
             Ok::<_, ImportError>((writes, ()))
         })?
     })
