@@ -42,12 +42,14 @@ mod audit;
 mod data;
 mod devices;
 mod files;
+mod forms;
 mod grants;
 
 use audit::*;
 use data::*;
 use devices::*;
 use files::*;
+use forms::*;
 use grants::*;
 
 type AppState = Arc<Vault>;
@@ -206,6 +208,7 @@ pub fn routes() -> Router<AppState> {
             "/data/{collection}/{id}",
             get(record_page).post(save_record),
         )
+        .route("/data/{collection}/{id}/fields", post(save_fields))
         .route("/data/{collection}/{id}/delete", post(delete_record))
         .route("/data/{collection}/{id}/resolve", post(resolve_conflict))
         .layer(middleware::from_fn(headers))

@@ -259,11 +259,13 @@ impl<'a> Browser<'a> {
 
 /// Replaces record `contacts/id` with `json` in its dashboard page, and waits until the
 /// page shows `name`.
+/// (The JSON is the page's advanced view, folded away under the form.)
 fn edit_record(browser: &Browser<'_>, id: &str, json: &str, name: &str) {
     browser.goto(&format!("/data/contacts/{id}"));
-    browser.find("#record-json");
+    browser.click("#advanced summary");
     browser.fill("#edit-record textarea[name=json]", json);
     browser.click("#save-button");
+    browser.click("#advanced summary");
     browser.wait_text("#record-json", name);
 }
 
@@ -400,13 +402,38 @@ fn the_dashboard_in_a_browser() {
     browser.wait_text("#verify-result", "intact");
     browser.screenshot("audit.png");
 
-    // A record edited in the page is the record the CLI reads.
+    // A contact edited with its form is the record the CLI reads; its JSON, edited as
+    // the advanced view, too.
     browser.goto("/data/contacts/ada");
-    browser.wait_text("#record-json", "Ada");
+    browser.fill("#edit-fields input[name=name]", "Ada Lovelace");
+    browser.fill(
+        "#edit-fields input[name=organization]",
+        "Analytical Engines",
+    );
+    browser.click("#save-fields");
+    eventually("the form's edit", || {
+        let ada = node.json(&["get", "contacts", "ada"]);
+        (ada["name"] == "Ada Lovelace" && ada["organization"] == "Analytical Engines").then_some(())
+    });
+    browser.goto("/data/contacts/ada");
+    browser.screenshot("record.png");
     let ada_king = r#"{"name":"Ada King","email":"ada@example.org","tags":["math"]}"#;
     edit_record(&browser, "ada", ada_king, "Ada King");
     assert_eq!(node.json(&["get", "contacts", "ada"])["name"], "Ada King");
-    browser.screenshot("record.png");
+    // A new contact from the collection's page.
+    browser.goto("/data/contacts");
+    browser.click("#new-record summary");
+    browser.fill("#new-fields input[name=name]", "Grace Hopper");
+    browser.fill("#new-fields textarea[name=emails]", "grace@navy.example");
+    browser.click("#make-record");
+    assert_eq!(
+        browser.value("#edit-fields input[name=name]"),
+        "Grace Hopper",
+        "{}",
+        browser.url()
+    );
+    let contacts = node.json(&["ls", "contacts"]).to_string();
+    assert!(contacts.contains("grace@navy.example"), "{contacts}");
     browser.goto("/data");
     assert!(
         browser.source().contains("contacts"),
@@ -527,7 +554,10 @@ fn the_dashboard_in_a_browser() {
     );
     browser.screenshot("conflict.png");
     browser.click(r#"#conflicts form.resolve:has(input[value='"ada@b.example"']) button"#);
-    browser.wait_text("#record-json", "ada@b.example");
+    assert_eq!(
+        browser.value("#edit-fields textarea[name=emails]"),
+        "ada@b.example"
+    );
     let start = Instant::now();
     while browser.exists("#conflicts") {
         assert!(
@@ -900,47 +930,64 @@ fn multipart(fields: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
-/// Files, photos and search for people, without a browser: a folder made and files
-/// uploaded through the plain forms (the CSRF token checked before a byte is kept),
-/// listed with thumbnails and what the camera said, downloaded, shown in the gallery
-/// by month, found by the search box, and removed.
-#[test]
-fn files_photos_and_search_for_people_without_a_browser() {
-    let t = TestHome::new();
-    let node = spawn_node(t.path(), &[]);
-    let base = node.base_url();
-    let (http, url) = login_link(&node);
-    let set = http.get(&url).send().unwrap().headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let cookie = set.split(';').next().unwrap().to_owned();
-    let get = |path: &str| {
-        let answer = http
-            .get(format!("{base}{path}"))
-            .header("Cookie", &cookie)
+/// A dashboard session without a browser: logged in through a one-time link, with
+/// the CSRF token of the first page it opened.
+struct Dashboard {
+    http: reqwest::blocking::Client,
+    base: String,
+    cookie: String,
+    csrf: String,
+    first_page: String,
+}
+
+impl Dashboard {
+    fn log_in(node: &NodeProcess, first: &str) -> Self {
+        let (http, url) = login_link(node);
+        let set = http.get(&url).send().unwrap().headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let mut dash = Self {
+            http,
+            base: node.base_url(),
+            cookie: set.split(';').next().unwrap().to_owned(),
+            csrf: String::new(),
+            first_page: String::new(),
+        };
+        dash.first_page = dash.text(first);
+        dash.csrf = dash
+            .first_page
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("a CSRF token on the page")
+            .to_owned();
+        dash
+    }
+
+    fn get(&self, path: &str) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+        let answer = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("Cookie", &self.cookie)
             .send()
             .unwrap();
         let status = answer.status().as_u16();
         let headers = answer.headers().clone();
         (status, headers, answer.bytes().unwrap().to_vec())
-    };
-    let text = |path: &str| {
-        let (status, _, body) = get(path);
+    }
+
+    /// The page at `path`, which must answer 200.
+    fn text(&self, path: &str) -> String {
+        let (status, _, body) = self.get(path);
         assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
         String::from_utf8(body).unwrap()
-    };
-    let empty = text("/data/files");
-    assert!(empty.contains("Nothing here yet"), "{empty}");
-    let csrf = empty
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap()
-        .to_owned();
-    let post_form = |path: &str, form: &[(&str, &str)]| {
-        http.post(format!("{base}{path}"))
-            .header("Cookie", &cookie)
+    }
+
+    fn post_form(&self, path: &str, form: &[(&str, &str)]) -> reqwest::blocking::Response {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .header("Cookie", &self.cookie)
             .header("Content-Type", "application/x-www-form-urlencoded")
             .body(
                 form.iter()
@@ -950,10 +997,170 @@ fn files_photos_and_search_for_people_without_a_browser() {
             )
             .send()
             .unwrap()
+    }
+}
+
+/// Contacts and events are edited with forms, without a browser: a new contact and a
+/// new event made from the collection's page, a contact's fields changed (an address
+/// kept keeps its type, the card's text follows), a change made elsewhere meanwhile
+/// kept, a wrong date refused with nothing changed, and the JSON still there as the
+/// advanced view.
+#[test]
+fn contacts_and_events_are_edited_with_forms_without_a_browser() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let card = "BEGIN:VCARD\r\nVERSION:4.0\r\nUID:u-ada\r\nFN:Ada Lovelace\r\nEMAIL;TYPE=work:ada@example.org\r\nTITLE:Countess\r\nX-PET:cat\r\nEND:VCARD\r\n";
+    node.json(&[
+        "put",
+        "contacts",
+        "ada",
+        &serde_json::json!({ "vcard": card }).to_string(),
+    ]);
+    let dash = Dashboard::log_in(&node, "/data/contacts/ada");
+    let page = &dash.first_page;
+    assert!(
+        page.contains(r#"id="edit-fields""#)
+            && page.contains(r#"<input name="name" value="Ada Lovelace">"#)
+            && page.contains(">ada@example.org</textarea>")
+            && page.contains(r#"id="advanced""#),
+        "{page}"
+    );
+    // Meanwhile an app changes the title; the form still shows the old one.
+    node.json(&["patch", "contacts", "ada", r#"{"title":"Analyst"}"#]);
+    let saved = dash.post_form(
+        "/data/contacts/ada/fields",
+        &[
+            ("csrf", &dash.csrf),
+            ("name", "Ada King"),
+            ("emails", "ada@example.org\r\nada@king.example"),
+            ("title", "Analyst"),
+            ("groups", "math, poets"),
+            ("notes", ""),
+        ],
+    );
+    assert_eq!(saved.status(), 303);
+    assert_eq!(saved.headers()["location"], "/data/contacts/ada");
+    let ada = node.json(&["get", "contacts", "ada"]);
+    assert_eq!(ada["name"], "Ada King");
+    assert_eq!(ada["title"], "Analyst");
+    assert_eq!(ada["groups"], serde_json::json!(["math", "poets"]));
+    assert_eq!(
+        ada["emails"][0],
+        serde_json::json!({"value": "ada@example.org", "types": ["work"]})
+    );
+    assert_eq!(ada["emails"][1]["value"], "ada@king.example");
+    let text = ada["vcard"].as_str().unwrap();
+    assert!(
+        text.contains("FN:Ada King")
+            && text.contains("ada@king.example")
+            && text.contains("X-PET:cat"),
+        "{text}"
+    );
+
+    // A new contact and a new event from their collections' pages.
+    let page = dash.text("/data/contacts");
+    let action = |page: &str| {
+        page.split(r#"id="new-fields" class="grid fields" method="post" action=""#)
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("a form for a new record")
+            .to_owned()
     };
+    let new_contact = action(&page);
+    let made = dash.post_form(
+        &new_contact,
+        &[
+            ("csrf", &dash.csrf),
+            ("new", "1"),
+            ("name", "Grace Hopper"),
+            ("phones", "+1 555 0100"),
+        ],
+    );
+    assert_eq!(made.status(), 303, "{:?}", made.text());
+    let id = new_contact
+        .trim_start_matches("/data/contacts/")
+        .trim_end_matches("/fields");
+    let grace = node.json(&["get", "contacts", id]);
+    assert_eq!(grace["name"], "Grace Hopper");
+    assert_eq!(
+        grace["phones"],
+        serde_json::json!([{"value": "+1 555 0100"}])
+    );
+    assert_eq!(grace["uid"], id);
+    // Made once: the same form again is refused.
+    let again = dash.post_form(
+        &new_contact,
+        &[("csrf", &dash.csrf), ("new", "1"), ("name", "Grace")],
+    );
+    assert_eq!(again.status(), 409);
+    assert_eq!(node.json(&["get", "contacts", id])["name"], "Grace Hopper");
+
+    let new_event = action(&dash.text("/data/calendar"));
+    let refused = dash.post_form(
+        &new_event,
+        &[
+            ("csrf", &dash.csrf),
+            ("new", "1"),
+            ("summary", "Dentist"),
+            ("start", "next tuesday"),
+        ],
+    );
+    assert_eq!(refused.status(), 400);
+    assert!(refused.text().unwrap().contains("is not a date"));
+    let made = dash.post_form(
+        &new_event,
+        &[
+            ("csrf", &dash.csrf),
+            ("new", "1"),
+            ("summary", "Dentist"),
+            ("location", "High Street 4"),
+            ("start", "2026-12-10T09:30"),
+            ("end", "2026-12-10T10:00"),
+        ],
+    );
+    assert_eq!(made.status(), 303, "{:?}", made.text());
+    let id = new_event
+        .trim_start_matches("/data/calendar/")
+        .trim_end_matches("/fields");
+    let event = node.json(&["get", "calendar", id]);
+    assert_eq!(event["start"], "2026-12-10T09:30:00");
+    assert_eq!(event["location"], "High Street 4");
+    let page = dash.text(&format!("/data/calendar/{id}"));
+    assert!(
+        page.contains(r#"type="datetime-local" step="1" name="start" value="2026-12-10T09:30:00""#),
+        "{page}"
+    );
+    // Without the token: refused, nothing changed.
+    let refused = dash.post_form(
+        &format!("/data/calendar/{id}/fields"),
+        &[("summary", "Gone")],
+    );
+    assert_eq!(refused.status(), 403);
+    assert_eq!(node.json(&["get", "calendar", id])["summary"], "Dentist");
+    node.stop();
+}
+
+/// Files, photos and search for people, without a browser: a folder made and files
+/// uploaded through the plain forms (the CSRF token checked before a byte is kept),
+/// listed with thumbnails and what the camera said, downloaded, shown in the gallery
+/// by month, found by the search box, and removed.
+#[test]
+fn files_photos_and_search_for_people_without_a_browser() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let dash = Dashboard::log_in(&node, "/data/files");
+    let (base, http, cookie, csrf) = (&dash.base, &dash.http, &dash.cookie, &dash.csrf);
+    let get = |path: &str| dash.get(path);
+    let text = |path: &str| dash.text(path);
+    let post_form = |path: &str, form: &[(&str, &str)]| dash.post_form(path, form);
+    assert!(
+        dash.first_page.contains("Nothing here yet"),
+        "{}",
+        dash.first_page
+    );
     let made = post_form(
         "/data/files/mkdir",
-        &[("csrf", &csrf), ("path", "/"), ("name", "Trip")],
+        &[("csrf", csrf), ("path", "/"), ("name", "Trip")],
     );
     assert_eq!(made.status(), 303);
 
@@ -961,7 +1168,7 @@ fn files_photos_and_search_for_people_without_a_browser() {
     let upload = |fields: &[(&str, Option<&str>, &[u8])]| {
         let (content_type, body) = multipart(fields);
         http.post(format!("{base}/data/files/upload"))
-            .header("Cookie", &cookie)
+            .header("Cookie", cookie.as_str())
             .header("Content-Type", content_type)
             .body(body)
             .send()
@@ -1039,7 +1246,7 @@ fn files_photos_and_search_for_people_without_a_browser() {
 
     let removed = post_form(
         "/data/files/remove",
-        &[("csrf", &csrf), ("path", "/Trip/notes.txt")],
+        &[("csrf", csrf), ("path", "/Trip/notes.txt")],
     );
     assert_eq!(removed.status(), 303);
     let folder = text("/data/files?path=%2FTrip");

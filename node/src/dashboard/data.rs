@@ -202,6 +202,15 @@ pub(super) struct CollectionPage {
     csrf: String,
     name: String,
     records: Vec<RecordRow>,
+    /// A form for a new contact or event (contacts and calendar collections), with
+    /// the id the record will get and what it is called.
+    new_record: Option<NewRecord>,
+}
+
+pub(super) struct NewRecord {
+    id: String,
+    what: &'static str,
+    form: Vec<FormField>,
 }
 
 pub(super) fn summary(record: &Map<String, Value>) -> String {
@@ -271,8 +280,17 @@ pub(super) async fn collection_page(
         Ok(r) => r,
         Err(e) => return failed(e.into()),
     };
+    let new_record = new_form(&name, None).map(|form| NewRecord {
+        id: crate::pim::new_uid(),
+        what: match crate::pim::Kind::of(name.as_str()) {
+            Some(crate::pim::Kind::Contacts) => "contact",
+            _ => "event",
+        },
+        form,
+    });
     page(&CollectionPage {
         csrf: visit.csrf,
+        new_record,
         name: name.to_string(),
         records: records
             .iter()
@@ -302,6 +320,10 @@ pub(super) struct RecordPage {
     id: String,
     json: String,
     editable: bool,
+    /// The record's fields as a form (contacts and calendar objects); empty: JSON only.
+    form: Vec<FormField>,
+    /// What the page is called: the contact's name, the event's summary (else the id).
+    title: String,
     conflicts: Vec<ConflictRow>,
     versions: Vec<String>,
     deleted: Option<hearth_protocol::api::DeletedWhileEdited>,
@@ -364,7 +386,17 @@ pub(super) async fn render_record(
         _ => Map::new(),
     };
     shown.remove("id");
+    let form = form(name, &shown).unwrap_or_default();
+    let title = match ["name", "summary"]
+        .iter()
+        .find_map(|k| shown.get(*k).and_then(Value::as_str))
+    {
+        Some(title) if !title.trim().is_empty() => title.to_owned(),
+        _ => id.to_string(),
+    };
     page(&RecordPage {
+        form,
+        title,
         csrf: visit.csrf,
         collection: name.to_string(),
         id: id.to_string(),

@@ -185,7 +185,7 @@ pub fn prepare(
     Ok(())
 }
 
-fn new_uid() -> String {
+pub(crate) fn new_uid() -> String {
     let bytes: [u8; 16] = rand::random();
     let hex = data_encoding::HEXLOWER.encode(&bytes);
     format!(
