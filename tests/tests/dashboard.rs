@@ -546,6 +546,17 @@ fn the_dashboard_in_a_browser() {
         ));
         (status == 200 && body["conflicts"]["email"].is_array()).then_some(())
     });
+    // Counted on the overview, marked in the list, then shown in the record.
+    browser.goto("/");
+    let counted = browser.text("#conflicts");
+    assert!(
+        counted.contains("contacts: 1 record to decide"),
+        "{counted}"
+    );
+    browser.screenshot("overview-conflicts.png");
+    browser.click("#conflicts a");
+    assert!(browser.text("#to-decide").contains("ada"));
+    assert!(browser.exists(r#"#records tr.conflicted a[href="/data/contacts/ada"]"#));
     browser.goto("/data/contacts/ada");
     let conflicts = browser.text("#conflicts");
     assert!(
@@ -568,6 +579,10 @@ fn the_dashboard_in_a_browser() {
         std::thread::sleep(Duration::from_millis(200));
         browser.goto("/data/contacts/ada");
     }
+    browser.goto("/");
+    assert!(!browser.exists("#conflicts"), "{}", browser.source());
+    browser.goto("/data/contacts");
+    assert!(!browser.exists("#to-decide") && !browser.exists("tr.conflicted"));
     eventually("the choice on B", || {
         let out = b.run(&["--json", "get", "contacts", "ada"]);
         let record: Value = serde_json::from_slice(&out.stdout).ok()?;

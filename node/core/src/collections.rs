@@ -35,7 +35,7 @@ use crate::recordmerge;
 use zeroize::Zeroizing;
 
 use crate::commits::MarkCheck;
-use crate::index::{Mark, Part, RecordIndex, Stored};
+use crate::index::{Entries, Mark, Part, RecordIndex, Stored};
 use crate::records;
 use crate::store::{SealedBatch, SealedTree, Store, StoreError};
 
@@ -671,6 +671,17 @@ impl Collections {
         let fan_out = self.fan_out(&c.name);
         let ours = |id: &str| part_number(&c.at.collection, fan_out, id) == c.part;
         let count = self.index.rebuild(&c.at, c.name.as_str(), ours, all)?;
+        let mut conflicted = Vec::new();
+        if !c.name.is_system() {
+            for id in records::record_ids(doc) {
+                if records::in_conflict(doc, &id).map_err(|e| c.automerge(e))? {
+                    conflicted.push(id);
+                }
+            }
+        }
+        let conflicted = conflicted.iter().map(|id| (id.as_str(), true));
+        (self.index).note_conflicts(batch, &c.at, c.name.as_str(), conflicted, Entries::None)?;
+        self.index.set_conflicts_indexed(batch, &c.at);
         let mark = Mark {
             generation,
             count,
@@ -1835,6 +1846,65 @@ mod tests {
                 assert!(conflict.removed.is_some(), "{conflict:?}");
             }
         }
+    }
+
+    /// The record index knows which records hold something for a person to decide —
+    /// a field edited apart, a record made on two devices, a delete that met an edit —
+    /// without loading a document; a choice ends it; it holds after a restart and
+    /// after the index is built again from the document.
+    #[tokio::test]
+    async fn the_index_knows_which_records_are_in_conflict() {
+        let (va, vb) = (TestVault::new(), TestVault::new());
+        let a = one_part(Collections::open(va.store.clone(), [1; 16]).unwrap());
+        let b = one_part(Collections::open(vb.store.clone(), [2; 16]).unwrap());
+        let notes = name("notes");
+        a.put(&notes, &id("edited"), &obj(json!({"n": 1}))).unwrap();
+        a.put(&notes, &id("quiet"), &obj(json!({"n": 1}))).unwrap();
+        a.put(&notes, &id("deleted"), &obj(json!({"n": 1})))
+            .unwrap();
+        b.merge_document(&notes, &a.save_document(&notes).unwrap())
+            .unwrap();
+        a.patch(&notes, &id("edited"), &obj(json!({"n": 2})))
+            .unwrap();
+        b.patch(&notes, &id("edited"), &obj(json!({"n": 3})))
+            .unwrap();
+        a.put(&notes, &id("twice"), &obj(json!({"by": "a"})))
+            .unwrap();
+        b.put(&notes, &id("twice"), &obj(json!({"by": "b"})))
+            .unwrap();
+        a.remove(&notes, &id("deleted")).unwrap();
+        b.patch(&notes, &id("deleted"), &obj(json!({"n": 5})))
+            .unwrap();
+        assert!(a.conflicted(&notes).unwrap().is_empty());
+        a.merge_document(&notes, &b.save_document(&notes).unwrap())
+            .unwrap();
+        let expected = vec!["deleted".to_owned(), "edited".into(), "twice".into()];
+        assert_eq!(a.conflicted(&notes).unwrap(), expected);
+        let found: Vec<String> = a
+            .all_conflicts(&notes)
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(found, expected, "what reading every record finds");
+        assert_eq!(a.conflict_counts().unwrap(), vec![(notes.clone(), 3)]);
+
+        // A choice ends it.
+        assert!(a.choose(&notes, &id("edited"), "n", &json!(3)).unwrap());
+        assert_eq!(a.conflicted(&notes).unwrap(), ["deleted", "twice"]);
+
+        // After a restart, and after the index is built again from the document.
+        va.store.commit().await.unwrap();
+        drop(a);
+        let a = one_part(Collections::open(va.store.clone(), [1; 16]).unwrap());
+        assert_eq!(a.conflicted(&notes).unwrap(), ["deleted", "twice"]);
+        let part = a.place_in(a.collection_key(&notes), &a.part_of(&notes, "twice"));
+        let mut batch = SealedBatch::default();
+        a.index.remove_mark(&mut batch, &part);
+        a.index.tree().apply(batch).unwrap();
+        drop(a);
+        let a = one_part(Collections::open(va.store.clone(), [1; 16]).unwrap());
+        assert_eq!(a.conflicted(&notes).unwrap(), ["deleted", "twice"]);
     }
 
     /// A load reading a collection from the disk holds up requests to that collection

@@ -37,6 +37,12 @@ use crate::store::{SealedBatch, SealedTree, Store, StoreError};
 
 const MARK: u8 = 0;
 const RECORD: u8 = 1;
+/// `name_key || 2 || id_key`: a record in conflict (fields edited apart, several
+/// versions), its id as a record entry without a record.
+const CONFLICT: u8 = 2;
+/// `name_key || 3 [|| part u16be]`: the part's conflicts are in the index (written
+/// when it is indexed whole; a part indexed before conflicts were is indexed again).
+const CONFLICTS_INDEXED: u8 = 3;
 /// Index entries written per batch when a whole collection is indexed again.
 const REBUILD_BATCH: usize = 4096;
 /// Keys read ahead at a time when going through a collection's records.
@@ -80,9 +86,17 @@ impl Part {
     }
 
     fn mark_key(&self) -> Vec<u8> {
+        self.key_of(MARK)
+    }
+
+    fn conflicts_indexed_key(&self) -> Vec<u8> {
+        self.key_of(CONFLICTS_INDEXED)
+    }
+
+    fn key_of(&self, kind: u8) -> Vec<u8> {
         let mut key = Vec::with_capacity(35);
         key.extend_from_slice(&self.collection);
-        key.push(MARK);
+        key.push(kind);
         if let Some(number) = self.number {
             key.extend_from_slice(&number.to_be_bytes());
         }
@@ -227,7 +241,9 @@ impl RecordIndex {
             return Ok(true);
         }
         let mark = self.mark(part)?;
-        if mark.generation != on_disk()?
+        let on_disk = on_disk()?;
+        if mark.generation != on_disk
+            || (on_disk > 0 && !self.conflicts_indexed(part)?)
             || ledger.check(&part.key, mark.generation, &mark.heads) != MarkCheck::Ok
         {
             return Ok(false);
@@ -285,6 +301,58 @@ impl RecordIndex {
         key.push(RECORD);
         key.extend_from_slice(&self.store.name_key("record", &format!("{name}/{id}")));
         key
+    }
+
+    fn conflict_key(&self, collection: &[u8; 32], name: &str, id: &str) -> Vec<u8> {
+        let mut key = self.record_key(collection, name, id);
+        key[32] = CONFLICT;
+        key
+    }
+
+    /// Adds to `batch` whether each record a change touched is in conflict now
+    /// ([`crate::records::in_conflict`]); with [`Entries::None`], none was before.
+    pub fn note_conflicts<'a>(
+        &self,
+        batch: &mut SealedBatch,
+        part: &Part,
+        name: &str,
+        touched: impl IntoIterator<Item = (&'a str, bool)>,
+        entries: Entries,
+    ) -> Result<(), StoreError> {
+        for (id, conflicted) in touched {
+            let key = self.conflict_key(&part.collection, name, id);
+            if conflicted {
+                self.tree
+                    .batch_insert(batch, &key, &encode_entry(id, &Stored::InDocument));
+            } else if matches!(entries, Entries::Looked) && self.tree.contains_key(&key)? {
+                self.tree.batch_remove(batch, &key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds to `batch` that a part's conflicts are in the index (it was indexed whole).
+    pub fn set_conflicts_indexed(&self, batch: &mut SealedBatch, part: &Part) {
+        self.tree
+            .batch_insert(batch, &part.conflicts_indexed_key(), &[1]);
+    }
+
+    /// Whether a part's conflicts are in the index.
+    pub fn conflicts_indexed(&self, part: &Part) -> Result<bool, StoreError> {
+        self.tree.contains_key(&part.conflicts_indexed_key())
+    }
+
+    /// The ids of a collection's records in conflict, sorted. Reads only those.
+    pub fn conflicted(&self, collection: &[u8; 32]) -> Result<Vec<String>, StoreError> {
+        let mut prefix = collection.to_vec();
+        prefix.push(CONFLICT);
+        let mut ids = Vec::new();
+        for entry in self.tree.scan_prefix(&prefix) {
+            let (_, bytes) = entry?;
+            ids.push(decode_entry(&bytes)?.0);
+        }
+        ids.sort();
+        Ok(ids)
     }
 
     /// The records after id `after` (from the first without it), in the index's order, up to
@@ -406,7 +474,9 @@ impl RecordIndex {
     /// index half written is never trusted. The entries replaced are the collection's
     /// all, for a collection of one part; else those whose id `ours` says are the
     /// part's (all of the collection's entries are read to find them: this is rare,
-    /// after a failure or a migration). Returns the count.
+    /// after a failure or a migration). Its conflicts' entries go too, and the note
+    /// that they are indexed: the caller adds them ([`RecordIndex::note_conflicts`],
+    /// [`RecordIndex::set_conflicts_indexed`]) with the mark. Returns the count.
     pub fn rebuild(
         &self,
         part: &Part,
@@ -416,19 +486,26 @@ impl RecordIndex {
     ) -> Result<u64, StoreError> {
         self.forget(part);
         self.tree.remove(&part.mark_key())?;
+        self.tree.remove(&part.conflicts_indexed_key())?;
         let mut batch = SealedBatch::default();
         let mut pending = 0;
-        let mut entries = part.collection.to_vec();
-        entries.push(RECORD);
-        let replaced: Box<dyn Iterator<Item = Result<Vec<u8>, StoreError>>> = match part.number {
-            None => Box::new(self.tree.keys_with_prefix(&entries)),
-            Some(_) => Box::new(self.tree.scan_prefix(&entries).filter_map(|entry| {
-                entry
-                    .and_then(|(key, bytes)| Ok(ours(&decode_entry(&bytes)?.0).then_some(key)))
-                    .transpose()
-            })),
-        };
-        for key in replaced {
+        let ours = &ours;
+        let mut replaced: Vec<Box<dyn Iterator<Item = Result<Vec<u8>, StoreError>> + '_>> =
+            Vec::new();
+        // The records' entries and their conflicts' (the caller notes the new ones).
+        for kind in [RECORD, CONFLICT] {
+            let mut entries = part.collection.to_vec();
+            entries.push(kind);
+            replaced.push(match part.number {
+                None => Box::new(self.tree.keys_with_prefix(&entries)),
+                Some(_) => Box::new(self.tree.scan_prefix(&entries).filter_map(|entry| {
+                    entry
+                        .and_then(|(key, bytes)| Ok(ours(&decode_entry(&bytes)?.0).then_some(key)))
+                        .transpose()
+                })),
+            });
+        }
+        for key in replaced.into_iter().flatten() {
             self.tree.batch_remove(&mut batch, &key?);
             pending += 1;
             if pending == REBUILD_BATCH {

@@ -235,6 +235,30 @@ pub fn records_touched_by(
     Some(ids)
 }
 
+/// Whether record `id` holds something a person must decide: fields edited apart
+/// ([`record_conflicts`]) or several versions ([`record_versions`]). Looks further
+/// than one pass over the record's fields only where Automerge holds several values.
+pub fn in_conflict(doc: &AutoCommit, id: &str) -> Result<bool, AutomergeError> {
+    let values = doc.get_all(ROOT, id)?;
+    if values.len() > 1 {
+        return Ok(!record_versions(doc, id)?.is_empty() || !record_conflicts(doc, id)?.is_empty());
+    }
+    let Some((Value::Object(ObjType::Map), obj)) = values.into_iter().next() else {
+        return Ok(false);
+    };
+    let several: Vec<String> = doc
+        .map_range(&obj, ..)
+        .filter(|item| item.conflict)
+        .map(|item| item.key.into_owned())
+        .collect();
+    for key in several {
+        if field_conflict(doc, &obj, &key)?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Fields of record `id` that concurrent edits left in conflict: for each, every
 /// competing value (the first is the one `read_record` shows, Automerge's
 /// deterministic winner). Empty when there is no conflict or no record.

@@ -374,10 +374,19 @@ pub(super) async fn collection_conflicts(
 ) -> Result<Json<Vec<ConflictsResponse>>, ApiError> {
     let collection = collection_name(&path_param(path)?)?;
     let (all, names) = blocking(&vault, move |v| {
-        Ok((
-            v.collections.all_conflicts(&collection)?,
-            devices::names_by_tag(&v.collections)?,
-        ))
+        // The record index says which records to look at: no whole collection loads.
+        let mut all = Vec::new();
+        for id in v.collections.conflicted(&collection)? {
+            let Ok(record) = RecordId::parse(&id) else {
+                continue;
+            };
+            if let Some(conflict) = v.collections.conflicts(&collection, &record)?
+                && !conflict.is_empty()
+            {
+                all.push((id, conflict));
+            }
+        }
+        Ok((all, devices::names_by_tag(&v.collections)?))
     })
     .await?;
     Ok(Json(

@@ -194,6 +194,8 @@ pub(super) async fn import(
 pub(super) struct RecordRow {
     id: String,
     summary: String,
+    /// Something in it is for the person to decide (edited apart on two devices).
+    conflicted: bool,
 }
 
 #[derive(Template)]
@@ -202,6 +204,8 @@ pub(super) struct CollectionPage {
     csrf: String,
     name: String,
     records: Vec<RecordRow>,
+    /// How many of them are for the person to decide.
+    to_decide: usize,
     /// A form for a new contact or event (contacts and calendar collections), with
     /// the id the record will get and what it is called.
     new_record: Option<NewRecord>,
@@ -280,6 +284,16 @@ pub(super) async fn collection_page(
         Ok(r) => r,
         Err(e) => return failed(e.into()),
     };
+    let conflicted: std::collections::HashSet<String> = {
+        let (v, n) = (vault.clone(), name.clone());
+        tokio::task::spawn_blocking(move || v.collections.conflicted(&n))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+            .into_iter()
+            .collect()
+    };
     let new_record = new_form(&name, None).map(|form| NewRecord {
         id: crate::pim::new_uid(),
         what: match crate::pim::Kind::of(name.as_str()) {
@@ -290,18 +304,23 @@ pub(super) async fn collection_page(
     });
     page(&CollectionPage {
         csrf: visit.csrf,
+        to_decide: conflicted.len(),
         new_record,
         name: name.to_string(),
         records: records
             .iter()
             .filter_map(Value::as_object)
-            .map(|r| RecordRow {
-                id: r
+            .map(|r| {
+                let id = r
                     .get("id")
                     .and_then(Value::as_str)
                     .unwrap_or_default()
-                    .to_owned(),
-                summary: summary(r),
+                    .to_owned();
+                RecordRow {
+                    conflicted: conflicted.contains(&id),
+                    id,
+                    summary: summary(r),
+                }
             })
             .collect(),
     })

@@ -66,6 +66,9 @@ pub(super) struct OverviewPage {
     kit: String,
     /// Each backup host in a line, or how to add one.
     backups: Vec<String>,
+    /// Collections with records for the person to decide (edited apart on two
+    /// devices), and how many.
+    conflicts: Vec<(String, String)>,
 }
 
 pub(super) struct ArrivingRow {
@@ -169,10 +172,29 @@ pub(super) async fn overview(State(vault): State<AppState>, visit: Visit) -> Res
                 .to_owned(),
         );
     }
+    let conflicts = {
+        let v = vault.clone();
+        tokio::task::spawn_blocking(move || v.collections.conflict_counts())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+    };
+    let conflicts = conflicts
+        .into_iter()
+        .map(|(name, n)| {
+            let words = match n {
+                1 => "1 record to decide".to_owned(),
+                n => format!("{n} records to decide"),
+            };
+            (name.to_string(), words)
+        })
+        .collect();
     page(&OverviewPage {
         keys,
         kit,
         backups,
+        conflicts,
         csrf: visit.csrf,
         peer_id: status.peer_id,
         version: status.version,

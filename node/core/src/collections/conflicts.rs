@@ -277,6 +277,71 @@ impl Collections {
         )
     }
 
+    /// The ids of a collection's records with something for a person to decide:
+    /// fields edited apart or several versions (the record index keeps which), or a
+    /// delete that met an edit (`_conflicts` notices); sorted. Loads no document.
+    pub fn conflicted(&self, name: &CollectionName) -> Result<Vec<String>, CollectionError> {
+        if name.is_system() {
+            return Ok(Vec::new());
+        }
+        let key = self.indexed(name)?;
+        let mut ids = self.index.conflicted(&key)?;
+        ids.extend(self.noticed(Some(name))?.into_iter().map(|(_, id)| id));
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// How many records of each user collection have something for a person to
+    /// decide ([`Collections::conflicted`]), for those that have any; from the index
+    /// as it stands (a collection not read since it changed by sync may count what it
+    /// held then).
+    pub fn conflict_counts(&self) -> Result<Vec<(CollectionName, usize)>, CollectionError> {
+        let noticed = self.noticed(None)?;
+        let mut out = Vec::new();
+        for name in self.names()? {
+            if name.is_system() {
+                continue;
+            }
+            let mut ids: HashSet<String> = self
+                .index
+                .conflicted(&self.collection_key(&name))?
+                .into_iter()
+                .collect();
+            ids.extend(
+                noticed
+                    .iter()
+                    .filter(|(c, _)| *c == name.as_str())
+                    .map(|(_, id)| id.clone()),
+            );
+            if !ids.is_empty() {
+                out.push((name, ids.len()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The records with a delete notice (of collection `only`, or every one), as
+    /// (collection, record id), from the `_conflicts` notices still there.
+    fn noticed(
+        &self,
+        only: Option<&CollectionName>,
+    ) -> Result<Vec<(String, String)>, CollectionError> {
+        let mut out = Vec::new();
+        for notice in self.records(&conflicts_list())? {
+            let (Some(collection), Some(record)) = (
+                notice.get("collection").and_then(Json::as_str),
+                notice.get("record").and_then(Json::as_str),
+            ) else {
+                continue;
+            };
+            if only.is_none_or(|n| n.as_str() == collection) {
+                out.push((collection.to_owned(), record.to_owned()));
+            }
+        }
+        Ok(out)
+    }
+
     /// Every record of a collection with something in conflict, by id (as
     /// [`Collections::conflicts`]).
     pub fn all_conflicts(

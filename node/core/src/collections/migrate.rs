@@ -191,6 +191,15 @@ impl Collections {
         let entries = ids.iter().map(String::as_str).zip(stored);
         self.index
             .update(&mut writes.index, &at, name.as_str(), mark, entries)?;
+        let conflicted = made.conflicted.iter().map(|id| (id.as_str(), true));
+        (self.index).note_conflicts(
+            &mut writes.index,
+            &at,
+            name.as_str(),
+            conflicted,
+            crate::index::Entries::None,
+        )?;
+        self.index.set_conflicts_indexed(&mut writes.index, &at);
         self.write(writes)?;
         Ok((at, made.heads))
     }
@@ -203,6 +212,8 @@ struct Made {
     heads: Vec<ChangeHash>,
     /// Its records as the index keeps them.
     entries: Vec<(String, Option<Stored>)>,
+    /// The ids of those in conflict.
+    conflicted: Vec<String>,
     records: usize,
     variants: usize,
 }
@@ -222,8 +233,12 @@ impl Made {
         let (mut part, made, variants) =
             make_part(doc, collection, records).map_err(MakeError::Automerge)?;
         let mut entries = Vec::with_capacity(records.len());
+        let mut conflicted = Vec::new();
         for record in records {
             let stored = records::read_for_index(&part, &record.id).map_err(MakeError::Index)?;
+            if records::in_conflict(&part, &record.id).map_err(MakeError::Index)? {
+                conflicted.push(record.id.clone());
+            }
             entries.push((record.id.clone(), stored));
         }
         Ok(Self {
@@ -231,6 +246,7 @@ impl Made {
             snapshot: Zeroizing::new(part.save()),
             heads: part.get_heads(),
             entries,
+            conflicted,
             records: made,
             variants,
         })

@@ -364,15 +364,35 @@ impl Collections {
         match (c.indexed.take(), touched) {
             (Some(count), Some(touched)) => {
                 let mut read = Vec::with_capacity(touched.len());
+                let mut conflicts = Vec::with_capacity(touched.len());
                 for id in &touched {
                     let record = records::read_for_index(&c.doc, id).map_err(|e| c.automerge(e))?;
+                    // Only what arrives from another device can leave a conflict, and
+                    // a write here can end one: both come through here.
+                    let conflicted = record.is_some()
+                        && !c.name.is_system()
+                        && records::in_conflict(&c.doc, id).map_err(|e| c.automerge(e))?;
                     read.push((id.as_str(), record));
+                    conflicts.push((id.as_str(), conflicted));
                 }
                 mark.count = count;
                 let entries = match nothing_indexed {
                     true => Entries::None,
                     false => Entries::Looked,
                 };
+                if c.next_seq == 0 {
+                    // The part's first change: its conflicts are all in this batch.
+                    self.index.set_conflicts_indexed(&mut writes.index, &c.at);
+                }
+                if !c.name.is_system() {
+                    self.index.note_conflicts(
+                        &mut writes.index,
+                        &c.at,
+                        c.name.as_str(),
+                        conflicts,
+                        entries,
+                    )?;
+                }
                 mark = (self.index).update_with(
                     &mut writes.index,
                     &c.at,
@@ -663,8 +683,11 @@ impl Collections {
         doc.set_actor(self.actor.clone());
         let persisted_heads = doc.get_heads();
         let mark = self.index.mark(&at)?;
-        let indexed =
-            (mark.generation == next_seq && mark.heads == persisted_heads).then_some(mark.count);
+        // A part with nothing on disk has no conflicts to have indexed.
+        let indexed = (mark.generation == next_seq
+            && mark.heads == persisted_heads
+            && (next_seq == 0 || self.index.conflicts_indexed(&at)?))
+        .then_some(mark.count);
         // Checked against the commit record: a collection that lost committed changes
         // (or holds others) is refused, never served.
         self.check_committed(name, &at, next_seq, &persisted_heads)?;
