@@ -730,6 +730,21 @@ impl Multistatus {
         ))
     }
 
+    /// A piece of a multistatus sent as it is made: responses only.
+    fn part() -> Self {
+        Multistatus(String::new())
+    }
+
+    /// What was written so far, to send.
+    fn into_part(self) -> String {
+        self.0
+    }
+
+    /// The end of a multistatus sent in pieces.
+    fn end() -> &'static str {
+        "</d:multistatus>\n"
+    }
+
     /// One resource with the properties found and those not.
     fn response(&mut self, href: &str, found: &[(Prop, String)], missing: &[Prop]) {
         self.0.push_str("<d:response><d:href>");

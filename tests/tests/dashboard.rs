@@ -199,6 +199,58 @@ impl<'a> Browser<'a> {
         typed.unwrap_or_else(|e| panic!("choose a file in {css}: {e}"));
     }
 
+    /// Waits until the value of the form field `css` is `wanted` (the page it is on
+    /// may still be the one a form is leaving).
+    fn wait_value(&self, css: &str, wanted: &str) {
+        let start = Instant::now();
+        loop {
+            let value = self
+                .rt
+                .block_on(async {
+                    let element = self.client.find(Locator::Css(css)).await.ok()?;
+                    element.prop("value").await.ok()?
+                })
+                .unwrap_or_default();
+            if value == wanted {
+                return;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "{css} never held {wanted:?}: {value:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Opens the `<details>` `css` (its summary clicked) until `inside` shows
+    /// `needle`: the page may still be the one a form is leaving, whose elements go
+    /// stale under a click.
+    fn open_until(&self, css: &str, inside: &str, needle: &str) {
+        let start = Instant::now();
+        loop {
+            let text = self
+                .rt
+                .block_on(async {
+                    let details = self.client.find(Locator::Css(css)).await.ok()?;
+                    if details.attr("open").await.ok()?.is_none() {
+                        let summary = details.find(Locator::Css("summary")).await.ok()?;
+                        summary.click().await.ok()?;
+                    }
+                    let element = self.client.find(Locator::Css(inside)).await.ok()?;
+                    element.text().await.ok()
+                })
+                .unwrap_or_default();
+            if text.to_lowercase().contains(&needle.to_lowercase()) {
+                return;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "{inside} never showed {needle:?}: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until the text of `css` contains `needle` (any case); returns the text.
     fn wait_text(&self, css: &str, needle: &str) -> String {
         let start = Instant::now();
@@ -265,8 +317,7 @@ fn edit_record(browser: &Browser<'_>, id: &str, json: &str, name: &str) {
     browser.click("#advanced summary");
     browser.fill("#edit-record textarea[name=json]", json);
     browser.click("#save-button");
-    browser.click("#advanced summary");
-    browser.wait_text("#record-json", name);
+    browser.open_until("#advanced", "#record-json", name);
 }
 
 /// `text` with every byte but letters and digits percent-encoded, for a `data:` URL.
@@ -426,12 +477,7 @@ fn the_dashboard_in_a_browser() {
     browser.fill("#new-fields input[name=name]", "Grace Hopper");
     browser.fill("#new-fields textarea[name=emails]", "grace@navy.example");
     browser.click("#make-record");
-    assert_eq!(
-        browser.value("#edit-fields input[name=name]"),
-        "Grace Hopper",
-        "{}",
-        browser.url()
-    );
+    browser.wait_value("#edit-fields input[name=name]", "Grace Hopper");
     let contacts = node.json(&["ls", "contacts"]).to_string();
     assert!(contacts.contains("grace@navy.example"), "{contacts}");
     browser.goto("/data");
@@ -565,10 +611,7 @@ fn the_dashboard_in_a_browser() {
     );
     browser.screenshot("conflict.png");
     browser.click(r#"#conflicts form.resolve:has(input[value='"ada@b.example"']) button"#);
-    assert_eq!(
-        browser.value("#edit-fields textarea[name=emails]"),
-        "ada@b.example"
-    );
+    browser.wait_value("#edit-fields textarea[name=emails]", "ada@b.example");
     let start = Instant::now();
     while browser.exists("#conflicts") {
         assert!(

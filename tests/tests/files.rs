@@ -617,6 +617,70 @@ fn the_file_share_speaks_webdav() {
     node.stop();
 }
 
+/// A PROPFIND of a folder longer than a page is sent as it is read (chunked, no
+/// length known ahead), whole and well-formed: every entry once, the end tag last; a
+/// client that goes away in the middle of such an answer closes its own connection,
+/// and the node answers the next request.
+#[test]
+fn a_long_folder_is_listed_as_it_is_read() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let api = Api::new(&node);
+    let (_, password) = app_password(&node, &["--read", "files", "--write", "files"]);
+    let call = |method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]| {
+        dav(&api, &password, method, path, headers, body)
+    };
+    assert_eq!(call("MKCOL", "/files/Many/", &[], b"").0, 201);
+    const FILES: usize = 600;
+    for i in 0..FILES {
+        let path = format!("/files/Many/f{i:04}.txt");
+        assert_eq!(call("PUT", &path, &[], format!("{i}").as_bytes()).0, 201);
+    }
+    let (status, listing, headers) = call("PROPFIND", "/files/Many/", &[("Depth", "1")], b"");
+    assert_eq!(status, 207);
+    assert!(
+        !headers.contains_key("content-length")
+            && headers["transfer-encoding"]
+                .to_str()
+                .unwrap()
+                .contains("chunked"),
+        "{headers:?}"
+    );
+    assert!(listing.starts_with("<?xml") && listing.ends_with("</d:multistatus>\n"));
+    assert_eq!(listing.matches("<d:response>").count(), FILES + 1);
+    for i in [0, 255, 256, 599] {
+        let href = format!("<d:href>/files/Many/f{i:04}.txt</d:href>");
+        assert_eq!(listing.matches(&href).count(), 1, "{href}");
+    }
+    // A short folder still comes whole, with its length.
+    assert_eq!(call("MKCOL", "/files/Few/", &[], b"").0, 201);
+    let (status, _, headers) = call("PROPFIND", "/files/Few/", &[("Depth", "1")], b"");
+    assert_eq!(status, 207);
+    assert!(headers.contains_key("content-length"), "{headers:?}");
+
+    // A client that reads the start of the long answer and hangs up.
+    {
+        use std::io::{Read, Write};
+        let addr = node.base_url().trim_start_matches("http://").to_owned();
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        let auth = data_encoding::BASE64.encode(format!("me:{password}").as_bytes());
+        write!(
+            stream,
+            "PROPFIND /files/Many/ HTTP/1.1\r\nHost: {addr}\r\nDepth: 1\r\nAuthorization: Basic {auth}\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let mut start = [0u8; 512];
+        stream.read_exact(&mut start).unwrap();
+        assert!(start.starts_with(b"HTTP/1.1 207"));
+    }
+    let (status, listing, _) = call("PROPFIND", "/files/Many/", &[("Depth", "1")], b"");
+    assert_eq!(
+        (status, listing.matches("<d:response>").count()),
+        (207, FILES + 1)
+    );
+    node.stop();
+}
+
 /// A grant limited to a folder sees that folder as the share's root, and nothing
 /// above or beside it; a read-only grant changes nothing; a grant that reads only some
 /// fields of files, or filters them otherwise, gets no share; and no service writes a

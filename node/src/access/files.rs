@@ -21,6 +21,22 @@ use super::audit::{AuditEvent, Operation};
 use super::door::{Caller, Door};
 use crate::files::{self, Content, Entry, FileError, FilePath};
 
+/// A folder's entries to read a page at a time, made by [`Door::file_listing`] once
+/// their read is audited (only that makes one).
+#[derive(Debug)]
+pub struct FileListing {
+    folder: FilePath,
+    names: std::vec::IntoIter<String>,
+    left: usize,
+}
+
+impl FileListing {
+    /// How many names are still to be read.
+    pub fn left(&self) -> usize {
+        self.left
+    }
+}
+
 /// What a grant makes of the files.
 #[derive(Debug, Clone)]
 pub struct Share {
@@ -135,7 +151,8 @@ impl Door {
     }
 
     /// The entry at `path` (a vault path inside the share) and, with `depth`, what it
-    /// holds if it is a folder. Audited as one read of what is returned.
+    /// holds if it is a folder, all read at once ([`Door::file_listing`] for a long
+    /// answer). Audited as one read of the entry and everything the folder names.
     pub async fn file_list(
         &self,
         caller: &Caller,
@@ -143,37 +160,95 @@ impl Door {
         path: &FilePath,
         depth: bool,
     ) -> Result<(Entry, Vec<Entry>), AccessError> {
-        let at = path.clone();
-        let root = share.root.clone();
-        let (entry, inside) = self
-            .blocking(move |inner| {
-                // The share's own folder is there for it even before anything is in
-                // it (it is made with its first file).
-                let entry = match files::stat(&inner.collections, &at)? {
-                    Some(entry) => entry,
-                    None if at == root => files::unmade_folder(&at),
-                    None => return Err(FileError::NotFound(at.to_string()).into()),
-                };
-                let inside = if depth && entry.folder {
-                    files::list(&inner.collections, &entry)?
-                } else {
-                    Vec::new()
-                };
-                Ok((entry, inside))
-            })
-            .await
-            .inspect_err(|e| {
-                if matches!(e, AccessError::NotFound { .. }) {
-                    self.missed(caller, Operation::Read, files::COLLECTION, path.as_str());
-                }
-            })?;
+        let (entry, mut listing) = self.file_listing(caller, share, path, depth).await?;
+        let mut inside = Vec::with_capacity(listing.left());
+        while let Some(page) = self.next_entries(&mut listing, 1024).await? {
+            inside.extend(page);
+        }
+        Ok((entry, inside))
+    }
+
+    /// The entry at `path` and, with `depth`, a listing of what it holds to read a page
+    /// at a time ([`Door::next_entries`]): how a long answer (a PROPFIND of a folder of
+    /// thousands of files) is sent while it is read, never held whole. Audited first,
+    /// as one read of the entry and everything the folder names.
+    pub async fn file_listing(
+        &self,
+        caller: &Caller,
+        share: &Share,
+        path: &FilePath,
+        depth: bool,
+    ) -> Result<(Entry, FileListing), AccessError> {
+        let entry = self.file_entry(caller, share, path).await?;
+        let names: Vec<String> = if depth && entry.folder {
+            entry.entries().into_keys().collect()
+        } else {
+            Vec::new()
+        };
         let event = AuditEvent {
-            records: 1 + inside.len(),
+            records: 1 + names.len(),
             fields: LISTED.iter().map(|f| (*f).to_owned()).collect(),
             ..caller.grant.event(Operation::Read, files::COLLECTION)
         };
         self.audited(vec![event]).await?;
-        Ok((entry, inside))
+        let listing = FileListing {
+            folder: entry.path.clone(),
+            left: names.len(),
+            names: names.into_iter(),
+        };
+        Ok((entry, listing))
+    }
+
+    /// The next entries of a listing, at most `n` (fewer where one was removed since
+    /// it was listed); `None` once every one was read.
+    pub async fn next_entries(
+        &self,
+        listing: &mut FileListing,
+        n: usize,
+    ) -> Result<Option<Vec<Entry>>, AccessError> {
+        let page: Vec<String> = listing.names.by_ref().take(n.max(1)).collect();
+        if page.is_empty() {
+            return Ok(None);
+        }
+        listing.left -= page.len();
+        let folder = listing.folder.clone();
+        self.blocking(move |inner| {
+            let mut out = Vec::with_capacity(page.len());
+            for name in page {
+                let Ok(child) = folder.join(&name) else {
+                    continue;
+                };
+                if let Some(entry) = files::stat(&inner.collections, &child)? {
+                    out.push(entry);
+                }
+            }
+            Ok(Some(out))
+        })
+        .await
+    }
+
+    /// The entry at `path` (not audited: the caller audits what it returns). The
+    /// share's own folder is there for it even before anything is in it (it is made
+    /// with its first file).
+    async fn file_entry(
+        &self,
+        caller: &Caller,
+        share: &Share,
+        path: &FilePath,
+    ) -> Result<Entry, AccessError> {
+        let at = path.clone();
+        let root = share.root.clone();
+        self.blocking(move |inner| match files::stat(&inner.collections, &at)? {
+            Some(entry) => Ok(entry),
+            None if at == root => Ok(files::unmade_folder(&at)),
+            None => Err(FileError::NotFound(at.to_string()).into()),
+        })
+        .await
+        .inspect_err(|e| {
+            if matches!(e, AccessError::NotFound { .. }) {
+                self.missed(caller, Operation::Read, files::COLLECTION, path.as_str());
+            }
+        })
     }
 
     /// A file's entry, to serve its bytes: audited as a read of its blob before a

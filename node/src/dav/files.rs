@@ -13,7 +13,7 @@
 //! ([`super::locks`]); they are not data, so taking one is not audited, but a LOCK of a
 //! path where nothing is makes an empty file, and that is.
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -116,6 +116,10 @@ fn etag(entry: &Entry) -> Option<String> {
         .as_ref()
         .map(|b| crate::download::etag_of(&b.to_string()))
 }
+
+/// Entries of a folder a PROPFIND answers in one piece; a longer folder's answer is
+/// sent this many entries at a time, as they are read.
+const LISTED_WHOLE: usize = 256;
 
 struct Files<'a> {
     vault: &'a AppState,
@@ -520,15 +524,67 @@ impl Files<'_> {
             }
         };
         let wanted = wanted_of(root.as_ref());
-        let (entry, inside) = self
+        let (entry, mut listing) = self
             .door()
-            .file_list(self.caller, &self.share, at, depth)
+            .file_listing(self.caller, &self.share, at, depth)
             .await?;
         let mut out = Multistatus::new();
-        for e in std::iter::once(&entry).chain(&inside) {
-            self.describe(&mut out, e, &wanted);
+        self.describe(&mut out, &entry, &wanted);
+        if listing.left() <= LISTED_WHOLE {
+            while let Some(page) = self.door().next_entries(&mut listing, LISTED_WHOLE).await? {
+                for e in &page {
+                    self.describe(&mut out, e, &wanted);
+                }
+            }
+            return Ok(out.finish(None));
         }
-        Ok(out.finish(None))
+        // A long folder: the answer is sent a page of entries at a time as they are
+        // read, so its memory is a page's, whatever the folder holds. A failure
+        // part-way ends the answer short (the client sees a broken body).
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+        let (vault, caller, share) = (self.vault.clone(), self.caller.clone(), self.share.clone());
+        let head = out.into_part();
+        tokio::spawn(async move {
+            let files = Files {
+                vault: &vault,
+                caller: &caller,
+                share,
+                submitted: Vec::new(),
+            };
+            if tx.send(Ok(Bytes::from(head))).await.is_err() {
+                return;
+            }
+            loop {
+                match files.door().next_entries(&mut listing, LISTED_WHOLE).await {
+                    Ok(Some(page)) => {
+                        let mut part = Multistatus::part();
+                        for e in &page {
+                            files.describe(&mut part, e, &wanted);
+                        }
+                        if tx.send(Ok(Bytes::from(part.into_part()))).await.is_err() {
+                            // The client went away.
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a folder's listing failed part-way");
+                        let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                        return;
+                    }
+                }
+            }
+            let _ = tx.send(Ok(Bytes::from(Multistatus::end()))).await;
+        });
+        let body = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Ok((
+            StatusCode::MULTI_STATUS,
+            [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
+            Body::from_stream(body),
+        )
+            .into_response())
     }
 
     fn describe(&self, out: &mut Multistatus, entry: &Entry, wanted: &Wanted) {
