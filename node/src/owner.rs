@@ -111,13 +111,21 @@ pub fn expiring_grants(grants: &[access::Grant]) -> Vec<hearth_protocol::api::Ex
 
 /// What `GET /v1/status` answers (also the dashboard's overview).
 pub async fn status_of(vault: &Arc<Vault>) -> Result<StatusResponse, Error> {
-    let (collections, blobs, arriving, kit, expiring_grants) = blocking(vault, |v| {
+    let (collections, blobs, arriving, kit, expiring_grants, to_decide) = blocking(vault, |v| {
         Ok((
             v.collections.list()?,
             v.blobs.count() as u64,
             v.blobs.arriving(&v.collections)?,
             crate::recovery::current(&v.collections, &v.keys.vault_id)?.map(|(kit, _)| kit.id),
             expiring_grants(&access::list_grants(&v.collections)?),
+            v.collections
+                .conflict_counts()?
+                .into_iter()
+                .map(|(name, n)| hearth_protocol::api::ToDecide {
+                    collection: name.to_string(),
+                    records: n as u64,
+                })
+                .collect(),
         ))
     })
     .await?;
@@ -148,6 +156,7 @@ pub async fn status_of(vault: &Arc<Vault>) -> Result<StatusResponse, Error> {
         key_held: keys.held,
         recovery_kit: kit,
         expiring_grants,
+        to_decide,
         devices,
         arriving,
         lan: vault

@@ -310,6 +310,18 @@ pub struct StatusResponse {
     /// Active grants that expire within two weeks, soonest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expiring_grants: Vec<ExpiringGrant>,
+    /// Collections with records edited on two devices at once, for the person to
+    /// decide (`hearth conflicts`), and how many records each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to_decide: Vec<ToDecide>,
+}
+
+/// Records of a collection with something for the person to decide: fields edited
+/// differently on two devices, versions of one record, a delete that met an edit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ToDecide {
+    pub collection: String,
+    pub records: u64,
 }
 
 /// Where the API and DAV are served on the LAN, and how to check the certificate.

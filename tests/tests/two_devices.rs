@@ -205,6 +205,18 @@ fn conflicting_edits_are_listed_and_resolved_from_the_cli() {
     let values = listed[0]["conflicts"]["title"].as_array().unwrap().clone();
     assert_eq!(values.len(), 2, "{listed}");
     assert!(values.contains(&json!("plan A")) && values.contains(&json!("plan B")));
+    // `hearth status` says there is something to decide, and where.
+    assert_eq!(
+        a.json(&["status"])["to_decide"],
+        json!([{"collection": "notes", "records": 1}])
+    );
+    let status = String::from_utf8_lossy(&a.run(&["status"]).stdout).into_owned();
+    assert!(
+        status.contains(
+            "decide   1 record of notes edited on two devices at once: `hearth conflicts notes`"
+        ),
+        "{status}"
+    );
     let said = a.run(&["get", "notes", "n1"]);
     assert!(
         String::from_utf8_lossy(&said.stderr).contains("edited on two devices at once: title"),
@@ -220,6 +232,7 @@ fn conflicting_edits_are_listed_and_resolved_from_the_cli() {
     // Choose the value that is shown now: the conflict ends.
     a.json(&["resolve", "notes", "n1", "title", shown.as_str().unwrap()]);
     assert_eq!(a.json(&["conflicts", "notes"]), json!([]));
+    assert_eq!(a.json(&["status"]).get("to_decide"), None);
     eventually("the choice on B, without a conflict", || {
         let record = b.json(&["get", "notes", "n1"]);
         let clear = b.json(&["conflicts", "notes"]) == json!([]);

@@ -457,6 +457,16 @@ pub(super) fn print_status(status: &StatusResponse) -> anyhow::Result<()> {
             g.id
         ))?;
     }
+    for d in &status.to_decide {
+        let records = match d.records {
+            1 => "1 record".to_owned(),
+            n => format!("{n} records"),
+        };
+        out(format!(
+            "decide   {records} of {} edited on two devices at once: `hearth conflicts {}`",
+            d.collection, d.collection
+        ))?;
+    }
     for addr in &status.listen_addrs {
         out(format!("listen   {addr}"))?;
     }

@@ -172,22 +172,15 @@ pub(super) async fn overview(State(vault): State<AppState>, visit: Visit) -> Res
                 .to_owned(),
         );
     }
-    let conflicts = {
-        let v = vault.clone();
-        tokio::task::spawn_blocking(move || v.collections.conflict_counts())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default()
-    };
-    let conflicts = conflicts
-        .into_iter()
-        .map(|(name, n)| {
-            let words = match n {
+    let conflicts = status
+        .to_decide
+        .iter()
+        .map(|d| {
+            let words = match d.records {
                 1 => "1 record to decide".to_owned(),
                 n => format!("{n} records to decide"),
             };
-            (name.to_string(), words)
+            (d.collection.clone(), words)
         })
         .collect();
     page(&OverviewPage {
