@@ -50,8 +50,9 @@ up_dav=$(secs curl "${quiet[@]}" -u "me:$password" -T "$work/big.bin" "http://$a
 up_api=$(secs curl "${quiet[@]}" -H "Authorization: Bearer $owner" -X POST -T "$work/big2.bin" \
   "http://$addr/v1/blobs?name=big2.bin")
 up_rcl=$(secs curl "${quiet[@]}" -T "$work/big.bin" "http://127.0.0.1:18099/big.bin")
-blob="$(curl -sS -u "me:$password" -X PROPFIND -H 'Depth: 0' "http://$addr/files/big.bin" \
-  | sed -n 's/.*<d:getetag>&quot;\([0-9a-f]*\)&quot;.*/\1/p')"
+# The blob the file names (its ETag holds only 128 bits of the id).
+blob="$("$hearth" --home "$work/hearth" --json file ls / | python3 -c \
+  'import json,sys; print(next(e["blob"] for e in json.load(sys.stdin)["entries"] if e["path"] == "/big.bin"))')"
 down_dav=$(secs curl "${quiet[@]}" -u "me:$password" "http://$addr/files/big.bin")
 down_api=$(secs curl "${quiet[@]}" -H "Authorization: Bearer $owner" "http://$addr/v1/blobs/$blob")
 down_rcl=$(secs curl "${quiet[@]}" "http://127.0.0.1:18099/big.bin")

@@ -60,8 +60,15 @@ pub fn read_record_fields(
 /// record does.
 pub const LONG: usize = 16_384;
 
+/// A map (in keys) longer than this keeps its record out of the record index too: a
+/// folder's entries (one key a file) grow with every file put into it, and each put
+/// re-wrote the whole map into the index (10,000 files into one folder over WebDAV:
+/// 300 KB sealed and written again per file at the end).
+pub const LONG_MAP: usize = 1_024;
+
 /// Reads record `id` as the record index keeps it (`None` if there is none): whole,
-/// or, if it is or holds a text, list or map longer than [`LONG`], only found
+/// or, if it is or holds a text or list longer than [`LONG`] or a map longer than
+/// [`LONG_MAP`], only found
 /// [`Stored::InDocument`] (which costs what the record's structure does, not what its
 /// long texts hold: Automerge keeps a text's length).
 pub fn read_for_index(doc: &AutoCommit, id: &str) -> Result<Option<Stored>, AutomergeError> {
@@ -84,7 +91,11 @@ fn read_bounded(
     kind: ObjType,
     obj: &ObjId,
 ) -> Result<Option<Json>, AutomergeError> {
-    if doc.length(obj) > LONG {
+    let limit = match kind {
+        ObjType::Map | ObjType::Table => LONG_MAP,
+        ObjType::List | ObjType::Text => LONG,
+    };
+    if doc.length(obj) > limit {
         return Ok(None);
     }
     // An item's value: an object read bounded in turn (its id made only then).
@@ -927,17 +938,17 @@ mod tests {
         let keys = |n: usize| -> Map<String, Json> {
             (0..n).map(|i| (format!("k{i}"), json!(i))).collect()
         };
-        put_record(&mut doc, "map", &obj(json!({"names": keys(LONG)}))).unwrap();
+        put_record(&mut doc, "map", &obj(json!({"names": keys(LONG_MAP)}))).unwrap();
         assert!(matches!(
             read_for_index(&doc, "map").unwrap(),
             Some(Stored::Record(_))
         ));
-        put_record(&mut doc, "map", &obj(json!({"names": keys(LONG + 1)}))).unwrap();
+        put_record(&mut doc, "map", &obj(json!({"names": keys(LONG_MAP + 1)}))).unwrap();
         assert_eq!(
             read_for_index(&doc, "map").unwrap(),
             Some(Stored::InDocument)
         );
-        put_record(&mut doc, "wide", &keys(LONG + 1)).unwrap();
+        put_record(&mut doc, "wide", &keys(LONG_MAP + 1)).unwrap();
         assert_eq!(
             read_for_index(&doc, "wide").unwrap(),
             Some(Stored::InDocument)
