@@ -1089,11 +1089,17 @@ fn contacts_and_events_are_edited_with_forms_without_a_browser() {
         "/data/contacts/ada/fields",
         &[
             ("csrf", &dash.csrf),
+            // As a browser posts the form: each field and what it showed.
             ("name", "Ada King"),
+            ("name.was", "Ada Lovelace"),
             ("emails", "ada@example.org\r\nada@king.example"),
-            ("title", "Analyst"),
+            ("emails.was", "ada@example.org"),
+            ("title", "Countess"),
+            ("title.was", "Countess"),
             ("groups", "math, poets"),
+            ("groups.was", ""),
             ("notes", ""),
+            ("notes.was", ""),
         ],
     );
     assert_eq!(saved.status(), 303);

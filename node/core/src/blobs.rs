@@ -438,11 +438,44 @@ pub fn named_among(
 ) -> Result<HashSet<BlobId>, CollectionError> {
     let mut left: HashSet<String> = wanted.iter().map(BlobId::to_string).collect();
     let mut named = HashSet::new();
+    let mut note = |record: &serde_json::Map<String, serde_json::Value>,
+                    left: &mut HashSet<String>| {
+        for blob in named_blobs(record) {
+            if left.remove(&blob) {
+                named.insert(BlobId::parse(&blob).expect("a blob id parses"));
+            }
+        }
+    };
     let mut names: Vec<CollectionName> = collections
         .names()?
         .into_iter()
         .filter(|n| !n.is_system())
         .collect();
+    // What a person may still choose names its blobs too: every version and every
+    // competing value of a record in conflict (the record index knows which), and the
+    // versions a delete notice keeps.
+    for name in &names {
+        for id in collections.conflicted(name)? {
+            let Ok(record) = RecordId::parse(&id) else {
+                continue;
+            };
+            let Some(conflict) = collections.conflicts(name, &record)? else {
+                continue;
+            };
+            for version in &conflict.versions {
+                note(version, &mut left);
+            }
+            let mut values = serde_json::Map::new();
+            values.insert("values".into(), serde_json::Value::Object(conflict.fields));
+            note(&values, &mut left);
+        }
+    }
+    let notices = crate::collections::conflicts_list();
+    for notice in collections.records(&notices)? {
+        if let serde_json::Value::Object(notice) = notice {
+            note(&notice, &mut left);
+        }
+    }
     // The files first: they name most of what is listed for records.
     names.sort_by_key(|n| n.as_str() != "files");
     for name in names {
@@ -454,11 +487,7 @@ pub fn named_among(
             let serde_json::Value::Object(record) = record else {
                 return None;
             };
-            for blob in named_blobs(&record) {
-                if left.remove(&blob) {
-                    named.insert(BlobId::parse(&blob).expect("a blob id parses"));
-                }
-            }
+            note(&record, &mut left);
             left.is_empty().then_some(serde_json::Value::Null)
         })?;
     }
@@ -2321,6 +2350,42 @@ mod tests {
         assert!(!blobs.has_blob(id).unwrap());
         assert!(blobs.has_blob(named.id).unwrap());
         assert!(blobs.has_blob(persons.id).unwrap());
+    }
+
+    /// A blob a person may still choose counts as named: the value a field edited on
+    /// two devices did not show, and a version of a record made on two devices.
+    #[tokio::test]
+    async fn what_a_person_may_still_choose_names_its_blobs() {
+        let (va, vb) = (TestVault::new(), TestVault::new());
+        let a = Collections::open(va.store.clone(), [1; 16]).unwrap();
+        let b = Collections::open(vb.store.clone(), [2; 16]).unwrap();
+        // One document each, to merge whole.
+        a.set_user_fan_out(1);
+        b.set_user_fan_out(1);
+        let files = CollectionName::parse("files").unwrap();
+        let blob = |n: u8| BlobId([n; 32]);
+        let named = |n: u8| {
+            let mut record = serde_json::Map::new();
+            record.insert("blob".into(), serde_json::json!(blob(n).to_string()));
+            record
+        };
+        let (edited, made) = (
+            RecordId::parse("edited").unwrap(),
+            RecordId::parse("made").unwrap(),
+        );
+        a.put(&files, &edited, &named(1)).unwrap();
+        b.merge_document(&files, &a.save_document(&files).unwrap())
+            .unwrap();
+        a.put(&files, &edited, &named(2)).unwrap();
+        b.put(&files, &edited, &named(3)).unwrap();
+        a.put(&files, &made, &named(4)).unwrap();
+        b.put(&files, &made, &named(5)).unwrap();
+        a.merge_document(&files, &b.save_document(&files).unwrap())
+            .unwrap();
+        let wanted: HashSet<BlobId> = (1..=6).map(blob).collect();
+        let found = named_among(&a, &wanted).unwrap();
+        let expected: HashSet<BlobId> = [2, 3, 4, 5].into_iter().map(blob).collect();
+        assert_eq!(found, expected, "both sides of each conflict, nothing else");
     }
 
     #[test]

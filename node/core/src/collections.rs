@@ -48,8 +48,9 @@ pub use migrate::Split;
 mod parts;
 mod storage;
 pub use combined::EditRefused;
+pub(crate) use conflicts::conflicts_list;
 pub use conflicts::{RecordConflict, RecordConflicts, Removal};
-use conflicts::{conflicts_list, merged, notice_id};
+use conflicts::{merged, notice_id};
 pub use history::Snapshot;
 pub use log::{LOG_KEEP, LogPosition};
 pub(crate) use parts::PartName;
@@ -629,6 +630,20 @@ impl Collections {
                     self.generation_on_disk(&at.key)
                 })?
             {
+                // A part indexed before conflicts were noted (a vault of an earlier
+                // version): its conflicts are found once from its document; its
+                // record entries stand.
+                if !name.is_system()
+                    && !self.index.conflicts_indexed(&at)?
+                    && self.generation_on_disk(&at.key)? > 0
+                {
+                    self.with(&part, |c| {
+                        let mut batch = SealedBatch::default();
+                        self.note_every_conflict(c, &mut batch)?;
+                        self.index.tree().apply(batch)?;
+                        Ok(())
+                    })?;
+                }
                 continue;
             }
             self.with(&part, |c| {
@@ -671,17 +686,7 @@ impl Collections {
         let fan_out = self.fan_out(&c.name);
         let ours = |id: &str| part_number(&c.at.collection, fan_out, id) == c.part;
         let count = self.index.rebuild(&c.at, c.name.as_str(), ours, all)?;
-        let mut conflicted = Vec::new();
-        if !c.name.is_system() {
-            for id in records::record_ids(doc) {
-                if records::in_conflict(doc, &id).map_err(|e| c.automerge(e))? {
-                    conflicted.push(id);
-                }
-            }
-        }
-        let conflicted = conflicted.iter().map(|id| (id.as_str(), true));
-        (self.index).note_conflicts(batch, &c.at, c.name.as_str(), conflicted, Entries::None)?;
-        self.index.set_conflicts_indexed(batch, &c.at);
+        self.note_every_conflict(c, batch)?;
         let mark = Mark {
             generation,
             count,
@@ -689,6 +694,29 @@ impl Collections {
         };
         self.index.set_mark(batch, &c.at, &mark);
         Ok(count)
+    }
+
+    /// Adds to `batch` every record of part `c` in conflict (none in a system
+    /// collection), and that the part's conflicts are indexed. The part's conflict
+    /// entries must be gone already (a rebuild removes them) or be a subset of these
+    /// (a part indexed before conflicts were noted has none).
+    fn note_every_conflict(
+        &self,
+        c: &Collection,
+        batch: &mut SealedBatch,
+    ) -> Result<(), CollectionError> {
+        let mut conflicted = Vec::new();
+        if !c.name.is_system() {
+            for id in records::record_ids(&c.doc) {
+                if records::in_conflict(&c.doc, &id).map_err(|e| c.automerge(e))? {
+                    conflicted.push(id);
+                }
+            }
+        }
+        let conflicted = conflicted.iter().map(|id| (id.as_str(), true));
+        (self.index).note_conflicts(batch, &c.at, c.name.as_str(), conflicted, Entries::None)?;
+        self.index.set_conflicts_indexed(batch, &c.at);
+        Ok(())
     }
 
     /// Creates or replaces a record; returns whether it was created. Durable only
@@ -1899,6 +1927,15 @@ mod tests {
         let a = one_part(Collections::open(va.store.clone(), [1; 16]).unwrap());
         assert_eq!(a.conflicted(&notes).unwrap(), ["deleted", "twice"]);
         let part = a.place_in(a.collection_key(&notes), &a.part_of(&notes, "twice"));
+        // A vault indexed by a version before conflicts were noted: found once, from
+        // the document, its record entries kept.
+        a.index.forget_conflicts(&part).unwrap();
+        drop(a);
+        let a = one_part(Collections::open(va.store.clone(), [1; 16]).unwrap());
+        let mark = a.index.mark(&part).unwrap();
+        assert_eq!(a.conflicted(&notes).unwrap(), ["deleted", "twice"]);
+        assert_eq!(a.index.mark(&part).unwrap(), mark, "not indexed again");
+        assert!(a.index.conflicts_indexed(&part).unwrap());
         let mut batch = SealedBatch::default();
         a.index.remove_mark(&mut batch, &part);
         a.index.tree().apply(batch).unwrap();

@@ -241,9 +241,7 @@ impl RecordIndex {
             return Ok(true);
         }
         let mark = self.mark(part)?;
-        let on_disk = on_disk()?;
-        if mark.generation != on_disk
-            || (on_disk > 0 && !self.conflicts_indexed(part)?)
+        if mark.generation != on_disk()?
             || ledger.check(&part.key, mark.generation, &mark.heads) != MarkCheck::Ok
         {
             return Ok(false);
@@ -340,6 +338,19 @@ impl RecordIndex {
     /// Whether a part's conflicts are in the index.
     pub fn conflicts_indexed(&self, part: &Part) -> Result<bool, StoreError> {
         self.tree.contains_key(&part.conflicts_indexed_key())
+    }
+
+    /// Makes the index of a part's collection as a version before conflicts left it:
+    /// no conflict entries, no marker.
+    #[cfg(test)]
+    pub fn forget_conflicts(&self, part: &Part) -> Result<(), StoreError> {
+        self.tree.remove(&part.conflicts_indexed_key())?;
+        let mut prefix = part.collection.to_vec();
+        prefix.push(CONFLICT);
+        for key in self.tree.keys_with_prefix(&prefix) {
+            self.tree.remove(&key?)?;
+        }
+        Ok(())
     }
 
     /// The ids of a collection's records in conflict, sorted. Reads only those.

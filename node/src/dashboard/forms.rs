@@ -264,13 +264,16 @@ fn patch_of(
             // Not shown by the form: not written from it either.
             continue;
         }
-        let after = read(
-            spec,
-            given,
-            before,
-            posted.get(&format!("{}.zone", spec.key)),
-        )
-        .map_err(|why| format!("{}: {why}", spec.label))?;
+        let zone = posted.get(&format!("{}.zone", spec.key));
+        let after =
+            read(spec, given, before, zone).map_err(|why| format!("{}: {why}", spec.label))?;
+        // Left as the form showed it (`KEY.was`): not the person's change, whatever the
+        // record holds now (an app or another device may have changed it meanwhile).
+        if let Some(was) = posted.get(&format!("{}.was", spec.key))
+            && read(spec, was, before, zone).ok() == Some(after.clone())
+        {
+            continue;
+        }
         if after.as_ref() != before {
             patch.insert(spec.key.into(), after.unwrap_or(Value::Null));
         }
@@ -502,6 +505,24 @@ mod tests {
                 "title": null,
             })
         );
+        // A field left as the form showed it is not written, even if the record
+        // changed meanwhile (here: the title, by an app).
+        let mut now = record.clone();
+        now.insert("title".into(), json!("Analyst"));
+        let patch = patch_of(
+            &contacts,
+            &now,
+            &posted(&[
+                ("name", "Ada King"),
+                ("name.was", "Ada Lovelace"),
+                ("title", "Countess"),
+                ("title.was", "Countess"),
+                ("groups", "math, poets"),
+                ("groups.was", "math, poets"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(Value::Object(patch), json!({"name": "Ada King"}));
         let err = patch_of(&contacts, record, &posted(&[("name", "Ada\u{7}")])).unwrap_err();
         assert!(err.starts_with("Name: one line"), "{err}");
 

@@ -71,7 +71,7 @@ pub(super) fn merge_texts_in(
 
 /// Conflicts that live beside a record rather than in it: records deleted on one
 /// device while edited on another ([`recordmerge`]), one notice per record.
-pub(super) fn conflicts_list() -> CollectionName {
+pub(crate) fn conflicts_list() -> CollectionName {
     CollectionName::parse("_conflicts").expect("_conflicts is a valid system collection name")
 }
 

@@ -683,11 +683,10 @@ impl Collections {
         doc.set_actor(self.actor.clone());
         let persisted_heads = doc.get_heads();
         let mark = self.index.mark(&at)?;
-        // A part with nothing on disk has no conflicts to have indexed.
-        let indexed = (mark.generation == next_seq
-            && mark.heads == persisted_heads
-            && (next_seq == 0 || self.index.conflicts_indexed(&at)?))
-        .then_some(mark.count);
+        // (A part indexed before conflicts were noted has its conflicts found by the
+        // next read of its collection: `Collections::indexed`.)
+        let indexed =
+            (mark.generation == next_seq && mark.heads == persisted_heads).then_some(mark.count);
         // Checked against the commit record: a collection that lost committed changes
         // (or holds others) is refused, never served.
         self.check_committed(name, &at, next_seq, &persisted_heads)?;
