@@ -179,7 +179,9 @@ impl Door {
         path: &FilePath,
         depth: bool,
     ) -> Result<(Entry, FileListing), AccessError> {
-        let entry = self.file_entry(caller, share, path).await?;
+        let entry = self
+            .file_entry(caller, share, path, Operation::Read)
+            .await?;
         let names: Vec<String> = if depth && entry.folder {
             entry.entries().into_keys().collect()
         } else {
@@ -230,11 +232,13 @@ impl Door {
     /// The entry at `path` (not audited: the caller audits what it returns). The
     /// share's own folder is there for it even before anything is in it (it is made
     /// with its first file).
+    /// A path that is not there is audited as a refused `op`.
     async fn file_entry(
         &self,
         caller: &Caller,
         share: &Share,
         path: &FilePath,
+        op: Operation,
     ) -> Result<Entry, AccessError> {
         let at = path.clone();
         let root = share.root.clone();
@@ -246,7 +250,7 @@ impl Door {
         .await
         .inspect_err(|e| {
             if matches!(e, AccessError::NotFound { .. }) {
-                self.missed(caller, Operation::Read, files::COLLECTION, path.as_str());
+                self.missed(caller, op, files::COLLECTION, path.as_str());
             }
         })
     }
@@ -260,25 +264,10 @@ impl Door {
         share: &Share,
         path: &FilePath,
     ) -> Result<Entry, AccessError> {
-        let at = path.clone();
-        let root = share.root.clone();
+        // The share's own folder, made or not, has no bytes: refused below.
         let entry = self
-            .blocking(move |inner| match files::stat(&inner.collections, &at)? {
-                Some(entry) => Ok(entry),
-                None if at == root => Err(FileError::IsAFolder(at.to_string()).into()),
-                None => Err(FileError::NotFound(at.to_string()).into()),
-            })
-            .await
-            .inspect_err(|e| {
-                if matches!(e, AccessError::NotFound { .. }) {
-                    self.missed(
-                        caller,
-                        Operation::ReadBlob,
-                        files::COLLECTION,
-                        path.as_str(),
-                    );
-                }
-            })?;
+            .file_entry(caller, share, path, Operation::ReadBlob)
+            .await?;
         let Some(blob) = entry.blob.clone() else {
             return Err(FileError::IsAFolder(path.to_string()).into());
         };
