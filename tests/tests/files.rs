@@ -626,7 +626,7 @@ fn a_long_folder_is_listed_as_it_is_read() {
     let t = TestHome::new();
     let node = spawn_node(t.path(), &[]);
     let api = Api::new(&node);
-    let (_, password) = app_password(&node, &["--read", "files", "--write", "files"]);
+    let (grant, password) = app_password(&node, &["--read", "files", "--write", "files"]);
     let call = |method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]| {
         dav(&api, &password, method, path, headers, body)
     };
@@ -652,6 +652,16 @@ fn a_long_folder_is_listed_as_it_is_read() {
         let href = format!("<d:href>/files/Many/f{i:04}.txt</d:href>");
         assert_eq!(listing.matches(&href).count(), 1, "{href}");
     }
+    // Sent in pages, read once in the audit log: the folder and all it holds.
+    let audit = node.json(&["audit", "--grant", &grant]);
+    let listed: Vec<u64> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["operation"] == "read" && e["collection"] == "files")
+        .map(|e| e["records"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, [FILES as u64 + 1], "{audit}");
     // A short folder still comes whole, with its length.
     assert_eq!(call("MKCOL", "/files/Few/", &[], b"").0, 201);
     let (status, _, headers) = call("PROPFIND", "/files/Few/", &[("Depth", "1")], b"");
