@@ -846,7 +846,14 @@ pub struct Blobs {
     manifests: SealedTree,
     keys: Arc<VaultKeys>,
     store: Arc<Store>,
+    /// Run by [`Blobs::drop_removed`] between its two readings of what records name
+    /// (a test's record arriving there).
+    #[cfg(test)]
+    between_checks: std::sync::Mutex<Option<BetweenChecks>>,
 }
+
+#[cfg(test)]
+type BetweenChecks = Box<dyn FnOnce(&Collections) + Send>;
 
 impl Blobs {
     /// Held through one garbage collection (the node's `collect_blob_garbage`), so
@@ -865,6 +872,8 @@ impl Blobs {
             dir,
             keys,
             store,
+            #[cfg(test)]
+            between_checks: Default::default(),
         })
     }
 
@@ -1274,22 +1283,55 @@ impl Blobs {
         }
         let removed: Vec<BlobId> = removed.into_iter().map(|(id, _)| id).collect();
         let pins = lock_pins(&self.pins);
-        let thumbnails = self.store.tree(THUMBNAILS_TREE)?;
+        // The manifests dropped, kept until the naming is checked again below.
+        let mut dropped: Vec<(BlobId, zeroize::Zeroizing<Vec<u8>>)> = Vec::new();
         for id in removed {
             // Read again under the lock: an upload of the same content may have listed
             // it again (and dropped its pin) since the list above was read.
             let still_removed = listing(collections, &id)
                 .map_err(|e| BlobError::Internal(e.to_string()))?
                 .is_some_and(|l| l.removed);
-            if still_removed && !pins.contains_key(&id.0) && self.manifests.contains_key(&id.0)? {
+            if still_removed
+                && !pins.contains_key(&id.0)
+                && let Some(manifest) = self.manifests.get(&id.0)?
+            {
                 self.manifests.remove(&id.0)?;
-                // A picture removed takes its thumbnails with it.
-                for size in THUMBNAIL_SIZES {
-                    thumbnails.remove(&thumbnail_key(&self.store, &id, size))?;
-                }
-                out.dropped += 1;
+                dropped.push((id, manifest));
             }
         }
+        drop(pins);
+        #[cfg(test)]
+        if let Some(between) = self.between_checks.lock().expect("not poisoned").take() {
+            between(collections);
+        }
+        // A record that arrived (or was written naming the blob without listing it)
+        // while the naming was read above: its blob's manifest goes back before any
+        // chunk of it is deleted (the caller deletes chunks only after this returns,
+        // one collection at a time), and it is listed again. (An upload of the same
+        // bytes meanwhile stored the same manifest.)
+        let dropped_for_records: HashSet<BlobId> = dropped
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| for_records.contains(id))
+            .collect();
+        if !dropped_for_records.is_empty() {
+            let named = named_among(collections, &dropped_for_records).map_err(internal)?;
+            if !named.is_empty() {
+                for (id, manifest) in dropped.iter().filter(|(id, _)| named.contains(id)) {
+                    self.manifests.insert(&id.0, manifest)?;
+                }
+                dropped.retain(|(id, _)| !named.contains(id));
+                out.relisted += relist(collections, &named).map_err(internal)?;
+            }
+        }
+        let thumbnails = self.store.tree(THUMBNAILS_TREE)?;
+        for (id, _) in &dropped {
+            // A picture removed takes its thumbnails with it.
+            for size in THUMBNAIL_SIZES {
+                thumbnails.remove(&thumbnail_key(&self.store, id, size))?;
+            }
+        }
+        out.dropped = dropped.len();
         Ok(out)
     }
 
@@ -2359,6 +2401,31 @@ mod tests {
         let id = dropped_file.id;
         // The upload's pin is gone once it is listed (here: once the test lets it go).
         drop(dropped_file.pinned);
+
+        // A record naming it arrives while the bytes are being dropped (after the
+        // naming was read): the manifest goes back, the chunks stay, listed again.
+        let late = RecordId::parse("late").unwrap();
+        let late_fields = fields.clone();
+        let (late_files, late_id) = (files.clone(), late.clone());
+        *blobs.between_checks.lock().unwrap() = Some(Box::new(move |collections| {
+            collections
+                .put(&late_files, &late_id, &late_fields)
+                .unwrap();
+        }));
+        let outcome = blobs.drop_removed(&collections).unwrap();
+        assert_eq!((outcome.dropped, outcome.relisted), (0, 1));
+        assert!(!listing(&collections, &id).unwrap().unwrap().removed);
+        blobs.delete_unused_chunks(false).unwrap();
+        assert!(blobs.has_blob(id).unwrap());
+        assert_eq!(
+            read_all(&blobs, &id).await.unwrap().len(),
+            1000,
+            "its bytes are all there"
+        );
+
+        collections.remove(&files, &late).unwrap();
+        let found = unnamed(&collections).unwrap();
+        assert_eq!(unlist_unnamed(&collections, &found).unwrap(), vec![id]);
         let outcome = blobs.drop_removed(&collections).unwrap();
         assert_eq!((outcome.dropped, outcome.relisted), (1, 0));
         assert!(!blobs.has_blob(id).unwrap());
