@@ -409,13 +409,11 @@ impl Index {
     ) -> Result<(), SearchError> {
         let position = self.position(name)?;
         let changes = match position {
-            Some(at) => collections.changes_after(name, at)?,
+            Some(at) => collections.touched_after(name, at, &SKIPPED)?,
             None => None,
         };
         match changes {
             Some((at, changes)) => {
-                let changes: Vec<(String, Option<Map<String, Value>>)> =
-                    changes.into_iter().map(|c| (c.id, c.after)).collect();
                 if !changes.is_empty() || position != Some(at) {
                     self.apply(name, &changes, at)?;
                 }
@@ -695,6 +693,9 @@ pub fn title(record: &Map<String, Value>) -> Option<String> {
         .map(|t| t.chars().take(120).collect())
 }
 
+/// How long the follower gathers changes before it indexes them.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Follows the change log into the index until `stop`: everything at start, then each
 /// collection a change names (and everything again when changes came too fast to
 /// follow one by one).
@@ -728,17 +729,29 @@ pub fn spawn(vault: Arc<Vault>) -> (oneshot::Sender<()>, JoinHandle<()>) {
                 }
                 Err(e) => tracing::warn!(error = %e, "the search index task failed"),
             }
+            // The system's collections are not indexed: their changes wake nothing.
+            while named.is_empty() && !all {
+                tokio::select! {
+                    _ = &mut stop => return,
+                    changed = changes.recv() => match changed {
+                        Ok(changed) if changed.collection.is_system() => {}
+                        Ok(changed) => { named.insert(changed.collection); }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => all = true,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                }
+            }
+            // Changes come in runs (an upload of many files, an import): gathered a
+            // moment, a run is indexed in a few rounds rather than one a change. A
+            // search catches up first, so it still finds what was just written.
             tokio::select! {
                 _ = &mut stop => return,
-                changed = changes.recv() => match changed {
-                    Ok(changed) => { named.insert(changed.collection); }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => all = true,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                },
+                () = tokio::time::sleep(GATHER) => {}
             }
             // Whatever else arrived meanwhile goes in the same round.
             loop {
                 match changes.try_recv() {
+                    Ok(changed) if changed.collection.is_system() => {}
                     Ok(changed) => {
                         named.insert(changed.collection);
                     }

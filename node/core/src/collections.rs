@@ -152,6 +152,9 @@ const CHANGE_CHANNEL: usize = 1024;
 pub struct Changed {
     pub collection: CollectionName,
     pub part: u16,
+    /// Whether the change arrived from another device (sync, a part sent whole, a
+    /// restore), not written here.
+    pub arrived: bool,
 }
 
 pub struct Collections {
@@ -245,6 +248,11 @@ pub type Lookup<'a> =
 /// How [`Collections::write_across`]'s `decide` reads a record of one of its
 /// collections: as that collection holds it under its lock, without its `"id"`.
 pub type LookupIn<'a> = dyn FnMut(&CollectionName, &RecordId) -> Result<Option<Map<String, Json>>, CollectionError>
+    + 'a;
+
+/// How [`Collections::write_across_fields`]'s `decide` reads only some top-level
+/// fields of a record (`None` if there is no record; a field it lacks is left out).
+pub type FieldsIn<'a> = dyn FnMut(&CollectionName, &RecordId, &[&str]) -> Result<Option<Map<String, Json>>, CollectionError>
     + 'a;
 
 /// How [`Collections::write_across_docs`]'s `decide` reads a locked document: the one
@@ -807,12 +815,28 @@ impl Collections {
         touching: &[(CollectionName, RecordId)],
         decide: impl FnOnce(&mut LookupIn<'_>) -> Result<(WritesIn, T), E>,
     ) -> Result<Result<T, E>, CollectionError> {
+        self.write_across_fields(touching, |lookup, _| decide(lookup))
+    }
+
+    /// [`Collections::write_across`] whose `decide` may also read only some top-level
+    /// fields of a record ([`FieldsIn`]): what it needs of a record that may be long
+    /// (a folder's kind, not the entries it lists), at the cost of those fields.
+    pub fn write_across_fields<T, E>(
+        &self,
+        touching: &[(CollectionName, RecordId)],
+        decide: impl FnOnce(&mut LookupIn<'_>, &mut FieldsIn<'_>) -> Result<(WritesIn, T), E>,
+    ) -> Result<Result<T, E>, CollectionError> {
         self.write_across_docs(touching, |docs| {
             let mut lookup = |name: &CollectionName, id: &RecordId| {
                 let doc = docs(name, id)?;
                 records::read_record(doc, id.as_str()).map_err(|e| automerge_error(name, e))
             };
-            decide(&mut lookup)
+            let mut fields = |name: &CollectionName, id: &RecordId, keys: &[&str]| {
+                let doc = docs(name, id)?;
+                records::read_record_fields(doc, id.as_str(), keys)
+                    .map_err(|e| automerge_error(name, e))
+            };
+            decide(&mut lookup, &mut fields)
         })
     }
 
@@ -959,7 +983,7 @@ impl Collections {
         for (c, p) in guards.iter_mut().zip(prepared) {
             if let Some(p) = p {
                 self.finish(c, p);
-                changed.push(c.changed());
+                changed.push(c.changed(false));
             }
         }
         for changed in changed {
@@ -1125,7 +1149,7 @@ impl Collections {
     ) -> Result<(), CollectionError> {
         match self.persist(c, touched) {
             // Nobody listening is fine: nothing is syncing.
-            Ok(true) => drop(self.changes.send(c.changed())),
+            Ok(true) => drop(self.changes.send(c.changed(touched.is_none()))),
             Ok(false) => {}
             Err(e) => {
                 self.forget(c);
@@ -1156,10 +1180,11 @@ impl Collection {
         (self.snapshot_bytes + self.change_bytes).saturating_add(ops.saturating_mul(BYTES_AN_OP))
     }
 
-    fn changed(&self) -> Changed {
+    fn changed(&self, arrived: bool) -> Changed {
         Changed {
             collection: self.name.clone(),
             part: self.part,
+            arrived,
         }
     }
 

@@ -32,6 +32,27 @@ pub fn read_record(
     }
 }
 
+/// Record `id` without its top-level fields `skipped` (`None` if there is no record):
+/// what a reader that never looks at them needs, at the cost of the rest.
+pub fn read_record_except(
+    doc: &AutoCommit,
+    id: &str,
+    skipped: &[&str],
+) -> Result<Option<Map<String, Json>>, AutomergeError> {
+    let Some((Value::Object(ObjType::Map), obj)) = doc.get(ROOT, id)? else {
+        return Ok(None);
+    };
+    let mut out = Map::new();
+    for item in doc.map_range(&obj, ..) {
+        if skipped.contains(&item.key.as_ref()) {
+            continue;
+        }
+        let json = item_json(doc, item.value.clone(), || item.id(), At::Now)?;
+        out.insert(item.key.into_owned(), json);
+    }
+    Ok(Some(out))
+}
+
 /// Only the top-level fields `keys` of record `id` (`None` if there is no record): what
 /// a filter looks at, read without the rest of a long record.
 pub fn read_record_fields(

@@ -745,7 +745,7 @@ impl SyncService {
                     self.count(peer, |s| s.in_step = false);
                     unsettled = Some(tokio::time::Instant::now());
                     match changed {
-                        Ok(Changed { collection, part }) => {
+                        Ok(Changed { collection, part, .. }) => {
                             jobs.add((collection, part), Work::Offer);
                             self.start_jobs(peer, &mut jobs, &mut states);
                         }

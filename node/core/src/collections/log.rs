@@ -215,6 +215,73 @@ impl Collections {
         name: &CollectionName,
         since: LogPosition,
     ) -> Result<Option<(LogPosition, Vec<RecordChange>)>, CollectionError> {
+        let Some((now, parts)) = self.parts_after(name, since)? else {
+            return Ok(None);
+        };
+        let mut changes = Vec::new();
+        for (part, (before, after)) in parts {
+            self.with(&part, |c| {
+                changes.extend(changes_in(c, &before, &after)?);
+                Ok(())
+            })?;
+        }
+        changes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(Some((now, changes)))
+    }
+
+    /// What a follower that keeps only the present needs of [`Collections::changes_after`]:
+    /// the records that may have changed after `since` (some perhaps unchanged), each
+    /// as it reads now (`None`: gone) without its top-level fields `skipped`, sorted by
+    /// id; `None` as there. Nothing is read as it was, and a skipped field (a folder's
+    /// entries, a card's text) is not read at all: a file put into a folder of 10,000
+    /// costs the search index what a file put into an empty one does.
+    pub fn touched_after(
+        &self,
+        name: &CollectionName,
+        since: LogPosition,
+        skipped: &[&str],
+    ) -> Result<Option<(LogPosition, Touched)>, CollectionError> {
+        let Some((now, parts)) = self.parts_after(name, since)? else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        for (part, (before, after)) in parts {
+            self.with(&part, |c| {
+                if before == after {
+                    return Ok(());
+                }
+                let touched = match records::records_touched_since(&mut c.doc, &before) {
+                    Some(ids) => ids,
+                    None => records::touched_records(&c.doc.diff(&before, &after)),
+                };
+                for id in touched {
+                    let record = records::read_record_except(&c.doc, &id, skipped)
+                        .map_err(|e| c.automerge(e))?
+                        .map(|r| with_id_map(&id, r));
+                    out.push((id, record));
+                }
+                Ok(())
+            })?;
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Some((now, out)))
+    }
+
+    /// The position of the log's end, and each part of `name` changed after `since`
+    /// with its heads there (before its first entry after it) and at the end (after
+    /// its last entry); `None` if `since` is not a position of this log.
+    #[allow(clippy::type_complexity)]
+    fn parts_after(
+        &self,
+        name: &CollectionName,
+        since: LogPosition,
+    ) -> Result<
+        Option<(
+            LogPosition,
+            BTreeMap<PartName, (Vec<ChangeHash>, Vec<ChangeHash>)>,
+        )>,
+        CollectionError,
+    > {
         if since.epoch != self.epoch {
             return Ok(None);
         }
@@ -238,9 +305,7 @@ impl Collections {
         if first.is_some_and(|first| since.seq + 1 < first) {
             return Ok(None);
         }
-        // Each part changed: its heads at `since` (before its first entry after it)
-        // and at `last` (after its last entry up to it).
-        let mut parts: BTreeMap<u16, (Vec<ChangeHash>, Vec<ChangeHash>)> = BTreeMap::new();
+        let mut parts: BTreeMap<PartName, (Vec<ChangeHash>, Vec<ChangeHash>)> = BTreeMap::new();
         let range = (
             Bound::Excluded(entry_key(&collection, since.seq)),
             Bound::Included(entry_key(&collection, last)),
@@ -251,27 +316,23 @@ impl Collections {
             if part == SPLIT {
                 return Ok(None);
             }
-            parts.entry(part).or_insert((before, Vec::new())).1 = after;
-        }
-        let mut changes = Vec::new();
-        for (part, (before, after)) in parts {
             let part = PartName {
                 name: name.clone(),
                 part,
             };
-            self.with(&part, |c| {
-                changes.extend(changes_in(c, &before, &after)?);
-                Ok(())
-            })?;
+            parts.entry(part).or_insert((before, Vec::new())).1 = after;
         }
-        changes.sort_by(|a, b| a.id.cmp(&b.id));
         let now = LogPosition {
             epoch: self.epoch,
             seq: last,
         };
-        Ok(Some((now, changes)))
+        Ok(Some((now, parts)))
     }
 }
+
+/// What [`Collections::touched_after`] finds: each record touched, by id, as it reads
+/// now (`None`: gone).
+pub type Touched = Vec<(String, Option<Map<String, Json>>)>;
 
 /// The records of a part that differ between heads `before` and `after`.
 fn changes_in(
