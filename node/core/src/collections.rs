@@ -1433,12 +1433,40 @@ mod tests {
                 .1
                 .is_empty()
         );
+        // What only follows the present: every record touched (r11 too, changed
+        // back), as it reads now, without the fields skipped; the same end.
+        let (now, touched) = c
+            .touched_after(&contacts, since, &["address"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(now, at);
+        let ids: Vec<&str> = touched.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["new", "r11", "r3", "r7", "r9"], "sorted by id");
+        let read = |wanted: &str| {
+            touched
+                .iter()
+                .find(|(id, _)| id == wanted)
+                .unwrap()
+                .1
+                .clone()
+        };
+        assert_eq!(read("r9"), None);
+        assert_eq!(read("r3"), Some(obj(json!({"id": "r3", "name": "P3"}))));
+        assert_eq!(read("r7"), Some(obj(json!({"id": "r7", "name": "Seven"}))));
+        assert!(
+            c.touched_after(&contacts, at, &[])
+                .unwrap()
+                .unwrap()
+                .1
+                .is_empty()
+        );
         // Positions that are not this log's are refused.
         let beyond = LogPosition {
             seq: at.seq + 1,
             ..at
         };
         assert!(c.changes_after(&contacts, beyond).unwrap().is_none());
+        assert!(c.touched_after(&contacts, beyond, &[]).unwrap().is_none());
         let other = LogPosition {
             epoch: at.epoch ^ 1,
             ..since
