@@ -162,7 +162,7 @@ impl Door {
     ) -> Result<(Entry, Vec<Entry>), AccessError> {
         let (entry, mut listing) = self.file_listing(caller, share, path, depth).await?;
         let mut inside = Vec::with_capacity(listing.left());
-        while let Some(page) = self.next_entries(&mut listing, 1024).await? {
+        while let Some(page) = self.next_entries(caller, &mut listing, 1024).await? {
             inside.extend(page);
         }
         Ok((entry, inside))
@@ -202,9 +202,12 @@ impl Door {
     }
 
     /// The next entries of a listing, at most `n` (fewer where one was removed since
-    /// it was listed); `None` once every one was read.
+    /// it was listed); `None` once every one was read. A grant revoked or expired
+    /// since the listing began reads no further page: a long answer still being sent
+    /// stops there.
     pub async fn next_entries(
         &self,
+        caller: &Caller,
         listing: &mut FileListing,
         n: usize,
     ) -> Result<Option<Vec<Entry>>, AccessError> {
@@ -212,6 +215,7 @@ impl Door {
         if page.is_empty() {
             return Ok(None);
         }
+        self.recheck(caller)?;
         listing.left -= page.len();
         let folder = listing.folder.clone();
         self.blocking(move |inner| {
@@ -448,4 +452,61 @@ pub(super) fn writable_by_views(collection: &CollectionName) -> Result<(), Acces
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use hearth_protocol::BlobId;
+    use hearth_protocol::scope::Scope;
+
+    use super::super::{AccessError, Credentials, Door, NewGrant, create_grant, revoke};
+    use crate::collections::Collections;
+    use crate::files::{self, Content, FilePath};
+    use crate::testutil::TestVault;
+
+    /// A listing read a page at a time stops at the first page after its grant is
+    /// revoked: a long PROPFIND still being sent ends there.
+    #[tokio::test]
+    async fn a_revoked_grant_reads_no_further_page_of_a_listing() {
+        let vault = TestVault::new();
+        let collections =
+            std::sync::Arc::new(Collections::open(vault.store.clone(), [1; 16]).unwrap());
+        for i in 0..3 {
+            let content = Content {
+                blob: BlobId([i; 32]),
+                size: 1,
+                content_type: None,
+                modified: None,
+                meta: None,
+            };
+            let path = FilePath::parse(&format!("/Many/f{i}")).unwrap();
+            files::put_file(&collections, &path, &content, true, &[]).unwrap();
+        }
+        let door = Door::new(
+            collections.clone(),
+            vault.keys.clone(),
+            vault.store.clone(),
+            "devA".into(),
+        );
+        let scope = Scope::parse(Some("files"), None, &[]).unwrap();
+        let (grant, issued) =
+            create_grant(&collections, &vault.keys, NewGrant::new("app", scope)).unwrap();
+        let caller = door
+            .admit(&Credentials::local(&issued.token))
+            .await
+            .unwrap();
+        let share = door.file_share(&caller).unwrap();
+        let folder = FilePath::parse("/Many").unwrap();
+        let (_, mut listing) = door
+            .file_listing(&caller, &share, &folder, true)
+            .await
+            .unwrap();
+        let first = door.next_entries(&caller, &mut listing, 1).await.unwrap();
+        assert_eq!(first.map(|page| page.len()), Some(1));
+        revoke(&collections, &grant.id).unwrap();
+        assert!(matches!(
+            door.next_entries(&caller, &mut listing, 1).await,
+            Err(AccessError::Revoked)
+        ));
+    }
 }

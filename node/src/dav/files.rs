@@ -531,7 +531,11 @@ impl Files<'_> {
         let mut out = Multistatus::new();
         self.describe(&mut out, &entry, &wanted);
         if listing.left() <= LISTED_WHOLE {
-            while let Some(page) = self.door().next_entries(&mut listing, LISTED_WHOLE).await? {
+            while let Some(page) = self
+                .door()
+                .next_entries(self.caller, &mut listing, LISTED_WHOLE)
+                .await?
+            {
                 for e in &page {
                     self.describe(&mut out, e, &wanted);
                 }
@@ -555,7 +559,11 @@ impl Files<'_> {
                 return;
             }
             loop {
-                match files.door().next_entries(&mut listing, LISTED_WHOLE).await {
+                match files
+                    .door()
+                    .next_entries(files.caller, &mut listing, LISTED_WHOLE)
+                    .await
+                {
                     Ok(Some(page)) => {
                         let mut part = Multistatus::part();
                         for e in &page {
