@@ -43,6 +43,12 @@ fn status(device: &NodeProcess) -> Value {
 /// Waits until the device's first host holds everything, past manifest `after`;
 /// returns its status.
 fn up_to_date(device: &NodeProcess, after: u64) -> Value {
+    up_to_date_beside(device, after, &[])
+}
+
+/// [`up_to_date`] with other devices of the vault, one of which may be the uploader:
+/// on failure, their status and log are shown too.
+fn up_to_date_beside(device: &NodeProcess, after: u64, others: &[&NodeProcess]) -> Value {
     let mut last = Value::Null;
     let started = std::time::Instant::now();
     loop {
@@ -50,11 +56,17 @@ fn up_to_date(device: &NodeProcess, after: u64) -> Value {
         if s["up_to_date"] == true && s["seq"].as_u64().unwrap_or(0) > after {
             return s;
         }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(30),
-            "the backup host is not up to date past manifest {after} after 30 s: {last}\n{}",
-            tail(&device.stderr())
-        );
+        if started.elapsed() >= std::time::Duration::from_secs(30) {
+            let others: Vec<String> = others
+                .iter()
+                .map(|o| format!("another device: {}\n{}", status(o), tail(&o.stderr())))
+                .collect();
+            panic!(
+                "the backup host is not up to date past manifest {after} after 30 s: {last}\n{}\n{}",
+                tail(&device.stderr()),
+                others.join("\n")
+            );
+        }
         last = s;
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
@@ -507,6 +519,35 @@ fn a_host_that_hangs_does_not_hang_backup_status() {
         !held.lock().unwrap().is_empty(),
         "the device did dial the silent port"
     );
+}
+
+/// A round that failed (the host was away) is tried again within seconds, with no
+/// new change to start it: once the host is back, the backup catches up by itself
+/// (it waited for the next change, or five minutes, before).
+#[test]
+fn a_failed_upload_is_tried_again_soon_without_a_new_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let host_home = dir.path().join("host");
+    let (host, _, listen) = host_at(&host_home);
+    let a = spawn_node(&dir.path().join("a"), &[]);
+    a.run(&["recovery-kit"]);
+    a.run(&["backup", "add", &invite(&host)]);
+    let seq = up_to_date(&a, 0)["seq"].as_u64().unwrap();
+    host.stop();
+    a.run(&[
+        "put",
+        "notes",
+        "n1",
+        r#"{"text": "written while the host was away"}"#,
+    ]);
+    // The round after the change gives up dialing (a status's read gives up sooner,
+    // saying "no answer").
+    eventually("the upload round fails", || {
+        a.stderr().contains("no connection within").then_some(())
+    });
+    let _host = spawn_host(&host_home, &["--listen", &listen]);
+    // No new change: only a retry brings it up to date.
+    up_to_date(&a, seq);
 }
 
 /// The upload token follows the vault's epoch: once a device is removed (and its
@@ -1007,7 +1048,7 @@ fn pruning_with_the_kit_frees_what_the_vault_no_longer_needs() {
 
     // The chain goes on from there, and holds up.
     a.run(&["put", "notes", "n3", r#"{"text": "after the prune"}"#]);
-    let latest = up_to_date(&a, base)["seq"].as_u64().unwrap();
+    let latest = up_to_date_beside(&a, base, &[&b])["seq"].as_u64().unwrap();
     let verified = a.json(&["backup", "verify"]);
     assert_eq!(verified["ok"], true, "{verified}");
     // Another device, which last read the chain before the prune, follows it to its

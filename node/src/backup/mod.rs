@@ -68,6 +68,8 @@ const STATUS_WAIT: Duration = Duration::from_secs(5);
 const SETTLE: Duration = Duration::from_secs(2);
 /// Uploads are tried again this often (a host that was away, a blob that arrived).
 const AGAIN_EVERY: Duration = Duration::from_secs(300);
+/// How soon a failed round is tried again (doubling each time, up to [`AGAIN_EVERY`]).
+const RETRY_FIRST: Duration = Duration::from_secs(5);
 /// Objects sent to a host (or asked of it) before the first answer is awaited.
 const IN_FLIGHT: usize = 8;
 /// Blob chunks read from this device's store ahead of the one being sent.
@@ -1101,17 +1103,30 @@ async fn verify_host(vault: &Arc<Vault>, host: &HostRecord) -> Result<HostVerifi
     })
 }
 
-/// Starts the uploader: a round after changes settle, when woken, and every
-/// [`AGAIN_EVERY`].
+/// Starts the uploader: a round after changes settle, when woken, every
+/// [`AGAIN_EVERY`], and soon again after a round that failed.
 pub(crate) fn spawn(vault: Arc<Vault>) -> (oneshot::Sender<()>, JoinHandle<()>) {
     let (stop_tx, mut stop) = oneshot::channel::<()>();
     let mut changes = vault.collections.subscribe();
     let task = tokio::spawn(async move {
         let mut again = tokio::time::interval(AGAIN_EVERY);
         again.tick().await;
+        // After a failed round (a host that hung up, a connection that was closing,
+        // an append the host refused while the chain moved): tried again after
+        // RETRY_FIRST, then twice as long each time up to AGAIN_EVERY, not only at
+        // the next change.
+        let mut retry_in = RETRY_FIRST;
+        let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
+            let retry = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = &mut stop => return,
+                () = retry => {}
                 change = changes.recv() => match change {
                     Ok(changed) if changed.collection.as_str() == BACKUP => {}
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -1128,9 +1143,16 @@ pub(crate) fn spawn(vault: Arc<Vault>) -> (oneshot::Sender<()>, JoinHandle<()>) 
             }
             let round = upload_all(&vault);
             tokio::pin!(round);
-            tokio::select! {
+            let failed = tokio::select! {
                 _ = &mut stop => return,
-                () = &mut round => {}
+                failed = &mut round => failed,
+            };
+            if failed {
+                retry_at = Some(tokio::time::Instant::now() + retry_in);
+                retry_in = (retry_in * 2).min(AGAIN_EVERY);
+            } else {
+                retry_at = None;
+                retry_in = RETRY_FIRST;
             }
         }
     });
@@ -1206,20 +1228,25 @@ fn note_result(vault: &Vault, host: &HostRecord, uploaded: bool, result: Result<
     }
 }
 
-/// One round: every host brought up to date.
-pub async fn upload_all(vault: &Arc<Vault>) {
+/// One round: every host brought up to date. Returns whether the round failed for
+/// some host (its error kept for `backup status`), to be tried again soon.
+pub async fn upload_all(vault: &Arc<Vault>) -> bool {
     let Ok(hosts) = hosts(vault) else {
-        return;
+        return true;
     };
     // The other devices do not reach the hosts in the background: they read what the
     // uploading device appended when asked (`refresh`, for `backup status`).
     if hosts.is_empty() || !my_turn(vault).await {
-        return;
+        return false;
     }
     let _running = vault.backups.running.lock().await;
+    let mut failed = false;
     for host in hosts {
-        note_result(vault, &host, true, upload(vault, &host, true).await);
+        let result = upload(vault, &host, true).await;
+        failed |= result.is_err();
+        note_result(vault, &host, true, result);
     }
+    failed
 }
 
 /// A host ready for an upload: its record as it is now (the vault enrolled under the
