@@ -480,18 +480,25 @@ fn a_vault_over_its_quota_on_the_host_is_told_so() {
     assert!(used <= 1024 * 1024, "the host keeps {used} bytes");
 }
 
+/// A device backed up to a host in `dir`, then the host stopped: the host's home,
+/// where it listened, the device, and the manifest it reached.
+fn backed_up_then_host_stopped(dir: &Path) -> (std::path::PathBuf, String, NodeProcess, u64) {
+    let host_home = dir.join("host");
+    let (host, _, listen) = host_at(&host_home);
+    let a = spawn_node(&dir.join("a"), &[]);
+    a.run(&["recovery-kit"]);
+    a.run(&["backup", "add", &invite(&host)]);
+    let seq = up_to_date(&a, 0)["seq"].as_u64().unwrap();
+    host.stop();
+    (host_home, listen, a, seq)
+}
+
 /// A host that accepts connections and then says nothing: `hearth backup status`
 /// answers within seconds anyway, naming it unreachable, with what it knew before.
 #[test]
 fn a_host_that_hangs_does_not_hang_backup_status() {
     let dir = tempfile::tempdir().unwrap();
-    let host_home = dir.path().join("host");
-    let (host, _, listen) = host_at(&host_home);
-    let a = spawn_node(&dir.path().join("a"), &[]);
-    a.run(&["recovery-kit"]);
-    a.run(&["backup", "add", &invite(&host)]);
-    let seq = up_to_date(&a, 0)["seq"].as_u64().unwrap();
-    host.stop();
+    let (_, listen, a, seq) = backed_up_then_host_stopped(dir.path());
     // Its port now answers TCP, and nothing more.
     let port: u16 = listen.rsplit('/').next().unwrap().parse().unwrap();
     let silent = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
@@ -527,13 +534,7 @@ fn a_host_that_hangs_does_not_hang_backup_status() {
 #[test]
 fn a_failed_upload_is_tried_again_soon_without_a_new_change() {
     let dir = tempfile::tempdir().unwrap();
-    let host_home = dir.path().join("host");
-    let (host, _, listen) = host_at(&host_home);
-    let a = spawn_node(&dir.path().join("a"), &[]);
-    a.run(&["recovery-kit"]);
-    a.run(&["backup", "add", &invite(&host)]);
-    let seq = up_to_date(&a, 0)["seq"].as_u64().unwrap();
-    host.stop();
+    let (host_home, listen, a, seq) = backed_up_then_host_stopped(dir.path());
     a.run(&[
         "put",
         "notes",
