@@ -17,14 +17,9 @@
 //! all.
 //!
 //! Words are what a person types: lower case, accents off (`Zoë` is `zoe`), split at
-//! anything that is not a letter or a digit, two to 40 characters. Each word's
-//! beginnings of 3 to 10 characters are kept too, as keys of their own, so a query
-//! word finds the words it begins (`lov` finds Lovelace). A query finds the records
-//! holding all its words (in any fields), best first: a word in a name, title,
-//! summary, subject or path counts three times one elsewhere, and a word found whole
-//! twice one found as a beginning. What the keys show beyond what a word's would: how
-//! many records share a beginning, and (by how many keys a record has) something of
-//! how long its words are — never a word or a beginning.
+//! anything that is not a letter or a digit, two to 40 characters. A query finds the
+//! records holding all its words (in any fields), best first: a word in a name, title,
+//! summary, subject or path counts three times one elsewhere.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -45,14 +40,6 @@ pub const TREE: &str = "search";
 const MAX_TEXT: usize = 64 << 10;
 /// Words kept of one record.
 const MAX_WORDS: usize = 4096;
-/// A word's beginnings are indexed too, from [`MIN_PREFIX`] to [`MAX_PREFIX`]
-/// characters (shorter than the word), so a query word finds the words it begins:
-/// `lov` finds Lovelace.
-const MIN_PREFIX: usize = 3;
-const MAX_PREFIX: usize = 10;
-/// What the index's entries are: a position written under another format is not
-/// this one's, so each collection is indexed again whole (once, at the next catch-up).
-const FORMAT: u64 = 2;
 /// Records written to the index in one batch while a collection is indexed whole.
 const BATCH: usize = 1000;
 /// Fields never indexed: ids, a card's or event's whole text (its fields are
@@ -169,37 +156,7 @@ fn record_words(record: &Map<String, Value>) -> BTreeMap<String, Vec<String>> {
             }
         }
     }
-    // Each word's beginnings, as words of their own ([`prefix`]), in the fields of the
-    // words they begin; at most as many again as there are words.
-    let mut prefixes: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (word, fields) in &out {
-        let ends: Vec<usize> = word
-            .char_indices()
-            .map(|(i, _)| i)
-            .skip(MIN_PREFIX)
-            .collect();
-        for end in ends.into_iter().take(MAX_PREFIX + 1 - MIN_PREFIX) {
-            let key = prefix(&word[..end]);
-            if prefixes.len() >= MAX_WORDS && !prefixes.contains_key(&key) {
-                continue;
-            }
-            let all = prefixes.entry(key).or_default();
-            for field in fields {
-                if !all.contains(field) {
-                    all.push(field.clone());
-                }
-            }
-        }
-    }
-    out.extend(prefixes);
     out
-}
-
-/// How the beginning of a word is kept in the index: apart from every whole word (a
-/// word never holds `>`), so `lov` the word and `lov` the beginning of `lovelace` are
-/// two keys.
-fn prefix(begins: &str) -> String {
-    format!(">{begins}")
 }
 
 fn weight(field: &str) -> u32 {
@@ -263,10 +220,6 @@ impl Index {
         key.extend(self.collection_key(name));
         Ok(self.tree.get(&key)?.and_then(|value| {
             let value: Value = serde_json::from_slice(&value).ok()?;
-            // An index written before word beginnings were kept: indexed again.
-            if value["format"].as_u64() != Some(FORMAT) {
-                return None;
-            }
             Some(LogPosition {
                 epoch: value["epoch"].as_u64()?,
                 seq: value["seq"].as_u64()?,
@@ -334,8 +287,7 @@ impl Index {
     fn position_into(&self, batch: &mut SealedBatch, name: &CollectionName, at: LogPosition) {
         let mut key = vec![b'l'];
         key.extend(self.collection_key(name));
-        let value =
-            json!({"name": name.as_str(), "epoch": at.epoch, "seq": at.seq, "format": FORMAT});
+        let value = json!({"name": name.as_str(), "epoch": at.epoch, "seq": at.seq});
         self.tree
             .batch_insert(batch, &key, value.to_string().as_bytes());
     }
@@ -575,24 +527,19 @@ impl Index {
             .map(|name| self.collection_key(name))
             .collect();
         // Each word's records (collection and record keys) with its weight there.
-        // A word found whole counts twice what it counts as the beginning of a word.
         let mut per_word: Vec<HashMap<[u8; 32], u32>> = Vec::new();
         for word in &wanted {
+            let word_key = self.word_key(word);
+            let prefix = [&b"p"[..], &word_key].concat();
             let mut records = HashMap::new();
-            for (key, times) in looked_for(word) {
-                let word_key = self.word_key(&key);
-                let start = [&b"p"[..], &word_key].concat();
-                for key in self.tree.keys_with_prefix(&start) {
-                    let key = key?;
-                    if key.len() != 1 + 16 + 32 + 1 || !kept.contains(&key[17..33]) {
-                        continue;
-                    }
-                    let mut at = [0u8; 32];
-                    at.copy_from_slice(&key[17..49]);
-                    let weight = u32::from(key[49]) * times;
-                    let best = records.entry(at).or_insert(0);
-                    *best = weight.max(*best);
+            for key in self.tree.keys_with_prefix(&prefix) {
+                let key = key?;
+                if key.len() != 1 + 16 + 32 + 1 || !kept.contains(&key[17..33]) {
+                    continue;
                 }
+                let mut at = [0u8; 32];
+                at.copy_from_slice(&key[17..49]);
+                records.insert(at, u32::from(key[49]));
             }
             per_word.push(records);
         }
@@ -614,11 +561,7 @@ impl Index {
         }
         scored.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         scored.truncate(limit);
-        let wanted_keys: Vec<String> = wanted
-            .iter()
-            .flat_map(|w| looked_for(w))
-            .map(|(key, _)| hex(&self.word_key(&key)))
-            .collect();
+        let wanted_keys: Vec<String> = wanted.iter().map(|w| hex(&self.word_key(w))).collect();
         let mut hits = Vec::with_capacity(scored.len());
         for (at, score) in scored {
             let Some(listed) = self.tree.get(&[&b"d"[..], &at].concat())? else {
@@ -658,19 +601,6 @@ impl Index {
         });
         Ok(hits)
     }
-}
-
-/// The keys a query word is looked for under, each with what it counts: the word
-/// whole (twice), and, from [`MIN_PREFIX`] characters, as the beginning of longer
-/// words (once; beyond [`MAX_PREFIX`] characters, as the longest beginning kept).
-fn looked_for(word: &str) -> Vec<(String, u32)> {
-    let mut keys = vec![(word.to_owned(), 2)];
-    let length = word.chars().count();
-    if length >= MIN_PREFIX {
-        let kept: String = word.chars().take(MAX_PREFIX).collect();
-        keys.push((prefix(&kept), 1));
-    }
-    keys
 }
 
 /// The distinct words of a query, or why it has none to look for.
@@ -923,7 +853,7 @@ mod tests {
         let hit = &index.search("biscuits", &|_| true, 5).unwrap()[0];
         assert_eq!(
             (hit.fields.as_slice(), hit.score),
-            (&["body".to_owned()][..], 2)
+            (&["body".to_owned()][..], 1)
         );
         assert!(matches!(
             index.search(" - ", &|_| true, 5),
@@ -957,78 +887,6 @@ mod tests {
         c.remove(&notes, &RecordId::parse("n2").unwrap()).unwrap();
         index.catch_up_all(&c).unwrap();
         assert_eq!(found(&index, "paris", None), ["contacts/ada"]);
-    }
-
-    /// A query word finds the words it begins (from three characters), below the same
-    /// word whole; a word changed away takes its beginnings with it; an index written
-    /// before beginnings were kept is made again.
-    #[test]
-    fn a_word_finds_the_words_it_begins() {
-        let vault = TestVault::new();
-        let c = Collections::open(vault.store.clone(), [1; 16]).unwrap();
-        let index = Index::open(vault.store.clone()).unwrap();
-        let contacts = CollectionName::parse("contacts").unwrap();
-        let put = |id: &str, v: Value| {
-            c.put(&contacts, &RecordId::parse(id).unwrap(), &obj(v))
-                .unwrap();
-        };
-        put("ada", json!({"name": "Ada Lovelace"}));
-        put(
-            "grace",
-            json!({"name": "Grace Hopper", "notes": "loves COBOL"}),
-        );
-        put("lov", json!({"name": "Lov"}));
-        put("long", json!({"name": "Internationalization"}));
-        index.catch_up_all(&c).unwrap();
-        // Whole in a name, begun in a name, begun elsewhere.
-        assert_eq!(
-            found(&index, "lov", None),
-            ["contacts/lov", "contacts/ada", "contacts/grace"]
-        );
-        let hit = &index.search("lovelac", &|_| true, 5).unwrap()[0];
-        assert_eq!(
-            (hit.id.as_str(), hit.fields.as_slice()),
-            ("ada", &["name".to_owned()][..])
-        );
-        assert_eq!(found(&index, "gra hop", None), ["contacts/grace"]);
-        assert!(
-            found(&index, "lo", None).is_empty(),
-            "two letters: whole words only"
-        );
-        assert!(
-            found(&index, "ovelace", None).is_empty(),
-            "beginnings, not middles"
-        );
-        // Longer than the longest beginning kept.
-        assert_eq!(found(&index, "internation", None), ["contacts/long"]);
-        assert_eq!(
-            found(&index, "internationalization", None),
-            ["contacts/long"]
-        );
-
-        c.patch(
-            &contacts,
-            &RecordId::parse("ada").unwrap(),
-            &obj(json!({"name": "Ada Byron"})),
-        )
-        .unwrap();
-        index.catch_up_all(&c).unwrap();
-        assert!(found(&index, "lovel", None).is_empty());
-        assert_eq!(found(&index, "byr", None), ["contacts/ada"]);
-
-        // A position of the format before: the collection is indexed again.
-        let mut key = vec![b'l'];
-        key.extend(index.collection_key(&contacts));
-        let at = index.position(&contacts).unwrap().unwrap();
-        let before = json!({"name": "contacts", "epoch": at.epoch, "seq": at.seq});
-        index
-            .tree
-            .insert(&key, before.to_string().as_bytes())
-            .unwrap();
-        assert_eq!(index.position(&contacts).unwrap(), None);
-        index.catch_up_all(&c).unwrap();
-        assert_eq!(index.position(&contacts).unwrap(), Some(at));
-        assert_eq!(found(&index, "hop", None), ["contacts/grace"]);
     }
 
     /// A search waits a moment for the index, then answers from it as it stands: a
