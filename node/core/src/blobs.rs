@@ -1285,20 +1285,24 @@ impl Blobs {
         let pins = lock_pins(&self.pins);
         // The manifests dropped, kept until the naming is checked again below.
         let mut dropped: Vec<(BlobId, zeroize::Zeroizing<Vec<u8>>)> = Vec::new();
-        for id in removed {
-            // Read again under the lock: an upload of the same content may have listed
-            // it again (and dropped its pin) since the list above was read.
-            let still_removed = listing(collections, &id)
-                .map_err(|e| BlobError::Internal(e.to_string()))?
-                .is_some_and(|l| l.removed);
-            if still_removed
-                && !pins.contains_key(&id.0)
-                && let Some(manifest) = self.manifests.get(&id.0)?
-            {
-                self.manifests.remove(&id.0)?;
-                dropped.push((id, manifest));
+        let drop_all = || -> Result<(), BlobError> {
+            for id in removed {
+                // Read again under the lock: an upload of the same content may have
+                // listed it again (and dropped its pin) since the list above was read.
+                let still_removed = listing(collections, &id)
+                    .map_err(|e| BlobError::Internal(e.to_string()))?
+                    .is_some_and(|l| l.removed);
+                if still_removed
+                    && !pins.contains_key(&id.0)
+                    && let Some(manifest) = self.manifests.get(&id.0)?
+                {
+                    self.manifests.remove(&id.0)?;
+                    dropped.push((id, manifest));
+                }
             }
-        }
+            Ok(())
+        };
+        let first = drop_all();
         drop(pins);
         #[cfg(test)]
         if let Some(between) = self.between_checks.lock().expect("not poisoned").take() {
@@ -1309,20 +1313,34 @@ impl Blobs {
         // chunk of it is deleted (the caller deletes chunks only after this returns,
         // one collection at a time), and it is listed again. (An upload of the same
         // bytes meanwhile stored the same manifest.)
-        let dropped_for_records: HashSet<BlobId> = dropped
-            .iter()
-            .map(|(id, _)| *id)
-            .filter(|id| for_records.contains(id))
-            .collect();
-        if !dropped_for_records.is_empty() {
-            let named = named_among(collections, &dropped_for_records).map_err(internal)?;
-            if !named.is_empty() {
-                for (id, manifest) in dropped.iter().filter(|(id, _)| named.contains(id)) {
+        let named = first.and_then(|()| {
+            let dropped_for_records: HashSet<BlobId> = dropped
+                .iter()
+                .map(|(id, _)| *id)
+                .filter(|id| for_records.contains(id))
+                .collect();
+            if dropped_for_records.is_empty() {
+                return Ok(HashSet::new());
+            }
+            named_among(collections, &dropped_for_records).map_err(internal)
+        });
+        let named = match named {
+            Ok(named) => named,
+            Err(e) => {
+                // Nothing is dropped unless its naming was read twice: every manifest
+                // goes back (the next collection tries again).
+                for (id, manifest) in &dropped {
                     self.manifests.insert(&id.0, manifest)?;
                 }
-                dropped.retain(|(id, _)| !named.contains(id));
-                out.relisted += relist(collections, &named).map_err(internal)?;
+                return Err(e);
             }
+        };
+        if !named.is_empty() {
+            for (id, manifest) in dropped.iter().filter(|(id, _)| named.contains(id)) {
+                self.manifests.insert(&id.0, manifest)?;
+            }
+            dropped.retain(|(id, _)| !named.contains(id));
+            out.relisted += relist(collections, &named).map_err(internal)?;
         }
         let thumbnails = self.store.tree(THUMBNAILS_TREE)?;
         for (id, _) in &dropped {

@@ -134,7 +134,8 @@ pub(super) async fn remove_blob(
         return Err(BlobError::NotFound(id).into());
     }
     vault.store.commit().await?;
-    // The mesh's blob service may collect first (it sees the removal too).
+    // Freed now (the mesh's blob service, which reads the list again at its next
+    // tick after a change made here, finds nothing left to free).
     vault.collect_blob_garbage().await?;
     Ok(Json(BlobRemoved {
         id: id.to_string(),
