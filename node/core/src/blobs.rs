@@ -846,8 +846,8 @@ pub struct Blobs {
     manifests: SealedTree,
     keys: Arc<VaultKeys>,
     store: Arc<Store>,
-    /// Run by [`Blobs::drop_removed`] between its two readings of what records name
-    /// (a test's record arriving there).
+    /// Run by [`Blobs::drop_removed`] between its drop and its reading of what
+    /// records name (a test's record arriving there).
     #[cfg(test)]
     between_checks: std::sync::Mutex<Option<BetweenChecks>>,
 }
@@ -1270,20 +1270,12 @@ impl Blobs {
         let mut out = Dropped::default();
         let for_records: HashSet<BlobId> = removed
             .iter()
-            .filter(|(id, listing)| {
-                listing.for_records && self.manifests.contains_key(&id.0).unwrap_or(true)
-            })
+            .filter(|(_, listing)| listing.for_records)
             .map(|(id, _)| *id)
             .collect();
-        if !for_records.is_empty() {
-            let named = named_among(collections, &for_records).map_err(internal)?;
-            if !named.is_empty() {
-                out.relisted = relist(collections, &named).map_err(internal)?;
-            }
-        }
         let removed: Vec<BlobId> = removed.into_iter().map(|(id, _)| id).collect();
         let pins = lock_pins(&self.pins);
-        // The manifests dropped, kept until the naming is checked again below.
+        // The manifests dropped, kept until the naming is read below.
         let mut dropped: Vec<(BlobId, zeroize::Zeroizing<Vec<u8>>)> = Vec::new();
         let drop_all = || -> Result<(), BlobError> {
             for id in removed {
@@ -1308,27 +1300,31 @@ impl Blobs {
         if let Some(between) = self.between_checks.lock().expect("not poisoned").take() {
             between(collections);
         }
-        // A record that arrived (or was written naming the blob without listing it)
-        // while the naming was read above: its blob's manifest goes back before any
-        // chunk of it is deleted (the caller deletes chunks only after this returns,
-        // one collection at a time), and it is listed again. (An upload of the same
-        // bytes meanwhile stored the same manifest.)
+        // Read once the manifests are gone, so a record that arrived (or was written
+        // naming the blob without listing it) at any time before counts: its blob's
+        // manifest goes back before any chunk of it is deleted (the caller deletes
+        // chunks only after this returns, one collection at a time), and it is listed
+        // again. (An upload of the same bytes meanwhile stored the same manifest.)
+        // The blobs looked for: those dropped, and those kept here (a pinned one is
+        // listed again now too, not once its upload lets it go).
         let named = first.and_then(|()| {
-            let dropped_for_records: HashSet<BlobId> = dropped
-                .iter()
-                .map(|(id, _)| *id)
-                .filter(|id| for_records.contains(id))
+            let gone: HashSet<BlobId> = dropped.iter().map(|(id, _)| *id).collect();
+            let here: HashSet<BlobId> = for_records
+                .into_iter()
+                .filter(|id| {
+                    gone.contains(id) || self.manifests.contains_key(&id.0).unwrap_or(true)
+                })
                 .collect();
-            if dropped_for_records.is_empty() {
+            if here.is_empty() {
                 return Ok(HashSet::new());
             }
-            named_among(collections, &dropped_for_records).map_err(internal)
+            named_among(collections, &here).map_err(internal)
         });
         let named = match named {
             Ok(named) => named,
             Err(e) => {
-                // Nothing is dropped unless its naming was read twice: every manifest
-                // goes back (the next collection tries again).
+                // Nothing is dropped unless its naming was read after the drop: every
+                // manifest goes back (the next collection tries again).
                 for (id, manifest) in &dropped {
                     self.manifests.insert(&id.0, manifest)?;
                 }
@@ -1340,7 +1336,7 @@ impl Blobs {
                 self.manifests.insert(&id.0, manifest)?;
             }
             dropped.retain(|(id, _)| !named.contains(id));
-            out.relisted += relist(collections, &named).map_err(internal)?;
+            out.relisted = relist(collections, &named).map_err(internal)?;
         }
         let thumbnails = self.store.tree(THUMBNAILS_TREE)?;
         for (id, _) in &dropped {

@@ -1149,7 +1149,7 @@ impl Collections {
     ) -> Result<(), CollectionError> {
         match self.persist(c, touched) {
             // Nobody listening is fine: nothing is syncing.
-            Ok(true) => drop(self.changes.send(c.changed(touched.is_none()))),
+            Ok(true) => drop(self.changes.send(c.changed(touched == FROM_CHANGES))),
             Ok(false) => {}
             Err(e) => {
                 self.forget(c);

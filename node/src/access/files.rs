@@ -457,9 +457,8 @@ pub(super) fn writable_by_views(collection: &CollectionName) -> Result<(), Acces
 #[cfg(test)]
 mod tests {
     use hearth_protocol::BlobId;
-    use hearth_protocol::scope::Scope;
 
-    use super::super::{AccessError, Credentials, Door, NewGrant, create_grant, revoke};
+    use super::super::{AccessError, Credentials, revoke};
     use crate::collections::Collections;
     use crate::files::{self, Content, FilePath};
     use crate::testutil::TestVault;
@@ -482,19 +481,9 @@ mod tests {
             let path = FilePath::parse(&format!("/Many/f{i}")).unwrap();
             files::put_file(&collections, &path, &content, true, &[]).unwrap();
         }
-        let door = Door::new(
-            collections.clone(),
-            vault.keys.clone(),
-            vault.store.clone(),
-            "devA".into(),
-        );
-        let scope = Scope::parse(Some("files"), None, &[]).unwrap();
-        let (grant, issued) =
-            create_grant(&collections, &vault.keys, NewGrant::new("app", scope)).unwrap();
-        let caller = door
-            .admit(&Credentials::local(&issued.token))
-            .await
-            .unwrap();
+        let (door, grant, token) =
+            super::super::door_with_grant(&vault, &collections, "files", None);
+        let caller = door.admit(&Credentials::local(&token)).await.unwrap();
         let share = door.file_share(&caller).unwrap();
         let folder = FilePath::parse("/Many").unwrap();
         let (_, mut listing) = door

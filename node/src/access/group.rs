@@ -183,16 +183,9 @@ mod tests {
                 )
                 .unwrap();
         }
-        let door = Door::new(
-            collections.clone(),
-            vault.keys.clone(),
-            vault.store.clone(),
-            "devA".into(),
-        );
-        let scope = Scope::parse(Some("contacts.name"), None, &[]).unwrap();
-        let (_, issued) =
-            create_grant(&collections, &vault.keys, NewGrant::new("app", scope)).unwrap();
-        (vault, collections, door, issued.token)
+        let (door, _, token) =
+            super::super::door_with_grant(&vault, &collections, "contacts.name", None);
+        (vault, collections, door, token)
     }
 
     type Read = tokio::task::JoinHandle<Result<serde_json::Value, super::AccessError>>;

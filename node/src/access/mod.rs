@@ -190,3 +190,24 @@ impl RateLimiter {
         true
     }
 }
+
+/// For the door's tests: a door over `collections` (a test vault's) and a grant of
+/// `scope` (as `Scope::parse` reads it: reads, writes), with its token.
+#[cfg(test)]
+pub(crate) fn door_with_grant(
+    vault: &crate::testutil::TestVault,
+    collections: &std::sync::Arc<crate::collections::Collections>,
+    read: &str,
+    write: Option<&str>,
+) -> (Door, Grant, String) {
+    let door = Door::new(
+        collections.clone(),
+        vault.keys.clone(),
+        vault.store.clone(),
+        "devA".into(),
+    );
+    let scope = hearth_protocol::scope::Scope::parse(Some(read), write, &[]).unwrap();
+    let (grant, issued) =
+        create_grant(collections, &vault.keys, NewGrant::new("app", scope)).unwrap();
+    (door, grant, issued.token)
+}

@@ -575,14 +575,13 @@ impl Files<'_> {
                         }
                     }
                     Ok(None) => break,
-                    // The grant ended meanwhile: the answer stops short.
-                    Err(e @ (AccessError::Revoked | AccessError::Expired)) => {
-                        tracing::info!(error = %e, "a folder's listing stopped: its grant ended");
-                        let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                        return;
-                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "a folder's listing failed part-way");
+                        if matches!(e, AccessError::Revoked | AccessError::Expired) {
+                            // The grant ended meanwhile: the answer stops short.
+                            tracing::info!(error = %e, "a folder's listing stopped: its grant ended");
+                        } else {
+                            tracing::warn!(error = %e, "a folder's listing failed part-way");
+                        }
                         let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
                         return;
                     }
