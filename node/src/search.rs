@@ -82,6 +82,10 @@ pub struct Hit {
     pub title: Option<String>,
     /// The fields the words were found in (`emails.value`).
     pub fields: Vec<String>,
+    /// Each word of the query (as [`query_words`] orders them) with the fields it was
+    /// found in: a grant's search keeps a record only if every word is in a field it
+    /// reads ([`weight`] scores them).
+    pub by_word: Vec<Vec<String>>,
     pub score: u32,
 }
 
@@ -159,7 +163,8 @@ fn record_words(record: &Map<String, Value>) -> BTreeMap<String, Vec<String>> {
     out
 }
 
-fn weight(field: &str) -> u32 {
+/// What a word found in `field` counts for.
+pub fn weight(field: &str) -> u32 {
     let last = field.rsplit('.').next().unwrap_or(field);
     if TITLES.contains(&last) { 3 } else { 1 }
 }
@@ -573,14 +578,19 @@ impl Index {
             let (Some(c), Some(i)) = (listed["c"].as_str(), listed["i"].as_str()) else {
                 continue;
             };
+            let by_word: Vec<Vec<String>> = wanted_keys
+                .iter()
+                .map(|key| {
+                    let found = listed["w"][key]["f"].as_array().into_iter().flatten();
+                    found
+                        .filter_map(|f| f.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .collect();
             let mut fields: Vec<String> = Vec::new();
-            for key in &wanted_keys {
-                for f in listed["w"][key]["f"].as_array().into_iter().flatten() {
-                    if let Some(f) = f.as_str()
-                        && !fields.iter().any(|x| x == f)
-                    {
-                        fields.push(f.to_owned());
-                    }
+            for f in by_word.iter().flatten() {
+                if !fields.contains(f) {
+                    fields.push(f.clone());
                 }
             }
             // The fields that weigh most first (a name before an email).
@@ -590,17 +600,26 @@ impl Index {
                 id: i.to_owned(),
                 title: listed["t"].as_str().map(str::to_owned),
                 fields,
+                by_word,
                 score,
             });
         }
         hits.sort_by(|a, b| {
-            b.score
-                .cmp(&a.score)
-                .then_with(|| a.collection.cmp(&b.collection))
-                .then_with(|| a.id.cmp(&b.id))
+            best_first(
+                (a.score, &a.collection, &a.id),
+                (b.score, &b.collection, &b.id),
+            )
         });
         Ok(hits)
     }
+}
+
+/// The order hits are answered in: the higher score first, then by collection and id
+/// (each given as `(score, collection, id)`).
+pub fn best_first(a: (u32, &str, &str), b: (u32, &str, &str)) -> std::cmp::Ordering {
+    b.0.cmp(&a.0)
+        .then_with(|| a.1.cmp(b.1))
+        .then_with(|| a.2.cmp(b.2))
 }
 
 /// The distinct words of a query, or why it has none to look for.

@@ -214,6 +214,10 @@ fn a_grants_search_stays_within_its_view() {
         search("kumquat").is_empty(),
         "a word in a field it cannot read"
     );
+    assert!(
+        search("ada+kumquat").is_empty(),
+        "a word in a field it cannot read, beside one in a field it can"
+    );
     assert!(search("annex").is_empty(), "a record its filter hides");
     assert!(search("diary").is_empty(), "a collection it does not read");
     let audit = node.json(&["audit"]).to_string();

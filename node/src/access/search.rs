@@ -4,7 +4,8 @@
 //! it is answered projected, as `GET /v1/view/{c}/{id}` would, and audited as a read
 //! of those records (ids and fields), one entry a collection.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 
 use hearth_protocol::CollectionName;
 use hearth_protocol::scope::FieldPath;
@@ -13,7 +14,7 @@ use serde_json::Value;
 use super::AccessError;
 use super::audit::{AuditEvent, Operation};
 use super::door::{Credentials, Door, project_one};
-use crate::search::{Index, SearchError};
+use crate::search::{Index, SearchError, best_first, weight};
 
 /// A record a grant's search found: projected, with the readable fields the words
 /// were in.
@@ -63,10 +64,15 @@ impl Door {
                     .collect();
                 let keep = |c: &str| scopes.contains_key(c);
                 let found = index.find(&inner.collections, &query, &keep, LOOKED_THROUGH)?;
-                let mut hits = Vec::new();
-                let mut read: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
+                let mut hits: Vec<ViewHit> = Vec::new();
+                let mut read_fields: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+                // The best `limit` scores kept so far, the least on top.
+                let mut best: BinaryHeap<Reverse<u32>> = BinaryHeap::new();
                 for hit in found {
-                    if hits.len() == limit {
+                    // The index ranks by every field; a grant's hit scores only what it
+                    // reads, never more. Once `limit` are kept and the index's next
+                    // score is no better than the least kept, none after can enter.
+                    if best.len() >= limit && best.peek().is_some_and(|l| l.0 >= hit.score) {
                         break;
                     }
                     let (Some(scope), Ok(name), Ok(id)) = (
@@ -83,37 +89,40 @@ impl Door {
                     let Some(projected) = project_one(scope, record, &mut fields) else {
                         continue;
                     };
-                    // Only words the grant could have read itself.
-                    let shown: Vec<String> = hit
-                        .fields
-                        .iter()
-                        .filter(|f| {
-                            let Value::Object(p) = &projected else {
-                                return false;
-                            };
-                            FieldPath::parse(f).is_some_and(|path| {
-                                hearth_protocol::scope::lookup(p, &path).is_some()
-                            })
-                        })
-                        .cloned()
-                        .collect();
-                    if shown.is_empty() {
+                    let Some((shown, score)) = readable_words(&projected, &hit.by_word) else {
                         continue;
-                    }
-                    let entry = read.entry(hit.collection.clone()).or_default();
-                    entry.0.push(hit.id.clone());
-                    for f in fields {
-                        if !entry.1.contains(&f) {
-                            entry.1.push(f);
-                        }
+                    };
+                    read_fields.insert((hit.collection.clone(), hit.id.clone()), fields);
+                    best.push(Reverse(score));
+                    if best.len() > limit {
+                        best.pop();
                     }
                     hits.push(ViewHit {
                         collection: hit.collection,
                         id: hit.id,
                         record: projected,
                         fields: shown,
-                        score: hit.score,
+                        score,
                     });
+                }
+                hits.sort_by(|a, b| {
+                    best_first(
+                        (a.score, &a.collection, &a.id),
+                        (b.score, &b.collection, &b.id),
+                    )
+                });
+                hits.truncate(limit);
+                // Audited: the records answered, with the fields each showed.
+                let mut read: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
+                for hit in &hits {
+                    let entry = read.entry(hit.collection.clone()).or_default();
+                    entry.0.push(hit.id.clone());
+                    let key = (hit.collection.clone(), hit.id.clone());
+                    for f in read_fields.remove(&key).unwrap_or_default() {
+                        if !entry.1.contains(&f) {
+                            entry.1.push(f);
+                        }
+                    }
                 }
                 let events: Vec<AuditEvent> = read
                     .into_iter()
@@ -131,5 +140,72 @@ impl Door {
             self.audited(events).await?;
         }
         Ok(hits)
+    }
+}
+
+/// The fields of a hit (`by_word`: each query word's fields) that `projected` (the
+/// record as the grant reads it) shows, and the hit's score from those alone; `None`
+/// if a word is only in fields it does not show (the hit would tell what they hold).
+fn readable_words(projected: &Value, by_word: &[Vec<String>]) -> Option<(Vec<String>, u32)> {
+    let Value::Object(projected) = projected else {
+        return None;
+    };
+    let shows = |f: &String| {
+        FieldPath::parse(f)
+            .is_some_and(|path| hearth_protocol::scope::lookup(projected, &path).is_some())
+    };
+    let mut shown: Vec<String> = Vec::new();
+    let mut score = 0;
+    for fields in by_word {
+        let readable: Vec<&String> = fields.iter().filter(|f| shows(f)).collect();
+        score += readable.iter().map(|f| weight(f)).max()?;
+        for f in readable {
+            if !shown.contains(f) {
+                shown.push(f.clone());
+            }
+        }
+    }
+    if shown.is_empty() {
+        return None;
+    }
+    // The fields that weigh most first, as the owner's hits list them.
+    shown.sort_by(|a, b| weight(b).cmp(&weight(a)).then_with(|| a.cmp(b)));
+    Some((shown, score))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::readable_words;
+
+    fn words(by_word: &[&[&str]]) -> Vec<Vec<String>> {
+        by_word
+            .iter()
+            .map(|fields| fields.iter().map(|f| (*f).to_owned()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn a_hit_counts_only_the_fields_the_grant_reads() {
+        let by_word = words(&[&["notes", "name"], &["city"]]);
+        let all = json!({"name": "Ada", "city": "London", "notes": "x"});
+        // A name counts three times, a city once: 3 + 1, the notes adding nothing.
+        assert_eq!(
+            readable_words(&all, &by_word),
+            Some((vec!["name".into(), "city".into(), "notes".into()], 4))
+        );
+        let no_name = json!({"city": "London", "notes": "x"});
+        assert_eq!(
+            readable_words(&no_name, &by_word),
+            Some((vec!["city".into(), "notes".into()], 2)),
+            "a word in a hidden name scores as its readable field does"
+        );
+        let city_only = json!({"city": "London"});
+        assert_eq!(
+            readable_words(&city_only, &by_word),
+            None,
+            "the first word is only in fields it does not read"
+        );
     }
 }
