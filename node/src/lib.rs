@@ -478,7 +478,7 @@ impl Node {
             hosts.extend(tls.names.iter().cloned());
             hosts.push(bound.ip().to_string());
         }
-        let search = search::Index::open(store.clone())?;
+        let search = search::Index::open(store.clone())?.with_bodies(blobs.heads());
         let vault = Arc::new(Vault {
             home: home.clone(),
             keys,

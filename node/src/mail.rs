@@ -30,6 +30,19 @@ pub fn is_mail(name: &CollectionName) -> bool {
             .is_some_and(|rest| !rest.is_empty())
 }
 
+/// The text a person reads in a message (`bytes`, perhaps cut short): its text
+/// bodies in order, an HTML one as its text, each separated by a blank line; `None` if
+/// it has none, or is not a message.
+pub fn body_text(bytes: &[u8]) -> Option<String> {
+    let message = MessageParser::default().parse(bytes)?;
+    let parts: Vec<String> = (0..message.text_body_count())
+        .filter_map(|i| message.body_text(i))
+        .map(|text| text.trim().to_owned())
+        .filter(|text| !text.is_empty())
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("\n\n"))
+}
+
 /// What a message is known by across imports: its Message-ID, else its bytes.
 fn key_of(message_id: Option<&str>, bytes: &[u8]) -> String {
     match message_id.map(str::trim).filter(|m| !m.is_empty()) {

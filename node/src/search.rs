@@ -1,6 +1,7 @@
 //! Search: every word of every text field of every user collection's records (files'
-//! names and paths, their metadata, contacts, events, notes, mail headers), found by
-//! `GET /v1/search?q=` and `hearth find`.
+//! names and paths, their metadata, contacts, events, notes, mail headers), and of
+//! each mail's body (read from its message: [`BODY`]), found by `GET /v1/search?q=`
+//! and `hearth find`.
 //!
 //! The index is this device's, derived from the records and never synced: a sealed
 //! tree ([`TREE`]) like every other, so nothing of it is readable at rest, and its keys
@@ -24,9 +25,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+use hearth_core::blobs::BlobHeads;
 use hearth_core::collections::{CollectionError, Collections, LogPosition};
 use hearth_core::store::{SealedBatch, SealedTree, Store, StoreError};
-use hearth_protocol::CollectionName;
+use hearth_protocol::{BlobId, CollectionName, RecordId};
 use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -46,6 +48,16 @@ const BATCH: usize = 1000;
 /// indexed), blob ids, WebDAV properties, a folder's list of names (each entry is a
 /// record of its own).
 const SKIPPED: [&str; 7] = ["id", "uid", "vcard", "ical", "blob", "props", "entries"];
+/// The fields a change's records are read without: the [`SKIPPED`] ones but `blob`
+/// (a mail's body is read from it).
+const NOT_READ: [&str; 6] = ["id", "uid", "vcard", "ical", "props", "entries"];
+/// The field a mail's body is found in: the text of its message ([`crate::mail::body_text`]).
+pub const BODY: &str = "body";
+/// The most of a message read for its body.
+const MAX_MESSAGE: usize = 1 << 20;
+/// How often the follower looks whether the messages whose bodies were not here have
+/// arrived (from another device).
+const BODIES_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a search waits for the index to be free before it answers from the index
 /// as it stands.
 pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -103,6 +115,15 @@ pub fn words(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// `text`'s first [`MAX_TEXT`] bytes, cut on a character.
+fn cut(text: &str) -> &str {
+    let end = (0..=text.len().min(MAX_TEXT))
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    &text[..end]
+}
+
 /// Each text of `record` with the path of its field (`emails.value`; list positions
 /// are not part of it), leaving out [`SKIPPED`] fields and values that are blob ids.
 fn texts(record: &Map<String, Value>) -> Vec<(String, &str)> {
@@ -111,11 +132,7 @@ fn texts(record: &Map<String, Value>) -> Vec<(String, &str)> {
             Value::String(s) => {
                 let looks_like_blob = s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
                 if !looks_like_blob {
-                    let end = (0..=s.len().min(MAX_TEXT))
-                        .rev()
-                        .find(|&i| s.is_char_boundary(i))
-                        .unwrap_or(0);
-                    out.push((path.to_owned(), &s[..end]));
+                    out.push((path.to_owned(), cut(s)));
                 }
             }
             Value::Number(n) if n.is_i64() || n.is_u64() => {}
@@ -147,9 +164,13 @@ fn texts(record: &Map<String, Value>) -> Vec<(String, &str)> {
 }
 
 /// A record's words, each with the fields it is in.
-fn record_words(record: &Map<String, Value>) -> BTreeMap<String, Vec<String>> {
+/// The words of `record` (and of its mail's `body`, if it has one), each with the
+/// fields it is in.
+fn record_words(record: &Map<String, Value>, body: Option<&str>) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (field, text) in texts(record) {
+    let mut texts = texts(record);
+    texts.extend(body.map(|b| (BODY.to_owned(), cut(b))));
+    for (field, text) in texts {
         for word in words(text) {
             if out.len() >= MAX_WORDS && !out.contains_key(&word) {
                 continue;
@@ -181,6 +202,17 @@ pub struct Index {
     /// records (it is indexed whole again next time: its place in the log is written
     /// last), so stopping never waits for a large vault's first indexing.
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// Reads mails' messages for their bodies (none: bodies are not indexed).
+    bodies: Option<BlobHeads>,
+}
+
+/// A mail record's body, as the index finds it.
+enum Body {
+    /// Not a mail, or one without a body or a message.
+    None,
+    Text(String),
+    /// Its message is not on this device yet.
+    Pending,
 }
 
 impl Index {
@@ -191,7 +223,39 @@ impl Index {
             tree,
             updating: Arc::default(),
             stopping: Arc::default(),
+            bodies: None,
         })
+    }
+
+    /// The index with mails' bodies: each mail's message is read (its first
+    /// [`MAX_MESSAGE`] bytes) for the text a person reads in it.
+    pub fn with_bodies(mut self, heads: BlobHeads) -> Self {
+        self.bodies = Some(heads);
+        self
+    }
+
+    /// The body of `record` of `name`, if it is a mail and this index reads bodies.
+    fn body(&self, name: &CollectionName, record: &Map<String, Value>) -> Body {
+        let (Some(heads), true) = (&self.bodies, crate::mail::is_mail(name)) else {
+            return Body::None;
+        };
+        let Some(blob) = record
+            .get("blob")
+            .and_then(Value::as_str)
+            .and_then(|b| BlobId::parse(b).ok())
+        else {
+            return Body::None;
+        };
+        match heads.read_head(blob, MAX_MESSAGE) {
+            Ok(Some(bytes)) => crate::mail::body_text(&bytes).map_or(Body::None, Body::Text),
+            Ok(None) => Body::Pending,
+            Err(e) => {
+                // `hearth check` tells of a damaged blob; the record's other words are
+                // still found.
+                tracing::warn!(collection = %name, error = %e, "a message could not be read for its body");
+                Body::None
+            }
+        }
     }
 
     /// Stops any indexing under way, and all later ones (the node is stopping).
@@ -266,8 +330,25 @@ impl Index {
                     .batch_remove(batch, &posting_key(&word_key, &at, weight));
             }
         }
+        let body = record.map_or(Body::None, |r| self.body(name, r));
+        // A mail whose message is not here yet is noted, to be indexed again when it
+        // is ([`Index::bodies_arrived`]).
+        let pending = [&b"b"[..], &at].concat();
+        match (&body, crate::mail::is_mail(name) && self.bodies.is_some()) {
+            (Body::Pending, _) => {
+                let value = json!({"c": name.as_str(), "i": id});
+                self.tree
+                    .batch_insert(batch, &pending, value.to_string().as_bytes());
+            }
+            (_, true) => self.tree.batch_remove(batch, &pending),
+            (_, false) => {}
+        }
+        let text = match &body {
+            Body::Text(text) => Some(text.as_str()),
+            Body::None | Body::Pending => None,
+        };
         let words = match record {
-            Some(record) => record_words(record),
+            Some(record) => record_words(record, text),
             None => BTreeMap::new(),
         };
         if words.is_empty() {
@@ -414,7 +495,7 @@ impl Index {
     ) -> Result<(), SearchError> {
         let position = self.position(name)?;
         let changes = match position {
-            Some(at) => collections.touched_after(name, at, &SKIPPED)?,
+            Some(at) => collections.touched_after(name, at, &NOT_READ)?,
             None => None,
         };
         match changes {
@@ -429,6 +510,44 @@ impl Index {
             }
         }
         Ok(())
+    }
+
+    /// Indexes again the mails whose messages were not on this device when they were
+    /// indexed and are now (a sync brings records before their blobs), at most
+    /// [`BATCH`] a call; returns how many.
+    pub fn bodies_arrived(&self, collections: &Collections) -> Result<usize, SearchError> {
+        let Some(heads) = &self.bodies else {
+            return Ok(0);
+        };
+        let _one = self.updating.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch = SealedBatch::default();
+        let mut count = 0;
+        for entry in self.tree.scan_prefix(b"b").take(BATCH) {
+            let (key, value) = entry?;
+            let noted: Value = serde_json::from_slice(&value).unwrap_or(Value::Null);
+            let (Some(name), Some(id)) = (
+                noted["c"]
+                    .as_str()
+                    .and_then(|c| CollectionName::parse(c).ok()),
+                noted["i"].as_str().and_then(|i| RecordId::parse(i).ok()),
+            ) else {
+                self.tree.batch_remove(&mut batch, &key);
+                continue;
+            };
+            let record = collections.get(&name, &id)?;
+            let record = record.as_ref().and_then(Value::as_object);
+            let here = match record.and_then(|r| r.get("blob")?.as_str()) {
+                Some(blob) => BlobId::parse(blob).map_or(Ok(true), |b| heads.has(b))?,
+                // Gone, or it names no message now: indexed as it is.
+                None => true,
+            };
+            if here {
+                self.record_into(&mut batch, &name, id.as_str(), record)?;
+                count += 1;
+            }
+        }
+        self.tree.apply(batch)?;
+        Ok(count)
     }
 
     /// Brings every user collection's index up to date and forgets the collections
@@ -724,20 +843,27 @@ pub fn spawn(vault: Arc<Vault>) -> (oneshot::Sender<()>, JoinHandle<()>) {
     let task = tokio::spawn(async move {
         let mut all = true;
         let mut named: HashSet<CollectionName> = HashSet::new();
+        let mut bodies = false;
+        let mut next_bodies = tokio::time::Instant::now() + BODIES_RETRY;
         loop {
             let work_vault = vault.clone();
             let work_named: Vec<CollectionName> = named.drain().collect();
             let work_all = std::mem::take(&mut all);
+            let work_bodies = std::mem::take(&mut bodies);
             let done = tokio::task::spawn_blocking(move || {
                 let index = &work_vault.search;
                 if work_all {
-                    index.catch_up_all(&work_vault.collections)
+                    index.catch_up_all(&work_vault.collections)?;
                 } else {
                     work_named
                         .iter()
                         .filter(|n| !n.is_system())
-                        .try_for_each(|n| index.catch_up(&work_vault.collections, n))
+                        .try_for_each(|n| index.catch_up(&work_vault.collections, n))?;
                 }
+                if work_bodies {
+                    index.bodies_arrived(&work_vault.collections)?;
+                }
+                Ok(())
             })
             .await;
             match done {
@@ -749,9 +875,13 @@ pub fn spawn(vault: Arc<Vault>) -> (oneshot::Sender<()>, JoinHandle<()>) {
                 Err(e) => tracing::warn!(error = %e, "the search index task failed"),
             }
             // The system's collections are not indexed: their changes wake nothing.
-            while named.is_empty() && !all {
+            while named.is_empty() && !all && !bodies {
                 tokio::select! {
                     _ = &mut stop => return,
+                    () = tokio::time::sleep_until(next_bodies) => {
+                        bodies = true;
+                        next_bodies = tokio::time::Instant::now() + BODIES_RETRY;
+                    }
                     changed = changes.recv() => match changed {
                         Ok(changed) if changed.collection.is_system() => {}
                         Ok(changed) => { named.insert(changed.collection); }
@@ -827,6 +957,91 @@ mod tests {
             .into_iter()
             .map(|h| format!("{}/{}", h.collection, h.id))
             .collect()
+    }
+
+    fn message(subject: &str, text: &str) -> bytes::Bytes {
+        format!(
+            "From: Ada <ada@example.org>\r\nSubject: {subject}\r\n\
+             Content-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n"
+        )
+        .into_bytes()
+        .into()
+    }
+
+    /// A mail's body is found (as field `body`) through its message; a mail whose
+    /// message is not on this device yet is found by its headers, and by its body once
+    /// the message is here; a record of another collection naming a message has no body.
+    #[tokio::test]
+    async fn a_mails_body_is_found_once_its_message_is_here() {
+        use hearth_core::blobs::Blobs;
+        let vault = TestVault::new();
+        let dir = vault.home().blobs_dir();
+        let blobs = Blobs::open(dir, vault.store.clone(), vault.keys.clone()).unwrap();
+        let t = Indexed {
+            c: Collections::open(vault.store.clone(), [1; 16]).unwrap(),
+            index: Index::open(vault.store.clone())
+                .unwrap()
+                .with_bodies(blobs.heads()),
+            _vault: vault,
+        };
+        let here = message(
+            "Engines",
+            "The analytical engine weaves algebraic patterns.",
+        );
+        let late = message("Looms", "Jacquard cards, punched for brocade.");
+        let other = t._vault.other_device();
+        let other_blobs = Blobs::open(
+            other.home().blobs_dir(),
+            other.store.clone(),
+            other.keys.clone(),
+        )
+        .unwrap();
+        let late_id = other_blobs
+            .put_many(vec![late.clone()], 1 << 20)
+            .await
+            .unwrap()[0]
+            .id;
+        let here_id = blobs.put_many(vec![here.clone()], 1 << 20).await.unwrap()[0].id;
+        t.put(
+            "mail",
+            "m1",
+            json!({"subject": "Engines", "blob": here_id.to_string()}),
+        );
+        t.put(
+            "mail",
+            "m2",
+            json!({"subject": "Looms", "blob": late_id.to_string()}),
+        );
+        t.put(
+            "notes",
+            "n1",
+            json!({"title": "A note", "blob": here_id.to_string()}),
+        );
+        t.index.catch_up_all(&t.c).unwrap();
+        assert_eq!(found(&t.index, "algebraic patterns", None), ["mail/m1"]);
+        let hit = &t.index.search("engine weaves", &|_| true, 5).unwrap()[0];
+        assert_eq!(
+            (hit.fields.clone(), hit.by_word.clone()),
+            (vec!["body".to_owned()], vec![vec!["body".to_owned()]; 2])
+        );
+        assert_eq!(found(&t.index, "looms", None), ["mail/m2"]);
+        assert!(found(&t.index, "brocade", None).is_empty());
+        assert_eq!(t.index.bodies_arrived(&t.c).unwrap(), 0, "still not here");
+        blobs.put_many(vec![late], 1 << 20).await.unwrap();
+        assert_eq!(t.index.bodies_arrived(&t.c).unwrap(), 1);
+        assert_eq!(found(&t.index, "jacquard brocade", None), ["mail/m2"]);
+        assert_eq!(
+            t.index.bodies_arrived(&t.c).unwrap(),
+            0,
+            "nothing waits any more"
+        );
+        // Indexed whole again, the same.
+        let again = Index::open(t._vault.store.clone())
+            .unwrap()
+            .with_bodies(blobs.heads());
+        again.rebuild_all(&t.c).unwrap();
+        assert_eq!(found(&again, "brocade", None), ["mail/m2"]);
+        assert_eq!(found(&again, "algebraic", None), ["mail/m1"]);
     }
 
     /// The index follows every kind of change through the change log, finds records
@@ -1022,7 +1237,7 @@ mod tests {
         let Value::Object(record) = record else {
             unreachable!()
         };
-        let found = record_words(&record);
+        let found = record_words(&record, None);
         assert_eq!(found["ada"], ["emails.value", "name"]);
         assert_eq!(found["work"], ["emails.type"]);
         assert!(!found.contains_key("hidden"), "{found:?}");

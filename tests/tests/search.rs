@@ -226,3 +226,55 @@ fn a_grants_search_stays_within_its_view() {
     assert_eq!(status, 401);
     node.stop();
 }
+
+/// Mail is found by what its body says, not only its headers: an imported message
+/// (HTML, quoted-printable) is found by `hearth find`; a grant finds it by its body only
+/// if it reads the message itself (`mail.blob`).
+#[test]
+fn a_mail_is_found_by_its_body() {
+    let t = TestHome::new();
+    let node = spawn_node(t.path(), &[]);
+    let message = "From ada@example.org Mon Dec  7 10:00:00 2026\n\
+        From: Ada <ada@example.org>\n\
+        Subject: Tuesday\n\
+        Message-ID: <tuesday@example.org>\n\
+        MIME-Version: 1.0\n\
+        Content-Type: text/html; charset=utf-8\n\
+        Content-Transfer-Encoding: quoted-printable\n\
+        \n\
+        <p>The <b>mar=C3=A9chal</b> ships the orrery on Friday.</p>\n\
+        \n";
+    let file = t.file("Inbox.mbox", message.as_bytes());
+    let report = node.json(&["import", "mail", file.to_str().unwrap()]);
+    assert_eq!(report["imported"], 1, "{report}");
+    let found = find_until(&node, &["orrery marechal"], |f| !f.is_empty());
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].starts_with("mail/"), "{found:?}");
+    let hits = node.json(&["find", "orrery"]);
+    assert_eq!(
+        hits["hits"][0]["fields"],
+        serde_json::json!(["body"]),
+        "{hits}"
+    );
+    let api = Api::new(&node);
+    let search = |read: &str| {
+        let token =
+            node.json(&["grant", &format!("reader-{}", read.len()), "--read", read])["token"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+        let (status, body) = api.send(
+            api.raw(Method::GET, "/v1/view/_search?q=tuesday+orrery")
+                .bearer_auth(&token),
+        );
+        assert_eq!(status, 200, "{body}");
+        body["hits"].as_array().unwrap().len()
+    };
+    assert_eq!(
+        search("mail.subject"),
+        0,
+        "the body of a message it cannot read"
+    );
+    assert_eq!(search("mail.subject,mail.blob"), 1);
+    node.stop();
+}

@@ -1133,6 +1133,15 @@ impl Blobs {
             .collect()
     }
 
+    /// A reader of blobs' first bytes, for work off the request path (an index).
+    pub fn heads(&self) -> BlobHeads {
+        BlobHeads {
+            dir: self.dir.clone(),
+            manifests: self.manifests.clone(),
+            keys: self.keys.clone(),
+        }
+    }
+
     pub fn has_blob(&self, id: BlobId) -> Result<bool, BlobError> {
         Ok(self.manifests.contains_key(&id.0)?)
     }
@@ -1712,6 +1721,45 @@ fn open_chunk_file(
     }
     buf.truncate(buf.len() - TAG_LEN);
     Ok(buf)
+}
+
+/// Reads the first bytes of blobs whole on this device ([`Blobs::heads`]; cheap to
+/// clone).
+#[derive(Clone)]
+pub struct BlobHeads {
+    dir: PathBuf,
+    manifests: SealedTree,
+    keys: Arc<VaultKeys>,
+}
+
+impl BlobHeads {
+    /// Whether blob `id` is whole on this device.
+    pub fn has(&self, id: BlobId) -> Result<bool, StoreError> {
+        self.manifests.contains_key(&id.0)
+    }
+
+    /// The first `max` bytes of blob `id` (all of it if shorter), each chunk read
+    /// verified, on the calling thread (blocking); `None` if the blob is not whole on
+    /// this device.
+    pub fn read_head(&self, id: BlobId, max: usize) -> Result<Option<Vec<u8>>, BlobError> {
+        let Some(bytes) = self.manifests.get(&id.0)? else {
+            return Ok(None);
+        };
+        let corrupt = |what: String| BlobError::Corrupt { blob: id, what };
+        let manifest = Manifest::decode(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let mut out = Vec::new();
+        for (index, hash) in manifest.chunks.iter().enumerate() {
+            if out.len() >= max {
+                break;
+            }
+            let path = chunk_path(&self.dir, hash);
+            let expected_len = Some(manifest.chunk_len(index));
+            let buf = open_chunk_file(&self.keys, &path, *hash, expected_len, index, corrupt)?;
+            out.extend_from_slice(&buf[PLAINTEXT_AT..]);
+        }
+        out.truncate(max);
+        Ok(Some(out))
+    }
 }
 
 /// Reads a blob chunk by chunk, verifying each against its name and the manifest.

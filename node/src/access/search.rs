@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::AccessError;
 use super::audit::{AuditEvent, Operation};
 use super::door::{Credentials, Door, project_one};
-use crate::search::{Index, SearchError, best_first, weight};
+use crate::search::{BODY, Index, SearchError, best_first, weight};
 
 /// A record a grant's search found: projected, with the readable fields the words
 /// were in.
@@ -150,9 +150,11 @@ fn readable_words(projected: &Value, by_word: &[Vec<String>]) -> Option<(Vec<Str
     let Value::Object(projected) = projected else {
         return None;
     };
+    // A mail's body is read from its message: the grant reads it if it reads `blob`.
     let shows = |f: &String| {
-        FieldPath::parse(f)
-            .is_some_and(|path| hearth_protocol::scope::lookup(projected, &path).is_some())
+        (f == BODY && projected.contains_key("blob"))
+            || FieldPath::parse(f)
+                .is_some_and(|path| hearth_protocol::scope::lookup(projected, &path).is_some())
     };
     let mut shown: Vec<String> = Vec::new();
     let mut score = 0;
@@ -200,6 +202,18 @@ mod tests {
             readable_words(&no_name, &by_word),
             Some((vec!["city".into(), "notes".into()], 2)),
             "a word in a hidden name scores as its readable field does"
+        );
+        let body = words(&[&["body"], &["subject"]]);
+        let subject = json!({"subject": "Engines"});
+        assert_eq!(
+            readable_words(&subject, &body),
+            None,
+            "the body of a message it cannot read"
+        );
+        let message = json!({"subject": "Engines", "blob": "ab"});
+        assert_eq!(
+            readable_words(&message, &body),
+            Some((vec!["subject".into(), "body".into()], 4))
         );
         let city_only = json!({"city": "London"});
         assert_eq!(
