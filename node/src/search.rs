@@ -831,6 +831,57 @@ pub fn title(record: &Map<String, Value>) -> Option<String> {
         .map(|t| t.chars().take(120).collect())
 }
 
+/// A thread of its own for the index's work, at the lowest CPU priority the system
+/// gives a thread (nice 19, on Linux): taking in an import's records must not slow the
+/// import, nor a request, on a small machine; the index catches up when the machine
+/// is free (a search waits for it at most [`PATIENCE`]). It ends when this is dropped.
+struct Background {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl Background {
+    fn start() -> std::io::Result<Self> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name("hearth-search".into())
+            .spawn(move || {
+                lowest_priority();
+                for job in queue {
+                    // A job that panics answers nothing (its caller hears so); the
+                    // next one still runs.
+                    drop(std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)));
+                }
+            })?;
+        Ok(Background { jobs })
+    }
+
+    /// Runs `work` on the thread and waits for its answer: `None` if it panicked.
+    async fn run<R: Send + 'static>(&self, work: impl FnOnce() -> R + Send + 'static) -> Option<R> {
+        let (answer, answered) = oneshot::channel();
+        self.jobs
+            .send(Box::new(move || drop(answer.send(work()))))
+            .ok()?;
+        answered.await.ok()
+    }
+}
+
+/// Lowers the calling thread's CPU priority to the least (its nice value to 19).
+#[cfg(target_os = "linux")]
+fn lowest_priority() {
+    // SAFETY: gettid and setpriority take and return plain integers; the thread
+    // names itself, so the id is alive.
+    let set = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19)
+    };
+    if set != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "the search thread keeps its priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lowest_priority() {}
+
 /// How long the follower gathers changes before it indexes them.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -841,6 +892,13 @@ pub fn spawn(vault: Arc<Vault>) -> (oneshot::Sender<()>, JoinHandle<()>) {
     let (stop_tx, mut stop) = oneshot::channel::<()>();
     let mut changes = vault.collections.subscribe();
     let task = tokio::spawn(async move {
+        let background = match Background::start() {
+            Ok(background) => background,
+            Err(e) => {
+                tracing::warn!(error = %e, "the search index cannot follow changes (no thread)");
+                return;
+            }
+        };
         let mut all = true;
         let mut named: HashSet<CollectionName> = HashSet::new();
         let mut bodies = false;
@@ -850,29 +908,30 @@ pub fn spawn(vault: Arc<Vault>) -> (oneshot::Sender<()>, JoinHandle<()>) {
             let work_named: Vec<CollectionName> = named.drain().collect();
             let work_all = std::mem::take(&mut all);
             let work_bodies = std::mem::take(&mut bodies);
-            let done = tokio::task::spawn_blocking(move || {
-                let index = &work_vault.search;
-                if work_all {
-                    index.catch_up_all(&work_vault.collections)?;
-                } else {
-                    work_named
-                        .iter()
-                        .filter(|n| !n.is_system())
-                        .try_for_each(|n| index.catch_up(&work_vault.collections, n))?;
-                }
-                if work_bodies {
-                    index.bodies_arrived(&work_vault.collections)?;
-                }
-                Ok(())
-            })
-            .await;
+            let done = background
+                .run(move || {
+                    let index = &work_vault.search;
+                    if work_all {
+                        index.catch_up_all(&work_vault.collections)?;
+                    } else {
+                        work_named
+                            .iter()
+                            .filter(|n| !n.is_system())
+                            .try_for_each(|n| index.catch_up(&work_vault.collections, n))?;
+                    }
+                    if work_bodies {
+                        index.bodies_arrived(&work_vault.collections)?;
+                    }
+                    Ok(())
+                })
+                .await;
             match done {
-                Ok(Ok(())) => {}
-                Ok(Err(SearchError::Stopped)) => return,
-                Ok(Err(e)) => {
+                Some(Ok(())) => {}
+                Some(Err(SearchError::Stopped)) => return,
+                Some(Err(e)) => {
                     tracing::warn!(error = %e, "the search index could not follow a change")
                 }
-                Err(e) => tracing::warn!(error = %e, "the search index task failed"),
+                None => tracing::warn!("the search index's work failed"),
             }
             // The system's collections are not indexed: their changes wake nothing.
             while named.is_empty() && !all && !bodies {
@@ -1042,6 +1101,25 @@ mod tests {
         again.rebuild_all(&t.c).unwrap();
         assert_eq!(found(&again, "brocade", None), ["mail/m2"]);
         assert_eq!(found(&again, "algebraic", None), ["mail/m1"]);
+    }
+
+    /// The follower's work runs on a thread at the lowest priority; a job that panics
+    /// answers nothing, and the next one still runs.
+    #[tokio::test]
+    async fn the_index_works_on_a_thread_of_the_lowest_priority() {
+        let background = Background::start().unwrap();
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: plain integers in and out, of the calling thread.
+            let nice = background
+                .run(|| unsafe {
+                    libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t)
+                })
+                .await;
+            assert_eq!(nice, Some(19));
+        }
+        assert_eq!(background.run(|| -> u8 { panic!("a bad job") }).await, None);
+        assert_eq!(background.run(|| 7).await, Some(7));
     }
 
     /// The index follows every kind of change through the change log, finds records
