@@ -39,7 +39,7 @@ use crate::devices;
 /// Commands waiting for the swarm task; senders beyond this wait.
 const COMMAND_QUEUE: usize = 64;
 /// How often known but unconnected devices are redialled.
-const REDIAL_EVERY: Duration = Duration::from_secs(15);
+pub(super) const REDIAL_EVERY: Duration = Duration::from_secs(15);
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often each connection is pinged, and how long an answer may take.
 const PING_INTERVAL: Duration = Duration::from_secs(2);

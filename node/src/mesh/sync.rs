@@ -112,6 +112,9 @@ pub struct SyncService {
     /// put in place of the newer session.
     openings: Mutex<HashMap<PeerId, u64>>,
     opening_turn: std::sync::atomic::AtomicU64,
+    /// How many sessions with each peer in a row ended as soon as they began: the next
+    /// is opened after a wait that doubles with each (up to the redial interval).
+    quick_ends: Mutex<HashMap<PeerId, u32>>,
     /// What each peer's latest session has exchanged.
     stats: Mutex<HashMap<PeerId, SessionStats>>,
     /// Devices found running an older Hearth, said once each (not at every redial).
@@ -133,6 +136,7 @@ impl SyncService {
             sessions: Mutex::new(HashMap::new()),
             openings: Mutex::new(HashMap::new()),
             opening_turn: std::sync::atomic::AtomicU64::new(0),
+            quick_ends: Mutex::new(HashMap::new()),
             stats: Mutex::new(HashMap::new()),
             outdated: Mutex::new(std::collections::HashSet::new()),
             tasks: Mutex::new(JoinSet::new()),
@@ -430,11 +434,13 @@ impl SyncService {
                 Err(e) => tracing::info!(%peer, error = %e, "sync session closed"),
             }
             // A stream can end under a connection that stays (a relayed stream when
-            // its relay goes, with the direct link up): the session is opened again
-            // on what is left, soon, unless it ended as soon as it began (that one
-            // waits for the next redial, so a failing peer is not asked in a loop).
-            if this.mesh.local_peer_id() < peer && started.elapsed() >= SESSION_LASTED {
-                tokio::time::sleep(super::SESSION_AGAIN_AFTER).await;
+            // its relay goes, with the direct link up; a stream the other side took
+            // in place of this one's and then lost): the session is opened again on
+            // what is left, soon. One that ended as soon as it began waits longer
+            // each time in a row, so a failing peer is not asked in a loop.
+            if this.mesh.local_peer_id() < peer {
+                let wait = this.wait_before_again(peer, started.elapsed() < SESSION_LASTED);
+                tokio::time::sleep(wait).await;
                 let connected = this
                     .mesh
                     .connected_peers()
@@ -461,6 +467,23 @@ impl SyncService {
         if let Some(old) = sessions.insert(peer, task) {
             old.abort();
         }
+    }
+
+    /// How long to wait before a session with `peer` that ended (`quick`: as soon as
+    /// it began) is opened again: [`super::SESSION_AGAIN_AFTER`], doubled for each
+    /// quick end in a row, at most [`super::REDIAL_EVERY`].
+    fn wait_before_again(&self, peer: PeerId, quick: bool) -> Duration {
+        let mut ends = self
+            .quick_ends
+            .lock()
+            .expect("quick ends lock is never poisoned");
+        if !quick {
+            ends.remove(&peer);
+            return super::SESSION_AGAIN_AFTER;
+        }
+        let n = ends.entry(peer).or_insert(0);
+        *n = (*n + 1).min(16);
+        (super::SESSION_AGAIN_AFTER * 2u32.pow(*n)).min(super::REDIAL_EVERY)
     }
 
     fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) -> AbortHandle {
