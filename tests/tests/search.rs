@@ -256,6 +256,15 @@ fn a_mail_is_found_by_its_body() {
         serde_json::json!(["body"]),
         "{hits}"
     );
+    // Two words unquoted: the first is read as a collection, and the person is told.
+    let out = node.run(&["find", "orrery", "friday"]);
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("no collection is called \"orrery\"")
+            && said.contains("hearth find \"orrery friday\""),
+        "{said}"
+    );
     let api = Api::new(&node);
     let search = |read: &str| {
         let token =

@@ -75,6 +75,22 @@ pub(super) async fn find(
     }
     if results.hits.is_empty() {
         note(format!("nothing holds {query:?}"));
+        if let Some(collection) = &collection {
+            let all: Vec<CollectionInfo> = client
+                .json(home, client.request(Method::GET, "/v1/collections"))
+                .await?;
+            if !all.iter().any(|c| &c.name == collection) {
+                // `hearth find orrery friday` reads `orrery` as a collection.
+                note(format!(
+                    "warning: no collection is called {collection:?}{}; to find several \
+                     words, give them as one: hearth find \"{collection} {query}\"",
+                    hearth_node::owner::did_you_mean(
+                        collection,
+                        all.iter().map(|c| c.name.as_str())
+                    )
+                ));
+            }
+        }
     }
     for hit in &results.hits {
         out(format!(
