@@ -1480,15 +1480,7 @@ impl Blobs {
     }
 
     fn manifest(&self, id: BlobId) -> Result<Option<Manifest>, BlobError> {
-        match self.manifests.get(&id.0)? {
-            Some(bytes) => Manifest::decode(&bytes)
-                .map(Some)
-                .map_err(|e| BlobError::Corrupt {
-                    blob: id,
-                    what: e.to_string(),
-                }),
-            None => Ok(None),
-        }
+        read_manifest(&self.manifests, id)
     }
 }
 
@@ -1723,6 +1715,19 @@ fn open_chunk_file(
     Ok(buf)
 }
 
+/// Blob `id`'s manifest in `manifests`, if it is there.
+fn read_manifest(manifests: &SealedTree, id: BlobId) -> Result<Option<Manifest>, BlobError> {
+    match manifests.get(&id.0)? {
+        Some(bytes) => Manifest::decode(&bytes)
+            .map(Some)
+            .map_err(|e| BlobError::Corrupt {
+                blob: id,
+                what: e.to_string(),
+            }),
+        None => Ok(None),
+    }
+}
+
 /// Reads the first bytes of blobs whole on this device ([`Blobs::heads`]; cheap to
 /// clone).
 #[derive(Clone)]
@@ -1742,11 +1747,10 @@ impl BlobHeads {
     /// verified, on the calling thread (blocking); `None` if the blob is not whole on
     /// this device.
     pub fn read_head(&self, id: BlobId, max: usize) -> Result<Option<Vec<u8>>, BlobError> {
-        let Some(bytes) = self.manifests.get(&id.0)? else {
+        let Some(manifest) = read_manifest(&self.manifests, id)? else {
             return Ok(None);
         };
         let corrupt = |what: String| BlobError::Corrupt { blob: id, what };
-        let manifest = Manifest::decode(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let mut out = Vec::new();
         for (index, hash) in manifest.chunks.iter().enumerate() {
             if out.len() >= max {

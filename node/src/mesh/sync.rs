@@ -483,7 +483,7 @@ impl SyncService {
         }
         let n = ends.entry(peer).or_insert(0);
         *n = (*n + 1).min(16);
-        (super::SESSION_AGAIN_AFTER * 2u32.pow(*n)).min(super::REDIAL_EVERY)
+        again_after_quick_ends(*n)
     }
 
     fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) -> AbortHandle {
@@ -1030,9 +1030,27 @@ fn closed() -> SessionError {
     ))
 }
 
+/// The wait before a session is opened again after `n` in a row ended as soon as they
+/// began: [`super::SESSION_AGAIN_AFTER`] doubled `n` times, at most
+/// [`super::REDIAL_EVERY`].
+fn again_after_quick_ends(n: u32) -> Duration {
+    (super::SESSION_AGAIN_AFTER * 2u32.pow(n.min(16))).min(super::REDIAL_EVERY)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A session that keeps ending as soon as it begins is asked again later each
+    /// time, never more often than every 0.4 s, never less than every redial.
+    #[test]
+    fn quick_ends_wait_longer_each_time_up_to_the_redial() {
+        let waits: Vec<u128> = (1..=8)
+            .map(|n| again_after_quick_ends(n).as_millis())
+            .collect();
+        assert_eq!(waits, [400, 800, 1600, 3200, 6400, 12800, 15000, 15000]);
+        assert_eq!(again_after_quick_ends(u32::MAX), super::super::REDIAL_EVERY);
+    }
 
     fn key(name: &str, part: u16) -> Key {
         (CollectionName::parse(name).unwrap(), part)
