@@ -204,6 +204,10 @@ pub struct Index {
     stopping: Arc<std::sync::atomic::AtomicBool>,
     /// Reads mails' messages for their bodies (none: bodies are not indexed).
     bodies: Option<BlobHeads>,
+    /// The last waiting mail [`Index::bodies_arrived`] looked at: the next call goes on
+    /// after it (empty: from the first), so mails whose messages never come do not
+    /// keep it from the others.
+    bodies_after: Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
 /// A mail record's body, as the index finds it.
@@ -224,6 +228,7 @@ impl Index {
             updating: Arc::default(),
             stopping: Arc::default(),
             bodies: None,
+            bodies_after: Arc::default(),
         })
     }
 
@@ -513,17 +518,36 @@ impl Index {
     }
 
     /// Indexes again the mails whose messages were not on this device when they were
-    /// indexed and are now (a sync brings records before their blobs), at most
-    /// [`BATCH`] a call; returns how many.
+    /// indexed and are now (a sync brings records before their blobs), looking at
+    /// [`BATCH`] waiting mails a call, each call after the last; returns how many.
     pub fn bodies_arrived(&self, collections: &Collections) -> Result<usize, SearchError> {
+        self.bodies_arrived_among(collections, BATCH)
+    }
+
+    fn bodies_arrived_among(
+        &self,
+        collections: &Collections,
+        among: usize,
+    ) -> Result<usize, SearchError> {
+        use std::ops::Bound;
         let Some(heads) = &self.bodies else {
             return Ok(0);
         };
         let _one = self.updating.lock().unwrap_or_else(|e| e.into_inner());
+        let mut after = self.bodies_after.lock().unwrap_or_else(|e| e.into_inner());
+        let from = match after.is_empty() {
+            true => b"b".to_vec(),
+            false => after.clone(),
+        };
+        let waiting = (Bound::Excluded(from), Bound::Excluded(b"c".to_vec()));
         let mut batch = SealedBatch::default();
         let mut count = 0;
-        for entry in self.tree.scan_prefix(b"b").take(BATCH) {
+        let mut looked = 0;
+        let mut last = Vec::new();
+        for entry in self.tree.scan_range(waiting).take(among) {
             let (key, value) = entry?;
+            looked += 1;
+            last.clone_from(&key);
             let noted: Value = serde_json::from_slice(&value).unwrap_or(Value::Null);
             let (Some(name), Some(id)) = (
                 noted["c"]
@@ -547,6 +571,8 @@ impl Index {
             }
         }
         self.tree.apply(batch)?;
+        // At the end, the next call starts from the first again.
+        *after = if looked < among { Vec::new() } else { last };
         Ok(count)
     }
 
@@ -1094,6 +1120,34 @@ mod tests {
             0,
             "nothing waits any more"
         );
+        // Mails whose messages never come do not keep the others waiting: each look
+        // goes on after the last.
+        let more = message("Cards", "Punched cards for the mill.");
+        let more_id = other_blobs
+            .put_many(vec![more.clone()], 1 << 20)
+            .await
+            .unwrap()[0]
+            .id;
+        for i in 0..5 {
+            let never = BlobId(*blake3::hash(format!("never {i}").as_bytes()).as_bytes());
+            let record = json!({"subject": "Gone", "blob": never.to_string()});
+            t.put("mail", &format!("n{i}"), record);
+        }
+        t.put(
+            "mail",
+            "m3",
+            json!({"subject": "Cards", "blob": more_id.to_string()}),
+        );
+        t.index.catch_up_all(&t.c).unwrap();
+        blobs.put_many(vec![more], 1 << 20).await.unwrap();
+        let found_within: usize = (0..6)
+            .map(|_| t.index.bodies_arrived_among(&t.c, 1).unwrap())
+            .sum();
+        assert_eq!(
+            found_within, 1,
+            "six waiting, one looked at a call: m3 among them"
+        );
+        assert_eq!(found(&t.index, "mill", None), ["mail/m3"]);
         // Indexed whole again, the same.
         let again = Index::open(t._vault.store.clone())
             .unwrap()
